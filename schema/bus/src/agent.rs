@@ -1,0 +1,348 @@
+//! The agent side of the bus, shared by hva, nwagent and sta.
+//!
+//! ```text
+//!   register ──ack──► report_all ──► heartbeat every N s ──"unknown"──► register again
+//!   commands  ──► CommandHandler (the agent's driver trait)
+//!   driver ──► ReportSink ──► journal (fsync) ──► ReportBatch ──ack──► forget
+//! ```
+
+use crate::journal::{Journal, JournalError};
+use crate::transport::{Subscription, Transport};
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+use vdc_schema::agent::{AgentError, Hypervisor, NetworkAgent, StorageAgent};
+use vdc_schema::bus::{
+    self, subject, Ack, AgentKind, Command, Heartbeat, HeartbeatReply, HostInfo, ObjectReport, Query, QueryReply,
+    Register, Registered, ReportBatch, StorageInfo,
+};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_BATCH: usize = 512;
+
+/// Who this agent is and what it offers.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_id: String,
+    pub kind: AgentKind,
+    pub host: Option<HostInfo>,
+    pub storage: Option<StorageInfo>,
+    /// The report journal; `None` keeps it in memory (simulated agents at scale).
+    pub journal: Option<PathBuf>,
+}
+
+/// Where a driver posts what it observed. Cheap to clone.
+#[derive(Clone)]
+pub struct ReportSink {
+    inner: Arc<SinkInner>,
+}
+
+struct SinkInner {
+    journal: Mutex<Journal>,
+    wake: Notify,
+    last_gen: AtomicU64,
+}
+
+impl ReportSink {
+    pub fn open(journal: Option<&std::path::Path>) -> Result<Self, JournalError> {
+        let journal = match journal {
+            Some(p) => Journal::open(p)?,
+            None => Journal::memory(),
+        };
+        let last_gen = AtomicU64::new(journal.last_gen());
+        Ok(ReportSink { inner: Arc::new(SinkInner { journal: Mutex::new(journal), wake: Notify::new(), last_gen }) })
+    }
+
+    /// A generation larger than any handed out before, also across restarts: wall-clock
+    /// microseconds, bumped past the last one seen.
+    fn next_gen(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        let prev = self
+            .inner
+            .last_gen
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(now.max(last + 1)))
+            .unwrap_or(0);
+        now.max(prev + 1)
+    }
+
+    /// Journals a report and wakes the sender. A journal write error is logged; the
+    /// report still goes out from memory.
+    pub fn report(&self, object: ObjectReport) {
+        let gen = self.next_gen();
+        debug!(object = object.object_id(), gen, "report");
+        if let Err(e) = self.inner.journal.lock().unwrap().append(gen, object) {
+            warn!("cannot journal report: {e}");
+        }
+        self.inner.wake.notify_one();
+    }
+
+    pub fn pending(&self) -> usize {
+        self.inner.journal.lock().unwrap().pending()
+    }
+}
+
+/// Turns bus commands and queries into calls on the agent's driver.
+#[async_trait]
+pub trait CommandHandler: Send + Sync + 'static {
+    async fn command(&self, cmd: Command) -> Result<(), AgentError>;
+    async fn query(&self, _q: Query) -> QueryReply {
+        QueryReply::Error { code: "unsupported".into(), message: "this agent answers no queries".into() }
+    }
+}
+
+fn wrong(cmd: &Command, kind: &str) -> AgentError {
+    AgentError::Invalid(format!("{kind} does not handle {cmd:?}"))
+}
+
+/// Serves hva commands with any [`Hypervisor`].
+pub struct HypervisorHandler(pub Arc<dyn Hypervisor>);
+
+#[async_trait]
+impl CommandHandler for HypervisorHandler {
+    async fn command(&self, cmd: Command) -> Result<(), AgentError> {
+        match cmd {
+            Command::EnsureInstance(spec) => self.0.ensure_instance(spec).await,
+            Command::EnsureInstanceAbsent { id, spec_gen } => self.0.ensure_instance_absent(id, spec_gen).await,
+            Command::ReportAll => self.0.report_all().await,
+            other => Err(wrong(&other, "hva")),
+        }
+    }
+
+    async fn query(&self, q: Query) -> QueryReply {
+        match q {
+            Query::ConsoleLog { id } => match self.0.console_log(id).await {
+                Ok(output) => QueryReply::ConsoleLog { output },
+                Err(AgentError::NotFound(m)) => QueryReply::Error { code: "not_found".into(), message: m },
+                Err(e) => QueryReply::Error { code: "agent_error".into(), message: e.to_string() },
+            },
+        }
+    }
+}
+
+/// Serves nwagent commands with any [`NetworkAgent`].
+pub struct NetworkHandler(pub Arc<dyn NetworkAgent>);
+
+#[async_trait]
+impl CommandHandler for NetworkHandler {
+    async fn command(&self, cmd: Command) -> Result<(), AgentError> {
+        match cmd {
+            Command::EnsureInterface(spec) => self.0.ensure_interface(spec).await,
+            Command::EnsureInterfaceAbsent { id, spec_gen } => self.0.ensure_interface_absent(id, spec_gen).await,
+            Command::ReportAll => self.0.report_all().await,
+            other => Err(wrong(&other, "nwagent")),
+        }
+    }
+}
+
+/// Serves sta commands with any [`StorageAgent`].
+pub struct StorageHandler(pub Arc<dyn StorageAgent>);
+
+#[async_trait]
+impl CommandHandler for StorageHandler {
+    async fn command(&self, cmd: Command) -> Result<(), AgentError> {
+        match cmd {
+            Command::EnsureVolume(spec) => self.0.ensure_volume(spec).await,
+            Command::EnsureVolumeAbsent { id, spec_gen } => self.0.ensure_volume_absent(id, spec_gen).await,
+            Command::EnsureSnapshot(spec) => self.0.ensure_snapshot(spec).await,
+            Command::EnsureSnapshotAbsent { id, volume_id } => self.0.ensure_snapshot_absent(id, volume_id).await,
+            Command::ReportAll => self.0.report_all().await,
+            other => Err(wrong(&other, "sta")),
+        }
+    }
+}
+
+/// A running agent; dropping it does not stop it, [`AgentHandle::stop`] does.
+pub struct AgentHandle {
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl AgentHandle {
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Stops without waiting (for a simulated crash).
+    pub fn abort(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the agent's bus loops.
+pub async fn start(
+    bus: Arc<dyn Transport>,
+    cfg: AgentConfig,
+    sink: ReportSink,
+    handler: Arc<dyn CommandHandler>,
+) -> Result<AgentHandle, crate::BusError> {
+    let cancel = CancellationToken::new();
+    let span = tracing::info_span!("agent", kind = %cfg.kind, node = %cfg.node_id);
+    // Subscribe before registering, so no ensure sent in reply to registration is missed.
+    let commands = bus.subscribe(&subject::agent(cfg.kind, &cfg.node_id)).await?;
+    let queries = bus.subscribe(&subject::agent_query(cfg.kind, &cfg.node_id)).await?;
+    let cfg = Arc::new(cfg);
+    let tasks = vec![
+        tokio::spawn(command_loop(commands, handler.clone(), cancel.clone()).instrument(span.clone())),
+        tokio::spawn(query_loop(bus.clone(), queries, handler.clone(), cancel.clone()).instrument(span.clone())),
+        tokio::spawn(
+            membership_loop(bus.clone(), cfg.clone(), handler.clone(), cancel.clone()).instrument(span.clone()),
+        ),
+        tokio::spawn(report_loop(bus, cfg, sink, cancel.clone()).instrument(span)),
+    ];
+    Ok(AgentHandle { cancel, tasks })
+}
+
+async fn command_loop(mut sub: Subscription, handler: Arc<dyn CommandHandler>, cancel: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        match bus::decode::<Command>(&msg.payload) {
+            Ok(cmd) => {
+                if let Err(e) = handler.command(cmd).await {
+                    warn!("command failed: {e}");
+                }
+            }
+            Err(e) => warn!("dropping undecodable command: {e}"),
+        }
+    }
+}
+
+async fn query_loop(
+    bus: Arc<dyn Transport>,
+    mut sub: Subscription,
+    handler: Arc<dyn CommandHandler>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        let Some(reply) = msg.reply else { continue };
+        let answer = match bus::decode::<Query>(&msg.payload) {
+            Ok(q) => handler.query(q).await,
+            Err(e) => QueryReply::Error { code: "bad_query".into(), message: e.to_string() },
+        };
+        let _ = bus.publish(&reply, bus::encode(&answer).into()).await;
+    }
+}
+
+async fn register(bus: &dyn Transport, cfg: &AgentConfig, cancel: &CancellationToken) -> Option<Duration> {
+    let msg = Register {
+        node_id: cfg.node_id.clone(),
+        kind: cfg.kind,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        host: cfg.host.clone(),
+        storage: cfg.storage.clone(),
+    };
+    let payload = bytes::Bytes::from(bus::encode(&msg));
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match bus.request(subject::REGISTER, payload.clone(), REQUEST_TIMEOUT).await {
+            Ok(b) => match bus::decode::<Registered>(&b) {
+                Ok(r) => {
+                    info!("registered with dcmgr");
+                    return Some(Duration::from_millis(r.heartbeat_interval_ms.clamp(100, 60_000)));
+                }
+                Err(e) => warn!("bad registration answer: {e}"),
+            },
+            Err(e) => debug!("registration: {e}"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(3));
+    }
+}
+
+async fn membership_loop(
+    bus: Arc<dyn Transport>,
+    cfg: Arc<AgentConfig>,
+    handler: Arc<dyn CommandHandler>,
+    cancel: CancellationToken,
+) {
+    let hb = bytes::Bytes::from(bus::encode(&Heartbeat { node_id: cfg.node_id.clone(), kind: cfg.kind }));
+    'register: loop {
+        let Some(interval) = register(bus.as_ref(), &cfg, &cancel).await else { return };
+        // dcmgr rebuilds its view from reports: after (re)registration, tell it everything.
+        if let Err(e) = handler.command(Command::ReportAll).await {
+            warn!("report_all failed: {e}");
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match bus.request(subject::HEARTBEAT, hb.clone(), REQUEST_TIMEOUT).await {
+                Ok(b) => match bus::decode::<HeartbeatReply>(&b) {
+                    Ok(HeartbeatReply { known: false }) => {
+                        info!("dcmgr does not know this agent; registering again");
+                        continue 'register;
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("bad heartbeat answer: {e}"),
+                },
+                Err(e) => debug!("heartbeat: {e}"),
+            }
+        }
+    }
+}
+
+async fn report_loop(bus: Arc<dyn Transport>, cfg: Arc<AgentConfig>, sink: ReportSink, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let batch = {
+            let mut j = sink.inner.journal.lock().unwrap();
+            let b = j.batch(MAX_BATCH);
+            if !b.is_empty() {
+                if let Err(e) = j.sync() {
+                    warn!("cannot sync journal: {e}");
+                }
+            }
+            b
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = sink.inner.wake.notified() => continue,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            }
+        }
+        let msg = ReportBatch { node_id: cfg.node_id.clone(), kind: cfg.kind, reports: batch };
+        let sent = bus.request(subject::REPORT, bus::encode(&msg).into(), REQUEST_TIMEOUT).await;
+        match sent.map(|b| bus::decode::<Ack>(&b)) {
+            Ok(Ok(ack)) => {
+                backoff = Duration::from_millis(50);
+                if let Err(e) = sink.inner.journal.lock().unwrap().ack(&ack.seqs) {
+                    warn!("cannot record ack: {e}");
+                }
+            }
+            Ok(Err(e)) => warn!("bad ack: {e}"),
+            Err(e) => {
+                debug!("reports not delivered, will retry: {e}");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! How dcmgr and the agents talk.
+//!
+//! - [`transport`]: the [`Transport`] trait with an in-process and a NATS implementation;
+//!   the all-in-one uses the first, a datacenter the second, and nothing above this layer
+//!   can tell them apart.
+//! - [`adapter`]: dcmgr's side. `HvaClient`, `NwClient` and `StaClient` implement the
+//!   agent traits of `vdc_schema::agent` by sending ensure commands over the bus.
+//! - [`agent`]: the agent side. Registration, heartbeats, the command loop and the
+//!   [`ReportSink`], which journals every state report on disk until dcmgr acks it.
+//! - [`journal`]: that on-disk journal.
+
+pub mod adapter;
+pub mod agent;
+pub mod journal;
+pub mod transport;
+
+pub use adapter::{HvaClient, NwClient, StaClient};
+pub use agent::{AgentConfig, AgentHandle, CommandHandler, ReportSink};
+pub use transport::{BusError, InProc, Message, Nats, Subscription, Transport};

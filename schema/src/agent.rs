@@ -1,0 +1,54 @@
+//! One trait per agent API. The real agent, the simulated agent and dcmgr's bus adapter
+//! all implement the same trait, so dcmgr cannot tell them apart.
+//!
+//! Every `ensure_*` is idempotent and returns once the request is accepted; the outcome
+//! arrives later as a state report.
+
+use crate::bus::{InstanceSpec, InterfaceSpec, SnapshotSpec, VolumeSpec};
+use crate::id::*;
+use async_trait::async_trait;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentError {
+    /// The agent could not be reached or did not answer.
+    #[error("agent unavailable: {0}")]
+    Unavailable(String),
+    /// The agent does not know the object asked about.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request cannot be carried out as given.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The backend failed.
+    #[error("driver error: {0}")]
+    Driver(String),
+}
+
+/// hva: runs instances.
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    async fn ensure_instance(&self, spec: InstanceSpec) -> Result<(), AgentError>;
+    async fn ensure_instance_absent(&self, id: InstanceId, spec_gen: u64) -> Result<(), AgentError>;
+    /// Re-report every instance on the host.
+    async fn report_all(&self) -> Result<(), AgentError>;
+    /// The serial console output kept for an instance.
+    async fn console_log(&self, id: InstanceId) -> Result<String, AgentError>;
+}
+
+/// nwagent: plugs interfaces into virtual networks.
+#[async_trait]
+pub trait NetworkAgent: Send + Sync {
+    async fn ensure_interface(&self, spec: InterfaceSpec) -> Result<(), AgentError>;
+    async fn ensure_interface_absent(&self, id: VifId, spec_gen: u64) -> Result<(), AgentError>;
+    async fn report_all(&self) -> Result<(), AgentError>;
+}
+
+/// sta: keeps volumes and snapshots, and exports volumes to hosts.
+#[async_trait]
+pub trait StorageAgent: Send + Sync {
+    async fn ensure_volume(&self, spec: VolumeSpec) -> Result<(), AgentError>;
+    async fn ensure_volume_absent(&self, id: VolumeId, spec_gen: u64) -> Result<(), AgentError>;
+    async fn ensure_snapshot(&self, spec: SnapshotSpec) -> Result<(), AgentError>;
+    async fn ensure_snapshot_absent(&self, id: SnapshotId, volume_id: VolumeId) -> Result<(), AgentError>;
+    async fn report_all(&self) -> Result<(), AgentError>;
+}

@@ -1,0 +1,386 @@
+//! Messages between dcmgr and the agents.
+//!
+//! Every message travels in an [`Envelope`] that carries [`PROTOCOL_VERSION`]. Decoders
+//! ignore unknown fields, so an agent one minor version newer or older still interoperates.
+//!
+//! - dcmgr → agent: [`Command`]s on [`subject::agent`]. Every command is an idempotent
+//!   *ensure* of desired state; repeating one is harmless.
+//! - agent → dcmgr: [`Register`], [`Heartbeat`] and [`ReportBatch`] (request/reply). Each
+//!   [`Report`] carries a generation number; dcmgr applies it only if it is newer than the
+//!   last one it applied for that object, and acks its `seq` so the agent can drop it from
+//!   its journal.
+
+use crate::id::*;
+use crate::state::*;
+use serde::{Deserialize, Serialize};
+
+/// Bumped on an incompatible change; dcmgr accepts agents of `PROTOCOL_VERSION - 1` and up.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Subject names on the bus.
+pub mod subject {
+    use super::AgentKind;
+
+    pub const REGISTER: &str = "vdc.dcmgr.register";
+    pub const HEARTBEAT: &str = "vdc.dcmgr.heartbeat";
+    pub const REPORT: &str = "vdc.dcmgr.report";
+
+    /// Where one agent receives its commands.
+    pub fn agent(kind: AgentKind, node_id: &str) -> String {
+        format!("vdc.agent.{}.{}", kind.as_str(), node_id)
+    }
+
+    /// Where one agent answers queries (request/reply), e.g. console logs.
+    pub fn agent_query(kind: AgentKind, node_id: &str) -> String {
+        format!("vdc.agent.{}.{}.query", kind.as_str(), node_id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentKind {
+    Hva,
+    Nwagent,
+    Sta,
+}
+
+impl AgentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Hva => "hva",
+            AgentKind::Nwagent => "nwagent",
+            AgentKind::Sta => "sta",
+        }
+    }
+}
+
+impl std::fmt::Display for AgentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub proto: u32,
+    pub msg: T,
+}
+
+impl<T> Envelope<T> {
+    pub fn new(msg: T) -> Self {
+        Envelope { proto: PROTOCOL_VERSION, msg }
+    }
+}
+
+/// Why a bus message was refused before it was acted on.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("protocol version {got} is not supported (this side speaks {PROTOCOL_VERSION})")]
+    Version { got: u32 },
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serializing our own plain data types cannot fail.
+    serde_json::to_vec(&Envelope::new(msg)).expect("bus messages serialize")
+}
+
+/// Decodes an untrusted message and checks its protocol version.
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let env: Envelope<T> = serde_json::from_slice(bytes)?;
+    if env.proto + 1 < PROTOCOL_VERSION || env.proto > PROTOCOL_VERSION + 1 {
+        return Err(DecodeError::Version { got: env.proto });
+    }
+    Ok(env.msg)
+}
+
+// ---------------------------------------------------------------- agent → dcmgr
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Register {
+    /// `hn-…` for hva and nwagent, `sn-…` for sta.
+    pub node_id: String,
+    pub kind: AgentKind,
+    pub agent_version: String,
+    pub host: Option<HostInfo>,
+    pub storage: Option<StorageInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub hypervisors: Vec<HypervisorKind>,
+    /// Probed facts, e.g. `{"kvm_usable": false, "driver": "sim"}`.
+    pub capabilities: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StorageInfo {
+    pub backend: StorageBackend,
+    pub capacity_mib: u64,
+    pub used_mib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registered {
+    pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node_id: String,
+    pub kind: AgentKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// False when dcmgr does not know this agent (e.g. after dcmgr lost its memory):
+    /// the agent registers again and re-reports everything.
+    pub known: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReportBatch {
+    pub node_id: String,
+    pub kind: AgentKind,
+    pub reports: Vec<Report>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    /// Journal sequence number, echoed in the [`Ack`].
+    pub seq: u64,
+    /// Per-agent monotonic generation; newer observations have larger numbers.
+    pub gen: u64,
+    pub object: ObjectReport,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ObjectReport {
+    Instance(InstanceReport),
+    Interface(InterfaceReport),
+    Volume(VolumeReport),
+    Snapshot(SnapshotReport),
+}
+
+impl ObjectReport {
+    pub fn object_id(&self) -> &str {
+        match self {
+            ObjectReport::Instance(r) => r.id.as_str(),
+            ObjectReport::Interface(r) => r.id.as_str(),
+            ObjectReport::Volume(r) => r.id.as_str(),
+            ObjectReport::Snapshot(r) => r.id.as_str(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub id: InstanceId,
+    /// The `spec_gen` of the last ensure the agent acted on.
+    pub spec_gen: u64,
+    pub state: ObservedInstance,
+    /// The last `reboot_gen` the agent carried out.
+    #[serde(default)]
+    pub reboot_gen: u64,
+    /// Volumes attached to the running guest.
+    #[serde(default)]
+    pub volumes: Vec<VolumeId>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InterfaceReport {
+    pub id: VifId,
+    pub spec_gen: u64,
+    pub state: ObservedInterface,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeReport {
+    pub id: VolumeId,
+    pub spec_gen: u64,
+    pub state: ObservedStorage,
+    pub size_mib: u64,
+    /// How the attaching host reaches it, when exported.
+    pub target: Option<VolumeTarget>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotReport {
+    pub id: SnapshotId,
+    pub state: ObservedStorage,
+    pub size_mib: u64,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ack {
+    pub seqs: Vec<u64>,
+}
+
+// ---------------------------------------------------------------- dcmgr → agent
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    EnsureInstance(InstanceSpec),
+    EnsureInstanceAbsent { id: InstanceId, spec_gen: u64 },
+    EnsureInterface(InterfaceSpec),
+    EnsureInterfaceAbsent { id: VifId, spec_gen: u64 },
+    EnsureVolume(VolumeSpec),
+    EnsureVolumeAbsent { id: VolumeId, spec_gen: u64 },
+    EnsureSnapshot(SnapshotSpec),
+    EnsureSnapshotAbsent { id: SnapshotId, volume_id: VolumeId },
+    /// Re-report every object the agent holds.
+    ReportAll,
+}
+
+/// Everything hva needs to make one instance exist in the desired power state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSpec {
+    pub id: InstanceId,
+    /// Bumped by dcmgr on every change of intent for this instance.
+    pub spec_gen: u64,
+    pub power: DesiredPower,
+    pub hypervisor: HypervisorKind,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub hostname: String,
+    pub image: ImageSpec,
+    pub nics: Vec<NicSpec>,
+    pub ssh_public_keys: Vec<String>,
+    pub user_data: Option<String>,
+    pub volumes: Vec<VolumeAttachment>,
+    /// Reboot when this is larger than the last reboot carried out.
+    pub reboot_gen: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageSpec {
+    pub id: ImageId,
+    pub format: ImageFormat,
+    pub source: String,
+    pub checksum: Option<String>,
+    pub initrd: Option<String>,
+    pub kernel_cmdline: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NicSpec {
+    pub id: VifId,
+    pub network_id: NetworkId,
+    pub mac: String,
+    pub ip: String,
+    pub prefix_len: u8,
+    pub gateway: String,
+    pub vni: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeAttachment {
+    pub volume_id: VolumeId,
+    /// None until sta has exported the volume to this host.
+    pub target: Option<VolumeTarget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum VolumeTarget {
+    Iscsi { portal: String, iqn: String, lun: u32 },
+    Local { path: String },
+}
+
+/// Everything nwagent needs to plug one interface into its virtual network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InterfaceSpec {
+    pub id: VifId,
+    pub spec_gen: u64,
+    pub instance_id: InstanceId,
+    pub account_id: AccountId,
+    pub network: NetworkSpec,
+    pub mac: String,
+    pub ip: String,
+    pub security_groups: Vec<SecurityGroupSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    pub id: NetworkId,
+    pub vni: u32,
+    pub cidr: String,
+    pub gateway: String,
+}
+
+/// A security group with every group reference already resolved to member addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SecurityGroupSpec {
+    pub id: SecurityGroupId,
+    pub rules: Vec<ResolvedRule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolvedRule {
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub port_min: Option<u16>,
+    pub port_max: Option<u16>,
+    /// CIDRs the rule admits: the rule's own, or one /32 per member of the referred group.
+    pub cidrs: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    pub id: VolumeId,
+    pub spec_gen: u64,
+    pub size_mib: u64,
+    pub source_snapshot: Option<SnapshotId>,
+    /// Export the volume to this host, or to none.
+    pub export_to: Option<HostNodeId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotSpec {
+    pub id: SnapshotId,
+    pub volume_id: VolumeId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "query", rename_all = "snake_case")]
+pub enum Query {
+    ConsoleLog { id: InstanceId },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum QueryReply {
+    ConsoleLog { output: String },
+    Error { code: String, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_ignored_and_versions_checked() {
+        let raw = br#"{"proto":1,"msg":{"node_id":"hn-a","kind":"hva","future_field":[1,2]}}"#;
+        let hb: Heartbeat = decode(raw).unwrap();
+        assert_eq!(hb.node_id, "hn-a");
+        let raw = br#"{"proto":9,"msg":{"node_id":"hn-a","kind":"hva"}}"#;
+        assert!(matches!(decode::<Heartbeat>(raw), Err(DecodeError::Version { got: 9 })));
+        assert!(decode::<Heartbeat>(b"not json").is_err());
+    }
+
+    #[test]
+    fn commands_round_trip() {
+        let cmd = Command::EnsureInstanceAbsent { id: "i-abc".parse().unwrap(), spec_gen: 3 };
+        let back: Command = decode(&encode(&cmd)).unwrap();
+        assert!(matches!(back, Command::EnsureInstanceAbsent { spec_gen: 3, .. }));
+    }
+}

@@ -1,0 +1,155 @@
+//! Resource IDs with Wakame-VDC's readable prefixes, each its own type so that an
+//! instance ID can never be passed where a volume ID is expected.
+//!
+//! An ID is `<prefix>-<suffix>`; a generated suffix is 14 base32 characters, the first 8
+//! from the time in milliseconds, so that sorting by ID is sorting by creation time
+//! (pagination relies on it), and 6 random ones.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// Why a string is not a valid ID of the expected kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not a valid {kind} ID: expected {prefix}- followed by 1 to 40 characters of [0-9a-z]")]
+pub struct IdError {
+    pub kind: &'static str,
+    pub prefix: &'static str,
+    pub input: String,
+}
+
+fn generate_suffix() -> String {
+    use rand::Rng;
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut out = String::with_capacity(14);
+    for i in (0..8).rev() {
+        out.push(ALPHABET[((ms >> (i * 5)) & 31) as usize] as char);
+    }
+    let mut rng = rand::thread_rng();
+    for _ in 0..6 {
+        out.push(ALPHABET[rng.gen_range(0..32)] as char);
+    }
+    out
+}
+
+fn valid_suffix(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 40 && s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+}
+
+macro_rules! define_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(try_from = "String", into = "String")]
+        #[schema(value_type = String, example = json!(concat!($prefix, "-0kq3m5v2ab7x9c")))]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+            pub const KIND: &'static str = $kind;
+
+            /// A new, unique, time-ordered ID.
+            pub fn generate() -> Self {
+                Self(format!("{}-{}", $prefix, generate_suffix()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                match s.strip_prefix(concat!($prefix, "-")) {
+                    Some(rest) if valid_suffix(rest) => Ok(Self(s.to_owned())),
+                    _ => Err(IdError { kind: $kind, prefix: $prefix, input: s.chars().take(64).collect() }),
+                }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+            fn try_from(s: String) -> Result<Self, IdError> {
+                s.parse()
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+define_id!(/** An account (tenant). */ AccountId, "a", "account");
+define_id!(/** An instance (virtual machine or container). */ InstanceId, "i", "instance");
+define_id!(/** A machine image. */ ImageId, "img", "image");
+define_id!(/** A block volume. */ VolumeId, "vol", "volume");
+define_id!(/** A volume snapshot. */ SnapshotId, "snap", "snapshot");
+define_id!(/** A virtual network. */ NetworkId, "nw", "network");
+define_id!(/** A virtual interface of an instance on a network. */ VifId, "vif", "interface");
+define_id!(/** A security group. */ SecurityGroupId, "sg", "security group");
+define_id!(/** A security group rule. */ RuleId, "sgr", "security group rule");
+define_id!(/** An ssh key pair. */ KeyPairId, "ssh", "key pair");
+define_id!(/** A hypervisor host node (where hva and nwagent run). */ HostNodeId, "hn", "host node");
+define_id!(/** A storage node (where sta runs). */ StorageNodeId, "sn", "storage node");
+define_id!(/** A floating IP. */ FloatingIpId, "fip", "floating IP");
+define_id!(/** A job: the progress of one long operation. */ JobId, "job", "job");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_and_sort_by_time() {
+        let a = InstanceId::generate();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = InstanceId::generate();
+        assert!(a < b, "{a} should sort before {b}");
+        assert_eq!(a.as_str().parse::<InstanceId>().unwrap(), a);
+        assert!(a.as_str().starts_with("i-"));
+        assert_eq!(a.as_str().len(), 16);
+    }
+
+    #[test]
+    fn wrong_prefix_or_characters_are_refused() {
+        assert!("vol-abc".parse::<InstanceId>().is_err());
+        assert!("i-".parse::<InstanceId>().is_err());
+        assert!("i-ABC".parse::<InstanceId>().is_err());
+        assert!("i-abc;drop".parse::<InstanceId>().is_err());
+        let err = "img-x".parse::<VolumeId>().unwrap_err();
+        assert!(err.to_string().contains("volume"), "{err}");
+    }
+
+    #[test]
+    fn serde_checks_the_prefix() {
+        let ok: InstanceId = serde_json::from_str("\"i-abc123\"").unwrap();
+        assert_eq!(ok.as_str(), "i-abc123");
+        assert!(serde_json::from_str::<InstanceId>("\"vol-abc123\"").is_err());
+    }
+}

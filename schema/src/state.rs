@@ -1,0 +1,210 @@
+//! Shared vocabulary: kinds and states, with their wire spellings.
+//!
+//! Instance states, after Wakame-VDC:
+//!
+//! ```text
+//!   create ──► scheduling ──► pending ──► starting ──► running ──► stopping ──► stopped
+//!                                             ▲           │  ▲                     │ start
+//!                                             │    halt   ▼  │ poweron             ▼
+//!                                             │         halting ──► halted    scheduling …
+//!                                             └────────────────────────┘
+//!   any ── terminate ──► shuttingdown ──► terminated         any ── error ──► failed
+//! ```
+//!
+//! `halted` keeps the host (and its reservation); `stopped` releases it.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// An unknown spelling of one of the enums below.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not a valid {kind}; expected one of: {expected}")]
+pub struct ParseEnumError {
+    pub kind: &'static str,
+    pub input: String,
+    pub expected: &'static str,
+}
+
+macro_rules! wire_enum {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, { $($variant:ident => $s:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        pub enum $name {
+            $(#[serde(rename = $s)] $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseEnumError;
+            fn from_str(s: &str) -> Result<Self, ParseEnumError> {
+                match s {
+                    $($s => Ok($name::$variant),)+
+                    _ => Err(ParseEnumError {
+                        kind: $kind,
+                        input: s.chars().take(64).collect(),
+                        expected: concat!($($s, " "),+),
+                    }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// How an instance is run. The image lists the kinds it can boot on.
+    HypervisorKind, "hypervisor kind", {
+        Kvm => "kvm", Qemu => "qemu", Lxc => "lxc",
+    }
+);
+
+wire_enum!(
+    /// The lifecycle state of an instance as the user sees it.
+    InstanceState, "instance state", {
+        Scheduling => "scheduling",
+        Pending => "pending",
+        Starting => "starting",
+        Running => "running",
+        Stopping => "stopping",
+        Stopped => "stopped",
+        Halting => "halting",
+        Halted => "halted",
+        ShuttingDown => "shuttingdown",
+        Terminated => "terminated",
+        Failed => "failed",
+    }
+);
+
+wire_enum!(
+    /// What the user asked an instance to be: dcmgr's intent.
+    InstanceGoal, "instance goal", {
+        Running => "running", Halted => "halted", Stopped => "stopped", Terminated => "terminated",
+    }
+);
+
+wire_enum!(
+    /// What an agent asks its driver to make true for one instance.
+    DesiredPower, "desired power state", {
+        Running => "running", Off => "off",
+    }
+);
+
+wire_enum!(
+    /// What hva saw of one instance on its host.
+    ObservedInstance, "observed instance state", {
+        Starting => "starting",
+        Running => "running",
+        Stopping => "stopping",
+        Off => "off",
+        Absent => "absent",
+        Failed => "failed",
+    }
+);
+
+wire_enum!(
+    /// A user-requested instance action.
+    InstanceAction, "instance action", {
+        Start => "start", Stop => "stop", Halt => "halt", Poweron => "poweron",
+        Reboot => "reboot", Terminate => "terminate",
+    }
+);
+
+wire_enum!(
+    VolumeState, "volume state", {
+        Creating => "creating",
+        Available => "available",
+        Attaching => "attaching",
+        Attached => "attached",
+        Detaching => "detaching",
+        Deleting => "deleting",
+        Deleted => "deleted",
+        Failed => "failed",
+    }
+);
+
+wire_enum!(
+    SnapshotState, "snapshot state", {
+        Creating => "creating", Available => "available", Deleting => "deleting",
+        Deleted => "deleted", Failed => "failed",
+    }
+);
+
+wire_enum!(
+    /// What sta saw of a volume or snapshot.
+    ObservedStorage, "observed storage state", {
+        Creating => "creating", Available => "available", Absent => "absent", Failed => "failed",
+    }
+);
+
+wire_enum!(
+    /// What nwagent saw of an interface.
+    ObservedInterface, "observed interface state", {
+        Active => "active", Absent => "absent", Failed => "failed",
+    }
+);
+
+wire_enum!(
+    InterfaceState, "interface state", {
+        Pending => "pending", Active => "active", Failed => "failed", Deleted => "deleted",
+    }
+);
+
+wire_enum!(
+    JobState, "job state", {
+        Running => "running", Succeeded => "succeeded", Failed => "failed", Cancelled => "cancelled",
+    }
+);
+
+wire_enum!(
+    NodeState, "node state", { Online => "online", Offline => "offline" }
+);
+
+wire_enum!(
+    ImageFormat, "image format", {
+        Raw => "raw", Qcow2 => "qcow2", Tar => "tar", Dir => "dir", Kernel => "kernel",
+    }
+);
+
+wire_enum!(
+    Arch, "architecture", { X86_64 => "x86_64", Aarch64 => "aarch64" }
+);
+
+wire_enum!(
+    Protocol, "protocol", { Tcp => "tcp", Udp => "udp", Icmp => "icmp", Any => "any" }
+);
+
+wire_enum!(
+    Direction, "direction", { Ingress => "ingress", Egress => "egress" }
+);
+
+wire_enum!(
+    StorageBackend, "storage backend", { Zfs => "zfs", File => "file", Btrfs => "btrfs", Sim => "sim" }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_round_trip() {
+        for s in InstanceState::ALL {
+            assert_eq!(s.as_str().parse::<InstanceState>().unwrap(), *s);
+            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{}\"", s.as_str()));
+        }
+        let err = "kvmm".parse::<HypervisorKind>().unwrap_err();
+        assert!(err.to_string().contains("kvm qemu lxc"), "{err}");
+    }
+}
