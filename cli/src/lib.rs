@@ -1,0 +1,15 @@
+//! The `vdc` command-line client, and [`client::Client`], the typed Web API client that
+//! the CLI, integration tests and tools share.
+
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod output;
+pub mod parse;
+pub mod up;
+
+#[cfg(test)]
+mod testutil;
+
+pub use client::{Client, ClientError};

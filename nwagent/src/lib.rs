@@ -1,0 +1,28 @@
+//! nwagent, the network agent: plugs interfaces into virtual networks on one host.
+//!
+//! Drivers implement `vdc_schema::agent::NetworkAgent`. This crate has the simulated
+//! driver ([`sim`]); the Open vSwitch driver plugs in behind the same trait.
+
+pub mod sim;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use vdc_bus::agent::{self, AgentConfig, AgentHandle, NetworkHandler};
+use vdc_bus::{ReportSink, Transport};
+use vdc_schema::bus::AgentKind;
+
+#[derive(Debug, Clone)]
+pub struct NwOptions {
+    /// The host node ID (shared with the host's hva).
+    pub node_id: String,
+    pub data_dir: Option<PathBuf>,
+    pub sim: vdc_bus::sim::SimKnobs,
+}
+
+pub async fn start_sim(bus: Arc<dyn Transport>, o: NwOptions) -> anyhow::Result<AgentHandle> {
+    let journal = o.data_dir.as_ref().map(|d| d.join("journal.jsonl"));
+    let sink = ReportSink::open(journal.as_deref())?;
+    let driver = Arc::new(sim::SimNetwork::new(sink.clone(), o.sim));
+    let cfg = AgentConfig { node_id: o.node_id, kind: AgentKind::Nwagent, host: None, storage: None, journal };
+    Ok(agent::start(bus, cfg, sink, Arc::new(NetworkHandler(driver))).await?)
+}

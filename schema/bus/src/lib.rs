@@ -12,6 +12,7 @@
 pub mod adapter;
 pub mod agent;
 pub mod journal;
+pub mod sim;
 pub mod transport;
 
 pub use adapter::{HvaClient, NwClient, StaClient};

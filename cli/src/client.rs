@@ -1,0 +1,817 @@
+//! A typed client for the vdc Web API (`/api/v1`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), vdc_cli::client::ClientError> {
+//! use std::time::Duration;
+//! use vdc_cli::client::Client;
+//! use vdc_schema::api::CreateNetwork;
+//!
+//! let client = Client::new("http://127.0.0.1:9000", "TOKEN");
+//! let nw = client
+//!     .create_network(&CreateNetwork {
+//!         name: "default".into(),
+//!         cidr: "10.0.0.0/24".into(),
+//!         gateway: None,
+//!         dhcp_start: None,
+//!         dhcp_end: None,
+//!     })
+//!     .await?;
+//! for inst in client.list_all_instances().await? {
+//!     println!("{} {}", inst.id, inst.state);
+//! }
+//! # let _ = (nw, Duration::from_secs(1));
+//! # Ok(()) }
+//! ```
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::{Duration, Instant};
+use vdc_schema::api::*;
+use vdc_schema::*;
+
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// How often [`Client::wait_job`] polls.
+pub const JOB_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The largest page the API serves; used when following cursors to save round trips.
+pub const MAX_PAGE: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error status.
+    #[error("{message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{}", transport_message(.0))]
+    Transport(#[source] reqwest::Error),
+    /// A success answer whose body is not what the API promises.
+    #[error("{0}")]
+    Decode(String),
+    #[error("{0}")]
+    Timeout(String),
+    /// Returned by [`Client::wait_job_ok`] when the job ended in another state than succeeded.
+    #[error("job {} ({}) {}: {}", .job.id, .job.action, .job.state, .job.message.as_deref().unwrap_or("no message"))]
+    JobFailed { job: Box<Job> },
+}
+
+fn transport_message(err: &reqwest::Error) -> String {
+    // reqwest's own Display hides the useful part ("Connection refused") in the source chain.
+    let mut cause = String::new();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(err);
+    while let Some(s) = src {
+        cause = s.to_string();
+        src = s.source();
+    }
+    if cause.is_empty() {
+        cause = err.to_string();
+    }
+    let url = err.url().map(|u| u.as_str()).unwrap_or("the API");
+    if err.is_timeout() {
+        format!("request to {url} timed out: {cause}; the server may be down or overloaded")
+    } else {
+        format!("cannot reach {url}: {cause}; the server may be down or the API URL wrong")
+    }
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The API's machine-readable code, or a fixed one for local failures.
+    pub fn code(&self) -> &str {
+        match self {
+            ClientError::Api { code, .. } => code,
+            ClientError::Transport(_) => "transport",
+            ClientError::Decode(_) => "decode",
+            ClientError::Timeout(_) => "timeout",
+            ClientError::JobFailed { .. } => "job_failed",
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404)
+    }
+
+    /// Build an [`ClientError::Api`] from a non-success answer's status and body.
+    pub fn from_response(status: u16, body: &str) -> Self {
+        match serde_json::from_str::<ErrorBody>(body) {
+            Ok(b) => ClientError::Api {
+                status,
+                code: b.error.code,
+                message: b.error.message,
+            },
+            Err(_) => {
+                let text = body.trim();
+                let message = if text.is_empty() {
+                    StatusCode::from_u16(status)
+                        .ok()
+                        .and_then(|s| s.canonical_reason())
+                        .unwrap_or("no response body")
+                        .to_string()
+                } else {
+                    // An HTML error page from a proxy can be huge; the start is enough.
+                    text.chars().take(500).collect()
+                };
+                ClientError::Api {
+                    status,
+                    code: format!("http_{status}"),
+                    message,
+                }
+            }
+        }
+    }
+}
+
+/// A connection to one vdc controller with one account's token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `base_url` is the server root, e.g. `http://127.0.0.1:9000`; a trailing `/api/v1` is
+    /// accepted too.
+    pub fn new(base_url: impl Into<String>, token: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("vdc-cli/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap_or_default();
+        Self::with_http(base_url, token, http)
+    }
+
+    /// Like [`Client::new`] with a caller-configured `reqwest::Client` (timeouts, proxies).
+    pub fn with_http(
+        base_url: impl Into<String>,
+        token: impl Into<String>,
+        http: reqwest::Client,
+    ) -> Self {
+        let mut base = base_url.into().trim().trim_end_matches('/').to_string();
+        if let Some(stripped) = base.strip_suffix("/api/v1") {
+            base = stripped.to_string();
+        }
+        Self {
+            base,
+            token: token.into(),
+            http,
+        }
+    }
+
+    /// The server root, without `/api/v1`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The full URL of an API path such as `/instances` (`""` is the API root).
+    pub fn url(&self, path: &str) -> String {
+        if path.is_empty() || path.starts_with('/') {
+            format!("{}/api/v1{path}", self.base)
+        } else {
+            format!("{}/api/v1/{path}", self.base)
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    /// Send, turning error statuses into [`ClientError::Api`]; `None` for an empty body.
+    async fn send_raw(&self, req: RequestBuilder) -> Result<(String, Option<String>)> {
+        let resp = req.send().await.map_err(ClientError::Transport)?;
+        let status = resp.status();
+        let url = resp.url().to_string();
+        let body = resp.text().await.map_err(ClientError::Transport)?;
+        tracing::debug!(%url, status = status.as_u16(), bytes = body.len(), "api answer");
+        if !status.is_success() {
+            return Err(ClientError::from_response(status.as_u16(), &body));
+        }
+        if status == StatusCode::NO_CONTENT || body.trim().is_empty() {
+            Ok((url, None))
+        } else {
+            Ok((url, Some(body)))
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T> {
+        match self.send_raw(req).await? {
+            (url, Some(body)) => decode(&url, &body),
+            (url, None) => Err(ClientError::Decode(format!(
+                "{url} answered with an empty body where a JSON object was expected"
+            ))),
+        }
+    }
+
+    async fn send_opt<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<Option<T>> {
+        match self.send_raw(req).await? {
+            (url, Some(body)) => decode(&url, &body).map(Some),
+            (_, None) => Ok(None),
+        }
+    }
+
+    // ------------------------------------------------------------ generic helpers
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.request(Method::GET, path)).await
+    }
+
+    pub async fn get_query<T: DeserializeOwned, Q: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<T> {
+        self.send(self.request(Method::GET, path).query(query))
+            .await
+    }
+
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.send(self.request(Method::POST, path).json(body)).await
+    }
+
+    /// POST without a request body.
+    pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.request(Method::POST, path)).await
+    }
+
+    /// DELETE; `None` when the server answers 204 (or any empty body).
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        self.send_opt(self.request(Method::DELETE, path)).await
+    }
+
+    /// DELETE expecting a JSON answer (e.g. 202 with a job).
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send(self.request(Method::DELETE, path)).await
+    }
+
+    /// DELETE ignoring any answer body (204).
+    pub async fn delete_no_content(&self, path: &str) -> Result<()> {
+        self.send_raw(self.request(Method::DELETE, path))
+            .await
+            .map(|_| ())
+    }
+
+    /// One page of a list.
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &ListQuery,
+    ) -> Result<Page<T>> {
+        self.get_query(path, query).await
+    }
+
+    /// Every item of a list, following `next_cursor`. `query.cursor` is the starting point
+    /// and `query.limit` the page size (default: the largest page).
+    pub async fn list_all<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &ListQuery,
+    ) -> Result<Vec<T>> {
+        let mut q = query.clone();
+        q.limit = Some(q.limit.unwrap_or(MAX_PAGE));
+        let mut items = Vec::new();
+        loop {
+            let page: Page<T> = self.list(path, &q).await?;
+            items.extend(page.items);
+            match page.next_cursor {
+                // A cursor that does not move would loop forever.
+                Some(c) if q.cursor.as_deref() != Some(c.as_str()) => q.cursor = Some(c),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ API root
+
+    pub async fn api_info(&self) -> Result<ApiInfo> {
+        self.get("").await
+    }
+
+    // ------------------------------------------------------------ accounts (admin)
+
+    pub async fn create_account(&self, req: &CreateAccount) -> Result<AccountCreated> {
+        self.post("/accounts", req).await
+    }
+
+    pub async fn list_accounts(&self, query: &ListQuery) -> Result<Page<Account>> {
+        self.list("/accounts", query).await
+    }
+
+    pub async fn list_all_accounts(&self) -> Result<Vec<Account>> {
+        self.list_all("/accounts", &ListQuery::default()).await
+    }
+
+    pub async fn get_account(&self, id: &AccountId) -> Result<Account> {
+        self.get(&format!("/accounts/{id}")).await
+    }
+
+    pub async fn delete_account(&self, id: &AccountId) -> Result<()> {
+        self.delete_no_content(&format!("/accounts/{id}")).await
+    }
+
+    /// A new token for the account; the old ones stay valid.
+    pub async fn create_account_token(&self, id: &AccountId) -> Result<AccountToken> {
+        self.post_empty(&format!("/accounts/{id}/tokens")).await
+    }
+
+    // ------------------------------------------------------------ key pairs
+
+    pub async fn create_keypair(&self, req: &CreateKeyPair) -> Result<KeyPairCreated> {
+        self.post("/keypairs", req).await
+    }
+
+    pub async fn list_keypairs(&self, query: &ListQuery) -> Result<Page<KeyPair>> {
+        self.list("/keypairs", query).await
+    }
+
+    pub async fn list_all_keypairs(&self) -> Result<Vec<KeyPair>> {
+        self.list_all("/keypairs", &ListQuery::default()).await
+    }
+
+    pub async fn get_keypair(&self, id: &KeyPairId) -> Result<KeyPair> {
+        self.get(&format!("/keypairs/{id}")).await
+    }
+
+    pub async fn delete_keypair(&self, id: &KeyPairId) -> Result<()> {
+        self.delete_no_content(&format!("/keypairs/{id}")).await
+    }
+
+    // ------------------------------------------------------------ images
+
+    pub async fn create_image(&self, req: &CreateImage) -> Result<Image> {
+        self.post("/images", req).await
+    }
+
+    pub async fn list_images(&self, query: &ListQuery) -> Result<Page<Image>> {
+        self.list("/images", query).await
+    }
+
+    pub async fn list_all_images(&self) -> Result<Vec<Image>> {
+        self.list_all("/images", &ListQuery::default()).await
+    }
+
+    pub async fn get_image(&self, id: &ImageId) -> Result<Image> {
+        self.get(&format!("/images/{id}")).await
+    }
+
+    pub async fn delete_image(&self, id: &ImageId) -> Result<()> {
+        self.delete_no_content(&format!("/images/{id}")).await
+    }
+
+    // ------------------------------------------------------------ networks
+
+    pub async fn create_network(&self, req: &CreateNetwork) -> Result<Network> {
+        self.post("/networks", req).await
+    }
+
+    pub async fn list_networks(&self, query: &ListQuery) -> Result<Page<Network>> {
+        self.list("/networks", query).await
+    }
+
+    pub async fn list_all_networks(&self) -> Result<Vec<Network>> {
+        self.list_all("/networks", &ListQuery::default()).await
+    }
+
+    pub async fn get_network(&self, id: &NetworkId) -> Result<Network> {
+        self.get(&format!("/networks/{id}")).await
+    }
+
+    pub async fn delete_network(&self, id: &NetworkId) -> Result<()> {
+        self.delete_no_content(&format!("/networks/{id}")).await
+    }
+
+    // ------------------------------------------------------------ security groups
+
+    pub async fn create_security_group(&self, req: &CreateSecurityGroup) -> Result<SecurityGroup> {
+        self.post("/security_groups", req).await
+    }
+
+    pub async fn list_security_groups(&self, query: &ListQuery) -> Result<Page<SecurityGroup>> {
+        self.list("/security_groups", query).await
+    }
+
+    pub async fn list_all_security_groups(&self) -> Result<Vec<SecurityGroup>> {
+        self.list_all("/security_groups", &ListQuery::default())
+            .await
+    }
+
+    pub async fn get_security_group(&self, id: &SecurityGroupId) -> Result<SecurityGroup> {
+        self.get(&format!("/security_groups/{id}")).await
+    }
+
+    pub async fn delete_security_group(&self, id: &SecurityGroupId) -> Result<()> {
+        self.delete_no_content(&format!("/security_groups/{id}"))
+            .await
+    }
+
+    /// Add a rule; answers the whole group with the new rule's ID in it.
+    pub async fn add_security_group_rule(
+        &self,
+        id: &SecurityGroupId,
+        rule: &RuleSpec,
+    ) -> Result<SecurityGroup> {
+        self.post(&format!("/security_groups/{id}/rules"), rule)
+            .await
+    }
+
+    pub async fn delete_security_group_rule(
+        &self,
+        id: &SecurityGroupId,
+        rule: &RuleId,
+    ) -> Result<SecurityGroup> {
+        self.delete_json(&format!("/security_groups/{id}/rules/{rule}"))
+            .await
+    }
+
+    // ------------------------------------------------------------ instances
+
+    pub async fn create_instance(&self, req: &CreateInstance) -> Result<Accepted<Instance>> {
+        self.post("/instances", req).await
+    }
+
+    pub async fn list_instances(&self, query: &ListQuery) -> Result<Page<Instance>> {
+        self.list("/instances", query).await
+    }
+
+    pub async fn list_all_instances(&self) -> Result<Vec<Instance>> {
+        self.list_all("/instances", &ListQuery::default()).await
+    }
+
+    pub async fn get_instance(&self, id: &InstanceId) -> Result<Instance> {
+        self.get(&format!("/instances/{id}")).await
+    }
+
+    /// Start, stop, halt, poweron, reboot or terminate. An action that is already done
+    /// answers 200 with a finished job.
+    pub async fn instance_action(
+        &self,
+        id: &InstanceId,
+        action: InstanceAction,
+    ) -> Result<Accepted<Instance>> {
+        self.post_empty(&format!("/instances/{id}/{}", action.as_str()))
+            .await
+    }
+
+    pub async fn start_instance(&self, id: &InstanceId) -> Result<Accepted<Instance>> {
+        self.instance_action(id, InstanceAction::Start).await
+    }
+
+    pub async fn stop_instance(&self, id: &InstanceId) -> Result<Accepted<Instance>> {
+        self.instance_action(id, InstanceAction::Stop).await
+    }
+
+    pub async fn halt_instance(&self, id: &InstanceId) -> Result<Accepted<Instance>> {
+        self.instance_action(id, InstanceAction::Halt).await
+    }
+
+    pub async fn poweron_instance(&self, id: &InstanceId) -> Result<Accepted<Instance>> {
+        self.instance_action(id, InstanceAction::Poweron).await
+    }
+
+    pub async fn reboot_instance(&self, id: &InstanceId) -> Result<Accepted<Instance>> {
+        self.instance_action(id, InstanceAction::Reboot).await
+    }
+
+    pub async fn terminate_instance(&self, id: &InstanceId) -> Result<Accepted<Instance>> {
+        self.instance_action(id, InstanceAction::Terminate).await
+    }
+
+    /// `DELETE /instances/{id}`: the same as terminate.
+    pub async fn delete_instance(&self, id: &InstanceId) -> Result<Accepted<Instance>> {
+        self.delete_json(&format!("/instances/{id}")).await
+    }
+
+    pub async fn console_log(&self, id: &InstanceId) -> Result<ConsoleLog> {
+        self.get(&format!("/instances/{id}/console")).await
+    }
+
+    // ------------------------------------------------------------ volumes
+
+    pub async fn create_volume(&self, req: &CreateVolume) -> Result<Accepted<Volume>> {
+        self.post("/volumes", req).await
+    }
+
+    pub async fn list_volumes(&self, query: &ListQuery) -> Result<Page<Volume>> {
+        self.list("/volumes", query).await
+    }
+
+    pub async fn list_all_volumes(&self) -> Result<Vec<Volume>> {
+        self.list_all("/volumes", &ListQuery::default()).await
+    }
+
+    pub async fn get_volume(&self, id: &VolumeId) -> Result<Volume> {
+        self.get(&format!("/volumes/{id}")).await
+    }
+
+    pub async fn delete_volume(&self, id: &VolumeId) -> Result<Accepted<Volume>> {
+        self.delete_json(&format!("/volumes/{id}")).await
+    }
+
+    pub async fn attach_volume(
+        &self,
+        id: &VolumeId,
+        instance: &InstanceId,
+    ) -> Result<Accepted<Volume>> {
+        let body = AttachVolume {
+            instance_id: instance.clone(),
+        };
+        self.post(&format!("/volumes/{id}/attach"), &body).await
+    }
+
+    pub async fn detach_volume(&self, id: &VolumeId) -> Result<Accepted<Volume>> {
+        self.post_empty(&format!("/volumes/{id}/detach")).await
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    pub async fn create_snapshot(&self, req: &CreateSnapshot) -> Result<Accepted<Snapshot>> {
+        self.post("/snapshots", req).await
+    }
+
+    pub async fn list_snapshots(&self, query: &ListQuery) -> Result<Page<Snapshot>> {
+        self.list("/snapshots", query).await
+    }
+
+    pub async fn list_all_snapshots(&self) -> Result<Vec<Snapshot>> {
+        self.list_all("/snapshots", &ListQuery::default()).await
+    }
+
+    pub async fn get_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        self.get(&format!("/snapshots/{id}")).await
+    }
+
+    pub async fn delete_snapshot(&self, id: &SnapshotId) -> Result<Accepted<Snapshot>> {
+        self.delete_json(&format!("/snapshots/{id}")).await
+    }
+
+    // ------------------------------------------------------------ nodes (admin)
+
+    pub async fn list_host_nodes(&self, query: &ListQuery) -> Result<Page<HostNode>> {
+        self.list("/host_nodes", query).await
+    }
+
+    pub async fn list_all_host_nodes(&self) -> Result<Vec<HostNode>> {
+        self.list_all("/host_nodes", &ListQuery::default()).await
+    }
+
+    pub async fn get_host_node(&self, id: &HostNodeId) -> Result<HostNode> {
+        self.get(&format!("/host_nodes/{id}")).await
+    }
+
+    pub async fn list_storage_nodes(&self, query: &ListQuery) -> Result<Page<StorageNode>> {
+        self.list("/storage_nodes", query).await
+    }
+
+    pub async fn list_all_storage_nodes(&self) -> Result<Vec<StorageNode>> {
+        self.list_all("/storage_nodes", &ListQuery::default()).await
+    }
+
+    pub async fn get_storage_node(&self, id: &StorageNodeId) -> Result<StorageNode> {
+        self.get(&format!("/storage_nodes/{id}")).await
+    }
+
+    // ------------------------------------------------------------ jobs
+
+    pub async fn list_jobs(&self, query: &ListQuery) -> Result<Page<Job>> {
+        self.list("/jobs", query).await
+    }
+
+    pub async fn list_all_jobs(&self) -> Result<Vec<Job>> {
+        self.list_all("/jobs", &ListQuery::default()).await
+    }
+
+    pub async fn get_job(&self, id: &JobId) -> Result<Job> {
+        self.get(&format!("/jobs/{id}")).await
+    }
+
+    /// Poll the job every 100 ms until it is no longer running; the finished job is returned
+    /// whatever its outcome (see [`Client::wait_job_ok`]).
+    pub async fn wait_job(&self, id: &JobId, timeout: Duration) -> Result<Job> {
+        self.poll_job(id, JOB_POLL_INTERVAL, Some(timeout), |_| {})
+            .await
+    }
+
+    /// [`Client::wait_job`], with a job that did not succeed as [`ClientError::JobFailed`].
+    pub async fn wait_job_ok(&self, id: &JobId, timeout: Duration) -> Result<Job> {
+        let job = self.wait_job(id, timeout).await?;
+        if job.state == JobState::Succeeded {
+            Ok(job)
+        } else {
+            Err(ClientError::JobFailed { job: Box::new(job) })
+        }
+    }
+
+    /// The general form of [`Client::wait_job`]: `on_poll` sees every answer (for progress
+    /// display); `timeout: None` waits forever.
+    pub async fn poll_job(
+        &self,
+        id: &JobId,
+        interval: Duration,
+        timeout: Option<Duration>,
+        mut on_poll: impl FnMut(&Job),
+    ) -> Result<Job> {
+        let start = Instant::now();
+        loop {
+            let job = self.get_job(id).await?;
+            on_poll(&job);
+            if job.state != JobState::Running {
+                return Ok(job);
+            }
+            if let Some(t) = timeout {
+                let elapsed = start.elapsed();
+                if elapsed >= t {
+                    return Err(ClientError::Timeout(format!(
+                        "job {id} ({}) still running after {:.1}s",
+                        job.action,
+                        elapsed.as_secs_f64()
+                    )));
+                }
+                tokio::time::sleep(interval.min(t - elapsed)).await;
+            } else {
+                tokio::time::sleep(interval).await;
+            }
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(url: &str, body: &str) -> Result<T> {
+    serde_json::from_str(body).map_err(|e| {
+        let excerpt: String = body.chars().take(200).collect();
+        ClientError::Decode(format!(
+            "unexpected answer from {url}: {e} (body starts with {excerpt:?})"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::mock;
+
+    #[test]
+    fn urls_are_under_api_v1() {
+        let c = Client::new("http://127.0.0.1:9000/", "t");
+        assert_eq!(c.url(""), "http://127.0.0.1:9000/api/v1");
+        assert_eq!(c.url("/jobs"), "http://127.0.0.1:9000/api/v1/jobs");
+        assert_eq!(c.url("jobs"), "http://127.0.0.1:9000/api/v1/jobs");
+        let c = Client::new("http://h:1/api/v1/", "t");
+        assert_eq!(c.base_url(), "http://h:1");
+    }
+
+    #[test]
+    fn error_bodies_are_parsed_or_kept_as_text() {
+        let e = ClientError::from_response(
+            404,
+            r#"{"error":{"code":"not_found","message":"no instance i-x"}}"#,
+        );
+        assert!(matches!(&e, ClientError::Api { status: 404, code, message }
+            if code == "not_found" && message == "no instance i-x"));
+        assert!(e.is_not_found());
+
+        let e = ClientError::from_response(502, "Bad gateway\n");
+        assert_eq!(e.code(), "http_502");
+        assert_eq!(e.to_string(), "Bad gateway");
+
+        let e = ClientError::from_response(500, "");
+        assert_eq!(e.to_string(), "Internal Server Error");
+    }
+
+    fn job_json(state: &str) -> serde_json::Value {
+        serde_json::json!({
+            "id": "job-1", "action": "instance.reboot", "resource_id": "i-1", "state": state,
+            "message": null, "created_at": "2024-01-01T00:00:00Z", "finished_at": null,
+        })
+    }
+
+    #[tokio::test]
+    async fn requests_carry_the_token_and_answers_decode() {
+        let (base, log) = mock(|req| match (req.method.as_str(), req.target.as_str()) {
+            ("GET", "/api/v1") => (
+                200,
+                r#"{"api_version":"1.0","server_version":"x","extensions":["jobs"]}"#.into(),
+            ),
+            ("DELETE", "/api/v1/keypairs/ssh-k") => (204, String::new()),
+            ("POST", "/api/v1/instances/i-1/reboot") => (
+                202,
+                serde_json::json!({"job": job_json("running"), "resource": {}}).to_string(),
+            ),
+            _ => (
+                404,
+                r#"{"error":{"code":"not_found","message":"nothing here"}}"#.into(),
+            ),
+        })
+        .await;
+        let c = Client::new(base, "sekret");
+        assert_eq!(c.api_info().await.unwrap().extensions, ["jobs"]);
+        c.delete_keypair(&"ssh-k".parse().unwrap()).await.unwrap();
+        let err = c.get_image(&"img-x".parse().unwrap()).await.unwrap_err();
+        assert_eq!((err.status(), err.code()), (Some(404), "not_found"));
+        assert_eq!(err.to_string(), "nothing here");
+        // The resource is not an Instance: a decode error that names the URL.
+        let err = c
+            .instance_action(&"i-1".parse().unwrap(), InstanceAction::Reboot)
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, ClientError::Decode(m) if m.contains("/instances/i-1/reboot")));
+
+        let log = log.lock().unwrap();
+        assert_eq!(log.len(), 4);
+        assert!(log.iter().all(|r| r.auth == "Bearer sekret"), "{log:?}");
+    }
+
+    #[tokio::test]
+    async fn list_all_follows_cursors_and_bodies_are_json() {
+        let (base, log) = mock(|req| {
+            let page = if req.target.contains("cursor=c1") {
+                serde_json::json!({"items": [job_json("succeeded")], "next_cursor": null})
+            } else {
+                serde_json::json!({"items": [job_json("running")], "next_cursor": "c1"})
+            };
+            (200, page.to_string())
+        })
+        .await;
+        let c = Client::new(base.clone(), "t");
+        let jobs = c.list_all_jobs().await.unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[1].state, JobState::Succeeded);
+        {
+            let log = log.lock().unwrap();
+            assert_eq!(log[0].target, "/api/v1/jobs?limit=1000");
+            assert_eq!(log[1].target, "/api/v1/jobs?limit=1000&cursor=c1");
+        }
+
+        let (base, log) = mock(|_| (400, "plain text failure".into())).await;
+        let c = Client::new(base, "t");
+        let req = CreateAccount {
+            name: "bob".into(),
+            admin: true,
+        };
+        let err = c.create_account(&req).await.unwrap_err();
+        assert_eq!(err.code(), "http_400");
+        assert_eq!(err.to_string(), "plain text failure");
+        let body: serde_json::Value = serde_json::from_str(&log.lock().unwrap()[0].body).unwrap();
+        assert_eq!(body, serde_json::json!({"name": "bob", "admin": true}));
+    }
+
+    #[tokio::test]
+    async fn wait_job_polls_until_the_job_ends() {
+        let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let p = polls.clone();
+        let (base, _) = mock(move |_| {
+            let n = p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let state = if n < 2 { "running" } else { "failed" };
+            (200, job_json(state).to_string())
+        })
+        .await;
+        let c = Client::new(base, "t");
+        let id: JobId = "job-1".parse().unwrap();
+        let job = c.wait_job(&id, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let err = c
+            .wait_job_ok(&id, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "job_failed");
+
+        let (base, _) = mock(|_| (200, job_json("running").to_string())).await;
+        let c = Client::new(base, "t");
+        let err = c
+            .wait_job(&id, Duration::from_millis(250))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Timeout(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn transport_errors_name_the_url() {
+        // Port 1 on loopback is essentially never listening.
+        let c = Client::new("http://127.0.0.1:1", "t");
+        let e = c.api_info().await.unwrap_err();
+        assert_eq!(e.code(), "transport");
+        let msg = e.to_string();
+        assert!(msg.contains("http://127.0.0.1:1/api/v1"), "{msg}");
+        assert!(msg.contains("server may be down"), "{msg}");
+    }
+}

@@ -1,0 +1,648 @@
+//! The `vdc` command line: `vdc [-o FORMAT] [--api URL] [--token TOKEN] <resource> <verb> …`.
+
+mod exec;
+
+use crate::error::CliError;
+use crate::output::OutputFormat;
+use crate::parse::{parse_checksum, parse_memory_mib, parse_rule_spec, parse_size_mib};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use vdc_schema::api::RuleSpec;
+use vdc_schema::*;
+
+/// A clap parser for one of the schema's wire enums, listing its spellings in help and
+/// completions.
+macro_rules! wire {
+    ($t:ty) => {
+        clap::builder::TypedValueParser::try_map(
+            clap::builder::PossibleValuesParser::new(<$t>::ALL.iter().map(|v| v.as_str())),
+            |s| s.parse::<$t>(),
+        )
+    };
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vdc",
+    version,
+    about = "Command-line client of the vdc IaaS cloud controller",
+    after_help = "The API URL and token come from --api/--token, else VDC_API/VDC_TOKEN, else the \
+                  config file ($VDC_CONFIG or ~/.config/vdc/config.toml, written by `vdc up`)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Output format
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+    pub output: OutputFormat,
+    /// API server URL, e.g. http://127.0.0.1:9000 [default: $VDC_API, then the config file]
+    #[arg(long, value_name = "URL", global = true)]
+    pub api: Option<String>,
+    /// API token [default: $VDC_TOKEN, then the config file]
+    #[arg(long, value_name = "TOKEN", global = true)]
+    pub token: Option<String>,
+    /// How long --wait waits for a job before giving up
+    #[arg(long, value_name = "SECONDS", default_value_t = 1800, global = true)]
+    pub wait_timeout: u64,
+    /// Log more to stderr (-v debug, -vv trace); RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the server's API version and extensions
+    Info,
+    /// Accounts and their API tokens (admin only)
+    #[command(subcommand)]
+    Account(AccountCmd),
+    /// SSH key pairs for instances
+    #[command(subcommand, visible_alias = "key")]
+    Keypair(KeypairCmd),
+    /// Machine images
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Virtual networks
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Security groups and their rules
+    #[command(subcommand, visible_alias = "sg")]
+    Secgroup(SecgroupCmd),
+    /// Instances (virtual machines and containers)
+    #[command(subcommand)]
+    Instance(InstanceCmd),
+    /// Block volumes
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Volume snapshots
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Host and storage nodes (admin only)
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// Jobs: the progress of long operations
+    #[command(subcommand)]
+    Job(JobCmd),
+    /// Print a shell completion script to stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Run a single-machine vdc cloud and write the CLI config for it
+    Up(UpArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Where to keep the cloud's state
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address for the API server
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: String,
+    /// Use simulated agents instead of real hypervisors and storage
+    #[arg(long)]
+    pub sim: bool,
+}
+
+/// Paging of list commands: by default every page is fetched.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ListArgs {
+    /// Fetch only one page of at most N items
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+    /// Fetch only the page starting at this cursor (a previous page's next_cursor)
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct WaitArg {
+    /// Wait for the job to finish, then print the final resource
+    #[arg(long)]
+    pub wait: bool,
+}
+
+// ------------------------------------------------------------------ accounts
+
+#[derive(Debug, Subcommand)]
+pub enum AccountCmd {
+    /// Create an account and print its first token
+    Create {
+        name: String,
+        /// Allow it to manage accounts, nodes and public images
+        #[arg(long)]
+        admin: bool,
+    },
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only accounts with this exact name
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        id: AccountId,
+    },
+    #[command(visible_alias = "rm")]
+    Delete {
+        id: AccountId,
+    },
+    /// Create another API token for the account and print it
+    Token {
+        id: AccountId,
+    },
+}
+
+// ------------------------------------------------------------------ key pairs
+
+#[derive(Debug, Subcommand)]
+pub enum KeypairCmd {
+    /// Import a public key, or have an ed25519 key pair generated
+    Create {
+        name: String,
+        /// Import the OpenSSH public key in FILE
+        #[arg(long, value_name = "FILE", conflicts_with = "public_key")]
+        public_key_file: Option<PathBuf>,
+        /// Import this OpenSSH public key
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
+        /// Write the generated private key to FILE (mode 0600) instead of printing it
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["public_key", "public_key_file"])]
+        private_key_out: Option<PathBuf>,
+    },
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only key pairs with this exact name
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        id: KeyPairId,
+    },
+    #[command(visible_alias = "rm")]
+    Delete {
+        id: KeyPairId,
+    },
+}
+
+// ------------------------------------------------------------------ images
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Register an image
+    Create(ImageCreateArgs),
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only images with this exact name
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        id: ImageId,
+    },
+    #[command(visible_alias = "rm")]
+    Delete {
+        id: ImageId,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ImageCreateArgs {
+    pub name: String,
+    #[arg(long, value_parser = wire!(ImageFormat))]
+    pub format: ImageFormat,
+    /// A hypervisor kind the image boots on (repeatable)
+    #[arg(long = "hypervisor", value_name = "KIND", required = true, value_parser = wire!(HypervisorKind))]
+    pub hypervisors: Vec<HypervisorKind>,
+    /// Where hosts fetch it: a path, a file:// or http(s):// URL, or builtin:NAME
+    #[arg(long, value_name = "SRC")]
+    pub source: String,
+    #[arg(long, default_value = "x86_64", value_parser = wire!(Arch))]
+    pub arch: Arch,
+    /// sha256:HEX of the image data
+    #[arg(long, value_name = "sha256:HEX", value_parser = parse_checksum)]
+    pub checksum: Option<String>,
+    /// For kernel images: the initrd beside the kernel
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<String>,
+    /// For kernel images: the kernel command line
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+    /// Make it visible to every account (admin only)
+    #[arg(long)]
+    pub public: bool,
+}
+
+// ------------------------------------------------------------------ networks
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// Create a network; gateway and DHCP range default to the first address and the rest
+    Create {
+        name: String,
+        /// IPv4 network, e.g. 10.0.0.0/24
+        #[arg(long)]
+        cidr: String,
+        #[arg(long, value_name = "IP")]
+        gateway: Option<Ipv4Addr>,
+        #[arg(long, value_name = "IP")]
+        dhcp_start: Option<Ipv4Addr>,
+        #[arg(long, value_name = "IP")]
+        dhcp_end: Option<Ipv4Addr>,
+    },
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only networks with this exact name
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        id: NetworkId,
+    },
+    #[command(visible_alias = "rm")]
+    Delete {
+        id: NetworkId,
+    },
+}
+
+// ------------------------------------------------------------------ security groups
+
+/// Rule syntax shown in help.
+const SPEC_HELP: &str = "SPEC is PROTO[:PORTS[:SOURCE]]: PROTO tcp|udp|icmp|any; PORTS 22 or \
+                         1000-2000 (the ICMP type for icmp; empty for all); SOURCE a CIDR or an \
+                         sg- ID (default 0.0.0.0/0). Examples: tcp:22, udp:53:10.0.0.0/8, \
+                         icmp::sg-abc, any";
+
+#[derive(Debug, Subcommand)]
+pub enum SecgroupCmd {
+    /// Create a security group, optionally with ingress rules
+    #[command(after_help = SPEC_HELP)]
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// An ingress rule (repeatable)
+        #[arg(long = "rule", value_name = "SPEC", value_parser = parse_rule_spec)]
+        rules: Vec<RuleSpec>,
+    },
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only groups with this exact name
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        id: SecurityGroupId,
+    },
+    #[command(visible_alias = "rm")]
+    Delete {
+        id: SecurityGroupId,
+    },
+    /// Add a rule to a group
+    #[command(after_help = SPEC_HELP)]
+    RuleAdd {
+        sg: SecurityGroupId,
+        #[arg(value_name = "SPEC", value_parser = parse_rule_spec)]
+        spec: RuleSpec,
+        /// Outgoing traffic; SOURCE is then the destination
+        #[arg(long)]
+        egress: bool,
+    },
+    /// Remove a rule from a group
+    RuleDelete {
+        sg: SecurityGroupId,
+        rule_id: RuleId,
+    },
+}
+
+// ------------------------------------------------------------------ instances
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceCmd {
+    /// Create and start an instance
+    Create(InstanceCreateArgs),
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long, value_parser = wire!(InstanceState))]
+        state: Option<InstanceState>,
+        /// Only instances with this exact name
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        id: InstanceId,
+    },
+    /// Start a stopped instance (it is scheduled again)
+    Start(InstanceActionArgs),
+    /// Shut down and release the host
+    Stop(InstanceActionArgs),
+    /// Shut down but keep the host reserved
+    Halt(InstanceActionArgs),
+    /// Power a halted instance back on
+    Poweron(InstanceActionArgs),
+    Reboot(InstanceActionArgs),
+    /// Destroy the instance
+    #[command(visible_alias = "delete")]
+    Terminate(InstanceActionArgs),
+    /// Print the serial console output
+    ConsoleLog {
+        id: InstanceId,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InstanceActionArgs {
+    pub id: InstanceId,
+    #[command(flatten)]
+    pub wait: WaitArg,
+}
+
+#[derive(Debug, Args)]
+pub struct InstanceCreateArgs {
+    #[arg(long, value_name = "IMAGE_ID")]
+    pub image: ImageId,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cpus: u32,
+    /// Memory in MiB, or with a unit (512M, 2G)
+    #[arg(long, value_name = "MIB", default_value = "256", value_parser = parse_memory_mib)]
+    pub memory: u32,
+    /// Add an interface on this network (repeatable)
+    #[arg(long = "network", value_name = "NETWORK_ID")]
+    pub networks: Vec<NetworkId>,
+    /// Apply this security group to every interface (repeatable)
+    #[arg(long = "secgroup", value_name = "SG_ID", requires = "networks")]
+    pub secgroups: Vec<SecurityGroupId>,
+    /// Fixed address of the interface (only with exactly one --network)
+    #[arg(long, value_name = "IP", requires = "networks")]
+    pub ip: Option<Ipv4Addr>,
+    /// SSH key pair to install
+    #[arg(long, value_name = "SSH_ID")]
+    pub keypair: Option<KeyPairId>,
+    /// cloud-init user-data (at most 64 KiB)
+    #[arg(long, value_name = "FILE")]
+    pub user_data_file: Option<PathBuf>,
+    /// [default: the image's first hypervisor kind]
+    #[arg(long, value_name = "KIND", value_parser = wire!(HypervisorKind))]
+    pub hypervisor: Option<HypervisorKind>,
+    #[command(flatten)]
+    pub wait: WaitArg,
+}
+
+// ------------------------------------------------------------------ volumes and snapshots
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCmd {
+    /// Create a volume, empty or from a snapshot
+    #[command(group(ArgGroup::new("origin").required(true).multiple(true).args(["size", "snapshot"])))]
+    Create {
+        name: String,
+        /// Size in MiB, or with a unit (512M, 10G, 1T) [default with --snapshot: the snapshot's]
+        #[arg(long, value_parser = parse_size_mib)]
+        size: Option<u64>,
+        /// Copy this snapshot
+        #[arg(long, value_name = "SNAPSHOT_ID")]
+        snapshot: Option<SnapshotId>,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long, value_parser = wire!(VolumeState))]
+        state: Option<VolumeState>,
+        /// Only volumes with this exact name
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        id: VolumeId,
+    },
+    #[command(visible_alias = "rm")]
+    Delete {
+        id: VolumeId,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    Attach {
+        volume: VolumeId,
+        instance: InstanceId,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    Detach {
+        volume: VolumeId,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCmd {
+    /// Snapshot a volume
+    Create {
+        volume: VolumeId,
+        name: String,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long, value_parser = wire!(SnapshotState))]
+        state: Option<SnapshotState>,
+        /// Only snapshots with this exact name
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        id: SnapshotId,
+    },
+    #[command(visible_alias = "rm")]
+    Delete {
+        id: SnapshotId,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+}
+
+// ------------------------------------------------------------------ nodes and jobs
+
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// List host nodes (hypervisors)
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long, value_parser = wire!(NodeState))]
+        state: Option<NodeState>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        id: HostNodeId,
+    },
+    /// List storage nodes
+    StorageList {
+        #[arg(long, value_parser = wire!(NodeState))]
+        state: Option<NodeState>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    StorageShow {
+        id: StorageNodeId,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCmd {
+    #[command(visible_alias = "ls")]
+    List {
+        #[arg(long, value_parser = wire!(JobState))]
+        state: Option<JobState>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        id: JobId,
+    },
+    /// Wait for a job to finish; exits 1 if it did not succeed
+    Wait {
+        id: JobId,
+    },
+}
+
+/// Run every command but `up` (which main hands to [`crate::up::run`]).
+pub async fn run(global: &GlobalArgs, command: Command) -> Result<(), CliError> {
+    exec::run(global, command).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vdc").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = parse(&["instance", "list", "-o", "json", "--api", "http://x:1"]).unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.api.as_deref(), Some("http://x:1"));
+        assert!(matches!(
+            cli.command,
+            Command::Instance(InstanceCmd::List { .. })
+        ));
+    }
+
+    #[test]
+    fn instance_create_parses() {
+        let cli = parse(&[
+            "instance",
+            "create",
+            "--image",
+            "img-abc",
+            "--memory",
+            "1G",
+            "--network",
+            "nw-a",
+            "--secgroup",
+            "sg-a",
+            "--secgroup",
+            "sg-b",
+            "--ip",
+            "10.0.0.5",
+            "--wait",
+        ])
+        .unwrap();
+        let Command::Instance(InstanceCmd::Create(a)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(a.memory, 1024);
+        assert_eq!(a.cpus, 1);
+        assert_eq!(a.secgroups.len(), 2);
+        assert!(a.wait.wait);
+    }
+
+    #[test]
+    fn bad_input_is_a_usage_error() {
+        for args in [
+            &["instance", "show", "vol-abc"][..],
+            &["secgroup", "rule-add", "sg-a", "tcp:99999"],
+            &["secgroup", "create", "web", "--rule", "ssh"],
+            &[
+                "image",
+                "create",
+                "x",
+                "--format",
+                "vmdk",
+                "--hypervisor",
+                "kvm",
+                "--source",
+                "s",
+            ],
+            &["image", "create", "x", "--format", "raw", "--source", "s"],
+            &["volume", "create", "data"],
+            &["volume", "create", "data", "--size", "10X"],
+            &["instance", "create", "--image", "img-a", "--ip", "10.0.0.1"],
+            &[
+                "keypair",
+                "create",
+                "k",
+                "--public-key",
+                "x",
+                "--private-key-out",
+                "f",
+            ],
+        ] {
+            let err = parse(args).expect_err(&args.join(" "));
+            assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn rule_specs_and_sizes_reach_the_args() {
+        let cli = parse(&["sg", "rule-add", "sg-a", "udp:53:10.0.0.0/8", "--egress"]).unwrap();
+        let Command::Secgroup(SecgroupCmd::RuleAdd { spec, egress, .. }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(spec.port_min, Some(53));
+        assert!(egress);
+        let cli = parse(&["volume", "create", "data", "--size", "10G"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Volume(VolumeCmd::Create {
+                size: Some(10240),
+                ..
+            })
+        ));
+    }
+}

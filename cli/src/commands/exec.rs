@@ -1,0 +1,783 @@
+//! What each command does.
+
+use super::*;
+use crate::client::{Client, ClientError};
+use crate::config;
+use crate::output::{encode, fields_table, render_accepted, render_list, render_one, Tabular};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+use vdc_schema::api::*;
+
+/// The API limit on user-data.
+const MAX_USER_DATA: usize = 64 * 1024;
+const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+struct Ctx {
+    client: Client,
+    format: OutputFormat,
+    wait_timeout: Duration,
+}
+
+pub(super) async fn run(global: &GlobalArgs, command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "vdc", &mut out);
+            return emit(&String::from_utf8_lossy(&out));
+        }
+        Command::Up(_) => {
+            return Err(CliError::usage("`vdc up` is run by the vdc binary itself"));
+        }
+        _ => {}
+    }
+    let ep = config::load(global.api.as_deref(), global.token.as_deref())?;
+    let ctx = Ctx {
+        client: Client::new(ep.api, ep.token),
+        format: global.output,
+        wait_timeout: Duration::from_secs(global.wait_timeout),
+    };
+    match command {
+        Command::Info => ctx.show(&ctx.client.api_info().await?),
+        Command::Account(c) => account(&ctx, c).await,
+        Command::Keypair(c) => keypair(&ctx, c).await,
+        Command::Image(c) => image(&ctx, c).await,
+        Command::Network(c) => network(&ctx, c).await,
+        Command::Secgroup(c) => secgroup(&ctx, c).await,
+        Command::Instance(c) => instance(&ctx, c).await,
+        Command::Volume(c) => volume(&ctx, c).await,
+        Command::Snapshot(c) => snapshot(&ctx, c).await,
+        Command::Host(c) => host(&ctx, c).await,
+        Command::Job(c) => job(&ctx, c).await,
+        Command::Completions { .. } | Command::Up(_) => Ok(()),
+    }
+}
+
+/// Write to stdout; a closed pipe (`vdc … | head`) is not an error.
+#[cfg(not(test))]
+fn emit(s: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::io("cannot write to stdout", e))
+        }
+        _ => Ok(()),
+    }
+}
+
+// The test harness captures only `print!`.
+#[cfg(test)]
+fn emit(s: &str) -> Result<(), CliError> {
+    print!("{s}");
+    Ok(())
+}
+
+fn state_filter<T: ToString>(s: Option<T>) -> Option<String> {
+    s.map(|s| s.to_string())
+}
+
+impl Ctx {
+    fn show<T: Tabular + Serialize>(&self, value: &T) -> Result<(), CliError> {
+        emit(&render_one(self.format, value)?)
+    }
+
+    /// One page if `--limit`/`--cursor` was given, else every page.
+    async fn list<T: Tabular + Serialize + DeserializeOwned>(
+        &self,
+        path: &str,
+        args: ListArgs,
+        name: Option<String>,
+        state: Option<String>,
+    ) -> Result<(), CliError> {
+        let one_page = args.limit.is_some() || args.cursor.is_some();
+        let query = ListQuery {
+            limit: args.limit,
+            cursor: args.cursor,
+            state,
+            name,
+        };
+        let page: Page<T> = if one_page {
+            self.client.list(path, &query).await?
+        } else {
+            Page {
+                items: self.client.list_all(path, &query).await?,
+                next_cursor: None,
+            }
+        };
+        emit(&render_list(self.format, &page)?)?;
+        if let (OutputFormat::Table, Some(c)) = (self.format, &page.next_cursor) {
+            eprintln!("more items follow: add --cursor {c}");
+        }
+        Ok(())
+    }
+
+    /// What a 204 delete prints.
+    fn deleted(&self, id: &str) -> Result<(), CliError> {
+        match self.format {
+            OutputFormat::Table => emit(&format!("deleted {id}\n")),
+            f => emit(&encode(f, &serde_json::json!({ "deleted": id }))?),
+        }
+    }
+
+    /// Follow a job with a spinner (on a terminal) until it ends; a job that did not
+    /// succeed is an error.
+    async fn wait(&self, job: &Job) -> Result<Job, CliError> {
+        let done = if job.state != JobState::Running {
+            job.clone()
+        } else {
+            let bar = if std::io::stderr().is_terminal() {
+                let bar = ProgressBar::new_spinner();
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.enable_steady_tick(Duration::from_millis(100));
+                bar
+            } else {
+                ProgressBar::hidden()
+            };
+            bar.set_message(format!("{} {}", job.action, job.resource_id));
+            let res = self
+                .client
+                .poll_job(&job.id, WAIT_POLL_INTERVAL, Some(self.wait_timeout), |j| {
+                    bar.set_message(format!("{} {} ({})", j.action, j.resource_id, j.state))
+                })
+                .await;
+            bar.finish_and_clear();
+            match res {
+                Err(ClientError::Timeout(msg)) => {
+                    return Err(ClientError::Timeout(format!(
+                        "{msg}; follow it with `vdc job wait {}`",
+                        job.id
+                    ))
+                    .into())
+                }
+                other => other?,
+            }
+        };
+        if done.state == JobState::Succeeded {
+            Ok(done)
+        } else {
+            Err(CliError::JobFailed(Box::new(done)))
+        }
+    }
+
+    /// Print a 202 answer, or with `--wait` the resource once its job is done.
+    async fn accepted<T: Resource>(&self, acc: Accepted<T>, wait: WaitArg) -> Result<(), CliError> {
+        if !wait.wait {
+            return emit(&render_accepted(self.format, &acc)?);
+        }
+        let job = self.wait(&acc.job).await?;
+        match acc.resource.refetch(&self.client).await {
+            Ok(r) => self.show(&r),
+            // A deleted resource may be gone: the finished job is what is left to show.
+            Err(e) if e.is_not_found() => self.show(&job),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A resource that long operations change, fetched again once they are done.
+trait Resource: Tabular + Serialize + Sized {
+    async fn refetch(&self, client: &Client) -> Result<Self, ClientError>;
+}
+
+impl Resource for Instance {
+    async fn refetch(&self, client: &Client) -> Result<Self, ClientError> {
+        client.get_instance(&self.id).await
+    }
+}
+
+impl Resource for Volume {
+    async fn refetch(&self, client: &Client) -> Result<Self, ClientError> {
+        client.get_volume(&self.id).await
+    }
+}
+
+impl Resource for Snapshot {
+    async fn refetch(&self, client: &Client) -> Result<Self, ClientError> {
+        client.get_snapshot(&self.id).await
+    }
+}
+
+// ------------------------------------------------------------------ handlers
+
+async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        AccountCmd::Create { name, admin } => {
+            let created = c.create_account(&CreateAccount { name, admin }).await?;
+            match ctx.format {
+                OutputFormat::Table => {
+                    let mut fields = created.account.fields();
+                    fields.push(("TOKEN", created.token.clone()));
+                    emit(&fields_table(fields))?;
+                }
+                f => emit(&encode(f, &created)?)?,
+            }
+            eprintln!("note: the token is shown only once; keep it safe");
+            Ok(())
+        }
+        AccountCmd::List { name, list } => ctx.list::<Account>("/accounts", list, name, None).await,
+        AccountCmd::Show { id } => ctx.show(&c.get_account(&id).await?),
+        AccountCmd::Delete { id } => {
+            c.delete_account(&id).await?;
+            ctx.deleted(id.as_str())
+        }
+        AccountCmd::Token { id } => {
+            let t = c.create_account_token(&id).await?;
+            match ctx.format {
+                // Bare, so that `TOKEN=$(vdc account token a-…)` works.
+                OutputFormat::Table => emit(&format!("{}\n", t.token)),
+                f => emit(&encode(f, &t)?),
+            }
+        }
+    }
+}
+
+async fn keypair(ctx: &Ctx, cmd: KeypairCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        KeypairCmd::Create {
+            name,
+            public_key_file,
+            public_key,
+            private_key_out,
+        } => {
+            // Checked before the key exists: afterwards its only copy would be at stake.
+            if let Some(out) = &private_key_out {
+                if out.exists() {
+                    return Err(CliError::usage(format!(
+                        "{} already exists; choose another --private-key-out",
+                        out.display()
+                    )));
+                }
+            }
+            let public_key = match public_key_file {
+                Some(path) => Some(read_text(&path, "public key file")?.trim().to_string()),
+                None => public_key.map(|k| k.trim().to_string()),
+            };
+            let mut created = c
+                .create_keypair(&CreateKeyPair { name, public_key })
+                .await?;
+            let mut print_key = None;
+            let mut write_error = None;
+            if let Some(key) = created.private_key.clone() {
+                match &private_key_out {
+                    Some(out) => match write_private(out, &key) {
+                        Ok(()) => {
+                            eprintln!("private key written to {}", out.display());
+                            created.private_key = None;
+                        }
+                        Err(e) => {
+                            eprintln!(
+                                "warning: {e}; the private key is printed below and shown only once"
+                            );
+                            print_key = Some(key);
+                            write_error = Some(e);
+                        }
+                    },
+                    None => {
+                        eprintln!(
+                            "warning: the private key below is shown only once; save it now \
+                             (or use --private-key-out FILE next time)"
+                        );
+                        print_key = Some(key);
+                    }
+                }
+            }
+            match ctx.format {
+                OutputFormat::Table => {
+                    emit(&render_one(ctx.format, &created.keypair)?)?;
+                    if let Some(key) = print_key {
+                        emit(&with_newline(&key))?;
+                    }
+                }
+                f => emit(&encode(f, &created)?)?,
+            }
+            write_error.map_or(Ok(()), Err)
+        }
+        KeypairCmd::List { name, list } => ctx.list::<KeyPair>("/keypairs", list, name, None).await,
+        KeypairCmd::Show { id } => ctx.show(&c.get_keypair(&id).await?),
+        KeypairCmd::Delete { id } => {
+            c.delete_keypair(&id).await?;
+            ctx.deleted(id.as_str())
+        }
+    }
+}
+
+async fn image(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        ImageCmd::Create(a) => {
+            let req = CreateImage {
+                name: a.name,
+                format: a.format,
+                arch: a.arch,
+                hypervisors: a.hypervisors,
+                source: absolute_source(&a.source),
+                checksum: a.checksum,
+                initrd: a.initrd,
+                kernel_cmdline: a.cmdline,
+                public: a.public,
+            };
+            ctx.show(&c.create_image(&req).await?)
+        }
+        ImageCmd::List { name, list } => ctx.list::<Image>("/images", list, name, None).await,
+        ImageCmd::Show { id } => ctx.show(&c.get_image(&id).await?),
+        ImageCmd::Delete { id } => {
+            c.delete_image(&id).await?;
+            ctx.deleted(id.as_str())
+        }
+    }
+}
+
+/// A relative local path would be resolved by the host in its own working directory, so an
+/// existing one is made absolute here.
+fn absolute_source(source: &str) -> String {
+    let is_local = !source.contains("://") && !source.starts_with("builtin:");
+    let path = Path::new(source);
+    if is_local && path.is_relative() && path.exists() {
+        if let Ok(abs) = std::fs::canonicalize(path) {
+            return abs.to_string_lossy().into_owned();
+        }
+    }
+    source.to_string()
+}
+
+async fn network(ctx: &Ctx, cmd: NetworkCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        NetworkCmd::Create {
+            name,
+            cidr,
+            gateway,
+            dhcp_start,
+            dhcp_end,
+        } => {
+            let req = CreateNetwork {
+                name,
+                cidr,
+                gateway: gateway.map(|ip| ip.to_string()),
+                dhcp_start: dhcp_start.map(|ip| ip.to_string()),
+                dhcp_end: dhcp_end.map(|ip| ip.to_string()),
+            };
+            ctx.show(&c.create_network(&req).await?)
+        }
+        NetworkCmd::List { name, list } => ctx.list::<Network>("/networks", list, name, None).await,
+        NetworkCmd::Show { id } => ctx.show(&c.get_network(&id).await?),
+        NetworkCmd::Delete { id } => {
+            c.delete_network(&id).await?;
+            ctx.deleted(id.as_str())
+        }
+    }
+}
+
+async fn secgroup(ctx: &Ctx, cmd: SecgroupCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        SecgroupCmd::Create {
+            name,
+            description,
+            rules,
+        } => {
+            let req = CreateSecurityGroup {
+                name,
+                description,
+                rules,
+            };
+            ctx.show(&c.create_security_group(&req).await?)
+        }
+        SecgroupCmd::List { name, list } => {
+            ctx.list::<SecurityGroup>("/security_groups", list, name, None)
+                .await
+        }
+        SecgroupCmd::Show { id } => ctx.show(&c.get_security_group(&id).await?),
+        SecgroupCmd::Delete { id } => {
+            c.delete_security_group(&id).await?;
+            ctx.deleted(id.as_str())
+        }
+        SecgroupCmd::RuleAdd {
+            sg,
+            mut spec,
+            egress,
+        } => {
+            if egress {
+                spec.direction = Direction::Egress;
+            }
+            ctx.show(&c.add_security_group_rule(&sg, &spec).await?)
+        }
+        SecgroupCmd::RuleDelete { sg, rule_id } => {
+            ctx.show(&c.delete_security_group_rule(&sg, &rule_id).await?)
+        }
+    }
+}
+
+async fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    let (action, args) = match cmd {
+        InstanceCmd::Create(a) => {
+            let wait = a.wait;
+            let req = create_instance_request(a)?;
+            return ctx.accepted(c.create_instance(&req).await?, wait).await;
+        }
+        InstanceCmd::List { state, name, list } => {
+            return ctx
+                .list::<Instance>("/instances", list, name, state_filter(state))
+                .await
+        }
+        InstanceCmd::Show { id } => return ctx.show(&c.get_instance(&id).await?),
+        InstanceCmd::ConsoleLog { id } => {
+            let log = c.console_log(&id).await?;
+            return match ctx.format {
+                OutputFormat::Table if log.output.is_empty() => Ok(()),
+                OutputFormat::Table => emit(&with_newline(&log.output)),
+                f => emit(&encode(f, &log)?),
+            };
+        }
+        InstanceCmd::Start(a) => (InstanceAction::Start, a),
+        InstanceCmd::Stop(a) => (InstanceAction::Stop, a),
+        InstanceCmd::Halt(a) => (InstanceAction::Halt, a),
+        InstanceCmd::Poweron(a) => (InstanceAction::Poweron, a),
+        InstanceCmd::Reboot(a) => (InstanceAction::Reboot, a),
+        InstanceCmd::Terminate(a) => (InstanceAction::Terminate, a),
+    };
+    let acc = c.instance_action(&args.id, action).await?;
+    ctx.accepted(acc, args.wait).await
+}
+
+fn create_instance_request(a: InstanceCreateArgs) -> Result<CreateInstance, CliError> {
+    if a.ip.is_some() && a.networks.len() != 1 {
+        return Err(CliError::usage(format!(
+            "--ip needs exactly one --network (got {}); the address belongs to that interface",
+            a.networks.len()
+        )));
+    }
+    let user_data = match &a.user_data_file {
+        Some(path) => {
+            let text = read_text(path, "user-data file")?;
+            if text.len() > MAX_USER_DATA {
+                return Err(CliError::usage(format!(
+                    "user-data file {} is {} bytes; the limit is {MAX_USER_DATA}",
+                    path.display(),
+                    text.len()
+                )));
+            }
+            Some(text)
+        }
+        None => None,
+    };
+    let interfaces = a
+        .networks
+        .into_iter()
+        .map(|network_id| CreateInterface {
+            network_id,
+            security_groups: a.secgroups.clone(),
+            ip: a.ip.map(|ip| ip.to_string()),
+        })
+        .collect();
+    Ok(CreateInstance {
+        name: a.name,
+        image_id: a.image,
+        hypervisor: a.hypervisor,
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        interfaces,
+        ssh_key_id: a.keypair,
+        user_data,
+    })
+}
+
+async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        VolumeCmd::Create {
+            name,
+            size,
+            snapshot,
+            wait,
+        } => {
+            let req = CreateVolume {
+                name,
+                size_mib: size,
+                snapshot_id: snapshot,
+            };
+            ctx.accepted(c.create_volume(&req).await?, wait).await
+        }
+        VolumeCmd::List { state, name, list } => {
+            ctx.list::<Volume>("/volumes", list, name, state_filter(state))
+                .await
+        }
+        VolumeCmd::Show { id } => ctx.show(&c.get_volume(&id).await?),
+        VolumeCmd::Delete { id, wait } => ctx.accepted(c.delete_volume(&id).await?, wait).await,
+        VolumeCmd::Attach {
+            volume,
+            instance,
+            wait,
+        } => {
+            let acc = c.attach_volume(&volume, &instance).await?;
+            ctx.accepted(acc, wait).await
+        }
+        VolumeCmd::Detach { volume, wait } => {
+            ctx.accepted(c.detach_volume(&volume).await?, wait).await
+        }
+    }
+}
+
+async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        SnapshotCmd::Create { volume, name, wait } => {
+            let req = CreateSnapshot {
+                volume_id: volume,
+                name,
+            };
+            ctx.accepted(c.create_snapshot(&req).await?, wait).await
+        }
+        SnapshotCmd::List { state, name, list } => {
+            ctx.list::<Snapshot>("/snapshots", list, name, state_filter(state))
+                .await
+        }
+        SnapshotCmd::Show { id } => ctx.show(&c.get_snapshot(&id).await?),
+        SnapshotCmd::Delete { id, wait } => ctx.accepted(c.delete_snapshot(&id).await?, wait).await,
+    }
+}
+
+async fn host(ctx: &Ctx, cmd: HostCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        HostCmd::List { state, list } => {
+            ctx.list::<HostNode>("/host_nodes", list, None, state_filter(state))
+                .await
+        }
+        HostCmd::Show { id } => ctx.show(&c.get_host_node(&id).await?),
+        HostCmd::StorageList { state, list } => {
+            ctx.list::<StorageNode>("/storage_nodes", list, None, state_filter(state))
+                .await
+        }
+        HostCmd::StorageShow { id } => ctx.show(&c.get_storage_node(&id).await?),
+    }
+}
+
+async fn job(ctx: &Ctx, cmd: JobCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        JobCmd::List { state, list } => {
+            ctx.list::<Job>("/jobs", list, None, state_filter(state))
+                .await
+        }
+        JobCmd::Show { id } => ctx.show(&c.get_job(&id).await?),
+        JobCmd::Wait { id } => {
+            let job = c.get_job(&id).await?;
+            let done = ctx.wait(&job).await?;
+            ctx.show(&done)
+        }
+    }
+}
+
+// ------------------------------------------------------------------ files
+
+fn read_text(path: &Path, what: &str) -> Result<String, CliError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| CliError::usage(format!("cannot read {what} {}: {e}", path.display())))?;
+    String::from_utf8(bytes)
+        .map_err(|_| CliError::usage(format!("{what} {} is not UTF-8 text", path.display())))
+}
+
+fn with_newline(s: &str) -> String {
+    if s.ends_with('\n') {
+        s.to_string()
+    } else {
+        format!("{s}\n")
+    }
+}
+
+/// Write a private key readable by its owner only, never replacing an existing file.
+fn write_private(path: &Path, key: &str) -> Result<(), CliError> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+        .and_then(|mut f| f.write_all(with_newline(key).as_bytes()))
+        .map_err(|e| CliError::io(format!("cannot write private key to {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn create_args(args: &[&str]) -> InstanceCreateArgs {
+        let cli = Cli::try_parse_from(
+            ["vdc", "instance", "create", "--image", "img-a"]
+                .into_iter()
+                .chain(args.iter().copied()),
+        )
+        .unwrap();
+        match cli.command {
+            Command::Instance(InstanceCmd::Create(a)) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn secgroups_apply_to_every_interface() {
+        let req = create_instance_request(create_args(&[
+            "--network",
+            "nw-a",
+            "--network",
+            "nw-b",
+            "--secgroup",
+            "sg-x",
+        ]))
+        .unwrap();
+        assert_eq!(req.interfaces.len(), 2);
+        assert!(req
+            .interfaces
+            .iter()
+            .all(|i| i.security_groups.len() == 1 && i.ip.is_none()));
+        assert_eq!(req.memory_mib, 256);
+    }
+
+    #[test]
+    fn ip_needs_exactly_one_network() {
+        let err = create_instance_request(create_args(&[
+            "--network",
+            "nw-a",
+            "--network",
+            "nw-b",
+            "--ip",
+            "10.0.0.9",
+        ]))
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let req = create_instance_request(create_args(&["--network", "nw-a", "--ip", "10.0.0.9"]))
+            .unwrap();
+        assert_eq!(req.interfaces[0].ip.as_deref(), Some("10.0.0.9"));
+    }
+
+    #[test]
+    fn sources_other_than_local_relative_paths_are_kept() {
+        for s in [
+            "http://x/y.img",
+            "builtin:cirros",
+            "/abs/path.img",
+            "no/such/file",
+        ] {
+            assert_eq!(absolute_source(s), s);
+        }
+        assert!(absolute_source("Cargo.toml").starts_with('/'));
+    }
+
+    fn global(api: &str) -> GlobalArgs {
+        GlobalArgs {
+            output: OutputFormat::Table,
+            api: Some(api.to_string()),
+            token: Some("t".into()),
+            wait_timeout: 10,
+            verbose: 0,
+        }
+    }
+
+    fn job_json(state: &str, message: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "id": "job-1", "action": "x.y", "resource_id": "r", "state": state,
+            "message": message, "created_at": "2024-01-01T00:00:00Z", "finished_at": null,
+        })
+    }
+
+    fn volume_json(state: &str) -> serde_json::Value {
+        serde_json::json!({
+            "id": "vol-1", "name": "data", "size_mib": 10240, "state": state,
+            "storage_node_id": null, "instance_id": null, "snapshot_id": null,
+            "failure_reason": null, "created_at": "2024-01-01T00:00:00Z",
+            "updated_at": "2024-01-01T00:00:00Z",
+        })
+    }
+
+    fn cmd(args: &[&str]) -> Command {
+        Cli::try_parse_from(std::iter::once("vdc").chain(args.iter().copied()))
+            .unwrap()
+            .command
+    }
+
+    #[tokio::test]
+    async fn wait_fetches_the_final_resource() {
+        let (base, log) = crate::testutil::mock(|req| {
+            match (req.method.as_str(), req.target.as_str()) {
+                ("POST", "/api/v1/volumes") => (
+                    202,
+                    serde_json::json!({"job": job_json("running", None), "resource": volume_json("creating")})
+                        .to_string(),
+                ),
+                ("GET", "/api/v1/jobs/job-1") => (200, job_json("succeeded", None).to_string()),
+                ("GET", "/api/v1/volumes/vol-1") => (200, volume_json("available").to_string()),
+                _ => (404, String::new()),
+            }
+        })
+        .await;
+        run(
+            &global(&base),
+            cmd(&["volume", "create", "data", "--size", "10G", "--wait"]),
+        )
+        .await
+        .unwrap();
+        let log = log.lock().unwrap();
+        let targets: Vec<_> = log.iter().map(|r| r.target.as_str()).collect();
+        assert_eq!(
+            targets,
+            [
+                "/api/v1/volumes",
+                "/api/v1/jobs/job-1",
+                "/api/v1/volumes/vol-1"
+            ]
+        );
+        let body: serde_json::Value = serde_json::from_str(&log[0].body).unwrap();
+        assert_eq!(body["size_mib"], 10240);
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_is_exit_1_with_its_message() {
+        let (base, _) = crate::testutil::mock(|req| match req.target.as_str() {
+            "/api/v1/volumes/vol-1" => (
+                202,
+                serde_json::json!({"job": job_json("running", None), "resource": volume_json("deleting")})
+                    .to_string(),
+            ),
+            _ => (200, job_json("failed", Some("disk on fire")).to_string()),
+        })
+        .await;
+        let err = run(
+            &global(&base),
+            cmd(&["volume", "delete", "vol-1", "--wait"]),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 1);
+        assert!(err.report().contains("disk on fire"), "{}", err.report());
+    }
+
+    #[tokio::test]
+    async fn api_errors_are_reported_with_their_code() {
+        let (base, _) = crate::testutil::mock(|_| {
+            (
+                403,
+                r#"{"error":{"code":"forbidden","message":"admins only"}}"#.into(),
+            )
+        })
+        .await;
+        let err = run(&global(&base), cmd(&["host", "list"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 1);
+        assert_eq!(err.report(), "error: admins only (forbidden)");
+    }
+}

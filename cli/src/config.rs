@@ -1,0 +1,288 @@
+//! Where the API URL and token come from: `--api`/`--token`, else `VDC_API`/`VDC_TOKEN`,
+//! else the config file (`$VDC_CONFIG`, or `<config dir>/vdc/config.toml`). Each of the two
+//! settings is resolved on its own, so a flag can override just the URL.
+
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const ENV_API: &str = "VDC_API";
+pub const ENV_TOKEN: &str = "VDC_TOKEN";
+pub const ENV_CONFIG: &str = "VDC_CONFIG";
+
+/// The config file's contents; also one layer (flags, environment) of the lookup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CliConfig {
+    /// Server root, e.g. `http://127.0.0.1:9000`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl CliConfig {
+    pub fn new(api: impl Into<String>, token: impl Into<String>) -> Self {
+        Self {
+            api: Some(api.into()),
+            token: Some(token.into()),
+        }
+    }
+
+    /// The layer given by `VDC_API` and `VDC_TOKEN`.
+    pub fn from_env() -> Self {
+        Self {
+            api: std::env::var(ENV_API).ok(),
+            token: std::env::var(ENV_TOKEN).ok(),
+        }
+    }
+}
+
+/// The resolved settings to build a [`crate::client::Client`] from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub api: String,
+    pub token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no API {what} configured: pass {flag}, set {env}, or put {key} = \"...\" in {path} (`vdc up` writes that file)", path = .path.display())]
+    Missing {
+        what: &'static str,
+        flag: &'static str,
+        env: &'static str,
+        key: &'static str,
+        path: PathBuf,
+    },
+    #[error("cannot read config file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {} is not valid: {source}", .path.display())]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("cannot write config file {}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot encode config: {0}")]
+    Encode(#[from] toml::ser::Error),
+}
+
+impl ConfigError {
+    /// Whether the user must change how vdc is invoked or configured (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            ConfigError::Missing { .. } | ConfigError::Parse { .. }
+        )
+    }
+}
+
+/// `$VDC_CONFIG`, else `<config dir>/vdc/config.toml` (`~/.config/vdc/config.toml` on Linux).
+pub fn config_path() -> PathBuf {
+    if let Some(p) = std::env::var_os(ENV_CONFIG).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    dirs::config_dir()
+        .or_else(|| dirs::home_dir().map(|h| h.join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("vdc")
+        .join("config.toml")
+}
+
+/// Resolve with the real environment and config file; the arguments are the flag values.
+pub fn load(api_flag: Option<&str>, token_flag: Option<&str>) -> Result<Endpoint, ConfigError> {
+    let flags = CliConfig {
+        api: api_flag.map(str::to_owned),
+        token: token_flag.map(str::to_owned),
+    };
+    load_with(&flags, &CliConfig::from_env(), &config_path())
+}
+
+/// [`load`] with explicit layers; the file at `path` is read only if a setting is missing
+/// from `flags` and `env`, so a broken file does not matter when it is not needed.
+pub fn load_with(flags: &CliConfig, env: &CliConfig, path: &Path) -> Result<Endpoint, ConfigError> {
+    let mut api = non_empty(&flags.api).or_else(|| non_empty(&env.api));
+    let mut token = non_empty(&flags.token).or_else(|| non_empty(&env.token));
+    if api.is_none() || token.is_none() {
+        if let Some(file) = read(path)? {
+            api = api.or_else(|| non_empty(&file.api));
+            token = token.or_else(|| non_empty(&file.token));
+        }
+    }
+    let api = api.ok_or_else(|| ConfigError::Missing {
+        what: "URL",
+        flag: "--api URL",
+        env: ENV_API,
+        key: "api",
+        path: path.to_owned(),
+    })?;
+    let token = token.ok_or_else(|| ConfigError::Missing {
+        what: "token",
+        flag: "--token TOKEN",
+        env: ENV_TOKEN,
+        key: "token",
+        path: path.to_owned(),
+    })?;
+    Ok(Endpoint { api, token })
+}
+
+fn non_empty(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// The config file, or `None` if there is none.
+pub fn read(path: &Path) -> Result<Option<CliConfig>, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    toml::from_str(&text)
+        .map(Some)
+        .map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Write the config file (mode 0600, as it holds a token), creating parent directories.
+/// The file is replaced atomically so a reader never sees half of it.
+pub fn save(path: &Path, config: &CliConfig) -> Result<(), ConfigError> {
+    let text = toml::to_string(config)?;
+    let werr = |source| ConfigError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(werr)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let result = opts.open(&tmp).and_then(|mut f| {
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    });
+    if let Err(e) = result.and_then(|_| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(werr(e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(api: Option<&str>, token: Option<&str>) -> CliConfig {
+        CliConfig {
+            api: api.map(Into::into),
+            token: token.map(Into::into),
+        }
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("vdc-cli-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let dir = temp_dir("precedence");
+        let path = dir.join("sub/config.toml");
+        save(&path, &CliConfig::new("http://file:1", "file-token")).unwrap();
+
+        let none = CliConfig::default();
+        let ep = load_with(&none, &none, &path).unwrap();
+        assert_eq!(ep.api, "http://file:1");
+        assert_eq!(ep.token, "file-token");
+
+        let env = layer(Some("http://env:2"), None);
+        let ep = load_with(&none, &env, &path).unwrap();
+        assert_eq!(ep.api, "http://env:2");
+        assert_eq!(ep.token, "file-token");
+
+        let env = layer(Some("http://env:2"), Some("env-token"));
+        let flags = layer(None, Some("flag-token"));
+        let ep = load_with(&flags, &env, &path).unwrap();
+        assert_eq!(ep.api, "http://env:2");
+        assert_eq!(ep.token, "flag-token");
+
+        let flags = layer(Some("http://flag:3"), Some("flag-token"));
+        let ep = load_with(&flags, &env, &path).unwrap();
+        assert_eq!(
+            (ep.api.as_str(), ep.token.as_str()),
+            ("http://flag:3", "flag-token")
+        );
+
+        // An empty variable counts as unset.
+        let env = layer(Some(""), Some("  "));
+        let ep = load_with(&none, &env, &path).unwrap();
+        assert_eq!(ep.token, "file-token");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_settings_say_how_to_set_them() {
+        let dir = temp_dir("missing");
+        let path = dir.join("config.toml");
+        let err =
+            load_with(&layer(Some("http://x"), None), &CliConfig::default(), &path).unwrap_err();
+        assert!(err.is_usage());
+        let msg = err.to_string();
+        for needle in ["--token", "VDC_TOKEN", "vdc up", "config.toml"] {
+            assert!(msg.contains(needle), "{msg:?} lacks {needle}");
+        }
+    }
+
+    #[test]
+    fn a_broken_file_is_reported_only_when_needed() {
+        let dir = temp_dir("broken");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, "api = [").unwrap();
+        let full = layer(Some("http://x"), Some("t"));
+        assert!(load_with(&full, &CliConfig::default(), &path).is_ok());
+        let err = load_with(&CliConfig::default(), &CliConfig::default(), &path).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn saved_file_is_private_and_round_trips() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("save");
+        let path = dir.join("a/b/config.toml");
+        let cfg = CliConfig::new("http://127.0.0.1:9000", "secret");
+        save(&path, &cfg).unwrap();
+        save(&path, &cfg).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(read(&path).unwrap(), Some(cfg));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

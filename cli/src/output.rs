@@ -1,0 +1,628 @@
+//! Rendering of API objects as tables, JSON or YAML. Everything renders to a `String` so
+//! that the caller decides where it goes (and tests can look at it).
+
+use crate::error::CliError;
+use crate::parse::format_rule;
+use chrono::{DateTime, Utc};
+use comfy_table::{presets, ContentArrangement, Table};
+use serde::Serialize;
+use std::fmt::Display;
+use vdc_schema::api::*;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+/// How a resource shows as a row of a list and as a FIELD/VALUE table.
+pub trait Tabular {
+    fn headers() -> &'static [&'static str];
+    fn row(&self) -> Vec<String>;
+    fn fields(&self) -> Vec<(&'static str, String)>;
+}
+
+pub fn encode<T: Serialize + ?Sized>(format: OutputFormat, value: &T) -> Result<String, CliError> {
+    match format {
+        OutputFormat::Json => serde_json::to_string_pretty(value)
+            .map(|s| s + "\n")
+            .map_err(|e| CliError::Encode(e.to_string())),
+        OutputFormat::Yaml => {
+            serde_yaml::to_string(value).map_err(|e| CliError::Encode(e.to_string()))
+        }
+        // Callers handle tables themselves; JSON is the sensible fallback.
+        OutputFormat::Table => encode(OutputFormat::Json, value),
+    }
+}
+
+fn new_table() -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t
+}
+
+/// A list table: one row per item.
+pub fn list_table<T: Tabular>(items: &[T]) -> String {
+    let mut t = new_table();
+    t.set_header(T::headers().iter().copied());
+    for item in items {
+        t.add_row(item.row());
+    }
+    format!("{t}\n")
+}
+
+/// A two-column FIELD/VALUE table.
+pub fn fields_table(fields: Vec<(&'static str, String)>) -> String {
+    let mut t = new_table();
+    t.set_header(["FIELD", "VALUE"]);
+    for (k, v) in fields {
+        t.add_row([k.to_string(), v]);
+    }
+    format!("{t}\n")
+}
+
+pub fn render_list<T: Tabular + Serialize>(
+    format: OutputFormat,
+    page: &Page<T>,
+) -> Result<String, CliError> {
+    match format {
+        OutputFormat::Table => Ok(list_table(&page.items)),
+        _ => encode(format, page),
+    }
+}
+
+pub fn render_one<T: Tabular + Serialize>(
+    format: OutputFormat,
+    value: &T,
+) -> Result<String, CliError> {
+    match format {
+        OutputFormat::Table => Ok(fields_table(value.fields())),
+        _ => encode(format, value),
+    }
+}
+
+/// A 202 answer: the resource plus the job that tracks the work.
+pub fn render_accepted<T: Tabular + Serialize>(
+    format: OutputFormat,
+    accepted: &Accepted<T>,
+) -> Result<String, CliError> {
+    match format {
+        OutputFormat::Table => {
+            let mut fields = accepted.resource.fields();
+            fields.push(("JOB", accepted.job.id.to_string()));
+            fields.push(("JOB STATE", accepted.job.state.to_string()));
+            Ok(fields_table(fields))
+        }
+        _ => encode(format, accepted),
+    }
+}
+
+// ------------------------------------------------------------------ value formatting
+
+pub fn time(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn opt<T: Display>(v: &Option<T>) -> String {
+    v.as_ref()
+        .map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+fn join<T: Display>(items: &[T], sep: &str) -> String {
+    if items.is_empty() {
+        return "-".into();
+    }
+    items
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// `512 MiB`, `10 GiB`, `1.5 GiB`, `2 TiB`.
+pub fn mib(n: u64) -> String {
+    const G: u64 = 1024;
+    const T: u64 = 1024 * 1024;
+    match n {
+        n if n >= T && n % T == 0 => format!("{} TiB", n / T),
+        n if n >= T => format!("{:.1} TiB", n as f64 / T as f64),
+        n if n >= G && n % G == 0 => format!("{} GiB", n / G),
+        n if n >= G => format!("{:.1} GiB", n as f64 / G as f64),
+        n => format!("{n} MiB"),
+    }
+}
+
+// ------------------------------------------------------------------ resources
+
+impl Tabular for ApiInfo {
+    fn headers() -> &'static [&'static str] {
+        &["API VERSION", "SERVER VERSION", "EXTENSIONS"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.api_version.clone(),
+            self.server_version.clone(),
+            self.extensions.join(", "),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("API VERSION", self.api_version.clone()),
+            ("SERVER VERSION", self.server_version.clone()),
+            ("EXTENSIONS", self.extensions.join("\n")),
+        ]
+    }
+}
+
+impl Tabular for Account {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "NAME", "ADMIN", "CREATED"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.name.clone(),
+            self.admin.to_string(),
+            time(&self.created_at),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ID", self.id.to_string()),
+            ("NAME", self.name.clone()),
+            ("ADMIN", self.admin.to_string()),
+            ("CREATED", time(&self.created_at)),
+        ]
+    }
+}
+
+impl Tabular for KeyPair {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "NAME", "FINGERPRINT", "CREATED"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.name.clone(),
+            self.fingerprint.clone(),
+            time(&self.created_at),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ID", self.id.to_string()),
+            ("NAME", self.name.clone()),
+            ("FINGERPRINT", self.fingerprint.clone()),
+            ("PUBLIC KEY", self.public_key.trim_end().to_string()),
+            ("CREATED", time(&self.created_at)),
+        ]
+    }
+}
+
+impl Tabular for Image {
+    fn headers() -> &'static [&'static str] {
+        &[
+            "ID",
+            "NAME",
+            "FORMAT",
+            "ARCH",
+            "HYPERVISORS",
+            "PUBLIC",
+            "SOURCE",
+        ]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.name.clone(),
+            self.format.to_string(),
+            self.arch.to_string(),
+            join(&self.hypervisors, ","),
+            self.public.to_string(),
+            self.source.clone(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ID", self.id.to_string()),
+            ("NAME", self.name.clone()),
+            ("FORMAT", self.format.to_string()),
+            ("ARCH", self.arch.to_string()),
+            ("HYPERVISORS", join(&self.hypervisors, ", ")),
+            ("SOURCE", self.source.clone()),
+            ("CHECKSUM", opt(&self.checksum)),
+            ("INITRD", opt(&self.initrd)),
+            ("KERNEL CMDLINE", opt(&self.kernel_cmdline)),
+            ("PUBLIC", self.public.to_string()),
+            ("CREATED", time(&self.created_at)),
+        ]
+    }
+}
+
+impl Tabular for Network {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "NAME", "CIDR", "GATEWAY", "DHCP RANGE", "VNI"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.name.clone(),
+            self.cidr.clone(),
+            self.gateway.clone(),
+            format!("{}-{}", self.dhcp_start, self.dhcp_end),
+            self.vni.to_string(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ID", self.id.to_string()),
+            ("NAME", self.name.clone()),
+            ("CIDR", self.cidr.clone()),
+            ("GATEWAY", self.gateway.clone()),
+            ("DHCP START", self.dhcp_start.clone()),
+            ("DHCP END", self.dhcp_end.clone()),
+            ("VNI", self.vni.to_string()),
+            ("CREATED", time(&self.created_at)),
+        ]
+    }
+}
+
+impl Tabular for SecurityGroup {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "NAME", "RULES", "DESCRIPTION"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.name.clone(),
+            self.rules.len().to_string(),
+            self.description.clone(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let rules = if self.rules.is_empty() {
+            "-".to_string()
+        } else {
+            self.rules
+                .iter()
+                .map(|r| format!("{} {}", r.id, format_rule(&r.spec)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        vec![
+            ("ID", self.id.to_string()),
+            ("NAME", self.name.clone()),
+            ("DESCRIPTION", self.description.clone()),
+            ("RULES", rules),
+            ("CREATED", time(&self.created_at)),
+        ]
+    }
+}
+
+impl Tabular for Instance {
+    fn headers() -> &'static [&'static str] {
+        &[
+            "ID",
+            "NAME",
+            "STATE",
+            "HYPERVISOR",
+            "CPUS",
+            "MEMORY",
+            "HOST",
+            "IPS",
+        ]
+    }
+    fn row(&self) -> Vec<String> {
+        let ips: Vec<&str> = self.interfaces.iter().map(|i| i.ip.as_str()).collect();
+        vec![
+            self.id.to_string(),
+            self.name.clone(),
+            self.state.to_string(),
+            self.hypervisor.to_string(),
+            self.cpus.to_string(),
+            mib(self.memory_mib.into()),
+            opt(&self.host_node_id),
+            join(&ips, ", "),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let interfaces = if self.interfaces.is_empty() {
+            "-".to_string()
+        } else {
+            self.interfaces
+                .iter()
+                .map(|i| {
+                    format!(
+                        "{} {} {} {} {} sg:{}",
+                        i.id,
+                        i.network_id,
+                        i.ip,
+                        i.mac,
+                        i.state,
+                        join(&i.security_groups, ",")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let mut f = vec![
+            ("ID", self.id.to_string()),
+            ("NAME", self.name.clone()),
+            ("STATE", self.state.to_string()),
+            ("GOAL", self.goal.to_string()),
+            ("IMAGE", self.image_id.to_string()),
+            ("HYPERVISOR", self.hypervisor.to_string()),
+            ("CPUS", self.cpus.to_string()),
+            ("MEMORY", mib(self.memory_mib.into())),
+            ("HOST", opt(&self.host_node_id)),
+            ("SSH KEY", opt(&self.ssh_key_id)),
+            ("INTERFACES", interfaces),
+            ("VOLUMES", join(&self.volumes, "\n")),
+        ];
+        if let Some(reason) = &self.failure_reason {
+            f.push(("FAILURE", reason.clone()));
+        }
+        f.push(("CREATED", time(&self.created_at)));
+        f.push(("UPDATED", time(&self.updated_at)));
+        f
+    }
+}
+
+impl Tabular for ConsoleLog {
+    fn headers() -> &'static [&'static str] {
+        &["INSTANCE", "OUTPUT"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![self.instance_id.to_string(), self.output.clone()]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("INSTANCE", self.instance_id.to_string()),
+            ("OUTPUT", self.output.clone()),
+        ]
+    }
+}
+
+impl Tabular for Volume {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "NAME", "SIZE", "STATE", "INSTANCE", "STORAGE NODE"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.name.clone(),
+            mib(self.size_mib),
+            self.state.to_string(),
+            opt(&self.instance_id),
+            opt(&self.storage_node_id),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut f = vec![
+            ("ID", self.id.to_string()),
+            ("NAME", self.name.clone()),
+            ("SIZE", mib(self.size_mib)),
+            ("STATE", self.state.to_string()),
+            ("INSTANCE", opt(&self.instance_id)),
+            ("STORAGE NODE", opt(&self.storage_node_id)),
+            ("SNAPSHOT", opt(&self.snapshot_id)),
+        ];
+        if let Some(reason) = &self.failure_reason {
+            f.push(("FAILURE", reason.clone()));
+        }
+        f.push(("CREATED", time(&self.created_at)));
+        f.push(("UPDATED", time(&self.updated_at)));
+        f
+    }
+}
+
+impl Tabular for Snapshot {
+    fn headers() -> &'static [&'static str] {
+        &[
+            "ID",
+            "NAME",
+            "VOLUME",
+            "SIZE",
+            "STATE",
+            "STORAGE NODE",
+            "CREATED",
+        ]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.name.clone(),
+            self.volume_id.to_string(),
+            mib(self.size_mib),
+            self.state.to_string(),
+            self.storage_node_id.to_string(),
+            time(&self.created_at),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ID", self.id.to_string()),
+            ("NAME", self.name.clone()),
+            ("VOLUME", self.volume_id.to_string()),
+            ("SIZE", mib(self.size_mib)),
+            ("STATE", self.state.to_string()),
+            ("STORAGE NODE", self.storage_node_id.to_string()),
+            ("CREATED", time(&self.created_at)),
+        ]
+    }
+}
+
+impl Tabular for HostNode {
+    fn headers() -> &'static [&'static str] {
+        &[
+            "ID",
+            "STATE",
+            "HYPERVISORS",
+            "CPUS USED",
+            "MEMORY USED",
+            "LAST SEEN",
+        ]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.state.to_string(),
+            join(&self.hypervisors, ","),
+            format!("{}/{}", self.cpus_used, self.cpus),
+            format!("{}/{}", mib(self.memory_used_mib), mib(self.memory_mib)),
+            time(&self.last_seen),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let caps = match &self.capabilities {
+            serde_json::Value::Object(m) if m.is_empty() => "-".to_string(),
+            serde_json::Value::Object(m) => m
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            serde_json::Value::Null => "-".to_string(),
+            other => other.to_string(),
+        };
+        vec![
+            ("ID", self.id.to_string()),
+            ("STATE", self.state.to_string()),
+            ("HYPERVISORS", join(&self.hypervisors, ", ")),
+            ("CPUS", self.cpus.to_string()),
+            ("CPUS USED", self.cpus_used.to_string()),
+            ("MEMORY", mib(self.memory_mib)),
+            ("MEMORY USED", mib(self.memory_used_mib)),
+            ("CAPABILITIES", caps),
+            ("LAST SEEN", time(&self.last_seen)),
+        ]
+    }
+}
+
+impl Tabular for StorageNode {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "STATE", "BACKEND", "USED", "CAPACITY", "LAST SEEN"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.state.to_string(),
+            self.backend.to_string(),
+            mib(self.used_mib),
+            mib(self.capacity_mib),
+            time(&self.last_seen),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ID", self.id.to_string()),
+            ("STATE", self.state.to_string()),
+            ("BACKEND", self.backend.to_string()),
+            ("CAPACITY", mib(self.capacity_mib)),
+            ("USED", mib(self.used_mib)),
+            ("LAST SEEN", time(&self.last_seen)),
+        ]
+    }
+}
+
+impl Tabular for Job {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "ACTION", "RESOURCE", "STATE", "CREATED", "MESSAGE"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.action.clone(),
+            self.resource_id.clone(),
+            self.state.to_string(),
+            time(&self.created_at),
+            opt(&self.message),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ID", self.id.to_string()),
+            ("ACTION", self.action.clone()),
+            ("RESOURCE", self.resource_id.clone()),
+            ("STATE", self.state.to_string()),
+            ("MESSAGE", opt(&self.message)),
+            ("CREATED", time(&self.created_at)),
+            (
+                "FINISHED",
+                self.finished_at.as_ref().map_or_else(|| "-".into(), time),
+            ),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdc_schema::*;
+
+    fn job() -> Job {
+        Job {
+            id: "job-1".parse().unwrap(),
+            action: "volume.create".into(),
+            resource_id: "vol-1".into(),
+            state: JobState::Running,
+            message: None,
+            created_at: Utc::now(),
+            finished_at: None,
+        }
+    }
+
+    fn volume() -> Volume {
+        Volume {
+            id: "vol-1".parse().unwrap(),
+            name: "data".into(),
+            size_mib: 10240,
+            state: VolumeState::Creating,
+            storage_node_id: None,
+            instance_id: None,
+            snapshot_id: None,
+            failure_reason: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn sizes_are_human() {
+        assert_eq!(mib(256), "256 MiB");
+        assert_eq!(mib(10240), "10 GiB");
+        assert_eq!(mib(1536), "1.5 GiB");
+        assert_eq!(mib(2 * 1024 * 1024), "2 TiB");
+    }
+
+    #[test]
+    fn accepted_shows_resource_and_job() {
+        let acc = Accepted {
+            job: job(),
+            resource: volume(),
+        };
+        let table = render_accepted(OutputFormat::Table, &acc).unwrap();
+        for needle in ["vol-1", "10 GiB", "JOB", "job-1", "running"] {
+            assert!(table.contains(needle), "{table}");
+        }
+        let json = render_accepted(OutputFormat::Json, &acc).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["job"]["id"], "job-1");
+        assert_eq!(v["resource"]["size_mib"], 10240);
+        let yaml = render_accepted(OutputFormat::Yaml, &acc).unwrap();
+        assert!(yaml.contains("size_mib: 10240"), "{yaml}");
+    }
+
+    #[test]
+    fn lists_have_one_row_per_item() {
+        let page = Page {
+            items: vec![volume(), volume()],
+            next_cursor: None,
+        };
+        let table = render_list(OutputFormat::Table, &page).unwrap();
+        assert_eq!(table.matches("vol-1").count(), 2, "{table}");
+        assert!(table.contains("STORAGE NODE"));
+    }
+}

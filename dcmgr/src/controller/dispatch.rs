@@ -1,0 +1,96 @@
+//! Sends ensures. API handlers and the reconciler enqueue [`Work`]; a few workers build
+//! each object's spec from the database and publish it. Concurrent sends for one object
+//! are harmless: every spec carries its `spec_gen` and agents ignore older ones.
+
+use crate::ctx::{SharedCtx, Work};
+use crate::error::ApiError;
+use crate::resources::{instance, interface, snapshot, volume};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
+use vdc_schema::bus::AgentKind;
+
+pub fn spawn(ctx: SharedCtx, rx: mpsc::UnboundedReceiver<Work>, cancel: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    let rx = Arc::new(Mutex::new(rx));
+    (0..ctx.config.dispatch_workers.max(1))
+        .map(|_| {
+            let (ctx, rx, cancel) = (ctx.clone(), rx.clone(), cancel.clone());
+            tokio::spawn(async move {
+                loop {
+                    let w = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        w = async { rx.lock().await.recv().await } => match w { Some(w) => w, None => return },
+                    };
+                    if let Err(e) = handle(&ctx, &w).await {
+                        // The reconciler tries again; an offline agent is expected, not an error.
+                        match e {
+                            ApiError::Unavailable { .. } => tracing::debug!(?w, "ensure not sent: {e}"),
+                            _ => tracing::warn!(?w, "ensure not sent: {e}"),
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+async fn handle(ctx: &SharedCtx, w: &Work) -> Result<(), ApiError> {
+    match w {
+        Work::Instance(id) => instance::dispatch(ctx, id.as_str()).await,
+        Work::Interface(id) => interface::dispatch(ctx, id.as_str()).await,
+        Work::Volume(id) => volume::dispatch(ctx, id.as_str()).await,
+        Work::Snapshot(id) => snapshot::dispatch(ctx, id.as_str()).await,
+        Work::SecurityGroup(g) => {
+            for vif in interface::affected_by_group(&ctx.db, g.as_str()).await? {
+                interface::dispatch(ctx, &vif).await?;
+            }
+            Ok(())
+        }
+        Work::NodeSync(kind, node) => node_sync(ctx, *kind, node).await,
+    }
+}
+
+/// Sends every ensure an agent that just (re)registered should hold.
+async fn node_sync(ctx: &SharedCtx, kind: AgentKind, node: &str) -> Result<(), ApiError> {
+    let ids: Vec<(String,)> = match kind {
+        AgentKind::Hva => {
+            sqlx::query_as("SELECT id FROM instances WHERE host_node_id = $1 AND state <> 'terminated'")
+                .bind(node)
+                .fetch_all(&ctx.db)
+                .await?
+        }
+        AgentKind::Nwagent => {
+            sqlx::query_as("SELECT v.id FROM vifs v JOIN instances i ON i.id = v.instance_id WHERE i.host_node_id = $1")
+                .bind(node)
+                .fetch_all(&ctx.db)
+                .await?
+        }
+        AgentKind::Sta => {
+            let mut v: Vec<(String,)> =
+                sqlx::query_as("SELECT id FROM volumes WHERE storage_node_id = $1 AND state <> 'deleted'")
+                    .bind(node)
+                    .fetch_all(&ctx.db)
+                    .await?;
+            v.extend(
+                sqlx::query_as::<_, (String,)>(
+                    "SELECT id FROM snapshots WHERE storage_node_id = $1 AND state IN ('creating', 'deleting')",
+                )
+                .bind(node)
+                .fetch_all(&ctx.db)
+                .await?,
+            );
+            v
+        }
+    };
+    tracing::info!(%kind, node, objects = ids.len(), "syncing agent");
+    for (id,) in ids {
+        let r = match kind {
+            AgentKind::Hva => instance::dispatch(ctx, &id).await,
+            AgentKind::Nwagent => interface::dispatch(ctx, &id).await,
+            AgentKind::Sta if id.starts_with("snap-") => snapshot::dispatch(ctx, &id).await,
+            AgentKind::Sta => volume::dispatch(ctx, &id).await,
+        };
+        r?;
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! Agent registration, heartbeats and liveness. Heartbeats are kept in memory (10,000
+//! hosts beating every few seconds must not become database writes); only a change
+//! between online and offline is written.
+
+use crate::ctx::{AgentSeen, SharedCtx, Work};
+use crate::db;
+use tokio_util::sync::CancellationToken;
+use vdc_bus::Subscription;
+use vdc_schema::bus::{self, AgentKind, Heartbeat, HeartbeatReply, Register, Registered};
+use vdc_schema::id::{HostNodeId, StorageNodeId};
+
+/// Checks an untrusted registration: IDs of the right kind, sane capacities.
+fn validate(r: &Register) -> Result<(), String> {
+    match r.kind {
+        AgentKind::Hva | AgentKind::Nwagent => {
+            r.node_id.parse::<HostNodeId>().map_err(|e| e.to_string())?;
+        }
+        AgentKind::Sta => {
+            r.node_id.parse::<StorageNodeId>().map_err(|e| e.to_string())?;
+        }
+    }
+    if r.kind == AgentKind::Hva {
+        let h = r.host.as_ref().ok_or("hva must send its host capacity")?;
+        if h.cpus == 0 || h.cpus > 65536 || h.memory_mib == 0 || h.memory_mib > (1 << 40) || h.hypervisors.is_empty() {
+            return Err(format!("implausible host capacity: {} cpus, {} MiB", h.cpus, h.memory_mib));
+        }
+    }
+    if r.kind == AgentKind::Sta {
+        let s = r.storage.as_ref().ok_or("sta must send its storage capacity")?;
+        if s.capacity_mib == 0 || s.capacity_mib > (1 << 50) {
+            return Err(format!("implausible storage capacity: {} MiB", s.capacity_mib));
+        }
+    }
+    Ok(())
+}
+
+async fn register(ctx: &SharedCtx, r: &Register) -> Result<(), sqlx::Error> {
+    let now = db::now();
+    match r.kind {
+        AgentKind::Hva => {
+            let h = r.host.as_ref().expect("validated");
+            // Capacity may change between agent starts; usage is dcmgr's and is kept.
+            sqlx::query(
+                "INSERT INTO host_nodes (id, state, hypervisors, cpus, memory_mib, capabilities, last_seen)
+                 VALUES ($1, 'online', $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO UPDATE SET state = 'online', hypervisors = $2, cpus = $3, memory_mib = $4,
+                     capabilities = $5, last_seen = $6",
+            )
+            .bind(&r.node_id)
+            .bind(db::join_list(&h.hypervisors))
+            .bind(h.cpus as i64)
+            .bind(h.memory_mib as i64)
+            .bind(h.capabilities.to_string())
+            .bind(&now)
+            .execute(&ctx.db)
+            .await?;
+        }
+        AgentKind::Sta => {
+            let s = r.storage.as_ref().expect("validated");
+            sqlx::query(
+                "INSERT INTO storage_nodes (id, state, backend, capacity_mib, last_seen) VALUES ($1, 'online', $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET state = 'online', backend = $2, capacity_mib = $3, last_seen = $4",
+            )
+            .bind(&r.node_id)
+            .bind(s.backend.as_str())
+            .bind(s.capacity_mib as i64)
+            .bind(&now)
+            .execute(&ctx.db)
+            .await?;
+        }
+        AgentKind::Nwagent => {}
+    }
+    ctx.agents
+        .write()
+        .unwrap()
+        .insert((r.kind, r.node_id.clone()), AgentSeen { last_seen_ms: db::now_ms(), offline: false, registered: true });
+    Ok(())
+}
+
+async fn set_state(ctx: &SharedCtx, kind: AgentKind, node: &str, state: &str) -> Result<(), sqlx::Error> {
+    let sql = match kind {
+        AgentKind::Hva => "UPDATE host_nodes SET state = $1, last_seen = $2 WHERE id = $3",
+        AgentKind::Sta => "UPDATE storage_nodes SET state = $1, last_seen = $2 WHERE id = $3",
+        AgentKind::Nwagent => return Ok(()),
+    };
+    sqlx::query(sql).bind(state).bind(db::now()).bind(node).execute(&ctx.db).await?;
+    Ok(())
+}
+
+pub async fn serve_register(ctx: SharedCtx, mut sub: Subscription, cancel: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        let Some(reply) = msg.reply.clone() else { continue };
+        let r = match bus::decode::<Register>(&msg.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("dropping bad registration: {e}");
+                continue;
+            }
+        };
+        if let Err(e) = validate(&r) {
+            tracing::warn!(node = %r.node_id, kind = %r.kind, "refusing registration: {e}");
+            continue;
+        }
+        if let Err(e) = register(&ctx, &r).await {
+            tracing::warn!(node = %r.node_id, "registration not recorded: {e}");
+            continue;
+        }
+        tracing::info!(node = %r.node_id, kind = %r.kind, version = %r.agent_version, "agent registered");
+        let ans = Registered { heartbeat_interval_ms: ctx.config.heartbeat_interval_ms };
+        let _ = ctx.bus.publish(&reply, bus::encode(&ans).into()).await;
+        ctx.enqueue(Work::NodeSync(r.kind, r.node_id));
+    }
+}
+
+pub async fn serve_heartbeat(ctx: SharedCtx, mut sub: Subscription, cancel: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        let Some(reply) = msg.reply.clone() else { continue };
+        let Ok(hb) = bus::decode::<Heartbeat>(&msg.payload) else { continue };
+        let key = (hb.kind, hb.node_id.clone());
+        let (known, was_offline) = {
+            let mut agents = ctx.agents.write().unwrap();
+            match agents.get_mut(&key) {
+                Some(a) => {
+                    let was = a.offline;
+                    a.last_seen_ms = db::now_ms();
+                    a.offline = false;
+                    (a.registered, was && a.registered)
+                }
+                None => (false, false),
+            }
+        };
+        if was_offline {
+            tracing::info!(node = %hb.node_id, kind = %hb.kind, "agent back online");
+            let _ = set_state(&ctx, hb.kind, &hb.node_id, "online").await;
+            ctx.enqueue(Work::NodeSync(hb.kind, hb.node_id.clone()));
+        }
+        let _ = ctx.bus.publish(&reply, bus::encode(&HeartbeatReply { known }).into()).await;
+    }
+}
+
+/// Marks agents offline once they have been silent for `agent_timeout_ms`.
+pub async fn watch_liveness(ctx: SharedCtx, cancel: CancellationToken) {
+    let period = std::time::Duration::from_millis((ctx.config.agent_timeout_ms / 4).max(100));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let deadline = db::now_ms() - ctx.config.agent_timeout_ms as i64;
+        let silent: Vec<(AgentKind, String)> = {
+            let mut agents = ctx.agents.write().unwrap();
+            agents
+                .iter_mut()
+                .filter(|(_, a)| !a.offline && a.last_seen_ms < deadline)
+                .map(|(k, a)| {
+                    a.offline = true;
+                    k.clone()
+                })
+                .collect()
+        };
+        for (kind, node) in silent {
+            tracing::warn!(%kind, node, "agent silent; marking it offline");
+            if let Err(e) = set_state(&ctx, kind, &node, "offline").await {
+                tracing::warn!("cannot record offline state: {e}");
+            }
+        }
+    }
+}
+
+/// At start, dcmgr remembers no heartbeats: give every node the full timeout to speak.
+pub async fn seed_from_db(ctx: &SharedCtx) -> Result<(), sqlx::Error> {
+    let hosts: Vec<(String,)> = sqlx::query_as("SELECT id FROM host_nodes WHERE state = 'online'").fetch_all(&ctx.db).await?;
+    let stores: Vec<(String,)> = sqlx::query_as("SELECT id FROM storage_nodes WHERE state = 'online'").fetch_all(&ctx.db).await?;
+    let now = db::now_ms();
+    let mut agents = ctx.agents.write().unwrap();
+    for (h,) in hosts {
+        agents.insert((AgentKind::Hva, h), AgentSeen { last_seen_ms: now, offline: false, registered: false });
+    }
+    for (s,) in stores {
+        agents.insert((AgentKind::Sta, s), AgentSeen { last_seen_ms: now, offline: false, registered: false });
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Compares intent with the last reports and re-sends ensures for objects that have not
+//! converged, so a lost message, a crashed agent or a restarted broker only delays
+//! convergence. Objects on offline agents wait for the agent's return (which triggers a
+//! full sync) instead.
+
+use crate::ctx::{SharedCtx, Work};
+use crate::db;
+use tokio_util::sync::CancellationToken;
+use vdc_schema::bus::AgentKind;
+
+pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
+    let period = std::time::Duration::from_millis(ctx.config.reconcile_interval_ms.max(50));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        if let Err(e) = pass(&ctx).await {
+            tracing::warn!("reconcile pass failed: {e}");
+        }
+    }
+}
+
+/// One pass; returns how many ensures it queued.
+pub async fn pass(ctx: &SharedCtx) -> Result<usize, sqlx::Error> {
+    let before = db::now_ms() - ctx.config.resend_after_ms as i64;
+    let mut queued = 0;
+    let instances: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT id, host_node_id FROM instances
+         WHERE state IN ('pending', 'starting', 'stopping', 'halting', 'shuttingdown') AND ensure_sent_at < $1
+         ORDER BY ensure_sent_at LIMIT 1000",
+    )
+    .bind(before)
+    .fetch_all(&ctx.db)
+    .await?;
+    for (id, host) in instances {
+        if host.is_some_and(|h| ctx.agent_online(AgentKind::Hva, &h)) {
+            if let Ok(id) = id.parse() {
+                ctx.enqueue(Work::Instance(id));
+                queued += 1;
+            }
+        }
+    }
+    let reboots: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT i.id, i.host_node_id FROM instances i JOIN jobs j ON j.resource_id = i.id
+         WHERE j.state = 'running' AND j.target LIKE 'reboot:%' AND i.ensure_sent_at < $1 LIMIT 1000",
+    )
+    .bind(before)
+    .fetch_all(&ctx.db)
+    .await?;
+    for (id, host) in reboots {
+        if host.is_some_and(|h| ctx.agent_online(AgentKind::Hva, &h)) {
+            if let Ok(id) = id.parse() {
+                ctx.enqueue(Work::Instance(id));
+                queued += 1;
+            }
+        }
+    }
+    let volumes: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT v.id, v.storage_node_id, v.instance_id FROM volumes v
+         WHERE v.state IN ('creating', 'attaching', 'detaching', 'deleting') AND v.ensure_sent_at < $1
+         ORDER BY v.ensure_sent_at LIMIT 1000",
+    )
+    .bind(before)
+    .fetch_all(&ctx.db)
+    .await?;
+    for (id, node, instance) in volumes {
+        if node.is_some_and(|n| ctx.agent_online(AgentKind::Sta, &n)) {
+            if let Ok(v) = id.parse() {
+                ctx.enqueue(Work::Volume(v));
+                queued += 1;
+            }
+            // Attach and detach also need hva to act.
+            if let Some(i) = instance.and_then(|i| i.parse().ok()) {
+                ctx.enqueue(Work::Instance(i));
+            }
+        }
+    }
+    let snaps: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, storage_node_id FROM snapshots WHERE state IN ('creating', 'deleting') AND ensure_sent_at < $1 LIMIT 1000",
+    )
+    .bind(before)
+    .fetch_all(&ctx.db)
+    .await?;
+    for (id, node) in snaps {
+        if ctx.agent_online(AgentKind::Sta, &node) {
+            if let Ok(s) = id.parse() {
+                ctx.enqueue(Work::Snapshot(s));
+                queued += 1;
+            }
+        }
+    }
+    let vifs: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT v.id, i.host_node_id FROM vifs v JOIN instances i ON i.id = v.instance_id
+         WHERE v.state = 'pending' AND i.ensure_sent_at < $1 LIMIT 1000",
+    )
+    .bind(before)
+    .fetch_all(&ctx.db)
+    .await?;
+    for (id, host) in vifs {
+        if host.is_some_and(|h| ctx.agent_online(AgentKind::Nwagent, &h)) {
+            if let Ok(v) = id.parse() {
+                ctx.enqueue(Work::Interface(v));
+                queued += 1;
+            }
+        }
+    }
+    if queued > 0 {
+        tracing::debug!(queued, "reconciler re-sent ensures");
+    }
+    Ok(queued)
+}

@@ -1,0 +1,122 @@
+//! The database: sqlx's `Any` driver over SQLite (default) or PostgreSQL, so that one set
+//! of SQL and one set of migrations serve both. Queries use `$N` placeholders, which
+//! both drivers accept, and only TEXT and BIGINT columns.
+
+use sqlx::any::{AnyPoolOptions, AnyQueryResult};
+use sqlx::{AnyPool, Executor};
+use std::time::Duration;
+
+pub type Pool = AnyPool;
+pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub async fn connect(url: &str) -> Result<(Pool, DbKind), sqlx::Error> {
+    sqlx::any::install_default_drivers();
+    let (kind, url) = if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = rest.split('?').next().unwrap_or(rest);
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
+            }
+        }
+        let url = if rest.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
+        (DbKind::Sqlite, url)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        (DbKind::Postgres, url.to_owned())
+    } else {
+        return Err(sqlx::Error::Configuration(
+            format!("unsupported database URL {url:?}: use sqlite://PATH or postgres://…").into(),
+        ));
+    };
+    let pool = AnyPoolOptions::new()
+        .max_connections(if kind == DbKind::Sqlite { 8 } else { 16 })
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if kind == DbKind::Sqlite {
+                    // WAL lets readers run beside the one writer; NORMAL sync is safe with WAL
+                    // (a power cut can lose the last commits, never corrupt the file).
+                    conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON")
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    Ok((pool, kind))
+}
+
+/// True for errors that a retry of the whole transaction can fix: lock contention and
+/// unique-key races on generated values.
+pub fn is_retryable(e: &sqlx::Error) -> bool {
+    match e.as_database_error().and_then(|d| d.code()) {
+        // SQLite: BUSY, BUSY_SNAPSHOT, LOCKED, UNIQUE, PRIMARYKEY.
+        Some(c) => matches!(&*c, "5" | "517" | "6" | "2067" | "1555" | "23505" | "40001" | "40P01"),
+        None => matches!(e, sqlx::Error::PoolTimedOut),
+    }
+}
+
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e.as_database_error().and_then(|d| d.code()).as_deref(), Some("2067" | "1555" | "23505"))
+}
+
+pub fn affected(r: &AnyQueryResult) -> u64 {
+    r.rows_affected()
+}
+
+/// Now, as stored: RFC 3339, UTC, milliseconds.
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn parse_time(s: &str) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&chrono::Utc)).unwrap_or_default()
+}
+
+/// `,a,b,` ↔ `[a, b]`: lists stored so that `LIKE '%,a,%'` finds members.
+pub fn join_list<T: std::fmt::Display>(items: &[T]) -> String {
+    let mut s = String::from(",");
+    for i in items {
+        s.push_str(&i.to_string());
+        s.push(',');
+    }
+    s
+}
+
+pub fn split_list<T: std::str::FromStr>(s: &str) -> Vec<T> {
+    s.split(',').filter(|p| !p.is_empty()).filter_map(|p| p.parse().ok()).collect()
+}
+
+/// Runs a transaction body again when it lost a race (see [`ApiError::Busy`]).
+pub async fn retry<T, F, Fut>(mut body: F) -> Result<T, crate::error::ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::error::ApiError>>,
+{
+    use rand::Rng;
+    let mut attempt = 0;
+    loop {
+        match body().await {
+            Err(crate::error::ApiError::Busy(why)) if attempt < 10 => {
+                attempt += 1;
+                tracing::debug!(attempt, %why, "retrying transaction");
+                let ms = rand::thread_rng().gen_range(1..=5u64 << attempt.min(5));
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Jobs: the progress of long work. A job ends when its resource reaches the job's
+//! `target` state (the report handler calls [`finish`]), fails with it, or is cancelled
+//! when a newer request on the same resource supersedes it.
+
+use crate::api::ListParams;
+use crate::ctx::{Caller, SharedCtx};
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use crate::resources::{page, paging, path_id, state_filter};
+use axum::extract::{Path, State};
+use axum::Json;
+use vdc_schema::api::{ErrorBody, Job, Page};
+use vdc_schema::id::{AccountId, JobId};
+use vdc_schema::JobState;
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    action: String,
+    resource_id: String,
+    state: String,
+    message: Option<String>,
+    created_at: String,
+    finished_at: Option<String>,
+}
+
+const COLS: &str = "id, action, resource_id, state, message, created_at, finished_at";
+
+impl Row {
+    fn into_api(self) -> ApiResult<Job> {
+        Ok(Job {
+            id: self.id.parse().map_err(ApiError::internal)?,
+            action: self.action,
+            resource_id: self.resource_id,
+            state: self.state.parse().map_err(ApiError::internal)?,
+            message: self.message,
+            created_at: db::parse_time(&self.created_at),
+            finished_at: self.finished_at.as_deref().map(db::parse_time),
+        })
+    }
+}
+
+/// Records a new running job in `tx`, cancelling the running jobs it supersedes.
+pub async fn start(
+    tx: &mut db::Tx<'_>,
+    account: &AccountId,
+    action: &str,
+    resource_id: &str,
+    target: &str,
+) -> ApiResult<Job> {
+    let id = JobId::generate();
+    let now = db::now();
+    sqlx::query(
+        "UPDATE jobs SET state = 'cancelled', finished_at = $1, message = $2 WHERE resource_id = $3 AND state = 'running'",
+    )
+    .bind(&now)
+    .bind(format!("superseded by {id} ({action})"))
+    .bind(resource_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(&format!("INSERT INTO jobs ({COLS}, account_id, target) VALUES ($1, $2, $3, 'running', NULL, $4, NULL, $5, $6)"))
+        .bind(id.as_str())
+        .bind(action)
+        .bind(resource_id)
+        .bind(&now)
+        .bind(account.as_str())
+        .bind(target)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Job {
+        id,
+        action: action.to_owned(),
+        resource_id: resource_id.to_owned(),
+        state: JobState::Running,
+        message: None,
+        created_at: db::parse_time(&now),
+        finished_at: None,
+    })
+}
+
+/// A job that is already done: the request asked for what already is.
+pub async fn done(tx: &mut db::Tx<'_>, account: &AccountId, action: &str, resource_id: &str, msg: &str) -> ApiResult<Job> {
+    let mut job = start(tx, account, action, resource_id, "").await?;
+    let now = db::now();
+    sqlx::query("UPDATE jobs SET state = 'succeeded', message = $1, finished_at = $2 WHERE id = $3")
+        .bind(msg)
+        .bind(&now)
+        .bind(job.id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    job.state = JobState::Succeeded;
+    job.message = Some(msg.to_owned());
+    job.finished_at = Some(db::parse_time(&now));
+    Ok(job)
+}
+
+/// Ends the running jobs of `resource_id` whose target is `target`.
+pub async fn finish(db: &db::Pool, resource_id: &str, target: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = $1 WHERE resource_id = $2 AND state = 'running' AND target = $3")
+        .bind(db::now())
+        .bind(resource_id)
+        .bind(target)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Fails every running job of `resource_id`.
+pub async fn fail_all(db: &db::Pool, resource_id: &str, message: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE jobs SET state = 'failed', message = $1, finished_at = $2 WHERE resource_id = $3 AND state = 'running'")
+        .bind(message)
+        .bind(db::now())
+        .bind(resource_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The targets of the running jobs of a resource (e.g. to finish `reboot:N` jobs).
+pub async fn running_targets(db: &db::Pool, resource_id: &str) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT target FROM jobs WHERE resource_id = $1 AND state = 'running'")
+        .bind(resource_id)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(vdc_schema::api::ListQuery),
+    responses((status = 200, body = Page<Job>)))]
+pub async fn list(State(ctx): State<SharedCtx>, caller: Caller, ListParams(q): ListParams) -> ApiResult<Json<Page<Job>>> {
+    let (limit, cursor) = paging(&q)?;
+    let state = state_filter::<JobState>(&q)?;
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLS} FROM jobs WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3) ORDER BY id LIMIT $4"
+    ))
+    .bind(caller.account_id.as_str())
+    .bind(cursor)
+    .bind(state)
+    .bind(limit)
+    .fetch_all(&ctx.db)
+    .await?;
+    let items = rows.into_iter().map(Row::into_api).collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(page(items, limit, |j| j.id.to_string())))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    let id: JobId = path_id("job", &id)?;
+    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLS} FROM jobs WHERE id = $1 AND account_id = $2"))
+        .bind(id.as_str())
+        .bind(caller.account_id.as_str())
+        .fetch_optional(&ctx.db)
+        .await?;
+    Ok(Json(row.ok_or_else(|| ApiError::not_found("job", id))?.into_api()?))
+}

@@ -1,0 +1,72 @@
+//! One module per resource: its handlers, its queries and its rules live together, so
+//! "where is the volume attach logic" has one answer (`volume.rs`).
+
+pub mod account;
+pub mod image;
+pub mod instance;
+pub mod interface;
+pub mod job;
+pub mod keypair;
+pub mod lifecycle;
+pub mod network;
+pub mod node;
+pub mod secgroup;
+pub mod snapshot;
+pub mod volume;
+
+use crate::error::{ApiError, ApiResult};
+use vdc_schema::api::{ListQuery, Page};
+
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+
+/// Validated paging: (limit, cursor). The cursor is the last ID of the previous page.
+pub fn paging(q: &ListQuery) -> ApiResult<(i64, String)> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad("invalid_limit", format!("limit must be between 1 and {MAX_LIMIT}, got {limit}")));
+    }
+    let cursor = q.cursor.clone().unwrap_or_default();
+    if cursor.len() > 64 || !cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(ApiError::bad("invalid_cursor", "cursor must be the next_cursor of a previous page"));
+    }
+    Ok((limit as i64, cursor))
+}
+
+/// Builds a page: `rows` were fetched with `LIMIT limit`, so a full page may have more.
+pub fn page<T>(items: Vec<T>, limit: i64, id_of: impl Fn(&T) -> String) -> Page<T> {
+    let next_cursor = if items.len() as i64 == limit { items.last().map(&id_of) } else { None };
+    Page { items, next_cursor }
+}
+
+/// Names: 1–64 printable characters, no leading or trailing space.
+pub fn validate_name(kind: &str, name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 64
+        && name.trim() == name
+        && !name.chars().any(|c| c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "invalid_name",
+            format!("{kind} name {name:?} is invalid: use 1 to 64 printable characters without leading or trailing spaces"),
+        ))
+    }
+}
+
+/// Parses a path ID; a malformed ID is simply one that does not exist.
+pub fn path_id<T: std::str::FromStr>(kind: &'static str, raw: &str) -> ApiResult<T> {
+    raw.parse().map_err(|_| ApiError::not_found(kind, raw.chars().take(64).collect::<String>()))
+}
+
+/// Optional state filter, checked against the resource's state names.
+pub fn state_filter<S: std::str::FromStr<Err = vdc_schema::ParseEnumError>>(q: &ListQuery) -> ApiResult<String> {
+    match &q.state {
+        None => Ok(String::new()),
+        Some(s) => {
+            s.parse::<S>().map_err(|e| ApiError::bad("invalid_state_filter", e.to_string()))?;
+            Ok(s.clone())
+        }
+    }
+}

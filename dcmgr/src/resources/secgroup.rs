@@ -1,0 +1,326 @@
+//! Security groups and their rules. A rule admits traffic by protocol and port range from
+//! a CIDR or from the members of another group. A change re-sends the ensures of every
+//! interface it touches, so it takes effect on running guests.
+
+use crate::api::{Body, ListParams};
+use crate::ctx::{Caller, SharedCtx, Work};
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use crate::resources::{page, paging, path_id, validate_name};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use std::collections::HashMap;
+use vdc_schema::api::{CreateSecurityGroup, ErrorBody, Page, RuleSpec, SecurityGroup, SecurityGroupRule};
+use vdc_schema::id::{RuleId, SecurityGroupId};
+use vdc_schema::Protocol;
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    name: String,
+    description: String,
+    created_at: String,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct RuleRow {
+    pub id: String,
+    pub group_id: String,
+    pub direction: String,
+    pub protocol: String,
+    pub port_min: Option<i64>,
+    pub port_max: Option<i64>,
+    pub cidr: Option<String>,
+    pub remote_group_id: Option<String>,
+}
+
+impl RuleRow {
+    pub fn into_api(self) -> ApiResult<SecurityGroupRule> {
+        Ok(SecurityGroupRule {
+            id: self.id.parse().map_err(ApiError::internal)?,
+            spec: RuleSpec {
+                direction: self.direction.parse().map_err(ApiError::internal)?,
+                protocol: self.protocol.parse().map_err(ApiError::internal)?,
+                port_min: self.port_min.map(|p| p as u16),
+                port_max: self.port_max.map(|p| p as u16),
+                cidr: self.cidr,
+                group: self.remote_group_id.map(|g| g.parse()).transpose().map_err(ApiError::internal)?,
+            },
+        })
+    }
+}
+
+pub(crate) const RULE_COLS: &str = "id, group_id, direction, protocol, port_min, port_max, cidr, remote_group_id";
+
+/// Checks a rule and normalizes it (a single port fills both ends, CIDRs are truncated).
+fn normalize(mut r: RuleSpec) -> ApiResult<RuleSpec> {
+    let bad = |m: String| ApiError::bad("invalid_rule", m);
+    match (&r.cidr, &r.group) {
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(bad("a rule needs exactly one of cidr (e.g. 0.0.0.0/0) or group (an sg- ID)".into()))
+        }
+        (Some(c), None) => {
+            let net: ipnet::Ipv4Net =
+                c.parse().map_err(|_| bad(format!("cidr {c:?} is not an IPv4 network such as 10.0.0.0/8")))?;
+            r.cidr = Some(net.trunc().to_string());
+        }
+        (None, Some(_)) => {}
+    }
+    match r.protocol {
+        Protocol::Tcp | Protocol::Udp => {
+            let (lo, hi) = match (r.port_min, r.port_max) {
+                (None, None) => (1, 65535),
+                (Some(p), None) | (None, Some(p)) => (p, p),
+                (Some(a), Some(b)) => (a, b),
+            };
+            if lo == 0 || lo > hi {
+                return Err(bad(format!("port range {lo}-{hi} is invalid: use 1 to 65535, low to high")));
+            }
+            r.port_min = Some(lo);
+            r.port_max = Some(hi);
+        }
+        Protocol::Icmp => {
+            if r.port_min.is_some_and(|t| t > 255) || r.port_max.is_some() {
+                return Err(bad("for icmp, port_min is the ICMP type (0-255) and port_max is not used".into()));
+            }
+        }
+        Protocol::Any => {
+            if r.port_min.is_some() || r.port_max.is_some() {
+                return Err(bad("protocol any takes no ports".into()));
+            }
+        }
+    }
+    Ok(r)
+}
+
+async fn check_remote_groups(ctx: &SharedCtx, caller: &Caller, rules: &[RuleSpec]) -> ApiResult<()> {
+    for g in rules.iter().filter_map(|r| r.group.as_ref()) {
+        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM security_groups WHERE id = $1 AND account_id = $2")
+            .bind(g.as_str())
+            .bind(caller.account_id.as_str())
+            .fetch_optional(&ctx.db)
+            .await?;
+        if found.is_none() {
+            return Err(ApiError::not_found("security group", g));
+        }
+    }
+    Ok(())
+}
+
+async fn insert_rule(tx: &mut db::Tx<'_>, group: &SecurityGroupId, r: &RuleSpec) -> ApiResult<RuleId> {
+    let id = RuleId::generate();
+    sqlx::query(&format!("INSERT INTO security_group_rules ({RULE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"))
+        .bind(id.as_str())
+        .bind(group.as_str())
+        .bind(r.direction.as_str())
+        .bind(r.protocol.as_str())
+        .bind(r.port_min.map(i64::from))
+        .bind(r.port_max.map(i64::from))
+        .bind(&r.cidr)
+        .bind(r.group.as_ref().map(|g| g.to_string()))
+        .execute(&mut **tx)
+        .await?;
+    Ok(id)
+}
+
+async fn rules_of(ctx: &SharedCtx, ids: &[String]) -> ApiResult<HashMap<String, Vec<SecurityGroupRule>>> {
+    let mut out: HashMap<String, Vec<SecurityGroupRule>> = HashMap::new();
+    for id in ids {
+        let rows: Vec<RuleRow> =
+            sqlx::query_as(&format!("SELECT {RULE_COLS} FROM security_group_rules WHERE group_id = $1 ORDER BY id"))
+                .bind(id)
+                .fetch_all(&ctx.db)
+                .await?;
+        for r in rows {
+            out.entry(r.group_id.clone()).or_default().push(r.into_api()?);
+        }
+    }
+    Ok(out)
+}
+
+async fn to_api(ctx: &SharedCtx, rows: Vec<Row>) -> ApiResult<Vec<SecurityGroup>> {
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let mut rules = rules_of(ctx, &ids).await?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(SecurityGroup {
+                rules: rules.remove(&r.id).unwrap_or_default(),
+                id: r.id.parse().map_err(ApiError::internal)?,
+                name: r.name,
+                description: r.description,
+                created_at: db::parse_time(&r.created_at),
+            })
+        })
+        .collect()
+}
+
+/// A group of the caller's, or 404.
+pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &SecurityGroupId) -> ApiResult<SecurityGroup> {
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, name, description, created_at FROM security_groups WHERE id = $1 AND account_id = $2",
+    )
+    .bind(id.as_str())
+    .bind(caller.account_id.as_str())
+    .fetch_optional(&ctx.db)
+    .await?;
+    let row = row.ok_or_else(|| ApiError::not_found("security group", id))?;
+    Ok(to_api(ctx, vec![row]).await?.remove(0))
+}
+
+#[utoipa::path(post, path = "/api/v1/security_groups", tag = "security_groups", request_body = CreateSecurityGroup,
+    responses((status = 201, body = SecurityGroup), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn create(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Body(req): Body<CreateSecurityGroup>,
+) -> ApiResult<(StatusCode, Json<SecurityGroup>)> {
+    validate_name("security group", &req.name)?;
+    if req.description.len() > 1024 {
+        return Err(ApiError::bad("invalid_description", "description must be at most 1024 characters"));
+    }
+    if req.rules.len() > 200 {
+        return Err(ApiError::bad("too_many_rules", "a security group holds at most 200 rules"));
+    }
+    let rules = req.rules.into_iter().map(normalize).collect::<ApiResult<Vec<_>>>()?;
+    check_remote_groups(&ctx, &caller, &rules).await?;
+    let id = SecurityGroupId::generate();
+    let mut tx = ctx.db.begin().await?;
+    sqlx::query("INSERT INTO security_groups (id, account_id, name, description, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id.as_str())
+        .bind(caller.account_id.as_str())
+        .bind(&req.name)
+        .bind(&req.description)
+        .bind(db::now())
+        .execute(&mut *tx)
+        .await?;
+    for r in &rules {
+        insert_rule(&mut tx, &id, r).await?;
+    }
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(fetch(&ctx, &caller, &id).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/security_groups", tag = "security_groups", params(vdc_schema::api::ListQuery),
+    responses((status = 200, body = Page<SecurityGroup>)))]
+pub async fn list(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<SecurityGroup>>> {
+    let (limit, cursor) = paging(&q)?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, name, description, created_at FROM security_groups
+         WHERE account_id = $1 AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4",
+    )
+    .bind(caller.account_id.as_str())
+    .bind(cursor)
+    .bind(q.name.clone().unwrap_or_default())
+    .bind(limit)
+    .fetch_all(&ctx.db)
+    .await?;
+    let items = to_api(&ctx, rows).await?;
+    Ok(Json(page(items, limit, |g| g.id.to_string())))
+}
+
+#[utoipa::path(get, path = "/api/v1/security_groups/{id}", tag = "security_groups", params(("id" = String, Path)),
+    responses((status = 200, body = SecurityGroup), (status = 404, body = ErrorBody)))]
+pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<SecurityGroup>> {
+    Ok(Json(fetch(&ctx, &caller, &path_id("security group", &id)?).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/security_groups/{id}", tag = "security_groups", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let g = fetch(&ctx, &caller, &path_id("security group", &id)?).await?;
+    let (members,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vif_security_groups WHERE group_id = $1")
+        .bind(g.id.as_str())
+        .fetch_one(&ctx.db)
+        .await?;
+    if members > 0 {
+        return Err(ApiError::conflict("security_group_in_use", format!("security group {} has {members} member interfaces", g.id)));
+    }
+    let (refs,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM security_group_rules WHERE remote_group_id = $1 AND group_id <> $1")
+            .bind(g.id.as_str())
+            .fetch_one(&ctx.db)
+            .await?;
+    if refs > 0 {
+        return Err(ApiError::conflict(
+            "security_group_in_use",
+            format!("security group {} is referred to by {refs} rules of other groups; delete those rules first", g.id),
+        ));
+    }
+    let mut tx = ctx.db.begin().await?;
+    sqlx::query("DELETE FROM security_group_rules WHERE group_id = $1").bind(g.id.as_str()).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM security_groups WHERE id = $1").bind(g.id.as_str()).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/security_groups/{id}/rules", tag = "security_groups", params(("id" = String, Path)),
+    request_body = RuleSpec,
+    responses((status = 201, body = SecurityGroup), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn add_rule(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(rule): Body<RuleSpec>,
+) -> ApiResult<(StatusCode, Json<SecurityGroup>)> {
+    let g = fetch(&ctx, &caller, &path_id("security group", &id)?).await?;
+    if g.rules.len() >= 200 {
+        return Err(ApiError::bad("too_many_rules", "a security group holds at most 200 rules"));
+    }
+    let rule = normalize(rule)?;
+    check_remote_groups(&ctx, &caller, std::slice::from_ref(&rule)).await?;
+    if g.rules.iter().any(|r| r.spec == rule) {
+        return Err(ApiError::conflict("duplicate_rule", format!("security group {} already has this rule", g.id)));
+    }
+    let mut tx = ctx.db.begin().await?;
+    insert_rule(&mut tx, &g.id, &rule).await?;
+    tx.commit().await?;
+    ctx.enqueue(Work::SecurityGroup(g.id.clone()));
+    Ok((StatusCode::CREATED, Json(fetch(&ctx, &caller, &g.id).await?)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/security_groups/{id}/rules/{rule_id}", tag = "security_groups",
+    params(("id" = String, Path), ("rule_id" = String, Path)),
+    responses((status = 200, body = SecurityGroup), (status = 404, body = ErrorBody)))]
+pub async fn delete_rule(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path((id, rule_id)): Path<(String, String)>,
+) -> ApiResult<Json<SecurityGroup>> {
+    let g = fetch(&ctx, &caller, &path_id("security group", &id)?).await?;
+    let rule_id: RuleId = path_id("security group rule", &rule_id)?;
+    let r = sqlx::query("DELETE FROM security_group_rules WHERE id = $1 AND group_id = $2")
+        .bind(rule_id.as_str())
+        .bind(g.id.as_str())
+        .execute(&ctx.db)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(ApiError::not_found("security group rule", rule_id));
+    }
+    ctx.enqueue(Work::SecurityGroup(g.id.clone()));
+    Ok(Json(fetch(&ctx, &caller, &g.id).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdc_schema::Direction;
+
+    fn rule(p: Protocol, lo: Option<u16>, hi: Option<u16>, cidr: Option<&str>) -> RuleSpec {
+        RuleSpec { direction: Direction::Ingress, protocol: p, port_min: lo, port_max: hi, cidr: cidr.map(Into::into), group: None }
+    }
+
+    #[test]
+    fn rules_are_checked_and_normalized() {
+        let r = normalize(rule(Protocol::Tcp, Some(22), None, Some("10.0.0.9/8"))).unwrap();
+        assert_eq!((r.port_min, r.port_max, r.cidr.as_deref()), (Some(22), Some(22), Some("10.0.0.0/8")));
+        assert!(normalize(rule(Protocol::Tcp, Some(30), Some(20), Some("0.0.0.0/0"))).is_err());
+        assert!(normalize(rule(Protocol::Tcp, Some(22), None, None)).is_err());
+        assert!(normalize(rule(Protocol::Any, Some(1), None, Some("0.0.0.0/0"))).is_err());
+        assert!(normalize(rule(Protocol::Udp, None, None, Some("nope"))).is_err());
+    }
+}

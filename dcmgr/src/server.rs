@@ -1,0 +1,110 @@
+//! Wires one dcmgr together: database, bus subscriptions, background tasks and the HTTP
+//! server. Used by the `dcmgr` binary, by `vdc up` and by the test harness.
+
+use crate::config::Config;
+use crate::ctx::{Ctx, EnsureObserver, SharedCtx};
+use crate::{api, controller, db};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use vdc_bus::Transport;
+use vdc_schema::bus::subject;
+
+pub struct Dcmgr {
+    pub addr: SocketAddr,
+    pub ctx: SharedCtx,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+pub struct Options {
+    /// Use this bus (the all-in-one's in-process one) instead of `config.nats_url`.
+    pub bus: Option<Arc<dyn Transport>>,
+    pub ensure_observer: Option<EnsureObserver>,
+}
+
+impl Dcmgr {
+    pub async fn start(config: Config, opts: Options) -> anyhow::Result<Dcmgr> {
+        let (pool, kind) = db::connect(&config.database_url)
+            .await
+            .with_context(|| format!("opening database {}", redact(&config.database_url)))?;
+        let bus: Arc<dyn Transport> = match (opts.bus, &config.nats_url) {
+            (Some(b), _) => b,
+            (None, Some(url)) => vdc_bus::Nats::connect(url, "dcmgr").await?,
+            (None, None) => vdc_bus::InProc::new(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let ctx: SharedCtx = Arc::new(Ctx {
+            db: pool,
+            db_kind: kind,
+            bus: bus.clone(),
+            config: config.clone(),
+            tokens: Default::default(),
+            work: tx,
+            agents: Default::default(),
+            ensure_observer: opts.ensure_observer,
+        });
+        if let Some(t) = &config.admin_token {
+            crate::resources::account::bootstrap_admin(&ctx, t).await?;
+        }
+        controller::membership::seed_from_db(&ctx).await?;
+
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let reg = bus.subscribe(subject::REGISTER).await?;
+        let hb = bus.subscribe(subject::HEARTBEAT).await?;
+        let rep = bus.subscribe(subject::REPORT).await?;
+        tasks.push(tokio::spawn(controller::membership::serve_register(ctx.clone(), reg, cancel.clone())));
+        tasks.push(tokio::spawn(controller::membership::serve_heartbeat(ctx.clone(), hb, cancel.clone())));
+        tasks.push(tokio::spawn(controller::reports::serve(ctx.clone(), rep, cancel.clone())));
+        tasks.push(tokio::spawn(controller::membership::watch_liveness(ctx.clone(), cancel.clone())));
+        tasks.push(tokio::spawn(controller::reconciler::run(ctx.clone(), cancel.clone())));
+        tasks.extend(controller::dispatch::spawn(ctx.clone(), rx, cancel.clone()));
+
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let app = api::router(ctx.clone());
+        let stop = cancel.clone();
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!("HTTP server failed: {e}");
+            }
+        }));
+        tracing::info!(%addr, db = ?kind, "dcmgr serving");
+        Ok(Dcmgr { addr, ctx, cancel, tasks })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.ctx.db.close().await;
+    }
+
+    /// Waits until stopped from outside (Ctrl-C).
+    pub async fn wait(&self) {
+        self.cancel.cancelled().await
+    }
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
