@@ -42,11 +42,7 @@ pub const MAX_PAGE: u32 = 1000;
 pub enum ClientError {
     /// The server answered with an error status.
     #[error("{message}")]
-    Api {
-        status: u16,
-        code: String,
-        message: String,
-    },
+    Api { status: u16, code: String, message: String },
     #[error("{}", transport_message(.0))]
     Transport(#[source] reqwest::Error),
     /// A success answer whose body is not what the API promises.
@@ -105,11 +101,7 @@ impl ClientError {
     /// Build an [`ClientError::Api`] from a non-success answer's status and body.
     pub fn from_response(status: u16, body: &str) -> Self {
         match serde_json::from_str::<ErrorBody>(body) {
-            Ok(b) => ClientError::Api {
-                status,
-                code: b.error.code,
-                message: b.error.message,
-            },
+            Ok(b) => ClientError::Api { status, code: b.error.code, message: b.error.message },
             Err(_) => {
                 let text = body.trim();
                 let message = if text.is_empty() {
@@ -122,11 +114,7 @@ impl ClientError {
                     // An HTML error page from a proxy can be huge; the start is enough.
                     text.chars().take(500).collect()
                 };
-                ClientError::Api {
-                    status,
-                    code: format!("http_{status}"),
-                    message,
-                }
+                ClientError::Api { status, code: format!("http_{status}"), message }
             }
         }
     }
@@ -154,20 +142,12 @@ impl Client {
     }
 
     /// Like [`Client::new`] with a caller-configured `reqwest::Client` (timeouts, proxies).
-    pub fn with_http(
-        base_url: impl Into<String>,
-        token: impl Into<String>,
-        http: reqwest::Client,
-    ) -> Self {
+    pub fn with_http(base_url: impl Into<String>, token: impl Into<String>, http: reqwest::Client) -> Self {
         let mut base = base_url.into().trim().trim_end_matches('/').to_string();
         if let Some(stripped) = base.strip_suffix("/api/v1") {
             base = stripped.to_string();
         }
-        Self {
-            base,
-            token: token.into(),
-            http,
-        }
+        Self { base, token: token.into(), http }
     }
 
     /// The server root, without `/api/v1`.
@@ -189,9 +169,7 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http
-            .request(method, self.url(path))
-            .bearer_auth(&self.token)
+        self.http.request(method, self.url(path)).bearer_auth(&self.token)
     }
 
     /// Send, turning error statuses into [`ClientError::Api`]; `None` for an empty body.
@@ -214,9 +192,9 @@ impl Client {
     async fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T> {
         match self.send_raw(req).await? {
             (url, Some(body)) => decode(&url, &body),
-            (url, None) => Err(ClientError::Decode(format!(
-                "{url} answered with an empty body where a JSON object was expected"
-            ))),
+            (url, None) => {
+                Err(ClientError::Decode(format!("{url} answered with an empty body where a JSON object was expected")))
+            }
         }
     }
 
@@ -233,20 +211,11 @@ impl Client {
         self.send(self.request(Method::GET, path)).await
     }
 
-    pub async fn get_query<T: DeserializeOwned, Q: Serialize + ?Sized>(
-        &self,
-        path: &str,
-        query: &Q,
-    ) -> Result<T> {
-        self.send(self.request(Method::GET, path).query(query))
-            .await
+    pub async fn get_query<T: DeserializeOwned, Q: Serialize + ?Sized>(&self, path: &str, query: &Q) -> Result<T> {
+        self.send(self.request(Method::GET, path).query(query)).await
     }
 
-    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<T> {
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         self.send(self.request(Method::POST, path).json(body)).await
     }
 
@@ -267,27 +236,17 @@ impl Client {
 
     /// DELETE ignoring any answer body (204).
     pub async fn delete_no_content(&self, path: &str) -> Result<()> {
-        self.send_raw(self.request(Method::DELETE, path))
-            .await
-            .map(|_| ())
+        self.send_raw(self.request(Method::DELETE, path)).await.map(|_| ())
     }
 
     /// One page of a list.
-    pub async fn list<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &ListQuery,
-    ) -> Result<Page<T>> {
+    pub async fn list<T: DeserializeOwned>(&self, path: &str, query: &ListQuery) -> Result<Page<T>> {
         self.get_query(path, query).await
     }
 
     /// Every item of a list, following `next_cursor`. `query.cursor` is the starting point
     /// and `query.limit` the page size (default: the largest page).
-    pub async fn list_all<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &ListQuery,
-    ) -> Result<Vec<T>> {
+    pub async fn list_all<T: DeserializeOwned>(&self, path: &str, query: &ListQuery) -> Result<Vec<T>> {
         let mut q = query.clone();
         q.limit = Some(q.limit.unwrap_or(MAX_PAGE));
         let mut items = Vec::new();
@@ -412,8 +371,7 @@ impl Client {
     }
 
     pub async fn list_all_security_groups(&self) -> Result<Vec<SecurityGroup>> {
-        self.list_all("/security_groups", &ListQuery::default())
-            .await
+        self.list_all("/security_groups", &ListQuery::default()).await
     }
 
     pub async fn get_security_group(&self, id: &SecurityGroupId) -> Result<SecurityGroup> {
@@ -421,27 +379,16 @@ impl Client {
     }
 
     pub async fn delete_security_group(&self, id: &SecurityGroupId) -> Result<()> {
-        self.delete_no_content(&format!("/security_groups/{id}"))
-            .await
+        self.delete_no_content(&format!("/security_groups/{id}")).await
     }
 
     /// Add a rule; answers the whole group with the new rule's ID in it.
-    pub async fn add_security_group_rule(
-        &self,
-        id: &SecurityGroupId,
-        rule: &RuleSpec,
-    ) -> Result<SecurityGroup> {
-        self.post(&format!("/security_groups/{id}/rules"), rule)
-            .await
+    pub async fn add_security_group_rule(&self, id: &SecurityGroupId, rule: &RuleSpec) -> Result<SecurityGroup> {
+        self.post(&format!("/security_groups/{id}/rules"), rule).await
     }
 
-    pub async fn delete_security_group_rule(
-        &self,
-        id: &SecurityGroupId,
-        rule: &RuleId,
-    ) -> Result<SecurityGroup> {
-        self.delete_json(&format!("/security_groups/{id}/rules/{rule}"))
-            .await
+    pub async fn delete_security_group_rule(&self, id: &SecurityGroupId, rule: &RuleId) -> Result<SecurityGroup> {
+        self.delete_json(&format!("/security_groups/{id}/rules/{rule}")).await
     }
 
     // ------------------------------------------------------------ instances
@@ -464,13 +411,8 @@ impl Client {
 
     /// Start, stop, halt, poweron, reboot or terminate. An action that is already done
     /// answers 200 with a finished job.
-    pub async fn instance_action(
-        &self,
-        id: &InstanceId,
-        action: InstanceAction,
-    ) -> Result<Accepted<Instance>> {
-        self.post_empty(&format!("/instances/{id}/{}", action.as_str()))
-            .await
+    pub async fn instance_action(&self, id: &InstanceId, action: InstanceAction) -> Result<Accepted<Instance>> {
+        self.post_empty(&format!("/instances/{id}/{}", action.as_str())).await
     }
 
     pub async fn start_instance(&self, id: &InstanceId) -> Result<Accepted<Instance>> {
@@ -528,14 +470,8 @@ impl Client {
         self.delete_json(&format!("/volumes/{id}")).await
     }
 
-    pub async fn attach_volume(
-        &self,
-        id: &VolumeId,
-        instance: &InstanceId,
-    ) -> Result<Accepted<Volume>> {
-        let body = AttachVolume {
-            instance_id: instance.clone(),
-        };
+    pub async fn attach_volume(&self, id: &VolumeId, instance: &InstanceId) -> Result<Accepted<Volume>> {
+        let body = AttachVolume { instance_id: instance.clone() };
         self.post(&format!("/volumes/{id}/attach"), &body).await
     }
 
@@ -608,8 +544,7 @@ impl Client {
     /// Poll the job every 100 ms until it is no longer running; the finished job is returned
     /// whatever its outcome (see [`Client::wait_job_ok`]).
     pub async fn wait_job(&self, id: &JobId, timeout: Duration) -> Result<Job> {
-        self.poll_job(id, JOB_POLL_INTERVAL, Some(timeout), |_| {})
-            .await
+        self.poll_job(id, JOB_POLL_INTERVAL, Some(timeout), |_| {}).await
     }
 
     /// [`Client::wait_job`], with a job that did not succeed as [`ClientError::JobFailed`].
@@ -658,9 +593,7 @@ impl Client {
 fn decode<T: DeserializeOwned>(url: &str, body: &str) -> Result<T> {
     serde_json::from_str(body).map_err(|e| {
         let excerpt: String = body.chars().take(200).collect();
-        ClientError::Decode(format!(
-            "unexpected answer from {url}: {e} (body starts with {excerpt:?})"
-        ))
+        ClientError::Decode(format!("unexpected answer from {url}: {e} (body starts with {excerpt:?})"))
     })
 }
 
@@ -681,10 +614,7 @@ mod tests {
 
     #[test]
     fn error_bodies_are_parsed_or_kept_as_text() {
-        let e = ClientError::from_response(
-            404,
-            r#"{"error":{"code":"not_found","message":"no instance i-x"}}"#,
-        );
+        let e = ClientError::from_response(404, r#"{"error":{"code":"not_found","message":"no instance i-x"}}"#);
         assert!(matches!(&e, ClientError::Api { status: 404, code, message }
             if code == "not_found" && message == "no instance i-x"));
         assert!(e.is_not_found());
@@ -707,19 +637,12 @@ mod tests {
     #[tokio::test]
     async fn requests_carry_the_token_and_answers_decode() {
         let (base, log) = mock(|req| match (req.method.as_str(), req.target.as_str()) {
-            ("GET", "/api/v1") => (
-                200,
-                r#"{"api_version":"1.0","server_version":"x","extensions":["jobs"]}"#.into(),
-            ),
+            ("GET", "/api/v1") => (200, r#"{"api_version":"1.0","server_version":"x","extensions":["jobs"]}"#.into()),
             ("DELETE", "/api/v1/keypairs/ssh-k") => (204, String::new()),
-            ("POST", "/api/v1/instances/i-1/reboot") => (
-                202,
-                serde_json::json!({"job": job_json("running"), "resource": {}}).to_string(),
-            ),
-            _ => (
-                404,
-                r#"{"error":{"code":"not_found","message":"nothing here"}}"#.into(),
-            ),
+            ("POST", "/api/v1/instances/i-1/reboot") => {
+                (202, serde_json::json!({"job": job_json("running"), "resource": {}}).to_string())
+            }
+            _ => (404, r#"{"error":{"code":"not_found","message":"nothing here"}}"#.into()),
         })
         .await;
         let c = Client::new(base, "sekret");
@@ -729,10 +652,7 @@ mod tests {
         assert_eq!((err.status(), err.code()), (Some(404), "not_found"));
         assert_eq!(err.to_string(), "nothing here");
         // The resource is not an Instance: a decode error that names the URL.
-        let err = c
-            .instance_action(&"i-1".parse().unwrap(), InstanceAction::Reboot)
-            .await
-            .unwrap_err();
+        let err = c.instance_action(&"i-1".parse().unwrap(), InstanceAction::Reboot).await.unwrap_err();
         assert!(matches!(&err, ClientError::Decode(m) if m.contains("/instances/i-1/reboot")));
 
         let log = log.lock().unwrap();
@@ -763,10 +683,7 @@ mod tests {
 
         let (base, log) = mock(|_| (400, "plain text failure".into())).await;
         let c = Client::new(base, "t");
-        let req = CreateAccount {
-            name: "bob".into(),
-            admin: true,
-        };
+        let req = CreateAccount { name: "bob".into(), admin: true };
         let err = c.create_account(&req).await.unwrap_err();
         assert_eq!(err.code(), "http_400");
         assert_eq!(err.to_string(), "plain text failure");
@@ -789,18 +706,12 @@ mod tests {
         let job = c.wait_job(&id, Duration::from_secs(10)).await.unwrap();
         assert_eq!(job.state, JobState::Failed);
         assert_eq!(polls.load(std::sync::atomic::Ordering::SeqCst), 3);
-        let err = c
-            .wait_job_ok(&id, Duration::from_secs(10))
-            .await
-            .unwrap_err();
+        let err = c.wait_job_ok(&id, Duration::from_secs(10)).await.unwrap_err();
         assert_eq!(err.code(), "job_failed");
 
         let (base, _) = mock(|_| (200, job_json("running").to_string())).await;
         let c = Client::new(base, "t");
-        let err = c
-            .wait_job(&id, Duration::from_millis(250))
-            .await
-            .unwrap_err();
+        let err = c.wait_job(&id, Duration::from_millis(250)).await.unwrap_err();
         assert!(matches!(err, ClientError::Timeout(_)), "{err}");
     }
 

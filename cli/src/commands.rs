@@ -557,10 +557,7 @@ mod tests {
         let cli = parse(&["instance", "list", "-o", "json", "--api", "http://x:1"]).unwrap();
         assert_eq!(cli.global.output, OutputFormat::Json);
         assert_eq!(cli.global.api.as_deref(), Some("http://x:1"));
-        assert!(matches!(
-            cli.command,
-            Command::Instance(InstanceCmd::List { .. })
-        ));
+        assert!(matches!(cli.command, Command::Instance(InstanceCmd::List { .. })));
     }
 
     #[test]
@@ -598,30 +595,12 @@ mod tests {
             &["instance", "show", "vol-abc"][..],
             &["secgroup", "rule-add", "sg-a", "tcp:99999"],
             &["secgroup", "create", "web", "--rule", "ssh"],
-            &[
-                "image",
-                "create",
-                "x",
-                "--format",
-                "vmdk",
-                "--hypervisor",
-                "kvm",
-                "--source",
-                "s",
-            ],
+            &["image", "create", "x", "--format", "vmdk", "--hypervisor", "kvm", "--source", "s"],
             &["image", "create", "x", "--format", "raw", "--source", "s"],
             &["volume", "create", "data"],
             &["volume", "create", "data", "--size", "10X"],
             &["instance", "create", "--image", "img-a", "--ip", "10.0.0.1"],
-            &[
-                "keypair",
-                "create",
-                "k",
-                "--public-key",
-                "x",
-                "--private-key-out",
-                "f",
-            ],
+            &["keypair", "create", "k", "--public-key", "x", "--private-key-out", "f"],
         ] {
             let err = parse(args).expect_err(&args.join(" "));
             assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
@@ -637,12 +616,6 @@ mod tests {
         assert_eq!(spec.port_min, Some(53));
         assert!(egress);
         let cli = parse(&["volume", "create", "data", "--size", "10G"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Volume(VolumeCmd::Create {
-                size: Some(10240),
-                ..
-            })
-        ));
+        assert!(matches!(cli.command, Command::Volume(VolumeCmd::Create { size: Some(10240), .. })));
     }
 }

@@ -22,18 +22,12 @@ pub struct CliConfig {
 
 impl CliConfig {
     pub fn new(api: impl Into<String>, token: impl Into<String>) -> Self {
-        Self {
-            api: Some(api.into()),
-            token: Some(token.into()),
-        }
+        Self { api: Some(api.into()), token: Some(token.into()) }
     }
 
     /// The layer given by `VDC_API` and `VDC_TOKEN`.
     pub fn from_env() -> Self {
-        Self {
-            api: std::env::var(ENV_API).ok(),
-            token: std::env::var(ENV_TOKEN).ok(),
-        }
+        Self { api: std::env::var(ENV_API).ok(), token: std::env::var(ENV_TOKEN).ok() }
     }
 }
 
@@ -47,28 +41,13 @@ pub struct Endpoint {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("no API {what} configured: pass {flag}, set {env}, or put {key} = \"...\" in {path} (`vdc up` writes that file)", path = .path.display())]
-    Missing {
-        what: &'static str,
-        flag: &'static str,
-        env: &'static str,
-        key: &'static str,
-        path: PathBuf,
-    },
+    Missing { what: &'static str, flag: &'static str, env: &'static str, key: &'static str, path: PathBuf },
     #[error("cannot read config file {}: {source}", .path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config file {} is not valid: {source}", .path.display())]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    Parse { path: PathBuf, source: toml::de::Error },
     #[error("cannot write config file {}: {source}", .path.display())]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
     #[error("cannot encode config: {0}")]
     Encode(#[from] toml::ser::Error),
 }
@@ -76,10 +55,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// Whether the user must change how vdc is invoked or configured (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            ConfigError::Missing { .. } | ConfigError::Parse { .. }
-        )
+        matches!(self, ConfigError::Missing { .. } | ConfigError::Parse { .. })
     }
 }
 
@@ -97,10 +73,7 @@ pub fn config_path() -> PathBuf {
 
 /// Resolve with the real environment and config file; the arguments are the flag values.
 pub fn load(api_flag: Option<&str>, token_flag: Option<&str>) -> Result<Endpoint, ConfigError> {
-    let flags = CliConfig {
-        api: api_flag.map(str::to_owned),
-        token: token_flag.map(str::to_owned),
-    };
+    let flags = CliConfig { api: api_flag.map(str::to_owned), token: token_flag.map(str::to_owned) };
     load_with(&flags, &CliConfig::from_env(), &config_path())
 }
 
@@ -133,10 +106,7 @@ pub fn load_with(flags: &CliConfig, env: &CliConfig, path: &Path) -> Result<Endp
 }
 
 fn non_empty(v: &Option<String>) -> Option<String> {
-    v.as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
 }
 
 /// The config file, or `None` if there is none.
@@ -144,29 +114,16 @@ pub fn read(path: &Path) -> Result<Option<CliConfig>, ConfigError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            })
-        }
+        Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
     };
-    toml::from_str(&text)
-        .map(Some)
-        .map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })
+    toml::from_str(&text).map(Some).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
 }
 
 /// Write the config file (mode 0600, as it holds a token), creating parent directories.
 /// The file is replaced atomically so a reader never sees half of it.
 pub fn save(path: &Path, config: &CliConfig) -> Result<(), ConfigError> {
     let text = toml::to_string(config)?;
-    let werr = |source| ConfigError::Write {
-        path: path.to_owned(),
-        source,
-    };
+    let werr = |source| ConfigError::Write { path: path.to_owned(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(werr)?;
     }
@@ -197,10 +154,7 @@ mod tests {
     use super::*;
 
     fn layer(api: Option<&str>, token: Option<&str>) -> CliConfig {
-        CliConfig {
-            api: api.map(Into::into),
-            token: token.map(Into::into),
-        }
+        CliConfig { api: api.map(Into::into), token: token.map(Into::into) }
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -233,10 +187,7 @@ mod tests {
 
         let flags = layer(Some("http://flag:3"), Some("flag-token"));
         let ep = load_with(&flags, &env, &path).unwrap();
-        assert_eq!(
-            (ep.api.as_str(), ep.token.as_str()),
-            ("http://flag:3", "flag-token")
-        );
+        assert_eq!((ep.api.as_str(), ep.token.as_str()), ("http://flag:3", "flag-token"));
 
         // An empty variable counts as unset.
         let env = layer(Some(""), Some("  "));
@@ -249,8 +200,7 @@ mod tests {
     fn missing_settings_say_how_to_set_them() {
         let dir = temp_dir("missing");
         let path = dir.join("config.toml");
-        let err =
-            load_with(&layer(Some("http://x"), None), &CliConfig::default(), &path).unwrap_err();
+        let err = load_with(&layer(Some("http://x"), None), &CliConfig::default(), &path).unwrap_err();
         assert!(err.is_usage());
         let msg = err.to_string();
         for needle in ["--token", "VDC_TOKEN", "vdc up", "config.toml"] {

@@ -22,10 +22,7 @@ pub enum CliError {
     #[error("job {} ({} {}) {}: {}", .0.id, .0.action, .0.resource_id, .0.state, .0.message.as_deref().unwrap_or("no message"))]
     JobFailed(Box<Job>),
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
     #[error("cannot encode output: {0}")]
     Encode(String),
 }
@@ -36,10 +33,7 @@ impl CliError {
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        CliError::Io {
-            context: context.into(),
-            source,
-        }
+        CliError::Io { context: context.into(), source }
     }
 
     pub fn exit_code(&self) -> u8 {

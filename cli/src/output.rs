@@ -26,12 +26,10 @@ pub trait Tabular {
 
 pub fn encode<T: Serialize + ?Sized>(format: OutputFormat, value: &T) -> Result<String, CliError> {
     match format {
-        OutputFormat::Json => serde_json::to_string_pretty(value)
-            .map(|s| s + "\n")
-            .map_err(|e| CliError::Encode(e.to_string())),
-        OutputFormat::Yaml => {
-            serde_yaml::to_string(value).map_err(|e| CliError::Encode(e.to_string()))
+        OutputFormat::Json => {
+            serde_json::to_string_pretty(value).map(|s| s + "\n").map_err(|e| CliError::Encode(e.to_string()))
         }
+        OutputFormat::Yaml => serde_yaml::to_string(value).map_err(|e| CliError::Encode(e.to_string())),
         // Callers handle tables themselves; JSON is the sensible fallback.
         OutputFormat::Table => encode(OutputFormat::Json, value),
     }
@@ -39,8 +37,7 @@ pub fn encode<T: Serialize + ?Sized>(format: OutputFormat, value: &T) -> Result<
 
 fn new_table() -> Table {
     let mut t = Table::new();
-    t.load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic);
+    t.load_preset(presets::UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
     t
 }
 
@@ -64,20 +61,14 @@ pub fn fields_table(fields: Vec<(&'static str, String)>) -> String {
     format!("{t}\n")
 }
 
-pub fn render_list<T: Tabular + Serialize>(
-    format: OutputFormat,
-    page: &Page<T>,
-) -> Result<String, CliError> {
+pub fn render_list<T: Tabular + Serialize>(format: OutputFormat, page: &Page<T>) -> Result<String, CliError> {
     match format {
         OutputFormat::Table => Ok(list_table(&page.items)),
         _ => encode(format, page),
     }
 }
 
-pub fn render_one<T: Tabular + Serialize>(
-    format: OutputFormat,
-    value: &T,
-) -> Result<String, CliError> {
+pub fn render_one<T: Tabular + Serialize>(format: OutputFormat, value: &T) -> Result<String, CliError> {
     match format {
         OutputFormat::Table => Ok(fields_table(value.fields())),
         _ => encode(format, value),
@@ -107,19 +98,14 @@ pub fn time(t: &DateTime<Utc>) -> String {
 }
 
 fn opt<T: Display>(v: &Option<T>) -> String {
-    v.as_ref()
-        .map_or_else(|| "-".to_string(), |v| v.to_string())
+    v.as_ref().map_or_else(|| "-".to_string(), |v| v.to_string())
 }
 
 fn join<T: Display>(items: &[T], sep: &str) -> String {
     if items.is_empty() {
         return "-".into();
     }
-    items
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(sep)
+    items.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(sep)
 }
 
 /// `512 MiB`, `10 GiB`, `1.5 GiB`, `2 TiB`.
@@ -142,11 +128,7 @@ impl Tabular for ApiInfo {
         &["API VERSION", "SERVER VERSION", "EXTENSIONS"]
     }
     fn row(&self) -> Vec<String> {
-        vec![
-            self.api_version.clone(),
-            self.server_version.clone(),
-            self.extensions.join(", "),
-        ]
+        vec![self.api_version.clone(), self.server_version.clone(), self.extensions.join(", ")]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -162,12 +144,7 @@ impl Tabular for Account {
         &["ID", "NAME", "ADMIN", "CREATED"]
     }
     fn row(&self) -> Vec<String> {
-        vec![
-            self.id.to_string(),
-            self.name.clone(),
-            self.admin.to_string(),
-            time(&self.created_at),
-        ]
+        vec![self.id.to_string(), self.name.clone(), self.admin.to_string(), time(&self.created_at)]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -184,12 +161,7 @@ impl Tabular for KeyPair {
         &["ID", "NAME", "FINGERPRINT", "CREATED"]
     }
     fn row(&self) -> Vec<String> {
-        vec![
-            self.id.to_string(),
-            self.name.clone(),
-            self.fingerprint.clone(),
-            time(&self.created_at),
-        ]
+        vec![self.id.to_string(), self.name.clone(), self.fingerprint.clone(), time(&self.created_at)]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
         vec![
@@ -204,15 +176,7 @@ impl Tabular for KeyPair {
 
 impl Tabular for Image {
     fn headers() -> &'static [&'static str] {
-        &[
-            "ID",
-            "NAME",
-            "FORMAT",
-            "ARCH",
-            "HYPERVISORS",
-            "PUBLIC",
-            "SOURCE",
-        ]
+        &["ID", "NAME", "FORMAT", "ARCH", "HYPERVISORS", "PUBLIC", "SOURCE"]
     }
     fn row(&self) -> Vec<String> {
         vec![
@@ -275,22 +239,13 @@ impl Tabular for SecurityGroup {
         &["ID", "NAME", "RULES", "DESCRIPTION"]
     }
     fn row(&self) -> Vec<String> {
-        vec![
-            self.id.to_string(),
-            self.name.clone(),
-            self.rules.len().to_string(),
-            self.description.clone(),
-        ]
+        vec![self.id.to_string(), self.name.clone(), self.rules.len().to_string(), self.description.clone()]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
         let rules = if self.rules.is_empty() {
             "-".to_string()
         } else {
-            self.rules
-                .iter()
-                .map(|r| format!("{} {}", r.id, format_rule(&r.spec)))
-                .collect::<Vec<_>>()
-                .join("\n")
+            self.rules.iter().map(|r| format!("{} {}", r.id, format_rule(&r.spec))).collect::<Vec<_>>().join("\n")
         };
         vec![
             ("ID", self.id.to_string()),
@@ -304,16 +259,7 @@ impl Tabular for SecurityGroup {
 
 impl Tabular for Instance {
     fn headers() -> &'static [&'static str] {
-        &[
-            "ID",
-            "NAME",
-            "STATE",
-            "HYPERVISOR",
-            "CPUS",
-            "MEMORY",
-            "HOST",
-            "IPS",
-        ]
+        &["ID", "NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY", "HOST", "IPS"]
     }
     fn row(&self) -> Vec<String> {
         let ips: Vec<&str> = self.interfaces.iter().map(|i| i.ip.as_str()).collect();
@@ -379,10 +325,7 @@ impl Tabular for ConsoleLog {
         vec![self.instance_id.to_string(), self.output.clone()]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("INSTANCE", self.instance_id.to_string()),
-            ("OUTPUT", self.output.clone()),
-        ]
+        vec![("INSTANCE", self.instance_id.to_string()), ("OUTPUT", self.output.clone())]
     }
 }
 
@@ -421,15 +364,7 @@ impl Tabular for Volume {
 
 impl Tabular for Snapshot {
     fn headers() -> &'static [&'static str] {
-        &[
-            "ID",
-            "NAME",
-            "VOLUME",
-            "SIZE",
-            "STATE",
-            "STORAGE NODE",
-            "CREATED",
-        ]
+        &["ID", "NAME", "VOLUME", "SIZE", "STATE", "STORAGE NODE", "CREATED"]
     }
     fn row(&self) -> Vec<String> {
         vec![
@@ -457,14 +392,7 @@ impl Tabular for Snapshot {
 
 impl Tabular for HostNode {
     fn headers() -> &'static [&'static str] {
-        &[
-            "ID",
-            "STATE",
-            "HYPERVISORS",
-            "CPUS USED",
-            "MEMORY USED",
-            "LAST SEEN",
-        ]
+        &["ID", "STATE", "HYPERVISORS", "CPUS USED", "MEMORY USED", "LAST SEEN"]
     }
     fn row(&self) -> Vec<String> {
         vec![
@@ -479,11 +407,7 @@ impl Tabular for HostNode {
     fn fields(&self) -> Vec<(&'static str, String)> {
         let caps = match &self.capabilities {
             serde_json::Value::Object(m) if m.is_empty() => "-".to_string(),
-            serde_json::Value::Object(m) => m
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
+            serde_json::Value::Object(m) => m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("\n"),
             serde_json::Value::Null => "-".to_string(),
             other => other.to_string(),
         };
@@ -549,10 +473,7 @@ impl Tabular for Job {
             ("STATE", self.state.to_string()),
             ("MESSAGE", opt(&self.message)),
             ("CREATED", time(&self.created_at)),
-            (
-                "FINISHED",
-                self.finished_at.as_ref().map_or_else(|| "-".into(), time),
-            ),
+            ("FINISHED", self.finished_at.as_ref().map_or_else(|| "-".into(), time)),
         ]
     }
 }
@@ -599,10 +520,7 @@ mod tests {
 
     #[test]
     fn accepted_shows_resource_and_job() {
-        let acc = Accepted {
-            job: job(),
-            resource: volume(),
-        };
+        let acc = Accepted { job: job(), resource: volume() };
         let table = render_accepted(OutputFormat::Table, &acc).unwrap();
         for needle in ["vol-1", "10 GiB", "JOB", "job-1", "running"] {
             assert!(table.contains(needle), "{table}");
@@ -617,10 +535,7 @@ mod tests {
 
     #[test]
     fn lists_have_one_row_per_item() {
-        let page = Page {
-            items: vec![volume(), volume()],
-            next_cursor: None,
-        };
+        let page = Page { items: vec![volume(), volume()], next_cursor: None };
         let table = render_list(OutputFormat::Table, &page).unwrap();
         assert_eq!(table.matches("vol-1").count(), 2, "{table}");
         assert!(table.contains("STORAGE NODE"));

@@ -8,8 +8,7 @@ use vdc_schema::{Direction, Protocol, SecurityGroupId};
 /// The source (or, for egress, destination) of a rule given without one.
 pub const ANYWHERE: &str = "0.0.0.0/0";
 
-const RULE_HELP: &str =
-    "expected PROTO[:PORTS[:SOURCE]], e.g. tcp:22, tcp:8000-8080:10.0.0.0/8, icmp::sg-abc, any";
+const RULE_HELP: &str = "expected PROTO[:PORTS[:SOURCE]], e.g. tcp:22, tcp:8000-8080:10.0.0.0/8, icmp::sg-abc, any";
 
 /// Parse an ingress rule `PROTO[:PORTS[:SOURCE]]`:
 /// PROTO is tcp, udp, icmp or any; PORTS is `22` or `1000-2000` (for icmp, the ICMP type),
@@ -25,9 +24,8 @@ pub fn parse_rule_spec(spec: &str) -> Result<RuleSpec, String> {
     if proto.is_empty() {
         return Err(format!("rule {spec:?} has no protocol; {RULE_HELP}"));
     }
-    let protocol: Protocol = proto.parse().map_err(|_| {
-        format!("unknown protocol {proto:?} in rule {spec:?}; use tcp, udp, icmp or any")
-    })?;
+    let protocol: Protocol =
+        proto.parse().map_err(|_| format!("unknown protocol {proto:?} in rule {spec:?}; use tcp, udp, icmp or any"))?;
 
     let (port_min, port_max) = if ports.is_empty() {
         (None, None)
@@ -46,14 +44,7 @@ pub fn parse_rule_spec(spec: &str) -> Result<RuleSpec, String> {
         (Some(cidr), None)
     };
 
-    Ok(RuleSpec {
-        direction: Direction::Ingress,
-        protocol,
-        port_min,
-        port_max,
-        cidr,
-        group,
-    })
+    Ok(RuleSpec { direction: Direction::Ingress, protocol, port_min, port_max, cidr, group })
 }
 
 fn parse_ports(ports: &str, protocol: Protocol) -> Result<(u16, u16), String> {
@@ -61,16 +52,10 @@ fn parse_ports(ports: &str, protocol: Protocol) -> Result<(u16, u16), String> {
         Protocol::Tcp | Protocol::Udp => (1u16, "port"),
         Protocol::Icmp => (0u16, "ICMP type"),
         Protocol::Any => {
-            return Err(format!(
-                "protocol any takes no ports (got {ports:?}); use tcp or udp, or leave PORTS empty"
-            ))
+            return Err(format!("protocol any takes no ports (got {ports:?}); use tcp or udp, or leave PORTS empty"))
         }
     };
-    let max = if protocol == Protocol::Icmp {
-        255
-    } else {
-        u16::MAX
-    };
+    let max = if protocol == Protocol::Icmp { 255 } else { u16::MAX };
     let num = |s: &str| -> Result<u16, String> {
         let s = s.trim();
         match s.parse::<u16>() {
@@ -86,9 +71,7 @@ fn parse_ports(ports: &str, protocol: Protocol) -> Result<(u16, u16), String> {
         }
     };
     if lo > hi {
-        return Err(format!(
-            "{what} range {ports:?} is reversed; write {hi}-{lo}"
-        ));
+        return Err(format!("{what} range {ports:?} is reversed; write {hi}-{lo}"));
     }
     Ok((lo, hi))
 }
@@ -99,9 +82,9 @@ pub fn parse_cidr(s: &str) -> Result<String, String> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let ip: IpAddr = addr.parse().map_err(|_| {
-        format!("{s:?} is neither a CIDR (e.g. 10.0.0.0/8) nor a security group ID (sg-…)")
-    })?;
+    let ip: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{s:?} is neither a CIDR (e.g. 10.0.0.0/8) nor a security group ID (sg-…)"))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
         None => max,
@@ -130,9 +113,7 @@ pub fn parse_size_mib(s: &str) -> Result<u64, String> {
         "t" | "tb" | "tib" => 1024 * 1024,
         _ => return Err(format!("{s:?} has an unknown unit; {help}")),
     };
-    let mib = n
-        .checked_mul(factor)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
+    let mib = n.checked_mul(factor).ok_or_else(|| format!("{s:?} is too large"))?;
     if mib == 0 {
         return Err(format!("{s:?}: the size must be at least 1 MiB"));
     }
@@ -152,9 +133,7 @@ pub fn parse_checksum(s: &str) -> Result<String, String> {
         Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
             Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
         }
-        _ => Err(format!(
-            "{s:?} is not a checksum; expected sha256: followed by 64 hex digits"
-        )),
+        _ => Err(format!("{s:?} is not a checksum; expected sha256: followed by 64 hex digits")),
     }
 }
 
@@ -207,10 +186,7 @@ mod tests {
         assert_eq!((r.port_min, r.port_max), (None, None));
         assert_eq!(r.cidr.as_deref(), Some("0.0.0.0/0"));
 
-        assert_eq!(
-            rule("TCP:443:192.168.1.5").cidr.as_deref(),
-            Some("192.168.1.5/32")
-        );
+        assert_eq!(rule("TCP:443:192.168.1.5").cidr.as_deref(), Some("192.168.1.5/32"));
         assert_eq!(rule("tcp:22:fd00::/64").cidr.as_deref(), Some("fd00::/64"));
         assert_eq!(rule("icmp:8").port_min, Some(8));
         assert_eq!(rule("tcp::").port_min, None);
@@ -241,10 +217,7 @@ mod tests {
     fn rules_format_back() {
         assert_eq!(format_rule(&rule("tcp:22")), "ingress tcp:22:0.0.0.0/0");
         assert_eq!(format_rule(&rule("icmp::sg-abc")), "ingress icmp::sg-abc");
-        assert_eq!(
-            format_rule(&rule("udp:5-9:10.1.0.0/16")),
-            "ingress udp:5-9:10.1.0.0/16"
-        );
+        assert_eq!(format_rule(&rule("udp:5-9:10.1.0.0/16")), "ingress udp:5-9:10.1.0.0/16");
     }
 
     #[test]
@@ -256,16 +229,7 @@ mod tests {
         assert_eq!(parse_size_mib("2GiB"), Ok(2048));
         assert_eq!(parse_size_mib("1T"), Ok(1024 * 1024));
         assert_eq!(parse_size_mib(" 3 GB "), Ok(3072));
-        for bad in [
-            "",
-            "G",
-            "0",
-            "0G",
-            "1.5G",
-            "10X",
-            "-1",
-            "99999999999999999999",
-        ] {
+        for bad in ["", "G", "0", "0G", "1.5G", "10X", "-1", "99999999999999999999"] {
             assert!(parse_size_mib(bad).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(parse_memory_mib("1G"), Ok(1024));
@@ -275,10 +239,7 @@ mod tests {
     #[test]
     fn checksums_are_checked() {
         let hex = "AB".repeat(32);
-        assert_eq!(
-            parse_checksum(&format!("sha256:{hex}")),
-            Ok(format!("sha256:{}", hex.to_ascii_lowercase()))
-        );
+        assert_eq!(parse_checksum(&format!("sha256:{hex}")), Ok(format!("sha256:{}", hex.to_ascii_lowercase())));
         assert!(parse_checksum("md5:abc").is_err());
         assert!(parse_checksum("sha256:abc").is_err());
     }

@@ -76,7 +76,7 @@ impl AllInOne {
         let store_id = load_or_create_id(&data_dir.join("sta/node-id"), || StorageNodeId::generate().to_string())?;
         let (cpus, memory_mib) = host_capacity();
         let sim = SimKnobs::default();
-        let hva = vdc_hva::start_sim(
+        let (hva, _) = vdc_hva::start_sim(
             bus.clone(),
             vdc_hva::HvaOptions {
                 node_id: host_id.clone(),
@@ -88,12 +88,12 @@ impl AllInOne {
             },
         )
         .await?;
-        let nw = vdc_nwagent::start_sim(
+        let (nw, _) = vdc_nwagent::start_sim(
             bus.clone(),
             vdc_nwagent::NwOptions { node_id: host_id, data_dir: Some(data_dir.join("nwagent")), sim },
         )
         .await?;
-        let sta = vdc_sta::start_sim(
+        let (sta, _) = vdc_sta::start_sim(
             bus.clone(),
             vdc_sta::StaOptions {
                 node_id: store_id,
@@ -122,7 +122,8 @@ async fn ensure_default_image(dcmgr: &Dcmgr) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("looking up the admin account: {e}"))?
         .context("the admin account is missing")?;
     let caller = Caller { account_id: admin.parse()?, admin: true };
-    let exists = vdc_dcmgr::resources::image::exists_public(ctx, DEFAULT_IMAGE).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let exists =
+        vdc_dcmgr::resources::image::exists_public(ctx, DEFAULT_IMAGE).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     if !exists {
         let req = CreateImage {
             name: DEFAULT_IMAGE.into(),

@@ -25,7 +25,7 @@ pub struct HvaOptions {
 }
 
 /// Starts an hva with the simulated driver on `bus`.
-pub async fn start_sim(bus: Arc<dyn Transport>, o: HvaOptions) -> anyhow::Result<AgentHandle> {
+pub async fn start_sim(bus: Arc<dyn Transport>, o: HvaOptions) -> anyhow::Result<(AgentHandle, Arc<sim::SimHypervisor>)> {
     let journal = o.data_dir.as_ref().map(|d| d.join("journal.jsonl"));
     let sink = ReportSink::open(journal.as_deref())?;
     let state_file = o.data_dir.as_ref().map(|d| d.join("sim-instances.json"));
@@ -42,5 +42,6 @@ pub async fn start_sim(bus: Arc<dyn Transport>, o: HvaOptions) -> anyhow::Result
         storage: None,
         journal,
     };
-    Ok(agent::start(bus, cfg, sink, Arc::new(HypervisorHandler(driver))).await?)
+    let handle = agent::start(bus, cfg, sink, Arc::new(HypervisorHandler(driver.clone()))).await?;
+    Ok((handle, driver))
 }

@@ -49,11 +49,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    let hypervisors = cli
-        .hypervisors
-        .iter()
-        .map(|h| h.parse::<HypervisorKind>())
-        .collect::<Result<Vec<_>, _>>()?;
+    let hypervisors = cli.hypervisors.iter().map(|h| h.parse::<HypervisorKind>()).collect::<Result<Vec<_>, _>>()?;
     let node_id = match cli.node_id {
         Some(id) => id.parse::<vdc_schema::HostNodeId>()?.to_string(),
         None => vdc_bus::sim::load_or_create_id(&cli.data_dir.join("node-id"), || {
@@ -74,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
             drop_rate: cli.sim_drop_rate,
         },
     };
-    let agent = vdc_hva::start_sim(bus, opts).await?;
+    let (agent, _) = vdc_hva::start_sim(bus, opts).await?;
     tracing::info!(node = %node_id, "hva running with the sim driver");
     vdc_bus::sim::shutdown_signal().await;
     agent.stop().await;

@@ -93,7 +93,8 @@ impl SimHypervisor {
 
     /// After the delay, moves the guest to `to` if no newer ensure arrived meanwhile.
     fn later(&self, id: InstanceId, op: u64, to: ObservedInstance, fail: Option<String>) {
-        let (guests, sink, file, delay) = (self.guests.clone(), self.sink.clone(), self.state_file.clone(), self.knobs.delay);
+        let (guests, sink, file, delay) =
+            (self.guests.clone(), self.sink.clone(), self.state_file.clone(), self.knobs.delay);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let mut map = guests.lock().unwrap();
@@ -120,7 +121,8 @@ impl SimHypervisor {
     }
 
     fn remove_later(&self, id: InstanceId, op: u64) {
-        let (guests, sink, file, delay) = (self.guests.clone(), self.sink.clone(), self.state_file.clone(), self.knobs.delay);
+        let (guests, sink, file, delay) =
+            (self.guests.clone(), self.sink.clone(), self.state_file.clone(), self.knobs.delay);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let mut map = guests.lock().unwrap();

@@ -19,10 +19,11 @@ pub struct NwOptions {
     pub sim: vdc_bus::sim::SimKnobs,
 }
 
-pub async fn start_sim(bus: Arc<dyn Transport>, o: NwOptions) -> anyhow::Result<AgentHandle> {
+pub async fn start_sim(bus: Arc<dyn Transport>, o: NwOptions) -> anyhow::Result<(AgentHandle, Arc<sim::SimNetwork>)> {
     let journal = o.data_dir.as_ref().map(|d| d.join("journal.jsonl"));
     let sink = ReportSink::open(journal.as_deref())?;
     let driver = Arc::new(sim::SimNetwork::new(sink.clone(), o.sim));
     let cfg = AgentConfig { node_id: o.node_id, kind: AgentKind::Nwagent, host: None, storage: None, journal };
-    Ok(agent::start(bus, cfg, sink, Arc::new(NetworkHandler(driver))).await?)
+    let handle = agent::start(bus, cfg, sink, Arc::new(NetworkHandler(driver.clone()))).await?;
+    Ok((handle, driver))
 }

@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
             drop_rate: 0.0,
         },
     };
-    let agent = vdc_nwagent::start_sim(bus, opts).await?;
+    let (agent, _) = vdc_nwagent::start_sim(bus, opts).await?;
     vdc_bus::sim::shutdown_signal().await;
     agent.stop().await;
     Ok(())

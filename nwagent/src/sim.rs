@@ -57,7 +57,8 @@ impl NetworkAgent for SimNetwork {
     }
 
     async fn report_all(&self) -> Result<(), AgentError> {
-        let ports: Vec<(VifId, u64)> = self.ports.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.spec_gen)).collect();
+        let ports: Vec<(VifId, u64)> =
+            self.ports.lock().unwrap().iter().map(|(k, v)| (k.clone(), v.spec_gen)).collect();
         for (id, gen) in ports {
             self.report(id, gen, ObservedInterface::Active, None);
         }

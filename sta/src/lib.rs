@@ -22,7 +22,7 @@ pub struct StaOptions {
     pub sim: vdc_bus::sim::SimKnobs,
 }
 
-pub async fn start_sim(bus: Arc<dyn Transport>, o: StaOptions) -> anyhow::Result<AgentHandle> {
+pub async fn start_sim(bus: Arc<dyn Transport>, o: StaOptions) -> anyhow::Result<(AgentHandle, Arc<sim::SimStorage>)> {
     let journal = o.data_dir.as_ref().map(|d| d.join("journal.jsonl"));
     let sink = ReportSink::open(journal.as_deref())?;
     let state_file = o.data_dir.as_ref().map(|d| d.join("sim-volumes.json"));
@@ -34,5 +34,6 @@ pub async fn start_sim(bus: Arc<dyn Transport>, o: StaOptions) -> anyhow::Result
         storage: Some(StorageInfo { backend: StorageBackend::Sim, capacity_mib: o.capacity_mib, used_mib: 0 }),
         journal,
     };
-    Ok(agent::start(bus, cfg, sink, Arc::new(StorageHandler(driver))).await?)
+    let handle = agent::start(bus, cfg, sink, Arc::new(StorageHandler(driver.clone()))).await?;
+    Ok((handle, driver))
 }

@@ -54,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
             drop_rate: 0.0,
         },
     };
-    let agent = vdc_sta::start_sim(bus, opts).await?;
+    let (agent, _) = vdc_sta::start_sim(bus, opts).await?;
     vdc_bus::sim::shutdown_signal().await;
     agent.stop().await;
     Ok(())

@@ -114,7 +114,12 @@ impl StorageAgent for SimStorage {
     async fn ensure_snapshot(&self, spec: SnapshotSpec) -> Result<(), AgentError> {
         let size = self.state.lock().unwrap().volumes.get(&spec.volume_id).map(|v| v.size_mib);
         let Some(size) = size else {
-            self.snap(spec.id, ObservedStorage::Failed, 0, Some(format!("volume {} is not on this node", spec.volume_id)));
+            self.snap(
+                spec.id,
+                ObservedStorage::Failed,
+                0,
+                Some(format!("volume {} is not on this node", spec.volume_id)),
+            );
             return Ok(());
         };
         tokio::time::sleep(self.knobs.delay).await;

@@ -1,0 +1,417 @@
+//! The test harness: every test gets a fresh stack — its own database (a SQLite file, or
+//! a new PostgreSQL database), dcmgr on port 0 and simulated agents on an in-process bus —
+//! and tears it down afterwards.
+//!
+//! PostgreSQL tests need `VDC_TEST_PG_URL` (a superuser URL of a running server);
+//! `tests/run.sh` starts one. Without it those tests fail rather than skip.
+
+pub mod procs;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vdc_bus::sim::SimKnobs;
+use vdc_bus::{AgentHandle, InProc, Transport};
+use vdc_cli::client::Client;
+use vdc_dcmgr::ctx::EnsureObserver;
+use vdc_dcmgr::{server, Config, Dcmgr};
+use vdc_schema::api::*;
+use vdc_schema::id::*;
+use vdc_schema::{HypervisorKind, ImageFormat, InstanceState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct StackOptions {
+    pub db: Db,
+    pub hosts: usize,
+    pub host_cpus: u32,
+    pub host_memory_mib: u64,
+    pub hypervisors: Vec<HypervisorKind>,
+    pub storage_nodes: usize,
+    pub sim: SimKnobs,
+    pub agent_timeout_ms: u64,
+    pub ensure_observer: Option<EnsureObserver>,
+    /// Journals on disk (as in production) instead of in memory.
+    pub journals_on_disk: bool,
+}
+
+impl StackOptions {
+    pub fn new(db: Db) -> Self {
+        StackOptions {
+            db,
+            hosts: 2,
+            host_cpus: 8,
+            host_memory_mib: 16384,
+            hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu, HypervisorKind::Lxc],
+            storage_nodes: 1,
+            sim: SimKnobs { delay: Duration::from_millis(20), fail_rate: 0.0, drop_rate: 0.0 },
+            agent_timeout_ms: 1500,
+            ensure_observer: None,
+            journals_on_disk: true,
+        }
+    }
+}
+
+pub struct HostAgents {
+    pub node_id: String,
+    pub hva: Option<AgentHandle>,
+    pub nw: Option<AgentHandle>,
+    pub hva_driver: Arc<vdc_hva::sim::SimHypervisor>,
+    pub nw_driver: Arc<vdc_nwagent::sim::SimNetwork>,
+}
+
+pub struct Stack {
+    pub dcmgr: Option<Dcmgr>,
+    pub admin: Client,
+    pub admin_token: String,
+    pub bus: Arc<InProc>,
+    pub hosts: Vec<HostAgents>,
+    pub storage: Vec<(String, Option<AgentHandle>)>,
+    /// A public image every account can boot (qemu, kvm and lxc).
+    pub image: ImageId,
+    pub opts: StackOptions,
+    pub tmp: tempfile::TempDir,
+    pub database_url: String,
+    pg: Option<(String, String)>,
+}
+
+fn pg_admin_url() -> String {
+    std::env::var("VDC_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!("VDC_TEST_PG_URL is not set: run the tests with tests/run.sh, which starts PostgreSQL")
+    })
+}
+
+async fn create_pg_database() -> anyhow::Result<(String, String, String)> {
+    use sqlx::Connection;
+    let admin = pg_admin_url();
+    let name = format!("vdct_{}", rand::random::<u64>());
+    let mut conn = sqlx::PgConnection::connect(&admin).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+    conn.close().await?;
+    let (base, _) = admin.rsplit_once('/').expect("VDC_TEST_PG_URL ends with /DBNAME");
+    Ok((format!("{base}/{name}"), admin, name))
+}
+
+impl Stack {
+    pub async fn start(opts: StackOptions) -> Stack {
+        Self::try_start(opts).await.expect("test stack starts")
+    }
+
+    pub async fn try_start(opts: StackOptions) -> anyhow::Result<Stack> {
+        let tmp = tempfile::tempdir()?;
+        let (database_url, pg) = match opts.db {
+            Db::Sqlite => (format!("sqlite://{}", tmp.path().join("vdc.db").display()), None),
+            Db::Postgres => {
+                let (url, admin, name) = create_pg_database().await?;
+                (url, Some((admin, name)))
+            }
+        };
+        let bus = InProc::new();
+        let admin_token = "vdc_test_admin_token".to_owned();
+        let dcmgr = start_dcmgr(&database_url, &bus, &opts, &admin_token).await?;
+        let admin = Client::new(dcmgr.url(), &admin_token);
+        let mut stack = Stack {
+            dcmgr: Some(dcmgr),
+            admin,
+            admin_token,
+            bus,
+            hosts: vec![],
+            storage: vec![],
+            image: "img-placeholder".parse()?,
+            opts: opts.clone(),
+            tmp,
+            database_url,
+            pg,
+        };
+        for i in 0..opts.hosts {
+            let node_id = HostNodeId::generate().to_string();
+            let host = stack.start_host(&node_id, i).await?;
+            stack.hosts.push(host);
+        }
+        for i in 0..opts.storage_nodes {
+            let node_id = StorageNodeId::generate().to_string();
+            let h = stack.start_storage(&node_id, i).await?;
+            stack.storage.push((node_id, Some(h)));
+        }
+        stack.wait_nodes_online().await?;
+        let img = stack
+            .admin
+            .create_image(&CreateImage {
+                name: "tiny".into(),
+                format: ImageFormat::Kernel,
+                arch: vdc_schema::Arch::X86_64,
+                hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm, HypervisorKind::Lxc],
+                source: "builtin:tiny-kernel".into(),
+                checksum: None,
+                initrd: Some("builtin:tiny-initrd".into()),
+                kernel_cmdline: None,
+                public: true,
+            })
+            .await?;
+        stack.image = img.id;
+        Ok(stack)
+    }
+
+    fn agent_dir(&self, kind: &str, node: &str) -> Option<std::path::PathBuf> {
+        self.opts.journals_on_disk.then(|| self.tmp.path().join(kind).join(node))
+    }
+
+    async fn start_host(&self, node_id: &str, _index: usize) -> anyhow::Result<HostAgents> {
+        let bus: Arc<dyn Transport> = self.bus.clone();
+        let (hva, hva_driver) = vdc_hva::start_sim(
+            bus.clone(),
+            vdc_hva::HvaOptions {
+                node_id: node_id.to_owned(),
+                cpus: self.opts.host_cpus,
+                memory_mib: self.opts.host_memory_mib,
+                hypervisors: self.opts.hypervisors.clone(),
+                data_dir: self.agent_dir("hva", node_id),
+                sim: self.opts.sim,
+            },
+        )
+        .await?;
+        let (nw, nw_driver) = vdc_nwagent::start_sim(
+            bus,
+            vdc_nwagent::NwOptions {
+                node_id: node_id.to_owned(),
+                data_dir: self.agent_dir("nwagent", node_id),
+                sim: self.opts.sim,
+            },
+        )
+        .await?;
+        Ok(HostAgents { node_id: node_id.to_owned(), hva: Some(hva), nw: Some(nw), hva_driver, nw_driver })
+    }
+
+    async fn start_storage(&self, node_id: &str, _index: usize) -> anyhow::Result<AgentHandle> {
+        let (h, _) = vdc_sta::start_sim(
+            self.bus.clone(),
+            vdc_sta::StaOptions {
+                node_id: node_id.to_owned(),
+                capacity_mib: 100 << 10,
+                data_dir: self.agent_dir("sta", node_id),
+                sim: self.opts.sim,
+            },
+        )
+        .await?;
+        Ok(h)
+    }
+
+    pub fn dcmgr(&self) -> &Dcmgr {
+        self.dcmgr.as_ref().expect("dcmgr is running")
+    }
+
+    pub fn url(&self) -> String {
+        self.dcmgr().url()
+    }
+
+    /// Kills host `i`'s hva without a goodbye (a crash).
+    pub fn crash_hva(&mut self, i: usize) {
+        if let Some(h) = self.hosts[i].hva.take() {
+            h.abort();
+        }
+    }
+
+    /// Starts host `i`'s hva again with the same node ID and data directory.
+    pub async fn restart_hva(&mut self, i: usize) {
+        let node = self.hosts[i].node_id.clone();
+        let (hva, driver) = vdc_hva::start_sim(
+            self.bus.clone(),
+            vdc_hva::HvaOptions {
+                node_id: node.clone(),
+                cpus: self.opts.host_cpus,
+                memory_mib: self.opts.host_memory_mib,
+                hypervisors: self.opts.hypervisors.clone(),
+                data_dir: self.agent_dir("hva", &node),
+                sim: self.opts.sim,
+            },
+        )
+        .await
+        .expect("hva restarts");
+        self.hosts[i].hva = Some(hva);
+        self.hosts[i].hva_driver = driver;
+    }
+
+    /// Stops dcmgr (the agents keep running) and starts a new one on the same database.
+    pub async fn restart_dcmgr(&mut self) {
+        let old = self.dcmgr.take().expect("dcmgr running");
+        let addr = old.addr;
+        old.stop().await;
+        let mut opts = self.opts.clone();
+        opts.ensure_observer = None;
+        let mut last = None;
+        // The old listener's port is free again once it has stopped; retry briefly.
+        for _ in 0..50 {
+            match start_dcmgr_on(&self.database_url, &self.bus, &opts, &self.admin_token, &addr.to_string()).await {
+                Ok(d) => {
+                    self.dcmgr = Some(d);
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("dcmgr did not restart: {last:?}");
+    }
+
+    pub async fn wait_nodes_online(&self) -> anyhow::Result<()> {
+        let want = self.hosts.len();
+        let want_sn = self.storage.len();
+        eventually(Duration::from_secs(10), || async {
+            let hosts = self.admin.list_all_host_nodes().await.ok()?;
+            let sn = self.admin.list_all_storage_nodes().await.ok()?;
+            let online = hosts.iter().filter(|h| h.state == vdc_schema::NodeState::Online).count();
+            let sn_online = sn.iter().filter(|h| h.state == vdc_schema::NodeState::Online).count();
+            (online >= want && sn_online >= want_sn).then_some(())
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("agents did not come online"))
+    }
+
+    /// A new account and a client acting as it.
+    pub async fn account(&self, name: &str) -> Client {
+        let created = self
+            .admin
+            .create_account(&CreateAccount { name: name.into(), admin: false })
+            .await
+            .expect("account created");
+        Client::new(self.url(), created.token)
+    }
+
+    /// A network, a security group and an instance on them; returns once it runs.
+    pub async fn running_instance(&self, c: &Client, name: &str) -> Instance {
+        let nets = c.list_all_networks().await.unwrap();
+        let net = match nets.into_iter().next() {
+            Some(n) => n,
+            None => c
+                .create_network(&CreateNetwork {
+                    name: "net".into(),
+                    cidr: "10.9.0.0/24".into(),
+                    gateway: None,
+                    dhcp_start: None,
+                    dhcp_end: None,
+                })
+                .await
+                .unwrap(),
+        };
+        let acc = c
+            .create_instance(&CreateInstance {
+                name: Some(name.into()),
+                image_id: self.image.clone(),
+                hypervisor: None,
+                cpus: 1,
+                memory_mib: 256,
+                interfaces: vec![CreateInterface { network_id: net.id, security_groups: vec![], ip: None }],
+                ssh_key_id: None,
+                user_data: None,
+            })
+            .await
+            .unwrap();
+        wait_state(c, &acc.resource.id, InstanceState::Running).await
+    }
+
+    pub async fn stop(mut self) {
+        for h in self.hosts.drain(..) {
+            if let Some(a) = h.hva {
+                a.stop().await;
+            }
+            if let Some(a) = h.nw {
+                a.stop().await;
+            }
+        }
+        for (_, h) in self.storage.drain(..) {
+            if let Some(h) = h {
+                h.stop().await;
+            }
+        }
+        if let Some(d) = self.dcmgr.take() {
+            d.stop().await;
+        }
+        if let Some((admin, name)) = self.pg.take() {
+            use sqlx::Connection;
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+            }
+        }
+    }
+}
+
+fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, listen: &str) -> Config {
+    Config {
+        listen: listen.to_owned(),
+        database_url: database_url.to_owned(),
+        nats_url: None,
+        heartbeat_interval_ms: 200,
+        agent_timeout_ms: opts.agent_timeout_ms,
+        reconcile_interval_ms: 200,
+        resend_after_ms: 500,
+        dispatch_workers: 4,
+        admin_token: Some(admin_token.to_owned()),
+    }
+}
+
+async fn start_dcmgr(db: &str, bus: &Arc<InProc>, opts: &StackOptions, token: &str) -> anyhow::Result<Dcmgr> {
+    start_dcmgr_on(db, bus, opts, token, "127.0.0.1:0").await
+}
+
+async fn start_dcmgr_on(
+    db: &str,
+    bus: &Arc<InProc>,
+    opts: &StackOptions,
+    token: &str,
+    listen: &str,
+) -> anyhow::Result<Dcmgr> {
+    let bus: Arc<dyn Transport> = bus.clone();
+    Dcmgr::start(
+        test_config(db, opts, token, listen),
+        server::Options { bus: Some(bus), ensure_observer: opts.ensure_observer.clone() },
+    )
+    .await
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Result<T, ()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            return Err(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits (up to 15 s) until the instance is in `state`; panics with its last state otherwise.
+pub async fn wait_state(c: &Client, id: &InstanceId, state: InstanceState) -> Instance {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(15) {
+        if let Ok(i) = c.get_instance(id).await {
+            if i.state == state {
+                return i;
+            }
+            last = Some(i);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("instance {id} did not reach {state}; last seen: {last:?}")
+}
+
+/// Initializes logging once for a test binary (RUST_LOG controls it).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -62,9 +62,7 @@ pub(super) async fn run(global: &GlobalArgs, command: Command) -> Result<(), Cli
 fn emit(s: &str) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match out.write_all(s.as_bytes()).and_then(|_| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(CliError::io("cannot write to stdout", e))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::io("cannot write to stdout", e)),
         _ => Ok(()),
     }
 }
@@ -94,19 +92,11 @@ impl Ctx {
         state: Option<String>,
     ) -> Result<(), CliError> {
         let one_page = args.limit.is_some() || args.cursor.is_some();
-        let query = ListQuery {
-            limit: args.limit,
-            cursor: args.cursor,
-            state,
-            name,
-        };
+        let query = ListQuery { limit: args.limit, cursor: args.cursor, state, name };
         let page: Page<T> = if one_page {
             self.client.list(path, &query).await?
         } else {
-            Page {
-                items: self.client.list_all(path, &query).await?,
-                next_cursor: None,
-            }
+            Page { items: self.client.list_all(path, &query).await?, next_cursor: None }
         };
         emit(&render_list(self.format, &page)?)?;
         if let (OutputFormat::Table, Some(c)) = (self.format, &page.next_cursor) {
@@ -150,11 +140,7 @@ impl Ctx {
             bar.finish_and_clear();
             match res {
                 Err(ClientError::Timeout(msg)) => {
-                    return Err(ClientError::Timeout(format!(
-                        "{msg}; follow it with `vdc job wait {}`",
-                        job.id
-                    ))
-                    .into())
+                    return Err(ClientError::Timeout(format!("{msg}; follow it with `vdc job wait {}`", job.id)).into())
                 }
                 other => other?,
             }
@@ -242,12 +228,7 @@ async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<(), CliError> {
 async fn keypair(ctx: &Ctx, cmd: KeypairCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
-        KeypairCmd::Create {
-            name,
-            public_key_file,
-            public_key,
-            private_key_out,
-        } => {
+        KeypairCmd::Create { name, public_key_file, public_key, private_key_out } => {
             // Checked before the key exists: afterwards its only copy would be at stake.
             if let Some(out) = &private_key_out {
                 if out.exists() {
@@ -261,9 +242,7 @@ async fn keypair(ctx: &Ctx, cmd: KeypairCmd) -> Result<(), CliError> {
                 Some(path) => Some(read_text(&path, "public key file")?.trim().to_string()),
                 None => public_key.map(|k| k.trim().to_string()),
             };
-            let mut created = c
-                .create_keypair(&CreateKeyPair { name, public_key })
-                .await?;
+            let mut created = c.create_keypair(&CreateKeyPair { name, public_key }).await?;
             let mut print_key = None;
             let mut write_error = None;
             if let Some(key) = created.private_key.clone() {
@@ -274,9 +253,7 @@ async fn keypair(ctx: &Ctx, cmd: KeypairCmd) -> Result<(), CliError> {
                             created.private_key = None;
                         }
                         Err(e) => {
-                            eprintln!(
-                                "warning: {e}; the private key is printed below and shown only once"
-                            );
+                            eprintln!("warning: {e}; the private key is printed below and shown only once");
                             print_key = Some(key);
                             write_error = Some(e);
                         }
@@ -352,13 +329,7 @@ fn absolute_source(source: &str) -> String {
 async fn network(ctx: &Ctx, cmd: NetworkCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
-        NetworkCmd::Create {
-            name,
-            cidr,
-            gateway,
-            dhcp_start,
-            dhcp_end,
-        } => {
+        NetworkCmd::Create { name, cidr, gateway, dhcp_start, dhcp_end } => {
             let req = CreateNetwork {
                 name,
                 cidr,
@@ -380,40 +351,23 @@ async fn network(ctx: &Ctx, cmd: NetworkCmd) -> Result<(), CliError> {
 async fn secgroup(ctx: &Ctx, cmd: SecgroupCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
-        SecgroupCmd::Create {
-            name,
-            description,
-            rules,
-        } => {
-            let req = CreateSecurityGroup {
-                name,
-                description,
-                rules,
-            };
+        SecgroupCmd::Create { name, description, rules } => {
+            let req = CreateSecurityGroup { name, description, rules };
             ctx.show(&c.create_security_group(&req).await?)
         }
-        SecgroupCmd::List { name, list } => {
-            ctx.list::<SecurityGroup>("/security_groups", list, name, None)
-                .await
-        }
+        SecgroupCmd::List { name, list } => ctx.list::<SecurityGroup>("/security_groups", list, name, None).await,
         SecgroupCmd::Show { id } => ctx.show(&c.get_security_group(&id).await?),
         SecgroupCmd::Delete { id } => {
             c.delete_security_group(&id).await?;
             ctx.deleted(id.as_str())
         }
-        SecgroupCmd::RuleAdd {
-            sg,
-            mut spec,
-            egress,
-        } => {
+        SecgroupCmd::RuleAdd { sg, mut spec, egress } => {
             if egress {
                 spec.direction = Direction::Egress;
             }
             ctx.show(&c.add_security_group_rule(&sg, &spec).await?)
         }
-        SecgroupCmd::RuleDelete { sg, rule_id } => {
-            ctx.show(&c.delete_security_group_rule(&sg, &rule_id).await?)
-        }
+        SecgroupCmd::RuleDelete { sg, rule_id } => ctx.show(&c.delete_security_group_rule(&sg, &rule_id).await?),
     }
 }
 
@@ -426,9 +380,7 @@ async fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
             return ctx.accepted(c.create_instance(&req).await?, wait).await;
         }
         InstanceCmd::List { state, name, list } => {
-            return ctx
-                .list::<Instance>("/instances", list, name, state_filter(state))
-                .await
+            return ctx.list::<Instance>("/instances", list, name, state_filter(state)).await
         }
         InstanceCmd::Show { id } => return ctx.show(&c.get_instance(&id).await?),
         InstanceCmd::ConsoleLog { id } => {
@@ -495,36 +447,18 @@ fn create_instance_request(a: InstanceCreateArgs) -> Result<CreateInstance, CliE
 async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
-        VolumeCmd::Create {
-            name,
-            size,
-            snapshot,
-            wait,
-        } => {
-            let req = CreateVolume {
-                name,
-                size_mib: size,
-                snapshot_id: snapshot,
-            };
+        VolumeCmd::Create { name, size, snapshot, wait } => {
+            let req = CreateVolume { name, size_mib: size, snapshot_id: snapshot };
             ctx.accepted(c.create_volume(&req).await?, wait).await
         }
-        VolumeCmd::List { state, name, list } => {
-            ctx.list::<Volume>("/volumes", list, name, state_filter(state))
-                .await
-        }
+        VolumeCmd::List { state, name, list } => ctx.list::<Volume>("/volumes", list, name, state_filter(state)).await,
         VolumeCmd::Show { id } => ctx.show(&c.get_volume(&id).await?),
         VolumeCmd::Delete { id, wait } => ctx.accepted(c.delete_volume(&id).await?, wait).await,
-        VolumeCmd::Attach {
-            volume,
-            instance,
-            wait,
-        } => {
+        VolumeCmd::Attach { volume, instance, wait } => {
             let acc = c.attach_volume(&volume, &instance).await?;
             ctx.accepted(acc, wait).await
         }
-        VolumeCmd::Detach { volume, wait } => {
-            ctx.accepted(c.detach_volume(&volume).await?, wait).await
-        }
+        VolumeCmd::Detach { volume, wait } => ctx.accepted(c.detach_volume(&volume).await?, wait).await,
     }
 }
 
@@ -532,15 +466,11 @@ async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
         SnapshotCmd::Create { volume, name, wait } => {
-            let req = CreateSnapshot {
-                volume_id: volume,
-                name,
-            };
+            let req = CreateSnapshot { volume_id: volume, name };
             ctx.accepted(c.create_snapshot(&req).await?, wait).await
         }
         SnapshotCmd::List { state, name, list } => {
-            ctx.list::<Snapshot>("/snapshots", list, name, state_filter(state))
-                .await
+            ctx.list::<Snapshot>("/snapshots", list, name, state_filter(state)).await
         }
         SnapshotCmd::Show { id } => ctx.show(&c.get_snapshot(&id).await?),
         SnapshotCmd::Delete { id, wait } => ctx.accepted(c.delete_snapshot(&id).await?, wait).await,
@@ -550,14 +480,10 @@ async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<(), CliError> {
 async fn host(ctx: &Ctx, cmd: HostCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
-        HostCmd::List { state, list } => {
-            ctx.list::<HostNode>("/host_nodes", list, None, state_filter(state))
-                .await
-        }
+        HostCmd::List { state, list } => ctx.list::<HostNode>("/host_nodes", list, None, state_filter(state)).await,
         HostCmd::Show { id } => ctx.show(&c.get_host_node(&id).await?),
         HostCmd::StorageList { state, list } => {
-            ctx.list::<StorageNode>("/storage_nodes", list, None, state_filter(state))
-                .await
+            ctx.list::<StorageNode>("/storage_nodes", list, None, state_filter(state)).await
         }
         HostCmd::StorageShow { id } => ctx.show(&c.get_storage_node(&id).await?),
     }
@@ -566,10 +492,7 @@ async fn host(ctx: &Ctx, cmd: HostCmd) -> Result<(), CliError> {
 async fn job(ctx: &Ctx, cmd: JobCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
-        JobCmd::List { state, list } => {
-            ctx.list::<Job>("/jobs", list, None, state_filter(state))
-                .await
-        }
+        JobCmd::List { state, list } => ctx.list::<Job>("/jobs", list, None, state_filter(state)).await,
         JobCmd::Show { id } => ctx.show(&c.get_job(&id).await?),
         JobCmd::Wait { id } => {
             let job = c.get_job(&id).await?;
@@ -582,10 +505,9 @@ async fn job(ctx: &Ctx, cmd: JobCmd) -> Result<(), CliError> {
 // ------------------------------------------------------------------ files
 
 fn read_text(path: &Path, what: &str) -> Result<String, CliError> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| CliError::usage(format!("cannot read {what} {}: {e}", path.display())))?;
-    String::from_utf8(bytes)
-        .map_err(|_| CliError::usage(format!("{what} {} is not UTF-8 text", path.display())))
+    let bytes =
+        std::fs::read(path).map_err(|e| CliError::usage(format!("cannot read {what} {}: {e}", path.display())))?;
+    String::from_utf8(bytes).map_err(|_| CliError::usage(format!("{what} {} is not UTF-8 text", path.display())))
 }
 
 fn with_newline(s: &str) -> String {
@@ -617,9 +539,7 @@ mod tests {
 
     fn create_args(args: &[&str]) -> InstanceCreateArgs {
         let cli = Cli::try_parse_from(
-            ["vdc", "instance", "create", "--image", "img-a"]
-                .into_iter()
-                .chain(args.iter().copied()),
+            ["vdc", "instance", "create", "--image", "img-a"].into_iter().chain(args.iter().copied()),
         )
         .unwrap();
         match cli.command {
@@ -630,48 +550,26 @@ mod tests {
 
     #[test]
     fn secgroups_apply_to_every_interface() {
-        let req = create_instance_request(create_args(&[
-            "--network",
-            "nw-a",
-            "--network",
-            "nw-b",
-            "--secgroup",
-            "sg-x",
-        ]))
-        .unwrap();
+        let req =
+            create_instance_request(create_args(&["--network", "nw-a", "--network", "nw-b", "--secgroup", "sg-x"]))
+                .unwrap();
         assert_eq!(req.interfaces.len(), 2);
-        assert!(req
-            .interfaces
-            .iter()
-            .all(|i| i.security_groups.len() == 1 && i.ip.is_none()));
+        assert!(req.interfaces.iter().all(|i| i.security_groups.len() == 1 && i.ip.is_none()));
         assert_eq!(req.memory_mib, 256);
     }
 
     #[test]
     fn ip_needs_exactly_one_network() {
-        let err = create_instance_request(create_args(&[
-            "--network",
-            "nw-a",
-            "--network",
-            "nw-b",
-            "--ip",
-            "10.0.0.9",
-        ]))
-        .unwrap_err();
+        let err = create_instance_request(create_args(&["--network", "nw-a", "--network", "nw-b", "--ip", "10.0.0.9"]))
+            .unwrap_err();
         assert_eq!(err.exit_code(), 2);
-        let req = create_instance_request(create_args(&["--network", "nw-a", "--ip", "10.0.0.9"]))
-            .unwrap();
+        let req = create_instance_request(create_args(&["--network", "nw-a", "--ip", "10.0.0.9"])).unwrap();
         assert_eq!(req.interfaces[0].ip.as_deref(), Some("10.0.0.9"));
     }
 
     #[test]
     fn sources_other_than_local_relative_paths_are_kept() {
-        for s in [
-            "http://x/y.img",
-            "builtin:cirros",
-            "/abs/path.img",
-            "no/such/file",
-        ] {
+        for s in ["http://x/y.img", "builtin:cirros", "/abs/path.img", "no/such/file"] {
             assert_eq!(absolute_source(s), s);
         }
         assert!(absolute_source("Cargo.toml").starts_with('/'));
@@ -704,42 +602,25 @@ mod tests {
     }
 
     fn cmd(args: &[&str]) -> Command {
-        Cli::try_parse_from(std::iter::once("vdc").chain(args.iter().copied()))
-            .unwrap()
-            .command
+        Cli::try_parse_from(std::iter::once("vdc").chain(args.iter().copied())).unwrap().command
     }
 
     #[tokio::test]
     async fn wait_fetches_the_final_resource() {
-        let (base, log) = crate::testutil::mock(|req| {
-            match (req.method.as_str(), req.target.as_str()) {
-                ("POST", "/api/v1/volumes") => (
-                    202,
-                    serde_json::json!({"job": job_json("running", None), "resource": volume_json("creating")})
-                        .to_string(),
-                ),
-                ("GET", "/api/v1/jobs/job-1") => (200, job_json("succeeded", None).to_string()),
-                ("GET", "/api/v1/volumes/vol-1") => (200, volume_json("available").to_string()),
-                _ => (404, String::new()),
-            }
+        let (base, log) = crate::testutil::mock(|req| match (req.method.as_str(), req.target.as_str()) {
+            ("POST", "/api/v1/volumes") => (
+                202,
+                serde_json::json!({"job": job_json("running", None), "resource": volume_json("creating")}).to_string(),
+            ),
+            ("GET", "/api/v1/jobs/job-1") => (200, job_json("succeeded", None).to_string()),
+            ("GET", "/api/v1/volumes/vol-1") => (200, volume_json("available").to_string()),
+            _ => (404, String::new()),
         })
         .await;
-        run(
-            &global(&base),
-            cmd(&["volume", "create", "data", "--size", "10G", "--wait"]),
-        )
-        .await
-        .unwrap();
+        run(&global(&base), cmd(&["volume", "create", "data", "--size", "10G", "--wait"])).await.unwrap();
         let log = log.lock().unwrap();
         let targets: Vec<_> = log.iter().map(|r| r.target.as_str()).collect();
-        assert_eq!(
-            targets,
-            [
-                "/api/v1/volumes",
-                "/api/v1/jobs/job-1",
-                "/api/v1/volumes/vol-1"
-            ]
-        );
+        assert_eq!(targets, ["/api/v1/volumes", "/api/v1/jobs/job-1", "/api/v1/volumes/vol-1"]);
         let body: serde_json::Value = serde_json::from_str(&log[0].body).unwrap();
         assert_eq!(body["size_mib"], 10240);
     }
@@ -749,34 +630,21 @@ mod tests {
         let (base, _) = crate::testutil::mock(|req| match req.target.as_str() {
             "/api/v1/volumes/vol-1" => (
                 202,
-                serde_json::json!({"job": job_json("running", None), "resource": volume_json("deleting")})
-                    .to_string(),
+                serde_json::json!({"job": job_json("running", None), "resource": volume_json("deleting")}).to_string(),
             ),
             _ => (200, job_json("failed", Some("disk on fire")).to_string()),
         })
         .await;
-        let err = run(
-            &global(&base),
-            cmd(&["volume", "delete", "vol-1", "--wait"]),
-        )
-        .await
-        .unwrap_err();
+        let err = run(&global(&base), cmd(&["volume", "delete", "vol-1", "--wait"])).await.unwrap_err();
         assert_eq!(err.exit_code(), 1);
         assert!(err.report().contains("disk on fire"), "{}", err.report());
     }
 
     #[tokio::test]
     async fn api_errors_are_reported_with_their_code() {
-        let (base, _) = crate::testutil::mock(|_| {
-            (
-                403,
-                r#"{"error":{"code":"forbidden","message":"admins only"}}"#.into(),
-            )
-        })
-        .await;
-        let err = run(&global(&base), cmd(&["host", "list"]))
-            .await
-            .unwrap_err();
+        let (base, _) =
+            crate::testutil::mock(|_| (403, r#"{"error":{"code":"forbidden","message":"admins only"}}"#.into())).await;
+        let err = run(&global(&base), cmd(&["host", "list"])).await.unwrap_err();
         assert_eq!(err.exit_code(), 1);
         assert_eq!(err.report(), "error: admins only (forbidden)");
     }

@@ -10,7 +10,11 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 use vdc_schema::bus::AgentKind;
 
-pub fn spawn(ctx: SharedCtx, rx: mpsc::UnboundedReceiver<Work>, cancel: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    ctx: SharedCtx,
+    rx: mpsc::UnboundedReceiver<Work>,
+    cancel: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let rx = Arc::new(Mutex::new(rx));
     (0..ctx.config.dispatch_workers.max(1))
         .map(|_| {

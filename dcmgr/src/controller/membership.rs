@@ -70,10 +70,10 @@ async fn register(ctx: &SharedCtx, r: &Register) -> Result<(), sqlx::Error> {
         }
         AgentKind::Nwagent => {}
     }
-    ctx.agents
-        .write()
-        .unwrap()
-        .insert((r.kind, r.node_id.clone()), AgentSeen { last_seen_ms: db::now_ms(), offline: false, registered: true });
+    ctx.agents.write().unwrap().insert(
+        (r.kind, r.node_id.clone()),
+        AgentSeen { last_seen_ms: db::now_ms(), offline: false, registered: true },
+    );
     Ok(())
 }
 
@@ -177,8 +177,10 @@ pub async fn watch_liveness(ctx: SharedCtx, cancel: CancellationToken) {
 
 /// At start, dcmgr remembers no heartbeats: give every node the full timeout to speak.
 pub async fn seed_from_db(ctx: &SharedCtx) -> Result<(), sqlx::Error> {
-    let hosts: Vec<(String,)> = sqlx::query_as("SELECT id FROM host_nodes WHERE state = 'online'").fetch_all(&ctx.db).await?;
-    let stores: Vec<(String,)> = sqlx::query_as("SELECT id FROM storage_nodes WHERE state = 'online'").fetch_all(&ctx.db).await?;
+    let hosts: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM host_nodes WHERE state = 'online'").fetch_all(&ctx.db).await?;
+    let stores: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM storage_nodes WHERE state = 'online'").fetch_all(&ctx.db).await?;
     let now = db::now_ms();
     let mut agents = ctx.agents.write().unwrap();
     for (h,) in hosts {

@@ -52,9 +52,8 @@ fn require_admin(caller: &Caller) -> ApiResult<()> {
 }
 
 fn validate_account_name(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    let ok =
+        !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -89,14 +88,16 @@ pub async fn insert(ctx: &SharedCtx, name: &str, admin: bool, token: Option<&str
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(AccountCreated { account: Account { id, name: name.to_owned(), admin, created_at: db::parse_time(&now) }, token })
+    Ok(AccountCreated {
+        account: Account { id, name: name.to_owned(), admin, created_at: db::parse_time(&now) },
+        token,
+    })
 }
 
 /// Makes sure an admin account named `admin` exists and accepts `token`.
 pub async fn bootstrap_admin(ctx: &SharedCtx, token: &str) -> anyhow::Result<AccountId> {
-    let existing: Option<(String,)> = sqlx::query_as("SELECT id FROM accounts WHERE name = 'admin'")
-        .fetch_optional(&ctx.db)
-        .await?;
+    let existing: Option<(String,)> =
+        sqlx::query_as("SELECT id FROM accounts WHERE name = 'admin'").fetch_optional(&ctx.db).await?;
     let id = match existing {
         Some((id,)) => {
             sqlx::query("INSERT INTO api_tokens (token_hash, account_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (token_hash) DO NOTHING")
@@ -143,7 +144,11 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/accounts", tag = "accounts", params(vdc_schema::api::ListQuery),
     responses((status = 200, body = Page<Account>), (status = 403, body = ErrorBody)))]
-pub async fn list(State(ctx): State<SharedCtx>, caller: Caller, ListParams(q): ListParams) -> ApiResult<Json<Page<Account>>> {
+pub async fn list(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<Account>>> {
     require_admin(&caller)?;
     let (limit, cursor) = paging(&q)?;
     let name = q.name.clone().unwrap_or_default();

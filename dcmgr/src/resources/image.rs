@@ -78,21 +78,23 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
     }
     let id = ImageId::generate();
     let now = db::now();
-    sqlx::query(&format!("INSERT INTO images ({COLS}, account_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"))
-        .bind(id.as_str())
-        .bind(&req.name)
-        .bind(req.format.as_str())
-        .bind(req.arch.as_str())
-        .bind(db::join_list(&req.hypervisors))
-        .bind(&req.source)
-        .bind(&req.checksum)
-        .bind(&req.initrd)
-        .bind(&req.kernel_cmdline)
-        .bind(req.public as i64)
-        .bind(&now)
-        .bind(caller.account_id.as_str())
-        .execute(&ctx.db)
-        .await?;
+    sqlx::query(&format!(
+        "INSERT INTO images ({COLS}, account_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    ))
+    .bind(id.as_str())
+    .bind(&req.name)
+    .bind(req.format.as_str())
+    .bind(req.arch.as_str())
+    .bind(db::join_list(&req.hypervisors))
+    .bind(&req.source)
+    .bind(&req.checksum)
+    .bind(&req.initrd)
+    .bind(&req.kernel_cmdline)
+    .bind(req.public as i64)
+    .bind(&now)
+    .bind(caller.account_id.as_str())
+    .execute(&ctx.db)
+    .await?;
     Ok(Image {
         id,
         name: req.name,
@@ -120,7 +122,11 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/images", tag = "images", params(vdc_schema::api::ListQuery),
     responses((status = 200, body = Page<Image>)))]
-pub async fn list(State(ctx): State<SharedCtx>, caller: Caller, ListParams(q): ListParams) -> ApiResult<Json<Page<Image>>> {
+pub async fn list(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<Image>>> {
     let (limit, cursor) = paging(&q)?;
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLS} FROM images WHERE (account_id = $1 OR public = 1) AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4"

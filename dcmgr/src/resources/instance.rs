@@ -45,7 +45,8 @@ pub(crate) struct Row {
     pub updated_at: String,
 }
 
-pub(crate) const COLS: &str = "id, account_id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, state, goal, \
+pub(crate) const COLS: &str =
+    "id, account_id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, state, goal, \
      host_node_id, last_host_id, spec_gen, report_gen, reboot_gen, failure_reason, created_at, updated_at";
 
 impl Row {
@@ -198,7 +199,12 @@ async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiRe
     })
 }
 
-async fn insert(ctx: &SharedCtx, caller: &Caller, p: &Prepared, candidates: &[String]) -> ApiResult<Accepted<Instance>> {
+async fn insert(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    p: &Prepared,
+    candidates: &[String],
+) -> ApiResult<Accepted<Instance>> {
     let mut tx = ctx.db.begin().await?;
     let host = scheduler::reserve(&mut tx, p.demand, candidates).await?;
     let id = InstanceId::generate();
@@ -275,7 +281,11 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/instances", tag = "instances", params(vdc_schema::api::ListQuery),
     responses((status = 200, body = Page<Instance>), (status = 400, body = ErrorBody)))]
-pub async fn list(State(ctx): State<SharedCtx>, caller: Caller, ListParams(q): ListParams) -> ApiResult<Json<Page<Instance>>> {
+pub async fn list(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<Instance>>> {
     let (limit, cursor) = paging(&q)?;
     let state = state_filter::<InstanceState>(&q)?;
     let rows: Vec<Row> = sqlx::query_as(&format!(
@@ -300,7 +310,12 @@ pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<S
 }
 
 /// Records the intent of one action; the dispatcher sends the ensure afterwards.
-async fn act(ctx: &SharedCtx, caller: &Caller, id: &InstanceId, action: InstanceAction) -> ApiResult<(StatusCode, Accepted<Instance>)> {
+async fn act(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: &InstanceId,
+    action: InstanceAction,
+) -> ApiResult<(StatusCode, Accepted<Instance>)> {
     let row = fetch_own(ctx, caller, id).await?;
     let state = row.state()?;
     let account = &caller.account_id;
@@ -365,7 +380,11 @@ async fn act(ctx: &SharedCtx, caller: &Caller, id: &InstanceId, action: Instance
     }
     if let Some((d, cands)) = &candidates {
         let h = scheduler::reserve(&mut tx, *d, cands).await?;
-        sqlx::query("UPDATE instances SET host_node_id = $1 WHERE id = $2").bind(h.as_str()).bind(id.as_str()).execute(&mut *tx).await?;
+        sqlx::query("UPDATE instances SET host_node_id = $1 WHERE id = $2")
+            .bind(h.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         host = Some(h.to_string());
     }
     let mut removed = (vec![], vec![]);
@@ -383,7 +402,8 @@ async fn act(ctx: &SharedCtx, caller: &Caller, id: &InstanceId, action: Instance
     interface::enqueue_groups(ctx, &removed.1);
     ctx.enqueue(Work::Instance(id.clone()));
     if plan.schedule {
-        let vifs: Vec<(String,)> = sqlx::query_as("SELECT id FROM vifs WHERE instance_id = $1").bind(id.as_str()).fetch_all(&ctx.db).await?;
+        let vifs: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM vifs WHERE instance_id = $1").bind(id.as_str()).fetch_all(&ctx.db).await?;
         for (v,) in vifs {
             if let Ok(v) = v.parse() {
                 ctx.enqueue(Work::Interface(v));
@@ -455,7 +475,11 @@ pub async fn delete(
 #[utoipa::path(get, path = "/api/v1/instances/{id}/console", tag = "instances", params(("id" = String, Path)),
     responses((status = 200, body = ConsoleLog), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
-pub async fn console(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<ConsoleLog>> {
+pub async fn console(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ConsoleLog>> {
     let id: InstanceId = path_id("instance", &id)?;
     let row = fetch_own(&ctx, &caller, &id).await?;
     let host = row.host_node_id.or(row.last_host_id).ok_or_else(|| {
@@ -505,7 +529,9 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
     let unavailable = |e: AgentError| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() };
     let goal = row.goal()?;
     if goal == InstanceGoal::Terminated {
-        hva.ensure_instance_absent(row.id.parse().map_err(ApiError::internal)?, row.spec_gen as u64).await.map_err(unavailable)?;
+        hva.ensure_instance_absent(row.id.parse().map_err(ApiError::internal)?, row.spec_gen as u64)
+            .await
+            .map_err(unavailable)?;
     } else {
         let spec = build_spec(ctx, &row, goal).await?;
         hva.ensure_instance(spec).await.map_err(unavailable)?;
@@ -513,12 +539,17 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
     if let Some(obs) = &ctx.ensure_observer {
         obs(id);
     }
-    sqlx::query("UPDATE instances SET ensure_sent_at = $1 WHERE id = $2").bind(db::now_ms()).bind(id).execute(&ctx.db).await?;
+    sqlx::query("UPDATE instances SET ensure_sent_at = $1 WHERE id = $2")
+        .bind(db::now_ms())
+        .bind(id)
+        .execute(&ctx.db)
+        .await?;
     Ok(())
 }
 
 async fn build_spec(ctx: &SharedCtx, row: &Row, goal: InstanceGoal) -> ApiResult<InstanceSpec> {
     let image = image::fetch_any(&ctx.db, &row.image_id).await?;
+    #[allow(clippy::type_complexity)] // one row of a fixed SELECT, destructured right below
     let nics: Vec<(String, String, String, String, String, String, i64)> = sqlx::query_as(
         "SELECT v.id, v.network_id, v.mac, v.ip, n.cidr, n.gateway, n.vni FROM vifs v JOIN networks n ON n.id = v.network_id
          WHERE v.instance_id = $1 ORDER BY v.position",

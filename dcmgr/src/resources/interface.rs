@@ -24,7 +24,8 @@ pub struct Planned {
 }
 
 pub fn check_fixed_ip(net: &vdc_schema::api::Network, ip: &str) -> ApiResult<Ipv4Addr> {
-    let a: Ipv4Addr = ip.parse().map_err(|_| ApiError::bad("invalid_ip", format!("ip {ip:?} is not an IPv4 address")))?;
+    let a: Ipv4Addr =
+        ip.parse().map_err(|_| ApiError::bad("invalid_ip", format!("ip {ip:?} is not an IPv4 address")))?;
     let (lo, hi) = range(net)?;
     if u32::from(a) < lo || u32::from(a) > hi || a.to_string() == net.gateway {
         return Err(ApiError::bad(
@@ -54,8 +55,10 @@ pub async fn insert(
     position: usize,
     p: &Planned,
 ) -> ApiResult<vdc_schema::api::Interface> {
-    let used: Vec<(String,)> =
-        sqlx::query_as("SELECT ip FROM vifs WHERE network_id = $1").bind(p.network.id.as_str()).fetch_all(&mut **tx).await?;
+    let used: Vec<(String,)> = sqlx::query_as("SELECT ip FROM vifs WHERE network_id = $1")
+        .bind(p.network.id.as_str())
+        .fetch_all(&mut **tx)
+        .await?;
     let used: HashSet<u32> = used.iter().filter_map(|(ip,)| ip.parse::<Ipv4Addr>().ok()).map(u32::from).collect();
     let ip = match p.fixed_ip {
         Some(a) if used.contains(&u32::from(a)) => {
@@ -199,26 +202,36 @@ async fn resolved_group(db: &db::Pool, group: &str) -> ApiResult<SecurityGroupSp
 
 /// Sends the ensure for one interface to the nwagent of its instance's host.
 pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
-    let row: Option<(String, String, String, String, String, i64, Option<String>, String)> = sqlx::query_as(
-        "SELECT v.instance_id, v.account_id, v.network_id, v.mac, v.ip, v.spec_gen, i.host_node_id, i.state
+    #[derive(sqlx::FromRow)]
+    struct Placed {
+        instance_id: String,
+        account_id: String,
+        network_id: String,
+        mac: String,
+        ip: String,
+        spec_gen: i64,
+        host_node_id: Option<String>,
+    }
+    let row: Option<Placed> = sqlx::query_as(
+        "SELECT v.instance_id, v.account_id, v.network_id, v.mac, v.ip, v.spec_gen, i.host_node_id
          FROM vifs v JOIN instances i ON i.id = v.instance_id WHERE v.id = $1",
     )
     .bind(id)
     .fetch_optional(&ctx.db)
     .await?;
-    let Some((instance_id, account_id, network_id, mac, ip, spec_gen, Some(host), _state)) = row else {
+    let Some(Placed { instance_id, account_id, network_id, mac, ip, spec_gen, host_node_id: Some(host) }) = row else {
         return Ok(());
     };
-    let net: Option<network::Row> =
-        sqlx::query_as(&format!("SELECT {} FROM networks WHERE id = $1", network::COLS))
-            .bind(&network_id)
-            .fetch_optional(&ctx.db)
-            .await?;
-    let Some(net) = net else { return Ok(()) };
-    let groups: Vec<(String,)> = sqlx::query_as("SELECT group_id FROM vif_security_groups WHERE vif_id = $1 ORDER BY group_id")
-        .bind(id)
-        .fetch_all(&ctx.db)
+    let net: Option<network::Row> = sqlx::query_as(&format!("SELECT {} FROM networks WHERE id = $1", network::COLS))
+        .bind(&network_id)
+        .fetch_optional(&ctx.db)
         .await?;
+    let Some(net) = net else { return Ok(()) };
+    let groups: Vec<(String,)> =
+        sqlx::query_as("SELECT group_id FROM vif_security_groups WHERE vif_id = $1 ORDER BY group_id")
+            .bind(id)
+            .fetch_all(&ctx.db)
+            .await?;
     let mut security_groups = Vec::new();
     for (g,) in groups {
         security_groups.push(resolved_group(&ctx.db, &g).await?);
@@ -239,7 +252,10 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
         security_groups,
     };
     let client = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(ApiError::internal)? };
-    client.ensure_interface(spec).await.map_err(|e| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() })
+    client
+        .ensure_interface(spec)
+        .await
+        .map_err(|e| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() })
 }
 
 /// Every interface affected by a change of group `g`: its members, and the members of

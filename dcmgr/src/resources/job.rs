@@ -58,15 +58,17 @@ pub async fn start(
     .bind(resource_id)
     .execute(&mut **tx)
     .await?;
-    sqlx::query(&format!("INSERT INTO jobs ({COLS}, account_id, target) VALUES ($1, $2, $3, 'running', NULL, $4, NULL, $5, $6)"))
-        .bind(id.as_str())
-        .bind(action)
-        .bind(resource_id)
-        .bind(&now)
-        .bind(account.as_str())
-        .bind(target)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(&format!(
+        "INSERT INTO jobs ({COLS}, account_id, target) VALUES ($1, $2, $3, 'running', NULL, $4, NULL, $5, $6)"
+    ))
+    .bind(id.as_str())
+    .bind(action)
+    .bind(resource_id)
+    .bind(&now)
+    .bind(account.as_str())
+    .bind(target)
+    .execute(&mut **tx)
+    .await?;
     Ok(Job {
         id,
         action: action.to_owned(),
@@ -79,7 +81,13 @@ pub async fn start(
 }
 
 /// A job that is already done: the request asked for what already is.
-pub async fn done(tx: &mut db::Tx<'_>, account: &AccountId, action: &str, resource_id: &str, msg: &str) -> ApiResult<Job> {
+pub async fn done(
+    tx: &mut db::Tx<'_>,
+    account: &AccountId,
+    action: &str,
+    resource_id: &str,
+    msg: &str,
+) -> ApiResult<Job> {
     let mut job = start(tx, account, action, resource_id, "").await?;
     let now = db::now();
     sqlx::query("UPDATE jobs SET state = 'succeeded', message = $1, finished_at = $2 WHERE id = $3")
@@ -107,12 +115,14 @@ pub async fn finish(db: &db::Pool, resource_id: &str, target: &str) -> Result<()
 
 /// Fails every running job of `resource_id`.
 pub async fn fail_all(db: &db::Pool, resource_id: &str, message: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE jobs SET state = 'failed', message = $1, finished_at = $2 WHERE resource_id = $3 AND state = 'running'")
-        .bind(message)
-        .bind(db::now())
-        .bind(resource_id)
-        .execute(db)
-        .await?;
+    sqlx::query(
+        "UPDATE jobs SET state = 'failed', message = $1, finished_at = $2 WHERE resource_id = $3 AND state = 'running'",
+    )
+    .bind(message)
+    .bind(db::now())
+    .bind(resource_id)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -127,7 +137,11 @@ pub async fn running_targets(db: &db::Pool, resource_id: &str) -> Result<Vec<Str
 
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(vdc_schema::api::ListQuery),
     responses((status = 200, body = Page<Job>)))]
-pub async fn list(State(ctx): State<SharedCtx>, caller: Caller, ListParams(q): ListParams) -> ApiResult<Json<Page<Job>>> {
+pub async fn list(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<Job>>> {
     let (limit, cursor) = paging(&q)?;
     let state = state_filter::<JobState>(&q)?;
     let rows: Vec<Row> = sqlx::query_as(&format!(

@@ -95,7 +95,11 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/keypairs", tag = "keypairs", params(vdc_schema::api::ListQuery),
     responses((status = 200, body = Page<KeyPair>)))]
-pub async fn list(State(ctx): State<SharedCtx>, caller: Caller, ListParams(q): ListParams) -> ApiResult<Json<Page<KeyPair>>> {
+pub async fn list(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<KeyPair>>> {
     let (limit, cursor) = paging(&q)?;
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLS} FROM keypairs WHERE account_id = $1 AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4"

@@ -41,16 +41,16 @@ pub fn page<T>(items: Vec<T>, limit: i64, id_of: impl Fn(&T) -> String) -> Page<
 
 /// Names: 1–64 printable characters, no leading or trailing space.
 pub fn validate_name(kind: &str, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.chars().count() <= 64
-        && name.trim() == name
-        && !name.chars().any(|c| c.is_control());
+    let ok =
+        !name.is_empty() && name.chars().count() <= 64 && name.trim() == name && !name.chars().any(|c| c.is_control());
     if ok {
         Ok(())
     } else {
         Err(ApiError::bad(
             "invalid_name",
-            format!("{kind} name {name:?} is invalid: use 1 to 64 printable characters without leading or trailing spaces"),
+            format!(
+                "{kind} name {name:?} is invalid: use 1 to 64 printable characters without leading or trailing spaces"
+            ),
         ))
     }
 }

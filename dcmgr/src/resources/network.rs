@@ -60,7 +60,10 @@ pub fn plan(req: &CreateNetwork) -> ApiResult<(Ipv4Net, Ipv4Addr, Ipv4Addr, Ipv4
         ApiError::bad("invalid_cidr", format!("cidr {:?} is not an IPv4 network such as 10.0.0.0/24", req.cidr))
     })?;
     if net.trunc() != net {
-        return Err(ApiError::bad("invalid_cidr", format!("cidr {net} has host bits set; did you mean {}?", net.trunc())));
+        return Err(ApiError::bad(
+            "invalid_cidr",
+            format!("cidr {net} has host bits set; did you mean {}?", net.trunc()),
+        ));
     }
     if net.prefix_len() > 29 || net.prefix_len() < 8 {
         return Err(ApiError::bad("invalid_cidr", format!("cidr {net}: the prefix length must be between /8 and /29")));
@@ -132,18 +135,19 @@ async fn try_insert(
     let (vni,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(vni), 99) + 1 FROM networks").fetch_one(&mut *tx).await?;
     let id = NetworkId::generate();
     let now = db::now();
-    let r = sqlx::query(&format!("INSERT INTO networks ({COLS}, account_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
-        .bind(id.as_str())
-        .bind(name)
-        .bind(net.to_string())
-        .bind(gateway.to_string())
-        .bind(start.to_string())
-        .bind(end.to_string())
-        .bind(vni)
-        .bind(&now)
-        .bind(caller.account_id.as_str())
-        .execute(&mut *tx)
-        .await;
+    let r =
+        sqlx::query(&format!("INSERT INTO networks ({COLS}, account_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+            .bind(id.as_str())
+            .bind(name)
+            .bind(net.to_string())
+            .bind(gateway.to_string())
+            .bind(start.to_string())
+            .bind(end.to_string())
+            .bind(vni)
+            .bind(&now)
+            .bind(caller.account_id.as_str())
+            .execute(&mut *tx)
+            .await;
     // A VNI taken concurrently by another account is a unique violation: retried.
     r?;
     tx.commit().await?;
@@ -162,7 +166,11 @@ async fn try_insert(
 
 #[utoipa::path(get, path = "/api/v1/networks", tag = "networks", params(vdc_schema::api::ListQuery),
     responses((status = 200, body = Page<Network>)))]
-pub async fn list(State(ctx): State<SharedCtx>, caller: Caller, ListParams(q): ListParams) -> ApiResult<Json<Page<Network>>> {
+pub async fn list(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<Network>>> {
     let (limit, cursor) = paging(&q)?;
     let rows: Vec<Row> = sqlx::query_as(&format!(
         "SELECT {COLS} FROM networks WHERE account_id = $1 AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4"
@@ -222,8 +230,10 @@ mod tests {
     #[test]
     fn defaults_and_refusals() {
         let (net, gw, s, e) = plan(&req("10.1.0.0/24")).unwrap();
-        assert_eq!((net.to_string(), gw.to_string(), s.to_string(), e.to_string()),
-            ("10.1.0.0/24".into(), "10.1.0.1".into(), "10.1.0.2".into(), "10.1.0.254".into()));
+        assert_eq!(
+            (net.to_string(), gw.to_string(), s.to_string(), e.to_string()),
+            ("10.1.0.0/24".into(), "10.1.0.1".into(), "10.1.0.2".into(), "10.1.0.254".into())
+        );
         assert!(plan(&req("10.1.0.5/24")).unwrap_err().to_string().contains("did you mean 10.1.0.0/24"));
         assert!(plan(&req("banana")).is_err());
         assert!(plan(&req("10.0.0.0/30")).is_err());

@@ -97,7 +97,11 @@ pub async fn list_hosts(
 
 #[utoipa::path(get, path = "/api/v1/host_nodes/{id}", tag = "nodes", params(("id" = String, Path)),
     responses((status = 200, body = HostNode), (status = 404, body = ErrorBody)))]
-pub async fn show_host(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<HostNode>> {
+pub async fn show_host(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<HostNode>> {
     require_admin(&caller)?;
     let id: HostNodeId = path_id("host node", &id)?;
     let row: Option<HostRow> = sqlx::query_as(&format!("SELECT {HOST_COLS} FROM host_nodes WHERE id = $1"))

@@ -96,11 +96,12 @@ fn normalize(mut r: RuleSpec) -> ApiResult<RuleSpec> {
 
 async fn check_remote_groups(ctx: &SharedCtx, caller: &Caller, rules: &[RuleSpec]) -> ApiResult<()> {
     for g in rules.iter().filter_map(|r| r.group.as_ref()) {
-        let found: Option<(String,)> = sqlx::query_as("SELECT id FROM security_groups WHERE id = $1 AND account_id = $2")
-            .bind(g.as_str())
-            .bind(caller.account_id.as_str())
-            .fetch_optional(&ctx.db)
-            .await?;
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM security_groups WHERE id = $1 AND account_id = $2")
+                .bind(g.as_str())
+                .bind(caller.account_id.as_str())
+                .fetch_optional(&ctx.db)
+                .await?;
         if found.is_none() {
             return Err(ApiError::not_found("security group", g));
         }
@@ -186,14 +187,16 @@ pub async fn create(
     check_remote_groups(&ctx, &caller, &rules).await?;
     let id = SecurityGroupId::generate();
     let mut tx = ctx.db.begin().await?;
-    sqlx::query("INSERT INTO security_groups (id, account_id, name, description, created_at) VALUES ($1, $2, $3, $4, $5)")
-        .bind(id.as_str())
-        .bind(caller.account_id.as_str())
-        .bind(&req.name)
-        .bind(&req.description)
-        .bind(db::now())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO security_groups (id, account_id, name, description, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id.as_str())
+    .bind(caller.account_id.as_str())
+    .bind(&req.name)
+    .bind(&req.description)
+    .bind(db::now())
+    .execute(&mut *tx)
+    .await?;
     for r in &rules {
         insert_rule(&mut tx, &id, r).await?;
     }
@@ -225,7 +228,11 @@ pub async fn list(
 
 #[utoipa::path(get, path = "/api/v1/security_groups/{id}", tag = "security_groups", params(("id" = String, Path)),
     responses((status = 200, body = SecurityGroup), (status = 404, body = ErrorBody)))]
-pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<SecurityGroup>> {
+pub async fn show(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SecurityGroup>> {
     Ok(Json(fetch(&ctx, &caller, &path_id("security group", &id)?).await?))
 }
 
@@ -238,7 +245,10 @@ pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path
         .fetch_one(&ctx.db)
         .await?;
     if members > 0 {
-        return Err(ApiError::conflict("security_group_in_use", format!("security group {} has {members} member interfaces", g.id)));
+        return Err(ApiError::conflict(
+            "security_group_in_use",
+            format!("security group {} has {members} member interfaces", g.id),
+        ));
     }
     let (refs,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM security_group_rules WHERE remote_group_id = $1 AND group_id <> $1")
@@ -311,7 +321,14 @@ mod tests {
     use vdc_schema::Direction;
 
     fn rule(p: Protocol, lo: Option<u16>, hi: Option<u16>, cidr: Option<&str>) -> RuleSpec {
-        RuleSpec { direction: Direction::Ingress, protocol: p, port_min: lo, port_max: hi, cidr: cidr.map(Into::into), group: None }
+        RuleSpec {
+            direction: Direction::Ingress,
+            protocol: p,
+            port_min: lo,
+            port_max: hi,
+            cidr: cidr.map(Into::into),
+            group: None,
+        }
     }
 
     #[test]

@@ -71,8 +71,14 @@ pub async fn create(
     let (size, node) = match vol {
         Some((acct, state, size, Some(node))) if acct == caller.account_id.as_str() => {
             let s: VolumeState = state.parse().map_err(ApiError::internal)?;
-            if !matches!(s, VolumeState::Available | VolumeState::Attached | VolumeState::Attaching | VolumeState::Detaching) {
-                return Err(ApiError::conflict("invalid_state", format!("volume {} is {s}; cannot snapshot it", req.volume_id)));
+            if !matches!(
+                s,
+                VolumeState::Available | VolumeState::Attached | VolumeState::Attaching | VolumeState::Detaching
+            ) {
+                return Err(ApiError::conflict(
+                    "invalid_state",
+                    format!("volume {} is {s}; cannot snapshot it", req.volume_id),
+                ));
             }
             (size, node)
         }
@@ -108,7 +114,11 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/snapshots", tag = "snapshots", params(vdc_schema::api::ListQuery),
     responses((status = 200, body = Page<Snapshot>)))]
-pub async fn list(State(ctx): State<SharedCtx>, caller: Caller, ListParams(q): ListParams) -> ApiResult<Json<Page<Snapshot>>> {
+pub async fn list(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<Snapshot>>> {
     let (limit, cursor) = paging(&q)?;
     let state = state_filter::<SnapshotState>(&q)?;
     let rows: Vec<Row> = sqlx::query_as(&format!(
@@ -160,7 +170,8 @@ pub async fn delete(
 
 pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
     let Some(row) = fetch_row(&ctx.db, id).await? else { return Ok(()) };
-    let sta = vdc_bus::StaClient { bus: ctx.bus.clone(), node_id: row.storage_node_id.parse().map_err(ApiError::internal)? };
+    let sta =
+        vdc_bus::StaClient { bus: ctx.bus.clone(), node_id: row.storage_node_id.parse().map_err(ApiError::internal)? };
     let unavailable = |e: AgentError| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() };
     let sid: SnapshotId = row.id.parse().map_err(ApiError::internal)?;
     let vid: VolumeId = row.volume_id.parse().map_err(ApiError::internal)?;
@@ -169,7 +180,11 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
         SnapshotState::Deleting => sta.ensure_snapshot_absent(sid, vid).await.map_err(unavailable)?,
         _ => sta.ensure_snapshot(SnapshotSpec { id: sid, volume_id: vid }).await.map_err(unavailable)?,
     }
-    sqlx::query("UPDATE snapshots SET ensure_sent_at = $1 WHERE id = $2").bind(db::now_ms()).bind(id).execute(&ctx.db).await?;
+    sqlx::query("UPDATE snapshots SET ensure_sent_at = $1 WHERE id = $2")
+        .bind(db::now_ms())
+        .bind(id)
+        .execute(&ctx.db)
+        .await?;
     Ok(())
 }
 
@@ -186,13 +201,15 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: SnapshotRepo
         (SnapshotState::Deleting, ObservedStorage::Absent) => SnapshotState::Deleted,
         (s, _) => s,
     };
-    let updated = sqlx::query("UPDATE snapshots SET state = $1, report_gen = $2 WHERE id = $3 AND report_gen < $2 AND state = $4")
-        .bind(new_state.as_str())
-        .bind(gen as i64)
-        .bind(&row.id)
-        .bind(&row.state)
-        .execute(&ctx.db)
-        .await?;
+    let updated = sqlx::query(
+        "UPDATE snapshots SET state = $1, report_gen = $2 WHERE id = $3 AND report_gen < $2 AND state = $4",
+    )
+    .bind(new_state.as_str())
+    .bind(gen as i64)
+    .bind(&row.id)
+    .bind(&row.state)
+    .execute(&ctx.db)
+    .await?;
     if updated.rows_affected() == 1 {
         if new_state == SnapshotState::Failed {
             job::fail_all(&ctx.db, &row.id, r.reason.as_deref().unwrap_or("sta reported a failure")).await?;

@@ -41,7 +41,8 @@ pub(crate) struct Row {
     pub updated_at: String,
 }
 
-const COLS: &str = "id, account_id, name, size_mib, state, storage_node_id, instance_id, snapshot_id, target, spec_gen, \
+const COLS: &str =
+    "id, account_id, name, size_mib, state, storage_node_id, instance_id, snapshot_id, target, spec_gen, \
      report_gen, failure_reason, created_at, updated_at";
 
 /// The largest volume: 16 TiB.
@@ -83,13 +84,15 @@ async fn fetch_own(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResult
 async fn reserve_storage(tx: &mut db::Tx<'_>, pool: &db::Pool, size: i64, on: Option<&str>) -> ApiResult<String> {
     let candidates: Vec<(String,)> = match on {
         Some(n) => vec![(n.to_owned(),)],
-        None => sqlx::query_as(
-            "SELECT id FROM storage_nodes WHERE state = 'online' AND capacity_mib - used_mib >= $1
+        None => {
+            sqlx::query_as(
+                "SELECT id FROM storage_nodes WHERE state = 'online' AND capacity_mib - used_mib >= $1
              ORDER BY capacity_mib - used_mib DESC, id LIMIT 8",
-        )
-        .bind(size)
-        .fetch_all(pool)
-        .await?,
+            )
+            .bind(size)
+            .fetch_all(pool)
+            .await?
+        }
     };
     for (id,) in &candidates {
         let r = sqlx::query(
@@ -127,7 +130,10 @@ pub async fn create(
     };
     if let Some(s) = &snap {
         if s.state != vdc_schema::SnapshotState::Available {
-            return Err(ApiError::conflict("invalid_state", format!("snapshot {} is {}, not available", s.id, s.state)));
+            return Err(ApiError::conflict(
+                "invalid_state",
+                format!("snapshot {} is {}, not available", s.id, s.state),
+            ));
         }
     }
     let size = match (req.size_mib, &snap) {
@@ -142,11 +148,15 @@ pub async fn create(
         (None, None) => return Err(ApiError::bad("invalid_size", "give size_mib (in MiB) or snapshot_id")),
     };
     if size == 0 || size > MAX_SIZE_MIB {
-        return Err(ApiError::bad("invalid_size", format!("size_mib must be between 1 and {MAX_SIZE_MIB}, got {size}")));
+        return Err(ApiError::bad(
+            "invalid_size",
+            format!("size_mib must be between 1 and {MAX_SIZE_MIB}, got {size}"),
+        ));
     }
     let accepted = db::retry(|| async {
         let mut tx = ctx.db.begin().await?;
-        let node = reserve_storage(&mut tx, &ctx.db, size as i64, snap.as_ref().map(|s| s.storage_node_id.as_str())).await?;
+        let node =
+            reserve_storage(&mut tx, &ctx.db, size as i64, snap.as_ref().map(|s| s.storage_node_id.as_str())).await?;
         let id = VolumeId::generate();
         let now = db::now();
         sqlx::query(&format!(
@@ -185,7 +195,11 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes", params(vdc_schema::api::ListQuery),
     responses((status = 200, body = Page<Volume>)))]
-pub async fn list(State(ctx): State<SharedCtx>, caller: Caller, ListParams(q): ListParams) -> ApiResult<Json<Page<Volume>>> {
+pub async fn list(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<Volume>>> {
     let (limit, cursor) = paging(&q)?;
     let state = state_filter::<VolumeState>(&q)?;
     let rows: Vec<Row> = sqlx::query_as(&format!(
@@ -243,7 +257,13 @@ async fn apply_change(ctx: &SharedCtx, caller: &Caller, row: &Row, c: Change<'_>
     Ok(Accepted { job, resource: vol.into_api()? })
 }
 
-async fn already(ctx: &SharedCtx, caller: &Caller, row: Row, action: &str, msg: &str) -> ApiResult<(StatusCode, Json<Accepted<Volume>>)> {
+async fn already(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    row: Row,
+    action: &str,
+    msg: &str,
+) -> ApiResult<(StatusCode, Json<Accepted<Volume>>)> {
     let mut tx = ctx.db.begin().await?;
     let job = job::done(&mut tx, &caller.account_id, action, &row.id, msg).await?;
     tx.commit().await?;
@@ -270,11 +290,10 @@ pub async fn delete(
         }
         VolumeState::Creating | VolumeState::Available | VolumeState::Deleting | VolumeState::Failed => {}
     }
-    let (snaps,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM snapshots WHERE volume_id = $1 AND state <> 'deleted'")
-            .bind(id.as_str())
-            .fetch_one(&ctx.db)
-            .await?;
+    let (snaps,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM snapshots WHERE volume_id = $1 AND state <> 'deleted'")
+        .bind(id.as_str())
+        .fetch_one(&ctx.db)
+        .await?;
     if snaps > 0 {
         return Err(ApiError::conflict(
             "volume_has_snapshots",
@@ -283,7 +302,8 @@ pub async fn delete(
     }
     let accepted = db::retry(|| async {
         let row = fetch_own(&ctx, &caller, &id).await?;
-        let change = Change { state: VolumeState::Deleting, instance: None, action: "volume.delete", target: Some("deleted") };
+        let change =
+            Change { state: VolumeState::Deleting, instance: None, action: "volume.delete", target: Some("deleted") };
         apply_change(&ctx, &caller, &row, change).await
     })
     .await?;
@@ -353,13 +373,20 @@ pub async fn detach(
         s => return Err(ApiError::conflict("invalid_state", format!("volume {id} is {s}, not attached"))),
     }
     let instance = row.instance_id.clone().unwrap_or_default();
-    let host: Option<(Option<String>,)> =
-        sqlx::query_as("SELECT host_node_id FROM instances WHERE id = $1").bind(&instance).fetch_optional(&ctx.db).await?;
+    let host: Option<(Option<String>,)> = sqlx::query_as("SELECT host_node_id FROM instances WHERE id = $1")
+        .bind(&instance)
+        .fetch_optional(&ctx.db)
+        .await?;
     let has_host = matches!(host, Some((Some(_),)));
     let accepted = db::retry(|| async {
         let row = fetch_own(&ctx, &caller, &id).await?;
         let change = if has_host {
-            Change { state: VolumeState::Detaching, instance: Some(&instance), action: "volume.detach", target: Some("available") }
+            Change {
+                state: VolumeState::Detaching,
+                instance: Some(&instance),
+                action: "volume.detach",
+                target: Some("available"),
+            }
         } else {
             Change { state: VolumeState::Available, instance: None, action: "volume.detach", target: None }
         };
@@ -391,10 +418,11 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
         state => {
             let export_to = match (state, &row.instance_id) {
                 (VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching, Some(i)) => {
-                    let h: Option<(Option<String>,)> = sqlx::query_as("SELECT host_node_id FROM instances WHERE id = $1")
-                        .bind(i)
-                        .fetch_optional(&ctx.db)
-                        .await?;
+                    let h: Option<(Option<String>,)> =
+                        sqlx::query_as("SELECT host_node_id FROM instances WHERE id = $1")
+                            .bind(i)
+                            .fetch_optional(&ctx.db)
+                            .await?;
                     h.and_then(|h| h.0).and_then(|h| h.parse().ok())
                 }
                 _ => None,
@@ -409,14 +437,21 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
             sta.ensure_volume(spec).await.map_err(unavailable)?;
         }
     }
-    sqlx::query("UPDATE volumes SET ensure_sent_at = $1 WHERE id = $2").bind(db::now_ms()).bind(id).execute(&ctx.db).await?;
+    sqlx::query("UPDATE volumes SET ensure_sent_at = $1 WHERE id = $2")
+        .bind(db::now_ms())
+        .bind(id)
+        .execute(&ctx.db)
+        .await?;
     Ok(())
 }
 
 /// Folds one sta report into the model.
 pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport) -> ApiResult<()> {
     let Some(row) = fetch_row(&ctx.db, r.id.as_str()).await? else { return Ok(()) };
-    if row.storage_node_id.as_deref() != Some(node) || (gen as i64) <= row.report_gen || (r.spec_gen as i64) < row.spec_gen {
+    if row.storage_node_id.as_deref() != Some(node)
+        || (gen as i64) <= row.report_gen
+        || (r.spec_gen as i64) < row.spec_gen
+    {
         return Ok(());
     }
     let state = row.state()?;
@@ -427,7 +462,8 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
         (s, _) => s,
     };
     let target = r.target.as_ref().map(|t| serde_json::to_string(t).expect("targets serialize"));
-    let reason = (new_state == VolumeState::Failed).then(|| r.reason.clone().unwrap_or_else(|| "sta reported a failure".into()));
+    let reason =
+        (new_state == VolumeState::Failed).then(|| r.reason.clone().unwrap_or_else(|| "sta reported a failure".into()));
     let mut tx = ctx.db.begin().await?;
     let updated = sqlx::query(
         "UPDATE volumes SET state = $1, report_gen = $2, target = $3, failure_reason = COALESCE($4, failure_reason), updated_at = $5
@@ -446,11 +482,13 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
         return Ok(());
     }
     if new_state == VolumeState::Deleted && state != VolumeState::Deleted {
-        sqlx::query("UPDATE storage_nodes SET used_mib = CASE WHEN used_mib > $1 THEN used_mib - $1 ELSE 0 END WHERE id = $2")
-            .bind(row.size_mib)
-            .bind(node)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE storage_nodes SET used_mib = CASE WHEN used_mib > $1 THEN used_mib - $1 ELSE 0 END WHERE id = $2",
+        )
+        .bind(row.size_mib)
+        .bind(node)
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     match &reason {
@@ -467,16 +505,20 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
 }
 
 /// hva reported which volumes a guest really has: finish attaches and detaches.
-pub async fn on_instance_report(ctx: &SharedCtx, instance: &str, attached: &[VolumeId], state: InstanceState) -> ApiResult<()> {
+pub async fn on_instance_report(
+    ctx: &SharedCtx,
+    instance: &str,
+    attached: &[VolumeId],
+    state: InstanceState,
+) -> ApiResult<()> {
     if state == InstanceState::Terminated {
         return Ok(());
     }
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, state FROM volumes WHERE instance_id = $1 AND state IN ('attaching', 'detaching')",
-    )
-    .bind(instance)
-    .fetch_all(&ctx.db)
-    .await?;
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, state FROM volumes WHERE instance_id = $1 AND state IN ('attaching', 'detaching')")
+            .bind(instance)
+            .fetch_all(&ctx.db)
+            .await?;
     for (id, vstate) in rows {
         let present = attached.iter().any(|v| v.as_str() == id);
         let (new_state, clear) = match (vstate.as_str(), present) {

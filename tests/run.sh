@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every vdc test: installs what the tests need, starts a private PostgreSQL on a
+# free loopback port (removed afterwards), and runs the workspace's tests. Tests that
+# need NATS start their own nats-server. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash packaging/install-deps.sh
+
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+PGDIR=$(mktemp -d /tmp/vdc-test-pg.XXXXXX)
+PGPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+as_pg() {
+  # initdb refuses to run as root.
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+[ "$(id -u)" -eq 0 ] && chown postgres "$PGDIR"
+cleanup() {
+  as_pg "$PG_BIN/pg_ctl" -D "$PGDIR/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$PGDIR"
+}
+trap cleanup EXIT
+as_pg "$PG_BIN/initdb" -D "$PGDIR/data" -A trust -U postgres >/dev/null
+# fsync off: a test database need not survive a power cut, and tests run much faster.
+as_pg "$PG_BIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
+  -o "-p $PGPORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=500 -c fsync=off -c synchronous_commit=off" \
+  start >/dev/null
+export VDC_TEST_PG_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+echo "PostgreSQL for tests on 127.0.0.1:$PGPORT"
+
+cargo test --workspace "$@"

@@ -1,0 +1,192 @@
+//! `vdc-bench`: measures dcmgr against the targets in DEVELOPERS.md and prints figures.
+//! Nothing here asserts: targets are reported, not tested.
+//!
+//!   cargo run --release -p vdc-tests --bin vdc-bench -- [--db sqlite|postgres]
+//!
+//! - create → ensure sent to the (simulated) agent: p50 / p99, one request at a time;
+//! - creates accepted, placed and ensured per second, 32 in flight;
+//! - `GET /api/v1/instances/{id}`: requests per second with `wrk -t2 -c64` when wrk is
+//!   installed, else with an in-process client at 64 connections;
+//! - `GET /api/v1/instances?limit=1000` over 1,000 instances: p50.
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vdc_schema::api::*;
+use vdc_tests::{Db, Stack, StackOptions};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "sqlite")]
+    db: String,
+    /// Sequential creates for the latency figure.
+    #[arg(long, default_value_t = 500)]
+    latency_creates: usize,
+    /// Creates for the throughput figure.
+    #[arg(long, default_value_t = 4000)]
+    throughput_creates: usize,
+    /// Seconds of GET load.
+    #[arg(long, default_value_t = 10)]
+    get_seconds: u64,
+}
+
+type Sent = Arc<Mutex<HashMap<String, Instant>>>;
+
+fn create_req(img: &vdc_schema::ImageId) -> CreateInstance {
+    CreateInstance {
+        name: None,
+        image_id: img.clone(),
+        hypervisor: None,
+        cpus: 1,
+        memory_mib: 64,
+        interfaces: vec![],
+        ssh_key_id: None,
+        user_data: None,
+    }
+}
+
+async fn wait_sent(sent: &Sent, id: &str) -> Instant {
+    loop {
+        if let Some(t) = sent.lock().unwrap().get(id) {
+            return *t;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let db = if args.db == "postgres" { Db::Postgres } else { Db::Sqlite };
+    let sent: Sent = Arc::default();
+    let observer_sent = sent.clone();
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 50;
+    opts.host_cpus = 4096;
+    opts.host_memory_mib = 1 << 30;
+    opts.sim.delay = Duration::from_millis(5);
+    opts.agent_timeout_ms = 60_000;
+    opts.ensure_observer = Some(Arc::new(move |id: &str| {
+        observer_sent.lock().unwrap().entry(id.to_owned()).or_insert_with(Instant::now);
+    }));
+    let stack = Stack::start(opts).await;
+    let c = stack.account("bench").await;
+    println!("vdc-bench: dcmgr on {} ({:?}), 50 simulated hosts", stack.url(), db);
+
+    // 1. create → ensure sent, one at a time.
+    let mut lat = Histogram::<u64>::new(3)?;
+    for _ in 0..args.latency_creates {
+        let t0 = Instant::now();
+        let a = c.create_instance(&create_req(&stack.image)).await?;
+        let t1 = wait_sent(&sent, a.resource.id.as_str()).await;
+        lat.record(t1.duration_since(t0).as_micros() as u64)?;
+    }
+    println!(
+        "create → ensure sent ({} sequential): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        args.latency_creates,
+        ms(&lat, 0.5),
+        ms(&lat, 0.99),
+        lat.max() as f64 / 1000.0
+    );
+
+    // 2. throughput: creates accepted, placed and ensured per second.
+    let t0 = Instant::now();
+    let ids: Vec<String> = {
+        let sem = Arc::new(tokio::sync::Semaphore::new(32));
+        let mut tasks = Vec::new();
+        for _ in 0..args.throughput_creates {
+            let (c, img, sem) = (c.clone(), stack.image.clone(), sem.clone());
+            tasks.push(tokio::spawn(async move {
+                let _p = sem.acquire().await.unwrap();
+                c.create_instance(&create_req(&img)).await.map(|a| a.resource.id.to_string())
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await??);
+        }
+        ids
+    };
+    for id in &ids {
+        wait_sent(&sent, id).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "creates accepted+placed+ensured: {} in {:.2} s = {:.0}/s (32 in flight)",
+        ids.len(),
+        secs,
+        ids.len() as f64 / secs
+    );
+
+    // 3. GET one instance.
+    let target = format!("{}/api/v1/instances/{}", stack.url(), ids[0]);
+    let token = c.token().to_owned();
+    match vdc_tests::procs::which("wrk") {
+        Some(wrk) => {
+            let out = std::process::Command::new(wrk)
+                .args(["-t2", "-c64", &format!("-d{}s", args.get_seconds), "--latency"])
+                .args(["-H", &format!("Authorization: Bearer {token}"), &target])
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rps = text.lines().find(|l| l.starts_with("Requests/sec")).unwrap_or("Requests/sec: ?");
+            let p50 = text.lines().find(|l| l.trim_start().starts_with("50%")).unwrap_or("50% ?");
+            let non2xx = text.lines().find(|l| l.contains("Non-2xx")).unwrap_or("");
+            println!("GET /instances/{{id}} (wrk -t2 -c64): {} | latency {} {}", rps.trim(), p50.trim(), non2xx.trim());
+        }
+        None => {
+            let deadline = Instant::now() + Duration::from_secs(args.get_seconds);
+            let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut tasks = Vec::new();
+            for _ in 0..64 {
+                let (c, count, id) = (c.clone(), count.clone(), ids[0].parse()?);
+                tasks.push(tokio::spawn(async move {
+                    while Instant::now() < deadline {
+                        if c.get_instance(&id).await.is_ok() {
+                            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await?;
+            }
+            let n = count.load(std::sync::atomic::Ordering::Relaxed);
+            println!(
+                "GET /instances/{{id}} (in-process client, 64 in flight; install wrk for the real figure): {:.0} req/s",
+                n as f64 / args.get_seconds as f64
+            );
+        }
+    }
+
+    // 4. list 1,000 instances (a fresh account holding exactly 1,000).
+    let lister = stack.account("lister").await;
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let (c, img, sem) = (lister.clone(), stack.image.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            c.create_instance(&create_req(&img)).await.map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let q = ListQuery { limit: Some(1000), ..Default::default() };
+    let mut list = Histogram::<u64>::new(3)?;
+    for _ in 0..50 {
+        let t0 = Instant::now();
+        let page: Page<Instance> = lister.list_instances(&q).await?;
+        list.record(t0.elapsed().as_micros() as u64)?;
+        assert_eq!(page.items.len(), 1000);
+    }
+    println!("GET /instances?limit=1000 (1,000 items, 50 runs): p50 {:.2} ms, p99 {:.2} ms", ms(&list, 0.5), ms(&list, 0.99));
+    stack.stop().await;
+    Ok(())
+}

@@ -1,0 +1,761 @@
+//! The Web API against a fresh stack (dcmgr + simulated agents), every scenario on SQLite
+//! and on PostgreSQL.
+
+use std::time::Duration;
+use vdc_cli::client::{Client, ClientError};
+use vdc_schema::api::*;
+use vdc_schema::bus::{self, subject};
+use vdc_schema::id::*;
+use vdc_schema::*;
+use vdc_tests::{eventually, wait_state, Db, Stack, StackOptions};
+
+/// Runs each scenario once per database.
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { vdc_tests::init_logging(); super::$name(super::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { vdc_tests::init_logging(); super::$name(super::Db::Postgres).await })*
+        }
+    };
+}
+
+on_both_databases!(
+    auth_and_api_info,
+    accounts_are_admin_only,
+    keypairs,
+    images,
+    networks,
+    security_groups,
+    instance_lifecycle,
+    instance_bad_input,
+    cross_account_access_is_404,
+    volumes_and_snapshots,
+    pagination,
+    scheduler_never_overcommits,
+    reconciler_survives_message_loss,
+    agent_crash_goes_offline_and_converges,
+    dcmgr_restart_keeps_everything,
+    untrusted_bus_messages_are_dropped,
+    stale_reports_are_dropped,
+    security_group_changes_reach_running_guests,
+);
+
+/// The status and code of an API error; panics if the call succeeded.
+fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(ClientError::Api { status, code, .. }) => (status, code),
+        Err(e) => panic!("expected an API error, got {e}"),
+    }
+}
+
+fn net_req(name: &str, cidr: &str) -> CreateNetwork {
+    CreateNetwork { name: name.into(), cidr: cidr.into(), gateway: None, dhcp_start: None, dhcp_end: None }
+}
+
+fn inst_req(image: &ImageId, name: &str) -> CreateInstance {
+    CreateInstance {
+        name: Some(name.into()),
+        image_id: image.clone(),
+        hypervisor: None,
+        cpus: 1,
+        memory_mib: 256,
+        interfaces: vec![],
+        ssh_key_id: None,
+        user_data: None,
+    }
+}
+
+fn rule(proto: Protocol, port: Option<u16>, cidr: Option<&str>, group: Option<&SecurityGroupId>) -> RuleSpec {
+    RuleSpec {
+        direction: Direction::Ingress,
+        protocol: proto,
+        port_min: port,
+        port_max: port,
+        cidr: cidr.map(Into::into),
+        group: group.cloned(),
+    }
+}
+
+async fn wait_job(c: &Client, job: &Job) -> Job {
+    c.wait_job(&job.id, Duration::from_secs(15)).await.expect("job finishes")
+}
+
+async fn auth_and_api_info(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let info = s.admin.api_info().await.unwrap();
+    assert_eq!(info.api_version, API_VERSION);
+    assert!(info.extensions.iter().any(|e| e == "instances"));
+
+    let http = reqwest::Client::new();
+    let r = http.get(format!("{}/api/v1/instances", s.url())).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let body: ErrorBody = r.json().await.unwrap();
+    assert_eq!(body.error.code, "unauthorized");
+    let bad = Client::new(s.url(), "vdc_not_a_token");
+    assert_eq!(err(bad.list_instances(&ListQuery::default()).await), (401, "unauthorized".into()));
+    // A malformed body gets our error shape, not a plain-text rejection.
+    let r = http
+        .post(format!("{}/api/v1/networks", s.url()))
+        .bearer_auth(&s.admin_token)
+        .header("content-type", "application/json")
+        .body(r#"{"name": "x", "cidr": 5, "surprise": true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<ErrorBody>().await.unwrap().error.code, "invalid_body");
+    let r = http.get(format!("{}/api/v1/nothing-here", s.url())).bearer_auth(&s.admin_token).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<ErrorBody>().await.unwrap().error.code, "not_found");
+    s.stop().await;
+}
+
+async fn accounts_are_admin_only(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let alice = s.account("alice").await;
+    assert_eq!(err(alice.create_account(&CreateAccount { name: "eve".into(), admin: false }).await).0, 403);
+    assert_eq!(err(alice.list_accounts(&ListQuery::default()).await).0, 403);
+    assert_eq!(err(alice.list_host_nodes(&ListQuery::default()).await).0, 403);
+    assert_eq!(err(s.admin.create_account(&CreateAccount { name: "alice".into(), admin: false }).await).0, 409);
+    assert_eq!(err(s.admin.create_account(&CreateAccount { name: "bad name!".into(), admin: false }).await).0, 400);
+    let accounts = s.admin.list_all_accounts().await.unwrap();
+    let a = accounts.iter().find(|a| a.name == "alice").unwrap();
+    // A second token works; deleting the account revokes both.
+    let t2 = s.admin.create_account_token(&a.id).await.unwrap();
+    let alice2 = Client::new(s.url(), t2.token);
+    alice2.list_instances(&ListQuery::default()).await.unwrap();
+    s.admin.delete_account(&a.id).await.unwrap();
+    assert_eq!(err(alice2.list_instances(&ListQuery::default()).await).0, 401);
+    assert_eq!(err(alice.list_instances(&ListQuery::default()).await).0, 401);
+    s.stop().await;
+}
+
+async fn keypairs(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("kp").await;
+    let gen = c.create_keypair(&CreateKeyPair { name: "gen".into(), public_key: None }).await.unwrap();
+    let private = gen.private_key.expect("a generated key returns its private half once");
+    assert!(private.contains("BEGIN OPENSSH PRIVATE KEY"));
+    assert!(gen.keypair.public_key.starts_with("ssh-ed25519 "));
+    assert!(gen.keypair.fingerprint.starts_with("SHA256:"));
+    // It is never shown again.
+    let again = c.get_keypair(&gen.keypair.id).await.unwrap();
+    assert_eq!(again.public_key, gen.keypair.public_key);
+
+    let imported = c
+        .create_keypair(&CreateKeyPair { name: "mine".into(), public_key: Some(gen.keypair.public_key.clone()) })
+        .await
+        .unwrap();
+    assert!(imported.private_key.is_none());
+    assert_eq!(imported.keypair.fingerprint, gen.keypair.fingerprint);
+
+    let bad = CreateKeyPair { name: "bad".into(), public_key: Some("ssh-rsa AAAAnot-base64!!".into()) };
+    assert_eq!(err(c.create_keypair(&bad).await), (400, "invalid_public_key".into()));
+    let bad = CreateKeyPair { name: "bad".into(), public_key: Some("hello".into()) };
+    assert_eq!(err(c.create_keypair(&bad).await).1, "invalid_public_key");
+    assert_eq!(err(c.create_keypair(&CreateKeyPair { name: "gen".into(), public_key: None }).await).1, "name_taken");
+
+    c.delete_keypair(&imported.keypair.id).await.unwrap();
+    assert_eq!(err(c.get_keypair(&imported.keypair.id).await).0, 404);
+    s.stop().await;
+}
+
+async fn images(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("img").await;
+    let other = s.account("other").await;
+    let req = |name: &str| CreateImage {
+        name: name.into(),
+        format: ImageFormat::Qcow2,
+        arch: Arch::X86_64,
+        hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu],
+        source: "/var/lib/vdc/images/debian.qcow2".into(),
+        checksum: Some(format!("sha256:{}", "ab".repeat(32))),
+        initrd: None,
+        kernel_cmdline: None,
+        public: false,
+    };
+    let img = c.create_image(&req("debian")).await.unwrap();
+    assert_eq!(img.hypervisors, vec![HypervisorKind::Kvm, HypervisorKind::Qemu]);
+    // Own and public images are visible; another account's private one is not.
+    let mine = c.list_all_images().await.unwrap();
+    assert!(mine.iter().any(|i| i.id == img.id) && mine.iter().any(|i| i.id == s.image));
+    let theirs = other.list_all_images().await.unwrap();
+    assert!(!theirs.iter().any(|i| i.id == img.id) && theirs.iter().any(|i| i.id == s.image));
+    assert_eq!(err(other.get_image(&img.id).await).0, 404);
+
+    let mut bad = req("x");
+    bad.checksum = Some("md5:123".into());
+    assert_eq!(err(c.create_image(&bad).await), (400, "invalid_checksum".into()));
+    let mut bad = req("x");
+    bad.hypervisors.clear();
+    assert_eq!(err(c.create_image(&bad).await).0, 400);
+    let mut public = req("pub");
+    public.public = true;
+    assert_eq!(err(c.create_image(&public).await).0, 403);
+    c.delete_image(&img.id).await.unwrap();
+    assert_eq!(err(c.get_image(&img.id).await).0, 404);
+    s.stop().await;
+}
+
+async fn networks(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("net").await;
+    let other = s.account("other").await;
+    let n = c.create_network(&net_req("a", "10.0.0.0/24")).await.unwrap();
+    assert_eq!((n.gateway.as_str(), n.dhcp_start.as_str(), n.dhcp_end.as_str()), ("10.0.0.1", "10.0.0.2", "10.0.0.254"));
+    assert_eq!(err(c.create_network(&net_req("b", "10.0.0.128/25")).await), (409, "cidr_overlap".into()));
+    assert_eq!(err(c.create_network(&net_req("b", "10.0.0.0/16")).await), (409, "cidr_overlap".into()));
+    // Another account may use the same range, with its own VNI.
+    let n2 = other.create_network(&net_req("a", "10.0.0.0/24")).await.unwrap();
+    assert_ne!(n.vni, n2.vni);
+    let n3 = c.create_network(&net_req("c", "10.0.1.0/24")).await.unwrap();
+    assert_ne!(n3.vni, n.vni);
+    assert_eq!(err(c.create_network(&net_req("d", "10.0.2.7/24")).await), (400, "invalid_cidr".into()));
+    assert_eq!(err(c.create_network(&net_req("d", "fish")).await).0, 400);
+    let mut bad = net_req("e", "10.0.3.0/24");
+    bad.gateway = Some("10.0.4.1".into());
+    assert_eq!(err(c.create_network(&bad).await).0, 400);
+    // In use: refused; free: deleted.
+    let mut req = inst_req(&s.image, "i");
+    req.interfaces = vec![CreateInterface { network_id: n.id.clone(), security_groups: vec![], ip: None }];
+    let a = c.create_instance(&req).await.unwrap();
+    assert_eq!(a.resource.interfaces[0].ip, "10.0.0.2");
+    assert_eq!(err(c.delete_network(&n.id).await), (409, "network_in_use".into()));
+    let a = c.terminate_instance(&a.resource.id).await.unwrap();
+    wait_job(&c, &a.job).await;
+    wait_state(&c, &a.resource.id, InstanceState::Terminated).await;
+    c.delete_network(&n.id).await.unwrap();
+    s.stop().await;
+}
+
+async fn security_groups(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("sg").await;
+    let web = c
+        .create_security_group(&CreateSecurityGroup {
+            name: "web".into(),
+            description: "ssh from anywhere".into(),
+            rules: vec![rule(Protocol::Tcp, Some(22), Some("0.0.0.0/0"), None)],
+        })
+        .await
+        .unwrap();
+    assert_eq!(web.rules.len(), 1);
+    // A rule that refers to a group, including itself.
+    let web = c.add_security_group_rule(&web.id, &rule(Protocol::Icmp, None, None, Some(&web.id))).await.unwrap();
+    assert_eq!(web.rules.len(), 2);
+    assert_eq!(web.rules[1].spec.group.as_ref(), Some(&web.id));
+    assert_eq!(err(c.add_security_group_rule(&web.id, &web.rules[0].spec).await).1, "duplicate_rule");
+    let bad = rule(Protocol::Tcp, Some(22), None, None);
+    assert_eq!(err(c.add_security_group_rule(&web.id, &bad).await), (400, "invalid_rule".into()));
+    let bad = RuleSpec { port_min: Some(30), port_max: Some(20), ..rule(Protocol::Tcp, None, Some("0.0.0.0/0"), None) };
+    assert_eq!(err(c.add_security_group_rule(&web.id, &bad).await).0, 400);
+    let ghost: SecurityGroupId = "sg-doesnotexist".parse().unwrap();
+    assert_eq!(err(c.add_security_group_rule(&web.id, &rule(Protocol::Any, None, None, Some(&ghost))).await).0, 404);
+    let web = c.delete_security_group_rule(&web.id, &web.rules[0].id).await.unwrap();
+    assert_eq!(web.rules.len(), 1);
+    c.delete_security_group(&web.id).await.unwrap();
+    assert_eq!(err(c.get_security_group(&web.id).await).0, 404);
+    s.stop().await;
+}
+
+async fn instance_lifecycle(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("life").await;
+    let key = c.create_keypair(&CreateKeyPair { name: "k".into(), public_key: None }).await.unwrap();
+    let net = c.create_network(&net_req("n", "10.1.0.0/24")).await.unwrap();
+    let sg = c
+        .create_security_group(&CreateSecurityGroup {
+            name: "g".into(),
+            description: String::new(),
+            rules: vec![rule(Protocol::Tcp, Some(22), Some("0.0.0.0/0"), None)],
+        })
+        .await
+        .unwrap();
+    let mut req = inst_req(&s.image, "web1");
+    req.ssh_key_id = Some(key.keypair.id.clone());
+    req.user_data = Some("#cloud-config\n".into());
+    req.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![sg.id.clone()], ip: None }];
+    let acc = c.create_instance(&req).await.unwrap();
+    assert_eq!(acc.resource.state, InstanceState::Pending);
+    assert_eq!(acc.job.state, JobState::Running);
+    let id = acc.resource.id.clone();
+    let job = wait_job(&c, &acc.job).await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    let i = wait_state(&c, &id, InstanceState::Running).await;
+    assert!(i.host_node_id.is_some());
+    assert_eq!(i.interfaces[0].security_groups, vec![sg.id.clone()]);
+    // The interface is plugged by the host's nwagent.
+    eventually(Duration::from_secs(5), || async {
+        let i = c.get_instance(&id).await.ok()?;
+        (i.interfaces[0].state == InterfaceState::Active).then_some(())
+    })
+    .await
+    .expect("interface becomes active");
+    let console = c.console_log(&id).await.unwrap();
+    assert!(console.output.contains(id.as_str()), "{}", console.output);
+
+    // stop releases the host; stop again is success, not an error.
+    let a = c.stop_instance(&id).await.unwrap();
+    assert_eq!(wait_job(&c, &a.job).await.state, JobState::Succeeded);
+    let i = c.get_instance(&id).await.unwrap();
+    assert_eq!((i.state, i.host_node_id.is_none()), (InstanceState::Stopped, true));
+    let again = c.stop_instance(&id).await.unwrap();
+    assert_eq!(again.job.state, JobState::Succeeded);
+    assert_eq!(err(c.reboot_instance(&id).await), (409, "invalid_state".into()));
+    assert_eq!(err(c.halt_instance(&id).await).0, 409);
+
+    let a = c.start_instance(&id).await.unwrap();
+    assert_eq!(wait_job(&c, &a.job).await.state, JobState::Succeeded);
+    wait_state(&c, &id, InstanceState::Running).await;
+    let a = c.reboot_instance(&id).await.unwrap();
+    assert_eq!(wait_job(&c, &a.job).await.state, JobState::Succeeded);
+    assert_eq!(c.console_log(&id).await.unwrap().output.matches("boot ").count(), 3, "booted, started, rebooted");
+    // halt keeps the host; poweron starts it there.
+    let a = c.halt_instance(&id).await.unwrap();
+    wait_job(&c, &a.job).await;
+    let halted = wait_state(&c, &id, InstanceState::Halted).await;
+    assert!(halted.host_node_id.is_some());
+    let a = c.poweron_instance(&id).await.unwrap();
+    wait_job(&c, &a.job).await;
+    let on = wait_state(&c, &id, InstanceState::Running).await;
+    assert_eq!(on.host_node_id, halted.host_node_id);
+
+    let a = c.terminate_instance(&id).await.unwrap();
+    assert_eq!(wait_job(&c, &a.job).await.state, JobState::Succeeded);
+    let gone = c.get_instance(&id).await.unwrap();
+    assert_eq!(gone.state, InstanceState::Terminated);
+    assert!(gone.interfaces.is_empty(), "interfaces and addresses are released");
+    assert_eq!(c.terminate_instance(&id).await.unwrap().job.state, JobState::Succeeded);
+    assert_eq!(err(c.start_instance(&id).await).0, 409);
+    // Capacity is back on the hosts and the host forgot the guest.
+    let hosts = s.admin.list_all_host_nodes().await.unwrap();
+    assert!(hosts.iter().all(|h| h.cpus_used == 0 && h.memory_used_mib == 0), "{hosts:?}");
+    assert!(s.hosts.iter().all(|h| h.hva_driver.is_empty()));
+    s.stop().await;
+}
+
+async fn instance_bad_input(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hypervisors = vec![HypervisorKind::Qemu];
+    let s = Stack::start(opts).await;
+    let c = s.account("bad").await;
+    let ghost: ImageId = "img-nosuchimage".parse().unwrap();
+    assert_eq!(err(c.create_instance(&inst_req(&ghost, "x")).await), (404, "not_found".into()));
+    let mut r = inst_req(&s.image, "x");
+    r.memory_mib = 8 << 20;
+    assert_eq!(err(c.create_instance(&r).await), (400, "invalid_memory".into()));
+    r.memory_mib = 1 << 20;
+    let (status, code) = err(c.create_instance(&r).await);
+    assert_eq!((status, code.as_str()), (422, "no_capacity"));
+    let mut r = inst_req(&s.image, "x");
+    r.cpus = 0;
+    assert_eq!(err(c.create_instance(&r).await).1, "invalid_cpus");
+    // The image runs on lxc too, but no host offers lxc.
+    let mut r = inst_req(&s.image, "x");
+    r.hypervisor = Some(HypervisorKind::Lxc);
+    assert_eq!(err(c.create_instance(&r).await), (422, "no_capacity".into()));
+    let only_kvm = s
+        .admin
+        .create_image(&CreateImage {
+            name: "kvm-only".into(),
+            format: ImageFormat::Raw,
+            arch: Arch::X86_64,
+            hypervisors: vec![HypervisorKind::Kvm],
+            source: "/x.raw".into(),
+            checksum: None,
+            initrd: None,
+            kernel_cmdline: None,
+            public: true,
+        })
+        .await
+        .unwrap();
+    let mut r = inst_req(&only_kvm.id, "x");
+    r.hypervisor = Some(HypervisorKind::Lxc);
+    assert_eq!(err(c.create_instance(&r).await), (400, "unsupported_hypervisor".into()));
+    // Unknown references in the body are 404s that name the resource.
+    let mut r = inst_req(&s.image, "x");
+    r.ssh_key_id = Some("ssh-nosuchkey".parse().unwrap());
+    assert_eq!(err(c.create_instance(&r).await).0, 404);
+    let net = c.create_network(&net_req("n", "10.2.0.0/29")).await.unwrap();
+    let mut r = inst_req(&s.image, "x");
+    r.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: Some("10.2.0.99".into()) }];
+    assert_eq!(err(c.create_instance(&r).await), (400, "invalid_ip".into()));
+    r.interfaces[0].ip = Some("10.2.0.3".into());
+    let fixed = c.create_instance(&r).await.unwrap();
+    assert_eq!(fixed.resource.interfaces[0].ip, "10.2.0.3");
+    assert_eq!(err(c.create_instance(&r).await), (409, "ip_in_use".into()));
+    // A /29 has 5 addresses for guests (.2–.6); the sixth request finds it full.
+    r.interfaces[0].ip = None;
+    for _ in 0..4 {
+        c.create_instance(&r).await.unwrap();
+    }
+    assert_eq!(err(c.create_instance(&r).await), (422, "network_full".into()));
+    // A failed start ends in failed, with the reason.
+    let failing = c.create_instance(&inst_req(&s.image, "simfail-1")).await.unwrap();
+    let job = wait_job(&c, &failing.job).await;
+    assert_eq!(job.state, JobState::Failed);
+    let f = wait_state(&c, &failing.resource.id, InstanceState::Failed).await;
+    assert!(f.failure_reason.unwrap().contains("injected failure"));
+    // Nothing half-created: the refused requests left no instances behind.
+    let all = c.list_all_instances().await.unwrap();
+    assert_eq!(all.len(), 6, "{all:?}");
+    s.stop().await;
+}
+
+async fn cross_account_access_is_404(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let a = s.account("a").await;
+    let b = s.account("b").await;
+    let inst = s.running_instance(&a, "secret").await;
+    let net = a.list_all_networks().await.unwrap().remove(0);
+    let vol = a.create_volume(&CreateVolume { name: "v".into(), size_mib: Some(10), snapshot_id: None }).await.unwrap();
+    let key = a.create_keypair(&CreateKeyPair { name: "k".into(), public_key: None }).await.unwrap();
+    let sg = a
+        .create_security_group(&CreateSecurityGroup { name: "g".into(), description: String::new(), rules: vec![] })
+        .await
+        .unwrap();
+    let unknown: InstanceId = "i-doesnotexist00".parse().unwrap();
+    // A foreign ID answers exactly like an unknown one.
+    let foreign = err(b.get_instance(&inst.id).await);
+    assert_eq!(foreign, err(b.get_instance(&unknown).await));
+    assert_eq!(foreign, (404, "not_found".into()));
+    assert_eq!(err(b.stop_instance(&inst.id).await).0, 404);
+    assert_eq!(err(b.terminate_instance(&inst.id).await).0, 404);
+    assert_eq!(err(b.console_log(&inst.id).await).0, 404);
+    assert_eq!(err(b.get_network(&net.id).await).0, 404);
+    assert_eq!(err(b.delete_network(&net.id).await).0, 404);
+    assert_eq!(err(b.get_volume(&vol.resource.id).await).0, 404);
+    assert_eq!(err(b.attach_volume(&vol.resource.id, &inst.id).await).0, 404);
+    assert_eq!(err(b.get_keypair(&key.keypair.id).await).0, 404);
+    assert_eq!(err(b.get_security_group(&sg.id).await).0, 404);
+    assert_eq!(err(b.get_job(&vol.job.id).await).0, 404);
+    // B cannot use A's resources in its own requests either.
+    let mut r = inst_req(&s.image, "x");
+    r.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }];
+    assert_eq!(err(b.create_instance(&r).await).0, 404);
+    let mut r = inst_req(&s.image, "x");
+    r.ssh_key_id = Some(key.keypair.id.clone());
+    assert_eq!(err(b.create_instance(&r).await).0, 404);
+    assert!(b.list_all_instances().await.unwrap().is_empty());
+    assert!(b.list_all_volumes().await.unwrap().is_empty());
+    assert!(b.list_all_jobs().await.unwrap().is_empty());
+    // And A's instance is untouched.
+    assert_eq!(a.get_instance(&inst.id).await.unwrap().state, InstanceState::Running);
+    s.stop().await;
+}
+
+async fn volumes_and_snapshots(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("vol").await;
+    let inst = s.running_instance(&c, "db").await;
+    let acc = c.create_volume(&CreateVolume { name: "data".into(), size_mib: Some(1024), snapshot_id: None }).await.unwrap();
+    let vol = acc.resource.id.clone();
+    assert_eq!(wait_job(&c, &acc.job).await.state, JobState::Succeeded);
+    assert_eq!(c.get_volume(&vol).await.unwrap().state, VolumeState::Available);
+
+    let a = c.attach_volume(&vol, &inst.id).await.unwrap();
+    assert_eq!(wait_job(&c, &a.job).await.state, JobState::Succeeded);
+    let v = c.get_volume(&vol).await.unwrap();
+    assert_eq!((v.state, v.instance_id.as_ref()), (VolumeState::Attached, Some(&inst.id)));
+    assert_eq!(c.get_instance(&inst.id).await.unwrap().volumes, vec![vol.clone()]);
+    assert_eq!(err(c.delete_volume(&vol).await), (409, "volume_attached".into()));
+    let other = s.running_instance(&c, "other").await;
+    assert_eq!(err(c.attach_volume(&vol, &other.id).await), (409, "invalid_state".into()));
+
+    let snap = c.create_snapshot(&CreateSnapshot { volume_id: vol.clone(), name: "s1".into() }).await.unwrap();
+    assert_eq!(wait_job(&c, &snap.job).await.state, JobState::Succeeded);
+    let from = c
+        .create_volume(&CreateVolume { name: "copy".into(), size_mib: None, snapshot_id: Some(snap.resource.id.clone()) })
+        .await
+        .unwrap();
+    assert_eq!(from.resource.size_mib, 1024);
+    assert_eq!(wait_job(&c, &from.job).await.state, JobState::Succeeded);
+
+    let d = c.detach_volume(&vol).await.unwrap();
+    assert_eq!(wait_job(&c, &d.job).await.state, JobState::Succeeded);
+    let v = c.get_volume(&vol).await.unwrap();
+    assert_eq!((v.state, v.instance_id), (VolumeState::Available, None));
+    // Attach to a stopped instance: recorded at once, effective when it starts.
+    let st = c.stop_instance(&other.id).await.unwrap();
+    wait_job(&c, &st.job).await;
+    let a = c.attach_volume(&vol, &other.id).await.unwrap();
+    assert_eq!(a.resource.state, VolumeState::Attached);
+    let d = c.detach_volume(&vol).await.unwrap();
+    assert_eq!(d.resource.state, VolumeState::Available);
+
+    assert_eq!(err(c.delete_volume(&vol).await), (409, "volume_has_snapshots".into()));
+    let ds = c.delete_snapshot(&snap.resource.id).await.unwrap();
+    assert_eq!(wait_job(&c, &ds.job).await.state, JobState::Succeeded);
+    let dv = c.delete_volume(&vol).await.unwrap();
+    assert_eq!(wait_job(&c, &dv.job).await.state, JobState::Succeeded);
+    assert_eq!(c.get_volume(&vol).await.unwrap().state, VolumeState::Deleted);
+
+    // Refusals with clear errors.
+    let bad = CreateVolume { name: "x".into(), size_mib: Some(0), snapshot_id: None };
+    assert_eq!(err(c.create_volume(&bad).await), (400, "invalid_size".into()));
+    let bad = CreateVolume { name: "x".into(), size_mib: None, snapshot_id: None };
+    assert_eq!(err(c.create_volume(&bad).await), (400, "invalid_size".into()));
+    let bad = CreateVolume { name: "x".into(), size_mib: Some(1 << 30), snapshot_id: None };
+    assert_eq!(err(c.create_volume(&bad).await).0, 400);
+    let bad = CreateVolume { name: "x".into(), size_mib: None, snapshot_id: Some("snap-nosuchsnap".parse().unwrap()) };
+    assert_eq!(err(c.create_volume(&bad).await), (404, "not_found".into()));
+    let bad = CreateVolume { name: "x".into(), size_mib: Some(200 << 10), snapshot_id: None };
+    assert_eq!(err(c.create_volume(&bad).await), (422, "no_capacity".into()));
+    s.stop().await;
+}
+
+async fn pagination(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("pages").await;
+    for i in 0..5 {
+        c.create_keypair(&CreateKeyPair { name: format!("k{i}"), public_key: None }).await.unwrap();
+    }
+    let mut seen = vec![];
+    let mut q = ListQuery { limit: Some(2), ..Default::default() };
+    loop {
+        let p: Page<KeyPair> = c.list_keypairs(&q).await.unwrap();
+        assert!(p.items.len() <= 2);
+        seen.extend(p.items.into_iter().map(|k| k.name));
+        match p.next_cursor {
+            Some(cur) => q.cursor = Some(cur),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["k0", "k1", "k2", "k3", "k4"], "pages follow creation order");
+    let q = ListQuery { name: Some("k3".into()), ..Default::default() };
+    assert_eq!(c.list_keypairs(&q).await.unwrap().items.len(), 1);
+    assert_eq!(err(c.list_keypairs(&ListQuery { limit: Some(0), ..Default::default() }).await).1, "invalid_limit");
+    assert_eq!(err(c.list_keypairs(&ListQuery { limit: Some(5000), ..Default::default() }).await).1, "invalid_limit");
+    let bad = ListQuery { cursor: Some("'; drop table".into()), ..Default::default() };
+    assert_eq!(err(c.list_keypairs(&bad).await).1, "invalid_cursor");
+    let bad = ListQuery { state: Some("sleeping".into()), ..Default::default() };
+    assert_eq!(err(c.list_instances(&bad).await).1, "invalid_state_filter");
+    s.stop().await;
+}
+
+async fn scheduler_never_overcommits(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 2;
+    opts.host_cpus = 4;
+    opts.host_memory_mib = 100_000;
+    let s = Stack::start(opts).await;
+    let c = s.account("burst").await;
+    let mut tasks = Vec::new();
+    for i in 0..14 {
+        let (c, img) = (c.clone(), s.image.clone());
+        tasks.push(tokio::spawn(async move { c.create_instance(&inst_req(&img, &format!("b{i}"))).await }));
+    }
+    let mut ok = 0;
+    let mut full = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(ClientError::Api { status: 422, code, .. }) if code == "no_capacity" => full += 1,
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    assert_eq!((ok, full), (8, 6), "2 hosts × 4 CPUs hold exactly 8 one-CPU instances");
+    let hosts = s.admin.list_all_host_nodes().await.unwrap();
+    assert!(hosts.iter().all(|h| h.cpus_used == 4), "least-usage spreads them evenly: {hosts:?}");
+    s.stop().await;
+}
+
+async fn reconciler_survives_message_loss(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.sim.drop_rate = 0.5;
+    let s = Stack::start(opts).await;
+    let c = s.account("lossy").await;
+    let mut ids = vec![];
+    for i in 0..8 {
+        ids.push(c.create_instance(&inst_req(&s.image, &format!("l{i}"))).await.unwrap().resource.id);
+    }
+    for id in &ids {
+        wait_state(&c, id, InstanceState::Running).await;
+    }
+    s.stop().await;
+}
+
+async fn agent_crash_goes_offline_and_converges(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 1;
+    opts.agent_timeout_ms = 800;
+    let mut s = Stack::start(opts).await;
+    let c = s.account("crash").await;
+    let a = s.running_instance(&c, "survivor").await;
+    let b = c.create_instance(&inst_req(&s.image, "second")).await.unwrap().resource;
+    wait_state(&c, &b.id, InstanceState::Running).await;
+    s.crash_hva(0);
+    eventually(Duration::from_secs(10), || async {
+        let h = s.admin.list_all_host_nodes().await.ok()?;
+        (h[0].state == NodeState::Offline).then_some(())
+    })
+    .await
+    .expect("a silent host goes offline");
+    // The host cannot act now: a clear 503, and nothing recorded.
+    assert_eq!(err(c.stop_instance(&a.id).await), (503, "agent_unavailable".into()));
+    assert_eq!(c.get_instance(&a.id).await.unwrap().state, InstanceState::Running);
+    // Terminate is recorded anyway and delivered once the host is back.
+    let t = c.terminate_instance(&b.id).await.unwrap();
+    assert_eq!(t.resource.state, InstanceState::ShuttingDown);
+    s.restart_hva(0).await;
+    s.wait_nodes_online().await.unwrap();
+    assert_eq!(s.hosts[0].hva_driver.len(), 1, "the restarted agent kept the guest it had and removed the terminated one");
+    assert_eq!(wait_job(&c, &t.job).await.state, JobState::Succeeded);
+    wait_state(&c, &a.id, InstanceState::Running).await;
+    let st = c.stop_instance(&a.id).await.unwrap();
+    assert_eq!(wait_job(&c, &st.job).await.state, JobState::Succeeded);
+    s.stop().await;
+}
+
+async fn dcmgr_restart_keeps_everything(db: Db) {
+    let mut s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("durable").await;
+    let a = s.running_instance(&c, "keep").await;
+    let pending = c.create_instance(&inst_req(&s.image, "in-flight")).await.unwrap().resource;
+    s.restart_dcmgr().await;
+    // The same token works (accounts live in the database, the cache was rebuilt).
+    assert_eq!(c.get_instance(&a.id).await.unwrap().state, InstanceState::Running);
+    wait_state(&c, &pending.id, InstanceState::Running).await;
+    let st = c.stop_instance(&a.id).await.unwrap();
+    assert_eq!(wait_job(&c, &st.job).await.state, JobState::Succeeded);
+    assert_eq!(c.list_all_instances().await.unwrap().len(), 2, "nothing lost, nothing duplicated");
+    s.stop().await;
+}
+
+async fn untrusted_bus_messages_are_dropped(db: Db) {
+    use vdc_bus::Transport;
+    let s = Stack::start(StackOptions::new(db)).await;
+    let bus = s.bus.clone();
+    let t = Duration::from_millis(300);
+    // Garbage, a wrong protocol version, a bad node ID, absurd capacity: no answer, no record.
+    let _ = bus.request(subject::REGISTER, b"\xff\x00garbage"[..].into(), t).await;
+    let _ = bus.request(subject::REPORT, br#"{"proto":99,"msg":{}}"#[..].into(), t).await;
+    let reg = |node: &str, cpus: u32| bus::Register {
+        node_id: node.into(),
+        kind: bus::AgentKind::Hva,
+        agent_version: "x".into(),
+        host: Some(bus::HostInfo { cpus, memory_mib: 1024, hypervisors: vec![HypervisorKind::Qemu], capabilities: Default::default() }),
+        storage: None,
+    };
+    let _ = bus.request(subject::REGISTER, bus::encode(&reg("../../etc", 4)).into(), t).await;
+    let _ = bus.request(subject::REGISTER, bus::encode(&reg("hn-huge", 0)).into(), t).await;
+    let hosts = s.admin.list_all_host_nodes().await.unwrap();
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+    // An hva may not report a volume (another agent kind's object).
+    let vol = s.admin.create_volume(&CreateVolume { name: "v".into(), size_mib: Some(1), snapshot_id: None }).await.unwrap();
+    wait_job(&s.admin, &vol.job).await;
+    let forged = bus::ReportBatch {
+        node_id: s.hosts[0].node_id.clone(),
+        kind: bus::AgentKind::Hva,
+        reports: vec![bus::Report {
+            seq: 1,
+            gen: u64::MAX / 2,
+            object: bus::ObjectReport::Volume(bus::VolumeReport {
+                id: vol.resource.id.clone(),
+                spec_gen: 99,
+                state: ObservedStorage::Absent,
+                size_mib: 1,
+                target: None,
+                reason: None,
+            }),
+        }],
+    };
+    let _ = bus.request(subject::REPORT, bus::encode(&forged).into(), t).await;
+    assert_eq!(s.admin.get_volume(&vol.resource.id).await.unwrap().state, VolumeState::Available);
+    // dcmgr still serves.
+    s.running_instance(&s.admin, "still-alive").await;
+    s.stop().await;
+}
+
+async fn stale_reports_are_dropped(db: Db) {
+    use vdc_bus::Transport;
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("stale").await;
+    let i = s.running_instance(&c, "x").await;
+    let node = i.host_node_id.clone().unwrap().to_string();
+    // An old observation (generation 1) saying the guest is off arrives late.
+    let late = bus::ReportBatch {
+        node_id: node.clone(),
+        kind: bus::AgentKind::Hva,
+        reports: vec![bus::Report {
+            seq: 1,
+            gen: 1,
+            object: bus::ObjectReport::Instance(bus::InstanceReport {
+                id: i.id.clone(),
+                spec_gen: 1,
+                state: ObservedInstance::Off,
+                reboot_gen: 0,
+                volumes: vec![],
+                reason: None,
+            }),
+        }],
+    };
+    let ack = s.bus.request(subject::REPORT, bus::encode(&late).into(), Duration::from_secs(2)).await.unwrap();
+    let ack: bus::Ack = bus::decode(&ack).unwrap();
+    assert_eq!(ack.seqs, [1], "stale reports are acked (so the agent forgets them) but not applied");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.get_instance(&i.id).await.unwrap().state, InstanceState::Running);
+    // A report from a host the instance is not placed on is ignored too.
+    let mut wrong_host = late.clone();
+    wrong_host.node_id = "hn-someotherhost".into();
+    if let bus::ObjectReport::Instance(r) = &mut wrong_host.reports[0].object {
+        r.state = ObservedInstance::Failed;
+    }
+    wrong_host.reports[0].gen = u64::MAX / 2;
+    s.bus.request(subject::REPORT, bus::encode(&wrong_host).into(), Duration::from_secs(2)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.get_instance(&i.id).await.unwrap().state, InstanceState::Running);
+    s.stop().await;
+}
+
+async fn security_group_changes_reach_running_guests(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("sgmove").await;
+    let net = c.create_network(&net_req("n", "10.5.0.0/24")).await.unwrap();
+    let db_sg = c
+        .create_security_group(&CreateSecurityGroup { name: "db".into(), description: String::new(), rules: vec![] })
+        .await
+        .unwrap();
+    let app_sg = c
+        .create_security_group(&CreateSecurityGroup { name: "app".into(), description: String::new(), rules: vec![] })
+        .await
+        .unwrap();
+    // db admits tcp/5432 from members of app.
+    c.add_security_group_rule(&db_sg.id, &rule(Protocol::Tcp, Some(5432), None, Some(&app_sg.id))).await.unwrap();
+    let mk = |name: &str, sg: &SecurityGroupId| {
+        let mut r = inst_req(&s.image, name);
+        r.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![sg.clone()], ip: None }];
+        r
+    };
+    let dbi = c.create_instance(&mk("db", &db_sg.id)).await.unwrap().resource;
+    let dbi = wait_state(&c, &dbi.id, InstanceState::Running).await;
+    let vif = dbi.interfaces[0].id.clone();
+    let port = |vif: &VifId| s.hosts.iter().find_map(|h| h.nw_driver.port(vif));
+    let allowed = |vif: &VifId| -> Vec<String> {
+        port(vif).map(|p| p.security_groups[0].rules.iter().flat_map(|r| r.cidrs.clone()).collect()).unwrap_or_default()
+    };
+    // An app instance appears: db's rule now admits its address, without a reboot.
+    let app = c.create_instance(&mk("app", &app_sg.id)).await.unwrap().resource;
+    let app_ip = format!("{}/32", app.interfaces[0].ip);
+    eventually(Duration::from_secs(5), || async { allowed(&vif).contains(&app_ip).then_some(()) })
+        .await
+        .expect("db's interface learns the new app member");
+    // A new rule on db reaches its running interface too.
+    c.add_security_group_rule(&db_sg.id, &rule(Protocol::Tcp, Some(22), Some("192.0.2.0/24"), None)).await.unwrap();
+    eventually(Duration::from_secs(5), || async { allowed(&vif).contains(&"192.0.2.0/24".to_string()).then_some(()) })
+        .await
+        .expect("a rule change reaches the running guest");
+    // The app instance goes away: its address is withdrawn.
+    let t = c.terminate_instance(&app.id).await.unwrap();
+    wait_job(&c, &t.job).await;
+    eventually(Duration::from_secs(5), || async { (!allowed(&vif).contains(&app_ip)).then_some(()) })
+        .await
+        .expect("a terminated member's address is withdrawn");
+    s.stop().await;
+}
