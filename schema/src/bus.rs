@@ -230,13 +230,25 @@ pub struct Ack {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     EnsureInstance(InstanceSpec),
-    EnsureInstanceAbsent { id: InstanceId, spec_gen: u64 },
+    EnsureInstanceAbsent {
+        id: InstanceId,
+        spec_gen: u64,
+    },
     EnsureInterface(InterfaceSpec),
-    EnsureInterfaceAbsent { id: VifId, spec_gen: u64 },
+    EnsureInterfaceAbsent {
+        id: VifId,
+        spec_gen: u64,
+    },
     EnsureVolume(VolumeSpec),
-    EnsureVolumeAbsent { id: VolumeId, spec_gen: u64 },
+    EnsureVolumeAbsent {
+        id: VolumeId,
+        spec_gen: u64,
+    },
     EnsureSnapshot(SnapshotSpec),
-    EnsureSnapshotAbsent { id: SnapshotId, volume_id: VolumeId },
+    EnsureSnapshotAbsent {
+        id: SnapshotId,
+        volume_id: VolumeId,
+    },
     /// Re-report every object the agent holds.
     ReportAll,
 }

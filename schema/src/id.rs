@@ -22,10 +22,8 @@ pub struct IdError {
 
 fn generate_suffix() -> String {
     use rand::Rng;
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut out = String::with_capacity(14);
     for i in (0..8).rev() {
         out.push(ALPHABET[((ms >> (i * 5)) & 31) as usize] as char);

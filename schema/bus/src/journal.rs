@@ -42,7 +42,14 @@ pub struct Journal {
 impl Journal {
     /// A journal that lives only in memory (simulated agents at scale).
     pub fn memory() -> Self {
-        Journal { file: None, pending: BTreeMap::new(), by_object: HashMap::new(), next_seq: 1, last_gen: 0, written: 0 }
+        Journal {
+            file: None,
+            pending: BTreeMap::new(),
+            by_object: HashMap::new(),
+            next_seq: 1,
+            last_gen: 0,
+            written: 0,
+        }
     }
 
     /// Opens (or creates) the journal at `path` and replays what was not acked.

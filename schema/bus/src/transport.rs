@@ -94,9 +94,7 @@ impl Transport for InProc {
         let inbox = format!("_INBOX.{}", self.inbox.fetch_add(1, Ordering::Relaxed));
         let (tx, mut rx) = mpsc::channel(1);
         self.subs.lock().unwrap().insert(inbox.clone(), vec![tx]);
-        let sent = self
-            .deliver(Message { subject: subject.to_owned(), payload, reply: Some(inbox.clone()) })
-            .await;
+        let sent = self.deliver(Message { subject: subject.to_owned(), payload, reply: Some(inbox.clone()) }).await;
         let result = match sent {
             Ok(true) => match tokio::time::timeout(timeout, rx.recv()).await {
                 Ok(Some(m)) => Ok(m.payload),
@@ -138,10 +136,7 @@ impl Nats {
 #[async_trait]
 impl Transport for Nats {
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
-        self.client
-            .publish(subject.to_owned(), payload)
-            .await
-            .map_err(|e| BusError::Connection(e.to_string()))
+        self.client.publish(subject.to_owned(), payload).await.map_err(|e| BusError::Connection(e.to_string()))
     }
 
     async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError> {
@@ -158,11 +153,8 @@ impl Transport for Nats {
 
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
         use futures::StreamExt;
-        let mut sub = self
-            .client
-            .subscribe(subject.to_owned())
-            .await
-            .map_err(|e| BusError::Connection(e.to_string()))?;
+        let mut sub =
+            self.client.subscribe(subject.to_owned()).await.map_err(|e| BusError::Connection(e.to_string()))?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(async move {
             while let Some(m) = sub.next().await {

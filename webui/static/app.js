@@ -1,0 +1,1432 @@
+// The vdc web console: plain ES2020, no build step, served by dcmgr next to /api/v1.
+//
+// Safety rule: values from the API only ever reach the page as text, through el() below
+// (textContent, text nodes, attribute values), never as markup. The crate's tests check
+// that no markup sink is used anywhere in this file.
+//
+// Every visible string comes from I18N (i18n.js) through t() with a literal key, so that
+// the tests can check each key exists in both languages.
+'use strict';
+
+/* global I18N */
+
+const API_BASE = '/api/v1';
+const LS_TOKEN = 'vdc.console.token';
+const LS_LANG = 'vdc.console.lang';
+const REFRESH_MS = 3000;
+const PAGE_LIMIT = 1000;
+const MAX_PAGES = 20;
+const JOBS_SHOWN = 200;
+
+// States in which work is under way: a view showing any of them refreshes itself.
+const TRANSITIONAL = new Set([
+  'scheduling', 'pending', 'starting', 'stopping', 'halting', 'shuttingdown',
+  'creating', 'attaching', 'detaching', 'deleting',
+]);
+const TONE = {
+  running: 'ok', available: 'ok', attached: 'ok', succeeded: 'ok', online: 'ok', active: 'ok',
+  failed: 'bad', offline: 'bad',
+};
+const HYPERVISORS = ['kvm', 'qemu', 'lxc'];
+const IMAGE_FORMATS = ['raw', 'qcow2', 'tar', 'dir', 'kernel'];
+const ARCHES = ['x86_64', 'aarch64'];
+const PROTOCOLS = ['tcp', 'udp', 'icmp', 'any'];
+const DASH = '—';
+
+const app = {
+  lang: 'en',
+  token: '',
+  view: null, // id of the view on screen
+  ctl: null, // its controller: { frame (see viewFrame), refresh(fresh) → any item busy? }
+  gen: 0, // bumped on every view change and sign-out, so late answers are dropped
+  seq: 0, // bumped on every refresh, so only the newest one renders
+  timer: 0,
+  refreshWhenVisible: false,
+};
+
+// ------------------------------------------------------------------ small helpers
+
+const $ = (sel) => document.querySelector(sel);
+
+function storageGet(key) {
+  try {
+    return window.localStorage.getItem(key);
+  } catch (_) {
+    return null; // storage disabled: the console still works for this page load
+  }
+}
+
+function storageSet(key, value) {
+  try {
+    if (value == null) window.localStorage.removeItem(key);
+    else window.localStorage.setItem(key, value);
+  } catch (_) {
+    /* storage disabled */
+  }
+}
+
+let uidCounter = 0;
+function uid(prefix) {
+  uidCounter += 1;
+  return `${prefix}-${uidCounter}`;
+}
+
+/**
+ * Builds an element. `props`: `class`, `text`, `on<event>` handlers, `dataset`, booleans
+ * and `value` as properties, anything else as an attribute. Children: nodes, strings
+ * (inserted as text), arrays, or null/false (skipped).
+ */
+function el(tag, props, ...children) {
+  const e = document.createElement(tag);
+  let value;
+  for (const [k, v] of Object.entries(props || {})) {
+    if (v == null) continue;
+    if (k === 'class') e.className = v;
+    else if (k === 'text') e.textContent = v;
+    else if (k === 'value') value = v;
+    else if (k === 'dataset') Object.assign(e.dataset, v);
+    else if (k.startsWith('on') && typeof v === 'function') e.addEventListener(k.slice(2), v);
+    else if (typeof v === 'boolean' && k in e) e[k] = v;
+    else if (v !== false) e.setAttribute(k, v === true ? '' : String(v));
+  }
+  appendAll(e, children);
+  // After the children, so that a <select> has its options when its value is set.
+  if (value !== undefined) e.value = value;
+  return e;
+}
+
+function appendAll(parent, children) {
+  for (const c of children.flat(Infinity)) {
+    if (c == null || c === false) continue;
+    parent.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+}
+
+// ------------------------------------------------------------------ i18n
+
+function t(key, params) {
+  const dict = I18N[app.lang] || I18N.en;
+  let s = dict[key];
+  if (s === undefined) s = I18N.en[key];
+  if (s === undefined) return key;
+  if (params) {
+    s = s.replace(/\{(\w+)\}/g, (m, name) => (name in params ? String(params[name]) : m));
+  }
+  return s;
+}
+
+// State names come from the API; unknown ones (a newer server) show as they are.
+function stateLabel(state) {
+  const dict = I18N[app.lang] || I18N.en;
+  return dict[`state_${state}`] || state;
+}
+
+function initialLang() {
+  const saved = storageGet(LS_LANG);
+  if (saved && I18N[saved]) return saved;
+  return String(navigator.language || 'en').toLowerCase().startsWith('ja') ? 'ja' : 'en';
+}
+
+function applyStaticText() {
+  document.documentElement.lang = app.lang;
+  for (const e of document.querySelectorAll('[data-i18n]')) e.textContent = t(e.dataset.i18n);
+  for (const e of document.querySelectorAll('[data-i18n-placeholder]')) e.placeholder = t(e.dataset.i18nPlaceholder);
+  for (const e of document.querySelectorAll('[data-i18n-aria-label]')) e.setAttribute('aria-label', t(e.dataset.i18nAriaLabel));
+  for (const e of document.querySelectorAll('[data-i18n-title]')) e.title = t(e.dataset.i18nTitle);
+  $('#lang-select').value = app.lang;
+}
+
+function setLang(lang) {
+  if (!I18N[lang] || lang === app.lang) return;
+  app.lang = lang;
+  storageSet(LS_LANG, lang);
+  applyStaticText();
+  showServerVersion();
+  if (app.token && app.view) showView(app.view);
+  else document.title = t('app_title');
+}
+
+// ------------------------------------------------------------------ formatting
+
+function fmtTime(iso) {
+  if (!iso) return DASH;
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return String(iso);
+  const text = new Intl.DateTimeFormat(app.lang === 'ja' ? 'ja-JP' : 'en', {
+    dateStyle: 'medium',
+    timeStyle: 'medium',
+  }).format(d);
+  return el('time', { datetime: iso, title: iso }, text);
+}
+
+function fmtMib(n) {
+  if (n == null) return DASH;
+  if (n < 1024) return t('size_mib', { n: n.toLocaleString() });
+  const gib = n / 1024;
+  return t('size_gib', { n: gib.toLocaleString(undefined, { maximumFractionDigits: 1 }) });
+}
+
+function fmtUsage(used, total, fmt) {
+  const pct = total > 0 ? Math.round((used / total) * 100) : 0;
+  return t('usage', { used: fmt(used), total: fmt(total), pct });
+}
+
+function code(text) {
+  return text ? el('code', {}, text) : DASH;
+}
+
+function orDash(v) {
+  return v == null || v === '' ? DASH : String(v);
+}
+
+function badge(state, busy) {
+  const tone = busy || TRANSITIONAL.has(state) ? 'busy' : TONE[state] || 'off';
+  return el('span', { class: `badge badge-${tone}`, title: state }, stateLabel(state));
+}
+
+function errorText(err) {
+  if (err instanceof ApiError) return t('error_with_code', { message: err.message, code: err.code });
+  return String((err && err.message) || err);
+}
+
+// ------------------------------------------------------------------ API
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body, token) {
+  const headers = { Accept: 'application/json', Authorization: `Bearer ${token || app.token}` };
+  const opts = { method, headers, cache: 'no-store' };
+  if (body !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    opts.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(API_BASE + path, opts);
+  } catch (e) {
+    throw new ApiError(0, 'network', t('error_network'));
+  }
+  const text = await res.text();
+  let data = null;
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch (_) {
+      data = null;
+    }
+  }
+  if (!res.ok) {
+    const detail = data && data.error ? data.error : {};
+    const err = new ApiError(res.status, detail.code || `http_${res.status}`, detail.message || res.statusText || t('error_unknown'));
+    // A revoked or mistyped token: back to the sign-in form (not while signing in).
+    if (res.status === 401 && !token && app.token) signOut(t('session_expired'));
+    throw err;
+  }
+  return data;
+}
+
+// Every page of a list, following next_cursor (bounded, in case of a huge cloud).
+async function listAll(path) {
+  const items = [];
+  let cursor = null;
+  for (let i = 0; i < MAX_PAGES; i += 1) {
+    let q = `${path}?limit=${PAGE_LIMIT}`;
+    if (cursor) q += `&cursor=${encodeURIComponent(cursor)}`;
+    const page = await api('GET', q);
+    items.push(...(page.items || []));
+    cursor = page.next_cursor;
+    if (!cursor) break;
+  }
+  return items;
+}
+
+const enc = encodeURIComponent;
+
+// ------------------------------------------------------------------ notices and dialogs
+
+function notify(kind, text) {
+  const box = el('div', { class: `notice notice-${kind}`, role: kind === 'error' ? 'alert' : 'status' });
+  const close = el('button', { type: 'button', class: 'icon', 'aria-label': t('dismiss'), title: t('dismiss'), onclick: () => box.remove() }, '×');
+  box.append(el('p', {}, text), close);
+  $('#notices').append(box);
+  if (kind !== 'error') setTimeout(() => box.remove(), 8000);
+}
+
+function dialog(title, content, buttons, opts) {
+  const headId = uid('dlg');
+  const dlg = el('dialog', { class: `dialog ${(opts && opts.wide) ? 'dialog-wide' : ''}`, 'aria-labelledby': headId });
+  const form = el('form', { method: 'dialog', class: 'form' }, el('h2', { id: headId }, title), content, el('div', { class: 'actions' }, buttons));
+  dlg.append(form);
+  document.body.append(dlg);
+  dlg.addEventListener('close', () => dlg.remove());
+  dlg.showModal();
+  return { dlg, form };
+}
+
+// Resolves true when the user confirms; Escape or Cancel resolve false.
+function confirmDialog(title, message, okLabel) {
+  return new Promise((resolve) => {
+    const { dlg } = dialog(title, el('p', {}, message), [
+      el('button', { type: 'submit', value: 'cancel', class: 'ghost', autofocus: true }, t('cancel')),
+      el('button', { type: 'submit', value: 'ok', class: 'danger' }, okLabel),
+    ]);
+    dlg.addEventListener('close', () => resolve(dlg.returnValue === 'ok'));
+  });
+}
+
+// ------------------------------------------------------------------ forms
+
+function field(label, control, hint) {
+  if (!control.id) control.id = uid('f');
+  let hintNode = null;
+  if (hint) {
+    hintNode = el('p', { class: 'hint', id: uid('h') }, hint);
+    control.setAttribute('aria-describedby', hintNode.id);
+  }
+  return el('div', { class: 'field' }, el('label', { for: control.id }, label), control, hintNode);
+}
+
+function input(props) {
+  return el('input', { type: 'text', autocomplete: 'off', spellcheck: 'false', ...props });
+}
+
+function select(options, props) {
+  return el('select', props || {}, options.map((o) => el('option', { value: o.value }, o.label)));
+}
+
+function checkbox(label, props) {
+  const box = el('input', { type: 'checkbox', ...props });
+  return { box, node: el('label', { class: 'check' }, box, ' ', label) };
+}
+
+function radio(name, value, label, checked) {
+  const r = el('input', { type: 'radio', name, value, checked: !!checked });
+  return { r, node: el('label', { class: 'check' }, r, ' ', label) };
+}
+
+function val(control) {
+  const v = control.value.trim();
+  return v === '' ? undefined : v;
+}
+
+function num(control) {
+  const v = control.value.trim();
+  return v === '' ? undefined : Number(v);
+}
+
+// Drops undefined members, so that optional fields are left out of the request.
+function compact(obj) {
+  const out = {};
+  for (const [k, v] of Object.entries(obj)) if (v !== undefined) out[k] = v;
+  return out;
+}
+
+/**
+ * A form whose submit runs `action` once at a time; its error (message and code) shows
+ * inside the form. `action` returns false to keep the form as it is.
+ */
+function asyncForm(form, action) {
+  const errorBox = el('p', { class: 'form-error', role: 'alert', hidden: true });
+  form.append(errorBox);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    if (form.dataset.busy) return;
+    errorBox.hidden = true;
+    form.dataset.busy = '1';
+    const buttons = form.querySelectorAll('button[type=submit]');
+    buttons.forEach((b) => { b.disabled = true; });
+    try {
+      await action();
+    } catch (e) {
+      errorBox.textContent = errorText(e);
+      errorBox.hidden = false;
+    } finally {
+      delete form.dataset.busy;
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  });
+  return form;
+}
+
+// A collapsible panel holding a create form, built when opened so its choices are fresh.
+function createPanel(frame, label, build) {
+  const slot = el('div', { class: 'panel-slot' });
+  const button = el('button', { type: 'button', class: 'primary', 'aria-expanded': 'false' }, label);
+  const close = () => {
+    slot.replaceChildren();
+    button.setAttribute('aria-expanded', 'false');
+  };
+  button.addEventListener('click', async () => {
+    if (button.getAttribute('aria-expanded') === 'true') {
+      close();
+      return;
+    }
+    button.setAttribute('aria-expanded', 'true');
+    const panel = el('section', { class: 'panel', 'aria-label': label }, el('p', { class: 'loading' }, t('loading')));
+    slot.replaceChildren(panel);
+    try {
+      const content = await build(close);
+      if (!slot.contains(panel)) return;
+      panel.replaceChildren(el('h2', {}, label), content);
+      const first = panel.querySelector('input, select, textarea');
+      if (first) first.focus();
+    } catch (e) {
+      panel.replaceChildren(el('p', { class: 'form-error', role: 'alert' }, errorText(e)));
+    }
+  });
+  frame.tools.prepend(button);
+  frame.root.insertBefore(slot, frame.status);
+  return { close };
+}
+
+function formActions(submitLabel, onCancel) {
+  return el('div', { class: 'actions' },
+    el('button', { type: 'submit', class: 'primary' }, submitLabel),
+    onCancel ? el('button', { type: 'button', class: 'ghost', onclick: onCancel }, t('cancel')) : null);
+}
+
+// ------------------------------------------------------------------ view frame
+
+/**
+ * The common skeleton of a view: heading, intro, toolbar (refresh, auto-refresh note),
+ * a status line for load errors, and `body` for the view's content.
+ */
+function viewFrame(root, title, intro) {
+  const tools = el('div', { class: 'toolbar' });
+  const autoNote = el('span', { class: 'auto-note', hidden: true }, t('auto_refreshing'));
+  tools.append(el('button', { type: 'button', class: 'ghost', onclick: () => refreshView() }, t('refresh')), autoNote);
+  const status = el('div', { class: 'status-slot' });
+  const body = el('div', { class: 'view-body' });
+  const head = el('div', { class: 'view-head' }, el('h1', { tabindex: '-1' }, title), tools);
+  root.append(head, el('p', { class: 'intro' }, intro), status, body);
+  return {
+    root,
+    tools,
+    status,
+    body,
+    setAuto(on) {
+      autoNote.hidden = !on;
+    },
+    showError(err) {
+      status.replaceChildren(el('p', { class: 'form-error', role: 'alert' }, errorText(err)));
+    },
+    clearError() {
+      status.replaceChildren();
+    },
+  };
+}
+
+/** Replaces `slot`'s content, keeping keyboard focus on the same control (by data-fk). */
+function swap(slot, ...nodes) {
+  const active = document.activeElement;
+  const key = active && slot.contains(active) && active.dataset ? active.dataset.fk : undefined;
+  slot.replaceChildren(...nodes.filter((n) => n != null));
+  if (key) {
+    const again = Array.from(slot.querySelectorAll('[data-fk]')).find((e) => e.dataset.fk === key);
+    if (again && !again.disabled) again.focus();
+  }
+}
+
+/**
+ * A table. `columns`: [{ label, cell(row) → node or text, class? }]. On narrow screens the
+ * CSS lays each row out as a card, labelling cells with data-label.
+ */
+function table(columns, rows, caption) {
+  return el('div', { class: 'table-wrap' },
+    el('table', {},
+      caption ? el('caption', { class: 'visually-hidden' }, caption) : null,
+      el('thead', {}, el('tr', {}, columns.map((c) => el('th', { scope: 'col', class: c.class }, c.label)))),
+      el('tbody', {}, rows.map((r) => el('tr', {},
+        columns.map((c) => el('td', { class: c.class, 'data-label': c.label }, c.cell(r))))))));
+}
+
+function empty(text) {
+  return el('p', { class: 'empty' }, text);
+}
+
+function actionButton(label, fk, onclick, opts) {
+  return el('button', {
+    type: 'button',
+    class: `small ${(opts && opts.danger) ? 'danger-outline' : ''}`,
+    disabled: !!(opts && opts.disabled),
+    dataset: { fk },
+    onclick,
+  }, label);
+}
+
+function actionsCell(...buttons) {
+  return el('div', { class: 'row-actions' }, buttons);
+}
+
+async function deleteWith(title, message, path, doneText) {
+  if (!(await confirmDialog(title, message, t('delete')))) return;
+  try {
+    await api('DELETE', path);
+    notify('ok', doneText);
+  } catch (e) {
+    notify('error', errorText(e));
+  }
+  refreshView();
+}
+
+function displayName(item) {
+  return item.name ? `${item.name} (${item.id})` : item.id;
+}
+
+// ------------------------------------------------------------------ instances
+
+const INSTANCE_ACTIONS = () => [
+  { id: 'start', label: t('action_start'), when: ['stopped', 'halted', 'failed'] },
+  { id: 'stop', label: t('action_stop'), when: ['scheduling', 'pending', 'starting', 'running', 'halting', 'halted', 'failed'] },
+  { id: 'halt', label: t('action_halt'), when: ['scheduling', 'pending', 'starting', 'running', 'failed'] },
+  { id: 'poweron', label: t('action_poweron'), when: ['halted', 'failed'] },
+  { id: 'reboot', label: t('action_reboot'), when: ['running'] },
+];
+
+function mountInstances(root) {
+  const frame = viewFrame(root, t('nav_instances'), t('instances_intro'));
+  createPanel(frame, t('instance_create'), (close) => instanceForm(close));
+  const showAll = checkbox(t('show_terminated'), { onchange: () => refreshView() });
+  const list = el('div');
+  const consoleSlot = el('div');
+  frame.body.append(el('div', { class: 'filters' }, showAll.node), list, consoleSlot);
+
+  async function act(inst, action) {
+    try {
+      const r = await api('POST', `/instances/${enc(inst.id)}/${action.id}`);
+      notify('ok', t('action_requested', { action: action.label, name: displayName(inst), job: r.job.id }));
+    } catch (e) {
+      notify('error', errorText(e));
+    }
+    refreshView();
+  }
+
+  async function terminate(inst) {
+    const ok = await confirmDialog(t('confirm_terminate_title'), t('confirm_terminate', { name: displayName(inst) }), t('action_terminate'));
+    if (ok) act(inst, { id: 'terminate', label: t('action_terminate') });
+  }
+
+  return {
+    frame,
+    async refresh(fresh) {
+      const all = await listAll('/instances');
+      if (!fresh()) return false;
+      const items = showAll.box.checked ? all : all.filter((i) => i.state !== 'terminated');
+      const actions = INSTANCE_ACTIONS();
+      const columns = [
+        { label: t('col_id'), cell: (i) => code(i.id) },
+        { label: t('col_name'), cell: (i) => orDash(i.name) },
+        {
+          label: t('col_state'),
+          cell: (i) => [badge(i.state), i.failure_reason ? el('div', { class: 'reason' }, i.failure_reason) : null],
+        },
+        { label: t('col_hypervisor'), cell: (i) => i.hypervisor },
+        { label: t('col_cpus'), cell: (i) => String(i.cpus), class: 'num' },
+        { label: t('col_memory'), cell: (i) => fmtMib(i.memory_mib), class: 'num' },
+        { label: t('col_host'), cell: (i) => code(i.host_node_id) },
+        {
+          label: t('col_ips'),
+          cell: (i) => (i.interfaces.length
+            ? el('ul', { class: 'plain' }, i.interfaces.map((n) => el('li', { title: n.network_id }, n.ip)))
+            : DASH),
+        },
+        {
+          label: t('col_actions'),
+          cell: (i) => actionsCell(
+            actions.map((a) => actionButton(a.label, `${a.id}:${i.id}`, () => act(i, a), { disabled: !a.when.includes(i.state) })),
+            actionButton(t('action_terminate'), `terminate:${i.id}`, () => terminate(i), {
+              danger: true,
+              disabled: i.state === 'terminated' || i.state === 'shuttingdown',
+            }),
+            actionButton(t('console_log'), `console:${i.id}`, () => openConsole(consoleSlot, i)),
+          ),
+        },
+      ];
+      const hidden = all.length - items.length;
+      swap(list,
+        items.length ? table(columns, items, t('nav_instances')) : empty(t('instances_empty')),
+        hidden ? el('p', { class: 'hint' }, t('terminated_hidden', { n: hidden })) : null);
+      return items.some((i) => TRANSITIONAL.has(i.state));
+    },
+  };
+}
+
+async function instanceForm(close) {
+  const [images, networks, groups, keypairs] = await Promise.all([
+    listAll('/images'), listAll('/networks'), listAll('/security_groups'), listAll('/keypairs'),
+  ]);
+  const name = input({ name: 'name', maxlength: '255' });
+  const image = select(images.map((i) => ({ value: i.id, label: `${displayName(i)} — ${i.hypervisors.join(', ')}` })), { required: true });
+  const hypervisor = select([{ value: '', label: t('hypervisor_default') }, ...HYPERVISORS.map((h) => ({ value: h, label: h }))]);
+  const cpus = input({ type: 'number', min: '1', max: '256', step: '1', value: '1', required: true });
+  const memory = input({ type: 'number', min: '1', step: '1', value: '256', required: true });
+  const keypair = select([{ value: '', label: t('none') }, ...keypairs.map((k) => ({ value: k.id, label: displayName(k) }))]);
+  const userData = el('textarea', { rows: '6', class: 'mono', spellcheck: 'false', placeholder: '#cloud-config' });
+
+  // One row per interface: a network and the security groups of that interface.
+  const rows = [];
+  const ifList = el('div', { class: 'if-list' });
+  const addIf = el('button', { type: 'button', class: 'ghost small' }, t('add_interface'));
+  function addRow() {
+    const net = select(networks.map((n) => ({ value: n.id, label: `${displayName(n)} — ${n.cidr}` })), { required: true });
+    const checks = groups.map((g) => ({ id: g.id, ...checkbox(displayName(g)) }));
+    const legend = el('legend', {});
+    const row = el('fieldset', { class: 'if-row' }, legend,
+      field(t('field_network'), net),
+      el('div', { class: 'field' },
+        el('span', { class: 'label' }, t('field_security_groups')),
+        checks.length ? el('div', { class: 'checks' }, checks.map((c) => c.node)) : el('p', { class: 'hint' }, t('no_security_groups'))));
+    const entry = { net, checks, row, legend };
+    const remove = el('button', { type: 'button', class: 'ghost small', onclick: () => {
+      rows.splice(rows.indexOf(entry), 1);
+      row.remove();
+      renumber();
+      addIf.focus();
+    } }, t('remove'));
+    row.append(remove);
+    rows.push(entry);
+    ifList.append(row);
+    renumber();
+  }
+  function renumber() {
+    rows.forEach((r, i) => { r.legend.textContent = t('interface_n', { n: i + 1 }); });
+  }
+  addIf.addEventListener('click', addRow);
+  if (networks.length) addRow();
+  else addIf.disabled = true;
+
+  const form = el('form', { class: 'form' },
+    images.length ? null : el('p', { class: 'form-error' }, t('need_image')),
+    el('div', { class: 'grid' },
+      field(t('field_name'), name, t('hint_optional')),
+      field(t('field_image'), image),
+      field(t('field_hypervisor'), hypervisor),
+      field(t('field_cpus'), cpus),
+      field(t('field_memory_mib'), memory),
+      field(t('field_keypair'), keypair)),
+    el('fieldset', { class: 'group' }, el('legend', {}, t('field_interfaces')),
+      networks.length ? null : el('p', { class: 'hint' }, t('no_networks_hint')),
+      ifList, addIf),
+    field(t('field_user_data'), userData, t('hint_user_data')),
+    formActions(t('launch'), close));
+
+  return asyncForm(form, async () => {
+    const body = compact({
+      name: val(name),
+      image_id: image.value,
+      hypervisor: hypervisor.value || undefined,
+      cpus: num(cpus),
+      memory_mib: num(memory),
+      interfaces: rows.map((r) => ({ network_id: r.net.value, security_groups: r.checks.filter((c) => c.box.checked).map((c) => c.id) })),
+      ssh_key_id: keypair.value || undefined,
+      user_data: userData.value === '' ? undefined : userData.value,
+    });
+    const r = await api('POST', '/instances', body);
+    notify('ok', t('instance_created', { name: displayName(r.resource), job: r.job.id }));
+    close();
+    refreshView();
+  });
+}
+
+function openConsole(slot, inst) {
+  const out = el('pre', { class: 'console', tabindex: '0', 'aria-label': t('console_log') });
+  const status = el('div');
+  const headId = uid('con');
+  async function load() {
+    status.replaceChildren(el('p', { class: 'loading' }, t('loading')));
+    try {
+      const r = await api('GET', `/instances/${enc(inst.id)}/console`);
+      out.textContent = r.output || t('console_empty');
+      status.replaceChildren();
+      out.scrollTop = out.scrollHeight;
+    } catch (e) {
+      status.replaceChildren(el('p', { class: 'form-error', role: 'alert' }, errorText(e)));
+    }
+  }
+  const panel = el('section', { class: 'panel console-panel', 'aria-labelledby': headId },
+    el('div', { class: 'view-head' },
+      el('h2', { id: headId }, t('console_title', { name: displayName(inst) })),
+      el('div', { class: 'toolbar' },
+        el('button', { type: 'button', class: 'ghost', onclick: load }, t('refresh')),
+        el('button', { type: 'button', class: 'ghost', onclick: () => slot.replaceChildren() }, t('close')))),
+    status, out);
+  slot.replaceChildren(panel);
+  panel.scrollIntoView({ block: 'nearest' });
+  load();
+}
+
+// ------------------------------------------------------------------ networks
+
+function mountNetworks(root) {
+  const frame = viewFrame(root, t('nav_networks'), t('networks_intro'));
+  createPanel(frame, t('network_create'), async (close) => {
+    const name = input({ required: true, maxlength: '255' });
+    const cidr = input({ required: true, placeholder: '10.0.0.0/24' });
+    const gateway = input({ placeholder: '10.0.0.1' });
+    const dhcpStart = input({});
+    const dhcpEnd = input({});
+    const form = el('form', { class: 'form' },
+      el('div', { class: 'grid' },
+        field(t('field_name'), name),
+        field(t('field_cidr'), cidr, t('hint_cidr')),
+        field(t('field_gateway'), gateway, t('hint_gateway')),
+        field(t('field_dhcp_start'), dhcpStart, t('hint_optional')),
+        field(t('field_dhcp_end'), dhcpEnd, t('hint_optional'))),
+      formActions(t('create'), close));
+    return asyncForm(form, async () => {
+      const n = await api('POST', '/networks', compact({
+        name: val(name), cidr: val(cidr), gateway: val(gateway), dhcp_start: val(dhcpStart), dhcp_end: val(dhcpEnd),
+      }));
+      notify('ok', t('created', { name: displayName(n) }));
+      close();
+      refreshView();
+    });
+  });
+  const list = el('div');
+  frame.body.append(list);
+  return {
+    frame,
+    async refresh(fresh) {
+      const items = await listAll('/networks');
+      if (!fresh()) return false;
+      const columns = [
+        { label: t('col_id'), cell: (n) => code(n.id) },
+        { label: t('col_name'), cell: (n) => n.name },
+        { label: t('col_cidr'), cell: (n) => n.cidr },
+        { label: t('col_gateway'), cell: (n) => n.gateway },
+        { label: t('col_dhcp_range'), cell: (n) => t('range', { from: n.dhcp_start, to: n.dhcp_end }) },
+        { label: t('col_vni'), cell: (n) => String(n.vni), class: 'num' },
+        { label: t('col_created'), cell: (n) => fmtTime(n.created_at) },
+        {
+          label: t('col_actions'),
+          cell: (n) => actionsCell(actionButton(t('delete'), `del:${n.id}`, () => deleteWith(
+            t('confirm_delete_title'), t('confirm_delete', { name: displayName(n) }),
+            `/networks/${enc(n.id)}`, t('deleted', { name: displayName(n) })), { danger: true })),
+        },
+      ];
+      swap(list, items.length ? table(columns, items, t('nav_networks')) : empty(t('networks_empty')));
+      return false;
+    },
+  };
+}
+
+// ------------------------------------------------------------------ security groups
+
+function portsText(r) {
+  if (r.port_min == null && r.port_max == null) return r.protocol === 'icmp' ? t('all_types') : t('all_ports');
+  if (r.port_max == null || r.port_min === r.port_max) return String(r.port_min == null ? r.port_max : r.port_min);
+  return t('range', { from: r.port_min == null ? 0 : r.port_min, to: r.port_max });
+}
+
+function mountSecurityGroups(root) {
+  const frame = viewFrame(root, t('nav_security_groups'), t('security_groups_intro'));
+  createPanel(frame, t('security_group_create'), async (close) => {
+    const name = input({ required: true, maxlength: '255' });
+    const description = input({ maxlength: '1000' });
+    const form = el('form', { class: 'form' },
+      el('div', { class: 'grid' }, field(t('field_name'), name), field(t('field_description'), description, t('hint_optional'))),
+      el('p', { class: 'hint' }, t('hint_rules_after')),
+      formActions(t('create'), close));
+    return asyncForm(form, async () => {
+      const g = await api('POST', '/security_groups', { name: val(name), description: description.value.trim() });
+      notify('ok', t('created', { name: displayName(g) }));
+      close();
+      refreshView();
+    });
+  });
+  const list = el('div', { class: 'cards' });
+  frame.body.append(list);
+
+  function ruleForm(group, groups) {
+    const direction = select([{ value: 'ingress', label: t('dir_ingress') }, { value: 'egress', label: t('dir_egress') }]);
+    const protocol = select(PROTOCOLS.map((p) => ({ value: p, label: p })), { value: 'tcp' });
+    const portMin = input({ type: 'number', min: '0', max: '65535', placeholder: '22' });
+    const portMax = input({ type: 'number', min: '0', max: '65535' });
+    const name = uid('peer');
+    const byCidr = radio(name, 'cidr', t('peer_cidr'), true);
+    const byGroup = radio(name, 'group', t('peer_group'), false);
+    const cidr = input({ placeholder: '0.0.0.0/0', value: '0.0.0.0/0' });
+    const peerGroup = select(groups.map((g) => ({ value: g.id, label: displayName(g) })), { value: group.id });
+    const cidrField = field(t('field_cidr'), cidr);
+    const groupField = field(t('field_peer_group'), peerGroup);
+    const sync = () => {
+      cidrField.hidden = !byCidr.r.checked;
+      groupField.hidden = byCidr.r.checked;
+    };
+    byCidr.r.addEventListener('change', sync);
+    byGroup.r.addEventListener('change', sync);
+    sync();
+    const form = el('form', { class: 'form' },
+      el('div', { class: 'grid' },
+        field(t('field_direction'), direction),
+        field(t('field_protocol'), protocol),
+        field(t('field_port_min'), portMin, t('hint_ports')),
+        field(t('field_port_max'), portMax, t('hint_port_max'))),
+      el('fieldset', { class: 'group' }, el('legend', {}, t('field_peer')),
+        el('div', { class: 'checks inline' }, byCidr.node, byGroup.node), cidrField, groupField),
+      formActions(t('add_rule')));
+    return asyncForm(form, async () => {
+      const min = num(portMin);
+      const max = num(portMax);
+      const spec = compact({
+        direction: direction.value,
+        protocol: protocol.value,
+        port_min: min,
+        port_max: max === undefined ? min : max,
+        cidr: byCidr.r.checked ? val(cidr) : undefined,
+        group: byCidr.r.checked ? undefined : peerGroup.value,
+      });
+      await api('POST', `/security_groups/${enc(group.id)}/rules`, spec);
+      notify('ok', t('rule_added', { name: displayName(group) }));
+      refreshView();
+    });
+  }
+
+  async function deleteRule(group, rule) {
+    const ok = await confirmDialog(t('confirm_delete_title'), t('confirm_delete_rule', { name: displayName(group) }), t('delete'));
+    if (!ok) return;
+    try {
+      await api('DELETE', `/security_groups/${enc(group.id)}/rules/${enc(rule.id)}`);
+      notify('ok', t('rule_deleted'));
+    } catch (e) {
+      notify('error', errorText(e));
+    }
+    refreshView();
+  }
+
+  return {
+    frame,
+    async refresh(fresh) {
+      const groups = await listAll('/security_groups');
+      if (!fresh()) return false;
+      const names = new Map(groups.map((g) => [g.id, g.name]));
+      const peer = (r) => (r.cidr ? r.cidr : [t('peer_group_short'), ' ', code(r.group), names.get(r.group) ? ` (${names.get(r.group)})` : '']);
+      const ruleColumns = (g) => [
+        { label: t('col_direction'), cell: (r) => (r.direction === 'egress' ? t('dir_egress') : t('dir_ingress')) },
+        { label: t('col_protocol'), cell: (r) => r.protocol },
+        { label: t('col_ports'), cell: portsText },
+        { label: t('col_peer'), cell: peer },
+        { label: t('col_actions'), cell: (r) => actionsCell(actionButton(t('delete'), `delrule:${r.id}`, () => deleteRule(g, r), { danger: true })) },
+      ];
+      const cards = groups.map((g) => {
+        const headId = uid('sg');
+        return el('article', { class: 'card', 'aria-labelledby': headId },
+          el('div', { class: 'card-head' },
+            el('h2', { id: headId }, g.name, ' ', code(g.id)),
+            actionsCell(actionButton(t('delete'), `del:${g.id}`, () => deleteWith(
+              t('confirm_delete_title'), t('confirm_delete', { name: displayName(g) }),
+              `/security_groups/${enc(g.id)}`, t('deleted', { name: displayName(g) })), { danger: true }))),
+          g.description ? el('p', { class: 'intro' }, g.description) : null,
+          g.rules.length ? table(ruleColumns(g), g.rules, t('rules_of', { name: g.name })) : empty(t('rules_empty')),
+          el('details', { class: 'add-rule' }, el('summary', {}, t('add_rule')), ruleForm(g, groups)));
+      });
+      swap(list, ...(groups.length ? cards : [empty(t('security_groups_empty'))]));
+      return false;
+    },
+  };
+}
+
+// ------------------------------------------------------------------ key pairs
+
+function safeFileName(name) {
+  const s = String(name).replace(/[^A-Za-z0-9._-]+/g, '_').replace(/^[._]+/, '');
+  return s || 'vdc-key';
+}
+
+function showPrivateKey(keypair, privateKey) {
+  const text = el('textarea', { class: 'mono', rows: '10', readonly: true, spellcheck: 'false', 'aria-label': t('private_key') });
+  text.value = privateKey;
+  const fileName = `${safeFileName(keypair.name)}.pem`;
+  const download = el('button', { type: 'button', class: 'primary', onclick: () => {
+    const url = URL.createObjectURL(new Blob([privateKey.endsWith('\n') ? privateKey : `${privateKey}\n`], { type: 'application/x-pem-file' }));
+    const a = el('a', { href: url, download: fileName });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } }, t('download_key', { file: fileName }));
+  const copy = el('button', { type: 'button', class: 'ghost', onclick: async () => {
+    try {
+      await navigator.clipboard.writeText(privateKey);
+      notify('ok', t('copied'));
+    } catch (_) {
+      text.select(); // no clipboard access (e.g. plain http): let the user copy it
+    }
+  } }, t('copy'));
+  const { dlg } = dialog(t('private_key_title', { name: keypair.name }), [
+    el('p', { class: 'warning', role: 'note' }, t('private_key_warning')),
+    el('p', { class: 'hint' }, t('private_key_usage', { file: fileName })),
+    text,
+    el('div', { class: 'actions' }, download, copy),
+  ], [el('button', { type: 'submit', value: 'done', class: 'ghost' }, t('private_key_saved'))], { wide: true });
+  // Escape must not throw the key away unseen: only the explicit button closes.
+  dlg.addEventListener('cancel', (e) => e.preventDefault());
+  // Do not keep the key in the page once the dialog is gone.
+  dlg.addEventListener('close', () => { text.value = ''; });
+}
+
+function mountKeyPairs(root) {
+  const frame = viewFrame(root, t('nav_keypairs'), t('keypairs_intro'));
+  createPanel(frame, t('keypair_create'), async (close) => {
+    const name = input({ required: true, maxlength: '255' });
+    const mode = uid('mode');
+    const gen = radio(mode, 'generate', t('keypair_generate'), true);
+    const imp = radio(mode, 'import', t('keypair_import'), false);
+    const pub = el('textarea', { rows: '4', class: 'mono', spellcheck: 'false', placeholder: 'ssh-ed25519 AAAA… user@host' });
+    const pubField = field(t('field_public_key'), pub, t('hint_public_key'));
+    const sync = () => {
+      pubField.hidden = !imp.r.checked;
+      pub.required = imp.r.checked;
+    };
+    gen.r.addEventListener('change', sync);
+    imp.r.addEventListener('change', sync);
+    sync();
+    const form = el('form', { class: 'form' },
+      field(t('field_name'), name),
+      el('fieldset', { class: 'group' }, el('legend', {}, t('field_key_source')), el('div', { class: 'checks' }, gen.node, imp.node), pubField),
+      formActions(t('create'), close));
+    return asyncForm(form, async () => {
+      const body = { name: val(name) };
+      if (imp.r.checked) body.public_key = pub.value.trim();
+      const r = await api('POST', '/keypairs', body);
+      notify('ok', t('created', { name: displayName(r.keypair) }));
+      close();
+      refreshView();
+      if (r.private_key) showPrivateKey(r.keypair, r.private_key);
+    });
+  });
+  const list = el('div');
+  frame.body.append(list);
+  return {
+    frame,
+    async refresh(fresh) {
+      const items = await listAll('/keypairs');
+      if (!fresh()) return false;
+      const columns = [
+        { label: t('col_id'), cell: (k) => code(k.id) },
+        { label: t('col_name'), cell: (k) => k.name },
+        { label: t('col_fingerprint'), cell: (k) => code(k.fingerprint) },
+        { label: t('col_created'), cell: (k) => fmtTime(k.created_at) },
+        {
+          label: t('col_actions'),
+          cell: (k) => actionsCell(actionButton(t('delete'), `del:${k.id}`, () => deleteWith(
+            t('confirm_delete_title'), t('confirm_delete', { name: displayName(k) }),
+            `/keypairs/${enc(k.id)}`, t('deleted', { name: displayName(k) })), { danger: true })),
+        },
+      ];
+      swap(list, items.length ? table(columns, items, t('nav_keypairs')) : empty(t('keypairs_empty')));
+      return false;
+    },
+  };
+}
+
+// ------------------------------------------------------------------ images
+
+function mountImages(root) {
+  const frame = viewFrame(root, t('nav_images'), t('images_intro'));
+  createPanel(frame, t('image_register'), async (close) => {
+    const name = input({ required: true, maxlength: '255' });
+    const format = select(IMAGE_FORMATS.map((f) => ({ value: f, label: f })), { value: 'qcow2' });
+    const arch = select(ARCHES.map((a) => ({ value: a, label: a })));
+    const hvs = HYPERVISORS.map((h) => ({ h, ...checkbox(h, { checked: h === 'kvm' }) }));
+    const source = input({ required: true, placeholder: 'https://… / file:///… / builtin:NAME' });
+    const checksum = input({ placeholder: 'sha256:…', pattern: 'sha256:[0-9a-fA-F]{64}' });
+    const initrd = input({});
+    const cmdline = input({ placeholder: 'console=ttyS0' });
+    const pub = checkbox(t('field_public'));
+    const form = el('form', { class: 'form' },
+      el('div', { class: 'grid' },
+        field(t('field_name'), name),
+        field(t('field_format'), format),
+        field(t('field_arch'), arch)),
+      el('fieldset', { class: 'group' }, el('legend', {}, t('field_hypervisors')), el('div', { class: 'checks inline' }, hvs.map((x) => x.node))),
+      field(t('field_source'), source, t('hint_source')),
+      el('div', { class: 'grid' },
+        field(t('field_checksum'), checksum, t('hint_checksum')),
+        field(t('field_initrd'), initrd, t('hint_kernel_only')),
+        field(t('field_kernel_cmdline'), cmdline, t('hint_kernel_only'))),
+      el('div', { class: 'field' }, pub.node, el('p', { class: 'hint' }, t('hint_public'))),
+      formActions(t('register'), close));
+    return asyncForm(form, async () => {
+      const hypervisors = hvs.filter((x) => x.box.checked).map((x) => x.h);
+      if (!hypervisors.length) throw new Error(t('need_hypervisor'));
+      const img = await api('POST', '/images', compact({
+        name: val(name),
+        format: format.value,
+        arch: arch.value,
+        hypervisors,
+        source: val(source),
+        checksum: val(checksum),
+        initrd: val(initrd),
+        kernel_cmdline: val(cmdline),
+        public: pub.box.checked,
+      }));
+      notify('ok', t('created', { name: displayName(img) }));
+      close();
+      refreshView();
+    });
+  });
+  const list = el('div');
+  frame.body.append(list);
+  return {
+    frame,
+    async refresh(fresh) {
+      const items = await listAll('/images');
+      if (!fresh()) return false;
+      const columns = [
+        { label: t('col_id'), cell: (i) => code(i.id) },
+        { label: t('col_name'), cell: (i) => i.name },
+        { label: t('col_format'), cell: (i) => i.format },
+        { label: t('col_arch'), cell: (i) => i.arch },
+        { label: t('col_hypervisors'), cell: (i) => i.hypervisors.join(', ') },
+        { label: t('col_source'), cell: (i) => el('span', { class: 'wrap' }, i.source) },
+        { label: t('col_public'), cell: (i) => (i.public ? t('yes') : t('no')) },
+        { label: t('col_created'), cell: (i) => fmtTime(i.created_at) },
+        {
+          label: t('col_actions'),
+          cell: (i) => actionsCell(actionButton(t('delete'), `del:${i.id}`, () => deleteWith(
+            t('confirm_delete_title'), t('confirm_delete', { name: displayName(i) }),
+            `/images/${enc(i.id)}`, t('deleted', { name: displayName(i) })), { danger: true })),
+        },
+      ];
+      swap(list, items.length ? table(columns, items, t('nav_images')) : empty(t('images_empty')));
+      return false;
+    },
+  };
+}
+
+// ------------------------------------------------------------------ volumes and snapshots
+
+// Runs one volume or snapshot request; `done(jobId)` is the success notice.
+async function volumeRequest(method, path, done) {
+  try {
+    const r = await api(method, path);
+    notify('ok', done(r.job.id));
+  } catch (e) {
+    notify('error', errorText(e));
+  }
+  refreshView();
+}
+
+async function attachDialog(vol) {
+  let instances;
+  try {
+    instances = (await listAll('/instances')).filter((i) => !['terminated', 'shuttingdown', 'failed'].includes(i.state));
+  } catch (e) {
+    notify('error', errorText(e));
+    return;
+  }
+  if (!instances.length) {
+    notify('error', t('no_instances_to_attach'));
+    return;
+  }
+  const target = select(instances.map((i) => ({ value: i.id, label: `${displayName(i)} — ${stateLabel(i.state)}` })), { required: true });
+  const { dlg, form } = dialog(t('attach_title', { name: displayName(vol) }), field(t('field_instance'), target), [
+    el('button', { type: 'submit', class: 'primary' }, t('action_attach')),
+    el('button', { type: 'button', class: 'ghost', onclick: () => dlg.close() }, t('cancel')),
+  ]);
+  form.method = 'post'; // submit is handled here, not by the dialog
+  asyncForm(form, async () => {
+    const r = await api('POST', `/volumes/${enc(vol.id)}/attach`, { instance_id: target.value });
+    notify('ok', t('attach_requested', { name: displayName(vol), job: r.job.id }));
+    dlg.close();
+    refreshView();
+  });
+}
+
+function snapshotDialog(vol) {
+  const name = input({ required: true, maxlength: '255', value: `${vol.name}-snap` });
+  const { dlg, form } = dialog(t('snapshot_from_title', { name: displayName(vol) }), field(t('field_name'), name), [
+    el('button', { type: 'submit', class: 'primary' }, t('create')),
+    el('button', { type: 'button', class: 'ghost', onclick: () => dlg.close() }, t('cancel')),
+  ]);
+  form.method = 'post';
+  asyncForm(form, async () => {
+    const r = await api('POST', '/snapshots', { volume_id: vol.id, name: val(name) });
+    notify('ok', t('snapshot_requested', { name: displayName(r.resource), job: r.job.id }));
+    dlg.close();
+    refreshView();
+  });
+}
+
+function mountVolumes(root) {
+  const frame = viewFrame(root, t('nav_volumes_snapshots'), t('volumes_intro'));
+  createPanel(frame, t('volume_create'), async (close) => {
+    const snapshots = (await listAll('/snapshots')).filter((s) => s.state === 'available');
+    const name = input({ required: true, maxlength: '255' });
+    const src = uid('src');
+    const blank = radio(src, 'blank', t('volume_blank'), true);
+    const fromSnap = radio(src, 'snapshot', t('volume_from_snapshot'), false);
+    const size = input({ type: 'number', min: '1', step: '1', value: '1024' });
+    const snap = select(snapshots.map((s) => ({ value: s.id, label: `${displayName(s)} — ${fmtMib(s.size_mib)}` })));
+    const snapField = field(t('field_snapshot'), snap);
+    const sizeField = field(t('field_size_mib'), size);
+    const sizeHint = el('p', { class: 'hint' }, t('hint_size_from_snapshot'));
+    fromSnap.r.disabled = !snapshots.length;
+    const sync = () => {
+      const copy = fromSnap.r.checked;
+      snapField.hidden = !copy;
+      sizeHint.hidden = !copy;
+      size.required = !copy;
+      // A copy defaults to the snapshot's size: do not send the blank volume's default.
+      if (copy && size.value === '1024') size.value = '';
+      if (!copy && size.value === '') size.value = '1024';
+    };
+    blank.r.addEventListener('change', sync);
+    fromSnap.r.addEventListener('change', sync);
+    sync();
+    const form = el('form', { class: 'form' },
+      field(t('field_name'), name),
+      el('fieldset', { class: 'group' }, el('legend', {}, t('field_volume_source')),
+        el('div', { class: 'checks' }, blank.node, fromSnap.node),
+        snapshots.length ? null : el('p', { class: 'hint' }, t('no_snapshots')),
+        snapField, sizeField, sizeHint),
+      formActions(t('create'), close));
+    return asyncForm(form, async () => {
+      const body = compact({
+        name: val(name),
+        size_mib: num(size),
+        snapshot_id: fromSnap.r.checked ? snap.value : undefined,
+      });
+      const r = await api('POST', '/volumes', body);
+      notify('ok', t('volume_requested', { name: displayName(r.resource), job: r.job.id }));
+      close();
+      refreshView();
+    });
+  });
+
+  const volList = el('div');
+  const snapList = el('div');
+  const snapHeadId = uid('snaps');
+  frame.body.append(volList,
+    el('section', { class: 'subsection', 'aria-labelledby': snapHeadId },
+      el('h2', { id: snapHeadId }, t('nav_snapshots')),
+      el('p', { class: 'intro' }, t('snapshots_intro')),
+      snapList));
+
+  return {
+    frame,
+    async refresh(fresh) {
+      const [volumes, snapshots, instances] = await Promise.all([
+        listAll('/volumes'),
+        listAll('/snapshots'),
+        listAll('/instances').catch(() => []), // only for names: never fail the view on it
+      ]);
+      if (!fresh()) return false;
+      const shownVolumes = volumes.filter((v) => v.state !== 'deleted');
+      const shownSnaps = snapshots.filter((s) => s.state !== 'deleted');
+      const instName = new Map(instances.map((i) => [i.id, i.name]));
+      const instCell = (id) => (id ? [code(id), instName.get(id) ? ` (${instName.get(id)})` : ''] : DASH);
+      const volColumns = [
+        { label: t('col_id'), cell: (v) => code(v.id) },
+        { label: t('col_name'), cell: (v) => v.name },
+        { label: t('col_size'), cell: (v) => fmtMib(v.size_mib), class: 'num' },
+        { label: t('col_state'), cell: (v) => [badge(v.state), v.failure_reason ? el('div', { class: 'reason' }, v.failure_reason) : null] },
+        { label: t('col_instance'), cell: (v) => instCell(v.instance_id) },
+        { label: t('col_storage_node'), cell: (v) => code(v.storage_node_id) },
+        { label: t('col_snapshot'), cell: (v) => code(v.snapshot_id) },
+        { label: t('col_created'), cell: (v) => fmtTime(v.created_at) },
+        {
+          label: t('col_actions'),
+          cell: (v) => actionsCell(
+            actionButton(t('action_attach'), `attach:${v.id}`, () => attachDialog(v), { disabled: v.state !== 'available' }),
+            actionButton(t('action_detach'), `detach:${v.id}`, async () => {
+              const ok = await confirmDialog(t('confirm_detach_title'), t('confirm_detach', { name: displayName(v), instance: v.instance_id || DASH }), t('action_detach'));
+              if (ok) volumeRequest('POST', `/volumes/${enc(v.id)}/detach`, (job) => t('detach_requested', { name: displayName(v), job }));
+            }, { disabled: v.state !== 'attached' }),
+            actionButton(t('action_snapshot'), `snap:${v.id}`, () => snapshotDialog(v), { disabled: !['available', 'attached'].includes(v.state) }),
+            actionButton(t('delete'), `del:${v.id}`, async () => {
+              const ok = await confirmDialog(t('confirm_delete_title'), t('confirm_delete', { name: displayName(v) }), t('delete'));
+              if (ok) volumeRequest('DELETE', `/volumes/${enc(v.id)}`, (job) => t('delete_requested', { name: displayName(v), job }));
+            }, { danger: true, disabled: !['available', 'failed'].includes(v.state) }),
+          ),
+        },
+      ];
+      const volName = new Map(volumes.map((v) => [v.id, v.name]));
+      const snapColumns = [
+        { label: t('col_id'), cell: (s) => code(s.id) },
+        { label: t('col_name'), cell: (s) => s.name },
+        { label: t('col_volume'), cell: (s) => [code(s.volume_id), volName.get(s.volume_id) ? ` (${volName.get(s.volume_id)})` : ''] },
+        { label: t('col_size'), cell: (s) => fmtMib(s.size_mib), class: 'num' },
+        { label: t('col_state'), cell: (s) => badge(s.state) },
+        { label: t('col_storage_node'), cell: (s) => code(s.storage_node_id) },
+        { label: t('col_created'), cell: (s) => fmtTime(s.created_at) },
+        {
+          label: t('col_actions'),
+          cell: (s) => actionsCell(actionButton(t('delete'), `del:${s.id}`, async () => {
+            const ok = await confirmDialog(t('confirm_delete_title'), t('confirm_delete', { name: displayName(s) }), t('delete'));
+            if (ok) volumeRequest('DELETE', `/snapshots/${enc(s.id)}`, (job) => t('delete_requested', { name: displayName(s), job }));
+          }, { danger: true, disabled: !['available', 'failed'].includes(s.state) })),
+        },
+      ];
+      swap(volList, shownVolumes.length ? table(volColumns, shownVolumes, t('nav_volumes')) : empty(t('volumes_empty')));
+      swap(snapList, shownSnaps.length ? table(snapColumns, shownSnaps, t('nav_snapshots')) : empty(t('snapshots_empty')));
+      return shownVolumes.some((v) => TRANSITIONAL.has(v.state)) || shownSnaps.some((s) => TRANSITIONAL.has(s.state));
+    },
+  };
+}
+
+// ------------------------------------------------------------------ jobs
+
+function mountJobs(root) {
+  const frame = viewFrame(root, t('nav_jobs'), t('jobs_intro'));
+  const list = el('div');
+  frame.body.append(list);
+  return {
+    frame,
+    async refresh(fresh) {
+      const all = await listAll('/jobs');
+      if (!fresh()) return false;
+      // IDs start with their creation time in a sortable form: descending ID is newest first.
+      all.sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+      const items = all.slice(0, JOBS_SHOWN);
+      const columns = [
+        { label: t('col_id'), cell: (j) => code(j.id) },
+        { label: t('col_action'), cell: (j) => j.action },
+        { label: t('col_resource'), cell: (j) => code(j.resource_id) },
+        { label: t('col_state'), cell: (j) => badge(j.state, j.state === 'running') },
+        { label: t('col_message'), cell: (j) => el('span', { class: 'wrap' }, orDash(j.message)) },
+        { label: t('col_created'), cell: (j) => fmtTime(j.created_at) },
+        { label: t('col_finished'), cell: (j) => fmtTime(j.finished_at) },
+      ];
+      swap(list,
+        items.length ? table(columns, items, t('nav_jobs')) : empty(t('jobs_empty')),
+        all.length > items.length ? el('p', { class: 'hint' }, t('jobs_truncated', { n: items.length, total: all.length })) : null);
+      return items.some((j) => j.state === 'running');
+    },
+  };
+}
+
+// ------------------------------------------------------------------ hosts (admin)
+
+function mountHosts(root) {
+  const frame = viewFrame(root, t('nav_hosts'), t('hosts_intro'));
+  const hostHead = uid('hn');
+  const storHead = uid('sn');
+  const hostList = el('div');
+  const storList = el('div');
+  frame.body.append(
+    el('section', { class: 'subsection', 'aria-labelledby': hostHead }, el('h2', { id: hostHead }, t('host_nodes')), hostList),
+    el('section', { class: 'subsection', 'aria-labelledby': storHead }, el('h2', { id: storHead }, t('storage_nodes')), storList));
+  return {
+    frame,
+    async refresh(fresh) {
+      let hosts;
+      let storage;
+      try {
+        [hosts, storage] = await Promise.all([listAll('/host_nodes'), listAll('/storage_nodes')]);
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 403) {
+          if (fresh()) frame.body.replaceChildren(el('p', { class: 'note', role: 'note' }, t('admin_only')));
+          return false;
+        }
+        throw e;
+      }
+      if (!fresh()) return false;
+      const hostColumns = [
+        { label: t('col_id'), cell: (h) => code(h.id) },
+        { label: t('col_state'), cell: (h) => badge(h.state) },
+        { label: t('col_hypervisors'), cell: (h) => h.hypervisors.join(', ') },
+        { label: t('col_cpus'), cell: (h) => fmtUsage(h.cpus_used, h.cpus, String) },
+        { label: t('col_memory'), cell: (h) => fmtUsage(h.memory_used_mib, h.memory_mib, fmtMib) },
+        { label: t('col_capabilities'), cell: (h) => el('code', { class: 'wrap' }, JSON.stringify(h.capabilities)) },
+        { label: t('col_last_seen'), cell: (h) => fmtTime(h.last_seen) },
+      ];
+      const storColumns = [
+        { label: t('col_id'), cell: (s) => code(s.id) },
+        { label: t('col_state'), cell: (s) => badge(s.state) },
+        { label: t('col_backend'), cell: (s) => s.backend },
+        { label: t('col_usage'), cell: (s) => fmtUsage(s.used_mib, s.capacity_mib, fmtMib) },
+        { label: t('col_last_seen'), cell: (s) => fmtTime(s.last_seen) },
+      ];
+      swap(hostList, hosts.length ? table(hostColumns, hosts, t('host_nodes')) : empty(t('host_nodes_empty')));
+      swap(storList, storage.length ? table(storColumns, storage, t('storage_nodes')) : empty(t('storage_nodes_empty')));
+      return false;
+    },
+  };
+}
+
+// ------------------------------------------------------------------ navigation
+
+const VIEWS = [
+  { id: 'instances', label: () => t('nav_instances'), mount: mountInstances },
+  { id: 'networks', label: () => t('nav_networks'), mount: mountNetworks },
+  { id: 'security-groups', label: () => t('nav_security_groups'), mount: mountSecurityGroups },
+  { id: 'keypairs', label: () => t('nav_keypairs'), mount: mountKeyPairs },
+  { id: 'images', label: () => t('nav_images'), mount: mountImages },
+  { id: 'volumes', label: () => t('nav_volumes'), mount: mountVolumes },
+  { id: 'jobs', label: () => t('nav_jobs'), mount: mountJobs },
+  { id: 'hosts', label: () => t('nav_hosts'), mount: mountHosts },
+];
+
+function renderTabs() {
+  const nav = $('#tabs');
+  nav.hidden = false;
+  nav.replaceChildren(el('ul', {}, VIEWS.map((v) => el('li', {},
+    el('a', { href: `#${v.id}`, 'aria-current': v.id === app.view ? 'page' : null }, v.label())))));
+}
+
+function stopAuto() {
+  clearTimeout(app.timer);
+  app.timer = 0;
+  app.refreshWhenVisible = false;
+}
+
+function showView(id) {
+  const spec = VIEWS.find((v) => v.id === id) || VIEWS[0];
+  stopAuto();
+  app.gen += 1;
+  app.view = spec.id;
+  renderTabs();
+  const root = $('#view');
+  root.replaceChildren();
+  root.hidden = false;
+  app.ctl = spec.mount(root);
+  document.title = `${spec.label()} — ${t('app_title')}`;
+  refreshView();
+}
+
+async function refreshView() {
+  const ctl = app.ctl;
+  if (!ctl || !app.token) return;
+  stopAuto();
+  app.seq += 1;
+  const gen = app.gen;
+  const seq = app.seq;
+  const fresh = () => gen === app.gen && seq === app.seq;
+  let busy = false;
+  try {
+    busy = await ctl.refresh(fresh);
+    if (fresh()) ctl.frame.clearError();
+  } catch (e) {
+    if (!fresh()) return;
+    if (e instanceof ApiError && e.status === 401) return; // already signed out
+    ctl.frame.showError(e);
+  }
+  if (!fresh()) return;
+  ctl.frame.setAuto(busy);
+  if (busy) {
+    app.timer = setTimeout(() => {
+      if (document.hidden) app.refreshWhenVisible = true;
+      else refreshView();
+    }, REFRESH_MS);
+  }
+}
+
+function route() {
+  if (!app.token) return;
+  const id = decodeURIComponent(location.hash.replace(/^#/, ''));
+  const known = VIEWS.some((v) => v.id === id);
+  if (!known) history.replaceState(null, '', `#${VIEWS[0].id}`);
+  showView(known ? id : VIEWS[0].id);
+}
+
+// ------------------------------------------------------------------ sign-in
+
+function showServerVersion() {
+  const box = $('#server-version');
+  box.textContent = app.token && app.info
+    ? t('server_version', { version: app.info.server_version, api: app.info.api_version })
+    : '';
+}
+
+function showSignIn(message) {
+  stopAuto();
+  app.gen += 1;
+  app.ctl = null;
+  app.view = null;
+  $('#view').hidden = true;
+  $('#view').replaceChildren();
+  $('#tabs').hidden = true;
+  $('#sign-out').hidden = true;
+  $('#signin').hidden = false;
+  const err = $('#signin-error');
+  err.textContent = message || '';
+  err.hidden = !message;
+  document.title = t('app_title');
+  showServerVersion();
+  $('#token-input').focus();
+}
+
+async function enterConsole() {
+  $('#signin').hidden = true;
+  $('#sign-out').hidden = false;
+  route();
+  try {
+    app.info = await api('GET', '');
+    showServerVersion();
+  } catch (_) {
+    /* a 401 signs out in api(); other errors show in the view itself */
+  }
+}
+
+async function onSignIn(ev) {
+  ev.preventDefault();
+  const inputBox = $('#token-input');
+  const token = inputBox.value.trim();
+  const err = $('#signin-error');
+  if (!token) {
+    err.textContent = t('signin_empty');
+    err.hidden = false;
+    inputBox.focus();
+    return;
+  }
+  const button = ev.target.querySelector('button[type=submit]');
+  button.disabled = true;
+  try {
+    app.info = await api('GET', '', undefined, token);
+    app.token = token;
+    storageSet(LS_TOKEN, token);
+    inputBox.value = '';
+    err.hidden = true;
+    if (!location.hash) history.replaceState(null, '', `#${VIEWS[0].id}`);
+    $('#signin').hidden = true;
+    $('#sign-out').hidden = false;
+    showServerVersion();
+    route();
+    $('#main').focus();
+  } catch (e) {
+    err.textContent = e instanceof ApiError && e.status === 401 ? t('signin_rejected', { message: e.message }) : errorText(e);
+    err.hidden = false;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function signOut(message) {
+  app.token = '';
+  app.info = null;
+  storageSet(LS_TOKEN, null);
+  for (const d of document.querySelectorAll('dialog')) d.close();
+  showSignIn(message);
+}
+
+// ------------------------------------------------------------------ start
+
+function boot() {
+  app.lang = initialLang();
+  applyStaticText();
+  document.title = t('app_title');
+  $('#lang-select').addEventListener('change', (e) => setLang(e.target.value));
+  $('#signin-form').addEventListener('submit', onSignIn);
+  $('#sign-out').addEventListener('click', () => signOut());
+  window.addEventListener('hashchange', route);
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden && app.refreshWhenVisible) refreshView();
+  });
+  const saved = storageGet(LS_TOKEN);
+  if (saved) {
+    app.token = saved;
+    enterConsole();
+  } else {
+    showSignIn();
+  }
+}
+
+boot();
