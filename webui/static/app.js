@@ -255,7 +255,7 @@ function notify(kind, text) {
   const close = el('button', { type: 'button', class: 'icon', 'aria-label': t('dismiss'), title: t('dismiss'), onclick: () => box.remove() }, '×');
   box.append(el('p', {}, text), close);
   $('#notices').append(box);
-  if (kind !== 'error') setTimeout(() => box.remove(), 8000);
+  if (kind !== 'error') setTimeout(() => box.remove(), 6000);
 }
 
 function dialog(title, content, buttons, opts) {
@@ -443,7 +443,8 @@ function table(columns, rows, caption) {
       caption ? el('caption', { class: 'visually-hidden' }, caption) : null,
       el('thead', {}, el('tr', {}, columns.map((c) => el('th', { scope: 'col', class: c.class }, c.label)))),
       el('tbody', {}, rows.map((r) => el('tr', {},
-        columns.map((c) => el('td', { class: c.class, 'data-label': c.label }, c.cell(r))))))));
+        // One wrapper per cell keeps its content together in the narrow, card layout.
+        columns.map((c) => el('td', { class: c.class, 'data-label': c.label }, el('div', {}, c.cell(r)))))))));
 }
 
 function empty(text) {
@@ -746,7 +747,7 @@ function mountSecurityGroups(root) {
   function ruleForm(group, groups) {
     const direction = select([{ value: 'ingress', label: t('dir_ingress') }, { value: 'egress', label: t('dir_egress') }]);
     const protocol = select(PROTOCOLS.map((p) => ({ value: p, label: p })), { value: 'tcp' });
-    const portMin = input({ type: 'number', min: '0', max: '65535', placeholder: '22' });
+    const portMin = input({ type: 'number', min: '0', max: '65535' });
     const portMax = input({ type: 'number', min: '0', max: '65535' });
     const name = uid('peer');
     const byCidr = radio(name, 'cidr', t('peer_cidr'), true);
@@ -1392,7 +1393,7 @@ async function onSignIn(ev) {
     route();
     $('#main').focus();
   } catch (e) {
-    err.textContent = e instanceof ApiError && e.status === 401 ? t('signin_rejected', { message: e.message }) : errorText(e);
+    err.textContent = e instanceof ApiError && e.status === 401 ? t('signin_rejected', { message: errorText(e) }) : errorText(e);
     err.hidden = false;
   } finally {
     button.disabled = false;
@@ -1404,6 +1405,7 @@ function signOut(message) {
   app.info = null;
   storageSet(LS_TOKEN, null);
   for (const d of document.querySelectorAll('dialog')) d.close();
+  $('#notices').replaceChildren(); // they may name the previous account's resources
   showSignIn(message);
 }
 
