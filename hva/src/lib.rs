@@ -1,8 +1,10 @@
 //! hva, the hypervisor agent: runs instances on one host and reports their states.
 //!
-//! Drivers implement `vdc_schema::agent::Hypervisor`. This crate has the simulated
-//! driver ([`sim`]); the libvirt drivers (kvm, qemu, lxc) plug in behind the same trait.
+//! Drivers implement `vdc_schema::agent::Hypervisor`: [`libvirt`] runs real guests (kvm,
+//! qemu TCG, lxc; the image's hypervisor kind picks which), [`sim`] simulates them for
+//! scale tests of dcmgr.
 
+pub mod libvirt;
 pub mod sim;
 
 use std::path::PathBuf;
@@ -25,7 +27,10 @@ pub struct HvaOptions {
 }
 
 /// Starts an hva with the simulated driver on `bus`.
-pub async fn start_sim(bus: Arc<dyn Transport>, o: HvaOptions) -> anyhow::Result<(AgentHandle, Arc<sim::SimHypervisor>)> {
+pub async fn start_sim(
+    bus: Arc<dyn Transport>,
+    o: HvaOptions,
+) -> anyhow::Result<(AgentHandle, Arc<sim::SimHypervisor>)> {
     let journal = o.data_dir.as_ref().map(|d| d.join("journal.jsonl"));
     let sink = ReportSink::open(journal.as_deref())?;
     let state_file = o.data_dir.as_ref().map(|d| d.join("sim-instances.json"));
@@ -44,4 +49,78 @@ pub async fn start_sim(bus: Arc<dyn Transport>, o: HvaOptions) -> anyhow::Result
     };
     let handle = agent::start(bus, cfg, sink, Arc::new(HypervisorHandler(driver.clone()))).await?;
     Ok((handle, driver))
+}
+
+/// What the host offers, probed once at start.
+pub struct Detected {
+    pub hypervisors: Vec<HypervisorKind>,
+    pub capabilities: serde_json::Value,
+}
+
+/// Probes libvirt's qemu and lxc drivers and whether KVM really runs guests (blocking).
+pub fn detect(cfg: &libvirt::LibvirtConfig, kvm_probe_timeout: std::time::Duration) -> Detected {
+    let qemu = virt::connect::Connect::open(Some(&cfg.qemu_uri)).map(|_| ()).map_err(|e| e.to_string());
+    let lxc = virt::connect::Connect::open(Some(&cfg.lxc_uri)).map(|_| ()).map_err(|e| e.to_string());
+    let (kvm_ok, kvm_why) = libvirt::probe::kvm_usable(cfg.builtin_images.as_deref(), kvm_probe_timeout);
+    let mut hypervisors = vec![];
+    if qemu.is_ok() {
+        if kvm_ok {
+            hypervisors.push(HypervisorKind::Kvm);
+        }
+        hypervisors.push(HypervisorKind::Qemu);
+    }
+    if lxc.is_ok() {
+        hypervisors.push(HypervisorKind::Lxc);
+    }
+    let capabilities = serde_json::json!({
+        "driver": "libvirt",
+        "kvm_usable": kvm_ok,
+        "kvm_probe": kvm_why,
+        "qemu": qemu.as_ref().map(|_| "ok".to_owned()).unwrap_or_else(|e| e.clone()),
+        "lxc": lxc.as_ref().map(|_| "ok".to_owned()).unwrap_or_else(|e| e.clone()),
+    });
+    Detected { hypervisors, capabilities }
+}
+
+/// Starts an hva with the libvirt driver on `bus`; `detected` comes from [`detect`].
+pub async fn start_libvirt(
+    bus: Arc<dyn Transport>,
+    o: HvaOptions,
+    cfg: libvirt::LibvirtConfig,
+    detected: Detected,
+) -> anyhow::Result<(AgentHandle, Arc<libvirt::LibvirtHypervisor>)> {
+    if detected.hypervisors.is_empty() {
+        anyhow::bail!("libvirt offers no usable hypervisor here: {}", detected.capabilities);
+    }
+    let journal = o.data_dir.as_ref().map(|d| d.join("journal.jsonl"));
+    let sink = ReportSink::open(journal.as_deref())?;
+    let driver = Arc::new(libvirt::LibvirtHypervisor::new(cfg, sink.clone()));
+    let agent_cfg = AgentConfig {
+        node_id: o.node_id.clone(),
+        kind: AgentKind::Hva,
+        host: Some(HostInfo {
+            cpus: o.cpus,
+            memory_mib: o.memory_mib,
+            hypervisors: detected.hypervisors,
+            capabilities: detected.capabilities,
+        }),
+        storage: None,
+        journal,
+    };
+    let handle = agent::start(bus, agent_cfg, sink, Arc::new(HypervisorHandler(driver.clone()))).await?;
+    Ok((handle, driver))
+}
+
+/// This machine's CPUs and memory (MiB).
+pub fn host_capacity() -> (u32, u64) {
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        })
+        .unwrap_or(4 << 20);
+    (cpus, mem_kib / 1024)
 }

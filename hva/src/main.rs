@@ -7,6 +7,8 @@ use vdc_schema::HypervisorKind;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Driver {
+    /// Real guests through libvirt: kvm (when a probe shows it works), qemu, lxc.
+    Libvirt,
     /// Simulated instances (for scale tests of dcmgr).
     Sim,
 }
@@ -25,13 +27,32 @@ struct Cli {
     /// Host node ID (`hn-…`); generated and kept in the data directory when left out.
     #[arg(long)]
     node_id: Option<String>,
-    #[arg(long, default_value_t = 8)]
-    cpus: u32,
-    #[arg(long, default_value_t = 16384)]
-    memory_mib: u64,
-    /// Hypervisor kinds this host offers.
+    /// CPUs offered to guests (default: this machine's).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Memory offered to guests in MiB (default: this machine's).
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Sim: hypervisor kinds to pretend to offer (libvirt detects them).
     #[arg(long, value_delimiter = ',', default_value = "kvm,qemu,lxc")]
     hypervisors: Vec<String>,
+    /// Libvirt: directory of the tiny image (packaging/build-tiny-image.sh), for
+    /// `builtin:` image sources and the KVM probe.
+    #[arg(long, env = "HVA_TINY_IMAGE_DIR")]
+    tiny_image_dir: Option<PathBuf>,
+    #[arg(long, default_value = "qemu:///system")]
+    qemu_uri: String,
+    #[arg(long, default_value = "lxc:///system")]
+    lxc_uri: String,
+    /// Libvirt: seconds a guest gets to shut down on ACPI before it is destroyed.
+    #[arg(long, default_value_t = 30)]
+    stop_timeout_s: u64,
+    /// Libvirt: seconds to wait for a guest under KVM in the start-up probe (0: skip).
+    #[arg(long, default_value_t = 15)]
+    kvm_probe_timeout_s: u64,
+    /// Libvirt: bridge to plug guest interfaces into.
+    #[arg(long)]
+    bridge: Option<String>,
     /// Sim: how long each operation takes.
     #[arg(long, default_value_t = 50)]
     sim_delay_ms: u64,
@@ -57,21 +78,39 @@ async fn main() -> anyhow::Result<()> {
         })?,
     };
     let bus = vdc_bus::Nats::connect(&cli.nats, &format!("hva {node_id}")).await?;
-    let Driver::Sim = cli.driver;
+    let (cpus, memory_mib) = vdc_hva::host_capacity();
     let opts = vdc_hva::HvaOptions {
         node_id: node_id.clone(),
-        cpus: cli.cpus,
-        memory_mib: cli.memory_mib,
+        cpus: cli.cpus.unwrap_or(cpus),
+        memory_mib: cli.memory_mib.unwrap_or(memory_mib),
         hypervisors,
-        data_dir: Some(cli.data_dir),
+        data_dir: Some(cli.data_dir.clone()),
         sim: vdc_bus::sim::SimKnobs {
             delay: Duration::from_millis(cli.sim_delay_ms),
             fail_rate: cli.sim_fail_rate,
             drop_rate: cli.sim_drop_rate,
         },
     };
-    let (agent, _) = vdc_hva::start_sim(bus, opts).await?;
-    tracing::info!(node = %node_id, "hva running with the sim driver");
+    let agent = match cli.driver {
+        Driver::Sim => vdc_hva::start_sim(bus, opts).await?.0,
+        Driver::Libvirt => {
+            let cfg = vdc_hva::libvirt::LibvirtConfig {
+                data_dir: cli.data_dir,
+                builtin_images: cli.tiny_image_dir,
+                qemu_uri: cli.qemu_uri,
+                lxc_uri: cli.lxc_uri,
+                stop_timeout: Duration::from_secs(cli.stop_timeout_s),
+                poll_interval: Duration::from_millis(500),
+                bridge: cli.bridge,
+            };
+            let probe = Duration::from_secs(cli.kvm_probe_timeout_s);
+            let c2 = cfg.clone();
+            let detected = tokio::task::spawn_blocking(move || vdc_hva::detect(&c2, probe)).await?;
+            tracing::info!(hypervisors = ?detected.hypervisors, capabilities = %detected.capabilities, "probed the host");
+            vdc_hva::start_libvirt(bus, opts, cfg, detected).await?.0
+        }
+    };
+    tracing::info!(node = %node_id, driver = ?cli.driver, "hva running");
     vdc_bus::sim::shutdown_signal().await;
     agent.stop().await;
     Ok(())

@@ -37,6 +37,51 @@ pub struct StackOptions {
     pub ensure_observer: Option<EnsureObserver>,
     /// Journals on disk (as in production) instead of in memory.
     pub journals_on_disk: bool,
+    /// Run hva with the real libvirt driver instead of the simulated one.
+    pub libvirt: Option<LibvirtSetup>,
+}
+
+/// Where a libvirt-backed test host keeps its files. The root is world-traversable
+/// (QEMU runs as its own user) and unique per test; [`Stack::stop`] removes it.
+#[derive(Clone, Debug)]
+pub struct LibvirtSetup {
+    pub tiny_image_dir: std::path::PathBuf,
+    pub root: std::path::PathBuf,
+    pub stop_timeout: Duration,
+    pub kvm_probe_timeout: Duration,
+}
+
+impl LibvirtSetup {
+    /// Uses `VDC_TINY_IMAGE_DIR` (tests/run.sh builds the image there).
+    pub fn from_env() -> LibvirtSetup {
+        let dir = std::env::var_os("VDC_TINY_IMAGE_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| {
+            panic!("VDC_TINY_IMAGE_DIR is not set: run the tests with tests/run.sh, which builds the tiny image")
+        });
+        assert!(dir.join("vmlinuz").exists(), "{} holds no tiny image", dir.display());
+        let root =
+            std::path::PathBuf::from(format!("/var/lib/vdc-test-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        std::fs::create_dir_all(&root).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        LibvirtSetup {
+            tiny_image_dir: dir,
+            root,
+            stop_timeout: Duration::from_secs(3),
+            kvm_probe_timeout: Duration::ZERO,
+        }
+    }
+
+    pub fn config(&self, node: &str) -> vdc_hva::libvirt::LibvirtConfig {
+        vdc_hva::libvirt::LibvirtConfig {
+            data_dir: self.root.join(node),
+            builtin_images: Some(self.tiny_image_dir.clone()),
+            qemu_uri: "qemu:///system".into(),
+            lxc_uri: "lxc:///system".into(),
+            stop_timeout: self.stop_timeout,
+            poll_interval: Duration::from_millis(300),
+            bridge: None,
+        }
+    }
 }
 
 impl StackOptions {
@@ -52,6 +97,7 @@ impl StackOptions {
             agent_timeout_ms: 1500,
             ensure_observer: None,
             journals_on_disk: true,
+            libvirt: None,
         }
     }
 }
@@ -60,8 +106,27 @@ pub struct HostAgents {
     pub node_id: String,
     pub hva: Option<AgentHandle>,
     pub nw: Option<AgentHandle>,
-    pub hva_driver: Arc<vdc_hva::sim::SimHypervisor>,
+    /// Set for simulated hosts.
+    pub hva_driver: Option<Arc<vdc_hva::sim::SimHypervisor>>,
+    /// Set for libvirt hosts.
+    pub libvirt: Option<Arc<vdc_hva::libvirt::LibvirtHypervisor>>,
     pub nw_driver: Arc<vdc_nwagent::sim::SimNetwork>,
+}
+
+pub enum HvaDriver {
+    Sim(Arc<vdc_hva::sim::SimHypervisor>),
+    Libvirt(Arc<vdc_hva::libvirt::LibvirtHypervisor>),
+}
+
+type SplitDriver = (Option<Arc<vdc_hva::sim::SimHypervisor>>, Option<Arc<vdc_hva::libvirt::LibvirtHypervisor>>);
+
+impl HvaDriver {
+    fn split(self) -> SplitDriver {
+        match self {
+            HvaDriver::Sim(d) => (Some(d), None),
+            HvaDriver::Libvirt(d) => (None, Some(d)),
+        }
+    }
 }
 
 pub struct Stack {
@@ -160,20 +225,35 @@ impl Stack {
         self.opts.journals_on_disk.then(|| self.tmp.path().join(kind).join(node))
     }
 
+    async fn start_hva(&self, node_id: &str) -> anyhow::Result<(AgentHandle, HvaDriver)> {
+        let bus: Arc<dyn Transport> = self.bus.clone();
+        let opts = vdc_hva::HvaOptions {
+            node_id: node_id.to_owned(),
+            cpus: self.opts.host_cpus,
+            memory_mib: self.opts.host_memory_mib,
+            hypervisors: self.opts.hypervisors.clone(),
+            data_dir: self.agent_dir("hva", node_id),
+            sim: self.opts.sim,
+        };
+        match &self.opts.libvirt {
+            None => {
+                let (h, d) = vdc_hva::start_sim(bus, opts).await?;
+                Ok((h, HvaDriver::Sim(d)))
+            }
+            Some(lv) => {
+                let cfg = lv.config(node_id);
+                let (c2, probe) = (cfg.clone(), lv.kvm_probe_timeout);
+                let detected = tokio::task::spawn_blocking(move || vdc_hva::detect(&c2, probe)).await?;
+                let (h, d) = vdc_hva::start_libvirt(bus, opts, cfg, detected).await?;
+                Ok((h, HvaDriver::Libvirt(d)))
+            }
+        }
+    }
+
     async fn start_host(&self, node_id: &str, _index: usize) -> anyhow::Result<HostAgents> {
         let bus: Arc<dyn Transport> = self.bus.clone();
-        let (hva, hva_driver) = vdc_hva::start_sim(
-            bus.clone(),
-            vdc_hva::HvaOptions {
-                node_id: node_id.to_owned(),
-                cpus: self.opts.host_cpus,
-                memory_mib: self.opts.host_memory_mib,
-                hypervisors: self.opts.hypervisors.clone(),
-                data_dir: self.agent_dir("hva", node_id),
-                sim: self.opts.sim,
-            },
-        )
-        .await?;
+        let (hva, driver) = self.start_hva(node_id).await?;
+        let (hva_driver, libvirt) = driver.split();
         let (nw, nw_driver) = vdc_nwagent::start_sim(
             bus,
             vdc_nwagent::NwOptions {
@@ -183,7 +263,7 @@ impl Stack {
             },
         )
         .await?;
-        Ok(HostAgents { node_id: node_id.to_owned(), hva: Some(hva), nw: Some(nw), hva_driver, nw_driver })
+        Ok(HostAgents { node_id: node_id.to_owned(), hva: Some(hva), nw: Some(nw), hva_driver, libvirt, nw_driver })
     }
 
     async fn start_storage(&self, node_id: &str, _index: usize) -> anyhow::Result<AgentHandle> {
@@ -218,21 +298,11 @@ impl Stack {
     /// Starts host `i`'s hva again with the same node ID and data directory.
     pub async fn restart_hva(&mut self, i: usize) {
         let node = self.hosts[i].node_id.clone();
-        let (hva, driver) = vdc_hva::start_sim(
-            self.bus.clone(),
-            vdc_hva::HvaOptions {
-                node_id: node.clone(),
-                cpus: self.opts.host_cpus,
-                memory_mib: self.opts.host_memory_mib,
-                hypervisors: self.opts.hypervisors.clone(),
-                data_dir: self.agent_dir("hva", &node),
-                sim: self.opts.sim,
-            },
-        )
-        .await
-        .expect("hva restarts");
+        let (hva, driver) = self.start_hva(&node).await.expect("hva restarts");
+        let (sim, libvirt) = driver.split();
         self.hosts[i].hva = Some(hva);
-        self.hosts[i].hva_driver = driver;
+        self.hosts[i].hva_driver = sim;
+        self.hosts[i].libvirt = libvirt;
     }
 
     /// Stops dcmgr (the agents keep running) and starts a new one on the same database.
@@ -330,12 +400,39 @@ impl Stack {
         if let Some(d) = self.dcmgr.take() {
             d.stop().await;
         }
+        self.remove_guests();
         if let Some((admin, name)) = self.pg.take() {
             use sqlx::Connection;
             if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
                 let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
             }
         }
+    }
+}
+
+impl Stack {
+    /// Destroys and undefines every domain this stack's hosts made, and removes their
+    /// files; runs on drop too, so a failed test leaves nothing behind.
+    fn remove_guests(&self) {
+        let Some(lv) = &self.opts.libvirt else { return };
+        for h in &self.hosts {
+            let instances = lv.root.join(&h.node_id).join("instances");
+            let Ok(entries) = std::fs::read_dir(&instances) else { continue };
+            for e in entries.flatten() {
+                let dom = format!("vdc-{}", e.file_name().to_string_lossy());
+                for uri in ["qemu:///system", "lxc:///system"] {
+                    let _ = std::process::Command::new("virsh").args(["-c", uri, "destroy", &dom]).output();
+                    let _ = std::process::Command::new("virsh").args(["-c", uri, "undefine", &dom]).output();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&lv.root);
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.remove_guests();
     }
 }
 
@@ -409,9 +506,7 @@ pub async fn wait_state(c: &Client, id: &InstanceId, state: InstanceState) -> In
 /// Initializes logging once for a test binary (RUST_LOG controls it).
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
 }

@@ -208,7 +208,10 @@ async fn networks(db: Db) {
     let c = s.account("net").await;
     let other = s.account("other").await;
     let n = c.create_network(&net_req("a", "10.0.0.0/24")).await.unwrap();
-    assert_eq!((n.gateway.as_str(), n.dhcp_start.as_str(), n.dhcp_end.as_str()), ("10.0.0.1", "10.0.0.2", "10.0.0.254"));
+    assert_eq!(
+        (n.gateway.as_str(), n.dhcp_start.as_str(), n.dhcp_end.as_str()),
+        ("10.0.0.1", "10.0.0.2", "10.0.0.254")
+    );
     assert_eq!(err(c.create_network(&net_req("b", "10.0.0.128/25")).await), (409, "cidr_overlap".into()));
     assert_eq!(err(c.create_network(&net_req("b", "10.0.0.0/16")).await), (409, "cidr_overlap".into()));
     // Another account may use the same range, with its own VNI.
@@ -280,7 +283,8 @@ async fn instance_lifecycle(db: Db) {
     let mut req = inst_req(&s.image, "web1");
     req.ssh_key_id = Some(key.keypair.id.clone());
     req.user_data = Some("#cloud-config\n".into());
-    req.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![sg.id.clone()], ip: None }];
+    req.interfaces =
+        vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![sg.id.clone()], ip: None }];
     let acc = c.create_instance(&req).await.unwrap();
     assert_eq!(acc.resource.state, InstanceState::Pending);
     assert_eq!(acc.job.state, JobState::Running);
@@ -336,7 +340,7 @@ async fn instance_lifecycle(db: Db) {
     // Capacity is back on the hosts and the host forgot the guest.
     let hosts = s.admin.list_all_host_nodes().await.unwrap();
     assert!(hosts.iter().all(|h| h.cpus_used == 0 && h.memory_used_mib == 0), "{hosts:?}");
-    assert!(s.hosts.iter().all(|h| h.hva_driver.is_empty()));
+    assert!(s.hosts.iter().all(|h| h.hva_driver.as_ref().unwrap().is_empty()));
     s.stop().await;
 }
 
@@ -384,7 +388,8 @@ async fn instance_bad_input(db: Db) {
     assert_eq!(err(c.create_instance(&r).await).0, 404);
     let net = c.create_network(&net_req("n", "10.2.0.0/29")).await.unwrap();
     let mut r = inst_req(&s.image, "x");
-    r.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: Some("10.2.0.99".into()) }];
+    r.interfaces =
+        vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: Some("10.2.0.99".into()) }];
     assert_eq!(err(c.create_instance(&r).await), (400, "invalid_ip".into()));
     r.interfaces[0].ip = Some("10.2.0.3".into());
     let fixed = c.create_instance(&r).await.unwrap();
@@ -454,7 +459,8 @@ async fn volumes_and_snapshots(db: Db) {
     let s = Stack::start(StackOptions::new(db)).await;
     let c = s.account("vol").await;
     let inst = s.running_instance(&c, "db").await;
-    let acc = c.create_volume(&CreateVolume { name: "data".into(), size_mib: Some(1024), snapshot_id: None }).await.unwrap();
+    let acc =
+        c.create_volume(&CreateVolume { name: "data".into(), size_mib: Some(1024), snapshot_id: None }).await.unwrap();
     let vol = acc.resource.id.clone();
     assert_eq!(wait_job(&c, &acc.job).await.state, JobState::Succeeded);
     assert_eq!(c.get_volume(&vol).await.unwrap().state, VolumeState::Available);
@@ -471,7 +477,11 @@ async fn volumes_and_snapshots(db: Db) {
     let snap = c.create_snapshot(&CreateSnapshot { volume_id: vol.clone(), name: "s1".into() }).await.unwrap();
     assert_eq!(wait_job(&c, &snap.job).await.state, JobState::Succeeded);
     let from = c
-        .create_volume(&CreateVolume { name: "copy".into(), size_mib: None, snapshot_id: Some(snap.resource.id.clone()) })
+        .create_volume(&CreateVolume {
+            name: "copy".into(),
+            size_mib: None,
+            snapshot_id: Some(snap.resource.id.clone()),
+        })
         .await
         .unwrap();
     assert_eq!(from.resource.size_mib, 1024);
@@ -605,7 +615,11 @@ async fn agent_crash_goes_offline_and_converges(db: Db) {
     assert_eq!(t.resource.state, InstanceState::ShuttingDown);
     s.restart_hva(0).await;
     s.wait_nodes_online().await.unwrap();
-    assert_eq!(s.hosts[0].hva_driver.len(), 1, "the restarted agent kept the guest it had and removed the terminated one");
+    assert_eq!(
+        s.hosts[0].hva_driver.as_ref().unwrap().len(),
+        1,
+        "the restarted agent kept the guest it had and removed the terminated one"
+    );
     assert_eq!(wait_job(&c, &t.job).await.state, JobState::Succeeded);
     wait_state(&c, &a.id, InstanceState::Running).await;
     let st = c.stop_instance(&a.id).await.unwrap();
@@ -640,7 +654,12 @@ async fn untrusted_bus_messages_are_dropped(db: Db) {
         node_id: node.into(),
         kind: bus::AgentKind::Hva,
         agent_version: "x".into(),
-        host: Some(bus::HostInfo { cpus, memory_mib: 1024, hypervisors: vec![HypervisorKind::Qemu], capabilities: Default::default() }),
+        host: Some(bus::HostInfo {
+            cpus,
+            memory_mib: 1024,
+            hypervisors: vec![HypervisorKind::Qemu],
+            capabilities: Default::default(),
+        }),
         storage: None,
     };
     let _ = bus.request(subject::REGISTER, bus::encode(&reg("../../etc", 4)).into(), t).await;
@@ -648,7 +667,8 @@ async fn untrusted_bus_messages_are_dropped(db: Db) {
     let hosts = s.admin.list_all_host_nodes().await.unwrap();
     assert_eq!(hosts.len(), 2, "{hosts:?}");
     // An hva may not report a volume (another agent kind's object).
-    let vol = s.admin.create_volume(&CreateVolume { name: "v".into(), size_mib: Some(1), snapshot_id: None }).await.unwrap();
+    let vol =
+        s.admin.create_volume(&CreateVolume { name: "v".into(), size_mib: Some(1), snapshot_id: None }).await.unwrap();
     wait_job(&s.admin, &vol.job).await;
     let forged = bus::ReportBatch {
         node_id: s.hosts[0].node_id.clone(),
@@ -730,7 +750,8 @@ async fn security_group_changes_reach_running_guests(db: Db) {
     c.add_security_group_rule(&db_sg.id, &rule(Protocol::Tcp, Some(5432), None, Some(&app_sg.id))).await.unwrap();
     let mk = |name: &str, sg: &SecurityGroupId| {
         let mut r = inst_req(&s.image, name);
-        r.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![sg.clone()], ip: None }];
+        r.interfaces =
+            vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![sg.clone()], ip: None }];
         r
     };
     let dbi = c.create_instance(&mk("db", &db_sg.id)).await.unwrap().resource;

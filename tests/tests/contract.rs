@@ -24,7 +24,8 @@ fn openapi_document_is_up_to_date() {
     // Every route of the router is documented.
     let doc: serde_json::Value = serde_json::from_str(&generated).unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    for p in ["/api/v1/instances", "/api/v1/instances/{id}/reboot", "/api/v1/volumes/{id}/attach", "/api/v1/jobs/{id}"] {
+    for p in ["/api/v1/instances", "/api/v1/instances/{id}/reboot", "/api/v1/volumes/{id}/attach", "/api/v1/jobs/{id}"]
+    {
         assert!(paths.contains_key(p), "{p} is missing from the OpenAPI document");
     }
     assert!(paths.len() >= 30, "only {} paths documented", paths.len());

@@ -55,7 +55,7 @@ async fn nats_dcmgr_and_two_hva_processes() {
     let _dcmgr = Proc::spawn("dcmgr", Command::new(bin("dcmgr")).args(["--config", cfg.to_str().unwrap()]), logs);
     assert!(procs::wait_port(api_port, Duration::from_secs(20)), "dcmgr did not listen");
     let nodes = ["hn-multiprocess1", "hn-multiprocess2"];
-    let mut hvas = vec![
+    let mut hvas = [
         hva("hva1", nats_port, &tmp.path().join("hva1"), nodes[0], logs),
         hva("hva2", nats_port, &tmp.path().join("hva2"), nodes[1], logs),
     ];
@@ -158,5 +158,8 @@ async fn nats_dcmgr_and_two_hva_processes() {
     assert_eq!(job.state, vdc_schema::JobState::Succeeded, "{job:?}");
     assert!(hvas[0].log_text().contains("registered with dcmgr"), "{}", hvas[0].log_text());
     let stop = admin.stop_instance(&on_dead[1]).await.unwrap();
-    assert_eq!(admin.wait_job(&stop.job.id, Duration::from_secs(15)).await.unwrap().state, vdc_schema::JobState::Succeeded);
+    assert_eq!(
+        admin.wait_job(&stop.job.id, Duration::from_secs(15)).await.unwrap().state,
+        vdc_schema::JobState::Succeeded
+    );
 }

@@ -186,7 +186,11 @@ async fn main() -> anyhow::Result<()> {
         list.record(t0.elapsed().as_micros() as u64)?;
         assert_eq!(page.items.len(), 1000);
     }
-    println!("GET /instances?limit=1000 (1,000 items, 50 runs): p50 {:.2} ms, p99 {:.2} ms", ms(&list, 0.5), ms(&list, 0.99));
+    println!(
+        "GET /instances?limit=1000 (1,000 items, 50 runs): p50 {:.2} ms, p99 {:.2} ms",
+        ms(&list, 0.5),
+        ms(&list, 0.99)
+    );
     stack.stop().await;
     Ok(())
 }

@@ -1,0 +1,127 @@
+//! The per-host image cache: each image is copied in once, verified against its SHA-256
+//! and kept under its checksum; instances get a qcow2 overlay (or a copy of the root
+//! filesystem) on top.
+
+use super::host;
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use vdc_schema::bus::ImageSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image source {0:?} is not a local path: this host reads file paths and file:// URLs")]
+    Unsupported(String),
+    #[error("image source {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("image {id} is corrupt: its checksum is sha256:{got}, the image record says {want}")]
+    Checksum { id: String, want: String, got: String },
+    #[error(transparent)]
+    Command(#[from] host::CommandError),
+}
+
+pub struct ImageCache {
+    pub dir: PathBuf,
+    /// Where `builtin:NAME` sources live (the output of packaging/build-tiny-image.sh).
+    pub builtin_dir: Option<PathBuf>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io { path: path.display().to_string(), source }
+}
+
+pub fn sha256_file(p: &Path) -> Result<String, ImageError> {
+    let mut f = std::fs::File::open(p).map_err(io(p))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io(p))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl ImageCache {
+    /// The local path of a source string.
+    pub fn resolve(&self, source: &str) -> Result<PathBuf, ImageError> {
+        if let Some(name) = source.strip_prefix("builtin:") {
+            let dir = self.builtin_dir.as_ref().ok_or_else(|| ImageError::Unsupported(source.to_owned()))?;
+            let file = match name {
+                "tiny-kernel" => "vmlinuz",
+                "tiny-initrd" => "initrd.gz",
+                "tiny-rootfs" => "rootfs.tar.gz",
+                _ => return Err(ImageError::Unsupported(source.to_owned())),
+            };
+            return Ok(dir.join(file));
+        }
+        let p = source.strip_prefix("file://").unwrap_or(source);
+        if !p.starts_with('/') {
+            return Err(ImageError::Unsupported(source.to_owned()));
+        }
+        Ok(PathBuf::from(p))
+    }
+
+    /// Copies `source` into the cache (once) and checks it; returns the cached file.
+    pub fn fetch(&self, image_id: &str, source: &str, checksum: Option<&str>) -> Result<PathBuf, ImageError> {
+        let src = self.resolve(source)?;
+        let want = checksum.map(|c| c.trim_start_matches("sha256:").to_ascii_lowercase());
+        if let Some(w) = &want {
+            let cached = self.dir.join(w);
+            if cached.exists() {
+                return Ok(cached);
+            }
+        }
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let tmp = self.dir.join(format!(".incoming-{image_id}-{}", std::process::id()));
+        std::fs::copy(&src, &tmp).map_err(io(&src))?;
+        let got = sha256_file(&tmp)?;
+        if let Some(w) = &want {
+            if *w != got {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(ImageError::Checksum { id: image_id.to_owned(), want: format!("sha256:{w}"), got });
+            }
+        }
+        let dest = self.dir.join(&got);
+        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        Ok(dest)
+    }
+
+    /// A qcow2 overlay on a cached disk image.
+    pub fn overlay(&self, base: &Path, format: &str, dest: &Path) -> Result<(), ImageError> {
+        if dest.exists() {
+            return Ok(());
+        }
+        host::run(
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "-b", &host::path(base), "-F", format, &host::path(dest)],
+        )?;
+        Ok(())
+    }
+
+    /// Unpacks a root filesystem tarball for a container.
+    pub fn unpack(&self, tarball: &Path, dest: &Path) -> Result<(), ImageError> {
+        if dest.join("init.sh").exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dest).map_err(io(dest))?;
+        host::run("tar", &["-xzf", &host::path(tarball), "-C", &host::path(dest)])?;
+        Ok(())
+    }
+}
+
+/// The cached kernel and initrd of a `kernel` image.
+pub fn kernel_pair(cache: &ImageCache, img: &ImageSpec) -> Result<(PathBuf, Option<PathBuf>), ImageError> {
+    let kernel = cache.fetch(img.id.as_str(), &img.source, img.checksum.as_deref())?;
+    let initrd = match &img.initrd {
+        Some(i) => Some(cache.fetch(img.id.as_str(), i, None)?),
+        None => None,
+    };
+    Ok((kernel, initrd))
+}

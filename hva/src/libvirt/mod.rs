@@ -1,0 +1,554 @@
+//! The libvirt drivers: `kvm`, `qemu` (TCG) and `lxc`, through the `virt` crate.
+//!
+//! ```text
+//!  ensure(spec) ──► per-instance lock ──► converge (blocking thread):
+//!      prepare files (image cache, overlay or rootfs, NoCloud seed) ─► define XML
+//!      running: create / reset for reboot        off: ACPI shutdown, then destroy
+//!  poller (every poll_interval): domain state ─► report on change
+//!  absent: destroy, undefine, remove the instance directory
+//! ```
+//!
+//! Each instance's spec is kept in `instances/<id>/state.json`, so a restarted hva knows
+//! its guests again and re-reports them; it never touches a running domain on start.
+
+pub mod host;
+pub mod image;
+pub mod probe;
+pub mod seed;
+pub mod xml;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vdc_bus::ReportSink;
+use vdc_schema::agent::{AgentError, Hypervisor};
+use vdc_schema::bus::{InstanceReport, InstanceSpec, ObjectReport};
+use vdc_schema::id::InstanceId;
+use vdc_schema::{DesiredPower, HypervisorKind, ImageFormat, ObservedInstance};
+use virt::connect::Connect;
+use virt::domain::{Domain, DomainState};
+use virt::enumutil::Enum;
+
+#[derive(Debug, Clone)]
+pub struct LibvirtConfig {
+    /// Holds `instances/` and `images/`.
+    pub data_dir: PathBuf,
+    /// Where `builtin:` image sources are (packaging/build-tiny-image.sh's output).
+    pub builtin_images: Option<PathBuf>,
+    pub qemu_uri: String,
+    pub lxc_uri: String,
+    /// How long a guest gets to shut down on ACPI before it is destroyed.
+    pub stop_timeout: Duration,
+    pub poll_interval: Duration,
+    /// Linux or OVS bridge that interfaces are plugged into (none: no interfaces).
+    pub bridge: Option<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Saved {
+    spec: InstanceSpec,
+    reboot_done: u64,
+}
+
+struct Known {
+    saved: Saved,
+    last: Option<ObservedInstance>,
+    reason: Option<String>,
+    /// The spec_gen converge has acted on. Reports carry this one, not the newest
+    /// received, so an observation made before acting is never taken for its outcome.
+    acted_gen: u64,
+}
+
+struct Inner {
+    cfg: LibvirtConfig,
+    sink: ReportSink,
+    cache: image::ImageCache,
+    conns: Mutex<HashMap<&'static str, Arc<Connect>>>,
+    known: Mutex<HashMap<InstanceId, Known>>,
+    locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+pub struct LibvirtHypervisor {
+    inner: Arc<Inner>,
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn uri_kind(kind: HypervisorKind) -> &'static str {
+    match kind {
+        HypervisorKind::Lxc => "lxc",
+        HypervisorKind::Kvm | HypervisorKind::Qemu => "qemu",
+    }
+}
+
+fn observe(dom: Option<&Domain>) -> ObservedInstance {
+    let Some(d) = dom else { return ObservedInstance::Absent };
+    match d.state().map(|(s, _)| s) {
+        Ok(Enum::Known(
+            DomainState::Running | DomainState::Blocked | DomainState::Paused | DomainState::PMSuspended,
+        )) => ObservedInstance::Running,
+        Ok(Enum::Known(DomainState::Shutdown)) => ObservedInstance::Stopping,
+        _ => ObservedInstance::Off,
+    }
+}
+
+impl Inner {
+    fn dir(&self, id: &InstanceId) -> PathBuf {
+        self.cfg.data_dir.join("instances").join(id.as_str())
+    }
+
+    fn conn(&self, kind: HypervisorKind) -> Result<Arc<Connect>> {
+        let key = uri_kind(kind);
+        if let Some(c) = self.conns.lock().unwrap().get(key) {
+            return Ok(c.clone());
+        }
+        let uri = if key == "lxc" { &self.cfg.lxc_uri } else { &self.cfg.qemu_uri };
+        let c = Arc::new(Connect::open(Some(uri)).map_err(|e| format!("cannot connect to libvirt at {uri}: {e}"))?);
+        self.conns.lock().unwrap().insert(key, c.clone());
+        Ok(c)
+    }
+
+    fn forget_conn(&self, kind: HypervisorKind) {
+        self.conns.lock().unwrap().remove(uri_kind(kind));
+    }
+
+    fn lookup(&self, kind: HypervisorKind, id: &InstanceId) -> Result<Option<Domain>> {
+        let conn = self.conn(kind)?;
+        match conn.lookup_domain_by_name(&xml::domain_name(id.as_str())) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.code() == Enum::Known(virt::error::ErrorNumber::NoDomain) => Ok(None),
+            Err(e) => {
+                self.forget_conn(kind);
+                Err(format!("libvirt: {e}"))
+            }
+        }
+    }
+
+    fn report(&self, id: &InstanceId, state: ObservedInstance) {
+        let mut known = self.known.lock().unwrap();
+        let Some(k) = known.get_mut(id) else { return };
+        k.last = Some(state);
+        self.sink.report(ObjectReport::Instance(InstanceReport {
+            id: id.clone(),
+            spec_gen: k.acted_gen,
+            state,
+            reboot_gen: k.saved.reboot_done,
+            volumes: vec![],
+            reason: if state == ObservedInstance::Failed { k.reason.clone() } else { None },
+        }));
+    }
+
+    fn save(&self, id: &InstanceId) {
+        let saved = self.known.lock().unwrap().get(id).map(|k| k.saved.clone());
+        if let Some(s) = saved {
+            let dir = self.dir(id);
+            let _ = std::fs::create_dir_all(&dir);
+            let tmp = dir.join("state.json.tmp");
+            if std::fs::write(&tmp, serde_json::to_vec(&s).unwrap_or_default()).is_ok() {
+                let _ = std::fs::rename(tmp, dir.join("state.json"));
+            }
+        }
+    }
+
+    fn fail(&self, id: &InstanceId, kind: HypervisorKind, why: String) {
+        tracing::warn!(instance = %id, "instance failed: {why}");
+        // Leave nothing behind on the host: the domain and every file go.
+        if let Ok(Some(d)) = self.lookup(kind, id) {
+            let _ = d.destroy();
+            let _ = d.undefine();
+        }
+        let _ = std::fs::remove_dir_all(self.dir(id));
+        if let Some(k) = self.known.lock().unwrap().get_mut(id) {
+            k.reason = Some(why);
+            k.acted_gen = k.saved.spec.spec_gen;
+        }
+        self.report(id, ObservedInstance::Failed);
+    }
+
+    /// Everything the domain needs on disk; returns its XML.
+    fn prepare(&self, spec: &InstanceSpec) -> Result<String> {
+        let dir = self.dir(&spec.id);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let console = dir.join("console.log");
+        let mut layout = xml::Layout {
+            kernel: None,
+            initrd: None,
+            root_disk: None,
+            seed_iso: None,
+            rootfs: None,
+            console_log: &console,
+            bridge: self.cfg.bridge.as_deref(),
+        };
+        let e = |e: image::ImageError| e.to_string();
+        let (kernel, initrd, disk, rootfs);
+        let seed = dir.join("seed.iso");
+        match (spec.hypervisor, spec.image.format) {
+            (HypervisorKind::Lxc, ImageFormat::Tar | ImageFormat::Dir) => {
+                let src = if spec.image.format == ImageFormat::Tar {
+                    self.cache
+                        .fetch(spec.image.id.as_str(), &spec.image.source, spec.image.checksum.as_deref())
+                        .map_err(e)?
+                } else {
+                    self.cache.resolve(&spec.image.source).map_err(e)?
+                };
+                rootfs = dir.join("rootfs");
+                if spec.image.format == ImageFormat::Tar {
+                    self.cache.unpack(&src, &rootfs).map_err(e)?;
+                } else if !rootfs.exists() {
+                    host::run("cp", &["-a", &host::path(&src), &host::path(&rootfs)]).map_err(|x| x.to_string())?;
+                }
+                layout.rootfs = Some(&rootfs);
+                return Ok(xml::lxc_domain(spec, &layout));
+            }
+            (HypervisorKind::Lxc, f) => return Err(format!("an lxc instance needs a tar or dir image, not {f}")),
+            (_, ImageFormat::Kernel) => {
+                let (k, i) = image::kernel_pair(&self.cache, &spec.image).map_err(e)?;
+                (kernel, initrd) = (k, i);
+                layout.kernel = Some(&kernel);
+                layout.initrd = initrd.as_deref();
+            }
+            (_, f @ (ImageFormat::Qcow2 | ImageFormat::Raw)) => {
+                let base = self
+                    .cache
+                    .fetch(spec.image.id.as_str(), &spec.image.source, spec.image.checksum.as_deref())
+                    .map_err(e)?;
+                disk = dir.join("root.qcow2");
+                self.cache.overlay(&base, f.as_str(), &disk).map_err(e)?;
+                layout.root_disk = Some(&disk);
+            }
+            (_, f) => return Err(format!("a {} instance cannot boot a {f} image", spec.hypervisor)),
+        }
+        seed::build(spec, &dir, &seed).map_err(e)?;
+        layout.seed_iso = Some(&seed);
+        Ok(xml::qemu_domain(spec, &layout))
+    }
+
+    fn wait_until(&self, dom: &Domain, timeout: Duration, done: impl Fn(bool) -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if done(dom.is_active().unwrap_or(false)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Makes the host match the saved spec of `id` (blocking).
+    fn converge(&self, id: &InstanceId) -> Result<()> {
+        let Some(saved) = self.known.lock().unwrap().get(id).map(|k| k.saved.clone()) else { return Ok(()) };
+        let spec = &saved.spec;
+        let kind = spec.hypervisor;
+        let conn = self.conn(kind)?;
+        let xml = match self.prepare(spec) {
+            Ok(x) => x,
+            Err(why) => {
+                self.fail(id, kind, why);
+                return Ok(());
+            }
+        };
+        // Defining again only updates the persistent config; a running guest is untouched.
+        let dom = match conn.define_domain_xml(&xml) {
+            Ok(d) => d,
+            // Never take a running guest down because its new definition was refused.
+            Err(err) if self.lookup(kind, id).ok().flatten().is_some_and(|d| d.is_active().unwrap_or(false)) => {
+                return Err(format!("libvirt refused the new definition of a running guest: {err}"));
+            }
+            Err(err) => {
+                self.fail(id, kind, format!("libvirt refused the domain: {err}"));
+                return Ok(());
+            }
+        };
+        let active = dom.is_active().map_err(|e| format!("libvirt: {e}"))?;
+        if let Some(k) = self.known.lock().unwrap().get_mut(id) {
+            k.acted_gen = spec.spec_gen;
+        }
+        match spec.power {
+            DesiredPower::Running if active && saved.reboot_done >= spec.reboot_gen => {
+                self.report(id, observe(Some(&dom)));
+            }
+            DesiredPower::Running if active => {
+                self.report(id, ObservedInstance::Starting);
+                // A reset keeps the QEMU process and restarts the guest at once; LXC has
+                // no reset, so the container is started afresh.
+                if kind == HypervisorKind::Lxc {
+                    let _ = dom.destroy();
+                    self.start_domain(id, kind, &dom).map_err(|e| format!("restarting the container: {e}"))?;
+                } else {
+                    dom.reset().map_err(|e| format!("resetting the guest: {e}"))?;
+                }
+                self.mark_rebooted(id, spec.reboot_gen);
+                self.report(id, observe(Some(&dom)));
+            }
+            DesiredPower::Running => {
+                self.report(id, ObservedInstance::Starting);
+                if let Err(err) = self.start_domain(id, kind, &dom) {
+                    self.fail(id, kind, format!("the guest did not start: {err}"));
+                    return Ok(());
+                }
+                self.mark_rebooted(id, spec.reboot_gen);
+                self.report(id, observe(Some(&dom)));
+            }
+            DesiredPower::Off if active => {
+                self.report(id, ObservedInstance::Stopping);
+                let _ = dom.shutdown();
+                if !self.wait_until(&dom, self.cfg.stop_timeout, |a| !a) {
+                    tracing::info!(instance = %id, "no ACPI shutdown within {:?}; destroying", self.cfg.stop_timeout);
+                    let _ = dom.destroy();
+                }
+                self.report(id, observe(Some(&dom)));
+            }
+            DesiredPower::Off => self.report(id, ObservedInstance::Off),
+        }
+        Ok(())
+    }
+
+    /// Starts a domain. A container's console is a pty: hva attaches right after the
+    /// start and copies it into the console log; what the container printed before that
+    /// waits in the pty. (libvirt's LXC driver cannot start a container paused.)
+    fn start_domain(&self, id: &InstanceId, kind: HypervisorKind, dom: &Domain) -> Result<()> {
+        dom.create().map_err(|e| e.to_string())?;
+        if kind == HypervisorKind::Lxc {
+            if let Err(e) = self.capture_console(id, kind) {
+                tracing::warn!(instance = %id, "console not captured: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a container's console into its console log until the container stops.
+    fn capture_console(&self, id: &InstanceId, kind: HypervisorKind) -> Result<()> {
+        let conn = self.conn(kind)?;
+        let dom = self.lookup(kind, id)?.ok_or("the container vanished")?;
+        let stream = virt::stream::Stream::new(&conn, 0).map_err(|e| e.to_string())?;
+        dom.open_console(None, &stream, 0).map_err(|e| e.to_string())?;
+        let path = self.dir(id).join("console.log");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) else { return };
+            let mut buf = vec![0u8; 16 << 10];
+            while let Ok(n) = stream.recv(&mut buf) {
+                if n <= 0 || f.write_all(&buf[..n as usize]).is_err() {
+                    break;
+                }
+            }
+            let _ = stream.finish();
+        });
+        Ok(())
+    }
+
+    fn mark_rebooted(&self, id: &InstanceId, gen: u64) {
+        if let Some(k) = self.known.lock().unwrap().get_mut(id) {
+            k.saved.reboot_done = k.saved.reboot_done.max(gen);
+        }
+        self.save(id);
+    }
+
+    fn remove(&self, id: &InstanceId, kind: Option<HypervisorKind>, spec_gen: u64) -> Result<()> {
+        for k in kind.map(|k| vec![k]).unwrap_or_else(|| vec![HypervisorKind::Qemu, HypervisorKind::Lxc]) {
+            if let Some(d) = self.lookup(k, id)? {
+                if d.is_active().unwrap_or(false) {
+                    d.destroy().map_err(|e| format!("destroying the guest: {e}"))?;
+                }
+                d.undefine().map_err(|e| format!("undefining the guest: {e}"))?;
+            }
+        }
+        let dir = self.dir(id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        self.known.lock().unwrap().remove(id);
+        self.sink.report(ObjectReport::Instance(InstanceReport {
+            id: id.clone(),
+            spec_gen,
+            state: ObservedInstance::Absent,
+            reboot_gen: 0,
+            volumes: vec![],
+            reason: None,
+        }));
+        Ok(())
+    }
+
+    /// Reports every instance whose observed state changed (or all with `force`).
+    fn poll(&self, force: bool, busy: &dyn Fn(&InstanceId) -> bool) {
+        let ids: Vec<(InstanceId, HypervisorKind, Option<ObservedInstance>)> =
+            self.known.lock().unwrap().iter().map(|(id, k)| (id.clone(), k.saved.spec.hypervisor, k.last)).collect();
+        for (id, kind, last) in ids {
+            if last == Some(ObservedInstance::Failed) {
+                if force {
+                    self.report(&id, ObservedInstance::Failed);
+                }
+                continue;
+            }
+            if !force && busy(&id) {
+                continue;
+            }
+            match self.lookup(kind, &id) {
+                Ok(dom) => {
+                    let now = observe(dom.as_ref());
+                    if force || Some(now) != last {
+                        self.report(&id, now);
+                    }
+                }
+                Err(e) => tracing::warn!(instance = %id, "cannot read state: {e}"),
+            }
+        }
+    }
+}
+
+impl LibvirtHypervisor {
+    pub fn new(cfg: LibvirtConfig, sink: ReportSink) -> Self {
+        let cache = image::ImageCache { dir: cfg.data_dir.join("images"), builtin_dir: cfg.builtin_images.clone() };
+        let mut known = HashMap::new();
+        // Guests this host had before a restart: known again, never touched.
+        if let Ok(entries) = std::fs::read_dir(cfg.data_dir.join("instances")) {
+            for e in entries.flatten() {
+                let state = e.path().join("state.json");
+                if let Some(saved) = std::fs::read(&state).ok().and_then(|b| serde_json::from_slice::<Saved>(&b).ok()) {
+                    let acted_gen = saved.spec.spec_gen;
+                    known.insert(saved.spec.id.clone(), Known { saved, last: None, reason: None, acted_gen });
+                }
+            }
+        }
+        let inner = Arc::new(Inner {
+            cfg,
+            sink,
+            cache,
+            conns: Default::default(),
+            known: Mutex::new(known),
+            locks: Default::default(),
+        });
+        // Containers that kept running while hva was away: resume copying their console.
+        let lxc: Vec<InstanceId> = inner
+            .known
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, k)| k.saved.spec.hypervisor == HypervisorKind::Lxc)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let reattach = inner.clone();
+        tokio::task::spawn_blocking(move || {
+            for id in lxc {
+                if reattach
+                    .lookup(HypervisorKind::Lxc, &id)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|d| d.is_active().unwrap_or(false))
+                {
+                    let _ = reattach.capture_console(&id, HypervisorKind::Lxc);
+                }
+            }
+        });
+        let poller = inner.clone();
+        let locks = inner.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(poller.cfg.poll_interval).await;
+                let p = poller.clone();
+                let l = locks.clone();
+                let busy =
+                    move |id: &InstanceId| l.locks.lock().unwrap().get(id).is_some_and(|m| m.try_lock().is_err());
+                let _ = tokio::task::spawn_blocking(move || p.poll(false, &busy)).await;
+            }
+        });
+        LibvirtHypervisor { inner }
+    }
+
+    fn lock(&self, id: &InstanceId) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner.locks.lock().unwrap().entry(id.clone()).or_default().clone()
+    }
+
+    /// The serial console log of an instance.
+    pub fn console_path(&self, id: &InstanceId) -> PathBuf {
+        self.inner.dir(id).join("console.log")
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.cfg.data_dir
+    }
+}
+
+#[async_trait]
+impl Hypervisor for LibvirtHypervisor {
+    async fn ensure_instance(&self, spec: InstanceSpec) -> std::result::Result<(), AgentError> {
+        let id = spec.id.clone();
+        {
+            let mut known = self.inner.known.lock().unwrap();
+            match known.get_mut(&id) {
+                Some(k) if k.saved.spec.spec_gen > spec.spec_gen => return Ok(()),
+                Some(k) if k.last == Some(ObservedInstance::Failed) && k.saved.spec == spec => {
+                    // Same intent that already failed: say so again rather than retry forever.
+                    drop(known);
+                    self.inner.report(&id, ObservedInstance::Failed);
+                    return Ok(());
+                }
+                Some(k) => {
+                    k.saved.spec = spec.clone();
+                    k.reason = None;
+                    if k.last == Some(ObservedInstance::Failed) {
+                        k.last = None;
+                    }
+                }
+                None => {
+                    let reboot_done = spec.reboot_gen;
+                    let k = Known { saved: Saved { spec, reboot_done }, last: None, reason: None, acted_gen: 0 };
+                    known.insert(id.clone(), k);
+                }
+            }
+        }
+        self.inner.save(&id);
+        let (inner, lock) = (self.inner.clone(), self.lock(&id));
+        tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            let i = inner.clone();
+            let id2 = id.clone();
+            match tokio::task::spawn_blocking(move || i.converge(&id2)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(instance = %id, "ensure failed, will retry on the next ensure: {e}"),
+                Err(e) => tracing::error!(instance = %id, "ensure panicked: {e}"),
+            }
+        });
+        Ok(())
+    }
+
+    async fn ensure_instance_absent(&self, id: InstanceId, spec_gen: u64) -> std::result::Result<(), AgentError> {
+        let kind = self.inner.known.lock().unwrap().get(&id).map(|k| k.saved.spec.hypervisor);
+        let (inner, lock) = (self.inner.clone(), self.lock(&id));
+        tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            let i = inner.clone();
+            let id2 = id.clone();
+            match tokio::task::spawn_blocking(move || i.remove(&id2, kind, spec_gen)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(instance = %id, "removal failed, will retry: {e}"),
+                Err(e) => tracing::error!(instance = %id, "removal panicked: {e}"),
+            }
+            inner.locks.lock().unwrap().remove(&id);
+        });
+        Ok(())
+    }
+
+    async fn report_all(&self) -> std::result::Result<(), AgentError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.poll(true, &|_| false))
+            .await
+            .map_err(|e| AgentError::Driver(e.to_string()))
+    }
+
+    async fn console_log(&self, id: InstanceId) -> std::result::Result<String, AgentError> {
+        if !self.inner.known.lock().unwrap().contains_key(&id) {
+            return Err(AgentError::NotFound(format!("no instance {id} on this host")));
+        }
+        let path = self.console_path(&id);
+        match tokio::fs::read(&path).await {
+            // Keep the answer bounded: the last 256 KiB.
+            Ok(b) => Ok(String::from_utf8_lossy(&b[b.len().saturating_sub(256 << 10)..]).into_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(AgentError::Driver(format!("{}: {e}", path.display()))),
+        }
+    }
+}

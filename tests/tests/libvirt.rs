@@ -1,0 +1,281 @@
+//! hva with the real libvirt driver, driven through dcmgr's API: a QEMU (TCG) guest and
+//! an LXC container boot the project's tiny image and print their own instance ID; the
+//! lifecycle leaves nothing behind; a restarted hva leaves running guests alone.
+//!
+//! Needs libvirtd (tests/run.sh starts it) and VDC_TINY_IMAGE_DIR (it builds the image).
+
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use vdc_cli::client::Client;
+use vdc_schema::api::*;
+use vdc_schema::id::*;
+use vdc_schema::*;
+use vdc_tests::{wait_state, Db, LibvirtSetup, Stack, StackOptions};
+
+fn sha256(p: &Path) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(std::fs::read(p).unwrap())))
+}
+
+async fn register_images(s: &Stack) -> (ImageId, ImageId) {
+    let dir = &s.opts.libvirt.as_ref().unwrap().tiny_image_dir;
+    let kernel = s
+        .admin
+        .create_image(&CreateImage {
+            name: "tiny-qemu".into(),
+            format: ImageFormat::Kernel,
+            arch: Arch::X86_64,
+            hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm],
+            source: dir.join("vmlinuz").display().to_string(),
+            checksum: Some(sha256(&dir.join("vmlinuz"))),
+            initrd: Some(dir.join("initrd.gz").display().to_string()),
+            kernel_cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
+            public: true,
+        })
+        .await
+        .unwrap();
+    let rootfs = s
+        .admin
+        .create_image(&CreateImage {
+            name: "tiny-lxc".into(),
+            format: ImageFormat::Tar,
+            arch: Arch::X86_64,
+            hypervisors: vec![HypervisorKind::Lxc],
+            source: dir.join("rootfs.tar.gz").display().to_string(),
+            checksum: Some(sha256(&dir.join("rootfs.tar.gz"))),
+            initrd: None,
+            kernel_cmdline: None,
+            public: true,
+        })
+        .await
+        .unwrap();
+    (kernel.id, rootfs.id)
+}
+
+fn virsh_has(uri: &str, id: &InstanceId) -> bool {
+    Command::new("virsh")
+        .args(["-c", uri, "dominfo", &format!("vdc-{id}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn qemu_pid(id: &InstanceId) -> Option<u32> {
+    std::fs::read_to_string(format!("/run/libvirt/qemu/vdc-{id}.pid")).ok()?.trim().parse().ok()
+}
+
+async fn wait_console(c: &Client, id: &InstanceId, needle: &str, timeout: Duration) -> (String, Duration) {
+    let start = Instant::now();
+    let mut out = String::new();
+    while start.elapsed() < timeout {
+        out = c.console_log(id).await.map(|l| l.output).unwrap_or_default();
+        if out.contains(needle) {
+            return (out, start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("console of {id} never showed {needle:?} within {timeout:?}; it has:\n{out}")
+}
+
+/// Waits until the console shows `n` boots (one contract line each).
+async fn wait_boots(c: &Client, id: &InstanceId, line: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = c.console_log(id).await.unwrap().output;
+        if out.matches(line).count() >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "expected {n} boots in the console:\n{out}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn job_ok(c: &Client, a: &Accepted<Instance>) {
+    let j = c.wait_job(&a.job.id, Duration::from_secs(90)).await.unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+}
+
+fn stack_opts() -> StackOptions {
+    let mut o = StackOptions::new(Db::Sqlite);
+    o.hosts = 1;
+    o.host_cpus = 2;
+    o.host_memory_mib = 4096;
+    o.agent_timeout_ms = 5000;
+    o.libvirt = Some(LibvirtSetup::from_env());
+    o
+}
+
+/// The whole lifecycle of one instance of `image` on `kind`, then nothing left behind.
+async fn lifecycle(s: &Stack, c: &Client, image: &ImageId, kind: HypervisorKind, uri: &str) {
+    let mut req = CreateInstance {
+        name: Some(format!("{kind}-guest")),
+        image_id: image.clone(),
+        hypervisor: Some(kind),
+        cpus: 1,
+        memory_mib: 256,
+        interfaces: vec![],
+        ssh_key_id: None,
+        user_data: Some("#cloud-config\n".into()),
+    };
+    let a = c.create_instance(&req).await.unwrap();
+    let id = a.resource.id.clone();
+    let line = format!("vdc-guest: instance-id={id}");
+    job_ok(c, &a).await;
+    let (_, boot) = wait_console(c, &id, &line, Duration::from_secs(90)).await;
+    eprintln!("{kind}: API create → console line after running: {boot:?}");
+    assert!(virsh_has(uri, &id));
+    let dir = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances").join(id.as_str());
+    assert!(dir.exists());
+
+    job_ok(c, &c.stop_instance(&id).await.unwrap()).await;
+    assert_eq!(c.get_instance(&id).await.unwrap().state, InstanceState::Stopped);
+    job_ok(c, &c.start_instance(&id).await.unwrap()).await;
+    wait_state(c, &id, InstanceState::Running).await;
+    // `running` is the domain's state; wait for the guest itself before rebooting it.
+    wait_boots(c, &id, &line, 2).await;
+    job_ok(c, &c.reboot_instance(&id).await.unwrap()).await;
+    wait_boots(c, &id, &line, 3).await;
+    job_ok(c, &c.terminate_instance(&id).await.unwrap()).await;
+    assert!(!virsh_has(uri, &id), "the domain is undefined");
+    assert!(!dir.exists(), "the instance directory is removed");
+    req.name = None;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_and_lxc_guests_through_the_api() {
+    vdc_tests::init_logging();
+    let s = Stack::start(stack_opts()).await;
+    let (kernel, rootfs) = register_images(&s).await;
+    let host = &s.admin.list_all_host_nodes().await.unwrap()[0];
+    assert_eq!(host.capabilities["driver"], "libvirt");
+    assert!(host.hypervisors.contains(&HypervisorKind::Qemu) && host.hypervisors.contains(&HypervisorKind::Lxc));
+    let c = s.account("guests").await;
+    lifecycle(&s, &c, &kernel, HypervisorKind::Qemu, "qemu:///system").await;
+    lifecycle(&s, &c, &rootfs, HypervisorKind::Lxc, "lxc:///system").await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hva_restart_leaves_guests_running() {
+    vdc_tests::init_logging();
+    let mut s = Stack::start(stack_opts()).await;
+    let (kernel, _) = register_images(&s).await;
+    let c = s.account("restart").await;
+    let a = c
+        .create_instance(&CreateInstance {
+            name: Some("keep-running".into()),
+            image_id: kernel,
+            hypervisor: Some(HypervisorKind::Qemu),
+            cpus: 1,
+            memory_mib: 256,
+            interfaces: vec![],
+            ssh_key_id: None,
+            user_data: None,
+        })
+        .await
+        .unwrap();
+    let id = a.resource.id.clone();
+    job_ok(&c, &a).await;
+    let pid = qemu_pid(&id).expect("QEMU pid file");
+    s.crash_hva(0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.restart_hva(0).await;
+    s.wait_nodes_online().await.unwrap();
+    assert_eq!(qemu_pid(&id), Some(pid), "the same QEMU process keeps running");
+    assert_eq!(wait_state(&c, &id, InstanceState::Running).await.state, InstanceState::Running);
+    // The restarted agent still controls it.
+    job_ok(&c, &c.stop_instance(&id).await.unwrap()).await;
+    assert_eq!(qemu_pid(&id), None);
+    job_ok(&c, &c.terminate_instance(&id).await.unwrap()).await;
+    // A stopped instance holds no host, so terminate completes at once in dcmgr; its last
+    // host removes the powered-off domain right after.
+    vdc_tests::eventually(Duration::from_secs(20), || async { (!virsh_has("qemu:///system", &id)).then_some(()) })
+        .await
+        .expect("the last host removes the stopped guest's domain");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_or_fails_cleanly() {
+    vdc_tests::init_logging();
+    let s = Stack::start(stack_opts()).await;
+    let (kernel, _) = register_images(&s).await;
+    let dir = s.opts.libvirt.as_ref().unwrap().tiny_image_dir.clone();
+    let c = s.account("bad").await;
+    // A corrupt image: its data does not match the checksum on record.
+    let corrupt = c
+        .create_image(&CreateImage {
+            name: "corrupt".into(),
+            format: ImageFormat::Kernel,
+            arch: Arch::X86_64,
+            hypervisors: vec![HypervisorKind::Qemu],
+            source: dir.join("vmlinuz").display().to_string(),
+            checksum: Some(format!("sha256:{}", "0".repeat(64))),
+            initrd: Some(dir.join("initrd.gz").display().to_string()),
+            kernel_cmdline: None,
+            public: false,
+        })
+        .await
+        .unwrap();
+    let req = |image: &ImageId, mem: u32| CreateInstance {
+        name: None,
+        image_id: image.clone(),
+        hypervisor: Some(HypervisorKind::Qemu),
+        cpus: 1,
+        memory_mib: mem,
+        interfaces: vec![],
+        ssh_key_id: None,
+        user_data: None,
+    };
+    let a = c.create_instance(&req(&corrupt.id, 256)).await.unwrap();
+    let j = c.wait_job(&a.job.id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    let i = wait_state(&c, &a.resource.id, InstanceState::Failed).await;
+    assert!(i.failure_reason.as_deref().unwrap_or("").contains("corrupt"), "{i:?}");
+    assert!(!virsh_has("qemu:///system", &a.resource.id), "no domain is left behind");
+    let inst_dir = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances").join(a.resource.id.as_str());
+    assert!(!inst_dir.exists(), "no files are left behind");
+    let cache = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("images");
+    let leftovers: Vec<_> = std::fs::read_dir(&cache)
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".incoming")).collect())
+        .unwrap_or_default();
+    assert!(leftovers.is_empty(), "no partial image in the cache");
+    job_ok(&c, &c.terminate_instance(&a.resource.id).await.unwrap()).await;
+
+    // Too much memory for the host: refused before anything reaches it.
+    match c.create_instance(&req(&kernel, 64 * 1024)).await {
+        Err(vdc_cli::ClientError::Api { status: 422, code, .. }) => assert_eq!(code, "no_capacity"),
+        other => panic!("expected 422 no_capacity, got {other:?}"),
+    }
+    // An unknown hypervisor kind: refused as bad input.
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/api/v1/instances", s.url()))
+        .bearer_auth(c.token())
+        .json(&serde_json::json!({"image_id": kernel, "hypervisor": "xen"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("xen"));
+    // lxc cannot boot a kernel image.
+    let mut r = req(&kernel, 128);
+    r.hypervisor = Some(HypervisorKind::Lxc);
+    assert!(matches!(c.create_instance(&r).await, Err(vdc_cli::ClientError::Api { status: 400, .. })));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvm_is_probed_not_assumed() {
+    let mut lv = LibvirtSetup::from_env();
+    lv.kvm_probe_timeout = Duration::from_secs(8);
+    let cfg = lv.config("probe");
+    let detected = tokio::task::spawn_blocking(move || vdc_hva::detect(&cfg, Duration::from_secs(8))).await.unwrap();
+    let usable = detected.capabilities["kvm_usable"].as_bool().expect("kvm_usable is reported");
+    assert!(detected.capabilities["kvm_probe"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(detected.hypervisors.contains(&HypervisorKind::Kvm), usable, "kvm is offered only if a guest booted");
+    assert!(detected.hypervisors.contains(&HypervisorKind::Qemu));
+    eprintln!("kvm probe: {}", detected.capabilities);
+    let _ = std::fs::remove_dir_all(&lv.root);
+}
