@@ -3,23 +3,42 @@
 # sudo). Quick when everything is already there: apt runs only for what is missing.
 set -euo pipefail
 
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
 packages=(
   nats-server          # the bus between hosts (tests run a real one)
   postgresql           # dcmgr's production database (the API suite runs on it too)
   wrk                  # the HTTP benchmark of vdc-bench
-  pkg-config
-  python3
+  pkg-config python3
+  # hva: libvirt with its qemu and lxc drivers; the tiny test image is built from
+  # busybox-static and a Debian kernel; genisoimage makes cloud-init seeds.
+  libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver-lxc libvirt-clients
+  libvirt-dev dnsmasq-base busybox-static cpio genisoimage xz-utils
 )
+# QEMU 10 comes from bookworm-backports: bookworm's 7.2 conflicts with the qemu-utils 10
+# these machines ship.
+backports=(qemu-system-x86 qemu-block-extra)
 
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  echo "installing: ${missing[*]}"
+missing_bp=()
+for p in "${backports[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing_bp+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ] || [ ${#missing_bp[@]} -gt 0 ]; then
+  list=/etc/apt/sources.list.d/backports.list
+  [ -f "$list" ] || echo 'deb http://deb.debian.org/debian bookworm-backports main' | $SUDO tee "$list" >/dev/null
+  echo "installing: ${missing_bp[*]} ${missing[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  export DEBIAN_FRONTEND=noninteractive
+  if [ ${#missing_bp[@]} -gt 0 ]; then
+    $SUDO apt-get install -y -qq --no-install-recommends -t bookworm-backports "${missing_bp[@]}" >/dev/null
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
 fi
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (https://rustup.rs)" >&2; exit 1; }

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Runs every vdc test: installs what the tests need, starts a private PostgreSQL on a
-# free loopback port (removed afterwards), and runs the workspace's tests. Tests that
-# need NATS start their own nats-server. Extra arguments go to `cargo test`.
+# Runs every vdc test: installs what the tests need, starts libvirt and a private
+# PostgreSQL on a free loopback port (removed afterwards), builds the tiny guest image
+# (kept in target/tiny-image), and runs the workspace's tests. Tests that need NATS start
+# their own nats-server. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash packaging/install-deps.sh
+bash packaging/start-libvirt.sh
+bash packaging/build-tiny-image.sh target/tiny-image >/dev/null
+export VDC_TINY_IMAGE_DIR="$PWD/target/tiny-image"
 
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 PGDIR=$(mktemp -d /tmp/vdc-test-pg.XXXXXX)

@@ -110,6 +110,9 @@ pub struct UpArgs {
     /// Use simulated agents instead of real hypervisors and storage
     #[arg(long)]
     pub sim: bool,
+    /// The tiny image built by packaging/build-tiny-image.sh (default: DATA_DIR/tiny-image)
+    #[arg(long)]
+    pub tiny_image: Option<PathBuf>,
 }
 
 /// Paging of list commands: by default every page is fetched.

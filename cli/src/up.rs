@@ -38,29 +38,24 @@ fn admin_token(dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// This machine's CPUs and memory, offered to the all-in-one's host.
-fn host_capacity() -> (u32, u64) {
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
-    let mem_kib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
-        })
-        .unwrap_or(4 << 20);
-    (cpus, mem_kib / 1024)
-}
-
 /// A running all-in-one.
 pub struct AllInOne {
     pub dcmgr: Dcmgr,
     pub token: String,
+    /// What hva runs: "libvirt" or "sim", and why.
+    pub hva_driver: String,
     agents: Vec<vdc_bus::AgentHandle>,
 }
 
+/// The tiny image's directory: `--tiny-image`, else `DATA_DIR/tiny-image`.
+pub fn tiny_image_dir(data_dir: &Path, given: Option<&Path>) -> Option<PathBuf> {
+    let dir = given.map(Path::to_path_buf).unwrap_or_else(|| data_dir.join("tiny-image"));
+    dir.join("vmlinuz").exists().then_some(dir)
+}
+
 impl AllInOne {
-    pub async fn start(data_dir: &Path, listen: &str) -> anyhow::Result<AllInOne> {
+    /// Starts the cloud; hva uses libvirt when it answers (unless `sim`), else the sim.
+    pub async fn start(data_dir: &Path, listen: &str, sim: bool, tiny: Option<PathBuf>) -> anyhow::Result<AllInOne> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let token = admin_token(data_dir)?;
         let bus: Arc<dyn Transport> = vdc_bus::InProc::new();
@@ -74,23 +69,50 @@ impl AllInOne {
 
         let host_id = load_or_create_id(&data_dir.join("hva/node-id"), || HostNodeId::generate().to_string())?;
         let store_id = load_or_create_id(&data_dir.join("sta/node-id"), || StorageNodeId::generate().to_string())?;
-        let (cpus, memory_mib) = host_capacity();
-        let sim = SimKnobs::default();
-        let (hva, _) = vdc_hva::start_sim(
-            bus.clone(),
-            vdc_hva::HvaOptions {
-                node_id: host_id.clone(),
-                cpus,
-                memory_mib,
-                hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu, HypervisorKind::Lxc],
-                data_dir: Some(data_dir.join("hva")),
-                sim,
-            },
-        )
-        .await?;
+        let (cpus, memory_mib) = vdc_hva::host_capacity();
+        let knobs = SimKnobs::default();
+        let hva_opts = vdc_hva::HvaOptions {
+            node_id: host_id.clone(),
+            cpus,
+            memory_mib,
+            hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu, HypervisorKind::Lxc],
+            data_dir: Some(data_dir.join("hva")),
+            sim: knobs,
+        };
+        let lv = vdc_hva::libvirt::LibvirtConfig {
+            data_dir: data_dir.join("hva"),
+            builtin_images: tiny.clone(),
+            qemu_uri: "qemu:///system".into(),
+            lxc_uri: "lxc:///system".into(),
+            stop_timeout: std::time::Duration::from_secs(30),
+            poll_interval: std::time::Duration::from_millis(500),
+            bridge: None,
+        };
+        let detected = if sim {
+            None
+        } else {
+            let c = lv.clone();
+            let d =
+                tokio::task::spawn_blocking(move || vdc_hva::detect(&c, std::time::Duration::from_secs(10))).await?;
+            Some(d)
+        };
+        let (hva, hva_driver) = match detected {
+            Some(d) if !d.hypervisors.is_empty() => {
+                let why =
+                    format!("libvirt ({})", d.hypervisors.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", "));
+                (vdc_hva::start_libvirt(bus.clone(), hva_opts, lv, d).await?.0, why)
+            }
+            other => {
+                let why = match other {
+                    None => "sim (asked for with --sim)".to_owned(),
+                    Some(d) => format!("sim (libvirt is not usable here: {})", d.capabilities),
+                };
+                (vdc_hva::start_sim(bus.clone(), hva_opts).await?.0, why)
+            }
+        };
         let (nw, _) = vdc_nwagent::start_sim(
             bus.clone(),
-            vdc_nwagent::NwOptions { node_id: host_id, data_dir: Some(data_dir.join("nwagent")), sim },
+            vdc_nwagent::NwOptions { node_id: host_id, data_dir: Some(data_dir.join("nwagent")), sim: knobs },
         )
         .await?;
         let (sta, _) = vdc_sta::start_sim(
@@ -99,12 +121,12 @@ impl AllInOne {
                 node_id: store_id,
                 capacity_mib: 100 << 10,
                 data_dir: Some(data_dir.join("sta")),
-                sim,
+                sim: knobs,
             },
         )
         .await?;
-        ensure_default_image(&dcmgr).await?;
-        Ok(AllInOne { dcmgr, token, agents: vec![hva, nw, sta] })
+        ensure_default_images(&dcmgr, tiny.as_deref()).await?;
+        Ok(AllInOne { dcmgr, token, hva_driver, agents: vec![hva, nw, sta] })
     }
 
     pub async fn stop(self) {
@@ -115,28 +137,55 @@ impl AllInOne {
     }
 }
 
-async fn ensure_default_image(dcmgr: &Dcmgr) -> anyhow::Result<()> {
+fn sha256_of(path: &Path) -> anyhow::Result<String> {
+    let sums = std::fs::read_to_string(path.parent().unwrap_or(Path::new(".")).join("SHA256SUMS"))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    sums.lines()
+        .find_map(|l| l.split_once("  ").filter(|(_, f)| f.trim_start_matches('*') == name).map(|(h, _)| h.to_owned()))
+        .map(|h| format!("sha256:{h}"))
+        .with_context(|| format!("{name} is not listed in SHA256SUMS"))
+}
+
+/// Registers the default public images once: `tiny` (a kernel and initramfs for kvm and
+/// qemu) and `tiny-lxc` (a root filesystem), from the tiny image when it is built.
+async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Result<()> {
     let ctx = &dcmgr.ctx;
     let admin = vdc_dcmgr::resources::account::admin_id(ctx)
         .await
         .map_err(|e| anyhow::anyhow!("looking up the admin account: {e}"))?
         .context("the admin account is missing")?;
     let caller = Caller { account_id: admin.parse()?, admin: true };
-    let exists =
-        vdc_dcmgr::resources::image::exists_public(ctx, DEFAULT_IMAGE).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    if !exists {
-        let req = CreateImage {
+    let path = |f: &str| tiny.map(|d| d.join(f).display().to_string());
+    let images = [
+        CreateImage {
             name: DEFAULT_IMAGE.into(),
             format: ImageFormat::Kernel,
             arch: Arch::X86_64,
-            hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm, HypervisorKind::Lxc],
-            source: "builtin:tiny-kernel".into(),
-            checksum: None,
-            initrd: Some("builtin:tiny-initrd".into()),
-            kernel_cmdline: Some("console=ttyS0 panic=-1".into()),
+            hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm],
+            source: path("vmlinuz").unwrap_or_else(|| "builtin:tiny-kernel".into()),
+            checksum: tiny.map(|d| sha256_of(&d.join("vmlinuz"))).transpose()?,
+            initrd: Some(path("initrd.gz").unwrap_or_else(|| "builtin:tiny-initrd".into())),
+            kernel_cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
             public: true,
-        };
-        vdc_dcmgr::resources::image::insert(ctx, &caller, req).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        },
+        CreateImage {
+            name: "tiny-lxc".into(),
+            format: ImageFormat::Tar,
+            arch: Arch::X86_64,
+            hypervisors: vec![HypervisorKind::Lxc],
+            source: path("rootfs.tar.gz").unwrap_or_else(|| "builtin:tiny-rootfs".into()),
+            checksum: tiny.map(|d| sha256_of(&d.join("rootfs.tar.gz"))).transpose()?,
+            initrd: None,
+            kernel_cmdline: None,
+            public: true,
+        },
+    ];
+    for req in images {
+        let exists =
+            vdc_dcmgr::resources::image::exists_public(ctx, &req.name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !exists {
+            vdc_dcmgr::resources::image::insert(ctx, &caller, req).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
     }
     Ok(())
 }
@@ -150,7 +199,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
-    let aio = AllInOne::start(&data_dir, &args.listen).await?;
+    let tiny = tiny_image_dir(&data_dir, args.tiny_image.as_deref());
+    let aio = AllInOne::start(&data_dir, &args.listen, args.sim, tiny.clone()).await?;
     let url = aio.dcmgr.url();
     let cfg_path = config::config_path();
     config::save(&cfg_path, &CliConfig { api: Some(url.clone()), token: Some(aio.token.clone()) })?;
@@ -162,22 +212,29 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
   admin token {}
   CLI config  {} (written; `vdc` now talks to this cloud)
 
-  Drivers: simulated (hva, nwagent and sta run their `sim` drivers: instances, networks
-  and volumes are modelled, not booted; the libvirt, Open vSwitch and storage drivers
-  are not built yet).
+  hva:        {}{}
+  nwagent, sta: simulated (the Open vSwitch and storage drivers are not built yet)
 
 Try:
   vdc keypair create mykey
   vdc network create net1 --cidr 10.0.0.0/24
   vdc secgroup create web --rule tcp:22 --rule icmp
-  vdc image list
+  vdc image list                     # tiny (kvm, qemu) and tiny-lxc (lxc)
   vdc instance create --image <img-…> --network <nw-…> --secgroup <sg-…> --keypair <ssh-…> --wait
+  vdc instance console-log <i-…>
   vdc instance list
 
-Ctrl-C stops the cloud; its state stays in the data directory.",
+Ctrl-C stops the cloud (guests keep running; they are found again at the next start);
+its state stays in the data directory.",
         data_dir.display(),
         aio.token,
-        cfg_path.display()
+        cfg_path.display(),
+        aio.hva_driver,
+        if tiny.is_none() {
+            "\n  (no tiny image in DATA_DIR/tiny-image: build it with packaging/build-tiny-image.sh)"
+        } else {
+            ""
+        },
     );
     vdc_bus::sim::shutdown_signal().await;
     eprintln!("stopping…");

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Starts virtlogd and libvirtd by hand where there is no systemd (as on CI), and waits
+# until both the qemu and lxc drivers answer. Prints "started" if it started libvirtd.
+#
+# libvirtd runs in a private mount namespace without the cgroup v1 "unified" mount: on
+# hybrid cgroup hosts its LXC driver otherwise fails with "Unable to create directory
+# /sys/fs/cgroup/unified". QEMU domains work the same in that daemon.
+set -euo pipefail
+if virsh -c qemu:///system version >/dev/null 2>&1; then
+  exit 0
+fi
+pgrep -x virtlogd >/dev/null || virtlogd -d
+nohup unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; exec libvirtd' \
+  >/var/log/vdc-libvirtd.log 2>&1 &
+for _ in $(seq 1 60); do
+  # The first call waits for libvirt's capability probe (several seconds).
+  if virsh -c qemu:///system version >/dev/null 2>&1 && virsh -c lxc:///system version >/dev/null 2>&1; then
+    echo started
+    exit 0
+  fi
+  sleep 1
+done
+echo "libvirtd did not start; see /var/log/vdc-libvirtd.log" >&2
+exit 1
