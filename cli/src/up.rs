@@ -18,8 +18,18 @@ use vdc_schema::{Arch, HostNodeId, HypervisorKind, ImageFormat, StorageNodeId};
 /// The name of the image registered by default.
 pub const DEFAULT_IMAGE: &str = "tiny";
 
+/// `/var/lib/vdc` for root (QEMU runs as its own user and cannot enter root's home),
+/// else `~/.local/share/vdc`.
 pub fn default_data_dir() -> PathBuf {
+    if effective_uid() == Some(0) {
+        return PathBuf::from("/var/lib/vdc");
+    }
     dirs::data_local_dir().unwrap_or_else(|| PathBuf::from(".")).join("vdc")
+}
+
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(2)?.parse().ok()
 }
 
 fn admin_token(dir: &Path) -> anyhow::Result<String> {
