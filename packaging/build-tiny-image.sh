@@ -497,6 +497,10 @@ else
     mkdir -p "$WORK/kdeb"
     (cd "$WORK/kdeb" && apt_download "$pkg")
     deb=$(ls "$WORK"/kdeb/*.deb 2>/dev/null | head -n 1)
+    # Keep it where apt keeps what it fetched, so the next build needs no download.
+    if [ -n "$deb" ] && [ -w /var/cache/apt/archives ]; then
+      cp -f "$deb" /var/cache/apt/archives/ && deb=/var/cache/apt/archives/$(basename "$deb")
+    fi
   fi
   [ -n "$deb" ] || die "apt-get download $pkg produced no .deb"
   dpkg-deb -x "$deb" "$WORK/kernel" || die "dpkg-deb -x $deb failed"

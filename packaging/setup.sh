@@ -5,9 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash packaging/install-deps.sh
 bash packaging/start-libvirt.sh >/dev/null
-# Same default as `vdc up`: QEMU runs as its own user and cannot enter root's home.
-if [ "$(id -u)" -eq 0 ]; then data=/var/lib/vdc; else data="${XDG_DATA_HOME:-$HOME/.local/share}/vdc"; fi
-mkdir -p "$data" && chmod 755 "$data"
-bash packaging/build-tiny-image.sh "$data/tiny-image" >/dev/null
+# Where `vdc up` looks for the tiny image: machine-wide as root, else in its data dir.
+if [ "$(id -u)" -eq 0 ]; then
+  tiny=/var/cache/vdc/tiny-image
+else
+  tiny="${XDG_DATA_HOME:-$HOME/.local/share}/vdc/tiny-image"
+fi
+mkdir -p "$tiny"
+bash packaging/build-tiny-image.sh "$tiny" >/dev/null
 cargo install --locked --quiet --path cli
 echo "set up; run: vdc up"

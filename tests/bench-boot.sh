@@ -9,7 +9,7 @@
 #   bash tests/bench-boot.sh [TINY_IMAGE_DIR] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TINY=${1:-target/tiny-image}
+TINY=${1:-/var/cache/vdc/tiny-image}
 RUNS=${2:-3}
 TINY=$(cd "$TINY" && pwd)
 VDC=target/release/vdc

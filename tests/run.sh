@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs every vdc test: installs what the tests need, starts libvirt and a private
 # PostgreSQL on a free loopback port (removed afterwards), builds the tiny guest image
-# (kept in target/tiny-image), and runs the workspace's tests. Tests that need NATS start
+# (kept in /var/cache/vdc/tiny-image), and runs the workspace's tests. Tests that need NATS start
 # their own nats-server. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash packaging/install-deps.sh
 bash packaging/start-libvirt.sh
-bash packaging/build-tiny-image.sh target/tiny-image >/dev/null
-export VDC_TINY_IMAGE_DIR="$PWD/target/tiny-image"
+# The tiny image is a machine-wide artifact (like apt's cache): built once per machine,
+# checked and kept by later runs and clones.
+export VDC_TINY_IMAGE_DIR="${VDC_TINY_IMAGE_DIR:-/var/cache/vdc/tiny-image}"
+bash packaging/build-tiny-image.sh "$VDC_TINY_IMAGE_DIR" >/dev/null
 
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 PGDIR=$(mktemp -d /tmp/vdc-test-pg.XXXXXX)

@@ -57,10 +57,17 @@ pub struct AllInOne {
     agents: Vec<vdc_bus::AgentHandle>,
 }
 
-/// The tiny image's directory: `--tiny-image`, else `DATA_DIR/tiny-image`.
+/// The machine-wide place of the tiny image (packaging/setup.sh builds it there as root).
+pub const SYSTEM_TINY_IMAGE: &str = "/var/cache/vdc/tiny-image";
+
+/// The tiny image's directory: `--tiny-image`, else `DATA_DIR/tiny-image`, else
+/// [`SYSTEM_TINY_IMAGE`].
 pub fn tiny_image_dir(data_dir: &Path, given: Option<&Path>) -> Option<PathBuf> {
-    let dir = given.map(Path::to_path_buf).unwrap_or_else(|| data_dir.join("tiny-image"));
-    dir.join("vmlinuz").exists().then_some(dir)
+    let candidates = match given {
+        Some(g) => vec![g.to_path_buf()],
+        None => vec![data_dir.join("tiny-image"), PathBuf::from(SYSTEM_TINY_IMAGE)],
+    };
+    candidates.into_iter().find(|d| d.join("vmlinuz").exists())
 }
 
 impl AllInOne {
@@ -241,7 +248,7 @@ its state stays in the data directory.",
         cfg_path.display(),
         aio.hva_driver,
         if tiny.is_none() {
-            "\n  (no tiny image in DATA_DIR/tiny-image: build it with packaging/build-tiny-image.sh)"
+            "\n  (no tiny image in DATA_DIR/tiny-image or /var/cache/vdc/tiny-image: run packaging/setup.sh)"
         } else {
             ""
         },

@@ -39,3 +39,39 @@ pub fn build(spec: &InstanceSpec, dir: &Path, iso: &Path) -> Result<(), super::i
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdc_schema::bus::ImageSpec;
+    use vdc_schema::{DesiredPower, HypervisorKind, ImageFormat};
+
+    #[test]
+    fn meta_data_carries_identity_and_quoted_keys() {
+        let spec = InstanceSpec {
+            id: "i-abc".parse().unwrap(),
+            spec_gen: 1,
+            power: DesiredPower::Running,
+            hypervisor: HypervisorKind::Qemu,
+            cpus: 1,
+            memory_mib: 128,
+            hostname: "web1".into(),
+            image: ImageSpec {
+                id: "img-x".parse().unwrap(),
+                format: ImageFormat::Kernel,
+                source: "/k".into(),
+                checksum: None,
+                initrd: None,
+                kernel_cmdline: None,
+            },
+            nics: vec![],
+            ssh_public_keys: vec!["ssh-ed25519 AAAA key: with \"quotes\"".into()],
+            user_data: None,
+            volumes: vec![],
+            reboot_gen: 0,
+        };
+        let md = meta_data(&spec);
+        assert!(md.starts_with("instance-id: i-abc\nlocal-hostname: web1\n"));
+        assert!(md.contains(r#"  - "ssh-ed25519 AAAA key: with \"quotes\"""#), "{md}");
+    }
+}
