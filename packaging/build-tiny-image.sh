@@ -3,7 +3,7 @@
 # initramfs for QEMU guests and a busybox rootfs for LXC guests. Needs only Debian's
 # archive (apt). See packaging/tiny-image/README.md.
 #
-#   bash packaging/build-tiny-image.sh OUTDIR
+#   bash packaging/build-tiny-image.sh [--pvh] OUTDIR
 #
 # Idempotent: an output that exists, is valid and matches what this script would build
 # now is kept.
@@ -21,17 +21,27 @@ die() { echo "$PROG: error: $*" >&2; exit 1; }
 
 usage() {
   cat >&2 <<EOF
-usage: $0 OUTDIR
+usage: $0 [--pvh] OUTDIR
 
 Writes into OUTDIR: vmlinuz, initrd.gz, rootfs/, rootfs.tar.gz, SHA256SUMS, image.json.
+--pvh also writes vmlinux: the same kernel uncompressed (ELF, PVH entry, ~66 MB). Given
+as the kernel to QEMU/libvirt it boots ~7 s faster under TCG (no in-guest XZ unpacking).
 Needs: apt (Debian bookworm archive), dpkg-deb, cpio, gzip, sha256sum, tar;
 busybox-static and cpio are installed with apt-get if missing (needs root).
 EOF
   exit 2
 }
 
+PVH=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage ;;
+    --pvh) PVH=1; shift ;;
+    -*) echo "$PROG: unknown option $1" >&2; usage ;;
+    *) break ;;
+  esac
+done
 [ $# -eq 1 ] || usage
-case "$1" in -h|--help) usage ;; esac
 mkdir -p -- "$1" || die "cannot create output directory $1"
 OUT=$(cd -- "$1" && pwd)
 
@@ -516,6 +526,43 @@ else
   rm -rf "$WORK/kernel" "$WORK/kdeb"
 fi
 
+# --pvh: the ELF inside the bzImage. Its payload is at (setup_sects+1)*512 +
+# payload_offset (0x248), payload_length (0x24c) bytes long (Linux boot protocol 2.08+).
+extract_vmlinux() { # BZIMAGE OUT
+  local f=$1 out=$2 setup off len start magic
+  setup=$(od -An -tu1 -j 497 -N 1 "$f" | tr -d ' ')
+  [ "$setup" = 0 ] && setup=4
+  off=$(od -An -tu4 -j 584 -N 4 "$f" | tr -d ' ')
+  len=$(od -An -tu4 -j 588 -N 4 "$f" | tr -d ' ')
+  start=$(( (setup + 1) * 512 + off ))
+  dd if="$f" of="$WORK/payload" bs=1M iflag=skip_bytes,count_bytes skip="$start" count="$len" \
+    status=none
+  magic=$(od -An -tx1 -N 6 "$WORK/payload" | tr -d ' \n')
+  case "$magic" in
+    fd377a585a00)
+      command -v xz >/dev/null || die "--pvh needs xz (apt-get install xz-utils)"
+      xz -dc --single-stream <"$WORK/payload" >"$out" ;;
+    1f8b*) gzip -dc <"$WORK/payload" >"$out" 2>/dev/null || true ;;
+    *) die "--pvh: unsupported kernel compression (payload magic $magic)" ;;
+  esac
+  rm -f "$WORK/payload"
+  [ "$(od -An -tx1 -N 4 "$out" | tr -d ' \n')" = 7f454c46 ] \
+    || die "--pvh: no ELF kernel inside $f"
+}
+
+if [ "$PVH" = 1 ]; then
+  krel=$(kernel_release "$OUT/vmlinuz")
+  if [ -s "$OUT/vmlinux" ] && [ "$OUT/vmlinux" -nt "$OUT/vmlinuz" ] \
+     && [ "$(od -An -tx1 -N 4 "$OUT/vmlinux" | tr -d ' \n')" = 7f454c46 ] \
+     && grep -aqF "Linux version $krel " "$OUT/vmlinux"; then
+    log "vmlinux ($krel) is up to date"
+  else
+    extract_vmlinux "$OUT/vmlinuz" "$WORK/vmlinux"
+    install_file "$WORK/vmlinux" vmlinux
+    log "vmlinux: $(du -h "$OUT/vmlinux" | cut -f1) ($krel, PVH)"
+  fi
+fi
+
 # ------------------------------------------------------------------------ LXC rootfs
 
 valid_rootfs() { # DIR
@@ -556,6 +603,9 @@ k_sha=$(sha "$OUT/vmlinuz")
 i_sha=$(sha "$OUT/initrd.gz")
 r_sha=$(sha "$OUT/rootfs.tar.gz")
 printf '%s  %s\n' "$k_sha" vmlinuz "$i_sha" initrd.gz "$r_sha" rootfs.tar.gz >"$WORK/SHA256SUMS"
+if [ "$PVH" = 1 ]; then
+  printf '%s  %s\n' "$(sha "$OUT/vmlinux")" vmlinux >>"$WORK/SHA256SUMS"
+fi
 install_file "$WORK/SHA256SUMS" SHA256SUMS
 cat >"$WORK/image.json" <<EOF
 {"kernel": "vmlinuz", "initrd": "initrd.gz", "kernel_sha256": "$k_sha", "initrd_sha256": "$i_sha", "rootfs_tar": "rootfs.tar.gz", "rootfs_sha256": "$r_sha", "cmdline": "$CMDLINE"}

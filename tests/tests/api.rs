@@ -615,12 +615,12 @@ async fn agent_crash_goes_offline_and_converges(db: Db) {
     assert_eq!(t.resource.state, InstanceState::ShuttingDown);
     s.restart_hva(0).await;
     s.wait_nodes_online().await.unwrap();
+    assert_eq!(wait_job(&c, &t.job).await.state, JobState::Succeeded);
     assert_eq!(
         s.hosts[0].hva_driver.as_ref().unwrap().len(),
         1,
         "the restarted agent kept the guest it had and removed the terminated one"
     );
-    assert_eq!(wait_job(&c, &t.job).await.state, JobState::Succeeded);
     wait_state(&c, &a.id, InstanceState::Running).await;
     let st = c.stop_instance(&a.id).await.unwrap();
     assert_eq!(wait_job(&c, &st.job).await.state, JobState::Succeeded);

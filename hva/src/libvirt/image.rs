@@ -125,3 +125,46 @@ pub fn kernel_pair(cache: &ImageCache, img: &ImageSpec) -> Result<(PathBuf, Opti
     };
     Ok((kernel, initrd))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(dir: &Path) -> ImageCache {
+        ImageCache { dir: dir.join("images"), builtin_dir: None }
+    }
+
+    #[test]
+    fn images_are_verified_and_cached_under_their_checksum() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("disk.img");
+        std::fs::write(&src, b"not really a disk").unwrap();
+        let sum = sha256_file(&src).unwrap();
+        let c = cache(tmp.path());
+        let got = c.fetch("img-a", src.to_str().unwrap(), Some(&format!("sha256:{sum}"))).unwrap();
+        assert_eq!(got, c.dir.join(&sum));
+        // A wrong checksum is refused and leaves no partial file behind.
+        let bad = c.fetch("img-b", &format!("file://{}", src.display()), Some(&format!("sha256:{}", "1".repeat(64))));
+        assert!(matches!(bad, Err(ImageError::Checksum { .. })), "{bad:?}");
+        let names: Vec<_> = std::fs::read_dir(&c.dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, [std::ffi::OsString::from(&sum)]);
+        // Only local sources.
+        assert!(matches!(c.fetch("img-c", "http://example.com/x", None), Err(ImageError::Unsupported(_))));
+    }
+
+    #[test]
+    fn the_root_disk_is_a_qcow2_overlay_on_the_cached_image() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base.qcow2");
+        host::run("qemu-img", &["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"]).unwrap();
+        let c = cache(tmp.path());
+        let cached = c.fetch("img-q", base.to_str().unwrap(), None).unwrap();
+        let root = tmp.path().join("root.qcow2");
+        c.overlay(&cached, "qcow2", &root).unwrap();
+        let info = host::run("qemu-img", &["info", "--output=json", root.to_str().unwrap()]).unwrap();
+        let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+        assert_eq!(info["format"], "qcow2");
+        assert_eq!(info["backing-filename"], cached.display().to_string());
+        assert_eq!(info["virtual-size"], 64 << 20);
+    }
+}

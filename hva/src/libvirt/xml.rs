@@ -116,6 +116,9 @@ pub fn qemu_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
 
 /// A libvirt LXC container on a directory root filesystem. Its console is a pty that hva
 /// copies into the console log.
+///
+/// `<privnet/>` always: without it, a container with no `<interface>` shares the host's
+/// network namespace, and a guest that configures "its" eth0 reconfigures the host's.
 pub fn lxc_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
     let rootfs = l.rootfs.map(|p| p.display().to_string()).unwrap_or_default();
     format!(
@@ -124,6 +127,7 @@ pub fn lxc_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
 <memory unit='MiB'>{mem}</memory><vcpu>{cpus}</vcpu>\
 <os><type>exe</type><init>/init.sh</init>\
 <initenv name='VDC_INSTANCE_ID'>{id}</initenv><initenv name='VDC_HOSTNAME'>{host}</initenv></os>\
+<features><privnet/></features>\
 <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
 <devices><emulator>/usr/lib/libvirt/libvirt_lxc</emulator>\
 <filesystem type='mount'><source dir='{rootfs}'/><target dir='/'/></filesystem>\
@@ -149,6 +153,46 @@ mod tests {
         assert_eq!(u, domain_uuid("i-abc"));
         assert_ne!(u, domain_uuid("i-abd"));
         assert_eq!(u.len(), 36);
+    }
+
+    #[test]
+    fn containers_always_get_their_own_network_namespace() {
+        use vdc_schema::bus::ImageSpec;
+        let spec = InstanceSpec {
+            id: "i-abc".parse().unwrap(),
+            spec_gen: 1,
+            power: vdc_schema::DesiredPower::Running,
+            hypervisor: HypervisorKind::Lxc,
+            cpus: 1,
+            memory_mib: 64,
+            hostname: "c".into(),
+            image: ImageSpec {
+                id: "img-x".parse().unwrap(),
+                format: vdc_schema::ImageFormat::Tar,
+                source: "/x.tar.gz".into(),
+                checksum: None,
+                initrd: None,
+                kernel_cmdline: None,
+            },
+            nics: vec![],
+            ssh_public_keys: vec![],
+            user_data: None,
+            volumes: vec![],
+            reboot_gen: 0,
+        };
+        let log = Path::new("/x/console.log");
+        let l = Layout {
+            kernel: None,
+            initrd: None,
+            root_disk: None,
+            seed_iso: None,
+            rootfs: Some(Path::new("/x/rootfs")),
+            console_log: log,
+            bridge: None,
+        };
+        let xml = lxc_domain(&spec, &l);
+        assert!(xml.contains("<features><privnet/></features>"), "{xml}");
+        assert!(!xml.contains("<interface"));
     }
 
     #[test]
