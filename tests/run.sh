@@ -33,4 +33,7 @@ as_pg "$PG_BIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/log" -w \
 export VDC_TEST_PG_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 echo "PostgreSQL for tests on 127.0.0.1:$PGPORT"
 
+# The multi-process tests run the real binaries (dcmgr, hva, …): `cargo test` alone
+# builds bin targets only as test harnesses.
+cargo build --workspace --bins
 cargo test --workspace "$@"
