@@ -1,9 +1,9 @@
 //! Resource IDs with Wakame-VDC's readable prefixes, each its own type so that an
 //! instance ID can never be passed where a volume ID is expected.
 //!
-//! An ID is `<prefix>-<suffix>`; a generated suffix is 14 base32 characters, the first 8
-//! from the time in milliseconds, so that sorting by ID is sorting by creation time
-//! (pagination relies on it), and 6 random ones.
+//! An ID is `<prefix>-<suffix>`; a generated suffix is 15 base32 characters: 11 from the
+//! time in milliseconds and a per-process sequence, so that IDs made by one process sort
+//! in the order they were made (pagination relies on it), then 4 random ones.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -20,16 +20,30 @@ pub struct IdError {
     pub input: String,
 }
 
-fn generate_suffix() -> String {
-    use rand::Rng;
+/// (milliseconds << 10 | sequence) of the last ID made by this process.
+static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A strictly increasing (ms, sequence) pair: the sequence counts IDs within one
+/// millisecond, and borrows from the next millisecond past 1024 of them.
+fn next_stamp() -> u64 {
+    use std::sync::atomic::Ordering;
     let ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let mut out = String::with_capacity(14);
-    for i in (0..8).rev() {
-        out.push(ALPHABET[((ms >> (i * 5)) & 31) as usize] as char);
+    let candidate = ms << 10;
+    let prev = LAST.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(candidate.max(last + 1))).unwrap_or(0);
+    candidate.max(prev + 1)
+}
+
+fn generate_suffix() -> String {
+    use rand::Rng;
+    let stamp = next_stamp();
+    let mut out = String::with_capacity(15);
+    // 55 bits: 45 of milliseconds (enough until the year 3084) and 10 of sequence.
+    for i in (0..11).rev() {
+        out.push(ALPHABET[((stamp >> (i * 5)) & 31) as usize] as char);
     }
     let mut rng = rand::thread_rng();
-    for _ in 0..6 {
+    for _ in 0..4 {
         out.push(ALPHABET[rng.gen_range(0..32)] as char);
     }
     out
@@ -131,7 +145,17 @@ mod tests {
         assert!(a < b, "{a} should sort before {b}");
         assert_eq!(a.as_str().parse::<InstanceId>().unwrap(), a);
         assert!(a.as_str().starts_with("i-"));
-        assert_eq!(a.as_str().len(), 16);
+        assert_eq!(a.as_str().len(), 17);
+    }
+
+    #[test]
+    fn ids_made_in_one_millisecond_still_sort_in_order() {
+        let ids: Vec<InstanceId> = (0..5000).map(|_| InstanceId::generate()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
     }
 
     #[test]
