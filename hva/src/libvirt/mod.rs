@@ -321,8 +321,11 @@ impl Inner {
 
     /// Copies a container's console into its console log until the container stops.
     fn capture_console(&self, id: &InstanceId, kind: HypervisorKind) -> Result<()> {
-        let conn = self.conn(kind)?;
-        let dom = self.lookup(kind, id)?.ok_or("the container vanished")?;
+        // A connection of its own: a blocking stream read must never stall the calls
+        // other instances make on the shared connection.
+        let uri = if kind == HypervisorKind::Lxc { &self.cfg.lxc_uri } else { &self.cfg.qemu_uri };
+        let conn = Connect::open(Some(uri)).map_err(|e| e.to_string())?;
+        let dom = conn.lookup_domain_by_name(&xml::domain_name(id.as_str())).map_err(|e| e.to_string())?;
         let stream = virt::stream::Stream::new(&conn, 0).map_err(|e| e.to_string())?;
         dom.open_console(None, &stream, 0).map_err(|e| e.to_string())?;
         let path = self.dir(id).join("console.log");
@@ -336,6 +339,8 @@ impl Inner {
                 }
             }
             let _ = stream.finish();
+            drop(dom);
+            drop(conn);
         });
         Ok(())
     }
