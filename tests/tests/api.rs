@@ -304,8 +304,11 @@ async fn instance_lifecycle(db: Db) {
     let console = c.console_log(&id).await.unwrap();
     assert!(console.output.contains(id.as_str()), "{}", console.output);
 
-    // stop releases the host; stop again is success, not an error.
+    // stop releases the host; stop again is success, not an error, and a repeated
+    // request while the first is under way does not cancel it.
     let a = c.stop_instance(&id).await.unwrap();
+    let repeat = c.stop_instance(&id).await.unwrap();
+    assert_eq!(repeat.job.state, JobState::Succeeded);
     assert_eq!(wait_job(&c, &a.job).await.state, JobState::Succeeded);
     let i = c.get_instance(&id).await.unwrap();
     assert_eq!((i.state, i.host_node_id.is_none()), (InstanceState::Stopped, true));

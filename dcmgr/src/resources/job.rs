@@ -49,38 +49,19 @@ pub async fn start(
     target: &str,
 ) -> ApiResult<Job> {
     let id = JobId::generate();
-    let now = db::now();
     sqlx::query(
         "UPDATE jobs SET state = 'cancelled', finished_at = $1, message = $2 WHERE resource_id = $3 AND state = 'running'",
     )
-    .bind(&now)
+    .bind(db::now())
     .bind(format!("superseded by {id} ({action})"))
     .bind(resource_id)
     .execute(&mut **tx)
     .await?;
-    sqlx::query(&format!(
-        "INSERT INTO jobs ({COLS}, account_id, target) VALUES ($1, $2, $3, 'running', NULL, $4, NULL, $5, $6)"
-    ))
-    .bind(id.as_str())
-    .bind(action)
-    .bind(resource_id)
-    .bind(&now)
-    .bind(account.as_str())
-    .bind(target)
-    .execute(&mut **tx)
-    .await?;
-    Ok(Job {
-        id,
-        action: action.to_owned(),
-        resource_id: resource_id.to_owned(),
-        state: JobState::Running,
-        message: None,
-        created_at: db::parse_time(&now),
-        finished_at: None,
-    })
+    insert(tx, id, account, action, resource_id, target, None).await
 }
 
-/// A job that is already done: the request asked for what already is.
+/// A job that is already done: the request asked for what already is (or is already
+/// under way). It supersedes nothing, so a job still in progress keeps running.
 pub async fn done(
     tx: &mut db::Tx<'_>,
     account: &AccountId,
@@ -88,18 +69,43 @@ pub async fn done(
     resource_id: &str,
     msg: &str,
 ) -> ApiResult<Job> {
-    let mut job = start(tx, account, action, resource_id, "").await?;
+    insert(tx, JobId::generate(), account, action, resource_id, "", Some(msg)).await
+}
+
+/// Inserts a job: running, or (with `done_msg`) already succeeded.
+async fn insert(
+    tx: &mut db::Tx<'_>,
+    id: JobId,
+    account: &AccountId,
+    action: &str,
+    resource_id: &str,
+    target: &str,
+    done_msg: Option<&str>,
+) -> ApiResult<Job> {
     let now = db::now();
-    sqlx::query("UPDATE jobs SET state = 'succeeded', message = $1, finished_at = $2 WHERE id = $3")
-        .bind(msg)
+    let state = if done_msg.is_some() { JobState::Succeeded } else { JobState::Running };
+    let finished = done_msg.map(|_| now.clone());
+    sqlx::query(&format!("INSERT INTO jobs ({COLS}, account_id, target) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+        .bind(id.as_str())
+        .bind(action)
+        .bind(resource_id)
+        .bind(state.as_str())
+        .bind(done_msg)
         .bind(&now)
-        .bind(job.id.as_str())
+        .bind(&finished)
+        .bind(account.as_str())
+        .bind(target)
         .execute(&mut **tx)
         .await?;
-    job.state = JobState::Succeeded;
-    job.message = Some(msg.to_owned());
-    job.finished_at = Some(db::parse_time(&now));
-    Ok(job)
+    Ok(Job {
+        id,
+        action: action.to_owned(),
+        resource_id: resource_id.to_owned(),
+        state,
+        message: done_msg.map(str::to_owned),
+        created_at: db::parse_time(&now),
+        finished_at: finished.as_deref().map(db::parse_time),
+    })
 }
 
 /// Ends the running jobs of `resource_id` whose target is `target`.
