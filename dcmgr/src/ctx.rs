@@ -2,7 +2,7 @@
 //! objects whose ensure must be (re)sent.
 
 use crate::config::Config;
-use crate::db::{DbKind, Pool};
+use crate::db::Pool;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
@@ -35,7 +35,6 @@ pub type EnsureObserver = Arc<dyn Fn(&str) + Send + Sync>;
 
 pub struct Ctx {
     pub db: Pool,
-    pub db_kind: DbKind,
     pub bus: Arc<dyn Transport>,
     pub config: Config,
     /// token hash → caller; tokens are only ever added or revoked through this process.

@@ -2,7 +2,7 @@
 //! of SQL and one set of migrations serve both. Queries use `$N` placeholders, which
 //! both drivers accept, and only TEXT and BIGINT columns.
 
-use sqlx::any::{AnyPoolOptions, AnyQueryResult};
+use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 use std::time::Duration;
 
@@ -67,10 +67,6 @@ pub fn is_retryable(e: &sqlx::Error) -> bool {
 
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e.as_database_error().and_then(|d| d.code()).as_deref(), Some("2067" | "1555" | "23505"))
-}
-
-pub fn affected(r: &AnyQueryResult) -> u64 {
-    r.rows_affected()
 }
 
 /// Now, as stored: RFC 3339, UTC, milliseconds.

@@ -38,7 +38,6 @@ impl Dcmgr {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let ctx: SharedCtx = Arc::new(Ctx {
             db: pool,
-            db_kind: kind,
             bus: bus.clone(),
             config: config.clone(),
             tokens: Default::default(),
