@@ -265,12 +265,39 @@ if ls /dev/input/event* >/dev/null 2>&1; then
   acpid -c /etc/acpi -l /dev/null 2>/dev/null
 fi
 
+# Volumes: each virtio disk with a vdc serial (the volume ID) is announced once per
+# attachment. A blank disk gets a test pattern naming this instance; a disk that holds
+# one says whose it is. Only a disk whose first sector is all zeros is ever written.
+vdc_disks() {
+  seen=$(cat /run/vdc-disks 2>/dev/null)
+  now=""
+  for b in /sys/block/vd*; do
+    [ -e "$b/serial" ] || continue
+    d=${b##*/}
+    serial=$(cat "$b/serial" 2>/dev/null)
+    case "$serial" in vol-*) ;; *) continue ;; esac
+    now="$now $d:$serial"
+    case " $seen " in *" $d:$serial "*) continue ;; esac
+    first=$(dd if="/dev/$d" bs=512 count=1 2>/dev/null | tr -d '\000' | head -n 1)
+    if [ -z "$first" ]; then
+      pattern="vdc-pattern written-by=$ID"
+      echo "$pattern" | dd of="/dev/$d" conv=notrunc,fsync 2>/dev/null || {
+        echo "$pattern" | dd of="/dev/$d" conv=notrunc 2>/dev/null; sync; }
+      echo "vdc-guest: disk $serial wrote $pattern"
+    else
+      echo "vdc-guest: disk $serial holds $first"
+    fi
+  done
+  echo "$now" >/run/vdc-disks
+}
+
 echo "vdc-guest: ready"
 # Stay up until libvirt stops the domain. poweroff(8) signals PID 1 with USR2.
 trap 'poweroff -f' TERM USR2
 trap 'reboot -f' INT
 while :; do
-  if [ -c /dev/null ]; then sleep 3600 & wait $!; else sleep 3600; fi
+  vdc_disks
+  if [ -c /dev/null ]; then sleep 1 & wait $!; else sleep 1; fi
 done
 EOF
 

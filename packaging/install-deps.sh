@@ -15,6 +15,11 @@ packages=(
   # busybox-static and a Debian kernel; genisoimage makes cloud-init seeds.
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver-lxc libvirt-clients
   libvirt-dev dnsmasq-base busybox-static cpio genisoimage xz-utils
+  # sta: the userspace iSCSI target, a userspace initiator for checks, and the backends
+  # (zfs-fuse: no ZFS kernel module on these machines; btrfs on a loop device).
+  tgt libiscsi-bin btrfs-progs zfs-fuse
+  # nwagent: Open vSwitch (userspace datapath), nftables, and the tools its tests use.
+  openvswitch-switch nftables iproute2 ethtool iputils-ping netcat-openbsd iperf3
 )
 # QEMU 10 comes from bookworm-backports: bookworm's 7.2 conflicts with the qemu-utils 10
 # these machines ship.

@@ -479,6 +479,10 @@ impl Client {
         self.post_empty(&format!("/volumes/{id}/detach")).await
     }
 
+    pub async fn extend_volume(&self, id: &VolumeId, req: &ExtendVolume) -> Result<Accepted<Volume>> {
+        self.post(&format!("/volumes/{id}/extend"), req).await
+    }
+
     // ------------------------------------------------------------ snapshots
 
     pub async fn create_snapshot(&self, req: &CreateSnapshot) -> Result<Accepted<Snapshot>> {

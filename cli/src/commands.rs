@@ -416,7 +416,7 @@ pub struct InstanceCreateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCmd {
-    /// Create a volume, empty or from a snapshot
+    /// Create a volume: empty, from a snapshot, or filled from a qcow2/raw image
     #[command(group(ArgGroup::new("origin").required(true).multiple(true).args(["size", "snapshot"])))]
     Create {
         name: String,
@@ -424,8 +424,11 @@ pub enum VolumeCmd {
         #[arg(long, value_parser = parse_size_mib)]
         size: Option<u64>,
         /// Copy this snapshot
-        #[arg(long, value_name = "SNAPSHOT_ID")]
+        #[arg(long, value_name = "SNAPSHOT_ID", conflicts_with = "image")]
         snapshot: Option<SnapshotId>,
+        /// Fill the volume from this image (needs --size)
+        #[arg(long, value_name = "IMAGE_ID", requires = "size")]
+        image: Option<ImageId>,
         #[command(flatten)]
         wait: WaitArg,
     },
@@ -456,6 +459,15 @@ pub enum VolumeCmd {
     },
     Detach {
         volume: VolumeId,
+        #[command(flatten)]
+        wait: WaitArg,
+    },
+    /// Grow a detached volume
+    Extend {
+        volume: VolumeId,
+        /// The new size in MiB, or with a unit (512M, 10G, 1T)
+        #[arg(long, value_parser = parse_size_mib)]
+        size: u64,
         #[command(flatten)]
         wait: WaitArg,
     },

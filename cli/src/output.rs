@@ -504,6 +504,7 @@ mod tests {
             storage_node_id: None,
             instance_id: None,
             snapshot_id: None,
+            image_id: None,
             failure_reason: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),

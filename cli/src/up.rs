@@ -104,6 +104,7 @@ impl AllInOne {
             stop_timeout: std::time::Duration::from_secs(30),
             poll_interval: std::time::Duration::from_millis(500),
             bridge: None,
+            initiator: String::new(), // start_libvirt derives it from the node ID
         };
         let detected = if sim {
             None

@@ -101,6 +101,7 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/volumes/{id}", get(volume::show).delete(volume::delete))
         .route("/volumes/{id}/attach", post(volume::attach))
         .route("/volumes/{id}/detach", post(volume::detach))
+        .route("/volumes/{id}/extend", post(volume::extend))
         .route("/snapshots", post(snapshot::create).get(snapshot::list))
         .route("/snapshots/{id}", get(snapshot::show).delete(snapshot::delete))
         .route("/host_nodes", get(node::list_hosts))
@@ -145,7 +146,7 @@ impl utoipa::Modify for BearerAuth {
         secgroup::create, secgroup::list, secgroup::show, secgroup::delete, secgroup::add_rule, secgroup::delete_rule,
         instance::create, instance::list, instance::show, instance::delete, instance::start, instance::stop,
         instance::halt, instance::poweron, instance::reboot, instance::terminate, instance::console,
-        volume::create, volume::list, volume::show, volume::delete, volume::attach, volume::detach,
+        volume::create, volume::list, volume::show, volume::delete, volume::attach, volume::detach, volume::extend,
         snapshot::create, snapshot::list, snapshot::show, snapshot::delete,
         node::list_hosts, node::show_host, node::list_storage, node::show_storage,
         job::list, job::show,

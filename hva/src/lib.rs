@@ -86,9 +86,12 @@ pub fn detect(cfg: &libvirt::LibvirtConfig, kvm_probe_timeout: std::time::Durati
 pub async fn start_libvirt(
     bus: Arc<dyn Transport>,
     o: HvaOptions,
-    cfg: libvirt::LibvirtConfig,
+    mut cfg: libvirt::LibvirtConfig,
     detected: Detected,
 ) -> anyhow::Result<(AgentHandle, Arc<libvirt::LibvirtHypervisor>)> {
+    if cfg.initiator.is_empty() {
+        cfg.initiator = vdc_schema::bus::initiator_iqn(&o.node_id.parse()?);
+    }
     if detected.hypervisors.is_empty() {
         anyhow::bail!("libvirt offers no usable hypervisor here: {}", detected.capabilities);
     }

@@ -102,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
                 stop_timeout: Duration::from_secs(cli.stop_timeout_s),
                 poll_interval: Duration::from_millis(500),
                 bridge: cli.bridge,
+                initiator: String::new(), // start_libvirt derives it from the node ID
             };
             let probe = Duration::from_secs(cli.kvm_probe_timeout_s);
             let c2 = cfg.clone();

@@ -334,18 +334,31 @@ pub struct Volume {
     pub storage_node_id: Option<StorageNodeId>,
     pub instance_id: Option<InstanceId>,
     pub snapshot_id: Option<SnapshotId>,
+    /// The image the volume was filled from.
+    #[serde(default)]
+    pub image_id: Option<ImageId>,
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-/// Give `size_mib`, or `snapshot_id` to copy a snapshot (size defaults to the snapshot's).
+/// Give `size_mib` for an empty volume; `snapshot_id` to copy a snapshot (size defaults
+/// to the snapshot's); or `image_id` and `size_mib` to fill it from a qcow2 or raw image.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVolume {
     pub name: String,
     pub size_mib: Option<u64>,
     pub snapshot_id: Option<SnapshotId>,
+    #[serde(default)]
+    pub image_id: Option<ImageId>,
+}
+
+/// Grow a volume to `size_mib` (never shrinks).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendVolume {
+    pub size_mib: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -301,6 +301,16 @@ pub struct VolumeAttachment {
     pub target: Option<VolumeTarget>,
 }
 
+/// The iSCSI initiator name a host logs in with; sta binds each export to it.
+pub fn initiator_iqn(host: &HostNodeId) -> String {
+    format!("iqn.2026-11.io.vdc:{host}")
+}
+
+/// The iSCSI target name of a volume (IDs are lower case, as IQNs must be).
+pub fn target_iqn(volume: &VolumeId) -> String {
+    format!("iqn.2026-11.io.vdc:{volume}")
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum VolumeTarget {
@@ -350,8 +360,12 @@ pub struct ResolvedRule {
 pub struct VolumeSpec {
     pub id: VolumeId,
     pub spec_gen: u64,
+    /// The size wanted; larger than the volume's size means grow it.
     pub size_mib: u64,
     pub source_snapshot: Option<SnapshotId>,
+    /// Fill a new volume with this (qcow2 or raw) image.
+    #[serde(default)]
+    pub source_image: Option<ImageSpec>,
     /// Export the volume to this host, or to none.
     pub export_to: Option<HostNodeId>,
 }

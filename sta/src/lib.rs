@@ -1,17 +1,22 @@
 //! sta, the storage agent: keeps volumes and snapshots on one storage node and exports
 //! them to hosts.
 //!
-//! Drivers implement `vdc_schema::agent::StorageAgent`. This crate has the simulated
-//! driver ([`sim`]); the zfs, file and btrfs backends with tgt export plug in behind the
-//! same trait.
+//! Drivers implement `vdc_schema::agent::StorageAgent`: [`real`] on a [`backend`] (zfs,
+//! file or btrfs) with iSCSI export through [`tgt`], and [`sim`] for scale tests of dcmgr.
 
+pub mod backend;
+pub mod cmd;
+pub mod real;
 pub mod sim;
+pub mod testing;
+pub mod tgt;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use vdc_bus::agent::{self, AgentConfig, AgentHandle, StorageHandler};
 use vdc_bus::{ReportSink, Transport};
 use vdc_schema::bus::{AgentKind, StorageInfo};
+use vdc_schema::id::HostNodeId;
 use vdc_schema::StorageBackend;
 
 #[derive(Debug, Clone)]
@@ -33,6 +38,51 @@ pub async fn start_sim(bus: Arc<dyn Transport>, o: StaOptions) -> anyhow::Result
         host: None,
         storage: Some(StorageInfo { backend: StorageBackend::Sim, capacity_mib: o.capacity_mib, used_mib: 0 }),
         journal,
+    };
+    let handle = agent::start(bus, cfg, sink, Arc::new(StorageHandler(driver.clone()))).await?;
+    Ok((handle, driver))
+}
+
+/// How a real storage node is set up.
+#[derive(Debug, Clone)]
+pub struct RealOptions {
+    pub node_id: String,
+    /// Holds the journal and `state.json`.
+    pub data_dir: PathBuf,
+    pub backend: backend::BackendConfig,
+    /// tgtd's control port and the portal (`address:port`) hosts log in to; None: this
+    /// node only serves the hypervisor on its own machine.
+    pub iscsi: Option<(u16, String)>,
+    /// The hypervisor host on this machine, whose volumes are attached as local files.
+    pub local_host: Option<HostNodeId>,
+}
+
+pub async fn start_real(
+    bus: Arc<dyn Transport>,
+    o: RealOptions,
+) -> anyhow::Result<(AgentHandle, Arc<real::RealStorage>)> {
+    std::fs::create_dir_all(&o.data_dir)?;
+    let backend = backend::open(&o.backend).await?;
+    let tgt = match &o.iscsi {
+        Some((port, portal)) => {
+            let t = tgt::Tgt::new(*port, portal.clone());
+            t.check().await.map_err(|e| anyhow::anyhow!("tgtd does not answer on control port {port}: {e}"))?;
+            Some(t)
+        }
+        None => None,
+    };
+    let (capacity_mib, used_mib) = backend.capacity().await?;
+    let journal = o.data_dir.join("journal.jsonl");
+    let sink = ReportSink::open(Some(&journal))?;
+    let kind = backend.kind();
+    let driver =
+        Arc::new(real::RealStorage::new(backend, tgt, o.local_host, sink.clone(), o.data_dir.join("state.json")));
+    let cfg = AgentConfig {
+        node_id: o.node_id,
+        kind: AgentKind::Sta,
+        host: None,
+        storage: Some(StorageInfo { backend: kind, capacity_mib, used_mib }),
+        journal: Some(journal),
     };
     let handle = agent::start(bus, cfg, sink, Arc::new(StorageHandler(driver.clone()))).await?;
     Ok((handle, driver))

@@ -3,9 +3,16 @@
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
+use vdc_sta::backend::BackendConfig;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
 enum Driver {
+    /// Raw files in --dir.
+    File,
+    /// One btrfs subvolume per volume under --dir (a mounted btrfs).
+    Btrfs,
+    /// One ZFS dataset (or zvol) per volume under --dataset.
+    Zfs,
     /// Simulated volumes (for scale tests of dcmgr).
     Sim,
 }
@@ -22,6 +29,21 @@ struct Cli {
     /// Storage node ID (`sn-…`); generated and kept in the data directory when left out.
     #[arg(long)]
     node_id: Option<String>,
+    /// Where volumes live (file and btrfs drivers).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// The parent dataset of the volumes (zfs driver), e.g. tank/vdc.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// The iSCSI portal hosts log in to, `address:port` (tgtd must listen there).
+    #[arg(long)]
+    portal: Option<String>,
+    /// tgtd's control port (`tgtd -C N`); 0 is tgtd's default.
+    #[arg(long, default_value_t = 0)]
+    tgt_control_port: u16,
+    /// The hypervisor host (`hn-…`) on this machine: its volumes are attached locally.
+    #[arg(long)]
+    local_host: Option<String>,
     #[arg(long, default_value_t = 1 << 20)]
     capacity_mib: u64,
     #[arg(long, default_value_t = 50)]
@@ -43,18 +65,38 @@ async fn main() -> anyhow::Result<()> {
         })?,
     };
     let bus = vdc_bus::Nats::connect(&cli.nats, &format!("sta {node_id}")).await?;
-    let Driver::Sim = cli.driver;
-    let opts = vdc_sta::StaOptions {
-        node_id,
-        capacity_mib: cli.capacity_mib,
-        data_dir: Some(cli.data_dir),
-        sim: vdc_bus::sim::SimKnobs {
-            delay: Duration::from_millis(cli.sim_delay_ms),
-            fail_rate: cli.sim_fail_rate,
-            drop_rate: 0.0,
+    let need_dir = || cli.dir.clone().ok_or_else(|| anyhow::anyhow!("--driver file/btrfs needs --dir"));
+    let backend = match cli.driver {
+        Driver::Sim => {
+            let opts = vdc_sta::StaOptions {
+                node_id,
+                capacity_mib: cli.capacity_mib,
+                data_dir: Some(cli.data_dir),
+                sim: vdc_bus::sim::SimKnobs {
+                    delay: Duration::from_millis(cli.sim_delay_ms),
+                    fail_rate: cli.sim_fail_rate,
+                    drop_rate: 0.0,
+                },
+            };
+            let (agent, _) = vdc_sta::start_sim(bus, opts).await?;
+            vdc_bus::sim::shutdown_signal().await;
+            agent.stop().await;
+            return Ok(());
+        }
+        Driver::File => BackendConfig::File { dir: need_dir()? },
+        Driver::Btrfs => BackendConfig::Btrfs { dir: need_dir()? },
+        Driver::Zfs => BackendConfig::Zfs {
+            dataset: cli.dataset.clone().ok_or_else(|| anyhow::anyhow!("--driver zfs needs --dataset"))?,
         },
     };
-    let (agent, _) = vdc_sta::start_sim(bus, opts).await?;
+    let opts = vdc_sta::RealOptions {
+        node_id,
+        data_dir: cli.data_dir,
+        backend,
+        iscsi: cli.portal.map(|p| (cli.tgt_control_port, p)),
+        local_host: cli.local_host.map(|h| h.parse()).transpose()?,
+    };
+    let (agent, _) = vdc_sta::start_real(bus, opts).await?;
     vdc_bus::sim::shutdown_signal().await;
     agent.stop().await;
     Ok(())

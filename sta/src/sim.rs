@@ -106,7 +106,14 @@ impl StorageAgent for SimStorage {
         let old = st.volumes.remove(&id);
         self.save(&st);
         drop(st);
-        let spec = old.unwrap_or(VolumeSpec { id, spec_gen, size_mib: 0, source_snapshot: None, export_to: None });
+        let spec = old.unwrap_or(VolumeSpec {
+            id,
+            spec_gen,
+            size_mib: 0,
+            source_snapshot: None,
+            source_image: None,
+            export_to: None,
+        });
         self.vol(&VolumeSpec { spec_gen: spec.spec_gen.max(spec_gen), ..spec }, ObservedStorage::Absent, None);
         Ok(())
     }

@@ -80,6 +80,7 @@ impl LibvirtSetup {
             stop_timeout: self.stop_timeout,
             poll_interval: Duration::from_millis(300),
             bridge: None,
+            initiator: String::new(),
         }
     }
 }

@@ -422,7 +422,10 @@ async fn cross_account_access_is_404(db: Db) {
     let b = s.account("b").await;
     let inst = s.running_instance(&a, "secret").await;
     let net = a.list_all_networks().await.unwrap().remove(0);
-    let vol = a.create_volume(&CreateVolume { name: "v".into(), size_mib: Some(10), snapshot_id: None }).await.unwrap();
+    let vol = a
+        .create_volume(&CreateVolume { name: "v".into(), size_mib: Some(10), snapshot_id: None, image_id: None })
+        .await
+        .unwrap();
     let key = a.create_keypair(&CreateKeyPair { name: "k".into(), public_key: None }).await.unwrap();
     let sg = a
         .create_security_group(&CreateSecurityGroup { name: "g".into(), description: String::new(), rules: vec![] })
@@ -462,8 +465,10 @@ async fn volumes_and_snapshots(db: Db) {
     let s = Stack::start(StackOptions::new(db)).await;
     let c = s.account("vol").await;
     let inst = s.running_instance(&c, "db").await;
-    let acc =
-        c.create_volume(&CreateVolume { name: "data".into(), size_mib: Some(1024), snapshot_id: None }).await.unwrap();
+    let acc = c
+        .create_volume(&CreateVolume { name: "data".into(), size_mib: Some(1024), snapshot_id: None, image_id: None })
+        .await
+        .unwrap();
     let vol = acc.resource.id.clone();
     assert_eq!(wait_job(&c, &acc.job).await.state, JobState::Succeeded);
     assert_eq!(c.get_volume(&vol).await.unwrap().state, VolumeState::Available);
@@ -484,6 +489,7 @@ async fn volumes_and_snapshots(db: Db) {
             name: "copy".into(),
             size_mib: None,
             snapshot_id: Some(snap.resource.id.clone()),
+            image_id: None,
         })
         .await
         .unwrap();
@@ -510,15 +516,20 @@ async fn volumes_and_snapshots(db: Db) {
     assert_eq!(c.get_volume(&vol).await.unwrap().state, VolumeState::Deleted);
 
     // Refusals with clear errors.
-    let bad = CreateVolume { name: "x".into(), size_mib: Some(0), snapshot_id: None };
+    let bad = CreateVolume { name: "x".into(), size_mib: Some(0), snapshot_id: None, image_id: None };
     assert_eq!(err(c.create_volume(&bad).await), (400, "invalid_size".into()));
-    let bad = CreateVolume { name: "x".into(), size_mib: None, snapshot_id: None };
+    let bad = CreateVolume { name: "x".into(), size_mib: None, snapshot_id: None, image_id: None };
     assert_eq!(err(c.create_volume(&bad).await), (400, "invalid_size".into()));
-    let bad = CreateVolume { name: "x".into(), size_mib: Some(1 << 30), snapshot_id: None };
+    let bad = CreateVolume { name: "x".into(), size_mib: Some(1 << 30), snapshot_id: None, image_id: None };
     assert_eq!(err(c.create_volume(&bad).await).0, 400);
-    let bad = CreateVolume { name: "x".into(), size_mib: None, snapshot_id: Some("snap-nosuchsnap".parse().unwrap()) };
+    let bad = CreateVolume {
+        name: "x".into(),
+        size_mib: None,
+        snapshot_id: Some("snap-nosuchsnap".parse().unwrap()),
+        image_id: None,
+    };
     assert_eq!(err(c.create_volume(&bad).await), (404, "not_found".into()));
-    let bad = CreateVolume { name: "x".into(), size_mib: Some(200 << 10), snapshot_id: None };
+    let bad = CreateVolume { name: "x".into(), size_mib: Some(200 << 10), snapshot_id: None, image_id: None };
     assert_eq!(err(c.create_volume(&bad).await), (422, "no_capacity".into()));
     s.stop().await;
 }
@@ -670,8 +681,11 @@ async fn untrusted_bus_messages_are_dropped(db: Db) {
     let hosts = s.admin.list_all_host_nodes().await.unwrap();
     assert_eq!(hosts.len(), 2, "{hosts:?}");
     // An hva may not report a volume (another agent kind's object).
-    let vol =
-        s.admin.create_volume(&CreateVolume { name: "v".into(), size_mib: Some(1), snapshot_id: None }).await.unwrap();
+    let vol = s
+        .admin
+        .create_volume(&CreateVolume { name: "v".into(), size_mib: Some(1), snapshot_id: None, image_id: None })
+        .await
+        .unwrap();
     wait_job(&s.admin, &vol.job).await;
     let forged = bus::ReportBatch {
         node_id: s.hosts[0].node_id.clone(),

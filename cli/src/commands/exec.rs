@@ -447,8 +447,8 @@ fn create_instance_request(a: InstanceCreateArgs) -> Result<CreateInstance, CliE
 async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
-        VolumeCmd::Create { name, size, snapshot, wait } => {
-            let req = CreateVolume { name, size_mib: size, snapshot_id: snapshot };
+        VolumeCmd::Create { name, size, snapshot, image, wait } => {
+            let req = CreateVolume { name, size_mib: size, snapshot_id: snapshot, image_id: image };
             ctx.accepted(c.create_volume(&req).await?, wait).await
         }
         VolumeCmd::List { state, name, list } => ctx.list::<Volume>("/volumes", list, name, state_filter(state)).await,
@@ -459,6 +459,9 @@ async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<(), CliError> {
             ctx.accepted(acc, wait).await
         }
         VolumeCmd::Detach { volume, wait } => ctx.accepted(c.detach_volume(&volume).await?, wait).await,
+        VolumeCmd::Extend { volume, size, wait } => {
+            ctx.accepted(c.extend_volume(&volume, &ExtendVolume { size_mib: size }).await?, wait).await
+        }
     }
 }
 

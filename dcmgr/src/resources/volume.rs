@@ -18,7 +18,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use vdc_schema::agent::{AgentError, StorageAgent};
-use vdc_schema::api::{Accepted, AttachVolume, CreateVolume, ErrorBody, Page, Volume};
+use vdc_schema::api::{Accepted, AttachVolume, CreateVolume, ErrorBody, ExtendVolume, Page, Volume};
 use vdc_schema::bus::{VolumeReport, VolumeSpec};
 use vdc_schema::id::*;
 use vdc_schema::{InstanceState, ObservedStorage, VolumeState};
@@ -33,6 +33,7 @@ pub(crate) struct Row {
     pub storage_node_id: Option<String>,
     pub instance_id: Option<String>,
     pub snapshot_id: Option<String>,
+    pub image_id: Option<String>,
     pub target: Option<String>,
     pub spec_gen: i64,
     pub report_gen: i64,
@@ -42,7 +43,7 @@ pub(crate) struct Row {
 }
 
 const COLS: &str =
-    "id, account_id, name, size_mib, state, storage_node_id, instance_id, snapshot_id, target, spec_gen, \
+    "id, account_id, name, size_mib, state, storage_node_id, instance_id, snapshot_id, image_id, target, spec_gen, \
      report_gen, failure_reason, created_at, updated_at";
 
 /// The largest volume: 16 TiB.
@@ -62,6 +63,7 @@ impl Row {
             storage_node_id: self.storage_node_id.map(|s| s.parse()).transpose().map_err(ApiError::internal)?,
             instance_id: self.instance_id.map(|s| s.parse()).transpose().map_err(ApiError::internal)?,
             snapshot_id: self.snapshot_id.map(|s| s.parse()).transpose().map_err(ApiError::internal)?,
+            image_id: self.image_id.map(|s| s.parse()).transpose().map_err(ApiError::internal)?,
             failure_reason: self.failure_reason,
             created_at: db::parse_time(&self.created_at),
             updated_at: db::parse_time(&self.updated_at),
@@ -136,6 +138,24 @@ pub async fn create(
             ));
         }
     }
+    if let (Some(_), Some(_)) = (&req.snapshot_id, &req.image_id) {
+        return Err(ApiError::bad("invalid_source", "give snapshot_id or image_id, not both"));
+    }
+    if let Some(image_id) = &req.image_id {
+        let image = crate::resources::image::fetch_visible(&ctx, &caller, image_id).await?;
+        if !matches!(image.format, vdc_schema::ImageFormat::Qcow2 | vdc_schema::ImageFormat::Raw) {
+            return Err(ApiError::bad(
+                "invalid_image",
+                format!(
+                    "image {image_id} is a {} image; a volume can be filled from a qcow2 or raw image",
+                    image.format
+                ),
+            ));
+        }
+        if req.size_mib.is_none() {
+            return Err(ApiError::bad("invalid_size", "a volume from an image needs size_mib (in MiB)"));
+        }
+    }
     let size = match (req.size_mib, &snap) {
         (Some(sz), Some(s)) if sz < s.size_mib => {
             return Err(ApiError::bad(
@@ -160,7 +180,7 @@ pub async fn create(
         let id = VolumeId::generate();
         let now = db::now();
         sqlx::query(&format!(
-            "INSERT INTO volumes ({COLS}) VALUES ($1, $2, $3, $4, 'creating', $5, NULL, $6, NULL, 1, 0, NULL, $7, $7)"
+            "INSERT INTO volumes ({COLS}) VALUES ($1, $2, $3, $4, 'creating', $5, NULL, $6, $8, NULL, 1, 0, NULL, $7, $7)"
         ))
         .bind(id.as_str())
         .bind(caller.account_id.as_str())
@@ -169,6 +189,7 @@ pub async fn create(
         .bind(&node)
         .bind(req.snapshot_id.as_ref().map(|s| s.to_string()))
         .bind(&now)
+        .bind(req.image_id.as_ref().map(|s| s.to_string()))
         .execute(&mut *tx)
         .await?;
         let job = job::start(&mut tx, &caller.account_id, "volume.create", id.as_str(), "available").await?;
@@ -182,6 +203,7 @@ pub async fn create(
             storage_node_id: Some(node.parse().map_err(ApiError::internal)?),
             instance_id: None,
             snapshot_id: req.snapshot_id.clone(),
+            image_id: req.image_id.clone(),
             failure_reason: None,
             created_at: t,
             updated_at: t,
@@ -400,6 +422,72 @@ pub async fn detach(
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
+#[utoipa::path(post, path = "/api/v1/volumes/{id}/extend", tag = "volumes", params(("id" = String, Path)),
+    request_body = ExtendVolume,
+    responses((status = 202, body = Accepted<Volume>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn extend(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<ExtendVolume>,
+) -> ApiResult<(StatusCode, Json<Accepted<Volume>>)> {
+    let id: VolumeId = path_id("volume", &id)?;
+    let row = fetch_own(&ctx, &caller, &id).await?;
+    let size = req.size_mib;
+    if size > MAX_SIZE_MIB {
+        return Err(ApiError::bad("invalid_size", format!("size_mib must be at most {MAX_SIZE_MIB}, got {size}")));
+    }
+    if size <= row.size_mib as u64 {
+        return Err(ApiError::bad(
+            "invalid_size",
+            format!("volume {id} is {} MiB; size_mib must be larger (volumes never shrink)", row.size_mib),
+        ));
+    }
+    match row.state()? {
+        VolumeState::Available => {}
+        // tgt reads a LUN's size once, and a guest would need a rescan: refuse for now.
+        VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching => {
+            return Err(ApiError::conflict(
+                "volume_attached",
+                format!("volume {id} is attached; detach it before extending it"),
+            ))
+        }
+        s => {
+            return Err(ApiError::conflict(
+                "invalid_state",
+                format!("volume {id} is {s}; only an available volume can grow"),
+            ))
+        }
+    }
+    let node = row.storage_node_id.clone().ok_or_else(|| ApiError::internal("volume without a storage node"))?;
+    let accepted = db::retry(|| async {
+        let row = fetch_own(&ctx, &caller, &id).await?;
+        let mut tx = ctx.db.begin().await?;
+        reserve_storage(&mut tx, &ctx.db, size as i64 - row.size_mib, Some(&node)).await?;
+        let r = sqlx::query(
+            "UPDATE volumes SET size_mib = $1, spec_gen = spec_gen + 1, ensure_sent_at = 0, updated_at = $2
+             WHERE id = $3 AND spec_gen = $4 AND state = 'available'",
+        )
+        .bind(size as i64)
+        .bind(db::now())
+        .bind(&row.id)
+        .bind(row.spec_gen)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(ApiError::Busy(format!("volume {} changed concurrently", row.id)));
+        }
+        let job = job::start(&mut tx, &caller.account_id, "volume.extend", &row.id, "available").await?;
+        tx.commit().await?;
+        let vol = fetch_row(&ctx.db, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
+        Ok(Accepted { job, resource: vol.into_api()? })
+    })
+    .await?;
+    ctx.enqueue(Work::Volume(id));
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
 // ---------------------------------------------------------------- agent side
 
 /// Sends one volume's desired state to its storage node.
@@ -427,11 +515,26 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
                 }
                 _ => None,
             };
+            let source_image = match &row.image_id {
+                Some(i) => {
+                    let image = crate::resources::image::fetch_any(&ctx.db, i).await?;
+                    Some(vdc_schema::bus::ImageSpec {
+                        id: image.id,
+                        format: image.format,
+                        source: image.source,
+                        checksum: image.checksum,
+                        initrd: image.initrd,
+                        kernel_cmdline: image.kernel_cmdline,
+                    })
+                }
+                None => None,
+            };
             let spec = VolumeSpec {
                 id: row.id.parse().map_err(ApiError::internal)?,
                 spec_gen: row.spec_gen as u64,
                 size_mib: row.size_mib as u64,
                 source_snapshot: row.snapshot_id.as_deref().and_then(|s| s.parse().ok()),
+                source_image,
                 export_to,
             };
             sta.ensure_volume(spec).await.map_err(unavailable)?;

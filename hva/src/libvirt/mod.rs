@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use vdc_bus::ReportSink;
 use vdc_schema::agent::{AgentError, Hypervisor};
 use vdc_schema::bus::{InstanceReport, InstanceSpec, ObjectReport};
-use vdc_schema::id::InstanceId;
+use vdc_schema::id::{InstanceId, VolumeId};
 use vdc_schema::{DesiredPower, HypervisorKind, ImageFormat, ObservedInstance};
 use virt::connect::Connect;
 use virt::domain::{Domain, DomainState};
@@ -45,6 +45,8 @@ pub struct LibvirtConfig {
     pub poll_interval: Duration,
     /// Linux or OVS bridge that interfaces are plugged into (none: no interfaces).
     pub bridge: Option<String>,
+    /// This host's iSCSI initiator name (`vdc_schema::bus::initiator_iqn`).
+    pub initiator: String,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -60,6 +62,8 @@ struct Known {
     /// The spec_gen converge has acted on. Reports carry this one, not the newest
     /// received, so an observation made before acting is never taken for its outcome.
     acted_gen: u64,
+    /// The volumes the guest has now (the live domain's, else the defined one's).
+    volumes: Vec<VolumeId>,
 }
 
 struct Inner {
@@ -136,7 +140,7 @@ impl Inner {
             spec_gen: k.acted_gen,
             state,
             reboot_gen: k.saved.reboot_done,
-            volumes: vec![],
+            volumes: k.volumes.clone(),
             reason: if state == ObservedInstance::Failed { k.reason.clone() } else { None },
         }));
     }
@@ -181,6 +185,7 @@ impl Inner {
             rootfs: None,
             console_log: &console,
             bridge: self.cfg.bridge.as_deref(),
+            initiator: &self.cfg.initiator,
         };
         let e = |e: image::ImageError| e.to_string();
         let (kernel, initrd, disk, rootfs);
@@ -263,8 +268,13 @@ impl Inner {
             }
         };
         let active = dom.is_active().map_err(|e| format!("libvirt: {e}"))?;
+        if active && kind != HypervisorKind::Lxc {
+            self.sync_live_volumes(id, spec, &dom)?;
+        }
+        let volumes = self.observe_volumes(&dom);
         if let Some(k) = self.known.lock().unwrap().get_mut(id) {
             k.acted_gen = spec.spec_gen;
+            k.volumes = volumes;
         }
         match spec.power {
             DesiredPower::Running if active && saved.reboot_done >= spec.reboot_gen => {
@@ -304,6 +314,39 @@ impl Inner {
             DesiredPower::Off => self.report(id, ObservedInstance::Off),
         }
         Ok(())
+    }
+
+    /// Hot-plugs the volumes a running guest should have and unplugs the others. An
+    /// unplug completes when the guest lets go of the device; the poller reports it then.
+    fn sync_live_volumes(&self, id: &InstanceId, spec: &InstanceSpec, dom: &Domain) -> Result<()> {
+        let live = dom.xml_desc(0).map_err(|e| format!("libvirt: {e}"))?;
+        let have = xml::volume_disks(&live);
+        let mut used = xml::disk_devs(&live);
+        for att in &spec.volumes {
+            if att.target.is_none() || have.iter().any(|(v, _, _)| *v == att.volume_id) {
+                continue;
+            }
+            let dev = xml::free_dev(&used).ok_or("no free disk name left (vdb..vdz)")?;
+            if let Some(disk) = xml::volume_disk(att, &dev, &self.cfg.initiator) {
+                dom.attach_device_flags(&disk, virt::sys::VIR_DOMAIN_AFFECT_LIVE)
+                    .map_err(|e| format!("attaching volume {}: {e}", att.volume_id))?;
+                tracing::info!(instance = %id, volume = %att.volume_id, dev, "volume attached");
+                used.push(dev);
+            }
+        }
+        for (vol, dev, disk) in have {
+            if !spec.volumes.iter().any(|a| a.volume_id == vol) {
+                dom.detach_device_flags(&disk, virt::sys::VIR_DOMAIN_AFFECT_LIVE)
+                    .map_err(|e| format!("detaching volume {vol}: {e}"))?;
+                tracing::info!(instance = %id, volume = %vol, dev, "volume detach requested");
+            }
+        }
+        Ok(())
+    }
+
+    fn observe_volumes(&self, dom: &Domain) -> Vec<VolumeId> {
+        let flags = if dom.is_active().unwrap_or(false) { 0 } else { virt::sys::VIR_DOMAIN_XML_INACTIVE };
+        dom.xml_desc(flags).map(|x| xml::volume_disks(&x).into_iter().map(|(v, _, _)| v).collect()).unwrap_or_default()
     }
 
     /// Starts a domain. A container's console is a pty: hva attaches right after the
@@ -394,7 +437,18 @@ impl Inner {
             match self.lookup(kind, &id) {
                 Ok(dom) => {
                     let now = observe(dom.as_ref());
-                    if force || Some(now) != last {
+                    let vols = dom.as_ref().map(|d| self.observe_volumes(d)).unwrap_or_default();
+                    let vols_changed = {
+                        let mut known = self.known.lock().unwrap();
+                        match known.get_mut(&id) {
+                            Some(k) if k.volumes != vols => {
+                                k.volumes = vols;
+                                true
+                            }
+                            _ => false,
+                        }
+                    };
+                    if force || vols_changed || Some(now) != last {
                         self.report(&id, now);
                     }
                 }
@@ -414,7 +468,8 @@ impl LibvirtHypervisor {
                 let state = e.path().join("state.json");
                 if let Some(saved) = std::fs::read(&state).ok().and_then(|b| serde_json::from_slice::<Saved>(&b).ok()) {
                     let acted_gen = saved.spec.spec_gen;
-                    known.insert(saved.spec.id.clone(), Known { saved, last: None, reason: None, acted_gen });
+                    let k = Known { saved, last: None, reason: None, acted_gen, volumes: vec![] };
+                    known.insert(k.saved.spec.id.clone(), k);
                 }
             }
         }
@@ -500,7 +555,13 @@ impl Hypervisor for LibvirtHypervisor {
                 }
                 None => {
                     let reboot_done = spec.reboot_gen;
-                    let k = Known { saved: Saved { spec, reboot_done }, last: None, reason: None, acted_gen: 0 };
+                    let k = Known {
+                        saved: Saved { spec, reboot_done },
+                        last: None,
+                        reason: None,
+                        acted_gen: 0,
+                        volumes: vec![],
+                    };
                     known.insert(id.clone(), k);
                 }
             }

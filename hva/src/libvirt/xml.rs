@@ -2,7 +2,8 @@
 //! are small and fixed in shape, and every value from outside goes through [`esc`].
 
 use std::path::Path;
-use vdc_schema::bus::InstanceSpec;
+use vdc_schema::bus::{InstanceSpec, VolumeAttachment, VolumeTarget};
+use vdc_schema::id::VolumeId;
 use vdc_schema::HypervisorKind;
 
 /// Escapes text for XML attribute values and content.
@@ -45,6 +46,66 @@ pub struct Layout<'a> {
     pub rootfs: Option<&'a Path>,
     pub console_log: &'a Path,
     pub bridge: Option<&'a str>,
+    /// This host's iSCSI initiator name.
+    pub initiator: &'a str,
+}
+
+/// The disk of one attached volume, or None while sta has not exported it yet. The
+/// volume ID is the disk's serial: the guest finds it in /sys/block/*/serial (virtio-blk
+/// serials hold 20 bytes; `vol-` IDs are 19).
+pub fn volume_disk(att: &VolumeAttachment, dev: &str, initiator: &str) -> Option<String> {
+    let tail =
+        format!("<target dev='{}' bus='virtio'/><serial>{}</serial></disk>", esc(dev), esc(att.volume_id.as_str()));
+    match att.target.as_ref()? {
+        VolumeTarget::Iscsi { portal, iqn, lun } => {
+            let (host, port) = portal.rsplit_once(':').unwrap_or((portal, "3260"));
+            Some(format!(
+                "<disk type='network' device='disk'><driver name='qemu' type='raw' cache='none'/>\
+<source protocol='iscsi' name='{}/{lun}'><host name='{}' port='{}'/><initiator><iqn name='{}'/></initiator></source>{tail}",
+                esc(iqn),
+                esc(host),
+                esc(port),
+                esc(initiator)
+            ))
+        }
+        VolumeTarget::Local { path } => Some(format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/><source file='{}'/>{tail}",
+            esc(path)
+        )),
+    }
+}
+
+/// The volume disks in a domain's XML: (volume, target dev, the `<disk>` element).
+pub fn volume_disks(domain_xml: &str) -> Vec<(VolumeId, String, String)> {
+    let mut out = vec![];
+    let mut rest = domain_xml;
+    while let Some(start) = rest.find("<disk ") {
+        let Some(len) = rest[start..].find("</disk>") else { break };
+        let disk = &rest[start..start + len + "</disk>".len()];
+        rest = &rest[start + len..];
+        let serial = between(disk, "<serial>", "</serial>");
+        let dev = between(disk, "<target dev='", "'");
+        if let (Some(Ok(id)), Some(dev)) = (serial.map(str::parse::<VolumeId>), dev) {
+            out.push((id, dev.to_owned(), disk.to_owned()));
+        }
+    }
+    out
+}
+
+/// Every `<target dev=…>` of a domain's disks.
+pub fn disk_devs(domain_xml: &str) -> Vec<String> {
+    domain_xml.split("<target dev='").skip(1).filter_map(|t| t.split('\'').next()).map(str::to_owned).collect()
+}
+
+fn between<'a>(s: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let from = s.find(open)? + open.len();
+    let len = s[from..].find(close)?;
+    Some(&s[from..from + len])
+}
+
+/// The first free virtio disk name from vdb on (vda is the root disk).
+pub fn free_dev(used: &[String]) -> Option<String> {
+    (b'b'..=b'z').map(|c| format!("vd{}", c as char)).find(|d| !used.contains(d))
 }
 
 fn interfaces(spec: &InstanceSpec, bridge: Option<&str>) -> String {
@@ -84,6 +145,14 @@ pub fn qemu_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
             "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>",
             esc(&d.display().to_string())
         ));
+    }
+    let mut used = vec!["vda".to_owned()];
+    for att in &spec.volumes {
+        let Some(dev) = free_dev(&used) else { break };
+        if let Some(x) = volume_disk(att, &dev, l.initiator) {
+            disks.push_str(&x);
+            used.push(dev);
+        }
     }
     if let Some(s) = l.seed_iso {
         disks.push_str(&format!(
@@ -189,10 +258,38 @@ mod tests {
             rootfs: Some(Path::new("/x/rootfs")),
             console_log: log,
             bridge: None,
+            initiator: "iqn.x:hn-1",
         };
         let xml = lxc_domain(&spec, &l);
         assert!(xml.contains("<features><privnet/></features>"), "{xml}");
         assert!(!xml.contains("<interface"));
+    }
+
+    #[test]
+    fn volume_disks_round_trip_through_domain_xml() {
+        let att = |v: &str, target| VolumeAttachment { volume_id: v.parse().unwrap(), target };
+        let iscsi = att(
+            "vol-aaa",
+            Some(VolumeTarget::Iscsi {
+                portal: "10.0.0.5:3260".into(),
+                iqn: "iqn.2026-11.io.vdc:vol-aaa".into(),
+                lun: 1,
+            }),
+        );
+        let local = att("vol-bbb", Some(VolumeTarget::Local { path: "/v/b.img".into() }));
+        assert!(volume_disk(&att("vol-ccc", None), "vdb", "i").is_none(), "no disk before sta exported it");
+        let x = volume_disk(&iscsi, "vdb", "iqn.2026-11.io.vdc:hn-1").unwrap();
+        assert!(x.contains("name='iqn.2026-11.io.vdc:vol-aaa/1'") && x.contains("<host name='10.0.0.5' port='3260'/>"));
+        assert!(x.contains("<iqn name='iqn.2026-11.io.vdc:hn-1'/>"), "{x}");
+        let y = volume_disk(&local, "vdc", "i").unwrap();
+        let dom = format!(
+            "<domain><devices><disk type='file'><target dev='vda' bus='virtio'/></disk>{x}{y}</devices></domain>"
+        );
+        let found = volume_disks(&dom);
+        assert_eq!(found.len(), 2);
+        assert_eq!((found[0].0.as_str(), found[0].1.as_str()), ("vol-aaa", "vdb"));
+        assert_eq!((found[1].0.as_str(), found[1].1.as_str()), ("vol-bbb", "vdc"));
+        assert_eq!(free_dev(&disk_devs(&dom)).as_deref(), Some("vdd"));
     }
 
     #[test]

@@ -87,6 +87,13 @@ impl ReportSink {
     pub fn pending(&self) -> usize {
         self.inner.journal.lock().unwrap().pending()
     }
+
+    /// The newest unacknowledged report of `object_id` (for a driver's own tests, which
+    /// run without dcmgr to acknowledge).
+    pub fn newest(&self, object_id: &str) -> Option<ObjectReport> {
+        let batch = self.inner.journal.lock().unwrap().batch(usize::MAX);
+        batch.into_iter().filter(|r| r.object.object_id() == object_id).max_by_key(|r| r.gen).map(|r| r.object)
+    }
 }
 
 /// Turns bus commands and queries into calls on the agent's driver.

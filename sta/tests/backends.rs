@@ -1,0 +1,203 @@
+//! sta on real storage: each backend (file, btrfs on a loop device, a zfs-fuse pool) with a
+//! private tgtd, read and written through QEMU's iSCSI initiator (qemu-io) as a host
+//! would. Root only.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+use vdc_bus::ReportSink;
+use vdc_schema::agent::StorageAgent;
+use vdc_schema::bus::{initiator_iqn, ObjectReport, SnapshotSpec, VolumeSpec, VolumeTarget};
+use vdc_schema::id::{HostNodeId, SnapshotId, VolumeId};
+use vdc_schema::ObservedStorage;
+use vdc_sta::backend::{self, BackendConfig};
+use vdc_sta::real::RealStorage;
+use vdc_sta::testing::{BtrfsLoop, Tgtd, ZfsPool};
+use vdc_sta::tgt::Tgt;
+
+async fn wait_report(sink: &ReportSink, id: &str, gen_at_least: u64, want: ObservedStorage) -> ObjectReport {
+    let start = Instant::now();
+    loop {
+        let r = sink.newest(id);
+        let done = match &r {
+            Some(ObjectReport::Volume(v)) => {
+                v.spec_gen >= gen_at_least && (v.state == want || v.state == ObservedStorage::Failed)
+            }
+            Some(ObjectReport::Snapshot(s)) => s.state == want || s.state == ObservedStorage::Failed,
+            _ => false,
+        };
+        if done {
+            return r.unwrap();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no {want:?} report for {id}; last: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn volume(r: ObjectReport) -> vdc_schema::bus::VolumeReport {
+    match r {
+        ObjectReport::Volume(v) => v,
+        other => panic!("not a volume report: {other:?}"),
+    }
+}
+
+/// qemu-io against an iSCSI target, logging in as `host`.
+fn qemu_io(target: &VolumeTarget, host: &HostNodeId, cmd: &str) -> Result<String, String> {
+    let VolumeTarget::Iscsi { portal, iqn, lun } = target else { panic!("not iSCSI: {target:?}") };
+    let json = serde_json::json!({"driver": "raw", "file": {"driver": "iscsi", "transport": "tcp", "portal": portal,
+        "target": iqn, "lun": lun, "initiator-name": initiator_iqn(host)}});
+    let out = std::process::Command::new("qemu-io")
+        .args(["-c", cmd, &format!("json:{json}")])
+        .output()
+        .expect("qemu-io runs (qemu-utils and qemu-block-extra are installed)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // qemu-io exits 0 even when a read's pattern check fails; it says so.
+    if out.status.success() && !text.contains("Pattern verification failed") && !text.contains("failed") {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+fn spec(id: &VolumeId, gen: u64, size: u64, snap: Option<&SnapshotId>, to: Option<&HostNodeId>) -> VolumeSpec {
+    VolumeSpec {
+        id: id.clone(),
+        spec_gen: gen,
+        size_mib: size,
+        source_snapshot: snap.cloned(),
+        source_image: None,
+        export_to: to.cloned(),
+    }
+}
+
+/// The whole life of volumes on one backend: export bound to one host, snapshot, a
+/// volume from the snapshot, grow, refusals, a restart of tgtd and sta, and removal.
+async fn scenario(cfg: BackendConfig, dir: &Path) {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("vdc_sta=info").try_init();
+    let mut tgtd = Tgtd::start(dir).expect("tgtd starts");
+    let host_a: HostNodeId = HostNodeId::generate();
+    let host_b: HostNodeId = HostNodeId::generate();
+    let (port, portal) = (tgtd.control_port, tgtd.portal.clone());
+    let start = |sink: ReportSink| {
+        let (cfg, portal) = (cfg.clone(), portal.clone());
+        let state = dir.join("state.json");
+        async move {
+            let b = backend::open(&cfg).await.expect("backend opens");
+            RealStorage::new(b, Some(Tgt::new(port, portal)), None, sink, state)
+        }
+    };
+    let sink = ReportSink::open(None).unwrap();
+    let sta = start(sink.clone()).await;
+    let (cap, _) = sta.backend().capacity().await.unwrap();
+    assert!(cap > 0, "capacity is measured");
+
+    // A volume exported to host A: A writes, B is refused at login.
+    let v1 = VolumeId::generate();
+    sta.ensure_volume(spec(&v1, 1, 64, None, Some(&host_a))).await.unwrap();
+    let r = volume(wait_report(&sink, v1.as_str(), 1, ObservedStorage::Available).await);
+    assert_eq!(r.state, ObservedStorage::Available, "{r:?}");
+    assert_eq!(r.size_mib, 64);
+    let t1 = r.target.clone().expect("exported");
+    qemu_io(&t1, &host_a, "write -P 0x41 0 1M").expect("host A writes");
+    let refused = qemu_io(&t1, &host_b, "read 0 4k").expect_err("host B must not log in");
+    assert!(refused.contains("Target not found") || refused.contains("log in"), "{refused}");
+
+    // Snapshot, then write more: a volume from the snapshot holds the old content.
+    let s1 = SnapshotId::generate();
+    sta.ensure_snapshot(SnapshotSpec { id: s1.clone(), volume_id: v1.clone() }).await.unwrap();
+    match wait_report(&sink, s1.as_str(), 0, ObservedStorage::Available).await {
+        ObjectReport::Snapshot(s) => assert_eq!((s.state, s.size_mib), (ObservedStorage::Available, 64)),
+        other => panic!("{other:?}"),
+    }
+    qemu_io(&t1, &host_a, "write -P 0x42 0 1M").unwrap();
+    let v2 = VolumeId::generate();
+    sta.ensure_volume(spec(&v2, 1, 96, Some(&s1), Some(&host_a))).await.unwrap();
+    let r2 = volume(wait_report(&sink, v2.as_str(), 1, ObservedStorage::Available).await);
+    assert_eq!((r2.state, r2.size_mib), (ObservedStorage::Available, 96), "grown past the snapshot's size");
+    let t2 = r2.target.clone().unwrap();
+    qemu_io(&t2, &host_a, "read -P 0x41 0 1M").expect("the snapshot's content");
+    qemu_io(&t1, &host_a, "read -P 0x42 0 1M").expect("the origin kept its new content");
+
+    // Refusals: an unknown snapshot is a failure with a reason, and leaves nothing.
+    let v3 = VolumeId::generate();
+    sta.ensure_volume(spec(&v3, 1, 64, Some(&SnapshotId::generate()), None)).await.unwrap();
+    let r3 = volume(wait_report(&sink, v3.as_str(), 1, ObservedStorage::Failed).await);
+    assert_eq!(r3.state, ObservedStorage::Failed);
+    assert!(r3.reason.as_deref().unwrap_or("").contains("not on this storage node"), "{r3:?}");
+    assert!(!sta.backend().exists(&v3).await);
+    assert!(sta.ensure_volume(spec(&v3, 2, 0, None, None)).await.is_err(), "size 0 is refused");
+
+    // Grow v1, moving its export from host A to host B at the same time.
+    sta.ensure_volume(spec(&v1, 2, 128, None, Some(&host_b))).await.unwrap();
+    let r = volume(wait_report(&sink, v1.as_str(), 2, ObservedStorage::Available).await);
+    assert_eq!(r.size_mib, 128);
+    let t1 = r.target.unwrap();
+    qemu_io(&t1, &host_a, "read 0 4k").expect_err("host A lost the export");
+    qemu_io(&t1, &host_b, "read -P 0x42 127M 4k").expect_err("the grown tail reads as zeros, not 0x42");
+    qemu_io(&t1, &host_b, "read -P 0x00 127M 4k").expect("host B reads the grown volume");
+
+    // tgtd and sta restart: the targets come back from the next ensures (dcmgr sends them
+    // when sta registers), with the data.
+    drop(sta);
+    tgtd.restart().expect("tgtd restarts");
+    assert!(tgtd.targets().is_empty(), "a restarted tgtd has no targets");
+    let sink = ReportSink::open(None).unwrap();
+    let sta = start(sink.clone()).await;
+    sta.report_all().await.unwrap();
+    let r = volume(wait_report(&sink, v1.as_str(), 2, ObservedStorage::Available).await);
+    assert!(r.target.is_none(), "report_all tells the truth: not exported now");
+    sta.ensure_volume(spec(&v1, 2, 128, None, Some(&host_b))).await.unwrap();
+    sta.ensure_volume(spec(&v2, 1, 96, Some(&s1), Some(&host_a))).await.unwrap();
+    let start_wait = Instant::now();
+    while tgtd.targets().len() < 2 {
+        assert!(start_wait.elapsed() < Duration::from_secs(30), "targets not restored: {:?}", tgtd.targets());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    qemu_io(&t1, &host_b, "read -P 0x42 0 1M").expect("v1 data after the restart");
+    qemu_io(&t2, &host_a, "read -P 0x41 0 1M").expect("v2 data after the restart");
+
+    // Unexport, delete the snapshot and the volumes: nothing is left.
+    sta.ensure_volume(spec(&v2, 2, 96, Some(&s1), None)).await.unwrap();
+    let r = volume(wait_report(&sink, v2.as_str(), 2, ObservedStorage::Available).await);
+    assert!(r.target.is_none());
+    sta.ensure_snapshot_absent(s1.clone(), v1.clone()).await.unwrap();
+    wait_report(&sink, s1.as_str(), 0, ObservedStorage::Absent).await;
+    assert!(!sta.backend().snapshot_exists(&v1, &s1).await);
+    for v in [&v1, &v2] {
+        sta.ensure_volume_absent(v.clone(), 3).await.unwrap();
+        let r = volume(wait_report(&sink, v.as_str(), 3, ObservedStorage::Absent).await);
+        assert_eq!(r.state, ObservedStorage::Absent);
+        assert!(!sta.backend().exists(v).await);
+    }
+    assert!(tgtd.targets().is_empty(), "no target left: {:?}", tgtd.targets());
+}
+
+fn workdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("vdc-sta-{name}-")).tempdir_in("/var/tmp").unwrap()
+}
+
+#[tokio::test]
+async fn file_backend() {
+    let dir = workdir("file");
+    scenario(BackendConfig::File { dir: dir.path().join("vols") }, dir.path()).await;
+}
+
+#[tokio::test]
+async fn btrfs_backend_on_a_loop_device() {
+    let dir = workdir("btrfs");
+    let fs = BtrfsLoop::create(dir.path(), 512).expect("btrfs on a loop device");
+    scenario(BackendConfig::Btrfs { dir: fs.mount.clone() }, dir.path()).await;
+}
+
+#[tokio::test]
+async fn zfs_backend_on_a_zfs_fuse_pool() {
+    let dir = workdir("zfs");
+    let pool = ZfsPool::create(dir.path(), 512).expect("a zfs-fuse pool");
+    scenario(BackendConfig::Zfs { dataset: format!("{}/vdc", pool.name) }, dir.path()).await;
+}
+
+#[tokio::test]
+async fn btrfs_refuses_a_directory_that_is_not_btrfs() {
+    let dir = workdir("notbtrfs");
+    let err = backend::open(&BackendConfig::Btrfs { dir: dir.path().to_owned() }).await.err().expect("refused");
+    assert!(err.to_string().contains("not btrfs"), "{err}");
+}
