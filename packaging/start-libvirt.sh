@@ -9,6 +9,12 @@ set -euo pipefail
 if virsh -c qemu:///system version >/dev/null 2>&1; then
   exit 0
 fi
+# Without udevd nobody applies Debian's rule for /dev/kvm (root:kvm 0660), and libvirt
+# then finds KVM "usable when probed (as root) but not now (as libvirt-qemu)" and
+# re-probes QEMU's capabilities on every define: 40 s each. Apply the rule by hand.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G /dev/kvm)" != kvm ]; then
+  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
 pgrep -x virtlogd >/dev/null || virtlogd -d
 nohup unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; exec libvirtd' \
   >/var/log/vdc-libvirtd.log 2>&1 &

@@ -39,6 +39,17 @@ pub struct StackOptions {
     pub journals_on_disk: bool,
     /// Run hva with the real libvirt driver instead of the simulated one.
     pub libvirt: Option<LibvirtSetup>,
+    /// Run sta with a real backend instead of the simulated one.
+    pub real_storage: Option<RealStorageSetup>,
+}
+
+/// A real storage node: its backend, and the tgtd it exports through (None: only local
+/// attachments to host 0).
+#[derive(Clone, Debug)]
+pub struct RealStorageSetup {
+    pub backend: vdc_sta::backend::BackendConfig,
+    pub iscsi: Option<(u16, String)>,
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Where a libvirt-backed test host keeps its files. The root is world-traversable
@@ -99,6 +110,7 @@ impl StackOptions {
             ensure_observer: None,
             journals_on_disk: true,
             libvirt: None,
+            real_storage: None,
         }
     }
 }
@@ -268,6 +280,24 @@ impl Stack {
     }
 
     async fn start_storage(&self, node_id: &str, _index: usize) -> anyhow::Result<AgentHandle> {
+        if let Some(rs) = &self.opts.real_storage {
+            let local_host = match &rs.iscsi {
+                None => Some(self.hosts.first().ok_or_else(|| anyhow::anyhow!("no host"))?.node_id.parse()?),
+                Some(_) => None,
+            };
+            let (h, _) = vdc_sta::start_real(
+                self.bus.clone(),
+                vdc_sta::RealOptions {
+                    node_id: node_id.to_owned(),
+                    data_dir: rs.data_dir.join(node_id),
+                    backend: rs.backend.clone(),
+                    iscsi: rs.iscsi.clone(),
+                    local_host,
+                },
+            )
+            .await?;
+            return Ok(h);
+        }
         let (h, _) = vdc_sta::start_sim(
             self.bus.clone(),
             vdc_sta::StaOptions {
@@ -294,6 +324,20 @@ impl Stack {
         if let Some(h) = self.hosts[i].hva.take() {
             h.abort();
         }
+    }
+
+    /// Kills storage node `i`'s sta without a goodbye (a crash).
+    pub fn crash_storage(&mut self, i: usize) {
+        if let Some(h) = self.storage[i].1.take() {
+            h.abort();
+        }
+    }
+
+    /// Starts storage node `i`'s sta again with the same node ID.
+    pub async fn restart_storage(&mut self, i: usize) {
+        let node = self.storage[i].0.clone();
+        let h = self.start_storage(&node, i).await.expect("sta restarts");
+        self.storage[i].1 = Some(h);
     }
 
     /// Starts host `i`'s hva again with the same node ID and data directory.
@@ -510,4 +554,57 @@ pub fn init_logging() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
+}
+
+/// Registers the tiny image of a libvirt stack: (the kernel image for QEMU/KVM, the
+/// rootfs tarball for LXC).
+pub async fn register_images(s: &Stack) -> (ImageId, ImageId) {
+    use sha2::{Digest, Sha256};
+    let sha256 = |p: &std::path::Path| format!("sha256:{}", hex::encode(Sha256::digest(std::fs::read(p).unwrap())));
+    let dir = &s.opts.libvirt.as_ref().expect("a libvirt stack").tiny_image_dir;
+    let kernel = s
+        .admin
+        .create_image(&CreateImage {
+            name: "tiny-qemu".into(),
+            format: ImageFormat::Kernel,
+            arch: vdc_schema::Arch::X86_64,
+            hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm],
+            source: dir.join("vmlinuz").display().to_string(),
+            checksum: Some(sha256(&dir.join("vmlinuz"))),
+            initrd: Some(dir.join("initrd.gz").display().to_string()),
+            kernel_cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
+            public: true,
+        })
+        .await
+        .unwrap();
+    let rootfs = s
+        .admin
+        .create_image(&CreateImage {
+            name: "tiny-lxc".into(),
+            format: ImageFormat::Tar,
+            arch: vdc_schema::Arch::X86_64,
+            hypervisors: vec![HypervisorKind::Lxc],
+            source: dir.join("rootfs.tar.gz").display().to_string(),
+            checksum: Some(sha256(&dir.join("rootfs.tar.gz"))),
+            initrd: None,
+            kernel_cmdline: None,
+            public: true,
+        })
+        .await
+        .unwrap();
+    (kernel.id, rootfs.id)
+}
+
+/// Waits for `needle` in an instance's console; returns the console and the time taken.
+pub async fn wait_console(c: &Client, id: &InstanceId, needle: &str, timeout: Duration) -> (String, Duration) {
+    let start = Instant::now();
+    let mut out = String::new();
+    while start.elapsed() < timeout {
+        out = c.console_log(id).await.map(|l| l.output).unwrap_or_default();
+        if out.contains(needle) {
+            return (out, start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("console of {id} never showed {needle:?} within {timeout:?}; it has:\n{out}")
 }

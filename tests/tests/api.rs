@@ -531,6 +531,28 @@ async fn volumes_and_snapshots(db: Db) {
     assert_eq!(err(c.create_volume(&bad).await), (404, "not_found".into()));
     let bad = CreateVolume { name: "x".into(), size_mib: Some(200 << 10), snapshot_id: None, image_id: None };
     assert_eq!(err(c.create_volume(&bad).await), (422, "no_capacity".into()));
+    // The stack's image is a kernel: it cannot fill a volume.
+    let bad = CreateVolume { name: "x".into(), size_mib: Some(64), snapshot_id: None, image_id: Some(s.image.clone()) };
+    assert_eq!(err(c.create_volume(&bad).await), (400, "invalid_image".into()));
+    let bad = CreateVolume {
+        name: "x".into(),
+        size_mib: Some(64),
+        snapshot_id: Some("snap-nosuchsnap".parse().unwrap()),
+        image_id: Some(s.image.clone()),
+    };
+    assert_eq!(err(c.create_volume(&bad).await), (400, "invalid_source".into()));
+
+    // Grow: only larger, only detached, with the node's capacity reserved.
+    let req = CreateVolume { name: "g".into(), size_mib: Some(100), snapshot_id: None, image_id: None };
+    let v = c.create_volume(&req).await.unwrap();
+    assert_eq!(wait_job(&c, &v.job).await.state, JobState::Succeeded);
+    let g = c.extend_volume(&v.resource.id, &ExtendVolume { size_mib: 300 }).await.unwrap();
+    assert_eq!(g.resource.size_mib, 300);
+    assert_eq!(wait_job(&c, &g.job).await.state, JobState::Succeeded);
+    let small = c.extend_volume(&v.resource.id, &ExtendVolume { size_mib: 300 }).await;
+    assert_eq!(err(small), (400, "invalid_size".into()));
+    let huge = c.extend_volume(&v.resource.id, &ExtendVolume { size_mib: 200 << 10 }).await;
+    assert_eq!(err(huge), (422, "no_capacity".into()));
     s.stop().await;
 }
 

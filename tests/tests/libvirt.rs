@@ -4,54 +4,13 @@
 //!
 //! Needs libvirtd (tests/run.sh starts it) and VDC_TINY_IMAGE_DIR (it builds the image).
 
-use sha2::{Digest, Sha256};
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use vdc_cli::client::Client;
 use vdc_schema::api::*;
 use vdc_schema::id::*;
 use vdc_schema::*;
-use vdc_tests::{wait_state, Db, LibvirtSetup, Stack, StackOptions};
-
-fn sha256(p: &Path) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(std::fs::read(p).unwrap())))
-}
-
-async fn register_images(s: &Stack) -> (ImageId, ImageId) {
-    let dir = &s.opts.libvirt.as_ref().unwrap().tiny_image_dir;
-    let kernel = s
-        .admin
-        .create_image(&CreateImage {
-            name: "tiny-qemu".into(),
-            format: ImageFormat::Kernel,
-            arch: Arch::X86_64,
-            hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm],
-            source: dir.join("vmlinuz").display().to_string(),
-            checksum: Some(sha256(&dir.join("vmlinuz"))),
-            initrd: Some(dir.join("initrd.gz").display().to_string()),
-            kernel_cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
-            public: true,
-        })
-        .await
-        .unwrap();
-    let rootfs = s
-        .admin
-        .create_image(&CreateImage {
-            name: "tiny-lxc".into(),
-            format: ImageFormat::Tar,
-            arch: Arch::X86_64,
-            hypervisors: vec![HypervisorKind::Lxc],
-            source: dir.join("rootfs.tar.gz").display().to_string(),
-            checksum: Some(sha256(&dir.join("rootfs.tar.gz"))),
-            initrd: None,
-            kernel_cmdline: None,
-            public: true,
-        })
-        .await
-        .unwrap();
-    (kernel.id, rootfs.id)
-}
+use vdc_tests::{register_images, wait_console, wait_state, Db, LibvirtSetup, Stack, StackOptions};
 
 fn virsh_has(uri: &str, id: &InstanceId) -> bool {
     Command::new("virsh")
@@ -63,19 +22,6 @@ fn virsh_has(uri: &str, id: &InstanceId) -> bool {
 
 fn qemu_pid(id: &InstanceId) -> Option<u32> {
     std::fs::read_to_string(format!("/run/libvirt/qemu/vdc-{id}.pid")).ok()?.trim().parse().ok()
-}
-
-async fn wait_console(c: &Client, id: &InstanceId, needle: &str, timeout: Duration) -> (String, Duration) {
-    let start = Instant::now();
-    let mut out = String::new();
-    while start.elapsed() < timeout {
-        out = c.console_log(id).await.map(|l| l.output).unwrap_or_default();
-        if out.contains(needle) {
-            return (out, start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("console of {id} never showed {needle:?} within {timeout:?}; it has:\n{out}")
 }
 
 /// Waits until the console shows `n` boots (one contract line each).

@@ -569,6 +569,14 @@ async fn build_spec(ctx: &SharedCtx, row: &Row, goal: InstanceGoal) -> ApiResult
     .bind(&row.id)
     .fetch_all(&ctx.db)
     .await?;
+    // A volume is exported to the host its instance is on now (none while stopped): let
+    // sta catch up with every placement and power change. Idempotent; the loop ends
+    // because a report re-dispatches the instance only when the target changes.
+    for (v, _) in &vols {
+        if let Ok(v) = v.parse() {
+            ctx.enqueue(Work::Volume(v));
+        }
+    }
     Ok(InstanceSpec {
         id: row.id.parse().map_err(ApiError::internal)?,
         spec_gen: row.spec_gen as u64,

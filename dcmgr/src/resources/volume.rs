@@ -126,6 +126,9 @@ pub async fn create(
     Body(req): Body<CreateVolume>,
 ) -> ApiResult<(StatusCode, Json<Accepted<Volume>>)> {
     validate_name("volume", &req.name)?;
+    if let (Some(_), Some(_)) = (&req.snapshot_id, &req.image_id) {
+        return Err(ApiError::bad("invalid_source", "give snapshot_id or image_id, not both"));
+    }
     let snap = match &req.snapshot_id {
         Some(s) => Some(crate::resources::snapshot::fetch(&ctx, &caller, s).await?),
         None => None,
@@ -137,9 +140,6 @@ pub async fn create(
                 format!("snapshot {} is {}, not available", s.id, s.state),
             ));
         }
-    }
-    if let (Some(_), Some(_)) = (&req.snapshot_id, &req.image_id) {
-        return Err(ApiError::bad("invalid_source", "give snapshot_id or image_id, not both"));
     }
     if let Some(image_id) = &req.image_id {
         let image = crate::resources::image::fetch_visible(&ctx, &caller, image_id).await?;
@@ -568,8 +568,11 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
     let reason =
         (new_state == VolumeState::Failed).then(|| r.reason.clone().unwrap_or_else(|| "sta reported a failure".into()));
     let mut tx = ctx.db.begin().await?;
+    // The state moves only from the one read above: hva's reports move attaching →
+    // attached concurrently without bumping spec_gen, and must not be undone.
     let updated = sqlx::query(
-        "UPDATE volumes SET state = $1, report_gen = $2, target = $3, failure_reason = COALESCE($4, failure_reason), updated_at = $5
+        "UPDATE volumes SET state = CASE WHEN state = $8 THEN $1 ELSE state END, report_gen = $2, target = $3,
+             failure_reason = COALESCE($4, failure_reason), updated_at = $5
          WHERE id = $6 AND report_gen < $2 AND spec_gen = $7",
     )
     .bind(new_state.as_str())
@@ -579,6 +582,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
     .bind(db::now())
     .bind(&row.id)
     .bind(row.spec_gen)
+    .bind(state.as_str())
     .execute(&mut *tx)
     .await?;
     if updated.rows_affected() == 0 {

@@ -79,7 +79,10 @@ impl ImageCache {
             }
         }
         std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let tmp = self.dir.join(format!(".incoming-{image_id}-{}", std::process::id()));
+        // Unique per call: two guests of one image may fetch it at the same time.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".incoming-{image_id}-{}-{n}", std::process::id()));
         std::fs::copy(&src, &tmp).map_err(io(&src))?;
         let got = sha256_file(&tmp)?;
         if let Some(w) = &want {

@@ -1,0 +1,180 @@
+//! Volumes end to end on real parts: sta on a file backend exporting through a private
+//! tgtd, hva with libvirt attaching over QEMU's iSCSI initiator (or locally), and tiny
+//! TCG guests that write a pattern on a blank disk and read back what a disk holds.
+//!
+//! Needs root, libvirtd, tgtd and the tiny image (tests/run.sh provides them all).
+
+use std::time::Duration;
+use vdc_cli::client::{Client, ClientError};
+use vdc_schema::api::*;
+use vdc_schema::id::*;
+use vdc_schema::*;
+use vdc_sta::backend::BackendConfig;
+use vdc_sta::testing::Tgtd;
+use vdc_tests::{register_images, wait_console, wait_state, Db, LibvirtSetup, RealStorageSetup, Stack, StackOptions};
+
+const BOOT: Duration = Duration::from_secs(120);
+
+fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(ClientError::Api { status, code, .. }) => (status, code),
+        Err(e) => panic!("expected an API error, got {e}"),
+    }
+}
+
+fn opts(dir: &std::path::Path, iscsi: Option<(u16, String)>) -> StackOptions {
+    let mut o = StackOptions::new(Db::Sqlite);
+    o.hosts = 1;
+    o.host_cpus = 4;
+    o.host_memory_mib = 4096;
+    o.agent_timeout_ms = 5000;
+    o.libvirt = Some(LibvirtSetup::from_env());
+    o.real_storage = Some(RealStorageSetup {
+        backend: BackendConfig::File { dir: dir.join("volumes") },
+        iscsi,
+        data_dir: dir.join("sta"),
+    });
+    o
+}
+
+async fn guest(c: &Client, image: &ImageId, name: &str) -> InstanceId {
+    let a = c
+        .create_instance(&CreateInstance {
+            name: Some(name.into()),
+            image_id: image.clone(),
+            hypervisor: Some(HypervisorKind::Qemu),
+            cpus: 1,
+            memory_mib: 256,
+            interfaces: vec![],
+            ssh_key_id: None,
+            user_data: None,
+        })
+        .await
+        .unwrap();
+    a.resource.id
+}
+
+async fn ok<T>(c: &Client, a: Accepted<T>) -> T {
+    let j = c.wait_job(&a.job.id, BOOT).await.unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    a.resource
+}
+
+async fn volume_state(c: &Client, id: &VolumeId) -> Volume {
+    c.get_volume(id).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_data_moves_between_guests_over_iscsi() {
+    vdc_tests::init_logging();
+    let dir = tempfile::Builder::new().prefix("vdc-storage-e2e-").tempdir_in("/var/tmp").unwrap();
+    let tgtd = Tgtd::start(dir.path()).expect("tgtd starts");
+    let mut s = Stack::start(opts(dir.path(), Some((tgtd.control_port, tgtd.portal.clone())))).await;
+    let (kernel, _) = register_images(&s).await;
+    let sn = &s.admin.list_all_storage_nodes().await.unwrap()[0];
+    assert_eq!(sn.backend, StorageBackend::File);
+    assert!(sn.capacity_mib > 0);
+    let c = s.account("storage").await;
+
+    let a = guest(&c, &kernel, "writer").await;
+    let b = guest(&c, &kernel, "reader").await;
+    let vol = ok(
+        &c,
+        c.create_volume(&CreateVolume { name: "data".into(), size_mib: Some(64), snapshot_id: None, image_id: None })
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(volume_state(&c, &vol.id).await.state, VolumeState::Available);
+    for (i, name) in [(&a, "writer"), (&b, "reader")] {
+        wait_state(&c, i, InstanceState::Running).await;
+        wait_console(&c, i, &format!("vdc-guest: instance-id={i} hostname={name}"), BOOT).await;
+    }
+
+    // 1. Attach to the running writer: it finds a blank disk and writes its pattern.
+    ok(&c, c.attach_volume(&vol.id, &a).await.unwrap()).await;
+    assert_eq!(volume_state(&c, &vol.id).await.state, VolumeState::Attached);
+    assert!(c.get_instance(&a).await.unwrap().volumes.contains(&vol.id));
+    wait_console(&c, &a, &format!("vdc-guest: disk {} wrote vdc-pattern written-by={a}", vol.id), BOOT).await;
+
+    // Refusals while attached, each with a code that says what to do.
+    assert_eq!(err(c.delete_volume(&vol.id).await), (409, "volume_attached".into()));
+    assert_eq!(err(c.extend_volume(&vol.id, &ExtendVolume { size_mib: 128 }).await), (409, "volume_attached".into()));
+    let bad = CreateVolume { name: "x".into(), size_mib: Some(0), snapshot_id: None, image_id: None };
+    assert_eq!(err(c.create_volume(&bad).await), (400, "invalid_size".into()));
+    let bad =
+        CreateVolume { name: "x".into(), size_mib: None, snapshot_id: Some(SnapshotId::generate()), image_id: None };
+    assert_eq!(err(c.create_volume(&bad).await).0, 404);
+
+    // 2. sta crashes and comes back: the guest keeps its disk, the target is restored.
+    s.crash_storage(0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.restart_storage(0).await;
+    s.wait_nodes_online().await.unwrap();
+    vdc_tests::eventually(Duration::from_secs(20), || async { (!tgtd.targets().is_empty()).then_some(()) })
+        .await
+        .expect("the target is back after sta restarts");
+    assert_eq!(volume_state(&c, &vol.id).await.state, VolumeState::Attached);
+    assert_eq!(c.get_instance(&a).await.unwrap().state, InstanceState::Running);
+
+    // 3. Detach from the running writer (the guest lets go of the hot-unplugged disk).
+    ok(&c, c.detach_volume(&vol.id).await.unwrap()).await;
+    assert_eq!(volume_state(&c, &vol.id).await.state, VolumeState::Available);
+    vdc_tests::eventually(Duration::from_secs(20), || async { tgtd.targets().is_empty().then_some(()) })
+        .await
+        .expect("the export is withdrawn after the detach");
+
+    // 4. Attach to the reader: the writer's pattern is there.
+    ok(&c, c.attach_volume(&vol.id, &b).await.unwrap()).await;
+    wait_console(&c, &b, &format!("vdc-guest: disk {} holds vdc-pattern written-by={a}", vol.id), BOOT).await;
+
+    // 5. Attach to a stopped instance: it sees the disk when it boots.
+    ok(&c, c.detach_volume(&vol.id).await.unwrap()).await;
+    ok(&c, c.stop_instance(&a).await.unwrap()).await;
+    ok(&c, c.attach_volume(&vol.id, &a).await.unwrap()).await;
+    ok(&c, c.start_instance(&a).await.unwrap()).await;
+    wait_console(&c, &a, &format!("vdc-guest: disk {} holds vdc-pattern written-by={a}", vol.id), BOOT).await;
+    assert_eq!(volume_state(&c, &vol.id).await.state, VolumeState::Attached);
+
+    // 6. Grow it detached, then delete it; nothing is left on the node.
+    ok(&c, c.detach_volume(&vol.id).await.unwrap()).await;
+    let grown = ok(&c, c.extend_volume(&vol.id, &ExtendVolume { size_mib: 96 }).await.unwrap()).await;
+    assert_eq!(grown.size_mib, 96);
+    let file = dir.path().join("volumes/volumes").join(format!("{}.img", vol.id));
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 96 << 20);
+    assert_eq!(err(c.extend_volume(&vol.id, &ExtendVolume { size_mib: 10 }).await), (400, "invalid_size".into()));
+    ok(&c, c.delete_volume(&vol.id).await.unwrap()).await;
+    assert!(!file.exists());
+    for i in [&a, &b] {
+        ok(&c, c.terminate_instance(i).await.unwrap()).await;
+    }
+    s.stop().await;
+    drop(tgtd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_on_the_same_machine_is_attached_locally() {
+    vdc_tests::init_logging();
+    let dir = tempfile::Builder::new().prefix("vdc-storage-local-").tempdir_in("/var/tmp").unwrap();
+    let s = Stack::start(opts(dir.path(), None)).await;
+    let (kernel, _) = register_images(&s).await;
+    let c = s.account("local").await;
+    let i = guest(&c, &kernel, "local").await;
+    let vol = ok(
+        &c,
+        c.create_volume(&CreateVolume { name: "l".into(), size_mib: Some(16), snapshot_id: None, image_id: None })
+            .await
+            .unwrap(),
+    )
+    .await;
+    wait_state(&c, &i, InstanceState::Running).await;
+    ok(&c, c.attach_volume(&vol.id, &i).await.unwrap()).await;
+    wait_console(&c, &i, &format!("vdc-guest: disk {} wrote vdc-pattern written-by={i}", vol.id), BOOT).await;
+    // The pattern is in the volume's file: the guest wrote to it directly.
+    let file = dir.path().join("volumes/volumes").join(format!("{}.img", vol.id));
+    let head = std::fs::read(&file).unwrap();
+    assert!(head.starts_with(format!("vdc-pattern written-by={i}").as_bytes()));
+    ok(&c, c.terminate_instance(&i).await.unwrap()).await;
+    s.stop().await;
+}
