@@ -46,6 +46,7 @@ pub async fn start_sim(
         }),
         storage: None,
         journal,
+        tunnel_ip: None,
     };
     let handle = agent::start(bus, cfg, sink, Arc::new(HypervisorHandler(driver.clone()))).await?;
     Ok((handle, driver))
@@ -109,6 +110,7 @@ pub async fn start_libvirt(
         }),
         storage: None,
         journal,
+        tunnel_ip: None,
     };
     let handle = agent::start(bus, agent_cfg, sink, Arc::new(HypervisorHandler(driver.clone()))).await?;
     Ok((handle, driver))

@@ -1,9 +1,11 @@
 //! nwagent, the network agent: plugs interfaces into virtual networks on one host.
 //!
-//! Drivers implement `vdc_schema::agent::NetworkAgent`. This crate has the simulated
-//! driver ([`sim`]); the Open vSwitch driver plugs in behind the same trait.
+//! Drivers implement `vdc_schema::agent::NetworkAgent`: [`ovs`] on Open vSwitch, and
+//! [`sim`] for scale tests of dcmgr.
 
+pub mod ovs;
 pub mod sim;
+pub mod testing;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +25,30 @@ pub async fn start_sim(bus: Arc<dyn Transport>, o: NwOptions) -> anyhow::Result<
     let journal = o.data_dir.as_ref().map(|d| d.join("journal.jsonl"));
     let sink = ReportSink::open(journal.as_deref())?;
     let driver = Arc::new(sim::SimNetwork::new(sink.clone(), o.sim));
-    let cfg = AgentConfig { node_id: o.node_id, kind: AgentKind::Nwagent, host: None, storage: None, journal };
+    let cfg = AgentConfig {
+        node_id: o.node_id,
+        kind: AgentKind::Nwagent,
+        host: None,
+        storage: None,
+        journal,
+        tunnel_ip: None,
+    };
     let handle = agent::start(bus, cfg, sink, Arc::new(NetworkHandler(driver.clone()))).await?;
+    Ok((handle, driver))
+}
+
+/// Starts nwagent with the Open vSwitch driver.
+pub async fn start_ovs(
+    bus: Arc<dyn Transport>,
+    node_id: String,
+    cfg: ovs::OvsConfig,
+) -> anyhow::Result<(AgentHandle, Arc<ovs::OvsNetwork>)> {
+    let journal = cfg.data_dir.join("journal.jsonl");
+    let sink = ReportSink::open(Some(&journal))?;
+    let tunnel_ip = Some(cfg.tunnel_ip.clone());
+    let driver = Arc::new(ovs::OvsNetwork::open(cfg, sink.clone()).await?);
+    let acfg =
+        AgentConfig { node_id, kind: AgentKind::Nwagent, host: None, storage: None, journal: Some(journal), tunnel_ip };
+    let handle = agent::start(bus, acfg, sink, Arc::new(NetworkHandler(driver.clone()))).await?;
     Ok((handle, driver))
 }

@@ -4,8 +4,10 @@ use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
 enum Driver {
+    /// Open vSwitch (OVSDB + OpenFlow 1.3, VXLAN between hosts).
+    Ovs,
     /// Simulated networking (for scale tests of dcmgr).
     Sim,
 }
@@ -22,6 +24,18 @@ struct Cli {
     /// The host node ID of this host's hva (`hn-…`).
     #[arg(long)]
     node_id: String,
+    /// ovsdb-server's Unix socket.
+    #[arg(long, default_value = "/var/run/openvswitch/db.sock")]
+    ovsdb_socket: PathBuf,
+    /// ovs-vswitchd's run directory (where `<bridge>.mgmt` is).
+    #[arg(long, default_value = "/var/run/openvswitch")]
+    ovs_rundir: PathBuf,
+    /// The integration bridge (created if missing).
+    #[arg(long, default_value = "br-int")]
+    bridge: String,
+    /// This host's VXLAN endpoint (an address of the underlay, routed from the switch).
+    #[arg(long)]
+    tunnel_ip: Option<std::net::Ipv4Addr>,
     #[arg(long, default_value_t = 20)]
     sim_delay_ms: u64,
     #[arg(long, default_value_t = 0.0)]
@@ -36,17 +50,32 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let node_id = cli.node_id.parse::<vdc_schema::HostNodeId>()?.to_string();
     let bus = vdc_bus::Nats::connect(&cli.nats, &format!("nwagent {node_id}")).await?;
-    let Driver::Sim = cli.driver;
-    let opts = vdc_nwagent::NwOptions {
-        node_id,
-        data_dir: Some(cli.data_dir),
-        sim: vdc_bus::sim::SimKnobs {
-            delay: Duration::from_millis(cli.sim_delay_ms),
-            fail_rate: cli.sim_fail_rate,
-            drop_rate: 0.0,
-        },
+    let agent = match cli.driver {
+        Driver::Ovs => {
+            let tunnel_ip = cli.tunnel_ip.ok_or_else(|| anyhow::anyhow!("--driver ovs needs --tunnel-ip"))?;
+            let cfg = vdc_nwagent::ovs::OvsConfig {
+                db_socket: cli.ovsdb_socket,
+                rundir: cli.ovs_rundir,
+                bridge: cli.bridge,
+                tunnel_ip: tunnel_ip.to_string(),
+                data_dir: cli.data_dir,
+                plug_timeout: Duration::from_secs(60),
+            };
+            vdc_nwagent::start_ovs(bus, node_id, cfg).await?.0
+        }
+        Driver::Sim => {
+            let opts = vdc_nwagent::NwOptions {
+                node_id,
+                data_dir: Some(cli.data_dir),
+                sim: vdc_bus::sim::SimKnobs {
+                    delay: Duration::from_millis(cli.sim_delay_ms),
+                    fail_rate: cli.sim_fail_rate,
+                    drop_rate: 0.0,
+                },
+            };
+            vdc_nwagent::start_sim(bus, opts).await?.0
+        }
     };
-    let (agent, _) = vdc_nwagent::start_sim(bus, opts).await?;
     vdc_bus::sim::shutdown_signal().await;
     agent.stop().await;
     Ok(())

@@ -105,6 +105,9 @@ pub struct Register {
     pub agent_version: String,
     pub host: Option<HostInfo>,
     pub storage: Option<StorageInfo>,
+    /// nwagent: this host's tunnel endpoint (underlay IPv4) for VXLAN.
+    #[serde(default)]
+    pub tunnel_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -337,6 +340,17 @@ pub struct NetworkSpec {
     pub vni: u32,
     pub cidr: String,
     pub gateway: String,
+    /// Tunnel endpoints (underlay IPv4) of the other hosts with interfaces on this network.
+    #[serde(default)]
+    pub peers: Vec<String>,
+}
+
+/// The host-side device of an interface (tap or veth): hva creates it with this name and
+/// nwagent plugs it. 15 bytes at most (IFNAMSIZ): `vt` + the last 13 characters of the
+/// ID, which hold its millisecond stamp's tail and its random part.
+pub fn vif_device_name(id: &VifId) -> String {
+    let s = id.as_str();
+    format!("vt{}", &s[s.len().saturating_sub(13)..])
 }
 
 /// A security group with every group reference already resolved to member addresses.

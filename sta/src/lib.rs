@@ -38,6 +38,7 @@ pub async fn start_sim(bus: Arc<dyn Transport>, o: StaOptions) -> anyhow::Result
         host: None,
         storage: Some(StorageInfo { backend: StorageBackend::Sim, capacity_mib: o.capacity_mib, used_mib: 0 }),
         journal,
+        tunnel_ip: None,
     };
     let handle = agent::start(bus, cfg, sink, Arc::new(StorageHandler(driver.clone()))).await?;
     Ok((handle, driver))
@@ -83,6 +84,7 @@ pub async fn start_real(
         host: None,
         storage: Some(StorageInfo { backend: kind, capacity_mib, used_mib }),
         journal: Some(journal),
+        tunnel_ip: None,
     };
     let handle = agent::start(bus, cfg, sink, Arc::new(StorageHandler(driver.clone()))).await?;
     Ok((handle, driver))

@@ -697,6 +697,7 @@ async fn untrusted_bus_messages_are_dropped(db: Db) {
             capabilities: Default::default(),
         }),
         storage: None,
+        tunnel_ip: None,
     };
     let _ = bus.request(subject::REGISTER, bus::encode(&reg("../../etc", 4)).into(), t).await;
     let _ = bus.request(subject::REGISTER, bus::encode(&reg("hn-huge", 0)).into(), t).await;

@@ -25,6 +25,9 @@ fn validate(r: &Register) -> Result<(), String> {
             return Err(format!("implausible host capacity: {} cpus, {} MiB", h.cpus, h.memory_mib));
         }
     }
+    if let Some(ip) = &r.tunnel_ip {
+        ip.parse::<std::net::Ipv4Addr>().map_err(|_| format!("tunnel_ip {ip:?} is not an IPv4 address"))?;
+    }
     if r.kind == AgentKind::Sta {
         let s = r.storage.as_ref().ok_or("sta must send its storage capacity")?;
         if s.capacity_mib == 0 || s.capacity_mib > (1 << 50) {
@@ -68,7 +71,18 @@ async fn register(ctx: &SharedCtx, r: &Register) -> Result<(), sqlx::Error> {
             .execute(&ctx.db)
             .await?;
         }
-        AgentKind::Nwagent => {}
+        AgentKind::Nwagent => {
+            if let Some(ip) = &r.tunnel_ip {
+                sqlx::query(
+                    "INSERT INTO host_tunnels (host_id, tunnel_ip) VALUES ($1, $2)
+                     ON CONFLICT (host_id) DO UPDATE SET tunnel_ip = $2",
+                )
+                .bind(&r.node_id)
+                .bind(ip)
+                .execute(&ctx.db)
+                .await?;
+            }
+        }
     }
     ctx.agents.write().unwrap().insert(
         (r.kind, r.node_id.clone()),

@@ -202,6 +202,27 @@ async fn resolved_group(db: &db::Pool, group: &str) -> ApiResult<SecurityGroupSp
 
 /// Sends the ensure for one interface to the nwagent of its instance's host.
 pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
+    let Some((network, host)) = dispatch_one(ctx, id).await? else { return Ok(()) };
+    // The hosts already on this network must tunnel to this one too (when it is new to
+    // the network): re-send one interface per other host; its spec carries the peers.
+    let others: Vec<(String,)> = sqlx::query_as(
+        "SELECT MIN(v.id) FROM vifs v JOIN instances i ON i.id = v.instance_id
+         WHERE v.network_id = $1 AND i.host_node_id IS NOT NULL AND i.host_node_id <> $2 GROUP BY i.host_node_id",
+    )
+    .bind(&network)
+    .bind(&host)
+    .fetch_all(&ctx.db)
+    .await?;
+    for (other,) in others {
+        if let Err(e) = dispatch_one(ctx, &other).await {
+            tracing::warn!(vif = %other, "peer refresh not sent: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Sends one interface's spec to its host's nwagent; returns its network and host.
+async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String, String)>> {
     #[derive(sqlx::FromRow)]
     struct Placed {
         instance_id: String,
@@ -220,13 +241,22 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
     .fetch_optional(&ctx.db)
     .await?;
     let Some(Placed { instance_id, account_id, network_id, mac, ip, spec_gen, host_node_id: Some(host) }) = row else {
-        return Ok(());
+        return Ok(None);
     };
     let net: Option<network::Row> = sqlx::query_as(&format!("SELECT {} FROM networks WHERE id = $1", network::COLS))
         .bind(&network_id)
         .fetch_optional(&ctx.db)
         .await?;
-    let Some(net) = net else { return Ok(()) };
+    let Some(net) = net else { return Ok(None) };
+    let peers: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT t.tunnel_ip FROM vifs v JOIN instances i ON i.id = v.instance_id
+         JOIN host_tunnels t ON t.host_id = i.host_node_id
+         WHERE v.network_id = $1 AND i.host_node_id <> $2 ORDER BY t.tunnel_ip",
+    )
+    .bind(&network_id)
+    .bind(&host)
+    .fetch_all(&ctx.db)
+    .await?;
     let groups: Vec<(String,)> =
         sqlx::query_as("SELECT group_id FROM vif_security_groups WHERE vif_id = $1 ORDER BY group_id")
             .bind(id)
@@ -246,6 +276,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
             vni: net.vni as u32,
             cidr: net.cidr,
             gateway: net.gateway,
+            peers: peers.into_iter().map(|p| p.0).collect(),
         },
         mac,
         ip,
@@ -255,7 +286,8 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
     client
         .ensure_interface(spec)
         .await
-        .map_err(|e| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() })
+        .map_err(|e| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() })?;
+    Ok(Some((network_id, host)))
 }
 
 /// Every interface affected by a change of group `g`: its members, and the members of

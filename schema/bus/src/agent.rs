@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub kind: AgentKind,
     pub host: Option<HostInfo>,
     pub storage: Option<StorageInfo>,
+    /// nwagent: the host's tunnel endpoint, announced at registration.
+    pub tunnel_ip: Option<String>,
     /// The report journal; `None` keeps it in memory (simulated agents at scale).
     pub journal: Option<PathBuf>,
 }
@@ -257,6 +259,7 @@ async fn register(bus: &dyn Transport, cfg: &AgentConfig, cancel: &CancellationT
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         host: cfg.host.clone(),
         storage: cfg.storage.clone(),
+        tunnel_ip: cfg.tunnel_ip.clone(),
     };
     let payload = bytes::Bytes::from(bus::encode(&msg));
     let mut backoff = Duration::from_millis(100);

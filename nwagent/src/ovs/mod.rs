@@ -1,0 +1,310 @@
+//! The Open vSwitch driver: one integration bridge per host (`datapath_type=netdev` where
+//! the kernel has no openvswitch module), configured over OVSDB ([`ovsdb`]); a VXLAN port
+//! per peer host (`key=flow`: the VNI travels in tun_id); flows through OpenFlow 1.3
+//! bundles ([`ofctl`]) built by [`flows`].
+//!
+//! ```text
+//!  ensure_interface(spec) ─► port <vif device> on the bridge ─► wait for its ofport
+//!      ─► tunnels to spec.network.peers ─► one bundle: the port's flows + its network's
+//!      flows + tunnel flows ─► report active
+//! ```
+//! What nwagent was told is kept in `state.json`, so a restarted nwagent recomputes the
+//! same flows for every network before dcmgr has re-sent all interfaces; flows already
+//! in the switch keep traffic flowing meanwhile.
+
+pub mod flows;
+pub mod ofctl;
+pub mod ovsdb;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use vdc_bus::ReportSink;
+use vdc_schema::agent::{AgentError, NetworkAgent};
+use vdc_schema::bus::{vif_device_name, InterfaceReport, InterfaceSpec, ObjectReport};
+use vdc_schema::id::VifId;
+use vdc_schema::ObservedInterface;
+
+#[derive(Debug, Clone)]
+pub struct OvsConfig {
+    /// ovsdb-server's Unix socket.
+    pub db_socket: PathBuf,
+    /// ovs-vswitchd's run directory (holds `<bridge>.mgmt`).
+    pub rundir: PathBuf,
+    pub bridge: String,
+    /// This host's tunnel endpoint (announced to dcmgr; peers reach this host there).
+    pub tunnel_ip: String,
+    /// Where `state.json` lives.
+    pub data_dir: PathBuf,
+    /// How long a port may wait for its device (hva creates it when the guest starts).
+    pub plug_timeout: Duration,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Port {
+    spec: InterfaceSpec,
+    ofport: Option<u32>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct State {
+    ports: BTreeMap<VifId, Port>,
+    /// tunnel remote IP → ofport
+    tunnels: BTreeMap<String, u32>,
+    /// VNI → the peers of the newest spec received for that network (an older one may
+    /// still list a host that has left it).
+    peers: BTreeMap<u32, Vec<String>>,
+}
+
+pub struct OvsNetwork {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: OvsConfig,
+    db: ovsdb::Ovsdb,
+    of: ofctl::Ofctl,
+    sink: ReportSink,
+    /// One change at a time: flows of a network depend on all of its ports.
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OvsError {
+    #[error(transparent)]
+    Ovsdb(#[from] ovsdb::OvsdbError),
+    #[error(transparent)]
+    Ofctl(#[from] ofctl::OfctlError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The tunnel port towards one peer: `vx` + the peer's IPv4 in hex.
+fn tunnel_name(ip: &str) -> Option<String> {
+    let a: std::net::Ipv4Addr = ip.parse().ok()?;
+    Some(format!("vx{:08x}", u32::from(a)))
+}
+
+impl Inner {
+    fn save(&self, st: &State) {
+        let path = self.cfg.data_dir.join("state.json");
+        let tmp = path.with_extension("tmp");
+        let ok =
+            std::fs::write(&tmp, serde_json::to_vec(st).unwrap_or_default()).and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = ok {
+            tracing::error!("cannot save {}: {e}", path.display());
+        }
+    }
+
+    fn report(&self, id: &VifId, gen: u64, state: ObservedInterface, reason: Option<String>) {
+        self.sink.report(ObjectReport::Interface(InterfaceReport { id: id.clone(), spec_gen: gen, state, reason }));
+    }
+
+    /// The flows of network `vni` as the state stands.
+    fn network_set(&self, st: &State, vni: u32) -> (u64, Vec<String>) {
+        let mut ports: Vec<u32> =
+            st.ports.values().filter(|p| p.spec.network.vni == vni).filter_map(|p| p.ofport).collect();
+        ports.sort();
+        let peers = st.peers.get(&vni).cloned().unwrap_or_default();
+        let mut tunnels: Vec<u32> = peers.iter().filter_map(|ip| st.tunnels.get(ip).copied()).collect();
+        tunnels.sort();
+        tunnels.dedup();
+        let flows = if ports.is_empty() { vec![] } else { flows::network_flows(vni, &ports, &tunnels) };
+        (flows::cookie(flows::NET, &vni.to_string()), flows)
+    }
+
+    fn port_set(&self, p: &Port) -> (u64, Vec<String>) {
+        let c = flows::cookie(flows::PORT, p.spec.id.as_str());
+        match p.ofport {
+            Some(ofport) => {
+                (c, flows::port_flows(p.spec.network.vni, ofport, &p.spec.mac, &p.spec.ip, &p.spec.security_groups))
+            }
+            None => (c, vec![]),
+        }
+    }
+
+    async fn ensure_tunnels(&self, st: &mut State, peers: &[String]) -> Result<Vec<(u64, Vec<String>)>, OvsError> {
+        let mut sets = vec![];
+        for ip in peers {
+            if st.tunnels.contains_key(ip) {
+                continue;
+            }
+            let name = tunnel_name(ip).ok_or_else(|| OvsError::Other(format!("peer {ip:?} is not an IPv4 address")))?;
+            self.db
+                .ensure_port(
+                    &self.cfg.bridge,
+                    &name,
+                    "vxlan",
+                    &[("remote_ip", ip), ("key", "flow")],
+                    &[("vdc-peer", ip)],
+                )
+                .await?;
+            let ofport = self.wait_ofport(&name, Duration::from_secs(10)).await?;
+            st.tunnels.insert(ip.clone(), ofport);
+            sets.push((flows::cookie(flows::TUNNEL, ip), flows::tunnel_flows(ofport)));
+        }
+        Ok(sets)
+    }
+
+    async fn wait_ofport(&self, name: &str, timeout: Duration) -> Result<u32, OvsError> {
+        let start = std::time::Instant::now();
+        let mut last = None;
+        loop {
+            if let Some(row) = self.db.interface(name).await? {
+                if row.ofport > 0 {
+                    return Ok(row.ofport as u32);
+                }
+                last = row.error;
+            }
+            if start.elapsed() > timeout {
+                return Err(OvsError::Other(format!(
+                    "port {name} got no OpenFlow port number within {timeout:?}{}",
+                    last.map(|e| format!(": {e}")).unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn ensure(&self, spec: InterfaceSpec) -> Result<(), OvsError> {
+        let mut st = self.state.lock().await;
+        if st.ports.get(&spec.id).is_some_and(|p| p.spec.spec_gen > spec.spec_gen) {
+            return Ok(());
+        }
+        let dev = vif_device_name(&spec.id);
+        self.db
+            .ensure_port(&self.cfg.bridge, &dev, "", &[], &[("vdc-vif", spec.id.as_str()), ("attached-mac", &spec.mac)])
+            .await?;
+        let mut sets = self.ensure_tunnels(&mut st, &spec.network.peers).await?;
+        let old_vni = st.ports.get(&spec.id).map(|p| p.spec.network.vni);
+        let known = st.ports.get(&spec.id).and_then(|p| p.ofport);
+        // The device may appear later (hva plugs it when the guest starts): wait outside
+        // the lock would reorder ensures, so wait here, bounded.
+        drop(st);
+        let ofport = match known {
+            Some(p) => Some(p),
+            None => Some(self.wait_ofport(&dev, self.cfg.plug_timeout).await?),
+        };
+        let mut st = self.state.lock().await;
+        let port = Port { spec: spec.clone(), ofport };
+        sets.push(self.port_set(&port));
+        st.ports.insert(spec.id.clone(), port);
+        st.peers.insert(spec.network.vni, spec.network.peers.clone());
+        sets.push(self.network_set(&st, spec.network.vni));
+        if let Some(v) = old_vni.filter(|v| *v != spec.network.vni) {
+            sets.push(self.network_set(&st, v));
+        }
+        self.of.replace(&sets).await?;
+        self.save(&st);
+        drop(st);
+        tracing::info!(vif = %spec.id, dev, ofport, vni = spec.network.vni, "interface programmed");
+        self.report(&spec.id, spec.spec_gen, ObservedInterface::Active, None);
+        Ok(())
+    }
+
+    async fn remove(&self, id: &VifId, spec_gen: u64) -> Result<(), OvsError> {
+        let mut st = self.state.lock().await;
+        let old = st.ports.remove(id);
+        let mut sets = vec![(flows::cookie(flows::PORT, id.as_str()), vec![])];
+        if let Some(p) = &old {
+            sets.push(self.network_set(&st, p.spec.network.vni));
+        }
+        self.of.replace(&sets).await?;
+        self.db.remove_port(&self.cfg.bridge, &vif_device_name(id)).await?;
+        self.save(&st);
+        drop(st);
+        let gen = old.map(|p| p.spec.spec_gen.max(spec_gen)).unwrap_or(spec_gen);
+        self.report(id, gen, ObservedInterface::Absent, None);
+        Ok(())
+    }
+}
+
+impl OvsNetwork {
+    /// Opens the switch: makes the bridge exist and puts the base flows (and, after a
+    /// restart, every known network's and port's flows) in place.
+    pub async fn open(cfg: OvsConfig, sink: ReportSink) -> Result<Self, OvsError> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| OvsError::Other(format!("{}: {e}", cfg.data_dir.display())))?;
+        let db = ovsdb::Ovsdb::new(&cfg.db_socket);
+        // The userspace datapath where the kernel module is missing (detected, not assumed).
+        let datapath = if std::path::Path::new("/sys/module/openvswitch").exists() { "system" } else { "netdev" };
+        db.ensure_bridge(&cfg.bridge, datapath).await?;
+        let of = ofctl::Ofctl::new(&cfg.rundir, &cfg.bridge);
+        let st: State = std::fs::read(cfg.data_dir.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let inner = Inner { cfg, db, of, sink, state: tokio::sync::Mutex::new(st) };
+        // Wait for ovs-vswitchd to create the bridge's management socket.
+        let mgmt = inner.cfg.rundir.join(format!("{}.mgmt", inner.cfg.bridge));
+        for _ in 0..100 {
+            if mgmt.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        {
+            let st = inner.state.lock().await;
+            let mut sets = vec![(flows::BASE, flows::base_flows())];
+            for (ip, ofport) in &st.tunnels {
+                sets.push((flows::cookie(flows::TUNNEL, ip), flows::tunnel_flows(*ofport)));
+            }
+            let mut vnis: Vec<u32> = st.ports.values().map(|p| p.spec.network.vni).collect();
+            vnis.sort();
+            vnis.dedup();
+            for p in st.ports.values() {
+                sets.push(inner.port_set(p));
+            }
+            for v in vnis {
+                sets.push(inner.network_set(&st, v));
+            }
+            inner.of.replace(&sets).await?;
+        }
+        tracing::info!(bridge = %inner.cfg.bridge, datapath, "switch ready");
+        Ok(OvsNetwork { inner: Arc::new(inner) })
+    }
+
+    /// The ofport of an interface's device (tests).
+    pub async fn ofport(&self, id: &VifId) -> Option<u32> {
+        self.inner.state.lock().await.ports.get(id).and_then(|p| p.ofport)
+    }
+}
+
+#[async_trait]
+impl NetworkAgent for OvsNetwork {
+    async fn ensure_interface(&self, spec: InterfaceSpec) -> Result<(), AgentError> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let (id, gen) = (spec.id.clone(), spec.spec_gen);
+            if let Err(e) = inner.ensure(spec).await {
+                tracing::warn!(vif = %id, "interface not programmed: {e}");
+                inner.report(&id, gen, ObservedInterface::Failed, Some(e.to_string()));
+            }
+        });
+        Ok(())
+    }
+
+    async fn ensure_interface_absent(&self, id: VifId, spec_gen: u64) -> Result<(), AgentError> {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if let Err(e) = inner.remove(&id, spec_gen).await {
+                tracing::warn!(vif = %id, "interface not removed, retried on the next ensure: {e}");
+            }
+        });
+        Ok(())
+    }
+
+    async fn report_all(&self) -> Result<(), AgentError> {
+        let st = self.inner.state.lock().await;
+        let all: HashMap<VifId, u64> =
+            st.ports.iter().filter(|(_, p)| p.ofport.is_some()).map(|(k, p)| (k.clone(), p.spec.spec_gen)).collect();
+        drop(st);
+        for (id, gen) in all {
+            self.inner.report(&id, gen, ObservedInterface::Active, None);
+        }
+        Ok(())
+    }
+}
