@@ -60,6 +60,8 @@ async fn main() -> anyhow::Result<()> {
                 tunnel_ip: tunnel_ip.to_string(),
                 data_dir: cli.data_dir,
                 plug_timeout: Duration::from_secs(60),
+                host_netns: None,
+                service_prefix: "vdc".into(),
             };
             vdc_nwagent::start_ovs(bus, node_id, cfg).await?.0
         }

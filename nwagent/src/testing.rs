@@ -101,6 +101,17 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        // The host's network service namespaces (named after it) and what runs in them:
+        // also when the test failed before removing them.
+        let list = sh("ip", &["netns", "list"]).unwrap_or_default();
+        for n in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if n.starts_with(&format!("{}-", self.netns)) {
+                for pid in sh("ip", &["netns", "pids", n]).unwrap_or_default().lines() {
+                    let _ = sh("kill", &[pid.trim()]);
+                }
+                let _ = sh("ip", &["netns", "del", n]);
+            }
+        }
         for p in ["ovs-vswitchd", "ovsdb-server"] {
             if let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("{p}.pid"))) {
                 let _ = sh("kill", &[pid.trim()]);
@@ -122,8 +133,8 @@ pub struct Guest {
 }
 
 impl Guest {
-    /// A guest namespace whose eth0 (MAC `mac`, `ip/prefix`) is a veth to `host`, where
-    /// its end is named `dev`.
+    /// A guest namespace whose eth0 (MAC `mac`, `ip/prefix`; prefix 0: no address) is a
+    /// veth to `host`, where its end is named `dev`.
     pub fn start(netns: &str, host: &Host, dev: &str, mac: &str, ip: &str, prefix: u8) -> std::io::Result<Guest> {
         sh("ip", &["netns", "add", netns])?;
         let g = Guest { netns: netns.to_owned(), ip: ip.to_owned() };
@@ -131,7 +142,9 @@ impl Guest {
         ns(&host.netns, &["ip", "link", "set", dev, "up"])?;
         ns(netns, &["ip", "link", "set", "lo", "up"])?;
         ns(netns, &["ip", "link", "set", "eth0", "address", mac, "mtu", "1450", "up"])?;
-        ns(netns, &["ip", "addr", "add", &format!("{ip}/{prefix}"), "dev", "eth0"])?;
+        if prefix > 0 {
+            ns(netns, &["ip", "addr", "add", &format!("{ip}/{prefix}"), "dev", "eth0"])?;
+        }
         // TCP through the userspace datapath needs checksums done in software.
         ns(netns, &["ethtool", "-K", "eth0", "tx", "off"])?;
         Ok(g)

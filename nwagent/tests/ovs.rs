@@ -5,9 +5,11 @@
 use std::time::Duration;
 use vdc_bus::ReportSink;
 use vdc_nwagent::ovs::{OvsConfig, OvsNetwork};
-use vdc_nwagent::testing::{eventually, sh, underlay, Guest, Host};
+use vdc_nwagent::testing::{eventually, ns, sh, underlay, Guest, Host};
 use vdc_schema::agent::NetworkAgent;
-use vdc_schema::bus::{vif_device_name, InterfaceSpec, NetworkSpec, ObjectReport, ResolvedRule, SecurityGroupSpec};
+use vdc_schema::bus::{
+    vif_device_name, InstanceMetadata, InterfaceSpec, NetworkSpec, ObjectReport, ResolvedRule, SecurityGroupSpec,
+};
 use vdc_schema::id::*;
 use vdc_schema::{Direction, ObservedInterface, Protocol};
 
@@ -27,6 +29,8 @@ async fn node(netns: &str, dir: &std::path::Path, ip: &str) -> Node {
         tunnel_ip: ip.into(),
         data_dir: dir.join("nwagent"),
         plug_timeout: Duration::from_secs(10),
+        host_netns: Some(netns.into()),
+        service_prefix: netns.into(),
     };
     let sink = ReportSink::open(None).unwrap();
     let net = OvsNetwork::open(cfg.clone(), sink.clone()).await.expect("switch opens");
@@ -44,10 +48,16 @@ fn rule(protocol: Protocol, port: Option<u16>, cidrs: &[&str]) -> ResolvedRule {
 }
 
 fn iface(net: &NetworkSpec, mac: &str, ip: &str, rules: Vec<ResolvedRule>) -> InterfaceSpec {
+    let instance_id = InstanceId::generate();
     InterfaceSpec {
         id: VifId::generate(),
         spec_gen: 1,
-        instance_id: InstanceId::generate(),
+        metadata: Some(InstanceMetadata {
+            hostname: format!("h-{instance_id}"),
+            public_keys: vec![format!("ssh-ed25519 AAAA {instance_id}")],
+            user_data: None,
+        }),
+        instance_id,
         account_id: AccountId::generate(),
         network: net.clone(),
         mac: mac.into(),
@@ -139,10 +149,49 @@ async fn overlay_isolation_security_groups_and_restart() {
     sh("ip", &["netns", "exec", &ga1.netns, "ip", "addr", "add", "10.10.0.99/24", "dev", "eth0"]).unwrap();
     assert!(!ga1.ping_from("10.10.0.99", "10.10.0.12"), "spoofed source dropped");
 
+    // DHCP gives a guest the address dcmgr assigned (a guest that has none yet).
+    let a3 = iface(&a_on_1, "02:00:00:00:01:03", "10.10.0.31", vec![]);
+    let ga3 = Guest::start(&format!("{p}-a3"), &n1.host, &vif_device_name(&a3.id), &a3.mac, "0.0.0.0", 0)
+        .expect("guest without an address");
+    active(&n1, &a3).await;
+    let script = dir.path().join("udhcpc.sh");
+    std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = bound ] && echo \"bound $ip/$mask router $router\"\nexit 0\n")
+        .unwrap();
+    sh("chmod", &["+x", &script.to_string_lossy()]).unwrap();
+    let udhcpc = ["busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-f", "-t", "5", "-s", &script.to_string_lossy()];
+    let lease = ns(&ga3.netns, &udhcpc).unwrap_or_else(|e| panic!("no DHCP answer: {e}"));
+    assert!(lease.contains("bound 10.10.0.31/24 router 10.10.0.1"), "{lease}");
+
+    // Metadata answers each guest about itself, on both hosts.
+    for (g, s) in [(&ga1, &a1), (&ga2, &a2)] {
+        ns(&g.netns, &["ip", "route", "replace", "default", "via", "10.10.0.1"]).unwrap();
+        let url = "http://169.254.169.254/latest/meta-data/instance-id";
+        let got = eventually_out(|| ns(&g.netns, &["busybox", "wget", "-q", "-O", "-", url]).ok());
+        assert_eq!(got.as_deref(), Some(s.instance_id.as_str()), "metadata for {}", s.instance_id);
+        let key = ns(
+            &g.netns,
+            &["busybox", "wget", "-q", "-O", "-", "http://169.254.169.254/latest/meta-data/public-keys/0/openssh-key"],
+        )
+        .unwrap();
+        assert_eq!(key.trim(), s.metadata.as_ref().unwrap().public_keys[0]);
+    }
+    // A source address the network does not know gets nothing (anti-spoofing keeps a
+    // guest from borrowing another's address, tested above).
+    n2.net.ensure_interface(InterfaceSpec { spec_gen: 3, metadata: None, ..a2.clone() }).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            ns(&ga2.netns, &["busybox", "wget", "-q", "-O", "-", "http://169.254.169.254/latest/meta-data/instance-id"])
+                .is_err()
+        }),
+        "no metadata for an interface without any"
+    );
+
     // Restart nwagent on host 1: traffic keeps flowing, and the flows converge to the same
     // set once dcmgr has re-sent the interfaces.
     let before = n1.host.flows("br-int");
     let cfg = n1.cfg.clone();
+    n1.net.shut_down();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     drop(std::mem::replace(&mut n1.net, OvsNetwork::open(cfg, n1.sink.clone()).await.unwrap()));
     assert_eq!(n1.host.flows("br-int"), before, "reopening keeps the same flows");
     assert!(ga1.ping("10.10.0.12"), "traffic flows right after the restart");
@@ -159,5 +208,17 @@ async fn overlay_isolation_security_groups_and_restart() {
         .iter()
         .any(|f| f.contains("02:00:00:00:02:01"))));
     assert!(ga1.ping("10.10.0.12"), "the others keep working");
-    drop((ga1, ga2, gb1, gb2));
+    n1.net.remove_services().await;
+    n2.net.remove_services().await;
+    drop((ga1, ga2, ga3, gb1, gb2));
+}
+
+fn eventually_out(f: impl Fn() -> Option<String>) -> Option<String> {
+    for _ in 0..50 {
+        if let Some(v) = f() {
+            return Some(v.trim().to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
 }

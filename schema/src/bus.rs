@@ -332,6 +332,17 @@ pub struct InterfaceSpec {
     pub mac: String,
     pub ip: String,
     pub security_groups: Vec<SecurityGroupSpec>,
+    /// What the metadata service tells the guest behind this interface.
+    #[serde(default)]
+    pub metadata: Option<InstanceMetadata>,
+}
+
+/// EC2-style instance metadata, served only to the interface it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceMetadata {
+    pub hostname: String,
+    pub public_keys: Vec<String>,
+    pub user_data: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -495,7 +495,7 @@ pub async fn console(
 
 // ---------------------------------------------------------------- agent side
 
-fn hostname(name: &str, id: &str) -> String {
+pub(crate) fn hostname(name: &str, id: &str) -> String {
     let h: String = name
         .to_ascii_lowercase()
         .chars()

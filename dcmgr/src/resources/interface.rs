@@ -248,6 +248,23 @@ async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String, St
         .fetch_optional(&ctx.db)
         .await?;
     let Some(net) = net else { return Ok(None) };
+    let inst: Option<(String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT name, ssh_key_id, user_data FROM instances WHERE id = $1")
+            .bind(&instance_id)
+            .fetch_optional(&ctx.db)
+            .await?;
+    let Some((name, key_id, user_data)) = inst else { return Ok(None) };
+    let mut public_keys = vec![];
+    if let Some(k) = key_id {
+        let key: Option<(String,)> =
+            sqlx::query_as("SELECT public_key FROM keypairs WHERE id = $1").bind(&k).fetch_optional(&ctx.db).await?;
+        public_keys.extend(key.map(|k| k.0));
+    }
+    let metadata = vdc_schema::bus::InstanceMetadata {
+        hostname: crate::resources::instance::hostname(&name, &instance_id),
+        public_keys,
+        user_data,
+    };
     let peers: Vec<(String,)> = sqlx::query_as(
         "SELECT DISTINCT t.tunnel_ip FROM vifs v JOIN instances i ON i.id = v.instance_id
          JOIN host_tunnels t ON t.host_id = i.host_node_id
@@ -281,6 +298,7 @@ async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String, St
         mac,
         ip,
         security_groups,
+        metadata: Some(metadata),
     };
     let client = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(ApiError::internal)? };
     client

@@ -37,6 +37,7 @@ pub fn cookie(kind: u8, key: &str) -> u64 {
 pub const NET: u8 = 2;
 pub const PORT: u8 = 3;
 pub const TUNNEL: u8 = 4;
+pub const SERVICE: u8 = 5;
 
 /// The conntrack zone of a network (1..=65535; 0 is the default zone).
 pub fn zone(vni: u32) -> u32 {
@@ -62,24 +63,39 @@ fn outputs(ports: &[u32]) -> String {
 }
 
 /// The flows of one network on this host: `ports` are its local ports, `tunnels` the
-/// ports towards the other hosts that have it.
-pub fn network_flows(vni: u32, ports: &[u32], tunnels: &[u32]) -> Vec<String> {
+/// ports towards the other hosts that have it, `service` its DHCP/metadata port here.
+/// reg0 says where a packet came from: 1 a local guest, 2 the service port, 0 a tunnel.
+/// A guest's broadcast reaches the local service port; only a local guest's leaves
+/// through the tunnels (every host answers its own guests' DHCP).
+pub fn network_flows(vni: u32, ports: &[u32], tunnels: &[u32], service: Option<u32>) -> Vec<String> {
     let z = zone(vni);
     let bcast = "dl_dst=01:00:00:00:00:00/01:00:00:00:00:00";
     let mut f = vec![format!(
         "table=10,priority=90,tun_id={vni},ct_state=+trk+new,ip,actions=ct(commit,zone={z}),resubmit(,20)"
     )];
-    let all: Vec<u32> = ports.iter().chain(tunnels).copied().collect();
+    let all: Vec<u32> = ports.iter().chain(service.iter()).chain(tunnels).copied().collect();
     if !all.is_empty() {
         f.push(format!("table=20,priority=50,tun_id={vni},reg0=1,{bcast},actions={}", outputs(&all)));
     }
     if !ports.is_empty() {
         f.push(format!("table=20,priority=50,tun_id={vni},reg0=0,{bcast},actions={}", outputs(ports)));
+        f.push(format!("table=20,priority=50,tun_id={vni},reg0=2,{bcast},actions={}", outputs(ports)));
     }
     if !tunnels.is_empty() {
         f.push(format!("table=20,priority=10,tun_id={vni},reg0=1,actions={}", outputs(tunnels)));
     }
     f
+}
+
+/// The network's service port (DHCP, metadata, gateway address): trusted, so no
+/// conntrack; it may send from any address, but only with its own MAC.
+pub fn service_flows(vni: u32, ofport: u32, mac: &str) -> Vec<String> {
+    let s = ofport;
+    vec![
+        format!("table=0,priority=100,in_port={s},dl_src={mac},actions=set_field:{vni}->tun_id,load:2->NXM_NX_REG0[],resubmit(,20)"),
+        format!("table=0,priority=50,in_port={s},actions=drop"),
+        format!("table=20,priority=100,tun_id={vni},dl_dst={mac},reg0=1,actions=output:{s}"),
+    ]
 }
 
 /// A tunnel port delivers into L2; only the VNIs with flows in table 20 go anywhere.
@@ -136,11 +152,16 @@ pub fn port_flows(vni: u32, ofport: u32, mac: &str, ip: &str, groups: &[Security
     let mut f = vec![
         format!("table=0,priority=100,in_port={p},dl_src={mac},arp,arp_sha={mac},arp_spa={ip},actions=set_field:{vni}->tun_id,load:1->NXM_NX_REG0[],resubmit(,20)"),
         format!("table=0,priority=100,in_port={p},dl_src={mac},ip,nw_src={ip},actions=set_field:{vni}->tun_id,load:1->NXM_NX_REG0[],ct(table=10,zone={z})"),
+        // DHCP before the guest has its address.
+        format!("table=0,priority=100,in_port={p},dl_src={mac},udp,nw_src=0.0.0.0,tp_src=68,tp_dst=67,actions=set_field:{vni}->tun_id,load:1->NXM_NX_REG0[],resubmit(,20)"),
         // Anything else from the port (another MAC or IP, other ethertypes) is dropped.
         format!("table=0,priority=50,in_port={p},actions=drop"),
         format!("table=20,priority=100,tun_id={vni},dl_dst={mac},arp,actions=output:{p}"),
         format!("table=20,priority=100,tun_id={vni},dl_dst={mac},ip,actions=load:{p}->NXM_NX_REG1[],ct(table=40,zone={z})"),
         format!("table=40,priority=100,reg1={p},ct_state=+trk+est,actions=output:{p}"),
+        // DHCP answers come only from the network's service port (guests' ports drop
+        // anything sent from another address than their own).
+        format!("table=40,priority=90,reg1={p},reg0=2,udp,tp_src=67,tp_dst=68,actions=output:{p}"),
         format!("table=40,priority=100,reg1={p},ct_state=+trk+rel,actions=output:{p}"),
     ];
     let mut rules: Vec<String> = groups

@@ -15,6 +15,7 @@
 pub mod flows;
 pub mod ofctl;
 pub mod ovsdb;
+pub mod service;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,10 @@ pub struct OvsConfig {
     pub data_dir: PathBuf,
     /// How long a port may wait for its device (hva creates it when the guest starts).
     pub plug_timeout: Duration,
+    /// The namespace OVS runs in, when not nwagent's own (tests).
+    pub host_netns: Option<String>,
+    /// Prefix of the per-network service namespaces (`vdc`).
+    pub service_prefix: String,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -57,6 +62,8 @@ struct State {
     /// VNI → the peers of the newest spec received for that network (an older one may
     /// still list a host that has left it).
     peers: BTreeMap<u32, Vec<String>>,
+    /// VNI → the ofport of the network's service port.
+    services: BTreeMap<u32, u32>,
 }
 
 pub struct OvsNetwork {
@@ -67,6 +74,7 @@ struct Inner {
     cfg: OvsConfig,
     db: ovsdb::Ovsdb,
     of: ofctl::Ofctl,
+    svc: service::Services,
     sink: ReportSink,
     /// One change at a time: flows of a network depend on all of its ports.
     state: tokio::sync::Mutex<State>,
@@ -78,6 +86,8 @@ pub enum OvsError {
     Ovsdb(#[from] ovsdb::OvsdbError),
     #[error(transparent)]
     Ofctl(#[from] ofctl::OfctlError),
+    #[error(transparent)]
+    Service(#[from] service::ServiceError),
     #[error("{0}")]
     Other(String),
 }
@@ -112,7 +122,8 @@ impl Inner {
         let mut tunnels: Vec<u32> = peers.iter().filter_map(|ip| st.tunnels.get(ip).copied()).collect();
         tunnels.sort();
         tunnels.dedup();
-        let flows = if ports.is_empty() { vec![] } else { flows::network_flows(vni, &ports, &tunnels) };
+        let svc = st.services.get(&vni).copied();
+        let flows = if ports.is_empty() { vec![] } else { flows::network_flows(vni, &ports, &tunnels, svc) };
         (flows::cookie(flows::NET, &vni.to_string()), flows)
     }
 
@@ -169,6 +180,49 @@ impl Inner {
         }
     }
 
+    /// Brings the network's DHCP and metadata service up to date with its ports here;
+    /// returns the flows of its service port.
+    async fn ensure_service(&self, st: &mut State, vni: u32) -> Result<Vec<(u64, Vec<String>)>, OvsError> {
+        let ports: Vec<&Port> = st.ports.values().filter(|p| p.spec.network.vni == vni).collect();
+        let cookie = flows::cookie(flows::SERVICE, &vni.to_string());
+        let Some(first) = ports.first() else {
+            self.svc.remove(vni).await?;
+            self.db.remove_port(&self.cfg.bridge, &service::service_dev(vni)).await?;
+            st.services.remove(&vni);
+            return Ok(vec![(cookie, vec![])]);
+        };
+        let (cidr, gateway) = (first.spec.network.cidr.clone(), first.spec.network.gateway.clone());
+        let metas: Vec<service::Meta> = ports
+            .iter()
+            .filter_map(|p| {
+                Some(service::Meta {
+                    instance_id: p.spec.instance_id.to_string(),
+                    ip: p.spec.ip.clone(),
+                    meta: p.spec.metadata.clone()?,
+                })
+            })
+            .collect();
+        let leases: Vec<(String, String, String)> = ports
+            .iter()
+            .map(|p| {
+                let name = p.spec.metadata.as_ref().map(|m| m.hostname.clone()).unwrap_or_default();
+                (p.spec.mac.clone(), p.spec.ip.clone(), name)
+            })
+            .collect();
+        self.svc.ensure(vni, &cidr, &gateway, &metas, &leases).await?;
+        let dev = service::service_dev(vni);
+        let ofport = match st.services.get(&vni) {
+            Some(p) => *p,
+            None => {
+                self.db.ensure_port(&self.cfg.bridge, &dev, "", &[], &[("vdc-service", &vni.to_string())]).await?;
+                let p = self.wait_ofport(&dev, Duration::from_secs(10)).await?;
+                st.services.insert(vni, p);
+                p
+            }
+        };
+        Ok(vec![(cookie, flows::service_flows(vni, ofport, &service::service_mac(vni)))])
+    }
+
     async fn ensure(&self, spec: InterfaceSpec) -> Result<(), OvsError> {
         let mut st = self.state.lock().await;
         if st.ports.get(&spec.id).is_some_and(|p| p.spec.spec_gen > spec.spec_gen) {
@@ -193,8 +247,10 @@ impl Inner {
         sets.push(self.port_set(&port));
         st.ports.insert(spec.id.clone(), port);
         st.peers.insert(spec.network.vni, spec.network.peers.clone());
+        sets.extend(self.ensure_service(&mut st, spec.network.vni).await?);
         sets.push(self.network_set(&st, spec.network.vni));
         if let Some(v) = old_vni.filter(|v| *v != spec.network.vni) {
+            sets.extend(self.ensure_service(&mut st, v).await?);
             sets.push(self.network_set(&st, v));
         }
         self.of.replace(&sets).await?;
@@ -210,6 +266,7 @@ impl Inner {
         let old = st.ports.remove(id);
         let mut sets = vec![(flows::cookie(flows::PORT, id.as_str()), vec![])];
         if let Some(p) = &old {
+            sets.extend(self.ensure_service(&mut st, p.spec.network.vni).await?);
             sets.push(self.network_set(&st, p.spec.network.vni));
         }
         self.of.replace(&sets).await?;
@@ -237,7 +294,9 @@ impl OvsNetwork {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let inner = Inner { cfg, db, of, sink, state: tokio::sync::Mutex::new(st) };
+        let svc =
+            service::Services::new(cfg.host_netns.clone(), cfg.service_prefix.clone(), cfg.data_dir.join("services"));
+        let inner = Inner { cfg, db, of, svc, sink, state: tokio::sync::Mutex::new(st) };
         // Wait for ovs-vswitchd to create the bridge's management socket.
         let mgmt = inner.cfg.rundir.join(format!("{}.mgmt", inner.cfg.bridge));
         for _ in 0..100 {
@@ -247,7 +306,7 @@ impl OvsNetwork {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         {
-            let st = inner.state.lock().await;
+            let mut st = inner.state.lock().await;
             let mut sets = vec![(flows::BASE, flows::base_flows())];
             for (ip, ofport) in &st.tunnels {
                 sets.push((flows::cookie(flows::TUNNEL, ip), flows::tunnel_flows(*ofport)));
@@ -258,6 +317,10 @@ impl OvsNetwork {
             for p in st.ports.values() {
                 sets.push(inner.port_set(p));
             }
+            // DHCP keeps running across a restart; metadata is served by this process.
+            for &v in &vnis {
+                sets.extend(inner.ensure_service(&mut st, v).await?);
+            }
             for v in vnis {
                 sets.push(inner.network_set(&st, v));
             }
@@ -265,6 +328,21 @@ impl OvsNetwork {
         }
         tracing::info!(bridge = %inner.cfg.bridge, datapath, "switch ready");
         Ok(OvsNetwork { inner: Arc::new(inner) })
+    }
+
+    /// Stops every network's DHCP and metadata service and removes their namespaces
+    /// (tests; in production they outlive nwagent restarts).
+    pub async fn remove_services(&self) {
+        let st = self.inner.state.lock().await;
+        for v in st.services.keys() {
+            let _ = self.inner.svc.remove(*v).await;
+        }
+    }
+
+    /// What the end of the nwagent process does: its metadata servers stop; flows, ports
+    /// and DHCP servers stay.
+    pub fn shut_down(&self) {
+        self.inner.svc.stop_metadata();
     }
 
     /// The ofport of an interface's device (tests).
