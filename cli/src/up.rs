@@ -105,6 +105,7 @@ impl AllInOne {
             poll_interval: std::time::Duration::from_millis(500),
             bridge: None,
             initiator: String::new(), // start_libvirt derives it from the node ID
+            taps: false,
         };
         let detected = if sim {
             None

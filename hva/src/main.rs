@@ -51,8 +51,11 @@ struct Cli {
     #[arg(long, default_value_t = 15)]
     kvm_probe_timeout_s: u64,
     /// Libvirt: bridge to plug guest interfaces into.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "taps")]
     bridge: Option<String>,
+    /// Libvirt: make each guest interface a tap named for it, for nwagent (ovs) to plug.
+    #[arg(long)]
+    taps: bool,
     /// Sim: how long each operation takes.
     #[arg(long, default_value_t = 50)]
     sim_delay_ms: u64,
@@ -103,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
                 poll_interval: Duration::from_millis(500),
                 bridge: cli.bridge,
                 initiator: String::new(), // start_libvirt derives it from the node ID
+                taps: cli.taps,
             };
             let probe = Duration::from_secs(cli.kvm_probe_timeout_s);
             let c2 = cfg.clone();

@@ -34,28 +34,29 @@ pub fn prefix() -> String {
     format!("vn{:x}", (std::process::id() ^ t.subsec_nanos()) & 0xfffff)
 }
 
-pub struct Host {
-    pub netns: String,
+/// An ovsdb-server and ovs-vswitchd of a test's own (private run directory and
+/// database), in namespace `netns` or in the caller's own; stopped on drop.
+pub struct Switch {
     pub dir: PathBuf,
-    pub tunnel_ip: String,
 }
 
-impl Host {
-    /// A host namespace with OVS running and `br-phy` (underlay port `ul`, address
-    /// `tunnel_ip/24`); the underlay veth must already be in the namespace.
-    pub fn start(netns: &str, dir: &Path, underlay: &str, tunnel_ip: &str) -> std::io::Result<Host> {
+impl Switch {
+    pub fn start(netns: Option<&str>, dir: &Path) -> std::io::Result<Switch> {
         std::fs::create_dir_all(dir)?;
-        let h = Host { netns: netns.to_owned(), dir: dir.to_owned(), tunnel_ip: tunnel_ip.to_owned() };
         let d = dir.to_string_lossy().into_owned();
-        ns(netns, &["ip", "link", "set", "lo", "up"])?;
         sh("ovsdb-tool", &["create", &format!("{d}/conf.db"), "/usr/share/openvswitch/vswitch.ovsschema"])?;
+        let sw = Switch { dir: dir.to_owned() };
         let rundir = format!("OVS_RUNDIR={d}");
-        let env_ns = |args: &[&str]| -> std::io::Result<String> {
-            let mut all = vec!["netns", "exec", netns, "env", rundir.as_str()];
+        let run = |args: &[&str]| -> std::io::Result<String> {
+            let mut all = vec![];
+            if let Some(n) = netns {
+                all.extend(["ip", "netns", "exec", n]);
+            }
+            all.extend(["env", rundir.as_str()]);
             all.extend_from_slice(args);
-            sh("ip", &all)
+            sh(all[0], &all[1..])
         };
-        env_ns(&[
+        run(&[
             "ovsdb-server",
             &format!("{d}/conf.db"),
             &format!("--remote=punix:{d}/db.sock"),
@@ -64,19 +65,68 @@ impl Host {
             "--detach",
         ])?;
         sh("ovs-vsctl", &[&format!("--db=unix:{d}/db.sock"), "--no-wait", "init"])?;
-        env_ns(&[
+        run(&[
             "ovs-vswitchd",
             &format!("unix:{d}/db.sock"),
             &format!("--pidfile={d}/ovs-vswitchd.pid"),
             &format!("--log-file={d}/ovs-vswitchd.log"),
             "--detach",
         ])?;
-        let vsctl = |args: &[&str]| -> std::io::Result<String> {
-            let db = format!("--db=unix:{d}/db.sock");
-            let mut all = vec![db.as_str()];
-            all.extend_from_slice(args);
-            sh("ovs-vsctl", &all)
-        };
+        Ok(sw)
+    }
+
+    pub fn db_socket(&self) -> PathBuf {
+        self.dir.join("db.sock")
+    }
+
+    pub fn vsctl(&self, args: &[&str]) -> std::io::Result<String> {
+        let db = format!("--db=unix:{}/db.sock", self.dir.display());
+        let mut all = vec![db.as_str()];
+        all.extend_from_slice(args);
+        sh("ovs-vsctl", &all)
+    }
+
+    /// `ovs-ofctl dump-flows` of a bridge, without counters, sorted: comparable.
+    pub fn flows(&self, bridge: &str) -> Vec<String> {
+        let target = format!("unix:{}/{bridge}.mgmt", self.dir.display());
+        let out = sh("ovs-ofctl", &["-O", "OpenFlow13", "--no-stats", "dump-flows", &target]).unwrap_or_default();
+        let mut v: Vec<String> = out.lines().filter(|l| !l.starts_with("OFPST")).map(|l| l.trim().to_owned()).collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        // Bridges first: a netdev bridge's tap lives in the namespace until then.
+        for br in self.vsctl(&["list-br"]).unwrap_or_default().lines() {
+            let _ = self.vsctl(&["del-br", br.trim()]);
+        }
+        for p in ["ovs-vswitchd", "ovsdb-server"] {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("{p}.pid"))) {
+                let _ = sh("kill", &[pid.trim()]);
+            }
+        }
+    }
+}
+
+pub struct Host {
+    pub netns: String,
+    pub dir: PathBuf,
+    pub tunnel_ip: String,
+    pub switch: Option<Switch>,
+}
+
+impl Host {
+    /// A host namespace with OVS running and `br-phy` (underlay port `ul`, address
+    /// `tunnel_ip/24`); the underlay veth must already be in the namespace.
+    pub fn start(netns: &str, dir: &Path, underlay: &str, tunnel_ip: &str) -> std::io::Result<Host> {
+        let mut h =
+            Host { netns: netns.to_owned(), dir: dir.to_owned(), tunnel_ip: tunnel_ip.to_owned(), switch: None };
+        ns(netns, &["ip", "link", "set", "lo", "up"])?;
+        h.switch = Some(Switch::start(Some(netns), dir)?);
+        let sw = h.switch.as_ref().expect("just set");
+        let vsctl = |args: &[&str]| sw.vsctl(args);
         vsctl(&["add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev"])?;
         vsctl(&["add-port", "br-phy", underlay])?;
         ns(netns, &["ip", "link", "set", underlay, "up"])?;
@@ -91,32 +141,28 @@ impl Host {
 
     /// `ovs-ofctl dump-flows` of a bridge, without counters, sorted: comparable.
     pub fn flows(&self, bridge: &str) -> Vec<String> {
-        let target = format!("unix:{}/{bridge}.mgmt", self.dir.display());
-        let out = sh("ovs-ofctl", &["-O", "OpenFlow13", "--no-stats", "dump-flows", &target]).unwrap_or_default();
-        let mut v: Vec<String> = out.lines().filter(|l| !l.starts_with("OFPST")).map(|l| l.trim().to_owned()).collect();
-        v.sort();
-        v
+        self.switch.as_ref().map(|s| s.flows(bridge)).unwrap_or_default()
+    }
+}
+
+/// Removes the network service namespaces named `<prefix>-…` and kills what runs in
+/// them (dnsmasq): also when a test failed before nwagent removed them.
+pub fn remove_service_namespaces(prefix: &str) {
+    let list = sh("ip", &["netns", "list"]).unwrap_or_default();
+    for n in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        if n.starts_with(&format!("{prefix}-")) {
+            for pid in sh("ip", &["netns", "pids", n]).unwrap_or_default().lines() {
+                let _ = sh("kill", &[pid.trim()]);
+            }
+            let _ = sh("ip", &["netns", "del", n]);
+        }
     }
 }
 
 impl Drop for Host {
     fn drop(&mut self) {
-        // The host's network service namespaces (named after it) and what runs in them:
-        // also when the test failed before removing them.
-        let list = sh("ip", &["netns", "list"]).unwrap_or_default();
-        for n in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            if n.starts_with(&format!("{}-", self.netns)) {
-                for pid in sh("ip", &["netns", "pids", n]).unwrap_or_default().lines() {
-                    let _ = sh("kill", &[pid.trim()]);
-                }
-                let _ = sh("ip", &["netns", "del", n]);
-            }
-        }
-        for p in ["ovs-vswitchd", "ovsdb-server"] {
-            if let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("{p}.pid"))) {
-                let _ = sh("kill", &[pid.trim()]);
-            }
-        }
+        remove_service_namespaces(&self.netns);
+        self.switch.take();
         let _ = sh("ip", &["netns", "del", &self.netns]);
     }
 }

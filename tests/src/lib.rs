@@ -41,6 +41,17 @@ pub struct StackOptions {
     pub libvirt: Option<LibvirtSetup>,
     /// Run sta with a real backend instead of the simulated one.
     pub real_storage: Option<RealStorageSetup>,
+    /// Run nwagent with Open vSwitch (an OVS of the test's own per host, in this
+    /// namespace) instead of the simulated one; libvirt hosts then plug taps.
+    pub real_network: Option<RealNetworkSetup>,
+}
+
+/// Where a real-network host keeps its OVS, and the prefix of its bridge and service
+/// namespaces (unique per test).
+#[derive(Clone, Debug)]
+pub struct RealNetworkSetup {
+    pub root: std::path::PathBuf,
+    pub prefix: String,
 }
 
 /// A real storage node: its backend, and the tgtd it exports through (None: only local
@@ -92,6 +103,7 @@ impl LibvirtSetup {
             poll_interval: Duration::from_millis(300),
             bridge: None,
             initiator: String::new(),
+            taps: false,
         }
     }
 }
@@ -111,6 +123,7 @@ impl StackOptions {
             journals_on_disk: true,
             libvirt: None,
             real_storage: None,
+            real_network: None,
         }
     }
 }
@@ -123,7 +136,10 @@ pub struct HostAgents {
     pub hva_driver: Option<Arc<vdc_hva::sim::SimHypervisor>>,
     /// Set for libvirt hosts.
     pub libvirt: Option<Arc<vdc_hva::libvirt::LibvirtHypervisor>>,
-    pub nw_driver: Arc<vdc_nwagent::sim::SimNetwork>,
+    /// Set for simulated networking.
+    pub nw_driver: Option<Arc<vdc_nwagent::sim::SimNetwork>>,
+    /// Set for real networking: the driver and the host's own OVS.
+    pub ovs: Option<(Arc<vdc_nwagent::ovs::OvsNetwork>, vdc_nwagent::testing::Switch)>,
 }
 
 pub enum HvaDriver {
@@ -254,7 +270,8 @@ impl Stack {
                 Ok((h, HvaDriver::Sim(d)))
             }
             Some(lv) => {
-                let cfg = lv.config(node_id);
+                let mut cfg = lv.config(node_id);
+                cfg.taps = self.opts.real_network.is_some();
                 let (c2, probe) = (cfg.clone(), lv.kvm_probe_timeout);
                 let detected = tokio::task::spawn_blocking(move || vdc_hva::detect(&c2, probe)).await?;
                 let (h, d) = vdc_hva::start_libvirt(bus, opts, cfg, detected).await?;
@@ -267,6 +284,30 @@ impl Stack {
         let bus: Arc<dyn Transport> = self.bus.clone();
         let (hva, driver) = self.start_hva(node_id).await?;
         let (hva_driver, libvirt) = driver.split();
+        if let Some(rn) = &self.opts.real_network {
+            let dir = rn.root.join(node_id);
+            let sw = vdc_nwagent::testing::Switch::start(None, &dir)?;
+            let cfg = vdc_nwagent::ovs::OvsConfig {
+                db_socket: sw.db_socket(),
+                rundir: sw.dir.clone(),
+                bridge: format!("{}i", rn.prefix),
+                tunnel_ip: "127.0.0.1".into(),
+                data_dir: dir.join("nwagent"),
+                plug_timeout: Duration::from_secs(120),
+                host_netns: None,
+                service_prefix: rn.prefix.clone(),
+            };
+            let (nw, driver) = vdc_nwagent::start_ovs(bus, node_id.to_owned(), cfg).await?;
+            return Ok(HostAgents {
+                node_id: node_id.to_owned(),
+                hva: Some(hva),
+                nw: Some(nw),
+                hva_driver,
+                libvirt,
+                nw_driver: None,
+                ovs: Some((driver, sw)),
+            });
+        }
         let (nw, nw_driver) = vdc_nwagent::start_sim(
             bus,
             vdc_nwagent::NwOptions {
@@ -276,7 +317,15 @@ impl Stack {
             },
         )
         .await?;
-        Ok(HostAgents { node_id: node_id.to_owned(), hva: Some(hva), nw: Some(nw), hva_driver, libvirt, nw_driver })
+        Ok(HostAgents {
+            node_id: node_id.to_owned(),
+            hva: Some(hva),
+            nw: Some(nw),
+            hva_driver,
+            libvirt,
+            nw_driver: Some(nw_driver),
+            ovs: None,
+        })
     }
 
     async fn start_storage(&self, node_id: &str, _index: usize) -> anyhow::Result<AgentHandle> {
@@ -478,6 +527,9 @@ impl Stack {
 impl Drop for Stack {
     fn drop(&mut self) {
         self.remove_guests();
+        if let Some(rn) = &self.opts.real_network {
+            vdc_nwagent::testing::remove_service_namespaces(&rn.prefix);
+        }
     }
 }
 

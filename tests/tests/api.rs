@@ -797,7 +797,7 @@ async fn security_group_changes_reach_running_guests(db: Db) {
     let dbi = c.create_instance(&mk("db", &db_sg.id)).await.unwrap().resource;
     let dbi = wait_state(&c, &dbi.id, InstanceState::Running).await;
     let vif = dbi.interfaces[0].id.clone();
-    let port = |vif: &VifId| s.hosts.iter().find_map(|h| h.nw_driver.port(vif));
+    let port = |vif: &VifId| s.hosts.iter().find_map(|h| h.nw_driver.as_ref()?.port(vif));
     let allowed = |vif: &VifId| -> Vec<String> {
         port(vif).map(|p| p.security_groups[0].rules.iter().flat_map(|r| r.cidrs.clone()).collect()).unwrap_or_default()
     };

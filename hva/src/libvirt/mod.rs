@@ -47,6 +47,9 @@ pub struct LibvirtConfig {
     pub bridge: Option<String>,
     /// This host's iSCSI initiator name (`vdc_schema::bus::initiator_iqn`).
     pub initiator: String,
+    /// Make each NIC a tap named for its interface, which nwagent plugs into Open vSwitch
+    /// (instead of attaching to `bridge`).
+    pub taps: bool,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -185,6 +188,7 @@ impl Inner {
             rootfs: None,
             console_log: &console,
             bridge: self.cfg.bridge.as_deref(),
+            taps: self.cfg.taps,
             initiator: &self.cfg.initiator,
         };
         let e = |e: image::ImageError| e.to_string();

@@ -46,6 +46,8 @@ pub struct Layout<'a> {
     pub rootfs: Option<&'a Path>,
     pub console_log: &'a Path,
     pub bridge: Option<&'a str>,
+    /// NICs as taps for nwagent to plug (instead of `bridge`).
+    pub taps: bool,
     /// This host's iSCSI initiator name.
     pub initiator: &'a str,
 }
@@ -108,7 +110,25 @@ pub fn free_dev(used: &[String]) -> Option<String> {
     (b'b'..=b'z').map(|c| format!("vd{}", c as char)).find(|d| !used.contains(d))
 }
 
-fn interfaces(spec: &InstanceSpec, bridge: Option<&str>) -> String {
+fn interfaces(spec: &InstanceSpec, bridge: Option<&str>, taps: bool) -> String {
+    if taps {
+        // A tap named for the interface, attached to nothing: nwagent plugs it into Open
+        // vSwitch by that name. No checksum offload: OVS's userspace datapath passes
+        // partial checksums on unfixed. MTU leaves room for the VXLAN header.
+        return spec
+            .nics
+            .iter()
+            .map(|n| {
+                format!(
+                    "<interface type='ethernet'><mac address='{}'/><target dev='{}'/><model type='virtio'/>\
+<driver name='qemu'><host csum='off' tso4='off' tso6='off' ecn='off' ufo='off'/><guest csum='off' tso4='off' tso6='off' ecn='off' ufo='off'/></driver>\
+<mtu size='1450'/></interface>",
+                    esc(&n.mac),
+                    esc(&vdc_schema::bus::vif_device_name(&n.id))
+                )
+            })
+            .collect();
+    }
     let Some(br) = bridge else { return String::new() };
     spec.nics
         .iter()
@@ -178,7 +198,7 @@ pub fn qemu_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
         id = esc(spec.id.as_str()),
         mem = spec.memory_mib,
         cpus = spec.cpus,
-        nics = interfaces(spec, l.bridge),
+        nics = interfaces(spec, l.bridge, l.taps),
         log = esc(&l.console_log.display().to_string()),
     )
 }
@@ -208,7 +228,7 @@ pub fn lxc_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
         mem = spec.memory_mib,
         cpus = spec.cpus,
         rootfs = esc(&rootfs),
-        nics = interfaces(spec, l.bridge),
+        nics = interfaces(spec, l.bridge, l.taps),
     )
 }
 
@@ -258,6 +278,7 @@ mod tests {
             rootfs: Some(Path::new("/x/rootfs")),
             console_log: log,
             bridge: None,
+            taps: false,
             initiator: "iqn.x:hn-1",
         };
         let xml = lxc_domain(&spec, &l);
