@@ -479,6 +479,32 @@ impl Client {
         self.post_empty(&format!("/volumes/{id}/detach")).await
     }
 
+    // ------------------------------------------------------------ floating IPs
+
+    pub async fn create_floating_ip(&self, req: &CreateFloatingIp) -> Result<FloatingIp> {
+        self.post("/floating-ips", req).await
+    }
+
+    pub async fn list_all_floating_ips(&self) -> Result<Vec<FloatingIp>> {
+        self.list_all("/floating-ips", &ListQuery::default()).await
+    }
+
+    pub async fn get_floating_ip(&self, id: &FloatingIpId) -> Result<FloatingIp> {
+        self.get(&format!("/floating-ips/{id}")).await
+    }
+
+    pub async fn associate_floating_ip(&self, id: &FloatingIpId, req: &AssociateFloatingIp) -> Result<FloatingIp> {
+        self.post(&format!("/floating-ips/{id}/associate"), req).await
+    }
+
+    pub async fn disassociate_floating_ip(&self, id: &FloatingIpId) -> Result<FloatingIp> {
+        self.post_empty(&format!("/floating-ips/{id}/disassociate")).await
+    }
+
+    pub async fn delete_floating_ip(&self, id: &FloatingIpId) -> Result<()> {
+        self.delete_no_content(&format!("/floating-ips/{id}")).await
+    }
+
     pub async fn extend_volume(&self, id: &VolumeId, req: &ExtendVolume) -> Result<Accepted<Volume>> {
         self.post(&format!("/volumes/{id}/extend"), req).await
     }

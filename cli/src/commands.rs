@@ -84,6 +84,9 @@ pub enum Command {
     /// Volume snapshots
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Floating IPs: external addresses mapped 1:1 to an instance
+    #[command(subcommand, name = "floating-ip", visible_alias = "fip")]
+    FloatingIp(FloatingIpCmd),
     /// Host and storage nodes (admin only)
     #[command(subcommand)]
     Host(HostCmd),
@@ -196,6 +199,42 @@ pub enum KeypairCmd {
     #[command(visible_alias = "rm")]
     Delete {
         id: KeyPairId,
+    },
+}
+
+// ------------------------------------------------------------------ floating IPs
+
+#[derive(Debug, Subcommand)]
+pub enum FloatingIpCmd {
+    /// Allocate an address of the external network
+    Create {
+        /// This address of the pool rather than the next free one
+        #[arg(long)]
+        ip: Option<Ipv4Addr>,
+    },
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        id: FloatingIpId,
+    },
+    /// Map the address to an instance (its first interface unless --interface)
+    Associate {
+        id: FloatingIpId,
+        instance: InstanceId,
+        #[arg(long, value_name = "VIF_ID")]
+        interface: Option<VifId>,
+    },
+    /// Unmap it
+    Disassociate {
+        id: FloatingIpId,
+    },
+    /// Release the address (disassociate it first)
+    #[command(visible_alias = "rm")]
+    Delete {
+        id: FloatingIpId,
     },
 }
 

@@ -156,6 +156,25 @@ impl Tabular for Account {
     }
 }
 
+impl Tabular for FloatingIp {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "IP", "INSTANCE", "INTERFACE", "CREATED"]
+    }
+    fn row(&self) -> Vec<String> {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        vec![
+            self.id.to_string(),
+            self.ip.clone(),
+            opt(self.instance_id.as_ref().map(|i| i.to_string())),
+            opt(self.interface_id.as_ref().map(|i| i.to_string())),
+            time(&self.created_at),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        Self::headers().iter().copied().zip(self.row()).collect()
+    }
+}
+
 impl Tabular for KeyPair {
     fn headers() -> &'static [&'static str] {
         &["ID", "NAME", "FINGERPRINT", "CREATED"]

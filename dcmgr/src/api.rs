@@ -4,7 +4,9 @@
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::ApiError;
-use crate::resources::{account, image, instance, job, keypair, network, node, secgroup, snapshot, volume};
+use crate::resources::{
+    account, floating_ip, image, instance, job, keypair, network, node, secgroup, snapshot, volume,
+};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -102,6 +104,10 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/volumes/{id}/attach", post(volume::attach))
         .route("/volumes/{id}/detach", post(volume::detach))
         .route("/volumes/{id}/extend", post(volume::extend))
+        .route("/floating-ips", post(floating_ip::create).get(floating_ip::list))
+        .route("/floating-ips/{id}", get(floating_ip::show).delete(floating_ip::delete))
+        .route("/floating-ips/{id}/associate", post(floating_ip::associate))
+        .route("/floating-ips/{id}/disassociate", post(floating_ip::disassociate))
         .route("/snapshots", post(snapshot::create).get(snapshot::list))
         .route("/snapshots/{id}", get(snapshot::show).delete(snapshot::delete))
         .route("/host_nodes", get(node::list_hosts))
@@ -148,6 +154,8 @@ impl utoipa::Modify for BearerAuth {
         instance::halt, instance::poweron, instance::reboot, instance::terminate, instance::console,
         volume::create, volume::list, volume::show, volume::delete, volume::attach, volume::detach, volume::extend,
         snapshot::create, snapshot::list, snapshot::show, snapshot::delete,
+        floating_ip::create, floating_ip::list, floating_ip::show, floating_ip::delete, floating_ip::associate,
+        floating_ip::disassociate,
         node::list_hosts, node::show_host, node::list_storage, node::show_storage,
         job::list, job::show,
     )

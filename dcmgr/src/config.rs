@@ -25,6 +25,40 @@ pub struct Config {
     pub dispatch_workers: usize,
     /// Bootstrap: if set, an admin account `admin` with this token is created at start.
     pub admin_token: Option<String>,
+    /// The site's external network: floating IPs and routers' SNAT addresses come from
+    /// its pool. Without it there are no floating IPs and no outbound NAT.
+    pub external: Option<ExternalConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalConfig {
+    /// e.g. `203.0.113.0/24`
+    pub cidr: String,
+    pub gateway: String,
+    /// The first and last address handed out.
+    pub pool_start: String,
+    pub pool_end: String,
+}
+
+impl ExternalConfig {
+    /// The pool as a range of addresses, checked against the network.
+    pub fn pool(&self) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr, ipnet::Ipv4Net), String> {
+        let net: ipnet::Ipv4Net = self.cidr.parse().map_err(|e| format!("external.cidr {:?}: {e}", self.cidr))?;
+        let ip = |what: &str, s: &str| -> Result<std::net::Ipv4Addr, String> {
+            let a: std::net::Ipv4Addr = s.parse().map_err(|e| format!("external.{what} {s:?}: {e}"))?;
+            if !net.contains(&a) {
+                return Err(format!("external.{what} {a} is outside external.cidr {net}"));
+            }
+            Ok(a)
+        };
+        let (a, b) = (ip("pool_start", &self.pool_start)?, ip("pool_end", &self.pool_end)?);
+        ip("gateway", &self.gateway)?;
+        if a > b {
+            return Err(format!("external.pool_start {a} is after external.pool_end {b}"));
+        }
+        Ok((a, b, net))
+    }
 }
 
 impl Default for Config {
@@ -39,6 +73,7 @@ impl Default for Config {
             resend_after_ms: 5000,
             dispatch_workers: 4,
             admin_token: None,
+            external: None,
         }
     }
 }

@@ -27,6 +27,9 @@ pub struct Options {
 
 impl Dcmgr {
     pub async fn start(config: Config, opts: Options) -> anyhow::Result<Dcmgr> {
+        if let Some(e) = &config.external {
+            e.pool().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
+        }
         let (pool, kind) = db::connect(&config.database_url)
             .await
             .with_context(|| format!("opening database {}", redact(&config.database_url)))?;

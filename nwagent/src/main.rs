@@ -36,6 +36,10 @@ struct Cli {
     /// This host's VXLAN endpoint (an address of the underlay, routed from the switch).
     #[arg(long)]
     tunnel_ip: Option<std::net::Ipv4Addr>,
+    /// A Linux bridge on the external network: routers for floating IPs and outbound
+    /// NAT attach to it. Without it guests on this host have no external access.
+    #[arg(long)]
+    external_bridge: Option<String>,
     #[arg(long, default_value_t = 20)]
     sim_delay_ms: u64,
     #[arg(long, default_value_t = 0.0)]
@@ -62,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
                 plug_timeout: Duration::from_secs(60),
                 host_netns: None,
                 service_prefix: "vdc".into(),
+                external_bridge: cli.external_bridge,
             };
             vdc_nwagent::start_ovs(bus, node_id, cfg).await?.0
         }

@@ -8,7 +8,8 @@ use vdc_nwagent::ovs::{OvsConfig, OvsNetwork};
 use vdc_nwagent::testing::{eventually, ns, sh, underlay, Guest, Host};
 use vdc_schema::agent::NetworkAgent;
 use vdc_schema::bus::{
-    vif_device_name, InstanceMetadata, InterfaceSpec, NetworkSpec, ObjectReport, ResolvedRule, SecurityGroupSpec,
+    vif_device_name, ExternalSpec, InstanceMetadata, InterfaceSpec, NetworkSpec, ObjectReport, ResolvedRule,
+    SecurityGroupSpec,
 };
 use vdc_schema::id::*;
 use vdc_schema::{Direction, ObservedInterface, Protocol};
@@ -20,7 +21,7 @@ struct Node {
     cfg: OvsConfig,
 }
 
-async fn node(netns: &str, dir: &std::path::Path, ip: &str) -> Node {
+async fn node(netns: &str, dir: &std::path::Path, ip: &str, external_bridge: Option<&str>) -> Node {
     let host = Host::start(netns, dir, "ul0", ip).expect("OVS host starts");
     let cfg = OvsConfig {
         db_socket: host.db_socket(),
@@ -31,6 +32,7 @@ async fn node(netns: &str, dir: &std::path::Path, ip: &str) -> Node {
         plug_timeout: Duration::from_secs(10),
         host_netns: Some(netns.into()),
         service_prefix: netns.into(),
+        external_bridge: external_bridge.map(str::to_owned),
     };
     let sink = ReportSink::open(None).unwrap();
     let net = OvsNetwork::open(cfg.clone(), sink.clone()).await.expect("switch opens");
@@ -63,6 +65,7 @@ fn iface(net: &NetworkSpec, mac: &str, ip: &str, rules: Vec<ResolvedRule>) -> In
         mac: mac.into(),
         ip: ip.into(),
         security_groups: vec![SecurityGroupSpec { id: SecurityGroupId::generate(), rules }],
+        floating_ip: None,
     }
 }
 
@@ -93,8 +96,19 @@ async fn overlay_isolation_security_groups_and_restart() {
     sh("ip", &["netns", "add", &h1]).unwrap();
     sh("ip", &["netns", "add", &h2]).unwrap();
     underlay(&h1, &h2).unwrap();
-    let mut n1 = node(&h1, &dir.path().join("h1"), "10.251.0.1").await;
-    let n2 = node(&h2, &dir.path().join("h2"), "10.251.0.2").await;
+    // Host 1 is on the external network too: a Linux bridge with a veth to "outside".
+    let out = format!("{p}-out");
+    sh("ip", &["netns", "add", &out]).unwrap();
+    let _out_guard = NsGuard(out.clone());
+    ns(&h1, &["ip", "link", "add", "br-ex", "type", "bridge"]).unwrap();
+    ns(&h1, &["ip", "link", "set", "br-ex", "up"]).unwrap();
+    sh("ip", &["link", "add", "ex0", "netns", &h1, "type", "veth", "peer", "name", "eth0", "netns", &out]).unwrap();
+    ns(&h1, &["ip", "link", "set", "ex0", "master", "br-ex", "up"]).unwrap();
+    ns(&out, &["ip", "addr", "add", "203.0.113.100/24", "dev", "eth0"]).unwrap();
+    ns(&out, &["ip", "link", "set", "eth0", "up"]).unwrap();
+    ns(&out, &["ip", "link", "set", "lo", "up"]).unwrap();
+    let mut n1 = node(&h1, &dir.path().join("h1"), "10.251.0.1", Some("br-ex")).await;
+    let n2 = node(&h2, &dir.path().join("h2"), "10.251.0.2", None).await;
 
     // Network A spans both hosts; network B (another account's) reuses A's subnet.
     let net = |vni: u32, peer: &str| NetworkSpec {
@@ -103,15 +117,19 @@ async fn overlay_isolation_security_groups_and_restart() {
         cidr: "10.10.0.0/24".into(),
         gateway: "10.10.0.1".into(),
         peers: vec![peer.into()],
+        external: None,
     };
-    let (a_on_1, a_on_2) = (net(100, "10.251.0.2"), NetworkSpec { peers: vec!["10.251.0.1".into()], ..net(100, "") });
+    let external =
+        ExternalSpec { cidr: "203.0.113.0/24".into(), gateway: "203.0.113.1".into(), snat_ip: "203.0.113.11".into() };
+    let a_on_1 = NetworkSpec { external: Some(external), ..net(100, "10.251.0.2") };
+    let a_on_2 = NetworkSpec { peers: vec!["10.251.0.1".into()], ..net(100, "") };
     let a_on_2 = NetworkSpec { id: a_on_1.id.clone(), ..a_on_2 };
     let b_on_2 = net(200, "10.251.0.1");
     let b_on_1 = NetworkSpec { id: b_on_2.id.clone(), peers: vec!["10.251.0.2".into()], ..b_on_2.clone() };
 
     // a1 admits nothing; a2 admits ssh from anywhere and icmp from a1 (a group reference
     // resolved to a1's address); b1/b2 admit icmp from anywhere.
-    let a1 = iface(&a_on_1, "02:00:00:00:01:01", "10.10.0.11", vec![]);
+    let mut a1 = iface(&a_on_1, "02:00:00:00:01:01", "10.10.0.11", vec![]);
     let mut a2 = iface(
         &a_on_2,
         "02:00:00:00:01:02",
@@ -186,6 +204,47 @@ async fn overlay_isolation_security_groups_and_restart() {
         "no metadata for an interface without any"
     );
 
+    // Floating IP: a1 gets 203.0.113.50 (and admits icmp from anywhere). It answers from
+    // outside; its outbound traffic carries it; a3, without one, leaves as the router.
+    a1.spec_gen = 2;
+    a1.floating_ip = Some("203.0.113.50".into());
+    a1.security_groups[0].rules.push(rule(Protocol::Icmp, None, &["0.0.0.0/0"]));
+    active(&n1, &a1).await;
+    let outside = |args: &[&str]| ns(&out, args);
+    assert!(
+        eventually(Duration::from_secs(10), || outside(&["ping", "-c", "1", "-W", "1", "203.0.113.50"]).is_ok()),
+        "the floating IP answers from outside"
+    );
+    assert!(
+        outside(&["ping", "-c", "1", "-W", "1", "10.10.0.11"]).is_err(),
+        "the fixed address is not reachable from outside"
+    );
+    ns(&ga3.netns, &["ip", "addr", "add", "10.10.0.31/24", "dev", "eth0"]).unwrap();
+    ns(&ga3.netns, &["ip", "route", "add", "default", "via", "10.10.0.1"]).unwrap();
+    let log = dir.path().join("outside-9000.log");
+    let listener = std::process::Command::new("ip")
+        .args(["netns", "exec", &out, "timeout", "20", "nc", "-n", "-k", "-l", "-v", "-p", "9000"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for g in [&ga1, &ga3] {
+        ns(&g.netns, &["sh", "-c", "echo hi | nc -n -N -w 2 203.0.113.100 9000"]).unwrap();
+    }
+    let seen = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(5), || seen().contains("Connection received on 203.0.113.50")),
+        "{}",
+        seen()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || seen().contains("Connection received on 203.0.113.11")),
+        "{}",
+        seen()
+    );
+    drop(listener);
+
     // Restart nwagent on host 1: traffic keeps flowing, and the flows converge to the same
     // set once dcmgr has re-sent the interfaces.
     let before = n1.host.flows("br-int");
@@ -195,7 +254,7 @@ async fn overlay_isolation_security_groups_and_restart() {
     drop(std::mem::replace(&mut n1.net, OvsNetwork::open(cfg, n1.sink.clone()).await.unwrap()));
     assert_eq!(n1.host.flows("br-int"), before, "reopening keeps the same flows");
     assert!(ga1.ping("10.10.0.12"), "traffic flows right after the restart");
-    for s in [&a1, &b1] {
+    for s in [&a1, &b1, &a3] {
         active(&n1, s).await;
     }
     assert_eq!(n1.host.flows("br-int"), before, "re-sent interfaces converge to the same flows");
@@ -221,4 +280,13 @@ fn eventually_out(f: impl Fn() -> Option<String>) -> Option<String> {
         std::thread::sleep(Duration::from_millis(200));
     }
     None
+}
+
+/// Deletes a namespace of the test's own on drop (also on failure).
+struct NsGuard(String);
+
+impl Drop for NsGuard {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["netns", "del", &self.0]);
+    }
 }

@@ -385,6 +385,37 @@ pub struct CreateSnapshot {
     pub name: String,
 }
 
+// ---------------------------------------------------------------- floating IPs
+
+/// An address of the site's external network, mapped 1:1 (DNAT and SNAT) to one
+/// interface of an instance while associated.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FloatingIp {
+    pub id: FloatingIpId,
+    pub ip: String,
+    pub instance_id: Option<InstanceId>,
+    pub interface_id: Option<VifId>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Allocates the next free address of the external pool (or the one asked for).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFloatingIp {
+    #[serde(default)]
+    pub ip: Option<String>,
+}
+
+/// Associates with an instance's interface (its first when `interface_id` is left out).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssociateFloatingIp {
+    pub instance_id: InstanceId,
+    #[serde(default)]
+    pub interface_id: Option<VifId>,
+}
+
 // ---------------------------------------------------------------- nodes and jobs
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

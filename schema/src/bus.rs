@@ -335,6 +335,9 @@ pub struct InterfaceSpec {
     /// What the metadata service tells the guest behind this interface.
     #[serde(default)]
     pub metadata: Option<InstanceMetadata>,
+    /// 1:1 NAT between this external address and `ip`.
+    #[serde(default)]
+    pub floating_ip: Option<String>,
 }
 
 /// EC2-style instance metadata, served only to the interface it belongs to.
@@ -354,6 +357,19 @@ pub struct NetworkSpec {
     /// Tunnel endpoints (underlay IPv4) of the other hosts with interfaces on this network.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// The external network, when the site has one: this host's router for the network
+    /// SNATs guests without a floating IP to `snat_ip`.
+    #[serde(default)]
+    pub external: Option<ExternalSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalSpec {
+    /// The external network, e.g. `203.0.113.0/24`.
+    pub cidr: String,
+    pub gateway: String,
+    /// The address this host's router for the network uses for outbound SNAT.
+    pub snat_ip: String,
 }
 
 /// The host-side device of an interface (tap or veth): hva creates it with this name and

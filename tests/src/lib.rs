@@ -44,6 +44,8 @@ pub struct StackOptions {
     /// Run nwagent with Open vSwitch (an OVS of the test's own per host, in this
     /// namespace) instead of the simulated one; libvirt hosts then plug taps.
     pub real_network: Option<RealNetworkSetup>,
+    /// dcmgr's external network (floating IPs).
+    pub external: Option<vdc_dcmgr::config::ExternalConfig>,
 }
 
 /// Where a real-network host keeps its OVS, and the prefix of its bridge and service
@@ -124,6 +126,7 @@ impl StackOptions {
             libvirt: None,
             real_storage: None,
             real_network: None,
+            external: None,
         }
     }
 }
@@ -296,6 +299,7 @@ impl Stack {
                 plug_timeout: Duration::from_secs(120),
                 host_netns: None,
                 service_prefix: rn.prefix.clone(),
+                external_bridge: None,
             };
             let (nw, driver) = vdc_nwagent::start_ovs(bus, node_id.to_owned(), cfg).await?;
             return Ok(HostAgents {
@@ -544,6 +548,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
         resend_after_ms: 500,
         dispatch_workers: 4,
         admin_token: Some(admin_token.to_owned()),
+        external: opts.external.clone(),
     }
 }
 

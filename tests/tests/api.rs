@@ -42,6 +42,7 @@ on_both_databases!(
     untrusted_bus_messages_are_dropped,
     stale_reports_are_dropped,
     security_group_changes_reach_running_guests,
+    floating_ips,
 );
 
 /// The status and code of an API error; panics if the call succeeded.
@@ -818,5 +819,67 @@ async fn security_group_changes_reach_running_guests(db: Db) {
     eventually(Duration::from_secs(5), || async { (!allowed(&vif).contains(&app_ip)).then_some(()) })
         .await
         .expect("a terminated member's address is withdrawn");
+    s.stop().await;
+}
+
+async fn floating_ips(db: Db) {
+    // Without an external network there is nothing to allocate.
+    let plain = Stack::start(StackOptions::new(db)).await;
+    let c = plain.account("nofip").await;
+    assert_eq!(err(c.create_floating_ip(&CreateFloatingIp::default()).await), (422, "no_external_network".into()));
+    plain.stop().await;
+
+    let mut o = StackOptions::new(db);
+    o.hosts = 1;
+    o.external = Some(vdc_dcmgr::config::ExternalConfig {
+        cidr: "203.0.113.0/24".into(),
+        gateway: "203.0.113.1".into(),
+        pool_start: "203.0.113.10".into(),
+        pool_end: "203.0.113.13".into(),
+    });
+    let s = Stack::start(o).await;
+    let c = s.account("fip").await;
+    let other = s.account("other").await;
+    let inst = s.running_instance(&c, "web").await;
+    let vif = inst.interfaces[0].id.clone();
+    let port = |vif: &VifId| s.hosts.iter().find_map(|h| h.nw_driver.as_ref()?.port(vif));
+    // The instance's host got a router SNAT address for the network from the pool.
+    let external = eventually(Duration::from_secs(5), || async { port(&vif)?.network.external }).await.unwrap();
+    assert_eq!(external.gateway, "203.0.113.1");
+
+    let a = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
+    assert_ne!(a.ip, external.snat_ip, "a router's address is never handed out twice");
+    let bad = CreateFloatingIp { ip: Some("198.51.100.7".into()) };
+    assert_eq!(err(c.create_floating_ip(&bad).await), (400, "invalid_ip".into()));
+    let dup = CreateFloatingIp { ip: Some(a.ip.clone()) };
+    assert_eq!(err(c.create_floating_ip(&dup).await), (409, "ip_in_use".into()));
+    assert_eq!(err(other.get_floating_ip(&a.id).await).0, 404, "foreign = unknown");
+
+    let assoc = AssociateFloatingIp { instance_id: inst.id.clone(), interface_id: None };
+    let got = c.associate_floating_ip(&a.id, &assoc).await.unwrap();
+    assert_eq!((got.instance_id.as_ref(), got.interface_id.as_ref()), (Some(&inst.id), Some(&vif)));
+    eventually(Duration::from_secs(5), || async { (port(&vif)?.floating_ip? == a.ip).then_some(()) })
+        .await
+        .expect("nwagent is told the interface's floating IP");
+    let b = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
+    assert_eq!(err(c.associate_floating_ip(&b.id, &assoc).await), (409, "interface_has_floating_ip".into()));
+    assert_eq!(err(c.delete_floating_ip(&a.id).await), (409, "floating_ip_associated".into()));
+    assert_eq!(err(other.associate_floating_ip(&a.id, &assoc).await).0, 404);
+    // The pool (4 addresses: the router's, a, b and one more) runs out with a clear error.
+    c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
+    assert_eq!(err(c.create_floating_ip(&CreateFloatingIp::default()).await), (422, "no_capacity".into()));
+
+    c.disassociate_floating_ip(&a.id).await.unwrap();
+    eventually(Duration::from_secs(5), || async { port(&vif)?.floating_ip.is_none().then_some(()) })
+        .await
+        .expect("the mapping is withdrawn");
+    c.associate_floating_ip(&a.id, &assoc).await.unwrap();
+    // Terminating the instance keeps the address with the account, unassociated.
+    let t = c.terminate_instance(&inst.id).await.unwrap();
+    wait_job(&c, &t.job).await;
+    assert!(c.get_floating_ip(&a.id).await.unwrap().instance_id.is_none());
+    c.delete_floating_ip(&a.id).await.unwrap();
+    assert_eq!(err(c.get_floating_ip(&a.id).await).0, 404);
+    assert_eq!(c.list_all_floating_ips().await.unwrap().len(), 2);
     s.stop().await;
 }

@@ -50,6 +50,7 @@ pub(super) async fn run(global: &GlobalArgs, command: Command) -> Result<(), Cli
         Command::Secgroup(c) => secgroup(&ctx, c).await,
         Command::Instance(c) => instance(&ctx, c).await,
         Command::Volume(c) => volume(&ctx, c).await,
+        Command::FloatingIp(c) => floating_ip(&ctx, c).await,
         Command::Snapshot(c) => snapshot(&ctx, c).await,
         Command::Host(c) => host(&ctx, c).await,
         Command::Job(c) => job(&ctx, c).await,
@@ -221,6 +222,26 @@ async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<(), CliError> {
                 OutputFormat::Table => emit(&format!("{}\n", t.token)),
                 f => emit(&encode(f, &t)?),
             }
+        }
+    }
+}
+
+async fn floating_ip(ctx: &Ctx, cmd: FloatingIpCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        FloatingIpCmd::Create { ip } => {
+            ctx.show(&c.create_floating_ip(&CreateFloatingIp { ip: ip.map(|i| i.to_string()) }).await?)
+        }
+        FloatingIpCmd::List { list } => ctx.list::<FloatingIp>("/floating-ips", list, None, None).await,
+        FloatingIpCmd::Show { id } => ctx.show(&c.get_floating_ip(&id).await?),
+        FloatingIpCmd::Associate { id, instance, interface } => {
+            let req = AssociateFloatingIp { instance_id: instance, interface_id: interface };
+            ctx.show(&c.associate_floating_ip(&id, &req).await?)
+        }
+        FloatingIpCmd::Disassociate { id } => ctx.show(&c.disassociate_floating_ip(&id).await?),
+        FloatingIpCmd::Delete { id } => {
+            c.delete_floating_ip(&id).await?;
+            ctx.deleted(id.as_str())
         }
     }
 }

@@ -5,6 +5,7 @@
 use crate::ctx::{SharedCtx, Work};
 use crate::db;
 use crate::error::{ApiError, ApiResult};
+use crate::resources::floating_ip;
 use crate::resources::network;
 use ipnet::Ipv4Net;
 use rand::Rng;
@@ -265,6 +266,12 @@ async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String, St
         public_keys,
         user_data,
     };
+    let external = match (&ctx.config.external, floating_ip::router_snat_ip(ctx, &network_id, &host).await?) {
+        (Some(e), Some(snat_ip)) => {
+            Some(vdc_schema::bus::ExternalSpec { cidr: e.cidr.clone(), gateway: e.gateway.clone(), snat_ip })
+        }
+        _ => None,
+    };
     let peers: Vec<(String,)> = sqlx::query_as(
         "SELECT DISTINCT t.tunnel_ip FROM vifs v JOIN instances i ON i.id = v.instance_id
          JOIN host_tunnels t ON t.host_id = i.host_node_id
@@ -294,11 +301,13 @@ async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String, St
             cidr: net.cidr,
             gateway: net.gateway,
             peers: peers.into_iter().map(|p| p.0).collect(),
+            external,
         },
         mac,
         ip,
         security_groups,
         metadata: Some(metadata),
+        floating_ip: crate::resources::floating_ip::of_interface(&ctx.db, id).await?,
     };
     let client = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(ApiError::internal)? };
     client
@@ -338,6 +347,12 @@ pub async fn remove_for_instance(tx: &mut db::Tx<'_>, instance: &str) -> ApiResu
         sqlx::query("DELETE FROM vif_security_groups WHERE vif_id = $1").bind(v).execute(&mut **tx).await?;
     }
     sqlx::query("DELETE FROM vifs WHERE instance_id = $1").bind(instance).execute(&mut **tx).await?;
+    // Its floating IPs stay with the account, unassociated.
+    sqlx::query("UPDATE floating_ips SET instance_id = NULL, vif_id = NULL, updated_at = $1 WHERE instance_id = $2")
+        .bind(db::now())
+        .bind(instance)
+        .execute(&mut **tx)
+        .await?;
     Ok((vifs.into_iter().map(|r| r.0).collect(), groups.into_iter().map(|r| r.0).collect()))
 }
 

@@ -2,6 +2,7 @@
 //! "where is the volume attach logic" has one answer (`volume.rs`).
 
 pub mod account;
+pub mod floating_ip;
 pub mod image;
 pub mod instance;
 pub mod interface;

@@ -46,6 +46,9 @@ pub struct OvsConfig {
     pub host_netns: Option<String>,
     /// Prefix of the per-network service namespaces (`vdc`).
     pub service_prefix: String,
+    /// The Linux bridge on the external network (floating IPs, outbound NAT); none: no
+    /// external access from this host.
+    pub external_bridge: Option<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -209,7 +212,10 @@ impl Inner {
                 (p.spec.mac.clone(), p.spec.ip.clone(), name)
             })
             .collect();
-        self.svc.ensure(vni, &cidr, &gateway, &metas, &leases).await?;
+        let external = ports.iter().max_by_key(|p| p.spec.spec_gen).and_then(|p| p.spec.network.external.clone());
+        let fips = ports.iter().filter_map(|p| Some((p.spec.floating_ip.clone()?, p.spec.ip.clone()))).collect();
+        let n = service::NetService { vni, cidr, gateway, guests: metas, leases, external, fips };
+        self.svc.ensure(&n).await?;
         let dev = service::service_dev(vni);
         let ofport = match st.services.get(&vni) {
             Some(p) => *p,
@@ -294,8 +300,12 @@ impl OvsNetwork {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
-        let svc =
-            service::Services::new(cfg.host_netns.clone(), cfg.service_prefix.clone(), cfg.data_dir.join("services"));
+        let svc = service::Services::new(
+            cfg.host_netns.clone(),
+            cfg.external_bridge.clone(),
+            cfg.service_prefix.clone(),
+            cfg.data_dir.join("services"),
+        );
         let inner = Inner { cfg, db, of, svc, sink, state: tokio::sync::Mutex::new(st) };
         // Wait for ovs-vswitchd to create the bridge's management socket.
         let mgmt = inner.cfg.rundir.join(format!("{}.mgmt", inner.cfg.bridge));

@@ -2,9 +2,14 @@
 //! integration bridge by a veth, holding the network's gateway address and
 //! 169.254.169.254, where
 //! - dnsmasq answers DHCP with exactly the addresses dcmgr assigned (static leases for
-//!   this host's interfaces; other clients get nothing), and
-//! - nwagent's metadata server answers EC2-style requests, choosing the instance by the
-//!   request's source address (which anti-spoofing guarantees).
+//!   this host's interfaces; other clients get nothing),
+//! - the metadata server answers EC2-style requests, choosing the instance by the
+//!   request's source address (which anti-spoofing guarantees), and
+//! - with an external network, the namespace is the network's router on this host: a
+//!   second veth (`ext0`) on the host's external bridge holds the router's SNAT address
+//!   and the floating IPs of this host's guests; nftables does 1:1 DNAT/SNAT for
+//!   floating IPs, SNAT to the router's address for the others, and forwards nothing
+//!   from outside that is not an answer or a floating IP's traffic.
 //!
 //! Why dnsmasq rather than answering DHCP in OpenFlow: it is the DHCP server every
 //! cloud uses (OpenStack, Incus), it handles renewals, options and odd clients
@@ -18,7 +23,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use vdc_schema::bus::InstanceMetadata;
+use vdc_schema::bus::{ExternalSpec, InstanceMetadata};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("network service: {0}")]
@@ -45,9 +50,26 @@ struct Running {
     server: tokio::task::JoinHandle<()>,
 }
 
+/// What one network's services on this host are to provide.
+#[derive(Debug, Clone)]
+pub struct NetService {
+    pub vni: u32,
+    pub cidr: String,
+    pub gateway: String,
+    /// The metadata of this host's guests on the network.
+    pub guests: Vec<Meta>,
+    /// (MAC, IP, hostname) of this host's interfaces: DHCP's static leases.
+    pub leases: Vec<(String, String, String)>,
+    pub external: Option<ExternalSpec>,
+    /// (floating IP, fixed IP) of this host's guests.
+    pub fips: Vec<(String, String)>,
+}
+
 pub struct Services {
     /// Where OVS and its bridge live (None: this process's own namespace).
     pub host_netns: Option<String>,
+    /// The Linux bridge on the external network that routers attach to.
+    pub external_bridge: Option<String>,
     /// Namespace name prefix (`vdc` in production; unique per test run in tests).
     pub prefix: String,
     pub dir: PathBuf,
@@ -94,8 +116,8 @@ async fn run(prog: &str, args: &[&str]) -> Result<String, ServiceError> {
 }
 
 impl Services {
-    pub fn new(host_netns: Option<String>, prefix: String, dir: PathBuf) -> Self {
-        Services { host_netns, prefix, dir, running: Default::default() }
+    pub fn new(host_netns: Option<String>, external_bridge: Option<String>, prefix: String, dir: PathBuf) -> Self {
+        Services { host_netns, external_bridge, prefix, dir, running: Default::default() }
     }
 
     pub fn netns(&self, vni: u32) -> String {
@@ -121,14 +143,8 @@ impl Services {
 
     /// Makes the network's service namespace, DHCP server and metadata server exist,
     /// with `guests` (this host's interfaces on the network); idempotent.
-    pub async fn ensure(
-        &self,
-        vni: u32,
-        cidr: &str,
-        gateway: &str,
-        guests: &[Meta],
-        macs: &[(String, String, String)],
-    ) -> Result<(), ServiceError> {
+    pub async fn ensure(&self, n: &NetService) -> Result<(), ServiceError> {
+        let (vni, cidr, gateway) = (n.vni, n.cidr.as_str(), n.gateway.as_str());
         let ns = self.netns(vni);
         let dev = service_dev(vni);
         let prefix_len = cidr.split('/').nth(1).unwrap_or("24");
@@ -146,8 +162,64 @@ impl Services {
             // Checksums in software: the userspace datapath does not fill them in.
             let _ = self.in_ns(vni, &["ethtool", "-K", "eth0", "tx", "off"]).await;
         }
-        self.ensure_dhcp(vni, cidr, gateway, macs).await?;
-        self.ensure_metadata(vni, guests).await
+        self.ensure_dhcp(vni, cidr, gateway, &n.leases).await?;
+        self.ensure_metadata(vni, &n.guests).await?;
+        match (&n.external, &self.external_bridge) {
+            (Some(ext), Some(br)) => self.ensure_router(n, ext, br).await,
+            (Some(_), None) => {
+                tracing::warn!(vni, "the network has an external side but this host has no --external-bridge");
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        }
+    }
+
+    /// The router side: ext0 on the external bridge, its addresses, and the NAT rules.
+    async fn ensure_router(&self, n: &NetService, ext: &ExternalSpec, bridge: &str) -> Result<(), ServiceError> {
+        let vni = n.vni;
+        let dev = format!("xr{vni:x}");
+        let ns = self.netns(vni);
+        let ext_net: ipnet::Ipv4Net = ext.cidr.parse().map_err(err)?;
+        if self.host_ip(&["link", "show", &dev]).await.is_err() {
+            self.host_ip(&["link", "add", &dev, "type", "veth", "peer", "name", "ext0", "netns", &ns]).await?;
+            self.host_ip(&["link", "set", &dev, "master", bridge, "up"]).await?;
+            self.in_ns(vni, &["ip", "link", "set", "ext0", "up"]).await?;
+            self.in_ns(vni, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).await?;
+        }
+        // Addresses: the SNAT one on the external subnet, each floating IP as a /32.
+        let mut want: Vec<String> = vec![format!("{}/{}", ext.snat_ip, ext_net.prefix_len())];
+        want.extend(n.fips.iter().map(|(fip, _)| format!("{fip}/32")));
+        let have_json = self.in_ns(vni, &["ip", "-j", "addr", "show", "dev", "ext0"]).await?;
+        let have: Vec<String> = serde_json::from_str::<serde_json::Value>(&have_json)
+            .ok()
+            .and_then(|v| v.as_array()?.first()?.get("addr_info")?.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| a["family"] == "inet")
+            .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"].as_u64()?)))
+            .collect();
+        for a in want.iter().filter(|a| !have.contains(a)) {
+            self.in_ns(vni, &["ip", "addr", "add", a, "dev", "ext0"]).await?;
+        }
+        for a in have.iter().filter(|a| !want.contains(a)) {
+            self.in_ns(vni, &["ip", "addr", "del", a, "dev", "ext0"]).await?;
+        }
+        self.in_ns(vni, &["ip", "route", "replace", "default", "via", &ext.gateway, "dev", "ext0"]).await?;
+        // The whole ruleset in one nft transaction: never half-applied.
+        let mut pre = String::new();
+        let mut post = String::new();
+        for (fip, fixed) in &n.fips {
+            pre.push_str(&format!("    ip daddr {fip} dnat to {fixed}\n"));
+            post.push_str(&format!("    oifname \"ext0\" ip saddr {fixed} snat to {fip}\n"));
+        }
+        post.push_str(&format!("    oifname \"ext0\" ip saddr {} snat to {}\n", n.cidr, ext.snat_ip));
+        let rules = format!(
+            "table ip vdc\ndelete table ip vdc\ntable ip vdc {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{pre}  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}  }}\n  chain forward {{\n    type filter hook forward priority filter; policy drop;\n    ct state established,related accept\n    iifname \"eth0\" oifname \"ext0\" accept\n    ct status dnat accept\n  }}\n}}\n"
+        );
+        let file = self.dir.join(format!("nat-{vni}.nft"));
+        std::fs::write(&file, rules).map_err(err)?;
+        self.in_ns(vni, &["nft", "-f", &file.to_string_lossy()]).await?;
+        Ok(())
     }
 
     async fn ensure_dhcp(
@@ -228,6 +300,8 @@ impl Services {
             let _ = std::fs::remove_file(&pidfile);
         }
         let _ = self.host_ip(&["link", "del", &service_dev(vni)]).await;
+        let _ = self.host_ip(&["link", "del", &format!("xr{vni:x}")]).await;
+        let _ = std::fs::remove_file(self.dir.join(format!("nat-{vni}.nft")));
         let _ = run("ip", &["netns", "del", &self.netns(vni)]).await;
         for ext in ["hosts", "leases"] {
             let _ = std::fs::remove_file(self.dir.join(format!("dhcp-{vni}.{ext}")));

@@ -1,0 +1,289 @@
+//! Floating IPs: addresses of the site's external network that an account holds and maps
+//! 1:1 onto one interface of an instance. The same pool gives each host's router for a
+//! network its outbound SNAT address ([`router_snat_ip`]).
+//!
+//! ```text
+//!  allocated ─associate─► associated ─disassociate─► allocated ─delete─► (gone)
+//! ```
+//! An association takes effect when nwagent re-programmes the interface; terminating the
+//! instance disassociates.
+
+use crate::api::{Body, ListParams};
+use crate::ctx::{Caller, SharedCtx, Work};
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use crate::resources::{page, paging, path_id};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use std::net::Ipv4Addr;
+use vdc_schema::api::{AssociateFloatingIp, CreateFloatingIp, ErrorBody, FloatingIp, Page};
+use vdc_schema::id::{FloatingIpId, VifId};
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: String,
+    account_id: Option<String>,
+    ip: String,
+    instance_id: Option<String>,
+    vif_id: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+const COLS: &str = "id, account_id, ip, instance_id, vif_id, created_at, updated_at";
+
+impl Row {
+    fn into_api(self) -> ApiResult<FloatingIp> {
+        Ok(FloatingIp {
+            id: self.id.parse().map_err(ApiError::internal)?,
+            ip: self.ip,
+            instance_id: self.instance_id.map(|s| s.parse()).transpose().map_err(ApiError::internal)?,
+            interface_id: self.vif_id.map(|s| s.parse()).transpose().map_err(ApiError::internal)?,
+            created_at: db::parse_time(&self.created_at),
+            updated_at: db::parse_time(&self.updated_at),
+        })
+    }
+}
+
+fn no_external() -> ApiError {
+    ApiError::Unprocessable {
+        code: "no_external_network",
+        message: "this site has no external network: set [external] in dcmgr's configuration".into(),
+    }
+}
+
+/// Inserts a new external address row: `want`, or the first free one of the pool.
+async fn allocate(
+    ctx: &SharedCtx,
+    want: Option<Ipv4Addr>,
+    account: Option<&str>,
+    router: Option<(&str, &str)>,
+) -> ApiResult<(String, String)> {
+    let ext = ctx.config.external.as_ref().ok_or_else(no_external)?;
+    let (start, end, _) = ext.pool().map_err(ApiError::internal)?;
+    db::retry(|| async {
+        let used: Vec<(String,)> = sqlx::query_as("SELECT ip FROM floating_ips").fetch_all(&ctx.db).await?;
+        let used: std::collections::HashSet<String> = used.into_iter().map(|u| u.0).collect();
+        let ip = match want {
+            Some(w) if used.contains(&w.to_string()) => {
+                return Err(ApiError::conflict("ip_in_use", format!("{w} is already allocated")))
+            }
+            Some(w) => w,
+            None => (u32::from(start)..=u32::from(end))
+                .map(Ipv4Addr::from)
+                .find(|a| !used.contains(&a.to_string()))
+                .ok_or_else(|| ApiError::Unprocessable {
+                    code: "no_capacity",
+                    message: format!("the external pool {start}–{end} is exhausted"),
+                })?,
+        };
+        let id = FloatingIpId::generate().to_string();
+        let now = db::now();
+        sqlx::query(
+            "INSERT INTO floating_ips (id, account_id, ip, instance_id, vif_id, network_id, host_id, created_at, updated_at)
+             VALUES ($1, $2, $3, NULL, NULL, $4, $5, $6, $6)",
+        )
+        .bind(&id)
+        .bind(account)
+        .bind(ip.to_string())
+        .bind(router.map(|r| r.0))
+        .bind(router.map(|r| r.1))
+        .bind(&now)
+        .execute(&ctx.db)
+        .await?;
+        Ok((id, ip.to_string()))
+    })
+    .await
+}
+
+/// The SNAT address of `host`'s router for `network`, allocated on first use; None
+/// without an external network.
+pub async fn router_snat_ip(ctx: &SharedCtx, network: &str, host: &str) -> ApiResult<Option<String>> {
+    if ctx.config.external.is_none() {
+        return Ok(None);
+    }
+    let found: Option<(String,)> = sqlx::query_as("SELECT ip FROM floating_ips WHERE network_id = $1 AND host_id = $2")
+        .bind(network)
+        .bind(host)
+        .fetch_optional(&ctx.db)
+        .await?;
+    if let Some((ip,)) = found {
+        return Ok(Some(ip));
+    }
+    match allocate(ctx, None, None, Some((network, host))).await {
+        Ok((_, ip)) => Ok(Some(ip)),
+        // Another dispatch allocated it meanwhile.
+        Err(_) => {
+            let again: Option<(String,)> =
+                sqlx::query_as("SELECT ip FROM floating_ips WHERE network_id = $1 AND host_id = $2")
+                    .bind(network)
+                    .bind(host)
+                    .fetch_optional(&ctx.db)
+                    .await?;
+            Ok(again.map(|r| r.0))
+        }
+    }
+}
+
+/// The floating IP associated with an interface, if any.
+pub async fn of_interface(db: &db::Pool, vif: &str) -> ApiResult<Option<String>> {
+    let r: Option<(String,)> =
+        sqlx::query_as("SELECT ip FROM floating_ips WHERE vif_id = $1").bind(vif).fetch_optional(db).await?;
+    Ok(r.map(|r| r.0))
+}
+
+async fn fetch_own(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -> ApiResult<Row> {
+    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLS} FROM floating_ips WHERE id = $1"))
+        .bind(id.as_str())
+        .fetch_optional(&ctx.db)
+        .await?;
+    match row {
+        Some(r) if r.account_id.as_deref() == Some(caller.account_id.as_str()) => Ok(r),
+        _ => Err(ApiError::not_found("floating IP", id)),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/floating-ips", tag = "floating-ips", request_body = CreateFloatingIp,
+    responses((status = 201, body = FloatingIp), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn create(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Body(req): Body<CreateFloatingIp>,
+) -> ApiResult<(StatusCode, Json<FloatingIp>)> {
+    let ext = ctx.config.external.as_ref().ok_or_else(no_external)?;
+    let want = match &req.ip {
+        Some(s) => {
+            let a: Ipv4Addr =
+                s.parse().map_err(|_| ApiError::bad("invalid_ip", format!("ip {s:?} is not an IPv4 address")))?;
+            let (start, end, _) = ext.pool().map_err(ApiError::internal)?;
+            if a < start || a > end {
+                return Err(ApiError::bad("invalid_ip", format!("ip {a} is outside the external pool {start}–{end}")));
+            }
+            Some(a)
+        }
+        None => None,
+    };
+    let (id, _) = allocate(&ctx, want, Some(caller.account_id.as_str()), None).await?;
+    let row = fetch_own(&ctx, &caller, &id.parse().map_err(ApiError::internal)?).await?;
+    Ok((StatusCode::CREATED, Json(row.into_api()?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/floating-ips", tag = "floating-ips", params(vdc_schema::api::ListQuery),
+    responses((status = 200, body = Page<FloatingIp>)))]
+pub async fn list(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<FloatingIp>>> {
+    let (limit, cursor) = paging(&q)?;
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT {COLS} FROM floating_ips WHERE account_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+    ))
+    .bind(caller.account_id.as_str())
+    .bind(cursor)
+    .bind(limit)
+    .fetch_all(&ctx.db)
+    .await?;
+    let items = rows.into_iter().map(Row::into_api).collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(page(items, limit, |f| f.id.to_string())))
+}
+
+#[utoipa::path(get, path = "/api/v1/floating-ips/{id}", tag = "floating-ips", params(("id" = String, Path)),
+    responses((status = 200, body = FloatingIp), (status = 404, body = ErrorBody)))]
+pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<FloatingIp>> {
+    Ok(Json(fetch_own(&ctx, &caller, &path_id("floating IP", &id)?).await?.into_api()?))
+}
+
+#[utoipa::path(post, path = "/api/v1/floating-ips/{id}/associate", tag = "floating-ips", params(("id" = String, Path)),
+    request_body = AssociateFloatingIp,
+    responses((status = 200, body = FloatingIp), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn associate(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<AssociateFloatingIp>,
+) -> ApiResult<Json<FloatingIp>> {
+    let id: FloatingIpId = path_id("floating IP", &id)?;
+    let row = fetch_own(&ctx, &caller, &id).await?;
+    let inst = crate::resources::instance::fetch(&ctx, &caller, &req.instance_id).await?;
+    let vif: VifId = match &req.interface_id {
+        Some(v) => inst
+            .interfaces
+            .iter()
+            .find(|i| &i.id == v)
+            .map(|i| i.id.clone())
+            .ok_or_else(|| ApiError::not_found("interface", v))?,
+        None => inst.interfaces.first().map(|i| i.id.clone()).ok_or_else(|| {
+            ApiError::conflict("no_interface", format!("instance {} has no interface to map the address to", inst.id))
+        })?,
+    };
+    if row.vif_id.as_deref() == Some(vif.as_str()) {
+        return Ok(Json(row.into_api()?));
+    }
+    if let Some(other) = &row.instance_id {
+        return Err(ApiError::conflict(
+            "floating_ip_associated",
+            format!("{} is associated with {other}; disassociate it first", row.ip),
+        ));
+    }
+    if let Some(ip) = of_interface(&ctx.db, vif.as_str()).await? {
+        return Err(ApiError::conflict("interface_has_floating_ip", format!("interface {vif} already has {ip}")));
+    }
+    let r = sqlx::query(
+        "UPDATE floating_ips SET instance_id = $1, vif_id = $2, updated_at = $3 WHERE id = $4 AND instance_id IS NULL",
+    )
+    .bind(inst.id.as_str())
+    .bind(vif.as_str())
+    .bind(db::now())
+    .bind(id.as_str())
+    .execute(&ctx.db)
+    .await?;
+    if r.rows_affected() == 0 {
+        return Err(ApiError::Busy(format!("floating IP {id} changed concurrently")));
+    }
+    // Same spec_gen, new content: nwagent takes an equal generation (as for group edits).
+    ctx.enqueue(Work::Interface(vif));
+    Ok(Json(fetch_own(&ctx, &caller, &id).await?.into_api()?))
+}
+
+#[utoipa::path(post, path = "/api/v1/floating-ips/{id}/disassociate", tag = "floating-ips", params(("id" = String, Path)),
+    responses((status = 200, body = FloatingIp), (status = 404, body = ErrorBody)))]
+pub async fn disassociate(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<FloatingIp>> {
+    let id: FloatingIpId = path_id("floating IP", &id)?;
+    let row = fetch_own(&ctx, &caller, &id).await?;
+    if let Some(vif) = &row.vif_id {
+        sqlx::query("UPDATE floating_ips SET instance_id = NULL, vif_id = NULL, updated_at = $1 WHERE id = $2")
+            .bind(db::now())
+            .bind(id.as_str())
+            .execute(&ctx.db)
+            .await?;
+        if let Ok(v) = vif.parse() {
+            ctx.enqueue(Work::Interface(v));
+        }
+    }
+    Ok(Json(fetch_own(&ctx, &caller, &id).await?.into_api()?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/floating-ips/{id}", tag = "floating-ips", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let id: FloatingIpId = path_id("floating IP", &id)?;
+    let row = fetch_own(&ctx, &caller, &id).await?;
+    if let Some(i) = &row.instance_id {
+        return Err(ApiError::conflict(
+            "floating_ip_associated",
+            format!("{} is associated with {i}; disassociate it first", row.ip),
+        ));
+    }
+    sqlx::query("DELETE FROM floating_ips WHERE id = $1 AND instance_id IS NULL")
+        .bind(id.as_str())
+        .execute(&ctx.db)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
