@@ -112,8 +112,33 @@ impl Tgt {
         let tid = all.iter().map(|t| t.tid).max().unwrap_or(0) + 1;
         let tid_s = tid.to_string();
         self.adm(&["--op", "new", "--mode", "target", "--tid", &tid_s, "-T", iqn]).await?;
-        let lu = self.adm(&["--op", "new", "--mode", "logicalunit", "--tid", &tid_s, "--lun", "1", "-b", lun]).await;
-        if let Err(e) = lu {
+        let new_lu = ["--op", "new", "--mode", "logicalunit", "--tid", &tid_s, "--lun", "1", "-b", lun];
+        // O_DIRECT: no page cache between a guest's acknowledged write and the backend
+        // (and 1.8x the write throughput here, see tests/bench-iscsi.sh). FUSE files
+        // (zfs-fuse) refuse it: fall back to buffered I/O, which tgt flushes on the
+        // guest's SYNCHRONIZE CACHE.
+        let direct = self.adm(&[&new_lu[..], &["--bsoflags", "direct"]].concat()).await;
+        let lu = match direct {
+            Ok(_) => Ok(()),
+            Err(_) => self.adm(&new_lu).await.map(|_| ()),
+        };
+        let tuned = async {
+            lu?;
+            // Bigger bursts, no R2T round trip before the first one: 1.4x on writes.
+            for (k, v) in [
+                ("MaxRecvDataSegmentLength", "262144"),
+                ("MaxXmitDataSegmentLength", "262144"),
+                ("FirstBurstLength", "1048576"),
+                ("MaxBurstLength", "1048576"),
+                ("InitialR2T", "No"),
+                ("ImmediateData", "Yes"),
+            ] {
+                self.adm(&["--op", "update", "--mode", "target", "--tid", &tid_s, "--name", k, "--value", v]).await?;
+            }
+            Ok::<(), CmdError>(())
+        }
+        .await;
+        if let Err(e) = tuned {
             let _ = self.adm(&["--op", "delete", "--mode", "target", "--tid", &tid_s, "--force"]).await;
             return Err(e);
         }
