@@ -54,7 +54,18 @@ pub struct AllInOne {
     pub token: String,
     /// What hva runs: "libvirt" or "sim", and why.
     pub hva_driver: String,
+    /// What nwagent and sta run, and why.
+    pub nw_driver: String,
+    pub sta_driver: String,
     agents: Vec<vdc_bus::AgentHandle>,
+    /// The Open vSwitch daemons of this all-in-one, when it runs its own.
+    switch: Option<vdc_nwagent::ovs::daemon::Switch>,
+}
+
+fn have(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin")]).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
 }
 
 /// The machine-wide place of the tiny image (packaging/setup.sh builds it there as root).
@@ -115,6 +126,28 @@ impl AllInOne {
                 tokio::task::spawn_blocking(move || vdc_hva::detect(&c, std::time::Duration::from_secs(10))).await?;
             Some(d)
         };
+        let libvirt = detected.as_ref().is_some_and(|d| !d.hypervisors.is_empty());
+        // Real networking needs real guests, Open vSwitch and dnsmasq; this all-in-one runs
+        // OVS daemons of its own (a private database and run directory in DATA_DIR/ovs),
+        // so it needs no Open vSwitch service and touches no bridge but its own.
+        let mut nw_why = String::new();
+        let switch = if !libvirt {
+            nw_why = "simulated (guests are simulated too)".into();
+            None
+        } else if !(have("ovs-vswitchd") && have("ovsdb-server") && have("dnsmasq")) {
+            nw_why = "simulated (Open vSwitch or dnsmasq is not installed: run packaging/setup.sh)".into();
+            None
+        } else {
+            match vdc_nwagent::ovs::daemon::Switch::start_persistent(&data_dir.join("ovs")) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    nw_why = format!("simulated (Open vSwitch did not start: {e})");
+                    None
+                }
+            }
+        };
+        let mut lv = lv;
+        lv.taps = switch.is_some();
         let (hva, hva_driver) = match detected {
             Some(d) if !d.hypervisors.is_empty() => {
                 let why =
@@ -129,23 +162,59 @@ impl AllInOne {
                 (vdc_hva::start_sim(bus.clone(), hva_opts).await?.0, why)
             }
         };
-        let (nw, _) = vdc_nwagent::start_sim(
-            bus.clone(),
-            vdc_nwagent::NwOptions { node_id: host_id, data_dir: Some(data_dir.join("nwagent")), sim: knobs },
-        )
-        .await?;
-        let (sta, _) = vdc_sta::start_sim(
-            bus.clone(),
-            vdc_sta::StaOptions {
+        let nw = match &switch {
+            Some(sw) => {
+                let cfg = vdc_nwagent::ovs::OvsConfig {
+                    db_socket: sw.db_socket(),
+                    rundir: sw.dir.clone(),
+                    bridge: "vdc-int".into(),
+                    // One host: no peers, so the tunnel endpoint is never used.
+                    tunnel_ip: "127.0.0.1".into(),
+                    data_dir: data_dir.join("nwagent"),
+                    plug_timeout: std::time::Duration::from_secs(120),
+                    host_netns: None,
+                    service_prefix: "vdc".into(),
+                    external_bridge: None,
+                };
+                nw_why = "Open vSwitch (bridge vdc-int, DHCP and metadata per network)".into();
+                vdc_nwagent::start_ovs(bus.clone(), host_id.clone(), cfg).await?.0
+            }
+            None => {
+                vdc_nwagent::start_sim(
+                    bus.clone(),
+                    vdc_nwagent::NwOptions {
+                        node_id: host_id.clone(),
+                        data_dir: Some(data_dir.join("nwagent")),
+                        sim: knobs,
+                    },
+                )
+                .await?
+                .0
+            }
+        };
+        // Volumes as files in DATA_DIR/sta/volumes, attached to the local guests directly
+        // (no iSCSI on one machine).
+        let (sta, sta_driver) = if libvirt {
+            let opts = vdc_sta::RealOptions {
+                node_id: store_id,
+                data_dir: data_dir.join("sta"),
+                backend: vdc_sta::backend::BackendConfig::File { dir: data_dir.join("sta/volumes") },
+                iscsi: None,
+                local_host: Some(host_id.parse()?),
+            };
+            let why = format!("file volumes in {} (attached locally)", data_dir.join("sta/volumes").display());
+            (vdc_sta::start_real(bus.clone(), opts).await?.0, why)
+        } else {
+            let opts = vdc_sta::StaOptions {
                 node_id: store_id,
                 capacity_mib: 100 << 10,
                 data_dir: Some(data_dir.join("sta")),
                 sim: knobs,
-            },
-        )
-        .await?;
+            };
+            (vdc_sta::start_sim(bus.clone(), opts).await?.0, "simulated (guests are simulated too)".to_owned())
+        };
         ensure_default_images(&dcmgr, tiny.as_deref()).await?;
-        Ok(AllInOne { dcmgr, token, hva_driver, agents: vec![hva, nw, sta] })
+        Ok(AllInOne { dcmgr, token, hva_driver, nw_driver: nw_why, sta_driver, agents: vec![hva, nw, sta], switch })
     }
 
     pub async fn stop(self) {
@@ -153,6 +222,9 @@ impl AllInOne {
             a.stop().await;
         }
         self.dcmgr.stop().await;
+        // Our OVS daemons stop; their database (bridge, ports) stays for the next start,
+        // and so do the guests and each network's DHCP server.
+        drop(self.switch);
     }
 }
 
@@ -232,7 +304,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
   CLI config  {} (written; `vdc` now talks to this cloud)
 
   hva:        {}{}
-  nwagent, sta: simulated (the Open vSwitch and storage drivers are not built yet)
+  nwagent:    {}
+  sta:        {}
 
 Try:
   vdc keypair create mykey
@@ -254,6 +327,8 @@ its state stays in the data directory.",
         } else {
             ""
         },
+        aio.nw_driver,
+        aio.sta_driver,
     );
     vdc_bus::sim::shutdown_signal().await;
     eprintln!("stopping…");

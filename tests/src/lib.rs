@@ -513,14 +513,17 @@ impl Stack {
     /// files; runs on drop too, so a failed test leaves nothing behind.
     fn remove_guests(&self) {
         let Some(lv) = &self.opts.libvirt else { return };
-        for h in &self.hosts {
-            let instances = lv.root.join(&h.node_id).join("instances");
-            let Ok(entries) = std::fs::read_dir(&instances) else { continue };
-            for e in entries.flatten() {
-                let dom = format!("vdc-{}", e.file_name().to_string_lossy());
-                for uri in ["qemu:///system", "lxc:///system"] {
-                    let _ = std::process::Command::new("virsh").args(["-c", uri, "destroy", &dom]).output();
-                    let _ = std::process::Command::new("virsh").args(["-c", uri, "undefine", &dom]).output();
+        // Every vdc domain whose files are under this stack's root: also those a failed
+        // instance left (its directory gone) or an agent task defined while stopping.
+        let root = lv.root.to_string_lossy().into_owned();
+        for uri in ["qemu:///system", "lxc:///system"] {
+            let virsh = |args: &[&str]| std::process::Command::new("virsh").arg("-c").arg(uri).args(args).output();
+            let names = virsh(&["list", "--all", "--name"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            for dom in names.unwrap_or_default().lines().map(str::trim).filter(|d| d.starts_with("vdc-")) {
+                let xml = virsh(&["dumpxml", dom]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                if xml.unwrap_or_default().contains(&root) {
+                    let _ = virsh(&["destroy", dom]);
+                    let _ = virsh(&["undefine", dom]);
                 }
             }
         }

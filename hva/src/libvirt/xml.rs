@@ -228,7 +228,8 @@ pub fn lxc_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
         mem = spec.memory_mib,
         cpus = spec.cpus,
         rootfs = esc(&rootfs),
-        nics = interfaces(spec, l.bridge, l.taps),
+        // Taps are for QEMU guests; a container's NIC would be a veth (not built yet).
+        nics = if l.taps { String::new() } else { interfaces(spec, l.bridge, false) },
     )
 }
 

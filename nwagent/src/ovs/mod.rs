@@ -12,6 +12,7 @@
 //! same flows for every network before dcmgr has re-sent all interfaces; flows already
 //! in the switch keep traffic flowing meanwhile.
 
+pub mod daemon;
 pub mod flows;
 pub mod ofctl;
 pub mod ovsdb;
@@ -240,14 +241,11 @@ impl Inner {
             .await?;
         let mut sets = self.ensure_tunnels(&mut st, &spec.network.peers).await?;
         let old_vni = st.ports.get(&spec.id).map(|p| p.spec.network.vni);
-        let known = st.ports.get(&spec.id).and_then(|p| p.ofport);
-        // The device may appear later (hva plugs it when the guest starts): wait outside
-        // the lock would reorder ensures, so wait here, bounded.
+        // The device may appear later (hva plugs it when the guest starts): wait here,
+        // bounded. Always asked of OVSDB: a port re-added after a switch restart can have
+        // another number than the one remembered.
         drop(st);
-        let ofport = match known {
-            Some(p) => Some(p),
-            None => Some(self.wait_ofport(&dev, self.cfg.plug_timeout).await?),
-        };
+        let ofport = Some(self.wait_ofport(&dev, self.cfg.plug_timeout).await?);
         let mut st = self.state.lock().await;
         let port = Port { spec: spec.clone(), ofport };
         sets.push(self.port_set(&port));
@@ -317,6 +315,35 @@ impl OvsNetwork {
         }
         {
             let mut st = inner.state.lock().await;
+            // Port numbers as the switch has them now (a port it lost waits for the next
+            // ensure, which re-adds it).
+            let ids: Vec<VifId> = st.ports.keys().cloned().collect();
+            for id in ids {
+                let row = inner.db.interface(&vif_device_name(&id)).await?;
+                let ofport = row.filter(|r| r.ofport > 0).map(|r| r.ofport as u32);
+                if let Some(p) = st.ports.get_mut(&id) {
+                    p.ofport = ofport;
+                }
+            }
+            let tunnels: Vec<String> = st.tunnels.keys().cloned().collect();
+            for ip in tunnels {
+                let row = match tunnel_name(&ip) {
+                    Some(n) => inner.db.interface(&n).await?,
+                    None => None,
+                };
+                match row.filter(|r| r.ofport > 0) {
+                    Some(r) => st.tunnels.insert(ip, r.ofport as u32),
+                    None => st.tunnels.remove(&ip),
+                };
+            }
+            let vnis: Vec<u32> = st.services.keys().copied().collect();
+            for v in vnis {
+                let row = inner.db.interface(&service::service_dev(v)).await?;
+                match row.filter(|r| r.ofport > 0) {
+                    Some(r) => st.services.insert(v, r.ofport as u32),
+                    None => st.services.remove(&v),
+                };
+            }
             let mut sets = vec![(flows::BASE, flows::base_flows())];
             for (ip, ofport) in &st.tunnels {
                 sets.push((flows::cookie(flows::TUNNEL, ip), flows::tunnel_flows(*ofport)));

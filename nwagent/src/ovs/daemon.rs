@@ -1,0 +1,117 @@
+//! Running Open vSwitch's daemons privately (tests, `vdc up`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn sh(prog: &str, args: &[&str]) -> std::io::Result<String> {
+    let out = Command::new(prog).args(args).stdin(Stdio::null()).output()?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(std::io::Error::other(format!(
+            "{prog} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// An ovsdb-server and ovs-vswitchd of vdc's own (private run directory and database),
+/// in namespace `netns` or in the caller's: for tests, and for `vdc up` on a machine
+/// where no Open vSwitch service runs. Stopped on drop.
+pub struct Switch {
+    pub dir: PathBuf,
+    /// Tests remove their bridges on drop; `vdc up` keeps them (and their ports' numbers)
+    /// for the next start.
+    pub remove_bridges: bool,
+}
+
+impl Switch {
+    /// A fresh switch whose bridges go with it (tests).
+    pub fn start(netns: Option<&str>, dir: &Path) -> std::io::Result<Switch> {
+        Self::start_with(netns, dir, true)
+    }
+
+    /// A switch whose database survives it: started again, it has the same bridges.
+    pub fn start_persistent(dir: &Path) -> std::io::Result<Switch> {
+        Self::start_with(None, dir, false)
+    }
+
+    fn start_with(netns: Option<&str>, dir: &Path, remove_bridges: bool) -> std::io::Result<Switch> {
+        std::fs::create_dir_all(dir)?;
+        let d = dir.to_string_lossy().into_owned();
+        if !dir.join("conf.db").exists() {
+            sh("ovsdb-tool", &["create", &format!("{d}/conf.db"), "/usr/share/openvswitch/vswitch.ovsschema"])?;
+        }
+        // Left over from a run that was killed: stop those daemons first.
+        for p in ["ovs-vswitchd", "ovsdb-server"] {
+            if let Ok(pid) = std::fs::read_to_string(dir.join(format!("{p}.pid"))) {
+                let _ = sh("kill", &[pid.trim()]);
+            }
+        }
+        let sw = Switch { dir: dir.to_owned(), remove_bridges };
+        let rundir = format!("OVS_RUNDIR={d}");
+        let run = |args: &[&str]| -> std::io::Result<String> {
+            let mut all = vec![];
+            if let Some(n) = netns {
+                all.extend(["ip", "netns", "exec", n]);
+            }
+            all.extend(["env", rundir.as_str()]);
+            all.extend_from_slice(args);
+            sh(all[0], &all[1..])
+        };
+        run(&[
+            "ovsdb-server",
+            &format!("{d}/conf.db"),
+            &format!("--remote=punix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovsdb-server.pid"),
+            &format!("--log-file={d}/ovsdb-server.log"),
+            "--detach",
+        ])?;
+        sh("ovs-vsctl", &[&format!("--db=unix:{d}/db.sock"), "--no-wait", "init"])?;
+        run(&[
+            "ovs-vswitchd",
+            &format!("unix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovs-vswitchd.pid"),
+            &format!("--log-file={d}/ovs-vswitchd.log"),
+            "--detach",
+        ])?;
+        Ok(sw)
+    }
+
+    pub fn db_socket(&self) -> PathBuf {
+        self.dir.join("db.sock")
+    }
+
+    pub fn vsctl(&self, args: &[&str]) -> std::io::Result<String> {
+        let db = format!("--db=unix:{}/db.sock", self.dir.display());
+        let mut all = vec![db.as_str()];
+        all.extend_from_slice(args);
+        sh("ovs-vsctl", &all)
+    }
+
+    /// `ovs-ofctl dump-flows` of a bridge, without counters, sorted: comparable.
+    pub fn flows(&self, bridge: &str) -> Vec<String> {
+        let target = format!("unix:{}/{bridge}.mgmt", self.dir.display());
+        let out = sh("ovs-ofctl", &["-O", "OpenFlow13", "--no-stats", "dump-flows", &target]).unwrap_or_default();
+        let mut v: Vec<String> = out.lines().filter(|l| !l.starts_with("OFPST")).map(|l| l.trim().to_owned()).collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        // Bridges first: a netdev bridge's tap lives in the namespace until then.
+        if self.remove_bridges {
+            for br in self.vsctl(&["list-br"]).unwrap_or_default().lines() {
+                let _ = self.vsctl(&["del-br", br.trim()]);
+            }
+        }
+        for p in ["ovs-vswitchd", "ovsdb-server"] {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("{p}.pid"))) {
+                let _ = sh("kill", &[pid.trim()]);
+            }
+        }
+    }
+}
