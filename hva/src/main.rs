@@ -65,6 +65,9 @@ struct Cli {
     /// Sim: probability that an ensure is dropped.
     #[arg(long, default_value_t = 0.0)]
     sim_drop_rate: f64,
+    /// Check the arguments, print what would run, and exit (for configuration tests).
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -74,6 +77,13 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let hypervisors = cli.hypervisors.iter().map(|h| h.parse::<HypervisorKind>()).collect::<Result<Vec<_>, _>>()?;
+    if let Some(id) = &cli.node_id {
+        id.parse::<vdc_schema::HostNodeId>()?;
+    }
+    if cli.check_config {
+        println!("hva: configuration ok ({:?} driver, NATS {})", cli.driver, cli.nats);
+        return Ok(());
+    }
     let node_id = match cli.node_id {
         Some(id) => id.parse::<vdc_schema::HostNodeId>()?.to_string(),
         None => vdc_bus::sim::load_or_create_id(&cli.data_dir.join("node-id"), || {

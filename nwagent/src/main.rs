@@ -44,6 +44,9 @@ struct Cli {
     sim_delay_ms: u64,
     #[arg(long, default_value_t = 0.0)]
     sim_fail_rate: f64,
+    /// Check the arguments, print what would run, and exit (for configuration tests).
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -53,6 +56,13 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let node_id = cli.node_id.parse::<vdc_schema::HostNodeId>()?.to_string();
+    if cli.driver == Driver::Ovs && cli.tunnel_ip.is_none() {
+        anyhow::bail!("--driver ovs needs --tunnel-ip");
+    }
+    if cli.check_config {
+        println!("nwagent: configuration ok ({:?} driver, NATS {})", cli.driver, cli.nats);
+        return Ok(());
+    }
     let bus = vdc_bus::Nats::connect(&cli.nats, &format!("nwagent {node_id}")).await?;
     let agent = match cli.driver {
         Driver::Ovs => {

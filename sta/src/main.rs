@@ -50,6 +50,9 @@ struct Cli {
     sim_delay_ms: u64,
     #[arg(long, default_value_t = 0.0)]
     sim_fail_rate: f64,
+    /// Check the arguments, print what would run, and exit (for configuration tests).
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[tokio::main]
@@ -58,6 +61,21 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+    if let Some(id) = &cli.node_id {
+        id.parse::<vdc_schema::StorageNodeId>()?;
+    }
+    if let Some(h) = &cli.local_host {
+        h.parse::<vdc_schema::HostNodeId>()?;
+    }
+    match cli.driver {
+        Driver::File | Driver::Btrfs if cli.dir.is_none() => anyhow::bail!("--driver file/btrfs needs --dir"),
+        Driver::Zfs if cli.dataset.is_none() => anyhow::bail!("--driver zfs needs --dataset"),
+        _ => {}
+    }
+    if cli.check_config {
+        println!("sta: configuration ok ({:?} driver, NATS {})", cli.driver, cli.nats);
+        return Ok(());
+    }
     let node_id = match cli.node_id {
         Some(id) => id.parse::<vdc_schema::StorageNodeId>()?.to_string(),
         None => vdc_bus::sim::load_or_create_id(&cli.data_dir.join("node-id"), || {
