@@ -117,6 +117,38 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
     qemu_io(&t2, &host_a, "read -P 0x41 0 1M").expect("the snapshot's content");
     qemu_io(&t1, &host_a, "read -P 0x42 0 1M").expect("the origin kept its new content");
 
+    // A volume filled from a qcow2 image holds the image's content, and is grown to the
+    // size asked for; an image larger than the volume is refused and leaves nothing.
+    let img = dir.join("image.qcow2");
+    let img_s = img.to_string_lossy().into_owned();
+    let run =
+        |prog: &str, args: &[&str]| assert!(std::process::Command::new(prog).args(args).status().unwrap().success());
+    run("qemu-img", &["create", "-q", "-f", "qcow2", &img_s, "16M"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x43 0 1M", &img_s]);
+    let image = |id: &str| vdc_schema::bus::ImageSpec {
+        id: id.parse().unwrap(),
+        format: vdc_schema::ImageFormat::Qcow2,
+        source: img_s.clone(),
+        checksum: None,
+        initrd: None,
+        kernel_cmdline: None,
+    };
+    let v4 = VolumeId::generate();
+    let from_image = VolumeSpec { source_image: Some(image("img-a")), ..spec(&v4, 1, 32, None, Some(&host_a)) };
+    sta.ensure_volume(from_image).await.unwrap();
+    let r4 = volume(wait_report(&sink, v4.as_str(), 1, ObservedStorage::Available).await);
+    assert_eq!((r4.state, r4.size_mib), (ObservedStorage::Available, 32), "{r4:?}");
+    qemu_io(r4.target.as_ref().unwrap(), &host_a, "read -P 0x43 0 1M").expect("the image's content");
+    qemu_io(r4.target.as_ref().unwrap(), &host_a, "read -P 0x00 20M 1M").expect("zeros past the image");
+    let v5 = VolumeId::generate();
+    let too_small = VolumeSpec { source_image: Some(image("img-b")), ..spec(&v5, 1, 8, None, None) };
+    sta.ensure_volume(too_small).await.unwrap();
+    let r5 = volume(wait_report(&sink, v5.as_str(), 1, ObservedStorage::Failed).await);
+    assert!(r5.reason.as_deref().unwrap_or("").contains("larger than the volume"), "{r5:?}");
+    assert!(!sta.backend().exists(&v5).await, "nothing is left of a refused volume");
+    sta.ensure_volume_absent(v4.clone(), 2).await.unwrap();
+    wait_report(&sink, v4.as_str(), 2, ObservedStorage::Absent).await;
+
     // Refusals: an unknown snapshot is a failure with a reason, and leaves nothing.
     let v3 = VolumeId::generate();
     sta.ensure_volume(spec(&v3, 1, 64, Some(&SnapshotId::generate()), None)).await.unwrap();
@@ -147,11 +179,16 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
     assert!(r.target.is_none(), "report_all tells the truth: not exported now");
     sta.ensure_volume(spec(&v1, 2, 128, None, Some(&host_b))).await.unwrap();
     sta.ensure_volume(spec(&v2, 1, 96, Some(&s1), Some(&host_a))).await.unwrap();
+    // Exported again once each volume is reported with a target (the report follows the
+    // whole export: target, LUN and initiator binding).
     let start_wait = Instant::now();
-    while tgtd.targets().len() < 2 {
-        assert!(start_wait.elapsed() < Duration::from_secs(30), "targets not restored: {:?}", tgtd.targets());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    for v in [&v1, &v2] {
+        while !matches!(sink.newest(v.as_str()), Some(ObjectReport::Volume(r)) if r.target.is_some()) {
+            assert!(start_wait.elapsed() < Duration::from_secs(30), "targets not restored: {:?}", tgtd.targets());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
+    assert_eq!(tgtd.targets().len(), 2, "{:?}", tgtd.targets());
     qemu_io(&t1, &host_b, "read -P 0x42 0 1M").expect("v1 data after the restart");
     qemu_io(&t2, &host_a, "read -P 0x41 0 1M").expect("v2 data after the restart");
 
