@@ -182,7 +182,8 @@ fn pg_admin_url() -> String {
     })
 }
 
-async fn create_pg_database() -> anyhow::Result<(String, String, String)> {
+/// A fresh database on the test PostgreSQL: (its URL, the admin URL, its name).
+pub async fn create_pg_database() -> anyhow::Result<(String, String, String)> {
     use sqlx::Connection;
     let admin = pg_admin_url();
     let name = format!("vdct_{}", rand::random::<u64>());

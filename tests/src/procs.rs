@@ -84,10 +84,15 @@ pub fn wait_port(port: u16, timeout: Duration) -> bool {
 /// Starts a nats-server on a free loopback port.
 pub fn nats_server(log_dir: &Path) -> (Proc, u16) {
     let port = free_port();
+    (nats_server_on(log_dir, port, "nats-server"), port)
+}
+
+/// Starts a nats-server on `port` (again, after a restart), logging to `<name>.log`.
+pub fn nats_server_on(log_dir: &Path, port: u16, name: &str) -> Proc {
     let exe = which("nats-server").expect("nats-server is not installed: run tests/run.sh (it installs it)");
-    let p = Proc::spawn("nats-server", Command::new(exe).args(["-a", "127.0.0.1", "-p", &port.to_string()]), log_dir);
+    let p = Proc::spawn(name, Command::new(exe).args(["-a", "127.0.0.1", "-p", &port.to_string()]), log_dir);
     assert!(wait_port(port, Duration::from_secs(10)), "nats-server did not start");
-    (p, port)
+    p
 }
 
 pub fn which(name: &str) -> Option<PathBuf> {
