@@ -210,6 +210,17 @@ vdc_net_up() {
           | head -n 1; } 2>/dev/null)
   if [ -n "$md" ]; then
     echo "vdc-guest: metadata instance-id=$md"
+    # User data that is a script runs once, in the background, its output prefixed on
+    # the console (as cloud-init runs a #! user-data).
+    ud=$( { timeout 3 wget -q -O - http://169.254.169.254/latest/user-data; } 2>/dev/null)
+    case "$ud" in
+      '#!'*)
+        printf '%s\n' "$ud" >/run/vdc-user-data
+        chmod +x /run/vdc-user-data
+        echo "vdc-guest: running user-data"
+        ( /run/vdc-user-data 2>&1 | sed 's/^/vdc-user-data: /' ) &
+        ;;
+    esac
   else
     echo "vdc-guest: metadata unavailable"
   fi

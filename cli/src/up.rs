@@ -117,6 +117,7 @@ impl AllInOne {
             bridge: None,
             initiator: String::new(), // start_libvirt derives it from the node ID
             taps: false,
+            tap_netns: None,
         };
         let detected = if sim {
             None

@@ -117,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
                 bridge: cli.bridge,
                 initiator: String::new(), // start_libvirt derives it from the node ID
                 taps: cli.taps,
+                tap_netns: None,
             };
             let probe = Duration::from_secs(cli.kvm_probe_timeout_s);
             let c2 = cfg.clone();

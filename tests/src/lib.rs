@@ -54,6 +54,16 @@ pub struct StackOptions {
 pub struct RealNetworkSetup {
     pub root: std::path::PathBuf,
     pub prefix: String,
+    /// Each host in a network namespace of its own (`<prefix>-h<i>`, OVS inside, joined
+    /// to the other by an underlay veth; two hosts): guests' taps are moved there, and
+    /// traffic between hosts crosses a real VXLAN overlay.
+    pub host_namespaces: bool,
+}
+
+impl RealNetworkSetup {
+    fn host_netns(&self, i: usize) -> Option<String> {
+        self.host_namespaces.then(|| format!("{}-h{i}", self.prefix))
+    }
 }
 
 /// A real storage node: its backend, and the tgtd it exports through (None: only local
@@ -106,6 +116,7 @@ impl LibvirtSetup {
             bridge: None,
             initiator: String::new(),
             taps: false,
+            tap_netns: None,
         }
     }
 }
@@ -141,8 +152,9 @@ pub struct HostAgents {
     pub libvirt: Option<Arc<vdc_hva::libvirt::LibvirtHypervisor>>,
     /// Set for simulated networking.
     pub nw_driver: Option<Arc<vdc_nwagent::sim::SimNetwork>>,
-    /// Set for real networking: the driver and the host's own OVS.
-    pub ovs: Option<(Arc<vdc_nwagent::ovs::OvsNetwork>, vdc_nwagent::testing::Switch)>,
+    /// Set for real networking: the driver, and the host's own OVS (a `Switch`, or a
+    /// namespace `Host`), kept alive here.
+    pub ovs: Option<(Arc<vdc_nwagent::ovs::OvsNetwork>, Box<dyn std::any::Any + Send + Sync>)>,
 }
 
 pub enum HvaDriver {
@@ -225,6 +237,13 @@ impl Stack {
             database_url,
             pg,
         };
+        if let Some(rn) = opts.real_network.as_ref().filter(|r| r.host_namespaces) {
+            anyhow::ensure!(opts.hosts == 2, "host namespaces are joined pairwise: use 2 hosts");
+            let (a, b) = (rn.host_netns(0).unwrap(), rn.host_netns(1).unwrap());
+            vdc_nwagent::testing::sh("ip", &["netns", "add", &a])?;
+            vdc_nwagent::testing::sh("ip", &["netns", "add", &b])?;
+            vdc_nwagent::testing::underlay(&a, &b)?;
+        }
         for i in 0..opts.hosts {
             let node_id = HostNodeId::generate().to_string();
             let host = stack.start_host(&node_id, i).await?;
@@ -258,7 +277,7 @@ impl Stack {
         self.opts.journals_on_disk.then(|| self.tmp.path().join(kind).join(node))
     }
 
-    async fn start_hva(&self, node_id: &str) -> anyhow::Result<(AgentHandle, HvaDriver)> {
+    async fn start_hva(&self, node_id: &str, index: usize) -> anyhow::Result<(AgentHandle, HvaDriver)> {
         let bus: Arc<dyn Transport> = self.bus.clone();
         let opts = vdc_hva::HvaOptions {
             node_id: node_id.to_owned(),
@@ -276,6 +295,7 @@ impl Stack {
             Some(lv) => {
                 let mut cfg = lv.config(node_id);
                 cfg.taps = self.opts.real_network.is_some();
+                cfg.tap_netns = self.opts.real_network.as_ref().and_then(|r| r.host_netns(index));
                 let (c2, probe) = (cfg.clone(), lv.kvm_probe_timeout);
                 let detected = tokio::task::spawn_blocking(move || vdc_hva::detect(&c2, probe)).await?;
                 let (h, d) = vdc_hva::start_libvirt(bus, opts, cfg, detected).await?;
@@ -286,21 +306,42 @@ impl Stack {
 
     async fn start_host(&self, node_id: &str, _index: usize) -> anyhow::Result<HostAgents> {
         let bus: Arc<dyn Transport> = self.bus.clone();
-        let (hva, driver) = self.start_hva(node_id).await?;
+        let (hva, driver) = self.start_hva(node_id, _index).await?;
         let (hva_driver, libvirt) = driver.split();
         if let Some(rn) = &self.opts.real_network {
             let dir = rn.root.join(node_id);
-            let sw = vdc_nwagent::testing::Switch::start(None, &dir)?;
-            let cfg = vdc_nwagent::ovs::OvsConfig {
-                db_socket: sw.db_socket(),
-                rundir: sw.dir.clone(),
-                bridge: format!("{}i", rn.prefix),
-                tunnel_ip: "127.0.0.1".into(),
-                data_dir: dir.join("nwagent"),
-                plug_timeout: Duration::from_secs(120),
-                host_netns: None,
-                service_prefix: rn.prefix.clone(),
-                external_bridge: None,
+            let (keep, cfg): (Box<dyn std::any::Any + Send + Sync>, _) = match rn.host_netns(_index) {
+                Some(ns) => {
+                    let ip = format!("10.251.0.{}", _index + 1);
+                    let host = vdc_nwagent::testing::Host::start(&ns, &dir, "ul0", &ip)?;
+                    let cfg = vdc_nwagent::ovs::OvsConfig {
+                        db_socket: host.db_socket(),
+                        rundir: host.dir.clone(),
+                        bridge: "br-int".into(),
+                        tunnel_ip: ip,
+                        data_dir: dir.join("nwagent"),
+                        plug_timeout: Duration::from_secs(120),
+                        host_netns: Some(ns.clone()),
+                        service_prefix: ns,
+                        external_bridge: None,
+                    };
+                    (Box::new(host), cfg)
+                }
+                None => {
+                    let sw = vdc_nwagent::testing::Switch::start(None, &dir)?;
+                    let cfg = vdc_nwagent::ovs::OvsConfig {
+                        db_socket: sw.db_socket(),
+                        rundir: sw.dir.clone(),
+                        bridge: format!("{}i", rn.prefix),
+                        tunnel_ip: "127.0.0.1".into(),
+                        data_dir: dir.join("nwagent"),
+                        plug_timeout: Duration::from_secs(120),
+                        host_netns: None,
+                        service_prefix: rn.prefix.clone(),
+                        external_bridge: None,
+                    };
+                    (Box::new(sw), cfg)
+                }
             };
             let (nw, driver) = vdc_nwagent::start_ovs(bus, node_id.to_owned(), cfg).await?;
             return Ok(HostAgents {
@@ -310,7 +351,7 @@ impl Stack {
                 hva_driver,
                 libvirt,
                 nw_driver: None,
-                ovs: Some((driver, sw)),
+                ovs: Some((driver, keep)),
             });
         }
         let (nw, nw_driver) = vdc_nwagent::start_sim(
@@ -397,7 +438,7 @@ impl Stack {
     /// Starts host `i`'s hva again with the same node ID and data directory.
     pub async fn restart_hva(&mut self, i: usize) {
         let node = self.hosts[i].node_id.clone();
-        let (hva, driver) = self.start_hva(&node).await.expect("hva restarts");
+        let (hva, driver) = self.start_hva(&node, i).await.expect("hva restarts");
         let (sim, libvirt) = driver.split();
         self.hosts[i].hva = Some(hva);
         self.hosts[i].hva_driver = sim;

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 use vdc_schema::api::*;
+use vdc_schema::id::*;
 use vdc_schema::*;
 use vdc_tests::{register_images, wait_console, wait_state, Db, LibvirtSetup, RealNetworkSetup, Stack, StackOptions};
 
@@ -19,7 +20,7 @@ async fn a_real_guest_gets_its_address_by_dhcp_and_its_identity_from_metadata() 
     o.agent_timeout_ms = 5000;
     o.libvirt = Some(LibvirtSetup::from_env());
     let prefix = format!("vt{:x}", std::process::id() & 0xffff);
-    o.real_network = Some(RealNetworkSetup { root: root.path().to_owned(), prefix });
+    o.real_network = Some(RealNetworkSetup { root: root.path().to_owned(), prefix, host_namespaces: false });
     let s = Stack::start(o).await;
     let (kernel, _) = register_images(&s).await;
     let c = s.account("net").await;
@@ -54,6 +55,90 @@ async fn a_real_guest_gets_its_address_by_dhcp_and_its_identity_from_metadata() 
     wait_console(&c, &id, &format!("vdc-guest: metadata instance-id={id}"), boot).await;
     let job = c.terminate_instance(&id).await.unwrap().job;
     assert_eq!(c.wait_job(&job.id, boot).await.unwrap().state, JobState::Succeeded);
+    for h in &s.hosts {
+        if let Some((ovs, _)) = &h.ovs {
+            ovs.remove_services().await;
+        }
+    }
+    s.stop().await;
+}
+
+/// `#!` user-data for the tiny guest: ping `ip` and say how it went.
+fn pinger(ip: &str) -> String {
+    format!(
+        "#!/bin/sh\nsleep 1\nif ping -c 3 -W 2 {ip} >/dev/null 2>&1; then echo \"ping {ip} ok\"; else echo \"ping {ip} failed\"; fi\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_guests_on_two_hosts_reach_each_other_over_the_overlay_and_no_one_else() {
+    vdc_tests::init_logging();
+    let root = tempfile::Builder::new().prefix("vdc-net-2h-").tempdir_in("/var/tmp").unwrap();
+    let mut o = StackOptions::new(Db::Sqlite);
+    o.hosts = 2;
+    o.host_cpus = 4;
+    o.host_memory_mib = 4096;
+    o.agent_timeout_ms = 5000;
+    o.libvirt = Some(LibvirtSetup::from_env());
+    let prefix = format!("vw{:x}", std::process::id() & 0xffff);
+    o.real_network = Some(RealNetworkSetup { root: root.path().to_owned(), prefix, host_namespaces: true });
+    let s = Stack::start(o).await;
+    let (kernel, _) = register_images(&s).await;
+    let boot = Duration::from_secs(120);
+    let guest = |name: &str, net: &NetworkId, sg: &SecurityGroupId, user_data: Option<String>| CreateInstance {
+        name: Some(name.into()),
+        image_id: kernel.clone(),
+        hypervisor: Some(HypervisorKind::Qemu),
+        cpus: 1,
+        memory_mib: 256,
+        interfaces: vec![CreateInterface { network_id: net.clone(), security_groups: vec![sg.clone()], ip: None }],
+        ssh_key_id: None,
+        user_data,
+    };
+    let network = |name: &str, cidr: &str| CreateNetwork {
+        name: name.into(),
+        cidr: cidr.into(),
+        gateway: None,
+        dhcp_start: None,
+        dhcp_end: None,
+    };
+    // Account A: a network and a group admitting icmp from its own members.
+    let a = s.account("a").await;
+    let net = a.create_network(&network("a-net", "10.77.0.0/24")).await.unwrap();
+    let group = |name: &str| CreateSecurityGroup { name: name.into(), description: String::new(), rules: vec![] };
+    let sg = a.create_security_group(&group("members")).await.unwrap();
+    let own = RuleSpec {
+        direction: Direction::Ingress,
+        protocol: Protocol::Icmp,
+        port_min: None,
+        port_max: None,
+        cidr: None,
+        group: Some(sg.id.clone()),
+    };
+    a.add_security_group_rule(&sg.id, &own).await.unwrap();
+    let b_inst = a.create_instance(&guest("b", &net.id, &sg.id, None)).await.unwrap().resource;
+    let b_inst = wait_state(&a, &b_inst.id, InstanceState::Running).await;
+    let b_ip = b_inst.interfaces[0].ip.clone();
+    wait_console(&a, &b_inst.id, &format!("vdc-guest: eth0 {b_ip}/24"), boot).await;
+    let a_inst = a.create_instance(&guest("a", &net.id, &sg.id, Some(pinger(&b_ip)))).await.unwrap().resource;
+    let a_inst = wait_state(&a, &a_inst.id, InstanceState::Running).await;
+    assert_ne!(a_inst.host_node_id, b_inst.host_node_id, "the two guests run on different hosts");
+    let a_ip = a_inst.interfaces[0].ip.clone();
+    wait_console(&a, &a_inst.id, &format!("vdc-guest: eth0 {a_ip}/24"), boot).await;
+    wait_console(&a, &a_inst.id, &format!("vdc-user-data: ping {b_ip} ok"), boot).await;
+
+    // Account B, on the same hosts: cannot reach A's guests, nor see them.
+    let b = s.account("b").await;
+    let bnet = b.create_network(&network("b-net", "10.88.0.0/24")).await.unwrap();
+    let bsg = b.create_security_group(&group("open")).await.unwrap();
+    let c = b.create_instance(&guest("c", &bnet.id, &bsg.id, Some(pinger(&a_ip)))).await.unwrap().resource;
+    wait_state(&b, &c.id, InstanceState::Running).await;
+    wait_console(&b, &c.id, &format!("vdc-user-data: ping {a_ip} failed"), boot).await;
+    assert!(b.list_all_instances().await.unwrap().iter().all(|i| i.id == c.id), "B sees only its own");
+    for (client, id) in [(&a, &a_inst.id), (&a, &b_inst.id), (&b, &c.id)] {
+        let job = client.terminate_instance(id).await.unwrap().job;
+        assert_eq!(client.wait_job(&job.id, boot).await.unwrap().state, JobState::Succeeded);
+    }
     for h in &s.hosts {
         if let Some((ovs, _)) = &h.ovs {
             ovs.remove_services().await;

@@ -50,6 +50,10 @@ pub struct LibvirtConfig {
     /// Make each NIC a tap named for its interface, which nwagent plugs into Open vSwitch
     /// (instead of attaching to `bridge`).
     pub taps: bool,
+    /// Move each tap into this network namespace once the guest runs: where the host's
+    /// Open vSwitch runs in a namespace of its own (several hosts on one machine, tests).
+    /// A tap keeps working across the move; QEMU holds it by file descriptor.
+    pub tap_netns: Option<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -274,6 +278,7 @@ impl Inner {
         let active = dom.is_active().map_err(|e| format!("libvirt: {e}"))?;
         if active && kind != HypervisorKind::Lxc {
             self.sync_live_volumes(id, spec, &dom)?;
+            self.move_taps(spec);
         }
         let volumes = self.observe_volumes(&dom);
         if let Some(k) = self.known.lock().unwrap().get_mut(id) {
@@ -356,8 +361,32 @@ impl Inner {
     /// Starts a domain. A container's console is a pty: hva attaches right after the
     /// start and copies it into the console log; what the container printed before that
     /// waits in the pty. (libvirt's LXC driver cannot start a container paused.)
+    /// Moves a running guest's taps into `tap_netns` (idempotent: a tap already moved is
+    /// no longer here).
+    fn move_taps(&self, spec: &InstanceSpec) {
+        let Some(ns) = &self.cfg.tap_netns else { return };
+        if !self.cfg.taps || spec.hypervisor == HypervisorKind::Lxc {
+            return;
+        }
+        for n in &spec.nics {
+            let dev = vdc_schema::bus::vif_device_name(&n.id);
+            if host::run("ip", &["link", "show", "dev", &dev]).is_err() {
+                continue;
+            }
+            match host::run("ip", &["link", "set", "dev", &dev, "netns", ns]) {
+                Ok(_) => {
+                    let _ = host::run("ip", &["-n", ns, "link", "set", "dev", &dev, "up"]);
+                }
+                Err(e) => tracing::warn!(instance = %spec.id, dev, "tap not moved to {ns}: {e}"),
+            }
+        }
+    }
+
     fn start_domain(&self, id: &InstanceId, kind: HypervisorKind, dom: &Domain) -> Result<()> {
         dom.create().map_err(|e| e.to_string())?;
+        if let Some(spec) = self.known.lock().unwrap().get(id).map(|k| k.saved.spec.clone()) {
+            self.move_taps(&spec);
+        }
         if kind == HypervisorKind::Lxc {
             if let Err(e) = self.capture_console(id, kind) {
                 tracing::warn!(instance = %id, "console not captured: {e}");
