@@ -210,6 +210,11 @@ vdc_net_up() {
           | head -n 1; } 2>/dev/null)
   if [ -n "$md" ]; then
     echo "vdc-guest: metadata instance-id=$md"
+    key=$( { timeout 3 wget -q -O - http://169.254.169.254/latest/meta-data/public-keys/0/openssh-key \
+             | head -n 1; } 2>/dev/null)
+    if [ -n "$key" ]; then
+      echo "$key" | awk '{ print "vdc-guest: metadata ssh-key " $1 " ..." substr($2, length($2) - 11) }'
+    fi
     # User data that is a script runs once, in the background, its output prefixed on
     # the console (as cloud-init runs a #! user-data).
     ud=$( { timeout 3 wget -q -O - http://169.254.169.254/latest/user-data; } 2>/dev/null)

@@ -56,6 +56,10 @@ struct Cli {
     /// Libvirt: make each guest interface a tap named for it, for nwagent (ovs) to plug.
     #[arg(long)]
     taps: bool,
+    /// Libvirt: move each guest's taps into this network namespace (where this host's
+    /// Open vSwitch runs, when several hosts share a machine).
+    #[arg(long, requires = "taps")]
+    tap_netns: Option<String>,
     /// Sim: how long each operation takes.
     #[arg(long, default_value_t = 50)]
     sim_delay_ms: u64,
@@ -117,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
                 bridge: cli.bridge,
                 initiator: String::new(), // start_libvirt derives it from the node ID
                 taps: cli.taps,
-                tap_netns: None,
+                tap_netns: cli.tap_netns,
             };
             let probe = Duration::from_secs(cli.kvm_probe_timeout_s);
             let c2 = cfg.clone();

@@ -40,6 +40,13 @@ struct Cli {
     /// NAT attach to it. Without it guests on this host have no external access.
     #[arg(long)]
     external_bridge: Option<String>,
+    /// The network namespace Open vSwitch runs in, when not nwagent's own (several hosts
+    /// on one machine).
+    #[arg(long)]
+    host_netns: Option<String>,
+    /// Prefix of the per-network service namespaces.
+    #[arg(long, default_value = "vdc")]
+    service_prefix: String,
     #[arg(long, default_value_t = 20)]
     sim_delay_ms: u64,
     #[arg(long, default_value_t = 0.0)]
@@ -74,8 +81,8 @@ async fn main() -> anyhow::Result<()> {
                 tunnel_ip: tunnel_ip.to_string(),
                 data_dir: cli.data_dir,
                 plug_timeout: Duration::from_secs(60),
-                host_netns: None,
-                service_prefix: "vdc".into(),
+                host_netns: cli.host_netns,
+                service_prefix: cli.service_prefix,
                 external_bridge: cli.external_bridge,
             };
             vdc_nwagent::start_ovs(bus, node_id, cfg).await?.0
