@@ -42,6 +42,13 @@ table() {
 cleanup() {
   local rc=$?
   set +e
+  # tgtd ignores SIGTERM: its targets and then the daemon go through tgtadm.
+  if [ -n "${TGT_UP:-}" ]; then
+    for tid in $(tgtadm -C "$TGT_CTL" --lld iscsi --op show --mode target 2>/dev/null | sed -n 's/^Target \([0-9]*\):.*/\1/p'); do
+      tgtadm -C "$TGT_CTL" --lld iscsi --op delete --mode target --tid "$tid" --force >/dev/null 2>&1
+    done
+    tgtadm -C "$TGT_CTL" --op delete --mode system >/dev/null 2>&1
+  fi
   for p in "${PID[@]}"; do kill "$p" 2>/dev/null; done
   sleep 0.5
   for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null; done
@@ -55,12 +62,6 @@ cleanup() {
       fi
     done
   done
-  if [ -n "${TGT_UP:-}" ]; then
-    for tid in $(tgtadm -C "$TGT_CTL" --lld iscsi --op show --mode target 2>/dev/null | sed -n 's/^Target \([0-9]*\):.*/\1/p'); do
-      tgtadm -C "$TGT_CTL" --lld iscsi --op delete --mode target --tid "$tid" --force >/dev/null 2>&1
-    done
-    tgtadm -C "$TGT_CTL" --op delete --mode system >/dev/null 2>&1
-  fi
   for n in $(ip netns list | awk '{print $1}' | grep "^$P-"); do
     for p in $(ip netns pids "$n"); do kill "$p" 2>/dev/null; done
   done
