@@ -8,18 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn sh(prog: &str, args: &[&str]) -> std::io::Result<String> {
-    let out = Command::new(prog).args(args).stdin(Stdio::null()).output()?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(std::io::Error::other(format!(
-            "{prog} {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
+pub use crate::ovs::daemon::sh;
 
 /// Runs a command inside a namespace.
 pub fn ns(netns: &str, args: &[&str]) -> std::io::Result<String> {

@@ -255,20 +255,8 @@ impl Stack {
             stack.storage.push((node_id, Some(h)));
         }
         stack.wait_nodes_online().await?;
-        let img = stack
-            .admin
-            .create_image(&CreateImage {
-                name: "tiny".into(),
-                format: ImageFormat::Kernel,
-                arch: vdc_schema::Arch::X86_64,
-                hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm, HypervisorKind::Lxc],
-                source: "builtin:tiny-kernel".into(),
-                checksum: None,
-                initrd: Some("builtin:tiny-initrd".into()),
-                kernel_cmdline: None,
-                public: true,
-            })
-            .await?;
+        let all = vec![HypervisorKind::Qemu, HypervisorKind::Kvm, HypervisorKind::Lxc];
+        let img = stack.admin.create_image(&builtin_tiny_image(all)).await?;
         stack.image = img.id;
         Ok(stack)
     }
@@ -310,36 +298,34 @@ impl Stack {
         let (hva_driver, libvirt) = driver.split();
         if let Some(rn) = &self.opts.real_network {
             let dir = rn.root.join(node_id);
+            // An OVS here, or a namespace host (own OVS, underlay, tunnel address).
+            let here = |db_socket, rundir| vdc_nwagent::ovs::OvsConfig {
+                db_socket,
+                rundir,
+                bridge: format!("{}i", rn.prefix),
+                tunnel_ip: "127.0.0.1".into(),
+                data_dir: dir.join("nwagent"),
+                plug_timeout: Duration::from_secs(120),
+                host_netns: None,
+                service_prefix: rn.prefix.clone(),
+                external_bridge: None,
+            };
             let (keep, cfg): (Box<dyn std::any::Any + Send + Sync>, _) = match rn.host_netns(_index) {
                 Some(ns) => {
                     let ip = format!("10.251.0.{}", _index + 1);
                     let host = vdc_nwagent::testing::Host::start(&ns, &dir, "ul0", &ip)?;
                     let cfg = vdc_nwagent::ovs::OvsConfig {
-                        db_socket: host.db_socket(),
-                        rundir: host.dir.clone(),
                         bridge: "br-int".into(),
                         tunnel_ip: ip,
-                        data_dir: dir.join("nwagent"),
-                        plug_timeout: Duration::from_secs(120),
                         host_netns: Some(ns.clone()),
                         service_prefix: ns,
-                        external_bridge: None,
+                        ..here(host.db_socket(), host.dir.clone())
                     };
                     (Box::new(host), cfg)
                 }
                 None => {
                     let sw = vdc_nwagent::testing::Switch::start(None, &dir)?;
-                    let cfg = vdc_nwagent::ovs::OvsConfig {
-                        db_socket: sw.db_socket(),
-                        rundir: sw.dir.clone(),
-                        bridge: format!("{}i", rn.prefix),
-                        tunnel_ip: "127.0.0.1".into(),
-                        data_dir: dir.join("nwagent"),
-                        plug_timeout: Duration::from_secs(120),
-                        host_netns: None,
-                        service_prefix: rn.prefix.clone(),
-                        external_bridge: None,
-                    };
+                    let cfg = here(sw.db_socket(), sw.dir.clone());
                     (Box::new(sw), cfg)
                 }
             };
@@ -709,4 +695,44 @@ pub async fn wait_console(c: &Client, id: &InstanceId, needle: &str, timeout: Du
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("console of {id} never showed {needle:?} within {timeout:?}; it has:\n{out}")
+}
+
+/// A stack with `hosts` libvirt hosts of `cpus` CPUs (real TCG guests of the tiny image).
+pub fn real_guests(hosts: usize, cpus: u32) -> StackOptions {
+    let mut o = StackOptions::new(Db::Sqlite);
+    o.hosts = hosts;
+    o.host_cpus = cpus;
+    o.host_memory_mib = 4096;
+    o.agent_timeout_ms = 5000;
+    o.libvirt = Some(LibvirtSetup::from_env());
+    o
+}
+
+/// One QEMU guest of `image`: 1 vCPU, 256 MiB, no interface, key or user data.
+pub fn qemu_guest(image: &ImageId, name: &str) -> CreateInstance {
+    CreateInstance {
+        name: Some(name.into()),
+        image_id: image.clone(),
+        hypervisor: Some(HypervisorKind::Qemu),
+        cpus: 1,
+        memory_mib: 256,
+        interfaces: vec![],
+        ssh_key_id: None,
+        user_data: None,
+    }
+}
+
+/// The tiny image from hva's builtin sources (simulated hosts, or hva's tiny image dir).
+pub fn builtin_tiny_image(hypervisors: Vec<HypervisorKind>) -> CreateImage {
+    CreateImage {
+        name: "tiny".into(),
+        format: ImageFormat::Kernel,
+        arch: vdc_schema::Arch::X86_64,
+        hypervisors,
+        source: "builtin:tiny-kernel".into(),
+        checksum: None,
+        initrd: Some("builtin:tiny-initrd".into()),
+        kernel_cmdline: None,
+        public: true,
+    }
 }

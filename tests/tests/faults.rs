@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use vdc_cli::client::Client;
 use vdc_schema::api::*;
 use vdc_schema::id::*;
-use vdc_schema::{HypervisorKind, ImageFormat, InstanceState, InterfaceState, JobState, NodeState};
+use vdc_schema::{HypervisorKind, InstanceState, InterfaceState, JobState, NodeState};
 use vdc_tests::procs::{self, bin, Proc};
 use vdc_tests::{eventually, wait_state};
 
@@ -163,20 +163,7 @@ async fn dcmgr_kill_nats_restart_and_rolling_agent_replacement() {
     );
     let admin = Client::new(format!("http://127.0.0.1:{api_port}"), token);
     online(&admin, 2).await;
-    let img = admin
-        .create_image(&CreateImage {
-            name: "tiny".into(),
-            format: ImageFormat::Kernel,
-            arch: vdc_schema::Arch::X86_64,
-            hypervisors: vec![HypervisorKind::Qemu],
-            source: "builtin:tiny-kernel".into(),
-            checksum: None,
-            initrd: Some("builtin:tiny-initrd".into()),
-            kernel_cmdline: None,
-            public: true,
-        })
-        .await
-        .unwrap();
+    let img = admin.create_image(&vdc_tests::builtin_tiny_image(vec![HypervisorKind::Qemu])).await.unwrap();
     let net = admin
         .create_network(&CreateNetwork {
             name: "n".into(),

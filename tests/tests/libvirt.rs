@@ -10,7 +10,7 @@ use vdc_cli::client::Client;
 use vdc_schema::api::*;
 use vdc_schema::id::*;
 use vdc_schema::*;
-use vdc_tests::{register_images, wait_console, wait_state, Db, LibvirtSetup, Stack, StackOptions};
+use vdc_tests::{register_images, wait_console, wait_state, LibvirtSetup, Stack, StackOptions};
 
 fn virsh_has(uri: &str, id: &InstanceId) -> bool {
     Command::new("virsh")
@@ -43,26 +43,15 @@ async fn job_ok(c: &Client, a: &Accepted<Instance>) {
 }
 
 fn stack_opts() -> StackOptions {
-    let mut o = StackOptions::new(Db::Sqlite);
-    o.hosts = 1;
-    o.host_cpus = 2;
-    o.host_memory_mib = 4096;
-    o.agent_timeout_ms = 5000;
-    o.libvirt = Some(LibvirtSetup::from_env());
-    o
+    vdc_tests::real_guests(1, 2)
 }
 
 /// The whole lifecycle of one instance of `image` on `kind`, then nothing left behind.
 async fn lifecycle(s: &Stack, c: &Client, image: &ImageId, kind: HypervisorKind, uri: &str) {
     let mut req = CreateInstance {
-        name: Some(format!("{kind}-guest")),
-        image_id: image.clone(),
         hypervisor: Some(kind),
-        cpus: 1,
-        memory_mib: 256,
-        interfaces: vec![],
-        ssh_key_id: None,
         user_data: Some("#cloud-config\n".into()),
+        ..vdc_tests::qemu_guest(image, &format!("{kind}-guest"))
     };
     let a = c.create_instance(&req).await.unwrap();
     let id = a.resource.id.clone();
@@ -108,19 +97,7 @@ async fn hva_restart_leaves_guests_running() {
     let mut s = Stack::start(stack_opts()).await;
     let (kernel, _) = register_images(&s).await;
     let c = s.account("restart").await;
-    let a = c
-        .create_instance(&CreateInstance {
-            name: Some("keep-running".into()),
-            image_id: kernel,
-            hypervisor: Some(HypervisorKind::Qemu),
-            cpus: 1,
-            memory_mib: 256,
-            interfaces: vec![],
-            ssh_key_id: None,
-            user_data: None,
-        })
-        .await
-        .unwrap();
+    let a = c.create_instance(&vdc_tests::qemu_guest(&kernel, "keep-running")).await.unwrap();
     let id = a.resource.id.clone();
     job_ok(&c, &a).await;
     let pid = qemu_pid(&id).expect("QEMU pid file");

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 use vdc_cli::client::Client;
 use vdc_schema::api::*;
-use vdc_schema::{HypervisorKind, ImageFormat, InstanceState, NodeState};
+use vdc_schema::{HypervisorKind, InstanceState, NodeState};
 use vdc_tests::procs::{self, bin, Proc};
 use vdc_tests::{eventually, wait_state};
 
@@ -69,20 +69,7 @@ async fn nats_dcmgr_and_two_hva_processes() {
     };
     eventually(Duration::from_secs(20), || online(2)).await.expect("both hva processes register over NATS");
 
-    let img = admin
-        .create_image(&CreateImage {
-            name: "tiny".into(),
-            format: ImageFormat::Kernel,
-            arch: vdc_schema::Arch::X86_64,
-            hypervisors: vec![HypervisorKind::Qemu],
-            source: "builtin:tiny-kernel".into(),
-            checksum: None,
-            initrd: Some("builtin:tiny-initrd".into()),
-            kernel_cmdline: None,
-            public: true,
-        })
-        .await
-        .unwrap();
+    let img = admin.create_image(&vdc_tests::builtin_tiny_image(vec![HypervisorKind::Qemu])).await.unwrap();
     let mut ids = vec![];
     for i in 0..6 {
         let req = CreateInstance {

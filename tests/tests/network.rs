@@ -7,18 +7,13 @@ use std::time::Duration;
 use vdc_schema::api::*;
 use vdc_schema::id::*;
 use vdc_schema::*;
-use vdc_tests::{register_images, wait_console, wait_state, Db, LibvirtSetup, RealNetworkSetup, Stack, StackOptions};
+use vdc_tests::{register_images, wait_console, wait_state, RealNetworkSetup, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_guest_gets_its_address_by_dhcp_and_its_identity_from_metadata() {
     vdc_tests::init_logging();
     let root = tempfile::Builder::new().prefix("vdc-net-e2e-").tempdir_in("/var/tmp").unwrap();
-    let mut o = StackOptions::new(Db::Sqlite);
-    o.hosts = 1;
-    o.host_cpus = 4;
-    o.host_memory_mib = 4096;
-    o.agent_timeout_ms = 5000;
-    o.libvirt = Some(LibvirtSetup::from_env());
+    let mut o = vdc_tests::real_guests(1, 4);
     let prefix = format!("vt{:x}", std::process::id() & 0xffff);
     o.real_network = Some(RealNetworkSetup { root: root.path().to_owned(), prefix, host_namespaces: false });
     let s = Stack::start(o).await;
@@ -36,14 +31,8 @@ async fn a_real_guest_gets_its_address_by_dhcp_and_its_identity_from_metadata() 
         .unwrap();
     let a = c
         .create_instance(&CreateInstance {
-            name: Some("dhcp-guest".into()),
-            image_id: kernel,
-            hypervisor: Some(HypervisorKind::Qemu),
-            cpus: 1,
-            memory_mib: 256,
             interfaces: vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }],
-            ssh_key_id: None,
-            user_data: None,
+            ..vdc_tests::qemu_guest(&kernel, "dhcp-guest")
         })
         .await
         .unwrap();
@@ -74,26 +63,16 @@ fn pinger(ip: &str) -> String {
 async fn real_guests_on_two_hosts_reach_each_other_over_the_overlay_and_no_one_else() {
     vdc_tests::init_logging();
     let root = tempfile::Builder::new().prefix("vdc-net-2h-").tempdir_in("/var/tmp").unwrap();
-    let mut o = StackOptions::new(Db::Sqlite);
-    o.hosts = 2;
-    o.host_cpus = 4;
-    o.host_memory_mib = 4096;
-    o.agent_timeout_ms = 5000;
-    o.libvirt = Some(LibvirtSetup::from_env());
+    let mut o = vdc_tests::real_guests(2, 4);
     let prefix = format!("vw{:x}", std::process::id() & 0xffff);
     o.real_network = Some(RealNetworkSetup { root: root.path().to_owned(), prefix, host_namespaces: true });
     let s = Stack::start(o).await;
     let (kernel, _) = register_images(&s).await;
     let boot = Duration::from_secs(120);
     let guest = |name: &str, net: &NetworkId, sg: &SecurityGroupId, user_data: Option<String>| CreateInstance {
-        name: Some(name.into()),
-        image_id: kernel.clone(),
-        hypervisor: Some(HypervisorKind::Qemu),
-        cpus: 1,
-        memory_mib: 256,
         interfaces: vec![CreateInterface { network_id: net.clone(), security_groups: vec![sg.clone()], ip: None }],
-        ssh_key_id: None,
         user_data,
+        ..vdc_tests::qemu_guest(&kernel, name)
     };
     let network = |name: &str, cidr: &str| CreateNetwork {
         name: name.into(),

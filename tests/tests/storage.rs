@@ -11,7 +11,7 @@ use vdc_schema::id::*;
 use vdc_schema::*;
 use vdc_sta::backend::BackendConfig;
 use vdc_sta::testing::Tgtd;
-use vdc_tests::{register_images, wait_console, wait_state, Db, LibvirtSetup, RealStorageSetup, Stack, StackOptions};
+use vdc_tests::{register_images, wait_console, wait_state, RealStorageSetup, Stack, StackOptions};
 
 const BOOT: Duration = Duration::from_secs(120);
 
@@ -24,12 +24,7 @@ fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
 }
 
 fn opts(dir: &std::path::Path, iscsi: Option<(u16, String)>) -> StackOptions {
-    let mut o = StackOptions::new(Db::Sqlite);
-    o.hosts = 1;
-    o.host_cpus = 4;
-    o.host_memory_mib = 4096;
-    o.agent_timeout_ms = 5000;
-    o.libvirt = Some(LibvirtSetup::from_env());
+    let mut o = vdc_tests::real_guests(1, 4);
     o.real_storage = Some(RealStorageSetup {
         backend: BackendConfig::File { dir: dir.join("volumes") },
         iscsi,
@@ -39,20 +34,7 @@ fn opts(dir: &std::path::Path, iscsi: Option<(u16, String)>) -> StackOptions {
 }
 
 async fn guest(c: &Client, image: &ImageId, name: &str) -> InstanceId {
-    let a = c
-        .create_instance(&CreateInstance {
-            name: Some(name.into()),
-            image_id: image.clone(),
-            hypervisor: Some(HypervisorKind::Qemu),
-            cpus: 1,
-            memory_mib: 256,
-            interfaces: vec![],
-            ssh_key_id: None,
-            user_data: None,
-        })
-        .await
-        .unwrap();
-    a.resource.id
+    c.create_instance(&vdc_tests::qemu_guest(image, name)).await.unwrap().resource.id
 }
 
 async fn ok<T>(c: &Client, a: Accepted<T>) -> T {

@@ -46,7 +46,7 @@ async fn handle(ctx: &SharedCtx, w: &Work) -> Result<(), ApiError> {
         Work::Snapshot(id) => snapshot::dispatch(ctx, id.as_str()).await,
         Work::SecurityGroup(g) => {
             for vif in interface::affected_by_group(&ctx.db, g.as_str()).await? {
-                interface::dispatch(ctx, &vif).await?;
+                interface::dispatch_one(ctx, &vif).await?;
             }
             Ok(())
         }
@@ -90,7 +90,7 @@ async fn node_sync(ctx: &SharedCtx, kind: AgentKind, node: &str) -> Result<(), A
     for (id,) in ids {
         let r = match kind {
             AgentKind::Hva => instance::dispatch(ctx, &id).await,
-            AgentKind::Nwagent => interface::dispatch(ctx, &id).await,
+            AgentKind::Nwagent => interface::dispatch_one(ctx, &id).await.map(|_| ()),
             AgentKind::Sta if id.starts_with("snap-") => snapshot::dispatch(ctx, &id).await,
             AgentKind::Sta => volume::dispatch(ctx, &id).await,
         };

@@ -159,6 +159,19 @@ pub async fn fetch_any(db: &db::Pool, id: &str) -> ApiResult<Image> {
     row.ok_or_else(|| ApiError::not_found("image", id))?.into_api()
 }
 
+/// What an agent needs of image `id` (hva to boot it, sta to fill a volume with it).
+pub async fn spec(db: &db::Pool, id: &str) -> ApiResult<vdc_schema::bus::ImageSpec> {
+    let image = fetch_any(db, id).await?;
+    Ok(vdc_schema::bus::ImageSpec {
+        id: image.id,
+        format: image.format,
+        source: image.source,
+        checksum: image.checksum,
+        initrd: image.initrd,
+        kernel_cmdline: image.kernel_cmdline,
+    })
+}
+
 #[utoipa::path(get, path = "/api/v1/images/{id}", tag = "images", params(("id" = String, Path)),
     responses((status = 200, body = Image), (status = 404, body = ErrorBody)))]
 pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Image>> {

@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use vdc_schema::agent::{AgentError, Hypervisor, NetworkAgent};
 use vdc_schema::api::{Accepted, ConsoleLog, CreateInstance, ErrorBody, Instance, Page};
-use vdc_schema::bus::{AgentKind, ImageSpec, InstanceReport, InstanceSpec, NicSpec, VolumeAttachment};
+use vdc_schema::bus::{AgentKind, InstanceReport, InstanceSpec, NicSpec, VolumeAttachment};
 use vdc_schema::id::*;
 use vdc_schema::{DesiredPower, InstanceAction, InstanceGoal, InstanceState, ObservedInstance};
 
@@ -548,7 +548,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
 }
 
 async fn build_spec(ctx: &SharedCtx, row: &Row, goal: InstanceGoal) -> ApiResult<InstanceSpec> {
-    let image = image::fetch_any(&ctx.db, &row.image_id).await?;
+    let image = image::spec(&ctx.db, &row.image_id).await?;
     #[allow(clippy::type_complexity)] // one row of a fixed SELECT, destructured right below
     let nics: Vec<(String, String, String, String, String, String, i64)> = sqlx::query_as(
         "SELECT v.id, v.network_id, v.mac, v.ip, n.cidr, n.gateway, n.vni FROM vifs v JOIN networks n ON n.id = v.network_id
@@ -585,14 +585,7 @@ async fn build_spec(ctx: &SharedCtx, row: &Row, goal: InstanceGoal) -> ApiResult
         cpus: row.cpus as u32,
         memory_mib: row.memory_mib as u32,
         hostname: hostname(&row.name, &row.id),
-        image: ImageSpec {
-            id: image.id,
-            format: image.format,
-            source: image.source,
-            checksum: image.checksum,
-            initrd: image.initrd,
-            kernel_cmdline: image.kernel_cmdline,
-        },
+        image,
         nics: nics
             .into_iter()
             .filter_map(|(id, net, mac, ip, cidr, gateway, vni)| {

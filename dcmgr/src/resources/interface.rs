@@ -204,14 +204,21 @@ async fn resolved_group(db: &db::Pool, group: &str) -> ApiResult<SecurityGroupSp
 /// Sends the ensure for one interface to the nwagent of its instance's host.
 pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
     let Some((network, host)) = dispatch_one(ctx, id).await? else { return Ok(()) };
+    refresh_peers(ctx, &network, &host).await
+}
+
+/// Re-sends one interface of `network` per host other than `host`, so that hosts already
+/// on the network learn about `host`. Only a change of placement needs it; group edits and
+/// agent re-syncs change no peers and send with [`dispatch_one`].
+async fn refresh_peers(ctx: &SharedCtx, network: &str, host: &str) -> ApiResult<()> {
     // The hosts already on this network must tunnel to this one too (when it is new to
     // the network): re-send one interface per other host; its spec carries the peers.
     let others: Vec<(String,)> = sqlx::query_as(
         "SELECT MIN(v.id) FROM vifs v JOIN instances i ON i.id = v.instance_id
          WHERE v.network_id = $1 AND i.host_node_id IS NOT NULL AND i.host_node_id <> $2 GROUP BY i.host_node_id",
     )
-    .bind(&network)
-    .bind(&host)
+    .bind(network)
+    .bind(host)
     .fetch_all(&ctx.db)
     .await?;
     for (other,) in others {
@@ -223,7 +230,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
 }
 
 /// Sends one interface's spec to its host's nwagent; returns its network and host.
-async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String, String)>> {
+pub async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String, String)>> {
     #[derive(sqlx::FromRow)]
     struct Placed {
         instance_id: String,

@@ -516,17 +516,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
                 _ => None,
             };
             let source_image = match &row.image_id {
-                Some(i) => {
-                    let image = crate::resources::image::fetch_any(&ctx.db, i).await?;
-                    Some(vdc_schema::bus::ImageSpec {
-                        id: image.id,
-                        format: image.format,
-                        source: image.source,
-                        checksum: image.checksum,
-                        initrd: image.initrd,
-                        kernel_cmdline: image.kernel_cmdline,
-                    })
-                }
+                Some(i) => Some(crate::resources::image::spec(&ctx.db, i).await?),
                 None => None,
             };
             let spec = VolumeSpec {

@@ -455,9 +455,19 @@ impl Inner {
 
     /// Reports every instance whose observed state changed (or all with `force`).
     fn poll(&self, force: bool, busy: &dyn Fn(&InstanceId) -> bool) {
-        let ids: Vec<(InstanceId, HypervisorKind, Option<ObservedInstance>)> =
-            self.known.lock().unwrap().iter().map(|(id, k)| (id.clone(), k.saved.spec.hypervisor, k.last)).collect();
-        for (id, kind, last) in ids {
+        // Volumes are read from the domain XML only for guests that have or want some:
+        // the poll runs every half second for every guest.
+        let ids: Vec<(InstanceId, HypervisorKind, Option<ObservedInstance>, bool)> = self
+            .known
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, k)| {
+                let disks = !k.saved.spec.volumes.is_empty() || !k.volumes.is_empty();
+                (id.clone(), k.saved.spec.hypervisor, k.last, disks)
+            })
+            .collect();
+        for (id, kind, last, disks) in ids {
             if last == Some(ObservedInstance::Failed) {
                 if force {
                     self.report(&id, ObservedInstance::Failed);
@@ -470,7 +480,10 @@ impl Inner {
             match self.lookup(kind, &id) {
                 Ok(dom) => {
                     let now = observe(dom.as_ref());
-                    let vols = dom.as_ref().map(|d| self.observe_volumes(d)).unwrap_or_default();
+                    let vols = match &dom {
+                        Some(d) if disks => self.observe_volumes(d),
+                        _ => vec![],
+                    };
                     let vols_changed = {
                         let mut known = self.known.lock().unwrap();
                         match known.get_mut(&id) {

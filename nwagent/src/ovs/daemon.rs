@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-fn sh(prog: &str, args: &[&str]) -> std::io::Result<String> {
+/// Runs a command; its standard output, or an error carrying the command line and its
+/// standard error.
+pub fn sh(prog: &str, args: &[&str]) -> std::io::Result<String> {
     let out = Command::new(prog).args(args).stdin(Stdio::null()).output()?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

@@ -381,11 +381,6 @@ impl OvsNetwork {
     pub fn shut_down(&self) {
         self.inner.svc.stop_metadata();
     }
-
-    /// The ofport of an interface's device (tests).
-    pub async fn ofport(&self, id: &VifId) -> Option<u32> {
-        self.inner.state.lock().await.ports.get(id).and_then(|p| p.ofport)
-    }
 }
 
 #[async_trait]

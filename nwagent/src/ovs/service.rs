@@ -308,11 +308,6 @@ impl Services {
         }
         Ok(())
     }
-
-    /// Every network whose services run (tests, shutdown).
-    pub fn running(&self) -> Vec<u32> {
-        self.running.lock().unwrap().keys().copied().collect()
-    }
 }
 
 /// Binds a TCP listener inside another network namespace: a short-lived thread enters
