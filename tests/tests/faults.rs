@@ -215,7 +215,15 @@ async fn dcmgr_kill_nats_restart_and_rolling_agent_replacement() {
         assert!(all.iter().any(|i| &i.id == id), "accepted instance {id} was lost");
     }
     assert_eq!(all.len(), 20, "every create landed exactly once");
-    assert!(all.iter().all(|i| i.interfaces.len() == 1 && i.interfaces[0].state == InterfaceState::Active));
+    // An interface is reported active by nwagent on its own schedule, after its guest
+    // runs (a lost ensure is re-sent by the reconciler): wait for all of them.
+    eventually(Duration::from_secs(20), || async {
+        let all = admin.list_all_instances().await.ok()?;
+        let live = all.iter().filter(|i| i.state != InstanceState::Terminated);
+        live.clone().all(|i| i.interfaces.len() == 1 && i.interfaces[0].state == InterfaceState::Active).then_some(())
+    })
+    .await
+    .expect("every instance's interface becomes active");
     step(
         &format!(
             "dcmgr SIGKILL mid-burst ({} accepted before, {} retried), restart, converge",
