@@ -26,6 +26,8 @@ pub enum Work {
     Snapshot(SnapshotId),
     /// Every interface of every member of the group, and of groups referring to it.
     SecurityGroup(SecurityGroupId),
+    /// Unplug an interface that is gone from the model from its last host.
+    UnplugInterface(VifId, String),
     /// Everything placed on an agent that just (re)registered.
     NodeSync(AgentKind, String),
 }
@@ -40,6 +42,9 @@ pub struct Ctx {
     /// token hash → caller; tokens are only ever added or revoked through this process.
     pub tokens: RwLock<HashMap<String, Caller>>,
     pub work: mpsc::UnboundedSender<Work>,
+    /// Work queued and not yet taken by a dispatcher: the same object is queued once
+    /// (a burst of changes to one group sends its members one ensure each, not one per change).
+    pub queued: std::sync::Mutex<std::collections::HashSet<Work>>,
     /// (kind, node id) → last heartbeat (ms) and whether dcmgr has marked it offline.
     pub agents: RwLock<HashMap<(AgentKind, String), AgentSeen>>,
     pub ensure_observer: Option<EnsureObserver>,
@@ -56,8 +61,16 @@ pub struct AgentSeen {
 
 impl Ctx {
     pub fn enqueue(&self, w: Work) {
+        if !self.queued.lock().unwrap().insert(w.clone()) {
+            return;
+        }
         // The receiver lives as long as dcmgr; a send error only happens during shutdown.
         let _ = self.work.send(w);
+    }
+
+    /// A dispatcher took `w`: a change after this point queues it again.
+    pub fn taken(&self, w: &Work) {
+        self.queued.lock().unwrap().remove(w);
     }
 
     pub fn agent_online(&self, kind: AgentKind, node: &str) -> bool {

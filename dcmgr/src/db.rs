@@ -59,8 +59,11 @@ pub async fn connect(url: &str) -> Result<(Pool, DbKind), sqlx::Error> {
 /// unique-key races on generated values.
 pub fn is_retryable(e: &sqlx::Error) -> bool {
     match e.as_database_error().and_then(|d| d.code()) {
-        // SQLite: BUSY, BUSY_SNAPSHOT, LOCKED, UNIQUE, PRIMARYKEY.
-        Some(c) => matches!(&*c, "5" | "517" | "6" | "2067" | "1555" | "23505" | "40001" | "40P01"),
+        // SQLite: BUSY, BUSY_SNAPSHOT, LOCKED, UNIQUE, PRIMARYKEY, FOREIGNKEY; PostgreSQL:
+        // unique and foreign-key violations, serialization failure, deadlock. A foreign
+        // key only fails when what a request refers to went away meanwhile: the retry
+        // decides again and answers what is now true (404, 409).
+        Some(c) => matches!(&*c, "5" | "517" | "6" | "2067" | "1555" | "787" | "23505" | "23503" | "40001" | "40P01"),
         None => matches!(e, sqlx::Error::PoolTimedOut),
     }
 }
@@ -115,4 +118,37 @@ where
             other => return other,
         }
     }
+}
+
+/// Rows a decision can lock (see [`lock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    Instance,
+    Volume,
+    Snapshot,
+    Network,
+    SecurityGroup,
+    Image,
+    KeyPair,
+    FloatingIp,
+}
+
+/// Takes the lock on one row as the first write of a decision's transaction: PostgreSQL
+/// holds the row lock and SQLite the database write lock until commit, so everything the
+/// transaction reads afterwards is current and stays so. Concurrent decisions on the
+/// same row run one after the other, each seeing what the previous one committed.
+/// Returns false when the row does not exist.
+pub async fn lock(tx: &mut Tx<'_>, what: Lock, id: &str) -> Result<bool, sqlx::Error> {
+    // Fixed statements: sqlx wants no SQL built at run time.
+    let sql = match what {
+        Lock::Instance => "UPDATE instances SET lock_seq = lock_seq + 1 WHERE id = $1",
+        Lock::Volume => "UPDATE volumes SET lock_seq = lock_seq + 1 WHERE id = $1",
+        Lock::Snapshot => "UPDATE snapshots SET lock_seq = lock_seq + 1 WHERE id = $1",
+        Lock::Network => "UPDATE networks SET lock_seq = lock_seq + 1 WHERE id = $1",
+        Lock::SecurityGroup => "UPDATE security_groups SET lock_seq = lock_seq + 1 WHERE id = $1",
+        Lock::Image => "UPDATE images SET lock_seq = lock_seq + 1 WHERE id = $1",
+        Lock::KeyPair => "UPDATE keypairs SET lock_seq = lock_seq + 1 WHERE id = $1",
+        Lock::FloatingIp => "UPDATE floating_ips SET lock_seq = lock_seq + 1 WHERE id = $1",
+    };
+    Ok(sqlx::query(sql).bind(id).execute(&mut **tx).await?.rows_affected() == 1)
 }

@@ -45,6 +45,7 @@ impl Dcmgr {
             config: config.clone(),
             tokens: Default::default(),
             work: tx,
+            queued: Default::default(),
             agents: Default::default(),
             ensure_observer: opts.ensure_observer,
         });

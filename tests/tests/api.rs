@@ -481,7 +481,7 @@ async fn volumes_and_snapshots(db: Db) {
     assert_eq!(c.get_instance(&inst.id).await.unwrap().volumes, vec![vol.clone()]);
     assert_eq!(err(c.delete_volume(&vol).await), (409, "volume_attached".into()));
     let other = s.running_instance(&c, "other").await;
-    assert_eq!(err(c.attach_volume(&vol, &other.id).await), (409, "invalid_state".into()));
+    assert_eq!(err(c.attach_volume(&vol, &other.id).await), (409, "volume_attached".into()));
 
     let snap = c.create_snapshot(&CreateSnapshot { volume_id: vol.clone(), name: "s1".into() }).await.unwrap();
     assert_eq!(wait_job(&c, &snap.job).await.state, JobState::Succeeded);

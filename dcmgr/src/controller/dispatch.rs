@@ -25,6 +25,7 @@ pub fn spawn(
                         _ = cancel.cancelled() => return,
                         w = async { rx.lock().await.recv().await } => match w { Some(w) => w, None => return },
                     };
+                    ctx.taken(&w);
                     if let Err(e) = handle(&ctx, &w).await {
                         // The reconciler tries again; an offline agent is expected, not an error.
                         match e {
@@ -49,6 +50,13 @@ async fn handle(ctx: &SharedCtx, w: &Work) -> Result<(), ApiError> {
                 interface::dispatch_one(ctx, &vif).await?;
             }
             Ok(())
+        }
+        Work::UnplugInterface(vif, node) => {
+            let node_id = node.parse().map_err(ApiError::internal)?;
+            let nw = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id };
+            vdc_schema::agent::NetworkAgent::ensure_interface_absent(&nw, vif.clone(), 0)
+                .await
+                .map_err(|e| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() })
         }
         Work::NodeSync(kind, node) => node_sync(ctx, *kind, node).await,
     }

@@ -90,9 +90,12 @@ pub async fn pass(ctx: &SharedCtx) -> Result<usize, sqlx::Error> {
             }
         }
     }
+    // Interfaces whose host has not reported the current generation: new ones, and those
+    // whose groups, members, floating IP or peers changed.
     let vifs: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT v.id, i.host_node_id FROM vifs v JOIN instances i ON i.id = v.instance_id
-         WHERE v.state = 'pending' AND i.ensure_sent_at < $1 LIMIT 1000",
+         WHERE v.applied_gen < v.spec_gen AND v.ensure_sent_at < $1 AND i.host_node_id IS NOT NULL
+         ORDER BY v.ensure_sent_at LIMIT 1000",
     )
     .bind(before)
     .fetch_all(&ctx.db)

@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use std::net::Ipv4Addr;
 use vdc_schema::api::{AssociateFloatingIp, CreateFloatingIp, ErrorBody, FloatingIp, Page};
-use vdc_schema::id::{FloatingIpId, VifId};
+use vdc_schema::id::FloatingIpId;
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -127,7 +127,10 @@ pub async fn router_snat_ip(ctx: &SharedCtx, network: &str, host: &str) -> ApiRe
 }
 
 /// The floating IP associated with an interface, if any.
-pub async fn of_interface(db: &db::Pool, vif: &str) -> ApiResult<Option<String>> {
+pub async fn of_interface<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    vif: &str,
+) -> ApiResult<Option<String>> {
     let r: Option<(String,)> =
         sqlx::query_as("SELECT ip FROM floating_ips WHERE vif_id = $1").bind(vif).fetch_optional(db).await?;
     Ok(r.map(|r| r.0))
@@ -206,46 +209,78 @@ pub async fn associate(
     Body(req): Body<AssociateFloatingIp>,
 ) -> ApiResult<Json<FloatingIp>> {
     let id: FloatingIpId = path_id("floating IP", &id)?;
-    let row = fetch_own(&ctx, &caller, &id).await?;
-    let inst = crate::resources::instance::fetch(&ctx, &caller, &req.instance_id).await?;
-    let vif: VifId = match &req.interface_id {
-        Some(v) => inst
-            .interfaces
-            .iter()
-            .find(|i| &i.id == v)
-            .map(|i| i.id.clone())
-            .ok_or_else(|| ApiError::not_found("interface", v))?,
-        None => inst.interfaces.first().map(|i| i.id.clone()).ok_or_else(|| {
-            ApiError::conflict("no_interface", format!("instance {} has no interface to map the address to", inst.id))
-        })?,
-    };
-    if row.vif_id.as_deref() == Some(vif.as_str()) {
-        return Ok(Json(row.into_api()?));
-    }
-    if let Some(other) = &row.instance_id {
-        return Err(ApiError::conflict(
-            "floating_ip_associated",
-            format!("{} is associated with {other}; disassociate it first", row.ip),
-        ));
-    }
-    if let Some(ip) = of_interface(&ctx.db, vif.as_str()).await? {
-        return Err(ApiError::conflict("interface_has_floating_ip", format!("interface {vif} already has {ip}")));
-    }
-    let r = sqlx::query(
-        "UPDATE floating_ips SET instance_id = $1, vif_id = $2, updated_at = $3 WHERE id = $4 AND instance_id IS NULL",
-    )
-    .bind(inst.id.as_str())
-    .bind(vif.as_str())
-    .bind(db::now())
-    .bind(id.as_str())
-    .execute(&ctx.db)
+    let vif = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // The instance, then the address: terminate locks the instance and then frees its
+        // addresses.
+        db::lock(&mut tx, db::Lock::Instance, req.instance_id.as_str()).await?;
+        let inst = match crate::resources::instance::fetch_row(&mut *tx, req.instance_id.as_str()).await? {
+            Some(i) if i.account_id == caller.account_id.as_str() => i,
+            _ => return Err(ApiError::not_found("instance", &req.instance_id)),
+        };
+        let row = lock_own(&mut tx, &caller, &id).await?;
+        if inst.state == vdc_schema::InstanceState::Terminated.as_str() {
+            return Err(ApiError::conflict("invalid_state", format!("instance {} is terminated", inst.id)));
+        }
+        let vifs: Vec<(String,)> = sqlx::query_as("SELECT id FROM vifs WHERE instance_id = $1 ORDER BY position")
+            .bind(inst.id.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        let vif = match &req.interface_id {
+            Some(v) => vifs
+                .iter()
+                .find(|(i,)| i == v.as_str())
+                .map(|(i,)| i.clone())
+                .ok_or_else(|| ApiError::not_found("interface", v))?,
+            None => vifs.first().map(|(i,)| i.clone()).ok_or_else(|| {
+                ApiError::conflict(
+                    "no_interface",
+                    format!("instance {} has no interface to map the address to", inst.id),
+                )
+            })?,
+        };
+        if row.vif_id.as_deref() == Some(vif.as_str()) {
+            return Ok(None);
+        }
+        if let Some(other) = &row.instance_id {
+            return Err(ApiError::conflict(
+                "floating_ip_associated",
+                format!("{} is associated with {other}; disassociate it first", row.ip),
+            ));
+        }
+        // The unique index on vif_id is the last guard against two addresses racing for one interface.
+        if let Some(ip) = of_interface(&mut *tx, &vif).await? {
+            return Err(ApiError::conflict("interface_has_floating_ip", format!("interface {vif} already has {ip}")));
+        }
+        sqlx::query("UPDATE floating_ips SET instance_id = $1, vif_id = $2, updated_at = $3 WHERE id = $4")
+            .bind(inst.id.as_str())
+            .bind(&vif)
+            .bind(db::now())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        crate::resources::interface::bump(&mut tx, &vif).await?;
+        tx.commit().await?;
+        Ok(Some(vif))
+    })
     .await?;
-    if r.rows_affected() == 0 {
-        return Err(ApiError::Busy(format!("floating IP {id} changed concurrently")));
+    if let Some(v) = vif.and_then(|v| v.parse().ok()) {
+        ctx.enqueue(Work::Interface(v));
     }
-    // Same spec_gen, new content: nwagent takes an equal generation (as for group edits).
-    ctx.enqueue(Work::Interface(vif));
     Ok(Json(fetch_own(&ctx, &caller, &id).await?.into_api()?))
+}
+
+/// Locks the caller's floating IP in `tx` and reads it; 404 when it is not theirs.
+async fn lock_own(tx: &mut db::Tx<'_>, caller: &Caller, id: &FloatingIpId) -> ApiResult<Row> {
+    db::lock(tx, db::Lock::FloatingIp, id.as_str()).await?;
+    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLS} FROM floating_ips WHERE id = $1"))
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    match row {
+        Some(r) if r.account_id.as_deref() == Some(caller.account_id.as_str()) => Ok(r),
+        _ => Err(ApiError::not_found("floating IP", id)),
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/floating-ips/{id}/disassociate", tag = "floating-ips", params(("id" = String, Path)),
@@ -256,16 +291,22 @@ pub async fn disassociate(
     Path(id): Path<String>,
 ) -> ApiResult<Json<FloatingIp>> {
     let id: FloatingIpId = path_id("floating IP", &id)?;
-    let row = fetch_own(&ctx, &caller, &id).await?;
-    if let Some(vif) = &row.vif_id {
+    let vif = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        let row = lock_own(&mut tx, &caller, &id).await?;
+        let Some(vif) = row.vif_id else { return Ok(None) };
         sqlx::query("UPDATE floating_ips SET instance_id = NULL, vif_id = NULL, updated_at = $1 WHERE id = $2")
             .bind(db::now())
             .bind(id.as_str())
-            .execute(&ctx.db)
+            .execute(&mut *tx)
             .await?;
-        if let Ok(v) = vif.parse() {
-            ctx.enqueue(Work::Interface(v));
-        }
+        crate::resources::interface::bump(&mut tx, &vif).await?;
+        tx.commit().await?;
+        Ok(Some(vif))
+    })
+    .await?;
+    if let Some(v) = vif.and_then(|v| v.parse().ok()) {
+        ctx.enqueue(Work::Interface(v));
     }
     Ok(Json(fetch_own(&ctx, &caller, &id).await?.into_api()?))
 }
@@ -274,16 +315,19 @@ pub async fn disassociate(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id: FloatingIpId = path_id("floating IP", &id)?;
-    let row = fetch_own(&ctx, &caller, &id).await?;
-    if let Some(i) = &row.instance_id {
-        return Err(ApiError::conflict(
-            "floating_ip_associated",
-            format!("{} is associated with {i}; disassociate it first", row.ip),
-        ));
-    }
-    sqlx::query("DELETE FROM floating_ips WHERE id = $1 AND instance_id IS NULL")
-        .bind(id.as_str())
-        .execute(&ctx.db)
-        .await?;
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        let row = lock_own(&mut tx, &caller, &id).await?;
+        if let Some(i) = &row.instance_id {
+            return Err(ApiError::conflict(
+                "floating_ip_associated",
+                format!("{} is associated with {i}; disassociate it first", row.ip),
+            ));
+        }
+        sqlx::query("DELETE FROM floating_ips WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

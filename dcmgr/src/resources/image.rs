@@ -182,32 +182,37 @@ pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<S
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id: ImageId = path_id("image", &id)?;
-    let (users,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM instances WHERE image_id = $1 AND state <> 'terminated'")
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // Instance creates lock the image too, so none can start using it before commit.
+        db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
+        let owner: Option<(String,)> = sqlx::query_as("SELECT account_id FROM images WHERE id = $1")
             .bind(id.as_str())
-            .fetch_one(&ctx.db)
+            .fetch_optional(&mut *tx)
             .await?;
-    let r = if users > 0 {
-        // Checked after the lookup so a foreign image still answers 404.
-        let mine: Option<(String,)> = sqlx::query_as("SELECT id FROM images WHERE id = $1 AND account_id = $2")
-            .bind(id.as_str())
-            .bind(caller.account_id.as_str())
-            .fetch_optional(&ctx.db)
-            .await?;
-        if mine.is_some() {
-            return Err(ApiError::conflict("image_in_use", format!("image {id} is used by {users} instances")));
+        if owner.is_none_or(|(a,)| a != caller.account_id.as_str()) {
+            // A public image of another account is visible, but not the caller's to delete.
+            return Err(ApiError::not_found("image", &id));
         }
-        return Err(ApiError::not_found("image", id));
-    } else {
-        sqlx::query("DELETE FROM images WHERE id = $1 AND account_id = $2")
-            .bind(id.as_str())
-            .bind(caller.account_id.as_str())
-            .execute(&ctx.db)
-            .await?
-    };
-    if r.rows_affected() == 0 {
-        return Err(ApiError::not_found("image", id));
-    }
+        let users: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM instances WHERE image_id = $1 AND state <> 'terminated' ORDER BY id")
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+        if !users.is_empty() {
+            return Err(ApiError::conflict(
+                "image_in_use",
+                format!(
+                    "image {id} is used by {}",
+                    crate::resources::name_some("instance", users.iter().map(|u| u.0.as_str()))
+                ),
+            ));
+        }
+        sqlx::query("DELETE FROM images WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -16,7 +16,7 @@ use crate::scheduler::{self, Demand};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use vdc_schema::agent::{AgentError, Hypervisor, NetworkAgent};
+use vdc_schema::agent::{AgentError, Hypervisor};
 use vdc_schema::api::{Accepted, ConsoleLog, CreateInstance, ErrorBody, Instance, Page};
 use vdc_schema::bus::{AgentKind, InstanceReport, InstanceSpec, NicSpec, VolumeAttachment};
 use vdc_schema::id::*;
@@ -117,7 +117,10 @@ async fn to_api(ctx: &SharedCtx, account: &str, rows: Vec<Row>) -> ApiResult<Vec
     Ok(out)
 }
 
-pub(crate) async fn fetch_row(db: &db::Pool, id: &str) -> Result<Option<Row>, sqlx::Error> {
+pub(crate) async fn fetch_row<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    id: &str,
+) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLS} FROM instances WHERE id = $1")).bind(id).fetch_optional(db).await
 }
 
@@ -207,6 +210,26 @@ async fn insert(
 ) -> ApiResult<Accepted<Instance>> {
     let mut tx = ctx.db.begin().await?;
     let host = scheduler::reserve(&mut tx, p.demand, candidates).await?;
+    // What the instance refers to must still exist at commit: a concurrent delete of any
+    // of them locks the same row and then sees this instance (or finds the row gone).
+    if !db::lock(&mut tx, db::Lock::Image, p.image.id.as_str()).await? {
+        return Err(ApiError::not_found("image", &p.image.id));
+    }
+    if let Some(k) = &p.ssh_key {
+        if !db::lock(&mut tx, db::Lock::KeyPair, k.as_str()).await? {
+            return Err(ApiError::not_found("key pair", k));
+        }
+    }
+    for planned in &p.interfaces {
+        if !db::lock(&mut tx, db::Lock::Network, planned.network.id.as_str()).await? {
+            return Err(ApiError::not_found("network", &planned.network.id));
+        }
+        for g in &planned.security_groups {
+            if !db::lock(&mut tx, db::Lock::SecurityGroup, g.as_str()).await? {
+                return Err(ApiError::not_found("security group", g));
+            }
+        }
+    }
     let id = InstanceId::generate();
     let name = if p.name.is_empty() { id.to_string() } else { p.name.clone() };
     let now = db::now();
@@ -309,21 +332,39 @@ pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<S
     Ok(Json(fetch(&ctx, &caller, &path_id("instance", &id)?).await?))
 }
 
-/// Records the intent of one action; the dispatcher sends the ensure afterwards.
+/// Records the intent of one action in one transaction that holds the instance's lock,
+/// so the decision is made on the state as it is at commit; the dispatcher sends the
+/// ensure afterwards.
 async fn act(
     ctx: &SharedCtx,
     caller: &Caller,
     id: &InstanceId,
     action: InstanceAction,
 ) -> ApiResult<(StatusCode, Accepted<Instance>)> {
-    let row = fetch_own(ctx, caller, id).await?;
-    let state = row.state()?;
     let account = &caller.account_id;
     let action_name = format!("instance.{action}");
-    let plan = match lifecycle::decide(action, state) {
+    // Placement candidates are read before the transaction (the reservation re-checks).
+    let before = fetch_own(ctx, caller, id).await?;
+    let candidates = match lifecycle::decide(action, before.state()?) {
+        Decision::Apply(p) if p.schedule => {
+            let d = Demand {
+                hypervisor: before.hypervisor.parse().map_err(ApiError::internal)?,
+                cpus: before.cpus as u32,
+                memory_mib: before.memory_mib as u32,
+            };
+            Some((d, scheduler::candidates(&ctx.db, d, before.last_host_id.as_deref()).await?))
+        }
+        _ => None,
+    };
+    let mut tx = ctx.db.begin().await?;
+    db::lock(&mut tx, db::Lock::Instance, id.as_str()).await?;
+    let row = match fetch_row(&mut *tx, id.as_str()).await? {
+        Some(r) if r.account_id == account.as_str() => r,
+        _ => return Err(ApiError::not_found("instance", id)),
+    };
+    let plan = match lifecycle::decide(action, row.state()?) {
         Decision::Refuse(why) => return Err(ApiError::conflict("invalid_state", format!("{why} ({id})"))),
         Decision::AlreadyDone(msg) => {
-            let mut tx = ctx.db.begin().await?;
             let job = job::done(&mut tx, account, &action_name, id.as_str(), msg).await?;
             tx.commit().await?;
             let inst = fetch(ctx, caller, id).await?;
@@ -343,17 +384,7 @@ async fn act(
     }
     let mut new_state = plan.state;
     let mut host = row.host_node_id.clone();
-    let candidates = if plan.schedule {
-        let d = Demand {
-            hypervisor: row.hypervisor.parse().map_err(ApiError::internal)?,
-            cpus: row.cpus as u32,
-            memory_mib: row.memory_mib as u32,
-        };
-        Some((d, scheduler::candidates(&ctx.db, d, row.last_host_id.as_deref()).await?))
-    } else {
-        None
-    };
-    if host.is_none() && candidates.is_none() {
+    if host.is_none() && !plan.schedule {
         // No host holds it: stop and terminate complete at once.
         new_state = match plan.goal {
             InstanceGoal::Terminated => InstanceState::Terminated,
@@ -361,24 +392,23 @@ async fn act(
             _ => return Err(ApiError::conflict("invalid_state", format!("instance {id} has no host; start it first"))),
         };
     }
-    let mut tx = ctx.db.begin().await?;
-    let r = sqlx::query(
+    sqlx::query(
         "UPDATE instances SET state = $1, goal = $2, spec_gen = spec_gen + 1, reboot_gen = reboot_gen + $3,
              failure_reason = NULL, ensure_sent_at = 0, updated_at = $4
-         WHERE id = $5 AND spec_gen = $6",
+         WHERE id = $5",
     )
     .bind(new_state.as_str())
     .bind(plan.goal.as_str())
     .bind(plan.reboot as i64)
     .bind(db::now())
     .bind(id.as_str())
-    .bind(row.spec_gen)
     .execute(&mut *tx)
     .await?;
-    if r.rows_affected() == 0 {
-        return Err(ApiError::Busy(format!("instance {id} changed concurrently")));
-    }
-    if let Some((d, cands)) = &candidates {
+    if plan.schedule {
+        // The state changed since the candidates were read: decide again.
+        let Some((d, cands)) = &candidates else {
+            return Err(ApiError::Busy(format!("instance {id} changed concurrently")));
+        };
         let h = scheduler::reserve(&mut tx, *d, cands).await?;
         sqlx::query("UPDATE instances SET host_node_id = $1 WHERE id = $2")
             .bind(h.as_str())
@@ -386,8 +416,14 @@ async fn act(
             .execute(&mut *tx)
             .await?;
         host = Some(h.to_string());
+        // The interfaces move to the new host: a new generation, re-sent until its
+        // nwagent has them.
+        sqlx::query("UPDATE vifs SET spec_gen = spec_gen + 1 WHERE instance_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
     }
-    let mut removed = (vec![], vec![]);
+    let mut removed = Removed::default();
     if new_state == InstanceState::Terminated {
         removed = finalize_terminated(&mut tx, &row).await?;
     }
@@ -399,7 +435,7 @@ async fn act(
     };
     tx.commit().await?;
     tracing::info!(instance = %id, job = %job.id, %action, host = ?host, "instance action accepted");
-    interface::enqueue_groups(ctx, &removed.1);
+    removed.enqueue(ctx);
     ctx.enqueue(Work::Instance(id.clone()));
     if plan.schedule {
         let vifs: Vec<(String,)> =
@@ -414,10 +450,37 @@ async fn act(
     Ok((StatusCode::ACCEPTED, Accepted { job, resource: inst }))
 }
 
+/// What an instance's end released, for the dispatcher to tell the agents.
+#[derive(Default)]
+pub(crate) struct Removed {
+    /// Interfaces to unplug.
+    pub vifs: Vec<String>,
+    /// Groups whose members' address lists changed.
+    pub groups: Vec<String>,
+    /// Volumes detached by the end, whose exports sta withdraws.
+    pub volumes: Vec<String>,
+}
+
+impl Removed {
+    fn enqueue(&self, ctx: &SharedCtx) {
+        interface::enqueue_groups(ctx, &self.groups);
+        for v in &self.volumes {
+            if let Ok(v) = v.parse() {
+                ctx.enqueue(Work::Volume(v));
+            }
+        }
+    }
+}
+
 /// The bookkeeping of an instance that is gone: interfaces removed, volumes detached.
-/// Returns the removed interfaces and the groups they were in.
-async fn finalize_terminated(tx: &mut db::Tx<'_>, row: &Row) -> ApiResult<(Vec<String>, Vec<String>)> {
-    let removed = interface::remove_for_instance(tx, &row.id).await?;
+async fn finalize_terminated(tx: &mut db::Tx<'_>, row: &Row) -> ApiResult<Removed> {
+    let (vifs, groups) = interface::remove_for_instance(tx, &row.id).await?;
+    let volumes: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM volumes WHERE instance_id = $1 AND state IN ('attaching', 'attached', 'detaching') ORDER BY id",
+    )
+    .bind(&row.id)
+    .fetch_all(&mut **tx)
+    .await?;
     sqlx::query(
         "UPDATE volumes SET instance_id = NULL, state = 'available', spec_gen = spec_gen + 1, ensure_sent_at = 0, updated_at = $1
          WHERE instance_id = $2 AND state IN ('attaching', 'attached', 'detaching')",
@@ -426,7 +489,12 @@ async fn finalize_terminated(tx: &mut db::Tx<'_>, row: &Row) -> ApiResult<(Vec<S
     .bind(&row.id)
     .execute(&mut **tx)
     .await?;
-    Ok(removed)
+    for (v,) in &volumes {
+        // Attach and detach jobs end with the instance.
+        job::finish(tx, v, "available").await?;
+        job::fail_all(tx, v, &format!("instance {} was terminated", row.id)).await?;
+    }
+    Ok(Removed { vifs, groups, volumes: volumes.into_iter().map(|v| v.0).collect() })
 }
 
 async fn action_handler(
@@ -615,15 +683,21 @@ async fn build_spec(ctx: &SharedCtx, row: &Row, goal: InstanceGoal) -> ApiResult
     })
 }
 
-/// Folds one hva report into the model.
+/// Folds one hva report into the model. The instance, its host's reservation, its jobs,
+/// its interfaces and its volumes change in one transaction that holds the instance's
+/// lock; a failure applies none of it and leaves the report unacked, to come again.
 pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceReport) -> ApiResult<()> {
-    let Some(row) = fetch_row(&ctx.db, r.id.as_str()).await? else {
+    let mut tx = ctx.db.begin().await?;
+    db::lock(&mut tx, db::Lock::Instance, r.id.as_str()).await?;
+    let Some(row) = fetch_row(&mut *tx, r.id.as_str()).await? else {
+        drop(tx);
         if r.state != ObservedInstance::Absent {
             garbage(ctx, node, &r).await;
         }
         return Ok(());
     };
     if row.state == InstanceState::Terminated.as_str() || row.host_node_id.as_deref() != Some(node) {
+        drop(tx);
         // Only clean up copies the model has moved away from; a stopped instance's last
         // host keeps its powered-off guest (and disk) for the next start.
         let moved = row.host_node_id.as_deref().is_some_and(|h| h != node);
@@ -635,19 +709,17 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
     if (r.spec_gen as i64) < row.spec_gen || (gen as i64) <= row.report_gen {
         return Ok(());
     }
-    let goal = row.goal()?;
-    let out = lifecycle::on_report(goal, r.state);
+    let out = lifecycle::on_report(row.goal()?, r.state);
     let failure = if out.state == InstanceState::Failed {
         Some(r.reason.clone().unwrap_or_else(|| "the host reported a failure without a reason".into()))
     } else {
         None
     };
-    let mut tx = ctx.db.begin().await?;
-    let updated = sqlx::query(
+    sqlx::query(
         "UPDATE instances SET state = $1, goal = $2, report_gen = $3, failure_reason = $4, updated_at = $5,
              host_node_id = CASE WHEN $6 = 1 THEN NULL ELSE host_node_id END,
              last_host_id = CASE WHEN $6 = 1 THEN host_node_id ELSE last_host_id END
-         WHERE id = $7 AND spec_gen = $8 AND report_gen < $3",
+         WHERE id = $7",
     )
     .bind(out.state.as_str())
     .bind(out.goal.as_str())
@@ -656,48 +728,43 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
     .bind(db::now())
     .bind(out.release_host as i64)
     .bind(&row.id)
-    .bind(row.spec_gen)
     .execute(&mut *tx)
     .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(());
-    }
     if out.release_host {
         scheduler::release(&mut tx, node, row.cpus, row.memory_mib).await?;
     }
-    let mut removed = (vec![], vec![]);
+    let mut removed = Removed::default();
     if out.state == InstanceState::Terminated {
         removed = finalize_terminated(&mut tx, &row).await?;
     }
+    // Jobs and volume attachments follow the new state.
+    if let Some(f) = &failure {
+        job::fail_all(&mut tx, &row.id, f).await?;
+    } else {
+        job::finish(&mut tx, &row.id, out.state.as_str()).await?;
+        if out.state == InstanceState::Running {
+            for t in job::running_targets(&mut tx, &row.id).await? {
+                if t.strip_prefix("reboot:").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n <= r.reboot_gen) {
+                    job::finish(&mut tx, &row.id, &t).await?;
+                }
+            }
+        }
+    }
+    let detached = crate::resources::volume::on_instance_report(&mut tx, &row.id, &r.volumes, out.state).await?;
     tx.commit().await?;
     if out.state.as_str() != row.state {
         tracing::info!(instance = %r.id, from = %row.state, to = %out.state, "instance state");
     }
-    // Jobs and volume attachments follow the new state.
-    if let Some(f) = &failure {
-        job::fail_all(&ctx.db, &row.id, f).await?;
-    } else {
-        job::finish(&ctx.db, &row.id, out.state.as_str()).await?;
-        if out.state == InstanceState::Running {
-            for t in job::running_targets(&ctx.db, &row.id).await? {
-                if t.strip_prefix("reboot:").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n <= r.reboot_gen) {
-                    job::finish(&ctx.db, &row.id, &t).await?;
-                }
-            }
+    for v in &removed.vifs {
+        if let Ok(v) = v.parse() {
+            ctx.enqueue(Work::UnplugInterface(v, node.to_owned()));
         }
     }
-    if !removed.0.is_empty() {
-        if let Ok(n) = node.parse() {
-            let nw = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id: n };
-            for v in &removed.0 {
-                if let Ok(v) = v.parse() {
-                    let _ = nw.ensure_interface_absent(v, 0).await;
-                }
-            }
-        }
-        interface::enqueue_groups(ctx, &removed.1);
+    removed.enqueue(ctx);
+    for v in detached {
+        // Detached from the guest: sta can withdraw the export now.
+        ctx.enqueue(Work::Volume(v));
     }
-    crate::resources::volume::on_instance_report(ctx, &row.id, &r.volumes, out.state).await?;
     Ok(())
 }
 

@@ -96,6 +96,8 @@ pub async fn insert(
             .bind(g.as_str())
             .execute(&mut **tx)
             .await?;
+        // The group's members (and those referring to it) now resolve one more address.
+        bump_for_group(tx, g.as_str()).await?;
     }
     Ok(vdc_schema::api::Interface {
         id,
@@ -222,6 +224,8 @@ async fn refresh_peers(ctx: &SharedCtx, network: &str, host: &str) -> ApiResult<
     .fetch_all(&ctx.db)
     .await?;
     for (other,) in others {
+        // Its peers changed: a new generation, re-sent until nwagent has it.
+        bump(&mut *ctx.db.acquire().await?, &other).await?;
         if let Err(e) = dispatch_one(ctx, &other).await {
             tracing::warn!(vif = %other, "peer refresh not sent: {e}");
         }
@@ -321,6 +325,11 @@ pub async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String
         .ensure_interface(spec)
         .await
         .map_err(|e| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() })?;
+    sqlx::query("UPDATE vifs SET ensure_sent_at = $1 WHERE id = $2")
+        .bind(db::now_ms())
+        .bind(id)
+        .execute(&ctx.db)
+        .await?;
     Ok(Some((network_id, host)))
 }
 
@@ -339,7 +348,30 @@ pub async fn affected_by_group(db: &db::Pool, g: &str) -> ApiResult<Vec<String>>
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-/// Removes the interfaces of a terminated instance and tells nwagent to unplug them;
+/// Bumps the generation of every interface a change of group `g` reaches (its members,
+/// and the members of groups whose rules refer to it), in the transaction of the change,
+/// so the reconciler re-sends them until nwagent reports the new generation.
+pub async fn bump_for_group(tx: &mut db::Tx<'_>, g: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE vifs SET spec_gen = spec_gen + 1 WHERE id IN (
+             SELECT vif_id FROM vif_security_groups WHERE group_id = $1
+             UNION
+             SELECT s.vif_id FROM vif_security_groups s JOIN security_group_rules r ON r.group_id = s.group_id
+             WHERE r.remote_group_id = $1)",
+    )
+    .bind(g)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Bumps one interface's generation (its floating IP or its peers changed).
+pub async fn bump(tx: &mut sqlx::AnyConnection, vif: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vifs SET spec_gen = spec_gen + 1 WHERE id = $1").bind(vif).execute(tx).await?;
+    Ok(())
+}
+
+/// Removes the interfaces of a terminated instance (nwagent is told to unplug them);
 /// members of groups that referred to them get new address lists.
 pub async fn remove_for_instance(tx: &mut db::Tx<'_>, instance: &str) -> ApiResult<(Vec<String>, Vec<String>)> {
     let vifs: Vec<(String,)> =
@@ -350,16 +382,19 @@ pub async fn remove_for_instance(tx: &mut db::Tx<'_>, instance: &str) -> ApiResu
     .bind(instance)
     .fetch_all(&mut **tx)
     .await?;
-    for (v,) in &vifs {
-        sqlx::query("DELETE FROM vif_security_groups WHERE vif_id = $1").bind(v).execute(&mut **tx).await?;
-    }
-    sqlx::query("DELETE FROM vifs WHERE instance_id = $1").bind(instance).execute(&mut **tx).await?;
     // Its floating IPs stay with the account, unassociated.
     sqlx::query("UPDATE floating_ips SET instance_id = NULL, vif_id = NULL, updated_at = $1 WHERE instance_id = $2")
         .bind(db::now())
         .bind(instance)
         .execute(&mut **tx)
         .await?;
+    for (v,) in &vifs {
+        sqlx::query("DELETE FROM vif_security_groups WHERE vif_id = $1").bind(v).execute(&mut **tx).await?;
+    }
+    sqlx::query("DELETE FROM vifs WHERE instance_id = $1").bind(instance).execute(&mut **tx).await?;
+    for (g,) in &groups {
+        bump_for_group(tx, g).await?;
+    }
     Ok((vifs.into_iter().map(|r| r.0).collect(), groups.into_iter().map(|r| r.0).collect()))
 }
 
@@ -385,12 +420,20 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InterfaceRep
                 ObservedInterface::Failed => InterfaceState::Failed,
                 ObservedInterface::Absent => InterfaceState::Pending,
             };
-            sqlx::query("UPDATE vifs SET state = $1, report_gen = $2 WHERE id = $3 AND report_gen < $2")
-                .bind(state.as_str())
-                .bind(gen as i64)
-                .bind(r.id.as_str())
-                .execute(&ctx.db)
-                .await?;
+            // An active interface holds the generation it reports; the reconciler re-sends
+            // while that is behind spec_gen.
+            let applied = if state == InterfaceState::Active { r.spec_gen as i64 } else { 0 };
+            sqlx::query(
+                "UPDATE vifs SET state = $1, report_gen = $2,
+                     applied_gen = CASE WHEN $4 > applied_gen THEN $4 ELSE applied_gen END
+                 WHERE id = $3 AND report_gen < $2",
+            )
+            .bind(state.as_str())
+            .bind(gen as i64)
+            .bind(r.id.as_str())
+            .bind(applied)
+            .execute(&ctx.db)
+            .await?;
             Ok(())
         }
         _ => Ok(()),

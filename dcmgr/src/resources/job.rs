@@ -109,7 +109,7 @@ async fn insert(
 }
 
 /// Ends the running jobs of `resource_id` whose target is `target`.
-pub async fn finish(db: &db::Pool, resource_id: &str, target: &str) -> Result<(), sqlx::Error> {
+pub async fn finish(db: &mut sqlx::AnyConnection, resource_id: &str, target: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = $1 WHERE resource_id = $2 AND state = 'running' AND target = $3")
         .bind(db::now())
         .bind(resource_id)
@@ -120,7 +120,7 @@ pub async fn finish(db: &db::Pool, resource_id: &str, target: &str) -> Result<()
 }
 
 /// Fails every running job of `resource_id`.
-pub async fn fail_all(db: &db::Pool, resource_id: &str, message: &str) -> Result<(), sqlx::Error> {
+pub async fn fail_all(db: &mut sqlx::AnyConnection, resource_id: &str, message: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE jobs SET state = 'failed', message = $1, finished_at = $2 WHERE resource_id = $3 AND state = 'running'",
     )
@@ -133,7 +133,7 @@ pub async fn fail_all(db: &db::Pool, resource_id: &str, message: &str) -> Result
 }
 
 /// The targets of the running jobs of a resource (e.g. to finish `reboot:N` jobs).
-pub async fn running_targets(db: &db::Pool, resource_id: &str) -> Result<Vec<String>, sqlx::Error> {
+pub async fn running_targets(db: &mut sqlx::AnyConnection, resource_id: &str) -> Result<Vec<String>, sqlx::Error> {
     let rows: Vec<(String,)> = sqlx::query_as("SELECT target FROM jobs WHERE resource_id = $1 AND state = 'running'")
         .bind(resource_id)
         .fetch_all(db)

@@ -71,3 +71,16 @@ pub fn state_filter<S: std::str::FromStr<Err = vdc_schema::ParseEnumError>>(q: &
         }
     }
 }
+
+/// "instances i-1, i-2 and 3 more": names what uses a resource in a 409's message.
+pub fn name_some<'a>(kind: &str, ids: impl Iterator<Item = &'a str>) -> String {
+    let ids: Vec<&str> = ids.collect();
+    let plural = if ids.len() == 1 { "" } else { "s" };
+    let shown: Vec<&str> = ids.iter().take(5).copied().collect();
+    let more = ids.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{kind}{plural} {} and {more} more", shown.join(", "))
+    } else {
+        format!("{kind}{plural} {}", shown.join(", "))
+    }
+}

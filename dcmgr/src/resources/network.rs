@@ -204,18 +204,39 @@ pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<S
 #[utoipa::path(delete, path = "/api/v1/networks/{id}", tag = "networks", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let net = fetch(&ctx, &caller, &path_id("network", &id)?).await?;
-    let (users,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vifs WHERE network_id = $1")
-        .bind(net.id.as_str())
-        .fetch_one(&ctx.db)
-        .await?;
-    if users > 0 {
-        return Err(ApiError::conflict(
-            "network_in_use",
-            format!("network {} still has {users} interfaces; terminate their instances first", net.id),
-        ));
-    }
-    sqlx::query("DELETE FROM networks WHERE id = $1").bind(net.id.as_str()).execute(&ctx.db).await?;
+    let id: NetworkId = path_id("network", &id)?;
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // Instance creates lock the network too, so no interface can appear on it between
+        // this check and the commit (and the foreign key would refuse one).
+        db::lock(&mut tx, db::Lock::Network, id.as_str()).await?;
+        let owner: Option<(String,)> = sqlx::query_as("SELECT account_id FROM networks WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if owner.is_none_or(|(a,)| a != caller.account_id.as_str()) {
+            return Err(ApiError::not_found("network", &id));
+        }
+        let users: Vec<(String,)> =
+            sqlx::query_as("SELECT DISTINCT instance_id FROM vifs WHERE network_id = $1 ORDER BY instance_id")
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+        if !users.is_empty() {
+            return Err(ApiError::conflict(
+                "network_in_use",
+                format!(
+                    "network {id} is used by {}; terminate them first",
+                    crate::resources::name_some("instance", users.iter().map(|u| u.0.as_str()))
+                ),
+            ));
+        }
+        // Routers' SNAT addresses on this network go with it (ON DELETE CASCADE).
+        sqlx::query("DELETE FROM networks WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

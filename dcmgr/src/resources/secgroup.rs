@@ -94,21 +94,6 @@ fn normalize(mut r: RuleSpec) -> ApiResult<RuleSpec> {
     Ok(r)
 }
 
-async fn check_remote_groups(ctx: &SharedCtx, caller: &Caller, rules: &[RuleSpec]) -> ApiResult<()> {
-    for g in rules.iter().filter_map(|r| r.group.as_ref()) {
-        let found: Option<(String,)> =
-            sqlx::query_as("SELECT id FROM security_groups WHERE id = $1 AND account_id = $2")
-                .bind(g.as_str())
-                .bind(caller.account_id.as_str())
-                .fetch_optional(&ctx.db)
-                .await?;
-        if found.is_none() {
-            return Err(ApiError::not_found("security group", g));
-        }
-    }
-    Ok(())
-}
-
 async fn insert_rule(tx: &mut db::Tx<'_>, group: &SecurityGroupId, r: &RuleSpec) -> ApiResult<RuleId> {
     let id = RuleId::generate();
     sqlx::query(&format!("INSERT INTO security_group_rules ({RULE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"))
@@ -184,23 +169,29 @@ pub async fn create(
         return Err(ApiError::bad("too_many_rules", "a security group holds at most 200 rules"));
     }
     let rules = req.rules.into_iter().map(normalize).collect::<ApiResult<Vec<_>>>()?;
-    check_remote_groups(&ctx, &caller, &rules).await?;
-    let id = SecurityGroupId::generate();
-    let mut tx = ctx.db.begin().await?;
-    sqlx::query(
-        "INSERT INTO security_groups (id, account_id, name, description, created_at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(id.as_str())
-    .bind(caller.account_id.as_str())
-    .bind(&req.name)
-    .bind(&req.description)
-    .bind(db::now())
-    .execute(&mut *tx)
+    let id = db::retry(|| async {
+        let id = SecurityGroupId::generate();
+        let mut tx = ctx.db.begin().await?;
+        sqlx::query(
+            "INSERT INTO security_groups (id, account_id, name, description, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id.as_str())
+        .bind(caller.account_id.as_str())
+        .bind(&req.name)
+        .bind(&req.description)
+        .bind(db::now())
+        .execute(&mut *tx)
+        .await?;
+        lock_remote_groups(&mut tx, &caller, None, &rules).await?;
+        for r in &rules {
+            insert_rule(&mut tx, &id, r).await?;
+        }
+        // Groups whose members this group's rules now name need nothing: a new group
+        // has no members yet.
+        tx.commit().await?;
+        Ok(id)
+    })
     .await?;
-    for r in &rules {
-        insert_rule(&mut tx, &id, r).await?;
-    }
-    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(fetch(&ctx, &caller, &id).await?)))
 }
 
@@ -239,33 +230,79 @@ pub async fn show(
 #[utoipa::path(delete, path = "/api/v1/security_groups/{id}", tag = "security_groups", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let g = fetch(&ctx, &caller, &path_id("security group", &id)?).await?;
-    let (members,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vif_security_groups WHERE group_id = $1")
-        .bind(g.id.as_str())
-        .fetch_one(&ctx.db)
+    let id: SecurityGroupId = path_id("security group", &id)?;
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // Instance creates and rules that refer to this group lock it too.
+        lock_own(&mut tx, &caller, &id).await?;
+        let members: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT v.instance_id FROM vif_security_groups s JOIN vifs v ON v.id = s.vif_id
+             WHERE s.group_id = $1 ORDER BY v.instance_id",
+        )
+        .bind(id.as_str())
+        .fetch_all(&mut *tx)
         .await?;
-    if members > 0 {
-        return Err(ApiError::conflict(
-            "security_group_in_use",
-            format!("security group {} has {members} member interfaces", g.id),
-        ));
-    }
-    let (refs,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM security_group_rules WHERE remote_group_id = $1 AND group_id <> $1")
-            .bind(g.id.as_str())
-            .fetch_one(&ctx.db)
-            .await?;
-    if refs > 0 {
-        return Err(ApiError::conflict(
-            "security_group_in_use",
-            format!("security group {} is referred to by {refs} rules of other groups; delete those rules first", g.id),
-        ));
-    }
-    let mut tx = ctx.db.begin().await?;
-    sqlx::query("DELETE FROM security_group_rules WHERE group_id = $1").bind(g.id.as_str()).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM security_groups WHERE id = $1").bind(g.id.as_str()).execute(&mut *tx).await?;
-    tx.commit().await?;
+        if !members.is_empty() {
+            return Err(ApiError::conflict(
+                "security_group_in_use",
+                format!(
+                    "security group {id} is used by the interfaces of {}",
+                    crate::resources::name_some("instance", members.iter().map(|m| m.0.as_str()))
+                ),
+            ));
+        }
+        let refs: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT group_id FROM security_group_rules WHERE remote_group_id = $1 AND group_id <> $1 ORDER BY group_id",
+        )
+        .bind(id.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        if !refs.is_empty() {
+            return Err(ApiError::conflict(
+                "security_group_in_use",
+                format!(
+                    "security group {id} is referred to by rules of {}; delete those rules first",
+                    crate::resources::name_some("security group", refs.iter().map(|m| m.0.as_str()))
+                ),
+            ));
+        }
+        sqlx::query("DELETE FROM security_group_rules WHERE group_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM security_groups WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Locks the caller's group in `tx`; 404 when it is not theirs.
+async fn lock_own(tx: &mut db::Tx<'_>, caller: &Caller, id: &SecurityGroupId) -> ApiResult<()> {
+    db::lock(tx, db::Lock::SecurityGroup, id.as_str()).await?;
+    let owner: Option<(String,)> = sqlx::query_as("SELECT account_id FROM security_groups WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    match owner {
+        Some((a,)) if a == caller.account_id.as_str() => Ok(()),
+        _ => Err(ApiError::not_found("security group", id)),
+    }
+}
+
+/// Locks the groups the rules refer to (other than `own`), so they cannot be deleted
+/// before commit; 404 for one that is not the caller's.
+async fn lock_remote_groups(
+    tx: &mut db::Tx<'_>,
+    caller: &Caller,
+    own: Option<&SecurityGroupId>,
+    rules: &[RuleSpec],
+) -> ApiResult<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for g in rules.iter().filter_map(|r| r.group.as_ref()) {
+        if Some(g) != own && seen.insert(g.clone()) {
+            lock_own(tx, caller, g).await?;
+        }
+    }
+    Ok(())
 }
 
 #[utoipa::path(post, path = "/api/v1/security_groups/{id}/rules", tag = "security_groups", params(("id" = String, Path)),
@@ -277,20 +314,33 @@ pub async fn add_rule(
     Path(id): Path<String>,
     Body(rule): Body<RuleSpec>,
 ) -> ApiResult<(StatusCode, Json<SecurityGroup>)> {
-    let g = fetch(&ctx, &caller, &path_id("security group", &id)?).await?;
-    if g.rules.len() >= 200 {
-        return Err(ApiError::bad("too_many_rules", "a security group holds at most 200 rules"));
-    }
+    let id: SecurityGroupId = path_id("security group", &id)?;
     let rule = normalize(rule)?;
-    check_remote_groups(&ctx, &caller, std::slice::from_ref(&rule)).await?;
-    if g.rules.iter().any(|r| r.spec == rule) {
-        return Err(ApiError::conflict("duplicate_rule", format!("security group {} already has this rule", g.id)));
-    }
-    let mut tx = ctx.db.begin().await?;
-    insert_rule(&mut tx, &g.id, &rule).await?;
-    tx.commit().await?;
-    ctx.enqueue(Work::SecurityGroup(g.id.clone()));
-    Ok((StatusCode::CREATED, Json(fetch(&ctx, &caller, &g.id).await?)))
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        lock_own(&mut tx, &caller, &id).await?;
+        lock_remote_groups(&mut tx, &caller, Some(&id), std::slice::from_ref(&rule)).await?;
+        let rows: Vec<RuleRow> =
+            sqlx::query_as(&format!("SELECT {RULE_COLS} FROM security_group_rules WHERE group_id = $1"))
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+        if rows.len() >= 200 {
+            return Err(ApiError::bad("too_many_rules", "a security group holds at most 200 rules"));
+        }
+        for r in rows {
+            if r.into_api()?.spec == rule {
+                return Err(ApiError::conflict("duplicate_rule", format!("security group {id} already has this rule")));
+            }
+        }
+        insert_rule(&mut tx, &id, &rule).await?;
+        crate::resources::interface::bump_for_group(&mut tx, id.as_str()).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
+    ctx.enqueue(Work::SecurityGroup(id.clone()));
+    Ok((StatusCode::CREATED, Json(fetch(&ctx, &caller, &id).await?)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/security_groups/{id}/rules/{rule_id}", tag = "security_groups",
@@ -301,18 +351,28 @@ pub async fn delete_rule(
     caller: Caller,
     Path((id, rule_id)): Path<(String, String)>,
 ) -> ApiResult<Json<SecurityGroup>> {
-    let g = fetch(&ctx, &caller, &path_id("security group", &id)?).await?;
+    let id: SecurityGroupId = path_id("security group", &id)?;
     let rule_id: RuleId = path_id("security group rule", &rule_id)?;
-    let r = sqlx::query("DELETE FROM security_group_rules WHERE id = $1 AND group_id = $2")
-        .bind(rule_id.as_str())
-        .bind(g.id.as_str())
-        .execute(&ctx.db)
-        .await?;
-    if r.rows_affected() == 0 {
-        return Err(ApiError::not_found("security group rule", rule_id));
-    }
-    ctx.enqueue(Work::SecurityGroup(g.id.clone()));
-    Ok(Json(fetch(&ctx, &caller, &g.id).await?))
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        lock_own(&mut tx, &caller, &id).await?;
+        // The members' generations first: the interfaces the rule's reference reached
+        // are found through the rule itself.
+        crate::resources::interface::bump_for_group(&mut tx, id.as_str()).await?;
+        let r = sqlx::query("DELETE FROM security_group_rules WHERE id = $1 AND group_id = $2")
+            .bind(rule_id.as_str())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(ApiError::not_found("security group rule", &rule_id));
+        }
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
+    ctx.enqueue(Work::SecurityGroup(id.clone()));
+    Ok(Json(fetch(&ctx, &caller, &id).await?))
 }
 
 #[cfg(test)]

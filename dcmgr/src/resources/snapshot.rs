@@ -43,7 +43,10 @@ impl Row {
     }
 }
 
-async fn fetch_row(db: &db::Pool, id: &str) -> Result<Option<Row>, sqlx::Error> {
+async fn fetch_row<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    id: &str,
+) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLS} FROM snapshots WHERE id = $1")).bind(id).fetch_optional(db).await
 }
 
@@ -63,42 +66,49 @@ pub async fn create(
     Body(req): Body<CreateSnapshot>,
 ) -> ApiResult<(StatusCode, Json<Accepted<Snapshot>>)> {
     validate_name("snapshot", &req.name)?;
-    let vol: Option<(String, String, i64, Option<String>)> =
-        sqlx::query_as("SELECT account_id, state, size_mib, storage_node_id FROM volumes WHERE id = $1")
-            .bind(req.volume_id.as_str())
-            .fetch_optional(&ctx.db)
-            .await?;
-    let (size, node) = match vol {
-        Some((acct, state, size, Some(node))) if acct == caller.account_id.as_str() => {
-            let s: VolumeState = state.parse().map_err(ApiError::internal)?;
-            if !matches!(
-                s,
-                VolumeState::Available | VolumeState::Attached | VolumeState::Attaching | VolumeState::Detaching
-            ) {
-                return Err(ApiError::conflict(
-                    "invalid_state",
-                    format!("volume {} is {s}; cannot snapshot it", req.volume_id),
-                ));
-            }
-            (size, node)
-        }
-        _ => return Err(ApiError::not_found("volume", &req.volume_id)),
-    };
     let id = SnapshotId::generate();
     let now = db::now();
-    let mut tx = ctx.db.begin().await?;
-    sqlx::query(&format!("INSERT INTO snapshots ({COLS}) VALUES ($1, $2, $3, $4, $5, 'creating', $6, 0, $7)"))
-        .bind(id.as_str())
-        .bind(caller.account_id.as_str())
-        .bind(&req.name)
-        .bind(req.volume_id.as_str())
-        .bind(size)
-        .bind(&node)
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
-    let job = job::start(&mut tx, &caller.account_id, "snapshot.create", id.as_str(), "available").await?;
-    tx.commit().await?;
+    let (size, node, job) = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // A volume delete locks the volume too and counts its snapshots: one of the two
+        // sees the other.
+        db::lock(&mut tx, db::Lock::Volume, req.volume_id.as_str()).await?;
+        let vol: Option<(String, String, i64, Option<String>)> =
+            sqlx::query_as("SELECT account_id, state, size_mib, storage_node_id FROM volumes WHERE id = $1")
+                .bind(req.volume_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (size, node) = match vol {
+            Some((acct, state, size, Some(node))) if acct == caller.account_id.as_str() => {
+                let s: VolumeState = state.parse().map_err(ApiError::internal)?;
+                if !matches!(
+                    s,
+                    VolumeState::Available | VolumeState::Attached | VolumeState::Attaching | VolumeState::Detaching
+                ) {
+                    return Err(ApiError::conflict(
+                        "invalid_state",
+                        format!("volume {} is {s}; cannot snapshot it", req.volume_id),
+                    ));
+                }
+                (size, node)
+            }
+            _ => return Err(ApiError::not_found("volume", &req.volume_id)),
+        };
+        sqlx::query(&format!("INSERT INTO snapshots ({COLS}) VALUES ($1, $2, $3, $4, $5, 'creating', $6, 0, $7)"))
+            .bind(id.as_str())
+            .bind(caller.account_id.as_str())
+            .bind(&req.name)
+            .bind(req.volume_id.as_str())
+            .bind(size)
+            .bind(&node)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        let job = job::start(&mut tx, &caller.account_id, "snapshot.create", id.as_str(), "available").await?;
+        tx.commit().await?;
+        Ok((size, node, job))
+    })
+    .await?;
     ctx.enqueue(Work::Snapshot(id.clone()));
     let snap = Snapshot {
         id,
@@ -150,19 +160,32 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Accepted<Snapshot>>)> {
     let id: SnapshotId = path_id("snapshot", &id)?;
-    let snap = fetch(&ctx, &caller, &id).await?;
-    let mut tx = ctx.db.begin().await?;
-    if matches!(snap.state, SnapshotState::Deleted | SnapshotState::Deleting) {
-        let job = job::done(&mut tx, &caller.account_id, "snapshot.delete", id.as_str(), "already deleted").await?;
+    let (status, job) = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // Volume creates from this snapshot lock it too.
+        db::lock(&mut tx, db::Lock::Snapshot, id.as_str()).await?;
+        let snap = match fetch_row(&mut *tx, id.as_str()).await? {
+            Some(r) if r.account_id == caller.account_id.as_str() => r,
+            _ => return Err(ApiError::not_found("snapshot", &id)),
+        };
+        if snap.state == SnapshotState::Deleted.as_str() || snap.state == SnapshotState::Deleting.as_str() {
+            let job = job::done(&mut tx, &caller.account_id, "snapshot.delete", id.as_str(), "already deleted").await?;
+            tx.commit().await?;
+            return Ok((StatusCode::OK, job));
+        }
+        sqlx::query("UPDATE snapshots SET state = 'deleting', ensure_sent_at = 0 WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let job = job::start(&mut tx, &caller.account_id, "snapshot.delete", id.as_str(), "deleted").await?;
         tx.commit().await?;
-        return Ok((StatusCode::OK, Json(Accepted { job, resource: snap })));
+        Ok((StatusCode::ACCEPTED, job))
+    })
+    .await?;
+    if status == StatusCode::OK {
+        let snap = fetch(&ctx, &caller, &id).await?;
+        return Ok((status, Json(Accepted { job, resource: snap })));
     }
-    sqlx::query("UPDATE snapshots SET state = 'deleting', ensure_sent_at = 0 WHERE id = $1")
-        .bind(id.as_str())
-        .execute(&mut *tx)
-        .await?;
-    let job = job::start(&mut tx, &caller.account_id, "snapshot.delete", id.as_str(), "deleted").await?;
-    tx.commit().await?;
     ctx.enqueue(Work::Snapshot(id.clone()));
     let snap = fetch(&ctx, &caller, &id).await?;
     Ok((StatusCode::ACCEPTED, Json(Accepted { job, resource: snap })))
@@ -201,6 +224,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: SnapshotRepo
         (SnapshotState::Deleting, ObservedStorage::Absent) => SnapshotState::Deleted,
         (s, _) => s,
     };
+    let mut tx = ctx.db.begin().await?;
     let updated = sqlx::query(
         "UPDATE snapshots SET state = $1, report_gen = $2 WHERE id = $3 AND report_gen < $2 AND state = $4",
     )
@@ -208,14 +232,16 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: SnapshotRepo
     .bind(gen as i64)
     .bind(&row.id)
     .bind(&row.state)
-    .execute(&ctx.db)
+    .execute(&mut *tx)
     .await?;
     if updated.rows_affected() == 1 {
+        // The jobs end in the report's transaction: a failure applies neither.
         if new_state == SnapshotState::Failed {
-            job::fail_all(&ctx.db, &row.id, r.reason.as_deref().unwrap_or("sta reported a failure")).await?;
+            job::fail_all(&mut tx, &row.id, r.reason.as_deref().unwrap_or("sta reported a failure")).await?;
         } else {
-            job::finish(&ctx.db, &row.id, new_state.as_str()).await?;
+            job::finish(&mut tx, &row.id, new_state.as_str()).await?;
         }
+        tx.commit().await?;
     }
     Ok(())
 }

@@ -71,7 +71,10 @@ impl Row {
     }
 }
 
-async fn fetch_row(db: &db::Pool, id: &str) -> Result<Option<Row>, sqlx::Error> {
+async fn fetch_row<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    id: &str,
+) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLS} FROM volumes WHERE id = $1")).bind(id).fetch_optional(db).await
 }
 
@@ -175,6 +178,21 @@ pub async fn create(
     }
     let accepted = db::retry(|| async {
         let mut tx = ctx.db.begin().await?;
+        if let Some(s) = &snap {
+            // The snapshot must still be there when the volume is recorded (a concurrent
+            // delete locks it too).
+            db::lock(&mut tx, db::Lock::Snapshot, s.id.as_str()).await?;
+            let (state,): (String,) = sqlx::query_as("SELECT state FROM snapshots WHERE id = $1")
+                .bind(s.id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            if state != vdc_schema::SnapshotState::Available.as_str() {
+                return Err(ApiError::conflict(
+                    "invalid_state",
+                    format!("snapshot {} is {state}, not available", s.id),
+                ));
+            }
+        }
         let node =
             reserve_storage(&mut tx, &ctx.db, size as i64, snap.as_ref().map(|s| s.storage_node_id.as_str())).await?;
         let id = VolumeId::generate();
@@ -245,51 +263,166 @@ pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<S
     Ok(Json(fetch_own(&ctx, &caller, &path_id("volume", &id)?).await?.into_api()?))
 }
 
-/// One compare-and-set change of a volume's intent, with its job.
-struct Change<'a> {
+/// What a request does to a volume, decided from the volume (and instance) as they are
+/// inside the request's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Nothing to change (200 with a finished job).
+    Already(&'static str),
+    /// New state and attachment; `wait_for` is the state that ends the job (None: done).
+    Apply { state: VolumeState, instance: Option<String>, wait_for: Option<&'static str> },
+}
+
+/// The instance a volume is asked to attach to, as read in the transaction.
+pub(crate) struct AttachTarget<'a> {
+    pub id: &'a str,
+    pub state: InstanceState,
+    pub has_host: bool,
+    /// Volumes attached or attaching to it now.
+    pub volumes: i64,
+}
+
+pub(crate) const MAX_VOLUMES_PER_INSTANCE: i64 = 16;
+
+pub(crate) fn decide_attach(
+    id: &str,
     state: VolumeState,
-    instance: Option<&'a str>,
-    action: &'a str,
-    /// None: the change is complete at once.
-    target: Option<&'a str>,
-}
-
-async fn apply_change(ctx: &SharedCtx, caller: &Caller, row: &Row, c: Change<'_>) -> ApiResult<Accepted<Volume>> {
-    let mut tx = ctx.db.begin().await?;
-    let r = sqlx::query(
-        "UPDATE volumes SET state = $1, instance_id = $2, spec_gen = spec_gen + 1, ensure_sent_at = 0, updated_at = $3
-         WHERE id = $4 AND spec_gen = $5",
-    )
-    .bind(c.state.as_str())
-    .bind(c.instance)
-    .bind(db::now())
-    .bind(&row.id)
-    .bind(row.spec_gen)
-    .execute(&mut *tx)
-    .await?;
-    if r.rows_affected() == 0 {
-        return Err(ApiError::Busy(format!("volume {} changed concurrently", row.id)));
+    attached_to: Option<&str>,
+    inst: &AttachTarget<'_>,
+) -> ApiResult<Decision> {
+    match state {
+        VolumeState::Available => {}
+        VolumeState::Attached | VolumeState::Attaching if attached_to == Some(inst.id) => {
+            return Ok(Decision::Already("already attached to this instance"));
+        }
+        VolumeState::Attached | VolumeState::Attaching | VolumeState::Detaching => {
+            return Err(ApiError::conflict(
+                "volume_attached",
+                format!(
+                    "volume {id} is {state} to {}; only an available volume can be attached",
+                    attached_to.unwrap_or("another instance")
+                ),
+            ))
+        }
+        s => {
+            return Err(ApiError::conflict(
+                "invalid_state",
+                format!("volume {id} is {s}; only an available volume can be attached"),
+            ))
+        }
     }
-    let job = match c.target {
-        Some(t) => job::start(&mut tx, &caller.account_id, c.action, &row.id, t).await?,
-        None => job::done(&mut tx, &caller.account_id, c.action, &row.id, "done").await?,
-    };
-    tx.commit().await?;
-    let vol = fetch_row(&ctx.db, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
-    Ok(Accepted { job, resource: vol.into_api()? })
+    if matches!(inst.state, InstanceState::ShuttingDown | InstanceState::Terminated | InstanceState::Failed) {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            format!("instance {} is {}; volumes attach to live instances", inst.id, inst.state),
+        ));
+    }
+    if inst.volumes >= MAX_VOLUMES_PER_INSTANCE {
+        return Err(ApiError::conflict(
+            "too_many_volumes",
+            format!("instance {} has {MAX_VOLUMES_PER_INSTANCE} volumes already", inst.id),
+        ));
+    }
+    Ok(if inst.has_host {
+        Decision::Apply {
+            state: VolumeState::Attaching,
+            instance: Some(inst.id.to_owned()),
+            wait_for: Some("attached"),
+        }
+    } else {
+        // A stopped instance gets the volume in its definition when it starts.
+        Decision::Apply { state: VolumeState::Attached, instance: Some(inst.id.to_owned()), wait_for: None }
+    })
 }
 
-async fn already(
-    ctx: &SharedCtx,
+pub(crate) fn decide_detach(
+    id: &str,
+    state: VolumeState,
+    attached_to: Option<&str>,
+    has_host: bool,
+) -> ApiResult<Decision> {
+    match state {
+        VolumeState::Attached | VolumeState::Attaching => Ok(if has_host {
+            Decision::Apply {
+                state: VolumeState::Detaching,
+                instance: attached_to.map(str::to_owned),
+                wait_for: Some("available"),
+            }
+        } else {
+            Decision::Apply { state: VolumeState::Available, instance: None, wait_for: None }
+        }),
+        VolumeState::Available => Ok(Decision::Already("not attached")),
+        VolumeState::Detaching => Ok(Decision::Already("already detaching")),
+        s => Err(ApiError::conflict("invalid_state", format!("volume {id} is {s}, not attached"))),
+    }
+}
+
+pub(crate) fn decide_delete(
+    id: &str,
+    state: VolumeState,
+    attached_to: Option<&str>,
+    snapshots: i64,
+) -> ApiResult<Decision> {
+    match state {
+        VolumeState::Deleted => return Ok(Decision::Already("already deleted")),
+        VolumeState::Deleting => return Ok(Decision::Already("already deleting")),
+        VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching => {
+            return Err(ApiError::conflict(
+                "volume_attached",
+                format!("volume {id} is attached to {}; detach it first", attached_to.unwrap_or("an instance")),
+            ));
+        }
+        VolumeState::Creating | VolumeState::Available | VolumeState::Failed => {}
+    }
+    if snapshots > 0 {
+        return Err(ApiError::conflict(
+            "volume_has_snapshots",
+            format!("volume {id} has {snapshots} snapshots; delete them first"),
+        ));
+    }
+    Ok(Decision::Apply { state: VolumeState::Deleting, instance: None, wait_for: Some("deleted") })
+}
+
+/// Applies a decision in `tx` (which holds the volume's lock) and commits.
+async fn commit_decision(
+    mut tx: db::Tx<'_>,
     caller: &Caller,
     row: Row,
     action: &str,
-    msg: &str,
-) -> ApiResult<(StatusCode, Json<Accepted<Volume>>)> {
-    let mut tx = ctx.db.begin().await?;
-    let job = job::done(&mut tx, &caller.account_id, action, &row.id, msg).await?;
+    d: Decision,
+) -> ApiResult<(StatusCode, Accepted<Volume>)> {
+    let (status, job) = match &d {
+        Decision::Already(msg) => (StatusCode::OK, job::done(&mut tx, &caller.account_id, action, &row.id, msg).await?),
+        Decision::Apply { state, instance, wait_for } => {
+            sqlx::query(
+                "UPDATE volumes SET state = $1, instance_id = $2, spec_gen = spec_gen + 1, ensure_sent_at = 0,
+                     updated_at = $3 WHERE id = $4",
+            )
+            .bind(state.as_str())
+            .bind(instance.as_deref())
+            .bind(db::now())
+            .bind(&row.id)
+            .execute(&mut *tx)
+            .await?;
+            let job = match wait_for {
+                Some(t) => job::start(&mut tx, &caller.account_id, action, &row.id, t).await?,
+                None => job::done(&mut tx, &caller.account_id, action, &row.id, "done").await?,
+            };
+            (StatusCode::ACCEPTED, job)
+        }
+    };
+    let vol = fetch_row(&mut *tx, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
     tx.commit().await?;
-    Ok((StatusCode::OK, Json(Accepted { job, resource: row.into_api()? })))
+    Ok((status, Accepted { job, resource: vol.into_api()? }))
+}
+
+/// Locks the caller's volume in `tx` and reads it; 404 when it is not theirs.
+async fn lock_own(tx: &mut db::Tx<'_>, caller: &Caller, id: &VolumeId) -> ApiResult<Row> {
+    db::lock(tx, db::Lock::Volume, id.as_str()).await?;
+    match fetch_row(&mut **tx, id.as_str()).await? {
+        Some(r) if r.account_id == caller.account_id.as_str() => Ok(r),
+        _ => Err(ApiError::not_found("volume", id)),
+    }
 }
 
 #[utoipa::path(delete, path = "/api/v1/volumes/{id}", tag = "volumes", params(("id" = String, Path)),
@@ -300,37 +433,23 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Accepted<Volume>>)> {
     let id: VolumeId = path_id("volume", &id)?;
-    let row = fetch_own(&ctx, &caller, &id).await?;
-    match row.state()? {
-        VolumeState::Deleted => return already(&ctx, &caller, row, "volume.delete", "already deleted").await,
-        VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching => {
-            let inst = row.instance_id.clone().unwrap_or_default();
-            return Err(ApiError::conflict(
-                "volume_attached",
-                format!("volume {id} is attached to {inst}; detach it first"),
-            ));
-        }
-        VolumeState::Creating | VolumeState::Available | VolumeState::Deleting | VolumeState::Failed => {}
-    }
-    let (snaps,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM snapshots WHERE volume_id = $1 AND state <> 'deleted'")
-        .bind(id.as_str())
-        .fetch_one(&ctx.db)
-        .await?;
-    if snaps > 0 {
-        return Err(ApiError::conflict(
-            "volume_has_snapshots",
-            format!("volume {id} has {snaps} snapshots; delete them first"),
-        ));
-    }
-    let accepted = db::retry(|| async {
-        let row = fetch_own(&ctx, &caller, &id).await?;
-        let change =
-            Change { state: VolumeState::Deleting, instance: None, action: "volume.delete", target: Some("deleted") };
-        apply_change(&ctx, &caller, &row, change).await
+    let (status, accepted) = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        let row = lock_own(&mut tx, &caller, &id).await?;
+        // Snapshot creation locks the volume too, so this count cannot change before commit.
+        let (snaps,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM snapshots WHERE volume_id = $1 AND state <> 'deleted'")
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        let d = decide_delete(id.as_str(), row.state()?, row.instance_id.as_deref(), snaps)?;
+        commit_decision(tx, &caller, row, "volume.delete", d).await
     })
     .await?;
-    ctx.enqueue(Work::Volume(id));
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+    if status == StatusCode::ACCEPTED {
+        ctx.enqueue(Work::Volume(id));
+    }
+    Ok((status, Json(accepted)))
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes/{id}/attach", tag = "volumes", params(("id" = String, Path)),
@@ -343,41 +462,38 @@ pub async fn attach(
     Body(req): Body<AttachVolume>,
 ) -> ApiResult<(StatusCode, Json<Accepted<Volume>>)> {
     let id: VolumeId = path_id("volume", &id)?;
-    let row = fetch_own(&ctx, &caller, &id).await?;
-    let inst = crate::resources::instance::fetch(&ctx, &caller, &req.instance_id).await?;
-    match row.state()? {
-        VolumeState::Available => {}
-        VolumeState::Attached | VolumeState::Attaching if row.instance_id.as_deref() == Some(inst.id.as_str()) => {
-            return already(&ctx, &caller, row, "volume.attach", "already attached to this instance").await;
-        }
-        s => {
-            return Err(ApiError::conflict(
-                "invalid_state",
-                format!("volume {id} is {s}; only an available volume can be attached"),
-            ))
-        }
-    }
-    if matches!(inst.state, InstanceState::ShuttingDown | InstanceState::Terminated | InstanceState::Failed) {
-        return Err(ApiError::conflict("invalid_state", format!("instance {} is {}", inst.id, inst.state)));
-    }
-    if inst.volumes.len() >= 16 {
-        return Err(ApiError::conflict("too_many_volumes", format!("instance {} has 16 volumes already", inst.id)));
-    }
-    let has_host = inst.host_node_id.is_some();
-    let accepted = db::retry(|| async {
-        let row = fetch_own(&ctx, &caller, &id).await?;
-        let change = Change {
-            state: if has_host { VolumeState::Attaching } else { VolumeState::Attached },
-            instance: Some(inst.id.as_str()),
-            action: "volume.attach",
-            target: has_host.then_some("attached"),
+    let inst_id = req.instance_id;
+    let (status, accepted) = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // The instance first, then the volume: the order terminate takes (it locks the
+        // instance, then detaches its volumes), so the two never deadlock.
+        db::lock(&mut tx, db::Lock::Instance, inst_id.as_str()).await?;
+        let inst = match crate::resources::instance::fetch_row(&mut *tx, inst_id.as_str()).await? {
+            Some(i) if i.account_id == caller.account_id.as_str() => i,
+            _ => return Err(ApiError::not_found("instance", &inst_id)),
         };
-        apply_change(&ctx, &caller, &row, change).await
+        let row = lock_own(&mut tx, &caller, &id).await?;
+        let (volumes,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM volumes WHERE instance_id = $1 AND state IN ('attaching', 'attached', 'detaching')",
+        )
+        .bind(inst_id.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let target = AttachTarget {
+            id: inst_id.as_str(),
+            state: inst.state.parse().map_err(ApiError::internal)?,
+            has_host: inst.host_node_id.is_some(),
+            volumes,
+        };
+        let d = decide_attach(id.as_str(), row.state()?, row.instance_id.as_deref(), &target)?;
+        commit_decision(tx, &caller, row, "volume.attach", d).await
     })
     .await?;
-    ctx.enqueue(Work::Volume(id));
-    ctx.enqueue(Work::Instance(inst.id));
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+    if status == StatusCode::ACCEPTED {
+        ctx.enqueue(Work::Volume(id));
+        ctx.enqueue(Work::Instance(inst_id));
+    }
+    Ok((status, Json(accepted)))
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes/{id}/detach", tag = "volumes", params(("id" = String, Path)),
@@ -388,38 +504,32 @@ pub async fn detach(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Accepted<Volume>>)> {
     let id: VolumeId = path_id("volume", &id)?;
-    let row = fetch_own(&ctx, &caller, &id).await?;
-    match row.state()? {
-        VolumeState::Attached | VolumeState::Attaching => {}
-        VolumeState::Available => return already(&ctx, &caller, row, "volume.detach", "not attached").await,
-        s => return Err(ApiError::conflict("invalid_state", format!("volume {id} is {s}, not attached"))),
-    }
-    let instance = row.instance_id.clone().unwrap_or_default();
-    let host: Option<(Option<String>,)> = sqlx::query_as("SELECT host_node_id FROM instances WHERE id = $1")
-        .bind(&instance)
-        .fetch_optional(&ctx.db)
-        .await?;
-    let has_host = matches!(host, Some((Some(_),)));
-    let accepted = db::retry(|| async {
-        let row = fetch_own(&ctx, &caller, &id).await?;
-        let change = if has_host {
-            Change {
-                state: VolumeState::Detaching,
-                instance: Some(&instance),
-                action: "volume.detach",
-                target: Some("available"),
-            }
-        } else {
-            Change { state: VolumeState::Available, instance: None, action: "volume.detach", target: None }
-        };
-        apply_change(&ctx, &caller, &row, change).await
+    let (status, accepted, instance) = db::retry(|| async {
+        // Which instance to lock first (see attach); re-checked under the locks.
+        let hint = fetch_own(&ctx, &caller, &id).await?.instance_id;
+        let mut tx = ctx.db.begin().await?;
+        let mut has_host = false;
+        if let Some(i) = &hint {
+            db::lock(&mut tx, db::Lock::Instance, i).await?;
+            has_host =
+                crate::resources::instance::fetch_row(&mut *tx, i).await?.is_some_and(|r| r.host_node_id.is_some());
+        }
+        let row = lock_own(&mut tx, &caller, &id).await?;
+        if row.instance_id != hint {
+            return Err(ApiError::Busy(format!("volume {id} moved while it was being detached")));
+        }
+        let d = decide_detach(id.as_str(), row.state()?, row.instance_id.as_deref(), has_host)?;
+        let (status, accepted) = commit_decision(tx, &caller, row, "volume.detach", d).await?;
+        Ok((status, accepted, hint))
     })
     .await?;
-    ctx.enqueue(Work::Volume(id));
-    if let Ok(i) = instance.parse() {
-        ctx.enqueue(Work::Instance(i));
+    if status == StatusCode::ACCEPTED {
+        ctx.enqueue(Work::Volume(id));
+        if let Some(i) = instance.and_then(|i| i.parse().ok()) {
+            ctx.enqueue(Work::Instance(i));
+        }
     }
-    Ok((StatusCode::ACCEPTED, Json(accepted)))
+    Ok((status, Json(accepted)))
 }
 
 #[utoipa::path(post, path = "/api/v1/volumes/{id}/extend", tag = "volumes", params(("id" = String, Path)),
@@ -433,54 +543,48 @@ pub async fn extend(
     Body(req): Body<ExtendVolume>,
 ) -> ApiResult<(StatusCode, Json<Accepted<Volume>>)> {
     let id: VolumeId = path_id("volume", &id)?;
-    let row = fetch_own(&ctx, &caller, &id).await?;
     let size = req.size_mib;
     if size > MAX_SIZE_MIB {
         return Err(ApiError::bad("invalid_size", format!("size_mib must be at most {MAX_SIZE_MIB}, got {size}")));
     }
-    if size <= row.size_mib as u64 {
-        return Err(ApiError::bad(
-            "invalid_size",
-            format!("volume {id} is {} MiB; size_mib must be larger (volumes never shrink)", row.size_mib),
-        ));
-    }
-    match row.state()? {
-        VolumeState::Available => {}
-        // tgt reads a LUN's size once, and a guest would need a rescan: refuse for now.
-        VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching => {
-            return Err(ApiError::conflict(
-                "volume_attached",
-                format!("volume {id} is attached; detach it before extending it"),
-            ))
-        }
-        s => {
-            return Err(ApiError::conflict(
-                "invalid_state",
-                format!("volume {id} is {s}; only an available volume can grow"),
-            ))
-        }
-    }
-    let node = row.storage_node_id.clone().ok_or_else(|| ApiError::internal("volume without a storage node"))?;
     let accepted = db::retry(|| async {
-        let row = fetch_own(&ctx, &caller, &id).await?;
         let mut tx = ctx.db.begin().await?;
+        let row = lock_own(&mut tx, &caller, &id).await?;
+        if size <= row.size_mib as u64 {
+            return Err(ApiError::bad(
+                "invalid_size",
+                format!("volume {id} is {} MiB; size_mib must be larger (volumes never shrink)", row.size_mib),
+            ));
+        }
+        match row.state()? {
+            VolumeState::Available => {}
+            // tgt reads a LUN's size once, and a guest would need a rescan: refuse for now.
+            VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching => {
+                return Err(ApiError::conflict(
+                    "volume_attached",
+                    format!("volume {id} is attached; detach it before extending it"),
+                ))
+            }
+            s => {
+                return Err(ApiError::conflict(
+                    "invalid_state",
+                    format!("volume {id} is {s}; only an available volume can grow"),
+                ))
+            }
+        }
+        let node = row.storage_node_id.clone().ok_or_else(|| ApiError::internal("volume without a storage node"))?;
         reserve_storage(&mut tx, &ctx.db, size as i64 - row.size_mib, Some(&node)).await?;
-        let r = sqlx::query(
-            "UPDATE volumes SET size_mib = $1, spec_gen = spec_gen + 1, ensure_sent_at = 0, updated_at = $2
-             WHERE id = $3 AND spec_gen = $4 AND state = 'available'",
+        sqlx::query(
+            "UPDATE volumes SET size_mib = $1, spec_gen = spec_gen + 1, ensure_sent_at = 0, updated_at = $2 WHERE id = $3",
         )
         .bind(size as i64)
         .bind(db::now())
         .bind(&row.id)
-        .bind(row.spec_gen)
         .execute(&mut *tx)
         .await?;
-        if r.rows_affected() == 0 {
-            return Err(ApiError::Busy(format!("volume {} changed concurrently", row.id)));
-        }
         let job = job::start(&mut tx, &caller.account_id, "volume.extend", &row.id, "available").await?;
+        let vol = fetch_row(&mut *tx, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
         tx.commit().await?;
-        let vol = fetch_row(&ctx.db, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
         Ok(Accepted { job, resource: vol.into_api()? })
     })
     .await?;
@@ -538,9 +642,25 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Folds one sta report into the model.
+/// What sta's observation means for a volume in `state`.
+pub(crate) fn on_report(state: VolumeState, observed: ObservedStorage) -> VolumeState {
+    match (state, observed) {
+        (VolumeState::Deleted, _) => VolumeState::Deleted,
+        (_, ObservedStorage::Failed) => VolumeState::Failed,
+        (VolumeState::Creating, ObservedStorage::Available) => VolumeState::Available,
+        (VolumeState::Deleting, ObservedStorage::Absent) => VolumeState::Deleted,
+        (s, _) => s,
+    }
+}
+
+/// Folds one sta report into the model: the volume, its storage reservation and its jobs
+/// change in one transaction, so a failure leaves the report unapplied (and unacked).
 pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport) -> ApiResult<()> {
-    let Some(row) = fetch_row(&ctx.db, r.id.as_str()).await? else { return Ok(()) };
+    let mut tx = ctx.db.begin().await?;
+    if !db::lock(&mut tx, db::Lock::Volume, r.id.as_str()).await? {
+        return Ok(());
+    }
+    let Some(row) = fetch_row(&mut *tx, r.id.as_str()).await? else { return Ok(()) };
     if row.storage_node_id.as_deref() != Some(node)
         || (gen as i64) <= row.report_gen
         || (r.spec_gen as i64) < row.spec_gen
@@ -548,22 +668,13 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
         return Ok(());
     }
     let state = row.state()?;
-    let new_state = match (state, r.state) {
-        (_, ObservedStorage::Failed) => VolumeState::Failed,
-        (VolumeState::Creating, ObservedStorage::Available) => VolumeState::Available,
-        (VolumeState::Deleting, ObservedStorage::Absent) => VolumeState::Deleted,
-        (s, _) => s,
-    };
+    let new_state = on_report(state, r.state);
     let target = r.target.as_ref().map(|t| serde_json::to_string(t).expect("targets serialize"));
-    let reason =
-        (new_state == VolumeState::Failed).then(|| r.reason.clone().unwrap_or_else(|| "sta reported a failure".into()));
-    let mut tx = ctx.db.begin().await?;
-    // The state moves only from the one read above: hva's reports move attaching →
-    // attached concurrently without bumping spec_gen, and must not be undone.
-    let updated = sqlx::query(
-        "UPDATE volumes SET state = CASE WHEN state = $8 THEN $1 ELSE state END, report_gen = $2, target = $3,
-             failure_reason = COALESCE($4, failure_reason), updated_at = $5
-         WHERE id = $6 AND report_gen < $2 AND spec_gen = $7",
+    let reason = (new_state == VolumeState::Failed && state != VolumeState::Failed)
+        .then(|| r.reason.clone().unwrap_or_else(|| "sta reported a failure".into()));
+    sqlx::query(
+        "UPDATE volumes SET state = $1, report_gen = $2, target = $3, failure_reason = COALESCE($4, failure_reason),
+             updated_at = $5 WHERE id = $6",
     )
     .bind(new_state.as_str())
     .bind(gen as i64)
@@ -571,13 +682,8 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
     .bind(&reason)
     .bind(db::now())
     .bind(&row.id)
-    .bind(row.spec_gen)
-    .bind(state.as_str())
     .execute(&mut *tx)
     .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(());
-    }
     if new_state == VolumeState::Deleted && state != VolumeState::Deleted {
         sqlx::query(
             "UPDATE storage_nodes SET used_mib = CASE WHEN used_mib > $1 THEN used_mib - $1 ELSE 0 END WHERE id = $2",
@@ -587,11 +693,11 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
         .execute(&mut *tx)
         .await?;
     }
-    tx.commit().await?;
     match &reason {
-        Some(why) => job::fail_all(&ctx.db, &row.id, why).await?,
-        None => job::finish(&ctx.db, &row.id, new_state.as_str()).await?,
+        Some(why) => job::fail_all(&mut tx, &row.id, why).await?,
+        None => job::finish(&mut tx, &row.id, new_state.as_str()).await?,
     }
+    tx.commit().await?;
     // A new export target for an attaching volume goes to hva with the instance spec.
     if target != row.target && matches!(state, VolumeState::Attaching | VolumeState::Attached) {
         if let Some(i) = row.instance_id.as_deref().and_then(|i| i.parse().ok()) {
@@ -601,21 +707,25 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
     Ok(())
 }
 
-/// hva reported which volumes a guest really has: finish attaches and detaches.
-pub async fn on_instance_report(
-    ctx: &SharedCtx,
+/// hva reported which volumes a guest really has: finish attaches and detaches, in the
+/// transaction of the instance's report (which holds the instance's lock). Returns the
+/// volumes now detached, whose export sta can withdraw.
+pub(crate) async fn on_instance_report(
+    tx: &mut db::Tx<'_>,
     instance: &str,
     attached: &[VolumeId],
     state: InstanceState,
-) -> ApiResult<()> {
+) -> ApiResult<Vec<VolumeId>> {
+    let mut detached = Vec::new();
     if state == InstanceState::Terminated {
-        return Ok(());
+        return Ok(detached);
     }
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT id, state FROM volumes WHERE instance_id = $1 AND state IN ('attaching', 'detaching')")
-            .bind(instance)
-            .fetch_all(&ctx.db)
-            .await?;
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, state FROM volumes WHERE instance_id = $1 AND state IN ('attaching', 'detaching') ORDER BY id",
+    )
+    .bind(instance)
+    .fetch_all(&mut **tx)
+    .await?;
     for (id, vstate) in rows {
         let present = attached.iter().any(|v| v.as_str() == id);
         let (new_state, clear) = match (vstate.as_str(), present) {
@@ -625,7 +735,7 @@ pub async fn on_instance_report(
         };
         sqlx::query(
             "UPDATE volumes SET state = $1, instance_id = CASE WHEN $2 = 1 THEN NULL ELSE instance_id END, updated_at = $3,
-                 spec_gen = spec_gen + $2
+                 spec_gen = spec_gen + $2, ensure_sent_at = CASE WHEN $2 = 1 THEN 0 ELSE ensure_sent_at END
              WHERE id = $4 AND state = $5",
         )
         .bind(new_state.as_str())
@@ -633,15 +743,90 @@ pub async fn on_instance_report(
         .bind(db::now())
         .bind(&id)
         .bind(&vstate)
-        .execute(&ctx.db)
+        .execute(&mut **tx)
         .await?;
-        job::finish(&ctx.db, &id, if new_state == VolumeState::Attached { "attached" } else { "available" }).await?;
+        job::finish(tx, &id, if new_state == VolumeState::Attached { "attached" } else { "available" }).await?;
         if clear {
-            // Detached from the guest: sta can withdraw the export now.
-            if let Ok(v) = id.parse() {
-                ctx.enqueue(Work::Volume(v));
-            }
+            detached.extend(id.parse().ok());
         }
     }
-    Ok(())
+    Ok(detached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(state: InstanceState, has_host: bool, volumes: i64) -> AttachTarget<'static> {
+        AttachTarget { id: "i-1", state, has_host, volumes }
+    }
+
+    #[test]
+    fn attach_only_from_available_and_to_live_instances() {
+        let running = inst(InstanceState::Running, true, 0);
+        assert!(matches!(
+            decide_attach("v", VolumeState::Available, None, &running),
+            Ok(Decision::Apply { state: VolumeState::Attaching, wait_for: Some("attached"), .. })
+        ));
+        assert!(matches!(
+            decide_attach("v", VolumeState::Available, None, &inst(InstanceState::Stopped, false, 0)),
+            Ok(Decision::Apply { state: VolumeState::Attached, wait_for: None, .. })
+        ));
+        assert_eq!(
+            decide_attach("v", VolumeState::Attaching, Some("i-1"), &running).unwrap(),
+            Decision::Already("already attached to this instance")
+        );
+        for (s, to) in [
+            (VolumeState::Attaching, Some("i-2")),
+            (VolumeState::Attached, Some("i-2")),
+            (VolumeState::Detaching, Some("i-1")),
+        ] {
+            assert_eq!(decide_attach("v", s, to, &running).unwrap_err().code(), "volume_attached", "{s}");
+        }
+        for s in [VolumeState::Creating, VolumeState::Deleting, VolumeState::Deleted, VolumeState::Failed] {
+            assert_eq!(decide_attach("v", s, None, &running).unwrap_err().code(), "invalid_state", "{s}");
+        }
+        for s in [InstanceState::ShuttingDown, InstanceState::Terminated, InstanceState::Failed] {
+            assert_eq!(
+                decide_attach("v", VolumeState::Available, None, &inst(s, true, 0)).unwrap_err().code(),
+                "invalid_state"
+            );
+        }
+        let full = inst(InstanceState::Running, true, MAX_VOLUMES_PER_INSTANCE);
+        assert_eq!(decide_attach("v", VolumeState::Available, None, &full).unwrap_err().code(), "too_many_volumes");
+    }
+
+    #[test]
+    fn delete_refuses_attached_volumes_and_snapshots() {
+        for s in [VolumeState::Attaching, VolumeState::Attached, VolumeState::Detaching] {
+            assert_eq!(decide_delete("v", s, Some("i-1"), 0).unwrap_err().code(), "volume_attached");
+        }
+        assert_eq!(decide_delete("v", VolumeState::Available, None, 1).unwrap_err().code(), "volume_has_snapshots");
+        assert_eq!(decide_delete("v", VolumeState::Deleting, None, 0).unwrap(), Decision::Already("already deleting"));
+        assert!(matches!(
+            decide_delete("v", VolumeState::Available, None, 0),
+            Ok(Decision::Apply { state: VolumeState::Deleting, .. })
+        ));
+    }
+
+    #[test]
+    fn detach_waits_for_the_host_only_when_there_is_one() {
+        assert!(matches!(
+            decide_detach("v", VolumeState::Attached, Some("i-1"), true),
+            Ok(Decision::Apply { state: VolumeState::Detaching, wait_for: Some("available"), .. })
+        ));
+        assert_eq!(
+            decide_detach("v", VolumeState::Attached, Some("i-1"), false).unwrap(),
+            Decision::Apply { state: VolumeState::Available, instance: None, wait_for: None }
+        );
+        assert_eq!(decide_detach("v", VolumeState::Deleting, None, true).unwrap_err().code(), "invalid_state");
+    }
+
+    #[test]
+    fn reports_never_revive_a_deleted_volume() {
+        assert_eq!(on_report(VolumeState::Deleted, ObservedStorage::Available), VolumeState::Deleted);
+        assert_eq!(on_report(VolumeState::Creating, ObservedStorage::Available), VolumeState::Available);
+        assert_eq!(on_report(VolumeState::Deleting, ObservedStorage::Absent), VolumeState::Deleted);
+        assert_eq!(on_report(VolumeState::Attached, ObservedStorage::Failed), VolumeState::Failed);
+    }
 }

@@ -1,0 +1,546 @@
+//! Concurrency is a user: for every kind of conflicting change, 20 or more requests at
+//! once, in rounds, on SQLite and on PostgreSQL. Exactly one of a set of conflicting
+//! requests wins, the others get 409 with a clear code (or 200 when they asked for what
+//! the winner did), every accepted job ends, and nothing is left orphaned.
+
+use futures::future::join_all;
+use std::time::Duration;
+use vdc_cli::client::{Client, ClientError};
+use vdc_schema::api::*;
+use vdc_schema::id::*;
+use vdc_schema::*;
+use vdc_tests::{eventually, wait_state, Db, Stack, StackOptions};
+
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { vdc_tests::init_logging(); super::$name(super::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { vdc_tests::init_logging(); super::$name(super::Db::Postgres).await })*
+        }
+    };
+}
+
+on_both_databases!(
+    attach_attach,
+    attach_delete,
+    detach_delete,
+    network_delete_interface_create,
+    group_delete_instance_create,
+    snapshot_volume_delete,
+    floating_ip_associations,
+    terminate_attach,
+);
+
+const ROUNDS: usize = 3;
+
+/// What one request of a race got: its status (202, 200, 204 or an error's) and code.
+#[derive(Debug, Clone)]
+struct Outcome {
+    status: u16,
+    code: String,
+    job: Option<Job>,
+}
+
+fn outcome<T>(r: Result<T, ClientError>, job: impl Fn(&T) -> Option<(Job, bool)>) -> Outcome {
+    match r {
+        Ok(v) => {
+            let (j, accepted) = job(&v).map(|(j, a)| (Some(j), a)).unwrap_or((None, true));
+            Outcome { status: if accepted { 202 } else { 200 }, code: String::new(), job: j }
+        }
+        Err(ClientError::Api { status, code, .. }) => Outcome { status, code, job: None },
+        Err(e) => panic!("expected an API answer, got {e}"),
+    }
+}
+
+/// An `Accepted` answer: 202 when its job still runs or did work, 200 when it was
+/// already done. The client does not expose the status, so the job tells: a job that
+/// finished with a message ("already …", "not attached") was answered 200.
+fn accepted<T>(a: &Accepted<T>) -> Option<(Job, bool)> {
+    let already = a.job.state == JobState::Succeeded && a.job.message.as_deref().is_some_and(|m| m != "done");
+    Some((a.job.clone(), !already))
+}
+
+async fn wait_jobs_end(c: &Client, outcomes: &[Outcome]) {
+    for o in outcomes {
+        if let Some(j) = &o.job {
+            let end = c.wait_job(&j.id, Duration::from_secs(20)).await.expect("every job ends");
+            assert_ne!(end.state, JobState::Running, "job {} ended", end.id);
+        }
+    }
+}
+
+fn count(outcomes: &[Outcome], status: u16) -> usize {
+    outcomes.iter().filter(|o| o.status == status).count()
+}
+
+fn codes(outcomes: &[Outcome]) -> Vec<String> {
+    let mut c: Vec<String> =
+        outcomes.iter().filter(|o| o.status >= 400).map(|o| format!("{} {}", o.status, o.code)).collect();
+    c.sort();
+    c.dedup();
+    c
+}
+
+fn inst_req(image: &ImageId, name: &str, net: Option<&NetworkId>, groups: &[SecurityGroupId]) -> CreateInstance {
+    CreateInstance {
+        name: Some(name.into()),
+        image_id: image.clone(),
+        hypervisor: None,
+        cpus: 1,
+        memory_mib: 64,
+        interfaces: net
+            .map(|n| vec![CreateInterface { network_id: n.clone(), security_groups: groups.to_vec(), ip: None }])
+            .unwrap_or_default(),
+        ssh_key_id: None,
+        user_data: None,
+    }
+}
+
+async fn new_volume(c: &Client, name: &str) -> VolumeId {
+    let a = c
+        .create_volume(&CreateVolume { name: name.into(), size_mib: Some(16), snapshot_id: None, image_id: None })
+        .await
+        .unwrap();
+    c.wait_job_ok(&a.job.id, Duration::from_secs(15)).await.unwrap();
+    a.resource.id
+}
+
+fn stack(db: Db) -> StackOptions {
+    let mut o = StackOptions::new(db);
+    o.host_cpus = 64;
+    o.host_memory_mib = 1 << 20;
+    o.sim.delay = Duration::from_millis(5);
+    o
+}
+
+async fn attach_attach(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let c = s.account("aa").await;
+    let insts =
+        [s.running_instance(&c, "a1").await, s.running_instance(&c, "a2").await, s.running_instance(&c, "a3").await];
+    for round in 0..ROUNDS {
+        let vol = new_volume(&c, &format!("v{round}")).await;
+        let reqs = (0..30).map(|i| {
+            let (c, vol, inst) = (c.clone(), vol.clone(), insts[i % 3].id.clone());
+            async move { (inst.clone(), outcome(c.attach_volume(&vol, &inst).await, accepted)) }
+        });
+        let results = join_all(reqs).await;
+        let outcomes: Vec<Outcome> = results.iter().map(|r| r.1.clone()).collect();
+        assert_eq!(count(&outcomes, 202), 1, "round {round}: exactly one attach wins: {:?}", codes(&outcomes));
+        let winner = results.iter().find(|r| r.1.status == 202).unwrap().0.clone();
+        for (inst, o) in &results {
+            match o.status {
+                202 => {}
+                200 => assert_eq!(inst, &winner, "only the winner's instance is told 'already attached'"),
+                409 => {
+                    assert_ne!(inst, &winner);
+                    assert_eq!(o.code, "volume_attached");
+                }
+                s => panic!("unexpected {s} {}", o.code),
+            }
+        }
+        wait_jobs_end(&c, &outcomes).await;
+        let v = c.get_volume(&vol).await.unwrap();
+        assert_eq!((v.state, v.instance_id.as_ref()), (VolumeState::Attached, Some(&winner)));
+        for i in &insts {
+            let got = c.get_instance(&i.id).await.unwrap();
+            assert_eq!(got.volumes.contains(&vol), i.id == winner, "{} lists only its own volumes", i.id);
+        }
+        let d = c.detach_volume(&vol).await.unwrap();
+        c.wait_job_ok(&d.job.id, Duration::from_secs(15)).await.unwrap();
+    }
+    s.stop().await;
+}
+
+async fn attach_delete(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let c = s.account("ad").await;
+    let inst = s.running_instance(&c, "x").await;
+    let mut attach_won = 0;
+    let mut delete_won = 0;
+    for round in 0..ROUNDS * 2 {
+        let vol = new_volume(&c, &format!("v{round}")).await;
+        let reqs = (0..20).map(|i| {
+            let (c, vol, inst) = (c.clone(), vol.clone(), inst.id.clone());
+            async move {
+                if i % 2 == 0 {
+                    ("attach", outcome(c.attach_volume(&vol, &inst).await, accepted))
+                } else {
+                    ("delete", outcome(c.delete_volume(&vol).await, accepted))
+                }
+            }
+        });
+        let results = join_all(reqs).await;
+        let outcomes: Vec<Outcome> = results.iter().map(|r| r.1.clone()).collect();
+        let attaches = results.iter().filter(|r| r.0 == "attach" && r.1.status == 202).count();
+        let deletes = results.iter().filter(|r| r.0 == "delete" && r.1.status == 202).count();
+        assert_eq!(attaches + deletes, 1, "round {round}: one of attach and delete wins: {:?}", codes(&outcomes));
+        for (kind, o) in &results {
+            if o.status >= 400 {
+                let want = match (*kind, attaches) {
+                    ("attach", 0) => "invalid_state",
+                    ("delete", 1) => "volume_attached",
+                    _ => panic!("a loser of the same kind as the winner gets 200, not {} {}", o.status, o.code),
+                };
+                assert_eq!((o.status, o.code.as_str()), (409, want));
+            }
+        }
+        wait_jobs_end(&c, &outcomes).await;
+        let v = c.get_volume(&vol).await.unwrap();
+        if attaches == 1 {
+            attach_won += 1;
+            assert_eq!((v.state, v.instance_id.as_ref()), (VolumeState::Attached, Some(&inst.id)));
+            let d = c.detach_volume(&vol).await.unwrap();
+            c.wait_job_ok(&d.job.id, Duration::from_secs(15)).await.unwrap();
+        } else {
+            delete_won += 1;
+            assert_eq!((v.state, v.instance_id), (VolumeState::Deleted, None));
+            assert!(!c.get_instance(&inst.id).await.unwrap().volumes.contains(&vol));
+        }
+        for o in outcomes.iter().filter_map(|o| o.job.as_ref()) {
+            let j = c.get_job(&o.id).await.unwrap();
+            assert_eq!(j.state, JobState::Succeeded, "accepted work succeeds: {j:?}");
+        }
+    }
+    tracing_summary("attach × delete", attach_won, delete_won);
+    s.stop().await;
+}
+
+fn tracing_summary(what: &str, a: usize, b: usize) {
+    eprintln!("{what}: first won {a} rounds, second {b}");
+}
+
+async fn detach_delete(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let c = s.account("dd").await;
+    let inst = s.running_instance(&c, "x").await;
+    for round in 0..ROUNDS {
+        let vol = new_volume(&c, &format!("v{round}")).await;
+        let a = c.attach_volume(&vol, &inst.id).await.unwrap();
+        c.wait_job_ok(&a.job.id, Duration::from_secs(15)).await.unwrap();
+        let reqs = (0..20).map(|i| {
+            let (c, vol) = (c.clone(), vol.clone());
+            async move {
+                if i % 2 == 0 {
+                    ("detach", outcome(c.detach_volume(&vol).await, accepted))
+                } else {
+                    ("delete", outcome(c.delete_volume(&vol).await, accepted))
+                }
+            }
+        });
+        let results = join_all(reqs).await;
+        let outcomes: Vec<Outcome> = results.iter().map(|r| r.1.clone()).collect();
+        let detaches = results.iter().filter(|r| r.0 == "detach" && r.1.status == 202).count();
+        let deletes = results.iter().filter(|r| r.0 == "delete" && r.1.status == 202).count();
+        assert_eq!(detaches, 1, "round {round}: one detach is accepted: {:?}", codes(&outcomes));
+        assert!(deletes <= 1, "round {round}: at most one delete, after the detach finished");
+        for (kind, o) in &results {
+            if o.status >= 400 {
+                // A delete before the detach finished is refused; a detach after a delete
+                // that came once it had finished finds the volume going.
+                let want = match *kind {
+                    "delete" => "volume_attached",
+                    _ if deletes == 1 => "invalid_state",
+                    _ => panic!("a detach is refused while no delete was accepted: {}", o.code),
+                };
+                assert_eq!((o.status, o.code.as_str()), (409, want), "{kind}");
+            }
+        }
+        wait_jobs_end(&c, &outcomes).await;
+        let v = c.get_volume(&vol).await.unwrap();
+        assert_eq!(v.instance_id, None);
+        assert_eq!(v.state, if deletes == 1 { VolumeState::Deleted } else { VolumeState::Available });
+        assert!(c.get_instance(&inst.id).await.unwrap().volumes.is_empty(), "nothing left attached");
+    }
+    s.stop().await;
+}
+
+async fn network_delete_interface_create(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let c = s.account("nd").await;
+    for round in 0..ROUNDS {
+        let net = c
+            .create_network(&CreateNetwork {
+                name: format!("n{round}"),
+                cidr: format!("10.{round}.0.0/24"),
+                gateway: None,
+                dhcp_start: None,
+                dhcp_end: None,
+            })
+            .await
+            .unwrap();
+        let reqs = (0..24).map(|i| {
+            let (c, net, img) = (c.clone(), net.id.clone(), s.image.clone());
+            async move {
+                if i % 2 == 0 {
+                    let r = c.create_instance(&inst_req(&img, &format!("r{round}-{i}"), Some(&net), &[])).await;
+                    ("create", outcome(r, |a| Some((a.job.clone(), true))))
+                } else {
+                    ("delete", outcome(c.delete_network(&net).await, |_| None))
+                }
+            }
+        });
+        let results = join_all(reqs).await;
+        let outcomes: Vec<Outcome> = results.iter().map(|r| r.1.clone()).collect();
+        let created = results.iter().filter(|r| r.0 == "create" && r.1.status == 202).count();
+        let deleted = results.iter().filter(|r| r.0 == "delete" && r.1.status == 202).count();
+        assert!(deleted <= 1, "round {round}: the network is deleted once");
+        assert!(created == 0 || deleted == 0, "round {round}: an interface never lands on a deleted network");
+        for (kind, o) in &results {
+            if o.status >= 400 {
+                let ok = match *kind {
+                    "create" => (o.status, o.code.as_str()) == (404, "not_found"),
+                    _ => [(409, "network_in_use"), (404, "not_found")].contains(&(o.status, o.code.as_str())),
+                };
+                assert!(ok, "{kind}: {} {}", o.status, o.code);
+            }
+        }
+        wait_jobs_end(&c, &outcomes).await;
+        // Nothing orphaned: every interface is on a network that exists.
+        for i in c.list_all_instances().await.unwrap() {
+            for vif in &i.interfaces {
+                c.get_network(&vif.network_id).await.expect("the interface's network exists");
+            }
+        }
+        if deleted == 0 {
+            // Clean up for the next round: terminate, then the delete goes through.
+            for i in c.list_all_instances().await.unwrap().into_iter().filter(|i| i.state != InstanceState::Terminated)
+            {
+                let t = c.terminate_instance(&i.id).await.unwrap();
+                c.wait_job(&t.job.id, Duration::from_secs(15)).await.unwrap();
+            }
+            c.delete_network(&net.id).await.unwrap();
+        }
+    }
+    s.stop().await;
+}
+
+async fn group_delete_instance_create(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let c = s.account("gd").await;
+    let net = c
+        .create_network(&CreateNetwork {
+            name: "n".into(),
+            cidr: "10.8.0.0/22".into(),
+            gateway: None,
+            dhcp_start: None,
+            dhcp_end: None,
+        })
+        .await
+        .unwrap();
+    for round in 0..ROUNDS {
+        let g = c
+            .create_security_group(&CreateSecurityGroup {
+                name: format!("g{round}"),
+                description: String::new(),
+                rules: vec![],
+            })
+            .await
+            .unwrap();
+        let reqs = (0..24).map(|i| {
+            let (c, net, g, img) = (c.clone(), net.id.clone(), g.id.clone(), s.image.clone());
+            async move {
+                if i % 2 == 0 {
+                    let r = c.create_instance(&inst_req(&img, &format!("r{round}-{i}"), Some(&net), &[g])).await;
+                    ("create", outcome(r, |a| Some((a.job.clone(), true))))
+                } else {
+                    ("delete", outcome(c.delete_security_group(&g).await, |_| None))
+                }
+            }
+        });
+        let results = join_all(reqs).await;
+        let outcomes: Vec<Outcome> = results.iter().map(|r| r.1.clone()).collect();
+        let created = results.iter().filter(|r| r.0 == "create" && r.1.status == 202).count();
+        let deleted = results.iter().filter(|r| r.0 == "delete" && r.1.status == 202).count();
+        assert!(deleted <= 1);
+        assert!(created == 0 || deleted == 0, "round {round}: no member of a deleted group: {:?}", codes(&outcomes));
+        for (kind, o) in &results {
+            if o.status >= 400 {
+                let ok = match *kind {
+                    "create" => (o.status, o.code.as_str()) == (404, "not_found"),
+                    _ => [(409, "security_group_in_use"), (404, "not_found")].contains(&(o.status, o.code.as_str())),
+                };
+                assert!(ok, "{kind}: {} {}", o.status, o.code);
+            }
+        }
+        wait_jobs_end(&c, &outcomes).await;
+        for i in c.list_all_instances().await.unwrap() {
+            for vif in &i.interfaces {
+                for g in &vif.security_groups {
+                    c.get_security_group(g).await.expect("an interface's group exists");
+                }
+            }
+        }
+        for i in c.list_all_instances().await.unwrap().into_iter().filter(|i| i.state != InstanceState::Terminated) {
+            let t = c.terminate_instance(&i.id).await.unwrap();
+            c.wait_job(&t.job.id, Duration::from_secs(15)).await.unwrap();
+        }
+    }
+    s.stop().await;
+}
+
+async fn snapshot_volume_delete(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let c = s.account("sd").await;
+    for round in 0..ROUNDS * 2 {
+        let vol = new_volume(&c, &format!("v{round}")).await;
+        let reqs = (0..20).map(|i| {
+            let (c, vol) = (c.clone(), vol.clone());
+            async move {
+                if i % 2 == 0 {
+                    let req = CreateSnapshot { volume_id: vol, name: format!("s{i}") };
+                    ("snapshot", outcome(c.create_snapshot(&req).await, |a| Some((a.job.clone(), true))))
+                } else {
+                    ("delete", outcome(c.delete_volume(&vol).await, accepted))
+                }
+            }
+        });
+        let results = join_all(reqs).await;
+        let outcomes: Vec<Outcome> = results.iter().map(|r| r.1.clone()).collect();
+        let snaps = results.iter().filter(|r| r.0 == "snapshot" && r.1.status == 202).count();
+        let deletes = results.iter().filter(|r| r.0 == "delete" && r.1.status == 202).count();
+        assert!(deletes <= 1);
+        assert!(snaps == 0 || deletes == 0, "round {round}: no snapshot of a deleted volume: {:?}", codes(&outcomes));
+        for (kind, o) in &results {
+            if o.status >= 400 {
+                let want = if *kind == "snapshot" { "invalid_state" } else { "volume_has_snapshots" };
+                assert_eq!((o.status, o.code.as_str()), (409, want), "{kind}");
+            }
+        }
+        wait_jobs_end(&c, &outcomes).await;
+        let v = c.get_volume(&vol).await.unwrap();
+        assert_eq!(v.state, if deletes == 1 { VolumeState::Deleted } else { VolumeState::Available });
+        let of_vol: Vec<Snapshot> =
+            c.list_all_snapshots().await.unwrap().into_iter().filter(|s| s.volume_id == vol).collect();
+        assert_eq!(of_vol.len(), snaps, "every accepted snapshot exists, no other");
+        assert!(of_vol.iter().all(|s| s.state == SnapshotState::Available));
+    }
+    s.stop().await;
+}
+
+async fn floating_ip_associations(db: Db) {
+    let mut o = stack(db);
+    o.hosts = 1;
+    o.external = Some(vdc_dcmgr::config::ExternalConfig {
+        cidr: "203.0.113.0/24".into(),
+        gateway: "203.0.113.1".into(),
+        pool_start: "203.0.113.10".into(),
+        pool_end: "203.0.113.99".into(),
+    });
+    let s = Stack::start(o).await;
+    let c = s.account("fa").await;
+    let a = s.running_instance(&c, "a").await;
+    let b = s.running_instance(&c, "b").await;
+    for round in 0..ROUNDS {
+        // One address, two instances.
+        let fip = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
+        let reqs = (0..20).map(|i| {
+            let (c, fip, inst) = (c.clone(), fip.id.clone(), if i % 2 == 0 { a.id.clone() } else { b.id.clone() });
+            async move {
+                let req = AssociateFloatingIp { instance_id: inst.clone(), interface_id: None };
+                (inst, outcome(c.associate_floating_ip(&fip, &req).await, |_| None))
+            }
+        });
+        let results = join_all(reqs).await;
+        let got = c.get_floating_ip(&fip.id).await.unwrap();
+        let winner = got.instance_id.clone().expect("associated");
+        for (inst, o) in &results {
+            if inst == &winner {
+                assert_eq!(o.status, 202, "round {round}: associating again with the same instance is success");
+            } else {
+                assert_eq!((o.status, o.code.as_str()), (409, "floating_ip_associated"), "round {round}");
+            }
+        }
+        // Two addresses, one interface: exactly one of them maps to it.
+        let f1 = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
+        let f2 = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
+        let loser_inst = if winner == a.id { b.id.clone() } else { a.id.clone() };
+        let reqs = (0..20).map(|i| {
+            let (c, fip, inst) =
+                (c.clone(), if i % 2 == 0 { f1.id.clone() } else { f2.id.clone() }, loser_inst.clone());
+            async move {
+                let req = AssociateFloatingIp { instance_id: inst, interface_id: None };
+                (fip.clone(), outcome(c.associate_floating_ip(&fip, &req).await, |_| None))
+            }
+        });
+        let results = join_all(reqs).await;
+        let g1 = c.get_floating_ip(&f1.id).await.unwrap();
+        let g2 = c.get_floating_ip(&f2.id).await.unwrap();
+        assert!(g1.instance_id.is_some() != g2.instance_id.is_some(), "round {round}: exactly one maps: {g1:?} {g2:?}");
+        let won = if g1.instance_id.is_some() { &f1.id } else { &f2.id };
+        for (fip, o) in &results {
+            if fip == won {
+                assert_eq!(o.status, 202);
+            } else {
+                assert_eq!((o.status, o.code.as_str()), (409, "interface_has_floating_ip"));
+            }
+        }
+        // nwagent converges on the winners.
+        let port = |vif: &VifId| s.hosts.iter().find_map(|h| h.nw_driver.as_ref()?.port(vif));
+        let (won_ip, va, vb) = (
+            c.get_floating_ip(won).await.unwrap().ip,
+            winner_vif(&c, &winner).await,
+            winner_vif(&c, &loser_inst).await,
+        );
+        eventually(Duration::from_secs(10), || async {
+            (port(&va)?.floating_ip? == got.ip && port(&vb)?.floating_ip? == won_ip).then_some(())
+        })
+        .await
+        .expect("both interfaces carry their address");
+        for f in [&fip.id, &f1.id, &f2.id] {
+            c.disassociate_floating_ip(f).await.unwrap();
+            c.delete_floating_ip(f).await.unwrap();
+        }
+    }
+    s.stop().await;
+}
+
+async fn winner_vif(c: &Client, i: &InstanceId) -> VifId {
+    c.get_instance(i).await.unwrap().interfaces[0].id.clone()
+}
+
+async fn terminate_attach(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let c = s.account("ta").await;
+    for round in 0..ROUNDS {
+        let inst = s.running_instance(&c, &format!("t{round}")).await;
+        let mut vols = vec![];
+        for i in 0..10 {
+            vols.push(new_volume(&c, &format!("r{round}v{i}")).await);
+        }
+        let attaches = vols.iter().map(|v| {
+            let (c, v, i) = (c.clone(), v.clone(), inst.id.clone());
+            async move { outcome(c.attach_volume(&v, &i).await, accepted) }
+        });
+        let terms = (0..10).map(|_| {
+            let (c, i) = (c.clone(), inst.id.clone());
+            async move { outcome(c.terminate_instance(&i).await, accepted) }
+        });
+        let (mut outcomes, t) = futures::join!(join_all(attaches), join_all(terms));
+        assert!(count(&t, 202) >= 1, "a terminate is accepted");
+        for o in outcomes.iter().chain(&t) {
+            if o.status >= 400 {
+                assert_eq!((o.status, o.code.as_str()), (409, "invalid_state"));
+            }
+        }
+        outcomes.extend(t);
+        wait_jobs_end(&c, &outcomes).await;
+        wait_state(&c, &inst.id, InstanceState::Terminated).await;
+        // Nothing stays attached to the terminated instance, and every volume is usable.
+        for v in &vols {
+            let got = eventually(Duration::from_secs(10), || async {
+                let v = c.get_volume(v).await.ok()?;
+                (v.state == VolumeState::Available).then_some(v)
+            })
+            .await
+            .unwrap_or_else(|_| panic!("volume {v} is available again"));
+            assert_eq!(got.instance_id, None);
+        }
+        assert!(c.get_instance(&inst.id).await.unwrap().volumes.is_empty());
+    }
+    s.stop().await;
+}
