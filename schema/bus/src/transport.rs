@@ -53,6 +53,10 @@ const QUEUE_DEPTH: usize = 8192;
 pub struct InProc {
     subs: Mutex<HashMap<String, Vec<mpsc::Sender<Message>>>>,
     inbox: AtomicU64,
+    /// Fault injection for tests: drop every Nth command or report (0: none).
+    drop_every: AtomicU64,
+    sent: AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl InProc {
@@ -60,7 +64,37 @@ impl InProc {
         Arc::new(Self::default())
     }
 
+    /// Drops every `n`th message to an agent and every `n`th report batch (0 turns it
+    /// off), as a lossy network would. Registration, heartbeats and replies pass, so
+    /// agents stay online while their work is lost.
+    pub fn drop_every(&self, n: u64) {
+        self.drop_every.store(n, Ordering::Relaxed);
+    }
+
+    /// How many messages [`InProc::drop_every`] has dropped.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn lose(&self, subject: &str) -> bool {
+        let n = self.drop_every.load(Ordering::Relaxed);
+        let lossy = subject == vdc_schema::bus::subject::REPORT
+            || (subject.starts_with("vdc.agent.") && !subject.ends_with(".query"));
+        if n == 0 || !lossy {
+            return false;
+        }
+        let lost = (self.sent.fetch_add(1, Ordering::Relaxed) + 1) % n == 0;
+        if lost {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        lost
+    }
+
     async fn deliver(&self, msg: Message) -> Result<bool, BusError> {
+        if self.lose(&msg.subject) {
+            // Lost on the way: for a request, the sender waits for its timeout.
+            return Ok(true);
+        }
         let senders: Vec<_> = self.subs.lock().unwrap().get(&msg.subject).cloned().unwrap_or_default();
         let mut delivered = false;
         for tx in senders {
