@@ -3,6 +3,7 @@
 //! Drivers implement `vdc_schema::agent::NetworkAgent`: [`ovs`] on Open vSwitch, and
 //! [`sim`] for scale tests of dcmgr.
 
+pub mod cmd;
 pub mod ovs;
 pub mod sim;
 pub mod testing;

@@ -9,7 +9,7 @@
 //! in the backend. A report always describes the backend as it is after acting.
 
 use crate::backend::{Backend, BackendError};
-use crate::cmd;
+use crate::cmd::{self, Runner};
 use crate::tgt::Tgt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,8 @@ pub struct RealStorage {
 }
 
 struct Inner {
+    /// Runs qemu-img (the backend and tgt hold their own runner).
+    tools: Runner,
     backend: Arc<dyn Backend>,
     tgt: Option<Tgt>,
     /// The hypervisor host on this machine: its volumes are attached as local files.
@@ -130,7 +132,9 @@ impl Inner {
                 img.id, img.source
             )));
         }
-        let info = cmd::run("qemu-img", &["info", "--output=json", "-f", format, src])
+        let info = self
+            .tools
+            .run("qemu-img", &["info", "--output=json", "-f", format, src])
             .await
             .map_err(|e| Failure::Permanent(format!("cannot read image {}: {e}", img.id)))?;
         let vsize = serde_json::from_str::<serde_json::Value>(&info)
@@ -146,7 +150,8 @@ impl Inner {
             )));
         }
         let lun = self.backend.lun_path(&spec.id);
-        cmd::run("qemu-img", &["convert", "-n", "-f", format, "-O", "raw", src, &lun.to_string_lossy()])
+        self.tools
+            .run("qemu-img", &["convert", "-n", "-f", format, "-O", "raw", src, &lun.to_string_lossy()])
             .await
             .map_err(|e| Failure::Transient(format!("copying image {}: {e}", img.id)))?;
         Ok(())
@@ -312,9 +317,22 @@ impl RealStorage {
         sink: ReportSink,
         state_file: PathBuf,
     ) -> Self {
+        Self::with_runner(cmd::system(), backend, tgt, local_host, sink, state_file)
+    }
+
+    /// [`RealStorage::new`] with the given way of running qemu-img.
+    pub fn with_runner(
+        tools: Runner,
+        backend: Arc<dyn Backend>,
+        tgt: Option<Tgt>,
+        local_host: Option<HostNodeId>,
+        sink: ReportSink,
+        state_file: PathBuf,
+    ) -> Self {
         let state = std::fs::read(&state_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
         RealStorage {
             inner: Arc::new(Inner {
+                tools,
                 backend,
                 tgt,
                 local_host,
@@ -405,5 +423,210 @@ impl StorageAgent for RealStorage {
     async fn report_all(&self) -> Result<(), AgentError> {
         self.inner.report_all().await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The agent's decisions, on a backend and a tgt whose commands go to one fake, so
+    //! the order of commands across both shows.
+
+    use super::*;
+    use crate::backend::{file::FileBackend, zfs::ZfsBackend};
+    use crate::cmd::FakeRunner;
+    use std::path::Path;
+    use std::time::Duration;
+    use vdc_schema::bus::{ImageSpec, VolumeReport};
+
+    fn vol(s: &str) -> VolumeId {
+        s.parse().unwrap()
+    }
+
+    fn spec(id: &str, gen: u64, size_mib: u64, to: Option<&str>) -> VolumeSpec {
+        VolumeSpec {
+            id: vol(id),
+            spec_gen: gen,
+            size_mib,
+            source_snapshot: None,
+            source_image: None,
+            export_to: to.map(|h| h.parse().unwrap()),
+        }
+    }
+
+    /// The report of `id` once one of at least `gen` arrives.
+    async fn report(sink: &ReportSink, id: &str, gen: u64) -> VolumeReport {
+        for _ in 0..1000 {
+            if let Some(ObjectReport::Volume(v)) = sink.newest(id) {
+                if v.spec_gen >= gen {
+                    return v;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("no report of {id} at generation {gen}");
+    }
+
+    fn storage(f: &Arc<FakeRunner>, backend: Arc<dyn Backend>, dir: &Path) -> (RealStorage, ReportSink) {
+        let sink = ReportSink::open(None).unwrap();
+        let tgt = Tgt::with_runner(7, "192.0.2.10:3260".into(), f.clone());
+        let sta = RealStorage::with_runner(f.clone(), backend, Some(tgt), None, sink.clone(), dir.join("state.json"));
+        (sta, sink)
+    }
+
+    fn target(tid: u32, vol: &str, lun: &Path, acl: &str) -> String {
+        format!(
+            "Target {tid}: iqn.2026-11.io.vdc:{vol}\n    LUN information:\n        LUN: 1\n            Backing store path: {}\n    ACL information:\n        {acl}\n",
+            lun.display()
+        )
+    }
+
+    const SHOW: [&str; 9] = ["tgtadm", "-C", "7", "--lld", "iscsi", "--op", "show", "--mode", "target"];
+
+    #[tokio::test]
+    async fn a_volume_is_unexported_before_it_is_destroyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FakeRunner::new();
+        let backend = Arc::new(ZfsBackend::open_mode("tank/vdc", f.clone(), true).await.unwrap());
+        f.ok(&SHOW, &target(1, "vol-a", Path::new("/dev/zvol/tank/vdc/vol-a"), "iqn.2026-11.io.vdc:hn-a"));
+        f.ok(&["zfs", "list", "-H", "-t", "all"], "tank/vdc/vol-a\n");
+        f.clear();
+        let (sta, sink) = storage(&f, backend, dir.path());
+        sta.ensure_volume_absent(vol("vol-a"), 4).await.unwrap();
+        let r = report(&sink, "vol-a", 4).await;
+        assert_eq!((r.state, r.target), (ObservedStorage::Absent, None));
+        assert_eq!(
+            f.lines(),
+            [
+                SHOW.join(" ").as_str(),
+                "tgtadm -C 7 --lld iscsi --op delete --mode target --tid 1 --force",
+                "zfs list -H -t all -o name tank/vdc/vol-a",
+                "zfs destroy -r tank/vdc/vol-a",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_volume_is_not_destroyed_while_its_export_cannot_be_withdrawn() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FakeRunner::new();
+        let backend = Arc::new(ZfsBackend::open_mode("tank/vdc", f.clone(), true).await.unwrap());
+        f.fail(&SHOW, "tgtadm: can't connect to the tgt daemon");
+        f.clear();
+        let (sta, sink) = storage(&f, backend, dir.path());
+        sta.ensure_volume_absent(vol("vol-a"), 4).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(sink.newest("vol-a").is_none(), "no report: retried on the next ensure");
+        assert_eq!(f.lines(), [SHOW.join(" ")]);
+    }
+
+    #[tokio::test]
+    async fn an_image_larger_than_the_volume_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FakeRunner::new();
+        let backend = Arc::new(ZfsBackend::open_mode("tank/vdc", f.clone(), true).await.unwrap());
+        // Absent, then made.
+        f.fail(&["zfs", "list", "-H", "-t", "all"], "no such dataset")
+            .ok(&["zfs", "list", "-H", "-t", "all"], "tank/vdc/vol-b\n");
+        f.ok(&["qemu-img", "info"], r#"{"format": "qcow2", "virtual-size": 2147483648}"#);
+        f.clear();
+        let (sta, sink) = storage(&f, backend, dir.path());
+        let image = ImageSpec {
+            id: "img-a".parse().unwrap(),
+            format: vdc_schema::ImageFormat::Qcow2,
+            source: "file:///images/a.qcow2".into(),
+            checksum: None,
+            initrd: None,
+            kernel_cmdline: None,
+        };
+        sta.ensure_volume(VolumeSpec { source_image: Some(image), ..spec("vol-b", 1, 64, None) }).await.unwrap();
+        let r = report(&sink, "vol-b", 1).await;
+        assert_eq!(r.state, ObservedStorage::Failed);
+        assert_eq!(r.reason.as_deref(), Some("image img-a is 2048 MiB, larger than the volume (64 MiB)"));
+        assert_eq!(
+            f.lines(),
+            [
+                "zfs list -H -t all -o name tank/vdc/vol-b",
+                "zfs create -V 64M tank/vdc/vol-b",
+                "qemu-img info --output=json -f qcow2 /images/a.qcow2",
+                "zfs list -H -t all -o name tank/vdc/vol-b",
+                "zfs destroy -r tank/vdc/vol-b",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_image_fails_the_volume_with_the_command_in_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FakeRunner::new();
+        let backend = Arc::new(FileBackend::open_with(&dir.path().join("vols"), f.clone()).await.unwrap());
+        f.fail(&["qemu-img", "info"], "Could not open '/images/a.qcow2': No such file or directory");
+        let (sta, sink) = storage(&f, backend.clone(), dir.path());
+        let image = ImageSpec {
+            id: "img-a".parse().unwrap(),
+            format: vdc_schema::ImageFormat::Qcow2,
+            source: "/images/a.qcow2".into(),
+            checksum: None,
+            initrd: None,
+            kernel_cmdline: None,
+        };
+        sta.ensure_volume(VolumeSpec { source_image: Some(image), ..spec("vol-c", 1, 64, None) }).await.unwrap();
+        let r = report(&sink, "vol-c", 1).await;
+        assert_eq!(r.state, ObservedStorage::Failed);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some(
+                "cannot read image img-a: `qemu-img info --output=json -f qcow2 /images/a.qcow2` failed: \
+                 Could not open '/images/a.qcow2': No such file or directory"
+            )
+        );
+        assert!(!backend.exists(&vol("vol-c")).await, "the new volume is removed again");
+    }
+
+    #[tokio::test]
+    async fn every_ensure_rechecks_the_export_and_a_grown_volume_is_exported_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FakeRunner::new();
+        let backend = Arc::new(FileBackend::open_with(&dir.path().join("vols"), f.clone()).await.unwrap());
+        let lun = backend.lun_path(&vol("vol-a"));
+        let exported = target(1, "vol-a", &lun, "iqn.2026-11.io.vdc:hn-a");
+        // What tgtd has at each look: nothing; the export (twice: the repeated ensure, then
+        // the grown volume's unexport); nothing; the export again.
+        f.ok(&SHOW, "").ok(&SHOW, &exported).ok(&SHOW, &exported).ok(&SHOW, "").ok(&SHOW, &exported);
+        let (sta, sink) = storage(&f, backend, dir.path());
+        let bind = "tgtadm -C 7 --lld iscsi --op bind --mode target --tid 1 --initiator-name iqn.2026-11.io.vdc:hn-a";
+        let new = "tgtadm -C 7 --lld iscsi --op new --mode target --tid 1 -T iqn.2026-11.io.vdc:vol-a";
+
+        sta.ensure_volume(spec("vol-a", 1, 64, Some("hn-a"))).await.unwrap();
+        let r = report(&sink, "vol-a", 1).await;
+        assert_eq!((r.state, r.size_mib), (ObservedStorage::Available, 64));
+        assert!(
+            matches!(r.target, Some(VolumeTarget::Iscsi { ref iqn, lun: 1, .. }) if iqn == "iqn.2026-11.io.vdc:vol-a")
+        );
+        let lines = f.lines();
+        assert_eq!((lines[0].as_str(), lines[1].as_str()), (SHOW.join(" ").as_str(), new));
+        assert_eq!(lines.last().unwrap(), bind);
+
+        // The same ensure again: tgtd has it, nothing changes.
+        f.clear();
+        sta.ensure_volume(spec("vol-a", 2, 64, Some("hn-a"))).await.unwrap();
+        report(&sink, "vol-a", 2).await;
+        assert_eq!(f.lines(), [SHOW.join(" ")]);
+
+        // Grown: tgt reads a LUN's size once, so the target is made again.
+        f.clear();
+        sta.ensure_volume(spec("vol-a", 3, 128, Some("hn-a"))).await.unwrap();
+        let r = report(&sink, "vol-a", 3).await;
+        assert_eq!(r.size_mib, 128);
+        let lines = f.lines();
+        assert_eq!(
+            lines[..3],
+            [
+                SHOW.join(" "),
+                "tgtadm -C 7 --lld iscsi --op delete --mode target --tid 1 --force".into(),
+                SHOW.join(" ")
+            ]
+        );
+        assert_eq!(lines[3], new);
+        assert_eq!(lines.last().unwrap(), bind);
     }
 }

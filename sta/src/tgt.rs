@@ -3,7 +3,7 @@
 //! sta re-creates them from dcmgr's intent (every ensure re-checks its export), so a
 //! restart of tgtd or of sta loses nothing.
 
-use crate::cmd::{self, CmdError};
+use crate::cmd::{self, CmdError, Runner};
 use std::path::Path;
 use tokio::sync::Mutex;
 use vdc_schema::bus::{target_iqn, VolumeTarget};
@@ -16,6 +16,7 @@ pub struct Tgt {
     pub portal: String,
     /// tid allocation and check-then-act on targets must not interleave.
     lock: Mutex<()>,
+    tools: Runner,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -59,14 +60,19 @@ fn parse_targets(out: &str) -> Vec<Target> {
 
 impl Tgt {
     pub fn new(control_port: u16, portal: String) -> Self {
-        Tgt { control_port, portal, lock: Mutex::new(()) }
+        Self::with_runner(control_port, portal, cmd::system())
+    }
+
+    /// [`Tgt::new`] with the given way of running `tgtadm`.
+    pub fn with_runner(control_port: u16, portal: String, tools: Runner) -> Self {
+        Tgt { control_port, portal, lock: Mutex::new(()), tools }
     }
 
     async fn adm(&self, args: &[&str]) -> Result<String, CmdError> {
         let port = self.control_port.to_string();
         let mut all = vec!["-C", &port, "--lld", "iscsi"];
         all.extend_from_slice(args);
-        cmd::run("tgtadm", &all).await
+        self.tools.run("tgtadm", &all).await
     }
 
     async fn targets(&self) -> Result<Vec<Target>, CmdError> {
@@ -175,5 +181,156 @@ mod tests {
         assert_eq!(t[0].acl, vec!["iqn.2026-11.io.vdc:hn-1".to_string()]);
         assert_eq!(t[1].tid, 3);
         assert!(t[1].acl.is_empty() && t[1].backing.is_none());
+    }
+
+    use crate::cmd::FakeRunner;
+    use std::sync::Arc;
+
+    const TUNING: [(&str, &str); 6] = [
+        ("MaxRecvDataSegmentLength", "262144"),
+        ("MaxXmitDataSegmentLength", "262144"),
+        ("FirstBurstLength", "1048576"),
+        ("MaxBurstLength", "1048576"),
+        ("InitialR2T", "No"),
+        ("ImmediateData", "Yes"),
+    ];
+
+    /// A tgtadm command line on control port 7.
+    fn adm(args: &str) -> String {
+        format!("tgtadm -C 7 --lld iscsi {args}")
+    }
+
+    const SHOW: &str = "--op show --mode target";
+
+    /// `tgtadm --op show --mode target` as tgtd prints it: (tid, volume, backing, ACL).
+    fn show(targets: &[(u32, &str, Option<&str>, &[&str])]) -> String {
+        let mut out = String::new();
+        for (tid, vol, backing, acl) in targets {
+            out.push_str(&format!("Target {tid}: iqn.2026-11.io.vdc:{vol}\n    System information:\n        Driver: iscsi\n        State: ready\n    I_T nexus information:\n    LUN information:\n        LUN: 0\n            Type: controller\n            Backing store path: None\n"));
+            if let Some(b) = backing {
+                out.push_str(&format!("        LUN: 1\n            Type: disk\n            Backing store path: {b}\n"));
+            }
+            out.push_str("    Account information:\n    ACL information:\n");
+            for a in *acl {
+                out.push_str(&format!("        {a}\n"));
+            }
+        }
+        out
+    }
+
+    fn tgt(f: &Arc<FakeRunner>, targets: &[(u32, &str, Option<&str>, &[&str])]) -> Tgt {
+        f.ok(&["tgtadm", "-C", "7", "--lld", "iscsi", "--op", "show"], &show(targets));
+        Tgt::with_runner(7, "192.0.2.10:3260".into(), f.clone())
+    }
+
+    fn vol(s: &str) -> VolumeId {
+        s.parse().unwrap()
+    }
+
+    const HOST_A: &str = "iqn.2026-11.io.vdc:hn-a";
+    const HOST_B: &str = "iqn.2026-11.io.vdc:hn-b";
+
+    fn creation(tid: u32, vol: &str, lun: &str) -> Vec<String> {
+        let mut want = vec![
+            adm(&format!("--op new --mode target --tid {tid} -T iqn.2026-11.io.vdc:{vol}")),
+            adm(&format!("--op new --mode logicalunit --tid {tid} --lun 1 -b {lun} --bsoflags direct")),
+        ];
+        want.extend(
+            TUNING.iter().map(|(k, v)| adm(&format!("--op update --mode target --tid {tid} --name {k} --value {v}"))),
+        );
+        want
+    }
+
+    #[tokio::test]
+    async fn a_target_tgtd_lost_is_created_and_bound_to_the_host() {
+        let f = FakeRunner::new();
+        // tgtd restarted: it knows only another volume's target.
+        let t = tgt(&f, &[(3, "vol-z", Some("/v/vol-z.img"), &[HOST_B])]);
+        let got = t.export(&vol("vol-a"), Path::new("/v/vol-a.img"), HOST_A).await.unwrap();
+        let mut want = vec![adm(SHOW)];
+        want.extend(creation(4, "vol-a", "/v/vol-a.img"));
+        want.push(adm(&format!("--op bind --mode target --tid 4 --initiator-name {HOST_A}")));
+        assert_eq!(f.lines(), want);
+        assert_eq!(
+            got,
+            VolumeTarget::Iscsi { portal: "192.0.2.10:3260".into(), iqn: "iqn.2026-11.io.vdc:vol-a".into(), lun: 1 }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_target_tgtd_has_is_left_alone() {
+        let f = FakeRunner::new();
+        let t = tgt(&f, &[(2, "vol-a", Some("/v/vol-a.img"), &[HOST_A])]);
+        t.export(&vol("vol-a"), Path::new("/v/vol-a.img"), HOST_A).await.unwrap();
+        assert_eq!(f.lines(), [adm(SHOW)]);
+    }
+
+    #[tokio::test]
+    async fn an_export_moves_to_exactly_the_new_host() {
+        let f = FakeRunner::new();
+        let t = tgt(&f, &[(2, "vol-a", Some("/v/vol-a.img"), &[HOST_A, "iqn.2026-11.io.vdc:hn-old"])]);
+        t.export(&vol("vol-a"), Path::new("/v/vol-a.img"), HOST_B).await.unwrap();
+        assert_eq!(
+            f.lines(),
+            [
+                adm(SHOW),
+                adm(&format!("--op unbind --mode target --tid 2 --initiator-name {HOST_A}")),
+                adm("--op unbind --mode target --tid 2 --initiator-name iqn.2026-11.io.vdc:hn-old"),
+                adm(&format!("--op bind --mode target --tid 2 --initiator-name {HOST_B}")),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_target_without_its_backing_store_is_made_again() {
+        let f = FakeRunner::new();
+        let t = tgt(&f, &[(2, "vol-a", None, &[HOST_A])]);
+        t.export(&vol("vol-a"), Path::new("/v/vol-a.img"), HOST_A).await.unwrap();
+        let mut want = vec![adm(SHOW), adm("--op delete --mode target --tid 2 --force")];
+        want.extend(creation(3, "vol-a", "/v/vol-a.img"));
+        // The new target has no ACL yet.
+        want.push(adm(&format!("--op bind --mode target --tid 3 --initiator-name {HOST_A}")));
+        assert_eq!(f.lines(), want);
+    }
+
+    #[tokio::test]
+    async fn a_file_system_without_o_direct_gets_buffered_io() {
+        let f = FakeRunner::new();
+        let t = tgt(&f, &[]);
+        let direct = adm("--op new --mode logicalunit --tid 1 --lun 1 -b /v/vol-a.img --bsoflags direct");
+        f.fail(&direct.split(' ').collect::<Vec<_>>(), "tgtadm: invalid request");
+        t.export(&vol("vol-a"), Path::new("/v/vol-a.img"), HOST_A).await.unwrap();
+        let lines = f.lines();
+        let at = lines.iter().position(|l| *l == direct).expect("O_DIRECT tried first");
+        assert_eq!(lines[at + 1], adm("--op new --mode logicalunit --tid 1 --lun 1 -b /v/vol-a.img"));
+        assert_eq!(lines.last().unwrap(), &adm(&format!("--op bind --mode target --tid 1 --initiator-name {HOST_A}")));
+    }
+
+    #[tokio::test]
+    async fn a_half_made_target_is_deleted_and_the_failure_names_the_command() {
+        let f = FakeRunner::new();
+        let t = tgt(&f, &[]);
+        f.fail(&["tgtadm", "-C", "7", "--lld", "iscsi", "--op", "update"], "tgtadm: can't find the target");
+        let e = t.export(&vol("vol-a"), Path::new("/v/vol-a.img"), HOST_A).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "`{}` failed: tgtadm: can't find the target",
+                adm("--op update --mode target --tid 1 --name MaxRecvDataSegmentLength --value 262144")
+            )
+        );
+        assert_eq!(f.lines().last().unwrap(), &adm("--op delete --mode target --tid 1 --force"));
+        assert!(!f.lines().iter().any(|l| l.contains("--op bind")), "{:?}", f.lines());
+    }
+
+    #[tokio::test]
+    async fn unexport_deletes_only_that_volume_s_targets() {
+        let f = FakeRunner::new();
+        let t = tgt(&f, &[(1, "vol-a", Some("/v/vol-a.img"), &[]), (2, "vol-b", Some("/v/vol-b.img"), &[])]);
+        assert_eq!(t.exported().await.unwrap(), ["iqn.2026-11.io.vdc:vol-a", "iqn.2026-11.io.vdc:vol-b"]);
+        f.clear();
+        t.unexport(&vol("vol-b")).await.unwrap();
+        t.unexport(&vol("vol-c")).await.unwrap();
+        assert_eq!(f.lines(), [adm(SHOW), adm("--op delete --mode target --tid 2 --force"), adm(SHOW)]);
     }
 }

@@ -24,6 +24,8 @@ pub struct ImageCache {
     pub dir: PathBuf,
     /// Where `builtin:NAME` sources live (the output of packaging/build-tiny-image.sh).
     pub builtin_dir: Option<PathBuf>,
+    /// Runs qemu-img and tar.
+    pub tools: host::Runner,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -101,7 +103,7 @@ impl ImageCache {
         if dest.exists() {
             return Ok(());
         }
-        host::run(
+        self.tools.run(
             "qemu-img",
             &["create", "-q", "-f", "qcow2", "-b", &host::path(base), "-F", format, &host::path(dest)],
         )?;
@@ -114,7 +116,7 @@ impl ImageCache {
             return Ok(());
         }
         std::fs::create_dir_all(dest).map_err(io(dest))?;
-        host::run("tar", &["-xzf", &host::path(tarball), "-C", &host::path(dest)])?;
+        self.tools.run("tar", &["-xzf", &host::path(tarball), "-C", &host::path(dest)])?;
         Ok(())
     }
 }
@@ -134,7 +136,7 @@ mod tests {
     use super::*;
 
     fn cache(dir: &Path) -> ImageCache {
-        ImageCache { dir: dir.join("images"), builtin_dir: None }
+        ImageCache { dir: dir.join("images"), builtin_dir: None, tools: host::system() }
     }
 
     #[test]
@@ -169,5 +171,49 @@ mod tests {
         assert_eq!(info["format"], "qcow2");
         assert_eq!(info["backing-filename"], cached.display().to_string());
         assert_eq!(info["virtual-size"], 64 << 20);
+    }
+
+    #[test]
+    fn the_overlay_and_the_unpacking_are_made_once_with_these_commands() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = host::FakeRunner::new();
+        let c = ImageCache { dir: tmp.path().join("images"), builtin_dir: None, tools: f.clone() };
+        let (base, root) = (tmp.path().join("images/abc"), tmp.path().join("i-a/root.qcow2"));
+        c.overlay(&base, "raw", &root).unwrap();
+        let (tarball, rootfs) = (tmp.path().join("images/def"), tmp.path().join("i-b/rootfs"));
+        c.unpack(&tarball, &rootfs).unwrap();
+        let t = tmp.path().display();
+        assert_eq!(
+            f.lines(),
+            [
+                format!("qemu-img create -q -f qcow2 -b {t}/images/abc -F raw {t}/i-a/root.qcow2"),
+                format!("tar -xzf {t}/images/def -C {t}/i-b/rootfs"),
+            ]
+        );
+        // Already there (a repeated ensure, a restarted hva): nothing runs.
+        f.clear();
+        std::fs::create_dir_all(root.parent().unwrap()).unwrap();
+        std::fs::write(&root, b"").unwrap();
+        std::fs::write(rootfs.join("init.sh"), b"").unwrap();
+        c.overlay(&base, "raw", &root).unwrap();
+        c.unpack(&tarball, &rootfs).unwrap();
+        assert!(f.calls().is_empty(), "{:?}", f.lines());
+    }
+
+    #[test]
+    fn a_failed_unpack_names_the_command() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = host::FakeRunner::new();
+        f.fail(&["tar"], "exit status: 2: gzip: stdin: not in gzip format");
+        let c = ImageCache { dir: tmp.path().join("images"), builtin_dir: None, tools: f.clone() };
+        let e = c.unpack(Path::new("/images/x"), &tmp.path().join("rootfs")).unwrap_err();
+        assert!(matches!(e, ImageError::Command(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                r#"tar ["-xzf", "/images/x", "-C", "{}/rootfs"] failed: exit status: 2: gzip: stdin: not in gzip format"#,
+                tmp.path().display()
+            )
+        );
     }
 }

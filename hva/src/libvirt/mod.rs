@@ -76,6 +76,8 @@ struct Known {
 struct Inner {
     cfg: LibvirtConfig,
     sink: ReportSink,
+    /// Runs cp, ip and genisoimage (the image cache holds the same runner).
+    tools: host::Runner,
     cache: image::ImageCache,
     conns: Mutex<HashMap<&'static str, Arc<Connect>>>,
     known: Mutex<HashMap<InstanceId, Known>>,
@@ -211,7 +213,9 @@ impl Inner {
                 if spec.image.format == ImageFormat::Tar {
                     self.cache.unpack(&src, &rootfs).map_err(e)?;
                 } else if !rootfs.exists() {
-                    host::run("cp", &["-a", &host::path(&src), &host::path(&rootfs)]).map_err(|x| x.to_string())?;
+                    self.tools
+                        .run("cp", &["-a", &host::path(&src), &host::path(&rootfs)])
+                        .map_err(|x| x.to_string())?;
                 }
                 layout.rootfs = Some(&rootfs);
                 return Ok(xml::lxc_domain(spec, &layout));
@@ -234,7 +238,7 @@ impl Inner {
             }
             (_, f) => return Err(format!("a {} instance cannot boot a {f} image", spec.hypervisor)),
         }
-        seed::build(spec, &dir, &seed).map_err(e)?;
+        seed::build(&*self.tools, spec, &dir, &seed).map_err(e)?;
         layout.seed_iso = Some(&seed);
         Ok(xml::qemu_domain(spec, &layout))
     }
@@ -370,12 +374,12 @@ impl Inner {
         }
         for n in &spec.nics {
             let dev = vdc_schema::bus::vif_device_name(&n.id);
-            if host::run("ip", &["link", "show", "dev", &dev]).is_err() {
+            if self.tools.run("ip", &["link", "show", "dev", &dev]).is_err() {
                 continue;
             }
-            match host::run("ip", &["link", "set", "dev", &dev, "netns", ns]) {
+            match self.tools.run("ip", &["link", "set", "dev", &dev, "netns", ns]) {
                 Ok(_) => {
-                    let _ = host::run("ip", &["-n", ns, "link", "set", "dev", &dev, "up"]);
+                    let _ = self.tools.run("ip", &["-n", ns, "link", "set", "dev", &dev, "up"]);
                 }
                 Err(e) => tracing::warn!(instance = %spec.id, dev, "tap not moved to {ns}: {e}"),
             }
@@ -506,7 +510,17 @@ impl Inner {
 
 impl LibvirtHypervisor {
     pub fn new(cfg: LibvirtConfig, sink: ReportSink) -> Self {
-        let cache = image::ImageCache { dir: cfg.data_dir.join("images"), builtin_dir: cfg.builtin_images.clone() };
+        Self::with_runner(cfg, sink, host::system())
+    }
+
+    /// [`LibvirtHypervisor::new`] running qemu-img, tar, cp, ip and genisoimage through
+    /// `tools`.
+    pub fn with_runner(cfg: LibvirtConfig, sink: ReportSink, tools: host::Runner) -> Self {
+        let cache = image::ImageCache {
+            dir: cfg.data_dir.join("images"),
+            builtin_dir: cfg.builtin_images.clone(),
+            tools: tools.clone(),
+        };
         let mut known = HashMap::new();
         // Guests this host had before a restart: known again, never touched.
         if let Ok(entries) = std::fs::read_dir(cfg.data_dir.join("instances")) {
@@ -522,6 +536,7 @@ impl LibvirtHypervisor {
         let inner = Arc::new(Inner {
             cfg,
             sink,
+            tools,
             cache,
             conns: Default::default(),
             known: Mutex::new(known),
@@ -662,5 +677,155 @@ impl Hypervisor for LibvirtHypervisor {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
             Err(e) => Err(AgentError::Driver(format!("{}: {e}", path.display()))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What the driver does on the host besides libvirt (files, overlays, seeds, taps),
+    //! on a fake runner: no libvirt connection is made.
+
+    use super::*;
+    use vdc_schema::bus::{vif_device_name, ImageSpec, NicSpec};
+
+    fn inner(dir: &Path, tools: &Arc<host::FakeRunner>, tap_netns: Option<&str>) -> Inner {
+        let cfg = LibvirtConfig {
+            data_dir: dir.to_owned(),
+            builtin_images: None,
+            qemu_uri: "test:///default".into(),
+            lxc_uri: "test:///default".into(),
+            stop_timeout: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(1),
+            bridge: None,
+            initiator: "iqn.2026-11.io.vdc:hn-a".into(),
+            taps: true,
+            tap_netns: tap_netns.map(str::to_owned),
+        };
+        Inner {
+            cache: image::ImageCache { dir: dir.join("images"), builtin_dir: None, tools: tools.clone() },
+            tools: tools.clone(),
+            cfg,
+            sink: ReportSink::open(None).unwrap(),
+            conns: Default::default(),
+            known: Default::default(),
+            locks: Default::default(),
+        }
+    }
+
+    fn spec(id: &str, hypervisor: HypervisorKind, format: ImageFormat, source: &str, nics: usize) -> InstanceSpec {
+        InstanceSpec {
+            id: id.parse().unwrap(),
+            spec_gen: 1,
+            power: DesiredPower::Running,
+            hypervisor,
+            cpus: 1,
+            memory_mib: 128,
+            hostname: "web1".into(),
+            image: ImageSpec {
+                id: "img-a".parse().unwrap(),
+                format,
+                source: source.into(),
+                checksum: None,
+                initrd: None,
+                kernel_cmdline: None,
+            },
+            nics: (0..nics)
+                .map(|i| NicSpec {
+                    id: vdc_schema::id::VifId::generate(),
+                    network_id: vdc_schema::id::NetworkId::generate(),
+                    mac: format!("52:54:00:00:00:0{i}"),
+                    ip: format!("10.0.0.{}", 10 + i),
+                    prefix_len: 24,
+                    gateway: "10.0.0.1".into(),
+                    vni: 7,
+                })
+                .collect(),
+            ssh_public_keys: vec![],
+            user_data: None,
+            volumes: vec![],
+            reboot_gen: 0,
+        }
+    }
+
+    #[test]
+    fn a_disk_guest_gets_an_overlay_on_the_cached_image_and_a_seed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("disk.qcow2");
+        std::fs::write(&src, b"a qcow2, as far as this test cares").unwrap();
+        let sum = image::sha256_file(&src).unwrap();
+        let f = host::FakeRunner::new();
+        let lv = inner(tmp.path(), &f, None);
+        let s = spec("i-a", HypervisorKind::Qemu, ImageFormat::Qcow2, src.to_str().unwrap(), 0);
+        let xml = lv.prepare(&s).unwrap();
+        let (t, i) = (tmp.path().display(), format!("{}/instances/i-a", tmp.path().display()));
+        assert_eq!(
+            f.lines(),
+            [
+                format!("qemu-img create -q -f qcow2 -b {t}/images/{sum} -F qcow2 {i}/root.qcow2"),
+                format!("genisoimage -quiet -output {i}/seed.iso -volid cidata -joliet -rock {i}/seed/user-data {i}/seed/meta-data"),
+            ]
+        );
+        assert!(xml.contains(&format!("{i}/root.qcow2")) && xml.contains(&format!("{i}/seed.iso")), "{xml}");
+        let meta = std::fs::read_to_string(format!("{i}/seed/meta-data")).unwrap();
+        assert!(meta.starts_with("instance-id: i-a\nlocal-hostname: web1\n"), "{meta}");
+    }
+
+    #[test]
+    fn a_failed_seed_fails_the_preparation_with_the_command() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("disk.raw");
+        std::fs::write(&src, b"raw").unwrap();
+        let f = host::FakeRunner::new();
+        f.fail(&["genisoimage"], "exit status: 1: genisoimage: No space left on device");
+        let lv = inner(tmp.path(), &f, None);
+        let e = lv.prepare(&spec("i-a", HypervisorKind::Kvm, ImageFormat::Raw, src.to_str().unwrap(), 0)).unwrap_err();
+        assert!(e.starts_with(r#"genisoimage ["-quiet", "-output", "#), "{e}");
+        assert!(e.ends_with("failed: exit status: 1: genisoimage: No space left on device"), "{e}");
+        assert!(f.lines()[0].contains(" -F raw "), "the overlay names the base's format: {:?}", f.lines());
+    }
+
+    #[test]
+    fn a_container_from_a_directory_gets_its_own_copy_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = host::FakeRunner::new();
+        f.answer(&["cp", "-a"], |argv| std::fs::create_dir(&argv[3]).map(|_| String::new()).map_err(|e| e.to_string()));
+        let lv = inner(tmp.path(), &f, None);
+        let s = spec("i-b", HypervisorKind::Lxc, ImageFormat::Dir, "/srv/rootfs", 0);
+        let xml = lv.prepare(&s).unwrap();
+        let rootfs = format!("{}/instances/i-b/rootfs", tmp.path().display());
+        assert_eq!(f.lines(), [format!("cp -a /srv/rootfs {rootfs}")]);
+        assert!(xml.contains(&rootfs), "{xml}");
+        f.clear();
+        lv.prepare(&s).unwrap();
+        assert!(f.calls().is_empty(), "copied once: {:?}", f.lines());
+        let tar = spec("i-c", HypervisorKind::Lxc, ImageFormat::Raw, "/srv/disk.img", 0);
+        assert!(lv.prepare(&tar).unwrap_err().contains("needs a tar or dir image"));
+        assert!(f.calls().is_empty());
+    }
+
+    #[test]
+    fn taps_that_exist_move_into_the_host_namespace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = host::FakeRunner::new();
+        let s = spec("i-a", HypervisorKind::Qemu, ImageFormat::Qcow2, "/x", 2);
+        let (d0, d1) = (vif_device_name(&s.nics[0].id), vif_device_name(&s.nics[1].id));
+        // The second tap is gone (moved already, or its guest stopped).
+        f.fail(&["ip", "link", "show", "dev", &d1], "Device does not exist");
+        inner(tmp.path(), &f, Some("h1")).move_taps(&s);
+        assert_eq!(
+            f.lines(),
+            [
+                format!("ip link show dev {d0}"),
+                format!("ip link set dev {d0} netns h1"),
+                format!("ip -n h1 link set dev {d0} up"),
+                format!("ip link show dev {d1}"),
+            ]
+        );
+        // Containers keep their veths; without a namespace nothing moves.
+        f.clear();
+        let c = spec("i-b", HypervisorKind::Lxc, ImageFormat::Dir, "/x", 1);
+        inner(tmp.path(), &f, Some("h1")).move_taps(&c);
+        inner(tmp.path(), &f, None).move_taps(&s);
+        assert!(f.calls().is_empty(), "{:?}", f.lines());
     }
 }

@@ -17,13 +17,18 @@ pub fn meta_data(spec: &InstanceSpec) -> String {
     s
 }
 
-pub fn build(spec: &InstanceSpec, dir: &Path, iso: &Path) -> Result<(), super::image::ImageError> {
+pub fn build(
+    tools: &dyn host::CommandRunner,
+    spec: &InstanceSpec,
+    dir: &Path,
+    iso: &Path,
+) -> Result<(), super::image::ImageError> {
     let src = dir.join("seed");
     let io = |source| super::image::ImageError::Io { path: src.display().to_string(), source };
     std::fs::create_dir_all(&src).map_err(io)?;
     std::fs::write(src.join("meta-data"), meta_data(spec)).map_err(io)?;
     std::fs::write(src.join("user-data"), spec.user_data.as_deref().unwrap_or("#cloud-config\n")).map_err(io)?;
-    host::run(
+    tools.run(
         "genisoimage",
         &[
             "-quiet",
@@ -46,9 +51,8 @@ mod tests {
     use vdc_schema::bus::ImageSpec;
     use vdc_schema::{DesiredPower, HypervisorKind, ImageFormat};
 
-    #[test]
-    fn meta_data_carries_identity_and_quoted_keys() {
-        let spec = InstanceSpec {
+    fn spec() -> InstanceSpec {
+        InstanceSpec {
             id: "i-abc".parse().unwrap(),
             spec_gen: 1,
             power: DesiredPower::Running,
@@ -69,9 +73,36 @@ mod tests {
             user_data: None,
             volumes: vec![],
             reboot_gen: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn meta_data_carries_identity_and_quoted_keys() {
+        let spec = spec();
         let md = meta_data(&spec);
         assert!(md.starts_with("instance-id: i-abc\nlocal-hostname: web1\n"));
         assert!(md.contains(r#"  - "ssh-ed25519 AAAA key: with \"quotes\"""#), "{md}");
+    }
+
+    #[test]
+    fn the_seed_is_an_iso_labelled_cidata_of_both_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = host::FakeRunner::new();
+        let mut spec = spec();
+        spec.user_data = Some("#cloud-config\nruncmd: [true]\n".into());
+        let iso = tmp.path().join("seed.iso");
+        build(&*f, &spec, tmp.path(), &iso).unwrap();
+        let d = tmp.path().display();
+        assert_eq!(
+            f.lines(),
+            [format!("genisoimage -quiet -output {d}/seed.iso -volid cidata -joliet -rock {d}/seed/user-data {d}/seed/meta-data")]
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("seed/user-data")).unwrap(),
+            "#cloud-config\nruncmd: [true]\n"
+        );
+        assert!(std::fs::read_to_string(tmp.path().join("seed/meta-data"))
+            .unwrap()
+            .starts_with("instance-id: i-abc\n"));
     }
 }

@@ -287,13 +287,18 @@ impl OvsNetwork {
     /// Opens the switch: makes the bridge exist and puts the base flows (and, after a
     /// restart, every known network's and port's flows) in place.
     pub async fn open(cfg: OvsConfig, sink: ReportSink) -> Result<Self, OvsError> {
+        Self::open_with(cfg, sink, crate::cmd::system()).await
+    }
+
+    /// [`OvsNetwork::open`] running `ovs-ofctl`, `ip`, `nft` and `dnsmasq` through `tools`.
+    pub async fn open_with(cfg: OvsConfig, sink: ReportSink, tools: crate::cmd::Runner) -> Result<Self, OvsError> {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| OvsError::Other(format!("{}: {e}", cfg.data_dir.display())))?;
         let db = ovsdb::Ovsdb::new(&cfg.db_socket);
         // The userspace datapath where the kernel module is missing (detected, not assumed).
         let datapath = if std::path::Path::new("/sys/module/openvswitch").exists() { "system" } else { "netdev" };
         db.ensure_bridge(&cfg.bridge, datapath).await?;
-        let of = ofctl::Ofctl::new(&cfg.rundir, &cfg.bridge);
+        let of = ofctl::Ofctl::with_runner(&cfg.rundir, &cfg.bridge, tools.clone());
         let st: State = std::fs::read(cfg.data_dir.join("state.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -303,7 +308,8 @@ impl OvsNetwork {
             cfg.external_bridge.clone(),
             cfg.service_prefix.clone(),
             cfg.data_dir.join("services"),
-        );
+        )
+        .with_runner(tools);
         let inner = Inner { cfg, db, of, svc, sink, state: tokio::sync::Mutex::new(st) };
         // Wait for ovs-vswitchd to create the bridge's management socket.
         let mgmt = inner.cfg.rundir.join(format!("{}.mgmt", inner.cfg.bridge));

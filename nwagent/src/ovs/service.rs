@@ -15,6 +15,7 @@
 //! cloud uses (OpenStack, Incus), it handles renewals, options and odd clients
 //! correctly, and a static hosts file is all it needs from us.
 
+use crate::cmd::{self, CmdError, Runner};
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -31,6 +32,12 @@ pub struct ServiceError(pub String);
 
 fn err(e: impl std::fmt::Display) -> ServiceError {
     ServiceError(e.to_string())
+}
+
+impl From<CmdError> for ServiceError {
+    fn from(e: CmdError) -> Self {
+        err(e)
+    }
 }
 
 pub const METADATA_IP: &str = "169.254.169.254";
@@ -74,6 +81,7 @@ pub struct Services {
     pub prefix: String,
     pub dir: PathBuf,
     running: std::sync::Mutex<HashMap<u32, Running>>,
+    tools: Runner,
 }
 
 impl Services {
@@ -101,23 +109,15 @@ pub fn service_dev(vni: u32) -> String {
     format!("vs{vni:x}")
 }
 
-async fn run(prog: &str, args: &[&str]) -> Result<String, ServiceError> {
-    tracing::debug!("run {prog} {}", args.join(" "));
-    let out = tokio::process::Command::new(prog).args(args).output().await.map_err(err)?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(ServiceError(format!(
-            "`{prog} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
-}
-
 impl Services {
     pub fn new(host_netns: Option<String>, external_bridge: Option<String>, prefix: String, dir: PathBuf) -> Self {
-        Services { host_netns, external_bridge, prefix, dir, running: Default::default() }
+        Services { host_netns, external_bridge, prefix, dir, running: Default::default(), tools: cmd::system() }
+    }
+
+    /// The same services, running `ip`, `nft`, `dnsmasq` and `kill` through `tools`.
+    pub fn with_runner(mut self, tools: Runner) -> Self {
+        self.tools = tools;
+        self
     }
 
     pub fn netns(&self, vni: u32) -> String {
@@ -131,26 +131,43 @@ impl Services {
             all.extend(["-n", n.as_str()]);
         }
         all.extend_from_slice(args);
-        run("ip", &all).await
+        Ok(self.tools.run("ip", &all).await?)
     }
 
     async fn in_ns(&self, vni: u32, args: &[&str]) -> Result<String, ServiceError> {
         let ns = self.netns(vni);
         let mut all = vec!["netns", "exec", ns.as_str()];
         all.extend_from_slice(args);
-        run("ip", &all).await
+        Ok(self.tools.run("ip", &all).await?)
     }
 
     /// Makes the network's service namespace, DHCP server and metadata server exist,
     /// with `guests` (this host's interfaces on the network); idempotent.
     pub async fn ensure(&self, n: &NetService) -> Result<(), ServiceError> {
+        self.ensure_netns(n).await?;
+        self.ensure_dhcp(n.vni, &n.cidr, &n.gateway, &n.leases).await?;
+        self.ensure_metadata(n.vni, &n.guests).await?;
+        match (&n.external, &self.external_bridge) {
+            (Some(ext), Some(br)) => self.ensure_router(n, ext, br).await,
+            (Some(_), None) => {
+                tracing::warn!(vni = n.vni, "the network has an external side but this host has no --external-bridge");
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        }
+    }
+
+    /// The namespace, and the veth joining it to the integration bridge with the
+    /// gateway's and the metadata service's addresses.
+    async fn ensure_netns(&self, n: &NetService) -> Result<(), ServiceError> {
         let (vni, cidr, gateway) = (n.vni, n.cidr.as_str(), n.gateway.as_str());
         let ns = self.netns(vni);
         let dev = service_dev(vni);
         let prefix_len = cidr.split('/').nth(1).unwrap_or("24");
-        let exists = run("ip", &["netns", "list"]).await?.lines().any(|l| l.split_whitespace().next() == Some(&ns));
+        let exists =
+            self.tools.run("ip", &["netns", "list"]).await?.lines().any(|l| l.split_whitespace().next() == Some(&ns));
         if !exists {
-            run("ip", &["netns", "add", &ns]).await?;
+            self.tools.run("ip", &["netns", "add", &ns]).await?;
         }
         if self.host_ip(&["link", "show", &dev]).await.is_err() {
             self.host_ip(&["link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", &ns]).await?;
@@ -162,16 +179,7 @@ impl Services {
             // Checksums in software: the userspace datapath does not fill them in.
             let _ = self.in_ns(vni, &["ethtool", "-K", "eth0", "tx", "off"]).await;
         }
-        self.ensure_dhcp(vni, cidr, gateway, &n.leases).await?;
-        self.ensure_metadata(vni, &n.guests).await?;
-        match (&n.external, &self.external_bridge) {
-            (Some(ext), Some(br)) => self.ensure_router(n, ext, br).await,
-            (Some(_), None) => {
-                tracing::warn!(vni, "the network has an external side but this host has no --external-bridge");
-                Ok(())
-            }
-            (None, _) => Ok(()),
-        }
+        Ok(())
     }
 
     /// The router side: ext0 on the external bridge, its addresses, and the NAT rules.
@@ -206,16 +214,7 @@ impl Services {
         }
         self.in_ns(vni, &["ip", "route", "replace", "default", "via", &ext.gateway, "dev", "ext0"]).await?;
         // The whole ruleset in one nft transaction: never half-applied.
-        let mut pre = String::new();
-        let mut post = String::new();
-        for (fip, fixed) in &n.fips {
-            pre.push_str(&format!("    ip daddr {fip} dnat to {fixed}\n"));
-            post.push_str(&format!("    oifname \"ext0\" ip saddr {fixed} snat to {fip}\n"));
-        }
-        post.push_str(&format!("    oifname \"ext0\" ip saddr {} snat to {}\n", n.cidr, ext.snat_ip));
-        let rules = format!(
-            "table ip vdc\ndelete table ip vdc\ntable ip vdc {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{pre}  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}  }}\n  chain forward {{\n    type filter hook forward priority filter; policy drop;\n    ct state established,related accept\n    iifname \"eth0\" oifname \"ext0\" accept\n    ct status dnat accept\n  }}\n}}\n"
-        );
+        let rules = nat_rules(n, ext);
         let file = self.dir.join(format!("nat-{vni}.nft"));
         std::fs::write(&file, rules).map_err(err)?;
         self.in_ns(vni, &["nft", "-f", &file.to_string_lossy()]).await?;
@@ -239,7 +238,7 @@ impl Services {
         let pid = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok());
         if let Some(pid) = pid.filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
             // dnsmasq re-reads its hosts file on SIGHUP.
-            run("kill", &["-HUP", &pid.to_string()]).await?;
+            self.tools.run("kill", &["-HUP", &pid.to_string()]).await?;
             return Ok(());
         }
         let net: ipnet::Ipv4Net = cidr.parse().map_err(err)?;
@@ -296,18 +295,34 @@ impl Services {
         }
         let pidfile = self.dir.join(format!("dhcp-{vni}.pid"));
         if let Some(pid) = std::fs::read_to_string(&pidfile).ok().map(|p| p.trim().to_owned()) {
-            let _ = run("kill", &[&pid]).await;
+            let _ = self.tools.run("kill", &[&pid]).await;
             let _ = std::fs::remove_file(&pidfile);
         }
         let _ = self.host_ip(&["link", "del", &service_dev(vni)]).await;
         let _ = self.host_ip(&["link", "del", &format!("xr{vni:x}")]).await;
         let _ = std::fs::remove_file(self.dir.join(format!("nat-{vni}.nft")));
-        let _ = run("ip", &["netns", "del", &self.netns(vni)]).await;
+        let _ = self.tools.run("ip", &["netns", "del", &self.netns(vni)]).await;
         for ext in ["hosts", "leases"] {
             let _ = std::fs::remove_file(self.dir.join(format!("dhcp-{vni}.{ext}")));
         }
         Ok(())
     }
+}
+
+/// The router's nftables ruleset, as one transaction that replaces the previous one:
+/// 1:1 NAT for each floating IP, SNAT to the router's address for the rest of the
+/// network, and forwarding of nothing from outside but answers and floating IPs' traffic.
+fn nat_rules(n: &NetService, ext: &ExternalSpec) -> String {
+    let mut pre = String::new();
+    let mut post = String::new();
+    for (fip, fixed) in &n.fips {
+        pre.push_str(&format!("    ip daddr {fip} dnat to {fixed}\n"));
+        post.push_str(&format!("    oifname \"ext0\" ip saddr {fixed} snat to {fip}\n"));
+    }
+    post.push_str(&format!("    oifname \"ext0\" ip saddr {} snat to {}\n", n.cidr, ext.snat_ip));
+    format!(
+        "table ip vdc\ndelete table ip vdc\ntable ip vdc {{\n  chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{pre}  }}\n  chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n{post}  }}\n  chain forward {{\n    type filter hook forward priority filter; policy drop;\n    ct state established,related accept\n    iifname \"eth0\" oifname \"ext0\" accept\n    ct status dnat accept\n  }}\n}}\n"
+    )
 }
 
 /// Binds a TCP listener inside another network namespace: a short-lived thread enters
@@ -364,4 +379,196 @@ async fn key(State(t): State<Table>, ConnectInfo(peer): ConnectInfo<SocketAddr>,
 async fn user_data(State(t): State<Table>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Answer {
     let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
     m.meta.user_data.ok_or(StatusCode::NOT_FOUND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::FakeRunner;
+
+    /// Services of host namespace `h1`, namespaces prefixed `vt`, on a fake.
+    fn services(dir: &std::path::Path) -> (Arc<FakeRunner>, Services) {
+        let f = FakeRunner::new();
+        let s =
+            Services::new(Some("h1".into()), Some("br-ex".into()), "vt".into(), dir.to_owned()).with_runner(f.clone());
+        (f, s)
+    }
+
+    fn net(fips: &[(&str, &str)]) -> NetService {
+        NetService {
+            vni: 42,
+            cidr: "10.10.0.0/24".into(),
+            gateway: "10.10.0.1".into(),
+            guests: vec![],
+            leases: vec![("52:54:00:00:00:05".into(), "10.10.0.5".into(), "web".into())],
+            external: Some(ExternalSpec {
+                cidr: "203.0.113.0/24".into(),
+                gateway: "203.0.113.1".into(),
+                snat_ip: "203.0.113.2".into(),
+            }),
+            fips: fips.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_namespace_is_made_once_with_the_gateway_and_metadata_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, s) = services(dir.path());
+        f.ok(&["ip", "netns", "list"], "vt-n7 (id: 0)\n");
+        f.fail(&["ip", "-n", "h1", "link", "show"], "Device \"vs2a\" does not exist.");
+        s.ensure_netns(&net(&[])).await.unwrap();
+        assert_eq!(
+            f.lines(),
+            [
+                "ip netns list",
+                "ip netns add vt-n2a",
+                "ip -n h1 link show vs2a",
+                "ip -n h1 link add vs2a type veth peer name eth0 netns vt-n2a",
+                "ip -n h1 link set vs2a up",
+                "ip netns exec vt-n2a ip link set lo up",
+                "ip netns exec vt-n2a ip link set eth0 address 02:5d:00:00:00:2a mtu 1450 up",
+                "ip netns exec vt-n2a ip addr add 10.10.0.1/24 dev eth0",
+                "ip netns exec vt-n2a ip addr add 169.254.169.254/32 dev eth0",
+                "ip netns exec vt-n2a ethtool -K eth0 tx off",
+            ]
+        );
+        // There already: nothing is added.
+        f.clear();
+        f.ok(&["ip", "netns", "list"], "vt-n7 (id: 0)\nvt-n2a (id: 1)\n");
+        f.ok(&["ip", "-n", "h1", "link", "show"], "");
+        s.ensure_netns(&net(&[])).await.unwrap();
+        assert_eq!(f.lines(), ["ip netns list", "ip -n h1 link show vs2a"]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_step_stops_the_ensure_and_names_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, s) = services(dir.path());
+        f.fail(&["ip", "netns", "add"], "Permission denied");
+        let e = s.ensure(&net(&[])).await.unwrap_err();
+        assert_eq!(e.to_string(), "network service: `ip netns add vt-n2a` failed: Permission denied");
+        assert_eq!(f.lines(), ["ip netns list", "ip netns add vt-n2a"]);
+    }
+
+    #[tokio::test]
+    async fn a_new_router_joins_the_external_bridge_and_forwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, s) = services(dir.path());
+        f.fail(&["ip", "-n", "h1", "link", "show", "xr2a"], "Device \"xr2a\" does not exist.");
+        f.ok(&["ip", "netns", "exec", "vt-n2a", "ip", "-j", "addr"], "[]");
+        let n = net(&[]);
+        s.ensure_router(&n, n.external.as_ref().unwrap(), "br-ex").await.unwrap();
+        assert_eq!(
+            f.lines()[..7],
+            [
+                "ip -n h1 link show xr2a",
+                "ip -n h1 link add xr2a type veth peer name ext0 netns vt-n2a",
+                "ip -n h1 link set xr2a master br-ex up",
+                "ip netns exec vt-n2a ip link set ext0 up",
+                "ip netns exec vt-n2a sysctl -qw net.ipv4.ip_forward=1",
+                "ip netns exec vt-n2a ip -j addr show dev ext0",
+                "ip netns exec vt-n2a ip addr add 203.0.113.2/24 dev ext0",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_floating_ip_is_an_address_and_one_nft_transaction_of_1_to_1_nat() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, s) = services(dir.path());
+        // ext0 has the SNAT address and a floating IP that is no longer this host's.
+        let have = r#"[{"ifname":"ext0","addr_info":[{"family":"inet","local":"203.0.113.2","prefixlen":24},
+            {"family":"inet","local":"203.0.113.99","prefixlen":32},{"family":"inet6","local":"fe80::1","prefixlen":64}]}]"#;
+        f.ok(&["ip", "netns", "exec", "vt-n2a", "ip", "-j", "addr"], have);
+        let n = net(&[("203.0.113.10", "10.10.0.5")]);
+        s.ensure_router(&n, n.external.as_ref().unwrap(), "br-ex").await.unwrap();
+        let file = dir.path().join("nat-42.nft");
+        assert_eq!(
+            f.lines(),
+            [
+                "ip -n h1 link show xr2a".to_owned(),
+                "ip netns exec vt-n2a ip -j addr show dev ext0".into(),
+                "ip netns exec vt-n2a ip addr add 203.0.113.10/32 dev ext0".into(),
+                "ip netns exec vt-n2a ip addr del 203.0.113.99/32 dev ext0".into(),
+                "ip netns exec vt-n2a ip route replace default via 203.0.113.1 dev ext0".into(),
+                format!("ip netns exec vt-n2a nft -f {}", file.display()),
+            ]
+        );
+        let rules = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            rules.starts_with("table ip vdc\ndelete table ip vdc\ntable ip vdc {\n"),
+            "replaces the table whole:\n{rules}"
+        );
+        assert!(
+            rules.contains(
+                "  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n    ip daddr 203.0.113.10 dnat to 10.10.0.5\n  }\n"
+            ),
+            "{rules}"
+        );
+        // The floating IP's own SNAT comes before the network's catch-all.
+        assert!(
+            rules.contains(
+                "  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"ext0\" ip saddr 10.10.0.5 snat to 203.0.113.10\n    oifname \"ext0\" ip saddr 10.10.0.0/24 snat to 203.0.113.2\n  }\n"
+            ),
+            "{rules}"
+        );
+        assert!(rules.contains("policy drop;\n    ct state established,related accept\n"), "{rules}");
+    }
+
+    #[tokio::test]
+    async fn dhcp_starts_with_static_leases_then_reloads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, s) = services(dir.path());
+        let leases = net(&[]).leases;
+        s.ensure_dhcp(42, "10.10.0.0/24", "10.10.0.1", &leases).await.unwrap();
+        let d = dir.path().display();
+        assert_eq!(
+            f.calls()[0].argv,
+            [
+                "ip".to_owned(),
+                "netns".into(),
+                "exec".into(),
+                "vt-n2a".into(),
+                "dnsmasq".into(),
+                "--conf-file=/dev/null".into(),
+                "--port=0".into(),
+                "--interface=eth0".into(),
+                "--bind-interfaces".into(),
+                "--except-interface=lo".into(),
+                "--dhcp-range=10.10.0.0,static,255.255.255.0,12h".into(),
+                format!("--dhcp-hostsfile={d}/dhcp-42.hosts"),
+                format!("--dhcp-leasefile={d}/dhcp-42.leases"),
+                "--dhcp-option=option:router,10.10.0.1".into(),
+                format!("--pid-file={d}/dhcp-42.pid"),
+                "--dhcp-authoritative".into(),
+            ]
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("dhcp-42.hosts")).unwrap(),
+            "52:54:00:00:00:05,10.10.0.5,web\n"
+        );
+        // dnsmasq runs (a live pid): a change of leases is a SIGHUP, not a second dnsmasq.
+        f.clear();
+        let pid = std::process::id();
+        std::fs::write(dir.path().join("dhcp-42.pid"), format!("{pid}\n")).unwrap();
+        s.ensure_dhcp(42, "10.10.0.0/24", "10.10.0.1", &[]).await.unwrap();
+        assert_eq!(f.lines(), [format!("kill -HUP {pid}")]);
+        assert_eq!(std::fs::read_to_string(dir.path().join("dhcp-42.hosts")).unwrap(), "");
+    }
+
+    #[tokio::test]
+    async fn remove_goes_through_every_step_even_when_some_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, s) = services(dir.path());
+        for name in ["dhcp-42.pid", "dhcp-42.hosts", "dhcp-42.leases", "nat-42.nft"] {
+            std::fs::write(dir.path().join(name), "12345\n").unwrap();
+        }
+        f.fail(&["kill"], "No such process").fail(&["ip"], "Cannot find device");
+        s.remove(42).await.unwrap();
+        assert_eq!(
+            f.lines(),
+            ["kill 12345", "ip -n h1 link del vs2a", "ip -n h1 link del xr2a", "ip netns del vt-n2a"]
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "its files are gone");
+    }
 }

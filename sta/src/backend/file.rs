@@ -7,15 +7,21 @@ use super::*;
 
 pub struct FileBackend {
     dir: PathBuf,
+    tools: Runner,
 }
 
 impl FileBackend {
     pub async fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, cmd::system()).await
+    }
+
+    /// [`FileBackend::open`] with the given way of running `cp`.
+    pub async fn open_with(dir: &Path, tools: Runner) -> Result<Self> {
         for sub in ["volumes", "snapshots"] {
             let d = dir.join(sub);
             tokio::fs::create_dir_all(&d).await.map_err(|e| io(&d, e))?;
         }
-        Ok(FileBackend { dir: dir.to_owned() })
+        Ok(FileBackend { dir: dir.to_owned(), tools })
     }
 
     fn snap_path(&self, snap: &SnapshotId) -> PathBuf {
@@ -46,7 +52,7 @@ impl Backend for FileBackend {
         let to = self.lun_path(id);
         let tmp = to.with_extension("img.part");
         let _ = tokio::fs::remove_file(&tmp).await;
-        copy_file(&from, &tmp).await?;
+        copy_file(&self.tools, &from, &tmp).await?;
         tokio::fs::rename(&tmp, &to).await.map_err(|e| io(&to, e))
     }
 
@@ -62,7 +68,7 @@ impl Backend for FileBackend {
         let to = self.snap_path(snap);
         let tmp = to.with_extension("img.part");
         let _ = tokio::fs::remove_file(&tmp).await;
-        copy_file(&self.lun_path(volume), &tmp).await?;
+        copy_file(&self.tools, &self.lun_path(volume), &tmp).await?;
         tokio::fs::rename(&tmp, &to).await.map_err(|e| io(&to, e))
     }
 
@@ -80,5 +86,69 @@ impl Backend for FileBackend {
 
     async fn capacity(&self) -> Result<(u64, u64)> {
         statvfs_mib(&self.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::FakeRunner;
+    use std::sync::Arc;
+
+    fn vol(s: &str) -> VolumeId {
+        s.parse().unwrap()
+    }
+
+    fn snap(s: &str) -> SnapshotId {
+        s.parse().unwrap()
+    }
+
+    /// A backend whose `cp` copies as cp would (the fake's answer does the copy).
+    async fn backend(dir: &Path) -> (Arc<FakeRunner>, FileBackend) {
+        let f = FakeRunner::new();
+        f.answer(&["cp"], |argv| {
+            let [.., from, to] = argv else { return Err("cp: missing operand".into()) };
+            std::fs::copy(from, to).map(|_| String::new()).map_err(|e| e.to_string())
+        });
+        let b = FileBackend::open_with(dir, f.clone()).await.unwrap();
+        (f, b)
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_a_reflink_copy_renamed_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, b) = backend(dir.path()).await;
+        b.create(&vol("vol-a"), 4).await.unwrap();
+        assert!(f.calls().is_empty(), "a new volume is a sparse file, no command");
+        b.snapshot(&vol("vol-a"), &snap("snap-1")).await.unwrap();
+        let d = dir.path().display();
+        assert_eq!(
+            f.lines(),
+            [format!("cp --reflink=auto --sparse=always -- {d}/volumes/vol-a.img {d}/snapshots/snap-1.img.part")]
+        );
+        assert!(b.snapshot_exists(&vol("vol-a"), &snap("snap-1")).await);
+        assert!(!dir.path().join("snapshots/snap-1.img.part").exists());
+        f.clear();
+        b.create_from_snapshot(&vol("vol-b"), &vol("vol-a"), &snap("snap-1")).await.unwrap();
+        assert_eq!(
+            f.lines(),
+            [format!("cp --reflink=auto --sparse=always -- {d}/snapshots/snap-1.img {d}/volumes/vol-b.img.part")]
+        );
+        assert_eq!(b.size_mib(&vol("vol-b")).await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_failed_copy_leaves_no_volume_and_names_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, b) = backend(dir.path()).await;
+        let e = b.create_from_snapshot(&vol("vol-b"), &vol("vol-a"), &snap("snap-1")).await.unwrap_err();
+        assert!(matches!(e, BackendError::NoSnapshot(_)), "{e}");
+        assert!(f.calls().is_empty(), "nothing is copied from a missing snapshot");
+        std::fs::write(dir.path().join("snapshots/snap-1.img"), b"x").unwrap();
+        f.fail(&["cp", "--reflink=auto"], "cp: error writing: No space left on device");
+        let e = b.create_from_snapshot(&vol("vol-b"), &vol("vol-a"), &snap("snap-1")).await.unwrap_err();
+        assert!(e.to_string().starts_with("`cp --reflink=auto --sparse=always -- "), "{e}");
+        assert!(e.to_string().ends_with("failed: cp: error writing: No space left on device"), "{e}");
+        assert!(!b.exists(&vol("vol-b")).await);
     }
 }

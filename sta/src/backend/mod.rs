@@ -15,7 +15,7 @@ pub mod btrfs;
 pub mod file;
 pub mod zfs;
 
-use crate::cmd::{self, CmdError};
+use crate::cmd::{self, CmdError, Runner};
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
 use vdc_schema::id::{SnapshotId, VolumeId};
@@ -106,8 +106,8 @@ pub(crate) fn path_str(p: &Path) -> Result<&str> {
 
 /// Copies `from` to a new file `to`, sharing blocks where the filesystem can (reflink,
 /// which is atomic) and keeping holes.
-pub(crate) async fn copy_file(from: &Path, to: &Path) -> Result<()> {
-    cmd::run("cp", &["--reflink=auto", "--sparse=always", "--", path_str(from)?, path_str(to)?]).await?;
+pub(crate) async fn copy_file(tools: &Runner, from: &Path, to: &Path) -> Result<()> {
+    tools.run("cp", &["--reflink=auto", "--sparse=always", "--", path_str(from)?, path_str(to)?]).await?;
     Ok(())
 }
 
@@ -120,9 +120,14 @@ pub enum BackendConfig {
 }
 
 pub async fn open(cfg: &BackendConfig) -> Result<std::sync::Arc<dyn Backend>> {
+    open_with(cfg, cmd::system()).await
+}
+
+/// [`open`] with the given way of running the tools.
+pub async fn open_with(cfg: &BackendConfig, tools: Runner) -> Result<std::sync::Arc<dyn Backend>> {
     Ok(match cfg {
-        BackendConfig::File { dir } => std::sync::Arc::new(file::FileBackend::open(dir).await?),
-        BackendConfig::Btrfs { dir } => std::sync::Arc::new(btrfs::BtrfsBackend::open(dir).await?),
-        BackendConfig::Zfs { dataset } => std::sync::Arc::new(zfs::ZfsBackend::open(dataset).await?),
+        BackendConfig::File { dir } => std::sync::Arc::new(file::FileBackend::open_with(dir, tools).await?),
+        BackendConfig::Btrfs { dir } => std::sync::Arc::new(btrfs::BtrfsBackend::open_with(dir, tools).await?),
+        BackendConfig::Zfs { dataset } => std::sync::Arc::new(zfs::ZfsBackend::open_with(dataset, tools).await?),
     })
 }
