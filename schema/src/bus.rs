@@ -63,12 +63,26 @@ impl std::fmt::Display for AgentKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope<T> {
     pub proto: u32,
+    /// The request this message serves, so the agent's log lines carry the same
+    /// resource and job IDs as dcmgr's (absent from older senders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
     pub msg: T,
+}
+
+/// The IDs a command's tracing span carries across the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    /// The object the command is about (`i-…`, `vol-…`, `vif-…`).
+    pub resource: String,
+    /// The job waiting for it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 impl<T> Envelope<T> {
     pub fn new(msg: T) -> Self {
-        Envelope { proto: PROTOCOL_VERSION, msg }
+        Envelope { proto: PROTOCOL_VERSION, trace: None, msg }
     }
 }
 
@@ -86,13 +100,23 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     serde_json::to_vec(&Envelope::new(msg)).expect("bus messages serialize")
 }
 
+/// Encodes a message with the IDs of the request it serves.
+pub fn encode_traced<T: Serialize>(msg: &T, trace: Option<Trace>) -> Vec<u8> {
+    serde_json::to_vec(&Envelope { proto: PROTOCOL_VERSION, trace, msg }).expect("bus messages serialize")
+}
+
 /// Decodes an untrusted message and checks its protocol version.
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    decode_traced(bytes).map(|(msg, _)| msg)
+}
+
+/// Like [`decode`], with the trace IDs the sender attached.
+pub fn decode_traced<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(T, Option<Trace>), DecodeError> {
     let env: Envelope<T> = serde_json::from_slice(bytes)?;
     if env.proto + 1 < PROTOCOL_VERSION || env.proto > PROTOCOL_VERSION + 1 {
         return Err(DecodeError::Version { got: env.proto });
     }
-    Ok(env.msg)
+    Ok((env.msg, env.trace))
 }
 
 // ---------------------------------------------------------------- agent → dcmgr
@@ -449,5 +473,21 @@ mod tests {
         let cmd = Command::EnsureInstanceAbsent { id: "i-abc".parse().unwrap(), spec_gen: 3 };
         let back: Command = decode(&encode(&cmd)).unwrap();
         assert!(matches!(back, Command::EnsureInstanceAbsent { spec_gen: 3, .. }));
+    }
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_travel_and_old_envelopes_still_decode() {
+        let t = Trace { resource: "i-abc".into(), job: Some("job-1".into()) };
+        let bytes = encode_traced(&Heartbeat { node_id: "hn-x".into(), kind: AgentKind::Hva }, Some(t.clone()));
+        let (hb, got): (Heartbeat, _) = decode_traced(&bytes).unwrap();
+        assert_eq!((hb.node_id.as_str(), got), ("hn-x", Some(t)));
+        let old = format!(r#"{{"proto":{PROTOCOL_VERSION},"msg":{{"node_id":"hn-x","kind":"hva"}}}}"#);
+        let (_, none): (Heartbeat, _) = decode_traced(old.as_bytes()).unwrap();
+        assert_eq!(none, None);
     }
 }

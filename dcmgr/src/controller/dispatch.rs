@@ -26,7 +26,7 @@ pub fn spawn(
                         w = async { rx.lock().await.recv().await } => match w { Some(w) => w, None => return },
                     };
                     ctx.taken(&w);
-                    if let Err(e) = handle(&ctx, &w).await {
+                    if let Err(e) = traced(&ctx, &w).await {
                         // The reconciler tries again; an offline agent is expected, not an error.
                         match e {
                             ApiError::Unavailable { .. } => tracing::debug!(?w, "ensure not sent: {e}"),
@@ -37,6 +37,28 @@ pub fn spawn(
             })
         })
         .collect()
+}
+
+/// Handles `w` in a span carrying the object's ID and its running job's, which travel
+/// with the ensure so the agent logs under the same IDs.
+async fn traced(ctx: &SharedCtx, w: &Work) -> Result<(), ApiError> {
+    let resource = match w {
+        Work::Instance(id) => id.to_string(),
+        Work::Interface(id) | Work::UnplugInterface(id, _) => id.to_string(),
+        Work::Volume(id) => id.to_string(),
+        Work::Snapshot(id) => id.to_string(),
+        Work::SecurityGroup(id) => id.to_string(),
+        Work::NodeSync(_, node) => node.clone(),
+    };
+    let job: Option<(String,)> =
+        sqlx::query_as("SELECT id FROM jobs WHERE resource_id = $1 AND state = 'running' ORDER BY id DESC LIMIT 1")
+            .bind(&resource)
+            .fetch_optional(&ctx.db)
+            .await?;
+    let job = job.map(|j| j.0);
+    let span = tracing::info_span!("dispatch", resource = %resource, job = job.as_deref().unwrap_or(""));
+    let trace = vdc_schema::bus::Trace { resource, job };
+    tracing::Instrument::instrument(vdc_bus::with_trace(trace, handle(ctx, w)), span).await
 }
 
 async fn handle(ctx: &SharedCtx, w: &Work) -> Result<(), ApiError> {

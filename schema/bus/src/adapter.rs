@@ -11,8 +11,19 @@ use vdc_schema::bus::{
 };
 use vdc_schema::id::*;
 
+tokio::task_local! {
+    static TRACE: bus::Trace;
+}
+
+/// Runs `fut` with `trace` attached to every command it sends, so the agent's span
+/// carries the same resource and job IDs as dcmgr's.
+pub async fn with_trace<F: std::future::Future>(trace: bus::Trace, fut: F) -> F::Output {
+    TRACE.scope(trace, fut).await
+}
+
 async fn send(bus: &dyn Transport, kind: AgentKind, node: &str, cmd: &Command) -> Result<(), AgentError> {
-    bus.publish(&subject::agent(kind, node), bus::encode(cmd).into())
+    let trace = TRACE.try_with(|t| t.clone()).ok();
+    bus.publish(&subject::agent(kind, node), bus::encode_traced(cmd, trace).into())
         .await
         .map_err(|e| AgentError::Unavailable(e.to_string()))
 }

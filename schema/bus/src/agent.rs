@@ -221,10 +221,12 @@ async fn command_loop(mut sub: Subscription, handler: Arc<dyn CommandHandler>, c
             _ = cancel.cancelled() => return,
             m = sub.next() => match m { Some(m) => m, None => return },
         };
-        match bus::decode::<Command>(&msg.payload) {
-            Ok(cmd) => {
-                if let Err(e) = handler.command(cmd).await {
-                    warn!("command failed: {e}");
+        match bus::decode_traced::<Command>(&msg.payload) {
+            Ok((cmd, trace)) => {
+                let (resource, job) = trace.map(|t| (t.resource, t.job)).unwrap_or_default();
+                let span = tracing::info_span!("command", resource = %resource, job = job.as_deref().unwrap_or(""));
+                if let Err(e) = tracing::Instrument::instrument(handler.command(cmd), span.clone()).await {
+                    span.in_scope(|| warn!("command failed: {e}"));
                 }
             }
             Err(e) => warn!("dropping undecodable command: {e}"),

@@ -15,6 +15,6 @@ pub mod journal;
 pub mod sim;
 pub mod transport;
 
-pub use adapter::{HvaClient, NwClient, StaClient};
+pub use adapter::{with_trace, HvaClient, NwClient, StaClient};
 pub use agent::{AgentConfig, AgentHandle, CommandHandler, ReportSink};
 pub use transport::{BusError, InProc, Message, Nats, Subscription, Transport};
