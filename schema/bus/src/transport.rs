@@ -83,7 +83,7 @@ impl InProc {
         if n == 0 || !lossy {
             return false;
         }
-        let lost = (self.sent.fetch_add(1, Ordering::Relaxed) + 1) % n == 0;
+        let lost = (self.sent.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(n);
         if lost {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
