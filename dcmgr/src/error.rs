@@ -1,13 +1,6 @@
-//! The one error type of the Web API and its mapping to HTTP, in one place.
-//!
-//! Status policy: 400 bad input, 401 no or bad token, 403 not allowed (admin only),
-//! 404 unknown *or not yours* (the same answer for both), 409 state conflict,
-//! 422 quota or capacity, 503 an agent (or the database) is unavailable.
-//! `Internal` keeps its detail for the log and tells the client only that it happened.
+//! The error of a request's decision: a stable code and a message for the client (the
+//! status it maps to is decided in one place, [`crate::http::error`]).
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use vdc_schema::api::{ErrorBody, ErrorDetail};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -49,19 +42,6 @@ impl ApiError {
         ApiError::Internal(e.to_string())
     }
 
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable { .. } | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::BadRequest { code, .. }
@@ -87,17 +67,3 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let message = match &self {
-            ApiError::Busy(_) => "the database is busy; retry the request".to_owned(),
-            ApiError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                "internal error; the server log has the details".to_owned()
-            }
-            other => other.to_string(),
-        };
-        let body = ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message } };
-        (self.status(), axum::Json(body)).into_response()
-    }
-}

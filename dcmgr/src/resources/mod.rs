@@ -1,5 +1,5 @@
-//! One module per resource: its handlers, its queries and its rules live together, so
-//! "where is the volume attach logic" has one answer (`volume.rs`).
+//! Resources not yet split into the layers ([`crate::http`], [`crate::app`],
+//! [`crate::datastore`], [`crate::controller`]): handlers, queries and rules together.
 
 pub mod account;
 pub mod floating_ip;
@@ -7,7 +7,6 @@ pub mod image;
 pub mod instance;
 pub mod interface;
 pub mod job;
-pub mod keypair;
 pub mod lifecycle;
 pub mod network;
 pub mod node;
@@ -56,10 +55,7 @@ pub fn validate_name(kind: &str, name: &str) -> ApiResult<()> {
     }
 }
 
-/// Parses a path ID; a malformed ID is simply one that does not exist.
-pub fn path_id<T: std::str::FromStr>(kind: &'static str, raw: &str) -> ApiResult<T> {
-    raw.parse().map_err(|_| ApiError::not_found(kind, raw.chars().take(64).collect::<String>()))
-}
+pub use crate::http::path_id;
 
 /// Optional state filter, checked against the resource's state names.
 pub fn state_filter<S: std::str::FromStr<Err = vdc_schema::ParseEnumError>>(q: &ListQuery) -> ApiResult<String> {

@@ -1,12 +1,13 @@
 //! The Web API: routes under `/api/v1`, bearer-token authentication, extractors that turn
-//! malformed requests into our error body, and the OpenAPI document generated from the
-//! handler annotations.
+//! malformed requests into our error body, the OpenAPI document generated from the
+//! handler annotations, and (in [`error`]) the one mapping of errors to HTTP.
+
+pub mod error;
+pub mod keypairs;
 
 use crate::ctx::{Caller, SharedCtx};
-use crate::error::ApiError;
-use crate::resources::{
-    account, floating_ip, image, instance, job, keypair, network, node, secgroup, snapshot, volume,
-};
+use crate::error::{ApiError, ApiResult};
+use crate::resources::{account, floating_ip, image, instance, job, network, node, secgroup, snapshot, volume};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -24,6 +25,11 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         ApiError::bad("invalid_body", format!("the request body is not valid: {}", r.body_text()))
     }
+}
+
+/// Parses a path ID; a malformed ID is simply one that does not exist.
+pub fn path_id<T: std::str::FromStr>(kind: &'static str, raw: &str) -> ApiResult<T> {
+    raw.parse().map_err(|_| ApiError::not_found(kind, raw.chars().take(64).collect::<String>()))
 }
 
 /// List query parameters; unknown or malformed ones answer 400.
@@ -80,8 +86,8 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/accounts", post(account::create).get(account::list))
         .route("/accounts/{id}", get(account::show).delete(account::delete))
         .route("/accounts/{id}/tokens", post(account::create_token))
-        .route("/keypairs", post(keypair::create).get(keypair::list))
-        .route("/keypairs/{id}", get(keypair::show).delete(keypair::delete))
+        .route("/keypairs", post(keypairs::create).get(keypairs::list))
+        .route("/keypairs/{id}", get(keypairs::show).delete(keypairs::delete))
         .route("/images", post(image::create).get(image::list))
         .route("/images/{id}", get(image::show).delete(image::delete))
         .route("/networks", post(network::create).get(network::list))
@@ -146,7 +152,7 @@ impl utoipa::Modify for BearerAuth {
     paths(
         info,
         account::create, account::list, account::show, account::delete, account::create_token,
-        keypair::create, keypair::list, keypair::show, keypair::delete,
+        keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         image::create, image::list, image::show, image::delete,
         network::create, network::list, network::show, network::delete,
         secgroup::create, secgroup::list, secgroup::show, secgroup::delete, secgroup::add_rule, secgroup::delete_rule,

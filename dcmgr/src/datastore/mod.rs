@@ -2,6 +2,8 @@
 //! of SQL and one set of migrations serve both. Queries use `$N` placeholders, which
 //! both drivers accept, and only TEXT and BIGINT columns.
 
+pub mod keypair;
+
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 use std::time::Duration;
@@ -151,4 +153,9 @@ pub async fn lock(tx: &mut Tx<'_>, what: Lock, id: &str) -> Result<bool, sqlx::E
         Lock::FloatingIp => "UPDATE floating_ips SET lock_seq = lock_seq + 1 WHERE id = $1",
     };
     Ok(sqlx::query(sql).bind(id).execute(&mut **tx).await?.rows_affected() == 1)
+}
+
+/// A time as stored (see [`now`]).
+pub fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
