@@ -3,11 +3,12 @@
 //! handler annotations, and (in [`error`]) the one mapping of errors to HTTP.
 
 pub mod error;
+pub mod instances;
 pub mod keypairs;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{account, floating_ip, image, instance, job, network, node, secgroup, snapshot, volume};
+use crate::resources::{account, floating_ip, image, job, network, node, secgroup, snapshot, volume};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -96,15 +97,15 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/security_groups/{id}", get(secgroup::show).delete(secgroup::delete))
         .route("/security_groups/{id}/rules", post(secgroup::add_rule))
         .route("/security_groups/{id}/rules/{rule_id}", delete(secgroup::delete_rule))
-        .route("/instances", post(instance::create).get(instance::list))
-        .route("/instances/{id}", get(instance::show).delete(instance::delete))
-        .route("/instances/{id}/start", post(instance::start))
-        .route("/instances/{id}/stop", post(instance::stop))
-        .route("/instances/{id}/halt", post(instance::halt))
-        .route("/instances/{id}/poweron", post(instance::poweron))
-        .route("/instances/{id}/reboot", post(instance::reboot))
-        .route("/instances/{id}/terminate", post(instance::terminate))
-        .route("/instances/{id}/console", get(instance::console))
+        .route("/instances", post(instances::create).get(instances::list))
+        .route("/instances/{id}", get(instances::show).delete(instances::delete))
+        .route("/instances/{id}/start", post(instances::start))
+        .route("/instances/{id}/stop", post(instances::stop))
+        .route("/instances/{id}/halt", post(instances::halt))
+        .route("/instances/{id}/poweron", post(instances::poweron))
+        .route("/instances/{id}/reboot", post(instances::reboot))
+        .route("/instances/{id}/terminate", post(instances::terminate))
+        .route("/instances/{id}/console", get(instances::console))
         .route("/volumes", post(volume::create).get(volume::list))
         .route("/volumes/{id}", get(volume::show).delete(volume::delete))
         .route("/volumes/{id}/attach", post(volume::attach))
@@ -156,8 +157,8 @@ impl utoipa::Modify for BearerAuth {
         image::create, image::list, image::show, image::delete,
         network::create, network::list, network::show, network::delete,
         secgroup::create, secgroup::list, secgroup::show, secgroup::delete, secgroup::add_rule, secgroup::delete_rule,
-        instance::create, instance::list, instance::show, instance::delete, instance::start, instance::stop,
-        instance::halt, instance::poweron, instance::reboot, instance::terminate, instance::console,
+        instances::create, instances::list, instances::show, instances::delete, instances::start, instances::stop,
+        instances::halt, instances::poweron, instances::reboot, instances::terminate, instances::console,
         volume::create, volume::list, volume::show, volume::delete, volume::attach, volume::detach, volume::extend,
         snapshot::create, snapshot::list, snapshot::show, snapshot::delete,
         floating_ip::create, floating_ip::list, floating_ip::show, floating_ip::delete, floating_ip::associate,

@@ -273,7 +273,7 @@ pub async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String
         public_keys.extend(key.map(|k| k.0));
     }
     let metadata = vdc_schema::bus::InstanceMetadata {
-        hostname: crate::resources::instance::hostname(&name, &instance_id),
+        hostname: crate::app::instance::hostname(&name, &instance_id),
         public_keys,
         user_data,
     };

@@ -4,10 +4,8 @@
 pub mod account;
 pub mod floating_ip;
 pub mod image;
-pub mod instance;
 pub mod interface;
 pub mod job;
-pub mod lifecycle;
 pub mod network;
 pub mod node;
 pub mod secgroup;

@@ -1,0 +1,417 @@
+//! Instances: create (validate, place, reserve, allocate addresses, record intent) and
+//! the lifecycle actions. Each request is one transaction; the ensure leaves afterwards
+//! through the dispatcher ([`crate::controller::instance`]). Nothing here waits on an
+//! agent, except reading the console, which is a read of the agent's own data.
+
+use crate::app::keypair;
+use crate::app::lifecycle::{self, Decision};
+use crate::app::{page, paging, state_filter, validate_name};
+use crate::ctx::{Caller, SharedCtx, Work};
+use crate::datastore::{self as db, instance as store};
+use crate::error::{ApiError, ApiResult};
+use crate::resources::interface::{self, Planned};
+use crate::resources::{image, job, network, secgroup};
+use crate::scheduler::{self, Demand};
+use vdc_schema::agent::{AgentError, Hypervisor};
+use vdc_schema::api::{Accepted, ConsoleLog, CreateInstance, Instance, ListQuery, Page};
+use vdc_schema::bus::AgentKind;
+use vdc_schema::id::*;
+use vdc_schema::{InstanceAction, InstanceGoal, InstanceState};
+
+/// Whether a request changed something (202) or found it already done (200).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    Accepted,
+    Already,
+}
+
+/// Rows to API objects, with their interfaces and volumes fetched in two range queries.
+async fn to_api(ctx: &SharedCtx, account: &str, rows: Vec<store::Row>) -> ApiResult<Vec<Instance>> {
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else { return Ok(vec![]) };
+    let (first, last) = (first.id.clone(), last.id.clone());
+    let mut ifaces = interface::for_instances(&ctx.db, account, &first, &last).await?.into_iter().peekable();
+    let mut vols = store::attached_volumes(&ctx.db, account, &first, &last).await?.into_iter().peekable();
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        // Both side lists are sorted by instance ID, like `rows`: merge instead of hashing.
+        let mut mine = Vec::new();
+        while ifaces.peek().is_some_and(|(i, _)| *i < r.id) {
+            ifaces.next();
+        }
+        while ifaces.peek().is_some_and(|(i, _)| *i == r.id) {
+            mine.push(ifaces.next().unwrap().1);
+        }
+        let mut my_vols = Vec::new();
+        while vols.peek().is_some_and(|(i, _)| *i < r.id) {
+            vols.next();
+        }
+        while vols.peek().is_some_and(|(i, _)| *i == r.id) {
+            if let Ok(v) = vols.next().unwrap().1.parse() {
+                my_vols.push(v);
+            }
+        }
+        out.push(r.into_api(mine, my_vols)?);
+    }
+    Ok(out)
+}
+
+/// An instance of the caller's, or 404.
+async fn fetch_own(ctx: &SharedCtx, caller: &Caller, id: &InstanceId) -> ApiResult<store::Row> {
+    match store::get(&ctx.db, id.as_str()).await? {
+        Some(r) if r.account_id == caller.account_id.as_str() => Ok(r),
+        _ => Err(ApiError::not_found("instance", id)),
+    }
+}
+
+pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &InstanceId) -> ApiResult<Instance> {
+    let row = fetch_own(ctx, caller, id).await?;
+    Ok(to_api(ctx, caller.account_id.as_str(), vec![row]).await?.remove(0))
+}
+
+pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Instance>> {
+    let (limit, cursor) = paging(q)?;
+    let state = state_filter::<InstanceState>(q)?;
+    let rows = store::list(&ctx.db, &caller.account_id, &cursor, &state, q.name.as_deref(), limit).await?;
+    let items = to_api(ctx, caller.account_id.as_str(), rows).await?;
+    Ok(page(items, limit, |i| i.id.to_string()))
+}
+
+struct Prepared {
+    name: String,
+    image: vdc_schema::api::Image,
+    demand: Demand,
+    ssh_key: Option<KeyPairId>,
+    user_data: Option<String>,
+    interfaces: Vec<Planned>,
+}
+
+async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiResult<Prepared> {
+    if let Some(n) = &req.name {
+        validate_name("instance", n)?;
+    }
+    if !(1..=128).contains(&req.cpus) {
+        return Err(ApiError::bad("invalid_cpus", format!("cpus must be between 1 and 128, got {}", req.cpus)));
+    }
+    if !(32..=4 * 1024 * 1024).contains(&req.memory_mib) {
+        return Err(ApiError::bad(
+            "invalid_memory",
+            format!("memory_mib must be between 32 and 4194304, got {}", req.memory_mib),
+        ));
+    }
+    if req.user_data.as_ref().is_some_and(|u| u.len() > 64 * 1024) {
+        return Err(ApiError::bad("user_data_too_large", "user_data must be at most 64 KiB"));
+    }
+    if req.interfaces.len() > 8 {
+        return Err(ApiError::bad("too_many_interfaces", "an instance has at most 8 interfaces"));
+    }
+    let image = image::fetch_visible(ctx, caller, &req.image_id).await?;
+    let hypervisor = match req.hypervisor {
+        Some(h) if !image.hypervisors.contains(&h) => {
+            let kinds: Vec<_> = image.hypervisors.iter().map(|k| k.as_str()).collect();
+            return Err(ApiError::bad(
+                "unsupported_hypervisor",
+                format!("image {} runs on {}, not on {h}", image.id, kinds.join(", ")),
+            ));
+        }
+        Some(h) => h,
+        None => image.hypervisors[0],
+    };
+    if let Some(k) = &req.ssh_key_id {
+        keypair::fetch(ctx, caller, k).await?;
+    }
+    let mut interfaces = Vec::new();
+    for (i, iface) in req.interfaces.iter().enumerate() {
+        let net = network::fetch(ctx, caller, &iface.network_id).await?;
+        if req.interfaces[..i].iter().any(|o| o.network_id == iface.network_id) {
+            return Err(ApiError::bad("duplicate_network", format!("network {} is given twice", net.id)));
+        }
+        for g in &iface.security_groups {
+            secgroup::fetch(ctx, caller, g).await?;
+        }
+        let fixed_ip = iface.ip.as_deref().map(|ip| interface::check_fixed_ip(&net, ip)).transpose()?;
+        interfaces.push(Planned { network: net, security_groups: iface.security_groups.clone(), fixed_ip });
+    }
+    Ok(Prepared {
+        name: req.name.unwrap_or_default(),
+        demand: Demand { hypervisor, cpus: req.cpus, memory_mib: req.memory_mib },
+        image,
+        ssh_key: req.ssh_key_id,
+        user_data: req.user_data,
+        interfaces,
+    })
+}
+
+async fn insert(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    p: &Prepared,
+    candidates: &[String],
+) -> ApiResult<Accepted<Instance>> {
+    let mut tx = ctx.db.begin().await?;
+    let host = scheduler::reserve(&mut tx, p.demand, candidates).await?;
+    // What the instance refers to must still exist at commit: a concurrent delete of any
+    // of them locks the same row and then sees this instance (or finds the row gone).
+    if !db::lock(&mut tx, db::Lock::Image, p.image.id.as_str()).await? {
+        return Err(ApiError::not_found("image", &p.image.id));
+    }
+    if let Some(k) = &p.ssh_key {
+        if !db::lock(&mut tx, db::Lock::KeyPair, k.as_str()).await? {
+            return Err(ApiError::not_found("key pair", k));
+        }
+    }
+    for planned in &p.interfaces {
+        if !db::lock(&mut tx, db::Lock::Network, planned.network.id.as_str()).await? {
+            return Err(ApiError::not_found("network", &planned.network.id));
+        }
+        for g in &planned.security_groups {
+            if !db::lock(&mut tx, db::Lock::SecurityGroup, g.as_str()).await? {
+                return Err(ApiError::not_found("security group", g));
+            }
+        }
+    }
+    let id = InstanceId::generate();
+    let name = if p.name.is_empty() { id.to_string() } else { p.name.clone() };
+    let now = db::now();
+    store::insert(
+        &mut tx,
+        &store::New {
+            id: &id,
+            account: &caller.account_id,
+            name: &name,
+            image: &p.image.id,
+            hypervisor: p.demand.hypervisor.as_str(),
+            cpus: p.demand.cpus,
+            memory_mib: p.demand.memory_mib,
+            ssh_key: p.ssh_key.as_ref(),
+            user_data: p.user_data.as_deref(),
+            host: &host,
+            now: &now,
+        },
+    )
+    .await?;
+    let mut interfaces = Vec::new();
+    for (pos, planned) in p.interfaces.iter().enumerate() {
+        interfaces.push(interface::insert(&mut tx, &caller.account_id, &id, pos, planned).await?);
+    }
+    let job = job::start(&mut tx, &caller.account_id, "instance.create", id.as_str(), "running").await?;
+    tx.commit().await?;
+    let t = db::parse_time(&now);
+    let instance = Instance {
+        id,
+        name,
+        state: InstanceState::Pending,
+        goal: InstanceGoal::Running,
+        image_id: p.image.id.clone(),
+        hypervisor: p.demand.hypervisor,
+        cpus: p.demand.cpus,
+        memory_mib: p.demand.memory_mib,
+        host_node_id: Some(host),
+        ssh_key_id: p.ssh_key.clone(),
+        interfaces,
+        volumes: vec![],
+        failure_reason: None,
+        created_at: t,
+        updated_at: t,
+    };
+    Ok(Accepted { job, resource: instance })
+}
+
+pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiResult<Accepted<Instance>> {
+    let p = prepare(ctx, caller, req).await?;
+    let accepted = db::retry(|| async {
+        let candidates = scheduler::candidates(&ctx.db, p.demand, None).await?;
+        insert(ctx, caller, &p, &candidates).await
+    })
+    .await?;
+    let inst = &accepted.resource;
+    tracing::info!(instance = %inst.id, job = %accepted.job.id, host = ?inst.host_node_id, "instance accepted");
+    ctx.enqueue(Work::Instance(inst.id.clone()));
+    for i in &inst.interfaces {
+        ctx.enqueue(Work::Interface(i.id.clone()));
+        for g in &i.security_groups {
+            ctx.enqueue(Work::SecurityGroup(g.clone()));
+        }
+    }
+    Ok(accepted)
+}
+
+/// Carries out a lifecycle action (terminate for DELETE), retried whole when it loses a
+/// race.
+pub async fn act(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: &InstanceId,
+    action: InstanceAction,
+) -> ApiResult<(Done, Accepted<Instance>)> {
+    db::retry(|| act_once(ctx, caller, id, action)).await
+}
+
+/// Records the intent of one action in one transaction that holds the instance's lock,
+/// so the decision is made on the state as it is at commit; the dispatcher sends the
+/// ensure afterwards.
+async fn act_once(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: &InstanceId,
+    action: InstanceAction,
+) -> ApiResult<(Done, Accepted<Instance>)> {
+    let account = &caller.account_id;
+    let action_name = format!("instance.{action}");
+    // Placement candidates are read before the transaction (the reservation re-checks).
+    let before = fetch_own(ctx, caller, id).await?;
+    let candidates = match lifecycle::decide(action, before.state()?) {
+        Decision::Apply(p) if p.schedule => {
+            let d = Demand {
+                hypervisor: before.hypervisor.parse().map_err(ApiError::internal)?,
+                cpus: before.cpus as u32,
+                memory_mib: before.memory_mib as u32,
+            };
+            Some((d, scheduler::candidates(&ctx.db, d, before.last_host_id.as_deref()).await?))
+        }
+        _ => None,
+    };
+    let mut tx = ctx.db.begin().await?;
+    db::lock(&mut tx, db::Lock::Instance, id.as_str()).await?;
+    let row = match store::get(&mut *tx, id.as_str()).await? {
+        Some(r) if r.account_id == account.as_str() => r,
+        _ => return Err(ApiError::not_found("instance", id)),
+    };
+    let plan = match lifecycle::decide(action, row.state()?) {
+        Decision::Refuse(why) => return Err(ApiError::conflict("invalid_state", format!("{why} ({id})"))),
+        Decision::AlreadyDone(msg) => {
+            let job = job::done(&mut tx, account, &action_name, id.as_str(), msg).await?;
+            tx.commit().await?;
+            let inst = fetch(ctx, caller, id).await?;
+            return Ok((Done::Already, Accepted { job, resource: inst }));
+        }
+        Decision::Apply(p) => p,
+    };
+    // A host that is down cannot act now; terminate is recorded anyway and delivered
+    // when the host returns (or at once when there is no host).
+    if let (Some(h), false) = (&row.host_node_id, plan.goal == InstanceGoal::Terminated) {
+        if !ctx.agent_online(AgentKind::Hva, h) {
+            return Err(ApiError::Unavailable {
+                code: "agent_unavailable",
+                message: format!("host {h} of instance {id} is offline; retry when it is back"),
+            });
+        }
+    }
+    let mut new_state = plan.state;
+    let mut host = row.host_node_id.clone();
+    if host.is_none() && !plan.schedule {
+        // No host holds it: stop and terminate complete at once.
+        new_state = match plan.goal {
+            InstanceGoal::Terminated => InstanceState::Terminated,
+            InstanceGoal::Stopped => InstanceState::Stopped,
+            _ => return Err(ApiError::conflict("invalid_state", format!("instance {id} has no host; start it first"))),
+        };
+    }
+    store::set_intent(&mut tx, id.as_str(), new_state, plan.goal, plan.reboot).await?;
+    if plan.schedule {
+        // The state changed since the candidates were read: decide again.
+        let Some((d, cands)) = &candidates else {
+            return Err(ApiError::Busy(format!("instance {id} changed concurrently")));
+        };
+        let h = scheduler::reserve(&mut tx, *d, cands).await?;
+        store::place(&mut tx, id.as_str(), &h).await?;
+        host = Some(h.to_string());
+    }
+    let mut removed = Removed::default();
+    if new_state == InstanceState::Terminated {
+        removed = finalize_terminated(&mut tx, &row).await?;
+    }
+    let target = if plan.reboot { format!("reboot:{}", row.reboot_gen + 1) } else { plan.goal.as_str().to_owned() };
+    let job = if matches!(new_state, InstanceState::Terminated | InstanceState::Stopped) {
+        job::done(&mut tx, account, &action_name, id.as_str(), "done").await?
+    } else {
+        job::start(&mut tx, account, &action_name, id.as_str(), &target).await?
+    };
+    tx.commit().await?;
+    tracing::info!(instance = %id, job = %job.id, %action, host = ?host, "instance action accepted");
+    removed.enqueue(ctx);
+    ctx.enqueue(Work::Instance(id.clone()));
+    if plan.schedule {
+        for v in store::interface_ids(&ctx.db, id.as_str()).await? {
+            if let Ok(v) = v.parse() {
+                ctx.enqueue(Work::Interface(v));
+            }
+        }
+    }
+    let inst = fetch(ctx, caller, id).await?;
+    Ok((Done::Accepted, Accepted { job, resource: inst }))
+}
+
+/// What an instance's end released, for the dispatcher to tell the agents.
+#[derive(Default)]
+pub(crate) struct Removed {
+    /// Interfaces to unplug.
+    pub vifs: Vec<String>,
+    /// Groups whose members' address lists changed.
+    pub groups: Vec<String>,
+    /// Volumes detached by the end, whose exports sta withdraws.
+    pub volumes: Vec<String>,
+}
+
+impl Removed {
+    pub(crate) fn enqueue(&self, ctx: &SharedCtx) {
+        interface::enqueue_groups(ctx, &self.groups);
+        for v in &self.volumes {
+            if let Ok(v) = v.parse() {
+                ctx.enqueue(Work::Volume(v));
+            }
+        }
+    }
+}
+
+/// The bookkeeping of an instance that is gone: interfaces removed, volumes detached.
+pub(crate) async fn finalize_terminated(tx: &mut db::Tx<'_>, row: &store::Row) -> ApiResult<Removed> {
+    let (vifs, groups) = interface::remove_for_instance(tx, &row.id).await?;
+    let volumes = store::detach_all_volumes(tx, &row.id).await?;
+    for v in &volumes {
+        // Attach and detach jobs end with the instance.
+        job::finish(tx, v, "available").await?;
+        job::fail_all(tx, v, &format!("instance {} was terminated", row.id)).await?;
+    }
+    Ok(Removed { vifs, groups, volumes })
+}
+
+/// The console output the instance's (last) host kept.
+pub async fn console(ctx: &SharedCtx, caller: &Caller, id: &InstanceId) -> ApiResult<ConsoleLog> {
+    let row = fetch_own(ctx, caller, id).await?;
+    let host = row.host_node_id.or(row.last_host_id).ok_or_else(|| {
+        ApiError::conflict("no_console", format!("instance {id} has never run on a host, so it has no console output"))
+    })?;
+    let client = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(ApiError::internal)? };
+    match client.console_log(id.clone()).await {
+        Ok(output) => Ok(ConsoleLog { instance_id: id.clone(), output }),
+        Err(AgentError::NotFound(_)) => Ok(ConsoleLog { instance_id: id.clone(), output: String::new() }),
+        Err(e) => Err(ApiError::Unavailable { code: "agent_unavailable", message: format!("host {host}: {e}") }),
+    }
+}
+
+/// The guest's hostname: the instance's name as a DNS label (its ID when nothing is left).
+pub fn hostname(name: &str, id: &str) -> String {
+    let h: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .trim_matches('-')
+        .chars()
+        .take(63)
+        .collect();
+    if h.is_empty() {
+        id.to_owned()
+    } else {
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hostnames_are_dns_labels() {
+        assert_eq!(super::hostname("Web Server #1", "i-x"), "web-server--1");
+        assert_eq!(super::hostname("!!!", "i-x"), "i-x");
+    }
+}

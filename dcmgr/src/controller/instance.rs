@@ -1,0 +1,185 @@
+//! The agent side of instances: the spec each host must hold, built from the model and
+//! sent as an idempotent ensure; and hva's reports folded back in, each in one
+//! transaction with everything it implies.
+
+use crate::app::instance;
+use crate::app::lifecycle;
+use crate::ctx::{SharedCtx, Work};
+use crate::datastore::{self as db, instance as store};
+use crate::error::{ApiError, ApiResult};
+use crate::resources::{image, interface, job};
+use crate::scheduler;
+use vdc_schema::agent::{AgentError, Hypervisor};
+use vdc_schema::bus::{InstanceReport, InstanceSpec, NicSpec, VolumeAttachment};
+use vdc_schema::{DesiredPower, InstanceGoal, InstanceState, ObservedInstance};
+
+/// Builds the spec of one instance from the model and sends it to its host.
+pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
+    let Some(row) = store::get(&ctx.db, id).await? else { return Ok(()) };
+    if row.state()? == InstanceState::Terminated {
+        // Terminated without a host (it was stopped): its last host may still keep the
+        // powered-off guest and its disk.
+        if let Some(last) = row.last_host_id.as_deref().and_then(|h| h.parse().ok()) {
+            let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: last };
+            let _ = hva.ensure_instance_absent(row.id.parse().map_err(ApiError::internal)?, row.spec_gen as u64).await;
+        }
+        return Ok(());
+    }
+    let Some(host) = row.host_node_id.clone() else { return Ok(()) };
+    let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(ApiError::internal)? };
+    let unavailable = |e: AgentError| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() };
+    let goal = row.goal()?;
+    if goal == InstanceGoal::Terminated {
+        hva.ensure_instance_absent(row.id.parse().map_err(ApiError::internal)?, row.spec_gen as u64)
+            .await
+            .map_err(unavailable)?;
+    } else {
+        let spec = build_spec(ctx, &row, goal).await?;
+        hva.ensure_instance(spec).await.map_err(unavailable)?;
+    }
+    if let Some(obs) = &ctx.ensure_observer {
+        obs(id);
+    }
+    store::mark_sent(&ctx.db, id).await?;
+    Ok(())
+}
+
+async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> ApiResult<InstanceSpec> {
+    let image = image::spec(&ctx.db, &row.image_id).await?;
+    let nics = store::nics(&ctx.db, &row.id).await?;
+    let mut ssh_public_keys = vec![];
+    if let Some(k) = &row.ssh_key_id {
+        ssh_public_keys.extend(crate::datastore::keypair::public_key(&ctx.db, k).await?);
+    }
+    let vols = store::volume_targets(&ctx.db, &row.id).await?;
+    // A volume is exported to the host its instance is on now (none while stopped): let
+    // sta catch up with every placement and power change. Idempotent; the loop ends
+    // because a report re-dispatches the instance only when the target changes.
+    for (v, _) in &vols {
+        if let Ok(v) = v.parse() {
+            ctx.enqueue(Work::Volume(v));
+        }
+    }
+    Ok(InstanceSpec {
+        id: row.id.parse().map_err(ApiError::internal)?,
+        spec_gen: row.spec_gen as u64,
+        power: if goal == InstanceGoal::Running { DesiredPower::Running } else { DesiredPower::Off },
+        hypervisor: row.hypervisor.parse().map_err(ApiError::internal)?,
+        cpus: row.cpus as u32,
+        memory_mib: row.memory_mib as u32,
+        hostname: crate::app::instance::hostname(&row.name, &row.id),
+        image,
+        nics: nics
+            .into_iter()
+            .filter_map(|n| {
+                Some(NicSpec {
+                    id: n.id.parse().ok()?,
+                    network_id: n.network_id.parse().ok()?,
+                    mac: n.mac,
+                    ip: n.ip,
+                    prefix_len: interface::prefix_len(&n.cidr),
+                    gateway: n.gateway,
+                    vni: n.vni as u32,
+                })
+            })
+            .collect(),
+        ssh_public_keys,
+        user_data: row.user_data.clone(),
+        volumes: vols
+            .into_iter()
+            .filter_map(|(id, target)| {
+                Some(VolumeAttachment {
+                    volume_id: id.parse().ok()?,
+                    target: target.and_then(|t| serde_json::from_str(&t).ok()),
+                })
+            })
+            .collect(),
+        reboot_gen: row.reboot_gen as u64,
+    })
+}
+
+/// Folds one hva report into the model. The instance, its host's reservation, its jobs,
+/// its interfaces and its volumes change in one transaction that holds the instance's
+/// lock; a failure applies none of it and leaves the report unacked, to come again.
+pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceReport) -> ApiResult<()> {
+    let mut tx = ctx.db.begin().await?;
+    db::lock(&mut tx, db::Lock::Instance, r.id.as_str()).await?;
+    let Some(row) = store::get(&mut *tx, r.id.as_str()).await? else {
+        drop(tx);
+        if r.state != ObservedInstance::Absent {
+            garbage(ctx, node, &r).await;
+        }
+        return Ok(());
+    };
+    if row.state == InstanceState::Terminated.as_str() || row.host_node_id.as_deref() != Some(node) {
+        drop(tx);
+        // Only clean up copies the model has moved away from; a stopped instance's last
+        // host keeps its powered-off guest (and disk) for the next start.
+        let moved = row.host_node_id.as_deref().is_some_and(|h| h != node);
+        if (row.state == InstanceState::Terminated.as_str() || moved) && r.state != ObservedInstance::Absent {
+            garbage(ctx, node, &r).await;
+        }
+        return Ok(());
+    }
+    if (r.spec_gen as i64) < row.spec_gen || (gen as i64) <= row.report_gen {
+        return Ok(());
+    }
+    let out = lifecycle::on_report(row.goal()?, r.state);
+    let failure = if out.state == InstanceState::Failed {
+        Some(r.reason.clone().unwrap_or_else(|| "the host reported a failure without a reason".into()))
+    } else {
+        None
+    };
+    let observed = store::Observed {
+        state: out.state,
+        goal: out.goal,
+        gen,
+        failure: failure.as_deref(),
+        release_host: out.release_host,
+    };
+    store::apply_report(&mut tx, &row.id, &observed).await?;
+    if out.release_host {
+        scheduler::release(&mut tx, node, row.cpus, row.memory_mib).await?;
+    }
+    let mut removed = instance::Removed::default();
+    if out.state == InstanceState::Terminated {
+        removed = instance::finalize_terminated(&mut tx, &row).await?;
+    }
+    // Jobs and volume attachments follow the new state.
+    if let Some(f) = &failure {
+        job::fail_all(&mut tx, &row.id, f).await?;
+    } else {
+        job::finish(&mut tx, &row.id, out.state.as_str()).await?;
+        if out.state == InstanceState::Running {
+            for t in job::running_targets(&mut tx, &row.id).await? {
+                if t.strip_prefix("reboot:").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n <= r.reboot_gen) {
+                    job::finish(&mut tx, &row.id, &t).await?;
+                }
+            }
+        }
+    }
+    let detached = crate::resources::volume::on_instance_report(&mut tx, &row.id, &r.volumes, out.state).await?;
+    tx.commit().await?;
+    if out.state.as_str() != row.state {
+        tracing::info!(instance = %r.id, from = %row.state, to = %out.state, "instance state");
+    }
+    for v in &removed.vifs {
+        if let Ok(v) = v.parse() {
+            ctx.enqueue(Work::UnplugInterface(v, node.to_owned()));
+        }
+    }
+    removed.enqueue(ctx);
+    for v in detached {
+        // Detached from the guest: sta can withdraw the export now.
+        ctx.enqueue(Work::Volume(v));
+    }
+    Ok(())
+}
+
+async fn garbage(ctx: &SharedCtx, node: &str, r: &InstanceReport) {
+    if let Ok(n) = node.parse() {
+        tracing::info!(instance = %r.id, node, "host holds an instance the model does not place there; removing it");
+        let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: n };
+        let _ = hva.ensure_instance_absent(r.id.clone(), r.spec_gen).await;
+    }
+}

@@ -1,0 +1,274 @@
+//! Instances as stored: what was asked (`goal`, `spec_gen`, `reboot_gen`) apart from what
+//! runs (`state`, `host_node_id`, `report_gen`).
+
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use vdc_schema::api::{Instance, Interface};
+use vdc_schema::id::*;
+use vdc_schema::{InstanceGoal, InstanceState};
+
+#[derive(sqlx::FromRow, Clone)]
+pub struct Row {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub image_id: String,
+    pub hypervisor: String,
+    pub cpus: i64,
+    pub memory_mib: i64,
+    pub ssh_key_id: Option<String>,
+    pub user_data: Option<String>,
+    pub state: String,
+    pub goal: String,
+    pub host_node_id: Option<String>,
+    pub last_host_id: Option<String>,
+    pub spec_gen: i64,
+    pub report_gen: i64,
+    pub reboot_gen: i64,
+    pub failure_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+const COLS: &str = "id, account_id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, state, goal, \
+     host_node_id, last_host_id, spec_gen, report_gen, reboot_gen, failure_reason, created_at, updated_at";
+
+impl Row {
+    pub fn state(&self) -> ApiResult<InstanceState> {
+        self.state.parse().map_err(ApiError::internal)
+    }
+
+    pub fn goal(&self) -> ApiResult<InstanceGoal> {
+        self.goal.parse().map_err(ApiError::internal)
+    }
+
+    pub fn into_api(self, interfaces: Vec<Interface>, volumes: Vec<VolumeId>) -> ApiResult<Instance> {
+        Ok(Instance {
+            id: self.id.parse().map_err(ApiError::internal)?,
+            name: self.name,
+            state: self.state.parse().map_err(ApiError::internal)?,
+            goal: self.goal.parse().map_err(ApiError::internal)?,
+            image_id: self.image_id.parse().map_err(ApiError::internal)?,
+            hypervisor: self.hypervisor.parse().map_err(ApiError::internal)?,
+            cpus: self.cpus as u32,
+            memory_mib: self.memory_mib as u32,
+            host_node_id: self.host_node_id.map(|h| h.parse()).transpose().map_err(ApiError::internal)?,
+            ssh_key_id: self.ssh_key_id.map(|k| k.parse()).transpose().map_err(ApiError::internal)?,
+            interfaces,
+            volumes,
+            failure_reason: self.failure_reason,
+            created_at: db::parse_time(&self.created_at),
+            updated_at: db::parse_time(&self.updated_at),
+        })
+    }
+}
+
+pub async fn get<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &str) -> Result<Option<Row>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLS} FROM instances WHERE id = $1")).bind(id).fetch_optional(db).await
+}
+
+/// One page of an account's instances, in creation order after `cursor`.
+pub async fn list(
+    pool: &db::Pool,
+    account: &AccountId,
+    cursor: &str,
+    state: &str,
+    name: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLS} FROM instances WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
+         AND ($4 = '' OR name = $4) ORDER BY id LIMIT $5"
+    ))
+    .bind(account.as_str())
+    .bind(cursor)
+    .bind(state)
+    .bind(name.unwrap_or_default())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// (instance, volume) for the volumes attached to the account's instances whose IDs
+/// fall in `first..=last`, sorted by instance (one query for a page of instances).
+pub async fn attached_volumes(
+    pool: &db::Pool,
+    account: &str,
+    first: &str,
+    last: &str,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT instance_id, id FROM volumes WHERE account_id = $1 AND instance_id >= $2 AND instance_id <= $3
+         AND state IN ('attaching', 'attached', 'detaching') ORDER BY instance_id, id",
+    )
+    .bind(account)
+    .bind(first)
+    .bind(last)
+    .fetch_all(pool)
+    .await
+}
+
+/// A new instance, placed on `host`, to start.
+pub struct New<'a> {
+    pub id: &'a InstanceId,
+    pub account: &'a AccountId,
+    pub name: &'a str,
+    pub image: &'a ImageId,
+    pub hypervisor: &'a str,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub ssh_key: Option<&'a KeyPairId>,
+    pub user_data: Option<&'a str>,
+    pub host: &'a HostNodeId,
+    pub now: &'a str,
+}
+
+pub async fn insert(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO instances ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 'running', $10, NULL, 1, 0, 0, NULL, $11, $11)"
+    ))
+    .bind(n.id.as_str())
+    .bind(n.account.as_str())
+    .bind(n.name)
+    .bind(n.image.as_str())
+    .bind(n.hypervisor)
+    .bind(n.cpus as i64)
+    .bind(n.memory_mib as i64)
+    .bind(n.ssh_key.map(|k| k.to_string()))
+    .bind(n.user_data)
+    .bind(n.host.as_str())
+    .bind(n.now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records new intent: a new spec generation, to be sent again.
+pub async fn set_intent(
+    tx: &mut db::Tx<'_>,
+    id: &str,
+    state: InstanceState,
+    goal: InstanceGoal,
+    reboot: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE instances SET state = $1, goal = $2, spec_gen = spec_gen + 1, reboot_gen = reboot_gen + $3,
+             failure_reason = NULL, ensure_sent_at = 0, updated_at = $4
+         WHERE id = $5",
+    )
+    .bind(state.as_str())
+    .bind(goal.as_str())
+    .bind(reboot as i64)
+    .bind(db::now())
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Places the instance on `host` and gives its interfaces a new generation (they move
+/// there, and are re-sent until that host's nwagent has them).
+pub async fn place(tx: &mut db::Tx<'_>, id: &str, host: &HostNodeId) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE instances SET host_node_id = $1 WHERE id = $2")
+        .bind(host.as_str())
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE vifs SET spec_gen = spec_gen + 1 WHERE instance_id = $1").bind(id).execute(&mut **tx).await?;
+    Ok(())
+}
+
+pub async fn interface_ids(pool: &db::Pool, id: &str) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM vifs WHERE instance_id = $1 ORDER BY position").bind(id).fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Detaches every volume of a gone instance; returns them.
+pub async fn detach_all_volumes(tx: &mut db::Tx<'_>, id: &str) -> Result<Vec<String>, sqlx::Error> {
+    let volumes: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM volumes WHERE instance_id = $1 AND state IN ('attaching', 'attached', 'detaching') ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE volumes SET instance_id = NULL, state = 'available', spec_gen = spec_gen + 1, ensure_sent_at = 0, updated_at = $1
+         WHERE instance_id = $2 AND state IN ('attaching', 'attached', 'detaching')",
+    )
+    .bind(db::now())
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(volumes.into_iter().map(|v| v.0).collect())
+}
+
+/// What a report changed: the observed state, and whether the host was released.
+pub struct Observed<'a> {
+    pub state: InstanceState,
+    pub goal: InstanceGoal,
+    pub gen: u64,
+    pub failure: Option<&'a str>,
+    pub release_host: bool,
+}
+
+pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, o: &Observed<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE instances SET state = $1, goal = $2, report_gen = $3, failure_reason = $4, updated_at = $5,
+             host_node_id = CASE WHEN $6 = 1 THEN NULL ELSE host_node_id END,
+             last_host_id = CASE WHEN $6 = 1 THEN host_node_id ELSE last_host_id END
+         WHERE id = $7",
+    )
+    .bind(o.state.as_str())
+    .bind(o.goal.as_str())
+    .bind(o.gen as i64)
+    .bind(o.failure)
+    .bind(db::now())
+    .bind(o.release_host as i64)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records that the current spec was sent (the reconciler re-sends after a while).
+pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE instances SET ensure_sent_at = $1 WHERE id = $2")
+        .bind(db::now_ms())
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// An instance's NIC as the agent spec needs it.
+#[derive(sqlx::FromRow)]
+pub struct Nic {
+    pub id: String,
+    pub network_id: String,
+    pub mac: String,
+    pub ip: String,
+    pub cidr: String,
+    pub gateway: String,
+    pub vni: i64,
+}
+
+pub async fn nics(pool: &db::Pool, id: &str) -> Result<Vec<Nic>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT v.id, v.network_id, v.mac, v.ip, n.cidr, n.gateway, n.vni FROM vifs v JOIN networks n ON n.id = v.network_id
+         WHERE v.instance_id = $1 ORDER BY v.position",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
+/// (volume, export target JSON) of the volumes the instance's guest should have.
+pub async fn volume_targets(pool: &db::Pool, id: &str) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, target FROM volumes WHERE instance_id = $1 AND state IN ('attaching', 'attached') ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
