@@ -3,8 +3,8 @@
 //! are harmless: every spec carries its `spec_gen` and agents ignore older ones.
 
 use crate::controller::instance;
+use crate::controller::{Error, Result};
 use crate::ctx::{SharedCtx, Work};
-use crate::error::ApiError;
 use crate::resources::{interface, snapshot, volume};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Mutex};
@@ -29,9 +29,10 @@ pub fn spawn(
                     ctx.taken(&w);
                     if let Err(e) = traced(&ctx, &w).await {
                         // The reconciler tries again; an offline agent is expected, not an error.
-                        match e {
-                            ApiError::Unavailable { .. } => tracing::debug!(?w, "ensure not sent: {e}"),
-                            _ => tracing::warn!(?w, "ensure not sent: {e}"),
+                        if e.is_transient() {
+                            tracing::debug!(?w, "ensure not sent: {e}");
+                        } else {
+                            tracing::warn!(?w, "ensure not sent: {e}");
                         }
                     }
                 }
@@ -42,7 +43,7 @@ pub fn spawn(
 
 /// Handles `w` in a span carrying the object's ID and its running job's, which travel
 /// with the ensure so the agent logs under the same IDs.
-async fn traced(ctx: &SharedCtx, w: &Work) -> Result<(), ApiError> {
+async fn traced(ctx: &SharedCtx, w: &Work) -> Result<()> {
     let resource = match w {
         Work::Instance(id) => id.to_string(),
         Work::Interface(id) | Work::UnplugInterface(id, _) => id.to_string(),
@@ -62,12 +63,12 @@ async fn traced(ctx: &SharedCtx, w: &Work) -> Result<(), ApiError> {
     tracing::Instrument::instrument(vdc_bus::with_trace(trace, handle(ctx, w)), span).await
 }
 
-async fn handle(ctx: &SharedCtx, w: &Work) -> Result<(), ApiError> {
+async fn handle(ctx: &SharedCtx, w: &Work) -> Result<()> {
     match w {
         Work::Instance(id) => instance::dispatch(ctx, id.as_str()).await,
-        Work::Interface(id) => interface::dispatch(ctx, id.as_str()).await,
-        Work::Volume(id) => volume::dispatch(ctx, id.as_str()).await,
-        Work::Snapshot(id) => snapshot::dispatch(ctx, id.as_str()).await,
+        Work::Interface(id) => Ok(interface::dispatch(ctx, id.as_str()).await?),
+        Work::Volume(id) => Ok(volume::dispatch(ctx, id.as_str()).await?),
+        Work::Snapshot(id) => Ok(snapshot::dispatch(ctx, id.as_str()).await?),
         Work::SecurityGroup(g) => {
             for vif in interface::affected_by_group(&ctx.db, g.as_str()).await? {
                 interface::dispatch_one(ctx, &vif).await?;
@@ -75,18 +76,16 @@ async fn handle(ctx: &SharedCtx, w: &Work) -> Result<(), ApiError> {
             Ok(())
         }
         Work::UnplugInterface(vif, node) => {
-            let node_id = node.parse().map_err(ApiError::internal)?;
+            let node_id = node.parse().map_err(Error::model)?;
             let nw = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id };
-            vdc_schema::agent::NetworkAgent::ensure_interface_absent(&nw, vif.clone(), 0)
-                .await
-                .map_err(|e| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() })
+            vdc_schema::agent::NetworkAgent::ensure_interface_absent(&nw, vif.clone(), 0).await.map_err(Error::from)
         }
         Work::NodeSync(kind, node) => node_sync(ctx, *kind, node).await,
     }
 }
 
 /// Sends every ensure an agent that just (re)registered should hold.
-async fn node_sync(ctx: &SharedCtx, kind: AgentKind, node: &str) -> Result<(), ApiError> {
+async fn node_sync(ctx: &SharedCtx, kind: AgentKind, node: &str) -> Result<()> {
     let ids: Vec<(String,)> = match kind {
         AgentKind::Hva => {
             sqlx::query_as("SELECT id FROM instances WHERE host_node_id = $1 AND state <> 'terminated'")
@@ -121,9 +120,9 @@ async fn node_sync(ctx: &SharedCtx, kind: AgentKind, node: &str) -> Result<(), A
     for (id,) in ids {
         let r = match kind {
             AgentKind::Hva => instance::dispatch(ctx, &id).await,
-            AgentKind::Nwagent => interface::dispatch_one(ctx, &id).await.map(|_| ()),
-            AgentKind::Sta if id.starts_with("snap-") => snapshot::dispatch(ctx, &id).await,
-            AgentKind::Sta => volume::dispatch(ctx, &id).await,
+            AgentKind::Nwagent => interface::dispatch_one(ctx, &id).await.map(|_| ()).map_err(Error::from),
+            AgentKind::Sta if id.starts_with("snap-") => snapshot::dispatch(ctx, &id).await.map_err(Error::from),
+            AgentKind::Sta => volume::dispatch(ctx, &id).await.map_err(Error::from),
         };
         r?;
     }

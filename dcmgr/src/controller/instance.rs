@@ -4,38 +4,35 @@
 
 use crate::app::instance;
 use crate::app::lifecycle;
+use crate::controller::{Error, Result};
 use crate::ctx::{SharedCtx, Work};
 use crate::datastore::{self as db, instance as store};
-use crate::error::{ApiError, ApiResult};
 use crate::resources::{image, interface, job};
 use crate::scheduler;
-use vdc_schema::agent::{AgentError, Hypervisor};
+use vdc_schema::agent::Hypervisor;
 use vdc_schema::bus::{InstanceReport, InstanceSpec, NicSpec, VolumeAttachment};
 use vdc_schema::{DesiredPower, InstanceGoal, InstanceState, ObservedInstance};
 
 /// Builds the spec of one instance from the model and sends it to its host.
-pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
+pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
     let Some(row) = store::get(&ctx.db, id).await? else { return Ok(()) };
     if row.state()? == InstanceState::Terminated {
         // Terminated without a host (it was stopped): its last host may still keep the
         // powered-off guest and its disk.
         if let Some(last) = row.last_host_id.as_deref().and_then(|h| h.parse().ok()) {
             let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: last };
-            let _ = hva.ensure_instance_absent(row.id.parse().map_err(ApiError::internal)?, row.spec_gen as u64).await;
+            let _ = hva.ensure_instance_absent(row.id.parse().map_err(Error::model)?, row.spec_gen as u64).await;
         }
         return Ok(());
     }
     let Some(host) = row.host_node_id.clone() else { return Ok(()) };
-    let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(ApiError::internal)? };
-    let unavailable = |e: AgentError| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() };
+    let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(Error::model)? };
     let goal = row.goal()?;
     if goal == InstanceGoal::Terminated {
-        hva.ensure_instance_absent(row.id.parse().map_err(ApiError::internal)?, row.spec_gen as u64)
-            .await
-            .map_err(unavailable)?;
+        hva.ensure_instance_absent(row.id.parse().map_err(Error::model)?, row.spec_gen as u64).await?;
     } else {
         let spec = build_spec(ctx, &row, goal).await?;
-        hva.ensure_instance(spec).await.map_err(unavailable)?;
+        hva.ensure_instance(spec).await?;
     }
     if let Some(obs) = &ctx.ensure_observer {
         obs(id);
@@ -44,7 +41,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> ApiResult<InstanceSpec> {
+async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Result<InstanceSpec> {
     let image = image::spec(&ctx.db, &row.image_id).await?;
     let nics = store::nics(&ctx.db, &row.id).await?;
     let mut ssh_public_keys = vec![];
@@ -61,10 +58,10 @@ async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Ap
         }
     }
     Ok(InstanceSpec {
-        id: row.id.parse().map_err(ApiError::internal)?,
+        id: row.id.parse().map_err(Error::model)?,
         spec_gen: row.spec_gen as u64,
         power: if goal == InstanceGoal::Running { DesiredPower::Running } else { DesiredPower::Off },
-        hypervisor: row.hypervisor.parse().map_err(ApiError::internal)?,
+        hypervisor: row.hypervisor.parse().map_err(Error::model)?,
         cpus: row.cpus as u32,
         memory_mib: row.memory_mib as u32,
         hostname: crate::app::instance::hostname(&row.name, &row.id),
@@ -101,7 +98,7 @@ async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Ap
 /// Folds one hva report into the model. The instance, its host's reservation, its jobs,
 /// its interfaces and its volumes change in one transaction that holds the instance's
 /// lock; a failure applies none of it and leaves the report unacked, to come again.
-pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceReport) -> ApiResult<()> {
+pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceReport) -> Result<()> {
     let mut tx = ctx.db.begin().await?;
     db::lock(&mut tx, db::Lock::Instance, r.id.as_str()).await?;
     let Some(row) = store::get(&mut *tx, r.id.as_str()).await? else {

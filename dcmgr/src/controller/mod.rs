@@ -6,7 +6,10 @@
 //! object; durability comes from the database and reconciliation, not the broker.
 
 pub mod dispatch;
+pub mod error;
 pub mod instance;
 pub mod membership;
 pub mod reconciler;
 pub mod reports;
+
+pub use error::{Error, Result};

@@ -42,19 +42,19 @@ async fn apply_batch(ctx: &SharedCtx, batch: ReportBatch) -> Vec<u64> {
     for r in batch.reports {
         let span = tracing::debug_span!("report", object = r.object.object_id(), node, gen = r.gen);
         // Each kind of agent may only report on its own kind of object.
-        let result = async {
-        match (batch.kind, r.object) {
-            (AgentKind::Hva, ObjectReport::Instance(i)) => instance::apply_report(ctx, node, r.gen, i).await,
-            (AgentKind::Nwagent, ObjectReport::Interface(i)) => {
-                interface::apply_report(ctx, node, r.gen, i).await.map_err(Into::into)
+        let result: crate::controller::Result<()> = async {
+            match (batch.kind, r.object) {
+                (AgentKind::Hva, ObjectReport::Instance(i)) => instance::apply_report(ctx, node, r.gen, i).await,
+                (AgentKind::Nwagent, ObjectReport::Interface(i)) => {
+                    Ok(interface::apply_report(ctx, node, r.gen, i).await?)
+                }
+                (AgentKind::Sta, ObjectReport::Volume(v)) => Ok(volume::apply_report(ctx, node, r.gen, v).await?),
+                (AgentKind::Sta, ObjectReport::Snapshot(s)) => Ok(snapshot::apply_report(ctx, node, r.gen, s).await?),
+                (kind, other) => {
+                    tracing::warn!(%kind, node, object = other.object_id(), "agent reported an object of another kind; dropped");
+                    Ok(())
+                }
             }
-            (AgentKind::Sta, ObjectReport::Volume(v)) => volume::apply_report(ctx, node, r.gen, v).await,
-            (AgentKind::Sta, ObjectReport::Snapshot(s)) => snapshot::apply_report(ctx, node, r.gen, s).await,
-            (kind, other) => {
-                tracing::warn!(%kind, node, object = other.object_id(), "agent reported an object of another kind; dropped");
-                Ok(())
-            }
-        }
         }
         .instrument(span)
         .await;
