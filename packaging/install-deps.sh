@@ -10,7 +10,7 @@ packages=(
   nats-server          # the bus between hosts (tests run a real one)
   postgresql           # dcmgr's production database (the API suite runs on it too)
   wrk                  # the HTTP benchmark of vdc-bench
-  pkg-config python3
+  pkg-config python3 python3-pip
   # hva: libvirt with its qemu and lxc drivers; the tiny test image is built from
   # busybox-static and a Debian kernel; genisoimage makes cloud-init seeds.
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver-lxc libvirt-clients
@@ -45,5 +45,17 @@ if [ ${#missing[@]} -gt 0 ] || [ ${#missing_bp[@]} -gt 0 ]; then
   if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+fi
+# Python tools of the API contract tests: openapi-spec-validator checks dcmgr/openapi.json
+# (tests/tests/contract.rs), schemathesis 4 fuzzes a live dcmgr against it
+# (tests/schemathesis.sh). Installed for the python3 the tests run, only when missing.
+py_missing=()
+python3 -c 'import openapi_spec_validator' 2>/dev/null || py_missing+=(openapi-spec-validator)
+python3 -c 'import importlib.metadata as m, sys; sys.exit(m.version("schemathesis").split(".")[0] != "4")' \
+  2>/dev/null || py_missing+=("schemathesis>=4,<5")
+if [ ${#py_missing[@]} -gt 0 ]; then
+  echo "installing (pip): ${py_missing[*]}"
+  # Debian's own python3 is "externally managed" (PEP 668); these are test tools for root.
+  PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check "${py_missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (https://rustup.rs)" >&2; exit 1; }

@@ -2,8 +2,9 @@
 # Runs every vdc test: installs what the tests need, starts libvirt and a private
 # PostgreSQL on a free loopback port (removed afterwards), builds the tiny guest image
 # (kept in /var/cache/vdc/tiny-image), runs the workspace's tests, then the two-host
-# scenario (tests/two-hosts.sh). Tests that need NATS start their own nats-server. Extra
-# arguments go to `cargo test` (and skip the two-host scenario).
+# scenario (tests/two-hosts.sh) and the API fuzzing (tests/schemathesis.sh). Tests that
+# need NATS start their own nats-server. Extra arguments go to `cargo test` (and skip the
+# two-host scenario and the fuzzing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash packaging/install-deps.sh
@@ -38,7 +39,9 @@ echo "PostgreSQL for tests on 127.0.0.1:$PGPORT"
 # builds bin targets only as test harnesses.
 cargo build --workspace --bins
 cargo test --workspace "$@"
-# A VDC on two hosts, end to end through the CLI, with faults (prints a step table).
+# A VDC on two hosts, end to end through the CLI, with faults (prints a step table);
+# then schemathesis against a live dcmgr and its OpenAPI document.
 if [ $# -eq 0 ]; then
   bash tests/two-hosts.sh
+  bash tests/schemathesis.sh
 fi

@@ -35,6 +35,7 @@ pub struct ApiInfo {
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "not_found", "message": "instance i-0kq3m5v2ab7x9c not found"}}))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
@@ -51,20 +52,30 @@ pub struct ErrorDetail {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
+    /// Null on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
-/// Query parameters shared by every list.
+/// Query parameters shared by every list; any other parameter is refused (400).
+///
+/// The document shows `limit` and `cursor` from here; each list declares the `state`
+/// (typed with its own states) and `name` filters it applies, beside its `params(...)`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// At most this many items (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
+    #[param(max_length = 64, pattern = "^[0-9A-Za-z-]*$")]
     pub cursor: Option<String>,
     /// Only items in this state.
+    #[param(ignore)]
     pub state: Option<String>,
     /// Only items with this exact name.
+    #[param(ignore)]
     pub name: Option<String>,
 }
 
@@ -88,6 +99,8 @@ pub struct Account {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccount {
+    /// 1 to 64 of `[A-Za-z0-9._-]`, unique in the cloud.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     pub name: String,
     #[serde(default)]
     pub admin: bool,
@@ -122,14 +135,18 @@ pub struct KeyPair {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyPair {
+    /// 1 to 64 printable characters, no leading or trailing space; unique in the account.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
+    /// One OpenSSH public key line, e.g. `ssh-ed25519 AAAA… comment`.
     pub public_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct KeyPairCreated {
     pub keypair: KeyPair,
-    /// Only for a generated key, and only in this answer: save it now.
+    /// Only for a generated key, and only in this answer: save it now. Null otherwise.
+    #[schema(required = true)]
     pub private_key: Option<String>,
 }
 
@@ -145,9 +162,12 @@ pub struct Image {
     /// Where hosts fetch it from: a path, a `file://` or `http(s)://` URL, or `builtin:NAME`.
     pub source: String,
     /// `sha256:<hex>` of the image data, checked by the host's image cache.
+    #[schema(required = true)]
     pub checksum: Option<String>,
     /// For `kernel` images: the initrd, beside the kernel in `source`.
+    #[schema(required = true)]
     pub initrd: Option<String>,
+    #[schema(required = true)]
     pub kernel_cmdline: Option<String>,
     /// Visible to every account (only an admin can publish).
     pub public: bool,
@@ -157,15 +177,26 @@ pub struct Image {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateImage {
+    /// 1 to 64 printable characters, no leading or trailing space.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
     pub format: ImageFormat,
     #[serde(default = "default_arch")]
     pub arch: Arch,
+    /// At least one.
+    #[schema(min_items = 1)]
     pub hypervisors: Vec<HypervisorKind>,
+    /// A path, a `file://` or `http(s)://` URL, or `builtin:NAME`; at most 4096 bytes.
+    #[schema(min_length = 1)]
     pub source: String,
+    /// `sha256:` and 64 hex digits.
+    #[schema(pattern = "^sha256:[0-9A-Fa-f]{64}$")]
     pub checksum: Option<String>,
+    /// Required for `kernel` images.
     pub initrd: Option<String>,
+    /// One line of at most 2048 bytes.
     pub kernel_cmdline: Option<String>,
+    /// Only an admin can publish (403 otherwise).
     #[serde(default)]
     pub public: bool,
 }
@@ -181,9 +212,13 @@ pub struct Network {
     pub id: NetworkId,
     pub name: String,
     /// IPv4 network in CIDR form, e.g. `10.0.0.0/24`.
+    #[schema(example = "10.0.0.0/24")]
     pub cidr: String,
+    #[schema(format = Ipv4)]
     pub gateway: String,
+    #[schema(format = Ipv4)]
     pub dhcp_start: String,
+    #[schema(format = Ipv4)]
     pub dhcp_end: String,
     /// VXLAN network identifier, unique in the cloud.
     pub vni: u32,
@@ -194,10 +229,20 @@ pub struct Network {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateNetwork {
+    /// 1 to 64 printable characters, no leading or trailing space.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
+    /// An IPv4 network from /8 to /29 without host bits, e.g. `10.0.0.0/24`.
+    #[schema(example = "10.0.0.0/24")]
     pub cidr: String,
+    /// A host address of `cidr`.
+    #[schema(format = Ipv4)]
     pub gateway: Option<String>,
+    /// A host address of `cidr`.
+    #[schema(format = Ipv4)]
     pub dhcp_start: Option<String>,
+    /// A host address of `cidr`, not before `dhcp_start`.
+    #[schema(format = Ipv4)]
     pub dhcp_end: Option<String>,
 }
 
@@ -212,11 +257,57 @@ pub struct SecurityGroup {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// A rule as answered: its ID beside the fields of its [`RuleSpec`], flattened. Its
+/// OpenAPI schema is [`SecurityGroupRuleSchema`]'s, which says what is sent: every field,
+/// always, with null for those the rule does not use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityGroupRule {
     pub id: RuleId,
     #[serde(flatten)]
     pub spec: RuleSpec,
+}
+
+impl utoipa::PartialSchema for SecurityGroupRule {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        SecurityGroupRuleSchema::schema()
+    }
+}
+
+impl ToSchema for SecurityGroupRule {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "SecurityGroupRule".into()
+    }
+    fn schemas(out: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        SecurityGroupRuleSchema::schemas(out)
+    }
+}
+
+// The serialized form of a `SecurityGroupRule`, for the OpenAPI document only (a test
+// keeps the two in step): derived from the struct itself, the `#[serde(flatten)]` of the
+// `deny_unknown_fields` `RuleSpec` came out as an `allOf` that forbids `id`, and left out
+// that the unused fields are sent as null, so no rule the server sent matched it.
+/// A rule of a security group, as answered: every field is always present, and those
+/// the rule does not use are null.
+#[derive(ToSchema)]
+#[schema(as = SecurityGroupRule)]
+#[allow(dead_code)]
+pub struct SecurityGroupRuleSchema {
+    pub id: RuleId,
+    pub direction: Direction,
+    pub protocol: Protocol,
+    /// The first port (tcp, udp: normalized, both ends are always set), or the ICMP type
+    /// (icmp, null for every type); null for `any`.
+    #[schema(required = true, maximum = 65535)]
+    pub port_min: Option<u16>,
+    /// The last port (tcp, udp); null for icmp and `any`.
+    #[schema(required = true, maximum = 65535)]
+    pub port_max: Option<u16>,
+    /// The peer network, truncated to its prefix; null when the rule names a `group`.
+    #[schema(required = true)]
+    pub cidr: Option<String>,
+    /// The peer security group; null when the rule names a `cidr`.
+    #[schema(required = true)]
+    pub group: Option<SecurityGroupId>,
 }
 
 /// One rule: traffic of `protocol` on ports `port_min..=port_max` from (ingress) or to
@@ -227,9 +318,15 @@ pub struct RuleSpec {
     #[serde(default = "default_direction")]
     pub direction: Direction,
     pub protocol: Protocol,
-    /// For tcp and udp; leave both out for all ports. For icmp, the ICMP type.
+    /// For tcp and udp; leave both out for all ports (one alone is a single port).
+    /// For icmp, the ICMP type (0–255; leave out for every type). Not for `any`.
+    #[schema(maximum = 65535)]
     pub port_min: Option<u16>,
+    /// For tcp and udp, the last port.
+    #[schema(maximum = 65535)]
     pub port_max: Option<u16>,
+    /// An IPv4 network, e.g. `0.0.0.0/0`.
+    #[schema(example = "0.0.0.0/0")]
     pub cidr: Option<String>,
     pub group: Option<SecurityGroupId>,
 }
@@ -241,10 +338,14 @@ fn default_direction() -> Direction {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSecurityGroup {
+    /// 1 to 64 printable characters, no leading or trailing space.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
+    /// At most 1024 bytes.
     #[serde(default)]
     pub description: String,
     #[serde(default)]
+    #[schema(max_items = 200)]
     pub rules: Vec<RuleSpec>,
 }
 
@@ -261,11 +362,15 @@ pub struct Instance {
     pub hypervisor: HypervisorKind,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// The host it is placed on; null while it has none (e.g. stopped).
+    #[schema(required = true)]
     pub host_node_id: Option<HostNodeId>,
+    #[schema(required = true)]
     pub ssh_key_id: Option<KeyPairId>,
     pub interfaces: Vec<Interface>,
     pub volumes: Vec<VolumeId>,
-    /// Set when `state` is `failed`.
+    /// Set when `state` is `failed`, else null.
+    #[schema(required = true)]
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -275,7 +380,9 @@ pub struct Instance {
 pub struct Interface {
     pub id: VifId,
     pub network_id: NetworkId,
+    #[schema(pattern = "^([0-9a-f]{2}:){5}[0-9a-f]{2}$", example = "52:54:00:12:34:56")]
     pub mac: String,
+    #[schema(format = Ipv4)]
     pub ip: String,
     pub security_groups: Vec<SecurityGroupId>,
     pub state: InterfaceState,
@@ -284,15 +391,21 @@ pub struct Interface {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInstance {
+    /// 1 to 64 printable characters, no leading or trailing space; the ID when left out.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: Option<String>,
     pub image_id: ImageId,
     /// Defaults to the first hypervisor kind the image lists.
     pub hypervisor: Option<HypervisorKind>,
     #[serde(default = "default_cpus")]
+    #[schema(minimum = 1, maximum = 128, default = 1)]
     pub cpus: u32,
     #[serde(default = "default_memory")]
+    #[schema(minimum = 32, maximum = 4194304, default = 256)]
     pub memory_mib: u32,
+    /// At most 8, on different networks.
     #[serde(default)]
+    #[schema(max_items = 8)]
     pub interfaces: Vec<CreateInterface>,
     pub ssh_key_id: Option<KeyPairId>,
     /// Passed to the guest as cloud-init user-data (at most 64 KiB).
@@ -313,6 +426,7 @@ pub struct CreateInterface {
     #[serde(default)]
     pub security_groups: Vec<SecurityGroupId>,
     /// A fixed address inside the network's DHCP range; assigned when left out.
+    #[schema(format = Ipv4)]
     pub ip: Option<String>,
 }
 
@@ -331,12 +445,20 @@ pub struct Volume {
     pub name: String,
     pub size_mib: u64,
     pub state: VolumeState,
+    #[schema(required = true)]
     pub storage_node_id: Option<StorageNodeId>,
+    /// The instance it is attached to (or attaching to, detaching from), else null.
+    #[schema(required = true)]
     pub instance_id: Option<InstanceId>,
+    /// The snapshot the volume was copied from, else null.
+    #[schema(required = true)]
     pub snapshot_id: Option<SnapshotId>,
-    /// The image the volume was filled from.
+    /// The image the volume was filled from, else null.
     #[serde(default)]
+    #[schema(required = true)]
     pub image_id: Option<ImageId>,
+    /// Set when `state` is `failed`, else null.
+    #[schema(required = true)]
     pub failure_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -347,7 +469,11 @@ pub struct Volume {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVolume {
+    /// 1 to 64 printable characters, no leading or trailing space.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
+    /// At most 16 TiB (16777216 MiB).
+    #[schema(minimum = 1, maximum = 16777216)]
     pub size_mib: Option<u64>,
     pub snapshot_id: Option<SnapshotId>,
     #[serde(default)]
@@ -358,6 +484,8 @@ pub struct CreateVolume {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendVolume {
+    /// Larger than the volume's size, at most 16777216 MiB.
+    #[schema(minimum = 1, maximum = 16777216)]
     pub size_mib: u64,
 }
 
@@ -382,6 +510,8 @@ pub struct Snapshot {
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshot {
     pub volume_id: VolumeId,
+    /// 1 to 64 printable characters, no leading or trailing space.
+    #[schema(min_length = 1, max_length = 64)]
     pub name: String,
 }
 
@@ -392,8 +522,13 @@ pub struct CreateSnapshot {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FloatingIp {
     pub id: FloatingIpId,
+    #[schema(format = Ipv4)]
     pub ip: String,
+    /// Null while not associated.
+    #[schema(required = true)]
     pub instance_id: Option<InstanceId>,
+    /// Null while not associated.
+    #[schema(required = true)]
     pub interface_id: Option<VifId>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -403,7 +538,9 @@ pub struct FloatingIp {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateFloatingIp {
+    /// An address of the external pool.
     #[serde(default)]
+    #[schema(format = Ipv4)]
     pub ip: Option<String>,
 }
 
@@ -427,8 +564,9 @@ pub struct HostNode {
     pub memory_mib: u64,
     pub cpus_used: u32,
     pub memory_used_mib: u64,
-    /// What the agent found it can do, e.g. `{"kvm_usable": false}`.
-    #[schema(value_type = Object)]
+    /// What the agent found it can do, e.g. `{"kvm_usable": false}`, as the agent
+    /// reported it (null if it reported nothing readable).
+    #[schema(value_type = Option<Object>, required = true)]
     pub capabilities: serde_json::Value,
     pub last_seen: DateTime<Utc>,
 }
@@ -450,7 +588,45 @@ pub struct Job {
     pub action: String,
     pub resource_id: String,
     pub state: JobState,
+    /// A note on how it ended or why it failed; may be null.
+    #[schema(required = true)]
     pub message: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// Null while running.
+    #[schema(required = true)]
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// [`SecurityGroupRuleSchema`] describes exactly what a [`SecurityGroupRule`] sends:
+    /// the same keys, every one of them required.
+    #[test]
+    fn security_group_rule_schema_matches_its_serialization() {
+        let rule = SecurityGroupRule {
+            id: RuleId::generate(),
+            spec: RuleSpec {
+                direction: Direction::Ingress,
+                protocol: Protocol::Icmp,
+                port_min: None,
+                port_max: None,
+                cidr: Some("0.0.0.0/0".into()),
+                group: None,
+            },
+        };
+        let sent = serde_json::to_value(&rule).unwrap();
+        let mut sent_keys: Vec<&String> = sent.as_object().unwrap().keys().collect();
+        sent_keys.sort();
+        let schema = serde_json::to_value(<SecurityGroupRule as utoipa::PartialSchema>::schema()).unwrap();
+        let mut properties: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        properties.sort();
+        assert_eq!(sent_keys, properties, "{schema}");
+        let mut required: Vec<&str> =
+            schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        required.sort();
+        assert_eq!(sent_keys, required, "{schema}");
+        assert_eq!(<SecurityGroupRule as ToSchema>::name(), "SecurityGroupRule");
+    }
 }

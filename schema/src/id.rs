@@ -54,16 +54,18 @@ fn valid_suffix(s: &str) -> bool {
 }
 
 macro_rules! define_id {
-    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal, $pattern:tt) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
         #[serde(try_from = "String", into = "String")]
-        #[schema(value_type = String, example = json!(concat!($prefix, "-0kq3m5v2ab7x9c")))]
+        #[schema(value_type = String, pattern = $pattern, example = json!(concat!($prefix, "-0kq3m5v2ab7x9c")))]
         pub struct $name(String);
 
         impl $name {
             pub const PREFIX: &'static str = $prefix;
             pub const KIND: &'static str = $kind;
+            /// What [`FromStr`] accepts, as the OpenAPI `pattern` of this ID.
+            pub const PATTERN: &'static str = $pattern;
 
             /// A new, unique, time-ordered ID.
             pub fn generate() -> Self {
@@ -118,20 +120,22 @@ macro_rules! define_id {
     };
 }
 
-define_id!(/** An account (tenant). */ AccountId, "a", "account");
-define_id!(/** An instance (virtual machine or container). */ InstanceId, "i", "instance");
-define_id!(/** A machine image. */ ImageId, "img", "image");
-define_id!(/** A block volume. */ VolumeId, "vol", "volume");
-define_id!(/** A volume snapshot. */ SnapshotId, "snap", "snapshot");
-define_id!(/** A virtual network. */ NetworkId, "nw", "network");
-define_id!(/** A virtual interface of an instance on a network. */ VifId, "vif", "interface");
-define_id!(/** A security group. */ SecurityGroupId, "sg", "security group");
-define_id!(/** A security group rule. */ RuleId, "sgr", "security group rule");
-define_id!(/** An ssh key pair. */ KeyPairId, "ssh", "key pair");
-define_id!(/** A hypervisor host node (where hva and nwagent run). */ HostNodeId, "hn", "host node");
-define_id!(/** A storage node (where sta runs). */ StorageNodeId, "sn", "storage node");
-define_id!(/** A floating IP. */ FloatingIpId, "fip", "floating IP");
-define_id!(/** A job: the progress of one long operation. */ JobId, "job", "job");
+define_id!(/** An account (tenant). */ AccountId, "a", "account", "^a-[0-9a-z]{1,40}$");
+define_id!(/** An instance (virtual machine or container). */ InstanceId, "i", "instance", "^i-[0-9a-z]{1,40}$");
+define_id!(/** A machine image. */ ImageId, "img", "image", "^img-[0-9a-z]{1,40}$");
+define_id!(/** A block volume. */ VolumeId, "vol", "volume", "^vol-[0-9a-z]{1,40}$");
+define_id!(/** A volume snapshot. */ SnapshotId, "snap", "snapshot", "^snap-[0-9a-z]{1,40}$");
+define_id!(/** A virtual network. */ NetworkId, "nw", "network", "^nw-[0-9a-z]{1,40}$");
+define_id!(/** A virtual interface of an instance on a network. */ VifId, "vif", "interface", "^vif-[0-9a-z]{1,40}$");
+define_id!(/** A security group. */ SecurityGroupId, "sg", "security group", "^sg-[0-9a-z]{1,40}$");
+define_id!(/** A security group rule. */ RuleId, "sgr", "security group rule", "^sgr-[0-9a-z]{1,40}$");
+define_id!(/** An ssh key pair. */ KeyPairId, "ssh", "key pair", "^ssh-[0-9a-z]{1,40}$");
+define_id!(
+    /** A hypervisor host node (where hva and nwagent run). */ HostNodeId, "hn", "host node", "^hn-[0-9a-z]{1,40}$"
+);
+define_id!(/** A storage node (where sta runs). */ StorageNodeId, "sn", "storage node", "^sn-[0-9a-z]{1,40}$");
+define_id!(/** A floating IP. */ FloatingIpId, "fip", "floating IP", "^fip-[0-9a-z]{1,40}$");
+define_id!(/** A job: the progress of one long operation. */ JobId, "job", "job", "^job-[0-9a-z]{1,40}$");
 
 #[cfg(test)]
 mod tests {
@@ -166,6 +170,29 @@ mod tests {
         assert!("i-abc;drop".parse::<InstanceId>().is_err());
         let err = "img-x".parse::<VolumeId>().unwrap_err();
         assert!(err.to_string().contains("volume"), "{err}");
+    }
+
+    #[test]
+    fn patterns_say_what_parsing_accepts() {
+        fn check<T: std::str::FromStr>(prefix: &str, pattern: &str) {
+            assert_eq!(pattern, format!("^{prefix}-[0-9a-z]{{1,40}}$"));
+            assert!(format!("{prefix}-{}", "a".repeat(40)).parse::<T>().is_ok());
+            assert!(format!("{prefix}-{}", "a".repeat(41)).parse::<T>().is_err());
+        }
+        check::<AccountId>(AccountId::PREFIX, AccountId::PATTERN);
+        check::<InstanceId>(InstanceId::PREFIX, InstanceId::PATTERN);
+        check::<ImageId>(ImageId::PREFIX, ImageId::PATTERN);
+        check::<VolumeId>(VolumeId::PREFIX, VolumeId::PATTERN);
+        check::<SnapshotId>(SnapshotId::PREFIX, SnapshotId::PATTERN);
+        check::<NetworkId>(NetworkId::PREFIX, NetworkId::PATTERN);
+        check::<VifId>(VifId::PREFIX, VifId::PATTERN);
+        check::<SecurityGroupId>(SecurityGroupId::PREFIX, SecurityGroupId::PATTERN);
+        check::<RuleId>(RuleId::PREFIX, RuleId::PATTERN);
+        check::<KeyPairId>(KeyPairId::PREFIX, KeyPairId::PATTERN);
+        check::<HostNodeId>(HostNodeId::PREFIX, HostNodeId::PATTERN);
+        check::<StorageNodeId>(StorageNodeId::PREFIX, StorageNodeId::PATTERN);
+        check::<FloatingIpId>(FloatingIpId::PREFIX, FloatingIpId::PATTERN);
+        check::<JobId>(JobId::PREFIX, JobId::PATTERN);
     }
 
     #[test]

@@ -26,8 +26,11 @@ pub struct ParseEnumError {
     pub expected: &'static str,
 }
 
+// The spellings are `tt`, not `literal`: a `literal` fragment reaches derive macros
+// wrapped in an invisible group, and utoipa's reading of `#[serde(rename = ...)]` then
+// misses it, so the OpenAPI document showed the Rust variant names instead of these.
 macro_rules! wire_enum {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, { $($variant:ident => $s:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, { $($variant:ident => $s:tt),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         pub enum $name {
@@ -206,5 +209,35 @@ mod tests {
         }
         let err = "kvmm".parse::<HypervisorKind>().unwrap_err();
         assert!(err.to_string().contains("kvm qemu lxc"), "{err}");
+    }
+
+    /// The OpenAPI schema of every enum lists exactly the spellings serde sends.
+    #[test]
+    fn openapi_schemas_list_the_wire_spellings() {
+        fn check<T: utoipa::PartialSchema + Serialize>(all: &[T]) {
+            let schema = serde_json::to_value(T::schema()).unwrap();
+            let listed: Vec<String> = serde_json::from_value(schema["enum"].clone()).unwrap();
+            let wire: Vec<String> =
+                all.iter().map(|v| serde_json::to_value(v).unwrap().as_str().unwrap().into()).collect();
+            assert_eq!(listed, wire, "{schema}");
+        }
+        check(HypervisorKind::ALL);
+        check(InstanceState::ALL);
+        check(InstanceGoal::ALL);
+        check(DesiredPower::ALL);
+        check(ObservedInstance::ALL);
+        check(InstanceAction::ALL);
+        check(VolumeState::ALL);
+        check(SnapshotState::ALL);
+        check(ObservedStorage::ALL);
+        check(ObservedInterface::ALL);
+        check(InterfaceState::ALL);
+        check(JobState::ALL);
+        check(NodeState::ALL);
+        check(ImageFormat::ALL);
+        check(Arch::ALL);
+        check(Protocol::ALL);
+        check(Direction::ALL);
+        check(StorageBackend::ALL);
     }
 }

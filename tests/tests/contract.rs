@@ -31,6 +31,126 @@ fn openapi_document_is_up_to_date() {
     assert!(paths.len() >= 30, "only {} paths documented", paths.len());
 }
 
+/// The checked-in document is valid OpenAPI, as a real validator (`openapi-spec-validator`,
+/// installed by packaging/install-deps.sh) sees it. A missing validator fails the test.
+#[test]
+fn openapi_document_is_valid_openapi() {
+    let path = repo().join("dcmgr/openapi.json");
+    let probe = std::process::Command::new("python3").args(["-c", "import openapi_spec_validator"]).output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "the Python module openapi_spec_validator is missing ({}); run packaging/install-deps.sh",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or_default()
+        ),
+        Err(e) => panic!("python3 cannot run ({e}); run packaging/install-deps.sh"),
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator", "--validation-errors", "all"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator refuses {}:\n{}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The document keeps the API conventions (ARCHITECTURE.md, "Errors and status codes"):
+/// unique operation IDs, paging as optional query parameters, every error status an
+/// operation can answer documented with the error body, request bodies that refuse
+/// unknown fields, enums spelled as on the wire.
+#[test]
+fn openapi_document_follows_the_api_conventions() {
+    use serde_json::Value;
+    let doc = serde_json::to_value(vdc_dcmgr::api::openapi()).unwrap();
+    let components = &doc["components"];
+    // A `$ref` inside this document, resolved.
+    let resolve = |v: &Value| -> Value {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => {
+                let mut target = &doc;
+                for part in r.trim_start_matches("#/").split('/') {
+                    target = &target[part];
+                }
+                assert!(!target.is_null(), "unresolved $ref {r}");
+                target.clone()
+            }
+            None => v.clone(),
+        }
+    };
+    let mut ids = std::collections::HashSet::new();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let what = format!("{method} {path}");
+            let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{what} has no operationId"));
+            assert!(ids.insert(id.to_owned()), "operationId {id} is used twice ({what})");
+            let params: Vec<Value> = op["parameters"].as_array().cloned().unwrap_or_default();
+            let mut query = false;
+            for p in &params {
+                let name = p["name"].as_str().unwrap();
+                match p["in"].as_str().unwrap() {
+                    "path" => assert!(
+                        path.contains(&format!("{{{name}}}")),
+                        "{what}: path parameter {name} is not in the path"
+                    ),
+                    "query" => {
+                        query = true;
+                        assert_ne!(p["required"], Value::Bool(true), "{what}: query parameter {name} is required");
+                    }
+                    other => panic!("{what}: parameter {name} in {other}"),
+                }
+            }
+            let responses = op["responses"].as_object().unwrap();
+            let public = op["security"].as_array().is_some_and(|s| s.iter().any(|r| r == &serde_json::json!({})));
+            let mut needed: Vec<&str> = vec![];
+            if !public {
+                needed.extend(["401", "503"]);
+            }
+            if query || op.get("requestBody").is_some() {
+                needed.push("400");
+            }
+            for status in needed {
+                assert!(responses.contains_key(status), "{what} does not document {status}");
+            }
+            for (status, response) in responses {
+                let response = resolve(response);
+                assert!(
+                    response["description"].as_str().is_some_and(|d| !d.is_empty()),
+                    "{what} {status}: no description"
+                );
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert_eq!(
+                        response["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody",
+                        "{what} {status}: not the error body"
+                    );
+                }
+            }
+            if let Some(body) = op.get("requestBody") {
+                let schema = resolve(&body["content"]["application/json"]["schema"]);
+                assert_eq!(
+                    schema["additionalProperties"],
+                    Value::Bool(false),
+                    "{what}: the body accepts unknown fields"
+                );
+            }
+        }
+    }
+    assert!(operations >= 55, "only {operations} operations");
+    // Enums as on the wire (every spelling is lowercase; schema/src/state.rs tests each).
+    for (name, schema) in components["schemas"].as_object().unwrap() {
+        for v in schema["enum"].as_array().into_iter().flatten() {
+            let v = v.as_str().unwrap();
+            assert_eq!(v, v.to_lowercase(), "enum {name} lists {v:?}, not its wire spelling");
+        }
+    }
+}
+
 /// Every example configuration shipped under packaging/ parses with the real parser.
 #[test]
 fn example_configurations_parse() {

@@ -10,9 +10,21 @@ use axum::Json;
 use vdc_schema::api::{Accepted, ConsoleLog, CreateInstance, ErrorBody, Instance, Page};
 use vdc_schema::InstanceAction;
 
-#[utoipa::path(post, path = "/api/v1/instances", tag = "instances", request_body = CreateInstance,
-    responses((status = 202, body = Accepted<Instance>), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/instances", tag = "instances", operation_id = "instance_create",
+    summary = "Create an instance: placed on a host, started in the background", request_body = CreateInstance,
+    responses(
+        (status = 202, description = "Accepted: the instance (pending) and the job that tracks its start",
+            body = Accepted<Instance>),
+        (status = 400,
+            description = "`invalid_name`, `invalid_cpus`, `invalid_memory`, `user_data_too_large`, \
+                `too_many_interfaces`, `unsupported_hypervisor`, `duplicate_network`, `invalid_ip`, or a malformed \
+                body (`invalid_body`)", body = ErrorBody),
+        (status = 404, description = "`not_found`: the image, key pair, a network or a security group",
+            body = ErrorBody),
+        (status = 409, description = "`ip_in_use`: a fixed address is taken", body = ErrorBody),
+        (status = 422,
+            description = "`no_capacity`: no online host fits it; `network_full`: a network has no free address",
+            body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -21,8 +33,13 @@ pub async fn create(
     Ok((StatusCode::ACCEPTED, Json(app::create(&ctx, &caller, req).await?)))
 }
 
-#[utoipa::path(get, path = "/api/v1/instances", tag = "instances", params(vdc_schema::api::ListQuery),
-    responses((status = 200, body = Page<Instance>), (status = 400, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/instances", tag = "instances", operation_id = "instance_list",
+    summary = "List the account's instances",
+    params(
+        vdc_schema::api::ListQuery,
+        ("state" = Option<vdc_schema::InstanceState>, Query, description = "Only instances in this state"),
+        ("name" = Option<String>, Query, description = "Only items with this exact name")),
+    responses((status = 200, description = "One page of instances", body = Page<Instance>)))]
 pub async fn list(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -31,8 +48,14 @@ pub async fn list(
     Ok(Json(app::list(&ctx, &caller, &q).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/instances/{id}", tag = "instances", params(("id" = String, Path)),
-    responses((status = 200, body = Instance), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/instances/{id}", tag = "instances", operation_id = "instance_show",
+    summary = "Show an instance",
+    params(
+        ("id" = vdc_schema::id::InstanceId, Path,
+            description = "An instance ID (`i-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The instance", body = Instance),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Instance>> {
     Ok(Json(app::fetch(&ctx, &caller, &path_id("instance", &id)?).await?))
 }
@@ -49,10 +72,12 @@ async fn action_handler(
 }
 
 macro_rules! action_endpoint {
-    ($fn:ident, $action:expr, $path:literal) => {
-        #[utoipa::path(post, path = $path, tag = "instances", params(("id" = String, Path)),
-            responses((status = 202, body = Accepted<Instance>), (status = 200, description = "already done", body = Accepted<Instance>),
-                (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    ($fn:ident, $action:expr, $path:literal, $operation_id:tt, $summary:tt, $responses:tt) => {
+        #[utoipa::path(post, path = $path, tag = "instances", operation_id = $operation_id, summary = $summary,
+                    params(
+                        ("id" = vdc_schema::id::InstanceId, Path,
+                            description = "An instance ID (`i-…`); an unknown, malformed or foreign one answers 404")),
+                    responses $responses)]
         pub async fn $fn(
             State(ctx): State<SharedCtx>,
             caller: Caller,
@@ -63,15 +88,76 @@ macro_rules! action_endpoint {
     };
 }
 
-action_endpoint!(start, InstanceAction::Start, "/api/v1/instances/{id}/start");
-action_endpoint!(stop, InstanceAction::Stop, "/api/v1/instances/{id}/stop");
-action_endpoint!(halt, InstanceAction::Halt, "/api/v1/instances/{id}/halt");
-action_endpoint!(poweron, InstanceAction::Poweron, "/api/v1/instances/{id}/poweron");
-action_endpoint!(reboot, InstanceAction::Reboot, "/api/v1/instances/{id}/reboot");
-action_endpoint!(terminate, InstanceAction::Terminate, "/api/v1/instances/{id}/terminate");
+action_endpoint!(start, InstanceAction::Start, "/api/v1/instances/{id}/start", "instance_start",
+    "Start a stopped, halted or failed instance (a stopped one is placed on a host again)",
+    ((status = 202, description = "Accepted: the instance and the job that tracks the start",
+            body = Accepted<Instance>),
+        (status = 200, description = "Nothing to do (already running or starting): the instance and a finished job",
+            body = Accepted<Instance>),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: it is stopping, halting, shutting down or terminated",
+            body = ErrorBody),
+        (status = 422, description = "`no_capacity`: no online host fits a stopped instance", body = ErrorBody),
+        (status = 503, description = "`agent_unavailable`: its host is offline, retry when it is back; or `busy`",
+            body = ErrorBody)));
+action_endpoint!(stop, InstanceAction::Stop, "/api/v1/instances/{id}/stop", "instance_stop",
+    "Stop an instance and release its host",
+    ((status = 202, description = "Accepted: the instance and the job that tracks the stop", body = Accepted<Instance>),
+        (status = 200, description = "Nothing to do (already stopped or stopping): the instance and a finished job",
+            body = Accepted<Instance>),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: it is shutting down or terminated", body = ErrorBody),
+        (status = 503, description = "`agent_unavailable`: its host is offline, retry when it is back; or `busy`",
+            body = ErrorBody)));
+action_endpoint!(halt, InstanceAction::Halt, "/api/v1/instances/{id}/halt", "instance_halt",
+    "Power an instance off and keep its host",
+    ((status = 202, description = "Accepted: the instance and the job that tracks the halt", body = Accepted<Instance>),
+        (status = 200, description = "Nothing to do (already halted or halting): the instance and a finished job",
+            body = Accepted<Instance>),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: it is stopped, stopping, shutting down or terminated",
+            body = ErrorBody),
+        (status = 503, description = "`agent_unavailable`: its host is offline, retry when it is back; or `busy`",
+            body = ErrorBody)));
+action_endpoint!(poweron, InstanceAction::Poweron, "/api/v1/instances/{id}/poweron", "instance_poweron",
+    "Power an instance on (the same as start)",
+    ((status = 202, description = "Accepted: the instance and the job that tracks the start",
+            body = Accepted<Instance>),
+        (status = 200, description = "Nothing to do (already running or starting): the instance and a finished job",
+            body = Accepted<Instance>),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: it is stopping, halting, shutting down or terminated",
+            body = ErrorBody),
+        (status = 422, description = "`no_capacity`: no online host fits a stopped instance", body = ErrorBody),
+        (status = 503, description = "`agent_unavailable`: its host is offline, retry when it is back; or `busy`",
+            body = ErrorBody)));
+action_endpoint!(reboot, InstanceAction::Reboot, "/api/v1/instances/{id}/reboot", "instance_reboot",
+    "Reboot a running instance",
+    ((status = 202, description = "Accepted: the instance and the job that tracks the reboot",
+            body = Accepted<Instance>),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: only a running instance can reboot", body = ErrorBody),
+        (status = 503, description = "`agent_unavailable`: its host is offline, retry when it is back; or `busy`",
+            body = ErrorBody)));
+action_endpoint!(terminate, InstanceAction::Terminate, "/api/v1/instances/{id}/terminate", "instance_terminate",
+    "Terminate an instance (recorded even while its host is offline)",
+    ((status = 202, description = "Accepted: the instance (shutting down) and the job that tracks it",
+            body = Accepted<Instance>),
+        (status = 200, description = "Nothing to do (already terminated): the instance and a finished job",
+            body = Accepted<Instance>),
+        (status = 404, description = "`not_found`", body = ErrorBody)));
 
-#[utoipa::path(delete, path = "/api/v1/instances/{id}", tag = "instances", params(("id" = String, Path)),
-    responses((status = 202, body = Accepted<Instance>), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/instances/{id}", tag = "instances", operation_id = "instance_delete",
+    summary = "Terminate an instance (the same as POST …/terminate)",
+    params(
+        ("id" = vdc_schema::id::InstanceId, Path,
+            description = "An instance ID (`i-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 202, description = "Accepted: the instance and the job that tracks the action",
+            body = Accepted<Instance>),
+        (status = 200, description = "Nothing to do (already terminated): the instance and a finished job",
+            body = Accepted<Instance>),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn delete(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -80,9 +166,16 @@ pub async fn delete(
     action_handler(ctx, caller, id, InstanceAction::Terminate).await
 }
 
-#[utoipa::path(get, path = "/api/v1/instances/{id}/console", tag = "instances", params(("id" = String, Path)),
-    responses((status = 200, body = ConsoleLog), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/instances/{id}/console", tag = "instances", operation_id = "instance_console",
+    summary = "Read an instance's serial console output from its host",
+    params(
+        ("id" = vdc_schema::id::InstanceId, Path,
+            description = "An instance ID (`i-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The console output", body = ConsoleLog),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`no_console`: it has never run on a host", body = ErrorBody),
+        (status = 503, description = "`agent_unavailable`: its host did not answer; or `busy`", body = ErrorBody)))]
 pub async fn console(
     State(ctx): State<SharedCtx>,
     caller: Caller,

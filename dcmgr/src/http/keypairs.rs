@@ -9,8 +9,14 @@ use axum::http::StatusCode;
 use axum::Json;
 use vdc_schema::api::{CreateKeyPair, ErrorBody, KeyPair, KeyPairCreated, Page};
 
-#[utoipa::path(post, path = "/api/v1/keypairs", tag = "keypairs", request_body = CreateKeyPair,
-    responses((status = 201, body = KeyPairCreated), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/keypairs", tag = "keypairs", operation_id = "keypair_create",
+    summary = "Import an ssh public key, or generate an ed25519 key pair", request_body = CreateKeyPair,
+    responses(
+        (status = 201, description = "The key pair (and, if generated, its private key, shown only here)",
+            body = KeyPairCreated),
+        (status = 400, description = "`invalid_name`, `invalid_public_key`, or a malformed body (`invalid_body`)",
+            body = ErrorBody),
+        (status = 409, description = "`name_taken`: the account has a key pair of this name", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -19,8 +25,12 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(app::create(&ctx, &caller, req).await?)))
 }
 
-#[utoipa::path(get, path = "/api/v1/keypairs", tag = "keypairs", params(vdc_schema::api::ListQuery),
-    responses((status = 200, body = Page<KeyPair>)))]
+#[utoipa::path(get, path = "/api/v1/keypairs", tag = "keypairs", operation_id = "keypair_list",
+    summary = "List the account's key pairs",
+    params(
+        vdc_schema::api::ListQuery,
+        ("name" = Option<String>, Query, description = "Only items with this exact name")),
+    responses((status = 200, description = "One page of key pairs", body = Page<KeyPair>)))]
 pub async fn list(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -29,14 +39,24 @@ pub async fn list(
     Ok(Json(app::list(&ctx, &caller, &q).await?))
 }
 
-#[utoipa::path(get, path = "/api/v1/keypairs/{id}", tag = "keypairs", params(("id" = String, Path)),
-    responses((status = 200, body = KeyPair), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/keypairs/{id}", tag = "keypairs", operation_id = "keypair_show",
+    summary = "Show a key pair",
+    params(
+        ("id" = vdc_schema::id::KeyPairId, Path,
+            description = "A key pair ID (`ssh-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The key pair", body = KeyPair),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<KeyPair>> {
     Ok(Json(app::fetch(&ctx, &caller, &path_id("key pair", &id)?).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/keypairs/{id}", tag = "keypairs", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/keypairs/{id}", tag = "keypairs", operation_id = "keypair_delete",
+    summary = "Delete a key pair",
+    params(
+        ("id" = vdc_schema::id::KeyPairId, Path,
+            description = "A key pair ID (`ssh-…`); an unknown, malformed or foreign one answers 404")),
+    responses((status = 204, description = "Deleted"), (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     app::delete(&ctx, &caller, &path_id("key pair", &id)?).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -63,7 +63,9 @@ impl FromRequestParts<SharedCtx> for Caller {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1", tag = "meta", responses((status = 200, body = ApiInfo)))]
+#[utoipa::path(get, path = "/api/v1", tag = "meta", operation_id = "api_info",
+    summary = "The API version and the extensions this dcmgr serves",
+    responses((status = 200, description = "The API version and extensions", body = ApiInfo)))]
 pub async fn info(_caller: Caller) -> Json<ApiInfo> {
     Json(ApiInfo {
         api_version: API_VERSION.to_owned(),
@@ -76,7 +78,11 @@ async fn fallback() -> ApiError {
     ApiError::NotFound { kind: "route", id: "(see GET /api/v1/openapi.json)".into() }
 }
 
-async fn openapi_json(State(_): State<SharedCtx>) -> Json<utoipa::openapi::OpenApi> {
+/// The one call without a token: clients and tools read the contract before they hold one.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta", operation_id = "openapi_document",
+    summary = "This OpenAPI document", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
+pub async fn openapi_json(State(_): State<SharedCtx>) -> Json<utoipa::openapi::OpenApi> {
     Json(openapi())
 }
 
@@ -146,12 +152,97 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The error answers every operation shares because of how a request is taken apart
+/// (see `error.rs` for the status policy), added here once rather than in each handler:
+///
+/// - 401 `unauthorized` on every operation that needs a token (the [`Caller`] extractor);
+/// - 503 `busy` on the same ones: resolving the token and every call after it use the
+///   database, and a transaction that keeps losing races, or a pool with no free
+///   connection, answers 503;
+/// - 400 on every operation with a body ([`Body`]: `invalid_body`) or query parameters
+///   ([`ListParams`]: `invalid_query` and the paging codes).
+///
+/// An operation that documents one of these statuses itself (with the codes it adds)
+/// keeps its own. Every error answer is an [`vdc_schema::api::ErrorBody`].
+struct CommonErrors;
+
+impl CommonErrors {
+    const UNAUTHORIZED: &'static str = "Unauthorized";
+    const BUSY: &'static str = "Busy";
+    const BAD_REQUEST: &'static str = "BadRequest";
+
+    fn error_response(description: &str) -> utoipa::openapi::Response {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        ResponseBuilder::new()
+            .description(description)
+            .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+            .build()
+    }
+}
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::openapi::security::SecurityRequirement;
+        use utoipa::openapi::Ref;
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.responses.insert(
+            Self::UNAUTHORIZED.into(),
+            Self::error_response(
+                "`unauthorized`: no `Authorization: Bearer <token>` header, or a token that is not valid",
+            )
+            .into(),
+        );
+        components
+            .responses
+            .insert(Self::BUSY.into(), Self::error_response("`busy`: the database is busy; retry the request").into());
+        components.responses.insert(
+            Self::BAD_REQUEST.into(),
+            Self::error_response(
+                "The request is not valid: a malformed body (`invalid_body`: not JSON, a missing or unknown field, \
+                 a wrong type) or query (`invalid_query`, `invalid_limit`, `invalid_cursor`, `invalid_state_filter`)",
+            )
+            .into(),
+        );
+        for item in doc.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for op in operations.into_iter().flatten() {
+                // `security(())` on an operation: callable without a token.
+                let public =
+                    op.security.as_ref().is_some_and(|s| s.iter().any(|r| *r == SecurityRequirement::default()));
+                let responses = &mut op.responses.responses;
+                if !public {
+                    responses.entry("401".into()).or_insert_with(|| Ref::from_response_name(Self::UNAUTHORIZED).into());
+                    responses.entry("503".into()).or_insert_with(|| Ref::from_response_name(Self::BUSY).into());
+                }
+                let has_query = op.parameters.iter().flatten().any(|p| matches!(p.parameter_in, ParameterIn::Query));
+                if op.request_body.is_some() || has_query {
+                    responses.entry("400".into()).or_insert_with(|| Ref::from_response_name(Self::BAD_REQUEST).into());
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "vdc API", description = "The vdc datacenter hypervisor Web API. Every call needs `Authorization: Bearer <token>`."),
-    modifiers(&BearerAuth),
+    info(title = "vdc API", description = "The vdc datacenter hypervisor Web API. Every call but \
+        `GET /api/v1/openapi.json` needs `Authorization: Bearer <token>`. Errors are `{\"error\": {\"code\": \"…\", \"message\": \"…\"}}` with \
+        400 for bad input, 401 without a valid token, 403 for admin-only calls, 404 for an unknown ID or one of \
+        another account (the same answer), 409 for a state conflict, 422 for quota or capacity, 503 when an agent \
+        or the database is unavailable."),
+    modifiers(&BearerAuth, &CommonErrors),
     paths(
-        info,
+        info, openapi_json,
         account::create, account::list, account::show, account::delete, account::create_token,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         image::create, image::list, image::show, image::delete,

@@ -131,8 +131,13 @@ pub async fn authenticate(ctx: &SharedCtx, token: &str) -> ApiResult<Caller> {
     Ok(caller)
 }
 
-#[utoipa::path(post, path = "/api/v1/accounts", tag = "accounts", request_body = CreateAccount,
-    responses((status = 201, body = AccountCreated), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/accounts", tag = "accounts", operation_id = "account_create",
+    summary = "Create an account and its first token (admin)", request_body = CreateAccount,
+    responses(
+        (status = 201, description = "The account and its first token (shown only here)", body = AccountCreated),
+        (status = 400, description = "`invalid_name`, or a malformed body (`invalid_body`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: only an admin manages accounts", body = ErrorBody),
+        (status = 409, description = "`name_taken`: an account of this name exists", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -142,8 +147,12 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(insert(&ctx, &req.name, req.admin, None).await?)))
 }
 
-#[utoipa::path(get, path = "/api/v1/accounts", tag = "accounts", params(vdc_schema::api::ListQuery),
-    responses((status = 200, body = Page<Account>), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/accounts", tag = "accounts", operation_id = "account_list",
+    summary = "List accounts (admin)",
+    params(vdc_schema::api::ListQuery, ("name" = Option<String>, Query, description = "Only the account of this name")),
+    responses(
+        (status = 200, description = "One page of accounts", body = Page<Account>),
+        (status = 403, description = "`forbidden`: only an admin manages accounts", body = ErrorBody)))]
 pub async fn list(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -175,14 +184,31 @@ async fn fetch(ctx: &SharedCtx, caller: &Caller, raw: &str) -> ApiResult<Account
     row.map(Row::into_api).ok_or_else(|| ApiError::not_found("account", id))
 }
 
-#[utoipa::path(get, path = "/api/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path)),
-    responses((status = 200, body = Account), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/accounts/{id}", tag = "accounts", operation_id = "account_show",
+    summary = "Show an account (an admin's any, anyone's own)",
+    params(
+        ("id" = AccountId, Path,
+            description = "An account ID (`a-…`); one that does not exist, is malformed or, for a non-admin, is not \
+                the caller's own answers 404")),
+    responses(
+        (status = 200, description = "The account", body = Account),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Account>> {
     Ok(Json(fetch(&ctx, &caller, &id).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/accounts/{id}", tag = "accounts", operation_id = "account_delete",
+    summary = "Delete an account and its tokens (admin)",
+    params(
+        ("id" = AccountId, Path,
+            description = "An account ID (`a-…`); one that does not exist, is malformed or, for a non-admin, is not \
+                the caller's own answers 404")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "`forbidden`: only an admin manages accounts", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`cannot_delete_self`, or `account_in_use`: it still has instances or volumes",
+            body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     require_admin(&caller)?;
     let acct = fetch(&ctx, &caller, &id).await?;
@@ -210,8 +236,15 @@ pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(post, path = "/api/v1/accounts/{id}/tokens", tag = "accounts", params(("id" = String, Path)),
-    responses((status = 201, body = AccountToken), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/accounts/{id}/tokens", tag = "accounts", operation_id = "account_create_token",
+    summary = "Make another API token for an account (an admin's any, anyone's own)",
+    params(
+        ("id" = AccountId, Path,
+            description = "An account ID (`a-…`); one that does not exist, is malformed or, for a non-admin, is not \
+                the caller's own answers 404")),
+    responses(
+        (status = 201, description = "The new token (shown only here)", body = AccountToken),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn create_token(
     State(ctx): State<SharedCtx>,
     caller: Caller,

@@ -147,9 +147,15 @@ async fn fetch_own(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -> ApiRe
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/floating-ips", tag = "floating-ips", request_body = CreateFloatingIp,
-    responses((status = 201, body = FloatingIp), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/floating-ips", tag = "floating-ips", operation_id = "floating_ip_create",
+    summary = "Allocate an address of the external pool", request_body = CreateFloatingIp,
+    responses(
+        (status = 201, description = "The floating IP", body = FloatingIp),
+        (status = 400, description = "`invalid_ip`: not an address of the pool; or a malformed body (`invalid_body`)",
+            body = ErrorBody),
+        (status = 409, description = "`ip_in_use`: the address asked for is allocated", body = ErrorBody),
+        (status = 422, description = "`no_external_network`: the site has none; `no_capacity`: the pool is exhausted",
+            body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -173,8 +179,10 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(row.into_api()?)))
 }
 
-#[utoipa::path(get, path = "/api/v1/floating-ips", tag = "floating-ips", params(vdc_schema::api::ListQuery),
-    responses((status = 200, body = Page<FloatingIp>)))]
+#[utoipa::path(get, path = "/api/v1/floating-ips", tag = "floating-ips", operation_id = "floating_ip_list",
+    summary = "List the account's floating IPs",
+    params(vdc_schema::api::ListQuery),
+    responses((status = 200, description = "One page of floating IPs", body = Page<FloatingIp>)))]
 pub async fn list(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -193,15 +201,31 @@ pub async fn list(
     Ok(Json(page(items, limit, |f| f.id.to_string())))
 }
 
-#[utoipa::path(get, path = "/api/v1/floating-ips/{id}", tag = "floating-ips", params(("id" = String, Path)),
-    responses((status = 200, body = FloatingIp), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/floating-ips/{id}", tag = "floating-ips", operation_id = "floating_ip_show",
+    summary = "Show a floating IP",
+    params(
+        ("id" = vdc_schema::id::FloatingIpId, Path,
+            description = "A floating IP ID (`fip-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The floating IP", body = FloatingIp),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<FloatingIp>> {
     Ok(Json(fetch_own(&ctx, &caller, &path_id("floating IP", &id)?).await?.into_api()?))
 }
 
-#[utoipa::path(post, path = "/api/v1/floating-ips/{id}/associate", tag = "floating-ips", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/floating-ips/{id}/associate", tag = "floating-ips",
+    operation_id = "floating_ip_associate", summary = "Map a floating IP to an interface of an instance",
     request_body = AssociateFloatingIp,
-    responses((status = 200, body = FloatingIp), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(
+        ("id" = vdc_schema::id::FloatingIpId, Path,
+            description = "A floating IP ID (`fip-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The floating IP, associated (or already so)", body = FloatingIp),
+        (status = 404, description = "`not_found`: the floating IP, the instance, or the interface on it",
+            body = ErrorBody),
+        (status = 409,
+            description = "`no_interface`, `floating_ip_associated` (with another interface), or \
+                `interface_has_floating_ip`", body = ErrorBody)))]
 pub async fn associate(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -283,8 +307,14 @@ async fn lock_own(tx: &mut db::Tx<'_>, caller: &Caller, id: &FloatingIpId) -> Ap
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/floating-ips/{id}/disassociate", tag = "floating-ips", params(("id" = String, Path)),
-    responses((status = 200, body = FloatingIp), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/floating-ips/{id}/disassociate", tag = "floating-ips",
+    operation_id = "floating_ip_disassociate", summary = "Unmap a floating IP",
+    params(
+        ("id" = vdc_schema::id::FloatingIpId, Path,
+            description = "A floating IP ID (`fip-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The floating IP, not associated", body = FloatingIp),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn disassociate(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -311,8 +341,15 @@ pub async fn disassociate(
     Ok(Json(fetch_own(&ctx, &caller, &id).await?.into_api()?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/floating-ips/{id}", tag = "floating-ips", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/floating-ips/{id}", tag = "floating-ips", operation_id = "floating_ip_delete",
+    summary = "Release a floating IP",
+    params(
+        ("id" = vdc_schema::id::FloatingIpId, Path,
+            description = "A floating IP ID (`fip-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 204, description = "Released"),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`floating_ip_associated`: disassociate it first", body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id: FloatingIpId = path_id("floating IP", &id)?;
     db::retry(|| async {

@@ -110,8 +110,14 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
     })
 }
 
-#[utoipa::path(post, path = "/api/v1/images", tag = "images", request_body = CreateImage,
-    responses((status = 201, body = Image), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/images", tag = "images", operation_id = "image_create",
+    summary = "Register an image", request_body = CreateImage,
+    responses(
+        (status = 201, description = "The image", body = Image),
+        (status = 400,
+            description = "`invalid_name`, `invalid_image`, `invalid_checksum`, or a malformed body (`invalid_body`)",
+            body = ErrorBody),
+        (status = 403, description = "`forbidden`: only an admin can publish a public image", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -120,8 +126,12 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(insert(&ctx, &caller, req).await?)))
 }
 
-#[utoipa::path(get, path = "/api/v1/images", tag = "images", params(vdc_schema::api::ListQuery),
-    responses((status = 200, body = Page<Image>)))]
+#[utoipa::path(get, path = "/api/v1/images", tag = "images", operation_id = "image_list",
+    summary = "List the account's images and the public ones",
+    params(
+        vdc_schema::api::ListQuery,
+        ("name" = Option<String>, Query, description = "Only items with this exact name")),
+    responses((status = 200, description = "One page of images", body = Page<Image>)))]
 pub async fn list(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -172,14 +182,27 @@ pub async fn spec(db: &db::Pool, id: &str) -> ApiResult<vdc_schema::bus::ImageSp
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/images/{id}", tag = "images", params(("id" = String, Path)),
-    responses((status = 200, body = Image), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/images/{id}", tag = "images", operation_id = "image_show",
+    summary = "Show an image (the account's own or a public one)",
+    params(
+        ("id" = vdc_schema::id::ImageId, Path,
+            description = "An image ID (`img-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The image", body = Image),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Image>> {
     Ok(Json(fetch_visible(&ctx, &caller, &path_id("image", &id)?).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/images/{id}", tag = "images", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/images/{id}", tag = "images", operation_id = "image_delete",
+    summary = "Delete one of the account's images",
+    params(
+        ("id" = vdc_schema::id::ImageId, Path,
+            description = "An image ID (`img-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found` (a public image of another account, too)", body = ErrorBody),
+        (status = 409, description = "`image_in_use`: instances that are not terminated use it", body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id: ImageId = path_id("image", &id)?;
     db::retry(|| async {

@@ -141,8 +141,11 @@ pub async fn running_targets(db: &mut sqlx::AnyConnection, resource_id: &str) ->
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(vdc_schema::api::ListQuery),
-    responses((status = 200, body = Page<Job>)))]
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", operation_id = "job_list", summary = "List the account's jobs",
+    params(
+        vdc_schema::api::ListQuery,
+        ("state" = Option<vdc_schema::JobState>, Query, description = "Only jobs in this state")),
+    responses((status = 200, description = "One page of jobs", body = Page<Job>)))]
 pub async fn list(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -163,8 +166,13 @@ pub async fn list(
     Ok(Json(page(items, limit, |j| j.id.to_string())))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", operation_id = "job_show", summary = "Show a job",
+    params(
+        ("id" = vdc_schema::id::JobId, Path,
+            description = "A job ID (`job-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Job>> {
     let id: JobId = path_id("job", &id)?;
     let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLS} FROM jobs WHERE id = $1 AND account_id = $2"))

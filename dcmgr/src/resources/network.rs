@@ -92,8 +92,14 @@ fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-#[utoipa::path(post, path = "/api/v1/networks", tag = "networks", request_body = CreateNetwork,
-    responses((status = 201, body = Network), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/networks", tag = "networks", operation_id = "network_create",
+    summary = "Create a network", request_body = CreateNetwork,
+    responses(
+        (status = 201, description = "The network", body = Network),
+        (status = 400,
+            description = "`invalid_name`, `invalid_cidr`, `invalid_network`, or a malformed body (`invalid_body`)",
+            body = ErrorBody),
+        (status = 409, description = "`cidr_overlap`: it overlaps another network of the account", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -164,8 +170,12 @@ async fn try_insert(
     .into_api()
 }
 
-#[utoipa::path(get, path = "/api/v1/networks", tag = "networks", params(vdc_schema::api::ListQuery),
-    responses((status = 200, body = Page<Network>)))]
+#[utoipa::path(get, path = "/api/v1/networks", tag = "networks", operation_id = "network_list",
+    summary = "List the account's networks",
+    params(
+        vdc_schema::api::ListQuery,
+        ("name" = Option<String>, Query, description = "Only items with this exact name")),
+    responses((status = 200, description = "One page of networks", body = Page<Network>)))]
 pub async fn list(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -195,14 +205,27 @@ pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &NetworkId) -> ApiResul
     row.ok_or_else(|| ApiError::not_found("network", id))?.into_api()
 }
 
-#[utoipa::path(get, path = "/api/v1/networks/{id}", tag = "networks", params(("id" = String, Path)),
-    responses((status = 200, body = Network), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/networks/{id}", tag = "networks", operation_id = "network_show",
+    summary = "Show a network",
+    params(
+        ("id" = vdc_schema::id::NetworkId, Path,
+            description = "A network ID (`nw-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The network", body = Network),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Network>> {
     Ok(Json(fetch(&ctx, &caller, &path_id("network", &id)?).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/networks/{id}", tag = "networks", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/networks/{id}", tag = "networks", operation_id = "network_delete",
+    summary = "Delete a network",
+    params(
+        ("id" = vdc_schema::id::NetworkId, Path,
+            description = "A network ID (`nw-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`network_in_use`: interfaces are still on it", body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id: NetworkId = path_id("network", &id)?;
     db::retry(|| async {

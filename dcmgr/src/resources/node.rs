@@ -73,8 +73,14 @@ fn require_admin(caller: &Caller) -> ApiResult<()> {
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/host_nodes", tag = "nodes", params(vdc_schema::api::ListQuery),
-    responses((status = 200, body = Page<HostNode>), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/host_nodes", tag = "nodes", operation_id = "host_node_list",
+    summary = "List host nodes (admin)",
+    params(
+        vdc_schema::api::ListQuery,
+        ("state" = Option<vdc_schema::NodeState>, Query, description = "Only hosts in this state")),
+    responses(
+        (status = 200, description = "One page of host nodes", body = Page<HostNode>),
+        (status = 403, description = "`forbidden`: only an admin sees nodes", body = ErrorBody)))]
 pub async fn list_hosts(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -95,8 +101,15 @@ pub async fn list_hosts(
     Ok(Json(page(items, limit, |h| h.id.to_string())))
 }
 
-#[utoipa::path(get, path = "/api/v1/host_nodes/{id}", tag = "nodes", params(("id" = String, Path)),
-    responses((status = 200, body = HostNode), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/host_nodes/{id}", tag = "nodes", operation_id = "host_node_show",
+    summary = "Show a host node (admin)",
+    params(
+        ("id" = vdc_schema::id::HostNodeId, Path,
+            description = "A host node ID (`hn-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The host node", body = HostNode),
+        (status = 403, description = "`forbidden`: only an admin sees nodes", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn show_host(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -111,8 +124,12 @@ pub async fn show_host(
     Ok(Json(row.ok_or_else(|| ApiError::not_found("host node", id))?.into_api()?))
 }
 
-#[utoipa::path(get, path = "/api/v1/storage_nodes", tag = "nodes", params(vdc_schema::api::ListQuery),
-    responses((status = 200, body = Page<StorageNode>), (status = 403, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/storage_nodes", tag = "nodes", operation_id = "storage_node_list",
+    summary = "List storage nodes (admin)",
+    params(vdc_schema::api::ListQuery),
+    responses(
+        (status = 200, description = "One page of storage nodes", body = Page<StorageNode>),
+        (status = 403, description = "`forbidden`: only an admin sees nodes", body = ErrorBody)))]
 pub async fn list_storage(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -131,8 +148,15 @@ pub async fn list_storage(
     Ok(Json(page(items, limit, |h| h.id.to_string())))
 }
 
-#[utoipa::path(get, path = "/api/v1/storage_nodes/{id}", tag = "nodes", params(("id" = String, Path)),
-    responses((status = 200, body = StorageNode), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/storage_nodes/{id}", tag = "nodes", operation_id = "storage_node_show",
+    summary = "Show a storage node (admin)",
+    params(
+        ("id" = vdc_schema::id::StorageNodeId, Path,
+            description = "A storage node ID (`sn-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The storage node", body = StorageNode),
+        (status = 403, description = "`forbidden`: only an admin sees nodes", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn show_storage(
     State(ctx): State<SharedCtx>,
     caller: Caller,

@@ -154,8 +154,14 @@ pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &SecurityGroupId) -> Ap
     Ok(to_api(ctx, vec![row]).await?.remove(0))
 }
 
-#[utoipa::path(post, path = "/api/v1/security_groups", tag = "security_groups", request_body = CreateSecurityGroup,
-    responses((status = 201, body = SecurityGroup), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/security_groups", tag = "security_groups", operation_id = "security_group_create",
+    summary = "Create a security group with its rules", request_body = CreateSecurityGroup,
+    responses(
+        (status = 201, description = "The security group", body = SecurityGroup),
+        (status = 400,
+            description = "`invalid_name`, `invalid_description`, `too_many_rules`, `invalid_rule`, or a malformed \
+                body (`invalid_body`)", body = ErrorBody),
+        (status = 404, description = "`not_found`: a rule names a group that is not the account's", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -195,8 +201,12 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(fetch(&ctx, &caller, &id).await?)))
 }
 
-#[utoipa::path(get, path = "/api/v1/security_groups", tag = "security_groups", params(vdc_schema::api::ListQuery),
-    responses((status = 200, body = Page<SecurityGroup>)))]
+#[utoipa::path(get, path = "/api/v1/security_groups", tag = "security_groups", operation_id = "security_group_list",
+    summary = "List the account's security groups",
+    params(
+        vdc_schema::api::ListQuery,
+        ("name" = Option<String>, Query, description = "Only items with this exact name")),
+    responses((status = 200, description = "One page of security groups", body = Page<SecurityGroup>)))]
 pub async fn list(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -217,8 +227,14 @@ pub async fn list(
     Ok(Json(page(items, limit, |g| g.id.to_string())))
 }
 
-#[utoipa::path(get, path = "/api/v1/security_groups/{id}", tag = "security_groups", params(("id" = String, Path)),
-    responses((status = 200, body = SecurityGroup), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/security_groups/{id}", tag = "security_groups",
+    operation_id = "security_group_show", summary = "Show a security group and its rules",
+    params(
+        ("id" = vdc_schema::id::SecurityGroupId, Path,
+            description = "A security group ID (`sg-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The security group", body = SecurityGroup),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn show(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -227,8 +243,17 @@ pub async fn show(
     Ok(Json(fetch(&ctx, &caller, &path_id("security group", &id)?).await?))
 }
 
-#[utoipa::path(delete, path = "/api/v1/security_groups/{id}", tag = "security_groups", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/security_groups/{id}", tag = "security_groups",
+    operation_id = "security_group_delete", summary = "Delete a security group",
+    params(
+        ("id" = vdc_schema::id::SecurityGroupId, Path,
+            description = "A security group ID (`sg-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409,
+            description = "`security_group_in_use`: interfaces are members, or rules of other groups name it",
+            body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id: SecurityGroupId = path_id("security group", &id)?;
     db::retry(|| async {
@@ -305,9 +330,17 @@ async fn lock_remote_groups(
     Ok(())
 }
 
-#[utoipa::path(post, path = "/api/v1/security_groups/{id}/rules", tag = "security_groups", params(("id" = String, Path)),
-    request_body = RuleSpec,
-    responses((status = 201, body = SecurityGroup), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(post, path = "/api/v1/security_groups/{id}/rules", tag = "security_groups",
+    operation_id = "security_group_add_rule", summary = "Add a rule to a security group", request_body = RuleSpec,
+    params(
+        ("id" = vdc_schema::id::SecurityGroupId, Path,
+            description = "A security group ID (`sg-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 201, description = "The security group with the new rule", body = SecurityGroup),
+        (status = 400, description = "`invalid_rule`, `too_many_rules`, or a malformed body (`invalid_body`)",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: the group, or the group the rule names", body = ErrorBody),
+        (status = 409, description = "`duplicate_rule`: the group has this rule already", body = ErrorBody)))]
 pub async fn add_rule(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -344,8 +377,15 @@ pub async fn add_rule(
 }
 
 #[utoipa::path(delete, path = "/api/v1/security_groups/{id}/rules/{rule_id}", tag = "security_groups",
-    params(("id" = String, Path), ("rule_id" = String, Path)),
-    responses((status = 200, body = SecurityGroup), (status = 404, body = ErrorBody)))]
+    operation_id = "security_group_delete_rule", summary = "Delete a rule of a security group",
+    params(
+        ("id" = vdc_schema::id::SecurityGroupId, Path,
+            description = "A security group ID (`sg-…`); an unknown, malformed or foreign one answers 404"),
+        ("rule_id" = vdc_schema::id::RuleId, Path,
+            description = "A rule ID (`sgr-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The security group without the rule", body = SecurityGroup),
+        (status = 404, description = "`not_found`: the group, or the rule in it", body = ErrorBody)))]
 pub async fn delete_rule(
     State(ctx): State<SharedCtx>,
     caller: Caller,
