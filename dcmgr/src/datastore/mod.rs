@@ -3,6 +3,8 @@
 //! both drivers accept, and only TEXT and BIGINT columns.
 
 pub mod keypair;
+pub mod snapshot;
+pub mod volume;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
