@@ -9,3 +9,4 @@ pub mod dispatch;
 pub mod membership;
 pub mod reconciler;
 pub mod reports;
+pub mod snapshot;

@@ -4,10 +4,11 @@
 
 pub mod error;
 pub mod keypairs;
+pub mod snapshots;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{account, floating_ip, image, instance, job, network, node, secgroup, snapshot, volume};
+use crate::resources::{account, floating_ip, image, instance, job, network, node, secgroup, volume};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -114,8 +115,8 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/floating-ips/{id}", get(floating_ip::show).delete(floating_ip::delete))
         .route("/floating-ips/{id}/associate", post(floating_ip::associate))
         .route("/floating-ips/{id}/disassociate", post(floating_ip::disassociate))
-        .route("/snapshots", post(snapshot::create).get(snapshot::list))
-        .route("/snapshots/{id}", get(snapshot::show).delete(snapshot::delete))
+        .route("/snapshots", post(snapshots::create).get(snapshots::list))
+        .route("/snapshots/{id}", get(snapshots::show).delete(snapshots::delete))
         .route("/host_nodes", get(node::list_hosts))
         .route("/host_nodes/{id}", get(node::show_host))
         .route("/storage_nodes", get(node::list_storage))
@@ -159,7 +160,7 @@ impl utoipa::Modify for BearerAuth {
         instance::create, instance::list, instance::show, instance::delete, instance::start, instance::stop,
         instance::halt, instance::poweron, instance::reboot, instance::terminate, instance::console,
         volume::create, volume::list, volume::show, volume::delete, volume::attach, volume::detach, volume::extend,
-        snapshot::create, snapshot::list, snapshot::show, snapshot::delete,
+        snapshots::create, snapshots::list, snapshots::show, snapshots::delete,
         floating_ip::create, floating_ip::list, floating_ip::show, floating_ip::delete, floating_ip::associate,
         floating_ip::disassociate,
         node::list_hosts, node::show_host, node::list_storage, node::show_storage,

@@ -133,7 +133,7 @@ pub async fn create(
         return Err(ApiError::bad("invalid_source", "give snapshot_id or image_id, not both"));
     }
     let snap = match &req.snapshot_id {
-        Some(s) => Some(crate::resources::snapshot::fetch(&ctx, &caller, s).await?),
+        Some(s) => Some(crate::app::snapshot::fetch(&ctx, &caller, s).await?),
         None => None,
     };
     if let Some(s) = &snap {
