@@ -4,6 +4,7 @@
 
 pub mod keypair;
 pub mod snapshot;
+pub mod volume;
 
 pub use crate::resources::{name_some, page, paging, state_filter, validate_name};
 

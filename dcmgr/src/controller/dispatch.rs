@@ -2,10 +2,10 @@
 //! each object's spec from the database and publish it. Concurrent sends for one object
 //! are harmless: every spec carries its `spec_gen` and agents ignore older ones.
 
-use crate::controller::snapshot;
+use crate::controller::{snapshot, volume};
 use crate::ctx::{SharedCtx, Work};
 use crate::error::ApiError;
-use crate::resources::{instance, interface, volume};
+use crate::resources::{instance, interface};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;

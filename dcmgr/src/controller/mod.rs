@@ -10,3 +10,4 @@ pub mod membership;
 pub mod reconciler;
 pub mod reports;
 pub mod snapshot;
+pub mod volume;

@@ -5,10 +5,11 @@
 pub mod error;
 pub mod keypairs;
 pub mod snapshots;
+pub mod volumes;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{account, floating_ip, image, instance, job, network, node, secgroup, volume};
+use crate::resources::{account, floating_ip, image, instance, job, network, node, secgroup};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -106,11 +107,11 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/instances/{id}/reboot", post(instance::reboot))
         .route("/instances/{id}/terminate", post(instance::terminate))
         .route("/instances/{id}/console", get(instance::console))
-        .route("/volumes", post(volume::create).get(volume::list))
-        .route("/volumes/{id}", get(volume::show).delete(volume::delete))
-        .route("/volumes/{id}/attach", post(volume::attach))
-        .route("/volumes/{id}/detach", post(volume::detach))
-        .route("/volumes/{id}/extend", post(volume::extend))
+        .route("/volumes", post(volumes::create).get(volumes::list))
+        .route("/volumes/{id}", get(volumes::show).delete(volumes::delete))
+        .route("/volumes/{id}/attach", post(volumes::attach))
+        .route("/volumes/{id}/detach", post(volumes::detach))
+        .route("/volumes/{id}/extend", post(volumes::extend))
         .route("/floating-ips", post(floating_ip::create).get(floating_ip::list))
         .route("/floating-ips/{id}", get(floating_ip::show).delete(floating_ip::delete))
         .route("/floating-ips/{id}/associate", post(floating_ip::associate))
@@ -159,7 +160,7 @@ impl utoipa::Modify for BearerAuth {
         secgroup::create, secgroup::list, secgroup::show, secgroup::delete, secgroup::add_rule, secgroup::delete_rule,
         instance::create, instance::list, instance::show, instance::delete, instance::start, instance::stop,
         instance::halt, instance::poweron, instance::reboot, instance::terminate, instance::console,
-        volume::create, volume::list, volume::show, volume::delete, volume::attach, volume::detach, volume::extend,
+        volumes::create, volumes::list, volumes::show, volumes::delete, volumes::attach, volumes::detach, volumes::extend,
         snapshots::create, snapshots::list, snapshots::show, snapshots::delete,
         floating_ip::create, floating_ip::list, floating_ip::show, floating_ip::delete, floating_ip::associate,
         floating_ip::disassociate,

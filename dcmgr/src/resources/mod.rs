@@ -11,7 +11,6 @@ pub mod lifecycle;
 pub mod network;
 pub mod node;
 pub mod secgroup;
-pub mod volume;
 
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::{ListQuery, Page};
