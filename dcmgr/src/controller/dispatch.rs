@@ -4,6 +4,7 @@
 
 use crate::controller::{snapshot, volume};
 use crate::ctx::{SharedCtx, Work};
+use crate::datastore::{snapshot as snapshots, volume as volumes};
 use crate::error::ApiError;
 use crate::resources::{instance, interface};
 use std::sync::Arc;
@@ -101,19 +102,8 @@ async fn node_sync(ctx: &SharedCtx, kind: AgentKind, node: &str) -> Result<(), A
                 .await?
         }
         AgentKind::Sta => {
-            let mut v: Vec<(String,)> =
-                sqlx::query_as("SELECT id FROM volumes WHERE storage_node_id = $1 AND state <> 'deleted'")
-                    .bind(node)
-                    .fetch_all(&ctx.db)
-                    .await?;
-            v.extend(
-                sqlx::query_as::<_, (String,)>(
-                    "SELECT id FROM snapshots WHERE storage_node_id = $1 AND state IN ('creating', 'deleting')",
-                )
-                .bind(node)
-                .fetch_all(&ctx.db)
-                .await?,
-            );
+            let mut v = volumes::on_node(&ctx.db, node).await?;
+            v.extend(snapshots::pending_on_node(&ctx.db, node).await?);
             v
         }
     };
