@@ -5,5 +5,15 @@
 pub mod instance;
 pub mod keypair;
 pub mod lifecycle;
+pub mod snapshot;
+pub mod volume;
 
 pub use crate::resources::{name_some, page, paging, state_filter, validate_name};
+
+/// What a state-changing request did, for the handler to answer: `Applied` (202, the job
+/// follows the change) or `Already` (200, nothing to change, the job already finished).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Already,
+    Applied,
+}

@@ -2,10 +2,11 @@
 //! each object's spec from the database and publish it. Concurrent sends for one object
 //! are harmless: every spec carries its `spec_gen` and agents ignore older ones.
 
-use crate::controller::instance;
+use crate::controller::{instance, snapshot, volume};
 use crate::controller::{Error, Result};
 use crate::ctx::{SharedCtx, Work};
-use crate::resources::{interface, snapshot, volume};
+use crate::datastore::{snapshot as snapshots, volume as volumes};
+use crate::resources::interface;
 use std::sync::Arc;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -100,19 +101,8 @@ async fn node_sync(ctx: &SharedCtx, kind: AgentKind, node: &str) -> Result<()> {
                 .await?
         }
         AgentKind::Sta => {
-            let mut v: Vec<(String,)> =
-                sqlx::query_as("SELECT id FROM volumes WHERE storage_node_id = $1 AND state <> 'deleted'")
-                    .bind(node)
-                    .fetch_all(&ctx.db)
-                    .await?;
-            v.extend(
-                sqlx::query_as::<_, (String,)>(
-                    "SELECT id FROM snapshots WHERE storage_node_id = $1 AND state IN ('creating', 'deleting')",
-                )
-                .bind(node)
-                .fetch_all(&ctx.db)
-                .await?,
-            );
+            let mut v = volumes::on_node(&ctx.db, node).await?;
+            v.extend(snapshots::pending_on_node(&ctx.db, node).await?);
             v
         }
     };

@@ -11,5 +11,7 @@ pub mod instance;
 pub mod membership;
 pub mod reconciler;
 pub mod reports;
+pub mod snapshot;
+pub mod volume;
 
 pub use error::{Error, Result};

@@ -56,15 +56,7 @@ pub async fn pass(ctx: &SharedCtx) -> Result<usize, sqlx::Error> {
             }
         }
     }
-    let volumes: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT v.id, v.storage_node_id, v.instance_id FROM volumes v
-         WHERE v.state IN ('creating', 'attaching', 'detaching', 'deleting') AND v.ensure_sent_at < $1
-         ORDER BY v.ensure_sent_at LIMIT 1000",
-    )
-    .bind(before)
-    .fetch_all(&ctx.db)
-    .await?;
-    for (id, node, instance) in volumes {
+    for (id, node, instance) in crate::datastore::volume::unconverged(&ctx.db, before).await? {
         if node.is_some_and(|n| ctx.agent_online(AgentKind::Sta, &n)) {
             if let Ok(v) = id.parse() {
                 ctx.enqueue(Work::Volume(v));
@@ -76,13 +68,7 @@ pub async fn pass(ctx: &SharedCtx) -> Result<usize, sqlx::Error> {
             }
         }
     }
-    let snaps: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, storage_node_id FROM snapshots WHERE state IN ('creating', 'deleting') AND ensure_sent_at < $1 LIMIT 1000",
-    )
-    .bind(before)
-    .fetch_all(&ctx.db)
-    .await?;
-    for (id, node) in snaps {
+    for (id, node) in crate::datastore::snapshot::unconverged(&ctx.db, before).await? {
         if ctx.agent_online(AgentKind::Sta, &node) {
             if let Ok(s) = id.parse() {
                 ctx.enqueue(Work::Snapshot(s));

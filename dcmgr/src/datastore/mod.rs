@@ -4,6 +4,8 @@
 
 pub mod instance;
 pub mod keypair;
+pub mod snapshot;
+pub mod volume;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};

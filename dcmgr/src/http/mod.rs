@@ -5,10 +5,12 @@
 pub mod error;
 pub mod instances;
 pub mod keypairs;
+pub mod snapshots;
+pub mod volumes;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{account, floating_ip, image, job, network, node, secgroup, snapshot, volume};
+use crate::resources::{account, floating_ip, image, job, network, node, secgroup};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -112,17 +114,17 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/instances/{id}/reboot", post(instances::reboot))
         .route("/instances/{id}/terminate", post(instances::terminate))
         .route("/instances/{id}/console", get(instances::console))
-        .route("/volumes", post(volume::create).get(volume::list))
-        .route("/volumes/{id}", get(volume::show).delete(volume::delete))
-        .route("/volumes/{id}/attach", post(volume::attach))
-        .route("/volumes/{id}/detach", post(volume::detach))
-        .route("/volumes/{id}/extend", post(volume::extend))
+        .route("/volumes", post(volumes::create).get(volumes::list))
+        .route("/volumes/{id}", get(volumes::show).delete(volumes::delete))
+        .route("/volumes/{id}/attach", post(volumes::attach))
+        .route("/volumes/{id}/detach", post(volumes::detach))
+        .route("/volumes/{id}/extend", post(volumes::extend))
         .route("/floating-ips", post(floating_ip::create).get(floating_ip::list))
         .route("/floating-ips/{id}", get(floating_ip::show).delete(floating_ip::delete))
         .route("/floating-ips/{id}/associate", post(floating_ip::associate))
         .route("/floating-ips/{id}/disassociate", post(floating_ip::disassociate))
-        .route("/snapshots", post(snapshot::create).get(snapshot::list))
-        .route("/snapshots/{id}", get(snapshot::show).delete(snapshot::delete))
+        .route("/snapshots", post(snapshots::create).get(snapshots::list))
+        .route("/snapshots/{id}", get(snapshots::show).delete(snapshots::delete))
         .route("/host_nodes", get(node::list_hosts))
         .route("/host_nodes/{id}", get(node::show_host))
         .route("/storage_nodes", get(node::list_storage))
@@ -250,8 +252,8 @@ impl utoipa::Modify for CommonErrors {
         secgroup::create, secgroup::list, secgroup::show, secgroup::delete, secgroup::add_rule, secgroup::delete_rule,
         instances::create, instances::list, instances::show, instances::delete, instances::start, instances::stop,
         instances::halt, instances::poweron, instances::reboot, instances::terminate, instances::console,
-        volume::create, volume::list, volume::show, volume::delete, volume::attach, volume::detach, volume::extend,
-        snapshot::create, snapshot::list, snapshot::show, snapshot::delete,
+        volumes::create, volumes::list, volumes::show, volumes::delete, volumes::attach, volumes::detach, volumes::extend,
+        snapshots::create, snapshots::list, snapshots::show, snapshots::delete,
         floating_ip::create, floating_ip::list, floating_ip::show, floating_ip::delete, floating_ip::associate,
         floating_ip::disassociate,
         node::list_hosts, node::show_host, node::list_storage, node::show_storage,

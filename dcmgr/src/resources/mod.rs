@@ -9,8 +9,6 @@ pub mod job;
 pub mod network;
 pub mod node;
 pub mod secgroup;
-pub mod snapshot;
-pub mod volume;
 
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::{ListQuery, Page};

@@ -1,0 +1,556 @@
+//! Volumes: block devices kept by a storage node (sta) and attached to instances.
+//!
+//! ```text
+//!  creating ─► available ─attach─► attaching ─► attached ─detach─► detaching ─► available
+//!      │            └─delete─► deleting ─► deleted
+//!      └─► failed
+//! ```
+//! sta's reports drive creating/deleting (`on_report`); hva's reports (the volumes a
+//! guest really has) drive attaching/detaching (`on_attachment_report`). A volume is
+//! exported to the instance's host from attaching until hva confirms the detach.
+//!
+//! Attach, detach and delete decide with pure functions (`decide_attach`,
+//! `decide_detach`, `decide_delete`) on the volume (and instance) read under their
+//! locks, and `commit_decision` applies what they decided.
+
+use crate::app::{page, paging, state_filter, validate_name, Outcome};
+use crate::ctx::{Caller, SharedCtx, Work};
+use crate::datastore::{self as db, snapshot as snapshots, volume as store};
+use crate::error::{ApiError, ApiResult};
+use crate::resources::job;
+use vdc_schema::api::{Accepted, AttachVolume, CreateVolume, ExtendVolume, ListQuery, Page, Volume};
+use vdc_schema::id::*;
+use vdc_schema::{InstanceState, ObservedStorage, VolumeState};
+
+/// The largest volume: 16 TiB.
+pub const MAX_SIZE_MIB: u64 = 16 << 20;
+
+/// A volume of the caller's, or 404.
+pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResult<Volume> {
+    fetch_own(ctx, caller, id).await?.into_api()
+}
+
+async fn fetch_own(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResult<store::Row> {
+    match store::get(&ctx.db, id.as_str()).await? {
+        Some(r) if r.account_id == caller.account_id.as_str() => Ok(r),
+        _ => Err(ApiError::not_found("volume", id)),
+    }
+}
+
+/// Reserves `size` on a storage node (the given one, or the emptiest online one).
+async fn reserve_storage(tx: &mut db::Tx<'_>, pool: &db::Pool, size: i64, on: Option<&str>) -> ApiResult<String> {
+    let candidates: Vec<String> = match on {
+        Some(n) => vec![n.to_owned()],
+        None => store::storage_with_room(pool, size).await?,
+    };
+    for id in &candidates {
+        if store::reserve_storage(tx, id, size).await? {
+            return Ok(id.clone());
+        }
+    }
+    Err(ApiError::Unprocessable {
+        code: "no_capacity",
+        message: match on {
+            Some(n) => format!("storage node {n} is offline or has less than {size} MiB free"),
+            None => format!("no online storage node has {size} MiB free"),
+        },
+    })
+}
+
+pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiResult<Accepted<Volume>> {
+    validate_name("volume", &req.name)?;
+    if let (Some(_), Some(_)) = (&req.snapshot_id, &req.image_id) {
+        return Err(ApiError::bad("invalid_source", "give snapshot_id or image_id, not both"));
+    }
+    let snap = match &req.snapshot_id {
+        Some(s) => Some(crate::app::snapshot::fetch(ctx, caller, s).await?),
+        None => None,
+    };
+    if let Some(s) = &snap {
+        if s.state != vdc_schema::SnapshotState::Available {
+            return Err(ApiError::conflict(
+                "invalid_state",
+                format!("snapshot {} is {}, not available", s.id, s.state),
+            ));
+        }
+    }
+    if let Some(image_id) = &req.image_id {
+        let image = crate::resources::image::fetch_visible(ctx, caller, image_id).await?;
+        if !matches!(image.format, vdc_schema::ImageFormat::Qcow2 | vdc_schema::ImageFormat::Raw) {
+            return Err(ApiError::bad(
+                "invalid_image",
+                format!(
+                    "image {image_id} is a {} image; a volume can be filled from a qcow2 or raw image",
+                    image.format
+                ),
+            ));
+        }
+        if req.size_mib.is_none() {
+            return Err(ApiError::bad("invalid_size", "a volume from an image needs size_mib (in MiB)"));
+        }
+    }
+    let size = match (req.size_mib, &snap) {
+        (Some(sz), Some(s)) if sz < s.size_mib => {
+            return Err(ApiError::bad(
+                "invalid_size",
+                format!("size_mib {sz} is smaller than snapshot {} ({} MiB)", s.id, s.size_mib),
+            ))
+        }
+        (Some(sz), _) => sz,
+        (None, Some(s)) => s.size_mib,
+        (None, None) => return Err(ApiError::bad("invalid_size", "give size_mib (in MiB) or snapshot_id")),
+    };
+    if size == 0 || size > MAX_SIZE_MIB {
+        return Err(ApiError::bad(
+            "invalid_size",
+            format!("size_mib must be between 1 and {MAX_SIZE_MIB}, got {size}"),
+        ));
+    }
+    let accepted = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        if let Some(s) = &snap {
+            // The snapshot must still be there when the volume is recorded (a concurrent
+            // delete locks it too).
+            db::lock(&mut tx, db::Lock::Snapshot, s.id.as_str()).await?;
+            let state = snapshots::state(&mut tx, s.id.as_str()).await?;
+            if state != vdc_schema::SnapshotState::Available.as_str() {
+                return Err(ApiError::conflict(
+                    "invalid_state",
+                    format!("snapshot {} is {state}, not available", s.id),
+                ));
+            }
+        }
+        let node =
+            reserve_storage(&mut tx, &ctx.db, size as i64, snap.as_ref().map(|s| s.storage_node_id.as_str())).await?;
+        let id = VolumeId::generate();
+        let now = db::now();
+        store::insert(
+            &mut tx,
+            store::New {
+                id: id.as_str(),
+                account: &caller.account_id,
+                name: &req.name,
+                size_mib: size as i64,
+                node: &node,
+                snapshot_id: req.snapshot_id.as_ref().map(|s| s.to_string()),
+                image_id: req.image_id.as_ref().map(|s| s.to_string()),
+                now: &now,
+            },
+        )
+        .await?;
+        let job = job::start(&mut tx, &caller.account_id, "volume.create", id.as_str(), "available").await?;
+        tx.commit().await?;
+        let t = db::parse_time(&now);
+        let vol = Volume {
+            id,
+            name: req.name.clone(),
+            size_mib: size,
+            state: VolumeState::Creating,
+            storage_node_id: Some(node.parse().map_err(ApiError::internal)?),
+            instance_id: None,
+            snapshot_id: req.snapshot_id.clone(),
+            image_id: req.image_id.clone(),
+            failure_reason: None,
+            created_at: t,
+            updated_at: t,
+        };
+        Ok(Accepted { job, resource: vol })
+    })
+    .await?;
+    ctx.enqueue(Work::Volume(accepted.resource.id.clone()));
+    Ok(accepted)
+}
+
+pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Volume>> {
+    let (limit, cursor) = paging(q)?;
+    let state = state_filter::<VolumeState>(q)?;
+    let rows =
+        store::list(&ctx.db, &caller.account_id, &cursor, &state, q.name.as_deref().unwrap_or_default(), limit).await?;
+    let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;
+    Ok(page(items, limit, |v| v.id.to_string()))
+}
+
+/// Applies a decision in `tx` (which holds the volume's lock) and commits.
+async fn commit_decision(
+    mut tx: db::Tx<'_>,
+    caller: &Caller,
+    row: store::Row,
+    action: &str,
+    d: Decision,
+) -> ApiResult<(Outcome, Accepted<Volume>)> {
+    let (outcome, job) = match &d {
+        Decision::Already(msg) => {
+            (Outcome::Already, job::done(&mut tx, &caller.account_id, action, &row.id, msg).await?)
+        }
+        Decision::Apply { state, instance, wait_for } => {
+            store::set_state(&mut tx, &row.id, *state, instance.as_deref()).await?;
+            let job = match wait_for {
+                Some(t) => job::start(&mut tx, &caller.account_id, action, &row.id, t).await?,
+                None => job::done(&mut tx, &caller.account_id, action, &row.id, "done").await?,
+            };
+            (Outcome::Applied, job)
+        }
+    };
+    let vol = store::get(&mut *tx, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
+    tx.commit().await?;
+    Ok((outcome, Accepted { job, resource: vol.into_api()? }))
+}
+
+/// Locks the caller's volume in `tx` and reads it; 404 when it is not theirs.
+async fn lock_own(tx: &mut db::Tx<'_>, caller: &Caller, id: &VolumeId) -> ApiResult<store::Row> {
+    db::lock(tx, db::Lock::Volume, id.as_str()).await?;
+    match store::get(&mut **tx, id.as_str()).await? {
+        Some(r) if r.account_id == caller.account_id.as_str() => Ok(r),
+        _ => Err(ApiError::not_found("volume", id)),
+    }
+}
+
+pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResult<(Outcome, Accepted<Volume>)> {
+    let (outcome, accepted) = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        let row = lock_own(&mut tx, caller, id).await?;
+        // Snapshot creation locks the volume too, so this count cannot change before commit.
+        let snaps = snapshots::count_live_of_volume(&mut tx, id.as_str()).await?;
+        let d = decide_delete(id.as_str(), row.state()?, row.instance_id.as_deref(), snaps)?;
+        commit_decision(tx, caller, row, "volume.delete", d).await
+    })
+    .await?;
+    if outcome == Outcome::Applied {
+        ctx.enqueue(Work::Volume(id.clone()));
+    }
+    Ok((outcome, accepted))
+}
+
+pub async fn attach(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: &VolumeId,
+    req: AttachVolume,
+) -> ApiResult<(Outcome, Accepted<Volume>)> {
+    let inst_id = req.instance_id;
+    let (outcome, accepted) = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // The instance first, then the volume: the order terminate takes (it locks the
+        // instance, then detaches its volumes), so the two never deadlock.
+        db::lock(&mut tx, db::Lock::Instance, inst_id.as_str()).await?;
+        let inst = match crate::datastore::instance::get(&mut *tx, inst_id.as_str()).await? {
+            Some(i) if i.account_id == caller.account_id.as_str() => i,
+            _ => return Err(ApiError::not_found("instance", &inst_id)),
+        };
+        let row = lock_own(&mut tx, caller, id).await?;
+        let volumes = store::count_attached(&mut tx, inst_id.as_str()).await?;
+        let target = AttachTarget {
+            id: inst_id.as_str(),
+            state: inst.state.parse().map_err(ApiError::internal)?,
+            has_host: inst.host_node_id.is_some(),
+            volumes,
+        };
+        let d = decide_attach(id.as_str(), row.state()?, row.instance_id.as_deref(), &target)?;
+        commit_decision(tx, caller, row, "volume.attach", d).await
+    })
+    .await?;
+    if outcome == Outcome::Applied {
+        ctx.enqueue(Work::Volume(id.clone()));
+        ctx.enqueue(Work::Instance(inst_id));
+    }
+    Ok((outcome, accepted))
+}
+
+pub async fn detach(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResult<(Outcome, Accepted<Volume>)> {
+    let (outcome, accepted, instance) = db::retry(|| async {
+        // Which instance to lock first (see attach); re-checked under the locks.
+        let hint = fetch_own(ctx, caller, id).await?.instance_id;
+        let mut tx = ctx.db.begin().await?;
+        let mut has_host = false;
+        if let Some(i) = &hint {
+            db::lock(&mut tx, db::Lock::Instance, i).await?;
+            has_host = crate::datastore::instance::get(&mut *tx, i).await?.is_some_and(|r| r.host_node_id.is_some());
+        }
+        let row = lock_own(&mut tx, caller, id).await?;
+        if row.instance_id != hint {
+            return Err(ApiError::Busy(format!("volume {id} moved while it was being detached")));
+        }
+        let d = decide_detach(id.as_str(), row.state()?, row.instance_id.as_deref(), has_host)?;
+        let (outcome, accepted) = commit_decision(tx, caller, row, "volume.detach", d).await?;
+        Ok((outcome, accepted, hint))
+    })
+    .await?;
+    if outcome == Outcome::Applied {
+        ctx.enqueue(Work::Volume(id.clone()));
+        if let Some(i) = instance.and_then(|i| i.parse().ok()) {
+            ctx.enqueue(Work::Instance(i));
+        }
+    }
+    Ok((outcome, accepted))
+}
+
+pub async fn extend(ctx: &SharedCtx, caller: &Caller, id: &VolumeId, req: ExtendVolume) -> ApiResult<Accepted<Volume>> {
+    let size = req.size_mib;
+    if size > MAX_SIZE_MIB {
+        return Err(ApiError::bad("invalid_size", format!("size_mib must be at most {MAX_SIZE_MIB}, got {size}")));
+    }
+    let accepted = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        let row = lock_own(&mut tx, caller, id).await?;
+        if size <= row.size_mib as u64 {
+            return Err(ApiError::bad(
+                "invalid_size",
+                format!("volume {id} is {} MiB; size_mib must be larger (volumes never shrink)", row.size_mib),
+            ));
+        }
+        match row.state()? {
+            VolumeState::Available => {}
+            // tgt reads a LUN's size once, and a guest would need a rescan: refuse for now.
+            VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching => {
+                return Err(ApiError::conflict(
+                    "volume_attached",
+                    format!("volume {id} is attached; detach it before extending it"),
+                ))
+            }
+            s => {
+                return Err(ApiError::conflict(
+                    "invalid_state",
+                    format!("volume {id} is {s}; only an available volume can grow"),
+                ))
+            }
+        }
+        let node = row.storage_node_id.clone().ok_or_else(|| ApiError::internal("volume without a storage node"))?;
+        reserve_storage(&mut tx, &ctx.db, size as i64 - row.size_mib, Some(&node)).await?;
+        store::set_size(&mut tx, &row.id, size as i64).await?;
+        let job = job::start(&mut tx, &caller.account_id, "volume.extend", &row.id, "available").await?;
+        let vol = store::get(&mut *tx, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
+        tx.commit().await?;
+        Ok(Accepted { job, resource: vol.into_api()? })
+    })
+    .await?;
+    ctx.enqueue(Work::Volume(id.clone()));
+    Ok(accepted)
+}
+
+/// What a request does to a volume, decided from the volume (and instance) as they are
+/// inside the request's transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Nothing to change (200 with a finished job).
+    Already(&'static str),
+    /// New state and attachment; `wait_for` is the state that ends the job (None: done).
+    Apply { state: VolumeState, instance: Option<String>, wait_for: Option<&'static str> },
+}
+
+/// The instance a volume is asked to attach to, as read in the transaction.
+pub(crate) struct AttachTarget<'a> {
+    pub id: &'a str,
+    pub state: InstanceState,
+    pub has_host: bool,
+    /// Volumes attached or attaching to it now.
+    pub volumes: i64,
+}
+
+pub(crate) const MAX_VOLUMES_PER_INSTANCE: i64 = 16;
+
+pub(crate) fn decide_attach(
+    id: &str,
+    state: VolumeState,
+    attached_to: Option<&str>,
+    inst: &AttachTarget<'_>,
+) -> ApiResult<Decision> {
+    match state {
+        VolumeState::Available => {}
+        VolumeState::Attached | VolumeState::Attaching if attached_to == Some(inst.id) => {
+            return Ok(Decision::Already("already attached to this instance"));
+        }
+        VolumeState::Attached | VolumeState::Attaching | VolumeState::Detaching => {
+            return Err(ApiError::conflict(
+                "volume_attached",
+                format!(
+                    "volume {id} is {state} to {}; only an available volume can be attached",
+                    attached_to.unwrap_or("another instance")
+                ),
+            ))
+        }
+        s => {
+            return Err(ApiError::conflict(
+                "invalid_state",
+                format!("volume {id} is {s}; only an available volume can be attached"),
+            ))
+        }
+    }
+    if matches!(inst.state, InstanceState::ShuttingDown | InstanceState::Terminated | InstanceState::Failed) {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            format!("instance {} is {}; volumes attach to live instances", inst.id, inst.state),
+        ));
+    }
+    if inst.volumes >= MAX_VOLUMES_PER_INSTANCE {
+        return Err(ApiError::conflict(
+            "too_many_volumes",
+            format!("instance {} has {MAX_VOLUMES_PER_INSTANCE} volumes already", inst.id),
+        ));
+    }
+    Ok(if inst.has_host {
+        Decision::Apply {
+            state: VolumeState::Attaching,
+            instance: Some(inst.id.to_owned()),
+            wait_for: Some("attached"),
+        }
+    } else {
+        // A stopped instance gets the volume in its definition when it starts.
+        Decision::Apply { state: VolumeState::Attached, instance: Some(inst.id.to_owned()), wait_for: None }
+    })
+}
+
+pub(crate) fn decide_detach(
+    id: &str,
+    state: VolumeState,
+    attached_to: Option<&str>,
+    has_host: bool,
+) -> ApiResult<Decision> {
+    match state {
+        VolumeState::Attached | VolumeState::Attaching => Ok(if has_host {
+            Decision::Apply {
+                state: VolumeState::Detaching,
+                instance: attached_to.map(str::to_owned),
+                wait_for: Some("available"),
+            }
+        } else {
+            Decision::Apply { state: VolumeState::Available, instance: None, wait_for: None }
+        }),
+        VolumeState::Available => Ok(Decision::Already("not attached")),
+        VolumeState::Detaching => Ok(Decision::Already("already detaching")),
+        s => Err(ApiError::conflict("invalid_state", format!("volume {id} is {s}, not attached"))),
+    }
+}
+
+pub(crate) fn decide_delete(
+    id: &str,
+    state: VolumeState,
+    attached_to: Option<&str>,
+    snapshots: i64,
+) -> ApiResult<Decision> {
+    match state {
+        VolumeState::Deleted => return Ok(Decision::Already("already deleted")),
+        VolumeState::Deleting => return Ok(Decision::Already("already deleting")),
+        VolumeState::Attaching | VolumeState::Attached | VolumeState::Detaching => {
+            return Err(ApiError::conflict(
+                "volume_attached",
+                format!("volume {id} is attached to {}; detach it first", attached_to.unwrap_or("an instance")),
+            ));
+        }
+        VolumeState::Creating | VolumeState::Available | VolumeState::Failed => {}
+    }
+    if snapshots > 0 {
+        return Err(ApiError::conflict(
+            "volume_has_snapshots",
+            format!("volume {id} has {snapshots} snapshots; delete them first"),
+        ));
+    }
+    Ok(Decision::Apply { state: VolumeState::Deleting, instance: None, wait_for: Some("deleted") })
+}
+
+/// What sta's observation means for a volume in `state`.
+pub(crate) fn on_report(state: VolumeState, observed: ObservedStorage) -> VolumeState {
+    match (state, observed) {
+        (VolumeState::Deleted, _) => VolumeState::Deleted,
+        (_, ObservedStorage::Failed) => VolumeState::Failed,
+        (VolumeState::Creating, ObservedStorage::Available) => VolumeState::Available,
+        (VolumeState::Deleting, ObservedStorage::Absent) => VolumeState::Deleted,
+        (s, _) => s,
+    }
+}
+
+/// What hva's report means for a volume attaching to or detaching from the instance: the
+/// new state and whether the volume leaves the instance, or None while it is still on
+/// its way (`present`: the guest has it).
+pub(crate) fn on_attachment_report(state: VolumeState, present: bool) -> Option<(VolumeState, bool)> {
+    match (state, present) {
+        (VolumeState::Attaching, true) => Some((VolumeState::Attached, false)),
+        (VolumeState::Detaching, false) => Some((VolumeState::Available, true)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inst(state: InstanceState, has_host: bool, volumes: i64) -> AttachTarget<'static> {
+        AttachTarget { id: "i-1", state, has_host, volumes }
+    }
+
+    #[test]
+    fn attach_only_from_available_and_to_live_instances() {
+        let running = inst(InstanceState::Running, true, 0);
+        assert!(matches!(
+            decide_attach("v", VolumeState::Available, None, &running),
+            Ok(Decision::Apply { state: VolumeState::Attaching, wait_for: Some("attached"), .. })
+        ));
+        assert!(matches!(
+            decide_attach("v", VolumeState::Available, None, &inst(InstanceState::Stopped, false, 0)),
+            Ok(Decision::Apply { state: VolumeState::Attached, wait_for: None, .. })
+        ));
+        assert_eq!(
+            decide_attach("v", VolumeState::Attaching, Some("i-1"), &running).unwrap(),
+            Decision::Already("already attached to this instance")
+        );
+        for (s, to) in [
+            (VolumeState::Attaching, Some("i-2")),
+            (VolumeState::Attached, Some("i-2")),
+            (VolumeState::Detaching, Some("i-1")),
+        ] {
+            assert_eq!(decide_attach("v", s, to, &running).unwrap_err().code(), "volume_attached", "{s}");
+        }
+        for s in [VolumeState::Creating, VolumeState::Deleting, VolumeState::Deleted, VolumeState::Failed] {
+            assert_eq!(decide_attach("v", s, None, &running).unwrap_err().code(), "invalid_state", "{s}");
+        }
+        for s in [InstanceState::ShuttingDown, InstanceState::Terminated, InstanceState::Failed] {
+            assert_eq!(
+                decide_attach("v", VolumeState::Available, None, &inst(s, true, 0)).unwrap_err().code(),
+                "invalid_state"
+            );
+        }
+        let full = inst(InstanceState::Running, true, MAX_VOLUMES_PER_INSTANCE);
+        assert_eq!(decide_attach("v", VolumeState::Available, None, &full).unwrap_err().code(), "too_many_volumes");
+    }
+
+    #[test]
+    fn delete_refuses_attached_volumes_and_snapshots() {
+        for s in [VolumeState::Attaching, VolumeState::Attached, VolumeState::Detaching] {
+            assert_eq!(decide_delete("v", s, Some("i-1"), 0).unwrap_err().code(), "volume_attached");
+        }
+        assert_eq!(decide_delete("v", VolumeState::Available, None, 1).unwrap_err().code(), "volume_has_snapshots");
+        assert_eq!(decide_delete("v", VolumeState::Deleting, None, 0).unwrap(), Decision::Already("already deleting"));
+        assert!(matches!(
+            decide_delete("v", VolumeState::Available, None, 0),
+            Ok(Decision::Apply { state: VolumeState::Deleting, .. })
+        ));
+    }
+
+    #[test]
+    fn detach_waits_for_the_host_only_when_there_is_one() {
+        assert!(matches!(
+            decide_detach("v", VolumeState::Attached, Some("i-1"), true),
+            Ok(Decision::Apply { state: VolumeState::Detaching, wait_for: Some("available"), .. })
+        ));
+        assert_eq!(
+            decide_detach("v", VolumeState::Attached, Some("i-1"), false).unwrap(),
+            Decision::Apply { state: VolumeState::Available, instance: None, wait_for: None }
+        );
+        assert_eq!(decide_detach("v", VolumeState::Deleting, None, true).unwrap_err().code(), "invalid_state");
+    }
+
+    #[test]
+    fn reports_never_revive_a_deleted_volume() {
+        assert_eq!(on_report(VolumeState::Deleted, ObservedStorage::Available), VolumeState::Deleted);
+        assert_eq!(on_report(VolumeState::Creating, ObservedStorage::Available), VolumeState::Available);
+        assert_eq!(on_report(VolumeState::Deleting, ObservedStorage::Absent), VolumeState::Deleted);
+        assert_eq!(on_report(VolumeState::Attached, ObservedStorage::Failed), VolumeState::Failed);
+    }
+
+    #[test]
+    fn hva_reports_finish_attaches_and_detaches() {
+        assert_eq!(on_attachment_report(VolumeState::Attaching, true), Some((VolumeState::Attached, false)));
+        assert_eq!(on_attachment_report(VolumeState::Attaching, false), None);
+        assert_eq!(on_attachment_report(VolumeState::Detaching, false), Some((VolumeState::Available, true)));
+        assert_eq!(on_attachment_report(VolumeState::Detaching, true), None);
+    }
+}
