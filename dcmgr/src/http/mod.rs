@@ -3,11 +3,12 @@
 //! handler annotations, and (in [`error`]) the one mapping of errors to HTTP.
 
 pub mod error;
+pub mod jobs;
 pub mod keypairs;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{account, floating_ip, image, instance, job, network, node, secgroup, snapshot, volume};
+use crate::resources::{account, floating_ip, image, instance, network, node, secgroup, snapshot, volume};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -120,8 +121,8 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/host_nodes/{id}", get(node::show_host))
         .route("/storage_nodes", get(node::list_storage))
         .route("/storage_nodes/{id}", get(node::show_storage))
-        .route("/jobs", get(job::list))
-        .route("/jobs/{id}", get(job::show))
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{id}", get(jobs::show))
         .fallback(fallback);
     Router::new()
         .nest("/api/v1", api)
@@ -163,7 +164,7 @@ impl utoipa::Modify for BearerAuth {
         floating_ip::create, floating_ip::list, floating_ip::show, floating_ip::delete, floating_ip::associate,
         floating_ip::disassociate,
         node::list_hosts, node::show_host, node::list_storage, node::show_storage,
-        job::list, job::show,
+        jobs::list, jobs::show,
     )
 )]
 pub struct ApiDoc;

@@ -6,7 +6,6 @@ pub mod floating_ip;
 pub mod image;
 pub mod instance;
 pub mod interface;
-pub mod job;
 pub mod lifecycle;
 pub mod network;
 pub mod node;

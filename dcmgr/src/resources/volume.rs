@@ -11,9 +11,10 @@
 
 use crate::api::{Body, ListParams};
 use crate::ctx::{Caller, SharedCtx, Work};
+use crate::datastore::job;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{job, page, paging, path_id, state_filter, validate_name};
+use crate::resources::{page, paging, path_id, state_filter, validate_name};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
