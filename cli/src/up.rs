@@ -273,10 +273,9 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
         },
     ];
     for req in images {
-        let exists =
-            vdc_dcmgr::resources::image::exists_public(ctx, &req.name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let exists = vdc_dcmgr::app::image::exists_public(ctx, &req.name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         if !exists {
-            vdc_dcmgr::resources::image::insert(ctx, &caller, req).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            vdc_dcmgr::app::image::insert(ctx, &caller, req).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! of SQL and one set of migrations serve both. Queries use `$N` placeholders, which
 //! both drivers accept, and only TEXT and BIGINT columns.
 
+pub mod image;
 pub mod job;
 pub mod keypair;
 

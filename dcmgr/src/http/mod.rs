@@ -3,12 +3,13 @@
 //! handler annotations, and (in [`error`]) the one mapping of errors to HTTP.
 
 pub mod error;
+pub mod images;
 pub mod jobs;
 pub mod keypairs;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{account, floating_ip, image, instance, network, node, secgroup, snapshot, volume};
+use crate::resources::{account, floating_ip, instance, network, node, secgroup, snapshot, volume};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -89,8 +90,8 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/accounts/{id}/tokens", post(account::create_token))
         .route("/keypairs", post(keypairs::create).get(keypairs::list))
         .route("/keypairs/{id}", get(keypairs::show).delete(keypairs::delete))
-        .route("/images", post(image::create).get(image::list))
-        .route("/images/{id}", get(image::show).delete(image::delete))
+        .route("/images", post(images::create).get(images::list))
+        .route("/images/{id}", get(images::show).delete(images::delete))
         .route("/networks", post(network::create).get(network::list))
         .route("/networks/{id}", get(network::show).delete(network::delete))
         .route("/security_groups", post(secgroup::create).get(secgroup::list))
@@ -154,7 +155,7 @@ impl utoipa::Modify for BearerAuth {
         info,
         account::create, account::list, account::show, account::delete, account::create_token,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
-        image::create, image::list, image::show, image::delete,
+        images::create, images::list, images::show, images::delete,
         network::create, network::list, network::show, network::delete,
         secgroup::create, secgroup::list, secgroup::show, secgroup::delete, secgroup::add_rule, secgroup::delete_rule,
         instance::create, instance::list, instance::show, instance::delete, instance::start, instance::stop,

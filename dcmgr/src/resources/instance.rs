@@ -6,6 +6,7 @@
 //! (except reading the console, which is a read of the agent's own data).
 
 use crate::api::{Body, ListParams};
+use crate::app::image;
 use crate::app::keypair;
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::job;
@@ -13,7 +14,7 @@ use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::resources::interface::{self, Planned};
 use crate::resources::lifecycle::{self, Decision};
-use crate::resources::{image, network, page, paging, path_id, secgroup, state_filter, validate_name};
+use crate::resources::{network, page, paging, path_id, secgroup, state_filter, validate_name};
 use crate::scheduler::{self, Demand};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -618,7 +619,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
 }
 
 async fn build_spec(ctx: &SharedCtx, row: &Row, goal: InstanceGoal) -> ApiResult<InstanceSpec> {
-    let image = image::spec(&ctx.db, &row.image_id).await?;
+    let image = crate::controller::image::spec(&ctx.db, &row.image_id).await?;
     #[allow(clippy::type_complexity)] // one row of a fixed SELECT, destructured right below
     let nics: Vec<(String, String, String, String, String, String, i64)> = sqlx::query_as(
         "SELECT v.id, v.network_id, v.mac, v.ip, n.cidr, n.gateway, n.vni FROM vifs v JOIN networks n ON n.id = v.network_id

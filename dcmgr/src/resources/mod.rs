@@ -3,7 +3,6 @@
 
 pub mod account;
 pub mod floating_ip;
-pub mod image;
 pub mod instance;
 pub mod interface;
 pub mod lifecycle;

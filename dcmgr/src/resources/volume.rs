@@ -146,7 +146,7 @@ pub async fn create(
         }
     }
     if let Some(image_id) = &req.image_id {
-        let image = crate::resources::image::fetch_visible(&ctx, &caller, image_id).await?;
+        let image = crate::app::image::fetch_visible(&ctx, &caller, image_id).await?;
         if !matches!(image.format, vdc_schema::ImageFormat::Qcow2 | vdc_schema::ImageFormat::Raw) {
             return Err(ApiError::bad(
                 "invalid_image",
@@ -621,7 +621,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
                 _ => None,
             };
             let source_image = match &row.image_id {
-                Some(i) => Some(crate::resources::image::spec(&ctx.db, i).await?),
+                Some(i) => Some(crate::controller::image::spec(&ctx.db, i).await?),
                 None => None,
             };
             let spec = VolumeSpec {
