@@ -5,5 +5,6 @@
 pub mod image;
 pub mod job;
 pub mod keypair;
+pub mod network;
 
 pub use crate::resources::{name_some, page, paging, state_filter, validate_name};

@@ -2,9 +2,11 @@
 //! of SQL and one set of migrations serve both. Queries use `$N` placeholders, which
 //! both drivers accept, and only TEXT and BIGINT columns.
 
+pub mod account;
 pub mod image;
 pub mod job;
 pub mod keypair;
+pub mod network;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};

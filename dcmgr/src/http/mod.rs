@@ -6,10 +6,11 @@ pub mod error;
 pub mod images;
 pub mod jobs;
 pub mod keypairs;
+pub mod networks;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{account, floating_ip, instance, network, node, secgroup, snapshot, volume};
+use crate::resources::{account, floating_ip, instance, node, secgroup, snapshot, volume};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -92,8 +93,8 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/keypairs/{id}", get(keypairs::show).delete(keypairs::delete))
         .route("/images", post(images::create).get(images::list))
         .route("/images/{id}", get(images::show).delete(images::delete))
-        .route("/networks", post(network::create).get(network::list))
-        .route("/networks/{id}", get(network::show).delete(network::delete))
+        .route("/networks", post(networks::create).get(networks::list))
+        .route("/networks/{id}", get(networks::show).delete(networks::delete))
         .route("/security_groups", post(secgroup::create).get(secgroup::list))
         .route("/security_groups/{id}", get(secgroup::show).delete(secgroup::delete))
         .route("/security_groups/{id}/rules", post(secgroup::add_rule))
@@ -156,7 +157,7 @@ impl utoipa::Modify for BearerAuth {
         account::create, account::list, account::show, account::delete, account::create_token,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         images::create, images::list, images::show, images::delete,
-        network::create, network::list, network::show, network::delete,
+        networks::create, networks::list, networks::show, networks::delete,
         secgroup::create, secgroup::list, secgroup::show, secgroup::delete, secgroup::add_rule, secgroup::delete_rule,
         instance::create, instance::list, instance::show, instance::delete, instance::start, instance::stop,
         instance::halt, instance::poweron, instance::reboot, instance::terminate, instance::console,

@@ -6,15 +6,15 @@
 //! (except reading the console, which is a read of the agent's own data).
 
 use crate::api::{Body, ListParams};
-use crate::app::image;
 use crate::app::keypair;
+use crate::app::{image, network};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::job;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::resources::interface::{self, Planned};
 use crate::resources::lifecycle::{self, Decision};
-use crate::resources::{network, page, paging, path_id, secgroup, state_filter, validate_name};
+use crate::resources::{page, paging, path_id, secgroup, state_filter, validate_name};
 use crate::scheduler::{self, Demand};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

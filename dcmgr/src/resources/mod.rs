@@ -6,7 +6,6 @@ pub mod floating_ip;
 pub mod instance;
 pub mod interface;
 pub mod lifecycle;
-pub mod network;
 pub mod node;
 pub mod secgroup;
 pub mod snapshot;
