@@ -242,7 +242,7 @@ fn sha256_of(path: &Path) -> anyhow::Result<String> {
 /// qemu) and `tiny-lxc` (a root filesystem), from the tiny image when it is built.
 async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Result<()> {
     let ctx = &dcmgr.ctx;
-    let admin = vdc_dcmgr::resources::account::admin_id(ctx)
+    let admin = vdc_dcmgr::app::account::admin_id(ctx)
         .await
         .map_err(|e| anyhow::anyhow!("looking up the admin account: {e}"))?
         .context("the admin account is missing")?;

@@ -2,6 +2,7 @@
 //! malformed requests into our error body, the OpenAPI document generated from the
 //! handler annotations, and (in [`error`]) the one mapping of errors to HTTP.
 
+pub mod accounts;
 pub mod error;
 pub mod images;
 pub mod jobs;
@@ -10,7 +11,7 @@ pub mod networks;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{account, floating_ip, instance, node, secgroup, snapshot, volume};
+use crate::resources::{floating_ip, instance, node, secgroup, snapshot, volume};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -61,7 +62,7 @@ impl FromRequestParts<SharedCtx> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))?;
-        account::authenticate(ctx, token).await
+        crate::app::account::authenticate(ctx, token).await
     }
 }
 
@@ -86,9 +87,9 @@ pub fn router(ctx: SharedCtx) -> Router {
     let api = Router::new()
         .route("/", get(info))
         .route("/openapi.json", get(openapi_json))
-        .route("/accounts", post(account::create).get(account::list))
-        .route("/accounts/{id}", get(account::show).delete(account::delete))
-        .route("/accounts/{id}/tokens", post(account::create_token))
+        .route("/accounts", post(accounts::create).get(accounts::list))
+        .route("/accounts/{id}", get(accounts::show).delete(accounts::delete))
+        .route("/accounts/{id}/tokens", post(accounts::create_token))
         .route("/keypairs", post(keypairs::create).get(keypairs::list))
         .route("/keypairs/{id}", get(keypairs::show).delete(keypairs::delete))
         .route("/images", post(images::create).get(images::list))
@@ -154,7 +155,7 @@ impl utoipa::Modify for BearerAuth {
     modifiers(&BearerAuth),
     paths(
         info,
-        account::create, account::list, account::show, account::delete, account::create_token,
+        accounts::create, accounts::list, accounts::show, accounts::delete, accounts::create_token,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         images::create, images::list, images::show, images::delete,
         networks::create, networks::list, networks::show, networks::delete,

@@ -1,7 +1,6 @@
 //! Resources not yet split into the layers ([`crate::http`], [`crate::app`],
 //! [`crate::datastore`], [`crate::controller`]): handlers, queries and rules together.
 
-pub mod account;
 pub mod floating_ip;
 pub mod instance;
 pub mod interface;
