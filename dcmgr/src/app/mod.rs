@@ -7,5 +7,7 @@ pub mod image;
 pub mod job;
 pub mod keypair;
 pub mod network;
+pub mod node;
+pub mod scheduler;
 
 pub use crate::resources::{name_some, page, paging, state_filter, validate_name};

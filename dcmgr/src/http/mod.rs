@@ -8,10 +8,11 @@ pub mod images;
 pub mod jobs;
 pub mod keypairs;
 pub mod networks;
+pub mod nodes;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{floating_ip, instance, node, secgroup, snapshot, volume};
+use crate::resources::{floating_ip, instance, secgroup, snapshot, volume};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -120,10 +121,10 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/floating-ips/{id}/disassociate", post(floating_ip::disassociate))
         .route("/snapshots", post(snapshot::create).get(snapshot::list))
         .route("/snapshots/{id}", get(snapshot::show).delete(snapshot::delete))
-        .route("/host_nodes", get(node::list_hosts))
-        .route("/host_nodes/{id}", get(node::show_host))
-        .route("/storage_nodes", get(node::list_storage))
-        .route("/storage_nodes/{id}", get(node::show_storage))
+        .route("/host_nodes", get(nodes::list_hosts))
+        .route("/host_nodes/{id}", get(nodes::show_host))
+        .route("/storage_nodes", get(nodes::list_storage))
+        .route("/storage_nodes/{id}", get(nodes::show_storage))
         .route("/jobs", get(jobs::list))
         .route("/jobs/{id}", get(jobs::show))
         .fallback(fallback);
@@ -166,7 +167,7 @@ impl utoipa::Modify for BearerAuth {
         snapshot::create, snapshot::list, snapshot::show, snapshot::delete,
         floating_ip::create, floating_ip::list, floating_ip::show, floating_ip::delete, floating_ip::associate,
         floating_ip::disassociate,
-        node::list_hosts, node::show_host, node::list_storage, node::show_storage,
+        nodes::list_hosts, nodes::show_host, nodes::list_storage, nodes::show_storage,
         jobs::list, jobs::show,
     )
 )]

@@ -7,6 +7,7 @@
 
 use crate::api::{Body, ListParams};
 use crate::app::keypair;
+use crate::app::scheduler::{self, Demand};
 use crate::app::{image, network};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::job;
@@ -15,7 +16,6 @@ use crate::error::{ApiError, ApiResult};
 use crate::resources::interface::{self, Planned};
 use crate::resources::lifecycle::{self, Decision};
 use crate::resources::{page, paging, path_id, secgroup, state_filter, validate_name};
-use crate::scheduler::{self, Demand};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -734,7 +734,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
     .execute(&mut *tx)
     .await?;
     if out.release_host {
-        scheduler::release(&mut tx, node, row.cpus, row.memory_mib).await?;
+        crate::datastore::host::release(&mut tx, node, row.cpus, row.memory_mib).await?;
     }
     let mut removed = Removed::default();
     if out.state == InstanceState::Terminated {

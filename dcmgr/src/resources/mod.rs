@@ -5,7 +5,6 @@ pub mod floating_ip;
 pub mod instance;
 pub mod interface;
 pub mod lifecycle;
-pub mod node;
 pub mod secgroup;
 pub mod snapshot;
 pub mod volume;
