@@ -242,7 +242,7 @@ fn sha256_of(path: &Path) -> anyhow::Result<String> {
 /// qemu) and `tiny-lxc` (a root filesystem), from the tiny image when it is built.
 async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Result<()> {
     let ctx = &dcmgr.ctx;
-    let admin = vdc_dcmgr::resources::account::admin_id(ctx)
+    let admin = vdc_dcmgr::app::account::admin_id(ctx)
         .await
         .map_err(|e| anyhow::anyhow!("looking up the admin account: {e}"))?
         .context("the admin account is missing")?;
@@ -273,10 +273,9 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
         },
     ];
     for req in images {
-        let exists =
-            vdc_dcmgr::resources::image::exists_public(ctx, &req.name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let exists = vdc_dcmgr::app::image::exists_public(ctx, &req.name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         if !exists {
-            vdc_dcmgr::resources::image::insert(ctx, &caller, req).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            vdc_dcmgr::app::image::insert(ctx, &caller, req).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         }
     }
     Ok(())

@@ -24,7 +24,6 @@ pub mod datastore;
 pub mod error;
 pub mod http;
 pub mod resources;
-pub mod scheduler;
 pub mod server;
 
 /// The datastore under its short name, as most code calls it.

@@ -50,7 +50,7 @@ impl Dcmgr {
             ensure_observer: opts.ensure_observer,
         });
         if let Some(t) = &config.admin_token {
-            crate::resources::account::bootstrap_admin(&ctx, t).await?;
+            crate::app::account::bootstrap_admin(&ctx, t).await?;
         }
         controller::membership::seed_from_db(&ctx).await?;
 

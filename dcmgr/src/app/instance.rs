@@ -5,13 +5,15 @@
 
 use crate::app::keypair;
 use crate::app::lifecycle::{self, Decision};
+use crate::app::scheduler::{self, Demand};
+use crate::app::{image, network};
 use crate::app::{page, paging, state_filter, validate_name};
 use crate::ctx::{Caller, SharedCtx, Work};
+use crate::datastore::job;
 use crate::datastore::{self as db, instance as store};
 use crate::error::{ApiError, ApiResult};
 use crate::resources::interface::{self, Planned};
-use crate::resources::{image, job, network, secgroup};
-use crate::scheduler::{self, Demand};
+use crate::resources::secgroup;
 use vdc_schema::agent::{AgentError, Hypervisor};
 use vdc_schema::api::{Accepted, ConsoleLog, CreateInstance, Instance, ListQuery, Page};
 use vdc_schema::bus::AgentKind;

@@ -2,9 +2,15 @@
 //! decision (already done, apply, refuse) made on the state read inside the request's
 //! transaction. Nothing here knows HTTP; SQL lives in [`crate::datastore`].
 
+pub mod account;
+pub mod image;
 pub mod instance;
+pub mod job;
 pub mod keypair;
 pub mod lifecycle;
+pub mod network;
+pub mod node;
+pub mod scheduler;
 pub mod snapshot;
 pub mod volume;
 

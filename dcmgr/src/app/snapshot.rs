@@ -8,9 +8,9 @@
 
 use crate::app::{page, paging, state_filter, validate_name, Outcome};
 use crate::ctx::{Caller, SharedCtx, Work};
+use crate::datastore::job;
 use crate::datastore::{self as db, snapshot as store, volume as volumes};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::job;
 use vdc_schema::api::{Accepted, CreateSnapshot, ListQuery, Page, Snapshot};
 use vdc_schema::id::*;
 use vdc_schema::{ObservedStorage, SnapshotState, VolumeState};

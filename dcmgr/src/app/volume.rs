@@ -15,9 +15,9 @@
 
 use crate::app::{page, paging, state_filter, validate_name, Outcome};
 use crate::ctx::{Caller, SharedCtx, Work};
+use crate::datastore::job;
 use crate::datastore::{self as db, snapshot as snapshots, volume as store};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::job;
 use vdc_schema::api::{Accepted, AttachVolume, CreateVolume, ExtendVolume, ListQuery, Page, Volume};
 use vdc_schema::id::*;
 use vdc_schema::{InstanceState, ObservedStorage, VolumeState};
@@ -75,7 +75,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
         }
     }
     if let Some(image_id) = &req.image_id {
-        let image = crate::resources::image::fetch_visible(ctx, caller, image_id).await?;
+        let image = crate::app::image::fetch_visible(ctx, caller, image_id).await?;
         if !matches!(image.format, vdc_schema::ImageFormat::Qcow2 | vdc_schema::ImageFormat::Raw) {
             return Err(ApiError::bad(
                 "invalid_image",

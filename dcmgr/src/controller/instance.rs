@@ -4,11 +4,13 @@
 
 use crate::app::instance;
 use crate::app::lifecycle;
+use crate::controller::image;
 use crate::controller::{Error, Result};
 use crate::ctx::{SharedCtx, Work};
+use crate::datastore::job;
 use crate::datastore::{self as db, instance as store};
-use crate::resources::{image, interface, job};
-use crate::scheduler;
+use crate::resources::interface;
+
 use vdc_schema::agent::Hypervisor;
 use vdc_schema::bus::{InstanceReport, InstanceSpec, NicSpec, VolumeAttachment};
 use vdc_schema::{DesiredPower, InstanceGoal, InstanceState, ObservedInstance};
@@ -136,7 +138,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
     };
     store::apply_report(&mut tx, &row.id, &observed).await?;
     if out.release_host {
-        scheduler::release(&mut tx, node, row.cpus, row.memory_mib).await?;
+        crate::datastore::host::release(&mut tx, node, row.cpus, row.memory_mib).await?;
     }
     let mut removed = instance::Removed::default();
     if out.state == InstanceState::Terminated {

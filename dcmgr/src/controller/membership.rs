@@ -3,6 +3,7 @@
 //! between online and offline is written.
 
 use crate::ctx::{AgentSeen, SharedCtx, Work};
+use crate::datastore::host as hosts;
 use crate::db;
 use tokio_util::sync::CancellationToken;
 use vdc_bus::Subscription;
@@ -42,45 +43,15 @@ async fn register(ctx: &SharedCtx, r: &Register) -> Result<(), sqlx::Error> {
     match r.kind {
         AgentKind::Hva => {
             let h = r.host.as_ref().expect("validated");
-            // Capacity may change between agent starts; usage is dcmgr's and is kept.
-            sqlx::query(
-                "INSERT INTO host_nodes (id, state, hypervisors, cpus, memory_mib, capabilities, last_seen)
-                 VALUES ($1, 'online', $2, $3, $4, $5, $6)
-                 ON CONFLICT (id) DO UPDATE SET state = 'online', hypervisors = $2, cpus = $3, memory_mib = $4,
-                     capabilities = $5, last_seen = $6",
-            )
-            .bind(&r.node_id)
-            .bind(db::join_list(&h.hypervisors))
-            .bind(h.cpus as i64)
-            .bind(h.memory_mib as i64)
-            .bind(h.capabilities.to_string())
-            .bind(&now)
-            .execute(&ctx.db)
-            .await?;
+            hosts::upsert_host(&ctx.db, &r.node_id, h, &now).await?;
         }
         AgentKind::Sta => {
             let s = r.storage.as_ref().expect("validated");
-            sqlx::query(
-                "INSERT INTO storage_nodes (id, state, backend, capacity_mib, last_seen) VALUES ($1, 'online', $2, $3, $4)
-                 ON CONFLICT (id) DO UPDATE SET state = 'online', backend = $2, capacity_mib = $3, last_seen = $4",
-            )
-            .bind(&r.node_id)
-            .bind(s.backend.as_str())
-            .bind(s.capacity_mib as i64)
-            .bind(&now)
-            .execute(&ctx.db)
-            .await?;
+            hosts::upsert_storage(&ctx.db, &r.node_id, s, &now).await?;
         }
         AgentKind::Nwagent => {
             if let Some(ip) = &r.tunnel_ip {
-                sqlx::query(
-                    "INSERT INTO host_tunnels (host_id, tunnel_ip) VALUES ($1, $2)
-                     ON CONFLICT (host_id) DO UPDATE SET tunnel_ip = $2",
-                )
-                .bind(&r.node_id)
-                .bind(ip)
-                .execute(&ctx.db)
-                .await?;
+                hosts::upsert_tunnel(&ctx.db, &r.node_id, ip).await?;
             }
         }
     }
@@ -92,13 +63,11 @@ async fn register(ctx: &SharedCtx, r: &Register) -> Result<(), sqlx::Error> {
 }
 
 async fn set_state(ctx: &SharedCtx, kind: AgentKind, node: &str, state: &str) -> Result<(), sqlx::Error> {
-    let sql = match kind {
-        AgentKind::Hva => "UPDATE host_nodes SET state = $1, last_seen = $2 WHERE id = $3",
-        AgentKind::Sta => "UPDATE storage_nodes SET state = $1, last_seen = $2 WHERE id = $3",
-        AgentKind::Nwagent => return Ok(()),
-    };
-    sqlx::query(sql).bind(state).bind(db::now()).bind(node).execute(&ctx.db).await?;
-    Ok(())
+    match kind {
+        AgentKind::Hva => hosts::set_host_state(&ctx.db, node, state, &db::now()).await,
+        AgentKind::Sta => hosts::set_storage_state(&ctx.db, node, state, &db::now()).await,
+        AgentKind::Nwagent => Ok(()),
+    }
 }
 
 pub async fn serve_register(ctx: SharedCtx, mut sub: Subscription, cancel: CancellationToken) {
@@ -191,16 +160,14 @@ pub async fn watch_liveness(ctx: SharedCtx, cancel: CancellationToken) {
 
 /// At start, dcmgr remembers no heartbeats: give every node the full timeout to speak.
 pub async fn seed_from_db(ctx: &SharedCtx) -> Result<(), sqlx::Error> {
-    let hosts: Vec<(String,)> =
-        sqlx::query_as("SELECT id FROM host_nodes WHERE state = 'online'").fetch_all(&ctx.db).await?;
-    let stores: Vec<(String,)> =
-        sqlx::query_as("SELECT id FROM storage_nodes WHERE state = 'online'").fetch_all(&ctx.db).await?;
+    let online_hosts = hosts::online_hosts(&ctx.db).await?;
+    let online_stores = hosts::online_storage(&ctx.db).await?;
     let now = db::now_ms();
     let mut agents = ctx.agents.write().unwrap();
-    for (h,) in hosts {
+    for h in online_hosts {
         agents.insert((AgentKind::Hva, h), AgentSeen { last_seen_ms: now, offline: false, registered: false });
     }
-    for (s,) in stores {
+    for s in online_stores {
         agents.insert((AgentKind::Sta, s), AgentSeen { last_seen_ms: now, offline: false, registered: false });
     }
     Ok(())

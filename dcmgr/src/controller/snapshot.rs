@@ -2,9 +2,9 @@
 
 use crate::app::snapshot::on_report;
 use crate::ctx::SharedCtx;
+use crate::datastore::job;
 use crate::datastore::snapshot as store;
 use crate::error::{ApiError, ApiResult};
-use crate::resources::job;
 use vdc_schema::agent::{AgentError, StorageAgent};
 use vdc_schema::bus::{SnapshotReport, SnapshotSpec};
 use vdc_schema::id::*;

@@ -3,9 +3,9 @@
 
 use crate::app::volume::{on_attachment_report, on_report};
 use crate::ctx::{SharedCtx, Work};
+use crate::datastore::job;
 use crate::datastore::{self as db, volume as store};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::job;
 use vdc_schema::agent::{AgentError, StorageAgent};
 use vdc_schema::bus::{VolumeReport, VolumeSpec};
 use vdc_schema::id::*;
@@ -32,7 +32,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
                 _ => None,
             };
             let source_image = match &row.image_id {
-                Some(i) => Some(crate::resources::image::spec(&ctx.db, i).await?),
+                Some(i) => Some(crate::controller::image::spec(&ctx.db, i).await?),
                 None => None,
             };
             let spec = VolumeSpec {

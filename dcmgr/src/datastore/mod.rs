@@ -2,8 +2,13 @@
 //! of SQL and one set of migrations serve both. Queries use `$N` placeholders, which
 //! both drivers accept, and only TEXT and BIGINT columns.
 
+pub mod account;
+pub mod host;
+pub mod image;
 pub mod instance;
+pub mod job;
 pub mod keypair;
+pub mod network;
 pub mod snapshot;
 pub mod volume;
 

@@ -2,15 +2,20 @@
 //! malformed requests into our error body, the OpenAPI document generated from the
 //! handler annotations, and (in [`error`]) the one mapping of errors to HTTP.
 
+pub mod accounts;
 pub mod error;
+pub mod images;
 pub mod instances;
+pub mod jobs;
 pub mod keypairs;
+pub mod networks;
+pub mod nodes;
 pub mod snapshots;
 pub mod volumes;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{account, floating_ip, image, job, network, node, secgroup};
+use crate::resources::{floating_ip, secgroup};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -61,7 +66,7 @@ impl FromRequestParts<SharedCtx> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))?;
-        account::authenticate(ctx, token).await
+        crate::app::account::authenticate(ctx, token).await
     }
 }
 
@@ -92,15 +97,15 @@ pub fn router(ctx: SharedCtx) -> Router {
     let api = Router::new()
         .route("/", get(info))
         .route("/openapi.json", get(openapi_json))
-        .route("/accounts", post(account::create).get(account::list))
-        .route("/accounts/{id}", get(account::show).delete(account::delete))
-        .route("/accounts/{id}/tokens", post(account::create_token))
+        .route("/accounts", post(accounts::create).get(accounts::list))
+        .route("/accounts/{id}", get(accounts::show).delete(accounts::delete))
+        .route("/accounts/{id}/tokens", post(accounts::create_token))
         .route("/keypairs", post(keypairs::create).get(keypairs::list))
         .route("/keypairs/{id}", get(keypairs::show).delete(keypairs::delete))
-        .route("/images", post(image::create).get(image::list))
-        .route("/images/{id}", get(image::show).delete(image::delete))
-        .route("/networks", post(network::create).get(network::list))
-        .route("/networks/{id}", get(network::show).delete(network::delete))
+        .route("/images", post(images::create).get(images::list))
+        .route("/images/{id}", get(images::show).delete(images::delete))
+        .route("/networks", post(networks::create).get(networks::list))
+        .route("/networks/{id}", get(networks::show).delete(networks::delete))
         .route("/security_groups", post(secgroup::create).get(secgroup::list))
         .route("/security_groups/{id}", get(secgroup::show).delete(secgroup::delete))
         .route("/security_groups/{id}/rules", post(secgroup::add_rule))
@@ -125,12 +130,12 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/floating-ips/{id}/disassociate", post(floating_ip::disassociate))
         .route("/snapshots", post(snapshots::create).get(snapshots::list))
         .route("/snapshots/{id}", get(snapshots::show).delete(snapshots::delete))
-        .route("/host_nodes", get(node::list_hosts))
-        .route("/host_nodes/{id}", get(node::show_host))
-        .route("/storage_nodes", get(node::list_storage))
-        .route("/storage_nodes/{id}", get(node::show_storage))
-        .route("/jobs", get(job::list))
-        .route("/jobs/{id}", get(job::show))
+        .route("/host_nodes", get(nodes::list_hosts))
+        .route("/host_nodes/{id}", get(nodes::show_host))
+        .route("/storage_nodes", get(nodes::list_storage))
+        .route("/storage_nodes/{id}", get(nodes::show_storage))
+        .route("/jobs", get(jobs::list))
+        .route("/jobs/{id}", get(jobs::show))
         .fallback(fallback);
     Router::new()
         .nest("/api/v1", api)
@@ -245,10 +250,10 @@ impl utoipa::Modify for CommonErrors {
     modifiers(&BearerAuth, &CommonErrors),
     paths(
         info, openapi_json,
-        account::create, account::list, account::show, account::delete, account::create_token,
+        accounts::create, accounts::list, accounts::show, accounts::delete, accounts::create_token,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
-        image::create, image::list, image::show, image::delete,
-        network::create, network::list, network::show, network::delete,
+        images::create, images::list, images::show, images::delete,
+        networks::create, networks::list, networks::show, networks::delete,
         secgroup::create, secgroup::list, secgroup::show, secgroup::delete, secgroup::add_rule, secgroup::delete_rule,
         instances::create, instances::list, instances::show, instances::delete, instances::start, instances::stop,
         instances::halt, instances::poweron, instances::reboot, instances::terminate, instances::console,
@@ -256,8 +261,8 @@ impl utoipa::Modify for CommonErrors {
         snapshots::create, snapshots::list, snapshots::show, snapshots::delete,
         floating_ip::create, floating_ip::list, floating_ip::show, floating_ip::delete, floating_ip::associate,
         floating_ip::disassociate,
-        node::list_hosts, node::show_host, node::list_storage, node::show_storage,
-        job::list, job::show,
+        nodes::list_hosts, nodes::show_host, nodes::list_storage, nodes::show_storage,
+        jobs::list, jobs::show,
     )
 )]
 pub struct ApiDoc;

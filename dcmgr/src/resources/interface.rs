@@ -3,10 +3,10 @@
 //! (network, ip) key is the last guard against two creates taking the same address.
 
 use crate::ctx::{SharedCtx, Work};
+use crate::datastore::network;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::resources::floating_ip;
-use crate::resources::network;
 use ipnet::Ipv4Net;
 use rand::Rng;
 use std::collections::HashSet;

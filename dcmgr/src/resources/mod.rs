@@ -1,13 +1,8 @@
 //! Resources not yet split into the layers ([`crate::http`], [`crate::app`],
 //! [`crate::datastore`], [`crate::controller`]): handlers, queries and rules together.
 
-pub mod account;
 pub mod floating_ip;
-pub mod image;
 pub mod interface;
-pub mod job;
-pub mod network;
-pub mod node;
 pub mod secgroup;
 
 use crate::error::{ApiError, ApiResult};

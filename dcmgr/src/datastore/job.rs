@@ -1,33 +1,27 @@
-//! Jobs: the progress of long work. A job ends when its resource reaches the job's
-//! `target` state (the report handler calls [`finish`]), fails with it, or is cancelled
-//! when a newer request on the same resource supersedes it.
+//! Jobs as stored. [`start`], [`done`], [`finish`], [`fail_all`] and [`running_targets`]
+//! run inside the transaction of the decision or report they belong to.
 
-use crate::api::ListParams;
-use crate::ctx::{Caller, SharedCtx};
 use crate::db;
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{page, paging, path_id, state_filter};
-use axum::extract::{Path, State};
-use axum::Json;
-use vdc_schema::api::{ErrorBody, Job, Page};
+use vdc_schema::api::Job;
 use vdc_schema::id::{AccountId, JobId};
 use vdc_schema::JobState;
 
 #[derive(sqlx::FromRow)]
-struct Row {
-    id: String,
-    action: String,
-    resource_id: String,
-    state: String,
-    message: Option<String>,
-    created_at: String,
-    finished_at: Option<String>,
+pub struct Row {
+    pub id: String,
+    pub action: String,
+    pub resource_id: String,
+    pub state: String,
+    pub message: Option<String>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
 }
 
 const COLS: &str = "id, action, resource_id, state, message, created_at, finished_at";
 
 impl Row {
-    fn into_api(self) -> ApiResult<Job> {
+    pub fn into_api(self) -> ApiResult<Job> {
         Ok(Job {
             id: self.id.parse().map_err(ApiError::internal)?,
             action: self.action,
@@ -47,7 +41,7 @@ pub async fn start(
     action: &str,
     resource_id: &str,
     target: &str,
-) -> ApiResult<Job> {
+) -> Result<Job, sqlx::Error> {
     let id = JobId::generate();
     sqlx::query(
         "UPDATE jobs SET state = 'cancelled', finished_at = $1, message = $2 WHERE resource_id = $3 AND state = 'running'",
@@ -68,7 +62,7 @@ pub async fn done(
     action: &str,
     resource_id: &str,
     msg: &str,
-) -> ApiResult<Job> {
+) -> Result<Job, sqlx::Error> {
     insert(tx, JobId::generate(), account, action, resource_id, "", Some(msg)).await
 }
 
@@ -81,7 +75,7 @@ async fn insert(
     resource_id: &str,
     target: &str,
     done_msg: Option<&str>,
-) -> ApiResult<Job> {
+) -> Result<Job, sqlx::Error> {
     let now = db::now();
     let state = if done_msg.is_some() { JobState::Succeeded } else { JobState::Running };
     let finished = done_msg.map(|_| now.clone());
@@ -141,44 +135,30 @@ pub async fn running_targets(db: &mut sqlx::AnyConnection, resource_id: &str) ->
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", operation_id = "job_list", summary = "List the account's jobs",
-    params(
-        vdc_schema::api::ListQuery,
-        ("state" = Option<vdc_schema::JobState>, Query, description = "Only jobs in this state")),
-    responses((status = 200, description = "One page of jobs", body = Page<Job>)))]
+/// One page of an account's jobs, in creation order after `cursor`; `state` '' for all.
 pub async fn list(
-    State(ctx): State<SharedCtx>,
-    caller: Caller,
-    ListParams(q): ListParams,
-) -> ApiResult<Json<Page<Job>>> {
-    let (limit, cursor) = paging(&q)?;
-    let state = state_filter::<JobState>(&q)?;
-    let rows: Vec<Row> = sqlx::query_as(&format!(
+    pool: &db::Pool,
+    account: &AccountId,
+    cursor: &str,
+    state: &str,
+    limit: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
+    sqlx::query_as(&format!(
         "SELECT {COLS} FROM jobs WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3) ORDER BY id LIMIT $4"
     ))
-    .bind(caller.account_id.as_str())
+    .bind(account.as_str())
     .bind(cursor)
     .bind(state)
     .bind(limit)
-    .fetch_all(&ctx.db)
-    .await?;
-    let items = rows.into_iter().map(Row::into_api).collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(page(items, limit, |j| j.id.to_string())))
+    .fetch_all(pool)
+    .await
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", operation_id = "job_show", summary = "Show a job",
-    params(
-        ("id" = vdc_schema::id::JobId, Path,
-            description = "A job ID (`job-…`); an unknown, malformed or foreign one answers 404")),
-    responses(
-        (status = 200, description = "The job", body = Job),
-        (status = 404, description = "`not_found`", body = ErrorBody)))]
-pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Job>> {
-    let id: JobId = path_id("job", &id)?;
-    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLS} FROM jobs WHERE id = $1 AND account_id = $2"))
+/// The account's job `id`, if it is theirs.
+pub async fn get_own(pool: &db::Pool, account: &AccountId, id: &JobId) -> Result<Option<Row>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLS} FROM jobs WHERE id = $1 AND account_id = $2"))
         .bind(id.as_str())
-        .bind(caller.account_id.as_str())
-        .fetch_optional(&ctx.db)
-        .await?;
-    Ok(Json(row.ok_or_else(|| ApiError::not_found("job", id))?.into_api()?))
+        .bind(account.as_str())
+        .fetch_optional(pool)
+        .await
 }

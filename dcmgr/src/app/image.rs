@@ -1,0 +1,101 @@
+//! Machine images: what an instance boots. An image is the caller's own or public.
+
+use crate::app::{name_some, page, paging, validate_name};
+use crate::ctx::{Caller, SharedCtx};
+use crate::datastore::{self as db, image as store};
+use crate::error::{ApiError, ApiResult};
+use vdc_schema::api::{CreateImage, Image, ListQuery, Page};
+use vdc_schema::id::ImageId;
+
+fn validate(req: &CreateImage) -> ApiResult<()> {
+    validate_name("image", &req.name)?;
+    if req.hypervisors.is_empty() {
+        return Err(ApiError::bad("invalid_image", "hypervisors must list at least one of kvm, qemu, lxc"));
+    }
+    if req.source.trim().is_empty() || req.source.len() > 4096 {
+        return Err(ApiError::bad("invalid_image", "source must be a path or URL of at most 4096 characters"));
+    }
+    if let Some(c) = &req.checksum {
+        let ok = c.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok {
+            return Err(ApiError::bad("invalid_checksum", "checksum must be sha256: followed by 64 hex digits"));
+        }
+    }
+    if req.format == vdc_schema::ImageFormat::Kernel && req.initrd.is_none() {
+        return Err(ApiError::bad("invalid_image", "a kernel image needs initrd (the path of its initramfs)"));
+    }
+    if let Some(c) = &req.kernel_cmdline {
+        if c.len() > 2048 || c.chars().any(|ch| ch.is_control()) {
+            return Err(ApiError::bad("invalid_image", "kernel_cmdline must be one line of at most 2048 characters"));
+        }
+    }
+    Ok(())
+}
+
+pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiResult<Image> {
+    validate(&req)?;
+    if req.public && !caller.admin {
+        return Err(ApiError::Forbidden("only an admin can publish a public image".into()));
+    }
+    let now = db::parse_time(&db::now());
+    let image = Image {
+        id: ImageId::generate(),
+        name: req.name,
+        format: req.format,
+        arch: req.arch,
+        hypervisors: req.hypervisors,
+        source: req.source,
+        checksum: req.checksum,
+        initrd: req.initrd,
+        kernel_cmdline: req.kernel_cmdline,
+        public: req.public,
+        created_at: now,
+    };
+    store::insert(&ctx.db, &caller.account_id, &image).await?;
+    Ok(image)
+}
+
+pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Image>> {
+    let (limit, cursor) = paging(q)?;
+    let rows = store::list_visible(&ctx.db, &caller.account_id, &cursor, q.name.as_deref(), limit).await?;
+    let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;
+    Ok(page(items, limit, |i| i.id.to_string()))
+}
+
+/// An image the caller may use (its own or public), or 404.
+pub async fn fetch_visible(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<Image> {
+    store::get_visible(&ctx.db, &caller.account_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("image", id))?
+        .into_api()
+}
+
+/// Deletes one of the caller's images that no instance uses.
+pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<()> {
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // Instance creates lock the image too, so none can start using it before commit.
+        db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
+        let owner = store::owner(&mut tx, id).await?;
+        if owner.is_none_or(|a| a != caller.account_id.as_str()) {
+            // A public image of another account is visible, but not the caller's to delete.
+            return Err(ApiError::not_found("image", id));
+        }
+        let users = store::users(&mut tx, id).await?;
+        if !users.is_empty() {
+            return Err(ApiError::conflict(
+                "image_in_use",
+                format!("image {id} is used by {}", name_some("instance", users.iter().map(String::as_str))),
+            ));
+        }
+        store::delete(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Whether a public image of this name exists (for `vdc up`'s default image).
+pub async fn exists_public(ctx: &SharedCtx, name: &str) -> ApiResult<bool> {
+    Ok(store::exists_public(&ctx.db, name).await?)
+}

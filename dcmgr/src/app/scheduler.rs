@@ -1,0 +1,105 @@
+//! Placement: least usage of free memory, then free CPUs, among online hosts that offer
+//! the hypervisor kind. The reservation is one conditional UPDATE inside the caller's
+//! transaction, so two concurrent creates can never overcommit a host on either database.
+//! The statements are in [`crate::datastore::host`], which also gives reservations back
+//! ([`crate::datastore::host::release`]) when an instance leaves its host.
+
+use crate::datastore::host as store;
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use vdc_schema::id::HostNodeId;
+use vdc_schema::HypervisorKind;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Demand {
+    pub hypervisor: HypervisorKind,
+    pub cpus: u32,
+    pub memory_mib: u32,
+}
+
+/// Candidate hosts, best first (read outside the transaction; the UPDATE re-checks).
+pub async fn candidates(pool: &db::Pool, d: Demand, prefer: Option<&str>) -> ApiResult<Vec<String>> {
+    let ids = prefer_first(store::candidates(pool, d.hypervisor, d.cpus, d.memory_mib).await?, prefer);
+    if ids.is_empty() {
+        return Err(no_host(pool, d).await);
+    }
+    Ok(ids)
+}
+
+/// Moves `prefer` (an instance's last host) to the front if it is a candidate.
+pub fn prefer_first(mut ids: Vec<String>, prefer: Option<&str>) -> Vec<String> {
+    if let Some(p) = prefer {
+        if let Some(pos) = ids.iter().position(|i| i == p) {
+            let id = ids.remove(pos);
+            ids.insert(0, id);
+        }
+    }
+    ids
+}
+
+/// Reserves `d` on the first candidate that still has room. Must be the first write of
+/// `tx`, so that on SQLite the transaction takes the write lock before it reads anything.
+pub async fn reserve(tx: &mut db::Tx<'_>, d: Demand, candidates: &[String]) -> ApiResult<HostNodeId> {
+    for id in candidates {
+        if store::try_reserve(tx, id, d.cpus, d.memory_mib).await? {
+            return id.parse().map_err(ApiError::internal);
+        }
+    }
+    // Every candidate filled up meanwhile: let the caller's retry look again.
+    Err(ApiError::Busy("candidate hosts filled up concurrently".into()))
+}
+
+/// Explains why nothing fits.
+async fn no_host(pool: &db::Pool, d: Demand) -> ApiError {
+    match store::free_capacity(pool, d.hypervisor).await {
+        Ok((hosts, mem, cpus)) => no_capacity(d, hosts, mem, cpus),
+        Err(e) => e.into(),
+    }
+}
+
+/// The refusal when no host fits `d`, given the online hosts of its hypervisor kind:
+/// how many, and the most free memory and vCPUs among them.
+pub fn no_capacity(d: Demand, hosts: i64, max_free_mib: Option<i64>, max_free_cpus: Option<i64>) -> ApiError {
+    let message = match hosts {
+        0 => format!("no online host offers hypervisor {}", d.hypervisor),
+        n => format!(
+            "no host can fit {} vCPUs and {} MiB: the {n} online {} hosts have at most {} MiB and {} vCPUs free",
+            d.cpus,
+            d.memory_mib,
+            d.hypervisor,
+            max_free_mib.unwrap_or(0),
+            max_free_cpus.unwrap_or(0)
+        ),
+    };
+    ApiError::Unprocessable { code: "no_capacity", message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_last_host_goes_first_when_it_fits() {
+        assert_eq!(prefer_first(ids(&["a", "b", "c"]), Some("c")), ids(&["c", "a", "b"]));
+        assert_eq!(prefer_first(ids(&["a", "b"]), Some("z")), ids(&["a", "b"]));
+        assert_eq!(prefer_first(ids(&["a", "b"]), None), ids(&["a", "b"]));
+        assert!(prefer_first(vec![], Some("a")).is_empty());
+    }
+
+    #[test]
+    fn no_capacity_says_what_is_missing() {
+        let d = Demand { hypervisor: HypervisorKind::Kvm, cpus: 4, memory_mib: 8192 };
+        let e = no_capacity(d, 0, None, None);
+        assert_eq!(e.code(), "no_capacity");
+        assert_eq!(e.to_string(), "no online host offers hypervisor kvm");
+        let e = no_capacity(d, 2, Some(4096), Some(8));
+        assert_eq!(
+            e.to_string(),
+            "no host can fit 4 vCPUs and 8192 MiB: the 2 online kvm hosts have at most 4096 MiB and 8 vCPUs free"
+        );
+    }
+}

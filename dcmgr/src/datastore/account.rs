@@ -1,0 +1,141 @@
+//! Accounts and their API tokens as stored. Tokens are kept only as their SHA-256.
+
+use crate::db;
+use vdc_schema::api::Account;
+use vdc_schema::id::AccountId;
+
+#[derive(sqlx::FromRow)]
+pub struct Row {
+    pub id: String,
+    pub name: String,
+    pub admin: i64,
+    pub created_at: String,
+}
+
+impl Row {
+    pub fn into_api(self) -> Account {
+        Account {
+            id: self.id.parse().unwrap_or_else(|_| AccountId::generate()),
+            name: self.name,
+            admin: self.admin != 0,
+            created_at: db::parse_time(&self.created_at),
+        }
+    }
+}
+
+const COLS: &str = "id, name, admin, created_at";
+
+/// Locks the account's row as the first write of a transaction: decisions over all of
+/// an account's resources of a kind (no two networks overlap) run one after the other.
+pub async fn lock(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE accounts SET lock_seq = lock_seq + 1 WHERE id = $1")
+        .bind(account.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Inserts an account; a name taken already is a unique violation.
+pub async fn insert(tx: &mut db::Tx<'_>, a: &Account) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO accounts (id, name, admin, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(a.id.as_str())
+        .bind(&a.name)
+        .bind(a.admin as i64)
+        .bind(db::time(&a.created_at))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Records a token (by its hash) for the account.
+pub async fn insert_token<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    token_hash: &str,
+    account: &str,
+    now: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO api_tokens (token_hash, account_id, created_at) VALUES ($1, $2, $3)")
+        .bind(token_hash)
+        .bind(account)
+        .bind(now)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Records a token for the account unless it is known already (to whichever account).
+pub async fn insert_token_if_absent(
+    pool: &db::Pool,
+    token_hash: &str,
+    account: &str,
+    now: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO api_tokens (token_hash, account_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (token_hash) DO NOTHING",
+    )
+    .bind(token_hash)
+    .bind(account)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The account a token hash belongs to: (id, admin).
+pub async fn by_token(pool: &db::Pool, token_hash: &str) -> Result<Option<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.id, a.admin FROM api_tokens t JOIN accounts a ON a.id = t.account_id WHERE t.token_hash = $1",
+    )
+    .bind(token_hash)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The ID of the account named `admin`, admin or not.
+pub async fn named_admin(pool: &db::Pool) -> Result<Option<String>, sqlx::Error> {
+    let r: Option<(String,)> =
+        sqlx::query_as("SELECT id FROM accounts WHERE name = 'admin'").fetch_optional(pool).await?;
+    Ok(r.map(|r| r.0))
+}
+
+/// The ID of the admin account named `admin` (the bootstrap admin).
+pub async fn admin_id(pool: &db::Pool) -> Result<Option<String>, sqlx::Error> {
+    let r: Option<(String,)> =
+        sqlx::query_as("SELECT id FROM accounts WHERE name = 'admin' AND admin = 1").fetch_optional(pool).await?;
+    Ok(r.map(|r| r.0))
+}
+
+/// One page of all accounts, in creation order after `cursor`.
+pub async fn list(pool: &db::Pool, cursor: &str, name: Option<&str>, limit: i64) -> Result<Vec<Row>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLS} FROM accounts WHERE id > $1 AND ($2 = '' OR name = $2) ORDER BY id LIMIT $3"
+    ))
+    .bind(cursor)
+    .bind(name.unwrap_or_default())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get(pool: &db::Pool, id: &AccountId) -> Result<Option<Row>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLS} FROM accounts WHERE id = $1")).bind(id.as_str()).fetch_optional(pool).await
+}
+
+/// How many instances (not terminated) and volumes (not deleted) the account has.
+pub async fn live_resources(pool: &db::Pool, id: &AccountId) -> Result<i64, sqlx::Error> {
+    let (live,): (i64,) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM instances WHERE account_id = $1 AND state <> 'terminated')
+              + (SELECT COUNT(*) FROM volumes WHERE account_id = $1 AND state <> 'deleted')",
+    )
+    .bind(id.as_str())
+    .fetch_one(pool)
+    .await?;
+    Ok(live)
+}
+
+/// Deletes the account and its tokens.
+pub async fn delete(tx: &mut db::Tx<'_>, id: &AccountId) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM api_tokens WHERE account_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM accounts WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Images as stored.
+
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use vdc_schema::api::Image;
+use vdc_schema::id::{AccountId, ImageId};
+
+#[derive(sqlx::FromRow)]
+pub struct Row {
+    pub id: String,
+    pub name: String,
+    pub format: String,
+    pub arch: String,
+    pub hypervisors: String,
+    pub source: String,
+    pub checksum: Option<String>,
+    pub initrd: Option<String>,
+    pub kernel_cmdline: Option<String>,
+    pub public: i64,
+    pub created_at: String,
+}
+
+const COLS: &str = "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at";
+
+impl Row {
+    pub fn into_api(self) -> ApiResult<Image> {
+        Ok(Image {
+            id: self.id.parse().map_err(ApiError::internal)?,
+            name: self.name,
+            format: self.format.parse().map_err(ApiError::internal)?,
+            arch: self.arch.parse().map_err(ApiError::internal)?,
+            hypervisors: db::split_list(&self.hypervisors),
+            source: self.source,
+            checksum: self.checksum,
+            initrd: self.initrd,
+            kernel_cmdline: self.kernel_cmdline,
+            public: self.public != 0,
+            created_at: db::parse_time(&self.created_at),
+        })
+    }
+}
+
+pub async fn insert(pool: &db::Pool, account: &AccountId, i: &Image) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO images ({COLS}, account_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    ))
+    .bind(i.id.as_str())
+    .bind(&i.name)
+    .bind(i.format.as_str())
+    .bind(i.arch.as_str())
+    .bind(db::join_list(&i.hypervisors))
+    .bind(&i.source)
+    .bind(&i.checksum)
+    .bind(&i.initrd)
+    .bind(&i.kernel_cmdline)
+    .bind(i.public as i64)
+    .bind(db::time(&i.created_at))
+    .bind(account.as_str())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One page of the images an account may use (its own and public ones).
+pub async fn list_visible(
+    pool: &db::Pool,
+    account: &AccountId,
+    cursor: &str,
+    name: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLS} FROM images WHERE (account_id = $1 OR public = 1) AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4"
+    ))
+    .bind(account.as_str())
+    .bind(cursor)
+    .bind(name.unwrap_or_default())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Image `id` if the account may use it (its own or public).
+pub async fn get_visible(pool: &db::Pool, account: &AccountId, id: &ImageId) -> Result<Option<Row>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1 AND (account_id = $2 OR public = 1)"))
+        .bind(id.as_str())
+        .bind(account.as_str())
+        .fetch_optional(pool)
+        .await
+}
+
+/// Any image by ID.
+pub async fn get(pool: &db::Pool, id: &str) -> Result<Option<Row>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1")).bind(id).fetch_optional(pool).await
+}
+
+/// The account that owns image `id`.
+pub async fn owner(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Option<String>, sqlx::Error> {
+    let r: Option<(String,)> = sqlx::query_as("SELECT account_id FROM images WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(r.map(|r| r.0))
+}
+
+/// The instances (not terminated) booted from image `id`, by ID.
+pub async fn users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM instances WHERE image_id = $1 AND state <> 'terminated' ORDER BY id")
+            .bind(id.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+pub async fn delete(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM images WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Whether a public image of this name exists.
+pub async fn exists_public(pool: &db::Pool, name: &str) -> Result<bool, sqlx::Error> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT id FROM images WHERE name = $1 AND public = 1").bind(name).fetch_optional(pool).await?;
+    Ok(row.is_some())
+}

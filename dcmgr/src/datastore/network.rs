@@ -1,0 +1,120 @@
+//! Networks as stored. [`Row`] and [`COLS`] are also read by interface code, which
+//! needs a network's addresses to build an interface's spec.
+
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use vdc_schema::api::Network;
+use vdc_schema::id::{AccountId, NetworkId};
+
+#[derive(sqlx::FromRow, Clone)]
+pub struct Row {
+    pub id: String,
+    pub name: String,
+    pub cidr: String,
+    pub gateway: String,
+    pub dhcp_start: String,
+    pub dhcp_end: String,
+    pub vni: i64,
+    pub created_at: String,
+}
+
+pub const COLS: &str = "id, name, cidr, gateway, dhcp_start, dhcp_end, vni, created_at";
+
+impl Row {
+    pub fn into_api(self) -> ApiResult<Network> {
+        Ok(Network {
+            id: self.id.parse().map_err(ApiError::internal)?,
+            name: self.name,
+            cidr: self.cidr,
+            gateway: self.gateway,
+            dhcp_start: self.dhcp_start,
+            dhcp_end: self.dhcp_end,
+            vni: self.vni as u32,
+            created_at: db::parse_time(&self.created_at),
+        })
+    }
+}
+
+/// (id, cidr) of every network of the account.
+pub async fn cidrs_of(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, cidr FROM networks WHERE account_id = $1")
+        .bind(account.as_str())
+        .fetch_all(&mut **tx)
+        .await
+}
+
+/// The next VXLAN VNI: one above the highest in use, 100 for the first network.
+pub async fn next_vni(tx: &mut db::Tx<'_>) -> Result<i64, sqlx::Error> {
+    let (vni,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(vni), 99) + 1 FROM networks").fetch_one(&mut **tx).await?;
+    Ok(vni)
+}
+
+/// Inserts a network; a VNI taken concurrently by another account is a unique violation.
+pub async fn insert(tx: &mut db::Tx<'_>, account: &AccountId, n: &Row) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("INSERT INTO networks ({COLS}, account_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+        .bind(&n.id)
+        .bind(&n.name)
+        .bind(&n.cidr)
+        .bind(&n.gateway)
+        .bind(&n.dhcp_start)
+        .bind(&n.dhcp_end)
+        .bind(n.vni)
+        .bind(&n.created_at)
+        .bind(account.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// One page of an account's networks, in creation order after `cursor`.
+pub async fn list(
+    pool: &db::Pool,
+    account: &AccountId,
+    cursor: &str,
+    name: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Row>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLS} FROM networks WHERE account_id = $1 AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4"
+    ))
+    .bind(account.as_str())
+    .bind(cursor)
+    .bind(name.unwrap_or_default())
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The account's network `id`, if it is theirs.
+pub async fn get_own(pool: &db::Pool, account: &AccountId, id: &NetworkId) -> Result<Option<Row>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLS} FROM networks WHERE id = $1 AND account_id = $2"))
+        .bind(id.as_str())
+        .bind(account.as_str())
+        .fetch_optional(pool)
+        .await
+}
+
+/// The account that owns network `id`.
+pub async fn owner(tx: &mut db::Tx<'_>, id: &NetworkId) -> Result<Option<String>, sqlx::Error> {
+    let r: Option<(String,)> = sqlx::query_as("SELECT account_id FROM networks WHERE id = $1")
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(r.map(|r| r.0))
+}
+
+/// The instances with an interface on network `id`, by ID.
+pub async fn users(tx: &mut db::Tx<'_>, id: &NetworkId) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT instance_id FROM vifs WHERE network_id = $1 ORDER BY instance_id")
+            .bind(id.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Deletes network `id`; routers' SNAT addresses on it go with it (ON DELETE CASCADE).
+pub async fn delete(tx: &mut db::Tx<'_>, id: &NetworkId) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM networks WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! `/api/v1/host_nodes` and `/api/v1/storage_nodes`.
+
+use crate::app::node as app;
+use crate::ctx::{Caller, SharedCtx};
+use crate::error::ApiResult;
+use crate::http::{path_id, ListParams};
+use axum::extract::{Path, State};
+use axum::Json;
+use vdc_schema::api::{ErrorBody, HostNode, Page, StorageNode};
+
+#[utoipa::path(get, path = "/api/v1/host_nodes", tag = "nodes", operation_id = "host_node_list",
+    summary = "List host nodes (admin)",
+    params(
+        vdc_schema::api::ListQuery,
+        ("state" = Option<vdc_schema::NodeState>, Query, description = "Only hosts in this state")),
+    responses(
+        (status = 200, description = "One page of host nodes", body = Page<HostNode>),
+        (status = 403, description = "`forbidden`: only an admin sees nodes", body = ErrorBody)))]
+pub async fn list_hosts(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<HostNode>>> {
+    Ok(Json(app::list_hosts(&ctx, &caller, &q).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/host_nodes/{id}", tag = "nodes", operation_id = "host_node_show",
+    summary = "Show a host node (admin)",
+    params(
+        ("id" = vdc_schema::id::HostNodeId, Path,
+            description = "A host node ID (`hn-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The host node", body = HostNode),
+        (status = 403, description = "`forbidden`: only an admin sees nodes", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
+pub async fn show_host(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<HostNode>> {
+    Ok(Json(app::fetch_host(&ctx, &caller, path_id("host node", &id)).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/storage_nodes", tag = "nodes", operation_id = "storage_node_list",
+    summary = "List storage nodes (admin)",
+    params(vdc_schema::api::ListQuery),
+    responses(
+        (status = 200, description = "One page of storage nodes", body = Page<StorageNode>),
+        (status = 403, description = "`forbidden`: only an admin sees nodes", body = ErrorBody)))]
+pub async fn list_storage(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<StorageNode>>> {
+    Ok(Json(app::list_storage(&ctx, &caller, &q).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/storage_nodes/{id}", tag = "nodes", operation_id = "storage_node_show",
+    summary = "Show a storage node (admin)",
+    params(
+        ("id" = vdc_schema::id::StorageNodeId, Path,
+            description = "A storage node ID (`sn-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 200, description = "The storage node", body = StorageNode),
+        (status = 403, description = "`forbidden`: only an admin sees nodes", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
+pub async fn show_storage(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StorageNode>> {
+    Ok(Json(app::fetch_storage(&ctx, &caller, path_id("storage node", &id)).await?))
+}
