@@ -1,7 +1,6 @@
 //! The error of a request's decision: a stable code and a message for the client (the
 //! status it maps to is decided in one place, [`crate::http::error`]).
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -66,4 +65,3 @@ impl From<sqlx::Error> for ApiError {
         }
     }
 }
-

@@ -23,7 +23,6 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
-
 }
 
 impl IntoResponse for ApiError {
