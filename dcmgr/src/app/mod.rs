@@ -3,5 +3,6 @@
 //! transaction. Nothing here knows HTTP; SQL lives in [`crate::datastore`].
 
 pub mod keypair;
+pub mod secgroup;
 
 pub use crate::resources::{name_some, page, paging, state_filter, validate_name};

@@ -3,6 +3,7 @@
 //! both drivers accept, and only TEXT and BIGINT columns.
 
 pub mod keypair;
+pub mod secgroup;
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};

@@ -4,10 +4,11 @@
 
 pub mod error;
 pub mod keypairs;
+pub mod security_groups;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{account, floating_ip, image, instance, job, network, node, secgroup, snapshot, volume};
+use crate::resources::{account, floating_ip, image, instance, job, network, node, snapshot, volume};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -92,10 +93,10 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/images/{id}", get(image::show).delete(image::delete))
         .route("/networks", post(network::create).get(network::list))
         .route("/networks/{id}", get(network::show).delete(network::delete))
-        .route("/security_groups", post(secgroup::create).get(secgroup::list))
-        .route("/security_groups/{id}", get(secgroup::show).delete(secgroup::delete))
-        .route("/security_groups/{id}/rules", post(secgroup::add_rule))
-        .route("/security_groups/{id}/rules/{rule_id}", delete(secgroup::delete_rule))
+        .route("/security_groups", post(security_groups::create).get(security_groups::list))
+        .route("/security_groups/{id}", get(security_groups::show).delete(security_groups::delete))
+        .route("/security_groups/{id}/rules", post(security_groups::add_rule))
+        .route("/security_groups/{id}/rules/{rule_id}", delete(security_groups::delete_rule))
         .route("/instances", post(instance::create).get(instance::list))
         .route("/instances/{id}", get(instance::show).delete(instance::delete))
         .route("/instances/{id}/start", post(instance::start))
@@ -155,7 +156,8 @@ impl utoipa::Modify for BearerAuth {
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         image::create, image::list, image::show, image::delete,
         network::create, network::list, network::show, network::delete,
-        secgroup::create, secgroup::list, secgroup::show, secgroup::delete, secgroup::add_rule, secgroup::delete_rule,
+        security_groups::create, security_groups::list, security_groups::show, security_groups::delete,
+        security_groups::add_rule, security_groups::delete_rule,
         instance::create, instance::list, instance::show, instance::delete, instance::start, instance::stop,
         instance::halt, instance::poweron, instance::reboot, instance::terminate, instance::console,
         volume::create, volume::list, volume::show, volume::delete, volume::attach, volume::detach, volume::extend,

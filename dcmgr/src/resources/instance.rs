@@ -6,13 +6,14 @@
 //! (except reading the console, which is a read of the agent's own data).
 
 use crate::api::{Body, ListParams};
+use crate::app::keypair;
+use crate::app::secgroup;
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use crate::resources::interface::{self, Planned};
 use crate::resources::lifecycle::{self, Decision};
-use crate::app::keypair;
-use crate::resources::{image, job, network, page, paging, path_id, secgroup, state_filter, validate_name};
+use crate::resources::{image, job, network, page, paging, path_id, state_filter, validate_name};
 use crate::scheduler::{self, Demand};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

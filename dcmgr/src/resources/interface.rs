@@ -169,13 +169,7 @@ pub async fn for_instances(
 
 /// The rules of a group, with group references resolved to member addresses.
 async fn resolved_group(db: &db::Pool, group: &str) -> ApiResult<SecurityGroupSpec> {
-    let rules: Vec<crate::resources::secgroup::RuleRow> = sqlx::query_as(&format!(
-        "SELECT {} FROM security_group_rules WHERE group_id = $1 ORDER BY id",
-        crate::resources::secgroup::RULE_COLS
-    ))
-    .bind(group)
-    .fetch_all(db)
-    .await?;
+    let rules = crate::datastore::secgroup::rules(db, group).await?;
     let mut out = Vec::with_capacity(rules.len());
     for r in rules {
         let cidrs = match (&r.cidr, &r.remote_group_id) {

@@ -10,7 +10,6 @@ pub mod job;
 pub mod lifecycle;
 pub mod network;
 pub mod node;
-pub mod secgroup;
 pub mod snapshot;
 pub mod volume;
 
