@@ -2,6 +2,7 @@
 //! decision (already done, apply, refuse) made on the state read inside the request's
 //! transaction. Nothing here knows HTTP; SQL lives in [`crate::datastore`].
 
+pub mod floating_ip;
 pub mod keypair;
 pub mod secgroup;
 

@@ -2,6 +2,8 @@
 //! of SQL and one set of migrations serve both. Queries use `$N` placeholders, which
 //! both drivers accept, and only TEXT and BIGINT columns.
 
+pub mod floating_ip;
+pub mod interface;
 pub mod keypair;
 pub mod secgroup;
 

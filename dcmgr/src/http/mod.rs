@@ -3,12 +3,13 @@
 //! handler annotations, and (in [`error`]) the one mapping of errors to HTTP.
 
 pub mod error;
+pub mod floating_ips;
 pub mod keypairs;
 pub mod security_groups;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{account, floating_ip, image, instance, job, network, node, snapshot, volume};
+use crate::resources::{account, image, instance, job, network, node, snapshot, volume};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -111,10 +112,10 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/volumes/{id}/attach", post(volume::attach))
         .route("/volumes/{id}/detach", post(volume::detach))
         .route("/volumes/{id}/extend", post(volume::extend))
-        .route("/floating-ips", post(floating_ip::create).get(floating_ip::list))
-        .route("/floating-ips/{id}", get(floating_ip::show).delete(floating_ip::delete))
-        .route("/floating-ips/{id}/associate", post(floating_ip::associate))
-        .route("/floating-ips/{id}/disassociate", post(floating_ip::disassociate))
+        .route("/floating-ips", post(floating_ips::create).get(floating_ips::list))
+        .route("/floating-ips/{id}", get(floating_ips::show).delete(floating_ips::delete))
+        .route("/floating-ips/{id}/associate", post(floating_ips::associate))
+        .route("/floating-ips/{id}/disassociate", post(floating_ips::disassociate))
         .route("/snapshots", post(snapshot::create).get(snapshot::list))
         .route("/snapshots/{id}", get(snapshot::show).delete(snapshot::delete))
         .route("/host_nodes", get(node::list_hosts))
@@ -162,8 +163,8 @@ impl utoipa::Modify for BearerAuth {
         instance::halt, instance::poweron, instance::reboot, instance::terminate, instance::console,
         volume::create, volume::list, volume::show, volume::delete, volume::attach, volume::detach, volume::extend,
         snapshot::create, snapshot::list, snapshot::show, snapshot::delete,
-        floating_ip::create, floating_ip::list, floating_ip::show, floating_ip::delete, floating_ip::associate,
-        floating_ip::disassociate,
+        floating_ips::create, floating_ips::list, floating_ips::show, floating_ips::delete, floating_ips::associate,
+        floating_ips::disassociate,
         node::list_hosts, node::show_host, node::list_storage, node::show_storage,
         job::list, job::show,
     )

@@ -2,10 +2,10 @@
 //! Addresses are allocated inside the instance's create transaction; a unique
 //! (network, ip) key is the last guard against two creates taking the same address.
 
+use crate::app::floating_ip;
 use crate::ctx::{SharedCtx, Work};
 use crate::db;
 use crate::error::{ApiError, ApiResult};
-use crate::resources::floating_ip;
 use crate::resources::network;
 use ipnet::Ipv4Net;
 use rand::Rng;
@@ -312,7 +312,7 @@ pub async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String
         ip,
         security_groups,
         metadata: Some(metadata),
-        floating_ip: crate::resources::floating_ip::of_interface(&ctx.db, id).await?,
+        floating_ip: crate::datastore::floating_ip::of_interface(&ctx.db, id).await?,
     };
     let client = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(ApiError::internal)? };
     client

@@ -2,7 +2,6 @@
 //! [`crate::datastore`], [`crate::controller`]): handlers, queries and rules together.
 
 pub mod account;
-pub mod floating_ip;
 pub mod image;
 pub mod instance;
 pub mod interface;
