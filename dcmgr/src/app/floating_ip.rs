@@ -10,7 +10,7 @@
 
 use crate::app::{page, paging};
 use crate::ctx::{Caller, SharedCtx, Work};
-use crate::datastore::{self as db, floating_ip as store};
+use crate::datastore::{self as db, floating_ip as store, interface as ifstore};
 use crate::error::{ApiError, ApiResult};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -145,7 +145,7 @@ pub async fn associate(
         if inst.state == vdc_schema::InstanceState::Terminated.as_str() {
             return Err(ApiError::conflict("invalid_state", format!("instance {} is terminated", inst.id)));
         }
-        let vifs = crate::datastore::interface::ids_of_instance(&mut tx, inst.id.as_str()).await?;
+        let vifs = ifstore::ids_of_instance(&mut tx, inst.id.as_str()).await?;
         let vif = choose_interface(&inst.id, &vifs, req.interface_id.as_ref())?;
         if row.vif_id.as_deref() == Some(vif.as_str()) {
             return Ok(None);
@@ -161,7 +161,7 @@ pub async fn associate(
             return Err(ApiError::conflict("interface_has_floating_ip", format!("interface {vif} already has {ip}")));
         }
         store::associate(&mut tx, id, inst.id.as_str(), &vif).await?;
-        crate::resources::interface::bump(&mut tx, &vif).await?;
+        ifstore::bump(&mut tx, &vif).await?;
         tx.commit().await?;
         Ok(Some(vif))
     })
@@ -188,7 +188,7 @@ pub async fn disassociate(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -
         let row = lock_own(&mut tx, caller, id).await?;
         let Some(vif) = row.vif_id else { return Ok(None) };
         store::disassociate(&mut tx, id).await?;
-        crate::resources::interface::bump(&mut tx, &vif).await?;
+        ifstore::bump(&mut tx, &vif).await?;
         tx.commit().await?;
         Ok(Some(vif))
     })

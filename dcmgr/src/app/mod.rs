@@ -3,6 +3,7 @@
 //! transaction. Nothing here knows HTTP; SQL lives in [`crate::datastore`].
 
 pub mod floating_ip;
+pub mod interface;
 pub mod keypair;
 pub mod secgroup;
 

@@ -4,9 +4,8 @@
 
 use crate::app::{name_some, page, paging, validate_name};
 use crate::ctx::{Caller, SharedCtx, Work};
-use crate::datastore::{self as db, secgroup as store};
+use crate::datastore::{self as db, interface as ifstore, secgroup as store};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::interface as ifstore;
 use std::collections::HashMap;
 use vdc_schema::api::{CreateSecurityGroup, ListQuery, Page, RuleSpec, SecurityGroup, SecurityGroupRule};
 use vdc_schema::id::{RuleId, SecurityGroupId};

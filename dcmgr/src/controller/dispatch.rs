@@ -2,9 +2,11 @@
 //! each object's spec from the database and publish it. Concurrent sends for one object
 //! are harmless: every spec carries its `spec_gen` and agents ignore older ones.
 
+use crate::controller::interface;
 use crate::ctx::{SharedCtx, Work};
+use crate::datastore::interface as ifstore;
 use crate::error::ApiError;
-use crate::resources::{instance, interface, snapshot, volume};
+use crate::resources::{instance, snapshot, volume};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -68,7 +70,7 @@ async fn handle(ctx: &SharedCtx, w: &Work) -> Result<(), ApiError> {
         Work::Volume(id) => volume::dispatch(ctx, id.as_str()).await,
         Work::Snapshot(id) => snapshot::dispatch(ctx, id.as_str()).await,
         Work::SecurityGroup(g) => {
-            for vif in interface::affected_by_group(&ctx.db, g.as_str()).await? {
+            for vif in ifstore::affected_by_group(&ctx.db, g.as_str()).await? {
                 interface::dispatch_one(ctx, &vif).await?;
             }
             Ok(())

@@ -6,6 +6,7 @@
 //! object; durability comes from the database and reconciliation, not the broker.
 
 pub mod dispatch;
+pub mod interface;
 pub mod membership;
 pub mod reconciler;
 pub mod reports;

@@ -1,8 +1,9 @@
 //! Applies agents' state reports and acks them. A report whose apply failed (e.g. the
 //! database is down) is not acked, so the agent keeps it in its journal and resends it.
 
+use crate::controller::interface;
 use crate::ctx::SharedCtx;
-use crate::resources::{instance, interface, snapshot, volume};
+use crate::resources::{instance, snapshot, volume};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use vdc_bus::Subscription;

@@ -6,12 +6,12 @@
 //! (except reading the console, which is a read of the agent's own data).
 
 use crate::api::{Body, ListParams};
+use crate::app::interface::{self, Planned};
 use crate::app::keypair;
 use crate::app::secgroup;
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::db;
 use crate::error::{ApiError, ApiResult};
-use crate::resources::interface::{self, Planned};
 use crate::resources::lifecycle::{self, Decision};
 use crate::resources::{image, job, network, page, paging, path_id, state_filter, validate_name};
 use crate::scheduler::{self, Demand};

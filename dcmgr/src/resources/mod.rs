@@ -4,7 +4,6 @@
 pub mod account;
 pub mod image;
 pub mod instance;
-pub mod interface;
 pub mod job;
 pub mod lifecycle;
 pub mod network;
