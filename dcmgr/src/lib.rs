@@ -14,7 +14,6 @@
 //!   model, state reports folded in (each in one transaction), the reconciler.
 //!
 //! [`server`] wires it all up; [`server::Dcmgr::start`] is what `dcmgr` and `vdc up` run.
-//! `resources/` holds the resources not yet split into these layers.
 
 pub mod app;
 pub mod config;
@@ -23,13 +22,10 @@ pub mod ctx;
 pub mod datastore;
 pub mod error;
 pub mod http;
-pub mod resources;
 pub mod server;
 
 /// The datastore under its short name, as most code calls it.
 pub use datastore as db;
-/// The Web API (the old name of [`http`]).
-pub use http as api;
 
 pub use config::Config;
 pub use server::Dcmgr;

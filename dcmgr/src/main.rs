@@ -36,7 +36,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Openapi) = cli.command {
-        println!("{}", serde_json::to_string_pretty(&vdc_dcmgr::api::openapi())?);
+        println!("{}", serde_json::to_string_pretty(&vdc_dcmgr::http::openapi())?);
         return Ok(());
     }
     tracing_subscriber::fmt()

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::ctx::{Ctx, EnsureObserver, SharedCtx};
-use crate::{api, controller, db};
+use crate::{controller, db, http};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,7 +70,7 @@ impl Dcmgr {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let app = api::router(ctx.clone());
+        let app = http::router(ctx.clone());
         let stop = cancel.clone();
         tasks.push(tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });

@@ -12,7 +12,7 @@ fn repo() -> PathBuf {
 #[test]
 fn openapi_document_is_up_to_date() {
     let path = repo().join("dcmgr/openapi.json");
-    let generated = serde_json::to_string_pretty(&vdc_dcmgr::api::openapi()).unwrap() + "\n";
+    let generated = serde_json::to_string_pretty(&vdc_dcmgr::http::openapi()).unwrap() + "\n";
     if std::env::var_os("VDC_UPDATE_OPENAPI").is_some() {
         std::fs::write(&path, &generated).unwrap();
     }
@@ -66,7 +66,7 @@ fn openapi_document_is_valid_openapi() {
 #[test]
 fn openapi_document_follows_the_api_conventions() {
     use serde_json::Value;
-    let doc = serde_json::to_value(vdc_dcmgr::api::openapi()).unwrap();
+    let doc = serde_json::to_value(vdc_dcmgr::http::openapi()).unwrap();
     let components = &doc["components"];
     // A `$ref` inside this document, resolved.
     let resolve = |v: &Value| -> Value {

@@ -3,29 +3,22 @@
 //! through the dispatcher ([`crate::controller::instance`]). Nothing here waits on an
 //! agent, except reading the console, which is a read of the agent's own data.
 
+use crate::app::interface::{self, Planned};
 use crate::app::keypair;
 use crate::app::lifecycle::{self, Decision};
 use crate::app::scheduler::{self, Demand};
+use crate::app::secgroup;
 use crate::app::{image, network};
-use crate::app::{page, paging, state_filter, validate_name};
+use crate::app::{page, paging, state_filter, validate_name, Outcome};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::job;
 use crate::datastore::{self as db, instance as store};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::interface::{self, Planned};
-use crate::resources::secgroup;
 use vdc_schema::agent::{AgentError, Hypervisor};
 use vdc_schema::api::{Accepted, ConsoleLog, CreateInstance, Instance, ListQuery, Page};
 use vdc_schema::bus::AgentKind;
 use vdc_schema::id::*;
 use vdc_schema::{InstanceAction, InstanceGoal, InstanceState};
-
-/// Whether a request changed something (202) or found it already done (200).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Done {
-    Accepted,
-    Already,
-}
 
 /// Rows to API objects, with their interfaces and volumes fetched in two range queries.
 async fn to_api(ctx: &SharedCtx, account: &str, rows: Vec<store::Row>) -> ApiResult<Vec<Instance>> {
@@ -244,7 +237,7 @@ pub async fn act(
     caller: &Caller,
     id: &InstanceId,
     action: InstanceAction,
-) -> ApiResult<(Done, Accepted<Instance>)> {
+) -> ApiResult<(Outcome, Accepted<Instance>)> {
     db::retry(|| act_once(ctx, caller, id, action)).await
 }
 
@@ -256,7 +249,7 @@ async fn act_once(
     caller: &Caller,
     id: &InstanceId,
     action: InstanceAction,
-) -> ApiResult<(Done, Accepted<Instance>)> {
+) -> ApiResult<(Outcome, Accepted<Instance>)> {
     let account = &caller.account_id;
     let action_name = format!("instance.{action}");
     // Placement candidates are read before the transaction (the reservation re-checks).
@@ -284,7 +277,7 @@ async fn act_once(
             let job = job::done(&mut tx, account, &action_name, id.as_str(), msg).await?;
             tx.commit().await?;
             let inst = fetch(ctx, caller, id).await?;
-            return Ok((Done::Already, Accepted { job, resource: inst }));
+            return Ok((Outcome::Already, Accepted { job, resource: inst }));
         }
         Decision::Apply(p) => p,
     };
@@ -340,7 +333,7 @@ async fn act_once(
         }
     }
     let inst = fetch(ctx, caller, id).await?;
-    Ok((Done::Accepted, Accepted { job, resource: inst }))
+    Ok((Outcome::Applied, Accepted { job, resource: inst }))
 }
 
 /// What an instance's end released, for the dispatcher to tell the agents.

@@ -3,18 +3,22 @@
 //! transaction. Nothing here knows HTTP; SQL lives in [`crate::datastore`].
 
 pub mod account;
+pub mod floating_ip;
 pub mod image;
 pub mod instance;
+pub mod interface;
 pub mod job;
 pub mod keypair;
 pub mod lifecycle;
 pub mod network;
 pub mod node;
 pub mod scheduler;
+pub mod secgroup;
 pub mod snapshot;
 pub mod volume;
 
-pub use crate::resources::{name_some, page, paging, state_filter, validate_name};
+use crate::error::{ApiError, ApiResult};
+use vdc_schema::api::{ListQuery, Page};
 
 /// What a state-changing request did, for the handler to answer: `Applied` (202, the job
 /// follows the change) or `Already` (200, nothing to change, the job already finished).
@@ -22,4 +26,66 @@ pub use crate::resources::{name_some, page, paging, state_filter, validate_name}
 pub enum Outcome {
     Already,
     Applied,
+}
+
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+
+/// Validated paging: (limit, cursor). The cursor is the last ID of the previous page.
+pub fn paging(q: &ListQuery) -> ApiResult<(i64, String)> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad("invalid_limit", format!("limit must be between 1 and {MAX_LIMIT}, got {limit}")));
+    }
+    let cursor = q.cursor.clone().unwrap_or_default();
+    if cursor.len() > 64 || !cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(ApiError::bad("invalid_cursor", "cursor must be the next_cursor of a previous page"));
+    }
+    Ok((limit as i64, cursor))
+}
+
+/// Builds a page: `rows` were fetched with `LIMIT limit`, so a full page may have more.
+pub fn page<T>(items: Vec<T>, limit: i64, id_of: impl Fn(&T) -> String) -> Page<T> {
+    let next_cursor = if items.len() as i64 == limit { items.last().map(&id_of) } else { None };
+    Page { items, next_cursor }
+}
+
+/// Names: 1–64 printable characters, no leading or trailing space.
+pub fn validate_name(kind: &str, name: &str) -> ApiResult<()> {
+    let ok =
+        !name.is_empty() && name.chars().count() <= 64 && name.trim() == name && !name.chars().any(|c| c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "invalid_name",
+            format!(
+                "{kind} name {name:?} is invalid: use 1 to 64 printable characters without leading or trailing spaces"
+            ),
+        ))
+    }
+}
+
+/// Optional state filter, checked against the resource's state names.
+pub fn state_filter<S: std::str::FromStr<Err = vdc_schema::ParseEnumError>>(q: &ListQuery) -> ApiResult<String> {
+    match &q.state {
+        None => Ok(String::new()),
+        Some(s) => {
+            s.parse::<S>().map_err(|e| ApiError::bad("invalid_state_filter", e.to_string()))?;
+            Ok(s.clone())
+        }
+    }
+}
+
+/// "instances i-1, i-2 and 3 more": names what uses a resource in a 409's message.
+pub fn name_some<'a>(kind: &str, ids: impl Iterator<Item = &'a str>) -> String {
+    let ids: Vec<&str> = ids.collect();
+    let plural = if ids.len() == 1 { "" } else { "s" };
+    let shown: Vec<&str> = ids.iter().take(5).copied().collect();
+    let more = ids.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{kind}{plural} {} and {more} more", shown.join(", "))
+    } else {
+        format!("{kind}{plural} {}", shown.join(", "))
+    }
 }

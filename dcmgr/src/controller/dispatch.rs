@@ -2,11 +2,10 @@
 //! each object's spec from the database and publish it. Concurrent sends for one object
 //! are harmless: every spec carries its `spec_gen` and agents ignore older ones.
 
-use crate::controller::{instance, snapshot, volume};
+use crate::controller::{instance, interface, snapshot, volume};
 use crate::controller::{Error, Result};
 use crate::ctx::{SharedCtx, Work};
-use crate::datastore::{snapshot as snapshots, volume as volumes};
-use crate::resources::interface;
+use crate::datastore::{interface as ifstore, snapshot as snapshots, volume as volumes};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -53,12 +52,7 @@ async fn traced(ctx: &SharedCtx, w: &Work) -> Result<()> {
         Work::SecurityGroup(id) => id.to_string(),
         Work::NodeSync(_, node) => node.clone(),
     };
-    let job: Option<(String,)> =
-        sqlx::query_as("SELECT id FROM jobs WHERE resource_id = $1 AND state = 'running' ORDER BY id DESC LIMIT 1")
-            .bind(&resource)
-            .fetch_optional(&ctx.db)
-            .await?;
-    let job = job.map(|j| j.0);
+    let job = crate::datastore::job::running_of(&ctx.db, &resource).await?;
     let span = tracing::info_span!("dispatch", resource = %resource, job = job.as_deref().unwrap_or(""));
     let trace = vdc_schema::bus::Trace { resource, job };
     tracing::Instrument::instrument(vdc_bus::with_trace(trace, handle(ctx, w)), span).await
@@ -71,7 +65,7 @@ async fn handle(ctx: &SharedCtx, w: &Work) -> Result<()> {
         Work::Volume(id) => Ok(volume::dispatch(ctx, id.as_str()).await?),
         Work::Snapshot(id) => Ok(snapshot::dispatch(ctx, id.as_str()).await?),
         Work::SecurityGroup(g) => {
-            for vif in interface::affected_by_group(&ctx.db, g.as_str()).await? {
+            for vif in ifstore::affected_by_group(&ctx.db, g.as_str()).await? {
                 interface::dispatch_one(ctx, &vif).await?;
             }
             Ok(())
@@ -88,18 +82,8 @@ async fn handle(ctx: &SharedCtx, w: &Work) -> Result<()> {
 /// Sends every ensure an agent that just (re)registered should hold.
 async fn node_sync(ctx: &SharedCtx, kind: AgentKind, node: &str) -> Result<()> {
     let ids: Vec<(String,)> = match kind {
-        AgentKind::Hva => {
-            sqlx::query_as("SELECT id FROM instances WHERE host_node_id = $1 AND state <> 'terminated'")
-                .bind(node)
-                .fetch_all(&ctx.db)
-                .await?
-        }
-        AgentKind::Nwagent => {
-            sqlx::query_as("SELECT v.id FROM vifs v JOIN instances i ON i.id = v.instance_id WHERE i.host_node_id = $1")
-                .bind(node)
-                .fetch_all(&ctx.db)
-                .await?
-        }
+        AgentKind::Hva => crate::datastore::instance::on_host(&ctx.db, node).await?.into_iter().map(|i| (i,)).collect(),
+        AgentKind::Nwagent => ifstore::on_host(&ctx.db, node).await?.into_iter().map(|i| (i,)).collect(),
         AgentKind::Sta => {
             let mut v = volumes::on_node(&ctx.db, node).await?;
             v.extend(snapshots::pending_on_node(&ctx.db, node).await?);

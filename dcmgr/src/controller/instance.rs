@@ -3,13 +3,13 @@
 //! transaction with everything it implies.
 
 use crate::app::instance;
+use crate::app::interface;
 use crate::app::lifecycle;
 use crate::controller::image;
 use crate::controller::{Error, Result};
 use crate::ctx::{SharedCtx, Work};
 use crate::datastore::job;
 use crate::datastore::{self as db, instance as store};
-use crate::resources::interface;
 
 use vdc_schema::agent::Hypervisor;
 use vdc_schema::bus::{InstanceReport, InstanceSpec, NicSpec, VolumeAttachment};

@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod error;
 pub mod image;
 pub mod instance;
+pub mod interface;
 pub mod membership;
 pub mod reconciler;
 pub mod reports;

@@ -25,14 +25,7 @@ pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
 pub async fn pass(ctx: &SharedCtx) -> Result<usize, sqlx::Error> {
     let before = db::now_ms() - ctx.config.resend_after_ms as i64;
     let mut queued = 0;
-    let instances: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT id, host_node_id FROM instances
-         WHERE state IN ('pending', 'starting', 'stopping', 'halting', 'shuttingdown') AND ensure_sent_at < $1
-         ORDER BY ensure_sent_at LIMIT 1000",
-    )
-    .bind(before)
-    .fetch_all(&ctx.db)
-    .await?;
+    let instances = crate::datastore::instance::unconverged(&ctx.db, before).await?;
     for (id, host) in instances {
         if host.is_some_and(|h| ctx.agent_online(AgentKind::Hva, &h)) {
             if let Ok(id) = id.parse() {
@@ -41,13 +34,7 @@ pub async fn pass(ctx: &SharedCtx) -> Result<usize, sqlx::Error> {
             }
         }
     }
-    let reboots: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT i.id, i.host_node_id FROM instances i JOIN jobs j ON j.resource_id = i.id
-         WHERE j.state = 'running' AND j.target LIKE 'reboot:%' AND i.ensure_sent_at < $1 LIMIT 1000",
-    )
-    .bind(before)
-    .fetch_all(&ctx.db)
-    .await?;
+    let reboots = crate::datastore::instance::rebooting(&ctx.db, before).await?;
     for (id, host) in reboots {
         if host.is_some_and(|h| ctx.agent_online(AgentKind::Hva, &h)) {
             if let Ok(id) = id.parse() {
@@ -78,14 +65,7 @@ pub async fn pass(ctx: &SharedCtx) -> Result<usize, sqlx::Error> {
     }
     // Interfaces whose host has not reported the current generation: new ones, and those
     // whose groups, members, floating IP or peers changed.
-    let vifs: Vec<(String, Option<String>)> = sqlx::query_as(
-        "SELECT v.id, i.host_node_id FROM vifs v JOIN instances i ON i.id = v.instance_id
-         WHERE v.applied_gen < v.spec_gen AND v.ensure_sent_at < $1 AND i.host_node_id IS NOT NULL
-         ORDER BY v.ensure_sent_at LIMIT 1000",
-    )
-    .bind(before)
-    .fetch_all(&ctx.db)
-    .await?;
+    let vifs = crate::datastore::interface::unconverged(&ctx.db, before).await?;
     for (id, host) in vifs {
         if host.is_some_and(|h| ctx.agent_online(AgentKind::Nwagent, &h)) {
             if let Ok(v) = id.parse() {

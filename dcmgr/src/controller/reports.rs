@@ -1,9 +1,8 @@
 //! Applies agents' state reports and acks them. A report whose apply failed (e.g. the
 //! database is down) is not acked, so the agent keeps it in its journal and resends it.
 
-use crate::controller::{instance, snapshot, volume};
+use crate::controller::{instance, interface, snapshot, volume};
 use crate::ctx::SharedCtx;
-use crate::resources::interface;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use vdc_bus::Subscription;

@@ -272,3 +272,37 @@ pub async fn volume_targets(pool: &db::Pool, id: &str) -> Result<Vec<(String, Op
     .fetch_all(pool)
     .await
 }
+
+/// Instances on their way to a state, whose ensure was last sent before `before` (ms):
+/// (id, host).
+pub async fn unconverged(pool: &db::Pool, before: i64) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, host_node_id FROM instances
+         WHERE state IN ('pending', 'starting', 'stopping', 'halting', 'shuttingdown') AND ensure_sent_at < $1
+         ORDER BY ensure_sent_at LIMIT 1000",
+    )
+    .bind(before)
+    .fetch_all(pool)
+    .await
+}
+
+/// Instances with a reboot job still running, last sent before `before`: (id, host).
+pub async fn rebooting(pool: &db::Pool, before: i64) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT i.id, i.host_node_id FROM instances i JOIN jobs j ON j.resource_id = i.id
+         WHERE j.state = 'running' AND j.target LIKE 'reboot:%' AND i.ensure_sent_at < $1 LIMIT 1000",
+    )
+    .bind(before)
+    .fetch_all(pool)
+    .await
+}
+
+/// The instances a host holds (for an agent that just registered).
+pub async fn on_host(pool: &db::Pool, host: &str) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM instances WHERE host_node_id = $1 AND state <> 'terminated' ORDER BY id")
+            .bind(host)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}

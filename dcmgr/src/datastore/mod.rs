@@ -3,12 +3,15 @@
 //! both drivers accept, and only TEXT and BIGINT columns.
 
 pub mod account;
+pub mod floating_ip;
 pub mod host;
 pub mod image;
 pub mod instance;
+pub mod interface;
 pub mod job;
 pub mod keypair;
 pub mod network;
+pub mod secgroup;
 pub mod snapshot;
 pub mod volume;
 

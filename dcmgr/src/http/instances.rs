@@ -1,6 +1,7 @@
 //! `/api/v1/instances`: create, list, show, the lifecycle actions, the console.
 
-use crate::app::instance::{self as app, Done};
+use crate::app::instance as app;
+use crate::app::Outcome;
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::ApiResult;
 use crate::http::{path_id, Body, ListParams};
@@ -67,7 +68,7 @@ async fn action_handler(
     action: InstanceAction,
 ) -> ApiResult<(StatusCode, Json<Accepted<Instance>>)> {
     let (done, body) = app::act(&ctx, &caller, &path_id("instance", &id)?, action).await?;
-    let status = if done == Done::Accepted { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let status = if done == Outcome::Applied { StatusCode::ACCEPTED } else { StatusCode::OK };
     Ok((status, Json(body)))
 }
 

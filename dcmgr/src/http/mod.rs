@@ -4,18 +4,19 @@
 
 pub mod accounts;
 pub mod error;
+pub mod floating_ips;
 pub mod images;
 pub mod instances;
 pub mod jobs;
 pub mod keypairs;
 pub mod networks;
 pub mod nodes;
+pub mod security_groups;
 pub mod snapshots;
 pub mod volumes;
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
-use crate::resources::{floating_ip, secgroup};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -106,10 +107,10 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/images/{id}", get(images::show).delete(images::delete))
         .route("/networks", post(networks::create).get(networks::list))
         .route("/networks/{id}", get(networks::show).delete(networks::delete))
-        .route("/security_groups", post(secgroup::create).get(secgroup::list))
-        .route("/security_groups/{id}", get(secgroup::show).delete(secgroup::delete))
-        .route("/security_groups/{id}/rules", post(secgroup::add_rule))
-        .route("/security_groups/{id}/rules/{rule_id}", delete(secgroup::delete_rule))
+        .route("/security_groups", post(security_groups::create).get(security_groups::list))
+        .route("/security_groups/{id}", get(security_groups::show).delete(security_groups::delete))
+        .route("/security_groups/{id}/rules", post(security_groups::add_rule))
+        .route("/security_groups/{id}/rules/{rule_id}", delete(security_groups::delete_rule))
         .route("/instances", post(instances::create).get(instances::list))
         .route("/instances/{id}", get(instances::show).delete(instances::delete))
         .route("/instances/{id}/start", post(instances::start))
@@ -124,10 +125,10 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/volumes/{id}/attach", post(volumes::attach))
         .route("/volumes/{id}/detach", post(volumes::detach))
         .route("/volumes/{id}/extend", post(volumes::extend))
-        .route("/floating-ips", post(floating_ip::create).get(floating_ip::list))
-        .route("/floating-ips/{id}", get(floating_ip::show).delete(floating_ip::delete))
-        .route("/floating-ips/{id}/associate", post(floating_ip::associate))
-        .route("/floating-ips/{id}/disassociate", post(floating_ip::disassociate))
+        .route("/floating-ips", post(floating_ips::create).get(floating_ips::list))
+        .route("/floating-ips/{id}", get(floating_ips::show).delete(floating_ips::delete))
+        .route("/floating-ips/{id}/associate", post(floating_ips::associate))
+        .route("/floating-ips/{id}/disassociate", post(floating_ips::disassociate))
         .route("/snapshots", post(snapshots::create).get(snapshots::list))
         .route("/snapshots/{id}", get(snapshots::show).delete(snapshots::delete))
         .route("/host_nodes", get(nodes::list_hosts))
@@ -254,13 +255,13 @@ impl utoipa::Modify for CommonErrors {
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         images::create, images::list, images::show, images::delete,
         networks::create, networks::list, networks::show, networks::delete,
-        secgroup::create, secgroup::list, secgroup::show, secgroup::delete, secgroup::add_rule, secgroup::delete_rule,
+        security_groups::create, security_groups::list, security_groups::show, security_groups::delete, security_groups::add_rule, security_groups::delete_rule,
         instances::create, instances::list, instances::show, instances::delete, instances::start, instances::stop,
         instances::halt, instances::poweron, instances::reboot, instances::terminate, instances::console,
         volumes::create, volumes::list, volumes::show, volumes::delete, volumes::attach, volumes::detach, volumes::extend,
         snapshots::create, snapshots::list, snapshots::show, snapshots::delete,
-        floating_ip::create, floating_ip::list, floating_ip::show, floating_ip::delete, floating_ip::associate,
-        floating_ip::disassociate,
+        floating_ips::create, floating_ips::list, floating_ips::show, floating_ips::delete, floating_ips::associate,
+        floating_ips::disassociate,
         nodes::list_hosts, nodes::show_host, nodes::list_storage, nodes::show_storage,
         jobs::list, jobs::show,
     )

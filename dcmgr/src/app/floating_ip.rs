@@ -1,0 +1,260 @@
+//! Floating IPs: addresses of the site's external network that an account holds and maps
+//! 1:1 onto one interface of an instance. The same pool gives each host's router for a
+//! network its outbound SNAT address ([`router_snat_ip`]).
+//!
+//! ```text
+//!  allocated ─associate─► associated ─disassociate─► allocated ─delete─► (gone)
+//! ```
+//! An association takes effect when nwagent re-programmes the interface; terminating the
+//! instance disassociates.
+
+use crate::app::{page, paging};
+use crate::ctx::{Caller, SharedCtx, Work};
+use crate::datastore::{self as db, floating_ip as store, interface as ifstore};
+use crate::error::{ApiError, ApiResult};
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use vdc_schema::api::{AssociateFloatingIp, CreateFloatingIp, FloatingIp, ListQuery, Page};
+use vdc_schema::id::{FloatingIpId, VifId};
+
+fn no_external() -> ApiError {
+    ApiError::Unprocessable {
+        code: "no_external_network",
+        message: "this site has no external network: set [external] in dcmgr's configuration".into(),
+    }
+}
+
+/// A requested address: an IPv4 address of the pool `start..=end`.
+pub fn check_ip(s: &str, start: Ipv4Addr, end: Ipv4Addr) -> ApiResult<Ipv4Addr> {
+    let a: Ipv4Addr = s.parse().map_err(|_| ApiError::bad("invalid_ip", format!("ip {s:?} is not an IPv4 address")))?;
+    if a < start || a > end {
+        return Err(ApiError::bad("invalid_ip", format!("ip {a} is outside the external pool {start}–{end}")));
+    }
+    Ok(a)
+}
+
+/// The address a new row takes: `want` unless it is used, else the first free one of the
+/// pool `start..=end`.
+pub fn pick(start: Ipv4Addr, end: Ipv4Addr, used: &HashSet<String>, want: Option<Ipv4Addr>) -> ApiResult<Ipv4Addr> {
+    match want {
+        Some(w) if used.contains(&w.to_string()) => {
+            Err(ApiError::conflict("ip_in_use", format!("{w} is already allocated")))
+        }
+        Some(w) => Ok(w),
+        None => (u32::from(start)..=u32::from(end))
+            .map(Ipv4Addr::from)
+            .find(|a| !used.contains(&a.to_string()))
+            .ok_or_else(|| ApiError::Unprocessable {
+                code: "no_capacity",
+                message: format!("the external pool {start}–{end} is exhausted"),
+            }),
+    }
+}
+
+/// The interface of `instance` an address maps to: the one asked for among `vifs` (the
+/// instance's, in position order), or its first.
+pub fn choose_interface(instance: &str, vifs: &[String], wanted: Option<&VifId>) -> ApiResult<String> {
+    match wanted {
+        Some(v) => vifs.iter().find(|i| *i == v.as_str()).cloned().ok_or_else(|| ApiError::not_found("interface", v)),
+        None => vifs.first().cloned().ok_or_else(|| {
+            ApiError::conflict("no_interface", format!("instance {instance} has no interface to map the address to"))
+        }),
+    }
+}
+
+/// Inserts a new external address row: `want`, or the first free one of the pool.
+async fn allocate(
+    ctx: &SharedCtx,
+    want: Option<Ipv4Addr>,
+    account: Option<&str>,
+    router: Option<(&str, &str)>,
+) -> ApiResult<(String, String)> {
+    let ext = ctx.config.external.as_ref().ok_or_else(no_external)?;
+    let (start, end, _) = ext.pool().map_err(ApiError::internal)?;
+    db::retry(|| async {
+        let used: HashSet<String> = store::used_ips(&ctx.db).await?.into_iter().collect();
+        let ip = pick(start, end, &used, want)?;
+        let id = FloatingIpId::generate().to_string();
+        store::insert(&ctx.db, &id, account, &ip.to_string(), router).await?;
+        Ok((id, ip.to_string()))
+    })
+    .await
+}
+
+/// The SNAT address of `host`'s router for `network`, allocated on first use; None
+/// without an external network.
+pub async fn router_snat_ip(ctx: &SharedCtx, network: &str, host: &str) -> ApiResult<Option<String>> {
+    if ctx.config.external.is_none() {
+        return Ok(None);
+    }
+    if let Some(ip) = store::router_ip(&ctx.db, network, host).await? {
+        return Ok(Some(ip));
+    }
+    match allocate(ctx, None, None, Some((network, host))).await {
+        Ok((_, ip)) => Ok(Some(ip)),
+        // Another dispatch allocated it meanwhile.
+        Err(_) => Ok(store::router_ip(&ctx.db, network, host).await?),
+    }
+}
+
+/// A floating IP of the caller's, or 404.
+pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -> ApiResult<FloatingIp> {
+    match store::get(&ctx.db, id).await? {
+        Some(r) if r.account_id.as_deref() == Some(caller.account_id.as_str()) => r.into_api(),
+        _ => Err(ApiError::not_found("floating IP", id)),
+    }
+}
+
+pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateFloatingIp) -> ApiResult<FloatingIp> {
+    let ext = ctx.config.external.as_ref().ok_or_else(no_external)?;
+    let want = match &req.ip {
+        Some(s) => {
+            let (start, end, _) = ext.pool().map_err(ApiError::internal)?;
+            Some(check_ip(s, start, end)?)
+        }
+        None => None,
+    };
+    let (id, _) = allocate(ctx, want, Some(caller.account_id.as_str()), None).await?;
+    fetch(ctx, caller, &id.parse().map_err(ApiError::internal)?).await
+}
+
+pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<FloatingIp>> {
+    let (limit, cursor) = paging(q)?;
+    let rows = store::list(&ctx.db, &caller.account_id, &cursor, limit).await?;
+    let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;
+    Ok(page(items, limit, |f| f.id.to_string()))
+}
+
+/// Maps the address onto an interface of the caller's instance; the interface is re-sent.
+pub async fn associate(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: &FloatingIpId,
+    req: &AssociateFloatingIp,
+) -> ApiResult<FloatingIp> {
+    let vif = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // The instance, then the address: terminate locks the instance and then frees its
+        // addresses.
+        db::lock(&mut tx, db::Lock::Instance, req.instance_id.as_str()).await?;
+        let inst = match crate::datastore::instance::get(&mut *tx, req.instance_id.as_str()).await? {
+            Some(i) if i.account_id == caller.account_id.as_str() => i,
+            _ => return Err(ApiError::not_found("instance", &req.instance_id)),
+        };
+        let row = lock_own(&mut tx, caller, id).await?;
+        if inst.state == vdc_schema::InstanceState::Terminated.as_str() {
+            return Err(ApiError::conflict("invalid_state", format!("instance {} is terminated", inst.id)));
+        }
+        let vifs = ifstore::ids_of_instance(&mut tx, inst.id.as_str()).await?;
+        let vif = choose_interface(&inst.id, &vifs, req.interface_id.as_ref())?;
+        if row.vif_id.as_deref() == Some(vif.as_str()) {
+            return Ok(None);
+        }
+        if let Some(other) = &row.instance_id {
+            return Err(ApiError::conflict(
+                "floating_ip_associated",
+                format!("{} is associated with {other}; disassociate it first", row.ip),
+            ));
+        }
+        // The unique index on vif_id is the last guard against two addresses racing for one interface.
+        if let Some(ip) = store::of_interface(&mut *tx, &vif).await? {
+            return Err(ApiError::conflict("interface_has_floating_ip", format!("interface {vif} already has {ip}")));
+        }
+        store::associate(&mut tx, id, inst.id.as_str(), &vif).await?;
+        ifstore::bump(&mut tx, &vif).await?;
+        tx.commit().await?;
+        Ok(Some(vif))
+    })
+    .await?;
+    if let Some(v) = vif.and_then(|v| v.parse().ok()) {
+        ctx.enqueue(Work::Interface(v));
+    }
+    fetch(ctx, caller, id).await
+}
+
+/// Locks the caller's floating IP in `tx` and reads it; 404 when it is not theirs.
+async fn lock_own(tx: &mut db::Tx<'_>, caller: &Caller, id: &FloatingIpId) -> ApiResult<store::Row> {
+    db::lock(tx, db::Lock::FloatingIp, id.as_str()).await?;
+    match store::get(&mut **tx, id).await? {
+        Some(r) if r.account_id.as_deref() == Some(caller.account_id.as_str()) => Ok(r),
+        _ => Err(ApiError::not_found("floating IP", id)),
+    }
+}
+
+/// Unmaps the address; the interface it was on is re-sent.
+pub async fn disassociate(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -> ApiResult<FloatingIp> {
+    let vif = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        let row = lock_own(&mut tx, caller, id).await?;
+        let Some(vif) = row.vif_id else { return Ok(None) };
+        store::disassociate(&mut tx, id).await?;
+        ifstore::bump(&mut tx, &vif).await?;
+        tx.commit().await?;
+        Ok(Some(vif))
+    })
+    .await?;
+    if let Some(v) = vif.and_then(|v| v.parse().ok()) {
+        ctx.enqueue(Work::Interface(v));
+    }
+    fetch(ctx, caller, id).await
+}
+
+/// Releases an address that is not associated.
+pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -> ApiResult<()> {
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        let row = lock_own(&mut tx, caller, id).await?;
+        if let Some(i) = &row.instance_id {
+            return Err(ApiError::conflict(
+                "floating_ip_associated",
+                format!("{} is associated with {i}; disassociate it first", row.ip),
+            ));
+        }
+        store::delete(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_are_picked_from_the_pool() {
+        let (start, end) = (a("203.0.113.10"), a("203.0.113.12"));
+        let mut used = HashSet::new();
+        assert_eq!(pick(start, end, &used, None).unwrap(), start);
+        used.insert("203.0.113.10".to_owned());
+        assert_eq!(pick(start, end, &used, None).unwrap(), a("203.0.113.11"));
+        assert_eq!(pick(start, end, &used, Some(a("203.0.113.12"))).unwrap(), a("203.0.113.12"));
+        assert_eq!(pick(start, end, &used, Some(start)).unwrap_err().code(), "ip_in_use");
+        used.insert("203.0.113.11".to_owned());
+        used.insert("203.0.113.12".to_owned());
+        assert_eq!(pick(start, end, &used, None).unwrap_err().code(), "no_capacity");
+    }
+
+    #[test]
+    fn requested_addresses_must_be_in_the_pool() {
+        let (start, end) = (a("203.0.113.10"), a("203.0.113.12"));
+        assert_eq!(check_ip("203.0.113.11", start, end).unwrap(), a("203.0.113.11"));
+        assert_eq!(check_ip("203.0.113.9", start, end).unwrap_err().code(), "invalid_ip");
+        assert_eq!(check_ip("nope", start, end).unwrap_err().code(), "invalid_ip");
+    }
+
+    #[test]
+    fn the_interface_is_the_one_asked_for_or_the_first() {
+        let vifs = vec!["vif-a".to_owned(), "vif-b".to_owned()];
+        assert_eq!(choose_interface("i-1", &vifs, None).unwrap(), "vif-a");
+        let b: VifId = "vif-b".parse().unwrap();
+        assert_eq!(choose_interface("i-1", &vifs, Some(&b)).unwrap(), "vif-b");
+        let c: VifId = "vif-c".parse().unwrap();
+        assert_eq!(choose_interface("i-1", &vifs, Some(&c)).unwrap_err().code(), "not_found");
+        assert_eq!(choose_interface("i-1", &[], None).unwrap_err().code(), "no_interface");
+    }
+}

@@ -1,0 +1,131 @@
+//! Interfaces toward nwagent: the ensure of one interface built from the model (network,
+//! peers, security groups with group references resolved to member addresses, metadata,
+//! floating and SNAT addresses), and nwagent's reports folded back in.
+
+use crate::app::{floating_ip, interface as app};
+use crate::ctx::SharedCtx;
+use crate::datastore::{self as db, floating_ip as fipstore, interface as store, keypair, secgroup};
+use crate::error::{ApiError, ApiResult};
+use vdc_schema::agent::NetworkAgent;
+use vdc_schema::bus::{InterfaceReport, InterfaceSpec, NetworkSpec, ResolvedRule, SecurityGroupSpec};
+use vdc_schema::ObservedInterface;
+
+/// The rules of a group, with group references resolved to member addresses.
+async fn resolved_group(db: &db::Pool, group: &str) -> ApiResult<SecurityGroupSpec> {
+    let rules = secgroup::rules(db, group).await?;
+    let mut out = Vec::with_capacity(rules.len());
+    for r in rules {
+        let cidrs = match (&r.cidr, &r.remote_group_id) {
+            (Some(c), _) => vec![c.clone()],
+            (None, Some(g)) => store::member_ips(db, g).await?.into_iter().map(|ip| format!("{ip}/32")).collect(),
+            (None, None) => vec![],
+        };
+        let api = r.into_api()?;
+        out.push(ResolvedRule {
+            direction: api.spec.direction,
+            protocol: api.spec.protocol,
+            port_min: api.spec.port_min,
+            port_max: api.spec.port_max,
+            cidrs,
+        });
+    }
+    Ok(SecurityGroupSpec { id: group.parse().map_err(ApiError::internal)?, rules: out })
+}
+
+/// Sends the ensure for one interface to the nwagent of its instance's host.
+pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
+    let Some((network, host)) = dispatch_one(ctx, id).await? else { return Ok(()) };
+    refresh_peers(ctx, &network, &host).await
+}
+
+/// Re-sends one interface of `network` per host other than `host`, so that hosts already
+/// on the network learn about `host`. Only a change of placement needs it; group edits and
+/// agent re-syncs change no peers and send with [`dispatch_one`].
+async fn refresh_peers(ctx: &SharedCtx, network: &str, host: &str) -> ApiResult<()> {
+    // The hosts already on this network must tunnel to this one too (when it is new to
+    // the network): re-send one interface per other host; its spec carries the peers.
+    for other in store::one_per_other_host(&ctx.db, network, host).await? {
+        // Its peers changed: a new generation, re-sent until nwagent has it.
+        store::bump(&mut *ctx.db.acquire().await?, &other).await?;
+        if let Err(e) = dispatch_one(ctx, &other).await {
+            tracing::warn!(vif = %other, "peer refresh not sent: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Sends one interface's spec to its host's nwagent; returns its network and host.
+pub async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String, String)>> {
+    let row = store::placed(&ctx.db, id).await?;
+    let Some(store::Placed { instance_id, account_id, network_id, mac, ip, spec_gen, host_node_id: Some(host) }) = row
+    else {
+        return Ok(None);
+    };
+    let Some(net) = store::network(&ctx.db, &network_id).await? else { return Ok(None) };
+    let Some(inst) = store::metadata_source(&ctx.db, &instance_id).await? else { return Ok(None) };
+    let mut public_keys = vec![];
+    if let Some(k) = inst.ssh_key_id {
+        public_keys.extend(keypair::public_key(&ctx.db, &k).await?);
+    }
+    let metadata = vdc_schema::bus::InstanceMetadata {
+        hostname: crate::app::instance::hostname(&inst.name, &instance_id),
+        public_keys,
+        user_data: inst.user_data,
+    };
+    let external = match (&ctx.config.external, floating_ip::router_snat_ip(ctx, &network_id, &host).await?) {
+        (Some(e), Some(snat_ip)) => {
+            Some(vdc_schema::bus::ExternalSpec { cidr: e.cidr.clone(), gateway: e.gateway.clone(), snat_ip })
+        }
+        _ => None,
+    };
+    let peers = store::peers(&ctx.db, &network_id, &host).await?;
+    let mut security_groups = Vec::new();
+    for g in store::group_ids(&ctx.db, id).await? {
+        security_groups.push(resolved_group(&ctx.db, &g).await?);
+    }
+    let spec = InterfaceSpec {
+        id: id.parse().map_err(ApiError::internal)?,
+        spec_gen: spec_gen as u64,
+        instance_id: instance_id.parse().map_err(ApiError::internal)?,
+        account_id: account_id.parse().map_err(ApiError::internal)?,
+        network: NetworkSpec {
+            id: net.id.parse().map_err(ApiError::internal)?,
+            vni: net.vni as u32,
+            cidr: net.cidr,
+            gateway: net.gateway,
+            peers,
+            external,
+        },
+        mac,
+        ip,
+        security_groups,
+        metadata: Some(metadata),
+        floating_ip: fipstore::of_interface(&ctx.db, id).await?,
+    };
+    let client = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(ApiError::internal)? };
+    client
+        .ensure_interface(spec)
+        .await
+        .map_err(|e| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() })?;
+    store::mark_sent(&ctx.db, id).await?;
+    Ok(Some((network_id, host)))
+}
+
+/// Applies nwagent's report on one interface.
+pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InterfaceReport) -> Result<(), sqlx::Error> {
+    match store::host_of(&ctx.db, r.id.as_str()).await? {
+        None if r.state != ObservedInterface::Absent => {
+            // An interface dcmgr no longer knows: unplug it.
+            if let Ok(node) = node.parse() {
+                let client = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id: node };
+                let _ = client.ensure_interface_absent(r.id.clone(), r.spec_gen).await;
+            }
+            Ok(())
+        }
+        Some(Some(h)) if h == node => {
+            let (state, applied) = app::on_report(r.state, r.spec_gen);
+            store::record_report(&ctx.db, r.id.as_str(), state.as_str(), gen as i64, applied).await
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,332 @@
+//! Interfaces (vifs) as stored, with their security group memberships, and what an
+//! interface's ensure is built from.
+
+use crate::db;
+use crate::error::{ApiError, ApiResult};
+use vdc_schema::api::Interface;
+use vdc_schema::id::SecurityGroupId;
+
+#[derive(sqlx::FromRow)]
+pub struct Row {
+    pub id: String,
+    pub instance_id: String,
+    pub network_id: String,
+    pub mac: String,
+    pub ip: String,
+    pub state: String,
+}
+
+const COLS: &str = "id, instance_id, network_id, mac, ip, state";
+
+impl Row {
+    pub fn into_api(self, security_groups: Vec<SecurityGroupId>) -> ApiResult<Interface> {
+        Ok(Interface {
+            security_groups,
+            id: self.id.parse().map_err(ApiError::internal)?,
+            network_id: self.network_id.parse().map_err(ApiError::internal)?,
+            mac: self.mac,
+            ip: self.ip,
+            state: self.state.parse().map_err(ApiError::internal)?,
+        })
+    }
+}
+
+/// The addresses taken on a network.
+pub async fn used_ips(tx: &mut db::Tx<'_>, network: &str) -> Result<Vec<String>, sqlx::Error> {
+    let r: Vec<(String,)> =
+        sqlx::query_as("SELECT ip FROM vifs WHERE network_id = $1").bind(network).fetch_all(&mut **tx).await?;
+    Ok(r.into_iter().map(|r| r.0).collect())
+}
+
+/// A new interface, pending. The unique (network, ip) key fails the insert of an address
+/// taken meanwhile.
+pub struct New<'a> {
+    pub id: &'a str,
+    pub instance: &'a str,
+    pub account: &'a str,
+    pub network: &'a str,
+    pub mac: &'a str,
+    pub ip: &'a str,
+    pub position: i64,
+}
+
+pub async fn insert(tx: &mut db::Tx<'_>, v: &New<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO vifs (id, instance_id, account_id, network_id, mac, ip, state, position) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
+    )
+    .bind(v.id)
+    .bind(v.instance)
+    .bind(v.account)
+    .bind(v.network)
+    .bind(v.mac)
+    .bind(v.ip)
+    .bind(v.position)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Makes the interface a member of the group.
+pub async fn add_group(tx: &mut db::Tx<'_>, vif: &str, group: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO vif_security_groups (vif_id, group_id) VALUES ($1, $2)")
+        .bind(vif)
+        .bind(group)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Interfaces of the instances of `account` whose IDs fall in `first..=last`, by instance
+/// and position.
+pub async fn for_instances(pool: &db::Pool, account: &str, first: &str, last: &str) -> Result<Vec<Row>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLS} FROM vifs WHERE account_id = $1 AND instance_id >= $2 AND instance_id <= $3 ORDER BY instance_id, position"
+    ))
+    .bind(account)
+    .bind(first)
+    .bind(last)
+    .fetch_all(pool)
+    .await
+}
+
+/// (interface, group) memberships of the interfaces of [`for_instances`], by group.
+pub async fn groups_for_instances(
+    pool: &db::Pool,
+    account: &str,
+    first: &str,
+    last: &str,
+) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT s.vif_id, s.group_id FROM vif_security_groups s JOIN vifs v ON v.id = s.vif_id
+         WHERE v.account_id = $1 AND v.instance_id >= $2 AND v.instance_id <= $3 ORDER BY s.group_id",
+    )
+    .bind(account)
+    .bind(first)
+    .bind(last)
+    .fetch_all(pool)
+    .await
+}
+
+/// The interfaces of an instance, in position order.
+pub async fn ids_of_instance(tx: &mut db::Tx<'_>, instance: &str) -> Result<Vec<String>, sqlx::Error> {
+    let r: Vec<(String,)> = sqlx::query_as("SELECT id FROM vifs WHERE instance_id = $1 ORDER BY position")
+        .bind(instance)
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(r.into_iter().map(|r| r.0).collect())
+}
+
+/// The groups the interfaces of an instance are members of.
+pub async fn groups_of_instance(tx: &mut db::Tx<'_>, instance: &str) -> Result<Vec<String>, sqlx::Error> {
+    let r: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT s.group_id FROM vif_security_groups s JOIN vifs v ON v.id = s.vif_id WHERE v.instance_id = $1",
+    )
+    .bind(instance)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(r.into_iter().map(|r| r.0).collect())
+}
+
+/// Deletes the interfaces `vifs` of an instance with their memberships.
+pub async fn delete_for_instance(tx: &mut db::Tx<'_>, instance: &str, vifs: &[String]) -> Result<(), sqlx::Error> {
+    for v in vifs {
+        sqlx::query("DELETE FROM vif_security_groups WHERE vif_id = $1").bind(v).execute(&mut **tx).await?;
+    }
+    sqlx::query("DELETE FROM vifs WHERE instance_id = $1").bind(instance).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Every interface affected by a change of group `g`: its members, and the members of
+/// groups whose rules refer to `g` (their resolved address lists change).
+pub async fn affected_by_group(pool: &db::Pool, g: &str) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT vif_id FROM vif_security_groups WHERE group_id = $1
+         UNION
+         SELECT s.vif_id FROM vif_security_groups s JOIN security_group_rules r ON r.group_id = s.group_id
+         WHERE r.remote_group_id = $1",
+    )
+    .bind(g)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Bumps the generation of every interface a change of group `g` reaches (its members,
+/// and the members of groups whose rules refer to it), in the transaction of the change,
+/// so the reconciler re-sends them until nwagent reports the new generation.
+pub async fn bump_for_group(tx: &mut db::Tx<'_>, g: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE vifs SET spec_gen = spec_gen + 1 WHERE id IN (
+             SELECT vif_id FROM vif_security_groups WHERE group_id = $1
+             UNION
+             SELECT s.vif_id FROM vif_security_groups s JOIN security_group_rules r ON r.group_id = s.group_id
+             WHERE r.remote_group_id = $1)",
+    )
+    .bind(g)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Bumps one interface's generation (its floating IP or its peers changed).
+pub async fn bump(tx: &mut sqlx::AnyConnection, vif: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vifs SET spec_gen = spec_gen + 1 WHERE id = $1").bind(vif).execute(tx).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- the agent side
+
+/// An interface with its instance's placement, as its ensure needs it.
+#[derive(sqlx::FromRow)]
+pub struct Placed {
+    pub instance_id: String,
+    pub account_id: String,
+    pub network_id: String,
+    pub mac: String,
+    pub ip: String,
+    pub spec_gen: i64,
+    pub host_node_id: Option<String>,
+}
+
+pub async fn placed(pool: &db::Pool, id: &str) -> Result<Option<Placed>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT v.instance_id, v.account_id, v.network_id, v.mac, v.ip, v.spec_gen, i.host_node_id
+         FROM vifs v JOIN instances i ON i.id = v.instance_id WHERE v.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The network an interface is on, as its ensure carries it.
+#[derive(sqlx::FromRow)]
+pub struct OnNetwork {
+    pub id: String,
+    pub vni: i64,
+    pub cidr: String,
+    pub gateway: String,
+}
+
+pub async fn network(pool: &db::Pool, id: &str) -> Result<Option<OnNetwork>, sqlx::Error> {
+    sqlx::query_as("SELECT id, vni, cidr, gateway FROM networks WHERE id = $1").bind(id).fetch_optional(pool).await
+}
+
+/// What the metadata served to an interface's instance is made of.
+#[derive(sqlx::FromRow)]
+pub struct MetadataSource {
+    pub name: String,
+    pub ssh_key_id: Option<String>,
+    pub user_data: Option<String>,
+}
+
+pub async fn metadata_source(pool: &db::Pool, instance: &str) -> Result<Option<MetadataSource>, sqlx::Error> {
+    sqlx::query_as("SELECT name, ssh_key_id, user_data FROM instances WHERE id = $1")
+        .bind(instance)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The tunnel addresses of the other hosts with interfaces on `network`.
+pub async fn peers(pool: &db::Pool, network: &str, host: &str) -> Result<Vec<String>, sqlx::Error> {
+    let r: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT t.tunnel_ip FROM vifs v JOIN instances i ON i.id = v.instance_id
+         JOIN host_tunnels t ON t.host_id = i.host_node_id
+         WHERE v.network_id = $1 AND i.host_node_id <> $2 ORDER BY t.tunnel_ip",
+    )
+    .bind(network)
+    .bind(host)
+    .fetch_all(pool)
+    .await?;
+    Ok(r.into_iter().map(|r| r.0).collect())
+}
+
+/// One interface of `network` per host other than `host`.
+pub async fn one_per_other_host(pool: &db::Pool, network: &str, host: &str) -> Result<Vec<String>, sqlx::Error> {
+    let r: Vec<(String,)> = sqlx::query_as(
+        "SELECT MIN(v.id) FROM vifs v JOIN instances i ON i.id = v.instance_id
+         WHERE v.network_id = $1 AND i.host_node_id IS NOT NULL AND i.host_node_id <> $2 GROUP BY i.host_node_id",
+    )
+    .bind(network)
+    .bind(host)
+    .fetch_all(pool)
+    .await?;
+    Ok(r.into_iter().map(|r| r.0).collect())
+}
+
+/// The groups an interface is a member of.
+pub async fn group_ids(pool: &db::Pool, vif: &str) -> Result<Vec<String>, sqlx::Error> {
+    let r: Vec<(String,)> =
+        sqlx::query_as("SELECT group_id FROM vif_security_groups WHERE vif_id = $1 ORDER BY group_id")
+            .bind(vif)
+            .fetch_all(pool)
+            .await?;
+    Ok(r.into_iter().map(|r| r.0).collect())
+}
+
+/// The addresses of the members of a group.
+pub async fn member_ips(pool: &db::Pool, group: &str) -> Result<Vec<String>, sqlx::Error> {
+    let r: Vec<(String,)> = sqlx::query_as(
+        "SELECT v.ip FROM vif_security_groups s JOIN vifs v ON v.id = s.vif_id WHERE s.group_id = $1 ORDER BY v.ip",
+    )
+    .bind(group)
+    .fetch_all(pool)
+    .await?;
+    Ok(r.into_iter().map(|r| r.0).collect())
+}
+
+pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vifs SET ensure_sent_at = $1 WHERE id = $2").bind(db::now_ms()).bind(id).execute(pool).await?;
+    Ok(())
+}
+
+/// The host of an interface's instance: None when the interface is unknown, Some(None)
+/// when its instance is not placed.
+pub async fn host_of(pool: &db::Pool, id: &str) -> Result<Option<Option<String>>, sqlx::Error> {
+    let r: Option<(Option<String>,)> =
+        sqlx::query_as("SELECT i.host_node_id FROM vifs v JOIN instances i ON i.id = v.instance_id WHERE v.id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(r.map(|r| r.0))
+}
+
+/// Records a report of generation `gen` unless a newer one was recorded; `applied` is
+/// the spec generation the interface now holds (0: none).
+pub async fn record_report(pool: &db::Pool, id: &str, state: &str, gen: i64, applied: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE vifs SET state = $1, report_gen = $2,
+             applied_gen = CASE WHEN $4 > applied_gen THEN $4 ELSE applied_gen END
+         WHERE id = $3 AND report_gen < $2",
+    )
+    .bind(state)
+    .bind(gen)
+    .bind(id)
+    .bind(applied)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Interfaces whose host has not reported their current generation, last sent before
+/// `before` (ms): (id, host).
+pub async fn unconverged(pool: &db::Pool, before: i64) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT v.id, i.host_node_id FROM vifs v JOIN instances i ON i.id = v.instance_id
+         WHERE v.applied_gen < v.spec_gen AND v.ensure_sent_at < $1 AND i.host_node_id IS NOT NULL
+         ORDER BY v.ensure_sent_at LIMIT 1000",
+    )
+    .bind(before)
+    .fetch_all(pool)
+    .await
+}
+
+/// The interfaces of the instances a host holds.
+pub async fn on_host(pool: &db::Pool, host: &str) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT v.id FROM vifs v JOIN instances i ON i.id = v.instance_id WHERE i.host_node_id = $1 ORDER BY v.id",
+    )
+    .bind(host)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
