@@ -112,16 +112,22 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: ApiResult<AccountId>) 
     if acct.id == caller.account_id {
         return Err(ApiError::conflict("cannot_delete_self", "an admin cannot delete its own account"));
     }
-    let live = store::live_resources(&ctx.db, &acct.id).await?;
-    if live > 0 {
-        return Err(ApiError::conflict(
-            "account_in_use",
-            format!("account {} still has {live} instances or volumes; terminate or delete them first", acct.id),
-        ));
-    }
-    let mut tx = ctx.db.begin().await?;
-    store::delete(&mut tx, &acct.id).await?;
-    tx.commit().await?;
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // Network creates lock the account row too; the count is read under the lock.
+        store::lock(&mut tx, &acct.id).await?;
+        let live = store::live_resources(&mut *tx, &acct.id).await?;
+        if live > 0 {
+            return Err(ApiError::conflict(
+                "account_in_use",
+                format!("account {} still has {live} instances or volumes; terminate or delete them first", acct.id),
+            ));
+        }
+        store::delete(&mut tx, &acct.id).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
     ctx.tokens.write().unwrap().retain(|_, c| c.account_id != acct.id);
     Ok(())
 }

@@ -122,13 +122,16 @@ pub async fn get(pool: &db::Pool, id: &AccountId) -> Result<Option<Row>, sqlx::E
 }
 
 /// How many instances (not terminated) and volumes (not deleted) the account has.
-pub async fn live_resources(pool: &db::Pool, id: &AccountId) -> Result<i64, sqlx::Error> {
+pub async fn live_resources<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    id: &AccountId,
+) -> Result<i64, sqlx::Error> {
     let (live,): (i64,) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM instances WHERE account_id = $1 AND state <> 'terminated')
               + (SELECT COUNT(*) FROM volumes WHERE account_id = $1 AND state <> 'deleted')",
     )
     .bind(id.as_str())
-    .fetch_one(pool)
+    .fetch_one(db)
     .await?;
     Ok(live)
 }
