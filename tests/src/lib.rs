@@ -2,9 +2,12 @@
 //! a new PostgreSQL database), dcmgr on port 0 and simulated agents on an in-process bus —
 //! and tears it down afterwards.
 //!
-//! PostgreSQL tests need `VDC_TEST_PG_URL` (a superuser URL of a running server);
-//! `tests/run.sh` starts one. Without it those tests fail rather than skip.
+//! PostgreSQL tests use `VDC_TEST_PG_URL` (a superuser URL of a running server;
+//! `tests/run.sh` starts one), else a private server the harness starts for the test
+//! process and removes when it exits ([`pg`]). Without PostgreSQL installed they fail
+//! rather than skip.
 
+pub mod pg;
 pub mod procs;
 
 use std::sync::Arc;
@@ -188,16 +191,16 @@ pub struct Stack {
     pg: Option<(String, String)>,
 }
 
-fn pg_admin_url() -> String {
-    std::env::var("VDC_TEST_PG_URL").unwrap_or_else(|_| {
-        panic!("VDC_TEST_PG_URL is not set: run the tests with tests/run.sh, which starts PostgreSQL")
-    })
-}
-
-/// A fresh database on the test PostgreSQL: (its URL, the admin URL, its name).
+/// A fresh database on the test PostgreSQL ([`pg::admin_url`]): (its URL, the admin URL,
+/// its name).
 pub async fn create_pg_database() -> anyhow::Result<(String, String, String)> {
     use sqlx::Connection;
-    let admin = pg_admin_url();
+    // The first call may start the private server: a few seconds of blocking work.
+    let admin = match tokio::task::spawn_blocking(pg::admin_url).await {
+        Ok(url) => url,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => anyhow::bail!("{e}"),
+    };
     let name = format!("vdct_{}", rand::random::<u64>());
     let mut conn = sqlx::PgConnection::connect(&admin).await?;
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
