@@ -25,6 +25,22 @@ packages=(
 # these machines ship.
 backports=(qemu-system-x86 qemu-block-extra)
 
+# The Debian mirror apt already uses: the first non-security URI of the deb822 sources,
+# else of the one-line sources.list.
+debian_mirror() {
+  local m=""
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    m=$(awk '/^URIs:/ && !/security/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources)
+  fi
+  if [ -z "$m" ] && [ -f /etc/apt/sources.list ]; then
+    # `deb [options] URI suite …`: the URI is the first field with a scheme.
+    m=$(awk '$1 == "deb" && !/security/ { for (i = 2; i <= NF; i++) if ($i ~ /^[a-z+]+:/) { print $i; exit } }' \
+      /etc/apt/sources.list)
+  fi
+  [ -n "$m" ] || { echo "no Debian mirror in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list" >&2; exit 1; }
+  echo "${m%/}"
+}
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,8 +50,10 @@ for p in "${backports[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing_bp+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ] || [ ${#missing_bp[@]} -gt 0 ]; then
+  # bookworm-backports from the machine's own Debian mirror (never a hard-coded one).
+  line="deb $(debian_mirror) bookworm-backports main"
   list=/etc/apt/sources.list.d/backports.list
-  [ -f "$list" ] || echo 'deb http://deb.debian.org/debian bookworm-backports main' | $SUDO tee "$list" >/dev/null
+  [ "$(cat "$list" 2>/dev/null)" = "$line" ] || echo "$line" | $SUDO tee "$list" >/dev/null
   echo "installing: ${missing_bp[*]} ${missing[*]}"
   $SUDO apt-get update -qq
   export DEBIAN_FRONTEND=noninteractive

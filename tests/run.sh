@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs every vdc test: installs what the tests need, starts libvirt and a private
 # PostgreSQL on a free loopback port (removed afterwards), builds the tiny guest image
-# (kept in /var/cache/vdc/tiny-image), runs the workspace's tests, then the two-host
-# scenario (tests/two-hosts.sh) and the API fuzzing (tests/schemathesis.sh). Tests that
-# need NATS start their own nats-server. Extra arguments go to `cargo test` (and skip the
-# two-host scenario and the fuzzing).
+# (kept in /var/cache/vdc/tiny-image), runs the tests of the whole workspace — also the
+# host tests of tests/host (root, real libvirt/OVS/tgtd), which a plain `cargo test`
+# leaves out — then the two-host scenario (tests/two-hosts.sh) and the API fuzzing
+# (tests/schemathesis.sh). Tests that need NATS start their own nats-server. Every test
+# makes its own namespaces, switches and daemons, so this may run while `vdc up` does.
+# Extra arguments go to `cargo test` (and skip the two-host scenario and the fuzzing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash packaging/install-deps.sh

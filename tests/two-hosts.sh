@@ -28,7 +28,8 @@ LOGS=$W/logs; mkdir -p "$LOGS"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 PGPORT=$(free_port); NATS_PORT=$(free_port); API_PORT=$(free_port); PORTAL_PORT=$(free_port)
-TGT_CTL=$((20000 + RANDOM % 10000))
+TGT_CTL=$((20000 + RANDOM % 10000))     # names tgtd's socket: never one another tgtd has
+while [ -e "/var/run/tgtd/socket.$TGT_CTL" ]; do TGT_CTL=$((20000 + RANDOM % 10000)); done
 declare -A PID
 
 ROWS=()

@@ -45,7 +45,12 @@ pub struct Tgtd {
 impl Tgtd {
     pub fn start(dir: &Path) -> std::io::Result<Tgtd> {
         // It only names tgtd's unix socket (/var/run/tgtd/socket.N); tgtd takes 0..=32767.
-        let control_port = 1000 + (rand_u16() % 31000);
+        // Never one another tgtd (a machine's own, or another test's) has.
+        let taken = |p: u16| Path::new(&format!("/var/run/tgtd/socket.{p}")).exists();
+        let mut control_port = 1000 + (rand_u16() % 31000);
+        while taken(control_port) {
+            control_port = 1000 + (control_port - 1000 + 7919) % 31000;
+        }
         let portal = format!("127.0.0.1:{}", free_port());
         let mut t = Tgtd { control_port, portal, child: None, log: dir.join(format!("tgtd-{control_port}.log")) };
         t.spawn()?;

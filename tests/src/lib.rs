@@ -2,9 +2,12 @@
 //! a new PostgreSQL database), dcmgr on port 0 and simulated agents on an in-process bus —
 //! and tears it down afterwards.
 //!
-//! PostgreSQL tests need `VDC_TEST_PG_URL` (a superuser URL of a running server);
-//! `tests/run.sh` starts one. Without it those tests fail rather than skip.
+//! PostgreSQL tests use `VDC_TEST_PG_URL` (a superuser URL of a running server;
+//! `tests/run.sh` starts one), else a private server the harness starts for the test
+//! process and removes when it exits ([`pg`]). Without PostgreSQL installed they fail
+//! rather than skip.
 
+pub mod pg;
 pub mod procs;
 
 use std::sync::Arc;
@@ -41,28 +44,32 @@ pub struct StackOptions {
     pub libvirt: Option<LibvirtSetup>,
     /// Run sta with a real backend instead of the simulated one.
     pub real_storage: Option<RealStorageSetup>,
-    /// Run nwagent with Open vSwitch (an OVS of the test's own per host, in this
-    /// namespace) instead of the simulated one; libvirt hosts then plug taps.
+    /// Run nwagent with Open vSwitch (an OVS of the test's own per host, each in a
+    /// network namespace of its own) instead of the simulated one; libvirt hosts then
+    /// plug taps and move them into their host's namespace.
     pub real_network: Option<RealNetworkSetup>,
     /// dcmgr's external network (floating IPs).
     pub external: Option<vdc_dcmgr::config::ExternalConfig>,
 }
 
-/// Where a real-network host keeps its OVS, and the prefix of its bridge and service
-/// namespaces (unique per test).
+/// Where real-network hosts keep their OVS, and the prefix (unique per test) of their
+/// namespaces. Every host is a network namespace of its own, `<prefix>-h<i>`, with its
+/// own ovsdb-server and ovs-vswitchd inside (bridge `br-int`) and its service
+/// namespaces named `<prefix>-h<i>-…`; guests' taps are moved there. Nothing of it is in
+/// the machine's own namespace, so tests run beside `vdc up` or another OVS.
 #[derive(Clone, Debug)]
 pub struct RealNetworkSetup {
     pub root: std::path::PathBuf,
     pub prefix: String,
-    /// Each host in a network namespace of its own (`<prefix>-h<i>`, OVS inside, joined
-    /// to the other by an underlay veth; two hosts): guests' taps are moved there, and
-    /// traffic between hosts crosses a real VXLAN overlay.
-    pub host_namespaces: bool,
+    /// Join the hosts (two) by an underlay veth (tunnel addresses 10.251.0.1 and .2), so
+    /// traffic between them crosses a real VXLAN overlay. Without it each host stands
+    /// alone (tunnel address 127.0.0.1, no peers).
+    pub underlay: bool,
 }
 
 impl RealNetworkSetup {
-    fn host_netns(&self, i: usize) -> Option<String> {
-        self.host_namespaces.then(|| format!("{}-h{i}", self.prefix))
+    pub fn host_netns(&self, i: usize) -> String {
+        format!("{}-h{i}", self.prefix)
     }
 }
 
@@ -152,8 +159,8 @@ pub struct HostAgents {
     pub libvirt: Option<Arc<vdc_hva::libvirt::LibvirtHypervisor>>,
     /// Set for simulated networking.
     pub nw_driver: Option<Arc<vdc_nwagent::sim::SimNetwork>>,
-    /// Set for real networking: the driver, and the host's own OVS (a `Switch`, or a
-    /// namespace `Host`), kept alive here.
+    /// Set for real networking: the driver, and the host (a namespace `Host` with its
+    /// own OVS), kept alive here.
     pub ovs: Option<(Arc<vdc_nwagent::ovs::OvsNetwork>, Box<dyn std::any::Any + Send + Sync>)>,
 }
 
@@ -188,16 +195,16 @@ pub struct Stack {
     pg: Option<(String, String)>,
 }
 
-fn pg_admin_url() -> String {
-    std::env::var("VDC_TEST_PG_URL").unwrap_or_else(|_| {
-        panic!("VDC_TEST_PG_URL is not set: run the tests with tests/run.sh, which starts PostgreSQL")
-    })
-}
-
-/// A fresh database on the test PostgreSQL: (its URL, the admin URL, its name).
+/// A fresh database on the test PostgreSQL ([`pg::admin_url`]): (its URL, the admin URL,
+/// its name).
 pub async fn create_pg_database() -> anyhow::Result<(String, String, String)> {
     use sqlx::Connection;
-    let admin = pg_admin_url();
+    // The first call may start the private server: a few seconds of blocking work.
+    let admin = match tokio::task::spawn_blocking(pg::admin_url).await {
+        Ok(url) => url,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => anyhow::bail!("{e}"),
+    };
     let name = format!("vdct_{}", rand::random::<u64>());
     let mut conn = sqlx::PgConnection::connect(&admin).await?;
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
@@ -237,12 +244,17 @@ impl Stack {
             database_url,
             pg,
         };
-        if let Some(rn) = opts.real_network.as_ref().filter(|r| r.host_namespaces) {
-            anyhow::ensure!(opts.hosts == 2, "host namespaces are joined pairwise: use 2 hosts");
-            let (a, b) = (rn.host_netns(0).unwrap(), rn.host_netns(1).unwrap());
-            vdc_nwagent::testing::sh("ip", &["netns", "add", &a])?;
-            vdc_nwagent::testing::sh("ip", &["netns", "add", &b])?;
-            vdc_nwagent::testing::underlay(&a, &b)?;
+        // (If anything below fails, dropping `stack` removes what was made.)
+        if let Some(rn) = &opts.real_network {
+            anyhow::ensure!(!rn.underlay || opts.hosts == 2, "the underlay joins two hosts: use 2 hosts");
+            for i in 0..opts.hosts {
+                let ns = rn.host_netns(i);
+                vdc_nwagent::testing::sh("ip", &["netns", "add", &ns])?;
+                vdc_nwagent::testing::ns(&ns, &["ip", "link", "set", "lo", "up"])?;
+            }
+            if rn.underlay {
+                vdc_nwagent::testing::underlay(&rn.host_netns(0), &rn.host_netns(1))?;
+            }
         }
         for i in 0..opts.hosts {
             let node_id = HostNodeId::generate().to_string();
@@ -283,7 +295,7 @@ impl Stack {
             Some(lv) => {
                 let mut cfg = lv.config(node_id);
                 cfg.taps = self.opts.real_network.is_some();
-                cfg.tap_netns = self.opts.real_network.as_ref().and_then(|r| r.host_netns(index));
+                cfg.tap_netns = self.opts.real_network.as_ref().map(|r| r.host_netns(index));
                 let (c2, probe) = (cfg.clone(), lv.kvm_probe_timeout);
                 let detected = tokio::task::spawn_blocking(move || vdc_hva::detect(&c2, probe)).await?;
                 let (h, d) = vdc_hva::start_libvirt(bus, opts, cfg, detected).await?;
@@ -292,43 +304,39 @@ impl Stack {
         }
     }
 
-    async fn start_host(&self, node_id: &str, _index: usize) -> anyhow::Result<HostAgents> {
+    async fn start_host(&self, node_id: &str, index: usize) -> anyhow::Result<HostAgents> {
         let bus: Arc<dyn Transport> = self.bus.clone();
-        let (hva, driver) = self.start_hva(node_id, _index).await?;
+        let (hva, driver) = self.start_hva(node_id, index).await?;
         let (hva_driver, libvirt) = driver.split();
         if let Some(rn) = &self.opts.real_network {
             let dir = rn.root.join(node_id);
-            // An OVS here, or a namespace host (own OVS, underlay, tunnel address).
-            let here = |db_socket, rundir| vdc_nwagent::ovs::OvsConfig {
-                db_socket,
-                rundir,
-                bridge: format!("{}i", rn.prefix),
-                tunnel_ip: "127.0.0.1".into(),
+            let ns = rn.host_netns(index);
+            // The host's namespace with its own OVS (and, joined, `br-phy` on the underlay
+            // holding the tunnel address). Dropping the host stops its OVS and deletes the
+            // namespace.
+            let host = if rn.underlay {
+                vdc_nwagent::testing::Host::start(&ns, &dir, "ul0", &format!("10.251.0.{}", index + 1))?
+            } else {
+                let switch = vdc_nwagent::testing::Switch::start(Some(&ns), &dir)?;
+                vdc_nwagent::testing::Host {
+                    netns: ns.clone(),
+                    dir: dir.clone(),
+                    tunnel_ip: "127.0.0.1".into(),
+                    switch: Some(switch),
+                }
+            };
+            let cfg = vdc_nwagent::ovs::OvsConfig {
+                db_socket: host.db_socket(),
+                rundir: host.dir.clone(),
+                bridge: "br-int".into(),
+                tunnel_ip: host.tunnel_ip.clone(),
                 data_dir: dir.join("nwagent"),
                 plug_timeout: Duration::from_secs(120),
-                host_netns: None,
-                service_prefix: rn.prefix.clone(),
+                host_netns: Some(ns.clone()),
+                service_prefix: ns,
                 external_bridge: None,
             };
-            let (keep, cfg): (Box<dyn std::any::Any + Send + Sync>, _) = match rn.host_netns(_index) {
-                Some(ns) => {
-                    let ip = format!("10.251.0.{}", _index + 1);
-                    let host = vdc_nwagent::testing::Host::start(&ns, &dir, "ul0", &ip)?;
-                    let cfg = vdc_nwagent::ovs::OvsConfig {
-                        bridge: "br-int".into(),
-                        tunnel_ip: ip,
-                        host_netns: Some(ns.clone()),
-                        service_prefix: ns,
-                        ..here(host.db_socket(), host.dir.clone())
-                    };
-                    (Box::new(host), cfg)
-                }
-                None => {
-                    let sw = vdc_nwagent::testing::Switch::start(None, &dir)?;
-                    let cfg = here(sw.db_socket(), sw.dir.clone());
-                    (Box::new(sw), cfg)
-                }
-            };
+            let keep: Box<dyn std::any::Any + Send + Sync> = Box::new(host);
             let (nw, driver) = vdc_nwagent::start_ovs(bus, node_id.to_owned(), cfg).await?;
             return Ok(HostAgents {
                 node_id: node_id.to_owned(),
@@ -510,11 +518,11 @@ impl Stack {
     }
 
     pub async fn stop(mut self) {
-        for h in self.hosts.drain(..) {
-            if let Some(a) = h.hva {
+        for h in &mut self.hosts {
+            if let Some(a) = h.hva.take() {
                 a.stop().await;
             }
-            if let Some(a) = h.nw {
+            if let Some(a) = h.nw.take() {
                 a.stop().await;
             }
         }
@@ -527,6 +535,8 @@ impl Stack {
             d.stop().await;
         }
         self.remove_guests();
+        // Then the hosts' OVS and namespaces (their guests' taps are gone).
+        self.hosts.clear();
         if let Some((admin, name)) = self.pg.take() {
             use sqlx::Connection;
             if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
@@ -540,29 +550,62 @@ impl Stack {
     /// Destroys and undefines every domain this stack's hosts made, and removes their
     /// files; runs on drop too, so a failed test leaves nothing behind.
     fn remove_guests(&self) {
-        let Some(lv) = &self.opts.libvirt else { return };
+        self.remove_guests_once();
+    }
+
+    /// One pass of [`Stack::remove_guests`]; whether it found anything to remove.
+    fn remove_guests_once(&self) -> bool {
+        let Some(lv) = &self.opts.libvirt else { return false };
         // Every vdc domain whose files are under this stack's root: also those a failed
         // instance left (its directory gone) or an agent task defined while stopping.
+        // Other domains (another test's, `vdc up`'s) are left alone.
         let root = lv.root.to_string_lossy().into_owned();
+        let mut found = lv.root.exists();
         for uri in ["qemu:///system", "lxc:///system"] {
             let virsh = |args: &[&str]| std::process::Command::new("virsh").arg("-c").arg(uri).args(args).output();
             let names = virsh(&["list", "--all", "--name"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
             for dom in names.unwrap_or_default().lines().map(str::trim).filter(|d| d.starts_with("vdc-")) {
                 let xml = virsh(&["dumpxml", dom]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
                 if xml.unwrap_or_default().contains(&root) {
+                    found = true;
                     let _ = virsh(&["destroy", dom]);
                     let _ = virsh(&["undefine", dom]);
                 }
             }
         }
         let _ = std::fs::remove_dir_all(&lv.root);
+        found
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        // After a failure (stop() was not reached) agents may be in the middle of work:
+        // stop them first; a guest hva's driver was already creating may still appear
+        // for a moment (its work runs to the end), so look again until all stays quiet.
+        let failed = !self.hosts.is_empty();
+        for h in &mut self.hosts {
+            for a in [h.hva.take(), h.nw.take()].into_iter().flatten() {
+                a.abort();
+            }
+        }
+        for (_, h) in &mut self.storage {
+            if let Some(h) = h.take() {
+                h.abort();
+            }
+        }
         self.remove_guests();
+        if failed && self.opts.libvirt.is_some() {
+            let mut quiet = 0;
+            while quiet < 6 {
+                std::thread::sleep(Duration::from_millis(500));
+                quiet = if self.remove_guests_once() { 0 } else { quiet + 1 };
+            }
+        }
+        // Then each host's OVS and namespace (dropping the `Host`).
+        self.hosts.clear();
         if let Some(rn) = &self.opts.real_network {
+            // What is left: namespaces of hosts that never started, service namespaces.
             vdc_nwagent::testing::remove_service_namespaces(&rn.prefix);
         }
     }

@@ -170,32 +170,11 @@ fn example_configurations_parse() {
     assert!(vdc_dcmgr::Config::load(tmp.path()).unwrap_err().to_string().contains("lissten"));
 }
 
-/// The agents' example environment files (packaging/examples/*.env, used by the systemd
-/// units) hold arguments the real binaries accept: each runs with `--check-config`.
+/// The systemd units of the agents read their arguments from their example environment
+/// files' variables. (That each agent accepts its example arguments is a test of the agent
+/// itself: `hva/tests/example_config.rs` and the like, where cargo builds the binary.)
 #[test]
-fn example_agent_configurations_are_accepted_by_the_agents() {
-    let bins = repo().join("target/debug");
-    for (agent, var) in [("hva", "HVA_ARGS"), ("nwagent", "NWAGENT_ARGS"), ("sta", "STA_ARGS")] {
-        let env = std::fs::read_to_string(repo().join(format!("packaging/examples/{agent}.env"))).unwrap();
-        let line = env
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{var}=")))
-            .unwrap_or_else(|| panic!("{agent}.env has no {var}"));
-        let args: Vec<&str> = line.trim_matches('"').split_whitespace().collect();
-        let bin = bins.join(agent);
-        assert!(bin.exists(), "{} is not built (tests/run.sh builds the binaries first)", bin.display());
-        let out = std::process::Command::new(&bin).args(&args).arg("--check-config").output().unwrap();
-        assert!(
-            out.status.success(),
-            "{agent} refused its example arguments {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("configuration ok"));
-        // And a mistake is refused.
-        let bad = std::process::Command::new(&bin).args(&args).args(["--no-such-flag", "--check-config"]).output();
-        assert!(!bad.unwrap().status.success(), "{agent} accepted an unknown flag");
-    }
-    // Each unit refers to its environment file and variable.
+fn agent_units_use_their_environment_files() {
     for (agent, var) in [("hva", "HVA_ARGS"), ("nwagent", "NWAGENT_ARGS"), ("sta", "STA_ARGS")] {
         let unit = std::fs::read_to_string(repo().join(format!("packaging/systemd/vdc-{agent}.service"))).unwrap();
         assert!(unit.contains(&format!("/etc/vdc/{agent}.env")) && unit.contains(&format!("${var}")), "{agent}");

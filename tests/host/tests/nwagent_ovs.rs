@@ -1,6 +1,7 @@
 //! nwagent's Open vSwitch driver on a real OVS: two hosts (network namespaces, each with
 //! its own ovsdb-server and ovs-vswitchd on the userspace datapath) joined by an underlay
-//! veth, guests as namespaces. Root only; traffic stays inside the namespaces.
+//! veth, guests as namespaces. Root only; traffic stays inside the namespaces, and
+//! nothing is made in the machine's own namespace (so it runs beside `vdc up`).
 
 use std::time::Duration;
 use vdc_bus::ReportSink;
@@ -94,7 +95,9 @@ async fn overlay_isolation_security_groups_and_restart() {
     let dir = tempfile::Builder::new().prefix("vdc-ovs-").tempdir_in("/var/tmp").unwrap();
     let (h1, h2) = (format!("{p}-h1"), format!("{p}-h2"));
     sh("ip", &["netns", "add", &h1]).unwrap();
+    let _h1_guard = NsGuard(h1.clone());
     sh("ip", &["netns", "add", &h2]).unwrap();
+    let _h2_guard = NsGuard(h2.clone());
     underlay(&h1, &h2).unwrap();
     // Host 1 is on the external network too: a Linux bridge with a veth to "outside".
     let out = format!("{p}-out");

@@ -1,7 +1,9 @@
 //! A real guest on a real network: hva (libvirt, QEMU TCG) makes the NIC a tap named for
-//! the interface, nwagent (Open vSwitch of the test's own, in this namespace) plugs it,
-//! and the tiny guest gets the address dcmgr assigned by DHCP and its own instance ID
-//! from the metadata service. Needs root, libvirtd, OVS and the tiny image (tests/run.sh).
+//! the interface and moves it into its host's network namespace, nwagent (an Open vSwitch
+//! of the test's own, running in that namespace) plugs it, and the tiny guest gets the
+//! address dcmgr assigned by DHCP and its own instance ID from the metadata service.
+//! Every switch is in a namespace of its own, so these run beside `vdc up`'s OVS.
+//! Needs root, libvirtd, OVS and the tiny image (tests/run.sh).
 
 use std::time::Duration;
 use vdc_schema::api::*;
@@ -15,7 +17,7 @@ async fn a_real_guest_gets_its_address_by_dhcp_and_its_identity_from_metadata() 
     let root = tempfile::Builder::new().prefix("vdc-net-e2e-").tempdir_in("/var/tmp").unwrap();
     let mut o = vdc_tests::real_guests(1, 4);
     let prefix = format!("vt{:x}", std::process::id() & 0xffff);
-    o.real_network = Some(RealNetworkSetup { root: root.path().to_owned(), prefix, host_namespaces: false });
+    o.real_network = Some(RealNetworkSetup { root: root.path().to_owned(), prefix, underlay: false });
     let s = Stack::start(o).await;
     let (kernel, _) = register_images(&s).await;
     let c = s.account("net").await;
@@ -65,7 +67,7 @@ async fn real_guests_on_two_hosts_reach_each_other_over_the_overlay_and_no_one_e
     let root = tempfile::Builder::new().prefix("vdc-net-2h-").tempdir_in("/var/tmp").unwrap();
     let mut o = vdc_tests::real_guests(2, 4);
     let prefix = format!("vw{:x}", std::process::id() & 0xffff);
-    o.real_network = Some(RealNetworkSetup { root: root.path().to_owned(), prefix, host_namespaces: true });
+    o.real_network = Some(RealNetworkSetup { root: root.path().to_owned(), prefix, underlay: true });
     let s = Stack::start(o).await;
     let (kernel, _) = register_images(&s).await;
     let boot = Duration::from_secs(120);
