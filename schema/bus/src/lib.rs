@@ -8,9 +8,11 @@
 //! - [`agent`]: the agent side. Registration, heartbeats, the command loop and the
 //!   [`ReportSink`], which journals every state report on disk until dcmgr acks it.
 //! - [`journal`]: that on-disk journal.
+//! - [`cmd`]: how an agent runs host commands, and the recording fake its tests use.
 
 pub mod adapter;
 pub mod agent;
+pub mod cmd;
 pub mod journal;
 pub mod sim;
 pub mod transport;

@@ -117,8 +117,8 @@ mod tests {
     async fn backend(dir: &Path) -> (Arc<FakeRunner>, BtrfsBackend) {
         let f = FakeRunner::new();
         f.ok(&["stat"], "btrfs\n");
-        let mkdir = |argv: &[String]| {
-            std::fs::create_dir_all(argv.last().unwrap()).map(|_| String::new()).map_err(|e| e.to_string())
+        let mkdir = |c: &vdc_bus::cmd::Call| {
+            std::fs::create_dir_all(c.argv.last().unwrap()).map(|_| String::new()).map_err(|e| e.to_string())
         };
         f.answer(&["btrfs", "subvolume", "create"], mkdir);
         f.answer(&["btrfs", "subvolume", "snapshot"], mkdir);

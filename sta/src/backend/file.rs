@@ -106,8 +106,8 @@ mod tests {
     /// A backend whose `cp` copies as cp would (the fake's answer does the copy).
     async fn backend(dir: &Path) -> (Arc<FakeRunner>, FileBackend) {
         let f = FakeRunner::new();
-        f.answer(&["cp"], |argv| {
-            let [.., from, to] = argv else { return Err("cp: missing operand".into()) };
+        f.answer(&["cp"], |c| {
+            let [.., from, to] = &c.argv[..] else { return Err("cp: missing operand".into()) };
             std::fs::copy(from, to).map(|_| String::new()).map_err(|e| e.to_string())
         });
         let b = FileBackend::open_with(dir, f.clone()).await.unwrap();

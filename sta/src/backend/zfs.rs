@@ -246,7 +246,8 @@ mod tests {
         let (f, b) = backend(Some(mp.path())).await;
         // What zfs does: mount the new dataset under the parent's mountpoint.
         let root = mp.path().to_owned();
-        f.answer(&["zfs", "create"], move |argv| {
+        f.answer(&["zfs", "create"], move |c| {
+            let argv = &c.argv;
             let name = argv.last().unwrap().rsplit('/').next().unwrap().to_owned();
             std::fs::create_dir(root.join(name)).map(|_| String::new()).map_err(|e| e.to_string())
         });
@@ -279,7 +280,7 @@ mod tests {
         b.create_from_snapshot(&vol("vol-b"), &vol("vol-a"), &snap("snap-1")).await.unwrap();
         let calls = f.calls();
         assert_eq!(
-            calls[2],
+            calls[2].argv,
             ["bash", "-o", "pipefail", "-c", "zfs send 'tank/vdc/vol-a@snap-1' | zfs receive 'tank/vdc/vol-b'"]
         );
         assert_eq!(
@@ -287,7 +288,7 @@ mod tests {
             [
                 "zfs list -H -t snapshot -o name tank/vdc/vol-a@snap-1",
                 "zfs list -H -t all -o name tank/vdc/vol-b",
-                &calls[2].join(" "),
+                &calls[2].argv.join(" "),
                 // The copy's own copy of the snapshot is not one of ours.
                 "zfs destroy tank/vdc/vol-b@snap-1",
             ]
