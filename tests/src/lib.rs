@@ -303,7 +303,7 @@ impl Stack {
                 db_socket,
                 rundir,
                 bridge: format!("{}i", rn.prefix),
-                tunnel_ip: "127.0.0.1".into(),
+                tunnel_ip: std::net::Ipv4Addr::LOCALHOST,
                 data_dir: dir.join("nwagent"),
                 plug_timeout: Duration::from_secs(120),
                 host_netns: None,
@@ -316,7 +316,7 @@ impl Stack {
                     let host = vdc_nwagent::testing::Host::start(&ns, &dir, "ul0", &ip)?;
                     let cfg = vdc_nwagent::ovs::OvsConfig {
                         bridge: "br-int".into(),
-                        tunnel_ip: ip,
+                        tunnel_ip: ip.parse()?,
                         host_netns: Some(ns.clone()),
                         service_prefix: ns,
                         ..here(host.db_socket(), host.dir.clone())

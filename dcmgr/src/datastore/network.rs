@@ -25,10 +25,10 @@ impl Row {
         Ok(Network {
             id: self.id.parse().map_err(ApiError::internal)?,
             name: self.name,
-            cidr: self.cidr,
-            gateway: self.gateway,
-            dhcp_start: self.dhcp_start,
-            dhcp_end: self.dhcp_end,
+            cidr: db::stored("networks.cidr", &self.cidr)?,
+            gateway: db::stored("networks.gateway", &self.gateway)?,
+            dhcp_start: db::stored("networks.dhcp_start", &self.dhcp_start)?,
+            dhcp_end: db::stored("networks.dhcp_end", &self.dhcp_end)?,
             vni: self.vni as u32,
             created_at: db::parse_time(&self.created_at),
         })
