@@ -118,3 +118,31 @@ pub async fn delete(tx: &mut db::Tx<'_>, id: &NetworkId) -> Result<(), sqlx::Err
     sqlx::query("DELETE FROM networks WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Row {
+        Row {
+            id: "nw-a".into(),
+            name: "a".into(),
+            cidr: "10.0.0.0/24".into(),
+            gateway: "10.0.0.1".into(),
+            dhcp_start: "10.0.0.2".into(),
+            dhcp_end: "10.0.0.254".into(),
+            vni: 100,
+            created_at: db::now(),
+        }
+    }
+
+    #[test]
+    fn stored_addresses_become_typed_or_an_internal_error_naming_the_column() {
+        let n = row().into_api().unwrap();
+        assert_eq!((n.cidr.to_string(), n.gateway.to_string()), ("10.0.0.0/24".into(), "10.0.0.1".into()));
+        let e = Row { dhcp_end: "10.0.0.300".into(), ..row() }.into_api().unwrap_err();
+        assert_eq!(e.code(), "internal");
+        assert!(e.to_string().contains(r#"networks.dhcp_end "10.0.0.300" in the database"#), "{e}");
+        assert_eq!(Row { cidr: "10.0.0.0".into(), ..row() }.into_api().unwrap_err().code(), "internal");
+    }
+}

@@ -427,3 +427,30 @@ impl NetworkAgent for OvsNetwork {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `state.json` written before addresses were typed reads back as it was: tunnels
+    /// keyed by their address string, peers and the interface specs' addresses as strings.
+    #[test]
+    fn saved_state_keeps_its_format() {
+        let saved = serde_json::json!({
+            "ports": {"vif-a": {"ofport": 7, "spec": {
+                "id": "vif-a", "spec_gen": 2, "instance_id": "i-a", "account_id": "a-a",
+                "network": {"id": "nw-a", "vni": 100, "cidr": "10.0.0.0/24", "gateway": "10.0.0.1",
+                    "peers": ["192.0.2.2"], "external": null},
+                "mac": "52:54:00:ab:cd:ef", "ip": "10.0.0.2", "security_groups": [], "metadata": null,
+                "floating_ip": null}}},
+            "tunnels": {"192.0.2.10": 9, "192.0.2.2": 8},
+            "peers": {"100": ["192.0.2.2", "192.0.2.10"]},
+            "services": {"100": 3},
+        });
+        let st: State = serde_json::from_value(saved.clone()).unwrap();
+        assert_eq!(st.tunnels.get(&Ipv4Addr::new(192, 0, 2, 10)), Some(&9));
+        assert_eq!(st.peers[&100], [Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 10)]);
+        assert_eq!(serde_json::to_value(&st).unwrap(), saved);
+        assert_eq!(tunnel_name(Ipv4Addr::new(192, 0, 2, 10)), "vxc000020a");
+    }
+}
