@@ -164,7 +164,7 @@ impl Tabular for FloatingIp {
         let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         vec![
             self.id.to_string(),
-            self.ip.clone(),
+            self.ip.to_string(),
             opt(self.instance_id.as_ref().map(|i| i.to_string())),
             opt(self.interface_id.as_ref().map(|i| i.to_string())),
             time(&self.created_at),
@@ -233,8 +233,8 @@ impl Tabular for Network {
         vec![
             self.id.to_string(),
             self.name.clone(),
-            self.cidr.clone(),
-            self.gateway.clone(),
+            self.cidr.to_string(),
+            self.gateway.to_string(),
             format!("{}-{}", self.dhcp_start, self.dhcp_end),
             self.vni.to_string(),
         ]
@@ -243,10 +243,10 @@ impl Tabular for Network {
         vec![
             ("ID", self.id.to_string()),
             ("NAME", self.name.clone()),
-            ("CIDR", self.cidr.clone()),
-            ("GATEWAY", self.gateway.clone()),
-            ("DHCP START", self.dhcp_start.clone()),
-            ("DHCP END", self.dhcp_end.clone()),
+            ("CIDR", self.cidr.to_string()),
+            ("GATEWAY", self.gateway.to_string()),
+            ("DHCP START", self.dhcp_start.to_string()),
+            ("DHCP END", self.dhcp_end.to_string()),
             ("VNI", self.vni.to_string()),
             ("CREATED", time(&self.created_at)),
         ]
@@ -281,7 +281,7 @@ impl Tabular for Instance {
         &["ID", "NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY", "HOST", "IPS"]
     }
     fn row(&self) -> Vec<String> {
-        let ips: Vec<&str> = self.interfaces.iter().map(|i| i.ip.as_str()).collect();
+        let ips: Vec<_> = self.interfaces.iter().map(|i| i.ip).collect();
         vec![
             self.id.to_string(),
             self.name.clone(),

@@ -170,7 +170,7 @@ impl AllInOne {
                     rundir: sw.dir.clone(),
                     bridge: "vdc-int".into(),
                     // One host: no peers, so the tunnel endpoint is never used.
-                    tunnel_ip: "127.0.0.1".into(),
+                    tunnel_ip: std::net::Ipv4Addr::LOCALHOST,
                     data_dir: data_dir.join("nwagent"),
                     plug_timeout: std::time::Duration::from_secs(120),
                     host_netns: None,

@@ -59,6 +59,13 @@ impl ExternalConfig {
         }
         Ok((a, b, net))
     }
+
+    /// The network and its gateway, checked as [`Self::pool`] checks them.
+    pub fn network(&self) -> Result<(ipnet::Ipv4Net, std::net::Ipv4Addr), String> {
+        let (_, _, net) = self.pool()?;
+        let gateway = self.gateway.parse().map_err(|e| format!("external.gateway {:?}: {e}", self.gateway))?;
+        Ok((net, gateway))
+    }
 }
 
 impl Default for Config {

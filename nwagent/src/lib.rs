@@ -46,7 +46,7 @@ pub async fn start_ovs(
 ) -> anyhow::Result<(AgentHandle, Arc<ovs::OvsNetwork>)> {
     let journal = cfg.data_dir.join("journal.jsonl");
     let sink = ReportSink::open(Some(&journal))?;
-    let tunnel_ip = Some(cfg.tunnel_ip.clone());
+    let tunnel_ip = Some(cfg.tunnel_ip);
     let driver = Arc::new(ovs::OvsNetwork::open(cfg, sink.clone()).await?);
     let acfg =
         AgentConfig { node_id, kind: AgentKind::Nwagent, host: None, storage: None, journal: Some(journal), tunnel_ip };

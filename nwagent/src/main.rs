@@ -78,7 +78,7 @@ async fn main() -> anyhow::Result<()> {
                 db_socket: cli.ovsdb_socket,
                 rundir: cli.ovs_rundir,
                 bridge: cli.bridge,
-                tunnel_ip: tunnel_ip.to_string(),
+                tunnel_ip,
                 data_dir: cli.data_dir,
                 plug_timeout: Duration::from_secs(60),
                 host_netns: cli.host_netns,

@@ -1,7 +1,12 @@
 //! Web API bodies for `/api/v1`. Requests refuse unknown fields so that a typo is an error,
 //! not a silently ignored setting; responses may grow fields (clients must ignore them).
+//!
+//! Addresses in responses are typed ([`crate::net`]); their `#[schema(value_type = String,
+//! …)]` keeps the OpenAPI document as it was. Requests carry addresses as strings: dcmgr
+//! parses them itself and says what to send instead, which a serde error could not.
 
 use crate::id::*;
+use crate::net::{Ipv4Addr, Ipv4Net, MacAddr};
 use crate::state::*;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -212,14 +217,14 @@ pub struct Network {
     pub id: NetworkId,
     pub name: String,
     /// IPv4 network in CIDR form, e.g. `10.0.0.0/24`.
-    #[schema(example = "10.0.0.0/24")]
-    pub cidr: String,
-    #[schema(format = Ipv4)]
-    pub gateway: String,
-    #[schema(format = Ipv4)]
-    pub dhcp_start: String,
-    #[schema(format = Ipv4)]
-    pub dhcp_end: String,
+    #[schema(value_type = String, example = "10.0.0.0/24")]
+    pub cidr: Ipv4Net,
+    #[schema(value_type = String, format = Ipv4)]
+    pub gateway: Ipv4Addr,
+    #[schema(value_type = String, format = Ipv4)]
+    pub dhcp_start: Ipv4Addr,
+    #[schema(value_type = String, format = Ipv4)]
+    pub dhcp_end: Ipv4Addr,
     /// VXLAN network identifier, unique in the cloud.
     pub vni: u32,
     pub created_at: DateTime<Utc>,
@@ -380,10 +385,10 @@ pub struct Instance {
 pub struct Interface {
     pub id: VifId,
     pub network_id: NetworkId,
-    #[schema(pattern = "^([0-9a-f]{2}:){5}[0-9a-f]{2}$", example = "52:54:00:12:34:56")]
-    pub mac: String,
-    #[schema(format = Ipv4)]
-    pub ip: String,
+    #[schema(value_type = String, pattern = "^([0-9a-f]{2}:){5}[0-9a-f]{2}$", example = "52:54:00:12:34:56")]
+    pub mac: MacAddr,
+    #[schema(value_type = String, format = Ipv4)]
+    pub ip: Ipv4Addr,
     pub security_groups: Vec<SecurityGroupId>,
     pub state: InterfaceState,
 }
@@ -522,8 +527,8 @@ pub struct CreateSnapshot {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FloatingIp {
     pub id: FloatingIpId,
-    #[schema(format = Ipv4)]
-    pub ip: String,
+    #[schema(value_type = String, format = Ipv4)]
+    pub ip: Ipv4Addr,
     /// Null while not associated.
     #[schema(required = true)]
     pub instance_id: Option<InstanceId>,

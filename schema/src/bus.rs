@@ -11,6 +11,7 @@
 //!   its journal.
 
 use crate::id::*;
+use crate::net::{Ipv4Addr, Ipv4Net, MacAddr};
 use crate::state::*;
 use serde::{Deserialize, Serialize};
 
@@ -131,7 +132,7 @@ pub struct Register {
     pub storage: Option<StorageInfo>,
     /// nwagent: this host's tunnel endpoint (underlay IPv4) for VXLAN.
     #[serde(default)]
-    pub tunnel_ip: Option<String>,
+    pub tunnel_ip: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -314,10 +315,10 @@ pub struct ImageSpec {
 pub struct NicSpec {
     pub id: VifId,
     pub network_id: NetworkId,
-    pub mac: String,
-    pub ip: String,
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
     pub prefix_len: u8,
-    pub gateway: String,
+    pub gateway: Ipv4Addr,
     pub vni: u32,
 }
 
@@ -353,15 +354,15 @@ pub struct InterfaceSpec {
     pub instance_id: InstanceId,
     pub account_id: AccountId,
     pub network: NetworkSpec,
-    pub mac: String,
-    pub ip: String,
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
     pub security_groups: Vec<SecurityGroupSpec>,
     /// What the metadata service tells the guest behind this interface.
     #[serde(default)]
     pub metadata: Option<InstanceMetadata>,
     /// 1:1 NAT between this external address and `ip`.
     #[serde(default)]
-    pub floating_ip: Option<String>,
+    pub floating_ip: Option<Ipv4Addr>,
 }
 
 /// EC2-style instance metadata, served only to the interface it belongs to.
@@ -376,11 +377,11 @@ pub struct InstanceMetadata {
 pub struct NetworkSpec {
     pub id: NetworkId,
     pub vni: u32,
-    pub cidr: String,
-    pub gateway: String,
+    pub cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
     /// Tunnel endpoints (underlay IPv4) of the other hosts with interfaces on this network.
     #[serde(default)]
-    pub peers: Vec<String>,
+    pub peers: Vec<Ipv4Addr>,
     /// The external network, when the site has one: this host's router for the network
     /// SNATs guests without a floating IP to `snat_ip`.
     #[serde(default)]
@@ -390,10 +391,10 @@ pub struct NetworkSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExternalSpec {
     /// The external network, e.g. `203.0.113.0/24`.
-    pub cidr: String,
-    pub gateway: String,
+    pub cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
     /// The address this host's router for the network uses for outbound SNAT.
-    pub snat_ip: String,
+    pub snat_ip: Ipv4Addr,
 }
 
 /// The host-side device of an interface (tap or veth): hva creates it with this name and
@@ -418,7 +419,7 @@ pub struct ResolvedRule {
     pub port_min: Option<u16>,
     pub port_max: Option<u16>,
     /// CIDRs the rule admits: the rule's own, or one /32 per member of the referred group.
-    pub cidrs: Vec<String>,
+    pub cidrs: Vec<Ipv4Net>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -466,6 +467,67 @@ mod tests {
         let raw = br#"{"proto":9,"msg":{"node_id":"hn-a","kind":"hva"}}"#;
         assert!(matches!(decode::<Heartbeat>(raw), Err(DecodeError::Version { got: 9 })));
         assert!(decode::<Heartbeat>(b"not json").is_err());
+    }
+
+    /// An interface's ensure as it has always been written on the wire.
+    fn ensure_interface_json() -> serde_json::Value {
+        serde_json::json!({"proto": PROTOCOL_VERSION, "msg": {
+            "op": "ensure_interface", "id": "vif-a", "spec_gen": 2, "instance_id": "i-a", "account_id": "a-a",
+            "network": {"id": "nw-a", "vni": 100, "cidr": "10.0.0.0/24", "gateway": "10.0.0.1",
+                "peers": ["192.0.2.2", "192.0.2.3"],
+                "external": {"cidr": "203.0.113.0/24", "gateway": "203.0.113.1", "snat_ip": "203.0.113.11"}},
+            "mac": "52:54:00:ab:cd:ef", "ip": "10.0.0.2",
+            "security_groups": [{"id": "sg-a", "rules": [{"direction": "ingress", "protocol": "tcp",
+                "port_min": 22, "port_max": 22, "cidrs": ["0.0.0.0/0", "10.0.0.3/32"]}]}],
+            "metadata": null, "floating_ip": "203.0.113.50"}})
+    }
+
+    #[test]
+    fn addresses_keep_their_wire_strings() {
+        let json = ensure_interface_json();
+        let cmd: Command = decode(json.to_string().as_bytes()).unwrap();
+        let Command::EnsureInterface(spec) = &cmd else { panic!("{cmd:?}") };
+        assert_eq!(spec.mac, "52:54:00:ab:cd:ef".parse::<MacAddr>().unwrap());
+        assert_eq!(spec.network.cidr.prefix_len(), 24);
+        assert_eq!(spec.security_groups[0].rules[0].cidrs[1], "10.0.0.3/32".parse::<Ipv4Net>().unwrap());
+        let again: serde_json::Value = serde_json::from_slice(&encode(&cmd)).unwrap();
+        assert_eq!(again, json);
+
+        let nic = serde_json::json!({"id": "vif-a", "network_id": "nw-a", "mac": "52:54:00:ab:cd:ef",
+            "ip": "10.0.0.2", "prefix_len": 24, "gateway": "10.0.0.1", "vni": 100});
+        let back: NicSpec = serde_json::from_value(nic.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), nic);
+    }
+
+    /// A malformed address fails the decode, before any agent acts on it.
+    #[test]
+    fn malformed_addresses_fail_at_decode() {
+        for (field, value) in [
+            ("/mac", "52:54:00:ab:cd"),
+            ("/ip", "10.0.0.256"),
+            ("/floating_ip", "203.0.113"),
+            ("/network/cidr", "10.0.0.0"),
+            ("/network/gateway", "gw"),
+            ("/network/peers/1", "host2"),
+            ("/network/external/cidr", "203.0.113.0/33"),
+            ("/network/external/snat_ip", ""),
+            ("/security_groups/0/rules/0/cidrs/0", "fd00::/64"),
+        ] {
+            let mut json = ensure_interface_json();
+            *json["msg"].pointer_mut(field).unwrap() = value.into();
+            let got = decode::<Command>(json.to_string().as_bytes());
+            assert!(matches!(got, Err(DecodeError::Malformed(_))), "{field} = {value:?}: {got:?}");
+        }
+        let reg = |ip: &str| {
+            format!(
+                r#"{{"proto":1,"msg":{{"node_id":"hn-a","kind":"nwagent","agent_version":"0","host":null,"storage":null,"tunnel_ip":"{ip}"}}}}"#
+            )
+        };
+        assert_eq!(
+            decode::<Register>(reg("192.0.2.1").as_bytes()).unwrap().tunnel_ip,
+            Some(Ipv4Addr::new(192, 0, 2, 1))
+        );
+        assert!(matches!(decode::<Register>(reg("192.0.2").as_bytes()), Err(DecodeError::Malformed(_))));
     }
 
     #[test]

@@ -329,7 +329,7 @@ impl Stack {
                 db_socket: host.db_socket(),
                 rundir: host.dir.clone(),
                 bridge: "br-int".into(),
-                tunnel_ip: host.tunnel_ip.clone(),
+                tunnel_ip: host.tunnel_ip.parse()?,
                 data_dir: dir.join("nwagent"),
                 plug_timeout: Duration::from_secs(120),
                 host_netns: Some(ns.clone()),

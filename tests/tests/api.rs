@@ -210,7 +210,7 @@ async fn networks(db: Db) {
     let other = s.account("other").await;
     let n = c.create_network(&net_req("a", "10.0.0.0/24")).await.unwrap();
     assert_eq!(
-        (n.gateway.as_str(), n.dhcp_start.as_str(), n.dhcp_end.as_str()),
+        (n.gateway.to_string().as_str(), n.dhcp_start.to_string().as_str(), n.dhcp_end.to_string().as_str()),
         ("10.0.0.1", "10.0.0.2", "10.0.0.254")
     );
     assert_eq!(err(c.create_network(&net_req("b", "10.0.0.128/25")).await), (409, "cidr_overlap".into()));
@@ -229,7 +229,7 @@ async fn networks(db: Db) {
     let mut req = inst_req(&s.image, "i");
     req.interfaces = vec![CreateInterface { network_id: n.id.clone(), security_groups: vec![], ip: None }];
     let a = c.create_instance(&req).await.unwrap();
-    assert_eq!(a.resource.interfaces[0].ip, "10.0.0.2");
+    assert_eq!(a.resource.interfaces[0].ip.to_string(), "10.0.0.2");
     assert_eq!(err(c.delete_network(&n.id).await), (409, "network_in_use".into()));
     let a = c.terminate_instance(&a.resource.id).await.unwrap();
     wait_job(&c, &a.job).await;
@@ -397,7 +397,7 @@ async fn instance_bad_input(db: Db) {
     assert_eq!(err(c.create_instance(&r).await), (400, "invalid_ip".into()));
     r.interfaces[0].ip = Some("10.2.0.3".into());
     let fixed = c.create_instance(&r).await.unwrap();
-    assert_eq!(fixed.resource.interfaces[0].ip, "10.2.0.3");
+    assert_eq!(fixed.resource.interfaces[0].ip.to_string(), "10.2.0.3");
     assert_eq!(err(c.create_instance(&r).await), (409, "ip_in_use".into()));
     // A /29 has 5 addresses for guests (.2–.6); the sixth request finds it full.
     r.interfaces[0].ip = None;
@@ -800,7 +800,9 @@ async fn security_group_changes_reach_running_guests(db: Db) {
     let vif = dbi.interfaces[0].id.clone();
     let port = |vif: &VifId| s.hosts.iter().find_map(|h| h.nw_driver.as_ref()?.port(vif));
     let allowed = |vif: &VifId| -> Vec<String> {
-        port(vif).map(|p| p.security_groups[0].rules.iter().flat_map(|r| r.cidrs.clone()).collect()).unwrap_or_default()
+        port(vif)
+            .map(|p| p.security_groups[0].rules.iter().flat_map(|r| r.cidrs.iter().map(|c| c.to_string())).collect())
+            .unwrap_or_default()
     };
     // An app instance appears: db's rule now admits its address, without a reboot.
     let app = c.create_instance(&mk("app", &app_sg.id)).await.unwrap().resource;
@@ -845,13 +847,13 @@ async fn floating_ips(db: Db) {
     let port = |vif: &VifId| s.hosts.iter().find_map(|h| h.nw_driver.as_ref()?.port(vif));
     // The instance's host got a router SNAT address for the network from the pool.
     let external = eventually(Duration::from_secs(5), || async { port(&vif)?.network.external }).await.unwrap();
-    assert_eq!(external.gateway, "203.0.113.1");
+    assert_eq!(external.gateway.to_string(), "203.0.113.1");
 
     let a = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
     assert_ne!(a.ip, external.snat_ip, "a router's address is never handed out twice");
     let bad = CreateFloatingIp { ip: Some("198.51.100.7".into()) };
     assert_eq!(err(c.create_floating_ip(&bad).await), (400, "invalid_ip".into()));
-    let dup = CreateFloatingIp { ip: Some(a.ip.clone()) };
+    let dup = CreateFloatingIp { ip: Some(a.ip.to_string()) };
     assert_eq!(err(c.create_floating_ip(&dup).await), (409, "ip_in_use".into()));
     assert_eq!(err(other.get_floating_ip(&a.id).await).0, 404, "foreign = unknown");
 

@@ -159,11 +159,11 @@ async fn lossy_bus_and_dcmgr_restarts_converge(db: Db) {
     let port = |vif: &VifId| s.hosts.iter().find_map(|h| h.nw_driver.as_ref()?.port(vif));
     for inst in &live {
         let vif = inst.interfaces[0].id.clone();
-        let want_fip = (inst.id == ids[0]).then(|| fip.ip.clone());
+        let want_fip = (inst.id == ids[0]).then_some(fip.ip);
         eventually(Duration::from_secs(20), || async {
             let p = port(&vif)?;
             let rules = &p.security_groups.first()?.rules;
-            let cidrs: BTreeSet<String> = rules.first()?.cidrs.iter().cloned().collect();
+            let cidrs: BTreeSet<String> = rules.first()?.cidrs.iter().map(|c| c.to_string()).collect();
             (rules.len() == 1 && cidrs == members && p.floating_ip == want_fip).then_some(())
         })
         .await

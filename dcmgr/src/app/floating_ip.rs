@@ -68,7 +68,7 @@ async fn allocate(
     want: Option<Ipv4Addr>,
     account: Option<&str>,
     router: Option<(&str, &str)>,
-) -> ApiResult<(String, String)> {
+) -> ApiResult<(String, Ipv4Addr)> {
     let ext = ctx.config.external.as_ref().ok_or_else(no_external)?;
     let (start, end, _) = ext.pool().map_err(ApiError::internal)?;
     db::retry(|| async {
@@ -76,24 +76,26 @@ async fn allocate(
         let ip = pick(start, end, &used, want)?;
         let id = FloatingIpId::generate().to_string();
         store::insert(&ctx.db, &id, account, &ip.to_string(), router).await?;
-        Ok((id, ip.to_string()))
+        Ok((id, ip))
     })
     .await
 }
 
 /// The SNAT address of `host`'s router for `network`, allocated on first use; None
 /// without an external network.
-pub async fn router_snat_ip(ctx: &SharedCtx, network: &str, host: &str) -> ApiResult<Option<String>> {
+pub async fn router_snat_ip(ctx: &SharedCtx, network: &str, host: &str) -> ApiResult<Option<Ipv4Addr>> {
     if ctx.config.external.is_none() {
         return Ok(None);
     }
     if let Some(ip) = store::router_ip(&ctx.db, network, host).await? {
-        return Ok(Some(ip));
+        return Ok(Some(db::stored("floating_ips.ip", &ip)?));
     }
     match allocate(ctx, None, None, Some((network, host))).await {
         Ok((_, ip)) => Ok(Some(ip)),
         // Another dispatch allocated it meanwhile.
-        Err(_) => Ok(store::router_ip(&ctx.db, network, host).await?),
+        Err(_) => {
+            store::router_ip(&ctx.db, network, host).await?.map(|ip| db::stored("floating_ips.ip", &ip)).transpose()
+        }
     }
 }
 

@@ -7,12 +7,12 @@
 use crate::ctx::{SharedCtx, Work};
 use crate::datastore::{self as db, floating_ip as fipstore, interface as store};
 use crate::error::{ApiError, ApiResult};
-use ipnet::Ipv4Net;
 use rand::Rng;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use vdc_schema::api::{Interface, Network};
 use vdc_schema::id::*;
+use vdc_schema::net::MacAddr;
 use vdc_schema::{InterfaceState, ObservedInterface};
 
 /// One interface to create, checked before the transaction.
@@ -26,20 +26,13 @@ pub struct Planned {
 pub fn check_fixed_ip(net: &Network, ip: &str) -> ApiResult<Ipv4Addr> {
     let a: Ipv4Addr =
         ip.parse().map_err(|_| ApiError::bad("invalid_ip", format!("ip {ip:?} is not an IPv4 address")))?;
-    let (lo, hi) = range(net)?;
-    if u32::from(a) < lo || u32::from(a) > hi || a.to_string() == net.gateway {
+    if a < net.dhcp_start || a > net.dhcp_end || a == net.gateway {
         return Err(ApiError::bad(
             "invalid_ip",
             format!("ip {a} is outside the DHCP range {}–{} of network {}", net.dhcp_start, net.dhcp_end, net.id),
         ));
     }
     Ok(a)
-}
-
-fn range(net: &Network) -> ApiResult<(u32, u32)> {
-    let s: Ipv4Addr = net.dhcp_start.parse().map_err(ApiError::internal)?;
-    let e: Ipv4Addr = net.dhcp_end.parse().map_err(ApiError::internal)?;
-    Ok((u32::from(s), u32::from(e)))
 }
 
 /// The address a new interface on `net` takes, given the addresses `used` on it: the
@@ -52,9 +45,8 @@ pub fn pick_address(net: &Network, used: &HashSet<u32>, fixed: Option<Ipv4Addr>)
         }
         Some(a) => Ok(a),
         None => {
-            let (lo, hi) = range(net)?;
-            let gw: Ipv4Addr = net.gateway.parse().map_err(ApiError::internal)?;
-            let free = (lo..=hi).find(|a| !used.contains(a) && *a != u32::from(gw));
+            let (lo, hi, gw) = (u32::from(net.dhcp_start), u32::from(net.dhcp_end), u32::from(net.gateway));
+            let free = (lo..=hi).find(|a| !used.contains(a) && *a != gw);
             Ok(Ipv4Addr::from(free.ok_or_else(|| ApiError::Unprocessable {
                 code: "network_full",
                 message: format!("network {} has no free address in its DHCP range", net.id),
@@ -63,9 +55,10 @@ pub fn pick_address(net: &Network, used: &HashSet<u32>, fixed: Option<Ipv4Addr>)
     }
 }
 
-fn random_mac() -> String {
+/// A random address of the QEMU/KVM OUI 52:54:00.
+fn random_mac() -> MacAddr {
     let mut rng = rand::thread_rng();
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", rng.gen::<u8>(), rng.gen::<u8>(), rng.gen::<u8>())
+    MacAddr::new([0x52, 0x54, 0x00, rng.gen(), rng.gen(), rng.gen()])
 }
 
 /// Allocates an address and inserts the interface, within the caller's transaction.
@@ -88,7 +81,7 @@ pub async fn insert(
             instance: instance.as_str(),
             account: account.as_str(),
             network: p.network.id.as_str(),
-            mac: &mac,
+            mac: &mac.to_string(),
             ip: &ip.to_string(),
             position: position as i64,
         },
@@ -103,7 +96,7 @@ pub async fn insert(
         id,
         network_id: p.network.id.clone(),
         mac,
-        ip: ip.to_string(),
+        ip,
         security_groups: p.security_groups.clone(),
         state: InterfaceState::Pending,
     })
@@ -158,10 +151,6 @@ pub fn enqueue_groups(ctx: &SharedCtx, groups: &[String]) {
     }
 }
 
-pub fn prefix_len(cidr: &str) -> u8 {
-    cidr.parse::<Ipv4Net>().map(|n| n.prefix_len()).unwrap_or(24)
-}
-
 /// What nwagent's report of an interface at spec generation `spec_gen` records: its
 /// state, and the generation it holds (only an active interface holds one; the
 /// reconciler re-sends while that is behind `spec_gen`).
@@ -183,10 +172,10 @@ mod tests {
         Network {
             id: "nw-a".parse().unwrap(),
             name: "a".into(),
-            cidr: "10.0.0.0/24".into(),
-            gateway: "10.0.0.1".into(),
-            dhcp_start: "10.0.0.1".into(),
-            dhcp_end: "10.0.0.4".into(),
+            cidr: "10.0.0.0/24".parse().unwrap(),
+            gateway: "10.0.0.1".parse().unwrap(),
+            dhcp_start: "10.0.0.1".parse().unwrap(),
+            dhcp_end: "10.0.0.4".parse().unwrap(),
             vni: 100,
             created_at: Default::default(),
         }

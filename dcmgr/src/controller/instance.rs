@@ -3,16 +3,16 @@
 //! transaction with everything it implies.
 
 use crate::app::instance;
-use crate::app::interface;
 use crate::app::lifecycle;
 use crate::controller::image;
 use crate::controller::{Error, Result};
 use crate::ctx::{SharedCtx, Work};
 use crate::datastore::job;
 use crate::datastore::{self as db, instance as store};
+use crate::error::ApiResult;
 
 use vdc_schema::agent::Hypervisor;
-use vdc_schema::bus::{InstanceReport, InstanceSpec, NicSpec, VolumeAttachment};
+use vdc_schema::bus::{InstanceReport, InstanceSpec, VolumeAttachment};
 use vdc_schema::{DesiredPower, InstanceGoal, InstanceState, ObservedInstance};
 
 /// Builds the spec of one instance from the model and sends it to its host.
@@ -45,7 +45,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
 
 async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Result<InstanceSpec> {
     let image = image::spec(&ctx.db, &row.image_id).await?;
-    let nics = store::nics(&ctx.db, &row.id).await?;
+    let nics = store::nics(&ctx.db, &row.id).await?.into_iter().map(store::Nic::into_spec).collect::<ApiResult<_>>()?;
     let mut ssh_public_keys = vec![];
     if let Some(k) = &row.ssh_key_id {
         ssh_public_keys.extend(crate::datastore::keypair::public_key(&ctx.db, k).await?);
@@ -68,20 +68,7 @@ async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Re
         memory_mib: row.memory_mib as u32,
         hostname: crate::app::instance::hostname(&row.name, &row.id),
         image,
-        nics: nics
-            .into_iter()
-            .filter_map(|n| {
-                Some(NicSpec {
-                    id: n.id.parse().ok()?,
-                    network_id: n.network_id.parse().ok()?,
-                    mac: n.mac,
-                    ip: n.ip,
-                    prefix_len: interface::prefix_len(&n.cidr),
-                    gateway: n.gateway,
-                    vni: n.vni as u32,
-                })
-            })
-            .collect(),
+        nics,
         ssh_public_keys,
         user_data: row.user_data.clone(),
         volumes: vols

@@ -8,6 +8,7 @@ use crate::datastore::{self as db, floating_ip as fipstore, interface as store, 
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::agent::NetworkAgent;
 use vdc_schema::bus::{InterfaceReport, InterfaceSpec, NetworkSpec, ResolvedRule, SecurityGroupSpec};
+use vdc_schema::net::{Ipv4Addr, Ipv4Net};
 use vdc_schema::ObservedInterface;
 
 /// The rules of a group, with group references resolved to member addresses.
@@ -16,8 +17,12 @@ async fn resolved_group(db: &db::Pool, group: &str) -> ApiResult<SecurityGroupSp
     let mut out = Vec::with_capacity(rules.len());
     for r in rules {
         let cidrs = match (&r.cidr, &r.remote_group_id) {
-            (Some(c), _) => vec![c.clone()],
-            (None, Some(g)) => store::member_ips(db, g).await?.into_iter().map(|ip| format!("{ip}/32")).collect(),
+            (Some(c), _) => vec![db::stored("security_group_rules.cidr", c)?],
+            (None, Some(g)) => store::member_ips(db, g)
+                .await?
+                .iter()
+                .map(|ip| Ok(Ipv4Net::from(db::stored::<Ipv4Addr>("vifs.ip", ip)?)))
+                .collect::<ApiResult<_>>()?,
             (None, None) => vec![],
         };
         let api = r.into_api()?;
@@ -74,11 +79,16 @@ pub async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String
     };
     let external = match (&ctx.config.external, floating_ip::router_snat_ip(ctx, &network_id, &host).await?) {
         (Some(e), Some(snat_ip)) => {
-            Some(vdc_schema::bus::ExternalSpec { cidr: e.cidr.clone(), gateway: e.gateway.clone(), snat_ip })
+            let (cidr, gateway) = e.network().map_err(ApiError::internal)?;
+            Some(vdc_schema::bus::ExternalSpec { cidr, gateway, snat_ip })
         }
         _ => None,
     };
-    let peers = store::peers(&ctx.db, &network_id, &host).await?;
+    let peers = store::peers(&ctx.db, &network_id, &host)
+        .await?
+        .iter()
+        .map(|ip| db::stored("host_tunnels.tunnel_ip", ip))
+        .collect::<ApiResult<_>>()?;
     let mut security_groups = Vec::new();
     for g in store::group_ids(&ctx.db, id).await? {
         security_groups.push(resolved_group(&ctx.db, &g).await?);
@@ -91,16 +101,19 @@ pub async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String
         network: NetworkSpec {
             id: net.id.parse().map_err(ApiError::internal)?,
             vni: net.vni as u32,
-            cidr: net.cidr,
-            gateway: net.gateway,
+            cidr: db::stored("networks.cidr", &net.cidr)?,
+            gateway: db::stored("networks.gateway", &net.gateway)?,
             peers,
             external,
         },
-        mac,
-        ip,
+        mac: db::stored("vifs.mac", &mac)?,
+        ip: db::stored("vifs.ip", &ip)?,
         security_groups,
         metadata: Some(metadata),
-        floating_ip: fipstore::of_interface(&ctx.db, id).await?,
+        floating_ip: fipstore::of_interface(&ctx.db, id)
+            .await?
+            .map(|ip| db::stored("floating_ips.ip", &ip))
+            .transpose()?,
     };
     let client = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(ApiError::internal)? };
     client

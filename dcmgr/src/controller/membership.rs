@@ -10,7 +10,8 @@ use vdc_bus::Subscription;
 use vdc_schema::bus::{self, AgentKind, Heartbeat, HeartbeatReply, Register, Registered};
 use vdc_schema::id::{HostNodeId, StorageNodeId};
 
-/// Checks an untrusted registration: IDs of the right kind, sane capacities.
+/// Checks an untrusted registration: IDs of the right kind, sane capacities. (A tunnel
+/// address that is not IPv4 already failed the decode.)
 fn validate(r: &Register) -> Result<(), String> {
     match r.kind {
         AgentKind::Hva | AgentKind::Nwagent => {
@@ -25,9 +26,6 @@ fn validate(r: &Register) -> Result<(), String> {
         if h.cpus == 0 || h.cpus > 65536 || h.memory_mib == 0 || h.memory_mib > (1 << 40) || h.hypervisors.is_empty() {
             return Err(format!("implausible host capacity: {} cpus, {} MiB", h.cpus, h.memory_mib));
         }
-    }
-    if let Some(ip) = &r.tunnel_ip {
-        ip.parse::<std::net::Ipv4Addr>().map_err(|_| format!("tunnel_ip {ip:?} is not an IPv4 address"))?;
     }
     if r.kind == AgentKind::Sta {
         let s = r.storage.as_ref().ok_or("sta must send its storage capacity")?;
@@ -50,8 +48,8 @@ async fn register(ctx: &SharedCtx, r: &Register) -> Result<(), sqlx::Error> {
             hosts::upsert_storage(&ctx.db, &r.node_id, s, &now).await?;
         }
         AgentKind::Nwagent => {
-            if let Some(ip) = &r.tunnel_ip {
-                hosts::upsert_tunnel(&ctx.db, &r.node_id, ip).await?;
+            if let Some(ip) = r.tunnel_ip {
+                hosts::upsert_tunnel(&ctx.db, &r.node_id, &ip.to_string()).await?;
             }
         }
     }

@@ -23,7 +23,7 @@ impl Row {
     pub fn into_api(self) -> ApiResult<FloatingIp> {
         Ok(FloatingIp {
             id: self.id.parse().map_err(ApiError::internal)?,
-            ip: self.ip,
+            ip: db::stored("floating_ips.ip", &self.ip)?,
             instance_id: self.instance_id.map(|s| s.parse()).transpose().map_err(ApiError::internal)?,
             interface_id: self.vif_id.map(|s| s.parse()).transpose().map_err(ApiError::internal)?,
             created_at: db::parse_time(&self.created_at),

@@ -4,7 +4,9 @@
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::{Instance, Interface};
+use vdc_schema::bus::NicSpec;
 use vdc_schema::id::*;
+use vdc_schema::net::Ipv4Net;
 use vdc_schema::{InstanceGoal, InstanceState};
 
 #[derive(sqlx::FromRow, Clone)]
@@ -251,6 +253,21 @@ pub struct Nic {
     pub cidr: String,
     pub gateway: String,
     pub vni: i64,
+}
+
+impl Nic {
+    pub fn into_spec(self) -> ApiResult<NicSpec> {
+        let cidr: Ipv4Net = db::stored("networks.cidr", &self.cidr)?;
+        Ok(NicSpec {
+            id: self.id.parse().map_err(ApiError::internal)?,
+            network_id: self.network_id.parse().map_err(ApiError::internal)?,
+            mac: db::stored("vifs.mac", &self.mac)?,
+            ip: db::stored("vifs.ip", &self.ip)?,
+            prefix_len: cidr.prefix_len(),
+            gateway: db::stored("networks.gateway", &self.gateway)?,
+            vni: self.vni as u32,
+        })
+    }
 }
 
 pub async fn nics(pool: &db::Pool, id: &str) -> Result<Vec<Nic>, sqlx::Error> {

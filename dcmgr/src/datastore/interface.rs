@@ -24,8 +24,8 @@ impl Row {
             security_groups,
             id: self.id.parse().map_err(ApiError::internal)?,
             network_id: self.network_id.parse().map_err(ApiError::internal)?,
-            mac: self.mac,
-            ip: self.ip,
+            mac: db::stored("vifs.mac", &self.mac)?,
+            ip: db::stored("vifs.ip", &self.ip)?,
             state: self.state.parse().map_err(ApiError::internal)?,
         })
     }

@@ -94,6 +94,17 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Parses a value read from `column` (an address, a CIDR) into its contract type. Only
+/// dcmgr writes these columns, from values it parsed: a failure is a bug or a hand-edited
+/// database, answered as an internal error that names the column and the value.
+pub fn stored<T>(column: &str, s: &str) -> Result<T, crate::error::ApiError>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e| crate::error::ApiError::internal(format!("{column} {s:?} in the database: {e}")))
+}
+
 pub fn parse_time(s: &str) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(s).map(|t| t.with_timezone(&chrono::Utc)).unwrap_or_default()
 }

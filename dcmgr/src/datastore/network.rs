@@ -25,10 +25,10 @@ impl Row {
         Ok(Network {
             id: self.id.parse().map_err(ApiError::internal)?,
             name: self.name,
-            cidr: self.cidr,
-            gateway: self.gateway,
-            dhcp_start: self.dhcp_start,
-            dhcp_end: self.dhcp_end,
+            cidr: db::stored("networks.cidr", &self.cidr)?,
+            gateway: db::stored("networks.gateway", &self.gateway)?,
+            dhcp_start: db::stored("networks.dhcp_start", &self.dhcp_start)?,
+            dhcp_end: db::stored("networks.dhcp_end", &self.dhcp_end)?,
             vni: self.vni as u32,
             created_at: db::parse_time(&self.created_at),
         })
@@ -117,4 +117,32 @@ pub async fn users(tx: &mut db::Tx<'_>, id: &NetworkId) -> Result<Vec<String>, s
 pub async fn delete(tx: &mut db::Tx<'_>, id: &NetworkId) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM networks WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Row {
+        Row {
+            id: "nw-a".into(),
+            name: "a".into(),
+            cidr: "10.0.0.0/24".into(),
+            gateway: "10.0.0.1".into(),
+            dhcp_start: "10.0.0.2".into(),
+            dhcp_end: "10.0.0.254".into(),
+            vni: 100,
+            created_at: db::now(),
+        }
+    }
+
+    #[test]
+    fn stored_addresses_become_typed_or_an_internal_error_naming_the_column() {
+        let n = row().into_api().unwrap();
+        assert_eq!((n.cidr.to_string(), n.gateway.to_string()), ("10.0.0.0/24".into(), "10.0.0.1".into()));
+        let e = Row { dhcp_end: "10.0.0.300".into(), ..row() }.into_api().unwrap_err();
+        assert_eq!(e.code(), "internal");
+        assert!(e.to_string().contains(r#"networks.dhcp_end "10.0.0.300" in the database"#), "{e}");
+        assert_eq!(Row { cidr: "10.0.0.0".into(), ..row() }.into_api().unwrap_err().code(), "internal");
+    }
 }

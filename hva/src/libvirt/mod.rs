@@ -733,10 +733,10 @@ mod tests {
                 .map(|i| NicSpec {
                     id: vdc_schema::id::VifId::generate(),
                     network_id: vdc_schema::id::NetworkId::generate(),
-                    mac: format!("52:54:00:00:00:0{i}"),
-                    ip: format!("10.0.0.{}", 10 + i),
+                    mac: vdc_schema::net::MacAddr::new([0x52, 0x54, 0, 0, 0, i as u8]),
+                    ip: vdc_schema::net::Ipv4Addr::new(10, 0, 0, 10 + i as u8),
                     prefix_len: 24,
-                    gateway: "10.0.0.1".into(),
+                    gateway: vdc_schema::net::Ipv4Addr::new(10, 0, 0, 1),
                     vni: 7,
                 })
                 .collect(),

@@ -123,7 +123,7 @@ fn interfaces(spec: &InstanceSpec, bridge: Option<&str>, taps: bool) -> String {
                     "<interface type='ethernet'><mac address='{}'/><target dev='{}'/><model type='virtio'/>\
 <driver name='qemu'><host csum='off' tso4='off' tso6='off' ecn='off' ufo='off'/><guest csum='off' tso4='off' tso6='off' ecn='off' ufo='off'/></driver>\
 <mtu size='1450'/></interface>",
-                    esc(&n.mac),
+                    n.mac,
                     esc(&vdc_schema::bus::vif_device_name(&n.id))
                 )
             })
@@ -136,7 +136,7 @@ fn interfaces(spec: &InstanceSpec, bridge: Option<&str>, taps: bool) -> String {
             format!(
                 "<interface type='bridge'><source bridge='{}'/><mac address='{}'/><model type='virtio'/></interface>",
                 esc(br),
-                esc(&n.mac)
+                n.mac
             )
         })
         .collect()

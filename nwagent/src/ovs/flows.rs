@@ -17,6 +17,7 @@
 //! tunnel), so the flows of one thing are replaced as a unit.
 
 use vdc_schema::bus::{ResolvedRule, SecurityGroupSpec};
+use vdc_schema::net::{Ipv4Addr, MacAddr};
 use vdc_schema::{Direction, Protocol};
 
 pub const BASE: u64 = 1 << 56;
@@ -89,7 +90,7 @@ pub fn network_flows(vni: u32, ports: &[u32], tunnels: &[u32], service: Option<u
 
 /// The network's service port (DHCP, metadata, gateway address): trusted, so no
 /// conntrack; it may send from any address, but only with its own MAC.
-pub fn service_flows(vni: u32, ofport: u32, mac: &str) -> Vec<String> {
+pub fn service_flows(vni: u32, ofport: u32, mac: MacAddr) -> Vec<String> {
     let s = ofport;
     vec![
         format!("table=0,priority=100,in_port={s},dl_src={mac},actions=set_field:{vni}->tun_id,load:2->NXM_NX_REG0[],resubmit(,20)"),
@@ -132,7 +133,8 @@ fn rule_matches(r: &ResolvedRule) -> Vec<String> {
     };
     let mut out = vec![];
     for cidr in &r.cidrs {
-        let src = if cidr == "0.0.0.0/0" { String::new() } else { format!(",nw_src={cidr}") };
+        // A /0 admits every source: no match on it.
+        let src = if cidr.prefix_len() == 0 { String::new() } else { format!(",nw_src={cidr}") };
         for p in &ports {
             let dst = match p {
                 Some((v, 0xffff)) => format!(",tp_dst={v}"),
@@ -146,7 +148,7 @@ fn rule_matches(r: &ResolvedRule) -> Vec<String> {
 }
 
 /// The flows of one local port: anti-spoofing, delivery, and its groups' ingress rules.
-pub fn port_flows(vni: u32, ofport: u32, mac: &str, ip: &str, groups: &[SecurityGroupSpec]) -> Vec<String> {
+pub fn port_flows(vni: u32, ofport: u32, mac: MacAddr, ip: Ipv4Addr, groups: &[SecurityGroupSpec]) -> Vec<String> {
     let z = zone(vni);
     let p = ofport;
     let mut f = vec![
@@ -206,25 +208,26 @@ mod tests {
                     protocol: Protocol::Tcp,
                     port_min: Some(22),
                     port_max: Some(22),
-                    cidrs: vec!["0.0.0.0/0".into()],
+                    cidrs: vec!["0.0.0.0/0".parse().unwrap()],
                 },
                 ResolvedRule {
                     direction: Direction::Ingress,
                     protocol: Protocol::Icmp,
                     port_min: None,
                     port_max: None,
-                    cidrs: vec!["10.0.0.5/32".into()],
+                    cidrs: vec!["10.0.0.5/32".parse().unwrap()],
                 },
                 ResolvedRule {
                     direction: Direction::Egress,
                     protocol: Protocol::Any,
                     port_min: None,
                     port_max: None,
-                    cidrs: vec!["0.0.0.0/0".into()],
+                    cidrs: vec!["0.0.0.0/0".parse().unwrap()],
                 },
             ],
         };
-        let f = port_flows(100, 7, "02:00:00:00:00:01", "10.0.0.2", &[g]);
+        let (mac, ip) = ("02:00:00:00:00:01".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let f = port_flows(100, 7, mac, ip, &[g]);
         let allow: Vec<&String> = f.iter().filter(|l| l.contains("ct(commit")).collect();
         assert_eq!(allow.len(), 2, "{allow:#?}");
         assert!(allow.iter().any(|l| l.contains("tcp,tp_dst=22,actions")));
@@ -232,10 +235,7 @@ mod tests {
         assert!(f.iter().any(|l| l.contains("in_port=7,dl_src=02:00:00:00:00:01,ip,nw_src=10.0.0.2")));
         assert_eq!(
             f,
-            port_flows(100, 7, "02:00:00:00:00:01", "10.0.0.2", &[])
-                .into_iter()
-                .chain(allow.into_iter().cloned())
-                .collect::<Vec<_>>()
+            port_flows(100, 7, mac, ip, &[]).into_iter().chain(allow.into_iter().cloned()).collect::<Vec<_>>()
         );
     }
 

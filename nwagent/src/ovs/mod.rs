@@ -28,6 +28,7 @@ use vdc_bus::ReportSink;
 use vdc_schema::agent::{AgentError, NetworkAgent};
 use vdc_schema::bus::{vif_device_name, InterfaceReport, InterfaceSpec, ObjectReport};
 use vdc_schema::id::VifId;
+use vdc_schema::net::Ipv4Addr;
 use vdc_schema::ObservedInterface;
 
 #[derive(Debug, Clone)]
@@ -38,7 +39,7 @@ pub struct OvsConfig {
     pub rundir: PathBuf,
     pub bridge: String,
     /// This host's tunnel endpoint (announced to dcmgr; peers reach this host there).
-    pub tunnel_ip: String,
+    pub tunnel_ip: Ipv4Addr,
     /// Where `state.json` lives.
     pub data_dir: PathBuf,
     /// How long a port may wait for its device (hva creates it when the guest starts).
@@ -62,10 +63,10 @@ struct Port {
 struct State {
     ports: BTreeMap<VifId, Port>,
     /// tunnel remote IP → ofport
-    tunnels: BTreeMap<String, u32>,
+    tunnels: BTreeMap<Ipv4Addr, u32>,
     /// VNI → the peers of the newest spec received for that network (an older one may
     /// still list a host that has left it).
-    peers: BTreeMap<u32, Vec<String>>,
+    peers: BTreeMap<u32, Vec<Ipv4Addr>>,
     /// VNI → the ofport of the network's service port.
     services: BTreeMap<u32, u32>,
 }
@@ -97,9 +98,8 @@ pub enum OvsError {
 }
 
 /// The tunnel port towards one peer: `vx` + the peer's IPv4 in hex.
-fn tunnel_name(ip: &str) -> Option<String> {
-    let a: std::net::Ipv4Addr = ip.parse().ok()?;
-    Some(format!("vx{:08x}", u32::from(a)))
+fn tunnel_name(ip: Ipv4Addr) -> String {
+    format!("vx{:08x}", u32::from(ip))
 }
 
 impl Inner {
@@ -135,31 +135,31 @@ impl Inner {
         let c = flows::cookie(flows::PORT, p.spec.id.as_str());
         match p.ofport {
             Some(ofport) => {
-                (c, flows::port_flows(p.spec.network.vni, ofport, &p.spec.mac, &p.spec.ip, &p.spec.security_groups))
+                (c, flows::port_flows(p.spec.network.vni, ofport, p.spec.mac, p.spec.ip, &p.spec.security_groups))
             }
             None => (c, vec![]),
         }
     }
 
-    async fn ensure_tunnels(&self, st: &mut State, peers: &[String]) -> Result<Vec<(u64, Vec<String>)>, OvsError> {
+    async fn ensure_tunnels(&self, st: &mut State, peers: &[Ipv4Addr]) -> Result<Vec<(u64, Vec<String>)>, OvsError> {
         let mut sets = vec![];
-        for ip in peers {
-            if st.tunnels.contains_key(ip) {
+        for &ip in peers {
+            if st.tunnels.contains_key(&ip) {
                 continue;
             }
-            let name = tunnel_name(ip).ok_or_else(|| OvsError::Other(format!("peer {ip:?} is not an IPv4 address")))?;
+            let (name, remote) = (tunnel_name(ip), ip.to_string());
             self.db
                 .ensure_port(
                     &self.cfg.bridge,
                     &name,
                     "vxlan",
-                    &[("remote_ip", ip), ("key", "flow")],
-                    &[("vdc-peer", ip)],
+                    &[("remote_ip", &remote), ("key", "flow")],
+                    &[("vdc-peer", &remote)],
                 )
                 .await?;
             let ofport = self.wait_ofport(&name, Duration::from_secs(10)).await?;
-            st.tunnels.insert(ip.clone(), ofport);
-            sets.push((flows::cookie(flows::TUNNEL, ip), flows::tunnel_flows(ofport)));
+            st.tunnels.insert(ip, ofport);
+            sets.push((flows::cookie(flows::TUNNEL, &remote), flows::tunnel_flows(ofport)));
         }
         Ok(sets)
     }
@@ -195,26 +195,26 @@ impl Inner {
             st.services.remove(&vni);
             return Ok(vec![(cookie, vec![])]);
         };
-        let (cidr, gateway) = (first.spec.network.cidr.clone(), first.spec.network.gateway.clone());
+        let (cidr, gateway) = (first.spec.network.cidr, first.spec.network.gateway);
         let metas: Vec<service::Meta> = ports
             .iter()
             .filter_map(|p| {
                 Some(service::Meta {
                     instance_id: p.spec.instance_id.to_string(),
-                    ip: p.spec.ip.clone(),
+                    ip: p.spec.ip,
                     meta: p.spec.metadata.clone()?,
                 })
             })
             .collect();
-        let leases: Vec<(String, String, String)> = ports
+        let leases: Vec<_> = ports
             .iter()
             .map(|p| {
                 let name = p.spec.metadata.as_ref().map(|m| m.hostname.clone()).unwrap_or_default();
-                (p.spec.mac.clone(), p.spec.ip.clone(), name)
+                (p.spec.mac, p.spec.ip, name)
             })
             .collect();
         let external = ports.iter().max_by_key(|p| p.spec.spec_gen).and_then(|p| p.spec.network.external.clone());
-        let fips = ports.iter().filter_map(|p| Some((p.spec.floating_ip.clone()?, p.spec.ip.clone()))).collect();
+        let fips = ports.iter().filter_map(|p| Some((p.spec.floating_ip?, p.spec.ip))).collect();
         let n = service::NetService { vni, cidr, gateway, guests: metas, leases, external, fips };
         self.svc.ensure(&n).await?;
         let dev = service::service_dev(vni);
@@ -227,7 +227,7 @@ impl Inner {
                 p
             }
         };
-        Ok(vec![(cookie, flows::service_flows(vni, ofport, &service::service_mac(vni)))])
+        Ok(vec![(cookie, flows::service_flows(vni, ofport, service::service_mac(vni)))])
     }
 
     async fn ensure(&self, spec: InterfaceSpec) -> Result<(), OvsError> {
@@ -237,7 +237,13 @@ impl Inner {
         }
         let dev = vif_device_name(&spec.id);
         self.db
-            .ensure_port(&self.cfg.bridge, &dev, "", &[], &[("vdc-vif", spec.id.as_str()), ("attached-mac", &spec.mac)])
+            .ensure_port(
+                &self.cfg.bridge,
+                &dev,
+                "",
+                &[],
+                &[("vdc-vif", spec.id.as_str()), ("attached-mac", &spec.mac.to_string())],
+            )
             .await?;
         let mut sets = self.ensure_tunnels(&mut st, &spec.network.peers).await?;
         let old_vni = st.ports.get(&spec.id).map(|p| p.spec.network.vni);
@@ -331,12 +337,9 @@ impl OvsNetwork {
                     p.ofport = ofport;
                 }
             }
-            let tunnels: Vec<String> = st.tunnels.keys().cloned().collect();
+            let tunnels: Vec<Ipv4Addr> = st.tunnels.keys().copied().collect();
             for ip in tunnels {
-                let row = match tunnel_name(&ip) {
-                    Some(n) => inner.db.interface(&n).await?,
-                    None => None,
-                };
+                let row = inner.db.interface(&tunnel_name(ip)).await?;
                 match row.filter(|r| r.ofport > 0) {
                     Some(r) => st.tunnels.insert(ip, r.ofport as u32),
                     None => st.tunnels.remove(&ip),
@@ -352,7 +355,7 @@ impl OvsNetwork {
             }
             let mut sets = vec![(flows::BASE, flows::base_flows())];
             for (ip, ofport) in &st.tunnels {
-                sets.push((flows::cookie(flows::TUNNEL, ip), flows::tunnel_flows(*ofport)));
+                sets.push((flows::cookie(flows::TUNNEL, &ip.to_string()), flows::tunnel_flows(*ofport)));
             }
             let mut vnis: Vec<u32> = st.ports.values().map(|p| p.spec.network.vni).collect();
             vnis.sort();
@@ -422,5 +425,32 @@ impl NetworkAgent for OvsNetwork {
             self.inner.report(&id, gen, ObservedInterface::Active, None);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `state.json` written before addresses were typed reads back as it was: tunnels
+    /// keyed by their address string, peers and the interface specs' addresses as strings.
+    #[test]
+    fn saved_state_keeps_its_format() {
+        let saved = serde_json::json!({
+            "ports": {"vif-a": {"ofport": 7, "spec": {
+                "id": "vif-a", "spec_gen": 2, "instance_id": "i-a", "account_id": "a-a",
+                "network": {"id": "nw-a", "vni": 100, "cidr": "10.0.0.0/24", "gateway": "10.0.0.1",
+                    "peers": ["192.0.2.2"], "external": null},
+                "mac": "52:54:00:ab:cd:ef", "ip": "10.0.0.2", "security_groups": [], "metadata": null,
+                "floating_ip": null}}},
+            "tunnels": {"192.0.2.10": 9, "192.0.2.2": 8},
+            "peers": {"100": ["192.0.2.2", "192.0.2.10"]},
+            "services": {"100": 3},
+        });
+        let st: State = serde_json::from_value(saved.clone()).unwrap();
+        assert_eq!(st.tunnels.get(&Ipv4Addr::new(192, 0, 2, 10)), Some(&9));
+        assert_eq!(st.peers[&100], [Ipv4Addr::new(192, 0, 2, 2), Ipv4Addr::new(192, 0, 2, 10)]);
+        assert_eq!(serde_json::to_value(&st).unwrap(), saved);
+        assert_eq!(tunnel_name(Ipv4Addr::new(192, 0, 2, 10)), "vxc000020a");
     }
 }

@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use vdc_schema::bus::{ExternalSpec, InstanceMetadata};
+use vdc_schema::net::{Ipv4Addr, Ipv4Net, MacAddr};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("network service: {0}")]
@@ -46,11 +47,11 @@ pub const METADATA_IP: &str = "169.254.169.254";
 #[derive(Clone, Debug)]
 pub struct Meta {
     pub instance_id: String,
-    pub ip: String,
+    pub ip: Ipv4Addr,
     pub meta: InstanceMetadata,
 }
 
-type Table = Arc<RwLock<HashMap<String, Meta>>>;
+type Table = Arc<RwLock<HashMap<Ipv4Addr, Meta>>>;
 
 struct Running {
     table: Table,
@@ -61,15 +62,15 @@ struct Running {
 #[derive(Debug, Clone)]
 pub struct NetService {
     pub vni: u32,
-    pub cidr: String,
-    pub gateway: String,
+    pub cidr: Ipv4Net,
+    pub gateway: Ipv4Addr,
     /// The metadata of this host's guests on the network.
     pub guests: Vec<Meta>,
     /// (MAC, IP, hostname) of this host's interfaces: DHCP's static leases.
-    pub leases: Vec<(String, String, String)>,
+    pub leases: Vec<(MacAddr, Ipv4Addr, String)>,
     pub external: Option<ExternalSpec>,
     /// (floating IP, fixed IP) of this host's guests.
-    pub fips: Vec<(String, String)>,
+    pub fips: Vec<(Ipv4Addr, Ipv4Addr)>,
 }
 
 pub struct Services {
@@ -100,8 +101,9 @@ impl Drop for Services {
 }
 
 /// The service port's MAC: locally administered, derived from the VNI.
-pub fn service_mac(vni: u32) -> String {
-    format!("02:5d:{:02x}:{:02x}:{:02x}:{:02x}", vni >> 24, (vni >> 16) & 0xff, (vni >> 8) & 0xff, vni & 0xff)
+pub fn service_mac(vni: u32) -> MacAddr {
+    let [a, b, c, d] = vni.to_be_bytes();
+    MacAddr::new([0x02, 0x5d, a, b, c, d])
 }
 
 /// The host end of the service veth (≤ 15 bytes).
@@ -145,7 +147,7 @@ impl Services {
     /// with `guests` (this host's interfaces on the network); idempotent.
     pub async fn ensure(&self, n: &NetService) -> Result<(), ServiceError> {
         self.ensure_netns(n).await?;
-        self.ensure_dhcp(n.vni, &n.cidr, &n.gateway, &n.leases).await?;
+        self.ensure_dhcp(n.vni, n.cidr, n.gateway, &n.leases).await?;
         self.ensure_metadata(n.vni, &n.guests).await?;
         match (&n.external, &self.external_bridge) {
             (Some(ext), Some(br)) => self.ensure_router(n, ext, br).await,
@@ -160,10 +162,9 @@ impl Services {
     /// The namespace, and the veth joining it to the integration bridge with the
     /// gateway's and the metadata service's addresses.
     async fn ensure_netns(&self, n: &NetService) -> Result<(), ServiceError> {
-        let (vni, cidr, gateway) = (n.vni, n.cidr.as_str(), n.gateway.as_str());
+        let (vni, gateway, prefix_len) = (n.vni, n.gateway, n.cidr.prefix_len());
         let ns = self.netns(vni);
         let dev = service_dev(vni);
-        let prefix_len = cidr.split('/').nth(1).unwrap_or("24");
         let exists =
             self.tools.run("ip", &["netns", "list"]).await?.lines().any(|l| l.split_whitespace().next() == Some(&ns));
         if !exists {
@@ -173,7 +174,8 @@ impl Services {
             self.host_ip(&["link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", &ns]).await?;
             self.host_ip(&["link", "set", &dev, "up"]).await?;
             self.in_ns(vni, &["ip", "link", "set", "lo", "up"]).await?;
-            self.in_ns(vni, &["ip", "link", "set", "eth0", "address", &service_mac(vni), "mtu", "1450", "up"]).await?;
+            let mac = service_mac(vni).to_string();
+            self.in_ns(vni, &["ip", "link", "set", "eth0", "address", &mac, "mtu", "1450", "up"]).await?;
             self.in_ns(vni, &["ip", "addr", "add", &format!("{gateway}/{prefix_len}"), "dev", "eth0"]).await?;
             self.in_ns(vni, &["ip", "addr", "add", &format!("{METADATA_IP}/32"), "dev", "eth0"]).await?;
             // Checksums in software: the userspace datapath does not fill them in.
@@ -187,7 +189,6 @@ impl Services {
         let vni = n.vni;
         let dev = format!("xr{vni:x}");
         let ns = self.netns(vni);
-        let ext_net: ipnet::Ipv4Net = ext.cidr.parse().map_err(err)?;
         if self.host_ip(&["link", "show", &dev]).await.is_err() {
             self.host_ip(&["link", "add", &dev, "type", "veth", "peer", "name", "ext0", "netns", &ns]).await?;
             self.host_ip(&["link", "set", &dev, "master", bridge, "up"]).await?;
@@ -195,7 +196,7 @@ impl Services {
             self.in_ns(vni, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).await?;
         }
         // Addresses: the SNAT one on the external subnet, each floating IP as a /32.
-        let mut want: Vec<String> = vec![format!("{}/{}", ext.snat_ip, ext_net.prefix_len())];
+        let mut want: Vec<String> = vec![format!("{}/{}", ext.snat_ip, ext.cidr.prefix_len())];
         want.extend(n.fips.iter().map(|(fip, _)| format!("{fip}/32")));
         let have_json = self.in_ns(vni, &["ip", "-j", "addr", "show", "dev", "ext0"]).await?;
         let have: Vec<String> = serde_json::from_str::<serde_json::Value>(&have_json)
@@ -212,7 +213,7 @@ impl Services {
         for a in have.iter().filter(|a| !want.contains(a)) {
             self.in_ns(vni, &["ip", "addr", "del", a, "dev", "ext0"]).await?;
         }
-        self.in_ns(vni, &["ip", "route", "replace", "default", "via", &ext.gateway, "dev", "ext0"]).await?;
+        self.in_ns(vni, &["ip", "route", "replace", "default", "via", &ext.gateway.to_string(), "dev", "ext0"]).await?;
         // The whole ruleset in one nft transaction: never half-applied.
         let rules = nat_rules(n, ext);
         let file = self.dir.join(format!("nat-{vni}.nft"));
@@ -224,9 +225,9 @@ impl Services {
     async fn ensure_dhcp(
         &self,
         vni: u32,
-        cidr: &str,
-        gateway: &str,
-        macs: &[(String, String, String)],
+        cidr: Ipv4Net,
+        gateway: Ipv4Addr,
+        macs: &[(MacAddr, Ipv4Addr, String)],
     ) -> Result<(), ServiceError> {
         std::fs::create_dir_all(&self.dir).map_err(err)?;
         let hosts = self.dir.join(format!("dhcp-{vni}.hosts"));
@@ -241,8 +242,7 @@ impl Services {
             self.tools.run("kill", &["-HUP", &pid.to_string()]).await?;
             return Ok(());
         }
-        let net: ipnet::Ipv4Net = cidr.parse().map_err(err)?;
-        let range = format!("{},static,{},12h", net.network(), net.netmask());
+        let range = format!("{},static,{},12h", cidr.network(), cidr.netmask());
         let lease = self.dir.join(format!("dhcp-{vni}.leases"));
         self.in_ns(
             vni,
@@ -266,7 +266,7 @@ impl Services {
     }
 
     async fn ensure_metadata(&self, vni: u32, guests: &[Meta]) -> Result<(), ServiceError> {
-        let table: HashMap<String, Meta> = guests.iter().map(|m| (m.ip.clone(), m.clone())).collect();
+        let table: HashMap<Ipv4Addr, Meta> = guests.iter().map(|m| (m.ip, m.clone())).collect();
         if let Some(r) = self.running.lock().unwrap().get(&vni) {
             *r.table.write().unwrap() = table;
             return Ok(());
@@ -346,7 +346,8 @@ fn bind_in_netns(ns_path: &str, addr: &str) -> Result<std::net::TcpListener, Ser
 }
 
 fn who(table: &Table, peer: &SocketAddr) -> Option<Meta> {
-    table.read().unwrap().get(&peer.ip().to_string()).cloned()
+    let std::net::IpAddr::V4(ip) = peer.ip() else { return None };
+    table.read().unwrap().get(&ip).cloned()
 }
 
 type Answer = Result<String, StatusCode>;
@@ -361,7 +362,7 @@ async fn item(State(t): State<Table>, ConnectInfo(peer): ConnectInfo<SocketAddr>
     match key.as_str() {
         "instance-id" => Ok(m.instance_id),
         "hostname" | "local-hostname" => Ok(m.meta.hostname),
-        "local-ipv4" => Ok(m.ip),
+        "local-ipv4" => Ok(m.ip.to_string()),
         _ => Err(StatusCode::NOT_FOUND),
     }
 }
@@ -397,16 +398,16 @@ mod tests {
     fn net(fips: &[(&str, &str)]) -> NetService {
         NetService {
             vni: 42,
-            cidr: "10.10.0.0/24".into(),
-            gateway: "10.10.0.1".into(),
+            cidr: "10.10.0.0/24".parse().unwrap(),
+            gateway: "10.10.0.1".parse().unwrap(),
             guests: vec![],
-            leases: vec![("52:54:00:00:00:05".into(), "10.10.0.5".into(), "web".into())],
+            leases: vec![("52:54:00:00:00:05".parse().unwrap(), "10.10.0.5".parse().unwrap(), "web".into())],
             external: Some(ExternalSpec {
-                cidr: "203.0.113.0/24".into(),
-                gateway: "203.0.113.1".into(),
-                snat_ip: "203.0.113.2".into(),
+                cidr: "203.0.113.0/24".parse().unwrap(),
+                gateway: "203.0.113.1".parse().unwrap(),
+                snat_ip: "203.0.113.2".parse().unwrap(),
             }),
-            fips: fips.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            fips: fips.iter().map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap())).collect(),
         }
     }
 
@@ -520,7 +521,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (f, s) = services(dir.path());
         let leases = net(&[]).leases;
-        s.ensure_dhcp(42, "10.10.0.0/24", "10.10.0.1", &leases).await.unwrap();
+        s.ensure_dhcp(42, "10.10.0.0/24".parse().unwrap(), "10.10.0.1".parse().unwrap(), &leases).await.unwrap();
         let d = dir.path().display();
         assert_eq!(
             f.calls()[0].argv,
@@ -551,7 +552,7 @@ mod tests {
         f.clear();
         let pid = std::process::id();
         std::fs::write(dir.path().join("dhcp-42.pid"), format!("{pid}\n")).unwrap();
-        s.ensure_dhcp(42, "10.10.0.0/24", "10.10.0.1", &[]).await.unwrap();
+        s.ensure_dhcp(42, "10.10.0.0/24".parse().unwrap(), "10.10.0.1".parse().unwrap(), &[]).await.unwrap();
         assert_eq!(f.lines(), [format!("kill -HUP {pid}")]);
         assert_eq!(std::fs::read_to_string(dir.path().join("dhcp-42.hosts")).unwrap(), "");
     }

@@ -33,7 +33,7 @@ pub struct AgentConfig {
     pub host: Option<HostInfo>,
     pub storage: Option<StorageInfo>,
     /// nwagent: the host's tunnel endpoint, announced at registration.
-    pub tunnel_ip: Option<String>,
+    pub tunnel_ip: Option<std::net::Ipv4Addr>,
     /// The report journal; `None` keeps it in memory (simulated agents at scale).
     pub journal: Option<PathBuf>,
 }
@@ -261,7 +261,7 @@ async fn register(bus: &dyn Transport, cfg: &AgentConfig, cancel: &CancellationT
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         host: cfg.host.clone(),
         storage: cfg.storage.clone(),
-        tunnel_ip: cfg.tunnel_ip.clone(),
+        tunnel_ip: cfg.tunnel_ip,
     };
     let payload = bytes::Bytes::from(bus::encode(&msg));
     let mut backoff = Duration::from_millis(100);

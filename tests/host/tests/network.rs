@@ -40,7 +40,7 @@ async fn a_real_guest_gets_its_address_by_dhcp_and_its_identity_from_metadata() 
         .unwrap();
     let id = a.resource.id.clone();
     let inst = wait_state(&c, &id, InstanceState::Running).await;
-    let ip = inst.interfaces[0].ip.clone();
+    let ip = inst.interfaces[0].ip;
     let boot = Duration::from_secs(120);
     wait_console(&c, &id, &format!("vdc-guest: eth0 {ip}/24"), boot).await;
     wait_console(&c, &id, &format!("vdc-guest: metadata instance-id={id}"), boot).await;
@@ -99,12 +99,12 @@ async fn real_guests_on_two_hosts_reach_each_other_over_the_overlay_and_no_one_e
     a.add_security_group_rule(&sg.id, &own).await.unwrap();
     let b_inst = a.create_instance(&guest("b", &net.id, &sg.id, None)).await.unwrap().resource;
     let b_inst = wait_state(&a, &b_inst.id, InstanceState::Running).await;
-    let b_ip = b_inst.interfaces[0].ip.clone();
+    let b_ip = b_inst.interfaces[0].ip.to_string();
     wait_console(&a, &b_inst.id, &format!("vdc-guest: eth0 {b_ip}/24"), boot).await;
     let a_inst = a.create_instance(&guest("a", &net.id, &sg.id, Some(pinger(&b_ip)))).await.unwrap().resource;
     let a_inst = wait_state(&a, &a_inst.id, InstanceState::Running).await;
     assert_ne!(a_inst.host_node_id, b_inst.host_node_id, "the two guests run on different hosts");
-    let a_ip = a_inst.interfaces[0].ip.clone();
+    let a_ip = a_inst.interfaces[0].ip.to_string();
     wait_console(&a, &a_inst.id, &format!("vdc-guest: eth0 {a_ip}/24"), boot).await;
     wait_console(&a, &a_inst.id, &format!("vdc-user-data: ping {b_ip} ok"), boot).await;
 

@@ -28,7 +28,7 @@ async fn node(netns: &str, dir: &std::path::Path, ip: &str, external_bridge: Opt
         db_socket: host.db_socket(),
         rundir: host.dir.clone(),
         bridge: "br-int".into(),
-        tunnel_ip: ip.into(),
+        tunnel_ip: ip.parse().unwrap(),
         data_dir: dir.join("nwagent"),
         plug_timeout: Duration::from_secs(10),
         host_netns: Some(netns.into()),
@@ -46,7 +46,7 @@ fn rule(protocol: Protocol, port: Option<u16>, cidrs: &[&str]) -> ResolvedRule {
         protocol,
         port_min: port,
         port_max: port,
-        cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+        cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
     }
 }
 
@@ -63,8 +63,8 @@ fn iface(net: &NetworkSpec, mac: &str, ip: &str, rules: Vec<ResolvedRule>) -> In
         instance_id,
         account_id: AccountId::generate(),
         network: net.clone(),
-        mac: mac.into(),
-        ip: ip.into(),
+        mac: mac.parse().unwrap(),
+        ip: ip.parse().unwrap(),
         security_groups: vec![SecurityGroupSpec { id: SecurityGroupId::generate(), rules }],
         floating_ip: None,
     }
@@ -86,7 +86,8 @@ async fn active(n: &Node, spec: &InterfaceSpec) {
 }
 
 fn guest(p: &str, name: &str, host: &Host, spec: &InterfaceSpec) -> Guest {
-    Guest::start(&format!("{p}-{name}"), host, &vif_device_name(&spec.id), &spec.mac, &spec.ip, 24).expect("guest ns")
+    let (mac, ip) = (spec.mac.to_string(), spec.ip.to_string());
+    Guest::start(&format!("{p}-{name}"), host, &vif_device_name(&spec.id), &mac, &ip, 24).expect("guest ns")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,18 +118,20 @@ async fn overlay_isolation_security_groups_and_restart() {
     let net = |vni: u32, peer: &str| NetworkSpec {
         id: NetworkId::generate(),
         vni,
-        cidr: "10.10.0.0/24".into(),
-        gateway: "10.10.0.1".into(),
-        peers: vec![peer.into()],
+        cidr: "10.10.0.0/24".parse().unwrap(),
+        gateway: "10.10.0.1".parse().unwrap(),
+        peers: vec![peer.parse().unwrap()],
         external: None,
     };
-    let external =
-        ExternalSpec { cidr: "203.0.113.0/24".into(), gateway: "203.0.113.1".into(), snat_ip: "203.0.113.11".into() };
+    let external = ExternalSpec {
+        cidr: "203.0.113.0/24".parse().unwrap(),
+        gateway: "203.0.113.1".parse().unwrap(),
+        snat_ip: "203.0.113.11".parse().unwrap(),
+    };
     let a_on_1 = NetworkSpec { external: Some(external), ..net(100, "10.251.0.2") };
-    let a_on_2 = NetworkSpec { peers: vec!["10.251.0.1".into()], ..net(100, "") };
-    let a_on_2 = NetworkSpec { id: a_on_1.id.clone(), ..a_on_2 };
+    let a_on_2 = NetworkSpec { id: a_on_1.id.clone(), ..net(100, "10.251.0.1") };
     let b_on_2 = net(200, "10.251.0.1");
-    let b_on_1 = NetworkSpec { id: b_on_2.id.clone(), peers: vec!["10.251.0.2".into()], ..b_on_2.clone() };
+    let b_on_1 = NetworkSpec { id: b_on_2.id.clone(), peers: vec!["10.251.0.2".parse().unwrap()], ..b_on_2.clone() };
 
     // a1 admits nothing; a2 admits ssh from anywhere and icmp from a1 (a group reference
     // resolved to a1's address); b1/b2 admit icmp from anywhere.
@@ -172,7 +175,7 @@ async fn overlay_isolation_security_groups_and_restart() {
 
     // DHCP gives a guest the address dcmgr assigned (a guest that has none yet).
     let a3 = iface(&a_on_1, "02:00:00:00:01:03", "10.10.0.31", vec![]);
-    let ga3 = Guest::start(&format!("{p}-a3"), &n1.host, &vif_device_name(&a3.id), &a3.mac, "0.0.0.0", 0)
+    let ga3 = Guest::start(&format!("{p}-a3"), &n1.host, &vif_device_name(&a3.id), &a3.mac.to_string(), "0.0.0.0", 0)
         .expect("guest without an address");
     active(&n1, &a3).await;
     let script = dir.path().join("udhcpc.sh");
@@ -210,7 +213,7 @@ async fn overlay_isolation_security_groups_and_restart() {
     // Floating IP: a1 gets 203.0.113.50 (and admits icmp from anywhere). It answers from
     // outside; its outbound traffic carries it; a3, without one, leaves as the router.
     a1.spec_gen = 2;
-    a1.floating_ip = Some("203.0.113.50".into());
+    a1.floating_ip = Some("203.0.113.50".parse().unwrap());
     a1.security_groups[0].rules.push(rule(Protocol::Icmp, None, &["0.0.0.0/0"]));
     active(&n1, &a1).await;
     let outside = |args: &[&str]| ns(&out, args);

@@ -17,6 +17,7 @@ use vdc_nwagent::testing::{ns, prefix, sh, underlay, Guest, Host, Switch};
 use vdc_schema::agent::NetworkAgent;
 use vdc_schema::bus::*;
 use vdc_schema::id::*;
+use vdc_schema::net::{Ipv4Addr, Ipv4Net, MacAddr};
 use vdc_schema::{Direction, ObservedInterface, Protocol};
 
 #[derive(Parser)]
@@ -29,12 +30,12 @@ struct Args {
     seconds: u32,
 }
 
-fn cfg(host: &Host, ip: &str) -> OvsConfig {
+fn cfg(host: &Host, ip: Ipv4Addr) -> OvsConfig {
     OvsConfig {
         db_socket: host.db_socket(),
         rundir: host.dir.clone(),
         bridge: "br-int".into(),
-        tunnel_ip: ip.into(),
+        tunnel_ip: ip,
         data_dir: host.dir.join("nwagent"),
         plug_timeout: Duration::from_secs(30),
         host_netns: Some(host.netns.clone()),
@@ -50,7 +51,7 @@ fn spec(net: &NetworkSpec, i: usize, rules: usize) -> InterfaceSpec {
             protocol: Protocol::Tcp,
             port_min: Some(1000 + r as u16 * 10),
             port_max: Some(1000 + r as u16 * 10 + 9),
-            cidrs: vec![format!("10.{}.0.0/16", r % 200)],
+            cidrs: vec![Ipv4Net::new(Ipv4Addr::new(10, (r % 200) as u8, 0, 0), 16).unwrap()],
         })
         .collect();
     InterfaceSpec {
@@ -59,8 +60,8 @@ fn spec(net: &NetworkSpec, i: usize, rules: usize) -> InterfaceSpec {
         instance_id: InstanceId::generate(),
         account_id: AccountId::generate(),
         network: net.clone(),
-        mac: format!("02:00:00:00:{:02x}:{:02x}", i >> 8, i & 0xff),
-        ip: format!("10.20.{}.{}", i / 250, i % 250 + 2),
+        mac: MacAddr::new([0x02, 0, 0, 0, (i >> 8) as u8, (i & 0xff) as u8]),
+        ip: Ipv4Addr::new(10, 20, (i / 250) as u8, (i % 250 + 2) as u8),
         security_groups: vec![SecurityGroupSpec { id: SecurityGroupId::generate(), rules }],
         metadata: None,
         floating_ip: None,
@@ -106,16 +107,16 @@ async fn main() -> anyhow::Result<()> {
     let host2 = Host::start(&h2, &dir.path().join("h2"), "ul0", "10.251.0.2")?;
     let sink1 = ReportSink::open(None)?;
     let sink2 = ReportSink::open(None)?;
-    let n1 = OvsNetwork::open(cfg(&host1, "10.251.0.1"), sink1.clone()).await?;
-    let n2 = OvsNetwork::open(cfg(&host2, "10.251.0.2"), sink2.clone()).await?;
+    let n1 = OvsNetwork::open(cfg(&host1, Ipv4Addr::new(10, 251, 0, 1)), sink1.clone()).await?;
+    let n2 = OvsNetwork::open(cfg(&host2, Ipv4Addr::new(10, 251, 0, 2)), sink2.clone()).await?;
 
     // 1. Programming N ports × M rules on host 1 (their devices exist beforehand, as
     //    when hva has started the guests).
     let net = NetworkSpec {
         id: NetworkId::generate(),
         vni: 300,
-        cidr: "10.20.0.0/16".into(),
-        gateway: "10.20.0.1".into(),
+        cidr: "10.20.0.0/16".parse()?,
+        gateway: "10.20.0.1".parse()?,
         peers: vec![],
         external: None,
     };
@@ -149,9 +150,9 @@ async fn main() -> anyhow::Result<()> {
     let mk = |peer: &str| NetworkSpec {
         id: NetworkId::generate(),
         vni: 400,
-        cidr: "10.30.0.0/24".into(),
-        gateway: "10.30.0.1".into(),
-        peers: vec![peer.into()],
+        cidr: "10.30.0.0/24".parse().unwrap(),
+        gateway: "10.30.0.1".parse().unwrap(),
+        peers: vec![peer.parse().unwrap()],
         external: None,
     };
     let any = |cidr: &str| ResolvedRule {
@@ -159,22 +160,23 @@ async fn main() -> anyhow::Result<()> {
         protocol: Protocol::Any,
         port_min: None,
         port_max: None,
-        cidrs: vec![cidr.into()],
+        cidrs: vec![cidr.parse().unwrap()],
     };
     let mut a = spec(&mk("10.251.0.2"), 1, 0);
-    a.ip = "10.30.0.11".into();
+    a.ip = "10.30.0.11".parse()?;
     a.security_groups[0].rules = vec![any("0.0.0.0/0")];
     let mut b = spec(&mk("10.251.0.1"), 2, 0);
     b.network.id = a.network.id.clone();
-    b.ip = "10.30.0.12".into();
+    b.ip = "10.30.0.12".parse()?;
     b.security_groups[0].rules = vec![any("0.0.0.0/0")];
-    let ga = Guest::start(&format!("{p}-ga"), &host1, &vif_device_name(&a.id), &a.mac, &a.ip, 24)?;
-    let gb = Guest::start(&format!("{p}-gb"), &host2, &vif_device_name(&b.id), &b.mac, &b.ip, 24)?;
+    let (a_mac, a_ip, b_mac, b_ip) = (a.mac.to_string(), a.ip.to_string(), b.mac.to_string(), b.ip.to_string());
+    let ga = Guest::start(&format!("{p}-ga"), &host1, &vif_device_name(&a.id), &a_mac, &a_ip, 24)?;
+    let gb = Guest::start(&format!("{p}-gb"), &host2, &vif_device_name(&b.id), &b_mac, &b_ip, 24)?;
     n1.ensure_interface(a.clone()).await?;
     n2.ensure_interface(b.clone()).await?;
     all_active(&sink1, std::slice::from_ref(&a.id)).await;
     all_active(&sink2, std::slice::from_ref(&b.id)).await;
-    let _ = ga.ping(&b.ip);
+    let _ = ga.ping(&b_ip);
     let overlay = iperf(&ga, &gb, args.seconds);
 
     // The baseline: a bare netdev bridge (NORMAL) joining two guests' veths in one
