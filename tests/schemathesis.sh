@@ -159,7 +159,11 @@ TOML
 # be accepted, and the API refuses some by design with a documented 400 or 422 (rules
 # across fields, such as "exactly one of cidr and group" or a DHCP range inside the
 # CIDR; a volume grows but never shrinks; no host or storage node has the room; no
-# external network on this site).
+# external network on this site); and ensure_resource_availability, whose stateful
+# scenarios follow schemathesis' own guess of a link that fills a rule's `rule_id` with
+# the `id` of the group just created (no rule has that ID, so the 404 is right): the
+# per-operation switch above is not honoured in the stateful phase (a CI run failed on
+# it with ST302 on DELETE /security_groups/{id}/rules/{rule_id}).
 # One worker: with two, a run once died inside hypothesis ("AST constructor recursion
 # depth mismatch": Python's ast module used from two threads at once). Run from the
 # temporary directory, where schemathesis and hypothesis leave their caches.
@@ -167,7 +171,7 @@ cd "$W"
 python3 -m schemathesis.cli --config-file "$W/schemathesis.toml" run "$ROOT/dcmgr/openapi.json" \
   --url "$API" \
   --header "Authorization: Bearer $TOKEN" \
-  --checks all --exclude-checks positive_data_acceptance \
+  --checks all --exclude-checks positive_data_acceptance,ensure_resource_availability \
   --max-examples "${VDC_ST_MAX_EXAMPLES:-100}" \
   --workers 1 \
   --generation-database none \
