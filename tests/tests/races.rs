@@ -33,6 +33,8 @@ on_both_databases!(
     snapshot_volume_delete,
     floating_ip_associations,
     terminate_attach,
+    image_delete_instance_create,
+    instance_actions,
 );
 
 const ROUNDS: usize = 3;
@@ -541,6 +543,106 @@ async fn terminate_attach(db: Db) {
             assert_eq!(got.instance_id, None);
         }
         assert!(c.get_instance(&inst.id).await.unwrap().volumes.is_empty());
+    }
+    s.stop().await;
+}
+
+async fn image_delete_instance_create(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let c = s.account("id").await;
+    for round in 0..ROUNDS {
+        let img = c
+            .create_image(&CreateImage {
+                name: format!("img{round}"),
+                format: ImageFormat::Qcow2,
+                arch: Arch::X86_64,
+                hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu],
+                source: "/var/lib/vdc/images/debian.qcow2".into(),
+                checksum: Some(format!("sha256:{}", "ab".repeat(32))),
+                initrd: None,
+                kernel_cmdline: None,
+                public: false,
+            })
+            .await
+            .unwrap();
+        let reqs = (0..24).map(|i| {
+            let (c, img) = (c.clone(), img.id.clone());
+            async move {
+                if i % 2 == 0 {
+                    let r = c.create_instance(&inst_req(&img, &format!("r{round}-{i}"), None, &[])).await;
+                    ("create", outcome(r, |a| Some((a.job.clone(), true))))
+                } else {
+                    ("delete", outcome(c.delete_image(&img).await, |_| None))
+                }
+            }
+        });
+        let results = join_all(reqs).await;
+        let outcomes: Vec<Outcome> = results.iter().map(|r| r.1.clone()).collect();
+        let created = results.iter().filter(|r| r.0 == "create" && r.1.status == 202).count();
+        let deleted = results.iter().filter(|r| r.0 == "delete" && r.1.status == 202).count();
+        assert!(deleted <= 1);
+        assert!(created == 0 || deleted == 0, "round {round}: no instance of a deleted image: {:?}", codes(&outcomes));
+        for (kind, o) in &results {
+            if o.status >= 400 {
+                let ok = match *kind {
+                    "create" => (o.status, o.code.as_str()) == (404, "not_found"),
+                    _ => [(409, "image_in_use"), (404, "not_found")].contains(&(o.status, o.code.as_str())),
+                };
+                assert!(ok, "{kind}: {} {}", o.status, o.code);
+            }
+        }
+        wait_jobs_end(&c, &outcomes).await;
+        for i in c.list_all_instances().await.unwrap() {
+            if i.state != InstanceState::Terminated {
+                c.get_image(&i.image_id).await.expect("a live instance's image exists");
+                let t = c.terminate_instance(&i.id).await.unwrap();
+                c.wait_job(&t.job.id, Duration::from_secs(15)).await.unwrap();
+            }
+        }
+    }
+    s.stop().await;
+}
+
+/// Stop, start, reboot and terminate of one instance, all at once: every request is
+/// answered (202, 200 or 409), every job ends, and once terminate is accepted the
+/// instance ends terminated with its reservation given back.
+async fn instance_actions(db: Db) {
+    let mut o = stack(db);
+    o.hosts = 1;
+    let s = Stack::start(o).await;
+    let c = s.account("ia").await;
+    for round in 0..ROUNDS {
+        let inst = s.running_instance(&c, &format!("x{round}")).await;
+        let reqs = (0..24).map(|i| {
+            let (c, id) = (c.clone(), inst.id.clone());
+            async move {
+                let r = match i % 4 {
+                    0 => c.stop_instance(&id).await,
+                    1 => c.start_instance(&id).await,
+                    2 => c.reboot_instance(&id).await,
+                    _ => c.terminate_instance(&id).await,
+                };
+                outcome(r, accepted)
+            }
+        });
+        let outcomes = join_all(reqs).await;
+        for o in &outcomes {
+            assert!(
+                [200, 202].contains(&o.status) || (o.status, o.code.as_str()) == (409, "invalid_state"),
+                "round {round}: {} {}",
+                o.status,
+                o.code
+            );
+        }
+        assert!(count(&outcomes, 202) >= 1, "round {round}: a terminate is accepted at the least");
+        wait_jobs_end(&c, &outcomes).await;
+        wait_state(&c, &inst.id, InstanceState::Terminated).await;
+        eventually(Duration::from_secs(10), || async {
+            let hosts = s.admin.list_all_host_nodes().await.ok()?;
+            hosts.iter().all(|h| h.cpus_used == 0 && h.memory_used_mib == 0).then_some(())
+        })
+        .await
+        .expect("every reservation is given back");
     }
     s.stop().await;
 }
