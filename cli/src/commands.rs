@@ -269,7 +269,7 @@ pub struct ImageCreateArgs {
     /// A hypervisor kind the image boots on (repeatable)
     #[arg(long = "hypervisor", value_name = "KIND", required = true, value_parser = wire!(HypervisorKind))]
     pub hypervisors: Vec<HypervisorKind>,
-    /// Where hosts fetch it: a path, a file:// or http(s):// URL, or builtin:NAME
+    /// A file every host holds: a path, a file:// URL, or builtin:NAME (admin only; URLs are refused)
     #[arg(long, value_name = "SRC")]
     pub source: String,
     #[arg(long, default_value = "x86_64", value_parser = wire!(Arch))]

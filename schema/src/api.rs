@@ -191,7 +191,8 @@ pub struct CreateImage {
     /// At least one.
     #[schema(min_items = 1)]
     pub hypervisors: Vec<HypervisorKind>,
-    /// A path, a `file://` or `http(s)://` URL, or `builtin:NAME`; at most 4096 bytes.
+    /// A file every host holds: a path, a `file://` URL or `builtin:NAME`; at most 4096 bytes.
+    /// Only an operator (admin) registers images; `http(s)://` URLs are refused.
     #[schema(min_length = 1)]
     pub source: String,
     /// `sha256:` and 64 hex digits.

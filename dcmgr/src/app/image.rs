@@ -15,6 +15,14 @@ fn validate(req: &CreateImage) -> ApiResult<()> {
     if req.source.trim().is_empty() || req.source.len() > 4096 {
         return Err(ApiError::bad("invalid_image", "source must be a path or URL of at most 4096 characters"));
     }
+    if ["http://", "https://", "ftp://"].iter().any(|p| req.source.to_ascii_lowercase().starts_with(p)) {
+        // hva and sta read local files only; a URL here was fetched by nobody, or by the
+        // wrong party (server-side request forgery).
+        return Err(ApiError::bad(
+            "invalid_source",
+            "images cannot be imported from a URL yet: an operator registers a file the hosts hold",
+        ));
+    }
     if let Some(c) = &req.checksum {
         let ok = c.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
         if !ok {
@@ -33,6 +41,16 @@ fn validate(req: &CreateImage) -> ApiResult<()> {
 }
 
 pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiResult<Image> {
+    // An image's source names a file on the hosts, which hva boots and sta copies into
+    // volumes as root: a tenant naming one could read any host file. Until images can be
+    // uploaded, only an operator registers them; tenants boot the public ones.
+    if !caller.admin {
+        return Err(ApiError::Forbidden(
+            "only an operator (admin) can register an image, since its source is a file on the hosts; \
+             use a public image"
+                .into(),
+        ));
+    }
     validate(&req)?;
     if req.public && !caller.admin {
         return Err(ApiError::Forbidden("only an admin can publish a public image".into()));

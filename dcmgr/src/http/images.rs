@@ -14,9 +14,9 @@ use vdc_schema::api::{CreateImage, ErrorBody, Image, Page};
     responses(
         (status = 201, description = "The image", body = Image),
         (status = 400,
-            description = "`invalid_name`, `invalid_image`, `invalid_checksum`, or a malformed body (`invalid_body`)",
+            description = "`invalid_name`, `invalid_image`, `invalid_source` (a URL), `invalid_checksum`, or a malformed body (`invalid_body`)",
             body = ErrorBody),
-        (status = 403, description = "`forbidden`: only an admin can publish a public image", body = ErrorBody)))]
+        (status = 403, description = "`forbidden`: only an operator (admin) registers images (their source is a file on the hosts)", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,

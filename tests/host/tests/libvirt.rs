@@ -127,7 +127,8 @@ async fn bad_input_is_refused_or_fails_cleanly() {
     let dir = s.opts.libvirt.as_ref().unwrap().tiny_image_dir.clone();
     let c = s.account("bad").await;
     // A corrupt image: its data does not match the checksum on record.
-    let corrupt = c
+    let corrupt = s
+        .admin
         .create_image(&CreateImage {
             name: "corrupt".into(),
             format: ImageFormat::Kernel,
@@ -137,7 +138,7 @@ async fn bad_input_is_refused_or_fails_cleanly() {
             checksum: Some(format!("sha256:{}", "0".repeat(64))),
             initrd: Some(dir.join("initrd.gz").display().to_string()),
             kernel_cmdline: None,
-            public: false,
+            public: true,
         })
         .await
         .unwrap();
