@@ -273,13 +273,7 @@ impl Services {
         }
         let listener = bind_in_netns(&format!("/var/run/netns/{}", self.netns(vni)), &format!("{METADATA_IP}:80"))?;
         let table: Table = Arc::new(RwLock::new(table));
-        let app = Router::new()
-            .route("/latest/meta-data/", get(index))
-            .route("/latest/meta-data/{key}", get(item))
-            .route("/latest/meta-data/public-keys/", get(keys))
-            .route("/latest/meta-data/public-keys/{n}/openssh-key", get(key))
-            .route("/latest/user-data", get(user_data))
-            .with_state(table.clone());
+        let app = metadata_router(table.clone());
         let listener = tokio::net::TcpListener::from_std(listener).map_err(err)?;
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
@@ -352,32 +346,167 @@ fn who(table: &Table, peer: &SocketAddr) -> Option<Meta> {
 
 type Answer = Result<String, StatusCode>;
 
-async fn index(State(t): State<Table>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Answer {
+/// The EC2 metadata versions cloud-init and other clients ask for (cloud-init tries
+/// `2009-04-04` and `2021-03-23`; all serve the same data here).
+const EC2_VERSIONS: &[&str] = &[
+    "1.0",
+    "2007-01-19",
+    "2009-04-04",
+    "2011-01-01",
+    "2012-01-12",
+    "2014-02-25",
+    "2016-09-02",
+    "2021-03-23",
+    "latest",
+];
+
+/// The metadata service: EC2-style under every version cloud-init reads (directory
+/// listings end in `/`), IMDSv2's token `PUT` (accepted; the guest is known by its source
+/// address, which anti-spoofing guarantees), and OpenStack's `meta_data.json`.
+fn metadata_router(table: Table) -> Router {
+    Router::new()
+        .route("/", get(versions))
+        .route("/{version}", get(version_index))
+        .route("/{version}/", get(version_index))
+        .route("/{version}/meta-data", get(index))
+        .route("/{version}/meta-data/", get(index))
+        .route("/{version}/meta-data/{key}", get(item))
+        .route("/{version}/meta-data/public-keys/", get(keys))
+        .route("/{version}/meta-data/public-keys/{n}", get(key_index))
+        .route("/{version}/meta-data/public-keys/{n}/", get(key_index))
+        .route("/{version}/meta-data/public-keys/{n}/openssh-key", get(key))
+        .route("/{version}/user-data", get(user_data))
+        .route("/latest/api/token", axum::routing::put(token))
+        .route("/openstack", get(openstack_versions))
+        .route("/openstack/", get(openstack_versions))
+        .route("/openstack/{version}/meta_data.json", get(openstack_meta))
+        .route("/openstack/{version}/user_data", get(openstack_user_data))
+        .with_state(table)
+}
+
+fn ec2_version(v: &str) -> Result<(), StatusCode> {
+    EC2_VERSIONS.contains(&v).then_some(()).ok_or(StatusCode::NOT_FOUND)
+}
+
+async fn versions() -> String {
+    EC2_VERSIONS.iter().map(|v| format!("{v}\n")).collect()
+}
+
+async fn version_index(
+    State(t): State<Table>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(version): Path<String>,
+) -> Answer {
+    ec2_version(&version)?;
+    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    Ok(if m.meta.user_data.is_some() { "meta-data/\nuser-data\n" } else { "meta-data/\n" }.into())
+}
+
+async fn index(
+    State(t): State<Table>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(version): Path<String>,
+) -> Answer {
+    ec2_version(&version)?;
     who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
     Ok("instance-id\nhostname\nlocal-hostname\nlocal-ipv4\npublic-keys/\n".into())
 }
 
-async fn item(State(t): State<Table>, ConnectInfo(peer): ConnectInfo<SocketAddr>, Path(key): Path<String>) -> Answer {
+async fn item(
+    State(t): State<Table>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((version, key)): Path<(String, String)>,
+) -> Answer {
+    ec2_version(&version)?;
     let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
     match key.as_str() {
         "instance-id" => Ok(m.instance_id),
         "hostname" | "local-hostname" => Ok(m.meta.hostname),
         "local-ipv4" => Ok(m.ip.to_string()),
+        "public-keys" => Ok((0..m.meta.public_keys.len()).map(|i| format!("{i}=key-{i}\n")).collect()),
         _ => Err(StatusCode::NOT_FOUND),
     }
 }
 
-async fn keys(State(t): State<Table>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Answer {
+async fn keys(
+    State(t): State<Table>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(version): Path<String>,
+) -> Answer {
+    ec2_version(&version)?;
     let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
     Ok((0..m.meta.public_keys.len()).map(|i| format!("{i}=key-{i}\n")).collect())
 }
 
-async fn key(State(t): State<Table>, ConnectInfo(peer): ConnectInfo<SocketAddr>, Path(n): Path<usize>) -> Answer {
+async fn key_index(
+    State(t): State<Table>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((version, n)): Path<(String, usize)>,
+) -> Answer {
+    ec2_version(&version)?;
+    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    m.meta.public_keys.get(n).map(|_| "openssh-key\n".to_owned()).ok_or(StatusCode::NOT_FOUND)
+}
+
+async fn key(
+    State(t): State<Table>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((version, n)): Path<(String, usize)>,
+) -> Answer {
+    ec2_version(&version)?;
     let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
     m.meta.public_keys.get(n).map(|k| format!("{k}\n")).ok_or(StatusCode::NOT_FOUND)
 }
 
-async fn user_data(State(t): State<Table>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Answer {
+async fn user_data(
+    State(t): State<Table>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(version): Path<String>,
+) -> Answer {
+    ec2_version(&version)?;
+    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    m.meta.user_data.ok_or(StatusCode::NOT_FOUND)
+}
+
+/// IMDSv2: a session token for the guest to send back. Any value works, since the guest
+/// is known by its address; the token only has to exist for clients that insist on it.
+async fn token(State(t): State<Table>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Answer {
+    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    Ok(format!("vdc-{}", m.instance_id))
+}
+
+async fn openstack_versions() -> String {
+    "latest\n".into()
+}
+
+async fn openstack_meta(
+    State(t): State<Table>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(version): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, StatusCode> {
+    if version != "latest" {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    let keys: serde_json::Map<String, serde_json::Value> =
+        m.meta.public_keys.iter().enumerate().map(|(i, k)| (format!("key-{i}"), k.clone().into())).collect();
+    Ok(axum::Json(serde_json::json!({
+        "uuid": m.instance_id,
+        "hostname": m.meta.hostname,
+        "name": m.meta.hostname,
+        "launch_index": 0,
+        "public_keys": keys,
+    })))
+}
+
+async fn openstack_user_data(
+    State(t): State<Table>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(version): Path<String>,
+) -> Answer {
+    if version != "latest" {
+        return Err(StatusCode::NOT_FOUND);
+    }
     let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
     m.meta.user_data.ok_or(StatusCode::NOT_FOUND)
 }
@@ -571,5 +700,73 @@ mod tests {
             ["kill 12345", "ip -n h1 link del vs2a", "ip -n h1 link del xr2a", "ip netns del vt-n2a"]
         );
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "its files are gone");
+    }
+
+    async fn get_as(app: &Router, from: [u8; 4], method: &str, uri: &str) -> (u16, String) {
+        use tower::ServiceExt;
+        let req = axum::http::Request::builder().method(method).uri(uri).body(axum::body::Body::empty()).unwrap();
+        let app = app.clone().layer(axum::extract::connect_info::MockConnectInfo(SocketAddr::from((from, 40000))));
+        let res = app.oneshot(req).await.unwrap();
+        let status = res.status().as_u16();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn metadata_answers_as_cloud_init_reads_it() {
+        let guest = |ip: [u8; 4], id: &str, user_data: Option<&str>| Meta {
+            instance_id: id.into(),
+            ip: ip.into(),
+            meta: vdc_schema::bus::InstanceMetadata {
+                hostname: format!("host-{id}"),
+                public_keys: vec!["ssh-ed25519 AAAA k".into()],
+                user_data: user_data.map(Into::into),
+            },
+        };
+        let table: Table = Arc::new(RwLock::new(
+            [guest([10, 0, 0, 2], "i-a", Some("#!/bin/sh\necho hi\n")), guest([10, 0, 0, 3], "i-b", None)]
+                .into_iter()
+                .map(|m| (m.ip, m))
+                .collect(),
+        ));
+        let app = metadata_router(table);
+        let a = [10, 0, 0, 2];
+        // Every version cloud-init asks for answers the same, with directory listings.
+        for v in ["latest", "2009-04-04", "2021-03-23"] {
+            assert_eq!(
+                get_as(&app, a, "GET", &format!("/{v}/meta-data/instance-id")).await,
+                (200, "i-a".into()),
+                "{v}"
+            );
+            let (st, listing) = get_as(&app, a, "GET", &format!("/{v}/meta-data/")).await;
+            assert!(st == 200 && listing.contains("public-keys/\n"), "{v}: {listing}");
+        }
+        assert_eq!(get_as(&app, a, "GET", "/1999-01-01/meta-data/instance-id").await.0, 404, "unknown version");
+        assert!(get_as(&app, a, "GET", "/").await.1.contains("2009-04-04\n"));
+        assert_eq!(get_as(&app, a, "GET", "/latest/").await.1, "meta-data/\nuser-data\n");
+        assert_eq!(get_as(&app, a, "GET", "/latest/meta-data/public-keys/").await.1, "0=key-0\n");
+        assert_eq!(get_as(&app, a, "GET", "/latest/meta-data/public-keys/0/").await.1, "openssh-key\n");
+        assert_eq!(
+            get_as(&app, a, "GET", "/latest/meta-data/public-keys/0/openssh-key").await.1,
+            "ssh-ed25519 AAAA k\n"
+        );
+        assert_eq!(get_as(&app, a, "GET", "/2009-04-04/user-data").await, (200, "#!/bin/sh\necho hi\n".into()));
+        // A guest without user-data gets 404 for it, as cloud-init expects.
+        assert_eq!(get_as(&app, [10, 0, 0, 3], "GET", "/latest/user-data").await.0, 404);
+        assert_eq!(get_as(&app, [10, 0, 0, 3], "GET", "/latest/").await.1, "meta-data/\n");
+        // IMDSv2's token PUT is accepted.
+        let (st, tok) = get_as(&app, a, "PUT", "/latest/api/token").await;
+        assert!(st == 200 && !tok.is_empty());
+        // OpenStack's view.
+        let (st, json) = get_as(&app, a, "GET", "/openstack/latest/meta_data.json").await;
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            (st, v["uuid"].as_str(), v["public_keys"]["key-0"].as_str()),
+            (200, Some("i-a"), Some("ssh-ed25519 AAAA k"))
+        );
+        assert_eq!(get_as(&app, a, "GET", "/openstack/latest/user_data").await.0, 200);
+        // An address no guest has learns nothing.
+        assert_eq!(get_as(&app, [10, 0, 0, 9], "GET", "/latest/meta-data/instance-id").await.0, 404);
+        assert_eq!(get_as(&app, [10, 0, 0, 9], "GET", "/openstack/latest/meta_data.json").await.0, 404);
     }
 }
