@@ -1,10 +1,9 @@
 //! `/api/v1/instances`: create, list, show, the lifecycle actions, the console.
 
 use crate::app::instance as app;
-use crate::app::Outcome;
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::ApiResult;
-use crate::http::{path_id, Body, ListParams};
+use crate::http::{path_id, status, Body, ListParams};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -68,8 +67,7 @@ async fn action_handler(
     action: InstanceAction,
 ) -> ApiResult<(StatusCode, Json<Accepted<Instance>>)> {
     let (done, body) = app::act(&ctx, &caller, &path_id("instance", &id)?, action).await?;
-    let status = if done == Outcome::Applied { StatusCode::ACCEPTED } else { StatusCode::OK };
-    Ok((status, Json(body)))
+    Ok((status(done), Json(body)))
 }
 
 macro_rules! action_endpoint {

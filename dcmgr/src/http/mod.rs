@@ -36,6 +36,14 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// 202 when a request changed something, 200 when it was already as asked.
+pub fn status(outcome: crate::app::Outcome) -> axum::http::StatusCode {
+    match outcome {
+        crate::app::Outcome::Applied => axum::http::StatusCode::ACCEPTED,
+        crate::app::Outcome::Already => axum::http::StatusCode::OK,
+    }
+}
+
 /// Parses a path ID; a malformed ID is simply one that does not exist.
 pub fn path_id<T: std::str::FromStr>(kind: &'static str, raw: &str) -> ApiResult<T> {
     raw.parse().map_err(|_| ApiError::not_found(kind, raw.chars().take(64).collect::<String>()))

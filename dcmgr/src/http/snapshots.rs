@@ -1,9 +1,9 @@
 //! `/api/v1/snapshots`.
 
-use crate::app::{snapshot as app, Outcome};
+use crate::app::snapshot as app;
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::ApiResult;
-use crate::http::{path_id, Body, ListParams};
+use crate::http::{path_id, status, Body, ListParams};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -71,9 +71,5 @@ pub async fn delete(
 ) -> ApiResult<(StatusCode, Json<Accepted<Snapshot>>)> {
     let id: SnapshotId = path_id("snapshot", &id)?;
     let (outcome, accepted) = app::delete(&ctx, &caller, &id).await?;
-    let status = match outcome {
-        Outcome::Applied => StatusCode::ACCEPTED,
-        Outcome::Already => StatusCode::OK,
-    };
-    Ok((status, Json(accepted)))
+    Ok((status(outcome), Json(accepted)))
 }

@@ -1,22 +1,14 @@
 //! `/api/v1/volumes`.
 
-use crate::app::{volume as app, Outcome};
+use crate::app::volume as app;
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::ApiResult;
-use crate::http::{path_id, Body, ListParams};
+use crate::http::{path_id, status, Body, ListParams};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use vdc_schema::api::{Accepted, AttachVolume, CreateVolume, ErrorBody, ExtendVolume, Page, Volume};
 use vdc_schema::id::VolumeId;
-
-/// 202 when the request changed the volume, 200 when it was already as asked.
-fn status(outcome: Outcome) -> StatusCode {
-    match outcome {
-        Outcome::Applied => StatusCode::ACCEPTED,
-        Outcome::Already => StatusCode::OK,
-    }
-}
 
 #[utoipa::path(post, path = "/api/v1/volumes", tag = "volumes", operation_id = "volume_create",
     summary = "Create a volume: empty, a copy of a snapshot, or filled from an image", request_body = CreateVolume,
