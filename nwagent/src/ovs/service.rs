@@ -384,8 +384,12 @@ fn metadata_router(table: Table) -> Router {
         .with_state(table)
 }
 
-fn ec2_version(v: &str) -> Result<(), StatusCode> {
-    EC2_VERSIONS.contains(&v).then_some(()).ok_or(StatusCode::NOT_FOUND)
+/// The guest asking, for a version of the EC2 API this service knows; else 404.
+fn guest(table: &Table, peer: &SocketAddr, version: &str) -> Result<Meta, StatusCode> {
+    if !EC2_VERSIONS.contains(&version) {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    who(table, peer).ok_or(StatusCode::NOT_FOUND)
 }
 
 async fn versions() -> String {
@@ -397,8 +401,7 @@ async fn version_index(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(version): Path<String>,
 ) -> Answer {
-    ec2_version(&version)?;
-    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    let m = guest(&t, &peer, &version)?;
     Ok(if m.meta.user_data.is_some() { "meta-data/\nuser-data\n" } else { "meta-data/\n" }.into())
 }
 
@@ -407,8 +410,7 @@ async fn index(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(version): Path<String>,
 ) -> Answer {
-    ec2_version(&version)?;
-    who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    guest(&t, &peer, &version)?;
     Ok("instance-id\nhostname\nlocal-hostname\nlocal-ipv4\npublic-keys/\n".into())
 }
 
@@ -417,8 +419,7 @@ async fn item(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((version, key)): Path<(String, String)>,
 ) -> Answer {
-    ec2_version(&version)?;
-    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    let m = guest(&t, &peer, &version)?;
     match key.as_str() {
         "instance-id" => Ok(m.instance_id),
         "hostname" | "local-hostname" => Ok(m.meta.hostname),
@@ -433,8 +434,7 @@ async fn keys(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(version): Path<String>,
 ) -> Answer {
-    ec2_version(&version)?;
-    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    let m = guest(&t, &peer, &version)?;
     Ok((0..m.meta.public_keys.len()).map(|i| format!("{i}=key-{i}\n")).collect())
 }
 
@@ -443,8 +443,7 @@ async fn key_index(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((version, n)): Path<(String, usize)>,
 ) -> Answer {
-    ec2_version(&version)?;
-    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    let m = guest(&t, &peer, &version)?;
     m.meta.public_keys.get(n).map(|_| "openssh-key\n".to_owned()).ok_or(StatusCode::NOT_FOUND)
 }
 
@@ -453,8 +452,7 @@ async fn key(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((version, n)): Path<(String, usize)>,
 ) -> Answer {
-    ec2_version(&version)?;
-    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    let m = guest(&t, &peer, &version)?;
     m.meta.public_keys.get(n).map(|k| format!("{k}\n")).ok_or(StatusCode::NOT_FOUND)
 }
 
@@ -463,8 +461,7 @@ async fn user_data(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(version): Path<String>,
 ) -> Answer {
-    ec2_version(&version)?;
-    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    let m = guest(&t, &peer, &version)?;
     m.meta.user_data.ok_or(StatusCode::NOT_FOUND)
 }
 
@@ -473,6 +470,14 @@ async fn user_data(
 async fn token(State(t): State<Table>, ConnectInfo(peer): ConnectInfo<SocketAddr>) -> Answer {
     let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
     Ok(format!("vdc-{}", m.instance_id))
+}
+
+/// The guest asking, for the one OpenStack metadata version served (`latest`); else 404.
+fn openstack_guest(table: &Table, peer: &SocketAddr, version: &str) -> Result<Meta, StatusCode> {
+    if version != "latest" {
+        return Err(StatusCode::NOT_FOUND);
+    }
+    who(table, peer).ok_or(StatusCode::NOT_FOUND)
 }
 
 async fn openstack_versions() -> String {
@@ -484,10 +489,7 @@ async fn openstack_meta(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(version): Path<String>,
 ) -> Result<axum::Json<serde_json::Value>, StatusCode> {
-    if version != "latest" {
-        return Err(StatusCode::NOT_FOUND);
-    }
-    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    let m = openstack_guest(&t, &peer, &version)?;
     let keys: serde_json::Map<String, serde_json::Value> =
         m.meta.public_keys.iter().enumerate().map(|(i, k)| (format!("key-{i}"), k.clone().into())).collect();
     Ok(axum::Json(serde_json::json!({
@@ -504,10 +506,7 @@ async fn openstack_user_data(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(version): Path<String>,
 ) -> Answer {
-    if version != "latest" {
-        return Err(StatusCode::NOT_FOUND);
-    }
-    let m = who(&t, &peer).ok_or(StatusCode::NOT_FOUND)?;
+    let m = openstack_guest(&t, &peer, &version)?;
     m.meta.user_data.ok_or(StatusCode::NOT_FOUND)
 }
 
