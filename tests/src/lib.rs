@@ -779,3 +779,19 @@ pub fn builtin_tiny_image(hypervisors: Vec<HypervisorKind>) -> CreateImage {
         public: true,
     }
 }
+
+/// Runs each scenario `async fn name(db: Db)` of a test file once per database, as
+/// `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { $crate::init_logging(); super::$name($crate::Db::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { $crate::init_logging(); super::$name($crate::Db::Postgres).await })*
+        }
+    };
+}

@@ -7,21 +7,7 @@ use vdc_schema::api::*;
 use vdc_schema::bus::{self, subject};
 use vdc_schema::id::*;
 use vdc_schema::*;
-use vdc_tests::{eventually, wait_state, Db, Stack, StackOptions};
-
-/// Runs each scenario once per database.
-macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { vdc_tests::init_logging(); super::$name(super::Db::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { vdc_tests::init_logging(); super::$name(super::Db::Postgres).await })*
-        }
-    };
-}
+use vdc_tests::{eventually, on_both_databases, wait_state, Db, Stack, StackOptions};
 
 on_both_databases!(
     auth_and_api_info,
