@@ -259,6 +259,7 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
             initrd: Some(path("initrd.gz").unwrap_or_else(|| "builtin:tiny-initrd".into())),
             kernel_cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
             public: true,
+            default_user: Some("root".into()),
         },
         CreateImage {
             name: "tiny-lxc".into(),
@@ -270,6 +271,7 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
             initrd: None,
             kernel_cmdline: None,
             public: true,
+            default_user: Some("root".into()),
         },
     ];
     for req in images {
