@@ -7,6 +7,8 @@ pub mod config;
 pub mod error;
 pub mod output;
 pub mod parse;
+pub mod resolve;
+pub mod ssh;
 pub mod up;
 
 #[cfg(test)]
