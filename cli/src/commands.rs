@@ -4,12 +4,12 @@ mod exec;
 
 use crate::error::CliError;
 use crate::output::OutputFormat;
-use crate::parse::{parse_checksum, parse_memory_mib, parse_rule_spec, parse_size_mib};
+use crate::parse::{parse_checksum, parse_memory_mib, parse_rule_arg, parse_size_mib, RuleArg};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use crate::resolve::Ref;
-use vdc_schema::api::{self, RuleSpec};
+use vdc_schema::api;
 use vdc_schema::*;
 
 /// A clap parser for one of the schema's wire enums, listing its spellings in help and
@@ -341,8 +341,8 @@ pub enum NetworkCmd {
 /// Rule syntax shown in help.
 const SPEC_HELP: &str = "SPEC is PROTO[:PORTS[:SOURCE]]: PROTO tcp|udp|icmp|any; PORTS 22 or \
                          1000-2000 (the ICMP type for icmp; empty for all); SOURCE a CIDR or an \
-                         sg- ID (default 0.0.0.0/0). Examples: tcp:22, udp:53:10.0.0.0/8, \
-                         icmp::sg-abc, any";
+                         security group's name or ID (default 0.0.0.0/0). Examples: tcp:22, \
+                         udp:53:10.0.0.0/8, icmp::web, any";
 
 #[derive(Debug, Subcommand)]
 pub enum SecgroupCmd {
@@ -353,8 +353,8 @@ pub enum SecgroupCmd {
         #[arg(long, default_value = "")]
         description: String,
         /// An ingress rule (repeatable)
-        #[arg(long = "rule", value_name = "SPEC", value_parser = parse_rule_spec)]
-        rules: Vec<RuleSpec>,
+        #[arg(long = "rule", value_name = "SPEC", value_parser = parse_rule_arg)]
+        rules: Vec<RuleArg>,
     },
     #[command(visible_alias = "ls")]
     List {
@@ -378,8 +378,8 @@ pub enum SecgroupCmd {
     RuleAdd {
         #[arg(value_name = "SG")]
         sg: Ref<api::SecurityGroup>,
-        #[arg(value_name = "SPEC", value_parser = parse_rule_spec)]
-        spec: RuleSpec,
+        #[arg(value_name = "SPEC", value_parser = parse_rule_arg)]
+        spec: RuleArg,
         /// Outgoing traffic; SOURCE is then the destination
         #[arg(long)]
         egress: bool,
@@ -720,7 +720,7 @@ mod tests {
         let Command::Secgroup(SecgroupCmd::RuleAdd { spec, egress, .. }) = cli.command else {
             panic!("wrong command");
         };
-        assert_eq!(spec.port_min, Some(53));
+        assert_eq!(spec.spec.port_min, Some(53));
         assert!(egress);
         let cli = parse(&["volume", "create", "data", "--size", "10G"]).unwrap();
         assert!(matches!(cli.command, Command::Volume(VolumeCmd::Create { size: Some(10240), .. })));

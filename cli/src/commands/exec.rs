@@ -383,7 +383,11 @@ async fn secgroup(ctx: &Ctx, cmd: SecgroupCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
         SecgroupCmd::Create { name, description, rules } => {
-            let req = CreateSecurityGroup { name, description, rules };
+            let mut specs = Vec::with_capacity(rules.len());
+            for r in rules {
+                specs.push(rule_spec(c, r).await?);
+            }
+            let req = CreateSecurityGroup { name, description, rules: specs };
             ctx.show(&c.create_security_group(&req).await?)
         }
         SecgroupCmd::List { name, list } => ctx.list::<SecurityGroup>("/security_groups", list, name, None).await,
@@ -393,8 +397,9 @@ async fn secgroup(ctx: &Ctx, cmd: SecgroupCmd) -> Result<(), CliError> {
             c.delete_security_group(&id).await?;
             ctx.deleted(id.as_str())
         }
-        SecgroupCmd::RuleAdd { sg, mut spec, egress } => {
+        SecgroupCmd::RuleAdd { sg, spec, egress } => {
             let sg = resolve(c, &sg).await?;
+            let mut spec = rule_spec(c, spec).await?;
             if egress {
                 spec.direction = Direction::Egress;
             }
@@ -404,6 +409,15 @@ async fn secgroup(ctx: &Ctx, cmd: SecgroupCmd) -> Result<(), CliError> {
             ctx.show(&c.delete_security_group_rule(&resolve(c, &sg).await?, &rule_id).await?)
         }
     }
+}
+
+/// The rule to send, its SOURCE group (if any) resolved to an ID.
+async fn rule_spec(c: &Client, r: crate::parse::RuleArg) -> Result<RuleSpec, CliError> {
+    let mut spec = r.spec;
+    if let Some(g) = &r.group {
+        spec.group = Some(resolve(c, g).await?);
+    }
+    Ok(spec)
 }
 
 async fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
