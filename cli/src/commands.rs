@@ -5,10 +5,10 @@ mod exec;
 use crate::error::CliError;
 use crate::output::OutputFormat;
 use crate::parse::{parse_checksum, parse_memory_mib, parse_rule_arg, parse_size_mib, RuleArg};
+use crate::resolve::Ref;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use crate::resolve::Ref;
 use vdc_schema::api;
 use vdc_schema::*;
 

@@ -65,7 +65,8 @@ pub fn parse_rule_arg(spec: &str) -> Result<RuleArg, String> {
     if !is_group {
         return Ok(RuleArg { spec: parse_rule_spec(t)?, group: None });
     }
-    let mut parsed = parse_rule_spec(&format!("{proto}:{ports}")).map_err(|e| e.replace(&format!("{proto}:{ports}"), t))?;
+    let mut parsed =
+        parse_rule_spec(&format!("{proto}:{ports}")).map_err(|e| e.replace(&format!("{proto}:{ports}"), t))?;
     parsed.cidr = None;
     Ok(RuleArg { spec: parsed, group: Some(source.parse()?) })
 }

@@ -236,7 +236,10 @@ mod tests {
         let err = pick("debian", &[image("img-a", "debian", false), image("img-b", "debian", true)]).unwrap_err();
         assert_eq!(err.code(), "ambiguous_name");
         let msg = err.to_string();
-        assert_eq!(msg, "2 images are named \"debian\"; use one of their IDs:\n  img-a  debian\n  img-b  debian (public)");
+        assert_eq!(
+            msg,
+            "2 images are named \"debian\"; use one of their IDs:\n  img-a  debian\n  img-b  debian (public)"
+        );
     }
 
     #[test]

@@ -140,7 +140,20 @@ mod tests {
         let a = strs(ssh_args(&p));
         assert_eq!(
             a[4..],
-            ["-i", "/home/u/k", "-o", "IdentitiesOnly=yes", "-p", "2222", "-l", "debian", "192.0.2.10", "--", "-x", "echo hi"]
+            [
+                "-i",
+                "/home/u/k",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-p",
+                "2222",
+                "-l",
+                "debian",
+                "192.0.2.10",
+                "--",
+                "-x",
+                "echo hi"
+            ]
         );
     }
 

@@ -61,7 +61,20 @@ async fn names_or_ids_everywhere(db: Db) {
     ok(&alice, &["secgroup", "create", "web", "--rule", "tcp:22"]).await;
     ok(
         &alice,
-        &["instance", "create", "web1", "--image", "tiny", "--network", "net1", "--secgroup", "web", "--keypair", "mykey", "--wait"],
+        &[
+            "instance",
+            "create",
+            "web1",
+            "--image",
+            "tiny",
+            "--network",
+            "net1",
+            "--secgroup",
+            "web",
+            "--keypair",
+            "mykey",
+            "--wait",
+        ],
     )
     .await;
     let net1: Network = only(&alice, "/networks", "net1").await;
@@ -180,15 +193,19 @@ async fn ssh_runs_the_remote_command_with_the_saved_key() {
     assert!(out.status.success(), "{out:?}");
     let out = vdc(argv(&["network", "create", "n1", "--cidr", "10.9.0.0/24"])).await;
     assert!(out.status.success(), "{out:?}");
-    let out = vdc(argv(&["instance", "create", "web1", "--image", "tiny", "--network", "n1", "--keypair", "k1", "--wait"]))
-        .await;
+    let out =
+        vdc(argv(&["instance", "create", "web1", "--image", "tiny", "--network", "n1", "--keypair", "k1", "--wait"]))
+            .await;
     assert!(out.status.success(), "{out:?}");
 
     // No floating IP yet: exit 1 and the commands that give it one.
     let out = vdc(argv(&["instance", "ssh", "web1", "--", "true"])).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("vdc floating-ip create") && stderr.contains("vdc floating-ip associate FIP_ID web1"), "{stderr}");
+    assert!(
+        stderr.contains("vdc floating-ip create") && stderr.contains("vdc floating-ip associate FIP_ID web1"),
+        "{stderr}"
+    );
 
     let fip = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
     let out = vdc(argv(&["floating-ip", "associate", fip.id.as_str(), "web1"])).await;
@@ -227,7 +244,11 @@ async fn ssh_runs_the_remote_command_with_the_saved_key() {
         std::thread::sleep(std::time::Duration::from_millis(50));
         std::net::TcpStream::connect((fip.ip, port)).is_ok()
     });
-    assert!(listening, "dropbear did not start: {}", std::fs::read_to_string(s.tmp.path().join("dropbear.log")).unwrap_or_default());
+    assert!(
+        listening,
+        "dropbear did not start: {}",
+        std::fs::read_to_string(s.tmp.path().join("dropbear.log")).unwrap_or_default()
+    );
 
     // The remote command's output and exit code are the command's; the guest's host key
     // lands in the CLI's own known_hosts.
@@ -243,8 +264,7 @@ async fn ssh_runs_the_remote_command_with_the_saved_key() {
         .unwrap();
     assert!(found.status.success(), "the guest's key is not in the CLI's known_hosts: {found:?}");
     // The second time the key is known; -i names the key explicitly.
-    let out =
-        vdc(argv(&["instance", "ssh", "web1", "-p", &p, "-i", key_file.to_str().unwrap(), "--", "true"])).await;
+    let out = vdc(argv(&["instance", "ssh", "web1", "-p", &p, "-i", key_file.to_str().unwrap(), "--", "true"])).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     // A user the image does not have is refused by the guest: ssh's own failure, 255.
     let out = vdc(argv(&["instance", "ssh", "web1", "-p", &p, "-l", "nobody-here", "--", "true"])).await;

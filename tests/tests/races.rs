@@ -650,7 +650,11 @@ async fn creates_fill_an_overcommitted_host(db: Db) {
     for round in 0..2 {
         let reqs = (0..20).map(|i| {
             let (c, img) = (c.clone(), s.image.clone());
-            async move { outcome(c.create_instance(&inst_req(&img, &format!("r{round}-{i}"), None, &[])).await, |a| Some((a.job.clone(), true))) }
+            async move {
+                outcome(c.create_instance(&inst_req(&img, &format!("r{round}-{i}"), None, &[])).await, |a| {
+                    Some((a.job.clone(), true))
+                })
+            }
         });
         let outcomes = join_all(reqs).await;
         let placed = outcomes.iter().filter(|o| o.status == 202).count();

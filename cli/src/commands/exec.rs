@@ -3,8 +3,8 @@
 use super::*;
 use crate::client::{Client, ClientError};
 use crate::config;
-use crate::resolve::{resolve, resolve_all};
 use crate::output::{encode, fields_table, render_accepted, render_list, render_one, Tabular};
+use crate::resolve::{resolve, resolve_all};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -474,9 +474,9 @@ async fn ssh(ctx: &Ctx, a: InstanceSshArgs) -> Result<(), CliError> {
     let user = match a.user {
         Some(u) => u,
         None => match c.get_image(&inst.image_id).await {
-            Ok(img) => img.default_user.ok_or_else(|| {
-                CliError::usage(format!("image {} has no default user; pass -l USER", img.name))
-            })?,
+            Ok(img) => img
+                .default_user
+                .ok_or_else(|| CliError::usage(format!("image {} has no default user; pass -l USER", img.name)))?,
             Err(e) if e.is_not_found() => {
                 return Err(CliError::usage(format!("image {} is gone; pass -l USER", inst.image_id)))
             }
@@ -590,9 +590,7 @@ async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<(), CliError> {
             ctx.list::<Snapshot>("/snapshots", list, name, state_filter(state)).await
         }
         SnapshotCmd::Show { id } => ctx.show(&c.get_snapshot(&resolve(c, &id).await?).await?),
-        SnapshotCmd::Delete { id, wait } => {
-            ctx.accepted(c.delete_snapshot(&resolve(c, &id).await?).await?, wait).await
-        }
+        SnapshotCmd::Delete { id, wait } => ctx.accepted(c.delete_snapshot(&resolve(c, &id).await?).await?, wait).await,
     }
 }
 
@@ -703,8 +701,19 @@ mod tests {
     #[test]
     fn the_name_is_positional_and_resources_take_names() {
         let cli = Cli::try_parse_from([
-            "vdc", "instance", "create", "web1", "--image", "debian", "--network", "net1", "--secgroup", "web",
-            "--keypair", "mykey", "--wait",
+            "vdc",
+            "instance",
+            "create",
+            "web1",
+            "--image",
+            "debian",
+            "--network",
+            "net1",
+            "--secgroup",
+            "web",
+            "--keypair",
+            "mykey",
+            "--wait",
         ])
         .unwrap();
         let Command::Instance(InstanceCmd::Create(a)) = cli.command else { unreachable!() };

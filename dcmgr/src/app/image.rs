@@ -36,7 +36,9 @@ fn validate(req: &CreateImage) -> ApiResult<()> {
         if !valid_user(u) {
             return Err(ApiError::bad(
                 "invalid_image",
-                format!("default_user {u:?} is not a user name: use 1 to 32 of [a-z0-9_-], starting with a letter or _"),
+                format!(
+                    "default_user {u:?} is not a user name: use 1 to 32 of [a-z0-9_-], starting with a letter or _"
+                ),
             ));
         }
     }
