@@ -64,7 +64,11 @@ impl CliError {
     pub fn report(&self) -> String {
         match self {
             CliError::Client(e) => format!("error: {e} ({})", e.code()),
-            CliError::Resolve(e) => format!("error: {e} ({})", e.code()),
+            // The code ends the first line, before a list of candidates.
+            CliError::Resolve(e) => match e.to_string().split_once('\n') {
+                Some((first, rest)) => format!("error: {first} ({})\n{rest}", e.code()),
+                None => format!("error: {e} ({})", e.code()),
+            },
             CliError::JobFailed(_) => format!("error: {self} (job_failed)"),
             _ => format!("error: {self}"),
         }

@@ -124,7 +124,7 @@ pub struct Candidate {
 pub enum ResolveError {
     #[error("no {kind} has the name or ID {arg:?}; see `vdc {noun} list`")]
     NotFound { kind: &'static str, noun: &'static str, arg: String },
-    #[error("{} {kind}s are named {arg:?}; use one of their IDs:\n{}", .candidates.len(), list(.candidates))]
+    #[error("{} {kind}s are named {arg:?}\n{}\nuse one of these IDs instead", .candidates.len(), list(.candidates))]
     Ambiguous { kind: &'static str, arg: String, candidates: Vec<Candidate> },
     #[error(transparent)]
     Client(#[from] ClientError),
@@ -238,7 +238,7 @@ mod tests {
         let msg = err.to_string();
         assert_eq!(
             msg,
-            "2 images are named \"debian\"; use one of their IDs:\n  img-a  debian\n  img-b  debian (public)"
+            "2 images are named \"debian\"\n  img-a  debian\n  img-b  debian (public)\nuse one of these IDs instead"
         );
     }
 

@@ -117,7 +117,7 @@ async fn names_or_ids_everywhere(db: Db) {
     for n in &nets {
         assert!(err.contains(n.id.as_str()), "{err}");
     }
-    assert!(err.contains("2 networks are named \"net1\"") && err.ends_with("(ambiguous_name)"), "{err}");
+    assert!(err.starts_with("error: 2 networks are named \"net1\" (ambiguous_name)\n"), "{err}");
     let q = ListQuery { name: Some("web2".into()), ..Default::default() };
     assert!(alice.list_all::<Instance>("/instances", &q).await.unwrap().is_empty(), "nothing half-created");
     // The same by ID is fine.
