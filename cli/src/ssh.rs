@@ -87,6 +87,11 @@ pub fn remember_key(dir: &Path, keypair_id: &str, key_file: &Path) -> std::io::R
     std::fs::write(record, abs.as_os_str().as_encoded_bytes())
 }
 
+/// Drops the record for `keypair_id` (a key pair that is gone); the key file stays.
+pub fn forget_key(dir: &Path, keypair_id: &str) {
+    let _ = std::fs::remove_file(key_record(dir, keypair_id));
+}
+
 /// The private key file recorded for `keypair_id`, if it still exists.
 pub fn saved_key(dir: &Path, keypair_id: &str) -> Option<PathBuf> {
     let text = std::fs::read_to_string(key_record(dir, keypair_id)).ok()?;
@@ -175,6 +180,9 @@ mod tests {
         std::fs::write(&key, "k").unwrap();
         assert_eq!(saved_key(&dir, "ssh-a"), Some(key.clone()));
         assert_eq!(saved_key(&dir, "ssh-b"), None);
+        forget_key(&dir, "ssh-a");
+        assert_eq!(saved_key(&dir, "ssh-a"), None);
+        assert!(key.exists(), "forgetting keeps the key file");
         assert_eq!(config_dir(Path::new("config.toml")), Path::new("."));
         assert_eq!(config_dir(&dir.join("config.toml")), dir);
         std::fs::remove_dir_all(&dir).unwrap();

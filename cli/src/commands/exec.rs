@@ -310,6 +310,8 @@ async fn keypair(ctx: &Ctx, cmd: KeypairCmd) -> Result<(), CliError> {
         KeypairCmd::Delete { id } => {
             let id = resolve(c, &id).await?;
             c.delete_keypair(&id).await?;
+            // The record of where its private key is; the key file itself is the user's.
+            crate::ssh::forget_key(&crate::ssh::config_dir(&config::config_path()), id.as_str());
             ctx.deleted(id.as_str())
         }
     }
