@@ -117,6 +117,14 @@ pub struct UpArgs {
     /// The tiny image built by packaging/build-tiny-image.sh (default: DATA_DIR/tiny-image)
     #[arg(long)]
     pub tiny_image: Option<PathBuf>,
+    /// The external network's range (floating IPs; bridge vdc-ex holds its first address);
+    /// default: the one saved in DATA_DIR, else the first of 192.168.213.0/24,
+    /// 192.168.217.0/24, … that no route of the host overlaps
+    #[arg(long, value_name = "CIDR", conflicts_with = "no_external")]
+    pub external_cidr: Option<String>,
+    /// No external network: no bridge, no NAT, no floating IPs
+    #[arg(long)]
+    pub no_external: bool,
 }
 
 /// Paging of list commands: by default every page is fetched.

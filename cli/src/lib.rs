@@ -5,6 +5,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod external;
 pub mod output;
 pub mod parse;
 pub mod resolve;

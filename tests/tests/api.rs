@@ -873,6 +873,14 @@ async fn floating_ips(db: Db) {
     let plain = Stack::start(StackOptions::new(db)).await;
     let c = plain.account("nofip").await;
     assert_eq!(err(c.create_floating_ip(&CreateFloatingIp::default()).await), (422, "no_external_network".into()));
+    // The message says what to do, and nothing was allocated.
+    match c.create_floating_ip(&CreateFloatingIp { ip: Some("203.0.113.5".into()) }).await {
+        Err(ClientError::Api { status: 422, message, .. }) => {
+            assert!(message.contains("[external]") && message.contains("--no-external"), "{message}")
+        }
+        other => panic!("expected no_external_network, got {other:?}"),
+    }
+    assert!(c.list_all_floating_ips().await.unwrap().is_empty());
     plain.stop().await;
 
     let mut o = StackOptions::new(db);
