@@ -48,6 +48,13 @@ pub struct Ctx {
     /// (kind, node id) → last heartbeat (ms) and whether dcmgr has marked it offline.
     pub agents: RwLock<HashMap<(AgentKind, String), AgentSeen>>,
     pub ensure_observer: Option<EnsureObserver>,
+    /// Where image data is kept.
+    pub blobs: Arc<dyn crate::blobs::BlobStore>,
+    /// Images whose data is arriving now (one upload or import at a time per image).
+    pub ingesting: std::sync::Mutex<std::collections::HashSet<ImageId>>,
+    /// Held while a blob is stored and its image committed, or an unused blob removed, so
+    /// a blob is never removed between an upload storing it and its image referring to it.
+    pub blob_refs: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -48,11 +48,20 @@ impl Dcmgr {
             queued: Default::default(),
             agents: Default::default(),
             ensure_observer: opts.ensure_observer,
+            blobs: Arc::new(
+                crate::blobs::FsBlobStore::new(&config.images_dir())
+                    .with_context(|| format!("opening the image store in {}", config.images_dir().display()))?,
+            ),
+            ingesting: Default::default(),
+            blob_refs: Default::default(),
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;
         }
         controller::membership::seed_from_db(&ctx).await?;
+        config.import_allow().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
+        // URL imports cut short by a stop start again.
+        crate::app::image_import::resume(&ctx).await?;
 
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();

@@ -50,6 +50,9 @@ pub struct StackOptions {
     pub real_network: Option<RealNetworkSetup>,
     /// dcmgr's external network (floating IPs).
     pub external: Option<vdc_dcmgr::config::ExternalConfig>,
+    /// dcmgr's image store settings; its directory defaults to one in the stack's
+    /// temporary directory.
+    pub images: vdc_dcmgr::config::ImagesConfig,
 }
 
 /// Where real-network hosts keep their OVS, and the prefix (unique per test) of their
@@ -145,6 +148,7 @@ impl StackOptions {
             real_storage: None,
             real_network: None,
             external: None,
+            images: Default::default(),
         }
     }
 }
@@ -218,8 +222,9 @@ impl Stack {
         Self::try_start(opts).await.expect("test stack starts")
     }
 
-    pub async fn try_start(opts: StackOptions) -> anyhow::Result<Stack> {
+    pub async fn try_start(mut opts: StackOptions) -> anyhow::Result<Stack> {
         let tmp = tempfile::tempdir()?;
+        opts.images.dir.get_or_insert_with(|| tmp.path().join("images"));
         let (database_url, pg) = match opts.db {
             Db::Sqlite => (format!("sqlite://{}", tmp.path().join("vdc.db").display()), None),
             Db::Postgres => {
@@ -623,6 +628,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
         dispatch_workers: 4,
         admin_token: Some(admin_token.to_owned()),
         external: opts.external.clone(),
+        images: opts.images.clone(),
     }
 }
 

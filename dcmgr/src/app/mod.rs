@@ -5,6 +5,8 @@
 pub mod account;
 pub mod floating_ip;
 pub mod image;
+pub mod image_check;
+pub mod image_import;
 pub mod instance;
 pub mod interface;
 pub mod job;

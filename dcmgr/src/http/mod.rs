@@ -113,6 +113,7 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/keypairs/{id}", get(keypairs::show).delete(keypairs::delete))
         .route("/images", post(images::create).get(images::list))
         .route("/images/{id}", get(images::show).delete(images::delete))
+        .route("/images/{id}/file", axum::routing::put(images::upload))
         .route("/networks", post(networks::create).get(networks::list))
         .route("/networks/{id}", get(networks::show).delete(networks::delete))
         .route("/security_groups", post(security_groups::create).get(security_groups::list))
@@ -261,7 +262,7 @@ impl utoipa::Modify for CommonErrors {
         info, openapi_json,
         accounts::create, accounts::list, accounts::show, accounts::delete, accounts::create_token,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
-        images::create, images::list, images::show, images::delete,
+        images::create, images::list, images::show, images::delete, images::upload,
         networks::create, networks::list, networks::show, networks::delete,
         security_groups::create, security_groups::list, security_groups::show, security_groups::delete, security_groups::add_rule, security_groups::delete_rule,
         instances::create, instances::list, instances::show, instances::delete, instances::start, instances::stop,
