@@ -127,6 +127,7 @@ impl LibvirtSetup {
             initiator: String::new(),
             taps: false,
             tap_netns: None,
+            image_cache_max_bytes: None,
         }
     }
 }
@@ -148,7 +149,11 @@ impl StackOptions {
             real_storage: None,
             real_network: None,
             external: None,
-            images: Default::default(),
+            // Where the suites' operator images claim to be.
+            images: vdc_dcmgr::config::ImagesConfig {
+                file_dirs: vec!["/var/lib/vdc/images".into()],
+                ..Default::default()
+            },
         }
     }
 }
@@ -225,6 +230,9 @@ impl Stack {
     pub async fn try_start(mut opts: StackOptions) -> anyhow::Result<Stack> {
         let tmp = tempfile::tempdir()?;
         opts.images.dir.get_or_insert_with(|| tmp.path().join("images"));
+        if let Some(lv) = &opts.libvirt {
+            opts.images.file_dirs.push(lv.tiny_image_dir.clone());
+        }
         let (database_url, pg) = match opts.db {
             Db::Sqlite => (format!("sqlite://{}", tmp.path().join("vdc.db").display()), None),
             Db::Postgres => {
@@ -706,7 +714,7 @@ pub async fn register_images(s: &Stack) -> (ImageId, ImageId) {
             format: ImageFormat::Kernel,
             arch: vdc_schema::Arch::X86_64,
             hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm],
-            source: dir.join("vmlinuz").display().to_string(),
+            source: Some(dir.join("vmlinuz").display().to_string()),
             checksum: Some(sha256(&dir.join("vmlinuz"))),
             initrd: Some(dir.join("initrd.gz").display().to_string()),
             kernel_cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
@@ -721,7 +729,7 @@ pub async fn register_images(s: &Stack) -> (ImageId, ImageId) {
             format: ImageFormat::Tar,
             arch: vdc_schema::Arch::X86_64,
             hypervisors: vec![HypervisorKind::Lxc],
-            source: dir.join("rootfs.tar.gz").display().to_string(),
+            source: Some(dir.join("rootfs.tar.gz").display().to_string()),
             checksum: Some(sha256(&dir.join("rootfs.tar.gz"))),
             initrd: None,
             kernel_cmdline: None,
@@ -778,7 +786,7 @@ pub fn builtin_tiny_image(hypervisors: Vec<HypervisorKind>) -> CreateImage {
         format: ImageFormat::Kernel,
         arch: vdc_schema::Arch::X86_64,
         hypervisors,
-        source: "builtin:tiny-kernel".into(),
+        source: Some("builtin:tiny-kernel".into()),
         checksum: None,
         initrd: Some("builtin:tiny-initrd".into()),
         kernel_cmdline: None,

@@ -103,8 +103,21 @@ pub async fn upload(
     caller: Caller,
     Path(id): Path<String>,
     req: Request,
-) -> ApiResult<Json<Image>> {
-    let id = path_id("image", &id)?;
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let body = req.into_body().into_data_stream();
-    Ok(Json(app::upload(&ctx, &caller, &id, body).await?))
+    let res = match path_id("image", &id) {
+        Ok(id) => app::upload(&ctx, &caller, &id, body).await,
+        Err(e) => Err(e),
+    };
+    match res {
+        Ok(image) => Json(image).into_response(),
+        Err(e) => {
+            // The body may be unread: this connection cannot carry another request, and
+            // a client reusing it would see it cut.
+            let mut r = e.into_response();
+            r.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            r
+        }
+    }
 }
