@@ -49,6 +49,9 @@ pub struct ImagesConfig {
     pub import_timeout_s: u64,
     /// Directories whose files operators may register as images (`file://` or a path).
     pub file_dirs: Vec<std::path::PathBuf>,
+    /// The base URL hosts fetch image data from (dcmgr's Web API as they reach it, e.g.
+    /// `http://dcmgr.internal:9000`). Default: the address dcmgr listens on.
+    pub agent_url: Option<String>,
 }
 
 impl Default for ImagesConfig {
@@ -60,6 +63,7 @@ impl Default for ImagesConfig {
             import_allow: vec![],
             import_timeout_s: 3600,
             file_dirs: vec![],
+            agent_url: None,
         }
     }
 }

@@ -54,6 +54,9 @@ impl Dcmgr {
             ),
             ingesting: Default::default(),
             blob_refs: Default::default(),
+            node_key: crate::app::node_auth::load_key(&config.images_dir())
+                .with_context(|| format!("the node key in {}", config.images_dir().display()))?,
+            http_addr: Default::default(),
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;
@@ -79,6 +82,7 @@ impl Dcmgr {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let _ = ctx.http_addr.set(addr);
         let app = http::router(ctx.clone());
         let stop = cancel.clone();
         tasks.push(tokio::spawn(async move {

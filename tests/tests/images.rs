@@ -10,7 +10,11 @@ use vdc_schema::api::*;
 use vdc_schema::*;
 use vdc_tests::{eventually, on_both_databases, Db, Stack, StackOptions};
 
-on_both_databases!(uploads_are_checked_before_they_are_available, url_imports_reach_public_addresses_only,);
+on_both_databases!(
+    uploads_are_checked_before_they_are_available,
+    url_imports_reach_public_addresses_only,
+    nodes_fetch_blobs_with_their_credential_and_resume,
+);
 
 fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
     match r {
@@ -332,5 +336,58 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
     let big = c.create_image(&req("big", ImageFormat::Raw, None, None)).await.unwrap();
     assert_eq!(err(c.upload_image(&big.id, vec![0u8; 2 << 20]).await), (400, "image_too_large".into()));
     assert!(files_in(&images_dir(&s).join("staging")).is_empty());
+    s.stop().await;
+}
+
+async fn nodes_fetch_blobs_with_their_credential_and_resume(db: Db) {
+    use vdc_bus::blob::{fetch, BlobError};
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("blobs").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let img = c.create_image(&req("raw", ImageFormat::Raw, None, None)).await.unwrap();
+    c.upload_image(&img.id, data.clone()).await.unwrap();
+    // What hva and sta are sent: the digest, the size, dcmgr's URL and their credential.
+    let host = &s.hosts[0].node_id;
+    let spec = vdc_dcmgr::controller::image::spec(&s.dcmgr().ctx, img.id.as_str(), host).await.unwrap();
+    let blob = spec.blob.expect("stored data is fetched from dcmgr");
+    assert_eq!((blob.sha256.as_str(), blob.size), (sha256(&data).as_str(), data.len() as u64));
+    assert!(blob.token.starts_with(&format!("{host}.")));
+
+    let cache = tmp.path().join("cache");
+    let (path, fetched) = fetch(&blob, &cache).await.unwrap();
+    assert!(fetched);
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    // Cached: no second transfer.
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+    assert!(!fetch(&blob, &cache).await.unwrap().1);
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()), inode);
+
+    // A transfer cut after a third resumes with a range request: the bytes already there
+    // are kept (a wrong first third makes the digest fail, so they were not fetched again).
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join(format!(".partial-{}", blob.sha256)), &data[..1_000_000]).unwrap();
+    let (p, _) = fetch(&blob, &other).await.unwrap();
+    assert_eq!(std::fs::read(p).unwrap(), data);
+    let third = tmp.path().join("third");
+    std::fs::create_dir_all(&third).unwrap();
+    std::fs::write(third.join(format!(".partial-{}", blob.sha256)), vec![0u8; 1_000_000]).unwrap();
+    assert!(matches!(fetch(&blob, &third).await, Err(BlobError::Corrupt { .. })));
+    assert!(files_in(&third).is_empty(), "a corrupt transfer leaves nothing");
+
+    // Without a genuine credential of a known node: nothing.
+    let forged = [
+        vdc_schema::bus::BlobRef { token: format!("{host}.{}", "0".repeat(64)), ..blob.clone() },
+        vdc_schema::bus::BlobRef {
+            token: vdc_dcmgr::app::node_auth::token(&s.dcmgr().ctx.node_key, "hn-notanode"),
+            ..blob.clone()
+        },
+        vdc_schema::bus::BlobRef { token: c.token().to_owned(), ..blob.clone() },
+    ];
+    for (i, b) in forged.iter().enumerate() {
+        let e = fetch(b, &tmp.path().join(format!("f{i}"))).await.unwrap_err().to_string();
+        assert!(e.contains("401"), "{i}: {e}");
+    }
     s.stop().await;
 }

@@ -13,6 +13,7 @@ pub mod job;
 pub mod keypair;
 pub mod lifecycle;
 pub mod network;
+pub mod node_auth;
 pub mod node;
 pub mod scheduler;
 pub mod secgroup;

@@ -3,6 +3,7 @@
 //! handler annotations, and (in [`error`]) the one mapping of errors to HTTP.
 
 pub mod accounts;
+pub mod blobs;
 pub mod error;
 pub mod floating_ips;
 pub mod images;
@@ -149,6 +150,8 @@ pub fn router(ctx: SharedCtx) -> Router {
         .fallback(fallback);
     Router::new()
         .nest("/api/v1", api)
+        // For agents, with their node credential: not part of the tenants' API.
+        .route("/agent/v1/blobs/{sha256}", get(blobs::get))
         .merge(vdc_webui::router())
         .fallback(fallback)
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -18,6 +18,8 @@ pub enum ImageError {
     Checksum { id: String, want: String, got: String },
     #[error(transparent)]
     Command(#[from] host::CommandError),
+    #[error("image data from dcmgr: {0}")]
+    Blob(#[from] vdc_bus::blob::BlobError),
 }
 
 pub struct ImageCache {
@@ -159,6 +161,30 @@ impl ImageCache {
             }
         }
         removed
+    }
+
+    /// The cached data of an image: fetched from dcmgr's store when it keeps the data
+    /// (resumable, verified as it streams), else copied from its host file.
+    pub fn fetch_image(&self, img: &ImageSpec) -> Result<PathBuf, ImageError> {
+        let Some(blob) = &img.blob else {
+            return self.fetch(img.id.as_str(), &img.source, img.checksum.as_deref());
+        };
+        let fetch = vdc_bus::blob::fetch(blob, &self.dir);
+        // Called from blocking threads: those of the agent's runtime, or none (tests).
+        let (path, fetched) = match tokio::runtime::Handle::try_current() {
+            Ok(h) => h.block_on(fetch),
+            Err(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(io(&self.dir))?
+                .block_on(fetch),
+        }?;
+        if fetched {
+            tracing::info!(image = %img.id, blob = %blob.sha256, bytes = blob.size, "fetched from dcmgr");
+        } else {
+            touch(&path);
+        }
+        Ok(path)
     }
 
     /// A qcow2 overlay on a cached disk image.

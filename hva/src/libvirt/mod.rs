@@ -205,9 +205,7 @@ impl Inner {
         match (spec.hypervisor, spec.image.format) {
             (HypervisorKind::Lxc, ImageFormat::Tar | ImageFormat::Dir) => {
                 let src = if spec.image.format == ImageFormat::Tar {
-                    self.cache
-                        .fetch(spec.image.id.as_str(), &spec.image.source, spec.image.checksum.as_deref())
-                        .map_err(e)?
+                    self.cache.fetch_image(&spec.image).map_err(e)?
                 } else {
                     self.cache.resolve(&spec.image.source).map_err(e)?
                 };
@@ -230,10 +228,7 @@ impl Inner {
                 layout.initrd = initrd.as_deref();
             }
             (_, f @ (ImageFormat::Qcow2 | ImageFormat::Raw)) => {
-                let base = self
-                    .cache
-                    .fetch(spec.image.id.as_str(), &spec.image.source, spec.image.checksum.as_deref())
-                    .map_err(e)?;
+                let base = self.cache.fetch_image(&spec.image).map_err(e)?;
                 disk = dir.join("root.qcow2");
                 self.cache.overlay(&base, f.as_str(), &disk).map_err(e)?;
                 layout.root_disk = Some(&disk);
@@ -755,6 +750,7 @@ mod tests {
                 checksum: None,
                 initrd: None,
                 kernel_cmdline: None,
+                blob: None,
             },
             nics: (0..nics)
                 .map(|i| NicSpec {
