@@ -107,7 +107,9 @@ pub enum StageError {
 /// Dropped without [`Staging::finish`] being used by a put, the file is removed.
 pub struct Staging {
     path: PathBuf,
-    file: Option<tokio::fs::File>,
+    /// Buffered: request bodies arrive in small frames, and each write of a tokio file
+    /// is a trip to the blocking pool.
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
     hash: Sha256,
     len: u64,
     limit: u64,
@@ -118,6 +120,7 @@ impl Staging {
         tokio::fs::create_dir_all(dir).await?;
         let path = dir.join(format!("incoming-{:016x}", rand::random::<u64>()));
         let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
+        let file = tokio::io::BufWriter::with_capacity(4 << 20, file);
         Ok(Staging { path, file: Some(file), hash: Sha256::new(), len: 0, limit })
     }
 
@@ -135,7 +138,7 @@ impl Staging {
     pub async fn finish(&mut self) -> Result<(String, u64), StageError> {
         if let Some(mut f) = self.file.take() {
             f.flush().await?;
-            f.sync_all().await?;
+            f.into_inner().sync_all().await?;
         }
         Ok((hex::encode(self.hash.clone().finalize()), self.len))
     }

@@ -137,7 +137,8 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
     let blobs = store.join("blobs/sha256");
 
     // A tenant registers an image without a source: pending, not bootable yet.
-    let img = c.create_image(&req("mine", ImageFormat::Raw, None, Some(format!("sha256:{}", sha256(&good))))).await.unwrap();
+    let img =
+        c.create_image(&req("mine", ImageFormat::Raw, None, Some(format!("sha256:{}", sha256(&good))))).await.unwrap();
     assert_eq!((img.state, img.source.as_str()), (ImageState::Pending, "upload"));
     let mut inst = CreateInstance {
         name: Some("early".into()),
@@ -245,8 +246,9 @@ async fn http_server(body: Vec<u8>) -> (u16, std::sync::Arc<std::sync::atomic::A
                 let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
                 let resp = match path.as_str() {
                     "/disk" => {
-                        let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
-                            .into_bytes();
+                        let mut r =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+                                .into_bytes();
                         r.extend_from_slice(&body);
                         r
                     }

@@ -138,7 +138,8 @@ fn check_host_file(ctx: &SharedCtx, source: &str) -> ApiResult<()> {
         };
     }
     let path = std::path::Path::new(source.strip_prefix("file://").unwrap_or(source));
-    let climbs = path.components().any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
+    let climbs =
+        path.components().any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
     let dirs = &ctx.config.images.file_dirs;
     if climbs || !path.is_absolute() || !dirs.iter().any(|d| path.starts_with(d)) {
         return Err(ApiError::bad(
@@ -345,10 +346,9 @@ where
         }
     }
     let (path, format, max_virtual) = (staging.path().to_owned(), image.format, limits.max_virtual_bytes);
-    let inspected =
-        tokio::task::spawn_blocking(move || crate::app::image_check::inspect(&path, format, max_virtual))
-            .await
-            .map_err(ApiError::internal)?;
+    let inspected = tokio::task::spawn_blocking(move || crate::app::image_check::inspect(&path, format, max_virtual))
+        .await
+        .map_err(ApiError::internal)?;
     let inspected = match inspected {
         Ok(i) => i,
         Err(r) => return Ok(Ingested::Refused(r)),

@@ -116,7 +116,8 @@ pub fn decide_disk(info: &serde_json::Value, max_virtual: u64) -> Result<Inspect
 /// Checks every entry of a gzip-compressed tarball: hosts unpack it as root, so an entry
 /// must stay inside the root directory whatever the unpacker does with it.
 pub fn check_tarball(path: &Path) -> Result<(), Refusal> {
-    let mut f = std::fs::File::open(path).map_err(|e| refuse("inspection_failed", format!("cannot read the data: {e}")))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| refuse("inspection_failed", format!("cannot read the data: {e}")))?;
     let mut magic = [0u8; 2];
     if f.read_exact(&mut magic).is_err() || magic != [0x1f, 0x8b] {
         return Err(refuse("format_mismatch", "a tar image must be a gzip-compressed tarball (.tar.gz)"));
@@ -148,7 +149,13 @@ pub fn check_tar(r: impl Read) -> Result<(), Refusal> {
         }
         use tar::EntryType as T;
         match entry.header().entry_type() {
-            T::Regular | T::Continuous | T::Directory | T::Fifo | T::GNULongName | T::GNULongLink | T::XHeader
+            T::Regular
+            | T::Continuous
+            | T::Directory
+            | T::Fifo
+            | T::GNULongName
+            | T::GNULongLink
+            | T::XHeader
             | T::XGlobalHeader => {}
             T::Char | T::Block => {
                 return Err(unsafe_entry(&name, "is a device node: a container gets its devices from its host"));
@@ -161,7 +168,10 @@ pub fn check_tar(r: impl Read) -> Result<(), Refusal> {
                 if !target.starts_with('/') {
                     let from = path.parent().unwrap_or(Path::new(""));
                     if inside_root(&from.join(&target)).is_none() {
-                        return Err(unsafe_entry(&name, &format!("is a symbolic link to {target:?}, outside the root")));
+                        return Err(unsafe_entry(
+                            &name,
+                            &format!("is a symbolic link to {target:?}, outside the root"),
+                        ));
                     }
                 }
                 symlinks.insert(path);
@@ -221,7 +231,10 @@ mod tests {
         assert_eq!(e.code, "backing_file", "{e}");
         assert!(e.message.contains("/etc/shadow"), "{e}");
         // Announced as raw changes nothing: the format is probed.
-        assert_eq!(inspect(Path::new(&p("backing.qcow2")), ImageFormat::Raw, 1 << 40).unwrap_err().code, "backing_file");
+        assert_eq!(
+            inspect(Path::new(&p("backing.qcow2")), ImageFormat::Raw, 1 << 40).unwrap_err().code,
+            "backing_file"
+        );
 
         let data = p("data.raw");
         qemu_img(&["create", "-q", "-f", "qcow2", "-o", &format!("data_file={data}"), &p("datafile.qcow2"), "1M"]);
@@ -239,8 +252,14 @@ mod tests {
         assert_eq!(ok, Inspected { format: ImageFormat::Raw, virtual_size: Some(4096) });
 
         qemu_img(&["create", "-q", "-f", "vmdk", &p("disk.vmdk"), "1M"]);
-        assert_eq!(inspect(Path::new(&p("disk.vmdk")), ImageFormat::Qcow2, 1 << 40).unwrap_err().code, "unsupported_format");
-        assert_eq!(inspect(Path::new(&p("disk.raw")), ImageFormat::Kernel, 1 << 40).unwrap_err().code, "unsupported_format");
+        assert_eq!(
+            inspect(Path::new(&p("disk.vmdk")), ImageFormat::Qcow2, 1 << 40).unwrap_err().code,
+            "unsupported_format"
+        );
+        assert_eq!(
+            inspect(Path::new(&p("disk.raw")), ImageFormat::Kernel, 1 << 40).unwrap_err().code,
+            "unsupported_format"
+        );
     }
 
     /// A tar header written by hand: the tar crate's builder refuses the hostile names.
@@ -286,7 +305,8 @@ mod tests {
             ("bin/ash", b'1', "bin/busybox"),
         ]);
         check_tar(&ok[..]).unwrap();
-        let cases: &[(&[(&str, u8, &str)], &str)] = &[
+        type Entries<'a> = &'a [(&'a str, u8, &'a str)];
+        let cases: &[(Entries, &str)] = &[
             (&[("../etc/cron.d/x", b'0', "")], "../etc/cron.d/x"),
             (&[("bin/../../x", b'0', "")], "bin/../../x"),
             (&[("/etc/shadow", b'0', "")], "/etc/shadow"),

@@ -47,7 +47,8 @@ pub fn token(key: &[u8; 32], node: &str) -> String {
 
 /// The node a credential was made for, if it is genuine and the node is one dcmgr knows.
 pub fn verify(ctx: &SharedCtx, header: Option<&str>) -> ApiResult<String> {
-    let denied = || ApiError::Unauthorized("a node credential is needed: 'Authorization: Bearer <node credential>'".into());
+    let denied =
+        || ApiError::Unauthorized("a node credential is needed: 'Authorization: Bearer <node credential>'".into());
     let t = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim).ok_or_else(denied)?;
     let (node, mac) = t.rsplit_once('.').ok_or_else(denied)?;
     let want = hex::encode(hmac(&ctx.node_key, node.as_bytes()));

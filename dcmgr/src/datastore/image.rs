@@ -25,7 +25,8 @@ pub struct Row {
     pub size_bytes: Option<i64>,
 }
 
-const COLS: &str = "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, \
+const COLS: &str =
+    "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, \
                     state, failure_reason, blob, size_bytes";
 
 impl Row {
@@ -150,7 +151,10 @@ pub async fn exists_public(pool: &db::Pool, name: &str) -> Result<bool, sqlx::Er
 
 /// Image `id` inside a transaction (after locking it).
 pub async fn get_tx(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1")).bind(id.as_str()).fetch_optional(&mut **tx).await
+    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1"))
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await
 }
 
 /// The data of a pending image is stored and checked: it becomes available.

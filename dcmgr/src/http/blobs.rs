@@ -28,7 +28,8 @@ pub async fn get(State(ctx): State<SharedCtx>, Path(sha): Path<String>, headers:
     };
     let start = offset.unwrap_or(0);
     if start > len || (offset.is_some() && start == len && len > 0) {
-        return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))]).into_response();
+        return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))])
+            .into_response();
     }
     tracing::debug!(%node, blob = %sha, from = start, "serving a blob");
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20));

@@ -294,7 +294,12 @@ mod tests {
     fn the_overlay_and_the_unpacking_are_made_once_with_these_commands() {
         let tmp = tempfile::tempdir().unwrap();
         let f = host::FakeRunner::new();
-        let c = ImageCache { dir: tmp.path().join("images"), builtin_dir: None, tools: f.clone(), using: Default::default() };
+        let c = ImageCache {
+            dir: tmp.path().join("images"),
+            builtin_dir: None,
+            tools: f.clone(),
+            using: Default::default(),
+        };
         let (base, root) = (tmp.path().join("images/abc"), tmp.path().join("i-a/root.qcow2"));
         c.overlay(&base, "raw", &root).unwrap();
         let (tarball, rootfs) = (tmp.path().join("images/def"), tmp.path().join("i-b/rootfs"));
@@ -322,7 +327,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let f = host::FakeRunner::new();
         f.fail(&["tar"], "exit status: 2: gzip: stdin: not in gzip format");
-        let c = ImageCache { dir: tmp.path().join("images"), builtin_dir: None, tools: f.clone(), using: Default::default() };
+        let c = ImageCache {
+            dir: tmp.path().join("images"),
+            builtin_dir: None,
+            tools: f.clone(),
+            using: Default::default(),
+        };
         let e = c.unpack(Path::new("/images/x"), &tmp.path().join("rootfs")).unwrap_err();
         assert!(matches!(e, ImageError::Command(_)), "{e}");
         assert_eq!(
