@@ -215,6 +215,22 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
     // Kept while an instance uses it.
     assert_eq!(err(c.delete_image(&img.id).await), (409, "image_in_use".into()));
 
+    // Deleted while its data arrives: the upload ends in 404 and keeps nothing.
+    let gone = c.create_image(&req("gone", ImageFormat::Raw, None, None)).await.unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut conn = partial_upload(&s, &c, &gone.id, data.len(), 0).await;
+    conn.write_all(&data[..100_000]).await.unwrap();
+    eventually(Duration::from_secs(10), || async { (!files_in(&store.join("staging")).is_empty()).then_some(()) })
+        .await
+        .expect("the upload is being received");
+    c.delete_image(&gone.id).await.unwrap();
+    conn.write_all(&data[100_000..]).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(!blobs.join(sha256(&data)).exists(), "the deleted image's data is not kept");
+    assert!(files_in(&store.join("staging")).is_empty());
+
     // Kinds that are an operator's only.
     let mut k = req("k", ImageFormat::Kernel, None, None);
     assert_eq!(err(c.create_image(&k).await), (400, "invalid_image".into()));
