@@ -6,7 +6,8 @@
 //! The file is random data (a raw disk as far as qemu-img is concerned). `cp` copies it
 //! into the same file system as dcmgr's image store and syncs, as the store does; the
 //! upload streams it through the API (`vdc image import` does the same), the URL import
-//! has dcmgr fetch it from `python3 -m http.server` on loopback (allowed by config).
+//! has dcmgr fetch it from `python3 -m http.server` on loopback (allowed by config); the
+//! host fetch is `vdc_bus::blob::fetch` (hva's and sta's) from dcmgr's blob endpoint.
 
 use clap::Parser;
 use std::io::Write;
@@ -91,8 +92,25 @@ async fn main() -> anyhow::Result<()> {
         upload = upload.min(t.elapsed());
         anyhow::ensure!(done.state == ImageState::Available, "upload: {done:?}");
         // The next run stores the same bytes again, not once more under the same name.
-        c.delete_image(&img.id).await?;
+        if i + 1 < args.runs {
+            c.delete_image(&img.id).await?;
+        }
     }
+
+    // A host's first fetch of the blob (what hva and sta do), into a fresh cache each run.
+    let last = c.list_all_images().await?.into_iter().find(|i| i.state == ImageState::Available && i.source == "upload").unwrap();
+    let spec = vdc_dcmgr::controller::image::spec(&s.dcmgr().ctx, last.id.as_str(), &s.hosts[0].node_id).await?;
+    let blob = spec.blob.expect("stored data");
+    let mut fetch = Duration::MAX;
+    for i in 0..args.runs {
+        let dir = work.path().join(format!("host-cache-{i}"));
+        let t = Instant::now();
+        let (p, fetched) = vdc_bus::blob::fetch(&blob, &dir).await?;
+        fetch = fetch.min(t.elapsed());
+        anyhow::ensure!(fetched, "a fresh cache fetches");
+        std::fs::remove_dir_all(p.parent().unwrap())?;
+    }
+    c.delete_image(&last.id).await?;
 
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -124,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("vdc-bench-images: {} MiB of random data in {}", args.mib, args.dir.display());
     println!("  cp + sync          {:8.1} MiB/s  ({:.2} s)", mbps(bytes, cp), cp.as_secs_f64());
-    for (what, d) in [("upload (API)", upload), ("URL import", import)] {
+    for (what, d) in [("upload (API)", upload), ("URL import", import), ("host fetch of blob", fetch)] {
         println!(
             "  {what:<18} {:8.1} MiB/s  ({:.2} s)  {:.2}× cp",
             mbps(bytes, d),
