@@ -129,9 +129,11 @@ impl Inner {
         let fetched = match &img.blob {
             Some(blob) => {
                 let dir = self.file.parent().unwrap_or(std::path::Path::new(".")).join("images");
-                let (p, _) = vdc_bus::blob::fetch(blob, &dir)
-                    .await
-                    .map_err(|e| Failure::Transient(format!("image {}: {e}", img.id)))?;
+                let (p, _) = vdc_bus::blob::fetch(blob, &dir).await.map_err(|e| match e {
+                    // The store's data itself is wrong: fetching again cannot help.
+                    vdc_bus::blob::BlobError::Corrupt { .. } => Failure::Permanent(format!("image {}: {e}", img.id)),
+                    e => Failure::Transient(format!("image {}: {e}", img.id)),
+                })?;
                 Some(p.to_string_lossy().into_owned())
             }
             None => None,

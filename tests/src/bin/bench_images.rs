@@ -98,7 +98,12 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // A host's first fetch of the blob (what hva and sta do), into a fresh cache each run.
-    let last = c.list_all_images().await?.into_iter().find(|i| i.state == ImageState::Available && i.source == "upload").unwrap();
+    let last = c
+        .list_all_images()
+        .await?
+        .into_iter()
+        .find(|i| i.state == ImageState::Available && i.source == "upload")
+        .unwrap();
     let spec = vdc_dcmgr::controller::image::spec(&s.dcmgr().ctx, last.id.as_str(), &s.hosts[0].node_id).await?;
     let blob = spec.blob.expect("stored data");
     let mut fetch = Duration::MAX;
