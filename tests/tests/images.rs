@@ -244,24 +244,31 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
 }
 
 /// A one-file HTTP server on loopback: `/disk` answers `body`, `/to-metadata` redirects
-/// to the metadata address. Counts the requests it served.
+/// to the metadata address, `/stall-once` never answers its first request and then
+/// answers as `/disk`. Counts the requests it served.
 async fn http_server(body: Vec<u8>) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let h = hits.clone();
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(async move {
         loop {
             let Ok((mut conn, _)) = l.accept().await else { return };
             h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let body = body.clone();
+            let stalled = stalled.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let n = conn.read(&mut buf).await.unwrap_or(0);
                 let head = String::from_utf8_lossy(&buf[..n]).into_owned();
                 let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
                 let resp = match path.as_str() {
-                    "/disk" => {
+                    "/stall-once" if !stalled.swap(true, std::sync::atomic::Ordering::SeqCst) => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    "/disk" | "/stall-once" => {
                         let mut r =
                             format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
                                 .into_bytes();
@@ -319,8 +326,18 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
     let mut opts = StackOptions::new(db);
     opts.images.import_allow = vec!["127.0.0.1/32".into()];
     opts.images.max_bytes = 1 << 20;
-    let s = Stack::start(opts).await;
+    let mut s = Stack::start(opts).await;
     let c = s.account("imp").await;
+    // An import cut short by a dcmgr restart starts again and completes.
+    let resumed = c
+        .create_image(&req("resumed", ImageFormat::Qcow2, Some(format!("http://127.0.0.1:{port}/stall-once")), None))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.get_image(&resumed.id).await.unwrap().state, ImageState::Pending);
+    s.restart_dcmgr().await;
+    let resumed = c.wait_image(&resumed.id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(resumed.state, ImageState::Available, "{:?}", resumed.failure_reason);
     let img = c
         .create_image(&req("deb", ImageFormat::Qcow2, Some(format!("http://127.0.0.1:{port}/disk")), None))
         .await
@@ -359,7 +376,7 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
 
 async fn nodes_fetch_blobs_with_their_credential_and_resume(db: Db) {
     use vdc_bus::blob::{fetch, BlobError};
-    let s = Stack::start(StackOptions::new(db)).await;
+    let mut s = Stack::start(StackOptions::new(db)).await;
     let c = s.account("blobs").await;
     let tmp = tempfile::tempdir().unwrap();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
@@ -407,5 +424,9 @@ async fn nodes_fetch_blobs_with_their_credential_and_resume(db: Db) {
         let e = fetch(b, &tmp.path().join(format!("f{i}"))).await.unwrap_err().to_string();
         assert!(e.contains("401"), "{i}: {e}");
     }
+    // A restarted dcmgr keeps its key: credentials already sent stay good.
+    s.restart_dcmgr().await;
+    let (p, fetched) = fetch(&blob, &tmp.path().join("after-restart")).await.unwrap();
+    assert!(fetched && std::fs::read(p).unwrap() == data);
     s.stop().await;
 }
