@@ -14,6 +14,7 @@ on_both_databases!(
     uploads_are_checked_before_they_are_available,
     url_imports_reach_public_addresses_only,
     nodes_fetch_blobs_with_their_credential_and_resume,
+    vdc_image_import_uploads_a_file_and_says_why_data_is_refused,
 );
 
 fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -428,5 +429,39 @@ async fn nodes_fetch_blobs_with_their_credential_and_resume(db: Db) {
     s.restart_dcmgr().await;
     let (p, fetched) = fetch(&blob, &tmp.path().join("after-restart")).await.unwrap();
     assert!(fetched && std::fs::read(p).unwrap() == data);
+    s.stop().await;
+}
+
+/// `vdc image import` as a user runs it: a file is streamed and checked; refused data and
+/// a refused URL end the command with the reason.
+async fn vdc_image_import_uploads_a_file_and_says_why_data_is_refused(db: Db) {
+    use clap::Parser;
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("cli").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, bad) = disks(tmp.path());
+    std::fs::write(tmp.path().join("good.qcow2"), &good).unwrap();
+    std::fs::write(tmp.path().join("bad.qcow2"), &bad).unwrap();
+    let url = s.url();
+    let vdc = |args: &[&str]| {
+        let mut argv = vec!["vdc", "--api", &url, "--token", c.token(), "-o", "json", "image", "import"];
+        argv.extend_from_slice(args);
+        let cli = vdc_cli::commands::Cli::try_parse_from(argv).unwrap();
+        async move { vdc_cli::commands::run(&cli.global, cli.command).await }
+    };
+    let good_path = tmp.path().join("good.qcow2").display().to_string();
+    let sum = sha256(&good);
+    vdc(&["debian", &good_path, "--sha256", &sum]).await.unwrap();
+    let img = c.list_all_images().await.unwrap().into_iter().find(|i| i.name == "debian").unwrap();
+    assert_eq!((img.state, img.format), (ImageState::Available, ImageFormat::Qcow2));
+    assert_eq!(img.hypervisors, vec![HypervisorKind::Qemu, HypervisorKind::Kvm], "a disk's default");
+
+    let bad_path = tmp.path().join("bad.qcow2").display().to_string();
+    let e = vdc(&["evil", &bad_path]).await.unwrap_err().to_string();
+    assert!(e.contains("backing file") && e.contains("/etc/shadow"), "{e}");
+    let e = vdc(&["wrong", &good_path, "--sha256", &"0".repeat(64)]).await.unwrap_err().to_string();
+    assert!(e.contains("checksum"), "{e}");
+    let e = vdc(&["loop", "http://127.0.0.1:9/x.qcow2"]).await.unwrap_err().to_string();
+    assert!(e.contains("forbidden_address") && e.contains("127.0.0.1"), "{e}");
     s.stop().await;
 }
