@@ -110,7 +110,9 @@ pub struct Staging {
     /// Buffered: request bodies arrive in small frames, and each write of a tokio file
     /// is a trip to the blocking pool.
     file: Option<tokio::io::BufWriter<tokio::fs::File>>,
-    hash: Sha256,
+    /// SHA-256 runs on a thread of its own, beside the receiving and writing: hashing
+    /// alone costs as much as copying the file.
+    hasher: Option<(tokio::sync::mpsc::Sender<bytes::Bytes>, std::thread::JoinHandle<String>)>,
     len: u64,
     limit: u64,
 }
@@ -121,16 +123,27 @@ impl Staging {
         let path = dir.join(format!("incoming-{:016x}", rand::random::<u64>()));
         let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
         let file = tokio::io::BufWriter::with_capacity(4 << 20, file);
-        Ok(Staging { path, file: Some(file), hash: Sha256::new(), len: 0, limit })
+        // A few MiB in flight at most: the hasher keeps up with the disk.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
+        let hasher = std::thread::Builder::new().name("vdc-sha256".into()).spawn(move || {
+            let mut h = Sha256::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                h.update(&chunk);
+            }
+            hex::encode(h.finalize())
+        })?;
+        Ok(Staging { path, file: Some(file), hasher: Some((tx, hasher)), len: 0, limit })
     }
 
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), StageError> {
+    pub async fn write(&mut self, chunk: bytes::Bytes) -> Result<(), StageError> {
         if self.len + chunk.len() as u64 > self.limit {
             return Err(StageError::TooLarge { limit: self.limit });
         }
-        self.hash.update(chunk);
         self.len += chunk.len() as u64;
-        self.file.as_mut().expect("open until finished").write_all(chunk).await?;
+        self.file.as_mut().expect("open until finished").write_all(&chunk).await?;
+        let (tx, _) = self.hasher.as_ref().expect("open until finished");
+        // The hasher only stops when this sender is dropped.
+        let _ = tx.send(chunk).await;
         Ok(())
     }
 
@@ -140,7 +153,13 @@ impl Staging {
             f.flush().await?;
             f.into_inner().sync_all().await?;
         }
-        Ok((hex::encode(self.hash.clone().finalize()), self.len))
+        let (tx, thread) = self.hasher.take().expect("finished once");
+        drop(tx);
+        let sha = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .map_err(|_| io::Error::other("the hashing thread failed"))?;
+        Ok((sha, self.len))
     }
 
     pub fn path(&self) -> &Path {
@@ -165,8 +184,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = FsBlobStore::new(tmp.path()).unwrap();
         let mut st = Staging::create(&tmp.path().join("staging"), 1 << 20).await.unwrap();
-        st.write(b"hello ").await.unwrap();
-        st.write(b"world").await.unwrap();
+        st.write(bytes::Bytes::from_static(b"hello ")).await.unwrap();
+        st.write(bytes::Bytes::from_static(b"world")).await.unwrap();
         let (sha, len) = st.finish().await.unwrap();
         assert_eq!(sha, hex::encode(Sha256::digest(b"hello world")));
         assert_eq!(len, 11);
@@ -178,7 +197,7 @@ mod tests {
         assert_eq!((total, rest.as_str()), (11, "world"));
         // Same bytes again: stored once, the second staging file is gone.
         let mut st = Staging::create(&tmp.path().join("staging"), 1 << 20).await.unwrap();
-        st.write(b"hello world").await.unwrap();
+        st.write(bytes::Bytes::from_static(b"hello world")).await.unwrap();
         assert_eq!(st.finish().await.unwrap().0, sha);
         store.put(&sha, st.path()).await.unwrap();
         drop(st);
@@ -191,8 +210,8 @@ mod tests {
     async fn data_over_the_limit_or_abandoned_leaves_no_file() {
         let tmp = tempfile::tempdir().unwrap();
         let mut st = Staging::create(tmp.path(), 10).await.unwrap();
-        st.write(b"0123456789").await.unwrap();
-        assert!(matches!(st.write(b"x").await, Err(StageError::TooLarge { limit: 10 })));
+        st.write(bytes::Bytes::from_static(b"0123456789")).await.unwrap();
+        assert!(matches!(st.write(bytes::Bytes::from_static(b"x")).await, Err(StageError::TooLarge { limit: 10 })));
         drop(st);
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }

@@ -325,7 +325,7 @@ where
             Ok(c) => c,
             Err(e) => return Ok(Ingested::Interrupted(e.to_string())),
         };
-        match staging.write(&chunk).await {
+        match staging.write(chunk).await {
             Ok(()) => {}
             Err(StageError::TooLarge { limit }) => {
                 return Ok(Ingested::Refused(Refusal {
