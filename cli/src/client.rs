@@ -347,6 +347,18 @@ impl Client {
         self.delete_no_content(&format!("/images/{id}")).await
     }
 
+    pub async fn image_members(&self, id: &ImageId) -> Result<ImageMembers> {
+        self.get(&format!("/images/{id}/members")).await
+    }
+
+    pub async fn share_image(&self, id: &ImageId, account: &AccountId) -> Result<ImageMembers> {
+        self.send(self.request(Method::PUT, &format!("/images/{id}/members/{account}"))).await
+    }
+
+    pub async fn unshare_image(&self, id: &ImageId, account: &AccountId) -> Result<ImageMembers> {
+        self.send(self.request(Method::DELETE, &format!("/images/{id}/members/{account}"))).await
+    }
+
     /// Uploads the data of a pending image (`PUT /images/{id}/file`).
     pub async fn upload_image(&self, id: &ImageId, body: impl Into<reqwest::Body>) -> Result<Image> {
         let req = self

@@ -6,3 +6,11 @@ ALTER TABLE images ADD COLUMN failure_reason TEXT;
 ALTER TABLE images ADD COLUMN blob TEXT;
 ALTER TABLE images ADD COLUMN size_bytes BIGINT;
 CREATE INDEX images_blob ON images (blob);
+
+-- Accounts an image is shared with (besides its owner; public images are everyone's).
+CREATE TABLE image_members (
+    image_id   TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+    account_id TEXT NOT NULL,
+    PRIMARY KEY (image_id, account_id)
+);
+CREATE INDEX image_members_account ON image_members (account_id, image_id);

@@ -224,6 +224,13 @@ pub struct CreateImage {
     pub public: bool,
 }
 
+/// The accounts an image is shared with: they can see and boot it, not change it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageMembers {
+    pub image_id: ImageId,
+    pub members: Vec<AccountId>,
+}
+
 fn default_arch() -> Arch {
     Arch::X86_64
 }

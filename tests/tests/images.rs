@@ -15,6 +15,7 @@ on_both_databases!(
     url_imports_reach_public_addresses_only,
     nodes_fetch_blobs_with_their_credential_and_resume,
     vdc_image_import_uploads_a_file_and_says_why_data_is_refused,
+    images_are_shared_with_named_accounts,
 );
 
 fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -463,5 +464,62 @@ async fn vdc_image_import_uploads_a_file_and_says_why_data_is_refused(db: Db) {
     assert!(e.contains("checksum"), "{e}");
     let e = vdc(&["loop", "http://127.0.0.1:9/x.qcow2"]).await.unwrap_err().to_string();
     assert!(e.contains("forbidden_address") && e.contains("127.0.0.1"), "{e}");
+    s.stop().await;
+}
+
+async fn images_are_shared_with_named_accounts(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let (owner, friend, stranger) = (s.account("owner").await, s.account("friend").await, s.account("stranger").await);
+    let accounts = s.admin.list_all_accounts().await.unwrap();
+    let id_of = |n: &str| accounts.iter().find(|a| a.name == n).unwrap().id.clone();
+    let (owner_id, friend_id) = (id_of("owner"), id_of("friend"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, _) = disks(tmp.path());
+    let img = owner.create_image(&req("golden", ImageFormat::Qcow2, None, None)).await.unwrap();
+    owner.upload_image(&img.id, good).await.unwrap();
+    assert_eq!(err(friend.get_image(&img.id).await).0, 404, "private until shared");
+
+    // Concurrent shares with the same account: one membership, every answer lists it.
+    let shares: Vec<_> = (0..8)
+        .map(|_| {
+            let (o, id, f) = (owner.clone(), img.id.clone(), friend_id.clone());
+            tokio::spawn(async move { o.share_image(&id, &f).await })
+        })
+        .collect();
+    for h in shares {
+        assert_eq!(h.await.unwrap().unwrap().members, vec![friend_id.clone()]);
+    }
+    assert_eq!(owner.image_members(&img.id).await.unwrap().members, vec![friend_id.clone()]);
+
+    // The member sees and boots it; it cannot change, share or delete it.
+    assert!(friend.list_all_images().await.unwrap().iter().any(|i| i.id == img.id));
+    let inst = CreateInstance {
+        name: Some("from-shared".into()),
+        image_id: img.id.clone(),
+        cpus: 1,
+        memory_mib: 256,
+        hypervisor: None,
+        ssh_key_id: None,
+        user_data: None,
+        interfaces: vec![],
+    };
+    let booted = friend.create_instance(&inst).await.unwrap().resource.id;
+    assert_eq!(err(friend.delete_image(&img.id).await).0, 404);
+    assert_eq!(err(friend.upload_image(&img.id, vec![0u8; 10]).await).0, 404);
+    assert_eq!(err(friend.share_image(&img.id, &friend_id).await).0, 404);
+    assert_eq!(err(friend.image_members(&img.id).await).0, 404);
+    // Others still do not see it.
+    assert_eq!(err(stranger.get_image(&img.id).await).0, 404);
+    assert!(!stranger.list_all_images().await.unwrap().iter().any(|i| i.id == img.id));
+    assert_eq!(err(owner.share_image(&img.id, &owner_id).await), (400, "invalid_member".into()));
+
+    // In use by the member's instance: the owner cannot delete it.
+    assert_eq!(err(owner.delete_image(&img.id).await), (409, "image_in_use".into()));
+    // Unshared: gone for the member (its instance keeps running), a second unshare is 404.
+    assert!(owner.unshare_image(&img.id, &friend_id).await.unwrap().members.is_empty());
+    assert_eq!(err(friend.get_image(&img.id).await).0, 404);
+    assert_eq!(err(friend.create_instance(&inst).await).0, 404);
+    assert_eq!(err(owner.unshare_image(&img.id, &friend_id).await).0, 404);
+    assert!(friend.get_instance(&booted).await.is_ok());
     s.stop().await;
 }

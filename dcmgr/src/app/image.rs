@@ -4,8 +4,8 @@ use crate::app::{name_some, page, paging, validate_name};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, image as store};
 use crate::error::{ApiError, ApiResult};
-use vdc_schema::api::{CreateImage, Image, ListQuery, Page};
-use vdc_schema::id::ImageId;
+use vdc_schema::api::{CreateImage, Image, ImageMembers, ListQuery, Page};
+use vdc_schema::id::{AccountId, ImageId};
 use vdc_schema::{ImageFormat, ImageState};
 
 /// What an image's `source` asks for.
@@ -389,4 +389,70 @@ where
 /// Whether a public image of this name exists (for `vdc up`'s default image).
 pub async fn exists_public(ctx: &SharedCtx, name: &str) -> ApiResult<bool> {
     Ok(store::exists_public(&ctx.db, name).await?)
+}
+
+/// The accounts one of the caller's images is shared with.
+pub async fn members(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<ImageMembers> {
+    let mut tx = ctx.db.begin().await?;
+    let owner = store::owner(&mut tx, id).await?;
+    if owner.as_deref() != Some(caller.account_id.as_str()) {
+        return Err(ApiError::not_found("image", id));
+    }
+    let members = store::members(&mut tx, id).await?;
+    tx.rollback().await?;
+    into_members(id, members)
+}
+
+fn into_members(id: &ImageId, members: Vec<String>) -> ApiResult<ImageMembers> {
+    Ok(ImageMembers {
+        image_id: id.clone(),
+        members: members.iter().map(|m| m.parse().map_err(ApiError::internal)).collect::<ApiResult<_>>()?,
+    })
+}
+
+/// The most accounts one image is shared with.
+const MAX_MEMBERS: usize = 1000;
+
+/// Shares (`add`) or stops sharing one of the caller's images with `account`. Any
+/// well-formed account ID is accepted, existing or not, so sharing tells nothing about
+/// which accounts exist. Returns the members and whether anything changed.
+pub async fn set_member(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: &ImageId,
+    account: &AccountId,
+    add: bool,
+) -> ApiResult<(ImageMembers, bool)> {
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
+        let owner = store::owner(&mut tx, id).await?;
+        if owner.as_deref() != Some(caller.account_id.as_str()) {
+            return Err(ApiError::not_found("image", id));
+        }
+        if account == &caller.account_id {
+            return Err(ApiError::bad("invalid_member", "an image is its owner's already: name another account"));
+        }
+        let members = store::members(&mut tx, id).await?;
+        let present = members.iter().any(|m| m == account.as_str());
+        let changed = match (add, present) {
+            (true, false) => {
+                if members.len() >= MAX_MEMBERS {
+                    return Err(ApiError::bad(
+                        "too_many_members",
+                        format!("an image is shared with at most {MAX_MEMBERS} accounts"),
+                    ));
+                }
+                store::add_member(&mut tx, id, account.as_str()).await?;
+                true
+            }
+            (false, true) => store::remove_member(&mut tx, id, account.as_str()).await?,
+            (false, false) => return Err(ApiError::not_found("image member", account)),
+            (true, true) => false,
+        };
+        let members = store::members(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok((into_members(id, members)?, changed))
+    })
+    .await
 }

@@ -76,7 +76,10 @@ pub async fn insert(pool: &db::Pool, account: &AccountId, i: &Image) -> Result<(
     Ok(())
 }
 
-/// One page of the images an account may use (its own and public ones).
+/// The image is shared with the account `$1`.
+const SHARED: &str = "id IN (SELECT image_id FROM image_members WHERE account_id = $1)";
+
+/// One page of the images an account may use (its own, shared with it and public ones).
 pub async fn list_visible(
     pool: &db::Pool,
     account: &AccountId,
@@ -85,7 +88,8 @@ pub async fn list_visible(
     limit: i64,
 ) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLS} FROM images WHERE (account_id = $1 OR public = 1) AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4"
+        "SELECT {COLS} FROM images WHERE (account_id = $1 OR public = 1 OR {SHARED}) \
+         AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4"
     ))
     .bind(account.as_str())
     .bind(cursor)
@@ -97,11 +101,14 @@ pub async fn list_visible(
 
 /// Image `id` if the account may use it (its own or public).
 pub async fn get_visible(pool: &db::Pool, account: &AccountId, id: &ImageId) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1 AND (account_id = $2 OR public = 1)"))
-        .bind(id.as_str())
-        .bind(account.as_str())
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {COLS} FROM images WHERE id = $1 AND (account_id = $2 OR public = 1 OR \
+         id IN (SELECT image_id FROM image_members WHERE account_id = $2))"
+    ))
+    .bind(id.as_str())
+    .bind(account.as_str())
+    .fetch_optional(pool)
+    .await
 }
 
 /// Image `id` if the account owns it.
@@ -138,6 +145,7 @@ pub async fn users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sql
 }
 
 pub async fn delete(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM image_members WHERE image_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     sqlx::query("DELETE FROM images WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     Ok(())
 }
@@ -204,4 +212,33 @@ pub async fn pending_imports(pool: &db::Pool) -> Result<Vec<Row>, sqlx::Error> {
     ))
     .fetch_all(pool)
     .await
+}
+
+/// The accounts image `id` is shared with.
+pub async fn members(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT account_id FROM image_members WHERE image_id = $1 ORDER BY account_id")
+            .bind(id.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+pub async fn add_member(tx: &mut db::Tx<'_>, id: &ImageId, account: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO image_members (image_id, account_id) VALUES ($1, $2)")
+        .bind(id.as_str())
+        .bind(account)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Whether the share existed.
+pub async fn remove_member(tx: &mut db::Tx<'_>, id: &ImageId, account: &str) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM image_members WHERE image_id = $1 AND account_id = $2")
+        .bind(id.as_str())
+        .bind(account)
+        .execute(&mut **tx)
+        .await?;
+    Ok(r.rows_affected() > 0)
 }

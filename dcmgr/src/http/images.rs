@@ -7,7 +7,7 @@ use crate::http::{path_id, Body, ListParams};
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
-use vdc_schema::api::{CreateImage, ErrorBody, Image, Page};
+use vdc_schema::api::{CreateImage, ErrorBody, Image, ImageMembers, Page};
 
 #[utoipa::path(post, path = "/api/v1/images", tag = "images", operation_id = "image_create",
     summary = "Register an image",
@@ -120,4 +120,64 @@ pub async fn upload(
             r
         }
     }
+}
+
+#[utoipa::path(get, path = "/api/v1/images/{id}/members", tag = "images", operation_id = "image_members",
+    summary = "The accounts one of the account's images is shared with",
+    params(("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images (`img-…`)")),
+    responses(
+        (status = 200, description = "The members", body = ImageMembers),
+        (status = 404, description = "`not_found` (also an image the caller only sees)", body = ErrorBody)))]
+pub async fn members(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ImageMembers>> {
+    Ok(Json(app::members(&ctx, &caller, &path_id("image", &id)?).await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/images/{id}/members/{account_id}", tag = "images",
+    operation_id = "image_share",
+    summary = "Share one of the account's images with another account",
+    description = "The member sees the image in its list and can boot it or fill volumes from it; it cannot \
+        change, share or delete it. Any well-formed account ID is accepted (whether the account exists is not \
+        disclosed).",
+    params(
+        ("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images (`img-…`)"),
+        ("account_id" = vdc_schema::id::AccountId, Path, description = "The account to share with (`acc-…`)")),
+    responses(
+        (status = 201, description = "Shared; the members", body = ImageMembers),
+        (status = 200, description = "Shared already; the members", body = ImageMembers),
+        (status = 400, description = "`invalid_member` (the owner itself), `too_many_members`", body = ErrorBody),
+        (status = 404, description = "`not_found`: the image, or a malformed account ID", body = ErrorBody)))]
+pub async fn share(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path((id, account)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<ImageMembers>)> {
+    let id = path_id("image", &id)?;
+    let account = path_id("account", &account)?;
+    let (m, changed) = app::set_member(&ctx, &caller, &id, &account, true).await?;
+    Ok((if changed { StatusCode::CREATED } else { StatusCode::OK }, Json(m)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/images/{id}/members/{account_id}", tag = "images",
+    operation_id = "image_unshare",
+    summary = "Stop sharing one of the account's images with an account",
+    description = "Instances the member already runs keep running; it cannot start new ones.",
+    params(
+        ("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images (`img-…`)"),
+        ("account_id" = vdc_schema::id::AccountId, Path, description = "A member (`acc-…`)")),
+    responses(
+        (status = 200, description = "The members left", body = ImageMembers),
+        (status = 400, description = "`invalid_member` (the owner itself)", body = ErrorBody),
+        (status = 404, description = "`not_found`: the image, or an account that is not a member", body = ErrorBody)))]
+pub async fn unshare(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path((id, account)): Path<(String, String)>,
+) -> ApiResult<Json<ImageMembers>> {
+    let id = path_id("image", &id)?;
+    let account = path_id("account", &account)?;
+    Ok(Json(app::set_member(&ctx, &caller, &id, &account, false).await?.0))
 }
