@@ -100,6 +100,9 @@ nats_url = "$NATS"
 heartbeat_interval_ms = 500
 agent_timeout_ms = 5000
 admin_token = "$ADMIN_TOKEN"
+[images]
+dir = "$W/images"
+file_dirs = ["$TINY"]
 [external]
 cidr = "203.0.113.0/24"
 gateway = "203.0.113.1"

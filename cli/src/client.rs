@@ -55,6 +55,15 @@ pub enum ClientError {
     JobFailed { job: Box<Job> },
 }
 
+/// Why a file upload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("cannot read the file: {0}")]
+    Read(#[source] std::io::Error),
+    #[error(transparent)]
+    Api(#[from] ClientError),
+}
+
 fn transport_message(err: &reqwest::Error) -> String {
     // reqwest's own Display hides the useful part ("Connection refused") in the source chain.
     let mut cause = String::new();
@@ -336,6 +345,66 @@ impl Client {
 
     pub async fn delete_image(&self, id: &ImageId) -> Result<()> {
         self.delete_no_content(&format!("/images/{id}")).await
+    }
+
+    pub async fn image_members(&self, id: &ImageId) -> Result<ImageMembers> {
+        self.get(&format!("/images/{id}/members")).await
+    }
+
+    pub async fn share_image(&self, id: &ImageId, account: &AccountId) -> Result<ImageMembers> {
+        self.send(self.request(Method::PUT, &format!("/images/{id}/members/{account}"))).await
+    }
+
+    pub async fn unshare_image(&self, id: &ImageId, account: &AccountId) -> Result<ImageMembers> {
+        self.send(self.request(Method::DELETE, &format!("/images/{id}/members/{account}"))).await
+    }
+
+    /// Uploads the data of a pending image (`PUT /images/{id}/file`).
+    pub async fn upload_image(&self, id: &ImageId, body: impl Into<reqwest::Body>) -> Result<Image> {
+        let req = self
+            .request(Method::PUT, &format!("/images/{id}/file"))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            // An image takes as long as it takes; the client's default is for API calls.
+            .timeout(Duration::from_secs(24 * 3600))
+            .body(body);
+        self.send(req).await
+    }
+
+    /// Streams a local file as the data of a pending image; `progress` gets the bytes
+    /// sent so far.
+    pub async fn upload_image_file(
+        &self,
+        id: &ImageId,
+        path: &std::path::Path,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> std::result::Result<Image, UploadError> {
+        use futures::StreamExt;
+        let file = tokio::fs::File::open(path).await.map_err(UploadError::Read)?;
+        let mut sent = 0u64;
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).map(move |chunk| {
+            if let Ok(c) = &chunk {
+                sent += c.len() as u64;
+                progress(sent);
+            }
+            chunk
+        });
+        let body = reqwest::Body::wrap_stream(stream);
+        self.upload_image(id, body).await.map_err(UploadError::Api)
+    }
+
+    /// Polls an image until it is no longer pending.
+    pub async fn wait_image(&self, id: &ImageId, timeout: Duration) -> Result<Image> {
+        let start = Instant::now();
+        loop {
+            let img = self.get_image(id).await?;
+            if img.state != ImageState::Pending {
+                return Ok(img);
+            }
+            if start.elapsed() > timeout {
+                return Err(ClientError::Timeout(format!("image {id} is still pending after {timeout:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     // ------------------------------------------------------------ networks

@@ -257,8 +257,11 @@ pub enum FloatingIpCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
-    /// Register an image
+    /// Register an image from a file the hosts hold (admin)
     Create(ImageCreateArgs),
+    /// Upload a local file or have dcmgr import an http(s) URL; prints the image once it is
+    /// available
+    Import(ImageImportArgs),
     #[command(visible_alias = "ls")]
     List {
         /// Only images with this exact name
@@ -279,6 +282,37 @@ pub enum ImageCmd {
 }
 
 #[derive(Debug, Args)]
+pub struct ImageImportArgs {
+    pub name: String,
+    /// A local file (streamed to the API) or an http(s):// URL (fetched by dcmgr)
+    pub source: String,
+    /// qcow2 or raw (a disk; dcmgr probes which it really is) or tar (a .tar.gz root file
+    /// system for lxc). Default: tar for *.tar.gz, else qcow2
+    #[arg(long, value_parser = wire!(ImageFormat))]
+    pub format: Option<ImageFormat>,
+    /// The SHA-256 the data must have (HEX or sha256:HEX)
+    #[arg(long, value_name = "HEX", value_parser = parse_sha256)]
+    pub sha256: Option<String>,
+    /// A hypervisor kind the image boots on (repeatable). Default: qemu and kvm for a disk,
+    /// lxc for tar
+    #[arg(long = "hypervisor", value_name = "KIND", value_parser = wire!(HypervisorKind))]
+    pub hypervisors: Vec<HypervisorKind>,
+    #[arg(long, default_value = "x86_64", value_parser = wire!(Arch))]
+    pub arch: Arch,
+    /// Make it visible to every account (admin only)
+    #[arg(long)]
+    pub public: bool,
+    /// The user `vdc instance ssh` logs in as (e.g. debian)
+    #[arg(long, value_name = "USER")]
+    pub default_user: Option<String>,
+}
+
+fn parse_sha256(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    crate::parse::parse_checksum(&format!("sha256:{}", t.strip_prefix("sha256:").unwrap_or(t)))
+}
+
+#[derive(Debug, Args)]
 pub struct ImageCreateArgs {
     pub name: String,
     #[arg(long, value_parser = wire!(ImageFormat))]
@@ -286,7 +320,8 @@ pub struct ImageCreateArgs {
     /// A hypervisor kind the image boots on (repeatable)
     #[arg(long = "hypervisor", value_name = "KIND", required = true, value_parser = wire!(HypervisorKind))]
     pub hypervisors: Vec<HypervisorKind>,
-    /// A file every host holds: a path, a file:// URL, or builtin:NAME (admin only; URLs are refused)
+    /// A file every host holds: a path, a file:// URL, or builtin:NAME (admin only, from the
+    /// directories dcmgr's configuration names). To upload a file or import a URL: vdc image import
     #[arg(long, value_name = "SRC")]
     pub source: String,
     #[arg(long, default_value = "x86_64", value_parser = wire!(Arch))]

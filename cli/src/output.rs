@@ -195,12 +195,13 @@ impl Tabular for KeyPair {
 
 impl Tabular for Image {
     fn headers() -> &'static [&'static str] {
-        &["ID", "NAME", "FORMAT", "ARCH", "HYPERVISORS", "PUBLIC", "USER", "SOURCE"]
+        &["ID", "NAME", "STATE", "FORMAT", "ARCH", "HYPERVISORS", "PUBLIC", "USER", "SOURCE"]
     }
     fn row(&self) -> Vec<String> {
         vec![
             self.id.to_string(),
             self.name.clone(),
+            self.state.to_string(),
             self.format.to_string(),
             self.arch.to_string(),
             join(&self.hypervisors, ","),
@@ -213,11 +214,14 @@ impl Tabular for Image {
         vec![
             ("ID", self.id.to_string()),
             ("NAME", self.name.clone()),
+            ("STATE", self.state.to_string()),
+            ("FAILURE REASON", opt(&self.failure_reason)),
             ("FORMAT", self.format.to_string()),
             ("ARCH", self.arch.to_string()),
             ("HYPERVISORS", join(&self.hypervisors, ", ")),
             ("SOURCE", self.source.clone()),
             ("CHECKSUM", opt(&self.checksum)),
+            ("SIZE", self.size_bytes.map(|s| s.to_string()).unwrap_or_else(|| "-".into())),
             ("INITRD", opt(&self.initrd)),
             ("KERNEL CMDLINE", opt(&self.kernel_cmdline)),
             ("PUBLIC", self.public.to_string()),

@@ -144,6 +144,8 @@ impl AllInOne {
             initiator: String::new(), // start_libvirt derives it from the node ID
             taps: false,
             tap_netns: None,
+            // The all-in-one's images: a few GiB of cache at most.
+            image_cache_max_bytes: Some(8 << 30),
         };
         let detected = if sim {
             None
@@ -209,6 +211,12 @@ impl AllInOne {
             database_url: format!("sqlite://{}", data_dir.join("vdc.db").display()),
             admin_token: Some(token.clone()),
             external: external_config,
+            images: vdc_dcmgr::config::ImagesConfig {
+                dir: Some(data_dir.join("images")),
+                // The tiny image is registered from its directory.
+                file_dirs: tiny.iter().cloned().collect(),
+                ..Default::default()
+            },
             ..Config::default()
         };
         let dcmgr = Dcmgr::start(config, server::Options { bus: Some(bus.clone()), ..Default::default() }).await?;
@@ -368,7 +376,7 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
             format: ImageFormat::Kernel,
             arch: Arch::X86_64,
             hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm],
-            source: path("vmlinuz").unwrap_or_else(|| "builtin:tiny-kernel".into()),
+            source: Some(path("vmlinuz").unwrap_or_else(|| "builtin:tiny-kernel".into())),
             checksum: tiny.map(|d| sha256_of(&d.join("vmlinuz"))).transpose()?,
             initrd: Some(path("initrd.gz").unwrap_or_else(|| "builtin:tiny-initrd".into())),
             kernel_cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
@@ -380,7 +388,7 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
             format: ImageFormat::Tar,
             arch: Arch::X86_64,
             hypervisors: vec![HypervisorKind::Lxc],
-            source: path("rootfs.tar.gz").unwrap_or_else(|| "builtin:tiny-rootfs".into()),
+            source: Some(path("rootfs.tar.gz").unwrap_or_else(|| "builtin:tiny-rootfs".into())),
             checksum: tiny.map(|d| sha256_of(&d.join("rootfs.tar.gz"))).transpose()?,
             initrd: None,
             kernel_cmdline: None,

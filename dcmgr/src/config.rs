@@ -37,6 +37,8 @@ pub struct Config {
     pub memory_allocation_ratio: f64,
     /// Per-host ratios, keyed by host node ID (`[hosts.hn-…]`), for hosts that differ.
     pub hosts: BTreeMap<String, HostOverride>,
+    /// The image store and what it accepts.
+    pub images: ImagesConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -44,6 +46,67 @@ pub struct Config {
 pub struct HostOverride {
     pub cpu_allocation_ratio: Option<f64>,
     pub memory_allocation_ratio: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Where image data is kept (content-addressed blobs, and uploads being received).
+    /// Default: `images/` beside a SQLite database, else `/var/lib/vdc/images`.
+    pub dir: Option<std::path::PathBuf>,
+    /// The largest image data accepted (upload or URL import), in bytes.
+    pub max_bytes: u64,
+    /// The largest disk an image may describe (qemu-img's virtual size), in bytes.
+    pub max_virtual_bytes: u64,
+    /// Addresses URL imports may reach although they are loopback, link-local, private or
+    /// otherwise not public, as CIDRs (e.g. `["127.0.0.1/32"]` for a mirror on this host).
+    pub import_allow: Vec<String>,
+    /// A URL import that has not finished after this long fails.
+    pub import_timeout_s: u64,
+    /// Directories whose files operators may register as images (`file://` or a path).
+    pub file_dirs: Vec<std::path::PathBuf>,
+    /// The base URL hosts fetch image data from (dcmgr's Web API as they reach it, e.g.
+    /// `http://dcmgr.internal:9000`). Default: the address dcmgr listens on.
+    pub agent_url: Option<String>,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            dir: None,
+            max_bytes: 64 << 30,
+            max_virtual_bytes: 2 << 40,
+            import_allow: vec![],
+            import_timeout_s: 3600,
+            file_dirs: vec![],
+            agent_url: None,
+        }
+    }
+}
+
+impl Config {
+    /// The image store's directory (see [`ImagesConfig::dir`]).
+    pub fn images_dir(&self) -> std::path::PathBuf {
+        if let Some(d) = &self.images.dir {
+            return d.clone();
+        }
+        match self.database_url.strip_prefix("sqlite://") {
+            Some(p) => {
+                let p = std::path::Path::new(p.split('?').next().unwrap_or(p));
+                p.parent().unwrap_or(std::path::Path::new(".")).join("images")
+            }
+            None => "/var/lib/vdc/images".into(),
+        }
+    }
+
+    /// `images.import_allow` as networks.
+    pub fn import_allow(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.images
+            .import_allow
+            .iter()
+            .map(|s| s.parse().map_err(|e| format!("images.import_allow {s:?}: {e}")))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +163,7 @@ impl Default for Config {
             cpu_allocation_ratio: 4.0,
             memory_allocation_ratio: 1.0,
             hosts: BTreeMap::new(),
+            images: ImagesConfig::default(),
         }
     }
 }

@@ -48,6 +48,17 @@ pub struct Ctx {
     /// (kind, node id) → last heartbeat (ms) and whether dcmgr has marked it offline.
     pub agents: RwLock<HashMap<(AgentKind, String), AgentSeen>>,
     pub ensure_observer: Option<EnsureObserver>,
+    /// Where image data is kept.
+    pub blobs: Arc<dyn crate::blobs::BlobStore>,
+    /// Images whose data is arriving now (one upload or import at a time per image).
+    pub ingesting: std::sync::Mutex<std::collections::HashSet<ImageId>>,
+    /// Held while a blob is stored and its image committed, or an unused blob removed, so
+    /// a blob is never removed between an upload storing it and its image referring to it.
+    pub blob_refs: tokio::sync::Mutex<()>,
+    /// Signs the credentials agents fetch blobs with (see `app::node_auth`).
+    pub node_key: [u8; 32],
+    /// The address the Web API listens on, once bound.
+    pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +82,18 @@ impl Ctx {
     /// A dispatcher took `w`: a change after this point queues it again.
     pub fn taken(&self, w: &Work) {
         self.queued.lock().unwrap().remove(w);
+    }
+
+    /// The base URL agents reach dcmgr at: `images.agent_url`, else the listening address.
+    pub fn agent_url(&self) -> String {
+        if let Some(u) = &self.config.images.agent_url {
+            return u.trim_end_matches('/').to_owned();
+        }
+        let mut a = self.http_addr.get().copied().unwrap_or_else(|| ([127, 0, 0, 1], 9000).into());
+        if a.ip().is_unspecified() {
+            a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{a}")
     }
 
     pub fn agent_online(&self, kind: AgentKind, node: &str) -> bool {

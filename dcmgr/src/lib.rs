@@ -16,6 +16,7 @@
 //! [`server`] wires it all up; [`server::Dcmgr::start`] is what `dcmgr` and `vdc up` run.
 
 pub mod app;
+pub mod blobs;
 pub mod config;
 pub mod controller;
 pub mod ctx;

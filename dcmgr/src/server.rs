@@ -49,6 +49,15 @@ impl Dcmgr {
             queued: Default::default(),
             agents: Default::default(),
             ensure_observer: opts.ensure_observer,
+            blobs: Arc::new(
+                crate::blobs::FsBlobStore::new(&config.images_dir())
+                    .with_context(|| format!("opening the image store in {}", config.images_dir().display()))?,
+            ),
+            ingesting: Default::default(),
+            blob_refs: Default::default(),
+            node_key: crate::app::node_auth::load_key(&config.images_dir())
+                .with_context(|| format!("the node key in {}", config.images_dir().display()))?,
+            http_addr: Default::default(),
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;
@@ -56,6 +65,9 @@ impl Dcmgr {
         controller::membership::seed_from_db(&ctx).await?;
         // A changed ratio applies to the hosts known from before, not only to new ones.
         controller::membership::apply_allocation_ratios(&ctx).await?;
+        config.import_allow().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
+        // URL imports cut short by a stop start again.
+        crate::app::image_import::resume(&ctx).await?;
 
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -73,6 +85,7 @@ impl Dcmgr {
             .await
             .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let _ = ctx.http_addr.set(addr);
         let app = http::router(ctx.clone());
         let stop = cancel.clone();
         tasks.push(tokio::spawn(async move {

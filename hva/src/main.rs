@@ -60,6 +60,10 @@ struct Cli {
     /// Open vSwitch runs, when several hosts share a machine).
     #[arg(long, requires = "taps")]
     tap_netns: Option<String>,
+    /// Libvirt: keep the image cache under this many MiB (least recently used images go
+    /// first; the bases of instances' disks stay). No limit if absent.
+    #[arg(long, env = "HVA_IMAGE_CACHE_MAX_MIB")]
+    image_cache_max_mib: Option<u64>,
     /// Sim: how long each operation takes.
     #[arg(long, default_value_t = 50)]
     sim_delay_ms: u64,
@@ -122,6 +126,7 @@ async fn main() -> anyhow::Result<()> {
                 initiator: String::new(), // start_libvirt derives it from the node ID
                 taps: cli.taps,
                 tap_netns: cli.tap_netns,
+                image_cache_max_bytes: cli.image_cache_max_mib.map(|m| m << 20),
             };
             let probe = Duration::from_secs(cli.kvm_probe_timeout_s);
             let c2 = cfg.clone();

@@ -164,11 +164,22 @@ pub struct Image {
     pub format: ImageFormat,
     pub arch: Arch,
     pub hypervisors: Vec<HypervisorKind>,
-    /// Where hosts fetch it from: a path, a `file://` or `http(s)://` URL, or `builtin:NAME`.
+    /// Where the data came from: `upload`, the `http(s)://` URL dcmgr imported, or (for an
+    /// operator's image) a host file or `builtin:NAME`.
     pub source: String,
-    /// `sha256:<hex>` of the image data, checked by the host's image cache.
+    /// `sha256:<hex>` of the image data: for stored images (upload, URL import) the digest
+    /// dcmgr computed; hosts verify it as they fetch.
     #[schema(required = true)]
     pub checksum: Option<String>,
+    /// `pending` until the data is stored and checked, then `available` (only then can it
+    /// boot) or `failed`.
+    pub state: ImageState,
+    /// Why the data was refused (`failed` only).
+    #[schema(required = true)]
+    pub failure_reason: Option<String>,
+    /// Bytes of the stored data (stored images only).
+    #[schema(required = true)]
+    pub size_bytes: Option<u64>,
     /// For `kernel` images: the initrd, beside the kernel in `source`.
     #[schema(required = true)]
     pub initrd: Option<String>,
@@ -195,11 +206,17 @@ pub struct CreateImage {
     /// At least one.
     #[schema(min_items = 1)]
     pub hypervisors: Vec<HypervisorKind>,
-    /// A file every host holds: a path, a `file://` URL or `builtin:NAME`; at most 4096 bytes.
-    /// Only an operator (admin) registers images; `http(s)://` URLs are refused.
+    /// Where the data comes from, at most 4096 bytes:
+    /// - absent: the image is `pending` until its data is uploaded with
+    ///   `PUT /api/v1/images/{id}/file`;
+    /// - an `http(s)://` URL: dcmgr fetches it (public addresses only, unless the operator
+    ///   allows others) and checks it; the image is `pending` meanwhile;
+    /// - a host path, `file://` URL or `builtin:NAME`: operators (admin) only, in the
+    ///   directories dcmgr's configuration names.
+    #[serde(default)]
     #[schema(min_length = 1)]
-    pub source: String,
-    /// `sha256:` and 64 hex digits.
+    pub source: Option<String>,
+    /// `sha256:` and 64 hex digits: the data must have this digest (or the image fails).
     #[schema(pattern = "^sha256:[0-9A-Fa-f]{64}$")]
     pub checksum: Option<String>,
     /// Required for `kernel` images.
@@ -213,6 +230,13 @@ pub struct CreateImage {
     #[serde(default)]
     #[schema(pattern = "^[a-z_][a-z0-9_-]{0,31}$")]
     pub default_user: Option<String>,
+}
+
+/// The accounts an image is shared with: they can see and boot it, not change it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImageMembers {
+    pub image_id: ImageId,
+    pub members: Vec<AccountId>,
 }
 
 fn default_arch() -> Arch {

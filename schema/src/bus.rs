@@ -309,6 +309,22 @@ pub struct ImageSpec {
     pub checksum: Option<String>,
     pub initrd: Option<String>,
     pub kernel_cmdline: Option<String>,
+    /// Data kept in dcmgr's image store: fetch it from there (then `source` is only a
+    /// description). None for an operator's host file.
+    #[serde(default)]
+    pub blob: Option<BlobRef>,
+}
+
+/// A blob of dcmgr's image store, as one node fetches it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// Lower-case hex; the data must hash to it.
+    pub sha256: String,
+    pub size: u64,
+    /// `GET` it (with `Range: bytes=N-` to resume).
+    pub url: String,
+    /// The node's credential: `Authorization: Bearer <token>`.
+    pub token: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -182,6 +182,12 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// An image is `pending` until its data is stored and checked (upload, URL import),
+    /// then `available`; `failed` (with `failure_reason`) when its data was refused.
+    ImageState, "image state", { Pending => "pending", Available => "available", Failed => "failed" }
+);
+
+wire_enum!(
     Arch, "architecture", { X86_64 => "x86_64", Aarch64 => "aarch64" }
 );
 
@@ -235,6 +241,7 @@ mod tests {
         check(JobState::ALL);
         check(NodeState::ALL);
         check(ImageFormat::ALL);
+        check(ImageState::ALL);
         check(Arch::ALL);
         check(Protocol::ALL);
         check(Direction::ALL);

@@ -125,10 +125,26 @@ impl Inner {
                 return Err(Failure::Permanent(format!("image {} is a {f} image; a volume needs qcow2 or raw", img.id)))
             }
         };
-        let src = img.source.strip_prefix("file://").unwrap_or(&img.source);
-        if !(src.starts_with('/') || src.starts_with("http://") || src.starts_with("https://")) {
+        // Data in dcmgr's store is fetched into this node's cache (beside its state file).
+        let fetched = match &img.blob {
+            Some(blob) => {
+                let dir = self.file.parent().unwrap_or(std::path::Path::new(".")).join("images");
+                let (p, _) = vdc_bus::blob::fetch(blob, &dir).await.map_err(|e| match e {
+                    // The store's data itself is wrong: fetching again cannot help.
+                    vdc_bus::blob::BlobError::Corrupt { .. } => Failure::Permanent(format!("image {}: {e}", img.id)),
+                    e => Failure::Transient(format!("image {}: {e}", img.id)),
+                })?;
+                Some(p.to_string_lossy().into_owned())
+            }
+            None => None,
+        };
+        let src = match &fetched {
+            Some(p) => p.as_str(),
+            None => img.source.strip_prefix("file://").unwrap_or(&img.source),
+        };
+        if !src.starts_with('/') {
             return Err(Failure::Permanent(format!(
-                "image {} has source {}; a storage node reads absolute paths and http(s) URLs",
+                "image {} has source {}; a storage node reads absolute paths and dcmgr's image store",
                 img.id, img.source
             )));
         }
@@ -537,6 +553,7 @@ mod tests {
             checksum: None,
             initrd: None,
             kernel_cmdline: None,
+            blob: None,
         };
         sta.ensure_volume(VolumeSpec { source_image: Some(image), ..spec("vol-b", 1, 64, None) }).await.unwrap();
         let r = report(&sink, "vol-b", 1).await;
@@ -568,6 +585,7 @@ mod tests {
             checksum: None,
             initrd: None,
             kernel_cmdline: None,
+            blob: None,
         };
         sta.ensure_volume(VolumeSpec { source_image: Some(image), ..spec("vol-c", 1, 64, None) }).await.unwrap();
         let r = report(&sink, "vol-c", 1).await;

@@ -54,6 +54,9 @@ pub struct StackOptions {
     pub cpu_allocation_ratio: f64,
     /// dcmgr's per-host ratios, by host node ID.
     pub host_overrides: std::collections::BTreeMap<String, vdc_dcmgr::config::HostOverride>,
+    /// dcmgr's image store settings; its directory defaults to one in the stack's
+    /// temporary directory.
+    pub images: vdc_dcmgr::config::ImagesConfig,
 }
 
 /// Where real-network hosts keep their OVS, and the prefix (unique per test) of their
@@ -128,6 +131,7 @@ impl LibvirtSetup {
             initiator: String::new(),
             taps: false,
             tap_netns: None,
+            image_cache_max_bytes: None,
         }
     }
 }
@@ -151,6 +155,11 @@ impl StackOptions {
             external: None,
             cpu_allocation_ratio: vdc_dcmgr::Config::default().cpu_allocation_ratio,
             host_overrides: Default::default(),
+            // Where the suites' operator images claim to be.
+            images: vdc_dcmgr::config::ImagesConfig {
+                file_dirs: vec!["/var/lib/vdc/images".into()],
+                ..Default::default()
+            },
         }
     }
 }
@@ -224,8 +233,12 @@ impl Stack {
         Self::try_start(opts).await.expect("test stack starts")
     }
 
-    pub async fn try_start(opts: StackOptions) -> anyhow::Result<Stack> {
+    pub async fn try_start(mut opts: StackOptions) -> anyhow::Result<Stack> {
         let tmp = tempfile::tempdir()?;
+        opts.images.dir.get_or_insert_with(|| tmp.path().join("images"));
+        if let Some(lv) = &opts.libvirt {
+            opts.images.file_dirs.push(lv.tiny_image_dir.clone());
+        }
         let (database_url, pg) = match opts.db {
             Db::Sqlite => (format!("sqlite://{}", tmp.path().join("vdc.db").display()), None),
             Db::Postgres => {
@@ -631,6 +644,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
         external: opts.external.clone(),
         cpu_allocation_ratio: opts.cpu_allocation_ratio,
         hosts: opts.host_overrides.clone(),
+        images: opts.images.clone(),
         ..Config::default()
     }
 }
@@ -709,7 +723,7 @@ pub async fn register_images(s: &Stack) -> (ImageId, ImageId) {
             format: ImageFormat::Kernel,
             arch: vdc_schema::Arch::X86_64,
             hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm],
-            source: dir.join("vmlinuz").display().to_string(),
+            source: Some(dir.join("vmlinuz").display().to_string()),
             checksum: Some(sha256(&dir.join("vmlinuz"))),
             initrd: Some(dir.join("initrd.gz").display().to_string()),
             kernel_cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
@@ -725,7 +739,7 @@ pub async fn register_images(s: &Stack) -> (ImageId, ImageId) {
             format: ImageFormat::Tar,
             arch: vdc_schema::Arch::X86_64,
             hypervisors: vec![HypervisorKind::Lxc],
-            source: dir.join("rootfs.tar.gz").display().to_string(),
+            source: Some(dir.join("rootfs.tar.gz").display().to_string()),
             checksum: Some(sha256(&dir.join("rootfs.tar.gz"))),
             initrd: None,
             kernel_cmdline: None,
@@ -783,7 +797,7 @@ pub fn builtin_tiny_image(hypervisors: Vec<HypervisorKind>) -> CreateImage {
         format: ImageFormat::Kernel,
         arch: vdc_schema::Arch::X86_64,
         hypervisors,
-        source: "builtin:tiny-kernel".into(),
+        source: Some("builtin:tiny-kernel".into()),
         checksum: None,
         initrd: Some("builtin:tiny-initrd".into()),
         kernel_cmdline: None,

@@ -162,7 +162,7 @@ async fn images(db: Db) {
         format: ImageFormat::Qcow2,
         arch: Arch::X86_64,
         hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu],
-        source: "/var/lib/vdc/images/debian.qcow2".into(),
+        source: Some("/var/lib/vdc/images/debian.qcow2".into()),
         checksum: Some(format!("sha256:{}", "ab".repeat(32))),
         initrd: None,
         kernel_cmdline: None,
@@ -172,15 +172,20 @@ async fn images(db: Db) {
     // A tenant can never name a host file (it would be booted and copied as root).
     for source in ["/etc/shadow", "file:///etc/shadow", "builtin:../../etc"] {
         let mut r = req("steal");
-        r.source = source.into();
+        r.source = Some(source.into());
         assert_eq!(err(c.create_image(&r).await).0, 403, "{source}");
     }
     assert!(c.list_all_images().await.unwrap().iter().all(|i| i.name != "steal"), "nothing was recorded");
-    // URLs are refused for everyone until images can really be imported (no SSRF).
+    // URLs are imported by dcmgr, never from loopback or the metadata address (no SSRF):
+    // the image fails (tests/images.rs has the rest).
     for source in ["http://127.0.0.1:9000/x", "https://169.254.169.254/latest/meta-data/"] {
         let mut r = req("url");
-        r.source = source.into();
-        assert_eq!(err(op.create_image(&r).await), (400, "invalid_source".into()), "{source}");
+        r.source = Some(source.into());
+        r.checksum = None;
+        let img = c.create_image(&r).await.unwrap();
+        let img = c.wait_image(&img.id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(img.state, ImageState::Failed, "{source}");
+        assert!(img.failure_reason.unwrap().starts_with("forbidden_address"), "{source}");
     }
     // An operator's private image is visible to the operator only; public ones to all.
     let img = op.create_image(&req("debian")).await.unwrap();
@@ -374,7 +379,7 @@ async fn instance_bad_input(db: Db) {
             format: ImageFormat::Raw,
             arch: Arch::X86_64,
             hypervisors: vec![HypervisorKind::Kvm],
-            source: "/x.raw".into(),
+            source: Some("/var/lib/vdc/images/x.raw".into()),
             checksum: None,
             initrd: None,
             kernel_cmdline: None,

@@ -546,7 +546,7 @@ async fn image_delete_instance_create(db: Db) {
                 format: ImageFormat::Qcow2,
                 arch: Arch::X86_64,
                 hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu],
-                source: "/var/lib/vdc/images/debian.qcow2".into(),
+                source: Some("/var/lib/vdc/images/debian.qcow2".into()),
                 checksum: Some(format!("sha256:{}", "ab".repeat(32))),
                 initrd: None,
                 kernel_cmdline: None,

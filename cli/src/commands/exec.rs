@@ -326,7 +326,7 @@ async fn image(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
                 format: a.format,
                 arch: a.arch,
                 hypervisors: a.hypervisors,
-                source: absolute_source(&a.source),
+                source: Some(absolute_source(&a.source)),
                 checksum: a.checksum,
                 initrd: a.initrd,
                 kernel_cmdline: a.cmdline,
@@ -334,6 +334,10 @@ async fn image(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
                 default_user: a.default_user,
             };
             ctx.show(&c.create_image(&req).await?)
+        }
+        ImageCmd::Import(a) => {
+            let image = import_image(ctx, a).await?;
+            ctx.show(&image)
         }
         ImageCmd::List { name, list } => ctx.list::<Image>("/images", list, name, None).await,
         ImageCmd::Show { id } => ctx.show(&c.get_image(&resolve(c, &id).await?).await?),
@@ -343,6 +347,83 @@ async fn image(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
             ctx.deleted(id.as_str())
         }
     }
+}
+
+/// `vdc image import`: a pending image, then its data (uploaded with a progress bar, or
+/// fetched by dcmgr); waits until it is available or failed.
+async fn import_image(ctx: &Ctx, a: ImageImportArgs) -> Result<Image, CliError> {
+    let c = &ctx.client;
+    let lower = a.source.to_ascii_lowercase();
+    let is_url = lower.starts_with("http://") || lower.starts_with("https://");
+    let format = a.format.unwrap_or(if lower.ends_with(".tar.gz") || lower.ends_with(".tgz") {
+        ImageFormat::Tar
+    } else {
+        ImageFormat::Qcow2
+    });
+    let hypervisors = if !a.hypervisors.is_empty() {
+        a.hypervisors
+    } else if format == ImageFormat::Tar {
+        vec![HypervisorKind::Lxc]
+    } else {
+        vec![HypervisorKind::Qemu, HypervisorKind::Kvm]
+    };
+    let path = Path::new(&a.source);
+    let size = if is_url {
+        None
+    } else {
+        Some(std::fs::metadata(path).map_err(|e| CliError::io(format!("reading {}", path.display()), e))?.len())
+    };
+    let req = CreateImage {
+        name: a.name,
+        format,
+        arch: a.arch,
+        hypervisors,
+        source: is_url.then(|| a.source.clone()),
+        checksum: a.sha256,
+        initrd: None,
+        kernel_cmdline: None,
+        public: a.public,
+        default_user: a.default_user,
+    };
+    let image = c.create_image(&req).await?;
+    let terminal = std::io::stderr().is_terminal();
+    let result = if let Some(size) = size {
+        let bar = if terminal { ProgressBar::new(size) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let b = bar.clone();
+        let res = c.upload_image_file(&image.id, path, move |n| b.set_position(n)).await;
+        bar.finish_and_clear();
+        match res {
+            Ok(img) => Ok(img),
+            Err(crate::client::UploadError::Read(e)) => Err(CliError::io(format!("reading {}", path.display()), e)),
+            Err(crate::client::UploadError::Api(e)) => Err(e.into()),
+        }
+    } else {
+        let bar = if terminal { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+        bar.set_message(format!("dcmgr imports {}", a.source));
+        bar.enable_steady_tick(Duration::from_millis(100));
+        let res = c.wait_image(&image.id, ctx.wait_timeout).await;
+        bar.finish_and_clear();
+        res.map_err(CliError::from)
+    };
+    let image = match result {
+        Ok(img) => img,
+        Err(e) => {
+            // Say which image the failure left behind, so it can be deleted or retried.
+            return Err(CliError::Usage(format!("image {} ({}): {e}", image.id, image.name)));
+        }
+    };
+    if image.state == ImageState::Failed {
+        return Err(CliError::Usage(format!(
+            "image {} failed: {}",
+            image.id,
+            image.failure_reason.as_deref().unwrap_or("no reason given")
+        )));
+    }
+    Ok(image)
 }
 
 /// A relative local path would be resolved by the host in its own working directory, so an

@@ -4,23 +4,64 @@ use crate::app::{name_some, page, paging, validate_name};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, image as store};
 use crate::error::{ApiError, ApiResult};
-use vdc_schema::api::{CreateImage, Image, ListQuery, Page};
-use vdc_schema::id::ImageId;
+use vdc_schema::api::{CreateImage, Image, ImageMembers, ListQuery, Page};
+use vdc_schema::id::{AccountId, ImageId};
+use vdc_schema::{ImageFormat, ImageState};
+
+/// What an image's `source` asks for.
+enum Source {
+    /// No source: the data is uploaded.
+    Upload,
+    /// dcmgr fetches the data.
+    Url,
+    /// A file the hosts hold: operators only.
+    HostFile,
+    /// Any other scheme.
+    Other,
+}
+
+fn source_kind(source: Option<&str>) -> Source {
+    let Some(s) = source else { return Source::Upload };
+    let lower = s.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        Source::Url
+    } else if s.starts_with('/') || lower.starts_with("file://") || s.starts_with("builtin:") {
+        Source::HostFile
+    } else {
+        Source::Other
+    }
+}
+
+/// What `source` says uploaded images came from.
+pub const UPLOAD: &str = "upload";
 
 fn validate(req: &CreateImage) -> ApiResult<()> {
     validate_name("image", &req.name)?;
     if req.hypervisors.is_empty() {
         return Err(ApiError::bad("invalid_image", "hypervisors must list at least one of kvm, qemu, lxc"));
     }
-    if req.source.trim().is_empty() || req.source.len() > 4096 {
-        return Err(ApiError::bad("invalid_image", "source must be a path or URL of at most 4096 characters"));
+    if let Some(source) = &req.source {
+        if source.trim().is_empty() || source.len() > 4096 {
+            return Err(ApiError::bad("invalid_source", "source must be a path or URL of at most 4096 characters"));
+        }
     }
-    if ["http://", "https://", "ftp://"].iter().any(|p| req.source.to_ascii_lowercase().starts_with(p)) {
-        // hva and sta read local files only; a URL here was fetched by nobody, or by the
-        // wrong party (server-side request forgery).
+    match source_kind(req.source.as_deref()) {
+        Source::HostFile => {}
+        Source::Url => {
+            let url = req.source.as_deref().unwrap_or_default();
+            crate::app::image_import::parse_url(url).map_err(|r| ApiError::bad("invalid_source", r.message))?;
+        }
+        Source::Upload | Source::Other => {}
+    }
+    if let Source::Other = source_kind(req.source.as_deref()) {
+        return Err(ApiError::bad("invalid_source", "source must be an http(s):// URL, or absent to upload the data"));
+    }
+    if !matches!(source_kind(req.source.as_deref()), Source::HostFile)
+        && !matches!(req.format, ImageFormat::Qcow2 | ImageFormat::Raw | ImageFormat::Tar)
+    {
         return Err(ApiError::bad(
-            "invalid_source",
-            "images cannot be imported from a URL yet: an operator registers a file the hosts hold",
+            "invalid_image",
+            format!("a {} image is an operator's host file; uploads and URL imports are qcow2, raw or tar", req.format),
         ));
     }
     if let Some(c) = &req.checksum {
@@ -29,7 +70,7 @@ fn validate(req: &CreateImage) -> ApiResult<()> {
             return Err(ApiError::bad("invalid_checksum", "checksum must be sha256: followed by 64 hex digits"));
         }
     }
-    if req.format == vdc_schema::ImageFormat::Kernel && req.initrd.is_none() {
+    if req.format == ImageFormat::Kernel && req.initrd.is_none() {
         return Err(ApiError::bad("invalid_image", "a kernel image needs initrd (the path of its initramfs)"));
     }
     if let Some(u) = &req.default_user {
@@ -41,6 +82,9 @@ fn validate(req: &CreateImage) -> ApiResult<()> {
                 ),
             ));
         }
+    }
+    if req.initrd.is_some() && req.format != ImageFormat::Kernel {
+        return Err(ApiError::bad("invalid_image", "only a kernel image has an initrd"));
     }
     if let Some(c) = &req.kernel_cmdline {
         if c.len() > 2048 || c.chars().any(|ch| ch.is_control()) {
@@ -60,13 +104,13 @@ fn valid_user(u: &str) -> bool {
 }
 
 pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiResult<Image> {
-    // An image's source names a file on the hosts, which hva boots and sta copies into
-    // volumes as root: a tenant naming one could read any host file. Until images can be
-    // uploaded, only an operator registers them; tenants boot the public ones.
-    if !caller.admin {
+    let kind = source_kind(req.source.as_deref());
+    // A host file is booted by hva and copied into volumes by sta, as root: a tenant
+    // naming one could read any host file. Tenants upload or import their data instead.
+    if matches!(kind, Source::HostFile) && !caller.admin {
         return Err(ApiError::Forbidden(
-            "only an operator (admin) can register an image, since its source is a file on the hosts; \
-             use a public image"
+            "only an operator (admin) can register a file of the hosts as an image; \
+             upload the data (no source, then PUT /api/v1/images/{id}/file) or give an http(s):// URL"
                 .into(),
         ));
     }
@@ -74,6 +118,11 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
     if req.public && !caller.admin {
         return Err(ApiError::Forbidden("only an admin can publish a public image".into()));
     }
+    if let (Source::HostFile, Some(source)) = (&kind, &req.source) {
+        check_host_file(ctx, source)?;
+        check_initrd(ctx, &req)?;
+    }
+    let stored = !matches!(kind, Source::HostFile);
     let now = db::parse_time(&db::now());
     let image = Image {
         id: ImageId::generate(),
@@ -81,16 +130,60 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         format: req.format,
         arch: req.arch,
         hypervisors: req.hypervisors,
-        source: req.source,
-        checksum: req.checksum,
+        source: req.source.unwrap_or_else(|| UPLOAD.to_owned()),
+        checksum: req.checksum.map(|c| c.to_ascii_lowercase()),
         initrd: req.initrd,
         kernel_cmdline: req.kernel_cmdline,
         public: req.public,
         created_at: now,
         default_user: req.default_user,
+        state: if stored { ImageState::Pending } else { ImageState::Available },
+        failure_reason: None,
+        size_bytes: None,
     };
     store::insert(&ctx.db, &caller.account_id, &image).await?;
+    if matches!(kind, Source::Url) {
+        crate::app::image_import::spawn(ctx.clone(), image.clone());
+    }
     Ok(image)
+}
+
+/// An operator's host file must lie in a directory dcmgr's configuration names
+/// (`images.file_dirs`); `builtin:` names are resolved by hva from its own list.
+fn check_host_file(ctx: &SharedCtx, source: &str) -> ApiResult<()> {
+    if let Some(name) = source.strip_prefix("builtin:") {
+        return match name {
+            "tiny-kernel" | "tiny-initrd" | "tiny-rootfs" => Ok(()),
+            _ => Err(ApiError::bad("invalid_source", "builtin: names tiny-kernel, tiny-initrd or tiny-rootfs")),
+        };
+    }
+    let path = std::path::Path::new(source.strip_prefix("file://").unwrap_or(source));
+    let climbs =
+        path.components().any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
+    let dirs = &ctx.config.images.file_dirs;
+    if climbs || !path.is_absolute() || !dirs.iter().any(|d| path.starts_with(d)) {
+        return Err(ApiError::bad(
+            "invalid_source",
+            format!(
+                "{} is not in a directory of images.file_dirs in dcmgr's configuration ({})",
+                path.display(),
+                if dirs.is_empty() {
+                    "none is named".to_owned()
+                } else {
+                    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+                }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the host-file parts of an image (its initrd, too).
+fn check_initrd(ctx: &SharedCtx, req: &CreateImage) -> ApiResult<()> {
+    match &req.initrd {
+        Some(i) => check_host_file(ctx, i),
+        None => Ok(()),
+    }
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Image>> {
@@ -108,9 +201,11 @@ pub async fn fetch_visible(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> Ap
         .into_api()
 }
 
-/// Deletes one of the caller's images that no instance uses.
+/// Deletes one of the caller's images that no instance uses; its blob goes with it when
+/// no other image has the same data.
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<()> {
-    db::retry(|| async {
+    let _refs = ctx.blob_refs.lock().await;
+    let unused_blob = db::retry(|| async {
         let mut tx = ctx.db.begin().await?;
         // Instance creates lock the image too, so none can start using it before commit.
         db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
@@ -126,16 +221,260 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
                 format!("image {id} is used by {}", name_some("instance", users.iter().map(String::as_str))),
             ));
         }
+        let blob = store::get_tx(&mut tx, id).await?.and_then(|r| r.blob);
         store::delete(&mut tx, id).await?;
+        let unused = match blob {
+            Some(b) if store::blob_users(&mut tx, &b).await? == 0 => Some(b),
+            _ => None,
+        };
         tx.commit().await?;
-        Ok(())
+        Ok(unused)
     })
-    .await
+    .await?;
+    if let Some(b) = unused_blob {
+        if let Err(e) = ctx.blobs.delete(&b).await {
+            tracing::warn!(blob = %b, "cannot remove an unused image blob: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// An image the caller may boot or copy into a volume: visible and `available`.
+pub async fn fetch_usable(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<Image> {
+    let image = fetch_visible(ctx, caller, id).await?;
+    if image.state != ImageState::Available {
+        return Err(ApiError::conflict(
+            "image_not_available",
+            format!(
+                "image {id} is {}{}",
+                image.state,
+                match (&image.state, &image.failure_reason) {
+                    (ImageState::Failed, Some(r)) => format!(": {r}"),
+                    (ImageState::Pending, _) => ": its data has not been uploaded or imported yet".into(),
+                    _ => String::new(),
+                }
+            ),
+        ));
+    }
+    Ok(image)
+}
+
+/// Receives the data of one of the caller's pending images (an upload). A refused upload
+/// fails the image; an interrupted one leaves it pending, to be uploaded again.
+pub async fn upload<S, E>(ctx: &SharedCtx, caller: &Caller, id: &ImageId, body: S) -> ApiResult<Image>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    // Only the owner gives an image its data (a public image of another account is not
+    // the caller's to change).
+    let image =
+        store::get_owned(&ctx.db, &caller.account_id, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
+    let image = image.into_api()?;
+    if image.source != UPLOAD {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            format!("image {id} gets its data from {}, not from an upload", image.source),
+        ));
+    }
+    if image.state != ImageState::Pending {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            format!("image {id} is {}: only a pending image takes data", image.state),
+        ));
+    }
+    let _guard = Ingesting::claim(ctx, id)?;
+    match ingest(ctx, &image, body).await? {
+        Ingested::Stored(image) => Ok(image),
+        Ingested::Refused(r) => {
+            store::set_failed(&ctx.db, id, &format!("{}: {}", r.code, r.message)).await?;
+            Err(ApiError::bad(r.code, r.message))
+        }
+        Ingested::Interrupted(why) => Err(ApiError::bad(
+            "upload_incomplete",
+            format!("the upload stopped before its end ({why}); the image is still pending: upload it again"),
+        )),
+    }
+}
+
+/// One ingest per image at a time; released when dropped.
+pub(crate) struct Ingesting<'a> {
+    ctx: &'a SharedCtx,
+    id: ImageId,
+}
+
+impl<'a> Ingesting<'a> {
+    pub(crate) fn claim(ctx: &'a SharedCtx, id: &ImageId) -> ApiResult<Self> {
+        if !ctx.ingesting.lock().unwrap().insert(id.clone()) {
+            return Err(ApiError::conflict("invalid_state", format!("image {id} is receiving its data already")));
+        }
+        Ok(Ingesting { ctx, id: id.clone() })
+    }
+}
+
+impl Drop for Ingesting<'_> {
+    fn drop(&mut self) {
+        self.ctx.ingesting.lock().unwrap().remove(&self.id);
+    }
+}
+
+pub(crate) enum Ingested {
+    Stored(Image),
+    /// The data is not acceptable: the image fails.
+    Refused(crate::app::image_check::Refusal),
+    /// The data stopped arriving.
+    Interrupted(String),
+}
+
+/// Streams `body` into a staging file while hashing it, checks digest and content, then
+/// stores the blob and makes the image available, in that order: nothing is `available`
+/// before its checks pass, and nothing stays behind when they do not.
+pub(crate) async fn ingest<S, E>(ctx: &SharedCtx, image: &Image, mut body: S) -> ApiResult<Ingested>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    use crate::app::image_check::Refusal;
+    use crate::blobs::{StageError, Staging};
+    use futures::StreamExt;
+    let limits = &ctx.config.images;
+    let staging_dir = ctx.config.images_dir().join("staging");
+    let mut staging = Staging::create(&staging_dir, limits.max_bytes).await.map_err(ApiError::internal)?;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => return Ok(Ingested::Interrupted(e.to_string())),
+        };
+        match staging.write(chunk).await {
+            Ok(()) => {}
+            Err(StageError::TooLarge { limit }) => {
+                return Ok(Ingested::Refused(Refusal {
+                    code: "image_too_large",
+                    message: format!("the image data is larger than {limit} bytes, the limit of this cloud"),
+                }))
+            }
+            Err(e) => return Err(ApiError::internal(e)),
+        }
+    }
+    let (sha, size) = staging.finish().await.map_err(ApiError::internal)?;
+    if let Some(want) = &image.checksum {
+        if want.trim_start_matches("sha256:") != sha {
+            return Ok(Ingested::Refused(Refusal {
+                code: "checksum_mismatch",
+                message: format!("the data's checksum is sha256:{sha}, not {want} as the image says"),
+            }));
+        }
+    }
+    let (path, format, max_virtual) = (staging.path().to_owned(), image.format, limits.max_virtual_bytes);
+    let inspected = tokio::task::spawn_blocking(move || crate::app::image_check::inspect(&path, format, max_virtual))
+        .await
+        .map_err(ApiError::internal)?;
+    let inspected = match inspected {
+        Ok(i) => i,
+        Err(r) => return Ok(Ingested::Refused(r)),
+    };
+    let _refs = ctx.blob_refs.lock().await;
+    ctx.blobs.put(&sha, staging.path()).await.map_err(ApiError::internal)?;
+    let id = &image.id;
+    let done = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        if !db::lock(&mut tx, db::Lock::Image, id.as_str()).await? {
+            return Ok(None);
+        }
+        let row = store::get_tx(&mut tx, id).await?;
+        if row.as_ref().is_none_or(|r| r.state != ImageState::Pending.as_str()) {
+            return Ok(None);
+        }
+        store::set_available(&mut tx, id, &sha, size, inspected.format).await?;
+        let row = store::get_tx(&mut tx, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
+        tx.commit().await?;
+        Ok(Some(row))
+    })
+    .await?;
+    match done {
+        Some(row) => Ok(Ingested::Stored(row.into_api()?)),
+        None => {
+            // Deleted (or failed) meanwhile: the blob may now be nobody's.
+            let mut tx = ctx.db.begin().await?;
+            let users = store::blob_users(&mut tx, &sha).await?;
+            tx.rollback().await?;
+            if users == 0 {
+                let _ = ctx.blobs.delete(&sha).await;
+            }
+            Err(ApiError::not_found("image", id))
+        }
+    }
 }
 
 /// Whether a public image of this name exists (for `vdc up`'s default image).
 pub async fn exists_public(ctx: &SharedCtx, name: &str) -> ApiResult<bool> {
     Ok(store::exists_public(&ctx.db, name).await?)
+}
+
+/// The accounts one of the caller's images is shared with.
+pub async fn members(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<ImageMembers> {
+    let mut tx = ctx.db.begin().await?;
+    let owner = store::owner(&mut tx, id).await?;
+    if owner.as_deref() != Some(caller.account_id.as_str()) {
+        return Err(ApiError::not_found("image", id));
+    }
+    let members = store::members(&mut tx, id).await?;
+    tx.rollback().await?;
+    into_members(id, members)
+}
+
+fn into_members(id: &ImageId, members: Vec<String>) -> ApiResult<ImageMembers> {
+    Ok(ImageMembers {
+        image_id: id.clone(),
+        members: members.iter().map(|m| m.parse().map_err(ApiError::internal)).collect::<ApiResult<_>>()?,
+    })
+}
+
+/// The most accounts one image is shared with.
+const MAX_MEMBERS: usize = 1000;
+
+/// Shares (`add`) or stops sharing one of the caller's images with `account`. Any
+/// well-formed account ID is accepted, existing or not, so sharing tells nothing about
+/// which accounts exist. Returns the members and whether anything changed.
+pub async fn set_member(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: &ImageId,
+    account: &AccountId,
+    add: bool,
+) -> ApiResult<(ImageMembers, bool)> {
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
+        let owner = store::owner(&mut tx, id).await?;
+        if owner.as_deref() != Some(caller.account_id.as_str()) {
+            return Err(ApiError::not_found("image", id));
+        }
+        if account == &caller.account_id {
+            return Err(ApiError::bad("invalid_member", "an image is its owner's already: name another account"));
+        }
+        let members = store::members(&mut tx, id).await?;
+        let present = members.iter().any(|m| m == account.as_str());
+        let changed = match (add, present) {
+            (true, false) => {
+                if members.len() >= MAX_MEMBERS {
+                    return Err(ApiError::bad(
+                        "too_many_members",
+                        format!("an image is shared with at most {MAX_MEMBERS} accounts"),
+                    ));
+                }
+                store::add_member(&mut tx, id, account.as_str()).await?;
+                true
+            }
+            (false, true) => store::remove_member(&mut tx, id, account.as_str()).await?,
+            (false, false) => return Err(ApiError::not_found("image member", account)),
+            (true, true) => false,
+        };
+        let members = store::members(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok((into_members(id, members)?, changed))
+    })
+    .await
 }
 
 #[cfg(test)]

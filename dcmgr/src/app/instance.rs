@@ -99,7 +99,7 @@ async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiRe
     if req.interfaces.len() > 8 {
         return Err(ApiError::bad("too_many_interfaces", "an instance has at most 8 interfaces"));
     }
-    let image = image::fetch_visible(ctx, caller, &req.image_id).await?;
+    let image = image::fetch_usable(ctx, caller, &req.image_id).await?;
     let hypervisor = match req.hypervisor {
         Some(h) if !image.hypervisors.contains(&h) => {
             let kinds: Vec<_> = image.hypervisors.iter().map(|k| k.as_str()).collect();

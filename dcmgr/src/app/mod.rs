@@ -5,6 +5,8 @@
 pub mod account;
 pub mod floating_ip;
 pub mod image;
+pub mod image_check;
+pub mod image_import;
 pub mod instance;
 pub mod interface;
 pub mod job;
@@ -12,6 +14,7 @@ pub mod keypair;
 pub mod lifecycle;
 pub mod network;
 pub mod node;
+pub mod node_auth;
 pub mod scheduler;
 pub mod secgroup;
 pub mod snapshot;

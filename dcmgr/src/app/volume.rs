@@ -75,7 +75,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
         }
     }
     if let Some(image_id) = &req.image_id {
-        let image = crate::app::image::fetch_visible(ctx, caller, image_id).await?;
+        let image = crate::app::image::fetch_usable(ctx, caller, image_id).await?;
         if !matches!(image.format, vdc_schema::ImageFormat::Qcow2 | vdc_schema::ImageFormat::Raw) {
             return Err(ApiError::bad(
                 "invalid_image",

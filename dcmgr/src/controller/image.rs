@@ -10,9 +10,22 @@ pub async fn fetch_any(db: &db::Pool, id: &str) -> ApiResult<Image> {
 }
 
 /// What an agent needs of image `id` (hva to boot it, sta to fill a volume with it).
-pub async fn spec(db: &db::Pool, id: &str) -> ApiResult<vdc_schema::bus::ImageSpec> {
-    let image = fetch_any(db, id).await?;
+/// `node` is the agent the spec goes to: stored data comes with that node's credential
+/// for dcmgr's blob endpoint.
+pub async fn spec(ctx: &crate::ctx::Ctx, id: &str, node: &str) -> ApiResult<vdc_schema::bus::ImageSpec> {
+    let row = store::get(&ctx.db, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
+    let blob = match (&row.blob, row.size_bytes) {
+        (Some(sha), Some(size)) => Some(vdc_schema::bus::BlobRef {
+            sha256: sha.clone(),
+            size: size as u64,
+            url: format!("{}/agent/v1/blobs/{sha}", ctx.agent_url()),
+            token: crate::app::node_auth::token(&ctx.node_key, node),
+        }),
+        _ => None,
+    };
+    let image = row.into_api()?;
     Ok(vdc_schema::bus::ImageSpec {
+        blob,
         id: image.id,
         format: image.format,
         source: image.source,

@@ -44,7 +44,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
 }
 
 async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Result<InstanceSpec> {
-    let image = image::spec(&ctx.db, &row.image_id).await?;
+    let image = image::spec(ctx, &row.image_id, row.host_node_id.as_deref().unwrap_or_default()).await?;
     let nics = store::nics(&ctx.db, &row.id).await?.into_iter().map(store::Nic::into_spec).collect::<ApiResult<_>>()?;
     let mut ssh_public_keys = vec![];
     if let Some(k) = &row.ssh_key_id {

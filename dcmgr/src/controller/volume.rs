@@ -32,7 +32,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
                 _ => None,
             };
             let source_image = match &row.image_id {
-                Some(i) => Some(crate::controller::image::spec(&ctx.db, i).await?),
+                Some(i) => Some(crate::controller::image::spec(ctx, i, &node).await?),
                 None => None,
             };
             let spec = VolumeSpec {

@@ -19,10 +19,15 @@ pub struct Row {
     pub public: i64,
     pub created_at: String,
     pub default_user: Option<String>,
+    pub state: String,
+    pub failure_reason: Option<String>,
+    /// The stored blob's SHA-256 (hex), for images whose data dcmgr keeps.
+    pub blob: Option<String>,
+    pub size_bytes: Option<i64>,
 }
 
-const COLS: &str =
-    "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, default_user";
+const COLS: &str = "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, \
+                    default_user, state, failure_reason, blob, size_bytes";
 
 impl Row {
     pub fn into_api(self) -> ApiResult<Image> {
@@ -39,13 +44,17 @@ impl Row {
             public: self.public != 0,
             created_at: db::parse_time(&self.created_at),
             default_user: self.default_user,
+            state: self.state.parse().map_err(ApiError::internal)?,
+            failure_reason: self.failure_reason,
+            size_bytes: self.size_bytes.map(|s| s as u64),
         })
     }
 }
 
 pub async fn insert(pool: &db::Pool, account: &AccountId, i: &Image) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "INSERT INTO images ({COLS}, account_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        "INSERT INTO images ({COLS}, account_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
     ))
     .bind(i.id.as_str())
     .bind(&i.name)
@@ -59,13 +68,20 @@ pub async fn insert(pool: &db::Pool, account: &AccountId, i: &Image) -> Result<(
     .bind(i.public as i64)
     .bind(db::time(&i.created_at))
     .bind(&i.default_user)
+    .bind(i.state.as_str())
+    .bind(&i.failure_reason)
+    .bind(Option::<String>::None)
+    .bind(i.size_bytes.map(|s| s as i64))
     .bind(account.as_str())
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// One page of the images an account may use (its own and public ones).
+/// The image is shared with the account `$1`.
+const SHARED: &str = "id IN (SELECT image_id FROM image_members WHERE account_id = $1)";
+
+/// One page of the images an account may use (its own, shared with it and public ones).
 pub async fn list_visible(
     pool: &db::Pool,
     account: &AccountId,
@@ -74,7 +90,8 @@ pub async fn list_visible(
     limit: i64,
 ) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLS} FROM images WHERE (account_id = $1 OR public = 1) AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4"
+        "SELECT {COLS} FROM images WHERE (account_id = $1 OR public = 1 OR {SHARED}) \
+         AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4"
     ))
     .bind(account.as_str())
     .bind(cursor)
@@ -86,7 +103,19 @@ pub async fn list_visible(
 
 /// Image `id` if the account may use it (its own or public).
 pub async fn get_visible(pool: &db::Pool, account: &AccountId, id: &ImageId) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1 AND (account_id = $2 OR public = 1)"))
+    sqlx::query_as(&format!(
+        "SELECT {COLS} FROM images WHERE id = $1 AND (account_id = $2 OR public = 1 OR \
+         id IN (SELECT image_id FROM image_members WHERE account_id = $2))"
+    ))
+    .bind(id.as_str())
+    .bind(account.as_str())
+    .fetch_optional(pool)
+    .await
+}
+
+/// Image `id` if the account owns it.
+pub async fn get_owned(pool: &db::Pool, account: &AccountId, id: &ImageId) -> Result<Option<Row>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1 AND account_id = $2"))
         .bind(id.as_str())
         .bind(account.as_str())
         .fetch_optional(pool)
@@ -118,6 +147,7 @@ pub async fn users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sql
 }
 
 pub async fn delete(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM image_members WHERE image_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     sqlx::query("DELETE FROM images WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     Ok(())
 }
@@ -127,4 +157,90 @@ pub async fn exists_public(pool: &db::Pool, name: &str) -> Result<bool, sqlx::Er
     let row: Option<(String,)> =
         sqlx::query_as("SELECT id FROM images WHERE name = $1 AND public = 1").bind(name).fetch_optional(pool).await?;
     Ok(row.is_some())
+}
+
+/// Image `id` inside a transaction (after locking it).
+pub async fn get_tx(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Option<Row>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1"))
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// The data of a pending image is stored and checked: it becomes available.
+pub async fn set_available(
+    tx: &mut db::Tx<'_>,
+    id: &ImageId,
+    blob: &str,
+    size: u64,
+    format: vdc_schema::ImageFormat,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE images SET state = 'available', blob = $2, size_bytes = $3, format = $4, checksum = $5, \
+         failure_reason = NULL WHERE id = $1 AND state = 'pending'",
+    )
+    .bind(id.as_str())
+    .bind(blob)
+    .bind(size as i64)
+    .bind(format.as_str())
+    .bind(format!("sha256:{blob}"))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A pending image's data was refused.
+pub async fn set_failed(pool: &db::Pool, id: &ImageId, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE images SET state = 'failed', failure_reason = $2 WHERE id = $1 AND state = 'pending'")
+        .bind(id.as_str())
+        .bind(reason)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// How many images use blob `sha256`.
+pub async fn blob_users(tx: &mut db::Tx<'_>, sha256: &str) -> Result<i64, sqlx::Error> {
+    let (n,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM images WHERE blob = $1").bind(sha256).fetch_one(&mut **tx).await?;
+    Ok(n)
+}
+
+/// Pending images dcmgr imports from a URL (to resume after a restart).
+pub async fn pending_imports(pool: &db::Pool) -> Result<Vec<Row>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLS} FROM images WHERE state = 'pending' AND (source LIKE 'http://%' OR source LIKE 'https://%') \
+         ORDER BY id"
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+/// The accounts image `id` is shared with.
+pub async fn members(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT account_id FROM image_members WHERE image_id = $1 ORDER BY account_id")
+            .bind(id.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+pub async fn add_member(tx: &mut db::Tx<'_>, id: &ImageId, account: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO image_members (image_id, account_id) VALUES ($1, $2)")
+        .bind(id.as_str())
+        .bind(account)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Whether the share existed.
+pub async fn remove_member(tx: &mut db::Tx<'_>, id: &ImageId, account: &str) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM image_members WHERE image_id = $1 AND account_id = $2")
+        .bind(id.as_str())
+        .bind(account)
+        .execute(&mut **tx)
+        .await?;
+    Ok(r.rows_affected() > 0)
 }

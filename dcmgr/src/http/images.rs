@@ -4,19 +4,27 @@ use crate::app::image as app;
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::ApiResult;
 use crate::http::{path_id, Body, ListParams};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::Json;
-use vdc_schema::api::{CreateImage, ErrorBody, Image, Page};
+use vdc_schema::api::{CreateImage, ErrorBody, Image, ImageMembers, Page};
 
 #[utoipa::path(post, path = "/api/v1/images", tag = "images", operation_id = "image_create",
-    summary = "Register an image", request_body = CreateImage,
+    summary = "Register an image",
+    description = "Without `source` the image is `pending` until its data is uploaded with \
+        `PUT /api/v1/images/{id}/file` (as with OpenStack Glance). With an `http(s)://` URL, dcmgr fetches \
+        the data itself (public addresses only) and the image is `pending` until it is stored and checked, \
+        then `available` or `failed` (see `failure_reason`). A host file is an operator's, from the \
+        directories dcmgr's configuration names.",
+    request_body = CreateImage,
     responses(
         (status = 201, description = "The image", body = Image),
         (status = 400,
-            description = "`invalid_name`, `invalid_image`, `invalid_source` (a URL), `invalid_checksum`, or a malformed body (`invalid_body`)",
+            description = "`invalid_name`, `invalid_image`, `invalid_source` (a malformed URL, a scheme other \
+                than http(s), a host file outside the configured directories), `invalid_checksum`, or a \
+                malformed body (`invalid_body`)",
             body = ErrorBody),
-        (status = 403, description = "`forbidden`: only an operator (admin) registers images (their source is a file on the hosts)", body = ErrorBody)))]
+        (status = 403, description = "`forbidden`: a tenant named a host file, or asked for a public image", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -63,4 +71,113 @@ pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<S
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     app::delete(&ctx, &caller, &path_id("image", &id)?).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(put, path = "/api/v1/images/{id}/file", tag = "images", operation_id = "image_upload",
+    summary = "Upload the data of a pending image",
+    description = "The body is the image data as it is (`Content-Type: application/octet-stream`), streamed: \
+        a qcow2 or raw disk, or a gzip-compressed tarball for a `tar` image. dcmgr computes its SHA-256 as it \
+        arrives (it must match the image's `checksum` if one was given), probes the real format with \
+        `qemu-img info` (the answer's `format` is what was found), refuses a qcow2 with a backing file or \
+        an external data file and a tarball with an entry outside its root. The image then is `available`. \
+        A refused upload fails the image (`failure_reason`); an upload cut off leaves it `pending`, and \
+        nothing of it is kept.",
+    params(
+        ("id" = vdc_schema::id::ImageId, Path,
+            description = "One of the account's pending images (`img-…`); another one answers 404")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The image data"),
+    responses(
+        (status = 200, description = "The image, now `available`", body = Image),
+        (status = 400,
+            description = "The data is refused and the image is `failed`: `checksum_mismatch`, `image_too_large`, \
+                `unsupported_format`, `format_mismatch` (a tar image that is not a .tar.gz), `invalid_image_data`, \
+                `backing_file`, `external_data_file`, `virtual_size_too_large`, `unsafe_tar`; or \
+                `upload_incomplete`: the body ended early (the image stays `pending`)",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409,
+            description = "`invalid_state`: the image is not pending, gets its data from a URL, or is being uploaded",
+            body = ErrorBody)))]
+pub async fn upload(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    req: Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = req.into_body().into_data_stream();
+    let res = match path_id("image", &id) {
+        Ok(id) => app::upload(&ctx, &caller, &id, body).await,
+        Err(e) => Err(e),
+    };
+    match res {
+        Ok(image) => Json(image).into_response(),
+        Err(e) => {
+            // The body may be unread: this connection cannot carry another request, and
+            // a client reusing it would see it cut.
+            let mut r = e.into_response();
+            r.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            r
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/images/{id}/members", tag = "images", operation_id = "image_members",
+    summary = "The accounts one of the account's images is shared with",
+    params(("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images (`img-…`)")),
+    responses(
+        (status = 200, description = "The members", body = ImageMembers),
+        (status = 404, description = "`not_found` (also an image the caller only sees)", body = ErrorBody)))]
+pub async fn members(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ImageMembers>> {
+    Ok(Json(app::members(&ctx, &caller, &path_id("image", &id)?).await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/images/{id}/members/{account_id}", tag = "images",
+    operation_id = "image_share",
+    summary = "Share one of the account's images with another account",
+    description = "The member sees the image in its list and can boot it or fill volumes from it; it cannot \
+        change, share or delete it. Any well-formed account ID is accepted (whether the account exists is not \
+        disclosed).",
+    params(
+        ("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images (`img-…`)"),
+        ("account_id" = vdc_schema::id::AccountId, Path, description = "The account to share with (`acc-…`)")),
+    responses(
+        (status = 201, description = "Shared; the members", body = ImageMembers),
+        (status = 200, description = "Shared already; the members", body = ImageMembers),
+        (status = 400, description = "`invalid_member` (the owner itself), `too_many_members`", body = ErrorBody),
+        (status = 404, description = "`not_found`: the image, or a malformed account ID", body = ErrorBody)))]
+pub async fn share(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path((id, account)): Path<(String, String)>,
+) -> ApiResult<(StatusCode, Json<ImageMembers>)> {
+    let id = path_id("image", &id)?;
+    let account = path_id("account", &account)?;
+    let (m, changed) = app::set_member(&ctx, &caller, &id, &account, true).await?;
+    Ok((if changed { StatusCode::CREATED } else { StatusCode::OK }, Json(m)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/images/{id}/members/{account_id}", tag = "images",
+    operation_id = "image_unshare",
+    summary = "Stop sharing one of the account's images with an account",
+    description = "Instances the member already runs keep running; it cannot start new ones.",
+    params(
+        ("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images (`img-…`)"),
+        ("account_id" = vdc_schema::id::AccountId, Path, description = "A member (`acc-…`)")),
+    responses(
+        (status = 200, description = "The members left", body = ImageMembers),
+        (status = 400, description = "`invalid_member` (the owner itself)", body = ErrorBody),
+        (status = 404, description = "`not_found`: the image, or an account that is not a member", body = ErrorBody)))]
+pub async fn unshare(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path((id, account)): Path<(String, String)>,
+) -> ApiResult<Json<ImageMembers>> {
+    let id = path_id("image", &id)?;
+    let account = path_id("account", &account)?;
+    Ok(Json(app::set_member(&ctx, &caller, &id, &account, false).await?.0))
 }

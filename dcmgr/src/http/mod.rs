@@ -3,6 +3,7 @@
 //! handler annotations, and (in [`error`]) the one mapping of errors to HTTP.
 
 pub mod accounts;
+pub mod blobs;
 pub mod error;
 pub mod floating_ips;
 pub mod images;
@@ -113,6 +114,9 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/keypairs/{id}", get(keypairs::show).delete(keypairs::delete))
         .route("/images", post(images::create).get(images::list))
         .route("/images/{id}", get(images::show).delete(images::delete))
+        .route("/images/{id}/file", axum::routing::put(images::upload))
+        .route("/images/{id}/members", get(images::members))
+        .route("/images/{id}/members/{account_id}", axum::routing::put(images::share).delete(images::unshare))
         .route("/networks", post(networks::create).get(networks::list))
         .route("/networks/{id}", get(networks::show).delete(networks::delete))
         .route("/security_groups", post(security_groups::create).get(security_groups::list))
@@ -148,6 +152,8 @@ pub fn router(ctx: SharedCtx) -> Router {
         .fallback(fallback);
     Router::new()
         .nest("/api/v1", api)
+        // For agents, with their node credential: not part of the tenants' API.
+        .route("/agent/v1/blobs/{sha256}", get(blobs::get))
         .merge(vdc_webui::router())
         .fallback(fallback)
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -261,7 +267,8 @@ impl utoipa::Modify for CommonErrors {
         info, openapi_json,
         accounts::create, accounts::list, accounts::show, accounts::delete, accounts::create_token,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
-        images::create, images::list, images::show, images::delete,
+        images::create, images::list, images::show, images::delete, images::upload,
+        images::members, images::share, images::unshare,
         networks::create, networks::list, networks::show, networks::delete,
         security_groups::create, security_groups::list, security_groups::show, security_groups::delete, security_groups::add_rule, security_groups::delete_rule,
         instances::create, instances::list, instances::show, instances::delete, instances::start, instances::stop,

@@ -18,6 +18,8 @@ pub enum ImageError {
     Checksum { id: String, want: String, got: String },
     #[error(transparent)]
     Command(#[from] host::CommandError),
+    #[error("image data from dcmgr: {0}")]
+    Blob(#[from] vdc_bus::blob::BlobError),
 }
 
 pub struct ImageCache {
@@ -26,6 +28,10 @@ pub struct ImageCache {
     pub builtin_dir: Option<PathBuf>,
     /// Runs qemu-img and tar.
     pub tools: host::Runner,
+    /// Held (shared) while an instance's files are made from cached images, and
+    /// (exclusively) while the cache is pruned, so no image goes between its fetch and
+    /// the overlay that is based on it.
+    pub using: std::sync::RwLock<()>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -44,6 +50,33 @@ pub fn sha256_file(p: &Path) -> Result<String, ImageError> {
         h.update(&buf[..n]);
     }
     Ok(hex(&h.finalize()))
+}
+
+/// Marks a cached file as used now (the cache prunes the least recently used).
+fn touch(p: &Path) {
+    if let Ok(f) = std::fs::File::options().write(true).open(p) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// The backing file a qcow2 names in its header, read directly (no qemu-img per disk).
+pub fn qcow2_backing(p: &Path) -> Option<PathBuf> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(p).ok()?;
+    let mut h = [0u8; 20];
+    f.read_exact(&mut h).ok()?;
+    if &h[..4] != b"QFI\xfb" {
+        return None;
+    }
+    let off = u64::from_be_bytes(h[8..16].try_into().ok()?);
+    let len = u32::from_be_bytes(h[16..20].try_into().ok()?) as usize;
+    if off == 0 || len == 0 || len > 4096 {
+        return None;
+    }
+    f.seek(SeekFrom::Start(off)).ok()?;
+    let mut name = vec![0u8; len];
+    f.read_exact(&mut name).ok()?;
+    Some(PathBuf::from(String::from_utf8(name).ok()?))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -77,6 +110,7 @@ impl ImageCache {
         if let Some(w) = &want {
             let cached = self.dir.join(w);
             if cached.exists() {
+                touch(&cached);
                 return Ok(cached);
             }
         }
@@ -96,6 +130,61 @@ impl ImageCache {
         let dest = self.dir.join(&got);
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
         Ok(dest)
+    }
+
+    /// Removes the least recently used cached images until the cache holds at most
+    /// `max_bytes`, except those `in_use` (the bases of instances' disks). Returns what
+    /// it removed.
+    pub fn prune(&self, max_bytes: u64, in_use: &std::collections::HashSet<PathBuf>) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return vec![] };
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| {
+                let m = e.metadata().ok().filter(|m| m.is_file())?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        files.sort();
+        let mut removed = vec![];
+        for (_, len, path) in files {
+            if total <= max_bytes {
+                break;
+            }
+            if in_use.contains(&path) {
+                continue;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total -= len;
+                removed.push(path);
+            }
+        }
+        removed
+    }
+
+    /// The cached data of an image: fetched from dcmgr's store when it keeps the data
+    /// (resumable, verified as it streams), else copied from its host file.
+    pub fn fetch_image(&self, img: &ImageSpec) -> Result<PathBuf, ImageError> {
+        let Some(blob) = &img.blob else {
+            return self.fetch(img.id.as_str(), &img.source, img.checksum.as_deref());
+        };
+        let fetch = vdc_bus::blob::fetch(blob, &self.dir);
+        // Called from blocking threads: those of the agent's runtime, or none (tests).
+        let (path, fetched) = match tokio::runtime::Handle::try_current() {
+            Ok(h) => h.block_on(fetch),
+            Err(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(io(&self.dir))?
+                .block_on(fetch),
+        }?;
+        if fetched {
+            tracing::info!(image = %img.id, blob = %blob.sha256, bytes = blob.size, "fetched from dcmgr");
+        } else {
+            touch(&path);
+        }
+        Ok(path)
     }
 
     /// A qcow2 overlay on a cached disk image.
@@ -136,7 +225,7 @@ mod tests {
     use super::*;
 
     fn cache(dir: &Path) -> ImageCache {
-        ImageCache { dir: dir.join("images"), builtin_dir: None, tools: host::system() }
+        ImageCache { dir: dir.join("images"), builtin_dir: None, tools: host::system(), using: Default::default() }
     }
 
     #[test]
@@ -155,6 +244,34 @@ mod tests {
         assert_eq!(names, [std::ffi::OsString::from(&sum)]);
         // Only local sources.
         assert!(matches!(c.fetch("img-c", "http://example.com/x", None), Err(ImageError::Unsupported(_))));
+    }
+
+    #[test]
+    fn the_least_recently_used_images_go_first_and_bases_in_use_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = cache(tmp.path());
+        let mut cached = vec![];
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            let src = tmp.path().join(name);
+            std::fs::write(&src, vec![i as u8; 1000]).unwrap();
+            let sum = sha256_file(&src).unwrap();
+            cached.push(c.fetch("img", src.to_str().unwrap(), Some(&format!("sha256:{sum}"))).unwrap());
+            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(100 - i as u64 * 10);
+            std::fs::File::options().write(true).open(cached.last().unwrap()).unwrap().set_modified(t).unwrap();
+        }
+        // "a" was used again: it is now the most recent, and fetching it copied nothing.
+        let sum_a = cached[0].file_name().unwrap().to_str().unwrap().to_owned();
+        std::fs::remove_file(tmp.path().join("a")).unwrap();
+        assert_eq!(c.fetch("img", "/nonexistent", Some(&format!("sha256:{sum_a}"))).unwrap(), cached[0]);
+        // "b" is the base of an instance's disk: kept whatever its age.
+        let overlay = tmp.path().join("root.qcow2");
+        c.overlay(&cached[1], "raw", &overlay).unwrap();
+        let base = qcow2_backing(&overlay).unwrap();
+        assert_eq!(base, cached[1]);
+        let removed = c.prune(2000, &[base].into_iter().collect());
+        assert_eq!(removed, [cached[2].clone(), cached[3].clone()], "c then d (least recently used first)");
+        assert!(cached[0].exists() && cached[1].exists());
+        assert!(c.prune(2000, &Default::default()).is_empty(), "under the cap: nothing goes");
     }
 
     #[test]
@@ -177,7 +294,12 @@ mod tests {
     fn the_overlay_and_the_unpacking_are_made_once_with_these_commands() {
         let tmp = tempfile::tempdir().unwrap();
         let f = host::FakeRunner::new();
-        let c = ImageCache { dir: tmp.path().join("images"), builtin_dir: None, tools: f.clone() };
+        let c = ImageCache {
+            dir: tmp.path().join("images"),
+            builtin_dir: None,
+            tools: f.clone(),
+            using: Default::default(),
+        };
         let (base, root) = (tmp.path().join("images/abc"), tmp.path().join("i-a/root.qcow2"));
         c.overlay(&base, "raw", &root).unwrap();
         let (tarball, rootfs) = (tmp.path().join("images/def"), tmp.path().join("i-b/rootfs"));
@@ -205,7 +327,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let f = host::FakeRunner::new();
         f.fail(&["tar"], "exit status: 2: gzip: stdin: not in gzip format");
-        let c = ImageCache { dir: tmp.path().join("images"), builtin_dir: None, tools: f.clone() };
+        let c = ImageCache {
+            dir: tmp.path().join("images"),
+            builtin_dir: None,
+            tools: f.clone(),
+            using: Default::default(),
+        };
         let e = c.unpack(Path::new("/images/x"), &tmp.path().join("rootfs")).unwrap_err();
         assert!(matches!(e, ImageError::Command(_)), "{e}");
         assert_eq!(

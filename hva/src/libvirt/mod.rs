@@ -54,6 +54,8 @@ pub struct LibvirtConfig {
     /// Open vSwitch runs in a namespace of its own (several hosts on one machine, tests).
     /// A tap keeps working across the move; QEMU holds it by file descriptor.
     pub tap_netns: Option<String>,
+    /// Prune the image cache (least recently used first) to this many bytes; no limit if None.
+    pub image_cache_max_bytes: Option<u64>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -203,9 +205,7 @@ impl Inner {
         match (spec.hypervisor, spec.image.format) {
             (HypervisorKind::Lxc, ImageFormat::Tar | ImageFormat::Dir) => {
                 let src = if spec.image.format == ImageFormat::Tar {
-                    self.cache
-                        .fetch(spec.image.id.as_str(), &spec.image.source, spec.image.checksum.as_deref())
-                        .map_err(e)?
+                    self.cache.fetch_image(&spec.image).map_err(e)?
                 } else {
                     self.cache.resolve(&spec.image.source).map_err(e)?
                 };
@@ -228,10 +228,7 @@ impl Inner {
                 layout.initrd = initrd.as_deref();
             }
             (_, f @ (ImageFormat::Qcow2 | ImageFormat::Raw)) => {
-                let base = self
-                    .cache
-                    .fetch(spec.image.id.as_str(), &spec.image.source, spec.image.checksum.as_deref())
-                    .map_err(e)?;
+                let base = self.cache.fetch_image(&spec.image).map_err(e)?;
                 disk = dir.join("root.qcow2");
                 self.cache.overlay(&base, f.as_str(), &disk).map_err(e)?;
                 layout.root_disk = Some(&disk);
@@ -254,13 +251,31 @@ impl Inner {
         false
     }
 
+    /// Keeps the image cache under `max` bytes, never removing the base of an instance's disk.
+    fn prune_images(&self, max: u64) {
+        let _alone = self.cache.using.write().unwrap();
+        let in_use = std::fs::read_dir(self.cfg.data_dir.join("instances"))
+            .map(|d| d.flatten().filter_map(|e| image::qcow2_backing(&e.path().join("root.qcow2"))).collect())
+            .unwrap_or_default();
+        for p in self.cache.prune(max, &in_use) {
+            tracing::info!(image = %p.display(), "pruned from the image cache");
+        }
+    }
+
     /// Makes the host match the saved spec of `id` (blocking).
     fn converge(&self, id: &InstanceId) -> Result<()> {
         let Some(saved) = self.known.lock().unwrap().get(id).map(|k| k.saved.clone()) else { return Ok(()) };
         let spec = &saved.spec;
         let kind = spec.hypervisor;
         let conn = self.conn(kind)?;
-        let xml = match self.prepare(spec) {
+        let prepared = {
+            let _using = self.cache.using.read().unwrap();
+            self.prepare(spec)
+        };
+        if let Some(max) = self.cfg.image_cache_max_bytes {
+            self.prune_images(max);
+        }
+        let xml = match prepared {
             Ok(x) => x,
             Err(why) => {
                 self.fail(id, kind, why);
@@ -520,6 +535,7 @@ impl LibvirtHypervisor {
             dir: cfg.data_dir.join("images"),
             builtin_dir: cfg.builtin_images.clone(),
             tools: tools.clone(),
+            using: Default::default(),
         };
         let mut known = HashMap::new();
         // Guests this host had before a restart: known again, never touched.
@@ -700,9 +716,15 @@ mod tests {
             initiator: "iqn.2026-11.io.vdc:hn-a".into(),
             taps: true,
             tap_netns: tap_netns.map(str::to_owned),
+            image_cache_max_bytes: None,
         };
         Inner {
-            cache: image::ImageCache { dir: dir.join("images"), builtin_dir: None, tools: tools.clone() },
+            cache: image::ImageCache {
+                dir: dir.join("images"),
+                builtin_dir: None,
+                tools: tools.clone(),
+                using: Default::default(),
+            },
             tools: tools.clone(),
             cfg,
             sink: ReportSink::open(None).unwrap(),
@@ -728,6 +750,7 @@ mod tests {
                 checksum: None,
                 initrd: None,
                 kernel_cmdline: None,
+                blob: None,
             },
             nics: (0..nics)
                 .map(|i| NicSpec {

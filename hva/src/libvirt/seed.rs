@@ -67,6 +67,7 @@ mod tests {
                 checksum: None,
                 initrd: None,
                 kernel_cmdline: None,
+                blob: None,
             },
             nics: vec![],
             ssh_public_keys: vec!["ssh-ed25519 AAAA key: with \"quotes\"".into()],

@@ -263,6 +263,7 @@ mod tests {
                 checksum: None,
                 initrd: None,
                 kernel_cmdline: None,
+                blob: None,
             },
             nics: vec![],
             ssh_public_keys: vec![],

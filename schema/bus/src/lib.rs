@@ -9,9 +9,11 @@
 //!   [`ReportSink`], which journals every state report on disk until dcmgr acks it.
 //! - [`journal`]: that on-disk journal.
 //! - [`cmd`]: how an agent runs host commands, and the recording fake its tests use.
+//! - [`blob`]: how an agent fetches image data from dcmgr's store.
 
 pub mod adapter;
 pub mod agent;
+pub mod blob;
 pub mod cmd;
 pub mod journal;
 pub mod sim;

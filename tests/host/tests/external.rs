@@ -5,6 +5,7 @@
 //! (own bridge, nft table and data directory), so it runs beside a real `vdc up` and
 //! changes nothing in the machine's own namespace. Root only.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use vdc_bus::ReportSink;
@@ -57,6 +58,9 @@ impl Listener {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
+            // A group of its own, killed whole on drop: killing only `ip` (which became
+            // `timeout`) would leave nc running, holding whatever the test inherited.
+            .process_group(0)
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(300));
@@ -71,7 +75,7 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
         let _ = self.child.wait();
     }
 }

@@ -134,7 +134,7 @@ async fn bad_input_is_refused_or_fails_cleanly() {
             format: ImageFormat::Kernel,
             arch: Arch::X86_64,
             hypervisors: vec![HypervisorKind::Qemu],
-            source: dir.join("vmlinuz").display().to_string(),
+            source: Some(dir.join("vmlinuz").display().to_string()),
             checksum: Some(format!("sha256:{}", "0".repeat(64))),
             initrd: Some(dir.join("initrd.gz").display().to_string()),
             kernel_cmdline: None,

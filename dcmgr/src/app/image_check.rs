@@ -1,0 +1,341 @@
+//! What image data really is, decided before the image becomes `available`: the format
+//! is probed (`qemu-img info`), never taken from the request; disks that would make a
+//! host read another file (a qcow2 backing file or external data file) are refused, and
+//! so are tarballs that would write outside the root they are unpacked into.
+//!
+//! Blocking (runs qemu-img, reads the whole tarball): call it from `spawn_blocking`.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use vdc_schema::ImageFormat;
+
+/// Data refused, with the stable code the API answers and what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal { code, message: message.into() }
+}
+
+/// What the data is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    pub format: ImageFormat,
+    /// The disk's size as a guest sees it (disks only).
+    pub virtual_size: Option<u64>,
+}
+
+/// Inspects the data in `path`, announced as `requested`. Disk images (raw, qcow2) are
+/// whatever qemu-img finds, whichever of the two was announced; a `tar` image must be a
+/// gzip-compressed tarball (what hosts unpack) with safe entries.
+pub fn inspect(path: &Path, requested: ImageFormat, max_virtual: u64) -> Result<Inspected, Refusal> {
+    match requested {
+        ImageFormat::Tar => {
+            check_tarball(path)?;
+            Ok(Inspected { format: ImageFormat::Tar, virtual_size: None })
+        }
+        ImageFormat::Raw | ImageFormat::Qcow2 => inspect_disk(path, max_virtual),
+        f => Err(refuse(
+            "unsupported_format",
+            format!("{f} images cannot be uploaded or imported: use qcow2, raw or tar"),
+        )),
+    }
+}
+
+fn inspect_disk(path: &Path, max_virtual: u64) -> Result<Inspected, Refusal> {
+    // Without -f: qemu-img probes. It reads neither the backing file nor a data file
+    // (it opens images without them for `info`), so a hostile header is only read here.
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(path)
+        .output()
+        .map_err(|e| refuse("inspection_failed", format!("cannot run qemu-img: {e}")))?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr);
+        return Err(refuse(
+            "invalid_image_data",
+            format!("qemu-img cannot read the data as a disk image: {}", why.trim().lines().last().unwrap_or("")),
+        ));
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| refuse("inspection_failed", format!("qemu-img info answered something else than JSON: {e}")))?;
+    decide_disk(&info, max_virtual)
+}
+
+/// The decision on `qemu-img info --output=json`'s answer (pure, for the tests).
+pub fn decide_disk(info: &serde_json::Value, max_virtual: u64) -> Result<Inspected, Refusal> {
+    let format = match info["format"].as_str().unwrap_or("") {
+        "qcow2" => ImageFormat::Qcow2,
+        "raw" => ImageFormat::Raw,
+        other => {
+            return Err(refuse(
+                "unsupported_format",
+                format!("the data is a {other:?} disk image; convert it to qcow2 or raw (qemu-img convert -O qcow2)"),
+            ))
+        }
+    };
+    if let Some(b) = info.get("backing-filename").and_then(|b| b.as_str()) {
+        return Err(refuse(
+            "backing_file",
+            format!(
+                "the qcow2 image has a backing file ({b:?}): a host would read that file; \
+                 flatten it first (qemu-img convert -O qcow2 IN OUT)"
+            ),
+        ));
+    }
+    let specific = &info["format-specific"]["data"];
+    if let Some(d) = specific.get("data-file").and_then(|d| d.as_str()) {
+        return Err(refuse(
+            "external_data_file",
+            format!(
+                "the qcow2 image keeps its data in an external file ({d:?}): a host would read that file; \
+                 convert it to a plain qcow2 (qemu-img convert -O qcow2 IN OUT)"
+            ),
+        ));
+    }
+    if info["encrypted"].as_bool() == Some(true) || specific.get("encrypt").is_some() {
+        return Err(refuse("unsupported_format", "the disk image is encrypted: hosts cannot boot it"));
+    }
+    let Some(vsize) = info["virtual-size"].as_u64() else {
+        return Err(refuse("inspection_failed", "qemu-img info gave no virtual size"));
+    };
+    if vsize > max_virtual {
+        return Err(refuse(
+            "virtual_size_too_large",
+            format!("the disk is {vsize} bytes as a guest sees it; the limit is {max_virtual} bytes"),
+        ));
+    }
+    Ok(Inspected { format, virtual_size: Some(vsize) })
+}
+
+/// Checks every entry of a gzip-compressed tarball: hosts unpack it as root, so an entry
+/// must stay inside the root directory whatever the unpacker does with it.
+pub fn check_tarball(path: &Path) -> Result<(), Refusal> {
+    let mut f =
+        std::fs::File::open(path).map_err(|e| refuse("inspection_failed", format!("cannot read the data: {e}")))?;
+    let mut magic = [0u8; 2];
+    if f.read_exact(&mut magic).is_err() || magic != [0x1f, 0x8b] {
+        return Err(refuse("format_mismatch", "a tar image must be a gzip-compressed tarball (.tar.gz)"));
+    }
+    let f = std::fs::File::open(path).map_err(|e| refuse("inspection_failed", format!("cannot read the data: {e}")))?;
+    check_tar(flate2::read::GzDecoder::new(std::io::BufReader::new(f)))
+}
+
+/// [`check_tarball`] on an uncompressed tar stream.
+pub fn check_tar(r: impl Read) -> Result<(), Refusal> {
+    let mut archive = tar::Archive::new(r);
+    let unsafe_entry = |name: &str, why: &str| refuse("unsafe_tar", format!("tar entry {name:?} {why}"));
+    // Paths (normalized) that are symbolic links: an entry below one would be written
+    // wherever the link points.
+    let mut symlinks: HashSet<PathBuf> = HashSet::new();
+    let mut count = 0u64;
+    let entries =
+        archive.entries().map_err(|e| refuse("invalid_image_data", format!("the data is not a tarball: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| refuse("invalid_image_data", format!("the tarball is damaged: {e}")))?;
+        count += 1;
+        let raw = entry.path_bytes();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let path = inside_root(Path::new(&name)).ok_or_else(|| {
+            unsafe_entry(&name, "is an absolute path or climbs out with `..`: entries must be relative to the root")
+        })?;
+        if path.ancestors().skip(1).any(|a| symlinks.contains(a)) {
+            return Err(unsafe_entry(&name, "lies below a symbolic link of the same archive"));
+        }
+        use tar::EntryType as T;
+        match entry.header().entry_type() {
+            T::Regular
+            | T::Continuous
+            | T::Directory
+            | T::Fifo
+            | T::GNULongName
+            | T::GNULongLink
+            | T::XHeader
+            | T::XGlobalHeader => {}
+            T::Char | T::Block => {
+                return Err(unsafe_entry(&name, "is a device node: a container gets its devices from its host"));
+            }
+            T::Symlink => {
+                let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned());
+                let target = target.ok_or_else(|| unsafe_entry(&name, "is a symbolic link without a target"))?;
+                // An absolute target is the container's own path (it is resolved inside
+                // the container); a relative one must not climb out of the root.
+                if !target.starts_with('/') {
+                    let from = path.parent().unwrap_or(Path::new(""));
+                    if inside_root(&from.join(&target)).is_none() {
+                        return Err(unsafe_entry(
+                            &name,
+                            &format!("is a symbolic link to {target:?}, outside the root"),
+                        ));
+                    }
+                }
+                symlinks.insert(path);
+            }
+            T::Link => {
+                let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned());
+                let target = target.ok_or_else(|| unsafe_entry(&name, "is a hard link without a target"))?;
+                let t = inside_root(Path::new(&target))
+                    .ok_or_else(|| unsafe_entry(&name, &format!("is a hard link to {target:?}, outside the root")))?;
+                if t.ancestors().any(|a| symlinks.contains(a)) {
+                    return Err(unsafe_entry(&name, "is a hard link through a symbolic link"));
+                }
+            }
+            other => return Err(unsafe_entry(&name, &format!("has an entry type ({other:?}) that is not accepted"))),
+        }
+    }
+    if count == 0 {
+        return Err(refuse("invalid_image_data", "the tarball has no entries"));
+    }
+    Ok(())
+}
+
+/// `p` as a path under the root (`./` and repeated separators removed), or `None` if it
+/// is absolute or leaves the root at any point.
+fn inside_root(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qemu_img(args: &[&str]) {
+        let st = std::process::Command::new("qemu-img").args(args).status().expect("qemu-img runs");
+        assert!(st.success(), "qemu-img {args:?}");
+    }
+
+    #[test]
+    fn a_qcow2_naming_a_host_file_is_refused_and_a_plain_one_is_what_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = |n: &str| tmp.path().join(n).to_str().unwrap().to_owned();
+        qemu_img(&["create", "-q", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", &p("backing.qcow2"), "1M"]);
+        let e = inspect(Path::new(&p("backing.qcow2")), ImageFormat::Qcow2, 1 << 40).unwrap_err();
+        assert_eq!(e.code, "backing_file", "{e}");
+        assert!(e.message.contains("/etc/shadow"), "{e}");
+        // Announced as raw changes nothing: the format is probed.
+        assert_eq!(
+            inspect(Path::new(&p("backing.qcow2")), ImageFormat::Raw, 1 << 40).unwrap_err().code,
+            "backing_file"
+        );
+
+        let data = p("data.raw");
+        qemu_img(&["create", "-q", "-f", "qcow2", "-o", &format!("data_file={data}"), &p("datafile.qcow2"), "1M"]);
+        let e = inspect(Path::new(&p("datafile.qcow2")), ImageFormat::Qcow2, 1 << 40).unwrap_err();
+        assert_eq!(e.code, "external_data_file", "{e}");
+
+        qemu_img(&["create", "-q", "-f", "qcow2", &p("plain.qcow2"), "64M"]);
+        let ok = inspect(Path::new(&p("plain.qcow2")), ImageFormat::Raw, 1 << 40).unwrap();
+        assert_eq!(ok, Inspected { format: ImageFormat::Qcow2, virtual_size: Some(64 << 20) });
+        let e = inspect(Path::new(&p("plain.qcow2")), ImageFormat::Qcow2, 32 << 20).unwrap_err();
+        assert_eq!(e.code, "virtual_size_too_large");
+
+        std::fs::write(p("disk.raw"), vec![0u8; 4096]).unwrap();
+        let ok = inspect(Path::new(&p("disk.raw")), ImageFormat::Qcow2, 1 << 40).unwrap();
+        assert_eq!(ok, Inspected { format: ImageFormat::Raw, virtual_size: Some(4096) });
+
+        qemu_img(&["create", "-q", "-f", "vmdk", &p("disk.vmdk"), "1M"]);
+        assert_eq!(
+            inspect(Path::new(&p("disk.vmdk")), ImageFormat::Qcow2, 1 << 40).unwrap_err().code,
+            "unsupported_format"
+        );
+        assert_eq!(
+            inspect(Path::new(&p("disk.raw")), ImageFormat::Kernel, 1 << 40).unwrap_err().code,
+            "unsupported_format"
+        );
+    }
+
+    /// A tar header written by hand: the tar crate's builder refuses the hostile names.
+    fn header(name: &str, kind: u8, link: &str, body: &[u8]) -> Vec<u8> {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..107].copy_from_slice(b"0000644");
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        h[124..135].copy_from_slice(format!("{:011o}", body.len()).as_bytes());
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = kind;
+        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let mut out = h.to_vec();
+        out.extend_from_slice(body);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    fn tar_of(entries: &[(&str, u8, &str)]) -> Vec<u8> {
+        let mut t = Vec::new();
+        for (name, kind, link) in entries {
+            let body: &[u8] = if *kind == b'0' { b"data" } else { b"" };
+            t.extend(header(name, *kind, link, body));
+        }
+        t.extend([0u8; 1024]);
+        t
+    }
+
+    #[test]
+    fn hostile_tarballs_are_refused_with_the_entry_named() {
+        let ok = tar_of(&[
+            ("bin/", b'5', ""),
+            ("bin/busybox", b'0', ""),
+            ("bin/sh", b'2', "busybox"),
+            ("sbin", b'2', "/bin"),
+            ("usr/bin/env", b'2', "../../bin/busybox"),
+            ("bin/ash", b'1', "bin/busybox"),
+        ]);
+        check_tar(&ok[..]).unwrap();
+        type Entries<'a> = &'a [(&'a str, u8, &'a str)];
+        let cases: &[(Entries, &str)] = &[
+            (&[("../etc/cron.d/x", b'0', "")], "../etc/cron.d/x"),
+            (&[("bin/../../x", b'0', "")], "bin/../../x"),
+            (&[("/etc/shadow", b'0', "")], "/etc/shadow"),
+            (&[("escape", b'2', "../../../../etc")], "escape"),
+            (&[("a/b", b'2', "../../etc")], "a/b"),
+            (&[("etc", b'2', "/etc"), ("etc/cron.d/x", b'0', "")], "etc/cron.d/x"),
+            (&[("dev/sda", b'4', "")], "dev/sda"),
+            (&[("dev/mem", b'3', "")], "dev/mem"),
+            (&[("shadow", b'1', "/etc/shadow")], "shadow"),
+            (&[("up", b'1', "../outside")], "up"),
+        ];
+        for (entries, named) in cases {
+            let e = check_tar(&tar_of(entries)[..]).unwrap_err();
+            assert_eq!(e.code, "unsafe_tar", "{entries:?}: {e}");
+            assert!(e.message.contains(named), "{entries:?}: {e}");
+        }
+        assert_eq!(check_tar(&b"not a tarball at all"[..]).unwrap_err().code, "invalid_image_data");
+    }
+
+    #[test]
+    fn a_tar_image_must_be_gzip_compressed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plain = tmp.path().join("x.tar");
+        std::fs::write(&plain, tar_of(&[("init.sh", b'0', "")])).unwrap();
+        assert_eq!(inspect(&plain, ImageFormat::Tar, 0).unwrap_err().code, "format_mismatch");
+        let gz = tmp.path().join("x.tar.gz");
+        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &tar_of(&[("init.sh", b'0', "")])).unwrap();
+        enc.finish().unwrap();
+        assert_eq!(inspect(&gz, ImageFormat::Tar, 0).unwrap().format, ImageFormat::Tar);
+    }
+}

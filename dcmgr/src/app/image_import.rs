@@ -1,0 +1,264 @@
+//! Images imported from a URL: dcmgr fetches the data itself, then checks it as an
+//! upload. The fetch reaches public addresses only (no loopback, link-local, metadata or
+//! private address, unless the operator allows it in `images.import_allow`): every
+//! address a name resolves to is checked, the connection goes to the address checked
+//! (a second DNS answer cannot swap it), and every redirect is checked again.
+
+use crate::app::image::{ingest, Ingested, Ingesting};
+use crate::app::image_check::Refusal;
+use crate::ctx::SharedCtx;
+use crate::datastore::image as store;
+use crate::error::ApiResult;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+use vdc_schema::api::Image;
+
+const MAX_REDIRECTS: usize = 5;
+
+fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal { code, message: message.into() }
+}
+
+/// An import URL: http or https, with a host, no credentials.
+pub fn parse_url(s: &str) -> Result<url::Url, Refusal> {
+    let url = url::Url::parse(s).map_err(|e| refuse("invalid_source", format!("{s:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(refuse("invalid_source", format!("{s:?}: only http and https URLs are imported")));
+    }
+    if url.host().is_none() {
+        return Err(refuse("invalid_source", format!("{s:?} names no host")));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(refuse("invalid_source", "a URL with credentials is not accepted: they would be stored"));
+    }
+    Ok(url)
+}
+
+/// Why an address is not public (so not reachable by an import unless allowed), if it is not.
+pub fn not_public(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(a) => not_public_v4(a),
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return not_public_v4(v4);
+            }
+            let s = a.segments();
+            if a.is_loopback() {
+                Some("loopback")
+            } else if a.is_unspecified() {
+                Some("unspecified")
+            } else if s[0] & 0xfe00 == 0xfc00 {
+                Some("private (unique local)")
+            } else if s[0] & 0xffc0 == 0xfe80 {
+                Some("link-local")
+            } else if s[0] & 0xff00 == 0xff00 {
+                Some("multicast")
+            } else if s[0] == 0x64 && s[1] == 0xff9b || s[0] == 0x2002 || (s[0] == 0 && s[1] == 0 && s[2] == 0) {
+                // NAT64, 6to4 and IPv4-compatible forms carry an IPv4 address that could be any.
+                Some("an IPv4 address in an IPv6 form")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+fn not_public_v4(a: Ipv4Addr) -> Option<&'static str> {
+    let o = a.octets();
+    if a.is_loopback() {
+        Some("loopback")
+    } else if o[0] == 169 && o[1] == 254 {
+        Some("link-local (the metadata address 169.254.169.254 is one)")
+    } else if a.is_private() {
+        Some("private")
+    } else if o[0] == 0 {
+        Some("this network (0.0.0.0/8)")
+    } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
+        Some("shared address space (100.64.0.0/10)")
+    } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
+        Some("IETF protocol assignments (192.0.0.0/24)")
+    } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
+        Some("benchmarking (198.18.0.0/15)")
+    } else if o[0] >= 224 {
+        Some("multicast, reserved or broadcast")
+    } else {
+        None
+    }
+}
+
+/// The address to connect to for `url`: every address its host resolves to must be
+/// public or allowed.
+async fn checked_address(url: &url::Url, allow: &[ipnet::IpNet]) -> Result<SocketAddr, Refusal> {
+    let port = url.port_or_known_default().unwrap_or(80);
+    let addrs: Vec<SocketAddr> = match url.host() {
+        Some(url::Host::Ipv4(a)) => vec![SocketAddr::new(a.into(), port)],
+        Some(url::Host::Ipv6(a)) => vec![SocketAddr::new(a.into(), port)],
+        Some(url::Host::Domain(d)) => tokio::net::lookup_host((d, port))
+            .await
+            .map_err(|e| refuse("import_failed", format!("cannot resolve {d}: {e}")))?
+            .collect(),
+        None => return Err(refuse("invalid_source", "the URL names no host")),
+    };
+    let first = *addrs.first().ok_or_else(|| refuse("import_failed", "the host name resolves to no address"))?;
+    for a in &addrs {
+        if let Some(why) = not_public(a.ip()) {
+            if !allow.iter().any(|n| n.contains(&a.ip())) {
+                return Err(refuse(
+                    "forbidden_address",
+                    format!(
+                        "{} resolves to {}, a {why} address: imports reach public addresses only \
+                         (an operator may allow others with images.import_allow)",
+                        url.host_str().unwrap_or(""),
+                        a.ip()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(first)
+}
+
+/// Sends the GET, following redirects by hand so that each target is checked.
+pub async fn open(url: &str, allow: &[ipnet::IpNet], timeout: Duration) -> Result<reqwest::Response, Refusal> {
+    let mut url = parse_url(url)?;
+    for _ in 0..=MAX_REDIRECTS {
+        let addr = checked_address(&url, allow).await?;
+        let mut client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would choose the address itself.
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(timeout);
+        if let Some(url::Host::Domain(d)) = url.host() {
+            client = client.resolve(d, addr);
+        }
+        let client = client.build().map_err(|e| refuse("import_failed", format!("HTTP client: {e}")))?;
+        let resp = client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| refuse("import_failed", format!("cannot fetch {url}: {}", short(&e))))?;
+        if resp.status().is_redirection() {
+            let to = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| refuse("import_failed", format!("{url} redirects without a Location")))?;
+            url = parse_url(url.join(to).map_err(|e| refuse("import_failed", format!("bad redirect: {e}")))?.as_str())?;
+            continue;
+        }
+        if !resp.status().is_success() {
+            return Err(refuse("import_failed", format!("{url} answered {}", resp.status())));
+        }
+        return Ok(resp);
+    }
+    Err(refuse("import_failed", format!("more than {MAX_REDIRECTS} redirects")))
+}
+
+/// reqwest's error without the chain of causes (which can carry local details).
+fn short(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "the transfer broke off"
+    } else {
+        "the request failed"
+    }
+}
+
+/// Imports `image` in the background; the image ends `available` or `failed`.
+pub fn spawn(ctx: SharedCtx, image: Image) {
+    tokio::spawn(async move {
+        let id = image.id.clone();
+        if let Err(e) = import(&ctx, &image).await {
+            tracing::warn!(image = %id, "URL import: {e}");
+        }
+    });
+}
+
+async fn import(ctx: &SharedCtx, image: &Image) -> ApiResult<()> {
+    let Ok(_guard) = Ingesting::claim(ctx, &image.id) else { return Ok(()) };
+    let allow = ctx.config.import_allow().map_err(crate::error::ApiError::internal)?;
+    let timeout = Duration::from_secs(ctx.config.images.import_timeout_s);
+    let outcome = match open(&image.source, &allow, timeout).await {
+        Err(r) => Ingested::Refused(r),
+        Ok(resp) => {
+            if let Some(len) = resp.content_length().filter(|&l| l > ctx.config.images.max_bytes) {
+                Ingested::Refused(refuse(
+                    "image_too_large",
+                    format!("the URL announces {len} bytes, more than the limit of {}", ctx.config.images.max_bytes),
+                ))
+            } else {
+                let body = Box::pin(futures::stream::unfold(resp, |mut r| async move {
+                    match r.chunk().await {
+                        Ok(Some(c)) => Some((Ok(c), r)),
+                        Ok(None) => None,
+                        Err(e) => Some((Err(short(&e)), r)),
+                    }
+                }));
+                ingest(ctx, image, body).await?
+            }
+        }
+    };
+    match outcome {
+        Ingested::Stored(_) => tracing::info!(image = %image.id, "imported"),
+        Ingested::Refused(r) => {
+            store::set_failed(&ctx.db, &image.id, &format!("{}: {}", r.code, r.message)).await?;
+        }
+        Ingested::Interrupted(why) => {
+            store::set_failed(&ctx.db, &image.id, &format!("import_failed: the transfer broke off ({why})")).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts again the imports a stopped dcmgr left pending.
+pub async fn resume(ctx: &SharedCtx) -> ApiResult<()> {
+    for row in store::pending_imports(&ctx.db).await? {
+        spawn(ctx.clone(), row.into_api()?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for a in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "169.254.169.254",
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(not_public(a.parse().unwrap()).is_some(), "{a}");
+        }
+        for a in ["1.1.1.1", "151.101.2.132", "2a04:4e42::644"] {
+            assert_eq!(not_public(a.parse().unwrap()), None, "{a}");
+        }
+    }
+
+    #[test]
+    fn import_urls_are_http_or_https_without_credentials() {
+        assert!(parse_url("https://cloud.debian.org/x.qcow2").is_ok());
+        for bad in ["ftp://x/y", "file:///etc/shadow", "http://user:pw@example.com/", "not a url", "gopher://x"] {
+            assert_eq!(parse_url(bad).unwrap_err().code, "invalid_source", "{bad}");
+        }
+    }
+}

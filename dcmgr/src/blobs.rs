@@ -1,0 +1,218 @@
+//! The image store: content-addressed blobs (named by their SHA-256), behind a trait so a
+//! datacenter can keep them elsewhere than dcmgr's disk.
+//!
+//! Data arrives in a staging file on dcmgr's disk first ([`Staging`]), hashed while it is
+//! written, because it must be inspected (`qemu-img info`, tar entries) before anything
+//! may use it; only checked data is [`BlobStore::put`] into the store. A staging file
+//! that is not put is removed when dropped, so an interrupted upload leaves nothing.
+
+use sha2::{Digest, Sha256};
+use std::io;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+
+/// Where blobs live. Blobs are immutable: the same name always holds the same bytes.
+#[async_trait::async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Stores the staged file as blob `sha256` (hex). Storing a blob that exists is a
+    /// no-op (capturing the same bytes twice stores them once).
+    async fn put(&self, sha256: &str, staged: &Path) -> io::Result<()>;
+    /// The blob from byte `offset` on, with its full length; `None` if there is no such blob.
+    async fn open(&self, sha256: &str, offset: u64) -> io::Result<Option<(u64, Box<dyn AsyncRead + Send + Unpin>)>>;
+    async fn delete(&self, sha256: &str) -> io::Result<()>;
+    /// The blob as a file of this machine, when the store keeps it so.
+    fn local_path(&self, sha256: &str) -> Option<PathBuf>;
+}
+
+/// Blobs as files `DIR/blobs/sha256/<hex>`.
+pub struct FsBlobStore {
+    dir: PathBuf,
+}
+
+impl FsBlobStore {
+    pub fn new(dir: &Path) -> io::Result<FsBlobStore> {
+        std::fs::create_dir_all(dir.join("blobs/sha256"))?;
+        Ok(FsBlobStore { dir: dir.to_owned() })
+    }
+
+    fn path(&self, sha256: &str) -> PathBuf {
+        self.dir.join("blobs/sha256").join(sha256)
+    }
+}
+
+/// A blob name is 64 lower-case hex digits; anything else names no file.
+fn valid(sha256: &str) -> bool {
+    sha256.len() == 64 && sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[async_trait::async_trait]
+impl BlobStore for FsBlobStore {
+    async fn put(&self, sha256: &str, staged: &Path) -> io::Result<()> {
+        if !valid(sha256) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a SHA-256"));
+        }
+        let dest = self.path(sha256);
+        if tokio::fs::try_exists(&dest).await? {
+            return Ok(());
+        }
+        // Read-only: nothing should ever change a stored blob in place.
+        tokio::fs::set_permissions(staged, std::os::unix::fs::PermissionsExt::from_mode(0o444)).await?;
+        // Staging is in the same file system, so this is a rename, never a copy.
+        tokio::fs::rename(staged, &dest).await?;
+        Ok(())
+    }
+
+    async fn open(&self, sha256: &str, offset: u64) -> io::Result<Option<(u64, Box<dyn AsyncRead + Send + Unpin>)>> {
+        if !valid(sha256) {
+            return Ok(None);
+        }
+        let mut f = match tokio::fs::File::open(self.path(sha256)).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata().await?.len();
+        tokio::io::AsyncSeekExt::seek(&mut f, io::SeekFrom::Start(offset.min(len))).await?;
+        Ok(Some((len, Box::new(f))))
+    }
+
+    async fn delete(&self, sha256: &str) -> io::Result<()> {
+        if !valid(sha256) {
+            return Ok(());
+        }
+        match tokio::fs::remove_file(self.path(sha256)).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn local_path(&self, sha256: &str) -> Option<PathBuf> {
+        valid(sha256).then(|| self.path(sha256))
+    }
+}
+
+/// Why data could not be staged.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("the data is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// The source stopped (a cut connection, a failed read).
+    #[error("the data stopped arriving: {0}")]
+    Source(String),
+    #[error("cannot write the staging file: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Data being received: a file in the staging directory and its running SHA-256.
+/// Dropped without [`Staging::finish`] being used by a put, the file is removed.
+pub struct Staging {
+    path: PathBuf,
+    /// Buffered: request bodies arrive in small frames, and each write of a tokio file
+    /// is a trip to the blocking pool.
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    /// SHA-256 runs on a thread of its own, beside the receiving and writing: hashing
+    /// alone costs as much as copying the file.
+    hasher: Option<(tokio::sync::mpsc::Sender<bytes::Bytes>, std::thread::JoinHandle<String>)>,
+    len: u64,
+    limit: u64,
+}
+
+impl Staging {
+    pub async fn create(dir: &Path, limit: u64) -> io::Result<Staging> {
+        tokio::fs::create_dir_all(dir).await?;
+        let path = dir.join(format!("incoming-{:016x}", rand::random::<u64>()));
+        let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
+        let file = tokio::io::BufWriter::with_capacity(4 << 20, file);
+        // A few MiB in flight at most: the hasher keeps up with the disk.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
+        let hasher = std::thread::Builder::new().name("vdc-sha256".into()).spawn(move || {
+            let mut h = Sha256::new();
+            while let Some(chunk) = rx.blocking_recv() {
+                h.update(&chunk);
+            }
+            hex::encode(h.finalize())
+        })?;
+        Ok(Staging { path, file: Some(file), hasher: Some((tx, hasher)), len: 0, limit })
+    }
+
+    pub async fn write(&mut self, chunk: bytes::Bytes) -> Result<(), StageError> {
+        if self.len + chunk.len() as u64 > self.limit {
+            return Err(StageError::TooLarge { limit: self.limit });
+        }
+        self.len += chunk.len() as u64;
+        self.file.as_mut().expect("open until finished").write_all(&chunk).await?;
+        let (tx, _) = self.hasher.as_ref().expect("open until finished");
+        // The hasher only stops when this sender is dropped.
+        let _ = tx.send(chunk).await;
+        Ok(())
+    }
+
+    /// Flushes the file to disk; returns its SHA-256 (hex) and length.
+    pub async fn finish(&mut self) -> Result<(String, u64), StageError> {
+        if let Some(mut f) = self.file.take() {
+            f.flush().await?;
+            f.into_inner().sync_all().await?;
+        }
+        let (tx, thread) = self.hasher.take().expect("finished once");
+        drop(tx);
+        let sha = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .map_err(|_| io::Error::other("the hashing thread failed"))?;
+        Ok((sha, self.len))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // After a put the file has been renamed away and this finds nothing.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_blob_is_stored_once_under_its_digest_and_read_from_an_offset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = FsBlobStore::new(tmp.path()).unwrap();
+        let mut st = Staging::create(&tmp.path().join("staging"), 1 << 20).await.unwrap();
+        st.write(bytes::Bytes::from_static(b"hello ")).await.unwrap();
+        st.write(bytes::Bytes::from_static(b"world")).await.unwrap();
+        let (sha, len) = st.finish().await.unwrap();
+        assert_eq!(sha, hex::encode(Sha256::digest(b"hello world")));
+        assert_eq!(len, 11);
+        store.put(&sha, st.path()).await.unwrap();
+        drop(st);
+        let (total, mut r) = store.open(&sha, 6).await.unwrap().unwrap();
+        let mut rest = String::new();
+        r.read_to_string(&mut rest).await.unwrap();
+        assert_eq!((total, rest.as_str()), (11, "world"));
+        // Same bytes again: stored once, the second staging file is gone.
+        let mut st = Staging::create(&tmp.path().join("staging"), 1 << 20).await.unwrap();
+        st.write(bytes::Bytes::from_static(b"hello world")).await.unwrap();
+        assert_eq!(st.finish().await.unwrap().0, sha);
+        store.put(&sha, st.path()).await.unwrap();
+        drop(st);
+        assert_eq!(std::fs::read_dir(tmp.path().join("staging")).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(tmp.path().join("blobs/sha256")).unwrap().count(), 1);
+        assert!(store.open("../../etc/passwd", 0).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn data_over_the_limit_or_abandoned_leaves_no_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut st = Staging::create(tmp.path(), 10).await.unwrap();
+        st.write(bytes::Bytes::from_static(b"0123456789")).await.unwrap();
+        assert!(matches!(st.write(bytes::Bytes::from_static(b"x")).await, Err(StageError::TooLarge { limit: 10 })));
+        drop(st);
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+}

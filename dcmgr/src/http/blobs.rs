@@ -1,0 +1,47 @@
+//! `/agent/v1/blobs/{sha256}`: image data for agents, with their node credential
+//! (`app::node_auth`), resumable with `Range: bytes=N-`.
+
+use crate::ctx::SharedCtx;
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+pub async fn get(State(ctx): State<SharedCtx>, Path(sha): Path<String>, headers: HeaderMap) -> Response {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    let node = match crate::app::node_auth::verify(&ctx, auth) {
+        Ok(n) => n,
+        Err(e) => return e.into_response(),
+    };
+    // Only `bytes=N-` (what a resuming agent sends); any other range gets the whole blob.
+    let offset = headers
+        .get(header::RANGE)
+        .and_then(|r| r.to_str().ok())
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse::<u64>().ok());
+    let (len, reader) = match ctx.blobs.open(&sha, offset.unwrap_or(0)).await {
+        Ok(Some(x)) => x,
+        Ok(None) => return ApiError::not_found("blob", &sha).into_response(),
+        Err(e) => return ApiError::internal(format!("blob {sha}: {e}")).into_response(),
+    };
+    let start = offset.unwrap_or(0);
+    if start > len || (offset.is_some() && start == len && len > 0) {
+        return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))])
+            .into_response();
+    }
+    tracing::debug!(%node, blob = %sha, from = start, "serving a blob");
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20));
+    let mut resp = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len - start)
+        .header(header::ACCEPT_RANGES, "bytes");
+    resp = match offset {
+        Some(o) => resp
+            .status(StatusCode::PARTIAL_CONTENT)
+            .header(header::CONTENT_RANGE, format!("bytes {o}-{}/{len}", len.saturating_sub(1))),
+        None => resp.status(StatusCode::OK),
+    };
+    resp.body(body).unwrap_or_else(|e| ApiError::internal(e).into_response())
+}

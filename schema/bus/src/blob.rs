@@ -1,0 +1,157 @@
+//! Fetching a blob of dcmgr's image store into a node's cache: over HTTP with the node's
+//! credential, hashed while it streams, resumed with a range request after a cut, and
+//! renamed to its digest only once the digest matches. A second fetch of a cached blob
+//! makes no request.
+
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use vdc_schema::bus::BlobRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {sha256} from {url}: {why}")]
+    Fetch { sha256: String, url: String, why: String },
+    #[error("blob {sha256} is corrupt: the data fetched hashes to {got}")]
+    Corrupt { sha256: String, got: String },
+    #[error("blob cache {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+const ATTEMPTS: usize = 4;
+
+fn io(p: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
+    move |source| BlobError::Io { path: p.display().to_string(), source }
+}
+
+/// One fetch per blob at a time in this process (two guests of one image share it).
+fn blob_lock(sha: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: Mutex<Option<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = Mutex::new(None);
+    LOCKS.lock().unwrap().get_or_insert_with(HashMap::new).entry(sha.to_owned()).or_default().clone()
+}
+
+/// `DIR/<sha256>` holding the blob, fetched if it is not there yet. Returns the path and
+/// whether it was fetched (false: it was cached).
+pub async fn fetch(blob: &BlobRef, dir: &Path) -> Result<(PathBuf, bool), BlobError> {
+    let valid = blob.sha256.len() == 64 && blob.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !valid {
+        return Err(BlobError::Fetch {
+            sha256: blob.sha256.clone(),
+            url: blob.url.clone(),
+            why: "not a SHA-256".into(),
+        });
+    }
+    let dest = dir.join(&blob.sha256);
+    let lock = blob_lock(&blob.sha256);
+    let _one = lock.lock().await;
+    if dest.exists() {
+        return Ok((dest, false));
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let partial = dir.join(format!(".partial-{}", blob.sha256));
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| fail(blob, e.to_string()))?;
+    let mut last = String::new();
+    for _ in 0..ATTEMPTS {
+        match attempt(&client, blob, &partial).await {
+            Ok(Attempt::Done(got)) if got == blob.sha256 => {
+                std::fs::rename(&partial, &dest).map_err(io(&dest))?;
+                return Ok((dest, true));
+            }
+            Ok(Attempt::Done(got)) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(BlobError::Corrupt { sha256: blob.sha256.clone(), got });
+            }
+            Ok(Attempt::Cut(why)) => last = why,
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                return Err(e);
+            }
+        }
+    }
+    // The partial file stays: the next fetch resumes it.
+    Err(fail(blob, format!("the transfer broke off {ATTEMPTS} times, last: {last}")))
+}
+
+fn fail(blob: &BlobRef, why: String) -> BlobError {
+    BlobError::Fetch { sha256: blob.sha256.clone(), url: blob.url.clone(), why }
+}
+
+enum Attempt {
+    /// All bytes are in the partial file, which hashes to this.
+    Done(String),
+    /// The connection broke; what arrived is kept for a resume.
+    Cut(String),
+}
+
+async fn attempt(client: &reqwest::Client, blob: &BlobRef, partial: &Path) -> Result<Attempt, BlobError> {
+    // What is already there is hashed again, so the digest covers every byte.
+    let mut hash = Sha256::new();
+    let mut have = 0u64;
+    if let Ok(mut f) = std::fs::File::open(partial) {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(io(partial))?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            have += n as u64;
+        }
+    }
+    if have > blob.size {
+        std::fs::remove_file(partial).map_err(io(partial))?;
+        return Ok(Attempt::Cut("a partial file longer than the blob".into()));
+    }
+    if have == blob.size {
+        return Ok(Attempt::Done(hex::encode(hash.finalize())));
+    }
+    let mut req = client.get(&blob.url).bearer_auth(&blob.token);
+    if have > 0 {
+        req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+    }
+    let mut resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Ok(Attempt::Cut(e.to_string())),
+    };
+    let status = resp.status();
+    let mut file = match status.as_u16() {
+        206 if have > 0 => std::fs::OpenOptions::new().append(true).open(partial).map_err(io(partial))?,
+        200 => {
+            hash = Sha256::new();
+            have = 0;
+            std::fs::File::create(partial).map_err(io(partial))?
+        }
+        _ => {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(fail(blob, format!("dcmgr answered {status}: {}", body.chars().take(300).collect::<String>())));
+        }
+    };
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                if have + c.len() as u64 > blob.size {
+                    return Err(fail(blob, "more data than the blob's size".into()));
+                }
+                hash.update(&c);
+                have += c.len() as u64;
+                file.write_all(&c).map_err(io(partial))?;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                file.flush().map_err(io(partial))?;
+                return Ok(Attempt::Cut(e.to_string()));
+            }
+        }
+    }
+    file.sync_all().map_err(io(partial))?;
+    if have < blob.size {
+        return Ok(Attempt::Cut(format!("{have} of {} bytes", blob.size)));
+    }
+    Ok(Attempt::Done(hex::encode(hash.finalize())))
+}

@@ -1,0 +1,526 @@
+//! Images whose data dcmgr stores: uploads and URL imports, with real qemu-img, real
+//! tarballs and a real HTTP server on loopback; every scenario on SQLite and PostgreSQL.
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vdc_cli::client::{Client, ClientError};
+use vdc_schema::api::*;
+use vdc_schema::*;
+use vdc_tests::{eventually, on_both_databases, Db, Stack, StackOptions};
+
+on_both_databases!(
+    uploads_are_checked_before_they_are_available,
+    url_imports_reach_public_addresses_only,
+    nodes_fetch_blobs_with_their_credential_and_resume,
+    vdc_image_import_uploads_a_file_and_says_why_data_is_refused,
+    images_are_shared_with_named_accounts,
+);
+
+fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(ClientError::Api { status, code, .. }) => (status, code),
+        Err(e) => panic!("expected an API error, got {e}"),
+    }
+}
+
+fn req(name: &str, format: ImageFormat, source: Option<String>, checksum: Option<String>) -> CreateImage {
+    CreateImage {
+        name: name.into(),
+        format,
+        arch: Arch::X86_64,
+        hypervisors: if format == ImageFormat::Tar {
+            vec![HypervisorKind::Lxc]
+        } else {
+            vec![HypervisorKind::Qemu, HypervisorKind::Kvm]
+        },
+        source,
+        checksum,
+        initrd: None,
+        kernel_cmdline: None,
+        public: false,
+        default_user: None,
+    }
+}
+
+fn qemu_img(args: &[&str]) {
+    assert!(std::process::Command::new("qemu-img").args(args).status().expect("qemu-img").success(), "{args:?}");
+}
+
+fn sha256(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+/// A small real qcow2 with a few bytes written, and a hostile one whose backing file is
+/// a host file.
+fn disks(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+    let good = dir.join("good.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", good.to_str().unwrap(), "32M"]);
+    let st = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 0 64k", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let bad = dir.join("bad.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", "-b", "/etc/shadow", "-F", "raw", bad.to_str().unwrap(), "1M"]);
+    (std::fs::read(good).unwrap(), std::fs::read(bad).unwrap())
+}
+
+/// A gzip-compressed tarball with one entry named `name` (hand-made header: the tar
+/// crate's builder refuses hostile names).
+fn targz(name: &str) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(b"00000000004");
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| b as u32).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let mut tar = h.to_vec();
+    tar.extend_from_slice(b"data");
+    tar.resize(1024, 0);
+    tar.extend([0u8; 1024]);
+    gzip(&tar)
+}
+
+/// gzip through the system's gzip (the tests crate has no compression library).
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    child.wait_with_output().unwrap().stdout
+}
+
+fn images_dir(s: &Stack) -> PathBuf {
+    s.opts.images.dir.clone().expect("the harness sets it")
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(d) => d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Err(_) => vec![],
+    }
+}
+
+/// Starts an upload by hand, sends `sent` of the `announced` bytes and returns the open
+/// connection (dropping it cuts the upload off).
+async fn partial_upload(s: &Stack, c: &Client, id: &ImageId, announced: usize, sent: usize) -> tokio::net::TcpStream {
+    let mut conn = tokio::net::TcpStream::connect(s.dcmgr().addr).await.unwrap();
+    let head = format!(
+        "PUT /api/v1/images/{id}/file HTTP/1.1\r\nHost: vdc\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {announced}\r\n\r\n",
+        c.token()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&vec![0u8; sent]).await.unwrap();
+    conn.flush().await.unwrap();
+    conn
+}
+
+async fn uploads_are_checked_before_they_are_available(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("up").await;
+    let other = s.account("other").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, bad) = disks(tmp.path());
+    let store = images_dir(&s);
+    let blobs = store.join("blobs/sha256");
+
+    // A tenant registers an image without a source: pending, not bootable yet.
+    let img =
+        c.create_image(&req("mine", ImageFormat::Raw, None, Some(format!("sha256:{}", sha256(&good))))).await.unwrap();
+    assert_eq!((img.state, img.source.as_str()), (ImageState::Pending, "upload"));
+    let mut inst = CreateInstance {
+        name: Some("early".into()),
+        image_id: img.id.clone(),
+        cpus: 1,
+        memory_mib: 256,
+        hypervisor: None,
+        ssh_key_id: None,
+        user_data: None,
+        interfaces: vec![],
+    };
+    assert_eq!(err(c.create_instance(&inst).await), (409, "image_not_available".into()));
+    // Not the other account's to upload to.
+    assert_eq!(err(other.upload_image(&img.id, good.clone()).await).0, 404);
+
+    // Cut off half-way: still pending, nothing kept, and it can be uploaded again.
+    let conn = partial_upload(&s, &c, &img.id, good.len(), good.len() / 2).await;
+    eventually(Duration::from_secs(10), || async { (!files_in(&store.join("staging")).is_empty()).then_some(()) })
+        .await
+        .expect("the upload is being received");
+    // One upload at a time.
+    assert_eq!(err(c.upload_image(&img.id, good.clone()).await), (409, "invalid_state".into()));
+    drop(conn);
+    eventually(Duration::from_secs(10), || async { files_in(&store.join("staging")).is_empty().then_some(()) })
+        .await
+        .expect("the cut-off upload leaves no staging file");
+    assert_eq!(c.get_image(&img.id).await.unwrap().state, ImageState::Pending);
+    assert!(files_in(&blobs).is_empty(), "{:?}", files_in(&blobs));
+
+    // The whole data: probed as qcow2 although announced as raw, checksum verified.
+    let up = c.upload_image(&img.id, good.clone()).await.unwrap();
+    assert_eq!(up.state, ImageState::Available);
+    assert_eq!(up.format, ImageFormat::Qcow2, "the format is what qemu-img finds");
+    assert_eq!(up.size_bytes, Some(good.len() as u64));
+    assert_eq!(up.checksum, Some(format!("sha256:{}", sha256(&good))));
+    assert_eq!(std::fs::read(blobs.join(sha256(&good))).unwrap(), good);
+    assert_eq!(err(c.upload_image(&img.id, good.clone()).await), (409, "invalid_state".into()), "once");
+    inst.name = Some("booted".into());
+    c.create_instance(&inst).await.expect("an available image boots");
+
+    // Hostile and wrong data: refused with a clear code, the image failed, nothing stored.
+    let cases: Vec<(ImageFormat, Vec<u8>, Option<String>, &str)> = vec![
+        (ImageFormat::Qcow2, bad.clone(), None, "backing_file"),
+        (ImageFormat::Qcow2, good.clone(), Some(format!("sha256:{}", "0".repeat(64))), "checksum_mismatch"),
+        (ImageFormat::Tar, targz("../../etc/cron.d/evil"), None, "unsafe_tar"),
+        (ImageFormat::Tar, targz("/etc/shadow"), None, "unsafe_tar"),
+        (ImageFormat::Tar, good.clone(), None, "format_mismatch"),
+    ];
+    for (i, (format, data, checksum, code)) in cases.into_iter().enumerate() {
+        let im = c.create_image(&req(&format!("bad{i}"), format, None, checksum)).await.unwrap();
+        assert_eq!(err(c.upload_image(&im.id, data).await), (400, code.to_owned()), "case {i}");
+        let im = c.get_image(&im.id).await.unwrap();
+        assert_eq!(im.state, ImageState::Failed, "case {i}");
+        assert!(im.failure_reason.as_deref().unwrap_or("").starts_with(code), "{:?}", im.failure_reason);
+        assert_eq!(err(c.upload_image(&im.id, vec![1u8; 10]).await), (409, "invalid_state".into()), "failed is final");
+        inst.image_id = im.id.clone();
+        assert_eq!(err(c.create_instance(&inst).await), (409, "image_not_available".into()));
+    }
+    assert_eq!(files_in(&blobs), [sha256(&good)], "only the good data is stored");
+    assert!(files_in(&store.join("staging")).is_empty());
+    let msg = c.get_image(&c.list_all_images().await.unwrap().iter().find(|i| i.name == "bad0").unwrap().id).await;
+    assert!(msg.unwrap().failure_reason.unwrap().contains("/etc/shadow"), "the reason names the backing file");
+
+    // A safe tarball is a tar image.
+    let t = c.create_image(&req("rootfs", ImageFormat::Tar, None, None)).await.unwrap();
+    assert_eq!(c.upload_image(&t.id, targz("init.sh")).await.unwrap().state, ImageState::Available);
+
+    // The same bytes twice are stored once; the blob goes with the last image using it.
+    let twin = c.create_image(&req("twin", ImageFormat::Qcow2, None, None)).await.unwrap();
+    c.upload_image(&twin.id, good.clone()).await.unwrap();
+    assert_eq!(files_in(&blobs).len(), 2, "the disk and the tarball");
+    c.delete_image(&twin.id).await.unwrap();
+    assert!(blobs.join(sha256(&good)).exists(), "still used by {}", img.id);
+    // Kept while an instance uses it.
+    assert_eq!(err(c.delete_image(&img.id).await), (409, "image_in_use".into()));
+
+    // Deleted while its data arrives: the upload ends in 404 and keeps nothing.
+    let gone = c.create_image(&req("gone", ImageFormat::Raw, None, None)).await.unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut conn = partial_upload(&s, &c, &gone.id, data.len(), 0).await;
+    conn.write_all(&data[..100_000]).await.unwrap();
+    eventually(Duration::from_secs(10), || async { (!files_in(&store.join("staging")).is_empty()).then_some(()) })
+        .await
+        .expect("the upload is being received");
+    c.delete_image(&gone.id).await.unwrap();
+    conn.write_all(&data[100_000..]).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(!blobs.join(sha256(&data)).exists(), "the deleted image's data is not kept");
+    assert!(files_in(&store.join("staging")).is_empty());
+
+    // Kinds that are an operator's only.
+    let mut k = req("k", ImageFormat::Kernel, None, None);
+    assert_eq!(err(c.create_image(&k).await), (400, "invalid_image".into()));
+    k.source = Some("/etc/shadow".into());
+    assert_eq!(err(c.create_image(&k).await).0, 403);
+    let mut k = req("k", ImageFormat::Raw, Some("/var/lib/vdc/images/../../../etc/shadow".into()), None);
+    assert_eq!(err(s.admin.create_image(&k).await), (400, "invalid_source".into()), "outside images.file_dirs");
+    k.source = Some("/root/disk.raw".into());
+    assert_eq!(err(s.admin.create_image(&k).await), (400, "invalid_source".into()));
+    s.stop().await;
+}
+
+/// A one-file HTTP server on loopback: `/disk` answers `body`, `/to-metadata` redirects
+/// to the metadata address, `/stall-once` never answers its first request and then
+/// answers as `/disk`. Counts the requests it served.
+async fn http_server(body: Vec<u8>) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = hits.clone();
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = l.accept().await else { return };
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = body.clone();
+            let stalled = stalled.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let resp = match path.as_str() {
+                    "/stall-once" if !stalled.swap(true, std::sync::atomic::Ordering::SeqCst) => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    "/disk" | "/stall-once" => {
+                        let mut r =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+                                .into_bytes();
+                        r.extend_from_slice(&body);
+                        r
+                    }
+                    "/to-metadata" => b"HTTP/1.1 302 Found\r\nLocation: http://169.254.169.254/latest/meta-data/\r\n\
+                        Content-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_vec(),
+                    _ => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                };
+                let _ = conn.write_all(&resp).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (port, hits)
+}
+
+async fn failure_of(c: &Client, id: &ImageId) -> String {
+    let img = c.wait_image(id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(img.state, ImageState::Failed, "{img:?}");
+    img.failure_reason.unwrap_or_default()
+}
+
+async fn url_imports_reach_public_addresses_only(db: Db) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, _) = disks(tmp.path());
+    let (port, hits) = http_server(good.clone()).await;
+
+    // By default: loopback, the metadata address and a name resolving to loopback are
+    // refused before any connection; the image fails and says why.
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("imp").await;
+    for url in [
+        format!("http://127.0.0.1:{port}/disk"),
+        format!("http://localhost:{port}/disk"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://[::1]/x".to_owned(),
+        "http://10.1.2.3/x".to_owned(),
+    ] {
+        let img = c.create_image(&req("u", ImageFormat::Qcow2, Some(url.clone()), None)).await.unwrap();
+        assert_eq!(img.state, ImageState::Pending);
+        let why = failure_of(&c, &img.id).await;
+        assert!(why.starts_with("forbidden_address"), "{url}: {why}");
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing was fetched");
+    for bad in ["ftp://example.com/x", "http://user:pw@example.com/x", "gopher://x"] {
+        assert_eq!(err(c.create_image(&req("u", ImageFormat::Qcow2, Some(bad.into()), None)).await).0, 400, "{bad}");
+    }
+    s.stop().await;
+
+    // The operator allows 127.0.0.1: the import works, and is checked as an upload; a
+    // redirect to the metadata address is still refused; so is data over the size cap.
+    let mut opts = StackOptions::new(db);
+    opts.images.import_allow = vec!["127.0.0.1/32".into()];
+    opts.images.max_bytes = 1 << 20;
+    let mut s = Stack::start(opts).await;
+    let c = s.account("imp").await;
+    // An import cut short by a dcmgr restart starts again and completes.
+    let resumed = c
+        .create_image(&req("resumed", ImageFormat::Qcow2, Some(format!("http://127.0.0.1:{port}/stall-once")), None))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.get_image(&resumed.id).await.unwrap().state, ImageState::Pending);
+    s.restart_dcmgr().await;
+    let resumed = c.wait_image(&resumed.id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(resumed.state, ImageState::Available, "{:?}", resumed.failure_reason);
+    let img = c
+        .create_image(&req("deb", ImageFormat::Qcow2, Some(format!("http://127.0.0.1:{port}/disk")), None))
+        .await
+        .unwrap();
+    let img = c.wait_image(&img.id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(img.state, ImageState::Available, "{:?}", img.failure_reason);
+    assert_eq!(img.checksum, Some(format!("sha256:{}", sha256(&good))));
+    assert!(images_dir(&s).join("blobs/sha256").join(sha256(&good)).exists());
+
+    let r = c
+        .create_image(&req("redir", ImageFormat::Qcow2, Some(format!("http://127.0.0.1:{port}/to-metadata")), None))
+        .await
+        .unwrap();
+    let why = failure_of(&c, &r.id).await;
+    assert!(why.starts_with("forbidden_address") && why.contains("169.254.169.254"), "{why}");
+    let nf = c
+        .create_image(&req("nf", ImageFormat::Qcow2, Some(format!("http://127.0.0.1:{port}/missing")), None))
+        .await
+        .unwrap();
+    assert!(failure_of(&c, &nf.id).await.starts_with("import_failed"));
+    let wrong = c
+        .create_image(&req(
+            "wrong",
+            ImageFormat::Qcow2,
+            Some(format!("http://127.0.0.1:{port}/disk")),
+            Some(format!("sha256:{}", "1".repeat(64))),
+        ))
+        .await
+        .unwrap();
+    assert!(failure_of(&c, &wrong.id).await.starts_with("checksum_mismatch"));
+    let big = c.create_image(&req("big", ImageFormat::Raw, None, None)).await.unwrap();
+    assert_eq!(err(c.upload_image(&big.id, vec![0u8; 2 << 20]).await), (400, "image_too_large".into()));
+    assert!(files_in(&images_dir(&s).join("staging")).is_empty());
+    s.stop().await;
+}
+
+async fn nodes_fetch_blobs_with_their_credential_and_resume(db: Db) {
+    use vdc_bus::blob::{fetch, BlobError};
+    let mut s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("blobs").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let img = c.create_image(&req("raw", ImageFormat::Raw, None, None)).await.unwrap();
+    c.upload_image(&img.id, data.clone()).await.unwrap();
+    // What hva and sta are sent: the digest, the size, dcmgr's URL and their credential.
+    let host = &s.hosts[0].node_id;
+    let spec = vdc_dcmgr::controller::image::spec(&s.dcmgr().ctx, img.id.as_str(), host).await.unwrap();
+    let blob = spec.blob.expect("stored data is fetched from dcmgr");
+    assert_eq!((blob.sha256.as_str(), blob.size), (sha256(&data).as_str(), data.len() as u64));
+    assert!(blob.token.starts_with(&format!("{host}.")));
+
+    let cache = tmp.path().join("cache");
+    let (path, fetched) = fetch(&blob, &cache).await.unwrap();
+    assert!(fetched);
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+    // Cached: no second transfer.
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+    assert!(!fetch(&blob, &cache).await.unwrap().1);
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap()), inode);
+
+    // A transfer cut after a third resumes with a range request: the bytes already there
+    // are kept (a wrong first third makes the digest fail, so they were not fetched again).
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join(format!(".partial-{}", blob.sha256)), &data[..1_000_000]).unwrap();
+    let (p, _) = fetch(&blob, &other).await.unwrap();
+    assert_eq!(std::fs::read(p).unwrap(), data);
+    let third = tmp.path().join("third");
+    std::fs::create_dir_all(&third).unwrap();
+    std::fs::write(third.join(format!(".partial-{}", blob.sha256)), vec![0u8; 1_000_000]).unwrap();
+    assert!(matches!(fetch(&blob, &third).await, Err(BlobError::Corrupt { .. })));
+    assert!(files_in(&third).is_empty(), "a corrupt transfer leaves nothing");
+
+    // Without a genuine credential of a known node: nothing.
+    let forged = [
+        vdc_schema::bus::BlobRef { token: format!("{host}.{}", "0".repeat(64)), ..blob.clone() },
+        vdc_schema::bus::BlobRef {
+            token: vdc_dcmgr::app::node_auth::token(&s.dcmgr().ctx.node_key, "hn-notanode"),
+            ..blob.clone()
+        },
+        vdc_schema::bus::BlobRef { token: c.token().to_owned(), ..blob.clone() },
+    ];
+    for (i, b) in forged.iter().enumerate() {
+        let e = fetch(b, &tmp.path().join(format!("f{i}"))).await.unwrap_err().to_string();
+        assert!(e.contains("401"), "{i}: {e}");
+    }
+    // A restarted dcmgr keeps its key: credentials already sent stay good.
+    s.restart_dcmgr().await;
+    let (p, fetched) = fetch(&blob, &tmp.path().join("after-restart")).await.unwrap();
+    assert!(fetched && std::fs::read(p).unwrap() == data);
+    s.stop().await;
+}
+
+/// `vdc image import` as a user runs it: a file is streamed and checked; refused data and
+/// a refused URL end the command with the reason.
+async fn vdc_image_import_uploads_a_file_and_says_why_data_is_refused(db: Db) {
+    use clap::Parser;
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("cli").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, bad) = disks(tmp.path());
+    std::fs::write(tmp.path().join("good.qcow2"), &good).unwrap();
+    std::fs::write(tmp.path().join("bad.qcow2"), &bad).unwrap();
+    let url = s.url();
+    let vdc = |args: &[&str]| {
+        let mut argv = vec!["vdc", "--api", &url, "--token", c.token(), "-o", "json", "image", "import"];
+        argv.extend_from_slice(args);
+        let cli = vdc_cli::commands::Cli::try_parse_from(argv).unwrap();
+        async move { vdc_cli::commands::run(&cli.global, cli.command).await }
+    };
+    let good_path = tmp.path().join("good.qcow2").display().to_string();
+    let sum = sha256(&good);
+    vdc(&["debian", &good_path, "--sha256", &sum]).await.unwrap();
+    let img = c.list_all_images().await.unwrap().into_iter().find(|i| i.name == "debian").unwrap();
+    assert_eq!((img.state, img.format), (ImageState::Available, ImageFormat::Qcow2));
+    assert_eq!(img.hypervisors, vec![HypervisorKind::Qemu, HypervisorKind::Kvm], "a disk's default");
+
+    let bad_path = tmp.path().join("bad.qcow2").display().to_string();
+    let e = vdc(&["evil", &bad_path]).await.unwrap_err().to_string();
+    assert!(e.contains("backing file") && e.contains("/etc/shadow"), "{e}");
+    let e = vdc(&["wrong", &good_path, "--sha256", &"0".repeat(64)]).await.unwrap_err().to_string();
+    assert!(e.contains("checksum"), "{e}");
+    let e = vdc(&["loop", "http://127.0.0.1:9/x.qcow2"]).await.unwrap_err().to_string();
+    assert!(e.contains("forbidden_address") && e.contains("127.0.0.1"), "{e}");
+    s.stop().await;
+}
+
+async fn images_are_shared_with_named_accounts(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let (owner, friend, stranger) = (s.account("owner").await, s.account("friend").await, s.account("stranger").await);
+    let accounts = s.admin.list_all_accounts().await.unwrap();
+    let id_of = |n: &str| accounts.iter().find(|a| a.name == n).unwrap().id.clone();
+    let (owner_id, friend_id) = (id_of("owner"), id_of("friend"));
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, _) = disks(tmp.path());
+    let img = owner.create_image(&req("golden", ImageFormat::Qcow2, None, None)).await.unwrap();
+    owner.upload_image(&img.id, good).await.unwrap();
+    assert_eq!(err(friend.get_image(&img.id).await).0, 404, "private until shared");
+
+    // Concurrent shares with the same account: one membership, every answer lists it.
+    let shares: Vec<_> = (0..8)
+        .map(|_| {
+            let (o, id, f) = (owner.clone(), img.id.clone(), friend_id.clone());
+            tokio::spawn(async move { o.share_image(&id, &f).await })
+        })
+        .collect();
+    for h in shares {
+        assert_eq!(h.await.unwrap().unwrap().members, vec![friend_id.clone()]);
+    }
+    assert_eq!(owner.image_members(&img.id).await.unwrap().members, vec![friend_id.clone()]);
+
+    // The member sees and boots it; it cannot change, share or delete it.
+    assert!(friend.list_all_images().await.unwrap().iter().any(|i| i.id == img.id));
+    let inst = CreateInstance {
+        name: Some("from-shared".into()),
+        image_id: img.id.clone(),
+        cpus: 1,
+        memory_mib: 256,
+        hypervisor: None,
+        ssh_key_id: None,
+        user_data: None,
+        interfaces: vec![],
+    };
+    let booted = friend.create_instance(&inst).await.unwrap().resource.id;
+    assert_eq!(err(friend.delete_image(&img.id).await).0, 404);
+    assert_eq!(err(friend.upload_image(&img.id, vec![0u8; 10]).await).0, 404);
+    assert_eq!(err(friend.share_image(&img.id, &friend_id).await).0, 404);
+    assert_eq!(err(friend.image_members(&img.id).await).0, 404);
+    // Others still do not see it.
+    assert_eq!(err(stranger.get_image(&img.id).await).0, 404);
+    assert!(!stranger.list_all_images().await.unwrap().iter().any(|i| i.id == img.id));
+    assert_eq!(err(owner.share_image(&img.id, &owner_id).await), (400, "invalid_member".into()));
+
+    // In use by the member's instance: the owner cannot delete it.
+    assert_eq!(err(owner.delete_image(&img.id).await), (409, "image_in_use".into()));
+    // Unshared: gone for the member (its instance keeps running), a second unshare is 404.
+    assert!(owner.unshare_image(&img.id, &friend_id).await.unwrap().members.is_empty());
+    assert_eq!(err(friend.get_image(&img.id).await).0, 404);
+    assert_eq!(err(friend.create_instance(&inst).await).0, 404);
+    assert_eq!(err(owner.unshare_image(&img.id, &friend_id).await).0, 404);
+    assert!(friend.get_instance(&booted).await.is_ok());
+    s.stop().await;
+}
