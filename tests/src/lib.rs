@@ -454,6 +454,19 @@ impl Stack {
         }
     }
 
+    /// Stops host `i`'s Open vSwitch daemons and starts them again on the same database
+    /// (what restarting `vdc up` does to its switch): ports keep their numbers, flows
+    /// are gone until nwagent puts them back.
+    pub fn restart_switch(&mut self, i: usize) {
+        let (_, keep) = self.hosts[i].ovs.as_mut().expect("a real-network host");
+        let host = keep.downcast_mut::<vdc_nwagent::testing::Host>().expect("a namespace host");
+        if let Some(mut old) = host.switch.take() {
+            old.remove_bridges = false;
+        }
+        let sw = vdc_nwagent::ovs::daemon::Switch::start(Some(&host.netns), &host.dir).expect("the switch restarts");
+        host.switch = Some(sw);
+    }
+
     /// Starts host `i`'s nwagent (Open vSwitch driver) again with the same node ID,
     /// switch and data directory.
     pub async fn restart_nwagent(&mut self, i: usize) {

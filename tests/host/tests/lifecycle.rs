@@ -1,6 +1,6 @@
 //! A real guest keeps its network through every lifecycle path: reboot, stop/start,
 //! halt/poweron, an hva restart, an nwagent restart (before and after its tap is
-//! re-created). One guest is reused across all paths; after each, its console must show a
+//! re-created), the whole host as `vdc up` restarts it. One guest is reused across all paths; after each, its console must show a
 //! new DHCP lease for its address and its instance ID from the metadata service.
 //! Needs root, libvirtd, OVS and the tiny image (tests/run.sh).
 
@@ -118,6 +118,20 @@ async fn a_real_guest_keeps_its_network_through_every_lifecycle_path() {
     s.restart_nwagent(0).await;
     boots += 1;
     networked(&c, &id, ip, boots, "halt/poweron while nwagent was away").await;
+
+    // The whole host restarts around its running guest, as `vdc up` does when it is
+    // restarted: nwagent, hva, dcmgr and the switch stop; the switch, dcmgr, hva and
+    // nwagent start again. The guest keeps running; rebooted, it takes its lease again.
+    s.stop_nwagent(0).await;
+    s.crash_hva(0);
+    s.restart_switch(0);
+    s.restart_dcmgr().await;
+    s.restart_hva(0).await;
+    s.restart_nwagent(0).await;
+    s.wait_nodes_online().await.unwrap();
+    act(&c, c.reboot_instance(&id).await.unwrap().job.id).await;
+    boots += 1;
+    networked(&c, &id, ip, boots, "host restart (as vdc up restarted), reboot").await;
 
     let job = c.terminate_instance(&id).await.unwrap().job;
     act(&c, job.id).await;
