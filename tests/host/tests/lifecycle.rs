@@ -142,3 +142,53 @@ async fn a_real_guest_keeps_its_network_through_every_lifecycle_path() {
     }
     s.stop().await;
 }
+
+/// A container's NIC is a veth whose host end nwagent plugs into Open vSwitch, as a QEMU
+/// guest's tap: it takes its lease and its metadata, and again after a reboot (LXC
+/// restarts the container: a new veth) and a stop/start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_gets_its_network_on_open_vswitch() {
+    vdc_tests::init_logging();
+    let root = tempfile::Builder::new().prefix("vdc-lxcnet-").tempdir_in("/var/tmp").unwrap();
+    let mut o = vdc_tests::real_guests(1, 4);
+    let prefix = format!("vc{:x}", std::process::id() & 0xffff);
+    o.real_network = Some(RealNetworkSetup { root: root.path().to_owned(), prefix, underlay: false });
+    let s = Stack::start(o).await;
+    let (_, rootfs) = register_images(&s).await;
+    let c = s.account("lxcnet").await;
+    let net = c
+        .create_network(&CreateNetwork {
+            name: "ct".into(),
+            cidr: "10.79.0.0/24".into(),
+            gateway: None,
+            dhcp_start: None,
+            dhcp_end: None,
+        })
+        .await
+        .unwrap();
+    let a = c
+        .create_instance(&CreateInstance {
+            interfaces: vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }],
+            hypervisor: Some(HypervisorKind::Lxc),
+            memory_mib: 128,
+            ..vdc_tests::qemu_guest(&rootfs, "ct1")
+        })
+        .await
+        .unwrap();
+    let id = a.resource.id.clone();
+    act(&c, a.job.id.clone()).await;
+    let ip = c.get_instance(&id).await.unwrap().interfaces[0].ip;
+    networked(&c, &id, ip, 1, "create").await;
+    act(&c, c.reboot_instance(&id).await.unwrap().job.id).await;
+    networked(&c, &id, ip, 2, "reboot").await;
+    act(&c, c.stop_instance(&id).await.unwrap().job.id).await;
+    act(&c, c.start_instance(&id).await.unwrap().job.id).await;
+    networked(&c, &id, ip, 3, "stop/start").await;
+    act(&c, c.terminate_instance(&id).await.unwrap().job.id).await;
+    for h in &s.hosts {
+        if let Some((ovs, _)) = &h.ovs {
+            ovs.remove_services().await;
+        }
+    }
+    s.stop().await;
+}
