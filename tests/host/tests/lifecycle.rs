@@ -145,7 +145,7 @@ async fn a_real_guest_keeps_its_network_through_every_lifecycle_path() {
 
 /// A container's NIC is a veth whose host end nwagent plugs into Open vSwitch, as a QEMU
 /// guest's tap: it takes its lease and its metadata, and again after a reboot (LXC
-/// restarts the container: a new veth) and a stop/start.
+/// restarts the container: a new veth) and a stop/start; its security groups hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_gets_its_network_on_open_vswitch() {
     vdc_tests::init_logging();
@@ -166,9 +166,26 @@ async fn a_container_gets_its_network_on_open_vswitch() {
         })
         .await
         .unwrap();
+    // Security groups hold for containers (checked below).
+    let group = |name: &str| CreateSecurityGroup { name: name.into(), description: String::new(), rules: vec![] };
+    let members = c.create_security_group(&group("members")).await.unwrap();
+    let outsiders = c.create_security_group(&group("outsiders")).await.unwrap();
+    let rule = RuleSpec {
+        direction: Direction::Ingress,
+        protocol: Protocol::Icmp,
+        port_min: None,
+        port_max: None,
+        cidr: None,
+        group: Some(members.id.clone()),
+    };
+    c.add_security_group_rule(&members.id, &rule).await.unwrap();
     let a = c
         .create_instance(&CreateInstance {
-            interfaces: vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }],
+            interfaces: vec![CreateInterface {
+                network_id: net.id.clone(),
+                security_groups: vec![members.id.clone()],
+                ip: None,
+            }],
             hypervisor: Some(HypervisorKind::Lxc),
             memory_mib: 128,
             ..vdc_tests::qemu_guest(&rootfs, "ct1")
@@ -184,6 +201,26 @@ async fn a_container_gets_its_network_on_open_vswitch() {
     act(&c, c.stop_instance(&id).await.unwrap().job.id).await;
     act(&c, c.start_instance(&id).await.unwrap().job.id).await;
     networked(&c, &id, ip, 3, "stop/start").await;
+
+    // ct1's groups admit icmp only from members: ct2 is one, ct3 is not.
+    let pinger = |name: &str, sg: &SecurityGroupId| {
+        CreateInstance {
+        interfaces: vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![sg.clone()], ip: None }],
+        hypervisor: Some(HypervisorKind::Lxc),
+        memory_mib: 128,
+        user_data: Some(format!(
+            "#!/bin/sh\nif ping -c 3 -W 2 {ip} >/dev/null 2>&1; then echo \"ping {ip} ok\"; else echo \"ping {ip} failed\"; fi\n"
+        )),
+        ..vdc_tests::qemu_guest(&rootfs, name)
+    }
+    };
+    let m = c.create_instance(&pinger("ct2", &members.id)).await.unwrap();
+    let o = c.create_instance(&pinger("ct3", &outsiders.id)).await.unwrap();
+    for (x, verdict) in [(&m, "ok"), (&o, "failed")] {
+        act(&c, x.job.id.clone()).await;
+        wait_count(&c, &x.resource.id, &format!("vdc-user-data: ping {ip} {verdict}"), 1).await;
+        act(&c, c.terminate_instance(&x.resource.id).await.unwrap().job.id).await;
+    }
     act(&c, c.terminate_instance(&id).await.unwrap().job.id).await;
     for h in &s.hosts {
         if let Some((ovs, _)) = &h.ovs {
