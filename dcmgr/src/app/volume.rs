@@ -492,7 +492,7 @@ mod tests {
     fn a_container_is_refused_volumes_at_once() {
         for state in [InstanceState::Running, InstanceState::Stopped] {
             let ct = AttachTarget { hypervisor: vdc_schema::HypervisorKind::Lxc, ..inst(state, true, 0) };
-            let e = decide_attach("v", VolumeState::Available, None, &ct).err().expect("refused");
+            let Err(e) = decide_attach("v", VolumeState::Available, None, &ct) else { panic!("accepted") };
             assert_eq!(e.code(), "volumes_unsupported", "{e:?}");
         }
     }
