@@ -215,7 +215,7 @@ impl Inner {
         }
     }
 
-    /// Waits for the device of a guest's port and returns (ofport, ifindex). When the
+    /// The (ofport, ifindex) of a guest's port whose Interface row is `row`. When the
     /// device is not the one the switch opened before (`known_ifindex`): the guest's tap
     /// or veth was deleted and made again under the same name (stop/start, halt/poweron,
     /// a container restart), the port is removed and added again.
@@ -226,15 +226,17 @@ impl Inner {
     /// with OVS 3.1, netdev datapath: flow counters stay still). Removing and re-adding
     /// the port (two changes ovs-vswitchd applies one after the other) opens the new
     /// device; the same port number is asked for, so the flows stay valid.
+    ///
+    /// Called with the state locked, `known_*` read from it: an ensure and the watch
+    /// never both re-add the same port.
     async fn plug(
         &self,
         spec: &InterfaceSpec,
+        row: &ovsdb::IfaceRow,
         known_ifindex: i64,
         known_ofport: Option<u32>,
-        timeout: Duration,
     ) -> Result<(u32, i64), OvsError> {
         let dev = vif_device_name(&spec.id);
-        let row = self.wait_plugged(&dev, timeout).await?;
         // While the device is away (a stopped guest) the switch keeps the port and its
         // number, with no ifindex: remember the device it had, to see the next one is new.
         if row.ifindex <= 0 {
@@ -265,7 +267,7 @@ impl Inner {
             if row.ifindex <= 0 || row.ofport <= 0 || row.ifindex == p.ifindex {
                 continue;
             }
-            let (ofport, ifindex) = self.plug(&p.spec, p.ifindex, p.ofport, Duration::from_secs(10)).await?;
+            let (ofport, ifindex) = self.plug(&p.spec, row, p.ifindex, p.ofport).await?;
             let port = Port { ofport: Some(ofport), ifindex, ..p.clone() };
             let moved = port.ofport != p.ofport;
             let mut sets = vec![self.port_set(&port)];
@@ -333,16 +335,16 @@ impl Inner {
         let dev = vif_device_name(&spec.id);
         ensure_vif_port(&self.db, &self.cfg.bridge, &spec, None).await?;
         let mut sets = self.ensure_tunnels(&mut st, &spec.network.peers).await?;
-        let old = st.ports.get(&spec.id).cloned();
-        let old_vni = old.as_ref().map(|p| p.spec.network.vni);
+        let old_vni = st.ports.get(&spec.id).map(|p| p.spec.network.vni);
         // The device may appear later (hva plugs it when the guest starts): wait here,
         // bounded. Always asked of OVSDB: a port re-added after a switch restart can have
         // another number than the one remembered.
         drop(st);
-        let (known_ifindex, known_ofport) = old.map(|p| (p.ifindex, p.ofport)).unwrap_or((0, None));
-        let (ofport, ifindex) = self.plug(&spec, known_ifindex, known_ofport, self.cfg.plug_timeout).await?;
-        let ofport = Some(ofport);
+        let row = self.wait_plugged(&dev, self.cfg.plug_timeout).await?;
         let mut st = self.state.lock().await;
+        let (known_ifindex, known_ofport) = st.ports.get(&spec.id).map(|p| (p.ifindex, p.ofport)).unwrap_or((0, None));
+        let (ofport, ifindex) = self.plug(&spec, &row, known_ifindex, known_ofport).await?;
+        let ofport = Some(ofport);
         let port = Port { spec: spec.clone(), ofport, ifindex };
         sets.push(self.port_set(&port));
         st.ports.insert(spec.id.clone(), port);
