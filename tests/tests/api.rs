@@ -529,6 +529,26 @@ async fn volumes_and_snapshots(db: Db) {
     let v = c.get_volume(&vol).await.unwrap();
     assert_eq!((v.state, v.instance_id), (VolumeState::Available, None));
     assert!(c.get_instance(&ct.id).await.unwrap().volumes.is_empty());
+    // An attach to a container recorded before they were refused (an older dcmgr) is
+    // undone at the container's next report, not left `attaching`.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(&s.database_url).await.unwrap();
+        sqlx::query("UPDATE volumes SET state = 'attaching', instance_id = $1 WHERE id = $2")
+            .bind(ct.id.as_str())
+            .bind(vol.as_str())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let st = c.start_instance(&ct.id).await.unwrap();
+    wait_job(&c, &st.job).await;
+    eventually(Duration::from_secs(10), || async {
+        let v = c.get_volume(&vol).await.ok()?;
+        (v.state == VolumeState::Available && v.instance_id.is_none()).then_some(())
+    })
+    .await
+    .expect("the stale attach is undone");
 
     assert_eq!(err(c.delete_volume(&vol).await), (409, "volume_has_snapshots".into()));
     let ds = c.delete_snapshot(&snap.resource.id).await.unwrap();
