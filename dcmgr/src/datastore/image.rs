@@ -18,9 +18,11 @@ pub struct Row {
     pub kernel_cmdline: Option<String>,
     pub public: i64,
     pub created_at: String,
+    pub default_user: Option<String>,
 }
 
-const COLS: &str = "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at";
+const COLS: &str =
+    "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, default_user";
 
 impl Row {
     pub fn into_api(self) -> ApiResult<Image> {
@@ -36,13 +38,14 @@ impl Row {
             kernel_cmdline: self.kernel_cmdline,
             public: self.public != 0,
             created_at: db::parse_time(&self.created_at),
+            default_user: self.default_user,
         })
     }
 }
 
 pub async fn insert(pool: &db::Pool, account: &AccountId, i: &Image) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "INSERT INTO images ({COLS}, account_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        "INSERT INTO images ({COLS}, account_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
     ))
     .bind(i.id.as_str())
     .bind(&i.name)
@@ -55,6 +58,7 @@ pub async fn insert(pool: &db::Pool, account: &AccountId, i: &Image) -> Result<(
     .bind(&i.kernel_cmdline)
     .bind(i.public as i64)
     .bind(db::time(&i.created_at))
+    .bind(&i.default_user)
     .bind(account.as_str())
     .execute(pool)
     .await?;

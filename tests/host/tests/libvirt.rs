@@ -139,6 +139,7 @@ async fn bad_input_is_refused_or_fails_cleanly() {
             initrd: Some(dir.join("initrd.gz").display().to_string()),
             kernel_cmdline: None,
             public: true,
+            default_user: None,
         })
         .await
         .unwrap();
