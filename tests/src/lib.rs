@@ -177,6 +177,8 @@ pub struct HostAgents {
     /// Set for real networking: the driver, and the host (a namespace `Host` with its
     /// own OVS), kept alive here.
     pub ovs: Option<(Arc<vdc_nwagent::ovs::OvsNetwork>, Box<dyn std::any::Any + Send + Sync>)>,
+    /// Set for real networking: how nwagent was started (to start it again).
+    pub ovs_cfg: Option<vdc_nwagent::ovs::OvsConfig>,
 }
 
 pub enum HvaDriver {
@@ -356,7 +358,7 @@ impl Stack {
                 external_bridge: None,
             };
             let keep: Box<dyn std::any::Any + Send + Sync> = Box::new(host);
-            let (nw, driver) = vdc_nwagent::start_ovs(bus, node_id.to_owned(), cfg).await?;
+            let (nw, driver) = vdc_nwagent::start_ovs(bus, node_id.to_owned(), cfg.clone()).await?;
             return Ok(HostAgents {
                 node_id: node_id.to_owned(),
                 hva: Some(hva),
@@ -365,6 +367,7 @@ impl Stack {
                 libvirt,
                 nw_driver: None,
                 ovs: Some((driver, keep)),
+                ovs_cfg: Some(cfg),
             });
         }
         let (nw, nw_driver) = vdc_nwagent::start_sim(
@@ -384,6 +387,7 @@ impl Stack {
             libvirt,
             nw_driver: Some(nw_driver),
             ovs: None,
+            ovs_cfg: None,
         })
     }
 
@@ -456,6 +460,42 @@ impl Stack {
         self.hosts[i].hva = Some(hva);
         self.hosts[i].hva_driver = sim;
         self.hosts[i].libvirt = libvirt;
+    }
+
+    /// Stops host `i`'s nwagent as its process would end (a real-network host: its
+    /// metadata servers stop; flows, ports and DHCP servers stay in the switch).
+    pub async fn stop_nwagent(&mut self, i: usize) {
+        if let Some(h) = self.hosts[i].nw.take() {
+            h.abort();
+        }
+        if let Some((driver, _)) = &self.hosts[i].ovs {
+            driver.shut_down();
+        }
+    }
+
+    /// Stops host `i`'s Open vSwitch daemons and starts them again on the same database
+    /// (what restarting `vdc up` does to its switch): ports keep their numbers, flows
+    /// are gone until nwagent puts them back.
+    pub fn restart_switch(&mut self, i: usize) {
+        let (_, keep) = self.hosts[i].ovs.as_mut().expect("a real-network host");
+        let host = keep.downcast_mut::<vdc_nwagent::testing::Host>().expect("a namespace host");
+        if let Some(mut old) = host.switch.take() {
+            old.remove_bridges = false;
+        }
+        let sw = vdc_nwagent::ovs::daemon::Switch::start(Some(&host.netns), &host.dir).expect("the switch restarts");
+        host.switch = Some(sw);
+    }
+
+    /// Starts host `i`'s nwagent (Open vSwitch driver) again with the same node ID,
+    /// switch and data directory.
+    pub async fn restart_nwagent(&mut self, i: usize) {
+        let node = self.hosts[i].node_id.clone();
+        let cfg = self.hosts[i].ovs_cfg.clone().expect("a real-network host");
+        let (nw, driver) = vdc_nwagent::start_ovs(self.bus.clone(), node, cfg).await.expect("nwagent restarts");
+        self.hosts[i].nw = Some(nw);
+        if let Some(o) = &mut self.hosts[i].ovs {
+            o.0 = driver;
+        }
     }
 
     /// Stops dcmgr (the agents keep running) and starts a new one on the same database.

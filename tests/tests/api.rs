@@ -513,6 +513,50 @@ async fn volumes_and_snapshots(db: Db) {
     assert_eq!(a.resource.state, VolumeState::Attached);
     let d = c.detach_volume(&vol).await.unwrap();
     assert_eq!(d.resource.state, VolumeState::Available);
+    // A container takes no volume: refused at once, running or stopped, nothing changed.
+    let net = c.list_all_networks().await.unwrap().remove(0);
+    let ct = c
+        .create_instance(&CreateInstance {
+            name: Some("ct".into()),
+            image_id: s.image.clone(),
+            hypervisor: Some(HypervisorKind::Lxc),
+            cpus: 1,
+            memory_mib: 128,
+            interfaces: vec![CreateInterface { network_id: net.id, security_groups: vec![], ip: None }],
+            ssh_key_id: None,
+            user_data: None,
+        })
+        .await
+        .unwrap()
+        .resource;
+    wait_state(&c, &ct.id, InstanceState::Running).await;
+    assert_eq!(err(c.attach_volume(&vol, &ct.id).await), (409, "volumes_unsupported".into()));
+    let st = c.stop_instance(&ct.id).await.unwrap();
+    wait_job(&c, &st.job).await;
+    assert_eq!(err(c.attach_volume(&vol, &ct.id).await), (409, "volumes_unsupported".into()));
+    let v = c.get_volume(&vol).await.unwrap();
+    assert_eq!((v.state, v.instance_id), (VolumeState::Available, None));
+    assert!(c.get_instance(&ct.id).await.unwrap().volumes.is_empty());
+    // An attach to a container recorded before they were refused (an older dcmgr) is
+    // undone at the container's next report, not left `attaching`.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(&s.database_url).await.unwrap();
+        sqlx::query("UPDATE volumes SET state = 'attaching', instance_id = $1 WHERE id = $2")
+            .bind(ct.id.as_str())
+            .bind(vol.as_str())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let st = c.start_instance(&ct.id).await.unwrap();
+    wait_job(&c, &st.job).await;
+    eventually(Duration::from_secs(10), || async {
+        let v = c.get_volume(&vol).await.ok()?;
+        (v.state == VolumeState::Available && v.instance_id.is_none()).then_some(())
+    })
+    .await
+    .expect("the stale attach is undone");
 
     assert_eq!(err(c.delete_volume(&vol).await), (409, "volume_has_snapshots".into()));
     let ds = c.delete_snapshot(&snap.resource.id).await.unwrap();

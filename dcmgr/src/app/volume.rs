@@ -244,6 +244,7 @@ pub async fn attach(
             state: inst.state.parse().map_err(ApiError::internal)?,
             has_host: inst.host_node_id.is_some(),
             volumes,
+            hypervisor: inst.hypervisor.parse().map_err(ApiError::internal)?,
         };
         let d = decide_attach(id.as_str(), row.state()?, row.instance_id.as_deref(), &target)?;
         commit_decision(tx, caller, row, "volume.attach", d).await
@@ -344,6 +345,7 @@ pub(crate) struct AttachTarget<'a> {
     pub has_host: bool,
     /// Volumes attached or attaching to it now.
     pub volumes: i64,
+    pub hypervisor: vdc_schema::HypervisorKind,
 }
 
 pub(crate) const MAX_VOLUMES_PER_INSTANCE: i64 = 16;
@@ -374,6 +376,15 @@ pub(crate) fn decide_attach(
                 format!("volume {id} is {s}; only an available volume can be attached"),
             ))
         }
+    }
+    // hva hands volumes to guests as virtio disks (a file, or iSCSI through QEMU's own
+    // initiator): a container has no such device to receive one, and the host has no
+    // block device to pass in. Refused here, at once, rather than left `attaching`.
+    if inst.hypervisor == vdc_schema::HypervisorKind::Lxc {
+        return Err(ApiError::conflict(
+            "volumes_unsupported",
+            format!("instance {} is an lxc container; volumes attach only to qemu and kvm instances", inst.id),
+        ));
     }
     if matches!(inst.state, InstanceState::ShuttingDown | InstanceState::Terminated | InstanceState::Failed) {
         return Err(ApiError::conflict(
@@ -474,7 +485,16 @@ mod tests {
     use super::*;
 
     fn inst(state: InstanceState, has_host: bool, volumes: i64) -> AttachTarget<'static> {
-        AttachTarget { id: "i-1", state, has_host, volumes }
+        AttachTarget { id: "i-1", state, has_host, volumes, hypervisor: vdc_schema::HypervisorKind::Qemu }
+    }
+
+    #[test]
+    fn a_container_is_refused_volumes_at_once() {
+        for state in [InstanceState::Running, InstanceState::Stopped] {
+            let ct = AttachTarget { hypervisor: vdc_schema::HypervisorKind::Lxc, ..inst(state, true, 0) };
+            let Err(e) = decide_attach("v", VolumeState::Available, None, &ct) else { panic!("accepted") };
+            assert_eq!(e.code(), "volumes_unsupported", "{e:?}");
+        }
     }
 
     #[test]

@@ -144,7 +144,9 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
             }
         }
     }
-    let detached = crate::controller::volume::on_instance_report(&mut tx, &row.id, &r.volumes, out.state).await?;
+    let takes_volumes = row.hypervisor != vdc_schema::HypervisorKind::Lxc.as_str();
+    let detached =
+        crate::controller::volume::on_instance_report(&mut tx, &row.id, &r.volumes, out.state, takes_volumes).await?;
     tx.commit().await?;
     if out.state.as_str() != row.state {
         tracing::info!(instance = %r.id, from = %row.state, to = %out.state, "instance state");

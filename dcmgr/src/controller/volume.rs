@@ -90,11 +90,16 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
 /// hva reported which volumes a guest really has: finish attaches and detaches, in the
 /// transaction of the instance's report (which holds the instance's lock). Returns the
 /// volumes now detached, whose export sta can withdraw.
+///
+/// A guest that takes no volumes (`takes_volumes` false: a container) never reports one:
+/// an attach to it recorded before such attaches were refused would wait forever, so it
+/// is undone (the volume available again, its job failed with the reason).
 pub(crate) async fn on_instance_report(
     tx: &mut db::Tx<'_>,
     instance: &str,
     attached: &[VolumeId],
     state: InstanceState,
+    takes_volumes: bool,
 ) -> ApiResult<Vec<VolumeId>> {
     let mut detached = Vec::new();
     if state == InstanceState::Terminated {
@@ -103,6 +108,12 @@ pub(crate) async fn on_instance_report(
     for (id, vstate) in store::in_transit(tx, instance).await? {
         let present = attached.iter().any(|v| v.as_str() == id);
         let from: VolumeState = vstate.parse().map_err(ApiError::internal)?;
+        if !takes_volumes && from == VolumeState::Attaching {
+            store::finish_transit(tx, &id, &vstate, VolumeState::Available, true).await?;
+            job::fail_all(tx, &id, "an lxc container takes no volumes; the attach was undone").await?;
+            detached.extend(id.parse().ok());
+            continue;
+        }
         let Some((new_state, clear)) = on_attachment_report(from, present) else { continue };
         store::finish_transit(tx, &id, &vstate, new_state, clear).await?;
         job::finish(tx, &id, if new_state == VolumeState::Attached { "attached" } else { "available" }).await?;

@@ -92,7 +92,8 @@ pub async fn delete(
         (status = 404, description = "`not_found`: the volume or the instance", body = ErrorBody),
         (status = 409,
             description = "`invalid_state`: the volume is not available or the instance is going away; \
-                `too_many_volumes`: the instance has 16", body = ErrorBody)))]
+                `too_many_volumes`: the instance has 16; `volumes_unsupported`: the instance is an lxc \
+                container", body = ErrorBody)))]
 pub async fn attach(
     State(ctx): State<SharedCtx>,
     caller: Caller,

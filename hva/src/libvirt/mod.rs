@@ -297,6 +297,8 @@ impl Inner {
         let active = dom.is_active().map_err(|e| format!("libvirt: {e}"))?;
         if active && kind != HypervisorKind::Lxc {
             self.sync_live_volumes(id, spec, &dom)?;
+        }
+        if active {
             self.move_taps(spec);
         }
         let volumes = self.observe_volumes(&dom);
@@ -380,11 +382,11 @@ impl Inner {
     /// Starts a domain. A container's console is a pty: hva attaches right after the
     /// start and copies it into the console log; what the container printed before that
     /// waits in the pty. (libvirt's LXC driver cannot start a container paused.)
-    /// Moves a running guest's taps into `tap_netns` (idempotent: a tap already moved is
-    /// no longer here).
+    /// Moves a running guest's taps (a container's veth host ends) into `tap_netns`
+    /// (idempotent: a device already moved is no longer here).
     fn move_taps(&self, spec: &InstanceSpec) {
         let Some(ns) = &self.cfg.tap_netns else { return };
-        if !self.cfg.taps || spec.hypervisor == HypervisorKind::Lxc {
+        if !self.cfg.taps {
             return;
         }
         for n in &spec.nics {
@@ -404,6 +406,12 @@ impl Inner {
     fn start_domain(&self, id: &InstanceId, kind: HypervisorKind, dom: &Domain) -> Result<()> {
         dom.create().map_err(|e| e.to_string())?;
         if let Some(spec) = self.known.lock().unwrap().get(id).map(|k| k.saved.spec.clone()) {
+            if kind == HypervisorKind::Lxc && self.cfg.taps {
+                match dom.id() {
+                    Some(controller) => self.container_checksums_off(&spec, controller),
+                    None => tracing::warn!(instance = %id, "no container process; checksum offload left on"),
+                }
+            }
             self.move_taps(&spec);
         }
         if kind == HypervisorKind::Lxc {
@@ -412,6 +420,26 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Turns off transmit checksum offload on a container's NICs (from inside its network
+    /// namespace, entered through its init: the only child of libvirt's controller
+    /// process, whose PID is the domain's ID). A veth hands partially checksummed packets
+    /// on, and Open vSwitch's userspace datapath forwards them unfixed: DHCP (checksummed
+    /// by the client itself) works, TCP to the metadata service does not. QEMU guests get
+    /// the same from `<driver><host csum='off'/>`.
+    fn container_checksums_off(&self, spec: &InstanceSpec, controller: u32) {
+        let children = std::fs::read_to_string(format!("/proc/{controller}/task/{controller}/children"));
+        let Some(init) = children.ok().and_then(|c| c.split_whitespace().next().map(str::to_owned)) else {
+            tracing::warn!(instance = %spec.id, controller, "container init not found; checksum offload left on");
+            return;
+        };
+        for i in 0..spec.nics.len() {
+            let dev = format!("eth{i}");
+            if let Err(e) = self.tools.run("nsenter", &["-t", &init, "-n", "ethtool", "-K", &dev, "tx", "off"]) {
+                tracing::warn!(instance = %spec.id, dev, "checksum offload left on: {e}");
+            }
+        }
     }
 
     /// Copies a container's console into its console log until the container stops.
@@ -844,10 +872,13 @@ mod tests {
                 format!("ip link show dev {d1}"),
             ]
         );
-        // Containers keep their veths; without a namespace nothing moves.
+        // A container's veth host end moves the same way; without a namespace nothing moves.
         f.clear();
         let c = spec("i-b", HypervisorKind::Lxc, ImageFormat::Dir, "/x", 1);
+        let dc = vif_device_name(&c.nics[0].id);
         inner(tmp.path(), &f, Some("h1")).move_taps(&c);
+        assert_eq!(f.lines()[1], format!("ip link set dev {dc} netns h1"));
+        f.clear();
         inner(tmp.path(), &f, None).move_taps(&s);
         assert!(f.calls().is_empty(), "{:?}", f.lines());
     }

@@ -203,6 +203,23 @@ pub fn qemu_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
     )
 }
 
+/// A container's NICs for nwagent to plug, as a QEMU guest's taps are: libvirt's LXC
+/// driver makes each `type='ethernet'` interface a veth pair whose host end is named by
+/// `<target dev>` (the interface's device name) and attached to nothing; the container
+/// end is its eth0, eth1, … with the interface's MAC.
+fn container_veths(spec: &InstanceSpec) -> String {
+    spec.nics
+        .iter()
+        .map(|n| {
+            format!(
+                "<interface type='ethernet'><mac address='{}'/><target dev='{}'/><mtu size='1450'/></interface>",
+                n.mac,
+                esc(&vdc_schema::bus::vif_device_name(&n.id))
+            )
+        })
+        .collect()
+}
+
 /// A libvirt LXC container on a directory root filesystem. Its console is a pty that hva
 /// copies into the console log.
 ///
@@ -228,8 +245,7 @@ pub fn lxc_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
         mem = spec.memory_mib,
         cpus = spec.cpus,
         rootfs = esc(&rootfs),
-        // Taps are for QEMU guests; a container's NIC would be a veth (not built yet).
-        nics = if l.taps { String::new() } else { interfaces(spec, l.bridge, false) },
+        nics = if l.taps { container_veths(spec) } else { interfaces(spec, l.bridge, false) },
     )
 }
 
@@ -286,6 +302,25 @@ mod tests {
         let xml = lxc_domain(&spec, &l);
         assert!(xml.contains("<features><privnet/></features>"), "{xml}");
         assert!(!xml.contains("<interface"));
+        // With taps, each NIC is a veth whose host end nwagent plugs by its name.
+        let mut spec = spec;
+        spec.nics = vec![vdc_schema::bus::NicSpec {
+            id: "vif-abc".parse().unwrap(),
+            network_id: "nw-abc".parse().unwrap(),
+            mac: vdc_schema::net::MacAddr::new([0x52, 0x54, 0, 1, 2, 3]),
+            ip: vdc_schema::net::Ipv4Addr::new(10, 0, 0, 5),
+            prefix_len: 24,
+            gateway: vdc_schema::net::Ipv4Addr::new(10, 0, 0, 1),
+            vni: 7,
+        }];
+        let xml = lxc_domain(&spec, &Layout { taps: true, ..l });
+        let dev = vdc_schema::bus::vif_device_name(&spec.nics[0].id);
+        assert!(
+            xml.contains(&format!(
+                "<interface type='ethernet'><mac address='52:54:00:01:02:03'/><target dev='{dev}'/><mtu size='1450'/></interface>"
+            )),
+            "{xml}"
+        );
     }
 
     #[test]

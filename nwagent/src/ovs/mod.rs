@@ -57,7 +57,18 @@ pub struct OvsConfig {
 struct Port {
     spec: InterfaceSpec,
     ofport: Option<u32>,
+    /// The index of the device the switch opened for this port (0: not known yet). A new
+    /// index under the same name means the device was made again: see [`Inner::plug`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    ifindex: i64,
 }
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// How often the ports' devices are checked for having been made again.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Default, Serialize, Deserialize)]
 struct State {
@@ -83,6 +94,8 @@ struct Inner {
     sink: ReportSink,
     /// One change at a time: flows of a network depend on all of its ports.
     state: tokio::sync::Mutex<State>,
+    /// Set when the process ends: the device watch stops.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +108,19 @@ pub enum OvsError {
     Service(#[from] service::ServiceError),
     #[error("{0}")]
     Other(String),
+}
+
+/// Adds or updates the port of a guest's interface (external IDs: which interface it is,
+/// and its MAC), asking for port number `ofport` if it is added.
+async fn ensure_vif_port(
+    db: &ovsdb::Ovsdb,
+    bridge: &str,
+    spec: &InterfaceSpec,
+    ofport: Option<u32>,
+) -> Result<(), ovsdb::OvsdbError> {
+    let (id, mac) = (spec.id.to_string(), spec.mac.to_string());
+    let ids = [("vdc-vif", id.as_str()), ("attached-mac", mac.as_str())];
+    db.ensure_port_at(bridge, &vif_device_name(&spec.id), "", &[], &ids, ofport).await
 }
 
 /// The tunnel port towards one peer: `vx` + the peer's IPv4 in hex.
@@ -165,12 +191,17 @@ impl Inner {
     }
 
     async fn wait_ofport(&self, name: &str, timeout: Duration) -> Result<u32, OvsError> {
+        Ok(self.wait_plugged(name, timeout).await?.ofport as u32)
+    }
+
+    /// Waits until the switch has an OpenFlow port number for `name`; returns its row.
+    async fn wait_plugged(&self, name: &str, timeout: Duration) -> Result<ovsdb::IfaceRow, OvsError> {
         let start = std::time::Instant::now();
         let mut last = None;
         loop {
             if let Some(row) = self.db.interface(name).await? {
                 if row.ofport > 0 {
-                    return Ok(row.ofport as u32);
+                    return Ok(row);
                 }
                 last = row.error;
             }
@@ -182,6 +213,72 @@ impl Inner {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The (ofport, ifindex) of a guest's port whose Interface row is `row`. When the
+    /// device is not the one the switch opened before (`known_ifindex`): the guest's tap
+    /// or veth was deleted and made again under the same name (stop/start, halt/poweron,
+    /// a container restart), the port is removed and added again.
+    ///
+    /// Why: Open vSwitch's userspace datapath keeps the port of a vanished device, and
+    /// when a device of that name comes back OVSDB shows the same ofport, the new
+    /// ifindex and no error, yet the datapath never receives a packet from it (measured
+    /// with OVS 3.1, netdev datapath: flow counters stay still). Removing and re-adding
+    /// the port (two changes ovs-vswitchd applies one after the other) opens the new
+    /// device; the same port number is asked for, so the flows stay valid.
+    ///
+    /// Called with the state locked, `known_*` read from it: an ensure and the watch
+    /// never both re-add the same port.
+    async fn plug(
+        &self,
+        spec: &InterfaceSpec,
+        row: &ovsdb::IfaceRow,
+        known_ifindex: i64,
+        known_ofport: Option<u32>,
+    ) -> Result<(u32, i64), OvsError> {
+        let dev = vif_device_name(&spec.id);
+        // While the device is away (a stopped guest) the switch keeps the port and its
+        // number, with no ifindex: remember the device it had, to see the next one is new.
+        if row.ifindex <= 0 {
+            return Ok((row.ofport as u32, known_ifindex));
+        }
+        if known_ifindex == 0 || row.ifindex == known_ifindex {
+            return Ok((row.ofport as u32, row.ifindex));
+        }
+        let want = known_ofport.unwrap_or(row.ofport as u32);
+        tracing::info!(vif = %spec.id, dev, old = known_ifindex, new = row.ifindex, "device made again; re-adding its port");
+        self.db.remove_port(&self.cfg.bridge, &dev).await?;
+        self.db.wait_applied(Duration::from_secs(10)).await?;
+        ensure_vif_port(&self.db, &self.cfg.bridge, spec, Some(want)).await?;
+        let row = self.wait_plugged(&dev, Duration::from_secs(10)).await?;
+        Ok((row.ofport as u32, row.ifindex))
+    }
+
+    /// One pass of the device watch: every port whose device was made again is plugged
+    /// anew, and its flows follow if its port number changed.
+    async fn watch_once(&self) -> Result<(), OvsError> {
+        let rows: HashMap<String, ovsdb::IfaceRow> =
+            self.db.interfaces().await?.into_iter().map(|r| (r.name.clone(), r)).collect();
+        let mut st = self.state.lock().await;
+        let ids: Vec<VifId> = st.ports.keys().cloned().collect();
+        for id in ids {
+            let Some(p) = st.ports.get(&id).cloned() else { continue };
+            let Some(row) = rows.get(&vif_device_name(&id)) else { continue };
+            if row.ifindex <= 0 || row.ofport <= 0 || row.ifindex == p.ifindex {
+                continue;
+            }
+            let (ofport, ifindex) = self.plug(&p.spec, row, p.ifindex, p.ofport).await?;
+            let port = Port { ofport: Some(ofport), ifindex, ..p.clone() };
+            let moved = port.ofport != p.ofport;
+            let mut sets = vec![self.port_set(&port)];
+            st.ports.insert(id, port);
+            if moved {
+                sets.push(self.network_set(&st, p.spec.network.vni));
+                self.of.replace(&sets).await?;
+            }
+            self.save(&st);
+        }
+        Ok(())
     }
 
     /// Brings the network's DHCP and metadata service up to date with its ports here;
@@ -236,24 +333,19 @@ impl Inner {
             return Ok(());
         }
         let dev = vif_device_name(&spec.id);
-        self.db
-            .ensure_port(
-                &self.cfg.bridge,
-                &dev,
-                "",
-                &[],
-                &[("vdc-vif", spec.id.as_str()), ("attached-mac", &spec.mac.to_string())],
-            )
-            .await?;
+        ensure_vif_port(&self.db, &self.cfg.bridge, &spec, None).await?;
         let mut sets = self.ensure_tunnels(&mut st, &spec.network.peers).await?;
         let old_vni = st.ports.get(&spec.id).map(|p| p.spec.network.vni);
         // The device may appear later (hva plugs it when the guest starts): wait here,
         // bounded. Always asked of OVSDB: a port re-added after a switch restart can have
         // another number than the one remembered.
         drop(st);
-        let ofport = Some(self.wait_ofport(&dev, self.cfg.plug_timeout).await?);
+        let row = self.wait_plugged(&dev, self.cfg.plug_timeout).await?;
         let mut st = self.state.lock().await;
-        let port = Port { spec: spec.clone(), ofport };
+        let (known_ifindex, known_ofport) = st.ports.get(&spec.id).map(|p| (p.ifindex, p.ofport)).unwrap_or((0, None));
+        let (ofport, ifindex) = self.plug(&spec, &row, known_ifindex, known_ofport).await?;
+        let ofport = Some(ofport);
+        let port = Port { spec: spec.clone(), ofport, ifindex };
         sets.push(self.port_set(&port));
         st.ports.insert(spec.id.clone(), port);
         st.peers.insert(spec.network.vni, spec.network.peers.clone());
@@ -316,7 +408,7 @@ impl OvsNetwork {
             cfg.data_dir.join("services"),
         )
         .with_runner(tools);
-        let inner = Inner { cfg, db, of, svc, sink, state: tokio::sync::Mutex::new(st) };
+        let inner = Inner { cfg, db, of, svc, sink, state: tokio::sync::Mutex::new(st), stopped: Default::default() };
         // Wait for ovs-vswitchd to create the bridge's management socket.
         let mgmt = inner.cfg.rundir.join(format!("{}.mgmt", inner.cfg.bridge));
         for _ in 0..100 {
@@ -373,7 +465,23 @@ impl OvsNetwork {
             inner.of.replace(&sets).await?;
         }
         tracing::info!(bridge = %inner.cfg.bridge, datapath, "switch ready");
-        Ok(OvsNetwork { inner: Arc::new(inner) })
+        let inner = Arc::new(inner);
+        // Polled rather than monitored: one query every half second is cheap, and a
+        // guest's DHCP client retries for longer than that.
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(WATCH_INTERVAL).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                if let Err(e) = inner.watch_once().await {
+                    tracing::warn!("device watch: {e}");
+                }
+            }
+        });
+        Ok(OvsNetwork { inner })
     }
 
     /// Stops every network's DHCP and metadata service and removes their namespaces
@@ -388,6 +496,7 @@ impl OvsNetwork {
     /// What the end of the nwagent process does: its metadata servers stop; flows, ports
     /// and DHCP servers stay.
     pub fn shut_down(&self) {
+        self.inner.stopped.store(true, std::sync::atomic::Ordering::Relaxed);
         self.inner.svc.stop_metadata();
     }
 }

@@ -33,6 +33,9 @@ pub struct Ovsdb {
 pub struct IfaceRow {
     pub name: String,
     pub ofport: i64,
+    /// The kernel's index of the device behind the interface; 0 while it is absent. A
+    /// device deleted and made again under the same name gets a new one.
+    pub ifindex: i64,
     pub error: Option<String>,
 }
 
@@ -183,15 +186,32 @@ impl Ovsdb {
         options: &[(&str, &str)],
         external_ids: &[(&str, &str)],
     ) -> Result<(), OvsdbError> {
+        self.ensure_port_at(bridge, name, kind, options, external_ids, None).await
+    }
+
+    /// [`Ovsdb::ensure_port`], asking for OpenFlow port number `ofport` if the port is
+    /// added (the switch gives another one if it is taken).
+    pub async fn ensure_port_at(
+        &self,
+        bridge: &str,
+        name: &str,
+        kind: &str,
+        options: &[(&str, &str)],
+        external_ids: &[(&str, &str)],
+        ofport: Option<u32>,
+    ) -> Result<(), OvsdbError> {
         if self.ports(bridge).await?.iter().any(|p| p == name) {
             self.transact(vec![json!({"op": "update", "table": "Interface", "where": [["name", "==", name]],
                 "row": {"type": kind, "options": map(options), "external_ids": map(external_ids)}})])
                 .await?;
             return Ok(());
         }
+        let mut iface = json!({"name": name, "type": kind, "options": map(options), "external_ids": map(external_ids)});
+        if let Some(p) = ofport {
+            iface["ofport_request"] = json!(p);
+        }
         self.transact(vec![
-            json!({"op": "insert", "table": "Interface", "row": {"name": name, "type": kind,
-                "options": map(options), "external_ids": map(external_ids)}, "uuid-name": "iface"}),
+            json!({"op": "insert", "table": "Interface", "row": iface, "uuid-name": "iface"}),
             json!({"op": "insert", "table": "Port", "row": {"name": name, "interfaces": ["named-uuid", "iface"]},
                 "uuid-name": "port"}),
             json!({"op": "mutate", "table": "Bridge", "where": [["name", "==", bridge]],
@@ -222,12 +242,55 @@ impl Ovsdb {
     pub async fn interface(&self, name: &str) -> Result<Option<IfaceRow>, OvsdbError> {
         let r = self
             .transact(vec![json!({"op": "select", "table": "Interface", "where": [["name", "==", name]],
-                "columns": ["name", "ofport", "error"]})])
+                "columns": ["name", "ofport", "ifindex", "error"]})])
             .await?;
-        let Some(row) = r[0]["rows"].as_array().and_then(|a| a.first()).cloned() else { return Ok(None) };
-        let ofport = set_items(&row["ofport"]).first().and_then(Value::as_i64).unwrap_or(-1);
-        let error = set_items(&row["error"]).first().and_then(|e| e.as_str().map(str::to_owned));
-        Ok(Some(IfaceRow { name: name.to_owned(), ofport, error }))
+        Ok(r[0]["rows"].as_array().and_then(|a| a.first()).map(iface_row))
+    }
+
+    /// Every Interface row (one query, for the watch over all ports).
+    pub async fn interfaces(&self) -> Result<Vec<IfaceRow>, OvsdbError> {
+        let r = self
+            .transact(vec![json!({"op": "select", "table": "Interface", "where": [],
+                "columns": ["name", "ofport", "ifindex", "error"]})])
+            .await?;
+        Ok(r[0]["rows"].as_array().map(|a| a.iter().map(iface_row).collect()).unwrap_or_default())
+    }
+
+    /// Waits until ovs-vswitchd has applied the database as it stands now (what
+    /// `ovs-vsctl` waits for): a later change is then seen as a change of its own, not
+    /// folded with this one.
+    pub async fn wait_applied(&self, timeout: std::time::Duration) -> Result<(), OvsdbError> {
+        let r = self
+            .transact(vec![
+                json!({"op": "mutate", "table": "Open_vSwitch", "where": [],
+                    "mutations": [["next_cfg", "+=", 1]]}),
+                json!({"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["next_cfg"]}),
+            ])
+            .await?;
+        let want = r[1]["rows"][0]["next_cfg"].as_i64().unwrap_or(0);
+        let start = std::time::Instant::now();
+        loop {
+            let r = self
+                .transact(vec![json!({"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["cur_cfg"]})])
+                .await?;
+            if r[0]["rows"][0]["cur_cfg"].as_i64().unwrap_or(0) >= want {
+                return Ok(());
+            }
+            if start.elapsed() > timeout {
+                return Err(OvsdbError::Io(format!("ovs-vswitchd did not apply the database within {timeout:?}")));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn iface_row(row: &Value) -> IfaceRow {
+    let int = |col: &str| set_items(&row[col]).first().and_then(Value::as_i64);
+    IfaceRow {
+        name: row["name"].as_str().unwrap_or_default().to_owned(),
+        ofport: int("ofport").unwrap_or(-1),
+        ifindex: int("ifindex").unwrap_or(0),
+        error: set_items(&row["error"]).first().and_then(|e| e.as_str().map(str::to_owned)),
     }
 }
 

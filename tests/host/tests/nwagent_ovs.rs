@@ -296,3 +296,79 @@ impl Drop for NsGuard {
         let _ = sh("ip", &["netns", "del", &self.0]);
     }
 }
+
+/// A guest's device deleted and made again under the same name (what a stop/start or
+/// a container restart does to its tap or veth) is plugged again, while nwagent runs and
+/// when it was away: the guest reaches the metadata service each time. (OVS's userspace
+/// datapath alone keeps the old port and never receives from the new device.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_made_again_is_plugged_again() {
+    let p = vdc_nwagent::testing::prefix();
+    let dir = tempfile::Builder::new().prefix("vdc-ovs-replug-").tempdir_in("/var/tmp").unwrap();
+    let h = format!("{p}-h1");
+    sh("ip", &["netns", "add", &h]).unwrap();
+    let _guard = NsGuard(h.clone());
+    ns(&h, &["ip", "link", "set", "lo", "up"]).unwrap();
+    let switch = vdc_nwagent::ovs::daemon::Switch::start(Some(&h), dir.path()).unwrap();
+    let host =
+        Host { netns: h.clone(), dir: dir.path().to_owned(), tunnel_ip: "127.0.0.1".into(), switch: Some(switch) };
+    let cfg = OvsConfig {
+        db_socket: host.db_socket(),
+        rundir: host.dir.clone(),
+        bridge: "br-int".into(),
+        tunnel_ip: "127.0.0.1".parse().unwrap(),
+        data_dir: dir.path().join("nwagent"),
+        plug_timeout: Duration::from_secs(10),
+        host_netns: Some(h.clone()),
+        service_prefix: h.clone(),
+        external_bridge: None,
+    };
+    let sink = ReportSink::open(None).unwrap();
+    let net = OvsNetwork::open(cfg.clone(), sink.clone()).await.unwrap();
+    let mut n = Node { host, sink, net, cfg };
+    let network = NetworkSpec {
+        id: NetworkId::generate(),
+        vni: 300,
+        cidr: "10.30.0.0/24".parse().unwrap(),
+        gateway: "10.30.0.1".parse().unwrap(),
+        peers: vec![],
+        external: None,
+    };
+    let spec = iface(&network, "52:54:00:30:00:05", "10.30.0.5", vec![]);
+    let url = "http://169.254.169.254/latest/meta-data/instance-id";
+    let reaches_metadata = |g: &Guest| {
+        ns(&g.netns, &["ip", "route", "replace", "default", "via", "10.30.0.1"]).unwrap();
+        eventually_out(|| ns(&g.netns, &["timeout", "3", "busybox", "wget", "-q", "-O", "-", url]).ok())
+            == Some(spec.instance_id.to_string())
+    };
+    let g = guest(&p, "g", &n.host, &spec);
+    active(&n, &spec).await;
+    assert!(reaches_metadata(&g), "first plug");
+    let ofport = || {
+        let db = format!("--db=unix:{}", dir.path().join("db.sock").display());
+        sh("ovs-vsctl", &[&db, "get", "Interface", &vif_device_name(&spec.id), "ofport"]).unwrap().trim().to_owned()
+    };
+    let before = ofport();
+    // A namespace's veths go a moment after the namespace does.
+    let dev = vif_device_name(&spec.id);
+    let gone =
+        || assert!(eventually(Duration::from_secs(10), || ns(&h, &["ip", "link", "show", "dev", &dev]).is_err()));
+
+    // Made again while nwagent runs: its watch re-plugs it, with the same port number.
+    drop(g);
+    gone();
+    let g = guest(&p, "g", &n.host, &spec);
+    assert!(reaches_metadata(&g), "re-plugged by the watch");
+    assert_eq!(ofport(), before, "the port keeps its number");
+
+    // Made again while nwagent is away: plugged again when it starts.
+    n.net.shut_down();
+    drop(n.net);
+    drop(g);
+    gone();
+    let g = guest(&p, "g", &n.host, &spec);
+    n.net = OvsNetwork::open(n.cfg.clone(), n.sink.clone()).await.unwrap();
+    assert!(reaches_metadata(&g), "re-plugged after a restart");
+    n.net.remove_services().await;
+    drop(g);
+}
