@@ -302,11 +302,15 @@ impl ExternalNet {
         dcmgr_config(&self.cidr)
     }
 
-    /// The range of a simulated network: chosen and saved as [`Self::start`] does, but
-    /// nothing is made on the host, so its routes do not matter.
-    pub fn simulated(opts: &ExternalOptions) -> Result<vdc_dcmgr::config::ExternalConfig, ExternalError> {
+    /// The range of a simulated network: chosen, checked and saved as [`Self::start`]
+    /// does (so a later start with the real network keeps it), but nothing is made.
+    pub async fn simulated(
+        opts: &ExternalOptions,
+        tools: Runner,
+    ) -> Result<vdc_dcmgr::config::ExternalConfig, ExternalError> {
         let saved = load(opts)?;
-        let cidr = choose(opts.cidr, saved, &[], &opts.bridge)?;
+        let routes = host(&tools, opts.netns.as_deref(), "ip", &["-j", "-4", "route", "show", "table", "all"]).await?;
+        let cidr = choose(opts.cidr, saved, &parse_routes(&routes)?, &opts.bridge)?;
         save(opts, saved, cidr)?;
         Ok(dcmgr_config(&cidr))
     }
@@ -488,6 +492,28 @@ mod tests {
             .unwrap();
         assert!(matches!(e, ExternalError::Changed { .. }), "{e}");
         assert!(fake.lines().iter().all(|l| l.starts_with("ip -j")), "{:?}", fake.lines());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_simulated_range_is_checked_and_saved_but_nothing_is_made() {
+        let dir = tempfile_dir();
+        let fake = FakeRunner::new();
+        fake.ok(&["ip", "-j", "-4", "route"], HOST);
+        let opts = ExternalOptions {
+            netns: None,
+            bridge: "vdc-ex".into(),
+            nft_table: "vdc_up".into(),
+            cidr: Some(net("192.168.213.0/24")),
+            state_file: dir.join("external.json"),
+        };
+        let e = ExternalNet::simulated(&opts, fake.clone()).await.unwrap_err();
+        assert!(matches!(e, ExternalError::Collides { .. }), "{e}");
+        assert!(!opts.state_file.exists());
+        let c = ExternalNet::simulated(&ExternalOptions { cidr: None, ..opts.clone() }, fake.clone()).await.unwrap();
+        assert_eq!(c.cidr, "192.168.217.0/24");
+        assert_eq!(std::fs::read_to_string(&opts.state_file).unwrap().trim(), r#"{"cidr":"192.168.217.0/24"}"#);
+        assert!(fake.lines().iter().all(|l| l.starts_with("ip -j -4 route")), "{:?}", fake.lines());
         let _ = std::fs::remove_dir_all(dir);
     }
 

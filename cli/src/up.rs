@@ -201,7 +201,7 @@ impl AllInOne {
                 (Some(net), Some(c), why)
             }
             _ => {
-                let c = ExternalNet::simulated(&ext_opts(asked))?;
+                let c = ExternalNet::simulated(&ext_opts(asked), vdc_bus::cmd::system()).await?;
                 let why = format!("{} (simulated: nothing on the host)", c.cidr);
                 (None, Some(c), why)
             }

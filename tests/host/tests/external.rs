@@ -163,11 +163,7 @@ async fn floating_ips_from_the_host_and_snat_to_its_default_route() {
         cidr: "10.10.0.0/24".parse().unwrap(),
         gateway: "10.10.0.1".parse().unwrap(),
         peers: vec![],
-        external: Some(ExternalSpec {
-            cidr: ext.cidr,
-            gateway: ext.gateway,
-            snat_ip: c.pool_start.parse().unwrap(),
-        }),
+        external: Some(ExternalSpec { cidr: ext.cidr, gateway: ext.gateway, snat_ip: c.pool_start.parse().unwrap() }),
     };
     let instance_id = InstanceId::generate();
     let spec = InterfaceSpec {
