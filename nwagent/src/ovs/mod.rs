@@ -135,7 +135,7 @@ impl Inner {
         let c = flows::cookie(flows::PORT, p.spec.id.as_str());
         match p.ofport {
             Some(ofport) => {
-                (c, flows::port_flows(p.spec.network.vni, ofport, p.spec.mac, p.spec.ip, &p.spec.security_groups))
+                (c, flows::port_flows(p.spec.network.vni, ofport, p.spec.mac, p.spec.ip, p.spec.network.gateway, &p.spec.security_groups))
             }
             None => (c, vec![]),
         }
