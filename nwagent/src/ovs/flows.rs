@@ -314,9 +314,13 @@ mod tests {
     fn egress_rules_allow_exactly_what_they_say_and_the_networks_services() {
         let (mac, ip, gw) =
             ("02:00:00:00:00:01".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.1".parse().unwrap());
-        let web = group(vec![egress(Protocol::Tcp, Some(80), "192.0.2.0/24"), egress(Protocol::Icmp, Some(8), "10.0.0.0/24")]);
+        let web = group(vec![
+            egress(Protocol::Tcp, Some(80), "192.0.2.0/24"),
+            egress(Protocol::Icmp, Some(8), "10.0.0.0/24"),
+        ]);
         // An ingress-only group next to it does not open egress again.
-        let ssh = group(vec![ResolvedRule { direction: Direction::Ingress, ..egress(Protocol::Tcp, Some(22), "0.0.0.0/0") }]);
+        let ssh =
+            group(vec![ResolvedRule { direction: Direction::Ingress, ..egress(Protocol::Tcp, Some(22), "0.0.0.0/0") }]);
         let f = port_flows(100, 7, mac, ip, gw, &[web, ssh.clone()]);
         let t10: Vec<&str> = f.iter().filter(|l| l.starts_with("table=10")).map(String::as_str).collect();
         let allow = |m: &str| {

@@ -244,7 +244,10 @@ impl Services {
         let resolv = self.dir.join(format!("dns-{vni}.resolv"));
         let upstream = self.upstreams(vni);
         if upstream.is_empty() {
-            tracing::warn!(vni, "no upstream resolver reachable from a namespace: guests resolve only the network's names");
+            tracing::warn!(
+                vni,
+                "no upstream resolver reachable from a namespace: guests resolve only the network's names"
+            );
         }
         let text: String = upstream.iter().map(|ip| format!("nameserver {ip}\n")).collect();
         // Only when it changed: dnsmasq re-reads it when its mtime moves.
@@ -276,7 +279,8 @@ impl Services {
             format!("--pid-file={}", pidfile.display()),
             "--dhcp-authoritative".into(),
         ];
-        let pid = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()).filter(|p| alive(*p));
+        let pid =
+            std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()).filter(|p| alive(*p));
         if let Some(pid) = pid {
             let same = std::fs::read_to_string(&argsfile).ok().as_deref() == Some(args.join("\n").as_str());
             if same {
