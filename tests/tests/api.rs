@@ -263,6 +263,19 @@ async fn security_groups(db: Db) {
     assert_eq!(err(c.add_security_group_rule(&web.id, &bad).await), (400, "invalid_rule".into()));
     let bad = RuleSpec { port_min: Some(30), port_max: Some(20), ..rule(Protocol::Tcp, None, Some("0.0.0.0/0"), None) };
     assert_eq!(err(c.add_security_group_rule(&web.id, &bad).await).0, 400);
+    // Egress rules: the same checks as ingress; the same spec in the other direction is
+    // another rule.
+    let out = RuleSpec { direction: Direction::Egress, ..web.rules[0].spec.clone() };
+    let web = c.add_security_group_rule(&web.id, &out).await.unwrap();
+    assert_eq!(web.rules.len(), 3);
+    assert!(web.rules.iter().any(|r| r.spec.direction == Direction::Egress && r.spec.port_min == Some(22)));
+    assert_eq!(err(c.add_security_group_rule(&web.id, &out).await).1, "duplicate_rule");
+    let bad = RuleSpec { direction: Direction::Egress, ..rule(Protocol::Tcp, Some(22), None, None) };
+    assert_eq!(err(c.add_security_group_rule(&web.id, &bad).await), (400, "invalid_rule".into()));
+    let bad = RuleSpec { direction: Direction::Egress, ..rule(Protocol::Any, Some(1), Some("0.0.0.0/0"), None) };
+    assert_eq!(err(c.add_security_group_rule(&web.id, &bad).await), (400, "invalid_rule".into()));
+    let eid = web.rules.iter().find(|r| r.spec.direction == Direction::Egress).unwrap().id.clone();
+    let web = c.delete_security_group_rule(&web.id, &eid).await.unwrap();
     let ghost: SecurityGroupId = "sg-doesnotexist".parse().unwrap();
     assert_eq!(err(c.add_security_group_rule(&web.id, &rule(Protocol::Any, None, None, Some(&ghost))).await).0, 404);
     let web = c.delete_security_group_rule(&web.id, &web.rules[0].id).await.unwrap();
@@ -908,6 +921,26 @@ async fn security_group_changes_reach_running_guests(db: Db) {
     eventually(Duration::from_secs(5), || async { allowed(&vif).contains(&"192.0.2.0/24".to_string()).then_some(()) })
         .await
         .expect("a rule change reaches the running guest");
+    // An egress rule towards app's members reaches db's interface as egress, resolved to
+    // their addresses (nwagent matches them as destinations).
+    let mut to_app = rule(Protocol::Tcp, Some(8080), None, Some(&app_sg.id));
+    to_app.direction = Direction::Egress;
+    c.add_security_group_rule(&db_sg.id, &to_app).await.unwrap();
+    let egress = |vif: &VifId| -> Vec<String> {
+        port(vif)
+            .map(|p| {
+                p.security_groups[0]
+                    .rules
+                    .iter()
+                    .filter(|r| r.direction == Direction::Egress && r.port_min == Some(8080))
+                    .flat_map(|r| r.cidrs.iter().map(|c| c.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    eventually(Duration::from_secs(5), || async { (egress(&vif) == [app_ip.clone()]).then_some(()) })
+        .await
+        .expect("an egress rule reaches the running guest");
     // The app instance goes away: its address is withdrawn.
     let t = c.terminate_instance(&app.id).await.unwrap();
     wait_job(&c, &t.job).await;

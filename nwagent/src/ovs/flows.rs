@@ -5,8 +5,9 @@
 //! ```text
 //!  table 0  classify: from a VIF only its own MAC+IP (IP) or MAC+IP (ARP) pass, and get
 //!           tun_id = the network's VNI and reg0 = 1 (local); from a tunnel: as tagged
-//!  table 10 egress conntrack (zone per network): new → commit; est/rel → on; inv → drop
-//!           (egress is open: vdc's groups filter ingress)
+//!  table 10 egress conntrack (zone per network): est/rel → on; inv → drop; new → commit
+//!           when the port's groups allow it (open when none of them has egress
+//!           rules; else their egress rules + the network's services), else drop
 //!  table 20 L2 per network (tun_id): a local MAC → ARP straight out, IP to table 40;
 //!           broadcast → the network's local ports (+ tunnels if local);
 //!           unknown unicast from a local port → the network's tunnels
@@ -120,35 +121,80 @@ pub fn port_masks(min: u16, max: u16) -> Vec<(u16, u16)> {
     out
 }
 
-fn rule_matches(r: &ResolvedRule) -> Vec<String> {
+/// The match of a rule's traffic: `peer` is the field that holds the other side's address
+/// (`nw_src` for ingress, `nw_dst` for egress).
+fn rule_matches(r: &ResolvedRule, peer: &str) -> Vec<String> {
     let proto = match r.protocol {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
         Protocol::Icmp => "icmp",
         Protocol::Any => "ip",
     };
-    let ports: Vec<Option<(u16, u16)>> = match (r.protocol, r.port_min, r.port_max) {
-        (Protocol::Tcp | Protocol::Udp, Some(a), b) => port_masks(a, b.unwrap_or(a)).into_iter().map(Some).collect(),
-        _ => vec![None],
+    let ports: Vec<String> = match (r.protocol, r.port_min, r.port_max) {
+        (Protocol::Tcp | Protocol::Udp, Some(a), b) => port_masks(a, b.unwrap_or(a))
+            .into_iter()
+            .map(|(v, m)| if m == 0xffff { format!(",tp_dst={v}") } else { format!(",tp_dst={v:#x}/{m:#x}") })
+            .collect(),
+        // For icmp, port_min is the ICMP type.
+        (Protocol::Icmp, Some(t), _) => vec![format!(",icmp_type={t}")],
+        _ => vec![String::new()],
     };
     let mut out = vec![];
     for cidr in &r.cidrs {
-        // A /0 admits every source: no match on it.
-        let src = if cidr.prefix_len() == 0 { String::new() } else { format!(",nw_src={cidr}") };
+        // A /0 admits every address: no match on it.
+        let addr = if cidr.prefix_len() == 0 { String::new() } else { format!(",{peer}={cidr}") };
         for p in &ports {
-            let dst = match p {
-                Some((v, 0xffff)) => format!(",tp_dst={v}"),
-                Some((v, m)) => format!(",tp_dst={v:#x}/{m:#x}"),
-                None => String::new(),
-            };
-            out.push(format!("{proto}{src}{dst}"));
+            out.push(format!("{proto}{addr}{p}"));
         }
     }
     out
 }
 
-/// The flows of one local port: anti-spoofing, delivery, and its groups' ingress rules.
-pub fn port_flows(vni: u32, ofport: u32, mac: MacAddr, ip: Ipv4Addr, groups: &[SecurityGroupSpec]) -> Vec<String> {
+/// The sorted, deduplicated matches of the groups' rules of one direction.
+fn matches(groups: &[SecurityGroupSpec], direction: Direction) -> Vec<String> {
+    let peer = if direction == Direction::Ingress { "nw_src" } else { "nw_dst" };
+    let mut m: Vec<String> = groups
+        .iter()
+        .flat_map(|g| g.rules.iter())
+        .filter(|r| r.direction == direction)
+        .flat_map(|r| rule_matches(r, peer))
+        .collect();
+    m.sort();
+    m.dedup();
+    m
+}
+
+/// What a guest may always start, whatever its egress rules: the network's own services
+/// on the service port. DHCP renewals (unicast to the server, or broadcast when
+/// rebinding), DNS to the network's resolver, and the metadata service. A guest cut off
+/// from them would lose its address, its names and its keys, which no egress rule
+/// means to forbid. ARP and DHCP from 0.0.0.0 never reach conntrack (table 0 sends them
+/// straight to L2), so they need nothing here.
+fn service_matches(gateway: Ipv4Addr) -> Vec<String> {
+    vec![
+        format!("udp,nw_dst={gateway},tp_src=68,tp_dst=67"),
+        "udp,nw_dst=255.255.255.255,tp_src=68,tp_dst=67".to_owned(),
+        format!("udp,nw_dst={gateway},tp_dst=53"),
+        format!("tcp,nw_dst={gateway},tp_dst=53"),
+        format!("tcp,nw_dst={},tp_dst=80", crate::ovs::service::METADATA_IP),
+    ]
+}
+
+/// The flows of one local port: anti-spoofing, delivery, its groups' ingress rules, and
+/// their egress rules. Egress: when none of the port's groups has an egress rule, the
+/// port's new connections are all committed by the network's flow in table 10 (open, as
+/// a group without egress rules promises); when any has, the port may start exactly
+/// what the union of its groups' egress rules allows, plus the network's services
+/// ([`service_matches`]). Answers to admitted inbound traffic are `+est`/`+rel` in table
+/// 10 and pass either way.
+pub fn port_flows(
+    vni: u32,
+    ofport: u32,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    gateway: Ipv4Addr,
+    groups: &[SecurityGroupSpec],
+) -> Vec<String> {
     let z = zone(vni);
     let p = ofport;
     let mut f = vec![
@@ -166,16 +212,21 @@ pub fn port_flows(vni: u32, ofport: u32, mac: MacAddr, ip: Ipv4Addr, groups: &[S
         format!("table=40,priority=90,reg1={p},reg0=2,udp,tp_src=67,tp_dst=68,actions=output:{p}"),
         format!("table=40,priority=100,reg1={p},ct_state=+trk+rel,actions=output:{p}"),
     ];
-    let mut rules: Vec<String> = groups
-        .iter()
-        .flat_map(|g| g.rules.iter())
-        .filter(|r| r.direction == Direction::Ingress)
-        .flat_map(rule_matches)
-        .collect();
-    rules.sort();
-    rules.dedup();
-    for m in rules {
+    for m in matches(groups, Direction::Ingress) {
         f.push(format!("table=40,priority=50,reg1={p},ct_state=+trk+new,{m},actions=ct(commit,zone={z}),output:{p}"));
+    }
+    let has_egress = groups.iter().flat_map(|g| &g.rules).any(|r| r.direction == Direction::Egress);
+    if has_egress {
+        // Above the network's open commit (priority 90), below est/rel/inv (80 and 100
+        // match other states, so they never meet these).
+        let mut allowed = service_matches(gateway);
+        allowed.extend(matches(groups, Direction::Egress));
+        for m in allowed {
+            f.push(format!(
+                "table=10,priority=95,in_port={p},ct_state=+trk+new,{m},actions=ct(commit,zone={z}),resubmit(,20)"
+            ));
+        }
+        f.push(format!("table=10,priority=91,in_port={p},ct_state=+trk+new,ip,actions=drop"));
     }
     f
 }
@@ -226,17 +277,80 @@ mod tests {
                 },
             ],
         };
-        let (mac, ip) = ("02:00:00:00:00:01".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let f = port_flows(100, 7, mac, ip, &[g]);
-        let allow: Vec<&String> = f.iter().filter(|l| l.contains("ct(commit")).collect();
+        let (mac, ip, gw) =
+            ("02:00:00:00:00:01".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.1".parse().unwrap());
+        let f = port_flows(100, 7, mac, ip, gw, &[g]);
+        let allow: Vec<&String> = f.iter().filter(|l| l.starts_with("table=40") && l.contains("ct(commit")).collect();
         assert_eq!(allow.len(), 2, "{allow:#?}");
         assert!(allow.iter().any(|l| l.contains("tcp,tp_dst=22,actions")));
         assert!(allow.iter().any(|l| l.contains("icmp,nw_src=10.0.0.5/32,actions")));
         assert!(f.iter().any(|l| l.contains("in_port=7,dl_src=02:00:00:00:00:01,ip,nw_src=10.0.0.2")));
+        let egress: Vec<&String> = f.iter().filter(|l| l.starts_with("table=10")).collect();
         assert_eq!(
             f,
-            port_flows(100, 7, mac, ip, &[]).into_iter().chain(allow.into_iter().cloned()).collect::<Vec<_>>()
+            port_flows(100, 7, mac, ip, gw, &[])
+                .into_iter()
+                .chain(allow.into_iter().cloned())
+                .chain(egress.into_iter().cloned())
+                .collect::<Vec<_>>()
         );
+    }
+
+    fn egress(protocol: Protocol, port: Option<u16>, cidr: &str) -> ResolvedRule {
+        ResolvedRule {
+            direction: Direction::Egress,
+            protocol,
+            port_min: port,
+            port_max: port,
+            cidrs: vec![cidr.parse().unwrap()],
+        }
+    }
+
+    fn group(rules: Vec<ResolvedRule>) -> SecurityGroupSpec {
+        SecurityGroupSpec { id: vdc_schema::id::SecurityGroupId::generate(), rules }
+    }
+
+    #[test]
+    fn egress_rules_allow_exactly_what_they_say_and_the_networks_services() {
+        let (mac, ip, gw) =
+            ("02:00:00:00:00:01".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.1".parse().unwrap());
+        let web = group(vec![
+            egress(Protocol::Tcp, Some(80), "192.0.2.0/24"),
+            egress(Protocol::Icmp, Some(8), "10.0.0.0/24"),
+        ]);
+        // An ingress-only group next to it does not open egress again.
+        let ssh =
+            group(vec![ResolvedRule { direction: Direction::Ingress, ..egress(Protocol::Tcp, Some(22), "0.0.0.0/0") }]);
+        let f = port_flows(100, 7, mac, ip, gw, &[web, ssh.clone()]);
+        let t10: Vec<&str> = f.iter().filter(|l| l.starts_with("table=10")).map(String::as_str).collect();
+        let allow = |m: &str| {
+            format!("table=10,priority=95,in_port=7,ct_state=+trk+new,{m},actions=ct(commit,zone=101),resubmit(,20)")
+        };
+        assert_eq!(
+            t10,
+            [
+                allow("udp,nw_dst=10.0.0.1,tp_src=68,tp_dst=67"),
+                allow("udp,nw_dst=255.255.255.255,tp_src=68,tp_dst=67"),
+                allow("udp,nw_dst=10.0.0.1,tp_dst=53"),
+                allow("tcp,nw_dst=10.0.0.1,tp_dst=53"),
+                allow("tcp,nw_dst=169.254.169.254,tp_dst=80"),
+                allow("icmp,nw_dst=10.0.0.0/24,icmp_type=8"),
+                allow("tcp,nw_dst=192.0.2.0/24,tp_dst=80"),
+                "table=10,priority=91,in_port=7,ct_state=+trk+new,ip,actions=drop".to_owned(),
+            ]
+        );
+        // Above the network's open commit, which a port without egress rules keeps.
+        let open = network_flows(100, &[7], &[], None);
+        assert!(open[0].starts_with("table=10,priority=90,tun_id=100,ct_state=+trk+new,ip,"), "{open:?}");
+        assert!(!port_flows(100, 7, mac, ip, gw, &[ssh]).iter().any(|l| l.starts_with("table=10")));
+        // Answers to admitted traffic (est/rel) are matched by the base flows, for every port.
+        assert!(base_flows().contains(&"table=10,priority=80,ct_state=+trk+est,actions=resubmit(,20)".to_owned()));
+        // A group reference whose group has no members yet allows nothing, but still
+        // closes egress: the group has egress rules.
+        let empty = group(vec![ResolvedRule { cidrs: vec![], ..egress(Protocol::Any, None, "0.0.0.0/0") }]);
+        let f = port_flows(100, 7, mac, ip, gw, &[empty]);
+        assert_eq!(f.iter().filter(|l| l.starts_with("table=10,priority=95")).count(), 5);
+        assert!(f.iter().any(|l| l.ends_with("ct_state=+trk+new,ip,actions=drop")));
     }
 
     #[test]

@@ -160,9 +160,17 @@ impl Inner {
     fn port_set(&self, p: &Port) -> (u64, Vec<String>) {
         let c = flows::cookie(flows::PORT, p.spec.id.as_str());
         match p.ofport {
-            Some(ofport) => {
-                (c, flows::port_flows(p.spec.network.vni, ofport, p.spec.mac, p.spec.ip, &p.spec.security_groups))
-            }
+            Some(ofport) => (
+                c,
+                flows::port_flows(
+                    p.spec.network.vni,
+                    ofport,
+                    p.spec.mac,
+                    p.spec.ip,
+                    p.spec.network.gateway,
+                    &p.spec.security_groups,
+                ),
+            ),
             None => (c, vec![]),
         }
     }

@@ -2,7 +2,14 @@
 //! integration bridge by a veth, holding the network's gateway address and
 //! 169.254.169.254, where
 //! - dnsmasq answers DHCP with exactly the addresses dcmgr assigned (static leases for
-//!   this host's interfaces; other clients get nothing),
+//!   this host's interfaces; other clients get nothing), and is the network's DNS server
+//!   (handed out by DHCP, at the gateway address): it answers for this host's guests of
+//!   the network by hostname and forwards other names to the host's resolvers. Those are
+//!   read from `/etc/resolv.conf` (loopback stubs such as systemd-resolved's 127.0.0.53
+//!   are unreachable from a namespace: the servers behind them are read from
+//!   `/run/systemd/resolve/resolv.conf`). The namespace reaches them only through its
+//!   router (a network with an external side); without one, forwarded names fail and
+//!   the network's own names still answer,
 //! - the metadata server answers EC2-style requests, choosing the instance by the
 //!   request's source address (which anti-spoofing guarantees), and
 //! - with an external network, the namespace is the network's router on this host: a
@@ -147,7 +154,7 @@ impl Services {
     /// with `guests` (this host's interfaces on the network); idempotent.
     pub async fn ensure(&self, n: &NetService) -> Result<(), ServiceError> {
         self.ensure_netns(n).await?;
-        self.ensure_dhcp(n.vni, n.cidr, n.gateway, &n.leases).await?;
+        self.ensure_dhcp(n).await?;
         self.ensure_metadata(n.vni, &n.guests).await?;
         match (&n.external, &self.external_bridge) {
             (Some(ext), Some(br)) => self.ensure_router(n, ext, br).await,
@@ -224,47 +231,90 @@ impl Services {
         Ok(())
     }
 
-    async fn ensure_dhcp(
-        &self,
-        vni: u32,
-        cidr: Ipv4Net,
-        gateway: Ipv4Addr,
-        macs: &[(MacAddr, Ipv4Addr, String)],
-    ) -> Result<(), ServiceError> {
+    /// dnsmasq for the network: DHCP with static leases, and DNS. Its files are rewritten
+    /// on every ensure; a running dnsmasq re-reads them on SIGHUP (hosts files) or by
+    /// itself (the upstream resolv file, polled). A dnsmasq started with other arguments
+    /// (another gateway, or by an nwagent before DNS was served) is replaced.
+    async fn ensure_dhcp(&self, n: &NetService) -> Result<(), ServiceError> {
+        let vni = n.vni;
         std::fs::create_dir_all(&self.dir).map_err(err)?;
         let hosts = self.dir.join(format!("dhcp-{vni}.hosts"));
-        let text: String = macs.iter().map(|(mac, ip, name)| format!("{mac},{ip},{name}\n")).collect();
-        let tmp = hosts.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(err)?;
-        std::fs::rename(&tmp, &hosts).map_err(err)?;
-        let pidfile = self.dir.join(format!("dhcp-{vni}.pid"));
-        let pid = std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok());
-        if let Some(pid) = pid.filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
-            // dnsmasq re-reads its hosts file on SIGHUP.
-            self.tools.run("kill", &["-HUP", &pid.to_string()]).await?;
-            return Ok(());
+        let text: String = n.leases.iter().map(|(mac, ip, name)| format!("{mac},{ip},{name}\n")).collect();
+        write_atomic(&hosts, &text)?;
+        let names = self.dir.join(format!("dns-{vni}.hosts"));
+        write_atomic(&names, &dns_hosts(&n.leases))?;
+        let resolv = self.dir.join(format!("dns-{vni}.resolv"));
+        let upstream = self.upstreams(vni);
+        if upstream.is_empty() {
+            tracing::warn!(
+                vni,
+                "no upstream resolver reachable from a namespace: guests resolve only the network's names"
+            );
         }
-        let range = format!("{},static,{},12h", cidr.network(), cidr.netmask());
+        let text: String = upstream.iter().map(|ip| format!("nameserver {ip}\n")).collect();
+        // Only when it changed: dnsmasq re-reads it when its mtime moves.
+        if std::fs::read_to_string(&resolv).ok().as_deref() != Some(text.as_str()) {
+            write_atomic(&resolv, &text)?;
+        }
+        let pidfile = self.dir.join(format!("dhcp-{vni}.pid"));
+        let argsfile = self.dir.join(format!("dhcp-{vni}.args"));
+        let range = format!("{},static,{},12h", n.cidr.network(), n.cidr.netmask());
         let lease = self.dir.join(format!("dhcp-{vni}.leases"));
-        self.in_ns(
-            vni,
-            &[
-                "dnsmasq",
-                "--conf-file=/dev/null",
-                "--port=0",
-                "--interface=eth0",
-                "--bind-interfaces",
-                "--except-interface=lo",
-                &format!("--dhcp-range={range}"),
-                &format!("--dhcp-hostsfile={}", hosts.display()),
-                &format!("--dhcp-leasefile={}", lease.display()),
-                &format!("--dhcp-option=option:router,{gateway}"),
-                &format!("--pid-file={}", pidfile.display()),
-                "--dhcp-authoritative",
-            ],
-        )
-        .await?;
+        let gateway = n.gateway;
+        let args: Vec<String> = vec![
+            "--conf-file=/dev/null".into(),
+            "--interface=eth0".into(),
+            "--bind-interfaces".into(),
+            "--except-interface=lo".into(),
+            // DNS: the network's guests by name (never the host's /etc/hosts), other
+            // names forwarded upstream; plain names and private reverse lookups stay here.
+            "--no-hosts".into(),
+            format!("--addn-hosts={}", names.display()),
+            format!("--resolv-file={}", resolv.display()),
+            "--domain-needed".into(),
+            "--bogus-priv".into(),
+            format!("--dhcp-range={range}"),
+            format!("--dhcp-hostsfile={}", hosts.display()),
+            format!("--dhcp-leasefile={}", lease.display()),
+            format!("--dhcp-option=option:router,{gateway}"),
+            format!("--dhcp-option=option:dns-server,{gateway}"),
+            format!("--pid-file={}", pidfile.display()),
+            "--dhcp-authoritative".into(),
+        ];
+        let pid =
+            std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()).filter(|p| alive(*p));
+        if let Some(pid) = pid {
+            let same = std::fs::read_to_string(&argsfile).ok().as_deref() == Some(args.join("\n").as_str());
+            if same {
+                // dnsmasq re-reads its hosts files on SIGHUP.
+                self.tools.run("kill", &["-HUP", &pid.to_string()]).await?;
+                return Ok(());
+            }
+            tracing::info!(vni, pid, "dnsmasq runs with other arguments: replaced");
+            self.tools.run("kill", &[&pid.to_string()]).await?;
+            // Its sockets must be closed before the new one binds the same addresses.
+            for _ in 0..50 {
+                if !alive(pid) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        let mut argv = vec!["dnsmasq"];
+        argv.extend(args.iter().map(String::as_str));
+        self.in_ns(vni, &argv).await?;
+        write_atomic(&argsfile, &args.join("\n"))?;
         Ok(())
+    }
+
+    /// The resolvers dnsmasq forwards to, as the host has them (see [`upstreams`]):
+    /// `/etc/netns/<namespace>/resolv.conf` when the operator wrote one (the iproute2
+    /// convention for per-namespace resolvers), else `/etc/resolv.conf`.
+    fn upstreams(&self, vni: u32) -> Vec<std::net::IpAddr> {
+        let own = format!("/etc/netns/{}/resolv.conf", self.netns(vni));
+        let main = std::fs::read_to_string(&own).or_else(|_| std::fs::read_to_string("/etc/resolv.conf"));
+        let stub = std::fs::read_to_string("/run/systemd/resolve/resolv.conf").ok();
+        upstreams(&main.unwrap_or_default(), stub.as_deref())
     }
 
     async fn ensure_metadata(&self, vni: u32, guests: &[Meta]) -> Result<(), ServiceError> {
@@ -298,11 +348,53 @@ impl Services {
         let _ = self.host_ip(&["link", "del", &format!("xr{vni:x}")]).await;
         let _ = std::fs::remove_file(self.dir.join(format!("nat-{vni}.nft")));
         let _ = self.tools.run("ip", &["netns", "del", &self.netns(vni)]).await;
-        for ext in ["hosts", "leases"] {
-            let _ = std::fs::remove_file(self.dir.join(format!("dhcp-{vni}.{ext}")));
+        for name in ["dhcp-{}.hosts", "dhcp-{}.leases", "dhcp-{}.args", "dns-{}.hosts", "dns-{}.resolv"] {
+            let _ = std::fs::remove_file(self.dir.join(name.replace("{}", &vni.to_string())));
         }
         Ok(())
     }
+}
+
+/// The name servers of a resolv.conf that a network namespace can reach. Loopback ones
+/// (systemd-resolved's 127.0.0.53 stub, a local cache) live in the host's namespace and
+/// are unreachable from the service namespace: when the host has such a stub, the
+/// servers behind it are taken from systemd-resolved's `resolv.conf` (`systemd`).
+pub fn upstreams(resolv_conf: &str, systemd: Option<&str>) -> Vec<std::net::IpAddr> {
+    let servers = |text: &str| -> Vec<std::net::IpAddr> {
+        text.lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("nameserver")).then(|| w.next()?.split('%').next()?.parse().ok()).flatten()
+            })
+            .collect()
+    };
+    let all = servers(resolv_conf);
+    let mut out: Vec<std::net::IpAddr> = all.iter().copied().filter(|ip| !ip.is_loopback()).collect();
+    if all.iter().any(|ip| ip.is_loopback()) {
+        out.extend(systemd.map(servers).unwrap_or_default().into_iter().filter(|ip| !ip.is_loopback()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|ip| seen.insert(*ip));
+    out
+}
+
+/// The network's names for DNS (`/etc/hosts` format): each guest's hostname.
+fn dns_hosts(leases: &[(MacAddr, Ipv4Addr, String)]) -> String {
+    leases.iter().filter(|(_, _, name)| !name.is_empty()).map(|(_, ip, name)| format!("{ip} {name}\n")).collect()
+}
+
+fn write_atomic(path: &std::path::Path, text: &str) -> Result<(), ServiceError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Is `pid` a running process (a zombie is not: nothing may reap it here)?
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// The router's nftables ruleset, as one transaction that replaces the previous one:
@@ -648,11 +740,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dhcp_starts_with_static_leases_then_reloads_them() {
+    async fn dnsmasq_starts_with_static_leases_and_dns_then_reloads_them() {
         let dir = tempfile::tempdir().unwrap();
         let (f, s) = services(dir.path());
-        let leases = net(&[]).leases;
-        s.ensure_dhcp(42, "10.10.0.0/24".parse().unwrap(), "10.10.0.1".parse().unwrap(), &leases).await.unwrap();
+        let mut n = net(&[]);
+        s.ensure_dhcp(&n).await.unwrap();
         let d = dir.path().display();
         assert_eq!(
             f.calls()[0].argv,
@@ -663,29 +755,66 @@ mod tests {
                 "vt-n2a".into(),
                 "dnsmasq".into(),
                 "--conf-file=/dev/null".into(),
-                "--port=0".into(),
                 "--interface=eth0".into(),
                 "--bind-interfaces".into(),
                 "--except-interface=lo".into(),
+                "--no-hosts".into(),
+                format!("--addn-hosts={d}/dns-42.hosts"),
+                format!("--resolv-file={d}/dns-42.resolv"),
+                "--domain-needed".into(),
+                "--bogus-priv".into(),
                 "--dhcp-range=10.10.0.0,static,255.255.255.0,12h".into(),
                 format!("--dhcp-hostsfile={d}/dhcp-42.hosts"),
                 format!("--dhcp-leasefile={d}/dhcp-42.leases"),
                 "--dhcp-option=option:router,10.10.0.1".into(),
+                "--dhcp-option=option:dns-server,10.10.0.1".into(),
                 format!("--pid-file={d}/dhcp-42.pid"),
                 "--dhcp-authoritative".into(),
             ]
         );
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("dhcp-42.hosts")).unwrap(),
-            "52:54:00:00:00:05,10.10.0.5,web\n"
-        );
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert_eq!(read("dhcp-42.hosts"), "52:54:00:00:00:05,10.10.0.5,web\n");
+        assert_eq!(read("dns-42.hosts"), "10.10.0.5 web\n");
+        assert!(!read("dns-42.resolv").contains("127."), "never a loopback resolver: {}", read("dns-42.resolv"));
         // dnsmasq runs (a live pid): a change of leases is a SIGHUP, not a second dnsmasq.
         f.clear();
         let pid = std::process::id();
         std::fs::write(dir.path().join("dhcp-42.pid"), format!("{pid}\n")).unwrap();
-        s.ensure_dhcp(42, "10.10.0.0/24".parse().unwrap(), "10.10.0.1".parse().unwrap(), &[]).await.unwrap();
+        n.leases.clear();
+        s.ensure_dhcp(&n).await.unwrap();
         assert_eq!(f.lines(), [format!("kill -HUP {pid}")]);
-        assert_eq!(std::fs::read_to_string(dir.path().join("dhcp-42.hosts")).unwrap(), "");
+        assert_eq!(read("dhcp-42.hosts"), "");
+        assert_eq!(read("dns-42.hosts"), "");
+        // One started with other arguments (here: by an nwagent that served no DNS) is
+        // replaced by one with today's.
+        f.clear();
+        let mut old = std::process::Command::new("sleep").arg("0.3").spawn().unwrap();
+        std::fs::write(dir.path().join("dhcp-42.pid"), format!("{}\n", old.id())).unwrap();
+        std::fs::write(dir.path().join("dhcp-42.args"), "--port=0").unwrap();
+        let reaper = std::thread::spawn(move || old.wait());
+        s.ensure_dhcp(&n).await.unwrap();
+        reaper.join().unwrap().unwrap();
+        let lines = f.lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("kill ") && !lines[0].contains("-HUP"), "{lines:?}");
+        assert!(lines[1].starts_with("ip netns exec vt-n2a dnsmasq --conf-file=/dev/null"), "{lines:?}");
+        assert!(read("dhcp-42.args").contains("--dhcp-option=option:dns-server,10.10.0.1"));
+    }
+
+    #[test]
+    fn upstream_resolvers_are_the_hosts_minus_unreachable_stubs() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(upstreams("# a comment\nsearch lan\nnameserver 10.255.255.53\n", None), [ip("10.255.255.53")]);
+        // systemd-resolved's stub: the servers behind it.
+        let stub = "nameserver 127.0.0.53\noptions edns0 trust-ad\n";
+        let real = "nameserver 192.0.2.53\nnameserver 2001:db8::53\nnameserver 192.0.2.53\n";
+        assert_eq!(upstreams(stub, Some(real)), [ip("192.0.2.53"), ip("2001:db8::53")]);
+        // A stub with nothing behind it known: none (names of the network still answer).
+        assert!(upstreams(stub, None).is_empty());
+        assert!(upstreams("nameserver ::1\n", None).is_empty());
+        // A reachable server next to a stub is kept first.
+        assert_eq!(upstreams("nameserver 127.0.0.1\nnameserver 198.51.100.1\n", Some(real))[0], ip("198.51.100.1"));
+        assert_eq!(upstreams("nameserver fe80::1%eth0\n", None), [ip("fe80::1")]);
     }
 
     #[tokio::test]
@@ -694,6 +823,9 @@ mod tests {
         let (f, s) = services(dir.path());
         for name in ["dhcp-42.pid", "dhcp-42.hosts", "dhcp-42.leases", "nat-42.nft"] {
             std::fs::write(dir.path().join(name), "12345\n").unwrap();
+        }
+        for name in ["dhcp-42.args", "dns-42.hosts", "dns-42.resolv"] {
+            std::fs::write(dir.path().join(name), "x").unwrap();
         }
         f.fail(&["kill"], "No such process").fail(&["ip"], "Cannot find device");
         s.remove(42).await.unwrap();
