@@ -219,6 +219,11 @@ impl Tabular for Image {
             ("CHECKSUM", opt(&self.checksum)),
             ("INITRD", opt(&self.initrd)),
             ("KERNEL CMDLINE", opt(&self.kernel_cmdline)),
+            ("BOOT MODE", self.boot_mode.to_string()),
+            ("KERNEL", self.kernel_id.as_ref().map(|k| k.to_string()).unwrap_or_else(|| "-".into())),
+            ("MIN DISK", self.min_disk.map(|b| format!("{} MiB", b.div_ceil(1 << 20))).unwrap_or_else(|| "-".into())),
+            ("MIN MEMORY", self.min_memory.map(|b| format!("{} MiB", b.div_ceil(1 << 20))).unwrap_or_else(|| "-".into())),
+            ("OS", opt(&self.os)),
             ("PUBLIC", self.public.to_string()),
             ("CREATED", time(&self.created_at)),
         ]

@@ -258,6 +258,11 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
             checksum: tiny.map(|d| sha256_of(&d.join("vmlinuz"))).transpose()?,
             initrd: Some(path("initrd.gz").unwrap_or_else(|| "builtin:tiny-initrd".into())),
             kernel_cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
             public: true,
         },
         CreateImage {
@@ -269,6 +274,11 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
             checksum: tiny.map(|d| sha256_of(&d.join("rootfs.tar.gz"))).transpose()?,
             initrd: None,
             kernel_cmdline: None,
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
             public: true,
         },
     ];

@@ -182,6 +182,17 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// How a disk image's bootloader is started: legacy BIOS, or UEFI firmware (OVMF).
+    BootMode, "boot mode", { Bios => "bios", Uefi => "uefi" }
+);
+
+impl Default for BootMode {
+    fn default() -> Self {
+        BootMode::Bios
+    }
+}
+
+wire_enum!(
     Arch, "architecture", { X86_64 => "x86_64", Aarch64 => "aarch64" }
 );
 
@@ -236,6 +247,7 @@ mod tests {
         check(NodeState::ALL);
         check(ImageFormat::ALL);
         check(Arch::ALL);
+        check(BootMode::ALL);
         check(Protocol::ALL);
         check(Direction::ALL);
         check(StorageBackend::ALL);

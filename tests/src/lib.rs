@@ -511,6 +511,7 @@ impl Stack {
                 interfaces: vec![CreateInterface { network_id: net.id, security_groups: vec![], ip: None }],
                 ssh_key_id: None,
                 user_data: None,
+                root_disk_size: None,
             })
             .await
             .unwrap();
@@ -704,6 +705,11 @@ pub async fn register_images(s: &Stack) -> (ImageId, ImageId) {
             checksum: Some(sha256(&dir.join("vmlinuz"))),
             initrd: Some(dir.join("initrd.gz").display().to_string()),
             kernel_cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
             public: true,
         })
         .await
@@ -719,6 +725,11 @@ pub async fn register_images(s: &Stack) -> (ImageId, ImageId) {
             checksum: Some(sha256(&dir.join("rootfs.tar.gz"))),
             initrd: None,
             kernel_cmdline: None,
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
             public: true,
         })
         .await
@@ -762,6 +773,7 @@ pub fn qemu_guest(image: &ImageId, name: &str) -> CreateInstance {
         interfaces: vec![],
         ssh_key_id: None,
         user_data: None,
+        root_disk_size: None,
     }
 }
 
@@ -776,6 +788,11 @@ pub fn builtin_tiny_image(hypervisors: Vec<HypervisorKind>) -> CreateImage {
         checksum: None,
         initrd: Some("builtin:tiny-initrd".into()),
         kernel_cmdline: None,
+        boot_mode: Default::default(),
+        kernel_id: None,
+        min_disk: None,
+        min_memory: None,
+        os: None,
         public: true,
     }
 }

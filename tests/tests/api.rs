@@ -54,6 +54,7 @@ fn inst_req(image: &ImageId, name: &str) -> CreateInstance {
         interfaces: vec![],
         ssh_key_id: None,
         user_data: None,
+        root_disk_size: None,
     }
 }
 
@@ -165,6 +166,11 @@ async fn images(db: Db) {
         checksum: Some(format!("sha256:{}", "ab".repeat(32))),
         initrd: None,
         kernel_cmdline: None,
+        boot_mode: Default::default(),
+        kernel_id: None,
+        min_disk: None,
+        min_memory: None,
+        os: None,
         public: false,
     };
     // A tenant can never name a host file (it would be booted and copied as root).
@@ -376,6 +382,11 @@ async fn instance_bad_input(db: Db) {
             checksum: None,
             initrd: None,
             kernel_cmdline: None,
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
             public: true,
         })
         .await
@@ -693,6 +704,7 @@ async fn untrusted_bus_messages_are_dropped(db: Db) {
             memory_mib: 1024,
             hypervisors: vec![HypervisorKind::Qemu],
             capabilities: Default::default(),
+            boot_modes: vdc_schema::bus::bios_only(),
         }),
         storage: None,
         tunnel_ip: None,

@@ -321,6 +321,11 @@ async fn image(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
                 checksum: a.checksum,
                 initrd: a.initrd,
                 kernel_cmdline: a.cmdline,
+                boot_mode: a.boot_mode,
+                kernel_id: a.kernel_id,
+                min_disk: a.min_disk,
+                min_memory: a.min_memory,
+                os: a.os,
                 public: a.public,
             };
             ctx.show(&c.create_image(&req).await?)
@@ -462,6 +467,7 @@ fn create_instance_request(a: InstanceCreateArgs) -> Result<CreateInstance, CliE
         interfaces,
         ssh_key_id: a.keypair,
         user_data,
+        root_disk_size: a.root_disk_size,
     })
 }
 

@@ -6,6 +6,7 @@ use crate::datastore::{self as db, image as store};
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::{CreateImage, Image, ListQuery, Page};
 use vdc_schema::id::ImageId;
+use vdc_schema::{BootMode, HypervisorKind, ImageFormat};
 
 fn validate(req: &CreateImage) -> ApiResult<()> {
     validate_name("image", &req.name)?;
@@ -29,12 +30,71 @@ fn validate(req: &CreateImage) -> ApiResult<()> {
             return Err(ApiError::bad("invalid_checksum", "checksum must be sha256: followed by 64 hex digits"));
         }
     }
-    if req.format == vdc_schema::ImageFormat::Kernel && req.initrd.is_none() {
+    if req.format == ImageFormat::Kernel && req.initrd.is_none() {
         return Err(ApiError::bad("invalid_image", "a kernel image needs initrd (the path of its initramfs)"));
     }
     if let Some(c) = &req.kernel_cmdline {
         if c.len() > 2048 || c.chars().any(|ch| ch.is_control()) {
             return Err(ApiError::bad("invalid_image", "kernel_cmdline must be one line of at most 2048 characters"));
+        }
+    }
+    validate_boot(req)
+}
+
+/// Whether `hypervisor` can boot an image of `format` at all.
+pub fn boots(hypervisor: HypervisorKind, format: ImageFormat) -> bool {
+    match hypervisor {
+        HypervisorKind::Lxc => matches!(format, ImageFormat::Tar | ImageFormat::Dir),
+        HypervisorKind::Kvm | HypervisorKind::Qemu => {
+            matches!(format, ImageFormat::Qcow2 | ImageFormat::Raw | ImageFormat::Kernel)
+        }
+    }
+}
+
+/// The boot properties of a new image: every one given must be honoured by how the image
+/// boots, since a property that is stored and then ignored leaves a guest with nothing to
+/// boot while the API says `running`.
+fn validate_boot(req: &CreateImage) -> ApiResult<()> {
+    let f = req.format;
+    let disk = matches!(f, ImageFormat::Qcow2 | ImageFormat::Raw);
+    if f != ImageFormat::Kernel && (req.initrd.is_some() || req.kernel_cmdline.is_some()) {
+        return Err(ApiError::bad(
+            "kernel_options_need_kernel_image",
+            format!(
+                "initrd and kernel_cmdline belong to a kernel image, and a {f} image would ignore them; \
+                 register the kernel as a `kernel` image and name it in this image's kernel_id"
+            ),
+        ));
+    }
+    if let Some(h) = req.hypervisors.iter().find(|h| !boots(**h, f)) {
+        let wants = if *h == HypervisorKind::Lxc { "tar or dir" } else { "qcow2, raw or kernel" };
+        return Err(ApiError::bad(
+            "unsupported_format",
+            format!("hypervisor {h} cannot boot a {f} image (it boots {wants} images); drop {h} from hypervisors"),
+        ));
+    }
+    if req.kernel_id.is_some() && !disk {
+        return Err(ApiError::bad(
+            "invalid_kernel_id",
+            format!("kernel_id names the kernel that boots a qcow2 or raw disk image, not a {f} image"),
+        ));
+    }
+    if req.boot_mode == BootMode::Uefi && (!disk || req.kernel_id.is_some()) {
+        let why = if disk { "it is started by its kernel_id" } else { "it has no disk with a bootloader" };
+        return Err(ApiError::bad(
+            "invalid_boot_mode",
+            format!("boot_mode uefi starts the bootloader of a qcow2 or raw disk; this image cannot use it: {why}"),
+        ));
+    }
+    if req.min_disk.is_some() && !disk {
+        return Err(ApiError::bad("invalid_min_disk", format!("min_disk is for qcow2 and raw disk images, not {f}")));
+    }
+    if req.min_disk == Some(0) || req.min_memory == Some(0) {
+        return Err(ApiError::bad("invalid_image", "min_disk and min_memory are sizes in bytes, at least 1"));
+    }
+    if let Some(os) = &req.os {
+        if os.trim().is_empty() || os.len() > 64 || os.chars().any(char::is_control) {
+            return Err(ApiError::bad("invalid_os", "os must be one line of 1 to 64 characters, e.g. debian-12"));
         }
     }
     Ok(())
@@ -55,6 +115,23 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
     if req.public && !caller.admin {
         return Err(ApiError::Forbidden("only an admin can publish a public image".into()));
     }
+    let kernel = match &req.kernel_id {
+        Some(k) => Some(fetch_visible(ctx, caller, k).await.map_err(|e| match e {
+            ApiError::NotFound { .. } => {
+                ApiError::bad("invalid_kernel_id", format!("kernel_id {k}: no such image visible to you"))
+            }
+            e => e,
+        })?),
+        None => None,
+    };
+    if let Some(k) = &kernel {
+        if k.format != ImageFormat::Kernel || k.arch != req.arch {
+            return Err(ApiError::bad(
+                "invalid_kernel_id",
+                format!("kernel_id {} is a {} {} image; it must be a {} kernel image", k.id, k.arch, k.format, req.arch),
+            ));
+        }
+    }
     let now = db::parse_time(&db::now());
     let image = Image {
         id: ImageId::generate(),
@@ -66,10 +143,28 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         checksum: req.checksum,
         initrd: req.initrd,
         kernel_cmdline: req.kernel_cmdline,
+        boot_mode: req.boot_mode,
+        kernel_id: req.kernel_id,
+        min_disk: req.min_disk,
+        min_memory: req.min_memory,
+        os: req.os,
         public: req.public,
         created_at: now,
     };
-    store::insert(&ctx.db, &caller.account_id, &image).await?;
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // The kernel must still be there at commit: its delete locks it too and then sees
+        // this image.
+        if let Some(k) = &image.kernel_id {
+            if !db::lock(&mut tx, db::Lock::Image, k.as_str()).await? {
+                return Err(ApiError::bad("invalid_kernel_id", format!("kernel_id {k}: no such image")));
+            }
+        }
+        store::insert(&mut *tx, &caller.account_id, &image).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
     Ok(image)
 }
 
@@ -104,6 +199,13 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
             return Err(ApiError::conflict(
                 "image_in_use",
                 format!("image {id} is used by {}", name_some("instance", users.iter().map(String::as_str))),
+            ));
+        }
+        let disks = store::kernel_users(&mut tx, id).await?;
+        if !disks.is_empty() {
+            return Err(ApiError::conflict(
+                "image_in_use",
+                format!("image {id} is the kernel_id of {}", name_some("image", disks.iter().map(String::as_str))),
             ));
         }
         store::delete(&mut tx, id).await?;

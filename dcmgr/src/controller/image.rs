@@ -12,12 +12,24 @@ pub async fn fetch_any(db: &db::Pool, id: &str) -> ApiResult<Image> {
 /// What an agent needs of image `id` (hva to boot it, sta to fill a volume with it).
 pub async fn spec(db: &db::Pool, id: &str) -> ApiResult<vdc_schema::bus::ImageSpec> {
     let image = fetch_any(db, id).await?;
-    Ok(vdc_schema::bus::ImageSpec {
+    // The kernel of a disk image booted by kernel_id: one level only (a kernel image
+    // names no kernel), so no recursion.
+    let kernel = match &image.kernel_id {
+        Some(k) => Some(Box::new(plain_spec(fetch_any(db, k.as_str()).await?))),
+        None => None,
+    };
+    Ok(vdc_schema::bus::ImageSpec { kernel, ..plain_spec(image) })
+}
+
+fn plain_spec(image: Image) -> vdc_schema::bus::ImageSpec {
+    vdc_schema::bus::ImageSpec {
         id: image.id,
         format: image.format,
         source: image.source,
         checksum: image.checksum,
         initrd: image.initrd,
         kernel_cmdline: image.kernel_cmdline,
-    })
+        boot_mode: image.boot_mode,
+        kernel: None,
+    }
 }

@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::{HostNode, StorageNode};
 use vdc_schema::bus::{HostInfo, StorageInfo};
 use vdc_schema::id::{HostNodeId, StorageNodeId};
-use vdc_schema::HypervisorKind;
+use vdc_schema::{BootMode, HypervisorKind};
 
 #[derive(sqlx::FromRow)]
 pub struct HostRow {
@@ -104,6 +104,23 @@ pub async fn get_storage(pool: &db::Pool, id: &StorageNodeId) -> Result<Option<S
 
 // Placement.
 
+/// Hosts that can boot `mode` (None: no firmware involved, e.g. a container or a kernel).
+fn boot_mode_pattern(mode: Option<BootMode>) -> String {
+    mode.map(|m| format!("%,{m},%")).unwrap_or_else(|| "%".into())
+}
+
+/// How many online hosts offer `hypervisor` and can boot `mode`.
+pub async fn count_bootable(pool: &db::Pool, hypervisor: HypervisorKind, mode: BootMode) -> Result<i64, sqlx::Error> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM host_nodes WHERE state = 'online' AND hypervisors LIKE $1 AND boot_modes LIKE $2",
+    )
+    .bind(format!("%,{hypervisor},%"))
+    .bind(boot_mode_pattern(Some(mode)))
+    .fetch_one(pool)
+    .await?;
+    Ok(n)
+}
+
 /// Up to 8 online hosts offering `hypervisor` with room for `cpus` and `memory_mib`,
 /// most free memory first, then most free CPUs.
 pub async fn candidates(
@@ -111,10 +128,11 @@ pub async fn candidates(
     hypervisor: HypervisorKind,
     cpus: u32,
     memory_mib: u32,
+    boot_mode: Option<BootMode>,
 ) -> Result<Vec<String>, sqlx::Error> {
     let rows: Vec<(String,)> = sqlx::query_as(
         "SELECT id FROM host_nodes
-         WHERE state = 'online' AND hypervisors LIKE $1
+         WHERE state = 'online' AND hypervisors LIKE $1 AND boot_modes LIKE $4
            AND memory_mib - memory_used_mib >= $2 AND cpus - cpus_used >= $3
          ORDER BY memory_mib - memory_used_mib DESC, cpus - cpus_used DESC, id
          LIMIT 8",
@@ -122,6 +140,7 @@ pub async fn candidates(
     .bind(format!("%,{hypervisor},%"))
     .bind(memory_mib as i64)
     .bind(cpus as i64)
+    .bind(boot_mode_pattern(boot_mode))
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
@@ -178,10 +197,10 @@ pub async fn free_capacity(
 /// usage is dcmgr's and is kept.
 pub async fn upsert_host(pool: &db::Pool, id: &str, h: &HostInfo, now: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO host_nodes (id, state, hypervisors, cpus, memory_mib, capabilities, last_seen)
-         VALUES ($1, 'online', $2, $3, $4, $5, $6)
+        "INSERT INTO host_nodes (id, state, hypervisors, cpus, memory_mib, capabilities, last_seen, boot_modes)
+         VALUES ($1, 'online', $2, $3, $4, $5, $6, $7)
          ON CONFLICT (id) DO UPDATE SET state = 'online', hypervisors = $2, cpus = $3, memory_mib = $4,
-             capabilities = $5, last_seen = $6",
+             capabilities = $5, last_seen = $6, boot_modes = $7",
     )
     .bind(id)
     .bind(db::join_list(&h.hypervisors))
@@ -189,6 +208,7 @@ pub async fn upsert_host(pool: &db::Pool, id: &str, h: &HostInfo, now: &str) -> 
     .bind(h.memory_mib as i64)
     .bind(h.capabilities.to_string())
     .bind(now)
+    .bind(db::join_list(&h.boot_modes))
     .execute(pool)
     .await?;
     Ok(())

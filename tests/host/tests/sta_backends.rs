@@ -132,6 +132,8 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
         checksum: None,
         initrd: None,
         kernel_cmdline: None,
+        boot_mode: Default::default(),
+        kernel: None,
     };
     let v4 = VolumeId::generate();
     let from_image = VolumeSpec { source_image: Some(image("img-a")), ..spec(&v4, 1, 32, None, Some(&host_a)) };
