@@ -267,8 +267,9 @@ impl Stack {
             stack.storage.push((node_id, Some(h)));
         }
         stack.wait_nodes_online().await?;
-        let all = vec![HypervisorKind::Qemu, HypervisorKind::Kvm, HypervisorKind::Lxc];
-        let img = stack.admin.create_image(&builtin_tiny_image(all)).await?;
+        // A kernel image: QEMU and KVM boot it; LXC boots tar and dir images only.
+        let vms = vec![HypervisorKind::Qemu, HypervisorKind::Kvm];
+        let img = stack.admin.create_image(&builtin_tiny_image(vms)).await?;
         stack.image = img.id;
         Ok(stack)
     }

@@ -41,6 +41,9 @@ fn validate(req: &CreateImage) -> ApiResult<()> {
     validate_boot(req)
 }
 
+/// The largest size in bytes the API takes (1 PiB): sizes are stored as signed 64 bits.
+pub const MAX_BYTES: u64 = 1 << 50;
+
 /// Whether `hypervisor` can boot an image of `format` at all.
 pub fn boots(hypervisor: HypervisorKind, format: ImageFormat) -> bool {
     match hypervisor {
@@ -89,8 +92,9 @@ fn validate_boot(req: &CreateImage) -> ApiResult<()> {
     if req.min_disk.is_some() && !disk {
         return Err(ApiError::bad("invalid_min_disk", format!("min_disk is for qcow2 and raw disk images, not {f}")));
     }
-    if req.min_disk == Some(0) || req.min_memory == Some(0) {
-        return Err(ApiError::bad("invalid_image", "min_disk and min_memory are sizes in bytes, at least 1"));
+    let size_ok = |v: Option<u64>| v.is_none_or(|b| (1..=MAX_BYTES).contains(&b));
+    if !size_ok(req.min_disk) || !size_ok(req.min_memory) {
+        return Err(ApiError::bad("invalid_image", "min_disk and min_memory are sizes in bytes, from 1 to 2^50"));
     }
     if let Some(os) = &req.os {
         if os.trim().is_empty() || os.len() > 64 || os.chars().any(char::is_control) {

@@ -114,6 +114,9 @@ pub fn check_boot(
     }
     let disk = matches!(image.format, ImageFormat::Qcow2 | ImageFormat::Raw);
     if let Some(size) = root_disk_size {
+        if !(1..=image::MAX_BYTES).contains(&size) {
+            return Err(ApiError::bad("invalid_size", "root_disk_size is a size in bytes, from 1 to 2^50"));
+        }
         if !disk {
             return Err(ApiError::bad(
                 "root_disk_not_applicable",
