@@ -224,10 +224,10 @@ pub struct CreateImage {
     /// that kernel, initrd and command line, and this image as its root disk `vda`.
     pub kernel_id: Option<ImageId>,
     /// Bytes; disk images only.
-    #[schema(minimum = 1, maximum = 1125899906842624)]
+    #[schema(minimum = 1, maximum = 1125899906842624.0)]
     pub min_disk: Option<u64>,
     /// Bytes.
-    #[schema(minimum = 1, maximum = 1125899906842624)]
+    #[schema(minimum = 1, maximum = 1125899906842624.0)]
     pub min_memory: Option<u64>,
     /// Free text such as `debian-12`, at most 64 characters.
     #[schema(max_length = 64)]
@@ -451,7 +451,7 @@ pub struct CreateInstance {
     pub user_data: Option<String>,
     /// Bytes: the root disk grown to this size (disk images only; at least the image's
     /// `min_disk` and its own size). The image's size when left out.
-    #[schema(minimum = 1, maximum = 1125899906842624)]
+    #[schema(minimum = 1, maximum = 1125899906842624.0)]
     pub root_disk_size: Option<u64>,
 }
 

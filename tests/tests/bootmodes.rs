@@ -203,6 +203,7 @@ async fn uefi_goes_only_to_hosts_with_firmware(db: Db) {
         storage: None,
         tunnel_ip: None,
     };
+    use vdc_bus::Transport;
     s.bus.request(subject::REGISTER, bus::encode(&reg).into(), Duration::from_secs(5)).await.unwrap();
     for _ in 0..3 {
         let a = c.create_instance(&inst(&efi.id)).await.unwrap();
@@ -220,16 +221,18 @@ async fn kernel_delete_races_disk_images_naming_it(db: Db) {
         let mut k = vdc_tests::builtin_tiny_image(vec![HypervisorKind::Qemu]);
         k.name = format!("k{round}");
         let kernel = s.admin.create_image(&k).await.unwrap();
-        let creates = (0..6).map(|i| {
-            let (op, kernel) = (s.admin.clone(), kernel.id.clone());
-            async move {
-                let mut r = disk(&format!("d{round}-{i}"));
-                r.kernel_id = Some(kernel);
-                op.create_image(&r).await.map(|_| ()).map_err(|e| err::<()>(Err(e)))
-            }
-        });
-        let op = s.admin.clone();
-        let del = async move { op.delete_image(&kernel.id).await.map_err(|e| err::<()>(Err(e))) };
+        let creates: Vec<_> = (0..6)
+            .map(|i| {
+                let (op, kernel) = (s.admin.clone(), kernel.id.clone());
+                async move {
+                    let mut r = disk(&format!("d{round}-{i}"));
+                    r.kernel_id = Some(kernel);
+                    op.create_image(&r).await.map(|_| ()).map_err(|e| err::<()>(Err(e)))
+                }
+            })
+            .collect();
+        let (op, kernel_id) = (s.admin.clone(), kernel.id.clone());
+        let del = async move { op.delete_image(&kernel_id).await.map_err(|e| err::<()>(Err(e))) };
         let (created, deleted) = tokio::join!(futures::future::join_all(creates), del);
         let images = s.admin.list_all_images().await.unwrap();
         let kernel_there = images.iter().any(|i| i.name == format!("k{round}"));
