@@ -186,6 +186,8 @@ wire_enum!(
     BootMode, "boot mode", { Bios => "bios", Uefi => "uefi" }
 );
 
+// By hand: wire_enum! takes no variant attributes, so `#[default]` cannot be derived.
+#[allow(clippy::derivable_impls)]
 impl Default for BootMode {
     fn default() -> Self {
         BootMode::Bios

@@ -369,7 +369,8 @@ async fn instance_bad_input(db: Db) {
     assert_eq!(err(c.create_instance(&r).await).1, "invalid_cpus");
     // A container image, but no host offers lxc.
     let mut tar = vdc_tests::builtin_tiny_image(vec![HypervisorKind::Lxc]);
-    (tar.name, tar.format, tar.source, tar.initrd) = ("tiny-lxc".into(), ImageFormat::Tar, "builtin:tiny-rootfs".into(), None);
+    (tar.name, tar.format, tar.source, tar.initrd) =
+        ("tiny-lxc".into(), ImageFormat::Tar, "builtin:tiny-rootfs".into(), None);
     let tar = s.admin.create_image(&tar).await.unwrap();
     let r = inst_req(&tar.id, "x");
     assert_eq!(err(c.create_instance(&r).await), (422, "no_capacity".into()));

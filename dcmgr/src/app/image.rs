@@ -132,7 +132,10 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         if k.format != ImageFormat::Kernel || k.arch != req.arch {
             return Err(ApiError::bad(
                 "invalid_kernel_id",
-                format!("kernel_id {} is a {} {} image; it must be a {} kernel image", k.id, k.arch, k.format, req.arch),
+                format!(
+                    "kernel_id {} is a {} {} image; it must be a {} kernel image",
+                    k.id, k.arch, k.format, req.arch
+                ),
             ));
         }
     }

@@ -120,7 +120,10 @@ pub fn check_boot(
         if !disk {
             return Err(ApiError::bad(
                 "root_disk_not_applicable",
-                format!("image {} is a {} image: it has no root disk to size; leave root_disk_size out", image.id, image.format),
+                format!(
+                    "image {} is a {} image: it has no root disk to size; leave root_disk_size out",
+                    image.id, image.format
+                ),
             ));
         }
         if let Some(min) = image.min_disk.filter(|m| size < *m) {

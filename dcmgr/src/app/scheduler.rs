@@ -21,7 +21,10 @@ pub struct Demand {
 
 /// Candidate hosts, best first (read outside the transaction; the UPDATE re-checks).
 pub async fn candidates(pool: &db::Pool, d: Demand, prefer: Option<&str>) -> ApiResult<Vec<String>> {
-    let ids = prefer_first(store::candidates(pool, d.hypervisor, d.cpus, d.memory_mib, d.uefi.then_some(BootMode::Uefi)).await?, prefer);
+    let ids = prefer_first(
+        store::candidates(pool, d.hypervisor, d.cpus, d.memory_mib, d.uefi.then_some(BootMode::Uefi)).await?,
+        prefer,
+    );
     if ids.is_empty() {
         return Err(no_host(pool, d).await);
     }

@@ -25,7 +25,8 @@ pub struct Row {
     pub created_at: String,
 }
 
-const COLS: &str = "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, \
+const COLS: &str =
+    "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, \
                     boot_mode, kernel_id, min_disk, min_memory, os";
 
 impl Row {

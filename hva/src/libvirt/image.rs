@@ -116,10 +116,10 @@ impl ImageCache {
     /// image's own size. Idempotent: a disk already that big is left alone.
     pub fn grow(&self, disk: &Path, size: u64, image_id: &str) -> Result<(), ImageError> {
         let info = self.tools.run("qemu-img", &["info", "--output=json", "-U", &host::path(disk)])?;
-        let have = serde_json::from_str::<serde_json::Value>(&info)
-            .ok()
-            .and_then(|v| v["virtual-size"].as_u64())
-            .ok_or_else(|| ImageError::Unsupported(format!("qemu-img info of {} gave no virtual-size", disk.display())))?;
+        let have =
+            serde_json::from_str::<serde_json::Value>(&info).ok().and_then(|v| v["virtual-size"].as_u64()).ok_or_else(
+                || ImageError::Unsupported(format!("qemu-img info of {} gave no virtual-size", disk.display())),
+            )?;
         if size < have {
             return Err(ImageError::TooSmall { id: image_id.to_owned(), want: size, have });
         }

@@ -420,7 +420,10 @@ mod tests {
     fn a_kernel_boots_directly_and_a_disk_with_kernel_id_gets_that_kernel_and_its_disk() {
         use vdc_schema::ImageFormat;
         // A kernel image alone: kernel, initrd, its command line, no root disk.
-        let xml = qemu_domain(&qemu_spec(image(ImageFormat::Kernel, Some("console=ttyS0 quiet"))), &layout(true, false, None));
+        let xml = qemu_domain(
+            &qemu_spec(image(ImageFormat::Kernel, Some("console=ttyS0 quiet"))),
+            &layout(true, false, None),
+        );
         assert_eq!(
             os_of(&xml),
             "<type arch='x86_64' machine='pc'>hvm</type><kernel>/c/kernel</kernel><initrd>/c/initrd</initrd>\
