@@ -109,6 +109,17 @@ async fn kernel_with_root_disk_and_uefi_guests_boot() {
     let blk = run("virsh", &["-c", "qemu:///system", "domblkinfo", &format!("vdc-{id}"), "vda"]);
     assert!(blk.lines().any(|l| l.starts_with("Capacity:") && l.ends_with(&(128 * MIB).to_string())), "{blk}");
     terminate(&s, &c, &id).await;
+    // Below the image's own size (which only the host knows): the host refuses to shrink
+    // it, the instance fails with the reason and leaves nothing behind.
+    let plain = s.admin.create_image(&disk_image("tiny-disk", &blank)).await.unwrap();
+    let mut req = vdc_tests::qemu_guest(&plain.id, "small");
+    req.root_disk_size = Some(32 * MIB);
+    let a = c.create_instance(&req).await.unwrap();
+    let failed = wait_state(&c, &a.resource.id, InstanceState::Failed).await;
+    let why = failed.failure_reason.unwrap_or_default();
+    assert!(why.contains("root_disk_size 33554432 bytes is below image") && why.contains("67108864"), "{why}");
+    assert!(!virsh_has(&a.resource.id));
+    job_ok(&c, &c.terminate_instance(&a.resource.id).await.unwrap()).await;
 
     // UEFI: a GPT disk whose ESP holds GRUB, started by OVMF.
     let efi_disk = work.join("uefi.qcow2");
