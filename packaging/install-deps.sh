@@ -24,6 +24,8 @@ packages=(
   tgt libiscsi-bin btrfs-progs zfs-fuse
   # nwagent: Open vSwitch (userspace datapath), nftables, and the tools its tests use.
   openvswitch-switch nftables iproute2 ethtool iputils-ping netcat-openbsd iperf3
+  # vdc instance ssh: the ssh client, and a throwaway sshd (no service) for its test.
+  openssh-client dropbear-bin
 )
 # QEMU 10 comes from bookworm-backports: bookworm's 7.2 conflicts with the qemu-utils 10
 # these machines ship.

@@ -4,11 +4,12 @@ mod exec;
 
 use crate::error::CliError;
 use crate::output::OutputFormat;
-use crate::parse::{parse_checksum, parse_memory_mib, parse_rule_spec, parse_size_bytes, parse_size_mib};
+use crate::parse::{parse_checksum, parse_memory_mib, parse_rule_arg, parse_size_bytes, parse_size_mib, RuleArg};
+use crate::resolve::Ref;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use vdc_schema::api::RuleSpec;
+use vdc_schema::api;
 use vdc_schema::*;
 
 /// A clap parser for one of the schema's wire enums, listing its spellings in help and
@@ -116,6 +117,14 @@ pub struct UpArgs {
     /// The tiny image built by packaging/build-tiny-image.sh (default: DATA_DIR/tiny-image)
     #[arg(long)]
     pub tiny_image: Option<PathBuf>,
+    /// The external network's range (floating IPs; bridge vdc-ex holds its first address);
+    /// default: the one saved in DATA_DIR, else the first of 192.168.213.0/24,
+    /// 192.168.217.0/24, … that no route of the host overlaps
+    #[arg(long, value_name = "CIDR", conflicts_with = "no_external")]
+    pub external_cidr: Option<String>,
+    /// No external network: no bridge, no NAT, no floating IPs
+    #[arg(long)]
+    pub no_external: bool,
 }
 
 /// Paging of list commands: by default every page is fetched.
@@ -156,15 +165,18 @@ pub enum AccountCmd {
         list: ListArgs,
     },
     Show {
-        id: AccountId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Account>,
     },
     #[command(visible_alias = "rm")]
     Delete {
-        id: AccountId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Account>,
     },
     /// Create another API token for the account and print it
     Token {
-        id: AccountId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Account>,
     },
 }
 
@@ -194,11 +206,13 @@ pub enum KeypairCmd {
         list: ListArgs,
     },
     Show {
-        id: KeyPairId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::KeyPair>,
     },
     #[command(visible_alias = "rm")]
     Delete {
-        id: KeyPairId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::KeyPair>,
     },
 }
 
@@ -223,7 +237,8 @@ pub enum FloatingIpCmd {
     /// Map the address to an instance (its first interface unless --interface)
     Associate {
         id: FloatingIpId,
-        instance: InstanceId,
+        #[arg(value_name = "INSTANCE")]
+        instance: Ref<api::Instance>,
         #[arg(long, value_name = "VIF_ID")]
         interface: Option<VifId>,
     },
@@ -253,11 +268,13 @@ pub enum ImageCmd {
         list: ListArgs,
     },
     Show {
-        id: ImageId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Image>,
     },
     #[command(visible_alias = "rm")]
     Delete {
-        id: ImageId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Image>,
     },
 }
 
@@ -302,6 +319,9 @@ pub struct ImageCreateArgs {
     /// Make it visible to every account (admin only)
     #[arg(long)]
     pub public: bool,
+    /// The user `vdc instance ssh` logs in as, e.g. debian or root
+    #[arg(long, value_name = "USER")]
+    pub default_user: Option<String>,
 }
 
 // ------------------------------------------------------------------ networks
@@ -330,11 +350,13 @@ pub enum NetworkCmd {
         list: ListArgs,
     },
     Show {
-        id: NetworkId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Network>,
     },
     #[command(visible_alias = "rm")]
     Delete {
-        id: NetworkId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Network>,
     },
 }
 
@@ -343,8 +365,8 @@ pub enum NetworkCmd {
 /// Rule syntax shown in help.
 const SPEC_HELP: &str = "SPEC is PROTO[:PORTS[:SOURCE]]: PROTO tcp|udp|icmp|any; PORTS 22 or \
                          1000-2000 (the ICMP type for icmp; empty for all); SOURCE a CIDR or an \
-                         sg- ID (default 0.0.0.0/0). Examples: tcp:22, udp:53:10.0.0.0/8, \
-                         icmp::sg-abc, any";
+                         security group's name or ID (default 0.0.0.0/0). Examples: tcp:22, \
+                         udp:53:10.0.0.0/8, icmp::web, any";
 
 #[derive(Debug, Subcommand)]
 pub enum SecgroupCmd {
@@ -355,8 +377,8 @@ pub enum SecgroupCmd {
         #[arg(long, default_value = "")]
         description: String,
         /// An ingress rule (repeatable)
-        #[arg(long = "rule", value_name = "SPEC", value_parser = parse_rule_spec)]
-        rules: Vec<RuleSpec>,
+        #[arg(long = "rule", value_name = "SPEC", value_parser = parse_rule_arg)]
+        rules: Vec<RuleArg>,
     },
     #[command(visible_alias = "ls")]
     List {
@@ -367,25 +389,29 @@ pub enum SecgroupCmd {
         list: ListArgs,
     },
     Show {
-        id: SecurityGroupId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::SecurityGroup>,
     },
     #[command(visible_alias = "rm")]
     Delete {
-        id: SecurityGroupId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::SecurityGroup>,
     },
     /// Add a rule to a group
     #[command(after_help = SPEC_HELP)]
     RuleAdd {
-        sg: SecurityGroupId,
-        #[arg(value_name = "SPEC", value_parser = parse_rule_spec)]
-        spec: RuleSpec,
+        #[arg(value_name = "SG")]
+        sg: Ref<api::SecurityGroup>,
+        #[arg(value_name = "SPEC", value_parser = parse_rule_arg)]
+        spec: RuleArg,
         /// Outgoing traffic; SOURCE is then the destination
         #[arg(long)]
         egress: bool,
     },
     /// Remove a rule from a group
     RuleDelete {
-        sg: SecurityGroupId,
+        #[arg(value_name = "SG")]
+        sg: Ref<api::SecurityGroup>,
         rule_id: RuleId,
     },
 }
@@ -407,7 +433,8 @@ pub enum InstanceCmd {
         list: ListArgs,
     },
     Show {
-        id: InstanceId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Instance>,
     },
     /// Start a stopped instance (it is scheduled again)
     Start(InstanceActionArgs),
@@ -421,42 +448,73 @@ pub enum InstanceCmd {
     /// Destroy the instance
     #[command(visible_alias = "delete")]
     Terminate(InstanceActionArgs),
+    /// Log in over ssh through the instance's floating IP, or run COMMAND there
+    #[command(after_help = "The key is -i FILE, else the one `vdc keypair create --private-key-out` saved for \
+                            the instance's key pair, else your ssh agent and keys. The user is -l USER, else \
+                            the image's default user. Exits with the remote command's exit code.\n\
+                            Example: vdc instance ssh web1 -- uname -a")]
+    Ssh(InstanceSshArgs),
     /// Print the serial console output
     ConsoleLog {
-        id: InstanceId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Instance>,
     },
 }
 
 #[derive(Debug, Args)]
 pub struct InstanceActionArgs {
-    pub id: InstanceId,
+    #[arg(value_name = "NAME|ID")]
+    pub id: Ref<api::Instance>,
     #[command(flatten)]
     pub wait: WaitArg,
 }
 
 #[derive(Debug, Args)]
+pub struct InstanceSshArgs {
+    #[arg(value_name = "NAME|ID")]
+    pub id: Ref<api::Instance>,
+    /// Private key file
+    #[arg(short = 'i', long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Log in as USER [default: the image's default user]
+    #[arg(short = 'l', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// The guest's ssh port
+    #[arg(short = 'p', long)]
+    pub port: Option<u16>,
+    /// The command to run (after --); without it, a login shell
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct InstanceCreateArgs {
-    #[arg(long, value_name = "IMAGE_ID")]
-    pub image: ImageId,
-    #[arg(long)]
+    /// The instance's name (also its hostname)
+    #[arg(value_name = "NAME", conflicts_with = "name_flag")]
     pub name: Option<String>,
+    /// Same as NAME
+    #[arg(long = "name", id = "name_flag", value_name = "NAME", hide = true)]
+    pub name_flag: Option<String>,
+    /// Image name or ID (own or public)
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Ref<api::Image>,
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub cpus: u32,
     /// Memory in MiB, or with a unit (512M, 2G)
     #[arg(long, value_name = "MIB", default_value = "256", value_parser = parse_memory_mib)]
     pub memory: u32,
     /// Add an interface on this network (repeatable)
-    #[arg(long = "network", value_name = "NETWORK_ID")]
-    pub networks: Vec<NetworkId>,
+    #[arg(long = "network", value_name = "NETWORK")]
+    pub networks: Vec<Ref<api::Network>>,
     /// Apply this security group to every interface (repeatable)
-    #[arg(long = "secgroup", value_name = "SG_ID", requires = "networks")]
-    pub secgroups: Vec<SecurityGroupId>,
+    #[arg(long = "secgroup", value_name = "SG", requires = "networks")]
+    pub secgroups: Vec<Ref<api::SecurityGroup>>,
     /// Fixed address of the interface (only with exactly one --network)
     #[arg(long, value_name = "IP", requires = "networks")]
     pub ip: Option<Ipv4Addr>,
     /// SSH key pair to install
-    #[arg(long, value_name = "SSH_ID")]
-    pub keypair: Option<KeyPairId>,
+    #[arg(long, value_name = "KEYPAIR")]
+    pub keypair: Option<Ref<api::KeyPair>>,
     /// cloud-init user-data (at most 64 KiB)
     #[arg(long, value_name = "FILE")]
     pub user_data_file: Option<PathBuf>,
@@ -482,11 +540,11 @@ pub enum VolumeCmd {
         #[arg(long, value_parser = parse_size_mib)]
         size: Option<u64>,
         /// Copy this snapshot
-        #[arg(long, value_name = "SNAPSHOT_ID", conflicts_with = "image")]
-        snapshot: Option<SnapshotId>,
+        #[arg(long, value_name = "SNAPSHOT", conflicts_with = "image")]
+        snapshot: Option<Ref<api::Snapshot>>,
         /// Fill the volume from this image (needs --size)
-        #[arg(long, value_name = "IMAGE_ID", requires = "size")]
-        image: Option<ImageId>,
+        #[arg(long, value_name = "IMAGE", requires = "size")]
+        image: Option<Ref<api::Image>>,
         #[command(flatten)]
         wait: WaitArg,
     },
@@ -501,28 +559,30 @@ pub enum VolumeCmd {
         list: ListArgs,
     },
     Show {
-        id: VolumeId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Volume>,
     },
     #[command(visible_alias = "rm")]
     Delete {
-        id: VolumeId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Volume>,
         #[command(flatten)]
         wait: WaitArg,
     },
     Attach {
-        volume: VolumeId,
-        instance: InstanceId,
+        volume: Ref<api::Volume>,
+        instance: Ref<api::Instance>,
         #[command(flatten)]
         wait: WaitArg,
     },
     Detach {
-        volume: VolumeId,
+        volume: Ref<api::Volume>,
         #[command(flatten)]
         wait: WaitArg,
     },
     /// Grow a detached volume
     Extend {
-        volume: VolumeId,
+        volume: Ref<api::Volume>,
         /// The new size in MiB, or with a unit (512M, 10G, 1T)
         #[arg(long, value_parser = parse_size_mib)]
         size: u64,
@@ -535,7 +595,7 @@ pub enum VolumeCmd {
 pub enum SnapshotCmd {
     /// Snapshot a volume
     Create {
-        volume: VolumeId,
+        volume: Ref<api::Volume>,
         name: String,
         #[command(flatten)]
         wait: WaitArg,
@@ -551,11 +611,13 @@ pub enum SnapshotCmd {
         list: ListArgs,
     },
     Show {
-        id: SnapshotId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Snapshot>,
     },
     #[command(visible_alias = "rm")]
     Delete {
-        id: SnapshotId,
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Snapshot>,
         #[command(flatten)]
         wait: WaitArg,
     },
@@ -665,8 +727,7 @@ mod tests {
     #[test]
     fn bad_input_is_a_usage_error() {
         for args in [
-            &["instance", "show", "vol-abc"][..],
-            &["secgroup", "rule-add", "sg-a", "tcp:99999"],
+            &["secgroup", "rule-add", "sg-a", "tcp:99999"][..],
             &["secgroup", "create", "web", "--rule", "ssh"],
             &["image", "create", "x", "--format", "vmdk", "--hypervisor", "kvm", "--source", "s"],
             &["image", "create", "x", "--format", "raw", "--source", "s"],
@@ -686,7 +747,7 @@ mod tests {
         let Command::Secgroup(SecgroupCmd::RuleAdd { spec, egress, .. }) = cli.command else {
             panic!("wrong command");
         };
-        assert_eq!(spec.port_min, Some(53));
+        assert_eq!(spec.spec.port_min, Some(53));
         assert!(egress);
         let cli = parse(&["volume", "create", "data", "--size", "10G"]).unwrap();
         assert!(matches!(cli.command, Command::Volume(VolumeCmd::Create { size: Some(10240), .. })));

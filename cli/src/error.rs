@@ -2,6 +2,7 @@
 
 use crate::client::ClientError;
 use crate::config::ConfigError;
+use crate::resolve::ResolveError;
 use vdc_schema::api::Job;
 
 /// Exit code for API, transport and other run-time failures.
@@ -18,6 +19,9 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// A name on the command line matched no resource, or several.
+    #[error(transparent)]
+    Resolve(ResolveError),
     /// A job waited for with `--wait` ended without success.
     #[error("job {} ({} {}) {}: {}", .0.id, .0.action, .0.resource_id, .0.state, .0.message.as_deref().unwrap_or("no message"))]
     JobFailed(Box<Job>),
@@ -25,6 +29,18 @@ pub enum CliError {
     Io { context: String, source: std::io::Error },
     #[error("cannot encode output: {0}")]
     Encode(String),
+    /// The command cannot do what was asked; the message says what would make it work.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<ResolveError> for CliError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::Client(c) => CliError::Client(c),
+            other => CliError::Resolve(other),
+        }
+    }
 }
 
 impl CliError {
@@ -48,6 +64,11 @@ impl CliError {
     pub fn report(&self) -> String {
         match self {
             CliError::Client(e) => format!("error: {e} ({})", e.code()),
+            // The code ends the first line, before a list of candidates.
+            CliError::Resolve(e) => match e.to_string().split_once('\n') {
+                Some((first, rest)) => format!("error: {first} ({})\n{rest}", e.code()),
+                None => format!("error: {e} ({})", e.code()),
+            },
             CliError::JobFailed(_) => format!("error: {self} (job_failed)"),
             _ => format!("error: {self}"),
         }

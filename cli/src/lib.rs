@@ -5,8 +5,11 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod external;
 pub mod output;
 pub mod parse;
+pub mod resolve;
+pub mod ssh;
 pub mod up;
 
 #[cfg(test)]

@@ -195,7 +195,7 @@ impl Tabular for KeyPair {
 
 impl Tabular for Image {
     fn headers() -> &'static [&'static str] {
-        &["ID", "NAME", "FORMAT", "ARCH", "HYPERVISORS", "PUBLIC", "SOURCE"]
+        &["ID", "NAME", "FORMAT", "ARCH", "HYPERVISORS", "PUBLIC", "USER", "SOURCE"]
     }
     fn row(&self) -> Vec<String> {
         vec![
@@ -205,6 +205,7 @@ impl Tabular for Image {
             self.arch.to_string(),
             join(&self.hypervisors, ","),
             self.public.to_string(),
+            opt(&self.default_user),
             self.source.clone(),
         ]
     }
@@ -225,6 +226,7 @@ impl Tabular for Image {
             ("MIN MEMORY", self.min_memory.map_or_else(|| "-".into(), |b| mib(b.div_ceil(1 << 20)))),
             ("OS", opt(&self.os)),
             ("PUBLIC", self.public.to_string()),
+            ("DEFAULT USER", opt(&self.default_user)),
             ("CREATED", time(&self.created_at)),
         ]
     }
@@ -417,15 +419,16 @@ impl Tabular for Snapshot {
 
 impl Tabular for HostNode {
     fn headers() -> &'static [&'static str] {
-        &["ID", "STATE", "HYPERVISORS", "CPUS USED", "MEMORY USED", "LAST SEEN"]
+        &["ID", "STATE", "HYPERVISORS", "CORES", "VCPUS USED/ALLOCATABLE", "MEMORY USED/ALLOCATABLE", "LAST SEEN"]
     }
     fn row(&self) -> Vec<String> {
         vec![
             self.id.to_string(),
             self.state.to_string(),
             join(&self.hypervisors, ","),
-            format!("{}/{}", self.cpus_used, self.cpus),
-            format!("{}/{}", mib(self.memory_used_mib), mib(self.memory_mib)),
+            self.cpus.to_string(),
+            format!("{}/{}", self.cpus_used, self.cpus_allocatable),
+            format!("{}/{}", mib(self.memory_used_mib), mib(self.memory_allocatable_mib)),
             time(&self.last_seen),
         ]
     }
@@ -440,10 +443,12 @@ impl Tabular for HostNode {
             ("ID", self.id.to_string()),
             ("STATE", self.state.to_string()),
             ("HYPERVISORS", join(&self.hypervisors, ", ")),
-            ("CPUS", self.cpus.to_string()),
-            ("CPUS USED", self.cpus_used.to_string()),
+            ("CORES", self.cpus.to_string()),
+            ("VCPUS USED", self.cpus_used.to_string()),
+            ("VCPUS ALLOCATABLE", self.cpus_allocatable.to_string()),
             ("MEMORY", mib(self.memory_mib)),
             ("MEMORY USED", mib(self.memory_used_mib)),
+            ("MEMORY ALLOCATABLE", mib(self.memory_allocatable_mib)),
             ("CAPABILITIES", caps),
             ("LAST SEEN", time(&self.last_seen)),
         ]

@@ -47,6 +47,30 @@ pub fn parse_rule_spec(spec: &str) -> Result<RuleSpec, String> {
     Ok(RuleSpec { direction: Direction::Ingress, protocol, port_min, port_max, cidr, group })
 }
 
+/// A rule as typed: [`parse_rule_spec`]'s, except that a SOURCE that is not an address
+/// names a security group, by name or ID, resolved before the rule is sent.
+#[derive(Debug, Clone)]
+pub struct RuleArg {
+    pub spec: RuleSpec,
+    pub group: Option<crate::resolve::Ref<vdc_schema::api::SecurityGroup>>,
+}
+
+pub fn parse_rule_arg(spec: &str) -> Result<RuleArg, String> {
+    let t = spec.trim();
+    let mut parts = t.splitn(3, ':');
+    let (proto, ports, source) =
+        (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default().trim());
+    // Addresses start with a digit (IPv4) or hold a colon (IPv6); names and sg- IDs do not.
+    let is_group = !source.is_empty() && !source.starts_with(|c: char| c.is_ascii_digit()) && !source.contains(':');
+    if !is_group {
+        return Ok(RuleArg { spec: parse_rule_spec(t)?, group: None });
+    }
+    let mut parsed =
+        parse_rule_spec(&format!("{proto}:{ports}")).map_err(|e| e.replace(&format!("{proto}:{ports}"), t))?;
+    parsed.cidr = None;
+    Ok(RuleArg { spec: parsed, group: Some(source.parse()?) })
+}
+
 fn parse_ports(ports: &str, protocol: Protocol) -> Result<(u16, u16), String> {
     let (lo_max, what) = match protocol {
         Protocol::Tcp | Protocol::Udp => (1u16, "port"),
@@ -216,6 +240,21 @@ mod tests {
             let err = parse_rule_spec(spec).expect_err(spec);
             assert!(err.contains(needle), "{spec:?}: {err:?} lacks {needle:?}");
         }
+    }
+
+    #[test]
+    fn rule_sources_that_are_not_addresses_name_groups() {
+        let a = parse_rule_arg("tcp:22:web").unwrap();
+        assert_eq!(a.group.unwrap().as_str(), "web");
+        assert_eq!((a.spec.port_min, a.spec.cidr, a.spec.group), (Some(22), None, None));
+        assert_eq!(parse_rule_arg("icmp::sg-abc").unwrap().group.unwrap().as_str(), "sg-abc");
+        for addr in ["tcp:22", "tcp:22:10.0.0.0/8", "udp:53:fd00::/64", "any"] {
+            let a = parse_rule_arg(addr).unwrap();
+            assert!(a.group.is_none() && a.spec.cidr.is_some(), "{addr}");
+        }
+        let err = parse_rule_arg("tcp:99999:web").unwrap_err();
+        assert!(err.contains("tcp:99999:web") && err.contains("not a valid port"), "{err}");
+        assert!(parse_rule_arg("tcp:22:10.0.0.0/33").is_err());
     }
 
     #[test]

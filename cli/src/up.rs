@@ -4,6 +4,7 @@
 
 use crate::commands::UpArgs;
 use crate::config::{self, CliConfig};
+use crate::external::{self, ExternalNet, ExternalOptions};
 use anyhow::Context;
 use rand::Rng;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,32 @@ pub struct AllInOne {
     agents: Vec<vdc_bus::AgentHandle>,
     /// The Open vSwitch daemons of this all-in-one, when it runs its own.
     switch: Option<vdc_nwagent::ovs::daemon::Switch>,
+    /// The external network on the host (floating IPs), when the network is real.
+    external: Option<ExternalNet>,
+    /// What the external network is, and why.
+    pub ext_driver: String,
+}
+
+/// Whether the all-in-one has an external network, and which range.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum External {
+    /// `--no-external`
+    Off,
+    /// The range saved in the data directory, else the first free candidate.
+    #[default]
+    Auto,
+    /// `--external-cidr`
+    Cidr(vdc_schema::net::Ipv4Net),
+}
+
+impl External {
+    pub fn from_args(no_external: bool, cidr: Option<&str>) -> anyhow::Result<External> {
+        Ok(match (no_external, cidr) {
+            (true, _) => External::Off,
+            (false, Some(c)) => External::Cidr(external::parse_cidr(c)?),
+            (false, None) => External::Auto,
+        })
+    }
 }
 
 fn have(tool: &str) -> bool {
@@ -83,17 +110,16 @@ pub fn tiny_image_dir(data_dir: &Path, given: Option<&Path>) -> Option<PathBuf> 
 
 impl AllInOne {
     /// Starts the cloud; hva uses libvirt when it answers (unless `sim`), else the sim.
-    pub async fn start(data_dir: &Path, listen: &str, sim: bool, tiny: Option<PathBuf>) -> anyhow::Result<AllInOne> {
+    pub async fn start(
+        data_dir: &Path,
+        listen: &str,
+        sim: bool,
+        tiny: Option<PathBuf>,
+        ext: External,
+    ) -> anyhow::Result<AllInOne> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let token = admin_token(data_dir)?;
         let bus: Arc<dyn Transport> = vdc_bus::InProc::new();
-        let config = Config {
-            listen: listen.to_owned(),
-            database_url: format!("sqlite://{}", data_dir.join("vdc.db").display()),
-            admin_token: Some(token.clone()),
-            ..Config::default()
-        };
-        let dcmgr = Dcmgr::start(config, server::Options { bus: Some(bus.clone()), ..Default::default() }).await?;
 
         let host_id = load_or_create_id(&data_dir.join("hva/node-id"), || HostNodeId::generate().to_string())?;
         let store_id = load_or_create_id(&data_dir.join("sta/node-id"), || StorageNodeId::generate().to_string())?;
@@ -147,6 +173,46 @@ impl AllInOne {
                 }
             }
         };
+        // The external network is real when the network is: a bridge on the host, NAT.
+        // With a simulated network dcmgr still gets the range, so floating IPs can be
+        // tried, but nothing is made on the host.
+        let ext_opts = |cidr| ExternalOptions {
+            netns: None,
+            bridge: external::BRIDGE.into(),
+            nft_table: external::NFT_TABLE.into(),
+            cidr,
+            state_file: data_dir.join("external.json"),
+        };
+        let asked = match ext {
+            External::Cidr(c) => Some(c),
+            _ => None,
+        };
+        let (external, external_config, ext_driver) = match ext {
+            External::Off => (None, None, "none (--no-external: no floating IPs)".to_owned()),
+            _ if switch.is_some() => {
+                let net = ExternalNet::start(&ext_opts(asked), vdc_bus::cmd::system()).await?;
+                let c = net.dcmgr_config();
+                let why = format!(
+                    "{} on bridge {} (host {}, floating IPs {}–{}, NAT to the host's default route)",
+                    net.cidr, net.bridge, net.gateway, c.pool_start, c.pool_end
+                );
+                (Some(net), Some(c), why)
+            }
+            _ => {
+                let c = ExternalNet::simulated(&ext_opts(asked))?;
+                let why = format!("{} (simulated: nothing on the host)", c.cidr);
+                (None, Some(c), why)
+            }
+        };
+        let config = Config {
+            listen: listen.to_owned(),
+            database_url: format!("sqlite://{}", data_dir.join("vdc.db").display()),
+            admin_token: Some(token.clone()),
+            external: external_config,
+            ..Config::default()
+        };
+        let dcmgr = Dcmgr::start(config, server::Options { bus: Some(bus.clone()), ..Default::default() }).await?;
+
         let mut lv = lv;
         lv.taps = switch.is_some();
         let (hva, hva_driver) = match detected {
@@ -175,7 +241,7 @@ impl AllInOne {
                     plug_timeout: std::time::Duration::from_secs(120),
                     host_netns: None,
                     service_prefix: "vdc".into(),
-                    external_bridge: None,
+                    external_bridge: external.as_ref().map(|e| e.bridge.clone()),
                 };
                 nw_why = "Open vSwitch (bridge vdc-int, DHCP and metadata per network)".into();
                 vdc_nwagent::start_ovs(bus.clone(), host_id.clone(), cfg).await?.0
@@ -215,7 +281,17 @@ impl AllInOne {
             (vdc_sta::start_sim(bus.clone(), opts).await?.0, "simulated (guests are simulated too)".to_owned())
         };
         ensure_default_images(&dcmgr, tiny.as_deref()).await?;
-        Ok(AllInOne { dcmgr, token, hva_driver, nw_driver: nw_why, sta_driver, agents: vec![hva, nw, sta], switch })
+        Ok(AllInOne {
+            dcmgr,
+            token,
+            hva_driver,
+            nw_driver: nw_why,
+            sta_driver,
+            agents: vec![hva, nw, sta],
+            switch,
+            external,
+            ext_driver,
+        })
     }
 
     pub async fn stop(self) {
@@ -224,9 +300,47 @@ impl AllInOne {
         }
         self.dcmgr.stop().await;
         // Our OVS daemons stop; their database (bridge, ports) stays for the next start,
-        // and so do the guests and each network's DHCP server.
-        drop(self.switch);
+        // and so do the guests, each network's DHCP server and router, and the external
+        // bridge. The NAT to the host's network goes.
+        if let Some(sw) = self.switch {
+            let vswitchd = std::fs::read_to_string(sw.dir.join("ovs-vswitchd.pid")).ok();
+            drop(sw);
+            remove_datapath_taps(vswitchd.as_deref().and_then(|p| p.trim().parse().ok())).await;
+        }
+        if let Some(e) = self.external {
+            e.stop().await;
+        }
     }
+}
+
+/// The userspace datapath leaves its taps (`vdc-int`, `ovs-netdev`) behind when
+/// ovs-vswitchd exits; they carry nothing until the next start makes them again.
+/// `ovs-netdev` is shared by every userspace switch of the namespace, so it goes only
+/// when no other ovs-vswitchd runs in ours.
+async fn remove_datapath_taps(vswitchd: Option<u32>) {
+    if let Some(pid) = vswitchd {
+        for _ in 0..50 {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let ip = vdc_bus::cmd::system();
+    let _ = ip.run("ip", &["link", "del", "vdc-int"]).await;
+    if !other_vswitchd_here() {
+        let _ = ip.run("ip", &["link", "del", "ovs-netdev"]).await;
+    }
+}
+
+fn other_vswitchd_here() -> bool {
+    let ours = std::fs::read_link("/proc/self/ns/net").ok();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return true };
+    procs.flatten().any(|p| {
+        let path = p.path();
+        std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "ovs-vswitchd")
+            && std::fs::read_link(path.join("ns/net")).ok() == ours
+    })
 }
 
 fn sha256_of(path: &Path) -> anyhow::Result<String> {
@@ -264,6 +378,7 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
             min_memory: None,
             os: None,
             public: true,
+            default_user: Some("root".into()),
         },
         CreateImage {
             name: "tiny-lxc".into(),
@@ -280,6 +395,7 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
             min_memory: None,
             os: None,
             public: true,
+            default_user: Some("root".into()),
         },
     ];
     for req in images {
@@ -301,7 +417,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .init();
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let tiny = tiny_image_dir(&data_dir, args.tiny_image.as_deref());
-    let aio = AllInOne::start(&data_dir, &args.listen, args.sim, tiny.clone()).await?;
+    let ext = External::from_args(args.no_external, args.external_cidr.as_deref())?;
+    let aio = AllInOne::start(&data_dir, &args.listen, args.sim, tiny.clone(), ext).await?;
     let url = aio.dcmgr.url();
     let cfg_path = config::config_path();
     config::save(&cfg_path, &CliConfig { api: Some(url.clone()), token: Some(aio.token.clone()) })?;
@@ -316,6 +433,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
   hva:        {}{}
   nwagent:    {}
   sta:        {}
+  external:   {}
 
 Try:
   vdc keypair create mykey
@@ -324,6 +442,9 @@ Try:
   vdc image list                     # tiny (kvm, qemu) and tiny-lxc (lxc)
   vdc instance create --image <img-…> --network <nw-…> --secgroup <sg-…> --keypair <ssh-…> --wait
   vdc instance console-log <i-…>
+  vdc floating-ip create             # an address of the external network
+  vdc floating-ip associate <fip-…> <i-…>
+  ping <the floating IP>             # from this host; guests reach out through NAT
   vdc instance list
 
 Ctrl-C stops the cloud (guests keep running; they are found again at the next start);
@@ -339,6 +460,7 @@ its state stays in the data directory.",
         },
         aio.nw_driver,
         aio.sta_driver,
+        aio.ext_driver,
     );
     vdc_bus::sim::shutdown_signal().await;
     eprintln!("stopping…");

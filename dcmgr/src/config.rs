@@ -2,6 +2,7 @@
 //! start rather than silently ignored.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +29,21 @@ pub struct Config {
     /// The site's external network: floating IPs and routers' SNAT addresses come from
     /// its pool. Without it there are no floating IPs and no outbound NAT.
     pub external: Option<ExternalConfig>,
+    /// vCPUs the scheduler places per host core: 4.0 lets a 2-core host run eight 1-vCPU
+    /// guests. Guests mostly idle, and QEMU/LXC share cores fairly.
+    pub cpu_allocation_ratio: f64,
+    /// MiB placed per MiB of host memory. 1.0, because memory overcommit ends in the OOM
+    /// killer rather than in slowness.
+    pub memory_allocation_ratio: f64,
+    /// Per-host ratios, keyed by host node ID (`[hosts.hn-…]`), for hosts that differ.
+    pub hosts: BTreeMap<String, HostOverride>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostOverride {
+    pub cpu_allocation_ratio: Option<f64>,
+    pub memory_allocation_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +97,9 @@ impl Default for Config {
             dispatch_workers: 4,
             admin_token: None,
             external: None,
+            cpu_allocation_ratio: 4.0,
+            memory_allocation_ratio: 1.0,
+            hosts: BTreeMap::new(),
         }
     }
 }
@@ -94,9 +113,62 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// What the scheduler may place on host `id` with `cpus` cores and `memory_mib` of
+    /// memory: (vCPUs, MiB), rounded down.
+    pub fn allocatable(&self, id: &str, cpus: u64, memory_mib: u64) -> (u64, u64) {
+        let o = self.hosts.get(id);
+        let cpu = o.and_then(|o| o.cpu_allocation_ratio).unwrap_or(self.cpu_allocation_ratio);
+        let mem = o.and_then(|o| o.memory_allocation_ratio).unwrap_or(self.memory_allocation_ratio);
+        ((cpus as f64 * cpu).floor() as u64, (memory_mib as f64 * mem).floor() as u64)
+    }
+
+    /// Refuses ratios that would make placement meaningless.
+    pub fn check_ratios(&self) -> Result<(), String> {
+        let ok = |what: &str, r: f64| {
+            if r.is_finite() && (0.1..=64.0).contains(&r) {
+                Ok(())
+            } else {
+                Err(format!("{what} = {r} is out of range: use a number from 0.1 to 64"))
+            }
+        };
+        ok("cpu_allocation_ratio", self.cpu_allocation_ratio)?;
+        ok("memory_allocation_ratio", self.memory_allocation_ratio)?;
+        for (id, o) in &self.hosts {
+            if let Some(r) = o.cpu_allocation_ratio {
+                ok(&format!("hosts.{id}.cpu_allocation_ratio"), r)?;
+            }
+            if let Some(r) = o.memory_allocation_ratio {
+                ok(&format!("hosts.{id}.memory_allocation_ratio"), r)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
         toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_default_to_cpu_4_memory_1_and_hosts_can_differ() {
+        let c: Config = toml::from_str(
+            "[hosts.hn-big]\ncpu_allocation_ratio = 1.5\n[hosts.hn-mem]\nmemory_allocation_ratio = 1.5\n",
+        )
+        .unwrap();
+        c.check_ratios().unwrap();
+        assert_eq!(c.allocatable("hn-any", 2, 2048), (8, 2048));
+        assert_eq!(c.allocatable("hn-big", 3, 1000), (4, 1000));
+        assert_eq!(c.allocatable("hn-mem", 2, 1000), (8, 1500));
+        let bad: Config = toml::from_str("cpu_allocation_ratio = 0.0").unwrap();
+        assert!(bad.check_ratios().unwrap_err().contains("cpu_allocation_ratio"));
+        let bad: Config = toml::from_str("[hosts.hn-x]\nmemory_allocation_ratio = -1.0").unwrap();
+        assert!(bad.check_ratios().unwrap_err().contains("hosts.hn-x"));
+        assert!(toml::from_str::<Config>("[hosts.hn-x]\ncpu_ratio = 2.0").is_err());
     }
 }

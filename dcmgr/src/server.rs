@@ -27,6 +27,7 @@ pub struct Options {
 
 impl Dcmgr {
     pub async fn start(config: Config, opts: Options) -> anyhow::Result<Dcmgr> {
+        config.check_ratios().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
         if let Some(e) = &config.external {
             e.pool().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
         }
@@ -53,6 +54,8 @@ impl Dcmgr {
             crate::app::account::bootstrap_admin(&ctx, t).await?;
         }
         controller::membership::seed_from_db(&ctx).await?;
+        // A changed ratio applies to the hosts known from before, not only to new ones.
+        controller::membership::apply_allocation_ratios(&ctx).await?;
 
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();

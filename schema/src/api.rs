@@ -175,6 +175,9 @@ pub struct Image {
     #[schema(required = true)]
     pub kernel_cmdline: Option<String>,
     /// How a disk image boots: `bios` (default) or `uefi` (hosts with OVMF only).
+    /// (`bios` when an older dcmgr leaves it out.)
+    #[serde(default)]
+    #[schema(required = true)]
     pub boot_mode: BootMode,
     /// For disk images booted by an outside kernel, like an AMI naming its AKI and ARI: the
     /// `kernel` image (kernel, initrd, command line) started with this disk as `vda`.
@@ -192,6 +195,10 @@ pub struct Image {
     /// Visible to every account (only an admin can publish).
     pub public: bool,
     pub created_at: DateTime<Utc>,
+    /// The user `vdc instance ssh` logs in as (e.g. `debian`, `root`), if the image says.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub default_user: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -235,6 +242,10 @@ pub struct CreateImage {
     /// Only an admin can publish (403 otherwise).
     #[serde(default)]
     pub public: bool,
+    /// The user to log in as over ssh: a POSIX user name (`[a-z_][a-z0-9_-]*`, ≤ 32).
+    #[serde(default)]
+    #[schema(pattern = "^[a-z_][a-z0-9_-]{0,31}$")]
+    pub default_user: Option<String>,
 }
 
 fn default_arch() -> Arch {
@@ -607,6 +618,10 @@ pub struct HostNode {
     pub memory_mib: u64,
     pub cpus_used: u32,
     pub memory_used_mib: u64,
+    /// vCPUs the scheduler may place here: `cpus` × the CPU allocation ratio (overcommit).
+    pub cpus_allocatable: u32,
+    /// MiB the scheduler may place here: `memory_mib` × the memory allocation ratio.
+    pub memory_allocatable_mib: u64,
     /// What the agent found it can do, e.g. `{"kvm_usable": false}`, as the agent
     /// reported it (null if it reported nothing readable).
     #[schema(value_type = Option<Object>, required = true)]

@@ -50,6 +50,10 @@ pub struct StackOptions {
     pub real_network: Option<RealNetworkSetup>,
     /// dcmgr's external network (floating IPs).
     pub external: Option<vdc_dcmgr::config::ExternalConfig>,
+    /// dcmgr's CPU overcommit (its default, 4.0, unless a test says otherwise).
+    pub cpu_allocation_ratio: f64,
+    /// dcmgr's per-host ratios, by host node ID.
+    pub host_overrides: std::collections::BTreeMap<String, vdc_dcmgr::config::HostOverride>,
 }
 
 /// Where real-network hosts keep their OVS, and the prefix (unique per test) of their
@@ -145,6 +149,8 @@ impl StackOptions {
             real_storage: None,
             real_network: None,
             external: None,
+            cpu_allocation_ratio: vdc_dcmgr::Config::default().cpu_allocation_ratio,
+            host_overrides: Default::default(),
         }
     }
 }
@@ -625,6 +631,9 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
         dispatch_workers: 4,
         admin_token: Some(admin_token.to_owned()),
         external: opts.external.clone(),
+        cpu_allocation_ratio: opts.cpu_allocation_ratio,
+        hosts: opts.host_overrides.clone(),
+        ..Config::default()
     }
 }
 
@@ -712,6 +721,7 @@ pub async fn register_images(s: &Stack) -> (ImageId, ImageId) {
             min_memory: None,
             os: None,
             public: true,
+            default_user: None,
         })
         .await
         .unwrap();
@@ -732,6 +742,7 @@ pub async fn register_images(s: &Stack) -> (ImageId, ImageId) {
             min_memory: None,
             os: None,
             public: true,
+            default_user: None,
         })
         .await
         .unwrap();
@@ -795,6 +806,7 @@ pub fn builtin_tiny_image(hypervisors: Vec<HypervisorKind>) -> CreateImage {
         min_memory: None,
         os: None,
         public: true,
+        default_user: Some("root".into()),
     }
 }
 

@@ -22,6 +22,7 @@ on_both_databases!(
     volumes_and_snapshots,
     pagination,
     scheduler_never_overcommits,
+    overcommit_follows_the_ratios,
     reconciler_survives_message_loss,
     agent_crash_goes_offline_and_converges,
     dcmgr_restart_keeps_everything,
@@ -172,6 +173,7 @@ async fn images(db: Db) {
         min_memory: None,
         os: None,
         public: false,
+        default_user: None,
     };
     // A tenant can never name a host file (it would be booted and copied as root).
     for source in ["/etc/shadow", "file:///etc/shadow", "builtin:../../etc"] {
@@ -391,6 +393,7 @@ async fn instance_bad_input(db: Db) {
             min_memory: None,
             os: None,
             public: true,
+            default_user: None,
         })
         .await
         .unwrap();
@@ -600,7 +603,7 @@ async fn pagination(db: Db) {
 async fn scheduler_never_overcommits(db: Db) {
     let mut opts = StackOptions::new(db);
     opts.hosts = 2;
-    opts.host_cpus = 4;
+    opts.host_cpus = 1;
     opts.host_memory_mib = 100_000;
     let s = Stack::start(opts).await;
     let c = s.account("burst").await;
@@ -618,9 +621,53 @@ async fn scheduler_never_overcommits(db: Db) {
             Err(e) => panic!("unexpected: {e}"),
         }
     }
-    assert_eq!((ok, full), (8, 6), "2 hosts × 4 CPUs hold exactly 8 one-CPU instances");
+    assert_eq!((ok, full), (8, 6), "2 hosts × 1 core × ratio 4 hold exactly 8 one-vCPU instances");
     let hosts = s.admin.list_all_host_nodes().await.unwrap();
-    assert!(hosts.iter().all(|h| h.cpus_used == 4), "least-usage spreads them evenly: {hosts:?}");
+    assert!(hosts.iter().all(|h| h.cpus_used == 4 && h.cpus_allocatable == 4), "spread evenly: {hosts:?}");
+    s.stop().await;
+}
+
+/// CPU overcommit by dcmgr's ratio (default 4.0), none for memory (1.0), and a per-host
+/// override that takes effect when dcmgr restarts.
+async fn overcommit_follows_the_ratios(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 1;
+    opts.host_cpus = 2;
+    opts.host_memory_mib = 4096;
+    let mut s = Stack::start(opts).await;
+    let c = s.account("dense").await;
+    let host = &s.admin.list_all_host_nodes().await.unwrap()[0];
+    assert_eq!((host.cpus, host.cpus_allocatable), (2, 8));
+    assert_eq!((host.memory_mib, host.memory_allocatable_mib), (4096, 4096));
+    let mut ids = vec![];
+    for i in 0..8 {
+        ids.push(c.create_instance(&inst_req(&s.image, &format!("d{i}"))).await.unwrap().resource.id);
+    }
+    let (status, code) = err(c.create_instance(&inst_req(&s.image, "d8")).await);
+    assert_eq!((status, code.as_str()), (422, "no_capacity"), "the 9th vCPU on a 2-core host");
+    let host = &s.admin.list_all_host_nodes().await.unwrap()[0];
+    assert_eq!((host.cpus_used, host.memory_used_mib), (8, 8 * 256));
+    for id in &ids {
+        wait_state(&c, id, InstanceState::Running).await;
+    }
+
+    // Memory is not overcommitted: 4096 MiB hold what the 8 guests use plus 2048 more.
+    let mut big = inst_req(&s.image, "big");
+    big.memory_mib = 2049;
+    let host_id = host.id.to_string();
+    s.opts.host_overrides.insert(
+        host_id.clone(),
+        vdc_dcmgr::config::HostOverride { cpu_allocation_ratio: Some(5.0), memory_allocation_ratio: None },
+    );
+    s.restart_dcmgr().await;
+    let host = s.admin.get_host_node(&host.id).await.unwrap();
+    assert_eq!((host.cpus_allocatable, host.cpus_used), (10, 8), "the override applies at restart; usage is kept");
+    let (_, code) = err(c.create_instance(&big).await);
+    assert_eq!(code, "no_capacity", "2049 MiB do not fit in the 2048 left");
+    big.memory_mib = 2048;
+    c.create_instance(&big).await.unwrap();
+    let host = s.admin.get_host_node(&host.id).await.unwrap();
+    assert_eq!((host.cpus_used, host.memory_used_mib), (9, 4096));
     s.stop().await;
 }
 
@@ -841,6 +888,14 @@ async fn floating_ips(db: Db) {
     let plain = Stack::start(StackOptions::new(db)).await;
     let c = plain.account("nofip").await;
     assert_eq!(err(c.create_floating_ip(&CreateFloatingIp::default()).await), (422, "no_external_network".into()));
+    // The message says what to do, and nothing was allocated.
+    match c.create_floating_ip(&CreateFloatingIp { ip: Some("203.0.113.5".into()) }).await {
+        Err(ClientError::Api { status: 422, message, .. }) => {
+            assert!(message.contains("[external]") && message.contains("--no-external"), "{message}")
+        }
+        other => panic!("expected no_external_network, got {other:?}"),
+    }
+    assert!(c.list_all_floating_ips().await.unwrap().is_empty());
     plain.stop().await;
 
     let mut o = StackOptions::new(db);

@@ -41,6 +41,7 @@ fn disk(name: &str) -> CreateImage {
         min_memory: None,
         os: None,
         public: true,
+        default_user: None,
     }
 }
 

@@ -22,6 +22,7 @@ on_both_databases!(
     terminate_attach,
     image_delete_instance_create,
     instance_actions,
+    creates_fill_an_overcommitted_host,
 );
 
 const ROUNDS: usize = 3;
@@ -556,6 +557,7 @@ async fn image_delete_instance_create(db: Db) {
                 min_memory: None,
                 os: None,
                 public: true,
+                default_user: None,
             })
             .await
             .unwrap();
@@ -638,6 +640,47 @@ async fn instance_actions(db: Db) {
         })
         .await
         .expect("every reservation is given back");
+    }
+    s.stop().await;
+}
+
+/// 20 creates at once on a 2-core host with CPU ratio 4.0: exactly 8 get a place, the
+/// rest `no_capacity`, and the host is never booked beyond what it may hold; again once
+/// the first 8 are gone.
+async fn creates_fill_an_overcommitted_host(db: Db) {
+    let mut o = stack(db);
+    o.hosts = 1;
+    o.host_cpus = 2;
+    let s = Stack::start(o).await;
+    let c = s.account("dense").await;
+    for round in 0..2 {
+        let reqs = (0..20).map(|i| {
+            let (c, img) = (c.clone(), s.image.clone());
+            async move {
+                outcome(c.create_instance(&inst_req(&img, &format!("r{round}-{i}"), None, &[])).await, |a| {
+                    Some((a.job.clone(), true))
+                })
+            }
+        });
+        let outcomes = join_all(reqs).await;
+        let placed = outcomes.iter().filter(|o| o.status == 202).count();
+        assert_eq!(placed, 8, "round {round}: {:?}", codes(&outcomes));
+        assert!(outcomes.iter().all(|o| o.status == 202 || (o.status, o.code.as_str()) == (422, "no_capacity")));
+        let host = &s.admin.list_all_host_nodes().await.unwrap()[0];
+        assert_eq!((host.cpus_used, host.cpus_allocatable), (8, 8), "round {round}");
+        wait_jobs_end(&c, &outcomes).await;
+        for i in c.list_all_instances().await.unwrap() {
+            if i.state != InstanceState::Terminated {
+                let t = c.terminate_instance(&i.id).await.unwrap();
+                c.wait_job(&t.job.id, Duration::from_secs(15)).await.unwrap();
+            }
+        }
+        eventually(Duration::from_secs(10), || async {
+            let h = s.admin.list_all_host_nodes().await.ok()?;
+            (h[0].cpus_used == 0).then_some(())
+        })
+        .await
+        .expect("terminated instances give their place back");
     }
     s.stop().await;
 }

@@ -1234,8 +1234,8 @@ function mountHosts(root) {
         { label: t('col_id'), cell: (h) => code(h.id) },
         { label: t('col_state'), cell: (h) => badge(h.state) },
         { label: t('col_hypervisors'), cell: (h) => h.hypervisors.join(', ') },
-        { label: t('col_cpus'), cell: (h) => fmtUsage(h.cpus_used, h.cpus, String) },
-        { label: t('col_memory'), cell: (h) => fmtUsage(h.memory_used_mib, h.memory_mib, fmtMib) },
+        { label: t('col_cpus'), cell: (h) => fmtUsage(h.cpus_used, h.cpus_allocatable, String) },
+        { label: t('col_memory'), cell: (h) => fmtUsage(h.memory_used_mib, h.memory_allocatable_mib, fmtMib) },
         { label: t('col_capabilities'), cell: (h) => el('code', { class: 'wrap' }, JSON.stringify(h.capabilities)) },
         { label: t('col_last_seen'), cell: (h) => fmtTime(h.last_seen) },
       ];

@@ -4,6 +4,7 @@ use super::*;
 use crate::client::{Client, ClientError};
 use crate::config;
 use crate::output::{encode, fields_table, render_accepted, render_list, render_one, Tabular};
+use crate::resolve::{resolve, resolve_all};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -210,13 +211,14 @@ async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<(), CliError> {
             Ok(())
         }
         AccountCmd::List { name, list } => ctx.list::<Account>("/accounts", list, name, None).await,
-        AccountCmd::Show { id } => ctx.show(&c.get_account(&id).await?),
+        AccountCmd::Show { id } => ctx.show(&c.get_account(&resolve(c, &id).await?).await?),
         AccountCmd::Delete { id } => {
+            let id = resolve(c, &id).await?;
             c.delete_account(&id).await?;
             ctx.deleted(id.as_str())
         }
         AccountCmd::Token { id } => {
-            let t = c.create_account_token(&id).await?;
+            let t = c.create_account_token(&resolve(c, &id).await?).await?;
             match ctx.format {
                 // Bare, so that `TOKEN=$(vdc account token a-…)` works.
                 OutputFormat::Table => emit(&format!("{}\n", t.token)),
@@ -235,7 +237,7 @@ async fn floating_ip(ctx: &Ctx, cmd: FloatingIpCmd) -> Result<(), CliError> {
         FloatingIpCmd::List { list } => ctx.list::<FloatingIp>("/floating-ips", list, None, None).await,
         FloatingIpCmd::Show { id } => ctx.show(&c.get_floating_ip(&id).await?),
         FloatingIpCmd::Associate { id, instance, interface } => {
-            let req = AssociateFloatingIp { instance_id: instance, interface_id: interface };
+            let req = AssociateFloatingIp { instance_id: resolve(c, &instance).await?, interface_id: interface };
             ctx.show(&c.associate_floating_ip(&id, &req).await?)
         }
         FloatingIpCmd::Disassociate { id } => ctx.show(&c.disassociate_floating_ip(&id).await?),
@@ -271,6 +273,10 @@ async fn keypair(ctx: &Ctx, cmd: KeypairCmd) -> Result<(), CliError> {
                     Some(out) => match write_private(out, &key) {
                         Ok(()) => {
                             eprintln!("private key written to {}", out.display());
+                            let dir = crate::ssh::config_dir(&config::config_path());
+                            if let Err(e) = crate::ssh::remember_key(&dir, created.keypair.id.as_str(), out) {
+                                eprintln!("warning: `vdc instance ssh` will not find this key (pass -i): {e}");
+                            }
                             created.private_key = None;
                         }
                         Err(e) => {
@@ -300,9 +306,12 @@ async fn keypair(ctx: &Ctx, cmd: KeypairCmd) -> Result<(), CliError> {
             write_error.map_or(Ok(()), Err)
         }
         KeypairCmd::List { name, list } => ctx.list::<KeyPair>("/keypairs", list, name, None).await,
-        KeypairCmd::Show { id } => ctx.show(&c.get_keypair(&id).await?),
+        KeypairCmd::Show { id } => ctx.show(&c.get_keypair(&resolve(c, &id).await?).await?),
         KeypairCmd::Delete { id } => {
+            let id = resolve(c, &id).await?;
             c.delete_keypair(&id).await?;
+            // The record of where its private key is; the key file itself is the user's.
+            crate::ssh::forget_key(&crate::ssh::config_dir(&config::config_path()), id.as_str());
             ctx.deleted(id.as_str())
         }
     }
@@ -327,12 +336,14 @@ async fn image(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
                 min_memory: a.min_memory,
                 os: a.os,
                 public: a.public,
+                default_user: a.default_user,
             };
             ctx.show(&c.create_image(&req).await?)
         }
         ImageCmd::List { name, list } => ctx.list::<Image>("/images", list, name, None).await,
-        ImageCmd::Show { id } => ctx.show(&c.get_image(&id).await?),
+        ImageCmd::Show { id } => ctx.show(&c.get_image(&resolve(c, &id).await?).await?),
         ImageCmd::Delete { id } => {
+            let id = resolve(c, &id).await?;
             c.delete_image(&id).await?;
             ctx.deleted(id.as_str())
         }
@@ -366,8 +377,9 @@ async fn network(ctx: &Ctx, cmd: NetworkCmd) -> Result<(), CliError> {
             ctx.show(&c.create_network(&req).await?)
         }
         NetworkCmd::List { name, list } => ctx.list::<Network>("/networks", list, name, None).await,
-        NetworkCmd::Show { id } => ctx.show(&c.get_network(&id).await?),
+        NetworkCmd::Show { id } => ctx.show(&c.get_network(&resolve(c, &id).await?).await?),
         NetworkCmd::Delete { id } => {
+            let id = resolve(c, &id).await?;
             c.delete_network(&id).await?;
             ctx.deleted(id.as_str())
         }
@@ -378,23 +390,41 @@ async fn secgroup(ctx: &Ctx, cmd: SecgroupCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
         SecgroupCmd::Create { name, description, rules } => {
-            let req = CreateSecurityGroup { name, description, rules };
+            let mut specs = Vec::with_capacity(rules.len());
+            for r in rules {
+                specs.push(rule_spec(c, r).await?);
+            }
+            let req = CreateSecurityGroup { name, description, rules: specs };
             ctx.show(&c.create_security_group(&req).await?)
         }
         SecgroupCmd::List { name, list } => ctx.list::<SecurityGroup>("/security_groups", list, name, None).await,
-        SecgroupCmd::Show { id } => ctx.show(&c.get_security_group(&id).await?),
+        SecgroupCmd::Show { id } => ctx.show(&c.get_security_group(&resolve(c, &id).await?).await?),
         SecgroupCmd::Delete { id } => {
+            let id = resolve(c, &id).await?;
             c.delete_security_group(&id).await?;
             ctx.deleted(id.as_str())
         }
-        SecgroupCmd::RuleAdd { sg, mut spec, egress } => {
+        SecgroupCmd::RuleAdd { sg, spec, egress } => {
+            let sg = resolve(c, &sg).await?;
+            let mut spec = rule_spec(c, spec).await?;
             if egress {
                 spec.direction = Direction::Egress;
             }
             ctx.show(&c.add_security_group_rule(&sg, &spec).await?)
         }
-        SecgroupCmd::RuleDelete { sg, rule_id } => ctx.show(&c.delete_security_group_rule(&sg, &rule_id).await?),
+        SecgroupCmd::RuleDelete { sg, rule_id } => {
+            ctx.show(&c.delete_security_group_rule(&resolve(c, &sg).await?, &rule_id).await?)
+        }
     }
+}
+
+/// The rule to send, its SOURCE group (if any) resolved to an ID.
+async fn rule_spec(c: &Client, r: crate::parse::RuleArg) -> Result<RuleSpec, CliError> {
+    let mut spec = r.spec;
+    if let Some(g) = &r.group {
+        spec.group = Some(resolve(c, g).await?);
+    }
+    Ok(spec)
 }
 
 async fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
@@ -402,15 +432,16 @@ async fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
     let (action, args) = match cmd {
         InstanceCmd::Create(a) => {
             let wait = a.wait;
-            let req = create_instance_request(a)?;
+            let req = create_instance_request(c, a).await?;
             return ctx.accepted(c.create_instance(&req).await?, wait).await;
         }
         InstanceCmd::List { state, name, list } => {
             return ctx.list::<Instance>("/instances", list, name, state_filter(state)).await
         }
-        InstanceCmd::Show { id } => return ctx.show(&c.get_instance(&id).await?),
+        InstanceCmd::Ssh(a) => return ssh(ctx, a).await,
+        InstanceCmd::Show { id } => return ctx.show(&c.get_instance(&resolve(c, &id).await?).await?),
         InstanceCmd::ConsoleLog { id } => {
-            let log = c.console_log(&id).await?;
+            let log = c.console_log(&resolve(c, &id).await?).await?;
             return match ctx.format {
                 OutputFormat::Table if log.output.is_empty() => Ok(()),
                 OutputFormat::Table => emit(&with_newline(&log.output)),
@@ -424,11 +455,57 @@ async fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
         InstanceCmd::Reboot(a) => (InstanceAction::Reboot, a),
         InstanceCmd::Terminate(a) => (InstanceAction::Terminate, a),
     };
-    let acc = c.instance_action(&args.id, action).await?;
+    let acc = c.instance_action(&resolve(c, &args.id).await?, action).await?;
     ctx.accepted(acc, args.wait).await
 }
 
-fn create_instance_request(a: InstanceCreateArgs) -> Result<CreateInstance, CliError> {
+/// Runs `ssh` in place of this process, so that its exit code (the remote command's) is
+/// the command's.
+async fn ssh(ctx: &Ctx, a: InstanceSshArgs) -> Result<(), CliError> {
+    use crate::ssh::{config_dir, no_floating_ip, saved_key, ssh_args, SshPlan};
+    let c = &ctx.client;
+    let inst = c.get_instance(&resolve(c, &a.id).await?).await?;
+    let shown = a.id.as_str();
+    if inst.state != InstanceState::Running {
+        return Err(CliError::Failed(format!(
+            "instance {shown} is {}; ssh needs it running (vdc instance start {shown})",
+            inst.state
+        )));
+    }
+    let fips: Vec<FloatingIp> = c.list_all("/floating-ips", &ListQuery::default()).await?;
+    let ip = fips
+        .iter()
+        .find(|f| f.instance_id.as_ref() == Some(&inst.id))
+        .map(|f| f.ip)
+        .ok_or_else(|| CliError::Failed(no_floating_ip(shown)))?;
+    let user = match a.user {
+        Some(u) => u,
+        None => match c.get_image(&inst.image_id).await {
+            Ok(img) => img
+                .default_user
+                .ok_or_else(|| CliError::usage(format!("image {} has no default user; pass -l USER", img.name)))?,
+            Err(e) if e.is_not_found() => {
+                return Err(CliError::usage(format!("image {} is gone; pass -l USER", inst.image_id)))
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    let dir = config_dir(&config::config_path());
+    let identity = match a.identity {
+        Some(f) if !f.is_file() => return Err(CliError::usage(format!("-i {}: no such file", f.display()))),
+        Some(f) => Some(f),
+        None => inst.ssh_key_id.as_ref().and_then(|k| saved_key(&dir, k.as_str())),
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| CliError::io(format!("cannot create {}", dir.display()), e))?;
+    let plan = SshPlan { ip, port: a.port, user, identity, known_hosts: dir.join("known_hosts"), command: a.command };
+    tracing::debug!(?plan, "exec ssh");
+    use std::os::unix::process::CommandExt;
+    let e = std::process::Command::new("ssh").args(ssh_args(&plan)).exec();
+    Err(CliError::io("cannot run ssh (is openssh-client installed?)", e))
+}
+
+/// The request `vdc instance create` sends, with every name resolved to its ID.
+async fn create_instance_request(c: &Client, a: InstanceCreateArgs) -> Result<CreateInstance, CliError> {
     if a.ip.is_some() && a.networks.len() != 1 {
         return Err(CliError::usage(format!(
             "--ip needs exactly one --network (got {}); the address belongs to that interface",
@@ -449,23 +526,29 @@ fn create_instance_request(a: InstanceCreateArgs) -> Result<CreateInstance, CliE
         }
         None => None,
     };
-    let interfaces = a
-        .networks
+    let image_id = resolve(c, &a.image).await?;
+    let networks = resolve_all(c, &a.networks).await?;
+    let secgroups = resolve_all(c, &a.secgroups).await?;
+    let ssh_key_id = match &a.keypair {
+        Some(k) => Some(resolve(c, k).await?),
+        None => None,
+    };
+    let interfaces = networks
         .into_iter()
         .map(|network_id| CreateInterface {
             network_id,
-            security_groups: a.secgroups.clone(),
+            security_groups: secgroups.clone(),
             ip: a.ip.map(|ip| ip.to_string()),
         })
         .collect();
     Ok(CreateInstance {
-        name: a.name,
-        image_id: a.image,
+        name: a.name.or(a.name_flag),
+        image_id,
         hypervisor: a.hypervisor,
         cpus: a.cpus,
         memory_mib: a.memory,
         interfaces,
-        ssh_key_id: a.keypair,
+        ssh_key_id,
         user_data,
         root_disk_size: a.root_disk_size,
     })
@@ -475,18 +558,30 @@ async fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
         VolumeCmd::Create { name, size, snapshot, image, wait } => {
-            let req = CreateVolume { name, size_mib: size, snapshot_id: snapshot, image_id: image };
+            let snapshot_id = match &snapshot {
+                Some(s) => Some(resolve(c, s).await?),
+                None => None,
+            };
+            let image_id = match &image {
+                Some(i) => Some(resolve(c, i).await?),
+                None => None,
+            };
+            let req = CreateVolume { name, size_mib: size, snapshot_id, image_id };
             ctx.accepted(c.create_volume(&req).await?, wait).await
         }
         VolumeCmd::List { state, name, list } => ctx.list::<Volume>("/volumes", list, name, state_filter(state)).await,
-        VolumeCmd::Show { id } => ctx.show(&c.get_volume(&id).await?),
-        VolumeCmd::Delete { id, wait } => ctx.accepted(c.delete_volume(&id).await?, wait).await,
+        VolumeCmd::Show { id } => ctx.show(&c.get_volume(&resolve(c, &id).await?).await?),
+        VolumeCmd::Delete { id, wait } => ctx.accepted(c.delete_volume(&resolve(c, &id).await?).await?, wait).await,
         VolumeCmd::Attach { volume, instance, wait } => {
+            let (volume, instance) = (resolve(c, &volume).await?, resolve(c, &instance).await?);
             let acc = c.attach_volume(&volume, &instance).await?;
             ctx.accepted(acc, wait).await
         }
-        VolumeCmd::Detach { volume, wait } => ctx.accepted(c.detach_volume(&volume).await?, wait).await,
+        VolumeCmd::Detach { volume, wait } => {
+            ctx.accepted(c.detach_volume(&resolve(c, &volume).await?).await?, wait).await
+        }
         VolumeCmd::Extend { volume, size, wait } => {
+            let volume = resolve(c, &volume).await?;
             ctx.accepted(c.extend_volume(&volume, &ExtendVolume { size_mib: size }).await?, wait).await
         }
     }
@@ -496,14 +591,14 @@ async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
         SnapshotCmd::Create { volume, name, wait } => {
-            let req = CreateSnapshot { volume_id: volume, name };
+            let req = CreateSnapshot { volume_id: resolve(c, &volume).await?, name };
             ctx.accepted(c.create_snapshot(&req).await?, wait).await
         }
         SnapshotCmd::List { state, name, list } => {
             ctx.list::<Snapshot>("/snapshots", list, name, state_filter(state)).await
         }
-        SnapshotCmd::Show { id } => ctx.show(&c.get_snapshot(&id).await?),
-        SnapshotCmd::Delete { id, wait } => ctx.accepted(c.delete_snapshot(&id).await?, wait).await,
+        SnapshotCmd::Show { id } => ctx.show(&c.get_snapshot(&resolve(c, &id).await?).await?),
+        SnapshotCmd::Delete { id, wait } => ctx.accepted(c.delete_snapshot(&resolve(c, &id).await?).await?, wait).await,
     }
 }
 
@@ -578,23 +673,66 @@ mod tests {
         }
     }
 
-    #[test]
-    fn secgroups_apply_to_every_interface() {
-        let req =
-            create_instance_request(create_args(&["--network", "nw-a", "--network", "nw-b", "--secgroup", "sg-x"]))
-                .unwrap();
+    /// A server where every ID exists and nothing has a name.
+    async fn ids_exist() -> Client {
+        let (base, _) = crate::testutil::mock(|req| {
+            if req.target.contains('?') {
+                (200, r#"{"items": [], "next_cursor": null}"#.into())
+            } else {
+                (200, "{}".into())
+            }
+        })
+        .await;
+        Client::new(base, "t")
+    }
+
+    #[tokio::test]
+    async fn secgroups_apply_to_every_interface() {
+        let c = ids_exist().await;
+        let args = create_args(&["--network", "nw-a", "--network", "nw-b", "--secgroup", "sg-x"]);
+        let req = create_instance_request(&c, args).await.unwrap();
         assert_eq!(req.interfaces.len(), 2);
         assert!(req.interfaces.iter().all(|i| i.security_groups.len() == 1 && i.ip.is_none()));
         assert_eq!(req.memory_mib, 256);
     }
 
-    #[test]
-    fn ip_needs_exactly_one_network() {
-        let err = create_instance_request(create_args(&["--network", "nw-a", "--network", "nw-b", "--ip", "10.0.0.9"]))
-            .unwrap_err();
+    #[tokio::test]
+    async fn ip_needs_exactly_one_network() {
+        let c = ids_exist().await;
+        let args = create_args(&["--network", "nw-a", "--network", "nw-b", "--ip", "10.0.0.9"]);
+        let err = create_instance_request(&c, args).await.unwrap_err();
         assert_eq!(err.exit_code(), 2);
-        let req = create_instance_request(create_args(&["--network", "nw-a", "--ip", "10.0.0.9"])).unwrap();
+        let req = create_instance_request(&c, create_args(&["--network", "nw-a", "--ip", "10.0.0.9"])).await.unwrap();
         assert_eq!(req.interfaces[0].ip.as_deref(), Some("10.0.0.9"));
+    }
+
+    #[test]
+    fn the_name_is_positional_and_resources_take_names() {
+        let cli = Cli::try_parse_from([
+            "vdc",
+            "instance",
+            "create",
+            "web1",
+            "--image",
+            "debian",
+            "--network",
+            "net1",
+            "--secgroup",
+            "web",
+            "--keypair",
+            "mykey",
+            "--wait",
+        ])
+        .unwrap();
+        let Command::Instance(InstanceCmd::Create(a)) = cli.command else { unreachable!() };
+        assert_eq!(a.name.as_deref(), Some("web1"));
+        assert_eq!(a.image.as_str(), "debian");
+        assert_eq!(a.networks[0].as_str(), "net1");
+        assert_eq!(a.keypair.as_ref().map(|k| k.as_str()), Some("mykey"));
+        let old = Cli::try_parse_from(["vdc", "instance", "create", "--name", "web1", "--image", "img-a"]).unwrap();
+        let Command::Instance(InstanceCmd::Create(a)) = old.command else { unreachable!() };
+        assert_eq!(a.name_flag.as_deref(), Some("web1"));
+        assert!(Cli::try_parse_from(["vdc", "instance", "create", "a", "--name", "b", "--image", "i"]).is_err());
     }
 
     #[test]

@@ -20,7 +20,9 @@ use vdc_schema::id::{FloatingIpId, VifId};
 fn no_external() -> ApiError {
     ApiError::Unprocessable {
         code: "no_external_network",
-        message: "this site has no external network: set [external] in dcmgr's configuration".into(),
+        message: "this site has no external network: set [external] in dcmgr's configuration \
+                  (the all-in-one `vdc up` makes one unless started with --no-external)"
+            .into(),
     }
 }
 

@@ -33,6 +33,16 @@ fn validate(req: &CreateImage) -> ApiResult<()> {
     if req.format == ImageFormat::Kernel && req.initrd.is_none() {
         return Err(ApiError::bad("invalid_image", "a kernel image needs initrd (the path of its initramfs)"));
     }
+    if let Some(u) = &req.default_user {
+        if !valid_user(u) {
+            return Err(ApiError::bad(
+                "invalid_image",
+                format!(
+                    "default_user {u:?} is not a user name: use 1 to 32 of [a-z0-9_-], starting with a letter or _"
+                ),
+            ));
+        }
+    }
     if let Some(c) = &req.kernel_cmdline {
         if c.len() > 2048 || c.chars().any(|ch| ch.is_control()) {
             return Err(ApiError::bad("invalid_image", "kernel_cmdline must be one line of at most 2048 characters"));
@@ -104,6 +114,15 @@ fn validate_boot(req: &CreateImage) -> ApiResult<()> {
     Ok(())
 }
 
+/// A portable POSIX login name, so that `ssh USER@…` cannot be read as an option.
+fn valid_user(u: &str) -> bool {
+    let b = u.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && (b[0].is_ascii_lowercase() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
 pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiResult<Image> {
     // An image's source names a file on the hosts, which hva boots and sta copies into
     // volumes as root: a tenant naming one could read any host file. Until images can be
@@ -157,6 +176,7 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         os: req.os,
         public: req.public,
         created_at: now,
+        default_user: req.default_user,
     };
     db::retry(|| async {
         let mut tx = ctx.db.begin().await?;
@@ -225,4 +245,19 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
 /// Whether a public image of this name exists (for `vdc up`'s default image).
 pub async fn exists_public(ctx: &SharedCtx, name: &str) -> ApiResult<bool> {
     Ok(store::exists_public(&ctx.db, name).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_user;
+
+    #[test]
+    fn default_users_are_login_names() {
+        for ok in ["root", "debian", "_svc", "cloud-user", "u1"] {
+            assert!(valid_user(ok), "{ok}");
+        }
+        for bad in ["", "-oProxyCommand=x", "Root", "1user", "a b", "user@host", &"a".repeat(33)] {
+            assert!(!valid_user(bad), "{bad:?}");
+        }
+    }
 }

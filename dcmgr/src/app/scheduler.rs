@@ -1,6 +1,8 @@
 //! Placement: least usage of free memory, then free CPUs, among online hosts that offer
-//! the hypervisor kind. The reservation is one conditional UPDATE inside the caller's
-//! transaction, so two concurrent creates can never overcommit a host on either database.
+//! the hypervisor kind. A host holds its allocatable vCPUs and memory: its capacity times
+//! dcmgr's allocation ratios (`Config::allocatable`, stored on the host row). The
+//! reservation is one conditional UPDATE against them inside the caller's transaction, so
+//! two concurrent creates can never book a host beyond them on either database.
 //! The statements are in [`crate::datastore::host`], which also gives reservations back
 //! ([`crate::datastore::host::release`]) when an instance leaves its host.
 

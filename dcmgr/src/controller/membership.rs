@@ -41,7 +41,8 @@ async fn register(ctx: &SharedCtx, r: &Register) -> Result<(), sqlx::Error> {
     match r.kind {
         AgentKind::Hva => {
             let h = r.host.as_ref().expect("validated");
-            hosts::upsert_host(&ctx.db, &r.node_id, h, &now).await?;
+            let allocatable = ctx.config.allocatable(&r.node_id, h.cpus as u64, h.memory_mib);
+            hosts::upsert_host(&ctx.db, &r.node_id, h, allocatable, &now).await?;
         }
         AgentKind::Sta => {
             let s = r.storage.as_ref().expect("validated");
@@ -154,6 +155,15 @@ pub async fn watch_liveness(ctx: SharedCtx, cancel: CancellationToken) {
             }
         }
     }
+}
+
+/// Recomputes every known host's allocatable capacity from the configured ratios.
+pub async fn apply_allocation_ratios(ctx: &SharedCtx) -> Result<(), sqlx::Error> {
+    for (id, cpus, memory_mib) in hosts::capacities(&ctx.db).await? {
+        let allocatable = ctx.config.allocatable(&id, cpus as u64, memory_mib as u64);
+        hosts::set_allocatable(&ctx.db, &id, allocatable).await?;
+    }
+    Ok(())
 }
 
 /// At start, dcmgr remembers no heartbeats: give every node the full timeout to speak.

@@ -18,11 +18,14 @@ pub struct HostRow {
     pub memory_mib: i64,
     pub cpus_used: i64,
     pub memory_used_mib: i64,
+    pub cpus_allocatable: i64,
+    pub memory_allocatable_mib: i64,
     pub capabilities: String,
     pub last_seen: String,
 }
 
-const HOST_COLS: &str = "id, state, hypervisors, cpus, memory_mib, cpus_used, memory_used_mib, capabilities, last_seen";
+const HOST_COLS: &str = "id, state, hypervisors, cpus, memory_mib, cpus_used, memory_used_mib, cpus_allocatable, \
+                         memory_allocatable_mib, capabilities, last_seen";
 
 impl HostRow {
     pub fn into_api(self) -> ApiResult<HostNode> {
@@ -34,6 +37,8 @@ impl HostRow {
             memory_mib: self.memory_mib as u64,
             cpus_used: self.cpus_used as u32,
             memory_used_mib: self.memory_used_mib as u64,
+            cpus_allocatable: self.cpus_allocatable as u32,
+            memory_allocatable_mib: self.memory_allocatable_mib as u64,
             capabilities: serde_json::from_str(&self.capabilities).unwrap_or_default(),
             last_seen: db::parse_time(&self.last_seen),
         })
@@ -121,7 +126,8 @@ pub async fn count_bootable(pool: &db::Pool, hypervisor: HypervisorKind, mode: B
     Ok(n)
 }
 
-/// Up to 8 online hosts offering `hypervisor` with room for `cpus` and `memory_mib`,
+/// Up to 8 online hosts offering `hypervisor` (and able to boot `boot_mode`) with room for
+/// `cpus` and `memory_mib` within their allocatable capacity (the configured overcommit),
 /// most free memory first, then most free CPUs.
 pub async fn candidates(
     pool: &db::Pool,
@@ -133,8 +139,8 @@ pub async fn candidates(
     let rows: Vec<(String,)> = sqlx::query_as(
         "SELECT id FROM host_nodes
          WHERE state = 'online' AND hypervisors LIKE $1 AND boot_modes LIKE $4
-           AND memory_mib - memory_used_mib >= $2 AND cpus - cpus_used >= $3
-         ORDER BY memory_mib - memory_used_mib DESC, cpus - cpus_used DESC, id
+           AND memory_allocatable_mib - memory_used_mib >= $2 AND cpus_allocatable - cpus_used >= $3
+         ORDER BY memory_allocatable_mib - memory_used_mib DESC, cpus_allocatable - cpus_used DESC, id
          LIMIT 8",
     )
     .bind(format!("%,{hypervisor},%"))
@@ -151,7 +157,8 @@ pub async fn candidates(
 pub async fn try_reserve(tx: &mut db::Tx<'_>, id: &str, cpus: u32, memory_mib: u32) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
         "UPDATE host_nodes SET cpus_used = cpus_used + $1, memory_used_mib = memory_used_mib + $2
-         WHERE id = $3 AND state = 'online' AND cpus_used + $1 <= cpus AND memory_used_mib + $2 <= memory_mib",
+         WHERE id = $3 AND state = 'online'
+           AND cpus_used + $1 <= cpus_allocatable AND memory_used_mib + $2 <= memory_allocatable_mib",
     )
     .bind(cpus as i64)
     .bind(memory_mib as i64)
@@ -183,7 +190,7 @@ pub async fn free_capacity(
     hypervisor: HypervisorKind,
 ) -> Result<(i64, Option<i64>, Option<i64>), sqlx::Error> {
     sqlx::query_as(
-        "SELECT COUNT(*), MAX(memory_mib - memory_used_mib), MAX(cpus - cpus_used) FROM host_nodes
+        "SELECT COUNT(*), MAX(memory_allocatable_mib - memory_used_mib), MAX(cpus_allocatable - cpus_used) FROM host_nodes
          WHERE state = 'online' AND hypervisors LIKE $1",
     )
     .bind(format!("%,{hypervisor},%"))
@@ -193,24 +200,50 @@ pub async fn free_capacity(
 
 // Membership.
 
-/// Records a registered hva's host online. Capacity may change between agent starts;
-/// usage is dcmgr's and is kept.
-pub async fn upsert_host(pool: &db::Pool, id: &str, h: &HostInfo, now: &str) -> Result<(), sqlx::Error> {
+/// Records a registered hva's host online with what may be placed on it (vCPUs, MiB).
+/// Capacity may change between agent starts; usage is dcmgr's and is kept.
+pub async fn upsert_host(
+    pool: &db::Pool,
+    id: &str,
+    h: &HostInfo,
+    allocatable: (u64, u64),
+    now: &str,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO host_nodes (id, state, hypervisors, cpus, memory_mib, capabilities, last_seen, boot_modes)
-         VALUES ($1, 'online', $2, $3, $4, $5, $6, $7)
+        "INSERT INTO host_nodes (id, state, hypervisors, cpus, memory_mib, cpus_allocatable, memory_allocatable_mib,
+             capabilities, last_seen, boot_modes)
+         VALUES ($1, 'online', $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (id) DO UPDATE SET state = 'online', hypervisors = $2, cpus = $3, memory_mib = $4,
-             capabilities = $5, last_seen = $6, boot_modes = $7",
+             cpus_allocatable = $5, memory_allocatable_mib = $6, capabilities = $7, last_seen = $8, boot_modes = $9",
     )
     .bind(id)
     .bind(db::join_list(&h.hypervisors))
     .bind(h.cpus as i64)
     .bind(h.memory_mib as i64)
+    .bind(allocatable.0 as i64)
+    .bind(allocatable.1 as i64)
     .bind(h.capabilities.to_string())
     .bind(now)
     .bind(db::join_list(&h.boot_modes))
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+/// Every host's (ID, cores, MiB).
+pub async fn capacities(pool: &db::Pool) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, cpus, memory_mib FROM host_nodes").fetch_all(pool).await
+}
+
+/// Sets what may be placed on host `id` (vCPUs, MiB). Usage above it (after a ratio was
+/// lowered) stays: running guests keep their place, new ones go elsewhere.
+pub async fn set_allocatable(pool: &db::Pool, id: &str, allocatable: (u64, u64)) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE host_nodes SET cpus_allocatable = $1, memory_allocatable_mib = $2 WHERE id = $3")
+        .bind(allocatable.0 as i64)
+        .bind(allocatable.1 as i64)
+        .bind(id)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

@@ -23,11 +23,12 @@ pub struct Row {
     pub os: Option<String>,
     pub public: i64,
     pub created_at: String,
+    pub default_user: Option<String>,
 }
 
 const COLS: &str =
-    "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, \
-                    boot_mode, kernel_id, min_disk, min_memory, os";
+    "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, default_user, \
+     boot_mode, kernel_id, min_disk, min_memory, os";
 
 impl Row {
     pub fn into_api(self) -> ApiResult<Image> {
@@ -48,6 +49,7 @@ impl Row {
             os: self.os,
             public: self.public != 0,
             created_at: db::parse_time(&self.created_at),
+            default_user: self.default_user,
         })
     }
 }
@@ -59,7 +61,7 @@ pub async fn insert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "INSERT INTO images ({COLS}, account_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
     ))
     .bind(i.id.as_str())
     .bind(&i.name)
@@ -72,6 +74,7 @@ pub async fn insert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     .bind(&i.kernel_cmdline)
     .bind(i.public as i64)
     .bind(db::time(&i.created_at))
+    .bind(&i.default_user)
     .bind(i.boot_mode.as_str())
     .bind(i.kernel_id.as_ref().map(|k| k.as_str()))
     .bind(i.min_disk.map(|v| v as i64))

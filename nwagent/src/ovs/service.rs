@@ -191,10 +191,12 @@ impl Services {
         let ns = self.netns(vni);
         if self.host_ip(&["link", "show", &dev]).await.is_err() {
             self.host_ip(&["link", "add", &dev, "type", "veth", "peer", "name", "ext0", "netns", &ns]).await?;
-            self.host_ip(&["link", "set", &dev, "master", bridge, "up"]).await?;
             self.in_ns(vni, &["ip", "link", "set", "ext0", "up"]).await?;
             self.in_ns(vni, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).await?;
         }
+        // Every time: a bridge made again (the all-in-one's, after a reboot of the host
+        // side) has lost its ports.
+        self.host_ip(&["link", "set", &dev, "master", bridge, "up"]).await?;
         // Addresses: the SNAT one on the external subnet, each floating IP as a /32.
         let mut want: Vec<String> = vec![format!("{}/{}", ext.snat_ip, ext.cidr.prefix_len())];
         want.extend(n.fips.iter().map(|(fip, _)| format!("{fip}/32")));
@@ -592,9 +594,9 @@ mod tests {
             [
                 "ip -n h1 link show xr2a",
                 "ip -n h1 link add xr2a type veth peer name ext0 netns vt-n2a",
-                "ip -n h1 link set xr2a master br-ex up",
                 "ip netns exec vt-n2a ip link set ext0 up",
                 "ip netns exec vt-n2a sysctl -qw net.ipv4.ip_forward=1",
+                "ip -n h1 link set xr2a master br-ex up",
                 "ip netns exec vt-n2a ip -j addr show dev ext0",
                 "ip netns exec vt-n2a ip addr add 203.0.113.2/24 dev ext0",
             ]
@@ -616,6 +618,7 @@ mod tests {
             f.lines(),
             [
                 "ip -n h1 link show xr2a".to_owned(),
+                "ip -n h1 link set xr2a master br-ex up".into(),
                 "ip netns exec vt-n2a ip -j addr show dev ext0".into(),
                 "ip netns exec vt-n2a ip addr add 203.0.113.10/32 dev ext0".into(),
                 "ip netns exec vt-n2a ip addr del 203.0.113.99/32 dev ext0".into(),

@@ -49,6 +49,7 @@ fn disk_image(name: &str, source: &std::path::Path) -> CreateImage {
         min_memory: None,
         os: None,
         public: true,
+        default_user: None,
     }
 }
 

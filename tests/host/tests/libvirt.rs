@@ -144,6 +144,7 @@ async fn bad_input_is_refused_or_fails_cleanly() {
             min_memory: None,
             os: None,
             public: true,
+            default_user: None,
         })
         .await
         .unwrap();

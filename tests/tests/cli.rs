@@ -1,0 +1,279 @@
+//! The `vdc` command line against a fresh stack (dcmgr + simulated agents), on SQLite and
+//! PostgreSQL: resources named by name or ID, as a user types them.
+
+use clap::Parser;
+use std::path::Path;
+use vdc_cli::client::Client;
+use vdc_cli::commands::{self, Cli, GlobalArgs};
+use vdc_cli::error::CliError;
+use vdc_cli::output::OutputFormat;
+use vdc_schema::api::*;
+use vdc_tests::{on_both_databases, Db, Stack, StackOptions};
+
+on_both_databases!(names_or_ids_everywhere);
+
+/// Runs `vdc ARGS…` in-process as the holder of `c`'s token.
+async fn vdc(c: &Client, args: &[&str]) -> Result<(), CliError> {
+    let cli = Cli::try_parse_from(std::iter::once("vdc").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("vdc {}: {e}", args.join(" ")));
+    let global = GlobalArgs {
+        output: OutputFormat::Json,
+        api: Some(c.base_url().to_string()),
+        token: Some(c.token().to_string()),
+        wait_timeout: 30,
+        verbose: 0,
+    };
+    commands::run(&global, cli.command).await
+}
+
+async fn ok(c: &Client, args: &[&str]) {
+    if let Err(e) = vdc(c, args).await {
+        panic!("vdc {}: {}", args.join(" "), e.report());
+    }
+}
+
+/// The error of a command that must fail with exit code 1.
+async fn fails(c: &Client, args: &[&str]) -> String {
+    match vdc(c, args).await {
+        Ok(()) => panic!("vdc {} should have failed", args.join(" ")),
+        Err(e) => {
+            assert_eq!(e.exit_code(), 1, "vdc {}: {}", args.join(" "), e.report());
+            e.report()
+        }
+    }
+}
+
+async fn only<T: serde::de::DeserializeOwned>(c: &Client, path: &str, name: &str) -> T {
+    let q = ListQuery { name: Some(name.into()), ..Default::default() };
+    let mut all: Vec<T> = c.list_all(path, &q).await.unwrap();
+    assert_eq!(all.len(), 1, "one {path} named {name}");
+    all.remove(0)
+}
+
+async fn names_or_ids_everywhere(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let alice = s.account("alice").await;
+    let key_file = s.tmp.path().join("mykey");
+    let key_arg = key_file.to_str().unwrap();
+
+    ok(&alice, &["keypair", "create", "mykey", "--private-key-out", key_arg]).await;
+    ok(&alice, &["network", "create", "net1", "--cidr", "10.5.0.0/24"]).await;
+    ok(&alice, &["secgroup", "create", "web", "--rule", "tcp:22"]).await;
+    ok(
+        &alice,
+        &[
+            "instance",
+            "create",
+            "web1",
+            "--image",
+            "tiny",
+            "--network",
+            "net1",
+            "--secgroup",
+            "web",
+            "--keypair",
+            "mykey",
+            "--wait",
+        ],
+    )
+    .await;
+    let net1: Network = only(&alice, "/networks", "net1").await;
+    let web: SecurityGroup = only(&alice, "/security_groups", "web").await;
+    let key: KeyPair = only(&alice, "/keypairs", "mykey").await;
+    let web1: Instance = only(&alice, "/instances", "web1").await;
+    assert_eq!(web1.state, vdc_schema::InstanceState::Running);
+    assert_eq!(web1.image_id, s.image, "the public image `tiny`");
+    assert_eq!(web1.interfaces[0].network_id, net1.id);
+    assert_eq!(web1.interfaces[0].security_groups, vec![web.id.clone()]);
+    assert_eq!(web1.ssh_key_id.as_ref(), Some(&key.id));
+    assert!(Path::new(&key_file).exists());
+
+    // Actions, attachments and snapshots by name; IDs keep working beside them.
+    ok(&alice, &["instance", "stop", "web1", "--wait"]).await;
+    ok(&alice, &["instance", "start", web1.id.as_str(), "--wait"]).await;
+    ok(&alice, &["volume", "create", "data", "--size", "1G", "--wait"]).await;
+    ok(&alice, &["volume", "attach", "data", "web1", "--wait"]).await;
+    let data: Volume = only(&alice, "/volumes", "data").await;
+    assert_eq!(data.instance_id.as_ref(), Some(&web1.id));
+    ok(&alice, &["snapshot", "create", "data", "snap1", "--wait"]).await;
+    ok(&alice, &["volume", "create", "copy", "--snapshot", "snap1", "--wait"]).await;
+    let copy: Volume = only(&alice, "/volumes", "copy").await;
+    let snap1: Snapshot = only(&alice, "/snapshots", "snap1").await;
+    assert_eq!(copy.snapshot_id.as_ref(), Some(&snap1.id));
+    ok(&alice, &["secgroup", "rule-add", "web", "udp:53"]).await;
+    assert_eq!(alice.get_security_group(&web.id).await.unwrap().rules.len(), 2);
+    // A rule's SOURCE names a group too.
+    ok(&alice, &["secgroup", "create", "db", "--rule", "tcp:5432:web"]).await;
+    let db: SecurityGroup = only(&alice, "/security_groups", "db").await;
+    assert_eq!(db.rules[0].spec.group.as_ref(), Some(&web.id));
+    assert_eq!(db.rules[0].spec.cidr, None);
+
+    // Two networks named net1: refused with both listed, and nothing is created.
+    ok(&alice, &["network", "create", "net1", "--cidr", "10.6.0.0/24"]).await;
+    let err = fails(&alice, &["instance", "create", "web2", "--image", "tiny", "--network", "net1"]).await;
+    let nets: Vec<Network> =
+        alice.list_all("/networks", &ListQuery { name: Some("net1".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(nets.len(), 2);
+    for n in &nets {
+        assert!(err.contains(n.id.as_str()), "{err}");
+    }
+    assert!(err.starts_with("error: 2 networks are named \"net1\" (ambiguous_name)\n"), "{err}");
+    let q = ListQuery { name: Some("web2".into()), ..Default::default() };
+    assert!(alice.list_all::<Instance>("/instances", &q).await.unwrap().is_empty(), "nothing half-created");
+    // The same by ID is fine.
+    ok(&alice, &["instance", "create", "web2", "--image", "tiny", "--network", nets[1].id.as_str(), "--wait"]).await;
+
+    // Unknown names and other accounts' names are not found.
+    let err = fails(&alice, &["instance", "create", "w3", "--image", "nosuch"]).await;
+    assert!(err.contains("no image has the name or ID \"nosuch\"") && err.ends_with("(not_found)"), "{err}");
+    let bob = s.account("bob").await;
+    let err = fails(&bob, &["network", "show", "net1"]).await;
+    assert!(err.contains("no network has the name or ID \"net1\""), "{err}");
+    let err = fails(&bob, &["instance", "show", web1.id.as_str()]).await;
+    assert!(err.contains("(not_found)"), "{err}");
+
+    // Public images count: a second public `tiny` makes the name ambiguous for everyone.
+    let mut twin = vdc_tests::builtin_tiny_image(vec![vdc_schema::HypervisorKind::Qemu]);
+    twin.name = "tiny".into();
+    let twin = s.admin.create_image(&twin).await.unwrap();
+    let err = fails(&bob, &["instance", "create", "w4", "--image", "tiny"]).await;
+    assert!(err.contains(&format!("{}  tiny (public)", twin.id)) && err.contains(s.image.as_str()), "{err}");
+
+    // Deleting by name.
+    ok(&alice, &["instance", "terminate", "web2", "--wait"]).await;
+    ok(&alice, &["volume", "delete", "copy", "--wait"]).await;
+    assert_eq!(alice.get_volume(&copy.id).await.unwrap().state, vdc_schema::VolumeState::Deleted);
+    s.stop().await;
+}
+
+/// `vdc instance ssh` end to end against a real sshd: dropbear, on a loopback address that
+/// stands in for the guest's floating IP (the simulated stack's external network is
+/// 127.77.0.0/24, which this machine answers itself). dropbear runs in a mount namespace
+/// of its own where root's home is the test's directory, so it reads the test's
+/// authorized_keys and nothing of the machine's is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ssh_runs_the_remote_command_with_the_saved_key() {
+    use std::process::{Command, Output, Stdio};
+    use vdc_tests::procs::{bin, free_port, Proc};
+    vdc_tests::init_logging();
+    let mut o = StackOptions::new(Db::Sqlite);
+    o.hosts = 1;
+    o.external = Some(vdc_dcmgr::config::ExternalConfig {
+        cidr: "127.77.0.0/24".into(),
+        gateway: "127.77.0.1".into(),
+        pool_start: "127.77.0.10".into(),
+        pool_end: "127.77.0.20".into(),
+    });
+    let s = Stack::start(o).await;
+    let c = s.account("sshuser").await;
+    let dir = s.tmp.path().join("cli");
+    let config = dir.join("config.toml");
+    vdc_cli::config::save(&config, &vdc_cli::config::CliConfig::new(s.url(), c.token())).unwrap();
+    let vdc = |args: Vec<String>| {
+        let config = config.clone();
+        async move {
+            tokio::task::spawn_blocking(move || -> Output {
+                Command::new(bin("vdc"))
+                    .env("VDC_CONFIG", &config)
+                    .env_remove("VDC_API")
+                    .env_remove("VDC_TOKEN")
+                    .env_remove("SSH_AUTH_SOCK")
+                    .args(&args)
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let key_file = dir.join("k1.pem");
+    let out = vdc(argv(&["keypair", "create", "k1", "--private-key-out", key_file.to_str().unwrap()])).await;
+    assert!(out.status.success(), "{out:?}");
+    let out = vdc(argv(&["network", "create", "n1", "--cidr", "10.9.0.0/24"])).await;
+    assert!(out.status.success(), "{out:?}");
+    let out =
+        vdc(argv(&["instance", "create", "web1", "--image", "tiny", "--network", "n1", "--keypair", "k1", "--wait"]))
+            .await;
+    assert!(out.status.success(), "{out:?}");
+
+    // No floating IP yet: exit 1 and the commands that give it one.
+    let out = vdc(argv(&["instance", "ssh", "web1", "--", "true"])).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("vdc floating-ip create") && stderr.contains("vdc floating-ip associate FIP_ID web1"),
+        "{stderr}"
+    );
+
+    let fip = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
+    let out = vdc(argv(&["floating-ip", "associate", fip.id.as_str(), "web1"])).await;
+    assert!(out.status.success(), "{out:?}");
+
+    // The "guest": dropbear as root, whose home (from a passwd bound over /etc/passwd in
+    // dropbear's own mount namespace) holds the key pair's public key.
+    let home = dir.join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    let key: KeyPair = only(&c, "/keypairs", "k1").await;
+    std::fs::write(home.join(".ssh/authorized_keys"), format!("{}\n", key.public_key)).unwrap();
+    let passwd: String = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .map(|l| if l.starts_with("root:") { format!("root:x:0:0:root:{}:/bin/sh", home.display()) } else { l.into() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(dir.join("passwd"), passwd + "\n").unwrap();
+    let host_key = dir.join("host_key");
+    let st = Command::new("dropbearkey").args(["-t", "ed25519", "-f"]).arg(&host_key).output().unwrap();
+    assert!(st.status.success(), "dropbearkey (apt package dropbear-bin): {st:?}");
+    let port = free_port();
+    let script = format!(
+        "mount --bind {} /etc/passwd && exec dropbear -F -E -s -m -p {}:{port} -r {} -P {}",
+        dir.join("passwd").display(),
+        fip.ip,
+        host_key.display(),
+        dir.join("dropbear.pid").display()
+    );
+    let _sshd = Proc::spawn(
+        "dropbear",
+        Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]),
+        s.tmp.path(),
+    );
+    let listening = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::net::TcpStream::connect((fip.ip, port)).is_ok()
+    });
+    assert!(
+        listening,
+        "dropbear did not start: {}",
+        std::fs::read_to_string(s.tmp.path().join("dropbear.log")).unwrap_or_default()
+    );
+
+    // The remote command's output and exit code are the command's; the guest's host key
+    // lands in the CLI's own known_hosts.
+    let p = port.to_string();
+    let out = vdc(argv(&["instance", "ssh", "web1", "-p", &p, "--", "echo hello from $(id -un); exit 7"])).await;
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from root\n");
+    // (Hashed or not, as the user's ssh_config says: ask ssh-keygen.)
+    let found = Command::new("ssh-keygen")
+        .args(["-F", &format!("[{}]:{port}", fip.ip), "-f"])
+        .arg(dir.join("known_hosts"))
+        .output()
+        .unwrap();
+    assert!(found.status.success(), "the guest's key is not in the CLI's known_hosts: {found:?}");
+    // The second time the key is known; -i names the key explicitly.
+    let out = vdc(argv(&["instance", "ssh", "web1", "-p", &p, "-i", key_file.to_str().unwrap(), "--", "true"])).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // A user the image does not have is refused by the guest: ssh's own failure, 255.
+    let out = vdc(argv(&["instance", "ssh", "web1", "-p", &p, "-l", "nobody-here", "--", "true"])).await;
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+
+    let out = vdc(argv(&["instance", "stop", "web1", "--wait"])).await;
+    assert!(out.status.success(), "{out:?}");
+    let out = vdc(argv(&["instance", "ssh", "web1", "--", "true"])).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("vdc instance start web1"), "{out:?}");
+    s.stop().await;
+}
