@@ -15,6 +15,10 @@ packages=(
   # busybox-static and a Debian kernel; genisoimage makes cloud-init seeds.
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver-lxc libvirt-clients
   libvirt-dev dnsmasq-base busybox-static cpio genisoimage xz-utils
+  # UEFI guests: OVMF firmware (hva offers the `uefi` boot mode only where it is installed);
+  # the UEFI test disk is a GRUB standalone EFI binary on a FAT ESP in a GPT (mtools,
+  # dosfstools, sfdisk from fdisk).
+  ovmf grub-efi-amd64-bin mtools dosfstools fdisk
   # sta: the userspace iSCSI target, a userspace initiator for checks, and the backends
   # (zfs-fuse: no ZFS kernel module on these machines; btrfs on a loop device).
   tgt libiscsi-bin btrfs-progs zfs-fuse

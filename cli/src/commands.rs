@@ -4,7 +4,7 @@ mod exec;
 
 use crate::error::CliError;
 use crate::output::OutputFormat;
-use crate::parse::{parse_checksum, parse_memory_mib, parse_rule_arg, parse_size_mib, RuleArg};
+use crate::parse::{parse_checksum, parse_memory_mib, parse_rule_arg, parse_size_bytes, parse_size_mib, RuleArg};
 use crate::resolve::Ref;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use std::net::Ipv4Addr;
@@ -305,6 +305,18 @@ pub struct ImageImportArgs {
     /// The user `vdc instance ssh` logs in as (e.g. debian)
     #[arg(long, value_name = "USER")]
     pub default_user: Option<String>,
+    /// For disks: bios, or uefi (hosts with OVMF only)
+    #[arg(long, value_name = "MODE", default_value = "bios", value_parser = wire!(BootMode))]
+    pub boot_mode: BootMode,
+    /// The smallest root disk an instance of it may have (e.g. 2G)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    pub min_disk: Option<u64>,
+    /// The least memory an instance of it may have (e.g. 512M)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    pub min_memory: Option<u64>,
+    /// The operating system, as free text (e.g. debian-12)
+    #[arg(long, value_name = "TEXT")]
+    pub os: Option<String>,
 }
 
 fn parse_sha256(s: &str) -> Result<String, String> {
@@ -329,12 +341,28 @@ pub struct ImageCreateArgs {
     /// sha256:HEX of the image data
     #[arg(long, value_name = "sha256:HEX", value_parser = parse_checksum)]
     pub checksum: Option<String>,
-    /// For kernel images: the initrd beside the kernel
+    /// For kernel images only: the initrd beside the kernel
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<String>,
-    /// For kernel images: the kernel command line
+    /// For kernel images only: the kernel command line
     #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
+    /// For qcow2/raw disk images: bios, or uefi (hosts with OVMF only)
+    #[arg(long, value_name = "MODE", default_value = "bios", value_parser = wire!(BootMode))]
+    pub boot_mode: BootMode,
+    /// For qcow2/raw disk images: boot them with this kernel image (its kernel, initrd and
+    /// command line; the disk is vda), like an AMI naming its AKI/ARI
+    #[arg(long = "kernel", value_name = "IMAGE_ID")]
+    pub kernel_id: Option<ImageId>,
+    /// Smallest root disk instances may have (512M, 10G, …; disk images only)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    pub min_disk: Option<u64>,
+    /// Smallest memory instances may have (256M, 1G, …)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    pub min_memory: Option<u64>,
+    /// What the image holds, free text such as debian-12
+    #[arg(long, value_name = "TEXT")]
+    pub os: Option<String>,
     /// Make it visible to every account (admin only)
     #[arg(long)]
     pub public: bool,
@@ -540,6 +568,9 @@ pub struct InstanceCreateArgs {
     /// [default: the image's first hypervisor kind]
     #[arg(long, value_name = "KIND", value_parser = wire!(HypervisorKind))]
     pub hypervisor: Option<HypervisorKind>,
+    /// Grow the root disk to this size (10G, …; disk images only) [default: the image's size]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    pub root_disk_size: Option<u64>,
     #[command(flatten)]
     pub wait: WaitArg,
 }

@@ -144,6 +144,11 @@ pub fn parse_size_mib(s: &str) -> Result<u64, String> {
     Ok(mib)
 }
 
+/// [`parse_size_mib`] in bytes, for the API's byte sizes (root disk, image minimums).
+pub fn parse_size_bytes(s: &str) -> Result<u64, String> {
+    parse_size_mib(s)?.checked_mul(1 << 20).ok_or_else(|| format!("{s:?} is too large"))
+}
+
 /// [`parse_size_mib`] for fields that are `u32` (instance memory).
 pub fn parse_memory_mib(s: &str) -> Result<u32, String> {
     let mib = parse_size_mib(s)?;
@@ -264,6 +269,7 @@ mod tests {
         assert_eq!(parse_size_mib("512"), Ok(512));
         assert_eq!(parse_size_mib("512M"), Ok(512));
         assert_eq!(parse_size_mib("10G"), Ok(10240));
+        assert_eq!(parse_size_bytes("2G"), Ok(2 << 30));
         assert_eq!(parse_size_mib("10g"), Ok(10240));
         assert_eq!(parse_size_mib("2GiB"), Ok(2048));
         assert_eq!(parse_size_mib("1T"), Ok(1024 * 1024));

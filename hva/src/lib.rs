@@ -12,7 +12,7 @@ use std::sync::Arc;
 use vdc_bus::agent::{self, AgentConfig, AgentHandle, HypervisorHandler};
 use vdc_bus::{ReportSink, Transport};
 use vdc_schema::bus::{AgentKind, HostInfo};
-use vdc_schema::HypervisorKind;
+use vdc_schema::{BootMode, HypervisorKind};
 
 /// What one hva needs to run.
 #[derive(Debug, Clone)]
@@ -43,6 +43,7 @@ pub async fn start_sim(
             memory_mib: o.memory_mib,
             hypervisors: o.hypervisors.clone(),
             capabilities: serde_json::json!({"driver": "sim", "kvm_usable": false}),
+            boot_modes: vdc_schema::bus::bios_only(),
         }),
         storage: None,
         journal,
@@ -56,6 +57,8 @@ pub async fn start_sim(
 pub struct Detected {
     pub hypervisors: Vec<HypervisorKind>,
     pub capabilities: serde_json::Value,
+    /// `uefi` only where OVMF is installed.
+    pub boot_modes: Vec<BootMode>,
 }
 
 /// Probes libvirt's qemu and lxc drivers and whether KVM really runs guests (blocking).
@@ -73,14 +76,21 @@ pub fn detect(cfg: &libvirt::LibvirtConfig, kvm_probe_timeout: std::time::Durati
     if lxc.is_ok() {
         hypervisors.push(HypervisorKind::Lxc);
     }
+    let ovmf = libvirt::probe::ovmf();
+    let mut boot_modes = vec![BootMode::Bios];
+    if ovmf.is_some() && qemu.is_ok() {
+        boot_modes.push(BootMode::Uefi);
+    }
     let capabilities = serde_json::json!({
         "driver": "libvirt",
+        "uefi": boot_modes.contains(&BootMode::Uefi),
+        "ovmf_code": ovmf.as_ref().map(|o| o.code.display().to_string()),
         "kvm_usable": kvm_ok,
         "kvm_probe": kvm_why,
         "qemu": qemu.as_ref().map(|_| "ok".to_owned()).unwrap_or_else(|e| e.clone()),
         "lxc": lxc.as_ref().map(|_| "ok".to_owned()).unwrap_or_else(|e| e.clone()),
     });
-    Detected { hypervisors, capabilities }
+    Detected { hypervisors, capabilities, boot_modes }
 }
 
 /// Starts an hva with the libvirt driver on `bus`; `detected` comes from [`detect`].
@@ -107,6 +117,7 @@ pub async fn start_libvirt(
             memory_mib: o.memory_mib,
             hypervisors: detected.hypervisors,
             capabilities: detected.capabilities,
+            boot_modes: detected.boot_modes,
         }),
         storage: None,
         journal,

@@ -185,6 +185,24 @@ pub struct Image {
     pub initrd: Option<String>,
     #[schema(required = true)]
     pub kernel_cmdline: Option<String>,
+    /// How a disk image boots: `bios` (default) or `uefi` (hosts with OVMF only).
+    /// (`bios` when an older dcmgr leaves it out.)
+    #[serde(default)]
+    #[schema(required = true)]
+    pub boot_mode: BootMode,
+    /// For disk images booted by an outside kernel, like an AMI naming its AKI and ARI: the
+    /// `kernel` image (kernel, initrd, command line) started with this disk as `vda`.
+    #[schema(required = true)]
+    pub kernel_id: Option<ImageId>,
+    /// Smallest root disk (bytes) the image works with; instances ask for at least this.
+    #[schema(required = true)]
+    pub min_disk: Option<u64>,
+    /// Smallest instance memory (bytes) the image works with.
+    #[schema(required = true)]
+    pub min_memory: Option<u64>,
+    /// What is inside, free text such as `debian-12`.
+    #[schema(required = true)]
+    pub os: Option<String>,
     /// Visible to every account (only an admin can publish).
     pub public: bool,
     pub created_at: DateTime<Utc>,
@@ -219,10 +237,25 @@ pub struct CreateImage {
     /// `sha256:` and 64 hex digits: the data must have this digest (or the image fails).
     #[schema(pattern = "^sha256:[0-9A-Fa-f]{64}$")]
     pub checksum: Option<String>,
-    /// Required for `kernel` images.
+    /// Required for `kernel` images, refused for others.
     pub initrd: Option<String>,
-    /// One line of at most 2048 bytes.
+    /// One line of at most 2048 bytes; `kernel` images only.
     pub kernel_cmdline: Option<String>,
+    /// `bios` (default) or `uefi`; disk images (`qcow2`, `raw`) only.
+    #[serde(default)]
+    pub boot_mode: BootMode,
+    /// A `kernel` image to boot this disk image with (`qcow2`/`raw` only): the instance gets
+    /// that kernel, initrd and command line, and this image as its root disk `vda`.
+    pub kernel_id: Option<ImageId>,
+    /// Bytes; disk images only.
+    #[schema(minimum = 1, maximum = 1125899906842624.0)]
+    pub min_disk: Option<u64>,
+    /// Bytes.
+    #[schema(minimum = 1, maximum = 1125899906842624.0)]
+    pub min_memory: Option<u64>,
+    /// Free text such as `debian-12`, at most 64 characters.
+    #[schema(max_length = 64)]
+    pub os: Option<String>,
     /// Only an admin can publish (403 otherwise).
     #[serde(default)]
     pub public: bool,
@@ -405,6 +438,9 @@ pub struct Instance {
     pub host_node_id: Option<HostNodeId>,
     #[schema(required = true)]
     pub ssh_key_id: Option<KeyPairId>,
+    /// Bytes, as asked at create; null: the image's own size.
+    #[schema(required = true)]
+    pub root_disk_size: Option<u64>,
     pub interfaces: Vec<Interface>,
     pub volumes: Vec<VolumeId>,
     /// Set when `state` is `failed`, else null.
@@ -448,6 +484,10 @@ pub struct CreateInstance {
     pub ssh_key_id: Option<KeyPairId>,
     /// Passed to the guest as cloud-init user-data (at most 64 KiB).
     pub user_data: Option<String>,
+    /// Bytes: the root disk grown to this size (disk images only; at least the image's
+    /// `min_disk` and its own size). The image's size when left out.
+    #[schema(minimum = 1, maximum = 1125899906842624.0)]
+    pub root_disk_size: Option<u64>,
 }
 
 fn default_cpus() -> u32 {

@@ -142,6 +142,14 @@ pub struct HostInfo {
     pub hypervisors: Vec<HypervisorKind>,
     /// Probed facts, e.g. `{"kvm_usable": false, "driver": "sim"}`.
     pub capabilities: serde_json::Value,
+    /// How this host can boot disk images; `uefi` only where OVMF is installed. An older
+    /// agent that does not say boots BIOS only.
+    #[serde(default = "bios_only")]
+    pub boot_modes: Vec<BootMode>,
+}
+
+pub fn bios_only() -> Vec<BootMode> {
+    vec![BootMode::Bios]
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -299,6 +307,9 @@ pub struct InstanceSpec {
     pub volumes: Vec<VolumeAttachment>,
     /// Reboot when this is larger than the last reboot carried out.
     pub reboot_gen: u64,
+    /// Bytes the root disk is grown to; None keeps the image's size.
+    #[serde(default)]
+    pub root_disk_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -309,6 +320,11 @@ pub struct ImageSpec {
     pub checksum: Option<String>,
     pub initrd: Option<String>,
     pub kernel_cmdline: Option<String>,
+    #[serde(default)]
+    pub boot_mode: BootMode,
+    /// A disk image booted by an outside kernel: that `kernel` image.
+    #[serde(default)]
+    pub kernel: Option<Box<ImageSpec>>,
     /// Data kept in dcmgr's image store: fetch it from there (then `source` is only a
     /// description). None for an operator's host file.
     #[serde(default)]

@@ -188,6 +188,19 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// How a disk image's bootloader is started: legacy BIOS, or UEFI firmware (OVMF).
+    BootMode, "boot mode", { Bios => "bios", Uefi => "uefi" }
+);
+
+// By hand: wire_enum! takes no variant attributes, so `#[default]` cannot be derived.
+#[allow(clippy::derivable_impls)]
+impl Default for BootMode {
+    fn default() -> Self {
+        BootMode::Bios
+    }
+}
+
+wire_enum!(
     Arch, "architecture", { X86_64 => "x86_64", Aarch64 => "aarch64" }
 );
 
@@ -243,6 +256,7 @@ mod tests {
         check(ImageFormat::ALL);
         check(ImageState::ALL);
         check(Arch::ALL);
+        check(BootMode::ALL);
         check(Protocol::ALL);
         check(Direction::ALL);
         check(StorageBackend::ALL);

@@ -554,6 +554,8 @@ mod tests {
             initrd: None,
             kernel_cmdline: None,
             blob: None,
+            boot_mode: Default::default(),
+            kernel: None,
         };
         sta.ensure_volume(VolumeSpec { source_image: Some(image), ..spec("vol-b", 1, 64, None) }).await.unwrap();
         let r = report(&sink, "vol-b", 1).await;
@@ -586,6 +588,8 @@ mod tests {
             initrd: None,
             kernel_cmdline: None,
             blob: None,
+            boot_mode: Default::default(),
+            kernel: None,
         };
         sta.ensure_volume(VolumeSpec { source_image: Some(image), ..spec("vol-c", 1, 64, None) }).await.unwrap();
         let r = report(&sink, "vol-c", 1).await;

@@ -288,8 +288,9 @@ impl Stack {
             stack.storage.push((node_id, Some(h)));
         }
         stack.wait_nodes_online().await?;
-        let all = vec![HypervisorKind::Qemu, HypervisorKind::Kvm, HypervisorKind::Lxc];
-        let img = stack.admin.create_image(&builtin_tiny_image(all)).await?;
+        // A kernel image: QEMU and KVM boot it; LXC boots tar and dir images only.
+        let vms = vec![HypervisorKind::Qemu, HypervisorKind::Kvm];
+        let img = stack.admin.create_image(&builtin_tiny_image(vms)).await?;
         stack.image = img.id;
         Ok(stack)
     }
@@ -570,6 +571,7 @@ impl Stack {
                 interfaces: vec![CreateInterface { network_id: net.id, security_groups: vec![], ip: None }],
                 ssh_key_id: None,
                 user_data: None,
+                root_disk_size: None,
             })
             .await
             .unwrap();
@@ -767,6 +769,11 @@ pub async fn register_images(s: &Stack) -> (ImageId, ImageId) {
             checksum: Some(sha256(&dir.join("vmlinuz"))),
             initrd: Some(dir.join("initrd.gz").display().to_string()),
             kernel_cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
             public: true,
             default_user: None,
         })
@@ -783,6 +790,11 @@ pub async fn register_images(s: &Stack) -> (ImageId, ImageId) {
             checksum: Some(sha256(&dir.join("rootfs.tar.gz"))),
             initrd: None,
             kernel_cmdline: None,
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
             public: true,
             default_user: None,
         })
@@ -827,6 +839,7 @@ pub fn qemu_guest(image: &ImageId, name: &str) -> CreateInstance {
         interfaces: vec![],
         ssh_key_id: None,
         user_data: None,
+        root_disk_size: None,
     }
 }
 
@@ -841,6 +854,11 @@ pub fn builtin_tiny_image(hypervisors: Vec<HypervisorKind>) -> CreateImage {
         checksum: None,
         initrd: Some("builtin:tiny-initrd".into()),
         kernel_cmdline: None,
+        boot_mode: Default::default(),
+        kernel_id: None,
+        min_disk: None,
+        min_memory: None,
+        os: None,
         public: true,
         default_user: Some("root".into()),
     }

@@ -55,6 +55,7 @@ fn inst_req(image: &ImageId, name: &str) -> CreateInstance {
         interfaces: vec![],
         ssh_key_id: None,
         user_data: None,
+        root_disk_size: None,
     }
 }
 
@@ -166,6 +167,11 @@ async fn images(db: Db) {
         checksum: Some(format!("sha256:{}", "ab".repeat(32))),
         initrd: None,
         kernel_cmdline: None,
+        boot_mode: Default::default(),
+        kernel_id: None,
+        min_disk: None,
+        min_memory: None,
+        os: None,
         public: false,
         default_user: None,
     };
@@ -381,9 +387,12 @@ async fn instance_bad_input(db: Db) {
     let mut r = inst_req(&s.image, "x");
     r.cpus = 0;
     assert_eq!(err(c.create_instance(&r).await).1, "invalid_cpus");
-    // The image runs on lxc too, but no host offers lxc.
-    let mut r = inst_req(&s.image, "x");
-    r.hypervisor = Some(HypervisorKind::Lxc);
+    // A container image, but no host offers lxc.
+    let mut tar = vdc_tests::builtin_tiny_image(vec![HypervisorKind::Lxc]);
+    (tar.name, tar.format, tar.source, tar.initrd) =
+        ("tiny-lxc".into(), ImageFormat::Tar, Some("builtin:tiny-rootfs".into()), None);
+    let tar = s.admin.create_image(&tar).await.unwrap();
+    let r = inst_req(&tar.id, "x");
     assert_eq!(err(c.create_instance(&r).await), (422, "no_capacity".into()));
     let only_kvm = s
         .admin
@@ -396,6 +405,11 @@ async fn instance_bad_input(db: Db) {
             checksum: None,
             initrd: None,
             kernel_cmdline: None,
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
             public: true,
             default_user: None,
         })
@@ -528,16 +542,21 @@ async fn volumes_and_snapshots(db: Db) {
     assert_eq!(d.resource.state, VolumeState::Available);
     // A container takes no volume: refused at once, running or stopped, nothing changed.
     let net = c.list_all_networks().await.unwrap().remove(0);
+    let mut tar = vdc_tests::builtin_tiny_image(vec![HypervisorKind::Lxc]);
+    (tar.name, tar.format, tar.source, tar.initrd, tar.kernel_cmdline) =
+        ("tiny-lxc".into(), ImageFormat::Tar, Some("builtin:tiny-rootfs".into()), None, None);
+    let tar = s.admin.create_image(&tar).await.unwrap();
     let ct = c
         .create_instance(&CreateInstance {
             name: Some("ct".into()),
-            image_id: s.image.clone(),
+            image_id: tar.id.clone(),
             hypervisor: Some(HypervisorKind::Lxc),
             cpus: 1,
             memory_mib: 128,
             interfaces: vec![CreateInterface { network_id: net.id, security_groups: vec![], ip: None }],
             ssh_key_id: None,
             user_data: None,
+            root_disk_size: None,
         })
         .await
         .unwrap()
@@ -802,6 +821,7 @@ async fn untrusted_bus_messages_are_dropped(db: Db) {
             memory_mib: 1024,
             hypervisors: vec![HypervisorKind::Qemu],
             capabilities: Default::default(),
+            boot_modes: vdc_schema::bus::bios_only(),
         }),
         storage: None,
         tunnel_ip: None,

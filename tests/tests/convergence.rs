@@ -74,6 +74,7 @@ async fn lossy_bus_and_dcmgr_restarts_converge(db: Db) {
                 interfaces: iface(&net.id, &g.id),
                 ssh_key_id: None,
                 user_data: None,
+                root_disk_size: None,
             })
             .await
             .unwrap();

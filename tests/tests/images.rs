@@ -42,6 +42,11 @@ fn req(name: &str, format: ImageFormat, source: Option<String>, checksum: Option
         kernel_cmdline: None,
         public: false,
         default_user: None,
+        boot_mode: Default::default(),
+        kernel_id: None,
+        min_disk: None,
+        min_memory: None,
+        os: None,
     }
 }
 
@@ -151,6 +156,7 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
         hypervisor: None,
         ssh_key_id: None,
         user_data: None,
+        root_disk_size: None,
         interfaces: vec![],
     };
     assert_eq!(err(c.create_instance(&inst).await), (409, "image_not_available".into()));
@@ -502,6 +508,7 @@ async fn images_are_shared_with_named_accounts(db: Db) {
         hypervisor: None,
         ssh_key_id: None,
         user_data: None,
+        root_disk_size: None,
         interfaces: vec![],
     };
     let booted = friend.create_instance(&inst).await.unwrap().resource.id;

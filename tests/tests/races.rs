@@ -87,6 +87,7 @@ fn inst_req(image: &ImageId, name: &str, net: Option<&NetworkId>, groups: &[Secu
             .unwrap_or_default(),
         ssh_key_id: None,
         user_data: None,
+        root_disk_size: None,
     }
 }
 
@@ -550,6 +551,11 @@ async fn image_delete_instance_create(db: Db) {
                 checksum: Some(format!("sha256:{}", "ab".repeat(32))),
                 initrd: None,
                 kernel_cmdline: None,
+                boot_mode: Default::default(),
+                kernel_id: None,
+                min_disk: None,
+                min_memory: None,
+                os: None,
                 public: true,
                 default_user: None,
             })

@@ -330,6 +330,11 @@ async fn image(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
                 checksum: a.checksum,
                 initrd: a.initrd,
                 kernel_cmdline: a.cmdline,
+                boot_mode: a.boot_mode,
+                kernel_id: a.kernel_id,
+                min_disk: a.min_disk,
+                min_memory: a.min_memory,
+                os: a.os,
                 public: a.public,
                 default_user: a.default_user,
             };
@@ -384,6 +389,11 @@ async fn import_image(ctx: &Ctx, a: ImageImportArgs) -> Result<Image, CliError> 
         kernel_cmdline: None,
         public: a.public,
         default_user: a.default_user,
+        boot_mode: a.boot_mode,
+        kernel_id: None,
+        min_disk: a.min_disk,
+        min_memory: a.min_memory,
+        os: a.os,
     };
     let image = c.create_image(&req).await?;
     let terminal = std::io::stderr().is_terminal();
@@ -626,6 +636,7 @@ async fn create_instance_request(c: &Client, a: InstanceCreateArgs) -> Result<Cr
         interfaces,
         ssh_key_id,
         user_data,
+        root_disk_size: a.root_disk_size,
     })
 }
 

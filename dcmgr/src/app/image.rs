@@ -6,7 +6,7 @@ use crate::datastore::{self as db, image as store};
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::{CreateImage, Image, ImageMembers, ListQuery, Page};
 use vdc_schema::id::{AccountId, ImageId};
-use vdc_schema::{ImageFormat, ImageState};
+use vdc_schema::{BootMode, HypervisorKind, ImageFormat, ImageState};
 
 /// What an image's `source` asks for.
 enum Source {
@@ -91,6 +91,69 @@ fn validate(req: &CreateImage) -> ApiResult<()> {
             return Err(ApiError::bad("invalid_image", "kernel_cmdline must be one line of at most 2048 characters"));
         }
     }
+    validate_boot(req)
+}
+
+/// The largest size in bytes the API takes (1 PiB): sizes are stored as signed 64 bits.
+pub const MAX_BYTES: u64 = 1 << 50;
+
+/// Whether `hypervisor` can boot an image of `format` at all.
+pub fn boots(hypervisor: HypervisorKind, format: ImageFormat) -> bool {
+    match hypervisor {
+        HypervisorKind::Lxc => matches!(format, ImageFormat::Tar | ImageFormat::Dir),
+        HypervisorKind::Kvm | HypervisorKind::Qemu => {
+            matches!(format, ImageFormat::Qcow2 | ImageFormat::Raw | ImageFormat::Kernel)
+        }
+    }
+}
+
+/// The boot properties of a new image: every one given must be honoured by how the image
+/// boots, since a property that is stored and then ignored leaves a guest with nothing to
+/// boot while the API says `running`.
+fn validate_boot(req: &CreateImage) -> ApiResult<()> {
+    let f = req.format;
+    let disk = matches!(f, ImageFormat::Qcow2 | ImageFormat::Raw);
+    if f != ImageFormat::Kernel && (req.initrd.is_some() || req.kernel_cmdline.is_some()) {
+        return Err(ApiError::bad(
+            "kernel_options_need_kernel_image",
+            format!(
+                "initrd and kernel_cmdline belong to a kernel image, and a {f} image would ignore them; \
+                 register the kernel as a `kernel` image and name it in this image's kernel_id"
+            ),
+        ));
+    }
+    if let Some(h) = req.hypervisors.iter().find(|h| !boots(**h, f)) {
+        let wants = if *h == HypervisorKind::Lxc { "tar or dir" } else { "qcow2, raw or kernel" };
+        return Err(ApiError::bad(
+            "unsupported_format",
+            format!("hypervisor {h} cannot boot a {f} image (it boots {wants} images); drop {h} from hypervisors"),
+        ));
+    }
+    if req.kernel_id.is_some() && !disk {
+        return Err(ApiError::bad(
+            "invalid_kernel_id",
+            format!("kernel_id names the kernel that boots a qcow2 or raw disk image, not a {f} image"),
+        ));
+    }
+    if req.boot_mode == BootMode::Uefi && (!disk || req.kernel_id.is_some()) {
+        let why = if disk { "it is started by its kernel_id" } else { "it has no disk with a bootloader" };
+        return Err(ApiError::bad(
+            "invalid_boot_mode",
+            format!("boot_mode uefi starts the bootloader of a qcow2 or raw disk; this image cannot use it: {why}"),
+        ));
+    }
+    if req.min_disk.is_some() && !disk {
+        return Err(ApiError::bad("invalid_min_disk", format!("min_disk is for qcow2 and raw disk images, not {f}")));
+    }
+    let size_ok = |v: Option<u64>| v.is_none_or(|b| (1..=MAX_BYTES).contains(&b));
+    if !size_ok(req.min_disk) || !size_ok(req.min_memory) {
+        return Err(ApiError::bad("invalid_image", "min_disk and min_memory are sizes in bytes, from 1 to 2^50"));
+    }
+    if let Some(os) = &req.os {
+        if os.trim().is_empty() || os.len() > 64 || os.chars().any(char::is_control) {
+            return Err(ApiError::bad("invalid_os", "os must be one line of 1 to 64 characters, e.g. debian-12"));
+        }
+    }
     Ok(())
 }
 
@@ -123,6 +186,26 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         check_initrd(ctx, &req)?;
     }
     let stored = !matches!(kind, Source::HostFile);
+    let kernel = match &req.kernel_id {
+        Some(k) => Some(fetch_visible(ctx, caller, k).await.map_err(|e| match e {
+            ApiError::NotFound { .. } => {
+                ApiError::bad("invalid_kernel_id", format!("kernel_id {k}: no such image visible to you"))
+            }
+            e => e,
+        })?),
+        None => None,
+    };
+    if let Some(k) = &kernel {
+        if k.format != ImageFormat::Kernel || k.arch != req.arch {
+            return Err(ApiError::bad(
+                "invalid_kernel_id",
+                format!(
+                    "kernel_id {} is a {} {} image; it must be a {} kernel image",
+                    k.id, k.arch, k.format, req.arch
+                ),
+            ));
+        }
+    }
     let now = db::parse_time(&db::now());
     let image = Image {
         id: ImageId::generate(),
@@ -134,6 +217,11 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         checksum: req.checksum.map(|c| c.to_ascii_lowercase()),
         initrd: req.initrd,
         kernel_cmdline: req.kernel_cmdline,
+        boot_mode: req.boot_mode,
+        kernel_id: req.kernel_id,
+        min_disk: req.min_disk,
+        min_memory: req.min_memory,
+        os: req.os,
         public: req.public,
         created_at: now,
         default_user: req.default_user,
@@ -141,7 +229,20 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         failure_reason: None,
         size_bytes: None,
     };
-    store::insert(&ctx.db, &caller.account_id, &image).await?;
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // The kernel must still be there at commit: its delete locks it too and then sees
+        // this image.
+        if let Some(k) = &image.kernel_id {
+            if !db::lock(&mut tx, db::Lock::Image, k.as_str()).await? {
+                return Err(ApiError::bad("invalid_kernel_id", format!("kernel_id {k}: no such image")));
+            }
+        }
+        store::insert(&mut *tx, &caller.account_id, &image).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
     if matches!(kind, Source::Url) {
         crate::app::image_import::spawn(ctx.clone(), image.clone());
     }
@@ -219,6 +320,13 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
             return Err(ApiError::conflict(
                 "image_in_use",
                 format!("image {id} is used by {}", name_some("instance", users.iter().map(String::as_str))),
+            ));
+        }
+        let disks = store::kernel_users(&mut tx, id).await?;
+        if !disks.is_empty() {
+            return Err(ApiError::conflict(
+                "image_in_use",
+                format!("image {id} is the kernel_id of {}", name_some("image", disks.iter().map(String::as_str))),
             ));
         }
         let blob = store::get_tx(&mut tx, id).await?.and_then(|r| r.blob);

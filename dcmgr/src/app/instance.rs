@@ -78,6 +78,62 @@ struct Prepared {
     ssh_key: Option<KeyPairId>,
     user_data: Option<String>,
     interfaces: Vec<Planned>,
+    root_disk_size: Option<u64>,
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Whether `image` can boot on `hypervisor` as asked, refusing what would be ignored;
+/// true when it needs a host with UEFI firmware. (The image's own virtual size is known
+/// only to the host, which refuses to shrink it.)
+pub fn check_boot(
+    image: &vdc_schema::api::Image,
+    hypervisor: vdc_schema::HypervisorKind,
+    memory_mib: u32,
+    root_disk_size: Option<u64>,
+) -> ApiResult<bool> {
+    use vdc_schema::{BootMode, HypervisorKind, ImageFormat};
+    if !image::boots(hypervisor, image.format) {
+        // Images registered before formats were checked against hypervisors.
+        return Err(ApiError::bad(
+            "unsupported_format",
+            format!("hypervisor {hypervisor} cannot boot image {}, a {} image", image.id, image.format),
+        ));
+    }
+    if let Some(min) = image.min_memory {
+        if u64::from(memory_mib) * MIB < min {
+            return Err(ApiError::bad(
+                "memory_below_image_minimum",
+                format!(
+                    "image {} needs at least {} MiB of memory (min_memory {min} bytes); memory_mib is {memory_mib}",
+                    image.id,
+                    min.div_ceil(MIB)
+                ),
+            ));
+        }
+    }
+    let disk = matches!(image.format, ImageFormat::Qcow2 | ImageFormat::Raw);
+    if let Some(size) = root_disk_size {
+        if !(1..=image::MAX_BYTES).contains(&size) {
+            return Err(ApiError::bad("invalid_size", "root_disk_size is a size in bytes, from 1 to 2^50"));
+        }
+        if !disk {
+            return Err(ApiError::bad(
+                "root_disk_not_applicable",
+                format!(
+                    "image {} is a {} image: it has no root disk to size; leave root_disk_size out",
+                    image.id, image.format
+                ),
+            ));
+        }
+        if let Some(min) = image.min_disk.filter(|m| size < *m) {
+            return Err(ApiError::bad(
+                "root_disk_too_small",
+                format!("root_disk_size {size} bytes is below image {}'s min_disk of {min} bytes", image.id),
+            ));
+        }
+    }
+    Ok(hypervisor != HypervisorKind::Lxc && disk && image.kernel_id.is_none() && image.boot_mode == BootMode::Uefi)
 }
 
 async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiResult<Prepared> {
@@ -111,6 +167,7 @@ async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiRe
         Some(h) => h,
         None => image.hypervisors[0],
     };
+    let uefi = check_boot(&image, hypervisor, req.memory_mib, req.root_disk_size)?;
     if let Some(k) = &req.ssh_key_id {
         keypair::fetch(ctx, caller, k).await?;
     }
@@ -128,8 +185,9 @@ async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiRe
     }
     Ok(Prepared {
         name: req.name.unwrap_or_default(),
-        demand: Demand { hypervisor, cpus: req.cpus, memory_mib: req.memory_mib },
+        demand: Demand { hypervisor, cpus: req.cpus, memory_mib: req.memory_mib, uefi },
         image,
+        root_disk_size: req.root_disk_size,
         ssh_key: req.ssh_key_id,
         user_data: req.user_data,
         interfaces,
@@ -179,6 +237,7 @@ async fn insert(
             memory_mib: p.demand.memory_mib,
             ssh_key: p.ssh_key.as_ref(),
             user_data: p.user_data.as_deref(),
+            root_disk_size: p.root_disk_size,
             host: &host,
             now: &now,
         },
@@ -202,6 +261,7 @@ async fn insert(
         memory_mib: p.demand.memory_mib,
         host_node_id: Some(host),
         ssh_key_id: p.ssh_key.clone(),
+        root_disk_size: p.root_disk_size,
         interfaces,
         volumes: vec![],
         failure_reason: None,
@@ -256,10 +316,13 @@ async fn act_once(
     let before = fetch_own(ctx, caller, id).await?;
     let candidates = match lifecycle::decide(action, before.state()?) {
         Decision::Apply(p) if p.schedule => {
+            let image = crate::controller::image::fetch_any(&ctx.db, &before.image_id).await?;
+            let hypervisor = before.hypervisor.parse().map_err(ApiError::internal)?;
             let d = Demand {
-                hypervisor: before.hypervisor.parse().map_err(ApiError::internal)?,
+                hypervisor,
                 cpus: before.cpus as u32,
                 memory_mib: before.memory_mib as u32,
+                uefi: check_boot(&image, hypervisor, before.memory_mib as u32, None)?,
             };
             Some((d, scheduler::candidates(&ctx.db, d, before.last_host_id.as_deref()).await?))
         }

@@ -10,18 +10,23 @@ use crate::datastore::host as store;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::id::HostNodeId;
-use vdc_schema::HypervisorKind;
+use vdc_schema::{BootMode, HypervisorKind};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Demand {
     pub hypervisor: HypervisorKind,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// Needs a host with UEFI firmware (OVMF).
+    pub uefi: bool,
 }
 
 /// Candidate hosts, best first (read outside the transaction; the UPDATE re-checks).
 pub async fn candidates(pool: &db::Pool, d: Demand, prefer: Option<&str>) -> ApiResult<Vec<String>> {
-    let ids = prefer_first(store::candidates(pool, d.hypervisor, d.cpus, d.memory_mib).await?, prefer);
+    let ids = prefer_first(
+        store::candidates(pool, d.hypervisor, d.cpus, d.memory_mib, d.uefi.then_some(BootMode::Uefi)).await?,
+        prefer,
+    );
     if ids.is_empty() {
         return Err(no_host(pool, d).await);
     }
@@ -53,10 +58,28 @@ pub async fn reserve(tx: &mut db::Tx<'_>, d: Demand, candidates: &[String]) -> A
 
 /// Explains why nothing fits.
 async fn no_host(pool: &db::Pool, d: Demand) -> ApiError {
+    if d.uefi {
+        match store::count_bootable(pool, d.hypervisor, BootMode::Uefi).await {
+            Ok(0) => return no_uefi(d.hypervisor),
+            Ok(_) => {}
+            Err(e) => return e.into(),
+        }
+    }
     match store::free_capacity(pool, d.hypervisor).await {
         Ok((hosts, mem, cpus)) => no_capacity(d, hosts, mem, cpus),
         Err(e) => e.into(),
     }
+}
+
+/// The refusal when no host could ever boot a UEFI image: none has OVMF.
+pub fn no_uefi(hypervisor: HypervisorKind) -> ApiError {
+    ApiError::conflict(
+        "boot_mode_unsupported",
+        format!(
+            "the image boots with UEFI and no online {hypervisor} host has UEFI firmware; \
+             install OVMF on a host (apt-get install ovmf) and restart its hva, or use a bios image"
+        ),
+    )
 }
 
 /// The refusal when no host fits `d`, given the online hosts of its hypervisor kind:
@@ -94,7 +117,7 @@ mod tests {
 
     #[test]
     fn no_capacity_says_what_is_missing() {
-        let d = Demand { hypervisor: HypervisorKind::Kvm, cpus: 4, memory_mib: 8192 };
+        let d = Demand { hypervisor: HypervisorKind::Kvm, cpus: 4, memory_mib: 8192, uefi: false };
         let e = no_capacity(d, 0, None, None);
         assert_eq!(e.code(), "no_capacity");
         assert_eq!(e.to_string(), "no online host offers hypervisor kvm");

@@ -13,6 +13,21 @@ pub async fn fetch_any(db: &db::Pool, id: &str) -> ApiResult<Image> {
 /// `node` is the agent the spec goes to: stored data comes with that node's credential
 /// for dcmgr's blob endpoint.
 pub async fn spec(ctx: &crate::ctx::Ctx, id: &str, node: &str) -> ApiResult<vdc_schema::bus::ImageSpec> {
+    let (image, kernel_id) = plain_spec(ctx, id, node).await?;
+    // The kernel of a disk image booted by kernel_id: one level only (a kernel image
+    // names no kernel), so no recursion.
+    let kernel = match kernel_id {
+        Some(k) => Some(Box::new(plain_spec(ctx, k.as_str(), node).await?.0)),
+        None => None,
+    };
+    Ok(vdc_schema::bus::ImageSpec { kernel, ..image })
+}
+
+async fn plain_spec(
+    ctx: &crate::ctx::Ctx,
+    id: &str,
+    node: &str,
+) -> ApiResult<(vdc_schema::bus::ImageSpec, Option<vdc_schema::id::ImageId>)> {
     let row = store::get(&ctx.db, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
     let blob = match (&row.blob, row.size_bytes) {
         (Some(sha), Some(size)) => Some(vdc_schema::bus::BlobRef {
@@ -24,7 +39,8 @@ pub async fn spec(ctx: &crate::ctx::Ctx, id: &str, node: &str) -> ApiResult<vdc_
         _ => None,
     };
     let image = row.into_api()?;
-    Ok(vdc_schema::bus::ImageSpec {
+    let kernel_id = image.kernel_id.clone();
+    let spec = vdc_schema::bus::ImageSpec {
         blob,
         id: image.id,
         format: image.format,
@@ -32,5 +48,8 @@ pub async fn spec(ctx: &crate::ctx::Ctx, id: &str, node: &str) -> ApiResult<vdc_
         checksum: image.checksum,
         initrd: image.initrd,
         kernel_cmdline: image.kernel_cmdline,
-    })
+        boot_mode: image.boot_mode,
+        kernel: None,
+    };
+    Ok((spec, kernel_id))
 }

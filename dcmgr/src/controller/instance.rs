@@ -71,6 +71,7 @@ async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Re
         nics,
         ssh_public_keys,
         user_data: row.user_data.clone(),
+        root_disk_size: row.root_disk_size.map(|v| v as u64),
         volumes: vols
             .into_iter()
             .filter_map(|(id, target)| {

@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::{HostNode, StorageNode};
 use vdc_schema::bus::{HostInfo, StorageInfo};
 use vdc_schema::id::{HostNodeId, StorageNodeId};
-use vdc_schema::HypervisorKind;
+use vdc_schema::{BootMode, HypervisorKind};
 
 #[derive(sqlx::FromRow)]
 pub struct HostRow {
@@ -109,18 +109,36 @@ pub async fn get_storage(pool: &db::Pool, id: &StorageNodeId) -> Result<Option<S
 
 // Placement.
 
-/// Up to 8 online hosts offering `hypervisor` with room for `cpus` and `memory_mib` within
-/// their allocatable capacity (the configured overcommit), most free memory first, then
-/// most free CPUs.
+/// Hosts that can boot `mode` (None: no firmware involved, e.g. a container or a kernel).
+fn boot_mode_pattern(mode: Option<BootMode>) -> String {
+    mode.map(|m| format!("%,{m},%")).unwrap_or_else(|| "%".into())
+}
+
+/// How many online hosts offer `hypervisor` and can boot `mode`.
+pub async fn count_bootable(pool: &db::Pool, hypervisor: HypervisorKind, mode: BootMode) -> Result<i64, sqlx::Error> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM host_nodes WHERE state = 'online' AND hypervisors LIKE $1 AND boot_modes LIKE $2",
+    )
+    .bind(format!("%,{hypervisor},%"))
+    .bind(boot_mode_pattern(Some(mode)))
+    .fetch_one(pool)
+    .await?;
+    Ok(n)
+}
+
+/// Up to 8 online hosts offering `hypervisor` (and able to boot `boot_mode`) with room for
+/// `cpus` and `memory_mib` within their allocatable capacity (the configured overcommit),
+/// most free memory first, then most free CPUs.
 pub async fn candidates(
     pool: &db::Pool,
     hypervisor: HypervisorKind,
     cpus: u32,
     memory_mib: u32,
+    boot_mode: Option<BootMode>,
 ) -> Result<Vec<String>, sqlx::Error> {
     let rows: Vec<(String,)> = sqlx::query_as(
         "SELECT id FROM host_nodes
-         WHERE state = 'online' AND hypervisors LIKE $1
+         WHERE state = 'online' AND hypervisors LIKE $1 AND boot_modes LIKE $4
            AND memory_allocatable_mib - memory_used_mib >= $2 AND cpus_allocatable - cpus_used >= $3
          ORDER BY memory_allocatable_mib - memory_used_mib DESC, cpus_allocatable - cpus_used DESC, id
          LIMIT 8",
@@ -128,6 +146,7 @@ pub async fn candidates(
     .bind(format!("%,{hypervisor},%"))
     .bind(memory_mib as i64)
     .bind(cpus as i64)
+    .bind(boot_mode_pattern(boot_mode))
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
@@ -192,10 +211,10 @@ pub async fn upsert_host(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO host_nodes (id, state, hypervisors, cpus, memory_mib, cpus_allocatable, memory_allocatable_mib,
-             capabilities, last_seen)
-         VALUES ($1, 'online', $2, $3, $4, $5, $6, $7, $8)
+             capabilities, last_seen, boot_modes)
+         VALUES ($1, 'online', $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (id) DO UPDATE SET state = 'online', hypervisors = $2, cpus = $3, memory_mib = $4,
-             cpus_allocatable = $5, memory_allocatable_mib = $6, capabilities = $7, last_seen = $8",
+             cpus_allocatable = $5, memory_allocatable_mib = $6, capabilities = $7, last_seen = $8, boot_modes = $9",
     )
     .bind(id)
     .bind(db::join_list(&h.hypervisors))
@@ -205,6 +224,7 @@ pub async fn upsert_host(
     .bind(allocatable.1 as i64)
     .bind(h.capabilities.to_string())
     .bind(now)
+    .bind(db::join_list(&h.boot_modes))
     .execute(pool)
     .await?;
     Ok(())

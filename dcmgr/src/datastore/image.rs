@@ -16,6 +16,11 @@ pub struct Row {
     pub checksum: Option<String>,
     pub initrd: Option<String>,
     pub kernel_cmdline: Option<String>,
+    pub boot_mode: String,
+    pub kernel_id: Option<String>,
+    pub min_disk: Option<i64>,
+    pub min_memory: Option<i64>,
+    pub os: Option<String>,
     pub public: i64,
     pub created_at: String,
     pub default_user: Option<String>,
@@ -27,7 +32,7 @@ pub struct Row {
 }
 
 const COLS: &str = "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, \
-                    default_user, state, failure_reason, blob, size_bytes";
+                    default_user, state, failure_reason, blob, size_bytes, boot_mode, kernel_id, min_disk, min_memory, os";
 
 impl Row {
     pub fn into_api(self) -> ApiResult<Image> {
@@ -41,6 +46,11 @@ impl Row {
             checksum: self.checksum,
             initrd: self.initrd,
             kernel_cmdline: self.kernel_cmdline,
+            boot_mode: self.boot_mode.parse().map_err(ApiError::internal)?,
+            kernel_id: self.kernel_id.map(|k| k.parse()).transpose().map_err(ApiError::internal)?,
+            min_disk: self.min_disk.map(|v| v as u64),
+            min_memory: self.min_memory.map(|v| v as u64),
+            os: self.os,
             public: self.public != 0,
             created_at: db::parse_time(&self.created_at),
             default_user: self.default_user,
@@ -51,10 +61,14 @@ impl Row {
     }
 }
 
-pub async fn insert(pool: &db::Pool, account: &AccountId, i: &Image) -> Result<(), sqlx::Error> {
+pub async fn insert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    account: &AccountId,
+    i: &Image,
+) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "INSERT INTO images ({COLS}, account_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
     ))
     .bind(i.id.as_str())
     .bind(&i.name)
@@ -72,8 +86,13 @@ pub async fn insert(pool: &db::Pool, account: &AccountId, i: &Image) -> Result<(
     .bind(&i.failure_reason)
     .bind(Option::<String>::None)
     .bind(i.size_bytes.map(|s| s as i64))
+    .bind(i.boot_mode.as_str())
+    .bind(i.kernel_id.as_ref().map(|k| k.as_str()))
+    .bind(i.min_disk.map(|v| v as i64))
+    .bind(i.min_memory.map(|v| v as i64))
+    .bind(&i.os)
     .bind(account.as_str())
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -150,6 +169,15 @@ pub async fn delete(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx::Error
     sqlx::query("DELETE FROM image_members WHERE image_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     sqlx::query("DELETE FROM images WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     Ok(())
+}
+
+/// The disk images that boot with kernel image `id`, by ID.
+pub async fn kernel_users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM images WHERE kernel_id = $1 ORDER BY id")
+        .bind(id.as_str())
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
 /// Whether a public image of this name exists.

@@ -30,10 +30,11 @@ pub struct Row {
     pub failure_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    pub root_disk_size: Option<i64>,
 }
 
 const COLS: &str = "id, account_id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, state, goal, \
-     host_node_id, last_host_id, spec_gen, report_gen, reboot_gen, failure_reason, created_at, updated_at";
+     host_node_id, last_host_id, spec_gen, report_gen, reboot_gen, failure_reason, created_at, updated_at, root_disk_size";
 
 impl Row {
     pub fn state(&self) -> ApiResult<InstanceState> {
@@ -56,6 +57,7 @@ impl Row {
             memory_mib: self.memory_mib as u32,
             host_node_id: self.host_node_id.map(|h| h.parse()).transpose().map_err(ApiError::internal)?,
             ssh_key_id: self.ssh_key_id.map(|k| k.parse()).transpose().map_err(ApiError::internal)?,
+            root_disk_size: self.root_disk_size.map(|v| v as u64),
             interfaces,
             volumes,
             failure_reason: self.failure_reason,
@@ -121,13 +123,14 @@ pub struct New<'a> {
     pub memory_mib: u32,
     pub ssh_key: Option<&'a KeyPairId>,
     pub user_data: Option<&'a str>,
+    pub root_disk_size: Option<u64>,
     pub host: &'a HostNodeId,
     pub now: &'a str,
 }
 
 pub async fn insert(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "INSERT INTO instances ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 'running', $10, NULL, 1, 0, 0, NULL, $11, $11)"
+        "INSERT INTO instances ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 'running', $10, NULL, 1, 0, 0, NULL, $11, $11, $12)"
     ))
     .bind(n.id.as_str())
     .bind(n.account.as_str())
@@ -140,6 +143,7 @@ pub async fn insert(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error>
     .bind(n.user_data)
     .bind(n.host.as_str())
     .bind(n.now)
+    .bind(n.root_disk_size.map(|v| v as i64))
     .execute(&mut **tx)
     .await?;
     Ok(())

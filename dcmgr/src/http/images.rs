@@ -21,8 +21,10 @@ use vdc_schema::api::{CreateImage, ErrorBody, Image, ImageMembers, Page};
         (status = 201, description = "The image", body = Image),
         (status = 400,
             description = "`invalid_name`, `invalid_image`, `invalid_source` (a malformed URL, a scheme other \
-                than http(s), a host file outside the configured directories), `invalid_checksum`, or a \
-                malformed body (`invalid_body`)",
+                than http(s), a host file outside the configured directories), `invalid_checksum`, \
+                `kernel_options_need_kernel_image` (initrd or kernel_cmdline on a non-kernel image), `unsupported_format` \
+                (a listed hypervisor cannot boot the format), `invalid_boot_mode`, `invalid_kernel_id`, `invalid_min_disk`, \
+                `invalid_os`, or a malformed body (`invalid_body`)",
             body = ErrorBody),
         (status = 403, description = "`forbidden`: a tenant named a host file, or asked for a public image", body = ErrorBody)))]
 pub async fn create(
@@ -67,7 +69,7 @@ pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<S
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "`not_found` (a public image of another account, too)", body = ErrorBody),
-        (status = 409, description = "`image_in_use`: instances that are not terminated use it", body = ErrorBody)))]
+        (status = 409, description = "`image_in_use`: instances that are not terminated use it, or disk images name it as their kernel_id", body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     app::delete(&ctx, &caller, &path_id("image", &id)?).await?;
     Ok(StatusCode::NO_CONTENT)

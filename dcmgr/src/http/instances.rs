@@ -17,11 +17,14 @@ use vdc_schema::InstanceAction;
             body = Accepted<Instance>),
         (status = 400,
             description = "`invalid_name`, `invalid_cpus`, `invalid_memory`, `user_data_too_large`, \
-                `too_many_interfaces`, `unsupported_hypervisor`, `duplicate_network`, `invalid_ip`, or a malformed \
-                body (`invalid_body`)", body = ErrorBody),
+                `too_many_interfaces`, `unsupported_hypervisor`, `duplicate_network`, `invalid_ip`, \
+                `unsupported_format` (the hypervisor cannot boot the image), `memory_below_image_minimum`, \
+                `root_disk_too_small`, `root_disk_not_applicable`, `invalid_size`, or a malformed body (`invalid_body`)",
+            body = ErrorBody),
         (status = 404, description = "`not_found`: the image, key pair, a network or a security group",
             body = ErrorBody),
-        (status = 409, description = "`ip_in_use`: a fixed address is taken", body = ErrorBody),
+        (status = 409, description = "`ip_in_use`: a fixed address is taken; `boot_mode_unsupported`: a UEFI \
+            image and no online host has UEFI firmware (OVMF)", body = ErrorBody),
         (status = 422,
             description = "`no_capacity`: no online host fits it; `network_full`: a network has no free address",
             body = ErrorBody)))]

@@ -16,6 +16,8 @@ pub enum ImageError {
     Io { path: String, source: std::io::Error },
     #[error("image {id} is corrupt: its checksum is sha256:{got}, the image record says {want}")]
     Checksum { id: String, want: String, got: String },
+    #[error("root_disk_size {want} bytes is below image {id}'s own size of {have} bytes")]
+    TooSmall { id: String, want: u64, have: u64 },
     #[error(transparent)]
     Command(#[from] host::CommandError),
     #[error("image data from dcmgr: {0}")]
@@ -199,6 +201,23 @@ impl ImageCache {
         Ok(())
     }
 
+    /// Grows `disk` (an instance's overlay) to `size` bytes; refuses to shrink it below the
+    /// image's own size. Idempotent: a disk already that big is left alone.
+    pub fn grow(&self, disk: &Path, size: u64, image_id: &str) -> Result<(), ImageError> {
+        let info = self.tools.run("qemu-img", &["info", "--output=json", "-U", &host::path(disk)])?;
+        let have =
+            serde_json::from_str::<serde_json::Value>(&info).ok().and_then(|v| v["virtual-size"].as_u64()).ok_or_else(
+                || ImageError::Unsupported(format!("qemu-img info of {} gave no virtual-size", disk.display())),
+            )?;
+        if size < have {
+            return Err(ImageError::TooSmall { id: image_id.to_owned(), want: size, have });
+        }
+        if size > have {
+            self.tools.run("qemu-img", &["resize", "-q", &host::path(disk), &size.to_string()])?;
+        }
+        Ok(())
+    }
+
     /// Unpacks a root filesystem tarball for a container.
     pub fn unpack(&self, tarball: &Path, dest: &Path) -> Result<(), ImageError> {
         if dest.join("init.sh").exists() {
@@ -288,6 +307,27 @@ mod tests {
         assert_eq!(info["format"], "qcow2");
         assert_eq!(info["backing-filename"], cached.display().to_string());
         assert_eq!(info["virtual-size"], 64 << 20);
+    }
+
+    #[test]
+    fn the_root_disk_grows_and_never_shrinks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base.qcow2");
+        host::run("qemu-img", &["create", "-q", "-f", "qcow2", base.to_str().unwrap(), "64M"]).unwrap();
+        let c = cache(tmp.path());
+        let root = tmp.path().join("root.qcow2");
+        c.overlay(&base, "qcow2", &root).unwrap();
+        let size = |p: &Path| {
+            let info = host::run("qemu-img", &["info", "--output=json", p.to_str().unwrap()]).unwrap();
+            serde_json::from_str::<serde_json::Value>(&info).unwrap()["virtual-size"].as_u64().unwrap()
+        };
+        c.grow(&root, 128 << 20, "img-q").unwrap();
+        assert_eq!(size(&root), 128 << 20);
+        assert_eq!(size(&base), 64 << 20, "the cached image is untouched");
+        c.grow(&root, 128 << 20, "img-q").unwrap();
+        assert_eq!(size(&root), 128 << 20, "again: nothing changes");
+        let e = c.grow(&root, 32 << 20, "img-q").unwrap_err();
+        assert_eq!(e.to_string(), "root_disk_size 33554432 bytes is below image img-q's own size of 134217728 bytes");
     }
 
     #[test]

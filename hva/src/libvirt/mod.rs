@@ -58,6 +58,15 @@ pub struct LibvirtConfig {
     pub image_cache_max_bytes: Option<u64>,
 }
 
+/// Undefines a domain; a QEMU guest's UEFI variable store goes with it (libvirt refuses
+/// to undefine a domain with one otherwise; the LXC driver takes no flags).
+fn undefine(d: &Domain, kind: HypervisorKind) -> std::result::Result<(), virt::error::Error> {
+    match kind {
+        HypervisorKind::Lxc => d.undefine(),
+        _ => d.undefine_flags(virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM),
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize)]
 struct Saved {
     spec: InstanceSpec,
@@ -173,7 +182,7 @@ impl Inner {
         // Leave nothing behind on the host: the domain and every file go.
         if let Ok(Some(d)) = self.lookup(kind, id) {
             let _ = d.destroy();
-            let _ = d.undefine();
+            let _ = undefine(&d, kind);
         }
         let _ = std::fs::remove_dir_all(self.dir(id));
         if let Some(k) = self.known.lock().unwrap().get_mut(id) {
@@ -198,9 +207,11 @@ impl Inner {
             bridge: self.cfg.bridge.as_deref(),
             taps: self.cfg.taps,
             initiator: &self.cfg.initiator,
+            firmware: None,
         };
         let e = |e: image::ImageError| e.to_string();
-        let (kernel, initrd, disk, rootfs);
+        let (kernel, initrd, disk, rootfs, ovmf);
+        let nvram = dir.join("nvram.fd");
         let seed = dir.join("seed.iso");
         match (spec.hypervisor, spec.image.format) {
             (HypervisorKind::Lxc, ImageFormat::Tar | ImageFormat::Dir) => {
@@ -231,7 +242,24 @@ impl Inner {
                 let base = self.cache.fetch_image(&spec.image).map_err(e)?;
                 disk = dir.join("root.qcow2");
                 self.cache.overlay(&base, f.as_str(), &disk).map_err(e)?;
+                if let Some(size) = spec.root_disk_size {
+                    self.cache.grow(&disk, size, spec.image.id.as_str()).map_err(e)?;
+                }
                 layout.root_disk = Some(&disk);
+                if let Some(k) = &spec.image.kernel {
+                    // An AMI with its AKI/ARI: the kernel image's kernel and initrd boot
+                    // this disk.
+                    let (k, i) = image::kernel_pair(&self.cache, k).map_err(e)?;
+                    (kernel, initrd) = (k, i);
+                    layout.kernel = Some(&kernel);
+                    layout.initrd = initrd.as_deref();
+                } else if spec.image.boot_mode == vdc_schema::BootMode::Uefi {
+                    ovmf = probe::ovmf().ok_or_else(|| {
+                        format!("image {} boots with UEFI and this host has no OVMF firmware", spec.image.id)
+                    })?;
+                    layout.firmware =
+                        Some(xml::Firmware { code: &ovmf.code, vars_template: &ovmf.vars, nvram: &nvram });
+                }
             }
             (_, f) => return Err(format!("a {} instance cannot boot a {f} image", spec.hypervisor)),
         }
@@ -481,7 +509,7 @@ impl Inner {
                 if d.is_active().unwrap_or(false) {
                     d.destroy().map_err(|e| format!("destroying the guest: {e}"))?;
                 }
-                d.undefine().map_err(|e| format!("undefining the guest: {e}"))?;
+                undefine(&d, k).map_err(|e| format!("undefining the guest: {e}"))?;
             }
         }
         let dir = self.dir(id);
@@ -779,6 +807,8 @@ mod tests {
                 initrd: None,
                 kernel_cmdline: None,
                 blob: None,
+                boot_mode: Default::default(),
+                kernel: None,
             },
             nics: (0..nics)
                 .map(|i| NicSpec {
@@ -795,6 +825,7 @@ mod tests {
             user_data: None,
             volumes: vec![],
             reboot_gen: 0,
+            root_disk_size: None,
         }
     }
 

@@ -52,3 +52,47 @@ pub fn kvm_usable(builtin: Option<&Path>, timeout: Duration) -> (bool, String) {
         (false, format!("no guest output under KVM within {} s", timeout.as_secs()))
     }
 }
+
+/// UEFI firmware for QEMU guests: the OVMF code (read-only) and the template each guest's
+/// own variable store is copied from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ovmf {
+    pub code: std::path::PathBuf,
+    pub vars: std::path::PathBuf,
+}
+
+/// Where distributions install OVMF (Debian's `ovmf` package first), without Secure Boot:
+/// a secure-boot build needs SMM and the q35 machine, and vdc guests are `pc`.
+const OVMF_PAIRS: &[(&str, &str)] = &[
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
+    ("/usr/share/edk2/x64/OVMF_CODE.4m.fd", "/usr/share/edk2/x64/OVMF_VARS.4m.fd"),
+];
+
+/// The first OVMF installed on this host, if any: only then can it boot `uefi` images.
+pub fn ovmf() -> Option<Ovmf> {
+    ovmf_in(OVMF_PAIRS.iter().map(|(c, v)| (Path::new(*c), Path::new(*v))))
+}
+
+fn ovmf_in<'a>(pairs: impl IntoIterator<Item = (&'a Path, &'a Path)>) -> Option<Ovmf> {
+    pairs.into_iter().find(|(c, v)| c.is_file() && v.is_file()).map(|(c, v)| Ovmf { code: c.into(), vars: v.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ovmf_needs_both_code_and_vars() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c1, v1, c2, v2) =
+            (tmp.path().join("c1"), tmp.path().join("v1"), tmp.path().join("c2"), tmp.path().join("v2"));
+        std::fs::write(&c1, b"").unwrap();
+        std::fs::write(&c2, b"").unwrap();
+        std::fs::write(&v2, b"").unwrap();
+        let pairs = [(c1.as_path(), v1.as_path()), (c2.as_path(), v2.as_path())];
+        assert_eq!(ovmf_in(pairs), Some(Ovmf { code: c2.clone(), vars: v2.clone() }));
+        assert_eq!(ovmf_in([(c1.as_path(), v1.as_path())]), None);
+    }
+}

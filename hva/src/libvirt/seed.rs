@@ -68,12 +68,15 @@ mod tests {
                 initrd: None,
                 kernel_cmdline: None,
                 blob: None,
+                boot_mode: Default::default(),
+                kernel: None,
             },
             nics: vec![],
             ssh_public_keys: vec!["ssh-ed25519 AAAA key: with \"quotes\"".into()],
             user_data: None,
             volumes: vec![],
             reboot_gen: 0,
+            root_disk_size: None,
         }
     }
 

@@ -50,6 +50,16 @@ pub struct Layout<'a> {
     pub taps: bool,
     /// This host's iSCSI initiator name.
     pub initiator: &'a str,
+    /// UEFI firmware, for disk images whose boot mode is `uefi`.
+    pub firmware: Option<Firmware<'a>>,
+}
+
+/// OVMF as a pflash pair: the shared read-only code and this guest's own variable store,
+/// made by libvirt from the template on first start.
+pub struct Firmware<'a> {
+    pub code: &'a Path,
+    pub vars_template: &'a Path,
+    pub nvram: &'a Path,
 }
 
 /// The disk of one attached volume, or None while sta has not exported it yet. The
@@ -152,11 +162,21 @@ pub fn qemu_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
         if let Some(i) = l.initrd {
             os.push_str(&format!("<initrd>{}</initrd>", esc(&i.display().to_string())));
         }
-        let base = spec.image.kernel_cmdline.as_deref().unwrap_or("console=ttyS0 panic=-1");
+        // A disk image booted by kernel_id takes that kernel image's command line.
+        let kernel_image = spec.image.kernel.as_deref().unwrap_or(&spec.image);
+        let base = kernel_image.kernel_cmdline.as_deref().unwrap_or("console=ttyS0 panic=-1");
         // The instance learns who it is even without network or metadata.
         let cmdline = format!("{base} vdc.instance_id={} vdc.hostname={}", spec.id, spec.hostname);
         os.push_str(&format!("<cmdline>{}</cmdline>", esc(&cmdline)));
     } else {
+        if let Some(f) = &l.firmware {
+            os.push_str(&format!(
+                "<loader readonly='yes' type='pflash'>{}</loader><nvram template='{}'>{}</nvram>",
+                esc(&f.code.display().to_string()),
+                esc(&f.vars_template.display().to_string()),
+                esc(&f.nvram.display().to_string())
+            ));
+        }
         os.push_str("<boot dev='hd'/>");
     }
     let mut disks = String::new();
@@ -280,12 +300,15 @@ mod tests {
                 initrd: None,
                 kernel_cmdline: None,
                 blob: None,
+                boot_mode: Default::default(),
+                kernel: None,
             },
             nics: vec![],
             ssh_public_keys: vec![],
             user_data: None,
             volumes: vec![],
             reboot_gen: 0,
+            root_disk_size: None,
         };
         let log = Path::new("/x/console.log");
         let l = Layout {
@@ -298,6 +321,7 @@ mod tests {
             bridge: None,
             taps: false,
             initiator: "iqn.x:hn-1",
+            firmware: None,
         };
         let xml = lxc_domain(&spec, &l);
         assert!(xml.contains("<features><privnet/></features>"), "{xml}");
@@ -348,6 +372,113 @@ mod tests {
         assert_eq!((found[0].0.as_str(), found[0].1.as_str()), ("vol-aaa", "vdb"));
         assert_eq!((found[1].0.as_str(), found[1].1.as_str()), ("vol-bbb", "vdc"));
         assert_eq!(free_dev(&disk_devs(&dom)).as_deref(), Some("vdd"));
+    }
+
+    fn qemu_spec(image: vdc_schema::bus::ImageSpec) -> InstanceSpec {
+        InstanceSpec {
+            id: "i-boot".parse().unwrap(),
+            spec_gen: 1,
+            power: vdc_schema::DesiredPower::Running,
+            hypervisor: HypervisorKind::Qemu,
+            cpus: 1,
+            memory_mib: 128,
+            hostname: "b".into(),
+            image,
+            nics: vec![],
+            ssh_public_keys: vec![],
+            user_data: None,
+            volumes: vec![],
+            reboot_gen: 0,
+            root_disk_size: None,
+        }
+    }
+
+    fn image(format: vdc_schema::ImageFormat, cmdline: Option<&str>) -> vdc_schema::bus::ImageSpec {
+        vdc_schema::bus::ImageSpec {
+            id: "img-x".parse().unwrap(),
+            format,
+            source: "/x".into(),
+            checksum: None,
+            initrd: None,
+            kernel_cmdline: cmdline.map(str::to_owned),
+            boot_mode: Default::default(),
+            kernel: None,
+            blob: None,
+        }
+    }
+
+    fn layout<'a>(kernel: bool, disk: bool, firmware: Option<Firmware<'a>>) -> Layout<'a> {
+        Layout {
+            kernel: kernel.then_some(Path::new("/c/kernel")),
+            initrd: kernel.then_some(Path::new("/c/initrd")),
+            root_disk: disk.then_some(Path::new("/i/root.qcow2")),
+            seed_iso: None,
+            rootfs: None,
+            console_log: Path::new("/i/console.log"),
+            bridge: None,
+            taps: false,
+            initiator: "iqn.x:hn-1",
+            firmware,
+        }
+    }
+
+    fn os_of(xml: &str) -> &str {
+        between(xml, "<os>", "</os>").unwrap()
+    }
+
+    #[test]
+    fn a_bios_disk_boots_from_its_disk_with_no_firmware_named() {
+        use vdc_schema::ImageFormat;
+        let xml = qemu_domain(&qemu_spec(image(ImageFormat::Qcow2, None)), &layout(false, true, None));
+        assert_eq!(os_of(&xml), "<type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/>");
+        assert!(xml.contains("<source file='/i/root.qcow2'/><target dev='vda' bus='virtio'/>"), "{xml}");
+    }
+
+    #[test]
+    fn a_uefi_disk_gets_ovmf_and_its_own_variable_store() {
+        use vdc_schema::ImageFormat;
+        let fw = Firmware {
+            code: Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+            vars_template: Path::new("/usr/share/OVMF/OVMF_VARS_4M.fd"),
+            nvram: Path::new("/i/nvram.fd"),
+        };
+        let mut img = image(ImageFormat::Qcow2, None);
+        img.boot_mode = vdc_schema::BootMode::Uefi;
+        let xml = qemu_domain(&qemu_spec(img), &layout(false, true, Some(fw)));
+        assert_eq!(
+            os_of(&xml),
+            "<type arch='x86_64' machine='pc'>hvm</type>\
+<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\
+<nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/i/nvram.fd</nvram><boot dev='hd'/>"
+        );
+    }
+
+    #[test]
+    fn a_kernel_boots_directly_and_a_disk_with_kernel_id_gets_that_kernel_and_its_disk() {
+        use vdc_schema::ImageFormat;
+        // A kernel image alone: kernel, initrd, its command line, no root disk.
+        let xml = qemu_domain(
+            &qemu_spec(image(ImageFormat::Kernel, Some("console=ttyS0 quiet"))),
+            &layout(true, false, None),
+        );
+        assert_eq!(
+            os_of(&xml),
+            "<type arch='x86_64' machine='pc'>hvm</type><kernel>/c/kernel</kernel><initrd>/c/initrd</initrd>\
+<cmdline>console=ttyS0 quiet vdc.instance_id=i-boot vdc.hostname=b</cmdline>"
+        );
+        assert!(!xml.contains("dev='vda'"), "{xml}");
+        // A disk image with kernel_id: the kernel image's command line, the disk as vda.
+        let mut disk = image(ImageFormat::Qcow2, None);
+        disk.kernel = Some(Box::new(image(ImageFormat::Kernel, Some("root=/dev/vda1 console=ttyS0"))));
+        let xml = qemu_domain(&qemu_spec(disk), &layout(true, true, None));
+        assert!(
+            os_of(&xml).contains("<cmdline>root=/dev/vda1 console=ttyS0 vdc.instance_id=i-boot"),
+            "{}",
+            os_of(&xml)
+        );
+        assert!(os_of(&xml).contains("<kernel>/c/kernel</kernel><initrd>/c/initrd</initrd>"));
+        assert!(!os_of(&xml).contains("<boot dev"), "the kernel boots, not the disk");
+        assert!(xml.contains("<source file='/i/root.qcow2'/><target dev='vda' bus='virtio'/>"), "{xml}");
     }
 
     #[test]

@@ -89,6 +89,7 @@ fn req(img: &ImageId, name: &str, net: &NetworkId) -> CreateInstance {
         interfaces: vec![CreateInterface { network_id: net.clone(), security_groups: vec![], ip: None }],
         ssh_key_id: None,
         user_data: None,
+        root_disk_size: None,
     }
 }
 

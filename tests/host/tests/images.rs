@@ -28,6 +28,11 @@ async fn an_uploaded_rootfs_boots_and_a_second_container_fetches_nothing() {
             kernel_cmdline: None,
             public: false,
             default_user: None,
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
         })
         .await
         .unwrap();
@@ -92,6 +97,11 @@ async fn a_volume_is_filled_from_an_uploaded_qcow2() {
             kernel_cmdline: None,
             public: false,
             default_user: None,
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
         })
         .await
         .unwrap();

@@ -138,6 +138,11 @@ async fn bad_input_is_refused_or_fails_cleanly() {
             checksum: Some(format!("sha256:{}", "0".repeat(64))),
             initrd: Some(dir.join("initrd.gz").display().to_string()),
             kernel_cmdline: None,
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
             public: true,
             default_user: None,
         })
@@ -152,6 +157,7 @@ async fn bad_input_is_refused_or_fails_cleanly() {
         interfaces: vec![],
         ssh_key_id: None,
         user_data: None,
+        root_disk_size: None,
     };
     let a = c.create_instance(&req(&corrupt.id, 256)).await.unwrap();
     let j = c.wait_job(&a.job.id, Duration::from_secs(60)).await.unwrap();

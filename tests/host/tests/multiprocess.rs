@@ -81,6 +81,7 @@ async fn nats_dcmgr_and_two_hva_processes() {
             interfaces: vec![],
             ssh_key_id: None,
             user_data: None,
+            root_disk_size: None,
         };
         ids.push(admin.create_instance(&req).await.unwrap().resource.id);
     }
@@ -128,6 +129,7 @@ async fn nats_dcmgr_and_two_hva_processes() {
             interfaces: vec![],
             ssh_key_id: None,
             user_data: None,
+            root_disk_size: None,
         })
         .await
         .unwrap();

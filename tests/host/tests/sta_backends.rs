@@ -133,6 +133,8 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
         initrd: None,
         kernel_cmdline: None,
         blob: None,
+        boot_mode: Default::default(),
+        kernel: None,
     };
     let v4 = VolumeId::generate();
     let from_image = VolumeSpec { source_image: Some(image("img-a")), ..spec(&v4, 1, 32, None, Some(&host_a)) };

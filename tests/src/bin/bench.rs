@@ -44,6 +44,7 @@ fn create_req(img: &vdc_schema::ImageId) -> CreateInstance {
         interfaces: vec![],
         ssh_key_id: None,
         user_data: None,
+        root_disk_size: None,
     }
 }
 

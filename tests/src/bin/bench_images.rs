@@ -41,6 +41,11 @@ fn req(name: &str, source: Option<String>) -> CreateImage {
         kernel_cmdline: None,
         public: false,
         default_user: None,
+        boot_mode: Default::default(),
+        kernel_id: None,
+        min_disk: None,
+        min_memory: None,
+        os: None,
     }
 }
 
