@@ -393,7 +393,7 @@ where
     }
     let _guard = Ingesting::claim(ctx, id)?;
     match ingest(ctx, &image, body).await? {
-        Ingested::Stored(image) => Ok(image),
+        Ingested::Stored(image) => Ok(*image),
         Ingested::Refused(r) => {
             store::set_failed(&ctx.db, id, &format!("{}: {}", r.code, r.message)).await?;
             Err(ApiError::bad(r.code, r.message))
@@ -427,7 +427,7 @@ impl Drop for Ingesting<'_> {
 }
 
 pub(crate) enum Ingested {
-    Stored(Image),
+    Stored(Box<Image>),
     /// The data is not acceptable: the image fails.
     Refused(crate::app::image_check::Refusal),
     /// The data stopped arriving.
@@ -500,7 +500,7 @@ where
     })
     .await?;
     match done {
-        Some(row) => Ok(Ingested::Stored(row.into_api()?)),
+        Some(row) => Ok(Ingested::Stored(Box::new(row.into_api()?))),
         None => {
             // Deleted (or failed) meanwhile: the blob may now be nobody's.
             let mut tx = ctx.db.begin().await?;
