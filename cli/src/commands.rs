@@ -125,6 +125,20 @@ pub struct UpArgs {
     /// No external network: no bridge, no NAT, no floating IPs
     #[arg(long)]
     pub no_external: bool,
+    /// Prefix of the network namespaces made for each network's services and routers
+    /// (they are machine-wide): another one lets a second all-in-one, started in a network
+    /// namespace of its own, run beside the first
+    #[arg(long, value_name = "PREFIX", default_value = "vdc", value_parser = parse_ns_prefix)]
+    pub namespace_prefix: String,
+}
+
+fn parse_ns_prefix(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty() && s.len() <= 8 && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("1 to 8 lower-case letters or digits (names of namespaces and devices are short)".into())
+    }
 }
 
 /// Paging of list commands: by default every page is fetched.

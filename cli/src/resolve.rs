@@ -210,7 +210,7 @@ mod tests {
         serde_json::from_value(serde_json::json!({
             "id": id, "name": name, "format": "qcow2", "arch": "x86_64", "hypervisors": ["qemu"],
             "source": "/x", "checksum": null, "initrd": null, "kernel_cmdline": null,
-            "public": public, "created_at": "2024-01-01T00:00:00Z",
+            "public": public, "created_at": "2024-01-01T00:00:00Z", "state": "available",
         }))
         .unwrap()
     }

@@ -108,6 +108,15 @@ pub fn tiny_image_dir(data_dir: &Path, given: Option<&Path>) -> Option<PathBuf> 
     candidates.into_iter().find(|d| d.join("vmlinuz").exists())
 }
 
+/// Whether this process runs in PID 1's network namespace (where libvirtd makes taps).
+fn in_init_netns() -> bool {
+    match (std::fs::read_link("/proc/self/ns/net"), std::fs::read_link("/proc/1/ns/net")) {
+        (Ok(a), Ok(b)) => a == b,
+        // Not allowed to look (not root): then libvirt's taps cannot be moved anyway.
+        _ => true,
+    }
+}
+
 impl AllInOne {
     /// Starts the cloud; hva uses libvirt when it answers (unless `sim`), else the sim.
     pub async fn start(
@@ -116,6 +125,7 @@ impl AllInOne {
         sim: bool,
         tiny: Option<PathBuf>,
         ext: External,
+        namespace_prefix: &str,
     ) -> anyhow::Result<AllInOne> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let token = admin_token(data_dir)?;
@@ -144,6 +154,9 @@ impl AllInOne {
             initiator: String::new(), // start_libvirt derives it from the node ID
             taps: false,
             tap_netns: None,
+            // libvirtd makes taps where it runs; an all-in-one started inside a network
+            // namespace (its Open vSwitch there too) takes them in.
+            taps_from_init_netns: !in_init_netns(),
             // The all-in-one's images: a few GiB of cache at most.
             image_cache_max_bytes: Some(8 << 30),
         };
@@ -248,7 +261,7 @@ impl AllInOne {
                     data_dir: data_dir.join("nwagent"),
                     plug_timeout: std::time::Duration::from_secs(120),
                     host_netns: None,
-                    service_prefix: "vdc".into(),
+                    service_prefix: namespace_prefix.into(),
                     external_bridge: external.as_ref().map(|e| e.bridge.clone()),
                 };
                 nw_why = "Open vSwitch (bridge vdc-int, DHCP and metadata per network)".into();
@@ -426,7 +439,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let tiny = tiny_image_dir(&data_dir, args.tiny_image.as_deref());
     let ext = External::from_args(args.no_external, args.external_cidr.as_deref())?;
-    let aio = AllInOne::start(&data_dir, &args.listen, args.sim, tiny.clone(), ext).await?;
+    let aio = AllInOne::start(&data_dir, &args.listen, args.sim, tiny.clone(), ext, &args.namespace_prefix).await?;
     let url = aio.dcmgr.url();
     let cfg_path = config::config_path();
     config::save(&cfg_path, &CliConfig { api: Some(url.clone()), token: Some(aio.token.clone()) })?;

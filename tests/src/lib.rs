@@ -131,6 +131,7 @@ impl LibvirtSetup {
             initiator: String::new(),
             taps: false,
             tap_netns: None,
+            taps_from_init_netns: false,
             image_cache_max_bytes: None,
         }
     }

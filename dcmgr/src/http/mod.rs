@@ -26,10 +26,23 @@ use axum::{Json, Router};
 use utoipa::OpenApi;
 use vdc_schema::api::{ApiInfo, ListQuery, API_VERSION, EXTENSIONS};
 
-/// A JSON body; a malformed one answers 400 with what is wrong.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON object body; a malformed one answers 400 with what is wrong. Only an object:
+/// serde would also read a struct from an array (`[]` as "all fields absent").
 pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let Json(v) = Json::<serde_json::Value>::from_request(req, state).await?;
+        if !v.is_object() {
+            return Err(ApiError::bad("invalid_body", "the request body is not valid: it must be a JSON object"));
+        }
+        serde_json::from_value(v)
+            .map(Body)
+            .map_err(|e| ApiError::bad("invalid_body", format!("the request body is not valid: {e}")))
+    }
+}
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {

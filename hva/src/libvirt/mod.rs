@@ -54,6 +54,10 @@ pub struct LibvirtConfig {
     /// Open vSwitch runs in a namespace of its own (several hosts on one machine, tests).
     /// A tap keeps working across the move; QEMU holds it by file descriptor.
     pub tap_netns: Option<String>,
+    /// libvirtd makes the taps in PID 1's network namespace while this process (and its
+    /// Open vSwitch) runs in another — `vdc up` started inside a namespace: move each tap
+    /// from there into this process's namespace. Takes precedence over `tap_netns`.
+    pub taps_from_init_netns: bool,
     /// Prune the image cache (least recently used first) to this many bytes; no limit if None.
     pub image_cache_max_bytes: Option<u64>,
 }
@@ -413,18 +417,37 @@ impl Inner {
     /// Moves a running guest's taps (a container's veth host ends) into `tap_netns`
     /// (idempotent: a device already moved is no longer here).
     fn move_taps(&self, spec: &InstanceSpec) {
-        let Some(ns) = &self.cfg.tap_netns else { return };
         if !self.cfg.taps {
             return;
         }
+        let own = std::process::id().to_string();
+        let (ns, from_init) = match (&self.cfg.tap_netns, self.cfg.taps_from_init_netns) {
+            (_, true) => (own.as_str(), true),
+            (Some(ns), false) => (ns.as_str(), false),
+            (None, false) => return,
+        };
+        // `ip` where the tap is: PID 1's namespace, or ours.
+        let ip_at_tap = |args: &[&str]| {
+            if from_init {
+                let mut a = vec!["--net=/proc/1/ns/net", "ip"];
+                a.extend_from_slice(args);
+                self.tools.run("nsenter", &a)
+            } else {
+                self.tools.run("ip", args)
+            }
+        };
         for n in &spec.nics {
             let dev = vdc_schema::bus::vif_device_name(&n.id);
-            if self.tools.run("ip", &["link", "show", "dev", &dev]).is_err() {
+            if ip_at_tap(&["link", "show", "dev", &dev]).is_err() {
                 continue;
             }
-            match self.tools.run("ip", &["link", "set", "dev", &dev, "netns", ns]) {
+            match ip_at_tap(&["link", "set", "dev", &dev, "netns", ns]) {
                 Ok(_) => {
-                    let _ = self.tools.run("ip", &["-n", ns, "link", "set", "dev", &dev, "up"]);
+                    let _ = if from_init {
+                        self.tools.run("ip", &["link", "set", "dev", &dev, "up"])
+                    } else {
+                        self.tools.run("ip", &["-n", ns, "link", "set", "dev", &dev, "up"])
+                    };
                 }
                 Err(e) => tracing::warn!(instance = %spec.id, dev, "tap not moved to {ns}: {e}"),
             }
@@ -772,6 +795,7 @@ mod tests {
             initiator: "iqn.2026-11.io.vdc:hn-a".into(),
             taps: true,
             tap_netns: tap_netns.map(str::to_owned),
+            taps_from_init_netns: false,
             image_cache_max_bytes: None,
         };
         Inner {
