@@ -122,6 +122,8 @@ datasource:
 # RSA host keys take most of a TCG boot; ed25519 is instant.
 ssh_genkeytypes: [ed25519]
 ssh_pwauth: false
+# minbase has no locales package: generating en_US.UTF-8 fails cloud-config.service.
+locale: false
 EOF
 # Debian's cloud.cfg names the default user "debian" (vdc's image property default_user).
 grep -q 'name: debian' "$ROOT/etc/cloud/cloud.cfg" || die "cloud.cfg has no default user 'debian'"

@@ -18,6 +18,7 @@ BIN=${VDC_BIN:-$ROOT/target/debug}
 IMG=${VDC_CLOUD_IMAGE_DIR:-/var/cache/vdc/cloud-image}
 TINY=${VDC_TINY_IMAGE_DIR:-/var/cache/vdc/tiny-image}
 [ -x "$BIN/vdc" ] || { echo "missing $BIN/vdc: cargo build --workspace --bins" >&2; exit 2; }
+bash packaging/start-libvirt.sh
 bash packaging/build-cloud-image.sh "$IMG"
 
 P=ce$(printf %04x $((RANDOM)))          # namespace and device prefix of this run
@@ -67,6 +68,7 @@ in_ns "$BIN/vdc" up --data-dir "$W/data" --listen "127.0.0.1:$PORT" --tiny-image
   --namespace-prefix "$P" >"$W/up.log" 2>&1 &
 UP_PID=$!
 until_ok 120 grep -q "vdc all-in-one is running" "$W/up.log" || fail "vdc up did not start"
+grep -q "hva:        libvirt" "$W/up.log" || fail "vdc up runs no real hypervisor: $(cat "$W/up.log")"
 grep -q "nwagent:    Open vSwitch" "$W/up.log" || fail "vdc up runs no real network: $(cat "$W/up.log")"
 row "vdc up (real drivers, in namespace $NS)"
 
@@ -103,9 +105,10 @@ row "web1 reaches web2 by name"
 
 EXT=$(in_ns ip -j -4 addr show dev vdc-ex | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["addr_info"][0]["local"])')
 in_ns timeout 120 nc -n -l "$EXT" 8099 >"$W/listener.out" &
+LISTENER=$!
 sleep 0.5
 ssh_ "echo hello-from-web1 | nc -n -N -w 5 $EXT 8099" || fail "web1 cannot reach the listener on the external bridge"
-wait || true
+wait "$LISTENER" || true
 grep -q hello-from-web1 "$W/listener.out" || fail "the listener got nothing"
 row "web1 reaches a listener on the external bridge ($EXT) through SNAT"
 

@@ -4,7 +4,7 @@
 # (kept in /var/cache/vdc/tiny-image), runs the tests of the whole workspace — also the
 # host tests of tests/host (root, real libvirt/OVS/tgtd), which a plain `cargo test`
 # leaves out — then the two-host scenario (tests/two-hosts.sh) and the API fuzzing
-# (tests/schemathesis.sh). Tests that need NATS start their own nats-server. Every test
+# (tests/schemathesis.sh), then a real cloud guest end to end (tests/cloud-e2e.sh). Tests that need NATS start their own nats-server. Every test
 # makes its own namespaces, switches and daemons, so this may run while `vdc up` does.
 # Extra arguments go to `cargo test` (and skip the two-host scenario and the fuzzing).
 set -euo pipefail
@@ -46,4 +46,6 @@ cargo test --workspace "$@"
 if [ $# -eq 0 ]; then
   bash tests/two-hosts.sh
   bash tests/schemathesis.sh
+  # A Debian cloud guest through `vdc up` and the CLI, by names, ssh, stop/start, DNS, NAT.
+  bash tests/cloud-e2e.sh
 fi

@@ -108,12 +108,17 @@ pub fn tiny_image_dir(data_dir: &Path, given: Option<&Path>) -> Option<PathBuf> 
     candidates.into_iter().find(|d| d.join("vmlinuz").exists())
 }
 
-/// Whether this process runs in PID 1's network namespace (where libvirtd makes taps).
-fn in_init_netns() -> bool {
-    match (std::fs::read_link("/proc/self/ns/net"), std::fs::read_link("/proc/1/ns/net")) {
-        (Ok(a), Ok(b)) => a == b,
-        // Not allowed to look (not root): then libvirt's taps cannot be moved anyway.
-        _ => true,
+/// libvirtd's network namespace (`/proc/PID/ns/net`), when it is not this process's.
+fn libvirtd_netns_if_not_ours() -> Option<String> {
+    let pid = ["/run/libvirtd.pid", "/var/run/libvirtd.pid"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(f).ok())?
+        .trim()
+        .to_owned();
+    let theirs = format!("/proc/{pid}/ns/net");
+    match (std::fs::read_link(&theirs), std::fs::read_link("/proc/self/ns/net")) {
+        (Ok(a), Ok(b)) if a != b => Some(theirs),
+        _ => None,
     }
 }
 
@@ -154,9 +159,9 @@ impl AllInOne {
             initiator: String::new(), // start_libvirt derives it from the node ID
             taps: false,
             tap_netns: None,
-            // libvirtd makes taps where it runs; an all-in-one started inside a network
-            // namespace (its Open vSwitch there too) takes them in.
-            taps_from_init_netns: !in_init_netns(),
+            // libvirtd makes taps where it runs; an all-in-one started inside another
+            // network namespace (its Open vSwitch there too) takes them in.
+            taps_from_netns: libvirtd_netns_if_not_ours(),
             // The all-in-one's images: a few GiB of cache at most.
             image_cache_max_bytes: Some(8 << 30),
         };

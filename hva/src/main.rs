@@ -126,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
                 initiator: String::new(), // start_libvirt derives it from the node ID
                 taps: cli.taps,
                 tap_netns: cli.tap_netns,
-                taps_from_init_netns: false,
+                taps_from_netns: None,
                 image_cache_max_bytes: cli.image_cache_max_mib.map(|m| m << 20),
             };
             let probe = Duration::from_secs(cli.kvm_probe_timeout_s);

@@ -131,7 +131,7 @@ impl LibvirtSetup {
             initiator: String::new(),
             taps: false,
             tap_netns: None,
-            taps_from_init_netns: false,
+            taps_from_netns: None,
             image_cache_max_bytes: None,
         }
     }

@@ -83,9 +83,6 @@ fn validate(req: &CreateImage) -> ApiResult<()> {
             ));
         }
     }
-    if req.initrd.is_some() && req.format != ImageFormat::Kernel {
-        return Err(ApiError::bad("invalid_image", "only a kernel image has an initrd"));
-    }
     if let Some(c) = &req.kernel_cmdline {
         if c.len() > 2048 || c.chars().any(|ch| ch.is_control()) {
             return Err(ApiError::bad("invalid_image", "kernel_cmdline must be one line of at most 2048 characters"));

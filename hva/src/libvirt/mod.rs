@@ -54,10 +54,11 @@ pub struct LibvirtConfig {
     /// Open vSwitch runs in a namespace of its own (several hosts on one machine, tests).
     /// A tap keeps working across the move; QEMU holds it by file descriptor.
     pub tap_netns: Option<String>,
-    /// libvirtd makes the taps in PID 1's network namespace while this process (and its
-    /// Open vSwitch) runs in another — `vdc up` started inside a namespace: move each tap
-    /// from there into this process's namespace. Takes precedence over `tap_netns`.
-    pub taps_from_init_netns: bool,
+    /// The network namespace (a `/proc/PID/ns/net` path) where libvirtd makes the taps,
+    /// when this process (and its Open vSwitch) runs in another — `vdc up` started inside
+    /// a namespace: each tap is moved from there into this process's namespace. Takes
+    /// precedence over `tap_netns`.
+    pub taps_from_netns: Option<String>,
     /// Prune the image cache (least recently used first) to this many bytes; no limit if None.
     pub image_cache_max_bytes: Option<u64>,
 }
@@ -421,15 +422,15 @@ impl Inner {
             return;
         }
         let own = std::process::id().to_string();
-        let (ns, from_init) = match (&self.cfg.tap_netns, self.cfg.taps_from_init_netns) {
-            (_, true) => (own.as_str(), true),
-            (Some(ns), false) => (ns.as_str(), false),
-            (None, false) => return,
+        let (ns, from) = match (&self.cfg.tap_netns, &self.cfg.taps_from_netns) {
+            (_, Some(from)) => (own.as_str(), Some(format!("--net={from}"))),
+            (Some(ns), None) => (ns.as_str(), None),
+            (None, None) => return,
         };
-        // `ip` where the tap is: PID 1's namespace, or ours.
+        // `ip` where the tap is: libvirtd's namespace, or ours.
         let ip_at_tap = |args: &[&str]| {
-            if from_init {
-                let mut a = vec!["--net=/proc/1/ns/net", "ip"];
+            if let Some(from) = &from {
+                let mut a = vec![from.as_str(), "ip"];
                 a.extend_from_slice(args);
                 self.tools.run("nsenter", &a)
             } else {
@@ -443,7 +444,7 @@ impl Inner {
             }
             match ip_at_tap(&["link", "set", "dev", &dev, "netns", ns]) {
                 Ok(_) => {
-                    let _ = if from_init {
+                    let _ = if from.is_some() {
                         self.tools.run("ip", &["link", "set", "dev", &dev, "up"])
                     } else {
                         self.tools.run("ip", &["-n", ns, "link", "set", "dev", &dev, "up"])
@@ -795,7 +796,7 @@ mod tests {
             initiator: "iqn.2026-11.io.vdc:hn-a".into(),
             taps: true,
             tap_netns: tap_netns.map(str::to_owned),
-            taps_from_init_netns: false,
+            taps_from_netns: None,
             image_cache_max_bytes: None,
         };
         Inner {
