@@ -687,7 +687,12 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
         external: opts.external.clone(),
         cpu_allocation_ratio: opts.cpu_allocation_ratio,
         hosts: opts.host_overrides.clone(),
-        images: opts.images.clone(),
+        images: {
+            // A real-guest test registers host files it made in its own directory.
+            let mut images = opts.images.clone();
+            images.file_dirs.extend(opts.libvirt.as_ref().map(|l| l.root.clone()));
+            images
+        },
         ..Config::default()
     }
 }
