@@ -194,7 +194,7 @@ vdc_net_up() {
   if [ -z "$addr" ]; then
     ip link set eth0 up
     rm -f /run/vdc-eth0
-    udhcpc -i eth0 -n -q -t 10 -T 1 -s /etc/udhcpc.script || true
+    udhcpc -i eth0 -n -q -t 20 -T 2 -s /etc/udhcpc.script || true
     addr=$(cat /run/vdc-eth0 2>/dev/null)
     if [ -z "$addr" ]; then
       echo "vdc-guest: eth0 no-dhcp"
