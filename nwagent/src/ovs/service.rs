@@ -232,17 +232,20 @@ impl Services {
     }
 
     /// dnsmasq for the network: DHCP with static leases, and DNS. Its files are rewritten
-    /// on every ensure; a running dnsmasq re-reads them on SIGHUP (hosts files) or by
-    /// itself (the upstream resolv file, polled). A dnsmasq started with other arguments
-    /// (another gateway, or by an nwagent before DNS was served) is replaced.
+    /// when they change; a running dnsmasq re-reads them on SIGHUP (hosts files) or by
+    /// itself (the upstream resolv file, polled). An ensure that changes nothing signals
+    /// nothing: dcmgr repeats ensures (while a NIC waits to be plugged, every 0.5 s), and
+    /// each SIGHUP makes dnsmasq reload, which delays a loaded host's first DHCP answer.
+    /// A dnsmasq started with other arguments (another gateway, or by an nwagent before
+    /// DNS was served) is replaced.
     async fn ensure_dhcp(&self, n: &NetService) -> Result<(), ServiceError> {
         let vni = n.vni;
         std::fs::create_dir_all(&self.dir).map_err(err)?;
         let hosts = self.dir.join(format!("dhcp-{vni}.hosts"));
         let text: String = n.leases.iter().map(|(mac, ip, name)| format!("{mac},{ip},{name}\n")).collect();
-        write_atomic(&hosts, &text)?;
+        let mut changed = write_if_changed(&hosts, &text)?;
         let names = self.dir.join(format!("dns-{vni}.hosts"));
-        write_atomic(&names, &dns_hosts(&n.leases))?;
+        changed |= write_if_changed(&names, &dns_hosts(&n.leases))?;
         let resolv = self.dir.join(format!("dns-{vni}.resolv"));
         let upstream = self.upstreams(vni);
         if upstream.is_empty() {
@@ -252,10 +255,8 @@ impl Services {
             );
         }
         let text: String = upstream.iter().map(|ip| format!("nameserver {ip}\n")).collect();
-        // Only when it changed: dnsmasq re-reads it when its mtime moves.
-        if std::fs::read_to_string(&resolv).ok().as_deref() != Some(text.as_str()) {
-            write_atomic(&resolv, &text)?;
-        }
+        // dnsmasq polls it and re-reads it when its mtime moves.
+        write_if_changed(&resolv, &text)?;
         let pidfile = self.dir.join(format!("dhcp-{vni}.pid"));
         let argsfile = self.dir.join(format!("dhcp-{vni}.args"));
         let range = format!("{},static,{},12h", n.cidr.network(), n.cidr.netmask());
@@ -286,8 +287,15 @@ impl Services {
         if let Some(pid) = pid {
             let same = std::fs::read_to_string(&argsfile).ok().as_deref() == Some(args.join("\n").as_str());
             if same {
-                // dnsmasq re-reads its hosts files on SIGHUP.
-                self.tools.run("kill", &["-HUP", &pid.to_string()]).await?;
+                if changed {
+                    // dnsmasq re-reads its hosts files on SIGHUP. Should the signal fail,
+                    // the next ensure (its files now unchanged) must still act: forgetting
+                    // the arguments makes it start a new dnsmasq.
+                    if let Err(e) = self.tools.run("kill", &["-HUP", &pid.to_string()]).await {
+                        let _ = std::fs::remove_file(&argsfile);
+                        return Err(e.into());
+                    }
+                }
                 return Ok(());
             }
             tracing::info!(vni, pid, "dnsmasq runs with other arguments: replaced");
@@ -381,6 +389,15 @@ pub fn upstreams(resolv_conf: &str, systemd: Option<&str>) -> Vec<std::net::IpAd
 /// The network's names for DNS (`/etc/hosts` format): each guest's hostname.
 fn dns_hosts(leases: &[(MacAddr, Ipv4Addr, String)]) -> String {
     leases.iter().filter(|(_, _, name)| !name.is_empty()).map(|(_, ip, name)| format!("{ip} {name}\n")).collect()
+}
+
+/// Writes `text` unless the file already holds it; tells whether it wrote.
+fn write_if_changed(path: &std::path::Path, text: &str) -> Result<bool, ServiceError> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(false);
+    }
+    write_atomic(path, text)?;
+    Ok(true)
 }
 
 fn write_atomic(path: &std::path::Path, text: &str) -> Result<(), ServiceError> {
@@ -785,6 +802,10 @@ mod tests {
         assert_eq!(f.lines(), [format!("kill -HUP {pid}")]);
         assert_eq!(read("dhcp-42.hosts"), "");
         assert_eq!(read("dns-42.hosts"), "");
+        // The same ensure again (dcmgr repeats them) changes nothing and signals nothing.
+        f.clear();
+        s.ensure_dhcp(&n).await.unwrap();
+        assert_eq!(f.lines(), Vec::<String>::new());
         // One started with other arguments (here: by an nwagent that served no DNS) is
         // replaced by one with today's.
         f.clear();
