@@ -103,6 +103,17 @@ until_ok 120 sh -c "ip netns exec $NS $BIN/vdc instance console-log web2 | grep 
 until_ok 60 ssh_ ping -c 1 -W 2 web2 || fail "web1 cannot reach web2 by its DNS name"
 row "web1 reaches web2 by name"
 
+# A container on equal terms: on the same network by name, and through a floating IP.
+vdc_ instance create ct1 --image tiny-lxc --network net1 --secgroup web --wait >/dev/null
+until_ok 120 sh -c "ip netns exec $NS $BIN/vdc instance console-log ct1 | grep -q 'vdc-guest: ready'" \
+  || fail "container ct1 not ready"
+until_ok 60 ssh_ ping -c 1 -W 2 ct1 || fail "web1 cannot reach the container ct1 by its DNS name"
+FIP2=$(vdc_ -o json floating-ip create | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+FIP2_IP=$(vdc_ -o json floating-ip show "$FIP2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ip"])')
+vdc_ floating-ip associate "$FIP2" ct1 >/dev/null
+until_ok 30 in_ns ping -c 1 -W 1 "$FIP2_IP" || fail "the host cannot reach ct1 through its floating IP $FIP2_IP"
+row "container ct1: reached by name from web1, and from the host through $FIP2_IP"
+
 EXT=$(in_ns ip -j -4 addr show dev vdc-ex | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["addr_info"][0]["local"])')
 in_ns timeout 120 nc -n -l "$EXT" 8099 >"$W/listener.out" &
 LISTENER=$!
@@ -114,5 +125,6 @@ row "web1 reaches a listener on the external bridge ($EXT) through SNAT"
 
 vdc_ instance terminate web1 --wait >/dev/null
 vdc_ instance terminate web2 --wait >/dev/null
+vdc_ instance terminate ct1 --wait >/dev/null
 row "terminated"
 echo "cloud-e2e: passed"

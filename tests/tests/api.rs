@@ -98,6 +98,27 @@ async fn auth_and_api_info(db: Db) {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<ErrorBody>().await.unwrap().error.code, "invalid_body");
+    // Only a JSON object, sent as JSON, is a body; white space before it is fine.
+    for (ctype, body, status) in [
+        ("application/json", "[]", 400),
+        ("application/json", "\"x\"", 400),
+        ("application/json", "{\"name\": \"x\"", 400),
+        ("text/plain", "{\"name\": \"ws\", \"cidr\": \"10.9.0.0/24\"}", 400),
+        ("application/json; charset=utf-8", " \n{\"name\": \"ws\", \"cidr\": \"10.9.0.0/24\"}", 201),
+    ] {
+        let r = http
+            .post(format!("{}/api/v1/networks", s.url()))
+            .bearer_auth(&s.admin_token)
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{ctype} {body:?}");
+        if status == 400 {
+            assert_eq!(r.json::<ErrorBody>().await.unwrap().error.code, "invalid_body", "{ctype} {body:?}");
+        }
+    }
     let r = http.get(format!("{}/api/v1/nothing-here", s.url())).bearer_auth(&s.admin_token).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<ErrorBody>().await.unwrap().error.code, "not_found");
