@@ -39,7 +39,11 @@ cleanup() {
   printf '\n%-72s %8s\n' "step" "seconds"; for r in "${ROWS[@]}"; do echo "$r"; done
   if [ $rc -ne 0 ]; then
     echo "--- vdc up log (tail)"; tail -n 60 "$W/up.log"
-    for i in web1 web2; do echo "--- console of $i (tail)"; vdc_ instance console-log "$i" 2>/dev/null | tail -n 40; done
+    for i in web1 web2 ct1; do echo "--- console of $i (tail)"; vdc_ instance console-log "$i" 2>/dev/null | tail -n 40; done
+    for f in "$W"/data/nwagent/services/dhcp-*.hosts "$W"/data/nwagent/services/dhcp-*.log; do
+      echo "--- $f (tail)"; tail -n 40 "$f"
+    done
+    echo "--- switch ports"; in_ns ovs-vsctl --db "unix:$W/data/ovs/db.sock" show 2>&1 | tail -n 40
   fi
   [ -n "$UP_PID" ] && kill "$UP_PID" 2>/dev/null && sleep 2
   for uri in qemu:///system lxc:///system; do
@@ -50,7 +54,7 @@ cleanup() {
       fi
     done
   done
-  for p in $(cat "$W"/ovs/*.pid 2>/dev/null); do kill "$p" 2>/dev/null; done
+  for p in $(cat "$W"/data/ovs/*.pid 2>/dev/null); do kill "$p" 2>/dev/null; done
   pkill -f "dnsmasq.*$W/" 2>/dev/null
   for n in $(ip netns list | awk '{print $1}' | grep "^$P-"); do ip netns del "$n"; done
   rm -rf "$W"

@@ -312,14 +312,17 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
     // refused before any connection; the image fails and says why.
     let s = Stack::start(StackOptions::new(db)).await;
     let c = s.account("imp").await;
-    for url in [
+    for (i, url) in [
         format!("http://127.0.0.1:{port}/disk"),
         format!("http://localhost:{port}/disk"),
         "http://169.254.169.254/latest/meta-data/".to_owned(),
         "http://[::1]/x".to_owned(),
         "http://10.1.2.3/x".to_owned(),
-    ] {
-        let img = c.create_image(&req("u", ImageFormat::Qcow2, Some(url.clone()), None)).await.unwrap();
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let img = c.create_image(&req(&format!("u{i}"), ImageFormat::Qcow2, Some(url.clone()), None)).await.unwrap();
         assert_eq!(img.state, ImageState::Pending);
         let why = failure_of(&c, &img.id).await;
         assert!(why.starts_with("forbidden_address"), "{url}: {why}");

@@ -233,19 +233,16 @@ impl Services {
 
     /// dnsmasq for the network: DHCP with static leases, and DNS. Its files are rewritten
     /// when they change; a running dnsmasq re-reads them on SIGHUP (hosts files) or by
-    /// itself (the upstream resolv file, polled). An ensure that changes nothing signals
-    /// nothing: dcmgr repeats ensures (while a NIC waits to be plugged, every 0.5 s), and
-    /// each SIGHUP makes dnsmasq reload, which delays a loaded host's first DHCP answer.
-    /// A dnsmasq started with other arguments (another gateway, or by an nwagent before
-    /// DNS was served) is replaced.
+    /// itself (the upstream resolv file, polled). A dnsmasq started with other arguments
+    /// (another gateway, or by an nwagent before DNS was served) is replaced.
     async fn ensure_dhcp(&self, n: &NetService) -> Result<(), ServiceError> {
         let vni = n.vni;
         std::fs::create_dir_all(&self.dir).map_err(err)?;
         let hosts = self.dir.join(format!("dhcp-{vni}.hosts"));
         let text: String = n.leases.iter().map(|(mac, ip, name)| format!("{mac},{ip},{name}\n")).collect();
-        let mut changed = write_if_changed(&hosts, &text)?;
+        write_if_changed(&hosts, &text)?;
         let names = self.dir.join(format!("dns-{vni}.hosts"));
-        changed |= write_if_changed(&names, &dns_hosts(&n.leases))?;
+        write_if_changed(&names, &dns_hosts(&n.leases))?;
         let resolv = self.dir.join(format!("dns-{vni}.resolv"));
         let upstream = self.upstreams(vni);
         if upstream.is_empty() {
@@ -281,21 +278,19 @@ impl Services {
             format!("--dhcp-option=option:dns-server,{gateway}"),
             format!("--pid-file={}", pidfile.display()),
             "--dhcp-authoritative".into(),
+            // Its own log beside its files (each DHCP exchange is a line): what an
+            // operator reads when a guest says it got no lease.
+            format!("--log-facility={}", self.dir.join(format!("dhcp-{vni}.log")).display()),
         ];
         let pid =
             std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()).filter(|p| alive(*p));
         if let Some(pid) = pid {
             let same = std::fs::read_to_string(&argsfile).ok().as_deref() == Some(args.join("\n").as_str());
             if same {
-                if changed {
-                    // dnsmasq re-reads its hosts files on SIGHUP. Should the signal fail,
-                    // the next ensure (its files now unchanged) must still act: forgetting
-                    // the arguments makes it start a new dnsmasq.
-                    if let Err(e) = self.tools.run("kill", &["-HUP", &pid.to_string()]).await {
-                        let _ = std::fs::remove_file(&argsfile);
-                        return Err(e.into());
-                    }
-                }
+                // dnsmasq re-reads its hosts files on SIGHUP. Sent on every ensure, not
+                // only when the files change: a run that sent it only on change once saw a
+                // new guest get no lease (cause not found; see dhcp-VNI.log next time).
+                self.tools.run("kill", &["-HUP", &pid.to_string()]).await?;
                 return Ok(());
             }
             tracing::info!(vni, pid, "dnsmasq runs with other arguments: replaced");
@@ -356,7 +351,8 @@ impl Services {
         let _ = self.host_ip(&["link", "del", &format!("xr{vni:x}")]).await;
         let _ = std::fs::remove_file(self.dir.join(format!("nat-{vni}.nft")));
         let _ = self.tools.run("ip", &["netns", "del", &self.netns(vni)]).await;
-        for name in ["dhcp-{}.hosts", "dhcp-{}.leases", "dhcp-{}.args", "dns-{}.hosts", "dns-{}.resolv"] {
+        for name in ["dhcp-{}.hosts", "dhcp-{}.leases", "dhcp-{}.args", "dhcp-{}.log", "dns-{}.hosts", "dns-{}.resolv"]
+        {
             let _ = std::fs::remove_file(self.dir.join(name.replace("{}", &vni.to_string())));
         }
         Ok(())
@@ -391,13 +387,13 @@ fn dns_hosts(leases: &[(MacAddr, Ipv4Addr, String)]) -> String {
     leases.iter().filter(|(_, _, name)| !name.is_empty()).map(|(_, ip, name)| format!("{ip} {name}\n")).collect()
 }
 
-/// Writes `text` unless the file already holds it; tells whether it wrote.
-fn write_if_changed(path: &std::path::Path, text: &str) -> Result<bool, ServiceError> {
+/// Writes `text` unless the file already holds it (dnsmasq polls some of its files'
+/// mtimes).
+fn write_if_changed(path: &std::path::Path, text: &str) -> Result<(), ServiceError> {
     if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
-        return Ok(false);
+        return Ok(());
     }
-    write_atomic(path, text)?;
-    Ok(true)
+    write_atomic(path, text)
 }
 
 fn write_atomic(path: &std::path::Path, text: &str) -> Result<(), ServiceError> {
@@ -787,6 +783,7 @@ mod tests {
                 "--dhcp-option=option:dns-server,10.10.0.1".into(),
                 format!("--pid-file={d}/dhcp-42.pid"),
                 "--dhcp-authoritative".into(),
+                format!("--log-facility={d}/dhcp-42.log"),
             ]
         );
         let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
@@ -802,10 +799,6 @@ mod tests {
         assert_eq!(f.lines(), [format!("kill -HUP {pid}")]);
         assert_eq!(read("dhcp-42.hosts"), "");
         assert_eq!(read("dns-42.hosts"), "");
-        // The same ensure again (dcmgr repeats them) changes nothing and signals nothing.
-        f.clear();
-        s.ensure_dhcp(&n).await.unwrap();
-        assert_eq!(f.lines(), Vec::<String>::new());
         // One started with other arguments (here: by an nwagent that served no DNS) is
         // replaced by one with today's.
         f.clear();
