@@ -31,7 +31,11 @@ pub struct FsBlobStore {
 
 impl FsBlobStore {
     pub fn new(dir: &Path) -> io::Result<FsBlobStore> {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(dir.join("blobs/sha256"))?;
+        // Tenants' data (blobs, uploads being staged) and the node key: dcmgr's to read
+        // (hosts fetch blobs over HTTP), no one else's.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(FsBlobStore { dir: dir.to_owned() })
     }
 

@@ -83,18 +83,27 @@ pub fn no_uefi(hypervisor: HypervisorKind) -> ApiError {
 }
 
 /// The refusal when no host fits `d`, given the online hosts of its hypervisor kind:
-/// how many, and the most free memory and vCPUs among them.
+/// how many, and the most free memory and vCPUs among them. The figures go to the log
+/// and to operators (`vdc host list`), never to the tenant: a cloud's free capacity is
+/// not every tenant's business.
 pub fn no_capacity(d: Demand, hosts: i64, max_free_mib: Option<i64>, max_free_cpus: Option<i64>) -> ApiError {
     let message = match hosts {
         0 => format!("no online host offers hypervisor {}", d.hypervisor),
-        n => format!(
-            "no host can fit {} vCPUs and {} MiB: the {n} online {} hosts have at most {} MiB and {} vCPUs free",
-            d.cpus,
-            d.memory_mib,
-            d.hypervisor,
-            max_free_mib.unwrap_or(0),
-            max_free_cpus.unwrap_or(0)
-        ),
+        n => {
+            tracing::warn!(
+                cpus = d.cpus,
+                memory_mib = d.memory_mib,
+                hypervisor = %d.hypervisor,
+                hosts = n,
+                max_free_mib,
+                max_free_cpus,
+                "no host can fit an instance"
+            );
+            format!(
+                "no {} host has room for {} vCPUs and {} MiB now; ask for less, or try again later",
+                d.hypervisor, d.cpus, d.memory_mib
+            )
+        }
     };
     ApiError::Unprocessable { code: "no_capacity", message }
 }
@@ -124,7 +133,8 @@ mod tests {
         let e = no_capacity(d, 2, Some(4096), Some(8));
         assert_eq!(
             e.to_string(),
-            "no host can fit 4 vCPUs and 8192 MiB: the 2 online kvm hosts have at most 4096 MiB and 8 vCPUs free"
+            "no kvm host has room for 4 vCPUs and 8192 MiB now; ask for less, or try again later"
         );
+        assert!(!e.to_string().contains("4096"), "the free capacity is not told");
     }
 }

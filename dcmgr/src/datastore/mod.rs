@@ -39,6 +39,7 @@ pub async fn connect(url: &str) -> Result<(Pool, DbKind), sqlx::Error> {
                 std::fs::create_dir_all(dir).map_err(sqlx::Error::Io)?;
             }
         }
+        private_file(std::path::Path::new(path)).map_err(sqlx::Error::Io)?;
         let url = if rest.contains('?') { url.to_owned() } else { format!("{url}?mode=rwc") };
         (DbKind::Sqlite, url)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -66,6 +67,25 @@ pub async fn connect(url: &str) -> Result<(Pool, DbKind), sqlx::Error> {
         .await?;
     MIGRATOR.run(&pool).await?;
     Ok((pool, kind))
+}
+
+/// Makes the SQLite database file exist, readable by its owner only (it holds every
+/// tenant's data and token hashes). SQLite gives its `-wal` and `-shm` files the
+/// database's mode; those of an older, more open database are closed too.
+fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if path.as_os_str().is_empty() || path.to_str().is_some_and(|p| p == ":memory:" || p.starts_with(':')) {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        if std::path::Path::new(&p).exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// True for errors that a retry of the whole transaction can fix: lock contention and
@@ -249,6 +269,12 @@ mod tests {
         }
         pool.close().await;
         let (pool, _) = connect(&url).await.unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["db.sqlite", "db.sqlite-wal", "db.sqlite-shm"] {
+            let mode = std::fs::metadata(dir.path().join(f)).map(|m| m.permissions().mode() & 0o777);
+            assert!(matches!(mode, Ok(0o600) | Err(_)), "{f}: {mode:?}");
+        }
+        assert_eq!(std::fs::metadata(dir.path().join("db.sqlite")).unwrap().permissions().mode() & 0o777, 0o600);
         let names = |table: &'static str| {
             let pool = pool.clone();
             async move {

@@ -17,9 +17,14 @@ impl FileBackend {
 
     /// [`FileBackend::open`] with the given way of running `cp`.
     pub async fn open_with(dir: &Path, tools: Runner) -> Result<Self> {
-        for sub in ["volumes", "snapshots"] {
+        // Volumes: QEMU (another user) opens a locally attached one by its path, so the
+        // directory lets it pass but not list; snapshots are sta's alone.
+        for (sub, mode) in [("volumes", 0o711), ("snapshots", 0o700)] {
             let d = dir.join(sub);
             tokio::fs::create_dir_all(&d).await.map_err(|e| io(&d, e))?;
+            tokio::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .await
+                .map_err(|e| io(&d, e))?;
         }
         Ok(FileBackend { dir: dir.to_owned(), tools })
     }
@@ -120,6 +125,13 @@ mod tests {
         let (f, b) = backend(dir.path()).await;
         b.create(&vol("vol-a"), 4).await.unwrap();
         assert!(f.calls().is_empty(), "a new volume is a sparse file, no command");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            (mode("volumes/vol-a.img"), mode("volumes"), mode("snapshots")),
+            (0o600, 0o711, 0o700),
+            "a tenant's data is no other user's to read"
+        );
         b.snapshot(&vol("vol-a"), &snap("snap-1")).await.unwrap();
         let d = dir.path().display();
         assert_eq!(

@@ -85,8 +85,16 @@ pub(crate) async fn grow_file(path: &Path, size_mib: u64) -> Result<()> {
 }
 
 /// Creates a sparse zero-filled file of `size_mib`, never overwriting one.
+/// Readable by its owner only: a tenant's data (libvirt hands a locally attached file to
+/// QEMU's user for the time it is attached; copies keep the mode).
 pub(crate) async fn create_file(path: &Path, size_mib: u64) -> Result<()> {
-    let f = tokio::fs::OpenOptions::new().write(true).create_new(true).open(path).await.map_err(|e| io(path, e))?;
+    let f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(|e| io(path, e))?;
     f.set_len(size_mib << 20).await.map_err(|e| io(path, e))?;
     f.sync_all().await.map_err(|e| io(path, e))?;
     Ok(())
