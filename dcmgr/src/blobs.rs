@@ -6,6 +6,8 @@
 //! may use it; only checked data is [`BlobStore::put`] into the store. A staging file
 //! that is not put is removed when dropped, so an interrupted upload leaves nothing.
 
+pub mod s3;
+
 use sha2::{Digest, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
