@@ -9,9 +9,9 @@
 //! The signature is in the URL, so bodies stream from the staged file with their length
 //! known, never held whole in memory.
 
-use super::{valid, BlobStore};
+use super::{valid, BlobStore, BlobStream};
 use crate::config::S3Config;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, ETAG, RANGE};
 use reqwest::{Response, StatusCode};
 use rusty_s3::actions::CreateMultipartUpload;
@@ -19,7 +19,6 @@ use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 
 /// How long a signed URL is good for: each is used at once, and a part's upload only
 /// has to start within it.
@@ -177,9 +176,15 @@ impl S3BlobStore {
 
     /// `len` bytes of `file` from `offset`, as a request body streamed from the disk.
     async fn body(file: &Path, offset: u64, len: u64) -> io::Result<reqwest::Body> {
-        let mut f = tokio::fs::File::open(file).await?;
-        f.seek(io::SeekFrom::Start(offset)).await?;
-        Ok(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f.take(len), 1 << 20)))
+        let file = file.to_owned();
+        let f = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
+            let mut f = std::fs::File::open(file)?;
+            io::Seek::seek(&mut f, io::SeekFrom::Start(offset))?;
+            Ok(f)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(reqwest::Body::wrap_stream(vdc_bus::fileio::read_stream(f, len)))
     }
 
     async fn put_whole(&self, key: &str, staged: &Path, len: u64) -> io::Result<()> {
@@ -271,7 +276,7 @@ impl BlobStore for S3BlobStore {
         }
     }
 
-    async fn open(&self, sha256: &str, offset: u64) -> io::Result<Option<(u64, Box<dyn AsyncRead + Send + Unpin>)>> {
+    async fn open(&self, sha256: &str, offset: u64) -> io::Result<Option<(u64, BlobStream)>> {
         if !valid(sha256) {
             return Ok(None);
         }
@@ -293,7 +298,7 @@ impl BlobStore for S3BlobStore {
             }
             // At or past the end: nothing to send, but the caller needs the length.
             StatusCode::RANGE_NOT_SATISFIABLE => {
-                return Ok(self.head(&key).await?.map(|len| (len, Box::new(tokio::io::empty()) as _)));
+                return Ok(self.head(&key).await?.map(|len| (len, futures::stream::empty().boxed())));
             }
             StatusCode::PARTIAL_CONTENT => resp
                 .headers()
@@ -305,15 +310,19 @@ impl BlobStore for S3BlobStore {
             _ => {
                 let resp = self.ok(resp, "GET", &key).await?;
                 let len = header_u64(&resp, CONTENT_LENGTH).unwrap_or(0);
-                let mut r = reader(resp);
                 // A server that ignores Range sends it all: skip what the caller has.
-                if offset > 0 {
-                    tokio::io::copy(&mut (&mut r).take(offset), &mut tokio::io::sink()).await?;
-                }
-                return Ok(Some((len, r)));
+                let mut skip = offset;
+                let rest = stream(resp)
+                    .map_ok(move |mut b| {
+                        let n = skip.min(b.len() as u64);
+                        skip -= n;
+                        b.split_off(n as usize)
+                    })
+                    .try_filter(|b| std::future::ready(!b.is_empty()));
+                return Ok(Some((len, rest.boxed())));
             }
         };
-        Ok(Some((total, reader(resp))))
+        Ok(Some((total, stream(resp))))
     }
 
     async fn delete(&self, sha256: &str) -> io::Result<()> {
@@ -334,9 +343,8 @@ impl BlobStore for S3BlobStore {
     }
 }
 
-fn reader(resp: Response) -> Box<dyn AsyncRead + Send + Unpin> {
-    let stream = resp.bytes_stream().map_err(|e| io::Error::other(e.without_url()));
-    Box::new(tokio_util::io::StreamReader::new(stream))
+fn stream(resp: Response) -> BlobStream {
+    resp.bytes_stream().map_err(|e| io::Error::other(e.without_url())).boxed()
 }
 
 fn header_u64(resp: &Response, name: reqwest::header::HeaderName) -> Option<u64> {
