@@ -83,3 +83,9 @@ if [ ${#py_missing[@]} -gt 0 ]; then
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check "${py_missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (https://rustup.rs)" >&2; exit 1; }
+# The S3 server the S3 image store's tests run (tests/tests/s3.rs): s3s-fs has no Debian
+# package. 0.14.1 is the newest that builds with stable Rust 1.95 (0.17 wants 1.96).
+if ! s3s-fs --version >/dev/null 2>&1 && ! "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" --version >/dev/null 2>&1; then
+  echo "installing (cargo): s3s-fs"
+  cargo install --locked --features binary s3s-fs@0.14.1
+fi

@@ -6,10 +6,14 @@
 //! may use it; only checked data is [`BlobStore::put`] into the store. A staging file
 //! that is not put is removed when dropped, so an interrupted upload leaves nothing.
 
+pub mod s3;
+
 use sha2::{Digest, Sha256};
 use std::io;
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+
+/// A blob's bytes as they are read.
+pub type BlobStream = std::pin::Pin<Box<dyn futures::Stream<Item = io::Result<bytes::Bytes>> + Send>>;
 
 /// Where blobs live. Blobs are immutable: the same name always holds the same bytes.
 #[async_trait::async_trait]
@@ -18,7 +22,7 @@ pub trait BlobStore: Send + Sync {
     /// no-op (capturing the same bytes twice stores them once).
     async fn put(&self, sha256: &str, staged: &Path) -> io::Result<()>;
     /// The blob from byte `offset` on, with its full length; `None` if there is no such blob.
-    async fn open(&self, sha256: &str, offset: u64) -> io::Result<Option<(u64, Box<dyn AsyncRead + Send + Unpin>)>>;
+    async fn open(&self, sha256: &str, offset: u64) -> io::Result<Option<(u64, BlobStream)>>;
     async fn delete(&self, sha256: &str) -> io::Result<()>;
     /// The blob as a file of this machine, when the store keeps it so.
     fn local_path(&self, sha256: &str) -> Option<PathBuf>;
@@ -66,18 +70,24 @@ impl BlobStore for FsBlobStore {
         Ok(())
     }
 
-    async fn open(&self, sha256: &str, offset: u64) -> io::Result<Option<(u64, Box<dyn AsyncRead + Send + Unpin>)>> {
+    async fn open(&self, sha256: &str, offset: u64) -> io::Result<Option<(u64, BlobStream)>> {
         if !valid(sha256) {
             return Ok(None);
         }
-        let mut f = match tokio::fs::File::open(self.path(sha256)).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let len = f.metadata().await?.len();
-        tokio::io::AsyncSeekExt::seek(&mut f, io::SeekFrom::Start(offset.min(len))).await?;
-        Ok(Some((len, Box::new(f))))
+        let path = self.path(sha256);
+        let opened = tokio::task::spawn_blocking(move || -> io::Result<Option<(u64, std::fs::File)>> {
+            let mut f = match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let len = f.metadata()?.len();
+            io::Seek::seek(&mut f, io::SeekFrom::Start(offset.min(len)))?;
+            Ok(Some((len, f)))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(opened.map(|(len, f)| (len, Box::pin(vdc_bus::fileio::read_stream(f, len - offset.min(len))) as BlobStream)))
     }
 
     async fn delete(&self, sha256: &str) -> io::Result<()> {
@@ -111,12 +121,8 @@ pub enum StageError {
 /// Dropped without [`Staging::finish`] being used by a put, the file is removed.
 pub struct Staging {
     path: PathBuf,
-    /// Buffered: request bodies arrive in small frames, and each write of a tokio file
-    /// is a trip to the blocking pool.
-    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
-    /// SHA-256 runs on a thread of its own, beside the receiving and writing: hashing
-    /// alone costs as much as copying the file.
-    hasher: Option<(tokio::sync::mpsc::Sender<bytes::Bytes>, std::thread::JoinHandle<String>)>,
+    /// Written and hashed on threads of their own (see `vdc_bus::fileio`).
+    file: Option<vdc_bus::fileio::HashingFile>,
     len: u64,
     limit: u64,
 }
@@ -125,18 +131,9 @@ impl Staging {
     pub async fn create(dir: &Path, limit: u64) -> io::Result<Staging> {
         tokio::fs::create_dir_all(dir).await?;
         let path = dir.join(format!("incoming-{:016x}", rand::random::<u64>()));
-        let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
-        let file = tokio::io::BufWriter::with_capacity(4 << 20, file);
-        // A few MiB in flight at most: the hasher keeps up with the disk.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
-        let hasher = std::thread::Builder::new().name("vdc-sha256".into()).spawn(move || {
-            let mut h = Sha256::new();
-            while let Some(chunk) = rx.blocking_recv() {
-                h.update(&chunk);
-            }
-            hex::encode(h.finalize())
-        })?;
-        Ok(Staging { path, file: Some(file), hasher: Some((tx, hasher)), len: 0, limit })
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let file = vdc_bus::fileio::HashingFile::new(file, Sha256::new())?;
+        Ok(Staging { path, file: Some(file), len: 0, limit })
     }
 
     pub async fn write(&mut self, chunk: bytes::Bytes) -> Result<(), StageError> {
@@ -144,25 +141,13 @@ impl Staging {
             return Err(StageError::TooLarge { limit: self.limit });
         }
         self.len += chunk.len() as u64;
-        self.file.as_mut().expect("open until finished").write_all(&chunk).await?;
-        let (tx, _) = self.hasher.as_ref().expect("open until finished");
-        // The hasher only stops when this sender is dropped.
-        let _ = tx.send(chunk).await;
+        self.file.as_mut().expect("open until finished").write(chunk).await?;
         Ok(())
     }
 
-    /// Flushes the file to disk; returns its SHA-256 (hex) and length.
+    /// Syncs the file to disk; returns its SHA-256 (hex) and length.
     pub async fn finish(&mut self) -> Result<(String, u64), StageError> {
-        if let Some(mut f) = self.file.take() {
-            f.flush().await?;
-            f.into_inner().sync_all().await?;
-        }
-        let (tx, thread) = self.hasher.take().expect("finished once");
-        drop(tx);
-        let sha = tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))?
-            .map_err(|_| io::Error::other("the hashing thread failed"))?;
+        let sha = self.file.take().expect("finished once").finish().await?;
         Ok((sha, self.len))
     }
 
@@ -181,7 +166,7 @@ impl Drop for Staging {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use futures::TryStreamExt;
 
     #[tokio::test]
     async fn a_blob_is_stored_once_under_its_digest_and_read_from_an_offset() {
@@ -195,10 +180,9 @@ mod tests {
         assert_eq!(len, 11);
         store.put(&sha, st.path()).await.unwrap();
         drop(st);
-        let (total, mut r) = store.open(&sha, 6).await.unwrap().unwrap();
-        let mut rest = String::new();
-        r.read_to_string(&mut rest).await.unwrap();
-        assert_eq!((total, rest.as_str()), (11, "world"));
+        let (total, r) = store.open(&sha, 6).await.unwrap().unwrap();
+        let rest: Vec<bytes::Bytes> = r.try_collect().await.unwrap();
+        assert_eq!((total, rest.concat().as_slice()), (11, &b"world"[..]));
         // Same bytes again: stored once, the second staging file is gone.
         let mut st = Staging::create(&tmp.path().join("staging"), 1 << 20).await.unwrap();
         st.write(bytes::Bytes::from_static(b"hello world")).await.unwrap();

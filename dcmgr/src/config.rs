@@ -68,6 +68,68 @@ pub struct ImagesConfig {
     /// The base URL hosts fetch image data from (dcmgr's Web API as they reach it, e.g.
     /// `http://dcmgr.internal:9000`). Default: the address dcmgr listens on.
     pub agent_url: Option<String>,
+    /// Where blobs are kept: `fs` (in `dir`) or `s3` (the bucket of `[images.s3]`;
+    /// `dir` still holds uploads being received and the node key).
+    pub store: StoreKind,
+    /// The S3-compatible object store of `store = "s3"`.
+    pub s3: Option<S3Config>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Fs,
+    S3,
+}
+
+/// An S3-compatible bucket holding the image blobs (`blobs/sha256/<hex>` keys).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// e.g. `https://s3.eu-west-1.amazonaws.com` or `http://radosgw.internal:7480`.
+    pub endpoint: String,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub bucket: String,
+    pub access_key: String,
+    /// The secret key itself, or (better) `secret_key_file`, a file holding it.
+    pub secret_key: Option<String>,
+    pub secret_key_file: Option<std::path::PathBuf>,
+    /// `endpoint/bucket/key` (most self-hosted servers) rather than `bucket.endpoint/key`.
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// Blobs larger than this go up in parts of this size (MiB, 5 to 5120).
+    #[serde(default = "default_part_mib")]
+    pub part_size_mib: u64,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_part_mib() -> u64 {
+    64
+}
+
+// By hand: the secret stays out of logs and error messages.
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "…"))
+            .field("secret_key_file", &self.secret_key_file)
+            .field("path_style", &self.path_style)
+            .field("part_size_mib", &self.part_size_mib)
+            .finish()
+    }
 }
 
 impl Default for ImagesConfig {
@@ -80,6 +142,8 @@ impl Default for ImagesConfig {
             import_timeout_s: 3600,
             file_dirs: vec![],
             agent_url: None,
+            store: StoreKind::Fs,
+            s3: None,
         }
     }
 }
@@ -218,6 +282,25 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_s3_store_is_configured_in_images_s3_and_its_secret_is_not_shown() {
+        let c: Config = toml::from_str(
+            "[images]\nstore = \"s3\"\n[images.s3]\nendpoint = \"http://127.0.0.1:7480\"\nbucket = \"b\"\n\
+             access_key = \"AK\"\nsecret_key = \"SEKRIT\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.images.store, StoreKind::S3);
+        let s3 = c.images.s3.as_ref().unwrap();
+        assert_eq!((s3.region.as_str(), s3.path_style, s3.part_size_mib), ("us-east-1", true, 64));
+        assert!(!format!("{c:?}").contains("SEKRIT"));
+        assert_eq!(toml::from_str::<Config>("").unwrap().images.store, StoreKind::Fs);
+        assert!(toml::from_str::<Config>("[images]\nstore = \"nfs\"").is_err());
+        assert!(toml::from_str::<Config>(
+            "[images.s3]\nendpoint = \"x\"\nbucket = \"b\"\naccess_key = \"a\"\nsekret = 1"
+        )
+        .is_err());
+    }
 
     #[test]
     fn ratios_default_to_cpu_4_memory_1_and_hosts_can_differ() {

@@ -49,10 +49,7 @@ impl Dcmgr {
             queued: Default::default(),
             agents: Default::default(),
             ensure_observer: opts.ensure_observer,
-            blobs: Arc::new(
-                crate::blobs::FsBlobStore::new(&config.images_dir())
-                    .with_context(|| format!("opening the image store in {}", config.images_dir().display()))?,
-            ),
+            blobs: open_blob_store(&config).await?,
             ingesting: Default::default(),
             blob_refs: Default::default(),
             node_key: crate::app::node_auth::load_key(&config.images_dir())
@@ -114,6 +111,27 @@ impl Dcmgr {
     pub async fn wait(&self) {
         self.cancel.cancelled().await
     }
+}
+
+/// The image store of `images.store`, checked usable: a dcmgr that could not store or
+/// serve image data refuses to start.
+async fn open_blob_store(config: &Config) -> anyhow::Result<Arc<dyn crate::blobs::BlobStore>> {
+    use crate::config::StoreKind;
+    Ok(match (config.images.store, &config.images.s3) {
+        (StoreKind::Fs, _) => Arc::new(
+            crate::blobs::FsBlobStore::new(&config.images_dir())
+                .with_context(|| format!("opening the image store in {}", config.images_dir().display()))?,
+        ),
+        (StoreKind::S3, Some(s3)) => Arc::new(
+            crate::blobs::s3::S3BlobStore::connect(s3)
+                .await
+                .with_context(|| format!("opening the image store in bucket {:?} of {}", s3.bucket, s3.endpoint))?,
+        ),
+        (StoreKind::S3, None) => anyhow::bail!(
+            "invalid configuration: images.store = \"s3\" needs an [images.s3] table (endpoint, bucket, access_key, \
+             secret_key_file)"
+        ),
+    })
 }
 
 /// A database URL without its password, for messages.

@@ -9,6 +9,7 @@
 
 pub mod pg;
 pub mod procs;
+pub mod s3;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -21,7 +21,7 @@ pub async fn get(State(ctx): State<SharedCtx>, Path(sha): Path<String>, headers:
         .and_then(|r| r.strip_prefix("bytes="))
         .and_then(|r| r.strip_suffix('-'))
         .and_then(|n| n.parse::<u64>().ok());
-    let (len, reader) = match ctx.blobs.open(&sha, offset.unwrap_or(0)).await {
+    let (len, stream) = match ctx.blobs.open(&sha, offset.unwrap_or(0)).await {
         Ok(Some(x)) => x,
         Ok(None) => return ApiError::not_found("blob", &sha).into_response(),
         Err(e) => return ApiError::internal(format!("blob {sha}: {e}")).into_response(),
@@ -32,7 +32,7 @@ pub async fn get(State(ctx): State<SharedCtx>, Path(sha): Path<String>, headers:
             .into_response();
     }
     tracing::debug!(%node, blob = %sha, from = start, "serving a blob");
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20));
+    let body = Body::from_stream(stream);
     let mut resp = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, len - start)

@@ -5,7 +5,7 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use vdc_schema::bus::BlobRef;
@@ -120,7 +120,7 @@ async fn attempt(client: &reqwest::Client, blob: &BlobRef, partial: &Path) -> Re
         Err(e) => return Ok(Attempt::Cut(e.to_string())),
     };
     let status = resp.status();
-    let mut file = match status.as_u16() {
+    let file = match status.as_u16() {
         206 if have > 0 => std::fs::OpenOptions::new().append(true).open(partial).map_err(io(partial))?,
         200 => {
             hash = Sha256::new();
@@ -132,26 +132,26 @@ async fn attempt(client: &reqwest::Client, blob: &BlobRef, partial: &Path) -> Re
             return Err(fail(blob, format!("dcmgr answered {status}: {}", body.chars().take(300).collect::<String>())));
         }
     };
+    let mut file = crate::fileio::HashingFile::new(file, hash).map_err(io(partial))?;
     loop {
         match resp.chunk().await {
             Ok(Some(c)) => {
                 if have + c.len() as u64 > blob.size {
                     return Err(fail(blob, "more data than the blob's size".into()));
                 }
-                hash.update(&c);
                 have += c.len() as u64;
-                file.write_all(&c).map_err(io(partial))?;
+                file.write(c).await.map_err(io(partial))?;
             }
             Ok(None) => break,
             Err(e) => {
-                file.flush().map_err(io(partial))?;
+                file.stop().await.map_err(io(partial))?;
                 return Ok(Attempt::Cut(e.to_string()));
             }
         }
     }
-    file.sync_all().map_err(io(partial))?;
     if have < blob.size {
+        file.stop().await.map_err(io(partial))?;
         return Ok(Attempt::Cut(format!("{have} of {} bytes", blob.size)));
     }
-    Ok(Attempt::Done(hex::encode(hash.finalize())))
+    Ok(Attempt::Done(file.finish().await.map_err(io(partial))?))
 }

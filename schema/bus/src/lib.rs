@@ -15,6 +15,7 @@ pub mod adapter;
 pub mod agent;
 pub mod blob;
 pub mod cmd;
+pub mod fileio;
 pub mod journal;
 pub mod sim;
 pub mod transport;
