@@ -155,8 +155,6 @@ pub struct Instance {
     pub root_disk_size: Option<u64>,
     pub keypair: Option<String>,
     pub user_data: Option<String>,
-    /// Whether it should run (the source's goal).
-    pub running: bool,
     pub interfaces: Vec<Interface>,
     /// The root disk's data; absent in a model-only bundle (the instance boots its image).
     pub root_disk: Option<BlobRef>,

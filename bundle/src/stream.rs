@@ -219,6 +219,11 @@ impl<R: Read> Reader<R> {
         &self.manifest_hash
     }
 
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.r
+    }
+
     pub fn signer(&self) -> &VerifyingKey {
         &self.signer
     }

@@ -57,7 +57,6 @@ fn model_with_image(key: &SigningKey, data: &[u8]) -> (Manifest, Vec<Vec<u8>>) {
                 root_disk_size: None,
                 keypair: None,
                 user_data: None,
-                running: true,
                 interfaces: vec![Interface {
                     network: "nw-1".into(),
                     ip: "10.0.0.10".into(),

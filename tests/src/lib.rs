@@ -57,6 +57,8 @@ pub struct StackOptions {
     /// dcmgr's image store settings; its directory defaults to one in the stack's
     /// temporary directory.
     pub images: vdc_dcmgr::config::ImagesConfig,
+    /// dcmgr's bundle trust list.
+    pub bundles: vdc_dcmgr::config::BundlesConfig,
 }
 
 /// Where real-network hosts keep their OVS, and the prefix (unique per test) of their
@@ -161,6 +163,7 @@ impl StackOptions {
                 file_dirs: vec!["/var/lib/vdc/images".into()],
                 ..Default::default()
             },
+            bundles: Default::default(),
         }
     }
 }
@@ -693,6 +696,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
             images.file_dirs.extend(opts.libvirt.as_ref().map(|l| l.root.clone()));
             images
         },
+        bundles: opts.bundles.clone(),
         ..Config::default()
     }
 }
