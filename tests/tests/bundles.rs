@@ -4,7 +4,6 @@
 //! resolve collisions, and hostile bundles refused with nothing created. Every scenario
 //! on SQLite and PostgreSQL; agents are simulated.
 
-use std::time::Duration;
 use vdc_bundle::{Manifest, SigningKey};
 use vdc_cli::client::{Client, ClientError};
 use vdc_schema::api::*;

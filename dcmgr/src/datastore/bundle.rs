@@ -136,7 +136,7 @@ pub struct Existing {
     pub hypervisors: Vec<String>,
 }
 
-pub async fn existing<'e>(db: &mut sqlx::AnyConnection, account: &AccountId) -> Result<Existing, sqlx::Error> {
+pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Result<Existing, sqlx::Error> {
     let a = account.as_str();
     let names = sqlx::query_as(
         "SELECT 'network', name FROM networks WHERE account_id = $1 \

@@ -10,6 +10,7 @@ use axum::Json;
 use vdc_schema::api::{BundleImport, BundleImported, BundleKey, BundlePlan, ErrorBody};
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     /// Only the model: no image data (images then resolve by name at the target).
