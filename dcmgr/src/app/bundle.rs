@@ -907,3 +907,123 @@ pub async fn show(ctx: &SharedCtx, caller: &Caller, id: &str) -> ApiResult<Bundl
         .await?
         .ok_or_else(|| ApiError::not_found("bundle import", id.chars().take(64).collect::<String>()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        let key = vdc_bundle::generate_key();
+        Manifest {
+            format_version: 1,
+            source: vdc_bundle::Source {
+                site_key: vdc_bundle::key_hex(&key.verifying_key()),
+                vdc_id: "a-1".into(),
+                exported_at: "t".into(),
+            },
+            model: vdc_bundle::Model {
+                networks: vec![vdc_bundle::Network {
+                    id: "nw-1".into(),
+                    name: "front".into(),
+                    cidr: "10.0.0.0/24".into(),
+                    gateway: "10.0.0.1".into(),
+                    dhcp_start: "10.0.0.10".into(),
+                    dhcp_end: "10.0.0.99".into(),
+                }],
+                images: vec![vdc_bundle::Image {
+                    id: "img-1".into(),
+                    name: "tiny".into(),
+                    format: vdc_schema::ImageFormat::Kernel,
+                    arch: vdc_schema::Arch::X86_64,
+                    hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu],
+                    boot_mode: Default::default(),
+                    kernel_id: None,
+                    min_disk: None,
+                    min_memory: None,
+                    os: None,
+                    default_user: None,
+                    blob: None,
+                }],
+                instances: vec![vdc_bundle::Instance {
+                    id: "i-1".into(),
+                    name: "web".into(),
+                    hostname: "web".into(),
+                    image: "img-1".into(),
+                    hypervisor: HypervisorKind::Kvm,
+                    cpus: 1,
+                    memory_mib: 64,
+                    root_disk_size: None,
+                    keypair: None,
+                    user_data: None,
+                    interfaces: vec![vdc_bundle::Interface {
+                        network: "nw-1".into(),
+                        ip: "10.0.0.20".into(),
+                        mac: "52:54:00:00:00:01".into(),
+                        security_groups: vec![],
+                    }],
+                    root_disk: None,
+                }],
+                ..Default::default()
+            },
+            chunks: vec![],
+        }
+    }
+
+    fn existing() -> store::Existing {
+        store::Existing {
+            names: vec![("instance".into(), "web".into())],
+            cidrs: vec![("nw-x".into(), "10.0.0.0/16".into())],
+            foreign_images: vec![("img-pub".into(), "tiny".into(), ",qemu,kvm,".into())],
+            hypervisors: vec!["lxc".into(), "qemu".into()],
+        }
+    }
+
+    fn codes(d: &Decision) -> Vec<(String, Option<String>)> {
+        d.conflicts.iter().map(|c| (c.code.clone(), c.resolve.clone())).collect()
+    }
+
+    #[test]
+    fn collisions_are_named_with_the_map_that_resolves_them() {
+        let d = decide(&manifest(), &existing(), &Maps::default());
+        assert_eq!(
+            codes(&d),
+            vec![
+                ("cidr_overlap".into(), Some("network.front.cidr=OTHER/24".into())),
+                ("hypervisor_missing".into(), Some("hypervisor.kvm=qemu".into())),
+                ("name_taken".into(), Some("instance.web.name=NEW-NAME".into())),
+            ]
+        );
+        // The image without data resolves to the site's public one of that name.
+        assert_eq!(d.images["img-1"], ImageChoice::Existing("img-pub".into()));
+    }
+
+    #[test]
+    fn maps_remap_cidrs_keeping_host_parts_and_resolve_everything() {
+        let maps = parse_maps(&[
+            "network.front.cidr=10.9.0.0/24".into(),
+            "hypervisor.kvm=qemu".into(),
+            "instance.web.name=web-b".into(),
+        ]);
+        let d = decide(&manifest(), &existing(), &maps);
+        assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
+        let n = &d.networks[0];
+        assert_eq!((n.cidr.to_string(), n.gateway.to_string()), ("10.9.0.0/24".into(), "10.9.0.1".into()));
+        assert_eq!(n.translate("10.0.0.20".parse().unwrap()).to_string(), "10.9.0.20");
+        assert_eq!(d.hypervisors["i-1"], HypervisorKind::Qemu);
+        assert_eq!(d.names[&("instance".to_owned(), "i-1".to_owned())], "web-b");
+    }
+
+    #[test]
+    fn bad_maps_are_conflicts_not_ignored() {
+        for bad in [
+            "x",
+            "network.front.cidr=10.9.0.0/16",
+            "network.front.cidr=10.9.0.5/24",
+            "hypervisor.kvm=vmware",
+            "volumes=keep",
+        ] {
+            let d = decide(&manifest(), &existing(), &parse_maps(&[bad.into()]));
+            assert!(d.conflicts.iter().any(|c| c.code == "invalid_map"), "{bad}: {:?}", d.conflicts);
+        }
+    }
+}
