@@ -738,9 +738,10 @@ pub enum BundleCmd {
     Key,
     /// Export the account's VDC as a signed bundle
     Export {
-        /// Where to write it (default: vdc-<time>.bundle in the current directory)
-        #[arg(short = 'O', long)]
-        output: Option<std::path::PathBuf>,
+        /// Where to write it (default: vdc-<time>.bundle in the current directory).
+        /// `--out`, as the global `--output` names the output format
+        #[arg(short = 'O', long = "out", value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
         /// Only the model: no image data
         #[arg(long)]
         model_only: bool,

@@ -776,9 +776,9 @@ async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
                 f => emit(&encode(f, &k)?),
             }
         }
-        BundleCmd::Export { output, model_only } => {
+        BundleCmd::Export { out, model_only } => {
             let path =
-                output.unwrap_or_else(|| format!("vdc-{}.bundle", chrono::Utc::now().format("%Y%m%dT%H%M%S")).into());
+                out.unwrap_or_else(|| format!("vdc-{}.bundle", chrono::Utc::now().format("%Y%m%dT%H%M%S")).into());
             // Written beside and renamed: a cut export never looks like a bundle.
             let tmp = path.with_extension("partial");
             let mut f = tokio::fs::File::create(&tmp)
