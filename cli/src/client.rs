@@ -394,6 +394,83 @@ impl Client {
         self.upload_image(id, body).await.map_err(UploadError::Api)
     }
 
+    // ------------------------------------------------------------ bundles
+
+    pub async fn bundle_key(&self) -> Result<BundleKey> {
+        self.get("/bundle/key").await
+    }
+
+    /// Streams the account's bundle into `out`; `progress` gets the bytes received so far.
+    /// Returns the bytes written.
+    pub async fn export_bundle<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        model_only: bool,
+        out: &mut W,
+        progress: impl Fn(u64),
+    ) -> std::result::Result<u64, UploadError> {
+        use futures::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let req = self
+            .request(Method::GET, "/bundle")
+            .query(&[("model_only", model_only)])
+            .timeout(Duration::from_secs(24 * 3600));
+        let resp = req.send().await.map_err(ClientError::Transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.map_err(ClientError::Transport)?;
+            return Err(ClientError::from_response(status.as_u16(), &body).into());
+        }
+        let mut n = 0u64;
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(ClientError::Transport)?;
+            out.write_all(&chunk).await.map_err(UploadError::Read)?;
+            n += chunk.len() as u64;
+            progress(n);
+        }
+        out.flush().await.map_err(UploadError::Read)?;
+        Ok(n)
+    }
+
+    async fn send_bundle<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        body: impl Into<reqwest::Body>,
+        maps: &[String],
+    ) -> Result<T> {
+        let query: Vec<(&str, &str)> = maps.iter().map(|m| ("map", m.as_str())).collect();
+        let req = self
+            .request(Method::POST, &format!("/bundle/{what}"))
+            .query(&query)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .timeout(Duration::from_secs(24 * 3600))
+            .body(body);
+        self.send(req).await
+    }
+
+    /// Verifies a bundle (streamed) and answers what importing it would do.
+    pub async fn plan_bundle(&self, body: impl Into<reqwest::Body>, maps: &[String]) -> Result<BundlePlan> {
+        self.send_bundle("plan", body, maps).await
+    }
+
+    pub async fn import_bundle(&self, body: impl Into<reqwest::Body>, maps: &[String]) -> Result<BundleImported> {
+        self.send_bundle("import", body, maps).await
+    }
+
+    /// A local file as a streamed request body.
+    pub async fn file_body(path: &std::path::Path) -> std::result::Result<reqwest::Body, UploadError> {
+        let file = tokio::fs::File::open(path).await.map_err(UploadError::Read)?;
+        Ok(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)))
+    }
+
+    pub async fn list_bundle_imports(&self) -> Result<Vec<BundleImport>> {
+        self.get("/bundle/imports").await
+    }
+
+    pub async fn get_bundle_import(&self, id: &str) -> Result<BundleImport> {
+        self.get(&format!("/bundle/imports/{id}")).await
+    }
+
     /// Polls an image until it is no longer pending.
     pub async fn wait_image(&self, id: &ImageId, timeout: Duration) -> Result<Image> {
         let start = Instant::now();

@@ -94,6 +94,9 @@ pub enum Command {
     /// Jobs: the progress of long operations
     #[command(subcommand)]
     Job(JobCmd),
+    /// VDC bundles: move the whole VDC to another site (export, plan, import)
+    #[command(subcommand)]
+    Bundle(BundleCmd),
     /// Print a shell completion script to stdout
     Completions {
         #[arg(value_enum)]
@@ -727,6 +730,41 @@ pub enum JobCmd {
     Wait {
         id: JobId,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCmd {
+    /// Show this site's bundle signing key (other sites trust it in [bundles] trusted_keys)
+    Key,
+    /// Export the account's VDC as a signed bundle
+    Export {
+        /// Where to write it (default: vdc-<time>.bundle in the current directory).
+        /// `--out`, as the global `--output` names the output format
+        #[arg(short = 'O', long = "out", value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+        /// Only the model: no image data
+        #[arg(long)]
+        model_only: bool,
+    },
+    /// Verify a bundle and show what importing it would create and what collides;
+    /// exits 1 when something is unresolved
+    Plan {
+        file: std::path::PathBuf,
+        /// KEY=VALUE: network.NAME.cidr=CIDR, KIND.NAME.name=NEW, hypervisor.kvm=qemu,
+        /// image.NAME=img-…, volumes=skip, floating_ips=skip
+        #[arg(long = "map", value_name = "KEY=VALUE")]
+        maps: Vec<String>,
+    },
+    /// Import a bundle (verified in full first; the same bundle again changes nothing)
+    Import {
+        file: std::path::PathBuf,
+        #[arg(long = "map", value_name = "KEY=VALUE")]
+        maps: Vec<String>,
+    },
+    /// The bundles imported into the account
+    Imports,
+    /// One import: the bundle's IDs and the IDs created for them
+    Show { id: String },
 }
 
 /// Run every command but `up` (which main hands to [`crate::up::run`]).

@@ -39,6 +39,16 @@ pub struct Config {
     pub hosts: BTreeMap<String, HostOverride>,
     /// The image store and what it accepts.
     pub images: ImagesConfig,
+    /// VDC bundles: which other sites' bundles this site imports.
+    pub bundles: BundlesConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BundlesConfig {
+    /// Public keys (64 hex digits, as `vdc bundle key` shows them) of the sites whose
+    /// bundles are accepted. This site's own key is always trusted.
+    pub trusted_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -228,6 +238,7 @@ impl Default for Config {
             memory_allocation_ratio: 1.0,
             hosts: BTreeMap::new(),
             images: ImagesConfig::default(),
+            bundles: BundlesConfig::default(),
         }
     }
 }

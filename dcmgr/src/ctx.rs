@@ -57,6 +57,10 @@ pub struct Ctx {
     pub blob_refs: tokio::sync::Mutex<()>,
     /// Signs the credentials agents fetch blobs with (see `app::node_auth`).
     pub node_key: [u8; 32],
+    /// This site's bundle signing key (`site-key` in the image store's directory).
+    pub site_key: vdc_bundle::SigningKey,
+    /// Keys whose bundles are imported: this site's and `[bundles] trusted_keys`.
+    pub trusted_keys: Vec<vdc_bundle::VerifyingKey>,
     /// The address the Web API listens on, once bound.
     pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }

@@ -39,6 +39,15 @@ impl Dcmgr {
             (None, Some(url)) => vdc_bus::Nats::connect(url, "dcmgr").await?,
             (None, None) => vdc_bus::InProc::new(),
         };
+        let site_key = crate::app::bundle::load_site_key(&config.images_dir())
+            .with_context(|| format!("the bundle site key in {}", config.images_dir().display()))?;
+        let mut trusted_keys = vec![site_key.verifying_key()];
+        for k in &config.bundles.trusted_keys {
+            trusted_keys.push(
+                vdc_bundle::parse_key(k)
+                    .map_err(|e| anyhow::anyhow!("invalid configuration: [bundles] trusted_keys: {e}"))?,
+            );
+        }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let ctx: SharedCtx = Arc::new(Ctx {
             db: pool,
@@ -54,6 +63,8 @@ impl Dcmgr {
             blob_refs: Default::default(),
             node_key: crate::app::node_auth::load_key(&config.images_dir())
                 .with_context(|| format!("the node key in {}", config.images_dir().display()))?,
+            site_key,
+            trusted_keys,
             http_addr: Default::default(),
         });
         if let Some(t) = &config.admin_token {

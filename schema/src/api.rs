@@ -712,3 +712,73 @@ mod tests {
         assert_eq!(<SecurityGroupRule as ToSchema>::name(), "SecurityGroupRule");
     }
 }
+
+// ---------------------------------------------------------------- bundles
+
+/// This site's bundle signing key: other sites add it to `[bundles] trusted_keys`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BundleKey {
+    /// ed25519 public key, 64 hex digits.
+    pub public_key: String,
+}
+
+/// One object an import creates.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BundleCreate {
+    /// `network`, `security_group`, `keypair`, `image` or `instance`.
+    pub kind: String,
+    /// Its ID inside the bundle (the source's ID).
+    pub bundle_id: String,
+    pub name: String,
+    /// What it becomes here, when that differs from the bundle (a remapped CIDR, …).
+    #[schema(required = true)]
+    pub note: Option<String>,
+}
+
+/// Something that keeps the bundle from being imported as it is.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BundleConflict {
+    /// Stable code: `cidr_overlap`, `name_taken`, `hypervisor_missing`, `image_missing`,
+    /// `external_pool_missing`, `invalid_map`, `not_supported`.
+    pub code: String,
+    pub message: String,
+    /// A `--map KEY=VALUE` that would resolve it, when there is one.
+    #[schema(required = true)]
+    pub resolve: Option<String>,
+}
+
+/// What importing a bundle would do, after it was verified in full.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BundlePlan {
+    pub source_site: String,
+    pub source_vdc: String,
+    pub manifest_hash: String,
+    /// The import of this same bundle into this account, if it happened already.
+    #[schema(required = true)]
+    pub already_imported: Option<BundleImportId>,
+    pub creates: Vec<BundleCreate>,
+    pub conflicts: Vec<BundleConflict>,
+    /// Chunks verified and bytes received.
+    pub chunks: u64,
+    pub bytes: u64,
+}
+
+/// A bundle import: the old → new ID map.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BundleImport {
+    pub id: BundleImportId,
+    pub source_site: String,
+    pub source_vdc: String,
+    pub manifest_hash: String,
+    /// Bundle ID → ID created here.
+    pub id_map: std::collections::BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The answer to an import: the import (new or found) and whether this call created it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BundleImported {
+    pub import: BundleImport,
+    /// False when the same bundle had been imported into this account already: nothing changed.
+    pub created: bool,
+}

@@ -58,6 +58,8 @@ pub struct StackOptions {
     /// dcmgr's image store settings; its directory defaults to one in the stack's
     /// temporary directory.
     pub images: vdc_dcmgr::config::ImagesConfig,
+    /// dcmgr's bundle trust list.
+    pub bundles: vdc_dcmgr::config::BundlesConfig,
 }
 
 /// Where real-network hosts keep their OVS, and the prefix (unique per test) of their
@@ -162,6 +164,7 @@ impl StackOptions {
                 file_dirs: vec!["/var/lib/vdc/images".into()],
                 ..Default::default()
             },
+            bundles: Default::default(),
         }
     }
 }
@@ -694,6 +697,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
             images.file_dirs.extend(opts.libvirt.as_ref().map(|l| l.root.clone()));
             images
         },
+        bundles: opts.bundles.clone(),
         ..Config::default()
     }
 }

@@ -10,7 +10,7 @@ use vdc_cli::output::OutputFormat;
 use vdc_schema::api::*;
 use vdc_tests::{on_both_databases, Db, Stack, StackOptions};
 
-on_both_databases!(names_or_ids_everywhere);
+on_both_databases!(names_or_ids_everywhere, vdc_bundle_exports_plans_and_imports);
 
 /// Runs `vdc ARGS…` in-process as the holder of `c`'s token.
 async fn vdc(c: &Client, args: &[&str]) -> Result<(), CliError> {
@@ -272,5 +272,36 @@ async fn ssh_runs_the_remote_command_with_the_saved_key() {
     let out = vdc(argv(&["instance", "ssh", "web1", "--", "true"])).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("vdc instance start web1"), "{out:?}");
+    s.stop().await;
+}
+
+/// `vdc bundle`: export to a file (renamed into place when whole), plan (exit 1 while a
+/// conflict is unresolved), import with a map, the imports listed. One site: it trusts
+/// its own key, so another account imports the bundle.
+async fn vdc_bundle_exports_plans_and_imports(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let src = s.account("src").await;
+    let dst = s.account("dst").await;
+    ok(&src, &["network", "create", "front", "--cidr", "10.70.0.0/24"]).await;
+    ok(&src, &["secgroup", "create", "web", "--rule", "tcp:22"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vdc.bundle");
+    let f = file.to_str().unwrap();
+    ok(&src, &["bundle", "export", "-O", f]).await;
+    assert!(file.exists() && !dir.path().join("vdc.partial").exists());
+    ok(&dst, &["network", "create", "mine", "--cidr", "10.70.0.0/16"]).await;
+    let why = fails(&dst, &["bundle", "plan", f]).await;
+    assert!(why.contains("1 conflict(s) unresolved"), "{why}");
+    assert!(fails(&dst, &["bundle", "import", f]).await.contains("bundle_unresolved"));
+    ok(&dst, &["bundle", "plan", f, "--map", "network.front.cidr=10.71.0.0/24"]).await;
+    ok(&dst, &["bundle", "import", f, "--map", "network.front.cidr=10.71.0.0/24"]).await;
+    // Again: nothing changes.
+    ok(&dst, &["bundle", "import", f, "--map", "network.front.cidr=10.71.0.0/24"]).await;
+    ok(&dst, &["bundle", "imports"]).await;
+    let nets = dst.list_all_networks().await.unwrap();
+    assert_eq!(nets.len(), 2);
+    assert!(nets.iter().any(|n| n.name == "front" && n.cidr.to_string() == "10.71.0.0/24"));
+    assert_eq!(dst.list_bundle_imports().await.unwrap().len(), 1);
+    ok(&dst, &["bundle", "show", dst.list_bundle_imports().await.unwrap()[0].id.as_str()]).await;
     s.stop().await;
 }

@@ -55,6 +55,7 @@ pub(super) async fn run(global: &GlobalArgs, command: Command) -> Result<(), Cli
         Command::Snapshot(c) => snapshot(&ctx, c).await,
         Command::Host(c) => host(&ctx, c).await,
         Command::Job(c) => job(&ctx, c).await,
+        Command::Bundle(c) => bundle(&ctx, c).await,
         Command::Completions { .. } | Command::Up(_) => Ok(()),
     }
 }
@@ -718,6 +719,133 @@ async fn job(ctx: &Ctx, cmd: JobCmd) -> Result<(), CliError> {
             let done = ctx.wait(&job).await?;
             ctx.show(&done)
         }
+    }
+}
+
+// ------------------------------------------------------------------ bundles
+
+impl Tabular for BundleImport {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "SOURCE VDC", "OBJECTS", "CREATED"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.source_vdc.clone(),
+            self.id_map.len().to_string(),
+            crate::output::time(&self.created_at),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let map: Vec<String> = self.id_map.iter().map(|(k, v)| format!("{k} → {v}")).collect();
+        vec![
+            ("id", self.id.to_string()),
+            ("source_site", self.source_site.clone()),
+            ("source_vdc", self.source_vdc.clone()),
+            ("manifest_hash", self.manifest_hash.clone()),
+            ("ids", map.join("\n")),
+            ("created_at", crate::output::time(&self.created_at)),
+        ]
+    }
+}
+
+fn plan_text(p: &BundlePlan) -> String {
+    let mut s = format!("bundle of {} ({} chunks, {} bytes) verified\n", p.source_vdc, p.chunks, p.bytes);
+    if let Some(i) = &p.already_imported {
+        s += &format!("imported already as {i}: nothing to do\n");
+        return s;
+    }
+    for c in &p.creates {
+        let note = c.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+        s += &format!("  + {} {:?}{note}\n", c.kind, c.name);
+    }
+    for c in &p.conflicts {
+        let fix = c.resolve.as_deref().map(|r| format!("  [--map {r}]")).unwrap_or_default();
+        s += &format!("  ! {}: {}{fix}\n", c.code, c.message);
+    }
+    s
+}
+
+async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    let progress = |what: &str| {
+        let bar = if std::io::stderr().is_terminal() { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template(&format!("{what} {{bytes}} {{bytes_per_sec}}"))
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar
+    };
+    match cmd {
+        BundleCmd::Key => {
+            let k = c.bundle_key().await?;
+            match ctx.format {
+                OutputFormat::Table => emit(&format!("{}\n", k.public_key)),
+                f => emit(&encode(f, &k)?),
+            }
+        }
+        BundleCmd::Export { out, model_only } => {
+            let path =
+                out.unwrap_or_else(|| format!("vdc-{}.bundle", chrono::Utc::now().format("%Y%m%dT%H%M%S")).into());
+            // Written beside and renamed: a cut export never looks like a bundle.
+            let tmp = path.with_extension("partial");
+            let mut f = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| CliError::io(format!("creating {}", tmp.display()), e))?;
+            let bar = progress("exporting");
+            let b = bar.clone();
+            let res = c.export_bundle(model_only, &mut f, move |n| b.set_position(n)).await;
+            bar.finish_and_clear();
+            let n = match res {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(match e {
+                        crate::client::UploadError::Read(e) => CliError::io(format!("writing {}", tmp.display()), e),
+                        crate::client::UploadError::Api(e) => e.into(),
+                    });
+                }
+            };
+            std::fs::rename(&tmp, &path).map_err(|e| CliError::io(format!("renaming to {}", path.display()), e))?;
+            eprintln!("wrote {} ({n} bytes)", path.display());
+            Ok(())
+        }
+        BundleCmd::Plan { file, maps } => {
+            let body = Client::file_body(&file).await.map_err(|e| upload_error(&file, e))?;
+            let plan = c.plan_bundle(body, &maps).await?;
+            match ctx.format {
+                OutputFormat::Table => emit(&plan_text(&plan))?,
+                f => emit(&encode(f, &plan)?)?,
+            }
+            if plan.conflicts.is_empty() {
+                Ok(())
+            } else {
+                Err(CliError::Failed(format!("{} conflict(s) unresolved", plan.conflicts.len())))
+            }
+        }
+        BundleCmd::Import { file, maps } => {
+            let body = Client::file_body(&file).await.map_err(|e| upload_error(&file, e))?;
+            let done = c.import_bundle(body, &maps).await?;
+            if !done.created {
+                eprintln!("this bundle was imported already ({}): nothing changed", done.import.id);
+            }
+            ctx.show(&done.import)
+        }
+        BundleCmd::Imports => {
+            let all = c.list_bundle_imports().await?;
+            match ctx.format {
+                OutputFormat::Table => emit(&crate::output::list_table(&all)),
+                f => emit(&encode(f, &all)?),
+            }
+        }
+        BundleCmd::Show { id } => ctx.show(&c.get_bundle_import(&id).await?),
+    }
+}
+
+fn upload_error(file: &Path, e: crate::client::UploadError) -> CliError {
+    match e {
+        crate::client::UploadError::Read(e) => CliError::io(format!("reading {}", file.display()), e),
+        crate::client::UploadError::Api(e) => e.into(),
     }
 }
 

@@ -181,7 +181,7 @@ async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiRe
             secgroup::fetch(ctx, caller, g).await?;
         }
         let fixed_ip = iface.ip.as_deref().map(|ip| interface::check_fixed_ip(&net, ip)).transpose()?;
-        interfaces.push(Planned { network: net, security_groups: iface.security_groups.clone(), fixed_ip });
+        interfaces.push(Planned { network: net, security_groups: iface.security_groups.clone(), fixed_ip, mac: None });
     }
     Ok(Prepared {
         name: req.name.unwrap_or_default(),

@@ -21,6 +21,8 @@ pub struct Planned {
     pub network: Network,
     pub security_groups: Vec<SecurityGroupId>,
     pub fixed_ip: Option<Ipv4Addr>,
+    /// The MAC to keep (an imported interface's, checked free); a new one otherwise.
+    pub mac: Option<MacAddr>,
 }
 
 pub fn check_fixed_ip(net: &Network, ip: &str) -> ApiResult<Ipv4Addr> {
@@ -73,7 +75,7 @@ pub async fn insert(
     let used: HashSet<u32> = used.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()).map(u32::from).collect();
     let ip = pick_address(&p.network, &used, p.fixed_ip)?;
     let id = VifId::generate();
-    let mac = random_mac();
+    let mac = p.mac.unwrap_or_else(random_mac);
     store::insert(
         tx,
         &store::New {

@@ -10,7 +10,7 @@ use vdc_schema::api::{CreateKeyPair, KeyPair, KeyPairCreated, ListQuery, Page};
 use vdc_schema::id::KeyPairId;
 
 /// A public key in its normalized OpenSSH form, with its SHA-256 fingerprint.
-fn parse_public_key(text: &str) -> ApiResult<(String, String)> {
+pub(crate) fn parse_public_key(text: &str) -> ApiResult<(String, String)> {
     let key = ssh_key::PublicKey::from_openssh(text.trim()).map_err(|e| {
         ApiError::bad(
             "invalid_public_key",

@@ -3,6 +3,7 @@
 //! both drivers accept, and only TEXT and BIGINT columns.
 
 pub mod account;
+pub mod bundle;
 pub mod floating_ip;
 pub mod host;
 pub mod image;

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod blobs;
+pub mod bundles;
 pub mod error;
 pub mod floating_ips;
 pub mod images;
@@ -174,6 +175,12 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/host_nodes/{id}", get(nodes::show_host))
         .route("/storage_nodes", get(nodes::list_storage))
         .route("/storage_nodes/{id}", get(nodes::show_storage))
+        .route("/bundle", get(bundles::export))
+        .route("/bundle/key", get(bundles::key))
+        .route("/bundle/plan", post(bundles::plan))
+        .route("/bundle/import", post(bundles::import))
+        .route("/bundle/imports", get(bundles::list))
+        .route("/bundle/imports/{id}", get(bundles::show))
         .route("/jobs", get(jobs::list))
         .route("/jobs/{id}", get(jobs::show))
         .fallback(fallback);
@@ -306,6 +313,7 @@ impl utoipa::Modify for CommonErrors {
         floating_ips::disassociate,
         nodes::list_hosts, nodes::show_host, nodes::list_storage, nodes::show_storage,
         jobs::list, jobs::show,
+        bundles::key, bundles::export, bundles::plan, bundles::import, bundles::list, bundles::show,
     )
 )]
 pub struct ApiDoc;

@@ -1,0 +1,419 @@
+//! The manifest: the VDC as desired state. Objects refer to each other by their `id`
+//! within the bundle (the source's IDs; the target gives new ones).
+
+use crate::BundleError;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use vdc_schema::state::{Arch, BootMode, Direction, HypervisorKind, ImageFormat, Protocol};
+
+/// The version this code writes. Readers accept every version up to it.
+pub const FORMAT_VERSION: u32 = 1;
+/// The largest uncompressed chunk.
+pub const CHUNK_SIZE: usize = 4 << 20;
+
+/// What a reader accepts; the defaults are generous for a VDC and small for a server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_manifest_bytes: usize,
+    pub max_objects: usize,
+    pub max_rules: usize,
+    pub max_chunks: usize,
+    pub max_user_data: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_manifest_bytes: 16 << 20,
+            max_objects: 4096,
+            max_rules: 200,
+            max_chunks: 1 << 20,
+            max_user_data: 64 << 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format_version: u32,
+    /// Where the bundle comes from: the exporting site's public key (hex) and the
+    /// exported VDC (the account) there. With the manifest's hash this names an import.
+    pub source: Source,
+    pub model: Model,
+    /// Every chunk of the stream, once each, in stream order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub site_key: String,
+    pub vdc_id: String,
+    pub exported_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkRef {
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Model {
+    pub networks: Vec<Network>,
+    pub security_groups: Vec<SecurityGroup>,
+    pub keypairs: Vec<KeyPair>,
+    pub images: Vec<Image>,
+    pub instances: Vec<Instance>,
+    pub volumes: Vec<Volume>,
+    pub floating_ips: Vec<FloatingIp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub cidr: String,
+    pub gateway: String,
+    pub dhcp_start: String,
+    pub dhcp_end: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityGroup {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub direction: Direction,
+    pub protocol: Protocol,
+    pub port_min: Option<u16>,
+    pub port_max: Option<u16>,
+    pub cidr: Option<String>,
+    /// A security group of this bundle, by its bundle ID.
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPair {
+    pub id: String,
+    pub name: String,
+    /// OpenSSH public key; private keys never travel.
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub id: String,
+    pub name: String,
+    pub format: ImageFormat,
+    pub arch: Arch,
+    pub hypervisors: Vec<HypervisorKind>,
+    pub boot_mode: BootMode,
+    /// Another image of this bundle, by bundle ID.
+    pub kernel_id: Option<String>,
+    pub min_disk: Option<u64>,
+    pub min_memory: Option<u64>,
+    pub os: Option<String>,
+    pub default_user: Option<String>,
+    /// The image's data. `None`: an image the VDC uses but does not own (a public image of
+    /// the source site); the target resolves it by name among its own public images.
+    pub blob: Option<BlobRef>,
+}
+
+/// A blob carried as chunks: the blob is their concatenation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobRef {
+    pub sha256: String,
+    pub size: u64,
+    pub chunks: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    pub image: String,
+    pub hypervisor: HypervisorKind,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub root_disk_size: Option<u64>,
+    pub keypair: Option<String>,
+    pub user_data: Option<String>,
+    pub interfaces: Vec<Interface>,
+    /// The root disk's data; absent in a model-only bundle (the instance boots its image).
+    pub root_disk: Option<BlobRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    pub network: String,
+    pub ip: String,
+    pub mac: String,
+    pub security_groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub size_mib: u64,
+    /// The volume's data; absent in this version of vdc's exports (empty volume).
+    pub data: Option<BlobRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloatingIp {
+    pub id: String,
+    /// The instance (bundle ID) whose first interface it should reach, if any.
+    pub instance: Option<String>,
+}
+
+/// IDs inside a bundle: short and plain, so they can never be read as a path.
+fn check_id(kind: &str, id: &str) -> Result<(), BundleError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !id.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(BundleError::InvalidName(format!(
+            "{kind} ID {:?} is invalid: use 1 to 64 letters, digits, '-' or '_'",
+            id.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+/// Names: what the API accepts (1–64 printable characters, no surrounding space), and
+/// nothing path-like: no '/', '\\', NUL, and not "." or "..".
+pub fn check_name(kind: &str, name: &str) -> Result<(), BundleError> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 64
+        && name.trim() == name
+        && !name.chars().any(|c| c.is_control() || c == '/' || c == '\\')
+        && name != "."
+        && name != ".."
+        && !name.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(BundleError::InvalidName(format!(
+            "{kind} name {:?} is invalid: use 1 to 64 printable characters, no '/', '\\' or '..', \
+             no leading or trailing spaces",
+            name.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+fn check_hash(what: &str, h: &str) -> Result<(), BundleError> {
+    if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(())
+    } else {
+        Err(BundleError::InvalidManifest(format!("{what}: {h:?} is not a lower-case hex SHA-256")))
+    }
+}
+
+fn count(what: &'static str, n: usize, max: usize) -> Result<(), BundleError> {
+    if n > max {
+        Err(BundleError::TooMany { what, count: n, max })
+    } else {
+        Ok(())
+    }
+}
+
+/// IDs of one kind, each once.
+fn ids<'a>(kind: &str, it: impl Iterator<Item = &'a str>) -> Result<HashSet<&'a str>, BundleError> {
+    let mut set = HashSet::new();
+    for id in it {
+        check_id(kind, id)?;
+        if !set.insert(id) {
+            return Err(BundleError::DuplicateId(format!("{kind} ID {id} appears twice")));
+        }
+    }
+    Ok(set)
+}
+
+fn resolves(set: &HashSet<&str>, from: &str, kind: &str, id: &str) -> Result<(), BundleError> {
+    if set.contains(id) {
+        Ok(())
+    } else {
+        Err(BundleError::DanglingReference(format!(
+            "{from} refers to {kind} {:?}, which the bundle does not hold",
+            id.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+impl Manifest {
+    /// Everything that can be checked without the chunks: version, counts, IDs, names,
+    /// that every reference resolves inside the manifest, and that blobs are made of
+    /// listed chunks whose sizes add up.
+    pub fn validate(&self, limits: &Limits) -> Result<(), BundleError> {
+        if self.format_version == 0 || self.format_version > FORMAT_VERSION {
+            return Err(BundleError::UnsupportedVersion { found: self.format_version, supported: FORMAT_VERSION });
+        }
+        let m = &self.model;
+        let max = limits.max_objects;
+        count("networks", m.networks.len(), max)?;
+        count("security groups", m.security_groups.len(), max)?;
+        count("key pairs", m.keypairs.len(), max)?;
+        count("images", m.images.len(), max)?;
+        count("instances", m.instances.len(), max)?;
+        count("volumes", m.volumes.len(), max)?;
+        count("floating IPs", m.floating_ips.len(), max)?;
+        count("chunks", self.chunks.len(), limits.max_chunks)?;
+        if self.source.vdc_id.len() > 128 || self.source.vdc_id.chars().any(char::is_control) {
+            return Err(BundleError::InvalidManifest("source.vdc_id is not a plain ID".into()));
+        }
+        crate::parse_key(&self.source.site_key)?;
+
+        let mut chunks: HashMap<&str, u64> = HashMap::new();
+        for c in &self.chunks {
+            check_hash("chunk", &c.sha256)?;
+            if c.size == 0 || c.size > CHUNK_SIZE as u64 {
+                return Err(BundleError::InvalidManifest(format!(
+                    "chunk {} has size {} (1 to {CHUNK_SIZE} bytes)",
+                    c.sha256, c.size
+                )));
+            }
+            if chunks.insert(&c.sha256, c.size).is_some() {
+                return Err(BundleError::DuplicateChunk(c.sha256.clone()));
+            }
+        }
+        let mut used: HashSet<&str> = HashSet::new();
+        let mut blob = |what: String, b: &'_ BlobRef| -> Result<(), BundleError> {
+            check_hash(&what, &b.sha256)?;
+            let mut total = 0u64;
+            for h in &b.chunks {
+                let size = chunks.get(h.as_str()).ok_or_else(|| {
+                    BundleError::MissingChunk(format!(
+                        "{} (of {what}; not listed)",
+                        h.chars().take(80).collect::<String>()
+                    ))
+                })?;
+                total = total.saturating_add(*size);
+            }
+            if total != b.size {
+                return Err(BundleError::InvalidManifest(format!(
+                    "{what}: its chunks hold {total} bytes, not the {} it lists",
+                    b.size
+                )));
+            }
+            for h in &b.chunks {
+                if let Some((k, _)) = chunks.get_key_value(h.as_str()) {
+                    used.insert(k);
+                }
+            }
+            Ok(())
+        };
+
+        let networks = ids("network", m.networks.iter().map(|n| n.id.as_str()))?;
+        let groups = ids("security group", m.security_groups.iter().map(|g| g.id.as_str()))?;
+        let keypairs = ids("key pair", m.keypairs.iter().map(|k| k.id.as_str()))?;
+        let images = ids("image", m.images.iter().map(|i| i.id.as_str()))?;
+        let instances = ids("instance", m.instances.iter().map(|i| i.id.as_str()))?;
+        ids("volume", m.volumes.iter().map(|v| v.id.as_str()))?;
+        ids("floating IP", m.floating_ips.iter().map(|f| f.id.as_str()))?;
+
+        for n in &m.networks {
+            check_name("network", &n.name)?;
+            for (field, v) in
+                [("cidr", &n.cidr), ("gateway", &n.gateway), ("dhcp_start", &n.dhcp_start), ("dhcp_end", &n.dhcp_end)]
+            {
+                if v.len() > 18 || !v.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'/') {
+                    return Err(BundleError::InvalidManifest(format!("network {}: {field} {v:?} is not IPv4", n.id)));
+                }
+            }
+        }
+        for g in &m.security_groups {
+            check_name("security group", &g.name)?;
+            if g.description.chars().count() > 255 || g.description.chars().any(char::is_control) {
+                return Err(BundleError::InvalidManifest(format!("security group {}: description invalid", g.id)));
+            }
+            count("rules in a group", g.rules.len(), limits.max_rules)?;
+            for r in &g.rules {
+                if let Some(other) = &r.group {
+                    resolves(&groups, &format!("a rule of security group {}", g.id), "security group", other)?;
+                }
+            }
+        }
+        for k in &m.keypairs {
+            check_name("key pair", &k.name)?;
+            if k.public_key.len() > 16 << 10 || k.public_key.chars().any(|c| c.is_control() && c != '\n') {
+                return Err(BundleError::InvalidManifest(format!("key pair {}: public key invalid", k.id)));
+            }
+        }
+        for i in &m.images {
+            check_name("image", &i.name)?;
+            if let Some(k) = &i.kernel_id {
+                resolves(&images, &format!("image {}", i.id), "image", k)?;
+                if k == &i.id {
+                    return Err(BundleError::DanglingReference(format!("image {} names itself as kernel", i.id)));
+                }
+            }
+            if let Some(b) = &i.blob {
+                blob(format!("image {}", i.id), b)?;
+            }
+        }
+        for i in &m.instances {
+            let from = format!("instance {}", i.id);
+            check_name("instance", &i.name)?;
+            check_name("instance hostname", &i.hostname)?;
+            resolves(&images, &from, "image", &i.image)?;
+            if let Some(k) = &i.keypair {
+                resolves(&keypairs, &from, "key pair", k)?;
+            }
+            if i.user_data.as_ref().is_some_and(|u| u.len() > limits.max_user_data) {
+                return Err(BundleError::InvalidManifest(format!(
+                    "{from}: user-data over {} bytes",
+                    limits.max_user_data
+                )));
+            }
+            count("interfaces of an instance", i.interfaces.len(), 8)?;
+            for nic in &i.interfaces {
+                resolves(&networks, &from, "network", &nic.network)?;
+                for g in &nic.security_groups {
+                    resolves(&groups, &from, "security group", g)?;
+                }
+            }
+            if let Some(b) = &i.root_disk {
+                blob(format!("the root disk of {from}"), b)?;
+            }
+        }
+        for v in &m.volumes {
+            check_name("volume", &v.name)?;
+            if let Some(b) = &v.data {
+                blob(format!("volume {}", v.id), b)?;
+            }
+        }
+        for f in &m.floating_ips {
+            if let Some(i) = &f.instance {
+                resolves(&instances, &format!("floating IP {}", f.id), "instance", i)?;
+            }
+        }
+        // A chunk nothing uses is data nobody asked for.
+        if let Some(c) = self.chunks.iter().find(|c| !used.contains(c.sha256.as_str())) {
+            return Err(BundleError::InvalidManifest(format!("chunk {} is listed but no blob uses it", c.sha256)));
+        }
+        Ok(())
+    }
+}

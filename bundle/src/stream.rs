@@ -1,0 +1,299 @@
+//! The stream: `MAGIC`, then frames `[tag: u8][length: u32 BE][payload]`:
+//! `M` the manifest (JSON), `S` its signature (32-byte key, 64-byte signature), any
+//! number of `C` chunks (32-byte SHA-256 of the uncompressed bytes, then zstd), and `E`
+//! (u64 BE: the number of chunks). A frame of our own rather than tar: no file names at
+//! all (so nothing to traverse), every length bounded before it is read, and the
+//! manifest first, so a reader verifies it before it reads any data.
+
+use crate::{sha256_hex, BlobRef, BundleError, ChunkRef, Limits, Manifest, SigningKey, VerifyingKey, CHUNK_SIZE};
+use ed25519_dalek::{Signature, Signer, Verifier};
+use sha2::Digest;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+
+pub const MAGIC: &[u8; 8] = b"VDCBNDL\n";
+/// What the signature covers: this, then the manifest's bytes.
+const SIGNING_CONTEXT: &[u8] = b"vdc-bundle-manifest\0";
+/// zstd's bound for a 4 MiB block is far below this.
+const MAX_COMPRESSED: usize = CHUNK_SIZE + (CHUNK_SIZE >> 3);
+
+fn frame<W: Write>(w: &mut W, tag: u8, parts: &[&[u8]]) -> std::io::Result<()> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    w.write_all(&[tag])?;
+    w.write_all(&(len as u32).to_be_bytes())?;
+    for p in parts {
+        w.write_all(p)?;
+    }
+    Ok(())
+}
+
+/// Writes a bundle: the manifest first, then exactly its chunks (any order), then the end.
+pub struct Writer<W: Write> {
+    w: W,
+    pending: HashMap<String, u64>,
+    bytes: u64,
+}
+
+impl<W: Write> Writer<W> {
+    pub fn new(mut w: W, manifest: &Manifest, key: &SigningKey) -> Result<Writer<W>, BundleError> {
+        let json = serde_json::to_vec(manifest).map_err(|e| BundleError::InvalidManifest(e.to_string()))?;
+        let sig = key.sign(&[SIGNING_CONTEXT, &json].concat());
+        w.write_all(MAGIC)?;
+        frame(&mut w, b'M', &[&json])?;
+        frame(&mut w, b'S', &[key.verifying_key().as_bytes(), &sig.to_bytes()])?;
+        let pending = manifest.chunks.iter().map(|c| (c.sha256.clone(), c.size)).collect();
+        Ok(Writer { w, pending, bytes: (MAGIC.len() + 5 + json.len() + 5 + 96) as u64 })
+    }
+
+    /// Writes one chunk the manifest lists (and has not been written yet).
+    pub fn write_chunk(&mut self, data: &[u8]) -> Result<(), BundleError> {
+        let hash = sha256_hex(data);
+        match self.pending.remove(&hash) {
+            Some(size) if size == data.len() as u64 => {}
+            Some(_) => return Err(BundleError::ChunkHashMismatch(hash)),
+            None => return Err(BundleError::ChunkNotInManifest(hash)),
+        }
+        let z = zstd::bulk::compress(data, 1)?;
+        frame(&mut self.w, b'C', &[&hex::decode(&hash).expect("hex"), &z])?;
+        self.bytes += 5 + 32 + z.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn finish(mut self, chunks: u64) -> Result<W, BundleError> {
+        if let Some(h) = self.pending.keys().next() {
+            return Err(BundleError::MissingChunk(h.clone()));
+        }
+        frame(&mut self.w, b'E', &[&chunks.to_be_bytes()])?;
+        self.w.flush()?;
+        Ok(self.w)
+    }
+}
+
+/// Splits a blob into chunks (reading it once): its reference and its chunks' list.
+pub fn chunk_blob<R: Read>(mut r: R) -> std::io::Result<(BlobRef, Vec<ChunkRef>)> {
+    let mut whole = sha2::Sha256::new();
+    let mut chunks = Vec::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    loop {
+        let n = read_full(&mut r, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        whole.update(&buf[..n]);
+        size += n as u64;
+        chunks.push(ChunkRef { sha256: sha256_hex(&buf[..n]), size: n as u64 });
+        if n < buf.len() {
+            break;
+        }
+    }
+    let blob = BlobRef {
+        sha256: hex::encode(whole.finalize()),
+        size,
+        chunks: chunks.iter().map(|c| c.sha256.clone()).collect(),
+    };
+    Ok((blob, chunks))
+}
+
+/// Reads until `buf` is full or the end.
+pub fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<(), BundleError> {
+    if read_full(r, buf)? < buf.len() {
+        return Err(BundleError::Truncated(format!("the stream ends inside {what}")));
+    }
+    Ok(())
+}
+
+/// One frame header: tag and length, the length checked against `max` before any of the
+/// payload is read.
+fn header<R: Read>(r: &mut R) -> Result<Option<(u8, usize)>, BundleError> {
+    let mut h = [0u8; 5];
+    let n = read_full(r, &mut h)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if n < 5 {
+        return Err(BundleError::Truncated("the stream ends inside a frame header".into()));
+    }
+    Ok(Some((h[0], u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize)))
+}
+
+/// A chunk as read: its hash (checked) and its bytes.
+#[derive(Debug)]
+pub struct Chunk {
+    pub sha256: String,
+    pub data: Vec<u8>,
+}
+
+/// Reads and verifies a bundle. [`Reader::open`] verifies the manifest (signature, trust,
+/// version, limits, references); [`Reader::next_chunk`] yields each chunk once its hash
+/// is checked, and `Ok(None)` only after the end frame, when every listed chunk came.
+pub struct Reader<R: Read> {
+    r: R,
+    manifest: Manifest,
+    manifest_hash: String,
+    signer: VerifyingKey,
+    expected: HashMap<String, (u64, bool)>,
+    seen: u64,
+    done: bool,
+}
+
+impl<R: Read> Reader<R> {
+    /// `trusted`: the keys whose bundles this reader accepts.
+    pub fn open(mut r: R, trusted: &[VerifyingKey], limits: &Limits) -> Result<Reader<R>, BundleError> {
+        let mut magic = [0u8; 8];
+        let n = read_full(&mut r, &mut magic)?;
+        if n < magic.len() || &magic != MAGIC {
+            return Err(if n < magic.len() && magic[..n] == MAGIC[..n] {
+                BundleError::Truncated("the stream ends inside the magic".into())
+            } else {
+                BundleError::BadMagic
+            });
+        }
+        let (tag, len) = header(&mut r)?.ok_or_else(|| BundleError::Truncated("no manifest".into()))?;
+        if tag != b'M' {
+            return Err(BundleError::BadFrame(format!("expected the manifest frame first, found tag {tag:#04x}")));
+        }
+        if len > limits.max_manifest_bytes {
+            return Err(BundleError::TooMany { what: "manifest bytes", count: len, max: limits.max_manifest_bytes });
+        }
+        let mut json = vec![0u8; len];
+        read_exact(&mut r, &mut json, "the manifest")?;
+        let (tag, len) = header(&mut r)?.ok_or_else(|| BundleError::Truncated("no signature".into()))?;
+        if tag != b'S' || len != 96 {
+            return Err(BundleError::BadFrame("expected the 96-byte signature frame after the manifest".into()));
+        }
+        let mut sig = [0u8; 96];
+        read_exact(&mut r, &mut sig, "the signature")?;
+        let key_bytes: [u8; 32] = sig[..32].try_into().expect("32");
+        let signer = VerifyingKey::from_bytes(&key_bytes).map_err(|_| BundleError::BadSignature)?;
+        let signature = Signature::from_bytes(&sig[32..].try_into().expect("64"));
+        // Authenticity first: nothing of an unsigned manifest is parsed.
+        signer.verify(&[SIGNING_CONTEXT, &json].concat(), &signature).map_err(|_| BundleError::BadSignature)?;
+        if !trusted.contains(&signer) {
+            return Err(BundleError::UntrustedKey(crate::key_hex(&signer)));
+        }
+        // The version before the schema, so a newer bundle says "upgrade" rather than
+        // naming a field this version does not know.
+        #[derive(serde::Deserialize)]
+        struct Version {
+            format_version: u32,
+        }
+        let v: Version = serde_json::from_slice(&json).map_err(|e| BundleError::InvalidManifest(e.to_string()))?;
+        if v.format_version > crate::FORMAT_VERSION {
+            return Err(BundleError::UnsupportedVersion { found: v.format_version, supported: crate::FORMAT_VERSION });
+        }
+        let manifest: Manifest =
+            serde_json::from_slice(&json).map_err(|e| BundleError::InvalidManifest(e.to_string()))?;
+        manifest.validate(limits)?;
+        if manifest.source.site_key != crate::key_hex(&signer) {
+            return Err(BundleError::InvalidManifest("source.site_key is not the key that signed the bundle".into()));
+        }
+        let expected = manifest.chunks.iter().map(|c| (c.sha256.clone(), (c.size, false))).collect();
+        Ok(Reader { r, manifest, manifest_hash: sha256_hex(&json), signer, expected, seen: 0, done: false })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// SHA-256 (hex) of the manifest's bytes as signed: with the source, an import's key.
+    pub fn manifest_hash(&self) -> &str {
+        &self.manifest_hash
+    }
+
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.r
+    }
+
+    pub fn signer(&self) -> &VerifyingKey {
+        &self.signer
+    }
+
+    pub fn next_chunk(&mut self) -> Result<Option<Chunk>, BundleError> {
+        if self.done {
+            return Ok(None);
+        }
+        let Some((tag, len)) = header(&mut self.r)? else {
+            return Err(BundleError::Truncated("the stream ends before the end frame".into()));
+        };
+        match tag {
+            b'C' => {
+                if !(32..=32 + MAX_COMPRESSED).contains(&len) {
+                    return Err(BundleError::BadFrame(format!("a chunk frame of {len} bytes")));
+                }
+                let mut hash = [0u8; 32];
+                read_exact(&mut self.r, &mut hash, "a chunk")?;
+                let hash = hex::encode(hash);
+                let mut z = vec![0u8; len - 32];
+                read_exact(&mut self.r, &mut z, "a chunk")?;
+                let Some((size, seen)) = self.expected.get_mut(&hash) else {
+                    return Err(BundleError::ChunkNotInManifest(hash));
+                };
+                if *seen {
+                    return Err(BundleError::DuplicateChunk(hash));
+                }
+                // At most the listed size plus one byte is ever decompressed.
+                let mut data = Vec::with_capacity(*size as usize);
+                zstd::stream::read::Decoder::new(&z[..])
+                    .and_then(|d| d.take(*size + 1).read_to_end(&mut data))
+                    .map_err(|_| BundleError::ChunkHashMismatch(hash.clone()))?;
+                if data.len() as u64 > *size {
+                    return Err(BundleError::ChunkTooLarge { hash, size: *size });
+                }
+                if data.len() as u64 != *size || sha256_hex(&data) != hash {
+                    return Err(BundleError::ChunkHashMismatch(hash));
+                }
+                *seen = true;
+                self.seen += 1;
+                Ok(Some(Chunk { sha256: hash, data }))
+            }
+            b'E' => {
+                if len != 8 {
+                    return Err(BundleError::BadFrame("the end frame holds 8 bytes".into()));
+                }
+                let mut n = [0u8; 8];
+                read_exact(&mut self.r, &mut n, "the end frame")?;
+                if let Some((h, _)) = self.expected.iter().find(|(_, (_, seen))| !seen) {
+                    return Err(BundleError::MissingChunk(h.clone()));
+                }
+                if u64::from_be_bytes(n) != self.seen {
+                    return Err(BundleError::BadFrame("the end frame's chunk count is wrong".into()));
+                }
+                let mut extra = [0u8; 1];
+                if read_full(&mut self.r, &mut extra)? != 0 {
+                    return Err(BundleError::BadFrame("data after the end frame".into()));
+                }
+                self.done = true;
+                Ok(None)
+            }
+            t => Err(BundleError::BadFrame(format!("unknown frame tag {t:#04x}"))),
+        }
+    }
+
+    /// Reads every remaining chunk, handing each to `f`.
+    pub fn for_each_chunk(&mut self, mut f: impl FnMut(Chunk) -> Result<(), BundleError>) -> Result<(), BundleError> {
+        while let Some(c) = self.next_chunk()? {
+            f(c)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,277 @@
+//! Bundles: the account's model read in one transaction (export), the import record, and
+//! the rows an import adds (inside the import's one transaction, with the inserts of
+//! `network`, `secgroup`, `instance` and `interface`).
+
+use crate::datastore as db;
+use crate::error::{ApiError, ApiResult};
+use vdc_schema::api::BundleImport;
+use vdc_schema::id::AccountId;
+
+pub type NetworkRow = (String, String, String, String, String, String);
+pub type GroupRow = (String, String, String);
+/// (group, direction, protocol, port_min, port_max, cidr, remote group)
+pub type RuleRow = (String, String, String, Option<i64>, Option<i64>, Option<String>, Option<String>);
+pub type KeyRow = (String, String, String);
+/// (id, name, format, arch, hypervisors, boot_mode, kernel_id, min_disk, min_memory, os,
+/// default_user, blob, account_id)
+pub type ImageRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
+/// (id, name, image, hypervisor, cpus, memory, ssh key, user data, root disk size, goal)
+pub type InstanceRow = (String, String, String, String, i64, i64, Option<String>, Option<String>, Option<i64>, String);
+/// (vif id, instance, network, ip, mac)
+pub type VifRow = (String, String, String, String, String);
+pub type VolumeRow = (String, String, i64);
+pub type FipRow = (String, Option<String>);
+
+/// The account's model as one consistent snapshot.
+pub struct Snapshot {
+    pub networks: Vec<NetworkRow>,
+    pub groups: Vec<GroupRow>,
+    pub rules: Vec<RuleRow>,
+    pub keypairs: Vec<KeyRow>,
+    /// The account's images and the images its instances boot that it does not own.
+    pub images: Vec<ImageRow>,
+    pub instances: Vec<InstanceRow>,
+    pub vifs: Vec<VifRow>,
+    /// (vif, group)
+    pub vif_groups: Vec<(String, String)>,
+    pub volumes: Vec<VolumeRow>,
+    pub floating_ips: Vec<FipRow>,
+}
+
+const IMAGE_COLS: &str = "id, name, format, arch, hypervisors, boot_mode, kernel_id, min_disk, min_memory, os, \
+                          default_user, blob, account_id";
+
+/// Reads everything of `account` in one transaction, so the snapshot is consistent.
+pub async fn snapshot(pool: &db::Pool, account: &AccountId) -> Result<Snapshot, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let a = account.as_str();
+    let live = "SELECT id FROM instances WHERE account_id = $1 AND state <> 'terminated' AND goal <> 'terminated'";
+    let networks = sqlx::query_as(
+        "SELECT id, name, cidr, gateway, dhcp_start, dhcp_end FROM networks WHERE account_id = $1 ORDER BY id",
+    )
+    .bind(a)
+    .fetch_all(&mut *tx)
+    .await?;
+    let groups = sqlx::query_as("SELECT id, name, description FROM security_groups WHERE account_id = $1 ORDER BY id")
+        .bind(a)
+        .fetch_all(&mut *tx)
+        .await?;
+    let rules = sqlx::query_as(
+        "SELECT r.group_id, r.direction, r.protocol, r.port_min, r.port_max, r.cidr, r.remote_group_id \
+         FROM security_group_rules r JOIN security_groups g ON g.id = r.group_id \
+         WHERE g.account_id = $1 ORDER BY r.id",
+    )
+    .bind(a)
+    .fetch_all(&mut *tx)
+    .await?;
+    let keypairs = sqlx::query_as("SELECT id, name, public_key FROM keypairs WHERE account_id = $1 ORDER BY id")
+        .bind(a)
+        .fetch_all(&mut *tx)
+        .await?;
+    let images = sqlx::query_as(&format!(
+        "SELECT {IMAGE_COLS} FROM images WHERE (account_id = $1 AND state = 'available') \
+         OR id IN (SELECT image_id FROM instances WHERE id IN ({live})) \
+         OR id IN (SELECT kernel_id FROM images WHERE account_id = $1) ORDER BY id"
+    ))
+    .bind(a)
+    .fetch_all(&mut *tx)
+    .await?;
+    let instances = sqlx::query_as(&format!(
+        "SELECT id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, root_disk_size, goal \
+         FROM instances WHERE id IN ({live}) ORDER BY id"
+    ))
+    .bind(a)
+    .fetch_all(&mut *tx)
+    .await?;
+    let vifs = sqlx::query_as(&format!(
+        "SELECT id, instance_id, network_id, ip, mac FROM vifs WHERE instance_id IN ({live}) ORDER BY instance_id, position"
+    ))
+    .bind(a)
+    .fetch_all(&mut *tx)
+    .await?;
+    let vif_groups = sqlx::query_as(&format!(
+        "SELECT vif_id, group_id FROM vif_security_groups WHERE vif_id IN \
+         (SELECT id FROM vifs WHERE instance_id IN ({live})) ORDER BY vif_id, group_id"
+    ))
+    .bind(a)
+    .fetch_all(&mut *tx)
+    .await?;
+    let volumes = sqlx::query_as(
+        "SELECT id, name, size_mib FROM volumes WHERE account_id = $1 AND state <> 'deleted' ORDER BY id",
+    )
+    .bind(a)
+    .fetch_all(&mut *tx)
+    .await?;
+    let floating_ips = sqlx::query_as("SELECT id, instance_id FROM floating_ips WHERE account_id = $1 ORDER BY id")
+        .bind(a)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Snapshot { networks, groups, rules, keypairs, images, instances, vifs, vif_groups, volumes, floating_ips })
+}
+
+/// What a plan is checked against: the account's names and CIDRs, the site's public
+/// images and hypervisors, and whether it has an external pool.
+pub struct Existing {
+    /// (kind, name)
+    pub names: Vec<(String, String)>,
+    /// (id, cidr)
+    pub cidrs: Vec<(String, String)>,
+    /// (id, name, hypervisors) of images the account may use that it does not own.
+    pub foreign_images: Vec<(String, String, String)>,
+    pub hypervisors: Vec<String>,
+}
+
+pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Result<Existing, sqlx::Error> {
+    let a = account.as_str();
+    let names = sqlx::query_as(
+        "SELECT 'network', name FROM networks WHERE account_id = $1 \
+         UNION ALL SELECT 'security_group', name FROM security_groups WHERE account_id = $1 \
+         UNION ALL SELECT 'keypair', name FROM keypairs WHERE account_id = $1 \
+         UNION ALL SELECT 'image', name FROM images WHERE account_id = $1 \
+         UNION ALL SELECT 'instance', name FROM instances WHERE account_id = $1 AND state <> 'terminated'",
+    )
+    .bind(a)
+    .fetch_all(&mut *db)
+    .await?;
+    let cidrs =
+        sqlx::query_as("SELECT id, cidr FROM networks WHERE account_id = $1").bind(a).fetch_all(&mut *db).await?;
+    let foreign_images = sqlx::query_as(
+        "SELECT id, name, hypervisors FROM images WHERE state = 'available' AND account_id <> $1 \
+         AND (public = 1 OR id IN (SELECT image_id FROM image_members WHERE account_id = $1)) ORDER BY id",
+    )
+    .bind(a)
+    .fetch_all(&mut *db)
+    .await?;
+    let hv: Vec<(String,)> = sqlx::query_as("SELECT hypervisors FROM host_nodes").fetch_all(&mut *db).await?;
+    let mut hypervisors: Vec<String> = hv.iter().flat_map(|(h,)| db::split_list::<String>(h)).collect();
+    hypervisors.sort();
+    hypervisors.dedup();
+    Ok(Existing { names, cidrs, foreign_images, hypervisors })
+}
+
+type ImportRow = (String, String, String, String, String, String);
+
+fn import_api(r: ImportRow) -> ApiResult<BundleImport> {
+    Ok(BundleImport {
+        id: r.0.parse().map_err(ApiError::internal)?,
+        source_site: r.1,
+        source_vdc: r.2,
+        manifest_hash: r.3,
+        id_map: serde_json::from_str(&r.4).map_err(ApiError::internal)?,
+        created_at: db::parse_time(&r.5),
+    })
+}
+
+const IMPORT_COLS: &str = "id, source_site, source_vdc, manifest_hash, id_map, created_at";
+
+pub async fn find_import(
+    db: &mut sqlx::AnyConnection,
+    account: &AccountId,
+    site: &str,
+    vdc: &str,
+    hash: &str,
+) -> ApiResult<Option<BundleImport>> {
+    let row: Option<ImportRow> = sqlx::query_as(&format!(
+        "SELECT {IMPORT_COLS} FROM bundle_imports WHERE account_id = $1 AND source_site = $2 AND source_vdc = $3 \
+         AND manifest_hash = $4"
+    ))
+    .bind(account.as_str())
+    .bind(site)
+    .bind(vdc)
+    .bind(hash)
+    .fetch_optional(&mut *db)
+    .await?;
+    row.map(import_api).transpose()
+}
+
+pub async fn insert_import(tx: &mut db::Tx<'_>, account: &AccountId, i: &BundleImport) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("INSERT INTO bundle_imports ({IMPORT_COLS}, account_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+        .bind(i.id.as_str())
+        .bind(&i.source_site)
+        .bind(&i.source_vdc)
+        .bind(&i.manifest_hash)
+        .bind(serde_json::to_string(&i.id_map).expect("a map of strings"))
+        .bind(db::time(&i.created_at))
+        .bind(account.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn list_imports(pool: &db::Pool, account: &AccountId) -> ApiResult<Vec<BundleImport>> {
+    let rows: Vec<ImportRow> =
+        sqlx::query_as(&format!("SELECT {IMPORT_COLS} FROM bundle_imports WHERE account_id = $1 ORDER BY id"))
+            .bind(account.as_str())
+            .fetch_all(pool)
+            .await?;
+    rows.into_iter().map(import_api).collect()
+}
+
+pub async fn get_import(pool: &db::Pool, account: &AccountId, id: &str) -> ApiResult<Option<BundleImport>> {
+    let row: Option<ImportRow> =
+        sqlx::query_as(&format!("SELECT {IMPORT_COLS} FROM bundle_imports WHERE account_id = $1 AND id = $2"))
+            .bind(account.as_str())
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    row.map(import_api).transpose()
+}
+
+pub async fn insert_keypair(
+    tx: &mut db::Tx<'_>,
+    account: &AccountId,
+    id: &str,
+    name: &str,
+    public_key: &str,
+    fingerprint: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO keypairs (id, account_id, name, public_key, fingerprint, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(id)
+    .bind(account.as_str())
+    .bind(name)
+    .bind(public_key)
+    .bind(fingerprint)
+    .bind(db::now())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// An imported image: its data is already in the blob store.
+pub async fn insert_image(
+    tx: &mut db::Tx<'_>,
+    account: &AccountId,
+    image: &vdc_schema::api::Image,
+    blob: &str,
+) -> Result<(), sqlx::Error> {
+    db::image::insert(&mut **tx, account, image).await?;
+    sqlx::query("UPDATE images SET blob = $1 WHERE id = $2")
+        .bind(blob)
+        .bind(image.id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Whether a MAC address is taken anywhere on this site (MACs are unique site-wide).
+pub async fn mac_taken(tx: &mut db::Tx<'_>, mac: &str) -> Result<bool, sqlx::Error> {
+    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vifs WHERE mac = $1").bind(mac).fetch_one(&mut **tx).await?;
+    Ok(n.0 > 0)
+}

@@ -1,0 +1,165 @@
+//! `/api/v1/bundle`: export the caller's VDC, plan and import bundles, the imports made.
+
+use crate::app::bundle as app;
+use crate::ctx::{Caller, SharedCtx};
+use crate::error::{ApiError, ApiResult};
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use vdc_schema::api::{BundleImport, BundleImported, BundleKey, BundlePlan, ErrorBody};
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// Only the model: no image data (images then resolve by name at the target).
+    #[serde(default)]
+    pub model_only: bool,
+}
+
+/// `map=KEY=VALUE`, repeated; nothing else.
+fn maps(q: Option<String>) -> ApiResult<app::Maps> {
+    let mut pairs = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+        if k != "map" {
+            return Err(ApiError::bad("invalid_query", format!("unknown query parameter {k:?}; use map=KEY=VALUE")));
+        }
+        pairs.push(v.into_owned());
+    }
+    Ok(app::parse_maps(&pairs))
+}
+
+#[utoipa::path(get, path = "/api/v1/bundle/key", tag = "bundles", operation_id = "bundle_key",
+    summary = "This site's bundle signing key",
+    description = "Other sites list it in `[bundles] trusted_keys` to accept this site's bundles.",
+    responses((status = 200, description = "The public key", body = BundleKey)))]
+pub async fn key(State(ctx): State<SharedCtx>, _caller: Caller) -> Json<BundleKey> {
+    Json(BundleKey { public_key: vdc_bundle::key_hex(&ctx.site_key.verifying_key()) })
+}
+
+#[utoipa::path(get, path = "/api/v1/bundle", tag = "bundles", operation_id = "bundle_export",
+    summary = "Export the account's VDC as a bundle",
+    description = "Streams a bundle (see docs/bundle-format.md): the model read in one transaction (networks, \
+        security groups with their rules, key pairs' public keys, images, instances with their addresses and \
+        MACs, volumes, floating IPs), then the account's images' data as zstd chunks, signed with this site's key. \
+        Instances' disks and volumes' data are not carried yet.",
+    params(ExportQuery),
+    responses((status = 200, description = "The bundle", content_type = "application/octet-stream", body = Vec<u8>)))]
+pub async fn export(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    q: Result<axum::extract::Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let q = q.map_err(|r| ApiError::bad("invalid_query", r.body_text()))?;
+    let (manifest, paths) = app::manifest(&ctx, &caller, q.model_only).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    let key = ctx.site_key.clone();
+    tokio::task::spawn_blocking(move || {
+        let w = ChannelWriter { tx: tx.clone() };
+        // A failure mid-stream cuts the body: the reader sees a truncated bundle.
+        if let Err(e) = app::write_bundle(std::io::BufWriter::with_capacity(1 << 20, w), &manifest, &key, &paths) {
+            tracing::warn!(error = %e, "bundle export failed");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], axum::body::Body::from_stream(stream)).into_response())
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+) -> impl futures::Stream<Item = std::io::Result<bytes::Bytes>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const BUNDLE_ERRORS: &str = "The bundle is refused, nothing created: `bundle_bad_magic`, `bundle_truncated`, \
+    `bundle_bad_frame`, `bundle_invalid_manifest`, `bundle_unsupported_version`, `bundle_bad_signature`, \
+    `bundle_untrusted_key`, `bundle_chunk_mismatch`, `bundle_chunk_unlisted`, `bundle_chunk_duplicate`, \
+    `bundle_chunk_missing`, `bundle_chunk_too_large`, `bundle_too_many`, `bundle_invalid_name`, \
+    `bundle_dangling_reference`, `bundle_duplicate_id`, `bundle_io`; or `invalid_query`";
+
+#[utoipa::path(post, path = "/api/v1/bundle/plan", tag = "bundles", operation_id = "bundle_plan",
+    summary = "Verify a bundle and show what importing it would do",
+    description = "The body is the bundle, streamed. Everything is verified before the answer: signature and \
+        trust, every chunk's hash, the schema and its limits, references. The answer lists what would be \
+        created and the conflicts (CIDR overlaps, names taken, missing hypervisors or images, …), each with \
+        the `map=KEY=VALUE` that resolves it when there is one. Nothing is created.",
+    params(("map" = Option<Vec<String>>, Query, description = "KEY=VALUE, repeated: `network.NAME.cidr=CIDR`, \
+        `KIND.NAME.name=NEW`, `hypervisor.kvm=qemu`, `image.NAME=img-…`, `volumes=skip`, `floating_ips=skip`")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The bundle"),
+    responses(
+        (status = 200, description = "The plan", body = BundlePlan),
+        (status = 400, description = BUNDLE_ERRORS, body = ErrorBody)))]
+pub async fn plan(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> ApiResult<Json<BundlePlan>> {
+    let maps = maps(q)?;
+    let r = app::receive_body(&ctx, req.into_body(), false).await?;
+    Ok(Json(app::plan(&ctx, &caller, &r, &maps).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/bundle/import", tag = "bundles", operation_id = "bundle_import",
+    summary = "Import a bundle into the account",
+    description = "Verifies the whole bundle as plan does, then creates everything in one transaction (new IDs; \
+        the map from the bundle's is recorded) and brings the instances up. The same bundle again changes \
+        nothing (200, `created: false`); an import cut short is completed by the same request.",
+    params(("map" = Option<Vec<String>>, Query, description = "As for plan")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The bundle"),
+    responses(
+        (status = 201, description = "Imported", body = BundleImported),
+        (status = 200, description = "Imported before: nothing changed", body = BundleImported),
+        (status = 400, description = BUNDLE_ERRORS, body = ErrorBody),
+        (status = 409, description = "`bundle_unresolved`: the plan has conflicts (see plan), or \
+            `no_host`-style capacity answers for its instances", body = ErrorBody)))]
+pub async fn import(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> ApiResult<(StatusCode, Json<BundleImported>)> {
+    let maps = maps(q)?;
+    let r = app::receive_body(&ctx, req.into_body(), true).await?;
+    let done = app::import(&ctx, &caller, &r, &maps).await?;
+    Ok((if done.created { StatusCode::CREATED } else { StatusCode::OK }, Json(done)))
+}
+
+#[utoipa::path(get, path = "/api/v1/bundle/imports", tag = "bundles", operation_id = "bundle_import_list",
+    summary = "The bundles imported into the account",
+    responses((status = 200, description = "The imports, oldest first", body = Vec<BundleImport>)))]
+pub async fn list(State(ctx): State<SharedCtx>, caller: Caller) -> ApiResult<Json<Vec<BundleImport>>> {
+    Ok(Json(app::list(&ctx, &caller).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/bundle/imports/{id}", tag = "bundles", operation_id = "bundle_import_show",
+    summary = "One import: the bundle's IDs and the IDs created for them",
+    params(("id" = vdc_schema::id::BundleImportId, Path, description = "An import ID (`imp-…`)")),
+    responses(
+        (status = 200, description = "The import", body = BundleImport),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
+pub async fn show(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<BundleImport>> {
+    Ok(Json(app::show(&ctx, &caller, &id).await?))
+}

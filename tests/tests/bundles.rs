@@ -1,0 +1,494 @@
+//! VDC bundles (issue 13) through the API: export from one site, plan and import into
+//! another (two in-process stacks, two keys, trust configured), the same import again,
+//! a cut import completed after a dcmgr restart, ten identical imports at once, maps that
+//! resolve collisions, and hostile bundles refused with nothing created. Every scenario
+//! on SQLite and PostgreSQL; agents are simulated.
+
+use vdc_bundle::{Manifest, SigningKey};
+use vdc_cli::client::{Client, ClientError};
+use vdc_schema::api::*;
+use vdc_schema::*;
+use vdc_tests::{on_both_databases, wait_state, Db, Stack, StackOptions};
+
+on_both_databases!(
+    a_vdc_moves_to_another_site_and_a_second_import_changes_nothing,
+    hostile_bundles_are_refused_and_create_nothing,
+    a_cut_import_is_completed_after_a_restart_with_nothing_doubled,
+    ten_identical_imports_at_once_create_once,
+    the_plan_names_collisions_and_maps_resolve_them,
+);
+
+fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(ClientError::Api { status, code, .. }) => (status, code),
+        Err(e) => panic!("expected an API error, got {e}"),
+    }
+}
+
+/// Two sites: A, and B trusting A's key.
+async fn sites(db: Db, b_hypervisors: Option<Vec<HypervisorKind>>) -> (Stack, Stack) {
+    let a = Stack::start(StackOptions::new(db)).await;
+    let key = a.admin.bundle_key().await.unwrap().public_key;
+    let mut opts = StackOptions::new(db);
+    opts.bundles.trusted_keys = vec![key];
+    if let Some(h) = b_hypervisors {
+        opts.hypervisors = h;
+    }
+    let b = Stack::start(opts).await;
+    (a, b)
+}
+
+/// 5 MiB + a bit of a pattern: two full chunks and a short one.
+fn disk() -> Vec<u8> {
+    (0..(5 << 20) + 4321).map(|i: usize| (i.wrapping_mul(31) % 253) as u8).collect()
+}
+
+/// A VDC on `s`: two networks, two groups (one admitting the other by reference), a key
+/// pair, an own raw image and two running instances (one on the site's public image).
+async fn build_vdc(s: &Stack, c: &Client, kvm: bool) {
+    let net = |name: &str, cidr: &str| CreateNetwork {
+        name: name.into(),
+        cidr: cidr.into(),
+        gateway: None,
+        dhcp_start: None,
+        dhcp_end: None,
+    };
+    let front = c.create_network(&net("front", "10.50.0.0/24")).await.unwrap();
+    let back = c.create_network(&net("back", "10.51.0.0/24")).await.unwrap();
+    let web = c
+        .create_security_group(&CreateSecurityGroup {
+            name: "web".into(),
+            description: "web tier".into(),
+            rules: vec![],
+        })
+        .await
+        .unwrap();
+    let rule = |group: Option<SecurityGroupId>, cidr: Option<&str>, port: u16| RuleSpec {
+        direction: Direction::Ingress,
+        protocol: Protocol::Tcp,
+        port_min: Some(port),
+        port_max: Some(port),
+        cidr: cidr.map(str::to_owned),
+        group,
+    };
+    c.add_security_group_rule(&web.id, &rule(None, Some("0.0.0.0/0"), 80)).await.unwrap();
+    let db = c
+        .create_security_group(&CreateSecurityGroup {
+            name: "db".into(),
+            description: String::new(),
+            rules: vec![rule(Some(web.id.clone()), None, 5432)],
+        })
+        .await
+        .unwrap();
+    let key = c.create_keypair(&CreateKeyPair { name: "deploy".into(), public_key: None }).await.unwrap();
+    let img = c
+        .create_image(&CreateImage {
+            name: "app-disk".into(),
+            format: ImageFormat::Raw,
+            arch: Arch::X86_64,
+            hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm],
+            source: None,
+            checksum: None,
+            initrd: None,
+            kernel_cmdline: None,
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
+            public: false,
+            default_user: None,
+        })
+        .await
+        .unwrap();
+    c.upload_image(&img.id, disk()).await.unwrap();
+    let app = c
+        .create_instance(&CreateInstance {
+            name: Some("app".into()),
+            image_id: img.id.clone(),
+            hypervisor: Some(if kvm { HypervisorKind::Kvm } else { HypervisorKind::Qemu }),
+            cpus: 1,
+            memory_mib: 128,
+            interfaces: vec![
+                CreateInterface {
+                    network_id: front.id.clone(),
+                    security_groups: vec![web.id.clone()],
+                    ip: Some("10.50.0.20".into()),
+                },
+                CreateInterface { network_id: back.id.clone(), security_groups: vec![], ip: None },
+            ],
+            ssh_key_id: Some(key.keypair.id.clone()),
+            user_data: Some("#cloud-config\nhostname: app\n".into()),
+            root_disk_size: None,
+        })
+        .await
+        .unwrap();
+    let dbi = c
+        .create_instance(&CreateInstance {
+            name: Some("db".into()),
+            image_id: s.image.clone(),
+            hypervisor: Some(HypervisorKind::Qemu),
+            cpus: 1,
+            memory_mib: 64,
+            interfaces: vec![CreateInterface {
+                network_id: back.id.clone(),
+                security_groups: vec![db.id.clone()],
+                ip: None,
+            }],
+            ssh_key_id: None,
+            user_data: None,
+            root_disk_size: None,
+        })
+        .await
+        .unwrap();
+    wait_state(c, &app.resource.id, InstanceState::Running).await;
+    wait_state(c, &dbi.resource.id, InstanceState::Running).await;
+}
+
+async fn export(c: &Client) -> Vec<u8> {
+    let mut out = Vec::new();
+    let n = c.export_bundle(false, &mut out, |_| {}).await.unwrap();
+    assert_eq!(n as usize, out.len());
+    out
+}
+
+fn maps(m: &[&str]) -> Vec<String> {
+    m.iter().map(|s| s.to_string()).collect()
+}
+
+/// The model as a comparable text: names, CIDRs, rules with group names, keys, image
+/// checksums, instances with their addresses, MACs and groups. IDs left out.
+async fn model(c: &Client) -> Vec<String> {
+    let mut out = vec![];
+    let nets = c.list_all_networks().await.unwrap();
+    let net_name = |id: &NetworkId| nets.iter().find(|n| &n.id == id).unwrap().name.clone();
+    for n in &nets {
+        out.push(format!("network {} {} {}-{} gw {}", n.name, n.cidr, n.dhcp_start, n.dhcp_end, n.gateway));
+    }
+    let groups = c.list_all_security_groups().await.unwrap();
+    let group_name = |id: &SecurityGroupId| groups.iter().find(|g| &g.id == id).unwrap().name.clone();
+    for g in &groups {
+        let mut rules: Vec<String> = g
+            .rules
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {:?}-{:?} {:?} {:?}",
+                    r.spec.direction,
+                    r.spec.protocol,
+                    r.spec.port_min,
+                    r.spec.port_max,
+                    r.spec.cidr,
+                    r.spec.group.as_ref().map(group_name)
+                )
+            })
+            .collect();
+        rules.sort();
+        out.push(format!("group {} {:?} {rules:?}", g.name, g.description));
+    }
+    for k in c.list_all_keypairs().await.unwrap() {
+        out.push(format!("key {} {}", k.name, k.fingerprint));
+    }
+    let images = c.list_all_images().await.unwrap();
+    for i in images.iter().filter(|i| !i.public) {
+        out.push(format!("image {} {} {:?} {:?} {:?}", i.name, i.format, i.checksum, i.size_bytes, i.state));
+    }
+    for i in c.list_all_instances().await.unwrap() {
+        let image = images.iter().find(|m| m.id == i.image_id).unwrap();
+        let nics: Vec<String> = i
+            .interfaces
+            .iter()
+            .map(|n| {
+                let mut g: Vec<String> = n.security_groups.iter().map(group_name).collect();
+                g.sort();
+                format!("{} {} {} {g:?}", net_name(&n.network_id), n.ip, n.mac)
+            })
+            .collect();
+        out.push(format!(
+            "instance {} {} {} cpus {} mem {} key {} nics {nics:?}",
+            i.name,
+            image.name,
+            i.hypervisor,
+            i.cpus,
+            i.memory_mib,
+            i.ssh_key_id.is_some()
+        ));
+    }
+    out.sort();
+    out
+}
+
+async fn a_vdc_moves_to_another_site_and_a_second_import_changes_nothing(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    build_vdc(&a, &ca, false).await;
+    let t = std::time::Instant::now();
+    let bytes = export(&ca).await;
+    let export_time = t.elapsed();
+    // The image's 5 MiB travel once, compressed.
+    assert!(bytes.len() < 3 << 20 && bytes.len() > 1000, "bundle of {} bytes", bytes.len());
+
+    let cb = b.account("tenant").await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    assert_eq!(plan.chunks, 2);
+    assert_eq!(plan.bytes as usize, bytes.len());
+    let kinds = |k: &str| plan.creates.iter().filter(|c| c.kind == k).count();
+    assert_eq!(
+        (kinds("network"), kinds("security_group"), kinds("keypair"), kinds("image"), kinds("instance")),
+        (2, 2, 1, 1, 2)
+    );
+    // A plan creates nothing.
+    assert!(cb.list_all_networks().await.unwrap().is_empty());
+
+    let t = std::time::Instant::now();
+    let done = cb.import_bundle(bytes.clone(), &[]).await.unwrap();
+    let import_time = t.elapsed();
+    eprintln!("bundle {} bytes: export {export_time:?}, import {import_time:?}", bytes.len());
+    assert!(done.created);
+    assert_eq!(done.import.id_map.len(), 8);
+    assert_eq!(model(&ca).await, model(&cb).await);
+    // The imported instances come up through the normal reconcilers.
+    for i in cb.list_all_instances().await.unwrap() {
+        wait_state(&cb, &i.id, InstanceState::Running).await;
+    }
+    // The image's data arrived whole: hva on B fetched and verified it to run "app".
+    let img = cb.list_all_images().await.unwrap().into_iter().find(|i| i.name == "app-disk").unwrap();
+    assert_eq!(img.size_bytes, Some(disk().len() as u64));
+
+    // Again: nothing changes, and the answer says so.
+    let before = model(&cb).await;
+    let again = cb.import_bundle(bytes.clone(), &[]).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.import.id, done.import.id);
+    assert_eq!(model(&cb).await, before);
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert_eq!(plan.already_imported, Some(done.import.id.clone()));
+    let imports = cb.list_bundle_imports().await.unwrap();
+    assert_eq!(imports.len(), 1);
+    assert_eq!(cb.get_bundle_import(done.import.id.as_str()).await.unwrap().id_map, done.import.id_map);
+    // Another account of B sees none of it, and A's own site trusts itself.
+    let other = b.account("other").await;
+    assert!(other.list_bundle_imports().await.unwrap().is_empty());
+    assert_eq!(api_err(other.get_bundle_import(done.import.id.as_str()).await).0, 404);
+    let ca2 = a.account("copy").await;
+    assert!(ca2.import_bundle(bytes, &[]).await.unwrap().created);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The site key of a test stack, read from its image store (tests only).
+fn site_key(s: &Stack) -> SigningKey {
+    let seed = std::fs::read(s.opts.images.dir.as_ref().unwrap().join("site-key")).unwrap();
+    SigningKey::from_bytes(&seed.try_into().unwrap())
+}
+
+/// Splits a bundle: (manifest, chunks' uncompressed bytes in stream order).
+fn open(bytes: &[u8], trusted: &SigningKey) -> (Manifest, Vec<Vec<u8>>) {
+    let mut r = vdc_bundle::Reader::open(bytes, &[trusted.verifying_key()], &Default::default()).unwrap();
+    let mut chunks = vec![];
+    while let Some(c) = r.next_chunk().unwrap() {
+        chunks.push(c.data);
+    }
+    (r.manifest().clone(), chunks)
+}
+
+fn write(m: &Manifest, chunks: &[Vec<u8>], key: &SigningKey) -> Vec<u8> {
+    let mut w = vdc_bundle::Writer::new(Vec::new(), m, key).unwrap();
+    for c in chunks {
+        w.write_chunk(c).unwrap();
+    }
+    w.finish(chunks.len() as u64).unwrap()
+}
+
+async fn hostile_bundles_are_refused_and_create_nothing(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    build_vdc(&a, &ca, false).await;
+    let good = export(&ca).await;
+    let key = site_key(&a);
+    let (m, chunks) = open(&good, &key);
+    let cb = b.account("tenant").await;
+
+    let manifest_len = u32::from_be_bytes(good[9..13].try_into().unwrap()) as usize;
+    let first_chunk = 8 + 5 + manifest_len + 5 + 96;
+    let end = good.len() - 13;
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![];
+    let mut flipped = good.clone();
+    flipped[8 + 5 + 10] ^= 1;
+    cases.push(("bundle_bad_signature", flipped));
+    cases.push(("bundle_untrusted_key", write(&m, &chunks, &vdc_bundle::generate_key())));
+    let mut bad = good.clone();
+    bad[end - 2] ^= 0x55;
+    cases.push(("bundle_chunk_mismatch", bad));
+    let extra = b"a chunk nobody listed".to_vec();
+    let z = zstd::bulk::compress(&extra, 1).unwrap();
+    let mut bad = good[..end].to_vec();
+    bad.push(b'C');
+    bad.extend_from_slice(&((32 + z.len()) as u32).to_be_bytes());
+    bad.extend_from_slice(&hex::decode(vdc_bundle::sha256_hex(&extra)).unwrap());
+    bad.extend_from_slice(&z);
+    bad.extend_from_slice(&good[end..]);
+    cases.push(("bundle_chunk_unlisted", bad));
+    cases.push(("bundle_truncated", good[..good.len() / 2].to_vec()));
+    cases.push(("bundle_truncated", good[..end].to_vec()));
+    let mut bad = good[..first_chunk].to_vec();
+    bad.extend_from_slice(&good[end..]);
+    cases.push(("bundle_chunk_missing", bad));
+    let resigned = |f: &dyn Fn(&mut Manifest)| {
+        let mut m2 = m.clone();
+        f(&mut m2);
+        write(&m2, &chunks, &key)
+    };
+    cases.push(("bundle_invalid_name", resigned(&|m| m.model.networks[0].name = "../../etc".into())));
+    cases.push(("bundle_invalid_name", resigned(&|m| m.model.instances[0].name = "a/b".into())));
+    cases.push(("bundle_invalid_name", resigned(&|m| m.model.images[0].id = "../x".into())));
+    cases.push(("bundle_unsupported_version", resigned(&|m| m.format_version = 99)));
+    cases.push(("bundle_dangling_reference", resigned(&|m| m.model.instances[0].image = "img-gone".into())));
+    cases.push((
+        "bundle_too_many",
+        resigned(&|m| {
+            let n = m.model.networks[0].clone();
+            m.model.networks = (0..5000).map(|i| vdc_bundle::Network { id: format!("nw-{i}"), ..n.clone() }).collect();
+        }),
+    ));
+    // A zstd bomb under a listed chunk's hash: 64 MiB of zeros in a few KiB.
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+    let mut bad = good[..first_chunk].to_vec();
+    bad.push(b'C');
+    bad.extend_from_slice(&((32 + bomb.len()) as u32).to_be_bytes());
+    bad.extend_from_slice(&good[first_chunk + 5..first_chunk + 5 + 32]);
+    bad.extend_from_slice(&bomb);
+    bad.extend_from_slice(
+        &good[first_chunk
+            + 5
+            + 32
+            + (u32::from_be_bytes(good[first_chunk + 1..first_chunk + 5].try_into().unwrap()) as usize - 32)..],
+    );
+    cases.push(("bundle_chunk_too_large", bad));
+    cases.push(("bundle_bad_magic", b"PK\x03\x04 not a bundle".to_vec()));
+
+    for (want, bytes) in cases {
+        for import in [false, true] {
+            let r = if import {
+                cb.import_bundle(bytes.clone(), &[]).await.map(|_| ())
+            } else {
+                cb.plan_bundle(bytes.clone(), &[]).await.map(|_| ())
+            };
+            assert_eq!(api_err(r), (400, want.to_owned()), "import={import}");
+        }
+    }
+    // Nothing of any of them was created.
+    assert!(cb.list_all_networks().await.unwrap().is_empty());
+    assert!(cb.list_all_security_groups().await.unwrap().is_empty());
+    assert!(cb.list_all_keypairs().await.unwrap().is_empty());
+    assert!(cb.list_all_instances().await.unwrap().is_empty());
+    assert!(cb.list_all_images().await.unwrap().iter().all(|i| i.public));
+    assert!(cb.list_bundle_imports().await.unwrap().is_empty());
+    // And the genuine one still imports.
+    assert!(cb.import_bundle(good, &[]).await.unwrap().created);
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn a_cut_import_is_completed_after_a_restart_with_nothing_doubled(db: Db) {
+    let (a, mut b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    build_vdc(&a, &ca, false).await;
+    let good = export(&ca).await;
+    let cb = b.account("tenant").await;
+    // The stream ends mid-bundle (a dropped connection): the chunks verified so far are
+    // staged, nothing is created.
+    let part = good[..good.len() - 20].to_vec();
+    assert_eq!(api_err(cb.import_bundle(part, &[]).await), (400, "bundle_truncated".into()));
+    assert!(cb.list_all_networks().await.unwrap().is_empty());
+    let staged = b.opts.images.dir.as_ref().unwrap().join("bundle-chunks");
+    assert!(std::fs::read_dir(&staged).unwrap().count() >= 1, "verified chunks were staged");
+    // dcmgr dies; the same command afterwards completes the import.
+    b.restart_dcmgr().await;
+    let done = cb.import_bundle(good.clone(), &[]).await.unwrap();
+    assert!(done.created);
+    assert_eq!(model(&ca).await, model(&cb).await);
+    assert!(!cb.import_bundle(good, &[]).await.unwrap().created);
+    assert_eq!(cb.list_all_instances().await.unwrap().len(), 2);
+    assert_eq!(cb.list_all_networks().await.unwrap().len(), 2);
+    // Staged chunks have done their part once the data is stored.
+    assert_eq!(
+        std::fs::read_dir(&staged)
+            .unwrap()
+            .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .count(),
+        0
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn ten_identical_imports_at_once_create_once(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    build_vdc(&a, &ca, false).await;
+    let good = export(&ca).await;
+    let cb = b.account("tenant").await;
+    let runs = (0..10).map(|_| {
+        let (cb, good) = (cb.clone(), good.clone());
+        tokio::spawn(async move { cb.import_bundle(good, &[]).await })
+    });
+    let results: Vec<BundleImported> =
+        futures::future::join_all(runs).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.created).count(), 1);
+    assert!(results.iter().all(|r| r.import.id == results[0].import.id));
+    assert_eq!(model(&ca).await, model(&cb).await);
+    assert_eq!(cb.list_bundle_imports().await.unwrap().len(), 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn the_plan_names_collisions_and_maps_resolve_them(db: Db) {
+    // B has no KVM host: instances asked for kvm must be mapped.
+    let (a, b) = sites(db, Some(vec![HypervisorKind::Qemu, HypervisorKind::Lxc])).await;
+    let ca = a.account("tenant").await;
+    build_vdc(&a, &ca, true).await;
+    let good = export(&ca).await;
+    let cb = b.account("tenant").await;
+    cb.create_network(&CreateNetwork {
+        name: "existing".into(),
+        cidr: "10.50.0.0/16".into(),
+        gateway: None,
+        dhcp_start: None,
+        dhcp_end: None,
+    })
+    .await
+    .unwrap();
+    cb.create_keypair(&CreateKeyPair { name: "deploy".into(), public_key: None }).await.unwrap();
+    let plan = cb.plan_bundle(good.clone(), &[]).await.unwrap();
+    let codes: Vec<(&str, Option<&str>)> =
+        plan.conflicts.iter().map(|c| (c.code.as_str(), c.resolve.as_deref())).collect();
+    assert!(codes.contains(&("cidr_overlap", Some("network.front.cidr=OTHER/24"))), "{codes:?}");
+    assert_eq!(codes.len(), 3, "{codes:?}");
+    assert!(codes.contains(&("name_taken", Some("keypair.deploy.name=NEW-NAME"))), "{codes:?}");
+    assert!(codes.contains(&("hypervisor_missing", Some("hypervisor.kvm=qemu"))), "{codes:?}");
+    // Unresolved: the import refuses and creates nothing.
+    assert_eq!(api_err(cb.import_bundle(good.clone(), &[]).await), (409, "bundle_unresolved".into()));
+    assert_eq!(cb.list_all_networks().await.unwrap().len(), 1);
+    let plan = cb.plan_bundle(good.clone(), &maps(&["bogus"])).await.unwrap();
+    assert!(plan.conflicts.iter().any(|c| c.code == "invalid_map"), "{:?}", plan.conflicts);
+
+    let fix = maps(&["network.front.cidr=10.60.0.0/24", "keypair.deploy.name=deploy-a", "hypervisor.kvm=qemu"]);
+    let plan = cb.plan_bundle(good.clone(), &fix).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    assert!(cb.import_bundle(good, &fix).await.unwrap().created);
+    let nets = cb.list_all_networks().await.unwrap();
+    let front = nets.iter().find(|n| n.name == "front").unwrap();
+    assert_eq!(front.cidr.to_string(), "10.60.0.0/24");
+    let app = cb.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "app").unwrap();
+    assert_eq!(app.hypervisor, HypervisorKind::Qemu);
+    // The fixed address keeps its host part in the remapped network.
+    let nic = app.interfaces.iter().find(|n| n.network_id == front.id).unwrap();
+    assert_eq!(nic.ip.to_string(), "10.60.0.20");
+    wait_state(&cb, &app.id, InstanceState::Running).await;
+    assert!(cb.list_all_keypairs().await.unwrap().iter().any(|k| k.name == "deploy-a"));
+    a.stop().await;
+    b.stop().await;
+}
