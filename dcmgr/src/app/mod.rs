@@ -3,6 +3,7 @@
 //! transaction. Nothing here knows HTTP; SQL lives in [`crate::datastore`].
 
 pub mod account;
+pub mod capture;
 pub mod floating_ip;
 pub mod image;
 pub mod image_check;
