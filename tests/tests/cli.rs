@@ -313,7 +313,7 @@ async fn images_are_shared_by_name_or_id(db: Db) {
 
     // A tenant cannot name an account: the lookup is refused and nothing changes.
     let err = fails(&owner, &["image", "unshare", "golden", "friend"]).await;
-    assert!(err.contains("friend"), "{err}");
+    assert!(err.contains("\"friend\" is not an account ID") && err.contains("give the account's ID"), "{err}");
     assert_eq!(owner.image_members(&img.id).await.unwrap().members.len(), 1);
 
     ok(&owner, &["image", "unshare", "golden", friend_id.as_str()]).await;

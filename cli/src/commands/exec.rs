@@ -373,9 +373,16 @@ async fn image(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
 /// accounts, and the API accepts any well-formed ID (sharing is no oracle of which
 /// accounts exist). Anything else is an account name, which only an admin can look up.
 async fn member(c: &Client, account: &Ref<Account>) -> Result<AccountId, CliError> {
-    match account.as_str().parse::<AccountId>() {
+    if let Ok(id) = account.as_str().parse::<AccountId>() {
+        return Ok(id);
+    }
+    match resolve(c, account).await {
         Ok(id) => Ok(id),
-        Err(_) => Ok(resolve(c, account).await?),
+        Err(e) if e.code() == "forbidden" => Err(CliError::Failed(format!(
+            "{:?} is not an account ID (a-…), and only an admin can look accounts up by name: give the account's ID",
+            account.as_str()
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -169,9 +169,8 @@ async fn waiting(ctx: &SharedCtx, node: &str, id: &ImageId) -> ApiResult<(Image,
     let image = row.into_api()?;
     let inst = store::get(&ctx.db, &instance).await?;
     let ok = image.state == ImageState::Pending
-        && inst.is_some_and(|i| {
-            i.state == InstanceState::Capturing.as_str() && i.last_host_id.as_deref() == Some(node)
-        });
+        && inst
+            .is_some_and(|i| i.state == InstanceState::Capturing.as_str() && i.last_host_id.as_deref() == Some(node));
     if !ok {
         return Err(ApiError::conflict(
             "invalid_state",

@@ -60,9 +60,7 @@ pub async fn capture_upload(
     req: axum::extract::Request,
 ) -> Response {
     let res = match (node(&ctx, &headers), crate::http::path_id("image", &id)) {
-        (Ok(node), Ok(id)) => {
-            crate::app::capture::receive(&ctx, &node, &id, req.into_body().into_data_stream()).await
-        }
+        (Ok(node), Ok(id)) => crate::app::capture::receive(&ctx, &node, &id, req.into_body().into_data_stream()).await,
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
     match res {

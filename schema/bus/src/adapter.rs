@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use vdc_schema::agent::{AgentError, Hypervisor, NetworkAgent, StorageAgent};
 use vdc_schema::bus::{
-    self, subject, AgentKind, CaptureSpec, Command, InstanceSpec, InterfaceSpec, Query, QueryReply, SnapshotSpec, VolumeSpec,
+    self, subject, AgentKind, CaptureSpec, Command, InstanceSpec, InterfaceSpec, Query, QueryReply, SnapshotSpec,
+    VolumeSpec,
 };
 use vdc_schema::id::*;
 

@@ -182,7 +182,8 @@ pub async fn upload(spec: &vdc_schema::bus::CaptureSpec, file: &Path) -> Result<
     let f = tokio::fs::File::open(file)
         .await
         .map_err(|source| UploadError::Read { path: file.display().to_string(), source })?;
-    let len = f.metadata().await.map_err(|source| UploadError::Read { path: file.display().to_string(), source })?.len();
+    let len =
+        f.metadata().await.map_err(|source| UploadError::Read { path: file.display().to_string(), source })?.len();
     let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
     // No overall timeout: a disk takes as long as it takes; the connect timeout still holds.
     let client = upload_client(None).map_err(send)?;
@@ -227,7 +228,8 @@ pub async fn relay(blob: &BlobRef, spec: &vdc_schema::bus::CaptureSpec) -> Resul
     use futures::TryStreamExt;
     let send = |url: &str, why: String| UploadError::Send { url: url.to_owned(), why };
     let client = upload_client(None).map_err(|e| send(&blob.url, e))?;
-    let got = client.get(&blob.url).bearer_auth(&blob.token).send().await.map_err(|e| send(&blob.url, e.to_string()))?;
+    let got =
+        client.get(&blob.url).bearer_auth(&blob.token).send().await.map_err(|e| send(&blob.url, e.to_string()))?;
     if !got.status().is_success() {
         return Err(UploadError::Refused { status: got.status().as_u16(), body: format!("fetching {}", blob.url) });
     }
