@@ -322,6 +322,29 @@ async fn images_are_shared_by_name_or_id(db: Db) {
     let err = fails(&owner, &["image", "unshare", "golden", friend_id.as_str()]).await;
     assert!(err.ends_with("(not_found)"), "a second unshare: {err}");
 
+    // `vdc instance capture` by name, waiting for the new image: the simulated host sends
+    // back the disk it booted, so the capture is the same blob as `golden`.
+    let inst = CreateInstance {
+        name: Some("prepared".into()),
+        image_id: img.id.clone(),
+        cpus: 1,
+        memory_mib: 128,
+        hypervisor: None,
+        ssh_key_id: None,
+        user_data: None,
+        root_disk_size: None,
+        interfaces: vec![],
+    };
+    let prepared = owner.create_instance(&inst).await.unwrap().resource;
+    vdc_tests::wait_state(&owner, &prepared.id, vdc_schema::InstanceState::Running).await;
+    let err = fails(&owner, &["instance", "capture", "prepared", "--image-name", "golden2"]).await;
+    assert!(err.ends_with("(instance_not_stopped)"), "{err}");
+    ok(&owner, &["instance", "stop", "prepared", "--wait"]).await;
+    ok(&owner, &["instance", "capture", "prepared", "--image-name", "golden2", "--os", "custom", "--wait"]).await;
+    let golden2: Image = only(&owner, "/images", "golden2").await;
+    assert_eq!((golden2.state, golden2.os.as_deref()), (vdc_schema::ImageState::Available, Some("custom")));
+    assert_eq!(golden2.checksum, img.checksum);
+
     // An admin may name the account; the image is then the admin's own to share.
     ok(&s.admin, &["image", "import", "adm", disk.to_str().unwrap()]).await;
     ok(&s.admin, &["image", "share", "adm", "friend"]).await;
