@@ -40,7 +40,11 @@ cleanup() {
   printf '\n%-72s %8s\n' "step" "seconds"; for r in "${ROWS[@]}"; do echo "$r"; done
   if [ $rc -ne 0 ]; then
     echo "--- vdc up log (tail)"; tail -n 60 "$W/up.log"
-    for i in web1 web2; do echo "--- console of $i (tail)"; vdc_ instance console-log "$i" 2>/dev/null | tail -n 40; done
+    for i in web1 web2 ct1; do echo "--- console of $i (tail)"; vdc_ instance console-log "$i" 2>/dev/null | tail -n 40; done
+    for f in "$W"/data/nwagent/services/dhcp-*.hosts "$W"/data/nwagent/services/dhcp-*.log; do
+      echo "--- $f (tail)"; tail -n 40 "$f"
+    done
+    echo "--- switch ports"; in_ns ovs-vsctl --db "unix:$W/data/ovs/db.sock" show 2>&1 | tail -n 40
   fi
   [ -n "$UP_PID" ] && kill "$UP_PID" 2>/dev/null && sleep 2
   for uri in qemu:///system lxc:///system; do
@@ -51,7 +55,7 @@ cleanup() {
       fi
     done
   done
-  for p in $(cat "$W"/ovs/*.pid 2>/dev/null); do kill "$p" 2>/dev/null; done
+  for p in $(cat "$W"/data/ovs/*.pid 2>/dev/null); do kill "$p" 2>/dev/null; done
   pkill -f "dnsmasq.*$W/" 2>/dev/null
   for n in $(ip netns list | awk '{print $1}' | grep "^$P-"); do ip netns del "$n"; done
   rm -rf "$W"
@@ -111,6 +115,17 @@ until_ok 120 sh -c "ip netns exec $NS $BIN/vdc instance console-log web2 | grep 
 until_ok 60 ssh_ ping -c 1 -W 2 web2 || fail "web1 cannot reach web2 by its DNS name"
 row "web1 reaches web2 by name"
 
+# A container on equal terms: on the same network by name, and through a floating IP.
+vdc_ instance create ct1 --image tiny-lxc --network net1 --secgroup web --wait >/dev/null
+until_ok 120 sh -c "ip netns exec $NS $BIN/vdc instance console-log ct1 | grep -q 'vdc-guest: ready'" \
+  || fail "container ct1 not ready"
+until_ok 60 ssh_ ping -c 1 -W 2 ct1 || fail "web1 cannot reach the container ct1 by its DNS name"
+FIP2=$(vdc_ -o json floating-ip create | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+FIP2_IP=$(vdc_ -o json floating-ip show "$FIP2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ip"])')
+vdc_ floating-ip associate "$FIP2" ct1 >/dev/null
+until_ok 30 in_ns ping -c 1 -W 1 "$FIP2_IP" || fail "the host cannot reach ct1 through its floating IP $FIP2_IP"
+row "container ct1: reached by name from web1, and from the host through $FIP2_IP"
+
 EXT=$(in_ns ip -j -4 addr show dev vdc-ex | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["addr_info"][0]["local"])')
 in_ns timeout 120 nc -n -l "$EXT" 8099 >"$W/listener.out" &
 LISTENER=$!
@@ -122,6 +137,7 @@ row "web1 reaches a listener on the external bridge ($EXT) through SNAT"
 
 vdc_ instance terminate web1 --wait >/dev/null
 vdc_ instance terminate web2 --wait >/dev/null
+vdc_ instance terminate ct1 --wait >/dev/null
 row "terminated"
 
 vdc_ instance create web3 --image web-golden --network net1 --secgroup web --keypair mykey --memory 512M --wait >/dev/null

@@ -17,9 +17,13 @@ pub struct SshPlan {
     pub user: String,
     /// A private key file; without it ssh uses the agent and the user's own keys.
     pub identity: Option<PathBuf>,
-    /// The known_hosts file of the vdc CLI: floating IPs are reused by other guests, so
-    /// they are kept apart from the user's own `~/.ssh/known_hosts`.
+    /// The known_hosts file of the vdc CLI, kept apart from the user's own
+    /// `~/.ssh/known_hosts`.
     pub known_hosts: PathBuf,
+    /// The name the host key is recorded under: the instance's ID. A floating IP moves
+    /// from guest to guest, so keyed by address, the next guest behind it would be
+    /// refused as a changed host key (and a changed key of one instance must still be).
+    pub host_key_alias: String,
     /// The remote command; empty for a login shell.
     pub command: Vec<String>,
 }
@@ -37,6 +41,8 @@ pub fn ssh_args(p: &SshPlan) -> Vec<OsString> {
     kh.push(&p.known_hosts);
     a.push("-o".into());
     a.push(kh);
+    a.push("-o".into());
+    a.push(format!("HostKeyAlias={}", p.host_key_alias).into());
     if let Some(id) = &p.identity {
         a.push("-i".into());
         a.push(id.into());
@@ -110,6 +116,7 @@ mod tests {
             user: "debian".into(),
             identity: None,
             known_hosts: "/cfg/known_hosts".into(),
+            host_key_alias: "i-1".into(),
             command: vec![],
         }
     }
@@ -127,6 +134,8 @@ mod tests {
                 "StrictHostKeyChecking=accept-new",
                 "-o",
                 "UserKnownHostsFile=/cfg/known_hosts",
+                "-o",
+                "HostKeyAlias=i-1",
                 "-l",
                 "debian",
                 "192.0.2.10"
@@ -144,7 +153,7 @@ mod tests {
         };
         let a = strs(ssh_args(&p));
         assert_eq!(
-            a[4..],
+            a[6..],
             [
                 "-i",
                 "/home/u/k",

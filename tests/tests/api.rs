@@ -98,6 +98,27 @@ async fn auth_and_api_info(db: Db) {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<ErrorBody>().await.unwrap().error.code, "invalid_body");
+    // Only a JSON object, sent as JSON, is a body; white space before it is fine.
+    for (ctype, body, status) in [
+        ("application/json", "[]", 400),
+        ("application/json", "\"x\"", 400),
+        ("application/json", "{\"name\": \"x\"", 400),
+        ("text/plain", "{\"name\": \"ws\", \"cidr\": \"10.9.0.0/24\"}", 400),
+        ("application/json; charset=utf-8", " \n{\"name\": \"ws\", \"cidr\": \"10.9.0.0/24\"}", 201),
+    ] {
+        let r = http
+            .post(format!("{}/api/v1/networks", s.url()))
+            .bearer_auth(&s.admin_token)
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{ctype} {body:?}");
+        if status == 400 {
+            assert_eq!(r.json::<ErrorBody>().await.unwrap().error.code, "invalid_body", "{ctype} {body:?}");
+        }
+    }
     let r = http.get(format!("{}/api/v1/nothing-here", s.url())).bearer_auth(&s.admin_token).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<ErrorBody>().await.unwrap().error.code, "not_found");
@@ -184,8 +205,9 @@ async fn images(db: Db) {
     assert!(c.list_all_images().await.unwrap().iter().all(|i| i.name != "steal"), "nothing was recorded");
     // URLs are imported by dcmgr, never from loopback or the metadata address (no SSRF):
     // the image fails (tests/images.rs has the rest).
-    for source in ["http://127.0.0.1:9000/x", "https://169.254.169.254/latest/meta-data/"] {
-        let mut r = req("url");
+    for (i, source) in ["http://127.0.0.1:9000/x", "https://169.254.169.254/latest/meta-data/"].into_iter().enumerate()
+    {
+        let mut r = req(&format!("url{i}"));
         r.source = Some(source.into());
         r.checksum = None;
         let img = c.create_image(&r).await.unwrap();
@@ -232,6 +254,21 @@ async fn networks(db: Db) {
     assert_ne!(n3.vni, n.vni);
     assert_eq!(err(c.create_network(&net_req("d", "10.0.2.7/24")).await), (400, "invalid_cidr".into()));
     assert_eq!(err(c.create_network(&net_req("d", "fish")).await).0, 400);
+    // Reserved ranges, and addresses whose leading zeros some tools read as octal.
+    for cidr in ["127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/8", "0.0.0.0/8", "010.050.005.000/24"] {
+        assert_eq!(err(c.create_network(&net_req("d", cidr)).await), (400, "invalid_cidr".into()), "{cidr}");
+    }
+    // Names that look like another: bidirectional overrides, zero-width characters, tabs.
+    for name in ["evil\u{202E}gnp.exe", "a\u{200B}b", "a\tb", "\u{FEFF}a"] {
+        assert_eq!(
+            err(c.create_network(&net_req(name, "10.0.9.0/24")).await),
+            (400, "invalid_name".into()),
+            "{name:?}"
+        );
+    }
+    // One name per account: a second "c" is refused, and names nothing new.
+    assert_eq!(err(c.create_network(&net_req("c", "10.0.8.0/24")).await), (409, "name_taken".into()));
+    assert_eq!(c.list_all_networks().await.unwrap().len(), 2);
     let mut bad = net_req("e", "10.0.3.0/24");
     bad.gateway = Some("10.0.4.1".into());
     assert_eq!(err(c.create_network(&bad).await).0, 400);

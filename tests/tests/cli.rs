@@ -108,20 +108,21 @@ async fn names_or_ids_everywhere(db: Db) {
     assert_eq!(db.rules[0].spec.group.as_ref(), Some(&web.id));
     assert_eq!(db.rules[0].spec.cidr, None);
 
-    // Two networks named net1: refused with both listed, and nothing is created.
-    ok(&alice, &["network", "create", "net1", "--cidr", "10.6.0.0/24"]).await;
+    // Names are unique within an account: a second net1 is refused.
+    let err = fails(&alice, &["network", "create", "net1", "--cidr", "10.6.0.0/24"]).await;
+    assert!(err.contains("a network named \"net1\" already exists") && err.ends_with("(name_taken)"), "{err}");
+    // An image of one's own may share a public image's name: refused with both listed,
+    // and nothing is created.
+    let mut own = vdc_tests::builtin_tiny_image(vec![vdc_schema::HypervisorKind::Qemu]);
+    (own.source, own.initrd, own.public, own.format) = (None, None, false, vdc_schema::ImageFormat::Raw);
+    let own = alice.create_image(&own).await.unwrap();
     let err = fails(&alice, &["instance", "create", "web2", "--image", "tiny", "--network", "net1"]).await;
-    let nets: Vec<Network> =
-        alice.list_all("/networks", &ListQuery { name: Some("net1".into()), ..Default::default() }).await.unwrap();
-    assert_eq!(nets.len(), 2);
-    for n in &nets {
-        assert!(err.contains(n.id.as_str()), "{err}");
-    }
-    assert!(err.starts_with("error: 2 networks are named \"net1\" (ambiguous_name)\n"), "{err}");
+    assert!(err.starts_with("error: 2 images are named \"tiny\" (ambiguous_name)\n"), "{err}");
+    assert!(err.contains(own.id.as_str()) && err.contains(s.image.as_str()), "{err}");
     let q = ListQuery { name: Some("web2".into()), ..Default::default() };
     assert!(alice.list_all::<Instance>("/instances", &q).await.unwrap().is_empty(), "nothing half-created");
     // The same by ID is fine.
-    ok(&alice, &["instance", "create", "web2", "--image", "tiny", "--network", nets[1].id.as_str(), "--wait"]).await;
+    ok(&alice, &["instance", "create", "web2", "--image", s.image.as_str(), "--network", "net1", "--wait"]).await;
 
     // Unknown names and other accounts' names are not found.
     let err = fails(&alice, &["instance", "create", "w3", "--image", "nosuch"]).await;
@@ -132,12 +133,9 @@ async fn names_or_ids_everywhere(db: Db) {
     let err = fails(&bob, &["instance", "show", web1.id.as_str()]).await;
     assert!(err.contains("(not_found)"), "{err}");
 
-    // Public images count: a second public `tiny` makes the name ambiguous for everyone.
-    let mut twin = vdc_tests::builtin_tiny_image(vec![vdc_schema::HypervisorKind::Qemu]);
-    twin.name = "tiny".into();
-    let twin = s.admin.create_image(&twin).await.unwrap();
-    let err = fails(&bob, &["instance", "create", "w4", "--image", "tiny"]).await;
-    assert!(err.contains(&format!("{}  tiny (public)", twin.id)) && err.contains(s.image.as_str()), "{err}");
+    // Another account's image is no one else's ambiguity.
+    ok(&bob, &["network", "create", "net1", "--cidr", "10.5.0.0/24"]).await;
+    ok(&bob, &["instance", "create", "w4", "--image", "tiny", "--network", "net1", "--wait"]).await;
 
     // Deleting by name.
     ok(&alice, &["instance", "terminate", "web2", "--wait"]).await;
@@ -257,11 +255,10 @@ async fn ssh_runs_the_remote_command_with_the_saved_key() {
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from root\n");
     // (Hashed or not, as the user's ssh_config says: ask ssh-keygen.)
-    let found = Command::new("ssh-keygen")
-        .args(["-F", &format!("[{}]:{port}", fip.ip), "-f"])
-        .arg(dir.join("known_hosts"))
-        .output()
-        .unwrap();
+    // Recorded under the instance's ID: a floating IP moves between guests.
+    let web1 = c.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "web1").unwrap();
+    let found =
+        Command::new("ssh-keygen").args(["-F", web1.id.as_str(), "-f"]).arg(dir.join("known_hosts")).output().unwrap();
     assert!(found.status.success(), "the guest's key is not in the CLI's known_hosts: {found:?}");
     // The second time the key is known; -i names the key explicitly.
     let out = vdc(argv(&["instance", "ssh", "web1", "-p", &p, "-i", key_file.to_str().unwrap(), "--", "true"])).await;

@@ -313,14 +313,17 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
     // refused before any connection; the image fails and says why.
     let s = Stack::start(StackOptions::new(db)).await;
     let c = s.account("imp").await;
-    for url in [
+    for (i, url) in [
         format!("http://127.0.0.1:{port}/disk"),
         format!("http://localhost:{port}/disk"),
         "http://169.254.169.254/latest/meta-data/".to_owned(),
         "http://[::1]/x".to_owned(),
         "http://10.1.2.3/x".to_owned(),
-    ] {
-        let img = c.create_image(&req("u", ImageFormat::Qcow2, Some(url.clone()), None)).await.unwrap();
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let img = c.create_image(&req(&format!("u{i}"), ImageFormat::Qcow2, Some(url.clone()), None)).await.unwrap();
         assert_eq!(img.state, ImageState::Pending);
         let why = failure_of(&c, &img.id).await;
         assert!(why.starts_with("forbidden_address"), "{url}: {why}");
@@ -649,6 +652,12 @@ async fn stopped_instances_are_captured_as_images(db: Db) {
     // A bad name is refused before anything changes.
     let (status, code) = err(c.capture_instance(&inst.id, &capture_req(" ")).await);
     assert_eq!((status, code.as_str()), (400, "invalid_name"));
+    // Names are the account's: an image of that name already exists.
+    let st = c.stop_instance(&inst.id).await.unwrap();
+    c.wait_job_ok(&st.job.id, Duration::from_secs(20)).await.unwrap();
+    let (status, code) = err(c.capture_instance(&inst.id, &capture_req("base")).await);
+    assert_eq!((status, code.as_str()), (409, "name_taken"));
+    assert_eq!(c.get_instance(&inst.id).await.unwrap().state, InstanceState::Stopped, "nothing changed");
 
     // The agent endpoint takes data only with a node credential.
     let http = reqwest::Client::new();

@@ -24,6 +24,7 @@ on_both_databases!(
     instance_actions,
     creates_fill_an_overcommitted_host,
     capture_start_terminate,
+    same_name_creates,
 );
 
 const ROUNDS: usize = 3;
@@ -777,5 +778,92 @@ async fn capture_start_terminate(db: Db) {
             );
         }
     }
+    s.stop().await;
+}
+
+/// Names are unique within an account: of 20 creates of one name at once, of each kind,
+/// exactly one is made; the others get 409 `name_taken`. Another account may use it.
+async fn same_name_creates(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let c = s.account("names").await;
+    let other = s.account("names2").await;
+    for round in 0..ROUNDS {
+        let name = format!("dup{round}");
+        let nets = join_all((0..20).map(|i| {
+            let (c, name) = (c.clone(), name.clone());
+            async move {
+                let r = c
+                    .create_network(&CreateNetwork {
+                        name,
+                        cidr: format!("10.{}.{i}.0/24", 100 + round),
+                        gateway: None,
+                        dhcp_start: None,
+                        dhcp_end: None,
+                    })
+                    .await;
+                outcome(r, |_| None)
+            }
+        }))
+        .await;
+        let groups = join_all((0..20).map(|_| {
+            let (c, name) = (c.clone(), name.clone());
+            async move {
+                let r = c
+                    .create_security_group(&CreateSecurityGroup { name, description: String::new(), rules: vec![] })
+                    .await;
+                outcome(r, |_| None)
+            }
+        }))
+        .await;
+        let vols = join_all((0..20).map(|_| {
+            let (c, name) = (c.clone(), name.clone());
+            async move {
+                let r = c
+                    .create_volume(&CreateVolume { name, size_mib: Some(16), snapshot_id: None, image_id: None })
+                    .await;
+                outcome(r, |a| Some((a.job.clone(), true)))
+            }
+        }))
+        .await;
+        let images = join_all((0..20).map(|_| {
+            let (c, name) = (c.clone(), name.clone());
+            async move {
+                let mut r = vdc_tests::builtin_tiny_image(vec![HypervisorKind::Qemu]);
+                (r.name, r.source, r.initrd, r.public) = (name, None, None, false);
+                r.format = ImageFormat::Raw;
+                outcome(c.create_image(&r).await, |_| None)
+            }
+        }))
+        .await;
+        for (kind, outcomes) in [("network", &nets), ("group", &groups), ("volume", &vols), ("image", &images)] {
+            let made = outcomes.iter().filter(|o| o.status == 202).count();
+            assert_eq!(made, 1, "round {round}, {kind}: {:?}", codes(outcomes));
+            assert_eq!(codes(outcomes), ["409 name_taken"], "round {round}, {kind}");
+        }
+        wait_jobs_end(&c, &vols).await;
+        assert_eq!(c.list_all_networks().await.unwrap().iter().filter(|n| n.name == name).count(), 1);
+        assert_eq!(c.list_all_volumes().await.unwrap().iter().filter(|v| v.name == name).count(), 1);
+        // Another account's namespace is its own.
+        let n = other
+            .create_network(&CreateNetwork {
+                name: name.clone(),
+                cidr: "10.99.0.0/24".into(),
+                gateway: None,
+                dhcp_start: None,
+                dhcp_end: None,
+            })
+            .await
+            .unwrap();
+        other.delete_network(&n.id).await.unwrap();
+    }
+    // A deleted volume gives its name back.
+    let v = c.list_all_volumes().await.unwrap().into_iter().find(|v| v.name == "dup0").unwrap();
+    let d = c.delete_volume(&v.id).await.unwrap();
+    c.wait_job_ok(&d.job.id, Duration::from_secs(15)).await.unwrap();
+    let again = c
+        .create_volume(&CreateVolume { name: "dup0".into(), size_mib: Some(16), snapshot_id: None, image_id: None })
+        .await
+        .unwrap();
+    c.wait_job_ok(&again.job.id, Duration::from_secs(15)).await.unwrap();
     s.stop().await;
 }

@@ -626,7 +626,15 @@ async fn ssh(ctx: &Ctx, a: InstanceSshArgs) -> Result<(), CliError> {
         None => inst.ssh_key_id.as_ref().and_then(|k| saved_key(&dir, k.as_str())),
     };
     std::fs::create_dir_all(&dir).map_err(|e| CliError::io(format!("cannot create {}", dir.display()), e))?;
-    let plan = SshPlan { ip, port: a.port, user, identity, known_hosts: dir.join("known_hosts"), command: a.command };
+    let plan = SshPlan {
+        ip,
+        port: a.port,
+        user,
+        identity,
+        known_hosts: dir.join("known_hosts"),
+        host_key_alias: inst.id.to_string(),
+        command: a.command,
+    };
     tracing::debug!(?plan, "exec ssh");
     use std::os::unix::process::CommandExt;
     let e = std::process::Command::new("ssh").args(ssh_args(&plan)).exec();

@@ -131,6 +131,7 @@ async fn capture_once(
         failure_reason: None,
         size_bytes: None,
     };
+    crate::app::check_name_free(&mut tx, db::Named::Image, &caller.account_id, &image.name).await?;
     image_store::insert(&mut *tx, &caller.account_id, &image).await?;
     store::set_intent(&mut tx, id.as_str(), InstanceState::Capturing, InstanceGoal::Stopped, false).await?;
     let job = job::start(&mut tx, &caller.account_id, "instance.capture", image.id.as_str(), "available").await?;

@@ -1,6 +1,6 @@
 //! Machine images: what an instance boots. An image is the caller's own or public.
 
-use crate::app::{name_some, page, paging, validate_name};
+use crate::app::{check_name_free, name_some, page, paging, validate_name};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, image as store};
 use crate::error::{ApiError, ApiResult};
@@ -235,6 +235,7 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
                 return Err(ApiError::bad("invalid_kernel_id", format!("kernel_id {k}: no such image")));
             }
         }
+        check_name_free(&mut tx, db::Named::Image, &caller.account_id, &image.name).await?;
         store::insert(&mut *tx, &caller.account_id, &image).await?;
         tx.commit().await?;
         Ok(())

@@ -21,6 +21,7 @@ pub mod secgroup;
 pub mod snapshot;
 pub mod volume;
 
+use crate::datastore as db;
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::{ListQuery, Page};
 
@@ -54,19 +55,58 @@ pub fn page<T>(items: Vec<T>, limit: i64, id_of: impl Fn(&T) -> String) -> Page<
     Page { items, next_cursor }
 }
 
-/// Names: 1–64 printable characters, no leading or trailing space.
+/// Names: 1–64 printable characters, no leading or trailing space, no white space but
+/// the plain space, and no invisible formatting characters: a name is how people (and
+/// the CLI) tell resources apart, so two names must not look alike while differing.
 pub fn validate_name(kind: &str, name: &str) -> ApiResult<()> {
-    let ok =
-        !name.is_empty() && name.chars().count() <= 64 && name.trim() == name && !name.chars().any(|c| c.is_control());
+    let ok = !name.is_empty()
+        && name.chars().count() <= 64
+        && name.trim() == name
+        && !name.chars().any(|c| c.is_control() || (c.is_whitespace() && c != ' ') || invisible(c));
     if ok {
         Ok(())
     } else {
         Err(ApiError::bad(
             "invalid_name",
             format!(
-                "{kind} name {name:?} is invalid: use 1 to 64 printable characters without leading or trailing spaces"
+                "{kind} name {:?} is invalid: use 1 to 64 printable characters, without leading or trailing \
+                 spaces, other white space, or invisible (zero-width, bidirectional) characters",
+                name.chars().take(80).collect::<String>()
             ),
         ))
+    }
+}
+
+/// Unicode's format characters (general category Cf) that occur in practice: soft hyphen,
+/// zero-width spaces and joiners, bidirectional marks, embeddings, overrides and isolates,
+/// word joiners and invisible operators, the byte-order mark, interlinear annotations and
+/// tag characters.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+}
+
+/// Refuses a name the account already uses for a resource of this kind (see
+/// [`db::named`]); called inside the creating transaction.
+pub async fn check_name_free(
+    tx: &mut db::Tx<'_>,
+    what: db::Named,
+    account: &vdc_schema::id::AccountId,
+    name: &str,
+) -> ApiResult<()> {
+    let kind = match what {
+        db::Named::Network => "network",
+        db::Named::SecurityGroup => "security group",
+        db::Named::Volume => "volume",
+        db::Named::Image => "image",
+    };
+    match db::named(tx, what, account.as_str(), name).await? {
+        Some(id) => Err(ApiError::conflict(
+            "name_taken",
+            format!("a {kind} named {name:?} already exists ({id}); choose another name or delete that one"),
+        )),
+        None => Ok(()),
     }
 }
 

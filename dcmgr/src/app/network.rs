@@ -2,7 +2,7 @@
 //! VXLAN VNI. Networks of one account never overlap; that check runs in a transaction
 //! that first bumps the account's `lock_seq`, so concurrent creates serialize on it.
 
-use crate::app::{name_some, page, paging, validate_name};
+use crate::app::{check_name_free, name_some, page, paging, validate_name};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, account as accounts, network as store};
 use crate::error::{ApiError, ApiResult};
@@ -14,11 +14,23 @@ use vdc_schema::id::NetworkId;
 fn parse_addr(field: &str, s: &str, net: &Ipv4Net) -> ApiResult<Ipv4Addr> {
     let a: Ipv4Addr =
         s.parse().map_err(|_| ApiError::bad("invalid_network", format!("{field} {s:?} is not an IPv4 address")))?;
+    if a.to_string() != s {
+        return Err(ApiError::bad("invalid_network", format!("{field} {s:?}: write it as {a}")));
+    }
     if !net.contains(&a) || a == net.network() || a == net.broadcast() {
         return Err(ApiError::bad("invalid_network", format!("{field} {a} is not a host address of {net}")));
     }
     Ok(a)
 }
+
+/// Ranges no tenant network may use: guests would lose what the address means.
+const RESERVED: [(&str, &str); 5] = [
+    ("0.0.0.0/8", "\"this network\""),
+    ("127.0.0.0/8", "the loopback range"),
+    ("169.254.0.0/16", "the link-local range of the metadata service"),
+    ("224.0.0.0/4", "the multicast range"),
+    ("240.0.0.0/4", "the reserved range"),
+];
 
 /// Checks the request and fills in defaults: (cidr, gateway, dhcp_start, dhcp_end).
 pub fn plan(req: &CreateNetwork) -> ApiResult<(Ipv4Net, Ipv4Addr, Ipv4Addr, Ipv4Addr)> {
@@ -32,8 +44,16 @@ pub fn plan(req: &CreateNetwork) -> ApiResult<(Ipv4Net, Ipv4Addr, Ipv4Addr, Ipv4
             format!("cidr {net} has host bits set; did you mean {}?", net.trunc()),
         ));
     }
+    // Leading zeros are octal to some tools (010 is 8 to inet_aton): the range a user
+    // meant must be the one stored.
+    if net.to_string() != req.cidr {
+        return Err(ApiError::bad("invalid_cidr", format!("cidr {:?}: write it as {net}", req.cidr)));
+    }
     if net.prefix_len() > 29 || net.prefix_len() < 8 {
         return Err(ApiError::bad("invalid_cidr", format!("cidr {net}: the prefix length must be between /8 and /29")));
+    }
+    if let Some((r, what)) = RESERVED.iter().find(|(r, _)| overlaps(&net, &r.parse().unwrap())) {
+        return Err(ApiError::bad("invalid_cidr", format!("cidr {net} overlaps {r}, {what}; choose a private range")));
     }
     let first = u32::from(net.network()) + 1;
     let last = u32::from(net.broadcast()) - 1;
@@ -90,6 +110,7 @@ async fn try_insert(
 ) -> ApiResult<Network> {
     let mut tx = ctx.db.begin().await?;
     accounts::lock(&mut tx, &caller.account_id).await?;
+    check_name_free(&mut tx, db::Named::Network, &caller.account_id, name).await?;
     check_disjoint(&net, &store::cidrs_of(&mut tx, &caller.account_id).await?)?;
     let vni = store::next_vni(&mut tx).await?;
     let row = store::Row {
@@ -167,6 +188,17 @@ mod tests {
         assert!(plan(&req("10.1.0.5/24")).unwrap_err().to_string().contains("did you mean 10.1.0.0/24"));
         assert!(plan(&req("banana")).is_err());
         assert!(plan(&req("10.0.0.0/30")).is_err());
+        for bad in ["127.0.0.0/8", "127.1.0.0/16", "169.254.0.0/16", "169.254.169.0/24", "224.0.0.0/8", "0.0.0.0/8"] {
+            let e = plan(&req(bad)).unwrap_err();
+            assert!(e.code() == "invalid_cidr" && e.to_string().contains("choose a private range"), "{bad}: {e}");
+        }
+        let e = plan(&req("010.050.005.000/24")).unwrap_err();
+        assert!(e.to_string().contains("write it as 10.50.5.0/24"), "{e}");
+        let mut r = req("10.1.0.0/24");
+        r.gateway = Some("10.1.0.01".into());
+        assert_eq!(plan(&r).unwrap_err().code(), "invalid_network");
+        // Public ranges stay allowed, as in other clouds.
+        assert!(plan(&req("198.51.100.0/24")).is_ok());
         assert!(overlaps(&"10.0.0.0/16".parse().unwrap(), &"10.0.5.0/24".parse().unwrap()));
         assert!(!overlaps(&"10.0.0.0/24".parse().unwrap(), &"10.0.1.0/24".parse().unwrap()));
     }

@@ -2,7 +2,7 @@
 //! a CIDR or from the members of another group. A change re-sends the ensures of every
 //! interface it touches, so it takes effect on running guests.
 
-use crate::app::{name_some, page, paging, validate_name};
+use crate::app::{check_name_free, name_some, page, paging, validate_name};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::{self as db, interface as ifstore, secgroup as store};
 use crate::error::{ApiError, ApiResult};
@@ -98,6 +98,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSecurityGroup) 
     let id = db::retry(|| async {
         let id = SecurityGroupId::generate();
         let mut tx = ctx.db.begin().await?;
+        check_name_free(&mut tx, db::Named::SecurityGroup, &caller.account_id, &req.name).await?;
         store::insert(&mut tx, &id, &caller.account_id, &req.name, &req.description).await?;
         lock_remote_groups(&mut tx, caller, None, &rules).await?;
         for r in &rules {

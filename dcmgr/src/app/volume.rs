@@ -13,7 +13,7 @@
 //! `decide_detach`, `decide_delete`) on the volume (and instance) read under their
 //! locks, and `commit_decision` applies what they decided.
 
-use crate::app::{page, paging, state_filter, validate_name, Outcome};
+use crate::app::{check_name_free, page, paging, state_filter, validate_name, Outcome};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::job;
 use crate::datastore::{self as db, snapshot as snapshots, volume as store};
@@ -108,6 +108,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
     }
     let accepted = db::retry(|| async {
         let mut tx = ctx.db.begin().await?;
+        check_name_free(&mut tx, db::Named::Volume, &caller.account_id, &req.name).await?;
         if let Some(s) = &snap {
             // The snapshot must still be there when the volume is recorded (a concurrent
             // delete locks it too).

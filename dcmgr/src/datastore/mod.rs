@@ -144,6 +144,30 @@ where
     }
 }
 
+/// Resources whose names are unique within their account (migration 0014: a unique
+/// index is the last guard; a create checks first, to answer `name_taken` with the
+/// holder's ID).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    Network,
+    SecurityGroup,
+    Volume,
+    Image,
+}
+
+/// The ID of the account's resource of kind `what` named `name`, if there is one. A
+/// deleted volume (its row kept) no longer holds its name.
+pub async fn named(tx: &mut Tx<'_>, what: Named, account: &str, name: &str) -> Result<Option<String>, sqlx::Error> {
+    let sql = match what {
+        Named::Network => "SELECT id FROM networks WHERE account_id = $1 AND name = $2",
+        Named::SecurityGroup => "SELECT id FROM security_groups WHERE account_id = $1 AND name = $2",
+        Named::Volume => "SELECT id FROM volumes WHERE account_id = $1 AND name = $2 AND state <> 'deleted'",
+        Named::Image => "SELECT id FROM images WHERE account_id = $1 AND name = $2",
+    };
+    let row: Option<(String,)> = sqlx::query_as(sql).bind(account).bind(name).fetch_optional(&mut **tx).await?;
+    Ok(row.map(|r| r.0))
+}
+
 /// Rows a decision can lock (see [`lock`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lock {
@@ -180,4 +204,72 @@ pub async fn lock(tx: &mut Tx<'_>, what: Lock, id: &str) -> Result<bool, sqlx::E
 /// A time as stored (see [`now`]).
 pub fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An upgrade onto a database that holds a name twice (allowed before 0014) keeps
+    /// every row: the oldest keeps the name, the others become NAME-ID.
+    #[tokio::test]
+    async fn unique_names_upgrade_renames_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new().max_connections(1).connect(&format!("{url}?mode=rwc")).await.unwrap();
+        let before = sqlx::migrate::Migrator {
+            migrations: MIGRATOR.migrations.iter().filter(|m| m.version < 14).cloned().collect(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&pool).await.unwrap();
+        for (id, account, name) in [("nw-1", "a-1", "net"), ("nw-2", "a-1", "net"), ("nw-3", "a-2", "net")] {
+            sqlx::query(
+                "INSERT INTO networks (id, account_id, name, cidr, gateway, dhcp_start, dhcp_end, vni, created_at) \
+                 VALUES ($1, $2, $3, '10.0.0.0/24', '10.0.0.1', '10.0.0.2', '10.0.0.9', $4, 'now')",
+            )
+            .bind(id)
+            .bind(account)
+            .bind(name)
+            .bind(id.len() as i64 * 100 + id.as_bytes()[3] as i64)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        for (id, state) in [("vol-1", "deleted"), ("vol-2", "available"), ("vol-3", "available")] {
+            sqlx::query(
+                "INSERT INTO volumes (id, account_id, name, size_mib, state, created_at, updated_at) \
+                 VALUES ($1, 'a-1', 'data', 16, $2, 'now', 'now')",
+            )
+            .bind(id)
+            .bind(state)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        let (pool, _) = connect(&url).await.unwrap();
+        let names = |table: &'static str| {
+            let pool = pool.clone();
+            async move {
+                let rows: Vec<(String, String)> = sqlx::query_as(&format!("SELECT id, name FROM {table} ORDER BY id"))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+                rows
+            }
+        };
+        let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+        assert_eq!(names("networks").await, [s("nw-1", "net"), s("nw-2", "net-nw-2"), s("nw-3", "net")]);
+        assert_eq!(names("volumes").await, [s("vol-1", "data"), s("vol-2", "data"), s("vol-3", "data-vol-3")]);
+        // And from now on the database itself refuses a second name.
+        let again = sqlx::query(
+            "INSERT INTO networks (id, account_id, name, cidr, gateway, dhcp_start, dhcp_end, vni, created_at) \
+             VALUES ('nw-4', 'a-1', 'net', '10.1.0.0/24', '10.1.0.1', '10.1.0.2', '10.1.0.9', 999, 'now')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap_err();
+        assert!(is_unique_violation(&again), "{again}");
+    }
 }

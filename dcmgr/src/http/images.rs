@@ -26,7 +26,8 @@ use vdc_schema::api::{CreateImage, ErrorBody, Image, ImageMembers, Page};
                 (a listed hypervisor cannot boot the format), `invalid_boot_mode`, `invalid_kernel_id`, `invalid_min_disk`, \
                 `invalid_os`, or a malformed body (`invalid_body`)",
             body = ErrorBody),
-        (status = 403, description = "`forbidden`: a tenant named a host file, or asked for a public image", body = ErrorBody)))]
+        (status = 403, description = "`forbidden`: a tenant named a host file, or asked for a public image", body = ErrorBody),
+        (status = 409, description = "`name_taken`: the account has an image of that name", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,

@@ -34,13 +34,27 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let Json(v) = Json::<serde_json::Value>::from_request(req, state).await?;
-        if !v.is_object() {
+        let json_type = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
+        if !json_type {
+            return Err(ApiError::bad(
+                "invalid_body",
+                "the request body is not valid: send it with `Content-Type: application/json`",
+            ));
+        }
+        // The object test looks at the first byte, so the body is parsed once (into `T`,
+        // not through a `Value`): this extractor is on every create's path.
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad("invalid_body", format!("the request body is not valid: {}", e.body_text())))?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(ApiError::bad("invalid_body", "the request body is not valid: it must be a JSON object"));
         }
-        serde_json::from_value(v)
-            .map(Body)
-            .map_err(|e| ApiError::bad("invalid_body", format!("the request body is not valid: {e}")))
+        Ok(Body(Json::<T>::from_bytes(&bytes)?.0))
     }
 }
 

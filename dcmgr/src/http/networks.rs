@@ -16,7 +16,10 @@ use vdc_schema::api::{CreateNetwork, ErrorBody, Network, Page};
         (status = 400,
             description = "`invalid_name`, `invalid_cidr`, `invalid_network`, or a malformed body (`invalid_body`)",
             body = ErrorBody),
-        (status = 409, description = "`cidr_overlap`: it overlaps another network of the account", body = ErrorBody)))]
+        (status = 409,
+            description = "`cidr_overlap`: it overlaps another network of the account; `name_taken`: the account has a \
+                network of that name",
+            body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,

@@ -19,7 +19,10 @@ use vdc_schema::id::VolumeId;
             description = "`invalid_name`, `invalid_source`, `invalid_size`, `invalid_image`, or a malformed body \
                 (`invalid_body`)", body = ErrorBody),
         (status = 404, description = "`not_found`: the snapshot or the image", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the snapshot is not available", body = ErrorBody),
+        (status = 409,
+            description = "`invalid_state`: the snapshot is not available; `name_taken`: the account has a volume of \
+                that name (deleted ones do not count)",
+            body = ErrorBody),
         (status = 422, description = "`no_capacity`: no online storage node has the room", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,

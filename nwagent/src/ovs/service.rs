@@ -232,7 +232,7 @@ impl Services {
     }
 
     /// dnsmasq for the network: DHCP with static leases, and DNS. Its files are rewritten
-    /// on every ensure; a running dnsmasq re-reads them on SIGHUP (hosts files) or by
+    /// when they change; a running dnsmasq re-reads them on SIGHUP (hosts files) or by
     /// itself (the upstream resolv file, polled). A dnsmasq started with other arguments
     /// (another gateway, or by an nwagent before DNS was served) is replaced.
     async fn ensure_dhcp(&self, n: &NetService) -> Result<(), ServiceError> {
@@ -240,9 +240,9 @@ impl Services {
         std::fs::create_dir_all(&self.dir).map_err(err)?;
         let hosts = self.dir.join(format!("dhcp-{vni}.hosts"));
         let text: String = n.leases.iter().map(|(mac, ip, name)| format!("{mac},{ip},{name}\n")).collect();
-        write_atomic(&hosts, &text)?;
+        write_if_changed(&hosts, &text)?;
         let names = self.dir.join(format!("dns-{vni}.hosts"));
-        write_atomic(&names, &dns_hosts(&n.leases))?;
+        write_if_changed(&names, &dns_hosts(&n.leases))?;
         let resolv = self.dir.join(format!("dns-{vni}.resolv"));
         let upstream = self.upstreams(vni);
         if upstream.is_empty() {
@@ -252,10 +252,8 @@ impl Services {
             );
         }
         let text: String = upstream.iter().map(|ip| format!("nameserver {ip}\n")).collect();
-        // Only when it changed: dnsmasq re-reads it when its mtime moves.
-        if std::fs::read_to_string(&resolv).ok().as_deref() != Some(text.as_str()) {
-            write_atomic(&resolv, &text)?;
-        }
+        // dnsmasq polls it and re-reads it when its mtime moves.
+        write_if_changed(&resolv, &text)?;
         let pidfile = self.dir.join(format!("dhcp-{vni}.pid"));
         let argsfile = self.dir.join(format!("dhcp-{vni}.args"));
         let range = format!("{},static,{},12h", n.cidr.network(), n.cidr.netmask());
@@ -280,13 +278,18 @@ impl Services {
             format!("--dhcp-option=option:dns-server,{gateway}"),
             format!("--pid-file={}", pidfile.display()),
             "--dhcp-authoritative".into(),
+            // Its own log beside its files (each DHCP exchange is a line): what an
+            // operator reads when a guest says it got no lease.
+            format!("--log-facility={}", self.dir.join(format!("dhcp-{vni}.log")).display()),
         ];
         let pid =
             std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()).filter(|p| alive(*p));
         if let Some(pid) = pid {
             let same = std::fs::read_to_string(&argsfile).ok().as_deref() == Some(args.join("\n").as_str());
             if same {
-                // dnsmasq re-reads its hosts files on SIGHUP.
+                // dnsmasq re-reads its hosts files on SIGHUP. Sent on every ensure, not
+                // only when the files change: a run that sent it only on change once saw a
+                // new guest get no lease (cause not found; see dhcp-VNI.log next time).
                 self.tools.run("kill", &["-HUP", &pid.to_string()]).await?;
                 return Ok(());
             }
@@ -348,7 +351,8 @@ impl Services {
         let _ = self.host_ip(&["link", "del", &format!("xr{vni:x}")]).await;
         let _ = std::fs::remove_file(self.dir.join(format!("nat-{vni}.nft")));
         let _ = self.tools.run("ip", &["netns", "del", &self.netns(vni)]).await;
-        for name in ["dhcp-{}.hosts", "dhcp-{}.leases", "dhcp-{}.args", "dns-{}.hosts", "dns-{}.resolv"] {
+        for name in ["dhcp-{}.hosts", "dhcp-{}.leases", "dhcp-{}.args", "dhcp-{}.log", "dns-{}.hosts", "dns-{}.resolv"]
+        {
             let _ = std::fs::remove_file(self.dir.join(name.replace("{}", &vni.to_string())));
         }
         Ok(())
@@ -381,6 +385,15 @@ pub fn upstreams(resolv_conf: &str, systemd: Option<&str>) -> Vec<std::net::IpAd
 /// The network's names for DNS (`/etc/hosts` format): each guest's hostname.
 fn dns_hosts(leases: &[(MacAddr, Ipv4Addr, String)]) -> String {
     leases.iter().filter(|(_, _, name)| !name.is_empty()).map(|(_, ip, name)| format!("{ip} {name}\n")).collect()
+}
+
+/// Writes `text` unless the file already holds it (dnsmasq polls some of its files'
+/// mtimes).
+fn write_if_changed(path: &std::path::Path, text: &str) -> Result<(), ServiceError> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(text) {
+        return Ok(());
+    }
+    write_atomic(path, text)
 }
 
 fn write_atomic(path: &std::path::Path, text: &str) -> Result<(), ServiceError> {
@@ -770,6 +783,7 @@ mod tests {
                 "--dhcp-option=option:dns-server,10.10.0.1".into(),
                 format!("--pid-file={d}/dhcp-42.pid"),
                 "--dhcp-authoritative".into(),
+                format!("--log-facility={d}/dhcp-42.log"),
             ]
         );
         let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
