@@ -3,7 +3,8 @@
 # then only the `vdc` CLI, by names. A Debian bookworm cloud image (Debian's own cloud-init
 # and sshd, packaging/build-cloud-image.sh) is imported; a key pair, network, group and
 # instance are created by name; a floating IP is associated; `vdc instance ssh web1 --
-# hostname` prints web1; the instance is stopped and started and answers ssh again; from
+# hostname` prints web1; a file is written in it, it is stopped, captured as an image, started
+# and answers ssh again (web3, booted from the capture at the end, has the file); from
 # it a second guest answers by its DNS name and a listener on the external bridge answers.
 #
 #   bash tests/cloud-e2e.sh            (root; after `cargo build --workspace --bins`)
@@ -95,7 +96,14 @@ row "vdc instance ssh web1 -- hostname → web1"
 set +e; ssh_ 'exit 7'; rc=$?; set -e
 [ $rc -eq 7 ] || fail "ssh exit code $rc, not the remote command's 7"
 
+# A file written in the guest, then the stopped disk captured as an image (checked at the end).
+MARK="golden-$$-$RANDOM"
+ssh_ "echo $MARK | sudo tee /var/lib/vdc-golden >/dev/null && sync" || fail "cannot write in web1"
 vdc_ instance stop web1 --wait >/dev/null
+vdc_ instance capture web1 --image-name web-golden --wait >/dev/null || fail "capture of web1 failed"
+[ "$(vdc_ -o json image show web-golden | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')" = available ] \
+  || fail "the captured image is not available"
+row "file written in web1, web1 stopped and captured as web-golden"
 vdc_ instance start web1 --wait >/dev/null
 until_ok 300 ssh_ true || fail "web1 did not answer ssh after stop/start"
 [ "$(ssh_ hostname)" = web1 ] || fail "hostname after stop/start"
@@ -131,4 +139,14 @@ vdc_ instance terminate web1 --wait >/dev/null
 vdc_ instance terminate web2 --wait >/dev/null
 vdc_ instance terminate ct1 --wait >/dev/null
 row "terminated"
+
+vdc_ instance create web3 --image web-golden --network net1 --secgroup web --keypair mykey --memory 512M --wait >/dev/null
+FIP3=$(vdc_ -o json floating-ip create | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["id"])')
+vdc_ floating-ip associate "$FIP3" web3 >/dev/null
+ssh3() { vdc_ instance ssh web3 -- "$@"; }
+until_ok 300 ssh3 true || fail "web3 (from the capture) never answered ssh"
+[ "$(ssh3 cat /var/lib/vdc-golden)" = "$MARK" ] || fail "web3 lacks the file written in web1 before the capture"
+row "web3 booted from web-golden has web1's file"
+vdc_ instance terminate web3 --wait >/dev/null
+vdc_ image delete web-golden >/dev/null
 echo "cloud-e2e: passed"

@@ -347,6 +347,11 @@ impl Client {
         self.delete_no_content(&format!("/images/{id}")).await
     }
 
+    /// `POST /instances/{id}/capture`: a new image of a stopped instance's disk.
+    pub async fn capture_instance(&self, id: &InstanceId, req: &CaptureInstance) -> Result<Accepted<Image>> {
+        self.post(&format!("/instances/{id}/capture"), req).await
+    }
+
     pub async fn image_members(&self, id: &ImageId) -> Result<ImageMembers> {
         self.get(&format!("/images/{id}/members")).await
     }

@@ -296,6 +296,26 @@ pub enum ImageCmd {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Image>,
     },
+    /// Let another account see and boot one of your images
+    Share {
+        #[arg(value_name = "IMAGE")]
+        image: Ref<api::Image>,
+        /// Account ID (a-…), or an account name for an admin who can list accounts
+        #[arg(value_name = "ACCOUNT")]
+        account: Ref<api::Account>,
+    },
+    /// Stop sharing one of your images with an account
+    Unshare {
+        #[arg(value_name = "IMAGE")]
+        image: Ref<api::Image>,
+        #[arg(value_name = "ACCOUNT")]
+        account: Ref<api::Account>,
+    },
+    /// The accounts one of your images is shared with
+    Members {
+        #[arg(value_name = "IMAGE")]
+        image: Ref<api::Image>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -523,6 +543,33 @@ pub enum InstanceCmd {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Instance>,
     },
+    /// Make a new image of a stopped instance's root disk (it keeps the source image's
+    /// properties; the options below replace them). The instance cannot start until the
+    /// capture ends
+    Capture(InstanceCaptureArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InstanceCaptureArgs {
+    #[arg(value_name = "NAME|ID")]
+    pub id: Ref<api::Instance>,
+    /// The new image's name
+    #[arg(long, value_name = "NEW")]
+    pub image_name: String,
+    /// The operating system, as free text (e.g. debian-12)
+    #[arg(long, value_name = "TEXT")]
+    pub os: Option<String>,
+    /// The smallest root disk an instance of it may have (e.g. 2G)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    pub min_disk: Option<u64>,
+    /// The least memory an instance of it may have (e.g. 512M)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
+    pub min_memory: Option<u64>,
+    /// The user to log in as over ssh
+    #[arg(long, value_name = "USER")]
+    pub default_user: Option<String>,
+    #[command(flatten)]
+    pub wait: WaitArg,
 }
 
 #[derive(Debug, Args)]

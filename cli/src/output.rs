@@ -193,6 +193,26 @@ impl Tabular for KeyPair {
     }
 }
 
+impl Tabular for ImageMembers {
+    fn headers() -> &'static [&'static str] {
+        &["IMAGE", "MEMBERS"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![self.image_id.to_string(), members(&self.members)]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![("IMAGE", self.image_id.to_string()), ("MEMBERS", members(&self.members))]
+    }
+}
+
+fn members(m: &[vdc_schema::id::AccountId]) -> String {
+    if m.is_empty() {
+        "-".into()
+    } else {
+        join(m, ", ")
+    }
+}
+
 impl Tabular for Image {
     fn headers() -> &'static [&'static str] {
         &["ID", "NAME", "STATE", "FORMAT", "ARCH", "HYPERVISORS", "PUBLIC", "USER", "SOURCE"]

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use vdc_bus::sim::SimKnobs;
 use vdc_bus::ReportSink;
 use vdc_schema::agent::{AgentError, Hypervisor};
-use vdc_schema::bus::{InstanceReport, InstanceSpec, ObjectReport};
+use vdc_schema::bus::{CaptureSpec, InstanceReport, InstanceSpec, ObjectReport};
 use vdc_schema::id::{InstanceId, VolumeId};
 use vdc_schema::{DesiredPower, ObservedInstance};
 
@@ -216,6 +216,34 @@ impl Hypervisor for SimHypervisor {
         for (id, g) in map.iter() {
             Self::report(&self.sink, id, Some(g), 0);
         }
+        Ok(())
+    }
+
+    /// The sim's guests never write: the captured disk is the image they booted, sent
+    /// back to dcmgr like the real driver sends its flattened overlay.
+    async fn capture_instance(&self, spec: CaptureSpec) -> Result<(), AgentError> {
+        if self.knobs.should_drop() {
+            return Ok(());
+        }
+        let blob = {
+            let map = self.guests.lock().unwrap();
+            match map.get(&spec.instance_id) {
+                None => Err(format!("no instance {} on this host", spec.instance_id)),
+                Some(g) if g.state != ObservedInstance::Off => {
+                    Err(format!("instance {} is {}, not powered off", spec.instance_id, g.state))
+                }
+                Some(g) => g.spec.image.blob.clone().ok_or_else(|| "the instance has no stored root disk".to_owned()),
+            }
+        };
+        tokio::spawn(async move {
+            let outcome = match blob {
+                Ok(b) => vdc_bus::blob::relay(&b, &spec).await.map_err(|e| e.to_string()),
+                Err(why) => vdc_bus::blob::capture_failed(&spec, &why).await.map_err(|e| e.to_string()),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(instance = %spec.instance_id, image = %spec.image_id, "capture: {e}");
+            }
+        });
         Ok(())
     }
 

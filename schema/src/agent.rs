@@ -4,7 +4,7 @@
 //! Every `ensure_*` is idempotent and returns once the request is accepted; the outcome
 //! arrives later as a state report.
 
-use crate::bus::{InstanceSpec, InterfaceSpec, SnapshotSpec, VolumeSpec};
+use crate::bus::{CaptureSpec, InstanceSpec, InterfaceSpec, SnapshotSpec, VolumeSpec};
 use crate::id::*;
 use async_trait::async_trait;
 
@@ -33,6 +33,9 @@ pub trait Hypervisor: Send + Sync {
     async fn report_all(&self) -> Result<(), AgentError>;
     /// The serial console output kept for an instance.
     async fn console_log(&self, id: InstanceId) -> Result<String, AgentError>;
+    /// Starts a capture of a powered-off instance's root disk; the outcome goes to dcmgr
+    /// over HTTP (the upload, or a failure), not as a report.
+    async fn capture_instance(&self, spec: CaptureSpec) -> Result<(), AgentError>;
 }
 
 /// nwagent: plugs interfaces into virtual networks.

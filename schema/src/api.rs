@@ -212,6 +212,29 @@ pub struct Image {
     pub default_user: Option<String>,
 }
 
+/// `POST /api/v1/instances/{id}/capture`: a new image from a stopped instance's root disk.
+/// The image inherits the source image's properties (format of the disk, architecture,
+/// hypervisors, boot mode, kernel, default user, OS, minimum disk and memory); the
+/// optional fields here replace them.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureInstance {
+    /// The new image's name: 1 to 64 printable characters, no leading or trailing space.
+    #[schema(min_length = 1, max_length = 64)]
+    pub image_name: String,
+    /// Free text such as `debian-12`, at most 64 characters.
+    #[schema(max_length = 64)]
+    pub os: Option<String>,
+    /// Bytes.
+    #[schema(minimum = 1, maximum = 1125899906842624.0)]
+    pub min_disk: Option<u64>,
+    /// Bytes.
+    #[schema(minimum = 1, maximum = 1125899906842624.0)]
+    pub min_memory: Option<u64>,
+    /// A POSIX user name (`[a-z_][a-z0-9_-]*`, ≤ 32).
+    pub default_user: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateImage {

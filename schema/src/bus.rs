@@ -285,6 +285,8 @@ pub enum Command {
         id: SnapshotId,
         volume_id: VolumeId,
     },
+    /// Flatten a stopped instance's root disk and upload it as an image's data.
+    CaptureInstance(CaptureSpec),
     /// Re-report every object the agent holds.
     ReportAll,
 }
@@ -466,6 +468,20 @@ pub struct VolumeSpec {
     pub source_image: Option<ImageSpec>,
     /// Export the volume to this host, or to none.
     pub export_to: Option<HostNodeId>,
+}
+
+/// A capture: hva flattens the instance's disk and `PUT`s it to `url` with the node's
+/// credential; dcmgr checks it like any upload. A failure before the upload is `POST`ed
+/// as `{"reason": …}` to `failure_url`. Repeating one is harmless: dcmgr takes data only
+/// for a pending image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptureSpec {
+    pub instance_id: InstanceId,
+    pub image_id: ImageId,
+    pub url: String,
+    pub failure_url: String,
+    /// `Authorization: Bearer <token>`.
+    pub token: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

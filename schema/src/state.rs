@@ -88,6 +88,7 @@ wire_enum!(
         ShuttingDown => "shuttingdown",
         Terminated => "terminated",
         Failed => "failed",
+        Capturing => "capturing",
     }
 );
 

@@ -10,7 +10,7 @@ use vdc_cli::output::OutputFormat;
 use vdc_schema::api::*;
 use vdc_tests::{on_both_databases, Db, Stack, StackOptions};
 
-on_both_databases!(names_or_ids_everywhere, vdc_bundle_exports_plans_and_imports);
+on_both_databases!(names_or_ids_everywhere, vdc_bundle_exports_plans_and_imports, images_are_shared_by_name_or_id);
 
 /// Runs `vdc ARGS…` in-process as the holder of `c`'s token.
 async fn vdc(c: &Client, args: &[&str]) -> Result<(), CliError> {
@@ -303,5 +303,80 @@ async fn vdc_bundle_exports_plans_and_imports(db: Db) {
     assert!(nets.iter().any(|n| n.name == "front" && n.cidr.to_string() == "10.71.0.0/24"));
     assert_eq!(dst.list_bundle_imports().await.unwrap().len(), 1);
     ok(&dst, &["bundle", "show", dst.list_bundle_imports().await.unwrap()[0].id.as_str()]).await;
+    s.stop().await;
+}
+
+/// `vdc image share|unshare|members`: the image by name or ID, the account by ID (a
+/// tenant cannot look accounts up) or, for an admin, by name.
+async fn images_are_shared_by_name_or_id(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let (owner, friend) = (s.account("owner").await, s.account("friend").await);
+    let accounts = s.admin.list_all_accounts().await.unwrap();
+    let friend_id = accounts.iter().find(|a| a.name == "friend").unwrap().id.clone();
+    let disk = s.tmp.path().join("golden.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "16M"])
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    ok(&owner, &["image", "import", "golden", disk.to_str().unwrap()]).await;
+    let img: Image = only(&owner, "/images", "golden").await;
+    let invisible = |c: &Client| {
+        let (c, id) = (c.clone(), img.id.clone());
+        async move { c.get_image(&id).await.is_err_and(|e| e.is_not_found()) }
+    };
+    assert!(invisible(&friend).await, "private until shared");
+
+    ok(&owner, &["image", "share", "golden", friend_id.as_str()]).await;
+    assert_eq!(owner.image_members(&img.id).await.unwrap().members, vec![friend_id.clone()]);
+    assert!(!invisible(&friend).await, "the member sees it");
+    // The member finds it by name and boots it, but cannot share it on.
+    ok(&friend, &["image", "show", "golden"]).await;
+    let err = fails(&friend, &["image", "share", "golden", friend_id.as_str()]).await;
+    assert!(err.ends_with("(not_found)"), "{err}");
+    // Again: still one member (repeat paths are success).
+    ok(&owner, &["image", "share", img.id.as_str(), friend_id.as_str()]).await;
+    ok(&owner, &["image", "members", "golden"]).await;
+    assert_eq!(owner.image_members(&img.id).await.unwrap().members.len(), 1);
+
+    // A tenant cannot name an account: the lookup is refused and nothing changes.
+    let err = fails(&owner, &["image", "unshare", "golden", "friend"]).await;
+    assert!(err.contains("\"friend\" is not an account ID") && err.contains("give the account's ID"), "{err}");
+    assert_eq!(owner.image_members(&img.id).await.unwrap().members.len(), 1);
+
+    ok(&owner, &["image", "unshare", "golden", friend_id.as_str()]).await;
+    assert!(owner.image_members(&img.id).await.unwrap().members.is_empty());
+    assert!(invisible(&friend).await, "unshared");
+    let err = fails(&owner, &["image", "unshare", "golden", friend_id.as_str()]).await;
+    assert!(err.ends_with("(not_found)"), "a second unshare: {err}");
+
+    // `vdc instance capture` by name, waiting for the new image: the simulated host sends
+    // back the disk it booted, so the capture is the same blob as `golden`.
+    let inst = CreateInstance {
+        name: Some("prepared".into()),
+        image_id: img.id.clone(),
+        cpus: 1,
+        memory_mib: 128,
+        hypervisor: None,
+        ssh_key_id: None,
+        user_data: None,
+        root_disk_size: None,
+        interfaces: vec![],
+    };
+    let prepared = owner.create_instance(&inst).await.unwrap().resource;
+    vdc_tests::wait_state(&owner, &prepared.id, vdc_schema::InstanceState::Running).await;
+    let err = fails(&owner, &["instance", "capture", "prepared", "--image-name", "golden2"]).await;
+    assert!(err.ends_with("(instance_not_stopped)"), "{err}");
+    ok(&owner, &["instance", "stop", "prepared", "--wait"]).await;
+    ok(&owner, &["instance", "capture", "prepared", "--image-name", "golden2", "--os", "custom", "--wait"]).await;
+    let golden2: Image = only(&owner, "/images", "golden2").await;
+    assert_eq!((golden2.state, golden2.os.as_deref()), (vdc_schema::ImageState::Available, Some("custom")));
+    assert_eq!(golden2.checksum, img.checksum);
+
+    // An admin may name the account; the image is then the admin's own to share.
+    ok(&s.admin, &["image", "import", "adm", disk.to_str().unwrap()]).await;
+    ok(&s.admin, &["image", "share", "adm", "friend"]).await;
+    let adm: Image = only(&s.admin, "/images", "adm").await;
+    assert_eq!(s.admin.image_members(&adm.id).await.unwrap().members, vec![friend_id]);
     s.stop().await;
 }

@@ -16,6 +16,7 @@ on_both_databases!(
     nodes_fetch_blobs_with_their_credential_and_resume,
     vdc_image_import_uploads_a_file_and_says_why_data_is_refused,
     images_are_shared_with_named_accounts,
+    stopped_instances_are_captured_as_images,
 );
 
 fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -532,5 +533,136 @@ async fn images_are_shared_with_named_accounts(db: Db) {
     assert_eq!(err(friend.create_instance(&inst).await).0, 404);
     assert_eq!(err(owner.unshare_image(&img.id, &friend_id).await).0, 404);
     assert!(friend.get_instance(&booted).await.is_ok());
+    s.stop().await;
+}
+
+fn capture_req(name: &str) -> CaptureInstance {
+    CaptureInstance { image_name: name.into(), os: None, min_disk: None, min_memory: None, default_user: None }
+}
+
+fn boot(image: &ImageId, name: &str) -> CreateInstance {
+    CreateInstance {
+        name: Some(name.into()),
+        image_id: image.clone(),
+        cpus: 1,
+        memory_mib: 256,
+        hypervisor: None,
+        ssh_key_id: None,
+        user_data: None,
+        root_disk_size: None,
+        interfaces: vec![],
+    }
+}
+
+/// Capture with the simulated hva (its "disk" is the image it booted, sent back over the
+/// agent endpoint and checked like an upload): a stopped instance becomes an available
+/// image with its source's properties; a running one is refused and nothing is created;
+/// the same bytes captured twice are stored once; concurrent captures never overlap.
+async fn stopped_instances_are_captured_as_images(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("cap").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, _) = disks(tmp.path());
+    let mut base = req("base", ImageFormat::Qcow2, None, None);
+    base.os = Some("debian-12".into());
+    base.default_user = Some("debian".into());
+    base.min_memory = Some(128 << 20);
+    base.min_disk = Some(32 << 20);
+    let base = c.create_image(&base).await.unwrap();
+    let base = c.upload_image(&base.id, good).await.unwrap();
+    let blobs = images_dir(&s).join("blobs/sha256");
+    assert_eq!(files_in(&blobs).len(), 1);
+
+    let inst = c.create_instance(&boot(&base.id, "golden")).await.unwrap().resource;
+    vdc_tests::wait_state(&c, &inst.id, InstanceState::Running).await;
+    // Running: refused with a clear code, and no image is left behind.
+    let (status, code) = err(c.capture_instance(&inst.id, &capture_req("gold")).await);
+    assert_eq!((status, code.as_str()), (409, "instance_not_stopped"));
+    assert!(!c.list_all_images().await.unwrap().iter().any(|i| i.name == "gold"), "nothing half-created");
+
+    let stop = c.stop_instance(&inst.id).await.unwrap();
+    c.wait_job_ok(&stop.job.id, Duration::from_secs(20)).await.unwrap();
+
+    // Twenty captures at once: one at a time is accepted, the others see it capturing
+    // (the sim is quick, so a later one may find the instance stopped again and win).
+    let reqs = (0..20).map(|i| {
+        let (c, id) = (c.clone(), inst.id.clone());
+        async move { c.capture_instance(&id, &capture_req(&format!("gold{i}"))).await }
+    });
+    let results = futures::future::join_all(reqs).await;
+    let mut won = vec![];
+    for r in results {
+        match r {
+            Ok(a) => won.push(a),
+            Err(ClientError::Api { status: 409, code, .. }) => assert_eq!(code, "instance_not_stopped"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(!won.is_empty() && won.len() < 20, "{} captures accepted", won.len());
+    let mut spans = vec![];
+    for a in &won {
+        assert_eq!((a.resource.state, a.job.resource_id.as_str()), (ImageState::Pending, a.resource.id.as_str()));
+        let j = c.wait_job_ok(&a.job.id, Duration::from_secs(20)).await.unwrap();
+        spans.push((j.created_at, j.finished_at.unwrap()));
+    }
+    spans.sort();
+    for w in spans.windows(2) {
+        assert!(w[1].0 >= w[0].1, "captures never overlap: {spans:?}");
+    }
+    let images = c.list_all_images().await.unwrap();
+    assert_eq!(images.iter().filter(|i| i.name.starts_with("gold")).count(), won.len(), "the losers made no image");
+    let gold = c.get_image(&won[0].resource.id).await.unwrap();
+    assert_eq!(gold.state, ImageState::Available);
+    assert_eq!(gold.source, format!("capture:{}", inst.id));
+    assert_eq!(gold.format, ImageFormat::Qcow2);
+    assert_eq!(gold.hypervisors, base.hypervisors);
+    assert_eq!(gold.os.as_deref(), Some("debian-12"));
+    assert_eq!(gold.default_user.as_deref(), Some("debian"));
+    assert_eq!((gold.min_memory, gold.min_disk, gold.boot_mode), (base.min_memory, base.min_disk, base.boot_mode));
+    assert!(!gold.public);
+    assert_eq!(c.get_instance(&inst.id).await.unwrap().state, InstanceState::Stopped, "stopped again");
+
+    // The same bytes again (the sim's disk is unchanged), with a property replaced: a
+    // second image, one blob.
+    let mut again = capture_req("gold-again");
+    again.os = Some("debian-12-custom".into());
+    let acc2 = c.capture_instance(&inst.id, &again).await.unwrap();
+    c.wait_job_ok(&acc2.job.id, Duration::from_secs(20)).await.unwrap();
+    let gold2 = c.get_image(&acc2.resource.id).await.unwrap();
+    assert_eq!(gold2.os.as_deref(), Some("debian-12-custom"));
+    assert_eq!(gold2.checksum, gold.checksum);
+    assert_eq!(gold.checksum, base.checksum, "the sim's disk is its image");
+    assert_eq!(files_in(&blobs).len(), 1, "the same bytes are stored once");
+
+    // The capture boots, and the instance starts again.
+    let child = c.create_instance(&boot(&gold.id, "child")).await.unwrap().resource;
+    vdc_tests::wait_state(&c, &child.id, InstanceState::Running).await;
+    let start = c.start_instance(&inst.id).await.unwrap();
+    c.wait_job_ok(&start.job.id, Duration::from_secs(20)).await.unwrap();
+
+    // Another account's instance is not found; an instance without a root disk (the
+    // tiny kernel image) cannot be captured.
+    let other = s.account("other").await;
+    assert_eq!(err(other.capture_instance(&inst.id, &capture_req("x")).await).0, 404);
+    let k = s.running_instance(&c, "kernel").await;
+    let st = c.stop_instance(&k.id).await.unwrap();
+    c.wait_job_ok(&st.job.id, Duration::from_secs(20)).await.unwrap();
+    let (status, code) = err(c.capture_instance(&k.id, &capture_req("k")).await);
+    assert_eq!((status, code.as_str()), (409, "capture_unsupported"));
+    // A bad name is refused before anything changes.
+    let (status, code) = err(c.capture_instance(&inst.id, &capture_req(" ")).await);
+    assert_eq!((status, code.as_str()), (400, "invalid_name"));
+    // Names are the account's: an image of that name already exists.
+    let st = c.stop_instance(&inst.id).await.unwrap();
+    c.wait_job_ok(&st.job.id, Duration::from_secs(20)).await.unwrap();
+    let (status, code) = err(c.capture_instance(&inst.id, &capture_req("base")).await);
+    assert_eq!((status, code.as_str()), (409, "name_taken"));
+    assert_eq!(c.get_instance(&inst.id).await.unwrap().state, InstanceState::Stopped, "nothing changed");
+
+    // The agent endpoint takes data only with a node credential.
+    let http = reqwest::Client::new();
+    let url = format!("{}/agent/v1/images/{}/file", s.url(), gold.id);
+    let r = http.put(&url).bearer_auth("hn-x.00").body(vec![0u8; 10]).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
     s.stop().await;
 }

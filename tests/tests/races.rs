@@ -23,6 +23,7 @@ on_both_databases!(
     image_delete_instance_create,
     instance_actions,
     creates_fill_an_overcommitted_host,
+    capture_start_terminate,
     same_name_creates,
 );
 
@@ -682,6 +683,100 @@ async fn creates_fill_an_overcommitted_host(db: Db) {
         })
         .await
         .expect("terminated instances give their place back");
+    }
+    s.stop().await;
+}
+
+/// Capture, start and terminate of one stopped instance, all at once (the simulated hva
+/// sends its disk back): at most one capture is accepted, every refusal has its code,
+/// every job ends, and once terminate is accepted the instance ends terminated with no
+/// captured image left pending; an image is available exactly when its job succeeded.
+async fn capture_start_terminate(db: Db) {
+    let mut o = stack(db);
+    o.hosts = 1;
+    let s = Stack::start(o).await;
+    let c = s.account("cap").await;
+    let disk = s.tmp.path().join("race.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", disk.to_str().unwrap(), "16M"])
+        .status()
+        .expect("qemu-img");
+    assert!(st.success());
+    let img = c
+        .create_image(&CreateImage {
+            name: "race".into(),
+            format: ImageFormat::Qcow2,
+            arch: Arch::X86_64,
+            hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu],
+            source: None,
+            checksum: None,
+            initrd: None,
+            kernel_cmdline: None,
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
+            public: false,
+            default_user: None,
+        })
+        .await
+        .unwrap();
+    c.upload_image(&img.id, std::fs::read(&disk).unwrap()).await.unwrap();
+    for round in 0..ROUNDS {
+        let inst = c.create_instance(&inst_req(&img.id, &format!("c{round}"), None, &[])).await.unwrap().resource;
+        wait_state(&c, &inst.id, InstanceState::Running).await;
+        let stop = c.stop_instance(&inst.id).await.unwrap();
+        c.wait_job(&stop.job.id, Duration::from_secs(20)).await.unwrap();
+        let reqs = (0..24).map(|i| {
+            let (c, id) = (c.clone(), inst.id.clone());
+            async move {
+                match i % 3 {
+                    0 => {
+                        let req = CaptureInstance {
+                            image_name: format!("cap{round}-{i}"),
+                            os: None,
+                            min_disk: None,
+                            min_memory: None,
+                            default_user: None,
+                        };
+                        ("capture", outcome(c.capture_instance(&id, &req).await, |a| Some((a.job.clone(), true))))
+                    }
+                    1 => ("start", outcome(c.start_instance(&id).await, accepted)),
+                    _ => ("terminate", outcome(c.terminate_instance(&id).await, accepted)),
+                }
+            }
+        });
+        let results = join_all(reqs).await;
+        let outcomes: Vec<Outcome> = results.iter().map(|r| r.1.clone()).collect();
+        for (kind, o) in &results {
+            if o.status >= 400 {
+                let ok = match *kind {
+                    "capture" => (o.status, o.code.as_str()) == (409, "instance_not_stopped"),
+                    _ => (o.status, o.code.as_str()) == (409, "invalid_state"),
+                };
+                assert!(ok, "round {round}: {kind}: {} {}", o.status, o.code);
+            }
+        }
+        let captures = results.iter().filter(|r| r.0 == "capture" && r.1.status == 202).count();
+        assert!(captures <= 1, "round {round}: {captures} captures accepted");
+        assert!(
+            results.iter().any(|r| r.0 == "terminate" && [200, 202].contains(&r.1.status)),
+            "round {round}: terminate is never refused"
+        );
+        wait_jobs_end(&c, &outcomes).await;
+        wait_state(&c, &inst.id, InstanceState::Terminated).await;
+        for r in results.iter().filter(|r| r.0 == "capture" && r.1.status == 202) {
+            let job = c.wait_job(&r.1.job.as_ref().unwrap().id, Duration::from_secs(20)).await.unwrap();
+            let image: ImageId = job.resource_id.parse().unwrap();
+            let image = c.get_image(&image).await.unwrap();
+            assert_ne!(image.state, ImageState::Pending, "round {round}: the capture ended");
+            assert_eq!(
+                image.state == ImageState::Available,
+                job.state == JobState::Succeeded,
+                "round {round}: {image:?} {job:?}"
+            );
+        }
     }
     s.stop().await;
 }

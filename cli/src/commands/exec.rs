@@ -187,6 +187,12 @@ impl Resource for Volume {
     }
 }
 
+impl Resource for Image {
+    async fn refetch(&self, client: &Client) -> Result<Self, ClientError> {
+        client.get_image(&self.id).await
+    }
+}
+
 impl Resource for Snapshot {
     async fn refetch(&self, client: &Client) -> Result<Self, ClientError> {
         client.get_snapshot(&self.id).await
@@ -352,6 +358,32 @@ async fn image(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
             c.delete_image(&id).await?;
             ctx.deleted(id.as_str())
         }
+        ImageCmd::Share { image, account } => {
+            let (image, account) = (resolve(c, &image).await?, member(c, &account).await?);
+            ctx.show(&c.share_image(&image, &account).await?)
+        }
+        ImageCmd::Unshare { image, account } => {
+            let (image, account) = (resolve(c, &image).await?, member(c, &account).await?);
+            ctx.show(&c.unshare_image(&image, &account).await?)
+        }
+        ImageCmd::Members { image } => ctx.show(&c.image_members(&resolve(c, &image).await?).await?),
+    }
+}
+
+/// The account an image is shared with. An ID is taken as is: a tenant cannot read other
+/// accounts, and the API accepts any well-formed ID (sharing is no oracle of which
+/// accounts exist). Anything else is an account name, which only an admin can look up.
+async fn member(c: &Client, account: &Ref<Account>) -> Result<AccountId, CliError> {
+    if let Ok(id) = account.as_str().parse::<AccountId>() {
+        return Ok(id);
+    }
+    match resolve(c, account).await {
+        Ok(id) => Ok(id),
+        Err(e) if e.code() == "forbidden" => Err(CliError::Failed(format!(
+            "{:?} is not an account ID (a-…), and only an admin can look accounts up by name: give the account's ID",
+            account.as_str()
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -526,6 +558,17 @@ async fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
             return ctx.list::<Instance>("/instances", list, name, state_filter(state)).await
         }
         InstanceCmd::Ssh(a) => return ssh(ctx, a).await,
+        InstanceCmd::Capture(a) => {
+            let id = resolve(c, &a.id).await?;
+            let req = CaptureInstance {
+                image_name: a.image_name,
+                os: a.os,
+                min_disk: a.min_disk,
+                min_memory: a.min_memory,
+                default_user: a.default_user,
+            };
+            return ctx.accepted(c.capture_instance(&id, &req).await?, a.wait).await;
+        }
         InstanceCmd::Show { id } => return ctx.show(&c.get_instance(&resolve(c, &id).await?).await?),
         InstanceCmd::ConsoleLog { id } => {
             let log = c.console_log(&resolve(c, &id).await?).await?;

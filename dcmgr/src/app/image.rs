@@ -35,7 +35,7 @@ fn source_kind(source: Option<&str>) -> Source {
 /// What `source` says uploaded images came from.
 pub const UPLOAD: &str = "upload";
 
-fn validate(req: &CreateImage) -> ApiResult<()> {
+pub(crate) fn validate(req: &CreateImage) -> ApiResult<()> {
     validate_name("image", &req.name)?;
     if req.hypervisors.is_empty() {
         return Err(ApiError::bad("invalid_image", "hypervisors must list at least one of kvm, qemu, lxc"));
@@ -313,6 +313,16 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
             // A public image of another account is visible, but not the caller's to delete.
             return Err(ApiError::not_found("image", id));
         }
+        let row = store::get_tx(&mut tx, id).await?;
+        if row.as_ref().is_some_and(|r| {
+            r.state == ImageState::Pending.as_str() && r.source.starts_with(crate::app::capture::SOURCE_PREFIX)
+        }) {
+            // Its instance is `capturing` until the capture ends; terminating it ends it.
+            return Err(ApiError::conflict(
+                "image_capturing",
+                format!("image {id} is being captured; wait for its job, or terminate the instance"),
+            ));
+        }
         let users = store::users(&mut tx, id).await?;
         if !users.is_empty() {
             return Err(ApiError::conflict(
@@ -390,7 +400,7 @@ where
         ));
     }
     let _guard = Ingesting::claim(ctx, id)?;
-    match ingest(ctx, &image, body).await? {
+    match ingest(ctx, &image, body, None).await? {
         Ingested::Stored(image) => Ok(*image),
         Ingested::Refused(r) => {
             store::set_failed(&ctx.db, id, &format!("{}: {}", r.code, r.message)).await?;
@@ -434,8 +444,14 @@ pub(crate) enum Ingested {
 
 /// Streams `body` into a staging file while hashing it, checks digest and content, then
 /// stores the blob and makes the image available, in that order: nothing is `available`
-/// before its checks pass, and nothing stays behind when they do not.
-pub(crate) async fn ingest<S, E>(ctx: &SharedCtx, image: &Image, mut body: S) -> ApiResult<Ingested>
+/// before its checks pass, and nothing stays behind when they do not. The data of a
+/// capture of instance `capture` ends that capture in the same transaction.
+pub(crate) async fn ingest<S, E>(
+    ctx: &SharedCtx,
+    image: &Image,
+    mut body: S,
+    capture: Option<&str>,
+) -> ApiResult<Ingested>
 where
     S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
     E: std::fmt::Display,
@@ -484,6 +500,10 @@ where
     let id = &image.id;
     let done = db::retry(|| async {
         let mut tx = ctx.db.begin().await?;
+        // The instance first, as every decision on it does (terminate fails the capture).
+        if let Some(instance) = capture {
+            db::lock(&mut tx, db::Lock::Instance, instance).await?;
+        }
         if !db::lock(&mut tx, db::Lock::Image, id.as_str()).await? {
             return Ok(None);
         }
@@ -492,6 +512,9 @@ where
             return Ok(None);
         }
         store::set_available(&mut tx, id, &sha, size, inspected.format).await?;
+        if let Some(instance) = capture {
+            crate::app::capture::end_in_tx(&mut tx, id.as_str(), instance, None).await?;
+        }
         let row = store::get_tx(&mut tx, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
         tx.commit().await?;
         Ok(Some(row))

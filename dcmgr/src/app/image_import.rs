@@ -198,7 +198,7 @@ async fn import(ctx: &SharedCtx, image: &Image) -> ApiResult<()> {
                         Err(e) => Some((Err(short(&e)), r)),
                     }
                 }));
-                ingest(ctx, image, body).await?
+                ingest(ctx, image, body, None).await?
             }
         }
     };

@@ -12,7 +12,12 @@
 //!  stopping ◄──────────────────────────────────────────────────────────────┘ │
 //!                                        halt: halting ─► halted (host kept) │
 //!  terminate (any): shuttingdown ── report absent ──► terminated ◄───────────┘
+//!
+//!  capture (app/capture.rs): stopped ─► capturing ── data stored or capture failed ──► stopped
 //! ```
+//!
+//! A capturing instance is stopped with its disk being read: it cannot start until the
+//! capture ends; terminate still wins (the capture then fails).
 
 use vdc_schema::{InstanceAction, InstanceGoal, InstanceState, ObservedInstance};
 
@@ -49,7 +54,10 @@ pub fn decide(action: InstanceAction, state: InstanceState) -> Decision {
 
         (_, S::ShuttingDown | S::Terminated) => refuse(""),
 
-        (A::Stop, S::Stopped) => Decision::AlreadyDone("already stopped"),
+        (A::Stop, S::Stopped | S::Capturing) => Decision::AlreadyDone("already stopped"),
+        (A::Start | A::Poweron, S::Capturing) => refuse("; wait until the capture has ended"),
+        (A::Halt, S::Capturing) => refuse("; a stopped instance holds no host to halt on"),
+        (A::Reboot, S::Capturing) => refuse("; only a running instance can reboot"),
         (A::Stop, S::Stopping) => Decision::AlreadyDone("already stopping"),
         (A::Stop, S::Scheduling | S::Pending | S::Starting | S::Running | S::Halting | S::Halted | S::Failed) => {
             plan(S::Stopping, InstanceGoal::Stopped)
@@ -153,6 +161,14 @@ mod tests {
                 assert!(!out.release_host || matches!(out.state, S::Stopped | S::Terminated));
             }
         }
+    }
+
+    #[test]
+    fn a_capturing_instance_cannot_start_but_can_terminate() {
+        assert!(matches!(decide(A::Start, S::Capturing), Decision::Refuse(_)));
+        assert!(matches!(decide(A::Poweron, S::Capturing), Decision::Refuse(_)));
+        assert_eq!(decide(A::Stop, S::Capturing), Decision::AlreadyDone("already stopped"));
+        assert!(matches!(decide(A::Terminate, S::Capturing), Decision::Apply(p) if p.goal == InstanceGoal::Terminated));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::datastore::{self as db, instance as store};
 use crate::error::ApiResult;
 
 use vdc_schema::agent::Hypervisor;
-use vdc_schema::bus::{InstanceReport, InstanceSpec, VolumeAttachment};
+use vdc_schema::bus::{CaptureSpec, InstanceReport, InstanceSpec, VolumeAttachment};
 use vdc_schema::{DesiredPower, InstanceGoal, InstanceState, ObservedInstance};
 
 /// Builds the spec of one instance from the model and sends it to its host.
@@ -27,6 +27,9 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
         }
         return Ok(());
     }
+    if row.state()? == InstanceState::Capturing {
+        return capture(ctx, &row).await;
+    }
     let Some(host) = row.host_node_id.clone() else { return Ok(()) };
     let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(Error::model)? };
     let goal = row.goal()?;
@@ -40,6 +43,28 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
         obs(id);
     }
     store::mark_sent(&ctx.db, id).await?;
+    Ok(())
+}
+
+/// Asks the host that holds a capturing instance's disk to capture it (again: hva runs
+/// one capture per image, and dcmgr takes data only for a pending image).
+async fn capture(ctx: &SharedCtx, row: &store::Row) -> Result<()> {
+    let Some(host) = row.last_host_id.clone() else { return Ok(()) };
+    let mut conn = ctx.db.acquire().await?;
+    let image = crate::datastore::image::pending_capture(&mut conn, &row.id).await?;
+    drop(conn);
+    let Some(image) = image else { return Ok(()) };
+    let base = format!("{}/agent/v1/images/{image}", ctx.agent_url());
+    let spec = CaptureSpec {
+        instance_id: row.id.parse().map_err(Error::model)?,
+        image_id: image.parse().map_err(Error::model)?,
+        url: format!("{base}/file"),
+        failure_url: format!("{base}/capture-failure"),
+        token: crate::app::node_auth::token(&ctx.node_key, &host),
+    };
+    let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(Error::model)? };
+    hva.capture_instance(spec).await?;
+    store::mark_sent(&ctx.db, &row.id).await?;
     Ok(())
 }
 

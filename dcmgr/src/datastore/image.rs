@@ -272,3 +272,23 @@ pub async fn remove_member(tx: &mut db::Tx<'_>, id: &ImageId, account: &str) -> 
         .await?;
     Ok(r.rows_affected() > 0)
 }
+
+/// [`set_failed`] inside a decision's transaction.
+pub async fn set_failed_tx(tx: &mut db::Tx<'_>, id: &str, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE images SET state = 'failed', failure_reason = $2 WHERE id = $1 AND state = 'pending'")
+        .bind(id)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The pending image a capture of `instance` fills (its source is `capture:<instance>`).
+pub async fn pending_capture(db: &mut sqlx::AnyConnection, instance: &str) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT id FROM images WHERE source = $1 AND state = 'pending' ORDER BY id LIMIT 1")
+            .bind(format!("{}{instance}", crate::app::capture::SOURCE_PREFIX))
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|r| r.0))
+}

@@ -295,11 +295,12 @@ pub async fn volume_targets(pool: &db::Pool, id: &str) -> Result<Vec<(String, Op
 }
 
 /// Instances on their way to a state, whose ensure was last sent before `before` (ms):
-/// (id, host).
+/// (id, host). A capturing instance's host is its last one, which holds its disk.
 pub async fn unconverged(pool: &db::Pool, before: i64) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, host_node_id FROM instances
-         WHERE state IN ('pending', 'starting', 'stopping', 'halting', 'shuttingdown') AND ensure_sent_at < $1
+        "SELECT id, CASE WHEN state = 'capturing' THEN last_host_id ELSE host_node_id END FROM instances
+         WHERE state IN ('pending', 'starting', 'stopping', 'halting', 'shuttingdown', 'capturing')
+           AND ensure_sent_at < $1
          ORDER BY ensure_sent_at LIMIT 1000",
     )
     .bind(before)

@@ -1,5 +1,7 @@
-//! `/agent/v1/blobs/{sha256}`: image data for agents, with their node credential
-//! (`app::node_auth`), resumable with `Range: bytes=N-`.
+//! `/agent/v1/`: image data for agents, with their node credential (`app::node_auth`):
+//! `blobs/{sha256}` to read (resumable with `Range: bytes=N-`), and a capture's upload
+//! (`images/{id}/file`) or failure (`images/{id}/capture-failure`) from the host that
+//! holds the instance's disk.
 
 use crate::ctx::SharedCtx;
 use crate::error::ApiError;
@@ -44,4 +46,53 @@ pub async fn get(State(ctx): State<SharedCtx>, Path(sha): Path<String>, headers:
         None => resp.status(StatusCode::OK),
     };
     resp.body(body).unwrap_or_else(|e| ApiError::internal(e).into_response())
+}
+
+fn node(ctx: &SharedCtx, headers: &HeaderMap) -> Result<String, ApiError> {
+    crate::app::node_auth::verify(ctx, headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()))
+}
+
+/// `PUT /agent/v1/images/{id}/file`: a captured disk, checked like any upload.
+pub async fn capture_upload(
+    State(ctx): State<SharedCtx>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+) -> Response {
+    let res = match (node(&ctx, &headers), crate::http::path_id("image", &id)) {
+        (Ok(node), Ok(id)) => crate::app::capture::receive(&ctx, &node, &id, req.into_body().into_data_stream()).await,
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    match res {
+        Ok(image) => axum::Json(image).into_response(),
+        Err(e) => {
+            // The body may be unread: the connection cannot carry another request.
+            let mut r = e.into_response();
+            r.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+            r
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureFailure {
+    reason: String,
+}
+
+/// `POST /agent/v1/images/{id}/capture-failure`: the host could not produce the disk.
+pub async fn capture_failure(
+    State(ctx): State<SharedCtx>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    axum::Json(body): axum::Json<CaptureFailure>,
+) -> Response {
+    let res = match (node(&ctx, &headers), crate::http::path_id("image", &id)) {
+        (Ok(node), Ok(id)) => crate::app::capture::failed(&ctx, &node, &id, &body.reason).await,
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    match res {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
 }

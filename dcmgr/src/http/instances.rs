@@ -7,7 +7,7 @@ use crate::http::{path_id, status, Body, ListParams};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use vdc_schema::api::{Accepted, ConsoleLog, CreateInstance, ErrorBody, Instance, Page};
+use vdc_schema::api::{Accepted, CaptureInstance, ConsoleLog, CreateInstance, ErrorBody, Image, Instance, Page};
 use vdc_schema::InstanceAction;
 
 #[utoipa::path(post, path = "/api/v1/instances", tag = "instances", operation_id = "instance_create",
@@ -184,4 +184,30 @@ pub async fn console(
     Path(id): Path<String>,
 ) -> ApiResult<Json<ConsoleLog>> {
     Ok(Json(app::console(&ctx, &caller, &path_id("instance", &id)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/instances/{id}/capture", tag = "instances", operation_id = "instance_capture",
+    summary = "Capture a stopped instance's root disk as a new image (yours, with the source image's properties)",
+    request_body = CaptureInstance,
+    params(
+        ("id" = vdc_schema::id::InstanceId, Path,
+            description = "An instance ID (`i-…`); an unknown, malformed or foreign one answers 404")),
+    responses(
+        (status = 202, description = "Accepted: the new image (pending) and the job that ends when it is available; \
+            the instance is `capturing` (it cannot start) until then", body = Accepted<Image>),
+        (status = 400, description = "`invalid_name`, `invalid_image` (a property), or a malformed body \
+            (`invalid_body`)", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`instance_not_stopped`: it is running, capturing or in another state; \
+            `capture_unsupported`: a container, an instance without a root disk, or one that never ran",
+            body = ErrorBody),
+        (status = 503, description = "`agent_unavailable`: the host holding its disk is offline", body = ErrorBody)))]
+pub async fn capture(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<CaptureInstance>,
+) -> ApiResult<(StatusCode, Json<Accepted<Image>>)> {
+    let id = path_id("instance", &id)?;
+    Ok((StatusCode::ACCEPTED, Json(crate::app::capture::capture(&ctx, &caller, &id, req).await?)))
 }

@@ -160,6 +160,7 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/instances/{id}/reboot", post(instances::reboot))
         .route("/instances/{id}/terminate", post(instances::terminate))
         .route("/instances/{id}/console", get(instances::console))
+        .route("/instances/{id}/capture", post(instances::capture))
         .route("/volumes", post(volumes::create).get(volumes::list))
         .route("/volumes/{id}", get(volumes::show).delete(volumes::delete))
         .route("/volumes/{id}/attach", post(volumes::attach))
@@ -188,6 +189,8 @@ pub fn router(ctx: SharedCtx) -> Router {
         .nest("/api/v1", api)
         // For agents, with their node credential: not part of the tenants' API.
         .route("/agent/v1/blobs/{sha256}", get(blobs::get))
+        .route("/agent/v1/images/{id}/file", axum::routing::put(blobs::capture_upload))
+        .route("/agent/v1/images/{id}/capture-failure", post(blobs::capture_failure))
         .merge(vdc_webui::router())
         .fallback(fallback)
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -307,6 +310,7 @@ impl utoipa::Modify for CommonErrors {
         security_groups::create, security_groups::list, security_groups::show, security_groups::delete, security_groups::add_rule, security_groups::delete_rule,
         instances::create, instances::list, instances::show, instances::delete, instances::start, instances::stop,
         instances::halt, instances::poweron, instances::reboot, instances::terminate, instances::console,
+        instances::capture,
         volumes::create, volumes::list, volumes::show, volumes::delete, volumes::attach, volumes::detach, volumes::extend,
         snapshots::create, snapshots::list, snapshots::show, snapshots::delete,
         floating_ips::create, floating_ips::list, floating_ips::show, floating_ips::delete, floating_ips::associate,

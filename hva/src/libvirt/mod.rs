@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vdc_bus::ReportSink;
 use vdc_schema::agent::{AgentError, Hypervisor};
-use vdc_schema::bus::{InstanceReport, InstanceSpec, ObjectReport};
+use vdc_schema::bus::{CaptureSpec, InstanceReport, InstanceSpec, ObjectReport};
 use vdc_schema::id::{InstanceId, VolumeId};
 use vdc_schema::{DesiredPower, HypervisorKind, ImageFormat, ObservedInstance};
 use virt::connect::Connect;
@@ -98,6 +98,8 @@ struct Inner {
     conns: Mutex<HashMap<&'static str, Arc<Connect>>>,
     known: Mutex<HashMap<InstanceId, Known>>,
     locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Images whose capture runs now: a re-sent command while one runs is dropped.
+    capturing: Mutex<std::collections::HashSet<vdc_schema::id::ImageId>>,
 }
 
 pub struct LibvirtHypervisor {
@@ -527,6 +529,32 @@ impl Inner {
         self.save(id);
     }
 
+    /// A powered-off guest's root disk flattened into one qcow2 with no backing file
+    /// (`instances/<id>/capture-<image>.qcow2`): what an instance of the new image
+    /// starts from.
+    pub(crate) fn flatten(&self, spec: &CaptureSpec) -> Result<PathBuf> {
+        let id = &spec.instance_id;
+        let kind = self.known.lock().unwrap().get(id).map(|k| k.saved.spec.hypervisor);
+        let kind = kind.ok_or_else(|| format!("no instance {id} on this host"))?;
+        if kind == HypervisorKind::Lxc {
+            return Err(format!("instance {id} is a container; containers are not captured"));
+        }
+        if self.lookup(kind, id)?.is_some_and(|d| d.is_active().unwrap_or(false)) {
+            return Err(format!("instance {id} is running; only a powered-off guest's disk is captured"));
+        }
+        let dir = self.dir(id);
+        let disk = dir.join("root.qcow2");
+        if !disk.exists() {
+            return Err(format!("instance {id} has no root disk on this host"));
+        }
+        let out = dir.join(format!("capture-{}.qcow2", spec.image_id));
+        let _ = std::fs::remove_file(&out);
+        self.tools
+            .run("qemu-img", &["convert", "-O", "qcow2", "-f", "qcow2", &host::path(&disk), &host::path(&out)])
+            .map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
     fn remove(&self, id: &InstanceId, kind: Option<HypervisorKind>, spec_gen: u64) -> Result<()> {
         for k in kind.map(|k| vec![k]).unwrap_or_else(|| vec![HypervisorKind::Qemu, HypervisorKind::Lxc]) {
             if let Some(d) = self.lookup(k, id)? {
@@ -637,6 +665,7 @@ impl LibvirtHypervisor {
             conns: Default::default(),
             known: Mutex::new(known),
             locks: Default::default(),
+            capturing: Default::default(),
         });
         // Containers that kept running while hva was away: resume copying their console.
         let lxc: Vec<InstanceId> = inner
@@ -762,6 +791,36 @@ impl Hypervisor for LibvirtHypervisor {
             .map_err(|e| AgentError::Driver(e.to_string()))
     }
 
+    async fn capture_instance(&self, spec: CaptureSpec) -> std::result::Result<(), AgentError> {
+        if !self.inner.capturing.lock().unwrap().insert(spec.image_id.clone()) {
+            return Ok(());
+        }
+        let (inner, lock) = (self.inner.clone(), self.lock(&spec.instance_id));
+        tokio::spawn(async move {
+            {
+                // Held through the upload: no start or removal touches the disk meanwhile.
+                let _guard = lock.lock().await;
+                let (i, s) = (inner.clone(), spec.clone());
+                let flat = tokio::task::spawn_blocking(move || i.flatten(&s))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("capture panicked: {e}")));
+                let outcome = match &flat {
+                    Ok(file) => vdc_bus::blob::upload(&spec, file).await.map_err(|e| e.to_string()),
+                    Err(why) => vdc_bus::blob::capture_failed(&spec, why).await.map_err(|e| e.to_string()),
+                };
+                if let Ok(file) = &flat {
+                    let _ = std::fs::remove_file(file);
+                }
+                match outcome {
+                    Ok(()) => tracing::info!(instance = %spec.instance_id, image = %spec.image_id, "capture sent"),
+                    Err(e) => tracing::warn!(instance = %spec.instance_id, image = %spec.image_id, "capture: {e}"),
+                }
+            }
+            inner.capturing.lock().unwrap().remove(&spec.image_id);
+        });
+        Ok(())
+    }
+
     async fn console_log(&self, id: InstanceId) -> std::result::Result<String, AgentError> {
         if !self.inner.known.lock().unwrap().contains_key(&id) {
             return Err(AgentError::NotFound(format!("no instance {id} on this host")));
@@ -812,6 +871,7 @@ mod tests {
             conns: Default::default(),
             known: Default::default(),
             locks: Default::default(),
+            capturing: Default::default(),
         }
     }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use vdc_schema::agent::{AgentError, Hypervisor, NetworkAgent, StorageAgent};
 use vdc_schema::bus::{
-    self, subject, AgentKind, Command, InstanceSpec, InterfaceSpec, Query, QueryReply, SnapshotSpec, VolumeSpec,
+    self, subject, AgentKind, CaptureSpec, Command, InstanceSpec, InterfaceSpec, Query, QueryReply, SnapshotSpec,
+    VolumeSpec,
 };
 use vdc_schema::id::*;
 
@@ -61,6 +62,10 @@ impl Hypervisor for HvaClient {
             QueryReply::Error { code, message } if code == "not_found" => Err(AgentError::NotFound(message)),
             QueryReply::Error { message, .. } => Err(AgentError::Driver(message)),
         }
+    }
+
+    async fn capture_instance(&self, spec: CaptureSpec) -> Result<(), AgentError> {
+        send(self.bus.as_ref(), AgentKind::Hva, self.node_id.as_str(), &Command::CaptureInstance(spec)).await
     }
 }
 

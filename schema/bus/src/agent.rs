@@ -120,6 +120,7 @@ impl CommandHandler for HypervisorHandler {
         match cmd {
             Command::EnsureInstance(spec) => self.0.ensure_instance(spec).await,
             Command::EnsureInstanceAbsent { id, spec_gen } => self.0.ensure_instance_absent(id, spec_gen).await,
+            Command::CaptureInstance(spec) => self.0.capture_instance(spec).await,
             Command::ReportAll => self.0.report_all().await,
             other => Err(wrong(&other, "hva")),
         }

@@ -155,3 +155,97 @@ async fn attempt(client: &reqwest::Client, blob: &BlobRef, partial: &Path) -> Re
     }
     Ok(Attempt::Done(file.finish().await.map_err(io(partial))?))
 }
+
+/// What dcmgr said to a capture's upload.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("upload to {url}: {why}")]
+    Send { url: String, why: String },
+    /// dcmgr refused the data or the image is no longer waiting for it.
+    #[error("dcmgr answered {status}: {body}")]
+    Refused { status: u16, body: String },
+}
+
+fn upload_client(timeout: Option<std::time::Duration>) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder().no_proxy().connect_timeout(std::time::Duration::from_secs(10));
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+/// Streams `file` to a capture's upload URL (`PUT`, the node's credential).
+pub async fn upload(spec: &vdc_schema::bus::CaptureSpec, file: &Path) -> Result<(), UploadError> {
+    let send = |why: String| UploadError::Send { url: spec.url.clone(), why };
+    let f = tokio::fs::File::open(file)
+        .await
+        .map_err(|source| UploadError::Read { path: file.display().to_string(), source })?;
+    let len =
+        f.metadata().await.map_err(|source| UploadError::Read { path: file.display().to_string(), source })?.len();
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
+    // No overall timeout: a disk takes as long as it takes; the connect timeout still holds.
+    let client = upload_client(None).map_err(send)?;
+    let resp = client
+        .put(&spec.url)
+        .bearer_auth(&spec.token)
+        .header(reqwest::header::CONTENT_LENGTH, len)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| send(e.to_string()))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.text().await.unwrap_or_default().chars().take(500).collect();
+    Err(UploadError::Refused { status: status.as_u16(), body })
+}
+
+/// Tells dcmgr a capture failed before its data could be sent.
+pub async fn capture_failed(spec: &vdc_schema::bus::CaptureSpec, reason: &str) -> Result<(), UploadError> {
+    let send = |why: String| UploadError::Send { url: spec.failure_url.clone(), why };
+    let client = upload_client(Some(std::time::Duration::from_secs(30))).map_err(send)?;
+    let resp = client
+        .post(&spec.failure_url)
+        .bearer_auth(&spec.token)
+        .json(&serde_json::json!({ "reason": reason }))
+        .send()
+        .await
+        .map_err(|e| send(e.to_string()))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.text().await.unwrap_or_default().chars().take(500).collect();
+    Err(UploadError::Refused { status: status.as_u16(), body })
+}
+
+/// Sends a blob of dcmgr's store back as a capture's data, streamed from the `GET` into
+/// the `PUT` (the simulated host's "disk" is its image, unchanged).
+pub async fn relay(blob: &BlobRef, spec: &vdc_schema::bus::CaptureSpec) -> Result<(), UploadError> {
+    use futures::TryStreamExt;
+    let send = |url: &str, why: String| UploadError::Send { url: url.to_owned(), why };
+    let client = upload_client(None).map_err(|e| send(&blob.url, e))?;
+    let got =
+        client.get(&blob.url).bearer_auth(&blob.token).send().await.map_err(|e| send(&blob.url, e.to_string()))?;
+    if !got.status().is_success() {
+        return Err(UploadError::Refused { status: got.status().as_u16(), body: format!("fetching {}", blob.url) });
+    }
+    let body = reqwest::Body::wrap_stream(got.bytes_stream().map_err(std::io::Error::other));
+    let resp = client
+        .put(&spec.url)
+        .bearer_auth(&spec.token)
+        .header(reqwest::header::CONTENT_LENGTH, blob.size)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| send(&spec.url, e.to_string()))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.text().await.unwrap_or_default().chars().take(500).collect();
+    Err(UploadError::Refused { status: status.as_u16(), body })
+}

@@ -123,3 +123,97 @@ async fn a_volume_is_filled_from_an_uploaded_qcow2() {
     assert!(data[..65536].iter().all(|&b| b == 0x5a) && data[65536..131072].iter().all(|&b| b == 0));
     s.stop().await;
 }
+
+/// Capture with the real hva: a stopped guest's overlay (on an uploaded qcow2, grown,
+/// with data written while it was off) is flattened by `qemu-img convert` and sent to
+/// dcmgr; the new blob holds the base's and the overlay's bytes, has no backing file, and
+/// equals the flattened overlay byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_guest_is_captured_from_its_flattened_overlay() {
+    vdc_tests::init_logging();
+    let dir = tempfile::Builder::new().prefix("vdc-images-cap-").tempdir_in("/var/tmp").unwrap();
+    let s = Stack::start(vdc_tests::real_guests(1, 2)).await;
+    let (kernel, _) = vdc_tests::register_images(&s).await;
+    let c = s.account("capturer").await;
+    let disk = dir.path().join("disk.qcow2");
+    let d = disk.to_str().unwrap();
+    let run = |p: &str, a: &[&str]| {
+        let out = std::process::Command::new(p).args(a).output().unwrap();
+        assert!(out.status.success(), "{p} {a:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run("qemu-img", &["create", "-q", "-f", "qcow2", d, "16M"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5a 0 64k", d]);
+    let img = c
+        .create_image(&CreateImage {
+            name: "base-disk".into(),
+            format: ImageFormat::Qcow2,
+            arch: Arch::X86_64,
+            hypervisors: vec![HypervisorKind::Qemu],
+            source: None,
+            checksum: None,
+            initrd: None,
+            kernel_cmdline: None,
+            public: false,
+            default_user: Some("tiny".into()),
+            boot_mode: Default::default(),
+            kernel_id: Some(kernel.clone()),
+            min_disk: None,
+            min_memory: None,
+            os: Some("tiny".into()),
+        })
+        .await
+        .unwrap();
+    c.upload_image_file(&img.id, &disk, |_| {}).await.unwrap();
+    let req = CreateInstance { root_disk_size: Some(32 << 20), ..vdc_tests::qemu_guest(&img.id, "src") };
+    let a = c.create_instance(&req).await.unwrap();
+    let id = a.resource.id.clone();
+    assert_eq!(c.wait_job(&a.job.id, Duration::from_secs(90)).await.unwrap().state, JobState::Succeeded);
+    wait_console(&c, &id, &format!("vdc-guest: instance-id={id}"), Duration::from_secs(90)).await;
+    let stop = c.stop_instance(&id).await.unwrap();
+    assert_eq!(c.wait_job(&stop.job.id, Duration::from_secs(90)).await.unwrap().state, JobState::Succeeded);
+
+    // What the guest wrote lives in the overlay only (the tiny guest runs from its
+    // initramfs, so the test writes for it while it is off).
+    let overlay =
+        s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances").join(id.as_str()).join("root.qcow2");
+    let o = overlay.to_str().unwrap();
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0xa5 1M 64k", o]);
+    let expected = dir.path().join("expected.qcow2");
+    run("qemu-img", &["convert", "-O", "qcow2", "-f", "qcow2", o, expected.to_str().unwrap()]);
+
+    let req = CaptureInstance {
+        image_name: "captured".into(),
+        os: None,
+        min_disk: None,
+        min_memory: None,
+        default_user: None,
+    };
+    let acc = c.capture_instance(&id, &req).await.unwrap();
+    assert_eq!(c.get_instance(&id).await.unwrap().state, InstanceState::Capturing);
+    let j = c.wait_job(&acc.job.id, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    let cap = c.get_image(&acc.resource.id).await.unwrap();
+    assert_eq!(
+        (cap.state, cap.format, cap.kernel_id.as_ref()),
+        (ImageState::Available, ImageFormat::Qcow2, Some(&kernel))
+    );
+    assert_eq!((cap.os.as_deref(), cap.default_user.as_deref()), (Some("tiny"), Some("tiny")));
+    assert_eq!(c.get_instance(&id).await.unwrap().state, InstanceState::Stopped);
+    let sha = cap.checksum.unwrap().trim_start_matches("sha256:").to_owned();
+    let blob = s.opts.images.dir.clone().unwrap().join("blobs/sha256").join(&sha);
+    assert_eq!(std::fs::read(&blob).unwrap(), std::fs::read(&expected).unwrap(), "the blob is the flattened overlay");
+    let b = blob.to_str().unwrap();
+    let info = run("qemu-img", &["info", "--output=json", b]);
+    assert!(!info.contains("backing-filename"), "flattened: {info}");
+    assert!(info.contains(&format!("\"virtual-size\": {}", 32 << 20)), "the grown size: {info}");
+    let read = run("qemu-io", &["-f", "qcow2", "-r", "-c", "read -P 0x5a 0 64k", "-c", "read -P 0xa5 1M 64k", b]);
+    assert!(!read.contains("fail"), "the base's and the overlay's bytes: {read}");
+    // The capture file is gone from the host, and the instance starts again.
+    assert!(!overlay.with_file_name(format!("capture-{}.qcow2", acc.resource.id)).exists());
+    let start = c.start_instance(&id).await.unwrap();
+    assert_eq!(c.wait_job(&start.job.id, Duration::from_secs(90)).await.unwrap().state, JobState::Succeeded);
+    let t = c.terminate_instance(&id).await.unwrap();
+    assert_eq!(c.wait_job(&t.job.id, Duration::from_secs(60)).await.unwrap().state, JobState::Succeeded);
+    s.stop().await;
+}
