@@ -89,7 +89,10 @@ vdc_ floating-ip associate "$FIP" web1 >/dev/null
 row "web1 created, floating IP $FIP associated"
 
 ssh_() { vdc_ instance ssh web1 -- "$@"; }
-until_ok 300 ssh_ true || fail "web1 never answered ssh"
+# sshd answers before cloud-init is done, and cloud-init restarts it (a first boot's ssh
+# module): wait until cloud-init has finished this boot, as a user's script must.
+booted() { "$@" 'cloud-init status --wait >/dev/null 2>&1; true'; }
+until_ok 300 booted ssh_ || fail "web1 never answered ssh"
 [ "$(ssh_ hostname)" = web1 ] || fail "hostname is not web1"
 row "vdc instance ssh web1 -- hostname → web1"
 
@@ -105,7 +108,7 @@ vdc_ instance capture web1 --image-name web-golden --wait >/dev/null || fail "ca
   || fail "the captured image is not available"
 row "file written in web1, web1 stopped and captured as web-golden"
 vdc_ instance start web1 --wait >/dev/null
-until_ok 300 ssh_ true || fail "web1 did not answer ssh after stop/start"
+until_ok 300 booted ssh_ || fail "web1 did not answer ssh after stop/start"
 [ "$(ssh_ hostname)" = web1 ] || fail "hostname after stop/start"
 row "stop, start, ssh again"
 
@@ -144,7 +147,7 @@ vdc_ instance create web3 --image web-golden --network net1 --secgroup web --key
 FIP3=$(vdc_ -o json floating-ip create | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["id"])')
 vdc_ floating-ip associate "$FIP3" web3 >/dev/null
 ssh3() { vdc_ instance ssh web3 -- "$@"; }
-until_ok 300 ssh3 true || fail "web3 (from the capture) never answered ssh"
+until_ok 300 booted ssh3 || fail "web3 (from the capture) never answered ssh"
 [ "$(ssh3 cat /var/lib/vdc-golden)" = "$MARK" ] || fail "web3 lacks the file written in web1 before the capture"
 row "web3 booted from web-golden has web1's file"
 vdc_ instance terminate web3 --wait >/dev/null
