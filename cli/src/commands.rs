@@ -553,6 +553,28 @@ pub enum InstanceCmd {
 pub struct InstanceCaptureArgs {
     #[arg(value_name = "NAME|ID")]
     pub id: Ref<api::Instance>,
+    #[command(flatten)]
+    pub props: CaptureProps,
+}
+
+/// A snapshot's image: raw unless `--format qcow2`
+#[derive(Debug, Args)]
+pub struct SnapshotImageArgs {
+    #[arg(value_name = "NAME|ID")]
+    pub id: Ref<api::Snapshot>,
+    /// raw (default: a volume is a raw disk) or qcow2 (converted by the storage node)
+    #[arg(long, value_parser = wire!(ImageFormat))]
+    pub format: Option<ImageFormat>,
+    /// Hypervisors that may boot it (repeatable; default kvm and qemu)
+    #[arg(long = "hypervisor", value_name = "KIND", value_parser = wire!(HypervisorKind))]
+    pub hypervisors: Vec<HypervisorKind>,
+    #[command(flatten)]
+    pub props: CaptureProps,
+}
+
+/// What a captured image is called and says about itself.
+#[derive(Debug, Args)]
+pub struct CaptureProps {
     /// The new image's name
     #[arg(long, value_name = "NEW")]
     pub image_name: String,
@@ -732,6 +754,9 @@ pub enum SnapshotCmd {
         #[command(flatten)]
         wait: WaitArg,
     },
+    /// Make a new image of a snapshot's blocks. The snapshot cannot be deleted until the
+    /// image is available or failed
+    Image(SnapshotImageArgs),
 }
 
 // ------------------------------------------------------------------ nodes and jobs

@@ -287,6 +287,8 @@ pub enum Command {
     },
     /// Flatten a stopped instance's root disk and upload it as an image's data.
     CaptureInstance(CaptureSpec),
+    /// Read a snapshot's blocks and upload them as an image's data (sta).
+    ImageFromSnapshot(SnapshotImageSpec),
     /// Re-report every object the agent holds.
     ReportAll,
 }
@@ -470,18 +472,37 @@ pub struct VolumeSpec {
     pub export_to: Option<HostNodeId>,
 }
 
-/// A capture: hva flattens the instance's disk and `PUT`s it to `url` with the node's
-/// credential; dcmgr checks it like any upload. A failure before the upload is `POST`ed
-/// as `{"reason": …}` to `failure_url`. Repeating one is harmless: dcmgr takes data only
+/// Where an agent sends an image's data: `PUT` to `url` with the node's credential, and
+/// dcmgr checks it like any upload. A failure before the upload is `POST`ed as
+/// `{"reason": …}` to `failure_url`. Repeating one is harmless: dcmgr takes data only
 /// for a pending image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CaptureSpec {
-    pub instance_id: InstanceId,
+pub struct ImageUpload {
     pub image_id: ImageId,
     pub url: String,
     pub failure_url: String,
     /// `Authorization: Bearer <token>`.
     pub token: String,
+}
+
+/// A capture: hva flattens the instance's disk and uploads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptureSpec {
+    pub instance_id: InstanceId,
+    /// Flattened: the fields are on the wire as they were before snapshots had images.
+    #[serde(flatten)]
+    pub upload: ImageUpload,
+}
+
+/// An image from a snapshot: sta reads the snapshot's blocks (a raw disk), converts them
+/// to `format` if that is not raw, and uploads them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotImageSpec {
+    pub snapshot_id: SnapshotId,
+    pub volume_id: VolumeId,
+    pub format: ImageFormat,
+    #[serde(flatten)]
+    pub upload: ImageUpload,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

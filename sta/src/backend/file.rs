@@ -81,6 +81,10 @@ impl Backend for FileBackend {
         tokio::fs::metadata(self.snap_path(snap)).await.is_ok()
     }
 
+    async fn snapshot_data(&self, _volume: &VolumeId, snap: &SnapshotId) -> Result<PathBuf> {
+        existing(self.snap_path(snap), snap).await
+    }
+
     async fn delete_snapshot(&self, _volume: &VolumeId, snap: &SnapshotId) -> Result<()> {
         let p = self.snap_path(snap);
         match tokio::fs::remove_file(&p).await {

@@ -151,6 +151,31 @@ impl Backend for ZfsBackend {
         self.has(&format!("{}@{snap}", self.ds(volume)), "snapshot").await
     }
 
+    async fn snapshot_data(&self, volume: &VolumeId, snap: &SnapshotId) -> Result<PathBuf> {
+        if !self.snapshot_exists(volume, snap).await {
+            return Err(BackendError::NoSnapshot(snap.clone()));
+        }
+        match &self.mountpoint {
+            // The hidden `.zfs` directory is reachable by path whatever `snapdir` says.
+            Some(mp) => {
+                existing(mp.join(volume.as_str()).join(".zfs/snapshot").join(snap.as_str()).join("disk.img"), snap)
+                    .await
+            }
+            None => {
+                // Snapshot devices exist only with `snapdev=visible` (udev makes them).
+                self.tools.run("zfs", &["set", "snapdev=visible", &self.ds(volume)]).await?;
+                let dev = PathBuf::from(format!("/dev/zvol/{}@{snap}", self.ds(volume)));
+                for _ in 0..50 {
+                    if tokio::fs::metadata(&dev).await.is_ok() {
+                        return Ok(dev);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(BackendError::Io(format!("{} did not appear after snapdev=visible", dev.display())))
+            }
+        }
+    }
+
     async fn delete_snapshot(&self, volume: &VolumeId, snap: &SnapshotId) -> Result<()> {
         let name = format!("{}@{snap}", self.ds(volume));
         if self.has(&name, "snapshot").await {
