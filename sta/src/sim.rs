@@ -175,10 +175,11 @@ impl StorageAgent for SimStorage {
         if !self.uploading.lock().unwrap().insert(spec.upload.image_id.clone()) {
             return Ok(());
         }
-        let known = self.state.lock().unwrap().snapshots.contains_key(&spec.snapshot_id);
-        let (delay, uploading) = (self.knobs.delay, self.uploading.clone());
+        let (delay, uploading, state) = (self.knobs.delay, self.uploading.clone(), self.state.clone());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
+            // Checked after the "read" time: a snapshot deleted meanwhile fails the image.
+            let known = state.lock().unwrap().snapshots.contains_key(&spec.snapshot_id);
             let data = match known {
                 true => sim_data(&spec).await,
                 false => Err(format!("snapshot {} is not on this storage node", spec.snapshot_id)),
