@@ -551,6 +551,26 @@ mod tests {
             "metadata": null, "floating_ip": "203.0.113.50"}})
     }
 
+    /// A capture as hva has always read it (the upload fields are flattened), and an
+    /// image from a snapshot beside it.
+    #[test]
+    fn captures_keep_their_wire_shape() {
+        let json = serde_json::json!({"proto": PROTOCOL_VERSION, "msg": {"op": "capture_instance",
+            "instance_id": "i-a", "image_id": "img-a", "url": "http://d/file", "failure_url": "http://d/f",
+            "token": "hn-a.00"}});
+        let cmd: Command = decode(json.to_string().as_bytes()).unwrap();
+        let Command::CaptureInstance(spec) = &cmd else { panic!("{cmd:?}") };
+        assert_eq!((spec.upload.image_id.as_str(), spec.upload.token.as_str()), ("img-a", "hn-a.00"));
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&encode(&cmd)).unwrap(), json);
+        let json = serde_json::json!({"proto": PROTOCOL_VERSION, "msg": {"op": "image_from_snapshot",
+            "snapshot_id": "snap-a", "volume_id": "vol-a", "format": "qcow2", "image_id": "img-b",
+            "url": "http://d/file", "failure_url": "http://d/f", "token": "sn-a.00"}});
+        let cmd: Command = decode(json.to_string().as_bytes()).unwrap();
+        let Command::ImageFromSnapshot(spec) = &cmd else { panic!("{cmd:?}") };
+        assert_eq!((spec.format, spec.upload.url.as_str()), (ImageFormat::Qcow2, "http://d/file"));
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&encode(&cmd)).unwrap(), json);
+    }
+
     #[test]
     fn addresses_keep_their_wire_strings() {
         let json = ensure_interface_json();

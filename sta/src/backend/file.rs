@@ -154,6 +154,17 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_snapshots_data_is_its_file_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_f, b) = backend(dir.path()).await;
+        let e = b.snapshot_data(&vol("vol-a"), &snap("snap-1")).await.unwrap_err();
+        assert!(matches!(e, BackendError::NoSnapshot(ref s) if s.as_str() == "snap-1"), "{e}");
+        std::fs::write(dir.path().join("snapshots/snap-1.img"), b"x").unwrap();
+        let p = b.snapshot_data(&vol("vol-a"), &snap("snap-1")).await.unwrap();
+        assert_eq!(p, dir.path().join("snapshots/snap-1.img"));
+    }
+
+    #[tokio::test]
     async fn a_failed_copy_leaves_no_volume_and_names_the_command() {
         let dir = tempfile::tempdir().unwrap();
         let (f, b) = backend(dir.path()).await;

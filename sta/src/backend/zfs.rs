@@ -322,6 +322,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_snapshots_data_is_read_under_the_hidden_zfs_directory() {
+        let mp = tempfile::tempdir().unwrap();
+        let (f, b) = backend(Some(mp.path())).await;
+        let e = b.snapshot_data(&vol("vol-a"), &snap("snap-1")).await.unwrap_err();
+        assert!(matches!(e, BackendError::NoSnapshot(_)), "{e}");
+        exists(&f, "snapshot", "tank/vdc/vol-a@snap-1");
+        let data = mp.path().join("vol-a/.zfs/snapshot/snap-1/disk.img");
+        std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+        std::fs::write(&data, b"x").unwrap();
+        assert_eq!(b.snapshot_data(&vol("vol-a"), &snap("snap-1")).await.unwrap(), data);
+    }
+
+    #[tokio::test]
     async fn a_volume_from_a_missing_snapshot_is_refused_before_anything_is_made() {
         let (f, b) = backend(None).await;
         let e = b.create_from_snapshot(&vol("vol-b"), &vol("vol-a"), &snap("snap-9")).await.unwrap_err();
