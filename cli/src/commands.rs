@@ -563,13 +563,25 @@ pub struct SnapshotImageArgs {
     #[arg(value_name = "NAME|ID")]
     pub id: Ref<api::Snapshot>,
     /// raw (default: a volume is a raw disk) or qcow2 (converted by the storage node)
-    #[arg(long, value_parser = wire!(ImageFormat))]
+    #[arg(long, value_parser = snapshot_image_format())]
     pub format: Option<ImageFormat>,
     /// Hypervisors that may boot it (repeatable; default kvm and qemu)
     #[arg(long = "hypervisor", value_name = "KIND", value_parser = wire!(HypervisorKind))]
     pub hypervisors: Vec<HypervisorKind>,
     #[command(flatten)]
     pub props: CaptureProps,
+}
+
+/// Only the formats a snapshot's image can have are offered.
+fn snapshot_image_format() -> impl clap::builder::TypedValueParser<Value = ImageFormat> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["raw", "qcow2"]).map(|s| {
+        if s == "qcow2" {
+            ImageFormat::Qcow2
+        } else {
+            ImageFormat::Raw
+        }
+    })
 }
 
 /// What a captured image is called and says about itself.
