@@ -786,8 +786,9 @@ async fn snapshots_become_images(db: Db) {
 }
 
 /// While an image is being made of a snapshot, the snapshot's delete is refused with
-/// `snapshot_capturing` (the image's data would vanish under sta's read); once the
-/// image's job has ended it is deleted as usual, and the image stays.
+/// `snapshot_capturing` (the image's data would vanish under sta's read); deleting the
+/// pending image cancels it (its job fails); once no image of it is pending the snapshot
+/// is deleted as usual, and a finished image stays.
 async fn a_snapshot_is_not_deleted_while_an_image_is_made_of_it(db: Db) {
     let mut opts = StackOptions::new(db);
     // Slow agents: the upload starts 1.5 s after the request, long enough to act in.
@@ -795,15 +796,24 @@ async fn a_snapshot_is_not_deleted_while_an_image_is_made_of_it(db: Db) {
     let s = Stack::start(opts).await;
     let c = s.account("snapdel").await;
     let snap = available_snapshot(&c, "s").await;
-    let acc = c.snapshot_image(&snap.id, &snap_image("img")).await.unwrap();
+    let keep = c.snapshot_image(&snap.id, &snap_image("keep")).await.unwrap();
+    let cancel = c.snapshot_image(&snap.id, &snap_image("cancel")).await.unwrap();
     let (status, code) = err(c.delete_snapshot(&snap.id).await);
     assert_eq!((status, code.as_str()), (409, "snapshot_capturing"));
     assert_eq!(c.get_snapshot(&snap.id).await.unwrap().state, SnapshotState::Available, "nothing changed");
-    // The image's own delete waits for its job too.
-    assert_eq!(err(c.delete_image(&acc.resource.id).await), (409, "image_capturing".into()));
-    c.wait_job_ok(&acc.job.id, Duration::from_secs(20)).await.unwrap();
+    // Deleting a pending image cancels it; the other still holds the snapshot.
+    c.delete_image(&cancel.resource.id).await.unwrap();
+    let j = c.wait_job(&cancel.job.id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    assert!(j.message.as_deref().unwrap_or_default().contains("deleted before its data arrived"), "{j:?}");
+    assert_eq!(err(c.delete_snapshot(&snap.id).await), (409, "snapshot_capturing".into()));
+    c.wait_job_ok(&keep.job.id, Duration::from_secs(20)).await.unwrap();
     let del = c.delete_snapshot(&snap.id).await.unwrap();
     c.wait_job_ok(&del.job.id, Duration::from_secs(20)).await.unwrap();
-    assert_eq!(c.get_image(&acc.resource.id).await.unwrap().state, ImageState::Available, "the image outlives it");
+    assert_eq!(c.get_image(&keep.resource.id).await.unwrap().state, ImageState::Available, "the image outlives it");
+    // The cancelled image's data, sent anyway, made nothing.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(err(c.get_image(&cancel.resource.id).await).0, 404);
+    assert_eq!(files_in(&images_dir(&s).join("blobs/sha256")).len(), 1, "only the kept image's data");
     s.stop().await;
 }

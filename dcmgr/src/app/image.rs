@@ -314,18 +314,22 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
             return Err(ApiError::not_found("image", id));
         }
         let row = store::get_tx(&mut tx, id).await?;
-        let capturing = row.as_ref().filter(|r| r.state == ImageState::Pending.as_str()).and_then(|r| {
-            use crate::app::capture::Origin;
-            Origin::of(&r.source)
-        });
-        if let Some(origin) = capturing {
-            // Its source waits for the capture's end (an instance stays `capturing`, a
-            // snapshot undeletable); terminating the instance ends it.
-            let what = match origin {
-                crate::app::capture::Origin::Instance(_) => "wait for its job, or terminate the instance",
-                crate::app::capture::Origin::Snapshot(_) => "wait for its job (its storage node sends the data)",
-            };
-            return Err(ApiError::conflict("image_capturing", format!("image {id} is being captured; {what}")));
+        use crate::app::capture::Origin;
+        match row.as_ref().filter(|r| r.state == ImageState::Pending.as_str()).and_then(|r| Origin::of(&r.source)) {
+            // Its instance is `capturing` until the capture ends; terminating it ends it.
+            Some(Origin::Instance(_)) => {
+                return Err(ApiError::conflict(
+                    "image_capturing",
+                    format!("image {id} is being captured; wait for its job, or terminate the instance"),
+                ))
+            }
+            // Nothing else waits for it: deleting it cancels it (its job fails, the data
+            // sta sends later finds no pending image), and so frees its snapshot.
+            Some(Origin::Snapshot(_)) => {
+                let why = format!("image {id} was deleted before its data arrived");
+                crate::datastore::job::fail_all(&mut tx, id.as_str(), &why).await?;
+            }
+            None => {}
         }
         let users = store::users(&mut tx, id).await?;
         if !users.is_empty() {
