@@ -684,6 +684,11 @@ impl Client {
         self.delete_json(&format!("/snapshots/{id}")).await
     }
 
+    /// `POST /snapshots/{id}/image`: a new image of a snapshot's blocks.
+    pub async fn snapshot_image(&self, id: &SnapshotId, req: &CreateSnapshotImage) -> Result<Accepted<Image>> {
+        self.post(&format!("/snapshots/{id}/image"), req).await
+    }
+
     // ------------------------------------------------------------ nodes (admin)
 
     pub async fn list_host_nodes(&self, query: &ListQuery) -> Result<Page<HostNode>> {

@@ -553,6 +553,40 @@ pub enum InstanceCmd {
 pub struct InstanceCaptureArgs {
     #[arg(value_name = "NAME|ID")]
     pub id: Ref<api::Instance>,
+    #[command(flatten)]
+    pub props: CaptureProps,
+}
+
+/// A snapshot's image: raw unless `--format qcow2`
+#[derive(Debug, Args)]
+pub struct SnapshotImageArgs {
+    #[arg(value_name = "NAME|ID")]
+    pub id: Ref<api::Snapshot>,
+    /// raw (default: a volume is a raw disk) or qcow2 (converted by the storage node)
+    #[arg(long, value_parser = snapshot_image_format())]
+    pub format: Option<ImageFormat>,
+    /// Hypervisors that may boot it (repeatable; default kvm and qemu)
+    #[arg(long = "hypervisor", value_name = "KIND", value_parser = wire!(HypervisorKind))]
+    pub hypervisors: Vec<HypervisorKind>,
+    #[command(flatten)]
+    pub props: CaptureProps,
+}
+
+/// Only the formats a snapshot's image can have are offered.
+fn snapshot_image_format() -> impl clap::builder::TypedValueParser<Value = ImageFormat> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["raw", "qcow2"]).map(|s| {
+        if s == "qcow2" {
+            ImageFormat::Qcow2
+        } else {
+            ImageFormat::Raw
+        }
+    })
+}
+
+/// What a captured image is called and says about itself.
+#[derive(Debug, Args)]
+pub struct CaptureProps {
     /// The new image's name
     #[arg(long, value_name = "NEW")]
     pub image_name: String,
@@ -732,6 +766,9 @@ pub enum SnapshotCmd {
         #[command(flatten)]
         wait: WaitArg,
     },
+    /// Make a new image of a snapshot's blocks. The snapshot cannot be deleted until the
+    /// image is available or failed
+    Image(SnapshotImageArgs),
 }
 
 // ------------------------------------------------------------------ nodes and jobs

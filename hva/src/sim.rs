@@ -237,11 +237,11 @@ impl Hypervisor for SimHypervisor {
         };
         tokio::spawn(async move {
             let outcome = match blob {
-                Ok(b) => vdc_bus::blob::relay(&b, &spec).await.map_err(|e| e.to_string()),
-                Err(why) => vdc_bus::blob::capture_failed(&spec, &why).await.map_err(|e| e.to_string()),
+                Ok(b) => vdc_bus::blob::relay(&b, &spec.upload).await.map_err(|e| e.to_string()),
+                Err(why) => vdc_bus::blob::capture_failed(&spec.upload, &why).await.map_err(|e| e.to_string()),
             };
             if let Err(e) = outcome {
-                tracing::warn!(instance = %spec.instance_id, image = %spec.image_id, "capture: {e}");
+                tracing::warn!(instance = %spec.instance_id, image = %spec.upload.image_id, "capture: {e}");
             }
         });
         Ok(())

@@ -4,7 +4,7 @@
 //! Every `ensure_*` is idempotent and returns once the request is accepted; the outcome
 //! arrives later as a state report.
 
-use crate::bus::{CaptureSpec, InstanceSpec, InterfaceSpec, SnapshotSpec, VolumeSpec};
+use crate::bus::{CaptureSpec, InstanceSpec, InterfaceSpec, SnapshotImageSpec, SnapshotSpec, VolumeSpec};
 use crate::id::*;
 use async_trait::async_trait;
 
@@ -54,4 +54,7 @@ pub trait StorageAgent: Send + Sync {
     async fn ensure_snapshot(&self, spec: SnapshotSpec) -> Result<(), AgentError>;
     async fn ensure_snapshot_absent(&self, id: SnapshotId, volume_id: VolumeId) -> Result<(), AgentError>;
     async fn report_all(&self) -> Result<(), AgentError>;
+    /// Starts sending a snapshot's data as an image's; the outcome goes to dcmgr over
+    /// HTTP (the upload, or a failure), not as a report.
+    async fn image_from_snapshot(&self, spec: SnapshotImageSpec) -> Result<(), AgentError>;
 }

@@ -235,6 +235,37 @@ pub struct CaptureInstance {
     pub default_user: Option<String>,
 }
 
+/// `POST /api/v1/snapshots/{id}/image`: a new image (yours, private) holding the
+/// snapshot's blocks. A volume is a raw block device, so the image is `raw` unless
+/// `qcow2` is asked for (the storage node converts). As with any upload, the real format
+/// is probed and checked before the image is `available`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotImage {
+    /// The new image's name: 1 to 64 printable characters, no leading or trailing space.
+    #[schema(min_length = 1, max_length = 64)]
+    pub image_name: String,
+    /// `raw` (default) or `qcow2`.
+    pub format: Option<ImageFormat>,
+    /// Default `x86_64`.
+    pub arch: Option<Arch>,
+    /// Default `[kvm, qemu]`: a disk boots in a virtual machine, not a container.
+    pub hypervisors: Option<Vec<HypervisorKind>>,
+    /// `bios` (default) or `uefi`.
+    pub boot_mode: Option<BootMode>,
+    /// Free text such as `debian-12`, at most 64 characters.
+    #[schema(max_length = 64)]
+    pub os: Option<String>,
+    /// Bytes.
+    #[schema(minimum = 1, maximum = 1125899906842624.0)]
+    pub min_disk: Option<u64>,
+    /// Bytes.
+    #[schema(minimum = 1, maximum = 1125899906842624.0)]
+    pub min_memory: Option<u64>,
+    /// A POSIX user name (`[a-z_][a-z0-9_-]*`, ≤ 32).
+    pub default_user: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateImage {

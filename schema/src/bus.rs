@@ -287,6 +287,8 @@ pub enum Command {
     },
     /// Flatten a stopped instance's root disk and upload it as an image's data.
     CaptureInstance(CaptureSpec),
+    /// Read a snapshot's blocks and upload them as an image's data (sta).
+    ImageFromSnapshot(SnapshotImageSpec),
     /// Re-report every object the agent holds.
     ReportAll,
 }
@@ -470,18 +472,37 @@ pub struct VolumeSpec {
     pub export_to: Option<HostNodeId>,
 }
 
-/// A capture: hva flattens the instance's disk and `PUT`s it to `url` with the node's
-/// credential; dcmgr checks it like any upload. A failure before the upload is `POST`ed
-/// as `{"reason": …}` to `failure_url`. Repeating one is harmless: dcmgr takes data only
+/// Where an agent sends an image's data: `PUT` to `url` with the node's credential, and
+/// dcmgr checks it like any upload. A failure before the upload is `POST`ed as
+/// `{"reason": …}` to `failure_url`. Repeating one is harmless: dcmgr takes data only
 /// for a pending image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CaptureSpec {
-    pub instance_id: InstanceId,
+pub struct ImageUpload {
     pub image_id: ImageId,
     pub url: String,
     pub failure_url: String,
     /// `Authorization: Bearer <token>`.
     pub token: String,
+}
+
+/// A capture: hva flattens the instance's disk and uploads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptureSpec {
+    pub instance_id: InstanceId,
+    /// Flattened: the fields are on the wire as they were before snapshots had images.
+    #[serde(flatten)]
+    pub upload: ImageUpload,
+}
+
+/// An image from a snapshot: sta reads the snapshot's blocks (a raw disk), converts them
+/// to `format` if that is not raw, and uploads them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotImageSpec {
+    pub snapshot_id: SnapshotId,
+    pub volume_id: VolumeId,
+    pub format: ImageFormat,
+    #[serde(flatten)]
+    pub upload: ImageUpload,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -528,6 +549,26 @@ mod tests {
             "security_groups": [{"id": "sg-a", "rules": [{"direction": "ingress", "protocol": "tcp",
                 "port_min": 22, "port_max": 22, "cidrs": ["0.0.0.0/0", "10.0.0.3/32"]}]}],
             "metadata": null, "floating_ip": "203.0.113.50"}})
+    }
+
+    /// A capture as hva has always read it (the upload fields are flattened), and an
+    /// image from a snapshot beside it.
+    #[test]
+    fn captures_keep_their_wire_shape() {
+        let json = serde_json::json!({"proto": PROTOCOL_VERSION, "msg": {"op": "capture_instance",
+            "instance_id": "i-a", "image_id": "img-a", "url": "http://d/file", "failure_url": "http://d/f",
+            "token": "hn-a.00"}});
+        let cmd: Command = decode(json.to_string().as_bytes()).unwrap();
+        let Command::CaptureInstance(spec) = &cmd else { panic!("{cmd:?}") };
+        assert_eq!((spec.upload.image_id.as_str(), spec.upload.token.as_str()), ("img-a", "hn-a.00"));
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&encode(&cmd)).unwrap(), json);
+        let json = serde_json::json!({"proto": PROTOCOL_VERSION, "msg": {"op": "image_from_snapshot",
+            "snapshot_id": "snap-a", "volume_id": "vol-a", "format": "qcow2", "image_id": "img-b",
+            "url": "http://d/file", "failure_url": "http://d/f", "token": "sn-a.00"}});
+        let cmd: Command = decode(json.to_string().as_bytes()).unwrap();
+        let Command::ImageFromSnapshot(spec) = &cmd else { panic!("{cmd:?}") };
+        assert_eq!((spec.format, spec.upload.url.as_str()), (ImageFormat::Qcow2, "http://d/file"));
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&encode(&cmd)).unwrap(), json);
     }
 
     #[test]

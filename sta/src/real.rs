@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use vdc_bus::ReportSink;
 use vdc_schema::agent::{AgentError, StorageAgent};
 use vdc_schema::bus::{
-    initiator_iqn, ObjectReport, SnapshotReport, SnapshotSpec, VolumeReport, VolumeSpec, VolumeTarget,
+    initiator_iqn, ObjectReport, SnapshotImageSpec, SnapshotReport, SnapshotSpec, VolumeReport, VolumeSpec,
+    VolumeTarget,
 };
-use vdc_schema::id::{HostNodeId, SnapshotId, VolumeId};
+use vdc_schema::id::{HostNodeId, ImageId, SnapshotId, VolumeId};
 use vdc_schema::{ImageFormat, ObservedStorage};
 
 #[derive(Default, Serialize, Deserialize)]
@@ -46,6 +47,8 @@ struct Inner {
     file: PathBuf,
     state: Mutex<State>,
     locks: Mutex<HashMap<VolumeId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Images being sent from snapshots now: a re-sent command while one runs is dropped.
+    uploading: Mutex<std::collections::HashSet<ImageId>>,
 }
 
 /// Why an ensure did not converge.
@@ -57,6 +60,14 @@ enum Failure {
     /// A tool or daemon failed: logged, and retried on dcmgr's next ensure.
     #[error("{0}")]
     Transient(String),
+}
+
+/// Why an image's data was not sent.
+#[derive(Debug)]
+enum SendFailure {
+    /// Before the upload: this node could not read or convert the snapshot.
+    Here(String),
+    Upload(vdc_bus::blob::UploadError),
 }
 
 impl From<BackendError> for Failure {
@@ -281,6 +292,36 @@ impl Inner {
         Ok(())
     }
 
+    /// Sends a snapshot's blocks as an image's data: the raw blocks as they are, or a
+    /// qcow2 converted beside the state file (`-f raw`: a tenant's bytes are never
+    /// probed for a format on this host). dcmgr checks them like any upload.
+    async fn image_from_snapshot(&self, spec: &SnapshotImageSpec) -> Result<(), SendFailure> {
+        use SendFailure::Here;
+        let data =
+            self.backend.snapshot_data(&spec.volume_id, &spec.snapshot_id).await.map_err(|e| Here(e.to_string()))?;
+        let (file, scratch) = match spec.format {
+            ImageFormat::Raw => (data, None),
+            ImageFormat::Qcow2 => {
+                let dir = self.file.parent().unwrap_or(std::path::Path::new(".")).join("captures");
+                tokio::fs::create_dir_all(&dir).await.map_err(|e| Here(format!("{}: {e}", dir.display())))?;
+                let out = dir.join(format!("{}.qcow2", spec.upload.image_id));
+                let _ = tokio::fs::remove_file(&out).await;
+                let (from, to) = (data.to_string_lossy(), out.to_string_lossy());
+                if let Err(e) = self.tools.run("qemu-img", &["convert", "-f", "raw", "-O", "qcow2", &from, &to]).await {
+                    let _ = tokio::fs::remove_file(&out).await;
+                    return Err(Here(format!("converting snapshot {} to qcow2: {e}", spec.snapshot_id)));
+                }
+                (out.clone(), Some(out))
+            }
+            f => return Err(Here(format!("an image from a snapshot is raw or qcow2, not {f}"))),
+        };
+        let sent = vdc_bus::blob::upload(&spec.upload, &file).await.map_err(SendFailure::Upload);
+        if let Some(p) = scratch {
+            let _ = tokio::fs::remove_file(p).await;
+        }
+        sent
+    }
+
     async fn report_all(&self) {
         let (vols, snaps): (Vec<VolumeSpec>, Vec<(SnapshotId, VolumeId, u64)>) = {
             let st = self.state.lock().unwrap();
@@ -356,6 +397,7 @@ impl RealStorage {
                 file: state_file,
                 state: Mutex::new(state),
                 locks: Default::default(),
+                uploading: Default::default(),
             }),
         }
     }
@@ -438,6 +480,34 @@ impl StorageAgent for RealStorage {
 
     async fn report_all(&self) -> Result<(), AgentError> {
         self.inner.report_all().await;
+        Ok(())
+    }
+
+    /// Not under the volume's lock: reading a snapshot needs none (dcmgr refuses its
+    /// delete meanwhile), and an upload of many GiB must not hold up the volume.
+    async fn image_from_snapshot(&self, spec: SnapshotImageSpec) -> Result<(), AgentError> {
+        if !self.inner.uploading.lock().unwrap().insert(spec.upload.image_id.clone()) {
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let outcome = match inner.image_from_snapshot(&spec).await {
+                Ok(()) => Ok(()),
+                // dcmgr has its answer (a refusal fails the image; a cut upload leaves it
+                // pending, to be asked again).
+                Err(SendFailure::Upload(e)) => Err(e.to_string()),
+                // Nothing reached dcmgr: tell it why, so the image and its job fail.
+                Err(SendFailure::Here(why)) => match vdc_bus::blob::capture_failed(&spec.upload, &why).await {
+                    Ok(()) => Err(why),
+                    Err(e) => Err(format!("{why}; and telling dcmgr: {e}")),
+                },
+            };
+            match outcome {
+                Ok(()) => tracing::info!(snapshot = %spec.snapshot_id, image = %spec.upload.image_id, "image sent"),
+                Err(e) => tracing::warn!(snapshot = %spec.snapshot_id, image = %spec.upload.image_id, "image: {e}"),
+            }
+            inner.uploading.lock().unwrap().remove(&spec.upload.image_id);
+        });
         Ok(())
     }
 }

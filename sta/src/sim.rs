@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex};
 use vdc_bus::sim::SimKnobs;
 use vdc_bus::ReportSink;
 use vdc_schema::agent::{AgentError, StorageAgent};
-use vdc_schema::bus::{ObjectReport, SnapshotReport, SnapshotSpec, VolumeReport, VolumeSpec, VolumeTarget};
+use vdc_schema::bus::{
+    ObjectReport, SnapshotImageSpec, SnapshotReport, SnapshotSpec, VolumeReport, VolumeSpec, VolumeTarget,
+};
 use vdc_schema::id::{SnapshotId, VolumeId};
-use vdc_schema::ObservedStorage;
+use vdc_schema::{ImageFormat, ObservedStorage};
 
 #[derive(Default, Serialize, Deserialize)]
 struct State {
@@ -25,6 +27,8 @@ pub struct SimStorage {
     knobs: SimKnobs,
     file: Option<PathBuf>,
     state: Arc<Mutex<State>>,
+    /// Images being sent now: a re-sent command while one runs is dropped, as sta does.
+    uploading: Arc<Mutex<std::collections::HashSet<vdc_schema::id::ImageId>>>,
 }
 
 fn target(spec: &VolumeSpec) -> Option<VolumeTarget> {
@@ -42,7 +46,7 @@ impl SimStorage {
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
-        SimStorage { sink, knobs, file, state: Arc::new(Mutex::new(state)) }
+        SimStorage { sink, knobs, file, state: Arc::new(Mutex::new(state)), uploading: Default::default() }
     }
 
     fn save(&self, s: &State) {
@@ -159,5 +163,68 @@ impl StorageAgent for SimStorage {
             self.snap(id, ObservedStorage::Available, size, None);
         }
         Ok(())
+    }
+
+    /// The sim's volumes hold no blocks: a snapshot's data is 1 MiB naming its volume, so
+    /// the images of one snapshot are equal (and stored once). qcow2 is converted with
+    /// qemu-img, as the real node does.
+    async fn image_from_snapshot(&self, spec: SnapshotImageSpec) -> Result<(), AgentError> {
+        if self.knobs.should_drop() {
+            return Ok(());
+        }
+        if !self.uploading.lock().unwrap().insert(spec.upload.image_id.clone()) {
+            return Ok(());
+        }
+        let (delay, uploading, state) = (self.knobs.delay, self.uploading.clone(), self.state.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            // Checked after the "read" time: a snapshot deleted meanwhile fails the image.
+            let known = state.lock().unwrap().snapshots.contains_key(&spec.snapshot_id);
+            let data = match known {
+                true => sim_data(&spec).await,
+                false => Err(format!("snapshot {} is not on this storage node", spec.snapshot_id)),
+            };
+            let outcome = match data {
+                Ok(d) => vdc_bus::blob::upload_bytes(&spec.upload, d).await.map_err(|e| e.to_string()),
+                Err(why) => vdc_bus::blob::capture_failed(&spec.upload, &why).await.map_err(|e| e.to_string()),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!(snapshot = %spec.snapshot_id, image = %spec.upload.image_id, "image: {e}");
+            }
+            uploading.lock().unwrap().remove(&spec.upload.image_id);
+        });
+        Ok(())
+    }
+}
+
+async fn sim_data(spec: &SnapshotImageSpec) -> Result<Vec<u8>, String> {
+    let line = format!("vdc-sim volume {}\n", spec.volume_id);
+    let raw: Vec<u8> = line.bytes().cycle().take(1 << 20).collect();
+    match spec.format {
+        ImageFormat::Raw => Ok(raw),
+        ImageFormat::Qcow2 => {
+            let dir = std::env::temp_dir().join(format!("vdc-sim-sta-{}", std::process::id()));
+            tokio::fs::create_dir_all(&dir).await.map_err(|e| e.to_string())?;
+            let (from, to) = (
+                dir.join(format!("{}.raw", spec.upload.image_id)),
+                dir.join(format!("{}.qcow2", spec.upload.image_id)),
+            );
+            tokio::fs::write(&from, raw).await.map_err(|e| e.to_string())?;
+            let out = tokio::process::Command::new("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "qcow2"])
+                .arg(&from)
+                .arg(&to)
+                .output()
+                .await;
+            let data = tokio::fs::read(&to).await;
+            let _ = tokio::fs::remove_file(&from).await;
+            let _ = tokio::fs::remove_file(&to).await;
+            match out {
+                Ok(o) if o.status.success() => data.map_err(|e| e.to_string()),
+                Ok(o) => Err(format!("qemu-img convert: {}", String::from_utf8_lossy(&o.stderr).trim())),
+                Err(e) => Err(format!("cannot run qemu-img: {e}")),
+            }
+        }
+        f => Err(format!("an image from a snapshot is raw or qcow2, not {f}")),
     }
 }

@@ -100,6 +100,17 @@ async fn names_or_ids_everywhere(db: Db) {
     let copy: Volume = only(&alice, "/volumes", "copy").await;
     let snap1: Snapshot = only(&alice, "/snapshots", "snap1").await;
     assert_eq!(copy.snapshot_id.as_ref(), Some(&snap1.id));
+    // `vdc snapshot image` by name, qcow2, waiting for the image.
+    ok(&alice, &["snapshot", "image", "snap1", "--image-name", "snapdisk", "--format", "qcow2", "--os", "x", "--wait"])
+        .await;
+    let snapdisk: Image = only(&alice, "/images", "snapdisk").await;
+    assert_eq!(
+        (snapdisk.state, snapdisk.format, snapdisk.os.as_deref()),
+        (vdc_schema::ImageState::Available, vdc_schema::ImageFormat::Qcow2, Some("x"))
+    );
+    assert_eq!(snapdisk.source, format!("snapshot:{}", snap1.id));
+    let err = fails(&alice, &["snapshot", "image", "snap1", "--image-name", "snapdisk"]).await;
+    assert!(err.ends_with("(name_taken)"), "{err}");
     ok(&alice, &["secgroup", "rule-add", "web", "udp:53"]).await;
     assert_eq!(alice.get_security_group(&web.id).await.unwrap().rules.len(), 2);
     // A rule's SOURCE names a group too.

@@ -17,6 +17,8 @@ on_both_databases!(
     vdc_image_import_uploads_a_file_and_says_why_data_is_refused,
     images_are_shared_with_named_accounts,
     stopped_instances_are_captured_as_images,
+    snapshots_become_images,
+    a_snapshot_is_not_deleted_while_an_image_is_made_of_it,
 );
 
 fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -664,5 +666,154 @@ async fn stopped_instances_are_captured_as_images(db: Db) {
     let url = format!("{}/agent/v1/images/{}/file", s.url(), gold.id);
     let r = http.put(&url).bearer_auth("hn-x.00").body(vec![0u8; 10]).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    s.stop().await;
+}
+
+fn snap_image(name: &str) -> CreateSnapshotImage {
+    CreateSnapshotImage { image_name: name.into(), ..Default::default() }
+}
+
+/// An available snapshot of a new 16 MiB volume of `c`'s.
+async fn available_snapshot(c: &Client, name: &str) -> Snapshot {
+    let vol = CreateVolume { name: format!("{name}-vol"), size_mib: Some(16), snapshot_id: None, image_id: None };
+    let vol = c.create_volume(&vol).await.unwrap();
+    c.wait_job_ok(&vol.job.id, Duration::from_secs(20)).await.unwrap();
+    let snap = c.create_snapshot(&CreateSnapshot { volume_id: vol.resource.id, name: name.into() }).await.unwrap();
+    c.wait_job_ok(&snap.job.id, Duration::from_secs(20)).await.unwrap();
+    c.get_snapshot(&snap.resource.id).await.unwrap()
+}
+
+/// Images from snapshots with the simulated sta (its snapshot data is 1 MiB naming the
+/// volume, sent over the agent endpoint and checked like an upload): raw by default,
+/// qcow2 when asked; the caller's and private; twenty at once from one snapshot all
+/// succeed and share one blob, twenty at once with one name make one image; refusals
+/// leave nothing behind.
+async fn snapshots_become_images(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("snapimg").await;
+    let snap = available_snapshot(&c, "s1").await;
+    let blobs = images_dir(&s).join("blobs/sha256");
+    let before = files_in(&blobs).len();
+
+    let mut r = snap_image("from-s1");
+    r.os = Some("debian-12".into());
+    r.default_user = Some("debian".into());
+    r.min_disk = Some(16 << 20);
+    let acc = c.snapshot_image(&snap.id, &r).await.unwrap();
+    assert_eq!(acc.resource.state, ImageState::Pending);
+    assert_eq!((acc.job.action.as_str(), acc.job.resource_id.as_str()), ("snapshot.image", acc.resource.id.as_str()));
+    c.wait_job_ok(&acc.job.id, Duration::from_secs(20)).await.unwrap();
+    let img = c.get_image(&acc.resource.id).await.unwrap();
+    assert_eq!(img.state, ImageState::Available);
+    assert_eq!(img.source, format!("snapshot:{}", snap.id));
+    assert_eq!(img.format, ImageFormat::Raw, "a volume is a raw disk");
+    assert_eq!(img.size_bytes, Some(1 << 20));
+    assert_eq!(img.hypervisors, vec![HypervisorKind::Kvm, HypervisorKind::Qemu]);
+    assert_eq!(
+        (img.os.as_deref(), img.default_user.as_deref(), img.min_disk),
+        (Some("debian-12"), Some("debian"), Some(16 << 20))
+    );
+    assert!(!img.public);
+    let expected: Vec<u8> = format!("vdc-sim volume {}\n", snap.volume_id).bytes().cycle().take(1 << 20).collect();
+    assert_eq!(img.checksum.as_deref(), Some(format!("sha256:{}", sha256(&expected)).as_str()), "the snapshot's bytes");
+    assert_eq!(files_in(&blobs).len(), before + 1);
+    // It boots like any disk image.
+    let inst = c.create_instance(&boot(&img.id, "from-snap")).await.unwrap().resource;
+    vdc_tests::wait_state(&c, &inst.id, InstanceState::Running).await;
+
+    // qcow2 when asked: converted by the storage node, probed by dcmgr.
+    let q = CreateSnapshotImage { format: Some(ImageFormat::Qcow2), ..snap_image("from-s1-qcow2") };
+    let acc = c.snapshot_image(&snap.id, &q).await.unwrap();
+    c.wait_job_ok(&acc.job.id, Duration::from_secs(20)).await.unwrap();
+    let qimg = c.get_image(&acc.resource.id).await.unwrap();
+    assert_eq!((qimg.state, qimg.format), (ImageState::Available, ImageFormat::Qcow2));
+    assert_ne!(qimg.checksum, img.checksum);
+
+    // Twenty at once with distinct names: each is its own image, all succeed, and the
+    // equal bytes are stored once.
+    let blobs_now = files_in(&blobs).len();
+    let reqs = (0..20).map(|i| {
+        let (c, id) = (c.clone(), snap.id.clone());
+        async move { c.snapshot_image(&id, &snap_image(&format!("many{i}"))).await }
+    });
+    let accepted: Vec<_> = futures::future::join_all(reqs).await.into_iter().map(Result::unwrap).collect();
+    for a in &accepted {
+        let j = c.wait_job_ok(&a.job.id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(j.state, JobState::Succeeded);
+        let i = c.get_image(&a.resource.id).await.unwrap();
+        assert_eq!((i.state, i.checksum.clone()), (ImageState::Available, img.checksum.clone()));
+    }
+    assert_eq!(files_in(&blobs).len(), blobs_now, "the same bytes are stored once");
+    // Twenty at once with one name: one image, the others 409 name_taken.
+    let reqs = (0..20).map(|_| {
+        let (c, id) = (c.clone(), snap.id.clone());
+        async move { c.snapshot_image(&id, &snap_image("same")).await }
+    });
+    let mut won = vec![];
+    for r in futures::future::join_all(reqs).await {
+        match r {
+            Ok(a) => won.push(a),
+            Err(ClientError::Api { status: 409, code, .. }) => assert_eq!(code, "name_taken"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(won.len(), 1);
+    assert_eq!(c.list_all_images().await.unwrap().iter().filter(|i| i.name == "same").count(), 1);
+    c.wait_job_ok(&won[0].job.id, Duration::from_secs(20)).await.unwrap();
+
+    // Refusals, each with nothing left behind.
+    let n = c.list_all_images().await.unwrap().len();
+    let (status, code) = err(c.snapshot_image(&snap.id, &snap_image("from-s1")).await);
+    assert_eq!((status, code.as_str()), (409, "name_taken"));
+    let other = s.account("other").await;
+    let (status, code) = err(other.snapshot_image(&snap.id, &snap_image("mine")).await);
+    assert_eq!((status, code.as_str()), (404, "not_found"), "another account's snapshot is not found");
+    let (status, code) = err(c.snapshot_image(&snap.id, &snap_image(" ")).await);
+    assert_eq!((status, code.as_str()), (400, "invalid_name"));
+    let bad = CreateSnapshotImage { format: Some(ImageFormat::Tar), ..snap_image("tar") };
+    assert_eq!(err(c.snapshot_image(&snap.id, &bad).await), (400, "invalid_image".into()));
+    let bad = CreateSnapshotImage { hypervisors: Some(vec![HypervisorKind::Lxc]), ..snap_image("lxc") };
+    assert_eq!(err(c.snapshot_image(&snap.id, &bad).await), (400, "unsupported_format".into()));
+    // Not available: being deleted, then deleted.
+    let del = c.delete_snapshot(&snap.id).await.unwrap();
+    let (status, code) = err(c.snapshot_image(&snap.id, &snap_image("late")).await);
+    assert_eq!((status, code.as_str()), (409, "invalid_state"));
+    c.wait_job_ok(&del.job.id, Duration::from_secs(20)).await.unwrap();
+    let (status, code) = err(c.snapshot_image(&snap.id, &snap_image("late")).await);
+    assert_eq!((status, code.as_str()), (409, "invalid_state"));
+    assert_eq!(c.list_all_images().await.unwrap().len(), n, "nothing half-created");
+    s.stop().await;
+}
+
+/// While an image is being made of a snapshot, the snapshot's delete is refused with
+/// `snapshot_capturing` (the image's data would vanish under sta's read); deleting the
+/// pending image cancels it (its job fails); once no image of it is pending the snapshot
+/// is deleted as usual, and a finished image stays.
+async fn a_snapshot_is_not_deleted_while_an_image_is_made_of_it(db: Db) {
+    let mut opts = StackOptions::new(db);
+    // Slow agents: the upload starts 1.5 s after the request, long enough to act in.
+    opts.sim.delay = Duration::from_millis(1500);
+    let s = Stack::start(opts).await;
+    let c = s.account("snapdel").await;
+    let snap = available_snapshot(&c, "s").await;
+    let keep = c.snapshot_image(&snap.id, &snap_image("keep")).await.unwrap();
+    let cancel = c.snapshot_image(&snap.id, &snap_image("cancel")).await.unwrap();
+    let (status, code) = err(c.delete_snapshot(&snap.id).await);
+    assert_eq!((status, code.as_str()), (409, "snapshot_capturing"));
+    assert_eq!(c.get_snapshot(&snap.id).await.unwrap().state, SnapshotState::Available, "nothing changed");
+    // Deleting a pending image cancels it; the other still holds the snapshot.
+    c.delete_image(&cancel.resource.id).await.unwrap();
+    let j = c.wait_job(&cancel.job.id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(j.state, JobState::Failed);
+    assert!(j.message.as_deref().unwrap_or_default().contains("deleted before its data arrived"), "{j:?}");
+    assert_eq!(err(c.delete_snapshot(&snap.id).await), (409, "snapshot_capturing".into()));
+    c.wait_job_ok(&keep.job.id, Duration::from_secs(20)).await.unwrap();
+    let del = c.delete_snapshot(&snap.id).await.unwrap();
+    c.wait_job_ok(&del.job.id, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(c.get_image(&keep.resource.id).await.unwrap().state, ImageState::Available, "the image outlives it");
+    // The cancelled image's data, sent anyway, made nothing.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(err(c.get_image(&cancel.resource.id).await).0, 404);
+    assert_eq!(files_in(&images_dir(&s).join("blobs/sha256")).len(), 1, "only the kept image's data");
     s.stop().await;
 }

@@ -24,6 +24,7 @@ on_both_databases!(
     instance_actions,
     creates_fill_an_overcommitted_host,
     capture_start_terminate,
+    snapshot_image_delete,
     same_name_creates,
 );
 
@@ -777,6 +778,52 @@ async fn capture_start_terminate(db: Db) {
                 "round {round}: {image:?} {job:?}"
             );
         }
+    }
+    s.stop().await;
+}
+
+/// Images from one snapshot and its delete, all at once: a delete wins only when no
+/// image of it is pending (others get 409 `snapshot_capturing`), an image is accepted
+/// only while the snapshot is available (others get 409 `invalid_state`), and every
+/// accepted image gets the snapshot's data (the simulated sta fails one whose snapshot
+/// it no longer has). The snapshot can always be deleted once the images are done.
+async fn snapshot_image_delete(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let c = s.account("si").await;
+    for round in 0..ROUNDS {
+        let vol = new_volume(&c, &format!("v{round}")).await;
+        let snap = c.create_snapshot(&CreateSnapshot { volume_id: vol, name: format!("s{round}") }).await.unwrap();
+        c.wait_job_ok(&snap.job.id, Duration::from_secs(20)).await.unwrap();
+        let snap = snap.resource.id;
+        let reqs = (0..24).map(|i| {
+            let (c, snap) = (c.clone(), snap.clone());
+            async move {
+                if i % 2 == 0 {
+                    let req = CreateSnapshotImage { image_name: format!("si{round}-{i}"), ..Default::default() };
+                    ("image", outcome(c.snapshot_image(&snap, &req).await, |a| Some((a.job.clone(), true))))
+                } else {
+                    ("delete", outcome(c.delete_snapshot(&snap).await, accepted))
+                }
+            }
+        });
+        let results = join_all(reqs).await;
+        let outcomes: Vec<Outcome> = results.iter().map(|r| r.1.clone()).collect();
+        for (kind, o) in &results {
+            if o.status >= 400 {
+                let want = if *kind == "image" { "invalid_state" } else { "snapshot_capturing" };
+                assert_eq!((o.status, o.code.as_str()), (409, want), "round {round}: {kind}");
+            }
+        }
+        wait_jobs_end(&c, &outcomes).await;
+        for r in results.iter().filter(|r| r.0 == "image" && r.1.status == 202) {
+            let job = c.wait_job(&r.1.job.as_ref().unwrap().id, Duration::from_secs(20)).await.unwrap();
+            assert_eq!(job.state, JobState::Succeeded, "round {round}: no delete under an image: {job:?}");
+            let image = c.get_image(&job.resource_id.parse().unwrap()).await.unwrap();
+            assert_eq!(image.state, ImageState::Available, "round {round}");
+        }
+        let del = c.delete_snapshot(&snap).await.unwrap();
+        c.wait_job_ok(&del.job.id, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(c.get_snapshot(&snap).await.unwrap().state, SnapshotState::Deleted);
     }
     s.stop().await;
 }

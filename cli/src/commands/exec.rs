@@ -560,14 +560,15 @@ async fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
         InstanceCmd::Ssh(a) => return ssh(ctx, a).await,
         InstanceCmd::Capture(a) => {
             let id = resolve(c, &a.id).await?;
+            let p = a.props;
             let req = CaptureInstance {
-                image_name: a.image_name,
-                os: a.os,
-                min_disk: a.min_disk,
-                min_memory: a.min_memory,
-                default_user: a.default_user,
+                image_name: p.image_name,
+                os: p.os,
+                min_disk: p.min_disk,
+                min_memory: p.min_memory,
+                default_user: p.default_user,
             };
-            return ctx.accepted(c.capture_instance(&id, &req).await?, a.wait).await;
+            return ctx.accepted(c.capture_instance(&id, &req).await?, p.wait).await;
         }
         InstanceCmd::Show { id } => return ctx.show(&c.get_instance(&resolve(c, &id).await?).await?),
         InstanceCmd::ConsoleLog { id } => {
@@ -737,6 +738,21 @@ async fn snapshot(ctx: &Ctx, cmd: SnapshotCmd) -> Result<(), CliError> {
         }
         SnapshotCmd::Show { id } => ctx.show(&c.get_snapshot(&resolve(c, &id).await?).await?),
         SnapshotCmd::Delete { id, wait } => ctx.accepted(c.delete_snapshot(&resolve(c, &id).await?).await?, wait).await,
+        SnapshotCmd::Image(a) => {
+            let id = resolve(c, &a.id).await?;
+            let p = a.props;
+            let req = CreateSnapshotImage {
+                image_name: p.image_name,
+                format: a.format,
+                hypervisors: (!a.hypervisors.is_empty()).then_some(a.hypervisors),
+                os: p.os,
+                min_disk: p.min_disk,
+                min_memory: p.min_memory,
+                default_user: p.default_user,
+                ..Default::default()
+            };
+            ctx.accepted(c.snapshot_image(&id, &req).await?, p.wait).await
+        }
     }
 }
 

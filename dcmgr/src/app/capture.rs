@@ -10,18 +10,120 @@
 //! makes the image available; a refusal, a failure hva reports, or a terminate fails the
 //! image and its job. Either way the instance is `stopped` again. Containers are refused:
 //! their root is a directory on the host, not a disk to flatten.
+//!
+//! An image from a volume snapshot ([`from_snapshot`]) is the same design with sta in
+//! hva's place: one transaction, under the snapshot's lock, checks the snapshot is the
+//! caller's and `available` and records the pending image (`source` =
+//! `snapshot:<snapshot>`); while such an image is pending the snapshot cannot be deleted
+//! (its delete takes the same lock and answers 409 `snapshot_capturing`). The snapshot's
+//! dispatcher tells its storage node, which reads the blocks (a raw disk; qcow2 if asked,
+//! converted by sta) and uploads them to the same endpoint, through the same `ingest`.
+//! Any number of images can be made from one snapshot at once: each is its own upload,
+//! and equal bytes are stored once.
 
 use crate::app::image::{self, Ingested, Ingesting};
 use crate::ctx::{Caller, SharedCtx, Work};
+use crate::datastore::snapshot as snapshots;
 use crate::datastore::{self as db, image as image_store, instance as store, job};
 use crate::error::{ApiError, ApiResult};
-use vdc_schema::api::{Accepted, CaptureInstance, CreateImage, Image};
-use vdc_schema::bus::AgentKind;
-use vdc_schema::id::{ImageId, InstanceId};
-use vdc_schema::{HypervisorKind, ImageFormat, ImageState, InstanceGoal, InstanceState};
+use vdc_schema::api::{Accepted, CaptureInstance, CreateImage, CreateSnapshotImage, Image, Job};
+use vdc_schema::bus::{AgentKind, ImageUpload};
+use vdc_schema::id::{ImageId, InstanceId, SnapshotId};
+use vdc_schema::{Arch, BootMode, HypervisorKind, ImageFormat, ImageState, InstanceGoal, InstanceState, SnapshotState};
 
 /// `source` of a captured image: `capture:<instance id>`.
 pub const SOURCE_PREFIX: &str = "capture:";
+/// `source` of an image from a snapshot: `snapshot:<snapshot id>`.
+pub const SNAPSHOT_PREFIX: &str = "snapshot:";
+
+/// What a pending image's data comes from, read from its `source`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Instance(String),
+    Snapshot(String),
+}
+
+impl Origin {
+    pub fn of(source: &str) -> Option<Origin> {
+        if let Some(i) = source.strip_prefix(SOURCE_PREFIX) {
+            return Some(Origin::Instance(i.to_owned()));
+        }
+        source.strip_prefix(SNAPSHOT_PREFIX).map(|s| Origin::Snapshot(s.to_owned()))
+    }
+
+    /// Locks the source, which every decision on it locks first (terminate, snapshot delete).
+    pub(crate) async fn lock(&self, tx: &mut db::Tx<'_>) -> ApiResult<()> {
+        match self {
+            Origin::Instance(i) => db::lock(tx, db::Lock::Instance, i).await?,
+            Origin::Snapshot(s) => db::lock(tx, db::Lock::Snapshot, s).await?,
+        };
+        Ok(())
+    }
+
+    /// Ends a capture inside a transaction that holds the source's lock (taken before the
+    /// image's): the image's job succeeds, or the image and its job fail; a capturing
+    /// instance is `stopped` again. A snapshot has no state to restore: it is deletable
+    /// again once no image of it is pending.
+    pub(crate) async fn end_in_tx(&self, tx: &mut db::Tx<'_>, image_id: &str, failure: Option<&str>) -> ApiResult<()> {
+        match failure {
+            None => job::finish(tx, image_id, ImageState::Available.as_str()).await?,
+            Some(why) => {
+                image_store::set_failed_tx(tx, image_id, why).await?;
+                job::fail_all(tx, image_id, why).await?;
+            }
+        }
+        if let Origin::Instance(instance) = self {
+            if store::get(&mut **tx, instance).await?.is_some_and(|r| r.state == InstanceState::Capturing.as_str()) {
+                store::set_intent(tx, instance, InstanceState::Stopped, InstanceGoal::Stopped, false).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where `node` sends image `image`'s data, with its credential.
+pub(crate) fn upload_to(ctx: &SharedCtx, image: &ImageId, node: &str) -> ImageUpload {
+    let base = format!("{}/agent/v1/images/{image}", ctx.agent_url());
+    ImageUpload {
+        image_id: image.clone(),
+        url: format!("{base}/file"),
+        failure_url: format!("{base}/capture-failure"),
+        token: crate::app::node_auth::token(&ctx.node_key, node),
+    }
+}
+
+/// The pending image a capture records: the caller's, private, no data yet.
+fn pending_image(new: &CreateImage, source: String) -> Image {
+    Image {
+        id: ImageId::generate(),
+        name: new.name.clone(),
+        format: new.format,
+        arch: new.arch,
+        hypervisors: new.hypervisors.clone(),
+        source,
+        checksum: None,
+        initrd: None,
+        kernel_cmdline: None,
+        boot_mode: new.boot_mode,
+        kernel_id: new.kernel_id.clone(),
+        min_disk: new.min_disk,
+        min_memory: new.min_memory,
+        os: new.os.clone(),
+        public: false,
+        created_at: db::parse_time(&db::now()),
+        default_user: new.default_user.clone(),
+        state: ImageState::Pending,
+        failure_reason: None,
+        size_bytes: None,
+    }
+}
+
+/// Records a pending image whose name must be free in the caller's account, and its job.
+async fn insert_pending(tx: &mut db::Tx<'_>, caller: &Caller, image: &Image, kind: &str) -> ApiResult<Job> {
+    crate::app::check_name_free(tx, db::Named::Image, &caller.account_id, &image.name).await?;
+    image_store::insert(&mut **tx, &caller.account_id, image).await?;
+    Ok(job::start(tx, &caller.account_id, kind, image.id.as_str(), "available").await?)
+}
 
 pub async fn capture(
     ctx: &SharedCtx,
@@ -108,97 +210,132 @@ async fn capture_once(
             return Err(ApiError::conflict("capture_unsupported", format!("the kernel image {k} is gone")));
         }
     }
-    let now = db::parse_time(&db::now());
-    let image = Image {
-        id: ImageId::generate(),
-        name: new.name.clone(),
-        format: new.format,
-        arch: new.arch,
-        hypervisors: new.hypervisors.clone(),
-        source: format!("{SOURCE_PREFIX}{id}"),
-        checksum: None,
-        initrd: None,
-        kernel_cmdline: None,
-        boot_mode: new.boot_mode,
-        kernel_id: new.kernel_id.clone(),
-        min_disk: new.min_disk,
-        min_memory: new.min_memory,
-        os: new.os.clone(),
-        public: false,
-        created_at: now,
-        default_user: new.default_user.clone(),
-        state: ImageState::Pending,
-        failure_reason: None,
-        size_bytes: None,
-    };
-    crate::app::check_name_free(&mut tx, db::Named::Image, &caller.account_id, &image.name).await?;
-    image_store::insert(&mut *tx, &caller.account_id, &image).await?;
+    let image = pending_image(new, format!("{SOURCE_PREFIX}{id}"));
+    let job = insert_pending(&mut tx, caller, &image, "instance.capture").await?;
     store::set_intent(&mut tx, id.as_str(), InstanceState::Capturing, InstanceGoal::Stopped, false).await?;
-    let job = job::start(&mut tx, &caller.account_id, "instance.capture", image.id.as_str(), "available").await?;
     tx.commit().await?;
     Ok(Accepted { job, resource: image })
 }
 
-/// Ends a capture inside a transaction that holds the instance's lock (taken before the
-/// image's): the image's job succeeds, or the image and its job fail; the instance is
-/// `stopped` again if it is still capturing.
-pub(crate) async fn end_in_tx(
-    tx: &mut db::Tx<'_>,
-    image_id: &str,
-    instance: &str,
-    failure: Option<&str>,
-) -> ApiResult<()> {
-    match failure {
-        None => job::finish(tx, image_id, ImageState::Available.as_str()).await?,
-        Some(why) => {
-            image_store::set_failed_tx(tx, image_id, why).await?;
-            job::fail_all(tx, image_id, why).await?;
-        }
+/// A new image from one of the caller's available snapshots (see the module's doc).
+pub async fn from_snapshot(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: &SnapshotId,
+    req: CreateSnapshotImage,
+) -> ApiResult<Accepted<Image>> {
+    let format = req.format.unwrap_or(ImageFormat::Raw);
+    if !matches!(format, ImageFormat::Raw | ImageFormat::Qcow2) {
+        return Err(ApiError::bad(
+            "invalid_image",
+            format!("an image from a snapshot is raw or qcow2, not {format}: a volume is a disk"),
+        ));
     }
-    if store::get(&mut **tx, instance).await?.is_some_and(|r| r.state == InstanceState::Capturing.as_str()) {
-        store::set_intent(tx, instance, InstanceState::Stopped, InstanceGoal::Stopped, false).await?;
-    }
-    Ok(())
+    let new = CreateImage {
+        name: req.image_name,
+        format,
+        arch: req.arch.unwrap_or(Arch::X86_64),
+        hypervisors: req.hypervisors.unwrap_or_else(|| vec![HypervisorKind::Kvm, HypervisorKind::Qemu]),
+        source: None,
+        checksum: None,
+        initrd: None,
+        kernel_cmdline: None,
+        boot_mode: req.boot_mode.unwrap_or(BootMode::Bios),
+        kernel_id: None,
+        min_disk: req.min_disk,
+        min_memory: req.min_memory,
+        os: req.os,
+        public: false,
+        default_user: req.default_user,
+    };
+    // Also refuses lxc (`unsupported_format`): a disk does not boot in a container.
+    image::validate(&new)?;
+    let (accepted, node) = db::retry(|| from_snapshot_once(ctx, caller, id, &new)).await?;
+    tracing::info!(snapshot = %id, %node, image = %accepted.resource.id, job = %accepted.job.id, "image from snapshot accepted");
+    ctx.enqueue(Work::Snapshot(id.clone()));
+    Ok(accepted)
 }
 
-/// The instance a pending captured image waits for, if `node` is the host that holds it.
-async fn waiting(ctx: &SharedCtx, node: &str, id: &ImageId) -> ApiResult<(Image, String)> {
+async fn from_snapshot_once(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: &SnapshotId,
+    new: &CreateImage,
+) -> ApiResult<(Accepted<Image>, String)> {
+    let mut tx = ctx.db.begin().await?;
+    // A snapshot delete locks it too, and sees this pending image.
+    db::lock(&mut tx, db::Lock::Snapshot, id.as_str()).await?;
+    let snap = match snapshots::get(&mut *tx, id.as_str()).await? {
+        Some(r) if r.account_id == caller.account_id.as_str() => r,
+        _ => return Err(ApiError::not_found("snapshot", id)),
+    };
+    if snap.state != SnapshotState::Available.as_str() {
+        return Err(ApiError::conflict(
+            "invalid_state",
+            format!("snapshot {id} is {}: only an available snapshot can become an image", snap.state),
+        ));
+    }
+    if !ctx.agent_online(AgentKind::Sta, &snap.storage_node_id) {
+        return Err(ApiError::Unavailable {
+            code: "agent_unavailable",
+            message: format!(
+                "storage node {}, which holds snapshot {id}, is offline; retry when it is back",
+                snap.storage_node_id
+            ),
+        });
+    }
+    let image = pending_image(new, format!("{SNAPSHOT_PREFIX}{id}"));
+    let job = insert_pending(&mut tx, caller, &image, "snapshot.image").await?;
+    tx.commit().await?;
+    Ok((Accepted { job, resource: image }, snap.storage_node_id))
+}
+
+/// The source a pending captured image waits for, if `node` is the agent that holds it
+/// (the instance's host, or the snapshot's storage node).
+async fn waiting(ctx: &SharedCtx, node: &str, id: &ImageId) -> ApiResult<(Image, Origin)> {
     let row = image_store::get(&ctx.db, id.as_str()).await?.ok_or_else(|| ApiError::not_found("image", id))?;
-    let Some(instance) = row.source.strip_prefix(SOURCE_PREFIX).map(str::to_owned) else {
+    let Some(origin) = Origin::of(&row.source) else {
         return Err(ApiError::not_found("image", id));
     };
     let image = row.into_api()?;
-    let inst = store::get(&ctx.db, &instance).await?;
-    let ok = image.state == ImageState::Pending
-        && inst
-            .is_some_and(|i| i.state == InstanceState::Capturing.as_str() && i.last_host_id.as_deref() == Some(node));
-    if !ok {
+    let holder = match &origin {
+        Origin::Instance(i) => store::get(&ctx.db, i)
+            .await?
+            .filter(|i| i.state == InstanceState::Capturing.as_str())
+            .and_then(|i| i.last_host_id),
+        Origin::Snapshot(s) => snapshots::get(&ctx.db, s)
+            .await?
+            .filter(|s| s.state == SnapshotState::Available.as_str())
+            .map(|s| s.storage_node_id),
+    };
+    if image.state != ImageState::Pending || holder.as_deref() != Some(node) {
         return Err(ApiError::conflict(
             "invalid_state",
-            format!("image {id} is not waiting for a capture from host {node} (it is {})", image.state),
+            format!("image {id} is not waiting for a capture from node {node} (it is {})", image.state),
         ));
     }
-    Ok((image, instance))
+    Ok((image, origin))
 }
 
-/// The flattened disk from the instance's host: checked and stored like an upload.
+/// The flattened disk from the instance's host, or the snapshot's blocks from its
+/// storage node: checked and stored like an upload (a tenant's disk is hostile data).
 pub async fn receive<S, E>(ctx: &SharedCtx, node: &str, id: &ImageId, body: S) -> ApiResult<Image>
 where
     S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let (image, instance) = waiting(ctx, node, id).await?;
+    let (image, origin) = waiting(ctx, node, id).await?;
     let _guard = Ingesting::claim(ctx, id)?;
-    match image::ingest(ctx, &image, body, Some(&instance)).await? {
+    match image::ingest(ctx, &image, body, Some(&origin)).await? {
         Ingested::Stored(image) => {
-            tracing::info!(image = %id, %instance, "capture stored");
+            tracing::info!(image = %id, ?origin, "capture stored");
             Ok(*image)
         }
         Ingested::Refused(r) => {
-            fail(ctx, id, &instance, &format!("{}: {}", r.code, r.message)).await?;
+            fail(ctx, id, &origin, &format!("{}: {}", r.code, r.message)).await?;
             Err(ApiError::bad(r.code, r.message))
         }
-        // Still pending: the reconciler asks the host again.
+        // Still pending: the reconciler asks the agent again.
         Ingested::Interrupted(why) => Err(ApiError::bad(
             "upload_incomplete",
             format!("the upload stopped before its end ({why}); the capture stays pending"),
@@ -206,20 +343,24 @@ where
     }
 }
 
-/// The host could not produce the disk.
+/// The agent could not produce the disk.
 pub async fn failed(ctx: &SharedCtx, node: &str, id: &ImageId, reason: &str) -> ApiResult<()> {
-    let (_, instance) = waiting(ctx, node, id).await?;
+    let (_, origin) = waiting(ctx, node, id).await?;
     let reason: String = reason.chars().filter(|c| !c.is_control()).take(1000).collect();
-    tracing::info!(image = %id, %instance, %reason, "capture failed on the host");
-    fail(ctx, id, &instance, &format!("capture_failed: {reason}")).await
+    tracing::info!(image = %id, ?origin, %reason, "capture failed on the agent");
+    fail(ctx, id, &origin, &format!("capture_failed: {reason}")).await
 }
 
-async fn fail(ctx: &SharedCtx, id: &ImageId, instance: &str, why: &str) -> ApiResult<()> {
+async fn fail(ctx: &SharedCtx, id: &ImageId, origin: &Origin, why: &str) -> ApiResult<()> {
     db::retry(|| async {
         let mut tx = ctx.db.begin().await?;
-        db::lock(&mut tx, db::Lock::Instance, instance).await?;
+        origin.lock(&mut tx).await?;
         db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
-        end_in_tx(&mut tx, id.as_str(), instance, Some(why)).await?;
+        // Only a pending image ends here: a late failure must not undo a stored capture.
+        if image_store::get_tx(&mut tx, id).await?.is_none_or(|r| r.state != ImageState::Pending.as_str()) {
+            return Ok(());
+        }
+        origin.end_in_tx(&mut tx, id.as_str(), Some(why)).await?;
         tx.commit().await?;
         Ok(())
     })

@@ -314,14 +314,22 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
             return Err(ApiError::not_found("image", id));
         }
         let row = store::get_tx(&mut tx, id).await?;
-        if row.as_ref().is_some_and(|r| {
-            r.state == ImageState::Pending.as_str() && r.source.starts_with(crate::app::capture::SOURCE_PREFIX)
-        }) {
+        use crate::app::capture::Origin;
+        match row.as_ref().filter(|r| r.state == ImageState::Pending.as_str()).and_then(|r| Origin::of(&r.source)) {
             // Its instance is `capturing` until the capture ends; terminating it ends it.
-            return Err(ApiError::conflict(
-                "image_capturing",
-                format!("image {id} is being captured; wait for its job, or terminate the instance"),
-            ));
+            Some(Origin::Instance(_)) => {
+                return Err(ApiError::conflict(
+                    "image_capturing",
+                    format!("image {id} is being captured; wait for its job, or terminate the instance"),
+                ))
+            }
+            // Nothing else waits for it: deleting it cancels it (its job fails, the data
+            // sta sends later finds no pending image), and so frees its snapshot.
+            Some(Origin::Snapshot(_)) => {
+                let why = format!("image {id} was deleted before its data arrived");
+                crate::datastore::job::fail_all(&mut tx, id.as_str(), &why).await?;
+            }
+            None => {}
         }
         let users = store::users(&mut tx, id).await?;
         if !users.is_empty() {
@@ -445,12 +453,12 @@ pub(crate) enum Ingested {
 /// Streams `body` into a staging file while hashing it, checks digest and content, then
 /// stores the blob and makes the image available, in that order: nothing is `available`
 /// before its checks pass, and nothing stays behind when they do not. The data of a
-/// capture of instance `capture` ends that capture in the same transaction.
+/// capture (of an instance or a snapshot) ends that capture in the same transaction.
 pub(crate) async fn ingest<S, E>(
     ctx: &SharedCtx,
     image: &Image,
     mut body: S,
-    capture: Option<&str>,
+    capture: Option<&crate::app::capture::Origin>,
 ) -> ApiResult<Ingested>
 where
     S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
@@ -500,9 +508,9 @@ where
     let id = &image.id;
     let done = db::retry(|| async {
         let mut tx = ctx.db.begin().await?;
-        // The instance first, as every decision on it does (terminate fails the capture).
-        if let Some(instance) = capture {
-            db::lock(&mut tx, db::Lock::Instance, instance).await?;
+        // The source first, as every decision on it does (terminate fails the capture).
+        if let Some(origin) = capture {
+            origin.lock(&mut tx).await?;
         }
         if !db::lock(&mut tx, db::Lock::Image, id.as_str()).await? {
             return Ok(None);
@@ -512,8 +520,8 @@ where
             return Ok(None);
         }
         store::set_available(&mut tx, id, &sha, size, inspected.format).await?;
-        if let Some(instance) = capture {
-            crate::app::capture::end_in_tx(&mut tx, id.as_str(), instance, None).await?;
+        if let Some(origin) = capture {
+            origin.end_in_tx(&mut tx, id.as_str(), None).await?;
         }
         let row = store::get_tx(&mut tx, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
         tx.commit().await?;

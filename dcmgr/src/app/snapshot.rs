@@ -5,6 +5,8 @@
 //!      └─► failed
 //! ```
 //! sta's reports drive every transition but the request of a delete ([`on_report`]).
+//! A snapshot that an image is being made from (`app::capture::from_snapshot`) cannot
+//! be deleted until that image is available or failed.
 
 use crate::app::{page, paging, state_filter, validate_name, Outcome};
 use crate::ctx::{Caller, SharedCtx, Work};
@@ -92,6 +94,17 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &SnapshotId) -> ApiRes
             let job = job::done(&mut tx, &caller.account_id, "snapshot.delete", id.as_str(), "already deleted").await?;
             tx.commit().await?;
             return Ok((Outcome::Already, job));
+        }
+        // An image being made from it still reads it (images lock the snapshot too).
+        let pending = crate::datastore::image::pending_of_snapshot(&mut *tx, id.as_str()).await?;
+        if !pending.is_empty() {
+            return Err(ApiError::conflict(
+                "snapshot_capturing",
+                format!(
+                    "snapshot {id} is being copied into image {}; delete it once that image's job has ended",
+                    pending.join(", ")
+                ),
+            ));
         }
         store::mark_deleting(&mut tx, id.as_str()).await?;
         let job = job::start(&mut tx, &caller.account_id, "snapshot.delete", id.as_str(), "deleted").await?;

@@ -54,13 +54,9 @@ async fn capture(ctx: &SharedCtx, row: &store::Row) -> Result<()> {
     let image = crate::datastore::image::pending_capture(&mut conn, &row.id).await?;
     drop(conn);
     let Some(image) = image else { return Ok(()) };
-    let base = format!("{}/agent/v1/images/{image}", ctx.agent_url());
     let spec = CaptureSpec {
         instance_id: row.id.parse().map_err(Error::model)?,
-        image_id: image.parse().map_err(Error::model)?,
-        url: format!("{base}/file"),
-        failure_url: format!("{base}/capture-failure"),
-        token: crate::app::node_auth::token(&ctx.node_key, &host),
+        upload: crate::app::capture::upload_to(ctx, &image.parse().map_err(Error::model)?, &host),
     };
     let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(Error::model)? };
     hva.capture_instance(spec).await?;

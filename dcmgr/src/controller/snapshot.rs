@@ -6,7 +6,7 @@ use crate::datastore::job;
 use crate::datastore::snapshot as store;
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::agent::{AgentError, StorageAgent};
-use vdc_schema::bus::{SnapshotReport, SnapshotSpec};
+use vdc_schema::bus::{SnapshotImageSpec, SnapshotReport, SnapshotSpec};
 use vdc_schema::id::*;
 use vdc_schema::SnapshotState;
 
@@ -20,7 +20,26 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
     match row.state.parse::<SnapshotState>().map_err(ApiError::internal)? {
         SnapshotState::Deleted => return Ok(()),
         SnapshotState::Deleting => sta.ensure_snapshot_absent(sid, vid).await.map_err(unavailable)?,
-        _ => sta.ensure_snapshot(SnapshotSpec { id: sid, volume_id: vid }).await.map_err(unavailable)?,
+        state => {
+            sta.ensure_snapshot(SnapshotSpec { id: sid.clone(), volume_id: vid.clone() }).await.map_err(unavailable)?;
+            if state == SnapshotState::Available {
+                // Images being made from it: sta runs one upload per image, and dcmgr
+                // takes data only for a pending image, so asking again is harmless.
+                for image in crate::datastore::image::pending_of_snapshot(&ctx.db, id).await? {
+                    let Some(format) = crate::datastore::image::get(&ctx.db, &image).await?.map(|r| r.format) else {
+                        continue;
+                    };
+                    let image: ImageId = image.parse().map_err(ApiError::internal)?;
+                    let spec = SnapshotImageSpec {
+                        snapshot_id: sid.clone(),
+                        volume_id: vid.clone(),
+                        format: format.parse().map_err(ApiError::internal)?,
+                        upload: crate::app::capture::upload_to(ctx, &image, &row.storage_node_id),
+                    };
+                    sta.image_from_snapshot(spec).await.map_err(unavailable)?;
+                }
+            }
+        }
     }
     store::mark_sent(&ctx.db, id).await?;
     Ok(())

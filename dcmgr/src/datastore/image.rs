@@ -283,6 +283,19 @@ pub async fn set_failed_tx(tx: &mut db::Tx<'_>, id: &str, reason: &str) -> Resul
     Ok(())
 }
 
+/// The pending images made from snapshot `snapshot` (their source is `snapshot:<id>`).
+pub async fn pending_of_snapshot<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    snapshot: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM images WHERE source = $1 AND state = 'pending' ORDER BY id")
+            .bind(format!("{}{snapshot}", crate::app::capture::SNAPSHOT_PREFIX))
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
 /// The pending image a capture of `instance` fills (its source is `capture:<instance>`).
 pub async fn pending_capture(db: &mut sqlx::AnyConnection, instance: &str) -> Result<Option<String>, sqlx::Error> {
     let row: Option<(String,)> =

@@ -144,20 +144,25 @@ pub async fn record_report(
     Ok(updated.rows_affected() == 1)
 }
 
-/// (id, storage node) of the snapshots being created or deleted whose last ensure was
-/// sent before `before` (ms).
+/// Snapshots sta still has work on: being created or deleted, or available with an
+/// image of them pending (`snapshot:<id>`, see `app::capture`).
+const UNCONVERGED: &str = "(state IN ('creating', 'deleting') OR (state = 'available' AND EXISTS
+    (SELECT 1 FROM images WHERE images.source = 'snapshot:' || snapshots.id AND images.state = 'pending')))";
+
+/// (id, storage node) of the snapshots sta has work on whose last ensure was sent
+/// before `before` (ms).
 pub async fn unconverged(pool: &db::Pool, before: i64) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, storage_node_id FROM snapshots WHERE state IN ('creating', 'deleting') AND ensure_sent_at < $1 LIMIT 1000",
-    )
+    sqlx::query_as(&format!(
+        "SELECT id, storage_node_id FROM snapshots WHERE {UNCONVERGED} AND ensure_sent_at < $1 LIMIT 1000"
+    ))
     .bind(before)
     .fetch_all(pool)
     .await
 }
 
-/// IDs of the snapshots storage node `node` is creating or deleting.
+/// IDs of the snapshots storage node `node` has work on.
 pub async fn pending_on_node(pool: &db::Pool, node: &str) -> Result<Vec<(String,)>, sqlx::Error> {
-    sqlx::query_as("SELECT id FROM snapshots WHERE storage_node_id = $1 AND state IN ('creating', 'deleting')")
+    sqlx::query_as(&format!("SELECT id FROM snapshots WHERE storage_node_id = $1 AND {UNCONVERGED}"))
         .bind(node)
         .fetch_all(pool)
         .await

@@ -1,7 +1,7 @@
 //! `/agent/v1/`: image data for agents, with their node credential (`app::node_auth`):
 //! `blobs/{sha256}` to read (resumable with `Range: bytes=N-`), and a capture's upload
-//! (`images/{id}/file`) or failure (`images/{id}/capture-failure`) from the host that
-//! holds the instance's disk.
+//! (`images/{id}/file`) or failure (`images/{id}/capture-failure`) from the agent that
+//! holds the source: the instance's host, or the snapshot's storage node.
 
 use crate::ctx::SharedCtx;
 use crate::error::ApiError;

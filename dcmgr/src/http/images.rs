@@ -70,7 +70,7 @@ pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<S
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "`not_found` (a public image of another account, too)", body = ErrorBody),
-        (status = 409, description = "`image_in_use`: instances that are not terminated use it, or disk images name it as their kernel_id; `image_capturing`: its capture has not ended", body = ErrorBody)))]
+        (status = 409, description = "`image_in_use`: instances that are not terminated use it, or disk images name it as their kernel_id; `image_capturing`: its capture from an instance has not ended (a pending image of a snapshot is deleted, which cancels it)", body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     app::delete(&ctx, &caller, &path_id("image", &id)?).await?;
     Ok(StatusCode::NO_CONTENT)

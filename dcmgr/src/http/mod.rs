@@ -172,6 +172,7 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/floating-ips/{id}/disassociate", post(floating_ips::disassociate))
         .route("/snapshots", post(snapshots::create).get(snapshots::list))
         .route("/snapshots/{id}", get(snapshots::show).delete(snapshots::delete))
+        .route("/snapshots/{id}/image", post(snapshots::image))
         .route("/host_nodes", get(nodes::list_hosts))
         .route("/host_nodes/{id}", get(nodes::show_host))
         .route("/storage_nodes", get(nodes::list_storage))
@@ -312,7 +313,7 @@ impl utoipa::Modify for CommonErrors {
         instances::halt, instances::poweron, instances::reboot, instances::terminate, instances::console,
         instances::capture,
         volumes::create, volumes::list, volumes::show, volumes::delete, volumes::attach, volumes::detach, volumes::extend,
-        snapshots::create, snapshots::list, snapshots::show, snapshots::delete,
+        snapshots::create, snapshots::list, snapshots::show, snapshots::delete, snapshots::image,
         floating_ips::create, floating_ips::list, floating_ips::show, floating_ips::delete, floating_ips::associate,
         floating_ips::disassociate,
         nodes::list_hosts, nodes::show_host, nodes::list_storage, nodes::show_storage,

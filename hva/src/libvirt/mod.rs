@@ -547,7 +547,7 @@ impl Inner {
         if !disk.exists() {
             return Err(format!("instance {id} has no root disk on this host"));
         }
-        let out = dir.join(format!("capture-{}.qcow2", spec.image_id));
+        let out = dir.join(format!("capture-{}.qcow2", spec.upload.image_id));
         let _ = std::fs::remove_file(&out);
         self.tools
             .run("qemu-img", &["convert", "-O", "qcow2", "-f", "qcow2", &host::path(&disk), &host::path(&out)])
@@ -792,7 +792,7 @@ impl Hypervisor for LibvirtHypervisor {
     }
 
     async fn capture_instance(&self, spec: CaptureSpec) -> std::result::Result<(), AgentError> {
-        if !self.inner.capturing.lock().unwrap().insert(spec.image_id.clone()) {
+        if !self.inner.capturing.lock().unwrap().insert(spec.upload.image_id.clone()) {
             return Ok(());
         }
         let (inner, lock) = (self.inner.clone(), self.lock(&spec.instance_id));
@@ -805,18 +805,22 @@ impl Hypervisor for LibvirtHypervisor {
                     .await
                     .unwrap_or_else(|e| Err(format!("capture panicked: {e}")));
                 let outcome = match &flat {
-                    Ok(file) => vdc_bus::blob::upload(&spec, file).await.map_err(|e| e.to_string()),
-                    Err(why) => vdc_bus::blob::capture_failed(&spec, why).await.map_err(|e| e.to_string()),
+                    Ok(file) => vdc_bus::blob::upload(&spec.upload, file).await.map_err(|e| e.to_string()),
+                    Err(why) => vdc_bus::blob::capture_failed(&spec.upload, why).await.map_err(|e| e.to_string()),
                 };
                 if let Ok(file) = &flat {
                     let _ = std::fs::remove_file(file);
                 }
                 match outcome {
-                    Ok(()) => tracing::info!(instance = %spec.instance_id, image = %spec.image_id, "capture sent"),
-                    Err(e) => tracing::warn!(instance = %spec.instance_id, image = %spec.image_id, "capture: {e}"),
+                    Ok(()) => {
+                        tracing::info!(instance = %spec.instance_id, image = %spec.upload.image_id, "capture sent")
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance = %spec.instance_id, image = %spec.upload.image_id, "capture: {e}")
+                    }
                 }
             }
-            inner.capturing.lock().unwrap().remove(&spec.image_id);
+            inner.capturing.lock().unwrap().remove(&spec.upload.image_id);
         });
         Ok(())
     }

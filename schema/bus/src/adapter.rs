@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use vdc_schema::agent::{AgentError, Hypervisor, NetworkAgent, StorageAgent};
 use vdc_schema::bus::{
-    self, subject, AgentKind, CaptureSpec, Command, InstanceSpec, InterfaceSpec, Query, QueryReply, SnapshotSpec,
-    VolumeSpec,
+    self, subject, AgentKind, CaptureSpec, Command, InstanceSpec, InterfaceSpec, Query, QueryReply, SnapshotImageSpec,
+    SnapshotSpec, VolumeSpec,
 };
 use vdc_schema::id::*;
 
@@ -117,5 +117,9 @@ impl StorageAgent for StaClient {
 
     async fn report_all(&self) -> Result<(), AgentError> {
         send(self.bus.as_ref(), AgentKind::Sta, self.node_id.as_str(), &Command::ReportAll).await
+    }
+
+    async fn image_from_snapshot(&self, spec: SnapshotImageSpec) -> Result<(), AgentError> {
+        send(self.bus.as_ref(), AgentKind::Sta, self.node_id.as_str(), &Command::ImageFromSnapshot(spec)).await
     }
 }

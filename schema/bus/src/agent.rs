@@ -163,6 +163,7 @@ impl CommandHandler for StorageHandler {
             Command::EnsureVolumeAbsent { id, spec_gen } => self.0.ensure_volume_absent(id, spec_gen).await,
             Command::EnsureSnapshot(spec) => self.0.ensure_snapshot(spec).await,
             Command::EnsureSnapshotAbsent { id, volume_id } => self.0.ensure_snapshot_absent(id, volume_id).await,
+            Command::ImageFromSnapshot(spec) => self.0.image_from_snapshot(spec).await,
             Command::ReportAll => self.0.report_all().await,
             other => Err(wrong(&other, "sta")),
         }

@@ -156,7 +156,7 @@ async fn attempt(client: &reqwest::Client, blob: &BlobRef, partial: &Path) -> Re
     Ok(Attempt::Done(file.finish().await.map_err(io(partial))?))
 }
 
-/// What dcmgr said to a capture's upload.
+/// What dcmgr said to an image's upload (a capture's, or a snapshot's).
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
     #[error("cannot read {path}: {source}")]
@@ -176,15 +176,9 @@ fn upload_client(timeout: Option<std::time::Duration>) -> Result<reqwest::Client
     b.build().map_err(|e| e.to_string())
 }
 
-/// Streams `file` to a capture's upload URL (`PUT`, the node's credential).
-pub async fn upload(spec: &vdc_schema::bus::CaptureSpec, file: &Path) -> Result<(), UploadError> {
+/// `PUT`s `len` bytes of `body` to an image's upload URL with the node's credential.
+async fn put(spec: &vdc_schema::bus::ImageUpload, body: reqwest::Body, len: u64) -> Result<(), UploadError> {
     let send = |why: String| UploadError::Send { url: spec.url.clone(), why };
-    let f = tokio::fs::File::open(file)
-        .await
-        .map_err(|source| UploadError::Read { path: file.display().to_string(), source })?;
-    let len =
-        f.metadata().await.map_err(|source| UploadError::Read { path: file.display().to_string(), source })?.len();
-    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
     // No overall timeout: a disk takes as long as it takes; the connect timeout still holds.
     let client = upload_client(None).map_err(send)?;
     let resp = client
@@ -203,8 +197,25 @@ pub async fn upload(spec: &vdc_schema::bus::CaptureSpec, file: &Path) -> Result<
     Err(UploadError::Refused { status: status.as_u16(), body })
 }
 
+/// Streams `file` (a regular file or a block device) to an image's upload URL.
+pub async fn upload(spec: &vdc_schema::bus::ImageUpload, file: &Path) -> Result<(), UploadError> {
+    use tokio::io::AsyncSeekExt;
+    let read = |source| UploadError::Read { path: file.display().to_string(), source };
+    let mut f = tokio::fs::File::open(file).await.map_err(read)?;
+    // The end, not the metadata: a block device's metadata says 0 bytes.
+    let len = f.seek(std::io::SeekFrom::End(0)).await.map_err(read)?;
+    f.seek(std::io::SeekFrom::Start(0)).await.map_err(read)?;
+    put(spec, reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20)), len).await
+}
+
+/// Sends `data` as an image's data (the simulated storage node's made-up blocks).
+pub async fn upload_bytes(spec: &vdc_schema::bus::ImageUpload, data: Vec<u8>) -> Result<(), UploadError> {
+    let len = data.len() as u64;
+    put(spec, reqwest::Body::from(data), len).await
+}
+
 /// Tells dcmgr a capture failed before its data could be sent.
-pub async fn capture_failed(spec: &vdc_schema::bus::CaptureSpec, reason: &str) -> Result<(), UploadError> {
+pub async fn capture_failed(spec: &vdc_schema::bus::ImageUpload, reason: &str) -> Result<(), UploadError> {
     let send = |why: String| UploadError::Send { url: spec.failure_url.clone(), why };
     let client = upload_client(Some(std::time::Duration::from_secs(30))).map_err(send)?;
     let resp = client
@@ -224,7 +235,7 @@ pub async fn capture_failed(spec: &vdc_schema::bus::CaptureSpec, reason: &str) -
 
 /// Sends a blob of dcmgr's store back as a capture's data, streamed from the `GET` into
 /// the `PUT` (the simulated host's "disk" is its image, unchanged).
-pub async fn relay(blob: &BlobRef, spec: &vdc_schema::bus::CaptureSpec) -> Result<(), UploadError> {
+pub async fn relay(blob: &BlobRef, spec: &vdc_schema::bus::ImageUpload) -> Result<(), UploadError> {
     use futures::TryStreamExt;
     let send = |url: &str, why: String| UploadError::Send { url: url.to_owned(), why };
     let client = upload_client(None).map_err(|e| send(&blob.url, e))?;
@@ -234,18 +245,5 @@ pub async fn relay(blob: &BlobRef, spec: &vdc_schema::bus::CaptureSpec) -> Resul
         return Err(UploadError::Refused { status: got.status().as_u16(), body: format!("fetching {}", blob.url) });
     }
     let body = reqwest::Body::wrap_stream(got.bytes_stream().map_err(std::io::Error::other));
-    let resp = client
-        .put(&spec.url)
-        .bearer_auth(&spec.token)
-        .header(reqwest::header::CONTENT_LENGTH, blob.size)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| send(&spec.url, e.to_string()))?;
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(());
-    }
-    let body = resp.text().await.unwrap_or_default().chars().take(500).collect();
-    Err(UploadError::Refused { status: status.as_u16(), body })
+    put(spec, body, blob.size).await
 }

@@ -89,6 +89,10 @@ impl Backend for BtrfsBackend {
         tokio::fs::metadata(self.snap(snap).join("disk.img")).await.is_ok()
     }
 
+    async fn snapshot_data(&self, _volume: &VolumeId, snap: &SnapshotId) -> Result<PathBuf> {
+        existing(self.snap(snap).join("disk.img"), snap).await
+    }
+
     async fn delete_snapshot(&self, _volume: &VolumeId, snap: &SnapshotId) -> Result<()> {
         self.delete_subvol(&self.snap(snap)).await
     }

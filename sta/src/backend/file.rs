@@ -81,6 +81,10 @@ impl Backend for FileBackend {
         tokio::fs::metadata(self.snap_path(snap)).await.is_ok()
     }
 
+    async fn snapshot_data(&self, _volume: &VolumeId, snap: &SnapshotId) -> Result<PathBuf> {
+        existing(self.snap_path(snap), snap).await
+    }
+
     async fn delete_snapshot(&self, _volume: &VolumeId, snap: &SnapshotId) -> Result<()> {
         let p = self.snap_path(snap);
         match tokio::fs::remove_file(&p).await {
@@ -147,6 +151,17 @@ mod tests {
             [format!("cp --reflink=auto --sparse=always -- {d}/snapshots/snap-1.img {d}/volumes/vol-b.img.part")]
         );
         assert_eq!(b.size_mib(&vol("vol-b")).await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_snapshots_data_is_its_file_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_f, b) = backend(dir.path()).await;
+        let e = b.snapshot_data(&vol("vol-a"), &snap("snap-1")).await.unwrap_err();
+        assert!(matches!(e, BackendError::NoSnapshot(ref s) if s.as_str() == "snap-1"), "{e}");
+        std::fs::write(dir.path().join("snapshots/snap-1.img"), b"x").unwrap();
+        let p = b.snapshot_data(&vol("vol-a"), &snap("snap-1")).await.unwrap();
+        assert_eq!(p, dir.path().join("snapshots/snap-1.img"));
     }
 
     #[tokio::test]

@@ -7,6 +7,10 @@
 //! | btrfs   | subvolume `DIR/<vol>/disk.img`  | read-only subvolume `DIR/.snapshots/<snap>` |
 //! | zfs     | dataset `DS/<vol>` + `disk.img` (zvol `DS/<vol>` with the module) | `DS/<vol>@<snap>` |
 //!
+//! A snapshot's blocks are read (for an image of it) from the snapshot file, the
+//! read-only subvolume's `disk.img`, or ZFS's `.zfs/snapshot/<snap>/disk.img` (the
+//! device `/dev/zvol/DS/<vol>@<snap>` with zvols, made visible with `snapdev`).
+//!
 //! A volume made from a snapshot is a full, independent copy (btrfs: a writable snapshot,
 //! which shares blocks but not lifetime), so snapshots and volumes can be deleted in any
 //! order.
@@ -68,8 +72,18 @@ pub trait Backend: Send + Sync {
     async fn snapshot_exists(&self, volume: &VolumeId, snap: &SnapshotId) -> bool;
     /// Absent is fine.
     async fn delete_snapshot(&self, volume: &VolumeId, snap: &SnapshotId) -> Result<()>;
+    /// A readable path of the snapshot's blocks (a raw disk), to copy them out.
+    async fn snapshot_data(&self, volume: &VolumeId, snap: &SnapshotId) -> Result<PathBuf>;
     /// (capacity, used) in MiB.
     async fn capacity(&self) -> Result<(u64, u64)>;
+}
+
+/// `path` if it exists, or [`BackendError::NoSnapshot`].
+pub(crate) async fn existing(path: PathBuf, snap: &SnapshotId) -> Result<PathBuf> {
+    match tokio::fs::metadata(&path).await {
+        Ok(_) => Ok(path),
+        Err(_) => Err(BackendError::NoSnapshot(snap.clone())),
+    }
 }
 
 /// Extends a file with a hole; tgt and QEMU see the new size on their next open.

@@ -151,6 +151,31 @@ impl Backend for ZfsBackend {
         self.has(&format!("{}@{snap}", self.ds(volume)), "snapshot").await
     }
 
+    async fn snapshot_data(&self, volume: &VolumeId, snap: &SnapshotId) -> Result<PathBuf> {
+        if !self.snapshot_exists(volume, snap).await {
+            return Err(BackendError::NoSnapshot(snap.clone()));
+        }
+        match &self.mountpoint {
+            // The hidden `.zfs` directory is reachable by path whatever `snapdir` says.
+            Some(mp) => {
+                existing(mp.join(volume.as_str()).join(".zfs/snapshot").join(snap.as_str()).join("disk.img"), snap)
+                    .await
+            }
+            None => {
+                // Snapshot devices exist only with `snapdev=visible` (udev makes them).
+                self.tools.run("zfs", &["set", "snapdev=visible", &self.ds(volume)]).await?;
+                let dev = PathBuf::from(format!("/dev/zvol/{}@{snap}", self.ds(volume)));
+                for _ in 0..50 {
+                    if tokio::fs::metadata(&dev).await.is_ok() {
+                        return Ok(dev);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(BackendError::Io(format!("{} did not appear after snapdev=visible", dev.display())))
+            }
+        }
+    }
+
     async fn delete_snapshot(&self, volume: &VolumeId, snap: &SnapshotId) -> Result<()> {
         let name = format!("{}@{snap}", self.ds(volume));
         if self.has(&name, "snapshot").await {
@@ -294,6 +319,19 @@ mod tests {
             ]
         );
         assert!(!f.lines().iter().any(|l| l.contains("clone")));
+    }
+
+    #[tokio::test]
+    async fn a_snapshots_data_is_read_under_the_hidden_zfs_directory() {
+        let mp = tempfile::tempdir().unwrap();
+        let (f, b) = backend(Some(mp.path())).await;
+        let e = b.snapshot_data(&vol("vol-a"), &snap("snap-1")).await.unwrap_err();
+        assert!(matches!(e, BackendError::NoSnapshot(_)), "{e}");
+        exists(&f, "snapshot", "tank/vdc/vol-a@snap-1");
+        let data = mp.path().join("vol-a/.zfs/snapshot/snap-1/disk.img");
+        std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+        std::fs::write(&data, b"x").unwrap();
+        assert_eq!(b.snapshot_data(&vol("vol-a"), &snap("snap-1")).await.unwrap(), data);
     }
 
     #[tokio::test]

@@ -160,3 +160,83 @@ async fn a_volume_on_the_same_machine_is_attached_locally() {
     ok(&c, c.terminate_instance(&i).await.unwrap()).await;
     s.stop().await;
 }
+
+/// An image from a snapshot with the real sta on its file backend (simulated hosts: no
+/// guest is needed): a known pattern written into the volume's file, snapshotted, then
+/// overwritten; the raw image's blob is the snapshot's bytes exactly, the qcow2 one holds
+/// the same disk; the same snapshot again is stored once; a snapshot whose data is gone
+/// fails its image and job with sta's reason, and is deletable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_becomes_an_image_of_its_exact_bytes() {
+    vdc_tests::init_logging();
+    let dir = tempfile::Builder::new().prefix("vdc-snapimg-").tempdir_in("/var/tmp").unwrap();
+    let mut o = StackOptions::new(vdc_tests::Db::Sqlite);
+    o.real_storage = Some(RealStorageSetup {
+        backend: BackendConfig::File { dir: dir.path().join("volumes") },
+        iscsi: None,
+        data_dir: dir.path().join("sta"),
+    });
+    let s = Stack::start(o).await;
+    let c = s.account("snapimg").await;
+    let vol = CreateVolume { name: "data".into(), size_mib: Some(8), snapshot_id: None, image_id: None };
+    let vol = ok(&c, c.create_volume(&vol).await.unwrap()).await;
+    let lun = dir.path().join("volumes/volumes").join(format!("{}.img", vol.id));
+    let pattern: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(31) % 251) as u8).collect();
+    std::fs::write(&lun, &pattern).unwrap();
+    let snap =
+        ok(&c, c.create_snapshot(&CreateSnapshot { volume_id: vol.id.clone(), name: "s".into() }).await.unwrap()).await;
+    // Written after the snapshot: the image must not see it.
+    std::fs::write(&lun, vec![0u8; 8 << 20]).unwrap();
+    let snap_file = dir.path().join("volumes/snapshots").join(format!("{}.img", snap.id));
+    assert_eq!(std::fs::read(&snap_file).unwrap(), pattern);
+
+    let blobs = s.opts.images.dir.clone().unwrap().join("blobs/sha256");
+    let raw = |name: &str| CreateSnapshotImage { image_name: name.into(), ..Default::default() };
+    let img = ok(&c, c.snapshot_image(&snap.id, &raw("raw")).await.unwrap()).await;
+    let img = c.get_image(&img.id).await.unwrap();
+    assert_eq!((img.state, img.format, img.size_bytes), (ImageState::Available, ImageFormat::Raw, Some(8 << 20)));
+    let sha = img.checksum.clone().unwrap();
+    let blob = blobs.join(sha.trim_start_matches("sha256:"));
+    assert!(std::fs::read(&blob).unwrap() == pattern, "the blob is the snapshot's bytes");
+
+    let q = CreateSnapshotImage { format: Some(ImageFormat::Qcow2), ..raw("qcow2") };
+    let qimg = ok(&c, c.snapshot_image(&snap.id, &q).await.unwrap()).await;
+    let qimg = c.get_image(&qimg.id).await.unwrap();
+    assert_eq!((qimg.state, qimg.format), (ImageState::Available, ImageFormat::Qcow2));
+    let qblob = blobs.join(qimg.checksum.unwrap().trim_start_matches("sha256:"));
+    let cmp = std::process::Command::new("qemu-img")
+        .args(["compare", "-f", "qcow2", "-F", "raw"])
+        .arg(&qblob)
+        .arg(&snap_file)
+        .status()
+        .unwrap();
+    assert!(cmp.success(), "the qcow2 image holds the snapshot's disk");
+    assert!(
+        !dir.path().join("sta").read_dir().unwrap().any(|e| {
+            let p = e.unwrap().path().join("captures");
+            p.read_dir().is_ok_and(|mut d| d.next().is_some())
+        }),
+        "sta's conversion is cleaned up"
+    );
+
+    // The second time: the same bytes, stored once.
+    let n = std::fs::read_dir(&blobs).unwrap().count();
+    let again = ok(&c, c.snapshot_image(&snap.id, &raw("raw-again")).await.unwrap()).await;
+    assert_eq!(c.get_image(&again.id).await.unwrap().checksum.as_deref(), Some(sha.as_str()));
+    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), n);
+
+    // The snapshot's data is gone from the node: sta says so, the image and job fail.
+    let gone =
+        ok(&c, c.create_snapshot(&CreateSnapshot { volume_id: vol.id.clone(), name: "g".into() }).await.unwrap()).await;
+    std::fs::remove_file(dir.path().join("volumes/snapshots").join(format!("{}.img", gone.id))).unwrap();
+    let acc = c.snapshot_image(&gone.id, &raw("gone")).await.unwrap();
+    let job = c.wait_job(&acc.job.id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    let why = job.message.unwrap_or_default();
+    assert!(why.contains("capture_failed") && why.contains("is not on this storage node"), "{why}");
+    let failed = c.get_image(&acc.resource.id).await.unwrap();
+    assert_eq!(failed.state, ImageState::Failed);
+    let del = c.delete_snapshot(&gone.id).await.unwrap();
+    assert_eq!(c.wait_job(&del.job.id, Duration::from_secs(30)).await.unwrap().state, JobState::Succeeded);
+    s.stop().await;
+}
