@@ -25,9 +25,11 @@ export HOME=$W/home VDC_CONFIG=$W/home/cli.toml
 mkdir -p "$HOME"
 UP_PID= QEMU_PID=
 cleanup() {
-  set +e
+  # Under pipefail `virsh … | grep -q` fails when grep stops reading early: off here.
+  set +e +o pipefail
   [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null
   [ -n "$UP_PID" ] && kill "$UP_PID" 2>/dev/null && sleep 2
+  pkill -f -- "up --data-dir $W/data" 2>/dev/null
   for d in $(virsh -c qemu:///system list --all --name 2>/dev/null | grep '^vdc-'); do
     virsh -c qemu:///system dumpxml "$d" 2>/dev/null | grep -q "$W/" \
       && { virsh -c qemu:///system destroy "$d"; virsh -c qemu:///system undefine "$d"; } >/dev/null 2>&1

@@ -36,7 +36,8 @@ T0=$(date +%s.%N)
 row() { local now; now=$(date +%s.%N); ROWS+=("$(awk -v a="$now" -v b="$T0" -v n="$1" 'BEGIN { printf "%-72s %8.1f", n, a - b }')"); T0=$now; echo "== $1"; }
 cleanup() {
   local rc=$?
-  set +e
+  # Under pipefail `virsh … | grep -q` fails when grep stops reading early: off here.
+  set +e +o pipefail
   printf '\n%-72s %8s\n' "step" "seconds"; for r in "${ROWS[@]}"; do echo "$r"; done
   if [ $rc -ne 0 ]; then
     echo "--- vdc up log (tail)"; tail -n 60 "$W/up.log"
@@ -47,6 +48,7 @@ cleanup() {
     echo "--- switch ports"; in_ns ovs-vsctl --db "unix:$W/data/ovs/db.sock" show 2>&1 | tail -n 40
   fi
   [ -n "$UP_PID" ] && kill "$UP_PID" 2>/dev/null && sleep 2
+  pkill -f -- "up --data-dir $W/data" 2>/dev/null
   for uri in qemu:///system lxc:///system; do
     for d in $(virsh -c "$uri" list --all --name 2>/dev/null | grep '^vdc-'); do
       if virsh -c "$uri" dumpxml "$d" 2>/dev/null | grep -q "$W/"; then
@@ -69,7 +71,9 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 ip netns add "$NS"
 in_ns ip link set lo up
-in_ns "$BIN/vdc" up --data-dir "$W/data" --listen "127.0.0.1:$PORT" --tiny-image "$TINY" \
+# Not through in_ns: `$!` must be vdc itself (ip netns exec execs it), not a subshell
+# whose death would leave vdc up, its guests and its switch running after the test.
+ip netns exec "$NS" "$BIN/vdc" up --data-dir "$W/data" --listen "127.0.0.1:$PORT" --tiny-image "$TINY" \
   --namespace-prefix "$P" >"$W/up.log" 2>&1 &
 UP_PID=$!
 until_ok 120 grep -q "vdc all-in-one is running" "$W/up.log" || fail "vdc up did not start"
