@@ -854,6 +854,27 @@ pub fn qemu_guest(image: &ImageId, name: &str) -> CreateInstance {
     }
 }
 
+/// A private image of `format` for QEMU whose data is uploaded afterwards (no source).
+pub fn image_request(name: &str, format: ImageFormat) -> CreateImage {
+    CreateImage {
+        name: name.into(),
+        format,
+        arch: vdc_schema::Arch::X86_64,
+        hypervisors: vec![HypervisorKind::Qemu],
+        source: None,
+        checksum: None,
+        initrd: None,
+        kernel_cmdline: None,
+        boot_mode: Default::default(),
+        kernel_id: None,
+        min_disk: None,
+        min_memory: None,
+        os: None,
+        public: false,
+        default_user: None,
+    }
+}
+
 /// The tiny image from hva's builtin sources (simulated hosts, or hva's tiny image dir).
 pub fn builtin_tiny_image(hypervisors: Vec<HypervisorKind>) -> CreateImage {
     CreateImage {

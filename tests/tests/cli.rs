@@ -124,9 +124,7 @@ async fn names_or_ids_everywhere(db: Db) {
     assert!(err.contains("a network named \"net1\" already exists") && err.ends_with("(name_taken)"), "{err}");
     // An image of one's own may share a public image's name: refused with both listed,
     // and nothing is created.
-    let mut own = vdc_tests::builtin_tiny_image(vec![vdc_schema::HypervisorKind::Qemu]);
-    (own.source, own.initrd, own.public, own.format) = (None, None, false, vdc_schema::ImageFormat::Raw);
-    let own = alice.create_image(&own).await.unwrap();
+    let own = alice.create_image(&vdc_tests::image_request("tiny", vdc_schema::ImageFormat::Raw)).await.unwrap();
     let err = fails(&alice, &["instance", "create", "web2", "--image", "tiny", "--network", "net1"]).await;
     assert!(err.starts_with("error: 2 images are named \"tiny\" (ambiguous_name)\n"), "{err}");
     assert!(err.contains(own.id.as_str()) && err.contains(s.image.as_str()), "{err}");

@@ -872,16 +872,16 @@ async fn same_name_creates(db: Db) {
             }
         }))
         .await;
-        let images = join_all((0..20).map(|_| {
-            let (c, name) = (c.clone(), name.clone());
-            async move {
-                let mut r = vdc_tests::builtin_tiny_image(vec![HypervisorKind::Qemu]);
-                (r.name, r.source, r.initrd, r.public) = (name, None, None, false);
-                r.format = ImageFormat::Raw;
-                outcome(c.create_image(&r).await, |_| None)
-            }
-        }))
-        .await;
+        let images =
+            join_all(
+                (0..20).map(|_| {
+                    let (c, name) = (c.clone(), name.clone());
+                    async move {
+                        outcome(c.create_image(&vdc_tests::image_request(&name, ImageFormat::Raw)).await, |_| None)
+                    }
+                }),
+            )
+            .await;
         for (kind, outcomes) in [("network", &nets), ("group", &groups), ("volume", &vols), ("image", &images)] {
             let made = outcomes.iter().filter(|o| o.status == 202).count();
             assert_eq!(made, 1, "round {round}, {kind}: {:?}", codes(outcomes));

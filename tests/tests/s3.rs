@@ -18,23 +18,7 @@ use vdc_tests::{eventually, Db, Stack, StackOptions};
 const BUCKET: &str = "vdc-images";
 
 fn req(name: &str) -> CreateImage {
-    CreateImage {
-        name: name.into(),
-        format: ImageFormat::Raw,
-        arch: Arch::X86_64,
-        hypervisors: vec![HypervisorKind::Qemu],
-        source: None,
-        checksum: None,
-        initrd: None,
-        kernel_cmdline: None,
-        public: false,
-        default_user: None,
-        boot_mode: Default::default(),
-        kernel_id: None,
-        min_disk: None,
-        min_memory: None,
-        os: None,
-    }
+    vdc_tests::image_request(name, ImageFormat::Raw)
 }
 
 fn sha256(b: &[u8]) -> String {

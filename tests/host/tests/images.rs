@@ -85,26 +85,7 @@ async fn a_volume_is_filled_from_an_uploaded_qcow2() {
     let run = |p: &str, a: &[&str]| assert!(std::process::Command::new(p).args(a).status().unwrap().success());
     run("qemu-img", &["create", "-q", "-f", "qcow2", d, "16M"]);
     run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5a 0 64k", d]);
-    let img = c
-        .create_image(&CreateImage {
-            name: "data-disk".into(),
-            format: ImageFormat::Qcow2,
-            arch: Arch::X86_64,
-            hypervisors: vec![HypervisorKind::Qemu],
-            source: None,
-            checksum: None,
-            initrd: None,
-            kernel_cmdline: None,
-            public: false,
-            default_user: None,
-            boot_mode: Default::default(),
-            kernel_id: None,
-            min_disk: None,
-            min_memory: None,
-            os: None,
-        })
-        .await
-        .unwrap();
+    let img = c.create_image(&vdc_tests::image_request("data-disk", ImageFormat::Qcow2)).await.unwrap();
     c.upload_image_file(&img.id, &disk, |_| {}).await.unwrap();
     let a = c
         .create_volume(&CreateVolume {
@@ -146,21 +127,10 @@ async fn a_stopped_guest_is_captured_from_its_flattened_overlay() {
     run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5a 0 64k", d]);
     let img = c
         .create_image(&CreateImage {
-            name: "base-disk".into(),
-            format: ImageFormat::Qcow2,
-            arch: Arch::X86_64,
-            hypervisors: vec![HypervisorKind::Qemu],
-            source: None,
-            checksum: None,
-            initrd: None,
-            kernel_cmdline: None,
-            public: false,
             default_user: Some("tiny".into()),
-            boot_mode: Default::default(),
             kernel_id: Some(kernel.clone()),
-            min_disk: None,
-            min_memory: None,
             os: Some("tiny".into()),
+            ..vdc_tests::image_request("base-disk", ImageFormat::Qcow2)
         })
         .await
         .unwrap();

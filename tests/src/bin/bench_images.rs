@@ -13,7 +13,7 @@ use clap::Parser;
 use std::io::Write;
 use std::time::{Duration, Instant};
 use vdc_schema::api::CreateImage;
-use vdc_schema::{Arch, HypervisorKind, ImageFormat, ImageState};
+use vdc_schema::{ImageFormat, ImageState};
 use vdc_tests::{Db, Stack, StackOptions};
 
 #[derive(Parser)]
@@ -30,23 +30,7 @@ struct Args {
 }
 
 fn req(name: &str, source: Option<String>) -> CreateImage {
-    CreateImage {
-        name: name.into(),
-        format: ImageFormat::Raw,
-        arch: Arch::X86_64,
-        hypervisors: vec![HypervisorKind::Qemu],
-        source,
-        checksum: None,
-        initrd: None,
-        kernel_cmdline: None,
-        public: false,
-        default_user: None,
-        boot_mode: Default::default(),
-        kernel_id: None,
-        min_disk: None,
-        min_memory: None,
-        os: None,
-    }
+    CreateImage { source, ..vdc_tests::image_request(name, ImageFormat::Raw) }
 }
 
 fn mbps(bytes: u64, d: Duration) -> f64 {
