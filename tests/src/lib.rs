@@ -583,6 +583,56 @@ impl Stack {
         wait_state(c, &acc.resource.id, InstanceState::Running).await
     }
 
+    /// What an engineer reads when a guest got no lease: per real-network host, each
+    /// network's dnsmasq log and hosts file, the switch's interfaces and flows (with
+    /// counters) and the guests' devices. Best effort: a failed command prints its error.
+    pub fn network_diagnostics(&self) -> String {
+        let mut out = String::new();
+        let run = |out: &mut String, prog: &str, args: &[&str]| {
+            out.push_str(&format!("$ {prog} {}\n", args.join(" ")));
+            match std::process::Command::new(prog).args(args).output() {
+                Ok(o) => {
+                    out.push_str(&String::from_utf8_lossy(&o.stdout));
+                    out.push_str(&String::from_utf8_lossy(&o.stderr));
+                }
+                Err(e) => out.push_str(&format!("({e})\n")),
+            }
+        };
+        for h in &self.hosts {
+            let Some(cfg) = &h.ovs_cfg else { continue };
+            out.push_str(&format!("==== host {} ====\n", h.node_id));
+            let services = cfg.data_dir.join("services");
+            let mut files: Vec<_> =
+                std::fs::read_dir(&services).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+            files.sort();
+            for f in files {
+                let name = f.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                if name.ends_with(".log") || name.ends_with(".hosts") || name.ends_with(".pid") {
+                    let text = std::fs::read_to_string(&f).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(80).collect();
+                    out.push_str(&format!("--- {name} (last {} lines)\n", tail.len()));
+                    for l in tail.into_iter().rev() {
+                        out.push_str(l);
+                        out.push('\n');
+                    }
+                }
+            }
+            let db = format!("--db=unix:{}", cfg.db_socket.display());
+            run(
+                &mut out,
+                "ovs-vsctl",
+                &[&db, "--columns=name,ofport,ifindex,admin_state,link_state,error", "list", "interface"],
+            );
+            let mgmt = format!("unix:{}", cfg.rundir.join(format!("{}.mgmt", cfg.bridge)).display());
+            run(&mut out, "ovs-ofctl", &["-O", "OpenFlow13", "dump-flows", &mgmt]);
+            if let Some(ns) = &cfg.host_netns {
+                run(&mut out, "ip", &["-n", ns, "-s", "link"]);
+            }
+            run(&mut out, "pgrep", &["-af", "dnsmasq"]);
+        }
+        out
+    }
+
     pub async fn stop(mut self) {
         for h in &mut self.hosts {
             if let Some(a) = h.hva.take() {

@@ -446,11 +446,16 @@ impl Inner {
             }
             match ip_at_tap(&["link", "set", "dev", &dev, "netns", ns]) {
                 Ok(_) => {
-                    let _ = if from.is_some() {
+                    // nwagent sets it up too (it owns the switch side); a failure here
+                    // is worth a line, not a failed start.
+                    let up = if from.is_some() {
                         self.tools.run("ip", &["link", "set", "dev", &dev, "up"])
                     } else {
                         self.tools.run("ip", &["-n", ns, "link", "set", "dev", &dev, "up"])
                     };
+                    if let Err(e) = up {
+                        tracing::warn!(instance = %spec.id, dev, "moved tap not set up in {ns}: {e}");
+                    }
                 }
                 Err(e) => tracing::warn!(instance = %spec.id, dev, "tap not moved to {ns}: {e}"),
             }

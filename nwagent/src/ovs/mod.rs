@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use vdc_bus::coalesce::{Coalescer, Ranked};
 use vdc_bus::ReportSink;
 use vdc_schema::agent::{AgentError, NetworkAgent};
 use vdc_schema::bus::{vif_device_name, InterfaceReport, InterfaceSpec, ObjectReport};
@@ -96,6 +97,26 @@ struct Inner {
     state: tokio::sync::Mutex<State>,
     /// Set when the process ends: the device watch stops.
     stopped: std::sync::atomic::AtomicBool,
+    /// One worker per interface: re-sent ensures wait there instead of piling up.
+    work: Coalescer<VifId, Want>,
+    tools: crate::cmd::Runner,
+}
+
+/// What dcmgr last asked of one interface.
+enum Want {
+    Ensure(Box<InterfaceSpec>),
+    Absent(u64),
+}
+
+impl Ranked for Want {
+    /// A removal outranks an ensure of the same generation.
+    type Rank = (u64, bool);
+    fn rank(&self) -> (u64, bool) {
+        match self {
+            Want::Ensure(s) => (s.spec_gen, false),
+            Want::Absent(g) => (*g, true),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +129,9 @@ pub enum OvsError {
     Service(#[from] service::ServiceError),
     #[error("{0}")]
     Other(String),
+    /// A newer request for the interface arrived while this one waited; it runs next.
+    #[error("superseded by a newer request")]
+    Superseded,
 }
 
 /// Adds or updates the port of a guest's interface (external IDs: which interface it is,
@@ -198,12 +222,33 @@ impl Inner {
         Ok(sets)
     }
 
+    /// Sets a guest's device up. Its host end is moved into the switch's namespace, and a
+    /// move takes a device down: one left down passes nothing (seen: a container's veth
+    /// stayed down, its DHCP discovers never reached the switch). Making it pass is the
+    /// switch side's job, so nwagent does it on every plug and whenever its watch sees
+    /// a guest's device down.
+    async fn bring_up(&self, dev: &str) -> Result<(), OvsError> {
+        let mut args = vec![];
+        if let Some(ns) = &self.cfg.host_netns {
+            args.extend(["-n", ns.as_str()]);
+        }
+        args.extend(["link", "set", "dev", dev, "up"]);
+        self.tools.run("ip", &args).await.map_err(|e| OvsError::Other(format!("setting {dev} up: {e}")))?;
+        Ok(())
+    }
+
     async fn wait_ofport(&self, name: &str, timeout: Duration) -> Result<u32, OvsError> {
-        Ok(self.wait_plugged(name, timeout).await?.ofport as u32)
+        Ok(self.wait_plugged(name, timeout, None).await?.ofport as u32)
     }
 
     /// Waits until the switch has an OpenFlow port number for `name`; returns its row.
-    async fn wait_plugged(&self, name: &str, timeout: Duration) -> Result<ovsdb::IfaceRow, OvsError> {
+    /// Gives up early when `for_spec`'s interface has a newer request waiting.
+    async fn wait_plugged(
+        &self,
+        name: &str,
+        timeout: Duration,
+        for_spec: Option<&InterfaceSpec>,
+    ) -> Result<ovsdb::IfaceRow, OvsError> {
         let start = std::time::Instant::now();
         let mut last = None;
         loop {
@@ -212,6 +257,9 @@ impl Inner {
                     return Ok(row);
                 }
                 last = row.error;
+            }
+            if for_spec.is_some_and(|s| self.work.superseded(&s.id, &(s.spec_gen, false))) {
+                return Err(OvsError::Superseded);
             }
             if start.elapsed() > timeout {
                 return Err(OvsError::Other(format!(
@@ -258,7 +306,7 @@ impl Inner {
         self.db.remove_port(&self.cfg.bridge, &dev).await?;
         self.db.wait_applied(Duration::from_secs(10)).await?;
         ensure_vif_port(&self.db, &self.cfg.bridge, spec, Some(want)).await?;
-        let row = self.wait_plugged(&dev, Duration::from_secs(10)).await?;
+        let row = self.wait_plugged(&dev, Duration::from_secs(10), None).await?;
         Ok((row.ofport as u32, row.ifindex))
     }
 
@@ -272,6 +320,12 @@ impl Inner {
         for id in ids {
             let Some(p) = st.ports.get(&id).cloned() else { continue };
             let Some(row) = rows.get(&vif_device_name(&id)) else { continue };
+            if row.ifindex > 0 && row.admin_down {
+                tracing::info!(vif = %id, dev = row.name, "guest device down: set up");
+                if let Err(e) = self.bring_up(&row.name).await {
+                    tracing::warn!(vif = %id, "{e}");
+                }
+            }
             if row.ifindex <= 0 || row.ofport <= 0 || row.ifindex == p.ifindex {
                 continue;
             }
@@ -348,7 +402,11 @@ impl Inner {
         // bounded. Always asked of OVSDB: a port re-added after a switch restart can have
         // another number than the one remembered.
         drop(st);
-        let row = self.wait_plugged(&dev, self.cfg.plug_timeout).await?;
+        let row = self.wait_plugged(&dev, self.cfg.plug_timeout, Some(&spec)).await?;
+        if row.admin_down {
+            tracing::info!(vif = %spec.id, dev, "guest device plugged down: set up");
+        }
+        self.bring_up(&dev).await?;
         let mut st = self.state.lock().await;
         let (known_ifindex, known_ofport) = st.ports.get(&spec.id).map(|p| (p.ifindex, p.ofport)).unwrap_or((0, None));
         let (ofport, ifindex) = self.plug(&spec, &row, known_ifindex, known_ofport).await?;
@@ -415,8 +473,18 @@ impl OvsNetwork {
             cfg.service_prefix.clone(),
             cfg.data_dir.join("services"),
         )
-        .with_runner(tools);
-        let inner = Inner { cfg, db, of, svc, sink, state: tokio::sync::Mutex::new(st), stopped: Default::default() };
+        .with_runner(tools.clone());
+        let inner = Inner {
+            cfg,
+            db,
+            of,
+            svc,
+            sink,
+            state: tokio::sync::Mutex::new(st),
+            stopped: Default::default(),
+            work: Coalescer::default(),
+            tools,
+        };
         // Wait for ovs-vswitchd to create the bridge's management socket.
         let mgmt = inner.cfg.rundir.join(format!("{}.mgmt", inner.cfg.bridge));
         for _ in 0..100 {
@@ -492,6 +560,33 @@ impl OvsNetwork {
         Ok(OvsNetwork { inner })
     }
 
+    fn submit(&self, id: VifId, want: Want) {
+        let inner = Arc::downgrade(&self.inner);
+        self.inner.work.submit(id.clone(), want, move |want| {
+            let (inner, id) = (inner.upgrade(), id.clone());
+            async move {
+                let Some(inner) = inner else { return };
+                match want {
+                    Want::Ensure(spec) => {
+                        let gen = spec.spec_gen;
+                        match inner.ensure(*spec).await {
+                            Ok(()) | Err(OvsError::Superseded) => {}
+                            Err(e) => {
+                                tracing::warn!(vif = %id, "interface not programmed: {e}");
+                                inner.report(&id, gen, ObservedInterface::Failed, Some(e.to_string()));
+                            }
+                        }
+                    }
+                    Want::Absent(gen) => {
+                        if let Err(e) = inner.remove(&id, gen).await {
+                            tracing::warn!(vif = %id, "interface not removed, retried on the next ensure: {e}");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     /// Stops every network's DHCP and metadata service and removes their namespaces
     /// (tests; in production they outlive nwagent restarts).
     pub async fn remove_services(&self) {
@@ -512,24 +607,12 @@ impl OvsNetwork {
 #[async_trait]
 impl NetworkAgent for OvsNetwork {
     async fn ensure_interface(&self, spec: InterfaceSpec) -> Result<(), AgentError> {
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let (id, gen) = (spec.id.clone(), spec.spec_gen);
-            if let Err(e) = inner.ensure(spec).await {
-                tracing::warn!(vif = %id, "interface not programmed: {e}");
-                inner.report(&id, gen, ObservedInterface::Failed, Some(e.to_string()));
-            }
-        });
+        self.submit(spec.id.clone(), Want::Ensure(Box::new(spec)));
         Ok(())
     }
 
     async fn ensure_interface_absent(&self, id: VifId, spec_gen: u64) -> Result<(), AgentError> {
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            if let Err(e) = inner.remove(&id, spec_gen).await {
-                tracing::warn!(vif = %id, "interface not removed, retried on the next ensure: {e}");
-            }
-        });
+        self.submit(id, Want::Absent(spec_gen));
         Ok(())
     }
 

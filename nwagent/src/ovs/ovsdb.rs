@@ -37,6 +37,8 @@ pub struct IfaceRow {
     /// device deleted and made again under the same name gets a new one.
     pub ifindex: i64,
     pub error: Option<String>,
+    /// The device exists and is administratively down (nothing passes a down veth).
+    pub admin_down: bool,
 }
 
 fn io(e: impl std::fmt::Display) -> OvsdbError {
@@ -242,7 +244,7 @@ impl Ovsdb {
     pub async fn interface(&self, name: &str) -> Result<Option<IfaceRow>, OvsdbError> {
         let r = self
             .transact(vec![json!({"op": "select", "table": "Interface", "where": [["name", "==", name]],
-                "columns": ["name", "ofport", "ifindex", "error"]})])
+                "columns": ["name", "ofport", "ifindex", "error", "admin_state"]})])
             .await?;
         Ok(r[0]["rows"].as_array().and_then(|a| a.first()).map(iface_row))
     }
@@ -251,7 +253,7 @@ impl Ovsdb {
     pub async fn interfaces(&self) -> Result<Vec<IfaceRow>, OvsdbError> {
         let r = self
             .transact(vec![json!({"op": "select", "table": "Interface", "where": [],
-                "columns": ["name", "ofport", "ifindex", "error"]})])
+                "columns": ["name", "ofport", "ifindex", "error", "admin_state"]})])
             .await?;
         Ok(r[0]["rows"].as_array().map(|a| a.iter().map(iface_row).collect()).unwrap_or_default())
     }
@@ -291,6 +293,7 @@ fn iface_row(row: &Value) -> IfaceRow {
         ofport: int("ofport").unwrap_or(-1),
         ifindex: int("ifindex").unwrap_or(0),
         error: set_items(&row["error"]).first().and_then(|e| e.as_str().map(str::to_owned)),
+        admin_down: set_items(&row["admin_state"]).first().and_then(Value::as_str) == Some("down"),
     }
 }
 

@@ -10,11 +10,13 @@
 //! - [`journal`]: that on-disk journal.
 //! - [`cmd`]: how an agent runs host commands, and the recording fake its tests use.
 //! - [`blob`]: how an agent fetches image data from dcmgr's store.
+//! - [`coalesce`]: at most one worker per object however often dcmgr re-sends.
 
 pub mod adapter;
 pub mod agent;
 pub mod blob;
 pub mod cmd;
+pub mod coalesce;
 pub mod fileio;
 pub mod journal;
 pub mod sim;

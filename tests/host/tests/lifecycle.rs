@@ -14,7 +14,7 @@ const BOOT: Duration = Duration::from_secs(90);
 
 /// Waits until `needle` appears at least `n` times in the console (the log is appended
 /// across restarts of the guest).
-async fn wait_count(c: &vdc_cli::client::Client, id: &InstanceId, needle: &str, n: usize) {
+async fn wait_count(s: &Stack, c: &vdc_cli::client::Client, id: &InstanceId, needle: &str, n: usize) {
     let start = std::time::Instant::now();
     let mut out = String::new();
     while start.elapsed() < BOOT {
@@ -24,14 +24,24 @@ async fn wait_count(c: &vdc_cli::client::Client, id: &InstanceId, needle: &str, 
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    panic!("console of {id} never showed {needle:?} {n} times within {BOOT:?}; it has:\n{out}")
+    panic!(
+        "console of {id} never showed {needle:?} {n} times within {BOOT:?}; it has:\n{out}\n{}",
+        s.network_diagnostics()
+    )
 }
 
 /// The guest's `n`-th boot took its lease and its metadata.
-async fn networked(c: &vdc_cli::client::Client, id: &InstanceId, ip: vdc_schema::net::Ipv4Addr, n: usize, path: &str) {
+async fn networked(
+    s: &Stack,
+    c: &vdc_cli::client::Client,
+    id: &InstanceId,
+    ip: vdc_schema::net::Ipv4Addr,
+    n: usize,
+    path: &str,
+) {
     eprintln!("lifecycle: waiting for boot {n} ({path})");
-    wait_count(c, id, &format!("vdc-guest: eth0 {ip}/24"), n).await;
-    wait_count(c, id, &format!("vdc-guest: metadata instance-id={id}"), n).await;
+    wait_count(s, c, id, &format!("vdc-guest: eth0 {ip}/24"), n).await;
+    wait_count(s, c, id, &format!("vdc-guest: metadata instance-id={id}"), n).await;
     let out = c.console_log(id).await.unwrap().output;
     assert_eq!(out.matches("vdc-guest: eth0 no-dhcp").count(), 0, "after {path}:\n{out}");
 }
@@ -71,24 +81,24 @@ async fn a_real_guest_keeps_its_network_through_every_lifecycle_path() {
     act(&c, a.job.id.clone()).await;
     let ip = c.get_instance(&id).await.unwrap().interfaces[0].ip;
     let mut boots = 1;
-    networked(&c, &id, ip, boots, "create").await;
+    networked(&s, &c, &id, ip, boots, "create").await;
 
     // Reboot: QEMU keeps its process and its tap.
     act(&c, c.reboot_instance(&id).await.unwrap().job.id).await;
     boots += 1;
-    networked(&c, &id, ip, boots, "reboot").await;
+    networked(&s, &c, &id, ip, boots, "reboot").await;
 
     // Stop/start: QEMU ends, its tap goes; a new QEMU makes a new tap of the same name.
     act(&c, c.stop_instance(&id).await.unwrap().job.id).await;
     act(&c, c.start_instance(&id).await.unwrap().job.id).await;
     boots += 1;
-    networked(&c, &id, ip, boots, "stop/start").await;
+    networked(&s, &c, &id, ip, boots, "stop/start").await;
 
     // Halt/poweron: the same, keeping the host.
     act(&c, c.halt_instance(&id).await.unwrap().job.id).await;
     act(&c, c.poweron_instance(&id).await.unwrap().job.id).await;
     boots += 1;
-    networked(&c, &id, ip, boots, "halt/poweron").await;
+    networked(&s, &c, &id, ip, boots, "halt/poweron").await;
 
     // hva restarts while the guest runs; then the guest is stopped and started by it.
     s.crash_hva(0);
@@ -96,11 +106,11 @@ async fn a_real_guest_keeps_its_network_through_every_lifecycle_path() {
     s.wait_nodes_online().await.unwrap();
     act(&c, c.reboot_instance(&id).await.unwrap().job.id).await;
     boots += 1;
-    networked(&c, &id, ip, boots, "hva restart, reboot").await;
+    networked(&s, &c, &id, ip, boots, "hva restart, reboot").await;
     act(&c, c.stop_instance(&id).await.unwrap().job.id).await;
     act(&c, c.start_instance(&id).await.unwrap().job.id).await;
     boots += 1;
-    networked(&c, &id, ip, boots, "hva restart, stop/start").await;
+    networked(&s, &c, &id, ip, boots, "hva restart, stop/start").await;
 
     // nwagent restarts, then the tap is re-created.
     s.stop_nwagent(0).await;
@@ -109,7 +119,7 @@ async fn a_real_guest_keeps_its_network_through_every_lifecycle_path() {
     act(&c, c.halt_instance(&id).await.unwrap().job.id).await;
     act(&c, c.poweron_instance(&id).await.unwrap().job.id).await;
     boots += 1;
-    networked(&c, &id, ip, boots, "nwagent restart, halt/poweron").await;
+    networked(&s, &c, &id, ip, boots, "nwagent restart, halt/poweron").await;
 
     // The tap is re-created while nwagent is away, then nwagent comes back.
     s.stop_nwagent(0).await;
@@ -117,7 +127,7 @@ async fn a_real_guest_keeps_its_network_through_every_lifecycle_path() {
     act(&c, c.poweron_instance(&id).await.unwrap().job.id).await;
     s.restart_nwagent(0).await;
     boots += 1;
-    networked(&c, &id, ip, boots, "halt/poweron while nwagent was away").await;
+    networked(&s, &c, &id, ip, boots, "halt/poweron while nwagent was away").await;
 
     // The whole host restarts around its running guest, as `vdc up` does when it is
     // restarted: nwagent, hva, dcmgr and the switch stop; the switch, dcmgr, hva and
@@ -131,7 +141,7 @@ async fn a_real_guest_keeps_its_network_through_every_lifecycle_path() {
     s.wait_nodes_online().await.unwrap();
     act(&c, c.reboot_instance(&id).await.unwrap().job.id).await;
     boots += 1;
-    networked(&c, &id, ip, boots, "host restart (as vdc up restarted), reboot").await;
+    networked(&s, &c, &id, ip, boots, "host restart (as vdc up restarted), reboot").await;
 
     let job = c.terminate_instance(&id).await.unwrap().job;
     act(&c, job.id).await;
@@ -195,12 +205,12 @@ async fn a_container_gets_its_network_on_open_vswitch() {
     let id = a.resource.id.clone();
     act(&c, a.job.id.clone()).await;
     let ip = c.get_instance(&id).await.unwrap().interfaces[0].ip;
-    networked(&c, &id, ip, 1, "create").await;
+    networked(&s, &c, &id, ip, 1, "create").await;
     act(&c, c.reboot_instance(&id).await.unwrap().job.id).await;
-    networked(&c, &id, ip, 2, "reboot").await;
+    networked(&s, &c, &id, ip, 2, "reboot").await;
     act(&c, c.stop_instance(&id).await.unwrap().job.id).await;
     act(&c, c.start_instance(&id).await.unwrap().job.id).await;
-    networked(&c, &id, ip, 3, "stop/start").await;
+    networked(&s, &c, &id, ip, 3, "stop/start").await;
 
     // ct1's groups admit icmp only from members: ct2 is one, ct3 is not.
     let pinger = |name: &str, sg: &SecurityGroupId| {
@@ -218,7 +228,7 @@ async fn a_container_gets_its_network_on_open_vswitch() {
     let o = c.create_instance(&pinger("ct3", &outsiders.id)).await.unwrap();
     for (x, verdict) in [(&m, "ok"), (&o, "failed")] {
         act(&c, x.job.id.clone()).await;
-        wait_count(&c, &x.resource.id, &format!("vdc-user-data: ping {ip} {verdict}"), 1).await;
+        wait_count(&s, &c, &x.resource.id, &format!("vdc-user-data: ping {ip} {verdict}"), 1).await;
         act(&c, c.terminate_instance(&x.resource.id).await.unwrap().job.id).await;
     }
     act(&c, c.terminate_instance(&id).await.unwrap().job.id).await;
