@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use vdc_schema::state::{Arch, BootMode, Direction, HypervisorKind, ImageFormat, Protocol};
 
-/// The version this code writes. Readers accept every version up to it.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version this code writes. Readers accept every version up to it. Version 2 carries
+/// instances' root disks and volumes' data, and whether an instance was stopped: a
+/// version-1 reader would silently drop them, so it is told to upgrade instead.
+pub const FORMAT_VERSION: u32 = 2;
 /// The largest uncompressed chunk.
 pub const CHUNK_SIZE: usize = 4 << 20;
 
@@ -156,8 +158,18 @@ pub struct Instance {
     pub keypair: Option<String>,
     pub user_data: Option<String>,
     pub interfaces: Vec<Interface>,
-    /// The root disk's data; absent in a model-only bundle (the instance boots its image).
+    /// The root disk's data, a qcow2 image captured from the stopped instance; absent in
+    /// a model-only bundle, for containers and for instances booting a kernel image (the
+    /// instance then boots its image).
     pub root_disk: Option<BlobRef>,
+    /// `raw` or `qcow2`: what the source found the root disk to be (the target never
+    /// guesses a disk's format from tenant-written bytes). Given exactly when `root_disk` is.
+    #[serde(default)]
+    pub root_disk_format: Option<ImageFormat>,
+    /// The instance was stopped at the source and stays stopped at the target. Absent in
+    /// version 1 (instances were brought up).
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,8 +187,12 @@ pub struct Volume {
     pub id: String,
     pub name: String,
     pub size_mib: u64,
-    /// The volume's data; absent in this version of vdc's exports (empty volume).
+    /// The volume's data as a raw disk image (from a snapshot of it); absent in a
+    /// model-only bundle (an empty volume).
     pub data: Option<BlobRef>,
+    /// `raw` or `qcow2`, as for an instance's root disk. Given exactly when `data` is.
+    #[serde(default)]
+    pub data_format: Option<ImageFormat>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +276,16 @@ fn resolves(set: &HashSet<&str>, from: &str, kind: &str, id: &str) -> Result<(),
             "{from} refers to {kind} {:?}, which the bundle does not hold",
             id.chars().take(80).collect::<String>()
         )))
+    }
+}
+
+/// A disk's format comes with its data, and is one a disk can be.
+fn disk_format(from: &str, what: &str, has_data: bool, f: Option<ImageFormat>) -> Result<(), BundleError> {
+    match (has_data, f) {
+        (false, None) | (true, Some(ImageFormat::Raw | ImageFormat::Qcow2)) => Ok(()),
+        (true, None) => Err(BundleError::InvalidManifest(format!("{from}: its {what} has no format"))),
+        (false, Some(_)) => Err(BundleError::InvalidManifest(format!("{from}: a {what} format without data"))),
+        (true, Some(f)) => Err(BundleError::InvalidManifest(format!("{from}: its {what} is {f}, not raw or qcow2"))),
     }
 }
 
@@ -398,12 +424,14 @@ impl Manifest {
             if let Some(b) = &i.root_disk {
                 blob(format!("the root disk of {from}"), b)?;
             }
+            disk_format(&from, "root disk", i.root_disk.is_some(), i.root_disk_format)?;
         }
         for v in &m.volumes {
             check_name("volume", &v.name)?;
             if let Some(b) = &v.data {
                 blob(format!("volume {}", v.id), b)?;
             }
+            disk_format(&format!("volume {}", v.id), "data", v.data.is_some(), v.data_format)?;
         }
         for f in &m.floating_ips {
             if let Some(i) = &f.instance {

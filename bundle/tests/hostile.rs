@@ -64,6 +64,8 @@ fn model_with_image(key: &SigningKey, data: &[u8]) -> (Manifest, Vec<Vec<u8>>) {
                     security_groups: vec!["sg-1".into()],
                 }],
                 root_disk: None,
+                root_disk_format: None,
+                stopped: false,
             }],
             ..Default::default()
         },

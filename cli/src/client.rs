@@ -410,6 +410,7 @@ impl Client {
     pub async fn export_bundle<W: tokio::io::AsyncWrite + Unpin>(
         &self,
         model_only: bool,
+        stop: bool,
         out: &mut W,
         progress: impl Fn(u64),
     ) -> std::result::Result<u64, UploadError> {
@@ -417,7 +418,7 @@ impl Client {
         use tokio::io::AsyncWriteExt;
         let req = self
             .request(Method::GET, "/bundle")
-            .query(&[("model_only", model_only)])
+            .query(&[("model_only", model_only), ("stop", stop)])
             .timeout(Duration::from_secs(24 * 3600));
         let resp = req.send().await.map_err(ClientError::Transport)?;
         let status = resp.status();

@@ -826,9 +826,13 @@ pub enum BundleCmd {
         /// `--out`, as the global `--output` names the output format
         #[arg(short = 'O', long = "out", value_name = "FILE")]
         out: Option<std::path::PathBuf>,
-        /// Only the model: no image data
-        #[arg(long)]
+        /// Only the model: no data (no images' data, instances' disks or volumes' data)
+        #[arg(long, conflicts_with = "stop")]
         model_only: bool,
+        /// Stop running instances to capture their disks, and start them again afterwards
+        /// (without it, a running instance is refused)
+        #[arg(long)]
+        stop: bool,
     },
     /// Verify a bundle and show what importing it would create and what collides;
     /// exits 1 when something is unresolved

@@ -1,8 +1,9 @@
 //! VDC bundles (issue 13) through the API: export from one site, plan and import into
 //! another (two in-process stacks, two keys, trust configured), the same import again,
 //! a cut import completed after a dcmgr restart, ten identical imports at once, maps that
-//! resolve collisions, and hostile bundles refused with nothing created. Every scenario
-//! on SQLite and PostgreSQL; agents are simulated.
+//! resolve collisions, and hostile bundles refused with nothing created; instances' disks,
+//! volumes' data, stopped instances and floating IPs travelling (format version 2). Every
+//! scenario on SQLite and PostgreSQL; agents are simulated.
 
 use vdc_bundle::{Manifest, SigningKey};
 use vdc_cli::client::{Client, ClientError};
@@ -16,6 +17,7 @@ on_both_databases!(
     a_cut_import_is_completed_after_a_restart_with_nothing_doubled,
     ten_identical_imports_at_once_create_once,
     the_plan_names_collisions_and_maps_resolve_them,
+    disks_volumes_stopped_instances_and_floating_ips_travel,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -146,9 +148,10 @@ async fn build_vdc(s: &Stack, c: &Client, kvm: bool) {
     wait_state(c, &dbi.resource.id, InstanceState::Running).await;
 }
 
+/// Exports with data, running instances stopped for the capture of their disks.
 async fn export(c: &Client) -> Vec<u8> {
     let mut out = Vec::new();
-    let n = c.export_bundle(false, &mut out, |_| {}).await.unwrap();
+    let n = c.export_bundle(false, true, &mut out, |_| {}).await.unwrap();
     assert_eq!(n as usize, out.len());
     out
 }
@@ -191,7 +194,9 @@ async fn model(c: &Client) -> Vec<String> {
         out.push(format!("key {} {}", k.name, k.fingerprint));
     }
     let images = c.list_all_images().await.unwrap();
-    for i in images.iter().filter(|i| !i.public) {
+    // An imported instance boots its root disk (`NAME-root`): compared by the checksum
+    // of what it boots, which is the source's disk.
+    for i in images.iter().filter(|i| !i.public && !i.name.ends_with("-root")) {
         out.push(format!("image {} {} {:?} {:?} {:?}", i.name, i.format, i.checksum, i.size_bytes, i.state));
     }
     for i in c.list_all_instances().await.unwrap() {
@@ -206,9 +211,9 @@ async fn model(c: &Client) -> Vec<String> {
             })
             .collect();
         out.push(format!(
-            "instance {} {} {} cpus {} mem {} key {} nics {nics:?}",
+            "instance {} {:?} {} cpus {} mem {} key {} nics {nics:?}",
             i.name,
-            image.name,
+            image.checksum,
             i.hypervisor,
             i.cpus,
             i.memory_mib,
@@ -237,7 +242,7 @@ async fn a_vdc_moves_to_another_site_and_a_second_import_changes_nothing(db: Db)
     let kinds = |k: &str| plan.creates.iter().filter(|c| c.kind == k).count();
     assert_eq!(
         (kinds("network"), kinds("security_group"), kinds("keypair"), kinds("image"), kinds("instance")),
-        (2, 2, 1, 1, 2)
+        (2, 2, 1, 2, 2)
     );
     // A plan creates nothing.
     assert!(cb.list_all_networks().await.unwrap().is_empty());
@@ -247,7 +252,8 @@ async fn a_vdc_moves_to_another_site_and_a_second_import_changes_nothing(db: Db)
     let import_time = t.elapsed();
     eprintln!("bundle {} bytes: export {export_time:?}, import {import_time:?}", bytes.len());
     assert!(done.created);
-    assert_eq!(done.import.id_map.len(), 8);
+    // 8 objects, and the private image of app's root disk (db boots a kernel image).
+    assert_eq!(done.import.id_map.len(), 9);
     assert_eq!(model(&ca).await, model(&cb).await);
     // The imported instances come up through the normal reconcilers.
     for i in cb.list_all_instances().await.unwrap() {
@@ -489,6 +495,209 @@ async fn the_plan_names_collisions_and_maps_resolve_them(db: Db) {
     assert_eq!(nic.ip.to_string(), "10.60.0.20");
     wait_state(&cb, &app.id, InstanceState::Running).await;
     assert!(cb.list_all_keypairs().await.unwrap().iter().any(|k| k.name == "deploy-a"));
+    a.stop().await;
+    b.stop().await;
+}
+
+fn external(n: u8) -> vdc_dcmgr::config::ExternalConfig {
+    vdc_dcmgr::config::ExternalConfig {
+        cidr: format!("203.0.{n}.0/24"),
+        gateway: format!("203.0.{n}.1"),
+        pool_start: format!("203.0.{n}.10"),
+        pool_end: format!("203.0.{n}.20"),
+    }
+}
+
+async fn wait_volume(c: &Client, id: &VolumeId) -> Volume {
+    for _ in 0..300 {
+        let v = c.get_volume(id).await.unwrap();
+        if v.state == VolumeState::Available {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("volume {id} never became available");
+}
+
+/// Format 2: a stopped VM's disk (captured), a running one's (refused, or stopped for the
+/// capture and started again with `stop`), a volume's data (through a snapshot) and a
+/// floating IP travel; at the target the stopped instance stays stopped, the disks are
+/// private images the instances boot, the volume is filled from its data; the same import
+/// again changes nothing; an import that fails half-way leaves nothing.
+async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
+    let mut oa = StackOptions::new(db);
+    oa.external = Some(external(113));
+    let a = Stack::start(oa).await;
+    let mut ob = StackOptions::new(db);
+    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
+    ob.external = Some(external(114));
+    let b = Stack::start(ob).await;
+    let ca = a.account("tenant").await;
+    build_vdc(&a, &ca, false).await;
+    let all = ca.list_all_instances().await.unwrap();
+    let by_name = |n: &str| all.iter().find(|i| i.name == n).unwrap().clone();
+    let (app, dbi) = (by_name("app"), by_name("db"));
+    // A second VM on the same disk image, left running.
+    let web = ca
+        .create_instance(&CreateInstance {
+            name: Some("web".into()),
+            image_id: app.image_id.clone(),
+            hypervisor: Some(HypervisorKind::Qemu),
+            cpus: 1,
+            memory_mib: 64,
+            interfaces: vec![CreateInterface {
+                network_id: app.interfaces[0].network_id.clone(),
+                security_groups: vec![],
+                ip: None,
+            }],
+            ssh_key_id: None,
+            user_data: None,
+            root_disk_size: None,
+        })
+        .await
+        .unwrap()
+        .resource;
+    wait_state(&ca, &web.id, InstanceState::Running).await;
+    ca.stop_instance(&app.id).await.unwrap();
+    wait_state(&ca, &app.id, InstanceState::Stopped).await;
+    let vol = ca
+        .create_volume(&CreateVolume { name: "data".into(), size_mib: Some(16), snapshot_id: None, image_id: None })
+        .await
+        .unwrap()
+        .resource;
+    wait_volume(&ca, &vol.id).await;
+    let fip = ca.create_floating_ip(&CreateFloatingIp { ip: None }).await.unwrap();
+    ca.associate_floating_ip(&fip.id, &AssociateFloatingIp { instance_id: dbi.id.clone(), interface_id: None })
+        .await
+        .unwrap();
+    // The export's own images and snapshots (a deleted snapshot stays listed as deleted).
+    let leftovers = |c: Client| async move {
+        let images = c.list_all_images().await.unwrap();
+        let snaps = c.list_all_snapshots().await.unwrap();
+        let left: Vec<String> = images
+            .iter()
+            .filter(|i| i.name.starts_with("bundle-export-"))
+            .map(|i| format!("image {} {}", i.name, i.state))
+            .chain(snaps.iter().filter(|s| s.state != SnapshotState::Deleted).map(|s| format!("snapshot {}", s.state)))
+            .collect();
+        left
+    };
+
+    // web runs: its disk is refused as it is, nothing is made, nothing stopped.
+    let mut out = Vec::new();
+    match ca.export_bundle(false, false, &mut out, |_| {}).await {
+        Err(vdc_cli::client::UploadError::Api(ClientError::Api { status, code, message, .. })) => {
+            assert_eq!((status, code.as_str()), (409, "instance_running"), "{message}");
+            assert!(message.contains("web") && message.contains("--stop"), "{message}");
+        }
+        other => panic!("expected instance_running, got {other:?}"),
+    }
+    assert_eq!(leftovers(ca.clone()).await, Vec::<String>::new());
+    assert_eq!(ca.get_instance(&web.id).await.unwrap().state, InstanceState::Running);
+
+    // With stop: web is stopped for its capture and runs again; app stays stopped.
+    let t = std::time::Instant::now();
+    let bytes = export(&ca).await;
+    eprintln!("export with data: {} bytes in {:?}", bytes.len(), t.elapsed());
+    wait_state(&ca, &web.id, InstanceState::Running).await;
+    assert_eq!(ca.get_instance(&app.id).await.unwrap().state, InstanceState::Stopped);
+    // The export's images and snapshots are removed once the bundle is written.
+    let mut left = vec![];
+    for _ in 0..100 {
+        left = leftovers(ca.clone()).await;
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(left.is_empty(), "temporary images or snapshots left on the source: {left:?}");
+    let (m, _) = open(&bytes, &site_key(&a));
+    assert_eq!(m.format_version, 2);
+    let inst = |id: &InstanceId| m.model.instances.iter().find(|i| i.id == id.as_str()).unwrap().clone();
+    let (m_app, m_web, m_db) = (inst(&app.id), inst(&web.id), inst(&dbi.id));
+    assert!(m_app.stopped && !m_web.stopped && !m_db.stopped);
+    // The sim's guests never write: each captured disk is the image they booted.
+    for i in [&m_app, &m_web] {
+        let d = i.root_disk.as_ref().unwrap();
+        assert_eq!((d.sha256.as_str(), d.size), (vdc_bundle::sha256_hex(&disk()).as_str(), disk().len() as u64));
+        assert_eq!(i.root_disk_format, Some(ImageFormat::Raw));
+    }
+    assert!(m_db.root_disk.is_none(), "a kernel-booted VM has no disk to carry");
+    let m_vol = &m.model.volumes[0];
+    let data = m_vol.data.clone().unwrap();
+    assert_eq!(m_vol.data_format, Some(ImageFormat::Raw));
+    assert_eq!(m.model.floating_ips[0].instance.as_deref(), Some(dbi.id.as_str()));
+
+    let cb = b.account("tenant").await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    let kinds = |k: &str| plan.creates.iter().filter(|c| c.kind == k).count();
+    // app-disk, app-root, web-root, data-data
+    assert_eq!((kinds("image"), kinds("instance"), kinds("volume"), kinds("floating_ip")), (4, 3, 1, 1));
+
+    // A failure half-way (no storage node holds the volume) leaves nothing at all.
+    let huge = {
+        let (mut m2, chunks) = open(&bytes, &site_key(&a));
+        m2.model.volumes[0].size_mib = 1 << 30;
+        write(&m2, &chunks, &site_key(&a))
+    };
+    let full = b.account("full").await;
+    assert_eq!(api_err(full.import_bundle(huge, &[]).await).1, "no_capacity");
+    assert!(full.list_all_networks().await.unwrap().is_empty());
+    assert!(full.list_all_instances().await.unwrap().is_empty());
+    assert!(full.list_all_volumes().await.unwrap().is_empty());
+    assert!(full.list_all_floating_ips().await.unwrap().is_empty());
+    assert!(full.list_all_images().await.unwrap().iter().all(|i| i.public));
+
+    let done = cb.import_bundle(bytes.clone(), &[]).await.unwrap();
+    assert!(done.created);
+    let bi = cb.list_all_instances().await.unwrap();
+    let b_inst = |n: &str| bi.iter().find(|i| i.name == n).unwrap().clone();
+    // The stopped instance stays stopped (holding no host); the others come up.
+    let b_app = b_inst("app");
+    assert_eq!(b_app.state, InstanceState::Stopped);
+    wait_state(&cb, &b_inst("web").id, InstanceState::Running).await;
+    wait_state(&cb, &b_inst("db").id, InstanceState::Running).await;
+    // Each disk is a private image the instance boots, holding the source's bytes.
+    for n in ["app", "web"] {
+        let img = cb.get_image(&b_inst(n).image_id).await.unwrap();
+        assert_eq!(img.name, format!("{n}-root"));
+        assert!(!img.public);
+        assert_eq!(img.checksum, Some(format!("sha256:{}", vdc_bundle::sha256_hex(&disk()))));
+    }
+    let b_vol = cb.list_all_volumes().await.unwrap().into_iter().find(|v| v.name == "data").unwrap();
+    let b_vol = wait_volume(&cb, &b_vol.id).await;
+    assert_eq!(b_vol.size_mib, 16);
+    let filled = cb.get_image(b_vol.image_id.as_ref().unwrap()).await.unwrap();
+    assert_eq!((filled.checksum, filled.size_bytes), (Some(format!("sha256:{}", data.sha256)), Some(data.size)));
+    let fips = cb.list_all_floating_ips().await.unwrap();
+    assert_eq!(fips.len(), 1);
+    assert_eq!(fips[0].instance_id.as_ref(), Some(&b_inst("db").id));
+    assert!(fips[0].ip.to_string().starts_with("203.0.114."), "{}", fips[0].ip);
+    // The stopped instance starts like any stopped one.
+    cb.start_instance(&b_app.id).await.unwrap();
+    wait_state(&cb, &b_app.id, InstanceState::Running).await;
+
+    // Again: nothing changes.
+    let count = |c: Client| async move {
+        (
+            c.list_all_instances().await.unwrap().len(),
+            c.list_all_volumes().await.unwrap().len(),
+            c.list_all_floating_ips().await.unwrap().len(),
+            c.list_all_images().await.unwrap().len(),
+        )
+    };
+    let before = count(cb.clone()).await;
+    assert_eq!(before, (3, 1, 1, 5), "instances, volumes, floating IPs, images (with the public one)");
+    let again = cb.import_bundle(bytes.clone(), &[]).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(count(cb.clone()).await, before);
+
+    // Skipped on request: no volume, no floating IP, nothing else missing.
+    let other = b.account("other").await;
+    let skip = maps(&["volumes=skip", "floating_ips=skip"]);
+    assert!(other.import_bundle(bytes, &skip).await.unwrap().created);
+    assert_eq!(count(other.clone()).await, (3, 0, 0, 4));
     a.stop().await;
     b.stop().await;
 }

@@ -843,7 +843,7 @@ async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
                 f => emit(&encode(f, &k)?),
             }
         }
-        BundleCmd::Export { out, model_only } => {
+        BundleCmd::Export { out, model_only, stop } => {
             let path =
                 out.unwrap_or_else(|| format!("vdc-{}.bundle", chrono::Utc::now().format("%Y%m%dT%H%M%S")).into());
             // Written beside and renamed: a cut export never looks like a bundle.
@@ -853,7 +853,7 @@ async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
                 .map_err(|e| CliError::io(format!("creating {}", tmp.display()), e))?;
             let bar = progress("exporting");
             let b = bar.clone();
-            let res = c.export_bundle(model_only, &mut f, move |n| b.set_position(n)).await;
+            let res = c.export_bundle(model_only, stop, &mut f, move |n| b.set_position(n)).await;
             bar.finish_and_clear();
             let n = match res {
                 Ok(n) => n,

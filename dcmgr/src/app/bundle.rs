@@ -9,9 +9,11 @@
 //! the record and changes nothing; a crash before commit leaves nothing but staged
 //! chunks, and the same command completes it.
 
-use crate::app::{interface, keypair, scheduler};
+use crate::app::{bundle_data, interface, keypair, scheduler};
 use crate::ctx::{Caller, SharedCtx, Work};
-use crate::datastore::{self as db, account as accounts, bundle as store, instance as istore, job, network as nstore};
+use crate::datastore::{
+    self as db, account as accounts, bundle as store, instance as istore, job, network as nstore, volume as vstore,
+};
 use crate::error::{ApiError, ApiResult};
 use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -65,9 +67,81 @@ fn chunk_dir(ctx: &SharedCtx) -> PathBuf {
 
 // ---------------------------------------------------------------- export
 
-/// The caller's VDC as a manifest, and the blobs (local paths) whose chunks follow it.
-pub async fn manifest(ctx: &SharedCtx, caller: &Caller, model_only: bool) -> ApiResult<(Manifest, Vec<PathBuf>)> {
+/// The caller's VDC as a manifest, the blobs (local paths) whose chunks follow it, and
+/// what the export made to read its data (removed once the bundle is written). Without
+/// `model_only`, instances' disks and volumes' data are captured first (see
+/// [`bundle_data`](crate::app::bundle_data)); `stop` lets running instances be stopped for it.
+pub async fn manifest(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    model_only: bool,
+    stop: bool,
+) -> ApiResult<(Manifest, Vec<PathBuf>, bundle_data::Temporaries)> {
     let s = store::snapshot(&ctx.db, &caller.account_id).await?;
+    let (captured, temp) = if model_only {
+        (bundle_data::Captured::default(), bundle_data::Temporaries::default())
+    } else {
+        let format_of: HashMap<&str, &str> = s.images.iter().map(|i| (i.0.as_str(), i.2.as_str())).collect();
+        let sources: Vec<bundle_data::DiskSource> = s
+            .instances
+            .iter()
+            .map(|i| bundle_data::DiskSource {
+                id: i.0.clone(),
+                name: i.1.clone(),
+                hypervisor: i.3.clone(),
+                image_format: format_of.get(i.2.as_str()).copied().unwrap_or_default().to_owned(),
+            })
+            .collect();
+        let volumes: Vec<String> = s.volumes.iter().map(|v| v.0.clone()).collect();
+        bundle_data::capture_all(ctx, caller, &sources, &volumes, stop).await?
+    };
+    match build_manifest(ctx, caller, s, model_only, &captured).await {
+        Ok((m, paths)) => Ok((m, paths, temp)),
+        Err(e) => {
+            temp.remove(ctx, caller).await;
+            Err(e)
+        }
+    }
+}
+
+/// Splits blobs into chunk lists, each chunk listed once, each blob's file read once.
+#[derive(Default)]
+struct Blobs {
+    chunks: Vec<vdc_bundle::ChunkRef>,
+    seen: HashSet<String>,
+    paths: Vec<PathBuf>,
+    done: HashMap<String, vdc_bundle::BlobRef>,
+}
+
+impl Blobs {
+    async fn add(&mut self, ctx: &SharedCtx, sha: &str) -> ApiResult<vdc_bundle::BlobRef> {
+        if let Some(b) = self.done.get(sha) {
+            return Ok(b.clone());
+        }
+        let path = ctx.blobs.local_path(sha).ok_or_else(|| ApiError::internal("blob store is not local"))?;
+        let p = path.clone();
+        let (blob, refs) = tokio::task::spawn_blocking(move || vdc_bundle::chunk_blob(std::fs::File::open(p)?))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::internal(format!("reading blob {sha}: {e}")))?;
+        for c in refs {
+            if self.seen.insert(c.sha256.clone()) {
+                self.chunks.push(c);
+            }
+        }
+        self.paths.push(path);
+        self.done.insert(sha.to_owned(), blob.clone());
+        Ok(blob)
+    }
+}
+
+async fn build_manifest(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    s: store::Snapshot,
+    model_only: bool,
+    captured: &bundle_data::Captured,
+) -> ApiResult<(Manifest, Vec<PathBuf>)> {
     let mut m = vdc_bundle::Model::default();
     for n in s.networks {
         m.networks.push(vdc_bundle::Network {
@@ -97,27 +171,11 @@ pub async fn manifest(ctx: &SharedCtx, caller: &Caller, model_only: bool) -> Api
     for k in s.keypairs {
         m.keypairs.push(vdc_bundle::KeyPair { id: k.0, name: k.1, public_key: k.2 });
     }
-    let mut chunks = Vec::new();
-    let mut seen = HashSet::new();
-    let mut paths = Vec::new();
+    let mut blobs = Blobs::default();
     for i in s.images {
         let own = i.12 == caller.account_id.as_str();
         let blob = match (&i.11, own && !model_only) {
-            (Some(sha), true) => {
-                let path = ctx.blobs.local_path(sha).ok_or_else(|| ApiError::internal("blob store is not local"))?;
-                let p = path.clone();
-                let (blob, refs) = tokio::task::spawn_blocking(move || vdc_bundle::chunk_blob(std::fs::File::open(p)?))
-                    .await
-                    .map_err(ApiError::internal)?
-                    .map_err(|e| ApiError::internal(format!("reading blob {sha}: {e}")))?;
-                for c in refs {
-                    if seen.insert(c.sha256.clone()) {
-                        chunks.push(c);
-                    }
-                }
-                paths.push(path);
-                Some(blob)
-            }
+            (Some(sha), true) => Some(blobs.add(ctx, sha).await?),
             _ => None,
         };
         m.images.push(vdc_bundle::Image {
@@ -149,6 +207,10 @@ pub async fn manifest(ctx: &SharedCtx, caller: &Caller, model_only: bool) -> Api
         });
     }
     for i in s.instances {
+        let (root_disk, root_disk_format) = match captured.disks.get(&i.0) {
+            Some((sha, format)) => (Some(blobs.add(ctx, sha).await?), Some(*format)),
+            None => (None, None),
+        };
         m.instances.push(vdc_bundle::Instance {
             hostname: crate::app::instance::hostname(&i.1, &i.0),
             interfaces: nics.remove(&i.0).unwrap_or_default(),
@@ -161,11 +223,18 @@ pub async fn manifest(ctx: &SharedCtx, caller: &Caller, model_only: bool) -> Api
             keypair: i.6,
             user_data: i.7,
             root_disk_size: i.8.map(|v| v as u64),
-            root_disk: None,
+            root_disk,
+            root_disk_format,
+            // Its goal as the tenant left it (an export with `stop` starts it again).
+            stopped: i.9 == vdc_schema::InstanceGoal::Stopped.as_str(),
         });
     }
     for v in s.volumes {
-        m.volumes.push(vdc_bundle::Volume { id: v.0, name: v.1, size_mib: v.2 as u64, data: None });
+        let (data, data_format) = match captured.volumes.get(&v.0) {
+            Some((sha, format)) => (Some(blobs.add(ctx, sha).await?), Some(*format)),
+            None => (None, None),
+        };
+        m.volumes.push(vdc_bundle::Volume { id: v.0, name: v.1, size_mib: v.2 as u64, data, data_format });
     }
     for f in s.floating_ips {
         m.floating_ips.push(vdc_bundle::FloatingIp { id: f.0, instance: f.1 });
@@ -178,11 +247,11 @@ pub async fn manifest(ctx: &SharedCtx, caller: &Caller, model_only: bool) -> Api
             exported_at: db::now(),
         },
         model: m,
-        chunks,
+        chunks: blobs.chunks,
     };
     // What this site writes, it must read back.
     manifest.validate(&vdc_bundle::Limits::default())?;
-    Ok((manifest, paths))
+    Ok((manifest, blobs.paths))
 }
 
 /// Writes the bundle of `manifest` to `w`: the blobs in `paths` split as when hashed.
@@ -282,7 +351,7 @@ pub struct Maps {
     invalid: Vec<String>,
 }
 
-const KINDS: &[&str] = &["network", "security_group", "keypair", "image", "instance"];
+const KINDS: &[&str] = &["network", "security_group", "keypair", "image", "instance", "volume"];
 
 pub fn parse_maps(pairs: &[String]) -> Maps {
     let mut m = Maps::default();
@@ -544,22 +613,69 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         d.hypervisors.insert(i.id.clone(), hv);
         name(&mut d, "instance", &i.id, &i.name, (hv != i.hypervisor).then(|| format!("{} → {hv}", i.hypervisor)));
     }
-    // Not carried by this version: said, never silently dropped.
-    if !m.model.volumes.is_empty() && !maps.skip_volumes {
-        d.conflicts.push(conflict(
-            "not_supported",
-            format!("{} volume(s): this version does not import volumes yet", m.model.volumes.len()),
-            Some("volumes=skip".into()),
-        ));
+    // Root disks become private images of the account, booted by their instance.
+    for i in &m.model.instances {
+        if i.root_disk.is_some() {
+            let n = derived_name(&i.name, "-root");
+            name(&mut d, "image", &root_key(&i.id), &n, Some(format!("the root disk of instance {}", i.name)));
+        }
+    }
+    if !maps.skip_volumes {
+        for v in &m.model.volumes {
+            // Its data arrives as a private raw image the volume is filled from.
+            if v.data.is_some() {
+                let n = derived_name(&v.name, "-data");
+                name(&mut d, "image", &data_key(&v.id), &n, Some(format!("the data of volume {}", v.name)));
+            }
+            name(&mut d, "volume", &v.id, &v.name, None);
+        }
     }
     if !m.model.floating_ips.is_empty() && !maps.skip_floating_ips {
-        d.conflicts.push(conflict(
-            "not_supported",
-            format!("{} floating IP(s): this version does not import floating IPs yet", m.model.floating_ips.len()),
-            Some("floating_ips=skip".into()),
-        ));
+        if e.external {
+            for f in &m.model.floating_ips {
+                let to = f.instance.as_ref().and_then(|i| m.model.instances.iter().find(|x| &x.id == i));
+                d.creates.push(BundleCreate {
+                    kind: "floating_ip".into(),
+                    bundle_id: f.id.clone(),
+                    name: to.map_or_else(|| "(unassociated)".to_owned(), |i| i.name.clone()),
+                    note: Some("a new address from this site's pool".into()),
+                });
+            }
+        } else {
+            d.conflicts.push(conflict(
+                "no_external_network",
+                format!(
+                    "{} floating IP(s): this site has no external network to allocate them from",
+                    m.model.floating_ips.len()
+                ),
+                Some("floating_ips=skip".into()),
+            ));
+        }
     }
     d
+}
+
+/// The ID-map key of an instance's root disk image.
+fn root_key(instance: &str) -> String {
+    format!("{instance}:root")
+}
+
+/// The ID-map key of a volume's data image.
+fn data_key(volume: &str) -> String {
+    format!("{volume}:data")
+}
+
+/// `name` + `suffix`, within the 64 characters a name may have.
+fn derived_name(name: &str, suffix: &str) -> String {
+    let keep: String = name.chars().take(64 - suffix.len()).collect();
+    format!("{}{suffix}", keep.trim_end())
+}
+
+/// The account's state a plan is checked against, with the site's external network.
+async fn existing(ctx: &SharedCtx, conn: &mut sqlx::AnyConnection, account: &AccountId) -> ApiResult<store::Existing> {
+    let mut e = store::existing(conn, account).await?;
+    e.external = ctx.config.external.is_some();
+    Ok(e)
 }
 
 /// Verifies a bundle read from `body` (all of it) on a blocking thread.
@@ -582,7 +698,7 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
     let (creates, conflicts) = if already.is_some() {
         (vec![], vec![])
     } else {
-        let e = store::existing(&mut conn, &caller.account_id).await?;
+        let e = existing(ctx, &mut conn, &caller.account_id).await?;
         let d = decide(&r.manifest, &e, maps);
         (d.creates, d.conflicts)
     };
@@ -600,15 +716,39 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
 
 // ---------------------------------------------------------------- import
 
-/// Stores each new image's blob from the staged chunks (checked against its hash again).
-async fn store_blobs(ctx: &SharedCtx, m: &Manifest, d: &Decision) -> ApiResult<()> {
+/// The blobs an import stores: new images', root disks' and (unless skipped) volumes'.
+fn blobs_to_store<'a>(m: &'a Manifest, d: &Decision, maps: &Maps) -> Vec<(String, &'a vdc_bundle::BlobRef)> {
+    let mut out = Vec::new();
     for i in &m.model.images {
-        let (Some(blob), Some(ImageChoice::New)) = (&i.blob, d.images.get(&i.id)) else { continue };
+        if let (Some(blob), Some(ImageChoice::New)) = (&i.blob, d.images.get(&i.id)) {
+            out.push((format!("image {}", i.name), blob));
+        }
+    }
+    for i in &m.model.instances {
+        if let Some(blob) = &i.root_disk {
+            out.push((format!("the root disk of instance {}", i.name), blob));
+        }
+    }
+    if !maps.skip_volumes {
+        for v in &m.model.volumes {
+            if let Some(blob) = &v.data {
+                out.push((format!("volume {}", v.name), blob));
+            }
+        }
+    }
+    out
+}
+
+/// Stores each blob the import needs from the staged chunks (checked against its hash
+/// again); a blob the store has already is not written twice.
+async fn store_blobs(ctx: &SharedCtx, m: &Manifest, d: &Decision, maps: &Maps) -> ApiResult<()> {
+    for (what, blob) in blobs_to_store(m, d, maps) {
         if ctx.blobs.local_path(&blob.sha256).is_some_and(|p| p.exists()) {
             continue;
         }
         let staging = ctx.config.images_dir().join("staging");
         let chunks = chunk_dir(ctx);
+        let sha = blob.sha256.clone();
         let blob = blob.clone();
         let tmp = staging.join(format!("bundle-{}-{}", blob.sha256, rand::random::<u32>()));
         let t = tmp.clone();
@@ -628,19 +768,17 @@ async fn store_blobs(ctx: &SharedCtx, m: &Manifest, d: &Decision) -> ApiResult<(
         .await
         .map_err(ApiError::internal)?;
         match ok {
-            Ok(true) => {
-                ctx.blobs.put(&i.blob.as_ref().expect("blob").sha256, &tmp).await.map_err(ApiError::internal)?
-            }
+            Ok(true) => ctx.blobs.put(&sha, &tmp).await.map_err(ApiError::internal)?,
             Ok(false) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(ApiError::bad(
                     "bundle_chunk_mismatch",
-                    format!("image {}: its chunks do not make the blob its hash names", i.name),
+                    format!("{what}: its chunks do not make the blob its hash names"),
                 ));
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(ApiError::internal(format!("assembling image {}: {e}", i.name)));
+                return Err(ApiError::internal(format!("assembling {what}: {e}")));
             }
         }
     }
@@ -663,7 +801,7 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
             unstage(ctx, &r.manifest);
             return Ok(BundleImported { import: found, created: false });
         }
-        let e = store::existing(&mut conn, &caller.account_id).await?;
+        let e = existing(ctx, &mut conn, &caller.account_id).await?;
         let d = decide(&r.manifest, &e, maps);
         if let Some(c) = d.conflicts.first() {
             return Err(unresolved(&d.conflicts, c));
@@ -673,9 +811,9 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
     let _refs = ctx.blob_refs.lock().await;
     let d0 = {
         let mut conn = ctx.db.acquire().await?;
-        decide(&r.manifest, &store::existing(&mut conn, &caller.account_id).await?, maps)
+        decide(&r.manifest, &existing(ctx, &mut conn, &caller.account_id).await?, maps)
     };
-    store_blobs(ctx, &r.manifest, &d0).await?;
+    store_blobs(ctx, &r.manifest, &d0, maps).await?;
     let applied = db::retry(|| apply(ctx, caller, r, maps)).await?;
     drop(_refs);
     // The data is in the blob store now; staged chunks have done their part.
@@ -717,10 +855,11 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     // reservation inside it re-checks.
     let pre = {
         let mut conn = ctx.db.acquire().await?;
-        decide(m, &store::existing(&mut conn, account).await?, maps)
+        decide(m, &existing(ctx, &mut conn, account).await?, maps)
     };
     let mut candidates: HashMap<String, Vec<String>> = HashMap::new();
-    for i in &m.model.instances {
+    // A stopped instance holds no host until it is started.
+    for i in m.model.instances.iter().filter(|i| !i.stopped) {
         let hv = pre.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
         let demand = scheduler::Demand { hypervisor: hv, cpus: i.cpus, memory_mib: i.memory_mib, uefi: false };
         candidates.insert(i.id.clone(), scheduler::candidates(&ctx.db, demand, None).await?);
@@ -732,7 +871,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     if let Some(found) = store::find_import(&mut tx, account, &m.source.site_key, &m.source.vdc_id, &r.hash).await? {
         return Ok(Applied::Found(found));
     }
-    let e = store::existing(&mut tx, account).await?;
+    let e = existing(ctx, &mut tx, account).await?;
     let d = decide(m, &e, maps);
     if let Some(c) = d.conflicts.first() {
         return Err(unresolved(&d.conflicts, c));
@@ -833,36 +972,65 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
             None => return Err(ApiError::internal(format!("image {} undecided", i.id))),
         }
     }
+    // Root disks: private images of the account (as a capture makes), booted by their
+    // instance; the bundle's image stays what the disk was made from.
+    let mut roots: HashMap<String, ImageId> = HashMap::new();
+    for i in &m.model.instances {
+        let Some(blob) = &i.root_disk else { continue };
+        let src = m.model.images.iter().find(|x| x.id == i.image).ok_or_else(|| ApiError::internal("validated"))?;
+        let key = root_key(&i.id);
+        let mut image = data_image(&name("image", &key), blob, &r.hash, &now);
+        image.format = i.root_disk_format.ok_or_else(|| ApiError::internal("validated"))?;
+        image.arch = src.arch;
+        image.hypervisors = d.image_hypervisors[&i.image].clone();
+        image.boot_mode = src.boot_mode;
+        image.kernel_id = src.kernel_id.as_ref().and_then(|k| images.get(k)).map(|k| k.0.clone());
+        image.min_memory = src.min_memory;
+        image.os = src.os.clone();
+        image.default_user = src.default_user.clone();
+        store::insert_image(&mut tx, account, &image, &blob.sha256).await?;
+        ids.insert(key, image.id.to_string());
+        roots.insert(i.id.clone(), image.id);
+    }
+    // instance bundle ID → (new ID, its first interface)
+    let mut created: HashMap<String, (InstanceId, Option<String>)> = HashMap::new();
     for i in &m.model.instances {
         let hv = d.hypervisors[&i.id];
         let (image, boot) = images[&i.image].clone();
+        let image = roots.get(&i.id).cloned().unwrap_or(image);
         let demand = scheduler::Demand {
             hypervisor: hv,
             cpus: i.cpus,
             memory_mib: i.memory_mib,
             uefi: boot == vdc_schema::state::BootMode::Uefi,
         };
-        let host = scheduler::reserve(&mut tx, demand, &candidates[&i.id]).await?;
+        let host = match i.stopped {
+            // Unused by insert_stopped.
+            true => HostNodeId::generate(),
+            false => scheduler::reserve(&mut tx, demand, &candidates[&i.id]).await?,
+        };
         let id = InstanceId::generate();
         let key = i.keypair.as_ref().map(|k| keys[k].clone());
-        istore::insert(
-            &mut tx,
-            &istore::New {
-                id: &id,
-                account,
-                name: &name("instance", &i.id),
-                image: &image,
-                hypervisor: hv.as_str(),
-                cpus: i.cpus,
-                memory_mib: i.memory_mib,
-                ssh_key: key.as_ref(),
-                user_data: i.user_data.as_deref(),
-                root_disk_size: i.root_disk_size,
-                host: &host,
-                now: &now,
-            },
-        )
-        .await?;
+        let mut first_vif = None;
+        let new = istore::New {
+            id: &id,
+            account,
+            name: &name("instance", &i.id),
+            image: &image,
+            hypervisor: hv.as_str(),
+            cpus: i.cpus,
+            memory_mib: i.memory_mib,
+            ssh_key: key.as_ref(),
+            user_data: i.user_data.as_deref(),
+            root_disk_size: i.root_disk_size,
+            host: &host,
+            now: &now,
+        };
+        if i.stopped {
+            istore::insert_stopped(&mut tx, &new).await?;
+        } else {
+            istore::insert(&mut tx, &new).await?;
+        }
         for (pos, nic) in i.interfaces.iter().enumerate() {
             let (net, p) = &networks[&nic.network];
             let ip = nic.ip.parse::<Ipv4Addr>().map_err(ApiError::internal)?;
@@ -878,11 +1046,64 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
                 mac,
             };
             let vif = interface::insert(&mut tx, account, &id, pos, &planned).await?;
+            first_vif.get_or_insert_with(|| vif.id.to_string());
             work.push(Work::Interface(vif.id));
         }
-        job::start(&mut tx, account, "instance.create", id.as_str(), "running").await?;
         ids.insert(i.id.clone(), id.to_string());
-        work.push(Work::Instance(id));
+        if !i.stopped {
+            job::start(&mut tx, account, "instance.create", id.as_str(), "running").await?;
+            work.push(Work::Instance(id.clone()));
+        }
+        created.insert(i.id.clone(), (id, first_vif));
+    }
+    if !maps.skip_volumes {
+        for v in &m.model.volumes {
+            let image = match &v.data {
+                Some(blob) => {
+                    let key = data_key(&v.id);
+                    let mut image = data_image(&name("image", &key), blob, &r.hash, &now);
+                    image.format = v.data_format.ok_or_else(|| ApiError::internal("validated"))?;
+                    store::insert_image(&mut tx, account, &image, &blob.sha256).await?;
+                    ids.insert(key, image.id.to_string());
+                    Some(image.id.to_string())
+                }
+                None => None,
+            };
+            let size = v.size_mib as i64;
+            let node = crate::app::volume::reserve_storage(&mut tx, &ctx.db, size, None).await?;
+            let id = VolumeId::generate();
+            vstore::insert(
+                &mut tx,
+                vstore::New {
+                    id: id.as_str(),
+                    account,
+                    name: &name("volume", &v.id),
+                    size_mib: size,
+                    node: &node,
+                    snapshot_id: None,
+                    image_id: image,
+                    now: &now,
+                },
+            )
+            .await?;
+            job::start(&mut tx, account, "volume.create", id.as_str(), "available").await?;
+            ids.insert(v.id.clone(), id.to_string());
+            work.push(Work::Volume(id));
+        }
+    }
+    if !maps.skip_floating_ips && !m.model.floating_ips.is_empty() {
+        let ext = ctx.config.external.as_ref().ok_or_else(|| ApiError::internal("decided without external"))?;
+        let (start, end, _) = ext.pool().map_err(ApiError::internal)?;
+        let mut used: HashSet<String> = store::used_ips(&mut tx).await?.into_iter().collect();
+        for f in &m.model.floating_ips {
+            let ip = crate::app::floating_ip::pick(start, end, &used, None)?;
+            used.insert(ip.to_string());
+            let id = FloatingIpId::generate();
+            let on =
+                f.instance.as_ref().and_then(|i| created.get(i)).and_then(|(i, v)| Some((i.as_str(), v.as_deref()?)));
+            store::insert_floating_ip(&mut tx, id.as_str(), account, &ip.to_string(), on).await?;
+            ids.insert(f.id.clone(), id.to_string());
+        }
     }
     let import = BundleImport {
         id: BundleImportId::generate(),
@@ -896,6 +1117,32 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     store::insert_import(&mut tx, account, &import).await?;
     tx.commit().await?;
     Ok(Applied::Created(import, work))
+}
+
+/// A private image of the import holding `blob`: a volume's raw data unless changed.
+fn data_image(name: &str, blob: &vdc_bundle::BlobRef, hash: &str, now: &str) -> Image {
+    Image {
+        id: ImageId::generate(),
+        name: name.to_owned(),
+        format: vdc_schema::ImageFormat::Raw,
+        arch: vdc_schema::Arch::X86_64,
+        hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu],
+        source: format!("bundle:{hash}"),
+        checksum: Some(format!("sha256:{}", blob.sha256)),
+        state: ImageState::Available,
+        failure_reason: None,
+        size_bytes: Some(blob.size),
+        initrd: None,
+        kernel_cmdline: None,
+        boot_mode: Default::default(),
+        kernel_id: None,
+        min_disk: None,
+        min_memory: None,
+        os: None,
+        public: false,
+        created_at: db::parse_time(now),
+        default_user: None,
+    }
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller) -> ApiResult<Vec<BundleImport>> {
@@ -962,6 +1209,8 @@ mod tests {
                         security_groups: vec![],
                     }],
                     root_disk: None,
+                    root_disk_format: None,
+                    stopped: false,
                 }],
                 ..Default::default()
             },
@@ -975,6 +1224,7 @@ mod tests {
             cidrs: vec![("nw-x".into(), "10.0.0.0/16".into())],
             foreign_images: vec![("img-pub".into(), "tiny".into(), ",qemu,kvm,".into())],
             hypervisors: vec!["lxc".into(), "qemu".into()],
+            external: false,
         }
     }
 
@@ -1011,6 +1261,27 @@ mod tests {
         assert_eq!(n.translate("10.0.0.20".parse().unwrap()).to_string(), "10.9.0.20");
         assert_eq!(d.hypervisors["i-1"], HypervisorKind::Qemu);
         assert_eq!(d.names[&("instance".to_owned(), "i-1".to_owned())], "web-b");
+    }
+
+    #[test]
+    fn floating_ips_need_an_external_network_or_a_skip() {
+        let mut m = manifest();
+        m.model.floating_ips.push(vdc_bundle::FloatingIp { id: "fip-1".into(), instance: Some("i-1".into()) });
+        let maps = parse_maps(&[
+            "network.front.cidr=10.9.0.0/24".into(),
+            "hypervisor.kvm=qemu".into(),
+            "instance.web.name=w".into(),
+        ]);
+        let d = decide(&m, &existing(), &maps);
+        assert_eq!(codes(&d), vec![("no_external_network".into(), Some("floating_ips=skip".into()))]);
+        let mut skip = maps.clone();
+        skip.skip_floating_ips = true;
+        assert!(decide(&m, &existing(), &skip).conflicts.is_empty());
+        let mut e = existing();
+        e.external = true;
+        let d = decide(&m, &e, &maps);
+        assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
+        assert!(d.creates.iter().any(|c| c.kind == "floating_ip" && c.name == "web"));
     }
 
     #[test]

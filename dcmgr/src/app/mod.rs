@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod bundle;
+pub mod bundle_data;
 pub mod capture;
 pub mod floating_ip;
 pub mod image;

@@ -38,7 +38,12 @@ async fn fetch_own(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResult
 }
 
 /// Reserves `size` on a storage node (the given one, or the emptiest online one).
-async fn reserve_storage(tx: &mut db::Tx<'_>, pool: &db::Pool, size: i64, on: Option<&str>) -> ApiResult<String> {
+pub(crate) async fn reserve_storage(
+    tx: &mut db::Tx<'_>,
+    pool: &db::Pool,
+    size: i64,
+    on: Option<&str>,
+) -> ApiResult<String> {
     let candidates: Vec<String> = match on {
         Some(n) => vec![n.to_owned()],
         None => store::storage_with_room(pool, size).await?,

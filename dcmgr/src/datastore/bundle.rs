@@ -134,6 +134,9 @@ pub struct Existing {
     /// (id, name, hypervisors) of images the account may use that it does not own.
     pub foreign_images: Vec<(String, String, String)>,
     pub hypervisors: Vec<String>,
+    /// The site has an external network (floating IPs can be allocated); set by the caller
+    /// from the configuration.
+    pub external: bool,
 }
 
 pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Result<Existing, sqlx::Error> {
@@ -143,7 +146,8 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
          UNION ALL SELECT 'security_group', name FROM security_groups WHERE account_id = $1 \
          UNION ALL SELECT 'keypair', name FROM keypairs WHERE account_id = $1 \
          UNION ALL SELECT 'image', name FROM images WHERE account_id = $1 \
-         UNION ALL SELECT 'instance', name FROM instances WHERE account_id = $1 AND state <> 'terminated'",
+         UNION ALL SELECT 'instance', name FROM instances WHERE account_id = $1 AND state <> 'terminated' \
+         UNION ALL SELECT 'volume', name FROM volumes WHERE account_id = $1 AND state <> 'deleted'",
     )
     .bind(a)
     .fetch_all(&mut *db)
@@ -161,7 +165,7 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
     let mut hypervisors: Vec<String> = hv.iter().flat_map(|(h,)| db::split_list::<String>(h)).collect();
     hypervisors.sort();
     hypervisors.dedup();
-    Ok(Existing { names, cidrs, foreign_images, hypervisors })
+    Ok(Existing { names, cidrs, foreign_images, hypervisors, external: false })
 }
 
 type ImportRow = (String, String, String, String, String, String);
@@ -274,4 +278,34 @@ pub async fn insert_image(
 pub async fn mac_taken(tx: &mut db::Tx<'_>, mac: &str) -> Result<bool, sqlx::Error> {
     let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vifs WHERE mac = $1").bind(mac).fetch_one(&mut **tx).await?;
     Ok(n.0 > 0)
+}
+
+/// Every floating IP address of the site (in the import's transaction).
+pub async fn used_ips(tx: &mut db::Tx<'_>) -> Result<Vec<String>, sqlx::Error> {
+    let r: Vec<(String,)> = sqlx::query_as("SELECT ip FROM floating_ips").fetch_all(&mut **tx).await?;
+    Ok(r.into_iter().map(|r| r.0).collect())
+}
+
+/// A floating IP of `account`, on `vif` of `instance` when given. The unique key on `ip`
+/// fails the import if the address was taken meanwhile (and the retry picks another).
+pub async fn insert_floating_ip(
+    tx: &mut db::Tx<'_>,
+    id: &str,
+    account: &AccountId,
+    ip: &str,
+    on: Option<(&str, &str)>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO floating_ips (id, account_id, ip, instance_id, vif_id, network_id, host_id, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $6)",
+    )
+    .bind(id)
+    .bind(account.as_str())
+    .bind(ip)
+    .bind(on.map(|o| o.0))
+    .bind(on.map(|o| o.1))
+    .bind(db::now())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -129,8 +129,18 @@ pub struct New<'a> {
 }
 
 pub async fn insert(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error> {
+    insert_as(tx, n, "'pending', 'running', $10").await
+}
+
+/// An instance recorded `stopped` (a bundle's stopped instance): no host is reserved; a
+/// start schedules it as for any stopped instance. `n.host` is not used.
+pub async fn insert_stopped(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error> {
+    insert_as(tx, n, "'stopped', 'stopped', NULLIF($10, $10)").await
+}
+
+async fn insert_as(tx: &mut db::Tx<'_>, n: &New<'_>, state_goal_host: &str) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "INSERT INTO instances ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', 'running', $10, NULL, 1, 0, 0, NULL, $11, $11, $12)"
+        "INSERT INTO instances ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {state_goal_host}, NULL, 1, 0, 0, NULL, $11, $11, $12)"
     ))
     .bind(n.id.as_str())
     .bind(n.account.as_str())

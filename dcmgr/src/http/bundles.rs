@@ -13,9 +13,14 @@ use vdc_schema::api::{BundleImport, BundleImported, BundleKey, BundlePlan, Error
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
-    /// Only the model: no image data (images then resolve by name at the target).
+    /// Only the model: no data (images then resolve by name at the target, instances boot
+    /// their image, volumes arrive empty).
     #[serde(default)]
     pub model_only: bool,
+    /// Stop running instances for the capture of their disks, and start them again
+    /// afterwards. Without it a running instance is refused (`instance_running`).
+    #[serde(default)]
+    pub stop: bool,
 }
 
 /// `map=KEY=VALUE`, repeated; nothing else.
@@ -42,19 +47,25 @@ pub async fn key(State(ctx): State<SharedCtx>, _caller: Caller) -> Json<BundleKe
     summary = "Export the account's VDC as a bundle",
     description = "Streams a bundle (see docs/bundle-format.md): the model read in one transaction (networks, \
         security groups with their rules, key pairs' public keys, images, instances with their addresses and \
-        MACs, volumes, floating IPs), then the account's images' data as zstd chunks, signed with this site's key. \
-        Instances' disks and volumes' data are not carried yet.",
+        MACs, volumes, floating IPs), then the data as zstd chunks, signed with this site's key: the account's \
+        images, each stopped virtual machine's root disk (captured as an image would be) and each volume's \
+        data (through a snapshot). The images and snapshots made to read them are removed afterwards.",
     params(ExportQuery),
-    responses((status = 200, description = "The bundle", content_type = "application/octet-stream", body = Vec<u8>)))]
+    responses(
+        (status = 200, description = "The bundle", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 409, description = "`instance_running`: a running instance's disk cannot be exported as it \
+            is; stop it, pass `stop=true`, or `model_only=true`. `export_failed`: a capture failed (everything \
+            made for the export is removed)", body = ErrorBody)))]
 pub async fn export(
     State(ctx): State<SharedCtx>,
     caller: Caller,
     q: Result<axum::extract::Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let q = q.map_err(|r| ApiError::bad("invalid_query", r.body_text()))?;
-    let (manifest, paths) = app::manifest(&ctx, &caller, q.model_only).await?;
+    let (manifest, paths, temp) = app::manifest(&ctx, &caller, q.model_only, q.stop).await?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
     let key = ctx.site_key.clone();
+    let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let w = ChannelWriter { tx: tx.clone() };
         // A failure mid-stream cuts the body: the reader sees a truncated bundle.
@@ -62,6 +73,10 @@ pub async fn export(
             tracing::warn!(error = %e, "bundle export failed");
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
+        // The export's own images and snapshots go once their data is written (or cut),
+        // before the body ends: a client that has read the bundle sees none of them.
+        handle.block_on(temp.remove(&ctx, &caller));
+        drop(tx);
     });
     let stream = tokio_stream_from(rx);
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], axum::body::Body::from_stream(stream)).into_response())

@@ -1,0 +1,246 @@
+//! The data of a bundle export (issue 13): instances' root disks and volumes' data become
+//! blobs through the paths that already turn them into images, not a second copy
+//! mechanism. A stopped instance is captured (hva flattens its disk and uploads it through
+//! `ingest`); a volume is snapshotted and the snapshot made an image (sta reads it). The
+//! images and snapshots made for the export are temporary: [`Temporaries::remove`] deletes
+//! them once the bundle is written (or the export failed). Blobs are content-addressed,
+//! so removing a temporary image never takes data another image still has.
+//!
+//! A running instance is refused (`instance_running`): its disk changes while it is read.
+//! With `stop`, it is stopped first and started again as soon as its disk is captured.
+
+use crate::app::{capture, image as images, instance as instances, snapshot};
+use crate::ctx::{Caller, SharedCtx};
+use crate::datastore::{image as image_store, instance as istore, snapshot as snapshots};
+use crate::error::{ApiError, ApiResult};
+use std::collections::HashMap;
+use std::time::Duration;
+use vdc_schema::api::{CaptureInstance, CreateSnapshot, CreateSnapshotImage};
+use vdc_schema::id::{ImageId, InstanceId, SnapshotId, VolumeId};
+use vdc_schema::{HypervisorKind, ImageFormat, ImageState, InstanceAction, InstanceState, SnapshotState};
+
+/// How long one capture (or stop) may take before the export gives up.
+const WAIT: Duration = Duration::from_secs(30 * 60);
+const POLL: Duration = Duration::from_millis(100);
+
+/// What the export made and must remove, or start again.
+#[derive(Debug, Default)]
+pub struct Temporaries {
+    images: Vec<ImageId>,
+    snapshots: Vec<SnapshotId>,
+}
+
+impl Temporaries {
+    /// Deletes the export's images and snapshots (best effort: each failure is logged).
+    pub async fn remove(self, ctx: &SharedCtx, caller: &Caller) {
+        for id in &self.images {
+            if let Err(e) = images::delete(ctx, caller, id).await {
+                tracing::warn!(image = %id, error = %e, "bundle export: removing a temporary image");
+            }
+        }
+        for id in &self.snapshots {
+            if let Err(e) = snapshot::delete(ctx, caller, id).await {
+                tracing::warn!(snapshot = %id, error = %e, "bundle export: removing a temporary snapshot");
+            }
+        }
+    }
+}
+
+/// The blobs (SHA-256) of the captured disks and volumes, with the format the capture
+/// found (qemu-img's probe at ingest, on the source site).
+#[derive(Debug, Default)]
+pub struct Captured {
+    /// instance ID → root disk blob
+    pub disks: HashMap<String, (String, ImageFormat)>,
+    /// volume ID → data blob
+    pub volumes: HashMap<String, (String, ImageFormat)>,
+}
+
+/// One instance as the export sees it.
+pub struct DiskSource {
+    pub id: String,
+    pub name: String,
+    pub hypervisor: String,
+    pub image_format: String,
+}
+
+/// A name for a temporary image or snapshot: unique, so a crashed export never blocks the
+/// next one.
+fn temp_name(of: &str) -> String {
+    format!("bundle-export-{of}-{:08x}", rand::random::<u32>())
+}
+
+/// Whether an instance has a disk the capture path can read: a VM booting a disk image
+/// that has run at least once. Containers and kernel-booted VMs travel without one.
+fn has_disk(i: &DiskSource) -> bool {
+    i.hypervisor != HypervisorKind::Lxc.as_str()
+        && (i.image_format == ImageFormat::Qcow2.as_str() || i.image_format == ImageFormat::Raw.as_str())
+}
+
+/// Captures every disk-holding instance of `instances` and every volume in `volumes`.
+/// On failure everything made so far is removed and stopped instances are started again.
+pub async fn capture_all(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    list: &[DiskSource],
+    volumes: &[String],
+    stop: bool,
+) -> ApiResult<(Captured, Temporaries)> {
+    let mut temp = Temporaries::default();
+    let mut restart = Vec::new();
+    let r = capture_inner(ctx, caller, list, volumes, stop, &mut temp, &mut restart).await;
+    for id in &restart {
+        if let Err(e) = instances::act(ctx, caller, id, InstanceAction::Start).await {
+            tracing::warn!(instance = %id, error = %e, "bundle export: starting a stopped instance again");
+        }
+    }
+    match r {
+        Ok(c) => Ok((c, temp)),
+        Err(e) => {
+            temp.remove(ctx, caller).await;
+            Err(e)
+        }
+    }
+}
+
+async fn capture_inner(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    list: &[DiskSource],
+    volumes: &[String],
+    stop: bool,
+    temp: &mut Temporaries,
+    restart: &mut Vec<InstanceId>,
+) -> ApiResult<Captured> {
+    let mut out = Captured::default();
+    let mut disks = Vec::new();
+    // Everything is checked before anything is stopped or captured.
+    for i in list.iter().filter(|i| has_disk(i)) {
+        let row = istore::get(&ctx.db, &i.id).await?.ok_or_else(|| ApiError::not_found("instance", &i.id))?;
+        let state = row.state()?;
+        let id: InstanceId = i.id.parse().map_err(ApiError::internal)?;
+        match state {
+            // Never ran: no host holds a disk of it; it travels as its image.
+            InstanceState::Stopped if row.last_host_id.is_none() => {}
+            InstanceState::Stopped => disks.push((id, false)),
+            _ if stop => disks.push((id, true)),
+            _ => {
+                return Err(ApiError::conflict(
+                    "instance_running",
+                    format!(
+                        "instance {} ({}) is {state}: its disk changes while it runs; stop it, export with \
+                         --stop (it is stopped for the capture and started again), or export --model-only",
+                        i.name, i.id
+                    ),
+                ))
+            }
+        }
+    }
+    for (id, running) in &disks {
+        if *running {
+            instances::act(ctx, caller, id, InstanceAction::Stop).await?;
+            restart.push(id.clone());
+        }
+    }
+    for (id, _) in &disks {
+        wait_stopped(ctx, id).await?;
+        let image = capture::capture(
+            ctx,
+            caller,
+            id,
+            CaptureInstance {
+                image_name: temp_name(id.as_str()),
+                os: None,
+                min_disk: None,
+                min_memory: None,
+                default_user: None,
+            },
+        )
+        .await?
+        .resource
+        .id;
+        temp.images.push(image.clone());
+        out.disks.insert(id.to_string(), wait_image(ctx, &image).await?);
+        // Its disk is read: it need not wait for the others.
+        if let Some(pos) = restart.iter().position(|r| r == id) {
+            let id = restart.remove(pos);
+            instances::act(ctx, caller, &id, InstanceAction::Start).await?;
+        }
+    }
+    for v in volumes {
+        let volume_id: VolumeId = v.parse().map_err(ApiError::internal)?;
+        let snap = snapshot::create(ctx, caller, CreateSnapshot { volume_id, name: temp_name(v) }).await?.resource.id;
+        temp.snapshots.push(snap.clone());
+        wait_snapshot(ctx, &snap).await?;
+        let image = capture::from_snapshot(
+            ctx,
+            caller,
+            &snap,
+            CreateSnapshotImage { image_name: temp_name(v), format: Some(ImageFormat::Raw), ..Default::default() },
+        )
+        .await?
+        .resource
+        .id;
+        temp.images.push(image.clone());
+        out.volumes.insert(v.clone(), wait_image(ctx, &image).await?);
+    }
+    Ok(out)
+}
+
+async fn wait_stopped(ctx: &SharedCtx, id: &InstanceId) -> ApiResult<()> {
+    let t = std::time::Instant::now();
+    loop {
+        let row = istore::get(&ctx.db, id.as_str()).await?.ok_or_else(|| ApiError::not_found("instance", id))?;
+        match row.state()? {
+            InstanceState::Stopped => return Ok(()),
+            InstanceState::Terminated | InstanceState::ShuttingDown => {
+                return Err(ApiError::conflict(
+                    "instance_gone",
+                    format!("instance {id} was terminated during the export"),
+                ))
+            }
+            _ if t.elapsed() > WAIT => {
+                return Err(ApiError::conflict(
+                    "export_timeout",
+                    format!("instance {id} did not stop within {} s", WAIT.as_secs()),
+                ))
+            }
+            _ => tokio::time::sleep(POLL).await,
+        }
+    }
+}
+
+async fn wait_snapshot(ctx: &SharedCtx, id: &SnapshotId) -> ApiResult<()> {
+    let t = std::time::Instant::now();
+    loop {
+        let row = snapshots::get(&ctx.db, id.as_str()).await?.ok_or_else(|| ApiError::not_found("snapshot", id))?;
+        if row.state == SnapshotState::Available.as_str() {
+            return Ok(());
+        }
+        if row.state == SnapshotState::Failed.as_str() || t.elapsed() > WAIT {
+            return Err(ApiError::conflict(
+                "export_failed",
+                format!("the export's snapshot {id} of volume {} is {}", row.volume_id, row.state),
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits for an image of the export to be stored; its blob's SHA-256 and its format.
+async fn wait_image(ctx: &SharedCtx, id: &ImageId) -> ApiResult<(String, ImageFormat)> {
+    let t = std::time::Instant::now();
+    loop {
+        let row = image_store::get(&ctx.db, id.as_str()).await?.ok_or_else(|| ApiError::not_found("image", id))?;
+        if row.state == ImageState::Available.as_str() {
+            let format = row.format.parse().map_err(ApiError::internal)?;
+            let blob = row.blob.ok_or_else(|| ApiError::internal(format!("image {id} is available without a blob")))?;
+            return Ok((blob, format));
+        }
+        if row.state == ImageState::Failed.as_str() || t.elapsed() > WAIT {
+            let why = row.failure_reason.unwrap_or_else(|| format!("not stored within {} s", WAIT.as_secs()));
+            return Err(ApiError::conflict("export_failed", format!("capturing the data of {id} failed: {why}")));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -1,0 +1,177 @@
+//! A VDC bundle with its data, on real parts: a real QEMU guest, stopped, whose disk the
+//! real hva captures (flattened overlay), and a 256 MiB volume on sta's file backend with
+//! known bytes (read through a snapshot by the real sta). It is exported through the API,
+//! imported into another account, and the bytes arrive: the guest's disk image and the
+//! new volume's file have the SHA-256 of the originals, and the guest boots from its
+//! carried disk. Prints export and import throughput against `cp` of the same volume.
+//!
+//! Needs root, libvirtd and the tiny image (tests/run.sh provides them).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+use vdc_cli::client::Client;
+use vdc_schema::api::*;
+use vdc_schema::*;
+use vdc_sta::backend::BackendConfig;
+use vdc_tests::{register_images, wait_console, RealStorageSetup, Stack};
+
+const BOOT: Duration = Duration::from_secs(120);
+const VOLUME_MIB: u64 = 256;
+
+fn run(p: &str, a: &[&str]) -> String {
+    let out = std::process::Command::new(p).args(a).output().unwrap();
+    assert!(out.status.success(), "{p} {a:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sha256(path: &Path) -> String {
+    run("sha256sum", &[path.to_str().unwrap()]).split_whitespace().next().unwrap().to_owned()
+}
+
+/// Incompressible bytes (xorshift), so zstd does not flatter the figures.
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+async fn ok<T>(c: &Client, a: Accepted<T>) -> T {
+    let j = c.wait_job(&a.job.id, BOOT).await.unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    a.resource
+}
+
+fn mib_s(secs: f64) -> f64 {
+    VOLUME_MIB as f64 / secs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_guest_and_a_volume_arrive_with_their_bytes() {
+    vdc_tests::init_logging();
+    let dir = tempfile::Builder::new().prefix("vdc-bundledata-").tempdir_in("/var/tmp").unwrap();
+    let mut o = vdc_tests::real_guests(1, 2);
+    o.real_storage = Some(RealStorageSetup {
+        backend: BackendConfig::File { dir: dir.path().join("volumes") },
+        iscsi: None,
+        data_dir: dir.path().join("sta"),
+    });
+    let s = Stack::start(o).await;
+    let (kernel, _) = register_images(&s).await;
+    let src = s.account("bundle-src").await;
+
+    // The guest: a qcow2 disk booted once, stopped, then written while off (the tiny
+    // guest runs from its initramfs), so its disk differs from its image.
+    let disk = dir.path().join("disk.qcow2");
+    let d = disk.to_str().unwrap();
+    run("qemu-img", &["create", "-q", "-f", "qcow2", d, "16M"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5a 0 64k", d]);
+    let img = src
+        .create_image(&CreateImage {
+            default_user: Some("tiny".into()),
+            kernel_id: Some(kernel.clone()),
+            os: Some("tiny".into()),
+            ..vdc_tests::image_request("base-disk", ImageFormat::Qcow2)
+        })
+        .await
+        .unwrap();
+    src.upload_image_file(&img.id, &disk, |_| {}).await.unwrap();
+    let req = CreateInstance { root_disk_size: Some(32 << 20), ..vdc_tests::qemu_guest(&img.id, "guest") };
+    let id = ok(&src, src.create_instance(&req).await.unwrap()).await.id;
+    wait_console(&src, &id, &format!("vdc-guest: instance-id={id}"), BOOT).await;
+    ok(&src, src.stop_instance(&id).await.unwrap()).await;
+    let overlay =
+        s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances").join(id.as_str()).join("root.qcow2");
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0xa5 1M 64k", overlay.to_str().unwrap()]);
+    let expected = dir.path().join("expected.qcow2");
+    run("qemu-img", &["convert", "-O", "qcow2", "-f", "qcow2", overlay.to_str().unwrap(), expected.to_str().unwrap()]);
+
+    // The volume, holding known bytes.
+    let vol = CreateVolume { name: "data".into(), size_mib: Some(VOLUME_MIB), snapshot_id: None, image_id: None };
+    let vol = ok(&src, src.create_volume(&vol).await.unwrap()).await;
+    let luns = dir.path().join("volumes/volumes");
+    let lun = luns.join(format!("{}.img", vol.id));
+    std::fs::write(&lun, pattern((VOLUME_MIB << 20) as usize)).unwrap();
+    let want_volume = sha256(&lun);
+
+    let t = Instant::now();
+    run("cp", &[lun.to_str().unwrap(), dir.path().join("cp.img").to_str().unwrap()]);
+    let cp = t.elapsed().as_secs_f64();
+    std::fs::remove_file(dir.path().join("cp.img")).unwrap();
+
+    let file = dir.path().join("vdc.bundle");
+    let mut f = tokio::fs::File::create(&file).await.unwrap();
+    let t = Instant::now();
+    let n = src.export_bundle(false, false, &mut f, |_| {}).await.unwrap();
+    let export = t.elapsed().as_secs_f64();
+    drop(f);
+    assert!(n > VOLUME_MIB << 20, "the bundle holds the volume: {n} bytes");
+    // The export's snapshot and images are gone from the source.
+    let live = |c: Client| async move {
+        c.list_all_snapshots().await.unwrap().into_iter().filter(|s| s.state != SnapshotState::Deleted).count()
+    };
+    for _ in 0..100 {
+        if live(src.clone()).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(live(src.clone()).await, 0, "the export's snapshot is deleted");
+    assert!(!src.list_all_images().await.unwrap().iter().any(|i| i.name.starts_with("bundle-export-")));
+
+    // Into another account of the site (which trusts its own key).
+    let dst = s.account("bundle-dst").await;
+    let t = Instant::now();
+    let done = dst.import_bundle(Client::file_body(&file).await.unwrap(), &[]).await.unwrap();
+    let import = t.elapsed().as_secs_f64();
+    assert!(done.created);
+    let guest = dst.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "guest").unwrap();
+    assert_eq!(guest.state, InstanceState::Stopped, "a stopped guest stays stopped");
+    let root = dst.get_image(&guest.image_id).await.unwrap();
+    assert_eq!(root.name, "guest-root");
+    let root_blob = s
+        .opts
+        .images
+        .dir
+        .clone()
+        .unwrap()
+        .join("blobs/sha256")
+        .join(root.checksum.unwrap().trim_start_matches("sha256:"));
+    assert_eq!(sha256(&root_blob), sha256(&expected), "the guest's disk arrived: the flattened overlay");
+
+    let v = dst.list_all_volumes().await.unwrap().into_iter().find(|v| v.name == "data").unwrap();
+    let mut filled = None;
+    for _ in 0..600 {
+        let now = dst.get_volume(&v.id).await.unwrap();
+        if now.state != VolumeState::Creating {
+            filled = Some(now);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let filled = filled.expect("the volume is filled");
+    let to_volume = t.elapsed().as_secs_f64();
+    assert_eq!(filled.state, VolumeState::Available, "{filled:?}");
+    assert_eq!(sha256(&luns.join(format!("{}.img", v.id))), want_volume, "the volume's bytes arrived");
+
+    // The guest boots from its carried disk.
+    ok(&dst, dst.start_instance(&guest.id).await.unwrap()).await;
+    wait_console(&dst, &guest.id, &format!("vdc-guest: instance-id={}", guest.id), BOOT).await;
+    eprintln!(
+        "bundle of {VOLUME_MIB} MiB volume + disk ({n} bytes): export {export:.1} s ({:.0} MiB/s), import {import:.1} s \
+         ({:.0} MiB/s; volume filled after {to_volume:.1} s), cp {cp:.2} s ({:.0} MiB/s)",
+        mib_s(export),
+        mib_s(import),
+        mib_s(cp)
+    );
+    for (c, i) in [(&dst, &guest.id), (&src, &id)] {
+        ok(c, c.terminate_instance(i).await.unwrap()).await;
+    }
+    s.stop().await;
+}
