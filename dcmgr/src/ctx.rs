@@ -10,11 +10,34 @@ use vdc_bus::Transport;
 use vdc_schema::bus::AgentKind;
 use vdc_schema::id::*;
 
-/// Who is calling the API.
+/// Who is calling the API: a user acting in one account through one token.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub account_id: AccountId,
+    /// A cloud operator (and the token has no role cap): see `app::authz`.
     pub admin: bool,
+    pub user_id: UserId,
+    /// The role the call acts with in `account_id`: the user's, capped by the token's.
+    pub role: vdc_schema::state::Role,
+    /// The token's own cap, which tokens it mints inherit.
+    pub token_role: Option<vdc_schema::state::Role>,
+    /// When the token stops working (checked on every call, cached or not).
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Caller {
+    /// dcmgr itself acting as an admin user in `account_id` (start-up work).
+    pub fn system(account_id: AccountId) -> Caller {
+        Caller {
+            account_id,
+            admin: true,
+            // No user row: nothing done as dcmgr itself is a user's.
+            user_id: "u-system".parse().expect("a valid user ID"),
+            role: vdc_schema::state::Role::Owner,
+            token_role: None,
+            expires_at: None,
+        }
+    }
 }
 
 /// An object whose desired state must be pushed to its agent.
