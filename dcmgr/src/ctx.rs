@@ -40,6 +40,38 @@ impl Caller {
     }
 }
 
+/// Resolved tokens. Every eviction bumps `epoch`; a caller read from the database is
+/// cached only if no eviction happened since the read began, so a token revoked while
+/// it was being resolved is not cached as valid.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: HashMap<String, Caller>,
+    epoch: u64,
+}
+
+impl TokenCache {
+    pub fn get(&self, hash: &str) -> Option<&Caller> {
+        self.entries.get(hash)
+    }
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    /// Caches `caller` unless something was evicted since `epoch`.
+    pub fn insert_since(&mut self, epoch: u64, hash: String, caller: Caller) {
+        if self.epoch == epoch {
+            self.entries.insert(hash, caller);
+        }
+    }
+    pub fn remove(&mut self, hash: &str) {
+        self.epoch += 1;
+        self.entries.remove(hash);
+    }
+    pub fn retain(&mut self, keep: impl FnMut(&String, &mut Caller) -> bool) {
+        self.epoch += 1;
+        self.entries.retain(keep);
+    }
+}
+
 /// An object whose desired state must be pushed to its agent.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Work {
@@ -63,7 +95,7 @@ pub struct Ctx {
     pub bus: Arc<dyn Transport>,
     pub config: Config,
     /// token hash → caller; tokens are only ever added or revoked through this process.
-    pub tokens: RwLock<HashMap<String, Caller>>,
+    pub tokens: RwLock<TokenCache>,
     pub work: mpsc::UnboundedSender<Work>,
     /// Work queued and not yet taken by a dispatcher: the same object is queued once
     /// (a burst of changes to one group sends its members one ensure each, not one per change).

@@ -119,7 +119,10 @@ pub async fn bootstrap_admin(ctx: &SharedCtx, token: &str) -> anyhow::Result<Acc
 /// revoked is refused with a code of its own; one whose user left the account is revoked.
 pub async fn authenticate(ctx: &SharedCtx, token: &str) -> ApiResult<Caller> {
     let hash = hash_token(token);
-    let cached = ctx.tokens.read().unwrap().get(&hash).cloned();
+    let (cached, epoch) = {
+        let cache = ctx.tokens.read().unwrap();
+        (cache.get(&hash).cloned(), cache.epoch())
+    };
     let caller = match cached {
         Some(c) => c,
         None => {
@@ -146,7 +149,7 @@ pub async fn authenticate(ctx: &SharedCtx, token: &str) -> ApiResult<Caller> {
                 token_role,
                 expires_at: row.expires_at.as_deref().map(db::parse_time),
             };
-            ctx.tokens.write().unwrap().insert(hash, caller.clone());
+            ctx.tokens.write().unwrap().insert_since(epoch, hash, caller.clone());
             caller
         }
     };
