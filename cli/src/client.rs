@@ -303,6 +303,60 @@ impl Client {
         self.post_empty(&format!("/accounts/{id}/tokens")).await
     }
 
+    // ------------------------------------------------------------ users (admin), members
+
+    pub async fn create_user(&self, req: &CreateUser) -> Result<User> {
+        self.post("/users", req).await
+    }
+
+    pub async fn list_users(&self, query: &ListQuery) -> Result<Page<User>> {
+        self.list("/users", query).await
+    }
+
+    pub async fn get_user(&self, id: &UserId) -> Result<User> {
+        self.get(&format!("/users/{id}")).await
+    }
+
+    pub async fn delete_user(&self, id: &UserId) -> Result<()> {
+        self.delete_no_content(&format!("/users/{id}")).await
+    }
+
+    pub async fn list_members(&self, account: &AccountId) -> Result<Vec<Member>> {
+        Ok(self.get::<Page<Member>>(&format!("/accounts/{account}/members")).await?.items)
+    }
+
+    /// Gives the user (by name) a role in the account, or changes its role.
+    pub async fn add_member(&self, account: &AccountId, req: &AddMember) -> Result<Member> {
+        self.post(&format!("/accounts/{account}/members"), req).await
+    }
+
+    pub async fn remove_member(&self, account: &AccountId, user: &UserId) -> Result<()> {
+        self.delete_no_content(&format!("/accounts/{account}/members/{user}")).await
+    }
+
+    // ------------------------------------------------------------ tokens
+
+    /// A new token; its secret is shown only in this answer.
+    pub async fn create_token(&self, req: &CreateToken) -> Result<TokenCreated> {
+        self.post("/tokens", req).await
+    }
+
+    pub async fn list_tokens(&self, query: &ListQuery) -> Result<Page<Token>> {
+        self.list("/tokens", query).await
+    }
+
+    pub async fn list_all_tokens(&self) -> Result<Vec<Token>> {
+        self.list_all("/tokens", &ListQuery::default()).await
+    }
+
+    pub async fn get_token(&self, id: &TokenId) -> Result<Token> {
+        self.get(&format!("/tokens/{id}")).await
+    }
+
+    pub async fn revoke_token(&self, id: &TokenId) -> Result<()> {
+        self.delete_no_content(&format!("/tokens/{id}")).await
+    }
+
     // ------------------------------------------------------------ key pairs
 
     pub async fn create_keypair(&self, req: &CreateKeyPair) -> Result<KeyPairCreated> {

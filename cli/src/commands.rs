@@ -49,6 +49,10 @@ pub struct GlobalArgs {
     /// API token [default: $VDC_TOKEN, then the config file]
     #[arg(long, value_name = "TOKEN", global = true)]
     pub token: Option<String>,
+    /// The account (name or ID) that member and token commands act in [default:
+    /// $VDC_ACCOUNT, then the config file's `account`, then the token's own account]
+    #[arg(long = "account", id = "global_account", value_name = "ACCOUNT", global = true)]
+    pub account: Option<String>,
     /// How long --wait waits for a job before giving up
     #[arg(long, value_name = "SECONDS", default_value_t = 1800, global = true)]
     pub wait_timeout: u64,
@@ -64,6 +68,12 @@ pub enum Command {
     /// Accounts and their API tokens (admin only)
     #[command(subcommand)]
     Account(AccountCmd),
+    /// Users: people and robots holding roles in accounts (admin only)
+    #[command(subcommand)]
+    User(UserCmd),
+    /// API tokens: named, optionally expiring, revocable one by one
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// SSH key pairs for instances
     #[command(subcommand, visible_alias = "key")]
     Keypair(KeypairCmd),
@@ -194,6 +204,92 @@ pub enum AccountCmd {
     Token {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Account>,
+    },
+    /// The account's users and their roles (owner: members and tokens; member: everything
+    /// else; reader: reads only)
+    #[command(subcommand)]
+    Member(MemberCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCmd {
+    /// Give a user a role in the account (--account), or change its role (an owner's)
+    Add {
+        /// The user's name
+        user: String,
+        #[arg(long, value_parser = wire!(Role), default_value = "member")]
+        role: Role,
+    },
+    /// Take a user's role away and revoke its tokens in the account (an owner's)
+    #[command(visible_alias = "rm")]
+    Remove {
+        /// The user's name or ID
+        user: String,
+    },
+    #[command(visible_alias = "ls")]
+    List,
+}
+
+// ------------------------------------------------------------------ users
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Create a user; give it a role with `vdc account member add` and a first token with
+    /// `vdc token create --user`
+    Create {
+        name: String,
+        /// A cloud operator: manages accounts, users, nodes and public images
+        #[arg(long)]
+        admin: bool,
+    },
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only the user with this exact name
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::User>,
+    },
+    /// Delete a user, its roles and its tokens
+    #[command(visible_alias = "rm")]
+    Delete {
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::User>,
+    },
+}
+
+// ------------------------------------------------------------------ tokens
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token and print its secret (shown only this once)
+    Create {
+        /// 1 to 64 of [A-Za-z0-9._-], unique among your live tokens in the account
+        name: String,
+        /// When it stops working: a duration (30d, 12h, 90m, 45s) or an RFC 3339 time
+        #[arg(long, visible_alias = "expires-in", value_name = "WHEN", value_parser = crate::parse::parse_expiry)]
+        expires: Option<chrono::DateTime<chrono::Utc>>,
+        /// At most this role, below yours (e.g. reader for a dashboard)
+        #[arg(long, value_parser = wire!(Role))]
+        role: Option<Role>,
+        /// For this member of the account (name), not for you (an owner's)
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+    },
+    /// Your tokens in the account, or everyone's for an owner (never their secrets)
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Revoke a token: it is refused (401 token_revoked) from now on
+    Revoke {
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Token>,
     },
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 pub const ENV_API: &str = "VDC_API";
 pub const ENV_TOKEN: &str = "VDC_TOKEN";
 pub const ENV_CONFIG: &str = "VDC_CONFIG";
+pub const ENV_ACCOUNT: &str = "VDC_ACCOUNT";
 
 /// The config file's contents; also one layer (flags, environment) of the lookup.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,16 +19,23 @@ pub struct CliConfig {
     pub api: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The account (name or ID) that `--account` defaults to (members, tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 impl CliConfig {
     pub fn new(api: impl Into<String>, token: impl Into<String>) -> Self {
-        Self { api: Some(api.into()), token: Some(token.into()) }
+        Self { api: Some(api.into()), token: Some(token.into()), account: None }
     }
 
     /// The layer given by `VDC_API` and `VDC_TOKEN`.
     pub fn from_env() -> Self {
-        Self { api: std::env::var(ENV_API).ok(), token: std::env::var(ENV_TOKEN).ok() }
+        Self {
+            api: std::env::var(ENV_API).ok(),
+            token: std::env::var(ENV_TOKEN).ok(),
+            account: std::env::var(ENV_ACCOUNT).ok(),
+        }
     }
 }
 
@@ -36,6 +44,8 @@ impl CliConfig {
 pub struct Endpoint {
     pub api: String,
     pub token: String,
+    /// `--account`, else `VDC_ACCOUNT`, else the file's `account`, if any.
+    pub account: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +82,16 @@ pub fn config_path() -> PathBuf {
 }
 
 /// Resolve with the real environment and config file; the arguments are the flag values.
-pub fn load(api_flag: Option<&str>, token_flag: Option<&str>) -> Result<Endpoint, ConfigError> {
-    let flags = CliConfig { api: api_flag.map(str::to_owned), token: token_flag.map(str::to_owned) };
+pub fn load(
+    api_flag: Option<&str>,
+    token_flag: Option<&str>,
+    account_flag: Option<&str>,
+) -> Result<Endpoint, ConfigError> {
+    let flags = CliConfig {
+        api: api_flag.map(str::to_owned),
+        token: token_flag.map(str::to_owned),
+        account: account_flag.map(str::to_owned),
+    };
     load_with(&flags, &CliConfig::from_env(), &config_path())
 }
 
@@ -82,11 +100,16 @@ pub fn load(api_flag: Option<&str>, token_flag: Option<&str>) -> Result<Endpoint
 pub fn load_with(flags: &CliConfig, env: &CliConfig, path: &Path) -> Result<Endpoint, ConfigError> {
     let mut api = non_empty(&flags.api).or_else(|| non_empty(&env.api));
     let mut token = non_empty(&flags.token).or_else(|| non_empty(&env.token));
+    let mut account = non_empty(&flags.account).or_else(|| non_empty(&env.account));
     if api.is_none() || token.is_none() {
         if let Some(file) = read(path)? {
             api = api.or_else(|| non_empty(&file.api));
             token = token.or_else(|| non_empty(&file.token));
+            account = account.or_else(|| non_empty(&file.account));
         }
+    } else if account.is_none() {
+        // Only when the file is read anyway for nothing else: a broken file stays harmless.
+        account = read(path).ok().flatten().and_then(|f| non_empty(&f.account));
     }
     let api = api.ok_or_else(|| ConfigError::Missing {
         what: "URL",
@@ -102,7 +125,7 @@ pub fn load_with(flags: &CliConfig, env: &CliConfig, path: &Path) -> Result<Endp
         key: "token",
         path: path.to_owned(),
     })?;
-    Ok(Endpoint { api, token })
+    Ok(Endpoint { api, token, account })
 }
 
 fn non_empty(v: &Option<String>) -> Option<String> {
@@ -154,7 +177,7 @@ mod tests {
     use super::*;
 
     fn layer(api: Option<&str>, token: Option<&str>) -> CliConfig {
-        CliConfig { api: api.map(Into::into), token: token.map(Into::into) }
+        CliConfig { api: api.map(Into::into), token: token.map(Into::into), account: None }
     }
 
     fn temp_dir(name: &str) -> PathBuf {

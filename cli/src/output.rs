@@ -156,6 +156,49 @@ impl Tabular for Account {
     }
 }
 
+impl Tabular for User {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "NAME", "ADMIN", "CREATED"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![self.id.to_string(), self.name.clone(), self.admin.to_string(), time(&self.created_at)]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        Self::headers().iter().copied().zip(self.row()).collect()
+    }
+}
+
+impl Tabular for Member {
+    fn headers() -> &'static [&'static str] {
+        &["USER", "USER ID", "ROLE", "SINCE"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![self.user_name.clone(), self.user_id.to_string(), self.role.to_string(), time(&self.created_at)]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        Self::headers().iter().copied().zip(self.row()).collect()
+    }
+}
+
+impl Tabular for Token {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "NAME", "USER", "ROLE", "EXPIRES", "CREATED"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.name.clone(),
+            self.user_id.to_string(),
+            self.role.map(|r| r.to_string()).unwrap_or_else(|| "(the user's)".into()),
+            self.expires_at.as_ref().map(time).unwrap_or_else(|| "never".into()),
+            time(&self.created_at),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        Self::headers().iter().copied().zip(self.row()).collect()
+    }
+}
+
 impl Tabular for FloatingIp {
     fn headers() -> &'static [&'static str] {
         &["ID", "IP", "INSTANCE", "INTERFACE", "CREATED"]

@@ -101,6 +101,34 @@ fn parse_ports(ports: &str, protocol: Protocol) -> Result<(u16, u16), String> {
 }
 
 /// A CIDR in canonical text; a bare address becomes a host route (`/32` or `/128`).
+/// `--expires`: a duration from now (`30d`, `12h`, `90m`, `45s`) or an RFC 3339 time.
+pub fn parse_expiry(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    parse_expiry_at(s, chrono::Utc::now())
+}
+
+fn parse_expiry_at(s: &str, now: chrono::DateTime<chrono::Utc>) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let s = s.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let bad = || format!("{s:?} is not a duration (30d, 12h, 90m, 45s) or an RFC 3339 time (2027-01-31T12:00:00Z)");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    if n == 0 || n > 3650 * 86_400 / secs {
+        return Err(format!("{s:?}: give a duration between 1s and 3650d"));
+    }
+    Ok(now + chrono::Duration::seconds(n * secs))
+}
+
 pub fn parse_cidr(s: &str) -> Result<String, String> {
     let (addr, prefix) = match s.split_once('/') {
         Some((a, p)) => (a, Some(p)),
@@ -287,5 +315,18 @@ mod tests {
         assert_eq!(parse_checksum(&format!("sha256:{hex}")), Ok(format!("sha256:{}", hex.to_ascii_lowercase())));
         assert!(parse_checksum("md5:abc").is_err());
         assert!(parse_checksum("sha256:abc").is_err());
+    }
+
+    #[test]
+    fn expiries() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z").unwrap().with_timezone(&chrono::Utc);
+        let at = |s: &str| parse_expiry_at(s, now).map(|t| t.to_rfc3339());
+        assert_eq!(at("30d").unwrap(), "2026-12-30T12:00:00+00:00");
+        assert_eq!(at("12h").unwrap(), "2026-12-01T00:00:00+00:00");
+        assert_eq!(at("90m").unwrap(), "2026-11-30T13:30:00+00:00");
+        assert_eq!(at("2027-01-31T12:00:00Z").unwrap(), "2027-01-31T12:00:00+00:00");
+        for bad in ["", "30", "d", "30x", "-1d", "0s", "99999d", "1.5h"] {
+            assert!(at(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -48,6 +48,8 @@ macro_rules! named {
 }
 
 named!(Account, AccountId, "account", "/accounts", "account");
+named!(User, UserId, "user", "/users", "user");
+named!(Token, TokenId, "token", "/tokens", "token");
 named!(KeyPair, KeyPairId, "key pair", "/keypairs", "keypair");
 named!(Network, NetworkId, "network", "/networks", "network");
 named!(SecurityGroup, SecurityGroupId, "security group", "/security_groups", "secgroup");

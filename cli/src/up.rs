@@ -386,7 +386,7 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
         .await
         .map_err(|e| anyhow::anyhow!("looking up the admin account: {e}"))?
         .context("the admin account is missing")?;
-    let caller = Caller { account_id: admin.parse()?, admin: true };
+    let caller = Caller::system(admin.parse()?);
     let path = |f: &str| tiny.map(|d| d.join(f).display().to_string());
     let images = [
         CreateImage {
@@ -447,7 +447,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let aio = AllInOne::start(&data_dir, &args.listen, args.sim, tiny.clone(), ext, &args.namespace_prefix).await?;
     let url = aio.dcmgr.url();
     let cfg_path = config::config_path();
-    config::save(&cfg_path, &CliConfig { api: Some(url.clone()), token: Some(aio.token.clone()) })?;
+    config::save(&cfg_path, &CliConfig::new(url.clone(), aio.token.clone()))?;
     println!(
         "vdc all-in-one is running.
 

@@ -41,6 +41,22 @@ pub struct Config {
     pub images: ImagesConfig,
     /// VDC bundles: which other sites' bundles this site imports.
     pub bundles: BundlesConfig,
+    /// API tokens.
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Working tokens (not revoked, not expired) one user may hold in one account: a
+    /// tenant cannot mint without end.
+    pub max_tokens_per_user: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { max_tokens_per_user: 50 }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -239,6 +255,7 @@ impl Default for Config {
             hosts: BTreeMap::new(),
             images: ImagesConfig::default(),
             bundles: BundlesConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }

@@ -10,11 +10,66 @@ use vdc_bus::Transport;
 use vdc_schema::bus::AgentKind;
 use vdc_schema::id::*;
 
-/// Who is calling the API.
+/// Who is calling the API: a user acting in one account through one token.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub account_id: AccountId,
+    /// A cloud operator (and the token has no role cap): see `app::authz`.
     pub admin: bool,
+    pub user_id: UserId,
+    /// The role the call acts with in `account_id`: the user's, capped by the token's.
+    pub role: vdc_schema::state::Role,
+    /// The token's own cap, which tokens it mints inherit.
+    pub token_role: Option<vdc_schema::state::Role>,
+    /// When the token stops working (checked on every call, cached or not).
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Caller {
+    /// dcmgr itself acting as an admin user in `account_id` (start-up work).
+    pub fn system(account_id: AccountId) -> Caller {
+        Caller {
+            account_id,
+            admin: true,
+            // No user row: nothing done as dcmgr itself is a user's.
+            user_id: "u-system".parse().expect("a valid user ID"),
+            role: vdc_schema::state::Role::Owner,
+            token_role: None,
+            expires_at: None,
+        }
+    }
+}
+
+/// Resolved tokens. Every eviction bumps `epoch`; a caller read from the database is
+/// cached only if no eviction happened since the read began, so a token revoked while
+/// it was being resolved is not cached as valid.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: HashMap<String, Caller>,
+    epoch: u64,
+}
+
+impl TokenCache {
+    pub fn get(&self, hash: &str) -> Option<&Caller> {
+        self.entries.get(hash)
+    }
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+    /// Caches `caller` unless something was evicted since `epoch`.
+    pub fn insert_since(&mut self, epoch: u64, hash: String, caller: Caller) {
+        if self.epoch == epoch {
+            self.entries.insert(hash, caller);
+        }
+    }
+    pub fn remove(&mut self, hash: &str) {
+        self.epoch += 1;
+        self.entries.remove(hash);
+    }
+    pub fn retain(&mut self, keep: impl FnMut(&String, &mut Caller) -> bool) {
+        self.epoch += 1;
+        self.entries.retain(keep);
+    }
 }
 
 /// An object whose desired state must be pushed to its agent.
@@ -40,7 +95,7 @@ pub struct Ctx {
     pub bus: Arc<dyn Transport>,
     pub config: Config,
     /// token hash → caller; tokens are only ever added or revoked through this process.
-    pub tokens: RwLock<HashMap<String, Caller>>,
+    pub tokens: RwLock<TokenCache>,
     pub work: mpsc::UnboundedSender<Work>,
     /// Work queued and not yet taken by a dispatcher: the same object is queued once
     /// (a burst of changes to one group sends its members one ensure each, not one per change).

@@ -9,6 +9,12 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// 401 with a code of its own: `token_expired`, `token_revoked`.
+    #[error("{message}")]
+    TokenRefused { code: &'static str, message: String },
+    /// 403 with a code of its own (`read_only`, `owner_only`; see `app::authz`).
+    #[error("{message}")]
+    Denied { code: &'static str, message: String },
     #[error("{kind} {id} not found")]
     NotFound { kind: &'static str, id: String },
     #[error("{message}")]
@@ -46,7 +52,9 @@ impl ApiError {
             ApiError::BadRequest { code, .. }
             | ApiError::Conflict { code, .. }
             | ApiError::Unprocessable { code, .. }
-            | ApiError::Unavailable { code, .. } => code,
+            | ApiError::Unavailable { code, .. }
+            | ApiError::TokenRefused { code, .. }
+            | ApiError::Denied { code, .. } => code,
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound { .. } => "not_found",

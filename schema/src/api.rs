@@ -29,6 +29,8 @@ pub const EXTENSIONS: &[&str] = &[
     "host_nodes",
     "storage_nodes",
     "jobs",
+    "users",
+    "tokens",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -122,6 +124,88 @@ pub struct AccountToken {
 pub struct AccountCreated {
     pub account: Account,
     pub token: String,
+}
+
+// ---------------------------------------------------------------- users, members, tokens
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+    /// A cloud operator: manages accounts, users, nodes and public images.
+    pub admin: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    /// 1 to 64 of `[A-Za-z0-9._-]`, unique in the cloud.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub name: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// A user's role in an account.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    pub account_id: AccountId,
+    pub user_id: UserId,
+    pub user_name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Gives a user a role in the account, or changes the role it has.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    /// The user's name.
+    pub user: String,
+    pub role: Role,
+}
+
+/// An API token as listed: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Token {
+    pub id: TokenId,
+    pub name: String,
+    pub account_id: AccountId,
+    pub user_id: UserId,
+    /// At most this role, whatever the user's; absent: the user's role in the account.
+    pub role: Option<Role>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// 1 to 64 of `[A-Za-z0-9._-]`, unique among the user's live tokens in the account.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub name: String,
+    /// The account the token acts in (the caller's user must be a member); default: the
+    /// caller's token's account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<AccountId>,
+    /// When it stops working (RFC 3339, in the future).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Cap the token's role below the user's (e.g. a `reader` token for a dashboard).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// A token for another member of the caller's account (an owner's, or an admin's
+    /// call): how a new user gets a first token. Default: the caller's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+}
+
+/// A new token and its secret, shown only in this answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub token: Token,
+    pub secret: String,
 }
 
 // ---------------------------------------------------------------- key pairs

@@ -136,6 +136,8 @@ define_id!(
 define_id!(/** A storage node (where sta runs). */ StorageNodeId, "sn", "storage node", "^sn-[0-9a-z]{1,40}$");
 define_id!(/** A floating IP. */ FloatingIpId, "fip", "floating IP", "^fip-[0-9a-z]{1,40}$");
 define_id!(/** A job: the progress of one long operation. */ JobId, "job", "job", "^job-[0-9a-z]{1,40}$");
+define_id!(/** A user: a person or robot holding a role in accounts. */ UserId, "u", "user", "^u-[0-9a-z]{1,40}$");
+define_id!(/** An API token of a user in one account. */ TokenId, "tok", "token", "^tok-[0-9a-z]{1,40}$");
 define_id!(/** A bundle import: one VDC bundle brought into an account. */ BundleImportId, "imp", "bundle import", "^imp-[0-9a-z]{1,40}$");
 
 #[cfg(test)]

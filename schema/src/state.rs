@@ -68,6 +68,14 @@ macro_rules! wire_enum {
 }
 
 wire_enum!(
+    /// What a user may do in an account: `owner` manages members and tokens, `member`
+    /// does everything else, `reader` only reads.
+    Role, "role", {
+        Reader => "reader", Member => "member", Owner => "owner",
+    }
+);
+
+wire_enum!(
     /// How an instance is run. The image lists the kinds it can boot on.
     HypervisorKind, "hypervisor kind", {
         Kvm => "kvm", Qemu => "qemu", Lxc => "lxc",

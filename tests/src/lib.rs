@@ -60,6 +60,8 @@ pub struct StackOptions {
     pub images: vdc_dcmgr::config::ImagesConfig,
     /// dcmgr's bundle trust list.
     pub bundles: vdc_dcmgr::config::BundlesConfig,
+    /// dcmgr's token settings (the cap per user).
+    pub auth: vdc_dcmgr::config::AuthConfig,
 }
 
 /// Where real-network hosts keep their OVS, and the prefix (unique per test) of their
@@ -165,6 +167,7 @@ impl StackOptions {
                 ..Default::default()
             },
             bundles: Default::default(),
+            auth: Default::default(),
         }
     }
 }
@@ -748,6 +751,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
             images
         },
         bundles: opts.bundles.clone(),
+        auth: opts.auth.clone(),
         ..Config::default()
     }
 }

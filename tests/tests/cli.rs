@@ -20,6 +20,7 @@ async fn vdc(c: &Client, args: &[&str]) -> Result<(), CliError> {
         output: OutputFormat::Json,
         api: Some(c.base_url().to_string()),
         token: Some(c.token().to_string()),
+        account: None,
         wait_timeout: 30,
         verbose: 0,
     };

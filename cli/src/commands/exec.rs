@@ -19,6 +19,8 @@ const WAIT_POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 struct Ctx {
     client: Client,
+    /// `--account` (or its default from the environment or config file).
+    account: Option<String>,
     format: OutputFormat,
     wait_timeout: Duration,
 }
@@ -36,15 +38,18 @@ pub(super) async fn run(global: &GlobalArgs, command: Command) -> Result<(), Cli
         }
         _ => {}
     }
-    let ep = config::load(global.api.as_deref(), global.token.as_deref())?;
+    let ep = config::load(global.api.as_deref(), global.token.as_deref(), global.account.as_deref())?;
     let ctx = Ctx {
         client: Client::new(ep.api, ep.token),
+        account: ep.account,
         format: global.output,
         wait_timeout: Duration::from_secs(global.wait_timeout),
     };
     match command {
         Command::Info => ctx.show(&ctx.client.api_info().await?),
         Command::Account(c) => account(&ctx, c).await,
+        Command::User(c) => user(&ctx, c).await,
+        Command::Token(c) => token(&ctx, c).await,
         Command::Keypair(c) => keypair(&ctx, c).await,
         Command::Image(c) => image(&ctx, c).await,
         Command::Network(c) => network(&ctx, c).await,
@@ -224,12 +229,113 @@ async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<(), CliError> {
             c.delete_account(&id).await?;
             ctx.deleted(id.as_str())
         }
+        AccountCmd::Member(m) => members(ctx, m).await,
         AccountCmd::Token { id } => {
             let t = c.create_account_token(&resolve(c, &id).await?).await?;
             match ctx.format {
                 // Bare, so that `TOKEN=$(vdc account token a-…)` works.
                 OutputFormat::Table => emit(&format!("{}\n", t.token)),
                 f => emit(&encode(f, &t)?),
+            }
+        }
+    }
+}
+
+impl Ctx {
+    /// The account `--account` names, else the calling token's own: the account of the
+    /// first token it lists (a token always sees itself).
+    async fn account_id(&self) -> Result<AccountId, CliError> {
+        if let Some(a) = &self.account {
+            let account: Ref<Account> = a.parse().map_err(CliError::usage)?;
+            return member(&self.client, &account).await;
+        }
+        let page = self.client.list_tokens(&ListQuery { limit: Some(1), ..Default::default() }).await?;
+        page.items
+            .into_iter()
+            .next()
+            .map(|t| t.account_id)
+            .ok_or_else(|| CliError::Failed("the token sees no account".into()))
+    }
+
+    /// A member of the account by user name or ID.
+    async fn member_id(&self, account: &AccountId, user: &str) -> Result<UserId, CliError> {
+        let members = self.client.list_members(account).await?;
+        members
+            .into_iter()
+            .find(|m| m.user_name == user || m.user_id.as_str() == user)
+            .map(|m| m.user_id)
+            .ok_or_else(|| CliError::Failed(format!("{user:?} is not a member of account {account}")))
+    }
+}
+
+async fn members(ctx: &Ctx, cmd: MemberCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    let account = ctx.account_id().await?;
+    match cmd {
+        MemberCmd::Add { user, role } => ctx.show(&c.add_member(&account, &AddMember { user, role }).await?),
+        MemberCmd::Remove { user } => {
+            let id = ctx.member_id(&account, &user).await?;
+            c.remove_member(&account, &id).await?;
+            ctx.deleted(id.as_str())
+        }
+        MemberCmd::List => {
+            let items = c.list_members(&account).await?;
+            emit(&render_list(ctx.format, &Page { items, next_cursor: None })?)
+        }
+    }
+}
+
+async fn user(ctx: &Ctx, cmd: UserCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        UserCmd::Create { name, admin } => ctx.show(&c.create_user(&CreateUser { name, admin }).await?),
+        UserCmd::List { name, list } => ctx.list::<User>("/users", list, name, None).await,
+        UserCmd::Show { id } => ctx.show(&c.get_user(&resolve(c, &id).await?).await?),
+        UserCmd::Delete { id } => {
+            let id = resolve(c, &id).await?;
+            c.delete_user(&id).await?;
+            ctx.deleted(id.as_str())
+        }
+    }
+}
+
+async fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        TokenCmd::Create { name, expires, role, user } => {
+            let account_id = match &ctx.account {
+                Some(_) => Some(ctx.account_id().await?),
+                None => None,
+            };
+            let user_id = match user {
+                Some(u) => {
+                    let account = match &account_id {
+                        Some(a) => a.clone(),
+                        None => ctx.account_id().await?,
+                    };
+                    Some(ctx.member_id(&account, &u).await?)
+                }
+                None => None,
+            };
+            let t = c.create_token(&CreateToken { name, account_id, expires_at: expires, role, user_id }).await?;
+            match ctx.format {
+                OutputFormat::Table => {
+                    let mut fields = t.token.fields();
+                    fields.push(("SECRET", t.secret.clone()));
+                    emit(&fields_table(fields))?;
+                }
+                f => emit(&encode(f, &t)?)?,
+            }
+            eprintln!("note: the secret is shown only once; keep it safe");
+            Ok(())
+        }
+        TokenCmd::List { list } => ctx.list::<Token>("/tokens", list, None, None).await,
+        TokenCmd::Revoke { id } => {
+            let id = resolve(c, &id).await?;
+            c.revoke_token(&id).await?;
+            match ctx.format {
+                OutputFormat::Table => emit(&format!("revoked {id}\n")),
+                f => emit(&encode(f, &serde_json::json!({ "revoked": id }))?),
             }
         }
     }
@@ -1029,6 +1135,7 @@ mod tests {
             output: OutputFormat::Table,
             api: Some(api.to_string()),
             token: Some("t".into()),
+            account: None,
             wait_timeout: 10,
             verbose: 0,
         }

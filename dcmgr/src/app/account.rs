@@ -3,48 +3,49 @@
 //! [`Caller`] through [`authenticate`] (the `Caller` extractor of [`crate::http`]), with
 //! a cache in `ctx.tokens` that this module keeps in step with the database.
 
-use crate::app::{page, paging};
+use crate::app::{authz, page, paging};
 use crate::ctx::{Caller, SharedCtx};
-use crate::datastore::{self as db, account as store};
+use crate::datastore::{self as db, account as store, user as users};
 use crate::error::{ApiError, ApiResult};
 use rand::Rng;
 use sha2::{Digest, Sha256};
-use vdc_schema::api::{Account, AccountCreated, AccountToken, CreateAccount, ListQuery, Page};
-use vdc_schema::id::AccountId;
+use vdc_schema::api::{Account, AccountCreated, AccountToken, CreateAccount, CreateToken, ListQuery, Page, User};
+use vdc_schema::id::{AccountId, TokenId, UserId};
+use vdc_schema::state::Role;
 
+/// SHA-256 of the secret. A secret is 40 random alphanumerics (238 bits), so a fast hash
+/// is enough: nothing can be guessed from it.
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     let mut rng = rand::thread_rng();
     let s: String = (0..40).map(|_| rng.sample(rand::distributions::Alphanumeric) as char).collect();
     format!("vdc_{s}")
 }
 
 fn require_admin(caller: &Caller) -> ApiResult<()> {
-    if caller.admin {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden("only an admin can manage accounts".into()))
-    }
+    authz::check(caller, authz::Op::Admin)
 }
 
-fn validate_account_name(name: &str) -> ApiResult<()> {
+pub(crate) fn validate_account_name(name: &str) -> ApiResult<()> {
     let ok =
         !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad("invalid_name", format!("account name {name:?} is invalid: use 1 to 64 of [A-Za-z0-9._-]")))
+        Err(ApiError::bad("invalid_name", format!("name {name:?} is invalid: use 1 to 64 of [A-Za-z0-9._-]")))
     }
 }
 
-/// Creates an account and its first token; `token` may be fixed (bootstrap).
+/// Creates an account, its owner (a user of the same name, admin if the account is) and
+/// that user's first token, in one transaction; `token` may be fixed (bootstrap).
 pub async fn insert(ctx: &SharedCtx, name: &str, admin: bool, token: Option<&str>) -> ApiResult<AccountCreated> {
     validate_account_name(name)?;
     let now = db::now();
     let account = Account { id: AccountId::generate(), name: name.to_owned(), admin, created_at: db::parse_time(&now) };
+    let user = User { id: UserId::generate(), name: name.to_owned(), admin, created_at: account.created_at };
     let token = token.map(str::to_owned).unwrap_or_else(new_token);
     let mut tx = ctx.db.begin().await?;
     if let Err(e) = store::insert(&mut tx, &account).await {
@@ -53,16 +54,60 @@ pub async fn insert(ctx: &SharedCtx, name: &str, admin: bool, token: Option<&str
         }
         return Err(e.into());
     }
-    store::insert_token(&mut *tx, &hash_token(&token), account.id.as_str(), &now).await?;
+    if let Err(e) = users::insert_user(&mut *tx, &user).await {
+        if db::is_unique_violation(&e) {
+            return Err(ApiError::conflict(
+                "name_taken",
+                format!(
+                    "a user named {name:?} already exists, and an account's first owner is a new user of its name: \
+                     pick another account name, then `vdc account member add` that user"
+                ),
+            ));
+        }
+        return Err(e.into());
+    }
+    users::insert_member(&mut tx, account.id.as_str(), user.id.as_str(), Role::Owner.as_str(), &now).await?;
+    let hash = hash_token(&token);
+    let tid = TokenId::generate();
+    users::insert_token(
+        &mut *tx,
+        &users::NewToken {
+            id: tid.as_str(),
+            hash: &hash,
+            name: "initial",
+            account: account.id.as_str(),
+            user: user.id.as_str(),
+            role: None,
+            expires_at: None,
+            now: &now,
+        },
+    )
+    .await?;
     tx.commit().await?;
     Ok(AccountCreated { account, token })
 }
 
-/// Makes sure an admin account named `admin` exists and accepts `token`.
+/// Makes sure an admin account named `admin` exists and accepts `token` (for its first
+/// owner, under a name of its own so that a changed `admin_token` adds a token).
 pub async fn bootstrap_admin(ctx: &SharedCtx, token: &str) -> anyhow::Result<AccountId> {
     let id = match store::named_admin(&ctx.db).await? {
         Some(id) => {
-            store::insert_token_if_absent(&ctx.db, &hash_token(token), &id, &db::now()).await?;
+            let owner =
+                users::first_owner(&ctx.db, &id).await?.ok_or_else(|| anyhow::anyhow!("account {id} has no owner"))?;
+            let hash = hash_token(token);
+            let name = format!("bootstrap-{}", &hash[..8]);
+            let tid = TokenId::generate();
+            let t = users::NewToken {
+                id: tid.as_str(),
+                hash: &hash,
+                name: &name,
+                account: &id,
+                user: &owner,
+                role: None,
+                expires_at: None,
+                now: &db::now(),
+            };
+            users::insert_token_if_absent(&ctx.db, &t).await?;
             id.parse()?
         }
         None => insert(ctx, "admin", true, Some(token)).await.map_err(|e| anyhow::anyhow!("{e}"))?.account.id,
@@ -70,17 +115,55 @@ pub async fn bootstrap_admin(ctx: &SharedCtx, token: &str) -> anyhow::Result<Acc
     Ok(id)
 }
 
-/// Resolves a bearer token, from the cache or the database.
+/// Resolves a bearer token, from the cache or the database. A token that expired or was
+/// revoked is refused with a code of its own; one whose user left the account is revoked.
 pub async fn authenticate(ctx: &SharedCtx, token: &str) -> ApiResult<Caller> {
     let hash = hash_token(token);
-    if let Some(c) = ctx.tokens.read().unwrap().get(&hash) {
-        return Ok(c.clone());
+    let (cached, epoch) = {
+        let cache = ctx.tokens.read().unwrap();
+        (cache.get(&hash).cloned(), cache.epoch())
+    };
+    let caller = match cached {
+        Some(c) => c,
+        None => {
+            let row = users::by_hash(&ctx.db, &hash).await?;
+            let row = row.ok_or_else(|| ApiError::Unauthorized("the API token is not valid".into()))?;
+            if row.revoked_at.is_some() {
+                return Err(revoked());
+            }
+            let token_role =
+                row.token_role.as_deref().map(str::parse::<Role>).transpose().map_err(ApiError::internal)?;
+            let admin = row.admin != 0;
+            let role = match (row.member_role.as_deref(), admin) {
+                (Some(r), _) => r.parse::<Role>().map_err(ApiError::internal)?,
+                // An operator keeps its token in an account it left.
+                (None, true) => Role::Owner,
+                (None, false) => return Err(revoked()),
+            };
+            let caller = Caller {
+                account_id: row.account_id.parse().map_err(ApiError::internal)?,
+                // A token with a role cap is never an operator's.
+                admin: admin && token_role.is_none(),
+                user_id: row.user_id.parse().map_err(ApiError::internal)?,
+                role: authz::cap(role, token_role),
+                token_role,
+                expires_at: row.expires_at.as_deref().map(db::parse_time),
+            };
+            ctx.tokens.write().unwrap().insert_since(epoch, hash, caller.clone());
+            caller
+        }
+    };
+    if caller.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
+        return Err(ApiError::TokenRefused {
+            code: "token_expired",
+            message: "the API token has expired: create another with `vdc token create`".into(),
+        });
     }
-    let row = store::by_token(&ctx.db, &hash).await?;
-    let (id, admin) = row.ok_or_else(|| ApiError::Unauthorized("the API token is not valid".into()))?;
-    let caller = Caller { account_id: id.parse().map_err(ApiError::internal)?, admin: admin != 0 };
-    ctx.tokens.write().unwrap().insert(hash, caller.clone());
     Ok(caller)
+}
+
+fn revoked() -> ApiError {
+    ApiError::TokenRefused { code: "token_revoked", message: "the API token was revoked".into() }
 }
 
 pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateAccount) -> ApiResult<AccountCreated> {
@@ -132,12 +215,23 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: ApiResult<AccountId>) 
     Ok(())
 }
 
-/// A new token for an account the caller may see.
+/// Another token for an account (the older `POST /accounts/{id}/tokens`): the caller's
+/// own, or for an admin the account's first owner's; named `token-…`.
 pub async fn create_token(ctx: &SharedCtx, caller: &Caller, id: &AccountId) -> ApiResult<AccountToken> {
     let acct = fetch(ctx, caller, id).await?;
-    let token = new_token();
-    store::insert_token(&ctx.db, &hash_token(&token), acct.id.as_str(), &db::now()).await?;
-    Ok(AccountToken { account_id: acct.id, token })
+    let user = if acct.id == caller.account_id {
+        caller.user_id.clone()
+    } else {
+        let owner = users::first_owner(&ctx.db, acct.id.as_str()).await?;
+        owner
+            .ok_or_else(|| ApiError::conflict("no_owner", format!("account {} has no owner", acct.id)))?
+            .parse()
+            .map_err(ApiError::internal)?
+    };
+    let name = format!("token-{}", &hash_token(&new_token())[..8]);
+    let req = CreateToken { name, account_id: Some(acct.id.clone()), expires_at: None, role: None, user_id: None };
+    let created = crate::app::token::insert(ctx, caller, &user, req).await?;
+    Ok(AccountToken { account_id: acct.id, token: created.secret })
 }
 
 /// The ID of the bootstrap admin account, if there is one.

@@ -3,6 +3,7 @@
 //! transaction. Nothing here knows HTTP; SQL lives in [`crate::datastore`].
 
 pub mod account;
+pub mod authz;
 pub mod bundle;
 pub mod bundle_data;
 pub mod capture;
@@ -21,6 +22,8 @@ pub mod node_auth;
 pub mod scheduler;
 pub mod secgroup;
 pub mod snapshot;
+pub mod token;
+pub mod user;
 pub mod volume;
 
 use crate::datastore as db;

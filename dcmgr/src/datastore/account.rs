@@ -1,4 +1,4 @@
-//! Accounts and their API tokens as stored. Tokens are kept only as their SHA-256.
+//! Accounts as stored (their users and tokens: [`super::user`]).
 
 use crate::db;
 use vdc_schema::api::Account;
@@ -47,50 +47,6 @@ pub async fn insert(tx: &mut db::Tx<'_>, a: &Account) -> Result<(), sqlx::Error>
     Ok(())
 }
 
-/// Records a token (by its hash) for the account.
-pub async fn insert_token<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
-    db: E,
-    token_hash: &str,
-    account: &str,
-    now: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO api_tokens (token_hash, account_id, created_at) VALUES ($1, $2, $3)")
-        .bind(token_hash)
-        .bind(account)
-        .bind(now)
-        .execute(db)
-        .await?;
-    Ok(())
-}
-
-/// Records a token for the account unless it is known already (to whichever account).
-pub async fn insert_token_if_absent(
-    pool: &db::Pool,
-    token_hash: &str,
-    account: &str,
-    now: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO api_tokens (token_hash, account_id, created_at) VALUES ($1, $2, $3) ON CONFLICT (token_hash) DO NOTHING",
-    )
-    .bind(token_hash)
-    .bind(account)
-    .bind(now)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-/// The account a token hash belongs to: (id, admin).
-pub async fn by_token(pool: &db::Pool, token_hash: &str) -> Result<Option<(String, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT a.id, a.admin FROM api_tokens t JOIN accounts a ON a.id = t.account_id WHERE t.token_hash = $1",
-    )
-    .bind(token_hash)
-    .fetch_optional(pool)
-    .await
-}
-
 /// The ID of the account named `admin`, admin or not.
 pub async fn named_admin(pool: &db::Pool) -> Result<Option<String>, sqlx::Error> {
     let r: Option<(String,)> =
@@ -121,6 +77,14 @@ pub async fn get(pool: &db::Pool, id: &AccountId) -> Result<Option<Row>, sqlx::E
     sqlx::query_as(&format!("SELECT {COLS} FROM accounts WHERE id = $1")).bind(id.as_str()).fetch_optional(pool).await
 }
 
+/// [`get`] inside a transaction.
+pub async fn get_in(tx: &mut db::Tx<'_>, id: &AccountId) -> Result<Option<Row>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLS} FROM accounts WHERE id = $1"))
+        .bind(id.as_str())
+        .fetch_optional(&mut **tx)
+        .await
+}
+
 /// How many instances (not terminated) and volumes (not deleted) the account has.
 pub async fn live_resources<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     db: E,
@@ -136,9 +100,18 @@ pub async fn live_resources<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     Ok(live)
 }
 
-/// Deletes the account and its tokens.
+/// Deletes the account, its tokens and roles, and the users left with no role.
 pub async fn delete(tx: &mut db::Tx<'_>, id: &AccountId) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM api_tokens WHERE account_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+    // Its users that have a role nowhere else go with it (operators stay).
+    sqlx::query(
+        "DELETE FROM users WHERE admin = 0 AND id IN (SELECT user_id FROM memberships WHERE account_id = $1) \
+         AND id NOT IN (SELECT user_id FROM memberships WHERE account_id <> $1)",
+    )
+    .bind(id.as_str())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM memberships WHERE account_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     sqlx::query("DELETE FROM accounts WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     Ok(())
 }

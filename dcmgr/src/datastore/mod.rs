@@ -14,6 +14,7 @@ pub mod keypair;
 pub mod network;
 pub mod secgroup;
 pub mod snapshot;
+pub mod user;
 pub mod volume;
 
 use sqlx::any::AnyPoolOptions;
@@ -298,5 +299,57 @@ mod tests {
         .await
         .unwrap_err();
         assert!(is_unique_violation(&again), "{again}");
+    }
+
+    /// Tokens made before users existed (migration 0016) keep working: each account gets an
+    /// owner user of its name that holds them, admin if the account was.
+    #[tokio::test]
+    async fn tokens_from_before_users_still_authenticate() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new().max_connections(1).connect(&format!("{url}?mode=rwc")).await.unwrap();
+        let before = sqlx::migrate::Migrator {
+            migrations: MIGRATOR.migrations.iter().filter(|m| m.version < 16).cloned().collect(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&pool).await.unwrap();
+        for (id, name, admin) in [("a-0kq3m5v2ab7x9c", "alice", 0), ("a-1", "admin", 1)] {
+            sqlx::query("INSERT INTO accounts (id, name, admin, created_at) VALUES ($1, $2, $3, 'now')")
+                .bind(id)
+                .bind(name)
+                .bind(admin)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        let hashes = ["a".repeat(64), "b".repeat(64), "c".repeat(64)];
+        for (hash, account) in [(&hashes[0], "a-0kq3m5v2ab7x9c"), (&hashes[1], "a-0kq3m5v2ab7x9c"), (&hashes[2], "a-1")]
+        {
+            sqlx::query("INSERT INTO api_tokens (token_hash, account_id, created_at) VALUES ($1, $2, 'now')")
+                .bind(hash)
+                .bind(account)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+        let (pool, _) = connect(&url).await.unwrap();
+        let row = user::by_hash(&pool, &hashes[1]).await.unwrap().expect("the old token is known");
+        assert_eq!(
+            (row.account_id.as_str(), row.user_id.as_str(), row.member_role.as_deref(), row.admin),
+            ("a-0kq3m5v2ab7x9c", "u-0kq3m5v2ab7x9c", Some("owner"), 0)
+        );
+        assert!(row.revoked_at.is_none() && row.expires_at.is_none() && row.token_role.is_none());
+        assert!(row.id.parse::<vdc_schema::id::TokenId>().is_ok(), "{}", row.id);
+        let admin = user::by_hash(&pool, &hashes[2]).await.unwrap().unwrap();
+        assert_eq!((admin.user_id.as_str(), admin.admin), ("u-1", 1));
+        let u = user::user_named(&pool, "alice").await.unwrap().unwrap().into_api().unwrap();
+        assert_eq!(u.id.as_str(), "u-0kq3m5v2ab7x9c");
+        // Listed under names of their own, which are unique.
+        let tokens = user::list_tokens(&pool, "a-0kq3m5v2ab7x9c", None, "", None, 10).await.unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert_ne!(tokens[0].name, tokens[1].name);
+        assert!(tokens.into_iter().all(|t| t.into_api().is_ok()));
     }
 }

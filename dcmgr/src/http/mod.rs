@@ -15,6 +15,8 @@ pub mod networks;
 pub mod nodes;
 pub mod security_groups;
 pub mod snapshots;
+pub mod tokens;
+pub mod users;
 pub mod volumes;
 
 use crate::ctx::{Caller, SharedCtx};
@@ -104,7 +106,15 @@ impl FromRequestParts<SharedCtx> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))?;
-        crate::app::account::authenticate(ctx, token).await
+        let caller = crate::app::account::authenticate(ctx, token).await?;
+        // Every call is gated here by what its route does (`app::authz`, the one place).
+        let route = parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_else(|| parts.uri.path().to_owned());
+        crate::app::authz::check(&caller, crate::app::authz::route_op(parts.method.as_str(), &route))?;
+        Ok(caller)
     }
 }
 
@@ -138,6 +148,12 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/accounts", post(accounts::create).get(accounts::list))
         .route("/accounts/{id}", get(accounts::show).delete(accounts::delete))
         .route("/accounts/{id}/tokens", post(accounts::create_token))
+        .route("/accounts/{id}/members", post(users::add_member).get(users::members))
+        .route("/accounts/{id}/members/{user_id}", delete(users::remove_member))
+        .route("/users", post(users::create).get(users::list))
+        .route("/users/{id}", get(users::show).delete(users::delete))
+        .route("/tokens", post(tokens::create).get(tokens::list))
+        .route("/tokens/{id}", get(tokens::show).delete(tokens::revoke))
         .route("/keypairs", post(keypairs::create).get(keypairs::list))
         .route("/keypairs/{id}", get(keypairs::show).delete(keypairs::delete))
         .route("/images", post(images::create).get(images::list))
@@ -215,7 +231,9 @@ impl utoipa::Modify for BearerAuth {
 /// The error answers every operation shares because of how a request is taken apart
 /// (see `error.rs` for the status policy), added here once rather than in each handler:
 ///
-/// - 401 `unauthorized` on every operation that needs a token (the [`Caller`] extractor);
+/// - 401 `unauthorized`, `token_expired`, `token_revoked` on every operation that needs a
+///   token (the [`Caller`] extractor);
+/// - 403 `read_only` on every one that changes state (a reader's token; `app::authz`);
 /// - 503 `busy` on the same ones: resolving the token and every call after it use the
 ///   database, and a transaction that keeps losing races, or a pool with no free
 ///   connection, answers 503;
@@ -230,6 +248,7 @@ impl CommonErrors {
     const UNAUTHORIZED: &'static str = "Unauthorized";
     const BUSY: &'static str = "Busy";
     const BAD_REQUEST: &'static str = "BadRequest";
+    const FORBIDDEN: &'static str = "Forbidden";
 
     fn error_response(description: &str) -> utoipa::openapi::Response {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
@@ -249,7 +268,16 @@ impl utoipa::Modify for CommonErrors {
         components.responses.insert(
             Self::UNAUTHORIZED.into(),
             Self::error_response(
-                "`unauthorized`: no `Authorization: Bearer <token>` header, or a token that is not valid",
+                "`unauthorized`: no `Authorization: Bearer <token>` header, or a token that is not valid; \
+                 `token_expired`, `token_revoked`",
+            )
+            .into(),
+        );
+        components.responses.insert(
+            Self::FORBIDDEN.into(),
+            Self::error_response(
+                "`read_only`: the token acts with the `reader` role; `owner_only`: only an owner manages members and \
+                 other users' tokens",
             )
             .into(),
         );
@@ -264,18 +292,18 @@ impl utoipa::Modify for CommonErrors {
             )
             .into(),
         );
-        for item in doc.paths.paths.values_mut() {
+        for (path, item) in doc.paths.paths.iter_mut() {
             let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.options,
-                &mut item.head,
-                &mut item.patch,
-                &mut item.trace,
+                ("GET", &mut item.get),
+                ("PUT", &mut item.put),
+                ("POST", &mut item.post),
+                ("DELETE", &mut item.delete),
+                ("OPTIONS", &mut item.options),
+                ("HEAD", &mut item.head),
+                ("PATCH", &mut item.patch),
+                ("TRACE", &mut item.trace),
             ];
-            for op in operations.into_iter().flatten() {
+            for (method, op) in operations.into_iter().filter_map(|(m, o)| o.as_mut().map(|o| (m, o))) {
                 // `security(())` on an operation: callable without a token.
                 let public =
                     op.security.as_ref().is_some_and(|s| s.iter().any(|r| *r == SecurityRequirement::default()));
@@ -283,6 +311,11 @@ impl utoipa::Modify for CommonErrors {
                 if !public {
                     responses.entry("401".into()).or_insert_with(|| Ref::from_response_name(Self::UNAUTHORIZED).into());
                     responses.entry("503".into()).or_insert_with(|| Ref::from_response_name(Self::BUSY).into());
+                    if crate::app::authz::route_op(method, path) != crate::app::authz::Op::Read {
+                        responses
+                            .entry("403".into())
+                            .or_insert_with(|| Ref::from_response_name(Self::FORBIDDEN).into());
+                    }
                 }
                 let has_query = op.parameters.iter().flatten().any(|p| matches!(p.parameter_in, ParameterIn::Query));
                 if op.request_body.is_some() || has_query {
@@ -304,6 +337,8 @@ impl utoipa::Modify for CommonErrors {
     paths(
         info, openapi_json,
         accounts::create, accounts::list, accounts::show, accounts::delete, accounts::create_token,
+        users::create, users::list, users::show, users::delete, users::members, users::add_member, users::remove_member,
+        tokens::create, tokens::list, tokens::show, tokens::revoke,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         images::create, images::list, images::show, images::delete, images::upload,
         images::members, images::share, images::unshare,

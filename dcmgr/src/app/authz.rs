@@ -1,0 +1,152 @@
+//! Authorization, decided here and nowhere else: [`allowed`] is the pure table role ×
+//! operation → allowed, [`route_op`] says which operation each route is (applied to every
+//! authenticated call by the `Caller` extractor), and [`check`] turns a refusal into its
+//! stable error code. Handlers that need a finer operation than their route's (revoking
+//! another user's token) call [`check`] with it.
+//!
+//! | operation             | reader | member | owner | admin |
+//! |-----------------------|--------|--------|-------|-------|
+//! | Read                  |   yes  |   yes  |  yes  |  yes  |
+//! | Write                 |        |   yes  |  yes  |  yes  |
+//! | ManageMembers         |        |        |  yes  |  yes  |
+//! | ManageOthersTokens    |        |        |  yes  |  yes  |
+//! | Admin                 |        |        |       |  yes  |
+//!
+//! Which account a call may touch at all is not decided here: a foreign resource is an
+//! unknown one (404) in each resource's module.
+
+use crate::ctx::Caller;
+use crate::error::{ApiError, ApiResult};
+use vdc_schema::state::Role;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Reads within the account.
+    Read,
+    /// Any state change within the account (create, delete, actions, own tokens).
+    Write,
+    /// Give, change or take away users' roles in the account.
+    ManageMembers,
+    /// List or revoke the tokens of other users of the account.
+    ManageOthersTokens,
+    /// Cloud operation: accounts, users, nodes, public images, host files.
+    Admin,
+}
+
+/// The table above.
+pub fn allowed(admin: bool, role: Role, op: Op) -> bool {
+    if admin {
+        return true;
+    }
+    match op {
+        Op::Read => true,
+        Op::Write => matches!(role, Role::Member | Role::Owner),
+        Op::ManageMembers | Op::ManageOthersTokens => role == Role::Owner,
+        Op::Admin => false,
+    }
+}
+
+/// Refuses with 403 and a code saying what is missing: `read_only` (a reader's token
+/// changing something), `owner_only` (members and other users' tokens), `forbidden`
+/// (admin operations).
+pub fn check(caller: &Caller, op: Op) -> ApiResult<()> {
+    if allowed(caller.admin, caller.role, op) {
+        return Ok(());
+    }
+    Err(match (op, caller.role) {
+        (Op::Admin, _) => ApiError::Forbidden("only an admin can do this".into()),
+        (_, Role::Reader) => ApiError::Denied {
+            code: "read_only",
+            message: "this token acts with the reader role: it can only read".into(),
+        },
+        _ => ApiError::Denied {
+            code: "owner_only",
+            message: "only an owner of the account manages its members and other users' tokens".into(),
+        },
+    })
+}
+
+/// The operation a route is, by method and route template (as under `/api/v1`).
+pub fn route_op(method: &str, route: &str) -> Op {
+    let route = route.strip_prefix("/api/v1").unwrap_or(route);
+    let reading = matches!(method, "GET" | "HEAD" | "OPTIONS");
+    let under = |base: &str| route == base || route.strip_prefix(base).is_some_and(|r| r.starts_with('/'));
+    if under("/users") || under("/host_nodes") || under("/storage_nodes") {
+        return Op::Admin;
+    }
+    if reading {
+        return Op::Read;
+    }
+    match route {
+        // Verifies a bundle and says what an import would do; changes nothing.
+        "/bundle/plan" => Op::Read,
+        "/accounts" | "/accounts/{id}" => Op::Admin,
+        r if r.starts_with("/accounts/{id}/members") => Op::ManageMembers,
+        _ => Op::Write,
+    }
+}
+
+/// The smaller of two roles (a token's cap over its user's role).
+pub fn cap(role: Role, token: Option<Role>) -> Role {
+    match token {
+        Some(t) if rank(t) < rank(role) => t,
+        _ => role,
+    }
+}
+
+fn rank(r: Role) -> u8 {
+    match r {
+        Role::Reader => 0,
+        Role::Member => 1,
+        Role::Owner => 2,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table() {
+        use Op::*;
+        let ops = [Read, Write, ManageMembers, ManageOthersTokens, Admin];
+        let expect = |admin: bool, role: Role| -> Vec<bool> {
+            match (admin, role) {
+                (true, _) => vec![true; 5],
+                (false, Role::Reader) => vec![true, false, false, false, false],
+                (false, Role::Member) => vec![true, true, false, false, false],
+                (false, Role::Owner) => vec![true, true, true, true, false],
+            }
+        };
+        for admin in [false, true] {
+            for role in Role::ALL {
+                let got: Vec<bool> = ops.iter().map(|op| allowed(admin, *role, *op)).collect();
+                assert_eq!(got, expect(admin, *role), "admin {admin}, {role}");
+            }
+        }
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route_op("GET", "/api/v1/instances"), Op::Read);
+        assert_eq!(route_op("POST", "/api/v1/instances"), Op::Write);
+        assert_eq!(route_op("DELETE", "/api/v1/tokens/{id}"), Op::Write);
+        assert_eq!(route_op("POST", "/api/v1/bundle/plan"), Op::Read);
+        assert_eq!(route_op("GET", "/api/v1/users"), Op::Admin);
+        assert_eq!(route_op("DELETE", "/api/v1/users/{id}"), Op::Admin);
+        assert_eq!(route_op("GET", "/api/v1/host_nodes/{id}"), Op::Admin);
+        assert_eq!(route_op("GET", "/api/v1/usersfoo"), Op::Read);
+        assert_eq!(route_op("POST", "/api/v1/accounts"), Op::Admin);
+        assert_eq!(route_op("GET", "/api/v1/accounts/{id}/members"), Op::Read);
+        assert_eq!(route_op("POST", "/api/v1/accounts/{id}/members"), Op::ManageMembers);
+        assert_eq!(route_op("DELETE", "/api/v1/accounts/{id}/members/{user_id}"), Op::ManageMembers);
+        assert_eq!(route_op("POST", "/api/v1/accounts/{id}/tokens"), Op::Write);
+    }
+
+    #[test]
+    fn a_token_caps_its_users_role() {
+        assert_eq!(cap(Role::Owner, Some(Role::Reader)), Role::Reader);
+        assert_eq!(cap(Role::Reader, Some(Role::Owner)), Role::Reader);
+        assert_eq!(cap(Role::Member, None), Role::Member);
+    }
+}

@@ -1,0 +1,157 @@
+//! Users (admin only) and their roles in accounts (an account's owners, or an admin).
+//! Users are apart from accounts, as in Wakame-VDC: one user holds a role in many
+//! accounts. An account always keeps an owner.
+
+use crate::app::{account, page, paging};
+
+use crate::ctx::{Caller, SharedCtx};
+use crate::datastore::{self as db, account as accounts, user as store};
+use crate::error::{ApiError, ApiResult};
+use vdc_schema::api::{AddMember, CreateUser, ListQuery, Member, Page, User};
+use vdc_schema::id::{AccountId, UserId};
+use vdc_schema::state::Role;
+
+// Every operation here is admin only: the `Caller` extractor refuses the others
+// (`authz::route_op` of `/users…`), before these are called.
+
+pub async fn create(ctx: &SharedCtx, req: CreateUser) -> ApiResult<User> {
+    account::validate_account_name(&req.name)?;
+    let user = User {
+        id: UserId::generate(),
+        name: req.name.clone(),
+        admin: req.admin,
+        created_at: db::parse_time(&db::now()),
+    };
+    if let Err(e) = store::insert_user(&ctx.db, &user).await {
+        if db::is_unique_violation(&e) {
+            return Err(ApiError::conflict("name_taken", format!("a user named {:?} already exists", req.name)));
+        }
+        return Err(e.into());
+    }
+    Ok(user)
+}
+
+pub async fn list(ctx: &SharedCtx, q: &ListQuery) -> ApiResult<Page<User>> {
+    let (limit, cursor) = paging(q)?;
+    let rows = store::list_users(&ctx.db, &cursor, q.name.as_deref(), limit).await?;
+    let items = rows.into_iter().map(|r| r.into_api().map_err(ApiError::Internal)).collect::<ApiResult<Vec<_>>>()?;
+    Ok(page(items, limit, |u| u.id.to_string()))
+}
+
+pub async fn fetch(ctx: &SharedCtx, id: &UserId) -> ApiResult<User> {
+    let row = store::get_user(&ctx.db, id.as_str()).await?.ok_or_else(|| ApiError::not_found("user", id))?;
+    row.into_api().map_err(ApiError::Internal)
+}
+
+/// Deletes a user, its roles and its tokens; refused for the caller itself and for the
+/// only owner of an account.
+pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &UserId) -> ApiResult<()> {
+    if *id == caller.user_id {
+        return Err(ApiError::conflict("cannot_delete_self", "a user cannot delete itself"));
+    }
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        if !store::lock_user(&mut tx, id.as_str()).await? {
+            return Err(ApiError::not_found("user", id));
+        }
+        let sole = store::sole_owner_of(&mut tx, id.as_str()).await?;
+        if !sole.is_empty() {
+            return Err(ApiError::conflict(
+                "last_owner",
+                format!("user {id} is the only owner of {}: give the account another owner first", sole.join(", ")),
+            ));
+        }
+        store::delete_user(&mut tx, id.as_str()).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
+    ctx.tokens.write().unwrap().retain(|_, c| c.user_id != *id);
+    Ok(())
+}
+
+/// The account of a members call: the caller's own, any for an admin; otherwise unknown.
+fn own_account(caller: &Caller, id: &AccountId) -> ApiResult<()> {
+    if caller.admin || caller.account_id == *id {
+        Ok(())
+    } else {
+        Err(ApiError::not_found("account", id))
+    }
+}
+
+pub async fn members(ctx: &SharedCtx, caller: &Caller, id: &AccountId) -> ApiResult<Vec<Member>> {
+    own_account(caller, id)?;
+    if accounts::get(&ctx.db, id).await?.is_none() {
+        return Err(ApiError::not_found("account", id));
+    }
+    let rows = store::members(&ctx.db, id.as_str()).await?;
+    rows.into_iter().map(|r| r.into_api().map_err(ApiError::Internal)).collect()
+}
+
+/// Gives a user a role in the account, or changes it. True when the user was not a
+/// member before. Taking the owner role from the last owner is refused.
+pub async fn add_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, req: AddMember) -> ApiResult<(Member, bool)> {
+    own_account(caller, id)?;
+    let now = db::now();
+    let (member, created) = db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        // One decision about an account's members at a time (the last owner stays).
+        accounts::lock(&mut tx, id).await?;
+        if accounts::get_in(&mut tx, id).await?.is_none() {
+            return Err(ApiError::not_found("account", id));
+        }
+        let user = store::user_named(&mut *tx, &req.user)
+            .await?
+            .ok_or_else(|| ApiError::not_found("user", req.user.chars().take(64).collect::<String>()))?;
+        let before = store::member(&mut *tx, id.as_str(), &user.id).await?;
+        match &before {
+            None => store::insert_member(&mut tx, id.as_str(), &user.id, req.role.as_str(), &now).await?,
+            Some(m) => {
+                if m.role == Role::Owner.as_str()
+                    && req.role != Role::Owner
+                    && store::owners(&mut tx, id.as_str()).await? == 1
+                {
+                    return Err(last_owner(id, &user.name));
+                }
+                store::set_role(&mut tx, id.as_str(), &user.id, req.role.as_str()).await?;
+            }
+        }
+        let m = store::member(&mut *tx, id.as_str(), &user.id)
+            .await?
+            .ok_or_else(|| ApiError::internal("member vanished"))?;
+        tx.commit().await?;
+        Ok((m.into_api().map_err(ApiError::Internal)?, before.is_none()))
+    })
+    .await?;
+    // Cached callers of this user in this account carry the old role.
+    ctx.tokens.write().unwrap().retain(|_, c| !(c.user_id == member.user_id && c.account_id == *id));
+    Ok((member, created))
+}
+
+/// Takes a user's role in the account away and revokes its tokens there.
+pub async fn remove_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, user: &UserId) -> ApiResult<()> {
+    own_account(caller, id)?;
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        accounts::lock(&mut tx, id).await?;
+        let m = store::member(&mut *tx, id.as_str(), user.as_str())
+            .await?
+            .ok_or_else(|| ApiError::not_found("member", user))?;
+        if m.role == Role::Owner.as_str() && store::owners(&mut tx, id.as_str()).await? == 1 {
+            return Err(last_owner(id, &m.user_name));
+        }
+        store::remove_member(&mut tx, id.as_str(), user.as_str(), &db::now()).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
+    ctx.tokens.write().unwrap().retain(|_, c| !(c.user_id == *user && c.account_id == *id));
+    Ok(())
+}
+
+fn last_owner(id: &AccountId, name: &str) -> ApiError {
+    ApiError::conflict(
+        "last_owner",
+        format!("{name} is the only owner of account {id}: make another member owner first"),
+    )
+}

@@ -1,0 +1,348 @@
+//! Tokens, users and roles through the Web API (issue 14), on SQLite and PostgreSQL: each
+//! refusal (expired, revoked, a reader's write, a member managing others, another
+//! account's token) with its status and code, the happy paths, and races on one token.
+
+use clap::Parser;
+use std::time::Duration;
+use vdc_cli::client::{Client, ClientError};
+use vdc_cli::commands::{self, Cli};
+use vdc_cli::error::CliError;
+use vdc_schema::api::*;
+use vdc_schema::state::Role;
+use vdc_tests::{on_both_databases, Db, Stack, StackOptions};
+
+on_both_databases!(
+    tokens_are_named_expire_and_are_revoked,
+    roles_decide_what_a_token_may_do,
+    token_races,
+    token_cap,
+    the_cli_manages_users_members_and_tokens,
+);
+
+fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(ClientError::Api { status, code, .. }) => (status, code),
+        Err(e) => panic!("expected an API error, got {e}"),
+    }
+}
+
+fn token(name: &str) -> CreateToken {
+    CreateToken { name: name.into(), account_id: None, expires_at: None, role: None, user_id: None }
+}
+
+fn keypair(name: &str) -> CreateKeyPair {
+    CreateKeyPair { name: name.into(), public_key: None }
+}
+
+async fn tokens_are_named_expire_and_are_revoked(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let alice = s.account("alice").await;
+    let ci = alice.create_token(&token("ci")).await.unwrap();
+    assert!(ci.secret.starts_with("vdc_"));
+    let ci_client = Client::new(s.url(), ci.secret.clone());
+    ci_client.create_keypair(&keypair("k1")).await.unwrap();
+
+    // Listed by name, never with their secret.
+    let listed = alice.list_all_tokens().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["initial", "ci"]);
+    let raw = reqwest::Client::new()
+        .get(format!("{}/api/v1/tokens", s.url()))
+        .bearer_auth(&ci.secret)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(raw.contains("\"ci\"") && !raw.contains(&ci.secret) && !raw.contains("vdc_"), "{raw}");
+
+    // Names are unique among the user's live tokens; bad names and past expiries are refused.
+    assert_eq!(err(alice.create_token(&token("ci")).await), (409, "name_taken".into()));
+    assert_eq!(err(alice.create_token(&token("bad name")).await), (400, "invalid_name".into()));
+    let past = CreateToken { expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(5)), ..token("old") };
+    assert_eq!(err(alice.create_token(&past).await), (400, "invalid_expiry".into()));
+
+    // An expiring token works until it expires, then answers 401 token_expired (it was
+    // cached by then: the cache checks the expiry too).
+    let soon =
+        CreateToken { expires_at: Some(chrono::Utc::now() + chrono::Duration::milliseconds(1500)), ..token("soon") };
+    let soon = alice.create_token(&soon).await.unwrap();
+    assert!(soon.token.expires_at.is_some());
+    let soon_client = Client::new(s.url(), soon.secret);
+    soon_client.list_keypairs(&ListQuery::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(err(soon_client.list_keypairs(&ListQuery::default()).await), (401, "token_expired".into()));
+
+    // Revoked one by one: the others keep working; a second revoke is a conflict.
+    alice.revoke_token(&ci.token.id).await.unwrap();
+    assert_eq!(err(ci_client.list_keypairs(&ListQuery::default()).await), (401, "token_revoked".into()));
+    assert_eq!(err(alice.revoke_token(&ci.token.id).await), (409, "token_revoked".into()));
+    alice.list_keypairs(&ListQuery::default()).await.unwrap();
+    assert!(!alice.list_all_tokens().await.unwrap().iter().any(|t| t.name == "ci"));
+    // The name is free again.
+    let ci2 = alice.create_token(&token("ci")).await.unwrap();
+    assert_ne!(ci2.token.id, ci.token.id);
+
+    assert_eq!(alice.get_token(&ci2.token.id).await.unwrap().name, "ci");
+    assert_eq!(err(alice.get_token(&ci.token.id).await).0, 404, "a revoked token is shown no more");
+
+    // Another account's token: its tokens are unknown here (404), its secret is no key.
+    let bob = s.account("bob").await;
+    assert_eq!(err(bob.revoke_token(&ci2.token.id).await), (404, "not_found".into()));
+    assert_eq!(err(bob.get_token(&ci2.token.id).await), (404, "not_found".into()));
+    assert!(bob.list_all_tokens().await.unwrap().iter().all(|t| t.account_id != ci2.token.account_id));
+    let alice_acct = ci2.token.account_id.clone();
+    assert_eq!(err(bob.list_members(&alice_acct).await), (404, "not_found".into()));
+    let into_alice = CreateToken { account_id: Some(alice_acct.clone()), ..token("sneak") };
+    assert_eq!(err(bob.create_token(&into_alice).await), (404, "not_found".into()));
+
+    // A token capped to reader reads, and changes nothing (403 read_only), not even tokens.
+    let ro = alice.create_token(&CreateToken { role: Some(Role::Reader), ..token("dashboard") }).await.unwrap();
+    assert_eq!(ro.token.role, Some(Role::Reader));
+    let ro = Client::new(s.url(), ro.secret);
+    assert_eq!(ro.list_all_keypairs().await.unwrap().len(), 1);
+    assert_eq!(err(ro.create_keypair(&keypair("k2")).await), (403, "read_only".into()));
+    assert_eq!(err(ro.create_token(&token("more")).await), (403, "read_only".into()));
+    assert_eq!(err(ro.revoke_token(&ci2.token.id).await), (403, "read_only".into()));
+
+    // The old per-account call still makes a working token.
+    let acct = s.admin.list_all_accounts().await.unwrap().into_iter().find(|a| a.name == "alice").unwrap();
+    let legacy = s.admin.create_account_token(&acct.id).await.unwrap();
+    Client::new(s.url(), legacy.token).list_keypairs(&ListQuery::default()).await.unwrap();
+
+    // A malformed or unknown token is plain unauthorized.
+    assert_eq!(
+        err(Client::new(s.url(), "vdc_nope").list_keypairs(&ListQuery::default()).await),
+        (401, "unauthorized".into())
+    );
+
+    // Deleting the account takes its tokens and its owner (a role nowhere else) with it:
+    // the name is free for a new account and owner.
+    s.admin.delete_account(&acct.id).await.unwrap();
+    assert_eq!(err(alice.list_keypairs(&ListQuery::default()).await), (401, "unauthorized".into()));
+    let again = s.account("alice").await;
+    assert_eq!(again.list_all_tokens().await.unwrap().len(), 1);
+    s.stop().await;
+}
+
+async fn roles_decide_what_a_token_may_do(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let alice = s.account("alice").await; // owner of account alice
+    let acct = alice.list_all_tokens().await.unwrap()[0].account_id.clone();
+    let alice_user = alice.list_all_tokens().await.unwrap()[0].user_id.clone();
+
+    // Users are an admin's; a tenant is refused.
+    let rita = s.admin.create_user(&CreateUser { name: "rita".into(), admin: false }).await.unwrap();
+    let max = s.admin.create_user(&CreateUser { name: "max".into(), admin: false }).await.unwrap();
+    assert_eq!(
+        err(s.admin.create_user(&CreateUser { name: "rita".into(), admin: false }).await),
+        (409, "name_taken".into())
+    );
+    assert_eq!(
+        err(alice.create_user(&CreateUser { name: "eve".into(), admin: false }).await),
+        (403, "forbidden".into())
+    );
+    assert_eq!(err(alice.list_users(&ListQuery::default()).await).0, 403);
+    assert_eq!(s.admin.get_user(&max.id).await.unwrap().name, "max");
+
+    // The owner gives roles and mints each member a first token.
+    let m = alice.add_member(&acct, &AddMember { user: "rita".into(), role: Role::Reader }).await.unwrap();
+    assert_eq!((m.user_id.clone(), m.role), (rita.id.clone(), Role::Reader));
+    alice.add_member(&acct, &AddMember { user: "max".into(), role: Role::Member }).await.unwrap();
+    assert_eq!(err(alice.add_member(&acct, &AddMember { user: "nobody".into(), role: Role::Member }).await).0, 404);
+    let first = |u: &vdc_schema::id::UserId, name: &str| CreateToken { user_id: Some(u.clone()), ..token(name) };
+    let rita_c = Client::new(s.url(), alice.create_token(&first(&rita.id, "laptop")).await.unwrap().secret);
+    let max_t = alice.create_token(&first(&max.id, "laptop")).await.unwrap();
+    let max_c = Client::new(s.url(), max_t.secret);
+    let roles: Vec<(String, Role)> =
+        alice.list_members(&acct).await.unwrap().into_iter().map(|m| (m.user_name, m.role)).collect();
+    assert_eq!(roles, [("alice".into(), Role::Owner), ("max".into(), Role::Member), ("rita".into(), Role::Reader)]);
+
+    // A reader reads everything in the account and changes nothing.
+    let kp = max_c.create_keypair(&keypair("shared")).await.unwrap();
+    assert_eq!(rita_c.get_keypair(&kp.keypair.id).await.unwrap().name, "shared");
+    assert_eq!(rita_c.list_members(&acct).await.unwrap().len(), 3);
+    for (status, code) in [
+        err(rita_c.create_keypair(&keypair("mine")).await),
+        err(rita_c.delete_keypair(&kp.keypair.id).await),
+        err(rita_c
+            .create_network(&CreateNetwork {
+                name: "n".into(),
+                cidr: "10.9.0.0/24".into(),
+                gateway: None,
+                dhcp_start: None,
+                dhcp_end: None,
+            })
+            .await),
+        err(rita_c.create_token(&token("more")).await),
+        err(rita_c.add_member(&acct, &AddMember { user: "rita".into(), role: Role::Owner }).await),
+    ] {
+        assert_eq!((status, code.as_str()), (403, "read_only"));
+    }
+    assert_eq!(s.admin.list_all_keypairs().await.unwrap().len(), 0, "the admin's account has none");
+
+    // A member works in the account but manages neither members nor others' tokens.
+    max_c.delete_keypair(&kp.keypair.id).await.unwrap();
+    let mine = max_c.create_token(&token("ci")).await.unwrap();
+    let seen: Vec<String> = max_c.list_all_tokens().await.unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(seen, ["laptop", "ci"], "a member lists its own tokens only");
+    assert_eq!(alice.list_all_tokens().await.unwrap().len(), 4, "an owner lists everyone's");
+    let alice_initial = alice.list_all_tokens().await.unwrap().into_iter().find(|t| t.user_id == alice_user).unwrap();
+    assert_eq!(err(max_c.revoke_token(&alice_initial.id).await), (403, "owner_only".into()));
+    assert_eq!(err(max_c.get_token(&alice_initial.id).await).0, 404, "a member sees its own tokens only");
+    assert_eq!(err(max_c.create_token(&first(&rita.id, "x")).await), (403, "owner_only".into()));
+    assert_eq!(
+        err(max_c.add_member(&acct, &AddMember { user: "max".into(), role: Role::Owner }).await),
+        (403, "owner_only".into())
+    );
+    assert_eq!(err(max_c.remove_member(&acct, &rita.id).await), (403, "owner_only".into()));
+    max_c.revoke_token(&mine.token.id).await.unwrap();
+    // A member's token is never stronger than the member.
+    let capped = max_c.create_token(&CreateToken { role: Some(Role::Owner), ..token("up") }).await.unwrap();
+    assert_eq!(capped.token.role, Some(Role::Member));
+
+    // The owner changes roles; a role change applies to tokens already in use.
+    alice.add_member(&acct, &AddMember { user: "rita".into(), role: Role::Member }).await.unwrap();
+    rita_c.create_keypair(&keypair("now-i-can")).await.unwrap();
+    // An account keeps an owner.
+    assert_eq!(err(alice.remove_member(&acct, &alice_user).await), (409, "last_owner".into()));
+    assert_eq!(
+        err(alice.add_member(&acct, &AddMember { user: "alice".into(), role: Role::Member }).await),
+        (409, "last_owner".into())
+    );
+    assert_eq!(err(s.admin.delete_user(&alice_user).await), (409, "last_owner".into()));
+    // Removing a member revokes its tokens there.
+    alice.remove_member(&acct, &max.id).await.unwrap();
+    assert_eq!(err(max_c.list_keypairs(&ListQuery::default()).await), (401, "token_revoked".into()));
+    assert_eq!(err(alice.remove_member(&acct, &max.id).await), (404, "not_found".into()));
+    // Deleting a user makes its tokens unknown.
+    s.admin.delete_user(&rita.id).await.unwrap();
+    assert_eq!(err(rita_c.list_keypairs(&ListQuery::default()).await), (401, "unauthorized".into()));
+    assert_eq!(err(s.admin.get_user(&rita.id).await).0, 404);
+    s.stop().await;
+}
+
+/// 30 concurrent creates of one token name: exactly one wins, the others see its name
+/// taken; 30 concurrent revokes of that token: exactly one revokes it.
+async fn token_races(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let alice = s.account("alice").await;
+    let creates = (0..30).map(|_| {
+        let c = alice.clone();
+        async move { c.create_token(&token("race")).await }
+    });
+    let results = futures::future::join_all(creates).await;
+    let won: Vec<&TokenCreated> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(won.len(), 1, "exactly one create wins");
+    for r in &results {
+        if let Err(e) = r {
+            assert!(matches!(e, ClientError::Api { status: 409, code, .. } if code == "name_taken"), "{e}");
+        }
+    }
+    let id = won[0].token.id.clone();
+    let racer = Client::new(s.url(), won[0].secret.clone());
+    racer.list_keypairs(&ListQuery::default()).await.unwrap();
+    let revokes = (0..30).map(|_| {
+        let c = alice.clone();
+        let id = id.clone();
+        async move { c.revoke_token(&id).await }
+    });
+    let results = futures::future::join_all(revokes).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "exactly one revoke wins");
+    for r in &results {
+        if let Err(e) = r {
+            assert!(matches!(e, ClientError::Api { status: 409, code, .. } if code == "token_revoked"), "{e}");
+        }
+    }
+    assert_eq!(err(racer.list_keypairs(&ListQuery::default()).await), (401, "token_revoked".into()));
+    assert_eq!(alice.list_all_tokens().await.unwrap().len(), 1);
+    s.stop().await;
+}
+
+/// `[auth] max_tokens_per_user`: concurrent creates past the cap get exactly the cap.
+async fn token_cap(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.auth.max_tokens_per_user = 5;
+    let s = Stack::start(opts).await;
+    let alice = s.account("alice").await; // holds "initial"
+    let creates = (0..10).map(|i| {
+        let c = alice.clone();
+        async move { c.create_token(&token(&format!("t{i}"))).await }
+    });
+    let results = futures::future::join_all(creates).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 4);
+    for r in &results {
+        if let Err(e) = r {
+            assert!(matches!(e, ClientError::Api { status: 422, code, .. } if code == "too_many_tokens"), "{e}");
+        }
+    }
+    // A revoked token frees its place.
+    let t = alice.list_all_tokens().await.unwrap().pop().unwrap();
+    alice.revoke_token(&t.id).await.unwrap();
+    alice.create_token(&token("again")).await.unwrap();
+    assert_eq!(err(alice.create_token(&token("over")).await), (422, "too_many_tokens".into()));
+    s.stop().await;
+}
+
+/// Runs `vdc ARGS…` in-process as the holder of `c`'s token (global flags such as
+/// `--account` taken from ARGS).
+async fn vdc(c: &Client, args: &[&str]) -> Result<(), CliError> {
+    let cli = Cli::try_parse_from(std::iter::once("vdc").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("vdc {}: {e}", args.join(" ")));
+    let mut global = cli.global.clone();
+    global.api = Some(c.base_url().to_string());
+    global.token = Some(c.token().to_string());
+    global.output = vdc_cli::output::OutputFormat::Json;
+    commands::run(&global, cli.command).await
+}
+
+async fn ok(c: &Client, args: &[&str]) {
+    if let Err(e) = vdc(c, args).await {
+        panic!("vdc {}: {}", args.join(" "), e.report());
+    }
+}
+
+async fn the_cli_manages_users_members_and_tokens(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let alice = s.account("alice").await;
+    let acct = alice.list_all_tokens().await.unwrap()[0].account_id.clone();
+    ok(&s.admin, &["user", "create", "rita"]).await;
+    ok(&s.admin, &["user", "show", "rita"]).await;
+    ok(&s.admin, &["user", "list"]).await;
+    assert!(vdc(&alice, &["user", "list"]).await.is_err(), "users are an admin's");
+
+    ok(&alice, &["account", "member", "add", "rita", "--role", "reader"]).await;
+    ok(&alice, &["account", "member", "list"]).await;
+    ok(&s.admin, &["--account", acct.as_str(), "account", "member", "list"]).await;
+    assert!(vdc(&alice, &["--account", "a-0000000000000", "account", "member", "list"]).await.is_err());
+    let members = alice.list_members(&acct).await.unwrap();
+    assert!(members.iter().any(|m| m.user_name == "rita" && m.role == Role::Reader), "{members:?}");
+
+    ok(&alice, &["token", "create", "laptop", "--user", "rita"]).await;
+    ok(&alice, &["token", "create", "ci", "--expires", "30d", "--role", "reader"]).await;
+    let tokens = alice.list_all_tokens().await.unwrap();
+    let rita = members.iter().find(|m| m.user_name == "rita").unwrap();
+    assert!(tokens.iter().any(|t| t.name == "laptop" && t.user_id == rita.user_id));
+    let ci = tokens.iter().find(|t| t.name == "ci").unwrap();
+    assert_eq!(ci.role, Some(Role::Reader));
+    let left = ci.expires_at.unwrap() - chrono::Utc::now();
+    assert!(left > chrono::Duration::days(29) && left <= chrono::Duration::days(30), "{left}");
+    assert!(Cli::try_parse_from(["vdc", "token", "create", "x", "--expires", "soon"]).is_err());
+    ok(&alice, &["token", "list"]).await;
+    // By ID as well as by name.
+    let laptop = tokens.iter().find(|t| t.name == "laptop").unwrap();
+    ok(&alice, &["token", "revoke", laptop.id.as_str()]).await;
+    assert_eq!(err(alice.get_token(&laptop.id).await).0, 404);
+    ok(&alice, &["token", "revoke", "ci"]).await;
+    assert!(!alice.list_all_tokens().await.unwrap().iter().any(|t| t.name == "ci"));
+    assert!(vdc(&alice, &["token", "revoke", "ci"]).await.is_err(), "a revoked token is listed no more");
+
+    ok(&alice, &["account", "member", "remove", "rita"]).await;
+    assert_eq!(alice.list_members(&acct).await.unwrap().len(), 1);
+    ok(&s.admin, &["user", "delete", "rita"]).await;
+    let q = ListQuery { name: Some("rita".into()), ..Default::default() };
+    assert!(s.admin.list_users(&q).await.unwrap().items.is_empty());
+    s.stop().await;
+}
