@@ -138,6 +138,8 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/accounts", post(accounts::create).get(accounts::list))
         .route("/accounts/{id}", get(accounts::show).delete(accounts::delete))
         .route("/accounts/{id}/tokens", post(accounts::create_token))
+        .route("/accounts/{id}/quotas", get(accounts::quotas).put(accounts::set_quotas))
+        .route("/quotas", get(accounts::own_quotas))
         .route("/keypairs", post(keypairs::create).get(keypairs::list))
         .route("/keypairs/{id}", get(keypairs::show).delete(keypairs::delete))
         .route("/images", post(images::create).get(images::list))
@@ -304,6 +306,7 @@ impl utoipa::Modify for CommonErrors {
     paths(
         info, openapi_json,
         accounts::create, accounts::list, accounts::show, accounts::delete, accounts::create_token,
+        accounts::quotas, accounts::set_quotas, accounts::own_quotas,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         images::create, images::list, images::show, images::delete, images::upload,
         images::members, images::share, images::unshare,
