@@ -60,6 +60,8 @@ pub struct StackOptions {
     pub images: vdc_dcmgr::config::ImagesConfig,
     /// dcmgr's bundle trust list.
     pub bundles: vdc_dcmgr::config::BundlesConfig,
+    /// dcmgr's default quotas (`[quotas]`); none: unlimited.
+    pub quotas: std::collections::BTreeMap<vdc_schema::api::QuotaKey, u64>,
 }
 
 /// Where real-network hosts keep their OVS, and the prefix (unique per test) of their
@@ -165,6 +167,7 @@ impl StackOptions {
                 ..Default::default()
             },
             bundles: Default::default(),
+            quotas: Default::default(),
         }
     }
 }
@@ -698,6 +701,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
             images
         },
         bundles: opts.bundles.clone(),
+        quotas: opts.quotas.clone(),
         ..Config::default()
     }
 }
