@@ -122,10 +122,13 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
                 ));
             }
         }
-        quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Volumes, 1), (QuotaKey::VolumeGib, size)])
-            .await?;
         let node =
             reserve_storage(&mut tx, &ctx.db, size as i64, snap.as_ref().map(|s| s.storage_node_id.as_str())).await?;
+        // After the reservation: it reads candidates from the pool, which must not wait
+        // for a connection while this transaction holds the account's row (concurrent
+        // creates would hold every connection waiting for that row).
+        quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Volumes, 1), (QuotaKey::VolumeGib, size)])
+            .await?;
         let id = VolumeId::generate();
         let now = db::now();
         store::insert(
