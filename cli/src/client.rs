@@ -298,6 +298,21 @@ impl Client {
         self.delete_no_content(&format!("/accounts/{id}")).await
     }
 
+    /// An account's quotas and usage (an admin's any, a tenant's own).
+    pub async fn account_quotas(&self, id: &AccountId) -> Result<AccountQuotas> {
+        self.get(&format!("/accounts/{id}/quotas")).await
+    }
+
+    /// The caller's own account's quotas and usage.
+    pub async fn own_quotas(&self) -> Result<AccountQuotas> {
+        self.get("/quotas").await
+    }
+
+    /// Sets quotas of an account (admin); the keys not named keep theirs.
+    pub async fn set_account_quotas(&self, id: &AccountId, req: &SetQuotas) -> Result<AccountQuotas> {
+        self.send(self.request(Method::PUT, &format!("/accounts/{id}/quotas")).json(req)).await
+    }
+
     /// A new token for the account; the old ones stay valid.
     pub async fn create_account_token(&self, id: &AccountId) -> Result<AccountToken> {
         self.post_empty(&format!("/accounts/{id}/tokens")).await

@@ -209,6 +209,14 @@ pub enum AccountCmd {
     /// else; reader: reads only)
     #[command(subcommand)]
     Member(MemberCmd),
+    /// Set an account's quotas (admin)
+    #[command(subcommand)]
+    Quota(QuotaCmd),
+    /// Show quotas with what is in use: your own account's, or (admin) any account's
+    Usage {
+        #[arg(value_name = "NAME|ID")]
+        id: Option<Ref<api::Account>>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -291,6 +299,30 @@ pub enum TokenCmd {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Token>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCmd {
+    /// Set limits, e.g. `vdc account quota set team1 instances=10 vcpus=20`; `KEY=default`
+    /// returns a key to dcmgr's configured default. Keys: instances, vcpus, memory_mib,
+    /// volumes, volume_gib, snapshots, networks, security_groups, floating_ips, images,
+    /// image_gib, keypairs.
+    Set {
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::Account>,
+        #[arg(value_name = "KEY=VALUE", required = true, value_parser = parse_quota)]
+        quotas: Vec<(String, Option<i64>)>,
+    },
+}
+
+/// `KEY=N` or `KEY=default`; whether KEY exists and N ≥ 0 is dcmgr's to say (one list).
+fn parse_quota(s: &str) -> Result<(String, Option<i64>), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?}: write KEY=VALUE, e.g. instances=10"))?;
+    let v = match v {
+        "default" => None,
+        n => Some(n.parse::<i64>().map_err(|_| format!("{s:?}: the value is a whole number or `default`"))?),
+    };
+    Ok((k.to_owned(), v))
 }
 
 // ------------------------------------------------------------------ key pairs

@@ -199,6 +199,23 @@ impl Tabular for Token {
     }
 }
 
+impl Tabular for QuotaUsage {
+    fn headers() -> &'static [&'static str] {
+        &["QUOTA", "USED", "LIMIT", "SET FOR ACCOUNT"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.key.to_string(),
+            self.used.to_string(),
+            self.limit.map_or_else(|| "unlimited".to_owned(), |l| l.to_string()),
+            if self.set_for_account { "yes" } else { "no (default)" }.to_owned(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        Self::headers().iter().copied().zip(self.row()).collect()
+    }
+}
+
 impl Tabular for FloatingIp {
     fn headers() -> &'static [&'static str] {
         &["ID", "IP", "INSTANCE", "INTERFACE", "CREATED"]

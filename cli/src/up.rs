@@ -235,6 +235,7 @@ impl AllInOne {
                 file_dirs: tiny.iter().cloned().collect(),
                 ..Default::default()
             },
+            quotas: all_in_one_quotas(),
             ..Config::default()
         };
         let dcmgr = Dcmgr::start(config, server::Options { bus: Some(bus.clone()), ..Default::default() }).await?;
@@ -492,4 +493,24 @@ its state stays in the data directory.",
     eprintln!("stopping…");
     aio.stop().await;
     Ok(())
+}
+
+/// The all-in-one's default quotas: generous (one machine, its own operator), yet a
+/// runaway script stops at a limit rather than at the host's last byte.
+pub fn all_in_one_quotas() -> std::collections::BTreeMap<vdc_schema::api::QuotaKey, u64> {
+    use vdc_schema::api::QuotaKey::*;
+    std::collections::BTreeMap::from([
+        (Instances, 100),
+        (Vcpus, 400),
+        (MemoryMib, 1 << 20),
+        (Volumes, 200),
+        (VolumeGib, 2048),
+        (Snapshots, 500),
+        (Networks, 100),
+        (SecurityGroups, 200),
+        (FloatingIps, 100),
+        (Images, 200),
+        (ImageGib, 1024),
+        (Keypairs, 200),
+    ])
 }

@@ -41,6 +41,10 @@ pub struct Config {
     pub images: ImagesConfig,
     /// VDC bundles: which other sites' bundles this site imports.
     pub bundles: BundlesConfig,
+    /// Default quota of every account (`[quotas]`, e.g. `instances = 20`); a key not
+    /// given is unlimited. An admin sets an account's own with
+    /// `PUT /api/v1/accounts/{id}/quotas`.
+    pub quotas: BTreeMap<vdc_schema::api::QuotaKey, u64>,
     /// API tokens.
     pub auth: AuthConfig,
 }
@@ -256,6 +260,7 @@ impl Default for Config {
             images: ImagesConfig::default(),
             bundles: BundlesConfig::default(),
             auth: AuthConfig::default(),
+            quotas: BTreeMap::new(),
         }
     }
 }
@@ -328,6 +333,20 @@ mod tests {
             "[images.s3]\nendpoint = \"x\"\nbucket = \"b\"\naccess_key = \"a\"\nsekret = 1"
         )
         .is_err());
+    }
+
+    #[test]
+    fn quotas_are_named_keys_with_counts() {
+        use vdc_schema::api::QuotaKey;
+        let c: Config = toml::from_str("[quotas]\ninstances = 5\nvolume_gib = 100\n").unwrap();
+        assert_eq!(c.quotas.get(&QuotaKey::Instances), Some(&5));
+        assert_eq!(c.quotas.get(&QuotaKey::VolumeGib), Some(&100));
+        assert_eq!(c.quotas.get(&QuotaKey::Vcpus), None);
+        let e = toml::from_str::<Config>("[quotas]\ninstance = 5").unwrap_err().to_string();
+        assert!(e.contains("instance") && e.contains("instances"), "{e}");
+        assert!(toml::from_str::<Config>("[quotas]\nvcpus = -1").is_err());
+        let example: Config = toml::from_str(include_str!("../../packaging/examples/dcmgr.toml")).unwrap();
+        assert_eq!(example.quotas.len(), QuotaKey::ALL.len(), "the example names every quota");
     }
 
     #[test]

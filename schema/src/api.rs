@@ -31,6 +31,7 @@ pub const EXTENSIONS: &[&str] = &[
     "jobs",
     "users",
     "tokens",
+    "quotas",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -206,6 +207,107 @@ pub struct CreateToken {
 pub struct TokenCreated {
     pub token: Token,
     pub secret: String,
+}
+
+// ---------------------------------------------------------------- quotas
+
+/// What a quota limits, per account. Counts are of live objects (instances not
+/// terminated, volumes and snapshots not deleted); sizes are in the unit the name says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaKey {
+    Instances,
+    Vcpus,
+    MemoryMib,
+    Volumes,
+    VolumeGib,
+    Snapshots,
+    Networks,
+    SecurityGroups,
+    FloatingIps,
+    Images,
+    ImageGib,
+    Keypairs,
+}
+
+impl QuotaKey {
+    pub const ALL: [QuotaKey; 12] = [
+        QuotaKey::Instances,
+        QuotaKey::Vcpus,
+        QuotaKey::MemoryMib,
+        QuotaKey::Volumes,
+        QuotaKey::VolumeGib,
+        QuotaKey::Snapshots,
+        QuotaKey::Networks,
+        QuotaKey::SecurityGroups,
+        QuotaKey::FloatingIps,
+        QuotaKey::Images,
+        QuotaKey::ImageGib,
+        QuotaKey::Keypairs,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaKey::Instances => "instances",
+            QuotaKey::Vcpus => "vcpus",
+            QuotaKey::MemoryMib => "memory_mib",
+            QuotaKey::Volumes => "volumes",
+            QuotaKey::VolumeGib => "volume_gib",
+            QuotaKey::Snapshots => "snapshots",
+            QuotaKey::Networks => "networks",
+            QuotaKey::SecurityGroups => "security_groups",
+            QuotaKey::FloatingIps => "floating_ips",
+            QuotaKey::Images => "images",
+            QuotaKey::ImageGib => "image_gib",
+            QuotaKey::Keypairs => "keypairs",
+        }
+    }
+}
+
+impl std::fmt::Display for QuotaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for QuotaKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        QuotaKey::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
+            let all: Vec<&str> = QuotaKey::ALL.iter().map(|k| k.as_str()).collect();
+            format!("unknown quota {s:?}: use one of {}", all.join(", "))
+        })
+    }
+}
+
+/// One quota of an account: its limit and what is used of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QuotaUsage {
+    pub key: QuotaKey,
+    /// The limit; absent (null) when unlimited.
+    pub limit: Option<u64>,
+    /// What the account holds now (sizes rounded up to whole GiB).
+    pub used: u64,
+    /// True when the limit was set for this account; false when it is dcmgr's default.
+    pub set_for_account: bool,
+}
+
+/// An account's quotas with their usage, in [`QuotaKey::ALL`]'s order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccountQuotas {
+    pub account_id: AccountId,
+    pub quotas: Vec<QuotaUsage>,
+}
+
+/// Sets quotas of one account (admin). Keys not named keep their limit; a null value
+/// returns that key to dcmgr's configured default. An unknown key or a negative value
+/// is refused (422 `invalid_quota`) and nothing is changed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetQuotas {
+    /// Quota key → limit (an integer ≥ 0), or null for the default.
+    #[schema(example = json!({"instances": 10, "vcpus": 20, "keypairs": null}))]
+    pub quotas: std::collections::BTreeMap<String, Option<i64>>,
 }
 
 // ---------------------------------------------------------------- key pairs

@@ -62,6 +62,8 @@ pub struct StackOptions {
     pub bundles: vdc_dcmgr::config::BundlesConfig,
     /// dcmgr's token settings (the cap per user).
     pub auth: vdc_dcmgr::config::AuthConfig,
+    /// dcmgr's default quotas (`[quotas]`); none: unlimited.
+    pub quotas: std::collections::BTreeMap<vdc_schema::api::QuotaKey, u64>,
 }
 
 /// Where real-network hosts keep their OVS, and the prefix (unique per test) of their
@@ -168,6 +170,7 @@ impl StackOptions {
             },
             bundles: Default::default(),
             auth: Default::default(),
+            quotas: Default::default(),
         }
     }
 }
@@ -752,6 +755,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
         },
         bundles: opts.bundles.clone(),
         auth: opts.auth.clone(),
+        quotas: opts.quotas.clone(),
         ..Config::default()
     }
 }

@@ -3,7 +3,7 @@
 use super::*;
 use crate::client::{Client, ClientError};
 use crate::config;
-use crate::output::{encode, fields_table, render_accepted, render_list, render_one, Tabular};
+use crate::output::{encode, fields_table, list_table, render_accepted, render_list, render_one, Tabular};
 use crate::resolve::{resolve, resolve_all};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
@@ -87,6 +87,13 @@ fn state_filter<T: ToString>(s: Option<T>) -> Option<String> {
 }
 
 impl Ctx {
+    fn quotas(&self, q: &AccountQuotas) -> Result<(), CliError> {
+        match self.format {
+            OutputFormat::Table => emit(&list_table(&q.quotas)),
+            f => emit(&encode(f, q)?),
+        }
+    }
+
     fn show<T: Tabular + Serialize>(&self, value: &T) -> Result<(), CliError> {
         emit(&render_one(self.format, value)?)
     }
@@ -237,6 +244,18 @@ async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<(), CliError> {
                 OutputFormat::Table => emit(&format!("{}\n", t.token)),
                 f => emit(&encode(f, &t)?),
             }
+        }
+        AccountCmd::Quota(QuotaCmd::Set { id, quotas }) => {
+            let req = SetQuotas { quotas: quotas.into_iter().collect() };
+            let q = c.set_account_quotas(&resolve(c, &id).await?, &req).await?;
+            ctx.quotas(&q)
+        }
+        AccountCmd::Usage { id } => {
+            let q = match id {
+                Some(id) => c.account_quotas(&resolve(c, &id).await?).await?,
+                None => c.own_quotas().await?,
+            };
+            ctx.quotas(&q)
         }
     }
 }

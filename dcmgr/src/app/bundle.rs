@@ -9,7 +9,7 @@
 //! the record and changes nothing; a crash before commit leaves nothing but staged
 //! chunks, and the same command completes it.
 
-use crate::app::{bundle_data, interface, keypair, scheduler};
+use crate::app::{bundle_data, interface, keypair, quota, scheduler};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::{
     self as db, account as accounts, bundle as store, instance as istore, job, network as nstore, volume as vstore,
@@ -22,7 +22,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use vdc_bundle::{BundleError, Manifest};
 use vdc_schema::api::{
-    BundleConflict, BundleCreate, BundleImport, BundleImported, BundlePlan, Image, Network, RuleSpec,
+    BundleConflict, BundleCreate, BundleImport, BundleImported, BundlePlan, Image, Network, QuotaKey, RuleSpec,
 };
 use vdc_schema::id::*;
 use vdc_schema::state::{HypervisorKind, ImageState};
@@ -848,6 +848,23 @@ fn unresolved(all: &[BundleConflict], first: &BundleConflict) -> ApiError {
     )
 }
 
+/// What an import would add to the account, per quota (only new images count).
+fn quota_asks(m: &Manifest, d: &Decision) -> Vec<(QuotaKey, u64)> {
+    let new_images: Vec<&vdc_bundle::Image> =
+        m.model.images.iter().filter(|i| matches!(d.images.get(&i.id), Some(ImageChoice::New))).collect();
+    let instances = &m.model.instances;
+    vec![
+        (QuotaKey::Instances, instances.len() as u64),
+        (QuotaKey::Vcpus, instances.iter().map(|i| u64::from(i.cpus)).sum()),
+        (QuotaKey::MemoryMib, instances.iter().map(|i| u64::from(i.memory_mib)).sum()),
+        (QuotaKey::Networks, d.networks.len() as u64),
+        (QuotaKey::SecurityGroups, m.model.security_groups.len() as u64),
+        (QuotaKey::Keypairs, m.model.keypairs.len() as u64),
+        (QuotaKey::Images, new_images.len() as u64),
+        (QuotaKey::ImageGib, new_images.iter().filter_map(|i| i.blob.as_ref()).map(|b| b.size).sum()),
+    ]
+}
+
 async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> ApiResult<Applied> {
     let m = &r.manifest;
     let account = &caller.account_id;
@@ -876,6 +893,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     if let Some(c) = d.conflicts.first() {
         return Err(unresolved(&d.conflicts, c));
     }
+    quota::enforce(&mut tx, ctx, account, &quota_asks(m, &d)).await?;
     let name = |kind: &str, id: &str| d.names.get(&(kind.to_owned(), id.to_owned())).cloned().unwrap_or_default();
     let mut ids: BTreeMap<String, String> = BTreeMap::new();
     let mut work = Vec::new();

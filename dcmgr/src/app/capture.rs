@@ -119,7 +119,15 @@ fn pending_image(new: &CreateImage, source: String) -> Image {
 }
 
 /// Records a pending image whose name must be free in the caller's account, and its job.
-async fn insert_pending(tx: &mut db::Tx<'_>, caller: &Caller, image: &Image, kind: &str) -> ApiResult<Job> {
+/// The source (instance or snapshot) is locked already; the account's row comes after it.
+async fn insert_pending(
+    tx: &mut db::Tx<'_>,
+    ctx: &SharedCtx,
+    caller: &Caller,
+    image: &Image,
+    kind: &str,
+) -> ApiResult<Job> {
+    crate::app::quota::enforce(tx, ctx, &caller.account_id, &[(vdc_schema::api::QuotaKey::Images, 1)]).await?;
     crate::app::check_name_free(tx, db::Named::Image, &caller.account_id, &image.name).await?;
     image_store::insert(&mut **tx, &caller.account_id, image).await?;
     Ok(job::start(tx, &caller.account_id, kind, image.id.as_str(), "available").await?)
@@ -211,7 +219,7 @@ async fn capture_once(
         }
     }
     let image = pending_image(new, format!("{SOURCE_PREFIX}{id}"));
-    let job = insert_pending(&mut tx, caller, &image, "instance.capture").await?;
+    let job = insert_pending(&mut tx, ctx, caller, &image, "instance.capture").await?;
     store::set_intent(&mut tx, id.as_str(), InstanceState::Capturing, InstanceGoal::Stopped, false).await?;
     tx.commit().await?;
     Ok(Accepted { job, resource: image })
@@ -285,7 +293,7 @@ async fn from_snapshot_once(
         });
     }
     let image = pending_image(new, format!("{SNAPSHOT_PREFIX}{id}"));
-    let job = insert_pending(&mut tx, caller, &image, "snapshot.image").await?;
+    let job = insert_pending(&mut tx, ctx, caller, &image, "snapshot.image").await?;
     tx.commit().await?;
     Ok((Accepted { job, resource: image }, snap.storage_node_id))
 }
@@ -333,7 +341,7 @@ where
         }
         Ingested::Refused(r) => {
             fail(ctx, id, &origin, &format!("{}: {}", r.code, r.message)).await?;
-            Err(ApiError::bad(r.code, r.message))
+            Err(r.into_error())
         }
         // Still pending: the reconciler asks the agent again.
         Ingested::Interrupted(why) => Err(ApiError::bad(

@@ -8,14 +8,14 @@
 //! An association takes effect when nwagent re-programmes the interface; terminating the
 //! instance disassociates.
 
-use crate::app::{page, paging};
+use crate::app::{page, paging, quota};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::{self as db, floating_ip as store, interface as ifstore};
 use crate::error::{ApiError, ApiResult};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use vdc_schema::api::{AssociateFloatingIp, CreateFloatingIp, FloatingIp, ListQuery, Page};
-use vdc_schema::id::{FloatingIpId, VifId};
+use vdc_schema::api::{AssociateFloatingIp, CreateFloatingIp, FloatingIp, ListQuery, Page, QuotaKey};
+use vdc_schema::id::{AccountId, FloatingIpId, VifId};
 
 fn no_external() -> ApiError {
     ApiError::Unprocessable {
@@ -74,10 +74,16 @@ async fn allocate(
     let ext = ctx.config.external.as_ref().ok_or_else(no_external)?;
     let (start, end, _) = ext.pool().map_err(ApiError::internal)?;
     db::retry(|| async {
-        let used: HashSet<String> = store::used_ips(&ctx.db).await?.into_iter().collect();
+        let mut tx = ctx.db.begin().await?;
+        if let Some(a) = account {
+            let a: AccountId = a.parse().map_err(ApiError::internal)?;
+            quota::enforce(&mut tx, ctx, &a, &[(QuotaKey::FloatingIps, 1)]).await?;
+        }
+        let used: HashSet<String> = store::used_ips(&mut *tx).await?.into_iter().collect();
         let ip = pick(start, end, &used, want)?;
         let id = FloatingIpId::generate().to_string();
-        store::insert(&ctx.db, &id, account, &ip.to_string(), router).await?;
+        store::insert(&mut *tx, &id, account, &ip.to_string(), router).await?;
+        tx.commit().await?;
         Ok((id, ip))
     })
     .await

@@ -1,10 +1,10 @@
 //! Machine images: what an instance boots. An image is the caller's own or public.
 
-use crate::app::{check_name_free, name_some, page, paging, validate_name};
+use crate::app::{check_name_free, name_some, page, paging, quota, validate_name};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, image as store};
 use crate::error::{ApiError, ApiResult};
-use vdc_schema::api::{CreateImage, Image, ImageMembers, ListQuery, Page};
+use vdc_schema::api::{CreateImage, Image, ImageMembers, ListQuery, Page, QuotaKey};
 use vdc_schema::id::{AccountId, ImageId};
 use vdc_schema::{BootMode, HypervisorKind, ImageFormat, ImageState};
 
@@ -235,6 +235,7 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
                 return Err(ApiError::bad("invalid_kernel_id", format!("kernel_id {k}: no such image")));
             }
         }
+        quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Images, 1)]).await?;
         check_name_free(&mut tx, db::Named::Image, &caller.account_id, &image.name).await?;
         store::insert(&mut *tx, &caller.account_id, &image).await?;
         tx.commit().await?;
@@ -412,7 +413,7 @@ where
         Ingested::Stored(image) => Ok(*image),
         Ingested::Refused(r) => {
             store::set_failed(&ctx.db, id, &format!("{}: {}", r.code, r.message)).await?;
-            Err(ApiError::bad(r.code, r.message))
+            Err(r.into_error())
         }
         Ingested::Interrupted(why) => Err(ApiError::bad(
             "upload_incomplete",
@@ -519,6 +520,11 @@ where
         if row.as_ref().is_none_or(|r| r.state != ImageState::Pending.as_str()) {
             return Ok(None);
         }
+        // Its size is known only now: the owner's image_gib is checked here, the
+        // image's own row not yet counted (no size while pending).
+        let owner = store::owner(&mut tx, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
+        let owner: AccountId = owner.parse().map_err(ApiError::internal)?;
+        quota::enforce(&mut tx, ctx, &owner, &[(QuotaKey::ImageGib, size)]).await?;
         store::set_available(&mut tx, id, &sha, size, inspected.format).await?;
         if let Some(origin) = capture {
             origin.end_in_tx(&mut tx, id.as_str(), None).await?;
@@ -527,18 +533,27 @@ where
         tx.commit().await?;
         Ok(Some(row))
     })
-    .await?;
+    .await;
+    // Over a quota: refused like bad data (the image fails), after the blob is dropped.
+    let (done, over_quota) = match done {
+        Err(ApiError::Unprocessable { code: "quota_exceeded", message }) => (None, Some(message)),
+        Err(e) => return Err(e),
+        Ok(row) => (row, None),
+    };
     match done {
         Some(row) => Ok(Ingested::Stored(Box::new(row.into_api()?))),
         None => {
-            // Deleted (or failed) meanwhile: the blob may now be nobody's.
+            // Deleted (or failed) meanwhile, or over quota: the blob may now be nobody's.
             let mut tx = ctx.db.begin().await?;
             let users = store::blob_users(&mut tx, &sha).await?;
             tx.rollback().await?;
             if users == 0 {
                 let _ = ctx.blobs.delete(&sha).await;
             }
-            Err(ApiError::not_found("image", id))
+            match over_quota {
+                Some(message) => Ok(Ingested::Refused(Refusal { code: "quota_exceeded", message })),
+                None => Err(ApiError::not_found("image", id)),
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! Blocking (runs qemu-img, reads the whole tarball): call it from `spawn_blocking`.
 
+use crate::error::ApiError;
 use std::collections::HashSet;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -16,6 +17,17 @@ use vdc_schema::ImageFormat;
 pub struct Refusal {
     pub code: &'static str,
     pub message: String,
+}
+
+impl Refusal {
+    /// The answer to the uploader: over a quota is 422 like every quota refusal, the
+    /// rest is bad data (400).
+    pub fn into_error(self) -> ApiError {
+        match self.code {
+            "quota_exceeded" => ApiError::Unprocessable { code: self.code, message: self.message },
+            _ => ApiError::bad(self.code, self.message),
+        }
+    }
 }
 
 fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {

@@ -6,6 +6,7 @@
 use crate::app::interface::{self, Planned};
 use crate::app::keypair;
 use crate::app::lifecycle::{self, Decision};
+use crate::app::quota;
 use crate::app::scheduler::{self, Demand};
 use crate::app::secgroup;
 use crate::app::{image, network};
@@ -15,7 +16,7 @@ use crate::datastore::job;
 use crate::datastore::{self as db, instance as store};
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::agent::{AgentError, Hypervisor};
-use vdc_schema::api::{Accepted, ConsoleLog, CreateInstance, Instance, ListQuery, Page};
+use vdc_schema::api::{Accepted, ConsoleLog, CreateInstance, Instance, ListQuery, Page, QuotaKey};
 use vdc_schema::bus::AgentKind;
 use vdc_schema::id::*;
 use vdc_schema::{InstanceAction, InstanceGoal, InstanceState};
@@ -201,6 +202,18 @@ async fn insert(
     candidates: &[String],
 ) -> ApiResult<Accepted<Instance>> {
     let mut tx = ctx.db.begin().await?;
+    // The account's row first (quotas), then the host: the order every create keeps.
+    quota::enforce(
+        &mut tx,
+        ctx,
+        &caller.account_id,
+        &[
+            (QuotaKey::Instances, 1),
+            (QuotaKey::Vcpus, u64::from(p.demand.cpus)),
+            (QuotaKey::MemoryMib, u64::from(p.demand.memory_mib)),
+        ],
+    )
+    .await?;
     let host = scheduler::reserve(&mut tx, p.demand, candidates).await?;
     // What the instance refers to must still exist at commit: a concurrent delete of any
     // of them locks the same row and then sees this instance (or finds the row gone).

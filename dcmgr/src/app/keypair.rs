@@ -2,11 +2,11 @@
 //! get the private key back once. Keys are parsed with the `ssh-key` crate (RustCrypto),
 //! which knows every OpenSSH key format, rather than by hand.
 
-use crate::app::{page, paging, validate_name};
+use crate::app::{page, paging, quota, validate_name};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, keypair as store};
 use crate::error::{ApiError, ApiResult};
-use vdc_schema::api::{CreateKeyPair, KeyPair, KeyPairCreated, ListQuery, Page};
+use vdc_schema::api::{CreateKeyPair, KeyPair, KeyPairCreated, ListQuery, Page, QuotaKey};
 use vdc_schema::id::KeyPairId;
 
 /// A public key in its normalized OpenSSH form, with its SHA-256 fingerprint.
@@ -40,12 +40,20 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateKeyPair) -> Api
     };
     let now = db::parse_time(&db::now());
     let keypair = KeyPair { id: KeyPairId::generate(), name: req.name, public_key, fingerprint, created_at: now };
-    match store::insert(&ctx.db, &caller.account_id, &keypair).await {
-        Err(e) if db::is_unique_violation(&e) => {
-            Err(ApiError::conflict("name_taken", format!("a key pair named {:?} already exists", keypair.name)))
-        }
-        other => other.map_err(ApiError::from),
-    }?;
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Keypairs, 1)]).await?;
+        // Under the account's lock a taken name is not a race to retry but the answer.
+        match store::insert(&mut tx, &caller.account_id, &keypair).await {
+            Err(e) if db::is_unique_violation(&e) => {
+                Err(ApiError::conflict("name_taken", format!("a key pair named {:?} already exists", keypair.name)))
+            }
+            other => other.map_err(ApiError::from),
+        }?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
     Ok(KeyPairCreated { keypair, private_key })
 }
 

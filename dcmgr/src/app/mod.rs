@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod network;
 pub mod node;
 pub mod node_auth;
+pub mod quota;
 pub mod scheduler;
 pub mod secgroup;
 pub mod snapshot;

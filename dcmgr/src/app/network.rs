@@ -1,14 +1,15 @@
 //! Virtual networks: an IPv4 CIDR, a gateway and a DHCP range, and a cloud-wide unique
 //! VXLAN VNI. Networks of one account never overlap; that check runs in a transaction
-//! that first bumps the account's `lock_seq`, so concurrent creates serialize on it.
+//! that first bumps the account's `lock_seq` (`quota::enforce`), so concurrent creates
+//! serialize on it.
 
-use crate::app::{check_name_free, name_some, page, paging, validate_name};
+use crate::app::{check_name_free, name_some, page, paging, quota, validate_name};
 use crate::ctx::{Caller, SharedCtx};
-use crate::datastore::{self as db, account as accounts, network as store};
+use crate::datastore::{self as db, network as store};
 use crate::error::{ApiError, ApiResult};
 use ipnet::Ipv4Net;
 use std::net::Ipv4Addr;
-use vdc_schema::api::{CreateNetwork, ListQuery, Network, Page};
+use vdc_schema::api::{CreateNetwork, ListQuery, Network, Page, QuotaKey};
 use vdc_schema::id::NetworkId;
 
 fn parse_addr(field: &str, s: &str, net: &Ipv4Net) -> ApiResult<Ipv4Addr> {
@@ -109,7 +110,7 @@ async fn try_insert(
     end: Ipv4Addr,
 ) -> ApiResult<Network> {
     let mut tx = ctx.db.begin().await?;
-    accounts::lock(&mut tx, &caller.account_id).await?;
+    quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Networks, 1)]).await?;
     check_name_free(&mut tx, db::Named::Network, &caller.account_id, name).await?;
     check_disjoint(&net, &store::cidrs_of(&mut tx, &caller.account_id).await?)?;
     let vni = store::next_vni(&mut tx).await?;

@@ -2,12 +2,12 @@
 //! a CIDR or from the members of another group. A change re-sends the ensures of every
 //! interface it touches, so it takes effect on running guests.
 
-use crate::app::{check_name_free, name_some, page, paging, validate_name};
+use crate::app::{check_name_free, name_some, page, paging, quota, validate_name};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::{self as db, interface as ifstore, secgroup as store};
 use crate::error::{ApiError, ApiResult};
 use std::collections::HashMap;
-use vdc_schema::api::{CreateSecurityGroup, ListQuery, Page, RuleSpec, SecurityGroup, SecurityGroupRule};
+use vdc_schema::api::{CreateSecurityGroup, ListQuery, Page, QuotaKey, RuleSpec, SecurityGroup, SecurityGroupRule};
 use vdc_schema::id::{RuleId, SecurityGroupId};
 use vdc_schema::Protocol;
 
@@ -98,6 +98,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSecurityGroup) 
     let id = db::retry(|| async {
         let id = SecurityGroupId::generate();
         let mut tx = ctx.db.begin().await?;
+        quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::SecurityGroups, 1)]).await?;
         check_name_free(&mut tx, db::Named::SecurityGroup, &caller.account_id, &req.name).await?;
         store::insert(&mut tx, &id, &caller.account_id, &req.name, &req.description).await?;
         lock_remote_groups(&mut tx, caller, None, &rules).await?;

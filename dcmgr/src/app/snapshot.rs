@@ -8,12 +8,13 @@
 //! A snapshot that an image is being made from (`app::capture::from_snapshot`) cannot
 //! be deleted until that image is available or failed.
 
+use crate::app::quota;
 use crate::app::{page, paging, state_filter, validate_name, Outcome};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::job;
 use crate::datastore::{self as db, snapshot as store, volume as volumes};
 use crate::error::{ApiError, ApiResult};
-use vdc_schema::api::{Accepted, CreateSnapshot, ListQuery, Page, Snapshot};
+use vdc_schema::api::{Accepted, CreateSnapshot, ListQuery, Page, QuotaKey, Snapshot};
 use vdc_schema::id::*;
 use vdc_schema::{ObservedStorage, SnapshotState, VolumeState};
 
@@ -52,6 +53,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSnapshot) -> Ap
             }
             _ => return Err(ApiError::not_found("volume", &req.volume_id)),
         };
+        quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Snapshots, 1)]).await?;
         store::insert(&mut tx, id.as_str(), &caller.account_id, &req.name, req.volume_id.as_str(), size, &node, &now)
             .await?;
         let job = job::start(&mut tx, &caller.account_id, "snapshot.create", id.as_str(), "available").await?;

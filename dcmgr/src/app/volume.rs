@@ -13,12 +13,13 @@
 //! `decide_detach`, `decide_delete`) on the volume (and instance) read under their
 //! locks, and `commit_decision` applies what they decided.
 
+use crate::app::quota;
 use crate::app::{check_name_free, page, paging, state_filter, validate_name, Outcome};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::job;
 use crate::datastore::{self as db, snapshot as snapshots, volume as store};
 use crate::error::{ApiError, ApiResult};
-use vdc_schema::api::{Accepted, AttachVolume, CreateVolume, ExtendVolume, ListQuery, Page, Volume};
+use vdc_schema::api::{Accepted, AttachVolume, CreateVolume, ExtendVolume, ListQuery, Page, QuotaKey, Volume};
 use vdc_schema::id::*;
 use vdc_schema::{InstanceState, ObservedStorage, VolumeState};
 
@@ -128,6 +129,11 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
         }
         let node =
             reserve_storage(&mut tx, &ctx.db, size as i64, snap.as_ref().map(|s| s.storage_node_id.as_str())).await?;
+        // After the reservation: it reads candidates from the pool, which must not wait
+        // for a connection while this transaction holds the account's row (concurrent
+        // creates would hold every connection waiting for that row).
+        quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Volumes, 1), (QuotaKey::VolumeGib, size)])
+            .await?;
         let id = VolumeId::generate();
         let now = db::now();
         store::insert(
@@ -322,7 +328,9 @@ pub async fn extend(ctx: &SharedCtx, caller: &Caller, id: &VolumeId, req: Extend
             }
         }
         let node = row.storage_node_id.clone().ok_or_else(|| ApiError::internal("volume without a storage node"))?;
-        reserve_storage(&mut tx, &ctx.db, size as i64 - row.size_mib, Some(&node)).await?;
+        let more = size - row.size_mib as u64;
+        quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::VolumeGib, more)]).await?;
+        reserve_storage(&mut tx, &ctx.db, more as i64, Some(&node)).await?;
         store::set_size(&mut tx, &row.id, size as i64).await?;
         let job = job::start(&mut tx, &caller.account_id, "volume.extend", &row.id, "available").await?;
         let vol = store::get(&mut *tx, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;

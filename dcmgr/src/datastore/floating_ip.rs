@@ -33,15 +33,15 @@ impl Row {
 }
 
 /// Every address of the pool in use (by accounts and by routers).
-pub async fn used_ips(pool: &db::Pool) -> Result<Vec<String>, sqlx::Error> {
-    let r: Vec<(String,)> = sqlx::query_as("SELECT ip FROM floating_ips").fetch_all(pool).await?;
+pub async fn used_ips<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E) -> Result<Vec<String>, sqlx::Error> {
+    let r: Vec<(String,)> = sqlx::query_as("SELECT ip FROM floating_ips").fetch_all(db).await?;
     Ok(r.into_iter().map(|r| r.0).collect())
 }
 
 /// Inserts a new, unassociated address held by `account` or by the router `(network, host)`.
 /// The unique key on `ip` fails the insert of an address taken meanwhile.
-pub async fn insert(
-    pool: &db::Pool,
+pub async fn insert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
     id: &str,
     account: Option<&str>,
     ip: &str,
@@ -57,7 +57,7 @@ pub async fn insert(
     .bind(router.map(|r| r.0))
     .bind(router.map(|r| r.1))
     .bind(db::now())
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }

@@ -28,7 +28,7 @@ impl Row {
 
 const COLS: &str = "id, name, public_key, fingerprint, created_at";
 
-pub async fn insert(pool: &db::Pool, account: &AccountId, k: &KeyPair) -> Result<(), sqlx::Error> {
+pub async fn insert(tx: &mut db::Tx<'_>, account: &AccountId, k: &KeyPair) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO keypairs (id, account_id, name, public_key, fingerprint, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -38,7 +38,7 @@ pub async fn insert(pool: &db::Pool, account: &AccountId, k: &KeyPair) -> Result
     .bind(&k.public_key)
     .bind(&k.fingerprint)
     .bind(db::time(&k.created_at))
-    .execute(pool)
+    .execute(&mut **tx)
     .await?;
     Ok(())
 }

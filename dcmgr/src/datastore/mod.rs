@@ -12,6 +12,7 @@ pub mod interface;
 pub mod job;
 pub mod keypair;
 pub mod network;
+pub mod quota;
 pub mod secgroup;
 pub mod snapshot;
 pub mod user;

@@ -7,7 +7,9 @@ use crate::http::{path_id, Body, ListParams};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use vdc_schema::api::{Account, AccountCreated, AccountToken, CreateAccount, ErrorBody, Page};
+use vdc_schema::api::{
+    Account, AccountCreated, AccountQuotas, AccountToken, CreateAccount, ErrorBody, Page, SetQuotas,
+};
 use vdc_schema::id::AccountId;
 
 #[utoipa::path(post, path = "/api/v1/accounts", tag = "accounts", operation_id = "account_create",
@@ -84,4 +86,51 @@ pub async fn create_token(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<AccountToken>)> {
     Ok((StatusCode::CREATED, Json(app::create_token(&ctx, &caller, &path_id("account", &id)?).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/accounts/{id}/quotas", tag = "accounts", operation_id = "account_quotas",
+    summary = "Show an account's quotas with its usage (an admin's any, anyone's own)",
+    params(
+        ("id" = AccountId, Path,
+            description = "An account ID (`a-…`); one that does not exist, is malformed or, for a non-admin, is not \
+                the caller's own answers 404")),
+    responses(
+        (status = 200, description = "Every quota: its limit (null: unlimited) and what is in use", body = AccountQuotas),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
+pub async fn quotas(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<AccountQuotas>> {
+    Ok(Json(crate::app::quota::show(&ctx, &caller, &path_id("account", &id)?).await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/accounts/{id}/quotas", tag = "accounts", operation_id = "account_set_quotas",
+    summary = "Set quotas of an account (admin); keys not named keep their limit, null returns one to the default",
+    request_body = SetQuotas,
+    params(
+        ("id" = AccountId, Path,
+            description = "An account ID (`a-…`); one that does not exist or is malformed answers 404")),
+    responses(
+        (status = 200, description = "The account's quotas and usage after the change", body = AccountQuotas),
+        (status = 400, description = "A malformed body (`invalid_body`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: only an admin sets quotas", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`invalid_quota`: an unknown key or a negative value, named; nothing changed",
+            body = ErrorBody)))]
+pub async fn set_quotas(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<SetQuotas>,
+) -> ApiResult<Json<AccountQuotas>> {
+    Ok(Json(crate::app::quota::set(&ctx, &caller, path_id("account", &id), req).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/quotas", tag = "accounts", operation_id = "quota_show_own",
+    summary = "Show the caller's own account's quotas with its usage",
+    responses((status = 200, description = "Every quota: its limit (null: unlimited) and what is in use",
+        body = AccountQuotas)))]
+pub async fn own_quotas(State(ctx): State<SharedCtx>, caller: Caller) -> ApiResult<Json<AccountQuotas>> {
+    Ok(Json(crate::app::quota::show(&ctx, &caller, &caller.account_id).await?))
 }

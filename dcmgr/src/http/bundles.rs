@@ -145,7 +145,8 @@ pub async fn plan(
         (status = 200, description = "Imported before: nothing changed", body = BundleImported),
         (status = 400, description = BUNDLE_ERRORS, body = ErrorBody),
         (status = 409, description = "`bundle_unresolved`: the plan has conflicts (see plan), or \
-            `no_host`-style capacity answers for its instances", body = ErrorBody)))]
+            `no_host`-style capacity answers for its instances", body = ErrorBody),
+        (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
 pub async fn import(
     State(ctx): State<SharedCtx>,
     caller: Caller,

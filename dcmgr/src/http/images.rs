@@ -27,7 +27,8 @@ use vdc_schema::api::{CreateImage, ErrorBody, Image, ImageMembers, Page};
                 `invalid_os`, or a malformed body (`invalid_body`)",
             body = ErrorBody),
         (status = 403, description = "`forbidden`: a tenant named a host file, or asked for a public image", body = ErrorBody),
-        (status = 409, description = "`name_taken`: the account has an image of that name", body = ErrorBody)))]
+        (status = 409, description = "`name_taken`: the account has an image of that name", body = ErrorBody),
+        (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -100,7 +101,8 @@ pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409,
             description = "`invalid_state`: the image is not pending, gets its data from a URL, or is being uploaded",
-            body = ErrorBody)))]
+            body = ErrorBody),
+        (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
 pub async fn upload(
     State(ctx): State<SharedCtx>,
     caller: Caller,

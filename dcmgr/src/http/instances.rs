@@ -26,7 +26,7 @@ use vdc_schema::InstanceAction;
         (status = 409, description = "`ip_in_use`: a fixed address is taken; `boot_mode_unsupported`: a UEFI \
             image and no online host has UEFI firmware (OVMF)", body = ErrorBody),
         (status = 422,
-            description = "`no_capacity`: no online host fits it; `network_full`: a network has no free address",
+            description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use); `no_capacity`: no online host fits it; `network_full`: a network has no free address",
             body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
@@ -201,7 +201,8 @@ pub async fn console(
         (status = 409, description = "`instance_not_stopped`: it is running, capturing or in another state; \
             `capture_unsupported`: a container, an instance without a root disk, or one that never ran",
             body = ErrorBody),
-        (status = 503, description = "`agent_unavailable`: the host holding its disk is offline", body = ErrorBody)))]
+        (status = 503, description = "`agent_unavailable`: the host holding its disk is offline", body = ErrorBody),
+        (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
 pub async fn capture(
     State(ctx): State<SharedCtx>,
     caller: Caller,

@@ -16,7 +16,8 @@ use vdc_schema::api::{CreateKeyPair, ErrorBody, KeyPair, KeyPairCreated, Page};
             body = KeyPairCreated),
         (status = 400, description = "`invalid_name`, `invalid_public_key`, or a malformed body (`invalid_body`)",
             body = ErrorBody),
-        (status = 409, description = "`name_taken`: the account has a key pair of this name", body = ErrorBody)))]
+        (status = 409, description = "`name_taken`: the account has a key pair of this name", body = ErrorBody),
+        (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,

@@ -154,6 +154,8 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/users/{id}", get(users::show).delete(users::delete))
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", get(tokens::show).delete(tokens::revoke))
+        .route("/accounts/{id}/quotas", get(accounts::quotas).put(accounts::set_quotas))
+        .route("/quotas", get(accounts::own_quotas))
         .route("/keypairs", post(keypairs::create).get(keypairs::list))
         .route("/keypairs/{id}", get(keypairs::show).delete(keypairs::delete))
         .route("/images", post(images::create).get(images::list))
@@ -339,6 +341,7 @@ impl utoipa::Modify for CommonErrors {
         accounts::create, accounts::list, accounts::show, accounts::delete, accounts::create_token,
         users::create, users::list, users::show, users::delete, users::members, users::add_member, users::remove_member,
         tokens::create, tokens::list, tokens::show, tokens::revoke,
+        accounts::quotas, accounts::set_quotas, accounts::own_quotas,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,
         images::create, images::list, images::show, images::delete, images::upload,
         images::members, images::share, images::unshare,

@@ -19,7 +19,8 @@ use vdc_schema::api::{CreateNetwork, ErrorBody, Network, Page};
         (status = 409,
             description = "`cidr_overlap`: it overlaps another network of the account; `name_taken`: the account has a \
                 network of that name",
-            body = ErrorBody)))]
+            body = ErrorBody),
+        (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,

@@ -17,7 +17,8 @@ use vdc_schema::id::SnapshotId;
             body = Accepted<Snapshot>),
         (status = 400, description = "`invalid_name`, or a malformed body (`invalid_body`)", body = ErrorBody),
         (status = 404, description = "`not_found`: the volume", body = ErrorBody),
-        (status = 409, description = "`invalid_state`: the volume cannot be snapshotted now", body = ErrorBody)))]
+        (status = 409, description = "`invalid_state`: the volume cannot be snapshotted now", body = ErrorBody),
+        (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -92,7 +93,8 @@ pub async fn delete(
         (status = 404, description = "`not_found`: the snapshot", body = ErrorBody),
         (status = 409, description = "`invalid_state`: the snapshot is not available; `name_taken`: you have an \
             image of that name", body = ErrorBody),
-        (status = 503, description = "`agent_unavailable`: the storage node holding it is offline", body = ErrorBody)))]
+        (status = 503, description = "`agent_unavailable`: the storage node holding it is offline", body = ErrorBody),
+        (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
 pub async fn image(
     State(ctx): State<SharedCtx>,
     caller: Caller,

@@ -23,7 +23,7 @@ use vdc_schema::id::VolumeId;
             description = "`invalid_state`: the snapshot is not available; `name_taken`: the account has a volume of \
                 that name (deleted ones do not count)",
             body = ErrorBody),
-        (status = 422, description = "`no_capacity`: no online storage node has the room", body = ErrorBody)))]
+        (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use); `no_capacity`: no online storage node has the room", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -143,7 +143,7 @@ pub async fn detach(
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`volume_attached`: detach it first; `invalid_state`: it is not available",
             body = ErrorBody),
-        (status = 422, description = "`no_capacity`: its storage node is offline or lacks the room",
+        (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use); `no_capacity`: its storage node is offline or lacks the room",
             body = ErrorBody)))]
 pub async fn extend(
     State(ctx): State<SharedCtx>,

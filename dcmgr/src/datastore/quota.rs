@@ -1,0 +1,81 @@
+//! Quotas as stored (an account's own limits, migration 0015) and the usage they are
+//! checked against, counted from the resources themselves.
+
+use crate::db;
+use vdc_schema::api::QuotaKey;
+use vdc_schema::id::AccountId;
+
+/// The limits set for one account: (key as stored, value).
+pub async fn set_for<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    account: &AccountId,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT quota, value FROM account_quotas WHERE account_id = $1")
+        .bind(account.as_str())
+        .fetch_all(db)
+        .await
+}
+
+/// Sets one of the account's limits, or (None) returns it to the configured default.
+pub async fn set(
+    tx: &mut db::Tx<'_>,
+    account: &AccountId,
+    key: QuotaKey,
+    value: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    match value {
+        Some(v) => {
+            sqlx::query(
+                "INSERT INTO account_quotas (account_id, quota, value) VALUES ($1, $2, $3) \
+                 ON CONFLICT (account_id, quota) DO UPDATE SET value = excluded.value",
+            )
+            .bind(account.as_str())
+            .bind(key.as_str())
+            .bind(v)
+            .execute(&mut **tx)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM account_quotas WHERE account_id = $1 AND quota = $2")
+                .bind(account.as_str())
+                .bind(key.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// What the account holds, per key, in base units: counts, vCPUs, MiB of memory, MiB of
+/// volumes, bytes of images. Live objects only: instances not terminated, volumes and
+/// snapshots not deleted; floating IPs the account allocated (routers' SNAT addresses
+/// belong to no account).
+pub async fn usage<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    account: &AccountId,
+) -> Result<Vec<(QuotaKey, u64)>, sqlx::Error> {
+    // CAST: PostgreSQL's SUM of a BIGINT is NUMERIC, which the Any driver does not decode.
+    let row: (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT
+           (SELECT COUNT(*) FROM instances WHERE account_id = $1 AND state <> 'terminated'),
+           (SELECT CAST(COALESCE(SUM(cpus), 0) AS BIGINT) FROM instances
+             WHERE account_id = $1 AND state <> 'terminated'),
+           (SELECT CAST(COALESCE(SUM(memory_mib), 0) AS BIGINT) FROM instances
+             WHERE account_id = $1 AND state <> 'terminated'),
+           (SELECT COUNT(*) FROM volumes WHERE account_id = $1 AND state <> 'deleted'),
+           (SELECT CAST(COALESCE(SUM(size_mib), 0) AS BIGINT) FROM volumes
+             WHERE account_id = $1 AND state <> 'deleted'),
+           (SELECT COUNT(*) FROM snapshots WHERE account_id = $1 AND state <> 'deleted'),
+           (SELECT COUNT(*) FROM networks WHERE account_id = $1),
+           (SELECT COUNT(*) FROM security_groups WHERE account_id = $1),
+           (SELECT COUNT(*) FROM floating_ips WHERE account_id = $1),
+           (SELECT COUNT(*) FROM images WHERE account_id = $1),
+           (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM images WHERE account_id = $1),
+           (SELECT COUNT(*) FROM keypairs WHERE account_id = $1)",
+    )
+    .bind(account.as_str())
+    .fetch_one(db)
+    .await?;
+    let v = [row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11];
+    Ok(QuotaKey::ALL.into_iter().zip(v.map(|n| n.max(0) as u64)).collect())
+}

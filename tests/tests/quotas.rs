@@ -1,0 +1,260 @@
+//! Per-account quotas through the API, on SQLite and PostgreSQL: every kind refused at
+//! its limit with `quota_exceeded` naming the quota and the limit, usage shown, only an
+//! admin sets them (unknown keys and negative values named), a deleted object frees its
+//! share, and 50 concurrent creates against a limit of N get exactly N.
+
+use futures::future::join_all;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use vdc_cli::client::ClientError;
+use vdc_schema::api::*;
+use vdc_schema::id::*;
+use vdc_schema::*;
+use vdc_tests::{image_request, on_both_databases, wait_state, Db, Stack, StackOptions};
+
+on_both_databases!(limits_usage_and_freeing, fifty_concurrent_creates_get_exactly_the_limit);
+
+/// (status, code, message) of an API error.
+fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String, String) {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(ClientError::Api { status, code, message, .. }) => (status, code, message),
+        Err(e) => panic!("expected an API error, got {e}"),
+    }
+}
+
+/// Asserts a 422 `quota_exceeded` that names `key` and its `limit`.
+fn exceeded<T: std::fmt::Debug>(r: Result<T, ClientError>, key: &str, limit: u64) {
+    let (status, code, message) = err(r);
+    assert_eq!((status, code.as_str()), (422, "quota_exceeded"), "{message}");
+    assert!(message.starts_with(&format!("quota {key} is {limit} and ")), "{message}");
+}
+
+fn quotas(pairs: &[(&str, Option<i64>)]) -> SetQuotas {
+    SetQuotas { quotas: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect() }
+}
+
+fn usage(q: &AccountQuotas, key: QuotaKey) -> (u64, Option<u64>, bool) {
+    let u = q.quotas.iter().find(|u| u.key == key).expect("every key is shown");
+    (u.used, u.limit, u.set_for_account)
+}
+
+fn net(name: &str, cidr: &str) -> CreateNetwork {
+    CreateNetwork { name: name.into(), cidr: cidr.into(), gateway: None, dhcp_start: None, dhcp_end: None }
+}
+
+fn group(name: &str) -> CreateSecurityGroup {
+    CreateSecurityGroup { name: name.into(), description: String::new(), rules: vec![] }
+}
+
+fn key(name: &str) -> CreateKeyPair {
+    CreateKeyPair { name: name.into(), public_key: None }
+}
+
+fn inst(image: &ImageId, name: &str, cpus: u32) -> CreateInstance {
+    CreateInstance {
+        name: Some(name.into()),
+        image_id: image.clone(),
+        hypervisor: None,
+        cpus,
+        memory_mib: 64,
+        interfaces: vec![],
+        ssh_key_id: None,
+        user_data: None,
+        root_disk_size: None,
+    }
+}
+
+fn vol(name: &str, size_mib: u64) -> CreateVolume {
+    CreateVolume { name: name.into(), size_mib: Some(size_mib), snapshot_id: None, image_id: None }
+}
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn limits_usage_and_freeing(db: Db) {
+    let mut o = StackOptions::new(db);
+    o.hosts = 1;
+    o.quotas = BTreeMap::from([(QuotaKey::Keypairs, 2), (QuotaKey::Networks, 3)]);
+    o.external = Some(vdc_dcmgr::config::ExternalConfig {
+        cidr: "203.0.113.0/24".into(),
+        gateway: "203.0.113.1".into(),
+        pool_start: "203.0.113.10".into(),
+        pool_end: "203.0.113.20".into(),
+    });
+    let s = Stack::start(o).await;
+    let c = s.account("quota").await;
+    let other = s.account("quota-other").await;
+
+    // A tenant sees its own quotas: the configured defaults, unlimited where none is set.
+    let own = c.own_quotas().await.unwrap();
+    let id = own.account_id.clone();
+    assert_eq!(own.quotas.len(), QuotaKey::ALL.len());
+    assert_eq!(usage(&own, QuotaKey::Keypairs), (0, Some(2), false));
+    assert_eq!(usage(&own, QuotaKey::Instances), (0, None, false));
+    assert_eq!(c.account_quotas(&id).await.unwrap().account_id, id);
+    // Another tenant's are unknown to it; only an admin sets them.
+    assert_eq!(err(other.account_quotas(&id).await).0, 404);
+    let (status, code, _) = err(c.set_account_quotas(&id, &quotas(&[("instances", Some(100))])).await);
+    assert_eq!((status, code.as_str()), (403, "forbidden"));
+    // Unknown keys and negative values are named; a request with one changes nothing.
+    let (status, code, message) = err(s.admin.set_account_quotas(&id, &quotas(&[("cpus", Some(4))])).await);
+    assert_eq!((status, code.as_str()), (422, "invalid_quota"));
+    assert!(message.contains("unknown quota \"cpus\"") && message.contains("vcpus"), "{message}");
+    let bad = quotas(&[("instances", Some(5)), ("vcpus", Some(-1))]);
+    let (status, code, message) = err(s.admin.set_account_quotas(&id, &bad).await);
+    assert_eq!((status, code.as_str()), (422, "invalid_quota"));
+    assert!(message.contains("quota vcpus = -1 is negative"), "{message}");
+    assert_eq!(usage(&c.own_quotas().await.unwrap(), QuotaKey::Instances), (0, None, false));
+
+    let set = quotas(&[
+        ("instances", Some(2)),
+        ("vcpus", Some(3)),
+        ("volumes", Some(1)),
+        ("volume_gib", Some(1)),
+        ("snapshots", Some(1)),
+        ("security_groups", Some(1)),
+        ("floating_ips", Some(1)),
+        ("images", Some(1)),
+        ("image_gib", Some(0)),
+    ]);
+    let after = s.admin.set_account_quotas(&id, &set).await.unwrap();
+    assert_eq!(usage(&after, QuotaKey::Vcpus), (0, Some(3), true));
+    assert_eq!(usage(&after, QuotaKey::Keypairs), (0, Some(2), false));
+
+    // Key pairs (the configured default of 2), and the second time after a delete.
+    let k1 = c.create_keypair(&key("k1")).await.unwrap();
+    c.create_keypair(&key("k2")).await.unwrap();
+    exceeded(c.create_keypair(&key("k3")).await, "keypairs", 2);
+    c.delete_keypair(&k1.keypair.id).await.unwrap();
+    c.create_keypair(&key("k3")).await.expect("a deleted key pair frees its quota");
+    exceeded(c.create_keypair(&key("k4")).await, "keypairs", 2);
+    // The other account has its own count.
+    other.create_keypair(&key("k1")).await.unwrap();
+
+    // Networks (default 3) and security groups (set to 1).
+    for i in 0..3 {
+        c.create_network(&net(&format!("n{i}"), &format!("10.{i}.0.0/24"))).await.unwrap();
+    }
+    exceeded(c.create_network(&net("n3", "10.3.0.0/24")).await, "networks", 3);
+    let g = c.create_security_group(&group("g1")).await.unwrap();
+    exceeded(c.create_security_group(&group("g2")).await, "security_groups", 1);
+    c.delete_security_group(&g.id).await.unwrap();
+    c.create_security_group(&group("g2")).await.expect("a deleted group frees its quota");
+
+    // Instances: vCPUs and count; a terminated one frees both.
+    let a = c.create_instance(&inst(&s.image, "a", 2)).await.unwrap();
+    exceeded(c.create_instance(&inst(&s.image, "b", 2)).await, "vcpus", 3);
+    c.create_instance(&inst(&s.image, "b", 1)).await.unwrap();
+    exceeded(c.create_instance(&inst(&s.image, "c", 1)).await, "instances", 2);
+    let q = c.own_quotas().await.unwrap();
+    assert_eq!(usage(&q, QuotaKey::Instances).0, 2);
+    assert_eq!(usage(&q, QuotaKey::Vcpus).0, 3);
+    assert_eq!(usage(&q, QuotaKey::MemoryMib).0, 128);
+    wait_state(&c, &a.resource.id, InstanceState::Running).await;
+    let t = c.terminate_instance(&a.resource.id).await.unwrap();
+    c.wait_job_ok(&t.job.id, WAIT).await.unwrap();
+    c.create_instance(&inst(&s.image, "c", 2)).await.expect("a terminated instance frees its quota");
+
+    // Volumes: count and GiB, at create and extend; snapshots.
+    let v = c.create_volume(&vol("v1", 1000)).await.unwrap();
+    c.wait_job_ok(&v.job.id, WAIT).await.unwrap();
+    exceeded(c.create_volume(&vol("v2", 1)).await, "volumes", 1);
+    exceeded(c.extend_volume(&v.resource.id, &ExtendVolume { size_mib: 1100 }).await, "volume_gib", 1);
+    let grown = c.extend_volume(&v.resource.id, &ExtendVolume { size_mib: 1024 }).await.unwrap();
+    c.wait_job_ok(&grown.job.id, WAIT).await.unwrap();
+    let snap =
+        c.create_snapshot(&CreateSnapshot { volume_id: v.resource.id.clone(), name: "s1".into() }).await.unwrap();
+    c.wait_job_ok(&snap.job.id, WAIT).await.unwrap();
+    exceeded(
+        c.create_snapshot(&CreateSnapshot { volume_id: v.resource.id.clone(), name: "s2".into() }).await,
+        "snapshots",
+        1,
+    );
+    assert_eq!(usage(&c.own_quotas().await.unwrap(), QuotaKey::VolumeGib), (1, Some(1), true));
+
+    // Floating IPs.
+    let f = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
+    exceeded(c.create_floating_ip(&CreateFloatingIp::default()).await, "floating_ips", 1);
+    c.delete_floating_ip(&f.id).await.unwrap();
+    c.create_floating_ip(&CreateFloatingIp::default()).await.expect("a released address frees its quota");
+
+    // Images: the count at create; the size when the data is known (image_gib 0: none).
+    let img = c.create_image(&image_request("up1", ImageFormat::Raw)).await.unwrap();
+    exceeded(c.create_image(&image_request("up2", ImageFormat::Raw)).await, "images", 1);
+    exceeded(c.upload_image(&img.id, vec![0u8; 1 << 20]).await, "image_gib", 0);
+    let failed = c.get_image(&img.id).await.unwrap();
+    assert_eq!(failed.state, ImageState::Failed);
+    assert!(failed.failure_reason.as_deref().unwrap_or_default().starts_with("quota_exceeded: quota image_gib"));
+    c.delete_image(&img.id).await.unwrap();
+    s.admin.set_account_quotas(&id, &quotas(&[("image_gib", Some(1))])).await.unwrap();
+    let img = c.create_image(&image_request("up2", ImageFormat::Raw)).await.expect("a deleted image frees its quota");
+    let up = c.upload_image(&img.id, vec![0u8; 1 << 20]).await.unwrap();
+    assert_eq!(up.state, ImageState::Available);
+
+    // Usage as the admin sees it; null returns a key to the default.
+    let q = s.admin.account_quotas(&id).await.unwrap();
+    assert_eq!(usage(&q, QuotaKey::Instances), (2, Some(2), true));
+    assert_eq!(usage(&q, QuotaKey::Vcpus), (3, Some(3), true));
+    assert_eq!(usage(&q, QuotaKey::Keypairs), (2, Some(2), false));
+    assert_eq!(usage(&q, QuotaKey::Networks), (3, Some(3), false));
+    assert_eq!(usage(&q, QuotaKey::Volumes), (1, Some(1), true));
+    assert_eq!(usage(&q, QuotaKey::Snapshots), (1, Some(1), true));
+    assert_eq!(usage(&q, QuotaKey::FloatingIps), (1, Some(1), true));
+    assert_eq!(usage(&q, QuotaKey::Images), (1, Some(1), true));
+    assert_eq!(usage(&q, QuotaKey::ImageGib), (1, Some(1), true));
+    let q = s.admin.set_account_quotas(&id, &quotas(&[("instances", None)])).await.unwrap();
+    assert_eq!(usage(&q, QuotaKey::Instances), (2, None, false));
+    // The count is unlimited again: the next refusal is for vCPUs.
+    exceeded(c.create_instance(&inst(&s.image, "d", 1)).await, "vcpus", 3);
+    s.stop().await;
+}
+
+/// 50 creates at once of one kind against a limit of N: exactly N accepted, every
+/// other one 422 `quota_exceeded`, and the usage says N.
+async fn fifty_concurrent_creates_get_exactly_the_limit(db: Db) {
+    let mut o = StackOptions::new(db);
+    o.host_cpus = 64;
+    o.host_memory_mib = 1 << 20;
+    let s = Stack::start(o).await;
+    let c = s.account("race").await;
+    let id = c.own_quotas().await.unwrap().account_id;
+    let limits = quotas(&[("instances", Some(7)), ("networks", Some(5)), ("keypairs", Some(6))]);
+    s.admin.set_account_quotas(&id, &limits).await.unwrap();
+
+    fn tally<T>(results: Vec<Result<T, ClientError>>) -> (usize, Vec<String>) {
+        let mut refused = vec![];
+        let mut ok = 0;
+        for r in results {
+            match r {
+                Ok(_) => ok += 1,
+                Err(ClientError::Api { status, code, .. }) => refused.push(format!("{status} {code}")),
+                Err(e) => panic!("expected an API answer, got {e}"),
+            }
+        }
+        refused.sort();
+        refused.dedup();
+        (ok, refused)
+    }
+    let check = |what: &str, (ok, refused): (usize, Vec<String>), n: usize| {
+        assert_eq!(ok, n, "{what}: exactly the limit accepted");
+        assert_eq!(refused, ["422 quota_exceeded"], "{what}");
+    };
+    let c = &c;
+    let image = &s.image;
+    let r = join_all((0..50).map(|i| async move { c.create_instance(&inst(image, &format!("i{i}"), 1)).await })).await;
+    check("instances", tally(r), 7);
+    let r = join_all(
+        (0..50).map(|i| async move { c.create_network(&net(&format!("n{i}"), &format!("10.{i}.0.0/24"))).await }),
+    )
+    .await;
+    check("networks", tally(r), 5);
+    let r = join_all((0..50).map(|i| async move { c.create_keypair(&key(&format!("k{i}"))).await })).await;
+    check("keypairs", tally(r), 6);
+    let q = c.own_quotas().await.unwrap();
+    assert_eq!(
+        [QuotaKey::Instances, QuotaKey::Vcpus, QuotaKey::Networks, QuotaKey::Keypairs].map(|k| usage(&q, k).0),
+        [7, 7, 5, 6]
+    );
+    assert_eq!(c.list_all_networks().await.unwrap().len(), 5, "no refused create left anything behind");
+    s.stop().await;
+}
