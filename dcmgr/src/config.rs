@@ -41,6 +41,24 @@ pub struct Config {
     pub images: ImagesConfig,
     /// VDC bundles: which other sites' bundles this site imports.
     pub bundles: BundlesConfig,
+    /// How long the event log (`GET /api/v1/events`) is kept.
+    pub events: EventsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events older than this are pruned (default 7 days): a client away longer is told
+    /// what it lost.
+    pub retain_secs: u64,
+    /// At most this many events are kept (default 1,000,000).
+    pub retain_count: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { retain_secs: 7 * 24 * 3600, retain_count: 1_000_000 }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -239,6 +257,7 @@ impl Default for Config {
             hosts: BTreeMap::new(),
             images: ImagesConfig::default(),
             bundles: BundlesConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }

@@ -214,6 +214,7 @@ async fn capture_once(
     let job = insert_pending(&mut tx, caller, &image, "instance.capture").await?;
     store::set_intent(&mut tx, id.as_str(), InstanceState::Capturing, InstanceGoal::Stopped, false).await?;
     tx.commit().await?;
+    ctx.events.wake();
     Ok(Accepted { job, resource: image })
 }
 
@@ -287,6 +288,7 @@ async fn from_snapshot_once(
     let image = pending_image(new, format!("{SNAPSHOT_PREFIX}{id}"));
     let job = insert_pending(&mut tx, caller, &image, "snapshot.image").await?;
     tx.commit().await?;
+    ctx.events.wake();
     Ok((Accepted { job, resource: image }, snap.storage_node_id))
 }
 
@@ -362,6 +364,7 @@ async fn fail(ctx: &SharedCtx, id: &ImageId, origin: &Origin, why: &str) -> ApiR
         }
         origin.end_in_tx(&mut tx, id.as_str(), Some(why)).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(())
     })
     .await

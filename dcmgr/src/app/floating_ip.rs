@@ -78,6 +78,7 @@ async fn allocate(
         let ip = pick(start, end, &used, want)?;
         let id = FloatingIpId::generate().to_string();
         store::insert(&ctx.db, &id, account, &ip.to_string(), router).await?;
+        ctx.events.wake();
         Ok((id, ip))
     })
     .await
@@ -167,6 +168,7 @@ pub async fn associate(
         store::associate(&mut tx, id, inst.id.as_str(), &vif).await?;
         ifstore::bump(&mut tx, &vif).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(Some(vif))
     })
     .await?;
@@ -194,6 +196,7 @@ pub async fn disassociate(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -
         store::disassociate(&mut tx, id).await?;
         ifstore::bump(&mut tx, &vif).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(Some(vif))
     })
     .await?;
@@ -216,6 +219,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -> ApiR
         }
         store::delete(&mut tx, id).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(())
     })
     .await

@@ -238,6 +238,7 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         check_name_free(&mut tx, db::Named::Image, &caller.account_id, &image.name).await?;
         store::insert(&mut *tx, &caller.account_id, &image).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(())
     })
     .await?;
@@ -352,6 +353,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
             _ => None,
         };
         tx.commit().await?;
+        ctx.events.wake();
         Ok(unused)
     })
     .await?;
@@ -412,6 +414,7 @@ where
         Ingested::Stored(image) => Ok(*image),
         Ingested::Refused(r) => {
             store::set_failed(&ctx.db, id, &format!("{}: {}", r.code, r.message)).await?;
+            ctx.events.wake();
             Err(ApiError::bad(r.code, r.message))
         }
         Ingested::Interrupted(why) => Err(ApiError::bad(
@@ -525,6 +528,7 @@ where
         }
         let row = store::get_tx(&mut tx, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(Some(row))
     })
     .await?;
@@ -609,6 +613,7 @@ pub async fn set_member(
         };
         let members = store::members(&mut tx, id).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok((into_members(id, members)?, changed))
     })
     .await

@@ -5,6 +5,7 @@
 pub mod account;
 pub mod bundle;
 pub mod capture;
+pub mod event;
 pub mod floating_ip;
 pub mod image;
 pub mod image_check;

@@ -251,7 +251,7 @@ pub async fn insert_keypair(
     .bind(db::now())
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::record(tx, db::event::Kind::KeyPair, id, db::event::Change::Created).await
 }
 
 /// An imported image: its data is already in the blob store.

@@ -47,6 +47,7 @@ pub async fn insert(
     ip: &str,
     router: Option<(&str, &str)>,
 ) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO floating_ips (id, account_id, ip, instance_id, vif_id, network_id, host_id, created_at, updated_at)
          VALUES ($1, $2, $3, NULL, NULL, $4, $5, $6, $6)",
@@ -57,9 +58,10 @@ pub async fn insert(
     .bind(router.map(|r| r.0))
     .bind(router.map(|r| r.1))
     .bind(db::now())
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    db::event::record(&mut tx, db::event::Kind::FloatingIp, id, db::event::Change::Created).await?;
+    tx.commit().await
 }
 
 /// The SNAT address of `host`'s router for `network`, if allocated.
@@ -133,6 +135,7 @@ pub async fn disassociate_instance(tx: &mut db::Tx<'_>, instance: &str) -> Resul
 }
 
 pub async fn delete(tx: &mut db::Tx<'_>, id: &FloatingIpId) -> Result<(), sqlx::Error> {
+    db::event::record(tx, db::event::Kind::FloatingIp, id.as_str(), db::event::Change::Deleted).await?;
     sqlx::query("DELETE FROM floating_ips WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     Ok(())
 }

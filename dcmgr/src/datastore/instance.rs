@@ -146,7 +146,7 @@ pub async fn insert(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error>
     .bind(n.root_disk_size.map(|v| v as i64))
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::record(tx, db::event::Kind::Instance, n.id.as_str(), db::event::Change::Created).await
 }
 
 /// Records new intent: a new spec generation, to be sent again.
@@ -157,6 +157,7 @@ pub async fn set_intent(
     goal: InstanceGoal,
     reboot: bool,
 ) -> Result<(), sqlx::Error> {
+    let before = db::event::state_of(tx, db::event::Kind::Instance, id).await?;
     sqlx::query(
         "UPDATE instances SET state = $1, goal = $2, spec_gen = spec_gen + 1, reboot_gen = reboot_gen + $3,
              failure_reason = NULL, ensure_sent_at = 0, updated_at = $4
@@ -169,7 +170,7 @@ pub async fn set_intent(
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::changed(tx, db::event::Kind::Instance, id, before.as_deref()).await
 }
 
 /// Places the instance on `host` and gives its interfaces a new generation (they move
@@ -206,6 +207,9 @@ pub async fn detach_all_volumes(tx: &mut db::Tx<'_>, id: &str) -> Result<Vec<Str
     .bind(id)
     .execute(&mut **tx)
     .await?;
+    for (v,) in &volumes {
+        db::event::record(tx, db::event::Kind::Volume, v, db::event::Change::State).await?;
+    }
     Ok(volumes.into_iter().map(|v| v.0).collect())
 }
 
@@ -219,6 +223,7 @@ pub struct Observed<'a> {
 }
 
 pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, o: &Observed<'_>) -> Result<(), sqlx::Error> {
+    let before = db::event::state_of(tx, db::event::Kind::Instance, id).await?;
     sqlx::query(
         "UPDATE instances SET state = $1, goal = $2, report_gen = $3, failure_reason = $4, updated_at = $5,
              host_node_id = CASE WHEN $6 = 1 THEN NULL ELSE host_node_id END,
@@ -234,7 +239,7 @@ pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, o: &Observed<'_>) -> Re
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::changed(tx, db::event::Kind::Instance, id, before.as_deref()).await
 }
 
 /// Records that the current spec was sent (the reconciler re-sends after a while).

@@ -29,6 +29,7 @@ impl Row {
 const COLS: &str = "id, name, public_key, fingerprint, created_at";
 
 pub async fn insert(pool: &db::Pool, account: &AccountId, k: &KeyPair) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO keypairs (id, account_id, name, public_key, fingerprint, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -38,9 +39,10 @@ pub async fn insert(pool: &db::Pool, account: &AccountId, k: &KeyPair) -> Result
     .bind(&k.public_key)
     .bind(&k.fingerprint)
     .bind(db::time(&k.created_at))
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    db::event::record(&mut tx, db::event::Kind::KeyPair, k.id.as_str(), db::event::Change::Created).await?;
+    tx.commit().await
 }
 
 /// One page of an account's key pairs, in creation order after `cursor`.
@@ -77,12 +79,19 @@ pub async fn get_own<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 
 /// Deletes the account's key pair; false when there was none.
 pub async fn delete_own(pool: &db::Pool, account: &AccountId, id: &KeyPairId) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    db::event::record(&mut tx, db::event::Kind::KeyPair, id.as_str(), db::event::Change::Deleted).await?;
     let r = sqlx::query("DELETE FROM keypairs WHERE id = $1 AND account_id = $2")
         .bind(id.as_str())
         .bind(account.as_str())
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
-    Ok(r.rows_affected() == 1)
+    if r.rows_affected() != 1 {
+        // Not theirs (or gone): the event above goes with the rollback.
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// The public key given to instances that name the key pair.
