@@ -1130,7 +1130,11 @@ mod tests {
         run(&global(&base), cmd(&["volume", "create", "data", "--size", "10G", "--wait"])).await.unwrap();
         let log = log.lock().unwrap();
         let targets: Vec<_> = log.iter().map(|r| r.target.as_str()).collect();
-        assert_eq!(targets, ["/api/v1/volumes", "/api/v1/jobs/job-1", "/api/v1/volumes/vol-1"]);
+        // The event stream first (this server has none: --wait polls).
+        assert_eq!(
+            targets,
+            ["/api/v1/volumes", "/api/v1/events?follow=true", "/api/v1/jobs/job-1", "/api/v1/volumes/vol-1"]
+        );
         let body: serde_json::Value = serde_json::from_str(&log[0].body).unwrap();
         assert_eq!(body["size_mib"], 10240);
     }

@@ -121,7 +121,7 @@ fn pending_image(new: &CreateImage, source: String) -> Image {
 /// Records a pending image whose name must be free in the caller's account, and its job.
 async fn insert_pending(tx: &mut db::Tx<'_>, caller: &Caller, image: &Image, kind: &str) -> ApiResult<Job> {
     crate::app::check_name_free(tx, db::Named::Image, &caller.account_id, &image.name).await?;
-    image_store::insert(&mut **tx, &caller.account_id, image).await?;
+    image_store::insert(tx, &caller.account_id, image).await?;
     Ok(job::start(tx, &caller.account_id, kind, image.id.as_str(), "available").await?)
 }
 

@@ -236,7 +236,7 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
             }
         }
         check_name_free(&mut tx, db::Named::Image, &caller.account_id, &image.name).await?;
-        store::insert(&mut *tx, &caller.account_id, &image).await?;
+        store::insert(&mut tx, &caller.account_id, &image).await?;
         tx.commit().await?;
         ctx.events.wake();
         Ok(())

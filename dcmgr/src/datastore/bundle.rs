@@ -261,7 +261,7 @@ pub async fn insert_image(
     image: &vdc_schema::api::Image,
     blob: &str,
 ) -> Result<(), sqlx::Error> {
-    db::image::insert(&mut **tx, account, image).await?;
+    db::image::insert(tx, account, image).await?;
     sqlx::query("UPDATE images SET blob = $1 WHERE id = $2")
         .bind(blob)
         .bind(image.id.as_str())

@@ -30,9 +30,7 @@ pub struct EventsQuery {
         events older than the configured retention are pruned, and a client resuming before the oldest \
         kept one first gets a message `event: lost` with `data` `{\"resumed_after\": N, \"oldest_kept\": M}`. \
         A comment line is sent every 15 s to keep idle connections open.",
-    params(
-        EventsQuery,
-        ("Last-Event-ID" = Option<u64>, Header, description = "The last event ID received: resume after it")),
+    params(EventsQuery),
     responses(
         (status = 200, description = "The event stream; each message's `data` is an `Event`",
             content_type = "text/event-stream", body = vdc_schema::api::Event),
