@@ -816,7 +816,9 @@ impl Client {
     }
 
     /// The general form of [`Client::wait_job`]: `on_poll` sees every answer (for progress
-    /// display); `timeout: None` waits forever.
+    /// display); `timeout: None` waits forever. It follows the event stream, which tells
+    /// the job's end as it is committed, and polls every `interval` when the server has
+    /// no stream (an older dcmgr) or the stream breaks.
     pub async fn poll_job(
         &self,
         id: &JobId,
@@ -825,6 +827,46 @@ impl Client {
         mut on_poll: impl FnMut(&Job),
     ) -> Result<Job> {
         let start = Instant::now();
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let until = |d: Option<tokio::time::Instant>| async move {
+            match d {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        // Opened before the first read of the job: an end committed after that read is
+        // in the stream ("from now" starts no later than the request).
+        let stream = tokio::select! {
+            s = self.events(None, true) => s.ok(),
+            _ = until(deadline) => None,
+        };
+        let job = self.get_job(id).await?;
+        on_poll(&job);
+        if job.state != JobState::Running {
+            return Ok(job);
+        }
+        if let Some(mut stream) = stream {
+            loop {
+                let next = tokio::select! {
+                    n = stream.next() => n,
+                    _ = until(deadline) => break,
+                };
+                match next {
+                    Ok(Some(StreamItem::Event(e)))
+                        if e.kind == "job" && e.resource_id == id.as_str() && e.state != JobState::Running.as_str() =>
+                    {
+                        let job = self.get_job(id).await?;
+                        on_poll(&job);
+                        if job.state != JobState::Running {
+                            return Ok(job);
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    // The stream ended or broke: poll instead.
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
         loop {
             let job = self.get_job(id).await?;
             on_poll(&job);
@@ -845,6 +887,115 @@ impl Client {
                 tokio::time::sleep(interval).await;
             }
         }
+    }
+}
+
+/// One message of the event stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamItem {
+    Event(Event),
+    /// Events between `resumed_after` and `oldest_kept` were pruned before this client
+    /// came back for them.
+    Lost {
+        resumed_after: u64,
+        oldest_kept: u64,
+    },
+}
+
+/// An open `GET /api/v1/events` response, read message by message.
+pub struct EventStream {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+    /// The ID of the last event read: reconnect with it to resume.
+    pub last_id: Option<u64>,
+}
+
+impl EventStream {
+    /// The next message; None when the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<StreamItem>> {
+        loop {
+            while let Some(end) = find_blank_line(&self.buf) {
+                let block: Vec<u8> = self.buf.drain(..end.1).collect();
+                if let Some(item) = self.parse(&block[..end.0])? {
+                    return Ok(Some(item));
+                }
+            }
+            match self.resp.chunk().await.map_err(ClientError::Transport)? {
+                Some(c) => self.buf.extend_from_slice(&c),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// One SSE message (`field: value` lines); comments and empty messages give None.
+    fn parse(&mut self, block: &[u8]) -> Result<Option<StreamItem>> {
+        let text = String::from_utf8_lossy(block);
+        let (mut name, mut data) = (String::new(), String::new());
+        for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => name = value.to_owned(),
+                "data" => {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+        if data.is_empty() {
+            return Ok(None);
+        }
+        if name == "lost" {
+            let v: serde_json::Value = decode("the event stream", &data)?;
+            let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+            return Ok(Some(StreamItem::Lost { resumed_after: n("resumed_after"), oldest_kept: n("oldest_kept") }));
+        }
+        let e: Event = decode("the event stream", &data)?;
+        self.last_id = Some(e.seq);
+        Ok(Some(StreamItem::Event(e)))
+    }
+}
+
+/// (end of the message, end of the blank line after it) of the first complete message.
+fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some((i, i + 2));
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some((i, i + 3));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+impl Client {
+    /// Opens the account's event stream after event `after` (None: from now on); with
+    /// `follow` false the server ends it once the recorded events are sent.
+    pub async fn events(&self, after: Option<u64>, follow: bool) -> Result<EventStream> {
+        let mut req = self
+            .request(Method::GET, "/events")
+            .query(&[("follow", follow)])
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            // A followed stream stays open: only the connect timeout applies.
+            .timeout(Duration::from_secs(30 * 24 * 3600));
+        if let Some(a) = after {
+            req = req.header("Last-Event-ID", a.to_string());
+        }
+        let resp = req.send().await.map_err(ClientError::Transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.map_err(ClientError::Transport)?;
+            return Err(ClientError::from_response(status.as_u16(), &body));
+        }
+        Ok(EventStream { resp, buf: Vec::new(), last_id: after })
     }
 }
 
@@ -950,10 +1101,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn wait_job_follows_the_event_stream() {
+        let gets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let g = gets.clone();
+        let (base, log) = mock(move |s| {
+            if s.target.starts_with("/api/v1/events") {
+                // Another job's end, a comment, then this job's end split over lines.
+                let other = r#"{"seq":7,"account_id":"a-1","kind":"job","resource_id":"job-2","change":"state","state":"succeeded","detail":"","time":"2026-01-01T00:00:00Z"}"#;
+                let mine = r#"{"seq":8,"account_id":"a-1","kind":"job","resource_id":"job-1","change":"state","state":"failed","detail":"instance.create i-1","time":"2026-01-01T00:00:00Z"}"#;
+                return (200, format!(": keep-alive\n\nid: 7\nevent: job\ndata: {other}\n\nid: 8\r\nevent: job\r\ndata: {mine}\r\n\r\n"));
+            }
+            let n = g.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            (200, job_json(if n == 0 { "running" } else { "failed" }).to_string())
+        })
+        .await;
+        let c = Client::new(base, "t");
+        let id: JobId = "job-1".parse().unwrap();
+        let job = c.wait_job(&id, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        // One read before, one after the event: no polling.
+        assert_eq!(gets.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let log = log.lock().unwrap();
+        assert!(log[0].target.starts_with("/api/v1/events?follow=true"), "the stream opens first: {log:?}");
+    }
+
+    #[tokio::test]
     async fn wait_job_polls_until_the_job_ends() {
         let polls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let p = polls.clone();
-        let (base, _) = mock(move |_| {
+        let (base, _) = mock(move |s| {
+            if s.target.contains("/events") {
+                // A dcmgr without the event stream: --wait polls.
+                return (404, String::new());
+            }
             let n = p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let state = if n < 2 { "running" } else { "failed" };
             (200, job_json(state).to_string())

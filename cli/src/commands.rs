@@ -104,6 +104,15 @@ pub enum Command {
     /// Jobs: the progress of long operations
     #[command(subcommand)]
     Job(JobCmd),
+    /// What changed in the account (instances, volumes, jobs, …), oldest first
+    Events {
+        /// Keep printing events as they happen (reconnects and resumes if cut off)
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events after this event ID (0: every event still kept)
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
     /// VDC bundles: move the whole VDC to another site (export, plan, import)
     #[command(subcommand)]
     Bundle(BundleCmd),

@@ -47,6 +47,8 @@ pub struct Config {
     pub quotas: BTreeMap<vdc_schema::api::QuotaKey, u64>,
     /// API tokens.
     pub auth: AuthConfig,
+    /// How long the event log (`GET /api/v1/events`) is kept.
+    pub events: EventsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +62,22 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig { max_tokens_per_user: 50 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events older than this are pruned (default 7 days): a client away longer is told
+    /// what it lost.
+    pub retain_secs: u64,
+    /// At most this many events are kept (default 1,000,000).
+    pub retain_count: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { retain_secs: 7 * 24 * 3600, retain_count: 1_000_000 }
     }
 }
 
@@ -261,6 +279,7 @@ impl Default for Config {
             bundles: BundlesConfig::default(),
             auth: AuthConfig::default(),
             quotas: BTreeMap::new(),
+            events: EventsConfig::default(),
         }
     }
 }

@@ -118,6 +118,8 @@ pub struct Ctx {
     pub trusted_keys: Vec<vdc_bundle::VerifyingKey>,
     /// The address the Web API listens on, once bound.
     pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    /// The event stream's pump and subscribers (`app::event`).
+    pub events: crate::app::event::Hub,
 }
 
 #[derive(Debug, Clone, Copy)]

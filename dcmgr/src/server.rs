@@ -49,6 +49,7 @@ impl Dcmgr {
             );
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
         let ctx: SharedCtx = Arc::new(Ctx {
             db: pool,
             bus: bus.clone(),
@@ -66,6 +67,7 @@ impl Dcmgr {
             site_key,
             trusted_keys,
             http_addr: Default::default(),
+            events: crate::app::event::Hub::new(cancel.clone()),
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;
@@ -77,7 +79,6 @@ impl Dcmgr {
         // URL imports cut short by a stop start again.
         crate::app::image_import::resume(&ctx).await?;
 
-        let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
         let reg = bus.subscribe(subject::REGISTER).await?;
         let hb = bus.subscribe(subject::HEARTBEAT).await?;
@@ -87,6 +88,7 @@ impl Dcmgr {
         tasks.push(tokio::spawn(controller::reports::serve(ctx.clone(), rep, cancel.clone())));
         tasks.push(tokio::spawn(controller::membership::watch_liveness(ctx.clone(), cancel.clone())));
         tasks.push(tokio::spawn(controller::reconciler::run(ctx.clone(), cancel.clone())));
+        tasks.push(tokio::spawn(crate::app::event::pump(ctx.clone(), cancel.clone())));
         tasks.extend(controller::dispatch::spawn(ctx.clone(), rx, cancel.clone()));
 
         let listener = tokio::net::TcpListener::bind(&config.listen)

@@ -32,6 +32,7 @@ pub const EXTENSIONS: &[&str] = &[
     "users",
     "tokens",
     "quotas",
+    "events",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -901,6 +902,27 @@ pub struct StorageNode {
     pub capacity_mib: u64,
     pub used_mib: u64,
     pub last_seen: DateTime<Utc>,
+}
+
+/// One change, as `GET /api/v1/events` sends it (the SSE `data` of an event whose `id`
+/// is [`Event::seq`] and whose `event` name is [`Event::kind`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Grows with every event dcmgr records; resume after it with `Last-Event-ID`.
+    pub seq: u64,
+    pub account_id: AccountId,
+    /// `instance`, `volume`, `snapshot`, `image`, `network`, `security_group`, `keypair`,
+    /// `floating_ip` or `job`.
+    pub kind: String,
+    /// The object's ID (a job's own ID for `job`).
+    pub resource_id: String,
+    /// `created`, `state` (its state changed), `deleted`; for a job: `created` or `state`.
+    pub change: String,
+    /// The object's state after the change; empty for objects without one.
+    pub state: String,
+    /// For a job: its action and the resource it acts on (`instance.create i-…`).
+    pub detail: String,
+    pub time: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -60,6 +60,7 @@ pub(super) async fn run(global: &GlobalArgs, command: Command) -> Result<(), Cli
         Command::Snapshot(c) => snapshot(&ctx, c).await,
         Command::Host(c) => host(&ctx, c).await,
         Command::Job(c) => job(&ctx, c).await,
+        Command::Events { follow, after } => events(&ctx, follow, after).await,
         Command::Bundle(c) => bundle(&ctx, c).await,
         Command::Completions { .. } | Command::Up(_) => Ok(()),
     }
@@ -906,6 +907,66 @@ async fn job(ctx: &Ctx, cmd: JobCmd) -> Result<(), CliError> {
     }
 }
 
+// ------------------------------------------------------------------ events
+
+/// Prints events one per line (a table row, or one JSON/YAML document each); with
+/// `follow`, a broken connection is opened again after the last event printed.
+async fn events(ctx: &Ctx, follow: bool, after: u64) -> Result<(), CliError> {
+    use crate::client::StreamItem;
+    let mut last = after;
+    let mut failures = 0u32;
+    loop {
+        let mut stream = match ctx.client.events(Some(last), follow).await {
+            Ok(s) => s,
+            Err(e) if follow && failures < 30 && !matches!(e, ClientError::Api { .. }) => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        loop {
+            match stream.next().await {
+                Ok(Some(StreamItem::Event(e))) => {
+                    failures = 0;
+                    last = e.seq;
+                    emit(&render_event(ctx.format, &e)?)?;
+                }
+                Ok(Some(StreamItem::Lost { resumed_after, oldest_kept })) => {
+                    eprintln!("events after {resumed_after} and before {oldest_kept} were pruned before they were read")
+                }
+                Ok(None) if !follow => return Ok(()),
+                Ok(None) => break,
+                Err(_) if follow => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+fn render_event(format: OutputFormat, e: &vdc_schema::api::Event) -> Result<String, CliError> {
+    Ok(match format {
+        OutputFormat::Table => {
+            let mut line = format!(
+                "{:>6}  {}  {:<14} {:<26} {:<8} {}",
+                e.seq,
+                crate::output::time(&e.time),
+                e.kind,
+                e.resource_id,
+                e.change,
+                e.state
+            );
+            if !e.detail.is_empty() {
+                line.push_str("  ");
+                line.push_str(&e.detail);
+            }
+            line.trim_end().to_owned() + "\n"
+        }
+        OutputFormat::Json => serde_json::to_string(e).map_err(|x| CliError::Encode(x.to_string()))? + "\n",
+        OutputFormat::Yaml => format!("---\n{}", encode(format, e)?),
+    })
+}
+
 // ------------------------------------------------------------------ bundles
 
 impl Tabular for BundleImport {
@@ -1195,7 +1256,11 @@ mod tests {
         run(&global(&base), cmd(&["volume", "create", "data", "--size", "10G", "--wait"])).await.unwrap();
         let log = log.lock().unwrap();
         let targets: Vec<_> = log.iter().map(|r| r.target.as_str()).collect();
-        assert_eq!(targets, ["/api/v1/volumes", "/api/v1/jobs/job-1", "/api/v1/volumes/vol-1"]);
+        // The event stream first (this server has none: --wait polls).
+        assert_eq!(
+            targets,
+            ["/api/v1/volumes", "/api/v1/events?follow=true", "/api/v1/jobs/job-1", "/api/v1/volumes/vol-1"]
+        );
         let body: serde_json::Value = serde_json::from_str(&log[0].body).unwrap();
         assert_eq!(body["size_mib"], 10240);
     }

@@ -1134,6 +1134,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     // The unique (account, source, manifest) key is the last guard against a twin import.
     store::insert_import(&mut tx, account, &import).await?;
     tx.commit().await?;
+    ctx.events.wake();
     Ok(Applied::Created(import, work))
 }
 

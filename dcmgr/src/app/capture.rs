@@ -129,7 +129,7 @@ async fn insert_pending(
 ) -> ApiResult<Job> {
     crate::app::quota::enforce(tx, ctx, &caller.account_id, &[(vdc_schema::api::QuotaKey::Images, 1)]).await?;
     crate::app::check_name_free(tx, db::Named::Image, &caller.account_id, &image.name).await?;
-    image_store::insert(&mut **tx, &caller.account_id, image).await?;
+    image_store::insert(tx, &caller.account_id, image).await?;
     Ok(job::start(tx, &caller.account_id, kind, image.id.as_str(), "available").await?)
 }
 
@@ -222,6 +222,7 @@ async fn capture_once(
     let job = insert_pending(&mut tx, ctx, caller, &image, "instance.capture").await?;
     store::set_intent(&mut tx, id.as_str(), InstanceState::Capturing, InstanceGoal::Stopped, false).await?;
     tx.commit().await?;
+    ctx.events.wake();
     Ok(Accepted { job, resource: image })
 }
 
@@ -295,6 +296,7 @@ async fn from_snapshot_once(
     let image = pending_image(new, format!("{SNAPSHOT_PREFIX}{id}"));
     let job = insert_pending(&mut tx, ctx, caller, &image, "snapshot.image").await?;
     tx.commit().await?;
+    ctx.events.wake();
     Ok((Accepted { job, resource: image }, snap.storage_node_id))
 }
 
@@ -370,6 +372,7 @@ async fn fail(ctx: &SharedCtx, id: &ImageId, origin: &Origin, why: &str) -> ApiR
         }
         origin.end_in_tx(&mut tx, id.as_str(), Some(why)).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(())
     })
     .await

@@ -82,8 +82,9 @@ async fn allocate(
         let used: HashSet<String> = store::used_ips(&mut *tx).await?.into_iter().collect();
         let ip = pick(start, end, &used, want)?;
         let id = FloatingIpId::generate().to_string();
-        store::insert(&mut *tx, &id, account, &ip.to_string(), router).await?;
+        store::insert(&mut tx, &id, account, &ip.to_string(), router).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok((id, ip))
     })
     .await
@@ -173,6 +174,7 @@ pub async fn associate(
         store::associate(&mut tx, id, inst.id.as_str(), &vif).await?;
         ifstore::bump(&mut tx, &vif).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(Some(vif))
     })
     .await?;
@@ -200,6 +202,7 @@ pub async fn disassociate(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -
         store::disassociate(&mut tx, id).await?;
         ifstore::bump(&mut tx, &vif).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(Some(vif))
     })
     .await?;
@@ -222,6 +225,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -> ApiR
         }
         store::delete(&mut tx, id).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(())
     })
     .await

@@ -237,8 +237,9 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         }
         quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Images, 1)]).await?;
         check_name_free(&mut tx, db::Named::Image, &caller.account_id, &image.name).await?;
-        store::insert(&mut *tx, &caller.account_id, &image).await?;
+        store::insert(&mut tx, &caller.account_id, &image).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(())
     })
     .await?;
@@ -353,6 +354,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
             _ => None,
         };
         tx.commit().await?;
+        ctx.events.wake();
         Ok(unused)
     })
     .await?;
@@ -413,6 +415,7 @@ where
         Ingested::Stored(image) => Ok(*image),
         Ingested::Refused(r) => {
             store::set_failed(&ctx.db, id, &format!("{}: {}", r.code, r.message)).await?;
+            ctx.events.wake();
             Err(r.into_error())
         }
         Ingested::Interrupted(why) => Err(ApiError::bad(
@@ -531,6 +534,7 @@ where
         }
         let row = store::get_tx(&mut tx, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(Some(row))
     })
     .await;
@@ -624,6 +628,7 @@ pub async fn set_member(
         };
         let members = store::members(&mut tx, id).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok((into_members(id, members)?, changed))
     })
     .await

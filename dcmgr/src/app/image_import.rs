@@ -211,6 +211,7 @@ async fn import(ctx: &SharedCtx, image: &Image) -> ApiResult<()> {
             store::set_failed(&ctx.db, &image.id, &format!("import_failed: the transfer broke off ({why})")).await?;
         }
     }
+    ctx.events.wake();
     Ok(())
 }
 

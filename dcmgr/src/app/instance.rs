@@ -262,6 +262,7 @@ async fn insert(
     }
     let job = job::start(&mut tx, &caller.account_id, "instance.create", id.as_str(), "running").await?;
     tx.commit().await?;
+    ctx.events.wake();
     let t = db::parse_time(&now);
     let instance = Instance {
         id,
@@ -352,6 +353,7 @@ async fn act_once(
         Decision::AlreadyDone(msg) => {
             let job = job::done(&mut tx, account, &action_name, id.as_str(), msg).await?;
             tx.commit().await?;
+            ctx.events.wake();
             let inst = fetch(ctx, caller, id).await?;
             return Ok((Outcome::Already, Accepted { job, resource: inst }));
         }
@@ -407,6 +409,7 @@ async fn act_once(
         job::start(&mut tx, account, &action_name, id.as_str(), &target).await?
     };
     tx.commit().await?;
+    ctx.events.wake();
     tracing::info!(instance = %id, job = %job.id, %action, host = ?host, "instance action accepted");
     removed.enqueue(ctx);
     ctx.enqueue(Work::Instance(id.clone()));

@@ -54,6 +54,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateKeyPair) -> Api
         Ok(())
     })
     .await?;
+    ctx.events.wake();
     Ok(KeyPairCreated { keypair, private_key })
 }
 
@@ -76,6 +77,7 @@ pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &KeyPairId) -> ApiResul
 /// more (like OpenStack, the key pair is an input of create, not a live link).
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &KeyPairId) -> ApiResult<()> {
     if store::delete_own(&ctx.db, &caller.account_id, id).await? {
+        ctx.events.wake();
         Ok(())
     } else {
         Err(ApiError::not_found("key pair", id))

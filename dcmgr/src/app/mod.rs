@@ -7,6 +7,7 @@ pub mod authz;
 pub mod bundle;
 pub mod bundle_data;
 pub mod capture;
+pub mod event;
 pub mod floating_ip;
 pub mod image;
 pub mod image_check;

@@ -127,6 +127,7 @@ async fn try_insert(
     // A VNI taken concurrently by another account is a unique violation: retried.
     store::insert(&mut tx, &caller.account_id, &row).await?;
     tx.commit().await?;
+    ctx.events.wake();
     row.into_api()
 }
 
@@ -166,6 +167,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &NetworkId) -> ApiResu
         // Routers' SNAT addresses on this network go with it (ON DELETE CASCADE).
         store::delete(&mut tx, id).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(())
     })
     .await

@@ -108,6 +108,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSecurityGroup) 
         // Groups whose members this group's rules now name need nothing: a new group
         // has no members yet.
         tx.commit().await?;
+        ctx.events.wake();
         Ok(id)
     })
     .await?;
@@ -149,6 +150,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &SecurityGroupId) -> A
         }
         store::delete(&mut tx, id).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(())
     })
     .await
@@ -204,6 +206,7 @@ pub async fn add_rule(
         store::insert_rule(&mut tx, id, &rule).await?;
         ifstore::bump_for_group(&mut tx, id.as_str()).await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(())
     })
     .await?;
@@ -228,6 +231,7 @@ pub async fn delete_rule(
             return Err(ApiError::not_found("security group rule", rule_id));
         }
         tx.commit().await?;
+        ctx.events.wake();
         Ok(())
     })
     .await?;

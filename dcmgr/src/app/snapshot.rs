@@ -58,6 +58,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSnapshot) -> Ap
             .await?;
         let job = job::start(&mut tx, &caller.account_id, "snapshot.create", id.as_str(), "available").await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok((size, node, job))
     })
     .await?;
@@ -95,6 +96,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &SnapshotId) -> ApiRes
         if snap.state == SnapshotState::Deleted.as_str() || snap.state == SnapshotState::Deleting.as_str() {
             let job = job::done(&mut tx, &caller.account_id, "snapshot.delete", id.as_str(), "already deleted").await?;
             tx.commit().await?;
+            ctx.events.wake();
             return Ok((Outcome::Already, job));
         }
         // An image being made from it still reads it (images lock the snapshot too).
@@ -111,6 +113,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &SnapshotId) -> ApiRes
         store::mark_deleting(&mut tx, id.as_str()).await?;
         let job = job::start(&mut tx, &caller.account_id, "snapshot.delete", id.as_str(), "deleted").await?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok((Outcome::Applied, job))
     })
     .await?;

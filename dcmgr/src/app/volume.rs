@@ -152,6 +152,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
         .await?;
         let job = job::start(&mut tx, &caller.account_id, "volume.create", id.as_str(), "available").await?;
         tx.commit().await?;
+        ctx.events.wake();
         let t = db::parse_time(&now);
         let vol = Volume {
             id,
@@ -184,6 +185,7 @@ pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<
 
 /// Applies a decision in `tx` (which holds the volume's lock) and commits.
 async fn commit_decision(
+    ctx: &SharedCtx,
     mut tx: db::Tx<'_>,
     caller: &Caller,
     row: store::Row,
@@ -205,6 +207,7 @@ async fn commit_decision(
     };
     let vol = store::get(&mut *tx, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
     tx.commit().await?;
+    ctx.events.wake();
     Ok((outcome, Accepted { job, resource: vol.into_api()? }))
 }
 
@@ -224,7 +227,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResul
         // Snapshot creation locks the volume too, so this count cannot change before commit.
         let snaps = snapshots::count_live_of_volume(&mut tx, id.as_str()).await?;
         let d = decide_delete(id.as_str(), row.state()?, row.instance_id.as_deref(), snaps)?;
-        commit_decision(tx, caller, row, "volume.delete", d).await
+        commit_decision(ctx, tx, caller, row, "volume.delete", d).await
     })
     .await?;
     if outcome == Outcome::Applied {
@@ -259,7 +262,7 @@ pub async fn attach(
             hypervisor: inst.hypervisor.parse().map_err(ApiError::internal)?,
         };
         let d = decide_attach(id.as_str(), row.state()?, row.instance_id.as_deref(), &target)?;
-        commit_decision(tx, caller, row, "volume.attach", d).await
+        commit_decision(ctx, tx, caller, row, "volume.attach", d).await
     })
     .await?;
     if outcome == Outcome::Applied {
@@ -284,7 +287,7 @@ pub async fn detach(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResul
             return Err(ApiError::Busy(format!("volume {id} moved while it was being detached")));
         }
         let d = decide_detach(id.as_str(), row.state()?, row.instance_id.as_deref(), has_host)?;
-        let (outcome, accepted) = commit_decision(tx, caller, row, "volume.detach", d).await?;
+        let (outcome, accepted) = commit_decision(ctx, tx, caller, row, "volume.detach", d).await?;
         Ok((outcome, accepted, hint))
     })
     .await?;
@@ -335,6 +338,7 @@ pub async fn extend(ctx: &SharedCtx, caller: &Caller, id: &VolumeId, req: Extend
         let job = job::start(&mut tx, &caller.account_id, "volume.extend", &row.id, "available").await?;
         let vol = store::get(&mut *tx, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
         tx.commit().await?;
+        ctx.events.wake();
         Ok(Accepted { job, resource: vol.into_api()? })
     })
     .await?;

@@ -170,6 +170,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
     let detached =
         crate::controller::volume::on_instance_report(&mut tx, &row.id, &r.volumes, out.state, takes_volumes).await?;
     tx.commit().await?;
+    ctx.events.wake();
     if out.state.as_str() != row.state {
         tracing::info!(instance = %r.id, from = %row.state, to = %out.state, "instance state");
     }

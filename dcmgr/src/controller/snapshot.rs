@@ -61,6 +61,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: SnapshotRepo
             job::finish(&mut tx, &row.id, new_state.as_str()).await?;
         }
         tx.commit().await?;
+        ctx.events.wake();
     }
     Ok(())
 }

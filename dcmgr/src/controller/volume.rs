@@ -78,6 +78,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
         None => job::finish(&mut tx, &row.id, new_state.as_str()).await?,
     }
     tx.commit().await?;
+    ctx.events.wake();
     // A new export target for an attaching volume goes to hva with the instance spec.
     if target != row.target && matches!(state, VolumeState::Attaching | VolumeState::Attached) {
         if let Some(i) = row.instance_id.as_deref().and_then(|i| i.parse().ok()) {

@@ -255,7 +255,7 @@ pub async fn insert_keypair(
     .bind(db::now())
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::record(tx, db::event::Kind::KeyPair, id, db::event::Change::Created).await
 }
 
 /// An imported image: its data is already in the blob store.
@@ -265,7 +265,7 @@ pub async fn insert_image(
     image: &vdc_schema::api::Image,
     blob: &str,
 ) -> Result<(), sqlx::Error> {
-    db::image::insert(&mut **tx, account, image).await?;
+    db::image::insert(tx, account, image).await?;
     sqlx::query("UPDATE images SET blob = $1 WHERE id = $2")
         .bind(blob)
         .bind(image.id.as_str())

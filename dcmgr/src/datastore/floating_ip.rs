@@ -40,8 +40,8 @@ pub async fn used_ips<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E) ->
 
 /// Inserts a new, unassociated address held by `account` or by the router `(network, host)`.
 /// The unique key on `ip` fails the insert of an address taken meanwhile.
-pub async fn insert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
-    db: E,
+pub async fn insert(
+    conn: &mut sqlx::AnyConnection,
     id: &str,
     account: Option<&str>,
     ip: &str,
@@ -57,9 +57,9 @@ pub async fn insert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     .bind(router.map(|r| r.0))
     .bind(router.map(|r| r.1))
     .bind(db::now())
-    .execute(db)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    db::event::record(conn, db::event::Kind::FloatingIp, id, db::event::Change::Created).await
 }
 
 /// The SNAT address of `host`'s router for `network`, if allocated.
@@ -133,6 +133,7 @@ pub async fn disassociate_instance(tx: &mut db::Tx<'_>, instance: &str) -> Resul
 }
 
 pub async fn delete(tx: &mut db::Tx<'_>, id: &FloatingIpId) -> Result<(), sqlx::Error> {
+    db::event::record(tx, db::event::Kind::FloatingIp, id.as_str(), db::event::Change::Deleted).await?;
     sqlx::query("DELETE FROM floating_ips WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     Ok(())
 }

@@ -61,11 +61,7 @@ impl Row {
     }
 }
 
-pub async fn insert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
-    db: E,
-    account: &AccountId,
-    i: &Image,
-) -> Result<(), sqlx::Error> {
+pub async fn insert(db: &mut sqlx::AnyConnection, account: &AccountId, i: &Image) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "INSERT INTO images ({COLS}, account_id) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
@@ -92,9 +88,9 @@ pub async fn insert<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     .bind(i.min_memory.map(|v| v as i64))
     .bind(&i.os)
     .bind(account.as_str())
-    .execute(db)
+    .execute(&mut *db)
     .await?;
-    Ok(())
+    db::event::record(db, db::event::Kind::Image, i.id.as_str(), db::event::Change::Created).await
 }
 
 /// The image is shared with the account `$1`.
@@ -166,6 +162,7 @@ pub async fn users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sql
 }
 
 pub async fn delete(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx::Error> {
+    db::event::record(tx, db::event::Kind::Image, id.as_str(), db::event::Change::Deleted).await?;
     sqlx::query("DELETE FROM image_members WHERE image_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     sqlx::query("DELETE FROM images WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     Ok(())
@@ -214,17 +211,14 @@ pub async fn set_available(
     .bind(format!("sha256:{blob}"))
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::changed(tx, db::event::Kind::Image, id.as_str(), Some("pending")).await
 }
 
 /// A pending image's data was refused.
 pub async fn set_failed(pool: &db::Pool, id: &ImageId, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE images SET state = 'failed', failure_reason = $2 WHERE id = $1 AND state = 'pending'")
-        .bind(id.as_str())
-        .bind(reason)
-        .execute(pool)
-        .await?;
-    Ok(())
+    let mut tx = pool.begin().await?;
+    set_failed_tx(&mut tx, id.as_str(), reason).await?;
+    tx.commit().await
 }
 
 /// How many images use blob `sha256`.
@@ -280,7 +274,7 @@ pub async fn set_failed_tx(tx: &mut db::Tx<'_>, id: &str, reason: &str) -> Resul
         .bind(reason)
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    db::event::changed(tx, db::event::Kind::Image, id, Some("pending")).await
 }
 
 /// The pending images made from snapshot `snapshot` (their source is `snapshot:<id>`).

@@ -156,7 +156,7 @@ async fn insert_as(tx: &mut db::Tx<'_>, n: &New<'_>, state_goal_host: &str) -> R
     .bind(n.root_disk_size.map(|v| v as i64))
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::record(tx, db::event::Kind::Instance, n.id.as_str(), db::event::Change::Created).await
 }
 
 /// Records new intent: a new spec generation, to be sent again.
@@ -167,6 +167,7 @@ pub async fn set_intent(
     goal: InstanceGoal,
     reboot: bool,
 ) -> Result<(), sqlx::Error> {
+    let before = db::event::state_of(tx, db::event::Kind::Instance, id).await?;
     sqlx::query(
         "UPDATE instances SET state = $1, goal = $2, spec_gen = spec_gen + 1, reboot_gen = reboot_gen + $3,
              failure_reason = NULL, ensure_sent_at = 0, updated_at = $4
@@ -179,7 +180,7 @@ pub async fn set_intent(
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::changed(tx, db::event::Kind::Instance, id, before.as_deref()).await
 }
 
 /// Places the instance on `host` and gives its interfaces a new generation (they move
@@ -216,6 +217,9 @@ pub async fn detach_all_volumes(tx: &mut db::Tx<'_>, id: &str) -> Result<Vec<Str
     .bind(id)
     .execute(&mut **tx)
     .await?;
+    for (v,) in &volumes {
+        db::event::record(tx, db::event::Kind::Volume, v, db::event::Change::State).await?;
+    }
     Ok(volumes.into_iter().map(|v| v.0).collect())
 }
 
@@ -229,6 +233,7 @@ pub struct Observed<'a> {
 }
 
 pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, o: &Observed<'_>) -> Result<(), sqlx::Error> {
+    let before = db::event::state_of(tx, db::event::Kind::Instance, id).await?;
     sqlx::query(
         "UPDATE instances SET state = $1, goal = $2, report_gen = $3, failure_reason = $4, updated_at = $5,
              host_node_id = CASE WHEN $6 = 1 THEN NULL ELSE host_node_id END,
@@ -244,7 +249,7 @@ pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, o: &Observed<'_>) -> Re
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::changed(tx, db::event::Kind::Instance, id, before.as_deref()).await
 }
 
 /// Records that the current spec was sent (the reconciler re-sends after a while).

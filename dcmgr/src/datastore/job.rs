@@ -43,14 +43,16 @@ pub async fn start(
     target: &str,
 ) -> Result<Job, sqlx::Error> {
     let id = JobId::generate();
-    sqlx::query(
-        "UPDATE jobs SET state = 'cancelled', finished_at = $1, message = $2 WHERE resource_id = $3 AND state = 'running'",
+    let ended: Vec<(String,)> = sqlx::query_as(
+        "UPDATE jobs SET state = 'cancelled', finished_at = $1, message = $2 WHERE resource_id = $3 AND state = 'running' \
+         RETURNING id",
     )
     .bind(db::now())
     .bind(format!("superseded by {id} ({action})"))
     .bind(resource_id)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
+    ended_events(tx, ended).await?;
     insert(tx, id, account, action, resource_id, target, None).await
 }
 
@@ -91,6 +93,7 @@ async fn insert(
         .bind(target)
         .execute(&mut **tx)
         .await?;
+    db::event::record(tx, db::event::Kind::Job, id.as_str(), db::event::Change::Created).await?;
     Ok(Job {
         id,
         action: action.to_owned(),
@@ -104,26 +107,38 @@ async fn insert(
 
 /// Ends the running jobs of `resource_id` whose target is `target`.
 pub async fn finish(db: &mut sqlx::AnyConnection, resource_id: &str, target: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = $1 WHERE resource_id = $2 AND state = 'running' AND target = $3")
-        .bind(db::now())
-        .bind(resource_id)
-        .bind(target)
-        .execute(db)
-        .await?;
+    let ended: Vec<(String,)> = sqlx::query_as(
+        "UPDATE jobs SET state = 'succeeded', finished_at = $1 WHERE resource_id = $2 AND state = 'running' AND target = $3 \
+         RETURNING id",
+    )
+    .bind(db::now())
+    .bind(resource_id)
+    .bind(target)
+    .fetch_all(&mut *db)
+    .await?;
+    ended_events(db, ended).await
+}
+
+/// The events of jobs that just ended (IDs from an `UPDATE … RETURNING id`).
+async fn ended_events(db: &mut sqlx::AnyConnection, ended: Vec<(String,)>) -> Result<(), sqlx::Error> {
+    for (id,) in ended {
+        db::event::record(db, db::event::Kind::Job, &id, db::event::Change::State).await?;
+    }
     Ok(())
 }
 
 /// Fails every running job of `resource_id`.
 pub async fn fail_all(db: &mut sqlx::AnyConnection, resource_id: &str, message: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE jobs SET state = 'failed', message = $1, finished_at = $2 WHERE resource_id = $3 AND state = 'running'",
+    let ended: Vec<(String,)> = sqlx::query_as(
+        "UPDATE jobs SET state = 'failed', message = $1, finished_at = $2 WHERE resource_id = $3 AND state = 'running' \
+         RETURNING id",
     )
     .bind(message)
     .bind(db::now())
     .bind(resource_id)
-    .execute(db)
+    .fetch_all(&mut *db)
     .await?;
-    Ok(())
+    ended_events(db, ended).await
 }
 
 /// The targets of the running jobs of a resource (e.g. to finish `reboot:N` jobs).

@@ -40,7 +40,7 @@ pub async fn insert(tx: &mut db::Tx<'_>, account: &AccountId, k: &KeyPair) -> Re
     .bind(db::time(&k.created_at))
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::record(tx, db::event::Kind::KeyPair, k.id.as_str(), db::event::Change::Created).await
 }
 
 /// One page of an account's key pairs, in creation order after `cursor`.
@@ -77,12 +77,19 @@ pub async fn get_own<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 
 /// Deletes the account's key pair; false when there was none.
 pub async fn delete_own(pool: &db::Pool, account: &AccountId, id: &KeyPairId) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    db::event::record(&mut tx, db::event::Kind::KeyPair, id.as_str(), db::event::Change::Deleted).await?;
     let r = sqlx::query("DELETE FROM keypairs WHERE id = $1 AND account_id = $2")
         .bind(id.as_str())
         .bind(account.as_str())
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
-    Ok(r.rows_affected() == 1)
+    if r.rows_affected() != 1 {
+        // Not theirs (or gone): the event above goes with the rollback.
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// The public key given to instances that name the key pair.

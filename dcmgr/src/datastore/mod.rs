@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod bundle;
+pub mod event;
 pub mod floating_ip;
 pub mod host;
 pub mod image;
@@ -69,6 +70,9 @@ pub async fn connect(url: &str) -> Result<(Pool, DbKind), sqlx::Error> {
         .connect(&url)
         .await?;
     MIGRATOR.run(&pool).await?;
+    if kind == DbKind::Postgres {
+        pool.execute(event::PG_SEQUENCE).await?;
+    }
     Ok((pool, kind))
 }
 

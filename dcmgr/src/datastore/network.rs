@@ -63,7 +63,7 @@ pub async fn insert(tx: &mut db::Tx<'_>, account: &AccountId, n: &Row) -> Result
         .bind(account.as_str())
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    db::event::record(tx, db::event::Kind::Network, &n.id, db::event::Change::Created).await
 }
 
 /// One page of an account's networks, in creation order after `cursor`.
@@ -115,6 +115,7 @@ pub async fn users(tx: &mut db::Tx<'_>, id: &NetworkId) -> Result<Vec<String>, s
 
 /// Deletes network `id`; routers' SNAT addresses on it go with it (ON DELETE CASCADE).
 pub async fn delete(tx: &mut db::Tx<'_>, id: &NetworkId) -> Result<(), sqlx::Error> {
+    db::event::record(tx, db::event::Kind::Network, id.as_str(), db::event::Change::Deleted).await?;
     sqlx::query("DELETE FROM networks WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     Ok(())
 }

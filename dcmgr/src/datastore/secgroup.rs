@@ -62,7 +62,7 @@ pub async fn insert(
     .bind(db::now())
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::record(tx, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Created).await
 }
 
 /// Adds a rule (already normalized) to a group; returns its new ID.
@@ -160,6 +160,7 @@ pub async fn referring_groups(tx: &mut db::Tx<'_>, id: &SecurityGroupId) -> Resu
 
 /// Deletes a group with its rules.
 pub async fn delete(tx: &mut db::Tx<'_>, id: &SecurityGroupId) -> Result<(), sqlx::Error> {
+    db::event::record(tx, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Deleted).await?;
     sqlx::query("DELETE FROM security_group_rules WHERE group_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     sqlx::query("DELETE FROM security_groups WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
     Ok(())

@@ -85,7 +85,7 @@ pub async fn insert(
         .bind(now)
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    db::event::record(tx, db::event::Kind::Snapshot, id, db::event::Change::Created).await
 }
 
 /// The state of snapshot `id` (an error if there is none).
@@ -101,7 +101,7 @@ pub async fn mark_deleting(tx: &mut db::Tx<'_>, id: &str) -> Result<(), sqlx::Er
         .bind(id)
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    db::event::record(tx, db::event::Kind::Snapshot, id, db::event::Change::State).await
 }
 
 /// How many snapshots of volume `volume_id` are not deleted.
@@ -141,7 +141,11 @@ pub async fn record_report(
     .bind(from)
     .execute(&mut **tx)
     .await?;
-    Ok(updated.rows_affected() == 1)
+    if updated.rows_affected() != 1 {
+        return Ok(false);
+    }
+    db::event::changed(tx, db::event::Kind::Snapshot, id, Some(from)).await?;
+    Ok(true)
 }
 
 /// Snapshots sta still has work on: being created or deleted, or available with an

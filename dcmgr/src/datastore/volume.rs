@@ -105,7 +105,7 @@ pub async fn insert(tx: &mut db::Tx<'_>, v: New<'_>) -> Result<(), sqlx::Error> 
     .bind(v.image_id)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::record(tx, db::event::Kind::Volume, v.id, db::event::Change::Created).await
 }
 
 /// A new state and attachment, to be sent to sta (a new `spec_gen`, due now).
@@ -115,6 +115,7 @@ pub async fn set_state(
     state: VolumeState,
     instance: Option<&str>,
 ) -> Result<(), sqlx::Error> {
+    let before = db::event::state_of(tx, db::event::Kind::Volume, id).await?;
     sqlx::query(
         "UPDATE volumes SET state = $1, instance_id = $2, spec_gen = spec_gen + 1, ensure_sent_at = 0,
              updated_at = $3 WHERE id = $4",
@@ -125,7 +126,7 @@ pub async fn set_state(
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::changed(tx, db::event::Kind::Volume, id, before.as_deref()).await
 }
 
 /// A new size, to be sent to sta.
@@ -215,6 +216,7 @@ pub async fn record_report(
     target: Option<&str>,
     reason: Option<&str>,
 ) -> Result<(), sqlx::Error> {
+    let before = db::event::state_of(tx, db::event::Kind::Volume, id).await?;
     sqlx::query(
         "UPDATE volumes SET state = $1, report_gen = $2, target = $3, failure_reason = COALESCE($4, failure_reason),
              updated_at = $5 WHERE id = $6",
@@ -227,7 +229,7 @@ pub async fn record_report(
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::changed(tx, db::event::Kind::Volume, id, before.as_deref()).await
 }
 
 /// (id, state) of the volumes attaching to or detaching from `instance`.
@@ -261,7 +263,7 @@ pub async fn finish_transit(
     .bind(from)
     .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::changed(tx, db::event::Kind::Volume, id, Some(from)).await
 }
 
 /// (id, storage node, instance) of the volumes in a transition whose last ensure was

@@ -6,6 +6,7 @@ pub mod accounts;
 pub mod blobs;
 pub mod bundles;
 pub mod error;
+pub mod events;
 pub mod floating_ips;
 pub mod images;
 pub mod instances;
@@ -203,6 +204,7 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/bundle/imports/{id}", get(bundles::show))
         .route("/jobs", get(jobs::list))
         .route("/jobs/{id}", get(jobs::show))
+        .route("/events", get(events::stream))
         .fallback(fallback);
     Router::new()
         .nest("/api/v1", api)
@@ -356,6 +358,7 @@ impl utoipa::Modify for CommonErrors {
         floating_ips::disassociate,
         nodes::list_hosts, nodes::show_host, nodes::list_storage, nodes::show_storage,
         jobs::list, jobs::show,
+        events::stream,
         bundles::key, bundles::export, bundles::plan, bundles::import, bundles::list, bundles::show,
     )
 )]

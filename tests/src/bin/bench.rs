@@ -7,7 +7,8 @@
 //! - creates accepted, placed and ensured per second, 32 in flight;
 //! - `GET /api/v1/instances/{id}`: requests per second with `wrk -t2 -c64` when wrk is
 //!   installed, else with an in-process client at 64 connections;
-//! - `GET /api/v1/instances?limit=1000` over 1,000 instances: p50.
+//! - `GET /api/v1/instances?limit=1000` over 1,000 instances: p50;
+//! - event delay: a state change to its event at a client of `GET /api/v1/events`.
 
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -30,6 +31,12 @@ struct Args {
     /// Seconds of GET load.
     #[arg(long, default_value_t = 10)]
     get_seconds: u64,
+    /// Sequential creates for the event delay figure.
+    #[arg(long, default_value_t = 300)]
+    event_creates: usize,
+    /// Only the event delay figure.
+    #[arg(long)]
+    events_only: bool,
 }
 
 type Sent = Arc<Mutex<HashMap<String, Instant>>>;
@@ -79,6 +86,11 @@ async fn main() -> anyhow::Result<()> {
     let stack = Stack::start(opts).await;
     let c = stack.account("bench").await;
     println!("vdc-bench: dcmgr on {} ({:?}), 50 simulated hosts", stack.url(), db);
+    if args.events_only {
+        event_delay(&stack, args.event_creates).await?;
+        stack.stop().await;
+        return Ok(());
+    }
 
     // 1. create → ensure sent, one at a time.
     let mut lat = Histogram::<u64>::new(3)?;
@@ -192,6 +204,63 @@ async fn main() -> anyhow::Result<()> {
         ms(&list, 0.5),
         ms(&list, 0.99)
     );
+    event_delay(&stack, args.event_creates).await?;
     stack.stop().await;
+    Ok(())
+}
+
+/// The delay from a state change to its event at a client following the stream: for a
+/// create, from its 202 (sent after the commit) to the `created` event; for the host's
+/// report making it `running`, from the event's recorded time (in the committing
+/// transaction, millisecond resolution) to its arrival.
+async fn event_delay(stack: &Stack, creates: usize) -> anyhow::Result<()> {
+    use vdc_cli::client::StreamItem;
+    let c = stack.account("events").await;
+    let mut stream = c.events(None, true).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(StreamItem::Event(e))) = stream.next().await {
+            let wall =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+            if tx.send((e, Instant::now(), wall)).is_err() {
+                return;
+            }
+        }
+    });
+    let (mut created, mut from_commit) = (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
+    for _ in 0..creates {
+        let a = c.create_instance(&create_req(&stack.image)).await?;
+        let t1 = Instant::now();
+        let id = a.resource.id.to_string();
+        let mut seen_created = false;
+        while !seen_created {
+            let (e, at, wall) = rx.recv().await.ok_or_else(|| anyhow::anyhow!("the event stream ended"))?;
+            if e.resource_id == id && e.change == "created" {
+                created.record(at.saturating_duration_since(t1).as_micros() as u64)?;
+                seen_created = true;
+            }
+            if e.kind == "instance" && e.state == "running" {
+                from_commit.record((wall - e.time.timestamp_micros()).max(0) as u64)?;
+            }
+        }
+    }
+    // The last instances' running events.
+    while let Ok(Some((e, _, wall))) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+        if e.kind == "instance" && e.state == "running" {
+            from_commit.record((wall - e.time.timestamp_micros()).max(0) as u64)?;
+        }
+    }
+    reader.abort();
+    println!(
+        "event delay, create 202 → `created` event at the client ({creates} sequential): p50 {:.2} ms, p99 {:.2} ms",
+        ms(&created, 0.5),
+        ms(&created, 0.99)
+    );
+    println!(
+        "event delay, report committed → `running` event at the client ({} events, ms clock): p50 {:.2} ms, p99 {:.2} ms",
+        from_commit.len(),
+        ms(&from_commit, 0.5),
+        ms(&from_commit, 0.99)
+    );
     Ok(())
 }

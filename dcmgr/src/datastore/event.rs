@@ -1,0 +1,213 @@
+//! The event log behind `GET /api/v1/events`. [`record`] runs inside the transaction of
+//! the change it describes and copies the object's account and state from its row, so
+//! the event says what was committed.
+//!
+//! IDs must grow in commit order, or a client resuming after ID N could miss an event
+//! N-1 committed later. SQLite has one writer at a time, so `MAX(id) + 1` taken inside
+//! the writing transaction is enough. PostgreSQL takes IDs from a sequence (concurrent
+//! writers, no hot row), and [`after`] reads under `LOCK TABLE events IN SHARE MODE`:
+//! that lock waits for every transaction that has inserted an event to end, and holds
+//! off new inserts (whose `nextval` comes later, so is larger) until the read is done.
+
+use crate::db;
+use vdc_schema::api::Event;
+
+/// What an event is about: the table it is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Instance,
+    Volume,
+    Snapshot,
+    Image,
+    Network,
+    SecurityGroup,
+    KeyPair,
+    FloatingIp,
+    Job,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Instance => "instance",
+            Kind::Volume => "volume",
+            Kind::Snapshot => "snapshot",
+            Kind::Image => "image",
+            Kind::Network => "network",
+            Kind::SecurityGroup => "security_group",
+            Kind::KeyPair => "keypair",
+            Kind::FloatingIp => "floating_ip",
+            Kind::Job => "job",
+        }
+    }
+
+    /// (table, state expression, detail expression)
+    fn source(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Kind::Instance => ("instances", "state", "''"),
+            Kind::Volume => ("volumes", "state", "''"),
+            Kind::Snapshot => ("snapshots", "state", "''"),
+            Kind::Image => ("images", "state", "''"),
+            Kind::Network => ("networks", "''", "''"),
+            Kind::SecurityGroup => ("security_groups", "''", "''"),
+            Kind::KeyPair => ("keypairs", "''", "''"),
+            Kind::FloatingIp => ("floating_ips", "''", "''"),
+            Kind::Job => ("jobs", "state", "action || ' ' || resource_id"),
+        }
+    }
+}
+
+/// The change an event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    State,
+    /// Recorded before the row goes (or with the row's final state when it is kept).
+    Deleted,
+}
+
+impl Change {
+    fn as_str(self) -> &'static str {
+        match self {
+            Change::Created => "created",
+            Change::State => "state",
+            Change::Deleted => "deleted",
+        }
+    }
+}
+
+fn is_postgres(conn: &sqlx::AnyConnection) -> bool {
+    conn.backend_name().eq_ignore_ascii_case("postgresql")
+}
+
+/// PostgreSQL's sequence of event IDs. Created at connect (not in a migration: SQLite,
+/// which shares the migrations, has no sequences).
+pub const PG_SEQUENCE: &str = "CREATE SEQUENCE IF NOT EXISTS events_seq";
+
+/// Records `change` of the object `id` of `kind`, as its row is now in this transaction.
+/// Nothing is recorded for a row that does not exist (or a floating IP without account).
+/// A row whose state is now `deleted` or `terminated` (kept rows) records `deleted`.
+pub async fn record(conn: &mut sqlx::AnyConnection, kind: Kind, id: &str, change: Change) -> Result<(), sqlx::Error> {
+    insert(conn, kind, id, change, None).await
+}
+
+/// The state of the object `id` of `kind` (before a change: see [`changed`]).
+pub async fn state_of(conn: &mut sqlx::AnyConnection, kind: Kind, id: &str) -> Result<Option<String>, sqlx::Error> {
+    let (table, state, _) = kind.source();
+    let row: Option<(String,)> =
+        sqlx::query_as(&format!("SELECT {state} FROM {table} WHERE id = $1")).bind(id).fetch_optional(conn).await?;
+    Ok(row.map(|r| r.0))
+}
+
+/// Records a state change of `id` if its state is no longer `before` (from [`state_of`]).
+pub async fn changed(
+    conn: &mut sqlx::AnyConnection,
+    kind: Kind,
+    id: &str,
+    before: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    insert(conn, kind, id, Change::State, Some(before.unwrap_or(""))).await
+}
+
+async fn insert(
+    conn: &mut sqlx::AnyConnection,
+    kind: Kind,
+    id: &str,
+    change: Change,
+    unless_state: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    let next =
+        if is_postgres(conn) { "nextval('events_seq')" } else { "(SELECT COALESCE(MAX(id), 0) + 1 FROM events)" };
+    let (table, state, detail) = kind.source();
+    let sql = format!(
+        "INSERT INTO events (id, account_id, kind, resource_id, change, state, detail, created_at) \
+         SELECT {next}, account_id, '{}', id, \
+                CASE WHEN {state} IN ('deleted', 'terminated') THEN 'deleted' ELSE $2 END, {state}, {detail}, $3 \
+         FROM {table} WHERE id = $1 AND account_id IS NOT NULL AND ($4 = '' OR {state} <> $4)",
+        kind.as_str()
+    );
+    sqlx::query(&sql)
+        .bind(id)
+        .bind(change.as_str())
+        .bind(db::now())
+        .bind(unless_state.unwrap_or(""))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    account_id: String,
+    kind: String,
+    resource_id: String,
+    change: String,
+    state: String,
+    detail: String,
+    created_at: String,
+}
+
+impl Row {
+    fn into_api(self) -> Option<Event> {
+        Some(Event {
+            seq: u64::try_from(self.id).ok()?,
+            account_id: self.account_id.parse().ok()?,
+            kind: self.kind,
+            resource_id: self.resource_id,
+            change: self.change,
+            state: self.state,
+            detail: self.detail,
+            time: db::parse_time(&self.created_at),
+        })
+    }
+}
+
+/// Up to `limit` events after `after`, oldest first; only `account`'s unless it is None.
+/// Every event with a smaller ID than the last returned is committed and returned (or
+/// had been returned before): see the module comment.
+pub async fn after(pool: &db::Pool, account: Option<&str>, after: u64, limit: i64) -> Result<Vec<Event>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let pg = is_postgres(&conn);
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    if pg {
+        sqlx::query("LOCK TABLE events IN SHARE MODE").execute(&mut *tx).await?;
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, account_id, kind, resource_id, change, state, detail, created_at FROM events \
+         WHERE id > $1 AND ($2 = '' OR account_id = $2) ORDER BY id LIMIT $3",
+    )
+    .bind(i64::try_from(after).unwrap_or(i64::MAX))
+    .bind(account.unwrap_or(""))
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(rows.into_iter().filter_map(Row::into_api).collect())
+}
+
+/// The newest event's ID (0 when there is none).
+pub async fn head(pool: &db::Pool) -> Result<u64, sqlx::Error> {
+    let (max,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM events").fetch_one(pool).await?;
+    Ok(max.unwrap_or(0).max(0) as u64)
+}
+
+/// The oldest event kept (0 when there is none): a client resuming before it missed some.
+pub async fn oldest(pool: &db::Pool) -> Result<u64, sqlx::Error> {
+    let (min,): (Option<i64>,) = sqlx::query_as("SELECT MIN(id) FROM events").fetch_one(pool).await?;
+    Ok(min.unwrap_or(0).max(0) as u64)
+}
+
+/// Removes events older than `before` (a stored time) and all but the newest `keep`.
+/// The newest event always stays, so that SQLite's `MAX(id) + 1` never goes back.
+pub async fn prune(pool: &db::Pool, before: &str, keep: u64) -> Result<u64, sqlx::Error> {
+    let head = head(pool).await? as i64;
+    let floor = head.saturating_sub(i64::try_from(keep).unwrap_or(i64::MAX));
+    let r = sqlx::query("DELETE FROM events WHERE id < $1 AND (id <= $2 OR created_at < $3)")
+        .bind(head)
+        .bind(floor)
+        .bind(before)
+        .execute(pool)
+        .await?;
+    Ok(r.rows_affected())
+}

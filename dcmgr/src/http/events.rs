@@ -1,0 +1,83 @@
+//! `/api/v1/events`: the account's changes as Server-Sent Events.
+
+use crate::app::event::{self as app, Item};
+use crate::ctx::{Caller, SharedCtx};
+use crate::error::{ApiError, ApiResult};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures::Stream;
+use std::convert::Infallible;
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Resume after this event ID (as the `Last-Event-ID` header does; the header wins).
+    /// `0`: every event still kept. Without either: only events from now on.
+    pub after: Option<u64>,
+    /// `false`: send the events already recorded, then end the response. Default `true`:
+    /// keep the response open and send each event as it happens.
+    pub follow: Option<bool>,
+}
+
+#[utoipa::path(get, path = "/api/v1/events", tag = "events", operation_id = "event_stream",
+    summary = "Follow the account's changes (Server-Sent Events)",
+    description = "A `text/event-stream` of the caller's account's events (an admin's: every account's): \
+        each resource created, changing state or deleted, and each job started or ended, in the order they \
+        were committed. Each SSE message has `id` = the event's `seq`, `event` = its `kind`, and `data` = the \
+        `Event` as JSON. Reconnect with `Last-Event-ID` (or `?after=`) to get exactly the events missed; \
+        events older than the configured retention are pruned, and a client resuming before the oldest \
+        kept one first gets a message `event: lost` with `data` `{\"resumed_after\": N, \"oldest_kept\": M}`. \
+        A comment line is sent every 15 s to keep idle connections open.",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "The event stream; each message's `data` is an `Event`",
+            content_type = "text/event-stream", body = vdc_schema::api::Event),
+        (status = 400, description = "`invalid_query`, `invalid_last_event_id`", body = vdc_schema::api::ErrorBody)))]
+pub async fn stream(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    headers: HeaderMap,
+    q: EventsParams,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let q = q.0;
+    let header = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()).ok_or_else(|| {
+            ApiError::bad(
+                "invalid_last_event_id",
+                "Last-Event-ID must be an event ID (a whole number) from this stream",
+            )
+        })?),
+    };
+    let rx = app::subscribe(&ctx, &caller, header.or(q.after), q.follow.unwrap_or(true)).await?;
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        let sse = match item {
+            Item::Event(e) => SseEvent::default()
+                .id(e.seq.to_string())
+                .event(e.kind.clone())
+                .json_data(&e)
+                .unwrap_or_else(|_| SseEvent::default().comment("unencodable event")),
+            Item::Lost { resumed_after, oldest_kept } => SseEvent::default()
+                .event("lost")
+                .data(serde_json::json!({ "resumed_after": resumed_after, "oldest_kept": oldest_kept }).to_string()),
+        };
+        Some((Ok(sse), rx))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// The query of [`stream`]; a malformed one answers 400 `invalid_query`.
+pub struct EventsParams(EventsQuery);
+
+impl<S: Send + Sync> FromRequestParts<S> for EventsParams {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let q = Query::<EventsQuery>::from_request_parts(parts, state)
+            .await
+            .map_err(|r| ApiError::bad("invalid_query", r.body_text()))?;
+        Ok(EventsParams(q.0))
+    }
+}
