@@ -79,7 +79,9 @@ pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path
                 the caller's own answers 404")),
     responses(
         (status = 201, description = "The new token (shown only here)", body = AccountToken),
-        (status = 404, description = "`not_found`", body = ErrorBody)))]
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 422, description = "`too_many_tokens`: the account's user holds `[auth] max_tokens_per_user` \
+            working tokens there; revoke some first", body = ErrorBody)))]
 pub async fn create_token(
     State(ctx): State<SharedCtx>,
     caller: Caller,

@@ -15,10 +15,24 @@ use std::convert::Infallible;
 pub struct EventsQuery {
     /// Resume after this event ID (as the `Last-Event-ID` header does; the header wins).
     /// `0`: every event still kept. Without either: only events from now on.
-    pub after: Option<u64>,
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
     /// `false`: send the events already recorded, then end the response. Default `true`:
     /// keep the response open and send each event as it happens.
     pub follow: Option<bool>,
+}
+
+/// One message of the stream as an SSE client reads it (`id:`, `event:`, `data:` lines);
+/// documented so a client (and the API fuzzer) checks the messages, not their payload.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct EventMessage {
+    /// The event's `seq` (absent on `lost`).
+    id: Option<String>,
+    /// The event's `kind`, or `lost`.
+    event: String,
+    /// The `Event` (schema `Event`) as JSON; on `lost`, `{"resumed_after": N, "oldest_kept": M}`.
+    data: String,
 }
 
 #[utoipa::path(get, path = "/api/v1/events", tag = "events", operation_id = "event_stream",
@@ -32,8 +46,8 @@ pub struct EventsQuery {
         A comment line is sent every 15 s to keep idle connections open.",
     params(EventsQuery),
     responses(
-        (status = 200, description = "The event stream; each message's `data` is an `Event`",
-            content_type = "text/event-stream", body = vdc_schema::api::Event),
+        (status = 200, description = "The event stream; each message's `data` is an `Event` as JSON",
+            content_type = "text/event-stream", body = EventMessage),
         (status = 400, description = "`invalid_query`, `invalid_last_event_id`", body = vdc_schema::api::ErrorBody)))]
 pub async fn stream(
     State(ctx): State<SharedCtx>,
@@ -51,7 +65,14 @@ pub async fn stream(
             )
         })?),
     };
-    let rx = app::subscribe(&ctx, &caller, header.or(q.after), q.follow.unwrap_or(true)).await?;
+    let after = match q.after {
+        None => None,
+        Some(a) => Some(
+            u64::try_from(a)
+                .map_err(|_| ApiError::bad("invalid_query", "after must be an event ID (a whole number, 0 or more)"))?,
+        ),
+    };
+    let rx = app::subscribe(&ctx, &caller, header.or(after), q.follow.unwrap_or(true)).await?;
     let events = futures::stream::unfold(rx, |mut rx| async move {
         let item = rx.recv().await?;
         let sse = match item {

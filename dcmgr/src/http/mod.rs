@@ -338,6 +338,8 @@ impl utoipa::Modify for CommonErrors {
         another account (the same answer), 409 for a state conflict, 422 for quota or capacity, 503 when an agent \
         or the database is unavailable."),
     modifiers(&BearerAuth, &CommonErrors),
+    // What `GET /api/v1/events` carries in each message's `data` (the response documents the message).
+    components(schemas(vdc_schema::api::Event)),
     paths(
         info, openapi_json,
         accounts::create, accounts::list, accounts::show, accounts::delete, accounts::create_token,
