@@ -86,21 +86,8 @@ async fn build_vdc(s: &Stack, c: &Client, kvm: bool) {
     let key = c.create_keypair(&CreateKeyPair { name: "deploy".into(), public_key: None }).await.unwrap();
     let img = c
         .create_image(&CreateImage {
-            name: "app-disk".into(),
-            format: ImageFormat::Raw,
-            arch: Arch::X86_64,
             hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm],
-            source: None,
-            checksum: None,
-            initrd: None,
-            kernel_cmdline: None,
-            boot_mode: Default::default(),
-            kernel_id: None,
-            min_disk: None,
-            min_memory: None,
-            os: None,
-            public: false,
-            default_user: None,
+            ..vdc_tests::image_request("app-disk", ImageFormat::Raw)
         })
         .await
         .unwrap();

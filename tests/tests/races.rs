@@ -705,21 +705,8 @@ async fn capture_start_terminate(db: Db) {
     assert!(st.success());
     let img = c
         .create_image(&CreateImage {
-            name: "race".into(),
-            format: ImageFormat::Qcow2,
-            arch: Arch::X86_64,
             hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu],
-            source: None,
-            checksum: None,
-            initrd: None,
-            kernel_cmdline: None,
-            boot_mode: Default::default(),
-            kernel_id: None,
-            min_disk: None,
-            min_memory: None,
-            os: None,
-            public: false,
-            default_user: None,
+            ..vdc_tests::image_request("race", ImageFormat::Qcow2)
         })
         .await
         .unwrap();
