@@ -463,15 +463,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
   external:   {}
 
 Try:
-  vdc keypair create mykey
+  vdc keypair create mykey --private-key-out mykey.pem
   vdc network create net1 --cidr 10.0.0.0/24
   vdc secgroup create web --rule tcp:22 --rule icmp
   vdc image list                     # tiny (kvm, qemu) and tiny-lxc (lxc)
-  vdc instance create --image <img-…> --network <nw-…> --secgroup <sg-…> --keypair <ssh-…> --wait
-  vdc instance console-log <i-…>
+  vdc instance create web1 --image tiny --network net1 --secgroup web --keypair mykey --wait
+  vdc instance console-log web1
   vdc floating-ip create             # an address of the external network
-  vdc floating-ip associate <fip-…> <i-…>
+  vdc floating-ip associate <fip-…> web1
   ping <the floating IP>             # from this host; guests reach out through NAT
+  vdc image import debian FILE.qcow2 --default-user debian   # a cloud image; then:
+  vdc instance ssh NAME -- hostname  # through its floating IP, with mykey.pem
   vdc instance list
 
 Ctrl-C stops the cloud (guests keep running; they are found again at the next start);

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use vdc_bus::coalesce::{Coalescer, Ranked};
 use vdc_bus::ReportSink;
 use vdc_schema::agent::{AgentError, Hypervisor};
 use vdc_schema::bus::{CaptureSpec, InstanceReport, InstanceSpec, ObjectReport};
@@ -104,6 +105,20 @@ struct Inner {
 
 pub struct LibvirtHypervisor {
     inner: Arc<Inner>,
+    /// One converge running per instance plus at most one waiting: dcmgr re-sends an
+    /// ensure until the instance reports converged, and a converge reads the newest saved
+    /// spec, so further copies would only redo the same work behind the instance's lock.
+    converging: Coalescer<InstanceId, Converge>,
+}
+
+/// A converge asked for by an ensure of this spec generation.
+struct Converge(u64);
+
+impl Ranked for Converge {
+    type Rank = u64;
+    fn rank(&self) -> u64 {
+        self.0
+    }
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -706,7 +721,11 @@ impl LibvirtHypervisor {
                 let _ = tokio::task::spawn_blocking(move || p.poll(false, &busy)).await;
             }
         });
-        LibvirtHypervisor { inner }
+        LibvirtHypervisor { inner, converging: Coalescer::default() }
+    }
+
+    fn known_gen(&self, id: &InstanceId) -> u64 {
+        self.inner.known.lock().unwrap().get(id).map_or(0, |k| k.saved.spec.spec_gen)
     }
 
     fn lock(&self, id: &InstanceId) -> Arc<tokio::sync::Mutex<()>> {
@@ -758,15 +777,19 @@ impl Hypervisor for LibvirtHypervisor {
             }
         }
         self.inner.save(&id);
+        let gen = self.known_gen(&id);
         let (inner, lock) = (self.inner.clone(), self.lock(&id));
-        tokio::spawn(async move {
-            let _guard = lock.lock().await;
-            let i = inner.clone();
-            let id2 = id.clone();
-            match tokio::task::spawn_blocking(move || i.converge(&id2)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(instance = %id, "ensure failed, will retry on the next ensure: {e}"),
-                Err(e) => tracing::error!(instance = %id, "ensure panicked: {e}"),
+        self.converging.submit(id.clone(), Converge(gen), move |_| {
+            let (inner, lock, id) = (inner.clone(), lock.clone(), id.clone());
+            async move {
+                let _guard = lock.lock().await;
+                let i = inner.clone();
+                let id2 = id.clone();
+                match tokio::task::spawn_blocking(move || i.converge(&id2)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(instance = %id, "ensure failed, will retry on the next ensure: {e}"),
+                    Err(e) => tracing::error!(instance = %id, "ensure panicked: {e}"),
+                }
             }
         });
         Ok(())
