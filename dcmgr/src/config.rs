@@ -37,6 +37,10 @@ pub struct Config {
     pub memory_allocation_ratio: f64,
     /// Per-host ratios, keyed by host node ID (`[hosts.hn-…]`), for hosts that differ.
     pub hosts: BTreeMap<String, HostOverride>,
+    /// Where the scheduler puts a new instance among the hosts with room: `spread` (the
+    /// host with the most free memory, then free vCPUs) or `pack` (the fullest host that
+    /// still fits, so whole hosts stay free for large instances or to be switched off).
+    pub placement: Placement,
     /// The image store and what it accepts.
     pub images: ImagesConfig,
     /// VDC bundles: which other sites' bundles this site imports.
@@ -49,6 +53,13 @@ pub struct Config {
     pub auth: AuthConfig,
     /// How long the event log (`GET /api/v1/events`) is kept.
     pub events: EventsConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    Spread,
+    Pack,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -275,6 +286,7 @@ impl Default for Config {
             cpu_allocation_ratio: 4.0,
             memory_allocation_ratio: 1.0,
             hosts: BTreeMap::new(),
+            placement: Placement::Spread,
             images: ImagesConfig::default(),
             bundles: BundlesConfig::default(),
             auth: AuthConfig::default(),

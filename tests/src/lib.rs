@@ -53,6 +53,8 @@ pub struct StackOptions {
     pub external: Option<vdc_dcmgr::config::ExternalConfig>,
     /// dcmgr's CPU overcommit (its default, 4.0, unless a test says otherwise).
     pub cpu_allocation_ratio: f64,
+    /// dcmgr's placement policy (spread unless a test says otherwise).
+    pub placement: vdc_dcmgr::config::Placement,
     /// dcmgr's per-host ratios, by host node ID.
     pub host_overrides: std::collections::BTreeMap<String, vdc_dcmgr::config::HostOverride>,
     /// dcmgr's image store settings; its directory defaults to one in the stack's
@@ -163,6 +165,7 @@ impl StackOptions {
             external: None,
             cpu_allocation_ratio: vdc_dcmgr::Config::default().cpu_allocation_ratio,
             host_overrides: Default::default(),
+            placement: vdc_dcmgr::config::Placement::Spread,
             // Where the suites' operator images claim to be.
             images: vdc_dcmgr::config::ImagesConfig {
                 file_dirs: vec!["/var/lib/vdc/images".into()],
@@ -747,6 +750,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
         external: opts.external.clone(),
         cpu_allocation_ratio: opts.cpu_allocation_ratio,
         hosts: opts.host_overrides.clone(),
+        placement: opts.placement,
         images: {
             // A real-guest test registers host files it made in its own directory.
             let mut images = opts.images.clone();

@@ -879,7 +879,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     for i in m.model.instances.iter().filter(|i| !i.stopped) {
         let hv = pre.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
         let demand = scheduler::Demand { hypervisor: hv, cpus: i.cpus, memory_mib: i.memory_mib, uefi: false };
-        candidates.insert(i.id.clone(), scheduler::candidates(&ctx.db, demand, None).await?);
+        candidates.insert(i.id.clone(), scheduler::candidates(ctx, demand, None).await?);
     }
 
     let mut tx = ctx.db.begin().await?;

@@ -288,7 +288,7 @@ async fn insert(
 pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiResult<Accepted<Instance>> {
     let p = prepare(ctx, caller, req).await?;
     let accepted = db::retry(|| async {
-        let candidates = scheduler::candidates(&ctx.db, p.demand, None).await?;
+        let candidates = scheduler::candidates(ctx, p.demand, None).await?;
         insert(ctx, caller, &p, &candidates).await
     })
     .await?;
@@ -338,7 +338,7 @@ async fn act_once(
                 memory_mib: before.memory_mib as u32,
                 uefi: check_boot(&image, hypervisor, before.memory_mib as u32, None)?,
             };
-            Some((d, scheduler::candidates(&ctx.db, d, before.last_host_id.as_deref()).await?))
+            Some((d, scheduler::candidates(ctx, d, before.last_host_id.as_deref()).await?))
         }
         _ => None,
     };

@@ -1,11 +1,12 @@
-//! Placement: least usage of free memory, then free CPUs, among online hosts that offer
-//! the hypervisor kind. A host holds its allocatable vCPUs and memory: its capacity times
+//! Placement among online hosts that offer the hypervisor kind: `spread` (most free
+//! memory, then free CPUs) or `pack` (least), as dcmgr's `placement` says. A host holds its allocatable vCPUs and memory: its capacity times
 //! dcmgr's allocation ratios (`Config::allocatable`, stored on the host row). The
 //! reservation is one conditional UPDATE against them inside the caller's transaction, so
 //! two concurrent creates can never book a host beyond them on either database.
 //! The statements are in [`crate::datastore::host`], which also gives reservations back
 //! ([`crate::datastore::host::release`]) when an instance leaves its host.
 
+use crate::ctx::Ctx;
 use crate::datastore::host as store;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
@@ -21,14 +22,16 @@ pub struct Demand {
     pub uefi: bool,
 }
 
-/// Candidate hosts, best first (read outside the transaction; the UPDATE re-checks).
-pub async fn candidates(pool: &db::Pool, d: Demand, prefer: Option<&str>) -> ApiResult<Vec<String>> {
+/// Candidate hosts, best first by the configured placement (read outside the
+/// transaction; the UPDATE re-checks).
+pub async fn candidates(ctx: &Ctx, d: Demand, prefer: Option<&str>) -> ApiResult<Vec<String>> {
+    let boot = d.uefi.then_some(BootMode::Uefi);
     let ids = prefer_first(
-        store::candidates(pool, d.hypervisor, d.cpus, d.memory_mib, d.uefi.then_some(BootMode::Uefi)).await?,
+        store::candidates(&ctx.db, d.hypervisor, d.cpus, d.memory_mib, boot, ctx.config.placement).await?,
         prefer,
     );
     if ids.is_empty() {
-        return Err(no_host(pool, d).await);
+        return Err(no_host(&ctx.db, d).await);
     }
     Ok(ids)
 }

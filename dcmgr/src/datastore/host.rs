@@ -2,6 +2,7 @@
 //! registrations (see [`crate::controller::membership`]), read by the admin listings,
 //! and the hosts' capacity reservations the scheduler ([`crate::app::scheduler`]) makes.
 
+use crate::config::Placement;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::{HostNode, StorageNode};
@@ -127,22 +128,27 @@ pub async fn count_bootable(pool: &db::Pool, hypervisor: HypervisorKind, mode: B
 }
 
 /// Up to 8 online hosts offering `hypervisor` (and able to boot `boot_mode`) with room for
-/// `cpus` and `memory_mib` within their allocatable capacity (the configured overcommit),
-/// most free memory first, then most free CPUs.
+/// `cpus` and `memory_mib` within their allocatable capacity (the configured overcommit):
+/// spread, most free memory first, then most free CPUs; pack, least free first.
 pub async fn candidates(
     pool: &db::Pool,
     hypervisor: HypervisorKind,
     cpus: u32,
     memory_mib: u32,
     boot_mode: Option<BootMode>,
+    placement: Placement,
 ) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<(String,)> = sqlx::query_as(
+    let order = match placement {
+        Placement::Spread => "DESC",
+        Placement::Pack => "ASC",
+    };
+    let rows: Vec<(String,)> = sqlx::query_as(&format!(
         "SELECT id FROM host_nodes
          WHERE state = 'online' AND hypervisors LIKE $1 AND boot_modes LIKE $4
            AND memory_allocatable_mib - memory_used_mib >= $2 AND cpus_allocatable - cpus_used >= $3
-         ORDER BY memory_allocatable_mib - memory_used_mib DESC, cpus_allocatable - cpus_used DESC, id
-         LIMIT 8",
-    )
+         ORDER BY memory_allocatable_mib - memory_used_mib {order}, cpus_allocatable - cpus_used {order}, id
+         LIMIT 8"
+    ))
     .bind(format!("%,{hypervisor},%"))
     .bind(memory_mib as i64)
     .bind(cpus as i64)

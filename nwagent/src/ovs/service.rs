@@ -172,9 +172,17 @@ impl Services {
         let (vni, gateway, prefix_len) = (n.vni, n.gateway, n.cidr.prefix_len());
         let ns = self.netns(vni);
         let dev = service_dev(vni);
-        let exists =
+        let listed =
             self.tools.run("ip", &["netns", "list"]).await?.lines().any(|l| l.split_whitespace().next() == Some(&ns));
-        if !exists {
+        // A listed name can be a stale file: its namespace died with the mount namespace
+        // that held it (nwagent restarted under `ip netns exec`, as in `vdc up`'s hermetic
+        // test). Entering it fails, so it is made again.
+        let alive = listed && self.tools.run("ip", &["-n", &ns, "link", "show", "lo"]).await.is_ok();
+        if listed && !alive {
+            tracing::warn!(netns = %ns, "the network service's namespace is gone: making it again");
+            let _ = self.tools.run("ip", &["netns", "del", &ns]).await;
+        }
+        if !alive {
             self.tools.run("ip", &["netns", "add", &ns]).await?;
         }
         if self.host_ip(&["link", "show", &dev]).await.is_err() {
@@ -673,7 +681,24 @@ mod tests {
         f.ok(&["ip", "netns", "list"], "vt-n7 (id: 0)\nvt-n2a (id: 1)\n");
         f.ok(&["ip", "-n", "h1", "link", "show"], "");
         s.ensure_netns(&net(&[])).await.unwrap();
-        assert_eq!(f.lines(), ["ip netns list", "ip -n h1 link show vs2a"]);
+        assert_eq!(f.lines(), ["ip netns list", "ip -n vt-n2a link show lo", "ip -n h1 link show vs2a"]);
+        // Listed but dead (a stale name whose namespace went with its mount namespace):
+        // made again, and its veth with it.
+        f.clear();
+        f.fail(&["ip", "-n", "vt-n2a", "link", "show", "lo"], "setting the network namespace failed: Invalid argument");
+        f.fail(&["ip", "-n", "h1", "link", "show"], "Device \"vs2a\" does not exist.");
+        s.ensure_netns(&net(&[])).await.unwrap();
+        assert_eq!(
+            f.lines()[..6],
+            [
+                "ip netns list",
+                "ip -n vt-n2a link show lo",
+                "ip netns del vt-n2a",
+                "ip netns add vt-n2a",
+                "ip -n h1 link show vs2a",
+                "ip -n h1 link add vs2a type veth peer name eth0 netns vt-n2a",
+            ]
+        );
     }
 
     #[tokio::test]
