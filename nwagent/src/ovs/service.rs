@@ -174,13 +174,14 @@ impl Services {
         let dev = service_dev(vni);
         let listed =
             self.tools.run("ip", &["netns", "list"]).await?.lines().any(|l| l.split_whitespace().next() == Some(&ns));
-        // A listed name can be a stale file: its namespace died with the mount namespace
-        // that held it (nwagent restarted under `ip netns exec`, as in `vdc up`'s hermetic
-        // test). Entering it fails, so it is made again.
+        // A listed name can be a stale file: its namespace is unreachable since the mount
+        // namespace that held its name went (nwagent restarted under `ip netns exec`, as in
+        // `vdc up`'s hermetic test), while its veths and dnsmasq may live on. All of it is
+        // removed and made again.
         let alive = listed && self.tools.run("ip", &["-n", &ns, "link", "show", "lo"]).await.is_ok();
         if listed && !alive {
             tracing::warn!(netns = %ns, "the network service's namespace is gone: making it again");
-            let _ = self.tools.run("ip", &["netns", "del", &ns]).await;
+            self.remove(vni).await?;
         }
         if !alive {
             self.tools.run("ip", &["netns", "add", &ns]).await?;
@@ -689,10 +690,12 @@ mod tests {
         f.fail(&["ip", "-n", "h1", "link", "show"], "Device \"vs2a\" does not exist.");
         s.ensure_netns(&net(&[])).await.unwrap();
         assert_eq!(
-            f.lines()[..6],
+            f.lines()[..8],
             [
                 "ip netns list",
                 "ip -n vt-n2a link show lo",
+                "ip -n h1 link del vs2a",
+                "ip -n h1 link del xr2a",
                 "ip netns del vt-n2a",
                 "ip netns add vt-n2a",
                 "ip -n h1 link show vs2a",
