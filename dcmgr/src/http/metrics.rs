@@ -86,7 +86,9 @@ async fn scrape(ctx: &SharedCtx) -> Result<Vec<MetricFamily>, ApiError> {
     let queue = gauge(&r, "vdc_work_queue_depth", "Objects queued for an ensure, not yet taken by a dispatcher", &[]);
     queue.with_label_values(&[] as &[&str]).set(ctx.queued.lock().unwrap().len() as i64);
     let (running, oldest) = crate::datastore::metrics::running_jobs(&ctx.db).await?;
-    gauge(&r, "vdc_jobs_running", "Jobs not yet ended: intent not yet reached", &[]).with_label_values(&[] as &[&str]).set(running);
+    gauge(&r, "vdc_jobs_running", "Jobs not yet ended: intent not yet reached", &[])
+        .with_label_values(&[] as &[&str])
+        .set(running);
     // The reconcile lag: how long the oldest unconverged object has been waiting.
     let lag_ms = oldest
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())

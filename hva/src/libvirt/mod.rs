@@ -64,7 +64,10 @@ pub struct LibvirtConfig {
 }
 
 /// One libvirt call, timed for `vdc_driver_op_duration_seconds{driver="libvirt"}`.
-fn lv<T>(op: &str, f: impl FnOnce() -> std::result::Result<T, virt::error::Error>) -> std::result::Result<T, virt::error::Error> {
+fn lv<T>(
+    op: &str,
+    f: impl FnOnce() -> std::result::Result<T, virt::error::Error>,
+) -> std::result::Result<T, virt::error::Error> {
     vdc_bus::metrics::time_driver("libvirt", op, f)
 }
 

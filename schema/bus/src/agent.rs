@@ -173,7 +173,9 @@ impl CommandHandler for StorageHandler {
             Command::EnsureSnapshotAbsent { id, volume_id } => {
                 time("sta", "ensure_snapshot_absent", self.0.ensure_snapshot_absent(id, volume_id)).await
             }
-            Command::ImageFromSnapshot(spec) => time("sta", "image_from_snapshot", self.0.image_from_snapshot(spec)).await,
+            Command::ImageFromSnapshot(spec) => {
+                time("sta", "image_from_snapshot", self.0.image_from_snapshot(spec)).await
+            }
             Command::ReportAll => time("sta", "report_all", self.0.report_all()).await,
             other => Err(wrong(&other, "sta")),
         }

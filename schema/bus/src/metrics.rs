@@ -189,8 +189,10 @@ pub fn bus_received(subject: &str) {
 pub fn driver_op(driver: &str, op: &str, started: Instant, ok: bool) {
     let m = get();
     m.driver_ops.with_label_values(&[driver, op]).observe(started.elapsed().as_secs_f64());
+    // Resolved on success too, so the error series exists (at 0) for every operation seen.
+    let errors = m.driver_errors.with_label_values(&[driver, op]);
     if !ok {
-        m.driver_errors.with_label_values(&[driver, op]).inc();
+        errors.inc();
     }
 }
 
@@ -208,8 +210,9 @@ pub async fn time_command<T, E>(agent: &str, command: &str, f: impl Future<Outpu
     let r = f.await;
     let m = get();
     m.commands.with_label_values(&[agent, command]).observe(started.elapsed().as_secs_f64());
+    let errors = m.command_errors.with_label_values(&[agent, command]);
     if r.is_err() {
-        m.command_errors.with_label_values(&[agent, command]).inc();
+        errors.inc();
     }
     r
 }
