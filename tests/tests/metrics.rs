@@ -233,3 +233,51 @@ async fn a_real_prometheus_answers_every_dashboard_query() {
     drop(prom);
     s.stop().await;
 }
+
+/// A separate agent (the hva binary, simulated driver, over NATS) serves its own registry
+/// at `--metrics-listen`; an address it cannot listen on stops it, naming the flag.
+#[tokio::test]
+async fn a_separate_agent_serves_its_metrics() {
+    use std::process::Command;
+    use vdc_tests::procs::{bin, free_port, nats_server, wait_port, Proc};
+    let dir = tempfile::Builder::new().prefix("vdc-metrics-agent-").tempdir().unwrap();
+    let (_nats, nats_port) = nats_server(dir.path());
+    let port = free_port();
+    let _hva = Proc::spawn(
+        "hva",
+        Command::new(bin("hva")).args([
+            "--driver",
+            "sim",
+            "--nats",
+            &format!("nats://127.0.0.1:{nats_port}"),
+            "--data-dir",
+            dir.path().join("hva").to_str().unwrap(),
+            "--metrics-listen",
+            &format!("127.0.0.1:{port}"),
+        ]),
+        dir.path(),
+    );
+    assert!(wait_port(port, Duration::from_secs(20)), "hva does not serve metrics on {port}");
+    // With no dcmgr on the bus it keeps asking to register: counted where it is sent.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(&format!("http://127.0.0.1:{port}")).await;
+        let sent = samples(&text).into_iter().any(|(n, l, v)| {
+            n == "vdc_bus_messages_total" && l["direction"] == "sent" && l["subject"] == "register" && v >= 1.0
+        });
+        if sent {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no register counted:\n{text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let out = Command::new(bin("hva"))
+        .args(["--driver", "sim", "--nats", "nats://127.0.0.1:1", "--metrics-listen", "not-an-address"])
+        .args(["--data-dir", dir.path().join("hva2").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--metrics-listen not-an-address"), "{err}");
+}
