@@ -26,6 +26,8 @@ packages=(
   openvswitch-switch nftables iproute2 ethtool iputils-ping netcat-openbsd iperf3
   # vdc instance ssh: the ssh client, and a throwaway sshd (no service) for its test.
   openssh-client dropbear-bin
+  # The metrics test: a real Prometheus scrapes a stack and answers the dashboard's queries.
+  prometheus
 )
 # QEMU 10 comes from bookworm-backports: bookworm's 7.2 conflicts with the qemu-utils 10
 # these machines ship.

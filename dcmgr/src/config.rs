@@ -53,6 +53,16 @@ pub struct Config {
     pub auth: AuthConfig,
     /// How long the event log (`GET /api/v1/events`) is kept.
     pub events: EventsConfig,
+    /// `GET /metrics` (Prometheus).
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// When set, `/metrics` wants `Authorization: Bearer <token>`; open otherwise (it
+    /// shows counts and latencies, no IDs or names).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -292,6 +302,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             quotas: BTreeMap::new(),
             events: EventsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -76,6 +76,10 @@ struct Cli {
     /// Check the arguments, print what would run, and exit (for configuration tests).
     #[arg(long)]
     check_config: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; in `vdc up`,
+    /// dcmgr's /metrics shows the agents').
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -98,6 +102,12 @@ async fn main() -> anyhow::Result<()> {
             vdc_schema::HostNodeId::generate().to_string()
         })?,
     };
+    if let Some(addr) = &cli.metrics_listen {
+        let bound = vdc_bus::metrics::serve(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: cannot listen: {e}"))?;
+        tracing::info!(%bound, "serving metrics at /metrics");
+    }
     let bus = vdc_bus::Nats::connect(&cli.nats, &format!("hva {node_id}")).await?;
     let (cpus, memory_mib) = vdc_hva::host_capacity();
     let opts = vdc_hva::HvaOptions {

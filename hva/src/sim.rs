@@ -96,7 +96,10 @@ impl SimHypervisor {
         let (guests, sink, file, delay) =
             (self.guests.clone(), self.sink.clone(), self.state_file.clone(), self.knobs.delay);
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             tokio::time::sleep(delay).await;
+            // The simulated driver's operation, under the series the real drivers use.
+            vdc_bus::metrics::driver_op("sim", "power", started, fail.is_none());
             let mut map = guests.lock().unwrap();
             let Some(g) = map.get_mut(&id) else { return };
             if g.op != op {
@@ -124,7 +127,9 @@ impl SimHypervisor {
         let (guests, sink, file, delay) =
             (self.guests.clone(), self.sink.clone(), self.state_file.clone(), self.knobs.delay);
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             tokio::time::sleep(delay).await;
+            vdc_bus::metrics::driver_op("sim", "remove", started, true);
             let mut map = guests.lock().unwrap();
             let gen = match map.get(&id) {
                 Some(g) if g.op == op => g.spec.spec_gen,

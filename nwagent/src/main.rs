@@ -54,6 +54,10 @@ struct Cli {
     /// Check the arguments, print what would run, and exit (for configuration tests).
     #[arg(long)]
     check_config: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; in `vdc up`,
+    /// dcmgr's /metrics shows the agents').
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -69,6 +73,12 @@ async fn main() -> anyhow::Result<()> {
     if cli.check_config {
         println!("nwagent: configuration ok ({:?} driver, NATS {})", cli.driver, cli.nats);
         return Ok(());
+    }
+    if let Some(addr) = &cli.metrics_listen {
+        let bound = vdc_bus::metrics::serve(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: cannot listen: {e}"))?;
+        tracing::info!(%bound, "serving metrics at /metrics");
     }
     let bus = vdc_bus::Nats::connect(&cli.nats, &format!("nwagent {node_id}")).await?;
     let agent = match cli.driver {

@@ -53,6 +53,10 @@ struct Cli {
     /// Check the arguments, print what would run, and exit (for configuration tests).
     #[arg(long)]
     check_config: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off by default; in `vdc up`,
+    /// dcmgr's /metrics shows the agents').
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 #[tokio::main]
@@ -82,6 +86,12 @@ async fn main() -> anyhow::Result<()> {
             vdc_schema::StorageNodeId::generate().to_string()
         })?,
     };
+    if let Some(addr) = &cli.metrics_listen {
+        let bound = vdc_bus::metrics::serve(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("--metrics-listen {addr}: cannot listen: {e}"))?;
+        tracing::info!(%bound, "serving metrics at /metrics");
+    }
     let bus = vdc_bus::Nats::connect(&cli.nats, &format!("sta {node_id}")).await?;
     let need_dir = || cli.dir.clone().ok_or_else(|| anyhow::anyhow!("--driver file/btrfs needs --dir"));
     let backend = match cli.driver {

@@ -82,7 +82,9 @@ impl StorageAgent for SimStorage {
         }
         let is_new = !self.state.lock().unwrap().volumes.contains_key(&spec.id);
         if is_new {
+            let started = std::time::Instant::now();
             tokio::time::sleep(self.knobs.delay).await;
+            vdc_bus::metrics::driver_op("sim", "create_volume", started, true);
             if let Some(s) = &spec.source_snapshot {
                 if !self.state.lock().unwrap().snapshots.contains_key(s) {
                     self.vol(&spec, ObservedStorage::Failed, Some(format!("snapshot {s} is not on this node")));
@@ -133,7 +135,9 @@ impl StorageAgent for SimStorage {
             );
             return Ok(());
         };
+        let started = std::time::Instant::now();
         tokio::time::sleep(self.knobs.delay).await;
+        vdc_bus::metrics::driver_op("sim", "snapshot", started, true);
         let mut st = self.state.lock().unwrap();
         st.snapshots.insert(spec.id.clone(), (spec.volume_id, size));
         self.save(&st);

@@ -66,6 +66,8 @@ pub struct StackOptions {
     pub auth: vdc_dcmgr::config::AuthConfig,
     /// dcmgr's default quotas (`[quotas]`); none: unlimited.
     pub quotas: std::collections::BTreeMap<vdc_schema::api::QuotaKey, u64>,
+    /// dcmgr's `[metrics]` (a token on /metrics).
+    pub metrics: vdc_dcmgr::config::MetricsConfig,
 }
 
 /// Where real-network hosts keep their OVS, and the prefix (unique per test) of their
@@ -174,6 +176,7 @@ impl StackOptions {
             bundles: Default::default(),
             auth: Default::default(),
             quotas: Default::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -760,6 +763,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
         bundles: opts.bundles.clone(),
         auth: opts.auth.clone(),
         quotas: opts.quotas.clone(),
+        metrics: opts.metrics.clone(),
         ..Config::default()
     }
 }

@@ -12,6 +12,7 @@ pub mod instance;
 pub mod interface;
 pub mod job;
 pub mod keypair;
+pub mod metrics;
 pub mod network;
 pub mod quota;
 pub mod secgroup;

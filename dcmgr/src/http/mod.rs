@@ -12,6 +12,7 @@ pub mod images;
 pub mod instances;
 pub mod jobs;
 pub mod keypairs;
+pub mod metrics;
 pub mod networks;
 pub mod nodes;
 pub mod security_groups;
@@ -212,7 +213,11 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/agent/v1/blobs/{sha256}", get(blobs::get))
         .route("/agent/v1/images/{id}/file", axum::routing::put(blobs::capture_upload))
         .route("/agent/v1/images/{id}/capture-failure", post(blobs::capture_failure))
+        // For the operator's Prometheus: not part of the tenants' API (`metrics.rs`).
+        .route("/metrics", get(metrics::serve))
         .merge(vdc_webui::router())
+        // After every route, so each request is timed under its matched route template.
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(fallback)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(ctx)

@@ -45,7 +45,8 @@ pub struct SystemRunner;
 
 impl CommandRunner for SystemRunner {
     fn run(&self, program: &str, args: &[&str]) -> Result<String, CommandError> {
-        run(program, args)
+        let tool = program.rsplit('/').next().unwrap_or(program);
+        vdc_bus::metrics::time_driver("exec", tool, || run(program, args))
     }
 }
 

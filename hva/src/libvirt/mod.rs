@@ -64,13 +64,21 @@ pub struct LibvirtConfig {
     pub image_cache_max_bytes: Option<u64>,
 }
 
+/// One libvirt call, timed for `vdc_driver_op_duration_seconds{driver="libvirt"}`.
+fn lv<T>(
+    op: &str,
+    f: impl FnOnce() -> std::result::Result<T, virt::error::Error>,
+) -> std::result::Result<T, virt::error::Error> {
+    vdc_bus::metrics::time_driver("libvirt", op, f)
+}
+
 /// Undefines a domain; a QEMU guest's UEFI variable store goes with it (libvirt refuses
 /// to undefine a domain with one otherwise; the LXC driver takes no flags).
 fn undefine(d: &Domain, kind: HypervisorKind) -> std::result::Result<(), virt::error::Error> {
-    match kind {
+    lv("undefine", || match kind {
         HypervisorKind::Lxc => d.undefine(),
         _ => d.undefine_flags(virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM),
-    }
+    })
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -203,7 +211,7 @@ impl Inner {
         tracing::warn!(instance = %id, "instance failed: {why}");
         // Leave nothing behind on the host: the domain and every file go.
         if let Ok(Some(d)) = self.lookup(kind, id) {
-            let _ = d.destroy();
+            let _ = lv("destroy", || d.destroy());
             let _ = undefine(&d, kind);
         }
         let _ = std::fs::remove_dir_all(self.dir(id));
@@ -333,7 +341,7 @@ impl Inner {
             }
         };
         // Defining again only updates the persistent config; a running guest is untouched.
-        let dom = match conn.define_domain_xml(&xml) {
+        let dom = match lv("define", || conn.define_domain_xml(&xml)) {
             Ok(d) => d,
             // Never take a running guest down because its new definition was refused.
             Err(err) if self.lookup(kind, id).ok().flatten().is_some_and(|d| d.is_active().unwrap_or(false)) => {
@@ -365,10 +373,10 @@ impl Inner {
                 // A reset keeps the QEMU process and restarts the guest at once; LXC has
                 // no reset, so the container is started afresh.
                 if kind == HypervisorKind::Lxc {
-                    let _ = dom.destroy();
+                    let _ = lv("destroy", || dom.destroy());
                     self.start_domain(id, kind, &dom).map_err(|e| format!("restarting the container: {e}"))?;
                 } else {
-                    dom.reset().map_err(|e| format!("resetting the guest: {e}"))?;
+                    lv("reset", || dom.reset()).map_err(|e| format!("resetting the guest: {e}"))?;
                 }
                 self.mark_rebooted(id, spec.reboot_gen);
                 self.report(id, observe(Some(&dom)));
@@ -384,10 +392,10 @@ impl Inner {
             }
             DesiredPower::Off if active => {
                 self.report(id, ObservedInstance::Stopping);
-                let _ = dom.shutdown();
+                let _ = lv("shutdown", || dom.shutdown());
                 if !self.wait_until(&dom, self.cfg.stop_timeout, |a| !a) {
                     tracing::info!(instance = %id, "no ACPI shutdown within {:?}; destroying", self.cfg.stop_timeout);
-                    let _ = dom.destroy();
+                    let _ = lv("destroy", || dom.destroy());
                 }
                 self.report(id, observe(Some(&dom)));
             }
@@ -478,7 +486,7 @@ impl Inner {
     }
 
     fn start_domain(&self, id: &InstanceId, kind: HypervisorKind, dom: &Domain) -> Result<()> {
-        dom.create().map_err(|e| e.to_string())?;
+        lv("start", || dom.create()).map_err(|e| e.to_string())?;
         if let Some(spec) = self.known.lock().unwrap().get(id).map(|k| k.saved.spec.clone()) {
             if kind == HypervisorKind::Lxc && self.cfg.taps {
                 match dom.id() {
@@ -579,7 +587,7 @@ impl Inner {
         for k in kind.map(|k| vec![k]).unwrap_or_else(|| vec![HypervisorKind::Qemu, HypervisorKind::Lxc]) {
             if let Some(d) = self.lookup(k, id)? {
                 if d.is_active().unwrap_or(false) {
-                    d.destroy().map_err(|e| format!("destroying the guest: {e}"))?;
+                    lv("destroy", || d.destroy()).map_err(|e| format!("destroying the guest: {e}"))?;
                 }
                 undefine(&d, k).map_err(|e| format!("undefining the guest: {e}"))?;
             }

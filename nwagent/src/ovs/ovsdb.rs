@@ -115,6 +115,13 @@ impl Ovsdb {
 
     /// Runs one transaction; any failed operation fails it as a whole.
     pub async fn transact(&self, ops: Vec<Value>) -> Result<Vec<Value>, OvsdbError> {
+        let started = std::time::Instant::now();
+        let r = self.transact_once(ops).await;
+        vdc_bus::metrics::driver_op("ovsdb", "transact", started, r.is_ok());
+        r
+    }
+
+    async fn transact_once(&self, ops: Vec<Value>) -> Result<Vec<Value>, OvsdbError> {
         let mut params = vec![json!("Open_vSwitch")];
         params.extend(ops);
         let res = self.call("transact", Value::Array(params)).await?;

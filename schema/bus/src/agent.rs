@@ -107,6 +107,8 @@ pub trait CommandHandler: Send + Sync + 'static {
     }
 }
 
+use crate::metrics::time_command as time;
+
 fn wrong(cmd: &Command, kind: &str) -> AgentError {
     AgentError::Invalid(format!("{kind} does not handle {cmd:?}"))
 }
@@ -118,10 +120,12 @@ pub struct HypervisorHandler(pub Arc<dyn Hypervisor>);
 impl CommandHandler for HypervisorHandler {
     async fn command(&self, cmd: Command) -> Result<(), AgentError> {
         match cmd {
-            Command::EnsureInstance(spec) => self.0.ensure_instance(spec).await,
-            Command::EnsureInstanceAbsent { id, spec_gen } => self.0.ensure_instance_absent(id, spec_gen).await,
-            Command::CaptureInstance(spec) => self.0.capture_instance(spec).await,
-            Command::ReportAll => self.0.report_all().await,
+            Command::EnsureInstance(spec) => time("hva", "ensure_instance", self.0.ensure_instance(spec)).await,
+            Command::EnsureInstanceAbsent { id, spec_gen } => {
+                time("hva", "ensure_instance_absent", self.0.ensure_instance_absent(id, spec_gen)).await
+            }
+            Command::CaptureInstance(spec) => time("hva", "capture_instance", self.0.capture_instance(spec)).await,
+            Command::ReportAll => time("hva", "report_all", self.0.report_all()).await,
             other => Err(wrong(&other, "hva")),
         }
     }
@@ -144,9 +148,11 @@ pub struct NetworkHandler(pub Arc<dyn NetworkAgent>);
 impl CommandHandler for NetworkHandler {
     async fn command(&self, cmd: Command) -> Result<(), AgentError> {
         match cmd {
-            Command::EnsureInterface(spec) => self.0.ensure_interface(spec).await,
-            Command::EnsureInterfaceAbsent { id, spec_gen } => self.0.ensure_interface_absent(id, spec_gen).await,
-            Command::ReportAll => self.0.report_all().await,
+            Command::EnsureInterface(spec) => time("nwagent", "ensure_interface", self.0.ensure_interface(spec)).await,
+            Command::EnsureInterfaceAbsent { id, spec_gen } => {
+                time("nwagent", "ensure_interface_absent", self.0.ensure_interface_absent(id, spec_gen)).await
+            }
+            Command::ReportAll => time("nwagent", "report_all", self.0.report_all()).await,
             other => Err(wrong(&other, "nwagent")),
         }
     }
@@ -159,12 +165,18 @@ pub struct StorageHandler(pub Arc<dyn StorageAgent>);
 impl CommandHandler for StorageHandler {
     async fn command(&self, cmd: Command) -> Result<(), AgentError> {
         match cmd {
-            Command::EnsureVolume(spec) => self.0.ensure_volume(spec).await,
-            Command::EnsureVolumeAbsent { id, spec_gen } => self.0.ensure_volume_absent(id, spec_gen).await,
-            Command::EnsureSnapshot(spec) => self.0.ensure_snapshot(spec).await,
-            Command::EnsureSnapshotAbsent { id, volume_id } => self.0.ensure_snapshot_absent(id, volume_id).await,
-            Command::ImageFromSnapshot(spec) => self.0.image_from_snapshot(spec).await,
-            Command::ReportAll => self.0.report_all().await,
+            Command::EnsureVolume(spec) => time("sta", "ensure_volume", self.0.ensure_volume(spec)).await,
+            Command::EnsureVolumeAbsent { id, spec_gen } => {
+                time("sta", "ensure_volume_absent", self.0.ensure_volume_absent(id, spec_gen)).await
+            }
+            Command::EnsureSnapshot(spec) => time("sta", "ensure_snapshot", self.0.ensure_snapshot(spec)).await,
+            Command::EnsureSnapshotAbsent { id, volume_id } => {
+                time("sta", "ensure_snapshot_absent", self.0.ensure_snapshot_absent(id, volume_id)).await
+            }
+            Command::ImageFromSnapshot(spec) => {
+                time("sta", "image_from_snapshot", self.0.image_from_snapshot(spec)).await
+            }
+            Command::ReportAll => time("sta", "report_all", self.0.report_all()).await,
             other => Err(wrong(&other, "sta")),
         }
     }

@@ -70,6 +70,17 @@ pub struct SystemRunner;
 #[async_trait]
 impl CommandRunner for SystemRunner {
     async fn run_with_input(&self, prog: &str, args: &[&str], input: Option<&str>) -> Result<String, CmdError> {
+        let started = std::time::Instant::now();
+        let r = self.exec(prog, args, input).await;
+        // Labelled by the tool (a bounded set), never by its arguments (which hold IDs).
+        let tool = prog.rsplit('/').next().unwrap_or(prog);
+        crate::metrics::driver_op("exec", tool, started, r.is_ok());
+        r
+    }
+}
+
+impl SystemRunner {
+    async fn exec(&self, prog: &str, args: &[&str], input: Option<&str>) -> Result<String, CmdError> {
         match input {
             None => tracing::debug!("run {}", command_line(prog, args)),
             Some(i) => tracing::debug!("run {} with {} bytes on stdin", command_line(prog, args), i.len()),

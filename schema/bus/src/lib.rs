@@ -11,6 +11,7 @@
 //! - [`cmd`]: how an agent runs host commands, and the recording fake its tests use.
 //! - [`blob`]: how an agent fetches image data from dcmgr's store.
 //! - [`coalesce`]: at most one worker per object however often dcmgr re-sends.
+//! - [`metrics`]: the process's Prometheus registry.
 
 pub mod adapter;
 pub mod agent;
@@ -19,6 +20,7 @@ pub mod cmd;
 pub mod coalesce;
 pub mod fileio;
 pub mod journal;
+pub mod metrics;
 pub mod sim;
 pub mod transport;
 

@@ -33,7 +33,12 @@ pub struct Subscription {
 
 impl Subscription {
     pub async fn next(&mut self) -> Option<Message> {
-        self.rx.recv().await
+        let m = self.rx.recv().await;
+        // Both transports deliver through here: the one place received messages are counted.
+        if let Some(m) = &m {
+            crate::metrics::bus_received(&m.subject);
+        }
+        m
     }
 }
 
@@ -119,19 +124,24 @@ impl InProc {
 #[async_trait]
 impl Transport for InProc {
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+        crate::metrics::bus_sent(subject);
         // Like NATS, a publish with no subscriber is silently dropped.
         self.deliver(Message { subject: subject.to_owned(), payload, reply: None }).await?;
         Ok(())
     }
 
     async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError> {
+        crate::metrics::bus_sent(subject);
         let inbox = format!("_INBOX.{}", self.inbox.fetch_add(1, Ordering::Relaxed));
         let (tx, mut rx) = mpsc::channel(1);
         self.subs.lock().unwrap().insert(inbox.clone(), vec![tx]);
         let sent = self.deliver(Message { subject: subject.to_owned(), payload, reply: Some(inbox.clone()) }).await;
         let result = match sent {
             Ok(true) => match tokio::time::timeout(timeout, rx.recv()).await {
-                Ok(Some(m)) => Ok(m.payload),
+                Ok(Some(m)) => {
+                    crate::metrics::bus_received(&m.subject);
+                    Ok(m.payload)
+                }
                 _ => Err(BusError::Timeout(subject.to_owned())),
             },
             Ok(false) => Err(BusError::NoResponders(subject.to_owned())),
@@ -170,13 +180,18 @@ impl Nats {
 #[async_trait]
 impl Transport for Nats {
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+        crate::metrics::bus_sent(subject);
         self.client.publish(subject.to_owned(), payload).await.map_err(|e| BusError::Connection(e.to_string()))
     }
 
     async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError> {
+        crate::metrics::bus_sent(subject);
         let req = async_nats::Request::new().payload(payload).timeout(Some(timeout));
         match self.client.send_request(subject.to_owned(), req).await {
-            Ok(m) => Ok(m.payload),
+            Ok(m) => {
+                crate::metrics::bus_received(m.subject.as_str());
+                Ok(m.payload)
+            }
             Err(e) => Err(match e.kind() {
                 async_nats::RequestErrorKind::NoResponders => BusError::NoResponders(subject.to_owned()),
                 async_nats::RequestErrorKind::TimedOut => BusError::Timeout(subject.to_owned()),
