@@ -78,11 +78,39 @@ pub struct AuthConfig {
     /// Working tokens (not revoked, not expired) one user may hold in one account: a
     /// tenant cannot mint without end.
     pub max_tokens_per_user: u32,
+    /// Requests per second one token may make (and one source address without a valid
+    /// token); over it the API answers 429 `rate_limited` with `Retry-After`. Off unless
+    /// set: the right number depends on the clients (`vdc-bench` and the test suites make
+    /// thousands of calls a second from one token), so the operator chooses it.
+    pub rate_limit_per_second: Option<u32>,
+    /// Requests a token may make at once above the rate (its bucket's size); defaults to
+    /// twice the rate.
+    pub rate_limit_burst: Option<u32>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { max_tokens_per_user: 50 }
+        AuthConfig { max_tokens_per_user: 50, rate_limit_per_second: None, rate_limit_burst: None }
+    }
+}
+
+impl AuthConfig {
+    /// The rate limit as (per second, burst), `None` when off; zero is refused (a limit
+    /// that lets nothing through is a typo, not a policy).
+    pub fn rate_limit(&self) -> Result<Option<(std::num::NonZeroU32, std::num::NonZeroU32)>, String> {
+        let Some(rate) = self.rate_limit_per_second else {
+            return match self.rate_limit_burst {
+                Some(_) => Err("[auth] rate_limit_burst needs rate_limit_per_second".into()),
+                None => Ok(None),
+            };
+        };
+        let rate = std::num::NonZeroU32::new(rate)
+            .ok_or("[auth] rate_limit_per_second = 0 lets no request through: leave it out to turn limits off")?;
+        let burst = match self.rate_limit_burst {
+            Some(b) => std::num::NonZeroU32::new(b).ok_or("[auth] rate_limit_burst must be at least 1")?,
+            None => rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap()),
+        };
+        Ok(Some((rate, burst)))
     }
 }
 
@@ -406,5 +434,18 @@ mod tests {
         let bad: Config = toml::from_str("[hosts.hn-x]\nmemory_allocation_ratio = -1.0").unwrap();
         assert!(bad.check_ratios().unwrap_err().contains("hosts.hn-x"));
         assert!(toml::from_str::<Config>("[hosts.hn-x]\ncpu_ratio = 2.0").is_err());
+    }
+
+    #[test]
+    fn rate_limits_are_off_unless_set_and_zero_is_refused() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.auth.rate_limit().unwrap(), None);
+        let c: Config = toml::from_str("[auth]\nrate_limit_per_second = 10").unwrap();
+        let (rate, burst) = c.auth.rate_limit().unwrap().unwrap();
+        assert_eq!((rate.get(), burst.get()), (10, 20));
+        let c: Config = toml::from_str("[auth]\nrate_limit_per_second = 0").unwrap();
+        assert!(c.auth.rate_limit().unwrap_err().contains("rate_limit_per_second = 0"));
+        let c: Config = toml::from_str("[auth]\nrate_limit_burst = 5").unwrap();
+        assert!(c.auth.rate_limit().unwrap_err().contains("needs rate_limit_per_second"));
     }
 }

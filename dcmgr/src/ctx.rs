@@ -120,6 +120,8 @@ pub struct Ctx {
     pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// The event stream's pump and subscribers (`app::event`).
     pub events: crate::app::event::Hub,
+    /// Request rate limits, when `[auth] rate_limit_per_second` is set.
+    pub rate_limits: Option<crate::app::rate_limit::RateLimits>,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -23,6 +23,9 @@ pub enum ApiError {
     Unprocessable { code: &'static str, message: String },
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
+    /// Over the caller's request rate (`app::rate_limit`): 429 with `Retry-After`.
+    #[error("too many requests: retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     /// Lost a race for a lock or a generated unique value; the whole transaction is
     /// retried by [`crate::db::retry`], and only reaches the client (503) if that fails.
     #[error("the database is busy: {0}")]
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound { .. } => "not_found",
             ApiError::Busy(_) => "busy",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
         }
     }

@@ -11,6 +11,21 @@ use tokio_util::sync::CancellationToken;
 use vdc_bus::Transport;
 use vdc_schema::bus::subject;
 
+/// Drops the rate-limit buckets that are full again, so the limiter's memory follows the
+/// callers active in the last few seconds.
+async fn evict_rate_limits(ctx: SharedCtx, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(l) = &ctx.rate_limits {
+            l.evict();
+        }
+    }
+}
+
 pub struct Dcmgr {
     pub addr: SocketAddr,
     pub ctx: SharedCtx,
@@ -48,6 +63,11 @@ impl Dcmgr {
                     .map_err(|e| anyhow::anyhow!("invalid configuration: [bundles] trusted_keys: {e}"))?,
             );
         }
+        let rate_limits = config
+            .auth
+            .rate_limit()
+            .map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?
+            .map(|(rate, burst)| crate::app::rate_limit::RateLimits::new(rate, burst));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let ctx: SharedCtx = Arc::new(Ctx {
@@ -68,6 +88,7 @@ impl Dcmgr {
             trusted_keys,
             http_addr: Default::default(),
             events: crate::app::event::Hub::new(cancel.clone()),
+            rate_limits,
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;
@@ -90,6 +111,9 @@ impl Dcmgr {
         tasks.push(tokio::spawn(controller::reconciler::run(ctx.clone(), cancel.clone())));
         tasks.push(tokio::spawn(crate::app::event::pump(ctx.clone(), cancel.clone())));
         tasks.extend(controller::dispatch::spawn(ctx.clone(), rx, cancel.clone()));
+        if ctx.rate_limits.is_some() {
+            tasks.push(tokio::spawn(evict_rate_limits(ctx.clone(), cancel.clone())));
+        }
 
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
@@ -99,6 +123,8 @@ impl Dcmgr {
         let app = http::router(ctx.clone());
         let stop = cancel.clone();
         tasks.push(tokio::spawn(async move {
+            // The peer's address keys the rate limit of calls without a valid token.
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!("HTTP server failed: {e}");

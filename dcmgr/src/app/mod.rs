@@ -21,6 +21,7 @@ pub mod network;
 pub mod node;
 pub mod node_auth;
 pub mod quota;
+pub mod rate_limit;
 pub mod scheduler;
 pub mod secgroup;
 pub mod snapshot;

@@ -2,7 +2,7 @@
 //!
 //! Status policy: 400 bad input, 401 no or bad token, 403 not allowed (admin only),
 //! 404 unknown *or not yours* (the same answer for both), 409 state conflict,
-//! 422 quota or capacity, 503 an agent (or the database) is unavailable.
+//! 422 quota or capacity, 429 over the request rate (with `Retry-After`), 503 an agent (or the database) is unavailable.
 //! `Internal` keeps its detail for the log and tells the client only that it happened.
 
 use crate::error::ApiError;
@@ -19,6 +19,7 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -36,6 +37,10 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let body = ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message } };
-        (self.status(), axum::Json(body)).into_response()
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after_secs } = self {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after_secs.into());
+        }
+        response
     }
 }

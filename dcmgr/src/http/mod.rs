@@ -24,7 +24,7 @@ pub mod volumes;
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, State};
+use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::request::Parts;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -95,20 +95,59 @@ impl<S: Send + Sync> FromRequestParts<S> for ListParams {
     }
 }
 
+/// Takes one request from the bucket of the peer's address (calls without a valid token).
+fn limit_by_address(parts: &Parts, ctx: &SharedCtx) -> ApiResult<()> {
+    let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+    match (&ctx.rate_limits, peer) {
+        (Some(limits), Some(peer)) => limits.check(&crate::app::rate_limit::Key::Addr(peer.0.ip())),
+        _ => Ok(()),
+    }
+}
+
+/// A call that needs no token, under the rate limit of its source address.
+pub struct Anonymous;
+
+impl FromRequestParts<SharedCtx> for Anonymous {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, ctx: &SharedCtx) -> Result<Self, ApiError> {
+        limit_by_address(parts, ctx)?;
+        Ok(Anonymous)
+    }
+}
+
 impl FromRequestParts<SharedCtx> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, ctx: &SharedCtx) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .ok_or_else(|| ApiError::Unauthorized("send an API token as 'Authorization: Bearer <token>'".into()))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))?;
-        let caller = crate::app::account::authenticate(ctx, token).await?;
+        let token =
+            parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|h| h.to_str().ok())
+                .ok_or_else(|| ApiError::Unauthorized("send an API token as 'Authorization: Bearer <token>'".into()))
+                .and_then(|header| {
+                    header.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()).ok_or_else(|| {
+                        ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into())
+                    })
+                });
+        // A refused token draws from its address's bucket (guessing tokens is limited
+        // too), a valid one from its own.
+        let authenticated = match token {
+            Ok(t) => crate::app::account::authenticate(ctx, t).await.map(|c| (c, t)),
+            Err(e) => Err(e),
+        };
+        let caller = match authenticated {
+            Ok((caller, token)) => {
+                if let Some(limits) = &ctx.rate_limits {
+                    let key = crate::app::rate_limit::Key::Token(crate::app::account::hash_token(token));
+                    limits.check(&key)?;
+                }
+                caller
+            }
+            Err(e) => {
+                limit_by_address(parts, ctx)?;
+                return Err(e);
+            }
+        };
         // Every call is gated here by what its route does (`app::authz`, the one place).
         let route = parts
             .extensions
@@ -139,7 +178,7 @@ async fn fallback() -> ApiError {
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta", operation_id = "openapi_document",
     summary = "This OpenAPI document", security(()),
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
-pub async fn openapi_json(State(_): State<SharedCtx>) -> Json<utoipa::openapi::OpenApi> {
+pub async fn openapi_json(_: Anonymous) -> Json<utoipa::openapi::OpenApi> {
     Json(openapi())
 }
 
@@ -246,6 +285,7 @@ impl utoipa::Modify for BearerAuth {
 /// - 503 `busy` on the same ones: resolving the token and every call after it use the
 ///   database, and a transaction that keeps losing races, or a pool with no free
 ///   connection, answers 503;
+/// - 429 `rate_limited` (with `Retry-After`) on every operation (`app::rate_limit`);
 /// - 400 on every operation with a body ([`Body`]: `invalid_body`) or query parameters
 ///   ([`ListParams`]: `invalid_query` and the paging codes).
 ///
@@ -258,6 +298,7 @@ impl CommonErrors {
     const BUSY: &'static str = "Busy";
     const BAD_REQUEST: &'static str = "BadRequest";
     const FORBIDDEN: &'static str = "Forbidden";
+    const TOO_MANY_REQUESTS: &'static str = "TooManyRequests";
 
     fn error_response(description: &str) -> utoipa::openapi::Response {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
@@ -290,6 +331,22 @@ impl utoipa::Modify for CommonErrors {
             )
             .into(),
         );
+        let mut too_many = Self::error_response(
+            "`rate_limited`: over the request rate of the token (or of the source address without a valid \
+             token; dcmgr's `[auth] rate_limit_per_second`); retry after `Retry-After` seconds",
+        );
+        too_many.headers.insert(
+            "Retry-After".into(),
+            utoipa::openapi::HeaderBuilder::new()
+                .schema(
+                    utoipa::openapi::ObjectBuilder::new()
+                        .schema_type(utoipa::openapi::schema::Type::Integer)
+                        .minimum(Some(1)),
+                )
+                .description(Some("Seconds to wait before the next request is let through"))
+                .build(),
+        );
+        components.responses.insert(Self::TOO_MANY_REQUESTS.into(), too_many.into());
         components
             .responses
             .insert(Self::BUSY.into(), Self::error_response("`busy`: the database is busy; retry the request").into());
@@ -317,6 +374,10 @@ impl utoipa::Modify for CommonErrors {
                 let public =
                     op.security.as_ref().is_some_and(|s| s.iter().any(|r| *r == SecurityRequirement::default()));
                 let responses = &mut op.responses.responses;
+                // Every call, with a token or without, is under a rate limit when one is set.
+                responses
+                    .entry("429".into())
+                    .or_insert_with(|| Ref::from_response_name(Self::TOO_MANY_REQUESTS).into());
                 if !public {
                     responses.entry("401".into()).or_insert_with(|| Ref::from_response_name(Self::UNAUTHORIZED).into());
                     responses.entry("503".into()).or_insert_with(|| Ref::from_response_name(Self::BUSY).into());
