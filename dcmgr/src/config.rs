@@ -49,6 +49,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// How long the event log (`GET /api/v1/events`) is kept.
     pub events: EventsConfig,
+    /// How long the audit log (`GET /api/v1/audit`) is kept.
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +80,19 @@ pub struct EventsConfig {
 impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig { retain_secs: 7 * 24 * 3600, retain_count: 1_000_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Entries older than this many days are pruned (default 90).
+    pub retain_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { retain_days: 90 }
     }
 }
 
@@ -280,6 +295,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             quotas: BTreeMap::new(),
             events: EventsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
