@@ -45,9 +45,17 @@ pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &AuditQuery) -> ApiResult
     let user = q.user.as_ref().map(|u| u.to_string()).unwrap_or_default();
     let since = q.since.as_ref().map(db::time).unwrap_or_default();
     let until = q.until.as_ref().map(db::time).unwrap_or_default();
-    let filter = store::Filter { account: &account, user: &user, action: &action, since: &since, until: &until, before_id: &cursor };
+    let filter = store::Filter {
+        account: &account,
+        user: &user,
+        action: &action,
+        since: &since,
+        until: &until,
+        before_id: &cursor,
+    };
     let rows = store::list(&ctx.db, &filter, limit).await?;
-    let items = rows.into_iter().map(store::Row::into_api).collect::<Result<Vec<_>, _>>().map_err(ApiError::internal)?;
+    let items =
+        rows.into_iter().map(store::Row::into_api).collect::<Result<Vec<_>, _>>().map_err(ApiError::internal)?;
     Ok(page(items, limit, |e| e.id.to_string()))
 }
 

@@ -79,7 +79,8 @@ fn actions() -> &'static HashMap<(String, String), String> {
         let mut map = HashMap::new();
         for (path, item) in doc.paths.paths {
             let route = path.strip_prefix("/api/v1").unwrap_or(&path).to_owned();
-            for (method, op) in [("POST", item.post), ("PUT", item.put), ("PATCH", item.patch), ("DELETE", item.delete)] {
+            for (method, op) in [("POST", item.post), ("PUT", item.put), ("PATCH", item.patch), ("DELETE", item.delete)]
+            {
                 if let Some(id) = op.and_then(|o| o.operation_id) {
                     map.insert((method.to_owned(), route.clone()), action_of(&id));
                 }
@@ -142,7 +143,11 @@ pub async fn layer(State(ctx): State<SharedCtx>, mut req: Request, next: Next) -
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if status.is_success() && is_create && json && resp.body().size_hint().exact().is_some_and(|n| n <= MAX_SCANNED_BODY) {
+    if status.is_success()
+        && is_create
+        && json
+        && resp.body().size_hint().exact().is_some_and(|n| n <= MAX_SCANNED_BODY)
+    {
         let (parts, body) = resp.into_parts();
         // An in-memory body of a known size: reading it cannot fail or grow.
         let bytes = axum::body::to_bytes(body, MAX_SCANNED_BODY as usize).await.unwrap_or_default();
@@ -225,7 +230,10 @@ mod tests {
         }
         assert_eq!(map[&("POST".into(), "/instances".into())], "instance.create");
         assert_eq!(map[&("POST".into(), "/accounts/{id}/tokens".into())], "token.create");
-        assert_eq!(map[&("DELETE".into(), "/security_groups/{id}/rules/{rule_id}".into())], "security_group.delete_rule");
+        assert_eq!(
+            map[&("DELETE".into(), "/security_groups/{id}/rules/{rule_id}".into())],
+            "security_group.delete_rule"
+        );
     }
 
     #[test]
