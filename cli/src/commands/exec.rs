@@ -320,12 +320,13 @@ async fn audit(
     let one_page = list.limit.is_some() || list.cursor.is_some();
     let mut q = AuditQuery { account, user, since, until: None, action, limit: list.limit, cursor: list.cursor };
     let mut page: Page<AuditEntry> = c.list_audit(&q).await?;
-    while !one_page {
-        let Some(next) = page.next_cursor.take() else { break };
-        q.cursor = Some(next);
-        let more = c.list_audit(&q).await?;
-        page.items.extend(more.items);
-        page.next_cursor = more.next_cursor;
+    if !one_page {
+        while let Some(next) = page.next_cursor.take() {
+            q.cursor = Some(next);
+            let more = c.list_audit(&q).await?;
+            page.items.extend(more.items);
+            page.next_cursor = more.next_cursor;
+        }
     }
     emit(&render_list(ctx.format, &page)?)?;
     if let (OutputFormat::Table, Some(c)) = (ctx.format, &page.next_cursor) {
