@@ -276,6 +276,16 @@ impl Client {
         self.get("").await
     }
 
+    /// Who this token acts as.
+    pub async fn whoami(&self) -> Result<Whoami> {
+        self.get("/whoami").await
+    }
+
+    /// One page of the audit log, newest first.
+    pub async fn list_audit(&self, q: &AuditQuery) -> Result<Page<AuditEntry>> {
+        self.get_query("/audit", q).await
+    }
+
     // ------------------------------------------------------------ accounts (admin)
 
     pub async fn create_account(&self, req: &CreateAccount) -> Result<AccountCreated> {

@@ -113,6 +113,11 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         after: u64,
     },
+    /// Who the token acts as: user, token, account, role, and the user's accounts
+    Whoami,
+    /// The audit log: every state-changing request, newest first (owners: their account)
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// VDC bundles: move the whole VDC to another site (export, plan, import)
     #[command(subcommand)]
     Bundle(BundleCmd),
@@ -179,6 +184,27 @@ pub struct WaitArg {
     /// Wait for the job to finish, then print the final resource
     #[arg(long)]
     pub wait: bool,
+}
+
+// ------------------------------------------------------------------ audit
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// List entries, newest first; the global --account (name or ID) filters by account
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only entries from this time on: a duration before now (1h, 7d) or an RFC 3339 time
+        #[arg(long, value_name = "WHEN", value_parser = crate::parse::parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only entries of this user (name or ID)
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Only this action (instance.create, volume.attach, …)
+        #[arg(long)]
+        action: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
 }
 
 // ------------------------------------------------------------------ accounts

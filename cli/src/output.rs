@@ -168,6 +168,52 @@ impl Tabular for User {
     }
 }
 
+impl Tabular for Whoami {
+    fn headers() -> &'static [&'static str] {
+        &["USER", "ACCOUNT", "ROLE", "TOKEN"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![self.user.name.clone(), self.account.name.clone(), self.role.to_string(), self.token.name.clone()]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let accounts: Vec<String> =
+            self.accounts.iter().map(|a| format!("{} ({}): {}", a.account_name, a.account_id, a.role)).collect();
+        vec![
+            ("USER", format!("{} ({})", self.user.name, self.user.id)),
+            ("ADMIN", self.admin.to_string()),
+            ("ACCOUNT", format!("{} ({})", self.account.name, self.account.id)),
+            ("ROLE", self.role.to_string()),
+            ("TOKEN", format!("{} ({})", self.token.name, self.token.id)),
+            ("TOKEN ROLE", self.token.role.map(|r| r.to_string()).unwrap_or_else(|| "(the user's)".into())),
+            ("EXPIRES", self.token.expires_at.as_ref().map(time).unwrap_or_else(|| "never".into())),
+            ("ACCOUNTS", accounts.join("\n")),
+        ]
+    }
+}
+
+impl Tabular for AuditEntry {
+    fn headers() -> &'static [&'static str] {
+        &["TIME", "USER", "ACCOUNT", "ACTION", "RESOURCE", "STATUS", "CODE", "SOURCE", "REQUEST"]
+    }
+    fn row(&self) -> Vec<String> {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        vec![
+            time(&self.time),
+            opt(self.user_id.as_ref().map(|u| u.to_string())),
+            opt(self.account_id.as_ref().map(|a| a.to_string())),
+            self.action.clone(),
+            opt(self.resource_id.clone()),
+            self.status.to_string(),
+            opt(self.error_code.clone()),
+            self.source.clone(),
+            self.request_id.to_string(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        Self::headers().iter().copied().zip(self.row()).collect()
+    }
+}
+
 impl Tabular for Member {
     fn headers() -> &'static [&'static str] {
         &["USER", "USER ID", "ROLE", "SINCE"]

@@ -107,9 +107,30 @@ pub fn parse_expiry(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 }
 
 fn parse_expiry_at(s: &str, now: chrono::DateTime<chrono::Utc>) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    Ok(match parse_when(s)? {
+        When::Span(d) => now + d,
+        When::At(t) => t,
+    })
+}
+
+/// `--since`: a duration before now (`1h`, `7d`) or an RFC 3339 time.
+pub fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let now = chrono::Utc::now();
+    Ok(match parse_when(s)? {
+        When::Span(d) => now - d,
+        When::At(t) => t,
+    })
+}
+
+enum When {
+    Span(chrono::Duration),
+    At(chrono::DateTime<chrono::Utc>),
+}
+
+fn parse_when(s: &str) -> Result<When, String> {
     let s = s.trim();
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.with_timezone(&chrono::Utc));
+        return Ok(When::At(t.with_timezone(&chrono::Utc)));
     }
     let bad = || format!("{s:?} is not a duration (30d, 12h, 90m, 45s) or an RFC 3339 time (2027-01-31T12:00:00Z)");
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
@@ -126,7 +147,7 @@ fn parse_expiry_at(s: &str, now: chrono::DateTime<chrono::Utc>) -> Result<chrono
     if n == 0 || n > 3650 * 86_400 / secs {
         return Err(format!("{s:?}: give a duration between 1s and 3650d"));
     }
-    Ok(now + chrono::Duration::seconds(n * secs))
+    Ok(When::Span(chrono::Duration::seconds(n * secs)))
 }
 
 pub fn parse_cidr(s: &str) -> Result<String, String> {

@@ -55,6 +55,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// `GET /metrics` (Prometheus).
     pub metrics: MetricsConfig,
+    /// How long the audit log (`GET /api/v1/audit`) is kept.
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -127,6 +129,19 @@ pub struct EventsConfig {
 impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig { retain_secs: 7 * 24 * 3600, retain_count: 1_000_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Entries older than this many days are pruned (default 90).
+    pub retain_days: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig { retain_days: 90 }
     }
 }
 
@@ -331,6 +346,7 @@ impl Default for Config {
             quotas: BTreeMap::new(),
             events: EventsConfig::default(),
             metrics: MetricsConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct Caller {
     /// A cloud operator (and the token has no role cap): see `app::authz`.
     pub admin: bool,
     pub user_id: UserId,
+    /// The token of the call (none for dcmgr itself).
+    pub token_id: Option<TokenId>,
     /// The role the call acts with in `account_id`: the user's, capped by the token's.
     pub role: vdc_schema::state::Role,
     /// The token's own cap, which tokens it mints inherit.
@@ -33,6 +35,7 @@ impl Caller {
             admin: true,
             // No user row: nothing done as dcmgr itself is a user's.
             user_id: "u-system".parse().expect("a valid user ID"),
+            token_id: None,
             role: vdc_schema::state::Role::Owner,
             token_role: None,
             expires_at: None,

@@ -110,6 +110,7 @@ impl Dcmgr {
         tasks.push(tokio::spawn(controller::membership::watch_liveness(ctx.clone(), cancel.clone())));
         tasks.push(tokio::spawn(controller::reconciler::run(ctx.clone(), cancel.clone())));
         tasks.push(tokio::spawn(crate::app::event::pump(ctx.clone(), cancel.clone())));
+        tasks.push(tokio::spawn(crate::app::audit::pruner(ctx.clone(), cancel.clone())));
         tasks.extend(controller::dispatch::spawn(ctx.clone(), rx, cancel.clone()));
         if ctx.rate_limits.is_some() {
             tasks.push(tokio::spawn(evict_rate_limits(ctx.clone(), cancel.clone())));
@@ -123,7 +124,8 @@ impl Dcmgr {
         let app = http::router(ctx.clone());
         let stop = cancel.clone();
         tasks.push(tokio::spawn(async move {
-            // The peer's address keys the rate limit of calls without a valid token.
+            // The peer's address keys the rate limit of calls without a valid token, and is
+            // the audit log's source address.
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
             if let Err(e) = serve.await {

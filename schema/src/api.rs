@@ -33,6 +33,8 @@ pub const EXTENSIONS: &[&str] = &[
     "tokens",
     "quotas",
     "events",
+    "audit",
+    "whoami",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -208,6 +210,85 @@ pub struct CreateToken {
 pub struct TokenCreated {
     pub token: Token,
     pub secret: String,
+}
+
+/// Who a token acts as: `GET /api/v1/whoami`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Whoami {
+    pub user: User,
+    /// The token of this call (its role cap and expiry).
+    pub token: Token,
+    /// The account the token acts in.
+    pub account: Account,
+    /// The role the token acts with there: the user's role, capped by the token's.
+    pub role: Role,
+    /// Whether this token acts as a cloud operator (an admin user's token without a cap).
+    pub admin: bool,
+    /// Every account the user holds a role in, by name.
+    pub accounts: Vec<WhoamiAccount>,
+}
+
+/// One of a user's accounts and its role there.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoamiAccount {
+    pub account_id: AccountId,
+    pub account_name: String,
+    pub role: Role,
+}
+
+// ---------------------------------------------------------------- audit
+
+/// One state-changing API request (POST, PUT, PATCH, DELETE under `/api/v1`), answered
+/// or refused, as the audit log keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: AuditId,
+    pub time: DateTime<Utc>,
+    /// Absent when the request had no valid token (401).
+    pub user_id: Option<UserId>,
+    pub token_id: Option<TokenId>,
+    /// The account the token acts in (absent without a valid token).
+    pub account_id: Option<AccountId>,
+    /// The operation, `<kind>.<verb>` (`instance.create`, `volume.attach`,
+    /// `account.member_add`); `unknown` for a route that does not exist.
+    pub action: String,
+    /// What the request is about (`instance`, `volume`, `account`, …); empty when unknown.
+    pub resource_kind: String,
+    /// The ID in the path, or the created ID when a create answered with one.
+    pub resource_id: Option<String>,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The error code of a refusal (`quota_exceeded`, `read_only`, …).
+    pub error_code: Option<String>,
+    /// The `x-request-id` the response carried.
+    pub request_id: RequestId,
+    /// The client's address and port, as dcmgr saw it.
+    pub source: String,
+    pub duration_ms: u64,
+}
+
+/// `GET /api/v1/audit`: newest first; filters combine with AND.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Only this account's entries (an owner: only their own account).
+    pub account: Option<AccountId>,
+    /// Only this user's entries.
+    pub user: Option<UserId>,
+    /// Only entries at or after this time (RFC 3339).
+    pub since: Option<DateTime<Utc>>,
+    /// Only entries before this time (RFC 3339).
+    pub until: Option<DateTime<Utc>>,
+    /// Only this action (`instance.create`).
+    #[param(max_length = 64)]
+    pub action: Option<String>,
+    /// At most this many entries (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page (older entries follow).
+    #[param(max_length = 64, pattern = "^[0-9A-Za-z-]*$")]
+    pub cursor: Option<String>,
 }
 
 // ---------------------------------------------------------------- quotas

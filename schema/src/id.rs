@@ -139,6 +139,8 @@ define_id!(/** A job: the progress of one long operation. */ JobId, "job", "job"
 define_id!(/** A user: a person or robot holding a role in accounts. */ UserId, "u", "user", "^u-[0-9a-z]{1,40}$");
 define_id!(/** An API token of a user in one account. */ TokenId, "tok", "token", "^tok-[0-9a-z]{1,40}$");
 define_id!(/** A bundle import: one VDC bundle brought into an account. */ BundleImportId, "imp", "bundle import", "^imp-[0-9a-z]{1,40}$");
+define_id!(/** An entry of the audit log: one state-changing API request. */ AuditId, "aud", "audit entry", "^aud-[0-9a-z]{1,40}$");
+define_id!(/** One API request, as `x-request-id` names it. */ RequestId, "req", "request", "^req-[0-9a-z]{1,40}$");
 
 #[cfg(test)]
 mod tests {

@@ -62,6 +62,8 @@ pub(super) async fn run(global: &GlobalArgs, command: Command) -> Result<(), Cli
         Command::Job(c) => job(&ctx, c).await,
         Command::Events { follow, after } => events(&ctx, follow, after).await,
         Command::Bundle(c) => bundle(&ctx, c).await,
+        Command::Whoami => ctx.show(&ctx.client.whoami().await?),
+        Command::Audit(AuditCmd::List { since, user, action, list }) => audit(&ctx, since, user, action, list).await,
         Command::Completions { .. } | Command::Up(_) => Ok(()),
     }
 }
@@ -286,6 +288,51 @@ impl Ctx {
             .map(|m| m.user_id)
             .ok_or_else(|| CliError::Failed(format!("{user:?} is not a member of account {account}")))
     }
+}
+
+/// `vdc audit list`. The account filter is `--account` (or its default), by ID or by a
+/// name among the caller's accounts (or any, for an admin); the user by ID, by name among
+/// the users (admin) or the account's members (owner).
+async fn audit(
+    ctx: &Ctx,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    user: Option<String>,
+    action: Option<String>,
+    list: ListArgs,
+) -> Result<(), CliError> {
+    let c = &ctx.client;
+    let me = c.whoami().await?;
+    let account = match &ctx.account {
+        None => None,
+        Some(a) => match me.accounts.iter().find(|m| m.account_name == *a || m.account_id.as_str() == a) {
+            Some(m) => Some(m.account_id.clone()),
+            None => Some(member(c, &a.parse().map_err(CliError::usage)?).await?),
+        },
+    };
+    let user = match user {
+        None => None,
+        Some(u) => Some(match u.parse::<UserId>() {
+            Ok(id) => id,
+            Err(_) if me.admin => resolve(c, &u.parse::<Ref<User>>().map_err(CliError::usage)?).await?,
+            Err(_) => ctx.member_id(account.as_ref().unwrap_or(&me.account.id), &u).await?,
+        }),
+    };
+    let one_page = list.limit.is_some() || list.cursor.is_some();
+    let mut q = AuditQuery { account, user, since, until: None, action, limit: list.limit, cursor: list.cursor };
+    let mut page: Page<AuditEntry> = c.list_audit(&q).await?;
+    if !one_page {
+        while let Some(next) = page.next_cursor.take() {
+            q.cursor = Some(next);
+            let more = c.list_audit(&q).await?;
+            page.items.extend(more.items);
+            page.next_cursor = more.next_cursor;
+        }
+    }
+    emit(&render_list(ctx.format, &page)?)?;
+    if let (OutputFormat::Table, Some(c)) = (ctx.format, &page.next_cursor) {
+        eprintln!("more items follow: add --cursor {c}");
+    }
+    Ok(())
 }
 
 async fn members(ctx: &Ctx, cmd: MemberCmd) -> Result<(), CliError> {

@@ -145,6 +145,7 @@ pub async fn authenticate(ctx: &SharedCtx, token: &str) -> ApiResult<Caller> {
                 // A token with a role cap is never an operator's.
                 admin: admin && token_role.is_none(),
                 user_id: row.user_id.parse().map_err(ApiError::internal)?,
+                token_id: Some(row.id.parse().map_err(ApiError::internal)?),
                 role: authz::cap(role, token_role),
                 token_role,
                 expires_at: row.expires_at.as_deref().map(db::parse_time),

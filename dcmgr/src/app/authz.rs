@@ -10,6 +10,7 @@
 //! | Write                 |        |   yes  |  yes  |  yes  |
 //! | ManageMembers         |        |        |  yes  |  yes  |
 //! | ManageOthersTokens    |        |        |  yes  |  yes  |
+//! | ReadAudit             |        |        |  yes  |  yes  |
 //! | Admin                 |        |        |       |  yes  |
 //!
 //! Which account a call may touch at all is not decided here: a foreign resource is an
@@ -29,6 +30,8 @@ pub enum Op {
     ManageMembers,
     /// List or revoke the tokens of other users of the account.
     ManageOthersTokens,
+    /// Read the account's audit log (an admin reads every account's).
+    ReadAudit,
     /// Cloud operation: accounts, users, nodes, public images, host files.
     Admin,
 }
@@ -41,7 +44,7 @@ pub fn allowed(admin: bool, role: Role, op: Op) -> bool {
     match op {
         Op::Read => true,
         Op::Write => matches!(role, Role::Member | Role::Owner),
-        Op::ManageMembers | Op::ManageOthersTokens => role == Role::Owner,
+        Op::ManageMembers | Op::ManageOthersTokens | Op::ReadAudit => role == Role::Owner,
         Op::Admin => false,
     }
 }
@@ -55,6 +58,10 @@ pub fn check(caller: &Caller, op: Op) -> ApiResult<()> {
     }
     Err(match (op, caller.role) {
         (Op::Admin, _) => ApiError::Forbidden("only an admin can do this".into()),
+        (Op::ReadAudit, _) => ApiError::Denied {
+            code: "owner_only",
+            message: "only an owner of the account (or an admin) reads its audit log".into(),
+        },
         (_, Role::Reader) => ApiError::Denied {
             code: "read_only",
             message: "this token acts with the reader role: it can only read".into(),
@@ -75,6 +82,9 @@ pub fn route_op(method: &str, route: &str) -> Op {
         return Op::Admin;
     }
     if reading {
+        if under("/audit") {
+            return Op::ReadAudit;
+        }
         return Op::Read;
     }
     match route {
@@ -111,13 +121,13 @@ mod tests {
     #[test]
     fn the_table() {
         use Op::*;
-        let ops = [Read, Write, ManageMembers, ManageOthersTokens, Admin];
+        let ops = [Read, Write, ManageMembers, ManageOthersTokens, ReadAudit, Admin];
         let expect = |admin: bool, role: Role| -> Vec<bool> {
             match (admin, role) {
-                (true, _) => vec![true; 5],
-                (false, Role::Reader) => vec![true, false, false, false, false],
-                (false, Role::Member) => vec![true, true, false, false, false],
-                (false, Role::Owner) => vec![true, true, true, true, false],
+                (true, _) => vec![true; 6],
+                (false, Role::Reader) => vec![true, false, false, false, false, false],
+                (false, Role::Member) => vec![true, true, false, false, false, false],
+                (false, Role::Owner) => vec![true, true, true, true, true, false],
             }
         };
         for admin in [false, true] {
@@ -145,6 +155,8 @@ mod tests {
         assert_eq!(route_op("POST", "/api/v1/accounts/{id}/tokens"), Op::Write);
         assert_eq!(route_op("GET", "/api/v1/accounts/{id}/quotas"), Op::Read);
         assert_eq!(route_op("PUT", "/api/v1/accounts/{id}/quotas"), Op::Admin);
+        assert_eq!(route_op("GET", "/api/v1/audit"), Op::ReadAudit);
+        assert_eq!(route_op("GET", "/api/v1/whoami"), Op::Read);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! transaction. Nothing here knows HTTP; SQL lives in [`crate::datastore`].
 
 pub mod account;
+pub mod audit;
 pub mod authz;
 pub mod bundle;
 pub mod bundle_data;

@@ -7,7 +7,7 @@ use crate::app::{account, page, paging};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, account as accounts, user as store};
 use crate::error::{ApiError, ApiResult};
-use vdc_schema::api::{AddMember, CreateUser, ListQuery, Member, Page, User};
+use vdc_schema::api::{AddMember, CreateUser, ListQuery, Member, Page, User, Whoami, WhoamiAccount};
 use vdc_schema::id::{AccountId, UserId};
 use vdc_schema::state::Role;
 
@@ -154,4 +154,31 @@ fn last_owner(id: &AccountId, name: &str) -> ApiError {
         "last_owner",
         format!("{name} is the only owner of account {id}: make another member owner first"),
     )
+}
+
+/// Who the caller's token acts as: the user, the token, the account and role it acts in,
+/// and every account the user holds a role in. Read as committed now (a token revoked
+/// meanwhile was refused before this runs).
+pub async fn whoami(ctx: &SharedCtx, caller: &Caller) -> ApiResult<Whoami> {
+    let gone = || ApiError::Unauthorized("the API token is not valid".into());
+    let user = store::get_user(&ctx.db, caller.user_id.as_str()).await?.ok_or_else(gone)?;
+    let token_id = caller.token_id.as_ref().ok_or_else(gone)?;
+    let (token, _, _) = store::token(&ctx.db, token_id.as_str()).await?.ok_or_else(gone)?;
+    let account = accounts::get(&ctx.db, &caller.account_id).await?.ok_or_else(gone)?;
+    let mut memberships = Vec::new();
+    for (id, name, role) in store::accounts_of(&ctx.db, caller.user_id.as_str()).await? {
+        memberships.push(WhoamiAccount {
+            account_id: id.parse().map_err(ApiError::internal)?,
+            account_name: name,
+            role: role.parse().map_err(ApiError::internal)?,
+        });
+    }
+    Ok(Whoami {
+        user: user.into_api().map_err(ApiError::Internal)?,
+        token: token.into_api().map_err(ApiError::Internal)?,
+        account: account.into_api(),
+        role: caller.role,
+        admin: caller.admin,
+        accounts: memberships,
+    })
 }

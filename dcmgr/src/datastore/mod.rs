@@ -3,6 +3,7 @@
 //! both drivers accept, and only TEXT and BIGINT columns.
 
 pub mod account;
+pub mod audit;
 pub mod bundle;
 pub mod event;
 pub mod floating_ip;

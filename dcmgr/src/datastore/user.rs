@@ -142,6 +142,17 @@ pub async fn member<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
         .await
 }
 
+/// The accounts the user holds a role in: (account ID, account name, role), by name.
+pub async fn accounts_of(pool: &db::Pool, user: &str) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT a.id, a.name, m.role FROM memberships m JOIN accounts a ON a.id = m.account_id \
+         WHERE m.user_id = $1 ORDER BY a.name",
+    )
+    .bind(user)
+    .fetch_all(pool)
+    .await
+}
+
 /// The first owner of an account (the oldest), if any.
 pub async fn first_owner<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     db: E,

@@ -10,6 +10,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use vdc_schema::api::{ErrorBody, ErrorDetail};
 
+/// The error code of an error answer, as a response extension.
+#[derive(Debug, Clone)]
+pub struct ErrorCode(pub String);
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -36,11 +40,14 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let body = ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message } };
+        let code = self.code().to_owned();
+        let body = ErrorBody { error: ErrorDetail { code: code.clone(), message } };
         let mut response = (self.status(), axum::Json(body)).into_response();
         if let ApiError::RateLimited { retry_after_secs } = self {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, retry_after_secs.into());
         }
+        // For the audit log, which records the code without parsing the body.
+        response.extensions_mut().insert(ErrorCode(code));
         response
     }
 }

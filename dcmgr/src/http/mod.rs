@@ -3,6 +3,7 @@
 //! handler annotations, and (in [`error`]) the one mapping of errors to HTTP.
 
 pub mod accounts;
+pub mod audit;
 pub mod blobs;
 pub mod bundles;
 pub mod error;
@@ -148,6 +149,9 @@ impl FromRequestParts<SharedCtx> for Caller {
                 return Err(e);
             }
         };
+        if let Some(who) = parts.extensions.get::<audit::Who>() {
+            who.set(&caller);
+        }
         // Every call is gated here by what its route does (`app::authz`, the one place).
         let route = parts
             .extensions
@@ -245,7 +249,10 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/jobs", get(jobs::list))
         .route("/jobs/{id}", get(jobs::show))
         .route("/events", get(events::stream))
-        .fallback(fallback);
+        .route("/audit", get(audit::list))
+        .route("/whoami", get(users::whoami))
+        .fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), audit::layer));
     Router::new()
         .nest("/api/v1", api)
         // For agents, with their node credential: not part of the tenants' API.
@@ -427,6 +434,7 @@ impl utoipa::Modify for CommonErrors {
         nodes::list_hosts, nodes::show_host, nodes::list_storage, nodes::show_storage,
         jobs::list, jobs::show,
         events::stream,
+        audit::list, users::whoami,
         bundles::key, bundles::export, bundles::plan, bundles::import, bundles::list, bundles::show,
     )
 )]

@@ -7,7 +7,7 @@ use crate::http::{path_id, Body, ListParams};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use vdc_schema::api::{AddMember, CreateUser, ErrorBody, Member, Page, User};
+use vdc_schema::api::{AddMember, CreateUser, ErrorBody, Member, Page, User, Whoami};
 use vdc_schema::id::{AccountId, UserId};
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", operation_id = "user_create",
@@ -122,4 +122,12 @@ pub async fn remove_member(
 ) -> ApiResult<StatusCode> {
     app::remove_member(&ctx, &caller, &path_id("account", &id)?, &path_id("user", &user)?).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/whoami", tag = "users", operation_id = "whoami",
+    summary = "Who this token acts as: its user, the token, the account and role it acts with, and the user's \
+        accounts",
+    responses((status = 200, description = "The caller", body = Whoami)))]
+pub async fn whoami(State(ctx): State<SharedCtx>, caller: Caller) -> ApiResult<Json<Whoami>> {
+    Ok(Json(app::whoami(&ctx, &caller).await?))
 }

@@ -1,0 +1,82 @@
+//! The audit log: who changed (or tried to change) what, when, from where, with which
+//! answer. `http::audit` records each state-changing request after it was answered;
+//! this module reads the log for owners and admins and prunes it after
+//! `[audit] retain_days`.
+
+use crate::app::{authz, page, paging};
+use crate::ctx::{Caller, SharedCtx};
+use crate::datastore::{self as db, audit as store};
+use crate::error::{ApiError, ApiResult};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use vdc_schema::api::{AuditEntry, AuditQuery, ListQuery, Page};
+
+/// How often old entries are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Writes one entry. A failure is logged, never the request's: the answer has gone out.
+pub async fn record(ctx: &SharedCtx, entry: &AuditEntry) {
+    if let Err(e) = store::insert(&ctx.db, entry).await {
+        tracing::warn!(request_id = %entry.request_id, action = %entry.action, status = entry.status,
+            "the audit log did not record this request: {e}");
+    }
+}
+
+/// Newest first. An admin reads every account's entries (or `account`'s); an owner only
+/// their own account's (another account answers 404, as an unknown one); others 403.
+pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &AuditQuery) -> ApiResult<Page<AuditEntry>> {
+    authz::check(caller, authz::Op::ReadAudit)?;
+    let account = match &q.account {
+        Some(a) if caller.admin || *a == caller.account_id => a.to_string(),
+        Some(a) => return Err(ApiError::not_found("account", a)),
+        None if caller.admin => String::new(),
+        None => caller.account_id.to_string(),
+    };
+    let (limit, cursor) = paging(&ListQuery { limit: q.limit, cursor: q.cursor.clone(), ..Default::default() })?;
+    let action = q.action.clone().unwrap_or_default();
+    if action.len() > 64 {
+        return Err(ApiError::bad("invalid_query", "action is at most 64 characters (such as instance.create)"));
+    }
+    if let (Some(s), Some(u)) = (q.since, q.until) {
+        if u < s {
+            return Err(ApiError::bad("invalid_query", format!("until ({u}) is before since ({s})")));
+        }
+    }
+    let user = q.user.as_ref().map(|u| u.to_string()).unwrap_or_default();
+    let since = q.since.as_ref().map(db::time).unwrap_or_default();
+    let until = q.until.as_ref().map(db::time).unwrap_or_default();
+    let filter = store::Filter {
+        account: &account,
+        user: &user,
+        action: &action,
+        since: &since,
+        until: &until,
+        before_id: &cursor,
+    };
+    let rows = store::list(&ctx.db, &filter, limit).await?;
+    let items =
+        rows.into_iter().map(store::Row::into_api).collect::<Result<Vec<_>, _>>().map_err(ApiError::internal)?;
+    Ok(page(items, limit, |e| e.id.to_string()))
+}
+
+/// Removes entries older than `[audit] retain_days`; returns how many.
+pub async fn prune(ctx: &SharedCtx) -> Result<u64, sqlx::Error> {
+    let days = i64::try_from(ctx.config.audit.retain_days).unwrap_or(i64::MAX / 86_400_000).min(1_000_000);
+    let before = db::time(&(chrono::Utc::now() - chrono::Duration::days(days)));
+    store::prune(&ctx.db, &before).await
+}
+
+/// Prunes at start and every [`PRUNE_EVERY`], until `cancel`.
+pub async fn pruner(ctx: SharedCtx, cancel: CancellationToken) {
+    loop {
+        match prune(&ctx).await {
+            Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned old audit entries"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("pruning the audit log: {e}"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}
