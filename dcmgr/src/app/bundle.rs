@@ -1824,23 +1824,20 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
             ids.insert(f.id.clone(), id.to_string());
         }
     }
-    match &e.prior {
-        // An update: the import keeps its ID and creation, with the new hash and map.
-        Some(p) => {
-            let mut all = d.carry.clone();
-            all.extend(ids);
-            let import = BundleImport {
-                manifest_hash: r.hash.clone(),
-                id_map: all,
-                updated_at: Some(db::parse_time(&now)),
-                ..p.import.clone()
-            };
-            store::update_import(&mut tx, &import, &m.source.exported_at).await?;
-            tx.commit().await?;
-            ctx.events.wake();
-            return Ok(Applied::Created(import, work));
-        }
-        None => {}
+    // An update: the import keeps its ID and creation, with the new hash and map.
+    if let Some(p) = &e.prior {
+        let mut all = d.carry.clone();
+        all.extend(ids);
+        let import = BundleImport {
+            manifest_hash: r.hash.clone(),
+            id_map: all,
+            updated_at: Some(db::parse_time(&now)),
+            ..p.import.clone()
+        };
+        store::update_import(&mut tx, &import, &m.source.exported_at).await?;
+        tx.commit().await?;
+        ctx.events.wake();
+        return Ok(Applied::Created(import, work));
     }
     let import = BundleImport {
         id: BundleImportId::generate(),
@@ -2022,6 +2019,133 @@ mod tests {
         let d = decide(&m, &e, &maps);
         assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
         assert!(d.creates.iter().any(|c| c.kind == "floating_ip" && c.name == "web"));
+    }
+
+    /// An earlier import that remapped `front` to 10.9.0.0/24 (DHCP range changed by hand
+    /// since), put `web` in a group `old` the bundle no longer has.
+    fn prior() -> store::Prior {
+        let s = |v: &str| v.to_owned();
+        store::Prior {
+            import: BundleImport {
+                id: BundleImportId::generate(),
+                source_site: s("site"),
+                source_vdc: s("a-1"),
+                manifest_hash: s("h1"),
+                id_map: [("nw-1", "nw-T"), ("i-1", "i-T"), ("sg-old", "sg-T")]
+                    .into_iter()
+                    .map(|(a, b)| (s(a), s(b)))
+                    .collect(),
+                created_at: chrono::Utc::now(),
+                updated_at: None,
+            },
+            exported_at: None,
+            target: store::Snapshot {
+                networks: vec![(
+                    s("nw-T"),
+                    s("front"),
+                    s("10.9.0.0/24"),
+                    s("10.9.0.1"),
+                    s("10.9.0.10"),
+                    s("10.9.0.50"),
+                )],
+                groups: vec![(s("sg-T"), s("old"), String::new())],
+                rules: vec![],
+                keypairs: vec![],
+                images: vec![],
+                instances: vec![(s("i-T"), s("web"), s("img-pub"), s("qemu"), 1, 64, None, None, None, s("running"))],
+                vifs: vec![(s("vif-T"), s("i-T"), s("nw-T"), s("10.9.0.20"), s("52:54:00:00:00:01"))],
+                vif_groups: vec![(s("vif-T"), s("sg-T"))],
+                volumes: vec![],
+                floating_ips: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn an_update_keeps_remaps_changes_in_place_and_prunes_only_when_asked() {
+        let mut e = existing();
+        e.prior = Some(prior());
+        let maps = parse_maps(&["hypervisor.kvm=qemu".into()]);
+        let d = decide(&manifest(), &e, &maps);
+        assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
+        assert!(d.creates.is_empty(), "{:?}", d.creates);
+        let updates: Vec<(&str, &str)> = d.updates.iter().map(|u| (u.kind.as_str(), u.detail.as_str())).collect();
+        // The bundle's range, in the CIDR the first import remapped it to.
+        assert_eq!(
+            updates,
+            vec![
+                ("network", "dhcp range 10.9.0.10-10.9.0.50 → 10.9.0.10-10.9.0.99"),
+                ("instance", "interface 0 groups")
+            ]
+        );
+        assert_eq!(d.nic_updates, vec![("vif-T".to_owned(), vec![])]);
+        // `old` is used by nothing once web's interface leaves it: deleted, with prune only.
+        assert_eq!(d.deletes[0].detail, "only with --prune");
+        assert!(d.removes.is_empty());
+        let mut prune = maps.clone();
+        prune.prune = true;
+        let d = decide(&manifest(), &e, &prune);
+        assert_eq!(d.removes, vec![("security_group".to_owned(), "sg-T".to_owned())]);
+        assert!(!d.carry.contains_key("sg-old") && d.carry.contains_key("i-1"));
+
+        // A group that stays in use is refused with the reason.
+        let mut m = manifest();
+        m.model.security_groups.push(vdc_bundle::SecurityGroup {
+            id: "sg-new".into(),
+            name: "new".into(),
+            description: String::new(),
+            rules: vec![],
+        });
+        m.model.instances[0].interfaces[0].security_groups = vec!["sg-new".into()];
+        let mut p = prior();
+        p.target.instances.push((
+            "i-X".into(),
+            "mine".into(),
+            "img-pub".into(),
+            "qemu".into(),
+            1,
+            64,
+            None,
+            None,
+            None,
+            "running".into(),
+        ));
+        p.target.vifs.push((
+            "vif-X".into(),
+            "i-X".into(),
+            "nw-T".into(),
+            "10.9.0.30".into(),
+            "52:54:00:00:00:02".into(),
+        ));
+        p.target.vif_groups.push(("vif-X".into(), "sg-T".into()));
+        e.prior = Some(p);
+        let d = decide(&m, &e, &prune);
+        assert_eq!(d.conflicts.iter().map(|c| c.code.as_str()).collect::<Vec<_>>(), vec!["in_use"]);
+        assert!(d.conflicts[0].message.contains("mine"), "{:?}", d.conflicts);
+
+        // What only a new instance can take: refused, naming the fields.
+        let mut m = manifest();
+        m.model.instances[0].cpus = 2;
+        m.model.instances[0].user_data = Some("x".into());
+        e.prior = Some(prior());
+        let d = decide(&m, &e, &maps);
+        assert_eq!(d.conflicts.len(), 1);
+        assert_eq!(d.conflicts[0].code, "replace_needed");
+        assert!(d.conflicts[0].message.contains("cpus 1 → 2, user_data"), "{}", d.conflicts[0].message);
+    }
+
+    #[test]
+    fn an_older_bundle_than_the_one_imported_is_a_downgrade() {
+        let mut e = existing();
+        let mut p = prior();
+        p.exported_at = Some("2026-11-30T20:00:00.000Z".into());
+        e.prior = Some(p);
+        let maps = parse_maps(&["hypervisor.kvm=qemu".into()]);
+        let mut m = manifest();
+        m.source.exported_at = "2026-11-30T19:59:59.999Z".into();
+        assert_eq!(decide(&m, &e, &maps).conflicts[0].code, "bundle_downgrade");
+        m.source.exported_at = "2026-11-30T20:00:00.001Z".into();
+        assert!(decide(&m, &e, &maps).conflicts.is_empty());
     }
 
     #[test]
