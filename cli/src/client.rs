@@ -522,8 +522,12 @@ impl Client {
         what: &str,
         body: impl Into<reqwest::Body>,
         maps: &[String],
+        prune: bool,
     ) -> Result<T> {
-        let query: Vec<(&str, &str)> = maps.iter().map(|m| ("map", m.as_str())).collect();
+        let mut query: Vec<(&str, &str)> = maps.iter().map(|m| ("map", m.as_str())).collect();
+        if prune {
+            query.push(("prune", "true"));
+        }
         let req = self
             .request(Method::POST, &format!("/bundle/{what}"))
             .query(&query)
@@ -535,11 +539,25 @@ impl Client {
 
     /// Verifies a bundle (streamed) and answers what importing it would do.
     pub async fn plan_bundle(&self, body: impl Into<reqwest::Body>, maps: &[String]) -> Result<BundlePlan> {
-        self.send_bundle("plan", body, maps).await
+        self.send_bundle("plan", body, maps, false).await
     }
 
     pub async fn import_bundle(&self, body: impl Into<reqwest::Body>, maps: &[String]) -> Result<BundleImported> {
-        self.send_bundle("import", body, maps).await
+        self.send_bundle("import", body, maps, false).await
+    }
+
+    /// A plan whose deletes of an update are applied (`prune`).
+    pub async fn plan_bundle_pruning(&self, body: impl Into<reqwest::Body>, maps: &[String]) -> Result<BundlePlan> {
+        self.send_bundle("plan", body, maps, true).await
+    }
+
+    /// An import that applies an update's deletes (`prune`).
+    pub async fn import_bundle_pruning(
+        &self,
+        body: impl Into<reqwest::Body>,
+        maps: &[String],
+    ) -> Result<BundleImported> {
+        self.send_bundle("import", body, maps, true).await
     }
 
     /// A local file as a streamed request body.

@@ -997,7 +997,8 @@ pub enum BundleCmd {
         #[arg(long)]
         stop: bool,
     },
-    /// Verify a bundle and show what importing it would create and what collides;
+    /// Verify a bundle and show what importing it would create and what collides, or,
+    /// for a newer bundle of a VDC imported before, what it creates, updates and deletes;
     /// exits 1 when something is unresolved
     Plan {
         file: std::path::PathBuf,
@@ -1005,12 +1006,20 @@ pub enum BundleCmd {
         /// image.NAME=img-…, volumes=skip, floating_ips=skip
         #[arg(long = "map", value_name = "KEY=VALUE")]
         maps: Vec<String>,
+        /// Plan as `import --prune` would apply it
+        #[arg(long)]
+        prune: bool,
     },
-    /// Import a bundle (verified in full first; the same bundle again changes nothing)
+    /// Import a bundle (verified in full first; the same bundle again changes nothing);
+    /// a newer bundle of a VDC imported before updates what that import made
     Import {
         file: std::path::PathBuf,
         #[arg(long = "map", value_name = "KEY=VALUE")]
         maps: Vec<String>,
+        /// Delete the networks, security groups and key pairs of the earlier import that
+        /// the bundle no longer has
+        #[arg(long)]
+        prune: bool,
     },
     /// The bundles imported into the account
     Imports,

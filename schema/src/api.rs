@@ -1090,6 +1090,22 @@ pub struct BundleConflict {
     pub resolve: Option<String>,
 }
 
+/// One object of an earlier import that a newer bundle of the same VDC updates, deletes
+/// or leaves as it is.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BundleChange {
+    /// `network`, `security_group`, `keypair`, `image`, `instance`, `volume` or `floating_ip`.
+    pub kind: String,
+    /// Its ID inside the bundle (the source's ID).
+    pub bundle_id: String,
+    /// The ID it has here.
+    pub id: String,
+    pub name: String,
+    /// What changes (`dhcp range 10.0.0.10-10.0.0.99 → …`, rules added and removed), or
+    /// why a delete is not applied.
+    pub detail: String,
+}
+
 /// What importing a bundle would do, after it was verified in full.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BundlePlan {
@@ -1099,7 +1115,26 @@ pub struct BundlePlan {
     /// The import of this same bundle into this account, if it happened already.
     #[schema(required = true)]
     pub already_imported: Option<BundleImportId>,
+    /// The earlier import of the same VDC (same site and source VDC, another bundle) that
+    /// this bundle updates: then `updates`, `deletes` and `unchanged` are against the
+    /// objects it made.
+    #[schema(required = true)]
+    pub update_of: Option<BundleImportId>,
+    /// Objects to create (new in the bundle, or deleted here since the import).
     pub creates: Vec<BundleCreate>,
+    /// Objects changed in place (the bundle wins for the fields it carries).
+    #[serde(default)]
+    pub updates: Vec<BundleChange>,
+    /// Objects of the earlier import gone from the bundle: applied only with `prune`
+    /// (networks, security groups, key pairs); instances, images, volumes and floating
+    /// IPs are never deleted by an import (their `detail` says so).
+    #[serde(default)]
+    pub deletes: Vec<BundleChange>,
+    #[serde(default)]
+    pub unchanged: Vec<BundleChange>,
+    /// Whether deletes are applied (`prune=true`).
+    #[serde(default)]
+    pub prune: bool,
     pub conflicts: Vec<BundleConflict>,
     /// Chunks verified and bytes received.
     pub chunks: u64,
@@ -1116,6 +1151,11 @@ pub struct BundleImport {
     /// Bundle ID → ID created here.
     pub id_map: std::collections::BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
+    /// When a newer bundle of the same VDC last updated it (`manifest_hash` and `id_map`
+    /// are then that bundle's).
+    #[serde(default)]
+    #[schema(required = true)]
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// The answer to an import: the import (new or found) and whether this call created it.

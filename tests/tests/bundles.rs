@@ -3,7 +3,9 @@
 //! a cut import completed after a dcmgr restart, ten identical imports at once, maps that
 //! resolve collisions, and hostile bundles refused with nothing created; instances' disks,
 //! volumes' data, stopped instances and floating IPs travelling (format version 2). Every
-//! scenario on SQLite and PostgreSQL; agents are simulated.
+//! scenario on SQLite and PostgreSQL; agents are simulated. Updates (point 5): a newer
+//! bundle of the same VDC planned and applied as creates, updates and (with prune)
+//! deletes, again and again, concurrently, and an older one refused as a downgrade.
 
 use vdc_bundle::{Manifest, SigningKey};
 use vdc_cli::client::{Client, ClientError};
@@ -18,6 +20,8 @@ on_both_databases!(
     ten_identical_imports_at_once_create_once,
     the_plan_names_collisions_and_maps_resolve_them,
     disks_volumes_stopped_instances_and_floating_ips_travel,
+    a_newer_bundle_updates_the_import_and_prunes_only_when_asked,
+    ten_concurrent_imports_of_an_update_apply_it_once,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -186,7 +190,8 @@ async fn model(c: &Client) -> Vec<String> {
     for i in images.iter().filter(|i| !i.public && !i.name.ends_with("-root")) {
         out.push(format!("image {} {} {:?} {:?} {:?}", i.name, i.format, i.checksum, i.size_bytes, i.state));
     }
-    for i in c.list_all_instances().await.unwrap() {
+    // A terminated instance is listed for a while; it is no part of the model.
+    for i in c.list_all_instances().await.unwrap().into_iter().filter(|i| i.state != InstanceState::Terminated) {
         let image = images.iter().find(|m| m.id == i.image_id).unwrap();
         let nics: Vec<String> = i
             .interfaces
@@ -685,6 +690,183 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
     let skip = maps(&["volumes=skip", "floating_ips=skip"]);
     assert!(other.import_bundle(bytes, &skip).await.unwrap().created);
     assert_eq!(count(other.clone()).await, (3, 0, 0, 4));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The changes made on A between two exports: a network, a rule of `web`, the key pair
+/// gone, an instance on the new network.
+async fn change_source(s: &Stack, c: &Client) {
+    let extra = c
+        .create_network(&CreateNetwork {
+            name: "extra".into(),
+            cidr: "10.52.0.0/24".into(),
+            gateway: None,
+            dhcp_start: None,
+            dhcp_end: None,
+        })
+        .await
+        .unwrap();
+    let groups = c.list_all_security_groups().await.unwrap();
+    let web = groups.iter().find(|g| g.name == "web").unwrap();
+    let rule = RuleSpec {
+        direction: Direction::Ingress,
+        protocol: Protocol::Tcp,
+        port_min: Some(443),
+        port_max: Some(443),
+        cidr: Some("0.0.0.0/0".into()),
+        group: None,
+    };
+    c.add_security_group_rule(&web.id, &rule).await.unwrap();
+    let key = c.list_all_keypairs().await.unwrap().into_iter().find(|k| k.name == "deploy").unwrap();
+    c.delete_keypair(&key.id).await.unwrap();
+    let worker = c
+        .create_instance(&CreateInstance {
+            name: Some("worker".into()),
+            image_id: s.image.clone(),
+            hypervisor: Some(HypervisorKind::Qemu),
+            cpus: 1,
+            memory_mib: 64,
+            interfaces: vec![CreateInterface { network_id: extra.id.clone(), security_groups: vec![], ip: None }],
+            ssh_key_id: None,
+            user_data: None,
+            root_disk_size: None,
+        })
+        .await
+        .unwrap();
+    wait_state(c, &worker.resource.id, InstanceState::Running).await;
+}
+
+fn kinds(v: &[BundleChange]) -> Vec<(String, String)> {
+    let mut k: Vec<(String, String)> = v.iter().map(|c| (c.kind.clone(), c.name.clone())).collect();
+    k.sort();
+    k
+}
+
+fn pair(kind: &str, name: &str) -> (String, String) {
+    (kind.into(), name.into())
+}
+
+async fn a_newer_bundle_updates_the_import_and_prunes_only_when_asked(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    build_vdc(&a, &ca, false).await;
+    let a1 = export(&ca).await;
+    let cb = b.account("tenant").await;
+    let first = cb.import_bundle(a1.clone(), &[]).await.unwrap().import;
+    change_source(&a, &ca).await;
+    let a2 = export(&ca).await;
+
+    // The plan names exactly the changes made on A.
+    let plan = cb.plan_bundle(a2.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    assert_eq!(plan.update_of, Some(first.id.clone()));
+    assert_eq!(plan.already_imported, None);
+    let mut creates: Vec<(String, String)> = plan.creates.iter().map(|c| (c.kind.clone(), c.name.clone())).collect();
+    creates.sort();
+    assert_eq!(creates, vec![pair("instance", "worker"), pair("network", "extra")]);
+    assert_eq!(kinds(&plan.updates), vec![pair("security_group", "web")]);
+    assert!(plan.updates[0].detail.contains("+ ingress tcp Some(443)-Some(443) cidr=0.0.0.0/0"), "{:?}", plan.updates);
+    assert_eq!(kinds(&plan.deletes), vec![pair("keypair", "deploy")]);
+    assert_eq!(plan.deletes[0].detail, "only with --prune");
+    // 2 networks, db group, app-disk image, app and db instances.
+    assert_eq!(plan.unchanged.len(), 6, "{:?}", plan.unchanged);
+    // A plan changes nothing.
+    assert_eq!(cb.list_all_networks().await.unwrap().len(), 2);
+
+    // Without prune: applied, the key pair stays.
+    let done = cb.import_bundle(a2.clone(), &[]).await.unwrap();
+    assert!(done.created);
+    assert_eq!(done.import.id, first.id);
+    assert!(done.import.updated_at.is_some());
+    assert!(cb.list_all_keypairs().await.unwrap().iter().any(|k| k.name == "deploy"));
+    let web = cb.list_all_security_groups().await.unwrap().into_iter().find(|g| g.name == "web").unwrap();
+    assert_eq!(web.rules.len(), 2);
+    let worker = cb.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "worker").unwrap();
+    wait_state(&cb, &worker.id, InstanceState::Running).await;
+    assert_eq!(done.import.id_map.len(), first.id_map.len() + 2);
+
+    // The same newer bundle again changes nothing (the second time too).
+    let before = model(&cb).await;
+    for _ in 0..2 {
+        let again = cb.import_bundle(a2.clone(), &[]).await.unwrap();
+        assert!(!again.created);
+        assert_eq!(again.import.id_map, done.import.id_map);
+        assert_eq!(model(&cb).await, before);
+    }
+    assert_eq!(cb.plan_bundle(a2.clone(), &[]).await.unwrap().already_imported, Some(first.id.clone()));
+
+    // With prune: the key pair goes, and B is A.
+    let plan = cb.plan_bundle_pruning(a2.clone(), &[]).await.unwrap();
+    assert_eq!(kinds(&plan.deletes), vec![pair("keypair", "deploy")]);
+    assert_eq!(plan.deletes[0].detail, "deleted (--prune)");
+    assert!(plan.creates.is_empty() && plan.updates.is_empty(), "{plan:?}");
+    let pruned = cb.import_bundle_pruning(a2.clone(), &[]).await.unwrap();
+    assert!(pruned.created);
+    assert!(cb.list_all_keypairs().await.unwrap().is_empty());
+    assert_eq!(pruned.import.id_map.len(), done.import.id_map.len() - 1);
+    assert_eq!(model(&ca).await, model(&cb).await);
+    // Pruned already: again, nothing.
+    let again = cb.import_bundle_pruning(a2.clone(), &[]).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(cb.list_bundle_imports().await.unwrap().len(), 1);
+
+    // The older bundle after the newer: refused as a downgrade, nothing changed.
+    let plan = cb.plan_bundle(a1.clone(), &[]).await.unwrap();
+    assert_eq!(plan.conflicts.iter().map(|c| c.code.as_str()).collect::<Vec<_>>(), vec!["bundle_downgrade"]);
+    let before = model(&cb).await;
+    assert_eq!(api_err(cb.import_bundle(a1, &[]).await), (409, "bundle_unresolved".into()));
+    assert_eq!(model(&cb).await, before);
+
+    // Changed by hand on B: the bundle wins for what it carries, a deleted object comes back.
+    let web = cb.list_all_security_groups().await.unwrap().into_iter().find(|g| g.name == "web").unwrap();
+    let r443 = web.rules.iter().find(|r| r.spec.port_min == Some(443)).unwrap();
+    cb.delete_security_group_rule(&web.id, &r443.id).await.unwrap();
+    let worker = cb.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "worker").unwrap();
+    cb.terminate_instance(&worker.id).await.unwrap();
+    wait_state(&cb, &worker.id, InstanceState::Terminated).await;
+    let extra = cb.list_all_networks().await.unwrap().into_iter().find(|n| n.name == "extra").unwrap();
+    cb.delete_network(&extra.id).await.unwrap();
+    // A's model unchanged: a new export is another bundle (its time differs).
+    let a3 = export(&ca).await;
+    let plan = cb.plan_bundle(a3.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    let mut creates: Vec<(String, String, Option<String>)> =
+        plan.creates.iter().map(|c| (c.kind.clone(), c.name.clone(), c.note.clone())).collect();
+    creates.sort();
+    let again = Some("created again: deleted here since the import".to_owned());
+    assert_eq!(
+        creates,
+        vec![("instance".into(), "worker".into(), again.clone()), ("network".into(), "extra".into(), again)]
+    );
+    assert_eq!(kinds(&plan.updates), vec![pair("security_group", "web")]);
+    assert!(cb.import_bundle(a3, &[]).await.unwrap().created);
+    assert_eq!(model(&ca).await, model(&cb).await);
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn ten_concurrent_imports_of_an_update_apply_it_once(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    build_vdc(&a, &ca, false).await;
+    let a1 = export(&ca).await;
+    let cb = b.account("tenant").await;
+    cb.import_bundle(a1, &[]).await.unwrap();
+    change_source(&a, &ca).await;
+    let a2 = export(&ca).await;
+    let runs = (0..10).map(|_| {
+        let (cb, a2) = (cb.clone(), a2.clone());
+        tokio::spawn(async move { cb.import_bundle_pruning(a2, &[]).await })
+    });
+    let results: Vec<BundleImported> =
+        futures::future::join_all(runs).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.created).count(), 1);
+    assert!(results.iter().all(|r| r.import.id == results[0].import.id));
+    assert_eq!(cb.list_all_networks().await.unwrap().len(), 3);
+    assert_eq!(cb.list_all_instances().await.unwrap().iter().filter(|i| i.name == "worker").count(), 1);
+    assert_eq!(model(&ca).await, model(&cb).await);
+    assert_eq!(cb.list_bundle_imports().await.unwrap().len(), 1);
     a.stop().await;
     b.stop().await;
 }

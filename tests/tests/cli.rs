@@ -313,6 +313,53 @@ async fn vdc_bundle_exports_plans_and_imports(db: Db) {
     assert!(nets.iter().any(|n| n.name == "front" && n.cidr.to_string() == "10.71.0.0/24"));
     assert_eq!(dst.list_bundle_imports().await.unwrap().len(), 1);
     ok(&dst, &["bundle", "show", dst.list_bundle_imports().await.unwrap()[0].id.as_str()]).await;
+
+    // An update: the real `vdc` binary prints the plan of the newer bundle as a person
+    // reads it (the remapped network stays remapped), and the older one is refused.
+    ok(&src, &["secgroup", "rule-add", "web", "tcp:443"]).await;
+    ok(&src, &["network", "create", "back", "--cidr", "10.72.0.0/24"]).await;
+    let file2 = dir.path().join("vdc2.bundle");
+    let f2 = file2.to_str().unwrap();
+    ok(&src, &["bundle", "export", "-O", f2]).await;
+    let config = dir.path().join("config.toml");
+    vdc_cli::config::save(&config, &vdc_cli::config::CliConfig::new(s.url(), dst.token())).unwrap();
+    let run = |args: Vec<String>| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(vdc_tests::procs::bin("vdc"))
+                .env("VDC_CONFIG", &config)
+                .env_remove("VDC_API")
+                .env_remove("VDC_TOKEN")
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(vec!["bundle".into(), "plan".into(), f2.into()]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    let import = &dst.list_bundle_imports().await.unwrap()[0].id;
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    let web = only::<SecurityGroup>(&dst, "/security_groups", "web").await;
+    assert_eq!(
+        lines,
+        vec![
+            format!("updates import {import} (the bundle wins for the fields it carries)").as_str(),
+            "  + network \"back\"",
+            format!("  ~ security_group \"web\" {}: + ingress tcp Some(443)-Some(443) cidr=0.0.0.0/0 group=-", web.id)
+                .as_str(),
+            "  = 1 unchanged",
+        ],
+        "{text}"
+    );
+    ok(&dst, &["bundle", "import", f2]).await;
+    assert_eq!(only::<SecurityGroup>(&dst, "/security_groups", "web").await.rules.len(), 2);
+    assert_eq!(dst.list_all_networks().await.unwrap().len(), 3);
+    let out = run(vec!["bundle".into(), "import".into(), f.into()]).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("bundle_downgrade"), "{err}");
     s.stop().await;
 }
 

@@ -1043,13 +1043,32 @@ impl Tabular for BundleImport {
 
 fn plan_text(p: &BundlePlan) -> String {
     let mut s = format!("bundle of {} ({} chunks, {} bytes) verified\n", p.source_vdc, p.chunks, p.bytes);
+    let prunes = p.deletes.iter().any(|d| d.detail.starts_with("deleted"));
     if let Some(i) = &p.already_imported {
-        s += &format!("imported already as {i}: nothing to do\n");
-        return s;
+        if !prunes {
+            s += &format!("imported already as {i}: nothing to do\n");
+            return s;
+        }
+        s += &format!("imported already as {i}; --prune deletes what it no longer has\n");
+    }
+    if let Some(i) = &p.update_of {
+        s += &format!("updates import {i} (the bundle wins for the fields it carries)\n");
     }
     for c in &p.creates {
         let note = c.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
         s += &format!("  + {} {:?}{note}\n", c.kind, c.name);
+    }
+    for c in &p.updates {
+        s += &format!("  ~ {} {:?} {}: {}\n", c.kind, c.name, c.id, c.detail);
+    }
+    for c in &p.deletes {
+        s += &format!("  - {} {:?} {}: {}\n", c.kind, c.name, c.id, c.detail);
+    }
+    if !p.unchanged.is_empty() {
+        s += &format!("  = {} unchanged\n", p.unchanged.len());
+    }
+    if p.update_of.is_some() && p.creates.is_empty() && p.updates.is_empty() && !prunes {
+        s += "  nothing to change\n";
     }
     for c in &p.conflicts {
         let fix = c.resolve.as_deref().map(|r| format!("  [--map {r}]")).unwrap_or_default();
@@ -1102,9 +1121,12 @@ async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
             eprintln!("wrote {} ({n} bytes)", path.display());
             Ok(())
         }
-        BundleCmd::Plan { file, maps } => {
+        BundleCmd::Plan { file, maps, prune } => {
             let body = Client::file_body(&file).await.map_err(|e| upload_error(&file, e))?;
-            let plan = c.plan_bundle(body, &maps).await?;
+            let plan = match prune {
+                true => c.plan_bundle_pruning(body, &maps).await?,
+                false => c.plan_bundle(body, &maps).await?,
+            };
             match ctx.format {
                 OutputFormat::Table => emit(&plan_text(&plan))?,
                 f => emit(&encode(f, &plan)?)?,
@@ -1115,9 +1137,12 @@ async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
                 Err(CliError::Failed(format!("{} conflict(s) unresolved", plan.conflicts.len())))
             }
         }
-        BundleCmd::Import { file, maps } => {
+        BundleCmd::Import { file, maps, prune } => {
             let body = Client::file_body(&file).await.map_err(|e| upload_error(&file, e))?;
-            let done = c.import_bundle(body, &maps).await?;
+            let done = match prune {
+                true => c.import_bundle_pruning(body, &maps).await?,
+                false => c.import_bundle(body, &maps).await?,
+            };
             if !done.created {
                 eprintln!("this bundle was imported already ({}): nothing changed", done.import.id);
             }

@@ -22,7 +22,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use vdc_bundle::{BundleError, Manifest};
 use vdc_schema::api::{
-    BundleConflict, BundleCreate, BundleImport, BundleImported, BundlePlan, Image, Network, QuotaKey, RuleSpec,
+    BundleChange, BundleConflict, BundleCreate, BundleImport, BundleImported, BundlePlan, Image, Network, QuotaKey,
+    RuleSpec,
 };
 use vdc_schema::id::*;
 use vdc_schema::state::{HypervisorKind, ImageState};
@@ -220,7 +221,9 @@ async fn build_manifest(
             hypervisor: i.3.parse().map_err(ApiError::internal)?,
             cpus: i.4 as u32,
             memory_mib: i.5 as u32,
-            keypair: i.6,
+            // A key pair deleted since the instance was made is not carried (it is an
+            // input of create only): the manifest refers only to what it holds.
+            keypair: i.6.filter(|k| m.keypairs.iter().any(|x| &x.id == k)),
             user_data: i.7,
             root_disk_size: i.8.map(|v| v as u64),
             root_disk,
@@ -349,6 +352,8 @@ pub struct Maps {
     skip_volumes: bool,
     skip_floating_ips: bool,
     invalid: Vec<String>,
+    /// An update deletes the objects of the earlier import gone from the bundle.
+    pub prune: bool,
 }
 
 const KINDS: &[&str] = &["network", "security_group", "keypair", "image", "instance", "volume"];
@@ -407,6 +412,8 @@ pub struct PlannedNetwork {
     pub end: Ipv4Addr,
     /// The bundle's CIDR, when remapped: addresses keep their host part.
     pub from: Option<Ipv4Net>,
+    /// The network of the earlier import it is (an update), by ID here.
+    pub existing: Option<String>,
 }
 
 impl PlannedNetwork {
@@ -425,6 +432,8 @@ pub enum ImageChoice {
     New,
     /// An image of this site the account may use.
     Existing(String),
+    /// The image the earlier import of this VDC made (an update).
+    Kept(String),
 }
 
 /// What an import does: decided by [`decide`], applied by [`import`] in one transaction.
@@ -440,6 +449,27 @@ pub struct Decision {
     pub image_hypervisors: HashMap<String, Vec<HypervisorKind>>,
     /// instance bundle ID → hypervisor here.
     pub hypervisors: HashMap<String, HypervisorKind>,
+    /// An update: the earlier import, and bundle ID → ID here of its objects that exist
+    /// and stay (not created again).
+    pub update_of: Option<BundleImportId>,
+    pub kept: HashMap<String, String>,
+    pub updates: Vec<BundleChange>,
+    pub deletes: Vec<BundleChange>,
+    pub unchanged: Vec<BundleChange>,
+    /// In-place changes: network ID here → DHCP range.
+    pub dhcp: Vec<(String, Ipv4Addr, Ipv4Addr)>,
+    /// Bundle IDs of kept groups whose description and rules are replaced.
+    pub group_updates: Vec<String>,
+    /// Bundle IDs of kept key pairs whose public key is replaced.
+    pub key_updates: Vec<String>,
+    /// Interface ID here → its groups (bundle IDs).
+    pub nic_updates: Vec<(String, Vec<String>)>,
+    /// Deletes applied (`--prune`): (kind, ID here).
+    pub removes: Vec<(String, String)>,
+    /// Kept instance bundle ID → its first interface here (for a new floating IP).
+    pub first_vifs: HashMap<String, String>,
+    /// The entries of the earlier map the updated import keeps.
+    pub carry: BTreeMap<String, String>,
 }
 
 fn conflict(code: &str, message: String, resolve: Option<String>) -> BundleConflict {
@@ -454,7 +484,18 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         d.conflicts.push(conflict("invalid_map", i.clone(), None));
     }
     let taken: HashSet<(&str, &str)> = e.names.iter().map(|(k, n)| (k.as_str(), n.as_str())).collect();
+    let have = e.prior.as_ref().map(Have::new);
+    if let Some(p) = &e.prior {
+        d.update_of = Some(p.import.id.clone());
+        downgrade(m, p, &mut d);
+    }
+    // Created again: the earlier import made it, and it was deleted here since.
+    let again = |id: &str| -> Option<String> {
+        let h = have.as_ref()?;
+        (h.map.contains_key(id) && h.live(id).is_none()).then(|| "created again: deleted here since the import".into())
+    };
     let name = |d: &mut Decision, kind: &str, id: &str, n: &str, note: Option<String>| {
+        let note = note.or_else(|| again(id));
         let here = maps.rename.get(&(kind.to_owned(), n.to_owned())).cloned().unwrap_or_else(|| n.to_owned());
         if taken.contains(&(kind, here.as_str())) {
             d.conflicts.push(conflict(
@@ -489,8 +530,20 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                 continue;
             }
         };
-        let mut p =
-            PlannedNetwork { bundle_id: n.id.clone(), name: n.name.clone(), cidr, gateway, start, end, from: None };
+        let mut p = PlannedNetwork {
+            bundle_id: n.id.clone(),
+            name: n.name.clone(),
+            cidr,
+            gateway,
+            start,
+            end,
+            from: None,
+            existing: None,
+        };
+        if let Some((t, row)) = have.as_ref().and_then(|h| h.network(&n.id)) {
+            update_network(&mut d, n, p, t, row);
+            continue;
+        }
         if let Some(to) = maps.cidr.get(&n.name) {
             if to.prefix_len() != cidr.prefix_len() {
                 d.conflicts.push(conflict(
@@ -518,7 +571,10 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         d.networks.push(p);
     }
     for g in &m.model.security_groups {
-        name(&mut d, "security_group", &g.id, &g.name, None);
+        match have.as_ref().and_then(|h| h.group(&g.id).map(|t| (h, t))) {
+            Some((h, t)) => update_group(&mut d, m, h, g, t),
+            None => name(&mut d, "security_group", &g.id, &g.name, None),
+        }
     }
     for k in &m.model.keypairs {
         if keypair::parse_public_key(&k.public_key).is_err() {
@@ -528,7 +584,19 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                 None,
             ));
         }
-        name(&mut d, "keypair", &k.id, &k.name, None);
+        match have.as_ref().and_then(|h| h.keypair(&k.id)) {
+            Some(t) => {
+                let change = change("keypair", &k.id, &t.0, &k.name);
+                d.kept.insert(k.id.clone(), t.0.clone());
+                if t.2.trim() == k.public_key.trim() {
+                    d.unchanged.push(change(String::new()));
+                } else {
+                    d.key_updates.push(k.id.clone());
+                    d.updates.push(change("public key replaced (instances made with it keep the old one)".into()));
+                }
+            }
+            None => name(&mut d, "keypair", &k.id, &k.name, None),
+        }
     }
     let map_hv = |h: HypervisorKind| maps.hypervisor.get(&h).copied().unwrap_or(h);
     for i in &m.model.images {
@@ -549,6 +617,28 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                     None,
                 )),
             }
+            continue;
+        }
+        if let Some(t) = have.as_ref().and_then(|h| h.image(&i.id)) {
+            // Images are immutable: one whose data changed is a new image at the source.
+            let same = match (&i.blob, &t.11) {
+                (Some(b), Some(here)) => &b.sha256 == here,
+                _ => true,
+            };
+            if !same {
+                d.conflicts.push(conflict(
+                    "replace_needed",
+                    format!(
+                        "image {}: its data changed since the import, and images do not change in place; \
+                         delete image {} here (nothing may boot it) and import again, or give it a new name at the source",
+                        i.name, t.0
+                    ),
+                    None,
+                ));
+            }
+            d.kept.insert(i.id.clone(), t.0.clone());
+            d.images.insert(i.id.clone(), ImageChoice::Kept(t.0.clone()));
+            d.unchanged.push(change("image", &i.id, &t.0, &i.name)(String::new()));
             continue;
         }
         if i.blob.is_some() {
@@ -590,6 +680,10 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                 .iter()
                 .find(|f| &f.0 == id)
                 .is_some_and(|f| db::split_list::<HypervisorKind>(&f.2).contains(&hv)),
+            Some(ImageChoice::Kept(id)) => have
+                .as_ref()
+                .and_then(|h| h.images.get(id.as_str()))
+                .is_some_and(|f| db::split_list::<HypervisorKind>(&f.4).contains(&hv)),
             None => true, // already a conflict of its image
         };
         if !image_ok {
@@ -611,17 +705,41 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             }
         }
         d.hypervisors.insert(i.id.clone(), hv);
+        if let Some((h, (t, row))) = have.as_ref().and_then(|h| h.instance(&i.id).map(|t| (h, t))) {
+            update_instance(&mut d, h, i, hv, t, row);
+            continue;
+        }
         name(&mut d, "instance", &i.id, &i.name, (hv != i.hypervisor).then(|| format!("{} → {hv}", i.hypervisor)));
     }
     // Root disks become private images of the account, booted by their instance.
     for i in &m.model.instances {
-        if i.root_disk.is_some() {
+        if i.root_disk.is_some() && !d.kept.contains_key(&i.id) {
             let n = derived_name(&i.name, "-root");
             name(&mut d, "image", &root_key(&i.id), &n, Some(format!("the root disk of instance {}", i.name)));
         }
     }
     if !maps.skip_volumes {
         for v in &m.model.volumes {
+            let kept = have
+                .as_ref()
+                .and_then(|h| h.map.get(&v.id).and_then(|t| h.volumes.get(t.as_str())).map(|r| (r.0.clone(), r.2)));
+            if let Some((t, here)) = kept {
+                let c = change("volume", &v.id, &t, &v.name);
+                if here as u64 != v.size_mib {
+                    d.conflicts.push(conflict(
+                        "replace_needed",
+                        format!(
+                            "volume {}: {} MiB here, {} MiB in the bundle; a volume's size does not change by an \
+                             update (its data here is its own)",
+                            v.name, here, v.size_mib
+                        ),
+                        None,
+                    ));
+                }
+                d.kept.insert(v.id.clone(), t.clone());
+                d.unchanged.push(c("the data here is the volume's own: a bundle fills only a new volume".into()));
+                continue;
+            }
             // Its data arrives as a private raw image the volume is filled from.
             if v.data.is_some() {
                 let n = derived_name(&v.name, "-data");
@@ -631,8 +749,22 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         }
     }
     if !m.model.floating_ips.is_empty() && !maps.skip_floating_ips {
-        if e.external {
-            for f in &m.model.floating_ips {
+        let fips: Vec<&vdc_bundle::FloatingIp> = m
+            .model
+            .floating_ips
+            .iter()
+            .filter(|f| match have.as_ref().and_then(|h| h.fip(&f.id)) {
+                Some(t) => {
+                    d.kept.insert(f.id.clone(), t.clone());
+                    d.unchanged.push(change("floating_ip", &f.id, &t, "")(String::new()));
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        if fips.is_empty() {
+        } else if e.external {
+            for f in fips {
                 let to = f.instance.as_ref().and_then(|i| m.model.instances.iter().find(|x| &x.id == i));
                 d.creates.push(BundleCreate {
                     kind: "floating_ip".into(),
@@ -644,15 +776,478 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         } else {
             d.conflicts.push(conflict(
                 "no_external_network",
-                format!(
-                    "{} floating IP(s): this site has no external network to allocate them from",
-                    m.model.floating_ips.len()
-                ),
+                format!("{} floating IP(s): this site has no external network to allocate them from", fips.len()),
                 Some("floating_ips=skip".into()),
             ));
         }
     }
+    if let Some(h) = &have {
+        plan_deletes(&mut d, m, h, maps.prune);
+        // The map keeps what stays: kept objects (with their root disk and data images),
+        // and objects gone from the bundle that are still here. Objects created again
+        // get new entries.
+        let removed: HashSet<&str> = d.removes.iter().map(|r| r.1.as_str()).collect();
+        let in_bundle = |b: &str| d.kept.contains_key(b) || d.creates.iter().any(|c| c.bundle_id == b);
+        let mut carry = BTreeMap::new();
+        for (b, t) in h.map {
+            let keep = match b.split_once(':') {
+                Some((owner, _)) => d.kept.contains_key(owner),
+                None => {
+                    d.kept.contains_key(b) || (!in_bundle(b) && h.live(b).is_some() && !removed.contains(t.as_str()))
+                }
+            };
+            if keep {
+                carry.insert(b.clone(), t.clone());
+            }
+        }
+        d.carry = carry;
+    }
     d
+}
+
+// ---------------------------------------------------------------- update
+
+/// The account's model, indexed, against the earlier import's map.
+struct Have<'a> {
+    map: &'a BTreeMap<String, String>,
+    networks: HashMap<&'a str, &'a store::NetworkRow>,
+    groups: HashMap<&'a str, &'a store::GroupRow>,
+    rules: HashMap<&'a str, Vec<&'a store::RuleRow>>,
+    keypairs: HashMap<&'a str, &'a store::KeyRow>,
+    images: HashMap<&'a str, &'a store::ImageRow>,
+    instances: HashMap<&'a str, &'a store::InstanceRow>,
+    /// instance → its interfaces in order
+    vifs: HashMap<&'a str, Vec<&'a store::VifRow>>,
+    vif_groups: HashMap<&'a str, Vec<&'a str>>,
+    volumes: HashMap<&'a str, &'a store::VolumeRow>,
+    fips: HashSet<&'a str>,
+}
+
+impl<'a> Have<'a> {
+    fn new(p: &'a store::Prior) -> Self {
+        let t = &p.target;
+        let mut rules: HashMap<&str, Vec<&store::RuleRow>> = HashMap::new();
+        for r in &t.rules {
+            rules.entry(r.0.as_str()).or_default().push(r);
+        }
+        let mut vifs: HashMap<&str, Vec<&store::VifRow>> = HashMap::new();
+        for v in &t.vifs {
+            vifs.entry(v.1.as_str()).or_default().push(v);
+        }
+        let mut vif_groups: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (v, g) in &t.vif_groups {
+            vif_groups.entry(v.as_str()).or_default().push(g.as_str());
+        }
+        Have {
+            map: &p.import.id_map,
+            networks: t.networks.iter().map(|r| (r.0.as_str(), r)).collect(),
+            groups: t.groups.iter().map(|r| (r.0.as_str(), r)).collect(),
+            rules,
+            keypairs: t.keypairs.iter().map(|r| (r.0.as_str(), r)).collect(),
+            images: t.images.iter().map(|r| (r.0.as_str(), r)).collect(),
+            instances: t.instances.iter().map(|r| (r.0.as_str(), r)).collect(),
+            vifs,
+            vif_groups,
+            volumes: t.volumes.iter().map(|r| (r.0.as_str(), r)).collect(),
+            fips: t.floating_ips.iter().map(|r| r.0.as_str()).collect(),
+        }
+    }
+
+    /// The ID here of a bundle object the earlier import made, while it exists here.
+    fn live(&self, id: &str) -> Option<String> {
+        let t = self.map.get(id)?.as_str();
+        let found = self.networks.contains_key(t)
+            || self.groups.contains_key(t)
+            || self.keypairs.contains_key(t)
+            || self.images.contains_key(t)
+            || self.instances.contains_key(t)
+            || self.volumes.contains_key(t)
+            || self.fips.contains(t);
+        found.then(|| t.to_owned())
+    }
+    fn network(&self, id: &str) -> Option<(String, &'a store::NetworkRow)> {
+        let t = self.map.get(id)?;
+        self.networks.get(t.as_str()).map(|r| (t.clone(), *r))
+    }
+    fn group(&self, id: &str) -> Option<&'a store::GroupRow> {
+        self.groups.get(self.map.get(id)?.as_str()).copied()
+    }
+    fn keypair(&self, id: &str) -> Option<&'a store::KeyRow> {
+        self.keypairs.get(self.map.get(id)?.as_str()).copied()
+    }
+    fn image(&self, id: &str) -> Option<&'a store::ImageRow> {
+        self.images.get(self.map.get(id)?.as_str()).copied()
+    }
+    fn instance(&self, id: &str) -> Option<(String, &'a store::InstanceRow)> {
+        let t = self.map.get(id)?;
+        self.instances.get(t.as_str()).map(|r| (t.clone(), *r))
+    }
+    fn fip(&self, id: &str) -> Option<String> {
+        self.map.get(id).filter(|t| self.fips.contains(t.as_str())).cloned()
+    }
+    /// A bundle object's ID here: kept ones, else `new:ID` (created by this update).
+    fn here(d: &Decision, id: &str) -> String {
+        d.kept.get(id).cloned().unwrap_or_else(|| format!("new:{id}"))
+    }
+}
+
+fn change<'x>(kind: &'x str, bundle_id: &'x str, id: &'x str, name: &'x str) -> impl Fn(String) -> BundleChange + 'x {
+    move |detail| BundleChange {
+        kind: kind.into(),
+        bundle_id: bundle_id.into(),
+        id: id.into(),
+        name: name.into(),
+        detail,
+    }
+}
+
+/// A bundle exported before the one the earlier import holds would undo its changes
+/// (and with `--prune` delete what was added since): refused, not applied backwards.
+fn downgrade(m: &Manifest, p: &store::Prior, d: &mut Decision) {
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+    if let (Some(new), Some(old)) = (parse(&m.source.exported_at), p.exported_at.as_deref().and_then(parse)) {
+        if new < old {
+            d.conflicts.push(conflict(
+                "bundle_downgrade",
+                format!(
+                    "this bundle was exported at {}, before the one import {} holds ({}): importing it would undo \
+                     the changes since; export the source again",
+                    m.source.exported_at,
+                    p.import.id,
+                    p.exported_at.as_deref().unwrap_or_default()
+                ),
+                None,
+            ));
+        }
+    }
+}
+
+fn update_network(
+    d: &mut Decision,
+    n: &vdc_bundle::Network,
+    mut p: PlannedNetwork,
+    t: String,
+    row: &store::NetworkRow,
+) {
+    let change = change("network", &n.id, &t, &n.name);
+    // The import may have remapped its CIDR: addresses are translated into the one here.
+    match row.2.parse::<Ipv4Net>() {
+        Ok(here) if here.prefix_len() == p.cidr.prefix_len() => {
+            if here != p.cidr {
+                p.from = Some(p.cidr);
+                p.cidr = here;
+            }
+        }
+        _ => {
+            d.conflicts.push(conflict(
+                "replace_needed",
+                format!(
+                    "network {}: {} here, {} in the bundle; a network's size does not change in place \
+                     (delete it here, with its instances, and import again)",
+                    n.name, row.2, p.cidr
+                ),
+                None,
+            ));
+            return;
+        }
+    }
+    p.gateway = p.translate(p.gateway);
+    p.start = p.translate(p.start);
+    p.end = p.translate(p.end);
+    p.existing = Some(t.clone());
+    if p.gateway.to_string() != row.3 {
+        d.conflicts.push(conflict(
+            "replace_needed",
+            format!(
+                "network {}: gateway {} here, {} in the bundle; the gateway does not change in place",
+                n.name, row.3, p.gateway
+            ),
+            None,
+        ));
+    }
+    if (p.start.to_string(), p.end.to_string()) != (row.4.clone(), row.5.clone()) {
+        d.updates.push(change(format!("dhcp range {}-{} → {}-{}", row.4, row.5, p.start, p.end)));
+        d.dhcp.push((t.clone(), p.start, p.end));
+    } else {
+        d.unchanged.push(change(String::new()));
+    }
+    d.kept.insert(n.id.clone(), t.clone());
+    d.networks.push(p);
+}
+
+/// A rule as comparable text; a group reference by its ID here (`new:…` for a group
+/// this update creates) and, for people, by name.
+fn rule_key(
+    dir: &str,
+    proto: &str,
+    min: Option<i64>,
+    max: Option<i64>,
+    cidr: Option<&str>,
+    group: Option<&str>,
+) -> String {
+    format!("{dir} {proto} {min:?}-{max:?} cidr={} group={}", cidr.unwrap_or("-"), group.unwrap_or("-"))
+}
+
+fn update_group(d: &mut Decision, m: &Manifest, h: &Have, g: &vdc_bundle::SecurityGroup, t: &store::GroupRow) {
+    d.kept.insert(g.id.clone(), t.0.clone());
+    // Groups this update creates are not in `kept` yet: `Have::here` names them `new:`.
+    let mut want: Vec<(String, String)> = g
+        .rules
+        .iter()
+        .map(|r| {
+            let here = r.group.as_ref().map(|b| h.group(b).map(|x| x.0.clone()).unwrap_or_else(|| Have::here(d, b)));
+            let name = r
+                .group
+                .as_ref()
+                .and_then(|b| m.model.security_groups.iter().find(|x| &x.id == b))
+                .map(|x| x.name.as_str());
+            let key = rule_key(
+                r.direction.as_str(),
+                r.protocol.as_str(),
+                r.port_min.map(i64::from),
+                r.port_max.map(i64::from),
+                r.cidr.as_deref(),
+                here.as_deref(),
+            );
+            (
+                key,
+                rule_key(
+                    r.direction.as_str(),
+                    r.protocol.as_str(),
+                    r.port_min.map(i64::from),
+                    r.port_max.map(i64::from),
+                    r.cidr.as_deref(),
+                    name,
+                ),
+            )
+        })
+        .collect();
+    let mut have: Vec<(String, String)> = h
+        .rules
+        .get(t.0.as_str())
+        .map(|v| v.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let name = r.6.as_ref().and_then(|x| h.groups.get(x.as_str())).map(|x| x.1.as_str());
+            (
+                rule_key(&r.1, &r.2, r.3, r.4, r.5.as_deref(), r.6.as_deref()),
+                rule_key(&r.1, &r.2, r.3, r.4, r.5.as_deref(), name),
+            )
+        })
+        .collect();
+    want.sort();
+    have.sort();
+    let mut detail = Vec::new();
+    for w in want.iter().filter(|w| !have.iter().any(|x| x.0 == w.0)) {
+        detail.push(format!("+ {}", w.1));
+    }
+    for x in have.iter().filter(|x| !want.iter().any(|w| w.0 == x.0)) {
+        detail.push(format!("- {}", x.1));
+    }
+    if g.description != t.2 {
+        detail.push(format!("description {:?} → {:?}", t.2, g.description));
+    }
+    let change = change("security_group", &g.id, &t.0, &g.name);
+    if detail.is_empty() {
+        d.unchanged.push(change(String::new()));
+    } else {
+        d.group_updates.push(g.id.clone());
+        d.updates.push(change(detail.join("; ")));
+    }
+}
+
+/// An instance of the earlier import: its interfaces' groups change in place; its image,
+/// hypervisor, size, user data and interfaces' networks and addresses are inputs of its
+/// creation (the guest holds them), so a change of those is refused, naming the fields:
+/// terminating it here makes the next import create it again from the bundle. Its disk
+/// here is its own (a root disk in the bundle is used only when it is created), and its
+/// key pair is an input of create only (as for `vdc keypair delete`).
+fn update_instance(
+    d: &mut Decision,
+    h: &Have,
+    i: &vdc_bundle::Instance,
+    hv: HypervisorKind,
+    t: String,
+    row: &store::InstanceRow,
+) {
+    let mut replace = Vec::new();
+    let boots = match h.map.get(&root_key(&i.id)) {
+        Some(root) => Some(root.clone()),
+        None => match d.images.get(&i.image) {
+            Some(ImageChoice::Existing(x)) | Some(ImageChoice::Kept(x)) => Some(x.clone()),
+            _ => None,
+        },
+    };
+    if boots.as_deref() != Some(row.2.as_str()) {
+        replace.push("image".to_owned());
+    }
+    if hv.as_str() != row.3 {
+        replace.push(format!("hypervisor {} → {hv}", row.3));
+    }
+    if i64::from(i.cpus) != row.4 {
+        replace.push(format!("cpus {} → {}", row.4, i.cpus));
+    }
+    if i64::from(i.memory_mib) != row.5 {
+        replace.push(format!("memory_mib {} → {}", row.5, i.memory_mib));
+    }
+    if i.root_disk_size.map(|v| v as i64) != row.8 {
+        replace.push("root_disk_size".into());
+    }
+    if i.user_data != row.7 {
+        replace.push("user_data".into());
+    }
+    let nics = h.vifs.get(t.as_str()).cloned().unwrap_or_default();
+    let mut groups = Vec::new();
+    if nics.len() != i.interfaces.len() {
+        replace.push(format!("interfaces {} → {}", nics.len(), i.interfaces.len()));
+    } else {
+        for (pos, (nic, here)) in i.interfaces.iter().zip(&nics).enumerate() {
+            let net = d.networks.iter().find(|n| n.bundle_id == nic.network);
+            let ip = nic.ip.parse::<Ipv4Addr>().ok().zip(net).map(|(a, n)| n.translate(a).to_string());
+            if net.and_then(|n| n.existing.as_deref()) != Some(here.2.as_str())
+                || ip.as_deref() != Some(here.3.as_str())
+            {
+                replace.push(format!("interface {pos} (network or address)"));
+                continue;
+            }
+            let mut want: Vec<String> = nic.security_groups.iter().map(|g| Have::here(d, g)).collect();
+            let mut now: Vec<String> = h
+                .vif_groups
+                .get(here.0.as_str())
+                .map(|v| v.iter().map(|g| g.to_string()).collect())
+                .unwrap_or_default();
+            want.sort();
+            now.sort();
+            if want != now {
+                groups.push(format!("interface {pos} groups"));
+                d.nic_updates.push((here.0.clone(), nic.security_groups.clone()));
+            }
+        }
+    }
+    d.kept.insert(i.id.clone(), t.clone());
+    if let Some(v) = nics.first() {
+        d.first_vifs.insert(i.id.clone(), v.0.clone());
+    }
+    let change = change("instance", &i.id, &t, &i.name);
+    if !replace.is_empty() {
+        d.conflicts.push(conflict(
+            "replace_needed",
+            format!(
+                "instance {} ({t}): {} change only by replacing it; terminate it here and import again \
+                 (it is created from the bundle, with a new disk)",
+                i.name,
+                replace.join(", ")
+            ),
+            None,
+        ));
+    } else if groups.is_empty() {
+        d.unchanged.push(change(String::new()));
+    } else {
+        d.updates.push(change(groups.join(", ")));
+    }
+}
+
+/// The objects of the earlier import that the bundle no longer has and that exist here.
+/// With `prune`, networks, groups and key pairs go, unless something that stays uses
+/// them (a conflict naming it); instances, images, volumes and floating IPs hold data or
+/// addresses and are never deleted by an import.
+fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
+    let mo = &m.model;
+    let in_bundle: HashSet<&str> = mo
+        .networks
+        .iter()
+        .map(|x| x.id.as_str())
+        .chain(mo.security_groups.iter().map(|x| x.id.as_str()))
+        .chain(mo.keypairs.iter().map(|x| x.id.as_str()))
+        .chain(mo.images.iter().map(|x| x.id.as_str()))
+        .chain(mo.instances.iter().map(|x| x.id.as_str()))
+        .chain(mo.volumes.iter().map(|x| x.id.as_str()))
+        .chain(mo.floating_ips.iter().map(|x| x.id.as_str()))
+        .collect();
+    let gone: Vec<(&String, &String)> =
+        h.map.iter().filter(|(b, _)| !b.contains(':') && !in_bundle.contains(b.as_str())).collect();
+    let gone_groups: HashSet<&str> =
+        gone.iter().filter(|(_, t)| h.groups.contains_key(t.as_str())).map(|(_, t)| t.as_str()).collect();
+    // Interfaces whose groups this update sets: their current groups do not count.
+    let reset: HashSet<&str> = d.nic_updates.iter().map(|(v, _)| v.as_str()).collect();
+    let new_groups: HashSet<String> =
+        d.nic_updates.iter().flat_map(|(_, g)| g.iter().map(|g| Have::here(d, g))).collect();
+    let updated: HashSet<&str> = d.group_updates.iter().filter_map(|b| d.kept.get(b)).map(String::as_str).collect();
+    let kept_ref = |t: &str| -> Vec<String> {
+        h.rules
+            .iter()
+            .filter(|(g, _)| **g != t && !gone_groups.contains(*g) && !updated.contains(*g))
+            .filter(|(_, rs)| rs.iter().any(|r| r.6.as_deref() == Some(t)))
+            .map(|(g, _)| h.groups.get(*g).map_or(g.to_string(), |x| x.1.clone()))
+            .collect()
+    };
+    let users = |pred: &dyn Fn(&store::VifRow) -> bool| -> Vec<String> {
+        let mut v: Vec<String> = h
+            .vifs
+            .iter()
+            .filter(|(_, vs)| vs.iter().any(|x| pred(x)))
+            .map(|(i, _)| h.instances.get(*i).map_or(i.to_string(), |r| r.1.clone()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    for (b, t) in gone {
+        let t = t.as_str();
+        let (kind, name, blocked) = if let Some(r) = h.networks.get(t) {
+            let u = users(&|v| v.2 == t);
+            ("network", r.1.clone(), (!u.is_empty()).then(|| format!("in use by instance(s) {}", u.join(", "))))
+        } else if let Some(r) = h.groups.get(t) {
+            let u = users(&|v| {
+                !reset.contains(v.0.as_str()) && h.vif_groups.get(v.0.as_str()).is_some_and(|g| g.contains(&t))
+            });
+            let refs = kept_ref(t);
+            let why = if !u.is_empty() || new_groups.contains(t) {
+                Some(format!("in use by the interfaces of instance(s) {}", u.join(", ")))
+            } else if !refs.is_empty() {
+                Some(format!("referred to by rules of security group(s) {}", refs.join(", ")))
+            } else {
+                None
+            };
+            ("security_group", r.1.clone(), why)
+        } else if let Some(r) = h.keypairs.get(t) {
+            ("keypair", r.1.clone(), None)
+        } else {
+            let (kind, name) = if let Some(r) = h.instances.get(t) {
+                ("instance", r.1.clone())
+            } else if let Some(r) = h.images.get(t) {
+                ("image", r.1.clone())
+            } else if let Some(r) = h.volumes.get(t) {
+                ("volume", r.1.clone())
+            } else if h.fips.contains(t) {
+                ("floating_ip", String::new())
+            } else {
+                continue; // gone here too
+            };
+            d.deletes.push(change(kind, b, t, &name)(format!(
+                "kept: an import never deletes a {kind} (it holds data or an address); delete it yourself"
+            )));
+            continue;
+        };
+        let c = change(kind, b, t, &name);
+        match (blocked, prune) {
+            (Some(why), true) => {
+                d.conflicts.push(conflict(
+                    "in_use",
+                    format!("{kind} {name} ({t}) is gone from the bundle but {why} that stay(s)"),
+                    None,
+                ));
+                d.deletes.push(c(format!("refused: {why}")));
+            }
+            (Some(why), false) => d.deletes.push(c(format!("only with --prune (and now refused: {why})"))),
+            (None, true) => {
+                d.removes.push((kind.to_owned(), t.to_owned()));
+                d.deletes.push(c("deleted (--prune)".into()));
+            }
+            (None, false) => d.deletes.push(c("only with --prune".into())),
+        }
+    }
 }
 
 /// The ID-map key of an instance's root disk image.
@@ -672,9 +1267,16 @@ fn derived_name(name: &str, suffix: &str) -> String {
 }
 
 /// The account's state a plan is checked against, with the site's external network.
-async fn existing(ctx: &SharedCtx, conn: &mut sqlx::AnyConnection, account: &AccountId) -> ApiResult<store::Existing> {
+/// With the earlier import of the same VDC, when there is one (then `m` is an update).
+async fn existing(
+    ctx: &SharedCtx,
+    conn: &mut sqlx::AnyConnection,
+    account: &AccountId,
+    m: &Manifest,
+) -> ApiResult<store::Existing> {
     let mut e = store::existing(conn, account).await?;
     e.external = ctx.config.external.is_some();
+    e.prior = store::prior(conn, account, &m.source.site_key, &m.source.vdc_id).await?;
     Ok(e)
 }
 
@@ -695,20 +1297,25 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
     let mut conn = ctx.db.acquire().await?;
     let src = &r.manifest.source;
     let already = store::find_import(&mut conn, &caller.account_id, &src.site_key, &src.vdc_id, &r.hash).await?;
-    let (creates, conflicts) = if already.is_some() {
-        (vec![], vec![])
+    // The same bundle again: nothing to do, unless `prune` deletes what it no longer has.
+    let d = if already.is_some() && !maps.prune {
+        Decision::default()
     } else {
-        let e = existing(ctx, &mut conn, &caller.account_id).await?;
-        let d = decide(&r.manifest, &e, maps);
-        (d.creates, d.conflicts)
+        let e = existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?;
+        decide(&r.manifest, &e, maps)
     };
     Ok(BundlePlan {
         source_site: src.site_key.clone(),
         source_vdc: src.vdc_id.clone(),
         manifest_hash: r.hash.clone(),
         already_imported: already.map(|i| i.id),
-        creates,
-        conflicts,
+        update_of: d.update_of,
+        creates: d.creates,
+        updates: d.updates,
+        deletes: d.deletes,
+        unchanged: d.unchanged,
+        prune: maps.prune,
+        conflicts: d.conflicts,
         chunks: r.chunks,
         bytes: r.bytes,
     })
@@ -724,13 +1331,13 @@ fn blobs_to_store<'a>(m: &'a Manifest, d: &Decision, maps: &Maps) -> Vec<(String
             out.push((format!("image {}", i.name), blob));
         }
     }
-    for i in &m.model.instances {
+    for i in m.model.instances.iter().filter(|i| !d.kept.contains_key(&i.id)) {
         if let Some(blob) = &i.root_disk {
             out.push((format!("the root disk of instance {}", i.name), blob));
         }
     }
     if !maps.skip_volumes {
-        for v in &m.model.volumes {
+        for v in m.model.volumes.iter().filter(|v| !d.kept.contains_key(&v.id)) {
             if let Some(blob) = &v.data {
                 out.push((format!("volume {}", v.name), blob));
             }
@@ -795,14 +1402,14 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
     let src = &r.manifest.source;
     {
         let mut conn = ctx.db.acquire().await?;
-        if let Some(found) =
-            store::find_import(&mut conn, &caller.account_id, &src.site_key, &src.vdc_id, &r.hash).await?
-        {
+        let found = store::find_import(&mut conn, &caller.account_id, &src.site_key, &src.vdc_id, &r.hash).await?;
+        let e = existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?;
+        let d = decide(&r.manifest, &e, maps);
+        // The same bundle again changes nothing, but for the deletes `--prune` asks for.
+        if let Some(found) = found.filter(|_| d.removes.is_empty()) {
             unstage(ctx, &r.manifest);
             return Ok(BundleImported { import: found, created: false });
         }
-        let e = existing(ctx, &mut conn, &caller.account_id).await?;
-        let d = decide(&r.manifest, &e, maps);
         if let Some(c) = d.conflicts.first() {
             return Err(unresolved(&d.conflicts, c));
         }
@@ -811,7 +1418,7 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
     let _refs = ctx.blob_refs.lock().await;
     let d0 = {
         let mut conn = ctx.db.acquire().await?;
-        decide(&r.manifest, &existing(ctx, &mut conn, &caller.account_id).await?, maps)
+        decide(&r.manifest, &existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?, maps)
     };
     store_blobs(ctx, &r.manifest, &d0, maps).await?;
     let applied = db::retry(|| apply(ctx, caller, r, maps)).await?;
@@ -849,17 +1456,20 @@ fn unresolved(all: &[BundleConflict], first: &BundleConflict) -> ApiError {
 }
 
 /// What an import would add to the account, per quota (only new images count).
+/// Objects an update keeps count already.
 fn quota_asks(m: &Manifest, d: &Decision) -> Vec<(QuotaKey, u64)> {
     let new_images: Vec<&vdc_bundle::Image> =
         m.model.images.iter().filter(|i| matches!(d.images.get(&i.id), Some(ImageChoice::New))).collect();
-    let instances = &m.model.instances;
+    let instances: Vec<&vdc_bundle::Instance> =
+        m.model.instances.iter().filter(|i| !d.kept.contains_key(&i.id)).collect();
+    let new = |id: &String| !d.kept.contains_key(id);
     vec![
         (QuotaKey::Instances, instances.len() as u64),
         (QuotaKey::Vcpus, instances.iter().map(|i| u64::from(i.cpus)).sum()),
         (QuotaKey::MemoryMib, instances.iter().map(|i| u64::from(i.memory_mib)).sum()),
-        (QuotaKey::Networks, d.networks.len() as u64),
-        (QuotaKey::SecurityGroups, m.model.security_groups.len() as u64),
-        (QuotaKey::Keypairs, m.model.keypairs.len() as u64),
+        (QuotaKey::Networks, d.networks.iter().filter(|n| n.existing.is_none()).count() as u64),
+        (QuotaKey::SecurityGroups, m.model.security_groups.iter().filter(|g| new(&g.id)).count() as u64),
+        (QuotaKey::Keypairs, m.model.keypairs.iter().filter(|k| new(&k.id)).count() as u64),
         (QuotaKey::Images, new_images.len() as u64),
         (QuotaKey::ImageGib, new_images.iter().filter_map(|i| i.blob.as_ref()).map(|b| b.size).sum()),
     ]
@@ -872,11 +1482,11 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     // reservation inside it re-checks.
     let pre = {
         let mut conn = ctx.db.acquire().await?;
-        decide(m, &existing(ctx, &mut conn, account).await?, maps)
+        decide(m, &existing(ctx, &mut conn, account, m).await?, maps)
     };
     let mut candidates: HashMap<String, Vec<String>> = HashMap::new();
     // A stopped instance holds no host until it is started.
-    for i in m.model.instances.iter().filter(|i| !i.stopped) {
+    for i in m.model.instances.iter().filter(|i| !i.stopped && !pre.kept.contains_key(&i.id)) {
         let hv = pre.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
         let demand = scheduler::Demand { hypervisor: hv, cpus: i.cpus, memory_mib: i.memory_mib, uefi: false };
         candidates.insert(i.id.clone(), scheduler::candidates(ctx, demand, None).await?);
@@ -885,11 +1495,12 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     let mut tx = ctx.db.begin().await?;
     // Serializes imports (and network creates) into this account: the checks below stay true.
     accounts::lock(&mut tx, account).await?;
-    if let Some(found) = store::find_import(&mut tx, account, &m.source.site_key, &m.source.vdc_id, &r.hash).await? {
+    let found = store::find_import(&mut tx, account, &m.source.site_key, &m.source.vdc_id, &r.hash).await?;
+    let e = existing(ctx, &mut tx, account, m).await?;
+    let d = decide(m, &e, maps);
+    if let Some(found) = found.filter(|_| d.removes.is_empty()) {
         return Ok(Applied::Found(found));
     }
-    let e = existing(ctx, &mut tx, account).await?;
-    let d = decide(m, &e, maps);
     if let Some(c) = d.conflicts.first() {
         return Err(unresolved(&d.conflicts, c));
     }
@@ -901,6 +1512,15 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
 
     let mut networks: HashMap<String, (Network, PlannedNetwork)> = HashMap::new();
     for p in &d.networks {
+        if let Some(id) = &p.existing {
+            // Instance creates lock the network; so does an update that adds to it.
+            db::lock(&mut tx, db::Lock::Network, id).await?;
+            let row = nstore::get_own(&mut *tx, account, &id.parse().map_err(ApiError::internal)?)
+                .await?
+                .ok_or_else(|| ApiError::Busy(format!("network {id} changed concurrently")))?;
+            networks.insert(p.bundle_id.clone(), (row.into_api()?, p.clone()));
+            continue;
+        }
         let vni = nstore::next_vni(&mut tx).await?;
         let row = nstore::Row {
             id: NetworkId::generate().to_string(),
@@ -918,12 +1538,25 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     }
     let mut groups: HashMap<String, SecurityGroupId> = HashMap::new();
     for g in &m.model.security_groups {
+        if let Some(t) = d.kept.get(&g.id) {
+            let id: SecurityGroupId = t.parse().map_err(ApiError::internal)?;
+            db::lock(&mut tx, db::Lock::SecurityGroup, t).await?;
+            groups.insert(g.id.clone(), id);
+            continue;
+        }
         let id = SecurityGroupId::generate();
         db::secgroup::insert(&mut tx, &id, account, &name("security_group", &g.id), &g.description).await?;
         ids.insert(g.id.clone(), id.to_string());
         groups.insert(g.id.clone(), id);
     }
     for g in &m.model.security_groups {
+        let update = d.group_updates.contains(&g.id);
+        if d.kept.contains_key(&g.id) && !update {
+            continue;
+        }
+        if update {
+            store::clear_group(&mut tx, groups[&g.id].as_str(), &g.description).await?;
+        }
         for rule in &g.rules {
             let spec = RuleSpec {
                 direction: rule.direction,
@@ -935,11 +1568,21 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
             };
             db::secgroup::insert_rule(&mut tx, &groups[&g.id], &spec).await?;
         }
+        if update {
+            db::interface::bump_for_group(&mut tx, groups[&g.id].as_str()).await?;
+        }
         work.push(Work::SecurityGroup(groups[&g.id].clone()));
     }
     let mut keys: HashMap<String, KeyPairId> = HashMap::new();
     for k in &m.model.keypairs {
         let (public_key, fingerprint) = keypair::parse_public_key(&k.public_key)?;
+        if let Some(t) = d.kept.get(&k.id) {
+            if d.key_updates.contains(&k.id) {
+                store::set_public_key(&mut tx, t, &public_key, &fingerprint).await?;
+            }
+            keys.insert(k.id.clone(), t.parse().map_err(ApiError::internal)?);
+            continue;
+        }
         let id = KeyPairId::generate();
         store::insert_keypair(&mut tx, account, id.as_str(), &name("keypair", &k.id), &public_key, &fingerprint)
             .await?;
@@ -956,6 +1599,13 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
                 let id: ImageId = id.parse().map_err(ApiError::internal)?;
                 if !db::lock(&mut tx, db::Lock::Image, id.as_str()).await? {
                     return Err(ApiError::not_found("image", &id));
+                }
+                images.insert(i.id.clone(), (id, i.boot_mode));
+            }
+            Some(ImageChoice::Kept(id)) => {
+                let id: ImageId = id.parse().map_err(ApiError::internal)?;
+                if !db::lock(&mut tx, db::Lock::Image, id.as_str()).await? {
+                    return Err(ApiError::Busy(format!("image {id} changed concurrently")));
                 }
                 images.insert(i.id.clone(), (id, i.boot_mode));
             }
@@ -993,7 +1643,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     // Root disks: private images of the account (as a capture makes), booted by their
     // instance; the bundle's image stays what the disk was made from.
     let mut roots: HashMap<String, ImageId> = HashMap::new();
-    for i in &m.model.instances {
+    for i in m.model.instances.iter().filter(|i| !d.kept.contains_key(&i.id)) {
         let Some(blob) = &i.root_disk else { continue };
         let src = m.model.images.iter().find(|x| x.id == i.image).ok_or_else(|| ApiError::internal("validated"))?;
         let key = root_key(&i.id);
@@ -1012,7 +1662,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     }
     // instance bundle ID → (new ID, its first interface)
     let mut created: HashMap<String, (InstanceId, Option<String>)> = HashMap::new();
-    for i in &m.model.instances {
+    for i in m.model.instances.iter().filter(|i| !d.kept.contains_key(&i.id)) {
         let hv = d.hypervisors[&i.id];
         let (image, boot) = images[&i.image].clone();
         let image = roots.get(&i.id).cloned().unwrap_or(image);
@@ -1074,8 +1724,56 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         }
         created.insert(i.id.clone(), (id, first_vif));
     }
+    // Kept instances: their interfaces' groups.
+    for (vif, gs) in &d.nic_updates {
+        let gs: Vec<String> = gs.iter().map(|g| groups[g].to_string()).collect();
+        store::set_vif_groups(&mut tx, vif, &gs).await?;
+        db::interface::bump(&mut tx, vif).await?;
+        work.push(Work::Interface(vif.parse().map_err(ApiError::internal)?));
+    }
+    for (net, start, end) in &d.dhcp {
+        store::set_dhcp(&mut tx, net, &start.to_string(), &end.to_string()).await?;
+    }
+    // Deletes (`--prune`): rules first, so groups that refer to each other can go together.
+    for (kind, id) in &d.removes {
+        if kind == "security_group" {
+            db::lock(&mut tx, db::Lock::SecurityGroup, id).await?;
+            store::clear_group(&mut tx, id, "").await?;
+        }
+    }
+    for (kind, id) in &d.removes {
+        match kind.as_str() {
+            "network" => {
+                let nid: NetworkId = id.parse().map_err(ApiError::internal)?;
+                db::lock(&mut tx, db::Lock::Network, id).await?;
+                // Checked again under the lock: the plan read the model before it.
+                let users = nstore::users(&mut tx, &nid).await?;
+                if !users.is_empty() {
+                    return Err(ApiError::conflict(
+                        "in_use",
+                        format!("network {id} is gone from the bundle but used by {}", users.join(", ")),
+                    ));
+                }
+                nstore::delete(&mut tx, &nid).await?;
+            }
+            "security_group" => {
+                let gid: SecurityGroupId = id.parse().map_err(ApiError::internal)?;
+                let members = db::secgroup::member_instances(&mut tx, &gid).await?;
+                let refs = db::secgroup::referring_groups(&mut tx, &gid).await?;
+                if !members.is_empty() || !refs.is_empty() {
+                    return Err(ApiError::conflict(
+                        "in_use",
+                        format!("security group {id} is gone from the bundle but still in use"),
+                    ));
+                }
+                db::secgroup::delete(&mut tx, &gid).await?;
+            }
+            "keypair" => store::delete_keypair(&mut tx, id).await?,
+            other => return Err(ApiError::internal(format!("cannot remove a {other}"))),
+        }
+    }
     if !maps.skip_volumes {
-        for v in &m.model.volumes {
+        for v in m.model.volumes.iter().filter(|v| !d.kept.contains_key(&v.id)) {
             let image = match &v.data {
                 Some(blob) => {
                     let key = data_key(&v.id);
@@ -1113,15 +1811,33 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         let ext = ctx.config.external.as_ref().ok_or_else(|| ApiError::internal("decided without external"))?;
         let (start, end, _) = ext.pool().map_err(ApiError::internal)?;
         let mut used: HashSet<String> = store::used_ips(&mut tx).await?.into_iter().collect();
-        for f in &m.model.floating_ips {
+        for f in m.model.floating_ips.iter().filter(|f| !d.kept.contains_key(&f.id)) {
             let ip = crate::app::floating_ip::pick(start, end, &used, None)?;
             used.insert(ip.to_string());
             let id = FloatingIpId::generate();
-            let on =
-                f.instance.as_ref().and_then(|i| created.get(i)).and_then(|(i, v)| Some((i.as_str(), v.as_deref()?)));
+            let kept = |i: &String| Some((d.kept.get(i)?.as_str(), d.first_vifs.get(i)?.as_str()));
+            let on = f.instance.as_ref().and_then(|i| match created.get(i) {
+                Some((i, v)) => Some((i.as_str(), v.as_deref()?)),
+                None => kept(i),
+            });
             store::insert_floating_ip(&mut tx, id.as_str(), account, &ip.to_string(), on).await?;
             ids.insert(f.id.clone(), id.to_string());
         }
+    }
+    // An update: the import keeps its ID and creation, with the new hash and map.
+    if let Some(p) = &e.prior {
+        let mut all = d.carry.clone();
+        all.extend(ids);
+        let import = BundleImport {
+            manifest_hash: r.hash.clone(),
+            id_map: all,
+            updated_at: Some(db::parse_time(&now)),
+            ..p.import.clone()
+        };
+        store::update_import(&mut tx, &import, &m.source.exported_at).await?;
+        tx.commit().await?;
+        ctx.events.wake();
+        return Ok(Applied::Created(import, work));
     }
     let import = BundleImport {
         id: BundleImportId::generate(),
@@ -1130,9 +1846,10 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         manifest_hash: r.hash.clone(),
         id_map: ids,
         created_at: db::parse_time(&now),
+        updated_at: None,
     };
     // The unique (account, source, manifest) key is the last guard against a twin import.
-    store::insert_import(&mut tx, account, &import).await?;
+    store::insert_import(&mut tx, account, &import, &m.source.exported_at).await?;
     tx.commit().await?;
     ctx.events.wake();
     Ok(Applied::Created(import, work))
@@ -1244,6 +1961,7 @@ mod tests {
             foreign_images: vec![("img-pub".into(), "tiny".into(), ",qemu,kvm,".into())],
             hypervisors: vec!["lxc".into(), "qemu".into()],
             external: false,
+            prior: None,
         }
     }
 
@@ -1301,6 +2019,133 @@ mod tests {
         let d = decide(&m, &e, &maps);
         assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
         assert!(d.creates.iter().any(|c| c.kind == "floating_ip" && c.name == "web"));
+    }
+
+    /// An earlier import that remapped `front` to 10.9.0.0/24 (DHCP range changed by hand
+    /// since), put `web` in a group `old` the bundle no longer has.
+    fn prior() -> store::Prior {
+        let s = |v: &str| v.to_owned();
+        store::Prior {
+            import: BundleImport {
+                id: BundleImportId::generate(),
+                source_site: s("site"),
+                source_vdc: s("a-1"),
+                manifest_hash: s("h1"),
+                id_map: [("nw-1", "nw-T"), ("i-1", "i-T"), ("sg-old", "sg-T")]
+                    .into_iter()
+                    .map(|(a, b)| (s(a), s(b)))
+                    .collect(),
+                created_at: chrono::Utc::now(),
+                updated_at: None,
+            },
+            exported_at: None,
+            target: store::Snapshot {
+                networks: vec![(
+                    s("nw-T"),
+                    s("front"),
+                    s("10.9.0.0/24"),
+                    s("10.9.0.1"),
+                    s("10.9.0.10"),
+                    s("10.9.0.50"),
+                )],
+                groups: vec![(s("sg-T"), s("old"), String::new())],
+                rules: vec![],
+                keypairs: vec![],
+                images: vec![],
+                instances: vec![(s("i-T"), s("web"), s("img-pub"), s("qemu"), 1, 64, None, None, None, s("running"))],
+                vifs: vec![(s("vif-T"), s("i-T"), s("nw-T"), s("10.9.0.20"), s("52:54:00:00:00:01"))],
+                vif_groups: vec![(s("vif-T"), s("sg-T"))],
+                volumes: vec![],
+                floating_ips: vec![],
+            },
+        }
+    }
+
+    #[test]
+    fn an_update_keeps_remaps_changes_in_place_and_prunes_only_when_asked() {
+        let mut e = existing();
+        e.prior = Some(prior());
+        let maps = parse_maps(&["hypervisor.kvm=qemu".into()]);
+        let d = decide(&manifest(), &e, &maps);
+        assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
+        assert!(d.creates.is_empty(), "{:?}", d.creates);
+        let updates: Vec<(&str, &str)> = d.updates.iter().map(|u| (u.kind.as_str(), u.detail.as_str())).collect();
+        // The bundle's range, in the CIDR the first import remapped it to.
+        assert_eq!(
+            updates,
+            vec![
+                ("network", "dhcp range 10.9.0.10-10.9.0.50 → 10.9.0.10-10.9.0.99"),
+                ("instance", "interface 0 groups")
+            ]
+        );
+        assert_eq!(d.nic_updates, vec![("vif-T".to_owned(), vec![])]);
+        // `old` is used by nothing once web's interface leaves it: deleted, with prune only.
+        assert_eq!(d.deletes[0].detail, "only with --prune");
+        assert!(d.removes.is_empty());
+        let mut prune = maps.clone();
+        prune.prune = true;
+        let d = decide(&manifest(), &e, &prune);
+        assert_eq!(d.removes, vec![("security_group".to_owned(), "sg-T".to_owned())]);
+        assert!(!d.carry.contains_key("sg-old") && d.carry.contains_key("i-1"));
+
+        // A group that stays in use is refused with the reason.
+        let mut m = manifest();
+        m.model.security_groups.push(vdc_bundle::SecurityGroup {
+            id: "sg-new".into(),
+            name: "new".into(),
+            description: String::new(),
+            rules: vec![],
+        });
+        m.model.instances[0].interfaces[0].security_groups = vec!["sg-new".into()];
+        let mut p = prior();
+        p.target.instances.push((
+            "i-X".into(),
+            "mine".into(),
+            "img-pub".into(),
+            "qemu".into(),
+            1,
+            64,
+            None,
+            None,
+            None,
+            "running".into(),
+        ));
+        p.target.vifs.push((
+            "vif-X".into(),
+            "i-X".into(),
+            "nw-T".into(),
+            "10.9.0.30".into(),
+            "52:54:00:00:00:02".into(),
+        ));
+        p.target.vif_groups.push(("vif-X".into(), "sg-T".into()));
+        e.prior = Some(p);
+        let d = decide(&m, &e, &prune);
+        assert_eq!(d.conflicts.iter().map(|c| c.code.as_str()).collect::<Vec<_>>(), vec!["in_use"]);
+        assert!(d.conflicts[0].message.contains("mine"), "{:?}", d.conflicts);
+
+        // What only a new instance can take: refused, naming the fields.
+        let mut m = manifest();
+        m.model.instances[0].cpus = 2;
+        m.model.instances[0].user_data = Some("x".into());
+        e.prior = Some(prior());
+        let d = decide(&m, &e, &maps);
+        assert_eq!(d.conflicts.len(), 1);
+        assert_eq!(d.conflicts[0].code, "replace_needed");
+        assert!(d.conflicts[0].message.contains("cpus 1 → 2, user_data"), "{}", d.conflicts[0].message);
+    }
+
+    #[test]
+    fn an_older_bundle_than_the_one_imported_is_a_downgrade() {
+        let mut e = existing();
+        let mut p = prior();
+        p.exported_at = Some("2026-11-30T20:00:00.000Z".into());
+        e.prior = Some(p);
+        let maps = parse_maps(&["hypervisor.kvm=qemu".into()]);
+        let mut m = manifest();
+        m.source.exported_at = "2026-11-30T19:59:59.999Z".into();
+        assert_eq!(decide(&m, &e, &maps).conflicts[0].code, "bundle_downgrade");
+        m.source.exported_at = "2026-11-30T20:00:00.001Z".into();
+        assert!(decide(&m, &e, &maps).conflicts.is_empty());
     }
 
     #[test]

@@ -58,6 +58,13 @@ const IMAGE_COLS: &str = "id, name, format, arch, hypervisors, boot_mode, kernel
 /// Reads everything of `account` in one transaction, so the snapshot is consistent.
 pub async fn snapshot(pool: &db::Pool, account: &AccountId) -> Result<Snapshot, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let s = snapshot_on(&mut tx, account).await?;
+    tx.commit().await?;
+    Ok(s)
+}
+
+/// The account's model read on `tx` (an update reads it inside its own transaction).
+pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> Result<Snapshot, sqlx::Error> {
     let a = account.as_str();
     let live = "SELECT id FROM instances WHERE account_id = $1 AND state <> 'terminated' AND goal <> 'terminated'";
     let networks = sqlx::query_as(
@@ -120,7 +127,6 @@ pub async fn snapshot(pool: &db::Pool, account: &AccountId) -> Result<Snapshot, 
         .bind(a)
         .fetch_all(&mut *tx)
         .await?;
-    tx.commit().await?;
     Ok(Snapshot { networks, groups, rules, keypairs, images, instances, vifs, vif_groups, volumes, floating_ips })
 }
 
@@ -137,6 +143,16 @@ pub struct Existing {
     /// The site has an external network (floating IPs can be allocated); set by the caller
     /// from the configuration.
     pub external: bool,
+    /// The earlier import of the same VDC, when this bundle updates it; set by the caller.
+    pub prior: Option<Prior>,
+}
+
+/// The earlier import of a VDC and the account's model now: what an update is planned against.
+pub struct Prior {
+    pub import: BundleImport,
+    /// The `exported_at` of the bundle it holds (NULL for imports older than updates).
+    pub exported_at: Option<String>,
+    pub target: Snapshot,
 }
 
 pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Result<Existing, sqlx::Error> {
@@ -165,10 +181,10 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
     let mut hypervisors: Vec<String> = hv.iter().flat_map(|(h,)| db::split_list::<String>(h)).collect();
     hypervisors.sort();
     hypervisors.dedup();
-    Ok(Existing { names, cidrs, foreign_images, hypervisors, external: false })
+    Ok(Existing { names, cidrs, foreign_images, hypervisors, external: false, prior: None })
 }
 
-type ImportRow = (String, String, String, String, String, String);
+type ImportRow = (String, String, String, String, String, String, Option<String>);
 
 fn import_api(r: ImportRow) -> ApiResult<BundleImport> {
     Ok(BundleImport {
@@ -178,10 +194,51 @@ fn import_api(r: ImportRow) -> ApiResult<BundleImport> {
         manifest_hash: r.3,
         id_map: serde_json::from_str(&r.4).map_err(ApiError::internal)?,
         created_at: db::parse_time(&r.5),
+        updated_at: r.6.as_deref().map(db::parse_time),
     })
 }
 
-const IMPORT_COLS: &str = "id, source_site, source_vdc, manifest_hash, id_map, created_at";
+const IMPORT_COLS: &str = "id, source_site, source_vdc, manifest_hash, id_map, created_at, updated_at";
+
+type PriorRow = (String, String, String, String, String, String, Option<String>, Option<String>);
+
+/// The latest import of (site, VDC) into the account whatever its bundle, with the
+/// `exported_at` of that bundle, and the account's model read on the same connection.
+pub async fn prior(
+    db: &mut sqlx::AnyConnection,
+    account: &AccountId,
+    site: &str,
+    vdc: &str,
+) -> ApiResult<Option<Prior>> {
+    let row: Option<PriorRow> = sqlx::query_as(&format!(
+        "SELECT {IMPORT_COLS}, exported_at FROM bundle_imports \
+         WHERE account_id = $1 AND source_site = $2 AND source_vdc = $3 ORDER BY created_at DESC, id DESC LIMIT 1"
+    ))
+    .bind(account.as_str())
+    .bind(site)
+    .bind(vdc)
+    .fetch_optional(&mut *db)
+    .await?;
+    let Some(r) = row else { return Ok(None) };
+    let import = import_api((r.0, r.1, r.2, r.3, r.4, r.5, r.6))?;
+    let target = snapshot_on(db, account).await?;
+    Ok(Some(Prior { import, exported_at: r.7, target }))
+}
+
+/// An update: the import now holds the newer bundle's hash and the updated map.
+pub async fn update_import(tx: &mut db::Tx<'_>, i: &BundleImport, exported_at: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE bundle_imports SET manifest_hash = $1, id_map = $2, exported_at = $3, updated_at = $4 WHERE id = $5",
+    )
+    .bind(&i.manifest_hash)
+    .bind(serde_json::to_string(&i.id_map).expect("a map of strings"))
+    .bind(exported_at)
+    .bind(i.updated_at.as_ref().map(db::time))
+    .bind(i.id.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
 pub async fn find_import(
     db: &mut sqlx::AnyConnection,
@@ -203,15 +260,24 @@ pub async fn find_import(
     row.map(import_api).transpose()
 }
 
-pub async fn insert_import(tx: &mut db::Tx<'_>, account: &AccountId, i: &BundleImport) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!("INSERT INTO bundle_imports ({IMPORT_COLS}, account_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+pub async fn insert_import(
+    tx: &mut db::Tx<'_>,
+    account: &AccountId,
+    i: &BundleImport,
+    exported_at: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO bundle_imports ({IMPORT_COLS}, account_id, exported_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    ))
         .bind(i.id.as_str())
         .bind(&i.source_site)
         .bind(&i.source_vdc)
         .bind(&i.manifest_hash)
         .bind(serde_json::to_string(&i.id_map).expect("a map of strings"))
         .bind(db::time(&i.created_at))
+        .bind(i.updated_at.as_ref().map(db::time))
         .bind(account.as_str())
+        .bind(exported_at)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -307,5 +373,53 @@ pub async fn insert_floating_ip(
     .bind(db::now())
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- an update's in-place changes
+
+pub async fn set_dhcp(tx: &mut db::Tx<'_>, network: &str, start: &str, end: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE networks SET dhcp_start = $1, dhcp_end = $2 WHERE id = $3")
+        .bind(start)
+        .bind(end)
+        .bind(network)
+        .execute(&mut **tx)
+        .await?;
+    db::event::record(tx, db::event::Kind::Network, network, db::event::Change::State).await
+}
+
+/// Sets a group's description and removes all its rules (the caller inserts the new ones).
+pub async fn clear_group(tx: &mut db::Tx<'_>, group: &str, description: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE security_groups SET description = $1 WHERE id = $2")
+        .bind(description)
+        .bind(group)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM security_group_rules WHERE group_id = $1").bind(group).execute(&mut **tx).await?;
+    db::event::record(tx, db::event::Kind::SecurityGroup, group, db::event::Change::State).await
+}
+
+pub async fn set_public_key(tx: &mut db::Tx<'_>, id: &str, key: &str, fingerprint: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE keypairs SET public_key = $1, fingerprint = $2 WHERE id = $3")
+        .bind(key)
+        .bind(fingerprint)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    db::event::record(tx, db::event::Kind::KeyPair, id, db::event::Change::State).await
+}
+
+/// Sets the groups of an interface; the caller bumps it.
+pub async fn set_vif_groups(tx: &mut db::Tx<'_>, vif: &str, groups: &[String]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM vif_security_groups WHERE vif_id = $1").bind(vif).execute(&mut **tx).await?;
+    for g in groups {
+        db::interface::add_group(tx, vif, g).await?;
+    }
+    Ok(())
+}
+
+pub async fn delete_keypair(tx: &mut db::Tx<'_>, id: &str) -> Result<(), sqlx::Error> {
+    db::event::record(tx, db::event::Kind::KeyPair, id, db::event::Change::Deleted).await?;
+    sqlx::query("DELETE FROM keypairs WHERE id = $1").bind(id).execute(&mut **tx).await?;
     Ok(())
 }

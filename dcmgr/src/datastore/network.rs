@@ -86,7 +86,11 @@ pub async fn list(
 }
 
 /// The account's network `id`, if it is theirs.
-pub async fn get_own(pool: &db::Pool, account: &AccountId, id: &NetworkId) -> Result<Option<Row>, sqlx::Error> {
+pub async fn get_own<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    pool: E,
+    account: &AccountId,
+    id: &NetworkId,
+) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLS} FROM networks WHERE id = $1 AND account_id = $2"))
         .bind(id.as_str())
         .bind(account.as_str())

@@ -23,16 +23,26 @@ pub struct ExportQuery {
     pub stop: bool,
 }
 
-/// `map=KEY=VALUE`, repeated; nothing else.
+/// `map=KEY=VALUE`, repeated, and `prune=true|false`; nothing else.
 fn maps(q: Option<String>) -> ApiResult<app::Maps> {
     let mut pairs = Vec::new();
+    let mut prune = false;
     for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
-        if k != "map" {
-            return Err(ApiError::bad("invalid_query", format!("unknown query parameter {k:?}; use map=KEY=VALUE")));
+        match (k.as_ref(), v.as_ref()) {
+            ("map", _) => pairs.push(v.into_owned()),
+            ("prune", "true") => prune = true,
+            ("prune", "false") => prune = false,
+            _ => {
+                return Err(ApiError::bad(
+                    "invalid_query",
+                    format!("query parameter {k:?}={v:?} is not understood; use map=KEY=VALUE and prune=true|false"),
+                ))
+            }
         }
-        pairs.push(v.into_owned());
     }
-    Ok(app::parse_maps(&pairs))
+    let mut m = app::parse_maps(&pairs);
+    m.prune = prune;
+    Ok(m)
 }
 
 #[utoipa::path(get, path = "/api/v1/bundle/key", tag = "bundles", operation_id = "bundle_key",
@@ -115,9 +125,16 @@ const BUNDLE_ERRORS: &str = "The bundle is refused, nothing created: `bundle_bad
     description = "The body is the bundle, streamed. Everything is verified before the answer: signature and \
         trust, every chunk's hash, the schema and its limits, references. The answer lists what would be \
         created and the conflicts (CIDR overlaps, names taken, missing hypervisors or images, …), each with \
-        the `map=KEY=VALUE` that resolves it when there is one. Nothing is created.",
+        the `map=KEY=VALUE` that resolves it when there is one. When an earlier import of the same VDC \
+        (same site and source VDC, another bundle) is in the account, the plan is an update against what \
+        that import made: `update_of`, `creates`, `updates`, `deletes` (applied only with `prune`), \
+        `unchanged`; conflicts then include `replace_needed` (a change an object cannot take in place), \
+        `in_use` (a delete of something that stays in use) and `bundle_downgrade` (a bundle exported \
+        before the one imported). Nothing is created.",
     params(("map" = Option<Vec<String>>, Query, description = "KEY=VALUE, repeated: `network.NAME.cidr=CIDR`, \
-        `KIND.NAME.name=NEW`, `hypervisor.kvm=qemu`, `image.NAME=img-…`, `volumes=skip`, `floating_ips=skip`")),
+        `KIND.NAME.name=NEW`, `hypervisor.kvm=qemu`, `image.NAME=img-…`, `volumes=skip`, `floating_ips=skip`"),
+        ("prune" = Option<bool>, Query, description = "An update deletes the networks, security groups and key \
+        pairs of the earlier import that the bundle no longer has")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The bundle"),
     responses(
         (status = 200, description = "The plan", body = BundlePlan),
@@ -137,8 +154,11 @@ pub async fn plan(
     summary = "Import a bundle into the account",
     description = "Verifies the whole bundle as plan does, then creates everything in one transaction (new IDs; \
         the map from the bundle's is recorded) and brings the instances up. The same bundle again changes \
-        nothing (200, `created: false`); an import cut short is completed by the same request.",
-    params(("map" = Option<Vec<String>>, Query, description = "As for plan")),
+        nothing (200, `created: false`); an import cut short is completed by the same request. A newer \
+        bundle of a VDC imported before applies the plan's update in one transaction (201): the import \
+        keeps its ID and takes the new hash and map.",
+    params(("map" = Option<Vec<String>>, Query, description = "As for plan"),
+        ("prune" = Option<bool>, Query, description = "As for plan")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The bundle"),
     responses(
         (status = 201, description = "Imported", body = BundleImported),
