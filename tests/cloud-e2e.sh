@@ -151,7 +151,10 @@ ip netns exec "$NS" "$BIN/vdc" up --data-dir "$W/data" --listen "127.0.0.1:$PORT
   --namespace-prefix "$P" >"$W/up.log" 2>&1 &
 UP_PID=$!
 until_ok 120 grep -q "vdc all-in-one is running" "$W/up.log" || fail "vdc up did not start again"
-[ "$(ssh_ hostname)" = web1 ] || fail "web1 does not answer ssh after vdc up restarted"
+# (Here the service namespaces went with the first `vdc up`'s mount namespace and are
+# made again, so the floating IP answers again after a few seconds.)
+until_ok 60 ssh_ true || fail "web1 does not answer ssh after vdc up restarted"
+[ "$(ssh_ hostname)" = web1 ] || fail "web1's hostname after vdc up restarted"
 until_ok 60 ssh_ ping -c 1 -W 2 web2 || fail "web1 cannot reach web2 by name after vdc up restarted"
 until_ok 30 in_ns ping -c 1 -W 1 "$FIP2_IP" || fail "ct1's floating IP does not answer after vdc up restarted"
 READY=$(vdc_ instance console-log ct1 | grep -c 'vdc-guest: ready')
