@@ -5,7 +5,8 @@
 # instance are created by name; a floating IP is associated; `vdc instance ssh web1 --
 # hostname` prints web1; a file is written in it, it is stopped, captured as an image, started
 # and answers ssh again (web3, booted from the capture at the end, has the file); from
-# it a second guest answers by its DNS name and a listener on the external bridge answers.
+# it a second guest answers by its DNS name and a listener on the external bridge answers;
+# `vdc up` is restarted with its guests running and they stay reachable.
 #
 #   bash tests/cloud-e2e.sh            (root; after `cargo build --workspace --bins`)
 #
@@ -141,6 +142,26 @@ ssh_ "echo hello-from-web1 | nc -n -N -w 5 $EXT 8099" || fail "web1 cannot reach
 wait "$LISTENER" || true
 grep -q hello-from-web1 "$W/listener.out" || fail "the listener got nothing"
 row "web1 reaches a listener on the external bridge ($EXT) through SNAT"
+
+# `vdc up` stopped (Ctrl-C) and started again with its guests running, as a user restarts
+# it: the guests keep running and stay reachable; a guest rebooted afterwards takes its lease
+# and metadata from the restarted services again.
+kill -INT "$UP_PID"; wait "$UP_PID" || true
+ip netns exec "$NS" "$BIN/vdc" up --data-dir "$W/data" --listen "127.0.0.1:$PORT" --tiny-image "$TINY" \
+  --namespace-prefix "$P" >"$W/up.log" 2>&1 &
+UP_PID=$!
+until_ok 120 grep -q "vdc all-in-one is running" "$W/up.log" || fail "vdc up did not start again"
+# (Here the service namespaces went with the first `vdc up`'s mount namespace and are
+# made again, so the floating IP may take a few seconds to answer again.)
+until_ok 60 ssh_ true || fail "web1 does not answer ssh after vdc up restarted"
+[ "$(ssh_ hostname)" = web1 ] || fail "web1's hostname after vdc up restarted"
+until_ok 60 ssh_ ping -c 1 -W 2 web2 || fail "web1 cannot reach web2 by name after vdc up restarted"
+until_ok 30 in_ns ping -c 1 -W 1 "$FIP2_IP" || fail "ct1's floating IP does not answer after vdc up restarted"
+READY=$(vdc_ instance console-log ct1 | grep -c 'vdc-guest: ready')
+vdc_ instance reboot ct1 --wait >/dev/null
+until_ok 120 sh -c "[ \$(ip netns exec $NS $BIN/vdc instance console-log ct1 | grep -c 'vdc-guest: ready') -gt $READY ]" \
+  || fail "ct1 rebooted after vdc up restarted is not ready again (lease, metadata)"
+row "vdc up restarted with guests running: ssh, names, floating IP; a rebooted guest ready again"
 
 vdc_ instance terminate web1 --wait >/dev/null
 vdc_ instance terminate web2 --wait >/dev/null

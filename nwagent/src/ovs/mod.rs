@@ -375,8 +375,13 @@ impl Inner {
         let external = ports.iter().max_by_key(|p| p.spec.spec_gen).and_then(|p| p.spec.network.external.clone());
         let fips = ports.iter().filter_map(|p| Some((p.spec.floating_ip?, p.spec.ip))).collect();
         let n = service::NetService { vni, cidr, gateway, guests: metas, leases, external, fips };
-        self.svc.ensure(&n).await?;
         let dev = service::service_dev(vni);
+        if self.svc.ensure(&n).await? {
+            // A device made again under a kept port's name gets no packets into the
+            // userspace datapath (as a guest's tap, see `wait_plugged`): port made anew.
+            self.db.remove_port(&self.cfg.bridge, &dev).await?;
+            st.services.remove(&vni);
+        }
         let ofport = match st.services.get(&vni) {
             Some(p) => *p,
             None => {

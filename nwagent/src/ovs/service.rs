@@ -151,24 +151,25 @@ impl Services {
     }
 
     /// Makes the network's service namespace, DHCP server and metadata server exist,
-    /// with `guests` (this host's interfaces on the network); idempotent.
-    pub async fn ensure(&self, n: &NetService) -> Result<(), ServiceError> {
-        self.ensure_netns(n).await?;
+    /// with `guests` (this host's interfaces on the network); idempotent. True when the
+    /// switch-side device was made (again) now: a switch port of that name is stale.
+    pub async fn ensure(&self, n: &NetService) -> Result<bool, ServiceError> {
+        let made = self.ensure_netns(n).await?;
         self.ensure_dhcp(n).await?;
         self.ensure_metadata(n.vni, &n.guests).await?;
         match (&n.external, &self.external_bridge) {
-            (Some(ext), Some(br)) => self.ensure_router(n, ext, br).await,
+            (Some(ext), Some(br)) => self.ensure_router(n, ext, br).await?,
             (Some(_), None) => {
                 tracing::warn!(vni = n.vni, "the network has an external side but this host has no --external-bridge");
-                Ok(())
             }
-            (None, _) => Ok(()),
+            (None, _) => {}
         }
+        Ok(made)
     }
 
     /// The namespace, and the veth joining it to the integration bridge with the
     /// gateway's and the metadata service's addresses.
-    async fn ensure_netns(&self, n: &NetService) -> Result<(), ServiceError> {
+    async fn ensure_netns(&self, n: &NetService) -> Result<bool, ServiceError> {
         let (vni, gateway, prefix_len) = (n.vni, n.gateway, n.cidr.prefix_len());
         let ns = self.netns(vni);
         let dev = service_dev(vni);
@@ -186,7 +187,8 @@ impl Services {
         if !alive {
             self.tools.run("ip", &["netns", "add", &ns]).await?;
         }
-        if self.host_ip(&["link", "show", &dev]).await.is_err() {
+        let made = self.host_ip(&["link", "show", &dev]).await.is_err();
+        if made {
             self.host_ip(&["link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", &ns]).await?;
             self.host_ip(&["link", "set", &dev, "up"]).await?;
             self.in_ns(vni, &["ip", "link", "set", "lo", "up"]).await?;
@@ -197,7 +199,7 @@ impl Services {
             // Checksums in software: the userspace datapath does not fill them in.
             let _ = self.in_ns(vni, &["ethtool", "-K", "eth0", "tx", "off"]).await;
         }
-        Ok(())
+        Ok(made)
     }
 
     /// The router side: ext0 on the external bridge, its addresses, and the NAT rules.
