@@ -921,6 +921,17 @@ pub fn qemu_guest(image: &ImageId, name: &str) -> CreateInstance {
 }
 
 /// A private image of `format` for QEMU whose data is uploaded afterwards (no source).
+/// The suites' external network, 203.0.113.0/24 (TEST-NET-3), floating IPs from .10 to
+/// `pool_end`.
+pub fn test_external(pool_end: &str) -> vdc_dcmgr::config::ExternalConfig {
+    vdc_dcmgr::config::ExternalConfig {
+        cidr: "203.0.113.0/24".into(),
+        gateway: "203.0.113.1".into(),
+        pool_start: "203.0.113.10".into(),
+        pool_end: pool_end.into(),
+    }
+}
+
 pub fn image_request(name: &str, format: ImageFormat) -> CreateImage {
     CreateImage {
         name: name.into(),

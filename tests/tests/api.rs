@@ -1068,12 +1068,7 @@ async fn floating_ips(db: Db) {
 
     let mut o = StackOptions::new(db);
     o.hosts = 1;
-    o.external = Some(vdc_dcmgr::config::ExternalConfig {
-        cidr: "203.0.113.0/24".into(),
-        gateway: "203.0.113.1".into(),
-        pool_start: "203.0.113.10".into(),
-        pool_end: "203.0.113.13".into(),
-    });
+    o.external = Some(vdc_tests::test_external("203.0.113.13"));
     let s = Stack::start(o).await;
     let c = s.account("fip").await;
     let other = s.account("other").await;

@@ -37,12 +37,7 @@ fn iface(net: &NetworkId, g: &SecurityGroupId) -> Vec<CreateInterface> {
 async fn lossy_bus_and_dcmgr_restarts_converge(db: Db) {
     let mut o = StackOptions::new(db);
     o.hosts = 2;
-    o.external = Some(vdc_dcmgr::config::ExternalConfig {
-        cidr: "203.0.113.0/24".into(),
-        gateway: "203.0.113.1".into(),
-        pool_start: "203.0.113.10".into(),
-        pool_end: "203.0.113.50".into(),
-    });
+    o.external = Some(vdc_tests::test_external("203.0.113.50"));
     let mut s = Stack::start(o).await;
     s.bus.drop_every(7);
     let c = s.account("lossy").await;

@@ -75,12 +75,7 @@ async fn limits_usage_and_freeing(db: Db) {
     let mut o = StackOptions::new(db);
     o.hosts = 1;
     o.quotas = BTreeMap::from([(QuotaKey::Keypairs, 2), (QuotaKey::Networks, 3)]);
-    o.external = Some(vdc_dcmgr::config::ExternalConfig {
-        cidr: "203.0.113.0/24".into(),
-        gateway: "203.0.113.1".into(),
-        pool_start: "203.0.113.10".into(),
-        pool_end: "203.0.113.20".into(),
-    });
+    o.external = Some(vdc_tests::test_external("203.0.113.20"));
     let s = Stack::start(o).await;
     let c = s.account("quota").await;
     let other = s.account("quota-other").await;

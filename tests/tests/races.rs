@@ -419,12 +419,7 @@ async fn snapshot_volume_delete(db: Db) {
 async fn floating_ip_associations(db: Db) {
     let mut o = stack(db);
     o.hosts = 1;
-    o.external = Some(vdc_dcmgr::config::ExternalConfig {
-        cidr: "203.0.113.0/24".into(),
-        gateway: "203.0.113.1".into(),
-        pool_start: "203.0.113.10".into(),
-        pool_end: "203.0.113.99".into(),
-    });
+    o.external = Some(vdc_tests::test_external("203.0.113.99"));
     let s = Stack::start(o).await;
     let c = s.account("fa").await;
     let a = s.running_instance(&c, "a").await;

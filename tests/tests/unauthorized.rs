@@ -326,12 +326,7 @@ async fn every_operation_refuses_who_it_should(db: Db) {
     let started = Instant::now();
     let mut o = StackOptions::new(db);
     o.hosts = 1;
-    o.external = Some(vdc_dcmgr::config::ExternalConfig {
-        cidr: "203.0.113.0/24".into(),
-        gateway: "203.0.113.1".into(),
-        pool_start: "203.0.113.10".into(),
-        pool_end: "203.0.113.13".into(),
-    });
+    o.external = Some(vdc_tests::test_external("203.0.113.13"));
     let s = Stack::start(o).await;
     let url = s.url();
     let token =
