@@ -125,6 +125,8 @@ pub struct Ctx {
     pub events: crate::app::event::Hub,
     /// Request rate limits, when `[auth] rate_limit_per_second` is set.
     pub rate_limits: Option<crate::app::rate_limit::RateLimits>,
+    /// Writes the audit log in batches (`app::audit::Writer`).
+    pub audit: crate::app::audit::Writer,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -70,6 +70,7 @@ impl Dcmgr {
             .map(|(rate, burst)| crate::app::rate_limit::RateLimits::new(rate, burst));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
+        let audit = crate::app::audit::Writer::start(pool.clone());
         let ctx: SharedCtx = Arc::new(Ctx {
             db: pool,
             bus: bus.clone(),
@@ -89,6 +90,7 @@ impl Dcmgr {
             http_addr: Default::default(),
             events: crate::app::event::Hub::new(cancel.clone()),
             rate_limits,
+            audit,
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;
@@ -145,6 +147,8 @@ impl Dcmgr {
         for t in self.tasks {
             let _ = t.await;
         }
+        // The answers of the last requests have gone out: their entries must not be lost.
+        self.ctx.audit.flush().await;
         self.ctx.db.close().await;
     }
 

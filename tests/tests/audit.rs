@@ -257,7 +257,7 @@ async fn retention_prunes_old_entries(db: Db) {
     for (days, id) in [(91, "aud-0old"), (89, "aud-0kept")] {
         old.id = id.parse().unwrap();
         old.time = chrono::Utc::now() - chrono::Duration::days(days);
-        vdc_dcmgr::db::audit::insert(&ctx.db, &old).await.unwrap();
+        vdc_dcmgr::db::audit::insert_many(&ctx.db, std::slice::from_ref(&old)).await.unwrap();
     }
     assert_eq!(all(&s.admin, only("keypair.create")).await.len(), 3);
     assert_eq!(vdc_dcmgr::app::audit::prune(ctx).await.unwrap(), 1);

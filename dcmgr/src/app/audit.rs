@@ -8,24 +8,92 @@ use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, audit as store};
 use crate::error::{ApiError, ApiResult};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use vdc_schema::api::{AuditEntry, AuditQuery, ListQuery, Page};
 
 /// How often old entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-/// Writes one entry. A failure is logged, never the request's: the answer has gone out.
-pub async fn record(ctx: &SharedCtx, entry: &AuditEntry) {
-    if let Err(e) = store::insert(&ctx.db, entry).await {
-        tracing::warn!(request_id = %entry.request_id, action = %entry.action, status = entry.status,
-            "the audit log did not record this request: {e}");
+/// Most entries written in one transaction.
+const BATCH: usize = 256;
+
+enum Msg {
+    Entry(Box<AuditEntry>),
+    /// Answered once every entry sent before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Writes audit entries off the request path, many per transaction: on SQLite's single
+/// writer one transaction per request would stand behind every create's own. An entry
+/// is queued when its answer goes out and written within milliseconds; [`Writer::flush`]
+/// waits for what is queued (the audit listing and shutdown call it).
+pub struct Writer {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Writer {
+    /// Starts the writing task on the current runtime; it ends once the writer is dropped
+    /// and what was queued is written.
+    pub fn start(pool: db::Pool) -> Writer {
+        let (tx, rx) = mpsc::channel(4 * BATCH);
+        tokio::spawn(write_loop(pool, rx));
+        Writer { tx }
     }
+
+    /// Queues one entry (waits while the queue is full: the log falls behind no further).
+    pub async fn record(&self, entry: AuditEntry) {
+        if let Err(mpsc::error::SendError(Msg::Entry(e))) = self.tx.send(Msg::Entry(Box::new(entry))).await {
+            tracing::warn!(request_id = %e.request_id, action = %e.action, status = e.status,
+                "the audit log did not record this request: its writer has stopped");
+        }
+    }
+
+    /// Returns once every entry queued before the call is written (or failed to be).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn write_loop(pool: db::Pool, mut rx: mpsc::Receiver<Msg>) {
+    let mut msgs = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut msgs, BATCH).await > 0 {
+        let (entries, flushes): (Vec<_>, Vec<_>) = msgs.drain(..).partition(|m| matches!(m, Msg::Entry(_)));
+        let entries: Vec<AuditEntry> = entries
+            .into_iter()
+            .filter_map(|m| match m {
+                Msg::Entry(e) => Some(*e),
+                Msg::Flush(_) => None,
+            })
+            .collect();
+        if !entries.is_empty() {
+            if let Err(e) = store::insert_many(&pool, &entries).await {
+                tracing::warn!(entries = entries.len(), first_request_id = %entries[0].request_id,
+                    "the audit log did not record these requests: {e}");
+            }
+        }
+        for f in flushes {
+            if let Msg::Flush(done) = f {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Queues one entry. A failure is logged, never the request's: the answer has gone out.
+pub async fn record(ctx: &SharedCtx, entry: AuditEntry) {
+    ctx.audit.record(entry).await
 }
 
 /// Newest first. An admin reads every account's entries (or `account`'s); an owner only
 /// their own account's (another account answers 404, as an unknown one); others 403.
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &AuditQuery) -> ApiResult<Page<AuditEntry>> {
     authz::check(caller, authz::Op::ReadAudit)?;
+    // Entries of requests answered before this one are in the log.
+    ctx.audit.flush().await;
     let account = match &q.account {
         Some(a) if caller.admin || *a == caller.account_id => a.to_string(),
         Some(a) => return Err(ApiError::not_found("account", a)),

@@ -49,26 +49,30 @@ impl Row {
 const COLS: &str = "id, created_at, user_id, token_id, account_id, action, resource_kind, resource_id, status, \
                     error_code, request_id, source, duration_ms";
 
-pub async fn insert(pool: &db::Pool, e: &AuditEntry) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "INSERT INTO audit_log ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-    ))
-    .bind(e.id.as_str())
-    .bind(db::time(&e.time))
-    .bind(e.user_id.as_ref().map(|v| v.as_str().to_owned()))
-    .bind(e.token_id.as_ref().map(|v| v.as_str().to_owned()))
-    .bind(e.account_id.as_ref().map(|v| v.as_str().to_owned()))
-    .bind(&e.action)
-    .bind(&e.resource_kind)
-    .bind(e.resource_id.clone())
-    .bind(i64::from(e.status))
-    .bind(e.error_code.clone())
-    .bind(e.request_id.as_str())
-    .bind(&e.source)
-    .bind(i64::try_from(e.duration_ms).unwrap_or(i64::MAX))
-    .execute(pool)
-    .await?;
-    Ok(())
+/// Writes the entries in one transaction.
+pub async fn insert_many(pool: &db::Pool, entries: &[AuditEntry]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for e in entries {
+        sqlx::query(&format!(
+            "INSERT INTO audit_log ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ))
+        .bind(e.id.as_str())
+        .bind(db::time(&e.time))
+        .bind(e.user_id.as_ref().map(|v| v.as_str().to_owned()))
+        .bind(e.token_id.as_ref().map(|v| v.as_str().to_owned()))
+        .bind(e.account_id.as_ref().map(|v| v.as_str().to_owned()))
+        .bind(&e.action)
+        .bind(&e.resource_kind)
+        .bind(e.resource_id.clone())
+        .bind(i64::from(e.status))
+        .bind(e.error_code.clone())
+        .bind(e.request_id.as_str())
+        .bind(&e.source)
+        .bind(i64::try_from(e.duration_ms).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
 }
 
 /// What to list; empty strings match everything.

@@ -172,7 +172,7 @@ pub async fn layer(State(ctx): State<SharedCtx>, mut req: Request, next: Next) -
         source,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     };
-    app::record(&ctx, &entry).await;
+    app::record(&ctx, entry).await;
     set_request_id(&mut resp, &request_id);
     resp
 }
