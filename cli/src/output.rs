@@ -418,7 +418,15 @@ impl Tabular for Instance {
         &["ID", "NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY", "HOST", "IPS"]
     }
     fn row(&self) -> Vec<String> {
-        let ips: Vec<_> = self.interfaces.iter().map(|i| i.ip).collect();
+        // As OpenStack's server list: the fixed address, then the floating one.
+        let ips: Vec<_> = self
+            .interfaces
+            .iter()
+            .map(|i| match i.floating_ip {
+                Some(f) => format!("{} ({f})", i.ip),
+                None => i.ip.to_string(),
+            })
+            .collect();
         vec![
             self.id.to_string(),
             self.name.clone(),
@@ -437,8 +445,9 @@ impl Tabular for Instance {
             self.interfaces
                 .iter()
                 .map(|i| {
+                    let fip = i.floating_ip.map(|f| format!(" floating:{f}")).unwrap_or_default();
                     format!(
-                        "{} {} {} {} {} sg:{}",
+                        "{} {} {} {} {} sg:{}{fip}",
                         i.id,
                         i.network_id,
                         i.ip,
@@ -669,6 +678,41 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn instance_rows_show_floating_ips_beside_fixed_ones() {
+        let iface = |ip: &str, fip: Option<&str>| Interface {
+            id: "vif-1".parse().unwrap(),
+            network_id: "nw-1".parse().unwrap(),
+            mac: "52:54:00:12:34:56".parse().unwrap(),
+            ip: ip.parse().unwrap(),
+            security_groups: vec![],
+            state: InterfaceState::Active,
+            floating_ip: fip.map(|f| f.parse().unwrap()),
+        };
+        let inst = Instance {
+            id: "i-1".parse().unwrap(),
+            name: "web1".into(),
+            state: InstanceState::Running,
+            goal: InstanceGoal::Running,
+            image_id: "img-1".parse().unwrap(),
+            hypervisor: HypervisorKind::Qemu,
+            cpus: 1,
+            memory_mib: 512,
+            host_node_id: None,
+            ssh_key_id: None,
+            root_disk_size: None,
+            interfaces: vec![iface("10.0.0.5", Some("203.0.113.7")), iface("10.1.0.5", None)],
+            volumes: vec![],
+            failure_reason: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        assert_eq!(inst.row().last().unwrap(), "10.0.0.5 (203.0.113.7), 10.1.0.5");
+        let fields = inst.fields();
+        let ifaces = &fields.iter().find(|(k, _)| *k == "INTERFACES").unwrap().1;
+        assert!(ifaces.lines().next().unwrap().ends_with("floating:203.0.113.7"), "{ifaces}");
     }
 
     #[test]

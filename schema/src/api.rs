@@ -782,6 +782,10 @@ pub struct Interface {
     pub ip: Ipv4Addr,
     pub security_groups: Vec<SecurityGroupId>,
     pub state: InterfaceState,
+    /// The floating IP associated with this interface; null when none is.
+    #[serde(default)]
+    #[schema(required = true, value_type = Option<String>, format = Ipv4)]
+    pub floating_ip: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

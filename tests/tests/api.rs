@@ -1093,6 +1093,10 @@ async fn floating_ips(db: Db) {
     eventually(Duration::from_secs(5), || async { (port(&vif)?.floating_ip? == a.ip).then_some(()) })
         .await
         .expect("nwagent is told the interface's floating IP");
+    // The instance shows it on its interface, in a get and in a list (as OpenStack's servers do).
+    assert_eq!(c.get_instance(&inst.id).await.unwrap().interfaces[0].floating_ip, Some(a.ip));
+    let listed = c.list_all_instances().await.unwrap();
+    assert_eq!(listed.iter().find(|i| i.id == inst.id).unwrap().interfaces[0].floating_ip, Some(a.ip));
     let b = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
     assert_eq!(err(c.associate_floating_ip(&b.id, &assoc).await), (409, "interface_has_floating_ip".into()));
     assert_eq!(err(c.delete_floating_ip(&a.id).await), (409, "floating_ip_associated".into()));
@@ -1105,6 +1109,7 @@ async fn floating_ips(db: Db) {
     eventually(Duration::from_secs(5), || async { port(&vif)?.floating_ip.is_none().then_some(()) })
         .await
         .expect("the mapping is withdrawn");
+    assert_eq!(c.get_instance(&inst.id).await.unwrap().interfaces[0].floating_ip, None);
     c.associate_floating_ip(&a.id, &assoc).await.unwrap();
     // Terminating the instance keeps the address with the account, unassociated.
     let t = c.terminate_instance(&inst.id).await.unwrap();

@@ -101,6 +101,7 @@ pub async fn insert(
         ip,
         security_groups: p.security_groups.clone(),
         state: InterfaceState::Pending,
+        floating_ip: None,
     })
 }
 

@@ -14,9 +14,8 @@ pub struct Row {
     pub mac: String,
     pub ip: String,
     pub state: String,
+    pub floating_ip: Option<String>,
 }
-
-const COLS: &str = "id, instance_id, network_id, mac, ip, state";
 
 impl Row {
     pub fn into_api(self, security_groups: Vec<SecurityGroupId>) -> ApiResult<Interface> {
@@ -27,6 +26,7 @@ impl Row {
             mac: db::stored("vifs.mac", &self.mac)?,
             ip: db::stored("vifs.ip", &self.ip)?,
             state: self.state.parse().map_err(ApiError::internal)?,
+            floating_ip: self.floating_ip.as_deref().map(|ip| db::stored("floating_ips.ip", ip)).transpose()?,
         })
     }
 }
@@ -79,9 +79,11 @@ pub async fn add_group(tx: &mut db::Tx<'_>, vif: &str, group: &str) -> Result<()
 /// Interfaces of the instances of `account` whose IDs fall in `first..=last`, by instance
 /// and position.
 pub async fn for_instances(pool: &db::Pool, account: &str, first: &str, last: &str) -> Result<Vec<Row>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLS} FROM vifs WHERE account_id = $1 AND instance_id >= $2 AND instance_id <= $3 ORDER BY instance_id, position"
-    ))
+    sqlx::query_as(
+        "SELECT v.id, v.instance_id, v.network_id, v.mac, v.ip, v.state, f.ip AS floating_ip
+         FROM vifs v LEFT JOIN floating_ips f ON f.vif_id = v.id
+         WHERE v.account_id = $1 AND v.instance_id >= $2 AND v.instance_id <= $3 ORDER BY v.instance_id, v.position",
+    )
     .bind(account)
     .bind(first)
     .bind(last)
