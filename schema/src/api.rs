@@ -1086,7 +1086,7 @@ pub struct BundleCreate {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BundleConflict {
     /// Stable code: `cidr_overlap`, `name_taken`, `hypervisor_missing`, `image_missing`,
-    /// `external_pool_missing`, `invalid_map`, `not_supported`.
+    /// `external_pool_missing`, `invalid_map`, `not_supported`, `quota_exceeded`.
     pub code: String,
     pub message: String,
     /// A `--map KEY=VALUE` that would resolve it, when there is one.

@@ -476,7 +476,28 @@ async fn the_plan_names_collisions_and_maps_resolve_them(db: Db) {
     let fix = maps(&["network.front.cidr=10.60.0.0/24", "keypair.deploy.name=deploy-a", "hypervisor.kvm=qemu"]);
     let plan = cb.plan_bundle(good.clone(), &fix).await.unwrap();
     assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
-    assert!(cb.import_bundle(good, &fix).await.unwrap().created);
+    // A quota the import would exceed is shown by the plan, and the import refuses it.
+    let id = cb.own_quotas().await.unwrap().account_id;
+    let one = SetQuotas { quotas: [("instances".to_string(), Some(1))].into_iter().collect() };
+    b.admin.set_account_quotas(&id, &one).await.unwrap();
+    let plan = cb.plan_bundle(good.clone(), &fix).await.unwrap();
+    let codes: Vec<&str> = plan.conflicts.iter().map(|c| c.code.as_str()).collect();
+    assert_eq!(codes, ["quota_exceeded"], "{:?}", plan.conflicts);
+    assert!(
+        plan.conflicts[0].message.starts_with("quota instances is 1 and 0 of it is in use"),
+        "{:?}",
+        plan.conflicts
+    );
+    assert_eq!(api_err(cb.import_bundle(good.clone(), &fix).await), (422, "quota_exceeded".into()));
+    assert_eq!(cb.list_all_networks().await.unwrap().len(), 1, "the refused import created nothing");
+    let unlimited = SetQuotas { quotas: [("instances".to_string(), None)].into_iter().collect() };
+    b.admin.set_account_quotas(&id, &unlimited).await.unwrap();
+    assert!(cb.import_bundle(good.clone(), &fix).await.unwrap().created);
+    // Planned again once imported: nothing to add, so no quota stands in the way.
+    b.admin.set_account_quotas(&id, &one).await.unwrap();
+    let plan = cb.plan_bundle(good, &fix).await.unwrap();
+    assert!(plan.already_imported.is_some() && plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    b.admin.set_account_quotas(&id, &unlimited).await.unwrap();
     let nets = cb.list_all_networks().await.unwrap();
     let front = nets.iter().find(|n| n.name == "front").unwrap();
     assert_eq!(front.cidr.to_string(), "10.60.0.0/24");

@@ -1298,12 +1298,21 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
     let src = &r.manifest.source;
     let already = store::find_import(&mut conn, &caller.account_id, &src.site_key, &src.vdc_id, &r.hash).await?;
     // The same bundle again: nothing to do, unless `prune` deletes what it no longer has.
-    let d = if already.is_some() && !maps.prune {
+    let same = already.is_some() && !maps.prune;
+    let d = if same {
         Decision::default()
     } else {
         let e = existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?;
         decide(&r.manifest, &e, maps)
     };
+    let asks = if same { vec![] } else { quota_asks(&r.manifest, &d) };
+    let mut conflicts = d.conflicts;
+    // The quota the import would exceed is shown with the rest: the import would refuse it.
+    match quota::check(&mut conn, ctx, &caller.account_id, &asks).await {
+        Ok(()) => {}
+        Err(ApiError::Unprocessable { code, message }) => conflicts.push(conflict(code, message, None)),
+        Err(e) => return Err(e),
+    }
     Ok(BundlePlan {
         source_site: src.site_key.clone(),
         source_vdc: src.vdc_id.clone(),
@@ -1315,7 +1324,7 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
         deletes: d.deletes,
         unchanged: d.unchanged,
         prune: maps.prune,
-        conflicts: d.conflicts,
+        conflicts,
         chunks: r.chunks,
         bytes: r.bytes,
     })

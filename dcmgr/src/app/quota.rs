@@ -86,6 +86,23 @@ pub async fn enforce(
     decide(&limits, &used, asks)
 }
 
+/// What [`enforce`] would answer now, read without locking (for a plan: the creating
+/// transaction checks again).
+pub async fn check(
+    conn: &mut sqlx::AnyConnection,
+    ctx: &SharedCtx,
+    account: &AccountId,
+    asks: &[(QuotaKey, u64)],
+) -> ApiResult<()> {
+    let own = store::set_for(&mut *conn, account).await?;
+    let limits = limits(&ctx.config.quotas, &own);
+    if asks.iter().all(|(k, _)| limits.get(k).is_none_or(Option::is_none)) {
+        return Ok(());
+    }
+    let used = store::usage(&mut *conn, account).await?;
+    decide(&limits, &used, asks)
+}
+
 /// An account's quotas and usage: the caller's own, or any for an admin (else 404).
 pub async fn show(ctx: &SharedCtx, caller: &Caller, id: &AccountId) -> ApiResult<AccountQuotas> {
     let account = crate::app::account::fetch(ctx, caller, id).await?;
