@@ -70,11 +70,14 @@ impl Dcmgr {
             .map(|(rate, burst)| crate::app::rate_limit::RateLimits::new(rate, burst));
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
+        // PostgreSQL may be shared by several dcmgrs (README: several controllers).
+        let shared = kind == db::DbKind::Postgres;
+        let token_ttl = shared.then(|| std::time::Duration::from_millis(config.auth.token_cache_ttl_ms));
         let ctx: SharedCtx = Arc::new(Ctx {
             db: pool,
             bus: bus.clone(),
             config: config.clone(),
-            tokens: Default::default(),
+            tokens: std::sync::RwLock::new(crate::ctx::TokenCache::with_ttl(token_ttl)),
             work: tx,
             queued: Default::default(),
             agents: Default::default(),
@@ -89,6 +92,8 @@ impl Dcmgr {
             http_addr: Default::default(),
             events: crate::app::event::Hub::new(cancel.clone()),
             rate_limits,
+            shared,
+            leader: std::sync::atomic::AtomicBool::new(!shared),
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;
@@ -101,9 +106,17 @@ impl Dcmgr {
         crate::app::image_import::resume(&ctx).await?;
 
         let mut tasks = Vec::new();
-        let reg = bus.subscribe(subject::REGISTER).await?;
+        // Registrations and reports go to one dcmgr of the queue group; heartbeats to every
+        // one (each keeps liveness in memory).
+        let group = controller::membership::QUEUE_GROUP;
+        let reg = bus.subscribe_queue(subject::REGISTER, group).await?;
         let hb = bus.subscribe(subject::HEARTBEAT).await?;
-        let rep = bus.subscribe(subject::REPORT).await?;
+        let rep = bus.subscribe_queue(subject::REPORT, group).await?;
+        if shared {
+            let peers = bus.subscribe(controller::membership::PEER_REGISTERED).await?;
+            tasks.push(tokio::spawn(controller::membership::serve_peer_registered(ctx.clone(), peers, cancel.clone())));
+            tasks.push(tokio::spawn(controller::leader::run(ctx.clone(), cancel.clone())));
+        }
         tasks.push(tokio::spawn(controller::membership::serve_register(ctx.clone(), reg, cancel.clone())));
         tasks.push(tokio::spawn(controller::membership::serve_heartbeat(ctx.clone(), hb, cancel.clone())));
         tasks.push(tokio::spawn(controller::reports::serve(ctx.clone(), rep, cancel.clone())));
