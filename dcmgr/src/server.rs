@@ -31,6 +31,9 @@ pub struct Dcmgr {
     pub ctx: SharedCtx,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The `flock` that keeps a second dcmgr off a SQLite database, released by `stop`
+    /// (or when this is dropped).
+    _sqlite_lock: Option<std::fs::File>,
 }
 
 #[derive(Default)]
@@ -46,6 +49,7 @@ impl Dcmgr {
         if let Some(e) = &config.external {
             e.pool().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
         }
+        let sqlite_lock = db::lock_sqlite(&config.database_url)?;
         let (pool, kind) = db::connect(&config.database_url)
             .await
             .with_context(|| format!("opening database {}", redact(&config.database_url)))?;
@@ -146,7 +150,7 @@ impl Dcmgr {
             }
         }));
         tracing::info!(%addr, db = ?kind, "dcmgr serving");
-        Ok(Dcmgr { addr, ctx, cancel, tasks })
+        Ok(Dcmgr { addr, ctx, cancel, tasks, _sqlite_lock: sqlite_lock })
     }
 
     pub fn url(&self) -> String {

@@ -353,3 +353,26 @@ async fn three_controllers_one_killed_mid_storm() {
     assert_eq!(leaders.values().filter(|v| **v == Some(1.0)).count(), 1, "one survivor leads: {leaders:?}");
     drop(ctls);
 }
+
+/// SQLite takes one dcmgr: a second one on the same file is refused, saying why; once
+/// the first has stopped, another starts.
+#[tokio::test]
+async fn a_second_dcmgr_on_one_sqlite_file_is_refused() {
+    use vdc_dcmgr::{server::Options, Config, Dcmgr};
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Config {
+        listen: "127.0.0.1:0".into(),
+        database_url: format!("sqlite://{}", tmp.path().join("vdc.db").display()),
+        images: vdc_dcmgr::config::ImagesConfig { dir: Some(tmp.path().join("images")), ..Default::default() },
+        ..Default::default()
+    };
+    let first = Dcmgr::start(config.clone(), Options::default()).await.unwrap();
+    let err = match Dcmgr::start(config.clone(), Options::default()).await {
+        Ok(_) => panic!("a second dcmgr started on the first one's SQLite database"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("another dcmgr serves the SQLite database") && err.contains("PostgreSQL"), "{err}");
+    first.stop().await;
+    let again = Dcmgr::start(config, Options::default()).await.expect("starts once the first has stopped");
+    again.stop().await;
+}
