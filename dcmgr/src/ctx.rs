@@ -189,3 +189,21 @@ impl Ctx {
 }
 
 pub type SharedCtx = Arc<Ctx>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_cache_entries_expire_after_the_ttl_only_when_one_is_set() {
+        let caller = Caller::system(AccountId::generate());
+        let mut shared = TokenCache::with_ttl(Some(std::time::Duration::from_millis(30)));
+        let mut single = TokenCache::default();
+        shared.insert_since(0, "h".into(), caller.clone());
+        single.insert_since(0, "h".into(), caller);
+        assert!(shared.get("h").is_some());
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert!(shared.get("h").is_none(), "read again after the TTL");
+        assert!(single.get("h").is_some(), "no TTL on one dcmgr");
+    }
+}

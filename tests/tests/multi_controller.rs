@@ -52,7 +52,7 @@ fn dcmgr(i: usize, tmp: &std::path::Path, db: &str, nats: u16, port: u16) -> Pro
     p
 }
 
-fn hva(i: usize, tmp: &std::path::Path, nats: u16) -> Proc {
+fn hva(i: usize, tmp: &std::path::Path, nats: u16, metrics: u16) -> Proc {
     Proc::spawn(
         &format!("hva{i}"),
         Command::new(bin("hva")).args([
@@ -72,6 +72,8 @@ fn hva(i: usize, tmp: &std::path::Path, nats: u16) -> Proc {
             "qemu",
             "--sim-delay-ms",
             "20",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
         ]),
         tmp,
     )
@@ -79,6 +81,20 @@ fn hva(i: usize, tmp: &std::path::Path, nats: u16) -> Proc {
 
 async fn scrape(port: u16) -> String {
     reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`.
+fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (set, value) = rest.split_once("} ")?;
+            labels
+                .iter()
+                .all(|(k, v)| set.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 /// The value of the unlabelled gauge `name` in a scrape.
@@ -118,7 +134,8 @@ async fn three_controllers_one_killed_mid_storm() {
     for (i, port) in ports.iter().enumerate() {
         ctls.push(Some(dcmgr(i, dir, &db_url, nats, *port)));
     }
-    let _hvas: Vec<Proc> = (0..HOSTS).map(|i| hva(i, dir, nats)).collect();
+    let hva_metrics: Vec<u16> = (0..HOSTS).map(|_| procs::free_port()).collect();
+    let _hvas: Vec<Proc> = (0..HOSTS).map(|i| hva(i, dir, nats, hva_metrics[i])).collect();
     let clients: Vec<Client> = ports.iter().map(|p| Client::new(format!("http://127.0.0.1:{p}"), TOKEN)).collect();
     eventually(Duration::from_secs(30), || async {
         let hosts = clients[1].list_all_host_nodes().await.ok()?;
@@ -351,6 +368,26 @@ async fn three_controllers_one_killed_mid_storm() {
         leaders.insert(i, gauge(&text, "vdc_dcmgr_leader"));
     }
     assert_eq!(leaders.values().filter(|v| **v == Some(1.0)).count(), 1, "one survivor leads: {leaders:?}");
+
+    // Each report batch went to one dcmgr (a queue group), each heartbeat to every one.
+    let (mut sent_reports, mut sent_heartbeats) = (0.0, 0.0);
+    for port in &hva_metrics {
+        let text = scrape(*port).await;
+        sent_reports += sum(&text, "vdc_bus_messages_total", &[("direction", "sent"), ("subject", "report")]);
+        sent_heartbeats += sum(&text, "vdc_bus_messages_total", &[("direction", "sent"), ("subject", "heartbeat")]);
+    }
+    let mut received_reports = 0.0;
+    for &i in &survivors {
+        let text = scrape(ports[i]).await;
+        received_reports += sum(&text, "vdc_bus_messages_total", &[("direction", "received"), ("subject", "report")]);
+        let heartbeats = sum(&text, "vdc_bus_messages_total", &[("direction", "received"), ("subject", "heartbeat")]);
+        assert!(heartbeats >= 0.9 * sent_heartbeats, "dcmgr{i} got {heartbeats} of {sent_heartbeats} heartbeats");
+    }
+    println!("report batches: {sent_reports} sent by the agents, {received_reports} taken by the two survivors");
+    assert!(
+        received_reports > 0.0 && received_reports <= sent_reports,
+        "the survivors took {received_reports} report batches of {sent_reports} sent: each goes to one dcmgr"
+    );
     drop(ctls);
 }
 
