@@ -187,7 +187,8 @@ async fn three_controllers_one_killed_mid_storm() {
     .expect("the revoked token is refused by dcmgr1");
     assert_eq!(refused, "token_revoked");
     let took = revoked_at.elapsed();
-    assert!(took < Duration::from_millis(2500), "refused after {took:?}, beyond the 1 s TTL");
+    // The TTL plus the time a loaded machine takes to answer; without the TTL it never is.
+    assert!(took < Duration::from_secs(3), "refused after {took:?}, beyond the 1 s TTL");
     println!("revoke through dcmgr0 refused on dcmgr1 after {took:?}");
 
     // Metrics on each; one leader.
