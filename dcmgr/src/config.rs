@@ -88,11 +88,21 @@ pub struct AuthConfig {
     /// Requests a token may make at once above the rate (its bucket's size); defaults to
     /// twice the rate.
     pub rate_limit_burst: Option<u32>,
+    /// On PostgreSQL, where several dcmgrs may serve one database, how long a resolved
+    /// token is trusted before it is read again: a token revoked through another dcmgr
+    /// stops working here within this time. (On SQLite there is one dcmgr and revokes
+    /// empty the cache at once.)
+    pub token_cache_ttl_ms: u64,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { max_tokens_per_user: 50, rate_limit_per_second: None, rate_limit_burst: None }
+        AuthConfig {
+            max_tokens_per_user: 50,
+            rate_limit_per_second: None,
+            rate_limit_burst: None,
+            token_cache_ttl_ms: 2000,
+        }
     }
 }
 

@@ -45,16 +45,26 @@ impl Caller {
 
 /// Resolved tokens. Every eviction bumps `epoch`; a caller read from the database is
 /// cached only if no eviction happened since the read began, so a token revoked while
-/// it was being resolved is not cached as valid.
+/// it was being resolved is not cached as valid. With a `ttl` (several controllers on one
+/// database), an entry is read again once it is older: a revoke made through another
+/// dcmgr stops the token here within the TTL.
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    entries: HashMap<String, Caller>,
+    entries: HashMap<String, (Caller, std::time::Instant)>,
     epoch: u64,
+    ttl: Option<std::time::Duration>,
 }
 
 impl TokenCache {
+    pub fn with_ttl(ttl: Option<std::time::Duration>) -> TokenCache {
+        TokenCache { ttl, ..Default::default() }
+    }
     pub fn get(&self, hash: &str) -> Option<&Caller> {
-        self.entries.get(hash)
+        let (caller, at) = self.entries.get(hash)?;
+        match self.ttl {
+            Some(ttl) if at.elapsed() >= ttl => None,
+            _ => Some(caller),
+        }
     }
     pub fn epoch(&self) -> u64 {
         self.epoch
@@ -62,16 +72,16 @@ impl TokenCache {
     /// Caches `caller` unless something was evicted since `epoch`.
     pub fn insert_since(&mut self, epoch: u64, hash: String, caller: Caller) {
         if self.epoch == epoch {
-            self.entries.insert(hash, caller);
+            self.entries.insert(hash, (caller, std::time::Instant::now()));
         }
     }
     pub fn remove(&mut self, hash: &str) {
         self.epoch += 1;
         self.entries.remove(hash);
     }
-    pub fn retain(&mut self, keep: impl FnMut(&String, &mut Caller) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(&String, &mut Caller) -> bool) {
         self.epoch += 1;
-        self.entries.retain(keep);
+        self.entries.retain(|h, (c, _)| keep(h, c));
     }
 }
 
@@ -97,7 +107,8 @@ pub struct Ctx {
     pub db: Pool,
     pub bus: Arc<dyn Transport>,
     pub config: Config,
-    /// token hash → caller; tokens are only ever added or revoked through this process.
+    /// token hash → caller. On SQLite tokens are only ever added or revoked through this
+    /// process; on PostgreSQL entries expire after `[auth] token_cache_ttl_ms`.
     pub tokens: RwLock<TokenCache>,
     pub work: mpsc::UnboundedSender<Work>,
     /// Work queued and not yet taken by a dispatcher: the same object is queued once
@@ -127,6 +138,11 @@ pub struct Ctx {
     pub rate_limits: Option<crate::app::rate_limit::RateLimits>,
     /// Writes the audit log in batches (`app::audit::Writer`).
     pub audit: crate::app::audit::Writer,
+    /// The database may be shared with other dcmgrs (PostgreSQL): duties that must be
+    /// done once (reconciling, recording agents online or offline) wait for `leader`.
+    pub shared: bool,
+    /// This dcmgr holds the leader lock (`controller::leader`); always true when not shared.
+    pub leader: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -164,9 +180,32 @@ impl Ctx {
         format!("http://{a}")
     }
 
+    /// Whether this dcmgr does the once-only duties now (see `controller::leader`).
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn agent_online(&self, kind: AgentKind, node: &str) -> bool {
         self.agents.read().unwrap().get(&(kind, node.to_owned())).is_some_and(|a| !a.offline)
     }
 }
 
 pub type SharedCtx = Arc<Ctx>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_cache_entries_expire_after_the_ttl_only_when_one_is_set() {
+        let caller = Caller::system(AccountId::generate());
+        let mut shared = TokenCache::with_ttl(Some(std::time::Duration::from_millis(30)));
+        let mut single = TokenCache::default();
+        shared.insert_since(0, "h".into(), caller.clone());
+        single.insert_since(0, "h".into(), caller);
+        assert!(shared.get("h").is_some());
+        std::thread::sleep(std::time::Duration::from_millis(40));
+        assert!(shared.get("h").is_none(), "read again after the TTL");
+        assert!(single.get("h").is_some(), "no TTL on one dcmgr");
+    }
+}

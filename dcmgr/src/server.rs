@@ -31,6 +31,9 @@ pub struct Dcmgr {
     pub ctx: SharedCtx,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The `flock` that keeps a second dcmgr off a SQLite database, released by `stop`
+    /// (or when this is dropped).
+    _sqlite_lock: Option<std::fs::File>,
 }
 
 #[derive(Default)]
@@ -46,6 +49,7 @@ impl Dcmgr {
         if let Some(e) = &config.external {
             e.pool().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
         }
+        let sqlite_lock = db::lock_sqlite(&config.database_url)?;
         let (pool, kind) = db::connect(&config.database_url)
             .await
             .with_context(|| format!("opening database {}", redact(&config.database_url)))?;
@@ -71,11 +75,14 @@ impl Dcmgr {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let audit = crate::app::audit::Writer::start(pool.clone());
+        // PostgreSQL may be shared by several dcmgrs (README: several controllers).
+        let shared = kind == db::DbKind::Postgres;
+        let token_ttl = shared.then(|| std::time::Duration::from_millis(config.auth.token_cache_ttl_ms));
         let ctx: SharedCtx = Arc::new(Ctx {
             db: pool,
             bus: bus.clone(),
             config: config.clone(),
-            tokens: Default::default(),
+            tokens: std::sync::RwLock::new(crate::ctx::TokenCache::with_ttl(token_ttl)),
             work: tx,
             queued: Default::default(),
             agents: Default::default(),
@@ -91,6 +98,8 @@ impl Dcmgr {
             events: crate::app::event::Hub::new(cancel.clone()),
             rate_limits,
             audit,
+            shared,
+            leader: std::sync::atomic::AtomicBool::new(!shared),
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;
@@ -103,9 +112,17 @@ impl Dcmgr {
         crate::app::image_import::resume(&ctx).await?;
 
         let mut tasks = Vec::new();
-        let reg = bus.subscribe(subject::REGISTER).await?;
+        // Registrations and reports go to one dcmgr of the queue group; heartbeats to every
+        // one (each keeps liveness in memory).
+        let group = controller::membership::QUEUE_GROUP;
+        let reg = bus.subscribe_queue(subject::REGISTER, group).await?;
         let hb = bus.subscribe(subject::HEARTBEAT).await?;
-        let rep = bus.subscribe(subject::REPORT).await?;
+        let rep = bus.subscribe_queue(subject::REPORT, group).await?;
+        if shared {
+            let peers = bus.subscribe(controller::membership::PEER_REGISTERED).await?;
+            tasks.push(tokio::spawn(controller::membership::serve_peer_registered(ctx.clone(), peers, cancel.clone())));
+            tasks.push(tokio::spawn(controller::leader::run(ctx.clone(), cancel.clone())));
+        }
         tasks.push(tokio::spawn(controller::membership::serve_register(ctx.clone(), reg, cancel.clone())));
         tasks.push(tokio::spawn(controller::membership::serve_heartbeat(ctx.clone(), hb, cancel.clone())));
         tasks.push(tokio::spawn(controller::reports::serve(ctx.clone(), rep, cancel.clone())));
@@ -135,7 +152,7 @@ impl Dcmgr {
             }
         }));
         tracing::info!(%addr, db = ?kind, "dcmgr serving");
-        Ok(Dcmgr { addr, ctx, cancel, tasks })
+        Ok(Dcmgr { addr, ctx, cancel, tasks, _sqlite_lock: sqlite_lock })
     }
 
     pub fn url(&self) -> String {

@@ -1,6 +1,13 @@
 //! Agent registration, heartbeats and liveness. Heartbeats are kept in memory (10,000
 //! hosts beating every few seconds must not become database writes); only a change
 //! between online and offline is written.
+//!
+//! Several dcmgrs (one PostgreSQL): every dcmgr subscribes to heartbeats and keeps the
+//! same liveness in memory (so each answers `agent_unavailable` and filters the
+//! reconciler's work alike); only the leader (`controller::leader`) writes online and
+//! offline and syncs an agent that came back. A registration goes to one dcmgr (a queue
+//! group), which records it, answers, syncs the agent and tells the others
+//! ([`PEER_REGISTERED`]) that the agent is known.
 
 use crate::ctx::{AgentSeen, SharedCtx, Work};
 use crate::datastore::host as hosts;
@@ -9,6 +16,13 @@ use tokio_util::sync::CancellationToken;
 use vdc_bus::Subscription;
 use vdc_schema::bus::{self, AgentKind, Heartbeat, HeartbeatReply, Register, Registered};
 use vdc_schema::id::{HostNodeId, StorageNodeId};
+
+/// Where the dcmgr that took a registration tells the others (payload: a [`Heartbeat`]
+/// naming the agent). Only dcmgrs publish and read it.
+pub const PEER_REGISTERED: &str = "vdc.dcmgr.peer.registered";
+
+/// The queue group of the dcmgrs sharing registrations and reports.
+pub const QUEUE_GROUP: &str = "dcmgr";
 
 /// Checks an untrusted registration: IDs of the right kind, sane capacities. (A tunnel
 /// address that is not IPv4 already failed the decode.)
@@ -94,7 +108,27 @@ pub async fn serve_register(ctx: SharedCtx, mut sub: Subscription, cancel: Cance
         tracing::info!(node = %r.node_id, kind = %r.kind, version = %r.agent_version, "agent registered");
         let ans = Registered { heartbeat_interval_ms: ctx.config.heartbeat_interval_ms };
         let _ = ctx.bus.publish(&reply, bus::encode(&ans).into()).await;
+        if ctx.shared {
+            let notice = Heartbeat { node_id: r.node_id.clone(), kind: r.kind };
+            let _ = ctx.bus.publish(PEER_REGISTERED, bus::encode(&notice).into()).await;
+        }
         ctx.enqueue(Work::NodeSync(r.kind, r.node_id));
+    }
+}
+
+/// Another dcmgr took an agent's registration: it is known here too (its heartbeats are
+/// answered `known`), online since now.
+pub async fn serve_peer_registered(ctx: SharedCtx, mut sub: Subscription, cancel: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = sub.next() => match m { Some(m) => m, None => return },
+        };
+        let Ok(r) = bus::decode::<Heartbeat>(&msg.payload) else { continue };
+        ctx.agents
+            .write()
+            .unwrap()
+            .insert((r.kind, r.node_id), AgentSeen { last_seen_ms: db::now_ms(), offline: false, registered: true });
     }
 }
 
@@ -119,7 +153,8 @@ pub async fn serve_heartbeat(ctx: SharedCtx, mut sub: Subscription, cancel: Canc
                 None => (false, false),
             }
         };
-        if was_offline {
+        // Only the leader records it and syncs the agent (every dcmgr sees the heartbeat).
+        if was_offline && ctx.is_leader() {
             tracing::info!(node = %hb.node_id, kind = %hb.kind, "agent back online");
             let _ = set_state(&ctx, hb.kind, &hb.node_id, "online").await;
             ctx.enqueue(Work::NodeSync(hb.kind, hb.node_id.clone()));
@@ -148,6 +183,10 @@ pub async fn watch_liveness(ctx: SharedCtx, cancel: CancellationToken) {
                 })
                 .collect()
         };
+        // Every dcmgr stops counting on it; the leader records it.
+        if !ctx.is_leader() {
+            continue;
+        }
         for (kind, node) in silent {
             tracing::warn!(%kind, node, "agent silent; marking it offline");
             if let Err(e) = set_state(&ctx, kind, &node, "offline").await {
@@ -177,6 +216,48 @@ pub async fn seed_from_db(ctx: &SharedCtx) -> Result<(), sqlx::Error> {
     }
     for s in online_stores {
         agents.insert((AgentKind::Sta, s), AgentSeen { last_seen_ms: now, offline: false, registered: false });
+    }
+    Ok(())
+}
+
+/// A dcmgr that has just become the leader makes the database agree with the liveness it
+/// sees: agents that came back or fell silent while no one led (or before this dcmgr
+/// led) are recorded online (and synced) or offline now; hosts the database has online
+/// but this dcmgr never heard of get the full timeout to speak.
+pub async fn sync_states(ctx: &SharedCtx) -> Result<(), sqlx::Error> {
+    let online_hosts: std::collections::HashSet<String> = hosts::online_hosts(&ctx.db).await?.into_iter().collect();
+    let online_stores: std::collections::HashSet<String> = hosts::online_storage(&ctx.db).await?.into_iter().collect();
+    let seen: Vec<((AgentKind, String), bool)> =
+        ctx.agents.read().unwrap().iter().map(|(k, a)| (k.clone(), a.offline)).collect();
+    let mut known = std::collections::HashSet::new();
+    for ((kind, node), offline) in seen {
+        let recorded_online = match kind {
+            AgentKind::Hva => online_hosts.contains(&node),
+            AgentKind::Sta => online_stores.contains(&node),
+            AgentKind::Nwagent => continue,
+        };
+        known.insert((kind, node.clone()));
+        if !offline && !recorded_online {
+            tracing::info!(%kind, node, "agent online (recorded by the new leader)");
+            set_state(ctx, kind, &node, "online").await?;
+            ctx.enqueue(Work::NodeSync(kind, node));
+        } else if offline && recorded_online {
+            tracing::warn!(%kind, node, "agent silent; marking it offline (new leader)");
+            set_state(ctx, kind, &node, "offline").await?;
+        }
+    }
+    let now = db::now_ms();
+    let mut agents = ctx.agents.write().unwrap();
+    for (kind, set) in [(AgentKind::Hva, online_hosts), (AgentKind::Sta, online_stores)] {
+        for node in set {
+            if !known.contains(&(kind, node.clone())) {
+                agents.entry((kind, node)).or_insert(AgentSeen {
+                    last_seen_ms: now,
+                    offline: false,
+                    registered: false,
+                });
+            }
+        }
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod image;
 pub mod instance;
 pub mod interface;
+pub mod leader;
 pub mod membership;
 pub mod reconciler;
 pub mod reports;

@@ -1,7 +1,7 @@
 //! Compares intent with the last reports and re-sends ensures for objects that have not
 //! converged, so a lost message, a crashed agent or a restarted broker only delays
 //! convergence. Objects on offline agents wait for the agent's return (which triggers a
-//! full sync) instead.
+//! full sync) instead. Only the leader runs passes (`controller::leader`).
 
 use crate::ctx::{SharedCtx, Work};
 use crate::db;
@@ -14,6 +14,11 @@ pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
+        }
+        // Several dcmgrs on one database: one reconciles (`controller::leader`). Work the
+        // others accepted and did not dispatch (one killed after commit) is found here.
+        if !ctx.is_leader() {
+            continue;
         }
         if let Err(e) = pass(&ctx).await {
             tracing::warn!("reconcile pass failed: {e}");

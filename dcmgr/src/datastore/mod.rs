@@ -78,6 +78,32 @@ pub async fn connect(url: &str) -> Result<(Pool, DbKind), sqlx::Error> {
     Ok((pool, kind))
 }
 
+/// SQLite serves one dcmgr: holds an exclusive `flock` on the database file for as long
+/// as the returned file is open, or says that another dcmgr has it. `None` for
+/// PostgreSQL (several dcmgrs may share it) and in-memory databases.
+pub fn lock_sqlite(url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(rest) = url.strip_prefix("sqlite://") else { return Ok(None) };
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.starts_with(':') {
+        return Ok(None);
+    }
+    let path = std::path::Path::new(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    private_file(path)?;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => anyhow::bail!(
+            "another dcmgr serves the SQLite database {}: SQLite takes one dcmgr; run several on PostgreSQL \
+             (README: several controllers)",
+            path.display()
+        ),
+        Err(e) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 /// Makes the SQLite database file exist, readable by its owner only (it holds every
 /// tenant's data and token hashes). SQLite gives its `-wal` and `-shm` files the
 /// database's mode; those of an older, more open database are closed too.

@@ -85,6 +85,9 @@ async fn scrape(ctx: &SharedCtx) -> Result<Vec<MetricFamily>, ApiError> {
     }
     let queue = gauge(&r, "vdc_work_queue_depth", "Objects queued for an ensure, not yet taken by a dispatcher", &[]);
     queue.with_label_values(&[] as &[&str]).set(ctx.queued.lock().unwrap().len() as i64);
+    gauge(&r, "vdc_dcmgr_leader", "1 if this dcmgr does the once-only duties (reconciling, agents' states)", &[])
+        .with_label_values(&[] as &[&str])
+        .set(ctx.is_leader() as i64);
     let (running, oldest) = crate::datastore::metrics::running_jobs(&ctx.db).await?;
     gauge(&r, "vdc_jobs_running", "Jobs not yet ended: intent not yet reached", &[])
         .with_label_values(&[] as &[&str])

@@ -47,6 +47,12 @@ pub trait Transport: Send + Sync + 'static {
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError>;
     async fn request(&self, subject: &str, payload: Bytes, timeout: Duration) -> Result<Bytes, BusError>;
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError>;
+    /// Subscribes as one member of the queue group `group`: each message goes to one
+    /// member only (several dcmgrs share agents' registrations and reports this way).
+    /// The in-process bus has one dcmgr, so there it is a plain subscription.
+    async fn subscribe_queue(&self, subject: &str, _group: &str) -> Result<Subscription, BusError> {
+        self.subscribe(subject).await
+    }
 }
 
 // Deep enough that a burst of ensures to one host does not block dcmgr's dispatcher.
@@ -201,9 +207,24 @@ impl Transport for Nats {
     }
 
     async fn subscribe(&self, subject: &str) -> Result<Subscription, BusError> {
+        let sub = self.client.subscribe(subject.to_owned()).await.map_err(|e| BusError::Connection(e.to_string()))?;
+        Ok(Self::relay(sub))
+    }
+
+    async fn subscribe_queue(&self, subject: &str, group: &str) -> Result<Subscription, BusError> {
+        let sub = self
+            .client
+            .queue_subscribe(subject.to_owned(), group.to_owned())
+            .await
+            .map_err(|e| BusError::Connection(e.to_string()))?;
+        Ok(Self::relay(sub))
+    }
+}
+
+impl Nats {
+    /// Moves a NATS subscription's messages into a [`Subscription`].
+    fn relay(mut sub: async_nats::Subscriber) -> Subscription {
         use futures::StreamExt;
-        let mut sub =
-            self.client.subscribe(subject.to_owned()).await.map_err(|e| BusError::Connection(e.to_string()))?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(async move {
             while let Some(m) = sub.next().await {
@@ -217,7 +238,7 @@ impl Transport for Nats {
                 }
             }
         });
-        Ok(Subscription { rx })
+        Subscription { rx }
     }
 }
 

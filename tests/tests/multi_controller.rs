@@ -1,0 +1,416 @@
+//! Several controllers (issue 15, point 5): three dcmgr processes on one PostgreSQL and
+//! one nats-server, four simulated hva processes. PostgreSQL only (SQLite is one
+//! controller): the tests' server, `VDC_TEST_PG_URL` or a private one (`tests/src/pg.rs`).
+//!
+//! - an event of a create made through one dcmgr reaches a stream opened on another;
+//! - a token revoked through one dcmgr stops working on another within the token cache's
+//!   TTL;
+//! - `/metrics` answers on each, and exactly one leads;
+//! - 1,000 concurrent creates spread round-robin over the three APIs; the leader is
+//!   killed with SIGKILL when about half are accepted. A create that got no answer from
+//!   it is looked up in the database once it is dead, and sent to a survivor only if it
+//!   was not committed. Then: every create exists exactly once (counted by name), all
+//!   reach `running`, no request to a live dcmgr failed, no host went offline, and one
+//!   survivor leads.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vdc_cli::client::{Client, StreamItem};
+use vdc_cli::ClientError;
+use vdc_schema::api::*;
+use vdc_schema::{HypervisorKind, NodeState};
+use vdc_tests::eventually;
+use vdc_tests::procs::{self, bin, Proc};
+
+const CONTROLLERS: usize = 3;
+const HOSTS: usize = 4;
+const CREATES: usize = 1000;
+const IN_FLIGHT: usize = 64;
+const TOKEN: &str = "vdc_multictl_admin";
+
+fn dcmgr(i: usize, tmp: &std::path::Path, db: &str, nats: u16, port: u16) -> Proc {
+    let cfg = tmp.join(format!("dcmgr{i}.toml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndatabase_url = \"{db}\"\nnats_url = \"nats://127.0.0.1:{nats}\"\n\
+             heartbeat_interval_ms = 500\nagent_timeout_ms = 10000\nreconcile_interval_ms = 500\nresend_after_ms = 3000\n\
+             admin_token = \"{TOKEN}\"\ncpu_allocation_ratio = 16.0\n\
+             [auth]\ntoken_cache_ttl_ms = 1000\n\
+             [images]\ndir = \"{}\"\n",
+            // One image store (and node and site keys) for all: README, several controllers.
+            tmp.join("images").display()
+        ),
+    )
+    .unwrap();
+    let p =
+        Proc::spawn(&format!("dcmgr{i}"), Command::new(bin("dcmgr")).args(["--config", cfg.to_str().unwrap()]), tmp);
+    assert!(procs::wait_port(port, Duration::from_secs(30)), "dcmgr{i} did not listen:\n{}", p.log_text());
+    p
+}
+
+fn hva(i: usize, tmp: &std::path::Path, nats: u16, metrics: u16) -> Proc {
+    Proc::spawn(
+        &format!("hva{i}"),
+        Command::new(bin("hva")).args([
+            "--driver",
+            "sim",
+            "--nats",
+            &format!("nats://127.0.0.1:{nats}"),
+            "--data-dir",
+            tmp.join(format!("hva{i}")).to_str().unwrap(),
+            "--node-id",
+            &format!("hn-multictl{i}"),
+            "--cpus",
+            "64",
+            "--memory-mib",
+            "131072",
+            "--hypervisors",
+            "qemu",
+            "--sim-delay-ms",
+            "20",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics}"),
+        ]),
+        tmp,
+    )
+}
+
+async fn scrape(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`.
+fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (set, value) = rest.split_once("} ")?;
+            labels
+                .iter()
+                .all(|(k, v)| set.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// The value of the unlabelled gauge `name` in a scrape.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn request(image: &vdc_schema::id::ImageId, name: &str) -> CreateInstance {
+    CreateInstance {
+        name: Some(name.into()),
+        image_id: image.clone(),
+        hypervisor: None,
+        cpus: 1,
+        memory_mib: 256,
+        interfaces: vec![],
+        ssh_key_id: None,
+        user_data: None,
+        root_disk_size: None,
+    }
+}
+
+async fn count(db: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sql).fetch_one(db).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_controllers_one_killed_mid_storm() {
+    vdc_tests::init_logging();
+    let tmp = tempfile::Builder::new().prefix("vdc-multictl-").tempdir().unwrap();
+    let dir = tmp.path();
+    let (db_url, _, _) = vdc_tests::create_pg_database().await.unwrap();
+    let db = sqlx::PgPool::connect(&db_url).await.unwrap();
+    let (_nats, nats) = procs::nats_server(dir);
+    let ports: Vec<u16> = (0..CONTROLLERS).map(|_| procs::free_port()).collect();
+    // One after the other: the first makes the schema and the keys the others share.
+    let mut ctls: Vec<Option<Proc>> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        ctls.push(Some(dcmgr(i, dir, &db_url, nats, *port)));
+    }
+    let hva_metrics: Vec<u16> = (0..HOSTS).map(|_| procs::free_port()).collect();
+    let _hvas: Vec<Proc> = (0..HOSTS).map(|i| hva(i, dir, nats, hva_metrics[i])).collect();
+    let clients: Vec<Client> = ports.iter().map(|p| Client::new(format!("http://127.0.0.1:{p}"), TOKEN)).collect();
+    eventually(Duration::from_secs(30), || async {
+        let hosts = clients[1].list_all_host_nodes().await.ok()?;
+        (hosts.iter().filter(|h| h.state == NodeState::Online).count() == HOSTS).then_some(())
+    })
+    .await
+    .expect("every hva registers");
+    let image = clients[0].create_image(&vdc_tests::builtin_tiny_image(vec![HypervisorKind::Qemu])).await.unwrap();
+
+    // Events cross processes: a create through dcmgr0, seen on a stream of dcmgr2.
+    let mut stream = clients[2].events(None, true).await.unwrap();
+    let made = clients[0].create_instance(&request(&image.id, "mc-event")).await.unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Some(StreamItem::Event(e)) = stream.next().await.unwrap() {
+                if e.kind == "instance" && e.resource_id == made.resource.id.as_str() && e.state == "running" {
+                    return e;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the stream on dcmgr2 shows the instance made through dcmgr0 running");
+    drop(stream);
+    println!("event of a create on dcmgr0 seen on dcmgr2: seq {}", seen.seq);
+
+    // A token revoked through dcmgr0 stops on dcmgr1 within the cache's TTL (1 s here).
+    let minted = clients[0]
+        .create_token(&CreateToken {
+            name: "multictl".into(),
+            account_id: None,
+            expires_at: None,
+            role: None,
+            user_id: None,
+        })
+        .await
+        .unwrap();
+    let other = Client::new(format!("http://127.0.0.1:{}", ports[1]), &minted.secret);
+    other.whoami().await.expect("the new token works on dcmgr1 (and is cached there)");
+    clients[0].revoke_token(&minted.token.id).await.unwrap();
+    let revoked_at = Instant::now();
+    let refused = eventually(Duration::from_secs(5), || async {
+        match other.whoami().await {
+            Err(ClientError::Api { status: 401, code, .. }) => Some(code),
+            _ => None,
+        }
+    })
+    .await
+    .expect("the revoked token is refused by dcmgr1");
+    assert_eq!(refused, "token_revoked");
+    let took = revoked_at.elapsed();
+    // The TTL plus the time a loaded machine takes to answer; without the TTL it never is.
+    assert!(took < Duration::from_secs(3), "refused after {took:?}, beyond the 1 s TTL");
+    println!("revoke through dcmgr0 refused on dcmgr1 after {took:?}");
+
+    // Metrics on each; one leader.
+    let mut leader = None;
+    for (i, port) in ports.iter().enumerate() {
+        let text = scrape(*port).await;
+        assert!(text.contains("vdc_agents{"), "dcmgr{i} /metrics:\n{text}");
+        if gauge(&text, "vdc_dcmgr_leader") == Some(1.0) {
+            assert!(leader.replace(i).is_none(), "two leaders");
+        }
+    }
+    let leader = leader.expect("one dcmgr leads");
+    println!("dcmgr{leader} leads; it is the one killed");
+
+    // Hosts must stay online throughout (sampled from the database).
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let offline_seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let watch = {
+        let (db, stop, seen) = (db.clone(), stop_watch.clone(), offline_seen.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let rows: Vec<(String, String)> =
+                    sqlx::query_as("SELECT id, state FROM host_nodes WHERE state <> 'online'")
+                        .fetch_all(&db)
+                        .await
+                        .unwrap();
+                seen.lock().unwrap().extend(rows.into_iter().map(|(id, s)| format!("{id} {s}")));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+
+    // The storm.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    // `killed`: the kill has begun (no answer from it is expected); `is_dead`: it is gone
+    // and whatever it committed is in the database.
+    let killed = Arc::new(AtomicBool::new(false));
+    let is_dead = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (half_tx, half_rx) = tokio::sync::oneshot::channel::<()>();
+    let half_tx = Arc::new(Mutex::new(Some(half_tx)));
+    let mut victim = ctls[leader].take().unwrap();
+    let killer = {
+        let (killed, is_dead) = (killed.clone(), is_dead.clone());
+        tokio::spawn(async move {
+            let _ = half_rx.await;
+            killed.store(true, Ordering::SeqCst);
+            victim.kill();
+            let at = Instant::now();
+            // Its connections are closed; a commit it had sent is in or out by now.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            is_dead.store(true, Ordering::SeqCst);
+            (victim, at)
+        })
+    };
+    let limit = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let survivors: Vec<usize> = (0..CONTROLLERS).filter(|&i| i != leader).collect();
+    let (retried, unanswered_committed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for n in 0..CREATES {
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        let (clients, image, accepted, killed, failures, half_tx, db, is_dead, survivors) = (
+            clients.clone(),
+            image.id.clone(),
+            accepted.clone(),
+            killed.clone(),
+            failures.clone(),
+            half_tx.clone(),
+            db.clone(),
+            is_dead.clone(),
+            survivors.clone(),
+        );
+        let (retried, unanswered_committed) = (retried.clone(), unanswered_committed.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let name = format!("mc-{n:04}");
+            let to = n % CONTROLLERS;
+            let req = request(&image, &name);
+            match clients[to].create_instance(&req).await {
+                Ok(_) => {
+                    if accepted.fetch_add(1, Ordering::SeqCst) + 1 == CREATES / 2 {
+                        if let Some(tx) = half_tx.lock().unwrap().take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    return;
+                }
+                Err(ClientError::Transport(_)) if to == leader && killed.load(Ordering::SeqCst) => {}
+                Err(e) => {
+                    failures.lock().unwrap().push(format!("{name} on dcmgr{to}: {e}"));
+                    return;
+                }
+            }
+            // No answer from the killed dcmgr: once it is dead, was it committed?
+            while !is_dead.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let there: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE name = $1")
+                .bind(&name)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            if there > 0 {
+                unanswered_committed.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            retried.fetch_add(1, Ordering::SeqCst);
+            let to = survivors[n % survivors.len()];
+            if let Err(e) = clients[to].create_instance(&req).await {
+                failures.lock().unwrap().push(format!("{name} (retried) on dcmgr{to}: {e}"));
+            } else {
+                accepted.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let storm = started.elapsed();
+    assert!(killed.load(Ordering::SeqCst), "the leader was killed mid-way");
+    let (_victim, kill_at) = killer.await.unwrap();
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "requests to live controllers failed ({}): {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(20)]
+    );
+    println!(
+        "{CREATES} creates over {CONTROLLERS} controllers in {storm:?}: {:.0} creates/s; {} got no answer from the killed one \
+         ({} of them committed, {} sent again to a survivor)",
+        CREATES as f64 / storm.as_secs_f64(),
+        retried.load(Ordering::SeqCst) + unanswered_committed.load(Ordering::SeqCst),
+        unanswered_committed.load(Ordering::SeqCst),
+        retried.load(Ordering::SeqCst),
+    );
+    let not_running_at_end =
+        count(&db, "SELECT COUNT(*) FROM instances WHERE name LIKE 'mc-0%' AND state <> 'running'").await;
+    println!("{not_running_at_end} not yet running when the last create was answered");
+
+    // All converge: each name exactly once, all running.
+    let converged = eventually(Duration::from_secs(60), || async {
+        let running = count(&db, "SELECT COUNT(*) FROM instances WHERE name LIKE 'mc-0%' AND state = 'running'").await;
+        (running as usize >= CREATES).then_some(())
+    })
+    .await;
+    let by_state: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, COUNT(*) FROM instances WHERE name LIKE 'mc-0%' GROUP BY state")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert!(converged.is_ok(), "not all running after 60 s: {by_state:?}");
+    println!("all {CREATES} running {:?} after the kill", kill_at.elapsed());
+    let doubled: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT name, COUNT(*) FROM instances WHERE name LIKE 'mc-0%' GROUP BY name HAVING COUNT(*) > 1",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert!(doubled.is_empty(), "created twice: {doubled:?}");
+    let names = count(&db, "SELECT COUNT(DISTINCT name) FROM instances WHERE name LIKE 'mc-0%'").await;
+    assert_eq!(names as usize, CREATES, "every create exists (none lost)");
+    let total = count(&db, "SELECT COUNT(*) FROM instances WHERE name LIKE 'mc-0%'").await;
+    assert_eq!(total as usize, CREATES);
+
+    stop_watch.store(true, Ordering::Relaxed);
+    watch.await.unwrap();
+    let offline = offline_seen.lock().unwrap().clone();
+    assert!(offline.is_empty(), "hosts went offline during the test: {offline:?}");
+
+    // The survivors answer, one of them leads, and both see every host online.
+    let mut leaders = HashMap::new();
+    for &i in &survivors {
+        let hosts = clients[i].list_all_host_nodes().await.unwrap();
+        assert!(hosts.iter().all(|h| h.state == NodeState::Online), "dcmgr{i}: {hosts:?}");
+        let text = scrape(ports[i]).await;
+        leaders.insert(i, gauge(&text, "vdc_dcmgr_leader"));
+    }
+    assert_eq!(leaders.values().filter(|v| **v == Some(1.0)).count(), 1, "one survivor leads: {leaders:?}");
+
+    // Each report batch went to one dcmgr (a queue group), each heartbeat to every one.
+    let (mut sent_reports, mut sent_heartbeats) = (0.0, 0.0);
+    for port in &hva_metrics {
+        let text = scrape(*port).await;
+        sent_reports += sum(&text, "vdc_bus_messages_total", &[("direction", "sent"), ("subject", "report")]);
+        sent_heartbeats += sum(&text, "vdc_bus_messages_total", &[("direction", "sent"), ("subject", "heartbeat")]);
+    }
+    let mut received_reports = 0.0;
+    for &i in &survivors {
+        let text = scrape(ports[i]).await;
+        received_reports += sum(&text, "vdc_bus_messages_total", &[("direction", "received"), ("subject", "report")]);
+        let heartbeats = sum(&text, "vdc_bus_messages_total", &[("direction", "received"), ("subject", "heartbeat")]);
+        assert!(heartbeats >= 0.9 * sent_heartbeats, "dcmgr{i} got {heartbeats} of {sent_heartbeats} heartbeats");
+    }
+    println!("report batches: {sent_reports} sent by the agents, {received_reports} taken by the two survivors");
+    assert!(
+        received_reports > 0.0 && received_reports <= sent_reports,
+        "the survivors took {received_reports} report batches of {sent_reports} sent: each goes to one dcmgr"
+    );
+    drop(ctls);
+}
+
+/// SQLite takes one dcmgr: a second one on the same file is refused, saying why; once
+/// the first has stopped, another starts.
+#[tokio::test]
+async fn a_second_dcmgr_on_one_sqlite_file_is_refused() {
+    use vdc_dcmgr::{server::Options, Config, Dcmgr};
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Config {
+        listen: "127.0.0.1:0".into(),
+        database_url: format!("sqlite://{}", tmp.path().join("vdc.db").display()),
+        images: vdc_dcmgr::config::ImagesConfig { dir: Some(tmp.path().join("images")), ..Default::default() },
+        ..Default::default()
+    };
+    let first = Dcmgr::start(config.clone(), Options::default()).await.unwrap();
+    let err = match Dcmgr::start(config.clone(), Options::default()).await {
+        Ok(_) => panic!("a second dcmgr started on the first one's SQLite database"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("another dcmgr serves the SQLite database") && err.contains("PostgreSQL"), "{err}");
+    first.stop().await;
+    let again = Dcmgr::start(config, Options::default()).await.expect("starts once the first has stopped");
+    again.stop().await;
+}
