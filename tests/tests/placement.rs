@@ -3,6 +3,7 @@
 //! zones and labels, refusals that name the constraint, and concurrent creates into one
 //! group.
 
+use clap::Parser;
 use std::collections::{BTreeMap, HashSet};
 use vdc_cli::client::{Client, ClientError};
 use vdc_schema::api::*;
@@ -15,6 +16,7 @@ on_both_databases!(
     zones_and_labels_choose_the_host,
     concurrent_creates_keep_the_group_policy,
     instances_in_groups_travel_in_bundles_without_them,
+    the_cli_speaks_groups_zones_and_labels,
 );
 
 /// The status, code and message of an API error; panics if the call succeeded.
@@ -366,4 +368,74 @@ async fn instances_in_groups_travel_in_bundles_without_them(db: Db) {
     assert!(groups(&cb).await.is_empty());
     a.stop().await;
     b.stop().await;
+}
+
+/// Runs `vdc ARGS…` in-process as the holder of `c`'s token.
+async fn vdc(c: &Client, args: &[&str]) -> Result<(), vdc_cli::error::CliError> {
+    use vdc_cli::commands::{self, Cli, GlobalArgs};
+    let cli = Cli::try_parse_from(std::iter::once("vdc").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("vdc {}: {e}", args.join(" ")));
+    let global = GlobalArgs {
+        output: vdc_cli::output::OutputFormat::Json,
+        api: Some(c.base_url().to_string()),
+        token: Some(c.token().to_string()),
+        account: None,
+        wait_timeout: 30,
+        verbose: 0,
+    };
+    commands::run(&global, cli.command).await
+}
+
+async fn ok(c: &Client, args: &[&str]) {
+    if let Err(e) = vdc(c, args).await {
+        panic!("vdc {}: {}", args.join(" "), e.report());
+    }
+}
+
+async fn the_cli_speaks_groups_zones_and_labels(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 2;
+    let s = Stack::start(opts).await;
+    let c = s.account("cli").await;
+    let hosts = host_ids(&s).await;
+    ok(&s.admin, &["host", "zone", hosts[1].as_str(), "east"]).await;
+    ok(&s.admin, &["host", "label", hosts[1].as_str(), "ssd=true", "rack=r1"]).await;
+    ok(&s.admin, &["host", "label", hosts[1].as_str(), "rack-"]).await;
+    ok(&s.admin, &["host", "list"]).await;
+    let h = s.admin.get_host_node(&hosts[1]).await.unwrap();
+    assert_eq!(h.zone.as_deref(), Some("east"));
+    assert_eq!(h.labels, BTreeMap::from([("ssd".to_string(), "true".to_string())]));
+
+    ok(&c, &["server-group", "create", "web", "--policy", "anti-affinity"]).await;
+    ok(&c, &["server-group", "list"]).await;
+    ok(
+        &c,
+        &[
+            "instance",
+            "create",
+            "w1",
+            "--image",
+            "tiny",
+            "--server-group",
+            "web",
+            "--zone",
+            "east",
+            "--host-label",
+            "ssd=true",
+        ],
+    )
+    .await;
+    let w1 = c.list_all_instances().await.unwrap().remove(0);
+    assert_eq!(w1.host_node_id.as_ref(), Some(&hosts[1]));
+    let web = groups(&c).await.remove(0);
+    assert_eq!(w1.server_group_id.as_ref(), Some(&web.id));
+    ok(&c, &["server-group", "show", "web"]).await;
+    ok(&c, &["instance", "show", "w1"]).await;
+    assert!(vdc(&c, &["server-group", "delete", "web"]).await.is_err(), "it has a member");
+    ok(&c, &["instance", "terminate", "w1", "--wait"]).await;
+    ok(&c, &["server-group", "delete", "web"]).await;
+    assert!(groups(&c).await.is_empty());
+    ok(&s.admin, &["host", "zone", hosts[1].as_str(), "--clear"]).await;
+    assert_eq!(s.admin.get_host_node(&hosts[1]).await.unwrap().zone, None);
+    s.stop().await;
 }
