@@ -1057,7 +1057,7 @@ pub struct Event {
     pub seq: u64,
     pub account_id: AccountId,
     /// `instance`, `volume`, `snapshot`, `image`, `network`, `security_group`, `keypair`,
-    /// `floating_ip` or `job`.
+    /// `floating_ip`, `server_group` or `job`.
     pub kind: String,
     /// The object's ID (a job's own ID for `job`).
     pub resource_id: String,
