@@ -276,7 +276,8 @@ async fn zones_and_labels_choose_the_host(db: Db) {
 
 /// N concurrent creates into one anti-affinity group over M hosts give exactly min(N, M)
 /// instances, on distinct hosts; concurrent creates into an affinity group all land on
-/// one host; a delete racing creates either finds members or leaves none.
+/// one host; starts of stopped members racing creates keep the policy; a delete racing
+/// creates either finds members or leaves none.
 async fn concurrent_creates_keep_the_group_policy(db: Db) {
     let mut opts = StackOptions::new(db);
     opts.hosts = 4;
@@ -284,6 +285,7 @@ async fn concurrent_creates_keep_the_group_policy(db: Db) {
     let c = s.account("racer").await;
 
     group(&c, "apart", ServerGroupPolicy::AntiAffinity).await;
+    let t = std::time::Instant::now();
     let creates = (0..12).map(|i| {
         let (c, req) = (c.clone(), in_group(&s.image, &format!("a{i}"), "apart"));
         async move { c.create_instance(&req).await }
@@ -296,6 +298,7 @@ async fn concurrent_creates_keep_the_group_policy(db: Db) {
             Err(e) => panic!("unexpected {e}"),
         }
     }
+    eprintln!("12 concurrent creates into one anti-affinity group over 4 hosts: {:?}", t.elapsed());
     assert_eq!((placed.len(), refused), (4, 8), "min(N, M) placed");
     assert_eq!(distinct(&hosts_of(&placed)), 4, "on distinct hosts");
 
@@ -308,6 +311,41 @@ async fn concurrent_creates_keep_the_group_policy(db: Db) {
         futures::future::join_all(creates).await.into_iter().map(|r| r.unwrap().resource).collect();
     assert_eq!(placed.len(), 8);
     assert_eq!(distinct(&hosts_of(&placed)), 1, "all on one host");
+
+    // Starts of stopped members (each under its instance's lock, not the account's)
+    // racing creates into the same anti-affinity group: still one member per host.
+    group(&c, "spread", ServerGroupPolicy::AntiAffinity).await;
+    let mut stopped = vec![];
+    for i in 0..4 {
+        let m = c.create_instance(&in_group(&s.image, &format!("sp{i}"), "spread")).await.unwrap().resource;
+        wait_state(&c, &m.id, InstanceState::Running).await;
+        c.stop_instance(&m.id).await.unwrap();
+        stopped.push(m.id);
+    }
+    for id in &stopped {
+        wait_state(&c, id, InstanceState::Stopped).await;
+    }
+    let t = std::time::Instant::now();
+    let starts = stopped.iter().map(|id| {
+        let (c, id) = (c.clone(), id.clone());
+        async move { c.start_instance(&id).await.map(|a| a.resource) }
+    });
+    let creates = (0..4).map(|i| {
+        let (c, req) = (c.clone(), in_group(&s.image, &format!("sp-new{i}"), "spread"));
+        async move { c.create_instance(&req).await.map(|a| a.resource) }
+    });
+    let (started, created) = tokio::join!(futures::future::join_all(starts), futures::future::join_all(creates));
+    let mut placed = vec![];
+    for r in started.into_iter().chain(created) {
+        match r {
+            Ok(i) => placed.push(i),
+            Err(ClientError::Api { code, .. }) if code == "placement_unsatisfiable" => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    eprintln!("4 starts and 4 creates into one anti-affinity group over 4 hosts: {:?}", t.elapsed());
+    assert_eq!(placed.len(), 4, "one per host");
+    assert_eq!(distinct(&hosts_of(&placed)), 4);
 
     // Delete against creates: whatever wins, no instance is in a group that is gone.
     for round in 0..3 {
