@@ -219,6 +219,20 @@ async fn zones_and_labels_choose_the_host(db: Db) {
     let h = set(h0, None, labels(&[("rack", None), ("gpu", Some("a100"))])).await.unwrap();
     assert_eq!((h.zone.as_deref(), h.labels.get("ssd").map(String::as_str)), (Some("z1"), Some("true")));
     assert_eq!(h.labels.keys().collect::<Vec<_>>(), ["gpu", "ssd"]);
+    // Concurrent label changes of one host merge: none is lost.
+    let h2 = &hosts[2];
+    let patches = (0..12).map(|i| {
+        let key = format!("k{i}");
+        set(h2, Some(if i % 2 == 0 { "even" } else { "odd" }), labels(&[(key.as_str(), Some("v"))]))
+    });
+    for r in futures::future::join_all(patches).await {
+        r.unwrap();
+    }
+    let h = s.admin.get_host_node(h2).await.unwrap();
+    assert_eq!(h.labels.len(), 12, "{:?}", h.labels);
+    assert!(matches!(h.zone.as_deref(), Some("even" | "odd")));
+    set(h2, Some(""), (0..12).map(|i| (format!("k{i}"), None)).collect()).await.unwrap();
+    assert!(s.admin.get_host_node(h2).await.unwrap().labels.is_empty());
     set(h1, Some("z2"), labels(&[("ssd", Some("true"))])).await.unwrap();
     // Registrations do not undo what the admin set.
     let listed = s.admin.list_all_host_nodes().await.unwrap();
