@@ -228,6 +228,10 @@ impl Client {
         self.send(self.request(Method::POST, path).json(body)).await
     }
 
+    pub async fn patch<B: Serialize + ?Sized, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send(self.request(Method::PATCH, path).json(body)).await
+    }
+
     /// POST without a request body.
     pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(self.request(Method::POST, path)).await
@@ -799,6 +803,24 @@ impl Client {
 
     pub async fn get_host_node(&self, id: &HostNodeId) -> Result<HostNode> {
         self.get(&format!("/host_nodes/{id}")).await
+    }
+
+    pub async fn update_host_node(&self, id: &HostNodeId, req: &UpdateHostNode) -> Result<HostNode> {
+        self.patch(&format!("/host_nodes/{id}"), req).await
+    }
+
+    // ------------------------------------------------------------ server groups
+
+    pub async fn create_server_group(&self, req: &CreateServerGroup) -> Result<ServerGroup> {
+        self.post("/server_groups", req).await
+    }
+
+    pub async fn get_server_group(&self, id: &ServerGroupId) -> Result<ServerGroup> {
+        self.get(&format!("/server_groups/{id}")).await
+    }
+
+    pub async fn delete_server_group(&self, id: &ServerGroupId) -> Result<()> {
+        self.delete_no_content(&format!("/server_groups/{id}")).await
     }
 
     pub async fn list_storage_nodes(&self, query: &ListQuery) -> Result<Page<StorageNode>> {

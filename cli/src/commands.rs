@@ -86,6 +86,9 @@ pub enum Command {
     /// Security groups and their rules
     #[command(subcommand, visible_alias = "sg")]
     Secgroup(SecgroupCmd),
+    /// Server groups: instances placed together (affinity) or apart (anti-affinity)
+    #[command(subcommand, name = "server-group", visible_alias = "srvg")]
+    ServerGroup(ServerGroupCmd),
     /// Instances (virtual machines and containers)
     #[command(subcommand)]
     Instance(InstanceCmd),
@@ -341,7 +344,7 @@ pub enum QuotaCmd {
     /// Set limits, e.g. `vdc account quota set team1 instances=10 vcpus=20`; `KEY=default`
     /// returns a key to dcmgr's configured default. Keys: instances, vcpus, memory_mib,
     /// volumes, volume_gib, snapshots, networks, security_groups, floating_ips, images,
-    /// image_gib, keypairs.
+    /// image_gib, keypairs, server_groups.
     Set {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Account>,
@@ -393,6 +396,38 @@ pub enum KeypairCmd {
     Delete {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::KeyPair>,
+    },
+}
+
+// ------------------------------------------------------------------ server groups
+
+#[derive(Debug, Subcommand)]
+pub enum ServerGroupCmd {
+    /// Create a server group with a placement policy
+    Create {
+        name: String,
+        /// affinity (one host), anti-affinity (a host each), or soft-affinity /
+        /// soft-anti-affinity (preferred, not required)
+        #[arg(long, value_parser = wire!(ServerGroupPolicy))]
+        policy: ServerGroupPolicy,
+    },
+    #[command(visible_alias = "ls")]
+    List {
+        /// Only server groups with this exact name
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    Show {
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::ServerGroup>,
+    },
+    /// Delete a server group (refused while it has members)
+    #[command(visible_alias = "rm")]
+    Delete {
+        #[arg(value_name = "NAME|ID")]
+        id: Ref<api::ServerGroup>,
     },
 }
 
@@ -832,8 +867,32 @@ pub struct InstanceCreateArgs {
     /// Grow the root disk to this size (10G, …; disk images only) [default: the image's size]
     #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
     pub root_disk_size: Option<u64>,
+    /// Join this server group (name or ID): its policy picks the host
+    #[arg(long, value_name = "GROUP")]
+    pub server_group: Option<String>,
+    /// Only a host in this zone
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Option<String>,
+    /// Only a host carrying this label (repeatable: all must match)
+    #[arg(long = "host-label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub host_labels: Vec<(String, String)>,
     #[command(flatten)]
     pub wait: WaitArg,
+}
+
+/// `KEY=VALUE`; what a key and a value may hold is dcmgr's to say.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?}: write KEY=VALUE, e.g. ssd=true"))?;
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+/// `KEY=VALUE` sets a label, `KEY-` removes it (as kubectl label does).
+fn parse_label_change(s: &str) -> Result<(String, Option<String>), String> {
+    match (s.split_once('='), s.strip_suffix('-')) {
+        (Some((k, v)), _) => Ok((k.to_owned(), Some(v.to_owned()))),
+        (None, Some(k)) => Ok((k.to_owned(), None)),
+        _ => Err(format!("{s:?}: write KEY=VALUE to set a label, KEY- to remove it")),
+    }
 }
 
 // ------------------------------------------------------------------ volumes and snapshots
@@ -948,6 +1007,22 @@ pub enum HostCmd {
     },
     Show {
         id: HostNodeId,
+    },
+    /// Set or remove a host's labels (matched by `instance create --host-label`)
+    Label {
+        id: HostNodeId,
+        /// KEY=VALUE sets a label, KEY- removes it
+        #[arg(value_name = "KEY=VALUE|KEY-", required = true, value_parser = parse_label_change)]
+        labels: Vec<(String, Option<String>)>,
+    },
+    /// Put a host in a zone (matched by `instance create --zone`)
+    Zone {
+        id: HostNodeId,
+        #[arg(required_unless_present = "clear", conflicts_with = "clear")]
+        zone: Option<String>,
+        /// Take the host out of any zone
+        #[arg(long)]
+        clear: bool,
     },
     /// List storage nodes
     StorageList {

@@ -281,6 +281,38 @@ impl Tabular for FloatingIp {
     }
 }
 
+/// `k=v` pairs, or "-".
+fn labels(l: &std::collections::BTreeMap<String, String>, sep: &str) -> String {
+    if l.is_empty() {
+        return "-".into();
+    }
+    l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(sep)
+}
+
+impl Tabular for ServerGroup {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "NAME", "POLICY", "MEMBERS", "CREATED"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.name.clone(),
+            self.policy.to_string(),
+            self.members.len().to_string(),
+            time(&self.created_at),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ID", self.id.to_string()),
+            ("NAME", self.name.clone()),
+            ("POLICY", self.policy.to_string()),
+            ("MEMBERS", join(&self.members, "\n")),
+            ("CREATED", time(&self.created_at)),
+        ]
+    }
+}
+
 impl Tabular for KeyPair {
     fn headers() -> &'static [&'static str] {
         &["ID", "NAME", "FINGERPRINT", "CREATED"]
@@ -471,6 +503,7 @@ impl Tabular for Instance {
             ("ROOT DISK", self.root_disk_size.map_or_else(|| "image size".into(), |b| mib(b.div_ceil(1 << 20)))),
             ("HOST", opt(&self.host_node_id)),
             ("SSH KEY", opt(&self.ssh_key_id)),
+            ("SERVER GROUP", opt(&self.server_group_id)),
             ("INTERFACES", interfaces),
             ("VOLUMES", join(&self.volumes, "\n")),
         ];
@@ -558,13 +591,25 @@ impl Tabular for Snapshot {
 
 impl Tabular for HostNode {
     fn headers() -> &'static [&'static str] {
-        &["ID", "STATE", "HYPERVISORS", "CORES", "VCPUS USED/ALLOCATABLE", "MEMORY USED/ALLOCATABLE", "LAST SEEN"]
+        &[
+            "ID",
+            "STATE",
+            "HYPERVISORS",
+            "ZONE",
+            "LABELS",
+            "CORES",
+            "VCPUS USED/ALLOCATABLE",
+            "MEMORY USED/ALLOCATABLE",
+            "LAST SEEN",
+        ]
     }
     fn row(&self) -> Vec<String> {
         vec![
             self.id.to_string(),
             self.state.to_string(),
             join(&self.hypervisors, ","),
+            opt(&self.zone),
+            labels(&self.labels, ","),
             self.cpus.to_string(),
             format!("{}/{}", self.cpus_used, self.cpus_allocatable),
             format!("{}/{}", mib(self.memory_used_mib), mib(self.memory_allocatable_mib)),
@@ -582,6 +627,8 @@ impl Tabular for HostNode {
             ("ID", self.id.to_string()),
             ("STATE", self.state.to_string()),
             ("HYPERVISORS", join(&self.hypervisors, ", ")),
+            ("ZONE", opt(&self.zone)),
+            ("LABELS", labels(&self.labels, "\n")),
             ("CORES", self.cpus.to_string()),
             ("VCPUS USED", self.cpus_used.to_string()),
             ("VCPUS ALLOCATABLE", self.cpus_allocatable.to_string()),

@@ -54,6 +54,7 @@ named!(KeyPair, KeyPairId, "key pair", "/keypairs", "keypair");
 named!(Network, NetworkId, "network", "/networks", "network");
 named!(SecurityGroup, SecurityGroupId, "security group", "/security_groups", "secgroup");
 named!(Instance, InstanceId, "instance", "/instances", "instance");
+named!(ServerGroup, ServerGroupId, "server group", "/server_groups", "server-group");
 named!(Volume, VolumeId, "volume", "/volumes", "volume");
 named!(Snapshot, SnapshotId, "snapshot", "/snapshots", "snapshot");
 

@@ -514,5 +514,6 @@ pub fn all_in_one_quotas() -> std::collections::BTreeMap<vdc_schema::api::QuotaK
         (Images, 200),
         (ImageGib, 1024),
         (Keypairs, 200),
+        (ServerGroups, 100),
     ])
 }

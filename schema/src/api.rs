@@ -35,6 +35,7 @@ pub const EXTENSIONS: &[&str] = &[
     "events",
     "audit",
     "whoami",
+    "server_groups",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -310,10 +311,11 @@ pub enum QuotaKey {
     Images,
     ImageGib,
     Keypairs,
+    ServerGroups,
 }
 
 impl QuotaKey {
-    pub const ALL: [QuotaKey; 12] = [
+    pub const ALL: [QuotaKey; 13] = [
         QuotaKey::Instances,
         QuotaKey::Vcpus,
         QuotaKey::MemoryMib,
@@ -326,6 +328,7 @@ impl QuotaKey {
         QuotaKey::Images,
         QuotaKey::ImageGib,
         QuotaKey::Keypairs,
+        QuotaKey::ServerGroups,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -342,6 +345,7 @@ impl QuotaKey {
             QuotaKey::Images => "images",
             QuotaKey::ImageGib => "image_gib",
             QuotaKey::Keypairs => "keypairs",
+            QuotaKey::ServerGroups => "server_groups",
         }
     }
 }
@@ -421,6 +425,30 @@ pub struct KeyPairCreated {
     /// Only for a generated key, and only in this answer: save it now. Null otherwise.
     #[schema(required = true)]
     pub private_key: Option<String>,
+}
+
+// ---------------------------------------------------------------- server groups
+
+/// Instances placed together (`affinity`) or apart (`anti-affinity`), as OpenStack's
+/// server groups. An instance joins at create (`server_group`) and leaves when it is
+/// terminated.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerGroup {
+    pub id: ServerGroupId,
+    pub name: String,
+    pub policy: ServerGroupPolicy,
+    /// Its instances that are not terminated, oldest first.
+    pub members: Vec<InstanceId>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateServerGroup {
+    /// 1 to 64 printable characters, no leading or trailing space; unique in the account.
+    #[schema(min_length = 1, max_length = 64)]
+    pub name: String,
+    pub policy: ServerGroupPolicy,
 }
 
 // ---------------------------------------------------------------- images
@@ -760,6 +788,10 @@ pub struct Instance {
     pub host_node_id: Option<HostNodeId>,
     #[schema(required = true)]
     pub ssh_key_id: Option<KeyPairId>,
+    /// The server group it was created in; null when none.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub server_group_id: Option<ServerGroupId>,
     /// Bytes, as asked at create; null: the image's own size.
     #[schema(required = true)]
     pub root_disk_size: Option<u64>,
@@ -814,6 +846,18 @@ pub struct CreateInstance {
     /// `min_disk` and its own size). The image's size when left out.
     #[schema(minimum = 1, maximum = 1125899906842624.0)]
     pub root_disk_size: Option<u64>,
+    /// A server group of the account (its ID or name) the instance joins; its policy
+    /// decides the host (and, for a stopped member, the host it starts on).
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    pub server_group: Option<String>,
+    /// Only a host in this zone (see `PATCH /api/v1/host_nodes/{id}`).
+    #[serde(default)]
+    #[schema(max_length = 63)]
+    pub zone: Option<String>,
+    /// Only a host that carries every one of these labels with these values (at most 16).
+    #[serde(default)]
+    pub host_labels: std::collections::BTreeMap<String, String>,
 }
 
 fn default_cpus() -> u32 {
@@ -977,6 +1021,26 @@ pub struct HostNode {
     #[schema(value_type = Option<Object>, required = true)]
     pub capabilities: serde_json::Value,
     pub last_seen: DateTime<Utc>,
+    /// The zone an admin put the host in; null when none.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub zone: Option<String>,
+    /// Labels an admin gave the host (`ssd=true`), matched by instances' `host_labels`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// What an admin changes on a host node. Labels merge as a JSON merge patch: a key with
+/// a value sets it, a key with null removes it, keys not named stay.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateHostNode {
+    /// The host's zone; an empty string takes it out of any zone. Unchanged when absent.
+    #[schema(max_length = 63)]
+    pub zone: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub labels: std::collections::BTreeMap<String, Option<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -997,7 +1061,7 @@ pub struct Event {
     pub seq: u64,
     pub account_id: AccountId,
     /// `instance`, `volume`, `snapshot`, `image`, `network`, `security_group`, `keypair`,
-    /// `floating_ip` or `job`.
+    /// `floating_ip`, `server_group` or `job`.
     pub kind: String,
     /// The object's ID (a job's own ID for `job`).
     pub resource_id: String,

@@ -128,6 +128,10 @@ define_id!(/** A volume snapshot. */ SnapshotId, "snap", "snapshot", "^snap-[0-9
 define_id!(/** A virtual network. */ NetworkId, "nw", "network", "^nw-[0-9a-z]{1,40}$");
 define_id!(/** A virtual interface of an instance on a network. */ VifId, "vif", "interface", "^vif-[0-9a-z]{1,40}$");
 define_id!(/** A security group. */ SecurityGroupId, "sg", "security group", "^sg-[0-9a-z]{1,40}$");
+define_id!(
+    /** A server group: instances placed together or apart. */ ServerGroupId, "srvg", "server group",
+    "^srvg-[0-9a-z]{1,40}$"
+);
 define_id!(/** A security group rule. */ RuleId, "sgr", "security group rule", "^sgr-[0-9a-z]{1,40}$");
 define_id!(/** An ssh key pair. */ KeyPairId, "ssh", "key pair", "^ssh-[0-9a-z]{1,40}$");
 define_id!(
@@ -198,6 +202,7 @@ mod tests {
         check::<StorageNodeId>(StorageNodeId::PREFIX, StorageNodeId::PATTERN);
         check::<FloatingIpId>(FloatingIpId::PREFIX, FloatingIpId::PATTERN);
         check::<JobId>(JobId::PREFIX, JobId::PATTERN);
+        check::<ServerGroupId>(ServerGroupId::PREFIX, ServerGroupId::PATTERN);
     }
 
     #[test]

@@ -76,6 +76,16 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// How a server group places its members: `affinity`, all on one host;
+    /// `anti-affinity`, each on a host of its own; the `soft-` forms prefer so but place
+    /// anyway when they cannot.
+    ServerGroupPolicy, "server group policy", {
+        Affinity => "affinity", AntiAffinity => "anti-affinity",
+        SoftAffinity => "soft-affinity", SoftAntiAffinity => "soft-anti-affinity",
+    }
+);
+
+wire_enum!(
     /// How an instance is run. The image lists the kinds it can boot on.
     HypervisorKind, "hypervisor kind", {
         Kvm => "kvm", Qemu => "qemu", Lxc => "lxc",

@@ -589,6 +589,9 @@ impl Stack {
                 ssh_key_id: None,
                 user_data: None,
                 root_disk_size: None,
+                server_group: None,
+                zone: None,
+                host_labels: Default::default(),
             })
             .await
             .unwrap();
@@ -917,6 +920,9 @@ pub fn qemu_guest(image: &ImageId, name: &str) -> CreateInstance {
         ssh_key_id: None,
         user_data: None,
         root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     }
 }
 

@@ -57,6 +57,9 @@ fn inst_req(image: &ImageId, name: &str) -> CreateInstance {
         ssh_key_id: None,
         user_data: None,
         root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     }
 }
 
@@ -595,6 +598,9 @@ async fn volumes_and_snapshots(db: Db) {
             ssh_key_id: None,
             user_data: None,
             root_disk_size: None,
+            server_group: None,
+            zone: None,
+            host_labels: Default::default(),
         })
         .await
         .unwrap()

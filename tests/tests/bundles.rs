@@ -114,6 +114,9 @@ async fn build_vdc(s: &Stack, c: &Client, kvm: bool) {
             ssh_key_id: Some(key.keypair.id.clone()),
             user_data: Some("#cloud-config\nhostname: app\n".into()),
             root_disk_size: None,
+            server_group: None,
+            zone: None,
+            host_labels: Default::default(),
         })
         .await
         .unwrap();
@@ -132,6 +135,9 @@ async fn build_vdc(s: &Stack, c: &Client, kvm: bool) {
             ssh_key_id: None,
             user_data: None,
             root_disk_size: None,
+            server_group: None,
+            zone: None,
+            host_labels: Default::default(),
         })
         .await
         .unwrap();
@@ -566,6 +572,9 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
             ssh_key_id: None,
             user_data: None,
             root_disk_size: None,
+            server_group: None,
+            zone: None,
+            host_labels: Default::default(),
         })
         .await
         .unwrap()
@@ -752,6 +761,9 @@ async fn change_source(s: &Stack, c: &Client) {
             ssh_key_id: None,
             user_data: None,
             root_disk_size: None,
+            server_group: None,
+            zone: None,
+            host_labels: Default::default(),
         })
         .await
         .unwrap();

@@ -419,6 +419,9 @@ async fn images_are_shared_by_name_or_id(db: Db) {
         user_data: None,
         root_disk_size: None,
         interfaces: vec![],
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     };
     let prepared = owner.create_instance(&inst).await.unwrap().resource;
     vdc_tests::wait_state(&owner, &prepared.id, vdc_schema::InstanceState::Running).await;

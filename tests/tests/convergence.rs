@@ -70,6 +70,9 @@ async fn lossy_bus_and_dcmgr_restarts_converge(db: Db) {
                 ssh_key_id: None,
                 user_data: None,
                 root_disk_size: None,
+                server_group: None,
+                zone: None,
+                host_labels: Default::default(),
             })
             .await
             .unwrap();

@@ -74,6 +74,9 @@ async fn create_instance(s: &Stack, c: &Client, net: &NetworkId, name: &str) -> 
         ssh_key_id: None,
         user_data: None,
         root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     })
     .await
     .unwrap()

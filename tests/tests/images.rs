@@ -161,6 +161,9 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
         user_data: None,
         root_disk_size: None,
         interfaces: vec![],
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     };
     assert_eq!(err(c.create_instance(&inst).await), (409, "image_not_available".into()));
     // Not the other account's to upload to.
@@ -516,6 +519,9 @@ async fn images_are_shared_with_named_accounts(db: Db) {
         user_data: None,
         root_disk_size: None,
         interfaces: vec![],
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     };
     let booted = friend.create_instance(&inst).await.unwrap().resource.id;
     assert_eq!(err(friend.delete_image(&img.id).await).0, 404);
@@ -553,6 +559,9 @@ fn boot(image: &ImageId, name: &str) -> CreateInstance {
         user_data: None,
         root_disk_size: None,
         interfaces: vec![],
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     }
 }
 

@@ -62,6 +62,9 @@ fn inst(image: &ImageId, name: &str, cpus: u32) -> CreateInstance {
         ssh_key_id: None,
         user_data: None,
         root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     }
 }
 

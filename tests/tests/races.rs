@@ -91,6 +91,9 @@ fn inst_req(image: &ImageId, name: &str, net: Option<&NetworkId>, groups: &[Secu
         ssh_key_id: None,
         user_data: None,
         root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use vdc_cli::client::Client;
 use vdc_schema::api::*;
 use vdc_schema::id::{AccountId, UserId};
-use vdc_schema::state::Role;
+use vdc_schema::state::{Role, ServerGroupPolicy};
 use vdc_tests::{eventually, on_both_databases, Db, Stack, StackOptions};
 
 on_both_databases!(every_operation_refuses_who_it_should);
@@ -80,6 +80,10 @@ const CLASSES: &[(&str, Class)] = &[
     ("keypair_create", OwnWrite),
     ("keypair_show", ObjectRead),
     ("keypair_delete", ObjectWrite),
+    ("server_group_list", OwnRead),
+    ("server_group_create", OwnWrite),
+    ("server_group_show", ObjectRead),
+    ("server_group_delete", ObjectWrite),
     ("image_list", OwnRead),
     ("image_create", OwnWrite),
     ("image_show", ObjectRead),
@@ -130,6 +134,7 @@ const CLASSES: &[(&str, Class)] = &[
     ("floating_ip_disassociate", ObjectWrite),
     ("host_node_list", AdminOnly),
     ("host_node_show", AdminOnly),
+    ("host_node_update", AdminOnly),
     ("storage_node_list", AdminOnly),
     ("storage_node_show", AdminOnly),
     ("job_list", OwnRead),
@@ -223,6 +228,7 @@ impl Victim {
             "account_set_quotas" => json!({"quotas": {"instances": 1000}}),
             "token_create" => json!({"name": "sneak", "account_id": self.id("accounts")}),
             "keypair_create" => json!({"name": "sneak"}),
+            "server_group_create" => json!({"name": "sneak", "policy": "affinity"}),
             "image_create" => json!({"name": "sneak", "format": "raw", "hypervisors": ["qemu"]}),
             "network_create" => json!({"name": "sneak", "cidr": "10.88.0.0/24"}),
             "security_group_create" => json!({"name": "sneak"}),
@@ -288,6 +294,7 @@ async fn victim_state(s: &Stack, owner: &Client, account: &str) -> Value {
     let mut out = serde_json::Map::new();
     for (name, path) in [
         ("keypairs", "/keypairs"),
+        ("server_groups", "/server_groups"),
         ("networks", "/networks"),
         ("security_groups", "/security_groups"),
         ("instances", "/instances"),
@@ -350,6 +357,8 @@ async fn every_operation_refuses_who_it_should(db: Db) {
 
     let kp = owner.create_keypair(&CreateKeyPair { name: "kp".into(), public_key: None }).await.unwrap();
     ids.insert("keypairs", kp.keypair.id.to_string());
+    let group = CreateServerGroup { name: "sg".into(), policy: ServerGroupPolicy::AntiAffinity };
+    ids.insert("server_groups", owner.create_server_group(&group).await.unwrap().id.to_string());
     let inst = s.running_instance(&owner, "web").await;
     ids.insert("instances", inst.id.to_string());
     ids.insert("networks", inst.interfaces[0].network_id.to_string());

@@ -531,6 +531,7 @@ function mountInstances(root) {
         { label: t('col_cpus'), cell: (i) => String(i.cpus), class: 'num' },
         { label: t('col_memory'), cell: (i) => fmtMib(i.memory_mib), class: 'num' },
         { label: t('col_host'), cell: (i) => code(i.host_node_id) },
+        { label: t('col_server_group'), cell: (i) => code(i.server_group_id) },
         {
           label: t('col_ips'),
           cell: (i) => (i.interfaces.length

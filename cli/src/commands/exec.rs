@@ -51,6 +51,7 @@ pub(super) async fn run(global: &GlobalArgs, command: Command) -> Result<(), Cli
         Command::User(c) => user(&ctx, c).await,
         Command::Token(c) => token(&ctx, c).await,
         Command::Keypair(c) => keypair(&ctx, c).await,
+        Command::ServerGroup(c) => server_group(&ctx, c).await,
         Command::Image(c) => image(&ctx, c).await,
         Command::Network(c) => network(&ctx, c).await,
         Command::Secgroup(c) => secgroup(&ctx, c).await,
@@ -423,6 +424,22 @@ async fn floating_ip(ctx: &Ctx, cmd: FloatingIpCmd) -> Result<(), CliError> {
         FloatingIpCmd::Disassociate { id } => ctx.show(&c.disassociate_floating_ip(&id).await?),
         FloatingIpCmd::Delete { id } => {
             c.delete_floating_ip(&id).await?;
+            ctx.deleted(id.as_str())
+        }
+    }
+}
+
+async fn server_group(ctx: &Ctx, cmd: ServerGroupCmd) -> Result<(), CliError> {
+    let c = &ctx.client;
+    match cmd {
+        ServerGroupCmd::Create { name, policy } => {
+            ctx.show(&c.create_server_group(&CreateServerGroup { name, policy }).await?)
+        }
+        ServerGroupCmd::List { name, list } => ctx.list::<ServerGroup>("/server_groups", list, name, None).await,
+        ServerGroupCmd::Show { id } => ctx.show(&c.get_server_group(&resolve(c, &id).await?).await?),
+        ServerGroupCmd::Delete { id } => {
+            let id = resolve(c, &id).await?;
+            c.delete_server_group(&id).await?;
             ctx.deleted(id.as_str())
         }
     }
@@ -863,6 +880,9 @@ async fn create_instance_request(c: &Client, a: InstanceCreateArgs) -> Result<Cr
         ssh_key_id,
         user_data,
         root_disk_size: a.root_disk_size,
+        server_group: a.server_group,
+        zone: a.zone,
+        host_labels: a.host_labels.into_iter().collect(),
     })
 }
 
@@ -934,6 +954,14 @@ async fn host(ctx: &Ctx, cmd: HostCmd) -> Result<(), CliError> {
     match cmd {
         HostCmd::List { state, list } => ctx.list::<HostNode>("/host_nodes", list, None, state_filter(state)).await,
         HostCmd::Show { id } => ctx.show(&c.get_host_node(&id).await?),
+        HostCmd::Label { id, labels } => {
+            let req = UpdateHostNode { zone: None, labels: labels.into_iter().collect() };
+            ctx.show(&c.update_host_node(&id, &req).await?)
+        }
+        HostCmd::Zone { id, zone, clear } => {
+            let zone = if clear { Some(String::new()) } else { zone };
+            ctx.show(&c.update_host_node(&id, &UpdateHostNode { zone, labels: Default::default() }).await?)
+        }
         HostCmd::StorageList { state, list } => {
             ctx.list::<StorageNode>("/storage_nodes", list, None, state_filter(state)).await
         }

@@ -1498,7 +1498,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     for i in m.model.instances.iter().filter(|i| !i.stopped && !pre.kept.contains_key(&i.id)) {
         let hv = pre.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
         let demand = scheduler::Demand { hypervisor: hv, cpus: i.cpus, memory_mib: i.memory_mib, uefi: false };
-        candidates.insert(i.id.clone(), scheduler::candidates(ctx, demand, None).await?);
+        candidates.insert(i.id.clone(), scheduler::candidates(ctx, demand, &Default::default(), None).await?);
     }
 
     let mut tx = ctx.db.begin().await?;
@@ -1702,6 +1702,11 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
             root_disk_size: i.root_disk_size,
             host: &host,
             now: &now,
+            // Bundles carry no server groups, zones or host labels: imported instances
+            // are placed without them.
+            server_group: None,
+            zone: "",
+            labels: ",",
         };
         if i.stopped {
             istore::insert_stopped(&mut tx, &new).await?;

@@ -7,7 +7,7 @@ use crate::app::interface::{self, Planned};
 use crate::app::keypair;
 use crate::app::lifecycle::{self, Decision};
 use crate::app::quota;
-use crate::app::scheduler::{self, Demand};
+use crate::app::scheduler::{self, Constraints, Demand};
 use crate::app::secgroup;
 use crate::app::{image, network};
 use crate::app::{page, paging, state_filter, validate_name, Outcome};
@@ -80,6 +80,7 @@ struct Prepared {
     user_data: Option<String>,
     interfaces: Vec<Planned>,
     root_disk_size: Option<u64>,
+    constraints: Constraints,
 }
 
 const MIB: u64 = 1 << 20;
@@ -184,7 +185,23 @@ async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiRe
         let fixed_ip = iface.ip.as_deref().map(|ip| interface::check_fixed_ip(&net, ip)).transpose()?;
         interfaces.push(Planned { network: net, security_groups: iface.security_groups.clone(), fixed_ip, mac: None });
     }
+    let zone = req.zone.unwrap_or_default();
+    if !zone.is_empty() {
+        crate::app::node::check_zone(&zone)?;
+    }
+    if req.host_labels.len() > 16 {
+        return Err(ApiError::bad("invalid_label", "host_labels holds at most 16 labels"));
+    }
+    for (k, v) in &req.host_labels {
+        crate::app::node::check_label(k, v)?;
+    }
+    let group = match &req.server_group {
+        Some(g) => Some(crate::app::server_group::resolve(ctx, caller, g).await?),
+        None => None,
+    };
+    let constraints = Constraints { zone, labels: req.host_labels.into_iter().collect(), group };
     Ok(Prepared {
+        constraints,
         name: req.name.unwrap_or_default(),
         demand: Demand { hypervisor, cpus: req.cpus, memory_mib: req.memory_mib, uefi },
         image,
@@ -214,7 +231,9 @@ async fn insert(
         ],
     )
     .await?;
-    let host = scheduler::reserve(&mut tx, p.demand, candidates).await?;
+    // Then the server group: placements into it decide one after the other.
+    let candidates = scheduler::lock_group(&mut tx, &p.constraints, candidates).await?;
+    let host = scheduler::reserve(&mut tx, p.demand, &candidates).await?;
     // What the instance refers to must still exist at commit: a concurrent delete of any
     // of them locks the same row and then sees this instance (or finds the row gone).
     if !db::lock(&mut tx, db::Lock::Image, p.image.id.as_str()).await? {
@@ -253,6 +272,9 @@ async fn insert(
             root_disk_size: p.root_disk_size,
             host: &host,
             now: &now,
+            server_group: p.constraints.group.as_ref().map(|g| g.id.as_str()),
+            zone: &p.constraints.zone,
+            labels: &crate::datastore::host::join_labels(&p.constraints.labels.iter().cloned().collect()),
         },
     )
     .await?;
@@ -275,6 +297,7 @@ async fn insert(
         memory_mib: p.demand.memory_mib,
         host_node_id: Some(host),
         ssh_key_id: p.ssh_key.clone(),
+        server_group_id: p.constraints.group.as_ref().map(|g| g.id.parse()).transpose().map_err(ApiError::internal)?,
         root_disk_size: p.root_disk_size,
         interfaces,
         volumes: vec![],
@@ -288,7 +311,7 @@ async fn insert(
 pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiResult<Accepted<Instance>> {
     let p = prepare(ctx, caller, req).await?;
     let accepted = db::retry(|| async {
-        let candidates = scheduler::candidates(ctx, p.demand, None).await?;
+        let candidates = scheduler::candidates(ctx, p.demand, &p.constraints, None).await?;
         insert(ctx, caller, &p, &candidates).await
     })
     .await?;
@@ -338,7 +361,19 @@ async fn act_once(
                 memory_mib: before.memory_mib as u32,
                 uefi: check_boot(&image, hypervisor, before.memory_mib as u32, None)?,
             };
-            Some((d, scheduler::candidates(ctx, d, before.last_host_id.as_deref()).await?))
+            // What it asked at create holds for every placement.
+            let c = Constraints {
+                zone: before.placement_zone.clone(),
+                labels: crate::datastore::host::split_labels(&before.placement_labels).into_iter().collect(),
+                group: crate::app::server_group::of_instance(
+                    ctx,
+                    &before.account_id,
+                    before.server_group_id.as_deref(),
+                )
+                .await?,
+            };
+            let cands = scheduler::candidates(ctx, d, &c, before.last_host_id.as_deref()).await?;
+            Some((d, c, cands))
         }
         _ => None,
     };
@@ -382,10 +417,11 @@ async fn act_once(
     store::set_intent(&mut tx, id.as_str(), new_state, plan.goal, plan.reboot).await?;
     if plan.schedule {
         // The state changed since the candidates were read: decide again.
-        let Some((d, cands)) = &candidates else {
+        let Some((d, c, cands)) = &candidates else {
             return Err(ApiError::Busy(format!("instance {id} changed concurrently")));
         };
-        let h = scheduler::reserve(&mut tx, *d, cands).await?;
+        let cands = scheduler::lock_group(&mut tx, c, cands).await?;
+        let h = scheduler::reserve(&mut tx, *d, &cands).await?;
         store::place(&mut tx, id.as_str(), &h).await?;
         host = Some(h.to_string());
     }

@@ -1,11 +1,11 @@
-//! Host nodes and storage nodes: read-only, built from agent registrations. Admin only:
-//! tenants see no infrastructure.
+//! Host nodes and storage nodes, built from agent registrations; an admin sets a host's
+//! zone and labels. Admin only: tenants see no infrastructure.
 
 use crate::app::{page, paging, state_filter};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::host as store;
 use crate::error::{ApiError, ApiResult};
-use vdc_schema::api::{HostNode, ListQuery, Page, StorageNode};
+use vdc_schema::api::{HostNode, ListQuery, Page, StorageNode, UpdateHostNode};
 use vdc_schema::id::{HostNodeId, StorageNodeId};
 
 fn require_admin(caller: &Caller) -> ApiResult<()> {
@@ -46,4 +46,83 @@ pub async fn fetch_storage(ctx: &SharedCtx, caller: &Caller, id: ApiResult<Stora
     require_admin(caller)?;
     let id = id?;
     store::get_storage(&ctx.db, &id).await?.ok_or_else(|| ApiError::not_found("storage node", id))?.into_api()
+}
+
+/// A zone: 1 to 63 of `[A-Za-z0-9._-]`, starting with a letter or digit.
+pub fn check_zone(zone: &str) -> ApiResult<()> {
+    if token_ok(zone, false) {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "invalid_zone",
+            format!(
+                "zone {:?} is invalid: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+                zone.chars().take(80).collect::<String>()
+            ),
+        ))
+    }
+}
+
+/// A label: a key of 1 to 63 of `[A-Za-z0-9._/-]` starting with a letter or digit, and
+/// a value of 0 to 63 of `[A-Za-z0-9._-]`.
+pub fn check_label(key: &str, value: &str) -> ApiResult<()> {
+    if token_ok(key, true) && (value.is_empty() || token_ok(value, false)) {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "invalid_label",
+            format!(
+                "label {:?}={:?} is invalid: a key is 1 to 63 letters, digits, '.', '_', '-' or '/', starting with a \
+                 letter or digit; a value is up to 63 letters, digits, '.', '_' or '-'",
+                key.chars().take(80).collect::<String>(),
+                value.chars().take(80).collect::<String>()
+            ),
+        ))
+    }
+}
+
+fn token_ok(s: &str, slash: bool) -> bool {
+    (1..=63).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (slash && c == '/'))
+}
+
+/// Sets a host's zone and merges its labels (admin only). The API is the one source of
+/// truth for both: agent registrations leave them alone.
+pub async fn update_host(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: ApiResult<HostNodeId>,
+    req: UpdateHostNode,
+) -> ApiResult<HostNode> {
+    require_admin(caller)?;
+    let id = id?;
+    if let Some(z) = req.zone.as_deref().filter(|z| !z.is_empty()) {
+        check_zone(z)?;
+    }
+    for (k, v) in &req.labels {
+        check_label(k, v.as_deref().unwrap_or_default())?;
+    }
+    let mut tx = ctx.db.begin().await?;
+    // The row's lock first: concurrent label changes of one host merge, none is lost.
+    if !store::lock_host(&mut tx, id.as_str()).await? {
+        return Err(ApiError::not_found("host node", id));
+    }
+    let row = store::get_host_tx(&mut tx, id.as_str()).await?.ok_or_else(|| ApiError::not_found("host node", &id))?;
+    let mut labels = store::split_labels(&row.labels);
+    for (k, v) in req.labels {
+        match v {
+            Some(v) => labels.insert(k, v),
+            None => labels.remove(&k),
+        };
+    }
+    if labels.len() > 32 {
+        return Err(ApiError::bad("invalid_label", "a host carries at most 32 labels"));
+    }
+    let zone = req.zone.unwrap_or(row.zone);
+    store::set_zone_labels(&mut tx, id.as_str(), &zone, &store::join_labels(&labels)).await?;
+    let row = store::get_host_tx(&mut tx, id.as_str()).await?.ok_or_else(|| ApiError::not_found("host node", &id))?;
+    tx.commit().await?;
+    tracing::info!(host = %id, zone = %zone, labels = %row.labels, "host zone and labels set");
+    row.into_api()
 }

@@ -1,5 +1,7 @@
 //! Placement among online hosts that offer the hypervisor kind: `spread` (most free
-//! memory, then free CPUs) or `pack` (least), as dcmgr's `placement` says. A host holds its allocatable vCPUs and memory: its capacity times
+//! memory, then free CPUs) or `pack` (least), as dcmgr's `placement` says, among the
+//! hosts that pass the instance's [`Constraints`]: its zone, its host labels and its
+//! server group's policy (hard policies filter; soft ones order first). A host holds its allocatable vCPUs and memory: its capacity times
 //! dcmgr's allocation ratios (`Config::allocatable`, stored on the host row). The
 //! reservation is one conditional UPDATE against them inside the caller's transaction, so
 //! two concurrent creates can never book a host beyond them on either database.
@@ -11,7 +13,7 @@ use crate::datastore::host as store;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::id::HostNodeId;
-use vdc_schema::{BootMode, HypervisorKind};
+use vdc_schema::{BootMode, HypervisorKind, ServerGroupPolicy};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Demand {
@@ -22,18 +24,93 @@ pub struct Demand {
     pub uefi: bool,
 }
 
+/// A server group as placement sees it.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    pub policy: ServerGroupPolicy,
+}
+
+/// What an instance asks of its host besides room.
+#[derive(Debug, Clone, Default)]
+pub struct Constraints {
+    /// '' for any zone.
+    pub zone: String,
+    /// Sorted by key; every one must be on the host.
+    pub labels: Vec<(String, String)>,
+    pub group: Option<Group>,
+}
+
+impl Constraints {
+    pub fn filter(&self) -> store::Filter {
+        store::Filter {
+            zone: self.zone.clone(),
+            labels: self.labels.clone(),
+            group: self.group.as_ref().map(|g| (g.id.clone(), g.policy)),
+        }
+    }
+
+    /// "in zone \"z1\" with labels ssd=true", or "" when nothing is asked.
+    fn describe(&self) -> String {
+        let mut s = String::new();
+        if !self.zone.is_empty() {
+            s.push_str(&format!(" in zone {:?}", self.zone));
+        }
+        if !self.labels.is_empty() {
+            let l: Vec<String> = self.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            s.push_str(&format!(" with label{} {}", if l.len() == 1 { "" } else { "s" }, l.join(", ")));
+        }
+        s
+    }
+}
+
 /// Candidate hosts, best first by the configured placement (read outside the
-/// transaction; the UPDATE re-checks).
-pub async fn candidates(ctx: &Ctx, d: Demand, prefer: Option<&str>) -> ApiResult<Vec<String>> {
+/// transaction; the UPDATE re-checks, and [`reserve`] re-checks the group's policy).
+pub async fn candidates(ctx: &Ctx, d: Demand, c: &Constraints, prefer: Option<&str>) -> ApiResult<Vec<String>> {
     let boot = d.uefi.then_some(BootMode::Uefi);
-    let ids = prefer_first(
-        store::candidates(&ctx.db, d.hypervisor, d.cpus, d.memory_mib, boot, ctx.config.placement).await?,
-        prefer,
-    );
+    let found =
+        store::candidates(&ctx.db, d.hypervisor, d.cpus, d.memory_mib, boot, ctx.config.placement, &c.filter()).await?;
+    // A soft policy's order comes first; the last host only when it is as good.
+    let ids = match c.group.as_ref().map(|g| g.policy) {
+        Some(ServerGroupPolicy::SoftAffinity | ServerGroupPolicy::SoftAntiAffinity) => found,
+        _ => prefer_first(found, prefer),
+    };
     if ids.is_empty() {
-        return Err(no_host(&ctx.db, d).await);
+        return Err(no_host(ctx, d, c).await);
     }
     Ok(ids)
+}
+
+/// Keeps the candidates `policy` allows given the hosts the group's members are on now
+/// (`member_hosts`, read under the group's lock): anti-affinity, none of those;
+/// affinity, only those once there is one. Soft policies keep every candidate.
+pub fn allowed_by_policy(policy: ServerGroupPolicy, member_hosts: &[String], candidates: &[String]) -> Vec<String> {
+    match policy {
+        ServerGroupPolicy::AntiAffinity => candidates.iter().filter(|c| !member_hosts.contains(c)).cloned().collect(),
+        ServerGroupPolicy::Affinity if !member_hosts.is_empty() => {
+            candidates.iter().filter(|c| member_hosts.contains(c)).cloned().collect()
+        }
+        _ => candidates.to_vec(),
+    }
+}
+
+/// Locks the instance's server group (if any) and narrows `candidates` to what its
+/// policy allows now. Called in the placing transaction after the account's or the
+/// instance's lock and before [`reserve`]: placements into one group run one after the
+/// other, each seeing where the previous ones went.
+pub async fn lock_group(tx: &mut db::Tx<'_>, c: &Constraints, candidates: &[String]) -> ApiResult<Vec<String>> {
+    let Some(g) = &c.group else { return Ok(candidates.to_vec()) };
+    if !crate::datastore::server_group::lock(tx, &g.id).await? {
+        return Err(ApiError::not_found("server group", &g.id));
+    }
+    let hosts = crate::datastore::server_group::member_hosts(tx, &g.id).await?;
+    let allowed = allowed_by_policy(g.policy, &hosts, candidates);
+    if allowed.is_empty() {
+        // Placed meanwhile where this one may not go: read the candidates again.
+        return Err(ApiError::Busy(format!("server group {} changed concurrently", g.id)));
+    }
+    Ok(allowed)
 }
 
 /// Moves `prefer` (an instance's last host) to the front if it is a candidate.
@@ -59,8 +136,10 @@ pub async fn reserve(tx: &mut db::Tx<'_>, d: Demand, candidates: &[String]) -> A
     Err(ApiError::Busy("candidate hosts filled up concurrently".into()))
 }
 
-/// Explains why nothing fits.
-async fn no_host(pool: &db::Pool, d: Demand) -> ApiError {
+/// Explains why nothing fits, naming the constraint that cannot be met and never the
+/// cloud's free capacity.
+async fn no_host(ctx: &Ctx, d: Demand, c: &Constraints) -> ApiError {
+    let pool = &ctx.db;
     if d.uefi {
         match store::count_bootable(pool, d.hypervisor, BootMode::Uefi).await {
             Ok(0) => return no_uefi(d.hypervisor),
@@ -68,10 +147,66 @@ async fn no_host(pool: &db::Pool, d: Demand) -> ApiError {
             Err(e) => return e.into(),
         }
     }
-    match store::free_capacity(pool, d.hypervisor).await {
-        Ok((hosts, mem, cpus)) => no_capacity(d, hosts, mem, cpus),
-        Err(e) => e.into(),
+    let hosts = c.filter().without_group();
+    let (n, mem, cpus) = match store::free_capacity(pool, d.hypervisor, &hosts).await {
+        Ok(v) => v,
+        Err(e) => return e.into(),
+    };
+    let asked = !c.zone.is_empty() || !c.labels.is_empty();
+    if n == 0 && asked {
+        return unsatisfiable(format!(
+            "no online {} host is{}; ask for another zone or other labels (an admin sets them: vdc host zone|label)",
+            d.hypervisor,
+            c.describe()
+        ));
     }
+    if let Some(g) =
+        c.group.as_ref().filter(|g| matches!(g.policy, ServerGroupPolicy::Affinity | ServerGroupPolicy::AntiAffinity))
+    {
+        // Would it fit without the group's policy? Then the policy is what cannot be met.
+        let boot = d.uefi.then_some(BootMode::Uefi);
+        match store::candidates(pool, d.hypervisor, d.cpus, d.memory_mib, boot, ctx.config.placement, &hosts).await {
+            Ok(found) if !found.is_empty() => return group_unsatisfiable(g, d),
+            Ok(_) => {}
+            Err(e) => return e.into(),
+        }
+    }
+    if asked {
+        tracing::warn!(cpus = d.cpus, memory_mib = d.memory_mib, hypervisor = %d.hypervisor, hosts = n,
+            max_free_mib = mem, max_free_cpus = cpus, constraints = %c.describe(), "no host can fit an instance");
+        return ApiError::Unprocessable {
+            code: "no_capacity",
+            message: format!(
+                "no {} host{} has room for {} vCPUs and {} MiB now; ask for less, or try again later",
+                d.hypervisor,
+                c.describe(),
+                d.cpus,
+                d.memory_mib
+            ),
+        };
+    }
+    no_capacity(d, n, mem, cpus)
+}
+
+fn unsatisfiable(message: String) -> ApiError {
+    ApiError::Unprocessable { code: "placement_unsatisfiable", message }
+}
+
+/// The refusal when the hosts have room but the group's policy allows none of them.
+pub fn group_unsatisfiable(g: &Group, d: Demand) -> ApiError {
+    unsatisfiable(match g.policy {
+        ServerGroupPolicy::AntiAffinity => format!(
+            "server group {} ({}) is anti-affinity: each member needs a host holding no other member, and no such \
+             {} host can take this instance now; terminate a member, or use a soft-anti-affinity group",
+            g.name, g.id, d.hypervisor
+        ),
+        _ => format!(
+            "server group {} ({}) is affinity: its members share one host, and that host cannot take {} vCPUs and \
+             {} MiB now (or is offline, or outside the zone and labels asked); ask for less, or use a \
+             soft-affinity group",
+            g.name, g.id, d.cpus, d.memory_mib
+        ),
+    })
 }
 
 /// The refusal when no host could ever boot a UEFI image: none has OVMF.
@@ -125,6 +260,30 @@ mod tests {
         assert_eq!(prefer_first(ids(&["a", "b"]), Some("z")), ids(&["a", "b"]));
         assert_eq!(prefer_first(ids(&["a", "b"]), None), ids(&["a", "b"]));
         assert!(prefer_first(vec![], Some("a")).is_empty());
+    }
+
+    #[test]
+    fn policies_narrow_the_candidates() {
+        use ServerGroupPolicy::*;
+        let c = ids(&["a", "b", "c"]);
+        assert_eq!(allowed_by_policy(AntiAffinity, &ids(&["b"]), &c), ids(&["a", "c"]));
+        assert!(allowed_by_policy(AntiAffinity, &c, &c).is_empty());
+        assert_eq!(allowed_by_policy(Affinity, &[], &c), c);
+        assert_eq!(allowed_by_policy(Affinity, &ids(&["c"]), &c), ids(&["c"]));
+        assert!(allowed_by_policy(Affinity, &ids(&["z"]), &c).is_empty());
+        assert_eq!(allowed_by_policy(SoftAntiAffinity, &c, &c), c);
+        assert_eq!(allowed_by_policy(SoftAffinity, &ids(&["z"]), &c), c);
+    }
+
+    #[test]
+    fn group_refusals_name_the_policy_not_the_capacity() {
+        let d = Demand { hypervisor: HypervisorKind::Kvm, cpus: 2, memory_mib: 512, uefi: false };
+        let g = Group { id: "srvg-x".into(), name: "web".into(), policy: ServerGroupPolicy::AntiAffinity };
+        let e = group_unsatisfiable(&g, d);
+        assert_eq!(e.code(), "placement_unsatisfiable");
+        assert!(e.to_string().contains("web (srvg-x) is anti-affinity"), "{e}");
+        let g = Group { policy: ServerGroupPolicy::Affinity, ..g };
+        assert!(group_unsatisfiable(&g, d).to_string().contains("is affinity"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub enum Kind {
     SecurityGroup,
     KeyPair,
     FloatingIp,
+    ServerGroup,
     Job,
 }
 
@@ -37,6 +38,7 @@ impl Kind {
             Kind::SecurityGroup => "security_group",
             Kind::KeyPair => "keypair",
             Kind::FloatingIp => "floating_ip",
+            Kind::ServerGroup => "server_group",
             Kind::Job => "job",
         }
     }
@@ -52,6 +54,7 @@ impl Kind {
             Kind::SecurityGroup => ("security_groups", "''", "''"),
             Kind::KeyPair => ("keypairs", "''", "''"),
             Kind::FloatingIp => ("floating_ips", "''", "''"),
+            Kind::ServerGroup => ("server_groups", "''", "''"),
             Kind::Job => ("jobs", "state", "action || ' ' || resource_id"),
         }
     }

@@ -8,7 +8,7 @@ use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::{HostNode, StorageNode};
 use vdc_schema::bus::{HostInfo, StorageInfo};
 use vdc_schema::id::{HostNodeId, StorageNodeId};
-use vdc_schema::{BootMode, HypervisorKind};
+use vdc_schema::{BootMode, HypervisorKind, ServerGroupPolicy};
 
 #[derive(sqlx::FromRow)]
 pub struct HostRow {
@@ -23,10 +23,43 @@ pub struct HostRow {
     pub memory_allocatable_mib: i64,
     pub capabilities: String,
     pub last_seen: String,
+    pub zone: String,
+    pub labels: String,
 }
 
 const HOST_COLS: &str = "id, state, hypervisors, cpus, memory_mib, cpus_used, memory_used_mib, cpus_allocatable, \
-                         memory_allocatable_mib, capabilities, last_seen";
+                         memory_allocatable_mib, capabilities, last_seen, zone, labels";
+
+/// Labels as stored: `,k=v,k2=v2,`, sorted by key, so that `LIKE '%,k=v,%'` finds a host
+/// carrying one (keys and values hold no `,` and keys no `=`: the API checks them).
+pub fn join_labels(labels: &std::collections::BTreeMap<String, String>) -> String {
+    let mut s = String::from(",");
+    for (k, v) in labels {
+        s.push_str(k);
+        s.push('=');
+        s.push_str(v);
+        s.push(',');
+    }
+    s
+}
+
+pub fn split_labels(s: &str) -> std::collections::BTreeMap<String, String> {
+    s.split(',').filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect()
+}
+
+/// A LIKE pattern matching `,k=v,` literally (`_`, `%` and `\` escaped; used with
+/// `ESCAPE '\'`).
+fn label_pattern(k: &str, v: &str) -> String {
+    let mut p = String::from("%,");
+    for c in format!("{k}={v}").chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push_str(",%");
+    p
+}
 
 impl HostRow {
     pub fn into_api(self) -> ApiResult<HostNode> {
@@ -42,6 +75,8 @@ impl HostRow {
             memory_allocatable_mib: self.memory_allocatable_mib as u64,
             capabilities: serde_json::from_str(&self.capabilities).unwrap_or_default(),
             last_seen: db::parse_time(&self.last_seen),
+            zone: Some(self.zone).filter(|z| !z.is_empty()),
+            labels: split_labels(&self.labels),
         })
     }
 }
@@ -127,9 +162,68 @@ pub async fn count_bootable(pool: &db::Pool, hypervisor: HypervisorKind, mode: B
     Ok(n)
 }
 
+/// What an instance asks of its host besides room: a zone, labels, and its server
+/// group's policy.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// '' for any zone.
+    pub zone: String,
+    /// Every one must be on the host.
+    pub labels: Vec<(String, String)>,
+    /// The server group's ID and policy.
+    pub group: Option<(String, ServerGroupPolicy)>,
+}
+
+impl Filter {
+    /// The same without the server group: what the hosts offer whatever the group.
+    pub fn without_group(&self) -> Filter {
+        Filter { group: None, ..self.clone() }
+    }
+}
+
+/// The SQL conditions of `f` on `host_nodes`, numbering their parameters from `next`;
+/// returns the conditions (each starting with AND), an ORDER BY prefix for soft
+/// policies, and the values to bind in order.
+fn filter_sql(f: &Filter, mut next: usize) -> (String, String, Vec<String>) {
+    let mut conds = String::new();
+    let mut order = String::new();
+    let mut binds = Vec::new();
+    if !f.zone.is_empty() {
+        conds.push_str(&format!(" AND zone = ${next}"));
+        binds.push(f.zone.clone());
+        next += 1;
+    }
+    for (k, v) in &f.labels {
+        conds.push_str(&format!(" AND labels LIKE ${next} ESCAPE '\\'"));
+        binds.push(label_pattern(k, v));
+        next += 1;
+    }
+    if let Some((g, policy)) = &f.group {
+        let members = format!(
+            "SELECT host_node_id FROM instances WHERE server_group_id = ${next} AND host_node_id IS NOT NULL \
+             AND state <> 'terminated'"
+        );
+        let on_host = format!(
+            "(SELECT COUNT(*) FROM instances m WHERE m.server_group_id = ${next} AND m.host_node_id = host_nodes.id \
+             AND m.state <> 'terminated')"
+        );
+        match policy {
+            ServerGroupPolicy::AntiAffinity => conds.push_str(&format!(" AND id NOT IN ({members})")),
+            ServerGroupPolicy::Affinity => {
+                conds.push_str(&format!(" AND (NOT EXISTS ({members}) OR id IN ({members}))"))
+            }
+            ServerGroupPolicy::SoftAntiAffinity => order = format!("{on_host} ASC, "),
+            ServerGroupPolicy::SoftAffinity => order = format!("{on_host} DESC, "),
+        }
+        binds.push(g.clone());
+    }
+    (conds, order, binds)
+}
+
 /// Up to 8 online hosts offering `hypervisor` (and able to boot `boot_mode`) with room for
-/// `cpus` and `memory_mib` within their allocatable capacity (the configured overcommit):
-/// spread, most free memory first, then most free CPUs; pack, least free first.
+/// `cpus` and `memory_mib` within their allocatable capacity (the configured overcommit)
+/// that pass `filter`: spread, most free memory first, then most free CPUs; pack, least
+/// free first (after a soft server group policy's preference).
 pub async fn candidates(
     pool: &db::Pool,
     hypervisor: HypervisorKind,
@@ -137,24 +231,29 @@ pub async fn candidates(
     memory_mib: u32,
     boot_mode: Option<BootMode>,
     placement: Placement,
+    filter: &Filter,
 ) -> Result<Vec<String>, sqlx::Error> {
     let order = match placement {
         Placement::Spread => "DESC",
         Placement::Pack => "ASC",
     };
-    let rows: Vec<(String,)> = sqlx::query_as(&format!(
+    let (conds, prefer, binds) = filter_sql(filter, 5);
+    let sql = format!(
         "SELECT id FROM host_nodes
          WHERE state = 'online' AND hypervisors LIKE $1 AND boot_modes LIKE $4
-           AND memory_allocatable_mib - memory_used_mib >= $2 AND cpus_allocatable - cpus_used >= $3
-         ORDER BY memory_allocatable_mib - memory_used_mib {order}, cpus_allocatable - cpus_used {order}, id
+           AND memory_allocatable_mib - memory_used_mib >= $2 AND cpus_allocatable - cpus_used >= $3{conds}
+         ORDER BY {prefer}memory_allocatable_mib - memory_used_mib {order}, cpus_allocatable - cpus_used {order}, id
          LIMIT 8"
-    ))
-    .bind(format!("%,{hypervisor},%"))
-    .bind(memory_mib as i64)
-    .bind(cpus as i64)
-    .bind(boot_mode_pattern(boot_mode))
-    .fetch_all(pool)
-    .await?;
+    );
+    let mut q = sqlx::query_as::<_, (String,)>(&sql)
+        .bind(format!("%,{hypervisor},%"))
+        .bind(memory_mib as i64)
+        .bind(cpus as i64)
+        .bind(boot_mode_pattern(boot_mode));
+    for b in binds {
+        q = q.bind(b);
+    }
+    let rows = q.fetch_all(pool).await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
@@ -190,18 +289,49 @@ pub async fn release(tx: &mut db::Tx<'_>, host: &str, cpus: i64, memory_mib: i64
     Ok(())
 }
 
-/// The online hosts offering `hypervisor`: (how many, most free MiB, most free vCPUs).
+/// The online hosts offering `hypervisor` that pass `filter`: (how many, most free MiB,
+/// most free vCPUs).
 pub async fn free_capacity(
     pool: &db::Pool,
     hypervisor: HypervisorKind,
+    filter: &Filter,
 ) -> Result<(i64, Option<i64>, Option<i64>), sqlx::Error> {
-    sqlx::query_as(
+    let (conds, _, binds) = filter_sql(filter, 2);
+    let sql = format!(
         "SELECT COUNT(*), MAX(memory_allocatable_mib - memory_used_mib), MAX(cpus_allocatable - cpus_used) FROM host_nodes
-         WHERE state = 'online' AND hypervisors LIKE $1",
-    )
-    .bind(format!("%,{hypervisor},%"))
-    .fetch_one(pool)
-    .await
+         WHERE state = 'online' AND hypervisors LIKE $1{conds}"
+    );
+    let mut q = sqlx::query_as(&sql).bind(format!("%,{hypervisor},%"));
+    for b in binds {
+        q = q.bind(b);
+    }
+    q.fetch_one(pool).await
+}
+
+/// Sets a host's zone ('' for none) and labels (as [`join_labels`] writes them), as an
+/// admin asked; false when there is no such host.
+pub async fn set_zone_labels(tx: &mut db::Tx<'_>, id: &str, zone: &str, labels: &str) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("UPDATE host_nodes SET zone = $1, labels = $2 WHERE id = $3")
+        .bind(zone)
+        .bind(labels)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Takes the host row's lock (a write that changes nothing); false when there is none.
+pub async fn lock_host(tx: &mut db::Tx<'_>, id: &str) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("UPDATE host_nodes SET zone = zone WHERE id = $1").bind(id).execute(&mut **tx).await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A host's row inside a transaction.
+pub async fn get_host_tx(tx: &mut db::Tx<'_>, id: &str) -> Result<Option<HostRow>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {HOST_COLS} FROM host_nodes WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
 }
 
 // Membership.
@@ -315,4 +445,20 @@ pub async fn online_storage(pool: &db::Pool) -> Result<Vec<String>, sqlx::Error>
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT id FROM storage_nodes WHERE state = 'online'").fetch_all(pool).await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip_and_match_literally() {
+        let l: std::collections::BTreeMap<String, String> =
+            [("ssd", "true"), ("rack", "r_1")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let stored = join_labels(&l);
+        assert_eq!(stored, ",rack=r_1,ssd=true,");
+        assert_eq!(split_labels(&stored), l);
+        assert!(split_labels(",").is_empty());
+        assert_eq!(label_pattern("rack", "r_1"), "%,rack=r\\_1,%");
+    }
 }

@@ -31,10 +31,15 @@ pub struct Row {
     pub created_at: String,
     pub updated_at: String,
     pub root_disk_size: Option<i64>,
+    pub server_group_id: Option<String>,
+    /// What it asked of its host at create: a zone ('' for any), labels (`,k=v,`).
+    pub placement_zone: String,
+    pub placement_labels: String,
 }
 
 const COLS: &str = "id, account_id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, state, goal, \
-     host_node_id, last_host_id, spec_gen, report_gen, reboot_gen, failure_reason, created_at, updated_at, root_disk_size";
+     host_node_id, last_host_id, spec_gen, report_gen, reboot_gen, failure_reason, created_at, updated_at, root_disk_size, \
+     server_group_id, placement_zone, placement_labels";
 
 impl Row {
     pub fn state(&self) -> ApiResult<InstanceState> {
@@ -57,6 +62,7 @@ impl Row {
             memory_mib: self.memory_mib as u32,
             host_node_id: self.host_node_id.map(|h| h.parse()).transpose().map_err(ApiError::internal)?,
             ssh_key_id: self.ssh_key_id.map(|k| k.parse()).transpose().map_err(ApiError::internal)?,
+            server_group_id: self.server_group_id.map(|g| g.parse()).transpose().map_err(ApiError::internal)?,
             root_disk_size: self.root_disk_size.map(|v| v as u64),
             interfaces,
             volumes,
@@ -126,6 +132,11 @@ pub struct New<'a> {
     pub root_disk_size: Option<u64>,
     pub host: &'a HostNodeId,
     pub now: &'a str,
+    pub server_group: Option<&'a str>,
+    /// '' for any zone.
+    pub zone: &'a str,
+    /// As `host::join_labels` writes them (`,` for none).
+    pub labels: &'a str,
 }
 
 pub async fn insert(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error> {
@@ -140,7 +151,7 @@ pub async fn insert_stopped(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx
 
 async fn insert_as(tx: &mut db::Tx<'_>, n: &New<'_>, state_goal_host: &str) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "INSERT INTO instances ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {state_goal_host}, NULL, 1, 0, 0, NULL, $11, $11, $12)"
+        "INSERT INTO instances ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {state_goal_host}, NULL, 1, 0, 0, NULL, $11, $11, $12, $13, $14, $15)"
     ))
     .bind(n.id.as_str())
     .bind(n.account.as_str())
@@ -154,6 +165,9 @@ async fn insert_as(tx: &mut db::Tx<'_>, n: &New<'_>, state_goal_host: &str) -> R
     .bind(n.host.as_str())
     .bind(n.now)
     .bind(n.root_disk_size.map(|v| v as i64))
+    .bind(n.server_group)
+    .bind(n.zone)
+    .bind(n.labels)
     .execute(&mut **tx)
     .await?;
     db::event::record(tx, db::event::Kind::Instance, n.id.as_str(), db::event::Change::Created).await

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod network;
 pub mod quota;
 pub mod secgroup;
+pub mod server_group;
 pub mod snapshot;
 pub mod user;
 pub mod volume;

@@ -46,6 +46,9 @@ pub async fn set(
     Ok(())
 }
 
+/// One count per quota key, in [`QuotaKey::ALL`]'s order.
+type Counts = (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64);
+
 /// What the account holds, per key, in base units: counts, vCPUs, MiB of memory, MiB of
 /// volumes, bytes of images. Live objects only: instances not terminated, volumes and
 /// snapshots not deleted; floating IPs the account allocated (routers' SNAT addresses
@@ -55,7 +58,7 @@ pub async fn usage<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     account: &AccountId,
 ) -> Result<Vec<(QuotaKey, u64)>, sqlx::Error> {
     // CAST: PostgreSQL's SUM of a BIGINT is NUMERIC, which the Any driver does not decode.
-    let row: (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+    let row: Counts = sqlx::query_as(
         "SELECT
            (SELECT COUNT(*) FROM instances WHERE account_id = $1 AND state <> 'terminated'),
            (SELECT CAST(COALESCE(SUM(cpus), 0) AS BIGINT) FROM instances
@@ -71,11 +74,12 @@ pub async fn usage<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
            (SELECT COUNT(*) FROM floating_ips WHERE account_id = $1),
            (SELECT COUNT(*) FROM images WHERE account_id = $1),
            (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM images WHERE account_id = $1),
-           (SELECT COUNT(*) FROM keypairs WHERE account_id = $1)",
+           (SELECT COUNT(*) FROM keypairs WHERE account_id = $1),
+           (SELECT COUNT(*) FROM server_groups WHERE account_id = $1)",
     )
     .bind(account.as_str())
     .fetch_one(db)
     .await?;
-    let v = [row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11];
+    let v = [row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11, row.12];
     Ok(QuotaKey::ALL.into_iter().zip(v.map(|n| n.max(0) as u64)).collect())
 }

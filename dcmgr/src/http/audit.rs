@@ -44,6 +44,8 @@ const MAX_SCANNED_BODY: u64 = 1 << 20;
 /// Kinds of objects, as the operations' IDs start (`security_group_add_rule`).
 const KINDS: &[&str] = &[
     "security_group",
+    "server_group",
+    "host_node",
     "floating_ip",
     "account",
     "bundle",

@@ -19,14 +19,15 @@ use vdc_schema::InstanceAction;
             description = "`invalid_name`, `invalid_cpus`, `invalid_memory`, `user_data_too_large`, \
                 `too_many_interfaces`, `unsupported_hypervisor`, `duplicate_network`, `invalid_ip`, \
                 `unsupported_format` (the hypervisor cannot boot the image), `memory_below_image_minimum`, \
-                `root_disk_too_small`, `root_disk_not_applicable`, `invalid_size`, or a malformed body (`invalid_body`)",
+                `root_disk_too_small`, `root_disk_not_applicable`, `invalid_size`, `invalid_zone`, `invalid_label`, \
+                or a malformed body (`invalid_body`)",
             body = ErrorBody),
-        (status = 404, description = "`not_found`: the image, key pair, a network or a security group",
+        (status = 404, description = "`not_found`: the image, key pair, a network, a security group or the server group",
             body = ErrorBody),
         (status = 409, description = "`ip_in_use`: a fixed address is taken; `boot_mode_unsupported`: a UEFI \
             image and no online host has UEFI firmware (OVMF)", body = ErrorBody),
         (status = 422,
-            description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use); `no_capacity`: no online host fits it; `network_full`: a network has no free address",
+            description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use); `no_capacity`: no online host fits it; `placement_unsatisfiable`: no host meets the zone, the host labels or the server group's policy (the message names which); `network_full`: a network has no free address",
             body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
@@ -99,7 +100,7 @@ action_endpoint!(start, InstanceAction::Start, "/api/v1/instances/{id}/start", "
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`invalid_state`: it is stopping, halting, shutting down or terminated",
             body = ErrorBody),
-        (status = 422, description = "`no_capacity`: no online host fits a stopped instance", body = ErrorBody),
+        (status = 422, description = "`no_capacity`: no online host fits a stopped instance; `placement_unsatisfiable`: none meets its zone, host labels or server group's policy", body = ErrorBody),
         (status = 503, description = "`agent_unavailable`: its host is offline, retry when it is back; or `busy`",
             body = ErrorBody)));
 action_endpoint!(stop, InstanceAction::Stop, "/api/v1/instances/{id}/stop", "instance_stop",
@@ -130,7 +131,7 @@ action_endpoint!(poweron, InstanceAction::Poweron, "/api/v1/instances/{id}/power
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`invalid_state`: it is stopping, halting, shutting down or terminated",
             body = ErrorBody),
-        (status = 422, description = "`no_capacity`: no online host fits a stopped instance", body = ErrorBody),
+        (status = 422, description = "`no_capacity`: no online host fits a stopped instance; `placement_unsatisfiable`: none meets its zone, host labels or server group's policy", body = ErrorBody),
         (status = 503, description = "`agent_unavailable`: its host is offline, retry when it is back; or `busy`",
             body = ErrorBody)));
 action_endpoint!(reboot, InstanceAction::Reboot, "/api/v1/instances/{id}/reboot", "instance_reboot",

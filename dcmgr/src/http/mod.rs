@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod networks;
 pub mod nodes;
 pub mod security_groups;
+pub mod server_groups;
 pub mod snapshots;
 pub mod tokens;
 pub mod users;
@@ -214,6 +215,8 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/security_groups/{id}", get(security_groups::show).delete(security_groups::delete))
         .route("/security_groups/{id}/rules", post(security_groups::add_rule))
         .route("/security_groups/{id}/rules/{rule_id}", delete(security_groups::delete_rule))
+        .route("/server_groups", post(server_groups::create).get(server_groups::list))
+        .route("/server_groups/{id}", get(server_groups::show).delete(server_groups::delete))
         .route("/instances", post(instances::create).get(instances::list))
         .route("/instances/{id}", get(instances::show).delete(instances::delete))
         .route("/instances/{id}/start", post(instances::start))
@@ -237,7 +240,7 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/snapshots/{id}", get(snapshots::show).delete(snapshots::delete))
         .route("/snapshots/{id}/image", post(snapshots::image))
         .route("/host_nodes", get(nodes::list_hosts))
-        .route("/host_nodes/{id}", get(nodes::show_host))
+        .route("/host_nodes/{id}", get(nodes::show_host).patch(nodes::update_host))
         .route("/storage_nodes", get(nodes::list_storage))
         .route("/storage_nodes/{id}", get(nodes::show_storage))
         .route("/bundle", get(bundles::export))
@@ -424,6 +427,7 @@ impl utoipa::Modify for CommonErrors {
         images::members, images::share, images::unshare,
         networks::create, networks::list, networks::show, networks::delete,
         security_groups::create, security_groups::list, security_groups::show, security_groups::delete, security_groups::add_rule, security_groups::delete_rule,
+        server_groups::create, server_groups::list, server_groups::show, server_groups::delete,
         instances::create, instances::list, instances::show, instances::delete, instances::start, instances::stop,
         instances::halt, instances::poweron, instances::reboot, instances::terminate, instances::console,
         instances::capture,
@@ -431,7 +435,7 @@ impl utoipa::Modify for CommonErrors {
         snapshots::create, snapshots::list, snapshots::show, snapshots::delete, snapshots::image,
         floating_ips::create, floating_ips::list, floating_ips::show, floating_ips::delete, floating_ips::associate,
         floating_ips::disassociate,
-        nodes::list_hosts, nodes::show_host, nodes::list_storage, nodes::show_storage,
+        nodes::list_hosts, nodes::show_host, nodes::update_host, nodes::list_storage, nodes::show_storage,
         jobs::list, jobs::show,
         events::stream,
         audit::list, users::whoami,

@@ -3,10 +3,10 @@
 use crate::app::node as app;
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::ApiResult;
-use crate::http::{path_id, ListParams};
+use crate::http::{path_id, Body, ListParams};
 use axum::extract::{Path, State};
 use axum::Json;
-use vdc_schema::api::{ErrorBody, HostNode, Page, StorageNode};
+use vdc_schema::api::{ErrorBody, HostNode, Page, StorageNode, UpdateHostNode};
 
 #[utoipa::path(get, path = "/api/v1/host_nodes", tag = "nodes", operation_id = "host_node_list",
     summary = "List host nodes (admin)",
@@ -70,4 +70,28 @@ pub async fn show_storage(
     Path(id): Path<String>,
 ) -> ApiResult<Json<StorageNode>> {
     Ok(Json(app::fetch_storage(&ctx, &caller, path_id("storage node", &id)).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/host_nodes/{id}", tag = "nodes", operation_id = "host_node_update",
+    summary = "Set a host node's zone and labels (admin)",
+    description = "The zone and labels instances ask for at create (`zone`, `host_labels`). Labels merge: a key \
+        with a value sets it, a key with null removes it, keys not named stay. An empty `zone` takes the host out \
+        of any zone. Agents do not set these: the API is their one source.",
+    request_body = UpdateHostNode,
+    params(
+        ("id" = vdc_schema::id::HostNodeId, Path,
+            description = "A host node ID (`hn-…`); an unknown or malformed one answers 404")),
+    responses(
+        (status = 200, description = "The host node as it is now", body = HostNode),
+        (status = 400, description = "`invalid_zone`, `invalid_label`, or a malformed body (`invalid_body`)",
+            body = ErrorBody),
+        (status = 403, description = "`forbidden`: only an admin changes nodes", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
+pub async fn update_host(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<UpdateHostNode>,
+) -> ApiResult<Json<HostNode>> {
+    Ok(Json(app::update_host(&ctx, &caller, path_id("host node", &id), req).await?))
 }

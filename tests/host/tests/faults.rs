@@ -90,6 +90,9 @@ fn req(img: &ImageId, name: &str, net: &NetworkId) -> CreateInstance {
         ssh_key_id: None,
         user_data: None,
         root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     }
 }
 

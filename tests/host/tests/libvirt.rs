@@ -158,6 +158,9 @@ async fn bad_input_is_refused_or_fails_cleanly() {
         ssh_key_id: None,
         user_data: None,
         root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     };
     let a = c.create_instance(&req(&corrupt.id, 256)).await.unwrap();
     let j = c.wait_job(&a.job.id, Duration::from_secs(60)).await.unwrap();

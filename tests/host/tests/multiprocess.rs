@@ -82,6 +82,9 @@ async fn nats_dcmgr_and_two_hva_processes() {
             ssh_key_id: None,
             user_data: None,
             root_disk_size: None,
+            server_group: None,
+            zone: None,
+            host_labels: Default::default(),
         };
         ids.push(admin.create_instance(&req).await.unwrap().resource.id);
     }
@@ -130,6 +133,9 @@ async fn nats_dcmgr_and_two_hva_processes() {
             ssh_key_id: None,
             user_data: None,
             root_disk_size: None,
+            server_group: None,
+            zone: None,
+            host_labels: Default::default(),
         })
         .await
         .unwrap();

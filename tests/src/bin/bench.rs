@@ -52,6 +52,9 @@ fn create_req(img: &vdc_schema::ImageId) -> CreateInstance {
         ssh_key_id: None,
         user_data: None,
         root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     }
 }
 

@@ -1,0 +1,493 @@
+//! Placement policies (issue 15, point 6) on simulated hosts, every scenario on SQLite and
+//! on PostgreSQL: server groups (affinity, anti-affinity and their soft forms), host
+//! zones and labels, refusals that name the constraint, and concurrent creates into one
+//! group.
+
+use clap::Parser;
+use std::collections::{BTreeMap, HashSet};
+use vdc_cli::client::{Client, ClientError};
+use vdc_schema::api::*;
+use vdc_schema::id::*;
+use vdc_schema::*;
+use vdc_tests::{on_both_databases, wait_state, Db, Stack, StackOptions};
+
+on_both_databases!(
+    server_groups_place_together_or_apart,
+    zones_and_labels_choose_the_host,
+    concurrent_creates_keep_the_group_policy,
+    instances_in_groups_travel_in_bundles_without_them,
+    the_cli_speaks_groups_zones_and_labels,
+);
+
+/// The status, code and message of an API error; panics if the call succeeded.
+fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String, String) {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(ClientError::Api { status, code, message, .. }) => (status, code, message),
+        Err(e) => panic!("expected an API error, got {e}"),
+    }
+}
+
+fn inst(image: &ImageId, name: &str) -> CreateInstance {
+    CreateInstance {
+        name: Some(name.into()),
+        image_id: image.clone(),
+        hypervisor: None,
+        cpus: 1,
+        memory_mib: 256,
+        interfaces: vec![],
+        ssh_key_id: None,
+        user_data: None,
+        root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
+    }
+}
+
+fn in_group(image: &ImageId, name: &str, group: &str) -> CreateInstance {
+    CreateInstance { server_group: Some(group.into()), ..inst(image, name) }
+}
+
+async fn group(c: &Client, name: &str, policy: ServerGroupPolicy) -> ServerGroup {
+    c.create_server_group(&CreateServerGroup { name: name.into(), policy }).await.unwrap()
+}
+
+async fn groups(c: &Client) -> Vec<ServerGroup> {
+    c.list_all("/server_groups", &ListQuery::default()).await.unwrap()
+}
+
+fn hosts_of(instances: &[Instance]) -> Vec<HostNodeId> {
+    instances.iter().map(|i| i.host_node_id.clone().expect("placed")).collect()
+}
+
+fn distinct(h: &[HostNodeId]) -> usize {
+    h.iter().collect::<HashSet<_>>().len()
+}
+
+async fn host_ids(s: &Stack) -> Vec<HostNodeId> {
+    s.admin.list_all_host_nodes().await.unwrap().into_iter().map(|h| h.id).collect()
+}
+
+async fn server_groups_place_together_or_apart(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 3;
+    // 8 allocatable vCPUs per host.
+    opts.host_cpus = 2;
+    opts.quotas = BTreeMap::from([(QuotaKey::ServerGroups, 5)]);
+    let s = Stack::start(opts).await;
+    let c = s.account("groups").await;
+    let other = s.account("other").await;
+
+    let apart = group(&c, "apart", ServerGroupPolicy::AntiAffinity).await;
+    assert!(apart.id.as_str().starts_with("srvg-"), "{}", apart.id);
+    assert!(apart.members.is_empty());
+    let (status, code, _) = err(c
+        .create_server_group(&CreateServerGroup { name: "apart".into(), policy: ServerGroupPolicy::Affinity })
+        .await);
+    assert_eq!((status, code.as_str()), (409, "name_taken"));
+    // The name is the account's: another may use it.
+    let theirs = group(&other, "apart", ServerGroupPolicy::Affinity).await;
+    // An unknown policy is a malformed body.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/server_groups", s.url()))
+        .bearer_auth(&s.admin_token)
+        .json(&serde_json::json!({"name": "x", "policy": "spread"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Anti-affinity: one member per host, by ID or by name; the fourth has nowhere to go.
+    let mut members = vec![];
+    for (i, g) in [apart.id.as_str(), "apart", "apart"].into_iter().enumerate() {
+        members.push(c.create_instance(&in_group(&s.image, &format!("a{i}"), g)).await.unwrap().resource);
+    }
+    assert_eq!(distinct(&hosts_of(&members)), 3, "one host each");
+    assert!(members.iter().all(|m| m.server_group_id.as_ref() == Some(&apart.id)));
+    let (status, code, message) = err(c.create_instance(&in_group(&s.image, "a3", "apart")).await);
+    assert_eq!((status, code.as_str()), (422, "placement_unsatisfiable"), "{message}");
+    assert!(message.contains("apart") && message.contains("anti-affinity"), "{message}");
+    assert!(!message.contains("GiB") && !message.contains("free"), "no capacity figures: {message}");
+    // Another account's group is unknown, whatever its name or ID.
+    let (status, code, _) = err(c.create_instance(&in_group(&s.image, "x", theirs.id.as_str())).await);
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+    assert_eq!(err(other.get_server_group(&apart.id).await).0, 404);
+    assert_eq!(err(other.delete_server_group(&apart.id).await).0, 404);
+
+    // The group lists its members; it cannot go while it has any.
+    let shown = c.get_server_group(&apart.id).await.unwrap();
+    assert_eq!(shown.members, members.iter().map(|m| m.id.clone()).collect::<Vec<_>>());
+    let listed = groups(&c).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].members.len(), 3);
+    let (status, code, message) = err(c.delete_server_group(&apart.id).await);
+    assert_eq!((status, code.as_str()), (409, "server_group_in_use"));
+    assert!(message.contains(members[0].id.as_str()), "{message}");
+
+    // A stopped member starts again on a host without the others.
+    let first = &members[0];
+    wait_state(&c, &first.id, InstanceState::Running).await;
+    c.stop_instance(&first.id).await.unwrap();
+    wait_state(&c, &first.id, InstanceState::Stopped).await;
+    // Its host is free of the group now: a new member may take it.
+    let newcomer = c.create_instance(&in_group(&s.image, "a4", "apart")).await.unwrap().resource;
+    assert_eq!(newcomer.host_node_id, first.host_node_id);
+    let (status, code, _) = err(c.start_instance(&first.id).await);
+    assert_eq!((status, code.as_str()), (422, "placement_unsatisfiable"));
+
+    // Terminated instances are no members: then the group goes.
+    for m in members.iter().chain([&newcomer]) {
+        c.terminate_instance(&m.id).await.unwrap();
+        wait_state(&c, &m.id, InstanceState::Terminated).await;
+    }
+    assert!(c.get_server_group(&apart.id).await.unwrap().members.is_empty());
+    c.delete_server_group(&apart.id).await.unwrap();
+    assert_eq!(err(c.get_server_group(&apart.id).await).0, 404);
+    // A terminated instance that was in it keeps no link to a group that is gone.
+    assert_eq!(c.get_instance(&first.id).await.unwrap().server_group_id, None);
+
+    // Affinity: every member on the first one's host.
+    group(&c, "together", ServerGroupPolicy::Affinity).await;
+    let mut members = vec![];
+    for i in 0..4 {
+        members.push(c.create_instance(&in_group(&s.image, &format!("t{i}"), "together")).await.unwrap().resource);
+    }
+    assert_eq!(distinct(&hosts_of(&members)), 1, "one host for all");
+    // More than that host holds (8 vCPUs): refused, naming the policy.
+    let big = CreateInstance { cpus: 5, ..in_group(&s.image, "big", "together") };
+    let (status, code, message) = err(c.create_instance(&big).await);
+    assert_eq!((status, code.as_str()), (422, "placement_unsatisfiable"), "{message}");
+    assert!(message.contains("affinity"), "{message}");
+
+    // Soft anti-affinity spreads while it can, then places anyway.
+    group(&c, "soft", ServerGroupPolicy::SoftAntiAffinity).await;
+    let mut soft = vec![];
+    for i in 0..4 {
+        soft.push(c.create_instance(&in_group(&s.image, &format!("s{i}"), "soft")).await.unwrap().resource);
+    }
+    assert_eq!(distinct(&hosts_of(&soft[..3])), 3, "spread first");
+    assert_eq!(soft.len(), 4);
+    // Soft affinity packs while it can.
+    group(&c, "soft-together", ServerGroupPolicy::SoftAffinity).await;
+    let mut st = vec![];
+    for i in 0..3 {
+        st.push(c.create_instance(&in_group(&s.image, &format!("st{i}"), "soft-together")).await.unwrap().resource);
+    }
+    assert_eq!(distinct(&hosts_of(&st)), 1);
+
+    // The quota on server groups (5): the fifth is allowed, the sixth not.
+    group(&c, "g4", ServerGroupPolicy::Affinity).await;
+    group(&c, "g5", ServerGroupPolicy::Affinity).await;
+    let (status, code, message) =
+        err(c.create_server_group(&CreateServerGroup { name: "g6".into(), policy: ServerGroupPolicy::Affinity }).await);
+    assert_eq!((status, code.as_str()), (422, "quota_exceeded"));
+    assert!(message.contains("server_groups"), "{message}");
+    s.stop().await;
+}
+
+async fn zones_and_labels_choose_the_host(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 3;
+    // 16 allocatable vCPUs per host.
+    opts.host_cpus = 4;
+    let s = Stack::start(opts).await;
+    let c = s.account("zoned").await;
+    let hosts = host_ids(&s).await;
+    let (h0, h1) = (&hosts[0], &hosts[1]);
+    let labels = |l: &[(&str, Option<&str>)]| -> BTreeMap<String, Option<String>> {
+        l.iter().map(|(k, v)| (k.to_string(), v.map(String::from))).collect()
+    };
+    let set = |id: &HostNodeId, zone: Option<&str>, l: BTreeMap<String, Option<String>>| {
+        let req = UpdateHostNode { zone: zone.map(String::from), labels: l };
+        let (admin, id) = (s.admin.clone(), id.clone());
+        async move { admin.update_host_node(&id, &req).await }
+    };
+    // Only an admin sets them, with valid names.
+    let req = UpdateHostNode { zone: Some("z1".into()), labels: Default::default() };
+    assert_eq!(err(c.update_host_node(h0, &req).await).0, 403);
+    let (status, code, _) = err(set(h0, Some("bad zone"), labels(&[])).await);
+    assert_eq!((status, code.as_str()), (400, "invalid_zone"));
+    let (status, code, _) = err(set(h0, None, labels(&[("a,b", Some("x"))])).await);
+    assert_eq!((status, code.as_str()), (400, "invalid_label"));
+    assert_eq!(err(set(&"hn-nosuchhost".parse().unwrap(), Some("z1"), labels(&[])).await).0, 404);
+
+    let h = set(h0, Some("z1"), labels(&[("ssd", Some("true")), ("rack", Some("r_1"))])).await.unwrap();
+    assert_eq!(h.zone.as_deref(), Some("z1"));
+    assert_eq!(h.labels.len(), 2);
+    // Labels merge: null removes one, others stay; the zone stays when not named.
+    let h = set(h0, None, labels(&[("rack", None), ("gpu", Some("a100"))])).await.unwrap();
+    assert_eq!((h.zone.as_deref(), h.labels.get("ssd").map(String::as_str)), (Some("z1"), Some("true")));
+    assert_eq!(h.labels.keys().collect::<Vec<_>>(), ["gpu", "ssd"]);
+    // Concurrent label changes of one host merge: none is lost.
+    let h2 = &hosts[2];
+    let patches = (0..12).map(|i| {
+        let key = format!("k{i}");
+        set(h2, Some(if i % 2 == 0 { "even" } else { "odd" }), labels(&[(key.as_str(), Some("v"))]))
+    });
+    for r in futures::future::join_all(patches).await {
+        r.unwrap();
+    }
+    let h = s.admin.get_host_node(h2).await.unwrap();
+    assert_eq!(h.labels.len(), 12, "{:?}", h.labels);
+    assert!(matches!(h.zone.as_deref(), Some("even" | "odd")));
+    set(h2, Some(""), (0..12).map(|i| (format!("k{i}"), None)).collect()).await.unwrap();
+    assert!(s.admin.get_host_node(h2).await.unwrap().labels.is_empty());
+    set(h1, Some("z2"), labels(&[("ssd", Some("true"))])).await.unwrap();
+    // Registrations do not undo what the admin set.
+    let listed = s.admin.list_all_host_nodes().await.unwrap();
+    assert_eq!(listed.iter().filter(|h| h.zone.is_some()).count(), 2);
+
+    let z = |zone: Option<&str>, l: &[(&str, &str)]| CreateInstance {
+        zone: zone.map(String::from),
+        host_labels: l.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..inst(&s.image, "z")
+    };
+    for _ in 0..3 {
+        let i = c.create_instance(&z(Some("z1"), &[])).await.unwrap().resource;
+        assert_eq!(i.host_node_id.as_ref(), Some(h0));
+        let i = c.create_instance(&z(None, &[("gpu", "a100")])).await.unwrap().resource;
+        assert_eq!(i.host_node_id.as_ref(), Some(h0));
+        let i = c.create_instance(&z(Some("z2"), &[("ssd", "true")])).await.unwrap().resource;
+        assert_eq!(i.host_node_id.as_ref(), Some(h1));
+        let i = c.create_instance(&z(None, &[("ssd", "true")])).await.unwrap().resource;
+        assert!(i.host_node_id.as_ref() == Some(h0) || i.host_node_id.as_ref() == Some(h1));
+    }
+    // `_` is a character, not a wildcard.
+    set(h0, None, labels(&[("rack", Some("r_1"))])).await.unwrap();
+    assert_eq!(err(c.create_instance(&z(None, &[("rack", "rx1")])).await).1, "placement_unsatisfiable");
+    assert!(c.create_instance(&z(None, &[("rack", "r_1")])).await.is_ok());
+
+    // What no host offers is refused, naming it.
+    let (status, code, message) = err(c.create_instance(&z(Some("z9"), &[])).await);
+    assert_eq!((status, code.as_str()), (422, "placement_unsatisfiable"));
+    assert!(message.contains("\"z9\""), "{message}");
+    let (_, code, message) = err(c.create_instance(&z(Some("z2"), &[("gpu", "a100")])).await);
+    assert_eq!(code, "placement_unsatisfiable");
+    assert!(message.contains("gpu=a100"), "{message}");
+    let (status, code, _) = err(c.create_instance(&z(Some("not a zone"), &[])).await);
+    assert_eq!((status, code.as_str()), (400, "invalid_zone"));
+    // A zone whose hosts are full says no_capacity, without figures.
+    let big = CreateInstance { cpus: 17, ..z(Some("z2"), &[]) };
+    let (_, code, message) = err(c.create_instance(&big).await);
+    assert_eq!(code, "no_capacity");
+    assert!(message.contains("zone \"z2\""), "{message}");
+
+    // A stopped instance starts again in its zone.
+    let i = c.create_instance(&z(Some("z2"), &[])).await.unwrap().resource;
+    wait_state(&c, &i.id, InstanceState::Running).await;
+    c.stop_instance(&i.id).await.unwrap();
+    wait_state(&c, &i.id, InstanceState::Stopped).await;
+    let started = c.start_instance(&i.id).await.unwrap().resource;
+    assert_eq!(started.host_node_id.as_ref(), Some(h1));
+
+    // The zone is cleared with "".
+    let h = set(h1, Some(""), labels(&[])).await.unwrap();
+    assert_eq!(h.zone, None);
+    assert_eq!(err(c.create_instance(&z(Some("z2"), &[])).await).1, "placement_unsatisfiable");
+    s.stop().await;
+}
+
+/// N concurrent creates into one anti-affinity group over M hosts give exactly min(N, M)
+/// instances, on distinct hosts; concurrent creates into an affinity group all land on
+/// one host; starts of stopped members racing creates keep the policy; a delete racing
+/// creates either finds members or leaves none.
+async fn concurrent_creates_keep_the_group_policy(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 4;
+    let s = Stack::start(opts).await;
+    let c = s.account("racer").await;
+
+    group(&c, "apart", ServerGroupPolicy::AntiAffinity).await;
+    let t = std::time::Instant::now();
+    let creates = (0..12).map(|i| {
+        let (c, req) = (c.clone(), in_group(&s.image, &format!("a{i}"), "apart"));
+        async move { c.create_instance(&req).await }
+    });
+    let (mut placed, mut refused) = (vec![], 0);
+    for r in futures::future::join_all(creates).await {
+        match r {
+            Ok(a) => placed.push(a.resource),
+            Err(ClientError::Api { code, .. }) if code == "placement_unsatisfiable" => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    eprintln!("12 concurrent creates into one anti-affinity group over 4 hosts: {:?}", t.elapsed());
+    assert_eq!((placed.len(), refused), (4, 8), "min(N, M) placed");
+    assert_eq!(distinct(&hosts_of(&placed)), 4, "on distinct hosts");
+
+    group(&c, "together", ServerGroupPolicy::Affinity).await;
+    let creates = (0..8).map(|i| {
+        let (c, req) = (c.clone(), in_group(&s.image, &format!("t{i}"), "together"));
+        async move { c.create_instance(&req).await }
+    });
+    let placed: Vec<Instance> =
+        futures::future::join_all(creates).await.into_iter().map(|r| r.unwrap().resource).collect();
+    assert_eq!(placed.len(), 8);
+    assert_eq!(distinct(&hosts_of(&placed)), 1, "all on one host");
+
+    // Starts of stopped members (each under its instance's lock, not the account's)
+    // racing creates into the same anti-affinity group: still one member per host.
+    group(&c, "spread", ServerGroupPolicy::AntiAffinity).await;
+    let mut stopped = vec![];
+    for i in 0..4 {
+        let m = c.create_instance(&in_group(&s.image, &format!("sp{i}"), "spread")).await.unwrap().resource;
+        wait_state(&c, &m.id, InstanceState::Running).await;
+        c.stop_instance(&m.id).await.unwrap();
+        stopped.push(m.id);
+    }
+    for id in &stopped {
+        wait_state(&c, id, InstanceState::Stopped).await;
+    }
+    let t = std::time::Instant::now();
+    let starts = stopped.iter().map(|id| {
+        let (c, id) = (c.clone(), id.clone());
+        async move { c.start_instance(&id).await.map(|a| a.resource) }
+    });
+    let creates = (0..4).map(|i| {
+        let (c, req) = (c.clone(), in_group(&s.image, &format!("sp-new{i}"), "spread"));
+        async move { c.create_instance(&req).await.map(|a| a.resource) }
+    });
+    let (started, created) = tokio::join!(futures::future::join_all(starts), futures::future::join_all(creates));
+    let mut placed = vec![];
+    for r in started.into_iter().chain(created) {
+        match r {
+            Ok(i) => placed.push(i),
+            Err(ClientError::Api { code, .. }) if code == "placement_unsatisfiable" => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    eprintln!("4 starts and 4 creates into one anti-affinity group over 4 hosts: {:?}", t.elapsed());
+    assert_eq!(placed.len(), 4, "one per host");
+    assert_eq!(distinct(&hosts_of(&placed)), 4);
+
+    // Delete against creates: whatever wins, no instance is in a group that is gone.
+    for round in 0..3 {
+        let g = group(&c, &format!("race{round}"), ServerGroupPolicy::SoftAntiAffinity).await;
+        let creates = (0..6).map(|i| {
+            let (c, req) = (c.clone(), in_group(&s.image, &format!("r{round}-{i}"), g.id.as_str()));
+            async move { c.create_instance(&req).await.map(|a| a.resource) }
+        });
+        let del = {
+            let (c, id) = (c.clone(), g.id.clone());
+            async move { c.delete_server_group(&id).await }
+        };
+        let (made, deleted) = tokio::join!(futures::future::join_all(creates), del);
+        let made: Vec<Instance> = made
+            .into_iter()
+            .filter_map(|r| match r {
+                Ok(i) => Some(i),
+                Err(ClientError::Api { status: 404, .. }) => None,
+                Err(e) => panic!("unexpected {e}"),
+            })
+            .collect();
+        match deleted {
+            Ok(()) => {
+                // Deleted: every create that succeeded committed before it and would have
+                // been a member, so there were none.
+                assert!(made.is_empty(), "round {round}: deleted with members {made:?}");
+            }
+            Err(ClientError::Api { status: 409, code, .. }) => {
+                assert_eq!(code, "server_group_in_use");
+                assert!(!made.is_empty());
+                assert_eq!(c.get_server_group(&g.id).await.unwrap().members.len(), made.len());
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    s.stop().await;
+}
+
+/// Bundles carry no server groups: an instance in one exports, and imports without it.
+async fn instances_in_groups_travel_in_bundles_without_them(db: Db) {
+    let a = Stack::start(StackOptions::new(db)).await;
+    let key = a.admin.bundle_key().await.unwrap().public_key;
+    let mut opts = StackOptions::new(db);
+    opts.bundles.trusted_keys = vec![key];
+    let b = Stack::start(opts).await;
+    let ca = a.account("mover").await;
+    group(&ca, "web", ServerGroupPolicy::AntiAffinity).await;
+    let i = ca.create_instance(&in_group(&a.image, "web1", "web")).await.unwrap().resource;
+    wait_state(&ca, &i.id, InstanceState::Running).await;
+    let mut bytes = Vec::new();
+    ca.export_bundle(false, true, &mut bytes, |_| {}).await.unwrap();
+    let cb = b.account("mover").await;
+    assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
+    let imported = cb.list_all_instances().await.unwrap();
+    assert_eq!(imported.len(), 1);
+    assert_eq!(imported[0].name, "web1");
+    assert_eq!(imported[0].server_group_id, None);
+    assert!(groups(&cb).await.is_empty());
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Runs `vdc ARGS…` in-process as the holder of `c`'s token.
+async fn vdc(c: &Client, args: &[&str]) -> Result<(), vdc_cli::error::CliError> {
+    use vdc_cli::commands::{self, Cli, GlobalArgs};
+    let cli = Cli::try_parse_from(std::iter::once("vdc").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("vdc {}: {e}", args.join(" ")));
+    let global = GlobalArgs {
+        output: vdc_cli::output::OutputFormat::Json,
+        api: Some(c.base_url().to_string()),
+        token: Some(c.token().to_string()),
+        account: None,
+        wait_timeout: 30,
+        verbose: 0,
+    };
+    commands::run(&global, cli.command).await
+}
+
+async fn ok(c: &Client, args: &[&str]) {
+    if let Err(e) = vdc(c, args).await {
+        panic!("vdc {}: {}", args.join(" "), e.report());
+    }
+}
+
+async fn the_cli_speaks_groups_zones_and_labels(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 2;
+    let s = Stack::start(opts).await;
+    let c = s.account("cli").await;
+    let hosts = host_ids(&s).await;
+    ok(&s.admin, &["host", "zone", hosts[1].as_str(), "east"]).await;
+    ok(&s.admin, &["host", "label", hosts[1].as_str(), "ssd=true", "rack=r1"]).await;
+    ok(&s.admin, &["host", "label", hosts[1].as_str(), "rack-"]).await;
+    ok(&s.admin, &["host", "list"]).await;
+    let h = s.admin.get_host_node(&hosts[1]).await.unwrap();
+    assert_eq!(h.zone.as_deref(), Some("east"));
+    assert_eq!(h.labels, BTreeMap::from([("ssd".to_string(), "true".to_string())]));
+
+    ok(&c, &["server-group", "create", "web", "--policy", "anti-affinity"]).await;
+    ok(&c, &["server-group", "list"]).await;
+    ok(
+        &c,
+        &[
+            "instance",
+            "create",
+            "w1",
+            "--image",
+            "tiny",
+            "--server-group",
+            "web",
+            "--zone",
+            "east",
+            "--host-label",
+            "ssd=true",
+        ],
+    )
+    .await;
+    let w1 = c.list_all_instances().await.unwrap().remove(0);
+    assert_eq!(w1.host_node_id.as_ref(), Some(&hosts[1]));
+    let web = groups(&c).await.remove(0);
+    assert_eq!(w1.server_group_id.as_ref(), Some(&web.id));
+    ok(&c, &["server-group", "show", "web"]).await;
+    ok(&c, &["instance", "show", "w1"]).await;
+    assert!(vdc(&c, &["server-group", "delete", "web"]).await.is_err(), "it has a member");
+    ok(&c, &["instance", "terminate", "w1", "--wait"]).await;
+    ok(&c, &["server-group", "delete", "web"]).await;
+    assert!(groups(&c).await.is_empty());
+    ok(&s.admin, &["host", "zone", hosts[1].as_str(), "--clear"]).await;
+    assert_eq!(s.admin.get_host_node(&hosts[1]).await.unwrap().zone, None);
+    s.stop().await;
+}
