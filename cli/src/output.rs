@@ -750,6 +750,7 @@ mod tests {
             host_node_id: None,
             ssh_key_id: None,
             root_disk_size: None,
+            server_group_id: None,
             interfaces: vec![iface("10.0.0.5", Some("203.0.113.7")), iface("10.1.0.5", None)],
             volumes: vec![],
             failure_reason: None,

@@ -113,6 +113,9 @@ fn request(image: &vdc_schema::id::ImageId, name: &str) -> CreateInstance {
         ssh_key_id: None,
         user_data: None,
         root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
     }
 }
 
