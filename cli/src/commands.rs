@@ -1028,9 +1028,10 @@ pub enum BundleCmd {
         /// The target site's API URL, e.g. https://dc.example.net:9000
         #[arg(long, value_name = "URL")]
         to: String,
-        /// A token of the account at the target (or VDC_PUSH_TOKEN)
-        #[arg(long, env = "VDC_PUSH_TOKEN", hide_env_values = true)]
-        token: String,
+        /// A token of the account at the target (or $VDC_PUSH_TOKEN). Not `--token`: that
+        /// global option is this site's token (the source's)
+        #[arg(long = "to-token", id = "to_token", value_name = "TOKEN", env = "VDC_PUSH_TOKEN", hide_env_values = true)]
+        to_token: String,
         /// KEY=VALUE, as for `bundle plan`
         #[arg(long = "map", value_name = "KEY=VALUE")]
         maps: Vec<String>,

@@ -1148,13 +1148,13 @@ async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
             }
             ctx.show(&done.import)
         }
-        BundleCmd::Push { to, token, maps, map_file, prune, model_only, stop, dry_run } => {
+        BundleCmd::Push { to, to_token, maps, map_file, prune, model_only, stop, dry_run } => {
             let mut all = match &map_file {
                 Some(f) => map_lines(&read_text(f, "map file")?),
                 None => vec![],
             };
             all.extend(maps);
-            let target = Client::new(to.clone(), token);
+            let target = Client::new(to.clone(), to_token);
             let o = crate::push::PushOptions { maps: all, prune, model_only, stop, dry_run };
             let bar = progress("pushing");
             bar.enable_steady_tick(std::time::Duration::from_millis(200));
