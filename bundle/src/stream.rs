@@ -416,7 +416,8 @@ pub fn relay<R: Read, W: Write>(
     let mut out = Relayed::default();
     let mut buf = Vec::new();
     loop {
-        let (tag, len) = header(r)?.ok_or_else(|| BundleError::Truncated("the stream ends before the end frame".into()))?;
+        let (tag, len) =
+            header(r)?.ok_or_else(|| BundleError::Truncated("the stream ends before the end frame".into()))?;
         match tag {
             b'C' => {
                 if !(32..=32 + MAX_COMPRESSED).contains(&len) {

@@ -82,8 +82,12 @@ fn a_relayed_bundle_references_the_held_chunks_and_reads_back() {
             }
         });
     }
-    let want: Vec<(&str, String)> =
-        m.chunks.iter().enumerate().map(|(i, c)| (if i == 1 || i == 2 { "R" } else { "C" }, c.sha256.clone())).collect();
+    let want: Vec<(&str, String)> = m
+        .chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (if i == 1 || i == 2 { "R" } else { "C" }, c.sha256.clone()))
+        .collect();
     assert_eq!(items, want);
 
     // A reader that holds nothing refuses the reference; the full bundle reads as before.

@@ -1030,7 +1030,13 @@ pub enum BundleCmd {
         to: String,
         /// A token of the account at the target (or $VDC_PUSH_TOKEN). Not `--token`: that
         /// global option is this site's token (the source's)
-        #[arg(long = "to-token", id = "to_token", value_name = "TOKEN", env = "VDC_PUSH_TOKEN", hide_env_values = true)]
+        #[arg(
+            long = "to-token",
+            id = "to_token",
+            value_name = "TOKEN",
+            env = "VDC_PUSH_TOKEN",
+            hide_env_values = true
+        )]
         to_token: String,
         /// KEY=VALUE, as for `bundle plan`
         #[arg(long = "map", value_name = "KEY=VALUE")]

@@ -169,10 +169,7 @@ pub async fn push(source: &Client, target: &Client, o: &PushOptions) -> Result<P
         (None, Some(i))
     };
     let relayed = relay.await;
-    let target_error = match (&plan, &import) {
-        (Some(Err(_)), _) | (_, Some(Err(_))) => true,
-        _ => false,
-    };
+    let target_error = matches!((&plan, &import), (Some(Err(_)), _) | (_, Some(Err(_))));
     let (head_len, r) = match relayed {
         Ok(Ok(v)) => v,
         // The target answered before reading everything (it refused the bundle): its

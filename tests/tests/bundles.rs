@@ -1085,7 +1085,10 @@ async fn a_push_never_resolves_what_the_account_does_not_hold(db: Db) {
     let bad = other.missing_chunks(&BundleChunkQuery { chunks: vec!["../etc/passwd".into()] }).await;
     assert_eq!(api_err(bad), (400, "invalid_request".into()));
     let many = vec![vdc_bundle::sha256_hex(b"x"); MAX_CHUNK_QUERY + 1];
-    assert_eq!(api_err(other.missing_chunks(&BundleChunkQuery { chunks: many }).await), (400, "too_many_chunks".into()));
+    assert_eq!(
+        api_err(other.missing_chunks(&BundleChunkQuery { chunks: many }).await),
+        (400, "too_many_chunks".into())
+    );
 
     // Ten concurrent imports of one relayed update: applied once.
     change_source(&a, &ca).await;

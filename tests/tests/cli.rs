@@ -410,7 +410,11 @@ async fn vdc_bundle_push_sends_what_the_target_lacks(db: Db) {
                 .stdin(std::process::Stdio::null())
                 .output()
                 .unwrap();
-            (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
         })
     };
     let sent = |err: &str| -> u64 {

@@ -406,7 +406,9 @@ pub async fn missing(
             format!("{} chunks asked about at once; ask about at most {max} per request", q.chunks.len()),
         ));
     }
-    if let Some(bad) = q.chunks.iter().find(|h| h.len() != 64 || !h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))) {
+    if let Some(bad) =
+        q.chunks.iter().find(|h| h.len() != 64 || !h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    {
         return Err(ApiError::bad(
             "invalid_request",
             format!("{:?} is not a lower-case hex SHA-256", bad.chars().take(80).collect::<String>()),
@@ -419,7 +421,12 @@ pub async fn missing(
 }
 
 /// Records the chunks of the blobs an import stored as held by the account.
-async fn record_held(ctx: &SharedCtx, account: &AccountId, m: &Manifest, blobs: &[&vdc_bundle::BlobRef]) -> ApiResult<()> {
+async fn record_held(
+    ctx: &SharedCtx,
+    account: &AccountId,
+    m: &Manifest,
+    blobs: &[&vdc_bundle::BlobRef],
+) -> ApiResult<()> {
     let sizes: HashMap<&str, u64> = m.chunks.iter().map(|c| (c.sha256.as_str(), c.size)).collect();
     let mut rows = Vec::new();
     let mut seen = HashSet::new();
@@ -1395,7 +1402,9 @@ pub async fn receive_body(
     let (c, account, handle) = (ctx.clone(), caller.account_id.clone(), tokio::runtime::Handle::current());
     // Asked on the blocking thread, once, at the first reference frame.
     let held = move |hashes: &[String]| {
-        handle.block_on(held_by(&c, &account, hashes)).map_err(|e| BundleError::Io(std::io::Error::other(e.to_string())))
+        handle
+            .block_on(held_by(&c, &account, hashes))
+            .map_err(|e| BundleError::Io(std::io::Error::other(e.to_string())))
     };
     let r = tokio::task::spawn_blocking(move || receive(reader, &trusted, dir.as_deref(), held))
         .await

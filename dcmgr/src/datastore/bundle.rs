@@ -435,7 +435,11 @@ pub struct HeldChunk {
 
 /// The account's chunks among `hashes` (issue 13, point 6). Only this account's rows:
 /// another account's data is never "held" for it.
-pub async fn held_chunks(pool: &db::Pool, account: &AccountId, hashes: &[String]) -> Result<Vec<HeldChunk>, sqlx::Error> {
+pub async fn held_chunks(
+    pool: &db::Pool,
+    account: &AccountId,
+    hashes: &[String],
+) -> Result<Vec<HeldChunk>, sqlx::Error> {
     let mut out = Vec::new();
     for part in hashes.chunks(500) {
         let marks: Vec<String> = (0..part.len()).map(|i| format!("${}", i + 2)).collect();
