@@ -26,6 +26,11 @@ pub enum BundleError {
     DuplicateChunk(String),
     #[error("chunk {0} is listed in the manifest but not in the stream")]
     MissingChunk(String),
+    #[error(
+        "chunk {0} is sent as held by this site (a reference frame), but this site holds no such chunk \
+         for the account: push again (the target answers which chunks it lacks), or import a full bundle"
+    )]
+    ChunkNotHeld(String),
     #[error("chunk {hash} decompresses beyond its listed size of {size} bytes")]
     ChunkTooLarge { hash: String, size: u64 },
     #[error("too many {what}: {count} (at most {max})")]
@@ -57,6 +62,7 @@ impl BundleError {
             BundleError::DuplicateChunk(_) => "bundle_chunk_duplicate",
             BundleError::MissingChunk(_) => "bundle_chunk_missing",
             BundleError::ChunkTooLarge { .. } => "bundle_chunk_too_large",
+            BundleError::ChunkNotHeld(_) => "bundle_chunk_not_held",
             BundleError::TooMany { .. } => "bundle_too_many",
             BundleError::InvalidName(_) => "bundle_invalid_name",
             BundleError::DanglingReference(_) => "bundle_dangling_reference",

@@ -1,7 +1,8 @@
 //! The stream: `MAGIC`, then frames `[tag: u8][length: u32 BE][payload]`:
 //! `M` the manifest (JSON), `S` its signature (32-byte key, 64-byte signature), any
-//! number of `C` chunks (32-byte SHA-256 of the uncompressed bytes, then zstd), and `E`
-//! (u64 BE: the number of chunks). A frame of our own rather than tar: no file names at
+//! number of `C` chunks (32-byte SHA-256 of the uncompressed bytes, then zstd) and `R`
+//! references (32-byte SHA-256 of a listed chunk the receiver holds already: a push sends
+//! only what the target lacks), and `E` (u64 BE: the number of `C` and `R` frames). A frame of our own rather than tar: no file names at
 //! all (so nothing to traverse), every length bounded before it is read, and the
 //! manifest first, so a reader verifies it before it reads any data.
 
@@ -56,6 +57,18 @@ impl<W: Write> Writer<W> {
         let z = zstd::bulk::compress(data, 1)?;
         frame(&mut self.w, b'C', &[&hex::decode(&hash).expect("hex"), &z])?;
         self.bytes += 5 + 32 + z.len() as u64;
+        Ok(())
+    }
+
+    /// Writes a reference to a chunk the manifest lists (and has not been written yet):
+    /// the receiver holds it already and resolves it by its hash (checked again there).
+    pub fn write_ref(&mut self, sha256: &str) -> Result<(), BundleError> {
+        if self.pending.remove(sha256).is_none() {
+            return Err(BundleError::ChunkNotInManifest(sha256.to_owned()));
+        }
+        let hash = hex::decode(sha256).map_err(|_| BundleError::ChunkNotInManifest(sha256.to_owned()))?;
+        frame(&mut self.w, b'R', &[&hash])?;
+        self.bytes += 5 + 32;
         Ok(())
     }
 
@@ -140,6 +153,15 @@ fn header<R: Read>(r: &mut R) -> Result<Option<(u8, usize)>, BundleError> {
 pub struct Chunk {
     pub sha256: String,
     pub data: Vec<u8>,
+}
+
+/// What a reader yields: a chunk carried in the stream (hash checked), or a reference to
+/// a listed chunk the sender says this side holds. Whoever accepts references resolves
+/// them from what it holds and checks the hash again; [`Reader::next_chunk`] refuses them.
+#[derive(Debug)]
+pub enum Item {
+    Chunk(Chunk),
+    Held { sha256: String, size: u64 },
 }
 
 /// Reads and verifies a bundle. [`Reader::open`] verifies the manifest (signature, trust,
@@ -228,7 +250,19 @@ impl<R: Read> Reader<R> {
         &self.signer
     }
 
+    /// The next chunk; a reference frame is refused (`bundle_chunk_not_held`): this caller
+    /// holds nothing to resolve it from.
     pub fn next_chunk(&mut self) -> Result<Option<Chunk>, BundleError> {
+        match self.next_item()? {
+            None => Ok(None),
+            Some(Item::Chunk(c)) => Ok(Some(c)),
+            Some(Item::Held { sha256, .. }) => Err(BundleError::ChunkNotHeld(sha256)),
+        }
+    }
+
+    /// The next chunk or reference; `Ok(None)` only after the end frame, when every listed
+    /// chunk came once (carried or referenced).
+    pub fn next_item(&mut self) -> Result<Option<Item>, BundleError> {
         if self.done {
             return Ok(None);
         }
@@ -236,6 +270,23 @@ impl<R: Read> Reader<R> {
             return Err(BundleError::Truncated("the stream ends before the end frame".into()));
         };
         match tag {
+            b'R' => {
+                if len != 32 {
+                    return Err(BundleError::BadFrame(format!("a reference frame of {len} bytes (32)")));
+                }
+                let mut hash = [0u8; 32];
+                read_exact(&mut self.r, &mut hash, "a reference")?;
+                let hash = hex::encode(hash);
+                let Some((size, seen)) = self.expected.get_mut(&hash) else {
+                    return Err(BundleError::ChunkNotInManifest(hash));
+                };
+                if *seen {
+                    return Err(BundleError::DuplicateChunk(hash));
+                }
+                *seen = true;
+                self.seen += 1;
+                Ok(Some(Item::Held { sha256: hash, size: *size }))
+            }
             b'C' => {
                 if !(32..=32 + MAX_COMPRESSED).contains(&len) {
                     return Err(BundleError::BadFrame(format!("a chunk frame of {len} bytes")));
@@ -264,7 +315,7 @@ impl<R: Read> Reader<R> {
                 }
                 *seen = true;
                 self.seen += 1;
-                Ok(Some(Chunk { sha256: hash, data }))
+                Ok(Some(Item::Chunk(Chunk { sha256: hash, data })))
             }
             b'E' => {
                 if len != 8 {
@@ -295,5 +346,114 @@ impl<R: Read> Reader<R> {
             f(c)?;
         }
         Ok(())
+    }
+}
+
+/// The head of a bundle as a pusher relays it: the bytes of the magic, the manifest and
+/// signature frames (unchanged), and the chunks the manifest lists. Nothing is verified
+/// here (the receiver verifies everything); lengths are bounded as a reader bounds them.
+pub struct Head {
+    pub bytes: Vec<u8>,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Reads a bundle's head from `r` (see [`Head`]).
+pub fn read_head<R: Read>(r: &mut R, limits: &Limits) -> Result<Head, BundleError> {
+    let mut bytes = vec![0u8; MAGIC.len()];
+    read_exact(r, &mut bytes, "the magic")?;
+    if &bytes[..] != MAGIC {
+        return Err(BundleError::BadMagic);
+    }
+    let (tag, len) = header(r)?.ok_or_else(|| BundleError::Truncated("no manifest".into()))?;
+    if tag != b'M' || len > limits.max_manifest_bytes {
+        return Err(BundleError::BadFrame("expected a manifest frame within its bound first".into()));
+    }
+    let mut json = vec![0u8; len];
+    read_exact(r, &mut json, "the manifest")?;
+    let (tag, len) = header(r)?.ok_or_else(|| BundleError::Truncated("no signature".into()))?;
+    if tag != b'S' || len != 96 {
+        return Err(BundleError::BadFrame("expected the 96-byte signature frame after the manifest".into()));
+    }
+    let mut sig = [0u8; 96];
+    read_exact(r, &mut sig, "the signature")?;
+    // Only the chunk list: a newer exporter's other fields are the receiver's business.
+    #[derive(serde::Deserialize)]
+    struct Chunks {
+        chunks: Vec<ChunkRef>,
+    }
+    let c: Chunks = serde_json::from_slice(&json).map_err(|e| BundleError::InvalidManifest(e.to_string()))?;
+    if c.chunks.len() > limits.max_chunks {
+        return Err(BundleError::TooMany { what: "chunks", count: c.chunks.len(), max: limits.max_chunks });
+    }
+    for (tag, payload) in [(b'M', &json[..]), (b'S', &sig[..])] {
+        bytes.push(tag);
+        bytes.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(payload);
+    }
+    Ok(Head { bytes, chunks: c.chunks })
+}
+
+/// What [`relay`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Relayed {
+    /// Bytes read after the head (the chunks and the end frame as the source wrote them).
+    pub bytes_in: u64,
+    /// Bytes written after the head.
+    pub bytes_out: u64,
+    /// Chunks carried (sent) and chunks referenced (held by the receiver).
+    pub carried: u64,
+    pub referenced: u64,
+}
+
+/// Relays the frames after a bundle's head from `r` to `w`, writing a reference frame
+/// instead of each chunk whose hash is in `held` (the receiver said it holds them), up to
+/// and including the end frame. The end frame's count (carried + referenced) is unchanged.
+pub fn relay<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    held: &std::collections::HashSet<String>,
+) -> Result<Relayed, BundleError> {
+    let mut out = Relayed::default();
+    let mut buf = Vec::new();
+    loop {
+        let (tag, len) =
+            header(r)?.ok_or_else(|| BundleError::Truncated("the stream ends before the end frame".into()))?;
+        match tag {
+            b'C' => {
+                if !(32..=32 + MAX_COMPRESSED).contains(&len) {
+                    return Err(BundleError::BadFrame(format!("a chunk frame of {len} bytes")));
+                }
+                buf.resize(len, 0);
+                read_exact(r, &mut buf, "a chunk")?;
+                out.bytes_in += 5 + len as u64;
+                if held.contains(&hex::encode(&buf[..32])) {
+                    frame(w, b'R', &[&buf[..32]])?;
+                    out.bytes_out += 5 + 32;
+                    out.referenced += 1;
+                } else {
+                    frame(w, b'C', &[&buf])?;
+                    out.bytes_out += 5 + len as u64;
+                    out.carried += 1;
+                }
+            }
+            b'R' if len == 32 => {
+                let mut h = [0u8; 32];
+                read_exact(r, &mut h, "a reference")?;
+                frame(w, b'R', &[&h])?;
+                out.bytes_in += 37;
+                out.bytes_out += 37;
+                out.referenced += 1;
+            }
+            b'E' if len == 8 => {
+                let mut n = [0u8; 8];
+                read_exact(r, &mut n, "the end frame")?;
+                frame(w, b'E', &[&n])?;
+                out.bytes_in += 13;
+                out.bytes_out += 13;
+                w.flush()?;
+                return Ok(out);
+            }
+            t => return Err(BundleError::BadFrame(format!("unexpected frame tag {t:#04x} of {len} bytes"))),
+        }
     }
 }

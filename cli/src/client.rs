@@ -521,6 +521,26 @@ impl Client {
         Ok(n)
     }
 
+    /// The account's bundle as a streaming response (its status checked), for a push.
+    pub async fn export_response(&self, model_only: bool, stop: bool) -> Result<reqwest::Response> {
+        let req = self
+            .request(Method::GET, "/bundle")
+            .query(&[("model_only", model_only), ("stop", stop)])
+            .timeout(Duration::from_secs(24 * 3600));
+        let resp = req.send().await.map_err(ClientError::Transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.map_err(ClientError::Transport)?;
+            return Err(ClientError::from_response(status.as_u16(), &body));
+        }
+        Ok(resp)
+    }
+
+    /// Which of `q.chunks` the account lacks at this site (a push asks before it sends).
+    pub async fn missing_chunks(&self, q: &BundleChunkQuery) -> Result<BundleChunksMissing> {
+        self.post("/bundle/chunks/missing", q).await
+    }
+
     async fn send_bundle<T: DeserializeOwned>(
         &self,
         what: &str,

@@ -1096,6 +1096,43 @@ pub enum BundleCmd {
         #[arg(long)]
         prune: bool,
     },
+    /// Push the account's VDC to another site: plan and import there, sending only the
+    /// chunks the target lacks (it reports the bytes sent). The bundle streams from this
+    /// site through vdc to the target; the target's token never reaches this site
+    Push {
+        /// The target site's API URL, e.g. https://dc.example.net:9000
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// A token of the account at the target (or $VDC_PUSH_TOKEN). Not `--token`: that
+        /// global option is this site's token (the source's)
+        #[arg(
+            long = "to-token",
+            id = "to_token",
+            value_name = "TOKEN",
+            env = "VDC_PUSH_TOKEN",
+            hide_env_values = true
+        )]
+        to_token: String,
+        /// KEY=VALUE, as for `bundle plan`
+        #[arg(long = "map", value_name = "KEY=VALUE")]
+        maps: Vec<String>,
+        /// A file of KEY=VALUE lines (blank lines and `#` comments ignored), before --map
+        #[arg(long, value_name = "FILE")]
+        map_file: Option<std::path::PathBuf>,
+        /// Delete at the target what an earlier push made and the VDC no longer has
+        #[arg(long)]
+        prune: bool,
+        /// Only the model: no data
+        #[arg(long, conflicts_with = "stop")]
+        model_only: bool,
+        /// Stop running instances to capture their disks, and start them again afterwards
+        #[arg(long)]
+        stop: bool,
+        /// Only plan at the target (everything verified, nothing created); exits 1 when
+        /// something is unresolved
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The bundles imported into the account
     Imports,
     /// One import: the bundle's IDs and the IDs created for them

@@ -8,6 +8,7 @@ pub mod error;
 pub mod external;
 pub mod output;
 pub mod parse;
+pub mod push;
 pub mod resolve;
 pub mod ssh;
 pub mod up;

@@ -1207,6 +1207,29 @@ pub struct BundlePlan {
     /// Chunks verified and bytes received.
     pub chunks: u64,
     pub bytes: u64,
+    /// Of `chunks`, those the sender referenced as held here (a push): read from this
+    /// site's store for the account and verified again, not received.
+    #[serde(default)]
+    pub held: u64,
+}
+
+/// The most chunk hashes one `bundle/chunks/missing` request may ask about.
+pub const MAX_CHUNK_QUERY: usize = 16384;
+
+/// A pusher's question: which of these chunks (SHA-256, hex) does the target lack?
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BundleChunkQuery {
+    /// At most 16384 lower-case hex SHA-256 hashes.
+    pub chunks: Vec<String>,
+}
+
+/// The chunks of a [`BundleChunkQuery`] the target does not hold for the caller's account
+/// (in the order asked). Held means: the account imported them earlier (in a bundle or a
+/// push, verified) and the blob holding them is still stored here.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BundleChunksMissing {
+    pub missing: Vec<String>,
 }
 
 /// A bundle import: the old → new ID map.

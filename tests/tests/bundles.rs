@@ -6,6 +6,8 @@
 //! scenario on SQLite and PostgreSQL; agents are simulated. Updates (point 5): a newer
 //! bundle of the same VDC planned and applied as creates, updates and (with prune)
 //! deletes, again and again, concurrently, and an older one refused as a downgrade.
+//! Push (point 6): only the chunks the target lacks are sent; a hash of another
+//! account's data, or a chunk the target claims but cannot read, refuses the bundle.
 
 use vdc_bundle::{Manifest, SigningKey};
 use vdc_cli::client::{Client, ClientError};
@@ -22,6 +24,8 @@ on_both_databases!(
     disks_volumes_stopped_instances_and_floating_ips_travel,
     a_newer_bundle_updates_the_import_and_prunes_only_when_asked,
     ten_concurrent_imports_of_an_update_apply_it_once,
+    a_push_sends_only_the_chunks_the_target_lacks,
+    a_push_never_resolves_what_the_account_does_not_hold,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -900,6 +904,270 @@ async fn ten_concurrent_imports_of_an_update_apply_it_once(db: Db) {
     assert_eq!(cb.list_all_instances().await.unwrap().iter().filter(|i| i.name == "worker").count(), 1);
     assert_eq!(model(&ca).await, model(&cb).await);
     assert_eq!(cb.list_bundle_imports().await.unwrap().len(), 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+// ---------------------------------------------------------------- push (issue 13, point 6)
+
+/// Incompressible bytes: what a disk's data costs to send.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// 64 MiB: 16 chunks.
+const BIG: usize = 16 * vdc_bundle::CHUNK_SIZE;
+
+/// A raw image of `data` on `c`, stored.
+async fn raw_image(c: &Client, name: &str, data: Vec<u8>) -> ImageId {
+    let img = c
+        .create_image(&CreateImage {
+            hypervisors: vec![HypervisorKind::Qemu],
+            ..vdc_tests::image_request(name, ImageFormat::Raw)
+        })
+        .await
+        .unwrap();
+    c.upload_image(&img.id, data).await.unwrap();
+    img.id
+}
+
+async fn running(c: &Client, name: &str, image: &ImageId, network: &NetworkId, groups: Vec<SecurityGroupId>) {
+    let i = c
+        .create_instance(&CreateInstance {
+            name: Some(name.into()),
+            image_id: image.clone(),
+            hypervisor: Some(HypervisorKind::Qemu),
+            cpus: 1,
+            memory_mib: 64,
+            interfaces: vec![CreateInterface { network_id: network.clone(), security_groups: groups, ip: None }],
+            ssh_key_id: None,
+            user_data: None,
+            root_disk_size: None,
+        })
+        .await
+        .unwrap();
+    wait_state(c, &i.resource.id, InstanceState::Running).await;
+}
+
+/// B's model without the private image each volume was filled from (`data-data`).
+async fn pushed(c: &Client) -> Vec<String> {
+    model(c).await.into_iter().filter(|l| !l.starts_with("image data-data ")).collect()
+}
+
+fn push_opts(dry_run: bool) -> vdc_cli::push::PushOptions {
+    vdc_cli::push::PushOptions { stop: true, dry_run, ..Default::default() }
+}
+
+/// A1 with a 64 MiB disk image, an instance running on it and a volume is pushed to B:
+/// every byte goes. The same state again: nothing changes at B and a few kilobytes go.
+/// Then A changes (an instance added on a new image that differs from the first in 1 % of
+/// its bytes, a rule added): the dry run's plan on B names exactly those changes, and the
+/// push sends under 10 % of the first push's bytes; B's new image holds A's bytes.
+async fn a_push_sends_only_the_chunks_the_target_lacks(db: Db) {
+    use vdc_cli::push::push;
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    let net = ca
+        .create_network(&CreateNetwork {
+            name: "front".into(),
+            cidr: "10.60.0.0/24".into(),
+            gateway: None,
+            dhcp_start: None,
+            dhcp_end: None,
+        })
+        .await
+        .unwrap();
+    let web = ca
+        .create_security_group(&CreateSecurityGroup { name: "web".into(), description: String::new(), rules: vec![] })
+        .await
+        .unwrap();
+    let disk = noise(BIG, 1);
+    let img = raw_image(&ca, "app-disk", disk.clone()).await;
+    running(&ca, "app", &img, &net.id, vec![web.id.clone()]).await;
+    let vol = ca
+        .create_volume(&CreateVolume { name: "data".into(), size_mib: Some(16), snapshot_id: None, image_id: None })
+        .await
+        .unwrap()
+        .resource;
+    wait_volume(&ca, &vol.id).await;
+    let cb = b.account("tenant").await;
+
+    let first = push(&ca, &cb, &push_opts(false)).await.unwrap();
+    assert!(first.dedup && first.import.as_ref().unwrap().created);
+    assert_eq!((first.chunks_held, first.bytes_sent), (0, first.bytes_full), "{first:?}");
+    assert!(first.bytes_sent > BIG as u64, "{first:?}");
+    assert_eq!(model(&ca).await, pushed(&cb).await);
+
+    // The same state again: tiny, and nothing changes at B.
+    let before = model(&cb).await;
+    let plan = push(&ca, &cb, &push_opts(true)).await.unwrap();
+    let p = plan.plan.as_ref().unwrap();
+    assert!(p.creates.is_empty() && p.updates.is_empty() && p.conflicts.is_empty(), "{p:?}");
+    assert_eq!(p.held, first.chunks);
+    let again = push(&ca, &cb, &push_opts(false)).await.unwrap();
+    assert_eq!((again.chunks_sent, again.chunks_held), (0, first.chunks), "{again:?}");
+    assert!(again.bytes_sent < 16 << 10, "{again:?}");
+    assert_eq!(model(&cb).await, before);
+    assert_eq!(cb.list_bundle_imports().await.unwrap().len(), 1);
+
+    // A changes: 1 % of a disk's bytes (a new image of it and an instance on it), a rule.
+    let mut changed = disk.clone();
+    let at = 5 * vdc_bundle::CHUNK_SIZE + 1000;
+    for b in &mut changed[at..at + BIG / 100] {
+        *b = !*b;
+    }
+    let img2 = raw_image(&ca, "app-disk-2", changed.clone()).await;
+    running(&ca, "app2", &img2, &net.id, vec![]).await;
+    let rule = RuleSpec {
+        direction: Direction::Ingress,
+        protocol: Protocol::Tcp,
+        port_min: Some(443),
+        port_max: Some(443),
+        cidr: Some("0.0.0.0/0".into()),
+        group: None,
+    };
+    ca.add_security_group_rule(&web.id, &rule).await.unwrap();
+
+    let dry = push(&ca, &cb, &push_opts(true)).await.unwrap();
+    let p = dry.plan.as_ref().unwrap();
+    assert!(p.conflicts.is_empty(), "{:?}", p.conflicts);
+    let mut creates: Vec<(String, String)> = p.creates.iter().map(|c| (c.kind.clone(), c.name.clone())).collect();
+    creates.sort();
+    assert_eq!(creates, vec![pair("image", "app-disk-2"), pair("image", "app2-root"), pair("instance", "app2")]);
+    assert_eq!(kinds(&p.updates), vec![pair("security_group", "web")]);
+    assert!(p.deletes.is_empty(), "{:?}", p.deletes);
+    assert_eq!(model(&cb).await, before, "a dry run changes nothing");
+
+    let second = push(&ca, &cb, &push_opts(false)).await.unwrap();
+    assert!(second.import.as_ref().unwrap().created);
+    // The 1 % falls in one chunk; app2's disk is its image: one chunk sent.
+    assert_eq!(second.chunks_sent, 1, "{second:?}");
+    let ratio = second.bytes_sent as f64 / first.bytes_sent as f64;
+    eprintln!(
+        "push figure: first push {} bytes, the same state again {} bytes, incremental push after a 1 % change {} \
+         bytes ({:.2} %), {} bytes without dedup",
+        first.bytes_sent,
+        again.bytes_sent,
+        second.bytes_sent,
+        100.0 * ratio,
+        second.bytes_full
+    );
+    assert!(ratio < 0.10, "{second:?} against {first:?}");
+    assert_eq!(model(&ca).await, pushed(&cb).await);
+    let b_img = cb.list_all_images().await.unwrap().into_iter().find(|i| i.name == "app-disk-2").unwrap();
+    assert_eq!(b_img.checksum, Some(format!("sha256:{}", vdc_bundle::sha256_hex(&changed))));
+    let app2 = cb.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "app2").unwrap();
+    wait_state(&cb, &app2.id, InstanceState::Running).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A bundle as a push relays it: each chunk `held` as a reference frame.
+fn relay(full: &[u8], held: &std::collections::HashSet<String>) -> Vec<u8> {
+    let mut r = full;
+    let head = vdc_bundle::read_head(&mut r, &Default::default()).unwrap();
+    let mut out = head.bytes;
+    vdc_bundle::relay(&mut r, &mut out, held).unwrap();
+    out
+}
+
+/// What `c` holds of `m`'s chunks at its site, as the push asks.
+async fn held(c: &Client, m: &Manifest) -> std::collections::HashSet<String> {
+    let all: Vec<String> = m.chunks.iter().map(|c| c.sha256.clone()).collect();
+    let missing = c.missing_chunks(&BundleChunkQuery { chunks: all.clone() }).await.unwrap().missing;
+    all.into_iter().filter(|h| !missing.contains(h)).collect()
+}
+
+/// Another account of B knows the hashes of tenant's chunks: B says it lacks them all for
+/// it, and a bundle referencing them anyway is refused with nothing created. Ten
+/// concurrent imports of a relayed update apply it once. A chunk B says it holds but
+/// cannot read back (its blob damaged since) refuses the push cleanly, nothing changed.
+async fn a_push_never_resolves_what_the_account_does_not_hold(db: Db) {
+    use vdc_cli::push::{push, PushError};
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    build_vdc(&a, &ca, false).await;
+    let cb = b.account("tenant").await;
+    let first = push(&ca, &cb, &push_opts(false)).await.unwrap();
+    assert!(first.import.unwrap().created);
+    let a1 = export(&ca).await;
+    let (m1, _) = open(&a1, &site_key(&a));
+    assert_eq!(held(&cb, &m1).await.len(), m1.chunks.len());
+
+    // The cross-account hash guess.
+    let other = b.account("other").await;
+    assert!(held(&other, &m1).await.is_empty(), "another account's chunks are never held for this one");
+    let all: std::collections::HashSet<String> = m1.chunks.iter().map(|c| c.sha256.clone()).collect();
+    let guessed = relay(&a1, &all);
+    assert!(guessed.len() < a1.len());
+    assert_eq!(api_err(other.plan_bundle(guessed.clone(), &[]).await), (400, "bundle_chunk_not_held".into()));
+    assert_eq!(api_err(other.import_bundle(guessed, &[]).await), (400, "bundle_chunk_not_held".into()));
+    assert!(other.list_all_networks().await.unwrap().is_empty());
+    assert!(other.list_all_instances().await.unwrap().is_empty());
+    assert!(other.list_all_images().await.unwrap().iter().all(|i| i.public));
+    assert!(other.list_bundle_imports().await.unwrap().is_empty());
+    // Malformed questions.
+    let bad = other.missing_chunks(&BundleChunkQuery { chunks: vec!["../etc/passwd".into()] }).await;
+    assert_eq!(api_err(bad), (400, "invalid_request".into()));
+    let many = vec![vdc_bundle::sha256_hex(b"x"); MAX_CHUNK_QUERY + 1];
+    assert_eq!(
+        api_err(other.missing_chunks(&BundleChunkQuery { chunks: many }).await),
+        (400, "too_many_chunks".into())
+    );
+
+    // Ten concurrent imports of one relayed update: applied once.
+    change_source(&a, &ca).await;
+    let a2 = export(&ca).await;
+    let (m2, _) = open(&a2, &site_key(&a));
+    let relayed = relay(&a2, &held(&cb, &m2).await);
+    assert!(relayed.len() < a2.len(), "{} of {}", relayed.len(), a2.len());
+    let runs = (0..10).map(|_| {
+        let (cb, r) = (cb.clone(), relayed.clone());
+        tokio::spawn(async move { cb.import_bundle(r, &[]).await })
+    });
+    let results: Vec<BundleImported> =
+        futures::future::join_all(runs).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.created).count(), 1);
+    assert_eq!(cb.list_all_instances().await.unwrap().iter().filter(|i| i.name == "worker").count(), 1);
+    assert_eq!(cb.list_bundle_imports().await.unwrap().len(), 1);
+
+    // The lie: B holds app-disk's blob, then it is damaged; B still says it holds its
+    // chunks, the push references them, and B refuses on reading them: nothing changes.
+    let blob = m2.model.images.iter().find(|i| i.name == "app-disk").unwrap().blob.clone().unwrap();
+    let path = b.opts.images.dir.as_ref().unwrap().join("blobs/sha256").join(&blob.sha256);
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let rule = RuleSpec {
+        direction: Direction::Ingress,
+        protocol: Protocol::Tcp,
+        port_min: Some(8080),
+        port_max: Some(8080),
+        cidr: Some("0.0.0.0/0".into()),
+        group: None,
+    };
+    let web = ca.list_all_security_groups().await.unwrap().into_iter().find(|g| g.name == "web").unwrap();
+    ca.add_security_group_rule(&web.id, &rule).await.unwrap();
+    let before = model(&cb).await;
+    match push(&ca, &cb, &push_opts(false)).await {
+        Err(PushError::Target(ClientError::Api { status: 400, code, message })) => {
+            assert_eq!(code, "bundle_chunk_not_held", "{message}");
+        }
+        other => panic!("expected bundle_chunk_not_held, got {other:?}"),
+    }
+    assert_eq!(model(&cb).await, before);
     a.stop().await;
     b.stop().await;
 }

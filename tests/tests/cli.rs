@@ -10,7 +10,12 @@ use vdc_cli::output::OutputFormat;
 use vdc_schema::api::*;
 use vdc_tests::{on_both_databases, Db, Stack, StackOptions};
 
-on_both_databases!(names_or_ids_everywhere, vdc_bundle_exports_plans_and_imports, images_are_shared_by_name_or_id);
+on_both_databases!(
+    names_or_ids_everywhere,
+    vdc_bundle_exports_plans_and_imports,
+    vdc_bundle_push_sends_what_the_target_lacks,
+    images_are_shared_by_name_or_id
+);
 
 /// Runs `vdc ARGS…` in-process as the holder of `c`'s token.
 async fn vdc(c: &Client, args: &[&str]) -> Result<(), CliError> {
@@ -360,6 +365,105 @@ async fn vdc_bundle_exports_plans_and_imports(db: Db) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("bundle_downgrade"), "{err}");
+    s.stop().await;
+}
+
+/// `vdc bundle push` (the real binary): a dry run prints the target's plan (exit 1 while a
+/// conflict is unresolved; `--map-file` resolves it), the push imports and reports the
+/// bytes sent, and a second push of the same state sends none of the image's chunks.
+/// One site: it trusts its own key, so another account is the target.
+async fn vdc_bundle_push_sends_what_the_target_lacks(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let src = s.account("src").await;
+    let dst = s.account("dst").await;
+    ok(&src, &["network", "create", "front", "--cidr", "10.70.0.0/24"]).await;
+    ok(&dst, &["network", "create", "mine", "--cidr", "10.70.0.0/16"]).await;
+    // 8 MiB that do not compress: two chunks.
+    let mut x = 7u64;
+    let data: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let img = src.create_image(&vdc_tests::image_request("blob", vdc_schema::ImageFormat::Raw)).await.unwrap();
+    src.upload_image(&img.id, data).await.unwrap();
+    src.wait_image(&img.id, std::time::Duration::from_secs(30)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    vdc_cli::config::save(&config, &vdc_cli::config::CliConfig::new(s.url(), src.token())).unwrap();
+    let maps = dir.path().join("maps");
+    std::fs::write(&maps, "# front collides with mine here\n\nnetwork.front.cidr=10.71.0.0/24\n").unwrap();
+    let run = |extra: &[&str]| {
+        let mut args: Vec<String> = ["bundle", "push", "--to", &s.url()].iter().map(|a| a.to_string()).collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let (config, token) = (config.clone(), dst.token().to_string());
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(vdc_tests::procs::bin("vdc"))
+                .env("VDC_CONFIG", &config)
+                .env("VDC_PUSH_TOKEN", token)
+                .env_remove("VDC_API")
+                .env_remove("VDC_TOKEN")
+                .args(&args)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let sent = |err: &str| -> u64 {
+        let line = err.lines().find(|l| l.starts_with("pushed to ")).unwrap_or_else(|| panic!("{err}"));
+        line.split(": ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap()
+    };
+    let (code, out, err) = run(&["--dry-run"]).await.unwrap();
+    assert_eq!(code, Some(1), "{out} {err}");
+    assert!(out.contains("! cidr_overlap"), "{out}");
+    assert!(err.contains("1 conflict(s) unresolved"), "{out} {err}");
+    let (code, out, err) = run(&["--dry-run", "--map-file", maps.to_str().unwrap()]).await.unwrap();
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(out.contains("+ network \"front\"") && out.contains("+ image \"blob\""), "{out}");
+    assert!(dst.list_all_images().await.unwrap().iter().all(|i| i.public), "a dry run creates nothing");
+
+    let (code, out, err) = run(&["--map-file", maps.to_str().unwrap()]).await.unwrap();
+    assert_eq!(code, Some(0), "{out} {err}");
+    let first = sent(&err);
+    assert!(first > 8 << 20, "{err}");
+    assert!(err.contains("2 of 2 chunks sent, 0 held by the target"), "{err}");
+    let nets = dst.list_all_networks().await.unwrap();
+    assert!(nets.iter().any(|n| n.name == "front" && n.cidr.to_string() == "10.71.0.0/24"));
+    assert!(dst.list_all_images().await.unwrap().iter().any(|i| i.name == "blob"));
+
+    // Again: the remap holds (an update of the earlier import), no chunk goes.
+    let (code, out, err) = run(&[]).await.unwrap();
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(err.contains("0 of 2 chunks sent, 2 held by the target"), "{err}");
+    assert!(sent(&err) < 8 << 10, "{err}");
+    assert_eq!(dst.list_bundle_imports().await.unwrap().len(), 1);
+    // A wrong token at the target: the target's refusal, exit 1.
+    let bad = tokio::task::spawn_blocking({
+        let config = config.clone();
+        let url = s.url();
+        move || {
+            std::process::Command::new(vdc_tests::procs::bin("vdc"))
+                .env("VDC_CONFIG", &config)
+                .env_remove("VDC_API")
+                .env_remove("VDC_TOKEN")
+                .args(["bundle", "push", "--to", &url, "--to-token", "not-a-token"])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unauthorized"), "{}", String::from_utf8_lossy(&bad.stderr));
     s.stop().await;
 }
 

@@ -145,6 +145,8 @@ const CLASSES: &[(&str, Class)] = &[
     // Verifies a bundle and says what an import would do; changes nothing.
     ("bundle_plan", OwnRead),
     ("bundle_import", OwnWrite),
+    // Which chunks the caller's account lacks here (a push asks); changes nothing.
+    ("bundle_chunks_missing", OwnRead),
     ("bundle_import_list", OwnRead),
     ("bundle_import_show", ObjectRead),
     ("audit_list", OwnerRead),
@@ -242,6 +244,7 @@ impl Victim {
             "volume_attach" | "floating_ip_associate" => json!({"instance_id": self.id("instances")}),
             "volume_extend" => json!({"size_mib": 4096}),
             "snapshot_create" => json!({"name": "sneak", "volume_id": self.id("volumes")}),
+            "bundle_chunks_missing" => json!({"chunks": [vdc_bundle::sha256_hex(b"victim")]}),
             _ => json!({}),
         }
     }

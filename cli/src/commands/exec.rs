@@ -1176,6 +1176,56 @@ async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
             }
             ctx.show(&done.import)
         }
+        BundleCmd::Push { to, to_token, maps, map_file, prune, model_only, stop, dry_run } => {
+            let mut all = match &map_file {
+                Some(f) => map_lines(&read_text(f, "map file")?),
+                None => vec![],
+            };
+            all.extend(maps);
+            let target = Client::new(to.clone(), to_token);
+            let o = crate::push::PushOptions { maps: all, prune, model_only, stop, dry_run };
+            let bar = progress("pushing");
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            let r = crate::push::push(c, &target, &o).await;
+            bar.finish_and_clear();
+            let r = r.map_err(|e| match e {
+                crate::push::PushError::Source(e) => CliError::Client(e),
+                crate::push::PushError::Target(e) => CliError::Client(e),
+                e => CliError::Failed(e.to_string()),
+            })?;
+            let saved = r.bytes_full.saturating_sub(r.bytes_sent);
+            let summary = format!(
+                "pushed to {to}: {} bytes sent ({} bytes without dedup, {saved} saved); {} of {} chunks sent, {} held \
+                 by the target{}",
+                r.bytes_sent,
+                r.bytes_full,
+                r.chunks_sent,
+                r.chunks,
+                r.chunks_held,
+                if r.dedup { "" } else { " (the target cannot say which chunks it lacks: all sent)" }
+            );
+            match ctx.format {
+                OutputFormat::Table => {
+                    if let Some(p) = &r.plan {
+                        emit(&plan_text(p))?;
+                    }
+                    if let Some(i) = &r.import {
+                        if !i.created {
+                            eprintln!("this bundle was imported already ({}): nothing changed", i.import.id);
+                        }
+                        ctx.show(&i.import)?;
+                    }
+                    eprintln!("{summary}");
+                }
+                f => emit(&encode(f, &r)?)?,
+            }
+            match &r.plan {
+                Some(p) if !p.conflicts.is_empty() => {
+                    Err(CliError::Failed(format!("{} conflict(s) unresolved", p.conflicts.len())))
+                }
+                _ => Ok(()),
+            }
+        }
         BundleCmd::Imports => {
             let all = c.list_bundle_imports().await?;
             match ctx.format {
@@ -1185,6 +1235,11 @@ async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
         }
         BundleCmd::Show { id } => ctx.show(&c.get_bundle_import(&id).await?),
     }
+}
+
+/// KEY=VALUE lines of a map file: blank lines and `#` comments left out.
+fn map_lines(text: &str) -> Vec<String> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
 }
 
 fn upload_error(file: &Path, e: crate::client::UploadError) -> CliError {

@@ -90,6 +90,8 @@ pub fn route_op(method: &str, route: &str) -> Op {
     match route {
         // Verifies a bundle and says what an import would do; changes nothing.
         "/bundle/plan" => Op::Read,
+        // Which chunks the account lacks here (a push's dry run asks it too); changes nothing.
+        "/bundle/chunks/missing" => Op::Read,
         // Setting an account's quotas is an operator's (a reader asking is told `forbidden`,
         // not `read_only`: no role in the account would let it).
         "/accounts" | "/accounts/{id}" | "/accounts/{id}/quotas" => Op::Admin,

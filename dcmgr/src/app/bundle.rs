@@ -293,6 +293,8 @@ pub struct Received {
     pub hash: String,
     pub chunks: u64,
     pub bytes: u64,
+    /// Of `chunks`, those referenced by the sender and read from what this site holds.
+    pub held: u64,
 }
 
 struct Counting<R> {
@@ -308,21 +310,57 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// Where a chunk the account holds is: (blob file, offset, size).
+pub type HeldChunks = HashMap<String, (PathBuf, u64, u64)>;
+
+/// Reads a held chunk and checks it is the chunk its hash names.
+fn read_held(sha: &str, size: u64, at: Option<&(PathBuf, u64, u64)>) -> Result<Vec<u8>, BundleError> {
+    use std::io::{Seek, SeekFrom};
+    let not_held = || BundleError::ChunkNotHeld(sha.to_owned());
+    let (path, offset, held_size) = at.ok_or_else(not_held)?;
+    if *held_size != size {
+        return Err(not_held());
+    }
+    let mut f = std::fs::File::open(path).map_err(|_| not_held())?;
+    f.seek(SeekFrom::Start(*offset)).map_err(|_| not_held())?;
+    let mut data = vec![0u8; size as usize];
+    if vdc_bundle::read_full(&mut f, &mut data)? != data.len() || vdc_bundle::sha256_hex(&data) != sha {
+        return Err(not_held());
+    }
+    Ok(data)
+}
+
 /// Reads and verifies a whole bundle from `r` (blocking). With `stage`, each verified
 /// chunk is kept in `dir` under its hash (written beside and renamed, so a chunk file is
-/// whole or absent).
+/// whole or absent). A chunk the sender references instead of carrying (a push) is read
+/// from what `held` (asked once, with the manifest's chunks) says the account holds, and
+/// its hash checked again; one it does not hold refuses the bundle (`bundle_chunk_not_held`).
 pub fn receive<R: Read>(
     r: R,
     trusted: &[vdc_bundle::VerifyingKey],
     stage: Option<&Path>,
+    mut held: impl FnMut(&[String]) -> Result<HeldChunks, BundleError>,
 ) -> Result<Received, BundleError> {
     let mut reader = vdc_bundle::Reader::open(Counting { r, n: 0 }, trusted, &vdc_bundle::Limits::default())?;
     if let Some(dir) = stage {
         std::fs::create_dir_all(dir)?;
     }
-    let mut chunks = 0u64;
-    reader.for_each_chunk(|c| {
+    let (mut chunks, mut referenced) = (0u64, 0u64);
+    let mut holdings: Option<HeldChunks> = None;
+    while let Some(item) = reader.next_item()? {
         chunks += 1;
+        let c = match item {
+            vdc_bundle::Item::Chunk(c) => c,
+            vdc_bundle::Item::Held { sha256, size } => {
+                if holdings.is_none() {
+                    let all: Vec<String> = reader.manifest().chunks.iter().map(|c| c.sha256.clone()).collect();
+                    holdings = Some(held(&all)?);
+                }
+                referenced += 1;
+                let data = read_held(&sha256, size, holdings.as_ref().and_then(|h| h.get(&sha256)))?;
+                vdc_bundle::Chunk { sha256, data }
+            }
+        };
         if let Some(dir) = stage {
             let path = dir.join(&c.sha256);
             if !path.exists() {
@@ -331,10 +369,79 @@ pub fn receive<R: Read>(
                 std::fs::rename(&tmp, &path)?;
             }
         }
-        Ok(())
-    })?;
+    }
     let bytes = reader.get_ref().n;
-    Ok(Received { manifest: reader.manifest().clone(), hash: reader.manifest_hash().to_owned(), chunks, bytes })
+    Ok(Received {
+        manifest: reader.manifest().clone(),
+        hash: reader.manifest_hash().to_owned(),
+        chunks,
+        bytes,
+        held: referenced,
+    })
+}
+
+/// The account's chunks among `hashes` whose blob is still stored here.
+async fn held_by(ctx: &SharedCtx, account: &AccountId, hashes: &[String]) -> ApiResult<HeldChunks> {
+    let rows = store::held_chunks(&ctx.db, account, hashes).await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|c| {
+            let path = ctx.blobs.local_path(&c.blob).filter(|p| p.exists())?;
+            Some((c.sha256, (path, c.offset, c.size)))
+        })
+        .collect())
+}
+
+/// Which of `q.chunks` the caller's account does not hold here (issue 13, point 6): a
+/// pusher sends those and references the rest.
+pub async fn missing(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    q: vdc_schema::api::BundleChunkQuery,
+) -> ApiResult<vdc_schema::api::BundleChunksMissing> {
+    let max = vdc_schema::api::MAX_CHUNK_QUERY;
+    if q.chunks.len() > max {
+        return Err(ApiError::bad(
+            "too_many_chunks",
+            format!("{} chunks asked about at once; ask about at most {max} per request", q.chunks.len()),
+        ));
+    }
+    if let Some(bad) =
+        q.chunks.iter().find(|h| h.len() != 64 || !h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    {
+        return Err(ApiError::bad(
+            "invalid_request",
+            format!("{:?} is not a lower-case hex SHA-256", bad.chars().take(80).collect::<String>()),
+        ));
+    }
+    let held = held_by(ctx, &caller.account_id, &q.chunks).await?;
+    Ok(vdc_schema::api::BundleChunksMissing {
+        missing: q.chunks.into_iter().filter(|h| !held.contains_key(h)).collect(),
+    })
+}
+
+/// Records the chunks of the blobs an import stored as held by the account.
+async fn record_held(
+    ctx: &SharedCtx,
+    account: &AccountId,
+    m: &Manifest,
+    blobs: &[&vdc_bundle::BlobRef],
+) -> ApiResult<()> {
+    let sizes: HashMap<&str, u64> = m.chunks.iter().map(|c| (c.sha256.as_str(), c.size)).collect();
+    let mut rows = Vec::new();
+    let mut seen = HashSet::new();
+    for b in blobs {
+        let mut offset = 0u64;
+        for c in &b.chunks {
+            let size = sizes.get(c.as_str()).copied().unwrap_or_default();
+            if seen.insert(c.clone()) {
+                rows.push(store::HeldChunk { sha256: c.clone(), blob: b.sha256.clone(), offset, size });
+            }
+            offset += size;
+        }
+    }
+    store::record_chunks(&ctx.db, account, &rows).await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- plan
@@ -1281,13 +1388,25 @@ async fn existing(
 }
 
 /// Verifies a bundle read from `body` (all of it) on a blocking thread.
-pub async fn receive_body(ctx: &SharedCtx, body: axum::body::Body, stage: bool) -> ApiResult<Received> {
+pub async fn receive_body(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    body: axum::body::Body,
+    stage: bool,
+) -> ApiResult<Received> {
     use futures::TryStreamExt;
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let trusted = ctx.trusted_keys.clone();
     let dir = stage.then(|| chunk_dir(ctx));
-    let r = tokio::task::spawn_blocking(move || receive(reader, &trusted, dir.as_deref()))
+    let (c, account, handle) = (ctx.clone(), caller.account_id.clone(), tokio::runtime::Handle::current());
+    // Asked on the blocking thread, once, at the first reference frame.
+    let held = move |hashes: &[String]| {
+        handle
+            .block_on(held_by(&c, &account, hashes))
+            .map_err(|e| BundleError::Io(std::io::Error::other(e.to_string())))
+    };
+    let r = tokio::task::spawn_blocking(move || receive(reader, &trusted, dir.as_deref(), held))
         .await
         .map_err(ApiError::internal)??;
     Ok(r)
@@ -1327,6 +1446,7 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
         conflicts,
         chunks: r.chunks,
         bytes: r.bytes,
+        held: r.held,
     })
 }
 
@@ -1432,6 +1552,12 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
     store_blobs(ctx, &r.manifest, &d0, maps).await?;
     let applied = db::retry(|| apply(ctx, caller, r, maps)).await?;
     drop(_refs);
+    // The account holds these blobs' chunks now: a later push need not send them.
+    let stored: Vec<&vdc_bundle::BlobRef> = blobs_to_store(&r.manifest, &d0, maps).into_iter().map(|b| b.1).collect();
+    if let Err(e) = record_held(ctx, &caller.account_id, &r.manifest, &stored).await {
+        // Only a later push's saving is lost: it sends these chunks again.
+        tracing::warn!(error = %e, "bundle import: recording the chunks held");
+    }
     // The data is in the blob store now; staged chunks have done their part.
     unstage(ctx, &r.manifest);
     match applied {

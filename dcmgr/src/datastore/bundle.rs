@@ -423,3 +423,61 @@ pub async fn delete_keypair(tx: &mut db::Tx<'_>, id: &str) -> Result<(), sqlx::E
     sqlx::query("DELETE FROM keypairs WHERE id = $1").bind(id).execute(&mut **tx).await?;
     Ok(())
 }
+
+/// One chunk an account holds: where it is in the blob store.
+#[derive(Debug, Clone)]
+pub struct HeldChunk {
+    pub sha256: String,
+    pub blob: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// The account's chunks among `hashes` (issue 13, point 6). Only this account's rows:
+/// another account's data is never "held" for it.
+pub async fn held_chunks(
+    pool: &db::Pool,
+    account: &AccountId,
+    hashes: &[String],
+) -> Result<Vec<HeldChunk>, sqlx::Error> {
+    let mut out = Vec::new();
+    for part in hashes.chunks(500) {
+        let marks: Vec<String> = (0..part.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT sha256, blob, blob_offset, size FROM bundle_chunks WHERE account_id = $1 AND sha256 IN ({})",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query_as::<_, (String, String, i64, i64)>(&sql).bind(account.as_str());
+        for h in part {
+            q = q.bind(h);
+        }
+        for r in q.fetch_all(pool).await? {
+            out.push(HeldChunk { sha256: r.0, blob: r.1, offset: r.2 as u64, size: r.3 as u64 });
+        }
+    }
+    Ok(out)
+}
+
+/// Records that the account holds `chunks` (in their blobs); a later import of the same
+/// chunk points it at the newer blob.
+pub async fn record_chunks(pool: &db::Pool, account: &AccountId, chunks: &[HeldChunk]) -> Result<(), sqlx::Error> {
+    for part in chunks.chunks(200) {
+        let mut tx = pool.begin().await?;
+        for c in part {
+            sqlx::query(
+                "INSERT INTO bundle_chunks (account_id, sha256, blob, blob_offset, size) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (account_id, sha256) DO UPDATE SET blob = excluded.blob, \
+                 blob_offset = excluded.blob_offset, size = excluded.size",
+            )
+            .bind(account.as_str())
+            .bind(&c.sha256)
+            .bind(&c.blob)
+            .bind(c.offset as i64)
+            .bind(c.size as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}

@@ -117,7 +117,7 @@ impl std::io::Write for ChannelWriter {
 const BUNDLE_ERRORS: &str = "The bundle is refused, nothing created: `bundle_bad_magic`, `bundle_truncated`, \
     `bundle_bad_frame`, `bundle_invalid_manifest`, `bundle_unsupported_version`, `bundle_bad_signature`, \
     `bundle_untrusted_key`, `bundle_chunk_mismatch`, `bundle_chunk_unlisted`, `bundle_chunk_duplicate`, \
-    `bundle_chunk_missing`, `bundle_chunk_too_large`, `bundle_too_many`, `bundle_invalid_name`, \
+    `bundle_chunk_missing`, `bundle_chunk_too_large`, `bundle_chunk_not_held`, `bundle_too_many`, `bundle_invalid_name`, \
     `bundle_dangling_reference`, `bundle_duplicate_id`, `bundle_io`; or `invalid_query`";
 
 #[utoipa::path(post, path = "/api/v1/bundle/plan", tag = "bundles", operation_id = "bundle_plan",
@@ -146,7 +146,7 @@ pub async fn plan(
     req: Request,
 ) -> ApiResult<Json<BundlePlan>> {
     let maps = maps(q)?;
-    let r = app::receive_body(&ctx, req.into_body(), false).await?;
+    let r = app::receive_body(&ctx, &caller, req.into_body(), false).await?;
     Ok(Json(app::plan(&ctx, &caller, &r, &maps).await?))
 }
 
@@ -174,9 +174,29 @@ pub async fn import(
     req: Request,
 ) -> ApiResult<(StatusCode, Json<BundleImported>)> {
     let maps = maps(q)?;
-    let r = app::receive_body(&ctx, req.into_body(), true).await?;
+    let r = app::receive_body(&ctx, &caller, req.into_body(), true).await?;
     let done = app::import(&ctx, &caller, &r, &maps).await?;
     Ok((if done.created { StatusCode::CREATED } else { StatusCode::OK }, Json(done)))
+}
+
+#[utoipa::path(post, path = "/api/v1/bundle/chunks/missing", tag = "bundles", operation_id = "bundle_chunks_missing",
+    summary = "Which of these chunks this site lacks for the account",
+    description = "A push (`vdc bundle push`) asks this before it sends a bundle: the answer lists the chunks \
+        (SHA-256) the caller's account does not hold here. The pusher sends those and references the others \
+        (frame `R`, docs/bundle-format.md); plan and import read a referenced chunk from the account's store \
+        and check its hash again. Held means imported earlier by this account (its blob still stored): a hash \
+        of another account's data is always answered missing, and a reference to it refuses the bundle \
+        (`bundle_chunk_not_held`).",
+    request_body = vdc_schema::api::BundleChunkQuery,
+    responses(
+        (status = 200, description = "The chunks missing, in the order asked", body = vdc_schema::api::BundleChunksMissing),
+        (status = 400, description = "`too_many_chunks` (more than 16384), `invalid_request` (not a hex SHA-256), `invalid_body`", body = ErrorBody)))]
+pub async fn missing(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    crate::http::Body(q): crate::http::Body<vdc_schema::api::BundleChunkQuery>,
+) -> ApiResult<Json<vdc_schema::api::BundleChunksMissing>> {
+    Ok(Json(app::missing(&ctx, &caller, q).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/bundle/imports", tag = "bundles", operation_id = "bundle_import_list",

@@ -247,6 +247,7 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/bundle/key", get(bundles::key))
         .route("/bundle/plan", post(bundles::plan))
         .route("/bundle/import", post(bundles::import))
+        .route("/bundle/chunks/missing", post(bundles::missing))
         .route("/bundle/imports", get(bundles::list))
         .route("/bundle/imports/{id}", get(bundles::show))
         .route("/jobs", get(jobs::list))
@@ -439,7 +440,7 @@ impl utoipa::Modify for CommonErrors {
         jobs::list, jobs::show,
         events::stream,
         audit::list, users::whoami,
-        bundles::key, bundles::export, bundles::plan, bundles::import, bundles::list, bundles::show,
+        bundles::key, bundles::export, bundles::plan, bundles::import, bundles::missing, bundles::list, bundles::show,
     )
 )]
 pub struct ApiDoc;

@@ -1,0 +1,170 @@
+//! Reference frames (`R`, issue 13 point 6): a pusher relays a bundle with the chunks the
+//! receiver holds replaced by references. The relayed stream reads back as the same
+//! manifest and items; a reader that holds nothing refuses a reference; references are
+//! listed, once, like chunks; the full bundle (no references) reads as before.
+
+use std::collections::HashSet;
+use vdc_bundle::*;
+use vdc_schema::state::{Arch, BootMode, HypervisorKind, ImageFormat};
+
+/// Three 4 MiB chunks and a short one of incompressible bytes, as one image.
+fn data() -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..(3 * CHUNK_SIZE + 1000))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn bundle(key: &SigningKey) -> (Manifest, Vec<u8>) {
+    let data = data();
+    let (blob, chunks) = chunk_blob(&data[..]).unwrap();
+    let m = Manifest {
+        format_version: FORMAT_VERSION,
+        source: Source { site_key: key_hex(&key.verifying_key()), vdc_id: "a-1".into(), exported_at: "t".into() },
+        model: Model {
+            images: vec![Image {
+                id: "img-1".into(),
+                name: "disk".into(),
+                format: ImageFormat::Raw,
+                arch: Arch::X86_64,
+                hypervisors: vec![HypervisorKind::Qemu],
+                boot_mode: BootMode::Bios,
+                kernel_id: None,
+                min_disk: None,
+                min_memory: None,
+                os: None,
+                default_user: None,
+                blob: Some(blob),
+            }],
+            ..Default::default()
+        },
+        chunks,
+    };
+    let mut w = Writer::new(Vec::new(), &m, key).unwrap();
+    for c in data.chunks(CHUNK_SIZE) {
+        w.write_chunk(c).unwrap();
+    }
+    (m.clone(), w.finish(m.chunks.len() as u64).unwrap())
+}
+
+fn relayed(full: &[u8], held: &HashSet<String>) -> (Vec<u8>, Relayed) {
+    let mut r = full;
+    let head = read_head(&mut r, &Limits::default()).unwrap();
+    let mut out = head.bytes.clone();
+    let stats = relay(&mut r, &mut out, held).unwrap();
+    (out, stats)
+}
+
+#[test]
+fn a_relayed_bundle_references_the_held_chunks_and_reads_back() {
+    let key = generate_key();
+    let (m, full) = bundle(&key);
+    let held: HashSet<String> = [m.chunks[1].sha256.clone(), m.chunks[2].sha256.clone()].into();
+    let (out, stats) = relayed(&full, &held);
+    assert_eq!((stats.carried, stats.referenced), (2, 2));
+    assert_eq!(stats.bytes_out + (full.len() as u64 - stats.bytes_in), out.len() as u64);
+    assert!(out.len() < full.len() / 2, "{} of {}", out.len(), full.len());
+
+    let mut r = Reader::open(&out[..], &[key.verifying_key()], &Limits::default()).unwrap();
+    assert_eq!(r.manifest(), &m);
+    let mut items = vec![];
+    while let Some(i) = r.next_item().unwrap() {
+        items.push(match i {
+            Item::Chunk(c) => ("C", c.sha256),
+            Item::Held { sha256, size } => {
+                assert_eq!(size, CHUNK_SIZE as u64);
+                ("R", sha256)
+            }
+        });
+    }
+    let want: Vec<(&str, String)> = m
+        .chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (if i == 1 || i == 2 { "R" } else { "C" }, c.sha256.clone()))
+        .collect();
+    assert_eq!(items, want);
+
+    // A reader that holds nothing refuses the reference; the full bundle reads as before.
+    let mut r = Reader::open(&out[..], &[key.verifying_key()], &Limits::default()).unwrap();
+    r.next_chunk().unwrap().unwrap();
+    assert_eq!(r.next_chunk().unwrap_err().code(), "bundle_chunk_not_held");
+    let mut r = Reader::open(&full[..], &[key.verifying_key()], &Limits::default()).unwrap();
+    let mut n = 0;
+    while r.next_chunk().unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 4);
+
+    // Nothing held: the relay is the bundle, byte for byte.
+    assert_eq!(relayed(&full, &HashSet::new()).0, full);
+}
+
+#[test]
+fn references_are_listed_chunks_each_once() {
+    let key = generate_key();
+    let (m, _) = bundle(&key);
+    let data = data();
+    let parts: Vec<&[u8]> = data.chunks(CHUNK_SIZE).collect();
+    let read_all = |bytes: Vec<u8>| -> Result<(), BundleError> {
+        let mut r = Reader::open(&bytes[..], &[key.verifying_key()], &Limits::default())?;
+        while r.next_item()?.is_some() {}
+        Ok(())
+    };
+    // A reference to a chunk the manifest does not list.
+    let mut w = Writer::new(Vec::new(), &m, &key).unwrap();
+    assert_eq!(w.write_ref(&sha256_hex(b"other")).unwrap_err().code(), "bundle_chunk_unlisted");
+    // Written by hand: R of an unlisted chunk, then R twice, then R and C of one chunk.
+    let mut bytes = {
+        let mut w = Writer::new(Vec::new(), &m, &key).unwrap();
+        for p in &parts {
+            w.write_chunk(p).unwrap();
+        }
+        w.finish(4).unwrap()
+    };
+    let mut r = &bytes[..];
+    let h = read_head(&mut r, &Limits::default()).unwrap();
+    bytes.truncate(h.bytes.len());
+    let frame = |out: &mut Vec<u8>, tag: u8, p: &[u8]| {
+        out.push(tag);
+        out.extend_from_slice(&(p.len() as u32).to_be_bytes());
+        out.extend_from_slice(p);
+    };
+    let hash = |i: usize| hex::decode(&m.chunks[i].sha256).unwrap();
+    let mut unlisted = bytes.clone();
+    frame(&mut unlisted, b'R', &hex::decode(sha256_hex(b"other")).unwrap());
+    assert_eq!(read_all(unlisted).unwrap_err().code(), "bundle_chunk_unlisted");
+    let mut twice = bytes.clone();
+    frame(&mut twice, b'R', &hash(0));
+    frame(&mut twice, b'R', &hash(0));
+    assert_eq!(read_all(twice).unwrap_err().code(), "bundle_chunk_duplicate");
+    let mut both = bytes.clone();
+    frame(&mut both, b'R', &hash(0));
+    frame(&mut both, b'C', &[hash(0), zstd::bulk::compress(parts[0], 1).unwrap()].concat());
+    assert_eq!(read_all(both).unwrap_err().code(), "bundle_chunk_duplicate");
+    let mut short = bytes.clone();
+    frame(&mut short, b'R', &hash(0)[..31]);
+    assert_eq!(read_all(short).unwrap_err().code(), "bundle_bad_frame");
+    // All four referenced, and the end frame counts them: read through.
+    let mut all = bytes.clone();
+    for i in 0..4 {
+        frame(&mut all, b'R', &hash(i));
+    }
+    let mut missing_one = all.clone();
+    frame(&mut all, b'E', &4u64.to_be_bytes());
+    read_all(all).unwrap();
+    frame(&mut missing_one, b'E', &3u64.to_be_bytes());
+    assert!(read_all(missing_one).is_err());
+    // A relay of a cut stream fails; it never ends the stream as if whole.
+    let (_, full) = bundle(&key);
+    let cut = &full[..full.len() - 100];
+    let mut r = cut;
+    let hd = read_head(&mut r, &Limits::default()).unwrap();
+    let mut out = hd.bytes;
+    assert_eq!(relay(&mut r, &mut out, &HashSet::new()).unwrap_err().code(), "bundle_truncated");
+}

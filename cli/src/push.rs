@@ -1,0 +1,194 @@
+//! `vdc bundle push` (issue 13, point 6): the source site's bundle streamed to the target
+//! site, carrying only the chunks the target lacks.
+//!
+//! The CLI drives it, between the two dcmgrs: it reads the source's export as a stream,
+//! takes the chunk list from the manifest at its head, asks the target which of those
+//! chunks the caller's account there lacks (`POST /bundle/chunks/missing`), and relays the
+//! rest of the stream to the target's plan or import, a reference frame (`R`, 37 bytes)
+//! standing for each chunk the target holds. The manifest and its signature pass through
+//! unchanged; the target verifies everything as for any bundle and resolves each reference
+//! from what the account holds there, checking its hash again.
+//!
+//! Why the CLI and not the source dcmgr: the target's token stays with the user (it is
+//! never handed to the source site), the source needs no outbound connections to URLs a
+//! tenant names (no request forgery from inside a site), and the export path is the one
+//! `bundle export` uses. The typical push is from a laptop's `vdc up` to a datacenter:
+//! the source-to-CLI leg is local, and the leg to the target is the one the dedup saves.
+//! Nothing is held whole in memory or on disk: the manifest and one chunk at a time.
+
+use crate::client::{Client, ClientError};
+use std::collections::HashSet;
+use vdc_schema::api::{BundleChunkQuery, BundleImported, BundlePlan, MAX_CHUNK_QUERY};
+
+/// What to push and how.
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    pub maps: Vec<String>,
+    pub prune: bool,
+    pub model_only: bool,
+    pub stop: bool,
+    /// Plan only: the target verifies the bundle and answers what an import would do.
+    pub dry_run: bool,
+}
+
+/// What a push did: the target's answer and the bytes.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PushReport {
+    /// The target's plan (`--dry-run`).
+    pub plan: Option<BundlePlan>,
+    /// The target's import (without `--dry-run`).
+    pub import: Option<BundleImported>,
+    /// Bytes sent to the target.
+    pub bytes_sent: u64,
+    /// Bytes of the whole bundle: what a push without dedup would have sent.
+    pub bytes_full: u64,
+    /// Chunks of the bundle, those sent, and those the target held (referenced).
+    pub chunks: u64,
+    pub chunks_sent: u64,
+    pub chunks_held: u64,
+    /// False when the target does not answer which chunks it lacks (an older vdc): then
+    /// every chunk is sent.
+    pub dedup: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("the source site: {0}")]
+    Source(ClientError),
+    #[error("the target site: {0}")]
+    Target(ClientError),
+    #[error("relaying the bundle: {0}")]
+    Stream(String),
+}
+
+impl PushError {
+    /// The API error code, when a site answered one.
+    pub fn code(&self) -> &str {
+        match self {
+            PushError::Source(e) | PushError::Target(e) => e.code(),
+            PushError::Stream(_) => "bundle_push_failed",
+        }
+    }
+}
+
+/// A writer into the request body's channel (blocking side).
+struct ChannelWriter(tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(bytes::Bytes::copy_from_slice(buf)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the target stopped reading"))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Which of `chunks` the target lacks; `None` when the target cannot answer (an older
+/// vdc without `bundle/chunks/missing`).
+async fn missing(target: &Client, chunks: &[String]) -> Result<Option<HashSet<String>>, ClientError> {
+    let mut out = HashSet::new();
+    for part in chunks.chunks(MAX_CHUNK_QUERY) {
+        let q = BundleChunkQuery { chunks: part.to_vec() };
+        match target.missing_chunks(&q).await {
+            Ok(m) => out.extend(m.missing),
+            Err(ClientError::Api { status: 404 | 405, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Pushes the source account's VDC to the target account (see the module's text).
+pub async fn push(source: &Client, target: &Client, o: &PushOptions) -> Result<PushReport, PushError> {
+    use futures::TryStreamExt;
+    let resp = source.export_response(o.model_only, o.stop).await.map_err(PushError::Source)?;
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    let mut reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel();
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel::<HashSet<String>>();
+    let (body_tx, mut body_rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    let relay = tokio::task::spawn_blocking(move || -> Result<(u64, vdc_bundle::Relayed), String> {
+        let limits = vdc_bundle::Limits::default();
+        let head = match vdc_bundle::read_head(&mut reader, &limits) {
+            Ok(h) => h,
+            Err(e) => return Err(format!("the source's bundle: {e}")),
+        };
+        let head_len = head.bytes.len() as u64;
+        let head_bytes = head.bytes.clone();
+        if head_tx.send(head.chunks).is_err() {
+            return Err("cancelled".into());
+        }
+        let Ok(held) = held_rx.blocking_recv() else { return Err("cancelled".into()) };
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, ChannelWriter(body_tx.clone()));
+        let r = std::io::Write::write_all(&mut w, &head_bytes)
+            .map_err(vdc_bundle::BundleError::from)
+            .and_then(|_| vdc_bundle::relay(&mut reader, &mut w, &held));
+        match r {
+            Ok(relayed) => Ok((head_len, relayed)),
+            Err(e) => {
+                // The target sees a cut body and refuses it; the reason is this one.
+                let _ = body_tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                Err(e.to_string())
+            }
+        }
+    });
+    let relay_error = |r: Result<Result<(u64, vdc_bundle::Relayed), String>, tokio::task::JoinError>| match r {
+        Ok(Ok(_)) => PushError::Stream("the relay ended early".into()),
+        Ok(Err(e)) => PushError::Stream(e),
+        Err(e) => PushError::Stream(e.to_string()),
+    };
+
+    let chunks = match head_rx.await {
+        Ok(c) => c,
+        Err(_) => return Err(relay_error(relay.await)),
+    };
+    let hashes: Vec<String> = chunks.iter().map(|c| c.sha256.clone()).collect();
+    let lacking = missing(target, &hashes).await.map_err(PushError::Target)?;
+    let dedup = lacking.is_some();
+    let held: HashSet<String> = match &lacking {
+        Some(m) => hashes.iter().filter(|h| !m.contains(*h)).cloned().collect(),
+        None => HashSet::new(),
+    };
+    let _ = held_tx.send(held);
+    let body = reqwest::Body::wrap_stream(futures::stream::poll_fn(move |cx| body_rx.poll_recv(cx)));
+    let (plan, import) = if o.dry_run {
+        let p = match o.prune {
+            true => target.plan_bundle_pruning(body, &o.maps).await,
+            false => target.plan_bundle(body, &o.maps).await,
+        };
+        (Some(p), None)
+    } else {
+        let i = match o.prune {
+            true => target.import_bundle_pruning(body, &o.maps).await,
+            false => target.import_bundle(body, &o.maps).await,
+        };
+        (None, Some(i))
+    };
+    let relayed = relay.await;
+    let target_error = matches!((&plan, &import), (Some(Err(_)), _) | (_, Some(Err(_))));
+    let (head_len, r) = match relayed {
+        Ok(Ok(v)) => v,
+        // The target answered before reading everything (it refused the bundle): its
+        // answer is the reason.
+        Ok(Err(m)) if target_error && m.contains("the target stopped reading") => {
+            let e = plan.and_then(|p| p.err()).or_else(|| import.and_then(|i| i.err()));
+            return Err(PushError::Target(e.expect("a target error")));
+        }
+        // The source's stream was cut (or is not a bundle): the target saw a cut body.
+        other => return Err(relay_error(other)),
+    };
+    Ok(PushReport {
+        plan: plan.transpose().map_err(PushError::Target)?,
+        import: import.transpose().map_err(PushError::Target)?,
+        bytes_sent: head_len + r.bytes_out,
+        bytes_full: head_len + r.bytes_in,
+        chunks: chunks.len() as u64,
+        chunks_sent: r.carried,
+        chunks_held: r.referenced,
+        dedup,
+    })
+}
