@@ -125,6 +125,8 @@ pub struct Ctx {
     pub events: crate::app::event::Hub,
     /// Request rate limits, when `[auth] rate_limit_per_second` is set.
     pub rate_limits: Option<crate::app::rate_limit::RateLimits>,
+    /// Sign-in attempts, per user name and per source address (`[auth] signin_*`): always on.
+    pub signin_limits: crate::app::rate_limit::RateLimits,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -23,6 +23,7 @@ async fn evict_rate_limits(ctx: SharedCtx, cancel: CancellationToken) {
         if let Some(l) = &ctx.rate_limits {
             l.evict();
         }
+        ctx.signin_limits.evict();
     }
 }
 
@@ -68,6 +69,9 @@ impl Dcmgr {
             .rate_limit()
             .map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?
             .map(|(rate, burst)| crate::app::rate_limit::RateLimits::new(rate, burst));
+        let (signin_rate, signin_burst) =
+            config.auth.signin_limit().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
+        let signin_limits = crate::app::rate_limit::RateLimits::per_minute(signin_rate, signin_burst);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let ctx: SharedCtx = Arc::new(Ctx {
@@ -89,6 +93,7 @@ impl Dcmgr {
             http_addr: Default::default(),
             events: crate::app::event::Hub::new(cancel.clone()),
             rate_limits,
+            signin_limits,
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;
@@ -112,9 +117,7 @@ impl Dcmgr {
         tasks.push(tokio::spawn(crate::app::event::pump(ctx.clone(), cancel.clone())));
         tasks.push(tokio::spawn(crate::app::audit::pruner(ctx.clone(), cancel.clone())));
         tasks.extend(controller::dispatch::spawn(ctx.clone(), rx, cancel.clone()));
-        if ctx.rate_limits.is_some() {
-            tasks.push(tokio::spawn(evict_rate_limits(ctx.clone(), cancel.clone())));
-        }
+        tasks.push(tokio::spawn(evict_rate_limits(ctx.clone(), cancel.clone())));
 
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await

@@ -25,6 +25,7 @@ pub mod quota;
 pub mod rate_limit;
 pub mod scheduler;
 pub mod secgroup;
+pub mod session;
 pub mod snapshot;
 pub mod token;
 pub mod user;
