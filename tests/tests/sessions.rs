@@ -106,6 +106,19 @@ async fn sign_in_switch_and_sign_out(db: Db) {
         assert_eq!((a.status, a.code.as_str()), (401, "bad_credentials"), "{}", a.body);
         assert_eq!(a.body, wrong.body);
     }
+    // And about as long: an unknown user is verified against a dummy hash.
+    let (mut known, mut unknown) = (vec![], vec![]);
+    for _ in 0..3 {
+        for (user, into) in [("carol", &mut known), ("nobody-here", &mut unknown)] {
+            let t = std::time::Instant::now();
+            assert_eq!(sign_in(&url, user, "not-the-password", None).await.status, 401);
+            into.push(t.elapsed());
+        }
+    }
+    known.sort();
+    unknown.sort();
+    eprintln!("a wrong password takes {:?}, an unknown user {:?} (medians of 3)", known[1], unknown[1]);
+    assert!(unknown[1] * 3 > known[1] && known[1] * 3 > unknown[1], "{known:?} {unknown:?}");
 
     // The right one: a session in the first account by name, as a member.
     let first = session(&sign_in(&url, "carol", PASSWORD, None).await);
@@ -344,5 +357,68 @@ async fn sessions_expire_and_are_trimmed(db: Db) {
         }
     }
     assert!(working <= 5, "{working} sessions work");
+    s.stop().await;
+}
+
+/// `vdc user create --password-stdin` and `vdc user passwd --password-stdin`, through the
+/// binary: the password comes from standard input, never from the command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_sets_passwords() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    vdc_tests::init_logging();
+    let mut o = StackOptions::new(Db::Sqlite);
+    o.hosts = 1;
+    let s = Stack::start(o).await;
+    let url = s.url();
+    let run = |token: String, args: Vec<&'static str>, stdin: &'static str| {
+        let dir = s.tmp.path().join(format!("cli-{}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.toml");
+        vdc_cli::config::save(&config, &vdc_cli::config::CliConfig::new(url.clone(), &token)).unwrap();
+        tokio::task::spawn_blocking(move || {
+            let mut child = Command::new(vdc_tests::procs::bin("vdc"))
+                .env("VDC_CONFIG", &config)
+                .env_remove("VDC_API")
+                .env_remove("VDC_TOKEN")
+                .env_remove("VDC_ACCOUNT")
+                .args(&args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+            child.wait_with_output().unwrap()
+        })
+    };
+    let out = run(s.admin_token.clone(), vec!["user", "create", "ivy", "--password-stdin"], "ivy-first-password\n")
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let owner = s.account("ivies").await;
+    let acct = account_id(&owner).await;
+    owner.add_member(&acct, &AddMember { user: "ivy".into(), role: Role::Reader }).await.unwrap();
+    let first = session(&sign_in(&url, "ivy", "ivy-first-password", None).await);
+    // Too short: refused with its code, the password unchanged.
+    let out = run(first.token.clone(), vec!["user", "passwd", "--password-stdin"], "short\n").await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 10"), "{}", String::from_utf8_lossy(&out.stderr));
+    // Her own, as a reader with her session.
+    let out =
+        run(first.token.clone(), vec!["user", "passwd", "--password-stdin"], "ivy-second-password\r\n").await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sign_in(&url, "ivy", "ivy-first-password", None).await.code, "bad_credentials");
+    session(&sign_in(&url, "ivy", "ivy-second-password", None).await);
+    // Another user's: only an admin.
+    let out = run(first.token.clone(), vec!["user", "passwd", "ivies", "--password-stdin"], "taken-over-password\n")
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let out = run(s.admin_token.clone(), vec!["user", "passwd", "ivy", "--password-stdin"], "ivy-third-password\n")
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    session(&sign_in(&url, "ivy", "ivy-third-password", None).await);
     s.stop().await;
 }
