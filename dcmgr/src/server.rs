@@ -118,6 +118,7 @@ impl Dcmgr {
         tasks.push(tokio::spawn(crate::app::audit::pruner(ctx.clone(), cancel.clone())));
         tasks.extend(controller::dispatch::spawn(ctx.clone(), rx, cancel.clone()));
         tasks.push(tokio::spawn(evict_rate_limits(ctx.clone(), cancel.clone())));
+        crate::app::session::warm_up();
 
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await

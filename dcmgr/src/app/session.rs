@@ -75,6 +75,14 @@ fn dummy_hash() -> &'static str {
     })
 }
 
+/// Computes the dummy hash now (at start), so the first sign-in of an unknown user takes
+/// no longer than the others.
+pub fn warm_up() {
+    tokio::task::spawn_blocking(|| {
+        dummy_hash();
+    });
+}
+
 fn bad_credentials() -> ApiError {
     ApiError::TokenRefused { code: "bad_credentials", message: "the user name or the password is wrong".into() }
 }
