@@ -28,6 +28,8 @@ packages=(
   openssh-client dropbear-bin
   # The metrics test: a real Prometheus scrapes a stack and answers the dashboard's queries.
   prometheus
+  # The console's browser test: headless Chromium driven through chromedriver (WebDriver).
+  chromium chromium-driver
 )
 # QEMU 10 comes from bookworm-backports: bookworm's 7.2 conflicts with the qemu-utils 10
 # these machines ship.

@@ -346,6 +346,29 @@ impl Client {
         self.get(&format!("/users/{id}")).await
     }
 
+    /// Sets (or with `None` removes) a user's console password: one's own, or (admin) anyone's.
+    pub async fn set_password(&self, id: &UserId, password: Option<&str>) -> Result<()> {
+        let req = self
+            .request(Method::PUT, &format!("/users/{id}/password"))
+            .json(&SetPassword { password: password.map(str::to_owned) });
+        self.send_raw(req).await.map(|_| ())
+    }
+
+    /// Signs in with a user's password: a session (a short-lived token) in one account.
+    pub async fn sign_in(&self, req: &CreateSession) -> Result<Session> {
+        self.post("/sessions", req).await
+    }
+
+    /// Signs out: revokes the session this client's token is.
+    pub async fn sign_out(&self) -> Result<()> {
+        self.delete_no_content("/sessions/current").await
+    }
+
+    /// A new session in another account of the user; this client's session is revoked.
+    pub async fn switch_session(&self, account: &str) -> Result<Session> {
+        self.post("/sessions/switch", &SwitchSession { account: account.to_owned() }).await
+    }
+
     pub async fn delete_user(&self, id: &UserId) -> Result<()> {
         self.delete_no_content(&format!("/users/{id}")).await
     }

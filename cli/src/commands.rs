@@ -287,6 +287,22 @@ pub enum UserCmd {
         /// A cloud operator: manages accounts, users, nodes and public images
         #[arg(long)]
         admin: bool,
+        /// Read a console password from standard input (its first line; at least 10 characters)
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a console password (read from standard input): your own, or (admin) another user's
+    Passwd {
+        /// The user (default: you)
+        #[arg(value_name = "NAME|ID")]
+        id: Option<Ref<api::User>>,
+        /// Read the password from standard input (its first line); required, so that a
+        /// password never appears in a command line
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// Remove the password instead (the user signs in with tokens only)
+        #[arg(long, conflicts_with = "password_stdin")]
+        remove: bool,
     },
     #[command(visible_alias = "ls")]
     List {

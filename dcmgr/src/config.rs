@@ -93,6 +93,16 @@ pub struct AuthConfig {
     /// stops working here within this time. (On SQLite there is one dcmgr and revokes
     /// empty the cache at once.)
     pub token_cache_ttl_ms: u64,
+    /// How long a console session (`POST /api/v1/sessions`) works (default 12 hours).
+    pub session_ttl_secs: u64,
+    /// Live sessions one user keeps in one account; signing in once more revokes the
+    /// oldest (default 20).
+    pub max_sessions_per_user: u32,
+    /// Sign-in attempts per minute, per user name and per source address, whatever
+    /// `rate_limit_per_second` says (default 5): password guessing is slow.
+    pub signin_per_minute: u32,
+    /// Sign-in attempts let through at once above that rate (default 10).
+    pub signin_burst: u32,
 }
 
 impl Default for AuthConfig {
@@ -102,6 +112,10 @@ impl Default for AuthConfig {
             rate_limit_per_second: None,
             rate_limit_burst: None,
             token_cache_ttl_ms: 2000,
+            session_ttl_secs: 12 * 3600,
+            max_sessions_per_user: 20,
+            signin_per_minute: 5,
+            signin_burst: 10,
         }
     }
 }
@@ -123,6 +137,20 @@ impl AuthConfig {
             None => rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap()),
         };
         Ok(Some((rate, burst)))
+    }
+
+    /// The sign-in limit as (per minute, burst); always on, zero refused.
+    pub fn signin_limit(&self) -> Result<(std::num::NonZeroU32, std::num::NonZeroU32), String> {
+        let rate = std::num::NonZeroU32::new(self.signin_per_minute)
+            .ok_or("[auth] signin_per_minute must be at least 1 (sign-in attempts are always limited)")?;
+        let burst = std::num::NonZeroU32::new(self.signin_burst).ok_or("[auth] signin_burst must be at least 1")?;
+        if self.session_ttl_secs == 0 {
+            return Err("[auth] session_ttl_secs must be at least 1".into());
+        }
+        if self.max_sessions_per_user == 0 {
+            return Err("[auth] max_sessions_per_user must be at least 1".into());
+        }
+        Ok((rate, burst))
     }
 }
 

@@ -143,6 +143,8 @@ pub struct Ctx {
     pub shared: bool,
     /// This dcmgr holds the leader lock (`controller::leader`); always true when not shared.
     pub leader: std::sync::atomic::AtomicBool,
+    /// Sign-in attempts, per user name and per source address (`[auth] signin_*`): always on.
+    pub signin_limits: crate::app::rate_limit::RateLimits,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -23,6 +23,7 @@ async fn evict_rate_limits(ctx: SharedCtx, cancel: CancellationToken) {
         if let Some(l) = &ctx.rate_limits {
             l.evict();
         }
+        ctx.signin_limits.evict();
     }
 }
 
@@ -72,6 +73,9 @@ impl Dcmgr {
             .rate_limit()
             .map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?
             .map(|(rate, burst)| crate::app::rate_limit::RateLimits::new(rate, burst));
+        let (signin_rate, signin_burst) =
+            config.auth.signin_limit().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
+        let signin_limits = crate::app::rate_limit::RateLimits::per_minute(signin_rate, signin_burst);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let audit = crate::app::audit::Writer::start(pool.clone());
@@ -100,6 +104,7 @@ impl Dcmgr {
             audit,
             shared,
             leader: std::sync::atomic::AtomicBool::new(!shared),
+            signin_limits,
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;
@@ -131,9 +136,8 @@ impl Dcmgr {
         tasks.push(tokio::spawn(crate::app::event::pump(ctx.clone(), cancel.clone())));
         tasks.push(tokio::spawn(crate::app::audit::pruner(ctx.clone(), cancel.clone())));
         tasks.extend(controller::dispatch::spawn(ctx.clone(), rx, cancel.clone()));
-        if ctx.rate_limits.is_some() {
-            tasks.push(tokio::spawn(evict_rate_limits(ctx.clone(), cancel.clone())));
-        }
+        tasks.push(tokio::spawn(evict_rate_limits(ctx.clone(), cancel.clone())));
+        crate::app::session::warm_up();
 
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await

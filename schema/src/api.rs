@@ -142,7 +142,7 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     /// 1 to 64 of `[A-Za-z0-9._-]`, unique in the cloud.
@@ -150,6 +150,81 @@ pub struct CreateUser {
     pub name: String,
     #[serde(default)]
     pub admin: bool,
+    /// A password to sign in to the console with (at least 10 characters, at most 1024
+    /// bytes); stored as an Argon2id hash, never shown. Absent: tokens only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for CreateUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUser")
+            .field("name", &self.name)
+            .field("admin", &self.admin)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .finish()
+    }
+}
+
+/// A user's new password: `PUT /api/v1/users/{id}/password` (the user itself, or an admin).
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPassword {
+    /// At least 10 characters, at most 1024 bytes; `null` removes the password (tokens only).
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SetPassword {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetPassword").field("password", &self.password.as_ref().map(|_| "…")).finish()
+    }
+}
+
+/// Signing in: `POST /api/v1/sessions`.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// The user's name.
+    pub user: String,
+    pub password: String,
+    /// The account to act in (its ID or name; the user must be a member). Default: the
+    /// user's first account by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+}
+
+impl std::fmt::Debug for CreateSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateSession").field("user", &self.user).field("account", &self.account).finish()
+    }
+}
+
+/// Switching accounts: `POST /api/v1/sessions/switch` with a session token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchSession {
+    /// Another account of the user (its ID or name).
+    pub account: String,
+}
+
+/// A session: a short-lived token (`[auth] session_ttl_secs`) of the user in one account.
+/// The secret is shown only in this answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    /// The session's token ID (`tok-…`; listed with the user's tokens, revocable).
+    pub id: TokenId,
+    /// The secret: `Authorization: Bearer <token>`.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub user: User,
+    /// The account the session acts in.
+    pub account: Account,
+    /// The user's role there.
+    pub role: Role,
+    /// Whether the session acts as a cloud operator.
+    pub admin: bool,
+    /// Every account the user holds a role in, by name.
+    pub accounts: Vec<WhoamiAccount>,
 }
 
 /// A user's role in an account.
@@ -245,10 +320,13 @@ pub struct WhoamiAccount {
 pub struct AuditEntry {
     pub id: AuditId,
     pub time: DateTime<Utc>,
-    /// Absent when the request had no valid token (401).
+    /// Absent when the request had no token dcmgr knows (401); a revoked or expired
+    /// token's user, and a sign-in's user when the name exists.
     pub user_id: Option<UserId>,
+    /// The token of the call, also when it was refused as revoked or expired; a sign-in's
+    /// new session.
     pub token_id: Option<TokenId>,
-    /// The account the token acts in (absent without a valid token).
+    /// The account the token acts in (absent without a known token).
     pub account_id: Option<AccountId>,
     /// The operation, `<kind>.<verb>` (`instance.create`, `volume.attach`,
     /// `account.member_add`); `unknown` for a route that does not exist.

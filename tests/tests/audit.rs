@@ -66,7 +66,11 @@ async fn team(s: &Stack, name: &str) -> Team {
     let acct = owner_me.account.id.clone();
     let mut clients = Vec::new();
     for (who, role) in [("reader", Role::Reader), ("member", Role::Member)] {
-        let user = s.admin.create_user(&CreateUser { name: format!("{name}-{who}"), admin: false }).await.unwrap();
+        let user = s
+            .admin
+            .create_user(&CreateUser { name: format!("{name}-{who}"), admin: false, password: None })
+            .await
+            .unwrap();
         owner.add_member(&acct, &AddMember { user: user.name.clone(), role }).await.unwrap();
         let t = owner.create_token(&token(who, Some(user.id))).await.unwrap();
         clients.push(Client::new(s.url(), t.secret));

@@ -49,6 +49,14 @@ enum Class {
     OwnerRead,
     /// A cloud operator's: every non-admin gets 403 `forbidden`.
     AdminOnly,
+    /// Signing in: needs no token, the credentials are in the body (wrong ones: 401
+    /// `bad_credentials`).
+    SignIn,
+    /// Acts on the call's own token (signing out, switching accounts): with an API token
+    /// rather than a console session, 409 `not_a_session`.
+    OwnSession,
+    /// A user's own (its password): a non-admin naming another user gets 403 `forbidden`.
+    SelfOrAdmin,
 }
 
 use Class::*;
@@ -151,6 +159,10 @@ const CLASSES: &[(&str, Class)] = &[
     ("bundle_import_show", ObjectRead),
     ("audit_list", OwnerRead),
     ("whoami", OwnRead),
+    ("user_set_password", SelfOrAdmin),
+    ("session_create", SignIn),
+    ("session_delete", OwnSession),
+    ("session_switch", OwnSession),
 ];
 
 /// One operation of the document.
@@ -245,6 +257,9 @@ impl Victim {
             "volume_extend" => json!({"size_mib": 4096}),
             "snapshot_create" => json!({"name": "sneak", "volume_id": self.id("volumes")}),
             "bundle_chunks_missing" => json!({"chunks": [vdc_bundle::sha256_hex(b"victim")]}),
+            "user_set_password" => json!({"password": "intruder-password"}),
+            "session_create" => json!({"user": "vmember", "password": "not-the-password"}),
+            "session_switch" => json!({"account": self.id("accounts")}),
             _ => json!({}),
         }
     }
@@ -320,7 +335,7 @@ async fn victim_state(s: &Stack, owner: &Client, account: &str) -> Value {
 
 /// A user of the victim account with `role`, and a token of it.
 async fn role_token(s: &Stack, owner: &Client, account: &AccountId, name: &str, role: Role) -> (UserId, String) {
-    let user = s.admin.create_user(&CreateUser { name: name.into(), admin: false }).await.unwrap();
+    let user = s.admin.create_user(&CreateUser { name: name.into(), admin: false, password: None }).await.unwrap();
     owner.add_member(account, &AddMember { user: name.into(), role }).await.unwrap();
     let t = CreateToken {
         name: "t".into(),
@@ -472,6 +487,12 @@ async fn every_operation_refuses_who_it_should(db: Db) {
             probes += 1;
             continue;
         }
+        if class == SignIn {
+            let a = send(&url, &op, &victim, &Auth::None).await;
+            expect(&mut failures, "a wrong password", a, 401, "bad_credentials");
+            probes += 1;
+            continue;
+        }
         // No valid token: 401 with what is wrong, whatever the operation.
         for (who, auth, code) in [
             ("no token", Auth::None, "unauthorized"),
@@ -486,7 +507,7 @@ async fn every_operation_refuses_who_it_should(db: Db) {
             probes += 1;
         }
         // The victim's own non-admins.
-        let writes = !matches!(class, OwnRead | ObjectRead | UserObjectRead | OwnerRead);
+        let writes = !matches!(class, OwnRead | ObjectRead | UserObjectRead | OwnerRead | OwnSession | SelfOrAdmin);
         let mut roles = vec![("the reader", &reader)];
         if matches!(class, AdminOnly | OwnerOnly | OwnerRead) {
             roles.push(("a member", &member));
@@ -498,7 +519,8 @@ async fn every_operation_refuses_who_it_should(db: Db) {
             let a = send(&url, &op, &victim, &bearer(secret)).await;
             probes += 1;
             match (class, who) {
-                (AdminOnly, _) => expect(&mut failures, who, a, 403, "forbidden"),
+                (AdminOnly, _) | (SelfOrAdmin, _) => expect(&mut failures, who, a, 403, "forbidden"),
+                (OwnSession, _) => expect(&mut failures, who, a, 409, "not_a_session"),
                 (OwnerOnly, "a member") | (OwnerRead, _) => expect(&mut failures, who, a, 403, "owner_only"),
                 (UserObjectRead, _) => expect(&mut failures, who, a, 404, "not_found"),
                 _ if writes => expect(&mut failures, who, a, 403, "read_only"),
@@ -517,7 +539,8 @@ async fn every_operation_refuses_who_it_should(db: Db) {
         };
         probes += 1;
         match class {
-            AdminOnly => expect(&mut failures, "another account", a, 403, "forbidden"),
+            AdminOnly | SelfOrAdmin => expect(&mut failures, "another account", a, 403, "forbidden"),
+            OwnSession => expect(&mut failures, "another account", a, 409, "not_a_session"),
             OwnRead => {
                 if a.status >= 300 {
                     failures.push(format!("{what} as another account: refused {} {}", a.status, a.code));

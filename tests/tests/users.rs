@@ -134,14 +134,14 @@ async fn roles_decide_what_a_token_may_do(db: Db) {
     let alice_user = alice.list_all_tokens().await.unwrap()[0].user_id.clone();
 
     // Users are an admin's; a tenant is refused.
-    let rita = s.admin.create_user(&CreateUser { name: "rita".into(), admin: false }).await.unwrap();
-    let max = s.admin.create_user(&CreateUser { name: "max".into(), admin: false }).await.unwrap();
+    let rita = s.admin.create_user(&CreateUser { name: "rita".into(), admin: false, password: None }).await.unwrap();
+    let max = s.admin.create_user(&CreateUser { name: "max".into(), admin: false, password: None }).await.unwrap();
     assert_eq!(
-        err(s.admin.create_user(&CreateUser { name: "rita".into(), admin: false }).await),
+        err(s.admin.create_user(&CreateUser { name: "rita".into(), admin: false, password: None }).await),
         (409, "name_taken".into())
     );
     assert_eq!(
-        err(alice.create_user(&CreateUser { name: "eve".into(), admin: false }).await),
+        err(alice.create_user(&CreateUser { name: "eve".into(), admin: false, password: None }).await),
         (403, "forbidden".into())
     );
     assert_eq!(err(alice.list_users(&ListQuery::default()).await).0, 403);

@@ -12,6 +12,9 @@
 
 const API_BASE = '/api/v1';
 const LS_TOKEN = 'vdc.console.token';
+// '1' when the token is a console session (signed in with a password): signing out revokes
+// it, and the account can be switched.
+const LS_SESSION = 'vdc.console.session';
 const LS_LANG = 'vdc.console.lang';
 const REFRESH_MS = 3000;
 const PAGE_LIMIT = 1000;
@@ -36,6 +39,8 @@ const DASH = '—';
 const app = {
   lang: 'en',
   token: '',
+  session: false, // the token is a console session (see LS_SESSION)
+  who: null, // GET /whoami: { user, account, role, accounts }
   view: null, // id of the view on screen
   ctl: null, // its controller: { frame (see viewFrame), refresh(fresh) → any item busy? }
   gen: 0, // bumped on every view change and sign-out, so late answers are dropped
@@ -199,8 +204,10 @@ class ApiError extends Error {
   }
 }
 
+// `token`: the token of this call instead of the console's (null: none, for signing in).
 async function api(method, path, body, token) {
-  const headers = { Accept: 'application/json', Authorization: `Bearer ${token || app.token}` };
+  const headers = { Accept: 'application/json' };
+  if (token !== null) headers.Authorization = `Bearer ${token || app.token}`;
   const opts = { method, headers, cache: 'no-store' };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -224,8 +231,8 @@ async function api(method, path, body, token) {
   if (!res.ok) {
     const detail = data && data.error ? data.error : {};
     const err = new ApiError(res.status, detail.code || `http_${res.status}`, detail.message || res.statusText || t('error_unknown'));
-    // A revoked or mistyped token: back to the sign-in form (not while signing in).
-    if (res.status === 401 && !token && app.token) signOut(t('session_expired'));
+    // A revoked, expired or mistyped token: back to the sign-in form (not while signing in).
+    if (res.status === 401 && token === undefined && app.token) signOut(t('session_expired'));
     throw err;
   }
   return data;
@@ -1254,6 +1261,103 @@ function mountHosts(root) {
   };
 }
 
+// ------------------------------------------------------------------ account
+
+function mountAccount(root) {
+  const frame = viewFrame(root, t('nav_account'), t('account_intro'));
+  const about = el('div');
+  const quotas = el('div');
+  const quotaHead = uid('quotas');
+  frame.body.append(about,
+    el('section', { class: 'subsection', 'aria-labelledby': quotaHead }, el('h2', { id: quotaHead }, t('quotas')), quotas));
+  return {
+    frame,
+    async refresh(fresh) {
+      const [who, q] = await Promise.all([api('GET', '/whoami'), api('GET', '/quotas')]);
+      if (!fresh()) return false;
+      setWho(who);
+      swap(about, el('dl', { class: 'facts' },
+        el('dt', {}, t('col_user')), el('dd', {}, who.user.name),
+        el('dt', {}, t('col_account')), el('dd', {}, who.account.name, ' ', code(who.account.id)),
+        el('dt', {}, t('col_role')), el('dd', {}, roleLabel(who)),
+        el('dt', {}, t('col_signed_in_with')), el('dd', {}, app.session ? t('signed_in_session', { expires: who.token.expires_at || DASH }) : t('signed_in_token', { name: who.token.name }))));
+      const columns = [
+        { label: t('col_quota'), cell: (u) => u.key },
+        { label: t('col_used'), cell: (u) => String(u.used) },
+        { label: t('col_limit'), cell: (u) => (u.limit == null ? t('unlimited') : String(u.limit)) },
+        { label: t('col_usage'), cell: (u) => (u.limit == null || u.limit === 0 ? DASH : `${Math.round((100 * u.used) / u.limit)}%`) },
+      ];
+      swap(quotas, table(columns, q.quotas, t('quotas')));
+      return false;
+    },
+  };
+}
+
+function roleName(role) {
+  if (role === 'owner') return t('role_owner');
+  if (role === 'member') return t('role_member');
+  return t('role_reader');
+}
+
+function roleLabel(who) {
+  return who.admin ? t('role_admin', { role: roleName(who.role) }) : roleName(who.role);
+}
+
+// The header: who is signed in, in which account and role; a select of the user's accounts.
+function setWho(who) {
+  app.who = who;
+  const box = $('#who');
+  if (!who) {
+    box.hidden = true;
+    return;
+  }
+  $('#who-user').textContent = who.user.name;
+  $('#who-role').textContent = roleLabel(who);
+  const sel = $('#account-select');
+  const accounts = who.accounts && who.accounts.length ? who.accounts
+    : [{ account_id: who.account.id, account_name: who.account.name, role: who.role }];
+  if (!accounts.some((a) => a.account_id === who.account.id)) {
+    accounts.unshift({ account_id: who.account.id, account_name: who.account.name, role: who.role });
+  }
+  sel.replaceChildren(...accounts.map((a) => el('option', { value: a.account_id, selected: a.account_id === who.account.id }, a.account_name)));
+  sel.value = who.account.id;
+  // An API token acts in one account; only a session switches.
+  sel.disabled = !app.session || accounts.length < 2;
+  sel.title = app.session ? t('account_switch') : t('account_switch_token');
+  box.hidden = false;
+}
+
+async function loadWho() {
+  try {
+    setWho(await api('GET', '/whoami'));
+  } catch (_) {
+    /* a 401 signs out in api() */
+  }
+}
+
+async function onSwitchAccount(ev) {
+  const target = ev.target.value;
+  if (!app.who || target === app.who.account.id) return;
+  ev.target.disabled = true;
+  try {
+    const s = await api('POST', '/sessions/switch', { account: target });
+    useSession(s);
+    notify('ok', t('account_switched', { account: s.account.name }));
+    route();
+  } catch (e) {
+    notify('error', errorText(e));
+    if (app.who) setWho(app.who);
+  }
+}
+
+function useSession(s) {
+  app.token = s.token;
+  app.session = true;
+  storageSet(LS_TOKEN, s.token);
+  storageSet(LS_SESSION, '1');
+  setWho({ user: s.user, account: s.account, role: s.role, admin: s.admin, accounts: s.accounts, token: { id: s.id, name: '', expires_at: s.expires_at } });
+}
+
 // ------------------------------------------------------------------ navigation
 
 const VIEWS = [
@@ -1265,6 +1369,7 @@ const VIEWS = [
   { id: 'volumes', label: () => t('nav_volumes'), mount: mountVolumes },
   { id: 'jobs', label: () => t('nav_jobs'), mount: mountJobs },
   { id: 'hosts', label: () => t('nav_hosts'), mount: mountHosts },
+  { id: 'account', label: () => t('nav_account'), mount: mountAccount },
 ];
 
 function renderTabs() {
@@ -1348,18 +1453,59 @@ function showSignIn(message) {
   $('#tabs').hidden = true;
   $('#sign-out').hidden = true;
   $('#signin').hidden = false;
+  setWho(null);
   const err = $('#signin-error');
   err.textContent = message || '';
   err.hidden = !message;
   document.title = t('app_title');
   showServerVersion();
-  $('#token-input').focus();
+  showSignInForm(!$('#signin-form').hidden);
+}
+
+// The password form, or (`token`) the API token form.
+function showSignInForm(token) {
+  $('#password-form').hidden = token;
+  $('#signin-form').hidden = !token;
+  (token ? $('#token-input') : $('#user-input')).focus();
+}
+
+async function onPasswordSignIn(ev) {
+  ev.preventDefault();
+  const userBox = $('#user-input');
+  const passBox = $('#password-input');
+  const err = $('#signin-error');
+  if (!userBox.value.trim() || !passBox.value) {
+    err.textContent = t('signin_password_empty');
+    err.hidden = false;
+    (userBox.value.trim() ? passBox : userBox).focus();
+    return;
+  }
+  const button = ev.target.querySelector('button[type=submit]');
+  button.disabled = true;
+  try {
+    const s = await api('POST', '/sessions', { user: userBox.value.trim(), password: passBox.value }, null);
+    passBox.value = '';
+    err.hidden = true;
+    useSession(s);
+    if (!location.hash) history.replaceState(null, '', `#${VIEWS[0].id}`);
+    enterConsole();
+    $('#main').focus();
+  } catch (e) {
+    passBox.value = '';
+    err.textContent = e instanceof ApiError && e.status === 401 ? t('signin_bad_password')
+      : e instanceof ApiError && e.status === 429 ? t('signin_too_many') : errorText(e);
+    err.hidden = false;
+    passBox.focus();
+  } finally {
+    button.disabled = false;
+  }
 }
 
 async function enterConsole() {
   $('#signin').hidden = true;
   $('#sign-out').hidden = false;
   route();
+  loadWho();
   try {
     app.info = await api('GET', '');
     showServerVersion();
@@ -1384,7 +1530,10 @@ async function onSignIn(ev) {
   try {
     app.info = await api('GET', '', undefined, token);
     app.token = token;
+    app.session = false;
     storageSet(LS_TOKEN, token);
+    storageSet(LS_SESSION, null);
+    loadWho();
     inputBox.value = '';
     err.hidden = true;
     if (!location.hash) history.replaceState(null, '', `#${VIEWS[0].id}`);
@@ -1403,11 +1552,25 @@ async function onSignIn(ev) {
 
 function signOut(message) {
   app.token = '';
+  app.session = false;
   app.info = null;
   storageSet(LS_TOKEN, null);
+  storageSet(LS_SESSION, null);
   for (const d of document.querySelectorAll('dialog')) d.close();
   $('#notices').replaceChildren(); // they may name the previous account's resources
   showSignIn(message);
+}
+
+// Signing out of a session revokes it; an API token is only forgotten by this browser.
+async function onSignOutClick() {
+  if (app.session && app.token) {
+    try {
+      await api('DELETE', '/sessions/current', undefined, app.token);
+    } catch (_) {
+      /* revoked or expired already: signed out all the same */
+    }
+  }
+  signOut(t('signed_out'));
 }
 
 // ------------------------------------------------------------------ start
@@ -1418,7 +1581,11 @@ function boot() {
   document.title = t('app_title');
   $('#lang-select').addEventListener('change', (e) => setLang(e.target.value));
   $('#signin-form').addEventListener('submit', onSignIn);
-  $('#sign-out').addEventListener('click', () => signOut());
+  $('#password-form').addEventListener('submit', onPasswordSignIn);
+  $('#use-token').addEventListener('click', () => showSignInForm(true));
+  $('#use-password').addEventListener('click', () => showSignInForm(false));
+  $('#account-select').addEventListener('change', onSwitchAccount);
+  $('#sign-out').addEventListener('click', onSignOutClick);
   window.addEventListener('hashchange', route);
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden && app.refreshWhenVisible) refreshView();
@@ -1426,6 +1593,7 @@ function boot() {
   const saved = storageGet(LS_TOKEN);
   if (saved) {
     app.token = saved;
+    app.session = storageGet(LS_SESSION) === '1';
     enterConsole();
   } else {
     showSignIn();

@@ -356,7 +356,22 @@ async fn members(ctx: &Ctx, cmd: MemberCmd) -> Result<(), CliError> {
 async fn user(ctx: &Ctx, cmd: UserCmd) -> Result<(), CliError> {
     let c = &ctx.client;
     match cmd {
-        UserCmd::Create { name, admin } => ctx.show(&c.create_user(&CreateUser { name, admin }).await?),
+        UserCmd::Create { name, admin, password_stdin } => {
+            let password = if password_stdin { Some(read_password()?) } else { None };
+            ctx.show(&c.create_user(&CreateUser { name, admin, password }).await?)
+        }
+        UserCmd::Passwd { id, password_stdin, remove } => {
+            let id = match &id {
+                Some(r) => resolve(c, r).await?,
+                None => c.whoami().await?.user.id,
+            };
+            let password = if password_stdin && !remove { Some(read_password()?) } else { None };
+            c.set_password(&id, password.as_deref()).await?;
+            match ctx.format {
+                OutputFormat::Table => emit(&format!("password {} for {id}\n", if remove { "removed" } else { "set" })),
+                f => emit(&encode(f, &serde_json::json!({ "user_id": id, "password": !remove }))?),
+            }
+        }
         UserCmd::List { name, list } => ctx.list::<User>("/users", list, name, None).await,
         UserCmd::Show { id } => ctx.show(&c.get_user(&resolve(c, &id).await?).await?),
         UserCmd::Delete { id } => {
@@ -365,6 +380,17 @@ async fn user(ctx: &Ctx, cmd: UserCmd) -> Result<(), CliError> {
             ctx.deleted(id.as_str())
         }
     }
+}
+
+/// The first line of standard input, without its line ending.
+fn read_password() -> Result<String, CliError> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| CliError::usage(format!("cannot read the password: {e}")))?;
+    let p = line.trim_end_matches(['\n', '\r']).to_owned();
+    if p.is_empty() {
+        return Err(CliError::usage("--password-stdin read an empty line: send the password on standard input"));
+    }
+    Ok(p)
 }
 
 async fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<(), CliError> {

@@ -78,6 +78,11 @@ pub fn route_op(method: &str, route: &str) -> Op {
     let route = route.strip_prefix("/api/v1").unwrap_or(route);
     let reading = matches!(method, "GET" | "HEAD" | "OPTIONS");
     let under = |base: &str| route == base || route.strip_prefix(base).is_some_and(|r| r.starts_with('/'));
+    // Acting on the call's own token (signing out, switching accounts) or the caller's own
+    // password: any signed-in user; `app::session` decides on the rest.
+    if matches!(route, "/sessions/current" | "/sessions/switch" | "/users/{id}/password") {
+        return Op::Read;
+    }
     if under("/users") || under("/host_nodes") || under("/storage_nodes") {
         return Op::Admin;
     }
@@ -159,6 +164,10 @@ mod tests {
         assert_eq!(route_op("PUT", "/api/v1/accounts/{id}/quotas"), Op::Admin);
         assert_eq!(route_op("GET", "/api/v1/audit"), Op::ReadAudit);
         assert_eq!(route_op("GET", "/api/v1/whoami"), Op::Read);
+        assert_eq!(route_op("DELETE", "/api/v1/sessions/current"), Op::Read);
+        assert_eq!(route_op("POST", "/api/v1/sessions/switch"), Op::Read);
+        assert_eq!(route_op("PUT", "/api/v1/users/{id}/password"), Op::Read);
+        assert_eq!(route_op("PUT", "/api/v1/users/{id}/other"), Op::Admin);
     }
 
     #[test]

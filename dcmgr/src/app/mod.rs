@@ -26,6 +26,7 @@ pub mod rate_limit;
 pub mod scheduler;
 pub mod secgroup;
 pub mod server_group;
+pub mod session;
 pub mod snapshot;
 pub mod token;
 pub mod user;

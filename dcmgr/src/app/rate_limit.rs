@@ -16,6 +16,8 @@ pub enum Key {
     Token(String),
     /// No token, or one that is not valid: the peer's address.
     Addr(IpAddr),
+    /// A sign-in's user name (`POST /api/v1/sessions`), known or not.
+    User(String),
 }
 
 pub struct RateLimits {
@@ -25,6 +27,12 @@ pub struct RateLimits {
 impl RateLimits {
     pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
         let quota = Quota::per_second(per_second).allow_burst(burst);
+        RateLimits { limiter: DefaultKeyedRateLimiter::dashmap_with_clock(quota, DefaultClock::default()) }
+    }
+
+    /// `per_minute` requests a minute, `burst` at once (the sign-in limits).
+    pub fn per_minute(per_minute: NonZeroU32, burst: NonZeroU32) -> Self {
+        let quota = Quota::per_minute(per_minute).allow_burst(burst);
         RateLimits { limiter: DefaultKeyedRateLimiter::dashmap_with_clock(quota, DefaultClock::default()) }
     }
 

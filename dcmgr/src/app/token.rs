@@ -38,6 +38,12 @@ pub(crate) async fn insert(
     account::validate_account_name(&req.name).map_err(|_| {
         ApiError::bad("invalid_name", format!("token name {:?} is invalid: use 1 to 64 of [A-Za-z0-9._-]", req.name))
     })?;
+    if req.name.starts_with(crate::app::session::SESSION_PREFIX) {
+        return Err(ApiError::bad(
+            "invalid_name",
+            format!("token names starting with {:?} are the console's sessions: pick another", req.name),
+        ));
+    }
     let now = chrono::Utc::now();
     if req.expires_at.is_some_and(|t| t <= now) {
         return Err(ApiError::bad("invalid_expiry", "expires_at must be in the future"));

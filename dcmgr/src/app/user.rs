@@ -16,18 +16,30 @@ use vdc_schema::state::Role;
 
 pub async fn create(ctx: &SharedCtx, req: CreateUser) -> ApiResult<User> {
     account::validate_account_name(&req.name)?;
+    let phc = match &req.password {
+        Some(p) => {
+            crate::app::session::check_password(p)?;
+            Some(crate::app::session::hash_password(p.clone()).await?)
+        }
+        None => None,
+    };
     let user = User {
         id: UserId::generate(),
         name: req.name.clone(),
         admin: req.admin,
         created_at: db::parse_time(&db::now()),
     };
-    if let Err(e) = store::insert_user(&ctx.db, &user).await {
+    let mut tx = ctx.db.begin().await?;
+    if let Err(e) = store::insert_user(&mut *tx, &user).await {
         if db::is_unique_violation(&e) {
             return Err(ApiError::conflict("name_taken", format!("a user named {:?} already exists", req.name)));
         }
         return Err(e.into());
     }
+    if phc.is_some() {
+        store::set_password(&mut *tx, user.id.as_str(), phc.as_deref()).await?;
+    }
+    tx.commit().await?;
     Ok(user)
 }
 

@@ -409,3 +409,76 @@ pub async fn revoke(pool: &db::Pool, id: &str, now: &str) -> Result<bool, sqlx::
         .rows_affected()
         == 1)
 }
+
+// ------------------------------------------------------------------ passwords and sessions
+
+/// The user of this name and its password's PHC string (None: no password set).
+pub async fn credentials(pool: &db::Pool, name: &str) -> Result<Option<(UserRow, Option<String>)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Cred {
+        #[sqlx(flatten)]
+        u: UserRow,
+        password_hash: Option<String>,
+    }
+    let r: Option<Cred> = sqlx::query_as(&format!("SELECT {USER_COLS}, password_hash FROM users WHERE name = $1"))
+        .bind(name)
+        .fetch_optional(pool)
+        .await?;
+    Ok(r.map(|r| (r.u, r.password_hash)))
+}
+
+/// Sets (or, with None, clears) a user's password; false when the user is unknown.
+pub async fn set_password<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    id: &str,
+    phc: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+        .bind(id)
+        .bind(phc)
+        .execute(db)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
+/// Revokes the user's oldest live sessions in the account beyond the newest `keep`.
+pub async fn trim_sessions(
+    tx: &mut db::Tx<'_>,
+    account: &str,
+    user: &str,
+    keep: i64,
+    now: &str,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE api_tokens SET revoked_at = $4 WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL \
+         AND name LIKE 'session-%' AND id NOT IN (SELECT id FROM api_tokens WHERE account_id = $1 AND user_id = $2 \
+         AND revoked_at IS NULL AND name LIKE 'session-%' ORDER BY id DESC LIMIT $3)",
+    )
+    .bind(account)
+    .bind(user)
+    .bind(keep)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
+}
+
+/// Who a token hash was (for the audit entry of a refused token): (token ID, user, account).
+pub async fn token_of_hash(pool: &db::Pool, hash: &str) -> Result<Option<(String, String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, user_id, account_id FROM api_tokens WHERE token_hash = $1")
+        .bind(hash)
+        .fetch_optional(pool)
+        .await
+}
+
+/// [`revoke`] inside a transaction.
+pub async fn revoke_in(tx: &mut db::Tx<'_>, id: &str, now: &str) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+        .bind(id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected()
+        == 1)
+}

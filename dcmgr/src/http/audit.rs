@@ -9,6 +9,7 @@
 //! new ID from its JSON answer.
 
 use crate::app::audit as app;
+use crate::app::session::Witness;
 use crate::ctx::{Caller, SharedCtx};
 use crate::error::{ApiError, ApiResult};
 use crate::http::error::ErrorCode;
@@ -22,20 +23,45 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use vdc_schema::api::{AuditEntry, AuditQuery, ErrorBody, Page};
-use vdc_schema::id::{AuditId, RequestId};
+use vdc_schema::id::{AccountId, AuditId, RequestId, TokenId, UserId};
 
 /// Where the [`Caller`] extractor leaves who is calling, for [`layer`] to read after the
-/// handler (set before authorization, so a refused call still names its user).
+/// handler (set before authorization, so a refused call still names its user). A token
+/// refused as revoked or expired leaves its own IDs; a sign-in leaves its user and the
+/// session it made.
 #[derive(Clone, Default)]
-pub struct Who(Arc<Mutex<Option<Caller>>>);
+pub struct Who(Arc<Mutex<Seen>>);
+
+#[derive(Clone, Default)]
+struct Seen {
+    user: Option<UserId>,
+    token: Option<TokenId>,
+    account: Option<AccountId>,
+}
 
 impl Who {
     pub fn set(&self, caller: &Caller) {
-        *self.0.lock().unwrap() = Some(caller.clone());
+        self.saw(Some(&caller.user_id), caller.token_id.as_ref(), Some(&caller.account_id));
     }
-    fn get(&self) -> Option<Caller> {
+    fn get(&self) -> Seen {
         self.0.lock().unwrap().clone()
     }
+}
+
+impl crate::app::session::Witness for Who {
+    fn saw(&self, user: Option<&UserId>, token: Option<&TokenId>, account: Option<&AccountId>) {
+        let mut s = self.0.lock().unwrap();
+        s.user = user.cloned().or(s.user.take());
+        s.token = token.cloned().or(s.token.take());
+        s.account = account.cloned().or(s.account.take());
+    }
+}
+
+/// A witness for calls the audit layer does not wrap (reads).
+pub struct Nobody;
+
+impl crate::app::session::Witness for Nobody {
+    fn saw(&self, _: Option<&UserId>, _: Option<&TokenId>, _: Option<&AccountId>) {}
 }
 
 /// A created object's ID in a JSON answer larger than this is not looked for.
@@ -48,6 +74,7 @@ const KINDS: &[&str] = &[
     "host_node",
     "floating_ip",
     "account",
+    "session",
     "bundle",
     "image",
     "instance",
@@ -158,13 +185,13 @@ pub async fn layer(State(ctx): State<SharedCtx>, mut req: Request, next: Next) -
         }
         resp = Response::from_parts(parts, Body::from(bytes));
     }
-    let caller = who.get();
+    let seen = who.get();
     let entry = AuditEntry {
         id: AuditId::generate(),
         time,
-        user_id: caller.as_ref().map(|c| c.user_id.clone()),
-        token_id: caller.as_ref().and_then(|c| c.token_id.clone()),
-        account_id: caller.as_ref().map(|c| c.account_id.clone()),
+        user_id: seen.user,
+        token_id: seen.token,
+        account_id: seen.account,
         action,
         resource_kind,
         resource_id,

@@ -18,6 +18,7 @@ pub mod networks;
 pub mod nodes;
 pub mod security_groups;
 pub mod server_groups;
+pub mod sessions;
 pub mod snapshots;
 pub mod tokens;
 pub mod users;
@@ -133,9 +134,9 @@ impl FromRequestParts<SharedCtx> for Caller {
                 });
         // A refused token draws from its address's bucket (guessing tokens is limited
         // too), a valid one from its own.
-        let authenticated = match token {
-            Ok(t) => crate::app::account::authenticate(ctx, t).await.map(|c| (c, t)),
-            Err(e) => Err(e),
+        let (authenticated, raw) = match token {
+            Ok(t) => (crate::app::account::authenticate(ctx, t).await.map(|c| (c, t)), Some(t)),
+            Err(e) => (Err(e), None),
         };
         let caller = match authenticated {
             Ok((caller, token)) => {
@@ -146,6 +147,16 @@ impl FromRequestParts<SharedCtx> for Caller {
                 caller
             }
             Err(e) => {
+                // A revoked or expired token is known: its audit entry names it.
+                if let (ApiError::TokenRefused { .. }, Some(t), Some(who)) =
+                    (&e, raw, parts.extensions.get::<audit::Who>())
+                {
+                    let hash = crate::app::account::hash_token(t);
+                    if let Ok(Some((id, user, account))) = crate::datastore::user::token_of_hash(&ctx.db, &hash).await {
+                        use crate::app::session::Witness;
+                        who.saw(user.parse().ok().as_ref(), id.parse().ok().as_ref(), account.parse().ok().as_ref());
+                    }
+                }
                 limit_by_address(parts, ctx)?;
                 return Err(e);
             }
@@ -198,6 +209,10 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/accounts/{id}/members/{user_id}", delete(users::remove_member))
         .route("/users", post(users::create).get(users::list))
         .route("/users/{id}", get(users::show).delete(users::delete))
+        .route("/users/{id}/password", axum::routing::put(users::set_password))
+        .route("/sessions", post(sessions::create))
+        .route("/sessions/current", delete(sessions::delete))
+        .route("/sessions/switch", post(sessions::switch))
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", get(tokens::show).delete(tokens::revoke))
         .route("/accounts/{id}/quotas", get(accounts::quotas).put(accounts::set_quotas))
@@ -439,7 +454,8 @@ impl utoipa::Modify for CommonErrors {
         nodes::list_hosts, nodes::show_host, nodes::update_host, nodes::list_storage, nodes::show_storage,
         jobs::list, jobs::show,
         events::stream,
-        audit::list, users::whoami,
+        audit::list, users::whoami, users::set_password,
+        sessions::create, sessions::delete, sessions::switch,
         bundles::key, bundles::export, bundles::plan, bundles::import, bundles::missing, bundles::list, bundles::show,
     )
 )]

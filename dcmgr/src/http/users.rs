@@ -7,14 +7,15 @@ use crate::http::{path_id, Body, ListParams};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use vdc_schema::api::{AddMember, CreateUser, ErrorBody, Member, Page, User, Whoami};
+use vdc_schema::api::{AddMember, CreateUser, ErrorBody, Member, Page, SetPassword, User, Whoami};
 use vdc_schema::id::{AccountId, UserId};
 
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", operation_id = "user_create",
     summary = "Create a user (admin); give it roles with the accounts' members calls", request_body = CreateUser,
     responses(
         (status = 201, description = "The user", body = User),
-        (status = 400, description = "`invalid_name`, or a malformed body (`invalid_body`)", body = ErrorBody),
+        (status = 400, description = "`invalid_name`, `password_too_short`, `password_too_long`, or a malformed \
+            body (`invalid_body`)", body = ErrorBody),
         (status = 403, description = "`forbidden`: only an admin manages users", body = ErrorBody),
         (status = 409, description = "`name_taken`: a user of this name exists", body = ErrorBody)))]
 pub async fn create(
@@ -121,6 +122,34 @@ pub async fn remove_member(
     Path((id, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     app::remove_member(&ctx, &caller, &path_id("account", &id)?, &path_id("user", &user)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(put, path = "/api/v1/users/{id}/password", tag = "users", operation_id = "user_set_password",
+    summary = "Set a user's console password, or remove it with null: the user itself (with a token not capped \
+        to a role), or an admin for anyone", request_body = SetPassword,
+    params(("id" = UserId, Path, description = "A user ID (`u-…`)")),
+    responses(
+        (status = 204, description = "Set (stored as an Argon2id hash; sessions already made keep working)"),
+        (status = 400, description = "`password_too_short` (under 10 characters), `password_too_long` (over 1024 \
+            bytes), or a malformed body (`invalid_body`)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: another user's password (only an admin sets it), or a token \
+            capped to a role", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such user (an admin's call)", body = ErrorBody)))]
+pub async fn set_password(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Body(req): Body<SetPassword>,
+) -> ApiResult<StatusCode> {
+    let id: UserId = match id.parse() {
+        Ok(id) => id,
+        Err(_) if !caller.admin => {
+            return Err(crate::error::ApiError::Forbidden("only an admin sets another user's password".into()))
+        }
+        Err(_) => return Err(crate::error::ApiError::not_found("user", id.chars().take(64).collect::<String>())),
+    };
+    crate::app::session::set_password(&ctx, &caller, &id, req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

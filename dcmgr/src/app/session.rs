@@ -1,0 +1,317 @@
+//! Passwords and console sessions (issue 14). A user may have a password, kept as an
+//! Argon2id PHC string (never logged, never answered). Signing in with it
+//! (`POST /api/v1/sessions`) makes a session: an ordinary row of `api_tokens`, named
+//! `session-…`, expiring after `[auth] session_ttl_secs`, of the user in one account.
+//! Switching accounts makes a new session and revokes the old one in one transaction;
+//! signing out revokes the session.
+//!
+//! Sign-ins are limited per user name and per source address (`[auth] signin_*`, always
+//! on), answer the same 401 `bad_credentials` for an unknown user and a wrong password,
+//! and verify against a dummy hash when the user does not exist or has no password, so
+//! that the time taken does not tell either.
+
+use crate::app::account::{hash_token, new_token};
+use crate::app::rate_limit::Key;
+use crate::ctx::{Caller, SharedCtx};
+use crate::datastore::{self as db, account as accounts, user as store};
+use crate::error::{ApiError, ApiResult};
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use std::sync::OnceLock;
+use vdc_schema::api::{CreateSession, Session, SetPassword, SwitchSession, WhoamiAccount};
+use vdc_schema::id::{AccountId, TokenId, UserId};
+use vdc_schema::state::Role;
+
+/// Fewer characters than this: `password_too_short`.
+pub const MIN_PASSWORD_CHARS: usize = 10;
+/// More bytes than this: `password_too_long` (Argon2 takes any length; this bounds the
+/// work a request can ask for).
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+/// The name prefix of session tokens (reserved: `vdc token create` refuses it).
+pub const SESSION_PREFIX: &str = "session-";
+
+/// Refuses a password too short or too long, with what to do.
+pub fn check_password(p: &str) -> ApiResult<()> {
+    let chars = p.chars().count();
+    if chars < MIN_PASSWORD_CHARS {
+        return Err(ApiError::bad(
+            "password_too_short",
+            format!("the password has {chars} characters: use at least {MIN_PASSWORD_CHARS}"),
+        ));
+    }
+    if p.len() > MAX_PASSWORD_BYTES {
+        return Err(ApiError::bad(
+            "password_too_long",
+            format!("the password has {} bytes: use at most {MAX_PASSWORD_BYTES}", p.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// The Argon2id PHC string of a password (default parameters: 19 MiB, 2 passes), off the
+/// async threads.
+pub async fn hash_password(p: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default().hash_password(p.as_bytes(), &salt).map(|h| h.to_string()).map_err(ApiError::internal)
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// Whether `p` is the password of `phc`; a malformed PHC string matches nothing.
+fn verify(p: &str, phc: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(p.as_bytes(), &h).is_ok())
+}
+
+/// A hash of a random password, verified against when there is no user (or no password),
+/// so a sign-in takes as long whether or not the user exists.
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::generate(&mut OsRng);
+        Argon2::default().hash_password(new_token().as_bytes(), &salt).map(|h| h.to_string()).unwrap_or_default()
+    })
+}
+
+/// Computes the dummy hash now (at start), so the first sign-in of an unknown user takes
+/// no longer than the others.
+pub fn warm_up() {
+    tokio::task::spawn_blocking(|| {
+        dummy_hash();
+    });
+}
+
+fn bad_credentials() -> ApiError {
+    ApiError::TokenRefused { code: "bad_credentials", message: "the user name or the password is wrong".into() }
+}
+
+/// Sets a user's password (`None` removes it): the user itself, with a token not capped
+/// below its role, or an admin for anyone. A non-admin naming another user is refused.
+pub async fn set_password(ctx: &SharedCtx, caller: &Caller, id: &UserId, req: SetPassword) -> ApiResult<()> {
+    if !caller.admin {
+        if *id != caller.user_id {
+            return Err(ApiError::Forbidden("only an admin sets another user's password".into()));
+        }
+        if caller.token_role.is_some() {
+            return Err(ApiError::Forbidden(
+                "a token capped to a role cannot change its user's password: use an uncapped token or a session".into(),
+            ));
+        }
+    }
+    let phc = match req.password {
+        Some(p) => {
+            check_password(p.as_str())?;
+            Some(hash_password(p).await?)
+        }
+        None => None,
+    };
+    if !store::set_password(&ctx.db, id.as_str(), phc.as_deref()).await? {
+        return Err(ApiError::not_found("user", id));
+    }
+    Ok(())
+}
+
+/// Who a sign-in turned out to be, for its audit entry (set as soon as it is known).
+pub trait Witness: Send + Sync {
+    fn saw(&self, user: Option<&UserId>, token: Option<&TokenId>, account: Option<&AccountId>);
+}
+
+/// `POST /api/v1/sessions`: checks the limits, then the password, then makes a session.
+pub async fn sign_in(
+    ctx: &SharedCtx,
+    req: CreateSession,
+    addr: Option<std::net::IpAddr>,
+    who: &dyn Witness,
+) -> ApiResult<Session> {
+    if let Some(a) = addr {
+        ctx.signin_limits.check(&Key::Addr(a))?;
+    }
+    // Names longer than any user's are cut: a bucket per guessed name stays small.
+    ctx.signin_limits.check(&Key::User(req.user.chars().take(64).collect()))?;
+    let found = if req.user.len() <= 64 { store::credentials(&ctx.db, &req.user).await? } else { None };
+    if let Some((u, _)) = &found {
+        who.saw(Some(&u.id.parse().map_err(ApiError::internal)?), None, None);
+    }
+    let phc = found.as_ref().and_then(|(_, p)| p.clone());
+    let has_password = phc.is_some();
+    let password = req.password.clone();
+    let matches = tokio::task::spawn_blocking(move || {
+        let phc = phc.unwrap_or_else(|| dummy_hash().to_owned());
+        password.len() <= MAX_PASSWORD_BYTES && verify(&password, &phc)
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    let user = match found {
+        Some((u, _)) if matches && has_password => u,
+        _ => return Err(bad_credentials()),
+    };
+    let user_id: UserId = user.id.parse().map_err(ApiError::internal)?;
+    let account = pick_account(ctx, &user_id, req.account.as_deref()).await?;
+    let session = issue(ctx, &user_id, &account, None).await?;
+    who.saw(Some(&user_id), Some(&session.id), Some(&session.account.id));
+    Ok(session)
+}
+
+/// The account named (by ID or name) among the user's, or its first by name.
+async fn pick_account(ctx: &SharedCtx, user: &UserId, wanted: Option<&str>) -> ApiResult<AccountId> {
+    let mine = store::accounts_of(&ctx.db, user.as_str()).await?;
+    let found = match wanted {
+        Some(w) => mine.iter().find(|(id, name, _)| id == w || name == w),
+        None => mine.first(),
+    };
+    match (found, wanted) {
+        (Some((id, _, _)), _) => id.parse().map_err(ApiError::internal),
+        (None, Some(w)) => Err(ApiError::not_found("account", w.chars().take(64).collect::<String>())),
+        (None, None) => Err(ApiError::Unprocessable {
+            code: "no_account",
+            message: "this user is a member of no account: ask an account's owner to add you".into(),
+        }),
+    }
+}
+
+/// Makes a session of `user` in `account`, and revokes `replaces` (the session switched
+/// from) in the same transaction: of concurrent switches of one session exactly one wins.
+async fn issue(ctx: &SharedCtx, user: &UserId, account: &AccountId, replaces: Option<&TokenId>) -> ApiResult<Session> {
+    let secret = new_token();
+    let hash = hash_token(&secret);
+    let ttl = chrono::Duration::seconds(i64::try_from(ctx.config.auth.session_ttl_secs).unwrap_or(i64::MAX / 1000));
+    let keep = i64::from(ctx.config.auth.max_sessions_per_user);
+    let id = TokenId::generate();
+    let name = format!("{SESSION_PREFIX}{}", id.as_str().trim_start_matches("tok-"));
+    let (role, expires_s) = db::retry(|| async {
+        let now = chrono::Utc::now();
+        let now_s = db::time(&now);
+        let expires_s = db::time(&(now + ttl));
+        let mut tx = ctx.db.begin().await?;
+        accounts::lock(&mut tx, account).await?;
+        if let Some(old) = replaces {
+            if !store::revoke_in(&mut tx, old.as_str(), &now_s).await? {
+                return Err(ApiError::TokenRefused {
+                    code: "token_revoked",
+                    message: "this session was signed out or switched already".into(),
+                });
+            }
+        }
+        let member = store::member(&mut *tx, account.as_str(), user.as_str())
+            .await?
+            .ok_or_else(|| ApiError::not_found("account", account))?;
+        let role: Role = member.role.parse().map_err(ApiError::internal)?;
+        // The newest sessions stay; this one is one of them.
+        store::trim_sessions(&mut tx, account.as_str(), user.as_str(), keep - 1, &now_s).await?;
+        let row = store::NewToken {
+            id: id.as_str(),
+            hash: &hash,
+            name: &name,
+            account: account.as_str(),
+            user: user.as_str(),
+            role: None,
+            expires_at: Some(&expires_s),
+            now: &now_s,
+        };
+        store::insert_token(&mut *tx, &row).await?;
+        tx.commit().await?;
+        Ok((role, expires_s))
+    })
+    .await?;
+    // Trimmed sessions and the replaced one leave the cache (they are re-read as revoked).
+    {
+        let mut cache = ctx.tokens.write().unwrap();
+        cache.retain(|_, c| !(c.user_id == *user && c.expires_at.is_some()));
+    }
+    let accounts = accounts_of(ctx, user).await?;
+    let u = store::get_user(&ctx.db, user.as_str()).await?.ok_or_else(|| ApiError::not_found("user", user))?;
+    let user = u.into_api().map_err(ApiError::Internal)?;
+    let acct = accounts::get(&ctx.db, account).await?.ok_or_else(|| ApiError::not_found("account", account))?;
+    Ok(Session {
+        id,
+        token: secret,
+        expires_at: db::parse_time(&expires_s),
+        admin: user.admin,
+        user,
+        account: acct.into_api(),
+        role,
+        accounts,
+    })
+}
+
+/// The user's accounts and roles, by name.
+pub async fn accounts_of(ctx: &SharedCtx, user: &UserId) -> ApiResult<Vec<WhoamiAccount>> {
+    let mut out = Vec::new();
+    for (id, name, role) in store::accounts_of(&ctx.db, user.as_str()).await? {
+        out.push(WhoamiAccount {
+            account_id: id.parse().map_err(ApiError::internal)?,
+            account_name: name,
+            role: role.parse().map_err(ApiError::internal)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The caller's token if it is a session; otherwise 409 `not_a_session` (an API token is
+/// revoked with `DELETE /api/v1/tokens/{id}`, not by signing out).
+async fn current_session(ctx: &SharedCtx, caller: &Caller) -> ApiResult<(TokenId, String)> {
+    let not = || {
+        ApiError::conflict(
+            "not_a_session",
+            "this call's token is an API token, not a console session: revoke it with `vdc token revoke`",
+        )
+    };
+    let id = caller.token_id.clone().ok_or_else(not)?;
+    let (row, hash, _) = store::token(&ctx.db, id.as_str()).await?.ok_or_else(not)?;
+    if !row.name.starts_with(SESSION_PREFIX) || row.expires_at.is_none() {
+        return Err(not());
+    }
+    Ok((id, hash))
+}
+
+/// `DELETE /api/v1/sessions/current`: signs out (revokes the session of this call).
+pub async fn sign_out(ctx: &SharedCtx, caller: &Caller) -> ApiResult<()> {
+    let (id, hash) = current_session(ctx, caller).await?;
+    let revoked = store::revoke(&ctx.db, id.as_str(), &db::now()).await?;
+    ctx.tokens.write().unwrap().remove(&hash);
+    if !revoked {
+        return Err(ApiError::TokenRefused {
+            code: "token_revoked",
+            message: "this session was signed out already".into(),
+        });
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/sessions/switch`: a new session in another account of the user; the
+/// session of this call is revoked with it.
+pub async fn switch(ctx: &SharedCtx, caller: &Caller, req: SwitchSession, who: &dyn Witness) -> ApiResult<Session> {
+    let (old, hash) = current_session(ctx, caller).await?;
+    let account = pick_account(ctx, &caller.user_id, Some(&req.account)).await?;
+    let session = issue(ctx, &caller.user_id, &account, Some(&old)).await;
+    ctx.tokens.write().unwrap().remove(&hash);
+    let session = session?;
+    who.saw(Some(&caller.user_id), Some(&session.id), Some(&session.account.id));
+    Ok(session)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let h =
+            Argon2::default().hash_password(b"correct horse", &SaltString::generate(&mut OsRng)).unwrap().to_string();
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        assert!(verify("correct horse", &h));
+        assert!(!verify("correct hors", &h));
+        assert!(!verify("correct horse", "not a phc string"));
+        assert!(!verify("anything at all", dummy_hash()));
+    }
+
+    #[test]
+    fn password_length_is_checked() {
+        assert!(check_password("short").is_err_and(|e| e.code() == "password_too_short"));
+        assert!(check_password("long enough").is_ok());
+        assert!(check_password("日本語のパスワードです").is_ok());
+        assert!(check_password(&"x".repeat(1025)).is_err_and(|e| e.code() == "password_too_long"));
+    }
+}

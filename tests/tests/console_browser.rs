@@ -1,0 +1,295 @@
+//! The web console in a real browser (issue 14): headless Chromium driven through
+//! chromedriver's WebDriver protocol (plain HTTP with reqwest: a handful of calls, no
+//! WebDriver crate needed). A dcmgr on the suites' simulated stack; a user with a password
+//! in two accounts, each with a network and an instance. The browser signs in with a wrong
+//! password (the error is shown), then the right one; sees its user name, account and role;
+//! lists instances and networks; switches to the other account and sees its objects; opens
+//! the account panel (quotas with usage); signs out, and the session's token no longer works
+//! through the API. Signed in again, a session revoked behind its back sends it back to the
+//! sign-in form with a message.
+//!
+//! Needs `chromium` and `chromium-driver` (packaging/install-deps.sh installs them); it
+//! fails, not skips, without them.
+
+use serde_json::{json, Value};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vdc_schema::api::*;
+use vdc_schema::state::Role;
+use vdc_tests::{Db, Stack, StackOptions};
+
+const PASSWORD: &str = "browser-password-1";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// chromedriver in a process group of its own, with the Chromium it starts: the whole
+/// group is killed (by its ID) when dropped, also when the test fails half-way.
+struct Driver {
+    child: Child,
+    url: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One WebDriver session of headless Chromium.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Browser {
+    async fn start() -> (Driver, Browser) {
+        let bin = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("chromedriver is missing: run packaging/install-deps.sh (Debian's chromium-driver)");
+        assert!(
+            std::path::Path::new("/usr/bin/chromium").exists(),
+            "chromium is missing: run packaging/install-deps.sh (Debian's chromium)"
+        );
+        let port = free_port();
+        let child = Command::new(bin)
+            .process_group(0)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let profile = tempfile::tempdir().unwrap();
+        let driver = Driver { child, url: format!("http://127.0.0.1:{port}"), _profile: profile };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = http.get(format!("{}/status", driver.url)).send().await;
+            if let Ok(r) = ready {
+                let v: Value = r.json().await.unwrap_or_default();
+                if v["value"]["ready"] == true {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--disable-crash-reporter",
+            "--disable-breakpad",
+            "--window-size=1280,900",
+            "--lang=en-US",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([format!("--user-data-dir={}", driver._profile.path().display())])
+        .collect::<Vec<_>>();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
+        }}});
+        let resp: Value =
+            http.post(format!("{}/session", driver.url)).json(&caps).send().await.unwrap().json().await.unwrap();
+        let id = resp["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {resp}"));
+        let base = format!("{}/session/{id}", driver.url);
+        (driver, Browser { http, base })
+    }
+
+    async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method.clone(), format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        if v["value"].get("error").is_some() {
+            panic!("WebDriver {method} {path}: {}", v["value"]);
+        }
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({"url": url}))).await;
+    }
+
+    /// Runs `script` (a function body; `arguments` as given) in the page.
+    async fn js(&self, script: &str, args: Value) -> Value {
+        self.cmd(reqwest::Method::POST, "/execute/sync", Some(json!({"script": script, "args": args}))).await
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let v = self.cmd(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+        v[ELEMENT].as_str().unwrap_or_else(|| panic!("finding {css}: {v}")).to_owned()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{e}/clear"), Some(json!({}))).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{e}/value"), Some(json!({"text": text}))).await;
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.find(css).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{e}/click"), Some(json!({}))).await;
+    }
+
+    /// Waits until `script` returns a truthy value (up to 20 s) and returns it.
+    async fn wait(&self, what: &str, script: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let v = self.js(script, json!([])).await;
+            if !(v.is_null() || v == false || v == "" || v == 0) {
+                return v;
+            }
+            if Instant::now() > deadline {
+                let page = self.js("return document.body.innerText", json!([])).await;
+                panic!("waited 20 s for {what}; the page shows:\n{}", page.as_str().unwrap_or_default());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The visible text of the element, once it is shown and has some.
+    async fn text_of(&self, css: &str) -> String {
+        let script = format!(
+            "const e = document.querySelector({css:?}); return e && !e.closest('[hidden]') ? e.textContent.trim() : ''"
+        );
+        self.wait(&format!("text in {css}"), &script).await.as_str().unwrap().to_owned()
+    }
+
+    async fn quit(&self) {
+        let _ = self.http.delete(&self.base).send().await;
+    }
+}
+
+/// The main view's text once a table or an empty note is in it.
+async fn view_text(b: &Browser, view: &str) -> String {
+    b.js(&format!("location.hash = '#{view}'"), json!([])).await;
+    let script = format!(
+        "const v = document.querySelector('#view'); \
+         return location.hash === '#{view}' && v && !v.hidden && v.querySelector('table, .empty') ? v.innerText : ''"
+    );
+    b.wait(&format!("the {view} view"), &script).await.as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_signs_in_switches_accounts_and_signs_out() {
+    vdc_tests::init_logging();
+    let mut o = StackOptions::new(Db::Sqlite);
+    o.hosts = 1;
+    let s = Stack::start(o).await;
+    let url = s.url();
+
+    // A user with a password, a member of two accounts that hold a network and an instance each.
+    s.admin
+        .create_user(&CreateUser { name: "hana".into(), admin: false, password: Some(PASSWORD.into()) })
+        .await
+        .unwrap();
+    let alpha = s.account("alpha").await;
+    let beta = s.account("beta").await;
+    for (c, net, cidr, inst) in
+        [(&alpha, "alpha-net", "10.71.0.0/24", "alpha-web"), (&beta, "beta-net", "10.72.0.0/24", "beta-db")]
+    {
+        let id = c.whoami().await.unwrap().account.id;
+        c.add_member(&id, &AddMember { user: "hana".into(), role: Role::Member }).await.unwrap();
+        c.post::<_, Value>("/networks", &json!({"name": net, "cidr": cidr})).await.unwrap();
+        s.running_instance(c, inst).await;
+    }
+
+    let (_driver, b) = Browser::start().await;
+    let started = Instant::now();
+    b.goto(&format!("{url}/console/")).await;
+    b.wait("the sign-in form", "return !document.querySelector('#password-form').hidden").await;
+
+    // A wrong password: the error is shown, nothing else.
+    b.type_into("#user-input", "hana").await;
+    b.type_into("#password-input", "not-her-password").await;
+    b.click("#password-form button[type=submit]").await;
+    let error = b.text_of("#signin-error").await;
+    assert_eq!(error, "The user name or the password is wrong.");
+    assert_eq!(b.js("return document.querySelector('#who').hidden", json!([])).await, true);
+
+    // The right one: signed in as hana in alpha (the first account by name), a member.
+    b.type_into("#password-input", PASSWORD).await;
+    b.click("#password-form button[type=submit]").await;
+    assert_eq!(b.text_of("#who-user").await, "hana");
+    assert_eq!(b.text_of("#who-role").await, "member");
+    let selected = b
+        .wait("the account select", "return document.querySelector('#account-select').selectedOptions[0]?.textContent")
+        .await;
+    assert_eq!(selected, "alpha");
+    let instances = view_text(&b, "instances").await;
+    assert!(instances.contains("alpha-web") && !instances.contains("beta-db"), "{instances}");
+    let networks = view_text(&b, "networks").await;
+    assert!(networks.contains("alpha-net") && !networks.contains("beta-net"), "{networks}");
+    let first_token = b.js("return localStorage.getItem('vdc.console.token')", json!([])).await;
+    let first_token = first_token.as_str().unwrap().to_owned();
+
+    // Switch to beta: its objects, not alpha's; the first session is revoked.
+    let beta_id = beta.whoami().await.unwrap().account.id;
+    b.click(&format!("#account-select option[value='{beta_id}']")).await;
+    b.wait(
+        "the switch to beta",
+        "return document.querySelector('#account-select').selectedOptions[0]?.textContent === 'beta'",
+    )
+    .await;
+    let networks = b
+        .wait(
+            "beta's networks",
+            "const v = document.querySelector('#view'); \
+             return v && v.innerText.includes('beta-net') && !v.innerText.includes('alpha-net') ? v.innerText : ''",
+        )
+        .await;
+    assert!(networks.as_str().unwrap().contains("beta-net"));
+    let instances = view_text(&b, "instances").await;
+    assert!(instances.contains("beta-db") && !instances.contains("alpha-web"), "{instances}");
+    let old = vdc_cli::client::Client::new(&url, &first_token).whoami().await.unwrap_err();
+    assert_eq!(old.code(), "token_revoked");
+
+    // The account panel: who, and the quotas with what is in use.
+    let account = view_text(&b, "account").await;
+    assert!(account.contains("hana") && account.contains("beta") && account.contains("instances"), "{account}");
+
+    // Sign out: back to the form, and the session's token no longer works.
+    let token = b.js("return localStorage.getItem('vdc.console.token')", json!([])).await;
+    let token = token.as_str().unwrap().to_owned();
+    assert_eq!(vdc_cli::client::Client::new(&url, &token).whoami().await.unwrap().account.name, "beta");
+    b.click("#sign-out").await;
+    assert_eq!(b.text_of("#signin-error").await, "You have signed out.");
+    b.wait("the sign-in form", "return !document.querySelector('#password-form').hidden").await;
+    let gone = vdc_cli::client::Client::new(&url, &token).whoami().await.unwrap_err();
+    assert_eq!(gone.code(), "token_revoked");
+    assert_eq!(b.js("return localStorage.getItem('vdc.console.token')", json!([])).await, Value::Null);
+
+    // Signed in again; the session revoked behind the console's back (as an expired one
+    // is refused): the next call returns to the sign-in form with a message.
+    b.type_into("#user-input", "hana").await;
+    b.type_into("#password-input", PASSWORD).await;
+    b.click("#password-form button[type=submit]").await;
+    assert_eq!(b.text_of("#who-user").await, "hana");
+    let token = b.js("return localStorage.getItem('vdc.console.token')", json!([])).await;
+    let session = vdc_cli::client::Client::new(&url, token.as_str().unwrap());
+    let me = session.whoami().await.unwrap();
+    alpha.revoke_token(&me.token.id).await.unwrap();
+    // The next call the console makes (here: opening another view) is refused.
+    b.js("location.hash = '#networks'", json!([])).await;
+    let message = b.text_of("#signin-error").await;
+    assert!(message.contains("Please sign in again"), "{message}");
+    eprintln!("the browser part took {:?}", started.elapsed());
+    b.quit().await;
+    s.stop().await;
+}
