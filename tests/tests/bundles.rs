@@ -951,6 +951,9 @@ async fn running(c: &Client, name: &str, image: &ImageId, network: &NetworkId, g
             ssh_key_id: None,
             user_data: None,
             root_disk_size: None,
+            server_group: None,
+            zone: None,
+            host_labels: Default::default(),
         })
         .await
         .unwrap();
