@@ -55,12 +55,15 @@ fn main() {
         if only.is_some() {
             println!("case {i}: {} → {:?}", case.what, codes);
         }
-        if n % 100_000 == 0 {
+        if n.is_multiple_of(100_000) {
             eprintln!("{n} cases, {:.0}/s", n as f64 / t.elapsed().as_secs_f64());
         }
     }
     let secs = t.elapsed().as_secs_f64();
-    println!("{n} cases (seed {seed}) in {secs:.1} s: {:.0} cases/s, no panic, no unexpected acceptance", n as f64 / secs);
+    println!(
+        "{n} cases (seed {seed}) in {secs:.1} s: {:.0} cases/s, no panic, no unexpected acceptance",
+        n as f64 / secs
+    );
     for (code, k) in &codes {
         println!("  {code:<28} {k:>9}");
     }
@@ -71,11 +74,14 @@ fn main() {
         peaks.chunk >> 10,
         fuzz::chunk_bound() >> 10
     );
-    let hwm = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned()));
+    let hwm = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("VmHWM")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
+    });
     if let Some(kb) = hwm {
-        println!("peak resident memory of the process (with the corpus' 64 MiB bomb inputs): {} MiB", kb.parse::<u64>().unwrap_or(0) / 1024);
+        println!(
+            "peak resident memory of the process (with the corpus' 64 MiB bomb inputs): {} MiB",
+            kb.parse::<u64>().unwrap_or(0) / 1024
+        );
     }
 }
 

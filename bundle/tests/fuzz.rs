@@ -118,7 +118,10 @@ fn kernel_references_cannot_chain_or_cycle() {
         }),
         "bundle_invalid_manifest"
     );
-    assert_eq!(resigned_code(|m| m.model.images[0].format = vdc_schema::state::ImageFormat::Raw), "bundle_invalid_manifest");
+    assert_eq!(
+        resigned_code(|m| m.model.images[0].format = vdc_schema::state::ImageFormat::Raw),
+        "bundle_invalid_manifest"
+    );
 }
 
 #[test]

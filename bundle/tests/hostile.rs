@@ -9,7 +9,11 @@ fn model_with_image(key: &SigningKey, data: &[u8]) -> (Manifest, Vec<Vec<u8>>) {
     let parts: Vec<Vec<u8>> = data.chunks(CHUNK_SIZE).map(|c| c.to_vec()).collect();
     let m = Manifest {
         format_version: FORMAT_VERSION,
-        source: Source { site_key: key_hex(&key.verifying_key()), vdc_id: "a-src".into(), exported_at: "2026-01-01T00:00:00Z".into() },
+        source: Source {
+            site_key: key_hex(&key.verifying_key()),
+            vdc_id: "a-src".into(),
+            exported_at: "2026-01-01T00:00:00Z".into(),
+        },
         model: Model {
             networks: vec![Network {
                 id: "nw-1".into(),

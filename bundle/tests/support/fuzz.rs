@@ -328,7 +328,8 @@ fn model(key: &SigningKey, with_data: bool) -> (Manifest, BTreeMap<String, Vec<u
                 KeyPair {
                     id: "kp-ops".into(),
                     name: "ops".into(),
-                    public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOps ops".into(),
+                    public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOps ops"
+                        .into(),
                 },
             ],
             images: vec![
@@ -393,7 +394,12 @@ impl Corpus {
         // Two frames, each the largest chunk.
         let max = zstd::bulk::compress(&vec![3u8; CHUNK_SIZE], 1).unwrap();
         let twice = [max.clone(), max].concat();
-        let bombs = vec![("64 MiB of zeros", zeros), ("no size, 128 MiB window", window), ("skippable+zeros", skip), ("two 4 MiB frames", twice)];
+        let bombs = vec![
+            ("64 MiB of zeros", zeros),
+            ("no size, 128 MiB window", window),
+            ("skippable+zeros", skip),
+            ("two 4 MiB frames", twice),
+        ];
         Corpus { trusted: vec![key.verifying_key()], key, untrusted, limits: limits(), seeds, bombs }
     }
 }
@@ -1063,7 +1069,8 @@ fn mutate_manifest(c: &Corpus, s: &Seed, r: &mut Rng) -> (String, Vec<u8>, Want)
         17 => {
             let md = &mut m.model;
             if md.instances[0].root_disk.is_some() && r.chance(2) {
-                md.instances[0].root_disk_format = r.pick(&[None, Some(ImageFormat::Tar), Some(ImageFormat::Kernel)]).to_owned();
+                md.instances[0].root_disk_format =
+                    r.pick(&[None, Some(ImageFormat::Tar), Some(ImageFormat::Kernel)]).to_owned();
             } else {
                 md.volumes[1].data_format = Some(ImageFormat::Raw);
             }
@@ -1143,7 +1150,11 @@ fn json_mutation(c: &Corpus, s: &Seed, r: &mut Rng) -> (String, Vec<u8>, Want) {
     let refuse = |what: &str, t: Vec<u8>, codes: &'static [&'static str]| (what.to_owned(), t, Want::Refuse(codes));
     let (what, t, want) = match r.below(10) {
         0 => refuse("an unknown top-level field", text.replacen('{', "{\"extra\":1,", 1).into_bytes(), INVALID),
-        1 => refuse("an unknown field in a network", text.replacen("\"cidr\":", "\"vlan\":7,\"cidr\":", 1).into_bytes(), INVALID),
+        1 => refuse(
+            "an unknown field in a network",
+            text.replacen("\"cidr\":", "\"vlan\":7,\"cidr\":", 1).into_bytes(),
+            INVALID,
+        ),
         2 => refuse(
             "format_version twice",
             text.replacen('{', &format!("{{\"format_version\":{FORMAT_VERSION},"), 1).into_bytes(),
@@ -1272,16 +1283,13 @@ fn id_ok(id: &str) -> bool {
 }
 
 fn name_ok(n: &str) -> bool {
-    let formatting = |c: char| {
-        matches!(c as u32, 0xAD | 0x61C | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0xFEFF)
-    };
+    let formatting = |c: char| matches!(c as u32, 0xAD | 0x61C | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0xFEFF);
     (1..=64).contains(&n.chars().count())
         && !n.starts_with(' ')
         && !n.ends_with(' ')
         && !n.contains("..")
-        && n.chars().all(|c| {
-            !c.is_control() && (c == ' ' || !c.is_whitespace()) && !formatting(c) && c != '/' && c != '\\'
-        })
+        && n.chars()
+            .all(|c| !c.is_control() && (c == ' ' || !c.is_whitespace()) && !formatting(c) && c != '/' && c != '\\')
 }
 
 /// The documented rules, stated again independently of the reader: what it accepted must
@@ -1296,16 +1304,36 @@ pub fn invariants(m: &Manifest, chunks: &BTreeMap<String, Vec<u8>>, l: &Limits) 
     }
     let md = &m.model;
     let kinds: [(&str, Vec<&str>, Vec<&str>); 7] = [
-        ("network", md.networks.iter().map(|x| x.id.as_str()).collect(), md.networks.iter().map(|x| x.name.as_str()).collect()),
+        (
+            "network",
+            md.networks.iter().map(|x| x.id.as_str()).collect(),
+            md.networks.iter().map(|x| x.name.as_str()).collect(),
+        ),
         (
             "group",
             md.security_groups.iter().map(|x| x.id.as_str()).collect(),
             md.security_groups.iter().map(|x| x.name.as_str()).collect(),
         ),
-        ("keypair", md.keypairs.iter().map(|x| x.id.as_str()).collect(), md.keypairs.iter().map(|x| x.name.as_str()).collect()),
-        ("image", md.images.iter().map(|x| x.id.as_str()).collect(), md.images.iter().map(|x| x.name.as_str()).collect()),
-        ("instance", md.instances.iter().map(|x| x.id.as_str()).collect(), md.instances.iter().map(|x| x.name.as_str()).collect()),
-        ("volume", md.volumes.iter().map(|x| x.id.as_str()).collect(), md.volumes.iter().map(|x| x.name.as_str()).collect()),
+        (
+            "keypair",
+            md.keypairs.iter().map(|x| x.id.as_str()).collect(),
+            md.keypairs.iter().map(|x| x.name.as_str()).collect(),
+        ),
+        (
+            "image",
+            md.images.iter().map(|x| x.id.as_str()).collect(),
+            md.images.iter().map(|x| x.name.as_str()).collect(),
+        ),
+        (
+            "instance",
+            md.instances.iter().map(|x| x.id.as_str()).collect(),
+            md.instances.iter().map(|x| x.name.as_str()).collect(),
+        ),
+        (
+            "volume",
+            md.volumes.iter().map(|x| x.id.as_str()).collect(),
+            md.volumes.iter().map(|x| x.name.as_str()).collect(),
+        ),
         ("fip", md.floating_ips.iter().map(|x| x.id.as_str()).collect(), vec![]),
     ];
     let mut sets: HashMap<&str, HashSet<&str>> = HashMap::new();
@@ -1350,7 +1378,12 @@ pub fn invariants(m: &Manifest, chunks: &BTreeMap<String, Vec<u8>>, l: &Limits) 
     }
     for i in &md.instances {
         let h = i.hostname.as_bytes();
-        if h.is_empty() || h.len() > 63 || h[0] == b'-' || h[h.len() - 1] == b'-' || !h.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-') {
+        if h.is_empty()
+            || h.len() > 63
+            || h[0] == b'-'
+            || h[h.len() - 1] == b'-'
+            || !h.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        {
             fail(format!("hostname {:?}", i.hostname));
         }
         if !has("image", &i.image) || i.keypair.as_deref().is_some_and(|k| !has("keypair", k)) {
