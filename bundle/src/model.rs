@@ -219,13 +219,16 @@ fn check_id(kind: &str, id: &str) -> Result<(), BundleError> {
     }
 }
 
-/// Names: what the API accepts (1–64 printable characters, no surrounding space), and
+/// Names: what the API accepts (1–64 printable characters, no surrounding space, no white
+/// space but the plain space, no invisible or bidirectional formatting characters), and
 /// nothing path-like: no '/', '\\', NUL, and not "." or "..".
 pub fn check_name(kind: &str, name: &str) -> Result<(), BundleError> {
     let ok = !name.is_empty()
         && name.chars().count() <= 64
         && name.trim() == name
-        && !name.chars().any(|c| c.is_control() || c == '/' || c == '\\')
+        && !name.chars().any(|c| {
+            c.is_control() || (c.is_whitespace() && c != ' ') || vdc_schema::invisible_char(c) || c == '/' || c == '\\'
+        })
         && name != "."
         && name != ".."
         && !name.contains("..");
@@ -234,7 +237,7 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), BundleError> {
     } else {
         Err(BundleError::InvalidName(format!(
             "{kind} name {:?} is invalid: use 1 to 64 printable characters, no '/', '\\' or '..', \
-             no leading or trailing spaces",
+             no leading or trailing spaces, other white space, or invisible (zero-width, bidirectional) characters",
             name.chars().take(80).collect::<String>()
         )))
     }
@@ -245,6 +248,87 @@ fn check_hash(what: &str, h: &str) -> Result<(), BundleError> {
         Ok(())
     } else {
         Err(BundleError::InvalidManifest(format!("{what}: {h:?} is not a lower-case hex SHA-256")))
+    }
+}
+
+/// A guest's hostname: a DNS label (1 to 63 letters, digits and '-', not at either end).
+fn check_hostname(from: &str, h: &str) -> Result<(), BundleError> {
+    let ok = !h.is_empty()
+        && h.len() <= 63
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !h.starts_with('-')
+        && !h.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(BundleError::InvalidName(format!(
+            "{from}: hostname {:?} is not a DNS label (1 to 63 letters, digits or '-', not at either end)",
+            h.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+/// A short field of a fixed alphabet (addresses, MACs, CIDRs, times): at most `max`
+/// bytes, each one `ok` accepts. dcmgr parses the value; this keeps it small and plain.
+fn check_plain(from: &str, field: &str, v: &str, max: usize, ok: impl Fn(u8) -> bool) -> Result<(), BundleError> {
+    if !v.is_empty() && v.len() <= max && v.bytes().all(ok) {
+        Ok(())
+    } else {
+        Err(BundleError::InvalidManifest(format!(
+            "{from}: {field} {:?} is not valid",
+            v.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+fn ipv4_char(b: u8) -> bool {
+    b.is_ascii_digit() || b == b'.'
+}
+
+fn cidr_char(b: u8) -> bool {
+    ipv4_char(b) || b == b'/'
+}
+
+/// An RFC 3339 time as exporters write it (`2026-01-31T12:00:00.123Z`, `…+02:00`): its
+/// shape, so that dcmgr's ordering of updates (downgrades) cannot be sidestepped by a
+/// time it fails to parse.
+fn check_time(from: &str, t: &str) -> Result<(), BundleError> {
+    let b = t.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let ok = (20..=40).contains(&b.len())
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && matches!(b[10], b'T' | b't')
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
+        && b[19..].iter().all(|c| c.is_ascii_digit() || b".:+-Zz".contains(c))
+        && matches!(b[b.len() - 1], b'Z' | b'z' | b'0'..=b'9');
+    if ok {
+        Ok(())
+    } else {
+        Err(BundleError::InvalidManifest(format!(
+            "{from} {:?} is not an RFC 3339 time",
+            t.chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+/// Free text of one line (an image's os, a login name): at most `max` characters,
+/// nothing invisible.
+fn check_line(from: &str, field: &str, v: &str, max: usize) -> Result<(), BundleError> {
+    if v.chars().count() <= max && !v.chars().any(|c| c.is_control() || vdc_schema::invisible_char(c)) {
+        Ok(())
+    } else {
+        Err(BundleError::InvalidManifest(format!(
+            "{from}: {field} {:?} is not one line of at most {max} visible characters",
+            v.chars().take(80).collect::<String>()
+        )))
     }
 }
 
@@ -307,9 +391,10 @@ impl Manifest {
         count("volumes", m.volumes.len(), max)?;
         count("floating IPs", m.floating_ips.len(), max)?;
         count("chunks", self.chunks.len(), limits.max_chunks)?;
-        if self.source.vdc_id.len() > 128 || self.source.vdc_id.chars().any(char::is_control) {
-            return Err(BundleError::InvalidManifest("source.vdc_id is not a plain ID".into()));
-        }
+        check_plain("source", "vdc_id", &self.source.vdc_id, 128, |b| {
+            b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+        })?;
+        check_time("source.exported_at", &self.source.exported_at)?;
         crate::parse_key(&self.source.site_key)?;
 
         let mut chunks: HashMap<&str, u64> = HashMap::new();
@@ -377,6 +462,9 @@ impl Manifest {
             }
             count("rules in a group", g.rules.len(), limits.max_rules)?;
             for r in &g.rules {
+                if let Some(c) = &r.cidr {
+                    check_plain(&format!("a rule of security group {}", g.id), "cidr", c, 18, cidr_char)?;
+                }
                 if let Some(other) = &r.group {
                     resolves(&groups, &format!("a rule of security group {}", g.id), "security group", other)?;
                 }
@@ -390,10 +478,30 @@ impl Manifest {
         }
         for i in &m.images {
             check_name("image", &i.name)?;
+            for (field, v, max) in [("os", &i.os, 64), ("default_user", &i.default_user, 32)] {
+                if let Some(v) = v {
+                    check_line(&format!("image {}", i.id), field, v, max)?;
+                }
+            }
             if let Some(k) = &i.kernel_id {
                 resolves(&images, &format!("image {}", i.id), "image", k)?;
                 if k == &i.id {
                     return Err(BundleError::DanglingReference(format!("image {} names itself as kernel", i.id)));
+                }
+                // A kernel boots a disk image, and a kernel image has no kernel of its own:
+                // so kernel references never chain, let alone form a cycle.
+                if !matches!(i.format, ImageFormat::Raw | ImageFormat::Qcow2) {
+                    return Err(BundleError::InvalidManifest(format!(
+                        "image {}: kernel_id is for raw and qcow2 disk images, not a {} image",
+                        i.id, i.format
+                    )));
+                }
+                let kernel = m.images.iter().find(|x| &x.id == k).map(|x| x.format);
+                if kernel != Some(ImageFormat::Kernel) {
+                    return Err(BundleError::InvalidManifest(format!(
+                        "image {}: its kernel_id {k} is not a kernel image",
+                        i.id
+                    )));
                 }
             }
             if let Some(b) = &i.blob {
@@ -403,7 +511,7 @@ impl Manifest {
         for i in &m.instances {
             let from = format!("instance {}", i.id);
             check_name("instance", &i.name)?;
-            check_name("instance hostname", &i.hostname)?;
+            check_hostname(&from, &i.hostname)?;
             resolves(&images, &from, "image", &i.image)?;
             if let Some(k) = &i.keypair {
                 resolves(&keypairs, &from, "key pair", k)?;
@@ -417,6 +525,8 @@ impl Manifest {
             count("interfaces of an instance", i.interfaces.len(), 8)?;
             for nic in &i.interfaces {
                 resolves(&networks, &from, "network", &nic.network)?;
+                check_plain(&from, "interface address", &nic.ip, 15, ipv4_char)?;
+                check_plain(&from, "MAC", &nic.mac, 17, |b| b.is_ascii_hexdigit() || b == b':')?;
                 for g in &nic.security_groups {
                     resolves(&groups, &from, "security group", g)?;
                 }

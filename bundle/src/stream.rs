@@ -15,8 +15,11 @@ use std::io::{Read, Write};
 pub const MAGIC: &[u8; 8] = b"VDCBNDL\n";
 /// What the signature covers: this, then the manifest's bytes.
 const SIGNING_CONTEXT: &[u8] = b"vdc-bundle-manifest\0";
-/// zstd's bound for a 4 MiB block is far below this.
-const MAX_COMPRESSED: usize = CHUNK_SIZE + (CHUNK_SIZE >> 3);
+/// The largest chunk frame's compressed payload (zstd's bound for a 4 MiB block is far
+/// below this).
+pub const MAX_COMPRESSED: usize = CHUNK_SIZE + (CHUNK_SIZE >> 3);
+/// zstd's name of `dstSize_tooSmall`: the chunk decompresses beyond its buffer.
+const TOO_SMALL: &str = "Destination buffer is too small";
 
 fn frame<W: Write>(w: &mut W, tag: u8, parts: &[&[u8]]) -> std::io::Result<()> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -175,6 +178,7 @@ pub struct Reader<R: Read> {
     expected: HashMap<String, (u64, bool)>,
     seen: u64,
     done: bool,
+    dctx: zstd::zstd_safe::DCtx<'static>,
 }
 
 impl<R: Read> Reader<R> {
@@ -229,7 +233,9 @@ impl<R: Read> Reader<R> {
             return Err(BundleError::InvalidManifest("source.site_key is not the key that signed the bundle".into()));
         }
         let expected = manifest.chunks.iter().map(|c| (c.sha256.clone(), (c.size, false))).collect();
-        Ok(Reader { r, manifest, manifest_hash: sha256_hex(&json), signer, expected, seen: 0, done: false })
+        let dctx = zstd::zstd_safe::DCtx::try_create()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::OutOfMemory, "no zstd context"))?;
+        Ok(Reader { r, manifest, manifest_hash: sha256_hex(&json), signer, expected, seen: 0, done: false, dctx })
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -302,11 +308,18 @@ impl<R: Read> Reader<R> {
                 if *seen {
                     return Err(BundleError::DuplicateChunk(hash));
                 }
-                // At most the listed size plus one byte is ever decompressed.
-                let mut data = Vec::with_capacity(*size as usize);
-                zstd::stream::read::Decoder::new(&z[..])
-                    .and_then(|d| d.take(*size + 1).read_to_end(&mut data))
-                    .map_err(|_| BundleError::ChunkHashMismatch(hash.clone()))?;
+                // Decompressed in one call into a buffer of the listed size plus one byte:
+                // zstd writes nowhere else (no window buffer of the size a frame declares,
+                // which a streaming decoder would allocate, up to 128 MiB), and stops with
+                // "too small" at a bomb.
+                let mut data = Vec::with_capacity(*size as usize + 1);
+                match self.dctx.decompress(&mut data, &z) {
+                    Ok(_) => {}
+                    Err(e) if zstd::zstd_safe::get_error_name(e) == TOO_SMALL => {
+                        return Err(BundleError::ChunkTooLarge { hash, size: *size })
+                    }
+                    Err(_) => return Err(BundleError::ChunkHashMismatch(hash)),
+                }
                 if data.len() as u64 > *size {
                     return Err(BundleError::ChunkTooLarge { hash, size: *size });
                 }

@@ -9,7 +9,11 @@ fn model_with_image(key: &SigningKey, data: &[u8]) -> (Manifest, Vec<Vec<u8>>) {
     let parts: Vec<Vec<u8>> = data.chunks(CHUNK_SIZE).map(|c| c.to_vec()).collect();
     let m = Manifest {
         format_version: FORMAT_VERSION,
-        source: Source { site_key: key_hex(&key.verifying_key()), vdc_id: "a-src".into(), exported_at: "now".into() },
+        source: Source {
+            site_key: key_hex(&key.verifying_key()),
+            vdc_id: "a-src".into(),
+            exported_at: "2026-01-01T00:00:00Z".into(),
+        },
         model: Model {
             networks: vec![Network {
                 id: "nw-1".into(),
@@ -149,7 +153,9 @@ fn chunks_are_checked_against_the_manifest() {
     let end_at = good.len() - 13;
     let mut bad = good.clone();
     bad[end_at - 1] ^= 0xff;
-    assert_eq!(code(read(&bad, &trusted)), "bundle_chunk_mismatch");
+    // zstd may find the corrupted block would overrun the listed size before any hash.
+    let c = code(read(&bad, &trusted));
+    assert!(c == "bundle_chunk_mismatch" || c == "bundle_chunk_too_large", "{c}");
 
     // A chunk the manifest does not list.
     let mut bad = good[..end_at].to_vec();

@@ -49,7 +49,11 @@ fn this_version_writes_version_2_and_a_newer_one_is_refused() {
     let key = generate_key();
     let m = Manifest {
         format_version: FORMAT_VERSION + 1,
-        source: Source { site_key: key_hex(&key.verifying_key()), vdc_id: "a".into(), exported_at: "t".into() },
+        source: Source {
+            site_key: key_hex(&key.verifying_key()),
+            vdc_id: "a".into(),
+            exported_at: "2026-01-01T00:00:00Z".into(),
+        },
         model: Model::default(),
         chunks: vec![],
     };

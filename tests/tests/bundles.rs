@@ -323,13 +323,22 @@ async fn hostile_bundles_are_refused_and_create_nothing(db: Db) {
     let first_chunk = 8 + 5 + manifest_len + 5 + 96;
     let end = good.len() - 13;
     let mut cases: Vec<(&str, Vec<u8>)> = vec![];
+    // A chunk's compressed bytes changed: its hash no longer matches, or zstd finds the
+    // changed block would overrun the listed size first; both name the chunk.
+    let mut flipped_chunk = good.clone();
+    flipped_chunk[end - 2] ^= 0x55;
+    let flipped_code = match vdc_bundle::Reader::open(&flipped_chunk[..], &[key.verifying_key()], &Default::default())
+        .and_then(|mut r| r.for_each_chunk(|_| Ok(())))
+    {
+        Err(e) => e.code(),
+        Ok(()) => panic!("a flipped chunk was read"),
+    };
+    assert!(["bundle_chunk_mismatch", "bundle_chunk_too_large"].contains(&flipped_code), "{flipped_code}");
     let mut flipped = good.clone();
     flipped[8 + 5 + 10] ^= 1;
     cases.push(("bundle_bad_signature", flipped));
     cases.push(("bundle_untrusted_key", write(&m, &chunks, &vdc_bundle::generate_key())));
-    let mut bad = good.clone();
-    bad[end - 2] ^= 0x55;
-    cases.push(("bundle_chunk_mismatch", bad));
+    cases.push((flipped_code, flipped_chunk));
     let extra = b"a chunk nobody listed".to_vec();
     let z = zstd::bulk::compress(&extra, 1).unwrap();
     let mut bad = good[..end].to_vec();
@@ -353,6 +362,36 @@ async fn hostile_bundles_are_refused_and_create_nothing(db: Db) {
     cases.push(("bundle_invalid_name", resigned(&|m| m.model.instances[0].name = "a/b".into())));
     cases.push(("bundle_invalid_name", resigned(&|m| m.model.images[0].id = "../x".into())));
     cases.push(("bundle_unsupported_version", resigned(&|m| m.format_version = 99)));
+    // Names as the API refuses them, references that go nowhere, one ID twice, plain
+    // fields that are not plain: all behind a valid signature.
+    cases.push(("bundle_invalid_name", resigned(&|m| m.model.security_groups[0].name = "\u{202E}bew".into())));
+    cases.push(("bundle_invalid_name", resigned(&|m| m.model.keypairs[0].name = "zero\u{200B}width".into())));
+    cases.push((
+        "bundle_dangling_reference",
+        resigned(&|m| {
+            let g = m.model.security_groups.iter_mut().find(|g| !g.rules.is_empty()).unwrap();
+            g.rules[0].group = Some("sg-gone".into());
+        }),
+    ));
+    cases.push((
+        "bundle_dangling_reference",
+        resigned(&|m| m.model.instances[0].interfaces[0].network = "nw-gone".into()),
+    ));
+    cases.push((
+        "bundle_duplicate_id",
+        resigned(&|m| {
+            let n = m.model.networks[0].clone();
+            m.model.networks.push(n);
+        }),
+    ));
+    cases.push(("bundle_invalid_manifest", resigned(&|m| m.source.exported_at = "yesterday".into())));
+    cases.push((
+        "bundle_invalid_manifest",
+        resigned(&|m| m.model.instances[0].interfaces[0].mac = "52:54:00:00:00:01; x".into()),
+    ));
+    // Signed by a trusted key (this site's own) but not the manifest's source.
+    cases.push(("bundle_invalid_manifest", write(&m, &chunks, &site_key(&b))));
+    cases.push(("bundle_truncated", good[..first_chunk + 7].to_vec()));
     cases.push(("bundle_dangling_reference", resigned(&|m| m.model.instances[0].image = "img-gone".into())));
     cases.push((
         "bundle_too_many",
@@ -384,15 +423,32 @@ async fn hostile_bundles_are_refused_and_create_nothing(db: Db) {
             } else {
                 cb.plan_bundle(bytes.clone(), &[]).await.map(|_| ())
             };
-            assert_eq!(api_err(r), (400, want.to_owned()), "import={import}");
+            match r {
+                Err(ClientError::Api { status, code, message }) => {
+                    assert_eq!((status, code.as_str()), (400, want), "import={import}: {message}");
+                    // A message that says what is wrong, not only the code.
+                    assert!(message.len() > 20 && !message.contains(want), "{want}: {message:?}");
+                }
+                other => panic!("{want} (import={import}): expected a 400, got {other:?}"),
+            }
         }
     }
+    // A whole blob's hash the reader cannot check (its chunks are verified one by one;
+    // the blob is their concatenation): the plan passes, the import refuses it when it
+    // assembles the blob, before anything is created.
+    let wrong_blob =
+        resigned(&|m| m.model.images.iter_mut().find_map(|i| i.blob.as_mut()).unwrap().sha256 = "ab".repeat(32));
+    cb.plan_bundle(wrong_blob.clone(), &[]).await.unwrap();
+    assert_eq!(api_err(cb.import_bundle(wrong_blob, &[]).await), (400, "bundle_chunk_mismatch".into()));
     // Nothing of any of them was created.
     assert!(cb.list_all_networks().await.unwrap().is_empty());
     assert!(cb.list_all_security_groups().await.unwrap().is_empty());
     assert!(cb.list_all_keypairs().await.unwrap().is_empty());
     assert!(cb.list_all_instances().await.unwrap().is_empty());
+    assert!(cb.list_all_volumes().await.unwrap().is_empty());
+    // No staged chunk of a refused bundle became an image, of this account or another.
     assert!(cb.list_all_images().await.unwrap().iter().all(|i| i.public));
+    assert!(b.admin.list_all_images().await.unwrap().iter().all(|i| i.public));
     assert!(cb.list_bundle_imports().await.unwrap().is_empty());
     // And the genuine one still imports.
     assert!(cb.import_bundle(good, &[]).await.unwrap().created);

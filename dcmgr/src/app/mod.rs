@@ -88,14 +88,9 @@ pub fn validate_name(kind: &str, name: &str) -> ApiResult<()> {
     }
 }
 
-/// Unicode's format characters (general category Cf) that occur in practice: soft hyphen,
-/// zero-width spaces and joiners, bidirectional marks, embeddings, overrides and isolates,
-/// word joiners and invisible operators, the byte-order mark, interlinear annotations and
-/// tag characters.
+/// See [`vdc_schema::invisible_char`] (the bundle reader refuses the same names).
 fn invisible(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+    vdc_schema::invisible_char(c)
 }
 
 /// Refuses a name the account already uses for a resource of this kind (see
