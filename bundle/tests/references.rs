@@ -25,7 +25,11 @@ fn bundle(key: &SigningKey) -> (Manifest, Vec<u8>) {
     let (blob, chunks) = chunk_blob(&data[..]).unwrap();
     let m = Manifest {
         format_version: FORMAT_VERSION,
-        source: Source { site_key: key_hex(&key.verifying_key()), vdc_id: "a-1".into(), exported_at: "t".into() },
+        source: Source {
+            site_key: key_hex(&key.verifying_key()),
+            vdc_id: "a-1".into(),
+            exported_at: "2026-12-01T00:00:00Z".into(),
+        },
         model: Model {
             images: vec![Image {
                 id: "img-1".into(),
