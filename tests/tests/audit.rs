@@ -203,6 +203,8 @@ async fn filters_and_pages(db: Db) {
     for i in 0..5 {
         made.push(t.owner.create_keypair(&keypair(&format!("k{i}"))).await.unwrap().keypair.id);
     }
+    // Stored times have milliseconds: keep `middle` clear of both sides' entries.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let middle = chrono::Utc::now();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let _ = t.reader.create_keypair(&keypair("nope")).await;
