@@ -3,7 +3,8 @@
 //! WebDriver crate needed). A dcmgr on the suites' simulated stack; a user with a password
 //! in two accounts, each with a network and an instance. The browser signs in with a wrong
 //! password (the error is shown), then the right one; sees its user name, account and role;
-//! lists instances and networks; switches to the other account and sees its objects; opens
+//! lists instances and networks; switches to the other account and sees its objects (and
+//! one made meanwhile through the API, which the event stream brings); opens
 //! the account panel (quotas with usage); signs out, and the session's token no longer works
 //! through the API. Signed in again, a session revoked behind its back sends it back to the
 //! sign-in form with a message.
@@ -259,6 +260,21 @@ async fn the_console_signs_in_switches_accounts_and_signs_out() {
     assert!(instances.contains("beta-db") && !instances.contains("alpha-web"), "{instances}");
     let old = vdc_cli::client::Client::new(&url, &first_token).whoami().await.unwrap_err();
     assert_eq!(old.code(), "token_revoked");
+
+    // Live: the console follows the event stream. A network made elsewhere appears in the
+    // networks view on screen, which has nothing under way and so never polls.
+    let networks = view_text(&b, "networks").await;
+    assert!(!networks.contains("beta-live"), "{networks}");
+    b.wait("the event stream", "return live.connected && app.timer === 0").await;
+    let made = Instant::now();
+    beta.post::<_, Value>("/networks", &json!({"name": "beta-live", "cidr": "10.73.0.0/24"})).await.unwrap();
+    b.wait(
+        "the new network, through the event stream",
+        "return location.hash === '#networks' && document.querySelector('#view').innerText.includes('beta-live')",
+    )
+    .await;
+    eprintln!("a network made through the API was on screen {:?} later", made.elapsed());
+    assert_eq!(b.js("return app.timer", json!([])).await, 0, "shown without polling");
 
     // The account panel: who, and the quotas with what is in use.
     let account = view_text(&b, "account").await;

@@ -1402,6 +1402,7 @@ function showView(id) {
 async function refreshView() {
   const ctl = app.ctl;
   if (!ctl || !app.token) return;
+  followEvents();
   stopAuto();
   app.seq += 1;
   const gen = app.gen;
@@ -1418,12 +1419,91 @@ async function refreshView() {
   }
   if (!fresh()) return;
   ctl.frame.setAuto(busy);
-  if (busy) {
+  // While the event stream is open, changes arrive as events; polling is the fallback.
+  if (busy && !live.connected) {
     app.timer = setTimeout(() => {
       if (document.hidden) app.refreshWhenVisible = true;
       else refreshView();
     }, REFRESH_MS);
   }
+}
+
+// ------------------------------------------------------------------ live updates
+
+// The console follows GET /api/v1/events (Server-Sent Events, read with fetch: the token
+// goes in the Authorization header, which EventSource cannot send). Any change in the
+// account refreshes the view on screen, so nothing polls while the stream is open; when
+// it is refused or cut, views with work under way refresh every REFRESH_MS until it is
+// back, and it resumes after the last event seen (Last-Event-ID).
+const live = { token: '', abort: null, lastId: '', connected: false, pending: 0 };
+
+function followEvents() {
+  if (live.abort && live.token === app.token) return;
+  stopEvents();
+  if (!app.token) return;
+  const token = app.token;
+  const ctl = new AbortController();
+  Object.assign(live, { token, abort: ctl, lastId: '' });
+  (async () => {
+    while (!ctl.signal.aborted && app.token === token) {
+      try {
+        await readEvents(token, ctl.signal);
+      } catch (_) {
+        /* cut or refused: tried again below */
+      }
+      live.connected = false;
+      if (ctl.signal.aborted || app.token !== token) return;
+      if (app.ctl) refreshView(); // polls again while work is under way
+      await new Promise((resolve) => setTimeout(resolve, REFRESH_MS));
+    }
+  })();
+}
+
+function stopEvents() {
+  if (live.abort) live.abort.abort();
+  Object.assign(live, { token: '', abort: null, connected: false });
+}
+
+async function readEvents(token, signal) {
+  const headers = { Accept: 'text/event-stream', Authorization: `Bearer ${token}` };
+  if (live.lastId) headers['Last-Event-ID'] = live.lastId;
+  const res = await fetch(`${API_BASE}/events?follow=true`, { headers, signal });
+  if (res.status === 401) {
+    if (app.token === token) signOut(t('session_expired'));
+    return;
+  }
+  if (!res.ok || !res.body) throw new Error(`events: HTTP ${res.status}`);
+  live.connected = true;
+  // What changed while the stream was away (or before it opened) is read once now.
+  scheduleRefresh();
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value.replace(/\r\n?/g, '\n');
+    let end;
+    while ((end = buf.indexOf('\n\n')) >= 0) {
+      const block = buf.slice(0, end);
+      buf = buf.slice(end + 2);
+      let data = false;
+      for (const line of block.split('\n')) {
+        if (line.startsWith('id:')) live.lastId = line.slice(3).trim();
+        else if (line.startsWith('data:')) data = true;
+      }
+      if (data) scheduleRefresh(); // keep-alive comments carry none
+    }
+  }
+}
+
+// A burst of events (a create: job, instance, interfaces…) makes one refresh.
+function scheduleRefresh() {
+  if (live.pending) return;
+  live.pending = setTimeout(() => {
+    live.pending = 0;
+    if (document.hidden) app.refreshWhenVisible = true;
+    else refreshView();
+  }, 150);
 }
 
 function route() {
@@ -1551,6 +1631,7 @@ async function onSignIn(ev) {
 }
 
 function signOut(message) {
+  stopEvents();
   app.token = '';
   app.session = false;
   app.info = null;
