@@ -178,7 +178,12 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, self.url(path)).bearer_auth(&self.token)
+        let req = self.http.request(method, self.url(path));
+        // No token yet (signing in): no Authorization header at all.
+        if self.token.is_empty() {
+            return req;
+        }
+        req.bearer_auth(&self.token)
     }
 
     /// Send, turning error statuses into [`ClientError::Api`]; `None` for an empty body.

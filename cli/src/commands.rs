@@ -49,8 +49,9 @@ pub struct GlobalArgs {
     /// API token [default: $VDC_TOKEN, then the config file]
     #[arg(long, value_name = "TOKEN", global = true)]
     pub token: Option<String>,
-    /// The account (name or ID) that member and token commands act in [default:
-    /// $VDC_ACCOUNT, then the config file's `account`, then the token's own account]
+    /// The account (name or ID) to act in: its session from `vdc login` when one is kept,
+    /// and the account member and token commands manage [default: $VDC_ACCOUNT, then the
+    /// config file's `account`, then the token's own account]
     #[arg(long = "account", id = "global_account", value_name = "ACCOUNT", global = true)]
     pub account: Option<String>,
     /// How long --wait waits for a job before giving up
@@ -118,6 +119,21 @@ pub enum Command {
     },
     /// Who the token acts as: user, token, account, role, and the user's accounts
     Whoami,
+    /// Sign in with a user's password: a session token for one account (--account, else
+    /// the user's first), kept in the config file with the account's name, so that
+    /// `--account NAME` on any command uses it
+    Login {
+        /// The user's name
+        user: String,
+        /// Read the password from the first line of standard input (else it is asked for)
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Sign out: revoke the session in use and forget it (--all: every kept session)
+    Logout {
+        #[arg(long)]
+        all: bool,
+    },
     /// The audit log: every state-changing request, newest first (owners: their account)
     #[command(subcommand)]
     Audit(AuditCmd),

@@ -19,14 +19,18 @@ pub struct CliConfig {
     pub api: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
-    /// The account (name or ID) that `--account` defaults to (members, tokens).
+    /// The account (name or ID) that `--account` defaults to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// Sessions kept by `vdc login`: account name → token. `--account NAME` (or its
+    /// default) uses that account's token unless a token is given by flag or environment.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tokens: std::collections::BTreeMap<String, String>,
 }
 
 impl CliConfig {
     pub fn new(api: impl Into<String>, token: impl Into<String>) -> Self {
-        Self { api: Some(api.into()), token: Some(token.into()), account: None }
+        Self { api: Some(api.into()), token: Some(token.into()), ..Default::default() }
     }
 
     /// The layer given by `VDC_API` and `VDC_TOKEN`.
@@ -35,6 +39,7 @@ impl CliConfig {
             api: std::env::var(ENV_API).ok(),
             token: std::env::var(ENV_TOKEN).ok(),
             account: std::env::var(ENV_ACCOUNT).ok(),
+            tokens: Default::default(),
         }
     }
 }
@@ -46,12 +51,18 @@ pub struct Endpoint {
     pub token: String,
     /// `--account`, else `VDC_ACCOUNT`, else the file's `account`, if any.
     pub account: Option<String>,
+    /// The account was named by `--account` or `VDC_ACCOUNT` (not the file's default).
+    pub account_explicit: bool,
+    /// The token is the session `vdc login` kept for `account`.
+    pub token_for_account: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("no API {what} configured: pass {flag}, set {env}, or put {key} = \"...\" in {path} (`vdc up` writes that file)", path = .path.display())]
     Missing { what: &'static str, flag: &'static str, env: &'static str, key: &'static str, path: PathBuf },
+    #[error("no session is kept for account {account} in {path}: sign in to it with `vdc login USER --account {account}`, or pass --token", path = .path.display())]
+    NoSession { account: String, path: PathBuf },
     #[error("cannot read config file {}: {source}", .path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {} is not valid: {source}", .path.display())]
@@ -65,7 +76,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// Whether the user must change how vdc is invoked or configured (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, ConfigError::Missing { .. } | ConfigError::Parse { .. })
+        matches!(self, ConfigError::Missing { .. } | ConfigError::NoSession { .. } | ConfigError::Parse { .. })
     }
 }
 
@@ -91,6 +102,7 @@ pub fn load(
         api: api_flag.map(str::to_owned),
         token: token_flag.map(str::to_owned),
         account: account_flag.map(str::to_owned),
+        tokens: Default::default(),
     };
     load_with(&flags, &CliConfig::from_env(), &config_path())
 }
@@ -101,11 +113,18 @@ pub fn load_with(flags: &CliConfig, env: &CliConfig, path: &Path) -> Result<Endp
     let mut api = non_empty(&flags.api).or_else(|| non_empty(&env.api));
     let mut token = non_empty(&flags.token).or_else(|| non_empty(&env.token));
     let mut account = non_empty(&flags.account).or_else(|| non_empty(&env.account));
+    let account_explicit = account.is_some();
+    let mut token_for_account = false;
     if api.is_none() || token.is_none() {
         if let Some(file) = read(path)? {
             api = api.or_else(|| non_empty(&file.api));
-            token = token.or_else(|| non_empty(&file.token));
             account = account.or_else(|| non_empty(&file.account));
+            if token.is_none() {
+                // The account's own session first, then the file's token.
+                let kept = account.as_ref().and_then(|a| file.tokens.get(a)).filter(|t| !t.trim().is_empty());
+                token_for_account = kept.is_some();
+                token = kept.map(|t| t.trim().to_owned()).or_else(|| non_empty(&file.token));
+            }
         }
     } else if account.is_none() {
         // Only when the file is read anyway for nothing else: a broken file stays harmless.
@@ -118,6 +137,9 @@ pub fn load_with(flags: &CliConfig, env: &CliConfig, path: &Path) -> Result<Endp
         key: "api",
         path: path.to_owned(),
     })?;
+    if let (None, Some(a), true) = (&token, &account, account_explicit) {
+        return Err(ConfigError::NoSession { account: a.clone(), path: path.to_owned() });
+    }
     let token = token.ok_or_else(|| ConfigError::Missing {
         what: "token",
         flag: "--token TOKEN",
@@ -125,7 +147,16 @@ pub fn load_with(flags: &CliConfig, env: &CliConfig, path: &Path) -> Result<Endp
         key: "token",
         path: path.to_owned(),
     })?;
-    Ok(Endpoint { api, token, account })
+    Ok(Endpoint { api, token, account, account_explicit, token_for_account })
+}
+
+/// The API URL alone (`vdc login` has no token yet): `--api`, `VDC_API`, the file's.
+pub fn load_api(api_flag: Option<&str>) -> Result<String, ConfigError> {
+    let path = config_path();
+    let api = non_empty(&api_flag.map(str::to_owned))
+        .or_else(|| non_empty(&CliConfig::from_env().api))
+        .or(read(&path)?.and_then(|f| non_empty(&f.api)));
+    api.ok_or(ConfigError::Missing { what: "URL", flag: "--api URL", env: ENV_API, key: "api", path })
 }
 
 fn non_empty(v: &Option<String>) -> Option<String> {
@@ -177,7 +208,7 @@ mod tests {
     use super::*;
 
     fn layer(api: Option<&str>, token: Option<&str>) -> CliConfig {
-        CliConfig { api: api.map(Into::into), token: token.map(Into::into), account: None }
+        CliConfig { api: api.map(Into::into), token: token.map(Into::into), ..Default::default() }
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -241,6 +272,36 @@ mod tests {
         assert!(load_with(&full, &CliConfig::default(), &path).is_ok());
         let err = load_with(&CliConfig::default(), &CliConfig::default(), &path).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_account_uses_its_kept_session() {
+        let dir = temp_dir("sessions");
+        let path = dir.join("config.toml");
+        let mut file = CliConfig::new("http://file:1", "default-token");
+        file.account = Some("team".into());
+        file.tokens.insert("team".into(), "team-session".into());
+        file.tokens.insert("lab".into(), "lab-session".into());
+        save(&path, &file).unwrap();
+        let none = CliConfig::default();
+        let ep = load_with(&none, &none, &path).unwrap();
+        assert_eq!((ep.token.as_str(), ep.account.as_deref()), ("team-session", Some("team")));
+        assert!(ep.token_for_account && !ep.account_explicit);
+        let lab = CliConfig { account: Some("lab".into()), ..Default::default() };
+        let ep = load_with(&lab, &none, &path).unwrap();
+        assert_eq!(ep.token, "lab-session");
+        assert!(ep.token_for_account && ep.account_explicit);
+        // An account without a kept session: the file's token, which run() checks.
+        let other = CliConfig { account: Some("other".into()), ..Default::default() };
+        let ep = load_with(&none, &other, &path).unwrap();
+        assert_eq!(ep.token, "default-token");
+        assert!(!ep.token_for_account && ep.account_explicit);
+        // A token given by flag or environment wins over kept sessions.
+        let env = CliConfig { token: Some("env-token".into()), ..Default::default() };
+        let ep = load_with(&lab, &env, &path).unwrap();
+        assert_eq!(ep.token, "env-token");
+        assert!(!ep.token_for_account);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

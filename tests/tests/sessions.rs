@@ -422,3 +422,105 @@ async fn the_cli_sets_passwords() {
     session(&sign_in(&url, "ivy", "ivy-third-password", None).await);
     s.stop().await;
 }
+
+/// `vdc login` through the binary: a session per account kept in the config file, the
+/// default account switched by the last login, `--account NAME` acting with that account's
+/// session, a named account with no session refused with what to do (never acted on with
+/// another account's token), and `vdc logout` revoking what it forgets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_logs_in_to_each_account() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    vdc_tests::init_logging();
+    let mut o = StackOptions::new(Db::Sqlite);
+    o.hosts = 1;
+    let s = Stack::start(o).await;
+    let url = s.url();
+    s.admin
+        .create_user(&CreateUser { name: "kai".into(), admin: false, password: Some(PASSWORD.into()) })
+        .await
+        .unwrap();
+    for (name, net, cidr) in [("kai-a", "net-a", "10.81.0.0/24"), ("kai-b", "net-b", "10.82.0.0/24")] {
+        let owner = s.account(name).await;
+        let id = account_id(&owner).await;
+        owner.add_member(&id, &AddMember { user: "kai".into(), role: Role::Member }).await.unwrap();
+        owner.post::<_, Value>("/networks", &json!({"name": net, "cidr": cidr})).await.unwrap();
+    }
+    let config = s.tmp.path().join("kai-cli/config.toml");
+    vdc_cli::config::save(&config, &vdc_cli::config::CliConfig { api: Some(url.clone()), ..Default::default() })
+        .unwrap();
+    let run = |args: Vec<&str>, stdin: &str| {
+        let (config, args, stdin) =
+            (config.clone(), args.iter().map(|a| a.to_string()).collect::<Vec<_>>(), stdin.to_owned());
+        let out = std::thread::spawn(move || {
+            let mut child = Command::new(vdc_tests::procs::bin("vdc"))
+                .env("VDC_CONFIG", &config)
+                .env_remove("VDC_API")
+                .env_remove("VDC_TOKEN")
+                .env_remove("VDC_ACCOUNT")
+                .args(&args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+            child.wait_with_output().unwrap()
+        })
+        .join()
+        .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let networks = |out: &str| -> Vec<String> {
+        let v: Value = serde_json::from_str(out).unwrap();
+        v.as_array()
+            .unwrap_or_else(|| v["items"].as_array().unwrap())
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let (ok, _, err) = run(vec!["login", "kai", "--password-stdin", "--account", "kai-a"], "wrong-password!\n");
+    assert!(!ok && err.contains("bad_credentials"), "{err}");
+    let (ok, _, err) = run(vec!["login", "kai", "--password-stdin", "--account", "kai-a"], &format!("{PASSWORD}\n"));
+    assert!(ok && err.contains("in account kai-a (member)") && err.contains("kai-b"), "{err}");
+    let (ok, out, err) = run(vec!["network", "list", "-o", "json"], "");
+    assert!(ok, "{err}");
+    assert_eq!(networks(&out), ["net-a"]);
+    let (ok, _, err) = run(vec!["login", "kai", "--password-stdin", "--account", "kai-b"], &format!("{PASSWORD}\n"));
+    assert!(ok, "{err}");
+    // The last login is the default; the other account's session is still kept.
+    let (_, out, _) = run(vec!["network", "list", "-o", "json"], "");
+    assert_eq!(networks(&out), ["net-b"]);
+    let (ok, out, err) = run(vec!["--account", "kai-a", "network", "list", "-o", "json"], "");
+    assert!(ok, "{err}");
+    assert_eq!(networks(&out), ["net-a"]);
+    let kept = vdc_cli::config::read(&config).unwrap().unwrap();
+    assert_eq!((kept.account.as_deref(), kept.tokens.len(), kept.token), (Some("kai-b"), 2, None));
+    // An account with no session here: refused, saying how to sign in to it.
+    let (ok, _, err) = run(vec!["--account", "kai-c", "network", "list"], "");
+    assert!(!ok && err.contains("vdc login") && err.contains("kai-c"), "{err}");
+
+    // Sign out of kai-b: its token is revoked and forgotten; kai-a's stays.
+    let b_token = kept.tokens["kai-b"].clone();
+    let (ok, _, err) = run(vec!["logout"], "");
+    assert!(ok, "{err}");
+    assert_eq!(Client::new(&url, &b_token).whoami().await.unwrap_err().code(), "token_revoked");
+    let kept = vdc_cli::config::read(&config).unwrap().unwrap();
+    assert_eq!(kept.tokens.keys().collect::<Vec<_>>(), ["kai-a"]);
+    let (ok, _, err) = run(vec!["--account", "kai-a", "logout", "--all"], "");
+    assert!(ok, "{err}");
+    assert!(vdc_cli::config::read(&config).unwrap().unwrap().tokens.is_empty());
+
+    // A token of one account with another named: never acted on in the wrong account.
+    let mut plain = vdc_cli::config::CliConfig::new(url.clone(), s.admin_token.clone());
+    plain.tokens.clear();
+    vdc_cli::config::save(&config, &plain).unwrap();
+    let (ok, _, err) = run(vec!["--account", "kai-a", "network", "list"], "");
+    assert!(!ok && err.contains("the token acts in account") && err.contains("vdc login"), "{err}");
+    s.stop().await;
+}

@@ -38,7 +38,32 @@ pub(super) async fn run(global: &GlobalArgs, command: Command) -> Result<(), Cli
         }
         _ => {}
     }
+    if let Command::Login { user, password_stdin } = &command {
+        return login(global, user, *password_stdin).await;
+    }
     let ep = config::load(global.api.as_deref(), global.token.as_deref(), global.account.as_deref())?;
+    // An account named on the command line whose session is not kept: the token must act
+    // in it, or the command would silently act in another account. (Account, user and
+    // token commands take the account as what they manage; audit as a filter.)
+    let manages = matches!(
+        command,
+        Command::Account(_)
+            | Command::User(_)
+            | Command::Token(_)
+            | Command::Audit(_)
+            | Command::Whoami
+            | Command::Logout { .. }
+    );
+    if let (Some(a), true, false, false) = (&ep.account, ep.account_explicit, ep.token_for_account, manages) {
+        let me = Client::new(ep.api.clone(), ep.token.clone()).whoami().await?;
+        if me.account.name != *a && me.account.id.as_str() != a {
+            return Err(CliError::usage(format!(
+                "--account {a}: the token acts in account {} ({}); sign in to {a} with `vdc login {} --account {a}`, \
+                 or pass a token of {a} with --token",
+                me.account.name, me.account.id, me.user.name
+            )));
+        }
+    }
     let ctx = Ctx {
         client: Client::new(ep.api, ep.token),
         account: ep.account,
@@ -64,6 +89,8 @@ pub(super) async fn run(global: &GlobalArgs, command: Command) -> Result<(), Cli
         Command::Events { follow, after } => events(&ctx, follow, after).await,
         Command::Bundle(c) => bundle(&ctx, c).await,
         Command::Whoami => ctx.show(&ctx.client.whoami().await?),
+        Command::Logout { all } => logout(&ctx, all).await,
+        Command::Login { .. } => unreachable!("handled above"),
         Command::Audit(AuditCmd::List { since, user, action, list }) => audit(&ctx, since, user, action, list).await,
         Command::Completions { .. } | Command::Up(_) => Ok(()),
     }
@@ -380,6 +407,66 @@ async fn user(ctx: &Ctx, cmd: UserCmd) -> Result<(), CliError> {
             ctx.deleted(id.as_str())
         }
     }
+}
+
+/// `vdc login USER`: a session in `--account` (or the user's first account), kept in the
+/// config file under the account's name and made the default.
+async fn login(global: &GlobalArgs, user: &str, password_stdin: bool) -> Result<(), CliError> {
+    let api = config::load_api(global.api.as_deref())?;
+    let password = if password_stdin || !std::io::stdin().is_terminal() {
+        read_password()?
+    } else {
+        rpassword::prompt_password(format!("Password for {user}: "))
+            .map_err(|e| CliError::usage(format!("cannot read the password: {e}")))?
+    };
+    let req = CreateSession { user: user.to_owned(), password, account: global.account.clone() };
+    let s = Client::new(api.clone(), String::new()).sign_in(&req).await?;
+    let path = config::config_path();
+    let mut file = config::read(&path)?.unwrap_or_default();
+    file.api = Some(api);
+    file.account = Some(s.account.name.clone());
+    file.tokens.insert(s.account.name.clone(), s.token.clone());
+    config::save(&path, &file)?;
+    let others: Vec<_> =
+        s.accounts.iter().filter(|a| a.account_id != s.account.id).map(|a| a.account_name.clone()).collect();
+    eprintln!(
+        "signed in as {} in account {} ({}) until {}; the session is kept in {}{}",
+        s.user.name,
+        s.account.name,
+        s.role,
+        s.expires_at.format("%Y-%m-%d %H:%M UTC"),
+        path.display(),
+        if others.is_empty() {
+            String::new()
+        } else {
+            format!("; your other accounts: {} (`vdc login {} --account NAME`)", others.join(", "), s.user.name)
+        }
+    );
+    Ok(())
+}
+
+/// Revokes the session in use (or every kept one) and removes it from the config file.
+async fn logout(ctx: &Ctx, all: bool) -> Result<(), CliError> {
+    let path = config::config_path();
+    let mut file = config::read(&path)?.unwrap_or_default();
+    let api = ctx.client.base_url().to_owned();
+    let tokens: Vec<String> =
+        if all { file.tokens.values().cloned().collect() } else { vec![ctx.client.token().to_owned()] };
+    for t in &tokens {
+        match Client::new(api.clone(), t.clone()).sign_out().await {
+            // Gone already (expired, revoked): forgotten all the same.
+            Ok(()) => {}
+            Err(e) if matches!(e.code(), "token_expired" | "token_revoked" | "unauthorized") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    file.tokens.retain(|_, t| !tokens.contains(t));
+    if file.token.as_ref().is_some_and(|t| tokens.contains(t)) {
+        file.token = None;
+    }
+    config::save(&path, &file)?;
+    eprintln!("signed out ({} session{})", tokens.len(), if tokens.len() == 1 { "" } else { "s" });
+    Ok(())
 }
 
 /// The first line of standard input, without its line ending.
