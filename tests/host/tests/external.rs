@@ -137,6 +137,9 @@ async fn floating_ips_from_the_host_and_snat_to_its_default_route() {
     assert!(!opts.state_file.exists(), "no range saved for a refused one");
 
     // The automatic range skips the LAN's: the second candidate.
+    // A new namespace inherits the host's forwarding, which a `vdc up` running on the
+    // host turns on: start from off, as a fresh host is.
+    ns(&h, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]).unwrap();
     assert_eq!(ns(&h, &["sysctl", "-n", "net.ipv4.ip_forward"]).unwrap().trim(), "0");
     let ext = ExternalNet::start(&opts, tools.clone()).await.unwrap();
     assert_eq!(ext.cidr.to_string(), "192.168.217.0/24");
