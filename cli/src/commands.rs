@@ -773,9 +773,10 @@ pub enum InstanceCmd {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Instance>,
     },
-    /// Make a new image of a stopped instance's root disk (it keeps the source image's
-    /// properties; the options below replace them). The instance cannot start until the
-    /// capture ends
+    /// Make a new image of an instance's root disk (it keeps the source image's
+    /// properties; the options below replace them). A stopped instance cannot start until
+    /// the capture ends; a running one is copied as it runs (crash-consistent, as after a
+    /// power cut: stop it first for a clean copy)
     Capture(InstanceCaptureArgs),
 }
 
@@ -1100,7 +1101,7 @@ pub enum BundleCmd {
         #[arg(long, conflicts_with = "stop")]
         model_only: bool,
         /// Stop running instances to capture their disks, and start them again afterwards
-        /// (without it, a running instance is refused)
+        /// (without it, a running instance's disk is copied as it runs: crash-consistent)
         #[arg(long)]
         stop: bool,
     },

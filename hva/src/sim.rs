@@ -234,8 +234,9 @@ impl Hypervisor for SimHypervisor {
             let map = self.guests.lock().unwrap();
             match map.get(&spec.instance_id) {
                 None => Err(format!("no instance {} on this host", spec.instance_id)),
-                Some(g) if g.state != ObservedInstance::Off => {
-                    Err(format!("instance {} is {}, not powered off", spec.instance_id, g.state))
+                // Off, or running (the real driver then copies the disk at one instant).
+                Some(g) if !matches!(g.state, ObservedInstance::Off | ObservedInstance::Running) => {
+                    Err(format!("instance {} is {}, neither powered off nor running", spec.instance_id, g.state))
                 }
                 Some(g) => g.spec.image.blob.clone().ok_or_else(|| "the instance has no stored root disk".to_owned()),
             }

@@ -665,17 +665,30 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
         left
     };
 
-    // web runs: its disk is refused as it is, nothing is made, nothing stopped.
-    let mut out = Vec::new();
-    match ca.export_bundle(false, false, &mut out, |_| {}).await {
-        Err(vdc_cli::client::UploadError::Api(ClientError::Api { status, code, message, .. })) => {
-            assert_eq!((status, code.as_str()), (409, "instance_running"), "{message}");
-            assert!(message.contains("web") && message.contains("--stop"), "{message}");
+    // web runs: its disk is captured as it runs (crash-consistently), and it is never
+    // stopped; the export's temporaries go.
+    let mut live = Vec::new();
+    ca.export_bundle(false, false, &mut live, |_| {}).await.unwrap();
+    let mut stream = ca.events(None, false).await.unwrap();
+    while let Some(item) = stream.next().await.unwrap() {
+        if let vdc_cli::client::StreamItem::Event(e) = item {
+            assert!(
+                !(e.resource_id == web.id.as_str() && e.state == "stopping"),
+                "web was never stopped for a live export: {e:?}"
+            );
         }
-        other => panic!("expected instance_running, got {other:?}"),
+    }
+    assert_eq!(ca.get_instance(&web.id).await.unwrap().state, InstanceState::Running);
+    let (m, _) = open(&live, &site_key(&a));
+    let web_disk = m.model.instances.iter().find(|i| i.id == web.id.as_str()).unwrap().root_disk.clone();
+    assert!(web_disk.is_some(), "the running web's disk travels");
+    for _ in 0..100 {
+        if leftovers(ca.clone()).await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(leftovers(ca.clone()).await, Vec::<String>::new());
-    assert_eq!(ca.get_instance(&web.id).await.unwrap().state, InstanceState::Running);
 
     // With stop: web is stopped for its capture and runs again; app stays stopped.
     let t = std::time::Instant::now();

@@ -6,8 +6,10 @@
 //! them once the bundle is written (or the export failed). Blobs are content-addressed,
 //! so removing a temporary image never takes data another image still has.
 //!
-//! A running instance is refused (`instance_running`): its disk changes while it is read.
-//! With `stop`, it is stopped first and started again as soon as its disk is captured.
+//! A running QEMU/KVM instance is captured as it runs, crash-consistently (its disk as
+//! at one instant: hva's push backup, see `app::capture`), and never stopped. With
+//! `stop`, it is stopped first (an application-consistent disk) and started again as soon
+//! as its disk is captured. One in a transitional state is refused (`instance_running`).
 
 use crate::app::{capture, image as images, instance as instances, snapshot};
 use crate::ctx::{Caller, SharedCtx};
@@ -72,6 +74,17 @@ fn temp_name(of: &str) -> String {
 
 /// Whether an instance has a disk the capture path can read: a VM booting a disk image
 /// that has run at least once. Containers and kernel-booted VMs travel without one.
+/// How an instance's disk is read for the bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disk {
+    /// Stopped: its disk as it is.
+    AsIs,
+    /// Running: copied at one instant while it runs on (crash-consistent).
+    Live,
+    /// `--stop`: stopped for the capture, started again right after.
+    StopFirst,
+}
+
 fn has_disk(i: &DiskSource) -> bool {
     i.hypervisor != HypervisorKind::Lxc.as_str()
         && (i.image_format == ImageFormat::Qcow2.as_str() || i.image_format == ImageFormat::Raw.as_str())
@@ -122,28 +135,32 @@ async fn capture_inner(
         match state {
             // Never ran: no host holds a disk of it; it travels as its image.
             InstanceState::Stopped if row.last_host_id.is_none() => {}
-            InstanceState::Stopped => disks.push((id, false)),
-            _ if stop => disks.push((id, true)),
+            InstanceState::Stopped => disks.push((id, Disk::AsIs)),
+            _ if stop => disks.push((id, Disk::StopFirst)),
+            InstanceState::Running => disks.push((id, Disk::Live)),
             _ => {
                 return Err(ApiError::conflict(
                     "instance_running",
                     format!(
-                        "instance {} ({}) is {state}: its disk changes while it runs; stop it, export with \
-                         --stop (it is stopped for the capture and started again), or export --model-only",
+                        "instance {} ({}) is {state}: wait until it is running (captured as it runs) or \
+                         stopped, export with --stop (it is stopped for the capture and started again), or \
+                         export --model-only",
                         i.name, i.id
                     ),
                 ))
             }
         }
     }
-    for (id, running) in &disks {
-        if *running {
+    for (id, how) in &disks {
+        if *how == Disk::StopFirst {
             instances::act(ctx, caller, id, InstanceAction::Stop).await?;
             restart.push(id.clone());
         }
     }
-    for (id, _) in &disks {
-        wait_stopped(ctx, id).await?;
+    for (id, how) in &disks {
+        if *how != Disk::Live {
+            wait_stopped(ctx, id).await?;
+        }
         let image = capture::capture(
             ctx,
             caller,

@@ -1,4 +1,11 @@
-//! Capture: a new image from a stopped instance's root disk.
+//! Capture: a new image from an instance's root disk.
+//!
+//! A running QEMU/KVM instance is captured crash-consistently and keeps running: the
+//! transaction records the pending image and its job without touching the instance;
+//! the dispatcher and the reconciler send the capture to its host while the image is
+//! pending (`controller::instance`), and hva copies the disk as it is at one instant
+//! (a libvirt push backup) before uploading it. One capture per instance at a time
+//! (`instance_capturing`). What follows describes a stopped instance's capture.
 //!
 //! One transaction checks the instance is `stopped`, records the image (`pending`, the
 //! caller's, with the source image's properties, `source` = `capture:<instance>`), moves
@@ -194,13 +201,23 @@ async fn capture_once(
         _ => return Err(ApiError::not_found("instance", id)),
     };
     let state = row.state()?;
-    if state != InstanceState::Stopped {
+    // A running guest is captured crash-consistently (hva takes a point-in-time copy of
+    // its disk while it runs) and keeps running; a stopped one is captured as it is.
+    let live = state == InstanceState::Running;
+    if state != InstanceState::Stopped && !live {
         return Err(ApiError::conflict(
             "instance_not_stopped",
-            format!("instance {id} is {state}: only a stopped instance can be captured; stop it first"),
+            format!("instance {id} is {state}: only a stopped or a running instance can be captured; wait until it is"),
         ));
     }
-    let Some(host) = row.last_host_id.clone() else {
+    if let Some(image) = image_store::pending_capture(&mut *tx, id.as_str()).await? {
+        return Err(ApiError::conflict(
+            "instance_capturing",
+            format!("instance {id} is being captured into image {image}; wait until that job ends"),
+        ));
+    }
+    let host = if live { row.host_node_id.clone() } else { row.last_host_id.clone() };
+    let Some(host) = host else {
         return Err(ApiError::conflict(
             "capture_unsupported",
             format!("instance {id} has never run, so no host holds a disk of it"),
@@ -220,7 +237,9 @@ async fn capture_once(
     }
     let image = pending_image(new, format!("{SOURCE_PREFIX}{id}"));
     let job = insert_pending(&mut tx, ctx, caller, &image, "instance.capture").await?;
-    store::set_intent(&mut tx, id.as_str(), InstanceState::Capturing, InstanceGoal::Stopped, false).await?;
+    if !live {
+        store::set_intent(&mut tx, id.as_str(), InstanceState::Capturing, InstanceGoal::Stopped, false).await?;
+    }
     tx.commit().await?;
     ctx.events.wake();
     Ok(Accepted { job, resource: image })
@@ -309,10 +328,16 @@ async fn waiting(ctx: &SharedCtx, node: &str, id: &ImageId) -> ApiResult<(Image,
     };
     let image = row.into_api()?;
     let holder = match &origin {
-        Origin::Instance(i) => store::get(&ctx.db, i)
-            .await?
-            .filter(|i| i.state == InstanceState::Capturing.as_str())
-            .and_then(|i| i.last_host_id),
+        // A stopped capture comes from the last host; a live one from the host it runs
+        // on (still there if it was stopped meanwhile: hva holds it until the upload ends).
+        Origin::Instance(i) => match store::get(&ctx.db, i).await? {
+            Some(i) => match i.state()? {
+                InstanceState::Capturing => i.last_host_id,
+                InstanceState::Terminated => None,
+                _ => i.host_node_id.or(i.last_host_id),
+            },
+            None => None,
+        },
         Origin::Snapshot(s) => snapshots::get(&ctx.db, s)
             .await?
             .filter(|s| s.state == SnapshotState::Available.as_str())

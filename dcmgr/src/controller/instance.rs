@@ -38,6 +38,9 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
     } else {
         let spec = build_spec(ctx, &row, goal).await?;
         hva.ensure_instance(spec).await?;
+        if row.state()? == InstanceState::Running {
+            live_capture(ctx, &row, &hva).await?;
+        }
     }
     if let Some(obs) = &ctx.ensure_observer {
         obs(id);
@@ -61,6 +64,22 @@ async fn capture(ctx: &SharedCtx, row: &store::Row) -> Result<()> {
     let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(Error::model)? };
     hva.capture_instance(spec).await?;
     store::mark_sent(&ctx.db, &row.id).await?;
+    Ok(())
+}
+
+/// A running instance's pending capture (crash-consistent, `app::capture`) goes to the
+/// host it runs on; hva runs one capture per image, so sending it again is harmless.
+async fn live_capture(ctx: &SharedCtx, row: &store::Row, hva: &vdc_bus::HvaClient) -> Result<()> {
+    let Some(host) = row.host_node_id.as_deref() else { return Ok(()) };
+    let mut conn = ctx.db.acquire().await?;
+    let image = crate::datastore::image::pending_capture(&mut conn, &row.id).await?;
+    drop(conn);
+    let Some(image) = image else { return Ok(()) };
+    let spec = CaptureSpec {
+        instance_id: row.id.parse().map_err(Error::model)?,
+        upload: crate::app::capture::upload_to(ctx, &image.parse().map_err(Error::model)?, host),
+    };
+    hva.capture_instance(spec).await?;
     Ok(())
 }
 

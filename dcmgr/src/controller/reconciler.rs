@@ -39,7 +39,8 @@ pub async fn pass(ctx: &SharedCtx) -> Result<usize, sqlx::Error> {
             }
         }
     }
-    let reboots = crate::datastore::instance::rebooting(&ctx.db, before).await?;
+    let mut reboots = crate::datastore::instance::rebooting(&ctx.db, before).await?;
+    reboots.extend(crate::datastore::instance::capturing_live(&ctx.db, before).await?);
     for (id, host) in reboots {
         if host.is_some_and(|h| ctx.agent_online(AgentKind::Hva, &h)) {
             if let Ok(id) = id.parse() {

@@ -337,6 +337,19 @@ pub async fn unconverged(pool: &db::Pool, before: i64) -> Result<Vec<(String, Op
     .await
 }
 
+/// Running instances with a capture pending (crash-consistent), last sent before
+/// `before`: (id, host).
+pub async fn capturing_live(pool: &db::Pool, before: i64) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT i.id, i.host_node_id FROM images m JOIN instances i ON m.source = 'capture:' || i.id
+         WHERE m.state = 'pending' AND i.state = 'running' AND i.ensure_sent_at < $1
+         ORDER BY i.ensure_sent_at LIMIT 1000",
+    )
+    .bind(before)
+    .fetch_all(pool)
+    .await
+}
+
 /// Instances with a reboot job still running, last sent before `before`: (id, host).
 pub async fn rebooting(pool: &db::Pool, before: i64) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
     sqlx::query_as(

@@ -567,9 +567,7 @@ impl Inner {
         if kind == HypervisorKind::Lxc {
             return Err(format!("instance {id} is a container; containers are not captured"));
         }
-        if self.lookup(kind, id)?.is_some_and(|d| d.is_active().unwrap_or(false)) {
-            return Err(format!("instance {id} is running; only a powered-off guest's disk is captured"));
-        }
+        let running = self.lookup(kind, id)?.filter(|d| d.is_active().unwrap_or(false));
         let dir = self.dir(id);
         let disk = dir.join("root.qcow2");
         if !disk.exists() {
@@ -577,10 +575,58 @@ impl Inner {
         }
         let out = dir.join(format!("capture-{}.qcow2", spec.upload.image_id));
         let _ = std::fs::remove_file(&out);
+        if let Some(dom) = running {
+            if let Err(e) = self.backup_running(kind, id, &dom, &out) {
+                let _ = std::fs::remove_file(&out);
+                return Err(e);
+            }
+            return Ok(out);
+        }
         self.tools
             .run("qemu-img", &["convert", "-O", "qcow2", "-f", "qcow2", &host::path(&disk), &host::path(&out)])
             .map_err(|e| e.to_string())?;
         Ok(out)
+    }
+
+    /// A running guest's root disk as it is at one instant (crash-consistent, as after a
+    /// power cut): a libvirt push backup of `vda` into `out`, which QEMU writes flattened
+    /// while the guest runs on; its other disks (volumes, the seed) are left out.
+    fn backup_running(&self, kind: HypervisorKind, id: &InstanceId, dom: &Domain, out: &Path) -> Result<()> {
+        let live = lv("xml_desc", || dom.xml_desc(0)).map_err(|e| format!("reading the guest's XML: {e}"))?;
+        let mut disks = format!(
+            "<disk name='vda' type='file'><target file='{}'/><driver type='qcow2'/></disk>",
+            xml::esc(&host::path(out))
+        );
+        for dev in backup_skipped(&live) {
+            disks.push_str(&format!("<disk name='{}' backup='no'/>", xml::esc(&dev)));
+        }
+        let doc = self.dir(id).join("backup.xml");
+        std::fs::write(&doc, format!("<domainbackup mode='push'><disks>{disks}</disks></domainbackup>"))
+            .map_err(|e| format!("{}: {e}", doc.display()))?;
+        let uri = if kind == HypervisorKind::Lxc { &self.cfg.lxc_uri } else { &self.cfg.qemu_uri };
+        let name = xml::domain_name(id.as_str());
+        let begun = self.tools.run("virsh", &["-c", uri, "backup-begin", &name, "--backupxml", &host::path(&doc)]);
+        let _ = std::fs::remove_file(&doc);
+        begun.map_err(|e| format!("starting the backup of the running disk: {e}"))?;
+        // The backup is the domain's job until it ends; then its completed stats tell how.
+        let deadline = Instant::now() + BACKUP_TIMEOUT;
+        loop {
+            let job = lv("job_info", || dom.job_info()).map_err(|e| format!("following the backup: {e}"))?;
+            if job.r#type == virt::sys::VIR_DOMAIN_JOB_NONE as i32 {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = self.tools.run("virsh", &["-c", uri, "domjobabort", &name]);
+                return Err(format!("the backup of the running disk took more than {BACKUP_TIMEOUT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let done = lv("job_stats", || dom.job_stats(virt::sys::VIR_DOMAIN_JOB_STATS_COMPLETED))
+            .map_err(|e| format!("reading how the backup ended: {e}"))?;
+        if done.r#type != virt::sys::VIR_DOMAIN_JOB_COMPLETED as i32 || !out.exists() {
+            return Err(format!("the backup of the running disk did not complete (libvirt job type {})", done.r#type));
+        }
+        Ok(())
     }
 
     fn remove(&self, id: &InstanceId, kind: Option<HypervisorKind>, spec_gen: u64) -> Result<()> {
@@ -875,6 +921,21 @@ impl Hypervisor for LibvirtHypervisor {
     }
 }
 
+/// How long a running guest's disk copy may take before the capture fails.
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The target devices of a domain's disks other than its root (`vda`): a push backup
+/// leaves them out.
+fn backup_skipped(domain_xml: &str) -> Vec<String> {
+    domain_xml
+        .split("<disk ")
+        .skip(1)
+        .filter_map(|d| d.split("</disk>").next())
+        .filter_map(|d| d.split("<target dev='").nth(1)?.split('\'').next().map(str::to_owned))
+        .filter(|dev| dev != "vda")
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     //! What the driver does on the host besides libvirt (files, overlays, seeds, taps),
@@ -882,6 +943,16 @@ mod tests {
 
     use super::*;
     use vdc_schema::bus::{vif_device_name, ImageSpec, NicSpec};
+
+    #[test]
+    fn a_backup_leaves_out_every_disk_but_the_root() {
+        let dom = "<domain><devices>\
+            <disk type='file' device='disk'><source file='/r.qcow2'/><target dev='vda' bus='virtio'/></disk>\
+            <disk type='file' device='cdrom'><source file='/seed.iso'/><target dev='hdc' bus='ide'/><readonly/></disk>\
+            <disk type='block' device='disk'><source dev='/dev/sdb'/><target dev='vdb' bus='virtio'/></disk>\
+            <interface type='ethernet'><target dev='vt1'/></interface></devices></domain>";
+        assert_eq!(backup_skipped(dom), ["hdc", "vdb"]);
+    }
 
     fn inner(dir: &Path, tools: &Arc<host::FakeRunner>, tap_netns: Option<&str>) -> Inner {
         let cfg = LibvirtConfig {

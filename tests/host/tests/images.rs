@@ -105,6 +105,80 @@ async fn a_volume_is_filled_from_an_uploaded_qcow2() {
     s.stop().await;
 }
 
+/// Capture of a running guest with the real hva: a libvirt push backup copies the root
+/// disk at one instant while the guest runs on (crash-consistent); the blob holds the
+/// base's bytes, has no backing file and the grown size, nothing is left on the host, and
+/// the guest is still running and answering afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_is_captured_while_it_runs() {
+    vdc_tests::init_logging();
+    let dir = tempfile::Builder::new().prefix("vdc-images-live-").tempdir_in("/var/tmp").unwrap();
+    let s = Stack::start(vdc_tests::real_guests(1, 2)).await;
+    let (kernel, _) = vdc_tests::register_images(&s).await;
+    let c = s.account("live-capturer").await;
+    let disk = dir.path().join("disk.qcow2");
+    let d = disk.to_str().unwrap();
+    let run = |p: &str, a: &[&str]| {
+        let out = std::process::Command::new(p).args(a).output().unwrap();
+        assert!(out.status.success(), "{p} {a:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run("qemu-img", &["create", "-q", "-f", "qcow2", d, "16M"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5a 0 64k", d]);
+    let img = c
+        .create_image(&CreateImage {
+            default_user: Some("tiny".into()),
+            kernel_id: Some(kernel.clone()),
+            os: Some("tiny".into()),
+            ..vdc_tests::image_request("live-base", ImageFormat::Qcow2)
+        })
+        .await
+        .unwrap();
+    c.upload_image_file(&img.id, &disk, |_| {}).await.unwrap();
+    let req = CreateInstance { root_disk_size: Some(32 << 20), ..vdc_tests::qemu_guest(&img.id, "live-src") };
+    let a = c.create_instance(&req).await.unwrap();
+    let id = a.resource.id.clone();
+    assert_eq!(c.wait_job(&a.job.id, Duration::from_secs(90)).await.unwrap().state, JobState::Succeeded);
+    wait_console(&c, &id, &format!("vdc-guest: instance-id={id}"), Duration::from_secs(90)).await;
+
+    let req = CaptureInstance {
+        image_name: "live-captured".into(),
+        os: None,
+        min_disk: None,
+        min_memory: None,
+        default_user: None,
+    };
+    let acc = c.capture_instance(&id, &req).await.unwrap();
+    assert_eq!(c.get_instance(&id).await.unwrap().state, InstanceState::Running, "it runs on");
+    let j = c.wait_job(&acc.job.id, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    let cap = c.get_image(&acc.resource.id).await.unwrap();
+    assert_eq!((cap.state, cap.format), (ImageState::Available, ImageFormat::Qcow2));
+    let sha = cap.checksum.unwrap().trim_start_matches("sha256:").to_owned();
+    let blob = s.opts.images.dir.clone().unwrap().join("blobs/sha256").join(&sha);
+    let b = blob.to_str().unwrap();
+    let info = run("qemu-img", &["info", "--output=json", b]);
+    assert!(!info.contains("backing-filename"), "flattened: {info}");
+    assert!(info.contains(&format!("\"virtual-size\": {}", 32 << 20)), "the grown size: {info}");
+    let read = run("qemu-io", &["-f", "qcow2", "-r", "-c", "read -P 0x5a 0 64k", "-c", "read -P 0 1M 64k", b]);
+    assert!(!read.contains("fail"), "the base's bytes, and zeros past them: {read}");
+    // Nothing of the copy is left beside the guest, and the guest still runs.
+    let inst_dir = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances").join(id.as_str());
+    let left: Vec<_> = std::fs::read_dir(&inst_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("capture-") || n == "backup.xml")
+        .collect();
+    assert!(left.is_empty(), "left on the host: {left:?}");
+    assert_eq!(c.get_instance(&id).await.unwrap().state, InstanceState::Running);
+    let reboot = c.reboot_instance(&id).await.unwrap();
+    assert_eq!(c.wait_job(&reboot.job.id, Duration::from_secs(120)).await.unwrap().state, JobState::Succeeded);
+    let t = c.terminate_instance(&id).await.unwrap();
+    assert_eq!(c.wait_job(&t.job.id, Duration::from_secs(60)).await.unwrap().state, JobState::Succeeded);
+    s.stop().await;
+}
+
 /// Capture with the real hva: a stopped guest's overlay (on an uploaded qcow2, grown,
 /// with data written while it was off) is flattened by `qemu-img convert` and sent to
 /// dcmgr; the new blob holds the base's and the overlay's bytes, has no backing file, and
