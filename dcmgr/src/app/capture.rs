@@ -210,7 +210,7 @@ async fn capture_once(
             format!("instance {id} is {state}: only a stopped or a running instance can be captured; wait until it is"),
         ));
     }
-    if let Some(image) = image_store::pending_capture(&mut *tx, id.as_str()).await? {
+    if let Some(image) = image_store::pending_capture(&mut tx, id.as_str()).await? {
         return Err(ApiError::conflict(
             "instance_capturing",
             format!("instance {id} is being captured into image {image}; wait until that job ends"),
