@@ -364,8 +364,6 @@ async fn sessions_expire_and_are_trimmed(db: Db) {
 /// binary: the password comes from standard input, never from the command line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cli_sets_passwords() {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
     vdc_tests::init_logging();
     let mut o = StackOptions::new(Db::Sqlite);
     o.hosts = 1;
@@ -376,21 +374,7 @@ async fn the_cli_sets_passwords() {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("config.toml");
         vdc_cli::config::save(&config, &vdc_cli::config::CliConfig::new(url.clone(), &token)).unwrap();
-        tokio::task::spawn_blocking(move || {
-            let mut child = Command::new(vdc_tests::procs::bin("vdc"))
-                .env("VDC_CONFIG", &config)
-                .env_remove("VDC_API")
-                .env_remove("VDC_TOKEN")
-                .env_remove("VDC_ACCOUNT")
-                .args(&args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-            child.wait_with_output().unwrap()
-        })
+        tokio::task::spawn_blocking(move || vdc(&config, &args, stdin))
     };
     let out = run(s.admin_token.clone(), vec!["user", "create", "ivy", "--password-stdin"], "ivy-first-password\n")
         .await
@@ -429,8 +413,6 @@ async fn the_cli_sets_passwords() {
 /// another account's token), and `vdc logout` revoking what it forgets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cli_logs_in_to_each_account() {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
     vdc_tests::init_logging();
     let mut o = StackOptions::new(Db::Sqlite);
     o.hosts = 1;
@@ -450,25 +432,7 @@ async fn the_cli_logs_in_to_each_account() {
     vdc_cli::config::save(&config, &vdc_cli::config::CliConfig { api: Some(url.clone()), ..Default::default() })
         .unwrap();
     let run = |args: Vec<&str>, stdin: &str| {
-        let (config, args, stdin) =
-            (config.clone(), args.iter().map(|a| a.to_string()).collect::<Vec<_>>(), stdin.to_owned());
-        let out = std::thread::spawn(move || {
-            let mut child = Command::new(vdc_tests::procs::bin("vdc"))
-                .env("VDC_CONFIG", &config)
-                .env_remove("VDC_API")
-                .env_remove("VDC_TOKEN")
-                .env_remove("VDC_ACCOUNT")
-                .args(&args)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-            child.wait_with_output().unwrap()
-        })
-        .join()
-        .unwrap();
+        let out = vdc(&config, &args, stdin);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -523,4 +487,24 @@ async fn the_cli_logs_in_to_each_account() {
     let (ok, _, err) = run(vec!["--account", "kai-a", "network", "list"], "");
     assert!(!ok && err.contains("the token acts in account") && err.contains("vdc login"), "{err}");
     s.stop().await;
+}
+
+/// The `vdc` binary with the config file `config` (and none of the environment's
+/// settings), `stdin` on its standard input.
+fn vdc(config: &std::path::Path, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(vdc_tests::procs::bin("vdc"))
+        .env("VDC_CONFIG", config)
+        .env_remove("VDC_API")
+        .env_remove("VDC_TOKEN")
+        .env_remove("VDC_ACCOUNT")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
 }

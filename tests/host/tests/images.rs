@@ -5,8 +5,11 @@
 //! Needs libvirtd (tests/run.sh starts it) and VDC_TINY_IMAGE_DIR (it builds the image).
 
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::Duration;
+use vdc_cli::client::Client;
 use vdc_schema::api::*;
+use vdc_schema::id::{ImageId, InstanceId};
 use vdc_schema::*;
 use vdc_tests::{wait_console, Stack};
 
@@ -114,32 +117,8 @@ async fn a_running_guest_is_captured_while_it_runs() {
     vdc_tests::init_logging();
     let dir = tempfile::Builder::new().prefix("vdc-images-live-").tempdir_in("/var/tmp").unwrap();
     let s = Stack::start(vdc_tests::real_guests(1, 2)).await;
-    let (kernel, _) = vdc_tests::register_images(&s).await;
     let c = s.account("live-capturer").await;
-    let disk = dir.path().join("disk.qcow2");
-    let d = disk.to_str().unwrap();
-    let run = |p: &str, a: &[&str]| {
-        let out = std::process::Command::new(p).args(a).output().unwrap();
-        assert!(out.status.success(), "{p} {a:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    run("qemu-img", &["create", "-q", "-f", "qcow2", d, "16M"]);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5a 0 64k", d]);
-    let img = c
-        .create_image(&CreateImage {
-            default_user: Some("tiny".into()),
-            kernel_id: Some(kernel.clone()),
-            os: Some("tiny".into()),
-            ..vdc_tests::image_request("live-base", ImageFormat::Qcow2)
-        })
-        .await
-        .unwrap();
-    c.upload_image_file(&img.id, &disk, |_| {}).await.unwrap();
-    let req = CreateInstance { root_disk_size: Some(32 << 20), ..vdc_tests::qemu_guest(&img.id, "live-src") };
-    let a = c.create_instance(&req).await.unwrap();
-    let id = a.resource.id.clone();
-    assert_eq!(c.wait_job(&a.job.id, Duration::from_secs(90)).await.unwrap().state, JobState::Succeeded);
-    wait_console(&c, &id, &format!("vdc-guest: instance-id={id}"), Duration::from_secs(90)).await;
+    let (id, _) = guest_on_a_patterned_disk(&s, &c, dir.path(), "live").await;
 
     let req = CaptureInstance {
         image_name: "live-captured".into(),
@@ -188,32 +167,8 @@ async fn a_stopped_guest_is_captured_from_its_flattened_overlay() {
     vdc_tests::init_logging();
     let dir = tempfile::Builder::new().prefix("vdc-images-cap-").tempdir_in("/var/tmp").unwrap();
     let s = Stack::start(vdc_tests::real_guests(1, 2)).await;
-    let (kernel, _) = vdc_tests::register_images(&s).await;
     let c = s.account("capturer").await;
-    let disk = dir.path().join("disk.qcow2");
-    let d = disk.to_str().unwrap();
-    let run = |p: &str, a: &[&str]| {
-        let out = std::process::Command::new(p).args(a).output().unwrap();
-        assert!(out.status.success(), "{p} {a:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    run("qemu-img", &["create", "-q", "-f", "qcow2", d, "16M"]);
-    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5a 0 64k", d]);
-    let img = c
-        .create_image(&CreateImage {
-            default_user: Some("tiny".into()),
-            kernel_id: Some(kernel.clone()),
-            os: Some("tiny".into()),
-            ..vdc_tests::image_request("base-disk", ImageFormat::Qcow2)
-        })
-        .await
-        .unwrap();
-    c.upload_image_file(&img.id, &disk, |_| {}).await.unwrap();
-    let req = CreateInstance { root_disk_size: Some(32 << 20), ..vdc_tests::qemu_guest(&img.id, "src") };
-    let a = c.create_instance(&req).await.unwrap();
-    let id = a.resource.id.clone();
-    assert_eq!(c.wait_job(&a.job.id, Duration::from_secs(90)).await.unwrap().state, JobState::Succeeded);
-    wait_console(&c, &id, &format!("vdc-guest: instance-id={id}"), Duration::from_secs(90)).await;
+    let (id, kernel) = guest_on_a_patterned_disk(&s, &c, dir.path(), "base").await;
     let stop = c.stop_instance(&id).await.unwrap();
     assert_eq!(c.wait_job(&stop.job.id, Duration::from_secs(90)).await.unwrap().state, JobState::Succeeded);
 
@@ -260,4 +215,38 @@ async fn a_stopped_guest_is_captured_from_its_flattened_overlay() {
     let t = c.terminate_instance(&id).await.unwrap();
     assert_eq!(c.wait_job(&t.job.id, Duration::from_secs(60)).await.unwrap().state, JobState::Succeeded);
     s.stop().await;
+}
+
+/// Runs a host command that must succeed; its standard output.
+fn run(p: &str, a: &[&str]) -> String {
+    let out = std::process::Command::new(p).args(a).output().unwrap();
+    assert!(out.status.success(), "{p} {a:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A running tiny guest (booted by the kernel image) whose root disk is an uploaded 16 MiB
+/// qcow2 with 0x5a in its first 64 KiB, grown to 32 MiB: (the instance, the kernel image).
+async fn guest_on_a_patterned_disk(s: &Stack, c: &Client, dir: &Path, name: &str) -> (InstanceId, ImageId) {
+    let (kernel, _) = vdc_tests::register_images(s).await;
+    let disk = dir.join("disk.qcow2");
+    let d = disk.to_str().unwrap();
+    run("qemu-img", &["create", "-q", "-f", "qcow2", d, "16M"]);
+    run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5a 0 64k", d]);
+    let img = c
+        .create_image(&CreateImage {
+            default_user: Some("tiny".into()),
+            kernel_id: Some(kernel.clone()),
+            os: Some("tiny".into()),
+            ..vdc_tests::image_request(&format!("{name}-disk"), ImageFormat::Qcow2)
+        })
+        .await
+        .unwrap();
+    c.upload_image_file(&img.id, &disk, |_| {}).await.unwrap();
+    let req =
+        CreateInstance { root_disk_size: Some(32 << 20), ..vdc_tests::qemu_guest(&img.id, &format!("{name}-src")) };
+    let a = c.create_instance(&req).await.unwrap();
+    let id = a.resource.id.clone();
+    assert_eq!(c.wait_job(&a.job.id, Duration::from_secs(90)).await.unwrap().state, JobState::Succeeded);
+    wait_console(c, &id, &format!("vdc-guest: instance-id={id}"), Duration::from_secs(90)).await;
+    (id, kernel)
 }
