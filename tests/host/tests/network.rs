@@ -127,3 +127,103 @@ async fn real_guests_on_two_hosts_reach_each_other_over_the_overlay_and_no_one_e
     }
     s.stop().await;
 }
+
+/// A bundle update reaches running guests' packets: a VDC (a network, a group without
+/// rules, a server and a client guest pinging it every second) is exported and imported
+/// into another account, where its guests run on the real network and the pings fail;
+/// the source then admits icmp from the group's own members, the newer bundle's plan on
+/// the target shows that group updated, and once it is imported the target's client is
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_update_changes_the_rules_of_running_guests() {
+    vdc_tests::init_logging();
+    let root = tempfile::Builder::new().prefix("vdc-net-bundle-").tempdir_in("/var/tmp").unwrap();
+    let mut o = vdc_tests::real_guests(1, 4);
+    let prefix = format!("vb{:x}", std::process::id() & 0xffff);
+    o.real_network = Some(RealNetworkSetup { root: root.path().to_owned(), prefix, underlay: false });
+    let s = Stack::start(o).await;
+    let (kernel, _) = register_images(&s).await;
+    let boot = Duration::from_secs(180);
+    let src = s.account("bundle-src").await;
+    let net = src
+        .create_network(&CreateNetwork {
+            name: "app".into(),
+            cidr: "10.91.0.0/24".into(),
+            gateway: None,
+            dhcp_start: None,
+            dhcp_end: None,
+        })
+        .await
+        .unwrap();
+    let web = src
+        .create_security_group(&CreateSecurityGroup { name: "web".into(), description: String::new(), rules: vec![] })
+        .await
+        .unwrap();
+    let nic = |ip: &str| {
+        vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![web.id.clone()], ip: Some(ip.into()) }]
+    };
+    let srv_ip = "10.91.0.10";
+    let looping = format!(
+        "#!/bin/sh\nwhile true; do if ping -c 1 -W 1 {srv_ip} >/dev/null 2>&1; then echo \"ping {srv_ip} ok\"; \
+         else echo \"ping {srv_ip} failed\"; fi; sleep 1; done\n"
+    );
+    src.create_instance(&CreateInstance { interfaces: nic(srv_ip), ..vdc_tests::qemu_guest(&kernel, "srv") })
+        .await
+        .unwrap();
+    src.create_instance(&CreateInstance {
+        interfaces: nic("10.91.0.11"),
+        user_data: Some(looping),
+        ..vdc_tests::qemu_guest(&kernel, "cli")
+    })
+    .await
+    .unwrap();
+    let export = |c: vdc_cli::client::Client| async move {
+        let mut out = Vec::new();
+        c.export_bundle(true, false, &mut out, |_| {}).await.unwrap();
+        out
+    };
+
+    let dst = s.account("bundle-dst").await;
+    let first = export(src.clone()).await;
+    assert!(dst.import_bundle(first, &[]).await.unwrap().created);
+    let by_name = |c: vdc_cli::client::Client, name: &'static str| async move {
+        c.list_all_instances().await.unwrap().into_iter().find(|i| i.name == name).unwrap().id
+    };
+    let (srv, cli) = (by_name(dst.clone(), "srv").await, by_name(dst.clone(), "cli").await);
+    wait_state(&dst, &srv, InstanceState::Running).await;
+    wait_console(&dst, &srv, &format!("vdc-guest: eth0 {srv_ip}/24"), boot).await;
+    wait_console(&dst, &cli, &format!("vdc-user-data: ping {srv_ip} failed"), boot).await;
+
+    // The source admits icmp from the group's members; the newer bundle updates the target.
+    let icmp = RuleSpec {
+        direction: Direction::Ingress,
+        protocol: Protocol::Icmp,
+        port_min: None,
+        port_max: None,
+        cidr: None,
+        group: Some(web.id.clone()),
+    };
+    src.add_security_group_rule(&web.id, &icmp).await.unwrap();
+    let second = export(src.clone()).await;
+    let plan = dst.plan_bundle(second.clone(), &[]).await.unwrap();
+    let updated: Vec<(String, String)> = plan.updates.iter().map(|u| (u.kind.clone(), u.name.clone())).collect();
+    assert_eq!(updated, [("security_group".to_string(), "web".to_string())], "{plan:?}");
+    assert!(plan.creates.is_empty() && plan.conflicts.is_empty(), "{plan:?}");
+    let t = std::time::Instant::now();
+    dst.import_bundle(second, &[]).await.unwrap();
+    wait_console(&dst, &cli, &format!("vdc-user-data: ping {srv_ip} ok"), boot).await;
+    eprintln!("the update's rule answered the running client's ping {:?} after the import", t.elapsed());
+
+    for c in [&src, &dst] {
+        for i in c.list_all_instances().await.unwrap() {
+            let job = c.terminate_instance(&i.id).await.unwrap().job;
+            assert_eq!(c.wait_job(&job.id, boot).await.unwrap().state, JobState::Succeeded);
+        }
+    }
+    for h in &s.hosts {
+        if let Some((ovs, _)) = &h.ovs {
+            ovs.remove_services().await;
+        }
+    }
+    s.stop().await;
+}
