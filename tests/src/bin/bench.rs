@@ -37,6 +37,13 @@ struct Args {
     /// Only the event delay figure.
     #[arg(long)]
     events_only: bool,
+    /// Simulated hosts (each a simulated hva and nwagent heartbeating over the bus).
+    #[arg(long, default_value_t = 50)]
+    hosts: usize,
+    /// Instances seeded straight into the database before measuring (the large-site
+    /// mode: `--hosts 10000 --instances 1000000`); 0 runs the usual figures.
+    #[arg(long, default_value_t = 0)]
+    instances: usize,
 }
 
 type Sent = Arc<Mutex<HashMap<String, Instant>>>;
@@ -78,17 +85,30 @@ async fn main() -> anyhow::Result<()> {
     let sent: Sent = Arc::default();
     let observer_sent = sent.clone();
     let mut opts = StackOptions::new(db);
-    opts.hosts = 50;
+    opts.hosts = args.hosts;
     opts.host_cpus = 4096;
     opts.host_memory_mib = 1 << 30;
     opts.sim.delay = Duration::from_millis(5);
-    opts.agent_timeout_ms = 60_000;
+    // The large site keeps the usual liveness timeout: heartbeats must be held.
+    opts.agent_timeout_ms = if args.instances > 0 { 10_000 } else { 60_000 };
     opts.ensure_observer = Some(Arc::new(move |id: &str| {
         observer_sent.lock().unwrap().entry(id.to_owned()).or_insert_with(Instant::now);
     }));
+    let started = Instant::now();
     let stack = Stack::start(opts).await;
     let c = stack.account("bench").await;
-    println!("vdc-bench: dcmgr on {} ({:?}), 50 simulated hosts", stack.url(), db);
+    println!(
+        "vdc-bench: dcmgr on {} ({:?}), {} simulated hosts (started and registered in {:.1} s)",
+        stack.url(),
+        db,
+        args.hosts,
+        started.elapsed().as_secs_f64()
+    );
+    if args.instances > 0 {
+        large_site(&stack, &c, &sent, args.instances).await?;
+        stack.stop().await;
+        return Ok(());
+    }
     if args.events_only {
         event_delay(&stack, args.event_creates).await?;
         stack.stop().await;
@@ -264,6 +284,142 @@ async fn event_delay(stack: &Stack, creates: usize) -> anyhow::Result<()> {
         from_commit.len(),
         ms(&from_commit, 0.5),
         ms(&from_commit, 0.99)
+    );
+    Ok(())
+}
+
+/// The large site: `instances` instances seeded straight into the database (running,
+/// spread over every host, their reservations counted), then the figures a datacenter
+/// needs: paginated lists of an account holding them all, creates placed over every
+/// host, candidate selection alone, heartbeats held, and the process's memory.
+async fn large_site(stack: &Stack, c: &vdc_cli::client::Client, sent: &Sent, instances: usize) -> anyhow::Result<()> {
+    let ctx = &stack.dcmgr().ctx;
+    let account = c.whoami().await?.account.id.to_string();
+    let hosts: Vec<(String,)> = sqlx::query_as("SELECT id FROM host_nodes ORDER BY id").fetch_all(&ctx.db).await?;
+    let hosts: Vec<String> = hosts.into_iter().map(|h| h.0).collect();
+    let image = stack.image.to_string();
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    let t = Instant::now();
+    const BATCH: usize = 5000;
+    let mut per_host = vec![0u64; hosts.len()];
+    for start in (0..instances).step_by(BATCH) {
+        let mut sql = String::from(
+            "INSERT INTO instances (id, account_id, name, image_id, hypervisor, cpus, memory_mib, state, goal, \
+             host_node_id, last_host_id, spec_gen, report_gen, ensure_sent_at, created_at, updated_at) VALUES ",
+        );
+        for n in start..(start + BATCH).min(instances) {
+            let h = n % hosts.len();
+            per_host[h] += 1;
+            if n > start {
+                sql.push(',');
+            }
+            // IDs sort before the API's time-ordered ones, in seeding order.
+            sql.push_str(&format!(
+                "('i-0seed{n:010}', '{account}', 'seed-{n}', '{image}', 'qemu', 1, 64, 'running', 'running', \
+                 '{host}', '{host}', 1, 1, 0, '{now}', '{now}')",
+                host = hosts[h]
+            ));
+        }
+        sqlx::query(&sql).execute(&ctx.db).await?;
+    }
+    let mut tx = ctx.db.begin().await?;
+    for (h, n) in hosts.iter().zip(&per_host) {
+        sqlx::query(
+            "UPDATE host_nodes SET cpus_used = cpus_used + $1, memory_used_mib = memory_used_mib + $2 WHERE id = $3",
+        )
+        .bind(*n as i64)
+        .bind(*n as i64 * 64)
+        .bind(h)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    println!(
+        "seeded {instances} running instances over {} hosts in {:.1} s (straight into the database)",
+        hosts.len(),
+        t.elapsed().as_secs_f64()
+    );
+
+    // Lists: the first page, a page in the middle (by cursor) and the last, 100 items each.
+    let pages = [None, Some(format!("i-0seed{:010}", instances / 2)), Some(format!("i-0seed{:010}", instances - 50))];
+    for (what, cursor) in ["first", "middle", "last"].iter().zip(pages) {
+        let q = ListQuery { limit: Some(100), cursor: cursor.clone(), ..Default::default() };
+        let mut h = Histogram::<u64>::new(3)?;
+        for _ in 0..30 {
+            let t0 = Instant::now();
+            let page: Page<Instance> = c.list_instances(&q).await?;
+            h.record(t0.elapsed().as_micros() as u64)?;
+            anyhow::ensure!(!page.items.is_empty(), "an empty {what} page");
+        }
+        println!(
+            "GET /instances?limit=100, {what} page of {instances}: p50 {:.2} ms, p99 {:.2} ms",
+            ms(&h, 0.5),
+            ms(&h, 0.99)
+        );
+    }
+
+    // Candidate selection alone (the SQL the scheduler runs), over every host.
+    let demand = vdc_dcmgr::app::scheduler::Demand {
+        hypervisor: vdc_schema::HypervisorKind::Qemu,
+        cpus: 1,
+        memory_mib: 64,
+        uefi: false,
+    };
+    let none = vdc_dcmgr::app::scheduler::Constraints::default();
+    let t = Instant::now();
+    let mut n = 0u32;
+    while t.elapsed() < Duration::from_secs(3) {
+        let found = vdc_dcmgr::app::scheduler::candidates(ctx, demand, &none, None).await?;
+        anyhow::ensure!(!found.is_empty(), "no candidate host");
+        n += 1;
+    }
+    println!(
+        "placement candidates over {} hosts (one query each, sequential): {:.0}/s",
+        hosts.len(),
+        f64::from(n) / t.elapsed().as_secs_f64()
+    );
+
+    // Creates placed among them, one at a time, then 32 in flight.
+    let mut lat = Histogram::<u64>::new(3)?;
+    for _ in 0..100 {
+        let t0 = Instant::now();
+        let a = c.create_instance(&create_req(&stack.image)).await?;
+        let t1 = wait_sent(sent, a.resource.id.as_str()).await;
+        lat.record(t1.duration_since(t0).as_micros() as u64)?;
+    }
+    println!("create → ensure sent (100 sequential): p50 {:.2} ms, p99 {:.2} ms", ms(&lat, 0.5), ms(&lat, 0.99));
+    let t0 = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let (c, img, sem) = (c.clone(), stack.image.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            c.create_instance(&create_req(&img)).await.map(|a| a.resource.id.to_string())
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await??);
+    }
+    for id in &ids {
+        wait_sent(sent, id).await;
+    }
+    println!("creates accepted+placed+ensured: 1000 = {:.0}/s (32 in flight)", 1000.0 / t0.elapsed().as_secs_f64());
+
+    // Heartbeats held: every agent still online after all that, and now.
+    let offline = ctx.agents.read().unwrap().values().filter(|a| a.offline).count();
+    let known = ctx.agents.read().unwrap().len();
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM host_nodes WHERE state <> 'online'").fetch_all(&ctx.db).await?;
+    println!("agents: {known} known, {offline} marked offline in memory; host rows not online: {}", rows.len());
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?");
+    let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ?");
+    println!(
+        "memory of the whole bench process (dcmgr, every simulated agent and the client): {} (peak {})",
+        rss.trim_start_matches("VmRSS:").trim(),
+        hwm.trim_start_matches("VmHWM:").trim()
     );
     Ok(())
 }
