@@ -91,6 +91,8 @@ async fn main() -> anyhow::Result<()> {
     opts.sim.delay = Duration::from_millis(5);
     // The large site keeps the usual liveness timeout: heartbeats must be held.
     opts.agent_timeout_ms = if args.instances > 0 { 10_000 } else { 60_000 };
+    // Two journal files per host would pass the 20,000 open files a process may hold here.
+    opts.journals_on_disk = args.instances == 0;
     opts.ensure_observer = Some(Arc::new(move |id: &str| {
         observer_sent.lock().unwrap().entry(id.to_owned()).or_insert_with(Instant::now);
     }));
