@@ -158,7 +158,12 @@ impl Browser {
             }
             if Instant::now() > deadline {
                 let page = self.js("return document.body.innerText", json!([])).await;
-                panic!("waited 20 s for {what}; the page shows:\n{}", page.as_str().unwrap_or_default());
+                let refused = self.js("return JSON.stringify(app.refused)", json!([])).await;
+                panic!(
+                    "waited 20 s for {what}; the page shows:\n{}\ncalls refused 401: {}",
+                    page.as_str().unwrap_or_default(),
+                    refused.as_str().unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

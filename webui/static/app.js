@@ -40,6 +40,8 @@ const app = {
   lang: 'en',
   token: '',
   session: false, // the token is a console session (see LS_SESSION)
+  switching: false, // an account switch is under way (see sessionRefused)
+  refused: [], // the last calls refused 401 (see sessionRefused)
   who: null, // GET /whoami: { user, account, role, accounts }
   view: null, // id of the view on screen
   ctl: null, // its controller: { frame (see viewFrame), refresh(fresh) → any item busy? }
@@ -207,7 +209,8 @@ class ApiError extends Error {
 // `token`: the token of this call instead of the console's (null: none, for signing in).
 async function api(method, path, body, token) {
   const headers = { Accept: 'application/json' };
-  if (token !== null) headers.Authorization = `Bearer ${token || app.token}`;
+  const used = token === undefined ? app.token : token;
+  if (token !== null) headers.Authorization = `Bearer ${used}`;
   const opts = { method, headers, cache: 'no-store' };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -232,10 +235,20 @@ async function api(method, path, body, token) {
     const detail = data && data.error ? data.error : {};
     const err = new ApiError(res.status, detail.code || `http_${res.status}`, detail.message || res.statusText || t('error_unknown'));
     // A revoked, expired or mistyped token: back to the sign-in form (not while signing in).
-    if (res.status === 401 && token === undefined && app.token) signOut(t('session_expired'));
+    if (res.status === 401 && token === undefined) sessionRefused(used);
     throw err;
   }
   return data;
+}
+
+// A call was refused 401 with `used`: signed out, unless the console has moved on. An
+// account switch revokes the session it was asked with, so a call sent with that session
+// just before (a refresh, the event stream) is refused while the switch is under way or
+// after it: that is no reason to sign out.
+function sessionRefused(used) {
+  // Kept (the last few) for the browser test to show when it fails.
+  app.refused = [...app.refused.slice(-9), { current: app.token === used, switching: app.switching, from: new Error().stack }];
+  if (app.token && app.token === used && !app.switching) signOut(t('session_expired'));
 }
 
 // Every page of a list, following next_cursor (bounded, in case of a huge cloud).
@@ -1337,17 +1350,27 @@ async function loadWho() {
 
 async function onSwitchAccount(ev) {
   const target = ev.target.value;
-  if (!app.who || target === app.who.account.id) return;
+  if (!app.who || target === app.who.account.id || app.switching) return;
   ev.target.disabled = true;
+  const before = app.token;
+  app.switching = true;
+  let s;
   try {
-    const s = await api('POST', '/sessions/switch', { account: target });
-    useSession(s);
-    notify('ok', t('account_switched', { account: s.account.name }));
-    route();
+    s = await api('POST', '/sessions/switch', { account: target });
   } catch (e) {
+    app.switching = false;
+    if (e instanceof ApiError && e.status === 401) {
+      sessionRefused(before);
+      return;
+    }
     notify('error', errorText(e));
     if (app.who) setWho(app.who);
+    return;
   }
+  useSession(s);
+  app.switching = false;
+  notify('ok', t('account_switched', { account: s.account.name }));
+  route();
 }
 
 function useSession(s) {
@@ -1469,7 +1492,7 @@ async function readEvents(token, signal) {
   if (live.lastId) headers['Last-Event-ID'] = live.lastId;
   const res = await fetch(`${API_BASE}/events?follow=true`, { headers, signal });
   if (res.status === 401) {
-    if (app.token === token) signOut(t('session_expired'));
+    sessionRefused(token);
     return;
   }
   if (!res.ok || !res.body) throw new Error(`events: HTTP ${res.status}`);
