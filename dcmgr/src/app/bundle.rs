@@ -9,7 +9,7 @@
 //! the record and changes nothing; a crash before commit leaves nothing but staged
 //! chunks, and the same command completes it.
 
-use crate::app::{bundle_data, interface, keypair, quota, scheduler};
+use crate::app::{bundle_data, instance, interface, keypair, quota, scheduler, secgroup, volume};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::{
     self as db, account as accounts, bundle as store, instance as istore, job, network as nstore, volume as vstore,
@@ -678,6 +678,11 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         d.networks.push(p);
     }
     for g in &m.model.security_groups {
+        for r in &g.rules {
+            if let Some(why) = rule_problem(r) {
+                d.conflicts.push(conflict("invalid_rule", format!("security group {}: {why}", g.name), None));
+            }
+        }
         match have.as_ref().and_then(|h| h.group(&g.id).map(|t| (h, t))) {
             Some((h, t)) => update_group(&mut d, m, h, g, t),
             None => name(&mut d, "security_group", &g.id, &g.name, None),
@@ -769,6 +774,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             )),
         }
     }
+    let mut addresses: HashSet<(String, Ipv4Addr)> = HashSet::new();
     for i in &m.model.instances {
         let hv = map_hv(i.hypervisor);
         if !e.hypervisors.iter().any(|h| h == hv.as_str()) {
@@ -800,15 +806,26 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                 None,
             ));
         }
+        if let Err(e) = instance::check_shape(i.cpus, i.memory_mib) {
+            d.conflicts.push(conflict(e.code(), format!("instance {}: {e}", i.name), None));
+        }
         for nic in &i.interfaces {
             let Some(net) = d.networks.iter().find(|n| n.bundle_id == nic.network) else { continue };
-            match nic.ip.parse::<Ipv4Addr>() {
-                Ok(a) if net.from.map_or(net.cidr, |f| f).contains(&a) => {}
-                _ => d.conflicts.push(conflict(
+            let on = net.from.unwrap_or(net.cidr);
+            let why = match nic.ip.parse::<Ipv4Addr>() {
+                Ok(a) if !on.contains(&a) => Some("is not on"),
+                Ok(a) if a == on.network() || a == on.broadcast() => Some("is not a host address of"),
+                Ok(a) if net.translate(a) == net.gateway => Some("is the gateway of"),
+                Ok(a) if !addresses.insert((net.bundle_id.clone(), a)) => Some("is given twice on"),
+                Ok(_) => None,
+                Err(_) => Some("is not an IPv4 address, on"),
+            };
+            if let Some(why) = why {
+                d.conflicts.push(conflict(
                     "invalid_address",
-                    format!("instance {}: address {:?} is not on network {}", i.name, nic.ip, net.name),
+                    format!("instance {}: address {:?} {why} network {}", i.name, nic.ip, net.name),
                     None,
-                )),
+                ));
             }
         }
         d.hypervisors.insert(i.id.clone(), hv);
@@ -851,6 +868,18 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             if v.data.is_some() {
                 let n = derived_name(&v.name, "-data");
                 name(&mut d, "image", &data_key(&v.id), &n, Some(format!("the data of volume {}", v.name)));
+            }
+            if v.size_mib == 0 || v.size_mib > volume::MAX_SIZE_MIB {
+                d.conflicts.push(conflict(
+                    "invalid_size",
+                    format!(
+                        "volume {}: size_mib must be between 1 and {}, not {}",
+                        v.name,
+                        volume::MAX_SIZE_MIB,
+                        v.size_mib
+                    ),
+                    None,
+                ));
             }
             name(&mut d, "volume", &v.id, &v.name, None);
         }
@@ -910,6 +939,37 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         d.carry = carry;
     }
     d
+}
+
+/// What is wrong with a bundle's rule, checked as the API checks one: bundles carry
+/// rules as exported, in their normal form, so one that is not is refused rather than
+/// silently changed (an update compares rules as they are written).
+fn rule_problem(r: &vdc_bundle::Rule) -> Option<String> {
+    let spec = RuleSpec {
+        direction: r.direction,
+        protocol: r.protocol,
+        port_min: r.port_min,
+        port_max: r.port_max,
+        cidr: r.cidr.clone(),
+        // Only its presence counts here; the bundle's reference is checked by the reader.
+        group: r.group.as_ref().map(|_| SecurityGroupId::generate()),
+    };
+    let shown = |s: &RuleSpec| {
+        let ports = match (s.port_min, s.port_max) {
+            (Some(a), Some(b)) => format!(" {a}-{b}"),
+            (Some(a), None) => format!(" {a}"),
+            _ => String::new(),
+        };
+        let from = s.cidr.clone().unwrap_or_else(|| "a group".into());
+        format!("{} {}{ports} from {from}", s.direction.as_str(), s.protocol.as_str())
+    };
+    match secgroup::normalize(spec.clone()) {
+        Err(e) => Some(format!("rule {}: {e}", shown(&spec))),
+        Ok(n) if n.port_min != spec.port_min || n.port_max != spec.port_max || n.cidr != spec.cidr => {
+            Some(format!("rule {} is not written as exported: {}", shown(&spec), shown(&n)))
+        }
+        Ok(_) => None,
+    }
 }
 
 // ---------------------------------------------------------------- update
@@ -2122,6 +2182,81 @@ mod tests {
         );
         // The image without data resolves to the site's public one of that name.
         assert_eq!(d.images["img-1"], ImageChoice::Existing("img-pub".into()));
+    }
+
+    #[test]
+    fn what_the_api_refuses_a_bundle_may_not_bring() {
+        use vdc_schema::{Direction, Protocol};
+        let rule = |protocol, port_min, port_max, cidr: &str| vdc_bundle::Rule {
+            direction: Direction::Ingress,
+            protocol,
+            port_min,
+            port_max,
+            cidr: Some(cidr.into()),
+            group: None,
+        };
+        let mut m = manifest();
+        m.model.security_groups.push(vdc_bundle::SecurityGroup {
+            id: "sg-1".into(),
+            name: "web".into(),
+            description: String::new(),
+            rules: vec![
+                rule(Protocol::Tcp, Some(22), Some(22), "0.0.0.0/0"), // fine
+                rule(Protocol::Tcp, Some(0), Some(0), "0.0.0.0/0"),
+                rule(Protocol::Udp, Some(90), Some(80), "0.0.0.0/0"),
+                rule(Protocol::Tcp, Some(22), None, "0.0.0.0/0"),
+                rule(Protocol::Tcp, Some(22), Some(22), "10.1.2.3/8"),
+                rule(Protocol::Any, Some(1), None, "0.0.0.0/0"),
+            ],
+        });
+        m.model.instances[0].cpus = 0;
+        let mut twin = m.model.instances[0].clone();
+        twin.id = "i-2".into();
+        twin.name = "twin".into();
+        twin.memory_mib = 16;
+        twin.cpus = 1;
+        m.model.instances.push(twin); // the same address
+        for (n, ip) in [("gw", "10.0.0.1"), ("bcast", "10.0.0.255"), ("net", "10.0.0.0")] {
+            let mut x = m.model.instances[0].clone();
+            x.id = format!("i-{n}");
+            x.name = n.into();
+            x.cpus = 1;
+            x.interfaces[0].ip = ip.into();
+            m.model.instances.push(x);
+        }
+        m.model.volumes.push(vdc_bundle::Volume {
+            id: "vol-1".into(),
+            name: "empty".into(),
+            size_mib: 0,
+            data: None,
+            data_format: None,
+        });
+        let mut e = existing();
+        e.names.clear();
+        e.cidrs.clear();
+        e.hypervisors.push("kvm".into());
+        let d = decide(&m, &e, &Maps::default());
+        let got: Vec<String> = d.conflicts.iter().map(|c| format!("{}: {}", c.code, c.message)).collect();
+        let want = [
+            "invalid_rule: security group web: rule ingress tcp 0-0 from 0.0.0.0/0: port range 0-0 is invalid",
+            "invalid_rule: security group web: rule ingress udp 90-80 from 0.0.0.0/0: port range 90-80 is invalid",
+            "invalid_rule: security group web: rule ingress tcp 22 from 0.0.0.0/0 is not written as exported: \
+             ingress tcp 22-22 from 0.0.0.0/0",
+            "invalid_rule: security group web: rule ingress tcp 22-22 from 10.1.2.3/8 is not written as exported: \
+             ingress tcp 22-22 from 10.0.0.0/8",
+            "invalid_rule: security group web: rule ingress any 1 from 0.0.0.0/0: protocol any takes no ports",
+            "invalid_cpus: instance web: cpus must be between 1 and 128, got 0",
+            "invalid_memory: instance twin: memory_mib must be between 32 and 4194304, got 16",
+            "invalid_address: instance twin: address \"10.0.0.20\" is given twice on network front",
+            "invalid_address: instance gw: address \"10.0.0.1\" is the gateway of network front",
+            "invalid_address: instance bcast: address \"10.0.0.255\" is not a host address of network front",
+            "invalid_address: instance net: address \"10.0.0.0\" is not a host address of network front",
+            "invalid_size: volume empty: size_mib must be between 1 and 16777216, not 0",
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (g, w) in got.iter().zip(want) {
+            assert!(g.starts_with(w), "{g}\n  should start with\n{w}");
+        }
     }
 
     #[test]

@@ -138,19 +138,25 @@ pub fn check_boot(
     Ok(hypervisor != HypervisorKind::Lxc && disk && image.kernel_id.is_none() && image.boot_mode == BootMode::Uefi)
 }
 
+/// The vCPUs and memory an instance may have (a create, and an instance in a bundle).
+pub fn check_shape(cpus: u32, memory_mib: u32) -> ApiResult<()> {
+    if !(1..=128).contains(&cpus) {
+        return Err(ApiError::bad("invalid_cpus", format!("cpus must be between 1 and 128, got {cpus}")));
+    }
+    if !(32..=4 * 1024 * 1024).contains(&memory_mib) {
+        return Err(ApiError::bad(
+            "invalid_memory",
+            format!("memory_mib must be between 32 and 4194304, got {memory_mib}"),
+        ));
+    }
+    Ok(())
+}
+
 async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiResult<Prepared> {
     if let Some(n) = &req.name {
         validate_name("instance", n)?;
     }
-    if !(1..=128).contains(&req.cpus) {
-        return Err(ApiError::bad("invalid_cpus", format!("cpus must be between 1 and 128, got {}", req.cpus)));
-    }
-    if !(32..=4 * 1024 * 1024).contains(&req.memory_mib) {
-        return Err(ApiError::bad(
-            "invalid_memory",
-            format!("memory_mib must be between 32 and 4194304, got {}", req.memory_mib),
-        ));
-    }
+    check_shape(req.cpus, req.memory_mib)?;
     if req.user_data.as_ref().is_some_and(|u| u.len() > 64 * 1024) {
         return Err(ApiError::bad("user_data_too_large", "user_data must be at most 64 KiB"));
     }
