@@ -307,7 +307,8 @@ pub enum UserCmd {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Set a console password (read from standard input): your own, or (admin) another user's
+    /// Set a console password (read from standard input): your own, or (admin) another user's.
+    /// The user's console sessions are signed out, but for the one of this command
     Passwd {
         /// The user (default: you)
         #[arg(value_name = "NAME|ID")]

@@ -204,9 +204,15 @@ async fn sign_in_switch_and_sign_out(db: Db) {
     assert_eq!((again.status, again.code.as_str()), (401, "token_revoked"));
 
     // Passwords: her own (a session), not another's; an admin sets anyone's.
+    // A new password signs her other sessions out, not the one she changed it with.
     let mine = session(&sign_in(&url, "carol", PASSWORD, None).await);
+    let elsewhere = session(&sign_in(&url, "carol", PASSWORD, None).await);
     let carol_c = Client::new(&url, &mine.token);
+    assert_eq!(Client::new(&url, &elsewhere.token).whoami().await.unwrap().user.name, "carol");
     carol_c.set_password(&carol.id, Some("a-new-long-password")).await.unwrap();
+    let out = call(&url, reqwest::Method::GET, "/whoami", Some(&elsewhere.token), None).await;
+    assert_eq!((out.status, out.code.as_str()), (401, "token_revoked"));
+    assert_eq!(carol_c.whoami().await.unwrap().user.name, "carol");
     assert_eq!(sign_in(&url, "carol", PASSWORD, None).await.code, "bad_credentials");
     session(&sign_in(&url, "carol", "a-new-long-password", None).await);
     let dave = user_with_password(&s, "dave").await;
@@ -215,8 +221,10 @@ async fn sign_in_switch_and_sign_out(db: Db) {
     // Dave is a member of no account.
     let homeless = sign_in(&url, "dave", PASSWORD, None).await;
     assert_eq!((homeless.status, homeless.code.as_str()), (422, "no_account"), "{}", homeless.body);
+    // An admin's change signs all of them out.
     s.admin.set_password(&carol.id, Some(PASSWORD)).await.unwrap();
-    session(&sign_in(&url, "carol", PASSWORD, None).await);
+    assert_eq!(carol_c.whoami().await.unwrap_err().code(), "token_revoked");
+    let carol_c = Client::new(&url, &session(&sign_in(&url, "carol", PASSWORD, None).await).token);
     let too_short = carol_c.set_password(&carol.id, Some("short")).await.unwrap_err();
     assert_eq!(too_short.code(), "password_too_short", "{too_short}");
     // Removed: the same answer as a wrong password.

@@ -107,9 +107,22 @@ pub async fn set_password(ctx: &SharedCtx, caller: &Caller, id: &UserId, req: Se
         }
         None => None,
     };
-    if !store::set_password(&ctx.db, id.as_str(), phc.as_deref()).await? {
-        return Err(ApiError::not_found("user", id));
-    }
+    // A new password ends the user's other sessions (someone who knew the old one may
+    // hold one); the session the user changed it with stays. API tokens are not sessions:
+    // they are revoked one by one.
+    let keep = (caller.user_id == *id).then_some(caller.token_id.as_ref()).flatten();
+    db::retry(|| async {
+        let mut tx = ctx.db.begin().await?;
+        if !store::set_password(&mut *tx, id.as_str(), phc.as_deref()).await? {
+            return Err(ApiError::not_found("user", id));
+        }
+        store::revoke_sessions(&mut tx, id.as_str(), keep.map(|t| t.as_str()), &db::now()).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
+    let mut cache = ctx.tokens.write().unwrap();
+    cache.retain(|_, c| !(c.user_id == *id && c.expires_at.is_some() && c.token_id.as_ref() != keep));
     Ok(())
 }
 

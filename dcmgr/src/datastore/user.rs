@@ -442,6 +442,26 @@ pub async fn set_password<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
         == 1)
 }
 
+/// Revokes every live session of the user in every account but `except` (the session
+/// of the call, when the user changes its own password). Returns how many.
+pub async fn revoke_sessions(
+    tx: &mut db::Tx<'_>,
+    user: &str,
+    except: Option<&str>,
+    now: &str,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE api_tokens SET revoked_at = $3 WHERE user_id = $1 AND revoked_at IS NULL \
+         AND name LIKE 'session-%' AND expires_at IS NOT NULL AND id <> $2",
+    )
+    .bind(user)
+    .bind(except.unwrap_or(""))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
+}
+
 /// Revokes the user's oldest live sessions in the account beyond the newest `keep`.
 pub async fn trim_sessions(
     tx: &mut db::Tx<'_>,

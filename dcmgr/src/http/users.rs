@@ -130,7 +130,8 @@ pub async fn remove_member(
         to a role), or an admin for anyone", request_body = SetPassword,
     params(("id" = UserId, Path, description = "A user ID (`u-…`)")),
     responses(
-        (status = 204, description = "Set (stored as an Argon2id hash; sessions already made keep working)"),
+        (status = 204, description = "Set (stored as an Argon2id hash). The user's console sessions are \
+            revoked, but for the one this call was made with; API tokens keep working"),
         (status = 400, description = "`password_too_short` (under 10 characters), `password_too_long` (over 1024 \
             bytes), or a malformed body (`invalid_body`)", body = ErrorBody),
         (status = 403, description = "`forbidden`: another user's password (only an admin sets it), or a token \
