@@ -110,6 +110,8 @@ pub struct Ctx {
     /// token hash → caller. On SQLite tokens are only ever added or revoked through this
     /// process; on PostgreSQL entries expire after `[auth] token_cache_ttl_ms`.
     pub tokens: RwLock<TokenCache>,
+    /// The hosts' free room, for placement (see [`crate::app::room`]).
+    pub room: crate::app::room::Room,
     pub work: mpsc::UnboundedSender<Work>,
     /// Work queued and not yet taken by a dispatcher: the same object is queued once
     /// (a burst of changes to one group sends its members one ensure each, not one per change).

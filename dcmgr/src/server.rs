@@ -87,6 +87,7 @@ impl Dcmgr {
             bus: bus.clone(),
             config: config.clone(),
             tokens: std::sync::RwLock::new(crate::ctx::TokenCache::with_ttl(token_ttl)),
+            room: crate::app::room::Room::new(config.placement),
             work: tx,
             queued: Default::default(),
             agents: Default::default(),

@@ -1870,7 +1870,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         let host = match i.stopped {
             // Unused by insert_stopped.
             true => HostNodeId::generate(),
-            false => scheduler::reserve(&mut tx, demand, &candidates[&i.id]).await?,
+            false => scheduler::reserve(ctx, &mut tx, demand, &candidates[&i.id]).await?,
         };
         let id = InstanceId::generate();
         let key = i.keypair.as_ref().map(|k| keys[k].clone());

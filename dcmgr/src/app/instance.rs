@@ -239,7 +239,7 @@ async fn insert(
     .await?;
     // Then the server group: placements into it decide one after the other.
     let candidates = scheduler::lock_group(&mut tx, &p.constraints, candidates).await?;
-    let host = scheduler::reserve(&mut tx, p.demand, &candidates).await?;
+    let host = scheduler::reserve(ctx, &mut tx, p.demand, &candidates).await?;
     // What the instance refers to must still exist at commit: a concurrent delete of any
     // of them locks the same row and then sees this instance (or finds the row gone).
     if !db::lock(&mut tx, db::Lock::Image, p.image.id.as_str()).await? {
@@ -427,7 +427,7 @@ async fn act_once(
             return Err(ApiError::Busy(format!("instance {id} changed concurrently")));
         };
         let cands = scheduler::lock_group(&mut tx, c, cands).await?;
-        let h = scheduler::reserve(&mut tx, *d, &cands).await?;
+        let h = scheduler::reserve(ctx, &mut tx, *d, &cands).await?;
         store::place(&mut tx, id.as_str(), &h).await?;
         host = Some(h.to_string());
     }

@@ -23,6 +23,7 @@ pub mod node;
 pub mod node_auth;
 pub mod quota;
 pub mod rate_limit;
+pub mod room;
 pub mod scheduler;
 pub mod secgroup;
 pub mod server_group;

@@ -123,6 +123,7 @@ pub async fn update_host(
     store::set_zone_labels(&mut tx, id.as_str(), &zone, &store::join_labels(&labels)).await?;
     let row = store::get_host_tx(&mut tx, id.as_str()).await?.ok_or_else(|| ApiError::not_found("host node", &id))?;
     tx.commit().await?;
+    ctx.room.invalidate();
     tracing::info!(host = %id, zone = %zone, labels = %row.labels, "host zone and labels set");
     row.into_api()
 }

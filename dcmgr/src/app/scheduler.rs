@@ -69,8 +69,13 @@ impl Constraints {
 /// transaction; the UPDATE re-checks, and [`reserve`] re-checks the group's policy).
 pub async fn candidates(ctx: &Ctx, d: Demand, c: &Constraints, prefer: Option<&str>) -> ApiResult<Vec<String>> {
     let boot = d.uefi.then_some(BootMode::Uefi);
-    let found =
-        store::candidates(&ctx.db, d.hypervisor, d.cpus, d.memory_mib, boot, ctx.config.placement, &c.filter()).await?;
+    let filter = c.filter();
+    let found = match ctx.room.candidates(&ctx.db, d.hypervisor, d.cpus, d.memory_mib, d.uefi, &filter).await? {
+        Some(found) => found,
+        None => {
+            store::candidates(&ctx.db, d.hypervisor, d.cpus, d.memory_mib, boot, ctx.config.placement, &filter).await?
+        }
+    };
     // A soft policy's order comes first; the last host only when it is as good.
     let ids = match c.group.as_ref().map(|g| g.policy) {
         Some(ServerGroupPolicy::SoftAffinity | ServerGroupPolicy::SoftAntiAffinity) => found,
@@ -126,13 +131,16 @@ pub fn prefer_first(mut ids: Vec<String>, prefer: Option<&str>) -> Vec<String> {
 
 /// Reserves `d` on the first candidate that still has room. Must be the first write of
 /// `tx`, so that on SQLite the transaction takes the write lock before it reads anything.
-pub async fn reserve(tx: &mut db::Tx<'_>, d: Demand, candidates: &[String]) -> ApiResult<HostNodeId> {
+pub async fn reserve(ctx: &Ctx, tx: &mut db::Tx<'_>, d: Demand, candidates: &[String]) -> ApiResult<HostNodeId> {
     for id in candidates {
         if store::try_reserve(tx, id, d.cpus, d.memory_mib).await? {
+            ctx.room.took(id, d.cpus, d.memory_mib);
             return id.parse().map_err(ApiError::internal);
         }
     }
-    // Every candidate filled up meanwhile: let the caller's retry look again.
+    // Every candidate filled up meanwhile (or went offline): let the caller's retry look
+    // again, at the hosts as they are.
+    ctx.room.invalidate();
     Err(ApiError::Busy("candidate hosts filled up concurrently".into()))
 }
 

@@ -167,6 +167,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
     store::apply_report(&mut tx, &row.id, &observed).await?;
     if out.release_host {
         crate::datastore::host::release(&mut tx, node, row.cpus, row.memory_mib).await?;
+        ctx.room.gave_back(node, row.cpus, row.memory_mib);
     }
     let mut removed = instance::Removed::default();
     if out.state == InstanceState::Terminated {

@@ -57,6 +57,7 @@ async fn register(ctx: &SharedCtx, r: &Register) -> Result<(), sqlx::Error> {
             let h = r.host.as_ref().expect("validated");
             let allocatable = ctx.config.allocatable(&r.node_id, h.cpus as u64, h.memory_mib);
             hosts::upsert_host(&ctx.db, &r.node_id, h, allocatable, &now).await?;
+            ctx.room.invalidate();
         }
         AgentKind::Sta => {
             let s = r.storage.as_ref().expect("validated");
@@ -77,7 +78,11 @@ async fn register(ctx: &SharedCtx, r: &Register) -> Result<(), sqlx::Error> {
 
 async fn set_state(ctx: &SharedCtx, kind: AgentKind, node: &str, state: &str) -> Result<(), sqlx::Error> {
     match kind {
-        AgentKind::Hva => hosts::set_host_state(&ctx.db, node, state, &db::now()).await,
+        AgentKind::Hva => {
+            hosts::set_host_state(&ctx.db, node, state, &db::now()).await?;
+            ctx.room.invalidate();
+            Ok(())
+        }
         AgentKind::Sta => hosts::set_storage_state(&ctx.db, node, state, &db::now()).await,
         AgentKind::Nwagent => Ok(()),
     }
@@ -202,6 +207,7 @@ pub async fn apply_allocation_ratios(ctx: &SharedCtx) -> Result<(), sqlx::Error>
         let allocatable = ctx.config.allocatable(&id, cpus as u64, memory_mib as u64);
         hosts::set_allocatable(&ctx.db, &id, allocatable).await?;
     }
+    ctx.room.invalidate();
     Ok(())
 }
 

@@ -257,6 +257,31 @@ pub async fn candidates(
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
+/// A host as placement's read model ([`crate::app::room`]) keeps it.
+#[derive(sqlx::FromRow)]
+pub struct RoomRow {
+    pub id: String,
+    pub state: String,
+    pub hypervisors: String,
+    pub boot_modes: String,
+    pub zone: String,
+    pub labels: String,
+    pub cpus_allocatable: i64,
+    pub cpus_used: i64,
+    pub memory_allocatable_mib: i64,
+    pub memory_used_mib: i64,
+}
+
+/// Every host, for placement's read model.
+pub async fn room_rows(pool: &db::Pool) -> Result<Vec<RoomRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, state, hypervisors, boot_modes, zone, labels, cpus_allocatable, cpus_used, \
+         memory_allocatable_mib, memory_used_mib FROM host_nodes",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Reserves `cpus` and `memory_mib` on host `id` if it is online and still has room:
 /// one conditional UPDATE, so concurrent reservations can never overcommit a host.
 pub async fn try_reserve(tx: &mut db::Tx<'_>, id: &str, cpus: u32, memory_mib: u32) -> Result<bool, sqlx::Error> {
