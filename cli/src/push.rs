@@ -128,7 +128,13 @@ pub async fn push(source: &Client, target: &Client, o: &PushOptions) -> Result<P
             .map_err(vdc_bundle::BundleError::from)
             .and_then(|_| vdc_bundle::relay(&mut reader, &mut w, &held));
         match r {
-            Ok(relayed) => Ok((head_len, relayed)),
+            Ok(relayed) => {
+                // The source removes the export's temporary images and snapshots before
+                // its body ends: read to that end, so none is left when the push returns.
+                drop((w, body_tx)); // the target's body ends here
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+                Ok((head_len, relayed))
+            }
             Err(e) => {
                 // The target sees a cut body and refuses it; the reason is this one.
                 let _ = body_tx.blocking_send(Err(std::io::Error::other(e.to_string())));
