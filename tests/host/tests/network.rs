@@ -128,23 +128,35 @@ async fn real_guests_on_two_hosts_reach_each_other_over_the_overlay_and_no_one_e
     s.stop().await;
 }
 
-/// A bundle update reaches running guests' packets: a VDC (a network, a group without
-/// rules, a server and a client guest pinging it every second) is exported and imported
-/// into another account, where its guests run on the real network and the pings fail;
-/// the source then admits icmp from the group's own members, the newer bundle's plan on
-/// the target shows that group updated, and once it is imported the target's client is
-/// answered.
+/// A VDC moves to another site and its updates follow, on real guests and real networks:
+/// site A (SQLite) holds a network, a group without rules, and a server and a client
+/// guest that pings it every second. It is pushed to site B (PostgreSQL, trusting A's
+/// key, its own hosts, switches and image of the same name): there the guests run with
+/// the same hostnames and addresses, and the group refuses the pings as on A. A then
+/// admits icmp from the group's own members; a dry-run push shows B exactly that group
+/// updated, and once pushed B's running client is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bundle_update_changes_the_rules_of_running_guests() {
+async fn a_vdc_moves_to_another_site_and_a_rule_change_follows_it() {
+    use vdc_cli::push::{push, PushOptions};
     vdc_tests::init_logging();
-    let root = tempfile::Builder::new().prefix("vdc-net-bundle-").tempdir_in("/var/tmp").unwrap();
-    let mut o = vdc_tests::real_guests(1, 4);
-    let prefix = format!("vb{:x}", std::process::id() & 0xffff);
-    o.real_network = Some(RealNetworkSetup { root: root.path().to_owned(), prefix, underlay: false });
-    let s = Stack::start(o).await;
-    let (kernel, _) = register_images(&s).await;
+    let site = |db: vdc_tests::Db, tag: &str, root: &std::path::Path| {
+        let mut o = vdc_tests::real_guests(1, 4);
+        o.db = db;
+        let prefix = format!("{tag}{:x}", std::process::id() & 0xffff);
+        o.real_network = Some(RealNetworkSetup { root: root.to_owned(), prefix, underlay: false });
+        o
+    };
+    let root_a = tempfile::Builder::new().prefix("vdc-site-a-").tempdir_in("/var/tmp").unwrap();
+    let root_b = tempfile::Builder::new().prefix("vdc-site-b-").tempdir_in("/var/tmp").unwrap();
+    let a = Stack::start(site(vdc_tests::Db::Sqlite, "vd", root_a.path())).await;
+    let mut ob = site(vdc_tests::Db::Postgres, "vb", root_b.path());
+    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
+    let b = Stack::start(ob).await;
+    let (kernel, _) = register_images(&a).await;
+    register_images(&b).await;
     let boot = Duration::from_secs(180);
-    let src = s.account("bundle-src").await;
+
+    let src = a.account("laptop").await;
     let net = src
         .create_network(&CreateNetwork {
             name: "app".into(),
@@ -177,24 +189,35 @@ async fn a_bundle_update_changes_the_rules_of_running_guests() {
     })
     .await
     .unwrap();
-    let export = |c: vdc_cli::client::Client| async move {
-        let mut out = Vec::new();
-        c.export_bundle(true, false, &mut out, |_| {}).await.unwrap();
-        out
-    };
 
-    let dst = s.account("bundle-dst").await;
-    let first = export(src.clone()).await;
-    assert!(dst.import_bundle(first, &[]).await.unwrap().created);
+    // The model travels (the guests boot the image of the same name at B).
+    let dst = b.account("datacenter").await;
+    let opts = |dry_run| PushOptions { model_only: true, dry_run, ..Default::default() };
+    let first = push(&src, &dst, &opts(false)).await.unwrap();
+    assert!(first.import.as_ref().unwrap().created, "{first:?}");
+    let addresses = |c: vdc_cli::client::Client| async move {
+        let mut v: Vec<(String, String, String)> = c
+            .list_all_instances()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.name, i.interfaces[0].ip.to_string(), i.interfaces[0].mac.to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(addresses(dst.clone()).await, addresses(src.clone()).await, "names, addresses and MACs");
     let by_name = |c: vdc_cli::client::Client, name: &'static str| async move {
         c.list_all_instances().await.unwrap().into_iter().find(|i| i.name == name).unwrap().id
     };
     let (srv, cli) = (by_name(dst.clone(), "srv").await, by_name(dst.clone(), "cli").await);
     wait_state(&dst, &srv, InstanceState::Running).await;
+    wait_console(&dst, &srv, "hostname=srv up", boot).await;
     wait_console(&dst, &srv, &format!("vdc-guest: eth0 {srv_ip}/24"), boot).await;
+    wait_console(&dst, &cli, "hostname=cli up", boot).await;
     wait_console(&dst, &cli, &format!("vdc-user-data: ping {srv_ip} failed"), boot).await;
 
-    // The source admits icmp from the group's members; the newer bundle updates the target.
+    // A admits icmp from the group's members; the push's plan shows B just that change.
     let icmp = RuleSpec {
         direction: Direction::Ingress,
         protocol: Protocol::Icmp,
@@ -204,26 +227,33 @@ async fn a_bundle_update_changes_the_rules_of_running_guests() {
         group: Some(web.id.clone()),
     };
     src.add_security_group_rule(&web.id, &icmp).await.unwrap();
-    let second = export(src.clone()).await;
-    let plan = dst.plan_bundle(second.clone(), &[]).await.unwrap();
+    let dry = push(&src, &dst, &opts(true)).await.unwrap();
+    let plan = dry.plan.unwrap();
     let updated: Vec<(String, String)> = plan.updates.iter().map(|u| (u.kind.clone(), u.name.clone())).collect();
     assert_eq!(updated, [("security_group".to_string(), "web".to_string())], "{plan:?}");
-    assert!(plan.creates.is_empty() && plan.conflicts.is_empty(), "{plan:?}");
+    assert!(plan.creates.is_empty() && plan.conflicts.is_empty() && plan.deletes.is_empty(), "{plan:?}");
     let t = std::time::Instant::now();
-    dst.import_bundle(second, &[]).await.unwrap();
+    let second = push(&src, &dst, &opts(false)).await.unwrap();
+    assert!(second.import.unwrap().created);
     wait_console(&dst, &cli, &format!("vdc-user-data: ping {srv_ip} ok"), boot).await;
-    eprintln!("the update's rule answered the running client's ping {:?} after the import", t.elapsed());
+    eprintln!(
+        "pushed {} then {} bytes; the update's rule answered B's running client {:?} after the push began",
+        first.bytes_sent,
+        second.bytes_sent,
+        t.elapsed()
+    );
 
-    for c in [&src, &dst] {
+    for (s, c) in [(&a, &src), (&b, &dst)] {
         for i in c.list_all_instances().await.unwrap() {
             let job = c.terminate_instance(&i.id).await.unwrap().job;
             assert_eq!(c.wait_job(&job.id, boot).await.unwrap().state, JobState::Succeeded);
         }
-    }
-    for h in &s.hosts {
-        if let Some((ovs, _)) = &h.ovs {
-            ovs.remove_services().await;
+        for h in &s.hosts {
+            if let Some((ovs, _)) = &h.ovs {
+                ovs.remove_services().await;
+            }
         }
     }
-    s.stop().await;
+    b.stop().await;
+    a.stop().await;
 }
