@@ -1125,8 +1125,9 @@ pub enum BundleCmd {
         file: std::path::PathBuf,
         #[arg(long = "map", value_name = "KEY=VALUE")]
         maps: Vec<String>,
-        /// Delete the networks, security groups and key pairs of the earlier import that
-        /// the bundle no longer has
+        /// Remove what the earlier import made and the bundle no longer has: instances
+        /// terminated, floating IPs released, networks, groups, key pairs, volumes and images
+        /// deleted (what only ending instances use goes with the next --prune)
         #[arg(long)]
         prune: bool,
     },

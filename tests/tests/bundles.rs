@@ -788,6 +788,65 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
     assert!(!again.created);
     assert_eq!(count(cb.clone()).await, before);
 
+    // A later state of A without web, the volume and the floating IP, pruned into B: web
+    // is terminated, the address released, the volume deleted; web's disk image waits for
+    // web to be gone and goes with the next prune.
+    let (mut m2, chunks) = open(&bytes, &site_key(&a));
+    m2.model.instances.retain(|i| i.name != "web");
+    m2.model.volumes.clear();
+    m2.model.floating_ips.clear();
+    let used: std::collections::HashSet<String> = m2
+        .model
+        .instances
+        .iter()
+        .filter_map(|i| i.root_disk.as_ref())
+        .chain(m2.model.images.iter().filter_map(|i| i.blob.as_ref()))
+        .flat_map(|b| b.chunks.iter().cloned())
+        .collect();
+    let keep: Vec<bool> = m2.chunks.iter().map(|c| used.contains(&c.sha256)).collect();
+    m2.chunks.retain(|c| used.contains(&c.sha256));
+    let chunks: Vec<Vec<u8>> = chunks.into_iter().zip(keep).filter(|(_, k)| *k).map(|(c, _)| c).collect();
+    let later = chrono::DateTime::parse_from_rfc3339(&m2.source.exported_at).unwrap() + chrono::Duration::seconds(1);
+    m2.source.exported_at = later.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let smaller = write(&m2, &chunks, &site_key(&a));
+    let plan = cb.plan_bundle_pruning(smaller.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    let mut deletes: Vec<(String, String)> = plan.deletes.iter().map(|c| (c.kind.clone(), c.detail.clone())).collect();
+    deletes.sort();
+    let waits =
+        "waits: booted by instance(s) web being terminated: an import with --prune deletes it once they are gone";
+    assert_eq!(
+        deletes,
+        vec![
+            ("floating_ip".into(), "released (--prune)".into()),
+            ("image".into(), "deleted (--prune)".into()), // the volume's data
+            ("image".into(), waits.into()),
+            ("instance".into(), "terminated (--prune)".into()),
+            ("volume".into(), "deleted (--prune)".into()),
+        ]
+    );
+    assert!(cb.import_bundle_pruning(smaller.clone(), &[]).await.unwrap().created);
+    wait_state(&cb, &b_inst("web").id, InstanceState::Terminated).await;
+    let live = |c: Client| async move {
+        let inst = c.list_all_instances().await.unwrap();
+        let vols = c.list_all_volumes().await.unwrap();
+        let mut images: Vec<String> = c.list_all_images().await.unwrap().into_iter().map(|i| i.name).collect();
+        images.sort();
+        (
+            inst.iter().filter(|i| i.state != InstanceState::Terminated).count(),
+            vols.iter().filter(|v| !matches!(v.state, VolumeState::Deleting | VolumeState::Deleted)).count(),
+            c.list_all_floating_ips().await.unwrap().len(),
+            images,
+        )
+    };
+    let (i, v, f, images) = live(cb.clone()).await;
+    assert_eq!((i, v, f), (2, 0, 0));
+    assert!(images.contains(&"web-root".to_string()), "{images:?}");
+    assert!(cb.import_bundle_pruning(smaller.clone(), &[]).await.unwrap().created);
+    let (_, _, _, images) = live(cb.clone()).await;
+    assert!(!images.contains(&"web-root".to_string()), "{images:?}");
+    assert!(!cb.import_bundle_pruning(smaller, &[]).await.unwrap().created, "pruned already");
+
     // Skipped on request: no volume, no floating IP, nothing else missing.
     let other = b.account("other").await;
     let skip = maps(&["volumes=skip", "floating_ips=skip"]);
@@ -948,6 +1007,48 @@ async fn a_newer_bundle_updates_the_import_and_prunes_only_when_asked(db: Db) {
     assert_eq!(kinds(&plan.updates), vec![pair("security_group", "web")]);
     assert!(cb.import_bundle(a3, &[]).await.unwrap().created);
     assert_eq!(model(&ca).await, model(&cb).await);
+
+    // Removed on A: worker and its network. With prune, B terminates worker; the network
+    // waits for it and goes with the next prune once it is gone.
+    let worker_a = ca
+        .list_all_instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.name == "worker" && i.state != InstanceState::Terminated)
+        .unwrap();
+    ca.terminate_instance(&worker_a.id).await.unwrap();
+    wait_state(&ca, &worker_a.id, InstanceState::Terminated).await;
+    let extra_a = ca.list_all_networks().await.unwrap().into_iter().find(|n| n.name == "extra").unwrap();
+    ca.delete_network(&extra_a.id).await.unwrap();
+    let a4 = export(&ca).await;
+    let plan = cb.plan_bundle(a4.clone(), &[]).await.unwrap();
+    assert!(plan.deletes.iter().all(|c| c.detail == "only with --prune"), "{:?}", plan.deletes);
+    let plan = cb.plan_bundle_pruning(a4.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    let mut deletes: Vec<(String, String, String)> =
+        plan.deletes.iter().map(|c| (c.kind.clone(), c.name.clone(), c.detail.clone())).collect();
+    deletes.sort();
+    assert_eq!(deletes[0], ("instance".into(), "worker".into(), "terminated (--prune)".into()));
+    assert_eq!(deletes[1].0, "network");
+    assert!(deletes[1].2.starts_with("waits: in use by instance(s) worker being terminated"), "{deletes:?}");
+    let worker_b = cb
+        .list_all_instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.name == "worker" && i.state != InstanceState::Terminated)
+        .unwrap();
+    assert!(cb.import_bundle_pruning(a4.clone(), &[]).await.unwrap().created);
+    wait_state(&cb, &worker_b.id, InstanceState::Terminated).await;
+    assert!(cb.list_all_networks().await.unwrap().iter().any(|n| n.name == "extra"));
+    let plan = cb.plan_bundle_pruning(a4.clone(), &[]).await.unwrap();
+    assert_eq!(kinds(&plan.deletes), vec![pair("network", "extra")]);
+    assert_eq!(plan.deletes[0].detail, "deleted (--prune)");
+    assert!(cb.import_bundle_pruning(a4.clone(), &[]).await.unwrap().created);
+    assert_eq!(model(&ca).await, model(&cb).await);
+    // Pruned already: again, nothing.
+    assert!(!cb.import_bundle_pruning(a4, &[]).await.unwrap().created);
     a.stop().await;
     b.stop().await;
 }

@@ -1184,7 +1184,7 @@ impl Tabular for BundleImport {
 
 fn plan_text(p: &BundlePlan) -> String {
     let mut s = format!("bundle of {} ({} chunks, {} bytes) verified\n", p.source_vdc, p.chunks, p.bytes);
-    let prunes = p.deletes.iter().any(|d| d.detail.starts_with("deleted"));
+    let prunes = p.deletes.iter().any(|d| d.detail.ends_with("(--prune)"));
     if let Some(i) = &p.already_imported {
         if !prunes {
             s += &format!("imported already as {i}: nothing to do\n");

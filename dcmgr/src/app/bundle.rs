@@ -9,7 +9,7 @@
 //! the record and changes nothing; a crash before commit leaves nothing but staged
 //! chunks, and the same command completes it.
 
-use crate::app::{bundle_data, instance, interface, keypair, quota, scheduler, secgroup, volume};
+use crate::app::{bundle_data, floating_ip, image, instance, interface, keypair, quota, scheduler, secgroup, volume};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::{
     self as db, account as accounts, bundle as store, instance as istore, job, network as nstore, volume as vstore,
@@ -922,15 +922,22 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         // The map keeps what stays: kept objects (with their root disk and data images),
         // and objects gone from the bundle that are still here. Objects created again
         // get new entries.
-        let removed: HashSet<&str> = d.removes.iter().map(|r| r.1.as_str()).collect();
+        // Objects a prune terminates, releases or deletes after the import commits stay in
+        // the map until they are gone here: a prune that failed is tried again next time.
+        let removed: HashSet<&str> = d
+            .removes
+            .iter()
+            .filter(|r| matches!(r.0.as_str(), "network" | "security_group" | "keypair"))
+            .map(|r| r.1.as_str())
+            .collect();
         let in_bundle = |b: &str| d.kept.contains_key(b) || d.creates.iter().any(|c| c.bundle_id == b);
         let mut carry = BTreeMap::new();
         for (b, t) in h.map {
+            // A root disk or data image goes with its owner, unless the owner is gone from
+            // the bundle: then it stays in the map until a prune deletes it.
             let keep = match b.split_once(':') {
-                Some((owner, _)) => d.kept.contains_key(owner),
-                None => {
-                    d.kept.contains_key(b) || (!in_bundle(b) && h.live(b).is_some() && !removed.contains(t.as_str()))
-                }
+                Some((owner, _)) if in_bundle(owner) => d.kept.contains_key(owner),
+                _ => d.kept.contains_key(b) || (!in_bundle(b) && h.live(b).is_some() && !removed.contains(t.as_str())),
             };
             if keep {
                 carry.insert(b.clone(), t.clone());
@@ -988,6 +995,8 @@ struct Have<'a> {
     vif_groups: HashMap<&'a str, Vec<&'a str>>,
     volumes: HashMap<&'a str, &'a store::VolumeRow>,
     fips: HashSet<&'a str>,
+    /// Object here → instances being terminated that still use it.
+    ending: HashMap<&'a str, Vec<&'a str>>,
 }
 
 impl<'a> Have<'a> {
@@ -1017,6 +1026,10 @@ impl<'a> Have<'a> {
             vif_groups,
             volumes: t.volumes.iter().map(|r| (r.0.as_str(), r)).collect(),
             fips: t.floating_ips.iter().map(|r| r.0.as_str()).collect(),
+            ending: t.ending.iter().fold(HashMap::new(), |mut m, (o, i)| {
+                m.entry(o.as_str()).or_insert_with(Vec::new).push(i.as_str());
+                m
+            }),
         }
     }
 
@@ -1315,10 +1328,41 @@ fn update_instance(
     }
 }
 
+/// Why an object gone from the bundle cannot be deleted now.
+enum Held {
+    /// Used by something that stays: a conflict with `--prune`.
+    Stays(String),
+    /// Used only by instances that are ending (this import terminates them, or they are
+    /// being terminated): deleted by an import with `--prune` once they are gone.
+    Ending(String),
+}
+
+/// What holds an object gone from the bundle: instances (by ID here and name) that use it,
+/// and other reasons it stays; `ending` names instances being terminated already.
+fn held(users: &[(&str, String)], pruned: &HashSet<&str>, ending: Option<&Vec<&str>>, what: &str) -> Option<Held> {
+    let mut staying: Vec<&str> = users.iter().filter(|u| !pruned.contains(u.0)).map(|u| u.1.as_str()).collect();
+    staying.sort();
+    staying.dedup();
+    if !staying.is_empty() {
+        return Some(Held::Stays(format!("{what} instance(s) {}", staying.join(", "))));
+    }
+    let mut going: Vec<&str> =
+        users.iter().map(|u| u.1.as_str()).chain(ending.into_iter().flatten().copied()).collect();
+    going.sort();
+    going.dedup();
+    (!going.is_empty()).then(|| {
+        Held::Ending(format!(
+            "{what} instance(s) {} being terminated: an import with --prune deletes it once they are gone",
+            going.join(", ")
+        ))
+    })
+}
+
 /// The objects of the earlier import that the bundle no longer has and that exist here.
-/// With `prune`, networks, groups and key pairs go, unless something that stays uses
-/// them (a conflict naming it); instances, images, volumes and floating IPs hold data or
-/// addresses and are never deleted by an import.
+/// With `prune` they go: instances are terminated, floating IPs released, networks,
+/// groups, key pairs, volumes and images deleted. What something that stays uses is a
+/// conflict naming it; what only instances that are ending use waits for them, and an
+/// import with `--prune` after they are gone deletes it.
 fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
     let mo = &m.model;
     let in_bundle: HashSet<&str> = mo
@@ -1332,8 +1376,18 @@ fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
         .chain(mo.volumes.iter().map(|x| x.id.as_str()))
         .chain(mo.floating_ips.iter().map(|x| x.id.as_str()))
         .collect();
-    let gone: Vec<(&String, &String)> =
-        h.map.iter().filter(|(b, _)| !b.contains(':') && !in_bundle.contains(b.as_str())).collect();
+    // An instance's root disk image (`ID:root`) goes with its instance.
+    let gone: Vec<(&String, &String)> = h
+        .map
+        .iter()
+        .filter(|(b, _)| match b.split_once(':') {
+            Some((owner, "root" | "data")) => !in_bundle.contains(owner),
+            Some(_) => false,
+            None => !in_bundle.contains(b.as_str()),
+        })
+        .collect();
+    let pruned: HashSet<&str> =
+        gone.iter().filter(|(_, t)| h.instances.contains_key(t.as_str())).map(|(_, t)| t.as_str()).collect();
     let gone_groups: HashSet<&str> =
         gone.iter().filter(|(_, t)| h.groups.contains_key(t.as_str())).map(|(_, t)| t.as_str()).collect();
     // Interfaces whose groups this update sets: their current groups do not count.
@@ -1349,57 +1403,52 @@ fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
             .map(|(g, _)| h.groups.get(*g).map_or(g.to_string(), |x| x.1.clone()))
             .collect()
     };
-    let users = |pred: &dyn Fn(&store::VifRow) -> bool| -> Vec<String> {
-        let mut v: Vec<String> = h
-            .vifs
-            .iter()
-            .filter(|(_, vs)| vs.iter().any(|x| pred(x)))
-            .map(|(i, _)| h.instances.get(*i).map_or(i.to_string(), |r| r.1.clone()))
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+    let name_of = |i: &str| h.instances.get(i).map_or(i.to_string(), |r| r.1.clone());
+    let users = |pred: &dyn Fn(&store::VifRow) -> bool| -> Vec<(&str, String)> {
+        h.vifs.iter().filter(|(_, vs)| vs.iter().any(|x| pred(x))).map(|(i, _)| (*i, name_of(i))).collect()
     };
     for (b, t) in gone {
         let t = t.as_str();
-        let (kind, name, blocked) = if let Some(r) = h.networks.get(t) {
-            let u = users(&|v| v.2 == t);
-            ("network", r.1.clone(), (!u.is_empty()).then(|| format!("in use by instance(s) {}", u.join(", "))))
+        let ending = h.ending.get(t);
+        let (kind, name, why) = if let Some(r) = h.networks.get(t) {
+            ("network", r.1.clone(), held(&users(&|v| v.2 == t), &pruned, ending, "in use by"))
         } else if let Some(r) = h.groups.get(t) {
             let u = users(&|v| {
                 !reset.contains(v.0.as_str()) && h.vif_groups.get(v.0.as_str()).is_some_and(|g| g.contains(&t))
             });
             let refs = kept_ref(t);
-            let why = if !u.is_empty() || new_groups.contains(t) {
-                Some(format!("in use by the interfaces of instance(s) {}", u.join(", ")))
+            let why = if new_groups.contains(t) {
+                Some(Held::Stays("in use by interfaces this import sets".into()))
             } else if !refs.is_empty() {
-                Some(format!("referred to by rules of security group(s) {}", refs.join(", ")))
+                Some(Held::Stays(format!("referred to by rules of security group(s) {}", refs.join(", "))))
             } else {
-                None
+                held(&u, &pruned, ending, "in use by the interfaces of")
             };
             ("security_group", r.1.clone(), why)
         } else if let Some(r) = h.keypairs.get(t) {
             ("keypair", r.1.clone(), None)
+        } else if let Some(r) = h.instances.get(t) {
+            ("instance", r.1.clone(), None)
+        } else if let Some(r) = h.images.get(t) {
+            let u: Vec<(&str, String)> =
+                h.instances.values().filter(|i| i.2 == t).map(|i| (i.0.as_str(), i.1.clone())).collect();
+            ("image", r.1.clone(), held(&u, &pruned, ending, "booted by"))
+        } else if let Some(r) = h.volumes.get(t) {
+            let u: Vec<(&str, String)> = r.3.iter().map(|i| (i.as_str(), name_of(i))).collect();
+            ("volume", r.1.clone(), held(&u, &pruned, ending, "attached to"))
+        } else if h.fips.contains(t) {
+            ("floating_ip", String::new(), None)
         } else {
-            let (kind, name) = if let Some(r) = h.instances.get(t) {
-                ("instance", r.1.clone())
-            } else if let Some(r) = h.images.get(t) {
-                ("image", r.1.clone())
-            } else if let Some(r) = h.volumes.get(t) {
-                ("volume", r.1.clone())
-            } else if h.fips.contains(t) {
-                ("floating_ip", String::new())
-            } else {
-                continue; // gone here too
-            };
-            d.deletes.push(change(kind, b, t, &name)(format!(
-                "kept: an import never deletes a {kind} (it holds data or an address); delete it yourself"
-            )));
-            continue;
+            continue; // gone here too
         };
         let c = change(kind, b, t, &name);
-        match (blocked, prune) {
-            (Some(why), true) => {
+        let what = match kind {
+            "instance" => "terminated",
+            "floating_ip" => "released",
+            _ => "deleted",
+        };
+        match (why, prune) {
+            (Some(Held::Stays(why)), true) => {
                 d.conflicts.push(conflict(
                     "in_use",
                     format!("{kind} {name} ({t}) is gone from the bundle but {why} that stay(s)"),
@@ -1407,12 +1456,13 @@ fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
                 ));
                 d.deletes.push(c(format!("refused: {why}")));
             }
-            (Some(why), false) => d.deletes.push(c(format!("only with --prune (and now refused: {why})"))),
+            (Some(Held::Stays(why)), false) => d.deletes.push(c(format!("only with --prune (and now refused: {why})"))),
+            (Some(Held::Ending(why)), true) => d.deletes.push(c(format!("waits: {why}"))),
+            (Some(Held::Ending(_)), false) | (None, false) => d.deletes.push(c("only with --prune".into())),
             (None, true) => {
                 d.removes.push((kind.to_owned(), t.to_owned()));
-                d.deletes.push(c("deleted (--prune)".into()));
+                d.deletes.push(c(format!("{what} (--prune)")));
             }
-            (None, false) => d.deletes.push(c("only with --prune".into())),
         }
     }
 }
@@ -1582,7 +1632,8 @@ async fn store_blobs(ctx: &SharedCtx, m: &Manifest, d: &Decision, maps: &Maps) -
 }
 
 enum Applied {
-    Created(BundleImport, Vec<Work>),
+    /// Made, with the work to send and the prunes to carry out once committed.
+    Created(BundleImport, Vec<Work>, Vec<(String, String)>),
     Found(BundleImport),
 }
 
@@ -1622,12 +1673,51 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
     unstage(ctx, &r.manifest);
     match applied {
         Applied::Found(i) => Ok(BundleImported { import: i, created: false }),
-        Applied::Created(i, work) => {
+        Applied::Created(i, work, prunes) => {
             for w in work {
                 ctx.enqueue(w);
             }
+            prune(ctx, caller, &prunes).await;
             tracing::info!(import = %i.id, objects = i.id_map.len(), "bundle imported");
             Ok(BundleImported { import: i, created: true })
+        }
+    }
+}
+
+/// Carries out the prunes that are API actions of their own, after the import committed:
+/// instances terminated first (what they held is deleted by a later prune), then floating
+/// IPs released, volumes and images deleted. A failure is logged and left for the next
+/// import with `--prune` (the object stays in the import's map while it exists).
+async fn prune(ctx: &SharedCtx, caller: &Caller, prunes: &[(String, String)]) {
+    for kind in ["instance", "floating_ip", "volume", "image"] {
+        for (_, id) in prunes.iter().filter(|p| p.0 == kind) {
+            let r = match kind {
+                "instance" => match id.parse() {
+                    Ok(i) => instance::act(ctx, caller, &i, vdc_schema::InstanceAction::Terminate).await.map(drop),
+                    Err(e) => Err(ApiError::internal(e)),
+                },
+                "floating_ip" => match id.parse() {
+                    Ok(f) => match floating_ip::disassociate(ctx, caller, &f).await {
+                        Ok(_) => floating_ip::delete(ctx, caller, &f).await,
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(ApiError::internal(e)),
+                },
+                "volume" => match id.parse() {
+                    Ok(v) => volume::delete(ctx, caller, &v).await.map(drop),
+                    Err(e) => Err(ApiError::internal(e)),
+                },
+                _ => match id.parse() {
+                    Ok(i) => image::delete(ctx, caller, &i).await,
+                    Err(e) => Err(ApiError::internal(e)),
+                },
+            };
+            match r {
+                Ok(()) => tracing::info!(kind, id = %id, "bundle import: pruned"),
+                Err(e) => {
+                    tracing::warn!(kind, id = %id, error = %e, "bundle import: prune failed; the next import with --prune tries again")
+                }
+            }
         }
     }
 }
@@ -1969,6 +2059,8 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
                 db::secgroup::delete(&mut tx, &gid).await?;
             }
             "keypair" => store::delete_keypair(&mut tx, id).await?,
+            // Each their own decision, as if asked through the API, once this commits.
+            "instance" | "floating_ip" | "volume" | "image" => {}
             other => return Err(ApiError::internal(format!("cannot remove a {other}"))),
         }
     }
@@ -2037,7 +2129,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         store::update_import(&mut tx, &import, &m.source.exported_at).await?;
         tx.commit().await?;
         ctx.events.wake();
-        return Ok(Applied::Created(import, work));
+        return Ok(Applied::Created(import, work, after_commit(&d)));
     }
     let import = BundleImport {
         id: BundleImportId::generate(),
@@ -2052,7 +2144,16 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     store::insert_import(&mut tx, account, &import, &m.source.exported_at).await?;
     tx.commit().await?;
     ctx.events.wake();
-    Ok(Applied::Created(import, work))
+    Ok(Applied::Created(import, work, after_commit(&d)))
+}
+
+/// The prunes that are API actions of their own: terminate, release, delete.
+fn after_commit(d: &Decision) -> Vec<(String, String)> {
+    d.removes
+        .iter()
+        .filter(|(k, _)| matches!(k.as_str(), "instance" | "floating_ip" | "volume" | "image"))
+        .cloned()
+        .collect()
 }
 
 /// A private image of the import holding `blob`: a volume's raw data unless changed.
@@ -2332,8 +2433,67 @@ mod tests {
                 vif_groups: vec![(s("vif-T"), s("sg-T"))],
                 volumes: vec![],
                 floating_ips: vec![],
+                ending: vec![],
             },
         }
+    }
+
+    #[test]
+    fn a_prune_terminates_what_is_gone_and_deletes_what_it_held_once_it_is_gone() {
+        let mut e = existing();
+        e.prior = Some(prior());
+        let mut m = manifest();
+        m.model.instances.clear();
+        m.model.networks.clear();
+        let kinds = |d: &Decision| -> Vec<(String, String)> {
+            let mut v: Vec<(String, String)> = d.deletes.iter().map(|c| (c.kind.clone(), c.detail.clone())).collect();
+            v.sort();
+            v
+        };
+        let without = decide(&m, &e, &Maps::default());
+        assert!(without.removes.is_empty() && without.conflicts.is_empty(), "{:?}", without.conflicts);
+        assert!(without.deletes.iter().all(|c| c.detail == "only with --prune"), "{:?}", without.deletes);
+        let prune = Maps { prune: true, ..Default::default() };
+        // The instance is terminated; its network and group wait for it to be gone.
+        let d = decide(&m, &e, &prune);
+        assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
+        assert_eq!(d.removes, vec![("instance".to_owned(), "i-T".to_owned())]);
+        let waits = "waits: in use by instance(s) web being terminated: an import with --prune deletes it once they \
+                     are gone";
+        let waits_group = waits.replace("in use by", "in use by the interfaces of");
+        assert_eq!(
+            kinds(&d),
+            vec![
+                ("instance".into(), "terminated (--prune)".into()),
+                ("network".into(), waits.to_owned()),
+                ("security_group".into(), waits_group.clone()),
+            ]
+        );
+        // Terminated after the import commits: it stays in the map until it is gone.
+        assert!(["i-1", "nw-1", "sg-old"].iter().all(|k| d.carry.contains_key(*k)), "{:?}", d.carry);
+        assert_eq!(after_commit(&d), d.removes);
+
+        // Being terminated: no longer live, but still holding the network and the group.
+        let mut p = prior();
+        p.target.instances.clear();
+        p.target.vifs.clear();
+        p.target.vif_groups.clear();
+        p.target.ending = vec![("nw-T".into(), "web".into()), ("sg-T".into(), "web".into())];
+        e.prior = Some(p);
+        let d = decide(&m, &e, &prune);
+        assert!(d.removes.is_empty(), "{:?}", d.removes);
+        assert_eq!(kinds(&d), vec![("network".into(), waits.to_owned()), ("security_group".into(), waits_group)]);
+
+        // Gone: the network and the group are deleted.
+        e.prior.as_mut().unwrap().target.ending.clear();
+        let d = decide(&m, &e, &prune);
+        let mut removes = d.removes.clone();
+        removes.sort();
+        assert_eq!(
+            removes,
+            vec![("network".to_owned(), "nw-T".to_owned()), ("security_group".to_owned(), "sg-T".to_owned())]
+        );
+        assert!(!d.carry.contains_key("nw-1") && !d.carry.contains_key("sg-old"), "{:?}", d.carry);
     }
 
     #[test]

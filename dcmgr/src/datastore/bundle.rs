@@ -33,7 +33,8 @@ pub type ImageRow = (
 pub type InstanceRow = (String, String, String, String, i64, i64, Option<String>, Option<String>, Option<i64>, String);
 /// (vif id, instance, network, ip, mac)
 pub type VifRow = (String, String, String, String, String);
-pub type VolumeRow = (String, String, i64);
+/// (id, name, size, the instance it is attached to)
+pub type VolumeRow = (String, String, i64, Option<String>);
 pub type FipRow = (String, Option<String>);
 
 /// The account's model as one consistent snapshot.
@@ -50,6 +51,9 @@ pub struct Snapshot {
     pub vif_groups: Vec<(String, String)>,
     pub volumes: Vec<VolumeRow>,
     pub floating_ips: Vec<FipRow>,
+    /// (network, group, volume or image here, the name of an instance being terminated
+    /// that still uses it): what a prune defers until that instance is gone.
+    pub ending: Vec<(String, String)>,
 }
 
 const IMAGE_COLS: &str = "id, name, format, arch, hypervisors, boot_mode, kernel_id, min_disk, min_memory, os, \
@@ -118,7 +122,7 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
     .fetch_all(&mut *tx)
     .await?;
     let volumes = sqlx::query_as(
-        "SELECT id, name, size_mib FROM volumes WHERE account_id = $1 AND state <> 'deleted' ORDER BY id",
+        "SELECT id, name, size_mib, instance_id FROM volumes WHERE account_id = $1 AND state <> 'deleted' ORDER BY id",
     )
     .bind(a)
     .fetch_all(&mut *tx)
@@ -127,7 +131,31 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
         .bind(a)
         .fetch_all(&mut *tx)
         .await?;
-    Ok(Snapshot { networks, groups, rules, keypairs, images, instances, vifs, vif_groups, volumes, floating_ips })
+    let ending_instances = "SELECT id, name FROM instances WHERE account_id = $1 AND state <> 'terminated' \
+                            AND goal = 'terminated'";
+    let ending = sqlx::query_as(&format!(
+        "SELECT v.network_id, e.name FROM vifs v JOIN ({ending_instances}) e ON e.id = v.instance_id \
+         UNION ALL SELECT g.group_id, e.name FROM vif_security_groups g JOIN vifs v ON v.id = g.vif_id \
+           JOIN ({ending_instances}) e ON e.id = v.instance_id \
+         UNION ALL SELECT vo.id, e.name FROM volumes vo JOIN ({ending_instances}) e ON e.id = vo.instance_id \
+         UNION ALL SELECT i.image_id, e.name FROM instances i JOIN ({ending_instances}) e ON e.id = i.id"
+    ))
+    .bind(a)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(Snapshot {
+        networks,
+        groups,
+        rules,
+        keypairs,
+        images,
+        instances,
+        vifs,
+        vif_groups,
+        volumes,
+        floating_ips,
+        ending,
+    })
 }
 
 /// What a plan is checked against: the account's names and CIDRs, the site's public

@@ -133,8 +133,10 @@ const BUNDLE_ERRORS: &str = "The bundle is refused, nothing created: `bundle_bad
         before the one imported). Nothing is created.",
     params(("map" = Option<Vec<String>>, Query, description = "KEY=VALUE, repeated: `network.NAME.cidr=CIDR`, \
         `KIND.NAME.name=NEW`, `hypervisor.kvm=qemu`, `image.NAME=img-…`, `volumes=skip`, `floating_ips=skip`"),
-        ("prune" = Option<bool>, Query, description = "An update deletes the networks, security groups and key \
-        pairs of the earlier import that the bundle no longer has")),
+        ("prune" = Option<bool>, Query, description = "An update removes what the earlier import made and the \
+        bundle no longer has: instances terminated, floating IPs released, networks, security groups, key pairs, \
+        volumes and images deleted; what only instances being terminated use waits for them (`waits: …`), \
+        and the next import with prune deletes it")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The bundle"),
     responses(
         (status = 200, description = "The plan", body = BundlePlan),
