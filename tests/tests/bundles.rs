@@ -1010,13 +1010,7 @@ async fn a_newer_bundle_updates_the_import_and_prunes_only_when_asked(db: Db) {
 
     // Removed on A: worker and its network. With prune, B terminates worker; the network
     // waits for it and goes with the next prune once it is gone.
-    let worker_a = ca
-        .list_all_instances()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|i| i.name == "worker" && i.state != InstanceState::Terminated)
-        .unwrap();
+    let worker_a = live_instance(&ca, "worker").await;
     ca.terminate_instance(&worker_a.id).await.unwrap();
     wait_state(&ca, &worker_a.id, InstanceState::Terminated).await;
     let extra_a = ca.list_all_networks().await.unwrap().into_iter().find(|n| n.name == "extra").unwrap();
@@ -1032,13 +1026,7 @@ async fn a_newer_bundle_updates_the_import_and_prunes_only_when_asked(db: Db) {
     assert_eq!(deletes[0], ("instance".into(), "worker".into(), "terminated (--prune)".into()));
     assert_eq!(deletes[1].0, "network");
     assert!(deletes[1].2.starts_with("waits: in use by instance(s) worker being terminated"), "{deletes:?}");
-    let worker_b = cb
-        .list_all_instances()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|i| i.name == "worker" && i.state != InstanceState::Terminated)
-        .unwrap();
+    let worker_b = live_instance(&cb, "worker").await;
     assert!(cb.import_bundle_pruning(a4.clone(), &[]).await.unwrap().created);
     wait_state(&cb, &worker_b.id, InstanceState::Terminated).await;
     assert!(cb.list_all_networks().await.unwrap().iter().any(|n| n.name == "extra"));
@@ -1128,6 +1116,12 @@ async fn running(c: &Client, name: &str, image: &ImageId, network: &NetworkId, g
         .await
         .unwrap();
     wait_state(c, &i.resource.id, InstanceState::Running).await;
+}
+
+/// The instance of that name that is not terminated.
+async fn live_instance(c: &Client, name: &str) -> Instance {
+    let all = c.list_all_instances().await.unwrap();
+    all.into_iter().find(|i| i.name == name && i.state != InstanceState::Terminated).unwrap()
 }
 
 /// B's model without the private image each volume was filled from (`data-data`).
