@@ -10,9 +10,10 @@
 # moved into its host's namespace), nwagent (Open vSwitch) and sta as processes talking
 # over NATS. The agents run in this namespace and manage their host's namespace from
 # here, because libvirtd and NATS are reached from here.
-# Then the scenario (two accounts, cross-host ping, volume, floating IP, isolation) and
-# the faults (dcmgr SIGKILL during 20 creates, NATS restart, rolling agent restarts),
-# and a table with one row per step. Everything is torn down on exit, also on failure.
+# Then the scenario (two accounts, cross-host ping, volume, floating IP, isolation), the
+# faults (dcmgr SIGKILL during 20 creates, NATS restart, rolling agent restarts), and a
+# VDC moved here from a second site (`vdc up` in a namespace of its own) by a bundle and
+# then updated (issue 13's two-site test), with a table with one row per step. Everything is torn down on exit, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -63,11 +64,14 @@ cleanup() {
       fi
     done
   done
-  for n in $(ip netns list | awk '{print $1}' | grep "^$P-"); do
+  # Site A's switch daemons and DHCP servers (vdc up's, in namespaces of its prefix).
+  for p in $(cat "$W"/sa/ovs/*.pid 2>/dev/null); do kill "$p" 2>/dev/null; done
+  pkill -f "dnsmasq.*$W/" 2>/dev/null
+  for n in $(ip netns list | awk '{print $1}' | grep -E "^($P-|${PA:-none}-)"); do
     for p in $(ip netns pids "$n"); do kill "$p" 2>/dev/null; done
   done
   sleep 0.3
-  for n in $(ip netns list | awk '{print $1}' | grep "^$P-"); do ip netns del "$n"; done
+  for n in $(ip netns list | awk '{print $1}' | grep -E "^($P-|${PA:-none}-)"); do ip netns del "$n"; done
   runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$W/pg/data" -m immediate stop >/dev/null 2>&1
   if [ $rc -ne 0 ]; then
     echo "FAILED (exit $rc); logs:" >&2
@@ -278,6 +282,91 @@ done
   || fail "a guest was restarted by the agent replacement"
 until_ok 30 ip netns exec "$P-out" ping -c 1 -W 1 "$FIP_IP" || fail "b's floating IP stopped answering"
 row "rolling replacement of each host's hva + nwagent: guests untouched, FIP still answers"
+
+# ------------------------------------------------------------------------ two sites
+# Site A is an all-in-one (`vdc up`: SQLite, the in-process bus, real guests) in a
+# namespace of its own; this two-host environment is site B. A's VDC: two networks, a
+# group admitting a container from the web guest's group by reference, a QEMU guest and
+# an LXC container, a probe guest the group refuses, a volume holding a pattern the web
+# guest wrote, a floating IP on the web guest. Exported with its data, planned and
+# imported on B into a new account: same hostnames and addresses, the volume holds the
+# pattern, the group admits and refuses the same pings, the floating IP taken from B's
+# pool answers from outside. Then A changes (an instance added, a rule added): the plan
+# on B shows exactly those, and the import applies them.
+PA=a2$(printf %04x $((RANDOM)))             # A's namespace prefix (its services' namespaces)
+SA_PORT=$(free_port)
+mkdir -p "$W/sa-home"
+SA_ENV=(env -u VDC_API -u VDC_TOKEN HOME="$W/sa-home" VDC_CONFIG="$W/sa-home/cli.toml")
+ip netns add "$P-sa"; ip -n "$P-sa" link set lo up
+# `ip netns exec` execs env, which execs vdc: $! is vdc up itself.
+ip netns exec "$P-sa" "${SA_ENV[@]}" "$BIN/vdc" up --data-dir "$W/sa" --listen "127.0.0.1:$SA_PORT" \
+  --tiny-image "$TINY" --namespace-prefix "$PA" >"$LOGS/site-a.log" 2>&1 & PID[site-a]=$!
+SA() { ip netns exec "$P-sa" "${SA_ENV[@]}" "$BIN/vdc" "$@"; }
+until_ok 120 grep -q "vdc all-in-one is running" "$LOGS/site-a.log" || fail "site A (vdc up) did not start"
+SA network create front --cidr 10.66.0.0/24 >/dev/null
+SA network create back --cidr 10.67.0.0/24 >/dev/null
+SA secgroup create app --rule icmp >/dev/null                    # the web guest's: pinged from outside
+SA secgroup create db >/dev/null
+APP_A=$(SA secgroup show app -o json | js 'd["id"]')
+SA secgroup rule-add db "icmp::$APP_A" >/dev/null                   # ct admits web's group only
+SA secgroup create none >/dev/null
+printf '#!/bin/sh\nwhile true; do if ping -c 1 -W 1 10.66.0.12 >/dev/null 2>&1; then echo "ping ct ok"; else echo "ping ct failed"; fi; sleep 2; done\n' >"$W/ping-ct.sh"
+SA instance create ct --image tiny-lxc --hypervisor lxc --memory 64M --network front --ip 10.66.0.12 --secgroup db --wait >/dev/null
+SA instance create web --image tiny --hypervisor qemu --network front --ip 10.66.0.10 --secgroup app \
+  --user-data-file "$W/ping-ct.sh" --wait >/dev/null
+SA instance create probe --image tiny --hypervisor qemu --network front --ip 10.66.0.11 --secgroup none \
+  --user-data-file "$W/ping-ct.sh" --wait >/dev/null
+WEB_A=$(SA instance show web -o json | js 'd["id"]')
+VDC_SAVE=$VDC; VDC="ip netns exec $P-sa ${SA_ENV[*]} $BIN/vdc"
+wait_console web "vdc-user-data: ping ct ok"
+wait_console probe "vdc-user-data: ping ct failed"
+if console_has probe "ping ct ok"; then fail "on A, the probe outside ct's admitted group reached ct"; fi
+SA volume create data --size 16M --wait >/dev/null
+SA volume attach data web --wait >/dev/null
+wait_console web "vdc-guest: disk $(SA volume show data -o json | js 'd["id"]') wrote vdc-pattern written-by=$WEB_A"
+SA volume detach data --wait >/dev/null
+VDC=$VDC_SAVE
+SA floating-ip associate "$(SA floating-ip create -o json | js 'd["id"]')" web >/dev/null
+SA bundle export --out "$W/a1.bundle" >/dev/null
+row "site A (vdc up, SQLite): 2 networks, a group admitting by group, QEMU guests, a container, a volume, a FIP; exported"
+
+# B trusts A's key (a restart of its dcmgr; the agents carry on).
+printf '[bundles]\ntrusted_keys = ["%s"]\n' "$(SA bundle key)" >>"$W/dcmgr.toml"
+kill "${PID[dcmgr]}"; wait "${PID[dcmgr]}" 2>/dev/null || true
+start_dcmgr
+until_ok 60 hosts_online 2 || fail "hosts did not come back after dcmgr restarted"
+VDCC="env VDC_TOKEN=$(account c) $BIN/vdc"
+$VDCC bundle plan "$W/a1.bundle" >"$W/plan1.txt" || { cat "$W/plan1.txt" >&2; fail "the plan of A's bundle on B is unresolved"; }
+$VDCC bundle import "$W/a1.bundle" >/dev/null
+VDC_SAVE=$VDC; VDC=$VDCC
+state_is() { [ "$($VDCC instance show "$1" -o json | js 'd["state"]')" = "$2" ]; }
+for i in web probe ct; do until_ok 120 state_is "$i" running || fail "$i is not running on B"; done
+[ "$($VDCC instance show web -o json | js 'd["interfaces"][0]["ip"]')" = 10.66.0.10 ] || fail "web's address changed"
+[ "$($VDCC instance show ct -o json | js 'd["interfaces"][0]["ip"]')" = 10.66.0.12 ] || fail "ct's address changed"
+wait_console web "hostname=web up"
+wait_console web "vdc-user-data: ping ct ok"
+wait_console probe "vdc-user-data: ping ct failed"
+if console_has probe "ping ct ok"; then fail "on B, the probe outside ct's admitted group reached ct"; fi
+$VDCC network show back >/dev/null || fail "network back did not arrive"
+$VDCC volume attach data web --wait >/dev/null
+wait_console web "vdc-guest: disk $($VDCC volume show data -o json | js 'd["id"]') holds vdc-pattern written-by=$WEB_A"
+FIP_B=$($VDCC floating-ip list -o json | js '(d["items"] if isinstance(d, dict) else d)[0]["ip"]')
+[[ $FIP_B == 203.0.113.* ]] || fail "web's floating IP $FIP_B is not from B's pool"
+until_ok 30 ip netns exec "$P-out" ping -c 1 -W 1 "$FIP_B" || fail "web's floating IP $FIP_B does not answer on B"
+VDC=$VDC_SAVE
+row "site B: same hostnames and addresses, the volume holds web's pattern, the group admits/refuses, the FIP answers"
+
+SA instance create extra --image tiny-lxc --hypervisor lxc --memory 64M --network back --wait >/dev/null
+SA secgroup rule-add db "tcp:80:$APP_A" >/dev/null
+SA bundle export --out "$W/a2.bundle" >/dev/null
+$VDCC bundle plan "$W/a2.bundle" -o json >"$W/plan2.json"
+CHANGES=$(js '(sorted((c["kind"], c["name"]) for c in d["creates"]), sorted((c["kind"], c["name"]) for c in d["updates"]), len(d["conflicts"]))' <"$W/plan2.json")
+[ "$CHANGES" = "([('instance', 'extra')], [('security_group', 'db')], 0)" ] || fail "the plan of A's change on B: $CHANGES"
+$VDCC bundle import "$W/a2.bundle" >/dev/null
+until_ok 120 state_is extra running || fail "extra is not running on B"
+[ "$($VDCC secgroup show db -o json | js 'any(80 in (r.get("port_min"), r.get("spec", {}).get("port_min")) for r in d["rules"])')" = True ] \
+  || fail "db's new rule is not on B"
+row "A changed (an instance, a rule): B's plan shows exactly those; imported"
 
 table
 echo "two-hosts: PASSED"
