@@ -454,6 +454,11 @@ impl Stack {
         if let Some(h) = self.hosts[i].hva.take() {
             h.abort();
         }
+        // As the process's end would: the driver's poller reports nothing more (into the
+        // journal the next hva replays).
+        if let Some(lv) = &self.hosts[i].libvirt {
+            lv.stop();
+        }
     }
 
     /// Kills storage node `i`'s sta without a goodbye (a crash).

@@ -85,6 +85,15 @@ fn undefine(d: &Domain, kind: HypervisorKind) -> std::result::Result<(), virt::e
 struct Saved {
     spec: InstanceSpec,
     reboot_done: u64,
+    /// The host's boot (`/proc/sys/kernel/random/boot_id`) this was saved in: a guest
+    /// found off in a later boot did not power itself off, the host went down.
+    #[serde(default)]
+    boot_id: Option<String>,
+}
+
+/// This boot of the host, if the kernel says.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_owned())
 }
 
 struct Known {
@@ -96,6 +105,10 @@ struct Known {
     acted_gen: u64,
     /// The volumes the guest has now (the live domain's, else the defined one's).
     volumes: Vec<VolumeId>,
+    /// Meant to run, found off after the host restarted: not reported off (that would
+    /// read as the guest powering itself off, and halt it) until dcmgr's next ensure
+    /// starts it again, as the host's guests come back after a reboot.
+    resuming: bool,
 }
 
 struct Inner {
@@ -109,6 +122,10 @@ struct Inner {
     locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
     /// Images whose capture runs now: a re-sent command while one runs is dropped.
     capturing: Mutex<std::collections::HashSet<vdc_schema::id::ImageId>>,
+    /// This boot of the host (see [`Saved::boot_id`]).
+    boot_id: Option<String>,
+    /// Set by [`LibvirtHypervisor::stop`]: nothing is polled or reported any more.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 pub struct LibvirtHypervisor {
@@ -182,6 +199,9 @@ impl Inner {
     }
 
     fn report(&self, id: &InstanceId, state: ObservedInstance) {
+        if self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let mut known = self.known.lock().unwrap();
         let Some(k) = known.get_mut(id) else { return };
         k.last = Some(state);
@@ -197,7 +217,8 @@ impl Inner {
 
     fn save(&self, id: &InstanceId) {
         let saved = self.known.lock().unwrap().get(id).map(|k| k.saved.clone());
-        if let Some(s) = saved {
+        if let Some(mut s) = saved {
+            s.boot_id = self.boot_id.clone();
             let dir = self.dir(id);
             let _ = std::fs::create_dir_all(&dir);
             let tmp = dir.join("state.json.tmp");
@@ -322,7 +343,11 @@ impl Inner {
 
     /// Makes the host match the saved spec of `id` (blocking).
     fn converge(&self, id: &InstanceId) -> Result<()> {
-        let Some(saved) = self.known.lock().unwrap().get(id).map(|k| k.saved.clone()) else { return Ok(()) };
+        let saved = self.known.lock().unwrap().get_mut(id).map(|k| {
+            k.resuming = false; // dcmgr's ensure decides now
+            k.saved.clone()
+        });
+        let Some(saved) = saved else { return Ok(()) };
         let spec = &saved.spec;
         let kind = spec.hypervisor;
         let conn = self.conn(kind)?;
@@ -658,17 +683,17 @@ impl Inner {
     fn poll(&self, force: bool, busy: &dyn Fn(&InstanceId) -> bool) {
         // Volumes are read from the domain XML only for guests that have or want some:
         // the poll runs every half second for every guest.
-        let ids: Vec<(InstanceId, HypervisorKind, Option<ObservedInstance>, bool)> = self
+        let ids: Vec<(InstanceId, HypervisorKind, Option<ObservedInstance>, bool, bool)> = self
             .known
             .lock()
             .unwrap()
             .iter()
             .map(|(id, k)| {
                 let disks = !k.saved.spec.volumes.is_empty() || !k.volumes.is_empty();
-                (id.clone(), k.saved.spec.hypervisor, k.last, disks)
+                (id.clone(), k.saved.spec.hypervisor, k.last, disks, k.resuming)
             })
             .collect();
-        for (id, kind, last, disks) in ids {
+        for (id, kind, last, disks, resuming) in ids {
             if last == Some(ObservedInstance::Failed) {
                 if force {
                     self.report(&id, ObservedInstance::Failed);
@@ -681,6 +706,9 @@ impl Inner {
             match self.lookup(kind, &id) {
                 Ok(dom) => {
                     let now = observe(dom.as_ref());
+                    if resuming && now == ObservedInstance::Off {
+                        continue;
+                    }
                     let vols = match &dom {
                         Some(d) if disks => self.observe_volumes(d),
                         _ => vec![],
@@ -720,13 +748,19 @@ impl LibvirtHypervisor {
             using: Default::default(),
         };
         let mut known = HashMap::new();
+        let boot = boot_id();
         // Guests this host had before a restart: known again, never touched.
         if let Ok(entries) = std::fs::read_dir(cfg.data_dir.join("instances")) {
             for e in entries.flatten() {
                 let state = e.path().join("state.json");
                 if let Some(saved) = std::fs::read(&state).ok().and_then(|b| serde_json::from_slice::<Saved>(&b).ok()) {
                     let acted_gen = saved.spec.spec_gen;
-                    let k = Known { saved, last: None, reason: None, acted_gen, volumes: vec![] };
+                    let resuming = saved.spec.power == DesiredPower::Running && saved.boot_id != boot;
+                    if resuming {
+                        tracing::info!(instance = %saved.spec.id, "saved in an earlier boot of the host: if found off, \
+                            it is started again by dcmgr's next ensure, not taken as halted");
+                    }
+                    let k = Known { saved, last: None, reason: None, acted_gen, volumes: vec![], resuming };
                     known.insert(k.saved.spec.id.clone(), k);
                 }
             }
@@ -740,6 +774,8 @@ impl LibvirtHypervisor {
             known: Mutex::new(known),
             locks: Default::default(),
             capturing: Default::default(),
+            boot_id: boot,
+            stopped: Default::default(),
         });
         // Containers that kept running while hva was away: resume copying their console.
         let lxc: Vec<InstanceId> = inner
@@ -768,6 +804,9 @@ impl LibvirtHypervisor {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(poller.cfg.poll_interval).await;
+                if poller.stopped.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
                 let p = poller.clone();
                 let l = locks.clone();
                 let busy =
@@ -793,6 +832,12 @@ impl LibvirtHypervisor {
 
     pub fn data_dir(&self) -> &Path {
         &self.inner.cfg.data_dir
+    }
+
+    /// Stops polling and reporting, as the end of the process would (tests that crash
+    /// an hva in-process and start another on the same data directory).
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
@@ -820,11 +865,12 @@ impl Hypervisor for LibvirtHypervisor {
                 None => {
                     let reboot_done = spec.reboot_gen;
                     let k = Known {
-                        saved: Saved { spec, reboot_done },
+                        saved: Saved { spec, reboot_done, boot_id: None },
                         last: None,
                         reason: None,
                         acted_gen: 0,
                         volumes: vec![],
+                        resuming: false,
                     };
                     known.insert(id.clone(), k);
                 }
@@ -983,6 +1029,8 @@ mod tests {
             known: Default::default(),
             locks: Default::default(),
             capturing: Default::default(),
+            boot_id: Some("this-boot".into()),
+            stopped: Default::default(),
         }
     }
 

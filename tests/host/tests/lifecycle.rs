@@ -1,6 +1,6 @@
 //! A real guest keeps its network through every lifecycle path: reboot, stop/start,
 //! halt/poweron, an hva restart, an nwagent restart (before and after its tap is
-//! re-created), the whole host as `vdc up` restarts it. One guest is reused across all paths; after each, its console must show a
+//! re-created), the whole host as `vdc up` restarts it, a reboot of the machine. One guest is reused across all paths; after each, its console must show a
 //! new DHCP lease for its address and its instance ID from the metadata service.
 //! Needs root, libvirtd, OVS and the tiny image (tests/run.sh).
 
@@ -142,6 +142,30 @@ async fn a_real_guest_keeps_its_network_through_every_lifecycle_path() {
     act(&c, c.reboot_instance(&id).await.unwrap().job.id).await;
     boots += 1;
     networked(&s, &c, &id, ip, boots, "host restart (as vdc up restarted), reboot").await;
+
+    // The machine reboots: the guest is off when the host's agents start again. It was
+    // meant to run and did not power itself off (its state was saved in an earlier boot of
+    // the host), so it runs again rather than being taken as halted.
+    s.stop_nwagent(0).await;
+    let state = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances").join(id.as_str()).join("state.json");
+    s.crash_hva(0);
+    let off = std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "destroy", &format!("vdc-{id}")])
+        .output()
+        .unwrap();
+    assert!(off.status.success(), "{}", String::from_utf8_lossy(&off.stderr));
+    let mut saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert!(saved["boot_id"].is_string(), "hva records the boot it saved in: {saved}");
+    saved["boot_id"] = "an-earlier-boot".into();
+    std::fs::write(&state, serde_json::to_vec(&saved).unwrap()).unwrap();
+    s.restart_switch(0);
+    s.restart_dcmgr().await;
+    s.restart_hva(0).await;
+    s.restart_nwagent(0).await;
+    s.wait_nodes_online().await.unwrap();
+    boots += 1;
+    networked(&s, &c, &id, ip, boots, "machine reboot").await;
+    assert_eq!(c.get_instance(&id).await.unwrap().state, InstanceState::Running);
 
     let job = c.terminate_instance(&id).await.unwrap().job;
     act(&c, job.id).await;
