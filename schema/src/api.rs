@@ -1143,7 +1143,9 @@ pub struct Event {
     pub kind: String,
     /// The object's ID (a job's own ID for `job`).
     pub resource_id: String,
-    /// `created`, `state` (its state changed), `deleted`; for a job: `created` or `state`.
+    /// `created`, `state` (its state changed), `updated` (something else changed: a
+    /// security group's rules, a floating IP's association), `deleted`; for a job:
+    /// `created` or `state`.
     pub change: String,
     /// The object's state after the change; empty for objects without one.
     pub state: String,

@@ -10,7 +10,11 @@ use vdc_schema::id::*;
 use vdc_schema::InstanceState;
 use vdc_tests::{on_both_databases, wait_state, Db, Stack, StackOptions};
 
-on_both_databases!(events_follow_resume_and_stay_in_their_account, events_survive_a_dcmgr_restart);
+on_both_databases!(
+    events_follow_resume_and_stay_in_their_account,
+    events_survive_a_dcmgr_restart,
+    rules_and_associations_are_updates
+);
 
 /// Reads events until `stop` holds for one (returned last), failing after 20 s.
 async fn until(s: &mut EventStream, mut stop: impl FnMut(&Event) -> bool) -> Vec<Event> {
@@ -154,6 +158,49 @@ async fn events_follow_resume_and_stay_in_their_account(db: Db) {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("invalid_last_event_id"));
+    s.stop().await;
+}
+
+/// What changes besides a state is an `updated` event: a group's rules added and
+/// removed, a floating IP associated and disassociated (the console's security group and
+/// address views follow them).
+async fn rules_and_associations_are_updates(db: Db) {
+    let mut o = StackOptions::new(db);
+    o.external = Some(vdc_tests::test_external("203.0.113.20"));
+    let s = Stack::start(o).await;
+    let a = s.account("ev-upd").await;
+    let net = network(&a, "ev-net").await;
+    let acc = create_instance(&s, &a, &net.id, "ev-vm").await;
+    wait_state(&a, &acc.resource.id, InstanceState::Running).await;
+    let sg = a
+        .create_security_group(&CreateSecurityGroup { name: "web".into(), description: String::new(), rules: vec![] })
+        .await
+        .unwrap();
+    let fip = a.create_floating_ip(&CreateFloatingIp { ip: None }).await.unwrap();
+    let mut st = a.events(Some(recorded(&a, 0).await.last().unwrap().seq), true).await.unwrap();
+    let rule = RuleSpec {
+        direction: vdc_schema::Direction::Ingress,
+        protocol: vdc_schema::Protocol::Tcp,
+        port_min: Some(22),
+        port_max: Some(22),
+        cidr: Some("0.0.0.0/0".into()),
+        group: None,
+    };
+    let with = a.add_security_group_rule(&sg.id, &rule).await.unwrap();
+    let updated = |e: &Event, id: &str| e.resource_id == id && e.change == "updated";
+    until(&mut st, |e| updated(e, sg.id.as_str())).await;
+    a.delete_security_group_rule(&sg.id, &with.rules[0].id).await.unwrap();
+    until(&mut st, |e| updated(e, sg.id.as_str())).await;
+    let assoc = AssociateFloatingIp { instance_id: acc.resource.id.clone(), interface_id: None };
+    a.associate_floating_ip(&fip.id, &assoc).await.unwrap();
+    until(&mut st, |e| updated(e, fip.id.as_str())).await;
+    a.disassociate_floating_ip(&fip.id).await.unwrap();
+    until(&mut st, |e| updated(e, fip.id.as_str())).await;
+    let all = recorded(&a, 0).await;
+    let kinds: Vec<(&str, &str)> =
+        all.iter().filter(|e| e.change == "updated").map(|e| (e.kind.as_str(), e.resource_id.as_str())).collect();
+    let (g, f) = (sg.id.as_str(), fip.id.as_str());
+    assert_eq!(kinds, [("security_group", g), ("security_group", g), ("floating_ip", f), ("floating_ip", f)]);
     s.stop().await;
 }
 

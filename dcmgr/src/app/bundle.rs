@@ -1855,6 +1855,13 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         }
         if update {
             db::interface::bump_for_group(&mut tx, groups[&g.id].as_str()).await?;
+            db::event::record(
+                &mut tx,
+                db::event::Kind::SecurityGroup,
+                groups[&g.id].as_str(),
+                db::event::Change::Updated,
+            )
+            .await?;
         }
         work.push(Work::SecurityGroup(groups[&g.id].clone()));
     }

@@ -205,6 +205,7 @@ pub async fn add_rule(
         }
         store::insert_rule(&mut tx, id, &rule).await?;
         ifstore::bump_for_group(&mut tx, id.as_str()).await?;
+        db::event::record(&mut tx, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Updated).await?;
         tx.commit().await?;
         ctx.events.wake();
         Ok(())
@@ -230,6 +231,7 @@ pub async fn delete_rule(
         if !store::delete_rule(&mut tx, id, rule_id).await? {
             return Err(ApiError::not_found("security group rule", rule_id));
         }
+        db::event::record(&mut tx, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Updated).await?;
         tx.commit().await?;
         ctx.events.wake();
         Ok(())

@@ -65,6 +65,8 @@ impl Kind {
 pub enum Change {
     Created,
     State,
+    /// Something but its state changed: a group's rules, an address's association.
+    Updated,
     /// Recorded before the row goes (or with the row's final state when it is kept).
     Deleted,
 }
@@ -74,6 +76,7 @@ impl Change {
         match self {
             Change::Created => "created",
             Change::State => "state",
+            Change::Updated => "updated",
             Change::Deleted => "deleted",
         }
     }

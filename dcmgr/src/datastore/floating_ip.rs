@@ -110,7 +110,7 @@ pub async fn associate(tx: &mut db::Tx<'_>, id: &FloatingIpId, instance: &str, v
         .bind(id.as_str())
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    db::event::record(tx, db::event::Kind::FloatingIp, id.as_str(), db::event::Change::Updated).await
 }
 
 pub async fn disassociate(tx: &mut db::Tx<'_>, id: &FloatingIpId) -> Result<(), sqlx::Error> {
@@ -119,7 +119,7 @@ pub async fn disassociate(tx: &mut db::Tx<'_>, id: &FloatingIpId) -> Result<(), 
         .bind(id.as_str())
         .execute(&mut **tx)
         .await?;
-    Ok(())
+    db::event::record(tx, db::event::Kind::FloatingIp, id.as_str(), db::event::Change::Updated).await
 }
 
 /// Unmaps every address of an instance; they stay with the account.
