@@ -123,8 +123,7 @@ pub struct Ctx {
     pub blobs: Arc<dyn crate::blobs::BlobStore>,
     /// Images whose data is arriving now (one upload or import at a time per image).
     pub ingesting: std::sync::Mutex<std::collections::HashSet<ImageId>>,
-    /// Held while a blob is stored and its image committed, or an unused blob removed, so
-    /// a blob is never removed between an upload storing it and its image referring to it.
+    /// This process's part of the blob lock: take it with [`crate::app::blob_refs::hold`].
     pub blob_refs: tokio::sync::Mutex<()>,
     /// Signs the credentials agents fetch blobs with (see `app::node_auth`).
     pub node_key: [u8; 32],

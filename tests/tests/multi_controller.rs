@@ -417,3 +417,34 @@ async fn a_second_dcmgr_on_one_sqlite_file_is_refused() {
     let again = Dcmgr::start(config, Options::default()).await.expect("starts once the first has stopped");
     again.stop().await;
 }
+
+/// The blob lock spans dcmgrs on one PostgreSQL: while one holds it another waits, and a
+/// holder that dies (its connection closed) frees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_blob_lock_spans_controllers_and_dies_with_its_holder() {
+    use vdc_dcmgr::app::blob_refs::{lock_shared, LOCK_KEY};
+    let (db_url, _, _) = vdc_tests::create_pg_database().await.unwrap();
+    let db = sqlx::PgPool::connect(&db_url).await.unwrap();
+    let free = || async {
+        let (got,): (bool,) =
+            sqlx::query_as("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&db).await.unwrap();
+        if got {
+            // Give it back at once (the pool keeps the session).
+            sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&db).await.unwrap();
+        }
+        got
+    };
+    let held = lock_shared(&db_url).await.unwrap();
+    assert!(!free().await, "held by one controller: another cannot take it");
+    let waiter = tokio::spawn({
+        let url = db_url.clone();
+        async move { lock_shared(&url).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "a second holder waits");
+    drop(held); // its connection closes, as when a dcmgr dies
+    let second = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("taken once freed").unwrap();
+    assert!(!free().await);
+    drop(second);
+    eventually(Duration::from_secs(10), || async { free().await.then_some(()) }).await.expect("freed again");
+}

@@ -1655,7 +1655,7 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
         }
     }
     // The blob is kept from removal (an image delete's cleanup) until its image commits.
-    let _refs = ctx.blob_refs.lock().await;
+    let _refs = crate::app::blob_refs::hold(ctx).await?;
     let d0 = {
         let mut conn = ctx.db.acquire().await?;
         decide(&r.manifest, &existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?, maps)

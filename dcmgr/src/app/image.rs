@@ -305,7 +305,7 @@ pub async fn fetch_visible(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> Ap
 /// Deletes one of the caller's images that no instance uses; its blob goes with it when
 /// no other image has the same data.
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<()> {
-    let _refs = ctx.blob_refs.lock().await;
+    let _refs = crate::app::blob_refs::hold(ctx).await?;
     let unused_blob = db::retry(|| async {
         let mut tx = ctx.db.begin().await?;
         // Instance creates lock the image too, so none can start using it before commit.
@@ -507,7 +507,7 @@ where
         Ok(i) => i,
         Err(r) => return Ok(Ingested::Refused(r)),
     };
-    let _refs = ctx.blob_refs.lock().await;
+    let _refs = crate::app::blob_refs::hold(ctx).await?;
     ctx.blobs.put(&sha, staging.path()).await.map_err(ApiError::internal)?;
     let id = &image.id;
     let done = db::retry(|| async {

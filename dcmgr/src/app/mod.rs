@@ -5,6 +5,7 @@
 pub mod account;
 pub mod audit;
 pub mod authz;
+pub mod blob_refs;
 pub mod bundle;
 pub mod bundle_data;
 pub mod capture;
