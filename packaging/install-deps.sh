@@ -30,6 +30,8 @@ packages=(
   prometheus
   # The console's browser test: headless Chromium driven through chromedriver (WebDriver).
   chromium chromium-driver
+  # The bundle host test's floor: `tar | zstd -1` of the same bytes.
+  zstd tar
 )
 # QEMU 10 comes from bookworm-backports: bookworm's 7.2 conflicts with the qemu-utils 10
 # these machines ship.

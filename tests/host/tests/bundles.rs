@@ -3,7 +3,8 @@
 //! known bytes (read through a snapshot by the real sta). It is exported through the API,
 //! imported into another account, and the bytes arrive: the guest's disk image and the
 //! new volume's file have the SHA-256 of the originals, and the guest boots from its
-//! carried disk. Prints export and import throughput against `cp` of the same volume.
+//! carried disk. Prints export and import throughput against `cp` of the same volume and
+//! against `tar | zstd -1` (and `zstd -d | tar -x`) of it, measured in the same run.
 //!
 //! Needs root, libvirtd and the tiny image (tests/run.sh provides them).
 
@@ -104,6 +105,19 @@ async fn a_stopped_guest_and_a_volume_arrive_with_their_bytes() {
     run("cp", &[lun.to_str().unwrap(), dir.path().join("cp.img").to_str().unwrap()]);
     let cp = t.elapsed().as_secs_f64();
     std::fs::remove_file(dir.path().join("cp.img")).unwrap();
+    // The floor the issue names: `tar | zstd -1` of the same bytes, and back.
+    let packed = dir.path().join("floor.tar.zst");
+    let sh = |script: String| run("sh", &["-c", &script]);
+    let t = Instant::now();
+    sh(format!("tar -cf - -C {} {}.img | zstd -1 -q -f -o {}", luns.display(), vol.id, packed.display()));
+    let tar_zstd = t.elapsed().as_secs_f64();
+    let unpacked = dir.path().join("floor");
+    std::fs::create_dir(&unpacked).unwrap();
+    let t = Instant::now();
+    sh(format!("zstd -d -q -c {} | tar -xf - -C {}", packed.display(), unpacked.display()));
+    let unzstd_tar = t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&unpacked).unwrap();
+    std::fs::remove_file(&packed).unwrap();
 
     let file = dir.path().join("vdc.bundle");
     let mut f = tokio::fs::File::create(&file).await.unwrap();
@@ -165,10 +179,17 @@ async fn a_stopped_guest_and_a_volume_arrive_with_their_bytes() {
     wait_console(&dst, &guest.id, &format!("vdc-guest: instance-id={}", guest.id), BOOT).await;
     eprintln!(
         "bundle of {VOLUME_MIB} MiB volume + disk ({n} bytes): export {export:.1} s ({:.0} MiB/s), import {import:.1} s \
-         ({:.0} MiB/s; volume filled after {to_volume:.1} s), cp {cp:.2} s ({:.0} MiB/s)",
+         ({:.0} MiB/s; volume filled after {to_volume:.1} s), cp {cp:.2} s ({:.0} MiB/s); floors in the same run: \
+         tar | zstd -1 {tar_zstd:.2} s ({:.0} MiB/s: export {:.2} x), zstd -d | tar -x {unzstd_tar:.2} s ({:.0} MiB/s: \
+         import {:.2} x, volume filled {:.2} x)",
         mib_s(export),
         mib_s(import),
-        mib_s(cp)
+        mib_s(cp),
+        mib_s(tar_zstd),
+        tar_zstd / export,
+        mib_s(unzstd_tar),
+        unzstd_tar / import,
+        unzstd_tar / to_volume
     );
     for (c, i) in [(&dst, &guest.id), (&src, &id)] {
         ok(c, c.terminate_instance(i).await.unwrap()).await;
