@@ -52,15 +52,8 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
 /// Asks the host that holds a capturing instance's disk to capture it (again: hva runs
 /// one capture per image, and dcmgr takes data only for a pending image).
 async fn capture(ctx: &SharedCtx, row: &store::Row) -> Result<()> {
-    let Some(host) = row.last_host_id.clone() else { return Ok(()) };
-    let mut conn = ctx.db.acquire().await?;
-    let image = crate::datastore::image::pending_capture(&mut conn, &row.id).await?;
-    drop(conn);
-    let Some(image) = image else { return Ok(()) };
-    let spec = CaptureSpec {
-        instance_id: row.id.parse().map_err(Error::model)?,
-        upload: crate::app::capture::upload_to(ctx, &image.parse().map_err(Error::model)?, &host),
-    };
+    let Some(host) = row.last_host_id.as_deref() else { return Ok(()) };
+    let Some(spec) = capture_spec(ctx, row, host).await? else { return Ok(()) };
     let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(Error::model)? };
     hva.capture_instance(spec).await?;
     store::mark_sent(&ctx.db, &row.id).await?;
@@ -71,16 +64,22 @@ async fn capture(ctx: &SharedCtx, row: &store::Row) -> Result<()> {
 /// host it runs on; hva runs one capture per image, so sending it again is harmless.
 async fn live_capture(ctx: &SharedCtx, row: &store::Row, hva: &vdc_bus::HvaClient) -> Result<()> {
     let Some(host) = row.host_node_id.as_deref() else { return Ok(()) };
+    if let Some(spec) = capture_spec(ctx, row, host).await? {
+        hva.capture_instance(spec).await?;
+    }
+    Ok(())
+}
+
+/// The capture of the instance's pending image (none without one), uploaded from `host`.
+async fn capture_spec(ctx: &SharedCtx, row: &store::Row, host: &str) -> Result<Option<CaptureSpec>> {
     let mut conn = ctx.db.acquire().await?;
     let image = crate::datastore::image::pending_capture(&mut conn, &row.id).await?;
     drop(conn);
-    let Some(image) = image else { return Ok(()) };
-    let spec = CaptureSpec {
+    let Some(image) = image else { return Ok(None) };
+    Ok(Some(CaptureSpec {
         instance_id: row.id.parse().map_err(Error::model)?,
         upload: crate::app::capture::upload_to(ctx, &image.parse().map_err(Error::model)?, host),
-    };
-    hva.capture_instance(spec).await?;
-    Ok(())
+    }))
 }
 
 async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Result<InstanceSpec> {
