@@ -78,6 +78,66 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
+/// Creates `n` instances one at a time: each from its request to its ensure sent.
+async fn sequential_creates(
+    c: &vdc_cli::client::Client,
+    img: &vdc_schema::ImageId,
+    sent: &Sent,
+    n: usize,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut lat = Histogram::<u64>::new(3)?;
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let a = c.create_instance(&create_req(img)).await?;
+        let t1 = wait_sent(sent, a.resource.id.as_str()).await;
+        lat.record(t1.duration_since(t0).as_micros() as u64)?;
+    }
+    Ok(lat)
+}
+
+/// Creates `n` instances, 32 in flight: their IDs, and the seconds until every one's
+/// ensure was sent.
+async fn concurrent_creates(
+    c: &vdc_cli::client::Client,
+    img: &vdc_schema::ImageId,
+    sent: &Sent,
+    n: usize,
+) -> anyhow::Result<(Vec<String>, f64)> {
+    let t0 = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (c, img, sem) = (c.clone(), img.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            c.create_instance(&create_req(&img)).await.map(|a| a.resource.id.to_string())
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await??);
+    }
+    for id in &ids {
+        wait_sent(sent, id).await;
+    }
+    Ok((ids, t0.elapsed().as_secs_f64()))
+}
+
+/// Calls `f` over and over for three seconds, one call at a time: calls per second.
+async fn rate<F, Fut>(mut f: F) -> anyhow::Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let t = Instant::now();
+    let mut n = 0u32;
+    while t.elapsed() < Duration::from_secs(3) {
+        f().await?;
+        n += 1;
+    }
+    Ok(f64::from(n) / t.elapsed().as_secs_f64())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -118,13 +178,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 1. create → ensure sent, one at a time.
-    let mut lat = Histogram::<u64>::new(3)?;
-    for _ in 0..args.latency_creates {
-        let t0 = Instant::now();
-        let a = c.create_instance(&create_req(&stack.image)).await?;
-        let t1 = wait_sent(&sent, a.resource.id.as_str()).await;
-        lat.record(t1.duration_since(t0).as_micros() as u64)?;
-    }
+    let lat = sequential_creates(&c, &stack.image, &sent, args.latency_creates).await?;
     println!(
         "create → ensure sent ({} sequential): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         args.latency_creates,
@@ -134,32 +188,12 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // 2. throughput: creates accepted, placed and ensured per second.
-    let t0 = Instant::now();
-    let ids: Vec<String> = {
-        let sem = Arc::new(tokio::sync::Semaphore::new(32));
-        let mut tasks = Vec::new();
-        for _ in 0..args.throughput_creates {
-            let (c, img, sem) = (c.clone(), stack.image.clone(), sem.clone());
-            tasks.push(tokio::spawn(async move {
-                let _p = sem.acquire().await.unwrap();
-                c.create_instance(&create_req(&img)).await.map(|a| a.resource.id.to_string())
-            }));
-        }
-        let mut ids = Vec::new();
-        for t in tasks {
-            ids.push(t.await??);
-        }
-        ids
-    };
-    for id in &ids {
-        wait_sent(&sent, id).await;
-    }
-    let secs = t0.elapsed().as_secs_f64();
+    let (ids, secs) = concurrent_creates(&c, &stack.image, &sent, args.throughput_creates).await?;
     println!(
         "creates accepted+placed+ensured: {} in {:.2} s = {:.0}/s (32 in flight)",
-        ids.len(),
+        args.throughput_creates,
         secs,
-        ids.len() as f64 / secs
+        args.throughput_creates as f64 / secs
     );
 
     // 3. GET one instance.
@@ -368,22 +402,15 @@ async fn large_site(stack: &Stack, c: &vdc_cli::client::Client, sent: &Sent, ins
         memory_mib: 64,
         uefi: false,
     };
-    let none = vdc_dcmgr::app::scheduler::Constraints::default();
-    let t = Instant::now();
-    let mut n = 0u32;
-    while t.elapsed() < Duration::from_secs(3) {
-        let found = vdc_dcmgr::app::scheduler::candidates(ctx, demand, &none, None).await?;
+    let none = &vdc_dcmgr::app::scheduler::Constraints::default();
+    let per_s = rate(move || async move {
+        let found = vdc_dcmgr::app::scheduler::candidates(ctx, demand, none, None).await?;
         anyhow::ensure!(!found.is_empty(), "no candidate host");
-        n += 1;
-    }
-    println!(
-        "placement candidates over {} hosts (the read model, sequential): {:.0}/s",
-        hosts.len(),
-        f64::from(n) / t.elapsed().as_secs_f64()
-    );
-    let t = Instant::now();
-    let mut n = 0u32;
-    while t.elapsed() < Duration::from_secs(3) {
+        Ok(())
+    })
+    .await?;
+    println!("placement candidates over {} hosts (the read model, sequential): {per_s:.0}/s", hosts.len());
+    let per_s = rate(move || async move {
         let found = vdc_dcmgr::db::host::candidates(
             &ctx.db,
             demand.hypervisor,
@@ -395,41 +422,16 @@ async fn large_site(stack: &Stack, c: &vdc_cli::client::Client, sent: &Sent, ins
         )
         .await?;
         anyhow::ensure!(!found.is_empty(), "no candidate host");
-        n += 1;
-    }
-    println!(
-        "placement candidates over {} hosts (the SQL query alone, sequential): {:.0}/s",
-        hosts.len(),
-        f64::from(n) / t.elapsed().as_secs_f64()
-    );
+        Ok(())
+    })
+    .await?;
+    println!("placement candidates over {} hosts (the SQL query alone, sequential): {per_s:.0}/s", hosts.len());
 
     // Creates placed among them, one at a time, then 32 in flight.
-    let mut lat = Histogram::<u64>::new(3)?;
-    for _ in 0..100 {
-        let t0 = Instant::now();
-        let a = c.create_instance(&create_req(&stack.image)).await?;
-        let t1 = wait_sent(sent, a.resource.id.as_str()).await;
-        lat.record(t1.duration_since(t0).as_micros() as u64)?;
-    }
+    let lat = sequential_creates(c, &stack.image, sent, 100).await?;
     println!("create → ensure sent (100 sequential): p50 {:.2} ms, p99 {:.2} ms", ms(&lat, 0.5), ms(&lat, 0.99));
-    let t0 = Instant::now();
-    let sem = Arc::new(tokio::sync::Semaphore::new(32));
-    let mut tasks = Vec::new();
-    for _ in 0..1000 {
-        let (c, img, sem) = (c.clone(), stack.image.clone(), sem.clone());
-        tasks.push(tokio::spawn(async move {
-            let _p = sem.acquire().await.unwrap();
-            c.create_instance(&create_req(&img)).await.map(|a| a.resource.id.to_string())
-        }));
-    }
-    let mut ids = Vec::new();
-    for t in tasks {
-        ids.push(t.await??);
-    }
-    for id in &ids {
-        wait_sent(sent, id).await;
-    }
-    println!("creates accepted+placed+ensured: 1000 = {:.0}/s (32 in flight)", 1000.0 / t0.elapsed().as_secs_f64());
+    let (_, secs) = concurrent_creates(c, &stack.image, sent, 1000).await?;
+    println!("creates accepted+placed+ensured: 1000 = {:.0}/s (32 in flight)", 1000.0 / secs);
 
     // Heartbeats held: every agent still online after all that, and now.
     let offline = ctx.agents.read().unwrap().values().filter(|a| a.offline).count();
