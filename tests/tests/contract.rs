@@ -8,7 +8,7 @@ fn repo() -> PathBuf {
 }
 
 /// `dcmgr/openapi.json` is generated from the handlers; regenerate it with
-/// `VDC_UPDATE_OPENAPI=1 cargo test -p vdc-tests --test contract`.
+/// `VDC_UPDATE_OPENAPI=1 cargo test -p vdc-tests --test suite contract::`.
 #[test]
 fn openapi_document_is_up_to_date() {
     let path = repo().join("dcmgr/openapi.json");
@@ -19,7 +19,7 @@ fn openapi_document_is_up_to_date() {
     let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         checked_in == generated,
-        "dcmgr/openapi.json is out of date with the code; run VDC_UPDATE_OPENAPI=1 cargo test -p vdc-tests --test contract"
+        "dcmgr/openapi.json is out of date with the code; run VDC_UPDATE_OPENAPI=1 cargo test -p vdc-tests --test suite contract::"
     );
     // Every route of the router is documented.
     let doc: serde_json::Value = serde_json::from_str(&generated).unwrap();
