@@ -1273,9 +1273,10 @@ pub struct BundlePlan {
     /// Objects changed in place (the bundle wins for the fields it carries).
     #[serde(default)]
     pub updates: Vec<BundleChange>,
-    /// Objects of the earlier import gone from the bundle: applied only with `prune`
-    /// (networks, security groups, key pairs); instances, images, volumes and floating
-    /// IPs are never deleted by an import (their `detail` says so).
+    /// Objects of the earlier import gone from the bundle, deleted only with `prune`
+    /// (instances terminated, floating IPs released); `detail` says what happens: one
+    /// still used by something that stays is refused (an `in_use` conflict), one used
+    /// only by what this import ends waits for it (`waits: …`).
     #[serde(default)]
     pub deletes: Vec<BundleChange>,
     #[serde(default)]

@@ -1184,7 +1184,8 @@ impl Tabular for BundleImport {
 
 fn plan_text(p: &BundlePlan) -> String {
     let mut s = format!("bundle of {} ({} chunks, {} bytes) verified\n", p.source_vdc, p.chunks, p.bytes);
-    let prunes = p.deletes.iter().any(|d| d.detail.ends_with("(--prune)"));
+    // Deletes `--prune` applies, waits for or refuses; not those it was not asked for.
+    let prunes = p.deletes.iter().any(|d| !d.detail.starts_with("only with --prune"));
     if let Some(i) = &p.already_imported {
         if !prunes {
             s += &format!("imported already as {i}: nothing to do\n");
@@ -1396,6 +1397,30 @@ fn write_private(path: &Path, key: &str) -> Result<(), CliError> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    fn plan(deletes: &[&str]) -> BundlePlan {
+        serde_json::from_value(serde_json::json!({
+            "source_site": "k", "source_vdc": "a-1", "manifest_hash": "h",
+            "already_imported": "imp-1", "update_of": null, "creates": [], "conflicts": [],
+            "chunks": 0, "bytes": 0, "prune": true,
+            "deletes": deletes.iter().map(|d| serde_json::json!({
+                "kind": "network", "bundle_id": "nw-1", "id": "nw-2", "name": "net1", "detail": d
+            })).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_plan_imported_already_still_shows_the_deletes_prune_waits_for() {
+        let waits = plan(&["waits: in use by instance(s) web being terminated"]);
+        let text = plan_text(&waits);
+        assert!(text.contains("- network \"net1\" nw-2: waits: in use by"), "{text}");
+        assert!(!text.contains("nothing to do"), "{text}");
+        let text = plan_text(&plan(&["deleted (--prune)"]));
+        assert!(text.contains("- network \"net1\" nw-2: deleted (--prune)"), "{text}");
+        let text = plan_text(&plan(&["only with --prune"]));
+        assert!(text.contains("nothing to do") && !text.contains("net1"), "{text}");
+    }
 
     fn create_args(args: &[&str]) -> InstanceCreateArgs {
         let cli = Cli::try_parse_from(
