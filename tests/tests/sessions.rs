@@ -102,7 +102,8 @@ async fn sign_in_switch_and_sign_out(db: Db) {
     let wrong = sign_in(&url, "carol", "not-the-password", None).await;
     let unknown = sign_in(&url, "nobody-here", PASSWORD, None).await;
     let no_password = sign_in(&url, "team-a", PASSWORD, None).await;
-    for a in [&wrong, &unknown, &no_password] {
+    let wrong_in_b = sign_in(&url, "carol", "not-the-password", Some("team-b")).await;
+    for a in [&wrong, &unknown, &no_password, &wrong_in_b] {
         assert_eq!((a.status, a.code.as_str()), (401, "bad_credentials"), "{}", a.body);
         assert_eq!(a.body, wrong.body);
     }
@@ -246,7 +247,20 @@ async fn sign_in_switch_and_sign_out(db: Db) {
         && e["account_id"] == a_id.as_str()
         && e["resource_id"] == first.id.as_str()));
     let failed = of("session.create", 401);
-    assert!(failed.iter().any(|e| e["user_id"] == carol.id.as_str() && e["error_code"] == "bad_credentials"));
+    // A known user's failed attempt names the account it was for: her first by name, or
+    // the one she named.
+    for account in [&a_id, &b_id] {
+        assert!(failed.iter().any(|e| e["user_id"] == carol.id.as_str()
+            && e["error_code"] == "bad_credentials"
+            && e["account_id"] == account.as_str()));
+    }
+    // So that account's owner sees it.
+    let owners: Value = team_b.get("/audit?limit=1000").await.unwrap();
+    assert!(owners["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "session.create" && e["status"] == 401 && e["user_id"] == carol.id.as_str()));
     assert!(failed.iter().any(|e| e["user_id"].is_null()), "the unknown user's attempt");
     assert!(of("session.switch", 201).iter().any(|e| e["token_id"] == switched.id.as_str()));
     assert!(of("session.delete", 204).iter().any(|e| e["token_id"] == in_b.id.as_str()));

@@ -144,8 +144,15 @@ pub async fn sign_in(
     // Names longer than any user's are cut: a bucket per guessed name stays small.
     ctx.signin_limits.check(&Key::User(req.user.chars().take(64).collect()))?;
     let found = if req.user.len() <= 64 { store::credentials(&ctx.db, &req.user).await? } else { None };
+    // The account a known user signs in to is named before the password is checked, so a
+    // failed attempt shows in that account's audit log; which one (or why none) is told
+    // only to the right password.
+    let mut account = None;
     if let Some((u, _)) = &found {
-        who.saw(Some(&u.id.parse().map_err(ApiError::internal)?), None, None);
+        let user_id: UserId = u.id.parse().map_err(ApiError::internal)?;
+        let picked = pick_account(ctx, &user_id, req.account.as_deref()).await;
+        who.saw(Some(&user_id), None, picked.as_ref().ok());
+        account = Some(picked);
     }
     let phc = found.as_ref().and_then(|(_, p)| p.clone());
     let has_password = phc.is_some();
@@ -161,7 +168,7 @@ pub async fn sign_in(
         _ => return Err(bad_credentials()),
     };
     let user_id: UserId = user.id.parse().map_err(ApiError::internal)?;
-    let account = pick_account(ctx, &user_id, req.account.as_deref()).await?;
+    let account = account.ok_or_else(bad_credentials)??;
     let session = issue(ctx, &user_id, &account, None).await?;
     who.saw(Some(&user_id), Some(&session.id), Some(&session.account.id));
     Ok(session)
