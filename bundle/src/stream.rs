@@ -9,7 +9,7 @@
 use crate::{sha256_hex, BlobRef, BundleError, ChunkRef, Limits, Manifest, SigningKey, VerifyingKey, CHUNK_SIZE};
 use ed25519_dalek::{Signature, Signer, Verifier};
 use sha2::Digest;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 
 pub const MAGIC: &[u8; 8] = b"VDCBNDL\n";
@@ -35,6 +35,7 @@ fn frame<W: Write>(w: &mut W, tag: u8, parts: &[&[u8]]) -> std::io::Result<()> {
 pub struct Writer<W: Write> {
     w: W,
     pending: HashMap<String, u64>,
+    written: HashSet<String>,
     bytes: u64,
 }
 
@@ -46,12 +47,16 @@ impl<W: Write> Writer<W> {
         frame(&mut w, b'M', &[&json])?;
         frame(&mut w, b'S', &[key.verifying_key().as_bytes(), &sig.to_bytes()])?;
         let pending = manifest.chunks.iter().map(|c| (c.sha256.clone(), c.size)).collect();
-        Ok(Writer { w, pending, bytes: (MAGIC.len() + 5 + json.len() + 5 + 96) as u64 })
+        Ok(Writer { w, pending, written: HashSet::new(), bytes: (MAGIC.len() + 5 + json.len() + 5 + 96) as u64 })
     }
 
-    /// Writes one chunk the manifest lists (and has not been written yet).
-    pub fn write_chunk(&mut self, data: &[u8]) -> Result<(), BundleError> {
+    /// Writes one chunk the manifest lists. One written already is skipped (blobs share
+    /// chunks, and one blob may repeat a chunk): whether it was written now.
+    pub fn write_chunk(&mut self, data: &[u8]) -> Result<bool, BundleError> {
         let hash = sha256_hex(data);
+        if self.written.contains(&hash) {
+            return Ok(false);
+        }
         match self.pending.remove(&hash) {
             Some(size) if size == data.len() as u64 => {}
             Some(_) => return Err(BundleError::ChunkHashMismatch(hash)),
@@ -60,7 +65,8 @@ impl<W: Write> Writer<W> {
         let z = zstd::bulk::compress(data, 1)?;
         frame(&mut self.w, b'C', &[&hex::decode(&hash).expect("hex"), &z])?;
         self.bytes += 5 + 32 + z.len() as u64;
-        Ok(())
+        self.written.insert(hash);
+        Ok(true)
     }
 
     /// Writes a reference to a chunk the manifest lists (and has not been written yet):
@@ -72,6 +78,7 @@ impl<W: Write> Writer<W> {
         let hash = hex::decode(sha256).map_err(|_| BundleError::ChunkNotInManifest(sha256.to_owned()))?;
         frame(&mut self.w, b'R', &[&hash])?;
         self.bytes += 5 + 32;
+        self.written.insert(sha256.to_owned());
         Ok(())
     }
 

@@ -51,9 +51,22 @@ fn bundle(key: &SigningKey) -> (Manifest, Vec<u8>) {
     };
     let mut w = Writer::new(Vec::new(), &m, key).unwrap();
     for c in data.chunks(CHUNK_SIZE) {
-        w.write_chunk(c).unwrap();
+        assert!(w.write_chunk(c).unwrap());
     }
     (m.clone(), w.finish(m.chunks.len() as u64).unwrap())
+}
+
+#[test]
+fn a_chunk_written_again_is_skipped() {
+    let key = generate_key();
+    let (m, full) = bundle(&key);
+    let data = data();
+    let mut w = Writer::new(Vec::new(), &m, &key).unwrap();
+    for c in data.chunks(CHUNK_SIZE) {
+        assert!(w.write_chunk(c).unwrap());
+        assert!(!w.write_chunk(c).unwrap(), "written once");
+    }
+    assert_eq!(w.finish(m.chunks.len() as u64).unwrap(), full);
 }
 
 fn relayed(full: &[u8], held: &HashSet<String>) -> (Vec<u8>, Relayed) {
