@@ -125,9 +125,10 @@ pub struct Ctx {
     pub ingesting: std::sync::Mutex<std::collections::HashSet<ImageId>>,
     /// This process's part of the blob lock: take it with [`crate::app::blob_refs::hold`].
     pub blob_refs: tokio::sync::Mutex<()>,
-    /// Signs the credentials agents fetch blobs with (see `app::node_auth`).
+    /// Signs the credentials agents fetch blobs with (see `app::node_auth`); the site's,
+    /// shared by its dcmgrs (`app::site_secret`).
     pub node_key: [u8; 32],
-    /// This site's bundle signing key (`site-key` in the image store's directory).
+    /// This site's bundle signing key, shared by its dcmgrs (`app::site_secret`).
     pub site_key: vdc_bundle::SigningKey,
     /// Keys whose bundles are imported: this site's and `[bundles] trusted_keys`.
     pub trusted_keys: Vec<vdc_bundle::VerifyingKey>,

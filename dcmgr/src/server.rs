@@ -59,8 +59,10 @@ impl Dcmgr {
             (None, Some(url)) => vdc_bus::Nats::connect(url, "dcmgr").await?,
             (None, None) => vdc_bus::InProc::new(),
         };
-        let site_key = crate::app::bundle::load_site_key(&config.images_dir())
-            .with_context(|| format!("the bundle site key in {}", config.images_dir().display()))?;
+        let images_dir = config.images_dir();
+        let secret = |name: &'static str| crate::app::site_secret::load(&pool, &images_dir, name);
+        let site_key = vdc_bundle::SigningKey::from_bytes(&secret("site-key").await.context("the bundle site key")?);
+        let node_key = secret("node-key").await.context("the node key")?;
         let mut trusted_keys = vec![site_key.verifying_key()];
         for k in &config.bundles.trusted_keys {
             trusted_keys.push(
@@ -95,8 +97,7 @@ impl Dcmgr {
             blobs: open_blob_store(&config).await?,
             ingesting: Default::default(),
             blob_refs: Default::default(),
-            node_key: crate::app::node_auth::load_key(&config.images_dir())
-                .with_context(|| format!("the node key in {}", config.images_dir().display()))?,
+            node_key,
             site_key,
             trusted_keys,
             http_addr: Default::default(),

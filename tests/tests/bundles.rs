@@ -26,6 +26,7 @@ on_both_databases!(
     ten_concurrent_imports_of_an_update_apply_it_once,
     a_push_sends_only_the_chunks_the_target_lacks,
     a_push_never_resolves_what_the_account_does_not_hold,
+    the_site_keys_are_the_databases,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -286,10 +287,38 @@ async fn a_vdc_moves_to_another_site_and_a_second_import_changes_nothing(db: Db)
     b.stop().await;
 }
 
-/// The site key of a test stack, read from its image store (tests only).
+/// The site key of a test stack.
 fn site_key(s: &Stack) -> SigningKey {
-    let seed = std::fs::read(s.opts.images.dir.as_ref().unwrap().join("site-key")).unwrap();
-    SigningKey::from_bytes(&seed.try_into().unwrap())
+    s.dcmgr().ctx.site_key.clone()
+}
+
+/// The site's keys are the database's: concurrent first loads (dcmgrs starting at once,
+/// each with an images directory of its own) agree on one, and a key file an earlier
+/// version left is taken in once.
+async fn the_site_keys_are_the_databases(db: Db) {
+    use vdc_dcmgr::app::site_secret::load;
+    let s = Stack::start(StackOptions::new(db)).await;
+    let pool = &s.dcmgr().ctx.db;
+    let dirs: Vec<tempfile::TempDir> = (0..8).map(|_| tempfile::tempdir().unwrap()).collect();
+    let loads = dirs.iter().map(|d| load(pool, d.path(), "test-key"));
+    let keys = futures::future::try_join_all(loads).await.unwrap();
+    assert!(keys.iter().all(|k| *k == keys[0]), "one key: {keys:?}");
+    // An earlier version's file: taken in when the database has none, then the
+    // database's wins over any file.
+    std::fs::write(dirs[0].path().join("old-key"), [7u8; 32]).unwrap();
+    assert_eq!(load(pool, dirs[0].path(), "old-key").await.unwrap(), [7u8; 32]);
+    std::fs::write(dirs[1].path().join("old-key"), [9u8; 32]).unwrap();
+    assert_eq!(load(pool, dirs[1].path(), "old-key").await.unwrap(), [7u8; 32]);
+    std::fs::write(dirs[2].path().join("bad-key"), b"short").unwrap();
+    let e = load(pool, dirs[2].path(), "bad-key").await.unwrap_err();
+    assert!(e.to_string().contains("is not 32 bytes"), "{e}");
+    // The running dcmgr's keys are the ones recorded.
+    let site = load(pool, dirs[3].path(), "site-key").await.unwrap();
+    assert_eq!(s.dcmgr().ctx.site_key.to_bytes(), site);
+    assert_eq!(s.dcmgr().ctx.node_key, load(pool, dirs[3].path(), "node-key").await.unwrap());
+    let key = s.admin.bundle_key().await.unwrap().public_key;
+    assert_eq!(key, vdc_bundle::key_hex(&SigningKey::from_bytes(&site).verifying_key()));
+    s.stop().await;
 }
 
 /// Splits a bundle: (manifest, chunks' uncompressed bytes in stream order).

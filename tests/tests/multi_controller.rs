@@ -41,15 +41,12 @@ fn dcmgr(i: usize, tmp: &std::path::Path, db: &str, nats: u16, port: u16) -> Pro
              admin_token = \"{TOKEN}\"\ncpu_allocation_ratio = 16.0\n\
              [auth]\ntoken_cache_ttl_ms = 1000\n\
              [images]\ndir = \"{}\"\n",
-            // One image store (and node and site keys) for all: README, several controllers.
+            // One image store for all: README, several controllers.
             tmp.join("images").display()
         ),
     )
     .unwrap();
-    let p =
-        Proc::spawn(&format!("dcmgr{i}"), Command::new(bin("dcmgr")).args(["--config", cfg.to_str().unwrap()]), tmp);
-    assert!(procs::wait_port(port, Duration::from_secs(30)), "dcmgr{i} did not listen:\n{}", p.log_text());
-    p
+    Proc::spawn(&format!("dcmgr{i}"), Command::new(bin("dcmgr")).args(["--config", cfg.to_str().unwrap()]), tmp)
 }
 
 fn hva(i: usize, tmp: &std::path::Path, nats: u16, metrics: u16) -> Proc {
@@ -132,10 +129,15 @@ async fn three_controllers_one_killed_mid_storm() {
     let db = sqlx::PgPool::connect(&db_url).await.unwrap();
     let (_nats, nats) = procs::nats_server(dir);
     let ports: Vec<u16> = (0..CONTROLLERS).map(|_| procs::free_port()).collect();
-    // One after the other: the first makes the schema and the keys the others share.
+    // All at once on a new database: one makes the schema, the admin account and the
+    // site's keys, and the others take them.
     let mut ctls: Vec<Option<Proc>> = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         ctls.push(Some(dcmgr(i, dir, &db_url, nats, *port)));
+    }
+    for (i, port) in ports.iter().enumerate() {
+        let p = ctls[i].as_ref().unwrap();
+        assert!(procs::wait_port(*port, Duration::from_secs(30)), "dcmgr{i} did not listen:\n{}", p.log_text());
     }
     let hva_metrics: Vec<u16> = (0..HOSTS).map(|_| procs::free_port()).collect();
     let _hvas: Vec<Proc> = (0..HOSTS).map(|i| hva(i, dir, nats, hva_metrics[i])).collect();
@@ -146,6 +148,12 @@ async fn three_controllers_one_killed_mid_storm() {
     })
     .await
     .expect("every hva registers");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM accounts WHERE name = 'admin'").await, 1);
+    let mut keys = Vec::new();
+    for c in &clients {
+        keys.push(c.bundle_key().await.unwrap().public_key);
+    }
+    assert!(keys.iter().all(|k| *k == keys[0]), "one site key: {keys:?}");
     let image = clients[0].create_image(&vdc_tests::builtin_tiny_image(vec![HypervisorKind::Qemu])).await.unwrap();
 
     // Events cross processes: a create through dcmgr0, seen on a stream of dcmgr2.

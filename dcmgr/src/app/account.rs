@@ -90,29 +90,35 @@ pub async fn insert(ctx: &SharedCtx, name: &str, admin: bool, token: Option<&str
 /// Makes sure an admin account named `admin` exists and accepts `token` (for its first
 /// owner, under a name of its own so that a changed `admin_token` adds a token).
 pub async fn bootstrap_admin(ctx: &SharedCtx, token: &str) -> anyhow::Result<AccountId> {
-    let id = match store::named_admin(&ctx.db).await? {
-        Some(id) => {
-            let owner =
-                users::first_owner(&ctx.db, &id).await?.ok_or_else(|| anyhow::anyhow!("account {id} has no owner"))?;
-            let hash = hash_token(token);
-            let name = format!("bootstrap-{}", &hash[..8]);
-            let tid = TokenId::generate();
-            let t = users::NewToken {
-                id: tid.as_str(),
-                hash: &hash,
-                name: &name,
-                account: &id,
-                user: &owner,
-                role: None,
-                expires_at: None,
-                now: &db::now(),
-            };
-            users::insert_token_if_absent(&ctx.db, &t).await?;
-            id.parse()?
-        }
-        None => insert(ctx, "admin", true, Some(token)).await.map_err(|e| anyhow::anyhow!("{e}"))?.account.id,
-    };
-    Ok(id)
+    // Two dcmgrs starting on a new database both find no admin: the one whose insert
+    // loses the name takes the other's account.
+    for _ in 0..2 {
+        let Some(id) = store::named_admin(&ctx.db).await? else {
+            match insert(ctx, "admin", true, Some(token)).await {
+                Ok(made) => return Ok(made.account.id),
+                Err(e) if e.code() == "name_taken" => continue,
+                Err(e) => anyhow::bail!("{e}"),
+            }
+        };
+        let owner =
+            users::first_owner(&ctx.db, &id).await?.ok_or_else(|| anyhow::anyhow!("account {id} has no owner"))?;
+        let hash = hash_token(token);
+        let name = format!("bootstrap-{}", &hash[..8]);
+        let tid = TokenId::generate();
+        let t = users::NewToken {
+            id: tid.as_str(),
+            hash: &hash,
+            name: &name,
+            account: &id,
+            user: &owner,
+            role: None,
+            expires_at: None,
+            now: &db::now(),
+        };
+        users::insert_token_if_absent(&ctx.db, &t).await?;
+        return Ok(id.parse()?);
+    }
+    anyhow::bail!("the admin account was neither found nor made")
 }
 
 /// Resolves a bearer token, from the cache or the database. A token that expired or was

@@ -28,31 +28,6 @@ use vdc_schema::api::{
 use vdc_schema::id::*;
 use vdc_schema::state::{HypervisorKind, ImageState};
 
-/// The site key: an ed25519 seed in `dir/site-key`, made (mode 0600) on first start.
-pub fn load_site_key(dir: &Path) -> std::io::Result<vdc_bundle::SigningKey> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("site-key");
-    match std::fs::read(&path) {
-        Ok(b) => {
-            let seed: [u8; 32] = b
-                .try_into()
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "site-key is not 32 bytes"))?;
-            Ok(vdc_bundle::SigningKey::from_bytes(&seed))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)?;
-            let key = vdc_bundle::generate_key();
-            let tmp = dir.join(".site-key.tmp");
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            std::io::Write::write_all(&mut f, &key.to_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            Ok(key)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 impl From<BundleError> for ApiError {
     fn from(e: BundleError) -> Self {
         match e {

@@ -29,6 +29,7 @@ pub mod scheduler;
 pub mod secgroup;
 pub mod server_group;
 pub mod session;
+pub mod site_secret;
 pub mod snapshot;
 pub mod token;
 pub mod user;

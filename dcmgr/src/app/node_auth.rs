@@ -6,28 +6,6 @@
 use crate::ctx::SharedCtx;
 use crate::error::{ApiError, ApiResult};
 use sha2::{Digest, Sha256};
-use std::path::Path;
-
-/// dcmgr's key, `DIR/node-key` (made once, readable by dcmgr only).
-pub fn load_key(dir: &Path) -> std::io::Result<[u8; 32]> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("node-key");
-    match std::fs::read(&path) {
-        Ok(b) if b.len() == 32 => Ok(b.try_into().expect("32 bytes")),
-        Ok(_) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "node-key is not 32 bytes")),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)?;
-            let key: [u8; 32] = rand::random();
-            let tmp = dir.join(".node-key.tmp");
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            std::io::Write::write_all(&mut f, &key)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            Ok(key)
-        }
-        Err(e) => Err(e),
-    }
-}
 
 fn hmac(key: &[u8; 32], msg: &[u8]) -> [u8; 32] {
     let mut k = [0u8; 64];

@@ -18,6 +18,7 @@ pub mod network;
 pub mod quota;
 pub mod secgroup;
 pub mod server_group;
+pub mod site;
 pub mod snapshot;
 pub mod user;
 pub mod volume;
@@ -74,7 +75,13 @@ pub async fn connect(url: &str) -> Result<(Pool, DbKind), sqlx::Error> {
         .await?;
     MIGRATOR.run(&pool).await?;
     if kind == DbKind::Postgres {
-        pool.execute(event::PG_SEQUENCE).await?;
+        // IF NOT EXISTS does not hold against a concurrent create (pg_class's unique
+        // index refuses the second): a dcmgr starting beside another finds it made.
+        if let Err(e) = pool.execute(event::PG_SEQUENCE).await {
+            if !is_unique_violation(&e) {
+                return Err(e);
+            }
+        }
     }
     Ok((pool, kind))
 }

@@ -1,0 +1,22 @@
+//! The site's shared secrets (`site_secrets`, see `app::site_secret`).
+
+use super::Pool;
+
+/// The secret `name` (hex), if a dcmgr recorded it already.
+pub async fn secret(pool: &Pool, name: &str) -> Result<Option<String>, sqlx::Error> {
+    let r: Option<(String,)> =
+        sqlx::query_as("SELECT value FROM site_secrets WHERE name = $1").bind(name).fetch_optional(pool).await?;
+    Ok(r.map(|r| r.0))
+}
+
+/// Records `value` as the secret `name` unless one is there (another dcmgr's): the first
+/// insert wins, and every dcmgr reads the winner back.
+pub async fn offer_secret(pool: &Pool, name: &str, value: &str, now: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO site_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+        .bind(name)
+        .bind(value)
+        .bind(now)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
