@@ -124,13 +124,15 @@ impl Backend for ZfsBackend {
     async fn delete(&self, id: &VolumeId) -> Result<()> {
         let ds = self.ds(id);
         // Right after tgtd lets go of the file the dataset can still be busy: FUSE
-        // delivers the close to zfs-fuse asynchronously. Give it a few seconds.
-        let mut tries = 0;
+        // delivers the close to zfs-fuse asynchronously, and on a loaded machine more
+        // than 5 s later (seen in CI). Give it up to 30 s before the next ensure must.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while self.has(&ds, "all").await {
             match self.tools.run("zfs", &["destroy", "-r", &ds]).await {
                 Ok(_) => break,
-                Err(CmdError::Failed { stderr, .. }) if stderr.contains("busy") && tries < 50 => {
-                    tries += 1;
+                Err(CmdError::Failed { stderr, .. })
+                    if stderr.contains("busy") && std::time::Instant::now() < deadline =>
+                {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(e.into()),
