@@ -92,11 +92,15 @@ pub async fn insert(ctx: &SharedCtx, name: &str, admin: bool, token: Option<&str
 pub async fn bootstrap_admin(ctx: &SharedCtx, token: &str) -> anyhow::Result<AccountId> {
     // Two dcmgrs starting on a new database both find no admin: the one whose insert
     // loses the name takes the other's account.
+    let mut taken = None;
     for _ in 0..2 {
         let Some(id) = store::named_admin(&ctx.db).await? else {
             match insert(ctx, "admin", true, Some(token)).await {
                 Ok(made) => return Ok(made.account.id),
-                Err(e) if e.code() == "name_taken" => continue,
+                Err(e) if e.code() == "name_taken" => {
+                    taken = Some(e);
+                    continue;
+                }
                 Err(e) => anyhow::bail!("{e}"),
             }
         };
@@ -118,7 +122,7 @@ pub async fn bootstrap_admin(ctx: &SharedCtx, token: &str) -> anyhow::Result<Acc
         users::insert_token_if_absent(&ctx.db, &t).await?;
         return Ok(id.parse()?);
     }
-    anyhow::bail!("the admin account was neither found nor made")
+    anyhow::bail!("the admin account was neither found nor made: {}", taken.map(|e| e.to_string()).unwrap_or_default())
 }
 
 /// Resolves a bearer token, from the cache or the database. A token that expired or was
