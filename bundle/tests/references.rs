@@ -5,7 +5,10 @@
 
 use std::collections::HashSet;
 use vdc_bundle::*;
-use vdc_schema::state::{Arch, BootMode, HypervisorKind, ImageFormat};
+#[path = "support/image.rs"]
+mod image;
+
+use image::raw_image;
 
 /// Three 4 MiB chunks and a short one of incompressible bytes, as one image.
 fn data() -> Vec<u8> {
@@ -30,23 +33,7 @@ fn bundle(key: &SigningKey) -> (Manifest, Vec<u8>) {
             vdc_id: "a-1".into(),
             exported_at: "2026-12-01T00:00:00Z".into(),
         },
-        model: Model {
-            images: vec![Image {
-                id: "img-1".into(),
-                name: "disk".into(),
-                format: ImageFormat::Raw,
-                arch: Arch::X86_64,
-                hypervisors: vec![HypervisorKind::Qemu],
-                boot_mode: BootMode::Bios,
-                kernel_id: None,
-                min_disk: None,
-                min_memory: None,
-                os: None,
-                default_user: None,
-                blob: Some(blob),
-            }],
-            ..Default::default()
-        },
+        model: Model { images: vec![raw_image("img-1", "disk", blob)], ..Default::default() },
         chunks,
     };
     let mut w = Writer::new(Vec::new(), &m, key).unwrap();

@@ -10,7 +10,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use vdc_bundle::*;
-use vdc_schema::state::{Arch, BootMode, HypervisorKind, ImageFormat};
+#[path = "support/image.rs"]
+mod image;
+
+use image::raw_image;
 
 struct Rng(u64);
 
@@ -41,20 +44,7 @@ fn seed(key: &SigningKey) -> (Manifest, Vec<u8>, Chunks) {
             store.insert(c.sha256.clone(), data.clone());
             chunks.push(c);
         }
-        images.push(Image {
-            id: format!("img-{i}"),
-            name: format!("disk{i}"),
-            format: ImageFormat::Raw,
-            arch: Arch::X86_64,
-            hypervisors: vec![HypervisorKind::Qemu],
-            boot_mode: BootMode::Bios,
-            kernel_id: None,
-            min_disk: None,
-            min_memory: None,
-            os: None,
-            default_user: None,
-            blob: Some(blob),
-        });
+        images.push(raw_image(&format!("img-{i}"), &format!("disk{i}"), blob));
     }
     let m = Manifest {
         format_version: FORMAT_VERSION,
