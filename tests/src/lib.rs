@@ -7,6 +7,7 @@
 //! process and removes when it exits ([`pg`]). Without PostgreSQL installed they fail
 //! rather than skip.
 
+pub mod floor;
 pub mod pg;
 pub mod procs;
 pub mod s3;

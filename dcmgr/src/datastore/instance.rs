@@ -37,7 +37,8 @@ pub struct Row {
     pub placement_labels: String,
 }
 
-const COLS: &str = "id, account_id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, state, goal, \
+/// The columns of an instance row (`vdc-bench` reads the same ones for its SQL floor).
+pub const COLS: &str = "id, account_id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, state, goal, \
      host_node_id, last_host_id, spec_gen, report_gen, reboot_gen, failure_reason, created_at, updated_at, root_disk_size, \
      server_group_id, placement_zone, placement_labels";
 

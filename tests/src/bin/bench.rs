@@ -5,9 +5,11 @@
 //!
 //! - create → ensure sent to the (simulated) agent: p50 / p99, one request at a time;
 //! - creates accepted, placed and ensured per second, 32 in flight;
-//! - `GET /api/v1/instances/{id}`: requests per second with `wrk -t2 -c64` when wrk is
-//!   installed, else with an in-process client at 64 connections;
-//! - `GET /api/v1/instances?limit=1000` over 1,000 instances: p50;
+//! - `GET /api/v1/instances/{id}`: requests per second with `wrk -t2 -c64`, as a ratio to
+//!   its floor in the same run: a bare axum server answering the same JSON from memory
+//!   (`vdc_tests::floor`); beside it, the same statements through sqlx's own driver;
+//! - `GET /api/v1/instances?limit=1000` over 1,000 instances: p50, as a ratio to the same
+//!   list served from memory, read by the same client; and its statements alone;
 //! - event delay: a state change to its event at a client of `GET /api/v1/events`.
 
 use clap::Parser;
@@ -16,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vdc_schema::api::*;
-use vdc_tests::{Db, Stack, StackOptions};
+use vdc_tests::{floor, Db, Stack, StackOptions};
 
 #[derive(Parser)]
 struct Args {
@@ -138,6 +140,26 @@ where
     Ok(f64::from(n) / t.elapsed().as_secs_f64())
 }
 
+/// Runs `f` from `tasks` tasks at once for `seconds`: completed calls per second.
+async fn in_flight<F, Fut>(tasks: usize, seconds: u64, f: F) -> anyhow::Result<f64>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(seconds);
+    let calls = futures::future::try_join_all((0..tasks).map(|_| async {
+        let mut n = 0u64;
+        while Instant::now() < deadline {
+            f().await?;
+            n += 1;
+        }
+        anyhow::Ok(n)
+    }))
+    .await?;
+    Ok(calls.iter().sum::<u64>() as f64 / t.elapsed().as_secs_f64())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -196,47 +218,42 @@ async fn main() -> anyhow::Result<()> {
         args.throughput_creates as f64 / secs
     );
 
-    // 3. GET one instance.
-    let target = format!("{}/api/v1/instances/{}", stack.url(), ids[0]);
+    // 3. GET one instance, and its floors in the same run.
+    let account = c.whoami().await?.account.id.to_string();
+    let raw = floor::RawSql::connect(&stack.database_url).await?;
+    let id: vdc_schema::InstanceId = ids[0].parse()?;
+    let one = c.get_instance(&id).await?;
+    let target = format!("{}/api/v1/instances/{id}", stack.url());
     let token = c.token().to_owned();
-    match vdc_tests::procs::which("wrk") {
-        Some(wrk) => {
-            let out = std::process::Command::new(wrk)
-                .args(["-t2", "-c64", &format!("-d{}s", args.get_seconds), "--latency"])
-                .args(["-H", &format!("Authorization: Bearer {token}"), &target])
-                .output()?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let rps = text.lines().find(|l| l.starts_with("Requests/sec")).unwrap_or("Requests/sec: ?");
-            let p50 = text.lines().find(|l| l.trim_start().starts_with("50%")).unwrap_or("50% ?");
-            let non2xx = text.lines().find(|l| l.contains("Non-2xx")).unwrap_or("");
-            println!("GET /instances/{{id}} (wrk -t2 -c64): {} | latency {} {}", rps.trim(), p50.trim(), non2xx.trim());
+    let sql_get = {
+        let (raw, account, id) = (&raw, account.as_str(), id.as_str());
+        in_flight(64, args.get_seconds, || async move { raw.get_instance(account, id).await.map(|_| ()) }).await?
+    };
+    match floor::wrk(&target, &token, args.get_seconds)? {
+        Some((rps, p50)) => {
+            let bare = floor::MemoryServer::start(vec![one.clone()]).await?;
+            let (bare_rps, bare_p50) =
+                floor::wrk(&format!("{}/api/v1/instances/{id}", bare.url), &token, args.get_seconds)?
+                    .unwrap_or_default();
+            println!(
+                "GET /instances/{{id}} (wrk -t2 -c64): {rps:.0} req/s (latency {p50}) = {:.3} × bare axum from memory \
+                 ({bare_rps:.0} req/s, {bare_p50}); its 4 statements through sqlx's own driver, 64 in flight: {sql_get:.0}/s",
+                rps / bare_rps
+            );
         }
         None => {
-            let deadline = Instant::now() + Duration::from_secs(args.get_seconds);
-            let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let mut tasks = Vec::new();
-            for _ in 0..64 {
-                let (c, count, id) = (c.clone(), count.clone(), ids[0].parse()?);
-                tasks.push(tokio::spawn(async move {
-                    while Instant::now() < deadline {
-                        if c.get_instance(&id).await.is_ok() {
-                            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                }));
-            }
-            for t in tasks {
-                t.await?;
-            }
-            let n = count.load(std::sync::atomic::Ordering::Relaxed);
+            let http = {
+                let (c, id) = (&c, &id);
+                in_flight(64, args.get_seconds, || async move { Ok(c.get_instance(id).await.map(|_| ())?) }).await?
+            };
             println!(
-                "GET /instances/{{id}} (in-process client, 64 in flight; install wrk for the real figure): {:.0} req/s",
-                n as f64 / args.get_seconds as f64
+                "GET /instances/{{id}} (in-process client, 64 in flight; install wrk for the figure with its floor): \
+                 {http:.0} req/s; its statements through sqlx's own driver: {sql_get:.0}/s"
             );
         }
     }
 
-    // 4. list 1,000 instances (a fresh account holding exactly 1,000).
+    // 4. list 1,000 instances (a fresh account holding exactly 1,000), and its floors.
     let lister = stack.account("lister").await;
     let sem = Arc::new(tokio::sync::Semaphore::new(32));
     let mut tasks = Vec::new();
@@ -251,17 +268,33 @@ async fn main() -> anyhow::Result<()> {
         t.await??;
     }
     let q = ListQuery { limit: Some(1000), ..Default::default() };
-    let mut list = Histogram::<u64>::new(3)?;
+    let all: Page<Instance> = lister.list_instances(&q).await?;
+    let bare = floor::MemoryServer::start(all.items).await?;
+    let bare_client = vdc_cli::client::Client::new(&bare.url, lister.token());
+    let lister_account = lister.whoami().await?.account.id.to_string();
+    let (mut list, mut list_bare, mut list_sql) =
+        (Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?, Histogram::<u64>::new(3)?);
     for _ in 0..50 {
         let t0 = Instant::now();
         let page: Page<Instance> = lister.list_instances(&q).await?;
         list.record(t0.elapsed().as_micros() as u64)?;
-        assert_eq!(page.items.len(), 1000);
+        anyhow::ensure!(page.items.len() == 1000, "the list held {} instances", page.items.len());
+        let t0 = Instant::now();
+        let page: Page<Instance> = bare_client.list_instances(&q).await?;
+        list_bare.record(t0.elapsed().as_micros() as u64)?;
+        anyhow::ensure!(page.items.len() == 1000, "the bare server listed {} instances", page.items.len());
+        let t0 = Instant::now();
+        raw.list_instances(&lister_account, 1000).await?;
+        list_sql.record(t0.elapsed().as_micros() as u64)?;
     }
     println!(
-        "GET /instances?limit=1000 (1,000 items, 50 runs): p50 {:.2} ms, p99 {:.2} ms",
+        "GET /instances?limit=1000 (1,000 items, 50 runs): p50 {:.2} ms, p99 {:.2} ms = {:.2} × the in-memory floor \
+         (bare axum, same client: p50 {:.2} ms); its statements through sqlx's own driver: p50 {:.2} ms",
         ms(&list, 0.5),
-        ms(&list, 0.99)
+        ms(&list, 0.99),
+        ms(&list, 0.5) / ms(&list_bare, 0.5),
+        ms(&list_bare, 0.5),
+        ms(&list_sql, 0.5)
     );
     event_delay(&stack, args.event_creates).await?;
     stack.stop().await;
