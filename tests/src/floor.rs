@@ -3,15 +3,15 @@
 //! - [`MemoryServer`]: a bare axum server answering the same JSON from a `HashMap`, with
 //!   none of dcmgr's work (no token, no database, no audit or metrics layers);
 //! - [`RawSql`]: the statements dcmgr runs for the same call, through the database's own
-//!   sqlx driver (not dcmgr's `Any` pool), with no HTTP and no JSON. Rows are fetched,
-//!   not mapped to structs: a floor, not a second implementation.
+//!   sqlx driver (not dcmgr's `Any` pool) on one connection, with no HTTP and no JSON.
+//!   Rows are fetched, not mapped to structs: a floor, not a second implementation.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use std::collections::HashMap;
 use std::sync::Arc;
-use vdc_dcmgr::datastore::instance::COLS;
+use vdc_dcmgr::datastore::instance::VIEW_COLS;
 use vdc_schema::api::{Instance, Page};
 
 /// Serves `GET /api/v1/instances/{id}` and `GET /api/v1/instances?limit=N` from memory,
@@ -65,19 +65,20 @@ async fn page(State(h): State<Arc<Held>>, Query(q): Query<Limit>) -> Json<Page<I
 }
 
 /// dcmgr's database through its own driver.
+#[derive(Clone)]
 pub enum RawSql {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
 }
 
-// The statements of `datastore::instance::{get, list, attached_volumes}` and
+// The statements of `datastore::instance::{view, list, attached_volumes}` and
 // `datastore::interface::{for_instances, groups_for_instances}`, which GET and list run.
 fn get_sql() -> String {
-    format!("SELECT {COLS} FROM instances WHERE id = $1")
+    format!("SELECT {VIEW_COLS} FROM instances WHERE id = $1")
 }
 fn list_sql() -> String {
     format!(
-        "SELECT {COLS} FROM instances WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
+        "SELECT {VIEW_COLS} FROM instances WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
          AND ($4 = '' OR name = $4) ORDER BY id LIMIT $5"
     )
 }
@@ -135,16 +136,16 @@ impl RawSql {
     /// What `GET /api/v1/instances/{id}` reads: rows fetched.
     pub async fn get_instance(&self, account: &str, id: &str) -> anyhow::Result<usize> {
         Ok(match self {
-            RawSql::Sqlite(p) => get_one!(p, account, id),
-            RawSql::Postgres(p) => get_one!(p, account, id),
+            RawSql::Sqlite(p) => get_one!(&mut *p.acquire().await?, account, id),
+            RawSql::Postgres(p) => get_one!(&mut *p.acquire().await?, account, id),
         })
     }
 
     /// What `GET /api/v1/instances?limit=N` reads: rows fetched.
     pub async fn list_instances(&self, account: &str, limit: i64) -> anyhow::Result<usize> {
         Ok(match self {
-            RawSql::Sqlite(p) => list_page!(p, account, limit),
-            RawSql::Postgres(p) => list_page!(p, account, limit),
+            RawSql::Sqlite(p) => list_page!(&mut *p.acquire().await?, account, limit),
+            RawSql::Postgres(p) => list_page!(&mut *p.acquire().await?, account, limit),
         })
     }
 }

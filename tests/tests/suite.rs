@@ -4,6 +4,7 @@
 
 mod api;
 mod audit;
+mod bench_floor;
 mod bootmodes;
 mod bundles;
 mod cli;

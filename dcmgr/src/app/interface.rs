@@ -108,13 +108,13 @@ pub async fn insert(
 /// Interfaces of the instances of `account` whose IDs fall in `first..=last` (one query
 /// for a whole page of instances).
 pub async fn for_instances(
-    db: &db::Pool,
+    conn: &mut db::Conn,
     account: &str,
     first: &str,
     last: &str,
 ) -> ApiResult<Vec<(String, Interface)>> {
-    let rows = store::for_instances(db, account, first, last).await?;
-    let groups = store::groups_for_instances(db, account, first, last).await?;
+    let rows = store::for_instances(conn, account, first, last).await?;
+    let groups = store::groups_for_instances(conn, account, first, last).await?;
     let mut by_vif: std::collections::HashMap<String, Vec<SecurityGroupId>> = Default::default();
     for (vif, g) in groups {
         if let Ok(g) = g.parse() {

@@ -37,8 +37,7 @@ pub struct Row {
     pub placement_labels: String,
 }
 
-/// The columns of an instance row (`vdc-bench` reads the same ones for its SQL floor).
-pub const COLS: &str = "id, account_id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, state, goal, \
+const COLS: &str = "id, account_id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, state, goal, \
      host_node_id, last_host_id, spec_gen, report_gen, reboot_gen, failure_reason, created_at, updated_at, root_disk_size, \
      server_group_id, placement_zone, placement_labels";
 
@@ -50,7 +49,35 @@ impl Row {
     pub fn goal(&self) -> ApiResult<InstanceGoal> {
         self.goal.parse().map_err(ApiError::internal)
     }
+}
 
+/// What the API shows of an instance row. GET and list read only these columns: the
+/// others (user data of up to 64 KiB above all) would cost a list of 1,000 dearly.
+#[derive(sqlx::FromRow)]
+pub struct View {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub image_id: String,
+    pub hypervisor: String,
+    pub cpus: i64,
+    pub memory_mib: i64,
+    pub ssh_key_id: Option<String>,
+    pub state: String,
+    pub goal: String,
+    pub host_node_id: Option<String>,
+    pub failure_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub root_disk_size: Option<i64>,
+    pub server_group_id: Option<String>,
+}
+
+/// The columns of a [`View`] (`vdc-bench` reads the same ones for its SQL floor).
+pub const VIEW_COLS: &str = "id, account_id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, state, goal, \
+     host_node_id, failure_reason, created_at, updated_at, root_disk_size, server_group_id";
+
+impl View {
     pub fn into_api(self, interfaces: Vec<Interface>, volumes: Vec<VolumeId>) -> ApiResult<Instance> {
         Ok(Instance {
             id: self.id.parse().map_err(ApiError::internal)?,
@@ -74,21 +101,26 @@ impl Row {
     }
 }
 
+/// The view of one instance.
+pub async fn view(conn: &mut db::Conn, id: &str) -> Result<Option<View>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {VIEW_COLS} FROM instances WHERE id = $1")).bind(id).fetch_optional(conn).await
+}
+
 pub async fn get<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &str) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLS} FROM instances WHERE id = $1")).bind(id).fetch_optional(db).await
 }
 
 /// One page of an account's instances, in creation order after `cursor`.
 pub async fn list(
-    pool: &db::Pool,
+    conn: &mut db::Conn,
     account: &AccountId,
     cursor: &str,
     state: &str,
     name: Option<&str>,
     limit: i64,
-) -> Result<Vec<Row>, sqlx::Error> {
+) -> Result<Vec<View>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLS} FROM instances WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
+        "SELECT {VIEW_COLS} FROM instances WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
          AND ($4 = '' OR name = $4) ORDER BY id LIMIT $5"
     ))
     .bind(account.as_str())
@@ -96,14 +128,14 @@ pub async fn list(
     .bind(state)
     .bind(name.unwrap_or_default())
     .bind(limit)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 
 /// (instance, volume) for the volumes attached to the account's instances whose IDs
 /// fall in `first..=last`, sorted by instance (one query for a page of instances).
 pub async fn attached_volumes(
-    pool: &db::Pool,
+    conn: &mut db::Conn,
     account: &str,
     first: &str,
     last: &str,
@@ -115,7 +147,7 @@ pub async fn attached_volumes(
     .bind(account)
     .bind(first)
     .bind(last)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 

@@ -78,7 +78,12 @@ pub async fn add_group(tx: &mut db::Tx<'_>, vif: &str, group: &str) -> Result<()
 
 /// Interfaces of the instances of `account` whose IDs fall in `first..=last`, by instance
 /// and position.
-pub async fn for_instances(pool: &db::Pool, account: &str, first: &str, last: &str) -> Result<Vec<Row>, sqlx::Error> {
+pub async fn for_instances(
+    conn: &mut db::Conn,
+    account: &str,
+    first: &str,
+    last: &str,
+) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as(
         "SELECT v.id, v.instance_id, v.network_id, v.mac, v.ip, v.state, f.ip AS floating_ip
          FROM vifs v LEFT JOIN floating_ips f ON f.vif_id = v.id
@@ -87,13 +92,13 @@ pub async fn for_instances(pool: &db::Pool, account: &str, first: &str, last: &s
     .bind(account)
     .bind(first)
     .bind(last)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 
 /// (interface, group) memberships of the interfaces of [`for_instances`], by group.
 pub async fn groups_for_instances(
-    pool: &db::Pool,
+    conn: &mut db::Conn,
     account: &str,
     first: &str,
     last: &str,
@@ -105,7 +110,7 @@ pub async fn groups_for_instances(
     .bind(account)
     .bind(first)
     .bind(last)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 

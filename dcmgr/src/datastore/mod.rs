@@ -29,6 +29,8 @@ use std::time::Duration;
 
 pub type Pool = AnyPool;
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+/// One connection taken from the pool, for reads that run several statements.
+pub type Conn = sqlx::AnyConnection;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbKind {

@@ -140,29 +140,36 @@ where
     Ok(f64::from(n) / t.elapsed().as_secs_f64())
 }
 
-/// Runs `f` from `tasks` tasks at once for `seconds`: completed calls per second.
+/// Runs `f` in `tasks` tasks at once for `seconds`: completed calls per second.
 async fn in_flight<F, Fut>(tasks: usize, seconds: u64, f: F) -> anyhow::Result<f64>
 where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
 {
     let t = Instant::now();
     let deadline = t + Duration::from_secs(seconds);
-    let calls = futures::future::try_join_all((0..tasks).map(|_| async {
-        let mut n = 0u64;
-        while Instant::now() < deadline {
-            f().await?;
-            n += 1;
-        }
-        anyhow::Ok(n)
-    }))
-    .await?;
-    Ok(calls.iter().sum::<u64>() as f64 / t.elapsed().as_secs_f64())
+    let runs = (0..tasks).map(|_| {
+        let f = f.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                f().await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        })
+    });
+    let mut calls = 0;
+    for r in runs.collect::<Vec<_>>() {
+        calls += r.await??;
+    }
+    Ok(calls as f64 / t.elapsed().as_secs_f64())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    vdc_tests::init_logging();
     let db = if args.db == "postgres" { Db::Postgres } else { Db::Sqlite };
     let sent: Sent = Arc::default();
     let observer_sent = sent.clone();
@@ -226,8 +233,12 @@ async fn main() -> anyhow::Result<()> {
     let target = format!("{}/api/v1/instances/{id}", stack.url());
     let token = c.token().to_owned();
     let sql_get = {
-        let (raw, account, id) = (&raw, account.as_str(), id.as_str());
-        in_flight(64, args.get_seconds, || async move { raw.get_instance(account, id).await.map(|_| ()) }).await?
+        let (raw, account, id) = (raw.clone(), Arc::new(account.clone()), Arc::new(id.to_string()));
+        in_flight(64, args.get_seconds, move || {
+            let (raw, account, id) = (raw.clone(), account.clone(), id.clone());
+            async move { raw.get_instance(&account, &id).await.map(|_| ()) }
+        })
+        .await?
     };
     match floor::wrk(&target, &token, args.get_seconds)? {
         Some((rps, p50)) => {
@@ -243,8 +254,12 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             let http = {
-                let (c, id) = (&c, &id);
-                in_flight(64, args.get_seconds, || async move { Ok(c.get_instance(id).await.map(|_| ())?) }).await?
+                let (c, id) = (c.clone(), id.clone());
+                in_flight(64, args.get_seconds, move || {
+                    let (c, id) = (c.clone(), id.clone());
+                    async move { Ok(c.get_instance(&id).await.map(|_| ())?) }
+                })
+                .await?
             };
             println!(
                 "GET /instances/{{id}} (in-process client, 64 in flight; install wrk for the figure with its floor): \
