@@ -126,10 +126,23 @@ macro_rules! list_page {
 
 impl RawSql {
     pub async fn connect(url: &str) -> anyhow::Result<RawSql> {
+        // dcmgr's pool sizes; no ping before each use, which a floor need not pay.
         Ok(if url.starts_with("sqlite:") {
-            RawSql::Sqlite(sqlx::sqlite::SqlitePoolOptions::new().max_connections(8).connect(url).await?)
+            RawSql::Sqlite(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .test_before_acquire(false)
+                    .connect(url)
+                    .await?,
+            )
         } else {
-            RawSql::Postgres(sqlx::postgres::PgPoolOptions::new().max_connections(16).connect(url).await?)
+            RawSql::Postgres(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(16)
+                    .test_before_acquire(false)
+                    .connect(url)
+                    .await?,
+            )
         })
     }
 
