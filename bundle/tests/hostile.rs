@@ -2,7 +2,11 @@
 //! manifest is verified.
 
 use vdc_bundle::*;
-use vdc_schema::state::{Arch, BootMode, Direction, HypervisorKind, ImageFormat, Protocol};
+#[path = "support/image.rs"]
+mod image;
+
+use image::raw_image;
+use vdc_schema::state::{Direction, HypervisorKind, Protocol};
 
 fn model_with_image(key: &SigningKey, data: &[u8]) -> (Manifest, Vec<Vec<u8>>) {
     let (blob, chunks) = chunk_blob(data).unwrap();
@@ -36,20 +40,7 @@ fn model_with_image(key: &SigningKey, data: &[u8]) -> (Manifest, Vec<Vec<u8>>) {
                     group: Some("sg-1".into()),
                 }],
             }],
-            images: vec![Image {
-                id: "img-1".into(),
-                name: "disk".into(),
-                format: ImageFormat::Raw,
-                arch: Arch::X86_64,
-                hypervisors: vec![HypervisorKind::Qemu],
-                boot_mode: BootMode::Bios,
-                kernel_id: None,
-                min_disk: None,
-                min_memory: None,
-                os: None,
-                default_user: None,
-                blob: Some(blob),
-            }],
+            images: vec![raw_image("img-1", "disk", blob)],
             instances: vec![Instance {
                 id: "i-1".into(),
                 name: "web".into(),
