@@ -24,6 +24,9 @@ packages=(
   tgt libiscsi-bin btrfs-progs zfs-fuse
   # nwagent: Open vSwitch (userspace datapath), nftables, and the tools its tests use.
   openvswitch-switch nftables iproute2 ethtool iputils-ping netcat-openbsd iperf3
+  # tests/two-hosts.sh: a loopback relay into site A's namespace, so one `vdc bundle push`
+  # reaches both sites' APIs.
+  socat
   # vdc instance ssh: the ssh client, and a throwaway sshd (no service) for its test.
   openssh-client dropbear-bin
   # The metrics test: a real Prometheus scrapes a stack and answers the dashboard's queries.

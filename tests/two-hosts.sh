@@ -292,7 +292,8 @@ row "rolling replacement of each host's hva + nwagent: guests untouched, FIP sti
 # imported on B into a new account: same hostnames and addresses, the volume holds the
 # pattern, the group admits and refuses the same pings, the floating IP taken from B's
 # pool answers from outside. Then A changes (an instance added, a rule added): the plan
-# on B shows exactly those, and the import applies them.
+# on B shows exactly those, and a push applies them, sending under 10 % of the first
+# bundle's bytes.
 PA=a2$(printf %04x $((RANDOM)))             # A's namespace prefix (its services' namespaces)
 SA_PORT=$(free_port)
 mkdir -p "$W/sa-home"
@@ -326,6 +327,12 @@ SA volume attach data web --wait >/dev/null
 wait_console web "vdc-guest: disk $(SA volume show data -o json | js 'd["id"]') wrote vdc-pattern written-by=$WEB_A"
 SA volume detach data --wait >/dev/null
 VDC=$VDC_SAVE
+# 8 MiB of incompressible bytes after the guest's pattern (A's volumes are files of its
+# sta), so the bundle carries data a push must not send again.
+VOL_A_FILE=$W/sa/sta/volumes/volumes/$(SA volume show data -o json | js 'd["id"]').img
+[ -f "$VOL_A_FILE" ] || fail "A's volume file $VOL_A_FILE is not there"
+head -c 8M /dev/urandom | dd of="$VOL_A_FILE" bs=1M seek=1 conv=notrunc iflag=fullblock status=none
+VOL_SHA=$(sha256sum <"$VOL_A_FILE" | cut -d' ' -f1)
 SA floating-ip associate "$(SA floating-ip create -o json | js 'd["id"]')" web >/dev/null
 SA bundle export --out "$W/a1.bundle" >/dev/null
 row "site A (vdc up, SQLite): 2 networks, a group admitting by group, QEMU guests, a container, a volume, a FIP; exported"
@@ -335,7 +342,8 @@ printf '[bundles]\ntrusted_keys = ["%s"]\n' "$(SA bundle key)" >>"$W/dcmgr.toml"
 kill "${PID[dcmgr]}"; wait "${PID[dcmgr]}" 2>/dev/null || true
 start_dcmgr
 until_ok 60 hosts_online 2 || fail "hosts did not come back after dcmgr restarted"
-VDCC="env VDC_TOKEN=$(account c) $BIN/vdc"
+C_TOKEN=$(account c)
+VDCC="env VDC_TOKEN=$C_TOKEN $BIN/vdc"
 $VDCC bundle plan "$W/a1.bundle" >"$W/plan1.txt" || { cat "$W/plan1.txt" >&2; fail "the plan of A's bundle on B is unresolved"; }
 $VDCC bundle import "$W/a1.bundle" >/dev/null
 VDC_SAVE=$VDC; VDC=$VDCC
@@ -348,13 +356,17 @@ wait_console web "vdc-user-data: ping ct ok"
 wait_console probe "vdc-user-data: ping ct failed"
 if console_has probe "ping ct ok"; then fail "on B, the probe outside ct's admitted group reached ct"; fi
 $VDCC network show back >/dev/null || fail "network back did not arrive"
+VOL_B=$($VDCC volume show data -o json | js 'd["id"]')
+volume_is() { [ "$($VDCC volume show "$1" -o json | js 'd["state"]')" = "$2" ]; }
+until_ok 60 volume_is data available || fail "the volume is not available on B"
+[ "$(sha256sum <"$W/volumes/volumes/$VOL_B.img" | cut -d' ' -f1)" = "$VOL_SHA" ] || fail "B's volume does not hold A's bytes"
 $VDCC volume attach data web --wait >/dev/null
 wait_console web "vdc-guest: disk $($VDCC volume show data -o json | js 'd["id"]') holds vdc-pattern written-by=$WEB_A"
 FIP_B=$($VDCC floating-ip list -o json | js '(d["items"] if isinstance(d, dict) else d)[0]["ip"]')
 [[ $FIP_B == 203.0.113.* ]] || fail "web's floating IP $FIP_B is not from B's pool"
 until_ok 30 ip netns exec "$P-out" ping -c 1 -W 1 "$FIP_B" || fail "web's floating IP $FIP_B does not answer on B"
 VDC=$VDC_SAVE
-row "site B: same hostnames and addresses, the volume holds web's pattern, the group admits/refuses, the FIP answers"
+row "site B: same hostnames and addresses, the volume holds A's bytes and web's pattern, the group admits/refuses, the FIP answers"
 
 SA instance create extra --image tiny-lxc --hypervisor lxc --memory 64M --network back --wait >/dev/null
 SA secgroup rule-add db "tcp:80:$APP_A" >/dev/null
@@ -362,11 +374,27 @@ SA bundle export --out "$W/a2.bundle" >/dev/null
 $VDCC bundle plan "$W/a2.bundle" -o json >"$W/plan2.json"
 CHANGES=$(js '(sorted((c["kind"], c["name"]) for c in d["creates"]), sorted((c["kind"], c["name"]) for c in d["updates"]), len(d["conflicts"]))' <"$W/plan2.json")
 [ "$CHANGES" = "([('instance', 'extra')], [('security_group', 'db')], 0)" ] || fail "the plan of A's change on B: $CHANGES"
-$VDCC bundle import "$W/a2.bundle" >/dev/null
+# The change is applied by a push: one vdc reads A's export and sends B only the chunks
+# B lacks. A's API is on the loopback of A's namespace; a socat relay on this loopback
+# reaches it, so the pushing vdc sees both sites.
+RELAY_PORT=$(free_port)
+printf '#!/bin/sh\nexec ip netns exec %s socat STDIO TCP:127.0.0.1:%s\n' "$P-sa" "$SA_PORT" >"$W/relay-a.sh"
+chmod 755 "$W/relay-a.sh"
+socat "TCP-LISTEN:$RELAY_PORT,bind=127.0.0.1,fork,reuseaddr" "EXEC:$W/relay-a.sh" 2>"$LOGS/relay-a.log" & PID[relay-a]=$!
+SA_RELAY=("${SA_ENV[@]}" VDC_API="http://127.0.0.1:$RELAY_PORT" "$BIN/vdc")
+until_ok 10 "${SA_RELAY[@]}" network show front || fail "A's API is not reachable through the relay"
+"${SA_RELAY[@]}" bundle push --to "$VDC_API" --to-token "$C_TOKEN" -o json >"$W/push2.json" \
+  || fail "the push of A's change to B failed"
+FIRST=$(stat -c %s "$W/a1.bundle")
+SENT=$(js 'd["bytes_sent"]' <"$W/push2.json")
+echo "push of A's second state: $SENT bytes sent; A's first bundle: $FIRST bytes ($(js "round(100 * d['bytes_sent'] / $FIRST, 2)" <"$W/push2.json") %)"
+[ "$(js "d['import'] is not None and d['bytes_sent'] * 10 < $FIRST" <"$W/push2.json")" = True ] \
+  || fail "the push sent $SENT bytes: not under 10 % of the first bundle's $FIRST"
 until_ok 120 state_is extra running || fail "extra is not running on B"
 [ "$($VDCC secgroup show db -o json | js 'any(80 in (r.get("port_min"), r.get("spec", {}).get("port_min")) for r in d["rules"])')" = True ] \
   || fail "db's new rule is not on B"
-row "A changed (an instance, a rule): B's plan shows exactly those; imported"
+for i in web probe ct; do state_is "$i" running || fail "$i stopped running on B after the push"; done
+row "A changed (an instance, a rule): B's plan shows exactly those; pushed with $SENT of the first's $FIRST bytes"
 
 table
 echo "two-hosts: PASSED"
