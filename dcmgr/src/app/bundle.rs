@@ -95,11 +95,12 @@ impl Blobs {
             return Ok(b.clone());
         }
         let path = ctx.blobs.local_path(sha).ok_or_else(|| ApiError::internal("blob store is not local"))?;
-        let p = path.clone();
-        let (blob, refs) = tokio::task::spawn_blocking(move || vdc_bundle::chunk_blob(std::fs::File::open(p)?))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::internal(format!("reading blob {sha}: {e}")))?;
+        let (p, name) = (path.clone(), sha.to_owned());
+        let (blob, refs) =
+            tokio::task::spawn_blocking(move || vdc_bundle::chunk_stored_blob(std::fs::File::open(p)?, &name))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(|e| ApiError::internal(format!("reading blob {sha}: {e}")))?;
         for c in refs {
             if self.seen.insert(c.sha256.clone()) {
                 self.chunks.push(c);
@@ -322,29 +323,37 @@ pub fn receive<R: Read>(
     }
     let (mut chunks, mut referenced) = (0u64, 0u64);
     let mut holdings: Option<HeldChunks> = None;
-    while let Some(item) = reader.next_item()? {
-        chunks += 1;
-        let c = match item {
-            vdc_bundle::Item::Chunk(c) => c,
-            vdc_bundle::Item::Held { sha256, size } => {
-                if holdings.is_none() {
-                    let all: Vec<String> = reader.manifest().chunks.iter().map(|c| c.sha256.clone()).collect();
-                    holdings = Some(held(&all)?);
+    std::thread::scope(|s| -> Result<(), BundleError> {
+        // Verified chunks are staged on a thread of their own while the next one is read,
+        // decompressed and hashed.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<vdc_bundle::Chunk>(2);
+        let writer = stage.map(|dir| s.spawn(move || rx.into_iter().try_for_each(|c| stage_chunk(dir, &c))));
+        let mut read = || -> Result<(), BundleError> {
+            while let Some(item) = reader.next_item()? {
+                chunks += 1;
+                let c = match item {
+                    vdc_bundle::Item::Chunk(c) => c,
+                    vdc_bundle::Item::Held { sha256, size } => {
+                        if holdings.is_none() {
+                            let all: Vec<String> = reader.manifest().chunks.iter().map(|c| c.sha256.clone()).collect();
+                            holdings = Some(held(&all)?);
+                        }
+                        referenced += 1;
+                        let data = read_held(&sha256, size, holdings.as_ref().and_then(|h| h.get(&sha256)))?;
+                        vdc_bundle::Chunk { sha256, data }
+                    }
+                };
+                if writer.is_some() && tx.send(c).is_err() {
+                    break; // the writer stopped on an error: joined below
                 }
-                referenced += 1;
-                let data = read_held(&sha256, size, holdings.as_ref().and_then(|h| h.get(&sha256)))?;
-                vdc_bundle::Chunk { sha256, data }
             }
+            Ok(())
         };
-        if let Some(dir) = stage {
-            let path = dir.join(&c.sha256);
-            if !path.exists() {
-                let tmp = dir.join(format!(".{}.{}.tmp", c.sha256, rand::random::<u32>()));
-                std::fs::write(&tmp, &c.data)?;
-                std::fs::rename(&tmp, &path)?;
-            }
-        }
-    }
+        let r = read();
+        drop(tx);
+        let w = writer.map_or(Ok(()), |w| w.join().expect("staging a chunk does not panic"));
+        r.and(w.map_err(BundleError::from))
+    })?;
     let bytes = reader.get_ref().n;
     Ok(Received {
         manifest: reader.manifest().clone(),
@@ -353,6 +362,17 @@ pub fn receive<R: Read>(
         bytes,
         held: referenced,
     })
+}
+
+/// Keeps a verified chunk in `dir` under its hash, written beside and renamed.
+fn stage_chunk(dir: &Path, c: &vdc_bundle::Chunk) -> std::io::Result<()> {
+    let path = dir.join(&c.sha256);
+    if !path.exists() {
+        let tmp = dir.join(format!(".{}.{}.tmp", c.sha256, rand::random::<u32>()));
+        std::fs::write(&tmp, &c.data)?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    Ok(())
 }
 
 /// The account's chunks among `hashes` whose blob is still stored here.
@@ -1573,21 +1593,17 @@ async fn store_blobs(ctx: &SharedCtx, m: &Manifest, d: &Decision, maps: &Maps) -
         let blob = blob.clone();
         let tmp = staging.join(format!("bundle-{}-{}", blob.sha256, rand::random::<u32>()));
         let t = tmp.clone();
-        let ok = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+        // Written and hashed on threads of their own (vdc_bus::fileio), as an upload is.
+        let ok = async {
             use sha2::Digest;
-            std::fs::create_dir_all(&staging)?;
-            let mut out = std::fs::File::create(&t)?;
-            let mut h = sha2::Sha256::new();
+            tokio::fs::create_dir_all(&staging).await?;
+            let mut out = vdc_bus::fileio::HashingFile::new(std::fs::File::create(&t)?, sha2::Sha256::new())?;
             for c in &blob.chunks {
-                let data = std::fs::read(chunks.join(c))?;
-                h.update(&data);
-                std::io::Write::write_all(&mut out, &data)?;
+                out.write(tokio::fs::read(chunks.join(c)).await?.into()).await?;
             }
-            out.sync_all()?;
-            Ok(hex::encode(h.finalize()) == blob.sha256)
-        })
-        .await
-        .map_err(ApiError::internal)?;
+            Ok::<_, std::io::Error>(out.finish().await? == blob.sha256)
+        }
+        .await;
         match ok {
             Ok(true) => ctx.blobs.put(&sha, &tmp).await.map_err(ApiError::internal)?,
             Ok(false) => {
