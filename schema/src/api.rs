@@ -1138,8 +1138,9 @@ pub struct Event {
     /// Grows with every event dcmgr records; resume after it with `Last-Event-ID`.
     pub seq: u64,
     pub account_id: AccountId,
-    /// `instance`, `volume`, `snapshot`, `image`, `network`, `security_group`, `keypair`,
-    /// `floating_ip`, `server_group` or `job`.
+    /// `instance`, `interface` (an instance's network interface), `volume`, `snapshot`,
+    /// `image`, `network`, `security_group`, `keypair`, `floating_ip`, `server_group` or
+    /// `job`.
     pub kind: String,
     /// The object's ID (a job's own ID for `job`).
     pub resource_id: String,
@@ -1149,7 +1150,8 @@ pub struct Event {
     pub change: String,
     /// The object's state after the change; empty for objects without one.
     pub state: String,
-    /// For a job: its action and the resource it acts on (`instance.create i-…`).
+    /// For a job: its action and the resource it acts on (`instance.create i-…`); for an
+    /// interface: its instance's ID.
     pub detail: String,
     pub time: DateTime<Utc>,
 }

@@ -137,7 +137,11 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InterfaceRep
         }
         Some(Some(h)) if h == node => {
             let (state, applied) = app::on_report(r.state, r.spec_gen);
-            store::record_report(&ctx.db, r.id.as_str(), state.as_str(), gen as i64, applied).await
+            let mut tx = ctx.db.begin().await?;
+            store::record_report(&mut tx, r.id.as_str(), state.as_str(), gen as i64, applied).await?;
+            tx.commit().await?;
+            ctx.events.wake();
+            Ok(())
         }
         _ => Ok(()),
     }

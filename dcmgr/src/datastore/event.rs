@@ -24,6 +24,8 @@ pub enum Kind {
     KeyPair,
     FloatingIp,
     ServerGroup,
+    /// An instance's network interface: its state as nwagent reports it.
+    Interface,
     Job,
 }
 
@@ -39,6 +41,7 @@ impl Kind {
             Kind::KeyPair => "keypair",
             Kind::FloatingIp => "floating_ip",
             Kind::ServerGroup => "server_group",
+            Kind::Interface => "interface",
             Kind::Job => "job",
         }
     }
@@ -55,6 +58,7 @@ impl Kind {
             Kind::KeyPair => ("keypairs", "''", "''"),
             Kind::FloatingIp => ("floating_ips", "''", "''"),
             Kind::ServerGroup => ("server_groups", "''", "''"),
+            Kind::Interface => ("vifs", "state", "instance_id"),
             Kind::Job => ("jobs", "state", "action || ' ' || resource_id"),
         }
     }

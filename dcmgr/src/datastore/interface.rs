@@ -298,8 +298,15 @@ pub async fn host_of(pool: &db::Pool, id: &str) -> Result<Option<Option<String>>
 }
 
 /// Records a report of generation `gen` unless a newer one was recorded; `applied` is
-/// the spec generation the interface now holds (0: none).
-pub async fn record_report(pool: &db::Pool, id: &str, state: &str, gen: i64, applied: i64) -> Result<(), sqlx::Error> {
+/// the spec generation the interface now holds (0: none). A new state is an event.
+pub async fn record_report(
+    tx: &mut db::Tx<'_>,
+    id: &str,
+    state: &str,
+    gen: i64,
+    applied: i64,
+) -> Result<(), sqlx::Error> {
+    let before = db::event::state_of(tx, db::event::Kind::Interface, id).await?;
     sqlx::query(
         "UPDATE vifs SET state = $1, report_gen = $2,
              applied_gen = CASE WHEN $4 > applied_gen THEN $4 ELSE applied_gen END
@@ -309,9 +316,9 @@ pub async fn record_report(pool: &db::Pool, id: &str, state: &str, gen: i64, app
     .bind(gen)
     .bind(id)
     .bind(applied)
-    .execute(pool)
+    .execute(&mut **tx)
     .await?;
-    Ok(())
+    db::event::changed(tx, db::event::Kind::Interface, id, before.as_deref()).await
 }
 
 /// Interfaces whose host has not reported their current generation, last sent before
