@@ -136,6 +136,8 @@ pub struct Ctx {
     pub http_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// The event stream's pump and subscribers (`app::event`).
     pub events: crate::app::event::Hub,
+    /// Instances as the API shows them, while current (`app::views`).
+    pub views: crate::app::views::Views,
     /// Request rate limits, when `[auth] rate_limit_per_second` is set.
     pub rate_limits: Option<crate::app::rate_limit::RateLimits>,
     /// Writes the audit log in batches (`app::audit::Writer`).

@@ -102,6 +102,7 @@ impl Dcmgr {
             trusted_keys,
             http_addr: Default::default(),
             events: crate::app::event::Hub::new(cancel.clone()),
+            views: Default::default(),
             rate_limits,
             audit,
             shared,

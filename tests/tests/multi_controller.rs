@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use vdc_cli::client::{Client, StreamItem};
 use vdc_cli::ClientError;
 use vdc_schema::api::*;
-use vdc_schema::{HypervisorKind, NodeState};
+use vdc_schema::{HypervisorKind, InstanceState, NodeState};
 use vdc_tests::eventually;
 use vdc_tests::procs::{self, bin, Proc};
 
@@ -172,6 +172,36 @@ async fn three_controllers_one_killed_mid_storm() {
     .expect("the stream on dcmgr2 shows the instance made through dcmgr0 running");
     drop(stream);
     println!("event of a create on dcmgr0 seen on dcmgr2: seq {}", seen.seq);
+
+    // The read model of instances (dcmgr's app::views) across processes. dcmgr0 and
+    // dcmgr1 hold the instance and the list as read (the second read from memory). A stop
+    // through dcmgr0 shows on dcmgr0 at once, and on dcmgr1 within its event pump's poll
+    // (0.5 s) or the read model's TTL (1 s).
+    let id = &made.resource.id;
+    let state_in_list = |c: &Client| {
+        let c = c.clone();
+        async move { c.list_all_instances().await.unwrap().into_iter().find(|i| i.id == *id).map(|i| i.state) }
+    };
+    for c in &clients[..2] {
+        for _ in 0..2 {
+            assert_eq!(c.get_instance(id).await.unwrap().state, InstanceState::Running);
+            assert_eq!(state_in_list(c).await, Some(InstanceState::Running));
+        }
+    }
+    clients[0].stop_instance(id).await.unwrap();
+    let stopped_at = Instant::now();
+    assert_ne!(clients[0].get_instance(id).await.unwrap().state, InstanceState::Running, "dcmgr0 reads its own write");
+    assert_ne!(state_in_list(&clients[0]).await, Some(InstanceState::Running), "in its list too");
+    eventually(Duration::from_secs(5), || async {
+        let got = clients[1].get_instance(id).await.ok()?.state;
+        (got != InstanceState::Running && state_in_list(&clients[1]).await != Some(InstanceState::Running))
+            .then_some(())
+    })
+    .await
+    .expect("dcmgr1 shows the stop made through dcmgr0");
+    let took = stopped_at.elapsed();
+    assert!(took < Duration::from_secs(3), "dcmgr1 showed the stop after {took:?}, beyond the 1 s TTL");
+    println!("a stop through dcmgr0 shown by dcmgr1's GET and list after {took:?}");
 
     // A token revoked through dcmgr0 stops on dcmgr1 within the cache's TTL (1 s here).
     let minted = clients[0]

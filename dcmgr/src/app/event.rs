@@ -30,18 +30,34 @@ pub struct Hub {
     tx: broadcast::Sender<Arc<[Event]>>,
     /// The newest event the pump has published.
     head: AtomicU64,
+    /// Moves at every change this process commits and at every batch of events the pump
+    /// reads (another dcmgr's changes among them): what the read model checks its copies
+    /// against (`app::views`).
+    generation: AtomicU64,
     /// Ends every stream when dcmgr stops (the HTTP server waits for open responses).
     shutdown: CancellationToken,
 }
 
 impl Hub {
     pub fn new(shutdown: CancellationToken) -> Hub {
-        Hub { wake: Notify::new(), tx: broadcast::channel(256).0, head: AtomicU64::new(0), shutdown }
+        Hub {
+            wake: Notify::new(),
+            tx: broadcast::channel(256).0,
+            head: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+            shutdown,
+        }
     }
 
     /// A transaction that recorded events has committed: read them now.
     pub fn wake(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.wake.notify_one();
+    }
+
+    /// The change generation: read it before reading SQL for a copy to keep.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 }
 
@@ -75,6 +91,7 @@ pub async fn pump(ctx: SharedCtx, cancel: CancellationToken) {
             };
             let Some(last) = batch.last() else { break };
             head = last.seq;
+            ctx.events.generation.fetch_add(1, Ordering::SeqCst);
             let full = batch.len() as i64 == PAGE;
             ctx.events.head.store(head, Ordering::Release);
             // No receiver is not an error: nobody is listening.

@@ -15,6 +15,7 @@ use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::job;
 use crate::datastore::{self as db, instance as store};
 use crate::error::{ApiError, ApiResult};
+use std::sync::Arc;
 use vdc_schema::agent::{AgentError, Hypervisor};
 use vdc_schema::api::{Accepted, ConsoleLog, CreateInstance, Instance, ListQuery, Page, QuotaKey};
 use vdc_schema::bus::AgentKind;
@@ -61,22 +62,43 @@ async fn fetch_own(ctx: &SharedCtx, caller: &Caller, id: &InstanceId) -> ApiResu
 
 // Reads take one connection for all their statements: taking one from the pool costs
 // about as much as a statement (`vdc-bench`: 1.6 × the rate for GET's four statements).
-pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &InstanceId) -> ApiResult<Instance> {
+/// The instance as the API shows it: from the read model while current (`app::views`),
+/// else from SQL.
+pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &InstanceId) -> ApiResult<Arc<Instance>> {
+    let (gen, account) = (ctx.events.generation(), caller.account_id.as_str());
+    if let Some(i) = ctx.views.instance(gen, account, id.as_str()) {
+        return Ok(i);
+    }
     let mut conn = ctx.db.acquire().await?;
     let row = match store::view(&mut conn, id.as_str()).await? {
-        Some(r) if r.account_id == caller.account_id.as_str() => r,
+        Some(r) if r.account_id == account => r,
         _ => return Err(ApiError::not_found("instance", id)),
     };
-    Ok(to_api(&mut conn, caller.account_id.as_str(), vec![row]).await?.remove(0))
+    let i = Arc::new(to_api(&mut conn, account, vec![row]).await?.remove(0));
+    ctx.views.put_instance(gen, account, id.as_str(), i.clone());
+    Ok(i)
 }
 
-pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Instance>> {
+pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Arc<Page<Instance>>> {
     let (limit, cursor) = paging(q)?;
     let state = state_filter::<InstanceState>(q)?;
+    let gen = ctx.events.generation();
+    let key = crate::app::views::ListKey {
+        account: caller.account_id.to_string(),
+        limit,
+        cursor,
+        state: q.state.clone(),
+        name: q.name.clone(),
+    };
+    if let Some(p) = ctx.views.list(gen, &key) {
+        return Ok(p);
+    }
     let mut conn = ctx.db.acquire().await?;
-    let rows = store::list(&mut conn, &caller.account_id, &cursor, &state, q.name.as_deref(), limit).await?;
+    let rows = store::list(&mut conn, &caller.account_id, &key.cursor, &state, q.name.as_deref(), limit).await?;
     let items = to_api(&mut conn, caller.account_id.as_str(), rows).await?;
-    Ok(page(items, limit, |i| i.id.to_string()))
+    let p = Arc::new(page(items, limit, |i| i.id.to_string()));
+    ctx.views.put_list(gen, key, p.clone());
+    Ok(p)
 }
 
 struct Prepared {
@@ -402,7 +424,7 @@ async fn act_once(
             let job = job::done(&mut tx, account, &action_name, id.as_str(), msg).await?;
             tx.commit().await?;
             ctx.events.wake();
-            let inst = fetch(ctx, caller, id).await?;
+            let inst = Arc::unwrap_or_clone(fetch(ctx, caller, id).await?);
             return Ok((Outcome::Already, Accepted { job, resource: inst }));
         }
         Decision::Apply(p) => p,
@@ -467,7 +489,7 @@ async fn act_once(
             }
         }
     }
-    let inst = fetch(ctx, caller, id).await?;
+    let inst = Arc::unwrap_or_clone(fetch(ctx, caller, id).await?);
     Ok((Outcome::Applied, Accepted { job, resource: inst }))
 }
 

@@ -33,6 +33,7 @@ pub mod site_secret;
 pub mod snapshot;
 pub mod token;
 pub mod user;
+pub mod views;
 pub mod volume;
 
 use crate::datastore as db;

@@ -48,7 +48,7 @@ pub async fn list(
     State(ctx): State<SharedCtx>,
     caller: Caller,
     ListParams(q): ListParams,
-) -> ApiResult<Json<Page<Instance>>> {
+) -> ApiResult<Json<std::sync::Arc<Page<Instance>>>> {
     Ok(Json(app::list(&ctx, &caller, &q).await?))
 }
 
@@ -60,7 +60,11 @@ pub async fn list(
     responses(
         (status = 200, description = "The instance", body = Instance),
         (status = 404, description = "`not_found`", body = ErrorBody)))]
-pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Instance>> {
+pub async fn show(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<std::sync::Arc<Instance>>> {
     Ok(Json(app::fetch(&ctx, &caller, &path_id("instance", &id)?).await?))
 }
 
