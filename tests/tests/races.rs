@@ -26,6 +26,7 @@ on_both_databases!(
     capture_start_terminate,
     snapshot_image_delete,
     same_name_creates,
+    reads_follow_writes,
 );
 
 const ROUNDS: usize = 3;
@@ -903,5 +904,76 @@ async fn same_name_creates(db: Db) {
         .await
         .unwrap();
     c.wait_job_ok(&again.job.id, Duration::from_secs(15)).await.unwrap();
+    s.stop().await;
+}
+
+/// dcmgr serves instance reads from a read model in memory (`app::views`) while they are
+/// current. 16 instances stopped and started at once, three times over, while four
+/// readers keep their GET and list warm: a GET and a list right after each accepted
+/// action always show it (its goal, and a state past the old one), never a copy read
+/// before it.
+async fn reads_follow_writes(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let c = s.account("rw").await;
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        ids.push(s.running_instance(&c, &format!("rw{i}")).await.id);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|r| {
+            let (c, ids, stop) = (c.clone(), ids.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    c.get_instance(&ids[(reads as usize + r) % ids.len()]).await.unwrap();
+                    c.list_all_instances().await.unwrap();
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let seen = |c: Client, id: InstanceId| async move {
+        let one = c.get_instance(&id).await.unwrap();
+        let listed = c.list_all_instances().await.unwrap().into_iter().find(|i| i.id == id).unwrap();
+        (one, listed)
+    };
+    let writers = ids.iter().map(|id| {
+        let (c, id) = (c.clone(), id.clone());
+        async move {
+            for _ in 0..3 {
+                c.stop_instance(&id).await.unwrap();
+                for i in <[Instance; 2]>::from(seen(c.clone(), id.clone()).await) {
+                    assert_eq!(i.goal, InstanceGoal::Stopped, "read right after the stop: {i:?}");
+                    assert_ne!(i.state, InstanceState::Running, "read right after the stop: {i:?}");
+                }
+                wait_state(&c, &id, InstanceState::Stopped).await;
+                c.start_instance(&id).await.unwrap();
+                for i in <[Instance; 2]>::from(seen(c.clone(), id.clone()).await) {
+                    assert_eq!(i.goal, InstanceGoal::Running, "read right after the start: {i:?}");
+                    assert_ne!(i.state, InstanceState::Stopped, "read right after the start: {i:?}");
+                }
+                wait_state(&c, &id, InstanceState::Running).await;
+            }
+        }
+    });
+    join_all(writers).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads: u64 = join_all(readers).await.into_iter().map(|r| r.unwrap()).sum();
+    assert!(reads > 0);
+    // Once nothing changes, reads are answered from memory (dcmgr's /metrics counts them).
+    let memory_reads = || async {
+        let text = reqwest::get(format!("{}/metrics", s.url())).await.ok()?.text().await.ok()?;
+        let line = text.lines().find(|l| l.starts_with("vdc_instance_reads_total{source=\"memory\"}"))?;
+        line.rsplit(' ').next()?.parse::<f64>().ok()
+    };
+    let before = memory_reads().await.expect("/metrics shows vdc_instance_reads_total");
+    eventually(Duration::from_secs(10), || async {
+        c.get_instance(&ids[0]).await.ok()?;
+        (memory_reads().await? > before).then_some(())
+    })
+    .await
+    .expect("a GET of an unchanged instance is answered from memory");
     s.stop().await;
 }

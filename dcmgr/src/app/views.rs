@@ -19,6 +19,7 @@
 //! Bounded: past [`MAX_INSTANCES`] instances or [`MAX_LISTS`] lists it starts again empty.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vdc_schema::api::{Instance, Page};
@@ -74,17 +75,30 @@ impl Inner {
 #[derive(Default)]
 pub struct Views {
     inner: Mutex<Inner>,
+    /// Lookups answered from memory, and not (for `/metrics`).
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 impl Views {
     /// Instance `id` of `account`, if held and current at generation `gen`.
     pub fn instance(&self, gen: u64, account: &str, id: &str) -> Option<Arc<Instance>> {
-        let inner = self.inner.lock().expect("views lock");
-        let (owner, e) = inner.instances.get(id)?;
-        if owner != account {
-            return None;
-        }
-        e.current(gen)
+        let found = {
+            let inner = self.inner.lock().expect("views lock");
+            inner.instances.get(id).filter(|(owner, _)| owner == account).and_then(|(_, e)| e.current(gen))
+        };
+        self.count(found)
+    }
+
+    fn count<T>(&self, found: Option<T>) -> Option<T> {
+        let n = if found.is_some() { &self.hits } else { &self.misses };
+        n.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Lookups so far: (answered from memory, not).
+    pub fn reads(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }
 
     /// Keeps what SQL answered for instance `id` of `account`; `gen` is the generation
@@ -101,7 +115,8 @@ impl Views {
     }
 
     pub fn list(&self, gen: u64, key: &ListKey) -> Option<Arc<Page<Instance>>> {
-        self.inner.lock().expect("views lock").lists.get(key)?.current(gen)
+        let found = self.inner.lock().expect("views lock").lists.get(key).and_then(|e| e.current(gen));
+        self.count(found)
     }
 
     pub fn put_list(&self, gen: u64, key: ListKey, value: Arc<Page<Instance>>) {
@@ -151,6 +166,7 @@ mod tests {
         // A newer generation drops everything older.
         v.put_instance(6, "acc-a", "i-3", instance());
         assert!(v.list(5, &key).is_none() && v.instance(5, "acc-a", "i-2").is_none());
+        assert_eq!(v.reads(), (3, 8), "lookups answered from memory, and not");
     }
 
     #[test]

@@ -306,6 +306,9 @@ pub async fn record_report(
     gen: i64,
     applied: i64,
 ) -> Result<(), sqlx::Error> {
+    // The lock first: on SQLite a transaction that reads and then writes fails (busy
+    // snapshot) when another writer committed in between.
+    db::lock(tx, db::Lock::Interface, id).await?;
     let before = db::event::state_of(tx, db::event::Kind::Interface, id).await?;
     sqlx::query(
         "UPDATE vifs SET state = $1, report_gen = $2,

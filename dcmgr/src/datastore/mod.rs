@@ -244,6 +244,7 @@ pub enum Lock {
     Image,
     KeyPair,
     FloatingIp,
+    Interface,
 }
 
 /// Takes the lock on one row as the first write of a decision's transaction: PostgreSQL
@@ -262,6 +263,8 @@ pub async fn lock(tx: &mut Tx<'_>, what: Lock, id: &str) -> Result<bool, sqlx::E
         Lock::Image => "UPDATE images SET lock_seq = lock_seq + 1 WHERE id = $1",
         Lock::KeyPair => "UPDATE keypairs SET lock_seq = lock_seq + 1 WHERE id = $1",
         Lock::FloatingIp => "UPDATE floating_ips SET lock_seq = lock_seq + 1 WHERE id = $1",
+        // Interfaces have no lock_seq: a write that changes nothing takes the lock as well.
+        Lock::Interface => "UPDATE vifs SET report_gen = report_gen WHERE id = $1",
     };
     Ok(sqlx::query(sql).bind(id).execute(&mut **tx).await?.rows_affected() == 1)
 }

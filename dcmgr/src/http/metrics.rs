@@ -6,7 +6,8 @@
 //! The process's counters and histograms (`vdc_bus::metrics`: API latency, bus messages,
 //! and, in the all-in-one, every agent's commands and driver calls) are followed by what
 //! this dcmgr reads at scrape time: objects by kind and state (one GROUP BY per kind),
-//! agents online, the work queue, running jobs and the age of the oldest.
+//! agents online, the work queue, running jobs and the age of the oldest, and how its
+//! instance reads were answered (the read model in memory, or SQL).
 
 use crate::ctx::SharedCtx;
 use crate::error::ApiError;
@@ -104,5 +105,17 @@ async fn scrape(ctx: &SharedCtx) -> Result<Vec<MetricFamily>, ApiError> {
     .expect("a valid gauge definition");
     r.register(Box::new(lag.clone())).expect("registered once per scrape");
     lag.with_label_values(&[] as &[&str]).set(lag_ms as f64 / 1000.0);
+    let reads = prometheus::IntCounterVec::new(
+        Opts::new(
+            "vdc_instance_reads_total",
+            "Instance GETs and lists answered from the read model in memory or from SQL",
+        ),
+        &["source"],
+    )
+    .expect("a valid counter definition");
+    r.register(Box::new(reads.clone())).expect("registered once per scrape");
+    let (memory, sql) = ctx.views.reads();
+    reads.with_label_values(&["memory"]).inc_by(memory);
+    reads.with_label_values(&["sql"]).inc_by(sql);
     Ok(r.gather())
 }
