@@ -1589,15 +1589,12 @@ async fn store_blobs(ctx: &SharedCtx, m: &Manifest, d: &Decision, maps: &Maps) -
         }
         let staging = ctx.config.images_dir().join("staging");
         let chunks = chunk_dir(ctx);
-        let sha = blob.sha256.clone();
-        let blob = blob.clone();
         let tmp = staging.join(format!("bundle-{}-{}", blob.sha256, rand::random::<u32>()));
-        let t = tmp.clone();
         // Written and hashed on threads of their own (vdc_bus::fileio), as an upload is.
         let ok = async {
             use sha2::Digest;
             tokio::fs::create_dir_all(&staging).await?;
-            let mut out = vdc_bus::fileio::HashingFile::new(std::fs::File::create(&t)?, sha2::Sha256::new())?;
+            let mut out = vdc_bus::fileio::HashingFile::new(std::fs::File::create(&tmp)?, sha2::Sha256::new())?;
             for c in &blob.chunks {
                 out.write(tokio::fs::read(chunks.join(c)).await?.into()).await?;
             }
@@ -1605,7 +1602,7 @@ async fn store_blobs(ctx: &SharedCtx, m: &Manifest, d: &Decision, maps: &Maps) -
         }
         .await;
         match ok {
-            Ok(true) => ctx.blobs.put(&sha, &tmp).await.map_err(ApiError::internal)?,
+            Ok(true) => ctx.blobs.put(&blob.sha256, &tmp).await.map_err(ApiError::internal)?,
             Ok(false) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(ApiError::bad(

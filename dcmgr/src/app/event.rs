@@ -49,7 +49,8 @@ impl Hub {
         }
     }
 
-    /// A transaction that recorded events has committed: read them now.
+    /// A transaction that changed what the API shows has committed: the pump reads its
+    /// events now, and the read model's copies from before it are no longer served.
     pub fn wake(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.wake.notify_one();

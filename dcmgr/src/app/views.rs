@@ -40,20 +40,20 @@ pub struct ListKey {
 }
 
 struct Entry<T> {
-    gen: u64,
     at: Instant,
     value: Arc<T>,
 }
 
 impl<T> Entry<T> {
-    fn current(&self, gen: u64) -> Option<Arc<T>> {
-        (self.gen == gen && self.at.elapsed() < TTL).then(|| self.value.clone())
+    fn fresh(&self) -> Option<Arc<T>> {
+        (self.at.elapsed() < TTL).then(|| self.value.clone())
     }
 }
 
 #[derive(Default)]
 struct Inner {
-    /// The generation of every entry held (older ones are dropped when a newer comes).
+    /// The generation of every entry held: entries of an older one are dropped when one
+    /// read at a newer generation comes ([`Inner::admit`]).
     gen: u64,
     /// instance ID → (its account, the instance)
     instances: HashMap<String, (String, Entry<Instance>)>,
@@ -85,7 +85,8 @@ impl Views {
     pub fn instance(&self, gen: u64, account: &str, id: &str) -> Option<Arc<Instance>> {
         let found = {
             let inner = self.inner.lock().expect("views lock");
-            inner.instances.get(id).filter(|(owner, _)| owner == account).and_then(|(_, e)| e.current(gen))
+            let held = inner.instances.get(id).filter(|(owner, _)| inner.gen == gen && owner == account);
+            held.and_then(|(_, e)| e.fresh())
         };
         self.count(found)
     }
@@ -111,11 +112,14 @@ impl Views {
         if inner.instances.len() >= MAX_INSTANCES {
             inner.instances.clear();
         }
-        inner.instances.insert(id.to_owned(), (account.to_owned(), Entry { gen, at: Instant::now(), value }));
+        inner.instances.insert(id.to_owned(), (account.to_owned(), Entry { at: Instant::now(), value }));
     }
 
     pub fn list(&self, gen: u64, key: &ListKey) -> Option<Arc<Page<Instance>>> {
-        let found = self.inner.lock().expect("views lock").lists.get(key).and_then(|e| e.current(gen));
+        let found = {
+            let inner = self.inner.lock().expect("views lock");
+            inner.lists.get(key).filter(|_| inner.gen == gen).and_then(|e| e.fresh())
+        };
         self.count(found)
     }
 
@@ -127,7 +131,7 @@ impl Views {
         if inner.lists.len() >= MAX_LISTS {
             inner.lists.clear();
         }
-        inner.lists.insert(key, Entry { gen, at: Instant::now(), value });
+        inner.lists.insert(key, Entry { at: Instant::now(), value });
     }
 }
 
