@@ -307,6 +307,11 @@ async fn membership_loop(
     let hb = bytes::Bytes::from(bus::encode(&Heartbeat { node_id: cfg.node_id.clone(), kind: cfg.kind }));
     'register: loop {
         let Some(interval) = register(bus.as_ref(), &cfg, &cancel).await else { return };
+        // A heartbeat left waiting on a dcmgr that died holds back the next ones, and the
+        // dcmgr started in its place counts the silence (seen: hosts marked offline just
+        // after a restart). One unanswered for an interval is stale anyway: dcmgr has
+        // counted it on receipt, and the next one asks again.
+        let hb_timeout = interval.clamp(Duration::from_secs(1), REQUEST_TIMEOUT);
         // dcmgr rebuilds its view from reports: after (re)registration, tell it everything.
         if let Err(e) = handler.command(Command::ReportAll).await {
             warn!("report_all failed: {e}");
@@ -316,7 +321,7 @@ async fn membership_loop(
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            match bus.request(subject::HEARTBEAT, hb.clone(), REQUEST_TIMEOUT).await {
+            match bus.request(subject::HEARTBEAT, hb.clone(), hb_timeout).await {
                 Ok(b) => match bus::decode::<HeartbeatReply>(&b) {
                     Ok(HeartbeatReply { known: false }) => {
                         info!("dcmgr does not know this agent; registering again");
@@ -370,5 +375,51 @@ async fn report_loop(bus: Arc<dyn Transport>, cfg: Arc<AgentConfig>, sink: Repor
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::InProc;
+
+    struct Idle;
+
+    #[async_trait]
+    impl CommandHandler for Idle {
+        async fn command(&self, _cmd: Command) -> Result<(), AgentError> {
+            Ok(())
+        }
+    }
+
+    /// A dcmgr that dies holding a heartbeat must not hold back the next ones: the dcmgr
+    /// started in its place would count the agent silent.
+    #[tokio::test]
+    async fn an_unanswered_heartbeat_does_not_hold_back_the_next() {
+        let bus = InProc::new();
+        let mut reg = bus.subscribe(subject::REGISTER).await.unwrap();
+        let mut beats = bus.subscribe(subject::HEARTBEAT).await.unwrap();
+        let cfg = AgentConfig {
+            node_id: "hn-test".into(),
+            kind: AgentKind::Hva,
+            host: None,
+            storage: None,
+            tunnel_ip: None,
+            journal: None,
+        };
+        let agent = start(bus.clone(), cfg, ReportSink::open(None).unwrap(), Arc::new(Idle)).await.unwrap();
+        let m = reg.next().await.unwrap();
+        let ok = Registered { heartbeat_interval_ms: 100 };
+        bus.publish(&m.reply.unwrap(), bus::encode(&ok).into()).await.unwrap();
+        // Heartbeats arrive and are never answered (the dcmgr that took them is gone).
+        let start = tokio::time::Instant::now();
+        let mut seen = 0;
+        while start.elapsed() < Duration::from_millis(3500) {
+            if tokio::time::timeout(Duration::from_millis(200), beats.next()).await.is_ok() {
+                seen += 1;
+            }
+        }
+        agent.stop().await;
+        assert!(seen >= 2, "{seen} heartbeat(s) in 3.5 s: one unanswered held back the rest");
     }
 }
