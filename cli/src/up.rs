@@ -280,6 +280,7 @@ impl AllInOne {
                         node_id: host_id.clone(),
                         data_dir: Some(data_dir.join("nwagent")),
                         sim: knobs,
+                        tunnel_ip: None,
                     },
                 )
                 .await?

@@ -92,8 +92,9 @@ pub enum Work {
     Interface(VifId),
     Volume(VolumeId),
     Snapshot(SnapshotId),
-    /// Every interface of every member of the group, and of groups referring to it.
-    SecurityGroup(SecurityGroupId),
+    /// The interfaces a change of the group reaches (its rules: its members; its members:
+    /// the members of groups referring to it).
+    SecurityGroup(SecurityGroupId, crate::datastore::interface::GroupChange),
     /// Unplug an interface that is gone from the model from its last host.
     UnplugInterface(VifId, String),
     /// Everything placed on an agent that just (re)registered.

@@ -20,6 +20,9 @@ pub struct NwOptions {
     pub node_id: String,
     pub data_dir: Option<PathBuf>,
     pub sim: vdc_bus::sim::SimKnobs,
+    /// The tunnel endpoint announced at registration (simulated hosts: a documentation
+    /// address, so tests see the peers dcmgr computes); none announces no tunnel.
+    pub tunnel_ip: Option<std::net::Ipv4Addr>,
 }
 
 pub async fn start_sim(bus: Arc<dyn Transport>, o: NwOptions) -> anyhow::Result<(AgentHandle, Arc<sim::SimNetwork>)> {
@@ -32,7 +35,7 @@ pub async fn start_sim(bus: Arc<dyn Transport>, o: NwOptions) -> anyhow::Result<
         host: None,
         storage: None,
         journal,
-        tunnel_ip: None,
+        tunnel_ip: o.tunnel_ip,
     };
     let handle = agent::start(bus, cfg, sink, Arc::new(NetworkHandler(driver.clone()))).await?;
     Ok((handle, driver))

@@ -106,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
                     fail_rate: cli.sim_fail_rate,
                     drop_rate: 0.0,
                 },
+                tunnel_ip: None,
             };
             vdc_nwagent::start_sim(bus, opts).await?.0
         }

@@ -16,11 +16,18 @@ pub struct SimNetwork {
     sink: ReportSink,
     knobs: SimKnobs,
     ports: Arc<Mutex<HashMap<VifId, InterfaceSpec>>>,
+    /// How many ensures each interface received (tests check what a change re-sends).
+    ensures: Mutex<HashMap<VifId, u64>>,
 }
 
 impl SimNetwork {
     pub fn new(sink: ReportSink, knobs: SimKnobs) -> Self {
-        SimNetwork { sink, knobs, ports: Default::default() }
+        SimNetwork { sink, knobs, ports: Default::default(), ensures: Default::default() }
+    }
+
+    /// How many ensures of `id` this agent received.
+    pub fn ensures_of(&self, id: &VifId) -> u64 {
+        self.ensures.lock().unwrap().get(id).copied().unwrap_or(0)
     }
 
     /// The spec of a plugged interface (tests check security group updates with it).
@@ -36,6 +43,7 @@ impl SimNetwork {
 #[async_trait]
 impl NetworkAgent for SimNetwork {
     async fn ensure_interface(&self, spec: InterfaceSpec) -> Result<(), AgentError> {
+        *self.ensures.lock().unwrap().entry(spec.id.clone()).or_default() += 1;
         if self.knobs.should_drop() {
             return Ok(());
         }

@@ -395,6 +395,8 @@ impl Stack {
                 node_id: node_id.to_owned(),
                 data_dir: self.agent_dir("nwagent", node_id),
                 sim: self.opts.sim,
+                // 198.18/15 (benchmarking), a distinct one per host.
+                tunnel_ip: Some(std::net::Ipv4Addr::from(0xc612_0000u32 + index as u32 + 1)),
             },
         )
         .await?;

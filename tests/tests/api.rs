@@ -30,6 +30,7 @@ on_both_databases!(
     untrusted_bus_messages_are_dropped,
     stale_reports_are_dropped,
     security_group_changes_reach_running_guests,
+    tunnel_peers_follow_placement,
     floating_ips,
 );
 
@@ -1023,6 +1024,52 @@ async fn security_group_changes_reach_running_guests(db: Db) {
     eventually(Duration::from_secs(5), || async { allowed(&vif).contains(&app_ip).then_some(()) })
         .await
         .expect("db's interface learns the new app member");
+    // Another app member: db's interface learns it, and the first app member is not sent
+    // anything (no rule of app names app: its members resolve nothing from its members).
+    // A group of thousands must not be re-sent whole for every create into it.
+    let ensures =
+        |vif: &VifId| -> u64 { s.hosts.iter().filter_map(|h| h.nw_driver.as_ref()).map(|d| d.ensures_of(vif)).sum() };
+    let active = |id: InstanceId| {
+        let c = &c;
+        async move {
+            eventually(Duration::from_secs(5), || async {
+                let i = c.get_instance(&id).await.ok()?;
+                (i.interfaces[0].state == InterfaceState::Active).then_some(i)
+            })
+            .await
+            .expect("interface becomes active")
+        }
+    };
+    let app = active(app.id.clone()).await;
+    let app_vif = app.interfaces[0].id.clone();
+    let (app_sent, db_sent) = (ensures(&app_vif), ensures(&vif));
+    let app2 = c.create_instance(&mk("app2", &app_sg.id)).await.unwrap().resource;
+    let app2_ip = format!("{}/32", app2.interfaces[0].ip);
+    eventually(Duration::from_secs(5), || async { allowed(&vif).contains(&app2_ip).then_some(()) })
+        .await
+        .expect("db's interface learns the second app member");
+    let app2 = active(app2.id.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ensures(&app_vif), app_sent, "a member of a group no rule names was re-sent when the group grew");
+    assert!(ensures(&vif) > db_sent, "db's interface was not re-sent");
+    // A group naming itself: its members learn each other, and every later member.
+    c.add_security_group_rule(&app_sg.id, &rule(Protocol::Icmp, None, None, Some(&app_sg.id))).await.unwrap();
+    eventually(Duration::from_secs(5), || async { allowed(&app_vif).contains(&app2_ip).then_some(()) })
+        .await
+        .expect("a rule naming its own group reaches its members");
+    let app3 = c.create_instance(&mk("app3", &app_sg.id)).await.unwrap().resource;
+    let app3_ip = format!("{}/32", app3.interfaces[0].ip);
+    let app2_vif = app2.interfaces[0].id.clone();
+    eventually(Duration::from_secs(5), || async {
+        (allowed(&app_vif).contains(&app3_ip) && allowed(&app2_vif).contains(&app3_ip)).then_some(())
+    })
+    .await
+    .expect("members of a group naming itself learn a new member");
+    let t = c.terminate_instance(&app3.id).await.unwrap();
+    wait_job(&c, &t.job).await;
+    eventually(Duration::from_secs(5), || async { (!allowed(&app_vif).contains(&app3_ip)).then_some(()) })
+        .await
+        .expect("a group naming itself withdraws a terminated member's address");
     // A new rule on db reaches its running interface too.
     c.add_security_group_rule(&db_sg.id, &rule(Protocol::Tcp, Some(22), Some("192.0.2.0/24"), None)).await.unwrap();
     eventually(Duration::from_secs(5), || async { allowed(&vif).contains(&"192.0.2.0/24".to_string()).then_some(()) })
@@ -1045,15 +1092,95 @@ async fn security_group_changes_reach_running_guests(db: Db) {
             })
             .unwrap_or_default()
     };
-    eventually(Duration::from_secs(5), || async { (egress(&vif) == [app_ip.clone()]).then_some(()) })
-        .await
-        .expect("an egress rule reaches the running guest");
+    let mut members = vec![app_ip.clone(), app2_ip.clone()];
+    members.sort();
+    eventually(Duration::from_secs(5), || async {
+        let mut e = egress(&vif);
+        e.sort();
+        (e == members).then_some(())
+    })
+    .await
+    .expect("an egress rule reaches the running guest");
     // The app instance goes away: its address is withdrawn.
     let t = c.terminate_instance(&app.id).await.unwrap();
     wait_job(&c, &t.job).await;
     eventually(Duration::from_secs(5), || async { (!allowed(&vif).contains(&app_ip)).then_some(()) })
         .await
         .expect("a terminated member's address is withdrawn");
+    s.stop().await;
+}
+
+/// Each host on a network tunnels to every other host with an interface on it. A host new
+/// to the network is announced to the others once: later interfaces there re-send nothing
+/// elsewhere (a create would otherwise re-send an interface on every host of its network).
+async fn tunnel_peers_follow_placement(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await; // two hosts, spread
+    let c = s.account("peers").await;
+    let net = c.create_network(&net_req("n", "10.6.0.0/24")).await.unwrap();
+    let mut req = inst_req(&s.image, "x");
+    req.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }];
+    let port = |vif: &VifId| s.hosts.iter().find_map(|h| h.nw_driver.as_ref()?.port(vif));
+    let ensures =
+        |vif: &VifId| -> u64 { s.hosts.iter().filter_map(|h| h.nw_driver.as_ref()).map(|d| d.ensures_of(vif)).sum() };
+    let tunnel = |host: &HostNodeId| {
+        let i = s.hosts.iter().position(|h| h.node_id == host.as_str()).expect("a stack host");
+        std::net::Ipv4Addr::from(0xc612_0000u32 + i as u32 + 1)
+    };
+    let peers = |vif: &VifId| port(vif).map(|p| p.network.peers.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+    let converged = |id: InstanceId| {
+        let c = &c;
+        async move {
+            eventually(Duration::from_secs(5), || async {
+                let i = c.get_instance(&id).await.ok()?;
+                (i.state == InstanceState::Running && i.interfaces[0].state == InterfaceState::Active).then_some(i)
+            })
+            .await
+            .expect("running with its interface active")
+        }
+    };
+    let a = converged(c.create_instance(&req).await.unwrap().resource.id).await;
+    let b = converged(c.create_instance(&req).await.unwrap().resource.id).await;
+    let (ha, hb) = (a.host_node_id.clone().unwrap(), b.host_node_id.clone().unwrap());
+    assert_ne!(ha, hb, "spread places the second instance on the other host");
+    let (va, vb) = (a.interfaces[0].id.clone(), b.interfaces[0].id.clone());
+    // a's host learns b's when b arrives; b's knows a's from its first ensure.
+    eventually(Duration::from_secs(5), || async { (peers(&va)? == [tunnel(&hb).to_string()]).then_some(()) })
+        .await
+        .expect("a's interface tunnels to b's host");
+    assert_eq!(peers(&vb).unwrap(), [tunnel(&ha).to_string()]);
+    // More instances on hosts already on the network: nothing is re-sent to a or b.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sa, sb) = (ensures(&va), ensures(&vb));
+    let mut more = vec![];
+    for _ in 0..4 {
+        more.push(c.create_instance(&req).await.unwrap().resource.id);
+    }
+    for id in more.clone() {
+        converged(id).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!((ensures(&va), ensures(&vb)), (sa, sb), "instances on hosts the network already has re-sent a or b");
+    // The second time: every instance leaves b's host, then one comes back to it; a's
+    // host hears of it again.
+    let on_b: Vec<InstanceId> = c
+        .list_all_instances()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.host_node_id.as_ref() == Some(&hb) && i.state == InstanceState::Running)
+        .map(|i| i.id)
+        .collect();
+    for id in &on_b {
+        let t = c.terminate_instance(id).await.unwrap();
+        wait_job(&c, &t.job).await;
+    }
+    let sa = ensures(&va);
+    let back = converged(c.create_instance(&req).await.unwrap().resource.id).await;
+    assert_eq!(back.host_node_id.as_ref(), Some(&hb), "spread fills the emptied host first");
+    eventually(Duration::from_secs(5), || async { (ensures(&va) > sa).then_some(()) })
+        .await
+        .expect("a's host is told again of a host that left the network and came back");
+    assert_eq!(peers(&va).unwrap(), [tunnel(&hb).to_string()]);
     s.stop().await;
 }
 

@@ -1842,7 +1842,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
             db::secgroup::insert_rule(&mut tx, &groups[&g.id], &spec).await?;
         }
         if update {
-            db::interface::bump_for_group(&mut tx, groups[&g.id].as_str()).await?;
+            db::interface::bump_for_group(&mut tx, groups[&g.id].as_str(), db::interface::GroupChange::Rules).await?;
             db::event::record(
                 &mut tx,
                 db::event::Kind::SecurityGroup,
@@ -1851,7 +1851,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
             )
             .await?;
         }
-        work.push(Work::SecurityGroup(groups[&g.id].clone()));
+        work.push(Work::SecurityGroup(groups[&g.id].clone(), db::interface::GroupChange::Rules));
     }
     let mut keys: HashMap<String, KeyPairId> = HashMap::new();
     for k in &m.model.keypairs {
@@ -2012,7 +2012,11 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     // Kept instances: their interfaces' groups.
     for (vif, gs) in &d.nic_updates {
         let gs: Vec<String> = gs.iter().map(|g| groups[g].to_string()).collect();
-        store::set_vif_groups(&mut tx, vif, &gs).await?;
+        // Groups it joined or left have other members now: those referring to them follow.
+        for g in store::set_vif_groups(&mut tx, vif, &gs).await? {
+            db::interface::bump_for_group(&mut tx, &g, db::interface::GroupChange::Members).await?;
+            work.push(Work::SecurityGroup(g.parse().map_err(ApiError::internal)?, db::interface::GroupChange::Members));
+        }
         db::interface::bump(&mut tx, vif).await?;
         work.push(Work::Interface(vif.parse().map_err(ApiError::internal)?));
     }

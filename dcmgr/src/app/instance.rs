@@ -12,6 +12,7 @@ use crate::app::secgroup;
 use crate::app::{image, network};
 use crate::app::{page, paging, state_filter, validate_name, Outcome};
 use crate::ctx::{Caller, SharedCtx, Work};
+use crate::datastore::interface::GroupChange;
 use crate::datastore::job;
 use crate::datastore::{self as db, instance as store};
 use crate::error::{ApiError, ApiResult};
@@ -356,7 +357,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> Ap
     for i in &inst.interfaces {
         ctx.enqueue(Work::Interface(i.id.clone()));
         for g in &i.security_groups {
-            ctx.enqueue(Work::SecurityGroup(g.clone()));
+            ctx.enqueue(Work::SecurityGroup(g.clone(), GroupChange::Members));
         }
     }
     Ok(accepted)

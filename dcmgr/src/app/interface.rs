@@ -5,6 +5,7 @@
 //! [`crate::controller::interface`] sends them to nwagent.
 
 use crate::ctx::{SharedCtx, Work};
+use crate::datastore::interface::GroupChange;
 use crate::datastore::{self as db, floating_ip as fipstore, interface as store};
 use crate::error::{ApiError, ApiResult};
 use rand::Rng;
@@ -91,8 +92,8 @@ pub async fn insert(
     .await?;
     for g in &p.security_groups {
         store::add_group(tx, id.as_str(), g.as_str()).await?;
-        // The group's members (and those referring to it) now resolve one more address.
-        store::bump_for_group(tx, g.as_str()).await?;
+        // The members of groups referring to it now resolve one more address.
+        store::bump_for_group(tx, g.as_str(), GroupChange::Members).await?;
     }
     Ok(Interface {
         id,
@@ -140,7 +141,7 @@ pub async fn remove_for_instance(tx: &mut db::Tx<'_>, instance: &str) -> ApiResu
     fipstore::disassociate_instance(tx, instance).await?;
     store::delete_for_instance(tx, instance, &vifs).await?;
     for g in &groups {
-        store::bump_for_group(tx, g).await?;
+        store::bump_for_group(tx, g, GroupChange::Members).await?;
     }
     Ok((vifs, groups))
 }
@@ -149,7 +150,7 @@ pub async fn remove_for_instance(tx: &mut db::Tx<'_>, instance: &str) -> ApiResu
 pub fn enqueue_groups(ctx: &SharedCtx, groups: &[String]) {
     for g in groups {
         if let Ok(g) = g.parse() {
-            ctx.enqueue(Work::SecurityGroup(g));
+            ctx.enqueue(Work::SecurityGroup(g, GroupChange::Members));
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::app::{check_name_free, name_some, page, paging, quota, validate_name};
 use crate::ctx::{Caller, SharedCtx, Work};
+use crate::datastore::interface::GroupChange;
 use crate::datastore::{self as db, interface as ifstore, secgroup as store};
 use crate::error::{ApiError, ApiResult};
 use std::collections::HashMap;
@@ -204,14 +205,14 @@ pub async fn add_rule(
             }
         }
         store::insert_rule(&mut tx, id, &rule).await?;
-        ifstore::bump_for_group(&mut tx, id.as_str()).await?;
+        ifstore::bump_for_group(&mut tx, id.as_str(), GroupChange::Rules).await?;
         db::event::record(&mut tx, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Updated).await?;
         tx.commit().await?;
         ctx.events.wake();
         Ok(())
     })
     .await?;
-    ctx.enqueue(Work::SecurityGroup(id.clone()));
+    ctx.enqueue(Work::SecurityGroup(id.clone(), GroupChange::Rules));
     fetch(ctx, caller, id).await
 }
 
@@ -225,9 +226,7 @@ pub async fn delete_rule(
     db::retry(|| async {
         let mut tx = ctx.db.begin().await?;
         lock_own(&mut tx, caller, id).await?;
-        // The members' generations first: the interfaces the rule's reference reached
-        // are found through the rule itself.
-        ifstore::bump_for_group(&mut tx, id.as_str()).await?;
+        ifstore::bump_for_group(&mut tx, id.as_str(), GroupChange::Rules).await?;
         if !store::delete_rule(&mut tx, id, rule_id).await? {
             return Err(ApiError::not_found("security group rule", rule_id));
         }
@@ -237,7 +236,7 @@ pub async fn delete_rule(
         Ok(())
     })
     .await?;
-    ctx.enqueue(Work::SecurityGroup(id.clone()));
+    ctx.enqueue(Work::SecurityGroup(id.clone(), GroupChange::Rules));
     fetch(ctx, caller, id).await
 }
 

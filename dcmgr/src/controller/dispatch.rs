@@ -49,7 +49,7 @@ async fn traced(ctx: &SharedCtx, w: &Work) -> Result<()> {
         Work::Interface(id) | Work::UnplugInterface(id, _) => id.to_string(),
         Work::Volume(id) => id.to_string(),
         Work::Snapshot(id) => id.to_string(),
-        Work::SecurityGroup(id) => id.to_string(),
+        Work::SecurityGroup(id, _) => id.to_string(),
         Work::NodeSync(_, node) => node.clone(),
     };
     let job = crate::datastore::job::running_of(&ctx.db, &resource).await?;
@@ -64,8 +64,8 @@ async fn handle(ctx: &SharedCtx, w: &Work) -> Result<()> {
         Work::Interface(id) => Ok(interface::dispatch(ctx, id.as_str()).await?),
         Work::Volume(id) => Ok(volume::dispatch(ctx, id.as_str()).await?),
         Work::Snapshot(id) => Ok(snapshot::dispatch(ctx, id.as_str()).await?),
-        Work::SecurityGroup(g) => {
-            for vif in ifstore::affected_by_group(&ctx.db, g.as_str()).await? {
+        Work::SecurityGroup(g, change) => {
+            for vif in ifstore::reached_by(&ctx.db, g.as_str(), *change).await? {
                 interface::dispatch_one(ctx, &vif).await?;
             }
             Ok(())

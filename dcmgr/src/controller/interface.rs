@@ -40,18 +40,28 @@ async fn resolved_group(db: &db::Pool, group: &str) -> ApiResult<SecurityGroupSp
 /// Sends the ensure for one interface to the nwagent of its instance's host.
 pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
     let Some((network, host)) = dispatch_one(ctx, id).await? else { return Ok(()) };
-    refresh_peers(ctx, &network, &host).await
+    refresh_peers(ctx, id, &network, &host).await
 }
 
 /// Re-sends one interface of `network` per host other than `host`, so that hosts already
-/// on the network learn about `host`. Only a change of placement needs it; group edits and
-/// agent re-syncs change no peers and send with [`dispatch_one`].
-async fn refresh_peers(ctx: &SharedCtx, network: &str, host: &str) -> ApiResult<()> {
-    // The hosts already on this network must tunnel to this one too (when it is new to
-    // the network): re-send one interface per other host; its spec carries the peers.
-    for other in store::one_per_other_host(&ctx.db, network, host).await? {
-        // Its peers changed: a new generation, re-sent until nwagent has it.
-        store::bump(&mut *ctx.db.acquire().await?, &other).await?;
+/// on the network learn about `host`, unless an interface there has announced `host`
+/// already. Only a change of placement needs it; group edits and agent re-syncs change no
+/// peers and send with [`dispatch_one`].
+async fn refresh_peers(ctx: &SharedCtx, vif: &str, network: &str, host: &str) -> ApiResult<()> {
+    if store::announced(&ctx.db, network, host).await? {
+        return Ok(());
+    }
+    // The hosts already on this network must tunnel to this one too: one interface per
+    // other host gets a new generation (its spec carries the peers), re-sent until
+    // nwagent has it, in the transaction that records the announcement.
+    let others = store::one_per_other_host(&ctx.db, network, host).await?;
+    let mut tx = ctx.db.begin().await?;
+    for other in &others {
+        store::bump(&mut tx, other).await?;
+    }
+    store::set_announced(&mut tx, vif, host).await?;
+    tx.commit().await?;
+    for other in others {
         if let Err(e) = dispatch_one(ctx, &other).await {
             tracing::warn!(vif = %other, "peer refresh not sent: {e}");
         }

@@ -143,35 +143,46 @@ pub async fn delete_for_instance(tx: &mut db::Tx<'_>, instance: &str, vifs: &[St
     Ok(())
 }
 
-/// Every interface affected by a change of group `g`: its members, and the members of
-/// groups whose rules refer to `g` (their resolved address lists change).
-pub async fn affected_by_group(pool: &db::Pool, g: &str) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT vif_id FROM vif_security_groups WHERE group_id = $1
-         UNION
-         SELECT s.vif_id FROM vif_security_groups s JOIN security_group_rules r ON r.group_id = s.group_id
-         WHERE r.remote_group_id = $1",
-    )
-    .bind(g)
-    .fetch_all(pool)
-    .await?;
+// A group's members resolve its rules; the members of groups whose rules name it resolve
+// its members' addresses. So a change of its rules reaches its members, and a change of
+// its members reaches the referring groups' members (its own too when it names itself),
+// never more: a create into a group of thousands re-sends nothing to them unless their
+// rules name it.
+const MEMBERS: &str = "SELECT vif_id FROM vif_security_groups WHERE group_id = $1";
+const REFERRERS: &str = "SELECT s.vif_id FROM vif_security_groups s
+     JOIN security_group_rules r ON r.group_id = s.group_id WHERE r.remote_group_id = $1";
+
+/// Which interfaces a change of a group reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupChange {
+    /// Its rules changed: its members.
+    Rules,
+    /// Its members changed: the members of groups whose rules refer to it.
+    Members,
+}
+
+impl GroupChange {
+    fn reached(self) -> &'static str {
+        match self {
+            GroupChange::Rules => MEMBERS,
+            GroupChange::Members => REFERRERS,
+        }
+    }
+}
+
+/// The interfaces a `change` of group `g` reaches (distinct).
+pub async fn reached_by(pool: &db::Pool, g: &str, change: GroupChange) -> Result<Vec<String>, sqlx::Error> {
+    let q = format!("SELECT DISTINCT vif_id FROM ({}) x", change.reached());
+    let rows: Vec<(String,)> = sqlx::query_as(&q).bind(g).fetch_all(pool).await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
-/// Bumps the generation of every interface a change of group `g` reaches (its members,
-/// and the members of groups whose rules refer to it), in the transaction of the change,
-/// so the reconciler re-sends them until nwagent reports the new generation.
-pub async fn bump_for_group(tx: &mut db::Tx<'_>, g: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE vifs SET spec_gen = spec_gen + 1 WHERE id IN (
-             SELECT vif_id FROM vif_security_groups WHERE group_id = $1
-             UNION
-             SELECT s.vif_id FROM vif_security_groups s JOIN security_group_rules r ON r.group_id = s.group_id
-             WHERE r.remote_group_id = $1)",
-    )
-    .bind(g)
-    .execute(&mut **tx)
-    .await?;
+/// Bumps the generation of every interface a `change` of group `g` reaches, in the
+/// transaction of the change, so the reconciler re-sends them until nwagent reports the
+/// new generation.
+pub async fn bump_for_group(tx: &mut db::Tx<'_>, g: &str, change: GroupChange) -> Result<(), sqlx::Error> {
+    let q = format!("UPDATE vifs SET spec_gen = spec_gen + 1 WHERE id IN ({})", change.reached());
+    sqlx::query(&q).bind(g).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -245,6 +256,25 @@ pub async fn peers(pool: &db::Pool, network: &str, host: &str) -> Result<Vec<Str
     .fetch_all(pool)
     .await?;
     Ok(r.into_iter().map(|r| r.0).collect())
+}
+
+/// Whether an interface on `network` placed on `host` has announced `host` to the
+/// network's other hosts.
+pub async fn announced(pool: &db::Pool, network: &str, host: &str) -> Result<bool, sqlx::Error> {
+    let r: Option<(String,)> = sqlx::query_as(
+        "SELECT v.id FROM vifs v JOIN instances i ON i.id = v.instance_id
+         WHERE v.network_id = $1 AND i.host_node_id = $2 AND v.announced_host = $2 LIMIT 1",
+    )
+    .bind(network)
+    .bind(host)
+    .fetch_optional(pool)
+    .await?;
+    Ok(r.is_some())
+}
+
+pub async fn set_announced(tx: &mut db::Tx<'_>, vif: &str, host: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vifs SET announced_host = $1 WHERE id = $2").bind(host).bind(vif).execute(&mut **tx).await?;
+    Ok(())
 }
 
 /// One interface of `network` per host other than `host`.
