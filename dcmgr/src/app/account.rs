@@ -47,7 +47,7 @@ pub async fn insert(ctx: &SharedCtx, name: &str, admin: bool, token: Option<&str
     let account = Account { id: AccountId::generate(), name: name.to_owned(), admin, created_at: db::parse_time(&now) };
     let user = User { id: UserId::generate(), name: name.to_owned(), admin, created_at: account.created_at };
     let token = token.map(str::to_owned).unwrap_or_else(new_token);
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     if let Err(e) = store::insert(&mut tx, &account).await {
         if db::is_unique_violation(&e) {
             return Err(ApiError::conflict("name_taken", format!("an account named {name:?} already exists")));
@@ -207,7 +207,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: ApiResult<AccountId>) 
         return Err(ApiError::conflict("cannot_delete_self", "an admin cannot delete its own account"));
     }
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // Network creates lock the account row too; the count is read under the lock.
         store::lock(&mut tx, &acct.id).await?;
         let live = store::live_resources(&mut *tx, &acct.id).await?;

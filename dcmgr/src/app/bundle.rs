@@ -1765,7 +1765,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         candidates.insert(i.id.clone(), scheduler::candidates(ctx, demand, &Default::default(), None).await?);
     }
 
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     // Serializes imports (and network creates) into this account: the checks below stay true.
     accounts::lock(&mut tx, account).await?;
     let found = store::find_import(&mut tx, account, &m.source.site_key, &m.source.vdc_id, &r.hash).await?;

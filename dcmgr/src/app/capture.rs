@@ -194,7 +194,7 @@ async fn capture_once(
     id: &InstanceId,
     new: &CreateImage,
 ) -> ApiResult<Accepted<Image>> {
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     db::lock(&mut tx, db::Lock::Instance, id.as_str()).await?;
     let row = match store::get(&mut *tx, id.as_str()).await? {
         Some(r) if r.account_id == caller.account_id.as_str() => r,
@@ -290,7 +290,7 @@ async fn from_snapshot_once(
     id: &SnapshotId,
     new: &CreateImage,
 ) -> ApiResult<(Accepted<Image>, String)> {
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     // A snapshot delete locks it too, and sees this pending image.
     db::lock(&mut tx, db::Lock::Snapshot, id.as_str()).await?;
     let snap = match snapshots::get(&mut *tx, id.as_str()).await? {
@@ -388,7 +388,7 @@ pub async fn failed(ctx: &SharedCtx, node: &str, id: &ImageId, reason: &str) -> 
 
 async fn fail(ctx: &SharedCtx, id: &ImageId, origin: &Origin, why: &str) -> ApiResult<()> {
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         origin.lock(&mut tx).await?;
         db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
         // Only a pending image ends here: a late failure must not undo a stored capture.

@@ -74,7 +74,7 @@ async fn allocate(
     let ext = ctx.config.external.as_ref().ok_or_else(no_external)?;
     let (start, end, _) = ext.pool().map_err(ApiError::internal)?;
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         if let Some(a) = account {
             let a: AccountId = a.parse().map_err(ApiError::internal)?;
             quota::enforce(&mut tx, ctx, &a, &[(QuotaKey::FloatingIps, 1)]).await?;
@@ -144,7 +144,7 @@ pub async fn associate(
     req: &AssociateFloatingIp,
 ) -> ApiResult<FloatingIp> {
     let vif = db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // The instance, then the address: terminate locks the instance and then frees its
         // addresses.
         db::lock(&mut tx, db::Lock::Instance, req.instance_id.as_str()).await?;
@@ -196,7 +196,7 @@ async fn lock_own(tx: &mut db::Tx<'_>, caller: &Caller, id: &FloatingIpId) -> Ap
 /// Unmaps the address; the interface it was on is re-sent.
 pub async fn disassociate(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -> ApiResult<FloatingIp> {
     let vif = db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         let row = lock_own(&mut tx, caller, id).await?;
         let Some(vif) = row.vif_id else { return Ok(None) };
         store::disassociate(&mut tx, id).await?;
@@ -215,7 +215,7 @@ pub async fn disassociate(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -
 /// Releases an address that is not associated.
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -> ApiResult<()> {
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         let row = lock_own(&mut tx, caller, id).await?;
         if let Some(i) = &row.instance_id {
             return Err(ApiError::conflict(

@@ -227,7 +227,7 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         size_bytes: None,
     };
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // The kernel must still be there at commit: its delete locks it too and then sees
         // this image.
         if let Some(k) = &image.kernel_id {
@@ -307,7 +307,7 @@ pub async fn fetch_visible(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> Ap
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<()> {
     let _refs = crate::app::blob_refs::hold(ctx).await?;
     let unused_blob = db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // Instance creates lock the image too, so none can start using it before commit.
         db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
         let owner = store::owner(&mut tx, id).await?;
@@ -511,7 +511,7 @@ where
     ctx.blobs.put(&sha, staging.path()).await.map_err(ApiError::internal)?;
     let id = &image.id;
     let done = db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // The source first, as every decision on it does (terminate fails the capture).
         if let Some(origin) = capture {
             origin.lock(&mut tx).await?;
@@ -548,7 +548,7 @@ where
         Some(row) => Ok(Ingested::Stored(Box::new(row.into_api()?))),
         None => {
             // Deleted (or failed) meanwhile, or over quota: the blob may now be nobody's.
-            let mut tx = ctx.db.begin().await?;
+            let mut tx = db::begin(&ctx.db).await?;
             let users = store::blob_users(&mut tx, &sha).await?;
             tx.rollback().await?;
             if users == 0 {
@@ -569,7 +569,7 @@ pub async fn exists_public(ctx: &SharedCtx, name: &str) -> ApiResult<bool> {
 
 /// The accounts one of the caller's images is shared with.
 pub async fn members(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<ImageMembers> {
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     let owner = store::owner(&mut tx, id).await?;
     if owner.as_deref() != Some(caller.account_id.as_str()) {
         return Err(ApiError::not_found("image", id));
@@ -600,7 +600,7 @@ pub async fn set_member(
     add: bool,
 ) -> ApiResult<(ImageMembers, bool)> {
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
         let owner = store::owner(&mut tx, id).await?;
         if owner.as_deref() != Some(caller.account_id.as_str()) {

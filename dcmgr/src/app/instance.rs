@@ -254,7 +254,7 @@ async fn insert(
     p: &Prepared,
     candidates: &[String],
 ) -> ApiResult<Accepted<Instance>> {
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     // The account's row first (quotas), then the host: the order every create keeps.
     quota::enforce(
         &mut tx,
@@ -413,7 +413,7 @@ async fn act_once(
         }
         _ => None,
     };
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     db::lock(&mut tx, db::Lock::Instance, id.as_str()).await?;
     let row = match store::get(&mut *tx, id.as_str()).await? {
         Some(r) if r.account_id == account.as_str() => r,

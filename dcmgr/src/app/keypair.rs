@@ -41,7 +41,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateKeyPair) -> Api
     let now = db::parse_time(&db::now());
     let keypair = KeyPair { id: KeyPairId::generate(), name: req.name, public_key, fingerprint, created_at: now };
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Keypairs, 1)]).await?;
         // Under the account's lock a taken name is not a race to retry but the answer.
         match store::insert(&mut tx, &caller.account_id, &keypair).await {

@@ -109,7 +109,7 @@ async fn try_insert(
     start: Ipv4Addr,
     end: Ipv4Addr,
 ) -> ApiResult<Network> {
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Networks, 1)]).await?;
     check_name_free(&mut tx, db::Named::Network, &caller.account_id, name).await?;
     check_disjoint(&net, &store::cidrs_of(&mut tx, &caller.account_id).await?)?;
@@ -146,7 +146,7 @@ pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &NetworkId) -> ApiResul
 /// Deletes one of the caller's networks that no interface is on.
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &NetworkId) -> ApiResult<()> {
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // Instance creates lock the network too, so no interface can appear on it between
         // this check and the commit (and the foreign key would refuse one).
         db::lock(&mut tx, db::Lock::Network, id.as_str()).await?;

@@ -103,7 +103,7 @@ pub async fn update_host(
     for (k, v) in &req.labels {
         check_label(k, v.as_deref().unwrap_or_default())?;
     }
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = crate::db::begin(&ctx.db).await?;
     // The row's lock first: concurrent label changes of one host merge, none is lost.
     if !store::lock_host(&mut tx, id.as_str()).await? {
         return Err(ApiError::not_found("host node", id));

@@ -106,7 +106,7 @@ pub async fn check(
 /// An account's quotas and usage: the caller's own, or any for an admin (else 404).
 pub async fn show(ctx: &SharedCtx, caller: &Caller, id: &AccountId) -> ApiResult<AccountQuotas> {
     let account = crate::app::account::fetch(ctx, caller, id).await?;
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     let own = store::set_for(&mut *tx, &account.id).await?;
     let used = store::usage(&mut *tx, &account.id).await?;
     tx.commit().await?;
@@ -169,7 +169,7 @@ pub async fn set(
     let changes = parse(&req)?;
     let account = crate::app::account::fetch(ctx, caller, &id?).await?;
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         accounts::lock(&mut tx, &account.id).await?;
         for (key, value) in &changes {
             store::set(&mut tx, &account.id, *key, *value).await?;

@@ -98,7 +98,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSecurityGroup) 
     let rules = req.rules.into_iter().map(normalize).collect::<ApiResult<Vec<_>>>()?;
     let id = db::retry(|| async {
         let id = SecurityGroupId::generate();
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::SecurityGroups, 1)]).await?;
         check_name_free(&mut tx, db::Named::SecurityGroup, &caller.account_id, &req.name).await?;
         store::insert(&mut tx, &id, &caller.account_id, &req.name, &req.description).await?;
@@ -126,7 +126,7 @@ pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<
 /// Deletes a group no interface is a member of and no other group's rule refers to.
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &SecurityGroupId) -> ApiResult<()> {
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // Instance creates and rules that refer to this group lock it too.
         lock_own(&mut tx, caller, id).await?;
         let members = store::member_instances(&mut tx, id).await?;
@@ -192,7 +192,7 @@ pub async fn add_rule(
 ) -> ApiResult<SecurityGroup> {
     let rule = normalize(rule)?;
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         lock_own(&mut tx, caller, id).await?;
         lock_remote_groups(&mut tx, caller, Some(id), std::slice::from_ref(&rule)).await?;
         let rows = store::rules(&mut *tx, id.as_str()).await?;
@@ -224,7 +224,7 @@ pub async fn delete_rule(
     rule_id: &RuleId,
 ) -> ApiResult<SecurityGroup> {
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         lock_own(&mut tx, caller, id).await?;
         ifstore::bump_for_group(&mut tx, id.as_str(), GroupChange::Rules).await?;
         if !store::delete_rule(&mut tx, id, rule_id).await? {

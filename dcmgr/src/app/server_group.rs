@@ -25,7 +25,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateServerGroup) ->
         created_at: db::parse_time(&db::now()),
     };
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::ServerGroups, 1)]).await?;
         // Under the account's lock a taken name is the answer, not a race.
         if let Some(holder) = store::named(&mut tx, &caller.account_id, &group.name).await? {
@@ -98,7 +98,7 @@ pub async fn of_instance(ctx: &SharedCtx, account: &str, id: Option<&str>) -> Ap
 /// Deletes a group that has no member (terminated instances are no members).
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ServerGroupId) -> ApiResult<()> {
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // Placements into the group lock it too: a create either committed its member
         // before this reads, or finds the group gone.
         if !store::lock(&mut tx, id.as_str()).await?

@@ -112,7 +112,7 @@ pub async fn set_password(ctx: &SharedCtx, caller: &Caller, id: &UserId, req: Se
     // they are revoked one by one.
     let keep = (caller.user_id == *id).then_some(caller.token_id.as_ref()).flatten();
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         if !store::set_password(&mut *tx, id.as_str(), phc.as_deref()).await? {
             return Err(ApiError::not_found("user", id));
         }
@@ -204,7 +204,7 @@ async fn issue(ctx: &SharedCtx, user: &UserId, account: &AccountId, replaces: Op
         let now = chrono::Utc::now();
         let now_s = db::time(&now);
         let expires_s = db::time(&(now + ttl));
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         accounts::lock(&mut tx, account).await?;
         if let Some(old) = replaces {
             if !store::revoke_in(&mut tx, old.as_str(), &now_s).await? {

@@ -31,7 +31,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSnapshot) -> Ap
     let id = SnapshotId::generate();
     let now = db::now();
     let (size, node, job) = db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // A volume delete locks the volume too and counts its snapshots: one of the two
         // sees the other.
         db::lock(&mut tx, db::Lock::Volume, req.volume_id.as_str()).await?;
@@ -86,7 +86,7 @@ pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<
 
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &SnapshotId) -> ApiResult<(Outcome, Accepted<Snapshot>)> {
     let (outcome, job) = db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // Volume creates from this snapshot lock it too.
         db::lock(&mut tx, db::Lock::Snapshot, id.as_str()).await?;
         let snap = match store::get(&mut *tx, id.as_str()).await? {

@@ -54,7 +54,7 @@ pub(crate) async fn insert(
     let hash = account::hash_token(&secret);
     let token = db::retry(|| async {
         let now_s = db::time(&now);
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // Token creation in one account runs one at a time: the name and the cap are
         // decided on what the previous one committed.
         accounts::lock(&mut tx, &acct).await?;

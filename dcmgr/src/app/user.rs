@@ -29,7 +29,7 @@ pub async fn create(ctx: &SharedCtx, req: CreateUser) -> ApiResult<User> {
         admin: req.admin,
         created_at: db::parse_time(&db::now()),
     };
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     if let Err(e) = store::insert_user(&mut *tx, &user).await {
         if db::is_unique_violation(&e) {
             return Err(ApiError::conflict("name_taken", format!("a user named {:?} already exists", req.name)));
@@ -62,7 +62,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &UserId) -> ApiResult<
         return Err(ApiError::conflict("cannot_delete_self", "a user cannot delete itself"));
     }
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         if !store::lock_user(&mut tx, id.as_str()).await? {
             return Err(ApiError::not_found("user", id));
         }
@@ -106,7 +106,7 @@ pub async fn add_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, req: A
     own_account(caller, id)?;
     let now = db::now();
     let (member, created) = db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // One decision about an account's members at a time (the last owner stays).
         accounts::lock(&mut tx, id).await?;
         if accounts::get_in(&mut tx, id).await?.is_none() {
@@ -144,7 +144,7 @@ pub async fn add_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, req: A
 pub async fn remove_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, user: &UserId) -> ApiResult<()> {
     own_account(caller, id)?;
     db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         accounts::lock(&mut tx, id).await?;
         let m = store::member(&mut *tx, id.as_str(), user.as_str())
             .await?

@@ -113,7 +113,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
         ));
     }
     let accepted = db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         check_name_free(&mut tx, db::Named::Volume, &caller.account_id, &req.name).await?;
         if let Some(s) = &snap {
             // The snapshot must still be there when the volume is recorded (a concurrent
@@ -222,7 +222,7 @@ async fn lock_own(tx: &mut db::Tx<'_>, caller: &Caller, id: &VolumeId) -> ApiRes
 
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResult<(Outcome, Accepted<Volume>)> {
     let (outcome, accepted) = db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         let row = lock_own(&mut tx, caller, id).await?;
         // Snapshot creation locks the volume too, so this count cannot change before commit.
         let snaps = snapshots::count_live_of_volume(&mut tx, id.as_str()).await?;
@@ -244,7 +244,7 @@ pub async fn attach(
 ) -> ApiResult<(Outcome, Accepted<Volume>)> {
     let inst_id = req.instance_id;
     let (outcome, accepted) = db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         // The instance first, then the volume: the order terminate takes (it locks the
         // instance, then detaches its volumes), so the two never deadlock.
         db::lock(&mut tx, db::Lock::Instance, inst_id.as_str()).await?;
@@ -276,7 +276,7 @@ pub async fn detach(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResul
     let (outcome, accepted, instance) = db::retry(|| async {
         // Which instance to lock first (see attach); re-checked under the locks.
         let hint = fetch_own(ctx, caller, id).await?.instance_id;
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         let mut has_host = false;
         if let Some(i) = &hint {
             db::lock(&mut tx, db::Lock::Instance, i).await?;
@@ -306,7 +306,7 @@ pub async fn extend(ctx: &SharedCtx, caller: &Caller, id: &VolumeId, req: Extend
         return Err(ApiError::bad("invalid_size", format!("size_mib must be at most {MAX_SIZE_MIB}, got {size}")));
     }
     let accepted = db::retry(|| async {
-        let mut tx = ctx.db.begin().await?;
+        let mut tx = db::begin(&ctx.db).await?;
         let row = lock_own(&mut tx, caller, id).await?;
         if size <= row.size_mib as u64 {
             return Err(ApiError::bad(

@@ -128,7 +128,7 @@ async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Re
 /// its interfaces and its volumes change in one transaction that holds the instance's
 /// lock; a failure applies none of it and leaves the report unacked, to come again.
 pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceReport) -> Result<()> {
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     db::lock(&mut tx, db::Lock::Instance, r.id.as_str()).await?;
     let Some(row) = store::get(&mut *tx, r.id.as_str()).await? else {
         drop(tx);

@@ -55,7 +55,7 @@ async fn refresh_peers(ctx: &SharedCtx, vif: &str, network: &str, host: &str) ->
     // other host gets a new generation (its spec carries the peers), re-sent until
     // nwagent has it, in the transaction that records the announcement.
     let others = store::one_per_other_host(&ctx.db, network, host).await?;
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     for other in &others {
         store::bump(&mut tx, other).await?;
     }
@@ -147,7 +147,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InterfaceRep
         }
         Some(Some(h)) if h == node => {
             let (state, applied) = app::on_report(r.state, r.spec_gen);
-            let mut tx = ctx.db.begin().await?;
+            let mut tx = db::begin(&ctx.db).await?;
             store::record_report(&mut tx, r.id.as_str(), state.as_str(), gen as i64, applied).await?;
             tx.commit().await?;
             ctx.events.wake();

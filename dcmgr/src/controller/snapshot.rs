@@ -52,7 +52,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: SnapshotRepo
     }
     let state: SnapshotState = row.state.parse().map_err(ApiError::internal)?;
     let new_state = on_report(state, r.state);
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = crate::db::begin(&ctx.db).await?;
     if store::record_report(&mut tx, &row.id, &row.state, new_state, gen as i64).await? {
         // The jobs end in the report's transaction: a failure applies neither.
         if new_state == SnapshotState::Failed {

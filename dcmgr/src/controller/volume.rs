@@ -53,7 +53,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
 /// Folds one sta report into the model: the volume, its storage reservation and its jobs
 /// change in one transaction, so a failure leaves the report unapplied (and unacked).
 pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport) -> ApiResult<()> {
-    let mut tx = ctx.db.begin().await?;
+    let mut tx = db::begin(&ctx.db).await?;
     if !db::lock(&mut tx, db::Lock::Volume, r.id.as_str()).await? {
         return Ok(());
     }

@@ -51,7 +51,7 @@ const COLS: &str = "id, created_at, user_id, token_id, account_id, action, resou
 
 /// Writes the entries in one transaction.
 pub async fn insert_many(pool: &db::Pool, entries: &[AuditEntry]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db::begin(pool).await?;
     for e in entries {
         sqlx::query(&format!(
             "INSERT INTO audit_log ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"

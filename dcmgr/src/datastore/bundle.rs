@@ -61,7 +61,7 @@ const IMAGE_COLS: &str = "id, name, format, arch, hypervisors, boot_mode, kernel
 
 /// Reads everything of `account` in one transaction, so the snapshot is consistent.
 pub async fn snapshot(pool: &db::Pool, account: &AccountId) -> Result<Snapshot, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db::begin(pool).await?;
     let s = snapshot_on(&mut tx, account).await?;
     tx.commit().await?;
     Ok(s)
@@ -497,7 +497,7 @@ pub async fn held_chunks(
 /// chunk points it at the newer blob.
 pub async fn record_chunks(pool: &db::Pool, account: &AccountId, chunks: &[HeldChunk]) -> Result<(), sqlx::Error> {
     for part in chunks.chunks(200) {
-        let mut tx = pool.begin().await?;
+        let mut tx = db::begin(pool).await?;
         for c in part {
             sqlx::query(
                 "INSERT INTO bundle_chunks (account_id, sha256, blob, blob_offset, size) VALUES ($1, $2, $3, $4, $5) \

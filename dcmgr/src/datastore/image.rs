@@ -216,7 +216,7 @@ pub async fn set_available(
 
 /// A pending image's data was refused.
 pub async fn set_failed(pool: &db::Pool, id: &ImageId, reason: &str) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db::begin(pool).await?;
     set_failed_tx(&mut tx, id.as_str(), reason).await?;
     tx.commit().await
 }

@@ -301,6 +301,7 @@ pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, o: &Observed<'_>) -> Re
 
 /// Records that the current spec was sent (the reconciler re-sends after a while).
 pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
+    let _turn = db::write_turn(pool).await;
     sqlx::query("UPDATE instances SET ensure_sent_at = $1 WHERE id = $2")
         .bind(db::now_ms())
         .bind(id)

@@ -312,6 +312,7 @@ pub async fn member_ips(pool: &db::Pool, group: &str) -> Result<Vec<String>, sql
 }
 
 pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
+    let _turn = db::write_turn(pool).await;
     sqlx::query("UPDATE vifs SET ensure_sent_at = $1 WHERE id = $2").bind(db::now_ms()).bind(id).execute(pool).await?;
     Ok(())
 }

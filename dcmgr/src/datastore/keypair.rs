@@ -77,7 +77,7 @@ pub async fn get_own<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 
 /// Deletes the account's key pair; false when there was none.
 pub async fn delete_own(pool: &db::Pool, account: &AccountId, id: &KeyPairId) -> Result<bool, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db::begin(pool).await?;
     db::event::record(&mut tx, db::event::Kind::KeyPair, id.as_str(), db::event::Change::Deleted).await?;
     let r = sqlx::query("DELETE FROM keypairs WHERE id = $1 AND account_id = $2")
         .bind(id.as_str())

@@ -28,7 +28,73 @@ use sqlx::{AnyPool, Executor};
 use std::time::Duration;
 
 pub type Pool = AnyPool;
-pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+/// A transaction. On SQLite it holds the database's write gate from begin to end.
+///
+/// SQLite takes one writer at a time, and a writer that finds the file locked sleeps in
+/// SQLite's busy handler (1, 2, 5, 10, … ms) however soon the lock is free: with 32
+/// creates in flight the file sat idle while writers slept. So a transaction first waits
+/// its turn at the gate (a FIFO queue in this process, woken the moment the previous one
+/// ends) and SQLite never sees two writers. SQLite serves one dcmgr (`lock_sqlite`), so
+/// the gate sees every writer. PostgreSQL locks rows and has no gate.
+pub struct Tx<'a> {
+    tx: sqlx::Transaction<'a, sqlx::Any>,
+    // Dropped after `tx` (declaration order): the next writer starts once this one ended.
+    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Tx<'_> {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+}
+
+type Gate = std::sync::Arc<tokio::sync::Mutex<()>>;
+
+/// The write gate of a SQLite database (by its URL: one per file in this process; the
+/// tests run many), `None` on PostgreSQL.
+fn gate_of(pool: &Pool) -> Option<Gate> {
+    static GATES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, Gate>>> =
+        std::sync::LazyLock::new(Default::default);
+    let opts = pool.connect_options();
+    let url = opts.database_url.as_str();
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    Some(GATES.lock().unwrap().entry(url.to_owned()).or_default().clone())
+}
+
+/// Waits for the write gate (SQLite) for a write made outside a transaction; hold the
+/// guard across the statement. Never while holding a [`Tx`] of the same database.
+pub async fn write_turn(pool: &Pool) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+    match gate_of(pool) {
+        Some(g) => Some(g.lock_owned().await),
+        None => None,
+    }
+}
+
+/// Begins a transaction, after the write gate on SQLite.
+pub async fn begin(pool: &Pool) -> Result<Tx<'static>, sqlx::Error> {
+    let gate = write_turn(pool).await;
+    Ok(Tx { tx: pool.begin().await?, _gate: gate })
+}
 /// One connection taken from the pool, for reads that run several statements.
 pub type Conn = sqlx::AnyConnection;
 
@@ -277,6 +343,53 @@ pub fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On SQLite a transaction waits for the one before it to end instead of meeting
+    /// SQLite's busy handler, and many at once all commit; a second database in the same
+    /// process has a gate of its own.
+    #[tokio::test]
+    async fn sqlite_transactions_take_turns_at_the_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = connect(&format!("sqlite://{}/a.sqlite", dir.path().display())).await.unwrap();
+        let (other, _) = connect(&format!("sqlite://{}/b.sqlite", dir.path().display())).await.unwrap();
+        let first = begin(&pool).await.unwrap();
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move { begin(&pool).await.map(|_| ()) }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!second.is_finished(), "a second transaction began beside the first");
+        let elsewhere = tokio::time::timeout(Duration::from_secs(2), begin(&other)).await;
+        assert!(elsewhere.is_ok(), "another database's transaction waited for this one's gate");
+        drop(elsewhere);
+        first.commit().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), second).await.unwrap().unwrap().unwrap();
+        // 64 writers at once, on 8 connections: every one commits, none waits out a timeout.
+        let started = std::time::Instant::now();
+        let writers: Vec<_> = (0..64)
+            .map(|i| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let mut tx = begin(&pool).await?;
+                    sqlx::query(
+                        "INSERT INTO networks (id, account_id, name, cidr, gateway, dhcp_start, dhcp_end, vni, created_at) \
+                         VALUES ($1, 'a-1', $1, '10.0.0.0/24', '10.0.0.1', '10.0.0.2', '10.0.0.9', $2, 'now')",
+                    )
+                    .bind(format!("nw-{i}"))
+                    .bind(1000 + i as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap().unwrap();
+        }
+        let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM networks").fetch_one(&pool).await.unwrap();
+        assert_eq!(n.0, 64);
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
 
     /// An upgrade onto a database that holds a name twice (allowed before 0014) keeps
     /// every row: the oldest keeps the name, the others become NAME-ID.

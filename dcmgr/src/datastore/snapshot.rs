@@ -115,6 +115,7 @@ pub async fn count_live_of_volume(tx: &mut db::Tx<'_>, volume_id: &str) -> Resul
 
 /// Records that an ensure of snapshot `id` was sent now.
 pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
+    let _turn = db::write_turn(pool).await;
     sqlx::query("UPDATE snapshots SET ensure_sent_at = $1 WHERE id = $2")
         .bind(db::now_ms())
         .bind(id)

@@ -198,6 +198,7 @@ pub async fn instance_host(pool: &db::Pool, instance: &str) -> Result<Option<Str
 
 /// Records that an ensure of volume `id` was sent now.
 pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
+    let _turn = db::write_turn(pool).await;
     sqlx::query("UPDATE volumes SET ensure_sent_at = $1 WHERE id = $2")
         .bind(db::now_ms())
         .bind(id)
