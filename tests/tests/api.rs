@@ -1117,8 +1117,13 @@ async fn tunnel_peers_follow_placement(db: Db) {
     let s = Stack::start(StackOptions::new(db)).await; // two hosts, spread
     let c = s.account("peers").await;
     let net = c.create_network(&net_req("n", "10.6.0.0/24")).await.unwrap();
+    let g = c
+        .create_security_group(&CreateSecurityGroup { name: "g".into(), description: String::new(), rules: vec![] })
+        .await
+        .unwrap();
     let mut req = inst_req(&s.image, "x");
-    req.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }];
+    req.interfaces =
+        vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![g.id.clone()], ip: None }];
     let port = |vif: &VifId| s.hosts.iter().find_map(|h| h.nw_driver.as_ref()?.port(vif));
     let ensures =
         |vif: &VifId| -> u64 { s.hosts.iter().filter_map(|h| h.nw_driver.as_ref()).map(|d| d.ensures_of(vif)).sum() };
@@ -1181,6 +1186,22 @@ async fn tunnel_peers_follow_placement(db: Db) {
         .await
         .expect("a's host is told again of a host that left the network and came back");
     assert_eq!(peers(&va).unwrap(), [tunnel(&hb).to_string()]);
+    // The same instance back on the same host: it stops (b's host has no instance of the
+    // network left), a rule change re-sends a without that host, and it starts there
+    // again: a's host hears of it again.
+    let t = c.stop_instance(&back.id).await.unwrap();
+    wait_job(&c, &t.job).await;
+    c.add_security_group_rule(&g.id, &rule(Protocol::Icmp, None, Some("0.0.0.0/0"), None)).await.unwrap();
+    eventually(Duration::from_secs(5), || async { peers(&va)?.is_empty().then_some(()) })
+        .await
+        .expect("a's host drops a host the network left");
+    let t = c.start_instance(&back.id).await.unwrap();
+    wait_job(&c, &t.job).await;
+    let again = converged(back.id.clone()).await;
+    assert_eq!(again.host_node_id.as_ref(), Some(&hb), "spread starts it on the emptier host again");
+    eventually(Duration::from_secs(5), || async { (peers(&va)? == [tunnel(&hb).to_string()]).then_some(()) })
+        .await
+        .expect("a's host hears again of a host an instance came back to");
     s.stop().await;
 }
 

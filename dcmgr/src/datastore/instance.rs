@@ -231,14 +231,19 @@ pub async fn set_intent(
 }
 
 /// Places the instance on `host` and gives its interfaces a new generation (they move
-/// there, and are re-sent until that host's nwagent has them).
+/// there, and are re-sent until that host's nwagent has them). Their announcements are
+/// forgotten: while the instance was away the other hosts may have dropped `host` from
+/// their peers, so its first dispatch there announces it again.
 pub async fn place(tx: &mut db::Tx<'_>, id: &str, host: &HostNodeId) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE instances SET host_node_id = $1 WHERE id = $2")
         .bind(host.as_str())
         .bind(id)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("UPDATE vifs SET spec_gen = spec_gen + 1 WHERE instance_id = $1").bind(id).execute(&mut **tx).await?;
+    sqlx::query("UPDATE vifs SET spec_gen = spec_gen + 1, announced_host = NULL WHERE instance_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
