@@ -78,7 +78,12 @@ fn gate_of(pool: &Pool) -> Option<Gate> {
     if !url.starts_with("sqlite:") {
         return None;
     }
-    Some(GATES.lock().unwrap().entry(url.to_owned()).or_default().clone())
+    let mut gates = GATES.lock().unwrap();
+    // Looked up before `entry`, which would allocate the URL on every transaction.
+    if let Some(g) = gates.get(url) {
+        return Some(g.clone());
+    }
+    Some(gates.entry(url.to_owned()).or_default().clone())
 }
 
 /// Waits for the write gate (SQLite) for a write made outside a transaction; hold the
