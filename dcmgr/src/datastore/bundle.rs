@@ -440,15 +440,12 @@ pub async fn set_public_key(tx: &mut db::Tx<'_>, id: &str, key: &str, fingerprin
 /// Sets the groups of an interface; the caller bumps it. Returns the groups it joined or
 /// left (their members changed).
 pub async fn set_vif_groups(tx: &mut db::Tx<'_>, vif: &str, groups: &[String]) -> Result<Vec<String>, sqlx::Error> {
-    let old: Vec<(String,)> = sqlx::query_as("SELECT group_id FROM vif_security_groups WHERE vif_id = $1")
-        .bind(vif)
-        .fetch_all(&mut **tx)
-        .await?;
+    let old = db::interface::group_ids(&mut **tx, vif).await?;
     sqlx::query("DELETE FROM vif_security_groups WHERE vif_id = $1").bind(vif).execute(&mut **tx).await?;
     for g in groups {
         db::interface::add_group(tx, vif, g).await?;
     }
-    let old: std::collections::BTreeSet<String> = old.into_iter().map(|r| r.0).collect();
+    let old: std::collections::BTreeSet<String> = old.into_iter().collect();
     let new: std::collections::BTreeSet<String> = groups.iter().cloned().collect();
     Ok(old.symmetric_difference(&new).cloned().collect())
 }

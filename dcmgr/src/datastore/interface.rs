@@ -291,11 +291,14 @@ pub async fn one_per_other_host(pool: &db::Pool, network: &str, host: &str) -> R
 }
 
 /// The groups an interface is a member of.
-pub async fn group_ids(pool: &db::Pool, vif: &str) -> Result<Vec<String>, sqlx::Error> {
+pub async fn group_ids<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    vif: &str,
+) -> Result<Vec<String>, sqlx::Error> {
     let r: Vec<(String,)> =
         sqlx::query_as("SELECT group_id FROM vif_security_groups WHERE vif_id = $1 ORDER BY group_id")
             .bind(vif)
-            .fetch_all(pool)
+            .fetch_all(db)
             .await?;
     Ok(r.into_iter().map(|r| r.0).collect())
 }
