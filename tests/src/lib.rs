@@ -832,6 +832,17 @@ pub async fn wait_state(c: &Client, id: &InstanceId, state: InstanceState) -> In
     panic!("instance {id} did not reach {state}; last seen: {last:?}")
 }
 
+/// Waits until an instance runs with every interface active (its network programmed).
+pub async fn wait_converged(c: &Client, id: &InstanceId) -> Instance {
+    eventually(Duration::from_secs(15), || async {
+        let i = c.get_instance(id).await.ok()?;
+        let active = i.interfaces.iter().all(|v| v.state == vdc_schema::InterfaceState::Active);
+        (i.state == InstanceState::Running && active).then_some(i)
+    })
+    .await
+    .unwrap_or_else(|()| panic!("instance {id} did not run with its interfaces active"))
+}
+
 /// Initializes logging once for a test binary (RUST_LOG controls it).
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()

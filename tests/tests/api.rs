@@ -7,7 +7,7 @@ use vdc_schema::api::*;
 use vdc_schema::bus::{self, subject};
 use vdc_schema::id::*;
 use vdc_schema::*;
-use vdc_tests::{eventually, on_both_databases, wait_state, Db, Stack, StackOptions};
+use vdc_tests::{eventually, on_both_databases, wait_converged, wait_state, Db, Stack, StackOptions};
 
 on_both_databases!(
     auth_and_api_info,
@@ -1029,18 +1029,7 @@ async fn security_group_changes_reach_running_guests(db: Db) {
     // A group of thousands must not be re-sent whole for every create into it.
     let ensures =
         |vif: &VifId| -> u64 { s.hosts.iter().filter_map(|h| h.nw_driver.as_ref()).map(|d| d.ensures_of(vif)).sum() };
-    let active = |id: InstanceId| {
-        let c = &c;
-        async move {
-            eventually(Duration::from_secs(5), || async {
-                let i = c.get_instance(&id).await.ok()?;
-                (i.interfaces[0].state == InterfaceState::Active).then_some(i)
-            })
-            .await
-            .expect("interface becomes active")
-        }
-    };
-    let app = active(app.id.clone()).await;
+    let app = wait_converged(&c, &app.id).await;
     let app_vif = app.interfaces[0].id.clone();
     let (app_sent, db_sent) = (ensures(&app_vif), ensures(&vif));
     let app2 = c.create_instance(&mk("app2", &app_sg.id)).await.unwrap().resource;
@@ -1048,7 +1037,7 @@ async fn security_group_changes_reach_running_guests(db: Db) {
     eventually(Duration::from_secs(5), || async { allowed(&vif).contains(&app2_ip).then_some(()) })
         .await
         .expect("db's interface learns the second app member");
-    let app2 = active(app2.id.clone()).await;
+    let app2 = wait_converged(&c, &app2.id).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(ensures(&app_vif), app_sent, "a member of a group no rule names was re-sent when the group grew");
     assert!(ensures(&vif) > db_sent, "db's interface was not re-sent");
@@ -1132,19 +1121,8 @@ async fn tunnel_peers_follow_placement(db: Db) {
         std::net::Ipv4Addr::from(0xc612_0000u32 + i as u32 + 1)
     };
     let peers = |vif: &VifId| port(vif).map(|p| p.network.peers.iter().map(|a| a.to_string()).collect::<Vec<_>>());
-    let converged = |id: InstanceId| {
-        let c = &c;
-        async move {
-            eventually(Duration::from_secs(5), || async {
-                let i = c.get_instance(&id).await.ok()?;
-                (i.state == InstanceState::Running && i.interfaces[0].state == InterfaceState::Active).then_some(i)
-            })
-            .await
-            .expect("running with its interface active")
-        }
-    };
-    let a = converged(c.create_instance(&req).await.unwrap().resource.id).await;
-    let b = converged(c.create_instance(&req).await.unwrap().resource.id).await;
+    let a = wait_converged(&c, &c.create_instance(&req).await.unwrap().resource.id).await;
+    let b = wait_converged(&c, &c.create_instance(&req).await.unwrap().resource.id).await;
     let (ha, hb) = (a.host_node_id.clone().unwrap(), b.host_node_id.clone().unwrap());
     assert_ne!(ha, hb, "spread places the second instance on the other host");
     let (va, vb) = (a.interfaces[0].id.clone(), b.interfaces[0].id.clone());
@@ -1160,8 +1138,8 @@ async fn tunnel_peers_follow_placement(db: Db) {
     for _ in 0..4 {
         more.push(c.create_instance(&req).await.unwrap().resource.id);
     }
-    for id in more.clone() {
-        converged(id).await;
+    for id in &more {
+        wait_converged(&c, id).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!((ensures(&va), ensures(&vb)), (sa, sb), "instances on hosts the network already has re-sent a or b");
@@ -1180,7 +1158,7 @@ async fn tunnel_peers_follow_placement(db: Db) {
         wait_job(&c, &t.job).await;
     }
     let sa = ensures(&va);
-    let back = converged(c.create_instance(&req).await.unwrap().resource.id).await;
+    let back = wait_converged(&c, &c.create_instance(&req).await.unwrap().resource.id).await;
     assert_eq!(back.host_node_id.as_ref(), Some(&hb), "spread fills the emptied host first");
     eventually(Duration::from_secs(5), || async { (ensures(&va) > sa).then_some(()) })
         .await
@@ -1197,7 +1175,7 @@ async fn tunnel_peers_follow_placement(db: Db) {
         .expect("a's host drops a host the network left");
     let t = c.start_instance(&back.id).await.unwrap();
     wait_job(&c, &t.job).await;
-    let again = converged(back.id.clone()).await;
+    let again = wait_converged(&c, &back.id).await;
     assert_eq!(again.host_node_id.as_ref(), Some(&hb), "spread starts it on the emptier host again");
     eventually(Duration::from_secs(5), || async { (peers(&va)? == [tunnel(&hb).to_string()]).then_some(()) })
         .await
