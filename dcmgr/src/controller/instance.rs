@@ -163,6 +163,12 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
         failure: failure.as_deref(),
         release_host: out.release_host,
     };
+    // The networks it leaves the host on (read before a terminate removes its interfaces).
+    let leaves = if out.release_host {
+        crate::datastore::interface::networks_of_instance(&mut tx, &row.id).await?
+    } else {
+        vec![]
+    };
     store::apply_report(&mut tx, &row.id, &observed).await?;
     if out.release_host {
         crate::datastore::host::release(&mut tx, node, row.cpus, row.memory_mib).await?;
@@ -185,6 +191,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
             }
         }
     }
+    let peers = crate::datastore::interface::bump_for_departure(&mut tx, &leaves, node).await?;
     let takes_volumes = row.hypervisor != vdc_schema::HypervisorKind::Lxc.as_str();
     let detached =
         crate::controller::volume::on_instance_report(&mut tx, &row.id, &r.volumes, out.state, takes_volumes).await?;
@@ -199,6 +206,11 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
         }
     }
     removed.enqueue(ctx);
+    for v in peers {
+        if let Ok(v) = v.parse() {
+            ctx.enqueue(Work::Interface(v));
+        }
+    }
     for v in detached {
         // Detached from the guest: sta can withdraw the export now.
         ctx.enqueue(Work::Volume(v));

@@ -277,15 +277,61 @@ pub async fn set_announced(tx: &mut db::Tx<'_>, vif: &str, host: &str) -> Result
     Ok(())
 }
 
+/// The networks of an instance's interfaces, in order (the order their locks are taken).
+pub async fn networks_of_instance(tx: &mut db::Tx<'_>, instance: &str) -> Result<Vec<String>, sqlx::Error> {
+    let r: Vec<(String,)> =
+        sqlx::query_as("SELECT DISTINCT network_id FROM vifs WHERE instance_id = $1 ORDER BY network_id")
+            .bind(instance)
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(r.into_iter().map(|r| r.0).collect())
+}
+
+/// After interfaces on `networks` left `host`: for each network with no interface placed
+/// on `host` any more, bumps one interface per other host, whose next ensure carries peers
+/// without `host` (they stop tunnelling to a host the network left). Takes each network's
+/// lock, so that of two instances leaving at once the second sees the first gone.
+/// Returns the bumped interfaces, to be dispatched.
+pub async fn bump_for_departure(
+    tx: &mut db::Tx<'_>,
+    networks: &[String],
+    host: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut bumped = Vec::new();
+    for n in networks {
+        db::lock(tx, db::Lock::Network, n).await?;
+        let still: Option<(String,)> = sqlx::query_as(
+            "SELECT v.id FROM vifs v JOIN instances i ON i.id = v.instance_id
+             WHERE v.network_id = $1 AND i.host_node_id = $2 LIMIT 1",
+        )
+        .bind(n)
+        .bind(host)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if still.is_some() {
+            continue;
+        }
+        for other in one_per_other_host(&mut **tx, n, host).await? {
+            bump(tx, &other).await?;
+            bumped.push(other);
+        }
+    }
+    Ok(bumped)
+}
+
 /// One interface of `network` per host other than `host`.
-pub async fn one_per_other_host(pool: &db::Pool, network: &str, host: &str) -> Result<Vec<String>, sqlx::Error> {
+pub async fn one_per_other_host<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    network: &str,
+    host: &str,
+) -> Result<Vec<String>, sqlx::Error> {
     let r: Vec<(String,)> = sqlx::query_as(
         "SELECT MIN(v.id) FROM vifs v JOIN instances i ON i.id = v.instance_id
          WHERE v.network_id = $1 AND i.host_node_id IS NOT NULL AND i.host_node_id <> $2 GROUP BY i.host_node_id",
     )
     .bind(network)
     .bind(host)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     Ok(r.into_iter().map(|r| r.0).collect())
 }
