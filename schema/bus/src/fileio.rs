@@ -33,12 +33,12 @@ impl HashingFile {
     /// `hash`).
     pub fn new(file: std::fs::File, hash: Sha256) -> io::Result<HashingFile> {
         let (wtx, mut wrx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+        let mut out = DirectWriter::new(file)?;
         let writer = std::thread::Builder::new().name("vdc-write".into()).spawn(move || {
-            let mut file = file;
             while let Some(b) = wrx.blocking_recv() {
-                file.write_all(&b)?;
+                out.write(&b)?;
             }
-            Ok(file)
+            out.finish()
         })?;
         let (htx, mut hrx) = mpsc::channel::<Bytes>(IN_FLIGHT);
         let hasher = std::thread::Builder::new().name("vdc-sha256".into()).spawn(move || {
@@ -121,6 +121,122 @@ impl HashingFile {
     }
 }
 
+/// The alignment O_DIRECT asks of offsets, lengths and memory (the largest logical block
+/// size in use).
+const ALIGN: usize = 4096;
+/// Data written per O_DIRECT write.
+const DIRECT_BLOCK: usize = 4 << 20;
+
+/// Writes a file's data with O_DIRECT, from an aligned buffer straight to the disk.
+///
+/// A buffered write copies every byte into the page cache, and the final sync writes it
+/// out: on this project's 2-core machine that cost more CPU than the SHA-256 beside it
+/// (512 MiB: `dd bs=4M conv=fsync` 1.0-2.2 s, 0.8-1.9 s of it in the kernel; with
+/// `oflag=direct` 0.46-0.54 s, 0.12-0.15 s; `cp` + sync 0.39-0.48 s). The bytes before
+/// the first aligned offset (a resumed upload) and after the last whole block are written
+/// buffered; a file system without O_DIRECT gets buffered writes throughout.
+struct DirectWriter {
+    file: std::fs::File,
+    /// Bytes still to write buffered before the file offset is aligned.
+    head: u64,
+    /// Whether O_DIRECT is on (off: plain buffered writes).
+    direct: bool,
+    mem: Vec<u8>,
+    /// Where the aligned buffer starts in `mem`.
+    start: usize,
+    len: usize,
+}
+
+impl DirectWriter {
+    fn new(file: std::fs::File) -> io::Result<DirectWriter> {
+        use rustix::fs::OFlags;
+        use std::io::Seek;
+        let flags = rustix::fs::fcntl_getfl(&file)?;
+        // An appending file writes at its end; lseek says 0 until the first write.
+        let pos = if flags.contains(OFlags::APPEND) { file.metadata()?.len() } else { (&file).stream_position()? };
+        let mem = vec![0u8; DIRECT_BLOCK + ALIGN];
+        let start = mem.as_ptr().align_offset(ALIGN);
+        let mut w = DirectWriter {
+            file,
+            head: (ALIGN as u64 - pos % ALIGN as u64) % ALIGN as u64,
+            direct: true,
+            mem,
+            start,
+            len: 0,
+        };
+        if w.head == 0 {
+            w.set_direct(true);
+        }
+        Ok(w)
+    }
+
+    /// Turns O_DIRECT on or off; a file system that refuses it gets buffered writes.
+    fn set_direct(&mut self, on: bool) {
+        self.direct = set_direct(&self.file, on);
+    }
+
+    fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        if self.head > 0 {
+            let n = (self.head as usize).min(data.len());
+            self.file.write_all(&data[..n])?;
+            self.head -= n as u64;
+            data = &data[n..];
+            if self.head == 0 {
+                self.set_direct(true);
+            }
+        }
+        if !self.direct {
+            return self.file.write_all(data);
+        }
+        while !data.is_empty() {
+            let n = (DIRECT_BLOCK - self.len).min(data.len());
+            let at = self.start + self.len;
+            self.mem[at..at + n].copy_from_slice(&data[..n]);
+            self.len += n;
+            data = &data[n..];
+            if self.len == DIRECT_BLOCK {
+                self.write_block(DIRECT_BLOCK)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the first `n` (aligned) bytes of the buffer and keeps the rest.
+    fn write_block(&mut self, n: usize) -> io::Result<()> {
+        let block = &self.mem[self.start..self.start + n];
+        match (&self.file).write_all(block) {
+            // EINVAL before anything was written: the file system takes no O_DIRECT.
+            Err(e) if self.direct && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                self.direct = set_direct(&self.file, false);
+                (&self.file).write_all(block)?;
+            }
+            r => r?,
+        }
+        self.mem.copy_within(self.start + n..self.start + self.len, self.start);
+        self.len -= n;
+        Ok(())
+    }
+
+    /// Writes what is left (the tail buffered) and returns the file, O_DIRECT off.
+    fn finish(mut self) -> io::Result<std::fs::File> {
+        let whole = self.len / ALIGN * ALIGN;
+        if self.direct && whole > 0 {
+            self.write_block(whole)?;
+        }
+        self.set_direct(false);
+        self.file.write_all(&self.mem[self.start..self.start + self.len])?;
+        Ok(self.file)
+    }
+}
+
+/// Sets O_DIRECT on (or off); whether it is on.
+fn set_direct(file: &std::fs::File, on: bool) -> bool {
+    use rustix::fs::OFlags;
+    let set = rustix::fs::fcntl_getfl(file)
+        .and_then(|f| rustix::fs::fcntl_setfl(file, if on { f | OFlags::DIRECT } else { f - OFlags::DIRECT }));
+    on && set.is_ok()
+}
+
 /// Up to `len` bytes of `file` from where it stands, in blocks read ahead on a thread.
 /// The thread stops when the stream is dropped.
 pub fn read_stream(file: std::fs::File, len: u64) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static {
@@ -187,5 +303,34 @@ mod tests {
         let blocks: Vec<Bytes> = read_stream(f, 3_000_000).try_collect().await.unwrap();
         assert!(blocks.iter().all(|b| b.len() <= BLOCK));
         assert!(blocks.concat() == data[7..3_000_007]);
+    }
+
+    /// O_DIRECT from an aligned start, and buffered bytes before an unaligned start and
+    /// after the last whole block, in the one file; on /dev/shm too (tmpfs may refuse
+    /// O_DIRECT: then every write is buffered).
+    #[test]
+    fn direct_writes_keep_unaligned_heads_and_tails() {
+        let data: Vec<u8> = (0..(9 << 20) + 12_345u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir_in("/dev/shm").unwrap()];
+        for (d, skip) in dirs.iter().flat_map(|d| [(d, 0usize), (d, 1000)]) {
+            let path = d.path().join(format!("f{skip}"));
+            std::fs::write(&path, &data[..skip]).unwrap();
+            let file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+            let mut w = DirectWriter::new(file).unwrap();
+            if skip == 0 && d.path().starts_with(std::env::temp_dir()) {
+                assert!(w.direct, "O_DIRECT on from an aligned start on {}", d.path().display());
+            }
+            for part in data[skip..].chunks(3 << 20 | 17) {
+                w.write(part).unwrap();
+            }
+            let mut file = w.finish().unwrap();
+            assert!(
+                !set_direct(&file, false)
+                    && rustix::fs::fcntl_getfl(&file).unwrap().bits() & rustix::fs::OFlags::DIRECT.bits() == 0
+            );
+            file.write_all(b"x").unwrap();
+            let back = std::fs::read(&path).unwrap();
+            assert!(back[..data.len()] == data[..] && back[data.len()..] == *b"x", "{} from {skip}", path.display());
+        }
     }
 }
