@@ -53,6 +53,7 @@ pub async fn manifest(
     model_only: bool,
     stop: bool,
 ) -> ApiResult<(Manifest, Vec<PathBuf>, bundle_data::Temporaries)> {
+    let started = std::time::Instant::now();
     let s = store::snapshot(&ctx.db, &caller.account_id).await?;
     let (captured, temp) = if model_only {
         (bundle_data::Captured::default(), bundle_data::Temporaries::default())
@@ -71,8 +72,13 @@ pub async fn manifest(
         let volumes: Vec<String> = s.volumes.iter().map(|v| v.0.clone()).collect();
         bundle_data::capture_all(ctx, caller, &sources, &volumes, stop).await?
     };
+    let captured_in = started.elapsed();
     match build_manifest(ctx, caller, s, model_only, &captured).await {
-        Ok((m, paths)) => Ok((m, paths, temp)),
+        Ok((m, paths)) => {
+            tracing::info!(account = %caller.account_id, ?captured_in, chunked_in = ?(started.elapsed() - captured_in),
+                chunks = m.chunks.len(), "bundle export: data captured and chunked");
+            Ok((m, paths, temp))
+        }
         Err(e) => {
             temp.remove(ctx, caller).await;
             Err(e)

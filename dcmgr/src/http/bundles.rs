@@ -78,14 +78,18 @@ pub async fn export(
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let w = ChannelWriter { tx: tx.clone() };
+        let started = std::time::Instant::now();
         // A failure mid-stream cuts the body: the reader sees a truncated bundle.
         if let Err(e) = app::write_bundle(std::io::BufWriter::with_capacity(1 << 20, w), &manifest, &key, &paths) {
             tracing::warn!(error = %e, "bundle export failed");
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
+        let written_in = started.elapsed();
         // The export's own images and snapshots go once their data is written (or cut),
         // before the body ends: a client that has read the bundle sees none of them.
         handle.block_on(temp.remove(&ctx, &caller));
+        tracing::info!(account = %caller.account_id, ?written_in, removed_in = ?(started.elapsed() - written_in),
+            "bundle export: written");
         drop(tx);
     });
     let stream = tokio_stream_from(rx);
