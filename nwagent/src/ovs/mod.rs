@@ -408,10 +408,14 @@ impl Inner {
         // another number than the one remembered.
         drop(st);
         let row = self.wait_plugged(&dev, self.cfg.plug_timeout, Some(&spec)).await?;
-        if row.admin_down {
-            tracing::info!(vif = %spec.id, dev, "guest device plugged down: set up");
+        // A port whose device is away (a stopped guest about to start again) keeps its
+        // number: it is programmed now, and the watch sets the device up when it is back.
+        if row.ifindex > 0 {
+            if row.admin_down {
+                tracing::info!(vif = %spec.id, dev, "guest device plugged down: set up");
+            }
+            self.bring_up(&dev).await?;
         }
-        self.bring_up(&dev).await?;
         let mut st = self.state.lock().await;
         let (known_ifindex, known_ofport) = st.ports.get(&spec.id).map(|p| (p.ifindex, p.ofport)).unwrap_or((0, None));
         let (ofport, ifindex) = self.plug(&spec, &row, known_ifindex, known_ofport).await?;

@@ -355,8 +355,13 @@ async fn a_device_made_again_is_plugged_again() {
         || assert!(eventually(Duration::from_secs(10), || ns(&h, &["ip", "link", "show", "dev", &dev]).is_err()));
 
     // Made again while nwagent runs: its watch re-plugs it, with the same port number.
+    // A stopped guest started again gets a new spec before its device is back (dcmgr
+    // places it, then hva starts it): the port waits for the device and is not failed
+    // (seen by hand: `ip link set up` of the missing device failed it for seconds).
     drop(g);
     gone();
+    let spec = InterfaceSpec { spec_gen: spec.spec_gen + 1, ..spec.clone() };
+    active(&n, &spec).await;
     let g = guest(&p, "g", &n.host, &spec);
     assert!(reaches_metadata(&g), "re-plugged by the watch");
     assert_eq!(ofport(), before, "the port keeps its number");
