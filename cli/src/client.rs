@@ -627,18 +627,18 @@ impl Client {
     }
 
     /// Polls an image until it is no longer pending.
+    /// Waits until the image is no longer pending, following its events.
     pub async fn wait_image(&self, id: &ImageId, timeout: Duration) -> Result<Image> {
-        let start = Instant::now();
-        loop {
-            let img = self.get_image(id).await?;
-            if img.state != ImageState::Pending {
-                return Ok(img);
-            }
-            if start.elapsed() > timeout {
-                return Err(ClientError::Timeout(format!("image {id} is still pending after {timeout:?}")));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.follow(
+            ("image", id.as_str()),
+            Duration::from_millis(200),
+            Some(timeout),
+            || self.get_image(id),
+            |i: &Image| i.state != ImageState::Pending,
+            |_| {},
+            |_, waited| format!("image {id} is still pending after {waited:.1}s"),
+        )
+        .await
     }
 
     // ------------------------------------------------------------ networks
@@ -914,16 +914,44 @@ impl Client {
     }
 
     /// The general form of [`Client::wait_job`]: `on_poll` sees every answer (for progress
-    /// display); `timeout: None` waits forever. It follows the event stream, which tells
-    /// the job's end as it is committed, and polls every `interval` when the server has
-    /// no stream (an older dcmgr) or the stream breaks.
+    /// display); `timeout: None` waits forever.
     pub async fn poll_job(
         &self,
         id: &JobId,
         interval: Duration,
         timeout: Option<Duration>,
-        mut on_poll: impl FnMut(&Job),
+        on_poll: impl FnMut(&Job),
     ) -> Result<Job> {
+        self.follow(
+            ("job", id.as_str()),
+            interval,
+            timeout,
+            || self.get_job(id),
+            |j: &Job| j.state != JobState::Running,
+            on_poll,
+            |j: &Job, waited| format!("job {id} ({}) still running after {waited:.1}s", j.action),
+        )
+        .await
+    }
+
+    /// Reads an object with `read` until `done` says it is: again after each of its events
+    /// (`kind`, `id`) in the event stream, which tells a change as it is committed, and
+    /// every `interval` when the server has no stream (an older dcmgr) or the stream
+    /// breaks. `on_read` sees every answer; `timeout: None` waits forever.
+    #[allow(clippy::too_many_arguments)]
+    async fn follow<T, Fut>(
+        &self,
+        (kind, id): (&str, &str),
+        interval: Duration,
+        timeout: Option<Duration>,
+        read: impl Fn() -> Fut,
+        done: impl Fn(&T) -> bool,
+        mut on_read: impl FnMut(&T),
+        still: impl Fn(&T, f64) -> String,
+    ) -> Result<T>
+    where
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let start = Instant::now();
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let until = |d: Option<tokio::time::Instant>| async move {
@@ -932,16 +960,16 @@ impl Client {
                 None => std::future::pending().await,
             }
         };
-        // Opened before the first read of the job: an end committed after that read is
-        // in the stream ("from now" starts no later than the request).
+        // Opened before the first read: a change committed after that read is in the
+        // stream ("from now" starts no later than the request).
         let stream = tokio::select! {
             s = self.events(None, true) => s.ok(),
             _ = until(deadline) => None,
         };
-        let job = self.get_job(id).await?;
-        on_poll(&job);
-        if job.state != JobState::Running {
-            return Ok(job);
+        let obj = read().await?;
+        on_read(&obj);
+        if done(&obj) {
+            return Ok(obj);
         }
         if let Some(mut stream) = stream {
             loop {
@@ -950,13 +978,11 @@ impl Client {
                     _ = until(deadline) => break,
                 };
                 match next {
-                    Ok(Some(StreamItem::Event(e)))
-                        if e.kind == "job" && e.resource_id == id.as_str() && e.state != JobState::Running.as_str() =>
-                    {
-                        let job = self.get_job(id).await?;
-                        on_poll(&job);
-                        if job.state != JobState::Running {
-                            return Ok(job);
+                    Ok(Some(StreamItem::Event(e))) if e.kind == kind && e.resource_id == id => {
+                        let obj = read().await?;
+                        on_read(&obj);
+                        if done(&obj) {
+                            return Ok(obj);
                         }
                     }
                     Ok(Some(_)) => {}
@@ -966,19 +992,15 @@ impl Client {
             }
         }
         loop {
-            let job = self.get_job(id).await?;
-            on_poll(&job);
-            if job.state != JobState::Running {
-                return Ok(job);
+            let obj = read().await?;
+            on_read(&obj);
+            if done(&obj) {
+                return Ok(obj);
             }
             if let Some(t) = timeout {
                 let elapsed = start.elapsed();
                 if elapsed >= t {
-                    return Err(ClientError::Timeout(format!(
-                        "job {id} ({}) still running after {:.1}s",
-                        job.action,
-                        elapsed.as_secs_f64()
-                    )));
+                    return Err(ClientError::Timeout(still(&obj, elapsed.as_secs_f64())));
                 }
                 tokio::time::sleep(interval.min(t - elapsed)).await;
             } else {
