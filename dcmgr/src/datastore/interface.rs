@@ -261,13 +261,25 @@ pub async fn peers(pool: &db::Pool, network: &str, host: &str) -> Result<Vec<Str
 /// Whether an interface on `network` placed on `host` has announced `host` to the
 /// network's other hosts.
 pub async fn announced(pool: &db::Pool, network: &str, host: &str) -> Result<bool, sqlx::Error> {
+    placed_on(pool, network, host, true).await
+}
+
+/// Whether an interface of `network` belongs to an instance placed on `host` (and, with
+/// `announced`, was announced from there).
+async fn placed_on<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    network: &str,
+    host: &str,
+    announced: bool,
+) -> Result<bool, sqlx::Error> {
     let r: Option<(String,)> = sqlx::query_as(
         "SELECT v.id FROM vifs v JOIN instances i ON i.id = v.instance_id
-         WHERE v.network_id = $1 AND i.host_node_id = $2 AND v.announced_host = $2 LIMIT 1",
+         WHERE v.network_id = $1 AND i.host_node_id = $2 AND ($3 = 0 OR v.announced_host = $2) LIMIT 1",
     )
     .bind(network)
     .bind(host)
-    .fetch_optional(pool)
+    .bind(i64::from(announced))
+    .fetch_optional(db)
     .await?;
     Ok(r.is_some())
 }
@@ -300,15 +312,7 @@ pub async fn bump_for_departure(
     let mut bumped = Vec::new();
     for n in networks {
         db::lock(tx, db::Lock::Network, n).await?;
-        let still: Option<(String,)> = sqlx::query_as(
-            "SELECT v.id FROM vifs v JOIN instances i ON i.id = v.instance_id
-             WHERE v.network_id = $1 AND i.host_node_id = $2 LIMIT 1",
-        )
-        .bind(n)
-        .bind(host)
-        .fetch_optional(&mut **tx)
-        .await?;
-        if still.is_some() {
+        if placed_on(&mut **tx, n, host, false).await? {
             continue;
         }
         for other in one_per_other_host(&mut **tx, n, host).await? {
