@@ -23,7 +23,9 @@ use vdc_schema::{HypervisorKind, ImageFormat, ImageState, InstanceAction, Instan
 
 /// How long one capture (or stop) may take before the export gives up.
 const WAIT: Duration = Duration::from_secs(30 * 60);
-const POLL: Duration = Duration::from_millis(100);
+/// How often a wait reads again when no event came (another dcmgr's change is published
+/// by the event pump within its own fallback period).
+const POLL: Duration = Duration::from_millis(500);
 
 /// What the export made and must remove, or start again.
 #[derive(Debug, Default)]
@@ -72,8 +74,6 @@ fn temp_name(of: &str) -> String {
     format!("bundle-export-{of}-{:08x}", rand::random::<u32>())
 }
 
-/// Whether an instance has a disk the capture path can read: a VM booting a disk image
-/// that has run at least once. Containers and kernel-booted VMs travel without one.
 /// How an instance's disk is read for the bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Disk {
@@ -85,6 +85,8 @@ enum Disk {
     StopFirst,
 }
 
+/// Whether an instance has a disk the capture path can read: a VM booting a disk image.
+/// Containers and kernel-booted VMs travel without one.
 fn has_disk(i: &DiskSource) -> bool {
     i.hypervisor != HypervisorKind::Lxc.as_str()
         && (i.image_format == ImageFormat::Qcow2.as_str() || i.image_format == ImageFormat::Raw.as_str())
@@ -125,7 +127,6 @@ async fn capture_inner(
     temp: &mut Temporaries,
     restart: &mut Vec<InstanceId>,
 ) -> ApiResult<Captured> {
-    let mut out = Captured::default();
     let mut disks = Vec::new();
     // Everything is checked before anything is stopped or captured.
     for i in list.iter().filter(|i| has_disk(i)) {
@@ -157,7 +158,28 @@ async fn capture_inner(
             restart.push(id.clone());
         }
     }
-    for (id, how) in &disks {
+    // Disks (hva) and volumes (sta) are read by different agents: both at once.
+    let mut vtemp = Temporaries::default();
+    let (disks, vols) = tokio::join!(
+        capture_disks(ctx, caller, &disks, &mut temp.images, restart),
+        capture_volumes(ctx, caller, volumes, &mut vtemp),
+    );
+    temp.images.extend(vtemp.images);
+    temp.snapshots.extend(vtemp.snapshots);
+    Ok(Captured { disks: disks?, volumes: vols? })
+}
+
+/// Captures each disk into a temporary image (listed in `images`); an instance stopped for
+/// it is started again as soon as its disk is read.
+async fn capture_disks(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    disks: &[(InstanceId, Disk)],
+    images: &mut Vec<ImageId>,
+    restart: &mut Vec<InstanceId>,
+) -> ApiResult<HashMap<String, (String, ImageFormat)>> {
+    let mut out = HashMap::new();
+    for (id, how) in disks {
         if *how != Disk::Live {
             wait_stopped(ctx, id).await?;
         }
@@ -176,14 +198,25 @@ async fn capture_inner(
         .await?
         .resource
         .id;
-        temp.images.push(image.clone());
-        out.disks.insert(id.to_string(), wait_image(ctx, &image).await?);
+        images.push(image.clone());
+        out.insert(id.to_string(), wait_image(ctx, &image).await?);
         // Its disk is read: it need not wait for the others.
         if let Some(pos) = restart.iter().position(|r| r == id) {
             let id = restart.remove(pos);
             instances::act(ctx, caller, &id, InstanceAction::Start).await?;
         }
     }
+    Ok(out)
+}
+
+/// Snapshots each volume and makes the snapshot a temporary image (both listed in `temp`).
+async fn capture_volumes(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    volumes: &[String],
+    temp: &mut Temporaries,
+) -> ApiResult<HashMap<String, (String, ImageFormat)>> {
+    let mut out = HashMap::new();
     for v in volumes {
         let volume_id: VolumeId = v.parse().map_err(ApiError::internal)?;
         let snap = snapshot::create(ctx, caller, CreateSnapshot { volume_id, name: temp_name(v) }).await?.resource.id;
@@ -199,13 +232,14 @@ async fn capture_inner(
         .resource
         .id;
         temp.images.push(image.clone());
-        out.volumes.insert(v.clone(), wait_image(ctx, &image).await?);
+        out.insert(v.clone(), wait_image(ctx, &image).await?);
     }
     Ok(out)
 }
 
 async fn wait_stopped(ctx: &SharedCtx, id: &InstanceId) -> ApiResult<()> {
     let t = std::time::Instant::now();
+    let mut changes = ctx.events.changes();
     loop {
         let row = istore::get(&ctx.db, id.as_str()).await?.ok_or_else(|| ApiError::not_found("instance", id))?;
         match row.state()? {
@@ -222,13 +256,14 @@ async fn wait_stopped(ctx: &SharedCtx, id: &InstanceId) -> ApiResult<()> {
                     format!("instance {id} did not stop within {} s", WAIT.as_secs()),
                 ))
             }
-            _ => tokio::time::sleep(POLL).await,
+            _ => changed(&mut changes).await,
         }
     }
 }
 
 async fn wait_snapshot(ctx: &SharedCtx, id: &SnapshotId) -> ApiResult<()> {
     let t = std::time::Instant::now();
+    let mut changes = ctx.events.changes();
     loop {
         let row = snapshots::get(&ctx.db, id.as_str()).await?.ok_or_else(|| ApiError::not_found("snapshot", id))?;
         if row.state == SnapshotState::Available.as_str() {
@@ -240,13 +275,14 @@ async fn wait_snapshot(ctx: &SharedCtx, id: &SnapshotId) -> ApiResult<()> {
                 format!("the export's snapshot {id} of volume {} is {}", row.volume_id, row.state),
             ));
         }
-        tokio::time::sleep(POLL).await;
+        changed(&mut changes).await;
     }
 }
 
 /// Waits for an image of the export to be stored; its blob's SHA-256 and its format.
 async fn wait_image(ctx: &SharedCtx, id: &ImageId) -> ApiResult<(String, ImageFormat)> {
     let t = std::time::Instant::now();
+    let mut changes = ctx.events.changes();
     loop {
         let row = image_store::get(&ctx.db, id.as_str()).await?.ok_or_else(|| ApiError::not_found("image", id))?;
         if row.state == ImageState::Available.as_str() {
@@ -258,6 +294,19 @@ async fn wait_image(ctx: &SharedCtx, id: &ImageId) -> ApiResult<(String, ImageFo
             let why = row.failure_reason.unwrap_or_else(|| format!("not stored within {} s", WAIT.as_secs()));
             return Err(ApiError::conflict("export_failed", format!("capturing the data of {id} failed: {why}")));
         }
-        tokio::time::sleep(POLL).await;
+        changed(&mut changes).await;
+    }
+}
+
+/// Returns at the next batch of events (subscribed before the state was read, so none is
+/// missed), or after [`POLL`].
+async fn changed(changes: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<[vdc_schema::api::Event]>>) {
+    tokio::select! {
+        r = changes.recv() => {
+            if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        _ = tokio::time::sleep(POLL) => {}
     }
 }

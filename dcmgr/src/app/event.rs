@@ -56,6 +56,12 @@ impl Hub {
         self.wake.notify_one();
     }
 
+    /// Every batch of events this process publishes from now on: a task waiting for an
+    /// object to change subscribes, reads it, and reads again at each batch.
+    pub fn changes(&self) -> broadcast::Receiver<Arc<[Event]>> {
+        self.tx.subscribe()
+    }
+
     /// The change generation: read it before reading SQL for a copy to keep.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
