@@ -626,7 +626,6 @@ impl Client {
         self.get(&format!("/bundle/imports/{id}")).await
     }
 
-    /// Polls an image until it is no longer pending.
     /// Waits until the image is no longer pending, following its events.
     pub async fn wait_image(&self, id: &ImageId, timeout: Duration) -> Result<Image> {
         self.follow(

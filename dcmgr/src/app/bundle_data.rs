@@ -13,10 +13,14 @@
 
 use crate::app::{capture, image as images, instance as instances, snapshot};
 use crate::ctx::{Caller, SharedCtx};
+use crate::datastore::event::Kind;
 use crate::datastore::{image as image_store, instance as istore, snapshot as snapshots};
 use crate::error::{ApiError, ApiResult};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast::{error::RecvError, Receiver};
+use vdc_schema::api::Event;
 use vdc_schema::api::{CaptureInstance, CreateSnapshot, CreateSnapshotImage};
 use vdc_schema::id::{ImageId, InstanceId, SnapshotId, VolumeId};
 use vdc_schema::{HypervisorKind, ImageFormat, ImageState, InstanceAction, InstanceState, SnapshotState};
@@ -256,7 +260,7 @@ async fn wait_stopped(ctx: &SharedCtx, id: &InstanceId) -> ApiResult<()> {
                     format!("instance {id} did not stop within {} s", WAIT.as_secs()),
                 ))
             }
-            _ => changed(&mut changes).await,
+            _ => changed(&mut changes, Kind::Instance, id.as_str()).await,
         }
     }
 }
@@ -275,7 +279,7 @@ async fn wait_snapshot(ctx: &SharedCtx, id: &SnapshotId) -> ApiResult<()> {
                 format!("the export's snapshot {id} of volume {} is {}", row.volume_id, row.state),
             ));
         }
-        changed(&mut changes).await;
+        changed(&mut changes, Kind::Snapshot, id.as_str()).await;
     }
 }
 
@@ -294,19 +298,24 @@ async fn wait_image(ctx: &SharedCtx, id: &ImageId) -> ApiResult<(String, ImageFo
             let why = row.failure_reason.unwrap_or_else(|| format!("not stored within {} s", WAIT.as_secs()));
             return Err(ApiError::conflict("export_failed", format!("capturing the data of {id} failed: {why}")));
         }
-        changed(&mut changes).await;
+        changed(&mut changes, Kind::Image, id.as_str()).await;
     }
 }
 
-/// Returns at the next batch of events (subscribed before the state was read, so none is
-/// missed), or after [`POLL`].
-async fn changed(changes: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<[vdc_schema::api::Event]>>) {
-    tokio::select! {
-        r = changes.recv() => {
-            if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r {
-                tokio::time::sleep(POLL).await;
-            }
+/// Returns at the next event of `kind` `id` (subscribed before its state was read, so none
+/// is missed), or after [`POLL`].
+async fn changed(changes: &mut Receiver<Arc<[Event]>>, kind: Kind, id: &str) {
+    let poll = tokio::time::sleep(POLL);
+    tokio::pin!(poll);
+    loop {
+        tokio::select! {
+            r = changes.recv() => match r {
+                Ok(batch) if !batch.iter().any(|e| e.kind == kind.as_str() && e.resource_id == id) => {}
+                // Its event, or some were missed: read again.
+                Ok(_) | Err(RecvError::Lagged(_)) => return,
+                Err(RecvError::Closed) => return poll.await,
+            },
+            _ = &mut poll => return,
         }
-        _ = tokio::time::sleep(POLL) => {}
     }
 }
