@@ -14,7 +14,7 @@ use crate::tgt::Tgt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use vdc_bus::ReportSink;
 use vdc_schema::agent::{AgentError, StorageAgent};
@@ -177,8 +177,18 @@ impl Inner {
             )));
         }
         let lun = self.backend.lun_path(&spec.id);
+        let mut args = vec!["convert", "-n"];
+        // Around the page cache where both file systems take O_DIRECT: through it, a
+        // 256 MiB raw image into a volume took 5.9 s here (3.5 s of it in the kernel),
+        // with `-T none -t none` 1.0 s (qemu-img 8, 2026-12-02). The image in the cache
+        // was written with O_DIRECT (vdc_bus::fileio), so it is not in the page cache.
+        if takes_direct(Path::new(src), false) && takes_direct(&lun, true) {
+            args.extend(["-T", "none", "-t", "none"]);
+        }
+        let lun = lun.to_string_lossy();
+        args.extend(["-f", format, "-O", "raw", src, &lun]);
         self.tools
-            .run("qemu-img", &["convert", "-n", "-f", format, "-O", "raw", src, &lun.to_string_lossy()])
+            .run("qemu-img", &args)
             .await
             .map_err(|e| Failure::Transient(format!("copying image {}: {e}", img.id)))?;
         Ok(())
@@ -512,6 +522,14 @@ impl StorageAgent for RealStorage {
     }
 }
 
+/// Whether the file at `path` opens with O_DIRECT (for writing with `write`): a file
+/// system that does not take it refuses the open (EINVAL).
+fn takes_direct(path: &Path, write: bool) -> bool {
+    use rustix::fs::{Mode, OFlags};
+    let access = if write { OFlags::WRONLY } else { OFlags::RDONLY };
+    rustix::fs::open(path, access | OFlags::DIRECT | OFlags::CLOEXEC, Mode::empty()).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     //! The agent's decisions, on a backend and a tgt whose commands go to one fake, so
@@ -641,6 +659,46 @@ mod tests {
                 "zfs destroy -r tank/vdc/vol-b",
             ]
         );
+    }
+
+    /// An image is copied into a volume around the page cache (`-T none -t none`) where
+    /// both files open with O_DIRECT, and through it where one does not.
+    #[tokio::test]
+    async fn an_image_is_copied_direct_where_the_file_systems_take_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file on this disk opens with O_DIRECT; one that does not open stands for a
+        // file system that refuses it (the command is faked).
+        for direct in [true, false] {
+            let f = FakeRunner::new();
+            let backend = Arc::new(FileBackend::open_with(&dir.path().join("vols"), f.clone()).await.unwrap());
+            f.ok(&["qemu-img", "info"], r#"{"format": "raw", "virtual-size": 1048576}"#);
+            let src = dir.path().join(format!("{direct}.raw"));
+            if direct {
+                std::fs::write(&src, [7u8; 4096]).unwrap();
+            }
+            let (sta, sink) = storage(&f, backend.clone(), dir.path());
+            let image = ImageSpec {
+                id: "img-a".parse().unwrap(),
+                format: vdc_schema::ImageFormat::Raw,
+                source: src.display().to_string(),
+                checksum: None,
+                initrd: None,
+                kernel_cmdline: None,
+                blob: None,
+                boot_mode: Default::default(),
+                kernel: None,
+            };
+            let id = if direct { "vol-d" } else { "vol-e" };
+            sta.ensure_volume(VolumeSpec { source_image: Some(image), ..spec(id, 1, 64, None) }).await.unwrap();
+            assert_eq!(report(&sink, id, 1).await.state, ObservedStorage::Available);
+            let cache = if direct { "-T none -t none " } else { "" };
+            let convert = format!(
+                "qemu-img convert -n {cache}-f raw -O raw {} {}",
+                src.display(),
+                backend.lun_path(&vol(id)).display()
+            );
+            assert!(f.lines().contains(&convert), "{convert} in {:?}", f.lines());
+        }
     }
 
     #[tokio::test]

@@ -21,6 +21,7 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use vdc_bundle::{BundleError, Manifest};
+use vdc_bus::fileio::DirectReader;
 use vdc_schema::api::{
     BundleChange, BundleConflict, BundleCreate, BundleImport, BundleImported, BundlePlan, Image, Network, QuotaKey,
     RuleSpec,
@@ -103,7 +104,7 @@ impl Blobs {
         let path = ctx.blobs.local_path(sha).ok_or_else(|| ApiError::internal("blob store is not local"))?;
         let (p, name) = (path.clone(), sha.to_owned());
         let (blob, refs) =
-            tokio::task::spawn_blocking(move || vdc_bundle::chunk_stored_blob(std::fs::File::open(p)?, &name))
+            tokio::task::spawn_blocking(move || vdc_bundle::chunk_stored_blob(DirectReader::open(&p)?, &name))
                 .await
                 .map_err(ApiError::internal)?
                 .map_err(|e| ApiError::internal(format!("reading blob {sha}: {e}")))?;
@@ -240,6 +241,7 @@ async fn build_manifest(
 }
 
 /// Writes the bundle of `manifest` to `w`: the blobs in `paths` split as when hashed.
+/// Blobs are read direct, as when listed ([`DirectReader`]: not through the page cache).
 pub fn write_bundle<W: std::io::Write>(
     w: W,
     manifest: &Manifest,
@@ -250,7 +252,7 @@ pub fn write_bundle<W: std::io::Write>(
     let mut written = 0;
     let mut buf = vec![0u8; vdc_bundle::CHUNK_SIZE];
     for p in paths {
-        let mut f = std::fs::File::open(p)?;
+        let mut f = DirectReader::open(p)?;
         loop {
             let n = vdc_bundle::read_full(&mut f, &mut buf)?;
             if n == 0 {
@@ -333,7 +335,12 @@ pub fn receive<R: Read>(
         // Verified chunks are staged on a thread of their own while the next one is read,
         // decompressed and hashed.
         let (tx, rx) = std::sync::mpsc::sync_channel::<vdc_bundle::Chunk>(2);
-        let writer = stage.map(|dir| s.spawn(move || rx.into_iter().try_for_each(|c| stage_chunk(dir, &c))));
+        let writer = stage.map(|dir| {
+            s.spawn(move || {
+                let mut w = vdc_bus::fileio::FileWriter::default();
+                rx.into_iter().try_for_each(|c| stage_chunk(&mut w, dir, &c))
+            })
+        });
         let mut read = || -> Result<(), BundleError> {
             while let Some(item) = reader.next_item()? {
                 chunks += 1;
@@ -370,12 +377,13 @@ pub fn receive<R: Read>(
     })
 }
 
-/// Keeps a verified chunk in `dir` under its hash, written beside and renamed.
-fn stage_chunk(dir: &Path, c: &vdc_bundle::Chunk) -> std::io::Result<()> {
+/// Keeps a verified chunk in `dir` under its hash, written beside and renamed; with
+/// O_DIRECT, as it is read once, to store its blob.
+fn stage_chunk(w: &mut vdc_bus::fileio::FileWriter, dir: &Path, c: &vdc_bundle::Chunk) -> std::io::Result<()> {
     let path = dir.join(&c.sha256);
     if !path.exists() {
         let tmp = dir.join(format!(".{}.{}.tmp", c.sha256, rand::random::<u32>()));
-        std::fs::write(&tmp, &c.data)?;
+        w.write(&tmp, &c.data)?;
         std::fs::rename(&tmp, &path)?;
     }
     Ok(())
@@ -1596,14 +1604,27 @@ async fn store_blobs(ctx: &SharedCtx, m: &Manifest, d: &Decision, maps: &Maps) -
         let staging = ctx.config.images_dir().join("staging");
         let chunks = chunk_dir(ctx);
         let tmp = staging.join(format!("bundle-{}-{}", blob.sha256, rand::random::<u32>()));
-        // Written and hashed on threads of their own (vdc_bus::fileio), as an upload is.
+        // The staged chunks read direct, one after the other; written and hashed on
+        // threads of their own (vdc_bus::fileio), as an upload is.
         let ok = async {
             use sha2::Digest;
             tokio::fs::create_dir_all(&staging).await?;
             let mut out = vdc_bus::fileio::HashingFile::new(std::fs::File::create(&tmp)?, sha2::Sha256::new())?;
-            for c in &blob.chunks {
-                out.write(tokio::fs::read(chunks.join(c)).await?.into()).await?;
+            let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+            let paths = blob.chunks.iter().map(|c| chunks.join(c)).collect();
+            let read = tokio::task::spawn_blocking(move || {
+                let mut r = DirectReader::open_all(paths)?;
+                while let Some(b) = r.next_block()? {
+                    if tx.blocking_send(b).is_err() {
+                        break;
+                    }
+                }
+                Ok::<_, std::io::Error>(())
+            });
+            while let Some(b) = rx.recv().await {
+                out.write(b).await?;
             }
+            read.await.map_err(std::io::Error::other)??;
             Ok::<_, std::io::Error>(out.finish().await? == blob.sha256)
         }
         .await;
@@ -1654,8 +1675,11 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
         let mut conn = ctx.db.acquire().await?;
         decide(&r.manifest, &existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?, maps)
     };
+    let t = std::time::Instant::now();
     store_blobs(ctx, &r.manifest, &d0, maps).await?;
+    let stored_in = t.elapsed();
     let applied = db::retry(|| apply(ctx, caller, r, maps)).await?;
+    let applied_in = t.elapsed() - stored_in;
     drop(_refs);
     // The account holds these blobs' chunks now: a later push need not send them.
     let stored: Vec<&vdc_bundle::BlobRef> = blobs_to_store(&r.manifest, &d0, maps).into_iter().map(|b| b.1).collect();
@@ -1672,7 +1696,7 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
                 ctx.enqueue(w);
             }
             prune(ctx, caller, &prunes).await;
-            tracing::info!(import = %i.id, objects = i.id_map.len(), "bundle imported");
+            tracing::info!(import = %i.id, objects = i.id_map.len(), ?stored_in, ?applied_in, "bundle imported");
             Ok(BundleImported { import: i, created: true })
         }
     }

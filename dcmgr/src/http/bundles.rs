@@ -180,7 +180,9 @@ pub async fn import(
     req: Request,
 ) -> ApiResult<(StatusCode, Json<BundleImported>)> {
     let maps = maps(q)?;
+    let t = std::time::Instant::now();
     let r = app::receive_body(&ctx, &caller, req.into_body(), true).await?;
+    tracing::info!(account = %caller.account_id, received_in = ?t.elapsed(), chunks = r.chunks, "bundle import: verified and staged");
     let done = app::import(&ctx, &caller, &r, &maps).await?;
     Ok((if done.created { StatusCode::CREATED } else { StatusCode::OK }, Json(done)))
 }

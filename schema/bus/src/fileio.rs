@@ -374,6 +374,159 @@ pub fn read_stream(file: std::fs::File, len: u64) -> impl futures::Stream<Item =
     })
 }
 
+/// Stored files read from their start with O_DIRECT, one after the other, as blocks
+/// ([`DirectReader::next_block`]) or a `Read`: aligned 4 MiB blocks read ahead on a
+/// thread of its own (buffered where the file system refuses O_DIRECT).
+///
+/// For data written with O_DIRECT and read whole: a bundle export reads each blob twice
+/// (to list its chunks, then to compress them), an import reads its staged chunks to
+/// store a blob. A buffered read of data not in the page cache fills the cache, which on
+/// this project's VM cost 0.76 s of kernel time per 256 MiB against 0.04 s direct, and a
+/// buffered write of 256 MiB into fresh memory up to 2.7 s (`dd`, 2026-12-02). The blocks
+/// read ahead keep the disk busy while the caller works on earlier ones.
+pub struct DirectReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Option<Bytes>>>,
+    cur: Bytes,
+    ended: bool,
+}
+
+impl DirectReader {
+    /// One file (opened now: a missing file is an error here).
+    pub fn open(path: &std::path::Path) -> io::Result<DirectReader> {
+        let file = std::fs::File::open(path)?;
+        Self::spawn(std::iter::once(Ok(file)))
+    }
+
+    /// Files read one after the other (each opened when its turn comes); a block never
+    /// spans two files.
+    pub fn open_all(paths: Vec<std::path::PathBuf>) -> io::Result<DirectReader> {
+        Self::spawn(paths.into_iter().map(std::fs::File::open))
+    }
+
+    fn spawn(files: impl Iterator<Item = io::Result<std::fs::File>> + Send + 'static) -> io::Result<DirectReader> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(IN_FLIGHT);
+        std::thread::Builder::new().name("vdc-read-direct".into()).spawn(move || {
+            let pool = Pool::default();
+            for file in files {
+                let sent = file.and_then(|f| read_direct(&f, &pool, &tx));
+                match sent {
+                    Ok(true) => {}
+                    Ok(false) => return, // the reader went away
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Ok(None));
+        })?;
+        Ok(DirectReader { rx, cur: Bytes::new(), ended: false })
+    }
+
+    /// The next block (up to 4 MiB, aligned memory), `None` at the end of the last file.
+    pub fn next_block(&mut self) -> io::Result<Option<Bytes>> {
+        if !self.cur.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.cur)));
+        }
+        if self.ended {
+            return Ok(None);
+        }
+        match self.rx.recv() {
+            Ok(Ok(Some(b))) => Ok(Some(b)),
+            Ok(Ok(None)) => {
+                self.ended = true;
+                Ok(None)
+            }
+            Ok(Err(e)) => Err(e),
+            // Never a silent short read: the end is said, not inferred.
+            Err(_) => Err(io::Error::other("the reading thread stopped before the end")),
+        }
+    }
+}
+
+/// Sends `file`'s data in pooled blocks; false when the receiver went away.
+fn read_direct(
+    file: &std::fs::File,
+    pool: &Pool,
+    tx: &std::sync::mpsc::SyncSender<io::Result<Option<Bytes>>>,
+) -> io::Result<bool> {
+    let mut direct = set_direct(file, true);
+    loop {
+        let mut block = pool.take(DIRECT_BLOCK);
+        while !block.is_full() {
+            match (&*file).read(block.spare()) {
+                Ok(0) => break,
+                Ok(n) => block.len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A short read left the offset unaligned, or the file system refuses
+                // O_DIRECT: the rest is read buffered.
+                Err(e) if direct && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                    direct = set_direct(file, false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let last = !block.is_full();
+        if block.len > 0 && tx.send(Ok(Some(Bytes::from_owner(block)))).is_err() {
+            return Ok(false);
+        }
+        if last {
+            return Ok(true);
+        }
+    }
+}
+
+impl Read for DirectReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cur.is_empty() {
+            match self.next_block()? {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Writes whole files with O_DIRECT (buffered where the file system refuses it, and for
+/// a tail shorter than the alignment) through one aligned buffer reused for all of them:
+/// data staged to be read once later need not fill the page cache.
+pub struct FileWriter {
+    mem: Vec<u8>,
+    start: usize,
+}
+
+impl Default for FileWriter {
+    fn default() -> Self {
+        let mem = vec![0u8; DIRECT_BLOCK + ALIGN];
+        let start = mem.as_ptr().align_offset(ALIGN);
+        FileWriter { mem, start }
+    }
+}
+
+impl FileWriter {
+    /// Creates (or truncates) `path` and writes `data` to it, without syncing it.
+    pub fn write(&mut self, path: &std::path::Path, data: &[u8]) -> io::Result<()> {
+        let file = std::fs::File::create(path)?;
+        let mut direct = set_direct(&file, true);
+        for piece in data.chunks(DIRECT_BLOCK) {
+            let whole = if direct { piece.len() / ALIGN * ALIGN } else { 0 };
+            if whole > 0 {
+                let buf = &mut self.mem[self.start..self.start + whole];
+                buf.copy_from_slice(&piece[..whole]);
+                direct = write_direct(&file, buf)?;
+            }
+            if whole < piece.len() {
+                direct = direct && set_direct(&file, false);
+                (&file).write_all(&piece[whole..])?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,6 +564,65 @@ mod tests {
         let blocks: Vec<Bytes> = read_stream(f, 3_000_000).try_collect().await.unwrap();
         assert!(blocks.iter().all(|b| b.len() <= BLOCK));
         assert!(blocks.concat() == data[7..3_000_007]);
+    }
+
+    /// A file read direct comes back whole and in order, whatever its length against
+    /// the block (short, exact blocks, a tail), read in odd sizes; a missing file is an
+    /// error at open.
+    #[test]
+    fn a_direct_reader_reads_the_whole_file() {
+        // On disk (O_DIRECT) and on tmpfs (which may refuse it).
+        for d in [tempfile::tempdir().unwrap(), tempfile::tempdir_in("/dev/shm").unwrap()] {
+            read_back(d.path());
+        }
+    }
+
+    fn read_back(d: &std::path::Path) {
+        for len in [0, 5, ALIGN, DIRECT_BLOCK, 2 * DIRECT_BLOCK + 12_345] {
+            let data: Vec<u8> = (0..len as u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+            let path = d.join(format!("f{len}"));
+            std::fs::write(&path, &data).unwrap();
+            let mut r = DirectReader::open(&path).unwrap();
+            let (mut got, mut buf) = (Vec::new(), vec![0u8; 1_000_003]);
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            assert!(got == data, "{len} bytes read back in {}", d.display());
+            assert_eq!(r.read(&mut buf).unwrap(), 0, "stays at its end");
+        }
+        assert!(DirectReader::open(&d.join("missing")).is_err());
+
+        // Files written through one reused buffer, read back one after the other as
+        // blocks that never span two files; a missing one is an error in its turn.
+        let mut w = FileWriter::default();
+        let lens = [DIRECT_BLOCK, 5, 0, DIRECT_BLOCK + ALIGN + 3];
+        let mut all = Vec::new();
+        let mut paths = Vec::new();
+        for (i, len) in lens.into_iter().enumerate() {
+            let data: Vec<u8> = (0..len as u32).map(|x| (x.wrapping_mul(40503) >> 7) as u8 ^ i as u8).collect();
+            let path = d.join(format!("w{i}"));
+            w.write(&path, &data).unwrap();
+            assert!(std::fs::read(&path).unwrap() == data, "{len} bytes written in {}", d.display());
+            all.extend_from_slice(&data);
+            paths.push(path);
+        }
+        let mut r = DirectReader::open_all(paths.clone()).unwrap();
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        while let Some(b) = r.next_block().unwrap() {
+            sizes.push(b.len());
+            got.extend_from_slice(&b);
+        }
+        assert!(got == all);
+        assert_eq!(sizes, [DIRECT_BLOCK, 5, DIRECT_BLOCK, ALIGN + 3]);
+        paths.insert(1, d.join("missing"));
+        let mut r = DirectReader::open_all(paths).unwrap();
+        assert_eq!(r.next_block().unwrap().map(|b| b.len()), Some(DIRECT_BLOCK));
+        assert!(r.next_block().is_err(), "the missing file is an error in its turn");
     }
 
     /// A block dropped (as `Bytes`, by every holder) is taken again, aligned and empty.

@@ -39,6 +39,9 @@ struct Args {
     /// Only the event delay figure.
     #[arg(long)]
     events_only: bool,
+    /// Only the create figures (latency and throughput): for profiling the create path.
+    #[arg(long)]
+    creates_only: bool,
     /// Simulated hosts (each a simulated hva and nwagent heartbeating over the bus).
     #[arg(long, default_value_t = 50)]
     hosts: usize,
@@ -224,6 +227,10 @@ async fn main() -> anyhow::Result<()> {
         secs,
         args.throughput_creates as f64 / secs
     );
+    if args.creates_only {
+        stack.stop().await;
+        return Ok(());
+    }
 
     // 3. GET one instance, and its floors in the same run.
     let account = c.whoami().await?.account.id.to_string();
