@@ -124,6 +124,8 @@ pub struct Ctx {
     pub blobs: Arc<dyn crate::blobs::BlobStore>,
     /// Images whose data is arriving now (one upload or import at a time per image).
     pub ingesting: std::sync::Mutex<std::collections::HashSet<ImageId>>,
+    /// The chunk lists of blobs captured lately (`blobs::ChunkLists`), for a bundle export.
+    pub chunk_lists: crate::blobs::ChunkLists,
     /// This process's part of the blob lock: take it with [`crate::app::blob_refs::hold`].
     pub blob_refs: tokio::sync::Mutex<()>,
     /// Signs the credentials agents fetch blobs with (see `app::node_auth`); the site's,

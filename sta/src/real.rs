@@ -570,6 +570,21 @@ mod tests {
         panic!("no report of {id} at generation {gen}");
     }
 
+    /// Image `img-a` of `format` at `source`, with no data in dcmgr's store.
+    fn image_spec(format: vdc_schema::ImageFormat, source: String) -> ImageSpec {
+        ImageSpec {
+            id: "img-a".parse().unwrap(),
+            format,
+            source,
+            checksum: None,
+            initrd: None,
+            kernel_cmdline: None,
+            blob: None,
+            boot_mode: Default::default(),
+            kernel: None,
+        }
+    }
+
     fn storage(f: &Arc<FakeRunner>, backend: Arc<dyn Backend>, dir: &Path) -> (RealStorage, ReportSink) {
         let sink = ReportSink::open(None).unwrap();
         let tgt = Tgt::with_runner(7, "192.0.2.10:3260".into(), f.clone());
@@ -634,17 +649,7 @@ mod tests {
         f.ok(&["qemu-img", "info"], r#"{"format": "qcow2", "virtual-size": 2147483648}"#);
         f.clear();
         let (sta, sink) = storage(&f, backend, dir.path());
-        let image = ImageSpec {
-            id: "img-a".parse().unwrap(),
-            format: vdc_schema::ImageFormat::Qcow2,
-            source: "file:///images/a.qcow2".into(),
-            checksum: None,
-            initrd: None,
-            kernel_cmdline: None,
-            blob: None,
-            boot_mode: Default::default(),
-            kernel: None,
-        };
+        let image = image_spec(vdc_schema::ImageFormat::Qcow2, "file:///images/a.qcow2".into());
         sta.ensure_volume(VolumeSpec { source_image: Some(image), ..spec("vol-b", 1, 64, None) }).await.unwrap();
         let r = report(&sink, "vol-b", 1).await;
         assert_eq!(r.state, ObservedStorage::Failed);
@@ -677,17 +682,7 @@ mod tests {
                 std::fs::write(&src, [7u8; 4096]).unwrap();
             }
             let (sta, sink) = storage(&f, backend.clone(), dir.path());
-            let image = ImageSpec {
-                id: "img-a".parse().unwrap(),
-                format: vdc_schema::ImageFormat::Raw,
-                source: src.display().to_string(),
-                checksum: None,
-                initrd: None,
-                kernel_cmdline: None,
-                blob: None,
-                boot_mode: Default::default(),
-                kernel: None,
-            };
+            let image = image_spec(vdc_schema::ImageFormat::Raw, src.display().to_string());
             let id = if direct { "vol-d" } else { "vol-e" };
             sta.ensure_volume(VolumeSpec { source_image: Some(image), ..spec(id, 1, 64, None) }).await.unwrap();
             assert_eq!(report(&sink, id, 1).await.state, ObservedStorage::Available);
@@ -708,17 +703,7 @@ mod tests {
         let backend = Arc::new(FileBackend::open_with(&dir.path().join("vols"), f.clone()).await.unwrap());
         f.fail(&["qemu-img", "info"], "Could not open '/images/a.qcow2': No such file or directory");
         let (sta, sink) = storage(&f, backend.clone(), dir.path());
-        let image = ImageSpec {
-            id: "img-a".parse().unwrap(),
-            format: vdc_schema::ImageFormat::Qcow2,
-            source: "/images/a.qcow2".into(),
-            checksum: None,
-            initrd: None,
-            kernel_cmdline: None,
-            blob: None,
-            boot_mode: Default::default(),
-            kernel: None,
-        };
+        let image = image_spec(vdc_schema::ImageFormat::Qcow2, "/images/a.qcow2".into());
         sta.ensure_volume(VolumeSpec { source_image: Some(image), ..spec("vol-c", 1, 64, None) }).await.unwrap();
         let r = report(&sink, "vol-c", 1).await;
         assert_eq!(r.state, ObservedStorage::Failed);

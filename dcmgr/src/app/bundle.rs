@@ -102,12 +102,26 @@ impl Blobs {
             return Ok(b.clone());
         }
         let path = ctx.blobs.local_path(sha).ok_or_else(|| ApiError::internal("blob store is not local"))?;
-        let (p, name) = (path.clone(), sha.to_owned());
-        let (blob, refs) =
-            tokio::task::spawn_blocking(move || vdc_bundle::chunk_stored_blob(DirectReader::open(&p)?, &name))
-                .await
-                .map_err(ApiError::internal)?
-                .map_err(|e| ApiError::internal(format!("reading blob {sha}: {e}")))?;
+        let (blob, refs) = match ctx.chunk_lists.get(sha) {
+            // Hashed as the capture arrived.
+            Some(listed) => {
+                let refs: Vec<vdc_bundle::ChunkRef> =
+                    listed.into_iter().map(|(sha256, size)| vdc_bundle::ChunkRef { sha256, size }).collect();
+                let blob = vdc_bundle::BlobRef {
+                    sha256: sha.to_owned(),
+                    size: refs.iter().map(|c| c.size).sum(),
+                    chunks: refs.iter().map(|c| c.sha256.clone()).collect(),
+                };
+                (blob, refs)
+            }
+            None => {
+                let (p, name) = (path.clone(), sha.to_owned());
+                tokio::task::spawn_blocking(move || vdc_bundle::chunk_stored_blob(DirectReader::open(&p)?, &name))
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(|e| ApiError::internal(format!("reading blob {sha}: {e}")))?
+            }
+        };
         for c in refs {
             if self.seen.insert(c.sha256.clone()) {
                 self.chunks.push(c);

@@ -473,7 +473,13 @@ where
     use futures::StreamExt;
     let limits = &ctx.config.images;
     let staging_dir = ctx.config.images_dir().join("staging");
-    let mut staging = Staging::create(&staging_dir, limits.max_bytes).await.map_err(ApiError::internal)?;
+    // A capture's chunks are hashed as its data arrives: a bundle export is what
+    // captures most, and lists each blob's chunks (`ctx.chunk_lists`).
+    let mut staging = match capture {
+        Some(_) => Staging::create_chunked(&staging_dir, limits.max_bytes, vdc_bundle::CHUNK_SIZE).await,
+        None => Staging::create(&staging_dir, limits.max_bytes).await,
+    }
+    .map_err(ApiError::internal)?;
     while let Some(chunk) = body.next().await {
         let chunk = match chunk {
             Ok(c) => c,
@@ -490,7 +496,7 @@ where
             Err(e) => return Err(ApiError::internal(e)),
         }
     }
-    let (sha, size) = staging.finish().await.map_err(ApiError::internal)?;
+    let (sha, size, chunks) = staging.finish_with_chunks().await.map_err(ApiError::internal)?;
     if let Some(want) = &image.checksum {
         if want.trim_start_matches("sha256:") != sha {
             return Ok(Ingested::Refused(Refusal {
@@ -509,6 +515,9 @@ where
     };
     let _refs = crate::app::blob_refs::hold(ctx).await?;
     ctx.blobs.put(&sha, staging.path()).await.map_err(ApiError::internal)?;
+    if let Some(chunks) = chunks {
+        ctx.chunk_lists.remember(&sha, chunks);
+    }
     let id = &image.id;
     let done = db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;

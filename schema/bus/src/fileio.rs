@@ -33,7 +33,12 @@ pub struct HashingFile {
     pool: Pool,
     writer: Option<(mpsc::Sender<Bytes>, std::thread::JoinHandle<io::Result<std::fs::File>>)>,
     hasher: Option<(mpsc::Sender<Bytes>, std::thread::JoinHandle<Sha256>)>,
+    /// With [`HashingFile::with_chunks`]: the SHA-256 of each span of the chunk size.
+    chunker: Option<(mpsc::Sender<Bytes>, std::thread::JoinHandle<Chunks>)>,
 }
+
+/// Each chunk's SHA-256 (hex) and length, in order.
+pub type Chunks = Vec<(String, u64)>;
 
 impl HashingFile {
     /// Writes to `file` (opened for writing, or appending after data already hashed into
@@ -55,7 +60,42 @@ impl HashingFile {
             }
             hash
         })?;
-        Ok(HashingFile { buf: None, pool: Pool::default(), writer: Some((wtx, writer)), hasher: Some((htx, hasher)) })
+        Ok(HashingFile {
+            buf: None,
+            pool: Pool::default(),
+            writer: Some((wtx, writer)),
+            hasher: Some((htx, hasher)),
+            chunker: None,
+        })
+    }
+
+    /// A new file whose data is also hashed in spans of `chunk` bytes, on a third thread
+    /// ([`HashingFile::finish_with_chunks`]): a bundle export lists a blob's chunks
+    /// without reading it again.
+    pub fn with_chunks(file: std::fs::File, chunk: usize) -> io::Result<HashingFile> {
+        let mut f = HashingFile::new(file, Sha256::new())?;
+        let (tx, mut rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+        let chunker = std::thread::Builder::new().name("vdc-sha256-chunks".into()).spawn(move || {
+            let (mut done, mut hash, mut len) = (Vec::new(), Sha256::new(), 0usize);
+            while let Some(b) = rx.blocking_recv() {
+                let mut data = &b[..];
+                while !data.is_empty() {
+                    let n = (chunk - len).min(data.len());
+                    hash.update(&data[..n]);
+                    (len, data) = (len + n, &data[n..]);
+                    if len == chunk {
+                        done.push((hex::encode(std::mem::take(&mut hash).finalize()), chunk as u64));
+                        len = 0;
+                    }
+                }
+            }
+            if len > 0 {
+                done.push((hex::encode(hash.finalize()), len as u64));
+            }
+            done
+        })?;
+        f.chunker = Some((tx, chunker));
+        Ok(f)
     }
 
     pub async fn write(&mut self, chunk: Bytes) -> io::Result<()> {
@@ -78,8 +118,11 @@ impl HashingFile {
 
     async fn send(&mut self, block: Bytes) -> io::Result<()> {
         let (htx, _) = self.hasher.as_ref().expect("open until finished");
-        // The hasher stops only when its sender is dropped.
+        // The hashers stop only when their senders are dropped.
         let _ = htx.send(block.clone()).await;
+        if let Some((ctx, _)) = &self.chunker {
+            let _ = ctx.send(block.clone()).await;
+        }
         let (wtx, _) = self.writer.as_ref().expect("open until finished");
         if wtx.send(block).await.is_err() {
             // The writer stopped on an error: that error is the answer.
@@ -103,6 +146,21 @@ impl HashingFile {
             .await
             .map_err(io::Error::other)?
             .map_err(|_| io::Error::other("the writing thread failed"))?
+    }
+
+    /// [`HashingFile::finish`], and with [`HashingFile::with_chunks`] the SHA-256 (hex)
+    /// and length of each chunk in order (none for an empty file).
+    pub async fn finish_with_chunks(mut self) -> io::Result<(String, Option<Chunks>)> {
+        self.flush_buf().await?;
+        let chunker = self.chunker.take();
+        let sha = self.finish().await?;
+        let Some((tx, thread)) = chunker else { return Ok((sha, None)) };
+        drop(tx);
+        let chunks = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(io::Error::other)?
+            .map_err(|_| io::Error::other("the chunk hashing thread failed"))?;
+        Ok((sha, Some(chunks)))
     }
 
     /// Writes what is left, syncs the file to disk and returns the SHA-256 (hex) of all
@@ -564,6 +622,36 @@ mod tests {
         let blocks: Vec<Bytes> = read_stream(f, 3_000_000).try_collect().await.unwrap();
         assert!(blocks.iter().all(|b| b.len() <= BLOCK));
         assert!(blocks.concat() == data[7..3_000_007]);
+    }
+
+    /// Chunk hashes match the data's spans however the frames arrive: whole chunks,
+    /// a tail, and none for no data.
+    #[tokio::test]
+    async fn chunks_are_hashed_as_the_data_arrives() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(2 * GATHER + 777) as u32).map(|i| (i.wrapping_mul(2654435761) >> 9) as u8).collect();
+        for (i, frames) in [vec![100, GATHER + 5, 3 << 20], vec![GATHER], vec![5 << 20]].into_iter().enumerate() {
+            let path = tmp.path().join(format!("f{i}"));
+            let mut w = HashingFile::with_chunks(std::fs::File::create(&path).unwrap(), 1 << 20).unwrap();
+            let mut at = 0;
+            for size in frames.into_iter().cycle() {
+                let end = (at + size).min(data.len());
+                w.write(Bytes::copy_from_slice(&data[at..end])).await.unwrap();
+                at = end;
+                if at == data.len() {
+                    break;
+                }
+            }
+            let (sha, chunks) = w.finish_with_chunks().await.unwrap();
+            assert_eq!(sha, hex::encode(Sha256::digest(&data)));
+            let want: Vec<(String, u64)> =
+                data.chunks(1 << 20).map(|c| (hex::encode(Sha256::digest(c)), c.len() as u64)).collect();
+            assert_eq!(chunks.unwrap(), want);
+        }
+        let w = HashingFile::with_chunks(std::fs::File::create(tmp.path().join("empty")).unwrap(), 1 << 20).unwrap();
+        assert_eq!(w.finish_with_chunks().await.unwrap().1, Some(vec![]));
+        let w = HashingFile::new(std::fs::File::create(tmp.path().join("plain")).unwrap(), Sha256::new()).unwrap();
+        assert_eq!(w.finish_with_chunks().await.unwrap().1, None);
     }
 
     /// A file read direct comes back whole and in order, whatever its length against
