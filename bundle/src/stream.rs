@@ -118,6 +118,11 @@ pub fn chunk_stored_blob<R: Read>(r: R, sha256: &str) -> std::io::Result<(BlobRe
     Ok((blob_ref(sha256.to_owned(), size, &chunks), chunks))
 }
 
+/// The reference of blob `sha256` made of `chunks`, in order (its size is theirs).
+pub fn blob_of_chunks(sha256: String, chunks: &[ChunkRef]) -> BlobRef {
+    blob_ref(sha256, chunks.iter().map(|c| c.size).sum(), chunks)
+}
+
 fn blob_ref(sha256: String, size: u64, chunks: &[ChunkRef]) -> BlobRef {
     BlobRef { sha256, size, chunks: chunks.iter().map(|c| c.sha256.clone()).collect() }
 }

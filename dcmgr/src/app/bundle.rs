@@ -107,12 +107,7 @@ impl Blobs {
             Some(listed) => {
                 let refs: Vec<vdc_bundle::ChunkRef> =
                     listed.into_iter().map(|(sha256, size)| vdc_bundle::ChunkRef { sha256, size }).collect();
-                let blob = vdc_bundle::BlobRef {
-                    sha256: sha.to_owned(),
-                    size: refs.iter().map(|c| c.size).sum(),
-                    chunks: refs.iter().map(|c| c.sha256.clone()).collect(),
-                };
-                (blob, refs)
+                (vdc_bundle::blob_of_chunks(sha.to_owned(), &refs), refs)
             }
             None => {
                 let (p, name) = (path.clone(), sha.to_owned());

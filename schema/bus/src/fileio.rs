@@ -120,8 +120,8 @@ impl HashingFile {
         let (htx, _) = self.hasher.as_ref().expect("open until finished");
         // The hashers stop only when their senders are dropped.
         let _ = htx.send(block.clone()).await;
-        if let Some((ctx, _)) = &self.chunker {
-            let _ = ctx.send(block.clone()).await;
+        if let Some((chunks_tx, _)) = &self.chunker {
+            let _ = chunks_tx.send(block.clone()).await;
         }
         let (wtx, _) = self.writer.as_ref().expect("open until finished");
         if wtx.send(block).await.is_err() {
@@ -577,7 +577,9 @@ impl FileWriter {
                 direct = write_direct(&file, buf)?;
             }
             if whole < piece.len() {
-                direct = direct && set_direct(&file, false);
+                if direct {
+                    direct = set_direct(&file, false);
+                }
                 (&file).write_all(&piece[whole..])?;
             }
         }
