@@ -21,6 +21,7 @@ on_both_databases!(
     a_cut_import_is_completed_after_a_restart_with_nothing_doubled,
     ten_identical_imports_at_once_create_once,
     the_plan_names_collisions_and_maps_resolve_them,
+    a_model_only_bundle_boots_on_the_accounts_own_images,
     disks_volumes_stopped_instances_and_floating_ips_travel,
     a_newer_bundle_updates_the_import_and_prunes_only_when_asked,
     ten_concurrent_imports_of_an_update_apply_it_once,
@@ -603,6 +604,59 @@ async fn the_plan_names_collisions_and_maps_resolve_them(db: Db) {
     assert_eq!(nic.ip.to_string(), "10.60.0.20");
     wait_state(&cb, &app.id, InstanceState::Running).await;
     assert!(cb.list_all_keypairs().await.unwrap().iter().any(|k| k.name == "deploy-a"));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A model-only bundle carries no image data: each of its images resolves at the target
+/// to the one image of that name the account may use, its own uploads among them, or to
+/// the image `--map image.NAME=ID` names, which may be its own but never another
+/// account's private one.
+async fn a_model_only_bundle_boots_on_the_accounts_own_images(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    build_vdc(&a, &ca, false).await;
+    let mut bundle = Vec::new();
+    ca.export_bundle(true, false, &mut bundle, |_| {}).await.unwrap();
+    let cb = b.account("tenant").await;
+    let conflicts = |plan: BundlePlan| -> Vec<(String, Option<String>)> {
+        plan.conflicts.into_iter().map(|c| (c.code, c.resolve)).collect()
+    };
+    let missing = vec![("image_missing".to_owned(), Some("image.app-disk=img-…".to_owned()))];
+    assert_eq!(conflicts(cb.plan_bundle(bundle.clone(), &[]).await.unwrap()), missing);
+    let upload = |name: &'static str| {
+        let cb = cb.clone();
+        async move {
+            let img = cb
+                .create_image(&CreateImage {
+                    hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm],
+                    ..vdc_tests::image_request(name, ImageFormat::Raw)
+                })
+                .await
+                .unwrap();
+            cb.upload_image(&img.id, disk()).await.unwrap();
+            img.id
+        }
+    };
+    // The account's own image of that name resolves it.
+    upload("app-disk").await;
+    assert_eq!(conflicts(cb.plan_bundle(bundle.clone(), &[]).await.unwrap()), []);
+    // Another account's private image is no choice, named or mapped.
+    let stranger = b.account("stranger").await;
+    let theirs = stranger.create_image(&vdc_tests::image_request("app-disk", ImageFormat::Raw)).await.unwrap();
+    stranger.upload_image(&theirs.id, disk()).await.unwrap();
+    assert_eq!(conflicts(cb.plan_bundle(bundle.clone(), &[]).await.unwrap()), []);
+    let refused =
+        conflicts(cb.plan_bundle(bundle.clone(), &maps(&[&format!("image.app-disk={}", theirs.id)])).await.unwrap());
+    assert_eq!(refused, [("image_missing".to_owned(), None)]);
+    // A map chooses another of its own, and the import boots it.
+    let golden = upload("golden").await;
+    let map = maps(&[&format!("image.app-disk={golden}")]);
+    assert_eq!(conflicts(cb.plan_bundle(bundle.clone(), &map).await.unwrap()), []);
+    assert!(cb.import_bundle(bundle, &map).await.unwrap().created);
+    let app = cb.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "app").unwrap();
+    assert_eq!(app.image_id, golden);
+    wait_state(&cb, &app.id, InstanceState::Running).await;
     a.stop().await;
     b.stop().await;
 }

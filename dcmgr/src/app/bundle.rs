@@ -737,7 +737,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         };
         d.image_hypervisors.insert(i.id.clone(), hvs);
         if let Some(id) = maps.image.get(&i.name) {
-            match e.foreign_images.iter().find(|f| &f.0 == id) {
+            match e.usable_images.iter().find(|f| &f.0 == id) {
                 Some(_) => {
                     d.images.insert(i.id.clone(), ImageChoice::Existing(id.clone()));
                 }
@@ -776,7 +776,9 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             name(&mut d, "image", &i.id, &i.name, None);
             continue;
         }
-        let found: Vec<&(String, String, String)> = e.foreign_images.iter().filter(|f| f.1 == i.name).collect();
+        // Never guessed, as the CLI resolves names: its own image and a public one of the
+        // same name are two candidates, and `--map` chooses.
+        let found: Vec<&(String, String, String)> = e.usable_images.iter().filter(|f| f.1 == i.name).collect();
         match found.as_slice() {
             [one] => {
                 d.images.insert(i.id.clone(), ImageChoice::Existing(one.0.clone()));
@@ -807,7 +809,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         let image_ok = match d.images.get(&i.image) {
             Some(ImageChoice::New) => d.image_hypervisors.get(&i.image).is_some_and(|v| v.contains(&hv)),
             Some(ImageChoice::Existing(id)) => e
-                .foreign_images
+                .usable_images
                 .iter()
                 .find(|f| &f.0 == id)
                 .is_some_and(|f| db::split_list::<HypervisorKind>(&f.2).contains(&hv)),
@@ -2297,7 +2299,7 @@ mod tests {
         store::Existing {
             names: vec![("instance".into(), "web".into())],
             cidrs: vec![("nw-x".into(), "10.0.0.0/16".into())],
-            foreign_images: vec![("img-pub".into(), "tiny".into(), ",qemu,kvm,".into())],
+            usable_images: vec![("img-pub".into(), "tiny".into(), ",qemu,kvm,".into())],
             hypervisors: vec!["lxc".into(), "qemu".into()],
             external: false,
             prior: None,

@@ -165,8 +165,10 @@ pub struct Existing {
     pub names: Vec<(String, String)>,
     /// (id, cidr)
     pub cidrs: Vec<(String, String)>,
-    /// (id, name, hypervisors) of images the account may use that it does not own.
-    pub foreign_images: Vec<(String, String, String)>,
+    /// (id, name, hypervisors) of the available images the account may use: its own,
+    /// public ones and those shared with it. A bundle's image that travels
+    /// without data resolves to one of these.
+    pub usable_images: Vec<(String, String, String)>,
     pub hypervisors: Vec<String>,
     /// The site has an external network (floating IPs can be allocated); set by the caller
     /// from the configuration.
@@ -198,9 +200,10 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
     .await?;
     let cidrs =
         sqlx::query_as("SELECT id, cidr FROM networks WHERE account_id = $1").bind(a).fetch_all(&mut *db).await?;
-    let foreign_images = sqlx::query_as(
-        "SELECT id, name, hypervisors FROM images WHERE state = 'available' AND account_id <> $1 \
-         AND (public = 1 OR id IN (SELECT image_id FROM image_members WHERE account_id = $1)) ORDER BY id",
+    let usable_images = sqlx::query_as(
+        "SELECT id, name, hypervisors FROM images \
+         WHERE state = 'available' AND (account_id = $1 OR public = 1 \
+         OR id IN (SELECT image_id FROM image_members WHERE account_id = $1)) ORDER BY id",
     )
     .bind(a)
     .fetch_all(&mut *db)
@@ -209,7 +212,7 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
     let mut hypervisors: Vec<String> = hv.iter().flat_map(|(h,)| db::split_list::<String>(h)).collect();
     hypervisors.sort();
     hypervisors.dedup();
-    Ok(Existing { names, cidrs, foreign_images, hypervisors, external: false, prior: None })
+    Ok(Existing { names, cidrs, usable_images, hypervisors, external: false, prior: None })
 }
 
 type ImportRow = (String, String, String, String, String, String, Option<String>);
