@@ -20,6 +20,8 @@ pub enum BundleError {
     BadKey(String),
     #[error("chunk {0}: its bytes do not match its hash")]
     ChunkHashMismatch(String),
+    #[error("blob {0}: its chunks do not make the blob its hash names")]
+    BlobHashMismatch(String),
     #[error("chunk {0} is not listed in the manifest")]
     ChunkNotInManifest(String),
     #[error("chunk {0} appears twice")]
@@ -57,7 +59,7 @@ impl BundleError {
             BundleError::BadSignature => "bundle_bad_signature",
             BundleError::UntrustedKey(_) => "bundle_untrusted_key",
             BundleError::BadKey(_) => "bundle_bad_key",
-            BundleError::ChunkHashMismatch(_) => "bundle_chunk_mismatch",
+            BundleError::ChunkHashMismatch(_) | BundleError::BlobHashMismatch(_) => "bundle_chunk_mismatch",
             BundleError::ChunkNotInManifest(_) => "bundle_chunk_unlisted",
             BundleError::DuplicateChunk(_) => "bundle_chunk_duplicate",
             BundleError::MissingChunk(_) => "bundle_chunk_missing",

@@ -9,6 +9,7 @@
 //! the record and changes nothing; a crash before commit leaves nothing but staged
 //! chunks, and the same command completes it.
 
+use crate::app::bundle_stage::{Assembled, Stager};
 use crate::app::{bundle_data, floating_ip, image, instance, interface, keypair, quota, scheduler, secgroup, volume};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::{
@@ -19,7 +20,7 @@ use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use vdc_bundle::{BundleError, Manifest};
 use vdc_bus::fileio::DirectReader;
 use vdc_schema::api::{
@@ -288,6 +289,8 @@ pub struct Received {
     pub bytes: u64,
     /// Of `chunks`, those referenced by the sender and read from what this site holds.
     pub held: u64,
+    /// The blobs assembled while the chunks arrived (an import's; none for a plan).
+    pub assembled: Assembled,
 }
 
 struct Counting<R> {
@@ -323,31 +326,34 @@ fn read_held(sha: &str, size: u64, at: Option<&(PathBuf, u64, u64)>) -> Result<V
     Ok(data)
 }
 
-/// Reads and verifies a whole bundle from `r` (blocking). With `stage`, each verified
-/// chunk is kept in `dir` under its hash (written beside and renamed, so a chunk file is
-/// whole or absent). A chunk the sender references instead of carrying (a push) is read
-/// from what `held` (asked once, with the manifest's chunks) says the account holds, and
-/// its hash checked again; one it does not hold refuses the bundle (`bundle_chunk_not_held`).
+/// Reads and verifies a whole bundle from `r` (blocking). With `stage` (which makes a
+/// [`Stager`] for the manifest), each verified chunk goes into the blobs assembled as they
+/// arrive, and is kept in the staging directory under its hash when it is needed again
+/// (see [`bundle_stage`](crate::app::bundle_stage)). A chunk the sender references
+/// instead of carrying (a push) is read from what `held` (asked once, with the manifest's
+/// chunks) says the account holds, and its hash checked again; one it does not hold
+/// refuses the bundle (`bundle_chunk_not_held`).
 pub fn receive<R: Read>(
     r: R,
     trusted: &[vdc_bundle::VerifyingKey],
-    stage: Option<&Path>,
+    stage: Option<impl FnOnce(&Manifest) -> std::io::Result<Stager>>,
     mut held: impl FnMut(&[String]) -> Result<HeldChunks, BundleError>,
 ) -> Result<Received, BundleError> {
     let mut reader = vdc_bundle::Reader::open(Counting { r, n: 0 }, trusted, &vdc_bundle::Limits::default())?;
-    if let Some(dir) = stage {
-        std::fs::create_dir_all(dir)?;
-    }
+    let stager = match stage {
+        Some(make) => Some(make(reader.manifest())?),
+        None => None,
+    };
     let (mut chunks, mut referenced) = (0u64, 0u64);
     let mut holdings: Option<HeldChunks> = None;
-    std::thread::scope(|s| -> Result<(), BundleError> {
+    let assembled = std::thread::scope(|s| -> Result<Assembled, BundleError> {
         // Verified chunks are staged on a thread of their own while the next one is read,
         // decompressed and hashed.
         let (tx, rx) = std::sync::mpsc::sync_channel::<vdc_bundle::Chunk>(2);
-        let writer = stage.map(|dir| {
+        let writer = stager.map(|mut st| {
             s.spawn(move || {
-                let mut w = vdc_bus::fileio::FileWriter::default();
-                rx.into_iter().try_for_each(|c| stage_chunk(&mut w, dir, &c))
+                rx.into_iter().try_for_each(|c| st.chunk(&c))?;
+                st.finish()
             })
         });
         let mut read = || -> Result<(), BundleError> {
@@ -373,8 +379,8 @@ pub fn receive<R: Read>(
         };
         let r = read();
         drop(tx);
-        let w = writer.map_or(Ok(()), |w| w.join().expect("staging a chunk does not panic"));
-        r.and(w.map_err(BundleError::from))
+        let w = writer.map_or(Ok(Assembled::default()), |w| w.join().expect("staging a chunk does not panic"));
+        r.and(w)
     })?;
     let bytes = reader.get_ref().n;
     Ok(Received {
@@ -383,19 +389,8 @@ pub fn receive<R: Read>(
         chunks,
         bytes,
         held: referenced,
+        assembled,
     })
-}
-
-/// Keeps a verified chunk in `dir` under its hash, written beside and renamed; with
-/// O_DIRECT, as it is read once, to store its blob.
-fn stage_chunk(w: &mut vdc_bus::fileio::FileWriter, dir: &Path, c: &vdc_bundle::Chunk) -> std::io::Result<()> {
-    let path = dir.join(&c.sha256);
-    if !path.exists() {
-        let tmp = dir.join(format!(".{}.{}.tmp", c.sha256, rand::random::<u32>()));
-        w.write(&tmp, &c.data)?;
-        std::fs::rename(&tmp, &path)?;
-    }
-    Ok(())
 }
 
 /// The account's chunks among `hashes` whose blob is still stored here.
@@ -1528,7 +1523,10 @@ pub async fn receive_body(
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let trusted = ctx.trusted_keys.clone();
-    let dir = stage.then(|| chunk_dir(ctx));
+    let stage = stage.then(|| {
+        let (chunks, staging, blobs) = (chunk_dir(ctx), ctx.config.images_dir().join("staging"), ctx.blobs.clone());
+        move |m: &Manifest| Stager::new(m, &chunks, &staging, |sha| blobs.local_path(sha).is_some_and(|p| p.exists()))
+    });
     let (c, account, handle) = (ctx.clone(), caller.account_id.clone(), tokio::runtime::Handle::current());
     // Asked on the blocking thread, once, at the first reference frame.
     let held = move |hashes: &[String]| {
@@ -1536,7 +1534,7 @@ pub async fn receive_body(
             .block_on(held_by(&c, &account, hashes))
             .map_err(|e| BundleError::Io(std::io::Error::other(e.to_string())))
     };
-    let r = tokio::task::spawn_blocking(move || receive(reader, &trusted, dir.as_deref(), held))
+    let r = tokio::task::spawn_blocking(move || receive(reader, &trusted, stage, held))
         .await
         .map_err(ApiError::internal)??;
     Ok(r)
@@ -1607,9 +1605,15 @@ fn blobs_to_store<'a>(m: &'a Manifest, d: &Decision, maps: &Maps) -> Vec<(String
 
 /// Stores each blob the import needs from the staged chunks (checked against its hash
 /// again); a blob the store has already is not written twice.
-async fn store_blobs(ctx: &SharedCtx, m: &Manifest, d: &Decision, maps: &Maps) -> ApiResult<()> {
-    for (what, blob) in blobs_to_store(m, d, maps) {
-        if ctx.blobs.local_path(&blob.sha256).is_some_and(|p| p.exists()) {
+async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -> ApiResult<()> {
+    let mut done = HashSet::new();
+    for (what, blob) in blobs_to_store(&r.manifest, d, maps) {
+        if !done.insert(&blob.sha256) || ctx.blobs.local_path(&blob.sha256).is_some_and(|p| p.exists()) {
+            continue;
+        }
+        // Assembled and checked as its chunks arrived: taken as it is.
+        if let Some(p) = r.assembled.get(&blob.sha256) {
+            ctx.blobs.put(&blob.sha256, p).await.map_err(ApiError::internal)?;
             continue;
         }
         let staging = ctx.config.images_dir().join("staging");
@@ -1687,7 +1691,7 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
         decide(&r.manifest, &existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?, maps)
     };
     let t = std::time::Instant::now();
-    store_blobs(ctx, &r.manifest, &d0, maps).await?;
+    store_blobs(ctx, r, &d0, maps).await?;
     let stored_in = t.elapsed();
     let applied = db::retry(|| apply(ctx, caller, r, maps)).await?;
     let applied_in = t.elapsed() - stored_in;

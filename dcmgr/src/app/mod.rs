@@ -8,6 +8,7 @@ pub mod authz;
 pub mod blob_refs;
 pub mod bundle;
 pub mod bundle_data;
+pub mod bundle_stage;
 pub mod capture;
 pub mod event;
 pub mod floating_ip;

@@ -360,6 +360,26 @@ impl DirectWriter {
     }
 }
 
+/// A new file written front to back with O_DIRECT by the calling thread (see
+/// [`DirectWriter`]): a bundle import assembles each blob in one as its chunks arrive.
+pub struct DirectFile(DirectWriter);
+
+impl DirectFile {
+    /// Creates (or truncates) `path`.
+    pub fn create(path: &std::path::Path) -> io::Result<DirectFile> {
+        Ok(DirectFile(DirectWriter::new(std::fs::File::create(path)?)?))
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.write(data)
+    }
+
+    /// Writes what is left; the file is whole (not synced).
+    pub fn finish(self) -> io::Result<()> {
+        self.0.finish().map(drop)
+    }
+}
+
 /// Writes aligned `data` to a file with O_DIRECT on; whether O_DIRECT is still on. What a
 /// file system refuses with EINVAL is written buffered, and O_DIRECT turned off.
 fn write_direct(file: &std::fs::File, data: &[u8]) -> io::Result<bool> {

@@ -1,0 +1,360 @@
+//! An import's verified chunks on their way to the blob store.
+//!
+//! Each blob the manifest names (an image's data, a root disk, a volume's data) is
+//! assembled as its chunks arrive, in a file of its own beside the store, and hashed
+//! whole; the import then renames it into the store. A chunk is also kept as a file of
+//! its own (`bundle-chunks/<sha256>`) when a blob needs it again later (a chunk of zeros
+//! repeats), when it belongs to a blob not being assembled, or when no blob took it.
+//! A blob that cannot be assembled here (more than [`OPEN_MAX`] under way at once, or
+//! one the store has) is stored as before, from its staged chunks.
+//!
+//! Why: staging every chunk and then reading them all again to store each blob wrote and
+//! read every byte once more. Host test `bundles` (256 MiB volume, release, 2026-12-02):
+//! staging 0.67-0.74 s, then storing 0.98-1.75 s.
+
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use vdc_bundle::{BundleError, Chunk, Manifest};
+use vdc_bus::fileio::{DirectFile, FileWriter};
+
+/// Blobs assembled at once (each holds a 4 MiB aligned buffer).
+const OPEN_MAX: usize = 8;
+
+/// Blobs assembled by a receive, by SHA-256; the files not taken into the store are
+/// removed when this is dropped.
+#[derive(Debug, Default)]
+pub struct Assembled(HashMap<String, PathBuf>);
+
+impl Assembled {
+    /// The assembled file of blob `sha256`, whole and checked against its hash.
+    pub fn get(&self, sha256: &str) -> Option<&Path> {
+        self.0.get(sha256).map(PathBuf::as_path)
+    }
+}
+
+impl Drop for Assembled {
+    fn drop(&mut self) {
+        for p in self.0.values() {
+            // Gone already when the store took it.
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+enum State {
+    /// Its first chunk has not arrived.
+    Waiting,
+    Open {
+        file: DirectFile,
+        hash: Sha256,
+        path: PathBuf,
+    },
+    Done(PathBuf),
+    /// Stored later from staged chunks.
+    Off,
+}
+
+struct Blob {
+    sha256: String,
+    chunks: Vec<String>,
+    next: usize,
+    state: State,
+}
+
+impl Blob {
+    fn wants(&self, sha: &str) -> bool {
+        matches!(self.state, State::Waiting | State::Open { .. })
+            && self.chunks.get(self.next).is_some_and(|c| c == sha)
+    }
+}
+
+/// Takes the verified chunks of one bundle, in stream order.
+pub struct Stager {
+    chunk_dir: PathBuf,
+    blob_dir: PathBuf,
+    writer: FileWriter,
+    blobs: Vec<Blob>,
+    /// Per chunk: the places in blobs (assembled or not) it has not been written to yet.
+    wanted: HashMap<String, usize>,
+    staged: HashSet<String>,
+    open: usize,
+}
+
+impl Stager {
+    /// For the blobs of `m`; `stored` says which the store has already (not assembled).
+    pub fn new(
+        m: &Manifest,
+        chunk_dir: &Path,
+        blob_dir: &Path,
+        stored: impl Fn(&str) -> bool,
+    ) -> std::io::Result<Stager> {
+        std::fs::create_dir_all(chunk_dir)?;
+        std::fs::create_dir_all(blob_dir)?;
+        let refs = m.model.images.iter().filter_map(|i| i.blob.as_ref());
+        let refs = refs.chain(m.model.instances.iter().filter_map(|i| i.root_disk.as_ref()));
+        let refs = refs.chain(m.model.volumes.iter().filter_map(|v| v.data.as_ref()));
+        let (mut blobs, mut seen, mut wanted) = (Vec::new(), HashSet::new(), HashMap::new());
+        for b in refs.filter(|b| seen.insert(b.sha256.clone())) {
+            for c in &b.chunks {
+                *wanted.entry(c.clone()).or_insert(0) += 1;
+            }
+            let state = if b.chunks.is_empty() || stored(&b.sha256) { State::Off } else { State::Waiting };
+            blobs.push(Blob { sha256: b.sha256.clone(), chunks: b.chunks.clone(), next: 0, state });
+        }
+        Ok(Stager {
+            chunk_dir: chunk_dir.to_owned(),
+            blob_dir: blob_dir.to_owned(),
+            writer: FileWriter::default(),
+            blobs,
+            wanted,
+            staged: HashSet::new(),
+            open: 0,
+        })
+    }
+
+    pub fn chunk(&mut self, c: &Chunk) -> Result<(), BundleError> {
+        let mut took = Vec::new();
+        for b in 0..self.blobs.len() {
+            while self.blobs[b].wants(&c.sha256) {
+                if !self.append(b, &c.data)? {
+                    break;
+                }
+                took.push(b);
+            }
+        }
+        if took.is_empty() || self.wanted.get(&c.sha256).is_some_and(|&n| n > 0) {
+            self.stage(c)?;
+        }
+        // A blob that took this chunk may go on with chunks that came before it.
+        for b in took {
+            self.advance(b)?;
+        }
+        Ok(())
+    }
+
+    /// The blobs assembled, once every chunk has arrived.
+    pub fn finish(mut self) -> Result<Assembled, BundleError> {
+        let mut done = Assembled::default();
+        for b in &mut self.blobs {
+            match std::mem::replace(&mut b.state, State::Off) {
+                State::Done(p) => {
+                    done.0.insert(b.sha256.clone(), p);
+                }
+                State::Open { path, .. } => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(BundleError::MissingChunk(b.chunks[b.next].clone()));
+                }
+                State::Waiting | State::Off => {}
+            }
+        }
+        Ok(done)
+    }
+
+    fn stage(&mut self, c: &Chunk) -> std::io::Result<()> {
+        let path = self.chunk_dir.join(&c.sha256);
+        if !path.exists() {
+            let tmp = self.chunk_dir.join(format!(".{}.{}.tmp", c.sha256, rand::random::<u32>()));
+            self.writer.write(&tmp, &c.data)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        self.staged.insert(c.sha256.clone());
+        Ok(())
+    }
+
+    /// Appends the data of blob `b`'s next chunk; false when the blob is not assembled
+    /// here after all (too many open).
+    fn append(&mut self, b: usize, data: &[u8]) -> Result<bool, BundleError> {
+        if matches!(self.blobs[b].state, State::Waiting) {
+            if self.open == OPEN_MAX {
+                self.blobs[b].state = State::Off;
+                return Ok(false);
+            }
+            let path = self.blob_dir.join(format!("bundle-{}-{:08x}", self.blobs[b].sha256, rand::random::<u32>()));
+            self.blobs[b].state = State::Open { file: DirectFile::create(&path)?, hash: Sha256::new(), path };
+            self.open += 1;
+        }
+        let blob = &mut self.blobs[b];
+        let State::Open { file, hash, .. } = &mut blob.state else { unreachable!("opened above") };
+        file.write(data)?;
+        hash.update(data);
+        if let Some(n) = self.wanted.get_mut(&blob.chunks[blob.next]) {
+            *n -= 1;
+        }
+        blob.next += 1;
+        if blob.next == blob.chunks.len() {
+            let State::Open { file, hash, path } = std::mem::replace(&mut blob.state, State::Off) else {
+                unreachable!("open")
+            };
+            self.open -= 1;
+            let whole = file.finish().map(|()| hex::encode(hash.finalize()));
+            match whole {
+                Ok(h) if h == blob.sha256 => blob.state = State::Done(path),
+                r => {
+                    let _ = std::fs::remove_file(&path);
+                    r?;
+                    return Err(BundleError::BlobHashMismatch(blob.sha256.clone()));
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Appends blob `b`'s next chunks for as long as they are staged.
+    fn advance(&mut self, b: usize) -> Result<(), BundleError> {
+        loop {
+            let blob = &self.blobs[b];
+            let Some(next) = blob.chunks.get(blob.next) else { return Ok(()) };
+            if !matches!(blob.state, State::Open { .. }) || !self.staged.contains(next) {
+                return Ok(());
+            }
+            let data = std::fs::read(self.chunk_dir.join(next))?;
+            self.append(b, &data)?;
+        }
+    }
+}
+
+impl Drop for Stager {
+    fn drop(&mut self) {
+        // A receive that failed: nothing assembled stays.
+        for b in &self.blobs {
+            if let State::Open { path, .. } | State::Done(path) = &b.state {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdc_bundle::{BlobRef, Volume};
+
+    fn chunk(fill: u8, len: usize) -> Chunk {
+        let data = vec![fill; len];
+        Chunk { sha256: vdc_bundle::sha256_hex(&data), data }
+    }
+
+    /// A manifest whose volumes hold the blobs made of these chunks.
+    fn manifest(blobs: &[&[&Chunk]]) -> Manifest {
+        let key = vdc_bundle::generate_key();
+        let volumes = blobs
+            .iter()
+            .enumerate()
+            .map(|(i, cs)| {
+                let whole: Vec<u8> = cs.iter().flat_map(|c| c.data.clone()).collect();
+                Volume {
+                    id: format!("vol-{i}"),
+                    name: format!("v{i}"),
+                    size_mib: 1,
+                    data: Some(BlobRef {
+                        sha256: vdc_bundle::sha256_hex(&whole),
+                        size: whole.len() as u64,
+                        chunks: cs.iter().map(|c| c.sha256.clone()).collect(),
+                    }),
+                    data_format: Some(vdc_schema::ImageFormat::Raw),
+                }
+            })
+            .collect();
+        Manifest {
+            format_version: 2,
+            source: vdc_bundle::Source {
+                site_key: vdc_bundle::key_hex(&key.verifying_key()),
+                vdc_id: "a-1".into(),
+                exported_at: "t".into(),
+            },
+            model: vdc_bundle::Model { volumes, ..Default::default() },
+            chunks: vec![],
+        }
+    }
+
+    fn files(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .map(|r| r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Blobs come out whole whatever the order of their chunks: in order, a chunk
+    /// repeated within a blob and across blobs (sent once), and one that arrives before
+    /// the blob reaches it. Only chunks needed again are kept as files of their own.
+    #[test]
+    fn blobs_are_assembled_as_their_chunks_arrive() {
+        let d = tempfile::tempdir().unwrap();
+        let (chunks, staging) = (d.path().join("chunks"), d.path().join("staging"));
+        let (a, b, z, x) = (chunk(1, 8192 + 5), chunk(2, 4096), chunk(0, 4096), chunk(3, 100));
+        // v0: a b; v1: z z a; v2: b x z. Sent z a x b: v1 takes z twice and a; x comes
+        // before v2 reaches it; v2 starts at b and goes on with the x and z kept.
+        let m = manifest(&[&[&a, &b], &[&z, &z, &a], &[&b, &x, &z]]);
+        let mut st = Stager::new(&m, &chunks, &staging, |_| false).unwrap();
+        for c in [&z, &a, &x, &b] {
+            st.chunk(c).unwrap();
+        }
+        let done = st.finish().unwrap();
+        for v in &m.model.volumes {
+            let blob = v.data.as_ref().unwrap();
+            let p = done.get(&blob.sha256).expect("assembled");
+            assert_eq!(vdc_bundle::sha256_hex(&std::fs::read(p).unwrap()), blob.sha256);
+        }
+        // z was needed again after it came and x before a blob reached it; a and b were
+        // taken whole when they came.
+        let mut kept = vec![z.sha256.clone(), x.sha256.clone()];
+        kept.sort();
+        assert_eq!(files(&chunks), kept);
+        assert_eq!(files(&staging).len(), 3);
+        drop(done);
+        assert_eq!(files(&staging), Vec::<String>::new(), "what the store did not take is removed");
+    }
+
+    /// A blob the store has, and blobs beyond those assembled at once, are left to the
+    /// store pass: their chunks are kept.
+    #[test]
+    fn blobs_not_assembled_keep_their_chunks() {
+        let d = tempfile::tempdir().unwrap();
+        let (chunks, staging) = (d.path().join("chunks"), d.path().join("staging"));
+        let cs: Vec<Chunk> = (0..OPEN_MAX as u8 + 2).map(|i| chunk(10 + i, 4096)).collect();
+        let last = chunk(99, 10);
+        // Every blob starts with its own chunk and ends with `last`: all open at once.
+        let blobs: Vec<Vec<&Chunk>> = cs.iter().map(|c| vec![c, &last]).collect();
+        let refs: Vec<&[&Chunk]> = blobs.iter().map(Vec::as_slice).collect();
+        let m = manifest(&refs);
+        let stored = m.model.volumes[0].data.as_ref().unwrap().sha256.clone();
+        let mut st = Stager::new(&m, &chunks, &staging, |s| s == stored).unwrap();
+        for c in cs.iter().chain([&last]) {
+            st.chunk(c).unwrap();
+        }
+        let done = st.finish().unwrap();
+        let assembled = m.model.volumes.iter().filter(|v| done.get(&v.data.as_ref().unwrap().sha256).is_some()).count();
+        assert_eq!(assembled, OPEN_MAX);
+        assert!(done.get(&stored).is_none());
+        // The first (stored) and the last (no room) keep their own chunks, and `last`.
+        let mut kept = vec![cs[0].sha256.clone(), cs[OPEN_MAX + 1].sha256.clone(), last.sha256.clone()];
+        kept.sort();
+        assert_eq!(files(&chunks), kept);
+    }
+
+    /// Chunks that hash right but do not make the blob the manifest names refuse the
+    /// bundle, and a receive that fails leaves no file behind.
+    #[test]
+    fn a_blob_that_is_not_its_hash_is_refused_and_nothing_stays() {
+        let d = tempfile::tempdir().unwrap();
+        let (chunks, staging) = (d.path().join("chunks"), d.path().join("staging"));
+        let (a, b) = (chunk(1, 5000), chunk(2, 5000));
+        let mut m = manifest(&[&[&a, &b], &[&b, &a]]);
+        m.model.volumes[1].data.as_mut().unwrap().sha256 = "0".repeat(64);
+        let mut st = Stager::new(&m, &chunks, &staging, |_| false).unwrap();
+        st.chunk(&a).unwrap();
+        let e = st.chunk(&b).unwrap_err();
+        assert_eq!(e.code(), "bundle_chunk_mismatch", "{e}");
+        assert!(e.to_string().contains(&"0".repeat(64)), "{e}");
+        drop(st);
+        assert_eq!(files(&staging), Vec::<String>::new());
+        // Cut short: the blob under way is removed as well.
+        let m = manifest(&[&[&a, &b]]);
+        let mut st = Stager::new(&m, &chunks, &staging, |_| false).unwrap();
+        st.chunk(&a).unwrap();
+        assert_eq!(st.finish().unwrap_err().code(), "bundle_chunk_missing");
+        assert_eq!(files(&staging), Vec::<String>::new());
+    }
+}
