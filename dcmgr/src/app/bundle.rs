@@ -352,7 +352,7 @@ pub fn receive<R: Read>(
         let (tx, rx) = std::sync::mpsc::sync_channel::<vdc_bundle::Chunk>(2);
         let writer = stager.map(|mut st| {
             s.spawn(move || {
-                rx.into_iter().try_for_each(|c| st.chunk(&c))?;
+                rx.into_iter().try_for_each(|c| st.chunk(c))?;
                 st.finish()
             })
         });
