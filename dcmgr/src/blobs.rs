@@ -41,6 +41,10 @@ impl FsBlobStore {
         // Tenants' data (blobs, uploads being staged) and the node key: dcmgr's to read
         // (hosts fetch blobs over HTTP), no one else's.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        // What a stopped dcmgr left to remove.
+        let trash = dir.join("blobs/trash");
+        let _ = std::fs::remove_dir_all(&trash);
+        std::fs::create_dir_all(&trash)?;
         Ok(FsBlobStore { dir: dir.to_owned() })
     }
 
@@ -95,9 +99,22 @@ impl BlobStore for FsBlobStore {
         if !valid(sha256) {
             return Ok(());
         }
-        match tokio::fs::remove_file(self.path(sha256)).await {
+        // Renamed away at once, removed after: freeing a large file's blocks takes its
+        // time on ext4 (a 256 MiB blob: 0.2 s here, 2026-12-02), which an image delete,
+        // and the bundle export whose temporary images it removes, need not wait for.
+        // A blob of the same bytes stored meanwhile is a new file.
+        let trash = self.dir.join("blobs/trash").join(format!("{sha256}-{:08x}", rand::random::<u32>()));
+        match tokio::fs::rename(self.path(sha256), &trash).await {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            Err(_) => Ok(()),
+            Ok(()) => {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = std::fs::remove_file(&trash) {
+                        tracing::warn!(path = %trash.display(), "removing a deleted blob: {e}");
+                    }
+                });
+                Ok(())
+            }
         }
     }
 
@@ -239,6 +256,22 @@ mod tests {
         assert_eq!(std::fs::read_dir(tmp.path().join("staging")).unwrap().count(), 0);
         assert_eq!(std::fs::read_dir(tmp.path().join("blobs/sha256")).unwrap().count(), 1);
         assert!(store.open("../../etc/passwd", 0).await.unwrap().is_none());
+        // Deleted: gone from the store at once, its file removed after.
+        store.delete(&sha).await.unwrap();
+        assert!(store.open(&sha, 0).await.unwrap().is_none());
+        let trash = tmp.path().join("blobs/trash");
+        for _ in 0..100 {
+            if std::fs::read_dir(&trash).unwrap().count() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0);
+        store.delete(&sha).await.unwrap();
+        // What a stopped dcmgr left in the trash goes when the store opens again.
+        std::fs::write(trash.join("left"), b"x").unwrap();
+        FsBlobStore::new(tmp.path()).unwrap();
+        assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0);
     }
 
     /// Data staged chunked gives its chunk list with its hash; the lists kept are the
