@@ -3,11 +3,11 @@
 //!
 //! An import verifies the whole stream before anything is created: the reader checks the
 //! signature against the trusted keys, the manifest, and every chunk's hash as it arrives;
-//! verified chunks are staged (content-addressed, so staging again is harmless). Then the
-//! pure [`decide`] turns (manifest, the account's state, the maps) into a plan, and one
+//! verified chunks go into the blobs assembled as they arrive, and are kept when needed
+//! again ([`bundle_stage`](crate::app::bundle_stage)). Then the pure [`decide`] turns (manifest, the account's state, the maps) into a plan, and one
 //! transaction creates it all, recording the import first: the same bundle again finds
-//! the record and changes nothing; a crash before commit leaves nothing but staged
-//! chunks, and the same command completes it.
+//! the record and changes nothing; a crash before commit leaves nothing but staged data,
+//! and the same command completes it.
 
 use crate::app::bundle_stage::{Assembled, Stager};
 use crate::app::{bundle_data, floating_ip, image, instance, interface, keypair, quota, scheduler, secgroup, volume};
@@ -41,6 +41,11 @@ impl From<BundleError> for ApiError {
 
 fn chunk_dir(ctx: &SharedCtx) -> PathBuf {
     ctx.config.images_dir().join("bundle-chunks")
+}
+
+/// Where blobs are made before the store takes them (the same file system: a rename).
+fn staging_dir(ctx: &SharedCtx) -> PathBuf {
+    ctx.config.images_dir().join("staging")
 }
 
 // ---------------------------------------------------------------- export
@@ -347,8 +352,8 @@ pub fn receive<R: Read>(
     let (mut chunks, mut referenced) = (0u64, 0u64);
     let mut holdings: Option<HeldChunks> = None;
     let assembled = std::thread::scope(|s| -> Result<Assembled, BundleError> {
-        // Verified chunks are staged on a thread of their own while the next one is read,
-        // decompressed and hashed.
+        // Verified chunks go to the stager on a thread of their own while the next one is
+        // read, decompressed and hashed.
         let (tx, rx) = std::sync::mpsc::sync_channel::<vdc_bundle::Chunk>(2);
         let writer = stager.map(|mut st| {
             s.spawn(move || {
@@ -1524,7 +1529,7 @@ pub async fn receive_body(
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let trusted = ctx.trusted_keys.clone();
     let stage = stage.then(|| {
-        let (chunks, staging, blobs) = (chunk_dir(ctx), ctx.config.images_dir().join("staging"), ctx.blobs.clone());
+        let (chunks, staging, blobs) = (chunk_dir(ctx), staging_dir(ctx), ctx.blobs.clone());
         move |m: &Manifest| Stager::new(m, &chunks, &staging, |sha| blobs.local_path(sha).is_some_and(|p| p.exists()))
     });
     let (c, account, handle) = (ctx.clone(), caller.account_id.clone(), tokio::runtime::Handle::current());
@@ -1603,8 +1608,9 @@ fn blobs_to_store<'a>(m: &'a Manifest, d: &Decision, maps: &Maps) -> Vec<(String
     out
 }
 
-/// Stores each blob the import needs from the staged chunks (checked against its hash
-/// again); a blob the store has already is not written twice.
+/// Stores each blob the import needs: assembled as the bundle arrived, or else from its
+/// staged chunks (checked against its hash again); a blob the store has already is not
+/// written twice.
 async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -> ApiResult<()> {
     let mut done = HashSet::new();
     for (what, blob) in blobs_to_store(&r.manifest, d, maps) {
@@ -1616,7 +1622,7 @@ async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -
             ctx.blobs.put(&blob.sha256, p).await.map_err(ApiError::internal)?;
             continue;
         }
-        let staging = ctx.config.images_dir().join("staging");
+        let staging = staging_dir(ctx);
         let chunks = chunk_dir(ctx);
         let tmp = staging.join(format!("bundle-{}-{}", blob.sha256, rand::random::<u32>()));
         // The staged chunks read direct, one after the other; written and hashed on
