@@ -3,7 +3,7 @@
 mod exec;
 
 use crate::error::CliError;
-use crate::output::OutputFormat;
+use crate::output::{OutputArg, OutputFormat};
 use crate::parse::{parse_checksum, parse_memory_mib, parse_rule_arg, parse_size_bytes, parse_size_mib, RuleArg};
 use crate::resolve::Ref;
 use clap::{ArgGroup, Args, Parser, Subcommand};
@@ -40,9 +40,10 @@ pub struct Cli {
 
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// Output format
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table, global = true)]
-    pub output: OutputFormat,
+    /// Output format: table, json or yaml (for `vdc bundle export`, a FILE to write the
+    /// bundle to, as --out)
+    #[arg(short, long, value_name = "FORMAT", default_value = "table", value_parser = OutputArg::parse, global = true)]
+    pub output: OutputArg,
     /// API server URL, e.g. http://127.0.0.1:9000 [default: $VDC_API, then the config file]
     #[arg(long, value_name = "URL", global = true)]
     pub api: Option<String>,
@@ -1094,8 +1095,8 @@ pub enum BundleCmd {
     Key,
     /// Export the account's VDC as a signed bundle
     Export {
-        /// Where to write it (default: vdc-<time>.bundle in the current directory).
-        /// `--out`, as the global `--output` names the output format
+        /// Where to write it (default: vdc-<time>.bundle in the current directory);
+        /// `--output FILE` says the same
         #[arg(short = 'O', long = "out", value_name = "FILE")]
         out: Option<std::path::PathBuf>,
         /// Only the model: no data (no images' data, instances' disks or volumes' data)
@@ -1196,9 +1197,19 @@ mod tests {
     #[test]
     fn global_flags_go_anywhere() {
         let cli = parse(&["instance", "list", "-o", "json", "--api", "http://x:1"]).unwrap();
-        assert_eq!(cli.global.output, OutputFormat::Json);
+        assert_eq!(cli.global.output, OutputArg::Format(OutputFormat::Json));
         assert_eq!(cli.global.api.as_deref(), Some("http://x:1"));
         assert!(matches!(cli.command, Command::Instance(InstanceCmd::List { .. })));
+    }
+
+    #[test]
+    fn output_names_a_format_or_the_bundle_file() {
+        let cli = parse(&["bundle", "export", "--output", "my.bundle"]).unwrap();
+        assert_eq!(cli.global.output, OutputArg::File("my.bundle".into()));
+        let cli = parse(&["-o", "YAML", "bundle", "export", "--out", "b"]).unwrap();
+        assert_eq!(cli.global.output, OutputArg::Format(OutputFormat::Yaml));
+        assert!(matches!(cli.command, Command::Bundle(BundleCmd::Export { out: Some(_), .. })));
+        assert!(parse(&["instance", "list", "--output="]).is_err());
     }
 
     #[test]

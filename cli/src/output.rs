@@ -17,6 +17,28 @@ pub enum OutputFormat {
     Yaml,
 }
 
+/// What `--output` names: a format, or (only for `vdc bundle export`, whose file the
+/// bundle spec calls `--output FILE`) a file. One flag with two meanings because clap
+/// cannot give a subcommand its own `--output` beside the global one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputArg {
+    Format(OutputFormat),
+    File(std::path::PathBuf),
+}
+
+impl OutputArg {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        use clap::ValueEnum;
+        if s.is_empty() {
+            return Err("give a format (table, json, yaml), or for `vdc bundle export` a file".into());
+        }
+        Ok(match OutputFormat::from_str(s, true) {
+            Ok(f) => OutputArg::Format(f),
+            Err(_) => OutputArg::File(s.into()),
+        })
+    }
+}
+
 /// How a resource shows as a row of a list and as a FIELD/VALUE table.
 pub trait Tabular {
     fn headers() -> &'static [&'static str];

@@ -6,7 +6,7 @@ use std::path::Path;
 use vdc_cli::client::Client;
 use vdc_cli::commands::{self, Cli, GlobalArgs};
 use vdc_cli::error::CliError;
-use vdc_cli::output::OutputFormat;
+use vdc_cli::output::{OutputArg, OutputFormat};
 use vdc_schema::api::*;
 use vdc_tests::{on_both_databases, Db, Stack, StackOptions};
 
@@ -22,7 +22,11 @@ async fn vdc(c: &Client, args: &[&str]) -> Result<(), CliError> {
     let cli = Cli::try_parse_from(std::iter::once("vdc").chain(args.iter().copied()))
         .unwrap_or_else(|e| panic!("vdc {}: {e}", args.join(" ")));
     let global = GlobalArgs {
-        output: OutputFormat::Json,
+        // JSON unless the command names a file there (`vdc bundle export --output FILE`).
+        output: match cli.global.output {
+            OutputArg::File(f) => OutputArg::File(f),
+            OutputArg::Format(_) => OutputArg::Format(OutputFormat::Json),
+        },
         api: Some(c.base_url().to_string()),
         token: Some(c.token().to_string()),
         account: None,
@@ -325,7 +329,10 @@ async fn vdc_bundle_exports_plans_and_imports(db: Db) {
     ok(&src, &["network", "create", "back", "--cidr", "10.72.0.0/24"]).await;
     let file2 = dir.path().join("vdc2.bundle");
     let f2 = file2.to_str().unwrap();
-    ok(&src, &["bundle", "export", "-O", f2]).await;
+    ok(&src, &["bundle", "export", "--output", f2]).await;
+    assert!(file2.exists());
+    let why = vdc(&src, &["network", "list", "--output", f2]).await.unwrap_err().report();
+    assert!(why.contains("table, json or yaml"), "{why}");
     let config = dir.path().join("config.toml");
     vdc_cli::config::save(&config, &vdc_cli::config::CliConfig::new(s.url(), dst.token())).unwrap();
     let run = |args: Vec<String>| {

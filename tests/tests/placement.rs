@@ -428,7 +428,7 @@ async fn vdc(c: &Client, args: &[&str]) -> Result<(), vdc_cli::error::CliError> 
     let cli = Cli::try_parse_from(std::iter::once("vdc").chain(args.iter().copied()))
         .unwrap_or_else(|e| panic!("vdc {}: {e}", args.join(" ")));
     let global = GlobalArgs {
-        output: vdc_cli::output::OutputFormat::Json,
+        output: vdc_cli::output::OutputArg::Format(vdc_cli::output::OutputFormat::Json),
         api: Some(c.base_url().to_string()),
         token: Some(c.token().to_string()),
         account: None,

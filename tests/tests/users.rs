@@ -294,7 +294,7 @@ async fn vdc(c: &Client, args: &[&str]) -> Result<(), CliError> {
     let mut global = cli.global.clone();
     global.api = Some(c.base_url().to_string());
     global.token = Some(c.token().to_string());
-    global.output = vdc_cli::output::OutputFormat::Json;
+    global.output = vdc_cli::output::OutputArg::Format(vdc_cli::output::OutputFormat::Json);
     commands::run(&global, cli.command).await
 }
 

@@ -25,7 +25,24 @@ struct Ctx {
     wait_timeout: Duration,
 }
 
-pub(super) async fn run(global: &GlobalArgs, command: Command) -> Result<(), CliError> {
+pub(super) async fn run(global: &GlobalArgs, mut command: Command) -> Result<(), CliError> {
+    let format = match (&global.output, &mut command) {
+        (OutputArg::Format(f), _) => *f,
+        (OutputArg::File(p), Command::Bundle(BundleCmd::Export { out, .. })) => {
+            if out.is_some() {
+                return Err(CliError::usage("name the bundle's file once: --output FILE or --out FILE"));
+            }
+            *out = Some(p.clone());
+            OutputFormat::Table
+        }
+        (OutputArg::File(p), _) => {
+            return Err(CliError::usage(format!(
+                "--output {}: the output format is table, json or yaml (only `vdc bundle export` \
+                 takes a file there)",
+                p.display()
+            )))
+        }
+    };
     match command {
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -67,7 +84,7 @@ pub(super) async fn run(global: &GlobalArgs, command: Command) -> Result<(), Cli
     let ctx = Ctx {
         client: Client::new(ep.api, ep.token),
         account: ep.account,
-        format: global.output,
+        format,
         wait_timeout: Duration::from_secs(global.wait_timeout),
     };
     match command {
@@ -1505,7 +1522,7 @@ mod tests {
 
     fn global(api: &str) -> GlobalArgs {
         GlobalArgs {
-            output: OutputFormat::Table,
+            output: OutputArg::Format(OutputFormat::Table),
             api: Some(api.to_string()),
             token: Some("t".into()),
             account: None,
