@@ -21,6 +21,7 @@ on_both_databases!(
     floating_ip_associations,
     terminate_attach,
     image_delete_instance_create,
+    image_delete_same_bytes_upload,
     instance_actions,
     creates_fill_an_overcommitted_host,
     capture_start_terminate,
@@ -599,6 +600,77 @@ async fn image_delete_instance_create(db: Db) {
             }
         }
     }
+    s.stop().await;
+}
+
+fn raw_image(name: &str) -> CreateImage {
+    CreateImage {
+        name: name.into(),
+        format: ImageFormat::Raw,
+        arch: Arch::X86_64,
+        hypervisors: vec![HypervisorKind::Qemu],
+        source: None,
+        checksum: None,
+        initrd: None,
+        kernel_cmdline: None,
+        boot_mode: Default::default(),
+        kernel_id: None,
+        min_disk: None,
+        min_memory: None,
+        os: None,
+        public: false,
+        default_user: None,
+    }
+}
+
+/// The last image of some bytes deleted while other images upload the same bytes: the
+/// blob is content-addressed, so the delete must not take the file the uploads keep
+/// (nor leave one no image holds). Every upload ends `available` with its data stored.
+async fn image_delete_same_bytes_upload(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let c = s.account("bytes").await;
+    let store = s.opts.images.dir.clone().expect("the harness sets it");
+    let (blobs, trash) = (store.join("blobs/sha256"), store.join("blobs/trash"));
+    for round in 0..8 {
+        let data: Vec<u8> =
+            (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(round as u32) >> 13) as u8).collect();
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+        let old = c.create_image(&raw_image(&format!("old{round}"))).await.unwrap();
+        assert_eq!(c.upload_image(&old.id, data.clone()).await.unwrap().state, ImageState::Available);
+        let mut new = Vec::new();
+        for i in 0..16 {
+            new.push(c.create_image(&raw_image(&format!("new{round}-{i}"))).await.unwrap().id);
+        }
+        // Spread over the moment of the delete: some store the bytes before it counts
+        // the blob's users, some while it removes the blob, some after. An upload takes
+        // 50-180 ms here (debug build, the format probed), so the rounds move the delete
+        // across that time.
+        let uploads = new.iter().enumerate().map(|(i, id)| {
+            let (c, id, data) = (c.clone(), id.clone(), data.clone());
+            async move {
+                tokio::time::sleep(Duration::from_millis(3 * i as u64)).await;
+                c.upload_image(&id, data).await
+            }
+        });
+        let delete = async {
+            tokio::time::sleep(Duration::from_millis(30 + 15 * round as u64)).await;
+            c.delete_image(&old.id).await
+        };
+        let (deleted, uploaded) = tokio::join!(delete, join_all(uploads));
+        deleted.expect("the old image is nobody's to keep");
+        for u in uploaded {
+            assert_eq!(u.expect("an upload of bytes being deleted").state, ImageState::Available, "round {round}");
+        }
+        let kept = std::fs::read(blobs.join(&sha)).unwrap_or_else(|e| panic!("round {round}: the blob is gone: {e}"));
+        assert!(kept == data, "round {round}: the stored blob holds the uploaded bytes");
+        for id in &new {
+            c.delete_image(id).await.unwrap();
+        }
+        assert!(!blobs.join(&sha).exists(), "round {round}: the last image's delete takes the blob");
+    }
+    eventually(Duration::from_secs(10), || async { std::fs::read_dir(&trash).ok()?.next().is_none().then_some(()) })
+        .await
+        .expect("deleted blobs are unlinked");
     s.stop().await;
 }
 
