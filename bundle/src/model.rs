@@ -10,6 +10,9 @@ use vdc_schema::state::{Arch, BootMode, Direction, HypervisorKind, ImageFormat, 
 /// instances' root disks and volumes' data, and whether an instance was stopped: a
 /// version-1 reader would silently drop them, so it is told to upgrade instead.
 pub const FORMAT_VERSION: u32 = 2;
+
+/// Volumes attached to one instance at most (as vdc allows).
+pub const MAX_VOLUMES_PER_INSTANCE: usize = 16;
 /// The largest uncompressed chunk.
 pub const CHUNK_SIZE: usize = 4 << 20;
 
@@ -193,6 +196,11 @@ pub struct Volume {
     /// `raw` or `qcow2`, as for an instance's root disk. Given exactly when `data` is.
     #[serde(default)]
     pub data_format: Option<ImageFormat>,
+    /// The instance (bundle ID) it is attached to. Left out when it is attached to none,
+    /// so a bundle without attachments reads as before; a reader that does not know the
+    /// field refuses a bundle that has one (unknown fields are refused), never drops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_to: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -536,12 +544,30 @@ impl Manifest {
             }
             disk_format(&from, "root disk", i.root_disk.is_some(), i.root_disk_format)?;
         }
+        let mut attached: HashMap<&str, usize> = HashMap::new();
         for v in &m.volumes {
             check_name("volume", &v.name)?;
             if let Some(b) = &v.data {
                 blob(format!("volume {}", v.id), b)?;
             }
             disk_format(&format!("volume {}", v.id), "data", v.data.is_some(), v.data_format)?;
+            if let Some(i) = &v.attached_to {
+                let from = format!("volume {}", v.id);
+                resolves(&instances, &from, "instance", i)?;
+                // Volumes are virtio disks: a container has none (vdc refuses the attach).
+                if m.instances.iter().any(|x| &x.id == i && x.hypervisor == HypervisorKind::Lxc) {
+                    return Err(BundleError::InvalidManifest(format!(
+                        "{from} is attached to instance {i}, an lxc container, which takes no volumes"
+                    )));
+                }
+                let n = attached.entry(i.as_str()).or_insert(0);
+                *n += 1;
+                if *n > MAX_VOLUMES_PER_INSTANCE {
+                    return Err(BundleError::InvalidManifest(format!(
+                        "instance {i} has more than {MAX_VOLUMES_PER_INSTANCE} volumes attached"
+                    )));
+                }
+            }
         }
         for f in &m.floating_ips {
             if let Some(i) = &f.instance {

@@ -236,6 +236,24 @@ fn signed_but_malformed_manifests_are_refused() {
         resign(&key, |m| m.model.instances[0].interfaces[0].network = "nw-x".into()),
         "bundle_dangling_reference"
     );
+    // Attachments: to an instance of the bundle, never a container, at most 16 to one.
+    let volume = |n: usize, to: &str| Volume {
+        id: format!("vol-{n}"),
+        name: format!("v{n}"),
+        size_mib: 1,
+        data: None,
+        data_format: None,
+        attached_to: Some(to.into()),
+    };
+    assert_eq!(resign(&key, |m| m.model.volumes.push(volume(1, "i-1"))), "accepted");
+    assert_eq!(resign(&key, |m| m.model.volumes.push(volume(1, "i-x"))), "bundle_dangling_reference");
+    let lxc = |m: &mut Manifest| {
+        m.model.instances[0].hypervisor = HypervisorKind::Lxc;
+        m.model.volumes.push(volume(1, "i-1"))
+    };
+    assert_eq!(resign(&key, lxc), "bundle_invalid_manifest");
+    assert_eq!(resign(&key, |m| m.model.volumes.extend((0..16).map(|n| volume(n, "i-1")))), "accepted");
+    assert_eq!(resign(&key, |m| m.model.volumes.extend((0..17).map(|n| volume(n, "i-1")))), "bundle_invalid_manifest");
     assert_eq!(
         resign(&key, |m| {
             let n = m.model.networks[0].clone();

@@ -24,6 +24,7 @@ on_both_databases!(
     a_model_only_bundle_boots_on_the_accounts_own_images,
     disks_volumes_stopped_instances_and_floating_ips_travel,
     a_newer_bundle_updates_the_import_and_prunes_only_when_asked,
+    volume_attachments_travel_and_follow_updates,
     ten_concurrent_imports_of_an_update_apply_it_once,
     a_push_sends_only_the_chunks_the_target_lacks,
     a_push_never_resolves_what_the_account_does_not_hold,
@@ -936,6 +937,111 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
     let skip = maps(&["volumes=skip", "floating_ips=skip"]);
     assert!(other.import_bundle(bytes, &skip).await.unwrap().created);
     assert_eq!(count(other.clone()).await, (3, 0, 0, 4));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Waits until volume `id` is attached to `to` (and says where it is when it is not).
+async fn wait_attached(c: &Client, id: &VolumeId, to: &InstanceId) {
+    let mut v = c.get_volume(id).await.unwrap();
+    for _ in 0..300 {
+        if v.state == VolumeState::Attached && v.instance_id.as_ref() == Some(to) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        v = c.get_volume(id).await.unwrap();
+    }
+    panic!("volume {} is {} on {:?}, not attached to {to}", v.name, v.state, v.instance_id);
+}
+
+/// A volume attached on A is attached on B to the instance made of the same one, once
+/// its data is in; a newer bundle moves attachments (detached, then attached where A
+/// has them); an attachment B made to an instance of its own is B's and stays.
+async fn volume_attachments_travel_and_follow_updates(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    let net = ca
+        .create_network(&CreateNetwork {
+            name: "net".into(),
+            cidr: "10.90.0.0/24".into(),
+            gateway: None,
+            dhcp_start: None,
+            dhcp_end: None,
+        })
+        .await
+        .unwrap();
+    let img = raw_image(&ca, "disk", noise(100_000, 7)).await;
+    running(&ca, "vm1", &img, &net.id, vec![]).await;
+    running(&ca, "vm2", &img, &net.id, vec![]).await;
+    let (vm1, vm2) = (live_instance(&ca, "vm1").await, live_instance(&ca, "vm2").await);
+    let volume = |name: &str| CreateVolume { name: name.into(), size_mib: Some(4), snapshot_id: None, image_id: None };
+    let data = ca.create_volume(&volume("data")).await.unwrap().resource;
+    let loose = ca.create_volume(&volume("loose")).await.unwrap().resource;
+    wait_volume(&ca, &data.id).await;
+    wait_volume(&ca, &loose.id).await;
+    ca.attach_volume(&data.id, &vm1.id).await.unwrap();
+    wait_attached(&ca, &data.id, &vm1.id).await;
+
+    let bytes = export(&ca).await;
+    let (m, _) = open(&bytes, &site_key(&a));
+    let attached: Vec<(String, Option<String>)> =
+        m.model.volumes.iter().map(|v| (v.name.clone(), v.attached_to.clone())).collect();
+    assert!(attached.contains(&("data".into(), Some(vm1.id.to_string()))), "{attached:?}");
+    assert!(attached.contains(&("loose".into(), None)), "{attached:?}");
+
+    let cb = b.account("tenant").await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let note = plan.creates.iter().find(|c| c.kind == "volume" && c.name == "data").unwrap().note.clone();
+    assert_eq!(note.as_deref(), Some("attached to vm1 once its data is in"));
+    assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
+    let vol = |c: Client, name: &'static str| async move {
+        c.list_all_volumes().await.unwrap().into_iter().find(|v| v.name == name).unwrap()
+    };
+    let (b_data, b_loose) = (vol(cb.clone(), "data").await, vol(cb.clone(), "loose").await);
+    let (b_vm1, b_vm2) = (live_instance(&cb, "vm1").await, live_instance(&cb, "vm2").await);
+    wait_attached(&cb, &b_data.id, &b_vm1.id).await;
+    assert_eq!(wait_volume(&cb, &b_loose.id).await.instance_id, None, "loose stays loose");
+
+    // On A: data moves to vm2, loose goes to vm1. The plan of B says so; the import does it.
+    ca.detach_volume(&data.id).await.unwrap();
+    wait_volume(&ca, &data.id).await;
+    ca.attach_volume(&data.id, &vm2.id).await.unwrap();
+    ca.attach_volume(&loose.id, &vm1.id).await.unwrap();
+    wait_attached(&ca, &data.id, &vm2.id).await;
+    wait_attached(&ca, &loose.id, &vm1.id).await;
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    let mut updates: Vec<(String, String)> =
+        plan.updates.iter().filter(|c| c.kind == "volume").map(|c| (c.name.clone(), c.detail.clone())).collect();
+    updates.sort();
+    assert_eq!(
+        updates,
+        vec![("data".into(), "attachment: vm1 → vm2".into()), ("loose".into(), "attached to vm1".into())]
+    );
+    assert!(cb.import_bundle(bytes.clone(), &[]).await.unwrap().created);
+    wait_attached(&cb, &b_data.id, &b_vm2.id).await;
+    wait_attached(&cb, &b_loose.id, &b_vm1.id).await;
+    // Again: nothing moves.
+    assert!(!cb.import_bundle(bytes, &[]).await.unwrap().created);
+
+    // B moves loose to an instance of its own; A's next state (loose detached) leaves it
+    // there: what B attached to its own instance is B's.
+    running(&cb, "mine", &b_vm1.image_id, &b_vm1.interfaces[0].network_id, vec![]).await;
+    let mine = live_instance(&cb, "mine").await;
+    cb.detach_volume(&b_loose.id).await.unwrap();
+    wait_volume(&cb, &b_loose.id).await;
+    cb.attach_volume(&b_loose.id, &mine.id).await.unwrap();
+    wait_attached(&cb, &b_loose.id, &mine.id).await;
+    ca.detach_volume(&loose.id).await.unwrap();
+    wait_volume(&ca, &loose.id).await;
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert!(plan.updates.iter().all(|c| c.kind != "volume"), "{:?}", plan.updates);
+    assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    wait_attached(&cb, &b_loose.id, &mine.id).await;
+    wait_attached(&cb, &b_data.id, &b_vm2.id).await;
     a.stop().await;
     b.stop().await;
 }

@@ -345,8 +345,16 @@ fn model(key: &SigningKey, with_data: bool) -> (Manifest, BTreeMap<String, Vec<u
                     size_mib: 1,
                     data_format: vol_blob.as_ref().map(|_| ImageFormat::Raw),
                     data: vol_blob,
+                    attached_to: Some("i-db".into()),
                 },
-                Volume { id: "vol-empty".into(), name: "scratch".into(), size_mib: 8, data: None, data_format: None },
+                Volume {
+                    id: "vol-empty".into(),
+                    name: "scratch".into(),
+                    size_mib: 8,
+                    data: None,
+                    data_format: None,
+                    attached_to: None,
+                },
             ],
             floating_ips: vec![
                 FloatingIp { id: "fip-web".into(), instance: Some("i-web".into()) },
@@ -818,7 +826,11 @@ fn mutate_manifest(c: &Corpus, s: &Seed, r: &mut Rng) -> (String, Vec<u8>, Want)
         4 | 5 => {
             let md = &mut m.model;
             let gone = "zz-gone".to_owned();
-            let what = match r.below(12) {
+            let what = match r.below(13) {
+                12 => {
+                    md.volumes[0].attached_to = Some(gone);
+                    "volume → missing instance"
+                }
                 0 => {
                     md.instances[0].image = gone;
                     "instance → missing image"

@@ -235,7 +235,9 @@ async fn build_manifest(
             Some((sha, format)) => (Some(blobs.add(ctx, sha).await?), Some(*format)),
             None => (None, None),
         };
-        m.volumes.push(vdc_bundle::Volume { id: v.0, name: v.1, size_mib: v.2 as u64, data, data_format });
+        // Attached to an instance the bundle holds (a live one: the snapshot's instances).
+        let attached_to = v.3.filter(|i| m.instances.iter().any(|x| &x.id == i));
+        m.volumes.push(vdc_bundle::Volume { id: v.0, name: v.1, size_mib: v.2 as u64, data, data_format, attached_to });
     }
     for f in s.floating_ips {
         m.floating_ips.push(vdc_bundle::FloatingIp { id: f.0, instance: f.1 });
@@ -595,6 +597,9 @@ pub struct Decision {
     pub first_vifs: HashMap<String, String>,
     /// The entries of the earlier map the updated import keeps.
     pub carry: BTreeMap<String, String>,
+    /// Kept volumes attached elsewhere than the bundle says: (volume here, detached from
+    /// the import's instance it is on here, the instance (bundle ID) to attach it to).
+    pub volume_moves: Vec<(String, bool, Option<String>)>,
 }
 
 fn conflict(code: &str, message: String, resolve: Option<String>) -> BundleConflict {
@@ -881,7 +886,15 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                     ));
                 }
                 d.kept.insert(v.id.clone(), t.clone());
-                d.unchanged.push(c("the data here is the volume's own: a bundle fills only a new volume".into()));
+                match attachment_change(m, &d, v, h_instance(&have, &t)) {
+                    Some((detail, detach, attach)) => {
+                        d.updates.push(c(detail));
+                        d.volume_moves.push((t.clone(), detach, attach));
+                    }
+                    None => d
+                        .unchanged
+                        .push(c("the data here is the volume's own: a bundle fills only a new volume".into())),
+                }
                 continue;
             }
             // Its data arrives as a private raw image the volume is filled from.
@@ -901,7 +914,8 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                     None,
                 ));
             }
-            name(&mut d, "volume", &v.id, &v.name, None);
+            let on = v.attached_to.as_ref().and_then(|i| m.model.instances.iter().find(|x| &x.id == i));
+            name(&mut d, "volume", &v.id, &v.name, on.map(|i| format!("attached to {} once its data is in", i.name)));
         }
     }
     if !m.model.floating_ips.is_empty() && !maps.skip_floating_ips {
@@ -1089,6 +1103,36 @@ impl<'a> Have<'a> {
     fn here(d: &Decision, id: &str) -> String {
         d.kept.get(id).cloned().unwrap_or_else(|| format!("new:{id}"))
     }
+}
+
+/// The instance volume `t` (here) is attached to.
+fn h_instance(have: &Option<Have<'_>>, t: &str) -> Option<String> {
+    have.as_ref()?.volumes.get(t)?.3.clone()
+}
+
+/// How a kept volume's attachment changes: (what the plan says, detach it from the
+/// import's instance it is on here, the instance (bundle ID) to attach it to). An
+/// attachment here to an instance the import did not make is the site's own: kept.
+fn attachment_change(
+    m: &Manifest,
+    d: &Decision,
+    v: &vdc_bundle::Volume,
+    here: Option<String>,
+) -> Option<(String, bool, Option<String>)> {
+    let of_import = |h: &str| m.model.instances.iter().find(|i| d.kept.get(&i.id).is_some_and(|k| k == h));
+    let now = match &here {
+        Some(h) => Some(of_import(h)?),
+        None => None,
+    };
+    let want = v.attached_to.as_ref().and_then(|i| m.model.instances.iter().find(|x| &x.id == i));
+    let detail = match (now, want) {
+        (Some(a), Some(b)) if a.id == b.id => return None,
+        (None, None) => return None,
+        (Some(a), Some(b)) => format!("attachment: {} → {}", a.name, b.name),
+        (Some(a), None) => format!("detached from {}", a.name),
+        (None, Some(b)) => format!("attached to {}", b.name),
+    };
+    Some((detail, now.is_some(), want.map(|w| w.id.clone())))
 }
 
 fn change<'x>(kind: &'x str, bundle_id: &'x str, id: &'x str, name: &'x str) -> impl Fn(String) -> BundleChange + 'x {
@@ -1668,8 +1712,9 @@ async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -
 }
 
 enum Applied {
-    /// Made, with the work to send and the prunes to carry out once committed.
-    Created(BundleImport, Vec<Work>, Vec<(String, String)>),
+    /// Made, with the work to send, the prunes to carry out once committed, and the
+    /// volumes to detach (true) and attach where the import asked.
+    Created(BundleImport, Vec<Work>, Vec<(String, String)>, Vec<(String, bool)>),
     Found(BundleImport),
 }
 
@@ -1712,11 +1757,12 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
     unstage(ctx, &r.manifest);
     match applied {
         Applied::Found(i) => Ok(BundleImported { import: i, created: false }),
-        Applied::Created(i, work, prunes) => {
+        Applied::Created(i, work, prunes, moves) => {
             for w in work {
                 ctx.enqueue(w);
             }
             prune(ctx, caller, &prunes).await;
+            move_volumes(ctx, caller, &moves).await;
             tracing::info!(import = %i.id, objects = i.id_map.len(), ?stored_in, ?applied_in, "bundle imported");
             Ok(BundleImported { import: i, created: true })
         }
@@ -1757,6 +1803,23 @@ async fn prune(ctx: &SharedCtx, caller: &Caller, prunes: &[(String, String)]) {
                     tracing::warn!(kind, id = %id, error = %e, "bundle import: prune failed; the next import with --prune tries again")
                 }
             }
+        }
+    }
+}
+
+/// Kept volumes attached elsewhere by the update: detached from the import's instance
+/// they are on, then attached where the bundle has them (now when already available,
+/// else once detached: `app::volume::attach_asked`). A failure is logged.
+async fn move_volumes(ctx: &SharedCtx, caller: &Caller, moves: &[(String, bool)]) {
+    for (id, detach) in moves {
+        let Ok(v) = id.parse::<VolumeId>() else { continue };
+        if *detach {
+            if let Err(e) = volume::detach(ctx, caller, &v).await {
+                tracing::warn!(volume = %v, error = %e, "bundle import: detaching a volume the bundle moved");
+            }
+        }
+        if let Err(e) = volume::attach_asked(ctx, &v).await {
+            tracing::warn!(volume = %v, error = %e, "bundle import: attaching a volume the bundle moved");
         }
     }
 }
@@ -2115,6 +2178,11 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         }
     }
     if !maps.skip_volumes {
+        for (vol, _, to) in &d.volume_moves {
+            if let Some(i) = to.as_ref().and_then(|i| instance_here(&created, &d, i)) {
+                vstore::set_attach_to(&mut tx, vol, &i).await?;
+            }
+        }
         for v in m.model.volumes.iter().filter(|v| !d.kept.contains_key(&v.id)) {
             let image = match &v.data {
                 Some(blob) => {
@@ -2145,6 +2213,10 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
             )
             .await?;
             job::start(&mut tx, account, "volume.create", id.as_str(), "available").await?;
+            // Attached as soon as its data is in (`app::volume::attach_asked`).
+            if let Some(i) = v.attached_to.as_ref().and_then(|i| instance_here(&created, &d, i)) {
+                vstore::set_attach_to(&mut tx, id.as_str(), &i).await?;
+            }
             ids.insert(v.id.clone(), id.to_string());
             work.push(Work::Volume(id));
         }
@@ -2179,7 +2251,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         store::update_import(&mut tx, &import, &m.source.exported_at).await?;
         tx.commit().await?;
         ctx.events.wake();
-        return Ok(Applied::Created(import, work, after_commit(&d)));
+        return Ok(Applied::Created(import, work, after_commit(&d), moves(&d)));
     }
     let import = BundleImport {
         id: BundleImportId::generate(),
@@ -2194,7 +2266,17 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     store::insert_import(&mut tx, account, &import, &m.source.exported_at).await?;
     tx.commit().await?;
     ctx.events.wake();
-    Ok(Applied::Created(import, work, after_commit(&d)))
+    Ok(Applied::Created(import, work, after_commit(&d), moves(&d)))
+}
+
+/// The ID here of instance `id` of the bundle: made by this import, or kept.
+fn instance_here(created: &HashMap<String, (InstanceId, Option<String>)>, d: &Decision, id: &str) -> Option<String> {
+    created.get(id).map(|c| c.0.to_string()).or_else(|| d.kept.get(id).cloned())
+}
+
+/// Kept volumes whose attachment changes: (volume here, detach it first).
+fn moves(d: &Decision) -> Vec<(String, bool)> {
+    d.volume_moves.iter().map(|(v, detach, _)| (v.clone(), *detach)).collect()
 }
 
 /// The prunes that are API actions of their own: terminate, release, delete.
@@ -2381,6 +2463,7 @@ mod tests {
             size_mib: 0,
             data: None,
             data_format: None,
+            attached_to: None,
         });
         let mut e = existing();
         e.names.clear();

@@ -296,6 +296,7 @@ mod tests {
             .map(|(i, cs)| {
                 let whole: Vec<u8> = cs.iter().flat_map(|c| c.data.clone()).collect();
                 Volume {
+                    attached_to: None,
                     id: format!("vol-{i}"),
                     name: format!("v{i}"),
                     size_mib: 1,

@@ -19,6 +19,7 @@ use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::job;
 use crate::datastore::{self as db, snapshot as snapshots, volume as store};
 use crate::error::{ApiError, ApiResult};
+use tracing::Instrument;
 use vdc_schema::api::{Accepted, AttachVolume, CreateVolume, ExtendVolume, ListQuery, Page, QuotaKey, Volume};
 use vdc_schema::id::*;
 use vdc_schema::{InstanceState, ObservedStorage, VolumeState};
@@ -270,6 +271,24 @@ pub async fn attach(
         ctx.enqueue(Work::Instance(inst_id));
     }
     Ok((outcome, accepted))
+}
+
+/// Attaches volume `id` where a bundle import asked (`attach_to`), once it is available:
+/// its data filled, or detached from where it was. Tried once; a refusal (the instance
+/// gone, a container, too many volumes) is logged and the ask dropped.
+pub async fn attach_asked(ctx: &SharedCtx, id: &VolumeId) -> ApiResult<()> {
+    let Some((account, instance)) = store::attach_to(&ctx.db, id.as_str()).await? else { return Ok(()) };
+    let (Ok(account), Ok(instance_id)) = (account.parse::<AccountId>(), instance.parse::<InstanceId>()) else {
+        return Err(ApiError::internal(format!("volume {id}: attach_to {instance} of account {account}")));
+    };
+    let span = tracing::info_span!("attach_asked", volume = %id, instance = %instance_id);
+    let caller = Caller::system(account);
+    match attach(ctx, &caller, id, AttachVolume { instance_id }).instrument(span.clone()).await {
+        Ok(_) => span.in_scope(|| tracing::info!("attached as the bundle import asked")),
+        Err(e) => span.in_scope(|| tracing::warn!(error = %e, "the attach a bundle import asked was refused")),
+    }
+    store::clear_attach_to(&ctx.db, id.as_str(), &instance).await?;
+    Ok(())
 }
 
 pub async fn detach(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResult<(Outcome, Accepted<Volume>)> {

@@ -212,7 +212,11 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
         }
     }
     for v in detached {
-        // Detached from the guest: sta can withdraw the export now.
+        // Detached from the guest: attached where a bundle import moved it, if it did.
+        if let Err(e) = crate::app::volume::attach_asked(ctx, &v).await {
+            tracing::warn!(volume = %v, error = %e, "attaching a detached volume where an import asked");
+        }
+        // sta can withdraw the export now.
         ctx.enqueue(Work::Volume(v));
     }
     Ok(())

@@ -61,6 +61,15 @@ pub async fn pass(ctx: &SharedCtx) -> Result<usize, sqlx::Error> {
             }
         }
     }
+    // Attaches a bundle import asked for whose moment passed while no dcmgr was there to
+    // do them (one stopped between the volume's report and the attach).
+    for id in crate::datastore::volume::with_attach_to(&ctx.db).await? {
+        if let Ok(v) = id.parse() {
+            if let Err(e) = crate::app::volume::attach_asked(ctx, &v).await {
+                tracing::warn!(volume = %id, error = %e, "attaching a volume where an import asked");
+            }
+        }
+    }
     for (id, node) in crate::datastore::snapshot::unconverged(&ctx.db, before).await? {
         if ctx.agent_online(AgentKind::Sta, &node) {
             if let Ok(s) = id.parse() {

@@ -79,6 +79,14 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
     }
     tx.commit().await?;
     ctx.events.wake();
+    // Filled, or detached: an attach a bundle import asked for is done now.
+    if new_state == VolumeState::Available && state != VolumeState::Available {
+        if let Ok(id) = row.id.parse::<VolumeId>() {
+            if let Err(e) = crate::app::volume::attach_asked(ctx, &id).await {
+                tracing::warn!(volume = %id, error = %e, "attaching a volume where an import asked");
+            }
+        }
+    }
     // A new export target for an attaching volume goes to hva with the instance spec.
     if target != row.target && matches!(state, VolumeState::Attaching | VolumeState::Attached) {
         if let Some(i) = row.instance_id.as_deref().and_then(|i| i.parse().ok()) {

@@ -290,3 +290,40 @@ pub async fn on_node(pool: &db::Pool, node: &str) -> Result<Vec<(String,)>, sqlx
         .fetch_all(pool)
         .await
 }
+
+/// Asks for volume `id` to be attached to `instance` once it is available (see
+/// migration 0028).
+pub async fn set_attach_to(tx: &mut db::Tx<'_>, id: &str, instance: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE volumes SET attach_to = $1 WHERE id = $2").bind(instance).bind(id).execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// The attach asked for volume `id` while it is available: (account, instance).
+pub async fn attach_to(pool: &db::Pool, id: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT account_id, attach_to FROM volumes WHERE id = $1 AND state = 'available' AND attach_to IS NOT NULL",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Clears the attach asked for volume `id` if it still names `instance`.
+pub async fn clear_attach_to(pool: &db::Pool, id: &str, instance: &str) -> Result<(), sqlx::Error> {
+    let _turn = db::write_turn(pool).await;
+    sqlx::query("UPDATE volumes SET attach_to = NULL WHERE id = $1 AND attach_to = $2")
+        .bind(id)
+        .bind(instance)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Available volumes with an attach asked for (left by a dcmgr that stopped).
+pub async fn with_attach_to(pool: &db::Pool) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM volumes WHERE state = 'available' AND attach_to IS NOT NULL ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
