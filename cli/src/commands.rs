@@ -680,7 +680,7 @@ pub enum NetworkCmd {
 
 /// Rule syntax shown in help.
 const SPEC_HELP: &str = "SPEC is PROTO[:PORTS[:SOURCE]]: PROTO tcp|udp|icmp|any; PORTS 22 or \
-                         1000-2000 (the ICMP type for icmp; empty for all); SOURCE a CIDR or an \
+                         1000-2000 (the ICMP type for icmp; empty for all); SOURCE a CIDR or a \
                          security group's name or ID (default 0.0.0.0/0). Examples: tcp:22, \
                          udp:53:10.0.0.0/8, icmp::web, any";
 
@@ -716,8 +716,10 @@ pub enum SecgroupCmd {
     /// Add a rule to a group
     #[command(after_help = SPEC_HELP)]
     RuleAdd {
+        /// The group (name or ID)
         #[arg(value_name = "SG")]
         sg: Ref<api::SecurityGroup>,
+        /// The rule: PROTO[:PORTS[:SOURCE]], as below
         #[arg(value_name = "SPEC", value_parser = parse_rule_arg)]
         spec: RuleArg,
         /// Outgoing traffic; SOURCE is then the destination
@@ -726,8 +728,10 @@ pub enum SecgroupCmd {
     },
     /// Remove a rule from a group
     RuleDelete {
+        /// The group (name or ID)
         #[arg(value_name = "SG")]
         sg: Ref<api::SecurityGroup>,
+        /// The rule's ID (sgr-…, as `vdc secgroup show` lists them)
         rule_id: RuleId,
     },
 }
