@@ -352,6 +352,8 @@ VOL_A_FILE=$W/sa/sta/volumes/volumes/$(SA volume show data -o json | js 'd["id"]
 [ -f "$VOL_A_FILE" ] || fail "A's volume file $VOL_A_FILE is not there"
 head -c 8M /dev/urandom | dd of="$VOL_A_FILE" bs=1M seek=1 conv=notrunc iflag=fullblock status=none
 VOL_SHA=$(sha256sum <"$VOL_A_FILE" | cut -d' ' -f1)
+# Attached again: the bundle carries the attachment, and B attaches it to its web.
+SA volume attach data web --wait >/dev/null
 SA floating-ip associate "$(SA floating-ip create -o json | js 'd["id"]')" web >/dev/null
 SA bundle export --out "$W/a1.bundle" >/dev/null
 row "site A (vdc up, SQLite): 2 networks, a group admitting by group, QEMU guests, a container, a volume, a FIP; exported"
@@ -377,15 +379,16 @@ if console_has probe "ping ct ok"; then fail "on B, the probe outside ct's admit
 $VDCC network show back >/dev/null || fail "network back did not arrive"
 VOL_B=$($VDCC volume show data -o json | js 'd["id"]')
 volume_is() { [ "$($VDCC volume show "$1" -o json | js 'd["state"]')" = "$2" ]; }
-until_ok 60 volume_is data available || fail "the volume is not available on B"
+until_ok 60 volume_is data attached || fail "the volume is not attached on B ($($VDCC volume show data -o json | js 'd["state"]'))"
+[ "$($VDCC volume show data -o json | js 'd["instance_id"]')" = "$($VDCC instance show web -o json | js 'd["id"]')" ] ||
+  fail "B's volume is not attached to B's web"
 [ "$(sha256sum <"$W/volumes/volumes/$VOL_B.img" | cut -d' ' -f1)" = "$VOL_SHA" ] || fail "B's volume does not hold A's bytes"
-$VDCC volume attach data web --wait >/dev/null
 wait_console web "vdc-guest: disk $($VDCC volume show data -o json | js 'd["id"]') holds vdc-pattern written-by=$WEB_A"
 FIP_B=$($VDCC floating-ip list -o json | js '(d["items"] if isinstance(d, dict) else d)[0]["ip"]')
 [[ $FIP_B == 203.0.113.* ]] || fail "web's floating IP $FIP_B is not from B's pool"
 until_ok 30 ip netns exec "$P-out" ping -c 1 -W 1 "$FIP_B" || fail "web's floating IP $FIP_B does not answer on B"
 VDC=$VDC_SAVE
-row "site B: same hostnames and addresses, the volume holds A's bytes and web's pattern, the group admits/refuses, the FIP answers"
+row "site B: same hostnames and addresses, the volume attached to web holds A's bytes and web's pattern, the group admits/refuses, the FIP answers"
 
 SA instance create extra --image tiny-lxc --hypervisor lxc --memory 64M --network back --wait >/dev/null
 SA secgroup rule-add db "tcp:80:$APP_A" >/dev/null

@@ -464,12 +464,13 @@ async fn hostile_bundles_are_refused_and_create_nothing(db: Db) {
             }
         }
     }
-    // A whole blob's hash the reader cannot check (its chunks are verified one by one;
-    // the blob is their concatenation): the plan passes, the import refuses it when it
-    // assembles the blob, before anything is created.
+    // Chunks that each hash right but do not make the blob the manifest names (a whole
+    // blob's hash, not the reader's to check: the blob is the chunks' concatenation):
+    // the plan hashes each blob as its chunks arrive and refuses it; so does the import,
+    // before anything is created.
     let wrong_blob =
         resigned(&|m| m.model.images.iter_mut().find_map(|i| i.blob.as_mut()).unwrap().sha256 = "ab".repeat(32));
-    cb.plan_bundle(wrong_blob.clone(), &[]).await.unwrap();
+    assert_eq!(api_err(cb.plan_bundle(wrong_blob.clone(), &[]).await), (400, "bundle_chunk_mismatch".into()));
     assert_eq!(api_err(cb.import_bundle(wrong_blob, &[]).await), (400, "bundle_chunk_mismatch".into()));
     // Nothing of any of them was created.
     assert!(cb.list_all_networks().await.unwrap().is_empty());

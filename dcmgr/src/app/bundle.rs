@@ -1572,9 +1572,13 @@ pub async fn receive_body(
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let trusted = ctx.trusted_keys.clone();
-    let stage = stage.then(|| {
-        let (chunks, staging, blobs) = (chunk_dir(ctx), staging_dir(ctx), ctx.blobs.clone());
-        move |m: &Manifest| Stager::new(m, &chunks, &staging, |sha| blobs.local_path(sha).is_some_and(|p| p.exists()))
+    // A plan hashes every blob too, keeping the chunks it needs again in a directory of
+    // its own, removed when it is done.
+    let plan_dir = (!stage).then(|| staging_dir(ctx).join(format!("plan-{:016x}", rand::random::<u64>())));
+    let (chunks, staging, blobs, dir) = (chunk_dir(ctx), staging_dir(ctx), ctx.blobs.clone(), plan_dir.clone());
+    let stage = Some(move |m: &Manifest| match &dir {
+        Some(d) => Stager::verify(m, d),
+        None => Stager::new(m, &chunks, &staging, |sha| blobs.local_path(sha).is_some_and(|p| p.exists())),
     });
     let (c, account, handle) = (ctx.clone(), caller.account_id.clone(), tokio::runtime::Handle::current());
     // Asked on the blocking thread, once, at the first reference frame.
@@ -1583,10 +1587,11 @@ pub async fn receive_body(
             .block_on(held_by(&c, &account, hashes))
             .map_err(|e| BundleError::Io(std::io::Error::other(e.to_string())))
     };
-    let r = tokio::task::spawn_blocking(move || receive(reader, &trusted, stage, held))
-        .await
-        .map_err(ApiError::internal)??;
-    Ok(r)
+    let r = tokio::task::spawn_blocking(move || receive(reader, &trusted, stage, held)).await;
+    if let Some(d) = plan_dir {
+        let _ = tokio::fs::remove_dir_all(d).await;
+    }
+    Ok(r.map_err(ApiError::internal)??)
 }
 
 pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> ApiResult<BundlePlan> {
