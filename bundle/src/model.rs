@@ -3,7 +3,7 @@
 
 use crate::BundleError;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use vdc_schema::state::{Arch, BootMode, Direction, HypervisorKind, ImageFormat, Protocol};
 
 /// The version this code writes. Readers accept every version up to it. Version 2 carries
@@ -173,6 +173,13 @@ pub struct Instance {
     /// version 1 (instances were brought up).
     #[serde(default)]
     pub stopped: bool,
+    /// The zone it was created to run in (a host class of the source). Left out when it
+    /// asked for none, like `host_labels`, so bundles without them read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Labels its host must have (another host class).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -287,6 +294,34 @@ fn check_plain(from: &str, field: &str, v: &str, max: usize, ok: impl Fn(u8) -> 
             v.chars().take(80).collect::<String>()
         )))
     }
+}
+
+/// A zone, a label's key (`key` true: '/' too) or value as vdc takes them: up to 63 of
+/// letters, digits, '.', '_', '-', starting with a letter or digit.
+fn token_ok(v: &str, key: bool) -> bool {
+    v.len() <= 63
+        && v.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') || (key && b == b'/'))
+}
+
+/// Host classes an instance asks for: a zone, and at most 16 labels.
+fn check_host_class(from: &str, i: &Instance) -> Result<(), BundleError> {
+    let bad = |what: String| Err(BundleError::InvalidManifest(format!("{from}: {what} is not valid")));
+    if let Some(z) = &i.zone {
+        if !token_ok(z, false) {
+            return bad(format!("zone {:?}", z.chars().take(80).collect::<String>()));
+        }
+    }
+    if i.host_labels.len() > 16 {
+        return bad(format!("host_labels ({} labels; at most 16)", i.host_labels.len()));
+    }
+    for (k, v) in &i.host_labels {
+        if !token_ok(k, true) || !(v.is_empty() || token_ok(v, false)) {
+            let (k, v): (String, String) = (k.chars().take(80).collect(), v.chars().take(80).collect());
+            return bad(format!("host label {k:?}={v:?}"));
+        }
+    }
+    Ok(())
 }
 
 fn ipv4_char(b: u8) -> bool {
@@ -543,6 +578,7 @@ impl Manifest {
                 blob(format!("the root disk of {from}"), b)?;
             }
             disk_format(&from, "root disk", i.root_disk.is_some(), i.root_disk_format)?;
+            check_host_class(&from, i)?;
         }
         let mut attached: HashMap<&str, usize> = HashMap::new();
         for v in &m.volumes {

@@ -61,6 +61,8 @@ fn model_with_image(key: &SigningKey, data: &[u8]) -> (Manifest, Vec<Vec<u8>>) {
                 root_disk: None,
                 root_disk_format: None,
                 stopped: false,
+                zone: None,
+                host_labels: Default::default(),
             }],
             ..Default::default()
         },
@@ -236,6 +238,23 @@ fn signed_but_malformed_manifests_are_refused() {
         resign(&key, |m| m.model.instances[0].interfaces[0].network = "nw-x".into()),
         "bundle_dangling_reference"
     );
+    // Host classes as vdc takes them.
+    assert_eq!(resign(&key, |m| m.model.instances[0].zone = Some("z-1.a".into())), "accepted");
+    assert_eq!(resign(&key, |m| m.model.instances[0].zone = Some("../x".into())), "bundle_invalid_manifest");
+    assert_eq!(resign(&key, |m| m.model.instances[0].zone = Some(String::new())), "bundle_invalid_manifest");
+    let label = |k: &str, v: &str| {
+        let (k, v) = (k.to_string(), v.to_string());
+        move |m: &mut Manifest| {
+            m.model.instances[0].host_labels.insert(k, v);
+        }
+    };
+    assert_eq!(resign(&key, label("disk/type", "ssd")), "accepted");
+    assert_eq!(resign(&key, label("a,b", "x")), "bundle_invalid_manifest");
+    assert_eq!(resign(&key, label("k", "x=y")), "bundle_invalid_manifest");
+    let many = |m: &mut Manifest| {
+        m.model.instances[0].host_labels = (0..17).map(|n| (format!("k{n}"), String::new())).collect();
+    };
+    assert_eq!(resign(&key, many), "bundle_invalid_manifest");
     // Attachments: to an instance of the bundle, never a container, at most 16 to one.
     let volume = |n: usize, to: &str| Volume {
         id: format!("vol-{n}"),

@@ -25,6 +25,7 @@ on_both_databases!(
     disks_volumes_stopped_instances_and_floating_ips_travel,
     a_newer_bundle_updates_the_import_and_prunes_only_when_asked,
     volume_attachments_travel_and_follow_updates,
+    host_classes_travel_and_are_mapped,
     ten_concurrent_imports_of_an_update_apply_it_once,
     a_push_sends_only_the_chunks_the_target_lacks,
     a_push_never_resolves_what_the_account_does_not_hold,
@@ -1043,6 +1044,106 @@ async fn volume_attachments_travel_and_follow_updates(db: Db) {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     wait_attached(&cb, &b_loose.id, &mine.id).await;
     wait_attached(&cb, &b_data.id, &b_vm2.id).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// An instance's zone and host labels travel; the plan says when no host of the target
+/// has them and which maps resolve it (`zone.Z=…`, `label.K=…`, or `any`), and the
+/// import places the instance on a host of the mapped classes.
+async fn host_classes_travel_and_are_mapped(db: Db) {
+    let a = Stack::start(StackOptions::new(db)).await;
+    let mut ob = StackOptions::new(db);
+    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
+    ob.hosts = 2;
+    let b = Stack::start(ob).await;
+    let set = |s: &Stack, host: HostNodeId, zone: &str, label: (&str, &str)| {
+        let req = UpdateHostNode {
+            zone: Some(zone.into()),
+            labels: [(label.0.to_string(), Some(label.1.to_string()))].into_iter().collect(),
+        };
+        let admin = s.admin.clone();
+        async move { admin.update_host_node(&host, &req).await.unwrap() }
+    };
+    let a_host = a.admin.list_all_host_nodes().await.unwrap()[0].id.clone();
+    set(&a, a_host, "z1", ("ssd", "true")).await;
+    let ca = a.account("tenant").await;
+    let net = ca
+        .create_network(&CreateNetwork {
+            name: "net".into(),
+            cidr: "10.91.0.0/24".into(),
+            gateway: None,
+            dhcp_start: None,
+            dhcp_end: None,
+        })
+        .await
+        .unwrap();
+    let img = raw_image(&ca, "disk", noise(50_000, 3)).await;
+    let mut req = CreateInstance {
+        name: Some("db".into()),
+        image_id: img.clone(),
+        hypervisor: Some(HypervisorKind::Qemu),
+        cpus: 1,
+        memory_mib: 64,
+        interfaces: vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }],
+        ssh_key_id: None,
+        user_data: None,
+        root_disk_size: None,
+        server_group: None,
+        zone: Some("z1".into()),
+        host_labels: [("ssd".to_string(), "true".to_string())].into_iter().collect(),
+    };
+    let dbi = ca.create_instance(&req).await.unwrap().resource;
+    (req.name, req.zone, req.host_labels) = (Some("web".into()), None, Default::default());
+    ca.create_instance(&req).await.unwrap();
+    wait_state(&ca, &dbi.id, InstanceState::Running).await;
+    let bytes = export(&ca).await;
+    let (m, _) = open(&bytes, &site_key(&a));
+    let class = |n: &str| {
+        let i = m.model.instances.iter().find(|i| i.name == n).unwrap();
+        (i.zone.clone(), i.host_labels.clone())
+    };
+    assert_eq!(class("db"), (Some("z1".into()), [("ssd".to_string(), "true".to_string())].into_iter().collect()));
+    assert_eq!(class("web"), (None, Default::default()));
+
+    // B's hosts have no zone: the plan names what is missing and the maps that resolve it.
+    let cb = b.account("tenant").await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let found: Vec<(String, String, Option<String>)> =
+        plan.conflicts.iter().map(|c| (c.code.clone(), c.message.clone(), c.resolve.clone())).collect();
+    assert_eq!(
+        found,
+        vec![(
+            "host_class_missing".to_string(),
+            "instance db: no host here has zone \"z1\" and label ssd=true (no host here has a zone)".to_string(),
+            Some("zone.z1=ZONE or zone.z1=any; label.ssd=VALUE or label.ssd=any".to_string())
+        )]
+    );
+    assert_eq!(api_err(cb.import_bundle(bytes.clone(), &[]).await), (409, "bundle_unresolved".into()));
+    let b_hosts: Vec<HostNodeId> = b.admin.list_all_host_nodes().await.unwrap().into_iter().map(|h| h.id).collect();
+    set(&b, b_hosts[1].clone(), "east", ("ssd", "yes")).await;
+    let plan = cb.plan_bundle(bytes.clone(), &maps(&["zone.z1=east"])).await.unwrap();
+    assert_eq!(plan.conflicts.len(), 1, "ssd=true is still asked for: {:?}", plan.conflicts);
+    assert!(plan.conflicts[0].message.contains("(zones here: east)"), "{}", plan.conflicts[0].message);
+    let bad = cb.plan_bundle(bytes.clone(), &maps(&["zone.z1=no zone"])).await.unwrap();
+    assert!(bad.conflicts.iter().any(|c| c.code == "invalid_map"), "{:?}", bad.conflicts);
+    let mapped = maps(&["zone.z1=east", "label.ssd=yes"]);
+    assert!(cb.plan_bundle(bytes.clone(), &mapped).await.unwrap().conflicts.is_empty());
+    assert!(cb.import_bundle(bytes.clone(), &mapped).await.unwrap().created);
+    let b_db = live_instance(&cb, "db").await;
+    wait_state(&cb, &b_db.id, InstanceState::Running).await;
+    assert_eq!(cb.get_instance(&b_db.id).await.unwrap().host_node_id.as_ref(), Some(&b_hosts[1]), "db is in east");
+    // Started again later, it keeps to its classes: stopped, the east host moved to
+    // another zone, its start is refused.
+    cb.stop_instance(&b_db.id).await.unwrap();
+    wait_state(&cb, &b_db.id, InstanceState::Stopped).await;
+    set(&b, b_hosts[1].clone(), "west", ("ssd", "yes")).await;
+    let refused = api_err(cb.start_instance(&b_db.id).await);
+    assert_eq!(refused, (422, "placement_unsatisfiable".into()), "no host in east any more");
+    // `any` drops an ask: another account imports the bundle onto any host.
+    let other = b.account("other").await;
+    assert!(other.import_bundle(bytes, &maps(&["zone.z1=any", "label.ssd=any"])).await.unwrap().created);
+    wait_state(&other, &live_instance(&other, "db").await.id, InstanceState::Running).await;
     a.stop().await;
     b.stop().await;
 }

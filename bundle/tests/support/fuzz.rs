@@ -289,6 +289,8 @@ fn model(key: &SigningKey, with_data: bool) -> (Manifest, BTreeMap<String, Vec<u
         root_disk: None,
         root_disk_format: None,
         stopped: false,
+        zone: None,
+        host_labels: Default::default(),
     };
     let mut web = instance(
         "i-web",
@@ -303,6 +305,8 @@ fn model(key: &SigningKey, with_data: bool) -> (Manifest, BTreeMap<String, Vec<u
     let mut db = instance("i-db", "db", "img-pub", vec![nic("nw-back", "10.2.0.30", 3, &["sg-db", "sg-mgmt"])]);
     db.stopped = true;
     db.hypervisor = HypervisorKind::Kvm;
+    db.zone = Some("z1".into());
+    db.host_labels = [("disk/type".to_string(), "ssd".to_string())].into_iter().collect();
     let ops = instance("i-ops", "ops", "img-disk", vec![nic("nw-mgmt", "10.3.0.5", 4, &["sg-mgmt"])]);
     let m = Manifest {
         format_version: FORMAT_VERSION,

@@ -228,6 +228,8 @@ async fn build_manifest(
             root_disk_format,
             // Its goal as the tenant left it (an export with `stop` starts it again).
             stopped: i.9 == vdc_schema::InstanceGoal::Stopped.as_str(),
+            zone: Some(i.10).filter(|z| !z.is_empty()),
+            host_labels: crate::datastore::host::split_labels(&i.11),
         });
     }
     for v in s.volumes {
@@ -476,6 +478,10 @@ pub struct Maps {
     hypervisor: HashMap<HypervisorKind, HypervisorKind>,
     /// image name → an image of this site the account may use.
     image: HashMap<String, String>,
+    /// zone of the bundle → zone here (`None`: any zone).
+    zone: HashMap<String, Option<String>>,
+    /// host label key → value here (`None`: not asked for).
+    label: HashMap<String, Option<String>>,
     skip_volumes: bool,
     skip_floating_ips: bool,
     invalid: Vec<String>,
@@ -501,6 +507,15 @@ pub fn parse_maps(pairs: &[String]) -> Maps {
             (["floating_ips"], "skip") => {
                 m.skip_floating_ips = true;
                 true
+            }
+            (["zone", from], "any") => m.zone.insert(from.to_string(), None).is_none(),
+            (["zone", from], to) => {
+                crate::app::node::check_zone(to).is_ok() && m.zone.insert(from.to_string(), Some(to.into())).is_none()
+            }
+            (["label", key], "any") => m.label.insert(key.to_string(), None).is_none(),
+            (["label", key], to) => {
+                crate::app::node::check_label(key, to).is_ok()
+                    && m.label.insert(key.to_string(), Some(to.into())).is_none()
             }
             (["hypervisor", from], to) => match (from.parse(), to.parse()) {
                 (Ok(f), Ok(t)) => m.hypervisor.insert(f, t).is_none(),
@@ -576,6 +591,8 @@ pub struct Decision {
     pub image_hypervisors: HashMap<String, Vec<HypervisorKind>>,
     /// instance bundle ID → hypervisor here.
     pub hypervisors: HashMap<String, HypervisorKind>,
+    /// instance bundle ID → the host classes it asks for here: zone ('' for any), labels.
+    pub host_classes: HashMap<String, (String, BTreeMap<String, String>)>,
     /// An update: the earlier import, and bundle ID → ID here of its objects that exist
     /// and stay (not created again).
     pub update_of: Option<BundleImportId>,
@@ -834,6 +851,13 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         if let Err(e) = instance::check_shape(i.cpus, i.memory_mib) {
             d.conflicts.push(conflict(e.code(), format!("instance {}: {e}", i.name), None));
         }
+        let class = host_class(i, maps);
+        if have.as_ref().and_then(|h| h.instance(&i.id)).is_none() {
+            if let Some(c) = class_missing(i, &class, e) {
+                d.conflicts.push(c);
+            }
+        }
+        d.host_classes.insert(i.id.clone(), class);
         for nic in &i.interfaces {
             let Some(net) = d.networks.iter().find(|n| n.bundle_id == nic.network) else { continue };
             let on = net.from.unwrap_or(net.cidr);
@@ -1103,6 +1127,64 @@ impl<'a> Have<'a> {
     fn here(d: &Decision, id: &str) -> String {
         d.kept.get(id).cloned().unwrap_or_else(|| format!("new:{id}"))
     }
+}
+
+/// The host classes instance `i` asks for here: the bundle's, mapped by `zone.Z=…` and
+/// `label.K=…` (`any` drops the ask).
+fn host_class(i: &vdc_bundle::Instance, maps: &Maps) -> (String, BTreeMap<String, String>) {
+    let zone = match &i.zone {
+        Some(z) => maps.zone.get(z).cloned().unwrap_or_else(|| Some(z.clone())).unwrap_or_default(),
+        None => String::new(),
+    };
+    let labels = i
+        .host_labels
+        .iter()
+        .filter_map(|(k, v)| match maps.label.get(k) {
+            Some(to) => to.clone().map(|to| (k.clone(), to)),
+            None => Some((k.clone(), v.clone())),
+        })
+        .collect();
+    (zone, labels)
+}
+
+/// The conflict of an instance whose host classes no host here has (placement would
+/// refuse it at import), with the maps that resolve it.
+fn class_missing(
+    i: &vdc_bundle::Instance,
+    (zone, labels): &(String, BTreeMap<String, String>),
+    e: &store::Existing,
+) -> Option<BundleConflict> {
+    let classes: Vec<(&str, BTreeMap<String, String>)> =
+        e.host_classes.iter().map(|(z, l)| (z.as_str(), crate::datastore::host::split_labels(l))).collect();
+    let fits = |z: &str, l: &BTreeMap<String, String>| {
+        (zone.is_empty() || zone == z) && labels.iter().all(|(k, v)| l.get(k) == Some(v))
+    };
+    if classes.iter().any(|(z, l)| fits(z, l)) {
+        return None;
+    }
+    let mut asked = Vec::new();
+    let mut resolve = Vec::new();
+    if !zone.is_empty() {
+        asked.push(format!("zone {zone:?}"));
+        let from = i.zone.as_deref().unwrap_or(zone);
+        resolve.push(format!("zone.{from}=ZONE or zone.{from}=any"));
+    }
+    for (k, v) in labels {
+        asked.push(format!("label {k}={v}"));
+        resolve.push(format!("label.{k}=VALUE or label.{k}=any"));
+    }
+    let mut zones: Vec<&str> = classes.iter().map(|c| c.0).filter(|z| !z.is_empty()).collect();
+    zones.sort();
+    zones.dedup();
+    let have = match zones.as_slice() {
+        [] => "no host here has a zone".to_owned(),
+        z => format!("zones here: {}", z.join(", ")),
+    };
+    Some(conflict(
+        "host_class_missing",
+        format!("instance {}: no host here has {} ({have})", i.name, asked.join(" and ")),
+        Some(resolve.join("; ")),
+    ))
 }
 
 /// The instance volume `t` (here) is attached to.
@@ -1881,7 +1963,9 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     for i in m.model.instances.iter().filter(|i| !i.stopped && !pre.kept.contains_key(&i.id)) {
         let hv = pre.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
         let demand = scheduler::Demand { hypervisor: hv, cpus: i.cpus, memory_mib: i.memory_mib, uefi: false };
-        candidates.insert(i.id.clone(), scheduler::candidates(ctx, demand, &Default::default(), None).await?);
+        let (zone, labels) = pre.host_classes.get(&i.id).cloned().unwrap_or_default();
+        let c = scheduler::Constraints { zone, labels: labels.into_iter().collect(), group: None };
+        candidates.insert(i.id.clone(), scheduler::candidates(ctx, demand, &c, None).await?);
     }
 
     let mut tx = db::begin(&ctx.db).await?;
@@ -2063,6 +2147,8 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     let mut created: HashMap<String, (InstanceId, Option<String>)> = HashMap::new();
     for i in m.model.instances.iter().filter(|i| !d.kept.contains_key(&i.id)) {
         let hv = d.hypervisors[&i.id];
+        let class = d.host_classes.get(&i.id).cloned().unwrap_or_default();
+        let class_labels = crate::datastore::host::join_labels(&class.1);
         let (image, boot) = images[&i.image].clone();
         let image = roots.get(&i.id).cloned().unwrap_or(image);
         let demand = scheduler::Demand {
@@ -2092,11 +2178,10 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
             root_disk_size: i.root_disk_size,
             host: &host,
             now: &now,
-            // Bundles carry no server groups, zones or host labels: imported instances
-            // are placed without them.
+            // Bundles carry no server groups: imported instances are placed without one.
             server_group: None,
-            zone: "",
-            labels: ",",
+            zone: &class.0,
+            labels: &class_labels,
         };
         if i.stopped {
             istore::insert_stopped(&mut tx, &new).await?;
@@ -2385,6 +2470,8 @@ mod tests {
                     root_disk: None,
                     root_disk_format: None,
                     stopped: false,
+                    zone: None,
+                    host_labels: Default::default(),
                 }],
                 ..Default::default()
             },
@@ -2398,6 +2485,7 @@ mod tests {
             cidrs: vec![("nw-x".into(), "10.0.0.0/16".into())],
             usable_images: vec![("img-pub".into(), "tiny".into(), ",qemu,kvm,".into())],
             hypervisors: vec!["lxc".into(), "qemu".into()],
+            host_classes: vec![(String::new(), ",".into())],
             external: false,
             prior: None,
         }
@@ -2566,7 +2654,20 @@ mod tests {
                 rules: vec![],
                 keypairs: vec![],
                 images: vec![],
-                instances: vec![(s("i-T"), s("web"), s("img-pub"), s("qemu"), 1, 64, None, None, None, s("running"))],
+                instances: vec![(
+                    s("i-T"),
+                    s("web"),
+                    s("img-pub"),
+                    s("qemu"),
+                    1,
+                    64,
+                    None,
+                    None,
+                    None,
+                    s("running"),
+                    s(""),
+                    s(","),
+                )],
                 vifs: vec![(s("vif-T"), s("i-T"), s("nw-T"), s("10.9.0.20"), s("52:54:00:00:00:01"))],
                 vif_groups: vec![(s("vif-T"), s("sg-T"))],
                 volumes: vec![],
@@ -2682,6 +2783,8 @@ mod tests {
             None,
             None,
             "running".into(),
+            String::new(),
+            ",".into(),
         ));
         p.target.vifs.push((
             "vif-X".into(),

@@ -106,16 +106,16 @@ pub async fn check_name_free(
     account: &vdc_schema::id::AccountId,
     name: &str,
 ) -> ApiResult<()> {
-    let kind = match what {
-        db::Named::Network => "network",
-        db::Named::SecurityGroup => "security group",
-        db::Named::Volume => "volume",
-        db::Named::Image => "image",
+    let a_kind = match what {
+        db::Named::Network => "a network",
+        db::Named::SecurityGroup => "a security group",
+        db::Named::Volume => "a volume",
+        db::Named::Image => "an image",
     };
     match db::named(tx, what, account.as_str(), name).await? {
         Some(id) => Err(ApiError::conflict(
             "name_taken",
-            format!("a {kind} named {name:?} already exists ({id}); choose another name or delete that one"),
+            format!("{a_kind} named {name:?} already exists ({id}); choose another name or delete that one"),
         )),
         None => Ok(()),
     }

@@ -30,7 +30,10 @@ pub type ImageRow = (
     String,
 );
 /// (id, name, image, hypervisor, cpus, memory, ssh key, user data, root disk size, goal)
-pub type InstanceRow = (String, String, String, String, i64, i64, Option<String>, Option<String>, Option<i64>, String);
+/// (id, name, image, hypervisor, cpus, memory, key pair, user-data, root disk size, goal,
+/// zone, labels)
+pub type InstanceRow =
+    (String, String, String, String, i64, i64, Option<String>, Option<String>, Option<i64>, String, String, String);
 /// (vif id, instance, network, ip, mac)
 pub type VifRow = (String, String, String, String, String);
 /// (id, name, size, the instance it is attached to)
@@ -102,8 +105,8 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
     .fetch_all(&mut *tx)
     .await?;
     let instances = sqlx::query_as(&format!(
-        "SELECT id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, root_disk_size, goal \
-         FROM instances WHERE id IN ({live}) ORDER BY id"
+        "SELECT id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, root_disk_size, goal, \
+         placement_zone, placement_labels FROM instances WHERE id IN ({live}) ORDER BY id"
     ))
     .bind(a)
     .fetch_all(&mut *tx)
@@ -170,6 +173,8 @@ pub struct Existing {
     /// without data resolves to one of these.
     pub usable_images: Vec<(String, String, String)>,
     pub hypervisors: Vec<String>,
+    /// The host classes of the site: each host's (zone, labels as `host::join_labels`).
+    pub host_classes: Vec<(String, String)>,
     /// The site has an external network (floating IPs can be allocated); set by the caller
     /// from the configuration.
     pub external: bool,
@@ -212,7 +217,11 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
     let mut hypervisors: Vec<String> = hv.iter().flat_map(|(h,)| db::split_list::<String>(h)).collect();
     hypervisors.sort();
     hypervisors.dedup();
-    Ok(Existing { names, cidrs, usable_images, hypervisors, external: false, prior: None })
+    let mut host_classes: Vec<(String, String)> =
+        sqlx::query_as("SELECT zone, labels FROM host_nodes").fetch_all(&mut *db).await?;
+    host_classes.sort();
+    host_classes.dedup();
+    Ok(Existing { names, cidrs, usable_images, hypervisors, host_classes, external: false, prior: None })
 }
 
 type ImportRow = (String, String, String, String, String, String, Option<String>);

@@ -136,7 +136,8 @@ const BUNDLE_ERRORS: &str = "The bundle is refused, nothing created: `bundle_bad
         `in_use` (a delete of something that stays in use) and `bundle_downgrade` (a bundle exported \
         before the one imported). Nothing is created.",
     params(("map" = Option<Vec<String>>, Query, description = "KEY=VALUE, repeated: `network.NAME.cidr=CIDR`, \
-        `KIND.NAME.name=NEW`, `hypervisor.kvm=qemu`, `image.NAME=img-…`, `volumes=skip`, `floating_ips=skip`"),
+        `KIND.NAME.name=NEW`, `hypervisor.kvm=qemu`, `image.NAME=img-…`, `zone.ZONE=ZONE|any`, `label.KEY=VALUE|any`, \
+        `volumes=skip`, `floating_ips=skip`"),
         ("prune" = Option<bool>, Query, description = "An update removes what the earlier import made and the \
         bundle no longer has: instances terminated, floating IPs released, networks, security groups, key pairs, \
         volumes and images deleted; what only instances being terminated use waits for them (`waits: …`), \
