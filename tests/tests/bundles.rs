@@ -61,15 +61,8 @@ fn disk() -> Vec<u8> {
 /// A VDC on `s`: two networks, two groups (one admitting the other by reference), a key
 /// pair, an own raw image and two running instances (one on the site's public image).
 async fn build_vdc(s: &Stack, c: &Client, kvm: bool) {
-    let net = |name: &str, cidr: &str| CreateNetwork {
-        name: name.into(),
-        cidr: cidr.into(),
-        gateway: None,
-        dhcp_start: None,
-        dhcp_end: None,
-    };
-    let front = c.create_network(&net("front", "10.50.0.0/24")).await.unwrap();
-    let back = c.create_network(&net("back", "10.51.0.0/24")).await.unwrap();
+    let front = network(c, "front", "10.50.0.0/24").await;
+    let back = network(c, "back", "10.51.0.0/24").await;
     let web = c
         .create_security_group(&CreateSecurityGroup {
             name: "web".into(),
@@ -550,15 +543,7 @@ async fn the_plan_names_collisions_and_maps_resolve_them(db: Db) {
     build_vdc(&a, &ca, true).await;
     let good = export(&ca).await;
     let cb = b.account("tenant").await;
-    cb.create_network(&CreateNetwork {
-        name: "existing".into(),
-        cidr: "10.50.0.0/16".into(),
-        gateway: None,
-        dhcp_start: None,
-        dhcp_end: None,
-    })
-    .await
-    .unwrap();
+    network(&cb, "existing", "10.50.0.0/16").await;
     cb.create_keypair(&CreateKeyPair { name: "deploy".into(), public_key: None }).await.unwrap();
     let plan = cb.plan_bundle(good.clone(), &[]).await.unwrap();
     let codes: Vec<(&str, Option<&str>)> =
@@ -943,6 +928,12 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
     b.stop().await;
 }
 
+/// A network of `c` with the default gateway and DHCP range.
+async fn network(c: &Client, name: &str, cidr: &str) -> Network {
+    let req = CreateNetwork { name: name.into(), cidr: cidr.into(), gateway: None, dhcp_start: None, dhcp_end: None };
+    c.create_network(&req).await.unwrap()
+}
+
 /// Waits until volume `id` is attached to `to` (and says where it is when it is not).
 async fn wait_attached(c: &Client, id: &VolumeId, to: &InstanceId) {
     let mut v = c.get_volume(id).await.unwrap();
@@ -962,16 +953,7 @@ async fn wait_attached(c: &Client, id: &VolumeId, to: &InstanceId) {
 async fn volume_attachments_travel_and_follow_updates(db: Db) {
     let (a, b) = sites(db, None).await;
     let ca = a.account("tenant").await;
-    let net = ca
-        .create_network(&CreateNetwork {
-            name: "net".into(),
-            cidr: "10.90.0.0/24".into(),
-            gateway: None,
-            dhcp_start: None,
-            dhcp_end: None,
-        })
-        .await
-        .unwrap();
+    let net = network(&ca, "net", "10.90.0.0/24").await;
     let img = raw_image(&ca, "disk", noise(100_000, 7)).await;
     running(&ca, "vm1", &img, &net.id, vec![]).await;
     running(&ca, "vm2", &img, &net.id, vec![]).await;
@@ -1068,16 +1050,7 @@ async fn host_classes_travel_and_are_mapped(db: Db) {
     let a_host = a.admin.list_all_host_nodes().await.unwrap()[0].id.clone();
     set(&a, a_host, "z1", ("ssd", "true")).await;
     let ca = a.account("tenant").await;
-    let net = ca
-        .create_network(&CreateNetwork {
-            name: "net".into(),
-            cidr: "10.91.0.0/24".into(),
-            gateway: None,
-            dhcp_start: None,
-            dhcp_end: None,
-        })
-        .await
-        .unwrap();
+    let net = network(&ca, "net", "10.91.0.0/24").await;
     let img = raw_image(&ca, "disk", noise(50_000, 3)).await;
     let mut req = CreateInstance {
         name: Some("db".into()),
@@ -1151,16 +1124,7 @@ async fn host_classes_travel_and_are_mapped(db: Db) {
 /// The changes made on A between two exports: a network, a rule of `web`, the key pair
 /// gone, an instance on the new network.
 async fn change_source(s: &Stack, c: &Client) {
-    let extra = c
-        .create_network(&CreateNetwork {
-            name: "extra".into(),
-            cidr: "10.52.0.0/24".into(),
-            gateway: None,
-            dhcp_start: None,
-            dhcp_end: None,
-        })
-        .await
-        .unwrap();
+    let extra = network(c, "extra", "10.52.0.0/24").await;
     let groups = c.list_all_security_groups().await.unwrap();
     let web = groups.iter().find(|g| g.name == "web").unwrap();
     let rule = RuleSpec {
@@ -1434,16 +1398,7 @@ async fn a_push_sends_only_the_chunks_the_target_lacks(db: Db) {
     use vdc_cli::push::push;
     let (a, b) = sites(db, None).await;
     let ca = a.account("tenant").await;
-    let net = ca
-        .create_network(&CreateNetwork {
-            name: "front".into(),
-            cidr: "10.60.0.0/24".into(),
-            gateway: None,
-            dhcp_start: None,
-            dhcp_end: None,
-        })
-        .await
-        .unwrap();
+    let net = network(&ca, "front", "10.60.0.0/24").await;
     let web = ca
         .create_security_group(&CreateSecurityGroup { name: "web".into(), description: String::new(), rules: vec![] })
         .await

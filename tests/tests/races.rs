@@ -603,26 +603,6 @@ async fn image_delete_instance_create(db: Db) {
     s.stop().await;
 }
 
-fn raw_image(name: &str) -> CreateImage {
-    CreateImage {
-        name: name.into(),
-        format: ImageFormat::Raw,
-        arch: Arch::X86_64,
-        hypervisors: vec![HypervisorKind::Qemu],
-        source: None,
-        checksum: None,
-        initrd: None,
-        kernel_cmdline: None,
-        boot_mode: Default::default(),
-        kernel_id: None,
-        min_disk: None,
-        min_memory: None,
-        os: None,
-        public: false,
-        default_user: None,
-    }
-}
-
 /// The last image of some bytes deleted while other images upload the same bytes: the
 /// blob is content-addressed, so the delete must not take the file the uploads keep
 /// (nor leave one no image holds). Every upload ends `available` with its data stored.
@@ -635,11 +615,16 @@ async fn image_delete_same_bytes_upload(db: Db) {
         let data: Vec<u8> =
             (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(round as u32) >> 13) as u8).collect();
         let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
-        let old = c.create_image(&raw_image(&format!("old{round}"))).await.unwrap();
+        let old = c.create_image(&vdc_tests::image_request(&format!("old{round}"), ImageFormat::Raw)).await.unwrap();
         assert_eq!(c.upload_image(&old.id, data.clone()).await.unwrap().state, ImageState::Available);
         let mut new = Vec::new();
         for i in 0..16 {
-            new.push(c.create_image(&raw_image(&format!("new{round}-{i}"))).await.unwrap().id);
+            new.push(
+                c.create_image(&vdc_tests::image_request(&format!("new{round}-{i}"), ImageFormat::Raw))
+                    .await
+                    .unwrap()
+                    .id,
+            );
         }
         // Spread over the moment of the delete: some store the bytes before it counts
         // the blob's users, some while it removes the blob, some after. An upload takes
