@@ -1154,6 +1154,9 @@ fn class_missing(
     (zone, labels): &(String, BTreeMap<String, String>),
     e: &store::Existing,
 ) -> Option<BundleConflict> {
+    if zone.is_empty() && labels.is_empty() {
+        return None; // any host will do (whether there is one is the hypervisor's check)
+    }
     let classes: Vec<(&str, BTreeMap<String, String>)> =
         e.host_classes.iter().map(|(z, l)| (z.as_str(), crate::datastore::host::split_labels(l))).collect();
     let fits = |z: &str, l: &BTreeMap<String, String>| {
@@ -1669,10 +1672,16 @@ pub async fn receive_body(
             .block_on(held_by(&c, &account, hashes))
             .map_err(|e| BundleError::Io(std::io::Error::other(e.to_string())))
     };
-    let r = tokio::task::spawn_blocking(move || receive(reader, &trusted, stage, held)).await;
-    if let Some(d) = plan_dir {
-        let _ = tokio::fs::remove_dir_all(d).await;
-    }
+    let r = tokio::task::spawn_blocking(move || {
+        let r = receive(reader, &trusted, stage, held);
+        // Here, not after the await: a client gone mid-plan drops the awaiting future,
+        // and this thread still ends.
+        if let Some(d) = plan_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        r
+    })
+    .await;
     Ok(r.map_err(ApiError::internal)??)
 }
 
@@ -2600,6 +2609,29 @@ mod tests {
         assert_eq!(n.translate("10.0.0.20".parse().unwrap()).to_string(), "10.9.0.20");
         assert_eq!(d.hypervisors["i-1"], HypervisorKind::Qemu);
         assert_eq!(d.names[&("instance".to_owned(), "i-1".to_owned())], "web-b");
+    }
+
+    #[test]
+    fn host_classes_are_asked_only_when_the_instance_has_some() {
+        let maps = parse_maps(&[
+            "network.front.cidr=10.9.0.0/24".into(),
+            "hypervisor.kvm=qemu".into(),
+            "instance.web.name=w".into(),
+        ]);
+        let classes = |d: &Decision| d.conflicts.iter().filter(|c| c.code == "host_class_missing").count();
+        // No host at all: the hypervisor's conflict says so, not a host class one.
+        let mut e = existing();
+        e.host_classes.clear();
+        assert_eq!(classes(&decide(&manifest(), &e, &maps)), 0);
+        let mut m = manifest();
+        m.model.instances[0].zone = Some("z1".into());
+        let d = decide(&m, &existing(), &maps);
+        assert_eq!(codes(&d), vec![("host_class_missing".into(), Some("zone.z1=ZONE or zone.z1=any".into()))]);
+        let mut any = maps.clone();
+        any.zone.insert("z1".into(), None);
+        let d = decide(&m, &existing(), &any);
+        assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
+        assert_eq!(d.host_classes["i-1"], (String::new(), BTreeMap::new()));
     }
 
     #[test]
