@@ -4,7 +4,7 @@
 use crate::BundleError;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use vdc_schema::state::{Arch, BootMode, Direction, HypervisorKind, ImageFormat, Protocol};
+use vdc_schema::state::{Arch, BootMode, Direction, HypervisorKind, ImageFormat, Protocol, ServerGroupPolicy};
 
 /// The version this code writes. Readers accept every version up to it. Version 2 carries
 /// instances' root disks and volumes' data, and whether an instance was stopped: a
@@ -75,6 +75,18 @@ pub struct Model {
     pub instances: Vec<Instance>,
     pub volumes: Vec<Volume>,
     pub floating_ips: Vec<FloatingIp>,
+    /// Left out when there are none, so bundles without them read as before.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_groups: Vec<ServerGroup>,
+}
+
+/// Instances placed together or apart; members name it (`Instance::server_group`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerGroup {
+    pub id: String,
+    pub name: String,
+    pub policy: ServerGroupPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +192,9 @@ pub struct Instance {
     /// Labels its host must have (another host class).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub host_labels: BTreeMap<String, String>,
+    /// The server group (bundle ID) it is a member of; left out when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_group: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -433,6 +448,7 @@ impl Manifest {
         count("instances", m.instances.len(), max)?;
         count("volumes", m.volumes.len(), max)?;
         count("floating IPs", m.floating_ips.len(), max)?;
+        count("server groups", m.server_groups.len(), max)?;
         count("chunks", self.chunks.len(), limits.max_chunks)?;
         check_plain("source", "vdc_id", &self.source.vdc_id, 128, |b| {
             b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
@@ -487,6 +503,10 @@ impl Manifest {
         let instances = ids("instance", m.instances.iter().map(|i| i.id.as_str()))?;
         ids("volume", m.volumes.iter().map(|v| v.id.as_str()))?;
         ids("floating IP", m.floating_ips.iter().map(|f| f.id.as_str()))?;
+        let server_groups = ids("server group", m.server_groups.iter().map(|g| g.id.as_str()))?;
+        for g in &m.server_groups {
+            check_name("server group", &g.name)?;
+        }
 
         for n in &m.networks {
             check_name("network", &n.name)?;
@@ -579,6 +599,9 @@ impl Manifest {
             }
             disk_format(&from, "root disk", i.root_disk.is_some(), i.root_disk_format)?;
             check_host_class(&from, i)?;
+            if let Some(g) = &i.server_group {
+                resolves(&server_groups, &from, "server group", g)?;
+            }
         }
         let mut attached: HashMap<&str, usize> = HashMap::new();
         for v in &m.volumes {

@@ -63,6 +63,7 @@ fn model_with_image(key: &SigningKey, data: &[u8]) -> (Manifest, Vec<Vec<u8>>) {
                 stopped: false,
                 zone: None,
                 host_labels: Default::default(),
+                server_group: None,
             }],
             ..Default::default()
         },

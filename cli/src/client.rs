@@ -862,6 +862,10 @@ impl Client {
         self.post("/server_groups", req).await
     }
 
+    pub async fn list_all_server_groups(&self) -> Result<Vec<ServerGroup>> {
+        self.list_all("/server_groups", &ListQuery::default()).await
+    }
+
     pub async fn get_server_group(&self, id: &ServerGroupId) -> Result<ServerGroup> {
         self.get(&format!("/server_groups/{id}")).await
     }

@@ -1117,8 +1117,8 @@ pub enum BundleCmd {
     Plan {
         file: std::path::PathBuf,
         /// KEY=VALUE: network.NAME.cidr=CIDR, KIND.NAME.name=NEW, hypervisor.kvm=qemu,
-        /// image.NAME=img-…, zone.ZONE=ZONE|any, label.KEY=VALUE|any, volumes=skip,
-        /// floating_ips=skip
+        /// image.NAME=img-…, zone.ZONE=ZONE|any, label.KEY=VALUE|any,
+        /// server_group.NAME.policy=POLICY, volumes=skip, floating_ips=skip
         #[arg(long = "map", value_name = "KEY=VALUE")]
         maps: Vec<String>,
         /// Plan as `import --prune` would apply it

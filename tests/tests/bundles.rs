@@ -26,6 +26,7 @@ on_both_databases!(
     a_newer_bundle_updates_the_import_and_prunes_only_when_asked,
     volume_attachments_travel_and_follow_updates,
     host_classes_travel_and_are_mapped,
+    server_groups_travel_and_place_their_members_by_policy,
     ten_concurrent_imports_of_an_update_apply_it_once,
     a_push_sends_only_the_chunks_the_target_lacks,
     a_push_never_resolves_what_the_account_does_not_hold,
@@ -1117,6 +1118,106 @@ async fn host_classes_travel_and_are_mapped(db: Db) {
     let other = b.account("other").await;
     assert!(other.import_bundle(bytes, &maps(&["zone.z1=any", "label.ssd=any"])).await.unwrap().created);
     wait_state(&other, &live_instance(&other, "db").await.id, InstanceState::Running).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Server groups travel with their members: the import places an anti-affinity group's
+/// members on hosts of their own, the plan says when the target has too few hosts for a
+/// hard policy and that `server_group.NAME.policy=` softens it, and a second import
+/// changes nothing.
+async fn server_groups_travel_and_place_their_members_by_policy(db: Db) {
+    let mut oa = StackOptions::new(db);
+    oa.hosts = 3;
+    let a = Stack::start(oa).await;
+    let mut ob = StackOptions::new(db);
+    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
+    ob.hosts = 2;
+    // Packing would put every instance on one host: only the group keeps ha's apart.
+    ob.placement = vdc_dcmgr::config::Placement::Pack;
+    let b = Stack::start(ob).await;
+    let ca = a.account("tenant").await;
+    let net = network(&ca, "net", "10.93.0.0/24").await;
+    let img = raw_image(&ca, "disk", noise(50_000, 5)).await;
+    for (name, policy) in [("ha", ServerGroupPolicy::AntiAffinity), ("big", ServerGroupPolicy::AntiAffinity)] {
+        ca.create_server_group(&CreateServerGroup { name: name.into(), policy }).await.unwrap();
+    }
+    let mut req = CreateInstance {
+        name: None,
+        image_id: img,
+        hypervisor: Some(HypervisorKind::Qemu),
+        cpus: 1,
+        memory_mib: 64,
+        interfaces: vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }],
+        ssh_key_id: None,
+        user_data: None,
+        root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
+    };
+    for (name, group) in [("ha1", "ha"), ("ha2", "ha"), ("b1", "big"), ("b2", "big"), ("b3", "big")] {
+        (req.name, req.server_group) = (Some(name.into()), Some(group.into()));
+        let i = ca.create_instance(&req).await.unwrap().resource;
+        wait_state(&ca, &i.id, InstanceState::Running).await;
+    }
+    let bytes = export(&ca).await;
+    let (m, _) = open(&bytes, &site_key(&a));
+    let mut groups: Vec<(String, ServerGroupPolicy, usize)> = m
+        .model
+        .server_groups
+        .iter()
+        .map(|g| {
+            let members = m.model.instances.iter().filter(|i| i.server_group.as_ref() == Some(&g.id)).count();
+            (g.name.clone(), g.policy, members)
+        })
+        .collect();
+    groups.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        groups,
+        vec![("big".into(), ServerGroupPolicy::AntiAffinity, 3), ("ha".into(), ServerGroupPolicy::AntiAffinity, 2)]
+    );
+
+    // B has two hosts: three members of `big` cannot each have one.
+    let cb = b.account("tenant").await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let found: Vec<(String, Option<String>)> =
+        plan.conflicts.iter().map(|c| (c.code.clone(), c.resolve.clone())).collect();
+    assert_eq!(
+        found,
+        vec![(
+            "server_group_unsatisfiable".to_string(),
+            Some("server_group.big.policy=soft-anti-affinity".to_string())
+        )],
+        "{:?}",
+        plan.conflicts
+    );
+    assert_eq!(api_err(cb.import_bundle(bytes.clone(), &[]).await), (409, "bundle_unresolved".into()));
+    assert!(cb.list_all_server_groups().await.unwrap().is_empty(), "a refused import creates no group");
+    let soft = maps(&["server_group.big.policy=soft-anti-affinity"]);
+    let plan = cb.plan_bundle(bytes.clone(), &soft).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    assert!(plan.creates.iter().any(|c| c.kind == "server_group" && c.name == "big"), "{:?}", plan.creates);
+    assert!(cb.import_bundle(bytes.clone(), &soft).await.unwrap().created);
+
+    let here = cb.list_all_server_groups().await.unwrap();
+    let group = |n: &str| here.iter().find(|g| g.name == n).unwrap().clone();
+    assert_eq!(group("ha").policy, ServerGroupPolicy::AntiAffinity);
+    assert_eq!(group("big").policy, ServerGroupPolicy::SoftAntiAffinity, "as mapped");
+    assert_eq!(group("big").members.len(), 3);
+    let mut hosts = vec![];
+    for name in ["ha1", "ha2"] {
+        let i = live_instance(&cb, name).await;
+        assert_eq!(i.server_group_id.as_ref(), Some(&group("ha").id), "{name} is in ha");
+        wait_state(&cb, &i.id, InstanceState::Running).await;
+        hosts.push(cb.get_instance(&i.id).await.unwrap().host_node_id.unwrap());
+    }
+    assert_ne!(hosts[0], hosts[1], "anti-affinity: the import put ha's members on hosts of their own");
+
+    // Again: nothing changes, nothing is doubled.
+    let again = cb.import_bundle(bytes, &soft).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(cb.list_all_server_groups().await.unwrap().len(), 2);
     a.stop().await;
     b.stop().await;
 }

@@ -15,7 +15,7 @@ on_both_databases!(
     server_groups_place_together_or_apart,
     zones_and_labels_choose_the_host,
     concurrent_creates_keep_the_group_policy,
-    instances_in_groups_travel_in_bundles_without_them,
+    instances_in_groups_travel_in_bundles_with_their_group,
     the_cli_speaks_groups_zones_and_labels,
 );
 
@@ -398,8 +398,9 @@ async fn concurrent_creates_keep_the_group_policy(db: Db) {
     s.stop().await;
 }
 
-/// Bundles carry no server groups: an instance in one exports, and imports without it.
-async fn instances_in_groups_travel_in_bundles_without_them(db: Db) {
+/// Bundles carry server groups: an instance in one imports into the group made for it
+/// (more in `bundles::server_groups_travel_and_place_their_members_by_policy`).
+async fn instances_in_groups_travel_in_bundles_with_their_group(db: Db) {
     let a = Stack::start(StackOptions::new(db)).await;
     let key = a.admin.bundle_key().await.unwrap().public_key;
     let mut opts = StackOptions::new(db);
@@ -416,8 +417,10 @@ async fn instances_in_groups_travel_in_bundles_without_them(db: Db) {
     let imported = cb.list_all_instances().await.unwrap();
     assert_eq!(imported.len(), 1);
     assert_eq!(imported[0].name, "web1");
-    assert_eq!(imported[0].server_group_id, None);
-    assert!(groups(&cb).await.is_empty());
+    let here = groups(&cb).await;
+    assert_eq!(here.len(), 1);
+    assert_eq!((here[0].name.as_str(), here[0].policy), ("web", ServerGroupPolicy::AntiAffinity));
+    assert_eq!(imported[0].server_group_id.as_ref(), Some(&here[0].id));
     a.stop().await;
     b.stop().await;
 }

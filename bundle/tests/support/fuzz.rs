@@ -24,7 +24,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use vdc_bundle::*;
-use vdc_schema::state::{Arch, BootMode, Direction, HypervisorKind, ImageFormat, Protocol};
+use vdc_schema::state::{Arch, BootMode, Direction, HypervisorKind, ImageFormat, Protocol, ServerGroupPolicy};
 
 // ------------------------------------------------------------------ memory
 
@@ -291,6 +291,7 @@ fn model(key: &SigningKey, with_data: bool) -> (Manifest, BTreeMap<String, Vec<u
         stopped: false,
         zone: None,
         host_labels: Default::default(),
+        server_group: None,
     };
     let mut web = instance(
         "i-web",
@@ -307,7 +308,9 @@ fn model(key: &SigningKey, with_data: bool) -> (Manifest, BTreeMap<String, Vec<u
     db.hypervisor = HypervisorKind::Kvm;
     db.zone = Some("z1".into());
     db.host_labels = [("disk/type".to_string(), "ssd".to_string())].into_iter().collect();
-    let ops = instance("i-ops", "ops", "img-disk", vec![nic("nw-mgmt", "10.3.0.5", 4, &["sg-mgmt"])]);
+    let mut ops = instance("i-ops", "ops", "img-disk", vec![nic("nw-mgmt", "10.3.0.5", 4, &["sg-mgmt"])]);
+    web.server_group = Some("srvg-ha".into());
+    ops.server_group = Some("srvg-ha".into());
     let m = Manifest {
         format_version: FORMAT_VERSION,
         source: Source {
@@ -364,6 +367,11 @@ fn model(key: &SigningKey, with_data: bool) -> (Manifest, BTreeMap<String, Vec<u
                 FloatingIp { id: "fip-web".into(), instance: Some("i-web".into()) },
                 FloatingIp { id: "fip-spare".into(), instance: None },
             ],
+            server_groups: vec![ServerGroup {
+                id: "srvg-ha".into(),
+                name: "ha".into(),
+                policy: ServerGroupPolicy::AntiAffinity,
+            }],
         },
         chunks,
     };
@@ -830,7 +838,11 @@ fn mutate_manifest(c: &Corpus, s: &Seed, r: &mut Rng) -> (String, Vec<u8>, Want)
         4 | 5 => {
             let md = &mut m.model;
             let gone = "zz-gone".to_owned();
-            let what = match r.below(13) {
+            let what = match r.below(14) {
+                13 => {
+                    md.instances[2].server_group = Some(gone);
+                    "instance → missing server group"
+                }
                 12 => {
                     md.volumes[0].attached_to = Some(gone);
                     "volume → missing instance"

@@ -28,7 +28,7 @@ use vdc_schema::api::{
     RuleSpec,
 };
 use vdc_schema::id::*;
-use vdc_schema::state::{HypervisorKind, ImageState};
+use vdc_schema::state::{HypervisorKind, ImageState, ServerGroupPolicy};
 
 impl From<BundleError> for ApiError {
     fn from(e: BundleError) -> Self {
@@ -170,6 +170,13 @@ async fn build_manifest(
     for k in s.keypairs {
         m.keypairs.push(vdc_bundle::KeyPair { id: k.0, name: k.1, public_key: k.2 });
     }
+    for g in s.server_groups {
+        m.server_groups.push(vdc_bundle::ServerGroup {
+            id: g.0,
+            name: g.1,
+            policy: g.2.parse().map_err(ApiError::internal)?,
+        });
+    }
     let mut blobs = Blobs::default();
     for i in s.images {
         let own = i.12 == caller.account_id.as_str();
@@ -230,6 +237,7 @@ async fn build_manifest(
             stopped: i.9 == vdc_schema::InstanceGoal::Stopped.as_str(),
             zone: Some(i.10).filter(|z| !z.is_empty()),
             host_labels: crate::datastore::host::split_labels(&i.11),
+            server_group: i.12.filter(|g| m.server_groups.iter().any(|x| &x.id == g)),
         });
     }
     for v in s.volumes {
@@ -482,6 +490,8 @@ pub struct Maps {
     zone: HashMap<String, Option<String>>,
     /// host label key → value here (`None`: not asked for).
     label: HashMap<String, Option<String>>,
+    /// server group name → its policy here.
+    policy: HashMap<String, ServerGroupPolicy>,
     skip_volumes: bool,
     skip_floating_ips: bool,
     invalid: Vec<String>,
@@ -489,7 +499,7 @@ pub struct Maps {
     pub prune: bool,
 }
 
-const KINDS: &[&str] = &["network", "security_group", "keypair", "image", "instance", "volume"];
+const KINDS: &[&str] = &["network", "security_group", "keypair", "image", "instance", "volume", "server_group"];
 
 pub fn parse_maps(pairs: &[String]) -> Maps {
     let mut m = Maps::default();
@@ -522,6 +532,10 @@ pub fn parse_maps(pairs: &[String]) -> Maps {
                 _ => false,
             },
             ([kind, rest], v) => match rest.rsplit_once('.') {
+                Some((name, "policy")) if *kind == "server_group" => match v.parse::<ServerGroupPolicy>() {
+                    Ok(p) => m.policy.insert(name.to_owned(), p).is_none(),
+                    _ => false,
+                },
                 Some((name, "cidr")) if *kind == "network" => match v.parse::<Ipv4Net>() {
                     Ok(n) if n.trunc() == n => m.cidr.insert(name.to_owned(), n).is_none(),
                     _ => false,
@@ -593,6 +607,8 @@ pub struct Decision {
     pub hypervisors: HashMap<String, HypervisorKind>,
     /// instance bundle ID → the host classes it asks for here: zone ('' for any), labels.
     pub host_classes: HashMap<String, (String, BTreeMap<String, String>)>,
+    /// server group bundle ID → its policy here (the bundle's, or mapped).
+    pub group_policies: HashMap<String, ServerGroupPolicy>,
     /// An update: the earlier import, and bundle ID → ID here of its objects that exist
     /// and stay (not created again).
     pub update_of: Option<BundleImportId>,
@@ -750,6 +766,29 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             None => name(&mut d, "keypair", &k.id, &k.name, None),
         }
     }
+    for g in &m.model.server_groups {
+        let policy = maps.policy.get(&g.name).copied().unwrap_or(g.policy);
+        d.group_policies.insert(g.id.clone(), policy);
+        let mapped = (policy != g.policy).then(|| format!("{} → {policy}", g.policy));
+        match have.as_ref().and_then(|h| h.server_group(&g.id)) {
+            Some(t) => {
+                d.kept.insert(g.id.clone(), t.0.clone());
+                if t.2 != policy.as_str() {
+                    d.conflicts.push(conflict(
+                        "replace_needed",
+                        format!(
+                            "server group {} ({}): {} here, {policy} in the bundle; a group's policy does not \
+                             change in place (keep this one, or delete it here once it has no members)",
+                            g.name, t.0, t.2
+                        ),
+                        Some(format!("server_group.{}.policy={}", g.name, t.2)),
+                    ));
+                }
+                d.unchanged.push(change("server_group", &g.id, &t.0, &g.name)(mapped.unwrap_or_default()));
+            }
+            None => name(&mut d, "server_group", &g.id, &g.name, Some(mapped.unwrap_or_else(|| policy.to_string()))),
+        }
+    }
     let map_hv = |h: HypervisorKind| maps.hypervisor.get(&h).copied().unwrap_or(h);
     for i in &m.model.images {
         let hvs: Vec<HypervisorKind> = {
@@ -884,6 +923,11 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         }
         name(&mut d, "instance", &i.id, &i.name, (hv != i.hypervisor).then(|| format!("{} → {hv}", i.hypervisor)));
     }
+    for g in &m.model.server_groups {
+        if let Some(c) = group_unplaceable(m, &d, e, g) {
+            d.conflicts.push(c);
+        }
+    }
     // Root disks become private images of the account, booted by their instance.
     for i in &m.model.instances {
         if i.root_disk.is_some() && !d.kept.contains_key(&i.id) {
@@ -985,7 +1029,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         let removed: HashSet<&str> = d
             .removes
             .iter()
-            .filter(|r| matches!(r.0.as_str(), "network" | "security_group" | "keypair"))
+            .filter(|r| matches!(r.0.as_str(), "network" | "security_group" | "keypair" | "server_group"))
             .map(|r| r.1.as_str())
             .collect();
         let in_bundle = |b: &str| d.kept.contains_key(b) || d.creates.iter().any(|c| c.bundle_id == b);
@@ -1053,6 +1097,7 @@ struct Have<'a> {
     vif_groups: HashMap<&'a str, Vec<&'a str>>,
     volumes: HashMap<&'a str, &'a store::VolumeRow>,
     fips: HashSet<&'a str>,
+    server_groups: HashMap<&'a str, &'a store::ServerGroupRow>,
     /// Object here → instances being terminated that still use it.
     ending: HashMap<&'a str, Vec<&'a str>>,
 }
@@ -1084,6 +1129,7 @@ impl<'a> Have<'a> {
             vif_groups,
             volumes: t.volumes.iter().map(|r| (r.0.as_str(), r)).collect(),
             fips: t.floating_ips.iter().map(|r| r.0.as_str()).collect(),
+            server_groups: t.server_groups.iter().map(|r| (r.0.as_str(), r)).collect(),
             ending: t.ending.iter().fold(HashMap::new(), |mut m, (o, i)| {
                 m.entry(o.as_str()).or_insert_with(Vec::new).push(i.as_str());
                 m
@@ -1100,7 +1146,8 @@ impl<'a> Have<'a> {
             || self.images.contains_key(t)
             || self.instances.contains_key(t)
             || self.volumes.contains_key(t)
-            || self.fips.contains(t);
+            || self.fips.contains(t)
+            || self.server_groups.contains_key(t);
         found.then(|| t.to_owned())
     }
     fn network(&self, id: &str) -> Option<(String, &'a store::NetworkRow)> {
@@ -1120,6 +1167,9 @@ impl<'a> Have<'a> {
         let t = self.map.get(id)?;
         self.instances.get(t.as_str()).map(|r| (t.clone(), *r))
     }
+    fn server_group(&self, id: &str) -> Option<&'a store::ServerGroupRow> {
+        self.server_groups.get(self.map.get(id)?.as_str()).copied()
+    }
     fn fip(&self, id: &str) -> Option<String> {
         self.map.get(id).filter(|t| self.fips.contains(t.as_str())).cloned()
     }
@@ -1127,6 +1177,55 @@ impl<'a> Have<'a> {
     fn here(d: &Decision, id: &str) -> String {
         d.kept.get(id).cloned().unwrap_or_else(|| format!("new:{id}"))
     }
+}
+
+/// The group of the earlier import that server group `g` (bundle ID) is, as placement sees it.
+fn kept_group(m: &Manifest, d: &Decision, g: &str) -> Option<scheduler::Group> {
+    let id = d.kept.get(g)?;
+    let b = m.model.server_groups.iter().find(|x| x.id == g)?;
+    Some(scheduler::Group { id: id.clone(), name: b.name.clone(), policy: *d.group_policies.get(g)? })
+}
+
+/// A hard policy that no set of this site's hosts can meet, whatever their room:
+/// anti-affinity needs a host per running member, affinity one host that runs them all.
+fn group_unplaceable(
+    m: &Manifest,
+    d: &Decision,
+    e: &store::Existing,
+    g: &vdc_bundle::ServerGroup,
+) -> Option<BundleConflict> {
+    let policy = *d.group_policies.get(&g.id)?;
+    let members: Vec<&vdc_bundle::Instance> =
+        m.model.instances.iter().filter(|i| i.server_group.as_ref() == Some(&g.id) && !i.stopped).collect();
+    let hv = |i: &vdc_bundle::Instance| d.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
+    let runs = |host: &Vec<String>, i: &vdc_bundle::Instance| host.iter().any(|h| h == hv(i).as_str());
+    let (why, soft) = match policy {
+        ServerGroupPolicy::AntiAffinity => {
+            let hosts = e.hosts.iter().filter(|h| members.iter().any(|i| runs(h, i))).count();
+            if members.len() <= hosts {
+                return None;
+            }
+            (
+                format!("{} running members need a host each, and {hosts} host(s) here run them", members.len()),
+                ServerGroupPolicy::SoftAntiAffinity,
+            )
+        }
+        ServerGroupPolicy::Affinity => {
+            if members.is_empty() || e.hosts.iter().any(|h| members.iter().all(|i| runs(h, i))) {
+                return None;
+            }
+            (
+                "its running members share one host, and no host here runs all of them".to_owned(),
+                ServerGroupPolicy::SoftAffinity,
+            )
+        }
+        _ => return None,
+    };
+    Some(conflict(
+        "server_group_unsatisfiable",
+        format!("server group {} ({policy}): {why}", g.name),
+        Some(format!("server_group.{}.policy={soft}", g.name)),
+    ))
 }
 
 /// The host classes instance `i` asks for here: the bundle's, mapped by `zone.Z=…` and
@@ -1426,6 +1525,9 @@ fn update_instance(
     if i.user_data != row.7 {
         replace.push("user_data".into());
     }
+    if i.server_group.as_ref().map(|g| Have::here(d, g)) != row.12 {
+        replace.push("server group".into());
+    }
     let nics = h.vifs.get(t.as_str()).cloned().unwrap_or_default();
     let mut groups = Vec::new();
     if nics.len() != i.interfaces.len() {
@@ -1524,6 +1626,7 @@ fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
         .chain(mo.instances.iter().map(|x| x.id.as_str()))
         .chain(mo.volumes.iter().map(|x| x.id.as_str()))
         .chain(mo.floating_ips.iter().map(|x| x.id.as_str()))
+        .chain(mo.server_groups.iter().map(|x| x.id.as_str()))
         .collect();
     // An instance's root disk image (`ID:root`) goes with its instance.
     let gone: Vec<(&String, &String)> = h
@@ -1587,6 +1690,14 @@ fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
             ("volume", r.1.clone(), held(&u, &pruned, ending, "attached to"))
         } else if h.fips.contains(t) {
             ("floating_ip", String::new(), None)
+        } else if let Some(r) = h.server_groups.get(t) {
+            let u: Vec<(&str, String)> = h
+                .instances
+                .values()
+                .filter(|i| i.12.as_deref() == Some(t))
+                .map(|i| (i.0.as_str(), i.1.clone()))
+                .collect();
+            ("server_group", r.1.clone(), held(&u, &pruned, None, "has member"))
         } else {
             continue; // gone here too
         };
@@ -1953,6 +2064,7 @@ fn quota_asks(m: &Manifest, d: &Decision) -> Vec<(QuotaKey, u64)> {
         (QuotaKey::Networks, d.networks.iter().filter(|n| n.existing.is_none()).count() as u64),
         (QuotaKey::SecurityGroups, m.model.security_groups.iter().filter(|g| new(&g.id)).count() as u64),
         (QuotaKey::Keypairs, m.model.keypairs.iter().filter(|k| new(&k.id)).count() as u64),
+        (QuotaKey::ServerGroups, m.model.server_groups.iter().filter(|g| new(&g.id)).count() as u64),
         (QuotaKey::Images, new_images.len() as u64),
         (QuotaKey::ImageGib, new_images.iter().filter_map(|i| i.blob.as_ref()).map(|b| b.size).sum()),
     ]
@@ -1973,7 +2085,10 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         let hv = pre.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
         let demand = scheduler::Demand { hypervisor: hv, cpus: i.cpus, memory_mib: i.memory_mib, uefi: false };
         let (zone, labels) = pre.host_classes.get(&i.id).cloned().unwrap_or_default();
-        let c = scheduler::Constraints { zone, labels: labels.into_iter().collect(), group: None };
+        // A group this import creates has no members yet: its policy narrows the
+        // candidates in the transaction, as members are placed.
+        let group = i.server_group.as_ref().and_then(|g| kept_group(m, &pre, g));
+        let c = scheduler::Constraints { zone, labels: labels.into_iter().collect(), group };
         candidates.insert(i.id.clone(), scheduler::candidates(ctx, demand, &c, None).await?);
     }
 
@@ -2081,6 +2196,25 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         ids.insert(k.id.clone(), id.to_string());
         keys.insert(k.id.clone(), id);
     }
+    let mut server_groups: HashMap<String, scheduler::Group> = HashMap::new();
+    for g in &m.model.server_groups {
+        let group = match kept_group(m, &d, &g.id) {
+            Some(kept) => kept,
+            None => {
+                let new = vdc_schema::api::ServerGroup {
+                    id: ServerGroupId::generate(),
+                    name: name("server_group", &g.id),
+                    policy: d.group_policies[&g.id],
+                    members: vec![],
+                    created_at: db::parse_time(&now),
+                };
+                db::server_group::insert(&mut tx, account, &new).await?;
+                ids.insert(g.id.clone(), new.id.to_string());
+                scheduler::Group { id: new.id.to_string(), name: new.name, policy: new.policy }
+            }
+        };
+        server_groups.insert(g.id.clone(), group);
+    }
     // Kernels before the disk images that name them.
     let mut images: HashMap<String, (ImageId, vdc_schema::state::BootMode)> = HashMap::new();
     let mut order: Vec<&vdc_bundle::Image> = m.model.images.iter().collect();
@@ -2166,10 +2300,25 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
             memory_mib: i.memory_mib,
             uefi: boot == vdc_schema::state::BootMode::Uefi,
         };
+        let group = i.server_group.as_ref().map(|g| &server_groups[g]);
         let host = match i.stopped {
             // Unused by insert_stopped.
             true => HostNodeId::generate(),
-            false => scheduler::reserve(ctx, &mut tx, demand, &candidates[&i.id]).await?,
+            false => {
+                let mut cands = candidates[&i.id].clone();
+                if let Some(g) = group {
+                    // Where the members placed so far (this import's among them) are.
+                    if !db::server_group::lock(&mut tx, &g.id).await? {
+                        return Err(ApiError::not_found("server group", &g.id));
+                    }
+                    let hosts = db::server_group::member_hosts(&mut tx, &g.id).await?;
+                    cands = scheduler::allowed_by_policy(g.policy, &hosts, &cands);
+                    if cands.is_empty() {
+                        return Err(scheduler::group_unsatisfiable(g, demand));
+                    }
+                }
+                scheduler::reserve(ctx, &mut tx, demand, &cands).await?
+            }
         };
         let id = InstanceId::generate();
         let key = i.keypair.as_ref().map(|k| keys[k].clone());
@@ -2187,8 +2336,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
             root_disk_size: i.root_disk_size,
             host: &host,
             now: &now,
-            // Bundles carry no server groups: imported instances are placed without one.
-            server_group: None,
+            server_group: group.map(|g| g.id.as_str()),
             zone: &class.0,
             labels: &class_labels,
         };
@@ -2271,6 +2419,19 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
                 db::secgroup::delete(&mut tx, &gid).await?;
             }
             "keypair" => store::delete_keypair(&mut tx, id).await?,
+            "server_group" => {
+                let gid: ServerGroupId = id.parse().map_err(ApiError::internal)?;
+                // The plan deletes a group once no live instance is in it; a member
+                // created since is refused, under the group's lock.
+                db::server_group::lock(&mut tx, id).await?;
+                if !db::server_group::members(&mut *tx, id).await?.is_empty() {
+                    return Err(ApiError::conflict(
+                        "in_use",
+                        format!("server group {id} is gone from the bundle but has members"),
+                    ));
+                }
+                db::server_group::delete(&mut tx, &gid).await?;
+            }
             // Each their own decision, as if asked through the API, once this commits.
             "instance" | "floating_ip" | "volume" | "image" => {}
             other => return Err(ApiError::internal(format!("cannot remove a {other}"))),
@@ -2481,6 +2642,7 @@ mod tests {
                     stopped: false,
                     zone: None,
                     host_labels: Default::default(),
+                    server_group: None,
                 }],
                 ..Default::default()
             },
@@ -2494,6 +2656,7 @@ mod tests {
             cidrs: vec![("nw-x".into(), "10.0.0.0/16".into())],
             usable_images: vec![("img-pub".into(), "tiny".into(), ",qemu,kvm,".into())],
             hypervisors: vec!["lxc".into(), "qemu".into()],
+            hosts: vec![vec!["lxc".into(), "qemu".into()]],
             host_classes: vec![(String::new(), ",".into())],
             external: false,
             prior: None,
@@ -2612,6 +2775,57 @@ mod tests {
     }
 
     #[test]
+    fn hard_group_policies_the_hosts_cannot_meet_are_conflicts_a_map_softens() {
+        let maps = parse_maps(&[
+            "network.front.cidr=10.9.0.0/24".into(),
+            "hypervisor.kvm=qemu".into(),
+            "instance.web.name=w".into(),
+        ]);
+        let mut m = manifest();
+        m.model.server_groups.push(vdc_bundle::ServerGroup {
+            id: "srvg-1".into(),
+            name: "ha".into(),
+            policy: ServerGroupPolicy::AntiAffinity,
+        });
+        let mut db = m.model.instances[0].clone();
+        (db.id, db.name, db.interfaces) = ("i-2".into(), "db".into(), vec![]);
+        m.model.instances.push(db);
+        for i in &mut m.model.instances {
+            i.server_group = Some("srvg-1".into());
+        }
+        // One host: two running members of an anti-affinity group cannot both be placed.
+        let d = decide(&m, &existing(), &maps);
+        assert_eq!(
+            codes(&d),
+            vec![("server_group_unsatisfiable".into(), Some("server_group.ha.policy=soft-anti-affinity".into()))]
+        );
+        assert!(d.creates.iter().any(|c| c.kind == "server_group" && c.name == "ha"), "{:?}", d.creates);
+        // A second host that runs them, a stopped member, or the soft policy: no conflict.
+        let mut two = existing();
+        two.hosts.push(vec!["qemu".into()]);
+        assert!(decide(&m, &two, &maps).conflicts.is_empty());
+        let mut stopped = m.clone();
+        stopped.model.instances[1].stopped = true;
+        assert!(decide(&stopped, &existing(), &maps).conflicts.is_empty());
+        let mut soft = maps.clone();
+        soft.policy.insert("ha".into(), ServerGroupPolicy::SoftAntiAffinity);
+        let d = decide(&m, &existing(), &soft);
+        assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
+        assert_eq!(d.group_policies["srvg-1"], ServerGroupPolicy::SoftAntiAffinity);
+        // Affinity: the members' hypervisors must be on one host.
+        m.model.server_groups[0].policy = ServerGroupPolicy::Affinity;
+        m.model.instances[1].hypervisor = HypervisorKind::Lxc;
+        let mut split = existing();
+        split.hosts = vec![vec!["qemu".into()], vec!["lxc".into()]];
+        let unsat = |e: &store::Existing| {
+            decide(&m, e, &maps).conflicts.iter().filter(|c| c.code == "server_group_unsatisfiable").count()
+        };
+        assert_eq!(unsat(&split), 1);
+        assert_eq!(unsat(&existing()), 0, "one host runs both");
+        assert!(parse_maps(&["server_group.ha.policy=sometimes".into()]).invalid.len() == 1);
+    }
+
+    #[test]
     fn host_classes_are_asked_only_when_the_instance_has_some() {
         let maps = parse_maps(&[
             "network.front.cidr=10.9.0.0/24".into(),
@@ -2699,11 +2913,13 @@ mod tests {
                     s("running"),
                     s(""),
                     s(","),
+                    None,
                 )],
                 vifs: vec![(s("vif-T"), s("i-T"), s("nw-T"), s("10.9.0.20"), s("52:54:00:00:00:01"))],
                 vif_groups: vec![(s("vif-T"), s("sg-T"))],
                 volumes: vec![],
                 floating_ips: vec![],
+                server_groups: vec![],
                 ending: vec![],
             },
         }
@@ -2768,6 +2984,62 @@ mod tests {
     }
 
     #[test]
+    fn an_update_keeps_server_groups_and_their_members_and_prunes_a_group_only_without_them() {
+        let mut p = prior();
+        p.import.id_map.insert("srvg-1".into(), "srvg-T".into());
+        p.target.server_groups.push(("srvg-T".into(), "ha".into(), "anti-affinity".into()));
+        p.target.instances[0].12 = Some("srvg-T".into());
+        let mut e = existing();
+        e.prior = Some(p);
+        let maps = parse_maps(&["hypervisor.kvm=qemu".into()]);
+        let mut m = manifest();
+        m.model.server_groups.push(vdc_bundle::ServerGroup {
+            id: "srvg-1".into(),
+            name: "ha".into(),
+            policy: ServerGroupPolicy::AntiAffinity,
+        });
+        m.model.instances[0].server_group = Some("srvg-1".into());
+        let d = decide(&m, &e, &maps);
+        assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
+        assert_eq!(d.kept["srvg-1"], "srvg-T");
+        assert!(d.unchanged.iter().any(|c| c.kind == "server_group"), "{:?}", d.unchanged);
+        assert!(d.carry.contains_key("srvg-1"));
+        // Its policy does not change in place; mapping it to the policy here resolves that.
+        let mut other = m.clone();
+        other.model.server_groups[0].policy = ServerGroupPolicy::Affinity;
+        assert_eq!(
+            codes(&decide(&other, &e, &maps)),
+            vec![("replace_needed".into(), Some("server_group.ha.policy=anti-affinity".into()))]
+        );
+        let mut keep = maps.clone();
+        keep.policy.insert("ha".into(), ServerGroupPolicy::AntiAffinity);
+        assert!(decide(&other, &e, &keep).conflicts.is_empty());
+        // Nor does an instance's group; and the group's member stays, so a prune refuses it.
+        let mut gone = manifest();
+        gone.model.instances[0].server_group = None;
+        let mut prune = maps.clone();
+        prune.prune = true;
+        let found: Vec<String> = decide(&gone, &e, &prune).conflicts.iter().map(|c| c.message.clone()).collect();
+        assert!(found.iter().any(|c| c.contains("server group change only by replacing it")), "{found:?}");
+        assert!(
+            found.iter().any(|c| c.contains("server_group ha (srvg-T) is gone from the bundle but has member")),
+            "{found:?}"
+        );
+        // With the member gone from the bundle too, the prune terminates it, and the group
+        // goes by the next prune, once the member is gone (as networks and groups wait).
+        gone.model.instances.clear();
+        let d = decide(&gone, &e, &prune);
+        let waits = d.deletes.iter().find(|c| c.kind == "server_group").map(|c| c.detail.clone()).unwrap();
+        assert!(waits.starts_with("waits: has member instance(s) web being terminated"), "{waits}");
+        if let Some(p) = e.prior.as_mut() {
+            p.target.instances.clear();
+            p.target.vifs.clear();
+        }
+        let d = decide(&gone, &e, &prune);
+        assert!(d.removes.contains(&("server_group".to_owned(), "srvg-T".to_owned())), "{:?}", d.removes);
+    }
+
+    #[test]
     fn an_update_keeps_remaps_changes_in_place_and_prunes_only_when_asked() {
         let mut e = existing();
         e.prior = Some(prior());
@@ -2817,6 +3089,7 @@ mod tests {
             "running".into(),
             String::new(),
             ",".into(),
+            None,
         ));
         p.target.vifs.push((
             "vif-X".into(),

@@ -29,11 +29,25 @@ pub type ImageRow = (
     Option<String>,
     String,
 );
-/// (id, name, image, hypervisor, cpus, memory, ssh key, user data, root disk size, goal)
 /// (id, name, image, hypervisor, cpus, memory, key pair, user-data, root disk size, goal,
-/// zone, labels)
-pub type InstanceRow =
-    (String, String, String, String, i64, i64, Option<String>, Option<String>, Option<i64>, String, String, String);
+/// zone, labels, server group)
+pub type InstanceRow = (
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    String,
+    String,
+    String,
+    Option<String>,
+);
+/// (id, name, policy)
+pub type ServerGroupRow = (String, String, String);
 /// (vif id, instance, network, ip, mac)
 pub type VifRow = (String, String, String, String, String);
 /// (id, name, size, the instance it is attached to)
@@ -54,6 +68,7 @@ pub struct Snapshot {
     pub vif_groups: Vec<(String, String)>,
     pub volumes: Vec<VolumeRow>,
     pub floating_ips: Vec<FipRow>,
+    pub server_groups: Vec<ServerGroupRow>,
     /// (network, group, volume or image here, the name of an instance being terminated
     /// that still uses it): what a prune defers until that instance is gone.
     pub ending: Vec<(String, String)>,
@@ -106,7 +121,7 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
     .await?;
     let instances = sqlx::query_as(&format!(
         "SELECT id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, root_disk_size, goal, \
-         placement_zone, placement_labels FROM instances WHERE id IN ({live}) ORDER BY id"
+         placement_zone, placement_labels, server_group_id FROM instances WHERE id IN ({live}) ORDER BY id"
     ))
     .bind(a)
     .fetch_all(&mut *tx)
@@ -134,6 +149,10 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
         .bind(a)
         .fetch_all(&mut *tx)
         .await?;
+    let server_groups = sqlx::query_as("SELECT id, name, policy FROM server_groups WHERE account_id = $1 ORDER BY id")
+        .bind(a)
+        .fetch_all(&mut *tx)
+        .await?;
     let ending_instances = "SELECT id, name FROM instances WHERE account_id = $1 AND state <> 'terminated' \
                             AND goal = 'terminated'";
     let ending = sqlx::query_as(&format!(
@@ -157,6 +176,7 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
         vif_groups,
         volumes,
         floating_ips,
+        server_groups,
         ending,
     })
 }
@@ -173,6 +193,8 @@ pub struct Existing {
     /// without data resolves to one of these.
     pub usable_images: Vec<(String, String, String)>,
     pub hypervisors: Vec<String>,
+    /// Each host's hypervisors (an anti-affinity group needs a host per member).
+    pub hosts: Vec<Vec<String>>,
     /// The host classes of the site: each host's (zone, labels as `host::join_labels`).
     pub host_classes: Vec<(String, String)>,
     /// The site has an external network (floating IPs can be allocated); set by the caller
@@ -198,7 +220,8 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
          UNION ALL SELECT 'keypair', name FROM keypairs WHERE account_id = $1 \
          UNION ALL SELECT 'image', name FROM images WHERE account_id = $1 \
          UNION ALL SELECT 'instance', name FROM instances WHERE account_id = $1 AND state <> 'terminated' \
-         UNION ALL SELECT 'volume', name FROM volumes WHERE account_id = $1 AND state <> 'deleted'",
+         UNION ALL SELECT 'volume', name FROM volumes WHERE account_id = $1 AND state <> 'deleted' \
+         UNION ALL SELECT 'server_group', name FROM server_groups WHERE account_id = $1",
     )
     .bind(a)
     .fetch_all(&mut *db)
@@ -214,14 +237,15 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
     .fetch_all(&mut *db)
     .await?;
     let hv: Vec<(String,)> = sqlx::query_as("SELECT hypervisors FROM host_nodes").fetch_all(&mut *db).await?;
-    let mut hypervisors: Vec<String> = hv.iter().flat_map(|(h,)| db::split_list::<String>(h)).collect();
+    let hosts: Vec<Vec<String>> = hv.iter().map(|(h,)| db::split_list::<String>(h)).collect();
+    let mut hypervisors: Vec<String> = hosts.iter().flatten().cloned().collect();
     hypervisors.sort();
     hypervisors.dedup();
     let mut host_classes: Vec<(String, String)> =
         sqlx::query_as("SELECT zone, labels FROM host_nodes").fetch_all(&mut *db).await?;
     host_classes.sort();
     host_classes.dedup();
-    Ok(Existing { names, cidrs, usable_images, hypervisors, host_classes, external: false, prior: None })
+    Ok(Existing { names, cidrs, usable_images, hypervisors, hosts, host_classes, external: false, prior: None })
 }
 
 type ImportRow = (String, String, String, String, String, String, Option<String>);
