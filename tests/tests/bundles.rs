@@ -497,8 +497,23 @@ async fn a_cut_import_is_completed_after_a_restart_with_nothing_doubled(db: Db) 
     let assembling = b.opts.images.dir.as_ref().unwrap().join("staging");
     assert_eq!(std::fs::read_dir(&assembling).unwrap().count(), 0, "a blob of the cut import stayed");
     let staged = b.opts.images.dir.as_ref().unwrap().join("bundle-chunks");
+    // Plans cut short by a dcmgr killed meanwhile left their directories (a process gone,
+    // and one named before the process was in the name); another live process's stays.
+    let dead = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        c.wait().unwrap();
+        c.id()
+    };
+    for d in [format!("plan-{dead}-1"), "plan-00000000000000ab".into(), "plan-1-2".into()] {
+        std::fs::create_dir_all(assembling.join(&d)).unwrap();
+        std::fs::write(assembling.join(d).join("chunk"), b"x").unwrap();
+    }
     // dcmgr dies; the same command afterwards completes the import.
     b.restart_dcmgr().await;
+    let left: Vec<String> =
+        std::fs::read_dir(&assembling).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    assert_eq!(left, vec!["plan-1-2".to_string()], "plans of processes gone are removed at start");
+    std::fs::remove_dir_all(assembling.join("plan-1-2")).unwrap();
     let done = cb.import_bundle(good.clone(), &[]).await.unwrap();
     assert!(done.created);
     assert_eq!(model(&ca).await, model(&cb).await);

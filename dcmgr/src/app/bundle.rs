@@ -1770,7 +1770,9 @@ pub async fn receive_body(
     let trusted = ctx.trusted_keys.clone();
     // A plan hashes every blob too, keeping the chunks it needs again in a directory of
     // its own, removed when it is done.
-    let plan_dir = (!stage).then(|| staging_dir(ctx).join(format!("plan-{:016x}", rand::random::<u64>())));
+    let plan_dir = (!stage).then(|| {
+        staging_dir(ctx).join(format!("plan-{}-{:016x}", std::process::id(), rand::random::<u64>()))
+    });
     let (chunks, staging, blobs, dir) = (chunk_dir(ctx), staging_dir(ctx), ctx.blobs.clone(), plan_dir.clone());
     let stage = Some(move |m: &Manifest| match &dir {
         Some(d) => Stager::verify(m, d),
@@ -1794,6 +1796,29 @@ pub async fn receive_body(
     })
     .await;
     Ok(r.map_err(ApiError::internal)??)
+}
+
+/// Removes the plan directories of dcmgr processes gone (killed during a plan): at start,
+/// before this process plans anything. A directory of a live process, another dcmgr
+/// sharing the image directory, is its own and stays.
+pub fn remove_stale_plans(ctx: &SharedCtx) {
+    let Ok(dir) = std::fs::read_dir(staging_dir(ctx)) else { return };
+    let me = std::process::id();
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("plan-")).and_then(|n| n.split('-').next()) else {
+            continue;
+        };
+        // Named before pids were: from an older dcmgr, gone.
+        let gone = match pid.parse::<u32>() {
+            Ok(pid) => pid == me || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            Err(_) => true,
+        };
+        if gone {
+            tracing::info!(dir = %e.path().display(), "removing the directory of a plan cut short");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> ApiResult<BundlePlan> {
