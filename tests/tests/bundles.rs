@@ -25,6 +25,7 @@ on_both_databases!(
     disks_volumes_stopped_instances_and_floating_ips_travel,
     a_newer_bundle_updates_the_import_and_prunes_only_when_asked,
     volume_attachments_travel_and_follow_updates,
+    a_move_cut_short_by_a_stop_is_finished_by_the_reconciler,
     host_classes_travel_and_are_mapped,
     server_groups_travel_and_place_their_members_by_policy,
     ten_concurrent_imports_of_an_update_apply_it_once,
@@ -961,6 +962,33 @@ async fn wait_attached(c: &Client, id: &VolumeId, to: &InstanceId) {
         v = c.get_volume(id).await.unwrap();
     }
     panic!("volume {} is {} on {:?}, not attached to {to}", v.name, v.state, v.instance_id);
+}
+
+/// An update moves a volume in two steps after its commit (detach, then attach where the
+/// bundle has it); a dcmgr that stopped between the commit and the detach leaves the ask
+/// on a volume still attached where it was, and the reconciler's pass finishes the move.
+async fn a_move_cut_short_by_a_stop_is_finished_by_the_reconciler(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("tenant").await;
+    let net = network(&c, "net", "10.92.0.0/24").await;
+    let img = raw_image(&c, "disk", noise(100_000, 9)).await;
+    running(&c, "vm1", &img, &net.id, vec![]).await;
+    running(&c, "vm2", &img, &net.id, vec![]).await;
+    let (vm1, vm2) = (live_instance(&c, "vm1").await.id, live_instance(&c, "vm2").await.id);
+    let req = CreateVolume { name: "data".into(), size_mib: Some(8), snapshot_id: None, image_id: None };
+    let vol = c.create_volume(&req).await.unwrap().resource;
+    wait_volume(&c, &vol.id).await;
+    c.attach_volume(&vol.id, &vm1).await.unwrap();
+    wait_attached(&c, &vol.id, &vm1).await;
+    // What the import's transaction commits for a move, with nothing after it.
+    sqlx::query("UPDATE volumes SET attach_to = $1 WHERE id = $2")
+        .bind(vm2.as_str())
+        .bind(vol.id.as_str())
+        .execute(&s.dcmgr().ctx.db)
+        .await
+        .unwrap();
+    wait_attached(&c, &vol.id, &vm2).await;
+    s.stop().await;
 }
 
 /// A volume attached on A is attached on B to the instance made of the same one, once

@@ -1770,9 +1770,8 @@ pub async fn receive_body(
     let trusted = ctx.trusted_keys.clone();
     // A plan hashes every blob too, keeping the chunks it needs again in a directory of
     // its own, removed when it is done.
-    let plan_dir = (!stage).then(|| {
-        staging_dir(ctx).join(format!("plan-{}-{:016x}", std::process::id(), rand::random::<u64>()))
-    });
+    let plan_dir =
+        (!stage).then(|| staging_dir(ctx).join(format!("plan-{}-{:016x}", std::process::id(), rand::random::<u64>())));
     let (chunks, staging, blobs, dir) = (chunk_dir(ctx), staging_dir(ctx), ctx.blobs.clone(), plan_dir.clone());
     let stage = Some(move |m: &Manifest| match &dir {
         Some(d) => Stager::verify(m, d),

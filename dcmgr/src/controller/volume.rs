@@ -80,7 +80,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
     tx.commit().await?;
     ctx.events.wake();
     // Filled, or detached: an attach a bundle import asked for is done now.
-    if new_state == VolumeState::Available && state != VolumeState::Available {
+    if new_state == VolumeState::Available && state != VolumeState::Available && row.attach_to.is_some() {
         if let Ok(id) = row.id.parse::<VolumeId>() {
             if let Err(e) = crate::app::volume::attach_asked(ctx, &id).await {
                 tracing::warn!(volume = %id, error = %e, "attaching a volume where an import asked");

@@ -23,11 +23,18 @@ pub struct Row {
     pub failure_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// The instance a bundle import asked it be attached to once available.
+    pub attach_to: Option<String>,
 }
 
+/// What a create writes.
 const COLS: &str =
     "id, account_id, name, size_mib, state, storage_node_id, instance_id, snapshot_id, image_id, target, spec_gen, \
      report_gen, failure_reason, created_at, updated_at";
+/// What a row holds.
+const ROW: &str =
+    "id, account_id, name, size_mib, state, storage_node_id, instance_id, snapshot_id, image_id, target, spec_gen, \
+     report_gen, failure_reason, created_at, updated_at, attach_to";
 
 impl Row {
     pub fn state(&self) -> ApiResult<VolumeState> {
@@ -53,7 +60,7 @@ impl Row {
 
 /// Volume `id`, whoever's it is.
 pub async fn get<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &str) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLS} FROM volumes WHERE id = $1")).bind(id).fetch_optional(db).await
+    sqlx::query_as(&format!("SELECT {ROW} FROM volumes WHERE id = $1")).bind(id).fetch_optional(db).await
 }
 
 /// One page of an account's volumes, in creation order after `cursor`; `state` and
@@ -67,7 +74,7 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLS} FROM volumes WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
+        "SELECT {ROW} FROM volumes WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
          AND ($4 = '' OR name = $4) ORDER BY id LIMIT $5"
     ))
     .bind(account.as_str())
@@ -317,6 +324,17 @@ pub async fn clear_attach_to(pool: &db::Pool, id: &str, instance: &str) -> Resul
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Volumes an import moves (attached, with an attach asked elsewhere) whose detach no
+/// dcmgr made (the importing one stopped after its commit): (id, account).
+pub async fn moving(pool: &db::Pool) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, account_id FROM volumes WHERE state = 'attached' AND attach_to IS NOT NULL \
+         AND instance_id IS NOT NULL AND instance_id <> attach_to ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Available volumes with an attach asked for (left by a dcmgr that stopped).
