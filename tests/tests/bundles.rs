@@ -1185,20 +1185,8 @@ async fn server_groups_travel_and_place_their_members_by_policy(db: Db) {
     for (name, policy) in [("ha", ServerGroupPolicy::AntiAffinity), ("big", ServerGroupPolicy::AntiAffinity)] {
         ca.create_server_group(&CreateServerGroup { name: name.into(), policy }).await.unwrap();
     }
-    let mut req = CreateInstance {
-        name: None,
-        image_id: img,
-        hypervisor: Some(HypervisorKind::Qemu),
-        cpus: 1,
-        memory_mib: 64,
-        interfaces: vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }],
-        ssh_key_id: None,
-        user_data: None,
-        root_disk_size: None,
-        server_group: None,
-        zone: None,
-        host_labels: Default::default(),
-    };
+    let mut req = vdc_tests::qemu_guest(&img, "");
+    req.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }];
     for (name, group) in [("ha1", "ha"), ("ha2", "ha"), ("b1", "big"), ("b2", "big"), ("b3", "big")] {
         (req.name, req.server_group) = (Some(name.into()), Some(group.into()));
         let i = ca.create_instance(&req).await.unwrap().resource;
