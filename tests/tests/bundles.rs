@@ -505,7 +505,7 @@ async fn a_cut_import_is_completed_after_a_restart_with_nothing_doubled(db: Db) 
         c.wait().unwrap();
         c.id()
     };
-    for d in [format!("plan-{dead}-1"), "plan-00000000000000ab".into(), "plan-1-2".into()] {
+    for d in [format!("plan-{dead}-1"), "plan-0000000000000001".into(), "plan-1-2".into()] {
         std::fs::create_dir_all(assembling.join(&d)).unwrap();
         std::fs::write(assembling.join(d).join("chunk"), b"x").unwrap();
     }

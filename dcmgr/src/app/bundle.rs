@@ -1186,8 +1186,9 @@ fn kept_group(m: &Manifest, d: &Decision, g: &str) -> Option<scheduler::Group> {
     Some(scheduler::Group { id: id.clone(), name: b.name.clone(), policy: *d.group_policies.get(g)? })
 }
 
-/// A hard policy that no set of this site's hosts can meet, whatever their room:
-/// anti-affinity needs a host per running member, affinity one host that runs them all.
+/// A hard policy that no set of this site's hosts can meet, whatever their room, for the
+/// members the import places (running, not kept: those of an earlier import are where
+/// they are): anti-affinity needs a host per member, affinity one host that runs them all.
 fn group_unplaceable(
     m: &Manifest,
     d: &Decision,
@@ -1195,8 +1196,12 @@ fn group_unplaceable(
     g: &vdc_bundle::ServerGroup,
 ) -> Option<BundleConflict> {
     let policy = *d.group_policies.get(&g.id)?;
-    let members: Vec<&vdc_bundle::Instance> =
-        m.model.instances.iter().filter(|i| i.server_group.as_ref() == Some(&g.id) && !i.stopped).collect();
+    let members: Vec<&vdc_bundle::Instance> = m
+        .model
+        .instances
+        .iter()
+        .filter(|i| i.server_group.as_ref() == Some(&g.id) && !i.stopped && !d.kept.contains_key(&i.id))
+        .collect();
     let hv = |i: &vdc_bundle::Instance| d.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
     let runs = |host: &Vec<String>, i: &vdc_bundle::Instance| host.iter().any(|h| h == hv(i).as_str());
     let (why, soft) = match policy {
@@ -1805,13 +1810,12 @@ pub fn remove_stale_plans(ctx: &SharedCtx) {
     let me = std::process::id();
     for e in dir.flatten() {
         let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("plan-")).and_then(|n| n.split('-').next()) else {
-            continue;
-        };
-        // Named before pids were: from an older dcmgr, gone.
-        let gone = match pid.parse::<u32>() {
-            Ok(pid) => pid == me || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            Err(_) => true,
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("plan-")) else { continue };
+        // `plan-<pid>-<random>`; one named before pids were (`plan-<random>`) is an older
+        // dcmgr's, gone.
+        let gone = match rest.split_once('-').map(|(pid, _)| pid.parse::<u32>()) {
+            Some(Ok(pid)) => pid == me || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            _ => true,
         };
         if gone {
             tracing::info!(dir = %e.path().display(), "removing the directory of a plan cut short");
