@@ -975,19 +975,30 @@ async fn a_move_cut_short_by_a_stop_is_finished_by_the_reconciler(db: Db) {
     running(&c, "vm1", &img, &net.id, vec![]).await;
     running(&c, "vm2", &img, &net.id, vec![]).await;
     let (vm1, vm2) = (live_instance(&c, "vm1").await.id, live_instance(&c, "vm2").await.id);
-    let req = CreateVolume { name: "data".into(), size_mib: Some(8), snapshot_id: None, image_id: None };
-    let vol = c.create_volume(&req).await.unwrap().resource;
-    wait_volume(&c, &vol.id).await;
-    c.attach_volume(&vol.id, &vm1).await.unwrap();
-    wait_attached(&c, &vol.id, &vm1).await;
-    // What the import's transaction commits for a move, with nothing after it.
-    sqlx::query("UPDATE volumes SET attach_to = $1 WHERE id = $2")
-        .bind(vm2.as_str())
-        .bind(vol.id.as_str())
-        .execute(&s.dcmgr().ctx.db)
-        .await
-        .unwrap();
-    wait_attached(&c, &vol.id, &vm2).await;
+    let req = |name: &str| CreateVolume { name: name.into(), size_mib: Some(8), snapshot_id: None, image_id: None };
+    let (moved, loose) = (
+        c.create_volume(&req("moved")).await.unwrap().resource,
+        c.create_volume(&req("loose")).await.unwrap().resource,
+    );
+    for v in [&moved, &loose] {
+        wait_volume(&c, &v.id).await;
+        c.attach_volume(&v.id, &vm1).await.unwrap();
+        wait_attached(&c, &v.id, &vm1).await;
+    }
+    // What an update's transaction commits when it moves one volume to vm2 and detaches
+    // the other (`app::volume::detach_in`), with nothing after it: no ensure was sent.
+    let db = &s.dcmgr().ctx.db;
+    for (v, to) in [(&moved, Some(vm2.as_str())), (&loose, None)] {
+        sqlx::query("UPDATE volumes SET state = 'detaching', ensure_sent_at = 0, attach_to = $1 WHERE id = $2")
+            .bind(to)
+            .bind(v.id.as_str())
+            .execute(db)
+            .await
+            .unwrap();
+    }
+    wait_attached(&c, &moved.id, &vm2).await;
+    let loose = wait_volume(&c, &loose.id).await;
+    assert_eq!((loose.state, loose.instance_id), (VolumeState::Available, None));
     s.stop().await;
 }
 
@@ -1070,6 +1081,19 @@ async fn volume_attachments_travel_and_follow_updates(db: Db) {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     wait_attached(&cb, &b_loose.id, &mine.id).await;
     wait_attached(&cb, &b_data.id, &b_vm2.id).await;
+
+    // A detaches data and attaches it nowhere: B's import detaches it (in its commit).
+    ca.detach_volume(&data.id).await.unwrap();
+    wait_volume(&ca, &data.id).await;
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let updates: Vec<(String, String)> =
+        plan.updates.iter().filter(|c| c.kind == "volume").map(|c| (c.name.clone(), c.detail.clone())).collect();
+    assert_eq!(updates, vec![("data".into(), "detached from vm2".into())]);
+    assert!(cb.import_bundle(bytes.clone(), &[]).await.unwrap().created);
+    assert_eq!(wait_volume(&cb, &b_data.id).await.instance_id, None);
+    assert!(!cb.import_bundle(bytes, &[]).await.unwrap().created);
+    wait_attached(&cb, &b_loose.id, &mine.id).await;
     a.stop().await;
     b.stop().await;
 }

@@ -1947,10 +1947,17 @@ async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -
 }
 
 enum Applied {
-    /// Made, with the work to send, the prunes to carry out once committed, and the
-    /// volumes to detach (true) and attach where the import asked.
-    Created(BundleImport, Vec<Work>, Vec<(String, String)>, Vec<(String, bool)>),
+    /// Made, with the work to send and the prunes to carry out once committed, and the
+    /// volumes it moved.
+    Created(BundleImport, Vec<Work>, Vec<(String, String)>, Moves),
     Found(BundleImport),
+}
+
+/// Kept volumes an update moves: the detaches its commit began, and the volumes to
+/// attach where the bundle has them (now when available, else once detached).
+struct Moves {
+    detaching: Vec<crate::app::volume::Detaching>,
+    attach: Vec<String>,
 }
 
 /// Imports a verified bundle: everything in one transaction, or nothing.
@@ -1997,7 +2004,7 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
                 ctx.enqueue(w);
             }
             prune(ctx, caller, &prunes).await;
-            move_volumes(ctx, caller, &moves).await;
+            move_volumes(ctx, &moves).await;
             tracing::info!(import = %i.id, objects = i.id_map.len(), ?stored_in, ?applied_in, "bundle imported");
             Ok(BundleImported { import: i, created: true })
         }
@@ -2042,17 +2049,15 @@ async fn prune(ctx: &SharedCtx, caller: &Caller, prunes: &[(String, String)]) {
     }
 }
 
-/// Kept volumes attached elsewhere by the update: detached from the import's instance
-/// they are on, then attached where the bundle has them (now when already available,
-/// else once detached: `app::volume::attach_asked`). A failure is logged.
-async fn move_volumes(ctx: &SharedCtx, caller: &Caller, moves: &[(String, bool)]) {
-    for (id, detach) in moves {
+/// Sends the detaches the import committed, and attaches the moved volumes that are
+/// available already (`app::volume::attach_asked`; the others are attached when their
+/// detach is reported). A failure is logged; the reconciler carries both on.
+async fn move_volumes(ctx: &SharedCtx, moves: &Moves) {
+    for d in &moves.detaching {
+        d.enqueue(ctx);
+    }
+    for id in &moves.attach {
         let Ok(v) = id.parse::<VolumeId>() else { continue };
-        if *detach {
-            if let Err(e) = volume::detach(ctx, caller, &v).await {
-                tracing::warn!(volume = %v, error = %e, "bundle import: detaching a volume the bundle moved");
-            }
-        }
         if let Err(e) = volume::attach_asked(ctx, &v).await {
             tracing::warn!(volume = %v, error = %e, "bundle import: attaching a volume the bundle moved");
         }
@@ -2136,6 +2141,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     let name = |kind: &str, id: &str| d.names.get(&(kind.to_owned(), id.to_owned())).cloned().unwrap_or_default();
     let mut ids: BTreeMap<String, String> = BTreeMap::new();
     let mut work = Vec::new();
+    let mut detaching = Vec::new();
     let now = db::now();
 
     let mut networks: HashMap<String, (Network, PlannedNetwork)> = HashMap::new();
@@ -2466,7 +2472,12 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         }
     }
     if !maps.skip_volumes {
-        for (vol, _, to) in &d.volume_moves {
+        for (vol, detach, to) in &d.volume_moves {
+            // The detach is in this commit, so that nothing after it is needed for it.
+            if *detach {
+                let id: VolumeId = vol.parse().map_err(ApiError::internal)?;
+                detaching.extend(crate::app::volume::detach_in(&mut tx, caller, &id).await?);
+            }
             if let Some(i) = to.as_ref().and_then(|i| instance_here(&created, &d, i)) {
                 vstore::set_attach_to(&mut tx, vol, &i).await?;
             }
@@ -2539,7 +2550,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         store::update_import(&mut tx, &import, &m.source.exported_at).await?;
         tx.commit().await?;
         ctx.events.wake();
-        return Ok(Applied::Created(import, work, after_commit(&d), moves(&d)));
+        return Ok(Applied::Created(import, work, after_commit(&d), Moves { detaching, attach: attaches(&d) }));
     }
     let import = BundleImport {
         id: BundleImportId::generate(),
@@ -2554,7 +2565,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     store::insert_import(&mut tx, account, &import, &m.source.exported_at).await?;
     tx.commit().await?;
     ctx.events.wake();
-    Ok(Applied::Created(import, work, after_commit(&d), moves(&d)))
+    Ok(Applied::Created(import, work, after_commit(&d), Moves { detaching, attach: attaches(&d) }))
 }
 
 /// The ID here of instance `id` of the bundle: made by this import, or kept.
@@ -2562,9 +2573,9 @@ fn instance_here(created: &HashMap<String, (InstanceId, Option<String>)>, d: &De
     created.get(id).map(|c| c.0.to_string()).or_else(|| d.kept.get(id).cloned())
 }
 
-/// Kept volumes whose attachment changes: (volume here, detach it first).
-fn moves(d: &Decision) -> Vec<(String, bool)> {
-    d.volume_moves.iter().map(|(v, detach, _)| (v.clone(), *detach)).collect()
+/// Kept volumes the update attaches elsewhere.
+fn attaches(d: &Decision) -> Vec<String> {
+    d.volume_moves.iter().filter(|m| m.2.is_some()).map(|m| m.0.clone()).collect()
 }
 
 /// The prunes that are API actions of their own: terminate, release, delete.

@@ -193,23 +193,32 @@ async fn commit_decision(
     action: &str,
     d: Decision,
 ) -> ApiResult<(Outcome, Accepted<Volume>)> {
-    let (outcome, job) = match &d {
-        Decision::Already(msg) => {
-            (Outcome::Already, job::done(&mut tx, &caller.account_id, action, &row.id, msg).await?)
-        }
-        Decision::Apply { state, instance, wait_for } => {
-            store::set_state(&mut tx, &row.id, *state, instance.as_deref()).await?;
-            let job = match wait_for {
-                Some(t) => job::start(&mut tx, &caller.account_id, action, &row.id, t).await?,
-                None => job::done(&mut tx, &caller.account_id, action, &row.id, "done").await?,
-            };
-            (Outcome::Applied, job)
-        }
-    };
+    let (outcome, job) = record(&mut tx, &caller.account_id, &row.id, action, &d).await?;
     let vol = store::get(&mut *tx, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
     tx.commit().await?;
     ctx.events.wake();
     Ok((outcome, Accepted { job, resource: vol.into_api()? }))
+}
+
+/// Writes what `d` decided for volume `id`: its state and the action's job.
+async fn record(
+    tx: &mut db::Tx<'_>,
+    account: &AccountId,
+    id: &str,
+    action: &str,
+    d: &Decision,
+) -> ApiResult<(Outcome, vdc_schema::api::Job)> {
+    Ok(match d {
+        Decision::Already(msg) => (Outcome::Already, job::done(tx, account, action, id, msg).await?),
+        Decision::Apply { state, instance, wait_for } => {
+            store::set_state(tx, id, *state, instance.as_deref()).await?;
+            let job = match wait_for {
+                Some(t) => job::start(tx, account, action, id, t).await?,
+                None => job::done(tx, account, action, id, "done").await?,
+            };
+            (Outcome::Applied, job)
+        }
+    })
 }
 
 /// Locks the caller's volume in `tx` and reads it; 404 when it is not theirs.
@@ -293,30 +302,62 @@ pub async fn attach_asked(ctx: &SharedCtx, id: &VolumeId) -> ApiResult<()> {
 
 pub async fn detach(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResult<(Outcome, Accepted<Volume>)> {
     let (outcome, accepted, instance) = db::retry(|| async {
-        // Which instance to lock first (see attach); re-checked under the locks.
-        let hint = fetch_own(ctx, caller, id).await?.instance_id;
         let mut tx = db::begin(&ctx.db).await?;
-        let mut has_host = false;
-        if let Some(i) = &hint {
-            db::lock(&mut tx, db::Lock::Instance, i).await?;
-            has_host = crate::datastore::instance::get(&mut *tx, i).await?.is_some_and(|r| r.host_node_id.is_some());
-        }
-        let row = lock_own(&mut tx, caller, id).await?;
-        if row.instance_id != hint {
-            return Err(ApiError::Busy(format!("volume {id} moved while it was being detached")));
-        }
-        let d = decide_detach(id.as_str(), row.state()?, row.instance_id.as_deref(), has_host)?;
+        let (row, d) = lock_for_detach(&mut tx, caller, id).await?;
+        let instance = row.instance_id.clone();
         let (outcome, accepted) = commit_decision(ctx, tx, caller, row, "volume.detach", d).await?;
-        Ok((outcome, accepted, hint))
+        Ok((outcome, accepted, instance))
     })
     .await?;
     if outcome == Outcome::Applied {
-        ctx.enqueue(Work::Volume(id.clone()));
-        if let Some(i) = instance.and_then(|i| i.parse().ok()) {
+        Detaching { volume: id.clone(), instance }.enqueue(ctx);
+    }
+    Ok((outcome, accepted))
+}
+
+/// Locks the volume's instance, then the volume (the order attach and terminate take),
+/// and decides its detach on what it is under the locks.
+async fn lock_for_detach(tx: &mut db::Tx<'_>, caller: &Caller, id: &VolumeId) -> ApiResult<(store::Row, Decision)> {
+    // Which instance to lock first; re-checked under the locks.
+    let hint = store::get(&mut **tx, id.as_str()).await?.and_then(|r| r.instance_id);
+    let mut has_host = false;
+    if let Some(i) = &hint {
+        db::lock(tx, db::Lock::Instance, i).await?;
+        has_host = crate::datastore::instance::get(&mut **tx, i).await?.is_some_and(|r| r.host_node_id.is_some());
+    }
+    let row = lock_own(tx, caller, id).await?;
+    if row.instance_id != hint {
+        return Err(ApiError::Busy(format!("volume {id} moved while it was being detached")));
+    }
+    let d = decide_detach(id.as_str(), row.state()?, row.instance_id.as_deref(), has_host)?;
+    Ok((row, d))
+}
+
+/// A detach begun and committed: the ensures it needs, to sta (the export) and hva (the
+/// guest).
+pub(crate) struct Detaching {
+    volume: VolumeId,
+    instance: Option<String>,
+}
+
+impl Detaching {
+    pub(crate) fn enqueue(&self, ctx: &SharedCtx) {
+        ctx.enqueue(Work::Volume(self.volume.clone()));
+        if let Some(i) = self.instance.as_deref().and_then(|i| i.parse().ok()) {
             ctx.enqueue(Work::Instance(i));
         }
     }
-    Ok((outcome, accepted))
+}
+
+/// A detach inside a bundle import's transaction, decided as the API's is; `None` when
+/// the volume was not attached. Being in the import's commit, a dcmgr stopped right
+/// after it leaves the volume `detaching`, which the reconciler carries on.
+pub(crate) async fn detach_in(tx: &mut db::Tx<'_>, caller: &Caller, id: &VolumeId) -> ApiResult<Option<Detaching>> {
+    let (row, d) = lock_for_detach(tx, caller, id).await?;
+    Ok(match record(tx, &caller.account_id, &row.id, "volume.detach", &d).await?.0 {
+        Outcome::Applied => Some(Detaching { volume: id.clone(), instance: row.instance_id }),
+        Outcome::Already => None,
+    })
 }
 
 pub async fn extend(ctx: &SharedCtx, caller: &Caller, id: &VolumeId, req: ExtendVolume) -> ApiResult<Accepted<Volume>> {

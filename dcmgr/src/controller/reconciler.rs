@@ -61,16 +61,6 @@ pub async fn pass(ctx: &SharedCtx) -> Result<usize, sqlx::Error> {
             }
         }
     }
-    // Moves a bundle import committed and no dcmgr began (it stopped first): the detach;
-    // the volume's report that it is available then makes the attach.
-    for (id, account) in crate::datastore::volume::moving(&ctx.db).await? {
-        if let (Ok(v), Ok(a)) = (id.parse(), account.parse()) {
-            let caller = crate::ctx::Caller::system(a);
-            if let Err(e) = crate::app::volume::detach(ctx, &caller, &v).await {
-                tracing::warn!(volume = %id, error = %e, "detaching a volume an import moves");
-            }
-        }
-    }
     // Attaches a bundle import asked for whose moment passed while no dcmgr was there to
     // do them (one stopped between the volume's report and the attach).
     for id in crate::datastore::volume::with_attach_to(&ctx.db).await? {

@@ -326,17 +326,6 @@ pub async fn clear_attach_to(pool: &db::Pool, id: &str, instance: &str) -> Resul
     Ok(())
 }
 
-/// Volumes an import moves (attached, with an attach asked elsewhere) whose detach no
-/// dcmgr made (the importing one stopped after its commit): (id, account).
-pub async fn moving(pool: &db::Pool) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, account_id FROM volumes WHERE state = 'attached' AND attach_to IS NOT NULL \
-         AND instance_id IS NOT NULL AND instance_id <> attach_to ORDER BY id",
-    )
-    .fetch_all(pool)
-    .await
-}
-
 /// Available volumes with an attach asked for (left by a dcmgr that stopped).
 pub async fn with_attach_to(pool: &db::Pool) -> Result<Vec<String>, sqlx::Error> {
     let rows: Vec<(String,)> =
