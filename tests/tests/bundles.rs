@@ -28,6 +28,7 @@ on_both_databases!(
     a_move_cut_short_by_a_stop_is_finished_by_the_reconciler,
     host_classes_travel_and_are_mapped,
     server_groups_travel_and_place_their_members_by_policy,
+    a_plan_says_when_the_hosts_have_no_room,
     ten_concurrent_imports_of_an_update_apply_it_once,
     a_push_sends_only_the_chunks_the_target_lacks,
     a_push_never_resolves_what_the_account_does_not_hold,
@@ -1185,6 +1186,44 @@ async fn host_classes_travel_and_are_mapped(db: Db) {
     let other = b.account("other").await;
     assert!(other.import_bundle(bytes, &maps(&["zone.z1=any", "label.ssd=any"])).await.unwrap().created);
     wait_state(&other, &live_instance(&other, "db").await.id, InstanceState::Running).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The plan refuses what the target's hosts have no room for (`no_capacity`), before
+/// anything is created; an instance that travels stopped needs none.
+async fn a_plan_says_when_the_hosts_have_no_room(db: Db) {
+    let a = Stack::start(StackOptions::new(db)).await;
+    let mut ob = StackOptions::new(db);
+    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
+    (ob.hosts, ob.host_cpus, ob.cpu_allocation_ratio) = (1, 1, 1.0);
+    let b = Stack::start(ob).await;
+    let ca = a.account("tenant").await;
+    let net = network(&ca, "net", "10.94.0.0/24").await;
+    let img = raw_image(&ca, "disk", noise(50_000, 6)).await;
+    running(&ca, "vm1", &img, &net.id, vec![]).await;
+    running(&ca, "vm2", &img, &net.id, vec![]).await;
+    let bytes = export(&ca).await;
+    let cb = b.account("tenant").await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let found: Vec<(&str, &str)> = plan.conflicts.iter().map(|c| (c.code.as_str(), c.message.as_str())).collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].0, "no_capacity");
+    assert!(
+        found[0].1.contains("need 2 vCPUs and 128 MiB in all; the online qemu hosts here have 1 vCPUs"),
+        "{found:?}"
+    );
+    assert_eq!(api_err(cb.import_bundle(bytes, &[]).await), (409, "bundle_unresolved".into()));
+    assert!(cb.list_all_networks().await.unwrap().is_empty(), "a refused import creates nothing");
+    // vm2 travels stopped: one host of one vCPU takes vm1.
+    let vm2 = live_instance(&ca, "vm2").await.id;
+    ca.stop_instance(&vm2).await.unwrap();
+    wait_state(&ca, &vm2, InstanceState::Stopped).await;
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
+    wait_state(&cb, &live_instance(&cb, "vm1").await.id, InstanceState::Running).await;
     a.stop().await;
     b.stop().await;
 }

@@ -928,6 +928,8 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             d.conflicts.push(c);
         }
     }
+    let room = room_missing(m, &d, e, maps);
+    d.conflicts.extend(room);
     // Root disks become private images of the account, booted by their instance.
     for i in &m.model.instances {
         if i.root_disk.is_some() && !d.kept.contains_key(&i.id) {
@@ -1186,9 +1188,25 @@ fn kept_group(m: &Manifest, d: &Decision, g: &str) -> Option<scheduler::Group> {
     Some(scheduler::Group { id: id.clone(), name: b.name.clone(), policy: *d.group_policies.get(g)? })
 }
 
-/// A hard policy that no set of this site's hosts can meet, whatever their room, for the
-/// members the import places (running, not kept: those of an earlier import are where
-/// they are): anti-affinity needs a host per member, affinity one host that runs them all.
+/// The instances the import places: running and not kept (those of an earlier import
+/// are where they are).
+fn placed<'m>(m: &'m Manifest, d: &'m Decision) -> impl Iterator<Item = &'m vdc_bundle::Instance> + 'm {
+    m.model.instances.iter().filter(|i| !i.stopped && !d.kept.contains_key(&i.id))
+}
+
+/// Whether host `h` is online, runs instance `i` (as mapped) and has room for it.
+fn takes(h: &store::HostHere, d: &Decision, i: &vdc_bundle::Instance) -> bool {
+    let hv = d.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
+    h.online
+        && h.hypervisors.iter().any(|x| x == hv.as_str())
+        && h.cpus_free >= i64::from(i.cpus)
+        && h.memory_free_mib >= i64::from(i.memory_mib)
+}
+
+/// A hard policy this site's hosts cannot meet for the members the import places, by
+/// what the hosts run and have free now: anti-affinity needs a host per member,
+/// affinity one host with room for them all. Only what placement must have: the import
+/// places them and decides.
 fn group_unplaceable(
     m: &Manifest,
     d: &Decision,
@@ -1196,31 +1214,33 @@ fn group_unplaceable(
     g: &vdc_bundle::ServerGroup,
 ) -> Option<BundleConflict> {
     let policy = *d.group_policies.get(&g.id)?;
-    let members: Vec<&vdc_bundle::Instance> = m
-        .model
-        .instances
-        .iter()
-        .filter(|i| i.server_group.as_ref() == Some(&g.id) && !i.stopped && !d.kept.contains_key(&i.id))
-        .collect();
-    let hv = |i: &vdc_bundle::Instance| d.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
-    let runs = |host: &Vec<String>, i: &vdc_bundle::Instance| host.iter().any(|h| h == hv(i).as_str());
+    let members: Vec<&vdc_bundle::Instance> = placed(m, d).filter(|i| i.server_group.as_ref() == Some(&g.id)).collect();
     let (why, soft) = match policy {
         ServerGroupPolicy::AntiAffinity => {
-            let hosts = e.hosts.iter().filter(|h| members.iter().any(|i| runs(h, i))).count();
+            let hosts = e.hosts.iter().filter(|h| members.iter().any(|i| takes(h, d, i))).count();
             if members.len() <= hosts {
                 return None;
             }
             (
-                format!("{} running members need a host each, and {hosts} host(s) here run them", members.len()),
+                format!(
+                    "{} running members need a host each, and {hosts} online host(s) here run them with room",
+                    members.len()
+                ),
                 ServerGroupPolicy::SoftAntiAffinity,
             )
         }
         ServerGroupPolicy::Affinity => {
-            if members.is_empty() || e.hosts.iter().any(|h| members.iter().all(|i| runs(h, i))) {
+            let cpus: u32 = members.iter().map(|i| i.cpus).sum();
+            let memory: u32 = members.iter().map(|i| i.memory_mib).sum();
+            let all = vdc_bundle::Instance { cpus, memory_mib: memory, ..(*members.first()?).clone() };
+            if e.hosts.iter().any(|h| members.iter().all(|i| takes(h, d, i)) && takes(h, d, &all)) {
                 return None;
             }
             (
-                "its running members share one host, and no host here runs all of them".to_owned(),
+                format!(
+                    "its running members share one host, and no online host here runs all of them with room for \
+                     {cpus} vCPUs and {memory} MiB"
+                ),
                 ServerGroupPolicy::SoftAffinity,
             )
         }
@@ -1231,6 +1251,68 @@ fn group_unplaceable(
         format!("server group {} ({policy}): {why}", g.name),
         Some(format!("server_group.{}.policy={soft}", g.name)),
     ))
+}
+
+/// Room the instances the import places need and the site's online hosts do not have
+/// (`no_capacity`): an instance no host of its kind and classes has room for, and a
+/// hypervisor whose hosts have less room free in all than its instances need. Only what
+/// placement must have, so it never refuses what the import could place. An instance
+/// whose kind or classes no host has is the hypervisor's or host class's conflict.
+fn room_missing(m: &Manifest, d: &Decision, e: &store::Existing, maps: &Maps) -> Vec<BundleConflict> {
+    let mut out = Vec::new();
+    let mut need: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for i in placed(m, d) {
+        let hv = d.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
+        let (zone, labels) = host_class(i, maps);
+        let of_class: Vec<&store::HostHere> = e
+            .hosts
+            .iter()
+            .filter(|h| h.hypervisors.iter().any(|x| x == hv.as_str()))
+            .filter(|h| {
+                let l = crate::datastore::host::split_labels(&h.labels);
+                (zone.is_empty() || zone == h.zone) && labels.iter().all(|(k, v)| l.get(k) == Some(v))
+            })
+            .collect();
+        if of_class.is_empty() {
+            continue;
+        }
+        let (cpus, memory) = (i64::from(i.cpus), i64::from(i.memory_mib));
+        let n = need.entry(hv.as_str()).or_default();
+        (n.0, n.1) = (n.0 + cpus, n.1 + memory);
+        if of_class.iter().any(|h| takes(h, d, i)) {
+            continue;
+        }
+        let online: Vec<_> = of_class.iter().filter(|h| h.online).collect();
+        let why = match online.iter().map(|h| (h.memory_free_mib, h.cpus_free)).max() {
+            None => "none of them is online".to_owned(),
+            Some((mem, cpu)) => format!("none has that free (the most: {cpu} vCPUs, {mem} MiB)"),
+        };
+        let class = if zone.is_empty() && labels.is_empty() { String::new() } else { " of its zone and labels".into() };
+        out.push(conflict(
+            "no_capacity",
+            format!(
+                "instance {} needs {cpus} vCPUs and {memory} MiB on a {hv} host{class}, and {} such host(s) are here: {why}",
+                i.name,
+                of_class.len()
+            ),
+            None,
+        ));
+    }
+    for (hv, (cpus, memory)) in need {
+        let runs = e.hosts.iter().filter(|h| h.online && h.hypervisors.iter().any(|x| x == hv));
+        let (fc, fm) = runs.fold((0, 0), |(c, m), h| (c + h.cpus_free.max(0), m + h.memory_free_mib.max(0)));
+        if cpus > fc || memory > fm {
+            out.push(conflict(
+                "no_capacity",
+                format!(
+                    "the running instances the import places on {hv} hosts need {cpus} vCPUs and {memory} MiB in \
+                     all; the online {hv} hosts here have {fc} vCPUs and {fm} MiB free"
+                ),
+                None,
+            ));
+        }
+    }
+    out
 }
 
 /// The host classes instance `i` asks for here: the bundle's, mapped by `zone.Z=…` and
@@ -2695,10 +2777,22 @@ mod tests {
             cidrs: vec![("nw-x".into(), "10.0.0.0/16".into())],
             usable_images: vec![("img-pub".into(), "tiny".into(), ",qemu,kvm,".into())],
             hypervisors: vec!["lxc".into(), "qemu".into()],
-            hosts: vec![vec!["lxc".into(), "qemu".into()]],
+            hosts: vec![host(&["lxc", "qemu"])],
             host_classes: vec![(String::new(), ",".into())],
             external: false,
             prior: None,
+        }
+    }
+
+    /// An online host with room to spare, running `hypervisors`.
+    fn host(hypervisors: &[&str]) -> store::HostHere {
+        store::HostHere {
+            hypervisors: hypervisors.iter().map(|h| h.to_string()).collect(),
+            zone: String::new(),
+            labels: ",".into(),
+            online: true,
+            cpus_free: 64,
+            memory_free_mib: 1 << 20,
         }
     }
 
@@ -2841,7 +2935,7 @@ mod tests {
         assert!(d.creates.iter().any(|c| c.kind == "server_group" && c.name == "ha"), "{:?}", d.creates);
         // A second host that runs them, a stopped member, or the soft policy: no conflict.
         let mut two = existing();
-        two.hosts.push(vec!["qemu".into()]);
+        two.hosts.push(host(&["qemu"]));
         assert!(decide(&m, &two, &maps).conflicts.is_empty());
         let mut stopped = m.clone();
         stopped.model.instances[1].stopped = true;
@@ -2855,13 +2949,88 @@ mod tests {
         m.model.server_groups[0].policy = ServerGroupPolicy::Affinity;
         m.model.instances[1].hypervisor = HypervisorKind::Lxc;
         let mut split = existing();
-        split.hosts = vec![vec!["qemu".into()], vec!["lxc".into()]];
+        split.hosts = vec![host(&["qemu"]), host(&["lxc"])];
         let unsat = |e: &store::Existing| {
             decide(&m, e, &maps).conflicts.iter().filter(|c| c.code == "server_group_unsatisfiable").count()
         };
         assert_eq!(unsat(&split), 1);
         assert_eq!(unsat(&existing()), 0, "one host runs both");
+        // Affinity needs room for all members on the one host (each asks 1 vCPU).
+        let mut one = existing();
+        one.hosts[0].cpus_free = 1;
+        assert_eq!(unsat(&one), 1, "room for one member only");
+        one.hosts[0].cpus_free = 2;
+        assert_eq!(unsat(&one), 0);
         assert!(parse_maps(&["server_group.ha.policy=sometimes".into()]).invalid.len() == 1);
+        // Anti-affinity counts the online hosts with room: a full or an offline second
+        // host does not count.
+        m.model.server_groups[0].policy = ServerGroupPolicy::AntiAffinity;
+        m.model.instances[1].hypervisor = HypervisorKind::Kvm;
+        let unsat = |e: &store::Existing| {
+            decide(&m, e, &maps).conflicts.iter().filter(|c| c.code == "server_group_unsatisfiable").count()
+        };
+        let two = || {
+            let mut e = existing();
+            e.hosts.push(host(&["qemu"]));
+            e
+        };
+        assert_eq!(unsat(&two()), 0);
+        let mut full = two();
+        full.hosts[1].memory_free_mib = 63;
+        assert_eq!(unsat(&full), 1, "the second host has 63 MiB, a member asks 64");
+        let mut offline = two();
+        offline.hosts[1].online = false;
+        assert_eq!(unsat(&offline), 1);
+    }
+
+    #[test]
+    fn instances_the_hosts_have_no_room_for_are_conflicts() {
+        let maps = parse_maps(&[
+            "network.front.cidr=10.9.0.0/24".into(),
+            "hypervisor.kvm=qemu".into(),
+            "instance.web.name=w".into(),
+        ]);
+        let room = |m: &Manifest, e: &store::Existing| -> Vec<String> {
+            decide(m, e, &maps).conflicts.into_iter().filter(|c| c.code == "no_capacity").map(|c| c.message).collect()
+        };
+        let m = manifest();
+        assert!(room(&m, &existing()).is_empty());
+        // The one qemu host has 32 MiB free; web asks 64.
+        let mut small = existing();
+        small.hosts[0].memory_free_mib = 32;
+        let found = room(&m, &small);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("instance web needs 1 vCPUs and 64 MiB on a qemu host"), "{found:?}");
+        assert!(found[0].contains("the most: 64 vCPUs, 32 MiB"), "{found:?}");
+        assert!(found[1].contains("need 1 vCPUs and 64 MiB in all"), "{found:?}");
+        let mut down = existing();
+        down.hosts[0].online = false;
+        assert!(room(&m, &down)[0].contains("none of them is online"), "{:?}", room(&m, &down));
+        // Stopped, it needs no room.
+        let mut stopped = m.clone();
+        stopped.model.instances[0].stopped = true;
+        assert!(room(&stopped, &small).is_empty());
+        // Two instances that each fit, but not both: the total says so.
+        let mut two = m.clone();
+        let mut db = two.model.instances[0].clone();
+        (db.id, db.name, db.interfaces) = ("i-2".into(), "db".into(), vec![]);
+        two.model.instances.push(db);
+        let mut tight = existing();
+        tight.hosts[0].cpus_free = 1;
+        let found = room(&two, &tight);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("need 2 vCPUs and 128 MiB in all; the online qemu hosts here have 1 vCPUs"),
+            "{found:?}"
+        );
+        tight.hosts.push(host(&["qemu"]));
+        tight.hosts[1].cpus_free = 1;
+        assert!(room(&two, &tight).is_empty(), "one each");
+        // No host of its kind: the hypervisor's conflict, not one of room.
+        let mut lxc_only = existing();
+        lxc_only.hosts = vec![host(&["lxc"])];
+        lxc_only.hypervisors = vec!["lxc".into()];
+        assert!(room(&m, &lxc_only).is_empty());
     }
 
     #[test]

@@ -193,8 +193,9 @@ pub struct Existing {
     /// without data resolves to one of these.
     pub usable_images: Vec<(String, String, String)>,
     pub hypervisors: Vec<String>,
-    /// Each host's hypervisors (an anti-affinity group needs a host per member).
-    pub hosts: Vec<Vec<String>>,
+    /// Each host: what it runs and has free (a hard group policy and the instances an
+    /// import places need room on hosts that run them).
+    pub hosts: Vec<HostHere>,
     /// The host classes of the site: each host's (zone, labels as `host::join_labels`).
     pub host_classes: Vec<(String, String)>,
     /// The site has an external network (floating IPs can be allocated); set by the caller
@@ -202,6 +203,19 @@ pub struct Existing {
     pub external: bool,
     /// The earlier import of the same VDC, when this bundle updates it; set by the caller.
     pub prior: Option<Prior>,
+}
+
+/// A host of the site as a plan sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostHere {
+    pub hypervisors: Vec<String>,
+    pub zone: String,
+    /// As `host::join_labels`.
+    pub labels: String,
+    /// Online: the only hosts placement uses.
+    pub online: bool,
+    pub cpus_free: i64,
+    pub memory_free_mib: i64,
 }
 
 /// The earlier import of a VDC and the account's model now: what an update is planned against.
@@ -236,13 +250,27 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
     .bind(a)
     .fetch_all(&mut *db)
     .await?;
-    let hv: Vec<(String,)> = sqlx::query_as("SELECT hypervisors FROM host_nodes").fetch_all(&mut *db).await?;
-    let hosts: Vec<Vec<String>> = hv.iter().map(|(h,)| db::split_list::<String>(h)).collect();
-    let mut hypervisors: Vec<String> = hosts.iter().flatten().cloned().collect();
+    let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT hypervisors, zone, labels, state, cpus_allocatable - cpus_used, \
+         memory_allocatable_mib - memory_used_mib FROM host_nodes ORDER BY id",
+    )
+    .fetch_all(&mut *db)
+    .await?;
+    let hosts: Vec<HostHere> = rows
+        .into_iter()
+        .map(|(hv, zone, labels, state, cpus_free, memory_free_mib)| HostHere {
+            hypervisors: db::split_list::<String>(&hv),
+            zone,
+            labels,
+            online: state == "online",
+            cpus_free,
+            memory_free_mib,
+        })
+        .collect();
+    let mut hypervisors: Vec<String> = hosts.iter().flat_map(|h| h.hypervisors.iter().cloned()).collect();
     hypervisors.sort();
     hypervisors.dedup();
-    let mut host_classes: Vec<(String, String)> =
-        sqlx::query_as("SELECT zone, labels FROM host_nodes").fetch_all(&mut *db).await?;
+    let mut host_classes: Vec<(String, String)> = hosts.iter().map(|h| (h.zone.clone(), h.labels.clone())).collect();
     host_classes.sort();
     host_classes.dedup();
     Ok(Existing { names, cidrs, usable_images, hypervisors, hosts, host_classes, external: false, prior: None })
