@@ -30,6 +30,7 @@ on_both_databases!(
     server_groups_travel_and_place_their_members_by_policy,
     a_plan_says_when_the_hosts_have_no_room,
     ten_concurrent_imports_of_an_update_apply_it_once,
+    ten_concurrent_imports_of_a_move_detach_once,
     a_push_sends_only_the_chunks_the_target_lacks,
     a_push_never_resolves_what_the_account_does_not_hold,
     the_site_keys_are_the_databases,
@@ -1513,6 +1514,62 @@ async fn ten_concurrent_imports_of_an_update_apply_it_once(db: Db) {
     assert_eq!(cb.list_all_instances().await.unwrap().iter().filter(|i| i.name == "worker").count(), 1);
     assert_eq!(model(&ca).await, model(&cb).await);
     assert_eq!(cb.list_bundle_imports().await.unwrap().len(), 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Ten imports at once of an update that moves one volume and detaches another: one
+/// applies, each volume is detached once, and both end where the bundle has them.
+async fn ten_concurrent_imports_of_a_move_detach_once(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    let net = network(&ca, "net", "10.95.0.0/24").await;
+    let img = raw_image(&ca, "disk", noise(50_000, 8)).await;
+    running(&ca, "vm1", &img, &net.id, vec![]).await;
+    running(&ca, "vm2", &img, &net.id, vec![]).await;
+    let (vm1, vm2) = (live_instance(&ca, "vm1").await.id, live_instance(&ca, "vm2").await.id);
+    let req = |name: &str| CreateVolume { name: name.into(), size_mib: Some(4), snapshot_id: None, image_id: None };
+    let (moved, loose) = (
+        ca.create_volume(&req("moved")).await.unwrap().resource,
+        ca.create_volume(&req("loose")).await.unwrap().resource,
+    );
+    for v in [&moved, &loose] {
+        wait_volume(&ca, &v.id).await;
+        ca.attach_volume(&v.id, &vm1).await.unwrap();
+        wait_attached(&ca, &v.id, &vm1).await;
+    }
+    let cb = b.account("tenant").await;
+    assert!(cb.import_bundle(export(&ca).await, &[]).await.unwrap().created);
+    let vol = |name: &'static str| {
+        let cb = cb.clone();
+        async move { cb.list_all_volumes().await.unwrap().into_iter().find(|v| v.name == name).unwrap() }
+    };
+    let (b_moved, b_loose) = (vol("moved").await, vol("loose").await);
+    let (b_vm1, b_vm2) = (live_instance(&cb, "vm1").await.id, live_instance(&cb, "vm2").await.id);
+    wait_attached(&cb, &b_moved.id, &b_vm1).await;
+    wait_attached(&cb, &b_loose.id, &b_vm1).await;
+    // On A: moved goes to vm2, loose is detached.
+    for v in [&moved, &loose] {
+        ca.detach_volume(&v.id).await.unwrap();
+        wait_volume(&ca, &v.id).await;
+    }
+    ca.attach_volume(&moved.id, &vm2).await.unwrap();
+    wait_attached(&ca, &moved.id, &vm2).await;
+    let update = export(&ca).await;
+    let runs = (0..10).map(|_| {
+        let (cb, update) = (cb.clone(), update.clone());
+        tokio::spawn(async move { cb.import_bundle(update, &[]).await })
+    });
+    let results: Vec<BundleImported> =
+        futures::future::join_all(runs).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    assert_eq!(results.iter().filter(|r| r.created).count(), 1);
+    wait_attached(&cb, &b_moved.id, &b_vm2).await;
+    assert_eq!(wait_volume(&cb, &b_loose.id).await.instance_id, None);
+    let jobs = cb.list_all_jobs().await.unwrap();
+    for v in [&b_moved.id, &b_loose.id] {
+        let detaches = jobs.iter().filter(|j| j.resource_id == v.as_str() && j.action == "volume.detach").count();
+        assert_eq!(detaches, 1, "volume {v}: {jobs:?}");
+    }
     a.stop().await;
     b.stop().await;
 }
