@@ -966,27 +966,32 @@ async fn wait_attached(c: &Client, id: &VolumeId, to: &InstanceId) {
     panic!("volume {} is {} on {:?}, not attached to {to}", v.name, v.state, v.instance_id);
 }
 
-/// An update moves a volume in two steps after its commit (detach, then attach where the
-/// bundle has it); a dcmgr that stopped between the commit and the detach leaves the ask
-/// on a volume still attached where it was, and the reconciler's pass finishes the move.
+/// Running instances vm1 and vm2 on a network of `cidr`, and volumes `moved` and `loose`
+/// attached to vm1: (vm2, moved, loose).
+async fn two_volumes_on_vm1(c: &Client, cidr: &str) -> (InstanceId, Volume, Volume) {
+    let net = network(c, "net", cidr).await;
+    let img = raw_image(c, "disk", noise(50_000, 8)).await;
+    running(c, "vm1", &img, &net.id, vec![]).await;
+    running(c, "vm2", &img, &net.id, vec![]).await;
+    let vm1 = live_instance(c, "vm1").await.id;
+    let req = |name: &str| CreateVolume { name: name.into(), size_mib: Some(4), snapshot_id: None, image_id: None };
+    let moved = c.create_volume(&req("moved")).await.unwrap().resource;
+    let loose = c.create_volume(&req("loose")).await.unwrap().resource;
+    for v in [&moved, &loose] {
+        wait_volume(c, &v.id).await;
+        c.attach_volume(&v.id, &vm1).await.unwrap();
+        wait_attached(c, &v.id, &vm1).await;
+    }
+    (live_instance(c, "vm2").await.id, moved, loose)
+}
+
+/// An update's transaction begins its detaches (`app::volume::detach_in`) and records the
+/// attach it asks; a dcmgr that stopped right after the commit sent nothing, and the
+/// reconciler carries both on: the moved volume ends on vm2, the detached one loose.
 async fn a_move_cut_short_by_a_stop_is_finished_by_the_reconciler(db: Db) {
     let s = Stack::start(StackOptions::new(db)).await;
     let c = s.account("tenant").await;
-    let net = network(&c, "net", "10.92.0.0/24").await;
-    let img = raw_image(&c, "disk", noise(100_000, 9)).await;
-    running(&c, "vm1", &img, &net.id, vec![]).await;
-    running(&c, "vm2", &img, &net.id, vec![]).await;
-    let (vm1, vm2) = (live_instance(&c, "vm1").await.id, live_instance(&c, "vm2").await.id);
-    let req = |name: &str| CreateVolume { name: name.into(), size_mib: Some(8), snapshot_id: None, image_id: None };
-    let (moved, loose) = (
-        c.create_volume(&req("moved")).await.unwrap().resource,
-        c.create_volume(&req("loose")).await.unwrap().resource,
-    );
-    for v in [&moved, &loose] {
-        wait_volume(&c, &v.id).await;
-        c.attach_volume(&v.id, &vm1).await.unwrap();
-        wait_attached(&c, &v.id, &vm1).await;
-    }
+    let (vm2, moved, loose) = two_volumes_on_vm1(&c, "10.92.0.0/24").await;
     // What an update's transaction commits when it moves one volume to vm2 and detaches
     // the other (`app::volume::detach_in`), with nothing after it: no ensure was sent.
     let db = &s.dcmgr().ctx.db;
@@ -1493,6 +1498,21 @@ async fn a_newer_bundle_updates_the_import_and_prunes_only_when_asked(db: Db) {
     b.stop().await;
 }
 
+/// The same bundle imported ten times at once (`--prune` when `prune`).
+async fn ten_imports(c: &Client, bytes: &[u8], prune: bool) -> Vec<BundleImported> {
+    let runs = (0..10).map(|_| {
+        let (c, bytes) = (c.clone(), bytes.to_vec());
+        tokio::spawn(async move {
+            if prune {
+                c.import_bundle_pruning(bytes, &[]).await
+            } else {
+                c.import_bundle(bytes, &[]).await
+            }
+        })
+    });
+    futures::future::join_all(runs).await.into_iter().map(|r| r.unwrap().unwrap()).collect()
+}
+
 async fn ten_concurrent_imports_of_an_update_apply_it_once(db: Db) {
     let (a, b) = sites(db, None).await;
     let ca = a.account("tenant").await;
@@ -1502,12 +1522,7 @@ async fn ten_concurrent_imports_of_an_update_apply_it_once(db: Db) {
     cb.import_bundle(a1, &[]).await.unwrap();
     change_source(&a, &ca).await;
     let a2 = export(&ca).await;
-    let runs = (0..10).map(|_| {
-        let (cb, a2) = (cb.clone(), a2.clone());
-        tokio::spawn(async move { cb.import_bundle_pruning(a2, &[]).await })
-    });
-    let results: Vec<BundleImported> =
-        futures::future::join_all(runs).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    let results = ten_imports(&cb, &a2, true).await;
     assert_eq!(results.iter().filter(|r| r.created).count(), 1);
     assert!(results.iter().all(|r| r.import.id == results[0].import.id));
     assert_eq!(cb.list_all_networks().await.unwrap().len(), 3);
@@ -1523,21 +1538,7 @@ async fn ten_concurrent_imports_of_an_update_apply_it_once(db: Db) {
 async fn ten_concurrent_imports_of_a_move_detach_once(db: Db) {
     let (a, b) = sites(db, None).await;
     let ca = a.account("tenant").await;
-    let net = network(&ca, "net", "10.95.0.0/24").await;
-    let img = raw_image(&ca, "disk", noise(50_000, 8)).await;
-    running(&ca, "vm1", &img, &net.id, vec![]).await;
-    running(&ca, "vm2", &img, &net.id, vec![]).await;
-    let (vm1, vm2) = (live_instance(&ca, "vm1").await.id, live_instance(&ca, "vm2").await.id);
-    let req = |name: &str| CreateVolume { name: name.into(), size_mib: Some(4), snapshot_id: None, image_id: None };
-    let (moved, loose) = (
-        ca.create_volume(&req("moved")).await.unwrap().resource,
-        ca.create_volume(&req("loose")).await.unwrap().resource,
-    );
-    for v in [&moved, &loose] {
-        wait_volume(&ca, &v.id).await;
-        ca.attach_volume(&v.id, &vm1).await.unwrap();
-        wait_attached(&ca, &v.id, &vm1).await;
-    }
+    let (vm2, moved, loose) = two_volumes_on_vm1(&ca, "10.95.0.0/24").await;
     let cb = b.account("tenant").await;
     assert!(cb.import_bundle(export(&ca).await, &[]).await.unwrap().created);
     let vol = |name: &'static str| {
@@ -1556,12 +1557,7 @@ async fn ten_concurrent_imports_of_a_move_detach_once(db: Db) {
     ca.attach_volume(&moved.id, &vm2).await.unwrap();
     wait_attached(&ca, &moved.id, &vm2).await;
     let update = export(&ca).await;
-    let runs = (0..10).map(|_| {
-        let (cb, update) = (cb.clone(), update.clone());
-        tokio::spawn(async move { cb.import_bundle(update, &[]).await })
-    });
-    let results: Vec<BundleImported> =
-        futures::future::join_all(runs).await.into_iter().map(|r| r.unwrap().unwrap()).collect();
+    let results = ten_imports(&cb, &update, false).await;
     assert_eq!(results.iter().filter(|r| r.created).count(), 1);
     wait_attached(&cb, &b_moved.id, &b_vm2).await;
     assert_eq!(wait_volume(&cb, &b_loose.id).await.instance_id, None);
