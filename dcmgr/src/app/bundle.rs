@@ -635,6 +635,13 @@ pub struct Decision {
     pub volume_moves: Vec<(String, bool, Option<String>)>,
 }
 
+impl Decision {
+    /// The hypervisor instance `i` runs on here (the bundle's, or mapped).
+    fn hypervisor_of(&self, i: &vdc_bundle::Instance) -> HypervisorKind {
+        self.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor)
+    }
+}
+
 fn conflict(code: &str, message: String, resolve: Option<String>) -> BundleConflict {
     BundleConflict { code: code.into(), message, resolve }
 }
@@ -856,14 +863,15 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         }
     }
     let mut addresses: HashSet<(String, Ipv4Addr)> = HashSet::new();
+    let site_hypervisors = e.hypervisors();
     for i in &m.model.instances {
         let hv = map_hv(i.hypervisor);
-        if !e.hypervisors.iter().any(|h| h == hv.as_str()) {
-            let offer = (hv == HypervisorKind::Kvm && e.hypervisors.iter().any(|h| h == "qemu"))
+        if !site_hypervisors.contains(&hv.as_str()) {
+            let offer = (hv == HypervisorKind::Kvm && site_hypervisors.contains(&"qemu"))
                 .then(|| "hypervisor.kvm=qemu".to_owned());
             d.conflicts.push(conflict(
                 "hypervisor_missing",
-                format!("instance {}: this site has no {hv} host (it has: {})", i.name, e.hypervisors.join(", ")),
+                format!("instance {}: this site has no {hv} host (it has: {})", i.name, site_hypervisors.join(", ")),
                 offer,
             ));
         }
@@ -928,7 +936,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             d.conflicts.push(c);
         }
     }
-    let room = room_missing(m, &d, e, maps);
+    let room = room_missing(m, &d, e);
     d.conflicts.extend(room);
     // Root disks become private images of the account, booted by their instance.
     for i in &m.model.instances {
@@ -1194,13 +1202,23 @@ fn placed<'m>(m: &'m Manifest, d: &'m Decision) -> impl Iterator<Item = &'m vdc_
     m.model.instances.iter().filter(|i| !i.stopped && !d.kept.contains_key(&i.id))
 }
 
+fn runs(h: &store::HostHere, hv: HypervisorKind) -> bool {
+    h.hypervisors.iter().any(|x| x == hv.as_str())
+}
+
+/// Whether host `h` is online with `cpus` and `memory_mib` free.
+fn has_room(h: &store::HostHere, cpus: u32, memory_mib: u32) -> bool {
+    h.online && h.cpus_free >= i64::from(cpus) && h.memory_free_mib >= i64::from(memory_mib)
+}
+
 /// Whether host `h` is online, runs instance `i` (as mapped) and has room for it.
 fn takes(h: &store::HostHere, d: &Decision, i: &vdc_bundle::Instance) -> bool {
-    let hv = d.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
-    h.online
-        && h.hypervisors.iter().any(|x| x == hv.as_str())
-        && h.cpus_free >= i64::from(i.cpus)
-        && h.memory_free_mib >= i64::from(i.memory_mib)
+    runs(h, d.hypervisor_of(i)) && has_room(h, i.cpus, i.memory_mib)
+}
+
+/// Whether a host of zone `z` and labels `l` is of the class (zone, labels) asked.
+fn in_class((zone, labels): &(String, BTreeMap<String, String>), z: &str, l: &BTreeMap<String, String>) -> bool {
+    (zone.is_empty() || zone == z) && labels.iter().all(|(k, v)| l.get(k) == Some(v))
 }
 
 /// A hard policy this site's hosts cannot meet for the members the import places, by
@@ -1232,8 +1250,11 @@ fn group_unplaceable(
         ServerGroupPolicy::Affinity => {
             let cpus: u32 = members.iter().map(|i| i.cpus).sum();
             let memory: u32 = members.iter().map(|i| i.memory_mib).sum();
-            let all = vdc_bundle::Instance { cpus, memory_mib: memory, ..(*members.first()?).clone() };
-            if e.hosts.iter().any(|h| members.iter().all(|i| takes(h, d, i)) && takes(h, d, &all)) {
+            if members.is_empty()
+                || e.hosts
+                    .iter()
+                    .any(|h| members.iter().all(|i| runs(h, d.hypervisor_of(i))) && has_room(h, cpus, memory))
+            {
                 return None;
             }
             (
@@ -1258,20 +1279,21 @@ fn group_unplaceable(
 /// hypervisor whose hosts have less room free in all than its instances need. Only what
 /// placement must have, so it never refuses what the import could place. An instance
 /// whose kind or classes no host has is the hypervisor's or host class's conflict.
-fn room_missing(m: &Manifest, d: &Decision, e: &store::Existing, maps: &Maps) -> Vec<BundleConflict> {
+fn room_missing(m: &Manifest, d: &Decision, e: &store::Existing) -> Vec<BundleConflict> {
     let mut out = Vec::new();
     let mut need: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    let labels: Vec<BTreeMap<String, String>> =
+        e.hosts.iter().map(|h| crate::datastore::host::split_labels(&h.labels)).collect();
+    let any = Default::default();
     for i in placed(m, d) {
-        let hv = d.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
-        let (zone, labels) = host_class(i, maps);
+        let hv = d.hypervisor_of(i);
+        let class = d.host_classes.get(&i.id).unwrap_or(&any);
         let of_class: Vec<&store::HostHere> = e
             .hosts
             .iter()
-            .filter(|h| h.hypervisors.iter().any(|x| x == hv.as_str()))
-            .filter(|h| {
-                let l = crate::datastore::host::split_labels(&h.labels);
-                (zone.is_empty() || zone == h.zone) && labels.iter().all(|(k, v)| l.get(k) == Some(v))
-            })
+            .zip(&labels)
+            .filter(|(h, l)| runs(h, hv) && in_class(class, &h.zone, l))
+            .map(|x| x.0)
             .collect();
         if of_class.is_empty() {
             continue;
@@ -1287,7 +1309,7 @@ fn room_missing(m: &Manifest, d: &Decision, e: &store::Existing, maps: &Maps) ->
             None => "none of them is online".to_owned(),
             Some((mem, cpu)) => format!("none has that free (the most: {cpu} vCPUs, {mem} MiB)"),
         };
-        let class = if zone.is_empty() && labels.is_empty() { String::new() } else { " of its zone and labels".into() };
+        let class = if class.0.is_empty() && class.1.is_empty() { "" } else { " of its zone and labels" };
         out.push(conflict(
             "no_capacity",
             format!(
@@ -1337,18 +1359,16 @@ fn host_class(i: &vdc_bundle::Instance, maps: &Maps) -> (String, BTreeMap<String
 /// refuse it at import), with the maps that resolve it.
 fn class_missing(
     i: &vdc_bundle::Instance,
-    (zone, labels): &(String, BTreeMap<String, String>),
+    class: &(String, BTreeMap<String, String>),
     e: &store::Existing,
 ) -> Option<BundleConflict> {
+    let (zone, labels) = class;
     if zone.is_empty() && labels.is_empty() {
         return None; // any host will do (whether there is one is the hypervisor's check)
     }
     let classes: Vec<(&str, BTreeMap<String, String>)> =
-        e.host_classes.iter().map(|(z, l)| (z.as_str(), crate::datastore::host::split_labels(l))).collect();
-    let fits = |z: &str, l: &BTreeMap<String, String>| {
-        (zone.is_empty() || zone == z) && labels.iter().all(|(k, v)| l.get(k) == Some(v))
-    };
-    if classes.iter().any(|(z, l)| fits(z, l)) {
+        e.hosts.iter().map(|h| (h.zone.as_str(), crate::datastore::host::split_labels(&h.labels))).collect();
+    if classes.iter().any(|(z, l)| in_class(class, z, l)) {
         return None;
     }
     let mut asked = Vec::new();
@@ -2197,7 +2217,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
     let mut candidates: HashMap<String, Vec<String>> = HashMap::new();
     // A stopped instance holds no host until it is started.
     for i in m.model.instances.iter().filter(|i| !i.stopped && !pre.kept.contains_key(&i.id)) {
-        let hv = pre.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor);
+        let hv = pre.hypervisor_of(i);
         let demand = scheduler::Demand { hypervisor: hv, cpus: i.cpus, memory_mib: i.memory_mib, uefi: false };
         let (zone, labels) = pre.host_classes.get(&i.id).cloned().unwrap_or_default();
         // A group this import creates has no members yet: its policy narrows the
@@ -2776,9 +2796,7 @@ mod tests {
             names: vec![("instance".into(), "web".into())],
             cidrs: vec![("nw-x".into(), "10.0.0.0/16".into())],
             usable_images: vec![("img-pub".into(), "tiny".into(), ",qemu,kvm,".into())],
-            hypervisors: vec!["lxc".into(), "qemu".into()],
             hosts: vec![host(&["lxc", "qemu"])],
-            host_classes: vec![(String::new(), ",".into())],
             external: false,
             prior: None,
         }
@@ -2866,7 +2884,7 @@ mod tests {
         let mut e = existing();
         e.names.clear();
         e.cidrs.clear();
-        e.hypervisors.push("kvm".into());
+        e.hosts[0].hypervisors.push("kvm".into());
         let d = decide(&m, &e, &Maps::default());
         let got: Vec<String> = d.conflicts.iter().map(|c| format!("{}: {}", c.code, c.message)).collect();
         let want = [
@@ -3029,7 +3047,6 @@ mod tests {
         // No host of its kind: the hypervisor's conflict, not one of room.
         let mut lxc_only = existing();
         lxc_only.hosts = vec![host(&["lxc"])];
-        lxc_only.hypervisors = vec!["lxc".into()];
         assert!(room(&m, &lxc_only).is_empty());
     }
 
@@ -3043,7 +3060,7 @@ mod tests {
         let classes = |d: &Decision| d.conflicts.iter().filter(|c| c.code == "host_class_missing").count();
         // No host at all: the hypervisor's conflict says so, not a host class one.
         let mut e = existing();
-        e.host_classes.clear();
+        e.hosts.clear();
         assert_eq!(classes(&decide(&manifest(), &e, &maps)), 0);
         let mut m = manifest();
         m.model.instances[0].zone = Some("z1".into());

@@ -318,8 +318,11 @@ pub async fn detach(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResul
 /// Locks the volume's instance, then the volume (the order attach and terminate take),
 /// and decides its detach on what it is under the locks.
 async fn lock_for_detach(tx: &mut db::Tx<'_>, caller: &Caller, id: &VolumeId) -> ApiResult<(store::Row, Decision)> {
-    // Which instance to lock first; re-checked under the locks.
-    let hint = store::get(&mut **tx, id.as_str()).await?.and_then(|r| r.instance_id);
+    // Which instance to lock first (none of another account's); re-checked under the locks.
+    let hint = store::get(&mut **tx, id.as_str())
+        .await?
+        .filter(|r| r.account_id == caller.account_id.as_str())
+        .and_then(|r| r.instance_id);
     let mut has_host = false;
     if let Some(i) = &hint {
         db::lock(tx, db::Lock::Instance, i).await?;

@@ -192,17 +192,24 @@ pub struct Existing {
     /// public ones and those shared with it. A bundle's image that travels
     /// without data resolves to one of these.
     pub usable_images: Vec<(String, String, String)>,
-    pub hypervisors: Vec<String>,
     /// Each host: what it runs and has free (a hard group policy and the instances an
     /// import places need room on hosts that run them).
     pub hosts: Vec<HostHere>,
-    /// The host classes of the site: each host's (zone, labels as `host::join_labels`).
-    pub host_classes: Vec<(String, String)>,
     /// The site has an external network (floating IPs can be allocated); set by the caller
     /// from the configuration.
     pub external: bool,
     /// The earlier import of the same VDC, when this bundle updates it; set by the caller.
     pub prior: Option<Prior>,
+}
+
+impl Existing {
+    /// The hypervisors the site's hosts run, sorted.
+    pub fn hypervisors(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self.hosts.iter().flat_map(|h| h.hypervisors.iter().map(String::as_str)).collect();
+        all.sort();
+        all.dedup();
+        all
+    }
 }
 
 /// A host of the site as a plan sees it.
@@ -267,13 +274,7 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
             memory_free_mib,
         })
         .collect();
-    let mut hypervisors: Vec<String> = hosts.iter().flat_map(|h| h.hypervisors.iter().cloned()).collect();
-    hypervisors.sort();
-    hypervisors.dedup();
-    let mut host_classes: Vec<(String, String)> = hosts.iter().map(|h| (h.zone.clone(), h.labels.clone())).collect();
-    host_classes.sort();
-    host_classes.dedup();
-    Ok(Existing { names, cidrs, usable_images, hypervisors, hosts, host_classes, external: false, prior: None })
+    Ok(Existing { names, cidrs, usable_images, hosts, external: false, prior: None })
 }
 
 type ImportRow = (String, String, String, String, String, String, Option<String>);
