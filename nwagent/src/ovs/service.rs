@@ -295,24 +295,41 @@ impl Services {
         ];
         let pid =
             std::fs::read_to_string(&pidfile).ok().and_then(|p| p.trim().parse::<i32>().ok()).filter(|p| alive(*p));
-        if let Some(pid) = pid {
-            let same = std::fs::read_to_string(&argsfile).ok().as_deref() == Some(args.join("\n").as_str());
-            if same {
-                // dnsmasq re-reads its hosts files on SIGHUP. Sent on every ensure, not
-                // only when the files change: a run that sent it only on change once saw a
-                // new guest get no lease (cause not found; see dhcp-VNI.log next time).
-                self.tools.run("kill", &["-HUP", &pid.to_string()]).await?;
-                return Ok(());
-            }
-            tracing::info!(vni, pid, "dnsmasq runs with other arguments: replaced");
-            self.tools.run("kill", &[&pid.to_string()]).await?;
-            // Its sockets must be closed before the new one binds the same addresses.
-            for _ in 0..50 {
-                if !alive(pid) {
-                    break;
+        let old = match pid {
+            Some(pid) => {
+                let same = std::fs::read_to_string(&argsfile).ok().as_deref() == Some(args.join("\n").as_str());
+                if same {
+                    // dnsmasq re-reads its hosts files on SIGHUP. Sent on every ensure, not
+                    // only when the files change: a run that sent it only on change once saw a
+                    // new guest get no lease (cause not found; see dhcp-VNI.log next time).
+                    self.tools.run("kill", &["-HUP", &pid.to_string()]).await?;
+                    return Ok(());
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tracing::info!(vni, pid, "dnsmasq runs with other arguments: replaced");
+                vec![pid]
             }
+            // What runs in the namespace (ours by its name) without a pid file here is an
+            // earlier run's dnsmasq whose files were removed (`vdc up` on a new data
+            // directory): it holds the addresses the new one binds.
+            None => {
+                let ns = self.netns(vni);
+                let out = self.tools.run("ip", &["netns", "pids", &ns]).await?;
+                let pids: Vec<i32> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                if !pids.is_empty() {
+                    tracing::warn!(vni, ?pids, netns = %ns, "processes of an earlier run hold the network service's namespace: stopped");
+                }
+                pids
+            }
+        };
+        for pid in &old {
+            self.tools.run("kill", &[&pid.to_string()]).await?;
+        }
+        // Their sockets must be closed before the new one binds the same addresses.
+        for _ in 0..50 {
+            if !old.iter().any(|p| alive(*p)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         let mut argv = vec!["dnsmasq"];
         argv.extend(args.iter().map(String::as_str));
@@ -789,8 +806,9 @@ mod tests {
         let mut n = net(&[]);
         s.ensure_dhcp(&n).await.unwrap();
         let d = dir.path().display();
+        assert_eq!(f.lines()[0], "ip netns pids vt-n2a", "no pid file: what holds the namespace is asked");
         assert_eq!(
-            f.calls()[0].argv,
+            f.calls()[1].argv,
             [
                 "ip".to_owned(),
                 "netns".into(),
@@ -843,6 +861,22 @@ mod tests {
         assert!(lines[0].starts_with("kill ") && !lines[0].contains("-HUP"), "{lines:?}");
         assert!(lines[1].starts_with("ip netns exec vt-n2a dnsmasq --conf-file=/dev/null"), "{lines:?}");
         assert!(read("dhcp-42.args").contains("--dhcp-option=option:dns-server,10.10.0.1"));
+        // No pid file (an earlier run's files were removed) but a process in the
+        // namespace: it is stopped before dnsmasq starts, or the new one could not bind.
+        f.clear();
+        std::fs::remove_file(dir.path().join("dhcp-42.pid")).unwrap();
+        let mut left = std::process::Command::new("sleep").arg("0.3").spawn().unwrap();
+        let left_pid = left.id() as i32;
+        f.ok(&["ip", "netns", "pids"], &format!("{left_pid}\n"));
+        let reaper = std::thread::spawn(move || left.wait());
+        s.ensure_dhcp(&n).await.unwrap();
+        assert!(!alive(left_pid), "dnsmasq started before the old process ended");
+        reaper.join().unwrap().unwrap();
+        let lines = f.lines();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0], "ip netns pids vt-n2a");
+        assert!(lines[1].starts_with("kill ") && !lines[1].contains("-HUP"), "{lines:?}");
+        assert!(lines[2].starts_with("ip netns exec vt-n2a dnsmasq "), "{lines:?}");
     }
 
     #[test]
