@@ -916,6 +916,25 @@ pub async fn wait_console(c: &Client, id: &InstanceId, needle: &str, timeout: Du
     panic!("console of {id} never showed {needle:?} within {timeout:?}; it has:\n{out}")
 }
 
+/// Whether libvirt has the instance's domain. Only libvirt's "not found" answers no: a
+/// virsh that could not ask (a busy daemon) asks again, and fails the test if it never can.
+pub fn virsh_has(uri: &str, id: &vdc_schema::id::InstanceId) -> bool {
+    let name = format!("vdc-{id}");
+    let mut err = String::new();
+    for _ in 0..10 {
+        let o = std::process::Command::new("virsh").args(["-c", uri, "dominfo", &name]).output().expect("virsh runs");
+        if o.status.success() {
+            return true;
+        }
+        err = String::from_utf8_lossy(&o.stderr).into_owned();
+        if err.contains("failed to get domain") || err.contains("Domain not found") {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("virsh could not tell whether {name} exists on {uri}: {err}")
+}
+
 /// A stack with `hosts` libvirt hosts of `cpus` CPUs (real TCG guests of the tiny image).
 pub fn real_guests(hosts: usize, cpus: u32) -> StackOptions {
     let mut o = StackOptions::new(Db::Sqlite);

@@ -220,12 +220,35 @@ impl ImageCache {
 
     /// Unpacks a root filesystem tarball for a container.
     pub fn unpack(&self, tarball: &Path, dest: &Path) -> Result<(), ImageError> {
-        if dest.join("init.sh").exists() {
+        self.make_rootfs(dest, |partial| {
+            std::fs::create_dir_all(partial).map_err(io(partial))?;
+            self.tools.run("tar", &["-xzf", &host::path(tarball), "-C", &host::path(partial)])?;
+            Ok(())
+        })
+    }
+
+    /// A container's own copy of a host directory (an admin's `dir` image), made once.
+    pub fn copy_rootfs(&self, src: &Path, dest: &Path) -> Result<(), ImageError> {
+        self.make_rootfs(dest, |partial| {
+            self.tools.run("cp", &["-a", &host::path(src), &host::path(partial)])?;
+            Ok(())
+        })
+    }
+
+    /// Makes a container's root filesystem once: in `DEST.partial`, renamed to `dest`
+    /// when complete. A rootfs that exists is the container's own from then on: a later
+    /// ensure (a start, a reboot, a restarted hva) must never write the image over the
+    /// files the guest changed, and a copy cut short is made again rather than used.
+    fn make_rootfs(&self, dest: &Path, make: impl FnOnce(&Path) -> Result<(), ImageError>) -> Result<(), ImageError> {
+        if dest.exists() {
             return Ok(());
         }
-        std::fs::create_dir_all(dest).map_err(io(dest))?;
-        self.tools.run("tar", &["-xzf", &host::path(tarball), "-C", &host::path(dest)])?;
-        Ok(())
+        let partial = dest.with_extension("partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
+        }
+        make(&partial)?;
+        std::fs::rename(&partial, dest).map_err(io(dest))
     }
 }
 
@@ -349,17 +372,53 @@ mod tests {
             f.lines(),
             [
                 format!("qemu-img create -q -f qcow2 -b {t}/images/abc -F raw {t}/i-a/root.qcow2"),
-                format!("tar -xzf {t}/images/def -C {t}/i-b/rootfs"),
+                format!("tar -xzf {t}/images/def -C {t}/i-b/rootfs.partial"),
             ]
         );
-        // Already there (a repeated ensure, a restarted hva): nothing runs.
+        assert!(rootfs.is_dir() && !tmp.path().join("i-b/rootfs.partial").exists());
+        // Already there (a repeated ensure, a start, a restarted hva): nothing runs, so
+        // what the container changed stays (any image, not only those with an init.sh).
         f.clear();
         std::fs::create_dir_all(root.parent().unwrap()).unwrap();
         std::fs::write(&root, b"").unwrap();
-        std::fs::write(rootfs.join("init.sh"), b"").unwrap();
+        std::fs::write(rootfs.join("etc-hostname"), b"changed in the guest").unwrap();
         c.overlay(&base, "raw", &root).unwrap();
         c.unpack(&tarball, &rootfs).unwrap();
         assert!(f.calls().is_empty(), "{:?}", f.lines());
+        assert_eq!(std::fs::read(rootfs.join("etc-hostname")).unwrap(), b"changed in the guest");
+    }
+
+    #[test]
+    fn a_rootfs_cut_short_is_made_again_not_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = ImageCache {
+            dir: tmp.path().join("images"),
+            builtin_dir: None,
+            tools: host::system(),
+            using: Default::default(),
+        };
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(src.join("etc")).unwrap();
+        std::fs::write(src.join("etc/os-release"), b"ID=test\n").unwrap();
+        let tarball = tmp.path().join("rootfs.tar.gz");
+        let ok = std::process::Command::new("tar")
+            .args(["-czf", tarball.to_str().unwrap(), "-C", src.to_str().unwrap(), "."])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        // An hva killed while unpacking left half a tree.
+        let rootfs = tmp.path().join("i-a/rootfs");
+        std::fs::create_dir_all(tmp.path().join("i-a/rootfs.partial/usr")).unwrap();
+        c.unpack(&tarball, &rootfs).unwrap();
+        assert_eq!(std::fs::read(rootfs.join("etc/os-release")).unwrap(), b"ID=test\n");
+        assert!(!rootfs.join("usr").exists(), "the partial tree was thrown away");
+        assert!(!tmp.path().join("i-a/rootfs.partial").exists());
+        // A failed unpack leaves no rootfs that a later ensure would take as complete.
+        let other = tmp.path().join("i-b/rootfs");
+        std::fs::create_dir_all(other.parent().unwrap()).unwrap();
+        std::fs::write(tmp.path().join("bad.tar.gz"), b"not a tarball").unwrap();
+        assert!(c.unpack(&tmp.path().join("bad.tar.gz"), &other).is_err());
+        assert!(!other.exists());
     }
 
     #[test]
@@ -378,7 +437,7 @@ mod tests {
         assert_eq!(
             e.to_string(),
             format!(
-                r#"tar ["-xzf", "/images/x", "-C", "{}/rootfs"] failed: exit status: 2: gzip: stdin: not in gzip format"#,
+                r#"tar ["-xzf", "/images/x", "-C", "{}/rootfs.partial"] failed: exit status: 2: gzip: stdin: not in gzip format"#,
                 tmp.path().display()
             )
         );

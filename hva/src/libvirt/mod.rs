@@ -274,10 +274,8 @@ impl Inner {
                 rootfs = dir.join("rootfs");
                 if spec.image.format == ImageFormat::Tar {
                     self.cache.unpack(&src, &rootfs).map_err(e)?;
-                } else if !rootfs.exists() {
-                    self.tools
-                        .run("cp", &["-a", &host::path(&src), &host::path(&rootfs)])
-                        .map_err(|x| x.to_string())?;
+                } else {
+                    self.cache.copy_rootfs(&src, &rootfs).map_err(e)?;
                 }
                 layout.rootfs = Some(&rootfs);
                 return Ok(xml::lxc_domain(spec, &layout));
@@ -1119,7 +1117,7 @@ mod tests {
         let s = spec("i-b", HypervisorKind::Lxc, ImageFormat::Dir, "/srv/rootfs", 0);
         let xml = lv.prepare(&s).unwrap();
         let rootfs = format!("{}/instances/i-b/rootfs", tmp.path().display());
-        assert_eq!(f.lines(), [format!("cp -a /srv/rootfs {rootfs}")]);
+        assert_eq!(f.lines(), [format!("cp -a /srv/rootfs {rootfs}.partial")]);
         assert!(xml.contains(&rootfs), "{xml}");
         f.clear();
         lv.prepare(&s).unwrap();

@@ -26,11 +26,7 @@ fn dumpxml(id: &InstanceId) -> String {
 }
 
 fn virsh_has(id: &InstanceId) -> bool {
-    Command::new("virsh")
-        .args(["-c", "qemu:///system", "dominfo", &format!("vdc-{id}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    vdc_tests::virsh_has("qemu:///system", id)
 }
 
 fn disk_image(name: &str, source: &std::path::Path) -> CreateImage {

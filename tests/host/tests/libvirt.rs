@@ -4,21 +4,12 @@
 //!
 //! Needs libvirtd (tests/run.sh starts it) and VDC_TINY_IMAGE_DIR (it builds the image).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 use vdc_cli::client::Client;
 use vdc_schema::api::*;
 use vdc_schema::id::*;
 use vdc_schema::*;
-use vdc_tests::{register_images, wait_console, wait_state, LibvirtSetup, Stack, StackOptions};
-
-fn virsh_has(uri: &str, id: &InstanceId) -> bool {
-    Command::new("virsh")
-        .args(["-c", uri, "dominfo", &format!("vdc-{id}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
+use vdc_tests::{register_images, virsh_has, wait_console, wait_state, LibvirtSetup, Stack, StackOptions};
 
 fn qemu_pid(id: &InstanceId) -> Option<u32> {
     std::fs::read_to_string(format!("/run/libvirt/qemu/vdc-{id}.pid")).ok()?.trim().parse().ok()
@@ -59,7 +50,7 @@ async fn lifecycle(s: &Stack, c: &Client, image: &ImageId, kind: HypervisorKind,
     job_ok(c, &a).await;
     let (_, boot) = wait_console(c, &id, &line, Duration::from_secs(90)).await;
     eprintln!("{kind}: API create → console line after running: {boot:?}");
-    assert!(virsh_has(uri, &id));
+    assert!(virsh_has(uri, &id), "no domain for a running instance: {:?}", c.get_instance(&id).await);
     let dir = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances").join(id.as_str());
     assert!(dir.exists());
 
