@@ -30,6 +30,11 @@ struct State {
     volumes: HashMap<VolumeId, VolumeSpec>,
     /// snapshot → (its volume, size in MiB)
     snapshots: HashMap<SnapshotId, (VolumeId, u64)>,
+    /// Volumes being made (created, then filled from an image or a snapshot). One found
+    /// here at the next ensure was cut short (sta stopped mid-copy) and is made again;
+    /// without it, a half-copied volume would have been taken as whole.
+    #[serde(default)]
+    making: std::collections::HashSet<VolumeId>,
 }
 
 pub struct RealStorage {
@@ -219,9 +224,18 @@ impl Inner {
         if self.state.lock().unwrap().volumes.get(&id).is_some_and(|v| v.spec_gen > spec.spec_gen) {
             return Ok(());
         }
-        let created = !self.backend.exists(&id).await;
+        let exists = self.backend.exists(&id).await;
+        let cut_short = self.state.lock().unwrap().making.contains(&id);
+        if exists && cut_short {
+            tracing::warn!(volume = %id, "the volume's making was cut short: made again");
+            self.backend.delete(&id).await?;
+        }
+        let created = !exists || cut_short;
         if created {
+            self.state.lock().unwrap().making.insert(id.clone());
+            self.save();
             self.create(&spec).await?;
+            self.state.lock().unwrap().making.remove(&id);
         }
         let size = self.backend.size_mib(&id).await?;
         let grown = size < spec.size_mib;
@@ -262,6 +276,7 @@ impl Inner {
             t.unexport(id).await.map_err(|e| Failure::Transient(e.to_string()))?;
         }
         self.backend.delete(id).await?;
+        self.state.lock().unwrap().making.remove(id);
         let old = self.state.lock().unwrap().volumes.remove(id);
         self.save();
         let spec = old.unwrap_or(VolumeSpec {
@@ -694,6 +709,44 @@ mod tests {
             );
             assert!(f.lines().contains(&convert), "{convert} in {:?}", f.lines());
         }
+    }
+
+    /// sta stopped while it copied an image into a new volume: the volume exists, half
+    /// filled. The next ensure makes it again instead of reporting it available.
+    #[tokio::test]
+    async fn a_volume_whose_making_was_cut_short_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FakeRunner::new();
+        let backend = Arc::new(FileBackend::open_with(&dir.path().join("vols"), f.clone()).await.unwrap());
+        f.ok(&["qemu-img", "info"], r#"{"format": "raw", "virtual-size": 1048576}"#);
+        let src = dir.path().join("img.raw");
+        std::fs::write(&src, [7u8; 4096]).unwrap();
+        let image = image_spec(vdc_schema::ImageFormat::Raw, src.display().to_string());
+        let want = VolumeSpec { source_image: Some(image), ..spec("vol-f", 1, 64, None) };
+        // What the stopped sta left: the volume made, its copy never ended.
+        f.fail(&["qemu-img", "convert"], "killed").ok(&["qemu-img", "convert"], "");
+        let (sta, sink) = storage(&f, backend.clone(), dir.path());
+        sta.ensure_volume(want.clone()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(sink.newest("vol-f").is_none(), "a failed copy is retried, not reported");
+        drop(sta);
+        backend.create(&vol("vol-f"), 64).await.unwrap();
+        std::fs::write(backend.lun_path(&vol("vol-f")), b"half").unwrap();
+
+        f.clear();
+        let (sta, sink) = storage(&f, backend.clone(), dir.path());
+        sta.ensure_volume(want.clone()).await.unwrap();
+        assert_eq!(report(&sink, "vol-f", 1).await.state, ObservedStorage::Available);
+        let lun = backend.lun_path(&vol("vol-f"));
+        let convert = format!("qemu-img convert -n -T none -t none -f raw -O raw {} {}", src.display(), lun.display());
+        assert!(f.lines().contains(&convert), "the image is copied again: {:?}", f.lines());
+        assert_eq!(std::fs::metadata(&lun).unwrap().len(), 64 << 20, "made afresh");
+        // Made whole: a later ensure (the same sta or a restarted one) leaves it alone.
+        f.clear();
+        let (sta, sink) = storage(&f, backend.clone(), dir.path());
+        sta.ensure_volume(VolumeSpec { spec_gen: 2, ..want }).await.unwrap();
+        assert_eq!(report(&sink, "vol-f", 2).await.state, ObservedStorage::Available);
+        assert!(!f.lines().iter().any(|l| l.starts_with("qemu-img convert")), "{:?}", f.lines());
     }
 
     #[tokio::test]
