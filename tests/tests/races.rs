@@ -22,6 +22,7 @@ on_both_databases!(
     terminate_attach,
     image_delete_instance_create,
     image_delete_same_bytes_upload,
+    image_delete_volume_create,
     instance_actions,
     creates_fill_an_overcommitted_host,
     capture_start_terminate,
@@ -600,6 +601,81 @@ async fn image_delete_instance_create(db: Db) {
             }
         }
     }
+    s.stop().await;
+}
+
+/// Volumes made from an image while its owner deletes it. A volume being made needs the
+/// image (sta copies it in), so a delete waits until none is; once they are made, the
+/// image may go and the volumes still work (an extend is sent without it). Before, a
+/// delete could take the image from under a volume being made, which then never ended,
+/// and a made volume's every later change failed to be sent.
+async fn image_delete_volume_create(db: Db) {
+    let mut o = stack(db);
+    // Volumes stay `creating` long enough for the deletes to meet them.
+    o.sim.delay = Duration::from_millis(150);
+    let s = Stack::start(o).await;
+    let c = s.account("filling").await;
+    let mut refused_while_made = 0;
+    for round in 0..ROUNDS {
+        let img = c.create_image(&vdc_tests::image_request(&format!("fill{round}"), ImageFormat::Raw)).await.unwrap();
+        assert_eq!(c.upload_image(&img.id, vec![7u8; 64 << 10]).await.unwrap().state, ImageState::Available);
+        let reqs = (0..24).map(|i| {
+            let (c, img) = (c.clone(), img.id.clone());
+            async move {
+                // Creates at 0, 10, 20 … ms, each followed 5 ms later by a delete.
+                tokio::time::sleep(Duration::from_millis(5 * i as u64)).await;
+                if i % 2 == 0 {
+                    let req = CreateVolume {
+                        name: format!("r{round}-{i}"),
+                        size_mib: Some(16),
+                        snapshot_id: None,
+                        image_id: Some(img),
+                    };
+                    ("create", outcome(c.create_volume(&req).await, |a| Some((a.job.clone(), true))))
+                } else {
+                    ("delete", outcome(c.delete_image(&img).await, |_| None))
+                }
+            }
+        });
+        let results = join_all(reqs).await;
+        let outcomes: Vec<Outcome> = results.iter().map(|r| r.1.clone()).collect();
+        let deleted = results.iter().filter(|r| r.0 == "delete" && r.1.status < 300).count();
+        let created = results.iter().filter(|r| r.0 == "create" && r.1.status == 202).count();
+        assert!(deleted <= 1, "round {round}: {deleted} deletes");
+        if created > 0 && outcomes.iter().any(|o| o.code == "image_in_use") {
+            refused_while_made += 1;
+        }
+        for (kind, o) in &results {
+            if o.status >= 400 {
+                let ok = match *kind {
+                    "create" => (o.status, o.code.as_str()) == (404, "not_found"),
+                    _ => [(409, "image_in_use"), (404, "not_found")].contains(&(o.status, o.code.as_str())),
+                };
+                assert!(ok, "{kind}: {} {}", o.status, o.code);
+            }
+        }
+        for o in &outcomes {
+            if let Some(j) = &o.job {
+                let end = c.wait_job(&j.id, Duration::from_secs(20)).await.expect("every job ends");
+                assert_eq!(end.state, JobState::Succeeded, "round {round}: every volume is made: {end:?}");
+            }
+        }
+        // Made: now the image may go, and the volumes' later changes are still sent.
+        if deleted == 0 {
+            c.delete_image(&img.id).await.unwrap();
+        }
+        for v in c.list_all_volumes().await.unwrap() {
+            if v.image_id.as_ref() == Some(&img.id) {
+                assert_eq!(v.state, VolumeState::Available, "{v:?}");
+                let a = c.extend_volume(&v.id, &ExtendVolume { size_mib: 32 }).await.unwrap();
+                let end = c.wait_job(&a.job.id, Duration::from_secs(20)).await.unwrap();
+                assert_eq!(end.state, JobState::Succeeded, "an extend without the image: {end:?}");
+                assert_eq!(c.get_volume(&v.id).await.unwrap().size_mib, 32);
+                c.delete_volume(&v.id).await.unwrap();
+            }
+        }
+    }
+    assert!(refused_while_made > 0, "some delete met volumes being made");
     s.stop().await;
 }
 

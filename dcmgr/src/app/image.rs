@@ -340,6 +340,16 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
                 format!("image {id} is used by {}", name_some("instance", users.iter().map(String::as_str))),
             ));
         }
+        let filling = store::volumes_filling(&mut tx, id).await?;
+        if !filling.is_empty() {
+            return Err(ApiError::conflict(
+                "image_in_use",
+                format!(
+                    "image {id} is being copied into {}; delete the image once they are available",
+                    name_some("volume", filling.iter().map(String::as_str))
+                ),
+            ));
+        }
         let disks = store::kernel_users(&mut tx, id).await?;
         if !disks.is_empty() {
             return Err(ApiError::conflict(

@@ -135,6 +135,13 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
         // creates would hold every connection waiting for that row).
         quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Volumes, 1), (QuotaKey::VolumeGib, size)])
             .await?;
+        // The image must still be there at commit: its delete locks the same row and then
+        // sees this volume being made from it.
+        if let Some(image_id) = &req.image_id {
+            if !db::lock(&mut tx, db::Lock::Image, image_id.as_str()).await? {
+                return Err(ApiError::not_found("image", image_id));
+            }
+        }
         let id = VolumeId::generate();
         let now = db::now();
         store::insert(

@@ -91,6 +91,9 @@ async fn node_sync(ctx: &SharedCtx, kind: AgentKind, node: &str) -> Result<()> {
         }
     };
     tracing::info!(%kind, node, objects = ids.len(), "syncing agent");
+    // One object that cannot be sent must not keep the agent from the others: all are
+    // sent, and the first error makes the whole sync be tried again.
+    let mut first_err = None;
     for (id,) in ids {
         let r = match kind {
             AgentKind::Hva => instance::dispatch(ctx, &id).await,
@@ -98,7 +101,10 @@ async fn node_sync(ctx: &SharedCtx, kind: AgentKind, node: &str) -> Result<()> {
             AgentKind::Sta if id.starts_with("snap-") => snapshot::dispatch(ctx, &id).await.map_err(Error::from),
             AgentKind::Sta => volume::dispatch(ctx, &id).await.map_err(Error::from),
         };
-        r?;
+        if let Err(e) = r {
+            tracing::warn!(%kind, node, object = %id, "not sent in the agent's sync: {e}");
+            first_err.get_or_insert(e);
+        }
     }
-    Ok(())
+    first_err.map_or(Ok(()), Err)
 }

@@ -32,7 +32,13 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
                 _ => None,
             };
             let source_image = match &row.image_id {
-                Some(i) => Some(crate::controller::image::spec(ctx, i, &node).await?),
+                Some(i) => match crate::controller::image::spec(ctx, i, &node).await {
+                    Ok(spec) => Some(spec),
+                    // Deleted after the volume was made (a delete waits for the volumes
+                    // being made from it): sta needs it no more.
+                    Err(ApiError::NotFound { .. }) if state != VolumeState::Creating => None,
+                    Err(e) => return Err(e),
+                },
                 None => None,
             };
             let spec = VolumeSpec {

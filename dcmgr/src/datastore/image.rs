@@ -161,6 +161,16 @@ pub async fn users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sql
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
+/// The volumes being made from image `id` (sta still copies it into them), by ID.
+pub async fn volumes_filling(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sqlx::Error> {
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM volumes WHERE image_id = $1 AND state = 'creating' ORDER BY id")
+            .bind(id.as_str())
+            .fetch_all(&mut **tx)
+            .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
 pub async fn delete(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx::Error> {
     db::event::record(tx, db::event::Kind::Image, id.as_str(), db::event::Change::Deleted).await?;
     sqlx::query("DELETE FROM image_members WHERE image_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
