@@ -186,7 +186,7 @@ impl Staging {
     async fn open(dir: &Path, limit: u64, chunk: Option<usize>) -> io::Result<Staging> {
         use vdc_bus::fileio::HashingFile;
         tokio::fs::create_dir_all(dir).await?;
-        let path = dir.join(format!("incoming-{:016x}", rand::random::<u64>()));
+        let path = dir.join(format!("incoming-{}-{:016x}", std::process::id(), rand::random::<u64>()));
         let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
         let file = match chunk {
             Some(c) => HashingFile::with_chunks(file, c)?,
@@ -217,6 +217,30 @@ impl Staging {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Removes what a dcmgr stopped mid-way left in the staging directory: uploads and
+/// imports cut short (`incoming-<pid>-…`), a bundle's blobs (`bundle-<pid>-…`) and plans
+/// (`plan-<pid>-…`) of processes that are gone, and files named before names carried a
+/// pid. Another live dcmgr's files sharing the directory are kept.
+pub fn remove_stale_staging(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let me = std::process::id();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = ["plan-", "incoming-", "bundle-"].iter().find_map(|p| name.strip_prefix(p)) else {
+            continue;
+        };
+        let gone = match rest.split_once('-').map(|(pid, _)| pid.parse::<u32>()) {
+            Some(Ok(pid)) => pid == me || !Path::new(&format!("/proc/{pid}")).exists(),
+            _ => true,
+        };
+        if gone {
+            tracing::info!(path = %e.path().display(), "removing what a stopped dcmgr left in staging");
+            let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
+        }
     }
 }
 

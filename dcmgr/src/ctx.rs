@@ -123,7 +123,8 @@ pub struct Ctx {
     /// Where image data is kept.
     pub blobs: Arc<dyn crate::blobs::BlobStore>,
     /// Images whose data is arriving now (one upload or import at a time per image).
-    pub ingesting: std::sync::Mutex<std::collections::HashSet<ImageId>>,
+    /// Images receiving their data now, each with what cancels it (its image deleted).
+    pub ingesting: std::sync::Mutex<HashMap<ImageId, tokio_util::sync::CancellationToken>>,
     /// The chunk lists of blobs captured lately (`blobs::ChunkLists`), for a bundle export.
     pub chunk_lists: crate::blobs::ChunkLists,
     /// This process's part of the blob lock: take it with [`crate::app::blob_refs::hold`].

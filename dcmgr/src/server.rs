@@ -119,7 +119,7 @@ impl Dcmgr {
         config.import_allow().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
         // URL imports cut short by a stop start again.
         crate::app::image_import::resume(&ctx).await?;
-        crate::app::bundle::remove_stale_plans(&ctx);
+        crate::blobs::remove_stale_staging(&config.images_dir().join("staging"));
 
         let mut tasks = Vec::new();
         // Registrations and reports go to one dcmgr of the queue group; heartbeats to every

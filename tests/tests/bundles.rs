@@ -511,12 +511,29 @@ async fn a_cut_import_is_completed_after_a_restart_with_nothing_doubled(db: Db) 
         std::fs::create_dir_all(assembling.join(&d)).unwrap();
         std::fs::write(assembling.join(d).join("chunk"), b"x").unwrap();
     }
+    // So did uploads and a bundle's blobs being assembled.
+    let sha = "ab".repeat(32);
+    for f in [
+        format!("incoming-{dead}-00000000000000aa"),
+        "incoming-00000000000000bb".into(),
+        format!("bundle-{dead}-{sha}-1"),
+        format!("bundle-{sha}-2"),
+        "incoming-1-00000000000000cc".into(),
+    ] {
+        std::fs::write(assembling.join(f), b"x").unwrap();
+    }
     // dcmgr dies; the same command afterwards completes the import.
     b.restart_dcmgr().await;
-    let left: Vec<String> =
+    let mut left: Vec<String> =
         std::fs::read_dir(&assembling).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
-    assert_eq!(left, vec!["plan-1-2".to_string()], "plans of processes gone are removed at start");
+    left.sort();
+    assert_eq!(
+        left,
+        ["incoming-1-00000000000000cc", "plan-1-2"],
+        "what processes gone left in staging is removed at start; a live one's stays"
+    );
     std::fs::remove_dir_all(assembling.join("plan-1-2")).unwrap();
+    std::fs::remove_file(assembling.join("incoming-1-00000000000000cc")).unwrap();
     let done = cb.import_bundle(good.clone(), &[]).await.unwrap();
     assert!(done.created);
     assert_eq!(model(&ca).await, model(&cb).await);

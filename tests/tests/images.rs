@@ -303,6 +303,32 @@ async fn http_server(body: Vec<u8>) -> (u16, std::sync::Arc<std::sync::atomic::A
     (port, hits)
 }
 
+/// A server on loopback that announces 1,000,000 bytes and sends 1 KiB every 100 ms;
+/// the flag says the client closed the connection before the end.
+async fn trickle_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let e = ended.clone();
+    tokio::spawn(async move {
+        let Ok((mut conn, _)) = l.accept().await else { return };
+        let mut buf = vec![0u8; 4096];
+        let _ = conn.read(&mut buf).await;
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n";
+        if conn.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        for _ in 0..1000 {
+            if conn.write_all(&[0u8; 1000]).await.is_err() {
+                e.store(true, std::sync::atomic::Ordering::SeqCst);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (port, ended)
+}
+
 async fn failure_of(c: &Client, id: &ImageId) -> String {
     let img = c.wait_image(id, Duration::from_secs(30)).await.unwrap();
     assert_eq!(img.state, ImageState::Failed, "{img:?}");
@@ -364,6 +390,21 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
     assert_eq!(img.state, ImageState::Available, "{:?}", img.failure_reason);
     assert_eq!(img.checksum, Some(format!("sha256:{}", sha256(&good))));
     assert!(images_dir(&s).join("blobs/sha256").join(sha256(&good)).exists());
+    // Deleting an image stops its download (before, it ran to its end for nothing, and a
+    // tenant could start any number of them by creating and deleting images).
+    let (tport, ended) = trickle_server().await;
+    let slow =
+        c.create_image(&req("slow", ImageFormat::Raw, Some(format!("http://127.0.0.1:{tport}/")), None)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.get_image(&slow.id).await.unwrap().state, ImageState::Pending);
+    assert!(!files_in(&images_dir(&s).join("staging")).is_empty(), "the download is under way");
+    c.delete_image(&slow.id).await.unwrap();
+    eventually(Duration::from_secs(5), || async { ended.load(std::sync::atomic::Ordering::SeqCst).then_some(()) })
+        .await
+        .expect("the download stops when its image is deleted");
+    eventually(Duration::from_secs(5), || async { files_in(&images_dir(&s).join("staging")).is_empty().then_some(()) })
+        .await
+        .expect("nothing of it stays in staging");
 
     let r = c
         .create_image(&req("redir", ImageFormat::Qcow2, Some(format!("http://127.0.0.1:{port}/to-metadata")), None))

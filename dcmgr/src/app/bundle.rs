@@ -1904,28 +1904,6 @@ pub async fn receive_body(
     Ok(r.map_err(ApiError::internal)??)
 }
 
-/// Removes the plan directories of dcmgr processes gone (killed during a plan): at start,
-/// before this process plans anything. A directory of a live process, another dcmgr
-/// sharing the image directory, is its own and stays.
-pub fn remove_stale_plans(ctx: &SharedCtx) {
-    let Ok(dir) = std::fs::read_dir(staging_dir(ctx)) else { return };
-    let me = std::process::id();
-    for e in dir.flatten() {
-        let name = e.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("plan-")) else { continue };
-        // `plan-<pid>-<random>`; one named before pids were (`plan-<random>`) is an older
-        // dcmgr's, gone.
-        let gone = match rest.split_once('-').map(|(pid, _)| pid.parse::<u32>()) {
-            Some(Ok(pid)) => pid == me || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            _ => true,
-        };
-        if gone {
-            tracing::info!(dir = %e.path().display(), "removing the directory of a plan cut short");
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-}
-
 pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> ApiResult<BundlePlan> {
     let mut conn = ctx.db.acquire().await?;
     let src = &r.manifest.source;
@@ -2005,7 +1983,7 @@ async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -
         }
         let staging = staging_dir(ctx);
         let chunks = chunk_dir(ctx);
-        let tmp = staging.join(format!("bundle-{}-{}", blob.sha256, rand::random::<u32>()));
+        let tmp = staging.join(format!("bundle-{}-{}-{}", std::process::id(), blob.sha256, rand::random::<u32>()));
         // The staged chunks read direct, one after the other; written and hashed on
         // threads of their own (vdc_bus::fileio), as an upload is.
         let ok = async {

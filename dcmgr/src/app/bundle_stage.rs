@@ -250,7 +250,12 @@ impl Stager {
                 return Ok(false);
             }
             let path = match self.assemble {
-                true => self.blob_dir.join(format!("bundle-{}-{:08x}", self.blobs[b].sha256, rand::random::<u32>())),
+                true => self.blob_dir.join(format!(
+                    "bundle-{}-{}-{:08x}",
+                    std::process::id(),
+                    self.blobs[b].sha256,
+                    rand::random::<u32>()
+                )),
                 false => PathBuf::new(),
             };
             self.send(Write::Open(b, path.clone()))?;

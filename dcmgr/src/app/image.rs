@@ -368,6 +368,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
         Ok(unused)
     })
     .await?;
+    cancel_ingest(ctx, id);
     if let Some(b) = unused_blob {
         if let Err(e) = ctx.blobs.delete(&b).await {
             tracing::warn!(blob = %b, "cannot remove an unused image blob: {e}");
@@ -443,10 +444,23 @@ pub(crate) struct Ingesting<'a> {
 
 impl<'a> Ingesting<'a> {
     pub(crate) fn claim(ctx: &'a SharedCtx, id: &ImageId) -> ApiResult<Self> {
-        if !ctx.ingesting.lock().unwrap().insert(id.clone()) {
-            return Err(ApiError::conflict("invalid_state", format!("image {id} is receiving its data already")));
+        match ctx.ingesting.lock().unwrap().entry(id.clone()) {
+            std::collections::hash_map::Entry::Occupied(_) => {
+                Err(ApiError::conflict("invalid_state", format!("image {id} is receiving its data already")))
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(Default::default());
+                Ok(Ingesting { ctx, id: id.clone() })
+            }
         }
-        Ok(Ingesting { ctx, id: id.clone() })
+    }
+}
+
+/// Stops the data transfer of a deleted image in this process (a URL import would
+/// otherwise download to its end for nothing).
+fn cancel_ingest(ctx: &SharedCtx, id: &ImageId) {
+    if let Some(t) = ctx.ingesting.lock().unwrap().get(id) {
+        t.cancel();
     }
 }
 
@@ -490,7 +504,16 @@ where
         None => Staging::create(&staging_dir, limits.max_bytes).await,
     }
     .map_err(ApiError::internal)?;
-    while let Some(chunk) = body.next().await {
+    // Claimed by the caller ([`Ingesting`]): cancelled when the image is deleted.
+    let cancel = ctx.ingesting.lock().unwrap().get(&image.id).cloned().unwrap_or_default();
+    loop {
+        let chunk = tokio::select! {
+            c = body.next() => match c {
+                Some(c) => c,
+                None => break,
+            },
+            _ = cancel.cancelled() => return Err(ApiError::not_found("image", &image.id)),
+        };
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => return Ok(Ingested::Interrupted(e.to_string())),

@@ -172,8 +172,19 @@ fn short(e: &reqwest::Error) -> &'static str {
 pub fn spawn(ctx: SharedCtx, image: Image) {
     tokio::spawn(async move {
         let id = image.id.clone();
-        if let Err(e) = import(&ctx, &image).await {
-            tracing::warn!(image = %id, "URL import: {e}");
+        match import(&ctx, &image).await {
+            Ok(()) => {}
+            Err(crate::error::ApiError::NotFound { .. }) => tracing::info!(image = %id, "URL import: image deleted"),
+            // dcmgr's own trouble (its disk, its store, its database): the tenant learns
+            // the import failed and what to do, not the details.
+            Err(e) => {
+                tracing::warn!(image = %id, "URL import: {e}");
+                let why = "import_failed: dcmgr could not keep the data (its log says why); create the image again";
+                match store::set_failed(&ctx.db, &id, why).await {
+                    Ok(()) => ctx.events.wake(),
+                    Err(e) => tracing::warn!(image = %id, "URL import left pending: {e}"),
+                }
+            }
         }
     });
 }
