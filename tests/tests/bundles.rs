@@ -9,11 +9,12 @@
 //! Push (point 6): only the chunks the target lacks are sent; a hash of another
 //! account's data, or a chunk the target claims but cannot read, refuses the bundle.
 
+use std::time::Duration;
 use vdc_bundle::{Manifest, SigningKey};
 use vdc_cli::client::{Client, ClientError};
 use vdc_schema::api::*;
 use vdc_schema::*;
-use vdc_tests::{on_both_databases, wait_state, Db, Stack, StackOptions};
+use vdc_tests::{eventually, on_both_databases, wait_state, Db, Stack, StackOptions};
 
 on_both_databases!(
     a_vdc_moves_to_another_site_and_a_second_import_changes_nothing,
@@ -29,6 +30,7 @@ on_both_databases!(
     host_classes_travel_and_are_mapped,
     server_groups_travel_and_place_their_members_by_policy,
     a_plan_says_when_the_hosts_have_no_room,
+    an_export_cut_off_while_it_captures_leaves_nothing_stopped_or_made,
     ten_concurrent_imports_of_an_update_apply_it_once,
     ten_concurrent_imports_of_a_move_detach_once,
     a_push_sends_only_the_chunks_the_target_lacks,
@@ -156,6 +158,40 @@ async fn export(c: &Client) -> Vec<u8> {
     let n = c.export_bundle(false, true, &mut out, |_| {}).await.unwrap();
     assert_eq!(n as usize, out.len());
     out
+}
+
+/// The client gives up while the export stops and captures the instances (a closed
+/// laptop, a ^C): the capture still ends, the instances it stopped run again and the
+/// images and snapshots it made go. Before, the request's end dropped the capture where
+/// it was: instances stayed stopped and the temporaries stayed, counted in the quota.
+async fn an_export_cut_off_while_it_captures_leaves_nothing_stopped_or_made(db: Db) {
+    let mut o = StackOptions::new(db);
+    o.sim.delay = Duration::from_millis(400);
+    let a = Stack::start(o).await;
+    let c = a.account("tenant").await;
+    build_vdc(&a, &c, false).await;
+    let running = c.list_all_instances().await.unwrap();
+    assert!(running.len() >= 2 && running.iter().all(|i| i.state == InstanceState::Running));
+    let images_before = c.list_all_images().await.unwrap().len();
+    let mut out = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_millis(300), c.export_bundle(false, true, &mut out, |_| {})).await;
+    assert!(cut.is_err(), "the export was still capturing when the client left");
+    assert!(
+        c.list_all_instances().await.unwrap().iter().any(|i| i.state != InstanceState::Running),
+        "the export had begun to stop the instances"
+    );
+    eventually(Duration::from_secs(60), || async {
+        let instances = c.list_all_instances().await.ok()?;
+        let images = c.list_all_images().await.ok()?;
+        let snapshots = c.list_all_snapshots().await.ok()?;
+        (instances.iter().all(|i| i.state == InstanceState::Running)
+            && images.len() == images_before
+            && snapshots.is_empty())
+        .then_some(())
+    })
+    .await
+    .expect("the instances run again and nothing made for the export stays");
+    a.stop().await;
 }
 
 fn maps(m: &[&str]) -> Vec<String> {
@@ -701,7 +737,7 @@ async fn wait_volume(c: &Client, id: &VolumeId) -> Volume {
         if v.state == VolumeState::Available {
             return v;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("volume {id} never became available");
 }
@@ -794,7 +830,7 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
         if leftovers(ca.clone()).await.is_empty() {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(leftovers(ca.clone()).await, Vec::<String>::new());
 
@@ -811,7 +847,7 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
         if left.is_empty() {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(left.is_empty(), "temporary images or snapshots left on the source: {left:?}");
     let (m, _) = open(&bytes, &site_key(&a));
@@ -977,7 +1013,7 @@ async fn wait_attached(c: &Client, id: &VolumeId, to: &InstanceId) {
         if v.state == VolumeState::Attached && v.instance_id.as_ref() == Some(to) {
             return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         v = c.get_volume(id).await.unwrap();
     }
     panic!("volume {} is {} on {:?}, not attached to {to}", v.name, v.state, v.instance_id);

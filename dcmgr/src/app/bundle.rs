@@ -54,7 +54,29 @@ fn staging_dir(ctx: &SharedCtx) -> PathBuf {
 /// what the export made to read its data (removed once the bundle is written). Without
 /// `model_only`, instances' disks and volumes' data are captured first (see
 /// [`bundle_data`](crate::app::bundle_data)); `stop` lets running instances be stopped for it.
+///
+/// The work runs in a task of its own and ends even when the caller stops waiting (a
+/// client that went away while disks were captured, for minutes): then what it made is
+/// removed, and the instances it stopped are started again, as after a failure.
 pub async fn manifest(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    model_only: bool,
+    stop: bool,
+) -> ApiResult<(Manifest, Vec<PathBuf>, bundle_data::Temporaries)> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (ctx, caller) = (ctx.clone(), caller.clone());
+    tokio::spawn(async move {
+        let r = capture_manifest(&ctx, &caller, model_only, stop).await;
+        if let Err(Ok((_, _, temp))) = tx.send(r) {
+            tracing::info!(account = %caller.account_id, "bundle export: the client went away; its captures are removed");
+            temp.remove(&ctx, &caller).await;
+        }
+    });
+    rx.await.map_err(|_| ApiError::internal("the export's capture ended without an answer"))?
+}
+
+async fn capture_manifest(
     ctx: &SharedCtx,
     caller: &Caller,
     model_only: bool,
