@@ -89,6 +89,15 @@ struct Saved {
     /// found off in a later boot did not power itself off, the host went down.
     #[serde(default)]
     boot_id: Option<String>,
+    /// Whether the guest has run on this host: from then on its disk (or root
+    /// filesystem) holds the tenant's data, and a failure never removes it. A state
+    /// saved before this was recorded is taken to have run.
+    #[serde(default = "ran_before")]
+    ran: bool,
+}
+
+fn ran_before() -> bool {
+    true
 }
 
 /// This boot of the host, if the kernel says.
@@ -230,12 +239,18 @@ impl Inner {
 
     fn fail(&self, id: &InstanceId, kind: HypervisorKind, why: String) {
         tracing::warn!(instance = %id, "instance failed: {why}");
-        // Leave nothing behind on the host: the domain and every file go.
-        if let Ok(Some(d)) = self.lookup(kind, id) {
-            let _ = lv("destroy", || d.destroy());
-            let _ = undefine(&d, kind);
+        let ran = self.known.lock().unwrap().get(id).is_some_and(|k| k.saved.ran);
+        // A guest that never ran holds nothing of the tenant's: nothing is left behind.
+        // One that ran keeps its domain and files, its disk above all: the cause may pass
+        // (a volume's storage node down) and a start then boots the same disk; a
+        // terminate removes them.
+        if !ran {
+            if let Ok(Some(d)) = self.lookup(kind, id) {
+                let _ = lv("destroy", || d.destroy());
+                let _ = undefine(&d, kind);
+            }
+            let _ = std::fs::remove_dir_all(self.dir(id));
         }
-        let _ = std::fs::remove_dir_all(self.dir(id));
         if let Some(k) = self.known.lock().unwrap().get_mut(id) {
             k.reason = Some(why);
             k.acted_gen = k.saved.spec.spec_gen;
@@ -266,16 +281,16 @@ impl Inner {
         let seed = dir.join("seed.iso");
         match (spec.hypervisor, spec.image.format) {
             (HypervisorKind::Lxc, ImageFormat::Tar | ImageFormat::Dir) => {
-                let src = if spec.image.format == ImageFormat::Tar {
-                    self.cache.fetch_image(&spec.image).map_err(e)?
-                } else {
-                    self.cache.resolve(&spec.image.source).map_err(e)?
-                };
                 rootfs = dir.join("rootfs");
-                if spec.image.format == ImageFormat::Tar {
-                    self.cache.unpack(&src, &rootfs).map_err(e)?;
-                } else {
-                    self.cache.copy_rootfs(&src, &rootfs).map_err(e)?;
+                // Made once: later ensures need the image no more.
+                if !rootfs.exists() {
+                    if spec.image.format == ImageFormat::Tar {
+                        let src = self.cache.fetch_image(&spec.image).map_err(e)?;
+                        self.cache.unpack(&src, &rootfs).map_err(e)?;
+                    } else {
+                        let src = self.cache.resolve(&spec.image.source).map_err(e)?;
+                        self.cache.copy_rootfs(&src, &rootfs).map_err(e)?;
+                    }
                 }
                 layout.rootfs = Some(&rootfs);
                 return Ok(xml::lxc_domain(spec, &layout));
@@ -288,9 +303,13 @@ impl Inner {
                 layout.initrd = initrd.as_deref();
             }
             (_, f @ (ImageFormat::Qcow2 | ImageFormat::Raw)) => {
-                let base = self.cache.fetch_image(&spec.image).map_err(e)?;
                 disk = dir.join("root.qcow2");
-                self.cache.overlay(&base, f.as_str(), &disk).map_err(e)?;
+                // Made once: a later ensure needs the image no more (the overlay's base
+                // stays in the cache while the disk is there).
+                if !disk.exists() {
+                    let base = self.cache.fetch_image(&spec.image).map_err(e)?;
+                    self.cache.overlay(&base, f.as_str(), &disk).map_err(e)?;
+                }
                 if let Some(size) = spec.root_disk_size {
                     self.cache.grow(&disk, size, spec.image.id.as_str()).map_err(e)?;
                 }
@@ -343,9 +362,16 @@ impl Inner {
     fn converge(&self, id: &InstanceId) -> Result<()> {
         let saved = self.known.lock().unwrap().get_mut(id).map(|k| {
             k.resuming = false; // dcmgr's ensure decides now
-            k.saved.clone()
+            let failed = k.last == Some(ObservedInstance::Failed) && k.acted_gen >= k.saved.spec.spec_gen;
+            (k.saved.clone(), failed)
         });
-        let Some(saved) = saved else { return Ok(()) };
+        let Some((saved, failed)) = saved else { return Ok(()) };
+        // This very spec failed already (a converge queued behind the one that failed):
+        // say so again rather than try once more; a new spec tries again.
+        if failed {
+            self.report(id, ObservedInstance::Failed);
+            return Ok(());
+        }
         let spec = &saved.spec;
         let kind = spec.hypervisor;
         let conn = self.conn(kind)?;
@@ -356,15 +382,23 @@ impl Inner {
         if let Some(max) = self.cfg.image_cache_max_bytes {
             self.prune_images(max);
         }
-        let xml = match prepared {
-            Ok(x) => x,
-            Err(why) => {
-                self.fail(id, kind, why);
-                return Ok(());
-            }
+        let defined = match prepared {
+            Ok(xml) => lv("define", || conn.define_domain_xml(&xml)).map_err(|e| e.to_string()),
+            // A guest defined before goes on with that definition (it can still be
+            // stopped, started or rebooted); one never defined fails.
+            Err(why) => match self.lookup(kind, id)? {
+                Some(d) => {
+                    tracing::warn!(instance = %id, "its files could not be made again; the guest keeps its definition: {why}");
+                    Ok(d)
+                }
+                None => {
+                    self.fail(id, kind, why);
+                    return Ok(());
+                }
+            },
         };
         // Defining again only updates the persistent config; a running guest is untouched.
-        let dom = match lv("define", || conn.define_domain_xml(&xml)) {
+        let dom = match defined {
             Ok(d) => d,
             // Never take a running guest down because its new definition was refused.
             Err(err) if self.lookup(kind, id).ok().flatten().is_some_and(|d| d.is_active().unwrap_or(false)) => {
@@ -510,6 +544,10 @@ impl Inner {
 
     fn start_domain(&self, id: &InstanceId, kind: HypervisorKind, dom: &Domain) -> Result<()> {
         lv("start", || dom.create()).map_err(|e| e.to_string())?;
+        let first = self.known.lock().unwrap().get_mut(id).is_some_and(|k| !std::mem::replace(&mut k.saved.ran, true));
+        if first {
+            self.save(id);
+        }
         if let Some(spec) = self.known.lock().unwrap().get(id).map(|k| k.saved.spec.clone()) {
             if kind == HypervisorKind::Lxc && self.cfg.taps {
                 match dom.id() {
@@ -863,7 +901,7 @@ impl Hypervisor for LibvirtHypervisor {
                 None => {
                     let reboot_done = spec.reboot_gen;
                     let k = Known {
-                        saved: Saved { spec, reboot_done, boot_id: None },
+                        saved: Saved { spec, reboot_done, boot_id: None, ran: false },
                         last: None,
                         reason: None,
                         acted_gen: 0,
@@ -1069,6 +1107,17 @@ mod tests {
             reboot_gen: 0,
             root_disk_size: None,
         }
+    }
+
+    #[test]
+    fn a_guest_saved_before_it_was_recorded_whether_it_ran_is_taken_to_have_run() {
+        let s = spec("i-a", HypervisorKind::Qemu, ImageFormat::Qcow2, "/x", 0);
+        let saved = Saved { spec: s, reboot_done: 0, boot_id: None, ran: false };
+        let mut v = serde_json::to_value(&saved).unwrap();
+        assert!(!serde_json::from_value::<Saved>(v.clone()).unwrap().ran);
+        // An older hva's state.json: a failure must not take that guest's disk.
+        v.as_object_mut().unwrap().remove("ran");
+        assert!(serde_json::from_value::<Saved>(v).unwrap().ran);
     }
 
     #[test]

@@ -110,6 +110,83 @@ async fn hva_restart_leaves_guests_running() {
     s.stop().await;
 }
 
+/// A guest that ran and then cannot start (its image's files gone from the host, as an
+/// operator may move them) fails, and keeps what it has on the host; once the cause is
+/// gone, a start boots the same guest. Before, any failure removed every file of the
+/// guest, its disk included, and a later start began from a blank one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_ran_keeps_its_files_when_a_start_fails() {
+    vdc_tests::init_logging();
+    let s = Stack::start(stack_opts()).await;
+    let lv = s.opts.libvirt.clone().unwrap();
+    // The operator's own copy of the kernel, in a directory images may name.
+    let own = lv.root.join("operator-images");
+    std::fs::create_dir_all(&own).unwrap();
+    for f in ["vmlinuz", "initrd.gz"] {
+        std::fs::copy(lv.tiny_image_dir.join(f), own.join(f)).unwrap();
+    }
+    let img = s
+        .admin
+        .create_image(&CreateImage {
+            name: "movable".into(),
+            format: ImageFormat::Kernel,
+            arch: Arch::X86_64,
+            hypervisors: vec![HypervisorKind::Qemu],
+            source: Some(own.join("vmlinuz").display().to_string()),
+            checksum: None,
+            initrd: Some(own.join("initrd.gz").display().to_string()),
+            kernel_cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
+            boot_mode: Default::default(),
+            kernel_id: None,
+            min_disk: None,
+            min_memory: None,
+            os: None,
+            public: true,
+            default_user: None,
+        })
+        .await
+        .unwrap();
+    let c = s.account("keeps").await;
+    let a = c.create_instance(&vdc_tests::qemu_guest(&img.id, "keeps")).await.unwrap();
+    let id = a.resource.id.clone();
+    job_ok(&c, &a).await;
+    let line = format!("vdc-guest: instance-id={id}");
+    wait_boots(&c, &id, &line, 1).await;
+    job_ok(&c, &c.stop_instance(&id).await.unwrap()).await;
+    let host = s.hosts[0].libvirt.as_ref().unwrap().data_dir().to_owned();
+    let dir = host.join("instances").join(id.as_str());
+    let files = |d: &std::path::Path| {
+        let mut v: Vec<String> =
+            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        v.sort();
+        v
+    };
+    let before = files(&dir);
+    // The files go: the operator's copy, and the host's cached copies of them.
+    std::fs::rename(&own, lv.root.join("moved")).unwrap();
+    // (Again after a while: a converge of the stop re-sent may still be copying.)
+    for _ in 0..3 {
+        for e in std::fs::read_dir(host.join("images")).unwrap().flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let start = c.start_instance(&id).await.unwrap();
+    let j = c.wait_job(&start.job.id, Duration::from_secs(90)).await.unwrap();
+    assert_eq!(j.state, JobState::Failed, "{j:?}");
+    let failed = c.get_instance(&id).await.unwrap();
+    assert_eq!(failed.state, InstanceState::Failed);
+    assert!(virsh_has("qemu:///system", &id), "the domain stays defined");
+    assert_eq!(files(&dir), before, "the failed start left the guest's files as they were");
+    // Back in place: a start boots the same guest, its console going on from before.
+    std::fs::rename(lv.root.join("moved"), &own).unwrap();
+    job_ok(&c, &c.start_instance(&id).await.unwrap()).await;
+    wait_boots(&c, &id, &line, 2).await;
+    job_ok(&c, &c.terminate_instance(&id).await.unwrap()).await;
+    assert!(!dir.exists() && !virsh_has("qemu:///system", &id), "a terminate removes what a failure kept");
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_or_fails_cleanly() {
     vdc_tests::init_logging();
