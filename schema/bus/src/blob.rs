@@ -20,7 +20,10 @@ pub enum BlobError {
     Io { path: String, source: std::io::Error },
 }
 
-const ATTEMPTS: usize = 4;
+/// Attempts of one fetch, waiting 0.5, 1, 2, 4 and 8 s between them: a dcmgr that
+/// restarts (seconds) must not fail an instance for good.
+const ATTEMPTS: u32 = 6;
+const FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn io(p: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
     move |source| BlobError::Io { path: p.display().to_string(), source }
@@ -57,7 +60,10 @@ pub async fn fetch(blob: &BlobRef, dir: &Path) -> Result<(PathBuf, bool), BlobEr
         .build()
         .map_err(|e| fail(blob, e.to_string()))?;
     let mut last = String::new();
-    for _ in 0..ATTEMPTS {
+    for n in 0..ATTEMPTS {
+        if n > 0 {
+            tokio::time::sleep(FIRST_WAIT * 2u32.pow(n - 1)).await;
+        }
         match attempt(&client, blob, &partial).await {
             Ok(Attempt::Done(got)) if got == blob.sha256 => {
                 std::fs::rename(&partial, &dest).map_err(io(&dest))?;
@@ -127,6 +133,8 @@ async fn attempt(client: &reqwest::Client, blob: &BlobRef, partial: &Path) -> Re
             have = 0;
             std::fs::File::create(partial).map_err(io(partial))?
         }
+        // dcmgr starting or busy: asked again.
+        _ if status.is_server_error() => return Ok(Attempt::Cut(format!("dcmgr answered {status}"))),
         _ => {
             let body = resp.text().await.unwrap_or_default();
             return Err(fail(blob, format!("dcmgr answered {status}: {}", body.chars().take(300).collect::<String>())));
@@ -246,4 +254,56 @@ pub async fn relay(blob: &BlobRef, spec: &vdc_schema::bus::ImageUpload) -> Resul
     }
     let body = reqwest::Body::wrap_stream(got.bytes_stream().map_err(std::io::Error::other));
     put(spec, body, blob.size).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A dcmgr that answers 503 twice (it is starting), then the blob.
+    async fn starting_dcmgr(data: Vec<u8>) -> (String, Arc<Mutex<usize>>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/agent/v1/blobs/x", l.local_addr().unwrap());
+        let hits = Arc::new(Mutex::new(0));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = l.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let n = {
+                    let mut h = h.lock().unwrap();
+                    *h += 1;
+                    *h
+                };
+                let mut resp = if n <= 2 {
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
+                } else {
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", data.len())
+                        .into_bytes()
+                };
+                if n > 2 {
+                    resp.extend_from_slice(&data);
+                }
+                let _ = conn.write_all(&resp).await;
+                let _ = conn.shutdown().await;
+            }
+        });
+        (url, hits)
+    }
+
+    #[tokio::test]
+    async fn a_dcmgr_that_is_starting_is_asked_again_after_a_wait() {
+        let data = b"an image".repeat(1000);
+        let (url, hits) = starting_dcmgr(data.clone()).await;
+        let blob =
+            BlobRef { sha256: hex::encode(Sha256::digest(&data)), size: data.len() as u64, url, token: "t".into() };
+        let dir = tempfile::tempdir().unwrap();
+        let started = std::time::Instant::now();
+        let (path, fetched) = fetch(&blob, dir.path()).await.unwrap();
+        assert!(fetched);
+        assert_eq!(std::fs::read(path).unwrap(), data);
+        assert_eq!(*hits.lock().unwrap(), 3);
+        assert!(started.elapsed() >= FIRST_WAIT * 3, "it waited 0.5 s, then 1 s");
+    }
 }
