@@ -691,8 +691,22 @@ impl Inner {
     }
 
     fn remove(&self, id: &InstanceId, kind: Option<HypervisorKind>, spec_gen: u64) -> Result<()> {
-        for k in kind.map(|k| vec![k]).unwrap_or_else(|| vec![HypervisorKind::Qemu, HypervisorKind::Lxc]) {
-            if let Some(d) = self.lookup(k, id)? {
+        // An instance this hva does not know is looked for under both drivers; a driver
+        // this host lacks (no LXC) holds none of it, as long as another one answered.
+        let kinds = kind.map(|k| vec![k]).unwrap_or_else(|| vec![HypervisorKind::Qemu, HypervisorKind::Lxc]);
+        let mut found = Vec::new();
+        let mut unanswered = None;
+        for &k in &kinds {
+            match self.lookup(k, id) {
+                Ok(d) => found.push((k, d)),
+                Err(e) => unanswered = Some(e),
+            }
+        }
+        if let Some(e) = unanswered.filter(|_| kind.is_some() || found.is_empty()) {
+            return Err(e);
+        }
+        for (k, d) in found {
+            if let Some(d) = d {
                 if d.is_active().unwrap_or(false) {
                     lv("destroy", || d.destroy()).map_err(|e| format!("destroying the guest: {e}"))?;
                 }
@@ -1107,6 +1121,28 @@ mod tests {
             reboot_gen: 0,
             root_disk_size: None,
         }
+    }
+
+    #[test]
+    fn an_unknown_instance_is_removed_on_a_host_without_lxc_but_not_without_libvirt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = host::FakeRunner::new();
+        let mut lv = inner(tmp.path(), &f, None);
+        lv.cfg.lxc_uri = "vdc-no-such-driver:///system".into();
+        let id: InstanceId = "i-gone".parse().unwrap();
+        std::fs::create_dir_all(lv.dir(&id)).unwrap();
+        lv.remove(&id, None, 3).unwrap();
+        assert!(!lv.dir(&id).exists());
+        assert!(matches!(
+            lv.sink.newest("i-gone"),
+            Some(ObjectReport::Instance(InstanceReport { state: ObservedInstance::Absent, spec_gen: 3, .. }))
+        ));
+        // No driver answers: nothing can be said of its domains, so nothing is removed.
+        lv.cfg.qemu_uri = "vdc-no-such-driver:///system".into();
+        lv.conns.lock().unwrap().clear();
+        std::fs::create_dir_all(lv.dir(&id)).unwrap();
+        assert!(lv.remove(&id, None, 4).is_err());
+        assert!(lv.dir(&id).exists());
     }
 
     #[test]
