@@ -157,6 +157,9 @@ impl Ranked for Converge {
 
 type Result<T> = std::result::Result<T, String>;
 
+/// In an instance's directory: the cached files its definition boots (kernel, initrd).
+const USES: &str = "uses";
+
 fn uri_kind(kind: HypervisorKind) -> &'static str {
     match kind {
         HypervisorKind::Lxc => "lxc",
@@ -225,7 +228,10 @@ impl Inner {
     }
 
     fn save(&self, id: &InstanceId) {
-        let saved = self.known.lock().unwrap().get(id).map(|k| k.saved.clone());
+        // Written under the lock it is read under: two saves (an ensure's, a converge's)
+        // never interleave in the file, nor does an older state replace a newer one.
+        let known = self.known.lock().unwrap();
+        let saved = known.get(id).map(|k| k.saved.clone());
         if let Some(mut s) = saved {
             s.boot_id = self.boot_id.clone();
             let dir = self.dir(id);
@@ -260,6 +266,16 @@ impl Inner {
 
     /// Everything the domain needs on disk; returns its XML.
     fn prepare(&self, spec: &InstanceSpec) -> Result<String> {
+        let xml = self.prepare_files(spec)?;
+        // Cached files the definition names other than a disk's base: kept by the pruner.
+        let uses: Vec<String> =
+            xml::booted_files(&xml).into_iter().filter(|p| Path::new(p).starts_with(&self.cache.dir)).collect();
+        let path = self.dir(&spec.id).join(USES);
+        std::fs::write(&path, uses.join("\n")).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(xml)
+    }
+
+    fn prepare_files(&self, spec: &InstanceSpec) -> Result<String> {
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let console = dir.join("console.log");
@@ -350,9 +366,15 @@ impl Inner {
     /// Keeps the image cache under `max` bytes, never removing the base of an instance's disk.
     fn prune_images(&self, max: u64) {
         let _alone = self.cache.using.write().unwrap();
-        let in_use = std::fs::read_dir(self.cfg.data_dir.join("instances"))
-            .map(|d| d.flatten().filter_map(|e| image::qcow2_backing(&e.path().join("root.qcow2"))).collect())
-            .unwrap_or_default();
+        // The bases of instances' disks, and the kernels and initrds their definitions
+        // boot (listed in each instance's `uses` when it was prepared).
+        let mut in_use = std::collections::HashSet::new();
+        for e in std::fs::read_dir(self.cfg.data_dir.join("instances")).into_iter().flatten().flatten() {
+            in_use.extend(image::qcow2_backing(&e.path().join("root.qcow2")));
+            if let Ok(uses) = std::fs::read_to_string(e.path().join(USES)) {
+                in_use.extend(uses.lines().map(PathBuf::from));
+            }
+        }
         for p in self.cache.prune(max, &in_use) {
             tracing::info!(image = %p.display(), "pruned from the image cache");
         }
@@ -1143,6 +1165,30 @@ mod tests {
         std::fs::create_dir_all(lv.dir(&id)).unwrap();
         assert!(lv.remove(&id, None, 4).is_err());
         assert!(lv.dir(&id).exists());
+    }
+
+    /// The pruner keeps what guests boot: the base of a disk (checked elsewhere) and a
+    /// kernel and initrd named by a definition. Before, a kernel fetched for a start
+    /// could be pruned before the start, which then failed.
+    #[test]
+    fn the_cache_keeps_the_kernels_guests_boot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = host::FakeRunner::new();
+        let lv = inner(tmp.path(), &f, None);
+        let (kernel, initrd, other) = (tmp.path().join("vmlinuz"), tmp.path().join("initrd"), tmp.path().join("x"));
+        std::fs::write(&kernel, b"a kernel").unwrap();
+        std::fs::write(&initrd, b"an initrd").unwrap();
+        std::fs::write(&other, b"an image no guest uses").unwrap();
+        let mut s = spec("i-k", HypervisorKind::Qemu, ImageFormat::Kernel, kernel.to_str().unwrap(), 0);
+        s.image.initrd = Some(initrd.display().to_string());
+        lv.prepare(&s).unwrap();
+        let unused = lv.cache.fetch("img-x", other.to_str().unwrap(), None).unwrap();
+        let cached: Vec<PathBuf> =
+            [&kernel, &initrd].iter().map(|p| lv.cache.dir.join(image::sha256_file(p).unwrap())).collect();
+        assert!(cached.iter().all(|p| p.exists()));
+        lv.prune_images(0);
+        assert!(cached.iter().all(|p| p.exists()), "the kernel and initrd a guest boots stay");
+        assert!(!unused.exists(), "what no guest uses goes");
     }
 
     #[test]

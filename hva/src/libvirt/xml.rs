@@ -104,6 +104,15 @@ pub fn volume_disks(domain_xml: &str) -> Vec<(VolumeId, String, String)> {
     out
 }
 
+/// The kernel and initrd a domain's XML boots (none for a disk or a container).
+pub fn booted_files(domain_xml: &str) -> Vec<String> {
+    [("<kernel>", "</kernel>"), ("<initrd>", "</initrd>")]
+        .iter()
+        .filter_map(|(open, close)| between(domain_xml, open, close))
+        .map(|p| p.replace("&apos;", "'").replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+        .collect()
+}
+
 /// Every `<target dev=…>` of a domain's disks.
 pub fn disk_devs(domain_xml: &str) -> Vec<String> {
     domain_xml.split("<target dev='").skip(1).filter_map(|t| t.split('\'').next()).map(str::to_owned).collect()
