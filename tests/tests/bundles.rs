@@ -645,8 +645,18 @@ async fn the_plan_names_collisions_and_maps_resolve_them(db: Db) {
         "{:?}",
         plan.conflicts
     );
+    let blobs = b.opts.images.dir.as_ref().unwrap().join("blobs/sha256");
+    let held = || {
+        let mut v: Vec<String> = std::fs::read_dir(&blobs)
+            .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let before = held();
     assert_eq!(api_err(cb.import_bundle(good.clone(), &fix).await), (422, "quota_exceeded".into()));
     assert_eq!(cb.list_all_networks().await.unwrap().len(), 1, "the refused import created nothing");
+    assert_eq!(held(), before, "no blob of the refused import stays in the store");
     let unlimited = SetQuotas { quotas: [("instances".to_string(), None)].into_iter().collect() };
     b.admin.set_account_quotas(&id, &unlimited).await.unwrap();
     assert!(cb.import_bundle(good.clone(), &fix).await.unwrap().created);

@@ -2048,6 +2048,27 @@ async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -
     Ok(())
 }
 
+/// Removes those of `blobs` no image holds (the caller holds `blob_refs`).
+async fn drop_unheld(ctx: &SharedCtx, blobs: &[&vdc_bundle::BlobRef]) {
+    for b in blobs {
+        let users = async {
+            let mut tx = db::begin(&ctx.db).await?;
+            let n = crate::datastore::image::blob_users(&mut tx, &b.sha256).await?;
+            tx.rollback().await?;
+            Ok::<_, sqlx::Error>(n)
+        };
+        match users.await {
+            Ok(0) => {
+                if let Err(e) = ctx.blobs.delete(&b.sha256).await {
+                    tracing::warn!(blob = %b.sha256, "bundle import: removing a blob it stored: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(blob = %b.sha256, "bundle import: a blob it stored is left: {e}"),
+        }
+    }
+}
+
 enum Applied {
     /// Made, with the work to send and the prunes to carry out once committed, and the
     /// volumes it moved.
@@ -2086,13 +2107,23 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
         decide(&r.manifest, &existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?, maps)
     };
     let t = std::time::Instant::now();
-    store_blobs(ctx, r, &d0, maps).await?;
-    let stored_in = t.elapsed();
-    let applied = db::retry(|| apply(ctx, caller, r, maps)).await?;
-    let applied_in = t.elapsed() - stored_in;
+    let stored: Vec<&vdc_bundle::BlobRef> = blobs_to_store(&r.manifest, &d0, maps).into_iter().map(|b| b.1).collect();
+    let applied = match store_blobs(ctx, r, &d0, maps).await {
+        Ok(()) => db::retry(|| apply(ctx, caller, r, maps)).await,
+        Err(e) => Err(e),
+    };
+    let applied = match applied {
+        Ok(a) => a,
+        Err(e) => {
+            // Nothing was made (over a quota, no room, a conflict since the check): the
+            // blobs stored for it that no image holds go again, under the same hold.
+            drop_unheld(ctx, &stored).await;
+            return Err(e);
+        }
+    };
+    let stored_and_applied_in = t.elapsed();
     drop(_refs);
     // The account holds these blobs' chunks now: a later push need not send them.
-    let stored: Vec<&vdc_bundle::BlobRef> = blobs_to_store(&r.manifest, &d0, maps).into_iter().map(|b| b.1).collect();
     if let Err(e) = record_held(ctx, &caller.account_id, &r.manifest, &stored).await {
         // Only a later push's saving is lost: it sends these chunks again.
         tracing::warn!(error = %e, "bundle import: recording the chunks held");
@@ -2107,7 +2138,7 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
             }
             prune(ctx, caller, &prunes).await;
             move_volumes(ctx, &moves).await;
-            tracing::info!(import = %i.id, objects = i.id_map.len(), ?stored_in, ?applied_in, "bundle imported");
+            tracing::info!(import = %i.id, objects = i.id_map.len(), ?stored_and_applied_in, "bundle imported");
             Ok(BundleImported { import: i, created: true })
         }
     }
