@@ -935,6 +935,20 @@ pub fn virsh_has(uri: &str, id: &vdc_schema::id::InstanceId) -> bool {
     panic!("virsh could not tell whether {name} exists on {uri}: {err}")
 }
 
+/// Runs `reboot -f` inside container `id` (what its own `reboot` does): the kernel ends
+/// its init as a reboot, and libvirt starts it again (`on_reboot=restart`).
+pub fn reboot_container_from_inside(id: &vdc_schema::id::InstanceId) {
+    let run = |cmd: &str, args: &[&str]| {
+        let out = std::process::Command::new(cmd).args(args).output().unwrap();
+        assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let controller = run("virsh", &["-c", "lxc:///system", "domid", &format!("vdc-{id}")]);
+    let children = std::fs::read_to_string(format!("/proc/{controller}/task/{controller}/children")).unwrap();
+    let init = children.split_whitespace().next().expect("the container's init").to_owned();
+    run("nsenter", &["-t", &init, "-p", "-m", "--", "/bin/busybox", "reboot", "-f"]);
+}
+
 /// A stack with `hosts` libvirt hosts of `cpus` CPUs (real TCG guests of the tiny image).
 pub fn real_guests(hosts: usize, cpus: u32) -> StackOptions {
     let mut o = StackOptions::new(Db::Sqlite);

@@ -118,6 +118,11 @@ struct Known {
     /// read as the guest powering itself off, and halt it) until dcmgr's next ensure
     /// starts it again, as the host's guests come back after a reboot.
     resuming: bool,
+    /// A running container's libvirt controller (the domain's ID) as hva last set it up
+    /// (checksum offload, taps, console). A container that reboots itself is started
+    /// again by libvirt under a new controller, with new devices and a new console: the
+    /// poller sees the ID change and sets it up again.
+    container: Option<u32>,
 }
 
 struct Inner {
@@ -565,11 +570,21 @@ impl Inner {
     }
 
     fn start_domain(&self, id: &InstanceId, kind: HypervisorKind, dom: &Domain) -> Result<()> {
+        if let Some(k) = self.known.lock().unwrap().get_mut(id) {
+            k.container = None;
+        }
         lv("start", || dom.create()).map_err(|e| e.to_string())?;
         let first = self.known.lock().unwrap().get_mut(id).is_some_and(|k| !std::mem::replace(&mut k.saved.ran, true));
         if first {
             self.save(id);
         }
+        self.after_start(id, kind, dom);
+        Ok(())
+    }
+
+    /// What a guest needs from the host once it runs: its taps moved, and for a
+    /// container its checksum offload off and its console copied.
+    fn after_start(&self, id: &InstanceId, kind: HypervisorKind, dom: &Domain) {
         if let Some(spec) = self.known.lock().unwrap().get(id).map(|k| k.saved.spec.clone()) {
             if kind == HypervisorKind::Lxc && self.cfg.taps {
                 match dom.id() {
@@ -583,8 +598,10 @@ impl Inner {
             if let Err(e) = self.capture_console(id, kind) {
                 tracing::warn!(instance = %id, "console not captured: {e}");
             }
+            if let Some(k) = self.known.lock().unwrap().get_mut(id) {
+                k.container = dom.id();
+            }
         }
-        Ok(())
     }
 
     /// Turns off transmit checksum offload on a container's NICs (from inside its network
@@ -751,6 +768,25 @@ impl Inner {
         Ok(())
     }
 
+    /// Sets up again a container libvirt started anew under a new controller (it
+    /// rebooted itself: `on_reboot=restart`); before, its console stopped being copied
+    /// and its new devices were left as libvirt made them.
+    fn container_restarted(&self, id: &InstanceId, dom: &Domain) {
+        let now = dom.id();
+        let again = match self.known.lock().unwrap().get_mut(id) {
+            Some(k) if k.container.is_some() && now.is_some() && k.container != now => true,
+            Some(k) => {
+                k.container = k.container.or(now);
+                false
+            }
+            None => false,
+        };
+        if again {
+            tracing::info!(instance = %id, controller = ?now, "the container restarted itself: set up again");
+            self.after_start(id, HypervisorKind::Lxc, dom);
+        }
+    }
+
     /// Reports every instance whose observed state changed (or all with `force`).
     fn poll(&self, force: bool, busy: &dyn Fn(&InstanceId) -> bool) {
         // Volumes are read from the domain XML only for guests that have or want some:
@@ -780,6 +816,9 @@ impl Inner {
                     let now = observe(dom.as_ref());
                     if resuming && now == ObservedInstance::Off {
                         continue;
+                    }
+                    if let (HypervisorKind::Lxc, ObservedInstance::Running, Some(d)) = (kind, now, &dom) {
+                        self.container_restarted(&id, d);
                     }
                     let vols = match &dom {
                         Some(d) if disks => self.observe_volumes(d),
@@ -832,7 +871,15 @@ impl LibvirtHypervisor {
                         tracing::info!(instance = %saved.spec.id, "saved in an earlier boot of the host: if found off, \
                             it is started again by dcmgr's next ensure, not taken as halted");
                     }
-                    let k = Known { saved, last: None, reason: None, acted_gen, volumes: vec![], resuming };
+                    let k = Known {
+                        saved,
+                        last: None,
+                        reason: None,
+                        acted_gen,
+                        volumes: vec![],
+                        resuming,
+                        container: None,
+                    };
                     known.insert(k.saved.spec.id.clone(), k);
                 }
             }
@@ -861,13 +908,12 @@ impl LibvirtHypervisor {
         let reattach = inner.clone();
         tokio::task::spawn_blocking(move || {
             for id in lxc {
-                if reattach
-                    .lookup(HypervisorKind::Lxc, &id)
-                    .ok()
-                    .flatten()
-                    .is_some_and(|d| d.is_active().unwrap_or(false))
-                {
+                let Some(d) = reattach.lookup(HypervisorKind::Lxc, &id).ok().flatten() else { continue };
+                if d.is_active().unwrap_or(false) {
                     let _ = reattach.capture_console(&id, HypervisorKind::Lxc);
+                    if let Some(k) = reattach.known.lock().unwrap().get_mut(&id) {
+                        k.container = d.id();
+                    }
                 }
             }
         });
@@ -943,6 +989,7 @@ impl Hypervisor for LibvirtHypervisor {
                         acted_gen: 0,
                         volumes: vec![],
                         resuming: false,
+                        container: None,
                     };
                     known.insert(id.clone(), k);
                 }

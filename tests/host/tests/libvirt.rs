@@ -110,6 +110,31 @@ async fn hva_restart_leaves_guests_running() {
     s.stop().await;
 }
 
+/// A container that reboots itself (libvirt restarts it: `on_reboot=restart`) runs on,
+/// and its console goes on being copied: the restart makes a new console, which hva
+/// must open again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_reboots_itself_runs_on_with_its_console() {
+    vdc_tests::init_logging();
+    let s = Stack::start(stack_opts()).await;
+    let (_, rootfs) = register_images(&s).await;
+    let c = s.account("reboots").await;
+    let req = CreateInstance { hypervisor: Some(HypervisorKind::Lxc), ..vdc_tests::qemu_guest(&rootfs, "ct") };
+    let a = c.create_instance(&req).await.unwrap();
+    let id = a.resource.id.clone();
+    job_ok(&c, &a).await;
+    let line = format!("vdc-guest: instance-id={id}");
+    wait_boots(&c, &id, &line, 1).await;
+    vdc_tests::reboot_container_from_inside(&id);
+    wait_boots(&c, &id, &line, 2).await;
+    // Still meant to run and running a while later (not taken for a guest that halted).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let i = c.get_instance(&id).await.unwrap();
+    assert_eq!((i.state, i.goal), (InstanceState::Running, InstanceGoal::Running), "{i:?}");
+    job_ok(&c, &c.terminate_instance(&id).await.unwrap()).await;
+    s.stop().await;
+}
+
 /// A guest that ran and then cannot start (its image's files gone from the host, as an
 /// operator may move them) fails, and keeps what it has on the host; once the cause is
 /// gone, a start boots the same guest. Before, any failure removed every file of the

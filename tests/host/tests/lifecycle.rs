@@ -235,6 +235,13 @@ async fn a_container_gets_its_network_on_open_vswitch() {
     act(&c, c.stop_instance(&id).await.unwrap().job.id).await;
     act(&c, c.start_instance(&id).await.unwrap().job.id).await;
     networked(&s, &c, &id, ip, 3, "stop/start").await;
+    // It reboots itself: libvirt starts it again under a new controller, with new
+    // devices and console, and hva sets them up again (before, the console stopped and
+    // TCP to the metadata service failed: checksum offload was back on).
+    vdc_tests::reboot_container_from_inside(&id);
+    networked(&s, &c, &id, ip, 4, "reboot from inside").await;
+    let i = c.get_instance(&id).await.unwrap();
+    assert_eq!((i.state, i.goal), (InstanceState::Running, InstanceGoal::Running), "{i:?}");
 
     // ct1's groups admit icmp only from members: ct2 is one, ct3 is not.
     let pinger = |name: &str, sg: &SecurityGroupId| {
