@@ -1,5 +1,6 @@
 //! What image data really is, decided before the image becomes `available`: the format
-//! is probed (`qemu-img info`), never taken from the request; disks that would make a
+//! is read from the data (its header here, then `qemu-img info -f` under limits), never
+//! taken from the request; disks that would make a
 //! host read another file (a qcow2 backing file or external data file) are refused, and
 //! so are tarballs that would write outside the root they are unpacked into.
 //!
@@ -59,24 +60,122 @@ pub fn inspect(path: &Path, requested: ImageFormat, max_virtual: u64) -> Result<
     }
 }
 
+/// qemu-img's limits, as OpenStack sets them for the same call (OSSA-2015-014): a hostile
+/// header must not take the host's memory or a core, and a stuck open ends.
+const QEMU_IMG_ADDRESS_SPACE: u64 = 1 << 30;
+const QEMU_IMG_CPU_SECONDS: u32 = 30;
+const QEMU_IMG_WALL_SECONDS: u32 = 60;
+
 fn inspect_disk(path: &Path, max_virtual: u64) -> Result<Inspected, Refusal> {
-    // Without -f: qemu-img probes. It reads neither the backing file nor a data file
-    // (it opens images without them for `info`), so a hostile header is only read here.
-    let out = std::process::Command::new("qemu-img")
-        .args(["info", "--output=json"])
+    let format = match sniff(path)? {
+        Sniffed::Raw(len) => {
+            return decide_disk(&serde_json::json!({"format": "raw", "virtual-size": len}), max_virtual)
+        }
+        Sniffed::Qcow2 => "qcow2",
+    };
+    // `-f qcow2`, never a probe: the header was read above, so qemu-img reads it as
+    // nothing else. It opens neither a backing file nor a data file for `info`, and
+    // decide_disk checks its answer for both again.
+    let out = std::process::Command::new("timeout")
+        .args(["--kill-after=5", &QEMU_IMG_WALL_SECONDS.to_string(), "prlimit"])
+        .arg(format!("--as={QEMU_IMG_ADDRESS_SPACE}"))
+        .arg(format!("--cpu={QEMU_IMG_CPU_SECONDS}"))
+        .args(["--", "qemu-img", "info", "--output=json", "-f", format])
         .arg(path)
         .output()
         .map_err(|e| refuse("inspection_failed", format!("cannot run qemu-img: {e}")))?;
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr);
-        return Err(refuse(
-            "invalid_image_data",
-            format!("qemu-img cannot read the data as a disk image: {}", why.trim().lines().last().unwrap_or("")),
-        ));
+        let why = match out.status.code() {
+            Some(124 | 137) | None => "it took too long or too much memory".to_owned(),
+            _ => why.trim().lines().last().unwrap_or("").to_owned(),
+        };
+        return Err(refuse("invalid_image_data", format!("qemu-img cannot read the data as a disk image: {why}")));
     }
     let info: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| refuse("inspection_failed", format!("qemu-img info answered something else than JSON: {e}")))?;
     decide_disk(&info, max_virtual)
+}
+
+enum Sniffed {
+    Qcow2,
+    /// Any other bytes are a raw disk of this many bytes: hosts read them with `-f raw`.
+    Raw(u64),
+}
+
+/// Formats qemu knows by their first bytes, refused by name rather than taken for raw.
+const OTHER_FORMATS: &[(usize, &[u8], &str)] = &[
+    (0, b"KDMV", "vmdk"),
+    (0, b"COWD", "vmdk"),
+    (0, b"# Disk DescriptorFile", "vmdk"),
+    (0, b"vhdxfile", "vhdx"),
+    (0, b"conectix", "vpc"),
+    (0x40, &[0x7f, 0x10, 0xda, 0xbe], "vdi"),
+    (0, b"QED\0", "qed"),
+    (0, b"LUKS\xba\xbe", "luks"),
+    (0, b"WithoutFreeSpace", "parallels"),
+    (0, b"WithouFreSpacExt", "parallels"),
+    (0, b"Bochs Virtual HD Image", "bochs"),
+    (0, b"#!/bin/sh\n#V2.0 Format", "cloop"),
+];
+
+/// Reads the data's header before any tool does. qemu-img left to probe opens what a
+/// header names: a VMDK descriptor's extents (any host file, or a FIFO it then waits on
+/// for ever), a qcow2's backing or data file on an older qemu.
+fn sniff(path: &Path) -> Result<Sniffed, Refusal> {
+    let cannot = |e: std::io::Error| refuse("inspection_failed", format!("cannot read the data: {e}"));
+    let mut f = std::fs::File::open(path).map_err(cannot)?;
+    let len = f.metadata().map_err(cannot)?.len();
+    let mut head = Vec::with_capacity(512);
+    (&mut f).take(512).read_to_end(&mut head).map_err(cannot)?;
+    for (at, magic, name) in OTHER_FORMATS {
+        if head.get(*at..at + magic.len()) == Some(*magic) {
+            return Err(refuse(
+                "unsupported_format",
+                format!("the data is a {name:?} disk image; convert it to qcow2 or raw (qemu-img convert -O qcow2)"),
+            ));
+        }
+    }
+    if !head.starts_with(b"QFI\xfb") {
+        return Ok(Sniffed::Raw(len));
+    }
+    let be32 = |at: usize| head.get(at..at + 4).map(|b| u32::from_be_bytes(b.try_into().unwrap()));
+    let be64 = |at: usize| head.get(at..at + 8).map(|b| u64::from_be_bytes(b.try_into().unwrap()));
+    let damaged = || refuse("invalid_image_data", "the qcow2 header is cut short");
+    let version = be32(4).ok_or_else(damaged)?;
+    if !(2..=3).contains(&version) {
+        return Err(refuse(
+            "unsupported_format",
+            format!("the data is a qcow version {version} image; convert it to qcow2 (qemu-img convert -O qcow2)"),
+        ));
+    }
+    let backing_at = be64(8).ok_or_else(damaged)?;
+    if backing_at != 0 {
+        let size = be32(16).ok_or_else(damaged)?.min(1023);
+        let mut name = vec![0; size as usize];
+        use std::io::{Seek, SeekFrom};
+        let read = f.seek(SeekFrom::Start(backing_at)).and_then(|_| f.read_exact(&mut name));
+        let name = if read.is_ok() { String::from_utf8_lossy(&name).into_owned() } else { "?".into() };
+        return Err(refuse(
+            "backing_file",
+            format!(
+                "the qcow2 image has a backing file ({name:?}): a host would read that file; \
+                 flatten it first (qemu-img convert -O qcow2 IN OUT)"
+            ),
+        ));
+    }
+    if be32(32).ok_or_else(damaged)? != 0 {
+        return Err(refuse("unsupported_format", "the disk image is encrypted: hosts cannot boot it"));
+    }
+    // Version 3's incompatible features: bit 2 is an external data file.
+    if version == 3 && be64(72).ok_or_else(damaged)? & (1 << 2) != 0 {
+        return Err(refuse(
+            "external_data_file",
+            "the qcow2 image keeps its data in an external file: a host would read that file; \
+             convert it to a plain qcow2 (qemu-img convert -O qcow2 IN OUT)",
+        ));
+    }
+    Ok(Sniffed::Qcow2)
 }
 
 /// The decision on `qemu-img info --output=json`'s answer (pure, for the tests).
@@ -272,6 +371,42 @@ mod tests {
             inspect(Path::new(&p("disk.raw")), ImageFormat::Kernel, 1 << 40).unwrap_err().code,
             "unsupported_format"
         );
+    }
+
+    #[test]
+    fn headers_that_name_host_files_are_refused_before_qemu_img_opens_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = |n: &str| tmp.path().join(n);
+        // A VMDK descriptor whose extent is a FIFO: qemu-img probing it would open the
+        // FIFO and wait for a writer for ever (any host file, equally, would be read).
+        let fifo = p("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let descriptor = format!(
+            "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\
+             RW 2048 FLAT \"{}\" 0\n",
+            fifo.display()
+        );
+        std::fs::write(p("flat.vmdk"), descriptor).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = p("flat.vmdk");
+        std::thread::spawn(move || tx.send(inspect(&path, ImageFormat::Raw, 1 << 40)).unwrap());
+        let e = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("inspection ends").unwrap_err();
+        assert_eq!((e.code, e.message.contains("\"vmdk\"")), ("unsupported_format", true), "{e}");
+
+        // qcow (version 1), and a qcow2 cut off in its header.
+        qemu_img(&["create", "-q", "-f", "qcow", p("v1.qcow").to_str().unwrap(), "1M"]);
+        let e = inspect(&p("v1.qcow"), ImageFormat::Qcow2, 1 << 40).unwrap_err();
+        assert_eq!(e.code, "unsupported_format", "{e}");
+        std::fs::write(p("cut.qcow2"), b"QFI\xfb\0\0").unwrap();
+        assert_eq!(inspect(&p("cut.qcow2"), ImageFormat::Qcow2, 1 << 40).unwrap_err().code, "invalid_image_data");
+
+        // An encryption method in an otherwise plain qcow2's header.
+        qemu_img(&["create", "-q", "-f", "qcow2", p("enc.qcow2").to_str().unwrap(), "1M"]);
+        let mut b = std::fs::read(p("enc.qcow2")).unwrap();
+        b[35] = 1;
+        std::fs::write(p("enc.qcow2"), b).unwrap();
+        let e = inspect(&p("enc.qcow2"), ImageFormat::Qcow2, 1 << 40).unwrap_err();
+        assert!(e.code == "unsupported_format" && e.message.contains("encrypted"), "{e}");
     }
 
     /// A tar header written by hand: the tar crate's builder refuses the hostile names.
