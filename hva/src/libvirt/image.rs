@@ -194,11 +194,14 @@ impl ImageCache {
         if dest.exists() {
             return Ok(());
         }
+        // Made beside and renamed: a create cut short (hva stopped) leaves no header
+        // fragment that a later ensure would take for the guest's disk.
+        let partial = dest.with_extension("partial");
         self.tools.run(
             "qemu-img",
-            &["create", "-q", "-f", "qcow2", "-b", &host::path(base), "-F", format, &host::path(dest)],
+            &["create", "-q", "-f", "qcow2", "-b", &host::path(base), "-F", format, &host::path(&partial)],
         )?;
-        Ok(())
+        std::fs::rename(&partial, dest).map_err(io(dest))
     }
 
     /// Grows `disk` (an instance's overlay) to `size` bytes; refuses to shrink it below the
@@ -363,15 +366,24 @@ mod tests {
             tools: f.clone(),
             using: Default::default(),
         };
+        f.answer(&["qemu-img", "create"], |args| {
+            std::fs::write(args.last().unwrap(), b"qcow2").map_err(|e| e.to_string())?;
+            Ok(String::new())
+        });
         let (base, root) = (tmp.path().join("images/abc"), tmp.path().join("i-a/root.qcow2"));
+        std::fs::create_dir_all(root.parent().unwrap()).unwrap();
+        // A create cut short left its fragment beside: it is never the disk.
+        std::fs::write(tmp.path().join("i-a/root.partial"), b"QFI").unwrap();
         c.overlay(&base, "raw", &root).unwrap();
+        assert_eq!(std::fs::read(&root).unwrap(), b"qcow2");
+        assert!(!tmp.path().join("i-a/root.partial").exists());
         let (tarball, rootfs) = (tmp.path().join("images/def"), tmp.path().join("i-b/rootfs"));
         c.unpack(&tarball, &rootfs).unwrap();
         let t = tmp.path().display();
         assert_eq!(
             f.lines(),
             [
-                format!("qemu-img create -q -f qcow2 -b {t}/images/abc -F raw {t}/i-a/root.qcow2"),
+                format!("qemu-img create -q -f qcow2 -b {t}/images/abc -F raw {t}/i-a/root.partial"),
                 format!("tar -xzf {t}/images/def -C {t}/i-b/rootfs.partial"),
             ]
         );
@@ -379,8 +391,6 @@ mod tests {
         // Already there (a repeated ensure, a start, a restarted hva): nothing runs, so
         // what the container changed stays (any image, not only those with an init.sh).
         f.clear();
-        std::fs::create_dir_all(root.parent().unwrap()).unwrap();
-        std::fs::write(&root, b"").unwrap();
         std::fs::write(rootfs.join("etc-hostname"), b"changed in the guest").unwrap();
         c.overlay(&base, "raw", &root).unwrap();
         c.unpack(&tarball, &rootfs).unwrap();

@@ -1120,6 +1120,11 @@ mod tests {
     }
 
     fn inner(dir: &Path, tools: &Arc<host::FakeRunner>, tap_netns: Option<&str>) -> Inner {
+        // What qemu-img would leave: the file it names last.
+        tools.answer(&["qemu-img", "create"], |args| {
+            std::fs::write(args.last().unwrap(), b"").map_err(|e| e.to_string())?;
+            Ok(String::new())
+        });
         let cfg = LibvirtConfig {
             data_dir: dir.to_owned(),
             builtin_images: None,
@@ -1263,7 +1268,7 @@ mod tests {
         assert_eq!(
             f.lines(),
             [
-                format!("qemu-img create -q -f qcow2 -b {t}/images/{sum} -F qcow2 {i}/root.qcow2"),
+                format!("qemu-img create -q -f qcow2 -b {t}/images/{sum} -F qcow2 {i}/root.partial"),
                 format!("genisoimage -quiet -output {i}/seed.iso -volid cidata -joliet -rock {i}/seed/user-data {i}/seed/meta-data"),
             ]
         );
