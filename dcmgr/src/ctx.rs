@@ -127,8 +127,8 @@ pub struct Ctx {
     pub ingesting: std::sync::Mutex<HashMap<ImageId, tokio_util::sync::CancellationToken>>,
     /// The chunk lists of blobs captured lately (`blobs::ChunkLists`), for a bundle export.
     pub chunk_lists: crate::blobs::ChunkLists,
-    /// This process's part of the blob lock: take it with [`crate::app::blob_refs::hold`].
-    pub blob_refs: tokio::sync::Mutex<()>,
+    /// This process's part of the blob locks: take them with [`crate::app::blob_refs::hold`].
+    pub blob_refs: crate::app::blob_refs::Stripes,
     /// Signs the credentials agents fetch blobs with (see `app::node_auth`); the site's,
     /// shared by its dcmgrs (`app::site_secret`).
     pub node_key: [u8; 32],

@@ -19,6 +19,7 @@ on_both_databases!(
     stopped_instances_are_captured_as_images,
     snapshots_become_images,
     a_snapshot_is_not_deleted_while_an_image_is_made_of_it,
+    storing_a_blob_holds_up_only_uploads_of_the_same_data,
 );
 
 fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -890,5 +891,39 @@ async fn a_snapshot_is_not_deleted_while_an_image_is_made_of_it(db: Db) {
     tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(err(c.get_image(&cancel.resource.id).await).0, 404);
     assert_eq!(files_in(&images_dir(&s).join("blobs/sha256")).len(), 1, "only the kept image's data");
+    s.stop().await;
+}
+
+/// The lock that keeps a blob from removal until its image commits is the blob's own: an
+/// upload whose blob is being stored (into an S3 store, minutes for a large image) holds
+/// up no upload of other data.
+async fn storing_a_blob_holds_up_only_uploads_of_the_same_data(db: Db) {
+    use vdc_dcmgr::app::blob_refs::{hold, stripe};
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("stripes").await;
+    let a = vec![1u8; 4096];
+    let mut b = vec![2u8; 4096];
+    while stripe(&sha256(&b)) == stripe(&sha256(&a)) {
+        b[0] += 1;
+    }
+    let held = hold(&s.dcmgr().ctx, [sha256(&a).as_str()]).await.unwrap();
+    let ib = c.create_image(&req("b", ImageFormat::Raw, None, None)).await.unwrap();
+    let up = tokio::time::timeout(Duration::from_secs(20), c.upload_image(&ib.id, b))
+        .await
+        .expect("other data is not held up")
+        .unwrap();
+    assert_eq!(up.state, ImageState::Available);
+
+    let ia = c.create_image(&req("a", ImageFormat::Raw, None, None)).await.unwrap();
+    let upload = tokio::spawn({
+        let (c, id) = (c.clone(), ia.id.clone());
+        async move { c.upload_image(&id, a).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!upload.is_finished(), "the same data waits for its blob's lock");
+    assert_eq!(c.get_image(&ia.id).await.unwrap().state, ImageState::Pending);
+    drop(held);
+    let up = tokio::time::timeout(Duration::from_secs(20), upload).await.expect("stored once the lock is free");
+    assert_eq!(up.unwrap().unwrap().state, ImageState::Available);
     s.stop().await;
 }

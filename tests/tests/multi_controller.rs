@@ -456,33 +456,51 @@ async fn a_second_dcmgr_on_one_sqlite_file_is_refused() {
     again.stop().await;
 }
 
-/// The blob lock spans dcmgrs on one PostgreSQL: while one holds it another waits, and a
-/// holder that dies (its connection closed) frees it.
+/// The blob locks span dcmgrs on one PostgreSQL: while one holds a blob's lock another
+/// waits for it, a blob of another stripe does not wait, and a holder that dies (its
+/// connection closed) frees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_blob_lock_spans_controllers_and_dies_with_its_holder() {
-    use vdc_dcmgr::app::blob_refs::{lock_shared, LOCK_KEY};
+    use vdc_dcmgr::app::blob_refs::{lock_shared, stripe, LOCK_CLASS};
     let (db_url, _, _) = vdc_tests::create_pg_database().await.unwrap();
-    let db = sqlx::PgPool::connect(&db_url).await.unwrap();
-    let free = || async {
-        let (got,): (bool,) =
-            sqlx::query_as("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&db).await.unwrap();
-        if got {
-            // Give it back at once (the pool keeps the session).
-            sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&db).await.unwrap();
+    // One session, so the unlock gives back what the try took.
+    let db = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&db_url).await.unwrap();
+    let (a, b) = (stripe(&"a1".repeat(32)), stripe(&"b2".repeat(32)));
+    let free = |s: i32| {
+        let db = db.clone();
+        async move {
+            let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(LOCK_CLASS)
+                .bind(s)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            if got {
+                // Give it back at once (the pool keeps the session).
+                sqlx::query("SELECT pg_advisory_unlock($1, $2)").bind(LOCK_CLASS).bind(s).execute(&db).await.unwrap();
+            }
+            got
         }
-        got
     };
-    let held = lock_shared(&db_url).await.unwrap();
-    assert!(!free().await, "held by one controller: another cannot take it");
+    let held = lock_shared(&db_url, &[a].into()).await.unwrap();
+    assert!(!free(a).await, "held by one controller: another cannot take it");
+    assert!(free(b).await, "another blob's lock is free");
+    let other = tokio::time::timeout(Duration::from_secs(10), lock_shared(&db_url, &[b].into()))
+        .await
+        .expect("another blob's lock is taken while the first is held")
+        .unwrap();
+    drop(other);
     let waiter = tokio::spawn({
         let url = db_url.clone();
-        async move { lock_shared(&url).await.unwrap() }
+        async move { lock_shared(&url, &[a, b].into()).await.unwrap() }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiter.is_finished(), "a second holder waits");
+    assert!(!waiter.is_finished(), "a second holder of the same blob waits");
     drop(held); // its connection closes, as when a dcmgr dies
     let second = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("taken once freed").unwrap();
-    assert!(!free().await);
+    assert!(!free(a).await && !free(b).await);
     drop(second);
-    eventually(Duration::from_secs(10), || async { free().await.then_some(()) }).await.expect("freed again");
+    eventually(Duration::from_secs(10), || async { (free(a).await && free(b).await).then_some(()) })
+        .await
+        .expect("freed again");
 }

@@ -1,36 +1,78 @@
 //! The lock that keeps a blob from being removed between an upload storing it and its
 //! image committing a reference to it: held while a blob is stored and its image
 //! committed (uploads, captures, bundle imports), or an unused blob removed (an image's
-//! delete). Within one dcmgr a mutex; with several on one PostgreSQL (which may share
-//! an S3 store) also a PostgreSQL advisory lock, held on a connection of its own and
-//! given back when that connection closes, so a dcmgr that dies holding it frees it.
+//! delete). It is taken per blob, so storing one blob (minutes into an S3 store for a
+//! large image) holds up no other: the blobs' hashes fall into [`STRIPES`] stripes,
+//! taken in ascending order. Within one dcmgr a mutex per stripe; with several on one
+//! PostgreSQL (which may share an S3 store) also a PostgreSQL advisory lock per stripe,
+//! held on a connection of its own and given back when that connection closes, so a
+//! dcmgr that dies holding it frees it.
 
 use crate::ctx::Ctx;
 use sqlx::Connection;
+use std::collections::BTreeSet;
 
-/// The advisory lock's key (`vdcB` in ASCII); the leader's is `vdcL`.
-pub const LOCK_KEY: i64 = 0x7664_6342;
+/// The advisory locks' class (`vdcB` in ASCII; the leader's single key is `vdcL`).
+pub const LOCK_CLASS: i32 = 0x7664_6342;
+
+/// Stripes of the blob hash space: two blobs wait for each other only when their hashes'
+/// first byte is the same.
+pub const STRIPES: usize = 256;
+
+/// This process's locks, one per stripe.
+pub struct Stripes(Vec<tokio::sync::Mutex<()>>);
+
+impl Default for Stripes {
+    fn default() -> Self {
+        Stripes((0..STRIPES).map(|_| Default::default()).collect())
+    }
+}
+
+/// The stripe of a blob's SHA-256 (hex).
+pub fn stripe(sha256: &str) -> i32 {
+    sha256.get(..2).and_then(|b| u8::from_str_radix(b, 16).ok()).unwrap_or(0) as i32
+}
 
 /// Held until dropped.
 pub struct Held<'a> {
-    _local: tokio::sync::MutexGuard<'a, ()>,
-    /// Closing it (on drop) gives the advisory lock back.
+    _local: Vec<tokio::sync::MutexGuard<'a, ()>>,
+    /// Closing it (on drop) gives the advisory locks back.
     _shared: Option<sqlx::PgConnection>,
 }
 
-/// Takes the lock: this process's first, then, on PostgreSQL, every dcmgr's.
-pub async fn hold(ctx: &Ctx) -> Result<Held<'_>, sqlx::Error> {
-    let local = ctx.blob_refs.lock().await;
-    let shared = match ctx.shared {
-        true => Some(lock_shared(&ctx.config.database_url).await?),
+/// Takes the locks of the blobs `sha256s`: this process's first, then, on PostgreSQL,
+/// every dcmgr's.
+pub async fn hold<'a, 's>(ctx: &'a Ctx, sha256s: impl IntoIterator<Item = &'s str>) -> Result<Held<'a>, sqlx::Error> {
+    let stripes: BTreeSet<i32> = sha256s.into_iter().map(stripe).collect();
+    let mut local = Vec::with_capacity(stripes.len());
+    for s in &stripes {
+        local.push(ctx.blob_refs.0[*s as usize].lock().await);
+    }
+    let shared = match ctx.shared && !stripes.is_empty() {
+        true => Some(lock_shared(&ctx.config.database_url, &stripes).await?),
         false => None,
     };
     Ok(Held { _local: local, _shared: shared })
 }
 
-/// A connection holding the advisory lock (waits for it).
-pub async fn lock_shared(database_url: &str) -> Result<sqlx::PgConnection, sqlx::Error> {
+/// A connection holding the advisory locks of `stripes` (waits for them).
+pub async fn lock_shared(database_url: &str, stripes: &BTreeSet<i32>) -> Result<sqlx::PgConnection, sqlx::Error> {
     let mut conn = sqlx::PgConnection::connect(database_url).await?;
-    sqlx::query("SELECT pg_advisory_lock($1)").bind(LOCK_KEY).execute(&mut conn).await?;
+    for s in stripes {
+        sqlx::query("SELECT pg_advisory_lock($1, $2)").bind(LOCK_CLASS).bind(s).execute(&mut conn).await?;
+    }
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_blob_falls_in_the_stripe_of_its_first_byte() {
+        assert_eq!(stripe("00ab"), 0);
+        assert_eq!(stripe("ff00"), 255);
+        assert_eq!(stripe(&"7f".repeat(32)), 0x7f);
+        assert_eq!(stripe("zz"), 0, "not hex (never a stored blob): one stripe for all");
+    }
 }

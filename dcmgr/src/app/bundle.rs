@@ -1989,6 +1989,14 @@ fn blobs_to_store<'a>(m: &'a Manifest, d: &Decision, maps: &Maps) -> Vec<(String
     out
 }
 
+/// Every blob the manifest names.
+fn manifest_blobs(m: &Manifest) -> impl Iterator<Item = &str> {
+    let images = m.model.images.iter().filter_map(|i| i.blob.as_ref());
+    let disks = m.model.instances.iter().filter_map(|i| i.root_disk.as_ref());
+    let volumes = m.model.volumes.iter().filter_map(|v| v.data.as_ref());
+    images.chain(disks).chain(volumes).map(|b| b.sha256.as_str())
+}
+
 /// Stores each blob the import needs: assembled as the bundle arrived, or else from its
 /// staged chunks (checked against its hash again); a blob the store has already is not
 /// written twice.
@@ -2100,8 +2108,9 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
             return Err(unresolved(&d.conflicts, c));
         }
     }
-    // The blob is kept from removal (an image delete's cleanup) until its image commits.
-    let _refs = crate::app::blob_refs::hold(ctx).await?;
+    // The blobs are kept from removal (an image delete's cleanup) until their images
+    // commit: all the manifest names, a superset of those the decision below stores.
+    let _refs = crate::app::blob_refs::hold(ctx, manifest_blobs(&r.manifest)).await?;
     let d0 = {
         let mut conn = ctx.db.acquire().await?;
         decide(&r.manifest, &existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?, maps)

@@ -305,8 +305,36 @@ pub async fn fetch_visible(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> Ap
 /// Deletes one of the caller's images that no instance uses; its blob goes with it when
 /// no other image has the same data.
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<()> {
-    let _refs = crate::app::blob_refs::hold(ctx).await?;
-    let unused_blob = db::retry(|| async {
+    // The blob's lock is taken before the decision, so its blob is read first; a pending
+    // image's data arriving in between (a blob now) is seen, and the lock taken again.
+    let mut locked = store::get(&ctx.db, id.as_str()).await?.and_then(|r| r.blob);
+    loop {
+        let _refs = crate::app::blob_refs::hold(ctx, locked.as_deref()).await?;
+        match delete_holding(ctx, caller, id, locked.as_deref()).await? {
+            Ok(unused) => {
+                cancel_ingest(ctx, id);
+                // Still holding its lock: no upload of the same data stores it meanwhile.
+                if let Some(b) = unused {
+                    if let Err(e) = ctx.blobs.delete(&b).await {
+                        tracing::warn!(blob = %b, "cannot remove an unused image blob: {e}");
+                    }
+                }
+                return Ok(());
+            }
+            Err(blob) => locked = Some(blob),
+        }
+    }
+}
+
+/// The delete's decision, holding the lock of blob `locked`: its unused blob to remove,
+/// or (nothing done) the blob the image has now if that is another.
+async fn delete_holding(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: &ImageId,
+    locked: Option<&str>,
+) -> ApiResult<Result<Option<String>, String>> {
+    db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
         // Instance creates lock the image too, so none can start using it before commit.
         db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
@@ -358,6 +386,9 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
             ));
         }
         let blob = store::get_tx(&mut tx, id).await?.and_then(|r| r.blob);
+        if let Some(b) = blob.as_ref().filter(|b| Some(b.as_str()) != locked) {
+            return Ok(Err(b.clone()));
+        }
         store::delete(&mut tx, id).await?;
         let unused = match blob {
             Some(b) if store::blob_users(&mut tx, &b).await? == 0 => Some(b),
@@ -365,16 +396,9 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
         };
         tx.commit().await?;
         ctx.events.wake();
-        Ok(unused)
+        Ok(Ok(unused))
     })
-    .await?;
-    cancel_ingest(ctx, id);
-    if let Some(b) = unused_blob {
-        if let Err(e) = ctx.blobs.delete(&b).await {
-            tracing::warn!(blob = %b, "cannot remove an unused image blob: {e}");
-        }
-    }
-    Ok(())
+    .await
 }
 
 /// An image the caller may boot or copy into a volume: visible and `available`.
@@ -546,7 +570,7 @@ where
         Ok(i) => i,
         Err(r) => return Ok(Ingested::Refused(r)),
     };
-    let _refs = crate::app::blob_refs::hold(ctx).await?;
+    let _refs = crate::app::blob_refs::hold(ctx, [sha.as_str()]).await?;
     ctx.blobs.put(&sha, staging.path()).await.map_err(ApiError::internal)?;
     if let Some(chunks) = chunks {
         ctx.chunk_lists.remember(&sha, chunks);
