@@ -6,14 +6,16 @@
 # hybrid cgroup hosts its LXC driver otherwise fails with "Unable to create directory
 # /sys/fs/cgroup/unified". QEMU domains work the same in that daemon.
 set -euo pipefail
-if virsh -c qemu:///system version >/dev/null 2>&1; then
-  exit 0
-fi
 # Without udevd nobody applies Debian's rule for /dev/kvm (root:kvm 0660), and libvirt
 # then finds KVM "usable when probed (as root) but not now (as libvirt-qemu)" and
-# re-probes QEMU's capabilities on every define: 40 s each. Apply the rule by hand.
+# re-probes QEMU's capabilities on every define: 40 s each. Apply the rule by hand,
+# also when libvirtd already runs (a package install since may have changed it: seen
+# as a 50 s define in every disk guest's start on a reused machine).
 if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G /dev/kvm)" != kvm ]; then
   chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
+fi
+if virsh -c qemu:///system version >/dev/null 2>&1; then
+  exit 0
 fi
 pgrep -x virtlogd >/dev/null || virtlogd -d
 nohup unshare -m --propagation private sh -c 'umount /sys/fs/cgroup/unified 2>/dev/null; exec libvirtd' \
