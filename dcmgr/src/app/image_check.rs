@@ -130,10 +130,7 @@ fn sniff(path: &Path) -> Result<Sniffed, Refusal> {
     (&mut f).take(512).read_to_end(&mut head).map_err(cannot)?;
     for (at, magic, name) in OTHER_FORMATS {
         if head.get(*at..at + magic.len()) == Some(*magic) {
-            return Err(refuse(
-                "unsupported_format",
-                format!("the data is a {name:?} disk image; convert it to qcow2 or raw (qemu-img convert -O qcow2)"),
-            ));
+            return Err(other_format(name));
         }
     }
     if !head.starts_with(b"QFI\xfb") {
@@ -156,26 +153,44 @@ fn sniff(path: &Path) -> Result<Sniffed, Refusal> {
         use std::io::{Seek, SeekFrom};
         let read = f.seek(SeekFrom::Start(backing_at)).and_then(|_| f.read_exact(&mut name));
         let name = if read.is_ok() { String::from_utf8_lossy(&name).into_owned() } else { "?".into() };
-        return Err(refuse(
-            "backing_file",
-            format!(
-                "the qcow2 image has a backing file ({name:?}): a host would read that file; \
-                 flatten it first (qemu-img convert -O qcow2 IN OUT)"
-            ),
-        ));
+        return Err(backing_file(&name));
     }
     if be32(32).ok_or_else(damaged)? != 0 {
         return Err(refuse("unsupported_format", "the disk image is encrypted: hosts cannot boot it"));
     }
     // Version 3's incompatible features: bit 2 is an external data file.
     if version == 3 && be64(72).ok_or_else(damaged)? & (1 << 2) != 0 {
-        return Err(refuse(
-            "external_data_file",
-            "the qcow2 image keeps its data in an external file: a host would read that file; \
-             convert it to a plain qcow2 (qemu-img convert -O qcow2 IN OUT)",
-        ));
+        return Err(external_data_file(None));
     }
     Ok(Sniffed::Qcow2)
+}
+
+fn other_format(name: &str) -> Refusal {
+    refuse(
+        "unsupported_format",
+        format!("the data is a {name:?} disk image; convert it to qcow2 or raw (qemu-img convert -O qcow2)"),
+    )
+}
+
+fn backing_file(name: &str) -> Refusal {
+    refuse(
+        "backing_file",
+        format!(
+            "the qcow2 image has a backing file ({name:?}): a host would read that file; \
+             flatten it first (qemu-img convert -O qcow2 IN OUT)"
+        ),
+    )
+}
+
+fn external_data_file(name: Option<&str>) -> Refusal {
+    let named = name.map(|d| format!(" ({d:?})")).unwrap_or_default();
+    refuse(
+        "external_data_file",
+        format!(
+            "the qcow2 image keeps its data in an external file{named}: a host would read that file; \
+             convert it to a plain qcow2 (qemu-img convert -O qcow2 IN OUT)"
+        ),
+    )
 }
 
 /// The decision on `qemu-img info --output=json`'s answer (pure, for the tests).
@@ -183,31 +198,14 @@ pub fn decide_disk(info: &serde_json::Value, max_virtual: u64) -> Result<Inspect
     let format = match info["format"].as_str().unwrap_or("") {
         "qcow2" => ImageFormat::Qcow2,
         "raw" => ImageFormat::Raw,
-        other => {
-            return Err(refuse(
-                "unsupported_format",
-                format!("the data is a {other:?} disk image; convert it to qcow2 or raw (qemu-img convert -O qcow2)"),
-            ))
-        }
+        other => return Err(other_format(other)),
     };
     if let Some(b) = info.get("backing-filename").and_then(|b| b.as_str()) {
-        return Err(refuse(
-            "backing_file",
-            format!(
-                "the qcow2 image has a backing file ({b:?}): a host would read that file; \
-                 flatten it first (qemu-img convert -O qcow2 IN OUT)"
-            ),
-        ));
+        return Err(backing_file(b));
     }
     let specific = &info["format-specific"]["data"];
     if let Some(d) = specific.get("data-file").and_then(|d| d.as_str()) {
-        return Err(refuse(
-            "external_data_file",
-            format!(
-                "the qcow2 image keeps its data in an external file ({d:?}): a host would read that file; \
-                 convert it to a plain qcow2 (qemu-img convert -O qcow2 IN OUT)"
-            ),
-        ));
+        return Err(external_data_file(Some(d)));
     }
     if info["encrypted"].as_bool() == Some(true) || specific.get("encrypt").is_some() {
         return Err(refuse("unsupported_format", "the disk image is encrypted: hosts cannot boot it"));
