@@ -120,6 +120,15 @@ impl FakeRunner {
         self
     }
 
+    /// Adds a reply to the commands starting with `prefix` that does what the program
+    /// would: success, with the file its command line names last made (holding `content`).
+    pub fn creates_last(&self, prefix: &[&str], content: &'static [u8]) -> &Self {
+        self.answer(prefix, move |args| {
+            std::fs::write(args.last().unwrap(), content).map_err(|e| e.to_string())?;
+            Ok(String::new())
+        })
+    }
+
     /// Every command run so far, program first.
     pub fn calls(&self) -> Vec<Vec<String>> {
         self.calls.lock().unwrap().clone()

@@ -366,10 +366,7 @@ mod tests {
             tools: f.clone(),
             using: Default::default(),
         };
-        f.answer(&["qemu-img", "create"], |args| {
-            std::fs::write(args.last().unwrap(), b"qcow2").map_err(|e| e.to_string())?;
-            Ok(String::new())
-        });
+        f.creates_last(&["qemu-img", "create"], b"qcow2");
         let (base, root) = (tmp.path().join("images/abc"), tmp.path().join("i-a/root.qcow2"));
         std::fs::create_dir_all(root.parent().unwrap()).unwrap();
         // A create cut short left its fragment beside: it is never the disk.

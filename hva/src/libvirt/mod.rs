@@ -1121,10 +1121,7 @@ mod tests {
 
     fn inner(dir: &Path, tools: &Arc<host::FakeRunner>, tap_netns: Option<&str>) -> Inner {
         // What qemu-img would leave: the file it names last.
-        tools.answer(&["qemu-img", "create"], |args| {
-            std::fs::write(args.last().unwrap(), b"").map_err(|e| e.to_string())?;
-            Ok(String::new())
-        });
+        tools.creates_last(&["qemu-img", "create"], b"");
         let cfg = LibvirtConfig {
             data_dir: dir.to_owned(),
             builtin_images: None,
