@@ -122,9 +122,10 @@ pub struct Ctx {
     pub ensure_observer: Option<EnsureObserver>,
     /// Where image data is kept.
     pub blobs: Arc<dyn crate::blobs::BlobStore>,
-    /// Images whose data is arriving now (one upload or import at a time per image).
     /// Images receiving their data now, each with what cancels it (its image deleted).
     pub ingesting: std::sync::Mutex<HashMap<ImageId, tokio_util::sync::CancellationToken>>,
+    /// Cancelled when this dcmgr stops: its background work (URL imports) ends with it.
+    pub stopping: tokio_util::sync::CancellationToken,
     /// The chunk lists of blobs captured lately (`blobs::ChunkLists`), for a bundle export.
     pub chunk_lists: crate::blobs::ChunkLists,
     /// This process's part of the blob locks: take them with [`crate::app::blob_refs::hold`].

@@ -103,6 +103,7 @@ impl Dcmgr {
             trusted_keys,
             http_addr: Default::default(),
             events: crate::app::event::Hub::new(cancel.clone()),
+            stopping: cancel.clone(),
             views: Default::default(),
             rate_limits,
             audit,

@@ -12,6 +12,10 @@
 //!   was not committed. Then: every create exists exactly once (counted by name), all
 //!   reach `running`, no request to a live dcmgr failed, no host went offline, and one
 //!   survivor leads.
+//! - an image's data is taken in by one dcmgr at a time: a URL import is fetched once
+//!   (not again by a dcmgr starting meanwhile), taken over by the leader when the dcmgr
+//!   fetching it is killed, and stopped by a delete through another dcmgr; of two
+//!   uploads to one image through two dcmgrs, the second is refused as busy.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 use vdc_cli::client::{Client, StreamItem};
 use vdc_cli::ClientError;
 use vdc_schema::api::*;
-use vdc_schema::{HypervisorKind, InstanceState, NodeState};
+use vdc_schema::{HypervisorKind, ImageState, InstanceState, NodeState};
 use vdc_tests::eventually;
 use vdc_tests::procs::{self, bin, Proc};
 
@@ -40,7 +44,7 @@ fn dcmgr(i: usize, tmp: &std::path::Path, db: &str, nats: u16, port: u16) -> Pro
              heartbeat_interval_ms = 500\nagent_timeout_ms = 10000\nreconcile_interval_ms = 500\nresend_after_ms = 3000\n\
              admin_token = \"{TOKEN}\"\ncpu_allocation_ratio = 16.0\n\
              [auth]\ntoken_cache_ttl_ms = 1000\n\
-             [images]\ndir = \"{}\"\n",
+             [images]\ndir = \"{}\"\nimport_allow = [\"127.0.0.1/32\"]\n",
             // One image store for all: README, several controllers.
             tmp.join("images").display()
         ),
@@ -503,4 +507,139 @@ async fn the_blob_lock_spans_controllers_and_dies_with_its_holder() {
     eventually(Duration::from_secs(10), || async { (free(a).await && free(b).await).then_some(()) })
         .await
         .expect("freed again");
+}
+
+/// A server on loopback for URL imports, counting the requests it answers. `/slow`
+/// announces `SLOW_LEN` bytes of zeros and sends 1 KiB every 100 ms to its first client,
+/// and all of them at once to later ones; `ended` says a slow client closed before the end.
+async fn import_server() -> (u16, Arc<AtomicUsize>, Arc<AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (hits, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let (h, e) = (hits.clone(), ended.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = l.accept().await else { return };
+            let first = h.fetch_add(1, Ordering::SeqCst) == 0;
+            let e = e.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {SLOW_LEN}\r\nConnection: close\r\n\r\n");
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let step = if first { 1024 } else { SLOW_LEN };
+                for _ in 0..SLOW_LEN / step {
+                    if conn.write_all(&vec![0u8; step]).await.is_err() {
+                        e.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    if first {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            });
+        }
+    });
+    (port, hits, ended)
+}
+
+const SLOW_LEN: usize = 1 << 20;
+
+fn url_image(name: &str, url: String) -> vdc_schema::api::CreateImage {
+    vdc_schema::api::CreateImage {
+        name: name.into(),
+        format: vdc_schema::ImageFormat::Raw,
+        arch: vdc_schema::Arch::X86_64,
+        hypervisors: vec![HypervisorKind::Qemu],
+        source: Some(url),
+        checksum: None,
+        initrd: None,
+        kernel_cmdline: None,
+        public: false,
+        default_user: None,
+        boot_mode: Default::default(),
+        kernel_id: None,
+        min_disk: None,
+        min_memory: None,
+        os: None,
+    }
+}
+
+/// Before, each dcmgr claimed an image's ingest in its own memory only: one starting
+/// while another fetched a URL fetched it again, one killed mid-fetch left the image
+/// pending for ever, a delete through another dcmgr let the download run to its end, and
+/// the loser of two uploads got 404 after sending all its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_images_data_is_taken_in_by_one_controller_at_a_time() {
+    vdc_tests::init_logging();
+    let tmp = tempfile::Builder::new().prefix("vdc-multictl-ingest-").tempdir().unwrap();
+    let dir = tmp.path();
+    let (db_url, _, _) = vdc_tests::create_pg_database().await.unwrap();
+    let (_nats, nats) = procs::nats_server(dir);
+    let ports: Vec<u16> = (0..3).map(|_| procs::free_port()).collect();
+    let clients: Vec<Client> = ports.iter().map(|p| Client::new(format!("http://127.0.0.1:{p}"), TOKEN)).collect();
+    // dcmgr0 first, and leading before dcmgr1 starts: the leader is known.
+    let ctl0 = dcmgr(0, dir, &db_url, nats, ports[0]);
+    assert!(procs::wait_port(ports[0], Duration::from_secs(30)), "dcmgr0:\n{}", ctl0.log_text());
+    eventually(Duration::from_secs(20), || async {
+        (gauge(&scrape(ports[0]).await, "vdc_dcmgr_leader") == Some(1.0)).then_some(())
+    })
+    .await
+    .expect("dcmgr0 leads");
+    let mut ctl1 = dcmgr(1, dir, &db_url, nats, ports[1]);
+    assert!(procs::wait_port(ports[1], Duration::from_secs(30)), "dcmgr1:\n{}", ctl1.log_text());
+    let (port, hits, ended) = import_server().await;
+    let url = format!("http://127.0.0.1:{port}/slow");
+
+    // Created through dcmgr1, which fetches it (slowly: its first request).
+    let img = clients[1].create_image(&url_image("taken-over", url.clone())).await.unwrap();
+    eventually(Duration::from_secs(10), || async { (hits.load(Ordering::SeqCst) == 1).then_some(()) })
+        .await
+        .expect("dcmgr1 fetches it");
+    // A dcmgr starting meanwhile resumes pending imports, and the leader looks for them
+    // every 5 s: neither fetches this one again.
+    let ctl2 = dcmgr(2, dir, &db_url, nats, ports[2]);
+    assert!(procs::wait_port(ports[2], Duration::from_secs(30)), "dcmgr2:\n{}", ctl2.log_text());
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "fetched once while dcmgr1 fetches it");
+    assert_eq!(clients[0].get_image(&img.id).await.unwrap().state, ImageState::Pending);
+    // dcmgr1 dies: its claim goes with its session, and the leader takes the import over.
+    ctl1.kill();
+    let done = clients[0].wait_image(&img.id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(done.state, ImageState::Available, "{:?}", done.failure_reason);
+    assert_eq!(done.size_bytes, Some(SLOW_LEN as u64));
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "fetched again once, by the leader");
+
+    // Deleted through dcmgr2 while dcmgr0 (its creator) fetches it: the download stops.
+    let (port, _, ended2) = import_server().await;
+    let slow = clients[0].create_image(&url_image("deleted", format!("http://127.0.0.1:{port}/slow"))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    clients[2].delete_image(&slow.id).await.unwrap();
+    eventually(Duration::from_secs(5), || async { ended2.load(Ordering::SeqCst).then_some(()) })
+        .await
+        .expect("the download stops when its image is deleted through another dcmgr");
+    assert!(ended.load(Ordering::SeqCst) || hits.load(Ordering::SeqCst) == 2);
+
+    // Two uploads to one image, through dcmgr0 and dcmgr2: the second is busy at once.
+    let upload = vdc_schema::api::CreateImage { source: None, ..url_image("up", String::new()) };
+    let up = clients[0].create_image(&upload).await.unwrap();
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let first = tokio::spawn({
+        let (c, id) = (clients[0].clone(), up.id.clone());
+        async move { c.upload_image(&id, reqwest::Body::wrap_stream(rx)).await }
+    });
+    use futures::SinkExt;
+    tx.send(Ok(vec![0u8; 64 << 10])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    match clients[2].upload_image(&up.id, vec![0u8; 128 << 10]).await {
+        Err(ClientError::Api { status, code, .. }) => assert_eq!((status, code.as_str()), (409, "invalid_state")),
+        other => panic!("the second upload: {other:?}"),
+    }
+    tx.send(Ok(vec![0u8; 64 << 10])).await.unwrap();
+    drop(tx);
+    let stored = first.await.unwrap().unwrap();
+    assert_eq!((stored.state, stored.size_bytes), (ImageState::Available, Some(128 << 10)));
 }

@@ -360,7 +360,7 @@ where
     E: std::fmt::Display,
 {
     let (image, origin) = waiting(ctx, node, id).await?;
-    let _guard = Ingesting::claim(ctx, id)?;
+    let _guard = Ingesting::claim(ctx, id).await?;
     match image::ingest(ctx, &image, body, Some(&origin)).await? {
         Ingested::Stored(image) => {
             tracing::info!(image = %id, ?origin, "capture stored");

@@ -445,7 +445,7 @@ where
             format!("image {id} is {}: only a pending image takes data", image.state),
         ));
     }
-    let _guard = Ingesting::claim(ctx, id)?;
+    let _guard = Ingesting::claim(ctx, id).await?;
     match ingest(ctx, &image, body, None).await? {
         Ingested::Stored(image) => Ok(*image),
         Ingested::Refused(r) => {
@@ -460,24 +460,76 @@ where
     }
 }
 
-/// One ingest per image at a time; released when dropped.
+/// The advisory locks' class of ingests (`vdcI` in ASCII), beside the blobs' `vdcB`.
+pub const INGEST_CLASS: i32 = 0x7664_6349;
+
+/// One ingest per image at a time, in every dcmgr on one database; released when dropped.
+/// With several dcmgrs on one PostgreSQL the claim is also an advisory lock on a
+/// connection of its own: a URL import resumed by one is not fetched again by another,
+/// of two uploads to one image through two dcmgrs the second is told it is busy, and a
+/// dcmgr that dies mid-ingest frees the image for the leader to resume
+/// ([`crate::app::image_import::resume`]).
 pub(crate) struct Ingesting<'a> {
     ctx: &'a SharedCtx,
     id: ImageId,
+    _shared: Option<sqlx::PgConnection>,
+    /// Stops the watch for a delete through another dcmgr when the ingest ends.
+    _watch: Option<tokio_util::sync::DropGuard>,
 }
 
 impl<'a> Ingesting<'a> {
-    pub(crate) fn claim(ctx: &'a SharedCtx, id: &ImageId) -> ApiResult<Self> {
+    pub(crate) async fn claim(ctx: &'a SharedCtx, id: &ImageId) -> ApiResult<Self> {
+        let busy = || ApiError::conflict("invalid_state", format!("image {id} is receiving its data already"));
+        let cancel = tokio_util::sync::CancellationToken::new();
         match ctx.ingesting.lock().unwrap().entry(id.clone()) {
-            std::collections::hash_map::Entry::Occupied(_) => {
-                Err(ApiError::conflict("invalid_state", format!("image {id} is receiving its data already")))
-            }
+            std::collections::hash_map::Entry::Occupied(_) => return Err(busy()),
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(Default::default());
-                Ok(Ingesting { ctx, id: id.clone() })
+                v.insert(cancel.clone());
             }
         }
+        // From here on, dropping the claim gives the local entry back.
+        let mut claim = Ingesting { ctx, id: id.clone(), _shared: None, _watch: None };
+        if ctx.shared {
+            match db::try_advisory_lock(&ctx.config.database_url, INGEST_CLASS, ingest_key(id)).await? {
+                Some(conn) => claim._shared = Some(conn),
+                None => return Err(busy()),
+            }
+            claim._watch = Some(watch_deleted(ctx.clone(), id.clone(), cancel));
+        }
+        Ok(claim)
     }
+}
+
+/// The advisory lock key of an image's ingest: 32 bits of its ID's SHA-256 (two images
+/// sharing one only take turns).
+fn ingest_key(id: &ImageId) -> i32 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(id.as_str().as_bytes());
+    i32::from_be_bytes([h[0], h[1], h[2], h[3]])
+}
+
+/// An image deleted through another dcmgr stops its ingest here too: the delete cancels
+/// only its own process's, so this one looks every second.
+fn watch_deleted(
+    ctx: SharedCtx,
+    id: ImageId,
+    cancel: tokio_util::sync::CancellationToken,
+) -> tokio_util::sync::DropGuard {
+    let done = tokio_util::sync::CancellationToken::new();
+    let guard = done.clone().drop_guard();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+            if let Ok(None) = store::get(&ctx.db, id.as_str()).await {
+                cancel.cancel();
+                return;
+            }
+        }
+    });
+    guard
 }
 
 /// Stops the data transfer of a deleted image in this process (a URL import would

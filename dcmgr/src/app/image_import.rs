@@ -12,6 +12,7 @@ use crate::error::ApiResult;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use vdc_schema::api::Image;
+use vdc_schema::ImageState;
 
 const MAX_REDIRECTS: usize = 5;
 
@@ -172,7 +173,13 @@ fn short(e: &reqwest::Error) -> &'static str {
 pub fn spawn(ctx: SharedCtx, image: Image) {
     tokio::spawn(async move {
         let id = image.id.clone();
-        match import(&ctx, &image).await {
+        // A stopping dcmgr drops the import (and its claim); the image stays pending, for
+        // the next start or the leader to resume.
+        let done = tokio::select! {
+            r = import(&ctx, &image) => r,
+            _ = ctx.stopping.cancelled() => return,
+        };
+        match done {
             Ok(()) => {}
             Err(crate::error::ApiError::NotFound { .. }) => tracing::info!(image = %id, "URL import: image deleted"),
             // dcmgr's own trouble (its disk, its store, its database): the tenant learns
@@ -190,7 +197,19 @@ pub fn spawn(ctx: SharedCtx, image: Image) {
 }
 
 async fn import(ctx: &SharedCtx, image: &Image) -> ApiResult<()> {
-    let Ok(_guard) = Ingesting::claim(ctx, &image.id) else { return Ok(()) };
+    let _guard = match Ingesting::claim(ctx, &image.id).await {
+        Ok(g) => g,
+        // Being fetched here or by another dcmgr: that one ends it.
+        Err(crate::error::ApiError::Conflict { .. }) => return Ok(()),
+        Err(e) => {
+            tracing::warn!(image = %image.id, "URL import left pending for the next try: {e}");
+            return Ok(());
+        }
+    };
+    // Resumed by a pass that listed it just before another dcmgr ended it.
+    if store::get(&ctx.db, image.id.as_str()).await?.is_none_or(|r| r.state != ImageState::Pending.as_str()) {
+        return Ok(());
+    }
     let allow = ctx.config.import_allow().map_err(crate::error::ApiError::internal)?;
     let timeout = Duration::from_secs(ctx.config.images.import_timeout_s);
     let outcome = match open(&image.source, &allow, timeout).await {
@@ -226,7 +245,9 @@ async fn import(ctx: &SharedCtx, image: &Image) -> ApiResult<()> {
     Ok(())
 }
 
-/// Starts again the imports a stopped dcmgr left pending.
+/// Starts again the imports a stopped dcmgr left pending: at start, and on every
+/// reconcile pass of the leader when several dcmgrs share the database (those another
+/// one is fetching are skipped by their claim).
 pub async fn resume(ctx: &SharedCtx) -> ApiResult<()> {
     for row in store::pending_imports(&ctx.db).await? {
         spawn(ctx.clone(), row.into_api()?);

@@ -8,8 +8,12 @@ use crate::db;
 use tokio_util::sync::CancellationToken;
 use vdc_schema::bus::AgentKind;
 
+/// How often the leader looks for URL imports no dcmgr is fetching.
+const IMPORTS_RESUMED_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
     let period = std::time::Duration::from_millis(ctx.config.reconcile_interval_ms.max(50));
+    let mut imports_resumed = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -22,6 +26,14 @@ pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
         }
         if let Err(e) = pass(&ctx).await {
             tracing::warn!("reconcile pass failed: {e}");
+        }
+        // A URL import whose dcmgr died is taken over (its claim died with it); each try
+        // of one another dcmgr is fetching costs a connection, hence not every pass.
+        if ctx.shared && imports_resumed.elapsed() >= IMPORTS_RESUMED_EVERY {
+            imports_resumed = std::time::Instant::now();
+            if let Err(e) = crate::app::image_import::resume(&ctx).await {
+                tracing::warn!("resuming URL imports failed: {e}");
+            }
         }
     }
 }

@@ -95,6 +95,21 @@ pub async fn write_turn(pool: &Pool) -> Option<tokio::sync::OwnedMutexGuard<()>>
     }
 }
 
+/// A connection of its own holding PostgreSQL's advisory lock `(class, key)`, or None
+/// when another session holds it. Closing the connection (dropping it) gives the lock
+/// back, so a dcmgr that dies holding one frees it.
+pub async fn try_advisory_lock(url: &str, class: i32, key: i32) -> Result<Option<sqlx::PgConnection>, sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await?;
+    let got: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)").bind(class).bind(key).fetch_one(&mut conn).await?;
+    if got {
+        return Ok(Some(conn));
+    }
+    let _ = conn.close().await;
+    Ok(None)
+}
+
 /// Begins a transaction, after the write gate on SQLite.
 pub async fn begin(pool: &Pool) -> Result<Tx<'static>, sqlx::Error> {
     let gate = write_turn(pool).await;
