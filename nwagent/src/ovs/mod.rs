@@ -327,6 +327,9 @@ impl Inner {
                 }
             }
             if row.ifindex <= 0 || row.ofport <= 0 || row.ifindex == p.ifindex {
+                if row.ifindex != p.ifindex {
+                    tracing::debug!(vif = %id, ifindex = row.ifindex, ofport = row.ofport, known = p.ifindex, "device not (yet) on the switch");
+                }
                 continue;
             }
             let (ofport, ifindex) = self.plug(&p.spec, row, p.ifindex, p.ofport).await?;

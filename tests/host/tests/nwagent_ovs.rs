@@ -288,6 +288,26 @@ fn eventually_out(f: impl Fn() -> Option<String>) -> Option<String> {
     None
 }
 
+/// What a failure needs to be understood: the device's switch row and link, the flows,
+/// and nwagent's saved state.
+fn switch_state(n: &Node, dev: &str) -> String {
+    let db = format!("--db=unix:{}", n.host.dir.join("db.sock").display());
+    let mgmt = format!("unix:{}", n.host.dir.join("br-int.mgmt").display());
+    [
+        sh("ovs-vsctl", &[&db, "list", "Interface", dev]),
+        ns(&n.host.netns, &["ip", "-d", "link", "show", "dev", dev]),
+        sh("ovs-ofctl", &["dump-flows", &mgmt]),
+        std::fs::read_to_string(n.cfg.data_dir.join("state.json")),
+    ]
+    .into_iter()
+    .map(|r| match r {
+        Ok(out) => out,
+        Err(e) => format!("({e})\n"),
+    })
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
 /// Deletes a namespace of the test's own on drop (also on failure).
 struct NsGuard(String);
 
@@ -303,6 +323,12 @@ impl Drop for NsGuard {
 /// datapath alone keeps the old port and never receives from the new device.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_made_again_is_plugged_again() {
+    // nwagent's own account of each step, printed when the test fails (it failed once in
+    // CI after the restart, and did not again in many runs here).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn,vdc_nwagent=debug"))
+        .with_test_writer()
+        .try_init();
     let p = vdc_nwagent::testing::prefix();
     let dir = tempfile::Builder::new().prefix("vdc-ovs-replug-").tempdir_in("/var/tmp").unwrap();
     let h = format!("{p}-h1");
@@ -363,7 +389,11 @@ async fn a_device_made_again_is_plugged_again() {
     let spec = InterfaceSpec { spec_gen: spec.spec_gen + 1, ..spec.clone() };
     active(&n, &spec).await;
     let g = guest(&p, "g", &n.host, &spec);
-    assert!(reaches_metadata(&g), "re-plugged by the watch");
+    assert!(
+        reaches_metadata(&g),
+        "re-plugged by the watch; the switch and nwagent's state:\n{}",
+        switch_state(&n, &dev)
+    );
     assert_eq!(ofport(), before, "the port keeps its number");
 
     // Made again while nwagent is away: plugged again when it starts.
@@ -373,7 +403,11 @@ async fn a_device_made_again_is_plugged_again() {
     gone();
     let g = guest(&p, "g", &n.host, &spec);
     n.net = OvsNetwork::open(n.cfg.clone(), n.sink.clone()).await.unwrap();
-    assert!(reaches_metadata(&g), "re-plugged after a restart");
+    assert!(
+        reaches_metadata(&g),
+        "re-plugged after a restart; the switch and nwagent's state:\n{}",
+        switch_state(&n, &dev)
+    );
     n.net.remove_services().await;
     drop(g);
 }
