@@ -124,6 +124,9 @@ pub struct Ctx {
     pub blobs: Arc<dyn crate::blobs::BlobStore>,
     /// Images receiving their data now, each with what cancels it (its image deleted).
     pub ingesting: std::sync::Mutex<HashMap<ImageId, tokio_util::sync::CancellationToken>>,
+    /// The bundle exports running in this process (`app::bundle_data::ExportRun`): the
+    /// sweep of cut-off exports leaves them alone.
+    pub exports: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Cancelled when this dcmgr stops: its background work (URL imports) ends with it.
     pub stopping: tokio_util::sync::CancellationToken,
     /// The chunk lists of blobs captured lately (`blobs::ChunkLists`), for a bundle export.

@@ -96,6 +96,7 @@ impl Dcmgr {
             ensure_observer: opts.ensure_observer,
             blobs: open_blob_store(&config).await?,
             ingesting: Default::default(),
+            exports: Default::default(),
             chunk_lists: Default::default(),
             blob_refs: Default::default(),
             node_key,

@@ -31,6 +31,7 @@ on_both_databases!(
     server_groups_travel_and_place_their_members_by_policy,
     a_plan_says_when_the_hosts_have_no_room,
     an_export_cut_off_while_it_captures_leaves_nothing_stopped_or_made,
+    an_export_cut_off_by_a_dcmgr_stop_is_undone_after_its_restart,
     ten_concurrent_imports_of_an_update_apply_it_once,
     ten_concurrent_imports_of_a_move_detach_once,
     a_push_sends_only_the_chunks_the_target_lacks,
@@ -191,6 +192,50 @@ async fn an_export_cut_off_while_it_captures_leaves_nothing_stopped_or_made(db: 
     })
     .await
     .expect("the instances run again and nothing made for the export stays");
+    a.stop().await;
+}
+
+/// dcmgr stops (a restart, an upgrade; a SIGKILL alike) while an export stops and
+/// captures the instances: the export ends with the process, and what it had made and
+/// stopped is undone once dcmgr runs again. Before, its temporary images and snapshots
+/// stayed in the account (in its quota) and the instances it stopped stayed stopped.
+async fn an_export_cut_off_by_a_dcmgr_stop_is_undone_after_its_restart(db: Db) {
+    let mut o = StackOptions::new(db);
+    o.sim.delay = Duration::from_millis(400);
+    let mut a = Stack::start(o).await;
+    let c = a.account("tenant").await;
+    build_vdc(&a, &c, false).await;
+    let images_before = c.list_all_images().await.unwrap().len();
+    let cut = tokio::spawn({
+        let c = c.clone();
+        async move { c.export_bundle(false, true, &mut Vec::new(), |_| {}).await }
+    });
+    eventually(Duration::from_secs(10), || async {
+        c.list_all_instances().await.ok()?.iter().any(|i| i.state != InstanceState::Running).then_some(())
+    })
+    .await
+    .expect("the export begins to stop the instances");
+    let runs = |s: &Stack| {
+        let db = s.dcmgr().ctx.db.clone();
+        async move { sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM export_runs").fetch_one(&db).await.unwrap() }
+    };
+    assert_eq!(runs(&a).await, 1, "the export's run is recorded");
+    a.restart_dcmgr().await;
+    assert!(cut.await.unwrap().is_err(), "the export ended with its dcmgr");
+    eventually(Duration::from_secs(60), || async {
+        let instances = c.list_all_instances().await.ok()?;
+        let images = c.list_all_images().await.ok()?;
+        let snapshots = c.list_all_snapshots().await.ok()?;
+        (instances.iter().all(|i| i.state == InstanceState::Running)
+            && images.len() == images_before
+            && snapshots.is_empty())
+        .then_some(())
+    })
+    .await
+    .expect("the instances run again and nothing made for the export stays");
+    eventually(Duration::from_secs(10), || async { (runs(&a).await == 0).then_some(()) }).await.expect("run forgotten");
+    // And an export after it works.
+    assert!(!export(&c).await.is_empty());
     a.stop().await;
 }
 

@@ -67,7 +67,12 @@ pub async fn manifest(
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (ctx, caller) = (ctx.clone(), caller.clone());
     tokio::spawn(async move {
-        let r = capture_manifest(&ctx, &caller, model_only, stop).await;
+        // A stopping dcmgr drops the export where it is: what it made is recorded, and
+        // swept at the next start (`bundle_data::sweep`).
+        let r = tokio::select! {
+            r = capture_manifest(&ctx, &caller, model_only, stop) => r,
+            _ = ctx.stopping.cancelled() => return,
+        };
         if let Err(Ok((_, _, temp))) = tx.send(r) {
             tracing::info!(account = %caller.account_id, "bundle export: the client went away; its captures are removed");
             temp.remove(&ctx, &caller).await;

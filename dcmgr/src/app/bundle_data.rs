@@ -14,7 +14,7 @@
 use crate::app::{capture, image as images, instance as instances, snapshot};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::event::Kind;
-use crate::datastore::{image as image_store, instance as istore, snapshot as snapshots};
+use crate::datastore::{self as db, bundle as bstore, image as image_store, instance as istore, snapshot as snapshots};
 use crate::error::{ApiError, ApiResult};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,26 +32,143 @@ const WAIT: Duration = Duration::from_secs(30 * 60);
 const POLL: Duration = Duration::from_millis(500);
 
 /// What the export made and must remove, or start again.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Temporaries {
     images: Vec<ImageId>,
     snapshots: Vec<SnapshotId>,
+    /// The run that recorded them (none for a model-only export, which makes nothing).
+    run: Option<ExportRun>,
 }
 
 impl Temporaries {
-    /// Deletes the export's images and snapshots (best effort: each failure is logged).
+    /// Deletes the export's images and snapshots (best effort: each failure is logged),
+    /// then forgets the run's records: a failure left is swept later.
     pub async fn remove(self, ctx: &SharedCtx, caller: &Caller) {
+        let mut left = false;
         for id in &self.images {
             if let Err(e) = images::delete(ctx, caller, id).await {
                 tracing::warn!(image = %id, error = %e, "bundle export: removing a temporary image");
+                left = true;
             }
         }
         for id in &self.snapshots {
             if let Err(e) = snapshot::delete(ctx, caller, id).await {
                 tracing::warn!(snapshot = %id, error = %e, "bundle export: removing a temporary snapshot");
+                left = true;
+            }
+        }
+        if let (Some(run), false) = (&self.run, left) {
+            if let Err(e) = bstore::end_export_run(&ctx.db, &run.id).await {
+                tracing::warn!(export = run.id, error = %e, "bundle export: forgetting its run");
             }
         }
     }
+}
+
+/// The advisory locks' class of export runs (`vdcE` in ASCII).
+pub const EXPORT_CLASS: i32 = 0x7664_6345;
+
+/// A bundle export that makes images and snapshots, recorded in the database before it
+/// makes any (migration 0029) and claimed while it runs: in this process's
+/// `ctx.exports` and, with several dcmgrs on one PostgreSQL, by an advisory lock on a
+/// connection of its own. What a dcmgr stopped or killed mid-export made is found by
+/// [`sweep`] once no one holds its run.
+pub struct ExportRun {
+    id: String,
+    ctx: SharedCtx,
+    _shared: Option<sqlx::PgConnection>,
+}
+
+impl ExportRun {
+    pub async fn start(ctx: &SharedCtx, caller: &Caller) -> ApiResult<ExportRun> {
+        let id = format!("exp-{:016x}", rand::random::<u64>());
+        ctx.exports.lock().unwrap().insert(id.clone());
+        let mut run = ExportRun { id, ctx: ctx.clone(), _shared: None };
+        // Claimed before it is recorded: a sweep never sees it unclaimed.
+        if ctx.shared {
+            let conn = db::try_advisory_lock(&ctx.config.database_url, EXPORT_CLASS, run_key(&run.id)).await?;
+            run._shared = Some(conn.ok_or_else(|| ApiError::internal("a new export run is claimed already"))?);
+        }
+        bstore::start_export_run(&ctx.db, &run.id, &caller.account_id).await?;
+        Ok(run)
+    }
+
+    async fn record(&self, kind: &str, name: &str) -> ApiResult<()> {
+        Ok(bstore::add_export_temporary(&self.ctx.db, &self.id, kind, name).await?)
+    }
+
+    async fn forget(&self, kind: &str, name: &str) -> ApiResult<()> {
+        Ok(bstore::remove_export_temporary(&self.ctx.db, &self.id, kind, name).await?)
+    }
+}
+
+impl Drop for ExportRun {
+    fn drop(&mut self) {
+        self.ctx.exports.lock().unwrap().remove(&self.id);
+    }
+}
+
+fn run_key(id: &str) -> i32 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(id.as_bytes());
+    i32::from_be_bytes([h[0], h[1], h[2], h[3]])
+}
+
+/// Finishes the exports no dcmgr runs any more (stopped or killed mid-export): deletes the
+/// images and snapshots they recorded and starts again the instances they stopped. A run
+/// whose objects cannot all go yet (a capture still pending) is kept for the next sweep.
+/// The leader sweeps every few seconds (`controller::reconciler`).
+pub async fn sweep(ctx: &SharedCtx) -> ApiResult<()> {
+    for (run, account) in bstore::export_runs(&ctx.db).await? {
+        if ctx.exports.lock().unwrap().contains(&run) {
+            continue;
+        }
+        let _held = match ctx.shared {
+            true => match db::try_advisory_lock(&ctx.config.database_url, EXPORT_CLASS, run_key(&run)).await? {
+                Some(conn) => Some(conn),
+                None => continue,
+            },
+            false => None,
+        };
+        let caller = Caller::system(account.parse().map_err(ApiError::internal)?);
+        let mut left = false;
+        // Images first: an image made of a snapshot holds the snapshot.
+        let mut temps = bstore::export_temporaries(&ctx.db, &run).await?;
+        temps.sort_by_key(|(kind, _)| ["image", "snapshot", "restart"].iter().position(|k| k == kind));
+        for (kind, name) in temps {
+            let done = match kind.as_str() {
+                "image" | "snapshot" => match bstore::export_temporary_id(&ctx.db, &kind, &account, &name).await? {
+                    None => true,
+                    Some(id) if kind == "image" => {
+                        images::delete(ctx, &caller, &id.parse().map_err(ApiError::internal)?).await.is_ok()
+                    }
+                    Some(id) => snapshot::delete(ctx, &caller, &id.parse().map_err(ApiError::internal)?).await.is_ok(),
+                },
+                _ => match instances::act(
+                    ctx,
+                    &caller,
+                    &name.parse().map_err(ApiError::internal)?,
+                    InstanceAction::Start,
+                )
+                .await
+                {
+                    // Running already, or gone: nothing to start.
+                    Ok(_) | Err(ApiError::Conflict { .. } | ApiError::NotFound { .. }) => true,
+                    Err(_) => false,
+                },
+            };
+            if done {
+                bstore::remove_export_temporary(&ctx.db, &run, &kind, &name).await?;
+            } else {
+                left = true;
+            }
+        }
+        if !left {
+            bstore::end_export_run(&ctx.db, &run).await?;
+            tracing::info!(export = run, account, "bundle export cut off earlier: what it made is removed");
+        }
+    }
+    Ok(())
 }
 
 /// The blobs (SHA-256) of the captured disks and volumes, with the format the capture
@@ -105,12 +222,18 @@ pub async fn capture_all(
     volumes: &[String],
     stop: bool,
 ) -> ApiResult<(Captured, Temporaries)> {
-    let mut temp = Temporaries::default();
+    let mut temp = Temporaries { run: Some(ExportRun::start(ctx, caller).await?), ..Default::default() };
     let mut restart = Vec::new();
     let r = capture_inner(ctx, caller, list, volumes, stop, &mut temp, &mut restart).await;
+    let run = temp.run.as_ref().expect("started above");
     for id in &restart {
-        if let Err(e) = instances::act(ctx, caller, id, InstanceAction::Start).await {
-            tracing::warn!(instance = %id, error = %e, "bundle export: starting a stopped instance again");
+        match instances::act(ctx, caller, id, InstanceAction::Start).await {
+            Ok(_) => {
+                if let Err(e) = run.forget("restart", id.as_str()).await {
+                    tracing::warn!(instance = %id, error = %e, "bundle export: forgetting a restart");
+                }
+            }
+            Err(e) => tracing::warn!(instance = %id, error = %e, "bundle export: starting a stopped instance again"),
         }
     }
     match r {
@@ -156,8 +279,10 @@ async fn capture_inner(
             }
         }
     }
+    let run = temp.run.as_ref().expect("a capturing export has its run");
     for (id, how) in &disks {
         if *how == Disk::StopFirst {
+            run.record("restart", id.as_str()).await?;
             instances::act(ctx, caller, id, InstanceAction::Stop).await?;
             restart.push(id.clone());
         }
@@ -165,8 +290,8 @@ async fn capture_inner(
     // Disks (hva) and volumes (sta) are read by different agents: both at once.
     let mut vtemp = Temporaries::default();
     let (disks, vols) = tokio::join!(
-        capture_disks(ctx, caller, &disks, &mut temp.images, restart),
-        capture_volumes(ctx, caller, volumes, &mut vtemp),
+        capture_disks(ctx, caller, run, &disks, &mut temp.images, restart),
+        capture_volumes(ctx, caller, run, volumes, &mut vtemp),
     );
     temp.images.extend(vtemp.images);
     temp.snapshots.extend(vtemp.snapshots);
@@ -178,6 +303,7 @@ async fn capture_inner(
 async fn capture_disks(
     ctx: &SharedCtx,
     caller: &Caller,
+    run: &ExportRun,
     disks: &[(InstanceId, Disk)],
     images: &mut Vec<ImageId>,
     restart: &mut Vec<InstanceId>,
@@ -187,17 +313,13 @@ async fn capture_disks(
         if *how != Disk::Live {
             wait_stopped(ctx, id).await?;
         }
+        let image_name = temp_name(id.as_str());
+        run.record("image", &image_name).await?;
         let image = capture::capture(
             ctx,
             caller,
             id,
-            CaptureInstance {
-                image_name: temp_name(id.as_str()),
-                os: None,
-                min_disk: None,
-                min_memory: None,
-                default_user: None,
-            },
+            CaptureInstance { image_name, os: None, min_disk: None, min_memory: None, default_user: None },
         )
         .await?
         .resource
@@ -208,6 +330,7 @@ async fn capture_disks(
         if let Some(pos) = restart.iter().position(|r| r == id) {
             let id = restart.remove(pos);
             instances::act(ctx, caller, &id, InstanceAction::Start).await?;
+            run.forget("restart", id.as_str()).await?;
         }
     }
     Ok(out)
@@ -217,20 +340,25 @@ async fn capture_disks(
 async fn capture_volumes(
     ctx: &SharedCtx,
     caller: &Caller,
+    run: &ExportRun,
     volumes: &[String],
     temp: &mut Temporaries,
 ) -> ApiResult<HashMap<String, (String, ImageFormat)>> {
     let mut out = HashMap::new();
     for v in volumes {
         let volume_id: VolumeId = v.parse().map_err(ApiError::internal)?;
-        let snap = snapshot::create(ctx, caller, CreateSnapshot { volume_id, name: temp_name(v) }).await?.resource.id;
+        let name = temp_name(v);
+        run.record("snapshot", &name).await?;
+        let snap = snapshot::create(ctx, caller, CreateSnapshot { volume_id, name }).await?.resource.id;
         temp.snapshots.push(snap.clone());
         wait_snapshot(ctx, &snap).await?;
+        let image_name = temp_name(v);
+        run.record("image", &image_name).await?;
         let image = capture::from_snapshot(
             ctx,
             caller,
             &snap,
-            CreateSnapshotImage { image_name: temp_name(v), format: Some(ImageFormat::Raw), ..Default::default() },
+            CreateSnapshotImage { image_name, format: Some(ImageFormat::Raw), ..Default::default() },
         )
         .await?
         .resource

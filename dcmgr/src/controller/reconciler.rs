@@ -8,12 +8,12 @@ use crate::db;
 use tokio_util::sync::CancellationToken;
 use vdc_schema::bus::AgentKind;
 
-/// How often the leader looks for URL imports no dcmgr is fetching.
-const IMPORTS_RESUMED_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often the leader looks for work a dcmgr left (URL imports, bundle exports).
+const LEFTOVERS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
     let period = std::time::Duration::from_millis(ctx.config.reconcile_interval_ms.max(50));
-    let mut imports_resumed = std::time::Instant::now();
+    let mut leftovers_looked = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -27,12 +27,18 @@ pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
         if let Err(e) = pass(&ctx).await {
             tracing::warn!("reconcile pass failed: {e}");
         }
-        // A URL import whose dcmgr died is taken over (its claim died with it); each try
-        // of one another dcmgr is fetching costs a connection, hence not every pass.
-        if ctx.shared && imports_resumed.elapsed() >= IMPORTS_RESUMED_EVERY {
-            imports_resumed = std::time::Instant::now();
-            if let Err(e) = crate::app::image_import::resume(&ctx).await {
-                tracing::warn!("resuming URL imports failed: {e}");
+        // Work a stopped or killed dcmgr left: a URL import no one fetches (its claim died
+        // with it), an export no one finishes. Each try of one another dcmgr is working on
+        // costs a connection, hence not every pass.
+        if leftovers_looked.elapsed() >= LEFTOVERS_EVERY {
+            leftovers_looked = std::time::Instant::now();
+            if ctx.shared {
+                if let Err(e) = crate::app::image_import::resume(&ctx).await {
+                    tracing::warn!("resuming URL imports failed: {e}");
+                }
+            }
+            if let Err(e) = crate::app::bundle_data::sweep(&ctx).await {
+                tracing::warn!("sweeping cut-off bundle exports failed: {e}");
             }
         }
     }

@@ -578,3 +578,77 @@ pub async fn record_chunks(pool: &db::Pool, account: &AccountId, chunks: &[HeldC
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------- export runs
+
+/// Records a bundle export's run (migration 0029).
+pub async fn start_export_run(pool: &db::Pool, id: &str, account: &AccountId) -> Result<(), sqlx::Error> {
+    let mut tx = db::begin(pool).await?;
+    sqlx::query("INSERT INTO export_runs (id, account_id, started_at) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(account.as_str())
+        .bind(db::now())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Records something the run is about to make (`image`, `snapshot`: its name) or stop
+/// (`restart`: the instance's ID).
+pub async fn add_export_temporary(pool: &db::Pool, run: &str, kind: &str, name: &str) -> Result<(), sqlx::Error> {
+    let mut tx = db::begin(pool).await?;
+    sqlx::query("INSERT INTO export_temporaries (export_id, kind, name) VALUES ($1, $2, $3)")
+        .bind(run)
+        .bind(kind)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+pub async fn remove_export_temporary(pool: &db::Pool, run: &str, kind: &str, name: &str) -> Result<(), sqlx::Error> {
+    let mut tx = db::begin(pool).await?;
+    sqlx::query("DELETE FROM export_temporaries WHERE export_id = $1 AND kind = $2 AND name = $3")
+        .bind(run)
+        .bind(kind)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Every recorded run: (ID, account).
+pub async fn export_runs(pool: &db::Pool) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, account_id FROM export_runs ORDER BY id").fetch_all(pool).await
+}
+
+/// What run `run` recorded: (kind, name).
+pub async fn export_temporaries(pool: &db::Pool, run: &str) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT kind, name FROM export_temporaries WHERE export_id = $1 ORDER BY kind, name")
+        .bind(run)
+        .fetch_all(pool)
+        .await
+}
+
+/// The ID of the account's image or (not deleted) snapshot named `name`.
+pub async fn export_temporary_id(
+    pool: &db::Pool,
+    kind: &str,
+    account: &str,
+    name: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let sql = match kind {
+        "image" => "SELECT id FROM images WHERE account_id = $1 AND name = $2",
+        _ => "SELECT id FROM snapshots WHERE account_id = $1 AND name = $2 AND state <> 'deleted'",
+    };
+    let row: Option<(String,)> = sqlx::query_as(sql).bind(account).bind(name).fetch_optional(pool).await?;
+    Ok(row.map(|r| r.0))
+}
+
+/// Forgets run `run` and its records.
+pub async fn end_export_run(pool: &db::Pool, run: &str) -> Result<(), sqlx::Error> {
+    let mut tx = db::begin(pool).await?;
+    sqlx::query("DELETE FROM export_temporaries WHERE export_id = $1").bind(run).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM export_runs WHERE id = $1").bind(run).execute(&mut *tx).await?;
+    tx.commit().await
+}
