@@ -181,17 +181,7 @@ async fn an_export_cut_off_while_it_captures_leaves_nothing_stopped_or_made(db: 
         c.list_all_instances().await.unwrap().iter().any(|i| i.state != InstanceState::Running),
         "the export had begun to stop the instances"
     );
-    eventually(Duration::from_secs(60), || async {
-        let instances = c.list_all_instances().await.ok()?;
-        let images = c.list_all_images().await.ok()?;
-        let snapshots = c.list_all_snapshots().await.ok()?;
-        (instances.iter().all(|i| i.state == InstanceState::Running)
-            && images.len() == images_before
-            && snapshots.is_empty())
-        .then_some(())
-    })
-    .await
-    .expect("the instances run again and nothing made for the export stays");
+    nothing_left(&c, images_before).await;
     a.stop().await;
 }
 
@@ -222,6 +212,15 @@ async fn an_export_cut_off_by_a_dcmgr_stop_is_undone_after_its_restart(db: Db) {
     assert_eq!(runs(&a).await, 1, "the export's run is recorded");
     a.restart_dcmgr().await;
     assert!(cut.await.unwrap().is_err(), "the export ended with its dcmgr");
+    nothing_left(&c, images_before).await;
+    eventually(Duration::from_secs(10), || async { (runs(&a).await == 0).then_some(()) }).await.expect("run forgotten");
+    // And an export after it works.
+    assert!(!export(&c).await.is_empty());
+    a.stop().await;
+}
+
+/// Waits until the instances run again and nothing made for an export stays.
+async fn nothing_left(c: &Client, images_before: usize) {
     eventually(Duration::from_secs(60), || async {
         let instances = c.list_all_instances().await.ok()?;
         let images = c.list_all_images().await.ok()?;
@@ -233,10 +232,6 @@ async fn an_export_cut_off_by_a_dcmgr_stop_is_undone_after_its_restart(db: Db) {
     })
     .await
     .expect("the instances run again and nothing made for the export stays");
-    eventually(Duration::from_secs(10), || async { (runs(&a).await == 0).then_some(()) }).await.expect("run forgotten");
-    // And an export after it works.
-    assert!(!export(&c).await.is_empty());
-    a.stop().await;
 }
 
 fn maps(m: &[&str]) -> Vec<String> {

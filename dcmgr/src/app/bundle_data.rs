@@ -86,7 +86,7 @@ impl ExportRun {
         let mut run = ExportRun { id, ctx: ctx.clone(), _shared: None };
         // Claimed before it is recorded: a sweep never sees it unclaimed.
         if ctx.shared {
-            let conn = db::try_advisory_lock(&ctx.config.database_url, EXPORT_CLASS, run_key(&run.id)).await?;
+            let conn = db::try_advisory_lock(&ctx.config.database_url, EXPORT_CLASS, db::advisory_key(&run.id)).await?;
             run._shared = Some(conn.ok_or_else(|| ApiError::internal("a new export run is claimed already"))?);
         }
         bstore::start_export_run(&ctx.db, &run.id, &caller.account_id).await?;
@@ -108,12 +108,6 @@ impl Drop for ExportRun {
     }
 }
 
-fn run_key(id: &str) -> i32 {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(id.as_bytes());
-    i32::from_be_bytes([h[0], h[1], h[2], h[3]])
-}
-
 /// Finishes the exports no dcmgr runs any more (stopped or killed mid-export): deletes the
 /// images and snapshots they recorded and starts again the instances they stopped. A run
 /// whose objects cannot all go yet (a capture still pending) is kept for the next sweep.
@@ -124,10 +118,12 @@ pub async fn sweep(ctx: &SharedCtx) -> ApiResult<()> {
             continue;
         }
         let _held = match ctx.shared {
-            true => match db::try_advisory_lock(&ctx.config.database_url, EXPORT_CLASS, run_key(&run)).await? {
-                Some(conn) => Some(conn),
-                None => continue,
-            },
+            true => {
+                match db::try_advisory_lock(&ctx.config.database_url, EXPORT_CLASS, db::advisory_key(&run)).await? {
+                    Some(conn) => Some(conn),
+                    None => continue,
+                }
+            }
             false => None,
         };
         let caller = Caller::system(account.parse().map_err(ApiError::internal)?);

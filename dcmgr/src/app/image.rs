@@ -490,7 +490,7 @@ impl<'a> Ingesting<'a> {
         // From here on, dropping the claim gives the local entry back.
         let mut claim = Ingesting { ctx, id: id.clone(), _shared: None, _watch: None };
         if ctx.shared {
-            match db::try_advisory_lock(&ctx.config.database_url, INGEST_CLASS, ingest_key(id)).await? {
+            match db::try_advisory_lock(&ctx.config.database_url, INGEST_CLASS, db::advisory_key(id.as_str())).await? {
                 Some(conn) => claim._shared = Some(conn),
                 None => return Err(busy()),
             }
@@ -498,14 +498,6 @@ impl<'a> Ingesting<'a> {
         }
         Ok(claim)
     }
-}
-
-/// The advisory lock key of an image's ingest: 32 bits of its ID's SHA-256 (two images
-/// sharing one only take turns).
-fn ingest_key(id: &ImageId) -> i32 {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(id.as_str().as_bytes());
-    i32::from_be_bytes([h[0], h[1], h[2], h[3]])
 }
 
 /// An image deleted through another dcmgr stops its ingest here too: the delete cancels

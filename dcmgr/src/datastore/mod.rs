@@ -95,6 +95,14 @@ pub async fn write_turn(pool: &Pool) -> Option<tokio::sync::OwnedMutexGuard<()>>
     }
 }
 
+/// An advisory lock key for a name (an image's or an export's ID): 32 bits of its
+/// SHA-256. Two names sharing one only take turns.
+pub fn advisory_key(name: &str) -> i32 {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(name.as_bytes());
+    i32::from_be_bytes([h[0], h[1], h[2], h[3]])
+}
+
 /// A connection of its own holding PostgreSQL's advisory lock `(class, key)`, or None
 /// when another session holds it. Closing the connection (dropping it) gives the lock
 /// back, so a dcmgr that dies holding one frees it.
