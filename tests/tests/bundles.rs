@@ -546,6 +546,36 @@ async fn hostile_bundles_are_refused_and_create_nothing(db: Db) {
         resigned(&|m| m.model.images.iter_mut().find_map(|i| i.blob.as_mut()).unwrap().sha256 = "ab".repeat(32));
     assert_eq!(api_err(cb.plan_bundle(wrong_blob.clone(), &[]).await), (400, "bundle_chunk_mismatch".into()));
     assert_eq!(api_err(cb.import_bundle(wrong_blob, &[]).await), (400, "bundle_chunk_mismatch".into()));
+    // Image data is checked as an upload's is, against the format the manifest gives it
+    // (hosts and sta open it with that format), even from a trusted signer: a qcow2 that
+    // names a host file as its backing file, and a qcow2 the manifest calls raw. Before,
+    // both were stored as they came, and a volume filled from the first would have read
+    // the host's file.
+    let qcow2 = |extra: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.qcow2");
+        let mut args = vec!["create", "-q", "-f", "qcow2"];
+        args.extend_from_slice(extra);
+        args.extend([path.to_str().unwrap(), "1M"]);
+        assert!(std::process::Command::new("qemu-img").args(&args).status().unwrap().success());
+        std::fs::read(&path).unwrap()
+    };
+    let with_image = |data: Vec<u8>, format: vdc_schema::ImageFormat| {
+        let (mut m2, mut all) = (m.clone(), chunks.clone());
+        let sha = vdc_bundle::sha256_hex(&data);
+        let mut img = m2.model.images.iter().find(|i| i.blob.is_some()).unwrap().clone();
+        (img.id, img.name, img.format) = (ImageId::generate().to_string(), "smuggled".into(), format);
+        img.blob =
+            Some(vdc_bundle::BlobRef { sha256: sha.clone(), size: data.len() as u64, chunks: vec![sha.clone()] });
+        m2.model.images.push(img);
+        m2.chunks.push(vdc_bundle::ChunkRef { sha256: sha, size: data.len() as u64 });
+        all.push(data);
+        write(&m2, &all, &key)
+    };
+    let backed = with_image(qcow2(&["-b", "/etc/hostname", "-F", "raw"]), vdc_schema::ImageFormat::Qcow2);
+    assert_eq!(api_err(cb.import_bundle(backed, &[]).await), (400, "backing_file".into()));
+    let called_raw = with_image(qcow2(&[]), vdc_schema::ImageFormat::Raw);
+    assert_eq!(api_err(cb.import_bundle(called_raw, &[]).await), (400, "format_mismatch".into()));
     // Nothing of any of them was created.
     assert!(cb.list_all_networks().await.unwrap().is_empty());
     assert!(cb.list_all_security_groups().await.unwrap().is_empty());

@@ -20,7 +20,7 @@ use ipnet::Ipv4Net;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use vdc_bundle::{BundleError, Manifest};
 use vdc_bus::fileio::DirectReader;
 use vdc_schema::api::{
@@ -28,7 +28,7 @@ use vdc_schema::api::{
     RuleSpec,
 };
 use vdc_schema::id::*;
-use vdc_schema::state::{HypervisorKind, ImageState, ServerGroupPolicy};
+use vdc_schema::state::{HypervisorKind, ImageFormat, ImageState, ServerGroupPolicy};
 
 impl From<BundleError> for ApiError {
     fn from(e: BundleError) -> Self {
@@ -1972,26 +1972,53 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
 // ---------------------------------------------------------------- import
 
 /// The blobs an import stores: new images', root disks' and (unless skipped) volumes'.
-fn blobs_to_store<'a>(m: &'a Manifest, d: &Decision, maps: &Maps) -> Vec<(String, &'a vdc_bundle::BlobRef)> {
+/// The blobs the import makes images of: (what, blob, the format the manifest gives it).
+fn blobs_to_store<'a>(
+    m: &'a Manifest,
+    d: &Decision,
+    maps: &Maps,
+) -> Vec<(String, &'a vdc_bundle::BlobRef, Option<ImageFormat>)> {
     let mut out = Vec::new();
     for i in &m.model.images {
         if let (Some(blob), Some(ImageChoice::New)) = (&i.blob, d.images.get(&i.id)) {
-            out.push((format!("image {}", i.name), blob));
+            out.push((format!("image {}", i.name), blob, Some(i.format)));
         }
     }
     for i in m.model.instances.iter().filter(|i| !d.kept.contains_key(&i.id)) {
         if let Some(blob) = &i.root_disk {
-            out.push((format!("the root disk of instance {}", i.name), blob));
+            out.push((format!("the root disk of instance {}", i.name), blob, i.root_disk_format));
         }
     }
     if !maps.skip_volumes {
         for v in m.model.volumes.iter().filter(|v| !d.kept.contains_key(&v.id)) {
             if let Some(blob) = &v.data {
-                out.push((format!("volume {}", v.name), blob));
+                out.push((format!("volume {}", v.name), blob, v.data_format));
             }
         }
     }
     out
+}
+
+/// Checks blob data as an upload's is checked (`image_check::inspect`) against the format
+/// the manifest gives it: hosts and sta open it with that format, and a bundle is hostile
+/// input even when its signer is trusted (a qcow2 naming a backing file would have a
+/// volume filled from a host file). Kernels and initrds are passed to QEMU as they are.
+async fn check_blob(ctx: &SharedCtx, what: &str, path: &Path, format: Option<ImageFormat>) -> ApiResult<()> {
+    let Some(format) = format.filter(|f| matches!(f, ImageFormat::Raw | ImageFormat::Qcow2 | ImageFormat::Tar)) else {
+        return Ok(());
+    };
+    let (path, max_virtual) = (path.to_owned(), ctx.config.images.max_virtual_bytes);
+    let found = tokio::task::spawn_blocking(move || crate::app::image_check::inspect(&path, format, max_virtual))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|r| ApiError::bad(r.code, format!("{what} in the bundle: {}", r.message)))?;
+    if found.format != format {
+        return Err(ApiError::bad(
+            "format_mismatch",
+            format!("{what} in the bundle: its data is {}, the manifest says {format}", found.format),
+        ));
+    }
+    Ok(())
 }
 
 /// Every blob the manifest names.
@@ -2007,12 +2034,18 @@ fn manifest_blobs(m: &Manifest) -> impl Iterator<Item = &str> {
 /// written twice.
 async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -> ApiResult<()> {
     let mut done = HashSet::new();
-    for (what, blob) in blobs_to_store(&r.manifest, d, maps) {
-        if !done.insert(&blob.sha256) || ctx.blobs.local_path(&blob.sha256).is_some_and(|p| p.exists()) {
+    for (what, blob, format) in blobs_to_store(&r.manifest, d, maps) {
+        // In the store already (a blob an S3 store holds was checked when it came in).
+        if let Some(p) = ctx.blobs.local_path(&blob.sha256).filter(|p| p.exists()) {
+            check_blob(ctx, &what, &p, format).await?;
             continue;
         }
-        // Assembled and checked as its chunks arrived: taken as it is.
+        if !done.insert(&blob.sha256) {
+            continue;
+        }
+        // Assembled and its hash checked as its chunks arrived.
         if let Some(p) = r.assembled.get(&blob.sha256) {
+            check_blob(ctx, &what, p, format).await?;
             ctx.blobs.put(&blob.sha256, p).await.map_err(ApiError::internal)?;
             continue;
         }
@@ -2044,7 +2077,13 @@ async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -
         }
         .await;
         match ok {
-            Ok(true) => ctx.blobs.put(&blob.sha256, &tmp).await.map_err(ApiError::internal)?,
+            Ok(true) => {
+                if let Err(e) = check_blob(ctx, &what, &tmp, format).await {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                ctx.blobs.put(&blob.sha256, &tmp).await.map_err(ApiError::internal)?
+            }
             Ok(false) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(ApiError::bad(

@@ -118,11 +118,22 @@ impl std::io::Write for ChannelWriter {
     }
 }
 
-const BUNDLE_ERRORS: &str = "The bundle is refused, nothing created: `bundle_bad_magic`, `bundle_truncated`, \
+macro_rules! bundle_errors {
+    () => {
+        "The bundle is refused, nothing created: `bundle_bad_magic`, `bundle_truncated`, \
     `bundle_bad_frame`, `bundle_invalid_manifest`, `bundle_unsupported_version`, `bundle_bad_signature`, \
     `bundle_untrusted_key`, `bundle_chunk_mismatch`, `bundle_chunk_unlisted`, `bundle_chunk_duplicate`, \
     `bundle_chunk_missing`, `bundle_chunk_too_large`, `bundle_chunk_not_held`, `bundle_too_many`, `bundle_invalid_name`, \
-    `bundle_dangling_reference`, `bundle_duplicate_id`, `bundle_io`; or `invalid_query`";
+    `bundle_dangling_reference`, `bundle_duplicate_id`, `bundle_io`; or `invalid_query`"
+    };
+}
+const BUNDLE_ERRORS: &str = bundle_errors!();
+const BUNDLE_IMPORT_ERRORS: &str = concat!(
+    bundle_errors!(),
+    "; or image data the import would store, checked as an upload's (against the format the manifest \
+    gives it): `format_mismatch`, `backing_file`, `external_data_file`, `unsupported_format`, \
+    `invalid_image_data`, `virtual_size_too_large`, `unsafe_tar`"
+);
 
 #[utoipa::path(post, path = "/api/v1/bundle/plan", tag = "bundles", operation_id = "bundle_plan",
     summary = "Verify a bundle and show what importing it would do",
@@ -170,7 +181,7 @@ pub async fn plan(
     responses(
         (status = 201, description = "Imported", body = BundleImported),
         (status = 200, description = "Imported before: nothing changed", body = BundleImported),
-        (status = 400, description = BUNDLE_ERRORS, body = ErrorBody),
+        (status = 400, description = BUNDLE_IMPORT_ERRORS, body = ErrorBody),
         (status = 409, description = "`bundle_unresolved`: the plan has conflicts (see plan), or \
             `no_host`-style capacity answers for its instances", body = ErrorBody),
         (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
