@@ -140,18 +140,17 @@ pub async fn sweep(ctx: &SharedCtx) -> ApiResult<()> {
                     }
                     Some(id) => snapshot::delete(ctx, &caller, &id.parse().map_err(ApiError::internal)?).await.is_ok(),
                 },
-                _ => match instances::act(
-                    ctx,
-                    &caller,
-                    &name.parse().map_err(ApiError::internal)?,
-                    InstanceAction::Start,
-                )
-                .await
-                {
-                    // Running already, or gone: nothing to start.
-                    Ok(_) | Err(ApiError::Conflict { .. } | ApiError::NotFound { .. }) => true,
-                    Err(_) => false,
-                },
+                _ => {
+                    let id = name.parse().map_err(ApiError::internal)?;
+                    let started = instances::act(ctx, &caller, &id, InstanceAction::Start).await.map(|_| ());
+                    let now = match &started {
+                        Err(ApiError::Conflict { .. }) => {
+                            instances::fetch(ctx, &caller, &id).await.ok().map(|i| i.state)
+                        }
+                        _ => None,
+                    };
+                    restarted(&started, now)
+                }
             };
             if done {
                 bstore::remove_export_temporary(&ctx.db, &run, &kind, &name).await?;
@@ -165,6 +164,21 @@ pub async fn sweep(ctx: &SharedCtx) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+/// Whether an instance a cut-off export stopped needs no more starting, from the outcome
+/// of starting it and, when that was refused, its state now. A refusal while the stop or
+/// the capture the export asked for still runs (dcmgr restarted meanwhile) is not the end:
+/// it is started once they are over, unless the tenant is deleting it.
+fn restarted(start: &ApiResult<()>, now: Option<InstanceState>) -> bool {
+    match start {
+        // Running or starting already (200), or gone.
+        Ok(()) | Err(ApiError::NotFound { .. }) => true,
+        Err(ApiError::Conflict { .. }) => {
+            matches!(now, None | Some(InstanceState::ShuttingDown | InstanceState::Terminated))
+        }
+        Err(_) => false,
+    }
 }
 
 /// The blobs (SHA-256) of the captured disks and volumes, with the format the capture
@@ -441,5 +455,24 @@ async fn changed(changes: &mut Receiver<Arc<[Event]>>, kind: Kind, id: &str) {
             },
             _ = &mut poll => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_refused_while_the_export_stop_or_capture_runs_is_tried_again() {
+        let refused = Err(ApiError::conflict("invalid_state", "refused"));
+        assert!(!restarted(&refused, Some(InstanceState::Stopping)));
+        assert!(!restarted(&refused, Some(InstanceState::Capturing)));
+        assert!(restarted(&refused, Some(InstanceState::Terminated)));
+        assert!(restarted(&refused, Some(InstanceState::ShuttingDown)));
+        // Gone between the start and the look.
+        assert!(restarted(&refused, None));
+        assert!(restarted(&Ok(()), None));
+        assert!(restarted(&Err(ApiError::not_found("instance", "i-x")), None));
+        assert!(!restarted(&Err(ApiError::internal("database down")), None));
     }
 }
