@@ -31,27 +31,11 @@ fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
 }
 
 fn req(name: &str, format: ImageFormat, source: Option<String>, checksum: Option<String>) -> CreateImage {
-    CreateImage {
-        name: name.into(),
-        format,
-        arch: Arch::X86_64,
-        hypervisors: if format == ImageFormat::Tar {
-            vec![HypervisorKind::Lxc]
-        } else {
-            vec![HypervisorKind::Qemu, HypervisorKind::Kvm]
-        },
-        source,
-        checksum,
-        initrd: None,
-        kernel_cmdline: None,
-        public: false,
-        default_user: None,
-        boot_mode: Default::default(),
-        kernel_id: None,
-        min_disk: None,
-        min_memory: None,
-        os: None,
-    }
+    let hypervisors = match format {
+        ImageFormat::Tar => vec![HypervisorKind::Lxc],
+        _ => vec![HypervisorKind::Qemu, HypervisorKind::Kvm],
+    };
+    CreateImage { hypervisors, source, checksum, ..vdc_tests::image_request(name, format) }
 }
 
 fn qemu_img(args: &[&str]) {

@@ -549,23 +549,7 @@ async fn import_server() -> (u16, Arc<AtomicUsize>, Arc<AtomicBool>) {
 const SLOW_LEN: usize = 1 << 20;
 
 fn url_image(name: &str, url: String) -> vdc_schema::api::CreateImage {
-    vdc_schema::api::CreateImage {
-        name: name.into(),
-        format: vdc_schema::ImageFormat::Raw,
-        arch: vdc_schema::Arch::X86_64,
-        hypervisors: vec![HypervisorKind::Qemu],
-        source: Some(url),
-        checksum: None,
-        initrd: None,
-        kernel_cmdline: None,
-        public: false,
-        default_user: None,
-        boot_mode: Default::default(),
-        kernel_id: None,
-        min_disk: None,
-        min_memory: None,
-        os: None,
-    }
+    vdc_schema::api::CreateImage { source: Some(url), ..vdc_tests::image_request(name, vdc_schema::ImageFormat::Raw) }
 }
 
 /// Before, each dcmgr claimed an image's ingest in its own memory only: one starting
@@ -624,7 +608,7 @@ async fn an_images_data_is_taken_in_by_one_controller_at_a_time() {
     assert!(ended.load(Ordering::SeqCst) || hits.load(Ordering::SeqCst) == 2);
 
     // Two uploads to one image, through dcmgr0 and dcmgr2: the second is busy at once.
-    let upload = vdc_schema::api::CreateImage { source: None, ..url_image("up", String::new()) };
+    let upload = vdc_tests::image_request("up", vdc_schema::ImageFormat::Raw);
     let up = clients[0].create_image(&upload).await.unwrap();
     let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let first = tokio::spawn({

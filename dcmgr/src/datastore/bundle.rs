@@ -596,24 +596,30 @@ pub async fn start_export_run(pool: &db::Pool, id: &str, account: &AccountId) ->
 /// Records something the run is about to make (`image`, `snapshot`: its name) or stop
 /// (`restart`: the instance's ID).
 pub async fn add_export_temporary(pool: &db::Pool, run: &str, kind: &str, name: &str) -> Result<(), sqlx::Error> {
-    let mut tx = db::begin(pool).await?;
-    sqlx::query("INSERT INTO export_temporaries (export_id, kind, name) VALUES ($1, $2, $3)")
-        .bind(run)
-        .bind(kind)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
+    on_export_temporary(
+        pool,
+        "INSERT INTO export_temporaries (export_id, kind, name) VALUES ($1, $2, $3)",
+        run,
+        kind,
+        name,
+    )
+    .await
 }
 
 pub async fn remove_export_temporary(pool: &db::Pool, run: &str, kind: &str, name: &str) -> Result<(), sqlx::Error> {
+    let sql = "DELETE FROM export_temporaries WHERE export_id = $1 AND kind = $2 AND name = $3";
+    on_export_temporary(pool, sql, run, kind, name).await
+}
+
+async fn on_export_temporary(
+    pool: &db::Pool,
+    sql: &'static str,
+    run: &str,
+    kind: &str,
+    name: &str,
+) -> Result<(), sqlx::Error> {
     let mut tx = db::begin(pool).await?;
-    sqlx::query("DELETE FROM export_temporaries WHERE export_id = $1 AND kind = $2 AND name = $3")
-        .bind(run)
-        .bind(kind)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(sql).bind(run).bind(kind).bind(name).execute(&mut *tx).await?;
     tx.commit().await
 }
 

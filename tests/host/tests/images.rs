@@ -21,21 +21,8 @@ async fn an_uploaded_rootfs_boots_and_a_second_container_fetches_nothing() {
     let c = s.account("uploader").await;
     let img = c
         .create_image(&CreateImage {
-            name: "my-rootfs".into(),
-            format: ImageFormat::Tar,
-            arch: Arch::X86_64,
             hypervisors: vec![HypervisorKind::Lxc],
-            source: None,
-            checksum: None,
-            initrd: None,
-            kernel_cmdline: None,
-            public: false,
-            default_user: None,
-            boot_mode: Default::default(),
-            kernel_id: None,
-            min_disk: None,
-            min_memory: None,
-            os: None,
+            ..vdc_tests::image_request("my-rootfs", ImageFormat::Tar)
         })
         .await
         .unwrap();
