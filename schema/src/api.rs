@@ -619,7 +619,8 @@ pub struct CreateSnapshotImage {
     /// The new image's name: 1 to 64 printable characters, no leading or trailing space.
     #[schema(min_length = 1, max_length = 64)]
     pub image_name: String,
-    /// `raw` (default) or `qcow2`.
+    /// `raw` (default) or `qcow2`. Blocks that begin with a disk image format's header
+    /// are stored as qcow2 even when raw is asked: raw, they would be read as that image.
     pub format: Option<ImageFormat>,
     /// Default `x86_64`.
     pub arch: Option<Arch>,

@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod api;
 pub mod bus;
+pub mod disk;
 pub mod id;
 pub mod net;
 pub mod state;

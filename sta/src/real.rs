@@ -319,12 +319,22 @@ impl Inner {
 
     /// Sends a snapshot's blocks as an image's data: the raw blocks as they are, or a
     /// qcow2 converted beside the state file (`-f raw`: a tenant's bytes are never
-    /// probed for a format on this host). dcmgr checks them like any upload.
+    /// probed for a format on this host). dcmgr checks them like any upload. Raw blocks
+    /// that begin with an image format's header go as qcow2 too: sent raw, they would be
+    /// taken for that image (or refused), not for the volume's bytes.
     async fn image_from_snapshot(&self, spec: &SnapshotImageSpec) -> Result<(), SendFailure> {
         use SendFailure::Here;
         let data =
             self.backend.snapshot_data(&spec.volume_id, &spec.snapshot_id).await.map_err(|e| Here(e.to_string()))?;
-        let (file, scratch) = match spec.format {
+        let format = match spec.format {
+            ImageFormat::Raw
+                if looks_like_an_image(&data).await.map_err(|e| Here(format!("{}: {e}", data.display())))? =>
+            {
+                ImageFormat::Qcow2
+            }
+            f => f,
+        };
+        let (file, scratch) = match format {
             ImageFormat::Raw => (data, None),
             ImageFormat::Qcow2 => {
                 let dir = self.file.parent().unwrap_or(std::path::Path::new(".")).join("captures");
@@ -543,6 +553,14 @@ fn takes_direct(path: &Path, write: bool) -> bool {
     use rustix::fs::{Mode, OFlags};
     let access = if write { OFlags::WRONLY } else { OFlags::RDONLY };
     rustix::fs::open(path, access | OFlags::DIRECT | OFlags::CLOEXEC, Mode::empty()).is_ok()
+}
+
+/// Whether a volume's data begins with a disk image format's header.
+async fn looks_like_an_image(path: &std::path::Path) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::with_capacity(vdc_schema::disk::HEAD);
+    tokio::fs::File::open(path).await?.take(vdc_schema::disk::HEAD as u64).read_to_end(&mut head).await?;
+    Ok(vdc_schema::disk::format_of(&head).is_some())
 }
 
 #[cfg(test)]
@@ -816,5 +834,18 @@ mod tests {
         );
         assert_eq!(lines[3], new);
         assert_eq!(lines.last().unwrap(), bind);
+    }
+
+    #[tokio::test]
+    async fn volume_bytes_that_begin_with_an_image_header_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, qcow) = (dir.path().join("plain"), dir.path().join("qcow"));
+        std::fs::write(&plain, vec![0u8; 4096]).unwrap();
+        let mut bytes = b"QFI\xfb\0\0\0\x03".to_vec();
+        bytes.resize(4096, 7);
+        std::fs::write(&qcow, bytes).unwrap();
+        assert!(!looks_like_an_image(&plain).await.unwrap());
+        assert!(looks_like_an_image(&qcow).await.unwrap());
+        assert!(looks_like_an_image(&dir.path().join("gone")).await.is_err());
     }
 }

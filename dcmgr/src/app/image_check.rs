@@ -103,22 +103,6 @@ enum Sniffed {
     Raw(u64),
 }
 
-/// Formats qemu knows by their first bytes, refused by name rather than taken for raw.
-const OTHER_FORMATS: &[(usize, &[u8], &str)] = &[
-    (0, b"KDMV", "vmdk"),
-    (0, b"COWD", "vmdk"),
-    (0, b"# Disk DescriptorFile", "vmdk"),
-    (0, b"vhdxfile", "vhdx"),
-    (0, b"conectix", "vpc"),
-    (0x40, &[0x7f, 0x10, 0xda, 0xbe], "vdi"),
-    (0, b"QED\0", "qed"),
-    (0, b"LUKS\xba\xbe", "luks"),
-    (0, b"WithoutFreeSpace", "parallels"),
-    (0, b"WithouFreSpacExt", "parallels"),
-    (0, b"Bochs Virtual HD Image", "bochs"),
-    (0, b"#!/bin/sh\n#V2.0 Format", "cloop"),
-];
-
 /// Reads the data's header before any tool does. qemu-img left to probe opens what a
 /// header names: a VMDK descriptor's extents (any host file, or a FIFO it then waits on
 /// for ever), a qcow2's backing or data file on an older qemu.
@@ -126,15 +110,13 @@ fn sniff(path: &Path) -> Result<Sniffed, Refusal> {
     let cannot = |e: std::io::Error| refuse("inspection_failed", format!("cannot read the data: {e}"));
     let mut f = std::fs::File::open(path).map_err(cannot)?;
     let len = f.metadata().map_err(cannot)?.len();
-    let mut head = Vec::with_capacity(512);
-    (&mut f).take(512).read_to_end(&mut head).map_err(cannot)?;
-    for (at, magic, name) in OTHER_FORMATS {
-        if head.get(*at..at + magic.len()) == Some(*magic) {
-            return Err(other_format(name));
-        }
-    }
-    if !head.starts_with(b"QFI\xfb") {
-        return Ok(Sniffed::Raw(len));
+    let mut head = Vec::with_capacity(vdc_schema::disk::HEAD);
+    (&mut f).take(vdc_schema::disk::HEAD as u64).read_to_end(&mut head).map_err(cannot)?;
+    // Formats other than qcow2 are refused by name rather than taken for raw.
+    match vdc_schema::disk::format_of(&head) {
+        None => return Ok(Sniffed::Raw(len)),
+        Some("qcow2") => {}
+        Some(name) => return Err(other_format(name)),
     }
     let be32 = |at: usize| head.get(at..at + 4).map(|b| u32::from_be_bytes(b.try_into().unwrap()));
     let be64 = |at: usize| head.get(at..at + 8).map(|b| u64::from_be_bytes(b.try_into().unwrap()));
