@@ -572,10 +572,24 @@ async fn hostile_bundles_are_refused_and_create_nothing(db: Db) {
         all.push(data);
         write(&m2, &all, &key)
     };
+    // The plan refuses them too, from their headers: before, it answered a plan with no
+    // conflict for both, and only the import refused them.
     let backed = with_image(qcow2(&["-b", "/etc/hostname", "-F", "raw"]), vdc_schema::ImageFormat::Qcow2);
+    let (status, code, message) = match cb.plan_bundle(backed.clone(), &[]).await {
+        Err(ClientError::Api { status, code, message, .. }) => (status, code, message),
+        other => panic!("expected the plan to refuse a backing file, got {other:?}"),
+    };
+    assert_eq!((status, code.as_str()), (400, "backing_file"));
+    assert!(message.contains("image smuggled") && message.contains("/etc/hostname"), "{message}");
     assert_eq!(api_err(cb.import_bundle(backed, &[]).await), (400, "backing_file".into()));
     let called_raw = with_image(qcow2(&[]), vdc_schema::ImageFormat::Raw);
+    assert_eq!(api_err(cb.plan_bundle(called_raw.clone(), &[]).await), (400, "format_mismatch".into()));
     assert_eq!(api_err(cb.import_bundle(called_raw, &[]).await), (400, "format_mismatch".into()));
+    // A disk larger as a guest sees it than the site allows (2 TiB by default).
+    let mut huge = qcow2(&[]);
+    huge[24..32].copy_from_slice(&(4u64 << 40).to_be_bytes());
+    let huge = with_image(huge, vdc_schema::ImageFormat::Qcow2);
+    assert_eq!(api_err(cb.plan_bundle(huge, &[]).await), (400, "virtual_size_too_large".into()));
     // Nothing of any of them was created.
     assert!(cb.list_all_networks().await.unwrap().is_empty());
     assert!(cb.list_all_security_groups().await.unwrap().is_empty());

@@ -1944,6 +1944,16 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
         decide(&r.manifest, &e, maps)
     };
     let asks = if same { vec![] } else { quota_asks(&r.manifest, &d) };
+    // The disks the import would store, checked from their first bytes as far as they
+    // allow: a plan does not keep the whole data (the import checks it all).
+    for (what, blob, format) in blobs_to_store(&r.manifest, &d, maps) {
+        if let (Some(format @ (ImageFormat::Raw | ImageFormat::Qcow2)), Some(head)) =
+            (format, r.assembled.head(&blob.sha256))
+        {
+            let found = crate::app::image_check::inspect_head(head, blob.size, ctx.config.images.max_virtual_bytes);
+            judge_blob(&what, format, found)?;
+        }
+    }
     let mut conflicts = d.conflicts;
     // The quota the import would exceed is shown with the rest: the import would refuse it.
     match quota::check(&mut conn, ctx, &caller.account_id, &asks).await {
@@ -2010,8 +2020,18 @@ async fn check_blob(ctx: &SharedCtx, what: &str, path: &Path, format: Option<Ima
     let (path, max_virtual) = (path.to_owned(), ctx.config.images.max_virtual_bytes);
     let found = tokio::task::spawn_blocking(move || crate::app::image_check::inspect(&path, format, max_virtual))
         .await
-        .map_err(ApiError::internal)?
-        .map_err(|r| ApiError::bad(r.code, format!("{what} in the bundle: {}", r.message)))?;
+        .map_err(ApiError::internal)?;
+    judge_blob(what, format, found)
+}
+
+/// A blob's check as an error of the bundle: refused as an upload would be, or data of
+/// another format than the manifest gives it.
+fn judge_blob(
+    what: &str,
+    format: ImageFormat,
+    found: Result<crate::app::image_check::Inspected, crate::app::image_check::Refusal>,
+) -> ApiResult<()> {
+    let found = found.map_err(|r| ApiError::bad(r.code, format!("{what} in the bundle: {}", r.message)))?;
     if found.format != format {
         return Err(ApiError::bad(
             "format_mismatch",

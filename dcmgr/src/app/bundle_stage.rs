@@ -10,7 +10,8 @@
 //!
 //! A plan checks the same way without writing the blobs ([`Stager::verify`]): each blob
 //! hashed whole as its chunks arrive, only chunks needed again kept, in a directory of
-//! the plan's own.
+//! the plan's own. Each blob's first bytes are kept ([`Assembled::head`]): a plan checks
+//! a disk's header from them as the import checks the whole data.
 //!
 //! Why: staging every chunk and then reading them all again to store each blob wrote and
 //! read every byte once more. Host test `bundles` (256 MiB volume, release, 2026-12-02):
@@ -27,21 +28,34 @@ use vdc_bus::fileio::{DirectFile, FileWriter};
 /// Blobs assembled at once (each holds a 4 MiB aligned buffer).
 const OPEN_MAX: usize = 8;
 
+/// How many of a blob's first bytes are kept: a disk image's header, and a qcow2's
+/// backing file name where qemu-img writes it.
+const HEAD_KEPT: usize = 4096;
+
 /// Blobs assembled by a receive, by SHA-256; the files not taken into the store are
 /// removed when this is dropped.
 #[derive(Debug, Default)]
-pub struct Assembled(HashMap<String, PathBuf>);
+pub struct Assembled {
+    files: HashMap<String, PathBuf>,
+    heads: HashMap<String, Vec<u8>>,
+}
 
 impl Assembled {
     /// The assembled file of blob `sha256`, whole and checked against its hash.
     pub fn get(&self, sha256: &str) -> Option<&Path> {
-        self.0.get(sha256).map(PathBuf::as_path)
+        self.files.get(sha256).map(PathBuf::as_path)
+    }
+
+    /// The first bytes of blob `sha256` (assembled or only hashed), once it was whole and
+    /// checked against its hash.
+    pub fn head(&self, sha256: &str) -> Option<&[u8]> {
+        self.heads.get(sha256).map(Vec::as_slice)
     }
 }
 
 impl Drop for Assembled {
     fn drop(&mut self) {
-        for p in self.0.values() {
+        for p in self.files.values() {
             // Gone already when the store took it.
             let _ = std::fs::remove_file(p);
         }
@@ -66,6 +80,7 @@ struct Blob {
     chunks: Vec<String>,
     next: usize,
     state: State,
+    head: Vec<u8>,
 }
 
 impl Blob {
@@ -149,7 +164,7 @@ impl Stager {
                 *wanted.entry(c.clone()).or_insert(0) += 1;
             }
             let state = if b.chunks.is_empty() || stored(&b.sha256) { State::Off } else { State::Waiting };
-            blobs.push(Blob { sha256: b.sha256.clone(), chunks: b.chunks.clone(), next: 0, state });
+            blobs.push(Blob { sha256: b.sha256.clone(), chunks: b.chunks.clone(), next: 0, state, head: Vec::new() });
         }
         Ok(Stager {
             chunk_dir: chunk_dir.to_owned(),
@@ -199,10 +214,12 @@ impl Stager {
         let mut done = Assembled::default();
         for b in &mut self.blobs {
             match std::mem::replace(&mut b.state, State::Off) {
-                State::Done(p) if self.assemble => {
-                    done.0.insert(b.sha256.clone(), p);
+                State::Done(p) => {
+                    done.heads.insert(b.sha256.clone(), std::mem::take(&mut b.head));
+                    if self.assemble {
+                        done.files.insert(b.sha256.clone(), p);
+                    }
                 }
-                State::Done(_) => {}
                 State::Open { path, .. } => {
                     let _ = std::fs::remove_file(&path);
                     return Err(BundleError::MissingChunk(b.chunks[b.next].clone()));
@@ -266,6 +283,9 @@ impl Stager {
         let blob = &mut self.blobs[b];
         let State::Open { hash, .. } = &mut blob.state else { unreachable!("opened above") };
         hash.update(data);
+        if blob.next == 0 {
+            blob.head = data[..data.len().min(HEAD_KEPT)].to_vec();
+        }
         if let Some(n) = self.wanted.get_mut(&blob.chunks[blob.next]) {
             *n -= 1;
         }
@@ -416,6 +436,8 @@ mod tests {
         }
         let done = st.finish().unwrap();
         assert!(m.model.volumes.iter().all(|v| done.get(&v.data.as_ref().unwrap().sha256).is_none()));
+        let first = &m.model.volumes[0].data.as_ref().unwrap().sha256;
+        assert_eq!(done.head(first), Some(&a.data[..HEAD_KEPT]), "its first bytes are kept for the plan's check");
         // a is needed again by the second blob; z twice in a row is hashed twice at once.
         assert_eq!(files(&chunks), vec![a.sha256.clone()], "needed again, nothing else");
         assert_eq!(files(d.path()), vec!["plan".to_string()]);

@@ -71,7 +71,7 @@ fn inspect_disk(path: &Path, max_virtual: u64) -> Result<Inspected, Refusal> {
         Sniffed::Raw(len) => {
             return decide_disk(&serde_json::json!({"format": "raw", "virtual-size": len}), max_virtual)
         }
-        Sniffed::Qcow2 => "qcow2",
+        Sniffed::Qcow2 { .. } => "qcow2",
     };
     // `-f qcow2`, never a probe: the header was read above, so qemu-img reads it as
     // nothing else. It opens neither a backing file nor a data file for `info`, and
@@ -98,7 +98,8 @@ fn inspect_disk(path: &Path, max_virtual: u64) -> Result<Inspected, Refusal> {
 }
 
 enum Sniffed {
-    Qcow2,
+    /// With the virtual size its header gives.
+    Qcow2 { virtual_size: u64 },
     /// Any other bytes are a raw disk of this many bytes: hosts read them with `-f raw`.
     Raw(u64),
 }
@@ -112,8 +113,19 @@ fn sniff(path: &Path) -> Result<Sniffed, Refusal> {
     let len = f.metadata().map_err(cannot)?.len();
     let mut head = Vec::with_capacity(vdc_schema::disk::HEAD);
     (&mut f).take(vdc_schema::disk::HEAD as u64).read_to_end(&mut head).map_err(cannot)?;
+    sniff_head(&head, len, |at, size| {
+        use std::io::{Seek, SeekFrom};
+        let mut name = vec![0; size];
+        let read = f.seek(SeekFrom::Start(at)).and_then(|_| f.read_exact(&mut name));
+        read.ok().map(|_| String::from_utf8_lossy(&name).into_owned())
+    })
+}
+
+/// The header check of data of `len` bytes that begins with `head`; `name_at` reads the
+/// backing file's name a qcow2 header points to, for the message.
+fn sniff_head(head: &[u8], len: u64, name_at: impl FnOnce(u64, usize) -> Option<String>) -> Result<Sniffed, Refusal> {
     // Formats other than qcow2 are refused by name rather than taken for raw.
-    match vdc_schema::disk::format_of(&head) {
+    match vdc_schema::disk::format_of(head) {
         None => return Ok(Sniffed::Raw(len)),
         Some("qcow2") => {}
         Some(name) => return Err(other_format(name)),
@@ -131,11 +143,7 @@ fn sniff(path: &Path) -> Result<Sniffed, Refusal> {
     let backing_at = be64(8).ok_or_else(damaged)?;
     if backing_at != 0 {
         let size = be32(16).ok_or_else(damaged)?.min(1023);
-        let mut name = vec![0; size as usize];
-        use std::io::{Seek, SeekFrom};
-        let read = f.seek(SeekFrom::Start(backing_at)).and_then(|_| f.read_exact(&mut name));
-        let name = if read.is_ok() { String::from_utf8_lossy(&name).into_owned() } else { "?".into() };
-        return Err(backing_file(&name));
+        return Err(backing_file(&name_at(backing_at, size as usize).unwrap_or_else(|| "?".into())));
     }
     if be32(32).ok_or_else(damaged)? != 0 {
         return Err(refuse("unsupported_format", "the disk image is encrypted: hosts cannot boot it"));
@@ -144,7 +152,23 @@ fn sniff(path: &Path) -> Result<Sniffed, Refusal> {
     if version == 3 && be64(72).ok_or_else(damaged)? & (1 << 2) != 0 {
         return Err(external_data_file(None));
     }
-    Ok(Sniffed::Qcow2)
+    let virtual_size = be64(24).ok_or_else(damaged)?;
+    Ok(Sniffed::Qcow2 { virtual_size })
+}
+
+/// What [`inspect`] refuses in a disk's header, from its first bytes only (a bundle's
+/// plan holds no more of a blob): another format, a qcow2's backing or data file,
+/// encryption, and a virtual size beyond `max_virtual`. The import runs the whole check.
+pub fn inspect_head(head: &[u8], len: u64, max_virtual: u64) -> Result<Inspected, Refusal> {
+    let name_at = |at: u64, size: usize| {
+        let at = usize::try_from(at).ok()?;
+        head.get(at..at.checked_add(size)?).map(|n| String::from_utf8_lossy(n).into_owned())
+    };
+    let (format, vsize) = match sniff_head(head, len, name_at)? {
+        Sniffed::Raw(len) => ("raw", len),
+        Sniffed::Qcow2 { virtual_size } => ("qcow2", virtual_size),
+    };
+    decide_disk(&serde_json::json!({"format": format, "virtual-size": vsize}), max_virtual)
 }
 
 fn other_format(name: &str) -> Refusal {

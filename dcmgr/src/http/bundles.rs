@@ -127,7 +127,12 @@ macro_rules! bundle_errors {
     `bundle_dangling_reference`, `bundle_duplicate_id`, `bundle_io`; or `invalid_query`"
     };
 }
-const BUNDLE_ERRORS: &str = bundle_errors!();
+const BUNDLE_PLAN_ERRORS: &str = concat!(
+    bundle_errors!(),
+    "; or a disk the import would store whose header is refused as an upload's would be (the import \
+    checks all of its data): `format_mismatch`, `backing_file`, `external_data_file`, `unsupported_format`, \
+    `invalid_image_data`, `virtual_size_too_large`"
+);
 const BUNDLE_IMPORT_ERRORS: &str = concat!(
     bundle_errors!(),
     "; or image data the import would store, checked as an upload's (against the format the manifest \
@@ -156,7 +161,7 @@ const BUNDLE_IMPORT_ERRORS: &str = concat!(
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The bundle"),
     responses(
         (status = 200, description = "The plan", body = BundlePlan),
-        (status = 400, description = BUNDLE_ERRORS, body = ErrorBody)))]
+        (status = 400, description = BUNDLE_PLAN_ERRORS, body = ErrorBody)))]
 pub async fn plan(
     State(ctx): State<SharedCtx>,
     caller: Caller,
