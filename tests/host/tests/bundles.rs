@@ -1,6 +1,7 @@
 //! A VDC bundle with its data, on real parts: a real QEMU guest, stopped, whose disk the
 //! real hva captures (flattened overlay), and a 256 MiB volume on sta's file backend with
-//! known bytes that begin with a qcow2 image (read through a snapshot by the real sta). It is exported through the API,
+//! known bytes (read through a snapshot by the real sta), and a small one whose bytes
+//! begin with a qcow2 image. It is exported through the API,
 //! imported into another account, and the bytes arrive: the guest's disk image and the
 //! new volume's file have the SHA-256 of the originals, and the guest boots from its
 //! carried disk. Prints export and import throughput against `cp` of the same volume and
@@ -41,6 +42,20 @@ fn pattern(len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// Volume `name` once it is filled (available).
+async fn filled(c: &Client, name: &str) -> Volume {
+    let v = c.list_all_volumes().await.unwrap().into_iter().find(|v| v.name == name).unwrap();
+    for _ in 0..600 {
+        let now = c.get_volume(&v.id).await.unwrap();
+        if now.state != VolumeState::Creating {
+            assert_eq!(now.state, VolumeState::Available, "{now:?}");
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("volume {name} is not filled");
 }
 
 async fn ok<T>(c: &Client, a: Accepted<T>) -> T {
@@ -98,15 +113,20 @@ async fn a_stopped_guest_and_a_volume_arrive_with_their_bytes() {
     let vol = ok(&src, src.create_volume(&vol).await.unwrap()).await;
     let luns = dir.path().join("volumes/volumes");
     let lun = luns.join(format!("{}.img", vol.id));
-    // Beginning with a whole qcow2 image, as a guest may write one to its disk: the
-    // volume's bytes travel as they are, not as the disk qemu-img would find in them.
-    let mut bytes = pattern((VOLUME_MIB << 20) as usize);
+    std::fs::write(&lun, pattern((VOLUME_MIB << 20) as usize)).unwrap();
+    let want_volume = sha256(&lun);
+    // A small one beginning with a whole qcow2 image, as a guest may write one to its
+    // disk: its bytes travel as they are, not as the disk qemu-img would find in them.
+    let nested = CreateVolume { name: "nested".into(), size_mib: Some(4), snapshot_id: None, image_id: None };
+    let nested = ok(&src, src.create_volume(&nested).await.unwrap()).await;
+    let mut bytes = pattern(4 << 20);
     let inner = dir.path().join("inner.qcow2");
     run("qemu-img", &["create", "-q", "-f", "qcow2", inner.to_str().unwrap(), "1M"]);
     let inner = std::fs::read(&inner).unwrap();
     bytes[..inner.len()].copy_from_slice(&inner);
-    std::fs::write(&lun, bytes).unwrap();
-    let want_volume = sha256(&lun);
+    let nested_lun = luns.join(format!("{}.img", nested.id));
+    std::fs::write(&nested_lun, bytes).unwrap();
+    let want_nested = sha256(&nested_lun);
 
     let t = Instant::now();
     run("cp", &[lun.to_str().unwrap(), dir.path().join("cp.img").to_str().unwrap()]);
@@ -132,8 +152,7 @@ async fn a_stopped_guest_and_a_volume_arrive_with_their_bytes() {
     let n = src.export_bundle(false, false, &mut f, |_| {}).await.unwrap();
     let export = t.elapsed().as_secs_f64();
     drop(f);
-    // All but the zeros of the qcow2 at its start (compressed).
-    assert!(n > (VOLUME_MIB - 1) << 20, "the bundle holds the volume: {n} bytes");
+    assert!(n > VOLUME_MIB << 20, "the bundle holds the volume: {n} bytes");
     // The export's snapshot and images are gone from the source.
     let live = |c: Client| async move {
         c.list_all_snapshots().await.unwrap().into_iter().filter(|s| s.state != SnapshotState::Deleted).count()
@@ -167,20 +186,13 @@ async fn a_stopped_guest_and_a_volume_arrive_with_their_bytes() {
         .join(root.checksum.unwrap().trim_start_matches("sha256:"));
     assert_eq!(sha256(&root_blob), sha256(&expected), "the guest's disk arrived: the flattened overlay");
 
-    let v = dst.list_all_volumes().await.unwrap().into_iter().find(|v| v.name == "data").unwrap();
-    let mut filled = None;
-    for _ in 0..600 {
-        let now = dst.get_volume(&v.id).await.unwrap();
-        if now.state != VolumeState::Creating {
-            filled = Some(now);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let filled = filled.expect("the volume is filled");
+    let v = filled(&dst, "data").await;
     let to_volume = t.elapsed().as_secs_f64();
-    assert_eq!(filled.state, VolumeState::Available, "{filled:?}");
     assert_eq!(sha256(&luns.join(format!("{}.img", v.id))), want_volume, "the volume's bytes arrived");
+    // Before, the nested volume's bytes were taken for the qcow2 they begin with: the
+    // volume at the target held that image's empty disk.
+    let v = filled(&dst, "nested").await;
+    assert_eq!(sha256(&luns.join(format!("{}.img", v.id))), want_nested, "the nested volume's bytes arrived");
 
     // The guest boots from its carried disk.
     ok(&dst, dst.start_instance(&guest.id).await.unwrap()).await;
