@@ -90,14 +90,22 @@ impl Inner {
     }
 
     fn save(&self) {
-        let bytes = serde_json::to_vec(&*self.state.lock().unwrap()).unwrap_or_default();
-        let tmp = self.file.with_extension("tmp");
-        let ok = std::fs::File::create(&tmp)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes).and_then(|_| f.sync_all()))
-            .and_then(|_| std::fs::rename(&tmp, &self.file));
-        if let Err(e) = ok {
+        if let Err(e) = self.try_save() {
             tracing::error!("cannot save {}: {e}", self.file.display());
         }
+    }
+
+    fn try_save(&self) -> std::io::Result<()> {
+        // Written under the lock it is read under, as hva saves: two saves at once (two
+        // volumes made at once, as an import does) shared the temporary file, so one
+        // failed ("cannot save …: No such file") and an older state could replace a newer
+        // one, a volume then forgotten at the next start.
+        let state = self.state.lock().unwrap();
+        let bytes = serde_json::to_vec(&*state).unwrap_or_default();
+        let tmp = self.file.with_extension("tmp");
+        std::fs::File::create(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes).and_then(|_| f.sync_all()))
+            .and_then(|_| std::fs::rename(&tmp, &self.file))
     }
 
     fn report_volume(&self, spec: &VolumeSpec, state: ObservedStorage, size_mib: u64, target: Option<VolumeTarget>) {
@@ -847,5 +855,32 @@ mod tests {
         assert!(!looks_like_an_image(&plain).await.unwrap());
         assert!(looks_like_an_image(&qcow).await.unwrap());
         assert!(looks_like_an_image(&dir.path().join("gone")).await.is_err());
+    }
+
+    /// Saves from many threads at once leave the latest state in the file.
+    #[tokio::test]
+    async fn saves_at_once_keep_the_latest_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = FakeRunner::new();
+        let backend = Arc::new(FileBackend::open(&dir.path().join("volumes")).await.unwrap());
+        let (sta, _) = storage(&f, backend, dir.path());
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let inner = &sta.inner;
+                s.spawn(move || {
+                    for n in 0..50u64 {
+                        inner
+                            .state
+                            .lock()
+                            .unwrap()
+                            .snapshots
+                            .insert(SnapshotId::generate(), (vol("vol-a"), t * 100 + n));
+                        inner.try_save().expect("a save at once with others");
+                    }
+                });
+            }
+        });
+        let saved: State = serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+        assert_eq!(saved.snapshots.len(), 400, "a save lost a newer state");
     }
 }
