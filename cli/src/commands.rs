@@ -939,17 +939,18 @@ fn parse_label_change(s: &str) -> Result<(String, Option<String>), String> {
 #[derive(Debug, Subcommand)]
 pub enum VolumeCmd {
     /// Create a volume: empty, from a snapshot, or filled from a qcow2/raw image
-    #[command(group(ArgGroup::new("origin").required(true).multiple(true).args(["size", "snapshot"])))]
+    #[command(group(ArgGroup::new("origin").required(true).multiple(true).args(["size", "snapshot", "image"])))]
     Create {
         name: String,
-        /// Size in MiB, or with a unit (512M, 10G, 1T) [default with --snapshot: the snapshot's]
+        /// Size in MiB, or with a unit (512M, 10G, 1T) [default with --snapshot: the
+        /// snapshot's; with --image: the image's disk size]
         #[arg(long, value_parser = parse_size_mib)]
         size: Option<u64>,
         /// Copy this snapshot
         #[arg(long, value_name = "SNAPSHOT", conflicts_with = "image")]
         snapshot: Option<Ref<api::Snapshot>>,
-        /// Fill the volume from this image (needs --size)
-        #[arg(long, value_name = "IMAGE", requires = "size")]
+        /// Fill the volume from this image
+        #[arg(long, value_name = "IMAGE")]
         image: Option<Ref<api::Image>>,
         #[command(flatten)]
         wait: WaitArg,
@@ -1273,5 +1274,8 @@ mod tests {
         assert!(egress);
         let cli = parse(&["volume", "create", "data", "--size", "10G"]).unwrap();
         assert!(matches!(cli.command, Command::Volume(VolumeCmd::Create { size: Some(10240), .. })));
+        // The image's disk size is dcmgr's default.
+        let cli = parse(&["volume", "create", "data", "--image", "debian"]).unwrap();
+        assert!(matches!(cli.command, Command::Volume(VolumeCmd::Create { size: None, image: Some(_), .. })));
     }
 }

@@ -402,6 +402,7 @@ impl Tabular for Image {
             ("SOURCE", self.source.clone()),
             ("CHECKSUM", opt(&self.checksum)),
             ("SIZE", self.size_bytes.map(|s| s.to_string()).unwrap_or_else(|| "-".into())),
+            ("DISK SIZE", self.virtual_size.map_or_else(|| "-".into(), |b| mib(b.div_ceil(1 << 20)))),
             ("INITRD", opt(&self.initrd)),
             ("KERNEL CMDLINE", opt(&self.kernel_cmdline)),
             ("BOOT MODE", self.boot_mode.to_string()),

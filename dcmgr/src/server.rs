@@ -121,6 +121,7 @@ impl Dcmgr {
         config.import_allow().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
         // URL imports cut short by a stop start again.
         crate::app::image_import::resume(&ctx).await?;
+        crate::app::image::read_missing_disk_sizes(&ctx).await?;
         crate::blobs::remove_stale_staging(&config.images_dir().join("staging"));
 
         let mut tasks = Vec::new();

@@ -554,6 +554,13 @@ pub struct Image {
     /// Bytes of the stored data (stored images only).
     #[schema(required = true)]
     pub size_bytes: Option<u64>,
+    /// Bytes of the disk a qcow2 or raw image holds, read from its data when it was
+    /// stored: a volume from the image is at least this large (and this large when its
+    /// size is left out), as is an instance's root disk. Null where dcmgr has not read it
+    /// (an operator's host file).
+    #[serde(default)]
+    #[schema(required = true)]
+    pub virtual_size: Option<u64>,
     /// For `kernel` images: the initrd, beside the kernel in `source`.
     #[schema(required = true)]
     pub initrd: Option<String>,
@@ -992,7 +999,8 @@ pub struct Volume {
 }
 
 /// Give `size_mib` for an empty volume; `snapshot_id` to copy a snapshot (size defaults
-/// to the snapshot's); or `image_id` and `size_mib` to fill it from a qcow2 or raw image.
+/// to the snapshot's); or `image_id` to fill it from a qcow2 or raw image (size defaults
+/// to the image's `virtual_size`, rounded up to MiB).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVolume {

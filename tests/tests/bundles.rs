@@ -340,7 +340,7 @@ async fn a_vdc_moves_to_another_site_and_a_second_import_changes_nothing(db: Db)
     }
     // The image's data arrived whole: hva on B fetched and verified it to run "app".
     let img = cb.list_all_images().await.unwrap().into_iter().find(|i| i.name == "app-disk").unwrap();
-    assert_eq!(img.size_bytes, Some(disk().len() as u64));
+    assert_eq!((img.size_bytes, img.virtual_size), (Some(disk().len() as u64), Some(disk().len() as u64)));
 
     // Again: nothing changes, and the answer says so.
     let before = model(&cb).await;
@@ -1003,6 +1003,7 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
     assert_eq!(b_vol.size_mib, 16);
     let filled = cb.get_image(b_vol.image_id.as_ref().unwrap()).await.unwrap();
     assert_eq!((filled.checksum, filled.size_bytes), (Some(format!("sha256:{}", data.sha256)), Some(data.size)));
+    assert_eq!(filled.virtual_size, Some(data.size), "read by the import's check");
     let fips = cb.list_all_floating_ips().await.unwrap();
     assert_eq!(fips.len(), 1);
     assert_eq!(fips[0].instance_id.as_ref(), Some(&b_inst("db").id));

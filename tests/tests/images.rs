@@ -124,7 +124,7 @@ async fn partial_upload(s: &Stack, c: &Client, id: &ImageId, announced: usize, s
 }
 
 async fn uploads_are_checked_before_they_are_available(db: Db) {
-    let s = Stack::start(StackOptions::new(db)).await;
+    let mut s = Stack::start(StackOptions::new(db)).await;
     let c = s.account("up").await;
     let other = s.account("other").await;
     let tmp = tempfile::tempdir().unwrap();
@@ -176,6 +176,25 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
     assert_eq!(up.checksum, Some(format!("sha256:{}", sha256(&good))));
     assert_eq!(std::fs::read(blobs.join(sha256(&good))).unwrap(), good);
     assert_eq!(err(c.upload_image(&img.id, good.clone()).await), (409, "invalid_state".into()), "once");
+    assert_eq!(up.virtual_size, Some(32 << 20), "the disk's size, read from the data");
+    // A disk too small for the image is refused when asked for, not when sta copies.
+    inst.root_disk_size = Some(16 << 20);
+    assert_eq!(err(c.create_instance(&inst).await), (400, "root_disk_too_small".into()));
+    inst.root_disk_size = None;
+    let vol =
+        |size_mib| CreateVolume { name: "filled".into(), size_mib, snapshot_id: None, image_id: Some(img.id.clone()) };
+    assert_eq!(err(c.create_volume(&vol(Some(31))).await), (400, "invalid_size".into()));
+    let v = c.create_volume(&vol(None)).await.expect("a volume of the image's size");
+    assert_eq!(v.resource.size_mib, 32);
+    // Stored by a dcmgr that did not record disk sizes: the restarted one reads it.
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(&s.database_url).await.unwrap();
+        sqlx::query("UPDATE images SET virtual_size = NULL").execute(&mut conn).await.unwrap();
+    }
+    assert_eq!(c.get_image(&img.id).await.unwrap().virtual_size, None);
+    s.restart_dcmgr().await;
+    assert_eq!(c.get_image(&img.id).await.unwrap().virtual_size, Some(32 << 20), "read again at start");
     inst.name = Some("booted".into());
     c.create_instance(&inst).await.expect("an available image boots");
 

@@ -2013,9 +2013,10 @@ fn blobs_to_store<'a>(
 /// the manifest gives it: hosts and sta open it with that format, and a bundle is hostile
 /// input even when its signer is trusted (a qcow2 naming a backing file would have a
 /// volume filled from a host file). Kernels and initrds are passed to QEMU as they are.
-async fn check_blob(ctx: &SharedCtx, what: &str, path: &Path, format: Option<ImageFormat>) -> ApiResult<()> {
+/// The disk's virtual size when it is one.
+async fn check_blob(ctx: &SharedCtx, what: &str, path: &Path, format: Option<ImageFormat>) -> ApiResult<Option<u64>> {
     let Some(format) = format.filter(|f| matches!(f, ImageFormat::Raw | ImageFormat::Qcow2 | ImageFormat::Tar)) else {
-        return Ok(());
+        return Ok(None);
     };
     let (path, max_virtual) = (path.to_owned(), ctx.config.images.max_virtual_bytes);
     let found = tokio::task::spawn_blocking(move || crate::app::image_check::inspect(&path, format, max_virtual))
@@ -2030,7 +2031,7 @@ fn judge_blob(
     what: &str,
     format: ImageFormat,
     found: Result<crate::app::image_check::Inspected, crate::app::image_check::Refusal>,
-) -> ApiResult<()> {
+) -> ApiResult<Option<u64>> {
     let found = found.map_err(|r| ApiError::bad(r.code, format!("{what} in the bundle: {}", r.message)))?;
     if found.format != format {
         return Err(ApiError::bad(
@@ -2038,7 +2039,7 @@ fn judge_blob(
             format!("{what} in the bundle: its data is {}, the manifest says {format}", found.format),
         ));
     }
-    Ok(())
+    Ok(found.virtual_size)
 }
 
 /// Every blob the manifest names.
@@ -2051,13 +2052,16 @@ fn manifest_blobs(m: &Manifest) -> impl Iterator<Item = &str> {
 
 /// Stores each blob the import needs: assembled as the bundle arrived, or else from its
 /// staged chunks (checked against its hash again); a blob the store has already is not
-/// written twice.
-async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -> ApiResult<()> {
+/// written twice. Answers the virtual size the check read from each disk.
+async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -> ApiResult<VirtualSizes> {
     let mut done = HashSet::new();
+    let mut sizes = VirtualSizes::new();
     for (what, blob, format) in blobs_to_store(&r.manifest, d, maps) {
         // In the store already (a blob an S3 store holds was checked when it came in).
         if let Some(p) = ctx.blobs.local_path(&blob.sha256).filter(|p| p.exists()) {
-            check_blob(ctx, &what, &p, format).await?;
+            if let Some(v) = check_blob(ctx, &what, &p, format).await? {
+                sizes.insert(blob.sha256.clone(), v);
+            }
             continue;
         }
         if !done.insert(&blob.sha256) {
@@ -2065,7 +2069,9 @@ async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -
         }
         // Assembled and its hash checked as its chunks arrived.
         if let Some(p) = r.assembled.get(&blob.sha256) {
-            check_blob(ctx, &what, p, format).await?;
+            if let Some(v) = check_blob(ctx, &what, p, format).await? {
+                sizes.insert(blob.sha256.clone(), v);
+            }
             ctx.blobs.put(&blob.sha256, p).await.map_err(ApiError::internal)?;
             continue;
         }
@@ -2098,9 +2104,12 @@ async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -
         .await;
         match ok {
             Ok(true) => {
-                if let Err(e) = check_blob(ctx, &what, &tmp, format).await {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(e);
+                match check_blob(ctx, &what, &tmp, format).await {
+                    Ok(v) => sizes.extend(v.map(|v| (blob.sha256.clone(), v))),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(e);
+                    }
                 }
                 ctx.blobs.put(&blob.sha256, &tmp).await.map_err(ApiError::internal)?
             }
@@ -2117,8 +2126,11 @@ async fn store_blobs(ctx: &SharedCtx, r: &Received, d: &Decision, maps: &Maps) -
             }
         }
     }
-    Ok(())
+    Ok(sizes)
 }
+
+/// A disk blob's SHA-256 → its virtual size, as the import's check read it.
+type VirtualSizes = HashMap<String, u64>;
 
 /// Removes those of `blobs` no image holds (the caller holds `blob_refs`).
 async fn drop_unheld(ctx: &SharedCtx, blobs: &[&vdc_bundle::BlobRef]) {
@@ -2182,7 +2194,7 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
     let t = std::time::Instant::now();
     let stored: Vec<&vdc_bundle::BlobRef> = blobs_to_store(&r.manifest, &d0, maps).into_iter().map(|b| b.1).collect();
     let applied = match store_blobs(ctx, r, &d0, maps).await {
-        Ok(()) => db::retry(|| apply(ctx, caller, r, maps)).await,
+        Ok(sizes) => db::retry(|| apply(ctx, caller, r, maps, &sizes)).await,
         Err(e) => Err(e),
     };
     let applied = match applied {
@@ -2309,7 +2321,13 @@ fn quota_asks(m: &Manifest, d: &Decision) -> Vec<(QuotaKey, u64)> {
     ]
 }
 
-async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> ApiResult<Applied> {
+async fn apply(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    r: &Received,
+    maps: &Maps,
+    sizes: &VirtualSizes,
+) -> ApiResult<Applied> {
     let m = &r.manifest;
     let account = &caller.account_id;
     // Candidates are read before the transaction (as instance create does); the
@@ -2488,6 +2506,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
                     state: ImageState::Available,
                     failure_reason: None,
                     size_bytes: Some(blob.size),
+                    virtual_size: sizes.get(&blob.sha256).copied(),
                     initrd: None,
                     kernel_cmdline: None,
                     boot_mode: i.boot_mode,
@@ -2513,7 +2532,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
         let Some(blob) = &i.root_disk else { continue };
         let src = m.model.images.iter().find(|x| x.id == i.image).ok_or_else(|| ApiError::internal("validated"))?;
         let key = root_key(&i.id);
-        let mut image = data_image(&name("image", &key), blob, &r.hash, &now);
+        let mut image = data_image(&name("image", &key), blob, &r.hash, &now, sizes);
         image.format = i.root_disk_format.ok_or_else(|| ApiError::internal("validated"))?;
         image.arch = src.arch;
         image.hypervisors = d.image_hypervisors[&i.image].clone();
@@ -2692,7 +2711,7 @@ async fn apply(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> A
             let image = match &v.data {
                 Some(blob) => {
                     let key = data_key(&v.id);
-                    let mut image = data_image(&name("image", &key), blob, &r.hash, &now);
+                    let mut image = data_image(&name("image", &key), blob, &r.hash, &now, sizes);
                     image.format = v.data_format.ok_or_else(|| ApiError::internal("validated"))?;
                     store::insert_image(&mut tx, account, &image, &blob.sha256).await?;
                     ids.insert(key, image.id.to_string());
@@ -2794,7 +2813,7 @@ fn after_commit(d: &Decision) -> Vec<(String, String)> {
 }
 
 /// A private image of the import holding `blob`: a volume's raw data unless changed.
-fn data_image(name: &str, blob: &vdc_bundle::BlobRef, hash: &str, now: &str) -> Image {
+fn data_image(name: &str, blob: &vdc_bundle::BlobRef, hash: &str, now: &str, sizes: &VirtualSizes) -> Image {
     Image {
         id: ImageId::generate(),
         name: name.to_owned(),
@@ -2806,6 +2825,7 @@ fn data_image(name: &str, blob: &vdc_bundle::BlobRef, hash: &str, now: &str) -> 
         state: ImageState::Available,
         failure_reason: None,
         size_bytes: Some(blob.size),
+        virtual_size: sizes.get(&blob.sha256).copied(),
         initrd: None,
         kernel_cmdline: None,
         boot_mode: Default::default(),

@@ -122,6 +122,7 @@ fn pending_image(new: &CreateImage, source: String) -> Image {
         state: ImageState::Pending,
         failure_reason: None,
         size_bytes: None,
+        virtual_size: None,
     }
 }
 

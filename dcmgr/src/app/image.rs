@@ -225,6 +225,7 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         state: if stored { ImageState::Pending } else { ImageState::Available },
         failure_reason: None,
         size_bytes: None,
+        virtual_size: None,
     };
     db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
@@ -638,7 +639,7 @@ where
         let owner = store::owner(&mut tx, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
         let owner: AccountId = owner.parse().map_err(ApiError::internal)?;
         quota::enforce(&mut tx, ctx, &owner, &[(QuotaKey::ImageGib, size)]).await?;
-        store::set_available(&mut tx, id, &sha, size, inspected.format).await?;
+        store::set_available(&mut tx, id, &sha, size, inspected.format, inspected.virtual_size).await?;
         if let Some(origin) = capture {
             origin.end_in_tx(&mut tx, id.as_str(), None).await?;
         }
@@ -670,6 +671,36 @@ where
             }
         }
     }
+}
+
+/// Images stored by a dcmgr before disk sizes were recorded get theirs at start, from
+/// their blob's header (checked in full when it was stored), so that volumes from them
+/// default to it. An image whose header cannot be read keeps none (sta then checks).
+pub async fn read_missing_disk_sizes(ctx: &SharedCtx) -> ApiResult<()> {
+    use futures::StreamExt;
+    for (id, blob) in store::without_disk_size(&ctx.db).await? {
+        let read = async {
+            let Some((len, mut stream)) = ctx.blobs.open(&blob, 0).await? else {
+                return Err(std::io::Error::other("its blob is not in the store"));
+            };
+            let mut head = Vec::new();
+            while head.len() < 4096 {
+                match stream.next().await {
+                    Some(b) => head.extend_from_slice(&b?),
+                    None => break,
+                }
+            }
+            crate::app::image_check::inspect_head(&head, len, u64::MAX)
+                .map_err(std::io::Error::other)?
+                .virtual_size
+                .ok_or_else(|| std::io::Error::other("not a disk"))
+        };
+        match read.await {
+            Ok(size) => store::set_disk_size(&ctx.db, &id, size).await?,
+            Err(e) => tracing::warn!(image = %id, error = %e, "cannot read the disk size of a stored image"),
+        }
+    }
+    Ok(())
 }
 
 /// Whether a public image of this name exists (for `vdc up`'s default image).

@@ -116,8 +116,8 @@ struct Prepared {
 const MIB: u64 = 1 << 20;
 
 /// Whether `image` can boot on `hypervisor` as asked, refusing what would be ignored;
-/// true when it needs a host with UEFI firmware. (The image's own virtual size is known
-/// only to the host, which refuses to shrink it.)
+/// true when it needs a host with UEFI firmware. (The host refuses to shrink a disk whose
+/// virtual size dcmgr has not read: an operator's host file.)
 pub fn check_boot(
     image: &vdc_schema::api::Image,
     hypervisor: vdc_schema::HypervisorKind,
@@ -162,6 +162,15 @@ pub fn check_boot(
             return Err(ApiError::bad(
                 "root_disk_too_small",
                 format!("root_disk_size {size} bytes is below image {}'s min_disk of {min} bytes", image.id),
+            ));
+        }
+        if let Some(disk) = image.virtual_size.filter(|v| size < *v) {
+            return Err(ApiError::bad(
+                "root_disk_too_small",
+                format!(
+                    "root_disk_size {size} bytes is below the disk image {} holds ({disk} bytes): a disk only grows",
+                    image.id
+                ),
             ));
         }
     }

@@ -81,38 +81,27 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
             ));
         }
     }
-    if let Some(image_id) = &req.image_id {
-        let image = crate::app::image::fetch_usable(ctx, caller, image_id).await?;
-        if !matches!(image.format, vdc_schema::ImageFormat::Qcow2 | vdc_schema::ImageFormat::Raw) {
-            return Err(ApiError::bad(
-                "invalid_image",
-                format!(
-                    "image {image_id} is a {} image; a volume can be filled from a qcow2 or raw image",
-                    image.format
-                ),
-            ));
+    let image = match &req.image_id {
+        Some(image_id) => {
+            let image = crate::app::image::fetch_usable(ctx, caller, image_id).await?;
+            if !matches!(image.format, vdc_schema::ImageFormat::Qcow2 | vdc_schema::ImageFormat::Raw) {
+                return Err(ApiError::bad(
+                    "invalid_image",
+                    format!(
+                        "image {image_id} is a {} image; a volume can be filled from a qcow2 or raw image",
+                        image.format
+                    ),
+                ));
+            }
+            Some(image)
         }
-        if req.size_mib.is_none() {
-            return Err(ApiError::bad("invalid_size", "a volume from an image needs size_mib (in MiB)"));
-        }
-    }
-    let size = match (req.size_mib, &snap) {
-        (Some(sz), Some(s)) if sz < s.size_mib => {
-            return Err(ApiError::bad(
-                "invalid_size",
-                format!("size_mib {sz} is smaller than snapshot {} ({} MiB)", s.id, s.size_mib),
-            ))
-        }
-        (Some(sz), _) => sz,
-        (None, Some(s)) => s.size_mib,
-        (None, None) => return Err(ApiError::bad("invalid_size", "give size_mib (in MiB) or snapshot_id")),
+        None => None,
     };
-    if size == 0 || size > MAX_SIZE_MIB {
-        return Err(ApiError::bad(
-            "invalid_size",
-            format!("size_mib must be between 1 and {MAX_SIZE_MIB}, got {size}"),
-        ));
-    }
+    let size = decide_size(
+        req.size_mib,
+        snap.as_ref().map(|s| (s.id.as_str(), s.size_mib)),
+        image.as_ref().map(|i| (i.id.as_str(), i.virtual_size)),
+    )?;
     let accepted = db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
         check_name_free(&mut tx, db::Named::Volume, &caller.account_id, &req.name).await?;
@@ -568,9 +557,81 @@ pub(crate) fn on_attachment_report(state: VolumeState, present: bool) -> Option<
     }
 }
 
+/// A new volume's size in MiB: the one asked for, else its snapshot's or its image's disk
+/// (rounded up to MiB); never smaller than either, since sta copies the data in whole.
+fn decide_size(
+    asked: Option<u64>,
+    snapshot: Option<(&str, u64)>,
+    image: Option<(&str, Option<u64>)>,
+) -> ApiResult<u64> {
+    let image_mib = image.and_then(|i| i.1).map(|v| v.div_ceil(1 << 20));
+    let size = match (asked, snapshot, image) {
+        (Some(sz), Some((id, snap)), _) if sz < snap => {
+            return Err(ApiError::bad(
+                "invalid_size",
+                format!("size_mib {sz} is smaller than snapshot {id} ({snap} MiB)"),
+            ))
+        }
+        (Some(sz), _, Some(i)) if image_mib.is_some_and(|m| sz < m) => {
+            return Err(ApiError::bad(
+                "invalid_size",
+                format!(
+                    "size_mib {sz} is smaller than the disk image {} holds ({} MiB); leave size_mib out for that size",
+                    i.0,
+                    image_mib.unwrap_or_default()
+                ),
+            ))
+        }
+        (Some(sz), _, _) => sz,
+        (None, Some((_, snap)), _) => snap,
+        (None, None, Some(i)) => image_mib.ok_or_else(|| {
+            ApiError::bad(
+                "invalid_size",
+                format!(
+                    "the disk size of image {} is not known (an operator's host file): give size_mib (in MiB)",
+                    i.0
+                ),
+            )
+        })?,
+        (None, None, None) => {
+            return Err(ApiError::bad("invalid_size", "give size_mib (in MiB), snapshot_id or image_id"))
+        }
+    };
+    if size == 0 || size > MAX_SIZE_MIB {
+        return Err(ApiError::bad(
+            "invalid_size",
+            format!("size_mib must be between 1 and {MAX_SIZE_MIB}, got {size}"),
+        ));
+    }
+    Ok(size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_volume_is_as_large_as_asked_and_never_smaller_than_its_data() {
+        let code = |r: ApiResult<u64>| match r {
+            Err(ApiError::BadRequest { code, .. }) => code,
+            other => panic!("{other:?}"),
+        };
+        let (snap, img, unknown) =
+            (Some(("snap-1", 100)), Some(("img-1", Some((32 << 20) + 1))), Some(("img-2", None)));
+        assert_eq!(decide_size(Some(10), None, None).unwrap(), 10);
+        assert_eq!(decide_size(None, snap, None).unwrap(), 100);
+        assert_eq!(decide_size(Some(200), snap, None).unwrap(), 200);
+        assert_eq!(code(decide_size(Some(99), snap, None)), "invalid_size");
+        // An image's disk, rounded up to whole MiB.
+        assert_eq!(decide_size(None, None, img).unwrap(), 33);
+        assert_eq!(decide_size(Some(33), None, img).unwrap(), 33);
+        assert_eq!(code(decide_size(Some(32), None, img)), "invalid_size");
+        assert_eq!(code(decide_size(None, None, unknown)), "invalid_size");
+        assert_eq!(decide_size(Some(5), None, unknown).unwrap(), 5, "sta checks what dcmgr has not read");
+        assert_eq!(code(decide_size(None, None, None)), "invalid_size");
+        assert_eq!(code(decide_size(Some(0), None, None)), "invalid_size");
+        assert_eq!(code(decide_size(Some(MAX_SIZE_MIB + 1), None, None)), "invalid_size");
+    }
 
     fn inst(state: InstanceState, has_host: bool, volumes: i64) -> AttachTarget<'static> {
         AttachTarget { id: "i-1", state, has_host, volumes, hypervisor: vdc_schema::HypervisorKind::Qemu }

@@ -29,10 +29,11 @@ pub struct Row {
     /// The stored blob's SHA-256 (hex), for images whose data dcmgr keeps.
     pub blob: Option<String>,
     pub size_bytes: Option<i64>,
+    pub virtual_size: Option<i64>,
 }
 
 const COLS: &str = "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, \
-                    default_user, state, failure_reason, blob, size_bytes, boot_mode, kernel_id, min_disk, min_memory, os";
+                    default_user, state, failure_reason, blob, size_bytes, boot_mode, kernel_id, min_disk, min_memory, os, virtual_size";
 
 impl Row {
     pub fn into_api(self) -> ApiResult<Image> {
@@ -57,6 +58,7 @@ impl Row {
             state: self.state.parse().map_err(ApiError::internal)?,
             failure_reason: self.failure_reason,
             size_bytes: self.size_bytes.map(|s| s as u64),
+            virtual_size: self.virtual_size.map(|s| s as u64),
         })
     }
 }
@@ -64,7 +66,7 @@ impl Row {
 pub async fn insert(db: &mut sqlx::AnyConnection, account: &AccountId, i: &Image) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "INSERT INTO images ({COLS}, account_id) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
     ))
     .bind(i.id.as_str())
     .bind(&i.name)
@@ -87,6 +89,7 @@ pub async fn insert(db: &mut sqlx::AnyConnection, account: &AccountId, i: &Image
     .bind(i.min_disk.map(|v| v as i64))
     .bind(i.min_memory.map(|v| v as i64))
     .bind(&i.os)
+    .bind(i.virtual_size.map(|s| s as i64))
     .bind(account.as_str())
     .execute(&mut *db)
     .await?;
@@ -209,19 +212,41 @@ pub async fn set_available(
     blob: &str,
     size: u64,
     format: vdc_schema::ImageFormat,
+    virtual_size: Option<u64>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE images SET state = 'available', blob = $2, size_bytes = $3, format = $4, checksum = $5, \
-         failure_reason = NULL WHERE id = $1 AND state = 'pending'",
+         failure_reason = NULL, virtual_size = $6 WHERE id = $1 AND state = 'pending'",
     )
     .bind(id.as_str())
     .bind(blob)
     .bind(size as i64)
     .bind(format.as_str())
     .bind(format!("sha256:{blob}"))
+    .bind(virtual_size.map(|s| s as i64))
     .execute(&mut **tx)
     .await?;
     db::event::changed(tx, db::event::Kind::Image, id.as_str(), Some("pending")).await
+}
+
+/// Stored disk images whose virtual size was never read (stored before migration 0030):
+/// (id, blob).
+pub async fn without_disk_size(pool: &db::Pool) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, blob FROM images WHERE virtual_size IS NULL AND blob IS NOT NULL \
+         AND format IN ('raw', 'qcow2') AND state = 'available' ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn set_disk_size(pool: &db::Pool, id: &str, virtual_size: u64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE images SET virtual_size = $2 WHERE id = $1 AND virtual_size IS NULL")
+        .bind(id)
+        .bind(virtual_size as i64)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// A pending image's data was refused.
