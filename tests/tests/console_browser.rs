@@ -18,6 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use vdc_schema::api::*;
 use vdc_schema::state::Role;
+use vdc_schema::ImageFormat;
 use vdc_tests::{Db, Stack, StackOptions};
 
 const PASSWORD: &str = "browser-password-1";
@@ -284,6 +285,27 @@ async fn the_console_signs_in_switches_accounts_and_signs_out() {
     // The account panel: who, and the quotas with what is in use.
     let account = view_text(&b, "account").await;
     assert!(account.contains("hana") && account.contains("beta") && account.contains("instances"), "{account}");
+
+    // A volume filled from a disk image, its size left to the image's disk (3 MiB and a
+    // byte of raw data: 4 MiB).
+    let img = beta.create_image(&vdc_tests::image_request("beta-disk", ImageFormat::Raw)).await.unwrap();
+    let img = beta.upload_image(&img.id, vec![7u8; (3 << 20) + 1]).await.unwrap();
+    assert_eq!(img.virtual_size, Some((3 << 20) + 1));
+    view_text(&b, "volumes").await;
+    b.js(
+        "[...document.querySelectorAll('#view button.primary')].find((x) => x.textContent === 'Create volume').click()",
+        json!([]),
+    )
+    .await;
+    b.wait("the volume form", "return !!document.querySelector('#view .panel input[value=image]')").await;
+    b.js(
+        "const p = document.querySelector('#view .panel');          p.querySelector('input[value=image]').click();          const name = p.querySelector('input:not([type])') || p.querySelector('input[type=text]');          name.value = 'filled';          const sel = [...p.querySelectorAll('select')].find((x) => !x.closest('.field').hidden);          sel.value = arguments[0];          p.querySelector('button[type=submit]').click();",
+        json!([img.id.as_str()]),
+    )
+    .await;
+    b.wait("the filled volume", "return document.querySelector('#view').innerText.includes('filled')").await;
+    let vol = beta.list_all_volumes().await.unwrap().into_iter().find(|v| v.name == "filled").expect("created");
+    assert_eq!((vol.size_mib, vol.image_id.as_ref()), (4, Some(&img.id)), "the image's disk size, rounded up");
 
     // Sign out: back to the form, and the session's token no longer works.
     let token = b.js("return localStorage.getItem('vdc.console.token')", json!([])).await;

@@ -1080,41 +1080,56 @@ function snapshotDialog(vol) {
 function mountVolumes(root) {
   const frame = viewFrame(root, t('nav_volumes_snapshots'), t('volumes_intro'));
   createPanel(frame, t('volume_create'), async (close) => {
-    const snapshots = (await listAll('/snapshots')).filter((s) => s.state === 'available');
+    const [snapshots, images] = await Promise.all([
+      listAll('/snapshots').then((l) => l.filter((s) => s.state === 'available')),
+      // Only disks fill a volume: qcow2 and raw images.
+      listAll('/images').then((l) => l.filter((i) => i.state === 'available' && ['qcow2', 'raw'].includes(i.format))),
+    ]);
     const name = input({ required: true, maxlength: '255' });
     const src = uid('src');
     const blank = radio(src, 'blank', t('volume_blank'), true);
     const fromSnap = radio(src, 'snapshot', t('volume_from_snapshot'), false);
+    const fromImage = radio(src, 'image', t('volume_from_image'), false);
     const size = input({ type: 'number', min: '1', step: '1', value: '1024' });
     const snap = select(snapshots.map((s) => ({ value: s.id, label: `${displayName(s)} — ${fmtMib(s.size_mib)}` })));
+    const disk = (i) => (i.virtual_size ? ` — ${fmtMib(Math.ceil(i.virtual_size / 1048576))}` : '');
+    const image = select(images.map((i) => ({ value: i.id, label: `${displayName(i)}${disk(i)}` })));
     const snapField = field(t('field_snapshot'), snap);
+    const imageField = field(t('field_image'), image);
     const sizeField = field(t('field_size_mib'), size);
     const sizeHint = el('p', { class: 'hint' }, t('hint_size_from_snapshot'));
+    const imageHint = el('p', { class: 'hint' }, t('hint_size_from_image'));
     fromSnap.r.disabled = !snapshots.length;
+    fromImage.r.disabled = !images.length;
     const sync = () => {
       const copy = fromSnap.r.checked;
+      const filled = fromImage.r.checked;
       snapField.hidden = !copy;
       sizeHint.hidden = !copy;
-      size.required = !copy;
-      // A copy defaults to the snapshot's size: do not send the blank volume's default.
-      if (copy && size.value === '1024') size.value = '';
-      if (!copy && size.value === '') size.value = '1024';
+      imageField.hidden = !filled;
+      imageHint.hidden = !filled;
+      size.required = !copy && !filled;
+      // A copy or a filled volume defaults to its source's size: do not send the blank
+      // volume's default.
+      if ((copy || filled) && size.value === '1024') size.value = '';
+      if (!copy && !filled && size.value === '') size.value = '1024';
     };
-    blank.r.addEventListener('change', sync);
-    fromSnap.r.addEventListener('change', sync);
+    for (const r of [blank, fromSnap, fromImage]) r.r.addEventListener('change', sync);
     sync();
     const form = el('form', { class: 'form' },
       field(t('field_name'), name),
       el('fieldset', { class: 'group' }, el('legend', {}, t('field_volume_source')),
-        el('div', { class: 'checks' }, blank.node, fromSnap.node),
+        el('div', { class: 'checks' }, blank.node, fromSnap.node, fromImage.node),
         snapshots.length ? null : el('p', { class: 'hint' }, t('no_snapshots')),
-        snapField, sizeField, sizeHint),
+        images.length ? null : el('p', { class: 'hint' }, t('no_disk_images')),
+        snapField, imageField, sizeField, sizeHint, imageHint),
       formActions(t('create'), close));
     return asyncForm(form, async () => {
       const body = compact({
         name: val(name),
         size_mib: num(size),
         snapshot_id: fromSnap.r.checked ? snap.value : undefined,
+        image_id: fromImage.r.checked ? image.value : undefined,
       });
       const r = await api('POST', '/volumes', body);
       notify('ok', t('volume_requested', { name: displayName(r.resource), job: r.job.id }));
