@@ -10,6 +10,8 @@
 //! - [`journal`]: that on-disk journal.
 //! - [`cmd`]: how an agent runs host commands, and the recording fake its tests use.
 //! - [`blob`]: how an agent fetches image data from dcmgr's store.
+//! - [`rootfs`]: the rules of root filesystem tarballs, checked by dcmgr and by hva as it
+//!   unpacks them.
 //! - [`coalesce`]: at most one worker per object however often dcmgr re-sends.
 //! - [`metrics`]: the process's Prometheus registry.
 
@@ -21,6 +23,7 @@ pub mod coalesce;
 pub mod fileio;
 pub mod journal;
 pub mod metrics;
+pub mod rootfs;
 pub mod sim;
 pub mod transport;
 

@@ -1,0 +1,412 @@
+//! Root filesystem tarballs (`tar` images, `.tar.gz`): one set of rules, applied by
+//! dcmgr when it checks an upload and by hva as it unpacks a container's root, through
+//! the same parser. The archive checked is then the archive used: GNU tar, which hva ran
+//! before, reads some archives otherwise than the tar crate. For example, it unpacks
+//! every member of concatenated gzip data where a single-member decoder stops at the
+//! first, so a device node in a second member passed the check and was made by root.
+//!
+//! Refused: absolute paths and `..` leaving the root, entries below or in the place of a
+//! symbolic link of the same archive, relative symbolic links pointing out of the root
+//! (an absolute target is the container's own path, resolved inside it), hard links out
+//! of the root or through a symbolic link, device nodes, and entry types other than
+//! files, directories, links, FIFOs and the headers that carry long names.
+
+use std::collections::HashSet;
+use std::io::{BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+/// Why a tarball is refused, with the stable code dcmgr answers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    /// `format_mismatch` (not gzip), `invalid_image_data` (not a tarball, damaged, empty),
+    /// `unsafe_tar` (an entry the rules refuse), `inspection_failed` (cannot be read).
+    pub code: &'static str,
+    pub message: String,
+}
+
+fn refused(code: &'static str, message: impl Into<String>) -> Refused {
+    Refused { code, message: message.into() }
+}
+
+/// The rules, entry after entry (they remember the symbolic links seen).
+#[derive(Default)]
+struct Rules {
+    symlinks: HashSet<PathBuf>,
+    count: u64,
+}
+
+impl Rules {
+    /// The entry's path under the root, if the rules take it.
+    fn check<R: Read>(&mut self, entry: &tar::Entry<R>) -> Result<PathBuf, Refused> {
+        let unsafe_entry = |name: &str, why: &str| refused("unsafe_tar", format!("tar entry {name:?} {why}"));
+        self.count += 1;
+        let raw = entry.path_bytes();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        let path = inside_root(Path::new(&name)).ok_or_else(|| {
+            unsafe_entry(&name, "is an absolute path or climbs out with `..`: entries must be relative to the root")
+        })?;
+        if path.ancestors().skip(1).any(|a| self.symlinks.contains(a)) {
+            return Err(unsafe_entry(&name, "lies below a symbolic link of the same archive"));
+        }
+        // A directory written where a symbolic link is would have its mode and owner set
+        // on what the link points to.
+        if self.symlinks.contains(&path) {
+            return Err(unsafe_entry(&name, "replaces a symbolic link of the same archive"));
+        }
+        use tar::EntryType as T;
+        match entry.header().entry_type() {
+            T::Regular
+            | T::Continuous
+            | T::Directory
+            | T::Fifo
+            | T::GNULongName
+            | T::GNULongLink
+            | T::XHeader
+            | T::XGlobalHeader => {}
+            T::Char | T::Block => {
+                return Err(unsafe_entry(&name, "is a device node: a container gets its devices from its host"));
+            }
+            T::Symlink => {
+                let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned());
+                let target = target.ok_or_else(|| unsafe_entry(&name, "is a symbolic link without a target"))?;
+                if !target.starts_with('/') {
+                    let from = path.parent().unwrap_or(Path::new(""));
+                    if inside_root(&from.join(&target)).is_none() {
+                        return Err(unsafe_entry(
+                            &name,
+                            &format!("is a symbolic link to {target:?}, outside the root"),
+                        ));
+                    }
+                }
+                self.symlinks.insert(path.clone());
+            }
+            T::Link => {
+                let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned());
+                let target = target.ok_or_else(|| unsafe_entry(&name, "is a hard link without a target"))?;
+                let t = inside_root(Path::new(&target))
+                    .ok_or_else(|| unsafe_entry(&name, &format!("is a hard link to {target:?}, outside the root")))?;
+                if t.ancestors().any(|a| self.symlinks.contains(a)) {
+                    return Err(unsafe_entry(&name, "is a hard link through a symbolic link"));
+                }
+            }
+            other => return Err(unsafe_entry(&name, &format!("has an entry type ({other:?}) that is not accepted"))),
+        }
+        Ok(path)
+    }
+
+    fn end(&self) -> Result<(), Refused> {
+        if self.count == 0 {
+            return Err(refused("invalid_image_data", "the tarball has no entries"));
+        }
+        Ok(())
+    }
+}
+
+/// The gzip-compressed tarball at `path`, every gzip member of it (as `gzip -d` reads).
+fn open(path: &Path) -> Result<tar::Archive<impl Read>, Refused> {
+    let cannot = |e: std::io::Error| refused("inspection_failed", format!("cannot read the data: {e}"));
+    let mut f = std::fs::File::open(path).map_err(cannot)?;
+    let mut magic = [0u8; 2];
+    if f.read_exact(&mut magic).is_err() || magic != [0x1f, 0x8b] {
+        return Err(refused("format_mismatch", "a tar image must be a gzip-compressed tarball (.tar.gz)"));
+    }
+    let f = std::fs::File::open(path).map_err(cannot)?;
+    Ok(tar::Archive::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))))
+}
+
+fn entries<R: Read>(archive: &mut tar::Archive<R>) -> Result<tar::Entries<'_, R>, Refused> {
+    archive.entries().map_err(|e| refused("invalid_image_data", format!("the data is not a tarball: {e}")))
+}
+
+fn damaged(e: std::io::Error) -> Refused {
+    refused("invalid_image_data", format!("the tarball is damaged: {e}"))
+}
+
+/// Checks every entry of the gzip-compressed tarball at `path`. Blocking.
+pub fn check(path: &Path) -> Result<(), Refused> {
+    walk(open(path)?)
+}
+
+/// [`check`] on an uncompressed tar stream.
+pub fn check_tar(r: impl Read) -> Result<(), Refused> {
+    walk(tar::Archive::new(r))
+}
+
+fn walk<R: Read>(mut archive: tar::Archive<R>) -> Result<(), Refused> {
+    let mut rules = Rules::default();
+    for entry in entries(&mut archive)? {
+        rules.check(&entry.map_err(damaged)?)?;
+    }
+    rules.end()
+}
+
+/// Unpacks the gzip-compressed tarball at `path` into the directory `dest` (which must
+/// exist), each entry checked before it is written, keeping modes, times and (as root)
+/// owners: a container's root. A refusal can come after earlier entries were written: the caller
+/// unpacks into a directory of its own and throws it away on error. Blocking.
+pub fn unpack(path: &Path, dest: &Path) -> Result<(), Refused> {
+    let mut archive = open(path)?;
+    archive.set_preserve_permissions(true);
+    // Owners as GNU tar keeps them: when unpacking as root (hva) only.
+    let root = rustix::process::geteuid().is_root();
+    archive.set_preserve_ownerships(root);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    let mut rules = Rules::default();
+    for entry in entries(&mut archive)? {
+        let mut entry = entry.map_err(damaged)?;
+        let path = rules.check(&entry)?;
+        if entry.header().entry_type() == tar::EntryType::Fifo {
+            // The tar crate would write a FIFO as an empty file.
+            make_fifo(entry.header(), &dest.join(&path), root)
+                .map_err(|e| refused("unpack_failed", format!("tar entry {:?}: {e}", name_of(&entry))))?;
+            continue;
+        }
+        // unpack_in also refuses, on its own, anything that would land outside `dest`.
+        match entry.unpack_in(dest) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(refused(
+                    "unsafe_tar",
+                    format!("tar entry {:?} would be written outside the root", name_of(&entry)),
+                ));
+            }
+            Err(e) => {
+                // The tar crate says what it was doing; the cause is its source.
+                let mut cause = String::new();
+                let mut at: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+                while let Some(c) = at {
+                    cause += &format!(": {c}");
+                    at = c.source();
+                }
+                return Err(refused("unpack_failed", format!("tar entry {:?}: {e}{cause}", name_of(&entry))));
+            }
+        }
+    }
+    rules.end()
+}
+
+/// A FIFO at `at` (its parents inside the root: no entry lies below a symbolic link),
+/// with the header's mode, time and (`owner`) owner.
+fn make_fifo(h: &tar::Header, at: &Path, owner: bool) -> std::io::Result<()> {
+    if let Some(parent) = at.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::remove_file(at) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mode = h.mode()? & 0o7777;
+    rustix::fs::mknodat(rustix::fs::CWD, at, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(mode), 0)?;
+    if owner {
+        std::os::unix::fs::lchown(at, Some(h.uid()? as u32), Some(h.gid()? as u32))?;
+    }
+    // After the owner (a chown clears set-ID bits) and beyond the umask mknod applied.
+    std::fs::set_permissions(at, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    let t = rustix::fs::Timespec { tv_sec: h.mtime()? as i64, tv_nsec: 0 };
+    let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+    Ok(rustix::fs::utimensat(rustix::fs::CWD, at, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?)
+}
+
+fn name_of<R: Read>(entry: &tar::Entry<R>) -> String {
+    String::from_utf8_lossy(&entry.path_bytes()).into_owned()
+}
+
+/// `p` as a path under the root (`./` and repeated separators removed), or `None` if it
+/// is absolute or leaves the root at any point.
+fn inside_root(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A tar header written by hand: the tar crate's builder refuses the hostile names.
+    fn header(name: &str, kind: u8, link: &str, body: &[u8]) -> Vec<u8> {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..107].copy_from_slice(if kind == b'5' { b"0000755" } else { b"0000644" });
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        h[124..135].copy_from_slice(format!("{:011o}", body.len()).as_bytes());
+        h[136..147].copy_from_slice(b"00000000000");
+        h[156] = kind;
+        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        let mut out = h.to_vec();
+        out.extend_from_slice(body);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+        out
+    }
+
+    /// Entries without the end-of-archive blocks.
+    fn entries_of(entries: &[(&str, u8, &str)]) -> Vec<u8> {
+        let mut t = Vec::new();
+        for (name, kind, link) in entries {
+            let body: &[u8] = if *kind == b'0' { b"data" } else { b"" };
+            t.extend(header(name, *kind, link, body));
+        }
+        t
+    }
+
+    fn tar_of(entries: &[(&str, u8, &str)]) -> Vec<u8> {
+        let mut t = entries_of(entries);
+        t.extend([0u8; 1024]);
+        t
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    const SAFE: &[(&str, u8, &str)] = &[
+        ("bin/", b'5', ""),
+        ("bin/busybox", b'0', ""),
+        ("bin/sh", b'2', "busybox"),
+        ("sbin", b'2', "/bin"),
+        ("usr/bin/env", b'2', "../../bin/busybox"),
+        ("bin/ash", b'1', "bin/busybox"),
+        ("run/initctl", b'6', ""),
+    ];
+
+    #[test]
+    fn hostile_tarballs_are_refused_with_the_entry_named() {
+        check_tar(&tar_of(SAFE)[..]).unwrap();
+        type Entries<'a> = &'a [(&'a str, u8, &'a str)];
+        let cases: &[(Entries, &str)] = &[
+            (&[("../etc/cron.d/x", b'0', "")], "../etc/cron.d/x"),
+            (&[("bin/../../x", b'0', "")], "bin/../../x"),
+            (&[("/etc/shadow", b'0', "")], "/etc/shadow"),
+            (&[("escape", b'2', "../../../../etc")], "escape"),
+            (&[("a/b", b'2', "../../etc")], "a/b"),
+            (&[("etc", b'2', "/etc"), ("etc/cron.d/x", b'0', "")], "etc/cron.d/x"),
+            (&[("dev/sda", b'4', "")], "dev/sda"),
+            (&[("dev/mem", b'3', "")], "dev/mem"),
+            (&[("shadow", b'1', "/etc/shadow")], "shadow"),
+            (&[("up", b'1', "../outside")], "up"),
+            (&[("etc", b'2', "/etc"), ("etc/", b'5', "")], "etc/"),
+            (&[("x", b'2', "/etc/shadow"), ("x", b'0', "")], "x"),
+        ];
+        for (entries, named) in cases {
+            let e = check_tar(&tar_of(entries)[..]).unwrap_err();
+            assert_eq!(e.code, "unsafe_tar", "{entries:?}: {e}");
+            assert!(e.message.contains(named), "{entries:?}: {e}");
+        }
+        assert_eq!(check_tar(&b"not a tarball at all"[..]).unwrap_err().code, "invalid_image_data");
+        assert_eq!(check_tar(&[0u8; 1024][..]).unwrap_err().code, "invalid_image_data", "no entries");
+    }
+
+    #[test]
+    fn a_safe_tarball_unpacks_with_its_links_and_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tgz = tmp.path().join("root.tar.gz");
+        std::fs::write(&tgz, gzip(&tar_of(SAFE))).unwrap();
+        check(&tgz).unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        unpack(&tgz, &root).unwrap();
+        assert_eq!(std::fs::read(root.join("bin/busybox")).unwrap(), b"data");
+        assert_eq!(std::fs::read_link(root.join("bin/sh")).unwrap(), Path::new("busybox"));
+        assert_eq!(std::fs::read_link(root.join("sbin")).unwrap(), Path::new("/bin"), "the container's own /bin");
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let (a, b) = (root.join("bin/ash").metadata().unwrap(), root.join("bin/busybox").metadata().unwrap());
+        assert_eq!(a.ino(), b.ino(), "a hard link");
+        assert_eq!(b.mode() & 0o777, 0o644);
+        assert!(root.join("run/initctl").metadata().unwrap().file_type().is_fifo());
+        // Owners are kept when root unpacks (hva), as GNU tar keeps them.
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        for (kind, name) in [(tar::EntryType::Regular, "home/owned"), (tar::EntryType::Fifo, "home/fifo")] {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_size(0);
+            h.set_mode(0o640);
+            h.set_uid(4242);
+            h.set_gid(4243);
+            h.set_mtime(1_000_000);
+            h.set_cksum();
+            b.append_data(&mut h, name, std::io::empty()).unwrap();
+        }
+        std::fs::write(&tgz, b.into_inner().unwrap().finish().unwrap()).unwrap();
+        unpack(&tgz, &root).unwrap();
+        for name in ["home/owned", "home/fifo"] {
+            let m = std::fs::symlink_metadata(root.join(name)).unwrap();
+            let owner = if rustix::process::geteuid().is_root() { (4242, 4243) } else { (m.uid(), m.gid()) };
+            assert_eq!(
+                (m.uid(), m.gid(), m.mode() & 0o7777, m.mtime()),
+                (owner.0, owner.1, 0o640, 1_000_000),
+                "{name}"
+            );
+        }
+    }
+
+    /// What GNU tar unpacked and a single-member gzip decoder never saw: the entries of a
+    /// second gzip member after a first without the end-of-archive blocks.
+    #[test]
+    fn every_gzip_member_is_checked_and_unpacked_alike() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tgz = tmp.path().join("two.tar.gz");
+        let mut data = gzip(&entries_of(&[("init.sh", b'0', "")]));
+        data.extend(gzip(&tar_of(&[("dev/mem", b'3', "")])));
+        std::fs::write(&tgz, &data).unwrap();
+        let e = check(&tgz).unwrap_err();
+        assert_eq!(e.code, "unsafe_tar", "{e}");
+        assert!(e.message.contains("dev/mem"), "{e}");
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        assert_eq!(unpack(&tgz, &root).unwrap_err().code, "unsafe_tar");
+        assert!(!root.join("dev/mem").exists());
+        // A benign second member is part of the root.
+        let mut data = gzip(&entries_of(&[("init.sh", b'0', "")]));
+        data.extend(gzip(&tar_of(&[("etc/", b'5', ""), ("etc/hostname", b'0', "")])));
+        std::fs::write(&tgz, &data).unwrap();
+        check(&tgz).unwrap();
+        let root = tmp.path().join("root2");
+        std::fs::create_dir(&root).unwrap();
+        unpack(&tgz, &root).unwrap();
+        assert!(root.join("init.sh").exists() && root.join("etc/hostname").exists());
+    }
+
+    /// The rules hold while unpacking: nothing of a refused entry is written, and what
+    /// came before it stays in the directory the caller throws away.
+    #[test]
+    fn unpacking_stops_at_the_first_refused_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        let tgz = tmp.path().join("bad.tar.gz");
+        let entries: &[(&str, u8, &str)] =
+            &[("ok", b'0', ""), ("link", b'2', "/"), ("link/x", b'0', ""), ("../outside/x", b'0', "")];
+        std::fs::write(&tgz, gzip(&tar_of(entries))).unwrap();
+        let e = unpack(&tgz, &root).unwrap_err();
+        assert!(e.message.contains("link/x"), "{e}");
+        assert!(root.join("ok").exists());
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+        let plain = tmp.path().join("plain.tar");
+        std::fs::write(&plain, tar_of(SAFE)).unwrap();
+        assert_eq!(unpack(&plain, &root).unwrap_err().code, "format_mismatch");
+    }
+}
