@@ -291,6 +291,15 @@ async fn the_console_signs_in_switches_accounts_and_signs_out() {
     let img = beta.create_image(&vdc_tests::image_request("beta-disk", ImageFormat::Raw)).await.unwrap();
     let img = beta.upload_image(&img.id, vec![7u8; (3 << 20) + 1]).await.unwrap();
     assert_eq!(img.virtual_size, Some((3 << 20) + 1));
+    view_text(&b, "images").await;
+    let row = b
+        .wait(
+            "the image's row",
+            "const r = [...document.querySelectorAll('#view tr')].find((r) => r.innerText.includes('beta-disk')); \
+             return r ? r.innerText : ''",
+        )
+        .await;
+    assert!(row.as_str().unwrap().contains("4 MiB"), "the image's disk size in its row: {row}");
     view_text(&b, "volumes").await;
     b.js(
         "[...document.querySelectorAll('#view button.primary')].find((x) => x.textContent === 'Create volume').click()",

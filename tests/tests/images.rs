@@ -61,25 +61,31 @@ fn disks(dir: &Path) -> (Vec<u8>, Vec<u8>) {
     (std::fs::read(good).unwrap(), std::fs::read(bad).unwrap())
 }
 
-/// A gzip-compressed tarball with one entry named `name` (hand-made header: the tar
-/// crate's builder refuses hostile names).
-fn targz(name: &str) -> Vec<u8> {
+/// A tar entry: a hand-made header (the tar crate's builder refuses hostile names) of
+/// type `kind`, and `body` padded to whole blocks.
+fn tar_entry(name: &str, kind: u8, body: &[u8]) -> Vec<u8> {
     let mut h = [0u8; 512];
     h[..name.len()].copy_from_slice(name.as_bytes());
     h[100..107].copy_from_slice(b"0000644");
     h[108..115].copy_from_slice(b"0000000");
     h[116..123].copy_from_slice(b"0000000");
-    h[124..135].copy_from_slice(b"00000000004");
+    h[124..135].copy_from_slice(format!("{:011o}", body.len()).as_bytes());
     h[136..147].copy_from_slice(b"00000000000");
-    h[156] = b'0';
+    h[156] = kind;
     h[257..263].copy_from_slice(b"ustar\0");
     h[263..265].copy_from_slice(b"00");
     h[148..156].copy_from_slice(b"        ");
     let sum: u32 = h.iter().map(|&b| b as u32).sum();
     h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
     let mut tar = h.to_vec();
-    tar.extend_from_slice(b"data");
-    tar.resize(1024, 0);
+    tar.extend_from_slice(body);
+    tar.resize(tar.len().div_ceil(512) * 512, 0);
+    tar
+}
+
+/// A gzip-compressed tarball with one entry named `name`.
+fn targz(name: &str) -> Vec<u8> {
+    let mut tar = tar_entry(name, b'0', b"data");
     tar.extend([0u8; 1024]);
     gzip(&tar)
 }
@@ -93,8 +99,13 @@ fn gzip(data: &[u8]) -> Vec<u8> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(data).unwrap();
-    child.wait_with_output().unwrap().stdout
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    // Written beside the read of the output: a pipe holds only so much of either.
+    let writer = std::thread::spawn(move || stdin.write_all(&data).unwrap());
+    let out = child.wait_with_output().unwrap().stdout;
+    writer.join().unwrap();
+    out
 }
 
 fn images_dir(s: &Stack) -> PathBuf {
@@ -205,6 +216,17 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
         (ImageFormat::Tar, targz("../../etc/cron.d/evil"), None, "unsafe_tar"),
         (ImageFormat::Tar, targz("/etc/shadow"), None, "unsafe_tar"),
         (ImageFormat::Tar, good.clone(), None, "format_mismatch"),
+        // A device node in a second gzip member, after a first without the end blocks
+        // (what GNU tar on a host unpacked and a single-member check never saw).
+        (
+            ImageFormat::Tar,
+            [gzip(&tar_entry("init.sh", b'0', b"#!")), gzip(&tar_entry("dev/mem", b'3', b""))].concat(),
+            None,
+            "unsafe_tar",
+        ),
+        // A 64 MiB "long name" of zeros (64 KiB compressed) that the tar parser would
+        // have held in memory whole.
+        (ImageFormat::Tar, gzip(&tar_entry("././@LongLink", b'L', &vec![0u8; 64 << 20])), None, "unsafe_tar"),
     ];
     for (i, (format, data, checksum, code)) in cases.into_iter().enumerate() {
         let im = c.create_image(&req(&format!("bad{i}"), format, None, checksum)).await.unwrap();

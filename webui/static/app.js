@@ -1005,6 +1005,8 @@ function mountImages(root) {
         { label: t('col_id'), cell: (i) => code(i.id) },
         { label: t('col_name'), cell: (i) => i.name },
         { label: t('col_format'), cell: (i) => i.format },
+        // The disk a volume or root disk from it gets at least (disk images dcmgr read).
+        { label: t('col_disk_size'), cell: (i) => fmtMib(i.virtual_size == null ? null : Math.ceil(i.virtual_size / 1048576)), class: 'num' },
         { label: t('col_arch'), cell: (i) => i.arch },
         { label: t('col_hypervisors'), cell: (i) => i.hypervisors.join(', ') },
         { label: t('col_source'), cell: (i) => el('span', { class: 'wrap' }, i.source) },

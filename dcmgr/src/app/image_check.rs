@@ -48,7 +48,7 @@ pub struct Inspected {
 pub fn inspect(path: &Path, requested: ImageFormat, max_virtual: u64) -> Result<Inspected, Refusal> {
     match requested {
         ImageFormat::Tar => {
-            check_tarball(path)?;
+            check_tarball(path, max_virtual)?;
             Ok(Inspected { format: ImageFormat::Tar, virtual_size: None })
         }
         ImageFormat::Raw | ImageFormat::Qcow2 => inspect_disk(path, max_virtual),
@@ -228,9 +228,10 @@ pub fn decide_disk(info: &serde_json::Value, max_virtual: u64) -> Result<Inspect
 }
 
 /// A gzip-compressed tarball whose entries all keep inside the root it is unpacked into
-/// (`vdc_bus::rootfs`: the rules hva unpacks with).
-pub fn check_tarball(path: &Path) -> Result<(), Refusal> {
-    vdc_bus::rootfs::check(path).map_err(|r| Refusal { code: r.code, message: r.message })
+/// (`vdc_bus::rootfs`: the rules hva unpacks with), and which unpacks to at most
+/// `max_unpacked` bytes (the limit of a disk's virtual size).
+pub fn check_tarball(path: &Path, max_unpacked: u64) -> Result<(), Refusal> {
+    vdc_bus::rootfs::check(path, max_unpacked).map_err(|r| Refusal { code: r.code, message: r.message })
 }
 
 #[cfg(test)]
@@ -329,11 +330,13 @@ mod tests {
         b.append_data(&mut h, "init.sh", &b"data"[..]).unwrap();
         let tar = b.into_inner().unwrap();
         std::fs::write(&plain, &tar).unwrap();
-        assert_eq!(inspect(&plain, ImageFormat::Tar, 0).unwrap_err().code, "format_mismatch");
+        assert_eq!(inspect(&plain, ImageFormat::Tar, u64::MAX).unwrap_err().code, "format_mismatch");
         let gz = tmp.path().join("x.tar.gz");
         let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
         std::io::Write::write_all(&mut enc, &tar).unwrap();
         enc.finish().unwrap();
-        assert_eq!(inspect(&gz, ImageFormat::Tar, 0).unwrap().format, ImageFormat::Tar);
+        assert_eq!(inspect(&gz, ImageFormat::Tar, u64::MAX).unwrap().format, ImageFormat::Tar);
+        // What it unpacks to is a tar image's virtual size, under the same limit.
+        assert_eq!(inspect(&gz, ImageFormat::Tar, 1000).unwrap_err().code, "virtual_size_too_large");
     }
 }

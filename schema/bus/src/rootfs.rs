@@ -11,9 +11,11 @@
 //! of the root or through a symbolic link, device nodes, and entry types other than
 //! files, directories, links, FIFOs and the headers that carry long names.
 
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 
 /// Why a tarball is refused, with the stable code dcmgr answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -103,8 +105,9 @@ impl Rules {
     }
 }
 
-/// The gzip-compressed tarball at `path`, every gzip member of it (as `gzip -d` reads).
-fn open(path: &Path) -> Result<tar::Archive<impl Read>, Refused> {
+/// The data of the gzip-compressed tarball at `path`, every gzip member of it (as `gzip
+/// -d` reads).
+fn open(path: &Path) -> Result<impl Read, Refused> {
     let cannot = |e: std::io::Error| refused("inspection_failed", format!("cannot read the data: {e}"));
     let mut f = std::fs::File::open(path).map_err(cannot)?;
     let mut magic = [0u8; 2];
@@ -112,31 +115,108 @@ fn open(path: &Path) -> Result<tar::Archive<impl Read>, Refused> {
         return Err(refused("format_mismatch", "a tar image must be a gzip-compressed tarball (.tar.gz)"));
     }
     let f = std::fs::File::open(path).map_err(cannot)?;
-    Ok(tar::Archive::new(flate2::read::MultiGzDecoder::new(BufReader::new(f))))
+    Ok(flate2::read::MultiGzDecoder::new(BufReader::new(f)))
 }
 
-fn entries<R: Read>(archive: &mut tar::Archive<R>) -> Result<tar::Entries<'_, R>, Refused> {
-    archive.entries().map_err(|e| refused("invalid_image_data", format!("the data is not a tarball: {e}")))
+/// Bytes of long names, long link names and PAX records the tar crate may read before an
+/// entry. It reads them whole into memory, so a tarball of a few megabytes holding a
+/// gigabytes-long "name" of zeros took that much memory from the process checking it.
+/// A real path is at most 4 KiB on Linux.
+const EXTENSIONS_MAX: u64 = 1 << 20;
+
+/// How far into the tar stream the tar crate may read now: set by the loop over entries
+/// and enforced by the reader it reads through ([`Bounded`]).
+struct Bounds {
+    pos: Cell<u64>,
+    stop_at: Cell<u64>,
+    /// The end of the last entry's data (with its padding).
+    data_end: Cell<u64>,
+    /// The whole stream's limit (`max_unpacked`).
+    total: u64,
+    tripped: Cell<Option<Refused>>,
+}
+
+impl Bounds {
+    fn new(total: u64) -> Rc<Bounds> {
+        let b = Bounds { pos: 0.into(), stop_at: 0.into(), data_end: 0.into(), total, tripped: None.into() };
+        b.before_header();
+        Rc::new(b)
+    }
+
+    /// The next header, the extensions before it and the rest of the last entry's data.
+    fn before_header(&self) {
+        self.stop_at.set(self.data_end.get().saturating_add(EXTENSIONS_MAX).min(self.total));
+    }
+
+    /// `entry`'s data, which is streamed (unpacked or skipped), never held.
+    fn entry<R: Read>(&self, entry: &tar::Entry<R>) {
+        let end = entry.raw_file_position().saturating_add(entry.size().div_ceil(512).saturating_mul(512));
+        self.data_end.set(end);
+        self.stop_at.set(end.min(self.total));
+    }
+
+    /// The refusal behind a read error, if the bounds caused it.
+    fn refusal(&self, e: std::io::Error) -> Refused {
+        self.tripped.take().unwrap_or_else(|| damaged(e))
+    }
+}
+
+struct Bounded<R> {
+    inner: R,
+    b: Rc<Bounds>,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (pos, stop) = (self.b.pos.get(), self.b.stop_at.get());
+        if pos >= stop && !buf.is_empty() {
+            let why = if stop >= self.b.total {
+                refused("virtual_size_too_large", format!("the tarball unpacks to more than {} bytes", self.b.total))
+            } else {
+                refused(
+                    "unsafe_tar",
+                    format!("the tarball has more than {EXTENSIONS_MAX} bytes of long names or PAX records before one entry"),
+                )
+            };
+            let e = std::io::Error::other(why.message.clone());
+            self.b.tripped.set(Some(why));
+            return Err(e);
+        }
+        let room = (stop - pos).min(buf.len() as u64) as usize;
+        let n = self.inner.read(&mut buf[..room])?;
+        self.b.pos.set(pos + n as u64);
+        Ok(n)
+    }
+}
+
+/// The archive read from `r` within `max_unpacked` bytes, and its bounds.
+fn archive<R: Read>(r: R, max_unpacked: u64) -> (tar::Archive<Bounded<R>>, Rc<Bounds>) {
+    let b = Bounds::new(max_unpacked);
+    (tar::Archive::new(Bounded { inner: r, b: b.clone() }), b)
 }
 
 fn damaged(e: std::io::Error) -> Refused {
     refused("invalid_image_data", format!("the tarball is damaged: {e}"))
 }
 
-/// Checks every entry of the gzip-compressed tarball at `path`. Blocking.
-pub fn check(path: &Path) -> Result<(), Refused> {
-    walk(open(path)?)
+/// Checks every entry of the gzip-compressed tarball at `path`, which must unpack to at
+/// most `max_unpacked` bytes. Blocking.
+pub fn check(path: &Path, max_unpacked: u64) -> Result<(), Refused> {
+    check_tar(open(path)?, max_unpacked)
 }
 
 /// [`check`] on an uncompressed tar stream.
-pub fn check_tar(r: impl Read) -> Result<(), Refused> {
-    walk(tar::Archive::new(r))
-}
-
-fn walk<R: Read>(mut archive: tar::Archive<R>) -> Result<(), Refused> {
+pub fn check_tar(r: impl Read, max_unpacked: u64) -> Result<(), Refused> {
+    let (mut archive, b) = archive(r, max_unpacked);
     let mut rules = Rules::default();
-    for entry in entries(&mut archive)? {
-        rules.check(&entry.map_err(damaged)?)?;
+    let mut entries =
+        archive.entries().map_err(|e| refused("invalid_image_data", format!("the data is not a tarball: {e}")))?;
+    loop {
+        b.before_header();
+        let Some(entry) = entries.next() else { break };
+        let entry = entry.map_err(|e| b.refusal(e))?;
+        b.entry(&entry);
+        rules.check(&entry)?;
     }
     rules.end()
 }
@@ -146,7 +226,8 @@ fn walk<R: Read>(mut archive: tar::Archive<R>) -> Result<(), Refused> {
 /// owners: a container's root. A refusal can come after earlier entries were written: the caller
 /// unpacks into a directory of its own and throws it away on error. Blocking.
 pub fn unpack(path: &Path, dest: &Path) -> Result<(), Refused> {
-    let mut archive = open(path)?;
+    // The total was checked by dcmgr, through this parser, on these bytes.
+    let (mut archive, b) = archive(open(path)?, u64::MAX);
     archive.set_preserve_permissions(true);
     // Owners as GNU tar keeps them: when unpacking as root (hva) only.
     let root = rustix::process::geteuid().is_root();
@@ -154,8 +235,13 @@ pub fn unpack(path: &Path, dest: &Path) -> Result<(), Refused> {
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
     let mut rules = Rules::default();
-    for entry in entries(&mut archive)? {
-        let mut entry = entry.map_err(damaged)?;
+    let mut entries =
+        archive.entries().map_err(|e| refused("invalid_image_data", format!("the data is not a tarball: {e}")))?;
+    loop {
+        b.before_header();
+        let Some(entry) = entries.next() else { break };
+        let mut entry = entry.map_err(|e| b.refusal(e))?;
+        b.entry(&entry);
         let path = rules.check(&entry)?;
         if entry.header().entry_type() == tar::EntryType::Fifo {
             // The tar crate would write a FIFO as an empty file.
@@ -293,7 +379,7 @@ mod tests {
 
     #[test]
     fn hostile_tarballs_are_refused_with_the_entry_named() {
-        check_tar(&tar_of(SAFE)[..]).unwrap();
+        check_tar(&tar_of(SAFE)[..], u64::MAX).unwrap();
         type Entries<'a> = &'a [(&'a str, u8, &'a str)];
         let cases: &[(Entries, &str)] = &[
             (&[("../etc/cron.d/x", b'0', "")], "../etc/cron.d/x"),
@@ -310,12 +396,58 @@ mod tests {
             (&[("x", b'2', "/etc/shadow"), ("x", b'0', "")], "x"),
         ];
         for (entries, named) in cases {
-            let e = check_tar(&tar_of(entries)[..]).unwrap_err();
+            let e = check_tar(&tar_of(entries)[..], u64::MAX).unwrap_err();
             assert_eq!(e.code, "unsafe_tar", "{entries:?}: {e}");
             assert!(e.message.contains(named), "{entries:?}: {e}");
         }
-        assert_eq!(check_tar(&b"not a tarball at all"[..]).unwrap_err().code, "invalid_image_data");
-        assert_eq!(check_tar(&[0u8; 1024][..]).unwrap_err().code, "invalid_image_data", "no entries");
+        assert_eq!(check_tar(&b"not a tarball at all"[..], u64::MAX).unwrap_err().code, "invalid_image_data");
+        assert_eq!(check_tar(&[0u8; 1024][..], u64::MAX).unwrap_err().code, "invalid_image_data", "no entries");
+    }
+
+    /// `h` (a header of [`header`]) saying its data is `size` bytes.
+    fn sized(mut h: Vec<u8>, size: u64) -> Vec<u8> {
+        h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h[..512].iter().map(|&b| b as u32).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        h
+    }
+
+    /// A "long name" or PAX record of gigabytes (zeros: a few megabytes gzip-compressed)
+    /// is refused after a megabyte, not read into memory; nor does a stream go on past
+    /// the limit of what may be unpacked.
+    #[test]
+    fn what_the_parser_would_hold_or_unpack_is_bounded() {
+        use std::io::Read as _;
+        for kind in [b'L', b'K', b'x'] {
+            let h = sized(header("././@LongLink", kind, "", b""), 6 << 30);
+            let bomb = (&h[..]).chain(std::io::repeat(0).take(6 << 30));
+            let e = check_tar(bomb, u64::MAX).unwrap_err();
+            assert_eq!(e.code, "unsafe_tar", "{}: {e}", kind as char);
+            assert!(e.message.contains("long names or PAX records"), "{e}");
+        }
+        let big = sized(header("big", b'0', "", b""), 10 << 20);
+        let e = check_tar((&big[..]).chain(std::io::repeat(0).take(10 << 20)), 1 << 20).unwrap_err();
+        assert_eq!(e.code, "virtual_size_too_large", "{e}");
+        check_tar((&big[..]).chain(std::io::repeat(0).take((10 << 20) + 1024)), 11 << 20).unwrap();
+        // Real long names (a GNU long name entry of the tar crate's builder) pass.
+        let long = format!("usr/share/{}/file", vec!["d".repeat(60); 5].join("/"));
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, &long, &b"data"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        check_tar(&tar[..], u64::MAX).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let tgz = tmp.path().join("long.tar.gz");
+        std::fs::write(&tgz, gzip(&tar)).unwrap();
+        unpack(&tgz, tmp.path()).unwrap();
+        assert_eq!(std::fs::read(tmp.path().join(&long)).unwrap(), b"data");
     }
 
     #[test]
@@ -323,7 +455,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let tgz = tmp.path().join("root.tar.gz");
         std::fs::write(&tgz, gzip(&tar_of(SAFE))).unwrap();
-        check(&tgz).unwrap();
+        check(&tgz, u64::MAX).unwrap();
         let root = tmp.path().join("root");
         std::fs::create_dir(&root).unwrap();
         unpack(&tgz, &root).unwrap();
@@ -370,7 +502,7 @@ mod tests {
         let mut data = gzip(&entries_of(&[("init.sh", b'0', "")]));
         data.extend(gzip(&tar_of(&[("dev/mem", b'3', "")])));
         std::fs::write(&tgz, &data).unwrap();
-        let e = check(&tgz).unwrap_err();
+        let e = check(&tgz, u64::MAX).unwrap_err();
         assert_eq!(e.code, "unsafe_tar", "{e}");
         assert!(e.message.contains("dev/mem"), "{e}");
         let root = tmp.path().join("root");
@@ -381,7 +513,7 @@ mod tests {
         let mut data = gzip(&entries_of(&[("init.sh", b'0', "")]));
         data.extend(gzip(&tar_of(&[("etc/", b'5', ""), ("etc/hostname", b'0', "")])));
         std::fs::write(&tgz, &data).unwrap();
-        check(&tgz).unwrap();
+        check(&tgz, u64::MAX).unwrap();
         let root = tmp.path().join("root2");
         std::fs::create_dir(&root).unwrap();
         unpack(&tgz, &root).unwrap();
