@@ -56,6 +56,12 @@ impl Rules {
         if self.symlinks.contains(&path) {
             return Err(unsafe_entry(&name, "replaces a symbolic link of the same archive"));
         }
+        // What the unpack sets on each entry must be readable, so that an archive the
+        // check takes is one the unpack takes.
+        let h = entry.header();
+        if let Err(e) = h.mode().and(h.uid()).and(h.gid()).and(h.mtime()) {
+            return Err(refused("invalid_image_data", format!("tar entry {name:?} has a damaged header: {e}")));
+        }
         use tar::EntryType as T;
         match entry.header().entry_type() {
             T::Regular
@@ -402,6 +408,12 @@ mod tests {
         }
         assert_eq!(check_tar(&b"not a tarball at all"[..], u64::MAX).unwrap_err().code, "invalid_image_data");
         assert_eq!(check_tar(&[0u8; 1024][..], u64::MAX).unwrap_err().code, "invalid_image_data", "no entries");
+        // A numeric field the unpack could not read: refused by the check already.
+        let mut h = header("init.sh", b'0', "", b"data");
+        h[108..116].fill(0);
+        let e = check_tar(&sized(h, 4)[..], u64::MAX).unwrap_err();
+        assert_eq!(e.code, "invalid_image_data", "{e}");
+        assert!(e.message.contains("init.sh"), "{e}");
     }
 
     /// `h` (a header of [`header`]) saying its data is `size` bytes.
