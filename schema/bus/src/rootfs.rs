@@ -34,8 +34,29 @@ fn refused(code: &'static str, message: impl Into<String>) -> Refused {
 /// The rules, entry after entry (they remember the symbolic links seen).
 #[derive(Default)]
 struct Rules {
-    symlinks: HashSet<PathBuf>,
+    /// The symbolic links' paths, as [`prefixes`] hashes them.
+    symlinks: HashSet<u64>,
     count: u64,
+}
+
+/// The longest path or link target taken (Linux's PATH_MAX).
+const PATH_MAX: usize = 4096;
+/// The most symbolic links an archive may hold: a Debian root has about 20,000.
+const SYMLINKS_MAX: usize = 1_000_000;
+
+/// A hash of each leading part of `path` (`a`, `a/b`, `a/b/c`), each computed from the
+/// one before. Checking every ancestor of a path then costs its length, not its length
+/// squared (a 4 KiB path has 2,000 ancestors). Equal paths hash equal, so a link is never
+/// missed; a collision could only refuse an archive.
+fn prefixes(path: &Path) -> impl Iterator<Item = u64> + '_ {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a
+    path.components().map(move |c| {
+        for &b in c.as_os_str().as_bytes().iter().chain(b"/") {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    })
 }
 
 impl Rules {
@@ -44,16 +65,28 @@ impl Rules {
         let unsafe_entry = |name: &str, why: &str| refused("unsafe_tar", format!("tar entry {name:?} {why}"));
         self.count += 1;
         let raw = entry.path_bytes();
+        let long = |what: &str, b: &[u8]| {
+            let start = String::from_utf8_lossy(&b[..64.min(b.len())]).into_owned();
+            refused("unsafe_tar", format!("tar entry {start:?}… has a {what} of {} bytes, over {PATH_MAX}", b.len()))
+        };
+        if raw.len() > PATH_MAX {
+            return Err(long("path", &raw));
+        }
+        if let Some(target) = entry.link_name_bytes().filter(|t| t.len() > PATH_MAX) {
+            return Err(long("link target", &target));
+        }
         let name = String::from_utf8_lossy(&raw).into_owned();
         let path = inside_root(Path::new(&name)).ok_or_else(|| {
             unsafe_entry(&name, "is an absolute path or climbs out with `..`: entries must be relative to the root")
         })?;
-        if path.ancestors().skip(1).any(|a| self.symlinks.contains(a)) {
+        let hashes: Vec<u64> = prefixes(&path).collect();
+        let (own, above) = hashes.split_last().map_or((None, &[][..]), |(o, a)| (Some(*o), a));
+        if above.iter().any(|h| self.symlinks.contains(h)) {
             return Err(unsafe_entry(&name, "lies below a symbolic link of the same archive"));
         }
         // A directory written where a symbolic link is would have its mode and owner set
         // on what the link points to.
-        if self.symlinks.contains(&path) {
+        if own.is_some_and(|h| self.symlinks.contains(&h)) {
             return Err(unsafe_entry(&name, "replaces a symbolic link of the same archive"));
         }
         // What the unpack sets on each entry must be readable, so that an archive the
@@ -87,14 +120,17 @@ impl Rules {
                         ));
                     }
                 }
-                self.symlinks.insert(path.clone());
+                if self.symlinks.len() >= SYMLINKS_MAX {
+                    return Err(unsafe_entry(&name, &format!("is one symbolic link too many (over {SYMLINKS_MAX})")));
+                }
+                self.symlinks.extend(own);
             }
             T::Link => {
                 let target = entry.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned());
                 let target = target.ok_or_else(|| unsafe_entry(&name, "is a hard link without a target"))?;
                 let t = inside_root(Path::new(&target))
                     .ok_or_else(|| unsafe_entry(&name, &format!("is a hard link to {target:?}, outside the root")))?;
-                if t.ancestors().any(|a| self.symlinks.contains(a)) {
+                if prefixes(&t).any(|h| self.symlinks.contains(&h)) {
                     return Err(unsafe_entry(&name, "is a hard link through a symbolic link"));
                 }
             }
@@ -408,6 +444,21 @@ mod tests {
         }
         assert_eq!(check_tar(&b"not a tarball at all"[..], u64::MAX).unwrap_err().code, "invalid_image_data");
         assert_eq!(check_tar(&[0u8; 1024][..], u64::MAX).unwrap_err().code, "invalid_image_data", "no entries");
+        // Paths and targets longer than Linux takes.
+        let deep = vec!["d"; 2100].join("/");
+        for (path, target, what) in [(deep.as_str(), "x", "path"), ("x", deep.as_str(), "link target")] {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            b.append_link(&mut h, path, target).unwrap();
+            let e = check_tar(&b.into_inner().unwrap()[..], u64::MAX).unwrap_err();
+            assert!(e.code == "unsafe_tar" && e.message.contains(&format!("{what} of 4199 bytes")), "{e}");
+        }
         // A numeric field the unpack could not read: refused by the check already.
         let mut h = header("init.sh", b'0', "", b"data");
         h[108..116].fill(0);
