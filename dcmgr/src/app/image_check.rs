@@ -326,6 +326,10 @@ mod tests {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_size(4);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_cksum();
         b.append_data(&mut h, "init.sh", &b"data"[..]).unwrap();
         let tar = b.into_inner().unwrap();

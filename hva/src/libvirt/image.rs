@@ -455,6 +455,10 @@ mod tests {
         h.set_device_major(1).unwrap();
         h.set_device_minor(1).unwrap();
         h.set_size(0);
+        h.set_mode(0o600);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
         h.set_cksum();
         b.append_data(&mut h, "dev/mem", std::io::empty()).unwrap();
         std::fs::write(&tarball, b.into_inner().unwrap().finish().unwrap()).unwrap();
