@@ -250,15 +250,26 @@ pub fn check(path: &Path, max_unpacked: u64) -> Result<(), Refused> {
 /// [`check`] on an uncompressed tar stream.
 pub fn check_tar(r: impl Read, max_unpacked: u64) -> Result<(), Refused> {
     let (mut archive, b) = archive(r, max_unpacked);
+    each_entry(&mut archive, &b, |_, _| Ok(()))
+}
+
+/// Calls `f` with each entry the rules take and its path under the root, the reads held
+/// within `b`; refuses the first entry they do not take.
+fn each_entry<R: Read>(
+    archive: &mut tar::Archive<Bounded<R>>,
+    b: &Bounds,
+    mut f: impl FnMut(&mut tar::Entry<'_, Bounded<R>>, PathBuf) -> Result<(), Refused>,
+) -> Result<(), Refused> {
     let mut rules = Rules::default();
     let mut entries =
         archive.entries().map_err(|e| refused("invalid_image_data", format!("the data is not a tarball: {e}")))?;
     loop {
         b.before_header();
         let Some(entry) = entries.next() else { break };
-        let entry = entry.map_err(|e| b.refusal(e))?;
+        let mut entry = entry.map_err(|e| b.refusal(e))?;
         b.entry(&entry);
-        rules.check(&entry)?;
+        let path = rules.check(&entry)?;
+        f(&mut entry, path)?;
     }
     rules.end()
 }
@@ -276,29 +287,17 @@ pub fn unpack(path: &Path, dest: &Path) -> Result<(), Refused> {
     archive.set_preserve_ownerships(root);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
-    let mut rules = Rules::default();
-    let mut entries =
-        archive.entries().map_err(|e| refused("invalid_image_data", format!("the data is not a tarball: {e}")))?;
-    loop {
-        b.before_header();
-        let Some(entry) = entries.next() else { break };
-        let mut entry = entry.map_err(|e| b.refusal(e))?;
-        b.entry(&entry);
-        let path = rules.check(&entry)?;
+    each_entry(&mut archive, &b, |entry, path| {
         if entry.header().entry_type() == tar::EntryType::Fifo {
             // The tar crate would write a FIFO as an empty file.
-            make_fifo(entry.header(), &dest.join(&path), root)
-                .map_err(|e| refused("unpack_failed", format!("tar entry {:?}: {e}", name_of(&entry))))?;
-            continue;
+            return make_fifo(entry.header(), &dest.join(&path), root)
+                .map_err(|e| refused("unpack_failed", format!("tar entry {:?}: {e}", name_of(entry))));
         }
         // unpack_in also refuses, on its own, anything that would land outside `dest`.
         match entry.unpack_in(dest) {
-            Ok(true) => {}
+            Ok(true) => Ok(()),
             Ok(false) => {
-                return Err(refused(
-                    "unsafe_tar",
-                    format!("tar entry {:?} would be written outside the root", name_of(&entry)),
-                ));
+                Err(refused("unsafe_tar", format!("tar entry {:?} would be written outside the root", name_of(entry))))
             }
             Err(e) => {
                 // The tar crate says what it was doing; the cause is its source.
@@ -308,11 +307,10 @@ pub fn unpack(path: &Path, dest: &Path) -> Result<(), Refused> {
                     cause += &format!(": {c}");
                     at = c.source();
                 }
-                return Err(refused("unpack_failed", format!("tar entry {:?}: {e}{cause}", name_of(&entry))));
+                Err(refused("unpack_failed", format!("tar entry {:?}: {e}{cause}", name_of(entry))))
             }
         }
-    }
-    rules.end()
+    })
 }
 
 /// A FIFO at `at` (its parents inside the root: no entry lies below a symbolic link),
