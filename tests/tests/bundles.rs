@@ -590,6 +590,22 @@ async fn hostile_bundles_are_refused_and_create_nothing(db: Db) {
     huge[24..32].copy_from_slice(&(4u64 << 40).to_be_bytes());
     let huge = with_image(huge, vdc_schema::ImageFormat::Qcow2);
     assert_eq!(api_err(cb.plan_bundle(huge, &[]).await), (400, "virtual_size_too_large".into()));
+    // A tar image's entries are checked by the plan too, wherever they are in its data:
+    // here a device node in a second gzip member. Before, the plan checked only disks'
+    // headers and answered with no conflict; only the import refused it.
+    use crate::images::{gzip, tar_entry};
+    let device = [gzip(&tar_entry("init.sh", b'0', b"#!")), gzip(&tar_entry("dev/mem", b'3', b""))].concat();
+    let device = with_image(device, vdc_schema::ImageFormat::Tar);
+    let (status, code, message) = match cb.plan_bundle(device.clone(), &[]).await {
+        Err(ClientError::Api { status, code, message, .. }) => (status, code, message),
+        other => panic!("expected the plan to refuse a device node, got {other:?}"),
+    };
+    assert_eq!((status, code.as_str()), (400, "unsafe_tar"));
+    assert!(message.contains("image smuggled") && message.contains("dev/mem"), "{message}");
+    assert_eq!(api_err(cb.import_bundle(device, &[]).await), (400, "unsafe_tar".into()));
+    let not_gzip =
+        with_image([tar_entry("init.sh", b'0', b"#!"), vec![0; 1024]].concat(), vdc_schema::ImageFormat::Tar);
+    assert_eq!(api_err(cb.plan_bundle(not_gzip, &[]).await), (400, "format_mismatch".into()));
     // Nothing of any of them was created.
     assert!(cb.list_all_networks().await.unwrap().is_empty());
     assert!(cb.list_all_security_groups().await.unwrap().is_empty());

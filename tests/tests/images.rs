@@ -63,7 +63,7 @@ fn disks(dir: &Path) -> (Vec<u8>, Vec<u8>) {
 
 /// A tar entry: a hand-made header (the tar crate's builder refuses hostile names) of
 /// type `kind`, and `body` padded to whole blocks.
-fn tar_entry(name: &str, kind: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn tar_entry(name: &str, kind: u8, body: &[u8]) -> Vec<u8> {
     let mut h = [0u8; 512];
     h[..name.len()].copy_from_slice(name.as_bytes());
     h[100..107].copy_from_slice(b"0000644");
@@ -91,7 +91,7 @@ fn targz(name: &str) -> Vec<u8> {
 }
 
 /// gzip through the system's gzip (the tests crate has no compression library).
-fn gzip(data: &[u8]) -> Vec<u8> {
+pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut child = std::process::Command::new("gzip")
         .arg("-c")

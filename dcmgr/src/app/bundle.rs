@@ -1907,8 +1907,9 @@ pub async fn receive_body(
     let plan_dir =
         (!stage).then(|| staging_dir(ctx).join(format!("plan-{}-{:016x}", std::process::id(), rand::random::<u64>())));
     let (chunks, staging, blobs, dir) = (chunk_dir(ctx), staging_dir(ctx), ctx.blobs.clone(), plan_dir.clone());
+    let tar_max = ctx.config.images.max_virtual_bytes;
     let stage = Some(move |m: &Manifest| match &dir {
-        Some(d) => Stager::verify(m, d),
+        Some(d) => Stager::verify(m, d, tar_max),
         None => Stager::new(m, &chunks, &staging, |sha| blobs.local_path(sha).is_some_and(|p| p.exists())),
     });
     let (c, account, handle) = (ctx.clone(), caller.account_id.clone(), tokio::runtime::Handle::current());
@@ -1945,14 +1946,20 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
     };
     let asks = if same { vec![] } else { quota_asks(&r.manifest, &d) };
     // The disks the import would store, checked from their first bytes as far as they
-    // allow: a plan does not keep the whole data (the import checks it all).
+    // allow: a plan does not keep the whole data (the import checks it all). Tar images'
+    // entries were checked whole as they arrived.
     for (what, blob, format) in blobs_to_store(&r.manifest, &d, maps) {
-        if let (Some(format @ (ImageFormat::Raw | ImageFormat::Qcow2)), Some(head)) =
-            (format, r.assembled.head(&blob.sha256))
-        {
-            let found = crate::app::image_check::inspect_head(head, blob.size, ctx.config.images.max_virtual_bytes);
-            judge_blob(&what, format, found)?;
-        }
+        let found = match (format, r.assembled.head(&blob.sha256)) {
+            (Some(ImageFormat::Raw | ImageFormat::Qcow2), Some(head)) => {
+                crate::app::image_check::inspect_head(head, blob.size, ctx.config.images.max_virtual_bytes)
+            }
+            (Some(ImageFormat::Tar), _) => match r.assembled.tar_check(&blob.sha256) {
+                Some(checked) => crate::app::image_check::tar_checked(checked.clone()),
+                None => continue,
+            },
+            _ => continue,
+        };
+        judge_blob(&what, format.expect("matched above"), found)?;
     }
     let mut conflicts = d.conflicts;
     // The quota the import would exceed is shown with the rest: the import would refuse it.

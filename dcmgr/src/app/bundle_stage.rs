@@ -11,7 +11,9 @@
 //! A plan checks the same way without writing the blobs ([`Stager::verify`]): each blob
 //! hashed whole as its chunks arrive, only chunks needed again kept, in a directory of
 //! the plan's own. Each blob's first bytes are kept ([`Assembled::head`]): a plan checks
-//! a disk's header from them as the import checks the whole data.
+//! a disk's header from them as the import checks the whole data. A tar image's entries
+//! are checked whole, as its data arrives ([`Assembled::tar_check`]): they can be
+//! anywhere in it.
 //!
 //! Why: staging every chunk and then reading them all again to store each blob wrote and
 //! read every byte once more. Host test `bundles` (256 MiB volume, release, 2026-12-02):
@@ -24,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use vdc_bundle::{BundleError, Chunk, Manifest};
 use vdc_bus::fileio::{DirectFile, FileWriter};
+use vdc_bus::rootfs::Refused;
+use vdc_schema::ImageFormat;
 
 /// Blobs assembled at once (each holds a 4 MiB aligned buffer).
 const OPEN_MAX: usize = 8;
@@ -38,6 +42,7 @@ const HEAD_KEPT: usize = 4096;
 pub struct Assembled {
     files: HashMap<String, PathBuf>,
     heads: HashMap<String, Vec<u8>>,
+    tars: HashMap<String, Result<(), Refused>>,
 }
 
 impl Assembled {
@@ -50,6 +55,13 @@ impl Assembled {
     /// checked against its hash.
     pub fn head(&self, sha256: &str) -> Option<&[u8]> {
         self.heads.get(sha256).map(Vec::as_slice)
+    }
+
+    /// A plan's check of the tar image `sha256` (`vdc_bus::rootfs`), once it was whole and
+    /// checked against its hash. None when it was not checked: more than [`OPEN_MAX`]
+    /// tar images under way at once (the import checks it then).
+    pub fn tar_check(&self, sha256: &str) -> Option<&Result<(), Refused>> {
+        self.tars.get(sha256)
     }
 }
 
@@ -81,6 +93,59 @@ struct Blob {
     next: usize,
     state: State,
     head: Vec<u8>,
+    /// A plan's blob that the manifest calls a tar image: its entries are checked.
+    is_tar: bool,
+    tar: Option<TarCheck>,
+    tar_checked: Option<Result<(), Refused>>,
+}
+
+/// A tar image's entries checked by `vdc_bus::rootfs` on a thread of its own, fed the
+/// blob's data in order as it arrives (two chunks queued at most).
+struct TarCheck {
+    tx: mpsc::SyncSender<Bytes>,
+    thread: std::thread::JoinHandle<Result<(), Refused>>,
+}
+
+impl TarCheck {
+    fn start(max_unpacked: u64) -> std::io::Result<TarCheck> {
+        let (tx, rx) = mpsc::sync_channel::<Bytes>(2);
+        let thread = std::thread::Builder::new()
+            .name("vdc-tar-check".into())
+            .spawn(move || vdc_bus::rootfs::check_gz(Feed { rx, cur: Bytes::new() }, max_unpacked))?;
+        Ok(TarCheck { tx, thread })
+    }
+
+    /// Ignored once the check has ended (it has its answer).
+    fn feed(&self, data: &Bytes) {
+        let _ = self.tx.send(data.clone());
+    }
+
+    fn end(self) -> Result<(), Refused> {
+        drop(self.tx);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(Refused { code: "inspection_failed", message: "the tar check stopped".into() }))
+    }
+}
+
+/// The data sent to a [`TarCheck`], read in order; its end when the sender is dropped.
+struct Feed {
+    rx: mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl std::io::Read for Feed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.recv() {
+                Ok(b) => self.cur = b,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
 }
 
 impl Blob {
@@ -114,6 +179,9 @@ pub struct Stager {
     wanted: HashMap<String, usize>,
     staged: HashSet<String>,
     open: usize,
+    /// A plan's: the most a tar image may unpack to, and the tar checks under way.
+    tar_max: u64,
+    tar_checks: usize,
 }
 
 impl Stager {
@@ -125,7 +193,7 @@ impl Stager {
         stored: impl Fn(&str) -> bool,
     ) -> std::io::Result<Stager> {
         std::fs::create_dir_all(blob_dir)?;
-        let mut st = Stager::hashing(m, chunk_dir, stored)?;
+        let mut st = Stager::hashing(m, chunk_dir, stored, None)?;
         let (tx, rx) = mpsc::sync_channel::<Write>(4);
         let files = std::thread::Builder::new().name("vdc-assemble".into()).spawn(move || {
             let mut open = HashMap::new();
@@ -148,13 +216,27 @@ impl Stager {
     }
 
     /// For a plan: every blob of `m` hashed whole as its chunks arrive, none written; a
-    /// chunk needed again is kept in `chunk_dir` (the caller removes it afterwards).
-    pub fn verify(m: &Manifest, chunk_dir: &Path) -> std::io::Result<Stager> {
-        Stager::hashing(m, chunk_dir, |_| false)
+    /// chunk needed again is kept in `chunk_dir` (the caller removes it afterwards). The
+    /// blobs `m` calls tar images are checked entry by entry, each within `tar_max` bytes
+    /// unpacked.
+    pub fn verify(m: &Manifest, chunk_dir: &Path, tar_max: u64) -> std::io::Result<Stager> {
+        Stager::hashing(m, chunk_dir, |_| false, Some(tar_max))
     }
 
-    fn hashing(m: &Manifest, chunk_dir: &Path, stored: impl Fn(&str) -> bool) -> std::io::Result<Stager> {
+    fn hashing(
+        m: &Manifest,
+        chunk_dir: &Path,
+        stored: impl Fn(&str) -> bool,
+        tar_max: Option<u64>,
+    ) -> std::io::Result<Stager> {
         std::fs::create_dir_all(chunk_dir)?;
+        let tar = |f: Option<ImageFormat>, b: Option<&vdc_bundle::BlobRef>| {
+            b.filter(|_| f == Some(ImageFormat::Tar) && tar_max.is_some()).map(|b| b.sha256.clone())
+        };
+        let tars: HashSet<String> = (m.model.images.iter().filter_map(|i| tar(Some(i.format), i.blob.as_ref())))
+            .chain(m.model.instances.iter().filter_map(|i| tar(i.root_disk_format, i.root_disk.as_ref())))
+            .chain(m.model.volumes.iter().filter_map(|v| tar(v.data_format, v.data.as_ref())))
+            .collect();
         let refs = m.model.images.iter().filter_map(|i| i.blob.as_ref());
         let refs = refs.chain(m.model.instances.iter().filter_map(|i| i.root_disk.as_ref()));
         let refs = refs.chain(m.model.volumes.iter().filter_map(|v| v.data.as_ref()));
@@ -164,7 +246,16 @@ impl Stager {
                 *wanted.entry(c.clone()).or_insert(0) += 1;
             }
             let state = if b.chunks.is_empty() || stored(&b.sha256) { State::Off } else { State::Waiting };
-            blobs.push(Blob { sha256: b.sha256.clone(), chunks: b.chunks.clone(), next: 0, state, head: Vec::new() });
+            blobs.push(Blob {
+                sha256: b.sha256.clone(),
+                chunks: b.chunks.clone(),
+                next: 0,
+                state,
+                head: Vec::new(),
+                is_tar: tars.contains(&b.sha256),
+                tar: None,
+                tar_checked: None,
+            });
         }
         Ok(Stager {
             chunk_dir: chunk_dir.to_owned(),
@@ -178,6 +269,8 @@ impl Stager {
             wanted,
             staged: HashSet::new(),
             open: 0,
+            tar_max: tar_max.unwrap_or(0),
+            tar_checks: 0,
         })
     }
 
@@ -216,6 +309,9 @@ impl Stager {
             match std::mem::replace(&mut b.state, State::Off) {
                 State::Done(p) => {
                     done.heads.insert(b.sha256.clone(), std::mem::take(&mut b.head));
+                    if let Some(checked) = b.tar_checked.take() {
+                        done.tars.insert(b.sha256.clone(), checked);
+                    }
                     if self.assemble {
                         done.files.insert(b.sha256.clone(), p);
                     }
@@ -278,11 +374,18 @@ impl Stager {
             self.send(Write::Open(b, path.clone()))?;
             self.blobs[b].state = State::Open { hash: Sha256::new(), path };
             self.open += 1;
+            if self.blobs[b].is_tar && self.tar_checks < OPEN_MAX {
+                self.blobs[b].tar = Some(TarCheck::start(self.tar_max)?);
+                self.tar_checks += 1;
+            }
         }
         self.send(Write::Data(b, data.clone()))?;
         let blob = &mut self.blobs[b];
         let State::Open { hash, .. } = &mut blob.state else { unreachable!("opened above") };
         hash.update(data);
+        if let Some(t) = &blob.tar {
+            t.feed(data);
+        }
         if blob.next == 0 {
             blob.head = data[..data.len().min(HEAD_KEPT)].to_vec();
         }
@@ -295,6 +398,10 @@ impl Stager {
         }
         let State::Open { hash, path } = std::mem::replace(&mut blob.state, State::Off) else { unreachable!("open") };
         self.open -= 1;
+        if let Some(t) = blob.tar.take() {
+            blob.tar_checked = Some(t.end());
+            self.tar_checks -= 1;
+        }
         let whole = hex::encode(hash.finalize());
         let sha = blob.sha256.clone();
         // Whole once the writer thread has closed it (`finish` joins it).
@@ -430,7 +537,7 @@ mod tests {
         let chunks = d.path().join("plan");
         let (a, b, z) = (chunk(1, 5000), chunk(2, 5000), chunk(0, 4096));
         let m = manifest(&[&[&a, &z, &z], &[&b, &a]]);
-        let mut st = Stager::verify(&m, &chunks).unwrap();
+        let mut st = Stager::verify(&m, &chunks, u64::MAX).unwrap();
         for c in [&a, &z, &b] {
             st.chunk(again(c)).unwrap();
         }
@@ -443,10 +550,81 @@ mod tests {
         assert_eq!(files(d.path()), vec!["plan".to_string()]);
         let mut m = manifest(&[&[&a, &z, &z], &[&b, &a]]);
         m.model.volumes[1].data.as_mut().unwrap().sha256 = "0".repeat(64);
-        let mut st = Stager::verify(&m, &chunks).unwrap();
+        let mut st = Stager::verify(&m, &chunks, u64::MAX).unwrap();
         st.chunk(again(&a)).unwrap();
         st.chunk(again(&z)).unwrap();
         assert_eq!(st.chunk(again(&b)).unwrap_err().code(), "bundle_chunk_mismatch");
+    }
+
+    /// A tarball of `entries` (path, type, data): gzip members of their own when asked.
+    fn tarball(entries: &[(&str, tar::EntryType, &[u8])], members: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, (path, kind, data)) in entries.iter().enumerate() {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_cksum();
+            b.append_data(&mut h, path, *data).unwrap();
+            let mut tar = b.into_inner().unwrap();
+            if i + 1 < entries.len() {
+                tar.truncate(tar.len() - 1024); // no end of archive before the last
+            }
+            if members || i == 0 {
+                out.push(Vec::new());
+            }
+            out.last_mut().unwrap().extend(tar);
+        }
+        out.iter()
+            .flat_map(|tar| {
+                let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                std::io::Write::write_all(&mut z, tar).unwrap();
+                z.finish().unwrap()
+            })
+            .collect()
+    }
+
+    /// A plan checks the entries of the blobs the manifest calls tar images as they
+    /// arrive, wherever in the data they are: a device node in a second gzip member is
+    /// refused like a whole upload's.
+    #[test]
+    fn a_plan_checks_every_entry_of_a_tar_image() {
+        use tar::EntryType::{Char, Regular};
+        let d = tempfile::tempdir().unwrap();
+        let safe = tarball(&[("init.sh", Regular, b"#!/bin/sh\n"), ("etc/hostname", Regular, b"c1\n")], false);
+        let hostile = tarball(&[("etc/hostname", Regular, b"c1\n"), ("dev/mem", Char, b"")], true);
+        let split = |b: &[u8]| {
+            b.chunks(50).map(|c| Chunk { sha256: vdc_bundle::sha256_hex(c), data: c.to_vec() }).collect::<Vec<_>>()
+        };
+        let (s, h, raw) = (split(&safe), split(&hostile), chunk(7, 100));
+        let mut m = manifest(&[&s.iter().collect::<Vec<_>>(), &h.iter().collect::<Vec<_>>(), &[&raw]]);
+        m.model.volumes[0].data_format = Some(ImageFormat::Tar);
+        m.model.volumes[1].data_format = Some(ImageFormat::Tar);
+        let sha = |i: usize| m.model.volumes[i].data.as_ref().unwrap().sha256.clone();
+        let mut st = Stager::verify(&m, &d.path().join("plan"), u64::MAX).unwrap();
+        // Both under way at once: their chunks interleaved.
+        for i in 0..s.len().max(h.len()) {
+            for c in [s.get(i), h.get(i)].into_iter().flatten() {
+                st.chunk(again(c)).unwrap();
+            }
+        }
+        st.chunk(again(&raw)).unwrap();
+        let done = st.finish().unwrap();
+        assert_eq!(done.tar_check(&sha(0)), Some(&Ok(())));
+        let e = done.tar_check(&sha(1)).unwrap().as_ref().unwrap_err();
+        assert!(e.code == "unsafe_tar" && e.message.contains("dev/mem"), "{e}");
+        assert_eq!(done.tar_check(&sha(2)), None, "a raw disk is not a tarball");
+        // The limit of what a tar image unpacks to holds here too.
+        let mut st = Stager::verify(&m, &d.path().join("plan"), 512).unwrap();
+        for c in &s {
+            st.chunk(again(c)).unwrap();
+        }
+        let done = st.finish().unwrap();
+        assert_eq!(done.tar_check(&sha(0)).unwrap().as_ref().unwrap_err().code, "virtual_size_too_large");
     }
 
     /// A blob the store has, and blobs beyond those assembled at once, are left to the

@@ -30,6 +30,19 @@ impl Refusal {
     }
 }
 
+impl From<vdc_bus::rootfs::Refused> for Refusal {
+    fn from(r: vdc_bus::rootfs::Refused) -> Refusal {
+        Refusal { code: r.code, message: r.message }
+    }
+}
+
+/// What a tar image's check found: a gzip-compressed tarball whose entries all keep
+/// inside the root it is unpacked into (`vdc_bus::rootfs`: the rules hva unpacks with),
+/// within the limit of a disk's virtual size unpacked.
+pub fn tar_checked(checked: Result<(), vdc_bus::rootfs::Refused>) -> Result<Inspected, Refusal> {
+    checked.map(|()| Inspected { format: ImageFormat::Tar, virtual_size: None }).map_err(Refusal::from)
+}
+
 fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal { code, message: message.into() }
 }
@@ -47,10 +60,7 @@ pub struct Inspected {
 /// gzip-compressed tarball (what hosts unpack) with safe entries.
 pub fn inspect(path: &Path, requested: ImageFormat, max_virtual: u64) -> Result<Inspected, Refusal> {
     match requested {
-        ImageFormat::Tar => {
-            check_tarball(path, max_virtual)?;
-            Ok(Inspected { format: ImageFormat::Tar, virtual_size: None })
-        }
+        ImageFormat::Tar => tar_checked(vdc_bus::rootfs::check(path, max_virtual)),
         ImageFormat::Raw | ImageFormat::Qcow2 => inspect_disk(path, max_virtual),
         f => Err(refuse(
             "unsupported_format",
@@ -225,13 +235,6 @@ pub fn decide_disk(info: &serde_json::Value, max_virtual: u64) -> Result<Inspect
         ));
     }
     Ok(Inspected { format, virtual_size: Some(vsize) })
-}
-
-/// A gzip-compressed tarball whose entries all keep inside the root it is unpacked into
-/// (`vdc_bus::rootfs`: the rules hva unpacks with), and which unpacks to at most
-/// `max_unpacked` bytes (the limit of a disk's virtual size).
-pub fn check_tarball(path: &Path, max_unpacked: u64) -> Result<(), Refusal> {
-    vdc_bus::rootfs::check(path, max_unpacked).map_err(|r| Refusal { code: r.code, message: r.message })
 }
 
 #[cfg(test)]

@@ -150,14 +150,18 @@ impl Rules {
 /// The data of the gzip-compressed tarball at `path`, every gzip member of it (as `gzip
 /// -d` reads).
 fn open(path: &Path) -> Result<impl Read, Refused> {
-    let cannot = |e: std::io::Error| refused("inspection_failed", format!("cannot read the data: {e}"));
-    let mut f = std::fs::File::open(path).map_err(cannot)?;
+    let f =
+        std::fs::File::open(path).map_err(|e| refused("inspection_failed", format!("cannot read the data: {e}")))?;
+    gunzip(BufReader::new(f))
+}
+
+/// The data of the gzip-compressed tarball `r`, every gzip member of it.
+fn gunzip<R: Read>(mut r: R) -> Result<impl Read, Refused> {
     let mut magic = [0u8; 2];
-    if f.read_exact(&mut magic).is_err() || magic != [0x1f, 0x8b] {
+    if r.read_exact(&mut magic).is_err() || magic != [0x1f, 0x8b] {
         return Err(refused("format_mismatch", "a tar image must be a gzip-compressed tarball (.tar.gz)"));
     }
-    let f = std::fs::File::open(path).map_err(cannot)?;
-    Ok(flate2::read::MultiGzDecoder::new(BufReader::new(f)))
+    Ok(flate2::read::MultiGzDecoder::new(std::io::Cursor::new(magic).chain(r)))
 }
 
 /// Bytes of long names, long link names and PAX records the tar crate may read before an
@@ -245,6 +249,11 @@ fn damaged(e: std::io::Error) -> Refused {
 /// most `max_unpacked` bytes. Blocking.
 pub fn check(path: &Path, max_unpacked: u64) -> Result<(), Refused> {
     check_tar(open(path)?, max_unpacked)
+}
+
+/// [`check`] on a gzip-compressed tarball read from `r` (a bundle's blob as it arrives).
+pub fn check_gz(r: impl Read, max_unpacked: u64) -> Result<(), Refused> {
+    check_tar(gunzip(r)?, max_unpacked)
 }
 
 /// [`check`] on an uncompressed tar stream.
