@@ -209,7 +209,8 @@ impl ImageCache {
     /// Grows `disk` (an instance's overlay) to `size` bytes; refuses to shrink it below the
     /// image's own size. Idempotent: a disk already that big is left alone.
     pub fn grow(&self, disk: &Path, size: u64, image_id: &str) -> Result<(), ImageError> {
-        let info = self.tools.run("qemu-img", &["info", "--output=json", "-U", &host::path(disk)])?;
+        // The overlay is hva's own qcow2: named, never probed (a guest writes inside it).
+        let info = self.tools.run("qemu-img", &["info", "--output=json", "-U", "-f", "qcow2", &host::path(disk)])?;
         let have =
             serde_json::from_str::<serde_json::Value>(&info).ok().and_then(|v| v["virtual-size"].as_u64()).ok_or_else(
                 || ImageError::Unsupported(format!("qemu-img info of {} gave no virtual-size", disk.display())),
@@ -218,7 +219,7 @@ impl ImageCache {
             return Err(ImageError::TooSmall { id: image_id.to_owned(), want: size, have });
         }
         if size > have {
-            self.tools.run("qemu-img", &["resize", "-q", &host::path(disk), &size.to_string()])?;
+            self.tools.run("qemu-img", &["resize", "-q", "-f", "qcow2", &host::path(disk), &size.to_string()])?;
         }
         Ok(())
     }
