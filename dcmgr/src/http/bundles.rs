@@ -17,8 +17,10 @@ pub struct ExportQuery {
     /// their image, volumes arrive empty).
     #[serde(default)]
     pub model_only: bool,
-    /// Stop running instances for the capture of their disks, and start them again
-    /// afterwards. Without it a running instance is refused (`instance_running`).
+    /// Stop running instances for the capture of their disks (application-consistent), and
+    /// start them again afterwards. Without it a running virtual machine's disk is copied
+    /// as it runs (crash-consistent); an instance starting, stopping or rebooting is
+    /// refused (`instance_running`).
     #[serde(default)]
     pub stop: bool,
 }
@@ -58,13 +60,13 @@ pub async fn key(State(ctx): State<SharedCtx>, _caller: Caller) -> Json<BundleKe
     description = "Streams a bundle (see docs/bundle-format.md): the model read in one transaction (networks, \
         security groups with their rules, key pairs' public keys, images, instances with their addresses and \
         MACs, volumes, floating IPs), then the data as zstd chunks, signed with this site's key: the account's \
-        images, each stopped virtual machine's root disk (captured as an image would be) and each volume's \
-        data (through a snapshot). The images and snapshots made to read them are removed afterwards.",
+        images, each virtual machine's root disk (captured as an image would be; a running one as it runs, \
+        crash-consistent, unless `stop=true`) and each volume's data (through a snapshot). The images and snapshots made to read them are removed afterwards.",
     params(ExportQuery),
     responses(
         (status = 200, description = "The bundle", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 409, description = "`instance_running`: a running instance's disk cannot be exported as it \
-            is; stop it, pass `stop=true`, or `model_only=true`. `export_failed`: a capture failed (everything \
+        (status = 409, description = "`instance_running`: an instance is starting, stopping or \
+            rebooting; wait, pass `stop=true`, or `model_only=true`. `export_failed`: a capture failed (everything \
             made for the export is removed)", body = ErrorBody)))]
 pub async fn export(
     State(ctx): State<SharedCtx>,
