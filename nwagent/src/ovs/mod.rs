@@ -647,10 +647,12 @@ impl NetworkAgent for OvsNetwork {
         Ok(())
     }
 
+    /// Every port held, also one whose device was gone at the restart (a stopped guest's,
+    /// or a deleted interface's whose removal never came): dcmgr unplugs those it no longer
+    /// knows. Left unreported, a deleted one kept its address's DHCP reservation for good.
     async fn report_all(&self) -> Result<(), AgentError> {
         let st = self.inner.state.lock().await;
-        let all: HashMap<VifId, u64> =
-            st.ports.iter().filter(|(_, p)| p.ofport.is_some()).map(|(k, p)| (k.clone(), p.spec.spec_gen)).collect();
+        let all: HashMap<VifId, u64> = st.ports.iter().map(|(k, p)| (k.clone(), p.spec.spec_gen)).collect();
         drop(st);
         for (id, gen) in all {
             self.inner.report(&id, gen, ObservedInterface::Active, None);

@@ -89,13 +89,20 @@ pub struct Services {
     pub prefix: String,
     pub dir: PathBuf,
     running: std::sync::Mutex<HashMap<u32, Running>>,
+    /// Set (under `running`'s lock) once the metadata servers are stopped: an ensure still
+    /// under way then starts none. One it started after the stop kept its listener bound
+    /// for good, and the next nwagent in the process could not bind (host test, a second
+    /// in-process restart).
+    stopped: std::sync::atomic::AtomicBool,
     tools: Runner,
 }
 
 impl Services {
     /// Stops the metadata servers, as the end of this process would (DHCP stays).
     pub fn stop_metadata(&self) {
-        for (_, r) in self.running.lock().unwrap().drain() {
+        let mut running = self.running.lock().unwrap();
+        self.stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+        for (_, r) in running.drain() {
             r.server.abort();
         }
     }
@@ -120,7 +127,15 @@ pub fn service_dev(vni: u32) -> String {
 
 impl Services {
     pub fn new(host_netns: Option<String>, external_bridge: Option<String>, prefix: String, dir: PathBuf) -> Self {
-        Services { host_netns, external_bridge, prefix, dir, running: Default::default(), tools: cmd::system() }
+        Services {
+            host_netns,
+            external_bridge,
+            prefix,
+            dir,
+            running: Default::default(),
+            stopped: Default::default(),
+            tools: cmd::system(),
+        }
     }
 
     /// The same services, running `ip`, `nft`, `dnsmasq` and `kill` through `tools`.
@@ -358,10 +373,14 @@ impl Services {
         let table: Table = Arc::new(RwLock::new(table));
         let app = metadata_router(table.clone());
         let listener = tokio::net::TcpListener::from_std(listener).map_err(err)?;
+        let mut running = self.running.lock().unwrap();
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(()); // the listener closes here
+        }
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
         });
-        self.running.lock().unwrap().insert(vni, Running { table, server });
+        running.insert(vni, Running { table, server });
         Ok(())
     }
 

@@ -257,7 +257,11 @@ async fn overlay_isolation_security_groups_and_restart() {
     let cfg = n1.cfg.clone();
     n1.net.shut_down();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    drop(std::mem::replace(&mut n1.net, OvsNetwork::open(cfg, n1.sink.clone()).await.unwrap()));
+    // A sink of its own: `active` then waits for the re-sent interfaces' new reports, not
+    // the old ones (before, the restart below began with these ensures still under way).
+    let fresh = ReportSink::open(None).unwrap();
+    drop(std::mem::replace(&mut n1.net, OvsNetwork::open(cfg, fresh.clone()).await.unwrap()));
+    n1.sink = fresh;
     assert_eq!(n1.host.flows("br-int"), before, "reopening keeps the same flows");
     assert!(ga1.ping("10.10.0.12"), "traffic flows right after the restart");
     for s in [&a1, &b1, &a3] {
@@ -265,17 +269,50 @@ async fn overlay_isolation_security_groups_and_restart() {
     }
     assert_eq!(n1.host.flows("br-int"), before, "re-sent interfaces converge to the same flows");
 
-    // Removing an interface removes its flows and its port.
+    // b1's guest goes (terminated) and its removal never reaches nwagent (dcmgr or
+    // nwagent stopped first). After a restart nwagent still reports it, so that dcmgr,
+    // which no longer knows it, unplugs it. Before, a port whose device was gone at the
+    // restart was not reported and kept its DHCP reservation for good: the next guest
+    // given its address got no lease ("no address available").
+    drop(gb1);
+    // The switch has no port number for it: as after `vdc up` restarted the switch
+    // (ofport -1, "could not open network device"), here by taking the port away.
+    let db = format!("--db=unix:{}", n1.host.dir.join("db.sock").display());
+    sh("ovs-vsctl", &[&db, "del-port", "br-int", &vif_device_name(&b1.id)]).unwrap();
+    n1.net.shut_down();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let fresh = ReportSink::open(None).unwrap();
+    drop(std::mem::replace(&mut n1.net, OvsNetwork::open(n1.cfg.clone(), fresh.clone()).await.unwrap()));
+    n1.sink = fresh;
+    n1.net.report_all().await.unwrap();
+    let reported = n1.sink.newest(b1.id.as_str());
+    assert!(
+        matches!(&reported, Some(ObjectReport::Interface(r)) if r.state == ObservedInterface::Active),
+        "a port whose device is gone is reported after a restart: {reported:?}"
+    );
+    let dhcp_hosts = || {
+        let dir = n1.cfg.data_dir.join("services");
+        let files = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path());
+        files
+            .filter(|p| p.to_string_lossy().ends_with(".hosts"))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect::<String>()
+    };
+    assert!(dhcp_hosts().contains("02:00:00:00:02:01"), "{}", dhcp_hosts());
+
+    // Removing an interface (what dcmgr answers that report with) removes its flows, its
+    // port and its DHCP reservation.
     n1.net.ensure_interface_absent(b1.id.clone(), 2).await.unwrap();
     assert!(eventually(Duration::from_secs(10), || !n1
         .host
         .flows("br-int")
         .iter()
         .any(|f| f.contains("02:00:00:00:02:01"))));
+    assert!(eventually(Duration::from_secs(5), || !dhcp_hosts().contains("02:00:00:00:02:01")), "{}", dhcp_hosts());
     assert!(ga1.ping("10.10.0.12"), "the others keep working");
     n1.net.remove_services().await;
     n2.net.remove_services().await;
-    drop((ga1, ga2, ga3, gb1, gb2));
+    drop((ga1, ga2, ga3, gb2));
 }
 
 fn eventually_out(f: impl Fn() -> Option<String>) -> Option<String> {
