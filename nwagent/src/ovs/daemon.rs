@@ -46,11 +46,7 @@ impl Switch {
             sh("ovsdb-tool", &["create", &format!("{d}/conf.db"), "/usr/share/openvswitch/vswitch.ovsschema"])?;
         }
         // Left over from a run that was killed: stop those daemons first.
-        for p in ["ovs-vswitchd", "ovsdb-server"] {
-            if let Ok(pid) = std::fs::read_to_string(dir.join(format!("{p}.pid"))) {
-                let _ = sh("kill", &[pid.trim()]);
-            }
-        }
+        stop_daemons(dir);
         let sw = Switch { dir: dir.to_owned(), remove_bridges };
         let rundir = format!("OVS_RUNDIR={d}");
         let run = |args: &[&str]| -> std::io::Result<String> {
@@ -110,10 +106,29 @@ impl Drop for Switch {
                 let _ = self.vsctl(&["del-br", br.trim()]);
             }
         }
-        for p in ["ovs-vswitchd", "ovsdb-server"] {
-            if let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("{p}.pid"))) {
-                let _ = sh("kill", &[pid.trim()]);
+        stop_daemons(&self.dir);
+    }
+}
+
+/// Stops the daemons whose pid files are in `dir` and waits (up to 10 s) until they are
+/// gone. A daemon started again at once found the old one still exiting with its pid
+/// file locked ("already running as pid …, aborting"; a host test's switch restart in CI).
+fn stop_daemons(dir: &Path) {
+    let mut pids = vec![];
+    for p in ["ovs-vswitchd", "ovsdb-server"] {
+        if let Ok(pid) = std::fs::read_to_string(dir.join(format!("{p}.pid"))) {
+            if sh("kill", &[pid.trim()]).is_ok() {
+                pids.push(pid.trim().to_owned());
             }
         }
+    }
+    // Gone, or a zombie (its files and locks are released).
+    let running = |pid: &String| {
+        std::fs::read_to_string(Path::new("/proc").join(pid).join("stat"))
+            .is_ok_and(|st| st.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while pids.iter().any(running) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
