@@ -40,9 +40,15 @@ on_both_databases!(
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
+    let (status, code, _) = api_err_message(r);
+    (status, code)
+}
+
+/// [`api_err`] with the error's message.
+fn api_err_message<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String, String) {
     match r {
         Ok(v) => panic!("expected an error, got {v:?}"),
-        Err(ClientError::Api { status, code, .. }) => (status, code),
+        Err(ClientError::Api { status, code, message, .. }) => (status, code, message),
         Err(e) => panic!("expected an API error, got {e}"),
     }
 }
@@ -575,10 +581,7 @@ async fn hostile_bundles_are_refused_and_create_nothing(db: Db) {
     // The plan refuses them too, from their headers: before, it answered a plan with no
     // conflict for both, and only the import refused them.
     let backed = with_image(qcow2(&["-b", "/etc/hostname", "-F", "raw"]), vdc_schema::ImageFormat::Qcow2);
-    let (status, code, message) = match cb.plan_bundle(backed.clone(), &[]).await {
-        Err(ClientError::Api { status, code, message, .. }) => (status, code, message),
-        other => panic!("expected the plan to refuse a backing file, got {other:?}"),
-    };
+    let (status, code, message) = api_err_message(cb.plan_bundle(backed.clone(), &[]).await);
     assert_eq!((status, code.as_str()), (400, "backing_file"));
     assert!(message.contains("image smuggled") && message.contains("/etc/hostname"), "{message}");
     assert_eq!(api_err(cb.import_bundle(backed, &[]).await), (400, "backing_file".into()));
@@ -596,10 +599,7 @@ async fn hostile_bundles_are_refused_and_create_nothing(db: Db) {
     use crate::images::{gzip, tar_entry};
     let device = [gzip(&tar_entry("init.sh", b'0', b"#!")), gzip(&tar_entry("dev/mem", b'3', b""))].concat();
     let device = with_image(device, vdc_schema::ImageFormat::Tar);
-    let (status, code, message) = match cb.plan_bundle(device.clone(), &[]).await {
-        Err(ClientError::Api { status, code, message, .. }) => (status, code, message),
-        other => panic!("expected the plan to refuse a device node, got {other:?}"),
-    };
+    let (status, code, message) = api_err_message(cb.plan_bundle(device.clone(), &[]).await);
     assert_eq!((status, code.as_str()), (400, "unsafe_tar"));
     assert!(message.contains("image smuggled") && message.contains("dev/mem"), "{message}");
     assert_eq!(api_err(cb.import_bundle(device, &[]).await), (400, "unsafe_tar".into()));

@@ -96,7 +96,6 @@ struct Blob {
     /// A plan's blob that the manifest calls a tar image: its entries are checked.
     is_tar: bool,
     tar: Option<TarCheck>,
-    tar_checked: Option<Result<(), Refused>>,
 }
 
 /// A tar image's entries checked by `vdc_bus::rootfs` on a thread of its own, fed the
@@ -182,6 +181,8 @@ pub struct Stager {
     /// A plan's: the most a tar image may unpack to, and the tar checks under way.
     tar_max: u64,
     tar_checks: usize,
+    /// The tar checks ended, by blob.
+    tars_checked: HashMap<String, Result<(), Refused>>,
 }
 
 impl Stager {
@@ -254,7 +255,6 @@ impl Stager {
                 head: Vec::new(),
                 is_tar: tars.contains(&b.sha256),
                 tar: None,
-                tar_checked: None,
             });
         }
         Ok(Stager {
@@ -271,6 +271,7 @@ impl Stager {
             open: 0,
             tar_max: tar_max.unwrap_or(0),
             tar_checks: 0,
+            tars_checked: HashMap::new(),
         })
     }
 
@@ -305,13 +306,11 @@ impl Stager {
             None => Ok(Ok(())),
         };
         let mut done = Assembled::default();
+        done.tars = std::mem::take(&mut self.tars_checked);
         for b in &mut self.blobs {
             match std::mem::replace(&mut b.state, State::Off) {
                 State::Done(p) => {
                     done.heads.insert(b.sha256.clone(), std::mem::take(&mut b.head));
-                    if let Some(checked) = b.tar_checked.take() {
-                        done.tars.insert(b.sha256.clone(), checked);
-                    }
                     if self.assemble {
                         done.files.insert(b.sha256.clone(), p);
                     }
@@ -399,7 +398,7 @@ impl Stager {
         let State::Open { hash, path } = std::mem::replace(&mut blob.state, State::Off) else { unreachable!("open") };
         self.open -= 1;
         if let Some(t) = blob.tar.take() {
-            blob.tar_checked = Some(t.end());
+            self.tars_checked.insert(blob.sha256.clone(), t.end());
             self.tar_checks -= 1;
         }
         let whole = hex::encode(hash.finalize());
