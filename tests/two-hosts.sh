@@ -341,20 +341,27 @@ VDC_SAVE=$VDC; VDC="ip netns exec $P-sa ${SA_ENV[*]} $BIN/vdc"
 wait_console web "vdc-user-data: ping ct ok"
 wait_console probe "vdc-user-data: ping ct failed"
 if console_has probe "ping ct ok"; then fail "on A, the probe outside ct's admitted group reached ct"; fi
-SA volume create data --size 16M --wait >/dev/null
+SA volume create data --size 32M --wait >/dev/null
 SA volume attach data web --wait >/dev/null
 wait_console web "vdc-guest: disk $(SA volume show data -o json | js 'd["id"]') wrote vdc-pattern written-by=$WEB_A"
 SA volume detach data --wait >/dev/null
 VDC=$VDC_SAVE
-# 8 MiB of incompressible bytes after the guest's pattern (A's volumes are files of its
-# sta), so the bundle carries data a push must not send again.
+# 24 MiB of incompressible bytes after the guest's pattern (A's volumes are files of its
+# sta), so the bundle carries data a push must not send again. The change pushed later
+# adds a container, whose root file system (about 1 MiB) travels with it: 8 MiB here
+# made that a change of 11 % of the VDC, not the small change the bound is about.
 VOL_A_FILE=$W/sa/sta/volumes/volumes/$(SA volume show data -o json | js 'd["id"]').img
 [ -f "$VOL_A_FILE" ] || fail "A's volume file $VOL_A_FILE is not there"
-head -c 8M /dev/urandom | dd of="$VOL_A_FILE" bs=1M seek=1 conv=notrunc iflag=fullblock status=none
+head -c 24M /dev/urandom | dd of="$VOL_A_FILE" bs=1M seek=1 conv=notrunc iflag=fullblock status=none
 VOL_SHA=$(sha256sum <"$VOL_A_FILE" | cut -d' ' -f1)
 # Attached again: the bundle carries the attachment, and B attaches it to its web.
 SA volume attach data web --wait >/dev/null
 SA floating-ip associate "$(SA floating-ip create -o json | js 'd["id"]')" web >/dev/null
+# A file in ct's root file system, which travels as a tarball packed by A's host.
+CT_A=$(SA instance show ct -o json | js 'd["id"]')
+CT_ROOT_A=$(find "$W/sa" -maxdepth 5 -type d -path "*/instances/$CT_A/rootfs" | head -1)
+[ -n "$CT_ROOT_A" ] || fail "ct's root file system is not on A's host"
+echo "made on A" >"$CT_ROOT_A/etc/vdc-made-on-a"
 SA bundle export --out "$W/a1.bundle" >/dev/null
 row "site A (vdc up, SQLite): 2 networks, a group admitting by group, QEMU guests, a container, a volume, a FIP; exported"
 
@@ -372,6 +379,9 @@ state_is() { [ "$($VDCC instance show "$1" -o json | js 'd["state"]')" = "$2" ];
 for i in web probe ct; do until_ok 120 state_is "$i" running || fail "$i is not running on B"; done
 [ "$($VDCC instance show web -o json | js 'd["interfaces"][0]["ip"]')" = 10.66.0.10 ] || fail "web's address changed"
 [ "$($VDCC instance show ct -o json | js 'd["interfaces"][0]["ip"]')" = 10.66.0.12 ] || fail "ct's address changed"
+CT_B=$($VDCC instance show ct -o json | js 'd["id"]')
+CT_ROOT_B=$(find "$W/hva1" "$W/hva2" -maxdepth 3 -type d -path "*/instances/$CT_B/rootfs" | head -1)
+[ "$(cat "$CT_ROOT_B/etc/vdc-made-on-a" 2>/dev/null)" = "made on A" ] || fail "ct's root file system did not travel from A"
 wait_console web "hostname=web up"
 wait_console web "vdc-user-data: ping ct ok"
 wait_console probe "vdc-user-data: ping ct failed"
@@ -388,14 +398,14 @@ FIP_B=$($VDCC floating-ip list -o json | js '(d["items"] if isinstance(d, dict) 
 [[ $FIP_B == 203.0.113.* ]] || fail "web's floating IP $FIP_B is not from B's pool"
 until_ok 30 ip netns exec "$P-out" ping -c 1 -W 1 "$FIP_B" || fail "web's floating IP $FIP_B does not answer on B"
 VDC=$VDC_SAVE
-row "site B: same hostnames and addresses, the volume attached to web holds A's bytes and web's pattern, the group admits/refuses, the FIP answers"
+row "site B: same hostnames and addresses, ct's root file system, the volume attached to web holds A's bytes and web's pattern, the group admits/refuses, the FIP answers"
 
 SA instance create extra --image tiny-lxc --hypervisor lxc --memory 64M --network back --wait >/dev/null
 SA secgroup rule-add db "tcp:80:$APP_A" >/dev/null
 SA bundle export --out "$W/a2.bundle" >/dev/null
 $VDCC bundle plan "$W/a2.bundle" -o json >"$W/plan2.json"
 CHANGES=$(js '(sorted((c["kind"], c["name"]) for c in d["creates"]), sorted((c["kind"], c["name"]) for c in d["updates"]), len(d["conflicts"]))' <"$W/plan2.json")
-[ "$CHANGES" = "([('instance', 'extra')], [('security_group', 'db')], 0)" ] || fail "the plan of A's change on B: $CHANGES"
+[ "$CHANGES" = "([('image', 'extra-root'), ('instance', 'extra')], [('security_group', 'db')], 0)" ] || fail "the plan of A's change on B: $CHANGES"
 # The change is applied by a push: one vdc reads A's export and sends B only the chunks
 # B lacks. A's API is on the loopback of A's namespace; a socat relay on this loopback
 # reaches it, so the pushing vdc sees both sites.

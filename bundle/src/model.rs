@@ -173,12 +173,13 @@ pub struct Instance {
     pub keypair: Option<String>,
     pub user_data: Option<String>,
     pub interfaces: Vec<Interface>,
-    /// The root disk's data, a qcow2 image captured from the stopped instance; absent in
-    /// a model-only bundle, for containers and for instances booting a kernel image (the
-    /// instance then boots its image).
+    /// The root disk's data, a qcow2 image captured from the instance, or a container's
+    /// root filesystem as a tarball; absent in a model-only bundle and for instances
+    /// booting a kernel image (the instance then boots its image).
     pub root_disk: Option<BlobRef>,
-    /// `raw` or `qcow2`: what the source found the root disk to be (the target never
-    /// guesses a disk's format from tenant-written bytes). Given exactly when `root_disk` is.
+    /// `raw` or `qcow2` (`tar` for a container): what the source found the root disk to
+    /// be (the target never guesses a disk's format from tenant-written bytes). Given
+    /// exactly when `root_disk` is.
     #[serde(default)]
     pub root_disk_format: Option<ImageFormat>,
     /// The instance was stopped at the source and stays stopped at the target. Absent in
@@ -422,14 +423,28 @@ fn resolves(set: &HashSet<&str>, from: &str, kind: &str, id: &str) -> Result<(),
 }
 
 /// A disk's format comes with its data, and is one a disk can be.
-fn disk_format(from: &str, what: &str, has_data: bool, f: Option<ImageFormat>) -> Result<(), BundleError> {
+/// A disk's format is given exactly when its data is, and is one of `allowed`.
+fn disk_format(
+    from: &str,
+    what: &str,
+    has_data: bool,
+    f: Option<ImageFormat>,
+    allowed: &[ImageFormat],
+) -> Result<(), BundleError> {
+    let names = || allowed.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(" or ");
     match (has_data, f) {
-        (false, None) | (true, Some(ImageFormat::Raw | ImageFormat::Qcow2)) => Ok(()),
+        (false, None) => Ok(()),
+        (true, Some(f)) if allowed.contains(&f) => Ok(()),
         (true, None) => Err(BundleError::InvalidManifest(format!("{from}: its {what} has no format"))),
         (false, Some(_)) => Err(BundleError::InvalidManifest(format!("{from}: a {what} format without data"))),
-        (true, Some(f)) => Err(BundleError::InvalidManifest(format!("{from}: its {what} is {f}, not raw or qcow2"))),
+        (true, Some(f)) => Err(BundleError::InvalidManifest(format!("{from}: its {what} is {f}, not {}", names()))),
     }
 }
+
+/// What a disk's data may be: a volume's and a virtual machine's are disks; a
+/// container's root is its file system as a tarball.
+const DISKS: &[ImageFormat] = &[ImageFormat::Raw, ImageFormat::Qcow2];
+const CONTAINER_ROOT: &[ImageFormat] = &[ImageFormat::Tar];
 
 impl Manifest {
     /// Everything that can be checked without the chunks: version, counts, IDs, names,
@@ -597,7 +612,8 @@ impl Manifest {
             if let Some(b) = &i.root_disk {
                 blob(format!("the root disk of {from}"), b)?;
             }
-            disk_format(&from, "root disk", i.root_disk.is_some(), i.root_disk_format)?;
+            let allowed = if i.hypervisor == HypervisorKind::Lxc { CONTAINER_ROOT } else { DISKS };
+            disk_format(&from, "root disk", i.root_disk.is_some(), i.root_disk_format, allowed)?;
             check_host_class(&from, i)?;
             if let Some(g) = &i.server_group {
                 resolves(&server_groups, &from, "server group", g)?;
@@ -609,7 +625,7 @@ impl Manifest {
             if let Some(b) = &v.data {
                 blob(format!("volume {}", v.id), b)?;
             }
-            disk_format(&format!("volume {}", v.id), "data", v.data.is_some(), v.data_format)?;
+            disk_format(&format!("volume {}", v.id), "data", v.data.is_some(), v.data_format, DISKS)?;
             if let Some(i) = &v.attached_to {
                 let from = format!("volume {}", v.id);
                 resolves(&instances, &from, "instance", i)?;

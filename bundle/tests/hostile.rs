@@ -6,7 +6,7 @@ use vdc_bundle::*;
 mod image;
 
 use image::raw_image;
-use vdc_schema::state::{Direction, HypervisorKind, Protocol};
+use vdc_schema::state::{Direction, HypervisorKind, ImageFormat, Protocol};
 
 fn model_with_image(key: &SigningKey, data: &[u8]) -> (Manifest, Vec<Vec<u8>>) {
     let (blob, chunks) = chunk_blob(data).unwrap();
@@ -301,4 +301,25 @@ fn signed_but_malformed_manifests_are_refused() {
 fn garbage_is_not_a_bundle() {
     assert_eq!(code(read(b"PK\x03\x04 something else", &[])), "bundle_bad_magic");
     assert_eq!(code(read(b"", &[])), "bundle_truncated");
+}
+
+/// A container's root travels as a tarball and a virtual machine's as a disk: each is
+/// opened by its host as that format, so a root of the other kind is refused.
+#[test]
+fn a_root_disk_is_of_its_instances_kind() {
+    let key = generate_key();
+    let d = data(1000);
+    let (m, parts) = model_with_image(&key, &d);
+    let with = |hv: HypervisorKind, f: ImageFormat| {
+        let mut m = m.clone();
+        m.model.instances[0].hypervisor = hv;
+        m.model.instances[0].root_disk = m.model.images[0].blob.clone();
+        m.model.instances[0].root_disk_format = Some(f);
+        code(read(&write(&key, &m, &parts), &[key.verifying_key()]))
+    };
+    assert_eq!(with(HypervisorKind::Lxc, ImageFormat::Tar), "accepted");
+    assert_eq!(with(HypervisorKind::Qemu, ImageFormat::Qcow2), "accepted");
+    assert_eq!(with(HypervisorKind::Lxc, ImageFormat::Qcow2), "bundle_invalid_manifest");
+    assert_eq!(with(HypervisorKind::Lxc, ImageFormat::Dir), "bundle_invalid_manifest");
+    assert_eq!(with(HypervisorKind::Kvm, ImageFormat::Tar), "bundle_invalid_manifest");
 }

@@ -24,6 +24,7 @@ on_both_databases!(
     the_plan_names_collisions_and_maps_resolve_them,
     a_model_only_bundle_boots_on_the_accounts_own_images,
     disks_volumes_stopped_instances_and_floating_ips_travel,
+    a_containers_root_travels_as_a_tarball,
     a_newer_bundle_updates_the_import_and_prunes_only_when_asked,
     volume_attachments_travel_and_follow_updates,
     a_move_cut_short_by_a_stop_is_finished_by_the_reconciler,
@@ -1112,6 +1113,69 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
 }
 
 /// A network of `c` with the default gateway and DHCP range.
+/// A container's root file system travels as a tarball (the simulated hva sends back the
+/// tarball it booted, as the real one sends its packed root): captured as it runs, given
+/// as `tar` in the manifest, shown by the plan as the private image it becomes, and
+/// booted by the container at the target. Before, a container travelled as its image,
+/// without what was written in it.
+async fn a_containers_root_travels_as_a_tarball(db: Db) {
+    use crate::images::{gzip, tar_entry};
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    let tarball = gzip(&[tar_entry("init.sh", b'0', b"#!"), vec![0; 1024]].concat());
+    let img = ca
+        .create_image(&CreateImage {
+            hypervisors: vec![HypervisorKind::Lxc],
+            ..vdc_tests::image_request("rootfs", ImageFormat::Tar)
+        })
+        .await
+        .unwrap();
+    ca.upload_image(&img.id, tarball.clone()).await.unwrap();
+    let net = network(&ca, "front", "10.70.0.0/24").await;
+    let ct = ca
+        .create_instance(&CreateInstance {
+            name: Some("ct".into()),
+            image_id: img.id.clone(),
+            hypervisor: Some(HypervisorKind::Lxc),
+            cpus: 1,
+            memory_mib: 64,
+            interfaces: vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }],
+            ssh_key_id: None,
+            user_data: None,
+            root_disk_size: None,
+            server_group: None,
+            zone: None,
+            host_labels: Default::default(),
+        })
+        .await
+        .unwrap()
+        .resource;
+    wait_state(&ca, &ct.id, InstanceState::Running).await;
+    let mut bytes = Vec::new();
+    ca.export_bundle(false, false, &mut bytes, |_| {}).await.unwrap();
+    assert_eq!(ca.get_instance(&ct.id).await.unwrap().state, InstanceState::Running, "it ran on");
+    let (m, _) = open(&bytes, &site_key(&a));
+    let i = &m.model.instances[0];
+    assert_eq!(i.root_disk_format, Some(ImageFormat::Tar));
+    assert_eq!(i.root_disk.as_ref().unwrap().sha256, vdc_bundle::sha256_hex(&tarball));
+
+    let cb = b.account("tenant").await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    let mut images: Vec<&str> = plan.creates.iter().filter(|c| c.kind == "image").map(|c| c.name.as_str()).collect();
+    images.sort();
+    assert_eq!(images, ["ct-root", "rootfs"]);
+    assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
+    let ct_b = live_instance(&cb, "ct").await;
+    wait_state(&cb, &ct_b.id, InstanceState::Running).await;
+    let root = cb.get_image(&ct_b.image_id).await.unwrap();
+    assert_eq!((root.name.as_str(), root.format), ("ct-root", ImageFormat::Tar));
+    assert_eq!(root.hypervisors, [HypervisorKind::Lxc]);
+    assert_eq!(ct_b.interfaces[0].ip, ct.interfaces[0].ip);
+    a.stop().await;
+    b.stop().await;
+}
+
 async fn network(c: &Client, name: &str, cidr: &str) -> Network {
     let req = CreateNetwork { name: name.into(), cidr: cidr.into(), gateway: None, dhcp_start: None, dhcp_end: None };
     c.create_network(&req).await.unwrap()

@@ -17,6 +17,7 @@ on_both_databases!(
     vdc_image_import_uploads_a_file_and_says_why_data_is_refused,
     images_are_shared_with_named_accounts,
     stopped_instances_are_captured_as_images,
+    containers_are_captured_as_tar_images,
     snapshots_become_images,
     a_snapshot_is_not_deleted_while_an_image_is_made_of_it,
     storing_a_blob_holds_up_only_uploads_of_the_same_data,
@@ -630,6 +631,46 @@ fn boot(image: &ImageId, name: &str) -> CreateInstance {
         zone: None,
         host_labels: Default::default(),
     }
+}
+
+/// A container's capture is a tar image for lxc, taken stopped or running (the simulated
+/// hva sends back the tarball it booted, as the real one sends its packed root, through
+/// the same checks as an upload); it boots containers. Before, containers were refused.
+async fn containers_are_captured_as_tar_images(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("ct").await;
+    let root = c.create_image(&req("rootfs", ImageFormat::Tar, None, None)).await.unwrap();
+    let root = c.upload_image(&root.id, targz("init.sh")).await.unwrap();
+    let container = |name: &str, image: &ImageId| CreateInstance {
+        hypervisor: Some(HypervisorKind::Lxc),
+        memory_mib: 64,
+        ..boot(image, name)
+    };
+    let ct = c.create_instance(&container("ct", &root.id)).await.unwrap().resource;
+    vdc_tests::wait_state(&c, &ct.id, InstanceState::Running).await;
+    let live = c.capture_instance(&ct.id, &capture_req("ct-live")).await.unwrap();
+    assert_eq!(c.get_instance(&ct.id).await.unwrap().state, InstanceState::Running, "it runs on");
+    c.wait_job_ok(&live.job.id, Duration::from_secs(20)).await.unwrap();
+    let img = c.get_image(&live.resource.id).await.unwrap();
+    assert_eq!((img.state, img.format), (ImageState::Available, ImageFormat::Tar));
+    assert_eq!(img.hypervisors, [HypervisorKind::Lxc]);
+    assert_eq!(img.checksum, root.checksum, "the sim's root is its image");
+
+    let st = c.stop_instance(&ct.id).await.unwrap();
+    c.wait_job_ok(&st.job.id, Duration::from_secs(20)).await.unwrap();
+    // A tarball has no disk size: a minimum disk is refused before anything changes.
+    let sized = CaptureInstance { min_disk: Some(1 << 30), ..capture_req("sized") };
+    assert_eq!(err(c.capture_instance(&ct.id, &sized).await), (400, "invalid_min_disk".into()));
+    let stopped = c.capture_instance(&ct.id, &capture_req("ct-stopped")).await.unwrap();
+    assert_eq!(c.get_instance(&ct.id).await.unwrap().state, InstanceState::Capturing);
+    c.wait_job_ok(&stopped.job.id, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(c.get_instance(&ct.id).await.unwrap().state, InstanceState::Stopped);
+    assert_eq!(c.get_image(&stopped.resource.id).await.unwrap().format, ImageFormat::Tar);
+
+    // The capture boots a container.
+    let child = c.create_instance(&container("child", &stopped.resource.id)).await.unwrap().resource;
+    vdc_tests::wait_state(&c, &child.id, InstanceState::Running).await;
+    s.stop().await;
 }
 
 /// Capture with the simulated hva (its "disk" is the image it booted, sent back over the

@@ -1431,6 +1431,13 @@ pub fn invariants(m: &Manifest, chunks: &BTreeMap<String, Vec<u8>>, l: &Limits) 
         if i.root_disk.is_some() != i.root_disk_format.is_some() {
             fail(format!("instance {} root disk format", i.id));
         }
+        // A container's root is a tarball, a virtual machine's a disk.
+        let container = i.hypervisor == HypervisorKind::Lxc;
+        if let Some(f) = i.root_disk_format {
+            if container != (f == ImageFormat::Tar) || matches!(f, ImageFormat::Kernel | ImageFormat::Dir) {
+                fail(format!("instance {} root disk format {f}", i.id));
+            }
+        }
     }
     for f in &md.floating_ips {
         if f.instance.as_deref().is_some_and(|x| !has("instance", x)) {

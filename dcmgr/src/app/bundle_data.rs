@@ -216,11 +216,16 @@ enum Disk {
     StopFirst,
 }
 
-/// Whether an instance has a disk the capture path can read: a VM booting a disk image.
-/// Containers and kernel-booted VMs travel without one.
+/// Whether an instance has a root the capture path can read: a VM booting a disk image
+/// (a qcow2), or a container (its root filesystem, a tarball). Kernel-booted VMs travel
+/// without one.
 fn has_disk(i: &DiskSource) -> bool {
-    i.hypervisor != HypervisorKind::Lxc.as_str()
-        && (i.image_format == ImageFormat::Qcow2.as_str() || i.image_format == ImageFormat::Raw.as_str())
+    let f = |x: ImageFormat| i.image_format == x.as_str();
+    if i.hypervisor == HypervisorKind::Lxc.as_str() {
+        f(ImageFormat::Tar) || f(ImageFormat::Dir)
+    } else {
+        f(ImageFormat::Qcow2) || f(ImageFormat::Raw)
+    }
 }
 
 /// Captures every disk-holding instance of `instances` and every volume in `volumes`.

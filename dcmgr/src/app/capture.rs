@@ -15,8 +15,12 @@
 //! credential, where it goes through the same `ingest` checks as a tenant's upload (a
 //! guest's disk is tenant data). Storing it ends the capture in the transaction that
 //! makes the image available; a refusal, a failure hva reports, or a terminate fails the
-//! image and its job. Either way the instance is `stopped` again. Containers are refused:
-//! their root is a directory on the host, not a disk to flatten.
+//! image and its job. Either way the instance is `stopped` again.
+//!
+//! A container's root is a directory on its host, not a disk: hva packs it into a tar
+//! image (the captured image is `tar`, for `lxc`), freezing a running container while it
+//! reads it. The upload goes through the same `ingest`, whose tar rules refuse what a
+//! tenant's tarball may not hold.
 //!
 //! An image from a volume snapshot ([`from_snapshot`]) is the same design with sta in
 //! hva's place: one transaction, under the snapshot's lock, checks the snapshot is the
@@ -152,24 +156,25 @@ pub async fn capture(
         _ => return Err(ApiError::not_found("instance", id)),
     };
     // What the instance was made of does not change: checked before the transaction.
-    if before.hypervisor == HypervisorKind::Lxc.as_str() {
-        return Err(ApiError::conflict(
-            "capture_unsupported",
-            format!("instance {id} is a container: its root is a directory on the host, not a disk to capture"),
-        ));
-    }
     let source = crate::controller::image::fetch_any(&ctx.db, &before.image_id).await?;
-    if !matches!(source.format, ImageFormat::Qcow2 | ImageFormat::Raw) {
-        return Err(ApiError::conflict(
-            "capture_unsupported",
-            format!("instance {id} boots a {} image and has no root disk to capture", source.format),
-        ));
-    }
+    let container = before.hypervisor == HypervisorKind::Lxc.as_str();
+    let format = match (container, source.format) {
+        // A container's root is a directory: hva packs it into a tarball of the same rules
+        // as a tenant's tar image.
+        (true, ImageFormat::Tar | ImageFormat::Dir) => ImageFormat::Tar,
+        (false, ImageFormat::Qcow2 | ImageFormat::Raw) => ImageFormat::Qcow2,
+        (_, f) => {
+            return Err(ApiError::conflict(
+                "capture_unsupported",
+                format!("instance {id} boots a {f} image and has no root disk to capture"),
+            ))
+        }
+    };
     let new = CreateImage {
         name: req.image_name,
-        format: ImageFormat::Qcow2,
+        format,
         arch: source.arch,
-        hypervisors: source.hypervisors.clone(),
+        hypervisors: if container { vec![HypervisorKind::Lxc] } else { source.hypervisors.clone() },
         source: None,
         checksum: None,
         initrd: None,
@@ -203,7 +208,8 @@ async fn capture_once(
     };
     let state = row.state()?;
     // A running guest is captured crash-consistently (hva takes a point-in-time copy of
-    // its disk while it runs) and keeps running; a stopped one is captured as it is.
+    // its disk while it runs, or freezes a container while it reads its files) and keeps
+    // running; a stopped one is captured as it is.
     let live = state == InstanceState::Running;
     if state != InstanceState::Stopped && !live {
         return Err(ApiError::conflict(

@@ -204,7 +204,7 @@ pub async fn console(
             (`invalid_body`)", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409, description = "`instance_not_stopped`: it is running, capturing or in another state; \
-            `capture_unsupported`: a container, an instance without a root disk, or one that never ran",
+            `capture_unsupported`: an instance without a root disk (a kernel-booted one) or one that never ran",
             body = ErrorBody),
         (status = 503, description = "`agent_unavailable`: the host holding its disk is offline", body = ErrorBody),
         (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]

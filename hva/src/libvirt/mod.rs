@@ -658,14 +658,15 @@ impl Inner {
     }
 
     /// A powered-off guest's root disk flattened into one qcow2 with no backing file
-    /// (`instances/<id>/capture-<image>.qcow2`): what an instance of the new image
+    /// (`instances/<id>/capture-<image>.qcow2`), or a container's root filesystem packed
+    /// into a tarball (`capture-<image>.tar.gz`): what an instance of the new image
     /// starts from.
     pub(crate) fn flatten(&self, spec: &CaptureSpec) -> Result<PathBuf> {
         let id = &spec.instance_id;
         let kind = self.known.lock().unwrap().get(id).map(|k| k.saved.spec.hypervisor);
         let kind = kind.ok_or_else(|| format!("no instance {id} on this host"))?;
         if kind == HypervisorKind::Lxc {
-            return Err(format!("instance {id} is a container; containers are not captured"));
+            return self.pack_rootfs(id, spec);
         }
         let running = self.lookup(kind, id)?.filter(|d| d.is_active().unwrap_or(false));
         let dir = self.dir(id);
@@ -686,6 +687,41 @@ impl Inner {
             .run("qemu-img", &["convert", "-O", "qcow2", "-f", "qcow2", &host::path(&disk), &host::path(&out)])
             .map_err(|e| e.to_string())?;
         Ok(out)
+    }
+
+    /// A container's root filesystem as a tarball of the rules dcmgr checks (device nodes
+    /// and sockets left out). A running container is frozen (libvirt suspends its
+    /// processes) while it is read and thawed right after: its files as they are at one
+    /// instant, as after a power cut. The container's own writes are the host's page
+    /// cache already, so nothing is left unflushed.
+    fn pack_rootfs(&self, id: &InstanceId, spec: &CaptureSpec) -> Result<PathBuf> {
+        let dir = self.dir(id);
+        let rootfs = dir.join("rootfs");
+        if !rootfs.is_dir() {
+            return Err(format!("container {id} has no root filesystem on this host"));
+        }
+        let out = dir.join(format!("capture-{}.tar.gz", spec.upload.image_id));
+        let _ = std::fs::remove_file(&out);
+        let running = self.lookup(HypervisorKind::Lxc, id)?.filter(|d| d.is_active().unwrap_or(false));
+        if let Some(dom) = &running {
+            lv("suspend", || dom.suspend()).map_err(|e| format!("freezing the container for its capture: {e}"))?;
+        }
+        let packed = vdc_bus::rootfs::pack(&rootfs, &out);
+        if let Some(dom) = &running {
+            if let Err(e) = lv("resume", || dom.resume()) {
+                tracing::error!(instance = %id, "thawing the container after its capture: {e}");
+            }
+        }
+        match packed {
+            Ok(p) => {
+                tracing::info!(instance = %id, entries = p.entries, skipped = p.skipped, live = running.is_some(), "root filesystem packed");
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&out);
+                Err(format!("packing the root filesystem of container {id}: {e}"))
+            }
+        }
     }
 
     /// A running guest's root disk as it is at one instant (crash-consistent, as after a
@@ -819,6 +855,15 @@ impl Inner {
                     }
                     if let (HypervisorKind::Lxc, ObservedInstance::Running, Some(d)) = (kind, now, &dom) {
                         self.container_restarted(&id, d);
+                        // Only a capture freezes a container, under the instance's lock,
+                        // which this poll found free: one that did not end (hva stopped
+                        // mid-capture) left it frozen. (`force` polls do not know the lock.)
+                        if !force && matches!(d.state(), Ok((Enum::Known(DomainState::Paused), _))) {
+                            tracing::warn!(instance = %id, "thawing a container a capture left frozen");
+                            if let Err(e) = lv("resume", || d.resume()) {
+                                tracing::warn!(instance = %id, "thawing: {e}");
+                            }
+                        }
                     }
                     let vols = match &dom {
                         Some(d) if disks => self.observe_volumes(d),

@@ -322,6 +322,100 @@ pub fn unpack(path: &Path, dest: &Path) -> Result<(), Refused> {
     })
 }
 
+/// What [`pack`] wrote, and what it left out.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Packed {
+    pub entries: u64,
+    /// Device nodes and sockets: a container gets its devices from its host, and a socket
+    /// is its server's while it runs. The rules refuse the first; neither can be stored.
+    pub skipped: u64,
+}
+
+/// Packs the directory `root` (a container's root, stopped or frozen) into a
+/// gzip-compressed tarball at `out`, as the unpack reads it back: modes, owners and
+/// times kept, symbolic links stored as links, never followed, nothing taken from
+/// another file system mounted below the root. Entries go in name order with no time in
+/// the gzip header, so the same tree gives the same bytes (stored once). Blocking.
+pub fn pack(root: &Path, out: &Path) -> std::io::Result<Packed> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dev = std::fs::symlink_metadata(root)?.dev();
+    let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()));
+    let mut packed = Packed::default();
+    // Depth first, each directory's entries sorted: directories before what they hold.
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let mut names: Vec<_> =
+            std::fs::read_dir(root.join(&rel))?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+        names.sort();
+        let mut below = Vec::new();
+        for name in names {
+            let path = rel.join(&name);
+            let full = root.join(&path);
+            let meta = std::fs::symlink_metadata(&full)?;
+            let t = meta.file_type();
+            if t.is_block_device() || t.is_char_device() || t.is_socket() {
+                packed.skipped += 1;
+                continue;
+            }
+            let mut h = tar::Header::new_gnu();
+            h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            h.set_mode(meta.mode() & 0o7777);
+            if t.is_symlink() {
+                h.set_size(0);
+                tar.append_link(&mut h, &path, std::fs::read_link(&full)?)?;
+            } else if t.is_dir() {
+                h.set_size(0);
+                tar.append_data(&mut h, &path, std::io::empty())?;
+                // A mount point is kept; what is mounted on it is not the root's.
+                if meta.dev() == dev {
+                    below.push(path);
+                }
+            } else if t.is_fifo() {
+                h.set_entry_type(tar::EntryType::Fifo);
+                h.set_size(0);
+                tar.append_data(&mut h, &path, std::io::empty())?;
+            } else {
+                let f = std::fs::File::open(&full)?;
+                tar.append_data(&mut h, &path, Exactly { inner: f, left: meta.len() })?;
+            }
+            packed.entries += 1;
+        }
+        // Popped in name order.
+        todo.extend(below.into_iter().rev());
+    }
+    let mut w = tar.into_inner()?.finish()?.into_inner().map_err(|e| e.into_error())?;
+    std::io::Write::flush(&mut w)?;
+    w.sync_all()?;
+    Ok(packed)
+}
+
+/// Exactly `left` bytes of a file whose header said so: zeros if it shrank since (it
+/// cannot here, the container being stopped or frozen, but a short entry would shift
+/// every header after it), cut if it grew.
+struct Exactly<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exactly<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let room = (self.left.min(buf.len() as u64)) as usize;
+        if room == 0 {
+            return Ok(0);
+        }
+        let n = match self.inner.read(&mut buf[..room])? {
+            0 => {
+                buf[..room].fill(0);
+                room
+            }
+            n => n,
+        };
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// A FIFO at `at` (its parents inside the root: no entry lies below a symbolic link),
 /// with the header's mode, time and (`owner`) owner.
 fn make_fifo(h: &tar::Header, at: &Path, owner: bool) -> std::io::Result<()> {
@@ -592,6 +686,46 @@ mod tests {
 
     /// The rules hold while unpacking: nothing of a refused entry is written, and what
     /// came before it stays in the directory the caller throws away.
+    #[test]
+    fn a_packed_root_is_taken_by_the_rules_and_unpacks_as_it_was() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("etc/deep").join("d".repeat(120))).unwrap();
+        std::fs::write(root.join("etc/hostname"), b"web1\n").unwrap();
+        std::fs::set_permissions(root.join("etc/hostname"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(root.join("etc/deep").join("d".repeat(120)).join("f".repeat(150)), b"long").unwrap();
+        std::os::unix::fs::symlink("hostname", root.join("etc/name")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/mounts", root.join("etc/mtab")).unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, root.join("fifo"), rustix::fs::FileType::Fifo, 0o640.into(), 0).unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
+        let (a, b) = (tmp.path().join("a.tar.gz"), tmp.path().join("b.tar.gz"));
+        let packed = pack(&root, &a).unwrap();
+        assert_eq!(packed, Packed { entries: 8, skipped: 1 }, "the socket is left out");
+        pack(&root, &b).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "the same tree, the same bytes");
+        check(&a, u64::MAX).unwrap();
+        let back = tmp.path().join("back");
+        std::fs::create_dir(&back).unwrap();
+        unpack(&a, &back).unwrap();
+        assert_eq!(std::fs::read(back.join("etc/hostname")).unwrap(), b"web1\n");
+        assert_eq!(std::fs::metadata(back.join("etc/hostname")).unwrap().mode() & 0o7777, 0o600);
+        let long = back.join("etc/deep").join("d".repeat(120)).join("f".repeat(150));
+        assert_eq!(std::fs::read(long).unwrap(), b"long");
+        assert_eq!(std::fs::read_link(back.join("etc/name")).unwrap(), Path::new("hostname"));
+        assert_eq!(std::fs::read_link(back.join("etc/mtab")).unwrap(), Path::new("/proc/self/mounts"));
+        let fifo = std::fs::symlink_metadata(back.join("fifo")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fifo.file_type()));
+        assert_eq!(fifo.mode() & 0o7777, 0o640);
+        assert!(!back.join("sock").exists());
+        // A file's time travels.
+        let (t0, t1) = (
+            std::fs::metadata(root.join("etc/hostname")).unwrap(),
+            std::fs::metadata(back.join("etc/hostname")).unwrap(),
+        );
+        assert_eq!(t0.mtime(), t1.mtime());
+    }
+
     #[test]
     fn unpacking_stops_at_the_first_refused_entry() {
         let tmp = tempfile::tempdir().unwrap();

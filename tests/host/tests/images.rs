@@ -56,6 +56,90 @@ async fn an_uploaded_rootfs_boots_and_a_second_container_fetches_nothing() {
     s.stop().await;
 }
 
+/// A running container is captured with the real hva: frozen while its root file system
+/// is packed, thawed after; the tar image boots a second container whose root holds what
+/// was written in the first (owner and mode kept), a device node left out. Before,
+/// containers could not be captured at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_is_captured_with_what_was_written_in_it() {
+    use std::os::unix::fs::PermissionsExt;
+    vdc_tests::init_logging();
+    let s = Stack::start(vdc_tests::real_guests(1, 2)).await;
+    let tiny = s.opts.libvirt.as_ref().unwrap().tiny_image_dir.clone();
+    let c = s.account("ct-capturer").await;
+    let img = c
+        .create_image(&CreateImage {
+            hypervisors: vec![HypervisorKind::Lxc],
+            ..vdc_tests::image_request("tiny-root", ImageFormat::Tar)
+        })
+        .await
+        .unwrap();
+    let img = c.upload_image_file(&img.id, &tiny.join("rootfs.tar.gz"), |_| {}).await.unwrap();
+    let container = |name: &str, image: &ImageId| CreateInstance {
+        hypervisor: Some(HypervisorKind::Lxc),
+        memory_mib: 64,
+        ..vdc_tests::qemu_guest(image, name)
+    };
+    let boot = |name: &'static str, image: ImageId| {
+        let c = c.clone();
+        async move {
+            let a = c.create_instance(&container(name, &image)).await.unwrap();
+            let id = a.resource.id.clone();
+            assert_eq!(c.wait_job(&a.job.id, Duration::from_secs(90)).await.unwrap().state, JobState::Succeeded);
+            wait_console(&c, &id, &format!("vdc-guest: instance-id={id}"), Duration::from_secs(60)).await;
+            id
+        }
+    };
+    let first = boot("first", img.id.clone()).await;
+    let instances = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances");
+    let root = instances.join(first.as_str()).join("rootfs");
+    // What the tenant wrote in the container (the host's view of its root), and a
+    // device node no image may hold.
+    std::fs::write(root.join("etc/written-in-first"), b"hello from first\n").unwrap();
+    std::fs::set_permissions(root.join("etc/written-in-first"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(root.join("etc/written-in-first"), Some(1234), Some(4321)).unwrap();
+    run("mknod", &[root.join("etc/a-device").to_str().unwrap(), "c", "1", "3"]);
+
+    let req = CaptureInstance {
+        image_name: "first-captured".into(),
+        os: None,
+        min_disk: None,
+        min_memory: None,
+        default_user: None,
+    };
+    let acc = c.capture_instance(&first, &req).await.unwrap();
+    let j = c.wait_job(&acc.job.id, Duration::from_secs(120)).await.unwrap();
+    assert_eq!(j.state, JobState::Succeeded, "{j:?}");
+    let cap = c.get_image(&acc.resource.id).await.unwrap();
+    assert_eq!((cap.state, cap.format), (ImageState::Available, ImageFormat::Tar));
+    assert_eq!(cap.hypervisors, [HypervisorKind::Lxc]);
+    // Thawed: libvirt says it runs (not paused), and nothing of the capture is left.
+    let name = format!("vdc-{first}");
+    let state = run("virsh", &["-c", "lxc:///system", "domstate", &name]);
+    assert_eq!(state.trim(), "running", "the container was thawed");
+    assert_eq!(c.get_instance(&first).await.unwrap().state, InstanceState::Running);
+    let left: Vec<_> = std::fs::read_dir(instances.join(first.as_str()))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("capture-"))
+        .collect();
+    assert!(left.is_empty(), "left on the host: {left:?}");
+
+    let second = boot("second", acc.resource.id.clone()).await;
+    let root2 = instances.join(second.as_str()).join("rootfs");
+    assert_eq!(std::fs::read(root2.join("etc/written-in-first")).unwrap(), b"hello from first\n");
+    let meta = std::fs::metadata(root2.join("etc/written-in-first")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1234, 4321, 0o640));
+    assert!(!root2.join("etc/a-device").exists(), "the device node was left out");
+    for id in [first, second] {
+        let a = c.terminate_instance(&id).await.unwrap();
+        assert_eq!(c.wait_job(&a.job.id, Duration::from_secs(60)).await.unwrap().state, JobState::Succeeded);
+    }
+    s.stop().await;
+}
+
 /// sta fills a volume from an uploaded qcow2: it fetches the blob from dcmgr (not a path,
 /// not a URL of the tenant's choosing) and converts it into the volume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
