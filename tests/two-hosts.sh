@@ -426,7 +426,7 @@ until_ok 120 state_is extra running || fail "extra is not running on B"
 [ "$($VDCC secgroup show db -o json | js 'any(80 in (r.get("port_min"), r.get("spec", {}).get("port_min")) for r in d["rules"])')" = True ] \
   || fail "db's new rule is not on B"
 for i in web probe ct; do state_is "$i" running || fail "$i stopped running on B after the push"; done
-row "A changed (an instance, a rule): B's plan shows exactly those; pushed with $SENT of the first's $FIRST bytes"
+row "A changed (a container, a rule): B's plan shows exactly those (and the container's root); pushed with $SENT of the first's $FIRST bytes"
 
 table
 echo "two-hosts: PASSED"
