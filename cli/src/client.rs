@@ -458,7 +458,7 @@ impl Client {
         self.delete_no_content(&format!("/images/{id}")).await
     }
 
-    /// `POST /instances/{id}/capture`: a new image of a stopped instance's disk.
+    /// `POST /instances/{id}/capture`: a new image of an instance's disk or container root.
     pub async fn capture_instance(&self, id: &InstanceId, req: &CaptureInstance) -> Result<Accepted<Image>> {
         self.post(&format!("/instances/{id}/capture"), req).await
     }

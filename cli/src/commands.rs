@@ -779,9 +779,10 @@ pub enum InstanceCmd {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Instance>,
     },
-    /// Make a new image of an instance's root disk (it keeps the source image's
-    /// properties; the options below replace them). A stopped instance cannot start until
-    /// the capture ends; a running one is copied as it runs (crash-consistent, as after a
+    /// Make a new image of an instance's root disk, or of a container's root file system
+    /// (a tar image; it keeps the source image's properties; the options below replace
+    /// them). A stopped instance cannot start until the capture ends; a running one is
+    /// copied as it runs, a container frozen meanwhile (crash-consistent, as after a
     /// power cut: stop it first for a clean copy)
     Capture(InstanceCaptureArgs),
 }

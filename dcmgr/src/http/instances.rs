@@ -192,7 +192,8 @@ pub async fn console(
 }
 
 #[utoipa::path(post, path = "/api/v1/instances/{id}/capture", tag = "instances", operation_id = "instance_capture",
-    summary = "Capture a stopped instance's root disk as a new image (yours, with the source image's properties)",
+    summary = "Capture an instance's root disk (a container's root file system, as a tar image) as a new image \
+        (yours, with the source image's properties); a running one is copied as it runs",
     request_body = CaptureInstance,
     params(
         ("id" = vdc_schema::id::InstanceId, Path,
@@ -203,7 +204,8 @@ pub async fn console(
         (status = 400, description = "`invalid_name`, `invalid_image` (a property), or a malformed body \
             (`invalid_body`)", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 409, description = "`instance_not_stopped`: it is running, capturing or in another state; \
+        (status = 409, description = "`instance_not_stopped`: it is neither stopped nor running (starting, stopping, capturing…); \
+            `instance_capturing`: a capture of it is under way; \
             `capture_unsupported`: an instance without a root disk (a kernel-booted one) or one that never ran",
             body = ErrorBody),
         (status = 503, description = "`agent_unavailable`: the host holding its disk is offline", body = ErrorBody),

@@ -126,6 +126,17 @@ async fn a_container_is_captured_with_what_was_written_in_it() {
         .collect();
     assert!(left.is_empty(), "left on the host: {left:?}");
 
+    // Stopped, captured again: nothing was written since, so the same tree gives the
+    // same blob (stored once); then it starts again.
+    let stop = c.stop_instance(&first).await.unwrap();
+    assert_eq!(c.wait_job(&stop.job.id, Duration::from_secs(90)).await.unwrap().state, JobState::Succeeded);
+    let again = c.capture_instance(&first, &CaptureInstance { image_name: "again".into(), ..req }).await.unwrap();
+    assert_eq!(c.wait_job(&again.job.id, Duration::from_secs(120)).await.unwrap().state, JobState::Succeeded);
+    assert_eq!(c.get_image(&again.resource.id).await.unwrap().checksum, cap.checksum, "the same tree, the same blob");
+    assert_eq!(c.get_instance(&first).await.unwrap().state, InstanceState::Stopped);
+    let start = c.start_instance(&first).await.unwrap();
+    assert_eq!(c.wait_job(&start.job.id, Duration::from_secs(90)).await.unwrap().state, JobState::Succeeded);
+
     let second = boot("second", acc.resource.id.clone()).await;
     let root2 = instances.join(second.as_str()).join("rootfs");
     assert_eq!(std::fs::read(root2.join("etc/written-in-first")).unwrap(), b"hello from first\n");
