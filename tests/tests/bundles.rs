@@ -1134,18 +1134,10 @@ async fn a_containers_root_travels_as_a_tarball(db: Db) {
     let net = network(&ca, "front", "10.70.0.0/24").await;
     let ct = ca
         .create_instance(&CreateInstance {
-            name: Some("ct".into()),
-            image_id: img.id.clone(),
             hypervisor: Some(HypervisorKind::Lxc),
-            cpus: 1,
             memory_mib: 64,
             interfaces: vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }],
-            ssh_key_id: None,
-            user_data: None,
-            root_disk_size: None,
-            server_group: None,
-            zone: None,
-            host_labels: Default::default(),
+            ..vdc_tests::qemu_guest(&img.id, "ct")
         })
         .await
         .unwrap()
