@@ -345,10 +345,11 @@ async fn waiting(ctx: &SharedCtx, node: &str, id: &ImageId) -> ApiResult<(Image,
             },
             None => None,
         },
-        Origin::Snapshot(s) => snapshots::get(&ctx.db, s)
-            .await?
-            .filter(|s| s.state == SnapshotState::Available.as_str())
-            .map(|s| s.storage_node_id),
+        // Whatever the snapshot's state: a snapshot whose data sta found lost is `failed`
+        // by sta's report, maybe before sta's answer to the capture, which says the same
+        // and must still end the image (it waited forever, seen in CI). A snapshot with a
+        // pending image cannot be deleted.
+        Origin::Snapshot(s) => snapshots::get(&ctx.db, s).await?.map(|s| s.storage_node_id),
     };
     if image.state != ImageState::Pending || holder.as_deref() != Some(node) {
         return Err(ApiError::conflict(
