@@ -216,16 +216,11 @@ enum Disk {
     StopFirst,
 }
 
-/// Whether an instance has a root the capture path can read: a VM booting a disk image
-/// (a qcow2), or a container (its root filesystem, a tarball). Kernel-booted VMs travel
-/// without one.
+/// Whether an instance has a root the capture path can read (`capture::captured_format`).
+/// Kernel-booted VMs travel without one.
 fn has_disk(i: &DiskSource) -> bool {
-    let f = |x: ImageFormat| i.image_format == x.as_str();
-    if i.hypervisor == HypervisorKind::Lxc.as_str() {
-        f(ImageFormat::Tar) || f(ImageFormat::Dir)
-    } else {
-        f(ImageFormat::Qcow2) || f(ImageFormat::Raw)
-    }
+    let container = i.hypervisor == HypervisorKind::Lxc.as_str();
+    i.image_format.parse().ok().and_then(|f| capture::captured_format(container, f)).is_some()
 }
 
 /// Captures every disk-holding instance of `instances` and every volume in `volumes`.

@@ -145,6 +145,17 @@ async fn insert_pending(
     Ok(job::start(tx, &caller.account_id, kind, image.id.as_str(), "available").await?)
 }
 
+/// The format of an instance's capture, if it has a root to capture: a VM's disk image
+/// flattened into a qcow2, or a container's root directory packed by hva into a tarball
+/// of the same rules as a tenant's tar image. Kernel-booted VMs have none.
+pub fn captured_format(container: bool, boots: ImageFormat) -> Option<ImageFormat> {
+    match (container, boots) {
+        (true, ImageFormat::Tar | ImageFormat::Dir) => Some(ImageFormat::Tar),
+        (false, ImageFormat::Qcow2 | ImageFormat::Raw) => Some(ImageFormat::Qcow2),
+        _ => None,
+    }
+}
+
 pub async fn capture(
     ctx: &SharedCtx,
     caller: &Caller,
@@ -158,17 +169,11 @@ pub async fn capture(
     // What the instance was made of does not change: checked before the transaction.
     let source = crate::controller::image::fetch_any(&ctx.db, &before.image_id).await?;
     let container = before.hypervisor == HypervisorKind::Lxc.as_str();
-    let format = match (container, source.format) {
-        // A container's root is a directory: hva packs it into a tarball of the same rules
-        // as a tenant's tar image.
-        (true, ImageFormat::Tar | ImageFormat::Dir) => ImageFormat::Tar,
-        (false, ImageFormat::Qcow2 | ImageFormat::Raw) => ImageFormat::Qcow2,
-        (_, f) => {
-            return Err(ApiError::conflict(
-                "capture_unsupported",
-                format!("instance {id} boots a {f} image and has no root disk to capture"),
-            ))
-        }
+    let Some(format) = captured_format(container, source.format) else {
+        return Err(ApiError::conflict(
+            "capture_unsupported",
+            format!("instance {id} boots a {} image and has no root disk to capture", source.format),
+        ));
     };
     let new = CreateImage {
         name: req.image_name,
