@@ -10,6 +10,12 @@
 //! (an absolute target is the container's own path, resolved inside it), hard links out
 //! of the root or through a symbolic link, device nodes, and entry types other than
 //! files, directories, links, FIFOs and the headers that carry long names.
+//!
+//! Extended attributes travel as PAX `SCHILY.xattr.NAME` records (GNU tar's `--xattrs`)
+//! on files and directories. The unpack sets only a container's own: `user.*`, and as
+//! root file capabilities (`security.capability`: Debian's `ping` has one) and POSIX
+//! ACLs. The others are the host's (`trusted.*`, which overlayfs reads, and security
+//! labels such as `security.selinux`) and are never set from an image.
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -278,6 +284,7 @@ fn each_entry<R: Read>(
         let mut entry = entry.map_err(|e| b.refusal(e))?;
         b.entry(&entry);
         let path = rules.check(&entry)?;
+        check_xattrs(&mut entry)?;
         f(&mut entry, path)?;
     }
     rules.end()
@@ -304,7 +311,8 @@ pub fn unpack(path: &Path, dest: &Path) -> Result<(), Refused> {
         }
         // unpack_in also refuses, on its own, anything that would land outside `dest`.
         match entry.unpack_in(dest) {
-            Ok(true) => Ok(()),
+            // After the owner and mode: a chown clears a file's capabilities.
+            Ok(true) => set_xattrs(entry, &dest.join(&path), root),
             Ok(false) => {
                 Err(refused("unsafe_tar", format!("tar entry {:?} would be written outside the root", name_of(entry))))
             }
@@ -322,6 +330,115 @@ pub fn unpack(path: &Path, dest: &Path) -> Result<(), Refused> {
     })
 }
 
+/// The prefix of a PAX record carrying an extended attribute (GNU tar, libarchive).
+const XATTR_RECORD: &str = "SCHILY.xattr.";
+
+/// Whether the unpack sets the extended attribute `name` (when unpacking as root: `root`).
+fn settable(name: &str, root: bool) -> bool {
+    name.starts_with("user.")
+        || (root && matches!(name, "security.capability" | "system.posix_acl_access" | "system.posix_acl_default"))
+}
+
+/// Refuses an extended attribute the unpack would set but Linux would not take, so that
+/// the check refuses what the unpack would fail on: a name over 255 bytes, a value over
+/// 64 KiB.
+fn check_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> Result<(), Refused> {
+    let name = name_of(entry);
+    let Some(records) = entry.pax_extensions().map_err(damaged)? else { return Ok(()) };
+    for record in records {
+        let record = record.map_err(damaged)?;
+        let Some(attr) = record.key().ok().and_then(|k| k.strip_prefix(XATTR_RECORD)) else { continue };
+        if settable(attr, true) && (attr.len() > 255 || record.value_bytes().len() > 65536) {
+            let start: String = attr.chars().take(64).collect();
+            return Err(refused(
+                "unsafe_tar",
+                format!(
+                    "tar entry {name:?} has an extended attribute {start:?} of a {}-byte name and a {}-byte value: \
+                     Linux takes names up to 255 bytes and values up to 64 KiB",
+                    attr.len(),
+                    record.value_bytes().len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Sets on `at` (a file or directory just unpacked from `entry`) the extended
+/// attributes of its PAX records that [`settable`] takes.
+fn set_xattrs<R: Read>(entry: &mut tar::Entry<R>, at: &Path, root: bool) -> Result<(), Refused> {
+    use tar::EntryType as T;
+    if !matches!(entry.header().entry_type(), T::Regular | T::Continuous | T::Directory) {
+        // A hard link shares its target's; a symbolic link takes no user attributes.
+        return Ok(());
+    }
+    let name = name_of(entry);
+    let records = entry.pax_extensions().map_err(damaged)?;
+    for record in records.into_iter().flatten() {
+        let record = record.map_err(damaged)?;
+        let Some(attr) = record.key().ok().and_then(|k| k.strip_prefix(XATTR_RECORD)) else { continue };
+        if !settable(attr, root) {
+            continue;
+        }
+        rustix::fs::lsetxattr(at, attr, record.value_bytes(), rustix::fs::XattrFlags::empty()).map_err(|e| {
+            refused("unpack_failed", format!("tar entry {name:?}: cannot set its extended attribute {attr}: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// The extended attributes of the file or directory at `path` that an unpack as root
+/// sets, in name order.
+fn xattrs_of(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    // The size asked first can grow before the read (ERANGE): ask again.
+    type Query<'a> = &'a dyn Fn() -> rustix::io::Result<usize>;
+    let read = |size: Query, f: &dyn Fn(&mut [u8]) -> rustix::io::Result<usize>| -> std::io::Result<Vec<u8>> {
+        for _ in 0..8 {
+            let mut buf = vec![0; size()?];
+            if buf.is_empty() {
+                return Ok(buf);
+            }
+            match f(&mut buf) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Ok(buf);
+                }
+                Err(rustix::io::Errno::RANGE) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(std::io::Error::other(format!("the extended attributes of {} keep changing", path.display())))
+    };
+    let names = match read(&|| rustix::fs::llistxattr_query(path), &|b| rustix::fs::llistxattr(path, b)) {
+        Ok(n) => n,
+        // A file system without extended attributes has none to keep.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTSUP.raw_os_error()) => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let Ok(name) = std::str::from_utf8(name) else { continue };
+        if !settable(name, true) {
+            continue;
+        }
+        match read(&|| rustix::fs::lgetxattr_query(path, name), &|b| rustix::fs::lgetxattr(path, name, b)) {
+            Ok(value) => out.push((name.to_owned(), value)),
+            // Removed since it was listed.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NODATA.raw_os_error()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Appends the PAX records of `path`'s extended attributes, to go before its entry.
+fn append_xattrs<W: std::io::Write>(tar: &mut tar::Builder<W>, path: &Path) -> std::io::Result<()> {
+    let attrs = xattrs_of(path)?;
+    let keys: Vec<String> = attrs.iter().map(|(n, _)| format!("{XATTR_RECORD}{n}")).collect();
+    tar.append_pax_extensions(keys.iter().map(String::as_str).zip(attrs.iter().map(|(_, v)| v.as_slice())))
+}
+
 /// What [`pack`] wrote, and what it left out.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Packed {
@@ -332,8 +449,9 @@ pub struct Packed {
 }
 
 /// Packs the directory `root` (a container's root, stopped or frozen) into a
-/// gzip-compressed tarball at `out`, as the unpack reads it back: modes, owners and
-/// times kept, symbolic links stored as links, never followed, nothing taken from
+/// gzip-compressed tarball at `out`, as the unpack reads it back: modes, owners, times
+/// and the extended attributes the unpack sets kept, a file's further names stored as
+/// hard links to its first, symbolic links stored as links, never followed, nothing taken from
 /// another file system mounted below the root. Entries go in name order with no time in
 /// the gzip header, so the same tree gives the same bytes (stored once). Blocking.
 pub fn pack(root: &Path, out: &Path) -> std::io::Result<Packed> {
@@ -342,6 +460,8 @@ pub fn pack(root: &Path, out: &Path) -> std::io::Result<Packed> {
     let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
     let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()));
     let mut packed = Packed::default();
+    // The first name packed of each file that has several, by device and inode.
+    let mut first_names = std::collections::HashMap::<(u64, u64), PathBuf>::new();
     // Depth first, each directory's entries sorted: directories before what they hold.
     let mut todo = vec![PathBuf::new()];
     while let Some(rel) = todo.pop() {
@@ -366,6 +486,7 @@ pub fn pack(root: &Path, out: &Path) -> std::io::Result<Packed> {
                 tar.append_link(&mut h, &path, std::fs::read_link(&full)?)?;
             } else if t.is_dir() {
                 h.set_size(0);
+                append_xattrs(&mut tar, &full)?;
                 tar.append_data(&mut h, &path, std::io::empty())?;
                 // A mount point is kept; what is mounted on it is not the root's.
                 if meta.dev() == dev {
@@ -375,8 +496,22 @@ pub fn pack(root: &Path, out: &Path) -> std::io::Result<Packed> {
                 h.set_entry_type(tar::EntryType::Fifo);
                 h.set_size(0);
                 tar.append_data(&mut h, &path, std::io::empty())?;
+            } else if let Some(first) = (meta.nlink() > 1)
+                .then(|| match first_names.entry((meta.dev(), meta.ino())) {
+                    std::collections::hash_map::Entry::Occupied(o) => Some(o.get().clone()),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(path.clone());
+                        None
+                    }
+                })
+                .flatten()
+            {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_size(0);
+                tar.append_link(&mut h, &path, first)?;
             } else {
                 let f = std::fs::File::open(&full)?;
+                append_xattrs(&mut tar, &full)?;
                 tar.append_data(&mut h, &path, Exactly { inner: f, left: meta.len() })?;
             }
             packed.entries += 1;
@@ -724,6 +859,89 @@ mod tests {
             std::fs::metadata(back.join("etc/hostname")).unwrap(),
         );
         assert_eq!(t0.mtime(), t1.mtime());
+    }
+
+    fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+        let mut buf = vec![0; 256];
+        let n = rustix::fs::lgetxattr(path, name, &mut buf[..]).ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+
+    /// A file's other names come back as hard links to it, and the extended attributes of
+    /// a container's own (`user.*` here, which need no privilege) come back on files and
+    /// directories.
+    #[test]
+    fn hard_links_and_extended_attributes_travel() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::write(root.join("bin/busybox"), b"one binary").unwrap();
+        std::fs::hard_link(root.join("bin/busybox"), root.join("bin/ls")).unwrap();
+        std::fs::hard_link(root.join("bin/busybox"), root.join("sh")).unwrap();
+        let set =
+            |p: &Path, n: &str, v: &[u8]| rustix::fs::lsetxattr(p, n, v, rustix::fs::XattrFlags::empty()).unwrap();
+        set(&root.join("bin/busybox"), "user.vdc.note", b"\x00binary\xff");
+        set(&root.join("bin"), "user.vdc.dir", b"d");
+        let (a, b) = (tmp.path().join("a.tar.gz"), tmp.path().join("b.tar.gz"));
+        assert_eq!(pack(&root, &a).unwrap(), Packed { entries: 4, skipped: 0 });
+        pack(&root, &b).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "the same tree, the same bytes");
+        check(&a, u64::MAX).unwrap();
+        let back = tmp.path().join("back");
+        std::fs::create_dir(&back).unwrap();
+        unpack(&a, &back).unwrap();
+        let ino = |p: &str| std::fs::metadata(back.join(p)).unwrap().ino();
+        assert_eq!(ino("bin/busybox"), ino("bin/ls"));
+        assert_eq!(ino("bin/busybox"), ino("sh"));
+        assert_eq!(std::fs::metadata(back.join("sh")).unwrap().nlink(), 3);
+        assert_eq!(std::fs::read(back.join("bin/ls")).unwrap(), b"one binary");
+        assert_eq!(xattr(&back.join("bin/busybox"), "user.vdc.note").as_deref(), Some(&b"\x00binary\xff"[..]));
+        assert_eq!(xattr(&back.join("bin"), "user.vdc.dir").as_deref(), Some(&b"d"[..]));
+    }
+
+    /// The host's attributes are never set from an image, whoever unpacks it: only
+    /// `user.*` here, and as root also capabilities and ACLs.
+    #[test]
+    fn only_a_containers_own_extended_attributes_are_set() {
+        let records: &[(&str, &[u8])] = &[
+            ("SCHILY.xattr.user.ok", b"yes"),
+            ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+            ("SCHILY.xattr.security.selinux", b"system_u:object_r:shadow_t:s0"),
+        ];
+        let mut tar = tar::Builder::new(Vec::new());
+        tar.append_pax_extensions(records.iter().copied()).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        tar.append_data(&mut h, "f", &b"hi"[..]).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let tgz = tmp.path().join("x.tar.gz");
+        std::fs::write(&tgz, gzip(&tar.into_inner().unwrap())).unwrap();
+        check(&tgz, u64::MAX).unwrap();
+        let back = tmp.path().join("back");
+        std::fs::create_dir(&back).unwrap();
+        unpack(&tgz, &back).unwrap();
+        let f = back.join("f");
+        assert_eq!(xattr(&f, "user.ok").as_deref(), Some(&b"yes"[..]));
+        assert_eq!(xattr(&f, "trusted.overlay.opaque"), None);
+        assert_eq!(xattr(&f, "security.selinux"), None);
+        assert!(settable("security.capability", true) && !settable("security.capability", false));
+
+        // One the unpack would set but Linux would refuse is refused by the check.
+        let big = vec![b'x'; 65537];
+        let mut tar = tar::Builder::new(Vec::new());
+        tar.append_pax_extensions([("SCHILY.xattr.user.big", &big[..])]).unwrap();
+        tar.append_data(&mut h, "g", &b"hi"[..]).unwrap();
+        std::fs::write(&tgz, gzip(&tar.into_inner().unwrap())).unwrap();
+        let e = check(&tgz, u64::MAX).unwrap_err();
+        assert_eq!(e.code, "unsafe_tar");
+        assert!(e.message.contains("\"g\"") && e.message.contains("user.big"), "{e}");
+        assert!(!settable("trusted.overlay.opaque", true) && !settable("security.selinux", true));
     }
 
     #[test]

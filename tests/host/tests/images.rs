@@ -99,6 +99,23 @@ async fn a_container_is_captured_with_what_was_written_in_it() {
     std::fs::set_permissions(root.join("etc/written-in-first"), std::fs::Permissions::from_mode(0o640)).unwrap();
     std::os::unix::fs::chown(root.join("etc/written-in-first"), Some(1234), Some(4321)).unwrap();
     run("mknod", &[root.join("etc/a-device").to_str().unwrap(), "c", "1", "3"]);
+    // A second name of the file, a file capability (as `setcap cap_net_raw+ep` sets it:
+    // Debian's `ping` has this one) and an attribute of the host's own, which no image
+    // may set.
+    std::fs::hard_link(root.join("etc/written-in-first"), root.join("etc/written-twice")).unwrap();
+    std::fs::write(root.join("bin-pinger"), b"pings").unwrap();
+    let xattr = |p: &std::path::Path, n: &str| {
+        let mut buf = vec![0; 256];
+        rustix::fs::lgetxattr(p, n, &mut buf[..]).ok().map(|len| buf[..len].to_vec())
+    };
+    let set = |p: &std::path::Path, n: &str, v: &[u8]| {
+        rustix::fs::lsetxattr(p, n, v, rustix::fs::XattrFlags::empty()).unwrap()
+    };
+    // VFS_CAP_REVISION_2 | effective; permitted: CAP_NET_RAW (13); nothing inheritable.
+    let file_cap: Vec<u8> = [0x0200_0001u32, 1 << 13, 0, 0, 0].iter().flat_map(|w| w.to_le_bytes()).collect();
+    set(&root.join("bin-pinger"), "security.capability", &file_cap);
+    let file_cap = xattr(&root.join("bin-pinger"), "security.capability").expect("the capability was set");
+    set(&root.join("bin-pinger"), "trusted.vdc-host-only", b"no");
 
     let req = CaptureInstance {
         image_name: "first-captured".into(),
@@ -125,6 +142,13 @@ async fn a_container_is_captured_with_what_was_written_in_it() {
         .filter(|n| n.starts_with("capture-"))
         .collect();
     assert!(left.is_empty(), "left on the host: {left:?}");
+    // A container left frozen (as by an hva stopped mid-capture) is thawed by hva's poll.
+    run("virsh", &["-c", "lxc:///system", "suspend", &name]);
+    let thawed = vdc_tests::eventually(Duration::from_secs(10), || async {
+        (run("virsh", &["-c", "lxc:///system", "domstate", &name]).trim() == "running").then_some(())
+    })
+    .await;
+    assert!(thawed.is_ok(), "hva's poll thaws a frozen container");
 
     // Stopped, captured again: nothing was written since, so the same tree gives the
     // same blob (stored once); then it starts again.
@@ -144,6 +168,10 @@ async fn a_container_is_captured_with_what_was_written_in_it() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1234, 4321, 0o640));
     assert!(!root2.join("etc/a-device").exists(), "the device node was left out");
+    assert_eq!(std::fs::metadata(root2.join("etc/written-twice")).unwrap().ino(), meta.ino(), "a hard link");
+    assert_eq!(meta.nlink(), 2);
+    assert_eq!(xattr(&root2.join("bin-pinger"), "security.capability"), Some(file_cap), "the file capability");
+    assert_eq!(xattr(&root2.join("bin-pinger"), "trusted.vdc-host-only"), None);
     for id in [first, second] {
         let a = c.terminate_instance(&id).await.unwrap();
         assert_eq!(c.wait_job(&a.job.id, Duration::from_secs(60)).await.unwrap().state, JobState::Succeeded);
