@@ -173,12 +173,22 @@ fn uri_kind(kind: HypervisorKind) -> &'static str {
 }
 
 fn observe(dom: Option<&Domain>) -> ObservedInstance {
-    let Some(d) = dom else { return ObservedInstance::Absent };
-    match d.state().map(|(s, _)| s) {
-        Ok(Enum::Known(
+    observed(domain_state(dom))
+}
+
+/// What libvirt says of the domain: `None` when there is none, `Some(None)` when its
+/// state cannot be read.
+fn domain_state(dom: Option<&Domain>) -> Option<Option<virt::domain::DomainStateEnum>> {
+    dom.map(|d| d.state().ok().map(|(s, _)| s))
+}
+
+fn observed(state: Option<Option<virt::domain::DomainStateEnum>>) -> ObservedInstance {
+    match state {
+        None => ObservedInstance::Absent,
+        Some(Some(Enum::Known(
             DomainState::Running | DomainState::Blocked | DomainState::Paused | DomainState::PMSuspended,
-        )) => ObservedInstance::Running,
-        Ok(Enum::Known(DomainState::Shutdown)) => ObservedInstance::Stopping,
+        ))) => ObservedInstance::Running,
+        Some(Some(Enum::Known(DomainState::Shutdown))) => ObservedInstance::Stopping,
         _ => ObservedInstance::Off,
     }
 }
@@ -849,7 +859,10 @@ impl Inner {
             }
             match self.lookup(kind, &id) {
                 Ok(dom) => {
-                    let now = observe(dom.as_ref());
+                    // Read once: the poll runs every half second for every guest.
+                    let state = domain_state(dom.as_ref());
+                    let paused = matches!(state, Some(Some(Enum::Known(DomainState::Paused))));
+                    let now = observed(state);
                     if resuming && now == ObservedInstance::Off {
                         continue;
                     }
@@ -858,7 +871,7 @@ impl Inner {
                         // Only a capture freezes a container, under the instance's lock,
                         // which this poll found free: one that did not end (hva stopped
                         // mid-capture) left it frozen. (`force` polls do not know the lock.)
-                        if !force && matches!(d.state(), Ok((Enum::Known(DomainState::Paused), _))) {
+                        if !force && paused {
                             tracing::warn!(instance = %id, "thawing a container a capture left frozen");
                             if let Err(e) = lv("resume", || d.resume()) {
                                 tracing::warn!(instance = %id, "thawing: {e}");
