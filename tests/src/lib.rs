@@ -69,6 +69,9 @@ pub struct StackOptions {
     pub quotas: std::collections::BTreeMap<vdc_schema::api::QuotaKey, u64>,
     /// dcmgr's `[metrics]` (a token on /metrics).
     pub metrics: vdc_dcmgr::config::MetricsConfig,
+    /// The bus of dcmgr and the stack's agents, instead of the in-process one: NATS when
+    /// agents of other processes join (the large site's benchmark).
+    pub transport: Option<Arc<dyn Transport>>,
 }
 
 /// Where real-network hosts keep their OVS, and the prefix (unique per test) of their
@@ -178,6 +181,7 @@ impl StackOptions {
             auth: Default::default(),
             quotas: Default::default(),
             metrics: Default::default(),
+            transport: None,
         }
     }
 }
@@ -219,7 +223,10 @@ pub struct Stack {
     pub dcmgr: Option<Dcmgr>,
     pub admin: Client,
     pub admin_token: String,
+    /// The in-process bus (for the tests that drop or inject messages), which dcmgr and
+    /// the agents use unless the options name a transport.
     pub bus: Arc<InProc>,
+    transport: Arc<dyn Transport>,
     pub hosts: Vec<HostAgents>,
     pub storage: Vec<(String, Option<AgentHandle>)>,
     /// A public image every account can boot (qemu, kvm and lxc).
@@ -267,14 +274,16 @@ impl Stack {
             }
         };
         let bus = InProc::new();
+        let transport = opts.transport.clone().unwrap_or_else(|| bus.clone());
         let admin_token = "vdc_test_admin_token".to_owned();
-        let dcmgr = start_dcmgr(&database_url, &bus, &opts, &admin_token).await?;
+        let dcmgr = start_dcmgr(&database_url, &transport, &opts, &admin_token).await?;
         let admin = Client::new(dcmgr.url(), &admin_token);
         let mut stack = Stack {
             dcmgr: Some(dcmgr),
             admin,
             admin_token,
             bus,
+            transport,
             hosts: vec![],
             storage: vec![],
             image: "img-placeholder".parse()?,
@@ -318,7 +327,7 @@ impl Stack {
     }
 
     async fn start_hva(&self, node_id: &str, index: usize) -> anyhow::Result<(AgentHandle, HvaDriver)> {
-        let bus: Arc<dyn Transport> = self.bus.clone();
+        let bus = self.transport.clone();
         let opts = vdc_hva::HvaOptions {
             node_id: node_id.to_owned(),
             cpus: self.opts.host_cpus,
@@ -345,7 +354,7 @@ impl Stack {
     }
 
     async fn start_host(&self, node_id: &str, index: usize) -> anyhow::Result<HostAgents> {
-        let bus: Arc<dyn Transport> = self.bus.clone();
+        let bus = self.transport.clone();
         let (hva, driver) = self.start_hva(node_id, index).await?;
         let (hva_driver, libvirt) = driver.split();
         if let Some(rn) = &self.opts.real_network {
@@ -419,7 +428,7 @@ impl Stack {
                 Some(_) => None,
             };
             let (h, _) = vdc_sta::start_real(
-                self.bus.clone(),
+                self.transport.clone(),
                 vdc_sta::RealOptions {
                     node_id: node_id.to_owned(),
                     data_dir: rs.data_dir.join(node_id),
@@ -432,7 +441,7 @@ impl Stack {
             return Ok(h);
         }
         let (h, _) = vdc_sta::start_sim(
-            self.bus.clone(),
+            self.transport.clone(),
             vdc_sta::StaOptions {
                 node_id: node_id.to_owned(),
                 capacity_mib: 100 << 10,
@@ -517,7 +526,7 @@ impl Stack {
     pub async fn restart_nwagent(&mut self, i: usize) {
         let node = self.hosts[i].node_id.clone();
         let cfg = self.hosts[i].ovs_cfg.clone().expect("a real-network host");
-        let (nw, driver) = vdc_nwagent::start_ovs(self.bus.clone(), node, cfg).await.expect("nwagent restarts");
+        let (nw, driver) = vdc_nwagent::start_ovs(self.transport.clone(), node, cfg).await.expect("nwagent restarts");
         self.hosts[i].nw = Some(nw);
         if let Some(o) = &mut self.hosts[i].ovs {
             o.0 = driver;
@@ -534,7 +543,8 @@ impl Stack {
         let mut last = None;
         // The old listener's port is free again once it has stopped; retry briefly.
         for _ in 0..50 {
-            match start_dcmgr_on(&self.database_url, &self.bus, &opts, &self.admin_token, &addr.to_string()).await {
+            match start_dcmgr_on(&self.database_url, &self.transport, &opts, &self.admin_token, &addr.to_string()).await
+            {
                 Ok(d) => {
                     self.dcmgr = Some(d);
                     return;
@@ -779,18 +789,18 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
     }
 }
 
-async fn start_dcmgr(db: &str, bus: &Arc<InProc>, opts: &StackOptions, token: &str) -> anyhow::Result<Dcmgr> {
+async fn start_dcmgr(db: &str, bus: &Arc<dyn Transport>, opts: &StackOptions, token: &str) -> anyhow::Result<Dcmgr> {
     start_dcmgr_on(db, bus, opts, token, "127.0.0.1:0").await
 }
 
 async fn start_dcmgr_on(
     db: &str,
-    bus: &Arc<InProc>,
+    bus: &Arc<dyn Transport>,
     opts: &StackOptions,
     token: &str,
     listen: &str,
 ) -> anyhow::Result<Dcmgr> {
-    let bus: Arc<dyn Transport> = bus.clone();
+    let bus = bus.clone();
     Dcmgr::start(
         test_config(db, opts, token, listen),
         server::Options { bus: Some(bus), ensure_observer: opts.ensure_observer.clone() },

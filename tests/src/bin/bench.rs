@@ -11,6 +11,10 @@
 //! - `GET /api/v1/instances?limit=1000` over 1,000 running instances: p50, as a ratio to
 //!   the same list served from memory, read by the same client; and its statements alone;
 //! - event delay: a state change to its event at a client of `GET /api/v1/events`.
+//!
+//! The large site (`--hosts 10000 --instances 1000000`) runs its simulated agents in
+//! processes of their own (`--agent-processes`, this binary again), heartbeating over a
+//! nats-server to dcmgr, which runs here with the client: the figures are dcmgr's.
 
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -49,6 +53,103 @@ struct Args {
     /// mode: `--hosts 10000 --instances 1000000`); 0 runs the usual figures.
     #[arg(long, default_value_t = 0)]
     instances: usize,
+    /// The large site's simulated agents run in this many processes over NATS.
+    #[arg(long, default_value_t = 4)]
+    agent_processes: usize,
+    /// (A child process of the large site: runs `--hosts` simulated hosts, numbered from
+    /// `--first-host`, on the NATS server at this URL.)
+    #[arg(long, hide = true)]
+    sim_hosts_child: Option<String>,
+    #[arg(long, hide = true, default_value_t = 0)]
+    first_host: usize,
+}
+
+const HOST_CPUS: u32 = 4096;
+const HOST_MEMORY_MIB: u64 = 1 << 30;
+const SIM_DELAY: Duration = Duration::from_millis(5);
+
+/// A child of the large site: simulated hosts (a hva and an nwagent each) over NATS
+/// until killed.
+async fn sim_hosts_child(url: &str, first: usize, hosts: usize) -> anyhow::Result<()> {
+    use vdc_schema::HypervisorKind as K;
+    let bus: Arc<dyn vdc_bus::Transport> = vdc_bus::Nats::connect(url, "vdc-bench-agents").await?;
+    let sim = vdc_bus::sim::SimKnobs { delay: SIM_DELAY, fail_rate: 0.0, drop_rate: 0.0 };
+    let mut running = Vec::new();
+    for i in first..first + hosts {
+        let node_id = vdc_schema::id::HostNodeId::generate().to_string();
+        let hva = vdc_hva::start_sim(
+            bus.clone(),
+            vdc_hva::HvaOptions {
+                node_id: node_id.clone(),
+                cpus: HOST_CPUS,
+                memory_mib: HOST_MEMORY_MIB,
+                hypervisors: vec![K::Kvm, K::Qemu, K::Lxc],
+                data_dir: None,
+                sim,
+            },
+        )
+        .await?;
+        let nw = vdc_nwagent::start_sim(
+            bus.clone(),
+            // 198.18/15 (benchmarking), a distinct one per host, as the in-process hosts'.
+            vdc_nwagent::NwOptions {
+                node_id,
+                data_dir: None,
+                sim,
+                tunnel_ip: Some(std::net::Ipv4Addr::from(0xc612_0000u32 + i as u32 + 1)),
+            },
+        )
+        .await?;
+        running.push((hva, nw));
+    }
+    println!("{hosts} simulated hosts running");
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// The large site's agents: `hosts` simulated hosts in `processes` children of this
+/// binary on the NATS server at `url`; returns once dcmgr knows them all online.
+async fn agent_processes(
+    stack: &Stack,
+    url: &str,
+    hosts: usize,
+    processes: usize,
+    logs: &std::path::Path,
+) -> anyhow::Result<Vec<vdc_tests::procs::Proc>> {
+    let exe = std::env::current_exe()?;
+    let processes = processes.clamp(1, hosts.max(1));
+    let mut children = Vec::new();
+    for p in 0..processes {
+        let (first, end) = (hosts * p / processes, hosts * (p + 1) / processes);
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("--sim-hosts-child").arg(url).arg("--first-host").arg(first.to_string());
+        cmd.arg("--hosts").arg((end - first).to_string());
+        children.push(vdc_tests::procs::Proc::spawn(&format!("agents-{p}"), &mut cmd, logs));
+    }
+    let ctx = &stack.dcmgr().ctx;
+    let t = Instant::now();
+    loop {
+        let online = ctx.agents.read().unwrap().values().filter(|a| !a.offline).count();
+        if online >= 2 * hosts {
+            return Ok(children);
+        }
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "{online} of {} agents online after 600 s; see {}",
+            2 * hosts,
+            logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The resident and peak memory of process `pid` (`self` for this one), as /proc says.
+fn memory_of(pid: &str) -> (String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned()).unwrap_or_else(|| "?".into())
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 type Sent = Arc<Mutex<HashMap<String, Instant>>>;
@@ -173,14 +274,17 @@ where
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     vdc_tests::init_logging();
+    if let Some(url) = &args.sim_hosts_child {
+        return sim_hosts_child(url, args.first_host, args.hosts).await;
+    }
     let db = if args.db == "postgres" { Db::Postgres } else { Db::Sqlite };
     let sent: Sent = Arc::default();
     let observer_sent = sent.clone();
     let mut opts = StackOptions::new(db);
     opts.hosts = args.hosts;
-    opts.host_cpus = 4096;
-    opts.host_memory_mib = 1 << 30;
-    opts.sim.delay = Duration::from_millis(5);
+    opts.host_cpus = HOST_CPUS;
+    opts.host_memory_mib = HOST_MEMORY_MIB;
+    opts.sim.delay = SIM_DELAY;
     // The large site keeps the usual liveness timeout: heartbeats must be held.
     opts.agent_timeout_ms = if args.instances > 0 { 10_000 } else { 60_000 };
     // Two journal files per host would pass the 20,000 open files a process may hold here.
@@ -189,17 +293,51 @@ async fn main() -> anyhow::Result<()> {
         observer_sent.lock().unwrap().entry(id.to_owned()).or_insert_with(Instant::now);
     }));
     let started = Instant::now();
+    let logs = tempfile::tempdir()?;
+    // The large site: dcmgr here, on a nats-server, its agents in processes of their own.
+    let nats = if args.instances > 0 {
+        let (proc, port) = vdc_tests::procs::nats_server(logs.path());
+        let url = format!("nats://127.0.0.1:{port}");
+        opts.transport = Some(vdc_bus::Nats::connect(&url, "dcmgr").await?);
+        (opts.hosts, opts.storage_nodes) = (0, 0);
+        Some((proc, url))
+    } else {
+        None
+    };
     let stack = Stack::start(opts).await;
     let c = stack.account("bench").await;
     println!(
-        "vdc-bench: dcmgr on {} ({:?}), {} simulated hosts (started and registered in {:.1} s)",
+        "vdc-bench: dcmgr on {} ({:?}), {} simulated hosts in this process (started and registered in {:.1} s)",
         stack.url(),
         db,
-        args.hosts,
+        stack.hosts.len(),
         started.elapsed().as_secs_f64()
     );
-    if args.instances > 0 {
+    if let Some((_nats, url)) = &nats {
+        let started = Instant::now();
+        let children = agent_processes(&stack, url, args.hosts, args.agent_processes, logs.path()).await?;
+        println!(
+            "{} simulated hosts (a hva and an nwagent each) in {} processes over NATS: started and registered in {:.1} s",
+            args.hosts,
+            children.len(),
+            started.elapsed().as_secs_f64()
+        );
         large_site(&stack, &c, &sent, args.instances).await?;
+        let rss: Vec<String> = children.iter().map(|p| memory_of(&p.pid().to_string()).0).collect();
+        println!("memory of the agent processes: {}", rss.join(", "));
+        // The agents' reports of the creates applied, then the agents stopped: they would
+        // report to a dcmgr that stopped.
+        let settle = Instant::now();
+        while settle.elapsed() < Duration::from_secs(60) {
+            let (pending,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM instances WHERE state = 'pending'")
+                .fetch_one(&stack.dcmgr().ctx.db)
+                .await?;
+            if pending == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        drop(children);
         stack.stop().await;
         return Ok(());
     }
@@ -504,13 +642,7 @@ async fn large_site(stack: &Stack, c: &vdc_cli::client::Client, sent: &Sent, ins
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT id FROM host_nodes WHERE state <> 'online'").fetch_all(&ctx.db).await?;
     println!("agents: {known} known, {offline} marked offline in memory; host rows not online: {}", rows.len());
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?");
-    let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap_or("VmHWM: ?");
-    println!(
-        "memory of the whole bench process (dcmgr, every simulated agent and the client): {} (peak {})",
-        rss.trim_start_matches("VmRSS:").trim(),
-        hwm.trim_start_matches("VmHWM:").trim()
-    );
+    let (rss, hwm) = memory_of("self");
+    println!("memory of the bench process (dcmgr, its SQLite page cache and the client): {rss} (peak {hwm})");
     Ok(())
 }
