@@ -339,22 +339,36 @@ fn settable(name: &str, root: bool) -> bool {
         || (root && matches!(name, "security.capability" | "system.posix_acl_access" | "system.posix_acl_default"))
 }
 
-/// Refuses an extended attribute the unpack would set but Linux would not take, so that
-/// the check refuses what the unpack would fail on: a name over 255 bytes, a value over
-/// 64 KiB.
+/// Whether Linux takes `value` for the extended attribute `name`: a name up to 255 bytes,
+/// a value up to 64 KiB, a file capability of one of its three sizes (revisions 1 to 3),
+/// an ACL of version 2 with whole 8-byte entries.
+fn well_formed(name: &str, value: &[u8]) -> bool {
+    let shaped = match name {
+        "security.capability" => matches!(value.len(), 12 | 20 | 24),
+        "system.posix_acl_access" | "system.posix_acl_default" => {
+            value.len() >= 4 && value[..4] == 2u32.to_le_bytes() && (value.len() - 4).is_multiple_of(8)
+        }
+        _ => true,
+    };
+    name.len() <= 255 && value.len() <= 65536 && shaped
+}
+
+/// Refuses an extended attribute the unpack would set but Linux would not take
+/// ([`well_formed`]), so that the check refuses what the unpack would fail on.
 fn check_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> Result<(), Refused> {
     let name = name_of(entry);
     let Some(records) = entry.pax_extensions().map_err(damaged)? else { return Ok(()) };
     for record in records {
         let record = record.map_err(damaged)?;
         let Some(attr) = record.key().ok().and_then(|k| k.strip_prefix(XATTR_RECORD)) else { continue };
-        if settable(attr, true) && (attr.len() > 255 || record.value_bytes().len() > 65536) {
+        if settable(attr, true) && !well_formed(attr, record.value_bytes()) {
             let start: String = attr.chars().take(64).collect();
             return Err(refused(
                 "unsafe_tar",
                 format!(
-                    "tar entry {name:?} has an extended attribute {start:?} of a {}-byte name and a {}-byte value: \
-                     Linux takes names up to 255 bytes and values up to 64 KiB",
+                    "tar entry {name:?} has an extended attribute {start:?} ({}-byte name, {}-byte value) that \
+                     Linux would not take: names up to 255 bytes, values up to 64 KiB, file capabilities of \
+                     12, 20 or 24 bytes, ACLs of version 2",
                     attr.len(),
                     record.value_bytes().len()
                 ),
@@ -941,6 +955,9 @@ mod tests {
         let e = check(&tgz, u64::MAX).unwrap_err();
         assert_eq!(e.code, "unsafe_tar");
         assert!(e.message.contains("\"g\"") && e.message.contains("user.big"), "{e}");
+        assert!(well_formed("security.capability", &[0; 20]) && !well_formed("security.capability", &[0; 7]));
+        let acl = [&2u32.to_le_bytes()[..], &[0; 8]].concat();
+        assert!(well_formed("system.posix_acl_access", &acl) && !well_formed("system.posix_acl_access", &acl[..9]));
         assert!(!settable("trusted.overlay.opaque", true) && !settable("security.selinux", true));
     }
 
