@@ -56,6 +56,20 @@ debian_mirror() {
   echo "${m%/}"
 }
 
+# The S3 server the S3 image store's tests run (tests/tests/s3.rs): s3s-fs has no Debian
+# package. 0.14.1 is the newest that builds with stable Rust 1.95 (0.17 wants 1.96).
+# Built while apt installs (it needs none of apt's packages): on a fresh machine the two
+# took turns, minutes each. Built again in the foreground if that fails.
+s3s_fs="s3s-fs@0.14.1"
+S3S_PID=""
+if ! s3s-fs --version >/dev/null 2>&1 && ! "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" --version >/dev/null 2>&1; then
+  command -v cargo >/dev/null || { echo "cargo is missing: install Rust (https://rustup.rs)" >&2; exit 1; }
+  S3S_LOG=$(mktemp /tmp/vdc-install-s3s-fs.XXXXXX)
+  echo "installing (cargo, beside apt): s3s-fs (log: $S3S_LOG)"
+  cargo install --locked --features binary "$s3s_fs" >"$S3S_LOG" 2>&1 &
+  S3S_PID=$!
+fi
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -92,9 +106,12 @@ if [ ${#py_missing[@]} -gt 0 ]; then
   PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --disable-pip-version-check "${py_missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (https://rustup.rs)" >&2; exit 1; }
-# The S3 server the S3 image store's tests run (tests/tests/s3.rs): s3s-fs has no Debian
-# package. 0.14.1 is the newest that builds with stable Rust 1.95 (0.17 wants 1.96).
-if ! s3s-fs --version >/dev/null 2>&1 && ! "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" --version >/dev/null 2>&1; then
-  echo "installing (cargo): s3s-fs"
-  cargo install --locked --features binary s3s-fs@0.14.1
+if [ -n "$S3S_PID" ]; then
+  if wait "$S3S_PID"; then
+    rm -f "$S3S_LOG"
+  else
+    echo "s3s-fs did not build beside apt (last lines of $S3S_LOG below); building it again" >&2
+    tail -n 5 "$S3S_LOG" >&2
+    cargo install --locked --features binary "$s3s_fs"
+  fi
 fi
