@@ -121,8 +121,11 @@ async fn agent_processes(
     let mut children = Vec::new();
     for p in 0..processes {
         let (first, end) = (hosts * p / processes, hosts * (p + 1) / processes);
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("--sim-hosts-child").arg(url).arg("--first-host").arg(first.to_string());
+        // At a lower priority: a real site's hosts are other machines, and dcmgr's
+        // figures should not be its simulated hosts' on this one's cores. (Heartbeats late
+        // for it would still show as agents marked offline.)
+        let mut cmd = std::process::Command::new("nice");
+        cmd.args(["-n", "10"]).arg(&exe).arg("--sim-hosts-child").arg(url).arg("--first-host").arg(first.to_string());
         cmd.arg("--hosts").arg((end - first).to_string());
         children.push(vdc_tests::procs::Proc::spawn(&format!("agents-{p}"), &mut cmd, logs));
     }
@@ -141,6 +144,14 @@ async fn agent_processes(
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The CPU time process `pid` (`self` for this one) has used, in clock ticks (1/100 s).
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's closing parenthesis: state is field 3, utime and stime 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    rest.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum()
 }
 
 /// The resident and peak memory of process `pid` (`self` for this one), as /proc says.
@@ -313,7 +324,7 @@ async fn main() -> anyhow::Result<()> {
         stack.hosts.len(),
         started.elapsed().as_secs_f64()
     );
-    if let Some((_nats, url)) = &nats {
+    if let Some((nats, url)) = &nats {
         let started = Instant::now();
         let children = agent_processes(&stack, url, args.hosts, args.agent_processes, logs.path()).await?;
         println!(
@@ -321,6 +332,26 @@ async fn main() -> anyhow::Result<()> {
             args.hosts,
             children.len(),
             started.elapsed().as_secs_f64()
+        );
+        // What the heartbeats alone cost, nothing else running: dcmgr's share is this
+        // process's (the client is idle), beside the agents' and nats-server's, which a
+        // real site runs on other machines.
+        let pids: Vec<String> = children.iter().map(|p| p.pid().to_string()).collect();
+        let nats_pid = nats.pid().to_string();
+        let sample = || (cpu_ticks("self"), cpu_ticks(&nats_pid), pids.iter().map(|p| cpu_ticks(p)).sum::<u64>());
+        let before = sample();
+        let t = Instant::now();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let secs = t.elapsed().as_secs_f64();
+        let after = sample();
+        let share = |a: u64, b: u64| (a - b) as f64 / secs;
+        println!(
+            "heartbeats alone, {:.0} s: dcmgr {:.0} % of one core; nats-server {:.0} %; the agent processes {:.0} % (this machine has {} cores)",
+            secs,
+            share(after.0, before.0),
+            share(after.1, before.1),
+            share(after.2, before.2),
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
         );
         large_site(&stack, &c, &sent, args.instances).await?;
         let rss: Vec<String> = children.iter().map(|p| memory_of(&p.pid().to_string()).0).collect();
@@ -643,6 +674,6 @@ async fn large_site(stack: &Stack, c: &vdc_cli::client::Client, sent: &Sent, ins
         sqlx::query_as("SELECT id FROM host_nodes WHERE state <> 'online'").fetch_all(&ctx.db).await?;
     println!("agents: {known} known, {offline} marked offline in memory; host rows not online: {}", rows.len());
     let (rss, hwm) = memory_of("self");
-    println!("memory of the bench process (dcmgr, its SQLite page cache and the client): {rss} (peak {hwm})");
+    println!("memory of the bench process (dcmgr and the client; SQLite's page cache on SQLite): {rss} (peak {hwm})");
     Ok(())
 }
