@@ -746,14 +746,7 @@ mod tests {
         // Real long names (a GNU long name entry of the tar crate's builder) pass.
         let long = format!("usr/share/{}/file", vec!["d".repeat(60); 5].join("/"));
         let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_size(4);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        b.append_data(&mut h, &long, &b"data"[..]).unwrap();
+        b.append_data(&mut file_header(4), &long, &b"data"[..]).unwrap();
         let tar = b.into_inner().unwrap();
         check_tar(&tar[..], u64::MAX).unwrap();
         let tmp = tempfile::tempdir().unwrap();
@@ -833,8 +826,32 @@ mod tests {
         assert!(root.join("init.sh").exists() && root.join("etc/hostname").exists());
     }
 
-    /// The rules hold while unpacking: nothing of a refused entry is written, and what
-    /// came before it stays in the directory the caller throws away.
+    /// The header of a regular file of `size` bytes, mode 0644, root's, at time 0.
+    fn file_header(size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    }
+
+    /// Packs `root` twice (the same bytes), checks it and unpacks it into `tmp/back`.
+    fn round_trip(tmp: &Path, root: &Path) -> (Packed, PathBuf) {
+        let (a, b) = (tmp.join("a.tar.gz"), tmp.join("b.tar.gz"));
+        let packed = pack(root, &a).unwrap();
+        pack(root, &b).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "the same tree, the same bytes");
+        check(&a, u64::MAX).unwrap();
+        let back = tmp.join("back");
+        std::fs::create_dir(&back).unwrap();
+        unpack(&a, &back).unwrap();
+        (packed, back)
+    }
+
+    /// A packed root passes the rules and unpacks as it was: long names, modes, links,
+    /// FIFOs and times; sockets are left out.
     #[test]
     fn a_packed_root_is_taken_by_the_rules_and_unpacks_as_it_was() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -848,15 +865,8 @@ mod tests {
         std::os::unix::fs::symlink("/proc/self/mounts", root.join("etc/mtab")).unwrap();
         rustix::fs::mknodat(rustix::fs::CWD, root.join("fifo"), rustix::fs::FileType::Fifo, 0o640.into(), 0).unwrap();
         let _sock = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
-        let (a, b) = (tmp.path().join("a.tar.gz"), tmp.path().join("b.tar.gz"));
-        let packed = pack(&root, &a).unwrap();
+        let (packed, back) = round_trip(tmp.path(), &root);
         assert_eq!(packed, Packed { entries: 8, skipped: 1 }, "the socket is left out");
-        pack(&root, &b).unwrap();
-        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "the same tree, the same bytes");
-        check(&a, u64::MAX).unwrap();
-        let back = tmp.path().join("back");
-        std::fs::create_dir(&back).unwrap();
-        unpack(&a, &back).unwrap();
         assert_eq!(std::fs::read(back.join("etc/hostname")).unwrap(), b"web1\n");
         assert_eq!(std::fs::metadata(back.join("etc/hostname")).unwrap().mode() & 0o7777, 0o600);
         let long = back.join("etc/deep").join("d".repeat(120)).join("f".repeat(150));
@@ -898,14 +908,8 @@ mod tests {
             |p: &Path, n: &str, v: &[u8]| rustix::fs::lsetxattr(p, n, v, rustix::fs::XattrFlags::empty()).unwrap();
         set(&root.join("bin/busybox"), "user.vdc.note", b"\x00binary\xff");
         set(&root.join("bin"), "user.vdc.dir", b"d");
-        let (a, b) = (tmp.path().join("a.tar.gz"), tmp.path().join("b.tar.gz"));
-        assert_eq!(pack(&root, &a).unwrap(), Packed { entries: 4, skipped: 0 });
-        pack(&root, &b).unwrap();
-        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "the same tree, the same bytes");
-        check(&a, u64::MAX).unwrap();
-        let back = tmp.path().join("back");
-        std::fs::create_dir(&back).unwrap();
-        unpack(&a, &back).unwrap();
+        let (packed, back) = round_trip(tmp.path(), &root);
+        assert_eq!(packed, Packed { entries: 4, skipped: 0 });
         let ino = |p: &str| std::fs::metadata(back.join(p)).unwrap().ino();
         assert_eq!(ino("bin/busybox"), ino("bin/ls"));
         assert_eq!(ino("bin/busybox"), ino("sh"));
@@ -926,12 +930,7 @@ mod tests {
         ];
         let mut tar = tar::Builder::new(Vec::new());
         tar.append_pax_extensions(records.iter().copied()).unwrap();
-        let mut h = tar::Header::new_gnu();
-        h.set_size(2);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
+        let mut h = file_header(2);
         tar.append_data(&mut h, "f", &b"hi"[..]).unwrap();
         let tmp = tempfile::tempdir().unwrap();
         let tgz = tmp.path().join("x.tar.gz");
@@ -961,6 +960,8 @@ mod tests {
         assert!(!settable("trusted.overlay.opaque", true) && !settable("security.selinux", true));
     }
 
+    /// The rules hold while unpacking: nothing of a refused entry is written, and what
+    /// came before it stays in the directory the caller throws away.
     #[test]
     fn unpacking_stops_at_the_first_refused_entry() {
         let tmp = tempfile::tempdir().unwrap();
