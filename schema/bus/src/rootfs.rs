@@ -357,11 +357,8 @@ fn well_formed(name: &str, value: &[u8]) -> bool {
 /// ([`well_formed`]), so that the check refuses what the unpack would fail on.
 fn check_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> Result<(), Refused> {
     let name = name_of(entry);
-    let Some(records) = entry.pax_extensions().map_err(damaged)? else { return Ok(()) };
-    for record in records {
-        let record = record.map_err(damaged)?;
-        let Some(attr) = record.key().ok().and_then(|k| k.strip_prefix(XATTR_RECORD)) else { continue };
-        if settable(attr, true) && !well_formed(attr, record.value_bytes()) {
+    for (attr, value) in xattr_records(entry, true)? {
+        if !well_formed(&attr, &value) {
             let start: String = attr.chars().take(64).collect();
             return Err(refused(
                 "unsafe_tar",
@@ -370,12 +367,26 @@ fn check_xattrs<R: Read>(entry: &mut tar::Entry<R>) -> Result<(), Refused> {
                      Linux would not take: names up to 255 bytes, values up to 64 KiB, file capabilities of \
                      12, 20 or 24 bytes, ACLs of version 2",
                     attr.len(),
-                    record.value_bytes().len()
+                    value.len()
                 ),
             ));
         }
     }
     Ok(())
+}
+
+/// The extended attributes of `entry`'s PAX records that [`settable`] takes (unpacking
+/// as root: `root`), as name and value.
+fn xattr_records<R: Read>(entry: &mut tar::Entry<R>, root: bool) -> Result<Vec<(String, Vec<u8>)>, Refused> {
+    let mut out = Vec::new();
+    for record in entry.pax_extensions().map_err(damaged)?.into_iter().flatten() {
+        let record = record.map_err(damaged)?;
+        let Some(attr) = record.key().ok().and_then(|k| k.strip_prefix(XATTR_RECORD)) else { continue };
+        if settable(attr, root) {
+            out.push((attr.to_owned(), record.value_bytes().to_vec()));
+        }
+    }
+    Ok(out)
 }
 
 /// Sets on `at` (a file or directory just unpacked from `entry`) the extended
@@ -387,14 +398,8 @@ fn set_xattrs<R: Read>(entry: &mut tar::Entry<R>, at: &Path, root: bool) -> Resu
         return Ok(());
     }
     let name = name_of(entry);
-    let records = entry.pax_extensions().map_err(damaged)?;
-    for record in records.into_iter().flatten() {
-        let record = record.map_err(damaged)?;
-        let Some(attr) = record.key().ok().and_then(|k| k.strip_prefix(XATTR_RECORD)) else { continue };
-        if !settable(attr, root) {
-            continue;
-        }
-        rustix::fs::lsetxattr(at, attr, record.value_bytes(), rustix::fs::XattrFlags::empty()).map_err(|e| {
+    for (attr, value) in xattr_records(entry, root)? {
+        rustix::fs::lsetxattr(at, &attr, &value, rustix::fs::XattrFlags::empty()).map_err(|e| {
             refused("unpack_failed", format!("tar entry {name:?}: cannot set its extended attribute {attr}: {e}"))
         })?;
     }
