@@ -153,6 +153,8 @@ pub struct Ctx {
     /// The database may be shared with other dcmgrs (PostgreSQL): duties that must be
     /// done once (reconciling, recording agents online or offline) wait for `leader`.
     pub shared: bool,
+    /// This dcmgr's PostgreSQL advisory locks, on one connection (when `shared`).
+    pub locks: Option<crate::datastore::locks::SharedLocks>,
     /// This dcmgr holds the leader lock (`controller::leader`); always true when not shared.
     pub leader: std::sync::atomic::AtomicBool,
     /// Sign-in attempts, per user name and per source address (`[auth] signin_*`): always on.

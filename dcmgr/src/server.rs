@@ -109,6 +109,7 @@ impl Dcmgr {
             rate_limits,
             audit,
             shared,
+            locks: shared.then(|| db::locks::SharedLocks::new(config.database_url.clone())),
             leader: std::sync::atomic::AtomicBool::new(!shared),
             signin_limits,
         });

@@ -461,11 +461,13 @@ async fn a_second_dcmgr_on_one_sqlite_file_is_refused() {
 }
 
 /// The blob locks span dcmgrs on one PostgreSQL: while one holds a blob's lock another
-/// waits for it, a blob of another stripe does not wait, and a holder that dies (its
-/// connection closed) frees it.
+/// waits for it, a blob of another stripe does not wait, a holder gives it back when
+/// done, and a dcmgr that dies (its connection closed) frees what it held. Each dcmgr
+/// holds all its locks on one connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_blob_lock_spans_controllers_and_dies_with_its_holder() {
-    use vdc_dcmgr::app::blob_refs::{lock_shared, stripe, LOCK_CLASS};
+    use vdc_dcmgr::app::blob_refs::{stripe, LOCK_CLASS};
+    use vdc_dcmgr::datastore::locks::SharedLocks;
     let (db_url, _, _) = vdc_tests::create_pg_database().await.unwrap();
     // One session, so the unlock gives back what the try took.
     let db = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&db_url).await.unwrap();
@@ -486,27 +488,112 @@ async fn the_blob_lock_spans_controllers_and_dies_with_its_holder() {
             got
         }
     };
-    let held = lock_shared(&db_url, &[a].into()).await.unwrap();
+    let (one, two) = (SharedLocks::new(db_url.clone()), SharedLocks::new(db_url.clone()));
+    let held = one.lock(LOCK_CLASS, &[a].into()).await.unwrap();
     assert!(!free(a).await, "held by one controller: another cannot take it");
     assert!(free(b).await, "another blob's lock is free");
-    let other = tokio::time::timeout(Duration::from_secs(10), lock_shared(&db_url, &[b].into()))
+    let other = tokio::time::timeout(Duration::from_secs(10), two.lock(LOCK_CLASS, &[b].into()))
         .await
         .expect("another blob's lock is taken while the first is held")
         .unwrap();
     drop(other);
     let waiter = tokio::spawn({
-        let url = db_url.clone();
-        async move { lock_shared(&url, &[a, b].into()).await.unwrap() }
+        let two = two.clone();
+        async move { two.lock(LOCK_CLASS, &[a, b].into()).await.unwrap() }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiter.is_finished(), "a second holder of the same blob waits");
-    drop(held); // its connection closes, as when a dcmgr dies
-    let second = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("taken once freed").unwrap();
+    drop(held);
+    let second = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("taken once given back").unwrap();
     assert!(!free(a).await && !free(b).await);
-    drop(second);
+    assert_eq!(one.count().await, 0, "given back");
+
+    // Many locks of one dcmgr: one connection holds them all.
+    let mut many = Vec::new();
+    for key in 0..50 {
+        many.push(one.try_lock(vdc_dcmgr::app::image::INGEST_CLASS, key).await.unwrap().expect("free"));
+    }
+    let sessions: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = $1 \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(vdc_dcmgr::app::image::INGEST_CLASS as i64)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((sessions, one.count().await), (1, 50), "50 locks on one connection");
+
+    two.close(); // as when a dcmgr dies holding them
     eventually(Duration::from_secs(10), || async { (free(a).await && free(b).await).then_some(()) })
         .await
-        .expect("freed again");
+        .expect("freed with its holder's connection");
+    drop(second);
+    drop(many);
+    eventually(Duration::from_secs(10), || async { (one.count().await == 0).then_some(()) }).await.expect("given back");
+}
+
+/// Uploads in flight on one dcmgr, on PostgreSQL: each one's claim of its image is an
+/// advisory lock. They took a connection each, so 40 uploads were 40 connections beside
+/// the pool, and PostgreSQL's default 100 were soon gone for every dcmgr. Now the
+/// dcmgr's connections stay within its pool and a few of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_in_flight_do_not_take_a_connection_each() {
+    const UPLOADS: usize = 40;
+    vdc_tests::init_logging();
+    let tmp = tempfile::Builder::new().prefix("vdc-multictl-conns-").tempdir().unwrap();
+    let dir = tmp.path();
+    let (db_url, _, _) = vdc_tests::create_pg_database().await.unwrap();
+    let db = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&db_url).await.unwrap();
+    let (_nats, nats) = procs::nats_server(dir);
+    let port = procs::free_port();
+    let ctl = dcmgr(0, dir, &db_url, nats, port);
+    assert!(procs::wait_port(port, Duration::from_secs(30)), "dcmgr:\n{}", ctl.log_text());
+    let client = Client::new(format!("http://127.0.0.1:{port}"), TOKEN);
+    let conns = || async {
+        count(
+            &db,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+    };
+
+    use futures::SinkExt;
+    let mut senders = Vec::new();
+    let mut uploads = Vec::new();
+    for i in 0..UPLOADS {
+        let img = client
+            .create_image(&vdc_tests::image_request(&format!("up{i}"), vdc_schema::ImageFormat::Raw))
+            .await
+            .unwrap();
+        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        tx.send(Ok(vec![7u8; 64 << 10])).await.unwrap();
+        senders.push(tx);
+        uploads.push(tokio::spawn({
+            let (c, id) = (client.clone(), img.id.clone());
+            async move { c.upload_image(&id, reqwest::Body::wrap_stream(rx)).await }
+        }));
+    }
+    // Every upload has claimed its image.
+    let claims = format!(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = {} \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        vdc_dcmgr::app::image::INGEST_CLASS
+    );
+    eventually(Duration::from_secs(20), || async { (count(&db, &claims).await == UPLOADS as i64).then_some(()) })
+        .await
+        .expect("the uploads are in flight");
+    let during = conns().await;
+    eprintln!("{during} connections of dcmgr's with {UPLOADS} uploads in flight");
+    // The pool's 16, the leader's lock, the advisory locks', the event stream's listener.
+    assert!(during <= 20, "{during} connections with {UPLOADS} uploads in flight");
+
+    for mut tx in senders {
+        tx.send(Ok(vec![7u8; 64 << 10])).await.unwrap();
+    }
+    for u in uploads {
+        let img = u.await.unwrap().unwrap();
+        assert_eq!((img.state, img.size_bytes), (ImageState::Available, Some(128 << 10)));
+    }
 }
 
 /// A server on loopback for URL imports, counting the requests it answers. `/slow`

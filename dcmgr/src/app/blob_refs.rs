@@ -4,12 +4,11 @@
 //! delete). It is taken per blob, so storing one blob (minutes into an S3 store for a
 //! large image) holds up no other: the blobs' hashes fall into [`STRIPES`] stripes,
 //! taken in ascending order. Within one dcmgr a mutex per stripe; with several on one
-//! PostgreSQL (which may share an S3 store) also a PostgreSQL advisory lock per stripe,
-//! held on a connection of its own and given back when that connection closes, so a
-//! dcmgr that dies holding it frees it.
+//! PostgreSQL (which may share an S3 store) also a PostgreSQL advisory lock per stripe
+//! (`datastore::locks`: a dcmgr that dies holding it frees it).
 
 use crate::ctx::Ctx;
-use sqlx::Connection;
+use crate::datastore::locks;
 use std::collections::BTreeSet;
 
 /// The advisory locks' class (`vdcB` in ASCII; the leader's single key is `vdcL`).
@@ -36,8 +35,7 @@ pub fn stripe(sha256: &str) -> i32 {
 /// Held until dropped.
 pub struct Held<'a> {
     _local: Vec<tokio::sync::MutexGuard<'a, ()>>,
-    /// Closing it (on drop) gives the advisory locks back.
-    _shared: Option<sqlx::PgConnection>,
+    _shared: Option<locks::Held>,
 }
 
 /// Takes the locks of the blobs `sha256s`: this process's first, then, on PostgreSQL,
@@ -48,20 +46,11 @@ pub async fn hold<'a, 's>(ctx: &'a Ctx, sha256s: impl IntoIterator<Item = &'s st
     for s in &stripes {
         local.push(ctx.blob_refs.0[*s as usize].lock().await);
     }
-    let shared = match ctx.shared && !stripes.is_empty() {
-        true => Some(lock_shared(&ctx.config.database_url, &stripes).await?),
-        false => None,
+    let shared = match &ctx.locks {
+        Some(l) if !stripes.is_empty() => Some(l.lock(LOCK_CLASS, &stripes).await?),
+        _ => None,
     };
     Ok(Held { _local: local, _shared: shared })
-}
-
-/// A connection holding the advisory locks of `stripes` (waits for them).
-pub async fn lock_shared(database_url: &str, stripes: &BTreeSet<i32>) -> Result<sqlx::PgConnection, sqlx::Error> {
-    let mut conn = sqlx::PgConnection::connect(database_url).await?;
-    for s in stripes {
-        sqlx::query("SELECT pg_advisory_lock($1, $2)").bind(LOCK_CLASS).bind(s).execute(&mut conn).await?;
-    }
-    Ok(conn)
 }
 
 #[cfg(test)]

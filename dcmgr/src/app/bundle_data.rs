@@ -70,24 +70,24 @@ pub const EXPORT_CLASS: i32 = 0x7664_6345;
 
 /// A bundle export that makes images and snapshots, recorded in the database before it
 /// makes any (migration 0029) and claimed while it runs: in this process's
-/// `ctx.exports` and, with several dcmgrs on one PostgreSQL, by an advisory lock on a
-/// connection of its own. What a dcmgr stopped or killed mid-export made is found by
+/// `ctx.exports` and, with several dcmgrs on one PostgreSQL, by an advisory lock
+/// (`datastore::locks`). What a dcmgr stopped or killed mid-export made is found by
 /// [`sweep`] once no one holds its run.
 pub struct ExportRun {
     id: String,
     ctx: SharedCtx,
-    _shared: Option<sqlx::PgConnection>,
+    shared: Option<db::locks::Held>,
 }
 
 impl ExportRun {
     pub async fn start(ctx: &SharedCtx, caller: &Caller) -> ApiResult<ExportRun> {
         let id = format!("exp-{:016x}", rand::random::<u64>());
         ctx.exports.lock().unwrap().insert(id.clone());
-        let mut run = ExportRun { id, ctx: ctx.clone(), _shared: None };
+        let mut run = ExportRun { id, ctx: ctx.clone(), shared: None };
         // Claimed before it is recorded: a sweep never sees it unclaimed.
-        if ctx.shared {
-            let conn = db::try_advisory_lock(&ctx.config.database_url, EXPORT_CLASS, db::advisory_key(&run.id)).await?;
-            run._shared = Some(conn.ok_or_else(|| ApiError::internal("a new export run is claimed already"))?);
+        if let Some(locks) = &ctx.locks {
+            let held = locks.try_lock(EXPORT_CLASS, db::advisory_key(&run.id)).await?;
+            run.shared = Some(held.ok_or_else(|| ApiError::internal("a new export run is claimed already"))?);
         }
         bstore::start_export_run(&ctx.db, &run.id, &caller.account_id).await?;
         Ok(run)
@@ -104,6 +104,9 @@ impl ExportRun {
 
 impl Drop for ExportRun {
     fn drop(&mut self) {
+        // The lock is given back first: this process's sweep, which may take it once the
+        // run has left `ctx.exports`, takes it on the same connection after that.
+        drop(self.shared.take());
         self.ctx.exports.lock().unwrap().remove(&self.id);
     }
 }
@@ -117,14 +120,12 @@ pub async fn sweep(ctx: &SharedCtx) -> ApiResult<()> {
         if ctx.exports.lock().unwrap().contains(&run) {
             continue;
         }
-        let _held = match ctx.shared {
-            true => {
-                match db::try_advisory_lock(&ctx.config.database_url, EXPORT_CLASS, db::advisory_key(&run)).await? {
-                    Some(conn) => Some(conn),
-                    None => continue,
-                }
-            }
-            false => None,
+        let _held = match &ctx.locks {
+            Some(locks) => match locks.try_lock(EXPORT_CLASS, db::advisory_key(&run)).await? {
+                Some(held) => Some(held),
+                None => continue,
+            },
+            None => None,
         };
         let caller = Caller::system(account.parse().map_err(ApiError::internal)?);
         let mut left = false;

@@ -465,15 +465,15 @@ where
 pub const INGEST_CLASS: i32 = 0x7664_6349;
 
 /// One ingest per image at a time, in every dcmgr on one database; released when dropped.
-/// With several dcmgrs on one PostgreSQL the claim is also an advisory lock on a
-/// connection of its own: a URL import resumed by one is not fetched again by another,
+/// With several dcmgrs on one PostgreSQL the claim is also an advisory lock
+/// (`datastore::locks`): a URL import resumed by one is not fetched again by another,
 /// of two uploads to one image through two dcmgrs the second is told it is busy, and a
 /// dcmgr that dies mid-ingest frees the image for the leader to resume
 /// ([`crate::app::image_import::resume`]).
 pub(crate) struct Ingesting<'a> {
     ctx: &'a SharedCtx,
     id: ImageId,
-    _shared: Option<sqlx::PgConnection>,
+    _shared: Option<db::locks::Held>,
     /// Stops the watch for a delete through another dcmgr when the ingest ends.
     _watch: Option<tokio_util::sync::DropGuard>,
 }
@@ -490,9 +490,9 @@ impl<'a> Ingesting<'a> {
         }
         // From here on, dropping the claim gives the local entry back.
         let mut claim = Ingesting { ctx, id: id.clone(), _shared: None, _watch: None };
-        if ctx.shared {
-            match db::try_advisory_lock(&ctx.config.database_url, INGEST_CLASS, db::advisory_key(id.as_str())).await? {
-                Some(conn) => claim._shared = Some(conn),
+        if let Some(locks) = &ctx.locks {
+            match locks.try_lock(INGEST_CLASS, db::advisory_key(id.as_str())).await? {
+                Some(held) => claim._shared = Some(held),
                 None => return Err(busy()),
             }
             claim._watch = Some(watch_deleted(ctx.clone(), id.clone(), cancel));

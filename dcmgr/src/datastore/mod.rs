@@ -13,6 +13,7 @@ pub mod instance;
 pub mod interface;
 pub mod job;
 pub mod keypair;
+pub mod locks;
 pub mod metrics;
 pub mod network;
 pub mod quota;
@@ -101,21 +102,6 @@ pub fn advisory_key(name: &str) -> i32 {
     use sha2::Digest;
     let h = sha2::Sha256::digest(name.as_bytes());
     i32::from_be_bytes([h[0], h[1], h[2], h[3]])
-}
-
-/// A connection of its own holding PostgreSQL's advisory lock `(class, key)`, or None
-/// when another session holds it. Closing the connection (dropping it) gives the lock
-/// back, so a dcmgr that dies holding one frees it.
-pub async fn try_advisory_lock(url: &str, class: i32, key: i32) -> Result<Option<sqlx::PgConnection>, sqlx::Error> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(url).await?;
-    let got: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)").bind(class).bind(key).fetch_one(&mut conn).await?;
-    if got {
-        return Ok(Some(conn));
-    }
-    let _ = conn.close().await;
-    Ok(None)
 }
 
 /// Begins a transaction, after the write gate on SQLite.
