@@ -72,6 +72,22 @@ pub struct StackOptions {
     /// The bus of dcmgr and the stack's agents, instead of the in-process one: NATS when
     /// agents of other processes join (the large site's benchmark).
     pub transport: Option<Arc<dyn Transport>>,
+    /// A database made before the stack starts (an upgrade's), instead of a new one.
+    pub existing: Option<Existing>,
+}
+
+/// A database made before the stack starts: its dcmgr migrates and serves it, and its
+/// agents take the node IDs it records (as agents do across an upgrade).
+#[derive(Clone, Debug, Default)]
+pub struct Existing {
+    pub database_url: String,
+    /// On the tests' PostgreSQL: (the admin URL, the database's name), dropped with the stack.
+    pub pg: Option<(String, String)>,
+    pub host_ids: Vec<String>,
+    pub storage_ids: Vec<String>,
+    /// The agents' data directories as their hosts kept them (`KIND/NODE/…`, as
+    /// `journals_on_disk` lays them out), copied in before they start.
+    pub agent_dirs: Option<std::path::PathBuf>,
 }
 
 /// Where real-network hosts keep their OVS, and the prefix (unique per test) of their
@@ -182,6 +198,7 @@ impl StackOptions {
             quotas: Default::default(),
             metrics: Default::default(),
             transport: None,
+            existing: None,
         }
     }
 }
@@ -237,6 +254,21 @@ pub struct Stack {
     pg: Option<(String, String)>,
 }
 
+/// Copies the files under `from` to the same paths under `to`.
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_tree(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
 /// A fresh database on the test PostgreSQL ([`pg::admin_url`]): (its URL, the admin URL,
 /// its name).
 pub async fn create_pg_database() -> anyhow::Result<(String, String, String)> {
@@ -266,9 +298,10 @@ impl Stack {
         if let Some(lv) = &opts.libvirt {
             opts.images.file_dirs.push(lv.tiny_image_dir.clone());
         }
-        let (database_url, pg) = match opts.db {
-            Db::Sqlite => (format!("sqlite://{}", tmp.path().join("vdc.db").display()), None),
-            Db::Postgres => {
+        let (database_url, pg) = match (&opts.existing, opts.db) {
+            (Some(e), _) => (e.database_url.clone(), e.pg.clone()),
+            (None, Db::Sqlite) => (format!("sqlite://{}", tmp.path().join("vdc.db").display()), None),
+            (None, Db::Postgres) => {
                 let (url, admin, name) = create_pg_database().await?;
                 (url, Some((admin, name)))
             }
@@ -304,21 +337,35 @@ impl Stack {
                 vdc_nwagent::testing::underlay(&rn.host_netns(0), &rn.host_netns(1))?;
             }
         }
+        let existing = opts.existing.clone().unwrap_or_default();
+        if let Some(from) = &existing.agent_dirs {
+            copy_tree(from, stack.tmp.path())?;
+        }
         for i in 0..opts.hosts {
-            let node_id = HostNodeId::generate().to_string();
+            let node_id = existing.host_ids.get(i).cloned().unwrap_or_else(|| HostNodeId::generate().to_string());
             let host = stack.start_host(&node_id, i).await?;
             stack.hosts.push(host);
         }
         for i in 0..opts.storage_nodes {
-            let node_id = StorageNodeId::generate().to_string();
+            let node_id = existing.storage_ids.get(i).cloned().unwrap_or_else(|| StorageNodeId::generate().to_string());
             let h = stack.start_storage(&node_id, i).await?;
             stack.storage.push((node_id, Some(h)));
         }
         stack.wait_nodes_online().await?;
-        // A kernel image: QEMU and KVM boot it; LXC boots tar and dir images only.
+        // A kernel image: QEMU and KVM boot it; LXC boots tar and dir images only. An
+        // existing database has it from the stack that made it.
         let vms = vec![HypervisorKind::Qemu, HypervisorKind::Kvm];
-        let img = stack.admin.create_image(&builtin_tiny_image(vms)).await?;
-        stack.image = img.id;
+        let tiny = builtin_tiny_image(vms);
+        stack.image = match opts.existing {
+            Some(_) => {
+                let all = stack.admin.list_all_images().await?;
+                all.into_iter()
+                    .find(|i| i.name == tiny.name)
+                    .ok_or_else(|| anyhow::anyhow!("no image {:?}", tiny.name))?
+                    .id
+            }
+            None => stack.admin.create_image(&tiny).await?.id,
+        };
         Ok(stack)
     }
 

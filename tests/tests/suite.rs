@@ -22,4 +22,5 @@ mod rate_limits;
 mod s3;
 mod sessions;
 mod unauthorized;
+mod upgrade;
 mod users;
