@@ -135,6 +135,8 @@ pub struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// The account an admin's token acts in (`X-Vdc-Account`), when not its own.
+    act_in: Option<String>,
 }
 
 impl Client {
@@ -156,7 +158,14 @@ impl Client {
         if let Some(stripped) = base.strip_suffix("/api/v1") {
             base = stripped.to_string();
         }
-        Self { base, token: token.into(), http }
+        Self { base, token: token.into(), http, act_in: None }
+    }
+
+    /// Acts in `account` (name or ID) rather than the token's own: an admin's token only
+    /// (the server refuses others with 403).
+    pub fn acting_in(mut self, account: impl Into<String>) -> Self {
+        self.act_in = Some(account.into());
+        self
     }
 
     /// The server root, without `/api/v1`.
@@ -178,7 +187,10 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let req = self.http.request(method, self.url(path));
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(a) = &self.act_in {
+            req = req.header("X-Vdc-Account", a);
+        }
         // No token yet (signing in): no Authorization header at all.
         if self.token.is_empty() {
             return req;

@@ -50,8 +50,8 @@ pub struct GlobalArgs {
     /// API token [default: $VDC_TOKEN, then the config file]
     #[arg(long, value_name = "TOKEN", global = true)]
     pub token: Option<String>,
-    /// The account (name or ID) to act in: its session from `vdc login` when one is kept,
-    /// and the account member and token commands manage [default: $VDC_ACCOUNT, then the
+    /// The account (name or ID) to act in: its session from `vdc login` when one is kept
+    /// (an admin's token acts in any account), and the account member and token commands manage [default: $VDC_ACCOUNT, then the
     /// config file's `account`, then the token's own account]
     #[arg(long = "account", id = "global_account", value_name = "ACCOUNT", global = true)]
     pub account: Option<String>,

@@ -17,6 +17,7 @@ on_both_databases!(
     token_races,
     token_cap,
     the_cli_manages_users_members_and_tokens,
+    an_admin_acts_in_another_account,
 );
 
 fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -344,5 +345,52 @@ async fn the_cli_manages_users_members_and_tokens(db: Db) {
     ok(&s.admin, &["user", "delete", "rita"]).await;
     let q = ListQuery { name: Some("rita".into()), ..Default::default() };
     assert!(s.admin.list_users(&q).await.unwrap().items.is_empty());
+    s.stop().await;
+}
+
+/// An operator acts in a tenant's account (`X-Vdc-Account`, `vdc --account NAME`) as
+/// OpenStack's admin does in a project: by name or ID, as an owner there, named in that
+/// account's audit log. Only an admin's uncapped token may: a tenant's token naming
+/// another account, known or not, is refused alike, and so is a capped admin token.
+async fn an_admin_acts_in_another_account(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let (alice, bob) = (s.account("alice").await, s.account("bob").await);
+    let alice_acct = alice.whoami().await.unwrap().account.id;
+    let as_alice = s.admin.clone().acting_in("alice");
+    let me = as_alice.whoami().await.unwrap();
+    assert_eq!((me.account.name.as_str(), me.role, me.admin), ("alice", Role::Owner, true));
+    let kp = as_alice.create_keypair(&keypair("ops")).await.unwrap().keypair;
+    assert_eq!(alice.get_keypair(&kp.id).await.unwrap().name, "ops", "made in alice's account");
+    assert_eq!(err(s.admin.get_keypair(&kp.id).await).0, 404, "not in the admin's own");
+    let by_id = s.admin.clone().acting_in(alice_acct.as_str());
+    by_id.delete_keypair(&kp.id).await.unwrap();
+    assert_eq!(err(alice.get_keypair(&kp.id).await).0, 404);
+    // The account's owner sees who it was.
+    let audit = alice.list_audit(&Default::default()).await.unwrap().items;
+    let admin_user = s.admin.whoami().await.unwrap().user.id;
+    assert!(audit.iter().any(|e| e.action.contains("keypair") && e.user_id.as_ref() == Some(&admin_user)), "{audit:?}");
+    assert_eq!(
+        err(s.admin.clone().acting_in("nobody").list_keypairs(&Default::default()).await),
+        (404, "not_found".into())
+    );
+
+    // Others cannot, whatever they name.
+    for name in ["alice", alice_acct.as_str(), "nobody"] {
+        assert_eq!(
+            err(bob.clone().acting_in(name).list_keypairs(&Default::default()).await),
+            (403, "forbidden".into())
+        );
+    }
+    bob.clone().acting_in("bob").list_keypairs(&Default::default()).await.expect("its own account, named");
+    let capped = s.admin.create_token(&CreateToken { role: Some(Role::Reader), ..token("dash") }).await.unwrap();
+    let capped = Client::new(s.url(), capped.secret).acting_in("alice");
+    assert_eq!(err(capped.list_keypairs(&Default::default()).await), (403, "forbidden".into()));
+    assert!(alice.list_all_keypairs().await.unwrap().is_empty());
+
+    // The CLI: `--account NAME` with an admin's token acts there; a tenant's is told how.
+    ok(&s.admin, &["--account", "alice", "keypair", "create", "deploy"]).await;
+    assert_eq!(alice.list_all_keypairs().await.unwrap().len(), 1);
+    let e = vdc(&bob, &["--account", "alice", "keypair", "list"]).await.unwrap_err().report();
+    assert!(e.contains("the token acts in account bob"), "{e}");
     s.stop().await;
 }

@@ -71,22 +71,34 @@ pub(super) async fn run(global: &GlobalArgs, mut command: Command) -> Result<(),
             | Command::Whoami
             | Command::Logout { .. }
     );
+    // An admin's token acts in the named account (the server checks it is an admin's).
+    let mut client = Client::new(ep.api.clone(), ep.token.clone());
     if let (Some(a), true, false, false) = (&ep.account, ep.account_explicit, ep.token_for_account, manages) {
-        let me = Client::new(ep.api.clone(), ep.token.clone()).whoami().await?;
+        let me = client.whoami().await?;
         if me.account.name != *a && me.account.id.as_str() != a {
-            return Err(CliError::usage(format!(
-                "--account {a}: the token acts in account {} ({}); sign in to {a} with `vdc login {} --account {a}`, \
-                 or pass a token of {a} with --token",
-                me.account.name, me.account.id, me.user.name
-            )));
+            if me.admin {
+                client = client.acting_in(a.clone());
+                // An unknown account is said now, not as a 404 of whatever the command reads;
+                // and a server older than X-Vdc-Account, which would act in the token's own
+                // account, is caught before anything is done there.
+                let there = client.whoami().await?;
+                if there.account.name != *a && there.account.id.as_str() != a {
+                    return Err(CliError::Failed(format!(
+                        "--account {a}: this server does not let an admin's token act in another account \
+                         (it answered as {}); use a token of {a} (`vdc account token {a}`)",
+                        there.account.name
+                    )));
+                }
+            } else {
+                return Err(CliError::usage(format!(
+                    "--account {a}: the token acts in account {} ({}); sign in to {a} with `vdc login {} --account {a}`, \
+                     or pass a token of {a} with --token",
+                    me.account.name, me.account.id, me.user.name
+                )));
+            }
         }
     }
-    let ctx = Ctx {
-        client: Client::new(ep.api, ep.token),
-        account: ep.account,
-        format,
-        wait_timeout: Duration::from_secs(global.wait_timeout),
-    };
+    let ctx = Ctx { client, account: ep.account, format, wait_timeout: Duration::from_secs(global.wait_timeout) };
     match command {
         Command::Info => ctx.show(&ctx.client.api_info().await?),
         Command::Account(c) => account(&ctx, c).await,

@@ -13,6 +13,35 @@ use vdc_schema::api::{Account, AccountCreated, AccountToken, CreateAccount, Crea
 use vdc_schema::id::{AccountId, TokenId, UserId};
 use vdc_schema::state::Role;
 
+/// The header an operator names another account in (`vdc --account NAME`).
+pub const ACT_IN_HEADER: &str = "x-vdc-account";
+
+/// An operator acting in another account (`X-Vdc-Account: NAME|ID`), as an OpenStack
+/// admin scopes to a project or Incus takes `--project`: only an admin user's token
+/// without a role cap may, and it then acts there as an owner; the account's audit log
+/// names the admin. Naming the token's own account changes nothing. Anyone else naming
+/// another account, known or not, is refused alike (nothing is told about it).
+pub async fn act_in(ctx: &SharedCtx, mut caller: Caller, account: &str) -> ApiResult<Caller> {
+    let found = match account.parse::<AccountId>() {
+        Ok(id) => store::get(&ctx.db, &id).await?,
+        Err(_) => store::list(&ctx.db, "", Some(account), 1).await?.into_iter().next(),
+    };
+    let own = found.as_ref().is_some_and(|r| r.id == caller.account_id.as_str());
+    if own {
+        return Ok(caller);
+    }
+    if !caller.admin {
+        return Err(ApiError::Forbidden(format!(
+            "this token acts in its own account only; to act in {account:?}, use a token of that account \
+             (only an admin's token names another account with X-Vdc-Account)"
+        )));
+    }
+    let row = found.ok_or_else(|| ApiError::not_found("account", account))?;
+    caller.account_id = row.id.parse().map_err(ApiError::internal)?;
+    caller.role = Role::Owner;
+    Ok(caller)
+}
+
 /// SHA-256 of the secret. A secret is 40 random alphanumerics (238 bits), so a fast hash
 /// is enough: nothing can be guessed from it.
 pub fn hash_token(token: &str) -> String {

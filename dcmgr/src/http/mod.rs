@@ -161,6 +161,13 @@ impl FromRequestParts<SharedCtx> for Caller {
                 return Err(e);
             }
         };
+        let caller = match parts.headers.get(crate::app::account::ACT_IN_HEADER) {
+            Some(h) => {
+                let name = h.to_str().map_err(|_| ApiError::bad("invalid_header", "X-Vdc-Account is not text"))?;
+                crate::app::account::act_in(ctx, caller, name.trim()).await?
+            }
+            None => caller,
+        };
         if let Some(who) = parts.extensions.get::<audit::Who>() {
             who.set(&caller);
         }
@@ -428,7 +435,8 @@ impl utoipa::Modify for CommonErrors {
         `GET /api/v1/openapi.json` needs `Authorization: Bearer <token>`. Errors are `{\"error\": {\"code\": \"…\", \"message\": \"…\"}}` with \
         400 for bad input, 401 without a valid token, 403 for admin-only calls, 404 for an unknown ID or one of \
         another account (the same answer), 409 for a state conflict, 422 for quota or capacity, 503 when an agent \
-        or the database is unavailable."),
+        or the database is unavailable. An admin's token acts in another account when a call names it (name or ID) \
+        in `X-Vdc-Account`, as an owner there (other tokens naming another account get 403)."),
     modifiers(&BearerAuth, &CommonErrors),
     // What `GET /api/v1/events` carries in each message's `data` (the response documents the message).
     components(schemas(vdc_schema::api::Event)),
