@@ -100,12 +100,8 @@ async fn an_older_vdcs_database_is_served_after_the_upgrade(db: Db) {
     let mut opts = StackOptions::new(db);
     opts.existing = Some(existing);
     opts.images.dir = Some(images);
-    opts.external = Some(vdc_dcmgr::config::ExternalConfig {
-        cidr: "203.0.113.0/24".into(),
-        gateway: "203.0.113.1".into(),
-        pool_start: "203.0.113.10".into(),
-        pool_end: "203.0.113.20".into(),
-    });
+    // The older stack's external network.
+    opts.external = Some(vdc_tests::test_external("203.0.113.20"));
     let s = Stack::start(opts).await;
 
     // The tenants' tokens work, as who they were.
@@ -140,22 +136,13 @@ async fn an_older_vdcs_database_is_served_after_the_upgrade(db: Db) {
     let web = c.list_all_security_groups().await.unwrap().into_iter().find(|g| g.name == "web").unwrap();
     let new = c
         .create_instance(&CreateInstance {
-            name: Some("web2".into()),
-            image_id: s.image.clone(),
-            hypervisor: Some(HypervisorKind::Qemu),
-            cpus: 1,
             memory_mib: 64,
             interfaces: vec![CreateInterface {
                 network_id: front.id.clone(),
                 security_groups: vec![web.id.clone()],
                 ip: None,
             }],
-            ssh_key_id: None,
-            user_data: None,
-            root_disk_size: None,
-            server_group: None,
-            zone: None,
-            host_labels: Default::default(),
+            ..vdc_tests::qemu_guest(&s.image, "web2")
         })
         .await
         .unwrap()

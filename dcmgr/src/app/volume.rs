@@ -362,7 +362,12 @@ pub(crate) async fn detach_in(tx: &mut db::Tx<'_>, caller: &Caller, id: &VolumeI
 pub async fn extend(ctx: &SharedCtx, caller: &Caller, id: &VolumeId, req: ExtendVolume) -> ApiResult<Accepted<Volume>> {
     let size = req.size_mib;
     if size > MAX_SIZE_MIB {
-        return Err(ApiError::bad("invalid_size", format!("size_mib must be at most {MAX_SIZE_MIB}, got {size}")));
+        return Err(ApiError::bad(
+            "invalid_size",
+            format!(
+                "the size must be at most {MAX_SIZE_MIB} MiB (16 TiB), got {size} MiB (size_mib; --size in the CLI)"
+            ),
+        ));
     }
     let accepted = db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
@@ -370,7 +375,7 @@ pub async fn extend(ctx: &SharedCtx, caller: &Caller, id: &VolumeId, req: Extend
         if size <= row.size_mib as u64 {
             return Err(ApiError::bad(
                 "invalid_size",
-                format!("volume {id} is {} MiB; size_mib must be larger (volumes never shrink)", row.size_mib),
+                format!("volume {id} is {} MiB; the new size must be larger (volumes never shrink)", row.size_mib),
             ));
         }
         match row.state()? {
@@ -569,14 +574,14 @@ fn decide_size(
         (Some(sz), Some((id, snap)), _) if sz < snap => {
             return Err(ApiError::bad(
                 "invalid_size",
-                format!("size_mib {sz} is smaller than snapshot {id} ({snap} MiB)"),
+                format!("the size asked, {sz} MiB, is smaller than snapshot {id} ({snap} MiB)"),
             ))
         }
         (Some(sz), _, Some(i)) if image_mib.is_some_and(|m| sz < m) => {
             return Err(ApiError::bad(
                 "invalid_size",
                 format!(
-                    "size_mib {sz} is smaller than the disk image {} holds ({} MiB); leave size_mib out for that size",
+                    "the size asked, {sz} MiB, is smaller than the disk image {} holds ({} MiB); leave the size out (size_mib; --size in the CLI) for that size",
                     i.0,
                     image_mib.unwrap_or_default()
                 ),
@@ -588,19 +593,19 @@ fn decide_size(
             ApiError::bad(
                 "invalid_size",
                 format!(
-                    "the disk size of image {} is not known (an operator's host file): give size_mib (in MiB)",
+                    "the disk size of image {} is not known (an operator's host file): give a size (size_mib in MiB; --size in the CLI)",
                     i.0
                 ),
             )
         })?,
         (None, None, None) => {
-            return Err(ApiError::bad("invalid_size", "give size_mib (in MiB), snapshot_id or image_id"))
+            return Err(ApiError::bad("invalid_size", "give a size (size_mib in MiB; --size in the CLI), a snapshot (snapshot_id) or an image (image_id)"))
         }
     };
     if size == 0 || size > MAX_SIZE_MIB {
         return Err(ApiError::bad(
             "invalid_size",
-            format!("size_mib must be between 1 and {MAX_SIZE_MIB}, got {size}"),
+            format!("the size must be between 1 and {MAX_SIZE_MIB} MiB (16 TiB), got {size} MiB"),
         ));
     }
     Ok(size)
