@@ -7,7 +7,9 @@
 //! one made meanwhile through the API, which the event stream brings); opens
 //! the account panel (quotas with usage); signs out, and the session's token no longer works
 //! through the API. Signed in again, a session revoked behind its back sends it back to the
-//! sign-in form with a message.
+//! sign-in form with a message. Then the admin's API token: an operator picks beta in the
+//! account select (a member of no tenant account), sees beta's objects and events, and
+//! goes back to its own.
 //!
 //! Needs `chromium` and `chromium-driver` (packaging/install-deps.sh installs them); it
 //! fails, not skips, without them.
@@ -341,6 +343,48 @@ async fn the_console_signs_in_switches_accounts_and_signs_out() {
     b.js("location.hash = '#networks'", json!([])).await;
     let message = b.text_of("#signin-error").await;
     assert!(message.contains("Please sign in again"), "{message}");
+
+    // An operator (the admin's API token, a member of no tenant account) picks beta in the
+    // select: beta's objects, and beta's events, without a session of beta; then back.
+    b.wait("the sign-in form", "return !document.querySelector('#password-form').hidden").await;
+    b.click("#use-token").await;
+    b.type_into("#token-input", &s.admin_token).await;
+    b.click("#signin-form button[type=submit]").await;
+    b.wait(
+        "the admin's accounts",
+        &format!(
+            "return app.who && app.who.admin && app.allAccounts && app.allAccounts.length > 0 \
+             && !!document.querySelector(\"#account-select option[value='{beta_id}']\")"
+        ),
+    )
+    .await;
+    let own = b.js("return document.querySelector('#account-select').value", json!([])).await;
+    b.click(&format!("#account-select option[value='{beta_id}']")).await;
+    b.wait("acting in beta", &format!("return app.actIn === '{beta_id}' && app.who.account.id === '{beta_id}'")).await;
+    let instances = b
+        .wait(
+            "beta's instances, for the admin",
+            "location.hash = '#instances'; const v = document.querySelector('#view'); \
+             return v.innerText.includes('beta-db') ? v.innerText : ''",
+        )
+        .await;
+    assert!(!instances.as_str().unwrap().contains("alpha-web"), "{instances}");
+    assert_eq!(b.text_of("#who-role").await, "owner, administrator");
+    view_text(&b, "networks").await;
+    b.wait("the event stream, in beta", "return live.connected && live.actIn !== ''").await;
+    beta.post::<_, Value>("/networks", &json!({"name": "beta-ops", "cidr": "10.74.0.0/24"})).await.unwrap();
+    b.wait(
+        "beta's new network, through beta's event stream",
+        "return location.hash === '#networks' && document.querySelector('#view').innerText.includes('beta-ops')",
+    )
+    .await;
+    b.click(&format!("#account-select option[value='{}']", own.as_str().unwrap())).await;
+    b.wait(
+        "the admin's own account again",
+        "const v = document.querySelector('#view'); \
+         return location.hash === '#networks' && !app.actIn && v.querySelector('table, .empty') && !v.innerText.includes('beta-') ? 'yes' : ''",
+    )
+    .await;
     eprintln!("the browser part took {:?}", started.elapsed());
     b.quit().await;
     s.stop().await;

@@ -43,6 +43,9 @@ const app = {
   switching: false, // an account switch is under way (see sessionRefused)
   refused: [], // the last calls refused 401 (see sessionRefused)
   who: null, // GET /whoami: { user, account, role, accounts }
+  actIn: '', // the account an admin acts in (X-Vdc-Account); '' for the token's own
+  home: '', // the token's own account
+  allAccounts: null, // an admin's: every account, for the select
   view: null, // id of the view on screen
   ctl: null, // its controller: { frame (see viewFrame), refresh(fresh) → any item busy? }
   gen: 0, // bumped on every view change and sign-out, so late answers are dropped
@@ -211,6 +214,7 @@ async function api(method, path, body, token) {
   const headers = { Accept: 'application/json' };
   const used = token === undefined ? app.token : token;
   if (token !== null) headers.Authorization = `Bearer ${used}`;
+  if (token === undefined && app.actIn) headers['X-Vdc-Account'] = app.actIn;
   const opts = { method, headers, cache: 'no-store' };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
@@ -1341,20 +1345,38 @@ function setWho(who) {
     box.hidden = true;
     return;
   }
+  if (!app.actIn) app.home = who.account.id;
   $('#who-user').textContent = who.user.name;
   $('#who-role').textContent = roleLabel(who);
   const sel = $('#account-select');
-  const accounts = who.accounts && who.accounts.length ? who.accounts
+  const accounts = who.accounts && who.accounts.length ? [...who.accounts]
     : [{ account_id: who.account.id, account_name: who.account.name, role: who.role }];
-  if (!accounts.some((a) => a.account_id === who.account.id)) {
-    accounts.unshift({ account_id: who.account.id, account_name: who.account.name, role: who.role });
+  for (const a of [{ account_id: app.home, account_name: who.account.name }, { account_id: who.account.id, account_name: who.account.name }]) {
+    if (a.account_id && !accounts.some((m) => m.account_id === a.account_id)) accounts.unshift(a);
+  }
+  // An admin acts in any account: the others follow the user's own.
+  for (const a of (who.admin && app.allAccounts) || []) {
+    if (!accounts.some((m) => m.account_id === a.id)) accounts.push({ account_id: a.id, account_name: a.name });
   }
   sel.replaceChildren(...accounts.map((a) => el('option', { value: a.account_id, selected: a.account_id === who.account.id }, a.account_name)));
   sel.value = who.account.id;
-  // An API token acts in one account; only a session switches.
-  sel.disabled = !app.session || accounts.length < 2;
-  sel.title = app.session ? t('account_switch') : t('account_switch_token');
+  // An API token acts in one account; only a session switches, or an admin acts elsewhere.
+  sel.disabled = !(who.admin || app.session) || accounts.length < 2;
+  sel.title = app.session || who.admin ? t('account_switch') : t('account_switch_token');
   box.hidden = false;
+  if (who.admin && !app.allAccounts) loadAllAccounts();
+}
+
+// An admin's select lists every account (read once per sign-in).
+async function loadAllAccounts() {
+  app.allAccounts = [];
+  try {
+    const page = await api('GET', '/accounts?limit=1000');
+    app.allAccounts = page.items;
+  } catch (_) {
+    return;
+  }
+  if (app.who) setWho(app.who);
 }
 
 async function loadWho() {
@@ -1368,6 +1390,12 @@ async function loadWho() {
 async function onSwitchAccount(ev) {
   const target = ev.target.value;
   if (!app.who || target === app.who.account.id || app.switching) return;
+  const member = (app.who.accounts || []).some((a) => a.account_id === target);
+  if (app.who.admin && (target === app.home || !app.session || !member)) {
+    await actIn(target === app.home ? '' : target);
+    return;
+  }
+  app.actIn = '';
   ev.target.disabled = true;
   const before = app.token;
   app.switching = true;
@@ -1390,7 +1418,29 @@ async function onSwitchAccount(ev) {
   route();
 }
 
+// An admin works in another account without a session of it (X-Vdc-Account); '' goes
+// back to the token's own. The event stream follows the account.
+async function actIn(account) {
+  const before = app.actIn;
+  app.actIn = account;
+  let who;
+  try {
+    who = await api('GET', '/whoami');
+  } catch (e) {
+    app.actIn = before;
+    notify('error', errorText(e));
+    if (app.who) setWho(app.who);
+    return;
+  }
+  setWho(who);
+  stopEvents();
+  followEvents();
+  notify('ok', t('account_switched', { account: who.account.name }));
+  route();
+}
+
 function useSession(s) {
+  app.actIn = '';
   app.token = s.token;
   app.session = true;
   storageSet(LS_TOKEN, s.token);
@@ -1475,13 +1525,14 @@ async function refreshView() {
 // account refreshes the view on screen, so nothing polls while the stream is open; when
 // it is refused or cut, views with work under way refresh every REFRESH_MS until it is
 // back, and it resumes after the last event seen (Last-Event-ID).
-const live = { token: '', abort: null, lastId: '', connected: false, pending: 0 };
+const live = { token: '', actIn: '', abort: null, lastId: '', connected: false, pending: 0 };
 
 function followEvents() {
-  if (live.abort && live.token === app.token) return;
+  if (live.abort && live.token === app.token && live.actIn === app.actIn) return;
   stopEvents();
   if (!app.token) return;
   const token = app.token;
+  live.actIn = app.actIn;
   const ctl = new AbortController();
   Object.assign(live, { token, abort: ctl, lastId: '' });
   (async () => {
@@ -1506,6 +1557,7 @@ function stopEvents() {
 
 async function readEvents(token, signal) {
   const headers = { Accept: 'text/event-stream', Authorization: `Bearer ${token}` };
+  if (live.actIn) headers['X-Vdc-Account'] = live.actIn;
   if (live.lastId) headers['Last-Event-ID'] = live.lastId;
   const res = await fetch(`${API_BASE}/events?follow=true`, { headers, signal });
   if (res.status === 401) {
@@ -1672,6 +1724,7 @@ async function onSignIn(ev) {
 
 function signOut(message) {
   stopEvents();
+  Object.assign(app, { actIn: '', home: '', allAccounts: null });
   app.token = '';
   app.session = false;
   app.info = null;
