@@ -444,8 +444,10 @@ async fn the_cli_logs_in_to_each_account() {
         .create_user(&CreateUser { name: "kai".into(), admin: false, password: Some(PASSWORD.into()) })
         .await
         .unwrap();
+    let mut owners = vec![];
     for (name, net, cidr) in [("kai-a", "net-a", "10.81.0.0/24"), ("kai-b", "net-b", "10.82.0.0/24")] {
         let owner = s.account(name).await;
+        owners.push(owner.clone());
         let id = account_id(&owner).await;
         owner.add_member(&id, &AddMember { user: "kai".into(), role: Role::Member }).await.unwrap();
         owner.post::<_, Value>("/networks", &json!({"name": net, "cidr": cidr})).await.unwrap();
@@ -502,12 +504,20 @@ async fn the_cli_logs_in_to_each_account() {
     assert!(ok, "{err}");
     assert!(vdc_cli::config::read(&config).unwrap().unwrap().tokens.is_empty());
 
-    // A token of one account with another named: never acted on in the wrong account.
-    let mut plain = vdc_cli::config::CliConfig::new(url.clone(), s.admin_token.clone());
+    // A tenant's token of one account with another named: never acted on in the wrong
+    // account.
+    let mut plain = vdc_cli::config::CliConfig::new(url.clone(), owners[1].token().to_owned());
     plain.tokens.clear();
     vdc_cli::config::save(&config, &plain).unwrap();
     let (ok, _, err) = run(vec!["--account", "kai-a", "network", "list"], "");
     assert!(!ok && err.contains("the token acts in account") && err.contains("vdc login"), "{err}");
+    // An admin's token acts in the account it names (README: operators in tenants' accounts).
+    let mut plain = vdc_cli::config::CliConfig::new(url.clone(), s.admin_token.clone());
+    plain.tokens.clear();
+    vdc_cli::config::save(&config, &plain).unwrap();
+    let (ok, out, err) = run(vec!["--account", "kai-a", "network", "list", "-o", "json"], "");
+    assert!(ok, "{err}");
+    assert_eq!(networks(&out), ["net-a"]);
     s.stop().await;
 }
 
