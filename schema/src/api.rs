@@ -1107,6 +1107,7 @@ pub struct HostNode {
     /// reported it (null if it reported nothing readable).
     #[schema(value_type = Option<Object>, required = true)]
     pub capabilities: serde_json::Value,
+    /// When dcmgr last heard the node's hva (its heartbeat, or its registration).
     pub last_seen: DateTime<Utc>,
     /// The zone an admin put the host in; null when none.
     #[serde(default)]
@@ -1137,6 +1138,7 @@ pub struct StorageNode {
     pub backend: StorageBackend,
     pub capacity_mib: u64,
     pub used_mib: u64,
+    /// When dcmgr last heard the node's sta (its heartbeat, or its registration).
     pub last_seen: DateTime<Utc>,
 }
 

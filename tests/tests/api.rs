@@ -750,6 +750,13 @@ async fn overcommit_follows_the_ratios(db: Db) {
     let c = s.account("dense").await;
     let host = &s.admin.list_all_host_nodes().await.unwrap()[0];
     assert_eq!((host.cpus, host.cpus_allocatable), (2, 8));
+    // Last seen: the agents' heartbeats (every 200 ms here), not only their registration.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let now = chrono::Utc::now();
+    let seen = s.admin.get_host_node(&host.id).await.unwrap().last_seen;
+    assert!(now - seen < chrono::Duration::milliseconds(1000), "host last seen {seen}, now {now}");
+    let sn = &s.admin.list_all_storage_nodes().await.unwrap()[0];
+    assert!(now - sn.last_seen < chrono::Duration::milliseconds(1000), "storage last seen {}, now {now}", sn.last_seen);
     assert_eq!((host.memory_mib, host.memory_allocatable_mib), (4096, 4096));
     let mut ids = vec![];
     for i in 0..8 {

@@ -5,8 +5,33 @@ use crate::app::{page, paging, state_filter};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::host as store;
 use crate::error::{ApiError, ApiResult};
+use chrono::{DateTime, Utc};
 use vdc_schema::api::{HostNode, ListQuery, Page, StorageNode, UpdateHostNode};
+use vdc_schema::bus::AgentKind;
 use vdc_schema::id::{HostNodeId, StorageNodeId};
+
+/// When this dcmgr last heard the node's agent: heartbeats are kept in memory (every
+/// dcmgr hears every one), and the row's `last_seen` is only written at registration and
+/// at each online/offline change, so alone it showed an online host as last seen hours ago.
+fn heard(ctx: &SharedCtx, kind: AgentKind, id: &str, row: DateTime<Utc>) -> DateTime<Utc> {
+    let seen = ctx.agents.read().unwrap().get(&(kind, id.to_owned())).map(|a| a.last_seen_ms);
+    match seen.and_then(DateTime::from_timestamp_millis) {
+        Some(t) if t > row => t,
+        _ => row,
+    }
+}
+
+fn host(ctx: &SharedCtx, row: store::HostRow) -> ApiResult<HostNode> {
+    let mut h = row.into_api()?;
+    h.last_seen = heard(ctx, AgentKind::Hva, h.id.as_str(), h.last_seen);
+    Ok(h)
+}
+
+fn storage(ctx: &SharedCtx, row: store::StorageRow) -> ApiResult<StorageNode> {
+    let mut n = row.into_api()?;
+    n.last_seen = heard(ctx, AgentKind::Sta, n.id.as_str(), n.last_seen);
+    Ok(n)
+}
 
 fn require_admin(caller: &Caller) -> ApiResult<()> {
     if caller.admin {
@@ -21,7 +46,7 @@ pub async fn list_hosts(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiR
     let (limit, cursor) = paging(q)?;
     let state = state_filter::<vdc_schema::NodeState>(q)?;
     let rows = store::list_hosts(&ctx.db, &cursor, &state, limit).await?;
-    let items = rows.into_iter().map(store::HostRow::into_api).collect::<ApiResult<Vec<_>>>()?;
+    let items = rows.into_iter().map(|r| host(ctx, r)).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |h| h.id.to_string()))
 }
 
@@ -30,14 +55,14 @@ pub async fn list_hosts(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiR
 pub async fn fetch_host(ctx: &SharedCtx, caller: &Caller, id: ApiResult<HostNodeId>) -> ApiResult<HostNode> {
     require_admin(caller)?;
     let id = id?;
-    store::get_host(&ctx.db, &id).await?.ok_or_else(|| ApiError::not_found("host node", id))?.into_api()
+    host(ctx, store::get_host(&ctx.db, &id).await?.ok_or_else(|| ApiError::not_found("host node", id))?)
 }
 
 pub async fn list_storage(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<StorageNode>> {
     require_admin(caller)?;
     let (limit, cursor) = paging(q)?;
     let rows = store::list_storage(&ctx.db, &cursor, limit).await?;
-    let items = rows.into_iter().map(store::StorageRow::into_api).collect::<ApiResult<Vec<_>>>()?;
+    let items = rows.into_iter().map(|r| storage(ctx, r)).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |h| h.id.to_string()))
 }
 
@@ -45,7 +70,7 @@ pub async fn list_storage(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> Ap
 pub async fn fetch_storage(ctx: &SharedCtx, caller: &Caller, id: ApiResult<StorageNodeId>) -> ApiResult<StorageNode> {
     require_admin(caller)?;
     let id = id?;
-    store::get_storage(&ctx.db, &id).await?.ok_or_else(|| ApiError::not_found("storage node", id))?.into_api()
+    storage(ctx, store::get_storage(&ctx.db, &id).await?.ok_or_else(|| ApiError::not_found("storage node", id))?)
 }
 
 /// A zone: 1 to 63 of `[A-Za-z0-9._-]`, starting with a letter or digit.
@@ -125,5 +150,5 @@ pub async fn update_host(
     tx.commit().await?;
     ctx.room.invalidate();
     tracing::info!(host = %id, zone = %zone, labels = %row.labels, "host zone and labels set");
-    row.into_api()
+    host(ctx, row)
 }
