@@ -102,7 +102,7 @@ async fn an_older_vdcs_database_is_served_after_the_upgrade(db: Db) {
     opts.images.dir = Some(images);
     // The older stack's external network.
     opts.external = Some(vdc_tests::test_external("203.0.113.20"));
-    let s = Stack::start(opts).await;
+    let mut s = Stack::start(opts).await;
 
     // The tenants' tokens work, as who they were.
     let c = Client::new(s.url(), token("tenant"));
@@ -130,6 +130,10 @@ async fn an_older_vdcs_database_is_served_after_the_upgrade(db: Db) {
     wait_state(&c, &app.id, InstanceState::Running).await;
     c.start_instance(&dbi.id).await.unwrap();
     wait_state(&c, &dbi.id, InstanceState::Running).await;
+
+    // The upgraded dcmgr started again (the second start: nothing left to migrate).
+    s.restart_dcmgr().await;
+    assert_eq!(c.get_instance(&app.id).await.unwrap().state, InstanceState::Running);
 
     // A new instance on the old network: an address of its own.
     let front = c.list_all_networks().await.unwrap().into_iter().find(|n| n.name == "front").unwrap();
