@@ -150,10 +150,8 @@ pub struct Ctx {
     pub rate_limits: Option<crate::app::rate_limit::RateLimits>,
     /// Writes the audit log in batches (`app::audit::Writer`).
     pub audit: crate::app::audit::Writer,
-    /// The database may be shared with other dcmgrs (PostgreSQL): duties that must be
-    /// done once (reconciling, recording agents online or offline) wait for `leader`.
-    pub shared: bool,
-    /// This dcmgr's PostgreSQL advisory locks, on one connection (when `shared`).
+    /// This dcmgr's PostgreSQL advisory locks, on one connection: set when the database
+    /// may be shared with other dcmgrs ([`Ctx::shared`]).
     pub locks: Option<crate::datastore::locks::SharedLocks>,
     /// This dcmgr holds the leader lock (`controller::leader`); always true when not shared.
     pub leader: std::sync::atomic::AtomicBool,
@@ -171,6 +169,12 @@ pub struct AgentSeen {
 }
 
 impl Ctx {
+    /// The database may be shared with other dcmgrs (PostgreSQL): duties that must be
+    /// done once (reconciling, recording agents online or offline) wait for `leader`.
+    pub fn shared(&self) -> bool {
+        self.locks.is_some()
+    }
+
     pub fn enqueue(&self, w: Work) {
         if !self.queued.lock().unwrap().insert(w.clone()) {
             return;

@@ -108,7 +108,6 @@ impl Dcmgr {
             views: Default::default(),
             rate_limits,
             audit,
-            shared,
             locks: shared.then(|| db::locks::SharedLocks::new(config.database_url.clone())),
             leader: std::sync::atomic::AtomicBool::new(!shared),
             signin_limits,

@@ -42,8 +42,9 @@ fn token(who: &str) -> String {
         .to_owned()
 }
 
-/// The fixture's database as its vdc left it: its migrations, then its rows.
-async fn older_database(db: Db, dir: &std::path::Path) -> Existing {
+/// The fixture's database as its vdc left it: its migrations, then its rows; and its
+/// last event's ID.
+async fn older_database(db: Db, dir: &std::path::Path) -> (Existing, i64) {
     let (url, pg) = match db {
         Db::Sqlite => (format!("sqlite://{}?mode=rwc", dir.join("vdc.db").display()), None),
         Db::Postgres => {
@@ -78,18 +79,15 @@ async fn older_database(db: Db, dir: &std::path::Path) -> Existing {
         storage_ids: ids("SELECT id FROM storage_nodes ORDER BY id").await,
         agent_dirs: Some(fixture_dir().join("agents")),
     };
+    let max_event: i64 = sqlx::query_scalar("SELECT max(id) FROM events").fetch_one(&pool).await.unwrap();
     pool.close().await;
-    existing
+    (existing, max_event)
 }
 
 async fn an_older_vdcs_database_is_served_after_the_upgrade(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let existing = older_database(db, dir.path()).await;
+    let (existing, max_event) = older_database(db, dir.path()).await;
     assert_eq!((existing.host_ids.len(), existing.storage_ids.len()), (2, 1));
-    let max_event: i64 = {
-        let pool = sqlx::any::AnyPoolOptions::new().max_connections(1).connect(&existing.database_url).await.unwrap();
-        sqlx::query_scalar("SELECT max(id) FROM events").fetch_one(&pool).await.unwrap()
-    };
     // The image store as the older dcmgr left it.
     let images = dir.path().join("images");
     std::fs::create_dir_all(images.join("blobs/sha256")).unwrap();

@@ -113,7 +113,7 @@ pub async fn serve_register(ctx: SharedCtx, mut sub: Subscription, cancel: Cance
         tracing::info!(node = %r.node_id, kind = %r.kind, version = %r.agent_version, "agent registered");
         let ans = Registered { heartbeat_interval_ms: ctx.config.heartbeat_interval_ms };
         let _ = ctx.bus.publish(&reply, bus::encode(&ans).into()).await;
-        if ctx.shared {
+        if ctx.shared() {
             let notice = Heartbeat { node_id: r.node_id.clone(), kind: r.kind };
             let _ = ctx.bus.publish(PEER_REGISTERED, bus::encode(&notice).into()).await;
         }

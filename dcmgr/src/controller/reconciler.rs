@@ -32,7 +32,7 @@ pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
         // costs a connection, hence not every pass.
         if leftovers_looked.elapsed() >= LEFTOVERS_EVERY {
             leftovers_looked = std::time::Instant::now();
-            if ctx.shared {
+            if ctx.shared() {
                 if let Err(e) = crate::app::image_import::resume(&ctx).await {
                     tracing::warn!("resuming URL imports failed: {e}");
                 }
