@@ -5,11 +5,12 @@
 
 use clap::Parser;
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 use vdc_cli::client::{Client, ClientError};
 use vdc_schema::api::*;
 use vdc_schema::id::*;
 use vdc_schema::*;
-use vdc_tests::{on_both_databases, wait_state, Db, Stack, StackOptions};
+use vdc_tests::{eventually, on_both_databases, wait_state, Db, Stack, StackOptions};
 
 on_both_databases!(
     server_groups_place_together_or_apart,
@@ -17,6 +18,7 @@ on_both_databases!(
     concurrent_creates_keep_the_group_policy,
     instances_in_groups_travel_in_bundles_with_their_group,
     the_cli_speaks_groups_zones_and_labels,
+    a_stopped_instance_starts_on_the_host_that_keeps_its_disk,
 );
 
 /// The status, code and message of an API error; panics if the call succeeded.
@@ -492,5 +494,78 @@ async fn the_cli_speaks_groups_zones_and_labels(db: Db) {
     assert!(groups(&c).await.is_empty());
     ok(&s.admin, &["host", "zone", hosts[1].as_str(), "--clear"]).await;
     assert_eq!(s.admin.get_host_node(&hosts[1]).await.unwrap().zone, None);
+    s.stop().await;
+}
+
+/// hva keeps a stopped guest's disk on its last host, so a start goes back there and
+/// nowhere else: before, a start whose last host was full or not among the best
+/// candidates booted a fresh copy of the image on another host, and the old host was told
+/// to remove the guest, disk and all. A start that cannot go back now is refused, naming
+/// the host, and leaves the instance stopped.
+async fn a_stopped_instance_starts_on_the_host_that_keeps_its_disk(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 3;
+    // 8 allocatable vCPUs per host: two 4-vCPU instances fill one.
+    opts.host_cpus = 2;
+    opts.agent_timeout_ms = 800;
+    let mut s = Stack::start(opts).await;
+    let c = s.account("disks").await;
+    let big = |name: &str| CreateInstance { cpus: 4, ..inst(&s.image, name) };
+    let keep = c.create_instance(&big("keep")).await.unwrap().resource;
+    let home = keep.host_node_id.clone().expect("placed");
+    wait_state(&c, &keep.id, InstanceState::Running).await;
+    // Stopped and started again while its host has room, over and over: it stays.
+    for _ in 0..2 {
+        c.stop_instance(&keep.id).await.unwrap();
+        assert_eq!(wait_state(&c, &keep.id, InstanceState::Stopped).await.host_node_id, None);
+        c.start_instance(&keep.id).await.unwrap();
+        assert_eq!(wait_state(&c, &keep.id, InstanceState::Running).await.host_node_id, Some(home.clone()));
+    }
+
+    // While it is stopped, its host fills up (the others stay empty).
+    c.stop_instance(&keep.id).await.unwrap();
+    wait_state(&c, &keep.id, InstanceState::Stopped).await;
+    s.admin.update_host_node(&home, &UpdateHostNode { zone: Some("full".into()), ..Default::default() }).await.unwrap();
+    let mut fillers = vec![];
+    for name in ["f1", "f2"] {
+        let f = c.create_instance(&CreateInstance { zone: Some("full".into()), ..big(name) }).await.unwrap().resource;
+        assert_eq!(f.host_node_id.as_ref(), Some(&home));
+        fillers.push(f);
+    }
+    let (status, code, message) = err(c.start_instance(&keep.id).await);
+    assert_eq!((status, code.as_str()), (422, "no_capacity"), "{message}");
+    assert!(message.contains(home.as_str()) && message.contains(keep.id.as_str()), "{message}");
+    let now = c.get_instance(&keep.id).await.unwrap();
+    assert_eq!((now.state, now.host_node_id), (InstanceState::Stopped, None), "the refused start changed nothing");
+    // Room there again: it starts there.
+    c.terminate_instance(&fillers[0].id).await.unwrap();
+    wait_state(&c, &fillers[0].id, InstanceState::Terminated).await;
+    c.start_instance(&keep.id).await.unwrap();
+    assert_eq!(wait_state(&c, &keep.id, InstanceState::Running).await.host_node_id, Some(home.clone()));
+
+    // Its host offline: a start waits for it (503), then goes back there.
+    c.stop_instance(&keep.id).await.unwrap();
+    wait_state(&c, &keep.id, InstanceState::Stopped).await;
+    let i = s.hosts.iter().position(|h| h.node_id == home.as_str()).expect("one of the stack's hosts");
+    s.crash_hva(i);
+    eventually(Duration::from_secs(10), || async {
+        let h = s.admin.get_host_node(&home).await.ok()?;
+        (h.state == NodeState::Offline).then_some(())
+    })
+    .await
+    .expect("a silent host goes offline");
+    let (status, code, message) = err(c.start_instance(&keep.id).await);
+    assert_eq!((status, code.as_str()), (503, "agent_unavailable"), "{message}");
+    assert!(message.contains(home.as_str()), "{message}");
+    assert_eq!(c.get_instance(&keep.id).await.unwrap().state, InstanceState::Stopped);
+    s.restart_hva(i).await;
+    eventually(Duration::from_secs(10), || async {
+        let h = s.admin.get_host_node(&home).await.ok()?;
+        (h.state == NodeState::Online).then_some(())
+    })
+    .await
+    .expect("the host comes back");
+    c.start_instance(&keep.id).await.unwrap();
+    assert_eq!(wait_state(&c, &keep.id, InstanceState::Running).await.host_node_id, Some(home));
     s.stop().await;
 }

@@ -2353,7 +2353,7 @@ async fn apply(
         // candidates in the transaction, as members are placed.
         let group = i.server_group.as_ref().and_then(|g| kept_group(m, &pre, g));
         let c = scheduler::Constraints { zone, labels: labels.into_iter().collect(), group };
-        candidates.insert(i.id.clone(), scheduler::candidates(ctx, demand, &c, None).await?);
+        candidates.insert(i.id.clone(), scheduler::candidates(ctx, demand, &c).await?);
     }
 
     let mut tx = db::begin(&ctx.db).await?;
@@ -2577,7 +2577,7 @@ async fn apply(
                     if !db::server_group::lock(&mut tx, &g.id).await? {
                         return Err(ApiError::not_found("server group", &g.id));
                     }
-                    let hosts = db::server_group::member_hosts(&mut tx, &g.id).await?;
+                    let hosts = db::server_group::member_hosts(&mut *tx, &g.id).await?;
                     cands = scheduler::allowed_by_policy(g.policy, &hosts, &cands);
                     if cands.is_empty() {
                         return Err(scheduler::group_unsatisfiable(g, demand));

@@ -356,7 +356,7 @@ async fn insert(
 pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiResult<Accepted<Instance>> {
     let p = prepare(ctx, caller, req).await?;
     let accepted = db::retry(|| async {
-        let candidates = scheduler::candidates(ctx, p.demand, &p.constraints, None).await?;
+        let candidates = scheduler::candidates(ctx, p.demand, &p.constraints).await?;
         insert(ctx, caller, &p, &candidates).await
     })
     .await?;
@@ -417,7 +417,10 @@ async fn act_once(
                 )
                 .await?,
             };
-            let cands = scheduler::candidates(ctx, d, &c, before.last_host_id.as_deref()).await?;
+            let cands = match before.last_host_id.as_deref() {
+                Some(last) => scheduler::on_last_host(ctx, d, &c, id.as_str(), last).await?,
+                None => scheduler::candidates(ctx, d, &c).await?,
+            };
             Some((d, c, cands))
         }
         _ => None,

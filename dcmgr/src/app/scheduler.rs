@@ -12,6 +12,7 @@ use crate::ctx::Ctx;
 use crate::datastore::host as store;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
+use vdc_schema::bus::AgentKind;
 use vdc_schema::id::HostNodeId;
 use vdc_schema::{BootMode, HypervisorKind, ServerGroupPolicy};
 
@@ -67,24 +68,66 @@ impl Constraints {
 
 /// Candidate hosts, best first by the configured placement (read outside the
 /// transaction; the UPDATE re-checks, and [`reserve`] re-checks the group's policy).
-pub async fn candidates(ctx: &Ctx, d: Demand, c: &Constraints, prefer: Option<&str>) -> ApiResult<Vec<String>> {
+pub async fn candidates(ctx: &Ctx, d: Demand, c: &Constraints) -> ApiResult<Vec<String>> {
     let boot = d.uefi.then_some(BootMode::Uefi);
     let filter = c.filter();
-    let found = match ctx.room.candidates(&ctx.db, d.hypervisor, d.cpus, d.memory_mib, d.uefi, &filter).await? {
+    let ids = match ctx.room.candidates(&ctx.db, d.hypervisor, d.cpus, d.memory_mib, d.uefi, &filter).await? {
         Some(found) => found,
         None => {
             store::candidates(&ctx.db, d.hypervisor, d.cpus, d.memory_mib, boot, ctx.config.placement, &filter).await?
         }
     };
-    // A soft policy's order comes first; the last host only when it is as good.
-    let ids = match c.group.as_ref().map(|g| g.policy) {
-        Some(ServerGroupPolicy::SoftAffinity | ServerGroupPolicy::SoftAntiAffinity) => found,
-        _ => prefer_first(found, prefer),
-    };
     if ids.is_empty() {
         return Err(no_host(ctx, d, c).await);
     }
     Ok(ids)
+}
+
+/// Where a stopped instance starts again: on `host`, its last one, or not now. hva keeps a
+/// stopped guest's disk (or root file system) on that host; started on another, it would
+/// boot a fresh copy of its image, and its old host would be told to remove the old one.
+/// So the start waits for that host (offline), for room there (full), or for the group's
+/// other members to leave it; zones and labels, which chose the host once, are not asked
+/// again.
+pub async fn on_last_host(ctx: &Ctx, d: Demand, c: &Constraints, instance: &str, host: &str) -> ApiResult<Vec<String>> {
+    let id: HostNodeId = host.parse().map_err(ApiError::internal)?;
+    let row = store::get_host(&ctx.db, &id).await?;
+    let Some(row) = row.filter(|r| r.state == "online" && ctx.agent_online(AgentKind::Hva, host)) else {
+        return Err(ApiError::Unavailable {
+            code: "agent_unavailable",
+            message: format!(
+                "host {host}, which keeps the disk of instance {instance}, is offline; start the instance when the \
+                 host is back (or terminate it)"
+            ),
+        });
+    };
+    if let Some(g) = c.group.as_ref() {
+        let members = crate::datastore::server_group::member_hosts(&ctx.db, &g.id).await?;
+        if allowed_by_policy(g.policy, &members, &[host.to_owned()]).is_empty() {
+            let why = match g.policy {
+                ServerGroupPolicy::AntiAffinity => "another member runs there now",
+                _ => "its other members run on another host now",
+            };
+            return Err(unsatisfiable(format!(
+                "server group {} ({}) is {}: instance {instance} keeps its disk on host {host}, and {why}; stop that \
+                 member first",
+                g.name, g.id, g.policy
+            )));
+        }
+    }
+    if row.cpus_allocatable - row.cpus_used < i64::from(d.cpus)
+        || row.memory_allocatable_mib - row.memory_used_mib < i64::from(d.memory_mib)
+    {
+        return Err(ApiError::Unprocessable {
+            code: "no_capacity",
+            message: format!(
+                "host {host}, which keeps the disk of instance {instance}, has no room for its {} vCPUs and {} MiB \
+                 now; try again when instances there have stopped",
+                d.cpus, d.memory_mib
+            ),
+        });
+    }
+    Ok(vec![host.to_owned()])
 }
 
 /// Keeps the candidates `policy` allows given the hosts the group's members are on now
@@ -109,24 +152,13 @@ pub async fn lock_group(tx: &mut db::Tx<'_>, c: &Constraints, candidates: &[Stri
     if !crate::datastore::server_group::lock(tx, &g.id).await? {
         return Err(ApiError::not_found("server group", &g.id));
     }
-    let hosts = crate::datastore::server_group::member_hosts(tx, &g.id).await?;
+    let hosts = crate::datastore::server_group::member_hosts(&mut **tx, &g.id).await?;
     let allowed = allowed_by_policy(g.policy, &hosts, candidates);
     if allowed.is_empty() {
         // Placed meanwhile where this one may not go: read the candidates again.
         return Err(ApiError::Busy(format!("server group {} changed concurrently", g.id)));
     }
     Ok(allowed)
-}
-
-/// Moves `prefer` (an instance's last host) to the front if it is a candidate.
-pub fn prefer_first(mut ids: Vec<String>, prefer: Option<&str>) -> Vec<String> {
-    if let Some(p) = prefer {
-        if let Some(pos) = ids.iter().position(|i| i == p) {
-            let id = ids.remove(pos);
-            ids.insert(0, id);
-        }
-    }
-    ids
 }
 
 /// Reserves `d` on the first candidate that still has room. Must be the first write of
@@ -260,14 +292,6 @@ mod tests {
 
     fn ids(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn the_last_host_goes_first_when_it_fits() {
-        assert_eq!(prefer_first(ids(&["a", "b", "c"]), Some("c")), ids(&["c", "a", "b"]));
-        assert_eq!(prefer_first(ids(&["a", "b"]), Some("z")), ids(&["a", "b"]));
-        assert_eq!(prefer_first(ids(&["a", "b"]), None), ids(&["a", "b"]));
-        assert!(prefer_first(vec![], Some("a")).is_empty());
     }
 
     #[test]

@@ -131,13 +131,16 @@ pub async fn members<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 
 /// The hosts the members of group `id` are placed on (stopped members hold none).
 /// Read under the group's lock, so it is what the previous placement committed.
-pub async fn member_hosts(tx: &mut db::Tx<'_>, id: &str) -> Result<Vec<String>, sqlx::Error> {
+pub async fn member_hosts<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
     let rows: Vec<(String,)> = sqlx::query_as(
         "SELECT DISTINCT host_node_id FROM instances
          WHERE server_group_id = $1 AND host_node_id IS NOT NULL AND state <> 'terminated'",
     )
     .bind(id)
-    .fetch_all(&mut **tx)
+    .fetch_all(db)
     .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }

@@ -638,7 +638,7 @@ async fn large_site(stack: &Stack, c: &vdc_cli::client::Client, sent: &Sent, ins
     };
     let none = &vdc_dcmgr::app::scheduler::Constraints::default();
     let per_s = rate(move || async move {
-        let found = vdc_dcmgr::app::scheduler::candidates(ctx, demand, none, None).await?;
+        let found = vdc_dcmgr::app::scheduler::candidates(ctx, demand, none).await?;
         anyhow::ensure!(!found.is_empty(), "no candidate host");
         Ok(())
     })
