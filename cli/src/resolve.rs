@@ -28,6 +28,10 @@ pub trait Named: DeserializeOwned {
     fn note(&self) -> Option<&'static str> {
         None
     }
+    /// Terminated or deleted: still listed, but a live one of the same name is meant.
+    fn gone(&self) -> bool {
+        false
+    }
 }
 
 macro_rules! named {
@@ -45,6 +49,23 @@ macro_rules! named {
             }
         }
     };
+    ($t:ty, $id:ty, $kind:literal, $path:literal, $noun:literal, gone when $gone:expr) => {
+        impl Named for $t {
+            type Id = $id;
+            const KIND: &'static str = $kind;
+            const PATH: &'static str = $path;
+            const NOUN: &'static str = $noun;
+            fn id(&self) -> &$id {
+                &self.id
+            }
+            fn name(&self) -> &str {
+                &self.name
+            }
+            fn gone(&self) -> bool {
+                self.state == $gone
+            }
+        }
+    };
 }
 
 named!(Account, AccountId, "account", "/accounts", "account");
@@ -53,10 +74,10 @@ named!(Token, TokenId, "token", "/tokens", "token");
 named!(KeyPair, KeyPairId, "key pair", "/keypairs", "keypair");
 named!(Network, NetworkId, "network", "/networks", "network");
 named!(SecurityGroup, SecurityGroupId, "security group", "/security_groups", "secgroup");
-named!(Instance, InstanceId, "instance", "/instances", "instance");
+named!(Instance, InstanceId, "instance", "/instances", "instance", gone when InstanceState::Terminated);
 named!(ServerGroup, ServerGroupId, "server group", "/server_groups", "server-group");
-named!(Volume, VolumeId, "volume", "/volumes", "volume");
-named!(Snapshot, SnapshotId, "snapshot", "/snapshots", "snapshot");
+named!(Volume, VolumeId, "volume", "/volumes", "volume", gone when VolumeState::Deleted);
+named!(Snapshot, SnapshotId, "snapshot", "/snapshots", "snapshot", gone when SnapshotState::Deleted);
 
 impl Named for Image {
     type Id = ImageId;
@@ -154,9 +175,15 @@ fn list(candidates: &[Candidate]) -> String {
         .join("\n")
 }
 
-/// The one match of `arg` among the resources listed under that name.
+/// The one match of `arg` among the resources listed under that name. Terminated
+/// instances and deleted volumes and snapshots stay listed under their names: a name
+/// used again after a terminate or delete means the live one, and a gone one is still
+/// found while it is the only one.
 pub fn pick<T: Named>(arg: &str, matches: &[T]) -> Result<T::Id, ResolveError> {
-    let exact: Vec<&T> = matches.iter().filter(|m| m.name() == arg).collect();
+    let mut exact: Vec<&T> = matches.iter().filter(|m| m.name() == arg).collect();
+    if exact.iter().any(|m| !m.gone()) {
+        exact.retain(|m| !m.gone());
+    }
     match exact.as_slice() {
         [one] => Ok(one.id().clone()),
         [] => Err(ResolveError::NotFound { kind: T::KIND, noun: T::NOUN, arg: arg.to_string() }),
@@ -242,6 +269,33 @@ mod tests {
         assert_eq!(
             msg,
             "2 images are named \"debian\"\n  img-a  debian\n  img-b  debian (public)\nuse one of these IDs instead"
+        );
+    }
+
+    fn instance(id: &str, name: &str, state: &str) -> Instance {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": name, "state": state, "goal": "running", "image_id": "img-a",
+            "hypervisor": "qemu", "cpus": 1, "memory_mib": 256, "host_node_id": null, "ssh_key_id": null,
+            "root_disk_size": null, "interfaces": [], "volumes": [], "failure_reason": null,
+            "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_name_used_again_means_the_live_one() {
+        let old = instance("i-old", "web1", "terminated");
+        let new = instance("i-new", "web1", "running");
+        assert_eq!(pick("web1", &[old.clone(), new.clone()]).unwrap().as_str(), "i-new");
+        // Only gone ones: the one is still found (to show it), several are ambiguous.
+        assert_eq!(pick("web1", std::slice::from_ref(&old)).unwrap().as_str(), "i-old");
+        let err = pick("web1", &[old.clone(), instance("i-old2", "web1", "terminated")]).unwrap_err();
+        assert_eq!(err.code(), "ambiguous_name");
+        // Two live ones stay ambiguous, and the gone one is not offered.
+        let err = pick("web1", &[old, new, instance("i-new2", "web1", "stopped")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "2 instances are named \"web1\"\n  i-new  web1\n  i-new2  web1\nuse one of these IDs instead"
         );
     }
 

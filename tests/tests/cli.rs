@@ -160,6 +160,28 @@ async fn names_or_ids_everywhere(db: Db) {
     ok(&alice, &["instance", "terminate", "web2", "--wait"]).await;
     ok(&alice, &["volume", "delete", "copy", "--wait"]).await;
     assert_eq!(alice.get_volume(&copy.id).await.unwrap().state, vdc_schema::VolumeState::Deleted);
+
+    // The second time: a name used again after a terminate or a delete means the live one
+    // (the gone ones stay listed); while only the gone one has it, it is still found.
+    ok(&alice, &["instance", "show", "web2"]).await;
+    ok(&alice, &["instance", "create", "web2", "--image", s.image.as_str(), "--network", "net1", "--wait"]).await;
+    ok(&alice, &["volume", "create", "copy", "--size", "1G", "--wait"]).await;
+    ok(&alice, &["volume", "attach", "copy", "web2", "--wait"]).await;
+    ok(&alice, &["instance", "stop", "web2", "--wait"]).await;
+    let web2: Vec<Instance> =
+        alice.list_all("/instances", &ListQuery { name: Some("web2".into()), ..Default::default() }).await.unwrap();
+    let states: Vec<_> = web2.iter().map(|i| i.state).collect();
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert!(states.contains(&vdc_schema::InstanceState::Terminated), "{states:?}");
+    assert!(states.contains(&vdc_schema::InstanceState::Stopped), "{states:?}");
+    let copies: Vec<Volume> =
+        alice.list_all("/volumes", &ListQuery { name: Some("copy".into()), ..Default::default() }).await.unwrap();
+    let attached = copies.iter().find(|v| v.state != vdc_schema::VolumeState::Deleted).expect("the new copy");
+    assert!(web2.iter().any(|i| Some(&i.id) == attached.instance_id.as_ref()), "attached to the new web2");
+    // Two live ones of a name are still refused, naming only those.
+    ok(&alice, &["instance", "create", "web2", "--image", s.image.as_str()]).await;
+    let err = fails(&alice, &["instance", "show", "web2"]).await;
+    assert!(err.starts_with("error: 2 instances are named \"web2\" (ambiguous_name)\n"), "{err}");
     s.stop().await;
 }
 
