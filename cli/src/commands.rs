@@ -756,7 +756,7 @@ pub enum InstanceCmd {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Instance>,
     },
-    /// Start a stopped instance (it is scheduled again)
+    /// Start a stopped instance (on the host that keeps its disk)
     Start(InstanceActionArgs),
     /// Shut down and release the host
     Stop(InstanceActionArgs),

@@ -79,7 +79,7 @@ fn get_sql() -> String {
 fn list_sql() -> String {
     format!(
         "SELECT {VIEW_COLS} FROM instances WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
-         AND ($4 = '' OR name = $4) ORDER BY id LIMIT $5"
+         AND ($4 = '' OR name = $4) AND ($3 <> '' OR state <> 'terminated' OR updated_at >= $6) ORDER BY id LIMIT $5"
     )
 }
 const VIFS: &str = "SELECT v.id, v.instance_id, v.network_id, v.mac, v.ip, v.state, f.ip AS floating_ip
@@ -112,8 +112,15 @@ macro_rules! get_one {
 macro_rules! list_page {
     ($pool:expr, $account:expr, $limit:expr) => {{
         use sqlx::Row as _;
-        let rows =
-            sqlx::query(&list_sql()).bind($account).bind("").bind("").bind("").bind($limit).fetch_all($pool).await?;
+        let rows = sqlx::query(&list_sql())
+            .bind($account)
+            .bind("")
+            .bind("")
+            .bind("")
+            .bind($limit)
+            .bind("1970-01-01T00:00:00.000Z")
+            .fetch_all($pool)
+            .await?;
         match (rows.first(), rows.last()) {
             (Some(f), Some(l)) => {
                 let (first, last): (String, String) = (f.try_get(0)?, l.try_get(0)?);

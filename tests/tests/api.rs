@@ -32,6 +32,7 @@ on_both_databases!(
     security_group_changes_reach_running_guests,
     tunnel_peers_follow_placement,
     floating_ips,
+    gone_resources_leave_their_lists_after_an_hour,
 );
 
 /// The status and code of an API error; panics if the call succeeded.
@@ -1260,5 +1261,60 @@ async fn floating_ips(db: Db) {
     c.delete_floating_ip(&a.id).await.unwrap();
     assert_eq!(err(c.get_floating_ip(&a.id).await).0, 404);
     assert_eq!(c.list_all_floating_ips().await.unwrap().len(), 2);
+    s.stop().await;
+}
+
+/// A terminated instance and a deleted volume stay in their lists for an hour (the test
+/// moves their last change back to 2000), then only a state filter or their ID finds
+/// them: lists no longer grow with everything ever made.
+async fn gone_resources_leave_their_lists_after_an_hour(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("tidy").await;
+    let names = |v: Vec<Instance>| v.into_iter().map(|i| i.name).collect::<Vec<_>>();
+    let all = ListQuery::default();
+    let old = c.create_instance(&inst_req(&s.image, "old")).await.unwrap().resource;
+    let live = c.create_instance(&inst_req(&s.image, "live")).await.unwrap().resource;
+    wait_state(&c, &old.id, InstanceState::Running).await;
+    let t = c.terminate_instance(&old.id).await.unwrap();
+    wait_job(&c, &t.job).await;
+    let vol = |name: &str| CreateVolume { name: name.into(), size_mib: Some(10), snapshot_id: None, image_id: None };
+    let gone = c.create_volume(&vol("gone")).await.unwrap();
+    wait_job(&c, &gone.job).await;
+    let kept = c.create_volume(&vol("kept")).await.unwrap();
+    wait_job(&c, &c.delete_volume(&gone.resource.id).await.unwrap().job).await;
+    // Just ended: still listed.
+    assert_eq!(names(c.list_all("/instances", &all).await.unwrap()), ["old", "live"]);
+    assert_eq!(c.list_all::<Volume>("/volumes", &all).await.unwrap().len(), 2);
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(&s.database_url).await.unwrap();
+        let long_ago = "2000-01-01T00:00:00.000Z";
+        for (sql, id) in [
+            ("UPDATE instances SET updated_at = $1 WHERE id = $2", old.id.as_str()),
+            ("UPDATE volumes SET updated_at = $1 WHERE id = $2", gone.resource.id.as_str()),
+            // A live one that has not changed for as long stays listed.
+            ("UPDATE instances SET updated_at = $1 WHERE id = $2", live.id.as_str()),
+            ("UPDATE volumes SET updated_at = $1 WHERE id = $2", kept.resource.id.as_str()),
+        ] {
+            sqlx::query(sql).bind(long_ago).bind(id).execute(&mut conn).await.unwrap();
+        }
+    }
+    // The read model serves a list for up to a second.
+    eventually(Duration::from_secs(5), || async {
+        let l = names(c.list_all("/instances", &all).await.ok()?);
+        (l == ["live"]).then_some(())
+    })
+    .await
+    .expect("the instance terminated long ago leaves the list");
+    let by_name = ListQuery { name: Some("old".into()), ..Default::default() };
+    assert!(c.list_all::<Instance>("/instances", &by_name).await.unwrap().is_empty());
+    let terminated = ListQuery { state: Some("terminated".into()), ..Default::default() };
+    assert_eq!(names(c.list_all("/instances", &terminated).await.unwrap()), ["old"]);
+    assert_eq!(c.get_instance(&old.id).await.unwrap().state, InstanceState::Terminated);
+    let vols: Vec<Volume> = c.list_all("/volumes", &all).await.unwrap();
+    assert_eq!(vols.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["kept"]);
+    let deleted = ListQuery { state: Some("deleted".into()), ..Default::default() };
+    assert_eq!(c.list_all::<Volume>("/volumes", &deleted).await.unwrap()[0].id, gone.resource.id);
+    assert_eq!(c.get_volume(&gone.resource.id).await.unwrap().state, VolumeState::Deleted);
     s.stop().await;
 }

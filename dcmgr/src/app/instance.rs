@@ -95,7 +95,9 @@ pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<
         return Ok(p);
     }
     let mut conn = ctx.db.acquire().await?;
-    let rows = store::list(&mut conn, &caller.account_id, &key.cursor, &state, q.name.as_deref(), limit).await?;
+    let since = crate::app::gone_listed_since();
+    let rows =
+        store::list(&mut conn, &caller.account_id, &key.cursor, &state, q.name.as_deref(), &since, limit).await?;
     let items = to_api(&mut conn, caller.account_id.as_str(), rows).await?;
     let p = Arc::new(page(items, limit, |i| i.id.to_string()));
     ctx.views.put_list(gen, key, p.clone());

@@ -50,6 +50,17 @@ pub enum Outcome {
 }
 
 pub const DEFAULT_LIMIT: u32 = 100;
+
+/// How long a terminated instance or a deleted volume stays in its list without a state
+/// filter (as a cloud's console shows what just ended); later it is listed only when
+/// that state is asked for, and found by ID. Without it, lists grew with every instance
+/// ever made.
+pub const GONE_LISTED_FOR: chrono::Duration = chrono::Duration::hours(1);
+
+/// The time before which gone resources leave unfiltered lists (see [`GONE_LISTED_FOR`]).
+pub fn gone_listed_since() -> String {
+    crate::datastore::time(&(chrono::Utc::now() - GONE_LISTED_FOR))
+}
 pub const MAX_LIMIT: u32 = 1000;
 
 /// Validated paging: (limit, cursor). The cursor is the last ID of the previous page.

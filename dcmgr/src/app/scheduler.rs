@@ -86,9 +86,9 @@ pub async fn candidates(ctx: &Ctx, d: Demand, c: &Constraints) -> ApiResult<Vec<
 /// Where a stopped instance starts again: on `host`, its last one, or not now. hva keeps a
 /// stopped guest's disk (or root file system) on that host; started on another, it would
 /// boot a fresh copy of its image, and its old host would be told to remove the old one.
-/// So the start waits for that host (offline), for room there (full), or for the group's
-/// other members to leave it; zones and labels, which chose the host once, are not asked
-/// again.
+/// So the start waits for that host (offline), for room there (full), for the group's
+/// other members to leave it, or for an admin to give it back the zone and labels the
+/// instance asked for.
 pub async fn on_last_host(ctx: &Ctx, d: Demand, c: &Constraints, instance: &str, host: &str) -> ApiResult<Vec<String>> {
     let id: HostNodeId = host.parse().map_err(ApiError::internal)?;
     let row = store::get_host(&ctx.db, &id).await?;
@@ -101,6 +101,15 @@ pub async fn on_last_host(ctx: &Ctx, d: Demand, c: &Constraints, instance: &str,
             ),
         });
     };
+    let labels = store::split_labels(&row.labels);
+    let zone_kept = c.zone.is_empty() || c.zone == row.zone;
+    if !zone_kept || c.labels.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+        return Err(unsatisfiable(format!(
+            "instance {instance} asked for a host{}, and host {host}, which keeps its disk, is no longer one; an \
+             admin can give the host back its zone and labels (vdc host zone|label)",
+            c.describe()
+        )));
+    }
     if let Some(g) = c.group.as_ref() {
         let members = crate::datastore::server_group::member_hosts(&ctx.db, &g.id).await?;
         if allowed_by_policy(g.policy, &members, &[host.to_owned()]).is_empty() {

@@ -174,8 +174,9 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Volume>> {
     let (limit, cursor) = paging(q)?;
     let state = state_filter::<VolumeState>(q)?;
-    let rows =
-        store::list(&ctx.db, &caller.account_id, &cursor, &state, q.name.as_deref().unwrap_or_default(), limit).await?;
+    let name = q.name.as_deref().unwrap_or_default();
+    let since = crate::app::gone_listed_since();
+    let rows = store::list(&ctx.db, &caller.account_id, &cursor, &state, name, &since, limit).await?;
     let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |v| v.id.to_string()))
 }

@@ -111,23 +111,26 @@ pub async fn get<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &st
 }
 
 /// One page of an account's instances, in creation order after `cursor`.
+/// Without a state filter, instances terminated before `gone_since` are left out.
 pub async fn list(
     conn: &mut db::Conn,
     account: &AccountId,
     cursor: &str,
     state: &str,
     name: Option<&str>,
+    gone_since: &str,
     limit: i64,
 ) -> Result<Vec<View>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {VIEW_COLS} FROM instances WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
-         AND ($4 = '' OR name = $4) ORDER BY id LIMIT $5"
+         AND ($4 = '' OR name = $4) AND ($3 <> '' OR state <> 'terminated' OR updated_at >= $6) ORDER BY id LIMIT $5"
     ))
     .bind(account.as_str())
     .bind(cursor)
     .bind(state)
     .bind(name.unwrap_or_default())
     .bind(limit)
+    .bind(gone_since)
     .fetch_all(conn)
     .await
 }

@@ -65,23 +65,26 @@ pub async fn get<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &st
 
 /// One page of an account's volumes, in creation order after `cursor`; `state` and
 /// `name` filter when not empty.
+/// Without a state filter, volumes deleted before `gone_since` are left out.
 pub async fn list(
     pool: &db::Pool,
     account: &AccountId,
     cursor: &str,
     state: &str,
     name: &str,
+    gone_since: &str,
     limit: i64,
 ) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {ROW} FROM volumes WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
-         AND ($4 = '' OR name = $4) ORDER BY id LIMIT $5"
+         AND ($4 = '' OR name = $4) AND ($3 <> '' OR state <> 'deleted' OR updated_at >= $6) ORDER BY id LIMIT $5"
     ))
     .bind(account.as_str())
     .bind(cursor)
     .bind(state)
     .bind(name)
     .bind(limit)
+    .bind(gone_since)
     .fetch_all(pool)
     .await
 }

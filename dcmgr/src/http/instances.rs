@@ -39,6 +39,8 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/instances", tag = "instances", operation_id = "instance_list",
     summary = "List the account's instances",
+    description = "Terminated instances are listed for an hour after they ended; later only with \
+        `state=terminated` (and by ID).",
     params(
         vdc_schema::api::ListQuery,
         ("state" = Option<vdc_schema::InstanceState>, Query, description = "Only instances in this state"),

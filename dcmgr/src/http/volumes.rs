@@ -34,6 +34,8 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/volumes", tag = "volumes", operation_id = "volume_list",
     summary = "List the account's volumes",
+    description = "Deleted volumes are listed for an hour after they were deleted; later only with \
+        `state=deleted` (and by ID).",
     params(
         vdc_schema::api::ListQuery,
         ("state" = Option<vdc_schema::VolumeState>, Query, description = "Only volumes in this state"),
