@@ -543,6 +543,47 @@ async fn a_stopped_instance_starts_on_the_host_that_keeps_its_disk(db: Db) {
     c.start_instance(&keep.id).await.unwrap();
     assert_eq!(wait_state(&c, &keep.id, InstanceState::Running).await.host_node_id, Some(home.clone()));
 
+    // Two stopped instances whose host has room for one, each started ten times at once:
+    // one runs there, the other is refused and stays stopped, the host is never overbooked.
+    let f2 = fillers[1].id.clone();
+    for i in [&keep.id, &f2] {
+        c.stop_instance(i).await.unwrap();
+    }
+    for i in [&keep.id, &f2] {
+        wait_state(&c, i, InstanceState::Stopped).await;
+    }
+    let f3 = c.create_instance(&CreateInstance { zone: Some("full".into()), ..big("f3") }).await.unwrap().resource;
+    assert_eq!(f3.host_node_id.as_ref(), Some(&home));
+    let starts: Vec<_> = (0..20)
+        .map(|n| {
+            let (c, id) = (c.clone(), if n % 2 == 0 { keep.id.clone() } else { f2.clone() });
+            tokio::spawn(async move { (id.clone(), c.start_instance(&id).await) })
+        })
+        .collect();
+    let mut started = HashSet::new();
+    for t in starts {
+        match t.await.unwrap() {
+            (id, Ok(_)) => {
+                started.insert(id);
+            }
+            (_, r) => {
+                let (status, code, message) = err(r);
+                assert_eq!((status, code.as_str()), (422, "no_capacity"), "{message}");
+            }
+        }
+    }
+    assert_eq!(started.len(), 1, "one of the two starts: {started:?}");
+    let winner = started.into_iter().next().unwrap();
+    assert_eq!(wait_state(&c, &winner, InstanceState::Running).await.host_node_id.as_ref(), Some(&home));
+    let loser = if winner == keep.id { f2.clone() } else { keep.id.clone() };
+    assert_eq!(c.get_instance(&loser).await.unwrap().state, InstanceState::Stopped);
+    let h = s.admin.get_host_node(&home).await.unwrap();
+    assert_eq!((h.cpus_used, h.cpus_allocatable), (8, 8));
+    for i in [&f3.id, &f2] {
+        c.terminate_instance(i).await.unwrap();
+        wait_state(&c, i, InstanceState::Terminated).await;
+    }
+
     // Its host offline: a start waits for it (503), then goes back there.
     c.stop_instance(&keep.id).await.unwrap();
     wait_state(&c, &keep.id, InstanceState::Stopped).await;

@@ -12,7 +12,6 @@ use crate::ctx::Ctx;
 use crate::datastore::host as store;
 use crate::db;
 use crate::error::{ApiError, ApiResult};
-use vdc_schema::bus::AgentKind;
 use vdc_schema::id::HostNodeId;
 use vdc_schema::{BootMode, HypervisorKind, ServerGroupPolicy};
 
@@ -92,7 +91,8 @@ pub async fn candidates(ctx: &Ctx, d: Demand, c: &Constraints) -> ApiResult<Vec<
 pub async fn on_last_host(ctx: &Ctx, d: Demand, c: &Constraints, instance: &str, host: &str) -> ApiResult<Vec<String>> {
     let id: HostNodeId = host.parse().map_err(ApiError::internal)?;
     let row = store::get_host(&ctx.db, &id).await?;
-    let Some(row) = row.filter(|r| r.state == "online" && ctx.agent_online(AgentKind::Hva, host)) else {
+    // The row's state, as the reservation's conditional UPDATE and `vdc host list` see it.
+    let Some(row) = row.filter(|r| r.state == "online") else {
         return Err(ApiError::Unavailable {
             code: "agent_unavailable",
             message: format!(
