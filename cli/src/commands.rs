@@ -1049,6 +1049,13 @@ pub enum HostCmd {
     Show {
         id: HostNodeId,
     },
+    /// The instances a host holds, of every account: placed there, or stopped with their
+    /// disk there (PLACED no: they start there again)
+    Instances {
+        id: HostNodeId,
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Set or remove a host's labels (matched by `instance create --host-label`)
     Label {
         id: HostNodeId,

@@ -612,6 +612,27 @@ impl Tabular for Snapshot {
     }
 }
 
+impl Tabular for HostInstance {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "NAME", "ACCOUNT", "STATE", "HYPERVISOR", "CPUS", "MEMORY", "PLACED"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.name.clone(),
+            format!("{} ({})", self.account_name, self.account_id),
+            self.state.to_string(),
+            self.hypervisor.to_string(),
+            self.cpus.to_string(),
+            mib(u64::from(self.memory_mib)),
+            if self.placed { "yes" } else { "no: stopped, disk kept" }.into(),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        Self::headers().iter().copied().zip(self.row()).collect()
+    }
+}
+
 impl Tabular for HostNode {
     fn headers() -> &'static [&'static str] {
         &[

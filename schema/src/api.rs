@@ -1118,6 +1118,22 @@ pub struct HostNode {
     pub labels: std::collections::BTreeMap<String, String>,
 }
 
+/// An instance a host holds, as an admin sees it whatever its account: placed there
+/// (`placed`: its vCPUs and memory are booked there), or stopped with its disk kept
+/// there (it starts there again).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HostInstance {
+    pub id: InstanceId,
+    pub name: String,
+    pub account_id: AccountId,
+    pub account_name: String,
+    pub state: InstanceState,
+    pub hypervisor: HypervisorKind,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub placed: bool,
+}
+
 /// What an admin changes on a host node. Labels merge as a JSON merge patch: a key with
 /// a value sets it, a key with null removes it, keys not named stay.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -510,7 +510,8 @@ async fn a_stopped_instance_starts_on_the_host_that_keeps_its_disk(db: Db) {
     opts.agent_timeout_ms = 800;
     let mut s = Stack::start(opts).await;
     let c = s.account("disks").await;
-    let big = |name: &str| CreateInstance { cpus: 4, ..inst(&s.image, name) };
+    let image = s.image.clone();
+    let big = |name: &str| CreateInstance { cpus: 4, ..inst(&image, name) };
     let keep = c.create_instance(&big("keep")).await.unwrap().resource;
     let home = keep.host_node_id.clone().expect("placed");
     wait_state(&c, &keep.id, InstanceState::Running).await;
@@ -607,6 +608,30 @@ async fn a_stopped_instance_starts_on_the_host_that_keeps_its_disk(db: Db) {
     .await
     .expect("the host comes back");
     c.start_instance(&keep.id).await.unwrap();
-    assert_eq!(wait_state(&c, &keep.id, InstanceState::Running).await.host_node_id, Some(home));
+    assert_eq!(wait_state(&c, &keep.id, InstanceState::Running).await.host_node_id.as_ref(), Some(&home));
+
+    // What the host holds, of every account, for its operator: placed instances, and
+    // stopped ones whose disk it keeps; terminated ones are not listed.
+    let other = s.account("others").await;
+    let theirs = other.create_instance(&CreateInstance { zone: Some("full".into()), ..big("theirs") }).await.unwrap();
+    c.stop_instance(&keep.id).await.unwrap();
+    wait_state(&c, &keep.id, InstanceState::Stopped).await;
+    let path = format!("/host_nodes/{home}/instances");
+    let held: Vec<HostInstance> = s.admin.list_all(&path, &ListQuery::default()).await.unwrap();
+    let seen: Vec<_> =
+        held.iter().map(|h| (h.id.clone(), h.account_name.as_str(), h.placed, h.cpus)).collect::<Vec<_>>();
+    let mut want = vec![(keep.id.clone(), "disks", false, 4), (theirs.resource.id.clone(), "others", true, 4)];
+    want.sort();
+    assert_eq!(seen, want);
+    let one: Page<HostInstance> =
+        s.admin.list(&path, &ListQuery { limit: Some(1), ..Default::default() }).await.unwrap();
+    assert_eq!(one.items.len(), 1);
+    assert!(one.next_cursor.is_some());
+    ok(&s.admin, &["host", "instances", home.as_str()]).await;
+    let (status, code, _) = err(c.list::<HostInstance>(&path, &ListQuery::default()).await);
+    assert_eq!((status, code.as_str()), (403, "forbidden"));
+    let (status, code, _) =
+        err(s.admin.list::<HostInstance>("/host_nodes/hn-nosuch/instances", &ListQuery::default()).await);
+    assert_eq!((status, code.as_str()), (404, "not_found"));
     s.stop().await;
 }

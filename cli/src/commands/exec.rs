@@ -1096,6 +1096,9 @@ async fn host(ctx: &Ctx, cmd: HostCmd) -> Result<(), CliError> {
     match cmd {
         HostCmd::List { state, list } => ctx.list::<HostNode>("/host_nodes", list, None, state_filter(state)).await,
         HostCmd::Show { id } => ctx.show(&c.get_host_node(&id).await?),
+        HostCmd::Instances { id, list } => {
+            ctx.list::<HostInstance>(&format!("/host_nodes/{id}/instances"), list, None, None).await
+        }
         HostCmd::Label { id, labels } => {
             let req = UpdateHostNode { zone: None, labels: labels.into_iter().collect() };
             ctx.show(&c.update_host_node(&id, &req).await?)

@@ -6,7 +6,7 @@ use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::host as store;
 use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
-use vdc_schema::api::{HostNode, ListQuery, Page, StorageNode, UpdateHostNode};
+use vdc_schema::api::{HostInstance, HostNode, ListQuery, Page, StorageNode, UpdateHostNode};
 use vdc_schema::bus::AgentKind;
 use vdc_schema::id::{HostNodeId, StorageNodeId};
 
@@ -56,6 +56,21 @@ pub async fn fetch_host(ctx: &SharedCtx, caller: &Caller, id: ApiResult<HostNode
     require_admin(caller)?;
     let id = id?;
     host(ctx, store::get_host(&ctx.db, &id).await?.ok_or_else(|| ApiError::not_found("host node", id))?)
+}
+
+/// The instances a host holds, of every account (see [`store::instances_held`]): what
+/// an operator moves or stops before taking the host down.
+pub async fn host_instances(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: ApiResult<HostNodeId>,
+    q: &ListQuery,
+) -> ApiResult<Page<HostInstance>> {
+    let host = fetch_host(ctx, caller, id).await?;
+    let (limit, cursor) = paging(q)?;
+    let rows = store::instances_held(&ctx.db, host.id.as_str(), &cursor, limit).await?;
+    let items = rows.into_iter().map(store::HostInstanceRow::into_api).collect::<ApiResult<Vec<_>>>()?;
+    Ok(page(items, limit, |i| i.id.to_string()))
 }
 
 pub async fn list_storage(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<StorageNode>> {

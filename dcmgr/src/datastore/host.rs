@@ -120,6 +120,58 @@ pub async fn list_hosts(pool: &db::Pool, cursor: &str, state: &str, limit: i64) 
     .await
 }
 
+/// One page (after `cursor`) of the instances `host` holds: placed there, or not
+/// terminated with their disk kept there since their last stop.
+pub async fn instances_held(
+    pool: &db::Pool,
+    host: &str,
+    cursor: &str,
+    limit: i64,
+) -> Result<Vec<HostInstanceRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT i.id, i.name, i.account_id, a.name AS account_name, i.state, i.hypervisor, i.cpus, i.memory_mib,
+                i.host_node_id
+         FROM instances i JOIN accounts a ON a.id = i.account_id
+         WHERE (i.host_node_id = $1 OR (i.host_node_id IS NULL AND i.last_host_id = $1 AND i.state <> 'terminated'))
+           AND i.id > $2
+         ORDER BY i.id LIMIT $3",
+    )
+    .bind(host)
+    .bind(cursor)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(sqlx::FromRow)]
+pub struct HostInstanceRow {
+    pub id: String,
+    pub name: String,
+    pub account_id: String,
+    pub account_name: String,
+    pub state: String,
+    pub hypervisor: String,
+    pub cpus: i64,
+    pub memory_mib: i64,
+    pub host_node_id: Option<String>,
+}
+
+impl HostInstanceRow {
+    pub fn into_api(self) -> ApiResult<vdc_schema::api::HostInstance> {
+        Ok(vdc_schema::api::HostInstance {
+            id: self.id.parse().map_err(ApiError::internal)?,
+            name: self.name,
+            account_id: self.account_id.parse().map_err(ApiError::internal)?,
+            account_name: self.account_name,
+            state: self.state.parse().map_err(ApiError::internal)?,
+            hypervisor: self.hypervisor.parse().map_err(ApiError::internal)?,
+            cpus: self.cpus as u32,
+            memory_mib: self.memory_mib as u32,
+            placed: self.host_node_id.is_some(),
+        })
+    }
+}
+
 pub async fn get_host(pool: &db::Pool, id: &HostNodeId) -> Result<Option<HostRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {HOST_COLS} FROM host_nodes WHERE id = $1"))
         .bind(id.as_str())

@@ -263,6 +263,7 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/snapshots/{id}/image", post(snapshots::image))
         .route("/host_nodes", get(nodes::list_hosts))
         .route("/host_nodes/{id}", get(nodes::show_host).patch(nodes::update_host))
+        .route("/host_nodes/{id}/instances", get(nodes::host_instances))
         .route("/storage_nodes", get(nodes::list_storage))
         .route("/storage_nodes/{id}", get(nodes::show_storage))
         .route("/bundle", get(bundles::export))
@@ -459,7 +460,8 @@ impl utoipa::Modify for CommonErrors {
         snapshots::create, snapshots::list, snapshots::show, snapshots::delete, snapshots::image,
         floating_ips::create, floating_ips::list, floating_ips::show, floating_ips::delete, floating_ips::associate,
         floating_ips::disassociate,
-        nodes::list_hosts, nodes::show_host, nodes::update_host, nodes::list_storage, nodes::show_storage,
+        nodes::list_hosts, nodes::show_host, nodes::update_host, nodes::host_instances, nodes::list_storage,
+        nodes::show_storage,
         jobs::list, jobs::show,
         events::stream,
         audit::list, users::whoami, users::set_password,

@@ -6,7 +6,7 @@ use crate::error::ApiResult;
 use crate::http::{path_id, Body, ListParams};
 use axum::extract::{Path, State};
 use axum::Json;
-use vdc_schema::api::{ErrorBody, HostNode, Page, StorageNode, UpdateHostNode};
+use vdc_schema::api::{ErrorBody, HostInstance, HostNode, Page, StorageNode, UpdateHostNode};
 
 #[utoipa::path(get, path = "/api/v1/host_nodes", tag = "nodes", operation_id = "host_node_list",
     summary = "List host nodes (admin)",
@@ -39,6 +39,28 @@ pub async fn show_host(
     Path(id): Path<String>,
 ) -> ApiResult<Json<HostNode>> {
     Ok(Json(app::fetch_host(&ctx, &caller, path_id("host node", &id)).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/host_nodes/{id}/instances", tag = "nodes", operation_id = "host_node_instances",
+    summary = "List the instances a host node holds, of every account (admin)",
+    description = "Instances placed on the host, and stopped ones whose disk the host keeps (`placed` false: \
+        they start there again). Terminated instances are not listed.",
+    params(
+        ("id" = vdc_schema::id::HostNodeId, Path,
+            description = "A host node ID (`hn-…`); an unknown or malformed one answers 404"),
+        vdc_schema::api::ListQuery),
+    responses(
+        (status = 200, description = "One page of the host's instances", body = Page<HostInstance>),
+        (status = 400, description = "`invalid_limit`, `invalid_cursor` or `invalid_query`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: only an admin sees nodes", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody)))]
+pub async fn host_instances(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ListParams(q): ListParams,
+) -> ApiResult<Json<Page<HostInstance>>> {
+    Ok(Json(app::host_instances(&ctx, &caller, path_id("host node", &id), &q).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/storage_nodes", tag = "nodes", operation_id = "storage_node_list",
