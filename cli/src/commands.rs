@@ -1086,6 +1086,7 @@ pub enum HostCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum JobCmd {
+    /// List jobs, newest first (--limit N: the newest N)
     #[command(visible_alias = "ls")]
     List {
         #[arg(long, value_parser = wire!(JobState))]

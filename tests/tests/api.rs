@@ -710,6 +710,27 @@ async fn pagination(db: Db) {
     assert_eq!(err(c.list_keypairs(&bad).await).1, "invalid_cursor");
     let bad = ListQuery { state: Some("sleeping".into()), ..Default::default() };
     assert_eq!(err(c.list_instances(&bad).await).1, "invalid_state_filter");
+
+    // Jobs come newest first, so a console or a script reads the latest on one page
+    // however many the account has run; the cursor leads to older ones.
+    let mut made = vec![];
+    for i in 0..5 {
+        let v = CreateVolume { name: format!("v{i}"), size_mib: Some(10), snapshot_id: None, image_id: None };
+        made.push(c.create_volume(&v).await.unwrap().job.id);
+    }
+    made.reverse();
+    let mut seen = vec![];
+    let mut q = ListQuery { limit: Some(2), ..Default::default() };
+    loop {
+        let p: Page<Job> = c.list("/jobs", &q).await.unwrap();
+        assert!(p.items.len() <= 2);
+        seen.extend(p.items.into_iter().map(|j| j.id));
+        match p.next_cursor {
+            Some(cur) => q.cursor = Some(cur),
+            None => break,
+        }
+    }
+    assert_eq!(seen, made, "newest first, each once");
     s.stop().await;
 }
 

@@ -243,6 +243,9 @@ async fn the_console_signs_in_switches_accounts_and_signs_out() {
     assert_eq!(selected, "alpha");
     let instances = view_text(&b, "instances").await;
     assert!(instances.contains("alpha-web") && !instances.contains("beta-db"), "{instances}");
+    // Jobs: one page, newest first.
+    let jobs = view_text(&b, "jobs").await;
+    assert!(jobs.contains("instance.create"), "{jobs}");
     let networks = view_text(&b, "networks").await;
     assert!(networks.contains("alpha-net") && !networks.contains("beta-net"), "{networks}");
     let first_token = b.js("return localStorage.getItem('vdc.console.token')", json!([])).await;

@@ -316,7 +316,7 @@ const I18N = {
     // Jobs
     jobs_intro: "Long-running work, newest first. A job ends when its resource reaches the requested state.",
     jobs_empty: "No jobs yet.",
-    jobs_truncated: "Showing the newest {n} of {total} jobs.",
+    jobs_truncated: "Showing the newest {n} jobs; older ones: vdc job list.",
 
     // Hosts (administrators only)
     hosts_intro: "The nodes that run instances and hold volumes.",
@@ -629,7 +629,7 @@ const I18N = {
     // Jobs
     jobs_intro: "時間のかかる処理の記録です（新しい順）。リソースが要求された状態になるとジョブは完了します。",
     jobs_empty: "ジョブはまだありません。",
-    jobs_truncated: "全 {total} 件のうち新しい {n} 件を表示しています。",
+    jobs_truncated: "新しい {n} 件を表示しています。それより古いジョブは vdc job list で確認できます。",
 
     // Hosts (administrators only)
     hosts_intro: "インスタンスを実行するノードと、ボリュームを保持するノードです。",

@@ -151,6 +151,7 @@ pub async fn running_targets(db: &mut sqlx::AnyConnection, resource_id: &str) ->
 }
 
 /// One page of an account's jobs, in creation order after `cursor`; `state` '' for all.
+/// Newest first (IDs sort by creation time): the page after `cursor` holds older jobs.
 pub async fn list(
     pool: &db::Pool,
     account: &AccountId,
@@ -159,7 +160,8 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLS} FROM jobs WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3) ORDER BY id LIMIT $4"
+        "SELECT {COLS} FROM jobs WHERE account_id = $1 AND ($2 = '' OR id < $2) AND ($3 = '' OR state = $3)
+         ORDER BY id DESC LIMIT $4"
     ))
     .bind(account.as_str())
     .bind(cursor)

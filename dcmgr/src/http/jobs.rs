@@ -8,7 +8,9 @@ use axum::extract::{Path, State};
 use axum::Json;
 use vdc_schema::api::{ErrorBody, Job, Page};
 
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", operation_id = "job_list", summary = "List the account's jobs",
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", operation_id = "job_list",
+    summary = "List the account's jobs, newest first",
+    description = "Jobs are kept; the first page holds the newest, and `next_cursor` leads to older ones.",
     params(
         vdc_schema::api::ListQuery,
         ("state" = Option<vdc_schema::JobState>, Query, description = "Only jobs in this state")),
