@@ -119,10 +119,13 @@ impl Dcmgr {
         // A changed ratio applies to the hosts known from before, not only to new ones.
         controller::membership::apply_allocation_ratios(&ctx).await?;
         config.import_allow().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
+        // What a stopped dcmgr left in staging goes first: the imports resumed next stage
+        // into new files, which must not be taken for stale (a fast source had its file
+        // removed under it: "inspection_failed: cannot read the data").
+        crate::blobs::remove_stale_staging(&config.images_dir().join("staging"));
         // URL imports cut short by a stop start again.
         crate::app::image_import::resume(&ctx).await?;
         crate::app::image::read_missing_disk_sizes(&ctx).await?;
-        crate::blobs::remove_stale_staging(&config.images_dir().join("staging"));
 
         let mut tasks = Vec::new();
         // Registrations and reports go to one dcmgr of the queue group; heartbeats to every
