@@ -388,6 +388,18 @@ async fn the_console_signs_in_switches_accounts_and_signs_out() {
          return location.hash === '#networks' && !app.actIn && v.querySelector('table, .empty') && !v.innerText.includes('beta-') ? 'yes' : ''",
     )
     .await;
+    // The hosts view: what the host holds, of every account, when opened.
+    view_text(&b, "hosts").await;
+    // Clicked from the page's script: the view may be drawn again between a find and a click.
+    b.js("document.querySelector('#view details summary').click()", json!([])).await;
+    let held = b
+        .wait(
+            "the host's instances",
+            "const u = document.querySelector('#view details ul.held'); return u ? u.innerText : ''",
+        )
+        .await;
+    let held = held.as_str().unwrap();
+    assert!(held.contains("alpha-web · alpha") && held.contains("beta-db · beta"), "{held}");
     eprintln!("the browser part took {:?}", started.elapsed());
     b.quit().await;
     s.stop().await;

@@ -1279,6 +1279,7 @@ function mountHosts(root) {
         { label: t('col_memory'), cell: (h) => fmtUsage(h.memory_used_mib, h.memory_allocatable_mib, fmtMib) },
         { label: t('col_capabilities'), cell: (h) => el('code', { class: 'wrap' }, JSON.stringify(h.capabilities)) },
         { label: t('col_last_seen'), cell: (h) => fmtTime(h.last_seen) },
+        { label: t('col_held'), cell: heldInstances },
       ];
       const storColumns = [
         { label: t('col_id'), cell: (s) => code(s.id) },
@@ -1292,6 +1293,37 @@ function mountHosts(root) {
       return false;
     },
   };
+}
+
+// What a host holds, of every account, read when opened (one request per host opened,
+// not per host listed). Hosts opened stay open, and are read again, when the view
+// refreshes.
+const heldOpen = new Set();
+
+function heldInstances(h) {
+  const box = el('div');
+  const details = el('details', {
+    open: heldOpen.has(h.id),
+    ontoggle: async () => {
+      if (details.open) heldOpen.add(h.id); else heldOpen.delete(h.id);
+      if (!details.open || box.dataset.loaded) return;
+      box.dataset.loaded = '1';
+      try {
+        const page = await api('GET', `/host_nodes/${enc(h.id)}/instances?limit=200`);
+        const items = page.items || [];
+        swap(box, items.length
+          ? el('ul', { class: 'held' }, items.map((i) => el('li', {},
+            `${i.name} · ${i.account_name} · ${i.state}${i.placed ? '' : ` (${t('held_disk_only')})`} · `,
+            code(i.id))))
+          : el('p', { class: 'hint' }, t('held_none')),
+        page.next_cursor ? el('p', { class: 'hint' }, t('held_more', { n: items.length })) : null);
+      } catch (e) {
+        delete box.dataset.loaded;
+        swap(box, el('p', { class: 'error' }, e.message));
+      }
+    },
+  }, el('summary', {}, t('held_show')), box);
+  return details;
 }
 
 // ------------------------------------------------------------------ account

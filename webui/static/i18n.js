@@ -144,6 +144,11 @@ const I18N = {
     col_finished: "Finished",
     col_capabilities: "Capabilities",
     col_last_seen: "Last seen",
+    col_held: "Instances",
+    held_show: "Show",
+    held_none: "None.",
+    held_disk_only: "stopped, its disk kept here",
+    held_more: "The first {n}; all: vdc host instances HOST.",
     col_backend: "Backend",
     col_usage: "Used / capacity",
 
@@ -457,6 +462,11 @@ const I18N = {
     col_finished: "完了日時",
     col_capabilities: "機能",
     col_last_seen: "最終応答日時",
+    col_held: "インスタンス",
+    held_show: "表示",
+    held_none: "ありません。",
+    held_disk_only: "停止中・ディスクをこのホストに保持",
+    held_more: "最初の {n} 件です。すべて表示するには vdc host instances HOST を使ってください。",
     col_backend: "バックエンド",
     col_usage: "使用量 / 容量",
 
