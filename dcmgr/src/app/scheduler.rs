@@ -85,12 +85,30 @@ pub async fn candidates(ctx: &Ctx, d: Demand, c: &Constraints) -> ApiResult<Vec<
 /// Where a stopped instance starts again: on `host`, its last one, or not now. hva keeps a
 /// stopped guest's disk (or root file system) on that host; started on another, it would
 /// boot a fresh copy of its image, and its old host would be told to remove the old one.
-/// So the start waits for that host (offline), for room there (full), for the group's
-/// other members to leave it, or for an admin to give it back the zone and labels the
-/// instance asked for.
 pub async fn on_last_host(ctx: &Ctx, d: Demand, c: &Constraints, instance: &str, host: &str) -> ApiResult<Vec<String>> {
     let id: HostNodeId = host.parse().map_err(ApiError::internal)?;
     let row = store::get_host(&ctx.db, &id).await?;
+    let members = match &c.group {
+        Some(g) => crate::datastore::server_group::member_hosts(&ctx.db, &g.id).await?,
+        None => vec![],
+    };
+    start_on(host, row.as_ref(), &members, d, c, instance)?;
+    Ok(vec![host.to_owned()])
+}
+
+/// Whether a stopped instance can start on its last host, `host` whose row is `row` (none:
+/// removed), now, given
+/// where its group's members are: the start waits for that host (offline), for room
+/// there (full), for the group's other members to leave it, or for an admin to give the
+/// host back the zone and labels the instance asked for.
+pub fn start_on(
+    host: &str,
+    row: Option<&store::HostRow>,
+    members: &[String],
+    d: Demand,
+    c: &Constraints,
+    instance: &str,
+) -> ApiResult<()> {
     // The row's state, as the reservation's conditional UPDATE and `vdc host list` see it.
     let Some(row) = row.filter(|r| r.state == "online") else {
         return Err(ApiError::Unavailable {
@@ -102,17 +120,15 @@ pub async fn on_last_host(ctx: &Ctx, d: Demand, c: &Constraints, instance: &str,
         });
     };
     let labels = store::split_labels(&row.labels);
-    let zone_kept = c.zone.is_empty() || c.zone == row.zone;
-    if !zone_kept || c.labels.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+    if (!c.zone.is_empty() && c.zone != row.zone) || c.labels.iter().any(|(k, v)| labels.get(k) != Some(v)) {
         return Err(unsatisfiable(format!(
             "instance {instance} asked for a host{}, and host {host}, which keeps its disk, is no longer one; an \
              admin can give the host back its zone and labels (vdc host zone|label)",
             c.describe()
         )));
     }
-    if let Some(g) = c.group.as_ref() {
-        let members = crate::datastore::server_group::member_hosts(&ctx.db, &g.id).await?;
-        if allowed_by_policy(g.policy, &members, &[host.to_owned()]).is_empty() {
+    if let Some(g) = &c.group {
+        if allowed_by_policy(g.policy, members, &[host.to_owned()]).is_empty() {
             let why = match g.policy {
                 ServerGroupPolicy::AntiAffinity => "another member runs there now",
                 _ => "its other members run on another host now",
@@ -136,7 +152,7 @@ pub async fn on_last_host(ctx: &Ctx, d: Demand, c: &Constraints, instance: &str,
             ),
         });
     }
-    Ok(vec![host.to_owned()])
+    Ok(())
 }
 
 /// Keeps the candidates `policy` allows given the hosts the group's members are on now
@@ -301,6 +317,65 @@ mod tests {
 
     fn ids(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn host_row(state: &str, cpus_used: i64, zone: &str, labels: &str) -> store::HostRow {
+        store::HostRow {
+            id: "hn-a".into(),
+            state: state.into(),
+            hypervisors: ",qemu,".into(),
+            cpus: 2,
+            memory_mib: 4096,
+            cpus_used,
+            memory_used_mib: 0,
+            cpus_allocatable: 8,
+            memory_allocatable_mib: 4096,
+            capabilities: "{}".into(),
+            last_seen: String::new(),
+            zone: zone.into(),
+            labels: labels.into(),
+        }
+    }
+
+    #[test]
+    fn a_stopped_instance_starts_on_its_last_host_or_says_why_not() {
+        use ServerGroupPolicy::*;
+        let d = Demand { hypervisor: HypervisorKind::Qemu, cpus: 4, memory_mib: 1024, uefi: false };
+        let none = Constraints::default();
+        let code = |r: ApiResult<()>| r.map_err(|e| (e.code(), e.to_string()));
+        assert!(start_on("hn-a", Some(&host_row("online", 4, "", ",")), &[], d, &none, "i-x").is_ok());
+        let (c, m) = code(start_on("hn-a", Some(&host_row("offline", 0, "", ",")), &[], d, &none, "i-x")).unwrap_err();
+        assert_eq!(c, "agent_unavailable");
+        assert!(m.contains("hn-a") && m.contains("i-x"), "{m}");
+        assert_eq!(code(start_on("hn-a", None, &[], d, &none, "i-x")).unwrap_err().0, "agent_unavailable");
+        let (c, m) = code(start_on("hn-a", Some(&host_row("online", 5, "", ",")), &[], d, &none, "i-x")).unwrap_err();
+        assert_eq!(c, "no_capacity");
+        assert!(m.contains("hn-a") && m.contains("4 vCPUs"), "{m}");
+        // What it asked at create: the zone and labels the host still has, or not.
+        let east = Constraints { zone: "east".into(), labels: vec![("ssd".into(), "yes".into())], group: None };
+        assert!(start_on("hn-a", Some(&host_row("online", 0, "east", ",ssd=yes,")), &[], d, &east, "i-x").is_ok());
+        for (zone, labels) in [("west", ",ssd=yes,"), ("east", ",ssd=no,"), ("east", ",")] {
+            let r = start_on("hn-a", Some(&host_row("online", 0, zone, labels)), &[], d, &east, "i-x");
+            assert_eq!(code(r).unwrap_err().0, "placement_unsatisfiable", "{zone} {labels}");
+        }
+        // A hard group policy where its members are now; a soft one never refuses.
+        let group = |policy| Constraints {
+            group: Some(Group { id: "srvg-g".into(), name: "g".into(), policy }),
+            ..Default::default()
+        };
+        let here = ids(&["hn-a"]);
+        let (c, m) =
+            code(start_on("hn-a", Some(&host_row("online", 0, "", ",")), &here, d, &group(AntiAffinity), "i-x"))
+                .unwrap_err();
+        assert_eq!(c, "placement_unsatisfiable");
+        assert!(m.contains("anti-affinity") && m.contains("another member"), "{m}");
+        let there = ids(&["hn-b"]);
+        assert!(start_on("hn-a", Some(&host_row("online", 0, "", ",")), &there, d, &group(AntiAffinity), "i-x").is_ok());
+        let r = start_on("hn-a", Some(&host_row("online", 0, "", ",")), &there, d, &group(Affinity), "i-x");
+        assert_eq!(code(r).unwrap_err().0, "placement_unsatisfiable");
+        assert!(
+            start_on("hn-a", Some(&host_row("online", 0, "", ",")), &here, d, &group(SoftAntiAffinity), "i-x").is_ok()
+        );
     }
 
     #[test]
