@@ -742,6 +742,7 @@ pub enum SecgroupCmd {
 pub enum InstanceCmd {
     /// Create and start an instance
     Create(InstanceCreateArgs),
+    /// List instances (terminated ones for an hour; all of them with --state terminated)
     #[command(visible_alias = "ls")]
     List {
         #[arg(long, value_parser = wire!(InstanceState))]
@@ -956,6 +957,7 @@ pub enum VolumeCmd {
         #[command(flatten)]
         wait: WaitArg,
     },
+    /// List volumes (deleted ones for an hour; all of them with --state deleted)
     #[command(visible_alias = "ls")]
     List {
         #[arg(long, value_parser = wire!(VolumeState))]
@@ -1008,6 +1010,7 @@ pub enum SnapshotCmd {
         #[command(flatten)]
         wait: WaitArg,
     },
+    /// List snapshots (deleted ones for an hour; all of them with --state deleted)
     #[command(visible_alias = "ls")]
     List {
         #[arg(long, value_parser = wire!(SnapshotState))]

@@ -1285,7 +1285,7 @@ async fn floating_ips(db: Db) {
     s.stop().await;
 }
 
-/// A terminated instance and a deleted volume stay in their lists for an hour (the test
+/// A terminated instance, a deleted volume and a deleted snapshot stay in their lists for an hour (the test
 /// moves their last change back to 2000), then only a state filter or their ID finds
 /// them: lists no longer grow with everything ever made.
 async fn gone_resources_leave_their_lists_after_an_hour(db: Db) {
@@ -1302,10 +1302,18 @@ async fn gone_resources_leave_their_lists_after_an_hour(db: Db) {
     let gone = c.create_volume(&vol("gone")).await.unwrap();
     wait_job(&c, &gone.job).await;
     let kept = c.create_volume(&vol("kept")).await.unwrap();
+    wait_job(&c, &kept.job).await;
+    let snap = |name: &str| CreateSnapshot { volume_id: kept.resource.id.clone(), name: name.into() };
+    let old_snap = c.create_snapshot(&snap("old-snap")).await.unwrap();
+    wait_job(&c, &old_snap.job).await;
+    let new_snap = c.create_snapshot(&snap("new-snap")).await.unwrap();
+    wait_job(&c, &new_snap.job).await;
+    wait_job(&c, &c.delete_snapshot(&old_snap.resource.id).await.unwrap().job).await;
     wait_job(&c, &c.delete_volume(&gone.resource.id).await.unwrap().job).await;
     // Just ended: still listed.
     assert_eq!(names(c.list_all("/instances", &all).await.unwrap()), ["old", "live"]);
     assert_eq!(c.list_all::<Volume>("/volumes", &all).await.unwrap().len(), 2);
+    assert_eq!(c.list_all::<Snapshot>("/snapshots", &all).await.unwrap().len(), 2);
     {
         use sqlx::Connection;
         let mut conn = sqlx::AnyConnection::connect(&s.database_url).await.unwrap();
@@ -1316,6 +1324,8 @@ async fn gone_resources_leave_their_lists_after_an_hour(db: Db) {
             // A live one that has not changed for as long stays listed.
             ("UPDATE instances SET updated_at = $1 WHERE id = $2", live.id.as_str()),
             ("UPDATE volumes SET updated_at = $1 WHERE id = $2", kept.resource.id.as_str()),
+            ("UPDATE snapshots SET updated_at = $1 WHERE id = $2", old_snap.resource.id.as_str()),
+            ("UPDATE snapshots SET updated_at = $1 WHERE id = $2", new_snap.resource.id.as_str()),
         ] {
             sqlx::query(sql).bind(long_ago).bind(id).execute(&mut conn).await.unwrap();
         }
@@ -1337,5 +1347,8 @@ async fn gone_resources_leave_their_lists_after_an_hour(db: Db) {
     let deleted = ListQuery { state: Some("deleted".into()), ..Default::default() };
     assert_eq!(c.list_all::<Volume>("/volumes", &deleted).await.unwrap()[0].id, gone.resource.id);
     assert_eq!(c.get_volume(&gone.resource.id).await.unwrap().state, VolumeState::Deleted);
+    let snaps: Vec<Snapshot> = c.list_all("/snapshots", &all).await.unwrap();
+    assert_eq!(snaps.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["new-snap"]);
+    assert_eq!(c.list_all::<Snapshot>("/snapshots", &deleted).await.unwrap()[0].id, old_snap.resource.id);
     s.stop().await;
 }

@@ -51,7 +51,7 @@ pub enum Outcome {
 
 pub const DEFAULT_LIMIT: u32 = 100;
 
-/// How long a terminated instance or a deleted volume stays in its list without a state
+/// How long a terminated instance or a deleted volume or snapshot stays in its list without a state
 /// filter (as a cloud's console shows what just ended); later it is listed only when
 /// that state is asked for, and found by ID. Without it, lists grew with every instance
 /// ever made.

@@ -78,8 +78,9 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSnapshot) -> Ap
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Snapshot>> {
     let (limit, cursor) = paging(q)?;
     let state = state_filter::<SnapshotState>(q)?;
-    let rows =
-        store::list(&ctx.db, &caller.account_id, &cursor, &state, q.name.as_deref().unwrap_or_default(), limit).await?;
+    let name = q.name.as_deref().unwrap_or_default();
+    let since = crate::app::gone_listed_since();
+    let rows = store::list(&ctx.db, &caller.account_id, &cursor, &state, name, &since, limit).await?;
     let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |s| s.id.to_string()))
 }

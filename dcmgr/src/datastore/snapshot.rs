@@ -42,23 +42,27 @@ pub async fn get<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &st
 
 /// One page of an account's snapshots, in creation order after `cursor`; `state` and
 /// `name` filter when not empty.
+/// Without a state filter, snapshots deleted before `gone_since` are left out.
 pub async fn list(
     pool: &db::Pool,
     account: &AccountId,
     cursor: &str,
     state: &str,
     name: &str,
+    gone_since: &str,
     limit: i64,
 ) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLS} FROM snapshots WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
-         AND ($4 = '' OR name = $4) ORDER BY id LIMIT $5"
+         AND ($4 = '' OR name = $4) AND ($3 <> '' OR state <> 'deleted' OR COALESCE(updated_at, created_at) >= $6)
+         ORDER BY id LIMIT $5"
     ))
     .bind(account.as_str())
     .bind(cursor)
     .bind(state)
     .bind(name)
     .bind(limit)
+    .bind(gone_since)
     .fetch_all(pool)
     .await
 }
@@ -97,8 +101,9 @@ pub async fn state(tx: &mut db::Tx<'_>, id: &str) -> Result<String, sqlx::Error>
 
 /// Marks snapshot `id` deleting, due to be sent to sta now.
 pub async fn mark_deleting(tx: &mut db::Tx<'_>, id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE snapshots SET state = 'deleting', ensure_sent_at = 0 WHERE id = $1")
+    sqlx::query("UPDATE snapshots SET state = 'deleting', ensure_sent_at = 0, updated_at = $2 WHERE id = $1")
         .bind(id)
+        .bind(db::now())
         .execute(&mut **tx)
         .await?;
     db::event::record(tx, db::event::Kind::Snapshot, id, db::event::Change::State).await
@@ -134,12 +139,14 @@ pub async fn record_report(
     gen: i64,
 ) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
-        "UPDATE snapshots SET state = $1, report_gen = $2 WHERE id = $3 AND report_gen < $2 AND state = $4",
+        "UPDATE snapshots SET state = $1, report_gen = $2, updated_at = $5
+         WHERE id = $3 AND report_gen < $2 AND state = $4",
     )
     .bind(to.as_str())
     .bind(gen)
     .bind(id)
     .bind(from)
+    .bind(db::now())
     .execute(&mut **tx)
     .await?;
     if updated.rows_affected() != 1 {

@@ -29,6 +29,8 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/api/v1/snapshots", tag = "snapshots", operation_id = "snapshot_list",
     summary = "List the account's snapshots",
+    description = "Deleted snapshots are listed for an hour after they were deleted; later only with \
+        `state=deleted` (and by ID).",
     params(
         vdc_schema::api::ListQuery,
         ("state" = Option<vdc_schema::SnapshotState>, Query, description = "Only snapshots in this state"),
