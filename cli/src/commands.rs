@@ -750,6 +750,12 @@ pub enum InstanceCmd {
         /// Only instances with this exact name
         #[arg(long)]
         name: Option<String>,
+        /// Only the instance with this address (an interface's or its floating IP)
+        #[arg(long, value_name = "IP")]
+        address: Option<std::net::Ipv4Addr>,
+        /// Every account's instances, with their account (admins only)
+        #[arg(long)]
+        all_accounts: bool,
         #[command(flatten)]
         list: ListArgs,
     },

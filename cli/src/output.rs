@@ -5,7 +5,7 @@ use crate::error::CliError;
 use crate::parse::format_rule;
 use chrono::{DateTime, Utc};
 use comfy_table::{presets, ContentArrangement, Table};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Display;
 use vdc_schema::api::*;
 
@@ -468,20 +468,51 @@ impl Tabular for SecurityGroup {
     }
 }
 
+/// As OpenStack's server list: the fixed address, then the floating one.
+fn addresses(i: &Instance) -> String {
+    let ips: Vec<_> = i
+        .interfaces
+        .iter()
+        .map(|i| match i.floating_ip {
+            Some(f) => format!("{} ({f})", i.ip),
+            None => i.ip.to_string(),
+        })
+        .collect();
+    join(&ips, ", ")
+}
+
+/// An instance in an admin's list of every account's (`--all-accounts`): its account
+/// first.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct InAnyAccount(pub Instance);
+
+impl Tabular for InAnyAccount {
+    fn headers() -> &'static [&'static str] {
+        &["ID", "ACCOUNT", "NAME", "STATE", "HYPERVISOR", "HOST", "IPS"]
+    }
+    fn row(&self) -> Vec<String> {
+        let i = &self.0;
+        vec![
+            i.id.to_string(),
+            i.account_id.to_string(),
+            i.name.clone(),
+            i.state.to_string(),
+            i.hypervisor.to_string(),
+            opt(&i.host_node_id),
+            addresses(i),
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        self.0.fields()
+    }
+}
+
 impl Tabular for Instance {
     fn headers() -> &'static [&'static str] {
         &["ID", "NAME", "STATE", "HYPERVISOR", "CPUS", "MEMORY", "HOST", "IPS"]
     }
     fn row(&self) -> Vec<String> {
-        // As OpenStack's server list: the fixed address, then the floating one.
-        let ips: Vec<_> = self
-            .interfaces
-            .iter()
-            .map(|i| match i.floating_ip {
-                Some(f) => format!("{} ({f})", i.ip),
-                None => i.ip.to_string(),
-            })
-            .collect();
         vec![
             self.id.to_string(),
             self.name.clone(),
@@ -490,7 +521,7 @@ impl Tabular for Instance {
             self.cpus.to_string(),
             mib(self.memory_mib.into()),
             opt(&self.host_node_id),
-            join(&ips, ", "),
+            addresses(self),
         ]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
@@ -516,6 +547,7 @@ impl Tabular for Instance {
         };
         let mut f = vec![
             ("ID", self.id.to_string()),
+            ("ACCOUNT", self.account_id.to_string()),
             ("NAME", self.name.clone()),
             ("STATE", self.state.to_string()),
             ("GOAL", self.goal.to_string()),
@@ -784,6 +816,7 @@ mod tests {
         };
         let inst = Instance {
             id: "i-1".parse().unwrap(),
+            account_id: "a-1".parse().unwrap(),
             name: "web1".into(),
             state: InstanceState::Running,
             goal: InstanceGoal::Running,

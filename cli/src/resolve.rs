@@ -274,7 +274,7 @@ mod tests {
 
     fn instance(id: &str, name: &str, state: &str) -> Instance {
         serde_json::from_value(serde_json::json!({
-            "id": id, "name": name, "state": state, "goal": "running", "image_id": "img-a",
+            "id": id, "account_id": "a-1", "name": name, "state": state, "goal": "running", "image_id": "img-a",
             "hypervisor": "qemu", "cpus": 1, "memory_mib": 256, "host_node_id": null, "ssh_key_id": null,
             "root_disk_size": null, "interfaces": [], "volumes": [], "failure_reason": null,
             "created_at": "2024-01-01T00:00:00Z", "updated_at": "2024-01-01T00:00:00Z",

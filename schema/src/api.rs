@@ -89,6 +89,12 @@ pub struct ListQuery {
     /// Only items with this exact name.
     #[param(ignore)]
     pub name: Option<String>,
+    /// Instances only: an admin's list of every account's instances.
+    #[param(ignore)]
+    pub all_accounts: Option<bool>,
+    /// Instances only: the instance with this address (an interface's or a floating IP).
+    #[param(ignore)]
+    pub address: Option<String>,
 }
 
 /// The answer to a call that starts long work: 202 with the job that tracks it.
@@ -861,6 +867,8 @@ pub struct CreateSecurityGroup {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Instance {
     pub id: InstanceId,
+    /// The account it belongs to.
+    pub account_id: AccountId,
     pub name: String,
     pub state: InstanceState,
     /// What was last asked of it.

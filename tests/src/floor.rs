@@ -79,15 +79,18 @@ fn get_sql() -> String {
 fn list_sql() -> String {
     format!(
         "SELECT {VIEW_COLS} FROM instances WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
-         AND ($4 = '' OR name = $4) AND ($3 <> '' OR state <> 'terminated' OR updated_at >= $6) ORDER BY id LIMIT $5"
+         AND ($4 = '' OR name = $4) AND ($3 <> '' OR state <> 'terminated' OR updated_at >= $6)
+         AND ($7 = '' OR id IN (SELECT instance_id FROM vifs WHERE ip = $7
+                                UNION SELECT v.instance_id FROM floating_ips f JOIN vifs v ON v.id = f.vif_id WHERE f.ip = $7))
+         ORDER BY id LIMIT $5"
     )
 }
 const VIFS: &str = "SELECT v.id, v.instance_id, v.network_id, v.mac, v.ip, v.state, f.ip AS floating_ip
     FROM vifs v LEFT JOIN floating_ips f ON f.vif_id = v.id
-    WHERE v.account_id = $1 AND v.instance_id >= $2 AND v.instance_id <= $3 ORDER BY v.instance_id, v.position";
+    WHERE ($1 = '' OR v.account_id = $1) AND v.instance_id >= $2 AND v.instance_id <= $3 ORDER BY v.instance_id, v.position";
 const GROUPS: &str = "SELECT s.vif_id, s.group_id FROM vif_security_groups s JOIN vifs v ON v.id = s.vif_id
-    WHERE v.account_id = $1 AND v.instance_id >= $2 AND v.instance_id <= $3 ORDER BY s.group_id";
-const VOLUMES: &str = "SELECT instance_id, id FROM volumes WHERE account_id = $1 AND instance_id >= $2
+    WHERE ($1 = '' OR v.account_id = $1) AND v.instance_id >= $2 AND v.instance_id <= $3 ORDER BY s.group_id";
+const VOLUMES: &str = "SELECT instance_id, id FROM volumes WHERE ($1 = '' OR account_id = $1) AND instance_id >= $2
     AND instance_id <= $3 AND state IN ('attaching', 'attached', 'detaching') ORDER BY instance_id, id";
 
 /// The three side queries over instances `first..=last`: rows fetched.
@@ -119,6 +122,7 @@ macro_rules! list_page {
             .bind("")
             .bind($limit)
             .bind("1970-01-01T00:00:00.000Z")
+            .bind("")
             .fetch_all($pool)
             .await?;
         match (rows.first(), rows.last()) {

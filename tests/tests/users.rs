@@ -18,6 +18,7 @@ on_both_databases!(
     token_cap,
     the_cli_manages_users_members_and_tokens,
     an_admin_acts_in_another_account,
+    an_admin_finds_instances_in_every_account,
 );
 
 fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -392,5 +393,109 @@ async fn an_admin_acts_in_another_account(db: Db) {
     assert_eq!(alice.list_all_keypairs().await.unwrap().len(), 1);
     let e = vdc(&bob, &["--account", "alice", "keypair", "list"]).await.unwrap_err().report();
     assert!(e.contains("the token acts in account bob"), "{e}");
+    s.stop().await;
+}
+
+/// An operator's "whose is this address?" and "what is failing anywhere?" (OpenStack's
+/// `server list --all-projects`): an admin lists every account's instances, each naming
+/// its account, filtered by state, name or address; a tenant filters its own by address
+/// and may not look further.
+async fn an_admin_finds_instances_in_every_account(db: Db) {
+    let mut o = StackOptions::new(db);
+    o.hosts = 1;
+    o.external = Some(vdc_tests::test_external("203.0.113.13"));
+    let s = Stack::start(o).await;
+    let (alice, bob) = (s.account("alice").await, s.account("bob").await);
+    let (alice_acct, bob_acct) = (alice.whoami().await.unwrap().account.id, bob.whoami().await.unwrap().account.id);
+    let a = s.running_instance(&alice, "web").await;
+    let b = s.running_instance(&bob, "web").await;
+    // Each account's network is its own: the same private address in both.
+    let ip = a.interfaces[0].ip;
+    assert_eq!(b.interfaces[0].ip, ip);
+    assert_eq!(a.account_id, alice_acct);
+    let fip = bob.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
+    let assoc = AssociateFloatingIp { instance_id: b.id.clone(), interface_id: None };
+    bob.associate_floating_ip(&fip.id, &assoc).await.unwrap();
+    let q = |address: Option<String>, all: bool| ListQuery {
+        address,
+        all_accounts: all.then_some(true),
+        ..Default::default()
+    };
+    let ids = |v: Vec<Instance>| v.into_iter().map(|i| (i.id, i.account_id)).collect::<Vec<_>>();
+
+    // A tenant: its own, by either address; nobody else's.
+    let own = ids(alice.list_all("/instances", &q(Some(ip.to_string()), false)).await.unwrap());
+    assert_eq!(own, [(a.id.clone(), alice_acct.clone())]);
+    assert!(alice.list_all::<Instance>("/instances", &q(Some(fip.ip.to_string()), false)).await.unwrap().is_empty());
+    let by_fip = ids(bob.list_all("/instances", &q(Some(fip.ip.to_string()), false)).await.unwrap());
+    assert_eq!(by_fip, [(b.id.clone(), bob_acct.clone())]);
+    assert!(bob.list_all::<Instance>("/instances", &q(Some("10.9.0.200".into()), false)).await.unwrap().is_empty());
+    assert_eq!(err(alice.list::<Instance>("/instances", &q(None, true)).await), (403, "forbidden".into()));
+    let capped = s.admin.create_token(&CreateToken { role: Some(Role::Reader), ..token("dash") }).await.unwrap();
+    let capped = Client::new(s.url(), capped.secret);
+    assert_eq!(err(capped.list::<Instance>("/instances", &q(None, true)).await), (403, "forbidden".into()));
+    assert_eq!(
+        err(alice.list::<Instance>("/instances", &q(Some("10.9.0".into()), false)).await),
+        (400, "invalid_address".into())
+    );
+    // Other lists have no such filters.
+    assert_eq!(
+        err(alice.list::<Volume>("/volumes", &q(Some(ip.to_string()), false)).await),
+        (400, "invalid_query".into())
+    );
+    assert_eq!(err(s.admin.list::<Volume>("/volumes", &q(None, true)).await), (400, "invalid_query".into()));
+
+    // The admin: both accounts, by page, each naming its account; by address across them.
+    let all = ids(s.admin.list_all("/instances", &ListQuery { limit: Some(1), ..q(None, true) }).await.unwrap());
+    assert!(
+        all.contains(&(a.id.clone(), alice_acct.clone())) && all.contains(&(b.id.clone(), bob_acct.clone())),
+        "{all:?}"
+    );
+    assert_eq!(all.len(), 2, "the admin's own account has none: {all:?}");
+    let mut both = ids(s.admin.list_all("/instances", &q(Some(ip.to_string()), true)).await.unwrap());
+    both.sort();
+    let mut want = vec![(a.id.clone(), alice_acct.clone()), (b.id.clone(), bob_acct.clone())];
+    want.sort();
+    assert_eq!(both, want);
+    let whose = ids(s.admin.list_all("/instances", &q(Some(fip.ip.to_string()), true)).await.unwrap());
+    assert_eq!(whose, [(b.id.clone(), bob_acct.clone())]);
+    let named = ListQuery { name: Some("web".into()), state: Some("running".into()), ..q(None, true) };
+    assert_eq!(s.admin.list_all::<Instance>("/instances", &named).await.unwrap().len(), 2);
+    // Without all_accounts the admin's own (empty) account, as before.
+    assert!(s.admin.list_all::<Instance>("/instances", &q(Some(ip.to_string()), false)).await.unwrap().is_empty());
+    // A terminated one stays in the list for an hour, as in an account's own.
+    bob.terminate_instance(&b.id).await.unwrap();
+    vdc_tests::wait_state(&bob, &b.id, vdc_schema::InstanceState::Terminated).await;
+    let listed = s.admin.list_all::<Instance>("/instances", &q(None, true)).await.unwrap();
+    assert_eq!(listed.len(), 2);
+
+    // The CLI's table names the account; a tenant is told it may not.
+    let cli = |c: &Client, args: &[&str]| {
+        let mut argv: Vec<String> = ["--api", &s.url(), "--token", c.token()].iter().map(|a| a.to_string()).collect();
+        argv.extend(args.iter().map(|a| a.to_string()));
+        std::process::Command::new(vdc_tests::procs::bin("vdc"))
+            .env_remove("VDC_CONFIG")
+            .env_remove("VDC_API")
+            .env_remove("VDC_TOKEN")
+            .env("HOME", "/nonexistent")
+            .args(&argv)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = cli(&s.admin, &["instance", "list", "--all-accounts"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        table.contains("ACCOUNT") && table.contains(alice_acct.as_str()) && table.contains(bob_acct.as_str()),
+        "{table}"
+    );
+    // A terminated instance's address is free again: only alice's holds it now.
+    let out = cli(&s.admin, &["instance", "list", "--all-accounts", "--address", &ip.to_string()]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(alice_acct.as_str()) && !table.contains(bob_acct.as_str()), "{table}");
+    let out = cli(&alice, &["instance", "list", "--all-accounts"]);
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && msg.contains("only an admin"), "{msg}");
     s.stop().await;
 }

@@ -3,7 +3,9 @@
 use super::*;
 use crate::client::{Client, ClientError};
 use crate::config;
-use crate::output::{encode, fields_table, list_table, render_accepted, render_list, render_one, Tabular};
+use crate::output::{
+    encode, fields_table, list_table, render_accepted, render_list, render_one, InAnyAccount, Tabular,
+};
 use crate::resolve::{resolve, resolve_all};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
@@ -166,8 +168,18 @@ impl Ctx {
         name: Option<String>,
         state: Option<String>,
     ) -> Result<(), CliError> {
+        self.list_query::<T>(path, args, ListQuery { state, name, ..Default::default() }).await
+    }
+
+    /// [`Self::list`] with every filter of `query` (its limit and cursor come from `args`).
+    async fn list_query<T: Tabular + Serialize + DeserializeOwned>(
+        &self,
+        path: &str,
+        args: ListArgs,
+        query: ListQuery,
+    ) -> Result<(), CliError> {
         let one_page = args.limit.is_some() || args.cursor.is_some();
-        let query = ListQuery { limit: args.limit, cursor: args.cursor, state, name };
+        let query = ListQuery { limit: args.limit, cursor: args.cursor, ..query };
         let page: Page<T> = if one_page {
             self.client.list(path, &query).await?
         } else {
@@ -886,8 +898,19 @@ async fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
             let req = create_instance_request(c, a).await?;
             return ctx.accepted(c.create_instance(&req).await?, wait).await;
         }
-        InstanceCmd::List { state, name, list } => {
-            return ctx.list::<Instance>("/instances", list, name, state_filter(state)).await
+        InstanceCmd::List { state, name, address, all_accounts, list } => {
+            let query = ListQuery {
+                state: state_filter(state),
+                name,
+                address: address.map(|a| a.to_string()),
+                all_accounts: all_accounts.then_some(true),
+                ..Default::default()
+            };
+            return if all_accounts {
+                ctx.list_query::<InAnyAccount>("/instances", list, query).await
+            } else {
+                ctx.list_query::<Instance>("/instances", list, query).await
+            };
         }
         InstanceCmd::Ssh(a) => return ssh(ctx, a).await,
         InstanceCmd::Capture(a) => {

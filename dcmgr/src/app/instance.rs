@@ -3,6 +3,7 @@
 //! through the dispatcher ([`crate::controller::instance`]). Nothing here waits on an
 //! agent, except reading the console, which is a read of the agent's own data.
 
+use crate::app::authz;
 use crate::app::interface::{self, Planned};
 use crate::app::keypair;
 use crate::app::lifecycle::{self, Decision};
@@ -81,8 +82,25 @@ pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &InstanceId) -> ApiResu
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Arc<Page<Instance>>> {
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging(&ListQuery { all_accounts: None, address: None, ..q.clone() })?;
     let state = state_filter::<InstanceState>(q)?;
+    let all = q.all_accounts == Some(true);
+    if all {
+        authz::check(caller, authz::Op::Admin).map_err(|_| {
+            ApiError::Forbidden("only an admin's token lists every account's instances (all_accounts)".into())
+        })?;
+    }
+    let address = match q.address.as_deref() {
+        None => String::new(),
+        Some(a) => a
+            .parse::<std::net::Ipv4Addr>()
+            .map_err(|_| {
+                ApiError::bad("invalid_address", format!("address {a:?} is not an IPv4 address (as 10.0.0.5)"))
+            })?
+            .to_string(),
+    };
+    // The read model keeps an account's plain pages, what the console and the CLI poll.
+    let cached = !all && address.is_empty();
     let gen = ctx.events.generation();
     let key = crate::app::views::ListKey {
         account: caller.account_id.to_string(),
@@ -91,16 +109,18 @@ pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<
         state: q.state.clone(),
         name: q.name.clone(),
     };
-    if let Some(p) = ctx.views.list(gen, &key) {
+    if let Some(p) = ctx.views.list(gen, &key).filter(|_| cached) {
         return Ok(p);
     }
     let mut conn = ctx.db.acquire().await?;
     let since = crate::app::gone_listed_since();
-    let rows =
-        store::list(&mut conn, &caller.account_id, &key.cursor, &state, q.name.as_deref(), &since, limit).await?;
-    let items = to_api(&mut conn, caller.account_id.as_str(), rows).await?;
+    let account = (!all).then_some(&caller.account_id);
+    let rows = store::list(&mut conn, account, &key.cursor, &state, q.name.as_deref(), &address, &since, limit).await?;
+    let items = to_api(&mut conn, account.map_or("", |a| a.as_str()), rows).await?;
     let p = Arc::new(page(items, limit, |i| i.id.to_string()));
-    ctx.views.put_list(gen, key, p.clone());
+    if cached {
+        ctx.views.put_list(gen, key, p.clone());
+    }
     Ok(p)
 }
 
@@ -335,6 +355,7 @@ async fn insert(
     let t = db::parse_time(&now);
     let instance = Instance {
         id,
+        account_id: caller.account_id.clone(),
         name,
         state: InstanceState::Pending,
         goal: InstanceGoal::Running,

@@ -69,6 +69,9 @@ pub fn paging(q: &ListQuery) -> ApiResult<(i64, String)> {
     if limit == 0 || limit > MAX_LIMIT {
         return Err(ApiError::bad("invalid_limit", format!("limit must be between 1 and {MAX_LIMIT}, got {limit}")));
     }
+    if q.all_accounts.is_some() || q.address.is_some() {
+        return Err(ApiError::bad("invalid_query", "all_accounts and address filter instance lists only"));
+    }
     let cursor = q.cursor.clone().unwrap_or_default();
     if cursor.len() > 64 || !cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(ApiError::bad("invalid_cursor", "cursor must be the next_cursor of a previous page"));

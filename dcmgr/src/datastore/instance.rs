@@ -81,6 +81,7 @@ impl View {
     pub fn into_api(self, interfaces: Vec<Interface>, volumes: Vec<VolumeId>) -> ApiResult<Instance> {
         Ok(Instance {
             id: self.id.parse().map_err(ApiError::internal)?,
+            account_id: self.account_id.parse().map_err(ApiError::internal)?,
             name: self.name,
             state: self.state.parse().map_err(ApiError::internal)?,
             goal: self.goal.parse().map_err(ApiError::internal)?,
@@ -110,33 +111,45 @@ pub async fn get<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &st
     sqlx::query_as(&format!("SELECT {COLS} FROM instances WHERE id = $1")).bind(id).fetch_optional(db).await
 }
 
-/// One page of an account's instances, in creation order after `cursor`.
-/// Without a state filter, instances terminated before `gone_since` are left out.
+/// One page of an account's instances (of every account: `None`), in creation order
+/// after `cursor`; `address`, when not empty, keeps the one with that interface address
+/// or floating IP. Without a state filter, instances terminated before `gone_since` are
+/// left out.
+#[allow(clippy::too_many_arguments)]
 pub async fn list(
     conn: &mut db::Conn,
-    account: &AccountId,
+    account: Option<&AccountId>,
     cursor: &str,
     state: &str,
     name: Option<&str>,
+    address: &str,
     gone_since: &str,
     limit: i64,
 ) -> Result<Vec<View>, sqlx::Error> {
+    // Two statements rather than `($1 = '' OR account_id = $1)`: an account's page reads
+    // the (account_id, id) index, which that condition would keep the planner from.
+    let scope = if account.is_some() { "account_id = $1" } else { "$1 = ''" };
     sqlx::query_as(&format!(
-        "SELECT {VIEW_COLS} FROM instances WHERE account_id = $1 AND id > $2 AND ($3 = '' OR state = $3)
-         AND ($4 = '' OR name = $4) AND ($3 <> '' OR state <> 'terminated' OR updated_at >= $6) ORDER BY id LIMIT $5"
+        "SELECT {VIEW_COLS} FROM instances WHERE {scope} AND id > $2 AND ($3 = '' OR state = $3)
+         AND ($4 = '' OR name = $4) AND ($3 <> '' OR state <> 'terminated' OR updated_at >= $6)
+         AND ($7 = '' OR id IN (SELECT instance_id FROM vifs WHERE ip = $7
+                                UNION SELECT v.instance_id FROM floating_ips f JOIN vifs v ON v.id = f.vif_id WHERE f.ip = $7))
+         ORDER BY id LIMIT $5"
     ))
-    .bind(account.as_str())
+    .bind(account.map_or("", |a| a.as_str()))
     .bind(cursor)
     .bind(state)
     .bind(name.unwrap_or_default())
     .bind(limit)
     .bind(gone_since)
+    .bind(address)
     .fetch_all(conn)
     .await
 }
 
-/// (instance, volume) for the volumes attached to the account's instances whose IDs
-/// fall in `first..=last`, sorted by instance (one query for a page of instances).
+/// (instance, volume) for the volumes attached to the account's instances (every
+/// account's: `account` empty) whose IDs fall in `first..=last`, sorted by instance (one
+/// query for a page of instances).
 pub async fn attached_volumes(
     conn: &mut db::Conn,
     account: &str,
@@ -144,7 +157,7 @@ pub async fn attached_volumes(
     last: &str,
 ) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT instance_id, id FROM volumes WHERE account_id = $1 AND instance_id >= $2 AND instance_id <= $3
+        "SELECT instance_id, id FROM volumes WHERE ($1 = '' OR account_id = $1) AND instance_id >= $2 AND instance_id <= $3
          AND state IN ('attaching', 'attached', 'detaching') ORDER BY instance_id, id",
     )
     .bind(account)

@@ -44,8 +44,15 @@ pub async fn create(
     params(
         vdc_schema::api::ListQuery,
         ("state" = Option<vdc_schema::InstanceState>, Query, description = "Only instances in this state"),
-        ("name" = Option<String>, Query, description = "Only items with this exact name")),
-    responses((status = 200, description = "One page of instances", body = Page<Instance>)))]
+        ("name" = Option<String>, Query, description = "Only items with this exact name"),
+        ("address" = Option<String>, Query, format = Ipv4,
+            description = "Only the instance with this address: an interface's or its floating IP"),
+        ("all_accounts" = Option<bool>, Query,
+            description = "Admins only: every account's instances (each names its `account_id`)")),
+    responses(
+        (status = 200, description = "One page of instances", body = Page<Instance>),
+        (status = 400, description = "`invalid_address`, `invalid_state_filter`, `invalid_limit`, `invalid_cursor`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: `all_accounts` without an admin's token", body = ErrorBody)))]
 pub async fn list(
     State(ctx): State<SharedCtx>,
     caller: Caller,
