@@ -400,6 +400,18 @@ async fn the_console_signs_in_switches_accounts_and_signs_out() {
         .await;
     let held = held.as_str().unwrap();
     assert!(held.contains("alpha-web · alpha") && held.contains("beta-db · beta"), "{held}");
+    // The instances view: every account's at once, each row naming its account.
+    view_text(&b, "instances").await;
+    b.js("document.querySelector('#every-account').click()", json!([])).await;
+    let rows = b
+        .wait(
+            "every account's instances",
+            "const rows = [...document.querySelectorAll('#view table tbody tr')].map((r) => \
+               [...r.cells].slice(1, 3).map((c) => c.innerText.trim()).join(' ')); \
+             return rows.includes('alpha alpha-web') && rows.includes('beta beta-db') ? rows.join(', ') : ''",
+        )
+        .await;
+    eprintln!("every account's instances: {rows}");
     eprintln!("the browser part took {:?}", started.elapsed());
     b.quit().await;
     s.stop().await;

@@ -260,7 +260,7 @@ async function listAll(path) {
   const items = [];
   let cursor = null;
   for (let i = 0; i < MAX_PAGES; i += 1) {
-    let q = `${path}?limit=${PAGE_LIMIT}`;
+    let q = `${path}${path.includes('?') ? '&' : '?'}limit=${PAGE_LIMIT}`;
     if (cursor) q += `&cursor=${encodeURIComponent(cursor)}`;
     const page = await api('GET', q);
     items.push(...(page.items || []));
@@ -518,9 +518,12 @@ function mountInstances(root) {
   const frame = viewFrame(root, t('nav_instances'), t('instances_intro'));
   createPanel(frame, t('instance_create'), (close) => instanceForm(close));
   const showAll = checkbox(t('show_terminated'), { onchange: () => refreshView() });
+  // An admin also sees every account's, each with its account; acting on another
+  // account's instance is done in that account (the account select).
+  const everyAccount = app.who && app.who.admin ? checkbox(t('every_account'), { id: 'every-account', onchange: () => refreshView() }) : null;
   const list = el('div');
   const consoleSlot = el('div');
-  frame.body.append(el('div', { class: 'filters' }, showAll.node), list, consoleSlot);
+  frame.body.append(el('div', { class: 'filters' }, showAll.node, everyAccount ? everyAccount.node : null), list, consoleSlot);
 
   async function act(inst, action) {
     try {
@@ -540,12 +543,23 @@ function mountInstances(root) {
   return {
     frame,
     async refresh(fresh) {
-      const all = await listAll('/instances');
+      const every = !!(everyAccount && everyAccount.box.checked);
+      const path = every ? '/instances?all_accounts=true' : '/instances';
+      // The list keeps terminated instances for an hour; older ones are asked for by state.
+      const [recent, older] = await Promise.all([
+        listAll(path),
+        showAll.box.checked ? listAll(`${path}${every ? '&' : '?'}state=terminated`) : [],
+      ]);
       if (!fresh()) return false;
+      const seen = new Set(recent.map((i) => i.id));
+      const all = [...recent, ...older.filter((i) => !seen.has(i.id))].sort((a, b) => (a.id < b.id ? -1 : 1));
       const items = showAll.box.checked ? all : all.filter((i) => i.state !== 'terminated');
       const actions = INSTANCE_ACTIONS();
+      const here = app.who ? app.who.account.id : '';
+      const accountName = new Map((app.allAccounts || []).map((a) => [a.id, a.name]));
       const columns = [
         { label: t('col_id'), cell: (i) => code(i.id) },
+        ...(every ? [{ label: t('col_account'), cell: (i) => accountName.get(i.account_id) || code(i.account_id) }] : []),
         { label: t('col_name'), cell: (i) => orDash(i.name) },
         {
           label: t('col_state'),
@@ -564,14 +578,14 @@ function mountInstances(root) {
         },
         {
           label: t('col_actions'),
-          cell: (i) => actionsCell(
+          cell: (i) => (i.account_id !== here ? DASH : actionsCell(
             actions.map((a) => actionButton(a.label, `${a.id}:${i.id}`, () => act(i, a), { disabled: !a.when.includes(i.state) })),
             actionButton(t('action_terminate'), `terminate:${i.id}`, () => terminate(i), {
               danger: true,
               disabled: i.state === 'terminated' || i.state === 'shuttingdown',
             }),
             actionButton(t('console_log'), `console:${i.id}`, () => openConsole(consoleSlot, i)),
-          ),
+          )),
         },
       ];
       const hidden = all.length - items.length;
