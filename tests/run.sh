@@ -40,7 +40,16 @@ echo "PostgreSQL for tests on 127.0.0.1:$PGPORT"
 # The multi-process tests run the real binaries (dcmgr, hva, …): `cargo test` alone
 # builds bin targets only as test harnesses.
 cargo build --workspace --bins
+# Tests keep to their own directories: on a machine without a cloud (CI), none may leave
+# the all-in-one's default data directory behind (a test dcmgr on PostgreSQL without an
+# [images] dir once opened /var/lib/vdc/images, the store of a running `vdc up`).
+had_default_data=$([ -e /var/lib/vdc ] && echo yes || echo no)
 cargo test --workspace "$@"
+if [ "$had_default_data" = no ] && [ -e /var/lib/vdc ]; then
+  echo "a test wrote into /var/lib/vdc, the all-in-one's data directory:" >&2
+  find /var/lib/vdc -maxdepth 3 >&2
+  exit 1
+fi
 # A VDC on two hosts, end to end through the CLI, with faults (prints a step table);
 # then schemathesis against a live dcmgr and its OpenAPI document.
 if [ $# -eq 0 ]; then

@@ -147,7 +147,9 @@ async fn dcmgr_kill_nats_restart_and_rolling_agent_replacement() {
         format!(
             "listen = \"127.0.0.1:{api_port}\"\ndatabase_url = \"{db_url}\"\nnats_url = \"nats://127.0.0.1:{nats_port}\"\n\
              heartbeat_interval_ms = 200\nagent_timeout_ms = 2000\nreconcile_interval_ms = 300\nresend_after_ms = 1000\n\
-             admin_token = \"{token}\"\n"
+             admin_token = \"{token}\"\n[images]\ndir = \"{}\"\n",
+            // Never the default, /var/lib/vdc/images on PostgreSQL: the all-in-one's own.
+            dir.join("images").display()
         ),
     )
     .unwrap();
