@@ -141,7 +141,7 @@ mod tests {
 
     fn instance() -> Arc<Instance> {
         let json = serde_json::json!({
-            "id": "i-1m8s7q6xd00kqdx", "name": "vm", "state": "running", "goal": "running",
+            "id": "i-1m8s7q6xd00kqdx", "account_id": "a-1", "name": "vm", "state": "running", "goal": "running",
             "image_id": "img-1m8s7q6ww001y2n", "hypervisor": "qemu", "cpus": 1, "memory_mib": 256,
             "host_node_id": null, "ssh_key_id": null, "server_group_id": null, "root_disk_size": null,
             "interfaces": [], "volumes": [], "failure_reason": null,
