@@ -868,6 +868,10 @@ impl Client {
         self.patch(&format!("/host_nodes/{id}"), req).await
     }
 
+    pub async fn evacuate_host_node(&self, id: &HostNodeId) -> Result<Evacuation> {
+        self.post(&format!("/host_nodes/{id}/evacuate"), &serde_json::json!({})).await
+    }
+
     // ------------------------------------------------------------ server groups
 
     pub async fn create_server_group(&self, req: &CreateServerGroup) -> Result<ServerGroup> {

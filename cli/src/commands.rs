@@ -1065,6 +1065,15 @@ pub enum HostCmd {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Take every instance off a host that is gone for good: each becomes stopped with no
+    /// host (its guest and root disk are lost with the host) and starts anew elsewhere,
+    /// with its volumes and addresses. Refused while the host is online
+    Evacuate {
+        id: HostNodeId,
+        /// Start again those whose goal was running (each in its own account)
+        #[arg(long)]
+        start: bool,
+    },
     /// Set or remove a host's labels (matched by `instance create --host-label`)
     Label {
         id: HostNodeId,

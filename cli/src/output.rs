@@ -665,6 +665,29 @@ impl Tabular for HostInstance {
     }
 }
 
+impl Tabular for Evacuation {
+    fn headers() -> &'static [&'static str] {
+        &["HOST", "INSTANCES"]
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.host_node_id.to_string(),
+            if self.instances.is_empty() { "-".into() } else { join(&self.instances, "\n") },
+        ]
+    }
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("HOST", self.host_node_id.to_string()),
+            ("EVACUATED", if self.instances.is_empty() { "none".into() } else { join(&self.instances, "\n") }),
+            (
+                "NOW",
+                "stopped with no host (terminated if a terminate was asked); started, each boots afresh elsewhere"
+                    .into(),
+            ),
+        ]
+    }
+}
+
 impl Tabular for HostNode {
     fn headers() -> &'static [&'static str] {
         &[

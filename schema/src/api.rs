@@ -1142,6 +1142,17 @@ pub struct HostInstance {
     pub placed: bool,
 }
 
+/// What `POST /host_nodes/{id}/evacuate` did: the instances the host held (placed there,
+/// or stopped with their disk there), each now stopped with no host, or terminated when
+/// a terminate was asked. Their guests and root disks were on the host; started, each
+/// boots a fresh root disk from its image on another host, with its volumes, addresses
+/// and floating IPs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Evacuation {
+    pub host_node_id: HostNodeId,
+    pub instances: Vec<InstanceId>,
+}
+
 /// What an admin changes on a host node. Labels merge as a JSON merge patch: a key with
 /// a value sets it, a key with null removes it, keys not named stay.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -19,6 +19,7 @@ on_both_databases!(
     instances_in_groups_travel_in_bundles_with_their_group,
     the_cli_speaks_groups_zones_and_labels,
     a_stopped_instance_starts_on_the_host_that_keeps_its_disk,
+    a_host_gone_for_good_is_evacuated,
 );
 
 /// The status, code and message of an API error; panics if the call succeeded.
@@ -633,5 +634,162 @@ async fn a_stopped_instance_starts_on_the_host_that_keeps_its_disk(db: Db) {
     let (status, code, _) =
         err(s.admin.list::<HostInstance>("/host_nodes/hn-nosuch/instances", &ListQuery::default()).await);
     assert_eq!((status, code.as_str()), (404, "not_found"));
+    s.stop().await;
+}
+
+/// A host that died for good: an admin evacuates it, and what it held starts anew on
+/// another host (fresh root disks, same volumes and addresses) while starts race with
+/// the evacuation; should the host come back, it is told to remove its stale copies.
+async fn a_host_gone_for_good_is_evacuated(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 2;
+    opts.agent_timeout_ms = 800;
+    let mut s = Stack::start(opts).await;
+    let c = s.account("evac").await;
+    let image = s.image.clone();
+    // An affinity group puts them all on one host (and allows any host once none runs).
+    let g = group(&c, "together", ServerGroupPolicy::Affinity).await;
+    let net = c
+        .create_network(&CreateNetwork {
+            name: "n".into(),
+            cidr: "10.31.0.0/24".into(),
+            gateway: None,
+            dhcp_start: None,
+            dhcp_end: None,
+        })
+        .await
+        .unwrap();
+    let nic = CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None };
+    let run = c
+        .create_instance(&CreateInstance { interfaces: vec![nic], ..in_group(&image, "run", g.name.as_str()) })
+        .await
+        .unwrap()
+        .resource;
+    let held = c.create_instance(&in_group(&image, "held", g.name.as_str())).await.unwrap().resource;
+    let doomed = c.create_instance(&in_group(&image, "doomed", g.name.as_str())).await.unwrap().resource;
+    let home = run.host_node_id.clone().expect("placed");
+    for i in [&run, &held, &doomed] {
+        assert_eq!(wait_state(&c, &i.id, InstanceState::Running).await.host_node_id.as_ref(), Some(&home));
+    }
+    let vol = c
+        .create_volume(&CreateVolume { name: "data".into(), size_mib: Some(64), snapshot_id: None, image_id: None })
+        .await
+        .unwrap();
+    c.wait_job(&vol.job.id, Duration::from_secs(15)).await.unwrap();
+    let job = c.attach_volume(&vol.resource.id, &run.id).await.unwrap().job;
+    c.wait_job(&job.id, Duration::from_secs(15)).await.unwrap();
+    c.stop_instance(&held.id).await.unwrap();
+    wait_state(&c, &held.id, InstanceState::Stopped).await;
+    let evacuate = |s: &Stack| {
+        let (admin, home) = (s.admin.clone(), home.clone());
+        async move { admin.evacuate_host_node(&home).await }
+    };
+
+    // Not while it is online, not by a tenant, not an unknown host.
+    let (status, code, message) = err(evacuate(&s).await);
+    assert_eq!((status, code.as_str()), (409, "host_online"), "{message}");
+    assert_eq!(err(c.evacuate_host_node(&home).await).0, 403);
+    assert_eq!(err(s.admin.evacuate_host_node(&"hn-nosuch".parse().unwrap()).await).0, 404);
+    assert_eq!(c.get_instance(&run.id).await.unwrap().state, InstanceState::Running);
+
+    // The host dies; a terminate asked meanwhile waits for it.
+    let i = s.hosts.iter().position(|h| h.node_id == home.as_str()).unwrap();
+    s.crash_hva(i);
+    eventually(Duration::from_secs(10), || async {
+        (s.admin.get_host_node(&home).await.ok()?.state == NodeState::Offline).then_some(())
+    })
+    .await
+    .expect("a silent host goes offline");
+    c.terminate_instance(&doomed.id).await.unwrap();
+
+    // Evacuations and starts at once: each instance is taken off once; a start before
+    // the evacuation is refused (the host is down) or already done, one after it places
+    // the instance on the other host, or is refused while its affinity group still has a
+    // member on the dead host.
+    let mut tasks = tokio::task::JoinSet::new();
+    for k in 0..12 {
+        let (admin, c, home) = (s.admin.clone(), c.clone(), home.clone());
+        let (run, held) = (run.id.clone(), held.id.clone());
+        tasks.spawn(async move {
+            match k % 3 {
+                0 => Ok(admin.evacuate_host_node(&home).await.unwrap().instances),
+                1 => Err(c.start_instance(&run).await.map(|_| ())),
+                _ => Err(c.start_instance(&held).await.map(|_| ())),
+            }
+        });
+    }
+    let mut evacuated = vec![];
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(ids) => evacuated.extend(ids),
+            Err(Ok(())) => {}
+            Err(Err(ClientError::Api { status: 503, code, .. })) => assert_eq!(code, "agent_unavailable"),
+            // Its group's other members still on the dead host, in the middle of it.
+            Err(Err(ClientError::Api { status: 422, code, .. })) => assert_eq!(code, "placement_unsatisfiable"),
+            Err(Err(e)) => panic!("a start racing with the evacuation: {e}"),
+        }
+    }
+    evacuated.sort();
+    let mut want = vec![run.id.clone(), held.id.clone(), doomed.id.clone()];
+    want.sort();
+    assert_eq!(evacuated, want, "each instance taken off once");
+    assert_eq!(wait_state(&c, &doomed.id, InstanceState::Terminated).await.host_node_id, None);
+    for i in [&run, &held] {
+        let now = c.get_instance(&i.id).await.unwrap();
+        assert_ne!(now.host_node_id.as_ref(), Some(&home), "{now:?}");
+        if now.state == InstanceState::Stopped {
+            c.start_instance(&i.id).await.unwrap();
+        }
+        let now = wait_state(&c, &i.id, InstanceState::Running).await;
+        assert!(now.host_node_id.is_some() && now.host_node_id.as_ref() != Some(&home), "{now:?}");
+    }
+    // The same addresses and volume; the dead host books nothing, the other both.
+    let now = c.get_instance(&run.id).await.unwrap();
+    assert_eq!(now.interfaces[0].ip, run.interfaces[0].ip);
+    assert_eq!(now.volumes, std::slice::from_ref(&vol.resource.id));
+    assert_eq!(c.get_volume(&vol.resource.id).await.unwrap().state, VolumeState::Attached);
+    let booked = |h: &HostNode| (h.cpus_used, h.memory_used_mib);
+    assert_eq!(booked(&s.admin.get_host_node(&home).await.unwrap()), (0, 0));
+    let there = now.host_node_id.clone().unwrap();
+    assert_eq!(booked(&s.admin.get_host_node(&there).await.unwrap()), (2, 512));
+    // Nothing is left on it; evacuating again finds nothing.
+    assert!(s
+        .admin
+        .list_all::<HostInstance>(&format!("/host_nodes/{home}/instances"), &ListQuery::default())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(evacuate(&s).await.unwrap().instances.is_empty());
+    // No job of theirs waits for the dead host.
+    let jobs: Vec<Job> = c.list_all("/jobs", &ListQuery::default()).await.unwrap();
+    let theirs = |j: &&Job| [&run.id, &held.id, &doomed.id].iter().any(|i| j.resource_id == i.as_str());
+    assert!(jobs.iter().filter(theirs).all(|j| j.state != JobState::Running), "{jobs:?}");
+    // The host comes back with its old guests: it is told to remove them.
+    s.restart_hva(i).await;
+    eventually(Duration::from_secs(10), || async { s.hosts[i].hva_driver.as_ref().unwrap().is_empty().then_some(()) })
+        .await
+        .expect("the stale guests are removed from the host that came back");
+    assert_eq!(c.get_instance(&run.id).await.unwrap().host_node_id, Some(there.clone()));
+
+    // The other host dies too: the CLI evacuates it and starts what was meant to run
+    // (each in its own account) on the first one, back now.
+    eventually(Duration::from_secs(10), || async {
+        (s.admin.get_host_node(&home).await.ok()?.state == NodeState::Online).then_some(())
+    })
+    .await
+    .expect("the first host is back");
+    c.stop_instance(&held.id).await.unwrap();
+    wait_state(&c, &held.id, InstanceState::Stopped).await;
+    let j = s.hosts.iter().position(|h| h.node_id == there.as_str()).unwrap();
+    s.crash_hva(j);
+    eventually(Duration::from_secs(10), || async {
+        (s.admin.get_host_node(&there).await.ok()?.state == NodeState::Offline).then_some(())
+    })
+    .await
+    .expect("the other host goes offline");
+    ok(&s.admin, &["host", "evacuate", there.as_str(), "--start"]).await;
+    assert_eq!(wait_state(&c, &run.id, InstanceState::Running).await.host_node_id, Some(home.clone()));
+    let held_now = c.get_instance(&held.id).await.unwrap();
+    assert_eq!((held_now.state, held_now.host_node_id), (InstanceState::Stopped, None), "stopped stays stopped");
     s.stop().await;
 }

@@ -144,6 +144,7 @@ const CLASSES: &[(&str, Class)] = &[
     ("host_node_show", AdminOnly),
     ("host_node_update", AdminOnly),
     ("host_node_instances", AdminOnly),
+    ("host_node_evacuate", AdminOnly),
     ("storage_node_list", AdminOnly),
     ("storage_node_show", AdminOnly),
     ("job_list", OwnRead),

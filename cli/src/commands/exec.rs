@@ -1122,6 +1122,28 @@ async fn host(ctx: &Ctx, cmd: HostCmd) -> Result<(), CliError> {
         HostCmd::Instances { id, list } => {
             ctx.list::<HostInstance>(&format!("/host_nodes/{id}/instances"), list, None, None).await
         }
+        HostCmd::Evacuate { id, start } => {
+            // What it held, read first: which were meant to run, and in which account.
+            let held: Vec<HostInstance> =
+                c.list_all(&format!("/host_nodes/{id}/instances"), &ListQuery::default()).await?;
+            let done = c.evacuate_host_node(&id).await?;
+            ctx.show(&done)?;
+            if start {
+                let meant_to_run = |s: InstanceState| {
+                    use InstanceState::*;
+                    matches!(s, Scheduling | Pending | Starting | Running)
+                };
+                for h in held.iter().filter(|h| done.instances.contains(&h.id) && meant_to_run(h.state)) {
+                    match c.clone().acting_in(h.account_id.as_str()).start_instance(&h.id).await {
+                        Ok(a) => {
+                            eprintln!("started {} ({}) in account {}: job {}", h.id, h.name, h.account_name, a.job.id)
+                        }
+                        Err(e) => eprintln!("could not start {} ({}) in account {}: {e}", h.id, h.name, h.account_name),
+                    }
+                }
+            }
+            Ok(())
+        }
         HostCmd::Label { id, labels } => {
             let req = UpdateHostNode { zone: None, labels: labels.into_iter().collect() };
             ctx.show(&c.update_host_node(&id, &req).await?)

@@ -6,7 +6,7 @@ use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::host as store;
 use crate::error::{ApiError, ApiResult};
 use chrono::{DateTime, Utc};
-use vdc_schema::api::{HostInstance, HostNode, ListQuery, Page, StorageNode, UpdateHostNode};
+use vdc_schema::api::{Evacuation, HostInstance, HostNode, ListQuery, Page, StorageNode, UpdateHostNode};
 use vdc_schema::bus::AgentKind;
 use vdc_schema::id::{HostNodeId, StorageNodeId};
 
@@ -71,6 +71,40 @@ pub async fn host_instances(
     let rows = store::instances_held(&ctx.db, host.id.as_str(), &cursor, limit).await?;
     let items = rows.into_iter().map(store::HostInstanceRow::into_api).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |i| i.id.to_string()))
+}
+
+/// Evacuates a host that is gone for good (see [`Evacuation`]): refused while it is
+/// online, where its guests still run (stop them instead). Each instance is taken off
+/// in a decision of its own (`controller::instance::evacuate`), so a start or a
+/// terminate racing with it sees it before or after, never half-moved.
+pub async fn evacuate(ctx: &SharedCtx, caller: &Caller, id: ApiResult<HostNodeId>) -> ApiResult<Evacuation> {
+    let host = fetch_host(ctx, caller, id).await?;
+    if host.state != vdc_schema::NodeState::Offline {
+        return Err(ApiError::conflict(
+            "host_online",
+            format!(
+                "host {} is {}: only a host that is down for good is evacuated (its guests and root disks are \
+                 lost); stop its instances instead",
+                host.id, host.state
+            ),
+        ));
+    }
+    let mut instances = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let rows = store::instances_held(&ctx.db, host.id.as_str(), &cursor, 500).await?;
+        let Some(last) = rows.last() else { break };
+        cursor = last.id.clone();
+        for r in rows {
+            let moved =
+                crate::datastore::retry(|| crate::controller::instance::evacuate(ctx, host.id.as_str(), &r.id)).await?;
+            if moved {
+                instances.push(r.id.parse().map_err(ApiError::internal)?);
+            }
+        }
+    }
+    tracing::warn!(host = %host.id, instances = instances.len(), "host evacuated");
+    Ok(Evacuation { host_node_id: host.id, instances })
 }
 
 pub async fn list_storage(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<StorageNode>> {

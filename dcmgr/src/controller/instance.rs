@@ -130,9 +130,12 @@ async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Re
 pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceReport) -> Result<()> {
     let mut tx = db::begin(&ctx.db).await?;
     db::lock(&mut tx, db::Lock::Instance, r.id.as_str()).await?;
+    // A copy reported gone or on its way out (after the ensure-absent it was sent) is
+    // not told again: each ensure would answer with another report, for ever.
+    let leaving = matches!(r.state, ObservedInstance::Absent | ObservedInstance::Stopping);
     let Some(row) = store::get(&mut *tx, r.id.as_str()).await? else {
         drop(tx);
-        if r.state != ObservedInstance::Absent {
+        if !leaving {
             garbage(ctx, node, &r).await;
         }
         return Ok(());
@@ -140,9 +143,13 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
     if row.state == InstanceState::Terminated.as_str() || row.host_node_id.as_deref() != Some(node) {
         drop(tx);
         // Only clean up copies the model has moved away from; a stopped instance's last
-        // host keeps its powered-off guest (and disk) for the next start.
-        let moved = row.host_node_id.as_deref().is_some_and(|h| h != node);
-        if (row.state == InstanceState::Terminated.as_str() || moved) && r.state != ObservedInstance::Absent {
+        // host keeps its powered-off guest (and disk) for the next start. A host that is
+        // neither (an evacuated one come back) holds a stale copy.
+        let elsewhere = match row.host_node_id.as_deref() {
+            Some(h) => h != node,
+            None => row.last_host_id.as_deref() != Some(node),
+        };
+        if (row.state == InstanceState::Terminated.as_str() || elsewhere) && !leaving {
             garbage(ctx, node, &r).await;
         }
         return Ok(());
@@ -150,6 +157,31 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
     if (r.spec_gen as i64) < row.spec_gen || (gen as i64) <= row.report_gen {
         return Ok(());
     }
+    let folded = fold(&mut tx, &row, node, gen, &r).await?;
+    tx.commit().await?;
+    ctx.events.wake();
+    if folded.state.as_str() != row.state {
+        tracing::info!(instance = %r.id, from = %row.state, to = %folded.state, "instance state");
+    }
+    folded.after(ctx, node).await;
+    Ok(())
+}
+
+/// What a folded report changed, and what is left to do once it is committed.
+struct Folded {
+    state: InstanceState,
+    removed: instance::Removed,
+    /// Interfaces whose peers' tunnels follow the instance leaving the host.
+    peers: Vec<String>,
+    /// Volumes the guest no longer holds.
+    detached: Vec<vdc_schema::id::VolumeId>,
+    /// (vCPUs, MiB) given back on the host in SQL, to give back in memory once committed.
+    released: Option<(i64, i64)>,
+}
+
+/// Applies report `r` of host `node` to the instance `row` (locked in `tx`): its state,
+/// the host's reservation, its jobs, its interfaces and its volumes.
+async fn fold(tx: &mut db::Tx<'_>, row: &store::Row, node: &str, gen: u64, r: &InstanceReport) -> Result<Folded> {
     let out = lifecycle::on_report(row.goal()?, r.state);
     let failure = if out.state == InstanceState::Failed {
         Some(r.reason.clone().unwrap_or_else(|| "the host reported a failure without a reason".into()))
@@ -164,62 +196,115 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
         release_host: out.release_host,
     };
     // The networks it leaves the host on (read before a terminate removes its interfaces).
-    let leaves = if out.release_host {
-        crate::datastore::interface::networks_of_instance(&mut tx, &row.id).await?
-    } else {
-        vec![]
-    };
-    store::apply_report(&mut tx, &row.id, &observed).await?;
+    let leaves =
+        if out.release_host { crate::datastore::interface::networks_of_instance(tx, &row.id).await? } else { vec![] };
+    store::apply_report(tx, &row.id, &observed).await?;
     if out.release_host {
-        crate::datastore::host::release(&mut tx, node, row.cpus, row.memory_mib).await?;
-        ctx.room.gave_back(node, row.cpus, row.memory_mib);
+        crate::datastore::host::release(tx, node, row.cpus, row.memory_mib).await?;
     }
     let mut removed = instance::Removed::default();
     if out.state == InstanceState::Terminated {
-        removed = instance::finalize_terminated(&mut tx, &row).await?;
+        removed = instance::finalize_terminated(tx, row).await?;
     }
     // Jobs and volume attachments follow the new state.
     if let Some(f) = &failure {
-        job::fail_all(&mut tx, &row.id, f).await?;
+        job::fail_all(tx, &row.id, f).await?;
     } else {
-        job::finish(&mut tx, &row.id, out.state.as_str()).await?;
+        job::finish(tx, &row.id, out.state.as_str()).await?;
         if out.state == InstanceState::Running {
-            for t in job::running_targets(&mut tx, &row.id).await? {
+            for t in job::running_targets(tx, &row.id).await? {
                 if t.strip_prefix("reboot:").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n <= r.reboot_gen) {
-                    job::finish(&mut tx, &row.id, &t).await?;
+                    job::finish(tx, &row.id, &t).await?;
                 }
             }
         }
     }
-    let peers = crate::datastore::interface::bump_for_departure(&mut tx, &leaves, node).await?;
+    let peers = crate::datastore::interface::bump_for_departure(tx, &leaves, node).await?;
     let takes_volumes = row.hypervisor != vdc_schema::HypervisorKind::Lxc.as_str();
     let detached =
-        crate::controller::volume::on_instance_report(&mut tx, &row.id, &r.volumes, out.state, takes_volumes).await?;
+        crate::controller::volume::on_instance_report(tx, &row.id, &r.volumes, out.state, takes_volumes).await?;
+    let released = out.release_host.then_some((row.cpus, row.memory_mib));
+    Ok(Folded { state: out.state, removed, peers, detached, released })
+}
+
+impl Folded {
+    async fn after(self, ctx: &SharedCtx, node: &str) {
+        if let Some((cpus, memory_mib)) = self.released {
+            ctx.room.gave_back(node, cpus, memory_mib);
+        }
+        for v in &self.removed.vifs {
+            if let Ok(v) = v.parse() {
+                ctx.enqueue(Work::UnplugInterface(v, node.to_owned()));
+            }
+        }
+        self.removed.enqueue(ctx);
+        for v in self.peers {
+            if let Ok(v) = v.parse() {
+                ctx.enqueue(Work::Interface(v));
+            }
+        }
+        for v in self.detached {
+            // Detached from the guest: attached where a bundle import moved it, if it did.
+            if let Err(e) = crate::app::volume::attach_asked(ctx, &v).await {
+                tracing::warn!(volume = %v, error = %e, "attaching a detached volume where an import asked");
+            }
+            // sta can withdraw the export now.
+            ctx.enqueue(Work::Volume(v));
+        }
+    }
+}
+
+/// Takes instance `id` off host `node`, which an admin evacuates because it is gone for
+/// good: as if the host had reported the guest gone after a stop was asked (a terminate
+/// asked stays one). The instance ends stopped with neither a host nor a last host (its
+/// root disk was on `node`), its jobs and a pending capture failed; started, it boots a
+/// fresh root disk on another host, with its volumes and addresses. False when it is no
+/// longer on `node`.
+pub async fn evacuate(ctx: &SharedCtx, node: &str, id: &str) -> ApiResult<bool> {
+    let why = format!("host {node} was evacuated: the guest and its root disk were lost with the host");
+    let mut tx = db::begin(&ctx.db).await?;
+    db::lock(&mut tx, db::Lock::Instance, id).await?;
+    let Some(row) = store::get(&mut *tx, id).await? else { return Ok(false) };
+    let placed = row.host_node_id.as_deref() == Some(node);
+    let kept_there = row.host_node_id.is_none() && row.last_host_id.as_deref() == Some(node);
+    if row.state()? == InstanceState::Terminated || !(placed || kept_there) {
+        return Ok(false);
+    }
+    job::fail_all(&mut tx, id, &why).await?;
+    if let Some(img) = crate::datastore::image::pending_capture(&mut tx, id).await? {
+        let why = format!("capture_failed: {why}");
+        crate::datastore::image::set_failed_tx(&mut tx, &img, &why).await?;
+        job::fail_all(&mut tx, &img, &why).await?;
+    }
+    let mut folded = None;
+    if placed {
+        let goal =
+            if row.goal()? == InstanceGoal::Terminated { InstanceGoal::Terminated } else { InstanceGoal::Stopped };
+        store::set_intent(&mut tx, id, row.state()?, goal, false).await?;
+        let row = store::get(&mut *tx, id).await?.ok_or_else(|| crate::error::ApiError::not_found("instance", id))?;
+        let gone = InstanceReport {
+            id: row.id.parse().map_err(crate::error::ApiError::internal)?,
+            spec_gen: row.spec_gen as u64,
+            state: ObservedInstance::Absent,
+            reboot_gen: row.reboot_gen as u64,
+            volumes: vec![],
+            reason: None,
+        };
+        folded = Some(
+            fold(&mut tx, &row, node, row.report_gen as u64, &gone).await.map_err(crate::error::ApiError::internal)?,
+        );
+    }
+    store::forget_host(&mut tx, id).await?;
     tx.commit().await?;
     ctx.events.wake();
-    if out.state.as_str() != row.state {
-        tracing::info!(instance = %r.id, from = %row.state, to = %out.state, "instance state");
+    tracing::warn!(instance = id, host = node, "instance evacuated from its host");
+    if let Some(f) = folded {
+        f.after(ctx, node).await;
     }
-    for v in &removed.vifs {
-        if let Ok(v) = v.parse() {
-            ctx.enqueue(Work::UnplugInterface(v, node.to_owned()));
-        }
+    if let Ok(i) = id.parse() {
+        ctx.enqueue(Work::Instance(i));
     }
-    removed.enqueue(ctx);
-    for v in peers {
-        if let Ok(v) = v.parse() {
-            ctx.enqueue(Work::Interface(v));
-        }
-    }
-    for v in detached {
-        // Detached from the guest: attached where a bundle import moved it, if it did.
-        if let Err(e) = crate::app::volume::attach_asked(ctx, &v).await {
-            tracing::warn!(volume = %v, error = %e, "attaching a detached volume where an import asked");
-        }
-        // sta can withdraw the export now.
-        ctx.enqueue(Work::Volume(v));
-    }
-    Ok(())
+    Ok(true)
 }
 
 async fn garbage(ctx: &SharedCtx, node: &str, r: &InstanceReport) {

@@ -320,6 +320,22 @@ pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, o: &Observed<'_>) -> Re
     db::event::changed(tx, db::event::Kind::Instance, id, before.as_deref()).await
 }
 
+/// Forgets the host that kept a stopped instance's disk (evacuated: gone for good); a
+/// capture from that disk ends with it.
+pub async fn forget_host(tx: &mut db::Tx<'_>, id: &str) -> Result<(), sqlx::Error> {
+    let before = db::event::state_of(tx, db::event::Kind::Instance, id).await?;
+    sqlx::query(
+        "UPDATE instances SET last_host_id = NULL, updated_at = $1,
+             state = CASE WHEN state = 'capturing' THEN 'stopped' ELSE state END
+         WHERE id = $2",
+    )
+    .bind(db::now())
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    db::event::changed(tx, db::event::Kind::Instance, id, before.as_deref()).await
+}
+
 /// Records that the current spec was sent (the reconciler re-sends after a while).
 pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
     let _turn = db::write_turn(pool).await;

@@ -264,6 +264,7 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/host_nodes", get(nodes::list_hosts))
         .route("/host_nodes/{id}", get(nodes::show_host).patch(nodes::update_host))
         .route("/host_nodes/{id}/instances", get(nodes::host_instances))
+        .route("/host_nodes/{id}/evacuate", post(nodes::evacuate_host))
         .route("/storage_nodes", get(nodes::list_storage))
         .route("/storage_nodes/{id}", get(nodes::show_storage))
         .route("/bundle", get(bundles::export))
@@ -460,7 +461,7 @@ impl utoipa::Modify for CommonErrors {
         snapshots::create, snapshots::list, snapshots::show, snapshots::delete, snapshots::image,
         floating_ips::create, floating_ips::list, floating_ips::show, floating_ips::delete, floating_ips::associate,
         floating_ips::disassociate,
-        nodes::list_hosts, nodes::show_host, nodes::update_host, nodes::host_instances, nodes::list_storage,
+        nodes::list_hosts, nodes::show_host, nodes::update_host, nodes::host_instances, nodes::evacuate_host, nodes::list_storage,
         nodes::show_storage,
         jobs::list, jobs::show,
         events::stream,

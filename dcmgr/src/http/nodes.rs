@@ -6,7 +6,7 @@ use crate::error::ApiResult;
 use crate::http::{path_id, Body, ListParams};
 use axum::extract::{Path, State};
 use axum::Json;
-use vdc_schema::api::{ErrorBody, HostInstance, HostNode, Page, StorageNode, UpdateHostNode};
+use vdc_schema::api::{ErrorBody, Evacuation, HostInstance, HostNode, Page, StorageNode, UpdateHostNode};
 
 #[utoipa::path(get, path = "/api/v1/host_nodes", tag = "nodes", operation_id = "host_node_list",
     summary = "List host nodes (admin)",
@@ -61,6 +61,30 @@ pub async fn host_instances(
     ListParams(q): ListParams,
 ) -> ApiResult<Json<Page<HostInstance>>> {
     Ok(Json(app::host_instances(&ctx, &caller, path_id("host node", &id), &q).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/host_nodes/{id}/evacuate", tag = "nodes", operation_id = "host_node_evacuate",
+    summary = "Evacuate a host node that is gone for good (admin)",
+    description = "For a host that died and will not come back (as `nova evacuate` without shared storage): \
+        every instance it held, placed there or stopped with its disk there, becomes stopped with no host \
+        (terminated when a terminate was asked), its running jobs and a pending capture failed. The guests \
+        and root disks on the host are lost; started again, an instance boots a fresh root disk from its \
+        image on another host, with its volumes, addresses and floating IPs. Should the host come back, it \
+        is told to remove the copies it holds. Refused while the host is online.",
+    params(
+        ("id" = vdc_schema::id::HostNodeId, Path,
+            description = "A host node ID (`hn-…`); an unknown or malformed one answers 404")),
+    responses(
+        (status = 200, description = "The instances taken off the host", body = Evacuation),
+        (status = 403, description = "`forbidden`: only an admin evacuates a host", body = ErrorBody),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`host_online`: the host is online", body = ErrorBody)))]
+pub async fn evacuate_host(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Evacuation>> {
+    Ok(Json(app::evacuate(&ctx, &caller, path_id("host node", &id)).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/storage_nodes", tag = "nodes", operation_id = "storage_node_list",
