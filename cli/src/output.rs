@@ -482,20 +482,28 @@ fn addresses(i: &Instance) -> String {
 }
 
 /// An instance in an admin's list of every account's (`--all-accounts`): its account
-/// first.
+/// first, by name when the CLI found it (JSON and YAML show the instance as the API does).
 #[derive(Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct InAnyAccount(pub Instance);
+pub struct InAnyAccount {
+    pub instance: Instance,
+    #[serde(skip)]
+    pub account_name: Option<String>,
+}
 
 impl Tabular for InAnyAccount {
     fn headers() -> &'static [&'static str] {
         &["ID", "ACCOUNT", "NAME", "STATE", "HYPERVISOR", "HOST", "IPS"]
     }
     fn row(&self) -> Vec<String> {
-        let i = &self.0;
+        let i = &self.instance;
+        let account = match &self.account_name {
+            Some(n) => format!("{n} ({})", i.account_id),
+            None => i.account_id.to_string(),
+        };
         vec![
             i.id.to_string(),
-            i.account_id.to_string(),
+            account,
             i.name.clone(),
             i.state.to_string(),
             i.hypervisor.to_string(),
@@ -504,7 +512,7 @@ impl Tabular for InAnyAccount {
         ]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
-        self.0.fields()
+        self.instance.fields()
     }
 }
 

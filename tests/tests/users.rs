@@ -487,7 +487,7 @@ async fn an_admin_finds_instances_in_every_account(db: Db) {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        table.contains("ACCOUNT") && table.contains(alice_acct.as_str()) && table.contains(bob_acct.as_str()),
+        table.contains(&format!("alice ({alice_acct})")) && table.contains(&format!("bob ({bob_acct})")),
         "{table}"
     );
     // A terminated instance's address is free again: only alice's holds it now.

@@ -168,23 +168,26 @@ impl Ctx {
         name: Option<String>,
         state: Option<String>,
     ) -> Result<(), CliError> {
-        self.list_query::<T>(path, args, ListQuery { state, name, ..Default::default() }).await
+        self.list_query::<T>(path, args, ListQuery { state, name, ..Default::default() }, |_| {}).await
     }
 
-    /// [`Self::list`] with every filter of `query` (its limit and cursor come from `args`).
+    /// [`Self::list`] with every filter of `query` (its limit and cursor come from `args`),
+    /// each item completed by `fill` before it is shown.
     async fn list_query<T: Tabular + Serialize + DeserializeOwned>(
         &self,
         path: &str,
         args: ListArgs,
         query: ListQuery,
+        fill: impl FnMut(&mut T),
     ) -> Result<(), CliError> {
         let one_page = args.limit.is_some() || args.cursor.is_some();
         let query = ListQuery { limit: args.limit, cursor: args.cursor, ..query };
-        let page: Page<T> = if one_page {
+        let mut page: Page<T> = if one_page {
             self.client.list(path, &query).await?
         } else {
             Page { items: self.client.list_all(path, &query).await?, next_cursor: None }
         };
+        page.items.iter_mut().for_each(fill);
         emit(&render_list(self.format, &page)?)?;
         if let (OutputFormat::Table, Some(c)) = (self.format, &page.next_cursor) {
             eprintln!("more items follow: add --cursor {c}");
@@ -907,9 +910,13 @@ async fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Result<(), CliError> {
                 ..Default::default()
             };
             return if all_accounts {
-                ctx.list_query::<InAnyAccount>("/instances", list, query).await
+                // Accounts by name, as an operator knows them (the IDs stay beside them).
+                let accounts: Vec<Account> = c.list_all("/accounts", &ListQuery::default()).await.unwrap_or_default();
+                let names: std::collections::HashMap<_, _> = accounts.into_iter().map(|a| (a.id, a.name)).collect();
+                let fill = |i: &mut InAnyAccount| i.account_name = names.get(&i.instance.account_id).cloned();
+                ctx.list_query("/instances", list, query, fill).await
             } else {
-                ctx.list_query::<Instance>("/instances", list, query).await
+                ctx.list_query::<Instance>("/instances", list, query, |_| {}).await
             };
         }
         InstanceCmd::Ssh(a) => return ssh(ctx, a).await,
