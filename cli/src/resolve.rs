@@ -35,7 +35,7 @@ pub trait Named: DeserializeOwned {
 }
 
 macro_rules! named {
-    ($t:ty, $id:ty, $kind:literal, $path:literal, $noun:literal) => {
+    ($t:ty, $id:ty, $kind:literal, $path:literal, $noun:literal $(, gone when $gone:expr)?) => {
         impl Named for $t {
             type Id = $id;
             const KIND: &'static str = $kind;
@@ -47,23 +47,11 @@ macro_rules! named {
             fn name(&self) -> &str {
                 &self.name
             }
-        }
-    };
-    ($t:ty, $id:ty, $kind:literal, $path:literal, $noun:literal, gone when $gone:expr) => {
-        impl Named for $t {
-            type Id = $id;
-            const KIND: &'static str = $kind;
-            const PATH: &'static str = $path;
-            const NOUN: &'static str = $noun;
-            fn id(&self) -> &$id {
-                &self.id
-            }
-            fn name(&self) -> &str {
-                &self.name
-            }
-            fn gone(&self) -> bool {
-                self.state == $gone
-            }
+            $(
+                fn gone(&self) -> bool {
+                    self.state == $gone
+                }
+            )?
         }
     };
 }
