@@ -68,6 +68,15 @@ fn distinct(h: &[HostNodeId]) -> usize {
     h.iter().collect::<HashSet<_>>().len()
 }
 
+/// Waits (10 s at most) until host `id`'s state is `state`, as its heartbeats decide.
+async fn host_becomes(s: &Stack, id: &HostNodeId, state: NodeState, what: &str) {
+    eventually(Duration::from_secs(10), || async {
+        (s.admin.get_host_node(id).await.ok()?.state == state).then_some(())
+    })
+    .await
+    .expect(what);
+}
+
 async fn host_ids(s: &Stack) -> Vec<HostNodeId> {
     s.admin.list_all_host_nodes().await.unwrap().into_iter().map(|h| h.id).collect()
 }
@@ -591,23 +600,13 @@ async fn a_stopped_instance_starts_on_the_host_that_keeps_its_disk(db: Db) {
     wait_state(&c, &keep.id, InstanceState::Stopped).await;
     let i = s.hosts.iter().position(|h| h.node_id == home.as_str()).expect("one of the stack's hosts");
     s.crash_hva(i);
-    eventually(Duration::from_secs(10), || async {
-        let h = s.admin.get_host_node(&home).await.ok()?;
-        (h.state == NodeState::Offline).then_some(())
-    })
-    .await
-    .expect("a silent host goes offline");
+    host_becomes(&s, &home, NodeState::Offline, "a silent host goes offline").await;
     let (status, code, message) = err(c.start_instance(&keep.id).await);
     assert_eq!((status, code.as_str()), (503, "agent_unavailable"), "{message}");
     assert!(message.contains(home.as_str()), "{message}");
     assert_eq!(c.get_instance(&keep.id).await.unwrap().state, InstanceState::Stopped);
     s.restart_hva(i).await;
-    eventually(Duration::from_secs(10), || async {
-        let h = s.admin.get_host_node(&home).await.ok()?;
-        (h.state == NodeState::Online).then_some(())
-    })
-    .await
-    .expect("the host comes back");
+    host_becomes(&s, &home, NodeState::Online, "the host comes back").await;
     c.start_instance(&keep.id).await.unwrap();
     assert_eq!(wait_state(&c, &keep.id, InstanceState::Running).await.host_node_id.as_ref(), Some(&home));
 
@@ -695,11 +694,7 @@ async fn a_host_gone_for_good_is_evacuated(db: Db) {
     // The host dies; a terminate asked meanwhile waits for it.
     let i = s.hosts.iter().position(|h| h.node_id == home.as_str()).unwrap();
     s.crash_hva(i);
-    eventually(Duration::from_secs(10), || async {
-        (s.admin.get_host_node(&home).await.ok()?.state == NodeState::Offline).then_some(())
-    })
-    .await
-    .expect("a silent host goes offline");
+    host_becomes(&s, &home, NodeState::Offline, "a silent host goes offline").await;
     c.terminate_instance(&doomed.id).await.unwrap();
 
     // Evacuations and starts at once: each instance is taken off once; a start before
@@ -773,20 +768,12 @@ async fn a_host_gone_for_good_is_evacuated(db: Db) {
 
     // The other host dies too: the CLI evacuates it and starts what was meant to run
     // (each in its own account) on the first one, back now.
-    eventually(Duration::from_secs(10), || async {
-        (s.admin.get_host_node(&home).await.ok()?.state == NodeState::Online).then_some(())
-    })
-    .await
-    .expect("the first host is back");
+    host_becomes(&s, &home, NodeState::Online, "the first host is back").await;
     c.stop_instance(&held.id).await.unwrap();
     wait_state(&c, &held.id, InstanceState::Stopped).await;
     let j = s.hosts.iter().position(|h| h.node_id == there.as_str()).unwrap();
     s.crash_hva(j);
-    eventually(Duration::from_secs(10), || async {
-        (s.admin.get_host_node(&there).await.ok()?.state == NodeState::Offline).then_some(())
-    })
-    .await
-    .expect("the other host goes offline");
+    host_becomes(&s, &there, NodeState::Offline, "the other host goes offline").await;
     ok(&s.admin, &["host", "evacuate", there.as_str(), "--start"]).await;
     assert_eq!(wait_state(&c, &run.id, InstanceState::Running).await.host_node_id, Some(home.clone()));
     let held_now = c.get_instance(&held.id).await.unwrap();

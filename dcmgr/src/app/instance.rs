@@ -109,7 +109,7 @@ pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<
         state: q.state.clone(),
         name: q.name.clone(),
     };
-    if let Some(p) = ctx.views.list(gen, &key).filter(|_| cached) {
+    if let Some(p) = cached.then(|| ctx.views.list(gen, &key)).flatten() {
         return Ok(p);
     }
     let mut conn = ctx.db.acquire().await?;
