@@ -415,3 +415,14 @@ async fn fail(ctx: &SharedCtx, id: &ImageId, origin: &Origin, why: &str) -> ApiR
     })
     .await
 }
+
+/// Fails the capture pending from instance `instance`, if one is, with `why` (its image
+/// and the image's jobs): a terminate or an evacuation ends the disk it reads.
+pub(crate) async fn fail_pending(tx: &mut db::Tx<'_>, instance: &str, why: &str) -> ApiResult<()> {
+    if let Some(img) = image_store::pending_capture(tx, instance).await? {
+        let why = format!("capture_failed: {why}");
+        image_store::set_failed_tx(tx, &img, &why).await?;
+        job::fail_all(tx, &img, &why).await?;
+    }
+    Ok(())
+}

@@ -501,11 +501,8 @@ async fn act_once(
         removed = finalize_terminated(&mut tx, &row).await?;
         // Terminate wins over a capture (of a stopped or a running instance): its image
         // fails now, and the host's upload finds it no longer pending.
-        if let Some(img) = crate::datastore::image::pending_capture(&mut tx, id.as_str()).await? {
-            let why = format!("capture_failed: instance {id} was terminated during the capture");
-            crate::datastore::image::set_failed_tx(&mut tx, &img, &why).await?;
-            job::fail_all(&mut tx, &img, &why).await?;
-        }
+        let why = format!("instance {id} was terminated during the capture");
+        crate::app::capture::fail_pending(&mut tx, id.as_str(), &why).await?;
     }
     let target = if plan.reboot { format!("reboot:{}", row.reboot_gen + 1) } else { plan.goal.as_str().to_owned() };
     let job = if matches!(new_state, InstanceState::Terminated | InstanceState::Stopped) {

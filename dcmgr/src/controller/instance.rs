@@ -271,11 +271,7 @@ pub async fn evacuate(ctx: &SharedCtx, node: &str, id: &str) -> ApiResult<bool> 
         return Ok(false);
     }
     job::fail_all(&mut tx, id, &why).await?;
-    if let Some(img) = crate::datastore::image::pending_capture(&mut tx, id).await? {
-        let why = format!("capture_failed: {why}");
-        crate::datastore::image::set_failed_tx(&mut tx, &img, &why).await?;
-        job::fail_all(&mut tx, &img, &why).await?;
-    }
+    crate::app::capture::fail_pending(&mut tx, id, &why).await?;
     let mut folded = None;
     if placed {
         let goal =
