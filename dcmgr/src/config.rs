@@ -57,6 +57,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// How long the audit log (`GET /api/v1/audit`) is kept.
     pub audit: AuditConfig,
+    /// How long what ended (terminated instances, deleted volumes and snapshots,
+    /// finished jobs) stays in the database.
+    pub retention: RetentionConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -180,6 +183,21 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig { retain_days: 90 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Terminated instances, deleted volumes and snapshots and finished jobs are removed
+    /// this many days after they ended (default 30; 0 keeps them for ever). Until then
+    /// `GET` by ID and the `state=` filters find them.
+    pub ended_days: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { ended_days: 30 }
     }
 }
 
@@ -385,6 +403,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             metrics: MetricsConfig::default(),
             audit: AuditConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }

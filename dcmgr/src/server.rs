@@ -145,7 +145,7 @@ impl Dcmgr {
         tasks.push(tokio::spawn(controller::membership::watch_liveness(ctx.clone(), cancel.clone())));
         tasks.push(tokio::spawn(controller::reconciler::run(ctx.clone(), cancel.clone())));
         tasks.push(tokio::spawn(crate::app::event::pump(ctx.clone(), cancel.clone())));
-        tasks.push(tokio::spawn(crate::app::audit::pruner(ctx.clone(), cancel.clone())));
+        tasks.push(tokio::spawn(crate::app::retention::pruner(ctx.clone(), cancel.clone())));
         tasks.extend(controller::dispatch::spawn(ctx.clone(), rx, cancel.clone()));
         tasks.push(tokio::spawn(evict_rate_limits(ctx.clone(), cancel.clone())));
         crate::app::session::warm_up();

@@ -33,6 +33,7 @@ on_both_databases!(
     tunnel_peers_follow_placement,
     floating_ips,
     gone_resources_leave_their_lists_after_an_hour,
+    ended_rows_leave_the_database_after_the_retention,
 );
 
 /// The status and code of an API error; panics if the call succeeded.
@@ -1350,5 +1351,100 @@ async fn gone_resources_leave_their_lists_after_an_hour(db: Db) {
     let snaps: Vec<Snapshot> = c.list_all("/snapshots", &all).await.unwrap();
     assert_eq!(snaps.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["new-snap"]);
     assert_eq!(c.list_all::<Snapshot>("/snapshots", &deleted).await.unwrap()[0].id, old_snap.resource.id);
+    s.stop().await;
+}
+
+async fn ended_rows_leave_the_database_after_the_retention(db: Db) {
+    use sqlx::Connection;
+    use vdc_dcmgr::app::retention::{prune_ended, Removed};
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("keep").await;
+    let ctx = s.dcmgr().ctx.clone();
+    let mut ended = Vec::new();
+    for name in ["old", "recent", "live"] {
+        let i = c.create_instance(&inst_req(&s.image, name)).await.unwrap().resource;
+        wait_state(&c, &i.id, InstanceState::Running).await;
+        ended.push(i);
+    }
+    let [old, recent, live] = <[Instance; 3]>::try_from(ended).unwrap();
+    let mut jobs = Vec::new();
+    for i in [&old, &recent] {
+        let t = c.terminate_instance(&i.id).await.unwrap();
+        jobs.push(wait_job(&c, &t.job).await);
+    }
+    let vol = CreateVolume { name: "data".into(), size_mib: Some(10), snapshot_id: None, image_id: None };
+    let vol = c.create_volume(&vol).await.unwrap();
+    wait_job(&c, &vol.job).await;
+    let snap = CreateSnapshot { volume_id: vol.resource.id.clone(), name: "snap".into() };
+    let snap = c.create_snapshot(&snap).await.unwrap();
+    wait_job(&c, &snap.job).await;
+    wait_job(&c, &c.delete_snapshot(&snap.resource.id).await.unwrap().job).await;
+    wait_job(&c, &c.delete_volume(&vol.resource.id).await.unwrap().job).await;
+    let mut conn = sqlx::AnyConnection::connect(&s.database_url).await.unwrap();
+    let long_ago = "2000-01-01T00:00:00.000Z";
+    let back_date = [
+        "UPDATE instances SET updated_at = $1 WHERE id = $2",
+        "UPDATE volumes SET updated_at = $1 WHERE id = $2",
+        "UPDATE snapshots SET updated_at = $1 WHERE id = $2",
+        "UPDATE jobs SET finished_at = $1 WHERE id = $2",
+    ];
+    for (sql, id) in [
+        (back_date[0], old.id.as_str()),
+        // Running, unchanged as long: kept.
+        (back_date[0], live.id.as_str()),
+        // Deleted, but its snapshot's row (deleted just now) still names it: kept until
+        // the snapshot's row goes.
+        (back_date[1], vol.resource.id.as_str()),
+        (back_date[3], jobs[0].id.as_str()),
+    ] {
+        sqlx::query(sql).bind(long_ago).bind(id).execute(&mut conn).await.unwrap();
+    }
+    // A job still running, however old, stays.
+    sqlx::query(
+        "INSERT INTO jobs (id, account_id, action, resource_id, target, state, created_at) \
+         VALUES ('job-stillrunning', $1, 'instance.create', 'i-none', 'never', 'running', $2)",
+    )
+    .bind(c.whoami().await.unwrap().account.id.as_str())
+    .bind(long_ago)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    // Several controllers prune at once: each row goes once.
+    let passes = futures::future::join_all((0..4).map(|_| prune_ended(&ctx))).await;
+    let mut sum = Removed::default();
+    for p in passes {
+        let p = p.expect("a pass succeeds beside the others");
+        sum.instances += p.instances;
+        sum.volumes += p.volumes;
+        sum.snapshots += p.snapshots;
+        sum.jobs += p.jobs;
+    }
+    assert_eq!(sum, Removed { instances: 1, volumes: 0, snapshots: 0, jobs: 1 });
+    assert_eq!(err(c.get_instance(&old.id).await), (404, "not_found".into()));
+    assert_eq!(err(c.get_job(&jobs[0].id).await), (404, "not_found".into()));
+    assert_eq!(c.get_instance(&recent.id).await.unwrap().state, InstanceState::Terminated);
+    assert_eq!(c.get_instance(&live.id).await.unwrap().state, InstanceState::Running);
+    assert_eq!(c.get_job(&jobs[1].id).await.unwrap().state, jobs[1].state);
+    assert_eq!(c.get_volume(&vol.resource.id).await.unwrap().state, VolumeState::Deleted);
+    let terminated = ListQuery { state: Some("terminated".into()), ..Default::default() };
+    let names: Vec<String> =
+        c.list_all::<Instance>("/instances", &terminated).await.unwrap().into_iter().map(|i| i.name).collect();
+    assert_eq!(names, ["recent"]);
+    let running: (String,) =
+        sqlx::query_as("SELECT state FROM jobs WHERE id = 'job-stillrunning'").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(running.0, "running");
+    // The second time removes nothing.
+    assert_eq!(prune_ended(&ctx).await.unwrap(), Removed::default());
+
+    // The snapshot deleted long ago: it goes, and its volume with it in the same pass.
+    assert_eq!(c.get_snapshot(&snap.resource.id).await.unwrap().state, SnapshotState::Deleted);
+    sqlx::query(back_date[2]).bind(long_ago).bind(snap.resource.id.as_str()).execute(&mut conn).await.unwrap();
+    assert_eq!(prune_ended(&ctx).await.unwrap(), Removed { instances: 0, volumes: 1, snapshots: 1, jobs: 0 });
+    assert_eq!(err(c.get_snapshot(&snap.resource.id).await), (404, "not_found".into()));
+    assert_eq!(err(c.get_volume(&vol.resource.id).await), (404, "not_found".into()));
+    // The names are free, the account goes on as before.
+    let again = c.create_instance(&inst_req(&s.image, "old")).await.unwrap().resource;
+    wait_state(&c, &again.id, InstanceState::Running).await;
     s.stop().await;
 }

@@ -7,13 +7,8 @@ use crate::app::{authz, page, paging};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, audit as store};
 use crate::error::{ApiError, ApiResult};
-use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 use vdc_schema::api::{AuditEntry, AuditQuery, ListQuery, Page};
-
-/// How often old entries are pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Most entries written in one transaction.
 const BATCH: usize = 256;
@@ -132,19 +127,4 @@ pub async fn prune(ctx: &SharedCtx) -> Result<u64, sqlx::Error> {
     let days = i64::try_from(ctx.config.audit.retain_days).unwrap_or(i64::MAX / 86_400_000).min(1_000_000);
     let before = db::time(&(chrono::Utc::now() - chrono::Duration::days(days)));
     store::prune(&ctx.db, &before).await
-}
-
-/// Prunes at start and every [`PRUNE_EVERY`], until `cancel`.
-pub async fn pruner(ctx: SharedCtx, cancel: CancellationToken) {
-    loop {
-        match prune(&ctx).await {
-            Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned old audit entries"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("pruning the audit log: {e}"),
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(PRUNE_EVERY) => {}
-        }
-    }
 }

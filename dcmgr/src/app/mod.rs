@@ -25,6 +25,7 @@ pub mod node;
 pub mod node_auth;
 pub mod quota;
 pub mod rate_limit;
+pub mod retention;
 pub mod room;
 pub mod scheduler;
 pub mod secgroup;

@@ -17,6 +17,7 @@ pub mod locks;
 pub mod metrics;
 pub mod network;
 pub mod quota;
+pub mod retention;
 pub mod secgroup;
 pub mod server_group;
 pub mod site;
