@@ -95,8 +95,9 @@ pub enum Work {
     /// The interfaces a change of the group reaches (its rules: its members; its members:
     /// the members of groups referring to it).
     SecurityGroup(SecurityGroupId, crate::datastore::interface::GroupChange),
-    /// Unplug an interface that is gone from the model from its last host.
-    UnplugInterface(VifId, String),
+    /// Unplug an interface from a host it is no longer on (gone from the model, or its
+    /// instance evacuated), unless placed there again after generation `u64` (0: always).
+    UnplugInterface(VifId, String, u64),
     /// Everything placed on an agent that just (re)registered.
     NodeSync(AgentKind, String),
 }

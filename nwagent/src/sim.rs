@@ -59,7 +59,13 @@ impl NetworkAgent for SimNetwork {
     }
 
     async fn ensure_interface_absent(&self, id: VifId, spec_gen: u64) -> Result<(), AgentError> {
-        self.ports.lock().unwrap().remove(&id);
+        {
+            let mut ports = self.ports.lock().unwrap();
+            if ports.get(&id).is_some_and(|p| crate::ovs::superseded(p.spec_gen, spec_gen)) {
+                return Ok(());
+            }
+            ports.remove(&id);
+        }
         self.report(id, spec_gen, ObservedInterface::Absent, None);
         Ok(())
     }

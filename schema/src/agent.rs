@@ -42,6 +42,9 @@ pub trait Hypervisor: Send + Sync {
 #[async_trait]
 pub trait NetworkAgent: Send + Sync {
     async fn ensure_interface(&self, spec: InterfaceSpec) -> Result<(), AgentError>;
+    /// Removes an interface's port, unless it is held at a generation newer than
+    /// `spec_gen` (dcmgr decided the removal before the interface was placed here again);
+    /// `spec_gen` 0 removes whatever is held.
     async fn ensure_interface_absent(&self, id: VifId, spec_gen: u64) -> Result<(), AgentError>;
     async fn report_all(&self) -> Result<(), AgentError>;
 }

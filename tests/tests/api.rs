@@ -1276,6 +1276,21 @@ async fn floating_ips(db: Db) {
         .expect("the mapping is withdrawn");
     assert_eq!(c.get_instance(&inst.id).await.unwrap().interfaces[0].floating_ip, None);
     c.associate_floating_ip(&a.id, &assoc).await.unwrap();
+    // A stopped instance's port stays on its host for the next start, and follows its
+    // floating IP: moved away meanwhile, the host no longer maps it.
+    wait_job(&c, &c.stop_instance(&inst.id).await.unwrap().job).await;
+    wait_state(&c, &inst.id, InstanceState::Stopped).await;
+    c.disassociate_floating_ip(&a.id).await.unwrap();
+    eventually(Duration::from_secs(5), || async { port(&vif)?.floating_ip.is_none().then_some(()) })
+        .await
+        .expect("the stopped instance's host lets the floating IP go");
+    c.associate_floating_ip(&a.id, &assoc).await.unwrap();
+    eventually(Duration::from_secs(5), || async { (port(&vif)?.floating_ip? == a.ip).then_some(()) })
+        .await
+        .expect("and maps it again when it comes back");
+    c.start_instance(&inst.id).await.unwrap();
+    wait_state(&c, &inst.id, InstanceState::Running).await;
+    assert_eq!(port(&vif).unwrap().floating_ip, Some(a.ip));
     // Terminating the instance keeps the address with the account, unassociated.
     let t = c.terminate_instance(&inst.id).await.unwrap();
     wait_job(&c, &t.job).await;

@@ -643,6 +643,7 @@ async fn a_host_gone_for_good_is_evacuated(db: Db) {
     let mut opts = StackOptions::new(db);
     opts.hosts = 2;
     opts.agent_timeout_ms = 800;
+    opts.external = Some(vdc_tests::test_external("203.0.113.13"));
     let mut s = Stack::start(opts).await;
     let c = s.account("evac").await;
     let image = s.image.clone();
@@ -677,6 +678,16 @@ async fn a_host_gone_for_good_is_evacuated(db: Db) {
     c.wait_job(&vol.job.id, Duration::from_secs(15)).await.unwrap();
     let job = c.attach_volume(&vol.resource.id, &run.id).await.unwrap().job;
     c.wait_job(&job.id, Duration::from_secs(15)).await.unwrap();
+    let vif = run.interfaces[0].id.clone();
+    let fip = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
+    let assoc = AssociateFloatingIp { instance_id: run.id.clone(), interface_id: None };
+    c.associate_floating_ip(&fip.id, &assoc).await.unwrap();
+    let port_on = |s: &Stack, host: &HostNodeId| {
+        s.hosts.iter().find(|h| h.node_id == host.as_str()).and_then(|h| h.nw_driver.as_ref()?.port(&vif))
+    };
+    eventually(Duration::from_secs(5), || async { (port_on(&s, &home)?.floating_ip? == fip.ip).then_some(()) })
+        .await
+        .expect("the home host maps the floating IP");
     c.stop_instance(&held.id).await.unwrap();
     wait_state(&c, &held.id, InstanceState::Stopped).await;
     let evacuate = |s: &Stack| {
@@ -747,6 +758,19 @@ async fn a_host_gone_for_good_is_evacuated(db: Db) {
     assert_eq!(booked(&s.admin.get_host_node(&home).await.unwrap()), (0, 0));
     let there = now.host_node_id.clone().unwrap();
     assert_eq!(booked(&s.admin.get_host_node(&there).await.unwrap()), (2, 512));
+    // The floating IP follows it: the new host maps it (with a router address of its
+    // own for the network), the dead host's switch, still up, lets it go.
+    let moved = eventually(Duration::from_secs(10), || async {
+        let p = port_on(&s, &there)?;
+        (p.floating_ip? == fip.ip).then_some(p)
+    })
+    .await
+    .expect("the new host maps the floating IP");
+    assert!(moved.network.external.is_some(), "{moved:?}");
+    eventually(Duration::from_secs(10), || async { port_on(&s, &home).is_none().then_some(()) })
+        .await
+        .expect("the dead host's switch no longer maps the floating IP");
+    assert_eq!(c.get_floating_ip(&fip.id).await.unwrap().instance_id.as_ref(), Some(&run.id));
     // Nothing is left on it; evacuating again finds nothing.
     assert!(s
         .admin

@@ -494,6 +494,9 @@ async fn act_once(
         let cands = scheduler::lock_group(&mut tx, c, cands).await?;
         let h = scheduler::reserve(ctx, &mut tx, *d, &cands).await?;
         store::place(&mut tx, id.as_str(), &h).await?;
+        // Sent anew to the host: an unplug decided before this placement (an evacuation's)
+        // no longer removes the ports.
+        crate::datastore::interface::bump_instance(&mut tx, id.as_str()).await?;
         host = Some(h.to_string());
     }
     let mut removed = Removed::default();

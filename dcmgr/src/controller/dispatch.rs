@@ -46,7 +46,7 @@ pub fn spawn(
 async fn traced(ctx: &SharedCtx, w: &Work) -> Result<()> {
     let resource = match w {
         Work::Instance(id) => id.to_string(),
-        Work::Interface(id) | Work::UnplugInterface(id, _) => id.to_string(),
+        Work::Interface(id) | Work::UnplugInterface(id, _, _) => id.to_string(),
         Work::Volume(id) => id.to_string(),
         Work::Snapshot(id) => id.to_string(),
         Work::SecurityGroup(id, _) => id.to_string(),
@@ -70,10 +70,10 @@ async fn handle(ctx: &SharedCtx, w: &Work) -> Result<()> {
             }
             Ok(())
         }
-        Work::UnplugInterface(vif, node) => {
+        Work::UnplugInterface(vif, node, gen) => {
             let node_id = node.parse().map_err(Error::model)?;
             let nw = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id };
-            vdc_schema::agent::NetworkAgent::ensure_interface_absent(&nw, vif.clone(), 0).await.map_err(Error::from)
+            vdc_schema::agent::NetworkAgent::ensure_interface_absent(&nw, vif.clone(), *gen).await.map_err(Error::from)
         }
         Work::NodeSync(kind, node) => node_sync(ctx, *kind, node).await,
     }

@@ -234,7 +234,7 @@ impl Folded {
         }
         for v in &self.removed.vifs {
             if let Ok(v) = v.parse() {
-                ctx.enqueue(Work::UnplugInterface(v, node.to_owned()));
+                ctx.enqueue(Work::UnplugInterface(v, node.to_owned(), 0));
             }
         }
         self.removed.enqueue(ctx);
@@ -272,6 +272,10 @@ pub async fn evacuate(ctx: &SharedCtx, node: &str, id: &str) -> ApiResult<bool> 
     }
     job::fail_all(&mut tx, id, &why).await?;
     crate::app::capture::fail_pending(&mut tx, id, &why).await?;
+    // Its ports stay on the host's switch (a running guest's, or a stopped one's kept for
+    // its next start); should that switch still answer, they go now, else when it
+    // reports them again (`controller::interface::apply_report`).
+    let ports = crate::datastore::interface::generations(&mut tx, id).await?;
     let mut folded = None;
     if placed {
         let goal =
@@ -296,6 +300,11 @@ pub async fn evacuate(ctx: &SharedCtx, node: &str, id: &str) -> ApiResult<bool> 
     tracing::warn!(instance = id, host = node, "instance evacuated from its host");
     if let Some(f) = folded {
         f.after(ctx, node).await;
+    }
+    for (vif, gen) in ports {
+        if let Ok(v) = vif.parse() {
+            ctx.enqueue(Work::UnplugInterface(v, node.to_owned(), gen as u64));
+        }
     }
     if let Ok(i) = id.parse() {
         ctx.enqueue(Work::Instance(i));

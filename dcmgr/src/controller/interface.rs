@@ -37,7 +37,8 @@ async fn resolved_group(db: &db::Pool, group: &str) -> ApiResult<SecurityGroupSp
     Ok(SecurityGroupSpec { id: group.parse().map_err(ApiError::internal)?, rules: out })
 }
 
-/// Sends the ensure for one interface to the nwagent of its instance's host.
+/// Sends the ensure for one interface to the nwagent of its instance's host (or of the
+/// host a stopped instance keeps its port on).
 pub async fn dispatch(ctx: &SharedCtx, id: &str) -> ApiResult<()> {
     let Some((network, host)) = dispatch_one(ctx, id).await? else { return Ok(()) };
     refresh_peers(ctx, id, &network, &host).await
@@ -69,13 +70,19 @@ async fn refresh_peers(ctx: &SharedCtx, vif: &str, network: &str, host: &str) ->
     Ok(())
 }
 
-/// Sends one interface's spec to its host's nwagent; returns its network and host.
+/// Sends one interface's spec to its host's nwagent; returns its network and host when
+/// its instance is placed there. A stopped instance's port stays on the host it ran on
+/// last, for the next start, and is kept current there (a floating IP moved away while
+/// it was stopped must not stay mapped on that host); it brings no peers.
 pub async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String, String)>> {
     let row = store::placed(&ctx.db, id).await?;
-    let Some(store::Placed { instance_id, account_id, network_id, mac, ip, spec_gen, host_node_id: Some(host) }) = row
+    let Some(store::Placed { instance_id, account_id, network_id, mac, ip, spec_gen, host_node_id, last_host_id }) =
+        row
     else {
         return Ok(None);
     };
+    let placed = host_node_id.is_some();
+    let Some(host) = host_node_id.or(last_host_id) else { return Ok(None) };
     let Some(net) = store::network(&ctx.db, &network_id).await? else { return Ok(None) };
     let Some(inst) = store::metadata_source(&ctx.db, &instance_id).await? else { return Ok(None) };
     let mut public_keys = vec![];
@@ -131,21 +138,32 @@ pub async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String
         .await
         .map_err(|e| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() })?;
     store::mark_sent(&ctx.db, id).await?;
-    Ok(Some((network_id, host)))
+    Ok(placed.then_some((network_id, host)))
 }
 
 /// Applies nwagent's report on one interface.
 pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InterfaceReport) -> Result<(), sqlx::Error> {
+    let vif = &r.id;
+    let unplug = |gen: u64| async move {
+        if let Ok(node) = node.parse() {
+            let client = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id: node };
+            let _ = client.ensure_interface_absent(vif.clone(), gen).await;
+        }
+    };
     match store::host_of(&ctx.db, r.id.as_str()).await? {
+        // An interface dcmgr no longer knows: unplug it.
         None if r.state != ObservedInterface::Absent => {
-            // An interface dcmgr no longer knows: unplug it.
-            if let Ok(node) = node.parse() {
-                let client = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id: node };
-                let _ = client.ensure_interface_absent(r.id.clone(), r.spec_gen).await;
-            }
+            unplug(r.spec_gen).await;
             Ok(())
         }
-        Some(Some(h)) if h == node => {
+        // A port left behind on a host its instance no longer is on (evacuated while
+        // the host was away, which came back): unplug it, unless placed there again by
+        // the time it arrives (a newer generation).
+        Some(w) if !w.belongs_on(node) && r.state != ObservedInterface::Absent => {
+            unplug(w.spec_gen as u64).await;
+            Ok(())
+        }
+        Some(w) if w.host_node_id.as_deref() == Some(node) => {
             let (state, applied) = app::on_report(r.state, r.spec_gen);
             let mut tx = db::begin(&ctx.db).await?;
             store::record_report(&mut tx, r.id.as_str(), state.as_str(), gen as i64, applied).await?;

@@ -192,6 +192,21 @@ pub async fn bump(tx: &mut sqlx::AnyConnection, vif: &str) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// A new generation for every interface of an instance being placed on a host: an
+/// unplug from that host decided before (at an older generation) no longer removes them.
+pub async fn bump_instance(tx: &mut sqlx::AnyConnection, instance: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vifs SET spec_gen = spec_gen + 1 WHERE instance_id = $1").bind(instance).execute(tx).await?;
+    Ok(())
+}
+
+/// (ID, generation) of an instance's interfaces.
+pub async fn generations(tx: &mut sqlx::AnyConnection, instance: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, spec_gen FROM vifs WHERE instance_id = $1 ORDER BY id")
+        .bind(instance)
+        .fetch_all(tx)
+        .await
+}
+
 // ---------------------------------------------------------------- the agent side
 
 /// An interface with its instance's placement, as its ensure needs it.
@@ -204,11 +219,13 @@ pub struct Placed {
     pub ip: String,
     pub spec_gen: i64,
     pub host_node_id: Option<String>,
+    /// Where a stopped instance ran last (its port stays there for the next start).
+    pub last_host_id: Option<String>,
 }
 
 pub async fn placed(pool: &db::Pool, id: &str) -> Result<Option<Placed>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT v.instance_id, v.account_id, v.network_id, v.mac, v.ip, v.spec_gen, i.host_node_id
+        "SELECT v.instance_id, v.account_id, v.network_id, v.mac, v.ip, v.spec_gen, i.host_node_id, i.last_host_id
          FROM vifs v JOIN instances i ON i.id = v.instance_id WHERE v.id = $1",
     )
     .bind(id)
@@ -372,13 +389,33 @@ pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
 
 /// The host of an interface's instance: None when the interface is unknown, Some(None)
 /// when its instance is not placed.
-pub async fn host_of(pool: &db::Pool, id: &str) -> Result<Option<Option<String>>, sqlx::Error> {
-    let r: Option<(Option<String>,)> =
-        sqlx::query_as("SELECT i.host_node_id FROM vifs v JOIN instances i ON i.id = v.instance_id WHERE v.id = $1")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-    Ok(r.map(|r| r.0))
+pub async fn host_of(pool: &db::Pool, id: &str) -> Result<Option<Whereabouts>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT i.host_node_id, i.last_host_id, v.spec_gen FROM vifs v JOIN instances i ON i.id = v.instance_id \
+         WHERE v.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Where an interface's instance is, and the interface's generation.
+#[derive(sqlx::FromRow)]
+pub struct Whereabouts {
+    pub host_node_id: Option<String>,
+    pub last_host_id: Option<String>,
+    pub spec_gen: i64,
+}
+
+impl Whereabouts {
+    /// Whether `node` should hold the interface's port: its instance runs there, or was
+    /// stopped there (the port waits for the next start).
+    pub fn belongs_on(&self, node: &str) -> bool {
+        match &self.host_node_id {
+            Some(h) => h == node,
+            None => self.last_host_id.as_deref() == Some(node),
+        }
+    }
 }
 
 /// Records a report of generation `gen` unless a newer one was recorded; `applied` is
@@ -421,13 +458,33 @@ pub async fn unconverged(pool: &db::Pool, before: i64) -> Result<Vec<(String, Op
     .await
 }
 
-/// The interfaces of the instances a host holds.
+/// The interfaces whose ports a host holds: of the instances it runs, and of those stopped
+/// there (kept for their next start).
 pub async fn on_host(pool: &db::Pool, host: &str) -> Result<Vec<String>, sqlx::Error> {
     let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT v.id FROM vifs v JOIN instances i ON i.id = v.instance_id WHERE i.host_node_id = $1 ORDER BY v.id",
+        "SELECT v.id FROM vifs v JOIN instances i ON i.id = v.instance_id \
+         WHERE i.host_node_id = $1 OR (i.host_node_id IS NULL AND i.last_host_id = $1) ORDER BY v.id",
     )
     .bind(host)
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_belongs_where_its_instance_runs_or_was_stopped() {
+        let w = |host: Option<&str>, last: Option<&str>| Whereabouts {
+            host_node_id: host.map(Into::into),
+            last_host_id: last.map(Into::into),
+            spec_gen: 1,
+        };
+        assert!(w(Some("a"), Some("b")).belongs_on("a"));
+        assert!(!w(Some("a"), Some("b")).belongs_on("b"), "running elsewhere now");
+        assert!(w(None, Some("b")).belongs_on("b"), "stopped there: kept for the next start");
+        assert!(!w(None, None).belongs_on("b"), "evacuated: on no host");
+    }
 }

@@ -462,6 +462,10 @@ impl Inner {
 
     async fn remove(&self, id: &VifId, spec_gen: u64) -> Result<(), OvsError> {
         let mut st = self.state.lock().await;
+        if st.ports.get(id).is_some_and(|p| superseded(p.spec.spec_gen, spec_gen)) {
+            tracing::info!(vif = %id, spec_gen, "removal of an interface placed here again since: kept");
+            return Ok(());
+        }
         let old = st.ports.remove(id);
         let mut sets = vec![(flows::cookie(flows::PORT, id.as_str()), vec![])];
         if let Some(p) = &old {
@@ -476,6 +480,12 @@ impl Inner {
         self.report(id, gen, ObservedInterface::Absent, None);
         Ok(())
     }
+}
+
+/// Whether a removal decided at `asked` comes after the port was ensured again at `held`
+/// (0 asks for the removal of whatever is held).
+pub fn superseded(held: u64, asked: u64) -> bool {
+    asked != 0 && held > asked
 }
 
 impl OvsNetwork {
@@ -664,6 +674,14 @@ impl NetworkAgent for OvsNetwork {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_removal_decided_before_a_newer_ensure_keeps_the_port() {
+        assert!(superseded(5, 4), "placed here again (generation 5) after the removal was decided at 4");
+        assert!(!superseded(4, 4));
+        assert!(!superseded(3, 4));
+        assert!(!superseded(9, 0), "0 removes whatever is held");
+    }
 
     /// A `state.json` written before addresses were typed reads back as it was: tunnels
     /// keyed by their address string, peers and the interface specs' addresses as strings.
