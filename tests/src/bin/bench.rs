@@ -16,6 +16,7 @@
 //! processes of their own (`--agent-processes`, this binary again), heartbeating over a
 //! nats-server to dcmgr, which runs here with the client: the figures are dcmgr's.
 
+use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
@@ -675,5 +676,77 @@ async fn large_site(stack: &Stack, c: &vdc_cli::client::Client, sent: &Sent, ins
     println!("agents: {known} known, {offline} marked offline in memory; host rows not online: {}", rows.len());
     let (rss, hwm) = memory_of("self");
     println!("memory of the bench process (dcmgr and the client; SQLite's page cache on SQLite): {rss} (peak {hwm})");
-    Ok(())
+    retention(ctx, c, instances).await
+}
+
+/// What ended long ago: the seeded instances terminated 40 days back, the account's
+/// unfiltered list (live ones and what ended within the hour) before and after
+/// `app::retention` removes them, and a client's reads while it does.
+async fn retention(
+    ctx: &vdc_dcmgr::ctx::SharedCtx,
+    c: &vdc_cli::client::Client,
+    instances: usize,
+) -> anyhow::Result<()> {
+    let ended = (chrono::Utc::now() - chrono::Duration::days(40)).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    let t = Instant::now();
+    let mut tx = ctx.db.begin().await?;
+    sqlx::query(
+        "UPDATE instances SET state = 'terminated', goal = 'terminated', host_node_id = NULL, updated_at = $1 \
+         WHERE id LIKE 'i-0seed%'",
+    )
+    .bind(&ended)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE host_nodes SET cpus_used = 0, memory_used_mib = 0").execute(&mut *tx).await?;
+    tx.commit().await?;
+    println!("terminated the {instances} seeded instances 40 days back in {:.1} s", t.elapsed().as_secs_f64());
+    let list = |label: &'static str| async move {
+        let q = ListQuery { limit: Some(100), ..Default::default() };
+        let mut h = Histogram::<u64>::new(3)?;
+        for _ in 0..10 {
+            let t0 = Instant::now();
+            c.list_instances(&q).await?;
+            h.record(t0.elapsed().as_micros() as u64)?;
+        }
+        println!(
+            "GET /instances?limit=100 (live and just ended) {label}: p50 {:.2} ms, p99 {:.2} ms",
+            ms(&h, 0.5),
+            ms(&h, 0.99)
+        );
+        anyhow::Ok(())
+    };
+    list("beside them").await?;
+    // A client reads one instance over and over while the rows go.
+    let live = c.list_instances(&ListQuery { limit: Some(1), ..Default::default() }).await?;
+    let live = live.items.first().map(|i| i.id.clone()).context("a live instance")?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (c, stop) = (c.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t0 = Instant::now();
+                c.get_instance(&live).await?;
+                h.record(t0.elapsed().as_micros() as u64)?;
+            }
+            anyhow::Ok(h)
+        })
+    };
+    let t = Instant::now();
+    let removed = vdc_dcmgr::app::retention::prune_ended(ctx).await?;
+    let secs = t.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let h = reader.await??;
+    anyhow::ensure!(removed.instances as usize == instances, "removed {removed:?} of {instances}");
+    println!(
+        "retention removed {} instances ended 40 days ago in {secs:.1} s ({:.0} rows/s); GET /instances/{{id}} meanwhile: \
+         p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms ({} reads)",
+        removed.instances,
+        removed.instances as f64 / secs,
+        ms(&h, 0.5),
+        ms(&h, 0.99),
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+    list("after they went").await
 }
