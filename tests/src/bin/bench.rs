@@ -16,7 +16,6 @@
 //! processes of their own (`--agent-processes`, this binary again), heartbeating over a
 //! nats-server to dcmgr, which runs here with the client: the figures are dcmgr's.
 
-use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
@@ -676,15 +675,17 @@ async fn large_site(stack: &Stack, c: &vdc_cli::client::Client, sent: &Sent, ins
     println!("agents: {known} known, {offline} marked offline in memory; host rows not online: {}", rows.len());
     let (rss, hwm) = memory_of("self");
     println!("memory of the bench process (dcmgr and the client; SQLite's page cache on SQLite): {rss} (peak {hwm})");
-    retention(ctx, c, instances).await
+    retention(ctx, c, &stack.image, instances).await
 }
 
 /// What ended long ago: the seeded instances terminated 40 days back, the account's
 /// unfiltered list (live ones and what ended within the hour) before and after
-/// `app::retention` removes them, and a client's reads while it does.
+/// `app::retention` removes them, and a client's creates while it does (the removal
+/// shares SQLite's single writer with them).
 async fn retention(
     ctx: &vdc_dcmgr::ctx::SharedCtx,
     c: &vdc_cli::client::Client,
+    img: &vdc_schema::ImageId,
     instances: usize,
 ) -> anyhow::Result<()> {
     let ended = (chrono::Utc::now() - chrono::Duration::days(40)).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
@@ -703,30 +704,34 @@ async fn retention(
     let list = |label: &'static str| async move {
         let q = ListQuery { limit: Some(100), ..Default::default() };
         let mut h = Histogram::<u64>::new(3)?;
-        for _ in 0..10 {
+        let mut first = Duration::ZERO;
+        for n in 0..10 {
             let t0 = Instant::now();
             c.list_instances(&q).await?;
+            if n == 0 {
+                first = t0.elapsed();
+            }
             h.record(t0.elapsed().as_micros() as u64)?;
         }
+        // The first call reads SQL; the others may come from the read model (`app::views`).
         println!(
-            "GET /instances?limit=100 (live and just ended) {label}: p50 {:.2} ms, p99 {:.2} ms",
+            "GET /instances?limit=100 (live and just ended) {label}: first {:.2} ms, p50 {:.2} ms, max {:.2} ms",
+            first.as_secs_f64() * 1000.0,
             ms(&h, 0.5),
-            ms(&h, 0.99)
+            h.max() as f64 / 1000.0
         );
         anyhow::Ok(())
     };
     list("beside them").await?;
-    // A client reads one instance over and over while the rows go.
-    let live = c.list_instances(&ListQuery { limit: Some(1), ..Default::default() }).await?;
-    let live = live.items.first().map(|i| i.id.clone()).context("a live instance")?;
+    // A client creates instances one after the other while the rows go.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = {
-        let (c, stop) = (c.clone(), stop.clone());
+    let creator = {
+        let (c, stop, img) = (c.clone(), stop.clone(), img.clone());
         tokio::spawn(async move {
             let mut h = Histogram::<u64>::new(3)?;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let t0 = Instant::now();
-                c.get_instance(&live).await?;
+                c.create_instance(&create_req(&img)).await?;
                 h.record(t0.elapsed().as_micros() as u64)?;
             }
             anyhow::Ok(h)
@@ -736,11 +741,11 @@ async fn retention(
     let removed = vdc_dcmgr::app::retention::prune_ended(ctx).await?;
     let secs = t.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let h = reader.await??;
+    let h = creator.await??;
     anyhow::ensure!(removed.instances as usize == instances, "removed {removed:?} of {instances}");
     println!(
-        "retention removed {} instances ended 40 days ago in {secs:.1} s ({:.0} rows/s); GET /instances/{{id}} meanwhile: \
-         p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms ({} reads)",
+        "retention removed {} instances ended 40 days ago in {secs:.1} s ({:.0} rows/s); creates meanwhile (POST → 202, \
+         one at a time): p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms ({} creates)",
         removed.instances,
         removed.instances as f64 / secs,
         ms(&h, 0.5),
