@@ -89,6 +89,57 @@ impl External {
     }
 }
 
+/// The file recording whether a data directory's guests are real or simulated.
+const GUESTS_FILE: &str = "guests";
+
+/// Refuses to run a data directory's cloud with guests of the other kind: its instances,
+/// volumes and agents' state belong to real guests (libvirt) or to simulated ones. A
+/// cloud made with real guests, started again where libvirt is not running (after a
+/// reboot, say), would otherwise come up simulated and show its instances running while
+/// nothing runs, the simulated agents' state kept in the real ones' directories. The first
+/// start records the kind.
+fn keep_guests(data_dir: &Path, real: bool, why_not: Option<&str>) -> anyhow::Result<()> {
+    let file = data_dir.join(GUESTS_FILE);
+    let recorded = std::fs::read_to_string(&file).ok();
+    // A directory from before the file: its own Open vSwitch ran only with real guests.
+    let kind = match recorded.as_deref() {
+        Some(r) => Some(r.trim()),
+        None if data_dir.join("ovs").is_dir() => Some("real"),
+        None => None,
+    };
+    if let Some(e) = guests_refused(kind, real, why_not, data_dir) {
+        anyhow::bail!(e);
+    }
+    if recorded.is_none() {
+        std::fs::write(&file, if real { "real\n" } else { "simulated\n" })
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(())
+}
+
+/// Why a cloud whose guests were `recorded` cannot start with `real` (or simulated) ones.
+fn guests_refused(recorded: Option<&str>, real: bool, why_not: Option<&str>, data_dir: &Path) -> Option<String> {
+    let dir = data_dir.display();
+    match (recorded, real) {
+        (Some("real"), false) => Some(match why_not {
+            Some(why) => format!(
+                "the cloud in {dir} runs real guests, but libvirt is not usable here ({why}): start it \
+                 (`bash packaging/start-libvirt.sh`) and run `vdc up` again; for a simulated cloud give \
+                 another --data-dir"
+            ),
+            None => format!(
+                "the cloud in {dir} runs real guests: run it without --sim; for a simulated cloud give \
+                 another --data-dir"
+            ),
+        }),
+        (Some("simulated"), true) => Some(format!(
+            "the cloud in {dir} was made with simulated guests (`vdc up --sim`): run it with --sim, or give \
+             another --data-dir (or remove this one) for real guests"
+        )),
+        _ => None,
+    }
+}
+
 fn have(tool: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).chain([PathBuf::from("/usr/sbin")]).any(|d| d.join(tool).is_file()))
@@ -174,6 +225,8 @@ impl AllInOne {
             Some(d)
         };
         let libvirt = detected.as_ref().is_some_and(|d| !d.hypervisors.is_empty());
+        let why_not = detected.as_ref().map(|d| d.capabilities.to_string());
+        keep_guests(data_dir, libvirt, why_not.as_deref())?;
         // Real networking needs real guests, Open vSwitch and dnsmasq; this all-in-one runs
         // OVS daemons of its own (a private database and run directory in DATA_DIR/ovs),
         // so it needs no Open vSwitch service and touches no bridge but its own.
@@ -517,4 +570,44 @@ pub fn all_in_one_quotas() -> std::collections::BTreeMap<vdc_schema::api::QuotaK
         (Keypairs, 200),
         (ServerGroups, 100),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cloud_keeps_the_kind_of_guests_it_was_made_with() {
+        let d = Path::new("/var/lib/vdc");
+        // First start, or the same kind again.
+        assert_eq!(guests_refused(None, true, None, d), None);
+        assert_eq!(guests_refused(None, false, Some("no libvirt"), d), None);
+        assert_eq!(guests_refused(Some("real"), true, None, d), None);
+        assert_eq!(guests_refused(Some("simulated"), false, None, d), None);
+        // Real guests, libvirt down: say how to start it.
+        let e = guests_refused(Some("real"), false, Some("Failed to connect socket"), d).unwrap();
+        assert!(e.contains("/var/lib/vdc") && e.contains("start-libvirt.sh") && e.contains("Failed to connect"), "{e}");
+        // Real guests, --sim asked.
+        let e = guests_refused(Some("real"), false, None, d).unwrap();
+        assert!(e.contains("without --sim"), "{e}");
+        let e = guests_refused(Some("simulated"), true, None, d).unwrap();
+        assert!(e.contains("with --sim"), "{e}");
+    }
+
+    #[test]
+    fn the_first_start_records_the_kind() {
+        let d = tempfile::tempdir().unwrap();
+        keep_guests(d.path(), true, None).unwrap();
+        assert_eq!(std::fs::read_to_string(d.path().join(GUESTS_FILE)).unwrap(), "real\n");
+        keep_guests(d.path(), true, None).unwrap();
+        assert!(keep_guests(d.path(), false, Some("libvirtd is not running")).is_err());
+        assert_eq!(std::fs::read_to_string(d.path().join(GUESTS_FILE)).unwrap(), "real\n", "unchanged");
+        // Made before the file was: its switch's directory says real guests ran.
+        let old = tempfile::tempdir().unwrap();
+        std::fs::create_dir(old.path().join("ovs")).unwrap();
+        assert!(keep_guests(old.path(), false, Some("libvirtd is not running")).is_err());
+        assert!(!old.path().join(GUESTS_FILE).exists());
+        keep_guests(old.path(), true, None).unwrap();
+        assert_eq!(std::fs::read_to_string(old.path().join(GUESTS_FILE)).unwrap(), "real\n");
+    }
 }
