@@ -225,7 +225,11 @@ impl AllInOne {
             Some(d)
         };
         let libvirt = detected.as_ref().is_some_and(|d| !d.hypervisors.is_empty());
-        let why_not = detected.as_ref().map(|d| d.capabilities.to_string());
+        // What QEMU's driver answered says it best ("Failed to connect socket …").
+        let why_not = detected.as_ref().map(|d| match d.capabilities.get("qemu").and_then(|q| q.as_str()) {
+            Some(q) => q.to_owned(),
+            None => d.capabilities.to_string(),
+        });
         keep_guests(data_dir, libvirt, why_not.as_deref())?;
         // Real networking needs real guests, Open vSwitch and dnsmasq; this all-in-one runs
         // OVS daemons of its own (a private database and run directory in DATA_DIR/ovs),
