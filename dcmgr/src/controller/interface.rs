@@ -150,7 +150,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InterfaceRep
             let _ = client.ensure_interface_absent(vif.clone(), gen).await;
         }
     };
-    match store::host_of(&ctx.db, r.id.as_str()).await? {
+    match store::whereabouts(&ctx.db, r.id.as_str()).await? {
         // An interface dcmgr no longer knows: unplug it.
         None if r.state != ObservedInterface::Absent => {
             unplug(r.spec_gen).await;

@@ -387,9 +387,9 @@ pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// The host of an interface's instance: None when the interface is unknown, Some(None)
-/// when its instance is not placed.
-pub async fn host_of(pool: &db::Pool, id: &str) -> Result<Option<Whereabouts>, sqlx::Error> {
+/// Where an interface's instance is (its host, or the host a stopped one ran on last) and
+/// the interface's generation; None when the interface is unknown.
+pub async fn whereabouts(pool: &db::Pool, id: &str) -> Result<Option<Whereabouts>, sqlx::Error> {
     sqlx::query_as(
         "SELECT i.host_node_id, i.last_host_id, v.spec_gen FROM vifs v JOIN instances i ON i.id = v.instance_id \
          WHERE v.id = $1",
