@@ -143,13 +143,8 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceRepo
     if row.state == InstanceState::Terminated.as_str() || row.host_node_id.as_deref() != Some(node) {
         drop(tx);
         // Only clean up copies the model has moved away from; a stopped instance's last
-        // host keeps its powered-off guest (and disk) for the next start. A host that is
-        // neither (an evacuated one come back) holds a stale copy.
-        let elsewhere = match row.host_node_id.as_deref() {
-            Some(h) => h != node,
-            None => row.last_host_id.as_deref() != Some(node),
-        };
-        if (row.state == InstanceState::Terminated.as_str() || elsewhere) && !leaving {
+        // host keeps its powered-off guest (and disk) for the next start.
+        if (row.state == InstanceState::Terminated.as_str() || !row.belongs_on(node)) && !leaving {
             garbage(ctx, node, &r).await;
         }
         return Ok(());

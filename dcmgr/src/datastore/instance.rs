@@ -49,6 +49,20 @@ impl Row {
     pub fn goal(&self) -> ApiResult<InstanceGoal> {
         self.goal.parse().map_err(ApiError::internal)
     }
+
+    pub fn belongs_on(&self, node: &str) -> bool {
+        belongs_on(self.host_node_id.as_deref(), self.last_host_id.as_deref(), node)
+    }
+}
+
+/// Whether `node` should keep an instance's copy (its guest, disk and ports): the
+/// instance runs there, or was stopped there and waits for its next start. A host that
+/// is neither (one it moved away from, an evacuated one come back) holds a stale copy.
+pub fn belongs_on(host_node_id: Option<&str>, last_host_id: Option<&str>, node: &str) -> bool {
+    match host_node_id {
+        Some(h) => h == node,
+        None => last_host_id == Some(node),
+    }
 }
 
 /// What the API shows of an instance row. GET and list read only these columns: the

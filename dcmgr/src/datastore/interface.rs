@@ -411,10 +411,7 @@ impl Whereabouts {
     /// Whether `node` should hold the interface's port: its instance runs there, or was
     /// stopped there (the port waits for the next start).
     pub fn belongs_on(&self, node: &str) -> bool {
-        match &self.host_node_id {
-            Some(h) => h == node,
-            None => self.last_host_id.as_deref() == Some(node),
-        }
+        db::instance::belongs_on(self.host_node_id.as_deref(), self.last_host_id.as_deref(), node)
     }
 }
 

@@ -637,6 +637,11 @@ impl OvsNetwork {
         }
     }
 
+    /// Whether no interface's ensure or removal is queued or running (tests).
+    pub fn idle(&self) -> bool {
+        self.inner.work.running() == 0
+    }
+
     /// What the end of the nwagent process does: its metadata servers stop; flows, ports
     /// and DHCP servers stay.
     pub fn shut_down(&self) {

@@ -357,7 +357,8 @@ impl Drop for NsGuard {
 /// A guest's device deleted and made again under the same name (what a stop/start or
 /// a container restart does to its tap or veth) is plugged again, while nwagent runs and
 /// when it was away: the guest reaches the metadata service each time. (OVS's userspace
-/// datapath alone keeps the old port and never receives from the new device.)
+/// datapath alone keeps the old port and never receives from the new device.) Then an
+/// unplug of an older generation keeps the port and one of its own removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_made_again_is_plugged_again() {
     // nwagent's own account of each step, printed when the test fails (it failed once in
@@ -445,6 +446,24 @@ async fn a_device_made_again_is_plugged_again() {
         "re-plugged after a restart; the switch and nwagent's state:\n{}",
         switch_state(&n, &dev)
     );
+
+    // An unplug decided before the port's last ensure (an evacuation racing the
+    // instance's start on this host) keeps the port; one decided at its generation or
+    // after removes it.
+    let mac = spec.mac.to_string();
+    let has_flows = || n.host.flows("br-int").iter().any(|f| f.contains(&mac));
+    n.net.ensure_interface_absent(spec.id.clone(), spec.spec_gen - 1).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || n.net.idle()));
+    assert!(has_flows(), "a stale unplug removed the port:\n{}", switch_state(&n, &dev));
+    assert!(reaches_metadata(&g), "kept by a stale unplug; the switch:\n{}", switch_state(&n, &dev));
+    n.net.ensure_interface_absent(spec.id.clone(), spec.spec_gen).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || !has_flows()), "{}", switch_state(&n, &dev));
+    assert!(
+        matches!(n.sink.newest(spec.id.as_str()), Some(ObjectReport::Interface(r)) if r.state == ObservedInterface::Absent),
+        "the removal is reported"
+    );
+    let db = format!("--db=unix:{}", dir.path().join("db.sock").display());
+    assert!(sh("ovs-vsctl", &[&db, "get", "Interface", &dev, "ofport"]).is_err(), "the port row is gone");
     n.net.remove_services().await;
     drop(g);
 }
