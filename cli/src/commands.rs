@@ -177,6 +177,10 @@ pub struct UpArgs {
     /// namespace of its own, run beside the first
     #[arg(long, value_name = "PREFIX", default_value = "vdc", value_parser = parse_ns_prefix)]
     pub namespace_prefix: String,
+    /// Days after which terminated instances, deleted volumes and snapshots and finished
+    /// jobs leave the database (0 keeps them for ever)
+    #[arg(long, value_name = "DAYS", default_value_t = 30)]
+    pub retention_days: u64,
 }
 
 fn parse_ns_prefix(s: &str) -> Result<String, String> {

@@ -182,6 +182,7 @@ impl AllInOne {
         tiny: Option<PathBuf>,
         ext: External,
         namespace_prefix: &str,
+        retention_days: u64,
     ) -> anyhow::Result<AllInOne> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let token = admin_token(data_dir)?;
@@ -293,6 +294,7 @@ impl AllInOne {
                 ..Default::default()
             },
             quotas: all_in_one_quotas(),
+            retention: vdc_dcmgr::config::RetentionConfig { ended_days: retention_days },
             ..Config::default()
         };
         let dcmgr = Dcmgr::start(config, server::Options { bus: Some(bus.clone()), ..Default::default() }).await?;
@@ -503,7 +505,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let tiny = tiny_image_dir(&data_dir, args.tiny_image.as_deref());
     let ext = External::from_args(args.no_external, args.external_cidr.as_deref())?;
-    let aio = AllInOne::start(&data_dir, &args.listen, args.sim, tiny.clone(), ext, &args.namespace_prefix).await?;
+    let aio = AllInOne::start(
+        &data_dir,
+        &args.listen,
+        args.sim,
+        tiny.clone(),
+        ext,
+        &args.namespace_prefix,
+        args.retention_days,
+    )
+    .await?;
     let url = aio.dcmgr.url();
     let cfg_path = config::config_path();
     config::save(&cfg_path, &CliConfig::new(url.clone(), aio.token.clone()))?;
