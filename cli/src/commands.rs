@@ -1078,6 +1078,15 @@ pub enum HostCmd {
         #[arg(long)]
         start: bool,
     },
+    /// Take a host out of placement (maintenance, retirement): no new instance goes there;
+    /// what runs there keeps running, and an instance stopped there starts there again
+    Cordon {
+        id: HostNodeId,
+    },
+    /// Let new instances be placed on a cordoned host again
+    Uncordon {
+        id: HostNodeId,
+    },
     /// Set or remove a host's labels (matched by `instance create --host-label`)
     Label {
         id: HostNodeId,

@@ -701,6 +701,7 @@ impl Tabular for HostNode {
         &[
             "ID",
             "STATE",
+            "PLACING",
             "HYPERVISORS",
             "ZONE",
             "LABELS",
@@ -714,6 +715,7 @@ impl Tabular for HostNode {
         vec![
             self.id.to_string(),
             self.state.to_string(),
+            if self.schedulable { "yes" } else { "cordoned" }.to_string(),
             join(&self.hypervisors, ","),
             opt(&self.zone),
             labels(&self.labels, ","),
@@ -733,6 +735,7 @@ impl Tabular for HostNode {
         vec![
             ("ID", self.id.to_string()),
             ("STATE", self.state.to_string()),
+            ("PLACING", if self.schedulable { "yes" } else { "cordoned: no new instances" }.to_string()),
             ("HYPERVISORS", join(&self.hypervisors, ", ")),
             ("ZONE", opt(&self.zone)),
             ("LABELS", labels(&self.labels, "\n")),

@@ -1124,6 +1124,16 @@ pub struct HostNode {
     /// Labels an admin gave the host (`ssd=true`), matched by instances' `host_labels`.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Whether new instances are placed here; false once an admin cordoned the host (for
+    /// maintenance or retirement): what runs there keeps running, and an instance stopped
+    /// there starts there again.
+    #[serde(default = "yes")]
+    #[schema(required = true)]
+    pub schedulable: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An instance a host holds, as an admin sees it whatever its account: placed there
@@ -1164,6 +1174,10 @@ pub struct UpdateHostNode {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub labels: std::collections::BTreeMap<String, Option<String>>,
+    /// false cordons the host (no new instance is placed there), true opens it again.
+    /// Unchanged when absent.
+    #[serde(default)]
+    pub schedulable: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -1338,6 +1338,7 @@ async fn host_classes_travel_and_are_mapped(db: Db) {
         let req = UpdateHostNode {
             zone: Some(zone.into()),
             labels: [(label.0.to_string(), Some(label.1.to_string()))].into_iter().collect(),
+            ..Default::default()
         };
         let admin = s.admin.clone();
         async move { admin.update_host_node(&host, &req).await.unwrap() }

@@ -434,6 +434,22 @@ async fn three_controllers_one_killed_mid_storm() {
         received_reports > 0.0 && received_reports <= sent_reports,
         "the survivors took {received_reports} report batches of {sent_reports} sent: each goes to one dcmgr"
     );
+
+    // A cordon through one dcmgr holds at once on the other, whose placement model
+    // (read again every second) still has the hosts open: its reservations are refused
+    // by the database and it places on the one host left open.
+    let (one, other) = (&clients[survivors[0]], &clients[survivors[1]]);
+    let hosts = one.list_all_host_nodes().await.unwrap();
+    let open = hosts[0].id.clone();
+    other.create_instance(&request(&image.id, "cordon-warm")).await.unwrap();
+    for h in &hosts[1..] {
+        let req = UpdateHostNode { schedulable: Some(false), ..Default::default() };
+        assert!(!one.update_host_node(&h.id, &req).await.unwrap().schedulable);
+    }
+    for n in 0..10 {
+        let i = other.create_instance(&request(&image.id, &format!("cordon-{n}"))).await.unwrap().resource;
+        assert_eq!(i.host_node_id.as_ref(), Some(&open), "cordon-{n} placed on a cordoned host");
+    }
     drop(ctls);
 }
 

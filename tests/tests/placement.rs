@@ -20,6 +20,7 @@ on_both_databases!(
     the_cli_speaks_groups_zones_and_labels,
     a_stopped_instance_starts_on_the_host_that_keeps_its_disk,
     a_host_gone_for_good_is_evacuated,
+    a_cordoned_host_takes_no_new_instances,
 );
 
 /// The status, code and message of an API error; panics if the call succeeded.
@@ -211,12 +212,12 @@ async fn zones_and_labels_choose_the_host(db: Db) {
         l.iter().map(|(k, v)| (k.to_string(), v.map(String::from))).collect()
     };
     let set = |id: &HostNodeId, zone: Option<&str>, l: BTreeMap<String, Option<String>>| {
-        let req = UpdateHostNode { zone: zone.map(String::from), labels: l };
+        let req = UpdateHostNode { zone: zone.map(String::from), labels: l, ..Default::default() };
         let (admin, id) = (s.admin.clone(), id.clone());
         async move { admin.update_host_node(&id, &req).await }
     };
     // Only an admin sets them, with valid names.
-    let req = UpdateHostNode { zone: Some("z1".into()), labels: Default::default() };
+    let req = UpdateHostNode { zone: Some("z1".into()), ..Default::default() };
     assert_eq!(err(c.update_host_node(h0, &req).await).0, 403);
     let (status, code, _) = err(set(h0, Some("bad zone"), labels(&[])).await);
     assert_eq!((status, code.as_str()), (400, "invalid_zone"));
@@ -802,5 +803,75 @@ async fn a_host_gone_for_good_is_evacuated(db: Db) {
     assert_eq!(wait_state(&c, &run.id, InstanceState::Running).await.host_node_id, Some(home.clone()));
     let held_now = c.get_instance(&held.id).await.unwrap();
     assert_eq!((held_now.state, held_now.host_node_id), (InstanceState::Stopped, None), "stopped stays stopped");
+    s.stop().await;
+}
+
+/// An admin cordons a host (maintenance, retirement): from the moment the call answers,
+/// no new instance goes there, even with creates in flight; what runs there keeps
+/// running, and an instance stopped there starts there again. With every host cordoned a
+/// create is refused, saying why; uncordoned, the host takes instances again.
+async fn a_cordoned_host_takes_no_new_instances(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 2;
+    opts.host_cpus = 64;
+    opts.host_memory_mib = 65536;
+    let s = Stack::start(opts).await;
+    let c = s.account("cordon").await;
+    let image = s.image.clone();
+    // Spread puts the first two on different hosts: the one on `a` lives there.
+    let first = c.create_instance(&inst(&image, "r1")).await.unwrap().resource;
+    let second = c.create_instance(&inst(&image, "r2")).await.unwrap().resource;
+    let (a, b) = (first.host_node_id.clone().expect("placed"), second.host_node_id.clone().expect("placed"));
+    assert_ne!(a, b);
+    let resident = wait_state(&c, &first.id, InstanceState::Running).await;
+    // b half full: spread would place every new instance on a.
+    s.admin.update_host_node(&b, &UpdateHostNode { zone: Some("b".into()), ..Default::default() }).await.unwrap();
+    let heavy = CreateInstance { memory_mib: 32768, zone: Some("b".into()), ..inst(&image, "heavy") };
+    assert_eq!(c.create_instance(&heavy).await.unwrap().resource.host_node_id.as_ref(), Some(&b));
+    let cordon = |open: bool| UpdateHostNode { schedulable: Some(open), ..Default::default() };
+    let (status, code, _) = err(c.update_host_node(&a, &cordon(false)).await);
+    assert_eq!((status, code.as_str()), (403, "forbidden"), "only an admin cordons");
+    assert!(s.admin.get_host_node(&a).await.unwrap().schedulable);
+
+    // Cordoned while 20 creates are in flight; the 20 sent after it answered all go to b.
+    // (Without the cordon they would go to a, which has the more room.)
+    let create = |name: String| {
+        let (c, image) = (c.clone(), image.clone());
+        tokio::spawn(async move { c.create_instance(&inst(&image, &name)).await.map(|a| a.resource) })
+    };
+    let during: Vec<_> = (0..20).map(|n| create(format!("d{n}"))).collect();
+    let h = s.admin.update_host_node(&a, &cordon(false)).await.unwrap();
+    assert!(!h.schedulable);
+    let after: Vec<_> = (0..20).map(|n| create(format!("a{n}"))).collect();
+    for t in during {
+        t.await.unwrap().expect("accepted while the cordon came");
+    }
+    for t in after {
+        let i = t.await.unwrap().expect("accepted: b has room");
+        assert_eq!(i.host_node_id.as_ref(), Some(&b), "{} placed after the cordon answered", i.name);
+    }
+    assert!(!s.admin.get_host_node(&a).await.unwrap().schedulable);
+    ok(&s.admin, &["host", "list"]).await;
+
+    // What lives on a stays: running, and stopped then started, there again.
+    assert_eq!(c.get_instance(&resident.id).await.unwrap().state, InstanceState::Running);
+    c.stop_instance(&resident.id).await.unwrap();
+    wait_state(&c, &resident.id, InstanceState::Stopped).await;
+    c.start_instance(&resident.id).await.unwrap();
+    assert_eq!(wait_state(&c, &resident.id, InstanceState::Running).await.host_node_id.as_ref(), Some(&a));
+
+    // Every host cordoned (b through the CLI): a create is refused and makes nothing.
+    ok(&s.admin, &["host", "cordon", b.as_str()]).await;
+    let before = c.list_all_instances().await.unwrap().len();
+    let (status, code, message) = err(c.create_instance(&inst(&image, "refused")).await);
+    assert_eq!((status, code.as_str()), (422, "no_capacity"), "{message}");
+    assert!(message.contains("takes new instances"), "{message}");
+    assert_eq!(c.list_all_instances().await.unwrap().len(), before);
+
+    // Uncordoned: a takes new instances again (spread: it has the more room).
+    ok(&s.admin, &["host", "uncordon", a.as_str()]).await;
+    assert!(s.admin.get_host_node(&a).await.unwrap().schedulable);
+    let back = c.create_instance(&inst(&image, "back")).await.unwrap().resource;
+    assert_eq!(back.host_node_id.as_ref(), Some(&a));
     s.stop().await;
 }

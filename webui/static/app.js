@@ -1287,7 +1287,8 @@ function mountHosts(root) {
       if (!fresh()) return false;
       const hostColumns = [
         { label: t('col_id'), cell: (h) => code(h.id) },
-        { label: t('col_state'), cell: (h) => badge(h.state) },
+        // A cordoned host takes no new instances (vdc host cordon).
+        { label: t('col_state'), cell: (h) => (h.schedulable === false ? el('span', {}, badge(h.state), ' ', badge('cordoned')) : badge(h.state)) },
         { label: t('col_hypervisors'), cell: (h) => h.hypervisors.join(', ') },
         { label: t('col_cpus'), cell: (h) => fmtUsage(h.cpus_used, h.cpus_allocatable, String) },
         { label: t('col_memory'), cell: (h) => fmtUsage(h.memory_used_mib, h.memory_allocatable_mib, fmtMib) },

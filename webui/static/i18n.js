@@ -175,6 +175,7 @@ const I18N = {
     state_cancelled: "Cancelled",
     state_online: "Online",
     state_offline: "Offline",
+    state_cordoned: "Cordoned",
     state_active: "Active",
 
     // Instances
@@ -494,6 +495,7 @@ const I18N = {
     state_cancelled: "キャンセル済み",
     state_online: "オンライン",
     state_offline: "オフライン",
+    state_cordoned: "配置停止中",
     state_active: "アクティブ",
 
     // Instances

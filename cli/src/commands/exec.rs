@@ -1151,13 +1151,18 @@ async fn host(ctx: &Ctx, cmd: HostCmd) -> Result<(), CliError> {
             }
             Ok(())
         }
+        HostCmd::Cordon { id } => ctx
+            .show(&c.update_host_node(&id, &UpdateHostNode { schedulable: Some(false), ..Default::default() }).await?),
+        HostCmd::Uncordon { id } => {
+            ctx.show(&c.update_host_node(&id, &UpdateHostNode { schedulable: Some(true), ..Default::default() }).await?)
+        }
         HostCmd::Label { id, labels } => {
-            let req = UpdateHostNode { zone: None, labels: labels.into_iter().collect() };
+            let req = UpdateHostNode { labels: labels.into_iter().collect(), ..Default::default() };
             ctx.show(&c.update_host_node(&id, &req).await?)
         }
         HostCmd::Zone { id, zone, clear } => {
             let zone = if clear { Some(String::new()) } else { zone };
-            ctx.show(&c.update_host_node(&id, &UpdateHostNode { zone, labels: Default::default() }).await?)
+            ctx.show(&c.update_host_node(&id, &UpdateHostNode { zone, ..Default::default() }).await?)
         }
         HostCmd::StorageList { state, list } => {
             ctx.list::<StorageNode>("/storage_nodes", list, None, state_filter(state)).await

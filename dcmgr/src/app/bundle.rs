@@ -2583,7 +2583,7 @@ async fn apply(
                         return Err(scheduler::group_unsatisfiable(g, demand));
                     }
                 }
-                scheduler::reserve(ctx, &mut tx, demand, &cands).await?
+                scheduler::reserve(ctx, &mut tx, demand, &cands, None).await?
             }
         };
         let id = InstanceId::generate();

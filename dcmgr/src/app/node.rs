@@ -195,9 +195,14 @@ pub async fn update_host(
     }
     let zone = req.zone.unwrap_or(row.zone);
     store::set_zone_labels(&mut tx, id.as_str(), &zone, &store::join_labels(&labels)).await?;
+    if let Some(open) = req.schedulable {
+        store::set_schedulable(&mut tx, id.as_str(), open).await?;
+    }
     let row = store::get_host_tx(&mut tx, id.as_str()).await?.ok_or_else(|| ApiError::not_found("host node", &id))?;
     tx.commit().await?;
+    // Placements from now on see it; one that read the model before is refused by the
+    // reservation's UPDATE, which reads the row this transaction wrote.
     ctx.room.invalidate();
-    tracing::info!(host = %id, zone = %zone, labels = %row.labels, "host zone and labels set");
+    tracing::info!(host = %id, zone = %zone, labels = %row.labels, schedulable = row.schedulable != 0, "host updated");
     host(ctx, row)
 }

@@ -2,12 +2,12 @@
 //! read and sort every host row (issue 15: at 10,000 hosts that query bounded creates at
 //! 85/s). The database stays the truth: the model only proposes candidates, and the
 //! reservation is still the conditional UPDATE of [`crate::datastore::host::try_reserve`],
-//! which refuses a host that filled up or went offline meanwhile.
+//! which refuses a host that filled up, went offline or was cordoned meanwhile.
 //!
 //! The model follows this process's reservations and releases at once. It is read again
 //! from SQL when it is older than [`REFRESH`] (what other dcmgrs did, and transactions
 //! that reserved and then rolled back), when this process changed a host (registration,
-//! state, capacity, zone, labels), when every candidate it gave was refused, and before
+//! state, capacity, zone, labels, cordon), when every candidate it gave was refused, and before
 //! it answers that no host fits. Placements into a server group keep the SQL query,
 //! which reads where the group's members are.
 
@@ -29,7 +29,8 @@ const CANDIDATES: usize = 8;
 
 #[derive(Debug, Clone, PartialEq)]
 struct Host {
-    online: bool,
+    /// Online and taking new instances (not cordoned): only those are proposed.
+    open: bool,
     hypervisors: Vec<HypervisorKind>,
     /// As stored: `,bios,uefi,`.
     boot_modes: String,
@@ -121,7 +122,7 @@ impl Room {
         let mut m = Model { loaded: Some(Instant::now()), ..Default::default() };
         for r in rows {
             let h = Host {
-                online: r.state == "online",
+                open: r.state == "online" && r.schedulable == 1,
                 hypervisors: db::split_list(&r.hypervisors),
                 boot_modes: r.boot_modes,
                 zone: r.zone,
@@ -137,7 +138,7 @@ impl Room {
         Ok(())
     }
 
-    /// Up to [`CANDIDATES`] online hosts offering `hypervisor` (and `uefi` firmware if
+    /// Up to [`CANDIDATES`] online, uncordoned hosts offering `hypervisor` (and `uefi` firmware if
     /// asked) with room for `cpus` and `memory_mib` that pass `filter`, best first; `None`
     /// when the filter names a server group (the SQL query reads its members).
     pub async fn candidates(
@@ -211,7 +212,7 @@ impl Room {
 
 impl Model {
     fn insert(&mut self, room: &Room, id: String, h: Host) {
-        if h.online {
+        if h.open {
             let key = room.key(&id, &h);
             for hv in &h.hypervisors {
                 self.order.entry(*hv).or_default().insert(key.clone());
@@ -222,7 +223,7 @@ impl Model {
 
     fn remove(&mut self, room: &Room, id: &str) -> Option<Host> {
         let h = self.hosts.remove(id)?;
-        if h.online {
+        if h.open {
             let key = room.key(id, &h);
             for hv in &h.hypervisors {
                 if let Some(o) = self.order.get_mut(hv) {
@@ -240,7 +241,7 @@ mod tests {
 
     fn host(hv: &[HypervisorKind], free: (i64, i64), zone: &str, labels: &str, uefi: bool) -> Host {
         Host {
-            online: true,
+            open: true,
             hypervisors: hv.to_vec(),
             boot_modes: if uefi { ",bios,uefi,".into() } else { ",bios,".into() },
             zone: zone.into(),
@@ -261,7 +262,7 @@ mod tests {
         m.insert(&r, "h-c".into(), host(&[Qemu], (1024, 2), "z1", ",ssd=true,", true));
         m.insert(&r, "h-d".into(), host(&[Lxc], (16384, 16), "z1", ",", false));
         let mut off = host(&[Qemu], (65536, 64), "z1", ",", true);
-        off.online = false;
+        off.open = false;
         m.insert(&r, "h-off".into(), off);
         m.insert(&r, "h-e".into(), host(&[Qemu], (4096, 4), "z1", ",", false)); // ties h-a
         *r.model.write().unwrap() = m;

@@ -186,16 +186,24 @@ pub async fn lock_group(tx: &mut db::Tx<'_>, c: &Constraints, candidates: &[Stri
     Ok(allowed)
 }
 
-/// Reserves `d` on the first candidate that still has room. Must be the first write of
-/// `tx`, so that on SQLite the transaction takes the write lock before it reads anything.
-pub async fn reserve(ctx: &Ctx, tx: &mut db::Tx<'_>, d: Demand, candidates: &[String]) -> ApiResult<HostNodeId> {
+/// Reserves `d` on the first candidate that still has room (and takes new instances,
+/// unless it is `last_host`, where the instance was stopped: a cordon keeps new instances
+/// out, not those that live there). Must be the first write of `tx`, so that on SQLite
+/// the transaction takes the write lock before it reads anything.
+pub async fn reserve(
+    ctx: &Ctx,
+    tx: &mut db::Tx<'_>,
+    d: Demand,
+    candidates: &[String],
+    last_host: Option<&str>,
+) -> ApiResult<HostNodeId> {
     for id in candidates {
-        if store::try_reserve(tx, id, d.cpus, d.memory_mib).await? {
+        if store::try_reserve(tx, id, d.cpus, d.memory_mib, last_host == Some(id.as_str())).await? {
             ctx.room.took(id, d.cpus, d.memory_mib);
             return id.parse().map_err(ApiError::internal);
         }
     }
-    // Every candidate filled up meanwhile (or went offline): let the caller's retry look
+    // Every candidate filled up meanwhile (or went offline, or was cordoned): let the caller's retry look
     // again, at the hosts as they are.
     ctx.room.invalidate();
     Err(ApiError::Busy("candidate hosts filled up concurrently".into()))
@@ -213,11 +221,23 @@ async fn no_host(ctx: &Ctx, d: Demand, c: &Constraints) -> ApiError {
         }
     }
     let hosts = c.filter().without_group();
-    let (n, mem, cpus) = match store::free_capacity(pool, d.hypervisor, &hosts).await {
+    let free = match store::free_capacity(pool, d.hypervisor, &hosts).await {
         Ok(v) => v,
         Err(e) => return e.into(),
     };
+    let (n, mem, cpus) = (free.hosts, free.max_free_mib, free.max_free_cpus);
     let asked = !c.zone.is_empty() || !c.labels.is_empty();
+    if n == 0 && free.cordoned > 0 {
+        return ApiError::Unprocessable {
+            code: "no_capacity",
+            message: format!(
+                "no {} host{} takes new instances now (an admin took {} out of placement); try again later",
+                d.hypervisor,
+                c.describe(),
+                if free.cordoned == 1 { "it" } else { "them" }
+            ),
+        };
+    }
     if n == 0 && asked {
         return unsatisfiable(format!(
             "no online {} host is{}; ask for another zone or other labels (an admin sets them: vdc host zone|label)",
@@ -334,6 +354,7 @@ mod tests {
             last_seen: String::new(),
             zone: zone.into(),
             labels: labels.into(),
+            schedulable: 1,
         }
     }
 
@@ -344,6 +365,11 @@ mod tests {
         let none = Constraints::default();
         let code = |r: ApiResult<()>| r.map_err(|e| (e.code(), e.to_string()));
         assert!(start_on("hn-a", Some(&host_row("online", 4, "", ",")), &[], d, &none, "i-x").is_ok());
+        let cordoned = store::HostRow { schedulable: 0, ..host_row("online", 4, "", ",") };
+        assert!(
+            start_on("hn-a", Some(&cordoned), &[], d, &none, "i-x").is_ok(),
+            "a cordon keeps out new instances only"
+        );
         let (c, m) = code(start_on("hn-a", Some(&host_row("offline", 0, "", ",")), &[], d, &none, "i-x")).unwrap_err();
         assert_eq!(c, "agent_unavailable");
         assert!(m.contains("hn-a") && m.contains("i-x"), "{m}");

@@ -25,10 +25,12 @@ pub struct HostRow {
     pub last_seen: String,
     pub zone: String,
     pub labels: String,
+    /// 1 while new instances may be placed here; 0 when an admin cordoned it.
+    pub schedulable: i64,
 }
 
 const HOST_COLS: &str = "id, state, hypervisors, cpus, memory_mib, cpus_used, memory_used_mib, cpus_allocatable, \
-                         memory_allocatable_mib, capabilities, last_seen, zone, labels";
+                         memory_allocatable_mib, capabilities, last_seen, zone, labels, schedulable";
 
 /// Labels as stored: `,k=v,k2=v2,`, sorted by key, so that `LIKE '%,k=v,%'` finds a host
 /// carrying one (keys and values hold no `,` and keys no `=`: the API checks them).
@@ -77,6 +79,7 @@ impl HostRow {
             last_seen: db::parse_time(&self.last_seen),
             zone: Some(self.zone).filter(|z| !z.is_empty()),
             labels: split_labels(&self.labels),
+            schedulable: self.schedulable != 0,
         })
     }
 }
@@ -292,7 +295,7 @@ pub async fn candidates(
     let (conds, prefer, binds) = filter_sql(filter, 5);
     let sql = format!(
         "SELECT id FROM host_nodes
-         WHERE state = 'online' AND hypervisors LIKE $1 AND boot_modes LIKE $4
+         WHERE state = 'online' AND schedulable = 1 AND hypervisors LIKE $1 AND boot_modes LIKE $4
            AND memory_allocatable_mib - memory_used_mib >= $2 AND cpus_allocatable - cpus_used >= $3{conds}
          ORDER BY {prefer}memory_allocatable_mib - memory_used_mib {order}, cpus_allocatable - cpus_used {order}, id
          LIMIT 8"
@@ -322,29 +325,39 @@ pub struct RoomRow {
     pub cpus_used: i64,
     pub memory_allocatable_mib: i64,
     pub memory_used_mib: i64,
+    pub schedulable: i64,
 }
 
 /// Every host, for placement's read model.
 pub async fn room_rows(pool: &db::Pool) -> Result<Vec<RoomRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, state, hypervisors, boot_modes, zone, labels, cpus_allocatable, cpus_used, \
-         memory_allocatable_mib, memory_used_mib FROM host_nodes",
+         memory_allocatable_mib, memory_used_mib, schedulable FROM host_nodes",
     )
     .fetch_all(pool)
     .await
 }
 
-/// Reserves `cpus` and `memory_mib` on host `id` if it is online and still has room:
-/// one conditional UPDATE, so concurrent reservations can never overcommit a host.
-pub async fn try_reserve(tx: &mut db::Tx<'_>, id: &str, cpus: u32, memory_mib: u32) -> Result<bool, sqlx::Error> {
+/// Reserves `cpus` and `memory_mib` on host `id` if it is online, still has room and
+/// takes new instances (or `returning`: the instance was stopped there and keeps its disk
+/// there, so a cordon does not keep it out): one conditional UPDATE, so concurrent
+/// reservations can never overcommit a host, nor place on one cordoned meanwhile.
+pub async fn try_reserve(
+    tx: &mut db::Tx<'_>,
+    id: &str,
+    cpus: u32,
+    memory_mib: u32,
+    returning: bool,
+) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
         "UPDATE host_nodes SET cpus_used = cpus_used + $1, memory_used_mib = memory_used_mib + $2
-         WHERE id = $3 AND state = 'online'
+         WHERE id = $3 AND state = 'online' AND (schedulable = 1 OR $4 = 1)
            AND cpus_used + $1 <= cpus_allocatable AND memory_used_mib + $2 <= memory_allocatable_mib",
     )
     .bind(cpus as i64)
     .bind(memory_mib as i64)
     .bind(id)
+    .bind(i64::from(returning))
     .execute(&mut **tx)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -366,23 +379,43 @@ pub async fn release(tx: &mut db::Tx<'_>, host: &str, cpus: i64, memory_mib: i64
     Ok(())
 }
 
-/// The online hosts offering `hypervisor` that pass `filter`: (how many, most free MiB,
-/// most free vCPUs).
-pub async fn free_capacity(
-    pool: &db::Pool,
-    hypervisor: HypervisorKind,
-    filter: &Filter,
-) -> Result<(i64, Option<i64>, Option<i64>), sqlx::Error> {
+/// The online hosts offering `hypervisor` that pass `filter`, as placement's refusals
+/// describe them.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Free {
+    /// How many take new instances.
+    pub hosts: i64,
+    /// How many an admin cordoned.
+    pub cordoned: i64,
+    /// The most free MiB and vCPUs among those that take new instances.
+    pub max_free_mib: Option<i64>,
+    pub max_free_cpus: Option<i64>,
+}
+
+pub async fn free_capacity(pool: &db::Pool, hypervisor: HypervisorKind, filter: &Filter) -> Result<Free, sqlx::Error> {
     let (conds, _, binds) = filter_sql(filter, 2);
     let sql = format!(
-        "SELECT COUNT(*), MAX(memory_allocatable_mib - memory_used_mib), MAX(cpus_allocatable - cpus_used) FROM host_nodes
-         WHERE state = 'online' AND hypervisors LIKE $1{conds}"
+        "SELECT COUNT(CASE WHEN schedulable = 1 THEN 1 END) AS hosts, COUNT(CASE WHEN schedulable = 0 THEN 1 END) AS cordoned,
+                MAX(CASE WHEN schedulable = 1 THEN memory_allocatable_mib - memory_used_mib END) AS max_free_mib,
+                MAX(CASE WHEN schedulable = 1 THEN cpus_allocatable - cpus_used END) AS max_free_cpus
+         FROM host_nodes WHERE state = 'online' AND hypervisors LIKE $1{conds}"
     );
     let mut q = sqlx::query_as(&sql).bind(format!("%,{hypervisor},%"));
     for b in binds {
         q = q.bind(b);
     }
     q.fetch_one(pool).await
+}
+
+/// Lets new instances be placed on a host, or not (an admin's cordon); false when there
+/// is no such host.
+pub async fn set_schedulable(tx: &mut db::Tx<'_>, id: &str, schedulable: bool) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("UPDATE host_nodes SET schedulable = $1 WHERE id = $2")
+        .bind(i64::from(schedulable))
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(r.rows_affected() == 1)
 }
 
 /// Sets a host's zone ('' for none) and labels (as [`join_labels`] writes them), as an

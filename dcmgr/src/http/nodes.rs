@@ -119,10 +119,13 @@ pub async fn show_storage(
 }
 
 #[utoipa::path(patch, path = "/api/v1/host_nodes/{id}", tag = "nodes", operation_id = "host_node_update",
-    summary = "Set a host node's zone and labels (admin)",
+    summary = "Set a host node's zone and labels, or cordon it (admin)",
     description = "The zone and labels instances ask for at create (`zone`, `host_labels`). Labels merge: a key \
         with a value sets it, a key with null removes it, keys not named stay. An empty `zone` takes the host out \
-        of any zone. Agents do not set these: the API is their one source.",
+        of any zone. `schedulable: false` cordons the host: no new instance is placed there from the moment \
+        this answers (creates, imports, and starts of instances that have no host), while what runs there keeps \
+        running and an instance stopped there starts there again; `true` opens it again. Agents do not set \
+        these: the API is their one source.",
     request_body = UpdateHostNode,
     params(
         ("id" = vdc_schema::id::HostNodeId, Path,
