@@ -21,6 +21,7 @@ on_both_databases!(
     a_stopped_instance_starts_on_the_host_that_keeps_its_disk,
     a_host_gone_for_good_is_evacuated,
     a_cordoned_host_takes_no_new_instances,
+    a_burst_of_creates_is_spread,
 );
 
 /// The status, code and message of an API error; panics if the call succeeded.
@@ -873,5 +874,33 @@ async fn a_cordoned_host_takes_no_new_instances(db: Db) {
     assert!(s.admin.get_host_node(&a).await.unwrap().schedulable);
     let back = c.create_instance(&inst(&image, "back")).await.unwrap().resource;
     assert_eq!(back.host_node_id.as_ref(), Some(&a));
+    s.stop().await;
+}
+
+/// Spread placement holds for creates sent at once: each reservation goes to the host
+/// with the most room at that moment, not to the one that had the most when every create
+/// read its candidates (40 concurrent creates over 4 equal hosts all went to one before).
+async fn a_burst_of_creates_is_spread(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 4;
+    opts.host_cpus = 64;
+    opts.host_memory_mib = 65536;
+    let s = Stack::start(opts).await;
+    let c = s.account("burst").await;
+    let creates: Vec<_> = (0..40)
+        .map(|n| {
+            let (c, image) = (c.clone(), s.image.clone());
+            tokio::spawn(async move { c.create_instance(&inst(&image, &format!("b{n}"))).await.unwrap().resource })
+        })
+        .collect();
+    let mut per_host: std::collections::HashMap<HostNodeId, usize> = Default::default();
+    for t in creates {
+        *per_host.entry(t.await.unwrap().host_node_id.expect("placed")).or_default() += 1;
+    }
+    let mut counts: Vec<usize> = per_host.values().copied().collect();
+    counts.sort();
+    println!("40 concurrent creates over 4 hosts: {counts:?}");
+    assert_eq!(counts.len(), 4, "every host took some: {counts:?}");
+    assert!(counts[0] >= 5, "no host far behind: {counts:?}");
     s.stop().await;
 }

@@ -2583,6 +2583,13 @@ async fn apply(
                         return Err(scheduler::group_unsatisfiable(g, demand));
                     }
                 }
+                // By the room the hosts have now, this import's earlier placements taken
+                // (a soft policy's preference kept).
+                if group.is_none_or(|g| {
+                    !matches!(g.policy, ServerGroupPolicy::SoftAffinity | ServerGroupPolicy::SoftAntiAffinity)
+                }) {
+                    ctx.room.rerank(&mut cands);
+                }
                 scheduler::reserve(ctx, &mut tx, demand, &cands, None).await?
             }
         };

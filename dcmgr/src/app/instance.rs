@@ -299,7 +299,7 @@ async fn insert(
     )
     .await?;
     // Then the server group: placements into it decide one after the other.
-    let candidates = scheduler::lock_group(&mut tx, &p.constraints, candidates).await?;
+    let candidates = scheduler::lock_group(ctx, &mut tx, &p.constraints, candidates).await?;
     let host = scheduler::reserve(ctx, &mut tx, p.demand, &candidates, None).await?;
     // What the instance refers to must still exist at commit: a concurrent delete of any
     // of them locks the same row and then sees this instance (or finds the row gone).
@@ -491,7 +491,7 @@ async fn act_once(
         let Some((d, c, cands)) = &candidates else {
             return Err(ApiError::Busy(format!("instance {id} changed concurrently")));
         };
-        let cands = scheduler::lock_group(&mut tx, c, cands).await?;
+        let cands = scheduler::lock_group(ctx, &mut tx, c, cands).await?;
         let h = scheduler::reserve(ctx, &mut tx, *d, &cands, row.last_host_id.as_deref()).await?;
         store::place(&mut tx, id.as_str(), &h).await?;
         // Sent anew to the host: an unplug decided before this placement (an evacuation's)

@@ -185,6 +185,18 @@ impl Room {
         ids.filter(|k| m.hosts.get(&k.id).is_some_and(fits)).take(CANDIDATES).map(|k| k.id.clone()).collect()
     }
 
+    /// Puts `ids` in the placement's order by the room their hosts have now (hosts the
+    /// model lacks last). Candidates are read before the placing transaction, so without
+    /// this a burst of creates all tried the host that was best when they read: 40 at once
+    /// over 4 equal hosts went 39 to one.
+    pub fn rerank(&self, ids: &mut [String]) {
+        let m = self.model.read().unwrap();
+        ids.sort_by_cached_key(|id| match m.hosts.get(id) {
+            Some(h) => (false, Some(self.key(id, h))),
+            None => (true, None),
+        });
+    }
+
     /// This process reserved room on `host` (the transaction may still roll back: the
     /// next reload corrects that).
     pub fn took(&self, host: &str, cpus: u32, memory_mib: u32) {
@@ -310,5 +322,21 @@ mod tests {
         assert_eq!((m.hosts["h-b"].cpus_used, m.hosts["h-b"].memory_used_mib), (0, 0));
         drop(m);
         r.took("h-unknown", 1, 1); // a host this model has not read yet: nothing happens
+    }
+
+    #[test]
+    fn candidates_read_earlier_are_put_in_the_order_of_now() {
+        let r = room(Placement::Spread);
+        let read = pick(&r, 1, 64, false, "", &[]);
+        assert_eq!(read, ["h-b", "h-a", "h-e", "h-c"]);
+        r.took("h-b", 1, 6000); // another create took most of h-b meanwhile
+        let mut ids = read.clone();
+        ids.push("h-gone".into());
+        r.rerank(&mut ids);
+        assert_eq!(ids, ["h-a", "h-e", "h-b", "h-c", "h-gone"], "hosts the model lacks go last");
+        let pack = room(Placement::Pack);
+        let mut ids = vec!["h-b".to_string(), "h-a".into(), "h-c".into()];
+        pack.rerank(&mut ids);
+        assert_eq!(ids, ["h-c", "h-a", "h-b"]);
     }
 }

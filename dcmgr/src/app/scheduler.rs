@@ -169,19 +169,32 @@ pub fn allowed_by_policy(policy: ServerGroupPolicy, member_hosts: &[String], can
 }
 
 /// Locks the instance's server group (if any) and narrows `candidates` to what its
-/// policy allows now. Called in the placing transaction after the account's or the
+/// policy allows now, in the order of the room their hosts have now (a soft policy's
+/// preference kept). Called in the placing transaction after the account's or the
 /// instance's lock and before [`reserve`]: placements into one group run one after the
 /// other, each seeing where the previous ones went.
-pub async fn lock_group(tx: &mut db::Tx<'_>, c: &Constraints, candidates: &[String]) -> ApiResult<Vec<String>> {
-    let Some(g) = &c.group else { return Ok(candidates.to_vec()) };
+pub async fn lock_group(
+    ctx: &Ctx,
+    tx: &mut db::Tx<'_>,
+    c: &Constraints,
+    candidates: &[String],
+) -> ApiResult<Vec<String>> {
+    let Some(g) = &c.group else {
+        let mut ranked = candidates.to_vec();
+        ctx.room.rerank(&mut ranked);
+        return Ok(ranked);
+    };
     if !crate::datastore::server_group::lock(tx, &g.id).await? {
         return Err(ApiError::not_found("server group", &g.id));
     }
     let hosts = crate::datastore::server_group::member_hosts(&mut **tx, &g.id).await?;
-    let allowed = allowed_by_policy(g.policy, &hosts, candidates);
+    let mut allowed = allowed_by_policy(g.policy, &hosts, candidates);
     if allowed.is_empty() {
         // Placed meanwhile where this one may not go: read the candidates again.
         return Err(ApiError::Busy(format!("server group {} changed concurrently", g.id)));
+    }
+    if matches!(g.policy, ServerGroupPolicy::Affinity | ServerGroupPolicy::AntiAffinity) {
+        ctx.room.rerank(&mut allowed);
     }
     Ok(allowed)
 }
