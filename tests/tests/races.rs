@@ -29,6 +29,7 @@ on_both_databases!(
     snapshot_image_delete,
     same_name_creates,
     reads_follow_writes,
+    addresses_run_out_exactly,
 );
 
 const ROUNDS: usize = 3;
@@ -1108,5 +1109,86 @@ async fn reads_follow_writes(db: Db) {
     })
     .await
     .expect("a GET of an unchanged instance is answered from memory");
+    s.stop().await;
+}
+
+/// The last addresses of a network and of the floating-IP pool, asked for by many at
+/// once: exactly as many requests are accepted as there were addresses, each address goes
+/// to one of them, the others are refused saying the network or pool is full, and a
+/// refused create leaves no instance behind. Freed, the addresses are handed out again.
+async fn addresses_run_out_exactly(db: Db) {
+    let mut o = stack(db);
+    o.hosts = 1;
+    // Floating IPs .10–.17: 8 addresses.
+    o.external = Some(vdc_tests::test_external("203.0.113.17"));
+    let s = Stack::start(o).await;
+    let c = s.account("addrs").await;
+    let other = s.account("addrs2").await;
+    // A /28 holds 13 guest addresses (.2–.14).
+    let req = CreateNetwork {
+        name: "small".into(),
+        cidr: "10.9.0.0/28".into(),
+        gateway: None,
+        dhcp_start: None,
+        dhcp_end: None,
+    };
+    let net = c.create_network(&req).await.unwrap();
+    for round in 0..2 {
+        let creates = (0..30).map(|n| {
+            let (c, image, net) = (c.clone(), s.image.clone(), net.id.clone());
+            async move { c.create_instance(&inst_req(&image, &format!("r{round}-{n}"), Some(&net), &[])).await }
+        });
+        let mut ips = std::collections::HashSet::new();
+        let mut ids = vec![];
+        for r in join_all(creates).await {
+            match r {
+                Ok(a) => {
+                    assert!(ips.insert(a.resource.interfaces[0].ip.to_string()), "an address given twice");
+                    ids.push(a.resource.id);
+                }
+                Err(ClientError::Api { status, code, .. }) => {
+                    assert_eq!((status, code.as_str()), (422, "network_full"))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(ids.len(), 13, "round {round}: one create per address");
+        let live = c.list_all_instances().await.unwrap();
+        assert_eq!(live.iter().filter(|i| i.state != InstanceState::Terminated).count(), 13, "nothing half-created");
+        // Freed (terminated), the addresses serve the next round.
+        for id in &ids {
+            c.terminate_instance(id).await.unwrap();
+        }
+        for id in &ids {
+            wait_state(&c, id, InstanceState::Terminated).await;
+        }
+    }
+
+    // Floating IPs: two accounts ask for 12 each from a pool of 8, of which the host's
+    // router for the network took one for its SNAT (kept while the network exists).
+    for round in 0..2 {
+        let asks = (0..24).map(|n| {
+            let c = if n % 2 == 0 { c.clone() } else { other.clone() };
+            async move { (c.create_floating_ip(&CreateFloatingIp::default()).await, c) }
+        });
+        let mut ips = std::collections::HashSet::new();
+        let mut got = vec![];
+        for (r, who) in join_all(asks).await {
+            match r {
+                Ok(f) => {
+                    assert!(ips.insert(f.ip.to_string()), "a floating IP given twice: {}", f.ip);
+                    got.push((f.id, who));
+                }
+                Err(ClientError::Api { status, code, message, .. }) => {
+                    assert_eq!((status, code.as_str()), (422, "no_capacity"), "{message}")
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got.len(), 7, "round {round}: one per free address of the pool");
+        for (id, who) in got {
+            who.delete_floating_ip(&id).await.unwrap();
+        }
+    }
     s.stop().await;
 }
