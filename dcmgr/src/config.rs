@@ -22,6 +22,9 @@ pub struct Config {
     pub reconcile_interval_ms: u64,
     /// Re-send an ensure when an object has not converged this long after the last one.
     pub resend_after_ms: u64,
+    /// A host's router for a network gives its SNAT address back to the external pool
+    /// once no instance of the network has been on the host for this long.
+    pub router_release_after_ms: u64,
     /// Number of tasks sending ensures to agents.
     pub dispatch_workers: usize,
     /// Bootstrap: if set, an admin account `admin` with this token is created at start.
@@ -389,6 +392,7 @@ impl Default for Config {
             agent_timeout_ms: 10_000,
             reconcile_interval_ms: 2000,
             resend_after_ms: 5000,
+            router_release_after_ms: 60_000,
             dispatch_workers: 4,
             admin_token: None,
             external: None,

@@ -39,6 +39,8 @@ pub struct StackOptions {
     pub storage_nodes: usize,
     pub sim: SimKnobs,
     pub agent_timeout_ms: u64,
+    /// dcmgr's `router_release_after_ms`.
+    pub router_release_after_ms: u64,
     pub ensure_observer: Option<EnsureObserver>,
     /// Journals on disk (as in production) instead of in memory.
     pub journals_on_disk: bool,
@@ -179,6 +181,7 @@ impl StackOptions {
             storage_nodes: 1,
             sim: SimKnobs { delay: Duration::from_millis(20), fail_rate: 0.0, drop_rate: 0.0 },
             agent_timeout_ms: 1500,
+            router_release_after_ms: 60_000,
             ensure_observer: None,
             journals_on_disk: true,
             libvirt: None,
@@ -816,6 +819,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
         agent_timeout_ms: opts.agent_timeout_ms,
         reconcile_interval_ms: 200,
         resend_after_ms: 500,
+        router_release_after_ms: opts.router_release_after_ms,
         dispatch_workers: 4,
         admin_token: Some(admin_token.to_owned()),
         external: opts.external.clone(),

@@ -32,6 +32,7 @@ on_both_databases!(
     security_group_changes_reach_running_guests,
     tunnel_peers_follow_placement,
     floating_ips,
+    routers_give_their_address_back,
     gone_resources_leave_their_lists_after_an_hour,
     ended_rows_leave_the_database_after_the_retention,
 );
@@ -1461,5 +1462,79 @@ async fn ended_rows_leave_the_database_after_the_retention(db: Db) {
     // The names are free, the account goes on as before.
     let again = c.create_instance(&inst_req(&s.image, "old")).await.unwrap().resource;
     wait_state(&c, &again.id, InstanceState::Running).await;
+    s.stop().await;
+}
+
+/// A host's router for a network holds an address of the external pool (its SNAT) while
+/// an instance of the network is on the host, running or stopped there, and gives it back
+/// once none has been there for `router_release_after_ms`. Before, it kept the address
+/// until the network was deleted: a network held one for every host it ever ran on, and
+/// a pool used up that way left new instances without outbound NAT.
+async fn routers_give_their_address_back(db: Db) {
+    let mut o = StackOptions::new(db);
+    o.hosts = 1;
+    o.external = Some(vdc_tests::test_external("203.0.113.12")); // 3 addresses
+    o.router_release_after_ms = 300;
+    let s = Stack::start(o).await;
+    let c = s.account("routers").await;
+    let port = |vif: &VifId| s.hosts.iter().find_map(|h| h.nw_driver.as_ref()?.port(vif));
+    let on = |net: &Network, name: &str| {
+        let mut r = inst_req(&s.image, name);
+        r.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }];
+        r
+    };
+    // How many addresses the pool has left: taken one by one until it says no, then freed.
+    let free = || async {
+        let mut held = vec![];
+        loop {
+            match c.create_floating_ip(&CreateFloatingIp::default()).await {
+                Ok(f) => held.push(f.id),
+                Err(ClientError::Api { status: 422, code, .. }) if code == "no_capacity" => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        for id in &held {
+            c.delete_floating_ip(id).await.unwrap();
+        }
+        held.len()
+    };
+    let (n1, n2) = (
+        c.create_network(&net_req("r1", "10.31.0.0/24")).await.unwrap(),
+        c.create_network(&net_req("r2", "10.32.0.0/24")).await.unwrap(),
+    );
+    let i1 = c.create_instance(&on(&n1, "i1")).await.unwrap().resource;
+    let i2 = c.create_instance(&on(&n2, "i2")).await.unwrap().resource;
+    let snat = |i: &Instance| {
+        let vif = i.interfaces[0].id.clone();
+        async move {
+            eventually(Duration::from_secs(5), || async { Some(port(&vif)?.network.external?.snat_ip) })
+                .await
+                .expect("the host's router has an address")
+        }
+    };
+    let (s1, s2) = (snat(&i1).await, snat(&i2).await);
+    assert_ne!(s1, s2, "a router per network on the host");
+    assert_eq!(free().await, 1, "two routers hold two of the three addresses");
+
+    // Stopped, i2 keeps its port on the host for its next start, and the router its address.
+    c.stop_instance(&i2.id).await.unwrap();
+    wait_state(&c, &i2.id, InstanceState::Stopped).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(free().await, 1, "a stopped instance's router keeps its address");
+
+    // Terminated, i1 leaves n1 with no instance on the host: its router's address goes back.
+    c.terminate_instance(&i1.id).await.unwrap();
+    wait_state(&c, &i1.id, InstanceState::Terminated).await;
+    eventually(Duration::from_secs(10), || async { (free().await == 2).then_some(()) })
+        .await
+        .expect("n1's router gives its address back");
+
+    // n1 on the host again: its router takes an address again; i2 starts with its own.
+    let i3 = c.create_instance(&on(&n1, "i3")).await.unwrap().resource;
+    snat(&i3).await;
+    c.start_instance(&i2.id).await.unwrap();
+    wait_state(&c, &i2.id, InstanceState::Running).await;
+    assert_eq!(snat(&i2).await, s2);
+    assert_eq!(free().await, 1);
     s.stop().await;
 }

@@ -90,6 +90,45 @@ async fn allocate(
     .await
 }
 
+/// Gives routers' SNAT addresses back to the pool once their network has had no
+/// instance on their host (placed or stopped there) for `router_release_after_ms`, and
+/// the host's nwagent is online: it removed the router with the network's last port
+/// there (an offline one may still answer for the address). Without this, every network
+/// kept an address for every host it ever ran on, until the network was deleted, and a
+/// pool used up that way left new instances without outbound NAT. Leader only. Returns
+/// how many went back.
+pub async fn release_idle_routers(ctx: &SharedCtx) -> Result<usize, sqlx::Error> {
+    if ctx.config.external.is_none() {
+        return Ok(0);
+    }
+    let after = chrono::Duration::milliseconds(ctx.config.router_release_after_ms as i64);
+    let mut released = 0;
+    for r in store::idle_routers(&ctx.db).await? {
+        if chrono::Utc::now() - db::parse_time(&r.idle_since) < after
+            || !ctx.agent_online(vdc_schema::bus::AgentKind::Nwagent, &r.host_id)
+        {
+            continue;
+        }
+        let mut tx = db::begin(&ctx.db).await?;
+        // The network's lock, as a create that puts an interface on it takes.
+        db::lock(&mut tx, db::Lock::Network, &r.network_id).await?;
+        if !store::release_router(&mut tx, &r.id, &r.idle_since).await? {
+            continue;
+        }
+        // An instance placed there after that statement read the rows, whose interface
+        // was sent with the old address: sent again, it gets a new one.
+        let resend = ifstore::bump_on_host(&mut tx, &r.network_id, &r.host_id).await?;
+        tx.commit().await?;
+        released += 1;
+        tracing::info!(network = %r.network_id, host = %r.host_id, ip = %r.ip,
+            "a router no instance uses gave its SNAT address back to the pool");
+        for vif in resend.iter().filter_map(|v| v.parse().ok()) {
+            ctx.enqueue(Work::Interface(vif));
+        }
+    }
+    Ok(released)
+}
+
 /// The SNAT address of `host`'s router for `network`, allocated on first use; None
 /// without an external network.
 pub async fn router_snat_ip(ctx: &SharedCtx, network: &str, host: &str) -> ApiResult<Option<Ipv4Addr>> {

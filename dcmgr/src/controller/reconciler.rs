@@ -10,10 +10,14 @@ use vdc_schema::bus::AgentKind;
 
 /// How often the leader looks for work a dcmgr left (URL imports, bundle exports).
 const LEFTOVERS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often it looks for routers no instance uses (sooner when they go back sooner).
+const ROUTERS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
     let period = std::time::Duration::from_millis(ctx.config.reconcile_interval_ms.max(50));
     let mut leftovers_looked = std::time::Instant::now();
+    let mut routers_looked = std::time::Instant::now();
+    let release_after = std::time::Duration::from_millis(ctx.config.router_release_after_ms);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -39,6 +43,12 @@ pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
             }
             if let Err(e) = crate::app::bundle_data::sweep(&ctx).await {
                 tracing::warn!("sweeping cut-off bundle exports failed: {e}");
+            }
+        }
+        if routers_looked.elapsed() >= ROUTERS_EVERY.min(release_after / 2) {
+            routers_looked = std::time::Instant::now();
+            if let Err(e) = crate::app::floating_ip::release_idle_routers(&ctx).await {
+                tracing::warn!("releasing idle routers' addresses failed: {e}");
             }
         }
     }

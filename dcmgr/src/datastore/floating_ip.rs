@@ -62,6 +62,65 @@ pub async fn insert(
     db::event::record(conn, db::event::Kind::FloatingIp, id, db::event::Change::Created).await
 }
 
+/// A router address (`f`) whose network has no instance on its host: none placed there,
+/// none stopped there (its port waits there for the next start). nwagent removes the
+/// router of a network with its last port on the host.
+const ROUTER_IDLE: &str = "f.account_id IS NULL AND f.host_id IS NOT NULL AND NOT EXISTS (
+    SELECT 1 FROM vifs v JOIN instances i ON i.id = v.instance_id
+    WHERE v.network_id = f.network_id AND i.state <> 'terminated'
+      AND (i.host_node_id = f.host_id OR (i.host_node_id IS NULL AND i.last_host_id = f.host_id)))";
+
+#[derive(sqlx::FromRow)]
+pub struct IdleRouter {
+    pub id: String,
+    pub ip: String,
+    pub network_id: String,
+    pub host_id: String,
+    pub idle_since: String,
+}
+
+/// Notes when routers became idle (and forgets it for those in use again); returns the
+/// idle ones.
+pub async fn idle_routers(pool: &db::Pool) -> Result<Vec<IdleRouter>, sqlx::Error> {
+    let now = db::now();
+    let mut tx = db::begin(pool).await?;
+    sqlx::query(&format!(
+        "UPDATE floating_ips SET idle_since = $1
+         WHERE idle_since IS NULL AND id IN (SELECT f.id FROM floating_ips f WHERE {ROUTER_IDLE})"
+    ))
+    .bind(&now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(&format!(
+        "UPDATE floating_ips SET idle_since = NULL
+         WHERE idle_since IS NOT NULL AND id NOT IN (SELECT f.id FROM floating_ips f WHERE {ROUTER_IDLE})"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    let idle = sqlx::query_as(&format!(
+        "SELECT f.id, f.ip, f.network_id, f.host_id, f.idle_since FROM floating_ips f
+         WHERE f.idle_since IS NOT NULL AND {ROUTER_IDLE}"
+    ))
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(idle)
+}
+
+/// Deletes router address `id` if it is still idle, and idle since `since`: one
+/// statement, so an instance placed on the host meanwhile keeps it.
+pub async fn release_router(tx: &mut db::Tx<'_>, id: &str, since: &str) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(&format!(
+        "DELETE FROM floating_ips WHERE id = $1 AND idle_since = $2
+           AND id IN (SELECT f.id FROM floating_ips f WHERE {ROUTER_IDLE})"
+    ))
+    .bind(id)
+    .bind(since)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 /// The SNAT address of `host`'s router for `network`, if allocated.
 pub async fn router_ip(pool: &db::Pool, network: &str, host: &str) -> Result<Option<String>, sqlx::Error> {
     let r: Option<(String,)> = sqlx::query_as("SELECT ip FROM floating_ips WHERE network_id = $1 AND host_id = $2")

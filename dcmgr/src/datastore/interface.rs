@@ -192,6 +192,20 @@ pub async fn bump(tx: &mut sqlx::AnyConnection, vif: &str) -> Result<(), sqlx::E
     Ok(())
 }
 
+/// A new generation for the interfaces of `network` placed on `host` (its router's
+/// address changed); returns their IDs.
+pub async fn bump_on_host(tx: &mut db::Tx<'_>, network: &str, host: &str) -> Result<Vec<String>, sqlx::Error> {
+    let r: Vec<(String,)> = sqlx::query_as(
+        "UPDATE vifs SET spec_gen = spec_gen + 1
+         WHERE network_id = $1 AND instance_id IN (SELECT id FROM instances WHERE host_node_id = $2) RETURNING id",
+    )
+    .bind(network)
+    .bind(host)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(r.into_iter().map(|r| r.0).collect())
+}
+
 /// A new generation for every interface of an instance being placed on a host: an
 /// unplug from that host decided before (at an older generation) no longer removes them.
 pub async fn bump_instance(tx: &mut sqlx::AnyConnection, instance: &str) -> Result<(), sqlx::Error> {
