@@ -140,9 +140,18 @@ pub async fn router_snat_ip(ctx: &SharedCtx, network: &str, host: &str) -> ApiRe
     }
     match allocate(ctx, None, None, Some((network, host))).await {
         Ok((_, ip)) => Ok(Some(ip)),
-        // Another dispatch allocated it meanwhile.
-        Err(_) => {
-            store::router_ip(&ctx.db, network, host).await?.map(|ip| db::stored("floating_ips.ip", &ip)).transpose()
+        // Another dispatch allocated it meanwhile, or the pool is used up.
+        Err(e) => {
+            let ip = store::router_ip(&ctx.db, network, host).await?;
+            if ip.is_none() {
+                tracing::warn!(
+                    network,
+                    host,
+                    "the host's router for the network has no address, so its guests have \
+                    no outbound NAT: {e}; widen [external] pool_start..pool_end or free floating IPs"
+                );
+            }
+            ip.map(|ip| db::stored("floating_ips.ip", &ip)).transpose()
         }
     }
 }
