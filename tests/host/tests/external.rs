@@ -230,6 +230,26 @@ async fn floating_ips_from_the_host_and_snat_to_its_default_route() {
     assert!(send(&g, "198.51.100.1", 9001), "guest → outside after the restart");
     assert!(from_host(&["nc", "-z", "-w", "2", "192.168.217.50", "22"]), "host → guest after the restart");
 
+    // The network's last port removed, its router goes with it: nothing on the host holds
+    // the SNAT address or answers for the floating IP, which dcmgr may then hand out again
+    // (`router_release_after_ms`).
+    let holders = || -> Vec<String> {
+        let list = sh("ip", &["netns", "list"]).unwrap_or_default();
+        list.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(h.as_str()))
+            .filter(|n| {
+                ns(n, &["ip", "-4", "-o", "addr"]).is_ok_and(|a| a.contains(&format!("inet {}/", c.pool_start)))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(holders().len(), 1, "the router holds the SNAT address");
+    net.ensure_interface_absent(spec.id.clone(), spec.spec_gen).await.unwrap();
+    assert!(eventually(Duration::from_secs(10), || net.idle()));
+    assert!(eventually(Duration::from_secs(10), || holders().is_empty()), "still held by {:?}", holders());
+    assert!(!from_host(&["ping", "-c", "1", "-W", "1", "192.168.217.50"]), "the floating IP no longer answers");
+
     drop((on_bridge, outside));
     net.remove_services().await;
     ext.remove().await;
