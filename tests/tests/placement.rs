@@ -773,6 +773,16 @@ async fn a_host_gone_for_good_is_evacuated(db: Db) {
         .await
         .expect("the dead host's switch no longer maps the floating IP");
     assert_eq!(c.get_floating_ip(&fip.id).await.unwrap().instance_id.as_ref(), Some(&run.id));
+    // The pool (4 addresses) holds the floating IP and the new host's router: the dead
+    // host's router gave its address back at the evacuation (before, it kept it).
+    let mut taken = vec![];
+    while let Ok(f) = c.create_floating_ip(&CreateFloatingIp::default()).await {
+        taken.push(f.id);
+    }
+    assert_eq!(taken.len(), 2, "two addresses left in the pool");
+    for f in &taken {
+        c.delete_floating_ip(f).await.unwrap();
+    }
     // Nothing is left on it; evacuating again finds nothing.
     assert!(s
         .admin
@@ -816,7 +826,7 @@ async fn a_cordoned_host_takes_no_new_instances(db: Db) {
     opts.hosts = 2;
     opts.host_cpus = 64;
     opts.host_memory_mib = 65536;
-    let s = Stack::start(opts).await;
+    let mut s = Stack::start(opts).await;
     let c = s.account("cordon").await;
     let image = s.image.clone();
     // Spread puts the first two on different hosts: the one on `a` lives there.
@@ -860,6 +870,13 @@ async fn a_cordoned_host_takes_no_new_instances(db: Db) {
     wait_state(&c, &resident.id, InstanceState::Stopped).await;
     c.start_instance(&resident.id).await.unwrap();
     assert_eq!(wait_state(&c, &resident.id, InstanceState::Running).await.host_node_id.as_ref(), Some(&a));
+
+    // A cordon outlives the host's agent restarting: its registration leaves it alone.
+    let i = s.hosts.iter().position(|h| h.node_id == a.as_str()).expect("one of the stack's hosts");
+    s.crash_hva(i);
+    s.restart_hva(i).await;
+    host_becomes(&s, &a, NodeState::Online, "a registers again").await;
+    assert!(!s.admin.get_host_node(&a).await.unwrap().schedulable);
 
     // Every host cordoned (b through the CLI): a create is refused and makes nothing.
     ok(&s.admin, &["host", "cordon", b.as_str()]).await;

@@ -103,7 +103,13 @@ pub async fn evacuate(ctx: &SharedCtx, caller: &Caller, id: ApiResult<HostNodeId
             }
         }
     }
-    tracing::warn!(host = %host.id, instances = instances.len(), "host evacuated");
+    // Its routers' SNAT addresses go back to the pool now: the idle-router release waits
+    // for a host's nwagent, and this one is gone. Should it come back, it is told to
+    // unplug the ports it holds, and its routers go with them.
+    let mut tx = crate::db::begin(&ctx.db).await?;
+    let routers = crate::datastore::floating_ip::release_routers_of(&mut tx, host.id.as_str()).await?;
+    tx.commit().await?;
+    tracing::warn!(host = %host.id, instances = instances.len(), routers, "host evacuated");
     Ok(Evacuation { host_node_id: host.id, instances })
 }
 

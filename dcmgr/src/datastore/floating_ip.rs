@@ -121,6 +121,18 @@ pub async fn release_router(tx: &mut db::Tx<'_>, id: &str, since: &str) -> Resul
     Ok(r.rows_affected() == 1)
 }
 
+/// Deletes the router addresses of `host` no instance uses (after an evacuation: none);
+/// returns how many.
+pub async fn release_routers_of(tx: &mut db::Tx<'_>, host: &str) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query(&format!(
+        "DELETE FROM floating_ips WHERE host_id = $1 AND id IN (SELECT f.id FROM floating_ips f WHERE {ROUTER_IDLE})"
+    ))
+    .bind(host)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected())
+}
+
 /// The SNAT address of `host`'s router for `network`, if allocated.
 pub async fn router_ip(pool: &db::Pool, network: &str, host: &str) -> Result<Option<String>, sqlx::Error> {
     let r: Option<(String,)> = sqlx::query_as("SELECT ip FROM floating_ips WHERE network_id = $1 AND host_id = $2")
