@@ -400,6 +400,18 @@ async fn the_console_signs_in_switches_accounts_and_signs_out() {
         .await;
     let held = held.as_str().unwrap();
     assert!(held.contains("alpha-web · alpha") && held.contains("beta-db · beta"), "{held}");
+    // Cordoned from the console, and opened again: the API and the view say so.
+    let host = s.admin.list_all_host_nodes().await.unwrap().remove(0).id;
+    b.js(&format!("document.querySelector('[data-fk=\"cordon:{host}\"]').click()"), json!([])).await;
+    b.wait(
+        "the host shown cordoned",
+        &format!("return document.querySelector('[data-fk=\"uncordon:{host}\"]') && document.querySelector('#view').innerText.includes('Cordoned')"),
+    )
+    .await;
+    assert!(!s.admin.get_host_node(&host).await.unwrap().schedulable);
+    b.js(&format!("document.querySelector('[data-fk=\"uncordon:{host}\"]').click()"), json!([])).await;
+    b.wait("the host open again", &format!("return document.querySelector('[data-fk=\"cordon:{host}\"]')")).await;
+    assert!(s.admin.get_host_node(&host).await.unwrap().schedulable);
     // The instances view: every account's at once, each row naming its account.
     view_text(&b, "instances").await;
     b.js("document.querySelector('#every-account').click()", json!([])).await;

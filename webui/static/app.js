@@ -1295,6 +1295,12 @@ function mountHosts(root) {
         { label: t('col_capabilities'), cell: (h) => el('code', { class: 'wrap' }, JSON.stringify(h.capabilities)) },
         { label: t('col_last_seen'), cell: (h) => fmtTime(h.last_seen) },
         { label: t('col_held'), cell: heldInstances },
+        {
+          label: t('col_actions'),
+          cell: (h) => actionsCell(h.schedulable === false
+            ? actionButton(t('action_uncordon'), `uncordon:${h.id}`, () => cordon(h, true))
+            : actionButton(t('action_cordon'), `cordon:${h.id}`, () => cordon(h, false))),
+        },
       ];
       const storColumns = [
         { label: t('col_id'), cell: (s) => code(s.id) },
@@ -1308,6 +1314,17 @@ function mountHosts(root) {
       return false;
     },
   };
+}
+
+// Cordoned, a host takes no new instances; what runs there stays (vdc host cordon).
+async function cordon(h, open) {
+  try {
+    await api('PATCH', `/host_nodes/${enc(h.id)}`, { schedulable: open });
+    notify('ok', t(open ? 'host_uncordoned' : 'host_cordoned', { id: h.id }));
+  } catch (e) {
+    notify('error', errorText(e));
+  }
+  refreshView();
 }
 
 // What a host holds, of every account, read when opened (one request per host opened,
