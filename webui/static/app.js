@@ -1288,7 +1288,7 @@ function mountHosts(root) {
       const hostColumns = [
         { label: t('col_id'), cell: (h) => code(h.id) },
         // A cordoned host takes no new instances (vdc host cordon).
-        { label: t('col_state'), cell: (h) => (h.schedulable === false ? el('span', {}, badge(h.state), ' ', badge('cordoned')) : badge(h.state)) },
+        { label: t('col_state'), cell: (h) => (h.schedulable === false ? el('span', {}, badge(h.state), ' ', el('span', { class: 'badge badge-off' }, t('badge_cordoned'))) : badge(h.state)) },
         { label: t('col_hypervisors'), cell: (h) => h.hypervisors.join(', ') },
         { label: t('col_cpus'), cell: (h) => fmtUsage(h.cpus_used, h.cpus_allocatable, String) },
         { label: t('col_memory'), cell: (h) => fmtUsage(h.memory_used_mib, h.memory_allocatable_mib, fmtMib) },
@@ -1320,7 +1320,7 @@ function mountHosts(root) {
 async function cordon(h, open) {
   try {
     await api('PATCH', `/host_nodes/${enc(h.id)}`, { schedulable: open });
-    notify('ok', t(open ? 'host_uncordoned' : 'host_cordoned', { id: h.id }));
+    notify('ok', open ? t('host_uncordoned', { id: h.id }) : t('host_cordoned', { id: h.id }));
   } catch (e) {
     notify('error', errorText(e));
   }

@@ -175,7 +175,6 @@ const I18N = {
     state_cancelled: "Cancelled",
     state_online: "Online",
     state_offline: "Offline",
-    state_cordoned: "Cordoned",
     state_active: "Active",
 
     // Instances
@@ -187,6 +186,7 @@ const I18N = {
     terminated_hidden: "{n} terminated instance(s) hidden.",
     action_start: "Start",
     action_cordon: "Cordon",
+    badge_cordoned: "Cordoned",
     action_uncordon: "Uncordon",
     host_cordoned: "Host {id} cordoned: no new instances go there.",
     host_uncordoned: "Host {id} takes new instances again.",
@@ -499,7 +499,6 @@ const I18N = {
     state_cancelled: "キャンセル済み",
     state_online: "オンライン",
     state_offline: "オフライン",
-    state_cordoned: "配置停止中",
     state_active: "アクティブ",
 
     // Instances
@@ -511,6 +510,7 @@ const I18N = {
     terminated_hidden: "終了済みのインスタンス {n} 件を非表示にしています。",
     action_start: "起動",
     action_cordon: "配置停止",
+    badge_cordoned: "配置停止中",
     action_uncordon: "配置再開",
     host_cordoned: "ホスト {id} への新しいインスタンスの配置を停止しました。",
     host_uncordoned: "ホスト {id} への新しいインスタンスの配置を再開しました。",
