@@ -1437,7 +1437,7 @@ async fn a_plan_says_when_the_hosts_have_no_room(db: Db) {
     assert_eq!(found.len(), 1, "{found:?}");
     assert_eq!(found[0].0, "no_capacity");
     assert!(
-        found[0].1.contains("need 2 vCPUs and 128 MiB in all; the online qemu hosts here have 1 vCPUs"),
+        found[0].1.contains("need 2 vCPUs and 128 MiB in all; the online, uncordoned qemu hosts here have 1 vCPUs"),
         "{found:?}"
     );
     assert_eq!(api_err(cb.import_bundle(bytes, &[]).await), (409, "bundle_unresolved".into()));
@@ -1447,6 +1447,14 @@ async fn a_plan_says_when_the_hosts_have_no_room(db: Db) {
     ca.stop_instance(&vm2).await.unwrap();
     wait_state(&ca, &vm2, InstanceState::Stopped).await;
     let bytes = export(&ca).await;
+    // Its one host cordoned, B takes no new instance: the plan says so before anything.
+    let b_host = b.admin.list_all_host_nodes().await.unwrap().remove(0).id;
+    let cordon = |open: bool| UpdateHostNode { schedulable: Some(open), ..Default::default() };
+    b.admin.update_host_node(&b_host, &cordon(false)).await.unwrap();
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let found: Vec<(&str, &str)> = plan.conflicts.iter().map(|c| (c.code.as_str(), c.message.as_str())).collect();
+    assert!(found.iter().any(|(c, m)| *c == "no_capacity" && m.contains("not cordoned")), "{found:?}");
+    b.admin.update_host_node(&b_host, &cordon(true)).await.unwrap();
     let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
     assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
     assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);

@@ -1333,7 +1333,7 @@ fn room_missing(m: &Manifest, d: &Decision, e: &store::Existing) -> Vec<BundleCo
         }
         let online: Vec<_> = of_class.iter().filter(|h| h.online).collect();
         let why = match online.iter().map(|h| (h.memory_free_mib, h.cpus_free)).max() {
-            None => "none of them is online".to_owned(),
+            None => "none of them is online and takes new instances (not cordoned)".to_owned(),
             Some((mem, cpu)) => format!("none has that free (the most: {cpu} vCPUs, {mem} MiB)"),
         };
         let class = if class.0.is_empty() && class.1.is_empty() { "" } else { " of its zone and labels" };
@@ -1355,7 +1355,7 @@ fn room_missing(m: &Manifest, d: &Decision, e: &store::Existing) -> Vec<BundleCo
                 "no_capacity",
                 format!(
                     "the running instances the import places on {hv} hosts need {cpus} vCPUs and {memory} MiB in \
-                     all; the online {hv} hosts here have {fc} vCPUs and {fm} MiB free"
+                     all; the online, uncordoned {hv} hosts here have {fc} vCPUs and {fm} MiB free"
                 ),
                 None,
             ));
@@ -3176,7 +3176,7 @@ mod tests {
         let found = room(&two, &tight);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
-            found[0].contains("need 2 vCPUs and 128 MiB in all; the online qemu hosts here have 1 vCPUs"),
+            found[0].contains("need 2 vCPUs and 128 MiB in all; the online, uncordoned qemu hosts here have 1 vCPUs"),
             "{found:?}"
         );
         tight.hosts.push(host(&["qemu"]));

@@ -219,7 +219,7 @@ pub struct HostHere {
     pub zone: String,
     /// As `host::join_labels`.
     pub labels: String,
-    /// Online: the only hosts placement uses.
+    /// Online and not cordoned: the only hosts placement uses for new instances.
     pub online: bool,
     pub cpus_free: i64,
     pub memory_free_mib: i64,
@@ -258,8 +258,8 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
     .fetch_all(&mut *db)
     .await?;
     let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
-        "SELECT hypervisors, zone, labels, state, cpus_allocatable - cpus_used, \
-         memory_allocatable_mib - memory_used_mib FROM host_nodes ORDER BY id",
+        "SELECT hypervisors, zone, labels, CASE WHEN schedulable = 1 THEN state ELSE 'cordoned' END, \
+         cpus_allocatable - cpus_used, memory_allocatable_mib - memory_used_mib FROM host_nodes ORDER BY id",
     )
     .fetch_all(&mut *db)
     .await?;
