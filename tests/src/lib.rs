@@ -877,6 +877,23 @@ where
     }
 }
 
+/// How many addresses the external pool has left: floating IPs taken one by one until it
+/// answers `no_capacity`, then given back.
+pub async fn free_floating_ips(c: &Client) -> usize {
+    let mut held = vec![];
+    loop {
+        match c.create_floating_ip(&CreateFloatingIp::default()).await {
+            Ok(f) => held.push(f.id),
+            Err(vdc_cli::client::ClientError::Api { status: 422, code, .. }) if code == "no_capacity" => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    for id in &held {
+        c.delete_floating_ip(id).await.unwrap();
+    }
+    held.len()
+}
+
 /// Waits (up to 15 s) until the instance is in `state`; panics with its last state otherwise.
 pub async fn wait_state(c: &Client, id: &InstanceId, state: InstanceState) -> Instance {
     let start = Instant::now();

@@ -1483,21 +1483,7 @@ async fn routers_give_their_address_back(db: Db) {
         r.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }];
         r
     };
-    // How many addresses the pool has left: taken one by one until it says no, then freed.
-    let free = || async {
-        let mut held = vec![];
-        loop {
-            match c.create_floating_ip(&CreateFloatingIp::default()).await {
-                Ok(f) => held.push(f.id),
-                Err(ClientError::Api { status: 422, code, .. }) if code == "no_capacity" => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
-        for id in &held {
-            c.delete_floating_ip(id).await.unwrap();
-        }
-        held.len()
-    };
+    let free = || vdc_tests::free_floating_ips(&c);
     let (n1, n2) = (
         c.create_network(&net_req("r1", "10.31.0.0/24")).await.unwrap(),
         c.create_network(&net_req("r2", "10.32.0.0/24")).await.unwrap(),

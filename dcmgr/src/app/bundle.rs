@@ -2583,13 +2583,8 @@ async fn apply(
                         return Err(scheduler::group_unsatisfiable(g, demand));
                     }
                 }
-                // By the room the hosts have now, this import's earlier placements taken
-                // (a soft policy's preference kept).
-                if group.is_none_or(|g| {
-                    !matches!(g.policy, ServerGroupPolicy::SoftAffinity | ServerGroupPolicy::SoftAntiAffinity)
-                }) {
-                    ctx.room.rerank(&mut cands);
-                }
+                // By the room the hosts have now, this import's earlier placements taken.
+                scheduler::rank_now(ctx, group.map(|g| g.policy), &mut cands);
                 scheduler::reserve(ctx, &mut tx, demand, &cands, None).await?
             }
         };

@@ -181,7 +181,7 @@ pub async fn lock_group(
 ) -> ApiResult<Vec<String>> {
     let Some(g) = &c.group else {
         let mut ranked = candidates.to_vec();
-        ctx.room.rerank(&mut ranked);
+        rank_now(ctx, None, &mut ranked);
         return Ok(ranked);
     };
     if !crate::datastore::server_group::lock(tx, &g.id).await? {
@@ -193,10 +193,17 @@ pub async fn lock_group(
         // Placed meanwhile where this one may not go: read the candidates again.
         return Err(ApiError::Busy(format!("server group {} changed concurrently", g.id)));
     }
-    if matches!(g.policy, ServerGroupPolicy::Affinity | ServerGroupPolicy::AntiAffinity) {
-        ctx.room.rerank(&mut allowed);
-    }
+    rank_now(ctx, Some(g.policy), &mut allowed);
     Ok(allowed)
+}
+
+/// Puts candidates read before the placing transaction in the order of the hosts' room
+/// now (a burst of creates would otherwise all try the host best when they read), unless
+/// a soft group policy ordered them: that order is its preference.
+pub fn rank_now(ctx: &Ctx, policy: Option<ServerGroupPolicy>, candidates: &mut [String]) {
+    if !matches!(policy, Some(ServerGroupPolicy::SoftAffinity | ServerGroupPolicy::SoftAntiAffinity)) {
+        ctx.room.rerank(candidates);
+    }
 }
 
 /// Reserves `d` on the first candidate that still has room (and takes new instances,

@@ -257,19 +257,19 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
     .bind(a)
     .fetch_all(&mut *db)
     .await?;
-    let rows: Vec<(String, String, String, String, i64, i64)> = sqlx::query_as(
-        "SELECT hypervisors, zone, labels, CASE WHEN schedulable = 1 THEN state ELSE 'cordoned' END, \
-         cpus_allocatable - cpus_used, memory_allocatable_mib - memory_used_mib FROM host_nodes ORDER BY id",
+    let rows: Vec<(String, String, String, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT hypervisors, zone, labels, state, schedulable, cpus_allocatable - cpus_used, \
+         memory_allocatable_mib - memory_used_mib FROM host_nodes ORDER BY id",
     )
     .fetch_all(&mut *db)
     .await?;
     let hosts: Vec<HostHere> = rows
         .into_iter()
-        .map(|(hv, zone, labels, state, cpus_free, memory_free_mib)| HostHere {
+        .map(|(hv, zone, labels, state, schedulable, cpus_free, memory_free_mib)| HostHere {
             hypervisors: db::split_list::<String>(&hv),
             zone,
             labels,
-            online: state == "online",
+            online: state == "online" && schedulable == 1,
             cpus_free,
             memory_free_mib,
         })

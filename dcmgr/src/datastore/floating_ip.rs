@@ -65,10 +65,14 @@ pub async fn insert(
 /// A router address (`f`) whose network has no instance on its host: none placed there,
 /// none stopped there (its port waits there for the next start). nwagent removes the
 /// router of a network with its last port on the host.
-const ROUTER_IDLE: &str = "f.account_id IS NULL AND f.host_id IS NOT NULL AND NOT EXISTS (
-    SELECT 1 FROM vifs v JOIN instances i ON i.id = v.instance_id
-    WHERE v.network_id = f.network_id AND i.state <> 'terminated'
-      AND (i.host_node_id = f.host_id OR (i.host_node_id IS NULL AND i.last_host_id = f.host_id)))";
+fn router_idle() -> String {
+    format!(
+        "f.account_id IS NULL AND f.host_id IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM vifs v JOIN instances i ON i.id = v.instance_id
+            WHERE v.network_id = f.network_id AND i.state <> 'terminated' AND {})",
+        db::instance::belongs_on_sql("f.host_id")
+    )
+}
 
 #[derive(sqlx::FromRow)]
 pub struct IdleRouter {
@@ -82,29 +86,29 @@ pub struct IdleRouter {
 /// Notes when routers became idle (and forgets it for those in use again); returns the
 /// idle ones.
 pub async fn idle_routers(pool: &db::Pool) -> Result<Vec<IdleRouter>, sqlx::Error> {
-    let now = db::now();
+    let (now, idle) = (db::now(), router_idle());
     let mut tx = db::begin(pool).await?;
     sqlx::query(&format!(
         "UPDATE floating_ips SET idle_since = $1
-         WHERE idle_since IS NULL AND id IN (SELECT f.id FROM floating_ips f WHERE {ROUTER_IDLE})"
+         WHERE idle_since IS NULL AND id IN (SELECT f.id FROM floating_ips f WHERE {idle})"
     ))
     .bind(&now)
     .execute(&mut *tx)
     .await?;
     sqlx::query(&format!(
         "UPDATE floating_ips SET idle_since = NULL
-         WHERE idle_since IS NOT NULL AND id NOT IN (SELECT f.id FROM floating_ips f WHERE {ROUTER_IDLE})"
+         WHERE idle_since IS NOT NULL AND id NOT IN (SELECT f.id FROM floating_ips f WHERE {idle})"
     ))
     .execute(&mut *tx)
     .await?;
-    let idle = sqlx::query_as(&format!(
+    let found = sqlx::query_as(&format!(
         "SELECT f.id, f.ip, f.network_id, f.host_id, f.idle_since FROM floating_ips f
-         WHERE f.idle_since IS NOT NULL AND {ROUTER_IDLE}"
+         WHERE f.idle_since IS NOT NULL AND {idle}"
     ))
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(idle)
+    Ok(found)
 }
 
 /// Deletes router address `id` if it is still idle, and idle since `since`: one
@@ -112,7 +116,8 @@ pub async fn idle_routers(pool: &db::Pool) -> Result<Vec<IdleRouter>, sqlx::Erro
 pub async fn release_router(tx: &mut db::Tx<'_>, id: &str, since: &str) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(&format!(
         "DELETE FROM floating_ips WHERE id = $1 AND idle_since = $2
-           AND id IN (SELECT f.id FROM floating_ips f WHERE {ROUTER_IDLE})"
+           AND id IN (SELECT f.id FROM floating_ips f WHERE {})",
+        router_idle()
     ))
     .bind(id)
     .bind(since)
@@ -125,7 +130,8 @@ pub async fn release_router(tx: &mut db::Tx<'_>, id: &str, since: &str) -> Resul
 /// returns how many.
 pub async fn release_routers_of(tx: &mut db::Tx<'_>, host: &str) -> Result<u64, sqlx::Error> {
     let r = sqlx::query(&format!(
-        "DELETE FROM floating_ips WHERE host_id = $1 AND id IN (SELECT f.id FROM floating_ips f WHERE {ROUTER_IDLE})"
+        "DELETE FROM floating_ips WHERE host_id = $1 AND id IN (SELECT f.id FROM floating_ips f WHERE {})",
+        router_idle()
     ))
     .bind(host)
     .execute(&mut **tx)

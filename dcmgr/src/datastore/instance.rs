@@ -65,6 +65,11 @@ pub fn belongs_on(host_node_id: Option<&str>, last_host_id: Option<&str>, node: 
     }
 }
 
+/// [`belongs_on`] in SQL, for instances aliased `i` and the host the expression `host`.
+pub fn belongs_on_sql(host: &str) -> String {
+    format!("(i.host_node_id = {host} OR (i.host_node_id IS NULL AND i.last_host_id = {host}))")
+}
+
 /// What the API shows of an instance row. GET and list read only these columns: the
 /// others (user data of up to 64 KiB above all) would cost a list of 1,000 dearly.
 #[derive(sqlx::FromRow)]

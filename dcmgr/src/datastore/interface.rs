@@ -472,10 +472,10 @@ pub async fn unconverged(pool: &db::Pool, before: i64) -> Result<Vec<(String, Op
 /// The interfaces whose ports a host holds: of the instances it runs, and of those stopped
 /// there (kept for their next start).
 pub async fn on_host(pool: &db::Pool, host: &str) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<(String,)> = sqlx::query_as(
-        "SELECT v.id FROM vifs v JOIN instances i ON i.id = v.instance_id \
-         WHERE i.host_node_id = $1 OR (i.host_node_id IS NULL AND i.last_host_id = $1) ORDER BY v.id",
-    )
+    let rows: Vec<(String,)> = sqlx::query_as(&format!(
+        "SELECT v.id FROM vifs v JOIN instances i ON i.id = v.instance_id WHERE {} ORDER BY v.id",
+        db::instance::belongs_on_sql("$1")
+    ))
     .bind(host)
     .fetch_all(pool)
     .await?;
