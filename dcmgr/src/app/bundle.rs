@@ -2633,7 +2633,7 @@ async fn apply(
         }
         ids.insert(i.id.clone(), id.to_string());
         if !i.stopped {
-            job::start(&mut tx, account, "instance.create", id.as_str(), "running").await?;
+            job::start_first(&mut tx, account, "instance.create", id.as_str(), "running").await?;
             work.push(Work::Instance(id.clone()));
         }
         created.insert(i.id.clone(), (id, first_vif));
@@ -2745,7 +2745,7 @@ async fn apply(
                 },
             )
             .await?;
-            job::start(&mut tx, account, "volume.create", id.as_str(), "available").await?;
+            job::start_first(&mut tx, account, "volume.create", id.as_str(), "available").await?;
             // Attached as soon as its data is in (`app::volume::attach_asked`).
             if let Some(i) = v.attached_to.as_ref().and_then(|i| instance_here(&created, &d, i)) {
                 vstore::set_attach_to(&mut tx, id.as_str(), &i).await?;

@@ -142,7 +142,7 @@ async fn insert_pending(
     crate::app::quota::enforce(tx, ctx, &caller.account_id, &[(vdc_schema::api::QuotaKey::Images, 1)]).await?;
     crate::app::check_name_free(tx, db::Named::Image, &caller.account_id, &image.name).await?;
     image_store::insert(tx, &caller.account_id, image).await?;
-    Ok(job::start(tx, &caller.account_id, kind, image.id.as_str(), "available").await?)
+    Ok(job::start_first(tx, &caller.account_id, kind, image.id.as_str(), "available").await?)
 }
 
 /// The format of an instance's capture, if it has a root to capture: a VM's disk image

@@ -349,7 +349,7 @@ async fn insert(
     for (pos, planned) in p.interfaces.iter().enumerate() {
         interfaces.push(interface::insert(&mut tx, &caller.account_id, &id, pos, planned).await?);
     }
-    let job = job::start(&mut tx, &caller.account_id, "instance.create", id.as_str(), "running").await?;
+    let job = job::start_first(&mut tx, &caller.account_id, "instance.create", id.as_str(), "running").await?;
     tx.commit().await?;
     ctx.events.wake();
     let t = db::parse_time(&now);
@@ -449,8 +449,7 @@ async fn act_once(
         _ => None,
     };
     let mut tx = db::begin(&ctx.db).await?;
-    db::lock(&mut tx, db::Lock::Instance, id.as_str()).await?;
-    let row = match store::get(&mut *tx, id.as_str()).await? {
+    let row = match store::lock_get(&mut tx, id.as_str()).await? {
         Some(r) if r.account_id == account.as_str() => r,
         _ => return Err(ApiError::not_found("instance", id)),
     };

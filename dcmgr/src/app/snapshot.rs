@@ -56,7 +56,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSnapshot) -> Ap
         quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Snapshots, 1)]).await?;
         store::insert(&mut tx, id.as_str(), &caller.account_id, &req.name, req.volume_id.as_str(), size, &node, &now)
             .await?;
-        let job = job::start(&mut tx, &caller.account_id, "snapshot.create", id.as_str(), "available").await?;
+        let job = job::start_first(&mut tx, &caller.account_id, "snapshot.create", id.as_str(), "available").await?;
         tx.commit().await?;
         ctx.events.wake();
         Ok((size, node, job))

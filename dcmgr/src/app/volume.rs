@@ -147,7 +147,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
             },
         )
         .await?;
-        let job = job::start(&mut tx, &caller.account_id, "volume.create", id.as_str(), "available").await?;
+        let job = job::start_first(&mut tx, &caller.account_id, "volume.create", id.as_str(), "available").await?;
         tx.commit().await?;
         ctx.events.wake();
         let t = db::parse_time(&now);

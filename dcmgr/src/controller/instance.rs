@@ -129,11 +129,10 @@ async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Re
 /// lock; a failure applies none of it and leaves the report unacked, to come again.
 pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceReport) -> Result<()> {
     let mut tx = db::begin(&ctx.db).await?;
-    db::lock(&mut tx, db::Lock::Instance, r.id.as_str()).await?;
     // A copy reported gone or on its way out (after the ensure-absent it was sent) is
     // not told again: each ensure would answer with another report, for ever.
     let leaving = matches!(r.state, ObservedInstance::Absent | ObservedInstance::Stopping);
-    let Some(row) = store::get(&mut *tx, r.id.as_str()).await? else {
+    let Some(row) = store::lock_get(&mut tx, r.id.as_str()).await? else {
         drop(tx);
         if !leaving {
             garbage(ctx, node, &r).await;
@@ -193,7 +192,7 @@ async fn fold(tx: &mut db::Tx<'_>, row: &store::Row, node: &str, gen: u64, r: &I
     // The networks it leaves the host on (read before a terminate removes its interfaces).
     let leaves =
         if out.release_host { crate::datastore::interface::networks_of_instance(tx, &row.id).await? } else { vec![] };
-    store::apply_report(tx, &row.id, &observed).await?;
+    store::apply_report(tx, &row.id, &row.state, &observed).await?;
     if out.release_host {
         crate::datastore::host::release(tx, node, row.cpus, row.memory_mib).await?;
     }
@@ -205,14 +204,9 @@ async fn fold(tx: &mut db::Tx<'_>, row: &store::Row, node: &str, gen: u64, r: &I
     if let Some(f) = &failure {
         job::fail_all(tx, &row.id, f).await?;
     } else {
-        job::finish(tx, &row.id, out.state.as_str()).await?;
-        if out.state == InstanceState::Running {
-            for t in job::running_targets(tx, &row.id).await? {
-                if t.strip_prefix("reboot:").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n <= r.reboot_gen) {
-                    job::finish(tx, &row.id, &t).await?;
-                }
-            }
-        }
+        // Running, it has also done the reboots asked up to the one it reports.
+        let rebooted = (out.state == InstanceState::Running).then_some(r.reboot_gen);
+        job::finish_reached(tx, &row.id, out.state.as_str(), rebooted).await?;
     }
     let peers = crate::datastore::interface::bump_for_departure(tx, &leaves, node).await?;
     let takes_volumes = row.hypervisor != vdc_schema::HypervisorKind::Lxc.as_str();

@@ -130,6 +130,15 @@ pub async fn get<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &st
     sqlx::query_as(&format!("SELECT {COLS} FROM instances WHERE id = $1")).bind(id).fetch_optional(db).await
 }
 
+/// Takes instance `id`'s lock in `tx` (as [`db::lock`]) and reads it, in one statement:
+/// a report and an action do both first, and every statement on the writer counts.
+pub async fn lock_get(tx: &mut db::Tx<'_>, id: &str) -> Result<Option<Row>, sqlx::Error> {
+    sqlx::query_as(&format!("UPDATE instances SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING {COLS}"))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
 /// One page of an account's instances (of every account: `None`), in creation order
 /// after `cursor`; `address`, when not empty, keeps the one with that interface address
 /// or floating IP. Without a state filter, instances terminated before `gone_since` are
@@ -319,8 +328,8 @@ pub struct Observed<'a> {
     pub release_host: bool,
 }
 
-pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, o: &Observed<'_>) -> Result<(), sqlx::Error> {
-    let before = db::event::state_of(tx, db::event::Kind::Instance, id).await?;
+/// Applies `o` to instance `id`, locked in `tx` and read there in state `before`.
+pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, before: &str, o: &Observed<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE instances SET state = $1, goal = $2, report_gen = $3, failure_reason = $4, updated_at = $5,
              host_node_id = CASE WHEN $6 = 1 THEN NULL ELSE host_node_id END,
@@ -336,7 +345,7 @@ pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, o: &Observed<'_>) -> Re
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    db::event::changed(tx, db::event::Kind::Instance, id, before.as_deref()).await
+    db::event::changed(tx, db::event::Kind::Instance, id, Some(before)).await
 }
 
 /// Forgets the host that kept a stopped instance's disk (evacuated: gone for good); a

@@ -1,4 +1,4 @@
-//! Jobs as stored. [`start`], [`done`], [`finish`], [`fail_all`] and [`running_targets`]
+//! Jobs as stored. [`start`], [`done`], [`finish`], [`finish_reached`] and [`fail_all`]
 //! run inside the transaction of the decision or report they belong to.
 
 use crate::db;
@@ -54,6 +54,18 @@ pub async fn start(
     .await?;
     ended_events(tx, ended).await?;
     insert(tx, id, account, action, resource_id, target, None).await
+}
+
+/// The first job of a resource just inserted in `tx`: nothing to supersede, so no
+/// statement looks for it.
+pub async fn start_first(
+    tx: &mut db::Tx<'_>,
+    account: &AccountId,
+    action: &str,
+    resource_id: &str,
+    target: &str,
+) -> Result<Job, sqlx::Error> {
+    insert(tx, JobId::generate(), account, action, resource_id, target, None).await
 }
 
 /// A job that is already done: the request asked for what already is (or is already
@@ -141,13 +153,29 @@ pub async fn fail_all(db: &mut sqlx::AnyConnection, resource_id: &str, message: 
     ended_events(db, ended).await
 }
 
-/// The targets of the running jobs of a resource (e.g. to finish `reboot:N` jobs).
-pub async fn running_targets(db: &mut sqlx::AnyConnection, resource_id: &str) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT target FROM jobs WHERE resource_id = $1 AND state = 'running'")
-        .bind(resource_id)
-        .fetch_all(db)
-        .await?;
-    Ok(rows.into_iter().map(|r| r.0).collect())
+/// Ends the running jobs of `resource_id` that reached `state`, and with `rebooted`
+/// (a running guest's reboot generation) its `reboot:N` jobs up to N = `rebooted`, in
+/// one statement.
+pub async fn finish_reached(
+    db: &mut sqlx::AnyConnection,
+    resource_id: &str,
+    state: &str,
+    rebooted: Option<u64>,
+) -> Result<(), sqlx::Error> {
+    // CASE keeps the cast to the `reboot:` targets (PostgreSQL refuses 'running' as a number).
+    let ended: Vec<(String,)> = sqlx::query_as(
+        "UPDATE jobs SET state = 'succeeded', finished_at = $1 WHERE resource_id = $2 AND state = 'running' \
+         AND (target = $3 OR CASE WHEN $4 >= 0 AND target LIKE 'reboot:%' \
+                                  THEN CAST(SUBSTR(target, 8) AS BIGINT) <= $4 ELSE FALSE END) \
+         RETURNING id",
+    )
+    .bind(db::now())
+    .bind(resource_id)
+    .bind(state)
+    .bind(rebooted.map_or(-1, |g| g as i64))
+    .fetch_all(&mut *db)
+    .await?;
+    ended_events(db, ended).await
 }
 
 /// One page of an account's jobs, in creation order after `cursor`; `state` '' for all.
