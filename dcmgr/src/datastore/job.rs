@@ -119,16 +119,7 @@ async fn insert(
 
 /// Ends the running jobs of `resource_id` whose target is `target`.
 pub async fn finish(db: &mut sqlx::AnyConnection, resource_id: &str, target: &str) -> Result<(), sqlx::Error> {
-    let ended: Vec<(String,)> = sqlx::query_as(
-        "UPDATE jobs SET state = 'succeeded', finished_at = $1 WHERE resource_id = $2 AND state = 'running' AND target = $3 \
-         RETURNING id",
-    )
-    .bind(db::now())
-    .bind(resource_id)
-    .bind(target)
-    .fetch_all(&mut *db)
-    .await?;
-    ended_events(db, ended).await
+    finish_reached(db, resource_id, target, None).await
 }
 
 /// The events of jobs that just ended (IDs from an `UPDATE … RETURNING id`).
