@@ -206,8 +206,7 @@ async fn capture_once(
     new: &CreateImage,
 ) -> ApiResult<Accepted<Image>> {
     let mut tx = db::begin(&ctx.db).await?;
-    db::lock(&mut tx, db::Lock::Instance, id.as_str()).await?;
-    let row = match store::get(&mut *tx, id.as_str()).await? {
+    let row = match store::lock_get(&mut tx, id.as_str()).await? {
         Some(r) if r.account_id == caller.account_id.as_str() => r,
         _ => return Err(ApiError::not_found("instance", id)),
     };

@@ -195,8 +195,7 @@ pub async fn associate(
         let mut tx = db::begin(&ctx.db).await?;
         // The instance, then the address: terminate locks the instance and then frees its
         // addresses.
-        db::lock(&mut tx, db::Lock::Instance, req.instance_id.as_str()).await?;
-        let inst = match crate::datastore::instance::get(&mut *tx, req.instance_id.as_str()).await? {
+        let inst = match crate::datastore::instance::lock_get(&mut tx, req.instance_id.as_str()).await? {
             Some(i) if i.account_id == caller.account_id.as_str() => i,
             _ => return Err(ApiError::not_found("instance", &req.instance_id)),
         };

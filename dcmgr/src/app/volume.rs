@@ -254,8 +254,7 @@ pub async fn attach(
         let mut tx = db::begin(&ctx.db).await?;
         // The instance first, then the volume: the order terminate takes (it locks the
         // instance, then detaches its volumes), so the two never deadlock.
-        db::lock(&mut tx, db::Lock::Instance, inst_id.as_str()).await?;
-        let inst = match crate::datastore::instance::get(&mut *tx, inst_id.as_str()).await? {
+        let inst = match crate::datastore::instance::lock_get(&mut tx, inst_id.as_str()).await? {
             Some(i) if i.account_id == caller.account_id.as_str() => i,
             _ => return Err(ApiError::not_found("instance", &inst_id)),
         };
@@ -322,8 +321,7 @@ async fn lock_for_detach(tx: &mut db::Tx<'_>, caller: &Caller, id: &VolumeId) ->
         .and_then(|r| r.instance_id);
     let mut has_host = false;
     if let Some(i) = &hint {
-        db::lock(tx, db::Lock::Instance, i).await?;
-        has_host = crate::datastore::instance::get(&mut **tx, i).await?.is_some_and(|r| r.host_node_id.is_some());
+        has_host = crate::datastore::instance::lock_get(tx, i).await?.is_some_and(|r| r.host_node_id.is_some());
     }
     let row = lock_own(tx, caller, id).await?;
     if row.instance_id != hint {

@@ -252,8 +252,7 @@ impl Folded {
 pub async fn evacuate(ctx: &SharedCtx, node: &str, id: &str) -> ApiResult<bool> {
     let why = format!("host {node} was evacuated: the guest and its root disk were lost with the host");
     let mut tx = db::begin(&ctx.db).await?;
-    db::lock(&mut tx, db::Lock::Instance, id).await?;
-    let Some(row) = store::get(&mut *tx, id).await? else { return Ok(false) };
+    let Some(row) = store::lock_get(&mut tx, id).await? else { return Ok(false) };
     let placed = row.host_node_id.as_deref() == Some(node);
     let kept_there = row.host_node_id.is_none() && row.last_host_id.as_deref() == Some(node);
     if row.state()? == InstanceState::Terminated || !(placed || kept_there) {
