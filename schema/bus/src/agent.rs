@@ -24,6 +24,12 @@ use vdc_schema::bus::{
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BATCH: usize = 512;
+/// How long a report batch first waits for its ack. dcmgr acks in milliseconds; a batch
+/// unanswered this long was lost, or the dcmgr that took it died, and every report after
+/// it waited the whole REQUEST_TIMEOUT (10 s) before. Each batch in a row that times out
+/// waits twice as long, up to REQUEST_TIMEOUT, so a dcmgr slow under load is not sent
+/// the same batch over and over.
+const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Who this agent is and what it offers.
 #[derive(Debug, Clone)]
@@ -338,6 +344,7 @@ async fn membership_loop(
 
 async fn report_loop(bus: Arc<dyn Transport>, cfg: Arc<AgentConfig>, sink: ReportSink, cancel: CancellationToken) {
     let mut backoff = Duration::from_millis(50);
+    let mut ack_wait = ACK_WAIT;
     loop {
         let batch = {
             let mut j = sink.inner.journal.lock().unwrap();
@@ -357,10 +364,11 @@ async fn report_loop(bus: Arc<dyn Transport>, cfg: Arc<AgentConfig>, sink: Repor
             }
         }
         let msg = ReportBatch { node_id: cfg.node_id.clone(), kind: cfg.kind, reports: batch };
-        let sent = bus.request(subject::REPORT, bus::encode(&msg).into(), REQUEST_TIMEOUT).await;
+        let sent = bus.request(subject::REPORT, bus::encode(&msg).into(), ack_wait).await;
         match sent.map(|b| bus::decode::<Ack>(&b)) {
             Ok(Ok(ack)) => {
                 backoff = Duration::from_millis(50);
+                ack_wait = ACK_WAIT;
                 if let Err(e) = sink.inner.journal.lock().unwrap().ack(&ack.seqs) {
                     warn!("cannot record ack: {e}");
                 }
@@ -368,6 +376,9 @@ async fn report_loop(bus: Arc<dyn Transport>, cfg: Arc<AgentConfig>, sink: Repor
             Ok(Err(e)) => warn!("bad ack: {e}"),
             Err(e) => {
                 debug!("reports not delivered, will retry: {e}");
+                if matches!(e, crate::transport::BusError::Timeout(_)) {
+                    ack_wait = (ack_wait * 2).min(REQUEST_TIMEOUT);
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -421,5 +432,65 @@ mod tests {
         }
         agent.stop().await;
         assert!(seen >= 2, "{seen} heartbeat(s) in 3.5 s: one unanswered held back the rest");
+    }
+
+    /// The gaps between the next `n` arrivals on `sub`, and the last one.
+    async fn gaps(sub: &mut Subscription, n: usize) -> (Vec<Duration>, crate::transport::Message) {
+        let mut m = sub.next().await.unwrap();
+        let mut last = tokio::time::Instant::now();
+        let mut gaps = vec![];
+        for _ in 1..n {
+            m = sub.next().await.unwrap();
+            gaps.push(last.elapsed());
+            last = tokio::time::Instant::now();
+        }
+        (gaps, m)
+    }
+
+    /// A report batch whose ack never comes (lost, or its dcmgr died) is sent again after
+    /// ACK_WAIT, not after the 10 s of any request; the wait grows while batches go
+    /// unanswered and is ACK_WAIT again after an ack.
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_report_batch_goes_again_after_the_ack_wait() {
+        let bus = InProc::new();
+        let mut reg = bus.subscribe(subject::REGISTER).await.unwrap();
+        let mut reports = bus.subscribe(subject::REPORT).await.unwrap();
+        let cfg = AgentConfig {
+            node_id: "hn-test".into(),
+            kind: AgentKind::Hva,
+            host: None,
+            storage: None,
+            tunnel_ip: None,
+            journal: None,
+        };
+        let sink = ReportSink::open(None).unwrap();
+        let agent = start(bus.clone(), cfg, sink.clone(), Arc::new(Idle)).await.unwrap();
+        let m = reg.next().await.unwrap();
+        let ok = Registered { heartbeat_interval_ms: 60_000 };
+        bus.publish(&m.reply.unwrap(), bus::encode(&ok).into()).await.unwrap();
+        let report = |n: u64| {
+            sink.report(ObjectReport::Instance(vdc_schema::bus::InstanceReport {
+                id: "i-1m91yyv9a00zht5".parse().unwrap(),
+                spec_gen: n,
+                state: vdc_schema::ObservedInstance::Running,
+                reboot_gen: 0,
+                volumes: vec![],
+                reason: None,
+            }))
+        };
+        report(1);
+        let (unanswered, m) = gaps(&mut reports, 4).await;
+        let within = |d: Duration, lo: u64| d >= Duration::from_secs(lo) && d < Duration::from_millis(lo * 1000 + 500);
+        assert!(
+            within(unanswered[0], 2) && within(unanswered[1], 4) && within(unanswered[2], 8),
+            "waited {unanswered:?} for acks"
+        );
+        let batch: ReportBatch = bus::decode(&m.payload).unwrap();
+        let seqs = batch.reports.iter().map(|r| r.seq).collect();
+        bus.publish(&m.reply.unwrap(), bus::encode(&Ack { seqs }).into()).await.unwrap();
+        report(2);
+        let (again, _) = gaps(&mut reports, 2).await;
+        assert!(within(again[0], 2), "after an ack, a lost batch waited {:?}", again[0]);
+        agent.stop().await;
     }
 }
