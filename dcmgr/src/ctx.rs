@@ -151,6 +151,8 @@ pub struct Ctx {
     pub rate_limits: Option<crate::app::rate_limit::RateLimits>,
     /// Writes the audit log in batches (`app::audit::Writer`).
     pub audit: crate::app::audit::Writer,
+    /// Marks ensures sent in batches (`controller::sent::Marks`).
+    pub sent: crate::controller::sent::Marks,
     /// This dcmgr's PostgreSQL advisory locks, on one connection: set when the database
     /// may be shared with other dcmgrs ([`Ctx::shared`]).
     pub locks: Option<crate::datastore::locks::SharedLocks>,

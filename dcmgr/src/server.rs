@@ -81,6 +81,7 @@ impl Dcmgr {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let audit = crate::app::audit::Writer::start(pool.clone());
+        let sent = crate::controller::sent::Marks::start(pool.clone());
         // PostgreSQL may be shared by several dcmgrs (README: several controllers).
         let shared = kind == db::DbKind::Postgres;
         let token_ttl = shared.then(|| std::time::Duration::from_millis(config.auth.token_cache_ttl_ms));
@@ -108,6 +109,7 @@ impl Dcmgr {
             views: Default::default(),
             rate_limits,
             audit,
+            sent,
             locks: shared.then(|| db::locks::SharedLocks::new(config.database_url.clone())),
             leader: std::sync::atomic::AtomicBool::new(!shared),
             signin_limits,
@@ -181,6 +183,7 @@ impl Dcmgr {
         }
         // The answers of the last requests have gone out: their entries must not be lost.
         self.ctx.audit.flush().await;
+        self.ctx.sent.flush().await;
         self.ctx.db.close().await;
     }
 

@@ -170,3 +170,93 @@ async fn lossy_bus_and_dcmgr_restarts_converge(db: Db) {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_applied_together_hold_back_no_other_sqlite() {
+    vdc_tests::init_logging();
+    reports_applied_together_hold_back_no_other(Db::Sqlite).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_applied_together_hold_back_no_other_postgres() {
+    vdc_tests::init_logging();
+    reports_applied_together_hold_back_no_other(Db::Postgres).await
+}
+
+/// On SQLite the reports waiting are applied in one transaction
+/// (`controller::reports::apply_group`). One that cannot be applied (its instance's row
+/// is unreadable) must not take the others down with it: they are applied on their own,
+/// and only its own sequence number goes unacked; nothing of the shared attempt stays.
+async fn reports_applied_together_hold_back_no_other(db: Db) {
+    use sqlx::Connection;
+    use vdc_schema::bus::{AgentKind, InstanceReport, ObjectReport, Report, ReportBatch};
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("acme").await;
+    let bad = s.running_instance(&c, "bad").await;
+    let good = s.running_instance(&c, "good").await;
+    let mut conn = sqlx::AnyConnection::connect(&s.database_url).await.unwrap();
+    let gens = |id: &InstanceId| {
+        let id = id.to_string();
+        let url = s.database_url.clone();
+        async move {
+            let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+            sqlx::query_as::<_, (i64, i64, i64)>("SELECT spec_gen, reboot_gen, report_gen FROM instances WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let batch = |inst: &Instance, seq: u64, gen: u64, (spec_gen, reboot_gen): (i64, i64)| ReportBatch {
+        node_id: inst.host_node_id.clone().unwrap().to_string(),
+        kind: AgentKind::Hva,
+        reports: vec![Report {
+            seq,
+            gen,
+            object: ObjectReport::Instance(InstanceReport {
+                id: inst.id.clone(),
+                spec_gen: spec_gen as u64,
+                state: ObservedInstance::Running,
+                reboot_gen: reboot_gen as u64,
+                volumes: vec![],
+                reason: None,
+            }),
+        }],
+    };
+    let ctx = &s.dcmgr().ctx;
+    // Both together, nothing wrong: both applied.
+    let (b, g) = (gens(&bad.id).await, gens(&good.id).await);
+    // Generations are the agents' clocks in microseconds: these are days ahead of theirs.
+    let first = b.2.max(g.2) as u64 + 1_000_000_000_000;
+    let second = first + 1_000_000_000_000;
+    let acks = vdc_dcmgr::controller::reports::apply_group(
+        ctx,
+        &[batch(&bad, 1, first, (b.0, b.1)), batch(&good, 2, first, (g.0, g.1))],
+    )
+    .await;
+    assert_eq!(acks, [vec![1], vec![2]]);
+    assert_eq!(gens(&bad.id).await.2, first as i64);
+    assert_eq!(gens(&good.id).await.2, first as i64);
+    // The second one's row cannot be read: the shared transaction, which had applied the
+    // first, fails; the first is applied on its own.
+    sqlx::query("UPDATE instances SET goal = 'bogus' WHERE id = $1")
+        .bind(bad.id.as_str())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let acks = vdc_dcmgr::controller::reports::apply_group(
+        ctx,
+        &[batch(&good, 4, second, (g.0, g.1)), batch(&bad, 3, second, (b.0, b.1))],
+    )
+    .await;
+    assert_eq!(acks, [vec![4], vec![]], "only the report that could not be applied is left unacked");
+    assert_eq!(gens(&bad.id).await.2, first as i64, "nothing of the failed report stays");
+    assert_eq!(gens(&good.id).await.2, second as i64);
+    sqlx::query("UPDATE instances SET goal = 'running' WHERE id = $1")
+        .bind(bad.id.as_str())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(c.get_instance(&good.id).await.unwrap().state, InstanceState::Running);
+    s.stop().await;
+}

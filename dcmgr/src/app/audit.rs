@@ -7,38 +7,34 @@ use crate::app::{authz, page, paging};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, audit as store};
 use crate::error::{ApiError, ApiResult};
-use tokio::sync::{mpsc, oneshot};
 use vdc_schema::api::{AuditEntry, AuditQuery, ListQuery, Page};
 
 /// Most entries written in one transaction.
 const BATCH: usize = 256;
 
-enum Msg {
-    Entry(Box<AuditEntry>),
-    /// Answered once every entry sent before it is written.
-    Flush(oneshot::Sender<()>),
-}
-
 /// Writes audit entries off the request path, many per transaction: on SQLite's single
 /// writer one transaction per request would stand behind every create's own. An entry
 /// is queued when its answer goes out and written within milliseconds; [`Writer::flush`]
 /// waits for what is queued (the audit listing and shutdown call it).
-pub struct Writer {
-    tx: mpsc::Sender<Msg>,
-}
+pub struct Writer(db::batch::Batcher<AuditEntry>);
 
 impl Writer {
-    /// Starts the writing task on the current runtime; it ends once the writer is dropped
-    /// and what was queued is written.
+    /// Starts the writing task on the current runtime.
     pub fn start(pool: db::Pool) -> Writer {
-        let (tx, rx) = mpsc::channel(4 * BATCH);
-        tokio::spawn(write_loop(pool, rx));
-        Writer { tx }
+        Writer(db::batch::Batcher::start(BATCH, move |entries: Vec<AuditEntry>| {
+            let pool = pool.clone();
+            async move {
+                if let Err(e) = store::insert_many(&pool, &entries).await {
+                    tracing::warn!(entries = entries.len(), first_request_id = %entries[0].request_id,
+                        "the audit log did not record these requests: {e}");
+                }
+            }
+        }))
     }
 
     /// Queues one entry (waits while the queue is full: the log falls behind no further).
     pub async fn record(&self, entry: AuditEntry) {
-        if let Err(mpsc::error::SendError(Msg::Entry(e))) = self.tx.send(Msg::Entry(Box::new(entry))).await {
+        if let Err(e) = self.0.push(entry).await {
             tracing::warn!(request_id = %e.request_id, action = %e.action, status = e.status,
                 "the audit log did not record this request: its writer has stopped");
         }
@@ -46,35 +42,7 @@ impl Writer {
 
     /// Returns once every entry queued before the call is written (or failed to be).
     pub async fn flush(&self) {
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Flush(done)).await.is_ok() {
-            let _ = wait.await;
-        }
-    }
-}
-
-async fn write_loop(pool: db::Pool, mut rx: mpsc::Receiver<Msg>) {
-    let mut msgs = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut msgs, BATCH).await > 0 {
-        let (entries, flushes): (Vec<_>, Vec<_>) = msgs.drain(..).partition(|m| matches!(m, Msg::Entry(_)));
-        let entries: Vec<AuditEntry> = entries
-            .into_iter()
-            .filter_map(|m| match m {
-                Msg::Entry(e) => Some(*e),
-                Msg::Flush(_) => None,
-            })
-            .collect();
-        if !entries.is_empty() {
-            if let Err(e) = store::insert_many(&pool, &entries).await {
-                tracing::warn!(entries = entries.len(), first_request_id = %entries[0].request_id,
-                    "the audit log did not record these requests: {e}");
-            }
-        }
-        for f in flushes {
-            if let Msg::Flush(done) = f {
-                let _ = done.send(());
-            }
-        }
+        self.0.flush().await
     }
 }
 

@@ -8,6 +8,7 @@ use crate::controller::image;
 use crate::controller::{Error, Result};
 use crate::ctx::{SharedCtx, Work};
 use crate::datastore::job;
+use crate::datastore::sent::Table;
 use crate::datastore::{self as db, instance as store};
 use crate::error::ApiResult;
 
@@ -45,7 +46,7 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
     if let Some(obs) = &ctx.ensure_observer {
         obs(id);
     }
-    store::mark_sent(&ctx.db, id).await?;
+    ctx.sent.sent(Table::Instances, id, row.spec_gen).await;
     Ok(())
 }
 
@@ -56,7 +57,7 @@ async fn capture(ctx: &SharedCtx, row: &store::Row) -> Result<()> {
     let Some(spec) = capture_spec(ctx, row, host).await? else { return Ok(()) };
     let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(Error::model)? };
     hva.capture_instance(spec).await?;
-    store::mark_sent(&ctx.db, &row.id).await?;
+    ctx.sent.sent(Table::Instances, &row.id, row.spec_gen).await;
     Ok(())
 }
 
@@ -129,40 +130,64 @@ async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Re
 /// lock; a failure applies none of it and leaves the report unacked, to come again.
 pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceReport) -> Result<()> {
     let mut tx = db::begin(&ctx.db).await?;
-    // A copy reported gone or on its way out (after the ensure-absent it was sent) is
-    // not told again: each ensure would answer with another report, for ever.
-    let leaving = matches!(r.state, ObservedInstance::Absent | ObservedInstance::Stopping);
-    let Some(row) = store::lock_get(&mut tx, r.id.as_str()).await? else {
-        drop(tx);
-        if !leaving {
-            garbage(ctx, node, &r).await;
-        }
-        return Ok(());
-    };
-    if row.state == InstanceState::Terminated.as_str() || row.host_node_id.as_deref() != Some(node) {
-        drop(tx);
-        // Only clean up copies the model has moved away from; a stopped instance's last
-        // host keeps its powered-off guest (and disk) for the next start.
-        if (row.state == InstanceState::Terminated.as_str() || !row.belongs_on(node)) && !leaving {
-            garbage(ctx, node, &r).await;
-        }
-        return Ok(());
-    }
-    if (r.spec_gen as i64) < row.spec_gen || (gen as i64) <= row.report_gen {
-        return Ok(());
-    }
-    let folded = fold(&mut tx, &row, node, gen, &r).await?;
+    let after = apply_in(&mut tx, node, gen, r).await?;
     tx.commit().await?;
     ctx.events.wake();
-    if folded.state.as_str() != row.state {
-        tracing::info!(instance = %r.id, from = %row.state, to = %folded.state, "instance state");
-    }
-    folded.after(ctx, node).await;
+    after.run(ctx, node).await;
     Ok(())
 }
 
+/// What is left to do for a report once its transaction is committed.
+pub enum ReportAfter {
+    Nothing,
+    /// The host holds a copy the model does not place there: it is told to remove it.
+    Garbage(InstanceReport),
+    /// Folded: `from` is the state it had.
+    Folded {
+        id: vdc_schema::id::InstanceId,
+        from: String,
+        folded: Folded,
+    },
+}
+
+impl ReportAfter {
+    pub async fn run(self, ctx: &SharedCtx, node: &str) {
+        match self {
+            ReportAfter::Nothing => {}
+            ReportAfter::Garbage(r) => garbage(ctx, node, &r).await,
+            ReportAfter::Folded { id, from, folded } => {
+                if folded.state.as_str() != from {
+                    tracing::info!(instance = %id, %from, to = %folded.state, "instance state");
+                }
+                folded.after(ctx, node).await
+            }
+        }
+    }
+}
+
+/// Applies report `r` of host `node` in `tx` (which other reports may share).
+pub async fn apply_in(tx: &mut db::Tx<'_>, node: &str, gen: u64, r: InstanceReport) -> Result<ReportAfter> {
+    // A copy reported gone or on its way out (after the ensure-absent it was sent) is
+    // not told again: each ensure would answer with another report, for ever.
+    let leaving = matches!(r.state, ObservedInstance::Absent | ObservedInstance::Stopping);
+    let Some(row) = store::lock_get(tx, r.id.as_str()).await? else {
+        return Ok(if leaving { ReportAfter::Nothing } else { ReportAfter::Garbage(r) });
+    };
+    if row.state == InstanceState::Terminated.as_str() || row.host_node_id.as_deref() != Some(node) {
+        // Only clean up copies the model has moved away from; a stopped instance's last
+        // host keeps its powered-off guest (and disk) for the next start.
+        let gone = row.state == InstanceState::Terminated.as_str() || !row.belongs_on(node);
+        return Ok(if gone && !leaving { ReportAfter::Garbage(r) } else { ReportAfter::Nothing });
+    }
+    if (r.spec_gen as i64) < row.spec_gen || (gen as i64) <= row.report_gen {
+        return Ok(ReportAfter::Nothing);
+    }
+    let folded = fold(tx, &row, node, gen, &r).await?;
+    Ok(ReportAfter::Folded { id: r.id, from: row.state, folded })
+}
+
 /// What a folded report changed, and what is left to do once it is committed.
-struct Folded {
+pub struct Folded {
     state: InstanceState,
     removed: instance::Removed,
     /// Interfaces whose peers' tunnels follow the instance leaving the host.

@@ -137,40 +137,83 @@ pub async fn dispatch_one(ctx: &SharedCtx, id: &str) -> ApiResult<Option<(String
         .ensure_interface(spec)
         .await
         .map_err(|e| ApiError::Unavailable { code: "agent_unavailable", message: e.to_string() })?;
-    store::mark_sent(&ctx.db, id).await?;
+    ctx.sent.sent(crate::datastore::sent::Table::Vifs, id, spec_gen).await;
     Ok(placed.then_some((network_id, host)))
 }
 
 /// Applies nwagent's report on one interface.
 pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InterfaceReport) -> Result<(), sqlx::Error> {
-    let vif = &r.id;
-    let unplug = |gen: u64| async move {
-        if let Ok(node) = node.parse() {
-            let client = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id: node };
-            let _ = client.ensure_interface_absent(vif.clone(), gen).await;
+    let w = store::whereabouts(&ctx.db, r.id.as_str()).await?;
+    let after = match on_report(w.as_ref(), node, &r) {
+        ReportAfter::Record => {
+            let mut tx = db::begin(&ctx.db).await?;
+            record(&mut tx, gen, &r).await?;
+            tx.commit().await?;
+            ctx.events.wake();
+            ReportAfter::Nothing
         }
+        other => other,
     };
-    match store::whereabouts(&ctx.db, r.id.as_str()).await? {
+    after.run(ctx, node, &r).await;
+    Ok(())
+}
+
+/// What a report of an interface asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReportAfter {
+    Nothing,
+    /// Its state is recorded.
+    Record,
+    /// The host holds a port it should not: it is told to unplug it (at this generation).
+    Unplug(u64),
+}
+
+/// Decides what a report of host `node` on an interface (`w`: where it belongs, None
+/// when dcmgr no longer knows it) asks for.
+fn on_report(w: Option<&store::Whereabouts>, node: &str, r: &InterfaceReport) -> ReportAfter {
+    match w {
         // An interface dcmgr no longer knows: unplug it.
-        None if r.state != ObservedInterface::Absent => {
-            unplug(r.spec_gen).await;
-            Ok(())
-        }
+        None if r.state != ObservedInterface::Absent => ReportAfter::Unplug(r.spec_gen),
         // A port left behind on a host its instance no longer is on (evacuated while
         // the host was away, which came back): unplug it, unless placed there again by
         // the time it arrives (a newer generation).
         Some(w) if !w.belongs_on(node) && r.state != ObservedInterface::Absent => {
-            unplug(w.spec_gen as u64).await;
-            Ok(())
+            ReportAfter::Unplug(w.spec_gen as u64)
         }
-        Some(w) if w.host_node_id.as_deref() == Some(node) => {
-            let (state, applied) = app::on_report(r.state, r.spec_gen);
-            let mut tx = db::begin(&ctx.db).await?;
-            store::record_report(&mut tx, r.id.as_str(), state.as_str(), gen as i64, applied).await?;
-            tx.commit().await?;
-            ctx.events.wake();
-            Ok(())
-        }
-        _ => Ok(()),
+        Some(w) if w.host_node_id.as_deref() == Some(node) => ReportAfter::Record,
+        _ => ReportAfter::Nothing,
     }
+}
+
+impl ReportAfter {
+    /// What is left once the report's transaction is committed.
+    pub async fn run(self, ctx: &SharedCtx, node: &str, r: &InterfaceReport) {
+        if let (ReportAfter::Unplug(gen), Ok(node)) = (self, node.parse()) {
+            let client = vdc_bus::NwClient { bus: ctx.bus.clone(), node_id: node };
+            let _ = client.ensure_interface_absent(r.id.clone(), gen).await;
+        }
+    }
+}
+
+/// Applies report `r` of host `node` in `tx` (which other reports may share): what is
+/// left to do once it is committed.
+pub async fn apply_in(
+    tx: &mut db::Tx<'_>,
+    node: &str,
+    gen: u64,
+    r: &InterfaceReport,
+) -> Result<ReportAfter, sqlx::Error> {
+    let w = store::whereabouts(&mut **tx, r.id.as_str()).await?;
+    match on_report(w.as_ref(), node, r) {
+        ReportAfter::Record => {
+            record(tx, gen, r).await?;
+            Ok(ReportAfter::Nothing)
+        }
+        other => Ok(other),
+    }
+}
+
+async fn record(tx: &mut db::Tx<'_>, gen: u64, r: &InterfaceReport) -> Result<(), sqlx::Error> {
+    let (state, applied) = app::on_report(r.state, r.spec_gen);
+    store::record_report(tx, r.id.as_str(), state.as_str(), gen as i64, applied).await
 }

@@ -14,6 +14,7 @@ pub mod leader;
 pub mod membership;
 pub mod reconciler;
 pub mod reports;
+pub mod sent;
 pub mod snapshot;
 pub mod volume;
 

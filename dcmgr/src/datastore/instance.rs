@@ -364,17 +364,6 @@ pub async fn forget_host(tx: &mut db::Tx<'_>, id: &str) -> Result<(), sqlx::Erro
     db::event::changed(tx, db::event::Kind::Instance, id, before.as_deref()).await
 }
 
-/// Records that the current spec was sent (the reconciler re-sends after a while).
-pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
-    let _turn = db::write_turn(pool).await;
-    sqlx::query("UPDATE instances SET ensure_sent_at = $1 WHERE id = $2")
-        .bind(db::now_ms())
-        .bind(id)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
 /// An instance's NIC as the agent spec needs it.
 #[derive(sqlx::FromRow)]
 pub struct Nic {

@@ -395,21 +395,18 @@ pub async fn member_ips(pool: &db::Pool, group: &str) -> Result<Vec<String>, sql
     Ok(r.into_iter().map(|r| r.0).collect())
 }
 
-pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
-    let _turn = db::write_turn(pool).await;
-    sqlx::query("UPDATE vifs SET ensure_sent_at = $1 WHERE id = $2").bind(db::now_ms()).bind(id).execute(pool).await?;
-    Ok(())
-}
-
 /// Where an interface's instance is (its host, or the host a stopped one ran on last) and
 /// the interface's generation; None when the interface is unknown.
-pub async fn whereabouts(pool: &db::Pool, id: &str) -> Result<Option<Whereabouts>, sqlx::Error> {
+pub async fn whereabouts<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    id: &str,
+) -> Result<Option<Whereabouts>, sqlx::Error> {
     sqlx::query_as(
         "SELECT i.host_node_id, i.last_host_id, v.spec_gen FROM vifs v JOIN instances i ON i.id = v.instance_id \
          WHERE v.id = $1",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await
 }
 

@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod audit;
+pub mod batch;
 pub mod bundle;
 pub mod event;
 pub mod floating_ip;
@@ -19,6 +20,7 @@ pub mod network;
 pub mod quota;
 pub mod retention;
 pub mod secgroup;
+pub mod sent;
 pub mod server_group;
 pub mod site;
 pub mod snapshot;
@@ -86,6 +88,11 @@ fn gate_of(pool: &Pool) -> Option<Gate> {
         return Some(g.clone());
     }
     Some(gates.entry(url.to_owned()).or_default().clone())
+}
+
+/// Whether the database has one writer (SQLite), whose transactions take turns.
+pub fn one_writer(pool: &Pool) -> bool {
+    gate_of(pool).is_some()
 }
 
 /// Waits for the write gate (SQLite) for a write made outside a transaction; hold the
