@@ -396,6 +396,17 @@ mod tests {
 
     struct Idle;
 
+    fn config() -> AgentConfig {
+        AgentConfig {
+            node_id: "hn-test".into(),
+            kind: AgentKind::Hva,
+            host: None,
+            storage: None,
+            tunnel_ip: None,
+            journal: None,
+        }
+    }
+
     #[async_trait]
     impl CommandHandler for Idle {
         async fn command(&self, _cmd: Command) -> Result<(), AgentError> {
@@ -410,15 +421,7 @@ mod tests {
         let bus = InProc::new();
         let mut reg = bus.subscribe(subject::REGISTER).await.unwrap();
         let mut beats = bus.subscribe(subject::HEARTBEAT).await.unwrap();
-        let cfg = AgentConfig {
-            node_id: "hn-test".into(),
-            kind: AgentKind::Hva,
-            host: None,
-            storage: None,
-            tunnel_ip: None,
-            journal: None,
-        };
-        let agent = start(bus.clone(), cfg, ReportSink::open(None).unwrap(), Arc::new(Idle)).await.unwrap();
+        let agent = start(bus.clone(), config(), ReportSink::open(None).unwrap(), Arc::new(Idle)).await.unwrap();
         let m = reg.next().await.unwrap();
         let ok = Registered { heartbeat_interval_ms: 100 };
         bus.publish(&m.reply.unwrap(), bus::encode(&ok).into()).await.unwrap();
@@ -455,16 +458,8 @@ mod tests {
         let bus = InProc::new();
         let mut reg = bus.subscribe(subject::REGISTER).await.unwrap();
         let mut reports = bus.subscribe(subject::REPORT).await.unwrap();
-        let cfg = AgentConfig {
-            node_id: "hn-test".into(),
-            kind: AgentKind::Hva,
-            host: None,
-            storage: None,
-            tunnel_ip: None,
-            journal: None,
-        };
         let sink = ReportSink::open(None).unwrap();
-        let agent = start(bus.clone(), cfg, sink.clone(), Arc::new(Idle)).await.unwrap();
+        let agent = start(bus.clone(), config(), sink.clone(), Arc::new(Idle)).await.unwrap();
         let m = reg.next().await.unwrap();
         let ok = Registered { heartbeat_interval_ms: 60_000 };
         bus.publish(&m.reply.unwrap(), bus::encode(&ok).into()).await.unwrap();
