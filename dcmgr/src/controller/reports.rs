@@ -13,7 +13,8 @@
 use crate::controller::{instance, interface, snapshot, volume};
 use crate::ctx::SharedCtx;
 use crate::datastore as db;
-use tokio::sync::mpsc;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use vdc_bus::Subscription;
@@ -24,13 +25,14 @@ use vdc_schema::bus::{self, Ack, AgentKind, ObjectReport, Report, ReportBatch};
 const GROUP: usize = 16;
 
 pub async fn serve(ctx: SharedCtx, mut sub: Subscription, cancel: CancellationToken) {
+    // Reports of different agents are independent; a few batches (or, on SQLite, groups
+    // past their shared transaction) are worked on at once.
+    let limit = Arc::new(Semaphore::new(8));
     let grouped = db::one_writer(&ctx.db).then(|| {
         let (tx, rx) = mpsc::channel(4 * GROUP);
-        tokio::spawn(apply_groups(ctx.clone(), rx));
+        tokio::spawn(apply_groups(ctx.clone(), rx, limit.clone()));
         tx
     });
-    // Reports of different agents are independent; apply a few batches at once.
-    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
     loop {
         let msg = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -54,10 +56,15 @@ pub async fn serve(ctx: SharedCtx, mut sub: Subscription, cancel: CancellationTo
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let seqs = apply_batch(&ctx, batch).await;
-            let _ = ctx.bus.publish(&reply, bus::encode(&Ack { seqs }).into()).await;
+            ack(&ctx, &reply, seqs).await;
             drop(permit);
         });
     }
+}
+
+/// Answers a batch with the sequence numbers applied (lost, the agent sends them again).
+async fn ack(ctx: &SharedCtx, reply: &str, seqs: Vec<u64>) {
+    let _ = ctx.bus.publish(reply, bus::encode(&Ack { seqs }).into()).await;
 }
 
 /// Applies what it can and returns the sequence numbers to ack.
@@ -107,8 +114,7 @@ async fn apply_one(ctx: &SharedCtx, kind: AgentKind, node: &str, r: Report) -> b
 /// once, as batches do on PostgreSQL. Done here, one lost message held every agent's
 /// reports for as long, their requests timed out and came again, and on a lossy bus
 /// instances stayed `starting` for over a minute.
-async fn apply_groups(ctx: SharedCtx, mut rx: mpsc::Receiver<(ReportBatch, String)>) {
-    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(8));
+async fn apply_groups(ctx: SharedCtx, mut rx: mpsc::Receiver<(ReportBatch, String)>, limit: Arc<Semaphore>) {
     let mut waiting = Vec::with_capacity(GROUP);
     while rx.recv_many(&mut waiting, GROUP).await > 0 {
         let (batches, replies): (Vec<_>, Vec<_>) = waiting.drain(..).unzip();
@@ -118,7 +124,7 @@ async fn apply_groups(ctx: SharedCtx, mut rx: mpsc::Receiver<(ReportBatch, Strin
         tokio::spawn(async move {
             let acks = finish_group(&ctx, &batches, together).await;
             for (reply, seqs) in replies.iter().zip(acks) {
-                let _ = ctx.bus.publish(reply, bus::encode(&Ack { seqs }).into()).await;
+                ack(&ctx, reply, seqs).await;
             }
             drop(permit);
         });
