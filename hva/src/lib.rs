@@ -33,7 +33,7 @@ pub async fn start_sim(
 ) -> anyhow::Result<(AgentHandle, Arc<sim::SimHypervisor>)> {
     let journal = o.data_dir.as_ref().map(|d| d.join("journal.jsonl"));
     let sink = ReportSink::open(journal.as_deref())?;
-    let state_file = o.data_dir.as_ref().map(|d| d.join("sim-instances.json"));
+    let state_file = o.data_dir.as_ref().map(|d| d.join("sim-instances.jsonl"));
     let driver = Arc::new(sim::SimHypervisor::new(sink.clone(), o.sim, state_file)?);
     let cfg = AgentConfig {
         node_id: o.node_id.clone(),
