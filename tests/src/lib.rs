@@ -39,6 +39,10 @@ pub struct StackOptions {
     pub storage_nodes: usize,
     pub sim: SimKnobs,
     pub agent_timeout_ms: u64,
+    /// dcmgr's heartbeat, reconcile and resend periods as configured by default (2 s, 2 s,
+    /// 5 s) instead of the tests' short ones (0.2 s, 0.2 s, 0.5 s), which would have a
+    /// benchmark measure extra heartbeats and ensures sent again that no site sends.
+    pub default_timers: bool,
     /// dcmgr's `router_release_after_ms`.
     pub router_release_after_ms: u64,
     pub ensure_observer: Option<EnsureObserver>,
@@ -181,6 +185,7 @@ impl StackOptions {
             storage_nodes: 1,
             sim: SimKnobs { delay: Duration::from_millis(20), fail_rate: 0.0, drop_rate: 0.0 },
             agent_timeout_ms: 1500,
+            default_timers: false,
             router_release_after_ms: 60_000,
             ensure_observer: None,
             journals_on_disk: true,
@@ -811,14 +816,20 @@ impl Drop for Stack {
 }
 
 fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, listen: &str) -> Config {
+    let defaults = Config::default();
+    let (heartbeat, reconcile, resend) = if opts.default_timers {
+        (defaults.heartbeat_interval_ms, defaults.reconcile_interval_ms, defaults.resend_after_ms)
+    } else {
+        (200, 200, 500)
+    };
     Config {
         listen: listen.to_owned(),
         database_url: database_url.to_owned(),
         nats_url: None,
-        heartbeat_interval_ms: 200,
+        heartbeat_interval_ms: heartbeat,
         agent_timeout_ms: opts.agent_timeout_ms,
-        reconcile_interval_ms: 200,
-        resend_after_ms: 500,
+        reconcile_interval_ms: reconcile,
+        resend_after_ms: resend,
         router_release_after_ms: opts.router_release_after_ms,
         dispatch_workers: 4,
         admin_token: Some(admin_token.to_owned()),
@@ -836,7 +847,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
         auth: opts.auth.clone(),
         quotas: opts.quotas.clone(),
         metrics: opts.metrics.clone(),
-        ..Config::default()
+        ..defaults
     }
 }
 
