@@ -32,9 +32,14 @@ struct Guest {
     volumes: Vec<VolumeId>,
     reason: Option<String>,
     boots: u32,
-    /// Bumped by every ensure; a delayed transition applies only if still current.
+    /// Bumped by every ensure that changes course; a delayed transition applies only if
+    /// still current.
     #[serde(skip)]
     op: u64,
+    /// Where the delayed transition under way leads (`Absent`: removal). None after a
+    /// restart: the transitions of the process before are gone with it.
+    #[serde(skip)]
+    pending: Option<ObservedInstance>,
 }
 
 /// One line of the state file.
@@ -180,6 +185,7 @@ impl SimHypervisor {
             if g.op != op {
                 return;
             }
+            g.pending = None;
             match &fail {
                 Some(why) => {
                     g.state = ObservedInstance::Failed;
@@ -235,13 +241,25 @@ impl Hypervisor for SimHypervisor {
             reason: None,
             boots: 0,
             op: 0,
+            pending: None,
         });
         g.spec = spec.clone();
-        g.op += 1;
         // Volumes follow the spec at once: the sim has no hotplug to wait for.
         g.volumes = spec.volumes.iter().map(|v| v.volume_id.clone()).collect();
+        // The same ensure again while its start or stop is under way lets it finish, as
+        // the real driver does (a start it took up again would never end under ensures
+        // sent faster than it); the start sets the reboot generation it finds then.
+        let want = match spec.power {
+            DesiredPower::Running => ObservedInstance::Running,
+            DesiredPower::Off => ObservedInstance::Off,
+        };
+        let under_way = g.pending == Some(want);
+        if !under_way {
+            g.op += 1;
+        }
         let op = g.op;
         let (next, fail) = match (spec.power, g.state) {
+            _ if under_way => (None, None),
             (DesiredPower::Running, ObservedInstance::Running) if g.reboot_done >= spec.reboot_gen => (None, None),
             (DesiredPower::Running, _) => {
                 let fail = if spec.hostname.contains("simfail") {
@@ -261,6 +279,9 @@ impl Hypervisor for SimHypervisor {
                 (Some(ObservedInstance::Off), None)
             }
         };
+        if next.is_some() {
+            g.pending = next;
+        }
         Self::report(&self.sink, &id, Some(g), 0);
         guests.save(&id);
         drop(guests);
@@ -279,6 +300,7 @@ impl Hypervisor for SimHypervisor {
             None => Self::report(&self.sink, &id, None, spec_gen),
             Some(g) => {
                 g.op += 1;
+                g.pending = Some(ObservedInstance::Absent);
                 g.spec.spec_gen = g.spec.spec_gen.max(spec_gen);
                 g.state = ObservedInstance::Stopping;
                 Self::report(&self.sink, &id, Some(g), 0);
@@ -378,7 +400,11 @@ mod tests {
     }
 
     fn sim(file: &std::path::Path) -> SimHypervisor {
-        let knobs = SimKnobs { delay: Duration::from_millis(1), fail_rate: 0.0, drop_rate: 0.0 };
+        sim_taking(file, Duration::from_millis(1))
+    }
+
+    fn sim_taking(file: &std::path::Path, delay: Duration) -> SimHypervisor {
+        let knobs = SimKnobs { delay, fail_rate: 0.0, drop_rate: 0.0 };
         SimHypervisor::new(ReportSink::open(None).unwrap(), knobs, Some(file.to_owned())).unwrap()
     }
 
@@ -416,5 +442,32 @@ mod tests {
         assert_eq!(state(&s, &a), Some((ObservedInstance::Running, 199)));
         assert_eq!(state(&s, &b), None, "a removed guest stays removed");
         assert_eq!(s.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_ensure_sent_again_lets_the_start_under_way_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sim-instances.jsonl");
+        let a: InstanceId = "i-aaaaaaaa".parse().unwrap();
+        let s = sim_taking(&file, Duration::from_millis(60));
+        // The same ensure every 20 ms, three times as often as a start takes.
+        for _ in 0..10 {
+            s.ensure_instance(spec(&a, 1)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(state(&s, &a), Some((ObservedInstance::Running, 1)));
+        drop(s);
+
+        // A start under way when the process stopped is started again by the next ensure.
+        let s = sim_taking(&file, Duration::from_secs(60));
+        s.ensure_instance(spec(&a, 2)).await.unwrap();
+        s.ensure_instance(InstanceSpec { power: DesiredPower::Off, ..spec(&a, 3) }).await.unwrap();
+        s.ensure_instance(spec(&a, 4)).await.unwrap();
+        assert_eq!(state(&s, &a), Some((ObservedInstance::Starting, 4)));
+        drop(s);
+        let s = sim(&file);
+        s.ensure_instance(spec(&a, 5)).await.unwrap();
+        settle().await;
+        assert_eq!(state(&s, &a), Some((ObservedInstance::Running, 5)));
     }
 }
