@@ -67,9 +67,17 @@ const LINES_PER_GUEST: usize = 8;
 
 impl Guests {
     /// Replays the log at `path`. A line that does not parse (cut off when the process
-    /// was killed while writing it) is skipped.
+    /// was killed while writing it) is skipped. Without a log, the guests an older vdc
+    /// wrote whole to `sim-instances.json` beside it are taken over (an upgraded site's).
     fn open(path: PathBuf) -> std::io::Result<Guests> {
         let mut map = HashMap::new();
+        let legacy = path.with_extension("json");
+        if !path.exists() {
+            if let Ok(text) = std::fs::read_to_string(&legacy) {
+                let saved: Vec<Guest> = serde_json::from_str(&text).unwrap_or_default();
+                map = saved.into_iter().map(|g| (g.spec.id.clone(), g)).collect();
+            }
+        }
         if let Ok(f) = std::fs::File::open(&path) {
             for line in std::io::BufReader::new(f).lines() {
                 match serde_json::from_str::<Change>(&line?) {
@@ -85,6 +93,7 @@ impl Guests {
         }
         let mut g = Guests { map, log: None };
         g.rewrite(path)?;
+        let _ = std::fs::remove_file(legacy);
         Ok(g)
     }
 
@@ -442,6 +451,29 @@ mod tests {
         assert_eq!(state(&s, &a), Some((ObservedInstance::Running, 199)));
         assert_eq!(state(&s, &b), None, "a removed guest stays removed");
         assert_eq!(s.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_guests_an_older_vdc_wrote_whole_are_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sim-instances.jsonl");
+        let a: InstanceId = "i-aaaaaaaa".parse().unwrap();
+        let g = Guest {
+            spec: spec(&a, 3),
+            state: ObservedInstance::Running,
+            reboot_done: 0,
+            volumes: vec![],
+            reason: None,
+            boots: 2,
+            op: 0,
+            pending: None,
+        };
+        std::fs::write(dir.path().join("sim-instances.json"), serde_json::to_vec(&vec![g]).unwrap()).unwrap();
+        let s = sim(&file);
+        assert_eq!(state(&s, &a), Some((ObservedInstance::Running, 3)));
+        drop(s);
+        assert!(!dir.path().join("sim-instances.json").exists(), "taken into the log");
+        assert_eq!(state(&sim(&file), &a), Some((ObservedInstance::Running, 3)));
     }
 
     #[tokio::test]
