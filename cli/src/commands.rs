@@ -1082,6 +1082,10 @@ pub enum HostCmd {
     /// what runs there keeps running, and an instance stopped there starts there again
     Cordon {
         id: HostNodeId,
+        /// Why, shown with the host (`host list`, `host show`); a cordoned host's reason
+        /// can be changed by cordoning it again
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Let new instances be placed on a cordoned host again
     Uncordon {

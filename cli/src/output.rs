@@ -696,6 +696,15 @@ impl Tabular for Evacuation {
     }
 }
 
+/// Whether a host takes new instances: "yes", or `cordoned` with the admin's reason.
+fn placing(h: &HostNode, cordoned: &str) -> String {
+    match (h.schedulable, &h.cordon_reason) {
+        (true, _) => "yes".to_string(),
+        (false, Some(r)) => format!("{cordoned} ({r})"),
+        (false, None) => cordoned.to_string(),
+    }
+}
+
 impl Tabular for HostNode {
     fn headers() -> &'static [&'static str] {
         &[
@@ -715,7 +724,7 @@ impl Tabular for HostNode {
         vec![
             self.id.to_string(),
             self.state.to_string(),
-            if self.schedulable { "yes" } else { "cordoned" }.to_string(),
+            placing(self, "cordoned"),
             join(&self.hypervisors, ","),
             opt(&self.zone),
             labels(&self.labels, ","),
@@ -735,7 +744,7 @@ impl Tabular for HostNode {
         vec![
             ("ID", self.id.to_string()),
             ("STATE", self.state.to_string()),
-            ("PLACING", if self.schedulable { "yes" } else { "cordoned: no new instances" }.to_string()),
+            ("PLACING", placing(self, "cordoned: no new instances")),
             ("HYPERVISORS", join(&self.hypervisors, ", ")),
             ("ZONE", opt(&self.zone)),
             ("LABELS", labels(&self.labels, "\n")),

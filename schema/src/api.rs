@@ -1130,6 +1130,10 @@ pub struct HostNode {
     #[serde(default = "yes")]
     #[schema(required = true)]
     pub schedulable: bool,
+    /// Why an admin cordoned the host; null when it is not cordoned or no reason was given.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub cordon_reason: Option<String>,
 }
 
 fn yes() -> bool {
@@ -1178,6 +1182,12 @@ pub struct UpdateHostNode {
     /// Unchanged when absent.
     #[serde(default)]
     pub schedulable: Option<bool>,
+    /// Why the host is cordoned (maintenance, a ticket), shown with it: with
+    /// `schedulable: false`, or alone for a host already cordoned. Opening the host again
+    /// clears it.
+    #[serde(default)]
+    #[schema(max_length = 255)]
+    pub cordon_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -844,8 +844,10 @@ async fn a_cordoned_host_takes_no_new_instances(db: Db) {
         tokio::spawn(async move { c.create_instance(&inst(&image, &name)).await.map(|a| a.resource) })
     };
     let during: Vec<_> = (0..20).map(|n| create(format!("d{n}"))).collect();
-    let h = s.admin.update_host_node(&a, &cordon(false)).await.unwrap();
+    let why = UpdateHostNode { cordon_reason: Some("disk swap (ticket 42)".into()), ..cordon(false) };
+    let h = s.admin.update_host_node(&a, &why).await.unwrap();
     assert!(!h.schedulable);
+    assert_eq!(h.cordon_reason.as_deref(), Some("disk swap (ticket 42)"));
     let after: Vec<_> = (0..20).map(|n| create(format!("a{n}"))).collect();
     for t in during {
         t.await.unwrap().expect("accepted while the cordon came");
@@ -869,10 +871,37 @@ async fn a_cordoned_host_takes_no_new_instances(db: Db) {
     s.crash_hva(i);
     s.restart_hva(i).await;
     host_becomes(&s, &a, NodeState::Online, "a registers again").await;
-    assert!(!s.admin.get_host_node(&a).await.unwrap().schedulable);
+    let h = s.admin.get_host_node(&a).await.unwrap();
+    assert!(!h.schedulable);
+    assert_eq!(h.cordon_reason.as_deref(), Some("disk swap (ticket 42)"), "the reason outlives it too");
+
+    // A cordon again without a reason keeps it; a reason alone changes it. A reason is one
+    // line for a cordoned host: anything else is refused and changes nothing.
+    assert_eq!(
+        s.admin.update_host_node(&a, &cordon(false)).await.unwrap().cordon_reason.as_deref(),
+        Some("disk swap (ticket 42)")
+    );
+    let reason = |r: &str| UpdateHostNode { cordon_reason: Some(r.into()), ..Default::default() };
+    let h = s.admin.update_host_node(&a, &reason("disk swapped, burn-in")).await.unwrap();
+    assert_eq!((h.schedulable, h.cordon_reason.as_deref()), (false, Some("disk swapped, burn-in")));
+    for bad in [
+        UpdateHostNode { cordon_reason: Some("open it".into()), ..cordon(true) },
+        reason("two\nlines"),
+        reason(&"x".repeat(256)),
+        UpdateHostNode { cordon_reason: Some("b is open".into()), ..Default::default() },
+    ] {
+        let target = if bad.cordon_reason.as_deref() == Some("b is open") { &b } else { &a };
+        let (status, code, message) = err(s.admin.update_host_node(target, &bad).await);
+        assert_eq!((status, code.as_str()), (400, "invalid_cordon_reason"), "{message}");
+    }
+    let h = s.admin.get_host_node(&a).await.unwrap();
+    assert_eq!((h.schedulable, h.cordon_reason.as_deref()), (false, Some("disk swapped, burn-in")));
+    let h = s.admin.get_host_node(&b).await.unwrap();
+    assert_eq!((h.schedulable, h.cordon_reason), (true, None));
 
     // Every host cordoned (b through the CLI): a create is refused and makes nothing.
-    ok(&s.admin, &["host", "cordon", b.as_str()]).await;
+    ok(&s.admin, &["host", "cordon", b.as_str(), "--reason", "retiring"]).await;
+    assert_eq!(s.admin.get_host_node(&b).await.unwrap().cordon_reason.as_deref(), Some("retiring"));
     let before = c.list_all_instances().await.unwrap().len();
     let (status, code, message) = err(c.create_instance(&inst(&image, "refused")).await);
     assert_eq!((status, code.as_str()), (422, "no_capacity"), "{message}");
@@ -881,7 +910,8 @@ async fn a_cordoned_host_takes_no_new_instances(db: Db) {
 
     // Uncordoned: a takes new instances again (spread: it has the more room).
     ok(&s.admin, &["host", "uncordon", a.as_str()]).await;
-    assert!(s.admin.get_host_node(&a).await.unwrap().schedulable);
+    let h = s.admin.get_host_node(&a).await.unwrap();
+    assert_eq!((h.schedulable, h.cordon_reason), (true, None), "opened, its reason goes");
     let back = c.create_instance(&inst(&image, "back")).await.unwrap().resource;
     assert_eq!(back.host_node_id.as_ref(), Some(&a));
     s.stop().await;

@@ -1288,7 +1288,7 @@ function mountHosts(root) {
       const hostColumns = [
         { label: t('col_id'), cell: (h) => code(h.id) },
         // A cordoned host takes no new instances (vdc host cordon).
-        { label: t('col_state'), cell: (h) => (h.schedulable === false ? el('span', {}, badge(h.state), ' ', el('span', { class: 'badge badge-off' }, t('badge_cordoned'))) : badge(h.state)) },
+        { label: t('col_state'), cell: (h) => (h.schedulable === false ? el('span', {}, badge(h.state), ' ', el('span', { class: 'badge badge-off', title: h.cordon_reason }, t('badge_cordoned')), h.cordon_reason ? el('span', {}, ' ', h.cordon_reason) : null) : badge(h.state)) },
         { label: t('col_hypervisors'), cell: (h) => h.hypervisors.join(', ') },
         { label: t('col_cpus'), cell: (h) => fmtUsage(h.cpus_used, h.cpus_allocatable, String) },
         { label: t('col_memory'), cell: (h) => fmtUsage(h.memory_used_mib, h.memory_allocatable_mib, fmtMib) },

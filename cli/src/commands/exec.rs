@@ -1151,8 +1151,10 @@ async fn host(ctx: &Ctx, cmd: HostCmd) -> Result<(), CliError> {
             }
             Ok(())
         }
-        HostCmd::Cordon { id } => ctx
-            .show(&c.update_host_node(&id, &UpdateHostNode { schedulable: Some(false), ..Default::default() }).await?),
+        HostCmd::Cordon { id, reason } => {
+            let req = UpdateHostNode { schedulable: Some(false), cordon_reason: reason, ..Default::default() };
+            ctx.show(&c.update_host_node(&id, &req).await?)
+        }
         HostCmd::Uncordon { id } => {
             ctx.show(&c.update_host_node(&id, &UpdateHostNode { schedulable: Some(true), ..Default::default() }).await?)
         }

@@ -169,6 +169,23 @@ fn token_ok(s: &str, slash: bool) -> bool {
 
 /// Sets a host's zone and merges its labels (admin only). The API is the one source of
 /// truth for both: agent registrations leave them alone.
+/// A cordon's reason: one line an admin reads in listings.
+fn check_cordon_reason(reason: &str, schedulable: Option<bool>) -> ApiResult<()> {
+    if schedulable == Some(true) {
+        return Err(ApiError::bad(
+            "invalid_cordon_reason",
+            "a reason goes with a cordon (\"schedulable\": false); opening a host clears it",
+        ));
+    }
+    if reason.chars().count() > 255 || reason.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "invalid_cordon_reason",
+            "a cordon's reason is one line of at most 255 characters, without control characters",
+        ));
+    }
+    Ok(())
+}
+
 pub async fn update_host(
     ctx: &SharedCtx,
     caller: &Caller,
@@ -182,6 +199,9 @@ pub async fn update_host(
     }
     for (k, v) in &req.labels {
         check_label(k, v.as_deref().unwrap_or_default())?;
+    }
+    if let Some(r) = &req.cordon_reason {
+        check_cordon_reason(r, req.schedulable)?;
     }
     let mut tx = crate::db::begin(&ctx.db).await?;
     // The row's lock first: concurrent label changes of one host merge, none is lost.
@@ -201,14 +221,32 @@ pub async fn update_host(
     }
     let zone = req.zone.unwrap_or(row.zone);
     store::set_zone_labels(&mut tx, id.as_str(), &zone, &store::join_labels(&labels)).await?;
-    if let Some(open) = req.schedulable {
-        store::set_schedulable(&mut tx, id.as_str(), open).await?;
+    match (req.schedulable, req.cordon_reason) {
+        (Some(true), _) => {
+            store::set_schedulable(&mut tx, id.as_str(), true, "").await?;
+        }
+        (Some(false), reason) => {
+            // A cordon again without a reason keeps the one given before.
+            let reason = reason.unwrap_or(row.cordon_reason.clone());
+            store::set_schedulable(&mut tx, id.as_str(), false, &reason).await?;
+        }
+        (None, Some(reason)) if row.schedulable == 0 => {
+            store::set_schedulable(&mut tx, id.as_str(), false, &reason).await?;
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::bad(
+                "invalid_cordon_reason",
+                format!("host {id} is not cordoned: send the reason with \"schedulable\": false"),
+            ))
+        }
+        (None, None) => {}
     }
     let row = store::get_host_tx(&mut tx, id.as_str()).await?.ok_or_else(|| ApiError::not_found("host node", &id))?;
     tx.commit().await?;
     // Placements from now on see it; one that read the model before is refused by the
     // reservation's UPDATE, which reads the row this transaction wrote.
     ctx.room.invalidate();
-    tracing::info!(host = %id, zone = %zone, labels = %row.labels, schedulable = row.schedulable != 0, "host updated");
+    tracing::info!(host = %id, zone = %zone, labels = %row.labels, schedulable = row.schedulable != 0,
+        cordon_reason = %row.cordon_reason, "host updated");
     host(ctx, row)
 }

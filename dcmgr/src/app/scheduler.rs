@@ -375,6 +375,7 @@ mod tests {
             zone: zone.into(),
             labels: labels.into(),
             schedulable: 1,
+            cordon_reason: String::new(),
         }
     }
 

@@ -27,10 +27,12 @@ pub struct HostRow {
     pub labels: String,
     /// 1 while new instances may be placed here; 0 when an admin cordoned it.
     pub schedulable: i64,
+    /// Why it was cordoned ('' for no reason given, or not cordoned).
+    pub cordon_reason: String,
 }
 
 const HOST_COLS: &str = "id, state, hypervisors, cpus, memory_mib, cpus_used, memory_used_mib, cpus_allocatable, \
-                         memory_allocatable_mib, capabilities, last_seen, zone, labels, schedulable";
+                         memory_allocatable_mib, capabilities, last_seen, zone, labels, schedulable, cordon_reason";
 
 /// Labels as stored: `,k=v,k2=v2,`, sorted by key, so that `LIKE '%,k=v,%'` finds a host
 /// carrying one (keys and values hold no `,` and keys no `=`: the API checks them).
@@ -80,6 +82,7 @@ impl HostRow {
             zone: Some(self.zone).filter(|z| !z.is_empty()),
             labels: split_labels(&self.labels),
             schedulable: self.schedulable != 0,
+            cordon_reason: Some(self.cordon_reason).filter(|r| !r.is_empty()),
         })
     }
 }
@@ -407,11 +410,17 @@ pub async fn free_capacity(pool: &db::Pool, hypervisor: HypervisorKind, filter: 
     q.fetch_one(pool).await
 }
 
-/// Lets new instances be placed on a host, or not (an admin's cordon); false when there
-/// is no such host.
-pub async fn set_schedulable(tx: &mut db::Tx<'_>, id: &str, schedulable: bool) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query("UPDATE host_nodes SET schedulable = $1 WHERE id = $2")
+/// Lets new instances be placed on a host, or not (an admin's cordon, with its reason or
+/// ''); false when there is no such host.
+pub async fn set_schedulable(
+    tx: &mut db::Tx<'_>,
+    id: &str,
+    schedulable: bool,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("UPDATE host_nodes SET schedulable = $1, cordon_reason = $2 WHERE id = $3")
         .bind(i64::from(schedulable))
+        .bind(reason)
         .bind(id)
         .execute(&mut **tx)
         .await?;

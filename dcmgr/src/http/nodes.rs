@@ -124,15 +124,18 @@ pub async fn show_storage(
         with a value sets it, a key with null removes it, keys not named stay. An empty `zone` takes the host out \
         of any zone. `schedulable: false` cordons the host: no new instance is placed there from the moment \
         this answers (creates, imports, and starts of instances that have no host), while what runs there keeps \
-        running and an instance stopped there starts there again; `true` opens it again. Agents do not set \
-        these: the API is their one source.",
+        running and an instance stopped there starts there again; `true` opens it again and clears \
+        `cordon_reason`. `cordon_reason` says why (with `schedulable: false`, or alone for a host already \
+        cordoned). Agents do not set these: the API is their one source.",
     request_body = UpdateHostNode,
     params(
         ("id" = vdc_schema::id::HostNodeId, Path,
             description = "A host node ID (`hn-…`); an unknown or malformed one answers 404")),
     responses(
         (status = 200, description = "The host node as it is now", body = HostNode),
-        (status = 400, description = "`invalid_zone`, `invalid_label`, or a malformed body (`invalid_body`)",
+        (status = 400, description = "`invalid_zone`, `invalid_label`, `invalid_cordon_reason` (a reason with \
+            `schedulable: true` or for a host not cordoned, over 255 characters, or with control characters), or a \
+            malformed body (`invalid_body`)",
             body = ErrorBody),
         (status = 403, description = "`forbidden`: only an admin changes nodes", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody)))]
