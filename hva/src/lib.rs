@@ -6,6 +6,8 @@
 
 pub mod libvirt;
 pub mod sim;
+#[cfg(test)]
+mod testing;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -376,36 +376,11 @@ impl Hypervisor for SimHypervisor {
 mod tests {
     use super::*;
     use std::time::Duration;
-    use vdc_schema::bus::ImageSpec;
     use vdc_schema::HypervisorKind;
 
     fn spec(id: &InstanceId, spec_gen: u64) -> InstanceSpec {
-        InstanceSpec {
-            id: id.clone(),
-            spec_gen,
-            power: DesiredPower::Running,
-            hypervisor: HypervisorKind::Qemu,
-            cpus: 1,
-            memory_mib: 128,
-            hostname: "web1".into(),
-            image: ImageSpec {
-                id: "img-a".parse().unwrap(),
-                format: vdc_schema::ImageFormat::Qcow2,
-                source: "sim".into(),
-                checksum: None,
-                initrd: None,
-                kernel_cmdline: None,
-                blob: None,
-                boot_mode: Default::default(),
-                kernel: None,
-            },
-            nics: vec![],
-            ssh_public_keys: vec![],
-            user_data: None,
-            volumes: vec![],
-            reboot_gen: 0,
-            root_disk_size: None,
-        }
+        let image = crate::testing::image(vdc_schema::ImageFormat::Qcow2, "/sim");
+        InstanceSpec { spec_gen, ..crate::testing::spec(id.as_str(), HypervisorKind::Qemu, image) }
     }
 
     fn sim(file: &std::path::Path) -> SimHypervisor {

@@ -1214,25 +1214,9 @@ mod tests {
     }
 
     fn spec(id: &str, hypervisor: HypervisorKind, format: ImageFormat, source: &str, nics: usize) -> InstanceSpec {
+        // Another ID than `img-x`, which a test fetches as an image no instance uses.
+        let image = ImageSpec { id: "img-a".parse().unwrap(), ..crate::testing::image(format, source) };
         InstanceSpec {
-            id: id.parse().unwrap(),
-            spec_gen: 1,
-            power: DesiredPower::Running,
-            hypervisor,
-            cpus: 1,
-            memory_mib: 128,
-            hostname: "web1".into(),
-            image: ImageSpec {
-                id: "img-a".parse().unwrap(),
-                format,
-                source: source.into(),
-                checksum: None,
-                initrd: None,
-                kernel_cmdline: None,
-                blob: None,
-                boot_mode: Default::default(),
-                kernel: None,
-            },
             nics: (0..nics)
                 .map(|i| NicSpec {
                     id: vdc_schema::id::VifId::generate(),
@@ -1244,11 +1228,7 @@ mod tests {
                     vni: 7,
                 })
                 .collect(),
-            ssh_public_keys: vec![],
-            user_data: None,
-            volumes: vec![],
-            reboot_gen: 0,
-            root_disk_size: None,
+            ..crate::testing::spec(id, hypervisor, image)
         }
     }
 

@@ -48,35 +48,13 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vdc_schema::bus::ImageSpec;
-    use vdc_schema::{DesiredPower, HypervisorKind, ImageFormat};
+    use vdc_schema::{HypervisorKind, ImageFormat};
 
     fn spec() -> InstanceSpec {
+        let image = crate::testing::image(ImageFormat::Kernel, "/k");
         InstanceSpec {
-            id: "i-abc".parse().unwrap(),
-            spec_gen: 1,
-            power: DesiredPower::Running,
-            hypervisor: HypervisorKind::Qemu,
-            cpus: 1,
-            memory_mib: 128,
-            hostname: "web1".into(),
-            image: ImageSpec {
-                id: "img-x".parse().unwrap(),
-                format: ImageFormat::Kernel,
-                source: "/k".into(),
-                checksum: None,
-                initrd: None,
-                kernel_cmdline: None,
-                blob: None,
-                boot_mode: Default::default(),
-                kernel: None,
-            },
-            nics: vec![],
             ssh_public_keys: vec!["ssh-ed25519 AAAA key: with \"quotes\"".into()],
-            user_data: None,
-            volumes: vec![],
-            reboot_gen: 0,
-            root_disk_size: None,
+            ..crate::testing::spec("i-abc", HypervisorKind::Qemu, image)
         }
     }
 

@@ -292,32 +292,11 @@ mod tests {
 
     #[test]
     fn containers_always_get_their_own_network_namespace() {
-        use vdc_schema::bus::ImageSpec;
+        let image = crate::testing::image(vdc_schema::ImageFormat::Tar, "/x.tar.gz");
         let spec = InstanceSpec {
-            id: "i-abc".parse().unwrap(),
-            spec_gen: 1,
-            power: vdc_schema::DesiredPower::Running,
-            hypervisor: HypervisorKind::Lxc,
-            cpus: 1,
             memory_mib: 64,
             hostname: "c".into(),
-            image: ImageSpec {
-                id: "img-x".parse().unwrap(),
-                format: vdc_schema::ImageFormat::Tar,
-                source: "/x.tar.gz".into(),
-                checksum: None,
-                initrd: None,
-                kernel_cmdline: None,
-                blob: None,
-                boot_mode: Default::default(),
-                kernel: None,
-            },
-            nics: vec![],
-            ssh_public_keys: vec![],
-            user_data: None,
-            volumes: vec![],
-            reboot_gen: 0,
-            root_disk_size: None,
+            ..crate::testing::spec("i-abc", HypervisorKind::Lxc, image)
         };
         let log = Path::new("/x/console.log");
         let l = Layout {
@@ -384,36 +363,11 @@ mod tests {
     }
 
     fn qemu_spec(image: vdc_schema::bus::ImageSpec) -> InstanceSpec {
-        InstanceSpec {
-            id: "i-boot".parse().unwrap(),
-            spec_gen: 1,
-            power: vdc_schema::DesiredPower::Running,
-            hypervisor: HypervisorKind::Qemu,
-            cpus: 1,
-            memory_mib: 128,
-            hostname: "b".into(),
-            image,
-            nics: vec![],
-            ssh_public_keys: vec![],
-            user_data: None,
-            volumes: vec![],
-            reboot_gen: 0,
-            root_disk_size: None,
-        }
+        InstanceSpec { hostname: "b".into(), ..crate::testing::spec("i-boot", HypervisorKind::Qemu, image) }
     }
 
     fn image(format: vdc_schema::ImageFormat, cmdline: Option<&str>) -> vdc_schema::bus::ImageSpec {
-        vdc_schema::bus::ImageSpec {
-            id: "img-x".parse().unwrap(),
-            format,
-            source: "/x".into(),
-            checksum: None,
-            initrd: None,
-            kernel_cmdline: cmdline.map(str::to_owned),
-            boot_mode: Default::default(),
-            kernel: None,
-            blob: None,
-        }
+        vdc_schema::bus::ImageSpec { kernel_cmdline: cmdline.map(str::to_owned), ..crate::testing::image(format, "/x") }
     }
 
     fn layout<'a>(kernel: bool, disk: bool, firmware: Option<Firmware<'a>>) -> Layout<'a> {
