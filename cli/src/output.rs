@@ -700,7 +700,7 @@ impl Tabular for Evacuation {
 fn placing(h: &HostNode, cordoned: &str) -> String {
     match (h.schedulable, &h.cordon_reason) {
         (true, _) => "yes".to_string(),
-        (false, Some(r)) => format!("{cordoned} ({r})"),
+        (false, Some(r)) => format!("{cordoned}: {r}"),
         (false, None) => cordoned.to_string(),
     }
 }
@@ -744,7 +744,7 @@ impl Tabular for HostNode {
         vec![
             ("ID", self.id.to_string()),
             ("STATE", self.state.to_string()),
-            ("PLACING", placing(self, "cordoned: no new instances")),
+            ("PLACING", placing(self, "cordoned, no new instances")),
             ("HYPERVISORS", join(&self.hypervisors, ", ")),
             ("ZONE", opt(&self.zone)),
             ("LABELS", labels(&self.labels, "\n")),
