@@ -167,9 +167,7 @@ fn token_ok(s: &str, slash: bool) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (slash && c == '/'))
 }
 
-/// Sets a host's zone and merges its labels (admin only). The API is the one source of
-/// truth for both: agent registrations leave them alone.
-/// A cordon's reason: one line an admin reads in listings.
+/// A cordon's reason: one line an admin reads in listings, given with a cordon.
 fn check_cordon_reason(reason: &str, schedulable: Option<bool>) -> ApiResult<()> {
     if schedulable == Some(true) {
         return Err(ApiError::bad(
@@ -186,6 +184,32 @@ fn check_cordon_reason(reason: &str, schedulable: Option<bool>) -> ApiResult<()>
     Ok(())
 }
 
+/// What an update makes of a host's cordon, from what it asks (`schedulable`, `reason`,
+/// checked) and the cordon now (`cordoned`, `had` its reason): (schedulable, reason) to
+/// write, or None to leave it.
+fn cordon_change(
+    id: &HostNodeId,
+    schedulable: Option<bool>,
+    reason: Option<String>,
+    cordoned: bool,
+    had: &str,
+) -> ApiResult<Option<(bool, String)>> {
+    match (schedulable, reason) {
+        // With a reason, refused by `check_cordon_reason`.
+        (Some(true), _) => Ok(Some((true, String::new()))),
+        // A cordon again without a reason keeps the one given before.
+        (Some(false), reason) => Ok(Some((false, reason.unwrap_or_else(|| had.to_owned())))),
+        (None, Some(reason)) if cordoned => Ok(Some((false, reason))),
+        (None, Some(_)) => Err(ApiError::bad(
+            "invalid_cordon_reason",
+            format!("host {id} is not cordoned: send the reason with \"schedulable\": false"),
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Sets a host's zone and merges its labels, and cordons or opens it (admin only). The
+/// API is the one source of truth for these: agent registrations leave them alone.
 pub async fn update_host(
     ctx: &SharedCtx,
     caller: &Caller,
@@ -221,25 +245,9 @@ pub async fn update_host(
     }
     let zone = req.zone.unwrap_or(row.zone);
     store::set_zone_labels(&mut tx, id.as_str(), &zone, &store::join_labels(&labels)).await?;
-    match (req.schedulable, req.cordon_reason) {
-        (Some(true), _) => {
-            store::set_schedulable(&mut tx, id.as_str(), true, "").await?;
-        }
-        (Some(false), reason) => {
-            // A cordon again without a reason keeps the one given before.
-            let reason = reason.unwrap_or(row.cordon_reason.clone());
-            store::set_schedulable(&mut tx, id.as_str(), false, &reason).await?;
-        }
-        (None, Some(reason)) if row.schedulable == 0 => {
-            store::set_schedulable(&mut tx, id.as_str(), false, &reason).await?;
-        }
-        (None, Some(_)) => {
-            return Err(ApiError::bad(
-                "invalid_cordon_reason",
-                format!("host {id} is not cordoned: send the reason with \"schedulable\": false"),
-            ))
-        }
-        (None, None) => {}
+    let cordon = cordon_change(&id, req.schedulable, req.cordon_reason, row.schedulable == 0, &row.cordon_reason)?;
+    if let Some((open, reason)) = cordon {
+        store::set_schedulable(&mut tx, id.as_str(), open, &reason).await?;
     }
     let row = store::get_host_tx(&mut tx, id.as_str()).await?.ok_or_else(|| ApiError::not_found("host node", &id))?;
     tx.commit().await?;
