@@ -42,10 +42,10 @@ struct Guest {
     pending: Option<ObservedInstance>,
 }
 
-/// One line of the state file.
+/// One line of the state file: a guest as it is written (`&Guest`) and read (`Guest`).
 #[derive(Serialize, Deserialize)]
-enum Change {
-    Put(Box<Guest>),
+enum Change<G> {
+    Put(G),
     Gone(InstanceId),
 }
 
@@ -80,9 +80,9 @@ impl Guests {
         }
         if let Ok(f) = std::fs::File::open(&path) {
             for line in std::io::BufReader::new(f).lines() {
-                match serde_json::from_str::<Change>(&line?) {
+                match serde_json::from_str::<Change<Guest>>(&line?) {
                     Ok(Change::Put(g)) => {
-                        map.insert(g.spec.id.clone(), *g);
+                        map.insert(g.spec.id.clone(), g);
                     }
                     Ok(Change::Gone(id)) => {
                         map.remove(&id);
@@ -102,7 +102,7 @@ impl Guests {
         let tmp = path.with_extension("tmp");
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         for g in self.map.values() {
-            serde_json::to_writer(&mut out, &Change::Put(Box::new(g.clone()))).map_err(std::io::Error::other)?;
+            serde_json::to_writer(&mut out, &Change::Put(g)).map_err(std::io::Error::other)?;
             out.write_all(b"\n")?;
         }
         out.flush()?;
@@ -116,7 +116,7 @@ impl Guests {
     fn save(&mut self, id: &InstanceId) {
         let Some(log) = &mut self.log else { return };
         let change = match self.map.get(id) {
-            Some(g) => Change::Put(Box::new(g.clone())),
+            Some(g) => Change::Put(g),
             None => Change::Gone(id.clone()),
         };
         let mut line = serde_json::to_vec(&change).unwrap_or_default();
