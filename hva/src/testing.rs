@@ -3,19 +3,9 @@
 use vdc_schema::bus::{ImageSpec, InstanceSpec};
 use vdc_schema::{DesiredPower, HypervisorKind, ImageFormat};
 
-/// An operator's image of `format` at `source` on the host: no blob, no kernel.
+/// An operator's image `img-x` of `format` at `source` on the host.
 pub fn image(format: ImageFormat, source: &str) -> ImageSpec {
-    ImageSpec {
-        id: "img-x".parse().unwrap(),
-        format,
-        source: source.into(),
-        checksum: None,
-        initrd: None,
-        kernel_cmdline: None,
-        blob: None,
-        boot_mode: Default::default(),
-        kernel: None,
-    }
+    ImageSpec::host_file("img-x".parse().unwrap(), format, source)
 }
 
 /// Instance `id` running `image`: one vCPU, 128 MiB, hostname `web1`, spec generation 1,

@@ -335,6 +335,24 @@ pub struct ImageSpec {
     pub blob: Option<BlobRef>,
 }
 
+impl ImageSpec {
+    /// An operator's image at `source` on the host and nothing more: no checksum, initrd,
+    /// command line, kernel or stored data.
+    pub fn host_file(id: ImageId, format: ImageFormat, source: impl Into<String>) -> ImageSpec {
+        ImageSpec {
+            id,
+            format,
+            source: source.into(),
+            checksum: None,
+            initrd: None,
+            kernel_cmdline: None,
+            boot_mode: BootMode::default(),
+            kernel: None,
+            blob: None,
+        }
+    }
+}
+
 /// A blob of dcmgr's image store, as one node fetches it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BlobRef {

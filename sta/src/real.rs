@@ -621,17 +621,7 @@ mod tests {
 
     /// Image `img-a` of `format` at `source`, with no data in dcmgr's store.
     fn image_spec(format: vdc_schema::ImageFormat, source: String) -> ImageSpec {
-        ImageSpec {
-            id: "img-a".parse().unwrap(),
-            format,
-            source,
-            checksum: None,
-            initrd: None,
-            kernel_cmdline: None,
-            blob: None,
-            boot_mode: Default::default(),
-            kernel: None,
-        }
+        ImageSpec::host_file("img-a".parse().unwrap(), format, source)
     }
 
     fn storage(f: &Arc<FakeRunner>, backend: Arc<dyn Backend>, dir: &Path) -> (RealStorage, ReportSink) {

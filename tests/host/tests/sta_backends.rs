@@ -125,17 +125,8 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
         |prog: &str, args: &[&str]| assert!(std::process::Command::new(prog).args(args).status().unwrap().success());
     run("qemu-img", &["create", "-q", "-f", "qcow2", &img_s, "16M"]);
     run("qemu-io", &["-f", "qcow2", "-c", "write -P 0x43 0 1M", &img_s]);
-    let image = |id: &str| vdc_schema::bus::ImageSpec {
-        id: id.parse().unwrap(),
-        format: vdc_schema::ImageFormat::Qcow2,
-        source: img_s.clone(),
-        checksum: None,
-        initrd: None,
-        kernel_cmdline: None,
-        blob: None,
-        boot_mode: Default::default(),
-        kernel: None,
-    };
+    let image =
+        |id: &str| vdc_schema::bus::ImageSpec::host_file(id.parse().unwrap(), vdc_schema::ImageFormat::Qcow2, &img_s);
     let v4 = VolumeId::generate();
     let from_image = VolumeSpec { source_image: Some(image("img-a")), ..spec(&v4, 1, 32, None, Some(&host_a)) };
     sta.ensure_volume(from_image).await.unwrap();
