@@ -70,6 +70,9 @@ pub struct Room {
     placement: Placement,
     model: RwLock<Model>,
     dirty: AtomicBool,
+    /// A reload is reading the hosts: the model is stale until it is done (it cleared
+    /// `dirty` as it began, so that an invalidation meanwhile is not lost).
+    reading: AtomicBool,
     /// One reload at a time; the others wait for it and use its result.
     reloading: tokio::sync::Mutex<()>,
 }
@@ -80,6 +83,7 @@ impl Room {
             placement,
             model: RwLock::new(Model::default()),
             dirty: AtomicBool::new(true),
+            reading: AtomicBool::new(false),
             reloading: tokio::sync::Mutex::new(()),
         }
     }
@@ -98,7 +102,11 @@ impl Room {
     }
 
     fn stale(&self, older_than: Duration) -> bool {
+        // Without `reading`, a placement during a reload used the old model: after a
+        // group of creates rolled back, the room they had taken in memory refused the
+        // creates made again on their own (`no_capacity` with room free).
         self.dirty.load(Ordering::Acquire)
+            || self.reading.load(Ordering::Acquire)
             || self.model.read().unwrap().loaded.is_none_or(|t| t.elapsed() >= older_than)
     }
 
@@ -111,11 +119,13 @@ impl Room {
         if !self.stale(older_than) {
             return Ok(()); // another placement read them while this one waited
         }
+        self.reading.store(true, Ordering::Release);
         self.dirty.store(false, Ordering::Release);
         let rows = match db::host::room_rows(pool).await {
             Ok(rows) => rows,
             Err(e) => {
                 self.invalidate();
+                self.reading.store(false, Ordering::Release);
                 return Err(e);
             }
         };
@@ -135,6 +145,7 @@ impl Room {
             m.insert(self, r.id, h);
         }
         *self.model.write().unwrap() = m;
+        self.reading.store(false, Ordering::Release);
         Ok(())
     }
 
