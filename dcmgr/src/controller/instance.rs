@@ -170,7 +170,7 @@ pub async fn apply_in(tx: &mut db::Tx<'_>, node: &str, gen: u64, r: InstanceRepo
     // A copy reported gone or on its way out (after the ensure-absent it was sent) is
     // not told again: each ensure would answer with another report, for ever.
     let leaving = matches!(r.state, ObservedInstance::Absent | ObservedInstance::Stopping);
-    let Some(row) = store::lock_get(tx, r.id.as_str()).await? else {
+    let Some(store::Reported { row, volumes_in_transit }) = store::lock_for_report(tx, r.id.as_str()).await? else {
         return Ok(if leaving { ReportAfter::Nothing } else { ReportAfter::Garbage(r) });
     };
     if row.state == InstanceState::Terminated.as_str() || row.host_node_id.as_deref() != Some(node) {
@@ -182,7 +182,7 @@ pub async fn apply_in(tx: &mut db::Tx<'_>, node: &str, gen: u64, r: InstanceRepo
     if (r.spec_gen as i64) < row.spec_gen || (gen as i64) <= row.report_gen {
         return Ok(ReportAfter::Nothing);
     }
-    let folded = fold(tx, &row, node, gen, &r).await?;
+    let folded = fold(tx, &row, volumes_in_transit > 0, node, gen, &r).await?;
     Ok(ReportAfter::Folded { id: r.id, from: row.state, folded })
 }
 
@@ -200,7 +200,14 @@ pub struct Folded {
 
 /// Applies report `r` of host `node` to the instance `row` (locked in `tx`): its state,
 /// the host's reservation, its jobs, its interfaces and its volumes.
-async fn fold(tx: &mut db::Tx<'_>, row: &store::Row, node: &str, gen: u64, r: &InstanceReport) -> Result<Folded> {
+async fn fold(
+    tx: &mut db::Tx<'_>,
+    row: &store::Row,
+    volumes_in_transit: bool,
+    node: &str,
+    gen: u64,
+    r: &InstanceReport,
+) -> Result<Folded> {
     let out = lifecycle::on_report(row.goal()?, r.state);
     let failure = if out.state == InstanceState::Failed {
         Some(r.reason.clone().unwrap_or_else(|| "the host reported a failure without a reason".into()))
@@ -235,8 +242,11 @@ async fn fold(tx: &mut db::Tx<'_>, row: &store::Row, node: &str, gen: u64, r: &I
     }
     let peers = crate::datastore::interface::bump_for_departure(tx, &leaves, node).await?;
     let takes_volumes = row.hypervisor != vdc_schema::HypervisorKind::Lxc.as_str();
-    let detached =
-        crate::controller::volume::on_instance_report(tx, &row.id, &r.volumes, out.state, takes_volumes).await?;
+    let detached = if volumes_in_transit {
+        crate::controller::volume::on_instance_report(tx, &row.id, &r.volumes, out.state, takes_volumes).await?
+    } else {
+        vec![]
+    };
     let released = out.release_host.then_some((row.cpus, row.memory_mib));
     Ok(Folded { state: out.state, removed, peers, detached, released })
 }
@@ -304,7 +314,9 @@ pub async fn evacuate(ctx: &SharedCtx, node: &str, id: &str) -> ApiResult<bool> 
             reason: None,
         };
         folded = Some(
-            fold(&mut tx, &row, node, row.report_gen as u64, &gone).await.map_err(crate::error::ApiError::internal)?,
+            fold(&mut tx, &row, true, node, row.report_gen as u64, &gone)
+                .await
+                .map_err(crate::error::ApiError::internal)?,
         );
     }
     store::forget_host(&mut tx, id).await?;

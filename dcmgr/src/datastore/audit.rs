@@ -51,26 +51,36 @@ const COLS: &str = "id, created_at, user_id, token_id, account_id, action, resou
 
 /// Writes the entries in one transaction.
 pub async fn insert_many(pool: &db::Pool, entries: &[AuditEntry]) -> Result<(), sqlx::Error> {
+    /// Rows per statement (13 parameters each).
+    const ROWS: usize = 64;
     let mut tx = db::begin(pool).await?;
-    for e in entries {
-        sqlx::query(&format!(
-            "INSERT INTO audit_log ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        ))
-        .bind(e.id.as_str())
-        .bind(db::time(&e.time))
-        .bind(e.user_id.as_ref().map(|v| v.as_str().to_owned()))
-        .bind(e.token_id.as_ref().map(|v| v.as_str().to_owned()))
-        .bind(e.account_id.as_ref().map(|v| v.as_str().to_owned()))
-        .bind(&e.action)
-        .bind(&e.resource_kind)
-        .bind(e.resource_id.clone())
-        .bind(i64::from(e.status))
-        .bind(e.error_code.clone())
-        .bind(e.request_id.as_str())
-        .bind(&e.source)
-        .bind(i64::try_from(e.duration_ms).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
+    for chunk in entries.chunks(ROWS) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p: Vec<String> = (1..=13).map(|j| format!("${}", 13 * i + j)).collect();
+                format!("({})", p.join(", "))
+            })
+            .collect();
+        let sql = format!("INSERT INTO audit_log ({COLS}) VALUES {}", rows.join(", "));
+        // Kept prepared only when full: other lengths come and go.
+        let mut q = sqlx::query(&sql).persistent(chunk.len() == ROWS);
+        for e in chunk {
+            q = q
+                .bind(e.id.as_str())
+                .bind(db::time(&e.time))
+                .bind(e.user_id.as_ref().map(|v| v.as_str().to_owned()))
+                .bind(e.token_id.as_ref().map(|v| v.as_str().to_owned()))
+                .bind(e.account_id.as_ref().map(|v| v.as_str().to_owned()))
+                .bind(e.action.as_str())
+                .bind(e.resource_kind.as_str())
+                .bind(e.resource_id.clone())
+                .bind(i64::from(e.status))
+                .bind(e.error_code.clone())
+                .bind(e.request_id.as_str())
+                .bind(e.source.as_str())
+                .bind(i64::try_from(e.duration_ms).unwrap_or(i64::MAX));
+        }
+        q.execute(&mut *tx).await?;
     }
     tx.commit().await
 }

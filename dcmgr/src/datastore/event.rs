@@ -146,6 +146,91 @@ async fn insert(
     Ok(())
 }
 
+/// An event to write as its transaction commits.
+pub struct Pending {
+    kind: Kind,
+    id: String,
+    change: Change,
+    /// For a state change, the state before it: nothing is written if it is the same.
+    unless_state: Option<String>,
+}
+
+/// As [`record`], written as `tx` commits together with the others recorded so: one
+/// statement for all of a transaction's events (a create records two, a report one or
+/// two, and on SQLite's one writer each statement is a round trip the next transaction
+/// waits behind). The state copied is the row's at commit.
+pub fn record_at_commit(tx: &mut db::Tx<'_>, kind: Kind, id: &str, change: Change) {
+    push(tx, Pending { kind, id: id.to_owned(), change, unless_state: None });
+}
+
+/// As [`changed`], written as `tx` commits: see [`record_at_commit`].
+pub fn changed_at_commit(tx: &mut db::Tx<'_>, kind: Kind, id: &str, before: Option<&str>) {
+    push(
+        tx,
+        Pending { kind, id: id.to_owned(), change: Change::State, unless_state: Some(before.unwrap_or("").to_owned()) },
+    );
+}
+
+/// A later state change of an object already pending is the same event: both would read
+/// the row as committed, and the earlier one knows the state before the transaction.
+fn push(tx: &mut db::Tx<'_>, p: Pending) {
+    if p.change == Change::State && tx.events.iter().any(|e| e.kind == p.kind && e.id == p.id) {
+        return;
+    }
+    tx.events.push(p);
+}
+
+/// Writes `pending` in one statement (in their order), as [`insert`] would each.
+pub(super) async fn write_pending(conn: &mut sqlx::AnyConnection, pending: &[Pending]) -> Result<(), sqlx::Error> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    // On PostgreSQL `nextval` in the select list is taken after the ORDER BY (9.6 and later).
+    let next = if is_postgres(conn) {
+        "nextval('events_seq')"
+    } else {
+        "(SELECT COALESCE(MAX(id), 0) FROM events) + ROW_NUMBER() OVER (ORDER BY ord)"
+    };
+    // One source per kind: the events' (ID, change, state before, order) as VALUES,
+    // joined with the kind's table (a source per event cost the parser 30 µs each).
+    let mut kinds: Vec<Kind> = pending.iter().map(|e| e.kind).collect();
+    kinds.sort_by_key(|k| k.as_str());
+    kinds.dedup();
+    let mut sources = Vec::with_capacity(kinds.len());
+    let mut binds = Vec::with_capacity(pending.len());
+    for kind in kinds {
+        let (table, state, detail) = kind.source();
+        let mut rows = Vec::new();
+        for (ord, e) in pending.iter().enumerate().filter(|(_, e)| e.kind == kind) {
+            let n = 3 * binds.len() + 2;
+            rows.push(format!("(${n}, ${}, ${}, {ord})", n + 1, n + 2));
+            binds.push(e);
+        }
+        sources.push(format!(
+            "SELECT w.column4 AS ord, t.account_id, '{}' AS kind, t.id AS resource_id, \
+                    CASE WHEN {state} IN ('deleted', 'terminated') THEN 'deleted' ELSE w.column2 END AS change, \
+                    {state} AS state, {detail} AS detail \
+             FROM (VALUES {}) AS w JOIN {table} t ON t.id = w.column1 \
+             WHERE t.account_id IS NOT NULL AND (w.column3 = '' OR {state} <> w.column3)",
+            kind.as_str(),
+            rows.join(", "),
+        ));
+    }
+    let sql = format!(
+        "INSERT INTO events (id, account_id, kind, resource_id, change, state, detail, created_at) \
+         SELECT {next}, account_id, kind, resource_id, change, state, detail, $1 FROM ({}) AS e ORDER BY ord",
+        sources.join(" UNION ALL ")
+    );
+    // The statement's shape follows the transaction's events: only the few shapes of a
+    // lone create or report are kept prepared, the rest would push out the others.
+    let mut q = sqlx::query(&sql).persistent(pending.len() <= 2).bind(db::now());
+    for e in binds {
+        q = q.bind(e.id.as_str()).bind(e.change.as_str()).bind(e.unless_state.as_deref().unwrap_or(""));
+    }
+    q.execute(conn).await?;
+    Ok(())
+}
+
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i64,

@@ -139,6 +139,27 @@ pub async fn lock_get(tx: &mut db::Tx<'_>, id: &str) -> Result<Option<Row>, sqlx
         .await
 }
 
+/// An instance locked for its host's report, and whether any of its volumes is being
+/// attached or detached (almost never: the report then skips looking for them).
+#[derive(sqlx::FromRow)]
+pub struct Reported {
+    #[sqlx(flatten)]
+    pub row: Row,
+    pub volumes_in_transit: i64,
+}
+
+/// As [`lock_get`], for a report: also counts the volumes in transit, in the same statement.
+pub async fn lock_for_report(tx: &mut db::Tx<'_>, id: &str) -> Result<Option<Reported>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE instances SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING {COLS},
+             (SELECT COUNT(*) FROM volumes v WHERE v.instance_id = instances.id
+                AND v.state IN ('attaching', 'detaching')) AS volumes_in_transit"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
 /// One page of an account's instances (of every account: `None`), in creation order
 /// after `cursor`; `address`, when not empty, keeps the one with that interface address
 /// or floating IP. Without a state filter, instances terminated before `gone_since` are
@@ -247,7 +268,8 @@ async fn insert_as(tx: &mut db::Tx<'_>, n: &New<'_>, state_goal_host: &str) -> R
     .bind(n.labels)
     .execute(&mut **tx)
     .await?;
-    db::event::record(tx, db::event::Kind::Instance, n.id.as_str(), db::event::Change::Created).await
+    db::event::record_at_commit(tx, db::event::Kind::Instance, n.id.as_str(), db::event::Change::Created);
+    Ok(())
 }
 
 /// Records new intent: a new spec generation, to be sent again.
@@ -345,7 +367,8 @@ pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, before: &str, o: &Obser
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    db::event::changed(tx, db::event::Kind::Instance, id, Some(before)).await
+    db::event::changed_at_commit(tx, db::event::Kind::Instance, id, Some(before));
+    Ok(())
 }
 
 /// Forgets the host that kept a stopped instance's disk (evacuated: gone for good); a

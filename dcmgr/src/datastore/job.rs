@@ -52,7 +52,7 @@ pub async fn start(
     .bind(resource_id)
     .fetch_all(&mut **tx)
     .await?;
-    ended_events(tx, ended).await?;
+    ended_events(tx, ended);
     insert(tx, id, account, action, resource_id, target, None).await
 }
 
@@ -105,7 +105,7 @@ async fn insert(
         .bind(target)
         .execute(&mut **tx)
         .await?;
-    db::event::record(tx, db::event::Kind::Job, id.as_str(), db::event::Change::Created).await?;
+    db::event::record_at_commit(tx, db::event::Kind::Job, id.as_str(), db::event::Change::Created);
     Ok(Job {
         id,
         action: action.to_owned(),
@@ -118,20 +118,19 @@ async fn insert(
 }
 
 /// Ends the running jobs of `resource_id` whose target is `target`.
-pub async fn finish(db: &mut sqlx::AnyConnection, resource_id: &str, target: &str) -> Result<(), sqlx::Error> {
+pub async fn finish(db: &mut db::Tx<'_>, resource_id: &str, target: &str) -> Result<(), sqlx::Error> {
     finish_reached(db, resource_id, target, None).await
 }
 
 /// The events of jobs that just ended (IDs from an `UPDATE … RETURNING id`).
-async fn ended_events(db: &mut sqlx::AnyConnection, ended: Vec<(String,)>) -> Result<(), sqlx::Error> {
+fn ended_events(tx: &mut db::Tx<'_>, ended: Vec<(String,)>) {
     for (id,) in ended {
-        db::event::record(db, db::event::Kind::Job, &id, db::event::Change::State).await?;
+        db::event::record_at_commit(tx, db::event::Kind::Job, &id, db::event::Change::State);
     }
-    Ok(())
 }
 
 /// Fails every running job of `resource_id`.
-pub async fn fail_all(db: &mut sqlx::AnyConnection, resource_id: &str, message: &str) -> Result<(), sqlx::Error> {
+pub async fn fail_all(db: &mut db::Tx<'_>, resource_id: &str, message: &str) -> Result<(), sqlx::Error> {
     let ended: Vec<(String,)> = sqlx::query_as(
         "UPDATE jobs SET state = 'failed', message = $1, finished_at = $2 WHERE resource_id = $3 AND state = 'running' \
          RETURNING id",
@@ -139,16 +138,17 @@ pub async fn fail_all(db: &mut sqlx::AnyConnection, resource_id: &str, message: 
     .bind(message)
     .bind(db::now())
     .bind(resource_id)
-    .fetch_all(&mut *db)
+    .fetch_all(&mut **db)
     .await?;
-    ended_events(db, ended).await
+    ended_events(db, ended);
+    Ok(())
 }
 
 /// Ends the running jobs of `resource_id` that reached `state`, and with `rebooted`
 /// (a running guest's reboot generation) its `reboot:N` jobs up to N = `rebooted`, in
 /// one statement.
 pub async fn finish_reached(
-    db: &mut sqlx::AnyConnection,
+    db: &mut db::Tx<'_>,
     resource_id: &str,
     state: &str,
     rebooted: Option<u64>,
@@ -164,9 +164,10 @@ pub async fn finish_reached(
     .bind(resource_id)
     .bind(state)
     .bind(rebooted.map_or(-1, |g| g as i64))
-    .fetch_all(&mut *db)
+    .fetch_all(&mut **db)
     .await?;
-    ended_events(db, ended).await
+    ended_events(db, ended);
+    Ok(())
 }
 
 /// One page of an account's jobs, in creation order after `cursor`; `state` '' for all.

@@ -43,18 +43,74 @@ pub type Pool = AnyPool;
 /// the gate sees every writer. PostgreSQL locks rows and has no gate.
 pub struct Tx<'a> {
     tx: sqlx::Transaction<'a, sqlx::Any>,
+    /// Events written as the transaction commits, all in one statement
+    /// ([`event::record_at_commit`]).
+    events: Vec<event::Pending>,
+    /// Rows locked in this transaction (table, ID): a lock is held to its end, so taking
+    /// one again is a statement for nothing (creates recorded together lock their
+    /// account and image once).
+    locked: std::collections::HashSet<(&'static str, String)>,
     // Dropped after `tx` (declaration order): the next writer starts once this one ended.
     _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Tx<'_> {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
+    /// Whether the row `id` of `table` is already locked in this transaction.
+    fn holds(&self, table: &'static str, id: &str) -> bool {
+        self.locked.contains(&(table, id.to_owned()))
+    }
+
+    fn held(&mut self, table: &'static str, id: &str) {
+        self.locked.insert((table, id.to_owned()));
+    }
+
+    /// Marks where [`Tx::rollback_to`] returns to; [`Tx::next_savepoint`] moves it on.
+    pub async fn savepoint(&mut self) -> Result<Savepoint, sqlx::Error> {
+        (&mut *self.tx).execute("SAVEPOINT part").await?;
+        Ok(self.mark())
+    }
+
+    /// Keeps what was done since the savepoint and marks a new one, in one round trip.
+    pub async fn next_savepoint(&mut self, _kept: Savepoint) -> Result<Savepoint, sqlx::Error> {
+        if self.tx.backend_name().eq_ignore_ascii_case("sqlite") {
+            (&mut *self.tx).execute("RELEASE SAVEPOINT part; SAVEPOINT part").await?;
+        } else {
+            // PostgreSQL prepares a statement given as text: one command each.
+            (&mut *self.tx).execute("RELEASE SAVEPOINT part").await?;
+            (&mut *self.tx).execute("SAVEPOINT part").await?;
+        }
+        Ok(self.mark())
+    }
+
+    /// Undoes what was done since the savepoint (its events and locks too) and marks a
+    /// new one.
+    pub async fn rollback_to(&mut self, sp: Savepoint) -> Result<Savepoint, sqlx::Error> {
+        (&mut *self.tx).execute("ROLLBACK TO SAVEPOINT part").await?;
+        self.events.truncate(sp.events);
+        self.locked = sp.locked;
+        Ok(self.mark())
+    }
+
+    fn mark(&self) -> Savepoint {
+        Savepoint { events: self.events.len(), locked: self.locked.clone() }
+    }
+
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let events = std::mem::take(&mut self.events);
+        event::write_pending(&mut self.tx, &events).await?;
         self.tx.commit().await
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         self.tx.rollback().await
     }
+}
+
+/// A point in a transaction to undo what follows (`SAVEPOINT`): see [`Tx::savepoint`].
+#[must_use]
+pub struct Savepoint {
+    events: usize,
+    locked: std::collections::HashSet<(&'static str, String)>,
 }
 
 impl std::ops::Deref for Tx<'_> {
@@ -115,7 +171,7 @@ pub fn advisory_key(name: &str) -> i32 {
 /// Begins a transaction, after the write gate on SQLite.
 pub async fn begin(pool: &Pool) -> Result<Tx<'static>, sqlx::Error> {
     let gate = write_turn(pool).await;
-    Ok(Tx { tx: pool.begin().await?, _gate: gate })
+    Ok(Tx { tx: pool.begin().await?, events: Vec::new(), locked: Default::default(), _gate: gate })
 }
 /// One connection taken from the pool, for reads that run several statements.
 pub type Conn = sqlx::AnyConnection;
@@ -358,7 +414,15 @@ pub async fn lock(tx: &mut Tx<'_>, what: Lock, id: &str) -> Result<bool, sqlx::E
         // Interfaces have no lock_seq: a write that changes nothing takes the lock as well.
         Lock::Interface => "UPDATE vifs SET report_gen = report_gen WHERE id = $1",
     };
-    Ok(sqlx::query(sql).bind(id).execute(&mut **tx).await?.rows_affected() == 1)
+    let table = sql.split_whitespace().nth(1).expect("UPDATE table");
+    if tx.holds(table, id) {
+        return Ok(true);
+    }
+    let found = sqlx::query(sql).bind(id).execute(&mut **tx).await?.rows_affected() == 1;
+    if found {
+        tx.held(table, id);
+    }
+    Ok(found)
 }
 
 /// A time as stored (see [`now`]).
@@ -415,6 +479,45 @@ mod tests {
         let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM networks").fetch_one(&pool).await.unwrap();
         assert_eq!(n.0, 64);
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    /// Events recorded for the commit are written in one statement, in their order, and
+    /// only for what commits: a savepoint rolled back to takes its rows, events and locks
+    /// with it; a second state change of an object already pending is one event.
+    #[tokio::test]
+    async fn events_at_commit_follow_savepoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = connect(&format!("sqlite://{}/a.sqlite", dir.path().display())).await.unwrap();
+        let net = |i: i64| {
+            sqlx::query(
+                "INSERT INTO networks (id, account_id, name, cidr, gateway, dhcp_start, dhcp_end, vni, created_at) \
+                 VALUES ($1, 'a-1', $1, '10.0.0.0/24', '10.0.0.1', '10.0.0.2', '10.0.0.9', $2, 'now')",
+            )
+            .bind(format!("nw-{i}"))
+            .bind(1000 + i)
+        };
+        let mut tx = begin(&pool).await.unwrap();
+        let sp = tx.savepoint().await.unwrap();
+        net(1).execute(&mut *tx).await.unwrap();
+        event::record_at_commit(&mut tx, event::Kind::Network, "nw-1", event::Change::Created);
+        assert!(lock(&mut tx, Lock::Network, "nw-1").await.unwrap());
+        let sp = tx.next_savepoint(sp).await.unwrap();
+        net(2).execute(&mut *tx).await.unwrap();
+        event::record_at_commit(&mut tx, event::Kind::Network, "nw-2", event::Change::Created);
+        assert!(lock(&mut tx, Lock::Network, "nw-2").await.unwrap());
+        let sp = tx.rollback_to(sp).await.unwrap();
+        assert!(!tx.holds("networks", "nw-2"), "the lock went with the savepoint");
+        assert!(tx.holds("networks", "nw-1"));
+        net(3).execute(&mut *tx).await.unwrap();
+        event::record_at_commit(&mut tx, event::Kind::Network, "nw-3", event::Change::Created);
+        event::changed_at_commit(&mut tx, event::Kind::Network, "nw-3", Some("x"));
+        let _ = tx.next_savepoint(sp).await.unwrap();
+        tx.commit().await.unwrap();
+        let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM networks ORDER BY id").fetch_all(&pool).await.unwrap();
+        assert_eq!(ids, [("nw-1".to_owned(),), ("nw-3".to_owned(),)]);
+        let events: Vec<(i64, String, String)> =
+            sqlx::query_as("SELECT id, resource_id, change FROM events ORDER BY id").fetch_all(&pool).await.unwrap();
+        assert_eq!(events, [(1, "nw-1".into(), "created".into()), (2, "nw-3".into(), "created".into())]);
     }
 
     /// An upgrade onto a database that holds a name twice (allowed before 0014) keeps
