@@ -160,6 +160,8 @@ pub struct Ctx {
     pub leader: std::sync::atomic::AtomicBool,
     /// Sign-in attempts, per user name and per source address (`[auth] signin_*`): always on.
     pub signin_limits: crate::app::rate_limit::RateLimits,
+    /// Creates waiting for SQLite's writer, recorded together (`app::instance::Creates`).
+    pub creates: crate::app::instance::Creates,
 }
 
 #[derive(Debug, Clone, Copy)]

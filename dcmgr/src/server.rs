@@ -113,6 +113,7 @@ impl Dcmgr {
             locks: shared.then(|| db::locks::SharedLocks::new(config.database_url.clone())),
             leader: std::sync::atomic::AtomicBool::new(!shared),
             signin_limits,
+            creates: Default::default(),
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;

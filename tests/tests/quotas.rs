@@ -12,7 +12,11 @@ use vdc_schema::id::*;
 use vdc_schema::*;
 use vdc_tests::{image_request, on_both_databases, wait_state, Db, Stack, StackOptions};
 
-on_both_databases!(limits_usage_and_freeing, fifty_concurrent_creates_get_exactly_the_limit);
+on_both_databases!(
+    limits_usage_and_freeing,
+    fifty_concurrent_creates_get_exactly_the_limit,
+    a_burst_of_creates_is_decided_one_by_one
+);
 
 /// (status, code, message) of an API error.
 fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String, String) {
@@ -254,5 +258,79 @@ async fn fifty_concurrent_creates_get_exactly_the_limit(db: Db) {
         [7, 7, 5, 6]
     );
     assert_eq!(c.list_all_networks().await.unwrap().len(), 5, "no refused create left anything behind");
+    s.stop().await;
+}
+
+/// 48 creates at once from two accounts: one capped at 4 instances, and some asking for
+/// more memory than any host has. Each is decided as if it came alone: the capped
+/// account gets exactly 4 and `quota_exceeded` for the rest, the oversized ones
+/// `no_capacity`, every other one is accepted once and runs. On SQLite the creates that
+/// wait for the writer are committed together, each after a savepoint, and a refused
+/// one is undone alone (`/metrics` shows creates committed together).
+async fn a_burst_of_creates_is_decided_one_by_one(db: Db) {
+    let sqlite = matches!(db, Db::Sqlite);
+    let mut o = StackOptions::new(db);
+    o.host_cpus = 64;
+    o.host_memory_mib = 1 << 20;
+    let s = Stack::start(o).await;
+    let capped = s.account("capped").await;
+    let free = s.account("free").await;
+    let id = capped.own_quotas().await.unwrap().account_id;
+    s.admin.set_account_quotas(&id, &quotas(&[("instances", Some(4))])).await.unwrap();
+    let (capped, free, image) = (&capped, &free, &s.image);
+    let results = join_all((0..48).map(|i| async move {
+        let r = match i % 3 {
+            0 => capped.create_instance(&inst(image, &format!("c{i}"), 1)).await,
+            1 => free.create_instance(&inst(image, &format!("f{i}"), 1)).await,
+            _ => {
+                free.create_instance(&CreateInstance { memory_mib: 4 << 20, ..inst(image, &format!("big{i}"), 1) })
+                    .await
+            }
+        };
+        (i % 3, r)
+    }))
+    .await;
+    let mut accepted = vec![];
+    let mut refused = BTreeMap::<(u64, String), usize>::new();
+    for (kind, r) in results {
+        match r {
+            Ok(a) => {
+                assert_ne!(kind, 2, "an instance larger than any host was accepted");
+                accepted.push((kind, a.resource.id));
+            }
+            Err(e) => *refused.entry((kind, err::<()>(Err(e)).1)).or_default() += 1,
+        }
+    }
+    let refused: Vec<_> = refused.into_iter().collect();
+    assert_eq!(
+        refused,
+        [((0, "quota_exceeded".to_owned()), 12), ((2, "no_capacity".to_owned()), 16)],
+        "only the capped account's creates past its limit and the oversized ones are refused"
+    );
+    assert_eq!(accepted.iter().filter(|(k, _)| *k == 0).count(), 4);
+    assert_eq!(accepted.iter().filter(|(k, _)| *k == 1).count(), 16);
+    for (kind, id) in &accepted {
+        let c = if *kind == 0 { capped } else { free };
+        wait_state(c, id, InstanceState::Running).await;
+    }
+    // Nothing doubled, nothing of a refused create left behind.
+    assert_eq!(capped.list_all_instances().await.unwrap().len(), 4);
+    assert_eq!(free.list_all_instances().await.unwrap().len(), 16);
+    let q = free.own_quotas().await.unwrap();
+    assert_eq!(usage(&q, QuotaKey::Instances).0, 16);
+    let hosts = s.admin.list_all_host_nodes().await.unwrap();
+    assert_eq!(hosts.iter().map(|h| h.cpus_used).sum::<u32>(), 20, "reservations: {hosts:?}");
+    let metrics = reqwest::get(format!("{}/metrics", s.url())).await.unwrap().text().await.unwrap();
+    let recorded = |how: &str| -> u64 {
+        let series = format!("vdc_instance_creates_recorded_total{{transaction=\"{how}\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&series)).unwrap_or_else(|| panic!("{series} in\n{metrics}"));
+        line[series.len()..].parse().unwrap()
+    };
+    assert_eq!(recorded("shared") + recorded("own"), 20, "each accepted create committed once");
+    if sqlite {
+        assert!(recorded("shared") > 0, "no creates were committed together");
+    } else {
+        assert_eq!(recorded("shared"), 0, "PostgreSQL commits each create alone");
+    }
     s.stop().await;
 }

@@ -24,6 +24,9 @@ use vdc_schema::bus::AgentKind;
 use vdc_schema::id::*;
 use vdc_schema::{InstanceAction, InstanceGoal, InstanceState};
 
+mod group;
+pub use group::Creates;
+
 /// Rows to API objects, with their interfaces and volumes fetched in two range queries.
 async fn to_api(conn: &mut db::Conn, account: &str, rows: Vec<store::View>) -> ApiResult<Vec<Instance>> {
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else { return Ok(vec![]) };
@@ -279,16 +282,18 @@ async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiRe
     })
 }
 
+/// Records one create in `tx`: the account's quota, the host's reservation, the instance,
+/// its interfaces and its job. What it returns holds once `tx` commits.
 async fn insert(
+    tx: &mut db::Tx<'_>,
     ctx: &SharedCtx,
     caller: &Caller,
     p: &Prepared,
     candidates: &[String],
 ) -> ApiResult<Accepted<Instance>> {
-    let mut tx = db::begin(&ctx.db).await?;
     // The account's row first (quotas), then the host: the order every create keeps.
     quota::enforce(
-        &mut tx,
+        tx,
         ctx,
         &caller.account_id,
         &[
@@ -299,24 +304,24 @@ async fn insert(
     )
     .await?;
     // Then the server group: placements into it decide one after the other.
-    let candidates = scheduler::lock_group(ctx, &mut tx, &p.constraints, candidates).await?;
-    let host = scheduler::reserve(ctx, &mut tx, p.demand, &candidates, None).await?;
+    let candidates = scheduler::lock_group(ctx, tx, &p.constraints, candidates).await?;
+    let host = scheduler::reserve(ctx, tx, p.demand, &candidates, None).await?;
     // What the instance refers to must still exist at commit: a concurrent delete of any
     // of them locks the same row and then sees this instance (or finds the row gone).
-    if !db::lock(&mut tx, db::Lock::Image, p.image.id.as_str()).await? {
+    if !db::lock(tx, db::Lock::Image, p.image.id.as_str()).await? {
         return Err(ApiError::not_found("image", &p.image.id));
     }
     if let Some(k) = &p.ssh_key {
-        if !db::lock(&mut tx, db::Lock::KeyPair, k.as_str()).await? {
+        if !db::lock(tx, db::Lock::KeyPair, k.as_str()).await? {
             return Err(ApiError::not_found("key pair", k));
         }
     }
     for planned in &p.interfaces {
-        if !db::lock(&mut tx, db::Lock::Network, planned.network.id.as_str()).await? {
+        if !db::lock(tx, db::Lock::Network, planned.network.id.as_str()).await? {
             return Err(ApiError::not_found("network", &planned.network.id));
         }
         for g in &planned.security_groups {
-            if !db::lock(&mut tx, db::Lock::SecurityGroup, g.as_str()).await? {
+            if !db::lock(tx, db::Lock::SecurityGroup, g.as_str()).await? {
                 return Err(ApiError::not_found("security group", g));
             }
         }
@@ -325,7 +330,7 @@ async fn insert(
     let name = if p.name.is_empty() { id.to_string() } else { p.name.clone() };
     let now = db::now();
     store::insert(
-        &mut tx,
+        tx,
         &store::New {
             id: &id,
             account: &caller.account_id,
@@ -347,11 +352,9 @@ async fn insert(
     .await?;
     let mut interfaces = Vec::new();
     for (pos, planned) in p.interfaces.iter().enumerate() {
-        interfaces.push(interface::insert(&mut tx, &caller.account_id, &id, pos, planned).await?);
+        interfaces.push(interface::insert(tx, &caller.account_id, &id, pos, planned).await?);
     }
-    let job = job::start_first(&mut tx, &caller.account_id, "instance.create", id.as_str(), "running").await?;
-    tx.commit().await?;
-    ctx.events.wake();
+    let job = job::start_first(tx, &caller.account_id, "instance.create", id.as_str(), "running").await?;
     let t = db::parse_time(&now);
     let instance = Instance {
         id,
@@ -378,11 +381,31 @@ async fn insert(
 
 pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiResult<Accepted<Instance>> {
     let p = prepare(ctx, caller, req).await?;
+    if db::one_writer(&ctx.db) {
+        return ctx.creates.submit(ctx, caller.clone(), p).await;
+    }
+    place(ctx, caller, &p).await
+}
+
+/// Places and records one create in a transaction of its own (retried whole when it
+/// loses a race), then queues its ensures.
+async fn place(ctx: &SharedCtx, caller: &Caller, p: &Prepared) -> ApiResult<Accepted<Instance>> {
     let accepted = db::retry(|| async {
         let candidates = scheduler::candidates(ctx, p.demand, &p.constraints).await?;
-        insert(ctx, caller, &p, &candidates).await
+        let mut tx = db::begin(&ctx.db).await?;
+        let accepted = insert(&mut tx, ctx, caller, p, &candidates).await?;
+        tx.commit().await?;
+        ctx.events.wake();
+        Ok(accepted)
     })
     .await?;
+    ctx.creates.made_alone();
+    queue_ensures(ctx, &accepted);
+    Ok(accepted)
+}
+
+/// Hands a committed create to the dispatcher.
+fn queue_ensures(ctx: &SharedCtx, accepted: &Accepted<Instance>) {
     let inst = &accepted.resource;
     tracing::info!(instance = %inst.id, job = %accepted.job.id, host = ?inst.host_node_id, "instance accepted");
     ctx.enqueue(Work::Instance(inst.id.clone()));
@@ -392,7 +415,6 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> Ap
             ctx.enqueue(Work::SecurityGroup(g.clone(), GroupChange::Members));
         }
     }
-    Ok(accepted)
 }
 
 /// Carries out a lifecycle action (terminate for DELETE), retried whole when it loses a

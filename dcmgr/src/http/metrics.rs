@@ -6,8 +6,9 @@
 //! The process's counters and histograms (`vdc_bus::metrics`: API latency, bus messages,
 //! and, in the all-in-one, every agent's commands and driver calls) are followed by what
 //! this dcmgr reads at scrape time: objects by kind and state (one GROUP BY per kind),
-//! agents online, the work queue, running jobs and the age of the oldest, and how its
-//! instance reads were answered (the read model in memory, or SQL).
+//! agents online, the work queue, running jobs and the age of the oldest, how its
+//! instance reads were answered (the read model in memory, or SQL) and how its creates
+//! were committed (together or alone).
 
 use crate::ctx::SharedCtx;
 use crate::error::ApiError;
@@ -117,5 +118,17 @@ async fn scrape(ctx: &SharedCtx) -> Result<Vec<MetricFamily>, ApiError> {
     let (memory, sql) = ctx.views.reads();
     reads.with_label_values(&["memory"]).inc_by(memory);
     reads.with_label_values(&["sql"]).inc_by(sql);
+    let creates = prometheus::IntCounterVec::new(
+        Opts::new(
+            "vdc_instance_creates_recorded_total",
+            "Instance creates committed in a transaction shared with others waiting for SQLite's writer, or in their own",
+        ),
+        &["transaction"],
+    )
+    .expect("a valid counter definition");
+    r.register(Box::new(creates.clone())).expect("registered once per scrape");
+    let (shared, own) = ctx.creates.recorded();
+    creates.with_label_values(&["shared"]).inc_by(shared);
+    creates.with_label_values(&["own"]).inc_by(own);
     Ok(r.gather())
 }
