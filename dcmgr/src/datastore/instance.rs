@@ -268,8 +268,7 @@ async fn insert_as(tx: &mut db::Tx<'_>, n: &New<'_>, state_goal_host: &str) -> R
     .bind(n.labels)
     .execute(&mut **tx)
     .await?;
-    db::event::record_at_commit(tx, db::event::Kind::Instance, n.id.as_str(), db::event::Change::Created);
-    Ok(())
+    db::event::record_at_commit(tx, db::event::Kind::Instance, n.id.as_str(), db::event::Change::Created).await
 }
 
 /// Records new intent: a new spec generation, to be sent again.
@@ -367,8 +366,7 @@ pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, before: &str, o: &Obser
     .bind(id)
     .execute(&mut **tx)
     .await?;
-    db::event::changed_at_commit(tx, db::event::Kind::Instance, id, Some(before));
-    Ok(())
+    db::event::changed_at_commit(tx, db::event::Kind::Instance, id, Some(before)).await
 }
 
 /// Forgets the host that kept a stopped instance's disk (evacuated: gone for good); a

@@ -52,7 +52,7 @@ pub async fn start(
     .bind(resource_id)
     .fetch_all(&mut **tx)
     .await?;
-    ended_events(tx, ended);
+    ended_events(tx, ended).await?;
     insert(tx, id, account, action, resource_id, target, None).await
 }
 
@@ -105,7 +105,7 @@ async fn insert(
         .bind(target)
         .execute(&mut **tx)
         .await?;
-    db::event::record_at_commit(tx, db::event::Kind::Job, id.as_str(), db::event::Change::Created);
+    db::event::record_at_commit(tx, db::event::Kind::Job, id.as_str(), db::event::Change::Created).await?;
     Ok(Job {
         id,
         action: action.to_owned(),
@@ -123,10 +123,11 @@ pub async fn finish(db: &mut db::Tx<'_>, resource_id: &str, target: &str) -> Res
 }
 
 /// The events of jobs that just ended (IDs from an `UPDATE … RETURNING id`).
-fn ended_events(tx: &mut db::Tx<'_>, ended: Vec<(String,)>) {
+async fn ended_events(tx: &mut db::Tx<'_>, ended: Vec<(String,)>) -> Result<(), sqlx::Error> {
     for (id,) in ended {
-        db::event::record_at_commit(tx, db::event::Kind::Job, &id, db::event::Change::State);
+        db::event::record_at_commit(tx, db::event::Kind::Job, &id, db::event::Change::State).await?;
     }
+    Ok(())
 }
 
 /// Fails every running job of `resource_id`.
@@ -140,8 +141,7 @@ pub async fn fail_all(db: &mut db::Tx<'_>, resource_id: &str, message: &str) -> 
     .bind(resource_id)
     .fetch_all(&mut **db)
     .await?;
-    ended_events(db, ended);
-    Ok(())
+    ended_events(db, ended).await
 }
 
 /// Ends the running jobs of `resource_id` that reached `state`, and with `rebooted`
@@ -166,8 +166,7 @@ pub async fn finish_reached(
     .bind(rebooted.map_or(-1, |g| g as i64))
     .fetch_all(&mut **db)
     .await?;
-    ended_events(db, ended);
-    Ok(())
+    ended_events(db, ended).await
 }
 
 /// One page of an account's jobs, in creation order after `cursor`; `state` '' for all.
