@@ -68,6 +68,15 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     g
 }
 
+/// A counter this process keeps itself, shown as it is now: one series per label value.
+fn counts<const N: usize>(r: &Registry, name: &str, help: &str, label: &str, values: [(&str, u64); N]) {
+    let c = prometheus::IntCounterVec::new(Opts::new(name, help), &[label]).expect("a valid counter definition");
+    r.register(Box::new(c.clone())).expect("registered once per scrape");
+    for (v, n) in values {
+        c.with_label_values(&[v]).inc_by(n);
+    }
+}
+
 /// This dcmgr's gauges, read now into a registry of the scrape's own (several dcmgrs in
 /// one test process each show their own model).
 async fn scrape(ctx: &SharedCtx) -> Result<Vec<MetricFamily>, ApiError> {
@@ -106,29 +115,21 @@ async fn scrape(ctx: &SharedCtx) -> Result<Vec<MetricFamily>, ApiError> {
     .expect("a valid gauge definition");
     r.register(Box::new(lag.clone())).expect("registered once per scrape");
     lag.with_label_values(&[] as &[&str]).set(lag_ms as f64 / 1000.0);
-    let reads = prometheus::IntCounterVec::new(
-        Opts::new(
-            "vdc_instance_reads_total",
-            "Instance GETs and lists answered from the read model in memory or from SQL",
-        ),
-        &["source"],
-    )
-    .expect("a valid counter definition");
-    r.register(Box::new(reads.clone())).expect("registered once per scrape");
     let (memory, sql) = ctx.views.reads();
-    reads.with_label_values(&["memory"]).inc_by(memory);
-    reads.with_label_values(&["sql"]).inc_by(sql);
-    let creates = prometheus::IntCounterVec::new(
-        Opts::new(
-            "vdc_instance_creates_recorded_total",
-            "Instance creates committed in a transaction shared with others waiting for SQLite's writer, or in their own",
-        ),
-        &["transaction"],
-    )
-    .expect("a valid counter definition");
-    r.register(Box::new(creates.clone())).expect("registered once per scrape");
+    counts(
+        &r,
+        "vdc_instance_reads_total",
+        "Instance GETs and lists answered from the read model in memory or from SQL",
+        "source",
+        [("memory", memory), ("sql", sql)],
+    );
     let (shared, own) = ctx.creates.recorded();
-    creates.with_label_values(&["shared"]).inc_by(shared);
-    creates.with_label_values(&["own"]).inc_by(own);
+    counts(
+        &r,
+        "vdc_instance_creates_recorded_total",
+        "Instance creates committed in a transaction shared with others waiting for SQLite's writer, or in their own",
+        "transaction",
+        [("shared", shared), ("own", own)],
+    );
     Ok(r.gather())
 }
