@@ -49,7 +49,8 @@ pub struct Tx<'a> {
     /// Rows locked in this transaction (table, ID): a lock is held to its end, so taking
     /// one again is a statement for nothing (creates recorded together lock their
     /// account and image once).
-    locked: std::collections::HashSet<(&'static str, String)>,
+    /// (A list: a transaction locks a few rows, and a savepoint keeps its length.)
+    locked: Vec<(&'static str, String)>,
     // Dropped after `tx` (declaration order): the next writer starts once this one ended.
     _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
@@ -57,11 +58,13 @@ pub struct Tx<'a> {
 impl Tx<'_> {
     /// Whether the row `id` of `table` is already locked in this transaction.
     fn holds(&self, table: &'static str, id: &str) -> bool {
-        self.locked.contains(&(table, id.to_owned()))
+        self.locked.iter().any(|(t, i)| *t == table && i == id)
     }
 
     fn held(&mut self, table: &'static str, id: &str) {
-        self.locked.insert((table, id.to_owned()));
+        if !self.holds(table, id) {
+            self.locked.push((table, id.to_owned()));
+        }
     }
 
     /// Marks where [`Tx::rollback_to`] returns to; [`Tx::next_savepoint`] moves it on.
@@ -87,12 +90,12 @@ impl Tx<'_> {
     pub async fn rollback_to(&mut self, sp: Savepoint) -> Result<Savepoint, sqlx::Error> {
         (&mut *self.tx).execute("ROLLBACK TO SAVEPOINT part").await?;
         self.events.truncate(sp.events);
-        self.locked = sp.locked;
+        self.locked.truncate(sp.locked);
         Ok(self.mark())
     }
 
     fn mark(&self) -> Savepoint {
-        Savepoint { events: self.events.len(), locked: self.locked.clone() }
+        Savepoint { events: self.events.len(), locked: self.locked.len() }
     }
 
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
@@ -110,7 +113,7 @@ impl Tx<'_> {
 #[must_use]
 pub struct Savepoint {
     events: usize,
-    locked: std::collections::HashSet<(&'static str, String)>,
+    locked: usize,
 }
 
 impl std::ops::Deref for Tx<'_> {
@@ -171,7 +174,7 @@ pub fn advisory_key(name: &str) -> i32 {
 /// Begins a transaction, after the write gate on SQLite.
 pub async fn begin(pool: &Pool) -> Result<Tx<'static>, sqlx::Error> {
     let gate = write_turn(pool).await;
-    Ok(Tx { tx: pool.begin().await?, events: Vec::new(), locked: Default::default(), _gate: gate })
+    Ok(Tx { tx: pool.begin().await?, events: Vec::new(), locked: Vec::new(), _gate: gate })
 }
 /// One connection taken from the pool, for reads that run several statements.
 pub type Conn = sqlx::AnyConnection;
@@ -402,19 +405,18 @@ pub enum Lock {
 /// Returns false when the row does not exist.
 pub async fn lock(tx: &mut Tx<'_>, what: Lock, id: &str) -> Result<bool, sqlx::Error> {
     // Fixed statements: sqlx wants no SQL built at run time.
-    let sql = match what {
-        Lock::Instance => "UPDATE instances SET lock_seq = lock_seq + 1 WHERE id = $1",
-        Lock::Volume => "UPDATE volumes SET lock_seq = lock_seq + 1 WHERE id = $1",
-        Lock::Snapshot => "UPDATE snapshots SET lock_seq = lock_seq + 1 WHERE id = $1",
-        Lock::Network => "UPDATE networks SET lock_seq = lock_seq + 1 WHERE id = $1",
-        Lock::SecurityGroup => "UPDATE security_groups SET lock_seq = lock_seq + 1 WHERE id = $1",
-        Lock::Image => "UPDATE images SET lock_seq = lock_seq + 1 WHERE id = $1",
-        Lock::KeyPair => "UPDATE keypairs SET lock_seq = lock_seq + 1 WHERE id = $1",
-        Lock::FloatingIp => "UPDATE floating_ips SET lock_seq = lock_seq + 1 WHERE id = $1",
+    let (table, sql) = match what {
+        Lock::Instance => ("instances", "UPDATE instances SET lock_seq = lock_seq + 1 WHERE id = $1"),
+        Lock::Volume => ("volumes", "UPDATE volumes SET lock_seq = lock_seq + 1 WHERE id = $1"),
+        Lock::Snapshot => ("snapshots", "UPDATE snapshots SET lock_seq = lock_seq + 1 WHERE id = $1"),
+        Lock::Network => ("networks", "UPDATE networks SET lock_seq = lock_seq + 1 WHERE id = $1"),
+        Lock::SecurityGroup => ("security_groups", "UPDATE security_groups SET lock_seq = lock_seq + 1 WHERE id = $1"),
+        Lock::Image => ("images", "UPDATE images SET lock_seq = lock_seq + 1 WHERE id = $1"),
+        Lock::KeyPair => ("keypairs", "UPDATE keypairs SET lock_seq = lock_seq + 1 WHERE id = $1"),
+        Lock::FloatingIp => ("floating_ips", "UPDATE floating_ips SET lock_seq = lock_seq + 1 WHERE id = $1"),
         // Interfaces have no lock_seq: a write that changes nothing takes the lock as well.
-        Lock::Interface => "UPDATE vifs SET report_gen = report_gen WHERE id = $1",
+        Lock::Interface => ("vifs", "UPDATE vifs SET report_gen = report_gen WHERE id = $1"),
     };
-    let table = sql.split_whitespace().nth(1).expect("UPDATE table");
     if tx.holds(table, id) {
         return Ok(true);
     }
