@@ -2627,7 +2627,7 @@ async fn apply(
                 fixed_ip: Some(p.translate(ip)),
                 mac,
             };
-            let vif = interface::insert(&mut tx, account, &id, pos, &planned).await?;
+            let vif = interface::insert(&mut tx, account, &id, pos, &planned, false).await?;
             first_vif.get_or_insert_with(|| vif.id.to_string());
             work.push(Work::Interface(vif.id));
         }

@@ -329,7 +329,8 @@ async fn insert(
     let id = InstanceId::generate();
     let name = if p.name.is_empty() { id.to_string() } else { p.name.clone() };
     let now = db::now();
-    store::insert(
+    // The rows are sent with the create's savepoint or commit (one round trip).
+    store::insert_later(
         tx,
         &store::New {
             id: &id,
@@ -352,9 +353,9 @@ async fn insert(
     .await?;
     let mut interfaces = Vec::new();
     for (pos, planned) in p.interfaces.iter().enumerate() {
-        interfaces.push(interface::insert(tx, &caller.account_id, &id, pos, planned).await?);
+        interfaces.push(interface::insert(tx, &caller.account_id, &id, pos, planned, true).await?);
     }
-    let job = job::start_first(tx, &caller.account_id, "instance.create", id.as_str(), "running").await?;
+    let job = job::start_first_later(tx, &caller.account_id, "instance.create", id.as_str(), "running").await?;
     let t = db::parse_time(&now);
     let instance = Instance {
         id,

@@ -64,13 +64,15 @@ fn random_mac() -> MacAddr {
     MacAddr::new([0x52, 0x54, 0x00, rng.gen(), rng.gen(), rng.gen()])
 }
 
-/// Allocates an address and inserts the interface, within the caller's transaction.
+/// Allocates an address and inserts the interface, within the caller's transaction;
+/// with `later` its rows are sent with the transaction's next round trip ([`db::Tx::later`]).
 pub async fn insert(
     tx: &mut db::Tx<'_>,
     account: &AccountId,
     instance: &InstanceId,
     position: usize,
     p: &Planned,
+    later: bool,
 ) -> ApiResult<Interface> {
     let used = store::used_ips(tx, p.network.id.as_str()).await?;
     let used: HashSet<u32> = used.iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()).map(u32::from).collect();
@@ -88,12 +90,17 @@ pub async fn insert(
             ip: &ip.to_string(),
             position: position as i64,
         },
+        later,
     )
     .await?;
     for g in &p.security_groups {
-        store::add_group(tx, id.as_str(), g.as_str()).await?;
+        store::add_group(tx, id.as_str(), g.as_str(), later).await?;
         // The members of groups referring to it now resolve one more address.
-        store::bump_for_group(tx, g.as_str(), GroupChange::Members).await?;
+        if later {
+            store::bump_for_group_later(tx, g.as_str(), GroupChange::Members).await?;
+        } else {
+            store::bump_for_group(tx, g.as_str(), GroupChange::Members).await?;
+        }
     }
     Ok(Interface {
         id,

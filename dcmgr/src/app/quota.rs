@@ -77,7 +77,7 @@ pub async fn enforce(
     asks: &[(QuotaKey, u64)],
 ) -> ApiResult<()> {
     accounts::lock(tx, account).await?;
-    let own = store::set_for(&mut **tx, account).await?;
+    let own = store::set_for_locked(tx, account).await?;
     let limits = limits(&ctx.config.quotas, &own);
     if asks.iter().all(|(k, _)| limits.get(k).is_none_or(Option::is_none)) {
         return Ok(());

@@ -224,15 +224,8 @@ async fn fold(
     // The networks it leaves the host on (read before a terminate removes its interfaces).
     let leaves =
         if out.release_host { crate::datastore::interface::networks_of_instance(tx, &row.id).await? } else { vec![] };
+    // The instance's row and its jobs, which follow the new state, in one round trip.
     store::apply_report(tx, &row.id, &row.state, &observed).await?;
-    if out.release_host {
-        crate::datastore::host::release(tx, node, row.cpus, row.memory_mib).await?;
-    }
-    let mut removed = instance::Removed::default();
-    if out.state == InstanceState::Terminated {
-        removed = instance::finalize_terminated(tx, row).await?;
-    }
-    // Jobs and volume attachments follow the new state.
     if let Some(f) = &failure {
         job::fail_all(tx, &row.id, f).await?;
     } else {
@@ -240,6 +233,14 @@ async fn fold(
         let rebooted = (out.state == InstanceState::Running).then_some(r.reboot_gen);
         job::finish_reached(tx, &row.id, out.state.as_str(), rebooted).await?;
     }
+    if out.release_host {
+        crate::datastore::host::release(tx, node, row.cpus, row.memory_mib).await?;
+    }
+    let mut removed = instance::Removed::default();
+    if out.state == InstanceState::Terminated {
+        removed = instance::finalize_terminated(tx, row).await?;
+    }
+    // Volume attachments follow it too.
     let peers = crate::datastore::interface::bump_for_departure(tx, &leaves, node).await?;
     let takes_volumes = row.hypervisor != vdc_schema::HypervisorKind::Lxc.as_str();
     let detached = if volumes_in_transit {

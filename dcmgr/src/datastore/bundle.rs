@@ -508,7 +508,7 @@ pub async fn set_vif_groups(tx: &mut db::Tx<'_>, vif: &str, groups: &[String]) -
     let old = db::interface::group_ids(&mut **tx, vif).await?;
     sqlx::query("DELETE FROM vif_security_groups WHERE vif_id = $1").bind(vif).execute(&mut **tx).await?;
     for g in groups {
-        db::interface::add_group(tx, vif, g).await?;
+        db::interface::add_group(tx, vif, g, false).await?;
     }
     let old: std::collections::BTreeSet<String> = old.into_iter().collect();
     let new: std::collections::BTreeSet<String> = groups.iter().cloned().collect();

@@ -86,9 +86,7 @@ impl Change {
     }
 }
 
-fn is_postgres(conn: &sqlx::AnyConnection) -> bool {
-    conn.backend_name().eq_ignore_ascii_case("postgresql")
-}
+use super::is_postgres;
 
 /// PostgreSQL's sequence of event IDs. Created at connect (not in a migration: SQLite,
 /// which shares the migrations, has no sequences).
@@ -195,13 +193,13 @@ fn push(tx: &mut db::Tx<'_>, p: Pending) {
     tx.events.push(p);
 }
 
-/// Writes `pending` in one statement (in their order), as [`insert`] would each.
-pub(super) async fn write_pending(conn: &mut sqlx::AnyConnection, pending: &[Pending]) -> Result<(), sqlx::Error> {
+/// The statement that writes `pending` (in their order), as [`insert`] would each.
+pub(super) fn pending_write(postgres: bool, pending: &[Pending]) -> Option<db::Write> {
     if pending.is_empty() {
-        return Ok(());
+        return None;
     }
     // On PostgreSQL `nextval` in the select list is taken after the ORDER BY (9.6 and later).
-    let next = if is_postgres(conn) {
+    let next = if postgres {
         "nextval('events_seq')"
     } else {
         "(SELECT COALESCE(MAX(id), 0) FROM events) + ROW_NUMBER() OVER (ORDER BY ord)"
@@ -236,14 +234,16 @@ pub(super) async fn write_pending(conn: &mut sqlx::AnyConnection, pending: &[Pen
          SELECT {next}, account_id, kind, resource_id, change, state, detail, $1 FROM ({}) AS e ORDER BY ord",
         sources.join(" UNION ALL ")
     );
+    let mut w = db::Write::new(sql).bind(db::now());
     // The statement's shape follows the transaction's events: only the few shapes of a
     // lone create or report are kept prepared, the rest would push out the others.
-    let mut q = sqlx::query(&sql).persistent(pending.len() <= 2).bind(db::now());
-    for e in binds {
-        q = q.bind(e.id.as_str()).bind(e.change.as_str()).bind(e.unless_state.as_deref().unwrap_or(""));
+    if pending.len() > 2 {
+        w = w.once();
     }
-    q.execute(conn).await?;
-    Ok(())
+    for e in binds {
+        w = w.bind(e.id.as_str()).bind(e.change.as_str()).bind(e.unless_state.as_deref().unwrap_or(""));
+    }
+    Some(w)
 }
 
 #[derive(sqlx::FromRow)]

@@ -238,17 +238,26 @@ pub struct New<'a> {
 }
 
 pub async fn insert(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error> {
-    insert_as(tx, n, "'pending', 'running', $10").await
+    tx.run(insert_as(n, "'pending', 'running', $10")).await?;
+    created(tx, n).await
+}
+
+/// As [`insert`], the row sent with the transaction's next round trip
+/// ([`db::Tx::later`]).
+pub async fn insert_later(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error> {
+    tx.later(insert_as(n, "'pending', 'running', $10")).await?;
+    created(tx, n).await
 }
 
 /// An instance recorded `stopped` (a bundle's stopped instance): no host is reserved; a
 /// start schedules it as for any stopped instance. `n.host` is not used.
 pub async fn insert_stopped(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error> {
-    insert_as(tx, n, "'stopped', 'stopped', NULLIF($10, $10)").await
+    tx.run(insert_as(n, "'stopped', 'stopped', NULLIF($10, $10)")).await?;
+    created(tx, n).await
 }
 
-async fn insert_as(tx: &mut db::Tx<'_>, n: &New<'_>, state_goal_host: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
+fn insert_as(n: &New<'_>, state_goal_host: &str) -> db::Write {
+    db::Write::new(format!(
         "INSERT INTO instances ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {state_goal_host}, NULL, 1, 0, 0, NULL, $11, $11, $12, $13, $14, $15)"
     ))
     .bind(n.id.as_str())
@@ -266,8 +275,9 @@ async fn insert_as(tx: &mut db::Tx<'_>, n: &New<'_>, state_goal_host: &str) -> R
     .bind(n.server_group)
     .bind(n.zone)
     .bind(n.labels)
-    .execute(&mut **tx)
-    .await?;
+}
+
+async fn created(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error> {
     db::event::record_at_commit(tx, db::event::Kind::Instance, n.id.as_str(), db::event::Change::Created).await
 }
 
@@ -350,21 +360,23 @@ pub struct Observed<'a> {
 }
 
 /// Applies `o` to instance `id`, locked in `tx` and read there in state `before`.
+/// The row is sent with the transaction's next round trip ([`db::Tx::later`]).
 pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, before: &str, o: &Observed<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE instances SET state = $1, goal = $2, report_gen = $3, failure_reason = $4, updated_at = $5,
-             host_node_id = CASE WHEN $6 = 1 THEN NULL ELSE host_node_id END,
-             last_host_id = CASE WHEN $6 = 1 THEN host_node_id ELSE last_host_id END
-         WHERE id = $7",
+    tx.later(
+        db::Write::new(
+            "UPDATE instances SET state = $1, goal = $2, report_gen = $3, failure_reason = $4, updated_at = $5,
+                 host_node_id = CASE WHEN $6 = 1 THEN NULL ELSE host_node_id END,
+                 last_host_id = CASE WHEN $6 = 1 THEN host_node_id ELSE last_host_id END
+             WHERE id = $7",
+        )
+        .bind(o.state.as_str())
+        .bind(o.goal.as_str())
+        .bind(o.gen as i64)
+        .bind(o.failure)
+        .bind(db::now())
+        .bind(o.release_host as i64)
+        .bind(id),
     )
-    .bind(o.state.as_str())
-    .bind(o.goal.as_str())
-    .bind(o.gen as i64)
-    .bind(o.failure)
-    .bind(db::now())
-    .bind(o.release_host as i64)
-    .bind(id)
-    .execute(&mut **tx)
     .await?;
     db::event::changed_at_commit(tx, db::event::Kind::Instance, id, Some(before)).await
 }

@@ -33,8 +33,7 @@ impl Row {
 
 /// The addresses taken on a network.
 pub async fn used_ips(tx: &mut db::Tx<'_>, network: &str) -> Result<Vec<String>, sqlx::Error> {
-    let r: Vec<(String,)> =
-        sqlx::query_as("SELECT ip FROM vifs WHERE network_id = $1").bind(network).fetch_all(&mut **tx).await?;
+    let r: Vec<(String,)> = tx.fetch(db::Write::new("SELECT ip FROM vifs WHERE network_id = $1").bind(network)).await?;
     Ok(r.into_iter().map(|r| r.0).collect())
 }
 
@@ -50,8 +49,18 @@ pub struct New<'a> {
     pub position: i64,
 }
 
-pub async fn insert(tx: &mut db::Tx<'_>, v: &New<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Sends `w` now, or with `later` in the transaction's next round trip
+/// ([`db::Tx::later`]).
+async fn write(tx: &mut db::Tx<'_>, w: db::Write, later: bool) -> Result<(), sqlx::Error> {
+    if later {
+        tx.later(w).await
+    } else {
+        tx.run(w).await
+    }
+}
+
+pub async fn insert(tx: &mut db::Tx<'_>, v: &New<'_>, later: bool) -> Result<(), sqlx::Error> {
+    let w = db::Write::new(
         "INSERT INTO vifs (id, instance_id, account_id, network_id, mac, ip, state, position) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7)",
     )
     .bind(v.id)
@@ -60,20 +69,14 @@ pub async fn insert(tx: &mut db::Tx<'_>, v: &New<'_>) -> Result<(), sqlx::Error>
     .bind(v.network)
     .bind(v.mac)
     .bind(v.ip)
-    .bind(v.position)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+    .bind(v.position);
+    write(tx, w, later).await
 }
 
 /// Makes the interface a member of the group.
-pub async fn add_group(tx: &mut db::Tx<'_>, vif: &str, group: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO vif_security_groups (vif_id, group_id) VALUES ($1, $2)")
-        .bind(vif)
-        .bind(group)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+pub async fn add_group(tx: &mut db::Tx<'_>, vif: &str, group: &str, later: bool) -> Result<(), sqlx::Error> {
+    let w = db::Write::new("INSERT INTO vif_security_groups (vif_id, group_id) VALUES ($1, $2)").bind(vif).bind(group);
+    write(tx, w, later).await
 }
 
 /// Interfaces of the instances of `account` (of every account: empty) whose IDs fall in
@@ -181,9 +184,18 @@ pub async fn reached_by(pool: &db::Pool, g: &str, change: GroupChange) -> Result
 /// transaction of the change, so the reconciler re-sends them until nwagent reports the
 /// new generation.
 pub async fn bump_for_group(tx: &mut db::Tx<'_>, g: &str, change: GroupChange) -> Result<(), sqlx::Error> {
+    bump_for_group_as(tx, g, change, false).await
+}
+
+/// As [`bump_for_group`], sent with the transaction's next round trip
+/// ([`db::Tx::later`]).
+pub async fn bump_for_group_later(tx: &mut db::Tx<'_>, g: &str, change: GroupChange) -> Result<(), sqlx::Error> {
+    bump_for_group_as(tx, g, change, true).await
+}
+
+async fn bump_for_group_as(tx: &mut db::Tx<'_>, g: &str, change: GroupChange, later: bool) -> Result<(), sqlx::Error> {
     let q = format!("UPDATE vifs SET spec_gen = spec_gen + 1 WHERE id IN ({})", change.reached());
-    sqlx::query(&q).bind(g).execute(&mut **tx).await?;
-    Ok(())
+    write(tx, db::Write::new(q).bind(g), later).await
 }
 
 /// Bumps one interface's generation (its floating IP or its peers changed).

@@ -53,7 +53,7 @@ pub async fn start(
     .fetch_all(&mut **tx)
     .await?;
     ended_events(tx, ended).await?;
-    insert(tx, id, account, action, resource_id, target, None).await
+    insert(tx, id, account, action, resource_id, target, None, false).await
 }
 
 /// The first job of a resource just inserted in `tx`: nothing to supersede, so no
@@ -65,7 +65,19 @@ pub async fn start_first(
     resource_id: &str,
     target: &str,
 ) -> Result<Job, sqlx::Error> {
-    insert(tx, JobId::generate(), account, action, resource_id, target, None).await
+    insert(tx, JobId::generate(), account, action, resource_id, target, None, false).await
+}
+
+/// As [`start_first`], the row sent with the transaction's next round trip
+/// ([`db::Tx::later`]).
+pub async fn start_first_later(
+    tx: &mut db::Tx<'_>,
+    account: &AccountId,
+    action: &str,
+    resource_id: &str,
+    target: &str,
+) -> Result<Job, sqlx::Error> {
+    insert(tx, JobId::generate(), account, action, resource_id, target, None, true).await
 }
 
 /// A job that is already done: the request asked for what already is (or is already
@@ -77,10 +89,12 @@ pub async fn done(
     resource_id: &str,
     msg: &str,
 ) -> Result<Job, sqlx::Error> {
-    insert(tx, JobId::generate(), account, action, resource_id, "", Some(msg)).await
+    insert(tx, JobId::generate(), account, action, resource_id, "", Some(msg), false).await
 }
 
-/// Inserts a job: running, or (with `done_msg`) already succeeded.
+/// Inserts a job: running, or (with `done_msg`) already succeeded; `later` as
+/// [`db::Tx::later`].
+#[allow(clippy::too_many_arguments)]
 async fn insert(
     tx: &mut db::Tx<'_>,
     id: JobId,
@@ -89,22 +103,26 @@ async fn insert(
     resource_id: &str,
     target: &str,
     done_msg: Option<&str>,
+    later: bool,
 ) -> Result<Job, sqlx::Error> {
     let now = db::now();
     let state = if done_msg.is_some() { JobState::Succeeded } else { JobState::Running };
     let finished = done_msg.map(|_| now.clone());
-    sqlx::query(&format!("INSERT INTO jobs ({COLS}, account_id, target) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+    let w = db::Write::new(INSERT_SQL.as_str())
         .bind(id.as_str())
         .bind(action)
         .bind(resource_id)
         .bind(state.as_str())
         .bind(done_msg)
-        .bind(&now)
-        .bind(&finished)
+        .bind(now.as_str())
+        .bind(finished.clone())
         .bind(account.as_str())
-        .bind(target)
-        .execute(&mut **tx)
-        .await?;
+        .bind(target);
+    if later {
+        tx.later(w).await?;
+    } else {
+        tx.run(w).await?;
+    }
     db::event::record_at_commit(tx, db::event::Kind::Job, id.as_str(), db::event::Change::Created).await?;
     Ok(Job {
         id,
@@ -116,6 +134,10 @@ async fn insert(
         finished_at: finished.as_deref().map(db::parse_time),
     })
 }
+
+static INSERT_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("INSERT INTO jobs ({COLS}, account_id, target) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+});
 
 /// Ends the running jobs of `resource_id` whose target is `target`.
 pub async fn finish(db: &mut db::Tx<'_>, resource_id: &str, target: &str) -> Result<(), sqlx::Error> {
@@ -132,15 +154,17 @@ async fn ended_events(tx: &mut db::Tx<'_>, ended: Vec<(String,)>) -> Result<(), 
 
 /// Fails every running job of `resource_id`.
 pub async fn fail_all(db: &mut db::Tx<'_>, resource_id: &str, message: &str) -> Result<(), sqlx::Error> {
-    let ended: Vec<(String,)> = sqlx::query_as(
-        "UPDATE jobs SET state = 'failed', message = $1, finished_at = $2 WHERE resource_id = $3 AND state = 'running' \
-         RETURNING id",
-    )
-    .bind(message)
-    .bind(db::now())
-    .bind(resource_id)
-    .fetch_all(&mut **db)
-    .await?;
+    let ended: Vec<(String,)> = db
+        .fetch(
+            db::Write::new(
+                "UPDATE jobs SET state = 'failed', message = $1, finished_at = $2 \
+                 WHERE resource_id = $3 AND state = 'running' RETURNING id",
+            )
+            .bind(message)
+            .bind(db::now())
+            .bind(resource_id),
+        )
+        .await?;
     ended_events(db, ended).await
 }
 
@@ -154,18 +178,20 @@ pub async fn finish_reached(
     rebooted: Option<u64>,
 ) -> Result<(), sqlx::Error> {
     // CASE keeps the cast to the `reboot:` targets (PostgreSQL refuses 'running' as a number).
-    let ended: Vec<(String,)> = sqlx::query_as(
-        "UPDATE jobs SET state = 'succeeded', finished_at = $1 WHERE resource_id = $2 AND state = 'running' \
-         AND (target = $3 OR CASE WHEN $4 >= 0 AND target LIKE 'reboot:%' \
-                                  THEN CAST(SUBSTR(target, 8) AS BIGINT) <= $4 ELSE FALSE END) \
-         RETURNING id",
-    )
-    .bind(db::now())
-    .bind(resource_id)
-    .bind(state)
-    .bind(rebooted.map_or(-1, |g| g as i64))
-    .fetch_all(&mut **db)
-    .await?;
+    let ended: Vec<(String,)> = db
+        .fetch(
+            db::Write::new(
+                "UPDATE jobs SET state = 'succeeded', finished_at = $1 WHERE resource_id = $2 AND state = 'running' \
+                 AND (target = $3 OR CASE WHEN $4 >= 0 AND target LIKE 'reboot:%' \
+                                          THEN CAST(SUBSTR(target, 8) AS BIGINT) <= $4 ELSE FALSE END) \
+                 RETURNING id",
+            )
+            .bind(db::now())
+            .bind(resource_id)
+            .bind(state)
+            .bind(rebooted.map_or(-1, |g| g as i64)),
+        )
+        .await?;
     ended_events(db, ended).await
 }
 

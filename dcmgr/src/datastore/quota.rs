@@ -16,6 +16,18 @@ pub async fn set_for<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
         .await
 }
 
+/// [`set_for`] of an account locked in `tx`, read once per transaction: setting a quota
+/// takes the same lock, so it cannot change before `tx` ends (creates recorded together
+/// ask it once).
+pub async fn set_for_locked(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    if let Some((_, own)) = tx.quotas.iter().find(|(a, _)| a == account.as_str()) {
+        return Ok(own.clone());
+    }
+    let own = set_for(&mut **tx, account).await?;
+    tx.quotas.push((account.to_string(), own.clone()));
+    Ok(own)
+}
+
 /// Sets one of the account's limits, or (None) returns it to the configured default.
 pub async fn set(
     tx: &mut db::Tx<'_>,
