@@ -305,7 +305,7 @@ async fn insert(
     .await?;
     // Then the server group: placements into it decide one after the other.
     let candidates = scheduler::lock_group(ctx, tx, &p.constraints, candidates).await?;
-    let host = scheduler::reserve(ctx, tx, p.demand, &candidates, None).await?;
+    let host = scheduler::reserve_later(ctx, tx, p.demand, &candidates).await?;
     // What the instance refers to must still exist at commit: a concurrent delete of any
     // of them locks the same row and then sees this instance (or finds the row gone).
     if !db::lock(tx, db::Lock::Image, p.image.id.as_str()).await? {
@@ -395,7 +395,11 @@ async fn place(ctx: &SharedCtx, caller: &Caller, p: &Prepared) -> ApiResult<Acce
         let candidates = scheduler::candidates(ctx, p.demand, &p.constraints).await?;
         let mut tx = db::begin(&ctx.db).await?;
         let accepted = insert(&mut tx, ctx, caller, p, &candidates).await?;
-        tx.commit().await?;
+        if let Err(e) = tx.commit().await {
+            // Its reservation, sent with the commit, may be what failed: the model took it.
+            ctx.room.invalidate();
+            return Err(e.into());
+        }
         ctx.events.wake();
         Ok(accepted)
     })

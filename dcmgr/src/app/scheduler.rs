@@ -229,6 +229,20 @@ pub async fn reserve(
     Err(ApiError::Busy("candidate hosts filled up concurrently".into()))
 }
 
+/// As [`reserve`] for a new instance, the reservation sent with the create's other rows
+/// ([`store::reserve_later`]). On SQLite, whose one writer keeps the placement model
+/// exact, that is its first candidate (the model's choice); should the host fill up or go
+/// meanwhile, the round trip that sends it fails as a lost race and the create is made
+/// again. PostgreSQL reserves at once, as [`reserve`].
+pub async fn reserve_later(ctx: &Ctx, tx: &mut db::Tx<'_>, d: Demand, candidates: &[String]) -> ApiResult<HostNodeId> {
+    let Some(id) = candidates.first().filter(|_| db::one_writer(&ctx.db)) else {
+        return reserve(ctx, tx, d, candidates, None).await;
+    };
+    store::reserve_later(tx, id, d.cpus, d.memory_mib).await?;
+    ctx.room.took(id, d.cpus, d.memory_mib);
+    id.parse().map_err(ApiError::internal)
+}
+
 /// Explains why nothing fits, naming the constraint that cannot be met and never the
 /// cloud's free capacity.
 async fn no_host(ctx: &Ctx, d: Demand, c: &Constraints) -> ApiError {

@@ -130,7 +130,7 @@ async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Re
 /// lock; a failure applies none of it and leaves the report unacked, to come again.
 pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceReport) -> Result<()> {
     let mut tx = db::begin(&ctx.db).await?;
-    let after = apply_in(&mut tx, node, gen, r).await?;
+    let after = apply_in(&mut tx, node, gen, r, None).await?;
     tx.commit().await?;
     ctx.events.wake();
     after.run(ctx, node).await;
@@ -165,12 +165,24 @@ impl ReportAfter {
     }
 }
 
-/// Applies report `r` of host `node` in `tx` (which other reports may share).
-pub async fn apply_in(tx: &mut db::Tx<'_>, node: &str, gen: u64, r: InstanceReport) -> Result<ReportAfter> {
+/// Applies report `r` of host `node` in `tx` (which other reports may share); `locked`:
+/// the instance as [`store::lock_for_reports`] locked it in `tx` (when nothing since
+/// changed it), else it is locked here.
+pub async fn apply_in(
+    tx: &mut db::Tx<'_>,
+    node: &str,
+    gen: u64,
+    r: InstanceReport,
+    locked: Option<store::Reported>,
+) -> Result<ReportAfter> {
     // A copy reported gone or on its way out (after the ensure-absent it was sent) is
     // not told again: each ensure would answer with another report, for ever.
     let leaving = matches!(r.state, ObservedInstance::Absent | ObservedInstance::Stopping);
-    let Some(store::Reported { row, volumes_in_transit }) = store::lock_for_report(tx, r.id.as_str()).await? else {
+    let locked = match locked {
+        Some(l) => Some(l),
+        None => store::lock_for_report(tx, r.id.as_str()).await?,
+    };
+    let Some(store::Reported { row, volumes_in_transit }) = locked else {
         return Ok(if leaving { ReportAfter::Nothing } else { ReportAfter::Garbage(r) });
     };
     if row.state == InstanceState::Terminated.as_str() || row.host_node_id.as_deref() != Some(node) {

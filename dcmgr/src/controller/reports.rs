@@ -150,13 +150,31 @@ fn shared(b: &ReportBatch, r: &Report) -> bool {
 async fn apply_together(ctx: &SharedCtx, batches: &[ReportBatch]) -> Option<Vec<After>> {
     let together = async {
         let mut tx = db::begin(&ctx.db).await?;
+        // The instances reported on, locked and read in one round trip. A second report
+        // of one of them locks and reads it again, as the first changed it.
+        let ids: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.reports.iter().filter(|r| shared(b, r)))
+            .filter_map(|r| match &r.object {
+                ObjectReport::Instance(i) => Some(i.id.as_str()),
+                _ => None,
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut locked: std::collections::HashMap<String, db::instance::Reported> =
+            db::instance::lock_for_reports(&mut tx, &ids).await?.into_iter().map(|l| (l.row.id.clone(), l)).collect();
         let mut afters = Vec::new();
         for b in batches {
             let node = b.node_id.as_str();
             for r in b.reports.iter().filter(|r| shared(b, r)) {
                 afters.push(match &r.object {
                     ObjectReport::Instance(i) => {
-                        After::Instance(b.node_id.clone(), instance::apply_in(&mut tx, node, r.gen, i.clone()).await?)
+                        let pre = locked.remove(i.id.as_str());
+                        After::Instance(
+                            b.node_id.clone(),
+                            instance::apply_in(&mut tx, node, r.gen, i.clone(), pre).await?,
+                        )
                     }
                     ObjectReport::Interface(i) => After::Interface(
                         b.node_id.clone(),

@@ -214,10 +214,14 @@ pub(super) fn pending_write(postgres: bool, pending: &[Pending]) -> Option<db::W
     for kind in kinds {
         let (table, state, detail) = kind.source();
         let mut rows = Vec::new();
-        for (ord, e) in pending.iter().enumerate().filter(|(_, e)| e.kind == kind) {
-            let n = 3 * binds.len() + 2;
-            rows.push(format!("(${n}, ${}, ${}, {ord})", n + 1, n + 2));
-            binds.push(e);
+        let of_kind: Vec<(usize, &Pending)> = pending.iter().enumerate().filter(|(_, e)| e.kind == kind).collect();
+        // Rows up to a power of two, the others naming no object: the statement has a
+        // few shapes, kept prepared, rather than one per count (each parsed anew).
+        let places = of_kind.len().next_power_of_two();
+        for i in 0..places {
+            let n = 4 * binds.len() + 2;
+            rows.push(format!("(${n}, ${}, ${}, CAST(${} AS BIGINT))", n + 1, n + 2, n + 3));
+            binds.push(of_kind.get(i).map(|&(ord, e)| (ord, Some(e))).unwrap_or((0, None)));
         }
         sources.push(format!(
             "SELECT w.column4 AS ord, t.account_id, '{}' AS kind, t.id AS resource_id, \
@@ -235,13 +239,15 @@ pub(super) fn pending_write(postgres: bool, pending: &[Pending]) -> Option<db::W
         sources.join(" UNION ALL ")
     );
     let mut w = db::Write::new(sql).bind(db::now());
-    // The statement's shape follows the transaction's events: only the few shapes of a
-    // lone create or report are kept prepared, the rest would push out the others.
-    if pending.len() > 2 {
-        w = w.once();
-    }
-    for e in binds {
-        w = w.bind(e.id.as_str()).bind(e.change.as_str()).bind(e.unless_state.as_deref().unwrap_or(""));
+    for (ord, e) in binds {
+        w = match e {
+            Some(e) => w
+                .bind(e.id.as_str())
+                .bind(e.change.as_str())
+                .bind(e.unless_state.as_deref().unwrap_or(""))
+                .bind(ord as i64),
+            None => w.bind("").bind("").bind("").bind(0i64),
+        };
     }
     Some(w)
 }

@@ -352,7 +352,18 @@ pub async fn try_reserve(
     memory_mib: u32,
     returning: bool,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+    tx.run_counted(reservation(id, cpus, memory_mib, returning)).await.map(|n| n == 1)
+}
+
+/// As [`try_reserve`], sent with the transaction's next round trip
+/// ([`db::Tx::later_checked`]: on SQLite, whose one writer keeps the placement model
+/// exact, that round trip fails as a lost race should the host have filled up or gone).
+pub async fn reserve_later(tx: &mut db::Tx<'_>, id: &str, cpus: u32, memory_mib: u32) -> Result<bool, sqlx::Error> {
+    tx.later_checked(reservation(id, cpus, memory_mib, false)).await
+}
+
+fn reservation(id: &str, cpus: u32, memory_mib: u32, returning: bool) -> db::Write {
+    db::Write::new(
         "UPDATE host_nodes SET cpus_used = cpus_used + $1, memory_used_mib = memory_used_mib + $2
          WHERE id = $3 AND state = 'online' AND (schedulable = 1 OR $4 = 1)
            AND cpus_used + $1 <= cpus_allocatable AND memory_used_mib + $2 <= memory_allocatable_mib",
@@ -361,9 +372,6 @@ pub async fn try_reserve(
     .bind(memory_mib as i64)
     .bind(id)
     .bind(i64::from(returning))
-    .execute(&mut **tx)
-    .await?;
-    Ok(r.rows_affected() == 1)
 }
 
 /// Gives a reservation back.

@@ -150,14 +150,35 @@ pub struct Reported {
 
 /// As [`lock_get`], for a report: also counts the volumes in transit, in the same statement.
 pub async fn lock_for_report(tx: &mut db::Tx<'_>, id: &str) -> Result<Option<Reported>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "UPDATE instances SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING {COLS},
-             (SELECT COUNT(*) FROM volumes v WHERE v.instance_id = instances.id
-                AND v.state IN ('attaching', 'detaching')) AS volumes_in_transit"
-    ))
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await
+    Ok(lock_for_reports(tx, &[id]).await?.pop())
+}
+
+/// IDs [`lock_for_reports`] takes in one statement (a fixed number: one shape, kept
+/// prepared; the places left over name no instance).
+const REPORTED_AT_ONCE: usize = 32;
+
+/// As [`lock_for_report`] for many instances, `REPORTED_AT_ONCE` in each statement: the
+/// reports applied together on SQLite lock theirs in one round trip. Those not found are
+/// left out.
+pub async fn lock_for_reports(tx: &mut db::Tx<'_>, ids: &[&str]) -> Result<Vec<Reported>, sqlx::Error> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let places: Vec<String> = (1..=REPORTED_AT_ONCE).map(|i| format!("${i}")).collect();
+        format!(
+            "UPDATE instances SET lock_seq = lock_seq + 1 WHERE id IN ({}) RETURNING {COLS},
+                 (SELECT COUNT(*) FROM volumes v WHERE v.instance_id = instances.id
+                    AND v.state IN ('attaching', 'detaching')) AS volumes_in_transit",
+            places.join(", ")
+        )
+    });
+    let mut out = Vec::with_capacity(ids.len());
+    for part in ids.chunks(REPORTED_AT_ONCE) {
+        let mut w = db::Write::new(SQL.as_str());
+        for i in 0..REPORTED_AT_ONCE {
+            w = w.bind(part.get(i).copied().unwrap_or(""));
+        }
+        out.extend(tx.fetch::<Reported>(w).await?);
+    }
+    Ok(out)
 }
 
 /// One page of an account's instances (of every account: `None`), in creation order

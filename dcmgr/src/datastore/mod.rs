@@ -78,9 +78,10 @@ impl Tx<'_> {
         Ok(self.mark())
     }
 
-    /// Keeps what was done since the savepoint and marks a new one, in one round trip
-    /// with the writes waiting ([`Tx::later`]).
-    pub async fn next_savepoint(&mut self, _kept: Savepoint) -> Result<Savepoint, sqlx::Error> {
+    /// Keeps what was done since the savepoint `sp` and moves it here, in one round trip
+    /// with the writes waiting ([`Tx::later`]). Should one of them fail, `sp` stays
+    /// where it was, for [`Tx::rollback_to`].
+    pub async fn next_savepoint(&mut self, sp: &mut Savepoint) -> Result<(), sqlx::Error> {
         if self.sqlite() {
             self.send(Some(Write::new("RELEASE SAVEPOINT part; SAVEPOINT part"))).await?;
         } else {
@@ -88,18 +89,20 @@ impl Tx<'_> {
             (&mut *self.tx).execute("RELEASE SAVEPOINT part").await?;
             (&mut *self.tx).execute("SAVEPOINT part").await?;
         }
-        Ok(self.mark())
+        *sp = self.mark();
+        Ok(())
     }
 
-    /// Undoes what was done since the savepoint (its events and locks too) and marks a
-    /// new one.
-    pub async fn rollback_to(&mut self, sp: Savepoint) -> Result<Savepoint, sqlx::Error> {
+    /// Undoes what was done since the savepoint `sp` (its events, locks and writes not
+    /// yet sent too); `sp` stays, for what follows.
+    pub async fn rollback_to(&mut self, sp: &mut Savepoint) -> Result<(), sqlx::Error> {
         self.pending.clear();
         (&mut *self.tx).execute("ROLLBACK TO SAVEPOINT part").await?;
         self.events.truncate(sp.events);
         self.locked.truncate(sp.locked);
         self.quotas.truncate(sp.quotas);
-        Ok(self.mark())
+        *sp = self.mark();
+        Ok(())
     }
 
     fn mark(&self) -> Savepoint {
@@ -135,6 +138,26 @@ impl Tx<'_> {
         w.query().execute(&mut *self.tx).await.map(drop)
     }
 
+    /// Runs `w` now, with nothing waiting: the rows it changed.
+    pub async fn run_counted(&mut self, w: Write) -> Result<u64, sqlx::Error> {
+        self.send(None).await?;
+        Ok(w.query().execute(&mut *self.tx).await?.rows_affected())
+    }
+
+    /// As [`Tx::later`] for a write that must change exactly one row (an `UPDATE` whose
+    /// `WHERE` checks what was decided on, e.g. a host's room): on SQLite the round trip
+    /// that sends it fails when it changed none ([`is_checked_write_failure`], retryable
+    /// as a lost race); a savepoint before it returns to before it. Whether it changed
+    /// the row: on SQLite yes until then, on PostgreSQL as it ran.
+    pub async fn later_checked(&mut self, w: Write) -> Result<bool, sqlx::Error> {
+        if self.sqlite() {
+            self.pending.push(w);
+            self.pending.push(Write::new("INSERT INTO checked_write (changed) VALUES (changes())"));
+            return Ok(true);
+        }
+        Ok(w.query().execute(&mut *self.tx).await?.rows_affected() == 1)
+    }
+
     /// The rows `w` returns, sent after the writes waiting in the same round trip.
     pub async fn fetch<T>(&mut self, w: Write) -> Result<Vec<T>, sqlx::Error>
     where
@@ -144,7 +167,7 @@ impl Tx<'_> {
             return w.query_as().fetch_all(&mut *self.tx).await;
         }
         let script = Write::script(std::mem::take(&mut self.pending).into_iter().chain([w]));
-        script.query_as().persistent(script.keep).fetch_all(&mut *self.tx).await
+        script.query_as().fetch_all(&mut *self.tx).await
     }
 
     /// Sends the writes waiting, and `w`, as one script.
@@ -153,7 +176,7 @@ impl Tx<'_> {
             return Ok(());
         }
         let script = Write::script(std::mem::take(&mut self.pending).into_iter().chain(w));
-        script.query().persistent(script.keep).execute(&mut *self.tx).await.map(drop)
+        script.query().execute(&mut *self.tx).await.map(drop)
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
@@ -203,23 +226,15 @@ impl From<Option<i64>> for Arg {
 pub struct Write {
     sql: std::borrow::Cow<'static, str>,
     args: Vec<Arg>,
-    /// Kept prepared on the connection: a shape that recurs.
-    keep: bool,
 }
 
 impl Write {
     pub fn new(sql: impl Into<std::borrow::Cow<'static, str>>) -> Write {
-        Write { sql: sql.into(), args: Vec::new(), keep: true }
+        Write { sql: sql.into(), args: Vec::new() }
     }
 
     pub fn bind(mut self, v: impl Into<Arg>) -> Write {
         self.args.push(v.into());
-        self
-    }
-
-    /// Not kept prepared (its text changes with its data).
-    pub fn once(mut self) -> Write {
-        self.keep = false;
         self
     }
 
@@ -234,15 +249,15 @@ impl Write {
             }
             renumber(&w.sql, out.args.len(), &mut sql);
             out.args.extend(w.args);
-            // A script of few parts is one of a few shapes (a create's, a report's).
-            out.keep &= w.keep;
         }
         out.sql = sql.into();
         out
     }
 
     fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
-        let mut q = sqlx::query(&self.sql).persistent(self.keep);
+        // Kept prepared: every statement and script has one of a few shapes (a create's,
+        // a report's).
+        let mut q = sqlx::query(&self.sql);
         for a in &self.args {
             q = match a {
                 Arg::Text(v) => q.bind(v.as_deref()),
@@ -256,7 +271,7 @@ impl Write {
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
     {
-        let mut q = sqlx::query_as(&self.sql).persistent(self.keep);
+        let mut q = sqlx::query_as(&self.sql);
         for a in &self.args {
             q = match a {
                 Arg::Text(v) => q.bind(v.as_deref()),
@@ -407,6 +422,7 @@ pub async fn connect(url: &str) -> Result<(Pool, DbKind), sqlx::Error> {
                     // (a power cut can lose the last commits, never corrupt the file).
                     conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON")
                         .await?;
+                    conn.execute(CHECKED_WRITES).await?;
                 }
                 Ok(())
             })
@@ -479,9 +495,27 @@ pub fn is_retryable(e: &sqlx::Error) -> bool {
         // unique and foreign-key violations, serialization failure, deadlock. A foreign
         // key only fails when what a request refers to went away meanwhile: the retry
         // decides again and answers what is now true (404, 409).
-        Some(c) => matches!(&*c, "5" | "517" | "6" | "2067" | "1555" | "787" | "23505" | "23503" | "40001" | "40P01"),
+        // And a write sent later that found its row changed (the decision is made again).
+        Some(c)
+            if matches!(&*c, "5" | "517" | "6" | "2067" | "1555" | "787" | "23505" | "23503" | "40001" | "40P01") =>
+        {
+            true
+        }
+        Some(_) => is_checked_write_failure(e),
         None => matches!(e, sqlx::Error::PoolTimedOut),
     }
+}
+
+/// What fails a SQLite script whose checked write changed no row ([`Tx::later_checked`]):
+/// inserting into this view the rows the statement before changed. Made on each
+/// connection (TEMP), as PostgreSQL, which never sends writes later, has no use for it.
+const CHECKED_WRITES: &str = "CREATE TEMP VIEW IF NOT EXISTS checked_write AS SELECT 1 AS changed;
+    CREATE TEMP TRIGGER IF NOT EXISTS checked_write_failed INSTEAD OF INSERT ON checked_write
+    WHEN NEW.changed <> 1 BEGIN SELECT RAISE(ABORT, 'vdc_checked_write: the row changed before the commit'); END";
+
+/// Whether `e` is a write sent later that found its row changed ([`Tx::later_checked`]).
+pub fn is_checked_write_failure(e: &sqlx::Error) -> bool {
+    e.as_database_error().is_some_and(|d| d.message().contains("vdc_checked_write"))
 }
 
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -593,21 +627,26 @@ pub enum Lock {
 pub async fn lock(tx: &mut Tx<'_>, what: Lock, id: &str) -> Result<bool, sqlx::Error> {
     // Fixed statements: sqlx wants no SQL built at run time.
     let (table, sql) = match what {
-        Lock::Instance => ("instances", "UPDATE instances SET lock_seq = lock_seq + 1 WHERE id = $1"),
-        Lock::Volume => ("volumes", "UPDATE volumes SET lock_seq = lock_seq + 1 WHERE id = $1"),
-        Lock::Snapshot => ("snapshots", "UPDATE snapshots SET lock_seq = lock_seq + 1 WHERE id = $1"),
-        Lock::Network => ("networks", "UPDATE networks SET lock_seq = lock_seq + 1 WHERE id = $1"),
-        Lock::SecurityGroup => ("security_groups", "UPDATE security_groups SET lock_seq = lock_seq + 1 WHERE id = $1"),
-        Lock::Image => ("images", "UPDATE images SET lock_seq = lock_seq + 1 WHERE id = $1"),
-        Lock::KeyPair => ("keypairs", "UPDATE keypairs SET lock_seq = lock_seq + 1 WHERE id = $1"),
-        Lock::FloatingIp => ("floating_ips", "UPDATE floating_ips SET lock_seq = lock_seq + 1 WHERE id = $1"),
+        Lock::Instance => ("instances", "UPDATE instances SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1"),
+        Lock::Volume => ("volumes", "UPDATE volumes SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1"),
+        Lock::Snapshot => ("snapshots", "UPDATE snapshots SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1"),
+        Lock::Network => ("networks", "UPDATE networks SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1"),
+        Lock::SecurityGroup => {
+            ("security_groups", "UPDATE security_groups SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1")
+        }
+        Lock::Image => ("images", "UPDATE images SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1"),
+        Lock::KeyPair => ("keypairs", "UPDATE keypairs SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1"),
+        Lock::FloatingIp => {
+            ("floating_ips", "UPDATE floating_ips SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1")
+        }
         // Interfaces have no lock_seq: a write that changes nothing takes the lock as well.
-        Lock::Interface => ("vifs", "UPDATE vifs SET report_gen = report_gen WHERE id = $1"),
+        Lock::Interface => ("vifs", "UPDATE vifs SET report_gen = report_gen WHERE id = $1 RETURNING 1"),
     };
     if tx.holds(table, id) {
         return Ok(true);
     }
-    let found = sqlx::query(sql).bind(id).execute(&mut **tx).await?.rows_affected() == 1;
+    // With the writes waiting ([`Tx::later`]) in the same round trip.
+    let found = !tx.fetch::<(i64,)>(Write::new(sql).bind(id)).await?.is_empty();
     if found {
         tx.held(table, id);
     }
@@ -686,21 +725,21 @@ mod tests {
             .bind(1000 + i)
         };
         let mut tx = begin(&pool).await.unwrap();
-        let sp = tx.savepoint().await.unwrap();
+        let mut sp = tx.savepoint().await.unwrap();
         net(1).execute(&mut *tx).await.unwrap();
         event::record_at_commit(&mut tx, event::Kind::Network, "nw-1", event::Change::Created).await.unwrap();
         assert!(lock(&mut tx, Lock::Network, "nw-1").await.unwrap());
-        let sp = tx.next_savepoint(sp).await.unwrap();
+        tx.next_savepoint(&mut sp).await.unwrap();
         net(2).execute(&mut *tx).await.unwrap();
         event::record_at_commit(&mut tx, event::Kind::Network, "nw-2", event::Change::Created).await.unwrap();
         assert!(lock(&mut tx, Lock::Network, "nw-2").await.unwrap());
-        let sp = tx.rollback_to(sp).await.unwrap();
+        tx.rollback_to(&mut sp).await.unwrap();
         assert!(!tx.holds("networks", "nw-2"), "the lock went with the savepoint");
         assert!(tx.holds("networks", "nw-1"));
         net(3).execute(&mut *tx).await.unwrap();
         event::record_at_commit(&mut tx, event::Kind::Network, "nw-3", event::Change::Created).await.unwrap();
         event::changed_at_commit(&mut tx, event::Kind::Network, "nw-3", Some("x")).await.unwrap();
-        let _ = tx.next_savepoint(sp).await.unwrap();
+        tx.next_savepoint(&mut sp).await.unwrap();
         tx.commit().await.unwrap();
         let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM networks ORDER BY id").fetch_all(&pool).await.unwrap();
         assert_eq!(ids, [("nw-1".to_owned(),), ("nw-3".to_owned(),)]);
@@ -734,15 +773,28 @@ mod tests {
         assert_eq!(tx.pending.len(), 2, "SQLite keeps them for the next round trip");
         let seen: Vec<(String, i64)> = tx.fetch(names()).await.unwrap();
         assert_eq!(seen, [("nw-1".into(), 1001), ("nw-2".into(), 1002)]);
-        let sp = tx.savepoint().await.unwrap();
+        let mut sp = tx.savepoint().await.unwrap();
         tx.later(net(3)).await.unwrap();
-        let sp = tx.rollback_to(sp).await.unwrap();
+        tx.rollback_to(&mut sp).await.unwrap();
         tx.later(net(4)).await.unwrap();
-        let _ = tx.next_savepoint(sp).await.unwrap();
+        tx.next_savepoint(&mut sp).await.unwrap();
         assert!(tx.pending.is_empty());
+        // A checked write that changes no row fails its round trip, as a lost race, and
+        // takes what was sent with it; the savepoint still undoes the rest.
+        let renamed = |id: &str| Write::new("UPDATE networks SET name = 'renamed' WHERE id = $1").bind(id);
+        tx.later(net(6)).await.unwrap();
+        assert!(tx.later_checked(renamed("nw-404")).await.unwrap(), "SQLite answers at the round trip");
+        let e = tx.next_savepoint(&mut sp).await.unwrap_err();
+        assert!(is_checked_write_failure(&e) && is_retryable(&e), "{e}");
+        tx.rollback_to(&mut sp).await.unwrap();
+        tx.later_checked(renamed("nw-4")).await.unwrap();
+        tx.next_savepoint(&mut sp).await.unwrap();
         tx.commit().await.unwrap();
         let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM networks ORDER BY id").fetch_all(&pool).await.unwrap();
         assert_eq!(ids, [("nw-1".to_owned(),), ("nw-2".to_owned(),), ("nw-4".to_owned(),)]);
+        let (name,): (String,) =
+            sqlx::query_as("SELECT name FROM networks WHERE id = 'nw-4'").fetch_one(&pool).await.unwrap();
+        assert_eq!(name, "renamed");
         // The second write of the script fails: the first goes with it.
         let mut tx = begin(&pool).await.unwrap();
         tx.later(net(5)).await.unwrap();

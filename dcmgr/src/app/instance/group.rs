@@ -130,15 +130,19 @@ async fn together(ctx: &SharedCtx, waiting: &[Waiting]) -> ApiResult<Vec<Answer>
     let mut outcomes = Vec::with_capacity(waiting.len());
     let mut sp = tx.savepoint().await?;
     for w in waiting {
-        let made = make(ctx, &mut tx, w).await;
-        sp = match made {
-            Ok(_) => tx.next_savepoint(sp).await?,
-            Err(_) => {
-                // The room it took in memory, if it got that far.
-                ctx.room.invalidate();
-                tx.rollback_to(sp).await?
+        let mut made = make(ctx, &mut tx, w).await;
+        if made.is_ok() {
+            // Its rows go with the savepoint: should its host have filled up meanwhile
+            // (a lost race), or a row fail, that round trip fails.
+            if let Err(e) = tx.next_savepoint(&mut sp).await {
+                made = Err(e.into());
             }
-        };
+        }
+        if made.is_err() {
+            // The room it took in memory, if it got that far.
+            ctx.room.invalidate();
+            tx.rollback_to(&mut sp).await?;
+        }
         outcomes.push(made);
     }
     tx.commit().await?;
