@@ -82,6 +82,7 @@ pub async fn enforce(
     if asks.iter().all(|(k, _)| limits.get(k).is_none_or(Option::is_none)) {
         return Ok(());
     }
+    tx.flush().await?;
     let used = store::usage(&mut **tx, account).await?;
     decide(&limits, &used, asks)
 }

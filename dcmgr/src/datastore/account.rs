@@ -31,10 +31,11 @@ pub async fn lock(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(), sqlx::
     if tx.holds("accounts", account.as_str()) {
         return Ok(());
     }
-    sqlx::query("UPDATE accounts SET lock_seq = lock_seq + 1 WHERE id = $1")
-        .bind(account.as_str())
-        .execute(&mut **tx)
-        .await?;
+    // With the writes waiting ([`db::Tx::later`]) in the same round trip.
+    tx.fetch::<(i64,)>(
+        db::Write::new("UPDATE accounts SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1").bind(account.as_str()),
+    )
+    .await?;
     tx.held("accounts", account.as_str());
     Ok(())
 }

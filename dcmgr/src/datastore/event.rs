@@ -193,9 +193,17 @@ fn push(tx: &mut db::Tx<'_>, p: Pending) {
     tx.events.push(p);
 }
 
-/// The statement that writes `pending` (in their order), as [`insert`] would each.
-pub(super) fn pending_write(postgres: bool, pending: &[Pending]) -> Option<db::Write> {
-    if pending.is_empty() {
+/// The events of the jobs a SQLite transaction ended, as the trigger noted them
+/// (`db::ENDED_JOBS`), after the others.
+pub(super) const ENDED_JOBS: &str =
+    "SELECT 1000000000 + e.rowid AS ord, t.account_id, 'job' AS kind, t.id AS resource_id, \
+            'state' AS change, t.state AS state, t.action || ' ' || t.resource_id AS detail \
+     FROM ended_jobs e JOIN jobs t ON t.id = e.id WHERE t.account_id IS NOT NULL";
+
+/// The statement that writes `pending` (in their order) as [`insert`] would each, and
+/// the events of `ended` (a source of events, as [`ENDED_JOBS`]).
+pub(super) fn pending_write(postgres: bool, pending: &[Pending], ended: Option<&str>) -> Option<db::Write> {
+    if pending.is_empty() && ended.is_none() {
         return None;
     }
     // On PostgreSQL `nextval` in the select list is taken after the ORDER BY (9.6 and later).
@@ -233,6 +241,7 @@ pub(super) fn pending_write(postgres: bool, pending: &[Pending]) -> Option<db::W
             rows.join(", "),
         ));
     }
+    sources.extend(ended.map(str::to_owned));
     let sql = format!(
         "INSERT INTO events (id, account_id, kind, resource_id, change, state, detail, created_at) \
          SELECT {next}, account_id, kind, resource_id, change, state, detail, $1 FROM ({}) AS e ORDER BY ord",

@@ -43,16 +43,13 @@ pub async fn start(
     target: &str,
 ) -> Result<Job, sqlx::Error> {
     let id = JobId::generate();
-    let ended: Vec<(String,)> = sqlx::query_as(
-        "UPDATE jobs SET state = 'cancelled', finished_at = $1, message = $2 WHERE resource_id = $3 AND state = 'running' \
-         RETURNING id",
+    let w = db::Write::new(
+        "UPDATE jobs SET state = 'cancelled', finished_at = $1, message = $2 WHERE resource_id = $3 AND state = 'running'",
     )
     .bind(db::now())
     .bind(format!("superseded by {id} ({action})"))
-    .bind(resource_id)
-    .fetch_all(&mut **tx)
-    .await?;
-    ended_events(tx, ended).await?;
+    .bind(resource_id);
+    end_jobs(tx, w, false).await?;
     insert(tx, id, account, action, resource_id, target, None, false).await
 }
 
@@ -144,8 +141,16 @@ pub async fn finish(db: &mut db::Tx<'_>, resource_id: &str, target: &str) -> Res
     finish_reached(db, resource_id, target, None).await
 }
 
-/// The events of jobs that just ended (IDs from an `UPDATE … RETURNING id`).
-async fn ended_events(tx: &mut db::Tx<'_>, ended: Vec<(String,)>) -> Result<(), sqlx::Error> {
+/// Ends jobs with `w` (an `UPDATE` of jobs setting their state) and records their events.
+/// On SQLite a trigger notes the jobs it ended for the commit to write their events
+/// (`db::ENDED_JOBS`), so with `later` the update is sent later
+/// ([`db::Tx::later`]); PostgreSQL returns their IDs and records them at once.
+async fn end_jobs(tx: &mut db::Tx<'_>, w: db::Write, later: bool) -> Result<(), sqlx::Error> {
+    if tx.sqlite() {
+        tx.jobs_ended = true;
+        return if later { tx.later(w).await } else { tx.run(w).await };
+    }
+    let ended: Vec<(String,)> = tx.fetch(w.append(" RETURNING id")).await?;
     for (id,) in ended {
         db::event::record_at_commit(tx, db::event::Kind::Job, &id, db::event::Change::State).await?;
     }
@@ -154,18 +159,13 @@ async fn ended_events(tx: &mut db::Tx<'_>, ended: Vec<(String,)>) -> Result<(), 
 
 /// Fails every running job of `resource_id`.
 pub async fn fail_all(db: &mut db::Tx<'_>, resource_id: &str, message: &str) -> Result<(), sqlx::Error> {
-    let ended: Vec<(String,)> = db
-        .fetch(
-            db::Write::new(
-                "UPDATE jobs SET state = 'failed', message = $1, finished_at = $2 \
-                 WHERE resource_id = $3 AND state = 'running' RETURNING id",
-            )
-            .bind(message)
-            .bind(db::now())
-            .bind(resource_id),
-        )
-        .await?;
-    ended_events(db, ended).await
+    let w = db::Write::new(
+        "UPDATE jobs SET state = 'failed', message = $1, finished_at = $2 WHERE resource_id = $3 AND state = 'running'",
+    )
+    .bind(message)
+    .bind(db::now())
+    .bind(resource_id);
+    end_jobs(db, w, false).await
 }
 
 /// Ends the running jobs of `resource_id` that reached `state`, and with `rebooted`
@@ -177,22 +177,31 @@ pub async fn finish_reached(
     state: &str,
     rebooted: Option<u64>,
 ) -> Result<(), sqlx::Error> {
+    end_jobs(db, reached(resource_id, state, rebooted), false).await
+}
+
+/// As [`finish_reached`], sent with the transaction's next round trip on SQLite
+/// ([`db::Tx::later`]).
+pub async fn finish_reached_later(
+    db: &mut db::Tx<'_>,
+    resource_id: &str,
+    state: &str,
+    rebooted: Option<u64>,
+) -> Result<(), sqlx::Error> {
+    end_jobs(db, reached(resource_id, state, rebooted), true).await
+}
+
+fn reached(resource_id: &str, state: &str, rebooted: Option<u64>) -> db::Write {
     // CASE keeps the cast to the `reboot:` targets (PostgreSQL refuses 'running' as a number).
-    let ended: Vec<(String,)> = db
-        .fetch(
-            db::Write::new(
-                "UPDATE jobs SET state = 'succeeded', finished_at = $1 WHERE resource_id = $2 AND state = 'running' \
-                 AND (target = $3 OR CASE WHEN $4 >= 0 AND target LIKE 'reboot:%' \
-                                          THEN CAST(SUBSTR(target, 8) AS BIGINT) <= $4 ELSE FALSE END) \
-                 RETURNING id",
-            )
-            .bind(db::now())
-            .bind(resource_id)
-            .bind(state)
-            .bind(rebooted.map_or(-1, |g| g as i64)),
-        )
-        .await?;
-    ended_events(db, ended).await
+    db::Write::new(
+        "UPDATE jobs SET state = 'succeeded', finished_at = $1 WHERE resource_id = $2 AND state = 'running' \
+         AND (target = $3 OR CASE WHEN $4 >= 0 AND target LIKE 'reboot:%' \
+                                  THEN CAST(SUBSTR(target, 8) AS BIGINT) <= $4 ELSE FALSE END)",
+    )
+    .bind(db::now())
+    .bind(resource_id)
+    .bind(state)
+    .bind(rebooted.map_or(-1, |g| g as i64))
 }
 
 /// One page of an account's jobs, in creation order after `cursor`; `state` '' for all.

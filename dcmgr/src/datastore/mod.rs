@@ -53,6 +53,12 @@ pub struct Tx<'a> {
     locked: Vec<(&'static str, String)>,
     /// Writes sent with the next [`Tx::fetch`], savepoint or commit ([`Tx::later`]).
     pending: Vec<Write>,
+    /// Writes sent so far ([`Savepoint::at`] counts the same way).
+    sent: usize,
+    /// A round trip failed ([`Tx::failed`]).
+    failed: bool,
+    /// On SQLite, jobs may have ended in this transaction ([`ENDED_JOBS`]).
+    pub(crate) jobs_ended: bool,
     /// Quotas read under the account's lock ([`quota::set_for_locked`]): unchanged until
     /// the transaction ends.
     pub(crate) quotas: Vec<(String, Vec<(String, i64)>)>,
@@ -73,17 +79,22 @@ impl Tx<'_> {
     }
 
     /// Marks where [`Tx::rollback_to`] returns to; [`Tx::next_savepoint`] moves it on.
+    /// On SQLite the savepoint is itself a write sent later ([`Tx::later`]): creates
+    /// recorded together send theirs, and their rows, with the commit.
     pub async fn savepoint(&mut self) -> Result<Savepoint, sqlx::Error> {
-        (&mut *self.tx).execute("SAVEPOINT part").await?;
+        if self.sqlite() {
+            self.pending.push(Write::new("SAVEPOINT part"));
+        } else {
+            (&mut *self.tx).execute("SAVEPOINT part").await?;
+        }
         Ok(self.mark())
     }
 
-    /// Keeps what was done since the savepoint `sp` and moves it here, in one round trip
-    /// with the writes waiting ([`Tx::later`]). Should one of them fail, `sp` stays
-    /// where it was, for [`Tx::rollback_to`].
+    /// Keeps what was done since the savepoint `sp` and moves it here (on SQLite sent
+    /// later, as [`Tx::savepoint`]).
     pub async fn next_savepoint(&mut self, sp: &mut Savepoint) -> Result<(), sqlx::Error> {
         if self.sqlite() {
-            self.send(Some(Write::new("RELEASE SAVEPOINT part; SAVEPOINT part"))).await?;
+            self.pending.push(Write::new("RELEASE SAVEPOINT part; SAVEPOINT part"));
         } else {
             // PostgreSQL prepares a statement given as text: one command each.
             (&mut *self.tx).execute("RELEASE SAVEPOINT part").await?;
@@ -94,29 +105,58 @@ impl Tx<'_> {
     }
 
     /// Undoes what was done since the savepoint `sp` (its events, locks and writes not
-    /// yet sent too); `sp` stays, for what follows.
+    /// yet sent too); `sp` stays, for what follows. Nothing is sent while the savepoint
+    /// itself has not been.
     pub async fn rollback_to(&mut self, sp: &mut Savepoint) -> Result<(), sqlx::Error> {
-        self.pending.clear();
-        (&mut *self.tx).execute("ROLLBACK TO SAVEPOINT part").await?;
+        if self.sqlite() && sp.at > self.sent {
+            self.pending.truncate(sp.at - self.sent);
+        } else {
+            self.pending.clear();
+            (&mut *self.tx).execute("ROLLBACK TO SAVEPOINT part").await?;
+        }
         self.events.truncate(sp.events);
         self.locked.truncate(sp.locked);
         self.quotas.truncate(sp.quotas);
-        *sp = self.mark();
         Ok(())
     }
 
     fn mark(&self) -> Savepoint {
-        Savepoint { events: self.events.len(), locked: self.locked.len(), quotas: self.quotas.len() }
+        Savepoint {
+            at: self.sent + self.pending.len(),
+            events: self.events.len(),
+            locked: self.locked.len(),
+            quotas: self.quotas.len(),
+        }
+    }
+
+    /// Whether a round trip of this transaction failed. What it carried is then not
+    /// known to have been written, nor which of its writes failed (one of an earlier part
+    /// of the transaction, perhaps): only a rollback of it all is sure.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Sends the writes waiting ([`Tx::later`]), before a statement run on the connection
+    /// itself.
+    pub async fn flush(&mut self) -> Result<(), sqlx::Error> {
+        self.send(None).await
     }
 
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         let events = std::mem::take(&mut self.events);
-        let events = event::pending_write(is_postgres(&self.tx), &events);
-        self.send(events).await?;
+        let ended = self.jobs_ended.then_some(event::ENDED_JOBS);
+        let write = event::pending_write(is_postgres(&self.tx), &events, ended);
+        if let Some(w) = write {
+            self.pending.push(w);
+        }
+        if ended.is_some() {
+            self.pending.push(Write::new("DELETE FROM ended_jobs"));
+        }
+        self.send(None).await?;
         self.tx.commit().await
     }
 
-    fn sqlite(&self) -> bool {
+    pub(crate) fn sqlite(&self) -> bool {
         !is_postgres(&self.tx)
     }
 
@@ -163,11 +203,15 @@ impl Tx<'_> {
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
     {
-        if self.pending.is_empty() {
-            return w.query_as().fetch_all(&mut *self.tx).await;
-        }
-        let script = Write::script(std::mem::take(&mut self.pending).into_iter().chain([w]));
-        script.query_as().fetch_all(&mut *self.tx).await
+        let rows = if self.pending.is_empty() {
+            w.query_as().fetch_all(&mut *self.tx).await
+        } else {
+            self.sent += self.pending.len();
+            let script = Write::script(std::mem::take(&mut self.pending).into_iter().chain([w]));
+            script.query_as().fetch_all(&mut *self.tx).await
+        };
+        self.failed |= rows.is_err();
+        rows
     }
 
     /// Sends the writes waiting, and `w`, as one script.
@@ -175,8 +219,11 @@ impl Tx<'_> {
         if self.pending.is_empty() && w.is_none() {
             return Ok(());
         }
+        self.sent += self.pending.len();
         let script = Write::script(std::mem::take(&mut self.pending).into_iter().chain(w));
-        script.query().execute(&mut *self.tx).await.map(drop)
+        let done = script.query().execute(&mut *self.tx).await.map(drop);
+        self.failed |= done.is_err();
+        done
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
@@ -231,6 +278,12 @@ pub struct Write {
 impl Write {
     pub fn new(sql: impl Into<std::borrow::Cow<'static, str>>) -> Write {
         Write { sql: sql.into(), args: Vec::new() }
+    }
+
+    /// The statement with `sql` after it (a `RETURNING` clause).
+    pub fn append(mut self, sql: &str) -> Write {
+        self.sql.to_mut().push_str(sql);
+        self
     }
 
     pub fn bind(mut self, v: impl Into<Arg>) -> Write {
@@ -301,6 +354,8 @@ fn renumber(sql: &str, by: usize, out: &mut String) {
 /// A point in a transaction to undo what follows (`SAVEPOINT`): see [`Tx::savepoint`].
 #[must_use]
 pub struct Savepoint {
+    /// On SQLite, the writes up to and including the savepoint's own ([`Tx::sent`]).
+    at: usize,
     events: usize,
     locked: usize,
     quotas: usize,
@@ -374,6 +429,9 @@ pub async fn begin(pool: &Pool) -> Result<Tx<'static>, sqlx::Error> {
         events: Vec::new(),
         locked: Vec::new(),
         pending: Vec::new(),
+        sent: 0,
+        failed: false,
+        jobs_ended: false,
         quotas: Vec::new(),
         _gate: gate,
     })
@@ -430,6 +488,9 @@ pub async fn connect(url: &str) -> Result<(Pool, DbKind), sqlx::Error> {
         .connect(&url)
         .await?;
     MIGRATOR.run(&pool).await?;
+    if kind == DbKind::Sqlite {
+        pool.execute(ENDED_JOBS).await?;
+    }
     if kind == DbKind::Postgres {
         // IF NOT EXISTS does not hold against a concurrent create (pg_class's unique
         // index refuses the second): a dcmgr starting beside another finds it made.
@@ -512,6 +573,14 @@ pub fn is_retryable(e: &sqlx::Error) -> bool {
 const CHECKED_WRITES: &str = "CREATE TEMP VIEW IF NOT EXISTS checked_write AS SELECT 1 AS changed;
     CREATE TEMP TRIGGER IF NOT EXISTS checked_write_failed INSTEAD OF INSERT ON checked_write
     WHEN NEW.changed <> 1 BEGIN SELECT RAISE(ABORT, 'vdc_checked_write: the row changed before the commit'); END";
+
+/// On SQLite, the jobs a transaction ended, noted by a trigger, whose events the commit
+/// writes and then forgets (`event::ENDED_JOBS`): an `UPDATE` of jobs then needs no
+/// `RETURNING`, so it too can be sent later ([`Tx::later`]). Made at connect, after the
+/// migrations (SQLite's trigger syntax is its own; PostgreSQL returns the IDs).
+const ENDED_JOBS: &str = "CREATE TABLE IF NOT EXISTS ended_jobs (id TEXT NOT NULL);
+    CREATE TRIGGER IF NOT EXISTS job_ended AFTER UPDATE OF state ON jobs
+    WHEN OLD.state = 'running' AND NEW.state <> 'running' BEGIN INSERT INTO ended_jobs (id) VALUES (NEW.id); END";
 
 /// Whether `e` is a write sent later that found its row changed ([`Tx::later_checked`]).
 pub fn is_checked_write_failure(e: &sqlx::Error) -> bool {
@@ -717,7 +786,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (pool, _) = connect(&format!("sqlite://{}/a.sqlite", dir.path().display())).await.unwrap();
         let net = |i: i64| {
-            sqlx::query(
+            Write::new(
                 "INSERT INTO networks (id, account_id, name, cidr, gateway, dhcp_start, dhcp_end, vni, created_at) \
                  VALUES ($1, 'a-1', $1, '10.0.0.0/24', '10.0.0.1', '10.0.0.2', '10.0.0.9', $2, 'now')",
             )
@@ -726,17 +795,17 @@ mod tests {
         };
         let mut tx = begin(&pool).await.unwrap();
         let mut sp = tx.savepoint().await.unwrap();
-        net(1).execute(&mut *tx).await.unwrap();
+        tx.run(net(1)).await.unwrap();
         event::record_at_commit(&mut tx, event::Kind::Network, "nw-1", event::Change::Created).await.unwrap();
         assert!(lock(&mut tx, Lock::Network, "nw-1").await.unwrap());
         tx.next_savepoint(&mut sp).await.unwrap();
-        net(2).execute(&mut *tx).await.unwrap();
+        tx.run(net(2)).await.unwrap();
         event::record_at_commit(&mut tx, event::Kind::Network, "nw-2", event::Change::Created).await.unwrap();
         assert!(lock(&mut tx, Lock::Network, "nw-2").await.unwrap());
         tx.rollback_to(&mut sp).await.unwrap();
         assert!(!tx.holds("networks", "nw-2"), "the lock went with the savepoint");
         assert!(tx.holds("networks", "nw-1"));
-        net(3).execute(&mut *tx).await.unwrap();
+        tx.run(net(3)).await.unwrap();
         event::record_at_commit(&mut tx, event::Kind::Network, "nw-3", event::Change::Created).await.unwrap();
         event::changed_at_commit(&mut tx, event::Kind::Network, "nw-3", Some("x")).await.unwrap();
         tx.next_savepoint(&mut sp).await.unwrap();
@@ -767,41 +836,84 @@ mod tests {
             .bind(1000 + i)
         };
         let names = || Write::new("SELECT id, vni FROM networks WHERE vni >= $1 ORDER BY id").bind(1000);
+        let renamed = |id: &str| Write::new("UPDATE networks SET name = 'renamed' WHERE id = $1").bind(id);
         let mut tx = begin(&pool).await.unwrap();
         tx.later(net(1)).await.unwrap();
         tx.later(net(2)).await.unwrap();
         assert_eq!(tx.pending.len(), 2, "SQLite keeps them for the next round trip");
         let seen: Vec<(String, i64)> = tx.fetch(names()).await.unwrap();
         assert_eq!(seen, [("nw-1".into(), 1001), ("nw-2".into(), 1002)]);
+        // A savepoint not yet sent is undone without a round trip: what followed it goes.
         let mut sp = tx.savepoint().await.unwrap();
         tx.later(net(3)).await.unwrap();
         tx.rollback_to(&mut sp).await.unwrap();
+        assert_eq!(tx.pending.len(), 1, "the savepoint itself stays");
         tx.later(net(4)).await.unwrap();
         tx.next_savepoint(&mut sp).await.unwrap();
-        assert!(tx.pending.is_empty());
-        // A checked write that changes no row fails its round trip, as a lost race, and
-        // takes what was sent with it; the savepoint still undoes the rest.
-        let renamed = |id: &str| Write::new("UPDATE networks SET name = 'renamed' WHERE id = $1").bind(id);
+        let seen: Vec<(String, i64)> = tx.fetch(names()).await.unwrap();
+        assert_eq!(seen.len(), 3);
+        // One sent is rolled back to in SQL, with what waits after it.
         tx.later(net(6)).await.unwrap();
-        assert!(tx.later_checked(renamed("nw-404")).await.unwrap(), "SQLite answers at the round trip");
-        let e = tx.next_savepoint(&mut sp).await.unwrap_err();
-        assert!(is_checked_write_failure(&e) && is_retryable(&e), "{e}");
+        tx.later_checked(renamed("nw-404")).await.unwrap();
         tx.rollback_to(&mut sp).await.unwrap();
-        tx.later_checked(renamed("nw-4")).await.unwrap();
-        tx.next_savepoint(&mut sp).await.unwrap();
+        assert!(tx.pending.is_empty());
+        assert!(tx.later_checked(renamed("nw-4")).await.unwrap());
+        assert!(!tx.failed());
         tx.commit().await.unwrap();
         let ids: Vec<(String,)> = sqlx::query_as("SELECT id FROM networks ORDER BY id").fetch_all(&pool).await.unwrap();
         assert_eq!(ids, [("nw-1".to_owned(),), ("nw-2".to_owned(),), ("nw-4".to_owned(),)]);
         let (name,): (String,) =
             sqlx::query_as("SELECT name FROM networks WHERE id = 'nw-4'").fetch_one(&pool).await.unwrap();
         assert_eq!(name, "renamed");
-        // The second write of the script fails: the first goes with it.
+        // A checked write that changes no row fails its round trip, as a lost race, and
+        // the transaction knows it failed.
         let mut tx = begin(&pool).await.unwrap();
         tx.later(net(5)).await.unwrap();
+        assert!(tx.later_checked(renamed("nw-404")).await.unwrap(), "SQLite answers at the round trip");
+        let e = tx.flush().await.unwrap_err();
+        assert!(is_checked_write_failure(&e) && is_retryable(&e), "{e}");
+        assert!(tx.failed());
+        drop(tx);
+        // A write sent later that fails fails the commit, which keeps nothing.
+        let mut tx = begin(&pool).await.unwrap();
+        tx.later(net(7)).await.unwrap();
         tx.later(net(1)).await.unwrap();
-        assert!(tx.commit().await.is_err(), "a write sent later that fails fails the commit");
+        assert!(tx.commit().await.is_err());
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM networks").fetch_one(&pool).await.unwrap();
         assert_eq!(n, 3);
+    }
+
+    /// On SQLite the jobs a transaction ends are noted by a trigger and become events at
+    /// its commit, the update itself sent later; a savepoint rolled back takes its note.
+    #[tokio::test]
+    async fn ended_jobs_become_events_at_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = connect(&format!("sqlite://{}/a.sqlite", dir.path().display())).await.unwrap();
+        let account: vdc_schema::id::AccountId = "a-1".parse().unwrap();
+        let mut tx = begin(&pool).await.unwrap();
+        let one = job::start_first(&mut tx, &account, "instance.create", "i-1", "running").await.unwrap();
+        let two = job::start_first(&mut tx, &account, "instance.create", "i-2", "running").await.unwrap();
+        tx.commit().await.unwrap();
+        let mut tx = begin(&pool).await.unwrap();
+        job::finish_reached_later(&mut tx, "i-1", "running", None).await.unwrap();
+        let mut sp = tx.savepoint().await.unwrap();
+        job::fail_all(&mut tx, "i-2", "undone").await.unwrap();
+        tx.rollback_to(&mut sp).await.unwrap();
+        tx.commit().await.unwrap();
+        let events: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT resource_id, change, state FROM events WHERE change = 'state' ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(events, [(one.id.to_string(), "state".into(), "succeeded".into())]);
+        let (state,): (String,) = sqlx::query_as("SELECT state FROM jobs WHERE id = $1")
+            .bind(two.id.as_str())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(state, "running", "the rolled-back failure is gone");
+        let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ended_jobs").fetch_one(&pool).await.unwrap();
+        assert_eq!(left, 0, "the commit forgets what it wrote");
     }
 
     /// An upgrade onto a database that holds a name twice (allowed before 0014) keeps

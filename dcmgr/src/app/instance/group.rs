@@ -9,7 +9,10 @@
 //!
 //! Each create is recorded after a savepoint: one that is refused (over its quota, a
 //! name taken, no room) is undone alone and answered with its own error, the others go
-//! on. Should the transaction itself fail, nothing of it stays and each create is made
+//! on. Its rows, and the savepoints themselves, are writes sent later
+//! ([`db::Tx::later`]): a group is sent in the commit's round trip, and one refused
+//! before anything of it was sent is undone without one. Should the transaction itself
+//! fail (a round trip of it, or the commit), nothing of it stays and each create is made
 //! again in a transaction of its own. PostgreSQL locks rows, runs creates side by side
 //! and does not group them.
 
@@ -132,12 +135,16 @@ async fn together(ctx: &SharedCtx, waiting: &[Waiting]) -> ApiResult<Vec<Answer>
     for w in waiting {
         let mut made = make(ctx, &mut tx, w).await;
         if made.is_ok() {
-            // Its rows go with the savepoint: should its host have filled up meanwhile
-            // (a lost race), or a row fail, that round trip fails.
             if let Err(e) = tx.next_savepoint(&mut sp).await {
                 made = Err(e.into());
             }
         }
+        let made = match made {
+            // A round trip failed: the writes it carried may be another create's (its
+            // host filled up meanwhile, a lost race), so none of the group is kept.
+            Err(e) if tx.failed() => return Err(e),
+            made => made,
+        };
         if made.is_err() {
             // The room it took in memory, if it got that far.
             ctx.room.invalidate();
