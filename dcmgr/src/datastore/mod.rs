@@ -731,6 +731,16 @@ pub fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
 mod tests {
     use super::*;
 
+    /// The row of network `nw-{i}` (VNI 1000 + i), as a write.
+    fn network_row(i: i64) -> Write {
+        Write::new(
+            "INSERT INTO networks (id, account_id, name, cidr, gateway, dhcp_start, dhcp_end, vni, created_at) \
+             VALUES ($1, 'a-1', $1, '10.0.0.0/24', '10.0.0.1', '10.0.0.2', '10.0.0.9', $2, 'now')",
+        )
+        .bind(format!("nw-{i}"))
+        .bind(1000 + i)
+    }
+
     /// On SQLite a transaction waits for the one before it to end instead of meeting
     /// SQLite's busy handler, and many at once all commit; a second database in the same
     /// process has a gate of its own.
@@ -785,27 +795,19 @@ mod tests {
     async fn events_at_commit_follow_savepoints() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, _) = connect(&format!("sqlite://{}/a.sqlite", dir.path().display())).await.unwrap();
-        let net = |i: i64| {
-            Write::new(
-                "INSERT INTO networks (id, account_id, name, cidr, gateway, dhcp_start, dhcp_end, vni, created_at) \
-                 VALUES ($1, 'a-1', $1, '10.0.0.0/24', '10.0.0.1', '10.0.0.2', '10.0.0.9', $2, 'now')",
-            )
-            .bind(format!("nw-{i}"))
-            .bind(1000 + i)
-        };
         let mut tx = begin(&pool).await.unwrap();
         let mut sp = tx.savepoint().await.unwrap();
-        tx.run(net(1)).await.unwrap();
+        tx.run(network_row(1)).await.unwrap();
         event::record_at_commit(&mut tx, event::Kind::Network, "nw-1", event::Change::Created).await.unwrap();
         assert!(lock(&mut tx, Lock::Network, "nw-1").await.unwrap());
         tx.next_savepoint(&mut sp).await.unwrap();
-        tx.run(net(2)).await.unwrap();
+        tx.run(network_row(2)).await.unwrap();
         event::record_at_commit(&mut tx, event::Kind::Network, "nw-2", event::Change::Created).await.unwrap();
         assert!(lock(&mut tx, Lock::Network, "nw-2").await.unwrap());
         tx.rollback_to(&mut sp).await.unwrap();
         assert!(!tx.holds("networks", "nw-2"), "the lock went with the savepoint");
         assert!(tx.holds("networks", "nw-1"));
-        tx.run(net(3)).await.unwrap();
+        tx.run(network_row(3)).await.unwrap();
         event::record_at_commit(&mut tx, event::Kind::Network, "nw-3", event::Change::Created).await.unwrap();
         event::changed_at_commit(&mut tx, event::Kind::Network, "nw-3", Some("x")).await.unwrap();
         tx.next_savepoint(&mut sp).await.unwrap();
@@ -827,33 +829,25 @@ mod tests {
         assert_eq!(out, "a = $4 AND b IN ($5, $15) -- $x $");
         let dir = tempfile::tempdir().unwrap();
         let (pool, _) = connect(&format!("sqlite://{}/a.sqlite", dir.path().display())).await.unwrap();
-        let net = |i: i64| {
-            Write::new(
-                "INSERT INTO networks (id, account_id, name, cidr, gateway, dhcp_start, dhcp_end, vni, created_at) \
-                 VALUES ($1, 'a-1', $1, '10.0.0.0/24', '10.0.0.1', '10.0.0.2', '10.0.0.9', $2, 'now')",
-            )
-            .bind(format!("nw-{i}"))
-            .bind(1000 + i)
-        };
         let names = || Write::new("SELECT id, vni FROM networks WHERE vni >= $1 ORDER BY id").bind(1000);
         let renamed = |id: &str| Write::new("UPDATE networks SET name = 'renamed' WHERE id = $1").bind(id);
         let mut tx = begin(&pool).await.unwrap();
-        tx.later(net(1)).await.unwrap();
-        tx.later(net(2)).await.unwrap();
+        tx.later(network_row(1)).await.unwrap();
+        tx.later(network_row(2)).await.unwrap();
         assert_eq!(tx.pending.len(), 2, "SQLite keeps them for the next round trip");
         let seen: Vec<(String, i64)> = tx.fetch(names()).await.unwrap();
         assert_eq!(seen, [("nw-1".into(), 1001), ("nw-2".into(), 1002)]);
         // A savepoint not yet sent is undone without a round trip: what followed it goes.
         let mut sp = tx.savepoint().await.unwrap();
-        tx.later(net(3)).await.unwrap();
+        tx.later(network_row(3)).await.unwrap();
         tx.rollback_to(&mut sp).await.unwrap();
         assert_eq!(tx.pending.len(), 1, "the savepoint itself stays");
-        tx.later(net(4)).await.unwrap();
+        tx.later(network_row(4)).await.unwrap();
         tx.next_savepoint(&mut sp).await.unwrap();
         let seen: Vec<(String, i64)> = tx.fetch(names()).await.unwrap();
         assert_eq!(seen.len(), 3);
         // One sent is rolled back to in SQL, with what waits after it.
-        tx.later(net(6)).await.unwrap();
+        tx.later(network_row(6)).await.unwrap();
         tx.later_checked(renamed("nw-404")).await.unwrap();
         tx.rollback_to(&mut sp).await.unwrap();
         assert!(tx.pending.is_empty());
@@ -868,7 +862,7 @@ mod tests {
         // A checked write that changes no row fails its round trip, as a lost race, and
         // the transaction knows it failed.
         let mut tx = begin(&pool).await.unwrap();
-        tx.later(net(5)).await.unwrap();
+        tx.later(network_row(5)).await.unwrap();
         assert!(tx.later_checked(renamed("nw-404")).await.unwrap(), "SQLite answers at the round trip");
         let e = tx.flush().await.unwrap_err();
         assert!(is_checked_write_failure(&e) && is_retryable(&e), "{e}");
@@ -876,8 +870,8 @@ mod tests {
         drop(tx);
         // A write sent later that fails fails the commit, which keeps nothing.
         let mut tx = begin(&pool).await.unwrap();
-        tx.later(net(7)).await.unwrap();
-        tx.later(net(1)).await.unwrap();
+        tx.later(network_row(7)).await.unwrap();
+        tx.later(network_row(1)).await.unwrap();
         assert!(tx.commit().await.is_err());
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM networks").fetch_one(&pool).await.unwrap();
         assert_eq!(n, 3);
