@@ -96,11 +96,7 @@ pub async fn insert(
     for g in &p.security_groups {
         store::add_group(tx, id.as_str(), g.as_str(), later).await?;
         // The members of groups referring to it now resolve one more address.
-        if later {
-            store::bump_for_group_later(tx, g.as_str(), GroupChange::Members).await?;
-        } else {
-            store::bump_for_group(tx, g.as_str(), GroupChange::Members).await?;
-        }
+        store::bump_for_group_with(tx, g.as_str(), GroupChange::Members, later).await?;
     }
     Ok(Interface {
         id,

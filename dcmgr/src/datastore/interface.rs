@@ -184,16 +184,17 @@ pub async fn reached_by(pool: &db::Pool, g: &str, change: GroupChange) -> Result
 /// transaction of the change, so the reconciler re-sends them until nwagent reports the
 /// new generation.
 pub async fn bump_for_group(tx: &mut db::Tx<'_>, g: &str, change: GroupChange) -> Result<(), sqlx::Error> {
-    bump_for_group_as(tx, g, change, false).await
+    bump_for_group_with(tx, g, change, false).await
 }
 
-/// As [`bump_for_group`], sent with the transaction's next round trip
+/// As [`bump_for_group`]; with `later`, sent with the transaction's next round trip
 /// ([`db::Tx::later`]).
-pub async fn bump_for_group_later(tx: &mut db::Tx<'_>, g: &str, change: GroupChange) -> Result<(), sqlx::Error> {
-    bump_for_group_as(tx, g, change, true).await
-}
-
-async fn bump_for_group_as(tx: &mut db::Tx<'_>, g: &str, change: GroupChange, later: bool) -> Result<(), sqlx::Error> {
+pub async fn bump_for_group_with(
+    tx: &mut db::Tx<'_>,
+    g: &str,
+    change: GroupChange,
+    later: bool,
+) -> Result<(), sqlx::Error> {
     let q = format!("UPDATE vifs SET spec_gen = spec_gen + 1 WHERE id IN ({})", change.reached());
     write(tx, db::Write::new(q).bind(g), later).await
 }

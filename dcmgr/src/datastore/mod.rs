@@ -195,7 +195,7 @@ impl Tx<'_> {
             self.pending.push(Write::new("INSERT INTO checked_write (changed) VALUES (changes())"));
             return Ok(true);
         }
-        Ok(w.query().execute(&mut *self.tx).await?.rows_affected() == 1)
+        Ok(self.run_counted(w).await? == 1)
     }
 
     /// The rows `w` returns, sent after the writes waiting in the same round trip.
@@ -203,27 +203,28 @@ impl Tx<'_> {
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
     {
-        let rows = if self.pending.is_empty() {
-            w.query_as().fetch_all(&mut *self.tx).await
-        } else {
-            self.sent += self.pending.len();
-            let script = Write::script(std::mem::take(&mut self.pending).into_iter().chain([w]));
-            script.query_as().fetch_all(&mut *self.tx).await
-        };
+        let script = self.script(Some(w)).expect("a statement");
+        let rows = script.query_as().fetch_all(&mut *self.tx).await;
         self.failed |= rows.is_err();
         rows
     }
 
     /// Sends the writes waiting, and `w`, as one script.
     async fn send(&mut self, w: Option<Write>) -> Result<(), sqlx::Error> {
-        if self.pending.is_empty() && w.is_none() {
-            return Ok(());
-        }
-        self.sent += self.pending.len();
-        let script = Write::script(std::mem::take(&mut self.pending).into_iter().chain(w));
+        let Some(script) = self.script(w) else { return Ok(()) };
         let done = script.query().execute(&mut *self.tx).await.map(drop);
         self.failed |= done.is_err();
         done
+    }
+
+    /// The writes waiting, taken as sent, and `w` after them: one script (`w` alone when
+    /// nothing waits), or nothing at all.
+    fn script(&mut self, w: Option<Write>) -> Option<Write> {
+        if self.pending.is_empty() {
+            return w;
+        }
+        self.sent += self.pending.len();
+        Some(Write::script(std::mem::take(&mut self.pending).into_iter().chain(w)))
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
@@ -307,31 +308,30 @@ impl Write {
         out
     }
 
+    // Kept prepared (sqlx's default): every statement and script has one of a few shapes
+    // (a create's, a report's).
     fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments<'_>> {
-        // Kept prepared: every statement and script has one of a few shapes (a create's,
-        // a report's).
-        let mut q = sqlx::query(&self.sql);
-        for a in &self.args {
-            q = match a {
-                Arg::Text(v) => q.bind(v.as_deref()),
-                Arg::Int(v) => q.bind(*v),
-            };
-        }
-        q
+        sqlx::query_with(&self.sql, self.arguments())
     }
 
     fn query_as<T>(&self) -> sqlx::query::QueryAs<'_, sqlx::Any, T, sqlx::any::AnyArguments<'_>>
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
     {
-        let mut q = sqlx::query_as(&self.sql);
+        sqlx::query_as_with(&self.sql, self.arguments())
+    }
+
+    fn arguments(&self) -> sqlx::any::AnyArguments<'_> {
+        use sqlx::Arguments;
+        let mut out = sqlx::any::AnyArguments::default();
         for a in &self.args {
-            q = match a {
-                Arg::Text(v) => q.bind(v.as_deref()),
-                Arg::Int(v) => q.bind(*v),
+            // Adding a TEXT or BIGINT value cannot fail (only an encoder can).
+            let _ = match a {
+                Arg::Text(v) => out.add(v.as_deref()),
+                Arg::Int(v) => out.add(*v),
             };
         }
-        q
+        out
     }
 }
 
@@ -557,12 +557,10 @@ pub fn is_retryable(e: &sqlx::Error) -> bool {
         // key only fails when what a request refers to went away meanwhile: the retry
         // decides again and answers what is now true (404, 409).
         // And a write sent later that found its row changed (the decision is made again).
-        Some(c)
-            if matches!(&*c, "5" | "517" | "6" | "2067" | "1555" | "787" | "23505" | "23503" | "40001" | "40P01") =>
-        {
-            true
+        Some(c) => {
+            matches!(&*c, "5" | "517" | "6" | "2067" | "1555" | "787" | "23505" | "23503" | "40001" | "40P01")
+                || is_checked_write_failure(e)
         }
-        Some(_) => is_checked_write_failure(e),
         None => matches!(e, sqlx::Error::PoolTimedOut),
     }
 }
