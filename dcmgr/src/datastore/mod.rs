@@ -33,7 +33,8 @@ use std::time::Duration;
 
 pub type Pool = AnyPool;
 
-/// A transaction. On SQLite it holds the database's write gate from begin to end.
+/// A transaction. On SQLite it holds the database's write gate, and with it the one
+/// writer connection, from begin to end.
 ///
 /// SQLite takes one writer at a time, and a writer that finds the file locked sleeps in
 /// SQLite's busy handler (1, 2, 5, 10, … ms) however soon the lock is free: with 32
@@ -42,7 +43,10 @@ pub type Pool = AnyPool;
 /// ends) and SQLite never sees two writers. SQLite serves one dcmgr (`lock_sqlite`), so
 /// the gate sees every writer. PostgreSQL locks rows and has no gate.
 pub struct Tx<'a> {
-    tx: sqlx::Transaction<'a, sqlx::Any>,
+    conn: TxConn,
+    /// SQLite: `BEGIN` ran and neither `COMMIT` nor `ROLLBACK` did (dropped so, the
+    /// transaction is rolled back before the next takes the writer).
+    open: bool,
     /// Events written as the transaction commits, all in one statement
     /// ([`event::record_at_commit`]).
     events: Vec<event::Pending>,
@@ -62,8 +66,66 @@ pub struct Tx<'a> {
     /// Quotas read under the account's lock ([`quota::set_for_locked`]): unchanged until
     /// the transaction ends.
     pub(crate) quotas: Vec<(String, Vec<(String, i64)>)>,
-    // Dropped after `tx` (declaration order): the next writer starts once this one ended.
-    _gate: Option<tokio::sync::OwnedMutexGuard<()>>,
+    _borrow: std::marker::PhantomData<&'a ()>,
+}
+
+/// A transaction's connection.
+enum TxConn {
+    /// PostgreSQL: a pooled connection in sqlx's transaction.
+    Pooled(sqlx::Transaction<'static, sqlx::Any>),
+    /// SQLite: the writer, its turn at the gate held. Not pooled: a pooled connection
+    /// costs a round trip to its thread when returned (sqlx pings it), each transaction
+    /// found one whose page cache the others' writes had made stale, and sqlx's
+    /// `commit` is a round trip of its own where here `COMMIT` ends the last script.
+    Writer(tokio::sync::OwnedMutexGuard<Option<sqlx::AnyConnection>>),
+    /// Taken by commit, rollback or drop.
+    Ended,
+}
+
+impl std::ops::Deref for TxConn {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        match self {
+            TxConn::Pooled(tx) => tx,
+            TxConn::Writer(w) => w.as_ref().expect("the writer is open while its turn is held"),
+            TxConn::Ended => unreachable!("a transaction is not used once ended"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for TxConn {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        match self {
+            TxConn::Pooled(tx) => tx,
+            TxConn::Writer(w) => w.as_mut().expect("the writer is open while its turn is held"),
+            TxConn::Ended => unreachable!("a transaction is not used once ended"),
+        }
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        // Ended without commit or rollback (an error, a cancelled request): the turn
+        // passes on only after the rollback. sqlx does the same for its own transactions.
+        let TxConn::Writer(w) = std::mem::replace(&mut self.conn, TxConn::Ended) else { return };
+        let mut w = w;
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Some(c) = w.as_mut() {
+                        if c.execute("ROLLBACK").await.is_err() {
+                            // Closing the connection rolls back; the next turn opens another.
+                            *w = None;
+                        }
+                    }
+                });
+            }
+            Err(_) => *w = None,
+        }
+    }
 }
 
 impl Tx<'_> {
@@ -85,7 +147,7 @@ impl Tx<'_> {
         if self.sqlite() {
             self.pending.push(Write::new("SAVEPOINT part"));
         } else {
-            (&mut *self.tx).execute("SAVEPOINT part").await?;
+            (&mut *self.conn).execute("SAVEPOINT part").await?;
         }
         Ok(self.mark())
     }
@@ -97,8 +159,8 @@ impl Tx<'_> {
             self.pending.push(Write::new("RELEASE SAVEPOINT part; SAVEPOINT part"));
         } else {
             // PostgreSQL prepares a statement given as text: one command each.
-            (&mut *self.tx).execute("RELEASE SAVEPOINT part").await?;
-            (&mut *self.tx).execute("SAVEPOINT part").await?;
+            (&mut *self.conn).execute("RELEASE SAVEPOINT part").await?;
+            (&mut *self.conn).execute("SAVEPOINT part").await?;
         }
         *sp = self.mark();
         Ok(())
@@ -112,7 +174,7 @@ impl Tx<'_> {
             self.pending.truncate(sp.at - self.sent);
         } else {
             self.pending.clear();
-            (&mut *self.tx).execute("ROLLBACK TO SAVEPOINT part").await?;
+            (&mut *self.conn).execute("ROLLBACK TO SAVEPOINT part").await?;
         }
         self.events.truncate(sp.events);
         self.locked.truncate(sp.locked);
@@ -142,22 +204,33 @@ impl Tx<'_> {
         self.send(None).await
     }
 
+    /// Commits. On SQLite `COMMIT` ends the script of the writes waiting: one round trip.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         let events = std::mem::take(&mut self.events);
         let ended = self.jobs_ended.then_some(event::ENDED_JOBS);
-        let write = event::pending_write(is_postgres(&self.tx), &events, ended);
+        let write = event::pending_write(!self.sqlite(), &events, ended);
         if let Some(w) = write {
             self.pending.push(w);
         }
         if ended.is_some() {
             self.pending.push(Write::new("DELETE FROM ended_jobs"));
         }
+        if self.sqlite() {
+            // Failed before or at `COMMIT`, the transaction is still open: the drop rolls
+            // it back.
+            self.send(Some(Write::new("COMMIT"))).await?;
+            self.open = false;
+            return Ok(());
+        }
         self.send(None).await?;
-        self.tx.commit().await
+        match std::mem::replace(&mut self.conn, TxConn::Ended) {
+            TxConn::Pooled(tx) => tx.commit().await,
+            _ => unreachable!("PostgreSQL's transactions are sqlx's"),
+        }
     }
 
     pub(crate) fn sqlite(&self) -> bool {
-        !is_postgres(&self.tx)
+        !matches!(self.conn, TxConn::Pooled(_))
     }
 
     /// Runs `w` now, after the writes waiting, in the same round trip.
@@ -175,13 +248,13 @@ impl Tx<'_> {
             self.pending.push(w);
             return Ok(());
         }
-        w.query().execute(&mut *self.tx).await.map(drop)
+        w.query().execute(&mut *self.conn).await.map(drop)
     }
 
     /// Runs `w` now, with nothing waiting: the rows it changed.
     pub async fn run_counted(&mut self, w: Write) -> Result<u64, sqlx::Error> {
         self.send(None).await?;
-        Ok(w.query().execute(&mut *self.tx).await?.rows_affected())
+        Ok(w.query().execute(&mut *self.conn).await?.rows_affected())
     }
 
     /// As [`Tx::later`] for a write that must change exactly one row (an `UPDATE` whose
@@ -204,7 +277,7 @@ impl Tx<'_> {
         T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
     {
         let script = self.script(Some(w)).expect("a statement");
-        let rows = script.query_as().fetch_all(&mut *self.tx).await;
+        let rows = script.query_as().fetch_all(&mut *self.conn).await;
         self.failed |= rows.is_err();
         rows
     }
@@ -212,7 +285,7 @@ impl Tx<'_> {
     /// Sends the writes waiting, and `w`, as one script.
     async fn send(&mut self, w: Option<Write>) -> Result<(), sqlx::Error> {
         let Some(script) = self.script(w) else { return Ok(()) };
-        let done = script.query().execute(&mut *self.tx).await.map(drop);
+        let done = script.query().execute(&mut *self.conn).await.map(drop);
         self.failed |= done.is_err();
         done
     }
@@ -227,8 +300,18 @@ impl Tx<'_> {
         Some(Write::script(std::mem::take(&mut self.pending).into_iter().chain(w)))
     }
 
-    pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.tx.rollback().await
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        self.pending.clear();
+        match std::mem::replace(&mut self.conn, TxConn::Ended) {
+            TxConn::Pooled(tx) => tx.rollback().await,
+            TxConn::Writer(w) => {
+                self.conn = TxConn::Writer(w);
+                (&mut *self.conn).execute("ROLLBACK").await?;
+                self.open = false;
+                Ok(())
+            }
+            TxConn::Ended => unreachable!("a transaction is not used once ended"),
+        }
     }
 }
 
@@ -364,18 +447,23 @@ pub struct Savepoint {
 impl std::ops::Deref for Tx<'_> {
     type Target = sqlx::AnyConnection;
     fn deref(&self) -> &sqlx::AnyConnection {
-        &self.tx
+        &self.conn
     }
 }
 
 impl std::ops::DerefMut for Tx<'_> {
     fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
         debug_assert!(self.pending.is_empty(), "a statement run past writes not yet sent (Tx::later)");
-        &mut self.tx
+        &mut self.conn
     }
 }
 
-type Gate = std::sync::Arc<tokio::sync::Mutex<()>>;
+/// A SQLite database's write gate, holding its one writer connection (opened at the
+/// first turn; `None` again after a failure, to be opened anew).
+type Gate = std::sync::Arc<tokio::sync::Mutex<Option<sqlx::AnyConnection>>>;
+
+/// A turn at the write gate ([`write_turn`]).
+pub type Turn = tokio::sync::OwnedMutexGuard<Option<sqlx::AnyConnection>>;
 
 /// The write gate of a SQLite database (by its URL: one per file in this process; the
 /// tests run many), `None` on PostgreSQL.
@@ -392,7 +480,16 @@ fn gate_of(pool: &Pool) -> Option<Gate> {
     if let Some(g) = gates.get(url) {
         return Some(g.clone());
     }
+    // The tests' databases come and go: a gate whose file is gone closes its writer.
+    gates.retain(|url, _| sqlite_path(url).is_none_or(|p| p.exists()));
     Some(gates.entry(url.to_owned()).or_default().clone())
+}
+
+/// The file of a `sqlite://` URL.
+fn sqlite_path(url: &str) -> Option<&std::path::Path> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && !path.starts_with(':')).then(|| std::path::Path::new(path))
 }
 
 fn is_postgres(conn: &sqlx::AnyConnection) -> bool {
@@ -406,7 +503,7 @@ pub fn one_writer(pool: &Pool) -> bool {
 
 /// Waits for the write gate (SQLite) for a write made outside a transaction; hold the
 /// guard across the statement. Never while holding a [`Tx`] of the same database.
-pub async fn write_turn(pool: &Pool) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+pub async fn write_turn(pool: &Pool) -> Option<Turn> {
     match gate_of(pool) {
         Some(g) => Some(g.lock_owned().await),
         None => None,
@@ -423,9 +520,25 @@ pub fn advisory_key(name: &str) -> i32 {
 
 /// Begins a transaction, after the write gate on SQLite.
 pub async fn begin(pool: &Pool) -> Result<Tx<'static>, sqlx::Error> {
-    let gate = write_turn(pool).await;
+    let conn = match write_turn(pool).await {
+        None => TxConn::Pooled(pool.begin().await?),
+        Some(mut w) => {
+            if w.is_none() {
+                let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&pool.connect_options()).await?;
+                sqlite_settings(&mut c).await?;
+                *w = Some(c);
+            }
+            let begun = w.as_mut().expect("opened above").execute("BEGIN").await;
+            if let Err(e) = begun {
+                *w = None;
+                return Err(e);
+            }
+            TxConn::Writer(w)
+        }
+    };
     Ok(Tx {
-        tx: pool.begin().await?,
+        open: matches!(conn, TxConn::Writer(_)),
+        conn,
         events: Vec::new(),
         locked: Vec::new(),
         pending: Vec::new(),
@@ -433,7 +546,7 @@ pub async fn begin(pool: &Pool) -> Result<Tx<'static>, sqlx::Error> {
         failed: false,
         jobs_ended: false,
         quotas: Vec::new(),
-        _gate: gate,
+        _borrow: std::marker::PhantomData,
     })
 }
 /// One connection taken from the pool, for reads that run several statements.
@@ -476,11 +589,7 @@ pub async fn connect(url: &str) -> Result<(Pool, DbKind), sqlx::Error> {
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 if kind == DbKind::Sqlite {
-                    // WAL lets readers run beside the one writer; NORMAL sync is safe with WAL
-                    // (a power cut can lose the last commits, never corrupt the file).
-                    conn.execute("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON")
-                        .await?;
-                    conn.execute(CHECKED_WRITES).await?;
+                    sqlite_settings(conn).await?;
                 }
                 Ok(())
             })
@@ -501,6 +610,18 @@ pub async fn connect(url: &str) -> Result<(Pool, DbKind), sqlx::Error> {
         }
     }
     Ok((pool, kind))
+}
+
+/// What each SQLite connection is set to (the pool's and the writer).
+async fn sqlite_settings(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+    // WAL lets readers run beside the one writer; NORMAL sync is safe with WAL (a power
+    // cut can lose the last commits, never corrupt the file).
+    conn.execute(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON",
+    )
+    .await?;
+    conn.execute(CHECKED_WRITES).await?;
+    Ok(())
 }
 
 /// SQLite serves one dcmgr: holds an exclusive `flock` on the database file for as long
@@ -784,6 +905,56 @@ mod tests {
         let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM networks").fetch_one(&pool).await.unwrap();
         assert_eq!(n.0, 64);
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    /// SQLite's writer is one connection, in a transaction `Tx` begins and ends itself: a
+    /// transaction dropped, rolled back, cancelled mid-way or whose commit fails leaves
+    /// nothing written and the writer free for the next, which commits.
+    #[tokio::test]
+    async fn sqlite_writer_is_left_clean_however_a_transaction_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _) = connect(&format!("sqlite://{}/a.sqlite", dir.path().display())).await.unwrap();
+        let count = |pool: Pool| async move {
+            let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM networks").fetch_one(&pool).await.unwrap();
+            n.0
+        };
+        // Dropped after its write was sent.
+        let mut tx = begin(&pool).await.unwrap();
+        tx.run(network_row(1)).await.unwrap();
+        drop(tx);
+        // Rolled back, with a write still waiting and one sent.
+        let mut tx = begin(&pool).await.unwrap();
+        tx.run(network_row(2)).await.unwrap();
+        tx.later(network_row(3)).await.unwrap();
+        tx.rollback().await.unwrap();
+        // Cancelled while it holds the writer.
+        let task = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                let mut tx = begin(&pool).await.unwrap();
+                tx.run(network_row(4)).await.unwrap();
+                std::future::pending::<()>().await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        task.abort();
+        let _ = task.await;
+        // Its commit fails (a duplicate ID, sent with the commit).
+        let mut tx = begin(&pool).await.unwrap();
+        tx.run(network_row(5)).await.unwrap();
+        tx.later(network_row(5)).await.unwrap();
+        assert!(tx.commit().await.is_err(), "a duplicate ID committed");
+        assert_eq!(count(pool.clone()).await, 0, "a write of a transaction that did not commit is in the database");
+        // The writer goes on.
+        for i in [6, 7] {
+            let mut tx = tokio::time::timeout(Duration::from_secs(5), begin(&pool))
+                .await
+                .expect("the writer was freed")
+                .unwrap();
+            tx.later(network_row(i)).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+        assert_eq!(count(pool.clone()).await, 2);
     }
 
     /// Events recorded for the commit are written in one statement, in their order, and
