@@ -83,7 +83,7 @@ pub async fn insert(ctx: &SharedCtx, name: &str, admin: bool, token: Option<&str
         }
         return Err(e.into());
     }
-    if let Err(e) = users::insert_user(&mut *tx, &user).await {
+    if let Err(e) = users::insert_user(tx.conn().await?, &user).await {
         if db::is_unique_violation(&e) {
             return Err(ApiError::conflict(
                 "name_taken",
@@ -99,7 +99,7 @@ pub async fn insert(ctx: &SharedCtx, name: &str, admin: bool, token: Option<&str
     let hash = hash_token(&token);
     let tid = TokenId::generate();
     users::insert_token(
-        &mut *tx,
+        tx.conn().await?,
         &users::NewToken {
             id: tid.as_str(),
             hash: &hash,
@@ -239,7 +239,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: ApiResult<AccountId>) 
         let mut tx = db::begin(&ctx.db).await?;
         // Network creates lock the account row too; the count is read under the lock.
         store::lock(&mut tx, &acct.id).await?;
-        let live = store::live_resources(&mut *tx, &acct.id).await?;
+        let live = store::live_resources(tx.conn().await?, &acct.id).await?;
         if live > 0 {
             return Err(ApiError::conflict(
                 "account_in_use",

@@ -2359,8 +2359,8 @@ async fn apply(
     let mut tx = db::begin(&ctx.db).await?;
     // Serializes imports (and network creates) into this account: the checks below stay true.
     accounts::lock(&mut tx, account).await?;
-    let found = store::find_import(&mut tx, account, &m.source.site_key, &m.source.vdc_id, &r.hash).await?;
-    let e = existing(ctx, &mut tx, account, m).await?;
+    let found = store::find_import(tx.conn().await?, account, &m.source.site_key, &m.source.vdc_id, &r.hash).await?;
+    let e = existing(ctx, tx.conn().await?, account, m).await?;
     let d = decide(m, &e, maps);
     if let Some(found) = found.filter(|_| d.removes.is_empty()) {
         return Ok(Applied::Found(found));
@@ -2380,7 +2380,7 @@ async fn apply(
         if let Some(id) = &p.existing {
             // Instance creates lock the network; so does an update that adds to it.
             db::lock(&mut tx, db::Lock::Network, id).await?;
-            let row = nstore::get_own(&mut *tx, account, &id.parse().map_err(ApiError::internal)?)
+            let row = nstore::get_own(tx.conn().await?, account, &id.parse().map_err(ApiError::internal)?)
                 .await?
                 .ok_or_else(|| ApiError::Busy(format!("network {id} changed concurrently")))?;
             networks.insert(p.bundle_id.clone(), (row.into_api()?, p.clone()));
@@ -2436,7 +2436,7 @@ async fn apply(
         if update {
             db::interface::bump_for_group(&mut tx, groups[&g.id].as_str(), db::interface::GroupChange::Rules).await?;
             db::event::record(
-                &mut tx,
+                tx.conn().await?,
                 db::event::Kind::SecurityGroup,
                 groups[&g.id].as_str(),
                 db::event::Change::Updated,
@@ -2577,7 +2577,7 @@ async fn apply(
                     if !db::server_group::lock(&mut tx, &g.id).await? {
                         return Err(ApiError::not_found("server group", &g.id));
                     }
-                    let hosts = db::server_group::member_hosts(&mut *tx, &g.id).await?;
+                    let hosts = db::server_group::member_hosts(tx.conn().await?, &g.id).await?;
                     cands = scheduler::allowed_by_policy(g.policy, &hosts, &cands);
                     if cands.is_empty() {
                         return Err(scheduler::group_unsatisfiable(g, demand));
@@ -2646,7 +2646,7 @@ async fn apply(
             db::interface::bump_for_group(&mut tx, &g, db::interface::GroupChange::Members).await?;
             work.push(Work::SecurityGroup(g.parse().map_err(ApiError::internal)?, db::interface::GroupChange::Members));
         }
-        db::interface::bump(&mut tx, vif).await?;
+        db::interface::bump(tx.conn().await?, vif).await?;
         work.push(Work::Interface(vif.parse().map_err(ApiError::internal)?));
     }
     for (net, start, end) in &d.dhcp {
@@ -2692,7 +2692,7 @@ async fn apply(
                 // The plan deletes a group once no live instance is in it; a member
                 // created since is refused, under the group's lock.
                 db::server_group::lock(&mut tx, id).await?;
-                if !db::server_group::members(&mut *tx, id).await?.is_empty() {
+                if !db::server_group::members(tx.conn().await?, id).await?.is_empty() {
                     return Err(ApiError::conflict(
                         "in_use",
                         format!("server group {id} is gone from the bundle but has members"),

@@ -84,7 +84,10 @@ impl Origin {
             }
         }
         if let Origin::Instance(instance) = self {
-            if store::get(&mut **tx, instance).await?.is_some_and(|r| r.state == InstanceState::Capturing.as_str()) {
+            if store::get(tx.conn().await?, instance)
+                .await?
+                .is_some_and(|r| r.state == InstanceState::Capturing.as_str())
+            {
                 store::set_intent(tx, instance, InstanceState::Stopped, InstanceGoal::Stopped, false).await?;
             }
         }
@@ -141,7 +144,7 @@ async fn insert_pending(
 ) -> ApiResult<Job> {
     crate::app::quota::enforce(tx, ctx, &caller.account_id, &[(vdc_schema::api::QuotaKey::Images, 1)]).await?;
     crate::app::check_name_free(tx, db::Named::Image, &caller.account_id, &image.name).await?;
-    image_store::insert(tx, &caller.account_id, image).await?;
+    image_store::insert(tx.conn().await?, &caller.account_id, image).await?;
     Ok(job::start_first(tx, &caller.account_id, kind, image.id.as_str(), "available").await?)
 }
 
@@ -221,7 +224,7 @@ async fn capture_once(
             format!("instance {id} is {state}: only a stopped or a running instance can be captured; wait until it is"),
         ));
     }
-    if let Some(image) = image_store::pending_capture(&mut tx, id.as_str()).await? {
+    if let Some(image) = image_store::pending_capture(tx.conn().await?, id.as_str()).await? {
         return Err(ApiError::conflict(
             "instance_capturing",
             format!("instance {id} is being captured into image {image}; wait until that job ends"),
@@ -304,7 +307,7 @@ async fn from_snapshot_once(
     let mut tx = db::begin(&ctx.db).await?;
     // A snapshot delete locks it too, and sees this pending image.
     db::lock(&mut tx, db::Lock::Snapshot, id.as_str()).await?;
-    let snap = match snapshots::get(&mut *tx, id.as_str()).await? {
+    let snap = match snapshots::get(tx.conn().await?, id.as_str()).await? {
         Some(r) if r.account_id == caller.account_id.as_str() => r,
         _ => return Err(ApiError::not_found("snapshot", id)),
     };
@@ -418,7 +421,7 @@ async fn fail(ctx: &SharedCtx, id: &ImageId, origin: &Origin, why: &str) -> ApiR
 /// Fails the capture pending from instance `instance`, if one is, with `why` (its image
 /// and the image's jobs): a terminate or an evacuation ends the disk it reads.
 pub(crate) async fn fail_pending(tx: &mut db::Tx<'_>, instance: &str, why: &str) -> ApiResult<()> {
-    if let Some(img) = image_store::pending_capture(tx, instance).await? {
+    if let Some(img) = image_store::pending_capture(tx.conn().await?, instance).await? {
         let why = format!("capture_failed: {why}");
         image_store::set_failed_tx(tx, &img, &why).await?;
         job::fail_all(tx, &img, &why).await?;

@@ -79,10 +79,10 @@ async fn allocate(
             let a: AccountId = a.parse().map_err(ApiError::internal)?;
             quota::enforce(&mut tx, ctx, &a, &[(QuotaKey::FloatingIps, 1)]).await?;
         }
-        let used: HashSet<String> = store::used_ips(&mut *tx).await?.into_iter().collect();
+        let used: HashSet<String> = store::used_ips(tx.conn().await?).await?.into_iter().collect();
         let ip = pick(start, end, &used, want)?;
         let id = FloatingIpId::generate().to_string();
-        store::insert(&mut tx, &id, account, &ip.to_string(), router).await?;
+        store::insert(tx.conn().await?, &id, account, &ip.to_string(), router).await?;
         tx.commit().await?;
         ctx.events.wake();
         Ok((id, ip))
@@ -215,11 +215,11 @@ pub async fn associate(
             ));
         }
         // The unique index on vif_id is the last guard against two addresses racing for one interface.
-        if let Some(ip) = store::of_interface(&mut *tx, &vif).await? {
+        if let Some(ip) = store::of_interface(tx.conn().await?, &vif).await? {
             return Err(ApiError::conflict("interface_has_floating_ip", format!("interface {vif} already has {ip}")));
         }
         store::associate(&mut tx, id, inst.id.as_str(), &vif).await?;
-        ifstore::bump(&mut tx, &vif).await?;
+        ifstore::bump(tx.conn().await?, &vif).await?;
         tx.commit().await?;
         ctx.events.wake();
         Ok(Some(vif))
@@ -234,7 +234,7 @@ pub async fn associate(
 /// Locks the caller's floating IP in `tx` and reads it; 404 when it is not theirs.
 async fn lock_own(tx: &mut db::Tx<'_>, caller: &Caller, id: &FloatingIpId) -> ApiResult<store::Row> {
     db::lock(tx, db::Lock::FloatingIp, id.as_str()).await?;
-    match store::get(&mut **tx, id).await? {
+    match store::get(tx.conn().await?, id).await? {
         Some(r) if r.account_id.as_deref() == Some(caller.account_id.as_str()) => Ok(r),
         _ => Err(ApiError::not_found("floating IP", id)),
     }
@@ -247,7 +247,7 @@ pub async fn disassociate(ctx: &SharedCtx, caller: &Caller, id: &FloatingIpId) -
         let row = lock_own(&mut tx, caller, id).await?;
         let Some(vif) = row.vif_id else { return Ok(None) };
         store::disassociate(&mut tx, id).await?;
-        ifstore::bump(&mut tx, &vif).await?;
+        ifstore::bump(tx.conn().await?, &vif).await?;
         tx.commit().await?;
         ctx.events.wake();
         Ok(Some(vif))

@@ -238,7 +238,7 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         }
         quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Images, 1)]).await?;
         check_name_free(&mut tx, db::Named::Image, &caller.account_id, &image.name).await?;
-        store::insert(&mut tx, &caller.account_id, &image).await?;
+        store::insert(tx.conn().await?, &caller.account_id, &image).await?;
         tx.commit().await?;
         ctx.events.wake();
         Ok(())

@@ -522,7 +522,7 @@ async fn act_once(
         store::place(&mut tx, id.as_str(), &h).await?;
         // Sent anew to the host: an unplug decided before this placement (an evacuation's)
         // no longer removes the ports.
-        crate::datastore::interface::bump_instance(&mut tx, id.as_str()).await?;
+        crate::datastore::interface::bump_instance(tx.conn().await?, id.as_str()).await?;
         host = Some(h.to_string());
     }
     let mut removed = Removed::default();

@@ -83,7 +83,7 @@ pub async fn enforce(
         return Ok(());
     }
     tx.flush().await?;
-    let used = store::usage(&mut **tx, account).await?;
+    let used = store::usage(tx.conn().await?, account).await?;
     decide(&limits, &used, asks)
 }
 
@@ -108,8 +108,8 @@ pub async fn check(
 pub async fn show(ctx: &SharedCtx, caller: &Caller, id: &AccountId) -> ApiResult<AccountQuotas> {
     let account = crate::app::account::fetch(ctx, caller, id).await?;
     let mut tx = db::begin(&ctx.db).await?;
-    let own = store::set_for(&mut *tx, &account.id).await?;
-    let used = store::usage(&mut *tx, &account.id).await?;
+    let own = store::set_for(tx.conn().await?, &account.id).await?;
+    let used = store::usage(tx.conn().await?, &account.id).await?;
     tx.commit().await?;
     Ok(report(&account.id, &ctx.config.quotas, &own, &used))
 }
@@ -175,8 +175,8 @@ pub async fn set(
         for (key, value) in &changes {
             store::set(&mut tx, &account.id, *key, *value).await?;
         }
-        let own = store::set_for(&mut *tx, &account.id).await?;
-        let used = store::usage(&mut *tx, &account.id).await?;
+        let own = store::set_for(tx.conn().await?, &account.id).await?;
+        let used = store::usage(tx.conn().await?, &account.id).await?;
         tx.commit().await?;
         Ok(report(&account.id, &ctx.config.quotas, &own, &used))
     })

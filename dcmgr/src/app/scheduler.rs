@@ -189,7 +189,7 @@ pub async fn lock_group(
     if !crate::datastore::server_group::lock(tx, &g.id).await? {
         return Err(ApiError::not_found("server group", &g.id));
     }
-    let hosts = crate::datastore::server_group::member_hosts(&mut **tx, &g.id).await?;
+    let hosts = crate::datastore::server_group::member_hosts(tx.conn().await?, &g.id).await?;
     let mut allowed = allowed_by_policy(g.policy, &hosts, candidates);
     if allowed.is_empty() {
         // Placed meanwhile where this one may not go: read the candidates again.

@@ -195,7 +195,7 @@ pub async fn add_rule(
         let mut tx = db::begin(&ctx.db).await?;
         lock_own(&mut tx, caller, id).await?;
         lock_remote_groups(&mut tx, caller, Some(id), std::slice::from_ref(&rule)).await?;
-        let rows = store::rules(&mut *tx, id.as_str()).await?;
+        let rows = store::rules(tx.conn().await?, id.as_str()).await?;
         if rows.len() >= 200 {
             return Err(ApiError::bad("too_many_rules", "a security group holds at most 200 rules"));
         }
@@ -206,7 +206,8 @@ pub async fn add_rule(
         }
         store::insert_rule(&mut tx, id, &rule).await?;
         ifstore::bump_for_group(&mut tx, id.as_str(), GroupChange::Rules).await?;
-        db::event::record(&mut tx, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Updated).await?;
+        db::event::record(tx.conn().await?, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Updated)
+            .await?;
         tx.commit().await?;
         ctx.events.wake();
         Ok(())
@@ -230,7 +231,8 @@ pub async fn delete_rule(
         if !store::delete_rule(&mut tx, id, rule_id).await? {
             return Err(ApiError::not_found("security group rule", rule_id));
         }
-        db::event::record(&mut tx, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Updated).await?;
+        db::event::record(tx.conn().await?, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Updated)
+            .await?;
         tx.commit().await?;
         ctx.events.wake();
         Ok(())

@@ -102,11 +102,11 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ServerGroupId) -> Api
         // Placements into the group lock it too: a create either committed its member
         // before this reads, or finds the group gone.
         if !store::lock(&mut tx, id.as_str()).await?
-            || store::get_own(&mut *tx, caller.account_id.as_str(), id.as_str()).await?.is_none()
+            || store::get_own(tx.conn().await?, caller.account_id.as_str(), id.as_str()).await?.is_none()
         {
             return Err(ApiError::not_found("server group", id));
         }
-        let members = store::members(&mut *tx, id.as_str()).await?;
+        let members = store::members(tx.conn().await?, id.as_str()).await?;
         if !members.is_empty() {
             return Err(ApiError::conflict(
                 "server_group_in_use",

@@ -113,7 +113,7 @@ pub async fn set_password(ctx: &SharedCtx, caller: &Caller, id: &UserId, req: Se
     let keep = (caller.user_id == *id).then_some(caller.token_id.as_ref()).flatten();
     db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
-        if !store::set_password(&mut *tx, id.as_str(), phc.as_deref()).await? {
+        if !store::set_password(tx.conn().await?, id.as_str(), phc.as_deref()).await? {
             return Err(ApiError::not_found("user", id));
         }
         store::revoke_sessions(&mut tx, id.as_str(), keep.map(|t| t.as_str()), &db::now()).await?;
@@ -214,7 +214,7 @@ async fn issue(ctx: &SharedCtx, user: &UserId, account: &AccountId, replaces: Op
                 });
             }
         }
-        let member = store::member(&mut *tx, account.as_str(), user.as_str())
+        let member = store::member(tx.conn().await?, account.as_str(), user.as_str())
             .await?
             .ok_or_else(|| ApiError::not_found("account", account))?;
         let role: Role = member.role.parse().map_err(ApiError::internal)?;
@@ -230,7 +230,7 @@ async fn issue(ctx: &SharedCtx, user: &UserId, account: &AccountId, replaces: Op
             expires_at: Some(&expires_s),
             now: &now_s,
         };
-        store::insert_token(&mut *tx, &row).await?;
+        store::insert_token(tx.conn().await?, &row).await?;
         tx.commit().await?;
         Ok((role, expires_s))
     })

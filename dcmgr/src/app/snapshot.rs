@@ -35,7 +35,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSnapshot) -> Ap
         // A volume delete locks the volume too and counts its snapshots: one of the two
         // sees the other.
         db::lock(&mut tx, db::Lock::Volume, req.volume_id.as_str()).await?;
-        let (size, node) = match volumes::get(&mut *tx, req.volume_id.as_str()).await? {
+        let (size, node) = match volumes::get(tx.conn().await?, req.volume_id.as_str()).await? {
             Some(volumes::Row { account_id, state, size_mib, storage_node_id: Some(node), .. })
                 if account_id == caller.account_id.as_str() =>
             {
@@ -90,7 +90,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &SnapshotId) -> ApiRes
         let mut tx = db::begin(&ctx.db).await?;
         // Volume creates from this snapshot lock it too.
         db::lock(&mut tx, db::Lock::Snapshot, id.as_str()).await?;
-        let snap = match store::get(&mut *tx, id.as_str()).await? {
+        let snap = match store::get(tx.conn().await?, id.as_str()).await? {
             Some(r) if r.account_id == caller.account_id.as_str() => r,
             _ => return Err(ApiError::not_found("snapshot", id)),
         };
@@ -101,7 +101,7 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &SnapshotId) -> ApiRes
             return Ok((Outcome::Already, job));
         }
         // An image being made from it still reads it (images lock the snapshot too).
-        let pending = crate::datastore::image::pending_of_snapshot(&mut *tx, id.as_str()).await?;
+        let pending = crate::datastore::image::pending_of_snapshot(tx.conn().await?, id.as_str()).await?;
         if !pending.is_empty() {
             return Err(ApiError::conflict(
                 "snapshot_capturing",

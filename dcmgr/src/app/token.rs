@@ -58,7 +58,7 @@ pub(crate) async fn insert(
         // Token creation in one account runs one at a time: the name and the cap are
         // decided on what the previous one committed.
         accounts::lock(&mut tx, &acct).await?;
-        let member = store::member(&mut *tx, acct.as_str(), user.as_str()).await?;
+        let member = store::member(tx.conn().await?, acct.as_str(), user.as_str()).await?;
         let role = match member {
             Some(m) => m.role.parse::<Role>().map_err(ApiError::internal)?,
             None if caller.admin && acct == caller.account_id && *user == caller.user_id => Role::Owner,
@@ -98,7 +98,7 @@ pub(crate) async fn insert(
             expires_at: expires.as_deref(),
             now: &now_s,
         };
-        if let Err(e) = store::insert_token(&mut *tx, &row).await {
+        if let Err(e) = store::insert_token(tx.conn().await?, &row).await {
             // A concurrent create of the same name committed first: retried, it answers name_taken.
             return Err(if db::is_unique_violation(&e) { ApiError::Busy(e.to_string()) } else { e.into() });
         }

@@ -30,14 +30,14 @@ pub async fn create(ctx: &SharedCtx, req: CreateUser) -> ApiResult<User> {
         created_at: db::parse_time(&db::now()),
     };
     let mut tx = db::begin(&ctx.db).await?;
-    if let Err(e) = store::insert_user(&mut *tx, &user).await {
+    if let Err(e) = store::insert_user(tx.conn().await?, &user).await {
         if db::is_unique_violation(&e) {
             return Err(ApiError::conflict("name_taken", format!("a user named {:?} already exists", req.name)));
         }
         return Err(e.into());
     }
     if phc.is_some() {
-        store::set_password(&mut *tx, user.id.as_str(), phc.as_deref()).await?;
+        store::set_password(tx.conn().await?, user.id.as_str(), phc.as_deref()).await?;
     }
     tx.commit().await?;
     Ok(user)
@@ -112,10 +112,10 @@ pub async fn add_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, req: A
         if accounts::get_in(&mut tx, id).await?.is_none() {
             return Err(ApiError::not_found("account", id));
         }
-        let user = store::user_named(&mut *tx, &req.user)
+        let user = store::user_named(tx.conn().await?, &req.user)
             .await?
             .ok_or_else(|| ApiError::not_found("user", req.user.chars().take(64).collect::<String>()))?;
-        let before = store::member(&mut *tx, id.as_str(), &user.id).await?;
+        let before = store::member(tx.conn().await?, id.as_str(), &user.id).await?;
         match &before {
             None => store::insert_member(&mut tx, id.as_str(), &user.id, req.role.as_str(), &now).await?,
             Some(m) => {
@@ -128,7 +128,7 @@ pub async fn add_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, req: A
                 store::set_role(&mut tx, id.as_str(), &user.id, req.role.as_str()).await?;
             }
         }
-        let m = store::member(&mut *tx, id.as_str(), &user.id)
+        let m = store::member(tx.conn().await?, id.as_str(), &user.id)
             .await?
             .ok_or_else(|| ApiError::internal("member vanished"))?;
         tx.commit().await?;
@@ -146,7 +146,7 @@ pub async fn remove_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, use
     db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
         accounts::lock(&mut tx, id).await?;
-        let m = store::member(&mut *tx, id.as_str(), user.as_str())
+        let m = store::member(tx.conn().await?, id.as_str(), user.as_str())
             .await?
             .ok_or_else(|| ApiError::not_found("member", user))?;
         if m.role == Role::Owner.as_str() && store::owners(&mut tx, id.as_str()).await? == 1 {

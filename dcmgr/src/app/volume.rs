@@ -191,7 +191,7 @@ async fn commit_decision(
     d: Decision,
 ) -> ApiResult<(Outcome, Accepted<Volume>)> {
     let (outcome, job) = record(&mut tx, &caller.account_id, &row.id, action, &d).await?;
-    let vol = store::get(&mut *tx, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
+    let vol = store::get(tx.conn().await?, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
     tx.commit().await?;
     ctx.events.wake();
     Ok((outcome, Accepted { job, resource: vol.into_api()? }))
@@ -221,7 +221,7 @@ async fn record(
 /// Locks the caller's volume in `tx` and reads it; 404 when it is not theirs.
 async fn lock_own(tx: &mut db::Tx<'_>, caller: &Caller, id: &VolumeId) -> ApiResult<store::Row> {
     db::lock(tx, db::Lock::Volume, id.as_str()).await?;
-    match store::get(&mut **tx, id.as_str()).await? {
+    match store::get(tx.conn().await?, id.as_str()).await? {
         Some(r) if r.account_id == caller.account_id.as_str() => Ok(r),
         _ => Err(ApiError::not_found("volume", id)),
     }
@@ -315,7 +315,7 @@ pub async fn detach(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResul
 /// and decides its detach on what it is under the locks.
 async fn lock_for_detach(tx: &mut db::Tx<'_>, caller: &Caller, id: &VolumeId) -> ApiResult<(store::Row, Decision)> {
     // Which instance to lock first (none of another account's); re-checked under the locks.
-    let hint = store::get(&mut **tx, id.as_str())
+    let hint = store::get(tx.conn().await?, id.as_str())
         .await?
         .filter(|r| r.account_id == caller.account_id.as_str())
         .and_then(|r| r.instance_id);
@@ -399,7 +399,7 @@ pub async fn extend(ctx: &SharedCtx, caller: &Caller, id: &VolumeId, req: Extend
         reserve_storage(&mut tx, &ctx.db, more as i64, Some(&node)).await?;
         store::set_size(&mut tx, &row.id, size as i64).await?;
         let job = job::start(&mut tx, &caller.account_id, "volume.extend", &row.id, "available").await?;
-        let vol = store::get(&mut *tx, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
+        let vol = store::get(tx.conn().await?, &row.id).await?.ok_or_else(|| ApiError::not_found("volume", &row.id))?;
         tx.commit().await?;
         ctx.events.wake();
         Ok(Accepted { job, resource: vol.into_api()? })

@@ -321,13 +321,14 @@ pub async fn evacuate(ctx: &SharedCtx, node: &str, id: &str) -> ApiResult<bool> 
     // Its ports stay on the host's switch (a running guest's, or a stopped one's kept for
     // its next start); should that switch still answer, they go now, else when it
     // reports them again (`controller::interface::apply_report`).
-    let ports = crate::datastore::interface::generations(&mut tx, id).await?;
+    let ports = crate::datastore::interface::generations(tx.conn().await?, id).await?;
     let mut folded = None;
     if placed {
         let goal =
             if row.goal()? == InstanceGoal::Terminated { InstanceGoal::Terminated } else { InstanceGoal::Stopped };
         store::set_intent(&mut tx, id, row.state()?, goal, false).await?;
-        let row = store::get(&mut *tx, id).await?.ok_or_else(|| crate::error::ApiError::not_found("instance", id))?;
+        let row =
+            store::get(tx.conn().await?, id).await?.ok_or_else(|| crate::error::ApiError::not_found("instance", id))?;
         let gone = InstanceReport {
             id: row.id.parse().map_err(crate::error::ApiError::internal)?,
             spec_gen: row.spec_gen as u64,

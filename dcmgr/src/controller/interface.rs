@@ -58,7 +58,7 @@ async fn refresh_peers(ctx: &SharedCtx, vif: &str, network: &str, host: &str) ->
     let others = store::one_per_other_host(&ctx.db, network, host).await?;
     let mut tx = db::begin(&ctx.db).await?;
     for other in &others {
-        store::bump(&mut tx, other).await?;
+        store::bump(tx.conn().await?, other).await?;
     }
     store::set_announced(&mut tx, vif, host).await?;
     tx.commit().await?;
@@ -205,7 +205,7 @@ pub async fn apply_in(
 ) -> Result<ReportAfter, sqlx::Error> {
     // Sharing `tx` with instance reports, whose writes may wait (`db::Tx::later`).
     tx.flush().await?;
-    let w = store::whereabouts(&mut **tx, r.id.as_str()).await?;
+    let w = store::whereabouts(tx.conn().await?, r.id.as_str()).await?;
     match on_report(w.as_ref(), node, r) {
         ReportAfter::Record => {
             record(tx, gen, r).await?;

@@ -63,7 +63,7 @@ pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: VolumeReport
     if !db::lock(&mut tx, db::Lock::Volume, r.id.as_str()).await? {
         return Ok(());
     }
-    let Some(row) = store::get(&mut *tx, r.id.as_str()).await? else { return Ok(()) };
+    let Some(row) = store::get(tx.conn().await?, r.id.as_str()).await? else { return Ok(()) };
     if row.storage_node_id.as_deref() != Some(node)
         || (gen as i64) <= row.report_gen
         || (r.spec_gen as i64) < row.spec_gen

@@ -47,7 +47,7 @@ pub async fn insert(tx: &mut db::Tx<'_>, a: &Account) -> Result<(), sqlx::Error>
         .bind(&a.name)
         .bind(a.admin as i64)
         .bind(db::time(&a.created_at))
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(())
 }
@@ -86,7 +86,7 @@ pub async fn get(pool: &db::Pool, id: &AccountId) -> Result<Option<Row>, sqlx::E
 pub async fn get_in(tx: &mut db::Tx<'_>, id: &AccountId) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLS} FROM accounts WHERE id = $1"))
         .bind(id.as_str())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn().await?)
         .await
 }
 
@@ -107,16 +107,16 @@ pub async fn live_resources<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 
 /// Deletes the account, its tokens and roles, and the users left with no role.
 pub async fn delete(tx: &mut db::Tx<'_>, id: &AccountId) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM api_tokens WHERE account_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM api_tokens WHERE account_id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
     // Its users that have a role nowhere else go with it (operators stay).
     sqlx::query(
         "DELETE FROM users WHERE admin = 0 AND id IN (SELECT user_id FROM memberships WHERE account_id = $1) \
          AND id NOT IN (SELECT user_id FROM memberships WHERE account_id <> $1)",
     )
     .bind(id.as_str())
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
-    sqlx::query("DELETE FROM memberships WHERE account_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
-    sqlx::query("DELETE FROM accounts WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM memberships WHERE account_id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
+    sqlx::query("DELETE FROM accounts WHERE id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
     Ok(())
 }

@@ -80,7 +80,7 @@ pub async fn insert_many(pool: &db::Pool, entries: &[AuditEntry]) -> Result<(), 
                 .bind(e.source.as_str())
                 .bind(i64::try_from(e.duration_ms).unwrap_or(i64::MAX));
         }
-        q.execute(&mut *tx).await?;
+        q.execute(tx.conn().await?).await?;
     }
     tx.commit().await
 }

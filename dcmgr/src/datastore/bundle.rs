@@ -80,7 +80,7 @@ const IMAGE_COLS: &str = "id, name, format, arch, hypervisors, boot_mode, kernel
 /// Reads everything of `account` in one transaction, so the snapshot is consistent.
 pub async fn snapshot(pool: &db::Pool, account: &AccountId) -> Result<Snapshot, sqlx::Error> {
     let mut tx = db::begin(pool).await?;
-    let s = snapshot_on(&mut tx, account).await?;
+    let s = snapshot_on(tx.conn().await?, account).await?;
     tx.commit().await?;
     Ok(s)
 }
@@ -328,7 +328,7 @@ pub async fn update_import(tx: &mut db::Tx<'_>, i: &BundleImport, exported_at: &
     .bind(exported_at)
     .bind(i.updated_at.as_ref().map(db::time))
     .bind(i.id.as_str())
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
     Ok(())
 }
@@ -371,7 +371,7 @@ pub async fn insert_import(
         .bind(i.updated_at.as_ref().map(db::time))
         .bind(account.as_str())
         .bind(exported_at)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(())
 }
@@ -412,9 +412,9 @@ pub async fn insert_keypair(
     .bind(public_key)
     .bind(fingerprint)
     .bind(db::now())
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
-    db::event::record(tx, db::event::Kind::KeyPair, id, db::event::Change::Created).await
+    db::event::record(tx.conn().await?, db::event::Kind::KeyPair, id, db::event::Change::Created).await
 }
 
 /// An imported image: its data is already in the blob store.
@@ -424,24 +424,25 @@ pub async fn insert_image(
     image: &vdc_schema::api::Image,
     blob: &str,
 ) -> Result<(), sqlx::Error> {
-    db::image::insert(tx, account, image).await?;
+    db::image::insert(tx.conn().await?, account, image).await?;
     sqlx::query("UPDATE images SET blob = $1 WHERE id = $2")
         .bind(blob)
         .bind(image.id.as_str())
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(())
 }
 
 /// Whether a MAC address is taken anywhere on this site (MACs are unique site-wide).
 pub async fn mac_taken(tx: &mut db::Tx<'_>, mac: &str) -> Result<bool, sqlx::Error> {
-    let n: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM vifs WHERE mac = $1").bind(mac).fetch_one(&mut **tx).await?;
+    let n: (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM vifs WHERE mac = $1").bind(mac).fetch_one(tx.conn().await?).await?;
     Ok(n.0 > 0)
 }
 
 /// Every floating IP address of the site (in the import's transaction).
 pub async fn used_ips(tx: &mut db::Tx<'_>) -> Result<Vec<String>, sqlx::Error> {
-    let r: Vec<(String,)> = sqlx::query_as("SELECT ip FROM floating_ips").fetch_all(&mut **tx).await?;
+    let r: Vec<(String,)> = sqlx::query_as("SELECT ip FROM floating_ips").fetch_all(tx.conn().await?).await?;
     Ok(r.into_iter().map(|r| r.0).collect())
 }
 
@@ -464,7 +465,7 @@ pub async fn insert_floating_ip(
     .bind(on.map(|o| o.0))
     .bind(on.map(|o| o.1))
     .bind(db::now())
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
     Ok(())
 }
@@ -476,9 +477,9 @@ pub async fn set_dhcp(tx: &mut db::Tx<'_>, network: &str, start: &str, end: &str
         .bind(start)
         .bind(end)
         .bind(network)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
-    db::event::record(tx, db::event::Kind::Network, network, db::event::Change::State).await
+    db::event::record(tx.conn().await?, db::event::Kind::Network, network, db::event::Change::State).await
 }
 
 /// Sets a group's description and removes all its rules (the caller inserts the new ones).
@@ -486,10 +487,10 @@ pub async fn clear_group(tx: &mut db::Tx<'_>, group: &str, description: &str) ->
     sqlx::query("UPDATE security_groups SET description = $1 WHERE id = $2")
         .bind(description)
         .bind(group)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
-    sqlx::query("DELETE FROM security_group_rules WHERE group_id = $1").bind(group).execute(&mut **tx).await?;
-    db::event::record(tx, db::event::Kind::SecurityGroup, group, db::event::Change::State).await
+    sqlx::query("DELETE FROM security_group_rules WHERE group_id = $1").bind(group).execute(tx.conn().await?).await?;
+    db::event::record(tx.conn().await?, db::event::Kind::SecurityGroup, group, db::event::Change::State).await
 }
 
 pub async fn set_public_key(tx: &mut db::Tx<'_>, id: &str, key: &str, fingerprint: &str) -> Result<(), sqlx::Error> {
@@ -497,16 +498,16 @@ pub async fn set_public_key(tx: &mut db::Tx<'_>, id: &str, key: &str, fingerprin
         .bind(key)
         .bind(fingerprint)
         .bind(id)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
-    db::event::record(tx, db::event::Kind::KeyPair, id, db::event::Change::State).await
+    db::event::record(tx.conn().await?, db::event::Kind::KeyPair, id, db::event::Change::State).await
 }
 
 /// Sets the groups of an interface; the caller bumps it. Returns the groups it joined or
 /// left (their members changed).
 pub async fn set_vif_groups(tx: &mut db::Tx<'_>, vif: &str, groups: &[String]) -> Result<Vec<String>, sqlx::Error> {
-    let old = db::interface::group_ids(&mut **tx, vif).await?;
-    sqlx::query("DELETE FROM vif_security_groups WHERE vif_id = $1").bind(vif).execute(&mut **tx).await?;
+    let old = db::interface::group_ids(tx.conn().await?, vif).await?;
+    sqlx::query("DELETE FROM vif_security_groups WHERE vif_id = $1").bind(vif).execute(tx.conn().await?).await?;
     for g in groups {
         db::interface::add_group(tx, vif, g, false).await?;
     }
@@ -516,8 +517,8 @@ pub async fn set_vif_groups(tx: &mut db::Tx<'_>, vif: &str, groups: &[String]) -
 }
 
 pub async fn delete_keypair(tx: &mut db::Tx<'_>, id: &str) -> Result<(), sqlx::Error> {
-    db::event::record(tx, db::event::Kind::KeyPair, id, db::event::Change::Deleted).await?;
-    sqlx::query("DELETE FROM keypairs WHERE id = $1").bind(id).execute(&mut **tx).await?;
+    db::event::record(tx.conn().await?, db::event::Kind::KeyPair, id, db::event::Change::Deleted).await?;
+    sqlx::query("DELETE FROM keypairs WHERE id = $1").bind(id).execute(tx.conn().await?).await?;
     Ok(())
 }
 
@@ -571,7 +572,7 @@ pub async fn record_chunks(pool: &db::Pool, account: &AccountId, chunks: &[HeldC
             .bind(&c.blob)
             .bind(c.offset as i64)
             .bind(c.size as i64)
-            .execute(&mut *tx)
+            .execute(tx.conn().await?)
             .await?;
         }
         tx.commit().await?;
@@ -588,7 +589,7 @@ pub async fn start_export_run(pool: &db::Pool, id: &str, account: &AccountId) ->
         .bind(id)
         .bind(account.as_str())
         .bind(db::now())
-        .execute(&mut *tx)
+        .execute(tx.conn().await?)
         .await?;
     tx.commit().await
 }
@@ -619,7 +620,7 @@ async fn on_export_temporary(
     name: &str,
 ) -> Result<(), sqlx::Error> {
     let mut tx = db::begin(pool).await?;
-    sqlx::query(sql).bind(run).bind(kind).bind(name).execute(&mut *tx).await?;
+    sqlx::query(sql).bind(run).bind(kind).bind(name).execute(tx.conn().await?).await?;
     tx.commit().await
 }
 
@@ -654,7 +655,7 @@ pub async fn export_temporary_id(
 /// Forgets run `run` and its records.
 pub async fn end_export_run(pool: &db::Pool, run: &str) -> Result<(), sqlx::Error> {
     let mut tx = db::begin(pool).await?;
-    sqlx::query("DELETE FROM export_temporaries WHERE export_id = $1").bind(run).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM export_runs WHERE id = $1").bind(run).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM export_temporaries WHERE export_id = $1").bind(run).execute(tx.conn().await?).await?;
+    sqlx::query("DELETE FROM export_runs WHERE id = $1").bind(run).execute(tx.conn().await?).await?;
     tx.commit().await
 }

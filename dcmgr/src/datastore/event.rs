@@ -161,7 +161,7 @@ pub struct Pending {
 /// slower).
 pub async fn record_at_commit(tx: &mut db::Tx<'_>, kind: Kind, id: &str, change: Change) -> Result<(), sqlx::Error> {
     if is_postgres(tx) {
-        return record(tx, kind, id, change).await;
+        return record(tx.conn().await?, kind, id, change).await;
     }
     push(tx, Pending { kind, id: id.to_owned(), change, unless_state: None });
     Ok(())
@@ -175,7 +175,7 @@ pub async fn changed_at_commit(
     before: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     if is_postgres(tx) {
-        return changed(tx, kind, id, before).await;
+        return changed(tx.conn().await?, kind, id, before).await;
     }
     push(
         tx,

@@ -93,19 +93,19 @@ pub async fn idle_routers(pool: &db::Pool) -> Result<Vec<IdleRouter>, sqlx::Erro
          WHERE idle_since IS NULL AND id IN (SELECT f.id FROM floating_ips f WHERE {idle})"
     ))
     .bind(&now)
-    .execute(&mut *tx)
+    .execute(tx.conn().await?)
     .await?;
     sqlx::query(&format!(
         "UPDATE floating_ips SET idle_since = NULL
          WHERE idle_since IS NOT NULL AND id NOT IN (SELECT f.id FROM floating_ips f WHERE {idle})"
     ))
-    .execute(&mut *tx)
+    .execute(tx.conn().await?)
     .await?;
     let found = sqlx::query_as(&format!(
         "SELECT f.id, f.ip, f.network_id, f.host_id, f.idle_since FROM floating_ips f
          WHERE f.idle_since IS NOT NULL AND {idle}"
     ))
-    .fetch_all(&mut *tx)
+    .fetch_all(tx.conn().await?)
     .await?;
     tx.commit().await?;
     Ok(found)
@@ -121,7 +121,7 @@ pub async fn release_router(tx: &mut db::Tx<'_>, id: &str, since: &str) -> Resul
     ))
     .bind(id)
     .bind(since)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
     Ok(r.rows_affected() == 1)
 }
@@ -134,7 +134,7 @@ pub async fn release_routers_of(tx: &mut db::Tx<'_>, host: &str) -> Result<u64, 
         router_idle()
     ))
     .bind(host)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
     Ok(r.rows_affected())
 }
@@ -185,18 +185,18 @@ pub async fn associate(tx: &mut db::Tx<'_>, id: &FloatingIpId, instance: &str, v
         .bind(vif)
         .bind(db::now())
         .bind(id.as_str())
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
-    db::event::record(tx, db::event::Kind::FloatingIp, id.as_str(), db::event::Change::Updated).await
+    db::event::record(tx.conn().await?, db::event::Kind::FloatingIp, id.as_str(), db::event::Change::Updated).await
 }
 
 pub async fn disassociate(tx: &mut db::Tx<'_>, id: &FloatingIpId) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE floating_ips SET instance_id = NULL, vif_id = NULL, updated_at = $1 WHERE id = $2")
         .bind(db::now())
         .bind(id.as_str())
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
-    db::event::record(tx, db::event::Kind::FloatingIp, id.as_str(), db::event::Change::Updated).await
+    db::event::record(tx.conn().await?, db::event::Kind::FloatingIp, id.as_str(), db::event::Change::Updated).await
 }
 
 /// Unmaps every address of an instance; they stay with the account.
@@ -204,13 +204,13 @@ pub async fn disassociate_instance(tx: &mut db::Tx<'_>, instance: &str) -> Resul
     sqlx::query("UPDATE floating_ips SET instance_id = NULL, vif_id = NULL, updated_at = $1 WHERE instance_id = $2")
         .bind(db::now())
         .bind(instance)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(())
 }
 
 pub async fn delete(tx: &mut db::Tx<'_>, id: &FloatingIpId) -> Result<(), sqlx::Error> {
-    db::event::record(tx, db::event::Kind::FloatingIp, id.as_str(), db::event::Change::Deleted).await?;
-    sqlx::query("DELETE FROM floating_ips WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+    db::event::record(tx.conn().await?, db::event::Kind::FloatingIp, id.as_str(), db::event::Change::Deleted).await?;
+    sqlx::query("DELETE FROM floating_ips WHERE id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
     Ok(())
 }

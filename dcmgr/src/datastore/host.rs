@@ -385,7 +385,7 @@ pub async fn release(tx: &mut db::Tx<'_>, host: &str, cpus: i64, memory_mib: i64
     .bind(cpus)
     .bind(memory_mib)
     .bind(host)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
     Ok(())
 }
@@ -430,7 +430,7 @@ pub async fn set_schedulable(
         .bind(i64::from(schedulable))
         .bind(reason)
         .bind(id)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(r.rows_affected() == 1)
 }
@@ -442,14 +442,14 @@ pub async fn set_zone_labels(tx: &mut db::Tx<'_>, id: &str, zone: &str, labels: 
         .bind(zone)
         .bind(labels)
         .bind(id)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(r.rows_affected() == 1)
 }
 
 /// Takes the host row's lock (a write that changes nothing); false when there is none.
 pub async fn lock_host(tx: &mut db::Tx<'_>, id: &str) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query("UPDATE host_nodes SET zone = zone WHERE id = $1").bind(id).execute(&mut **tx).await?;
+    let r = sqlx::query("UPDATE host_nodes SET zone = zone WHERE id = $1").bind(id).execute(tx.conn().await?).await?;
     Ok(r.rows_affected() == 1)
 }
 
@@ -457,7 +457,7 @@ pub async fn lock_host(tx: &mut db::Tx<'_>, id: &str) -> Result<bool, sqlx::Erro
 pub async fn get_host_tx(tx: &mut db::Tx<'_>, id: &str) -> Result<Option<HostRow>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {HOST_COLS} FROM host_nodes WHERE id = $1"))
         .bind(id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn().await?)
         .await
 }
 

@@ -149,7 +149,7 @@ pub async fn get(pool: &db::Pool, id: &str) -> Result<Option<Row>, sqlx::Error> 
 pub async fn owner(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Option<String>, sqlx::Error> {
     let r: Option<(String,)> = sqlx::query_as("SELECT account_id FROM images WHERE id = $1")
         .bind(id.as_str())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn().await?)
         .await?;
     Ok(r.map(|r| r.0))
 }
@@ -159,7 +159,7 @@ pub async fn users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sql
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT id FROM instances WHERE image_id = $1 AND state <> 'terminated' ORDER BY id")
             .bind(id.as_str())
-            .fetch_all(&mut **tx)
+            .fetch_all(tx.conn().await?)
             .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
@@ -169,15 +169,15 @@ pub async fn volumes_filling(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<St
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT id FROM volumes WHERE image_id = $1 AND state = 'creating' ORDER BY id")
             .bind(id.as_str())
-            .fetch_all(&mut **tx)
+            .fetch_all(tx.conn().await?)
             .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
 pub async fn delete(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx::Error> {
-    db::event::record(tx, db::event::Kind::Image, id.as_str(), db::event::Change::Deleted).await?;
-    sqlx::query("DELETE FROM image_members WHERE image_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
-    sqlx::query("DELETE FROM images WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+    db::event::record(tx.conn().await?, db::event::Kind::Image, id.as_str(), db::event::Change::Deleted).await?;
+    sqlx::query("DELETE FROM image_members WHERE image_id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
+    sqlx::query("DELETE FROM images WHERE id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
     Ok(())
 }
 
@@ -185,7 +185,7 @@ pub async fn delete(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx::Error
 pub async fn kernel_users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sqlx::Error> {
     let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM images WHERE kernel_id = $1 ORDER BY id")
         .bind(id.as_str())
-        .fetch_all(&mut **tx)
+        .fetch_all(tx.conn().await?)
         .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
@@ -201,7 +201,7 @@ pub async fn exists_public(pool: &db::Pool, name: &str) -> Result<bool, sqlx::Er
 pub async fn get_tx(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1"))
         .bind(id.as_str())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn().await?)
         .await
 }
 
@@ -224,9 +224,9 @@ pub async fn set_available(
     .bind(format.as_str())
     .bind(format!("sha256:{blob}"))
     .bind(virtual_size.map(|s| s as i64))
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
-    db::event::changed(tx, db::event::Kind::Image, id.as_str(), Some("pending")).await
+    db::event::changed(tx.conn().await?, db::event::Kind::Image, id.as_str(), Some("pending")).await
 }
 
 /// Stored disk images whose virtual size was never read (stored before migration 0030):
@@ -259,7 +259,7 @@ pub async fn set_failed(pool: &db::Pool, id: &ImageId, reason: &str) -> Result<(
 /// How many images use blob `sha256`.
 pub async fn blob_users(tx: &mut db::Tx<'_>, sha256: &str) -> Result<i64, sqlx::Error> {
     let (n,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM images WHERE blob = $1").bind(sha256).fetch_one(&mut **tx).await?;
+        sqlx::query_as("SELECT COUNT(*) FROM images WHERE blob = $1").bind(sha256).fetch_one(tx.conn().await?).await?;
     Ok(n)
 }
 
@@ -278,7 +278,7 @@ pub async fn members(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, s
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT account_id FROM image_members WHERE image_id = $1 ORDER BY account_id")
             .bind(id.as_str())
-            .fetch_all(&mut **tx)
+            .fetch_all(tx.conn().await?)
             .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
@@ -287,7 +287,7 @@ pub async fn add_member(tx: &mut db::Tx<'_>, id: &ImageId, account: &str) -> Res
     sqlx::query("INSERT INTO image_members (image_id, account_id) VALUES ($1, $2)")
         .bind(id.as_str())
         .bind(account)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(())
 }
@@ -297,7 +297,7 @@ pub async fn remove_member(tx: &mut db::Tx<'_>, id: &ImageId, account: &str) -> 
     let r = sqlx::query("DELETE FROM image_members WHERE image_id = $1 AND account_id = $2")
         .bind(id.as_str())
         .bind(account)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(r.rows_affected() > 0)
 }
@@ -307,9 +307,9 @@ pub async fn set_failed_tx(tx: &mut db::Tx<'_>, id: &str, reason: &str) -> Resul
     sqlx::query("UPDATE images SET state = 'failed', failure_reason = $2 WHERE id = $1 AND state = 'pending'")
         .bind(id)
         .bind(reason)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
-    db::event::changed(tx, db::event::Kind::Image, id, Some("pending")).await
+    db::event::changed(tx.conn().await?, db::event::Kind::Image, id, Some("pending")).await
 }
 
 /// The pending images made from snapshot `snapshot` (their source is `snapshot:<id>`).

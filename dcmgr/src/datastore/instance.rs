@@ -135,7 +135,7 @@ pub async fn get<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &st
 pub async fn lock_get(tx: &mut db::Tx<'_>, id: &str) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(&format!("UPDATE instances SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING {COLS}"))
         .bind(id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn().await?)
         .await
 }
 
@@ -318,7 +318,7 @@ pub async fn set_intent(
     goal: InstanceGoal,
     reboot: bool,
 ) -> Result<(), sqlx::Error> {
-    let before = db::event::state_of(tx, db::event::Kind::Instance, id).await?;
+    let before = db::event::state_of(tx.conn().await?, db::event::Kind::Instance, id).await?;
     sqlx::query(
         "UPDATE instances SET state = $1, goal = $2, spec_gen = spec_gen + 1, reboot_gen = reboot_gen + $3,
              failure_reason = NULL, ensure_sent_at = 0, updated_at = $4
@@ -329,9 +329,9 @@ pub async fn set_intent(
     .bind(reboot as i64)
     .bind(db::now())
     .bind(id)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
-    db::event::changed(tx, db::event::Kind::Instance, id, before.as_deref()).await
+    db::event::changed(tx.conn().await?, db::event::Kind::Instance, id, before.as_deref()).await
 }
 
 /// Places the instance on `host` and gives its interfaces a new generation (they move
@@ -342,11 +342,11 @@ pub async fn place(tx: &mut db::Tx<'_>, id: &str, host: &HostNodeId) -> Result<(
     sqlx::query("UPDATE instances SET host_node_id = $1 WHERE id = $2")
         .bind(host.as_str())
         .bind(id)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     sqlx::query("UPDATE vifs SET spec_gen = spec_gen + 1, announced_host = NULL WHERE instance_id = $1")
         .bind(id)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(())
 }
@@ -363,7 +363,7 @@ pub async fn detach_all_volumes(tx: &mut db::Tx<'_>, id: &str) -> Result<Vec<Str
         "SELECT id FROM volumes WHERE instance_id = $1 AND state IN ('attaching', 'attached', 'detaching') ORDER BY id",
     )
     .bind(id)
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn().await?)
     .await?;
     sqlx::query(
         "UPDATE volumes SET instance_id = NULL, state = 'available', spec_gen = spec_gen + 1, ensure_sent_at = 0, updated_at = $1
@@ -371,10 +371,10 @@ pub async fn detach_all_volumes(tx: &mut db::Tx<'_>, id: &str) -> Result<Vec<Str
     )
     .bind(db::now())
     .bind(id)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
     for (v,) in &volumes {
-        db::event::record(tx, db::event::Kind::Volume, v, db::event::Change::State).await?;
+        db::event::record(tx.conn().await?, db::event::Kind::Volume, v, db::event::Change::State).await?;
     }
     Ok(volumes.into_iter().map(|v| v.0).collect())
 }
@@ -413,7 +413,7 @@ pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, before: &str, o: &Obser
 /// Forgets the host that kept a stopped instance's disk (evacuated: gone for good); a
 /// capture from that disk ends with it.
 pub async fn forget_host(tx: &mut db::Tx<'_>, id: &str) -> Result<(), sqlx::Error> {
-    let before = db::event::state_of(tx, db::event::Kind::Instance, id).await?;
+    let before = db::event::state_of(tx.conn().await?, db::event::Kind::Instance, id).await?;
     sqlx::query(
         "UPDATE instances SET last_host_id = NULL, updated_at = $1,
              state = CASE WHEN state = 'capturing' THEN 'stopped' ELSE state END
@@ -421,9 +421,9 @@ pub async fn forget_host(tx: &mut db::Tx<'_>, id: &str) -> Result<(), sqlx::Erro
     )
     .bind(db::now())
     .bind(id)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
-    db::event::changed(tx, db::event::Kind::Instance, id, before.as_deref()).await
+    db::event::changed(tx.conn().await?, db::event::Kind::Instance, id, before.as_deref()).await
 }
 
 /// An instance's NIC as the agent spec needs it.

@@ -121,7 +121,7 @@ pub async fn groups_for_instances(
 pub async fn ids_of_instance(tx: &mut db::Tx<'_>, instance: &str) -> Result<Vec<String>, sqlx::Error> {
     let r: Vec<(String,)> = sqlx::query_as("SELECT id FROM vifs WHERE instance_id = $1 ORDER BY position")
         .bind(instance)
-        .fetch_all(&mut **tx)
+        .fetch_all(tx.conn().await?)
         .await?;
     Ok(r.into_iter().map(|r| r.0).collect())
 }
@@ -132,7 +132,7 @@ pub async fn groups_of_instance(tx: &mut db::Tx<'_>, instance: &str) -> Result<V
         "SELECT DISTINCT s.group_id FROM vif_security_groups s JOIN vifs v ON v.id = s.vif_id WHERE v.instance_id = $1",
     )
     .bind(instance)
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn().await?)
     .await?;
     Ok(r.into_iter().map(|r| r.0).collect())
 }
@@ -140,9 +140,9 @@ pub async fn groups_of_instance(tx: &mut db::Tx<'_>, instance: &str) -> Result<V
 /// Deletes the interfaces `vifs` of an instance with their memberships.
 pub async fn delete_for_instance(tx: &mut db::Tx<'_>, instance: &str, vifs: &[String]) -> Result<(), sqlx::Error> {
     for v in vifs {
-        sqlx::query("DELETE FROM vif_security_groups WHERE vif_id = $1").bind(v).execute(&mut **tx).await?;
+        sqlx::query("DELETE FROM vif_security_groups WHERE vif_id = $1").bind(v).execute(tx.conn().await?).await?;
     }
-    sqlx::query("DELETE FROM vifs WHERE instance_id = $1").bind(instance).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM vifs WHERE instance_id = $1").bind(instance).execute(tx.conn().await?).await?;
     Ok(())
 }
 
@@ -214,7 +214,7 @@ pub async fn bump_on_host(tx: &mut db::Tx<'_>, network: &str, host: &str) -> Res
     )
     .bind(network)
     .bind(host)
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn().await?)
     .await?;
     Ok(r.into_iter().map(|r| r.0).collect())
 }
@@ -329,7 +329,11 @@ async fn placed_on<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 }
 
 pub async fn set_announced(tx: &mut db::Tx<'_>, vif: &str, host: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE vifs SET announced_host = $1 WHERE id = $2").bind(host).bind(vif).execute(&mut **tx).await?;
+    sqlx::query("UPDATE vifs SET announced_host = $1 WHERE id = $2")
+        .bind(host)
+        .bind(vif)
+        .execute(tx.conn().await?)
+        .await?;
     Ok(())
 }
 
@@ -338,7 +342,7 @@ pub async fn networks_of_instance(tx: &mut db::Tx<'_>, instance: &str) -> Result
     let r: Vec<(String,)> =
         sqlx::query_as("SELECT DISTINCT network_id FROM vifs WHERE instance_id = $1 ORDER BY network_id")
             .bind(instance)
-            .fetch_all(&mut **tx)
+            .fetch_all(tx.conn().await?)
             .await?;
     Ok(r.into_iter().map(|r| r.0).collect())
 }
@@ -356,11 +360,11 @@ pub async fn bump_for_departure(
     let mut bumped = Vec::new();
     for n in networks {
         db::lock(tx, db::Lock::Network, n).await?;
-        if placed_on(&mut **tx, n, host, false).await? {
+        if placed_on(tx.conn().await?, n, host, false).await? {
             continue;
         }
-        for other in one_per_other_host(&mut **tx, n, host).await? {
-            bump(tx, &other).await?;
+        for other in one_per_other_host(tx.conn().await?, n, host).await? {
+            bump(tx.conn().await?, &other).await?;
             bumped.push(other);
         }
     }
@@ -451,7 +455,7 @@ pub async fn record_report(
     // The lock first: on SQLite a transaction that reads and then writes fails (busy
     // snapshot) when another writer committed in between.
     db::lock(tx, db::Lock::Interface, id).await?;
-    let before = db::event::state_of(tx, db::event::Kind::Interface, id).await?;
+    let before = db::event::state_of(tx.conn().await?, db::event::Kind::Interface, id).await?;
     sqlx::query(
         "UPDATE vifs SET state = $1, report_gen = $2,
              applied_gen = CASE WHEN $4 > applied_gen THEN $4 ELSE applied_gen END
@@ -461,9 +465,9 @@ pub async fn record_report(
     .bind(gen)
     .bind(id)
     .bind(applied)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
-    db::event::changed(tx, db::event::Kind::Interface, id, before.as_deref()).await
+    db::event::changed(tx.conn().await?, db::event::Kind::Interface, id, before.as_deref()).await
 }
 
 /// Interfaces whose host has not reported their current generation, last sent before

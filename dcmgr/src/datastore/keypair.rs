@@ -38,9 +38,9 @@ pub async fn insert(tx: &mut db::Tx<'_>, account: &AccountId, k: &KeyPair) -> Re
     .bind(&k.public_key)
     .bind(&k.fingerprint)
     .bind(db::time(&k.created_at))
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
-    db::event::record(tx, db::event::Kind::KeyPair, k.id.as_str(), db::event::Change::Created).await
+    db::event::record(tx.conn().await?, db::event::Kind::KeyPair, k.id.as_str(), db::event::Change::Created).await
 }
 
 /// One page of an account's key pairs, in creation order after `cursor`.
@@ -78,11 +78,11 @@ pub async fn get_own<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 /// Deletes the account's key pair; false when there was none.
 pub async fn delete_own(pool: &db::Pool, account: &AccountId, id: &KeyPairId) -> Result<bool, sqlx::Error> {
     let mut tx = db::begin(pool).await?;
-    db::event::record(&mut tx, db::event::Kind::KeyPair, id.as_str(), db::event::Change::Deleted).await?;
+    db::event::record(tx.conn().await?, db::event::Kind::KeyPair, id.as_str(), db::event::Change::Deleted).await?;
     let r = sqlx::query("DELETE FROM keypairs WHERE id = $1 AND account_id = $2")
         .bind(id.as_str())
         .bind(account.as_str())
-        .execute(&mut *tx)
+        .execute(tx.conn().await?)
         .await?;
     if r.rows_affected() != 1 {
         // Not theirs (or gone): the event above goes with the rollback.

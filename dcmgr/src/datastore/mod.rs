@@ -44,8 +44,9 @@ pub type Pool = AnyPool;
 /// the gate sees every writer. PostgreSQL locks rows and has no gate.
 pub struct Tx<'a> {
     conn: TxConn,
-    /// SQLite: `BEGIN` ran and neither `COMMIT` nor `ROLLBACK` did (dropped so, the
-    /// transaction is rolled back before the next takes the writer).
+    /// SQLite: `BEGIN` was sent (with the first round trip) and neither `COMMIT` nor
+    /// `ROLLBACK` ran since (dropped so, the transaction is rolled back before the next
+    /// takes the writer).
     open: bool,
     /// Events written as the transaction commits, all in one statement
     /// ([`event::record_at_commit`]).
@@ -204,6 +205,13 @@ impl Tx<'_> {
         self.send(None).await
     }
 
+    /// The connection, to run a statement on in this transaction, once the writes waiting
+    /// (and on SQLite its `BEGIN`) were sent.
+    pub async fn conn(&mut self) -> Result<&mut sqlx::AnyConnection, sqlx::Error> {
+        self.send(None).await?;
+        Ok(&mut self.conn)
+    }
+
     /// Commits. On SQLite `COMMIT` ends the script of the writes waiting: one round trip.
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
         let events = std::mem::take(&mut self.events);
@@ -216,6 +224,10 @@ impl Tx<'_> {
             self.pending.push(Write::new("DELETE FROM ended_jobs"));
         }
         if self.sqlite() {
+            if !self.open && self.pending.len() == 1 {
+                // Nothing was written: its `BEGIN` alone waits.
+                return Ok(());
+            }
             // Failed before or at `COMMIT`, the transaction is still open: the drop rolls
             // it back.
             self.send(Some(Write::new("COMMIT"))).await?;
@@ -296,6 +308,8 @@ impl Tx<'_> {
         if self.pending.is_empty() {
             return w;
         }
+        // On SQLite the first script carries `BEGIN`.
+        self.open |= self.sqlite();
         self.sent += self.pending.len();
         Some(Write::script(std::mem::take(&mut self.pending).into_iter().chain(w)))
     }
@@ -306,6 +320,9 @@ impl Tx<'_> {
             TxConn::Pooled(tx) => tx.rollback().await,
             TxConn::Writer(w) => {
                 self.conn = TxConn::Writer(w);
+                if !self.open {
+                    return Ok(());
+                }
                 (&mut *self.conn).execute("ROLLBACK").await?;
                 self.open = false;
                 Ok(())
@@ -451,19 +468,22 @@ impl std::ops::Deref for Tx<'_> {
     }
 }
 
-impl std::ops::DerefMut for Tx<'_> {
-    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
-        debug_assert!(self.pending.is_empty(), "a statement run past writes not yet sent (Tx::later)");
-        &mut self.conn
-    }
-}
-
 /// A SQLite database's write gate, holding its one writer connection (opened at the
 /// first turn; `None` again after a failure, to be opened anew).
 type Gate = std::sync::Arc<tokio::sync::Mutex<Option<sqlx::AnyConnection>>>;
 
-/// A turn at the write gate ([`write_turn`]).
-pub type Turn = tokio::sync::OwnedMutexGuard<Option<sqlx::AnyConnection>>;
+/// A turn at the write gate.
+type Turn = tokio::sync::OwnedMutexGuard<Option<sqlx::AnyConnection>>;
+
+/// The writer of the turn `w`, opened if it is not.
+async fn writer<'w>(w: &'w mut Turn, pool: &Pool) -> Result<&'w mut sqlx::AnyConnection, sqlx::Error> {
+    if w.is_none() {
+        let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&pool.connect_options()).await?;
+        sqlite_settings(&mut c).await?;
+        **w = Some(c);
+    }
+    Ok(w.as_mut().expect("opened above"))
+}
 
 /// The write gate of a SQLite database (by its URL: one per file in this process; the
 /// tests run many), `None` on PostgreSQL.
@@ -501,13 +521,22 @@ pub fn one_writer(pool: &Pool) -> bool {
     gate_of(pool).is_some()
 }
 
-/// Waits for the write gate (SQLite) for a write made outside a transaction; hold the
-/// guard across the statement. Never while holding a [`Tx`] of the same database.
-pub async fn write_turn(pool: &Pool) -> Option<Turn> {
+async fn write_turn(pool: &Pool) -> Option<Turn> {
     match gate_of(pool) {
         Some(g) => Some(g.lock_owned().await),
         None => None,
     }
+}
+
+/// Runs one write outside a transaction: on SQLite on the writer, at its turn (a pooled
+/// connection's write would leave the writer's page cache stale); on PostgreSQL on the
+/// pool. Never while holding a [`Tx`] of the same database.
+pub async fn write_alone<'q>(
+    pool: &Pool,
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+) -> Result<sqlx::any::AnyQueryResult, sqlx::Error> {
+    let Some(mut turn) = write_turn(pool).await else { return q.execute(pool).await };
+    q.execute(writer(&mut turn, pool).await?).await
 }
 
 /// An advisory lock key for a name (an image's or an export's ID): 32 bits of its
@@ -523,25 +552,18 @@ pub async fn begin(pool: &Pool) -> Result<Tx<'static>, sqlx::Error> {
     let conn = match write_turn(pool).await {
         None => TxConn::Pooled(pool.begin().await?),
         Some(mut w) => {
-            if w.is_none() {
-                let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect_with(&pool.connect_options()).await?;
-                sqlite_settings(&mut c).await?;
-                *w = Some(c);
-            }
-            let begun = w.as_mut().expect("opened above").execute("BEGIN").await;
-            if let Err(e) = begun {
-                *w = None;
-                return Err(e);
-            }
+            writer(&mut w, pool).await?;
             TxConn::Writer(w)
         }
     };
+    // On SQLite `BEGIN` goes with the transaction's first round trip.
+    let pending = if matches!(conn, TxConn::Writer(_)) { vec![Write::new("BEGIN")] } else { Vec::new() };
     Ok(Tx {
-        open: matches!(conn, TxConn::Writer(_)),
+        open: false,
         conn,
         events: Vec::new(),
         locked: Vec::new(),
-        pending: Vec::new(),
+        pending,
         sent: 0,
         failed: false,
         jobs_ended: false,
@@ -789,7 +811,7 @@ pub async fn named(tx: &mut Tx<'_>, what: Named, account: &str, name: &str) -> R
         Named::Volume => "SELECT id FROM volumes WHERE account_id = $1 AND name = $2 AND state <> 'deleted'",
         Named::Image => "SELECT id FROM images WHERE account_id = $1 AND name = $2",
     };
-    let row: Option<(String,)> = sqlx::query_as(sql).bind(account).bind(name).fetch_optional(&mut **tx).await?;
+    let row: Option<(String,)> = sqlx::query_as(sql).bind(account).bind(name).fetch_optional(tx.conn().await?).await?;
     Ok(row.map(|r| r.0))
 }
 
@@ -893,7 +915,7 @@ mod tests {
                     )
                     .bind(format!("nw-{i}"))
                     .bind(1000 + i as i64)
-                    .execute(&mut *tx)
+                    .execute(tx.conn().await?)
                     .await?;
                     tx.commit().await
                 })
@@ -944,6 +966,16 @@ mod tests {
         tx.run(network_row(5)).await.unwrap();
         tx.later(network_row(5)).await.unwrap();
         assert!(tx.commit().await.is_err(), "a duplicate ID committed");
+        // Ended with nothing sent, not even its BEGIN; and a statement run on the
+        // connection itself sees what waited before it, in the transaction.
+        begin(&pool).await.unwrap().commit().await.unwrap();
+        begin(&pool).await.unwrap().rollback().await.unwrap();
+        let mut tx = begin(&pool).await.unwrap();
+        tx.later(network_row(8)).await.unwrap();
+        let seen: (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM networks").fetch_one(tx.conn().await.unwrap()).await.unwrap();
+        assert_eq!(seen.0, 1);
+        tx.rollback().await.unwrap();
         assert_eq!(count(pool.clone()).await, 0, "a write of a transaction that did not commit is in the database");
         // The writer goes on.
         for i in [6, 7] {
@@ -1003,7 +1035,7 @@ mod tests {
         let mut tx = begin(&pool).await.unwrap();
         tx.later(network_row(1)).await.unwrap();
         tx.later(network_row(2)).await.unwrap();
-        assert_eq!(tx.pending.len(), 2, "SQLite keeps them for the next round trip");
+        assert_eq!(tx.pending.len(), 3, "SQLite keeps them, after its BEGIN, for the next round trip");
         let seen: Vec<(String, i64)> = tx.fetch(names()).await.unwrap();
         assert_eq!(seen, [("nw-1".into(), 1001), ("nw-2".into(), 1002)]);
         // A savepoint not yet sent is undone without a round trip: what followed it goes.

@@ -39,13 +39,14 @@ impl Row {
 pub async fn cidrs_of(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as("SELECT id, cidr FROM networks WHERE account_id = $1")
         .bind(account.as_str())
-        .fetch_all(&mut **tx)
+        .fetch_all(tx.conn().await?)
         .await
 }
 
 /// The next VXLAN VNI: one above the highest in use, 100 for the first network.
 pub async fn next_vni(tx: &mut db::Tx<'_>) -> Result<i64, sqlx::Error> {
-    let (vni,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(vni), 99) + 1 FROM networks").fetch_one(&mut **tx).await?;
+    let (vni,): (i64,) =
+        sqlx::query_as("SELECT COALESCE(MAX(vni), 99) + 1 FROM networks").fetch_one(tx.conn().await?).await?;
     Ok(vni)
 }
 
@@ -61,9 +62,9 @@ pub async fn insert(tx: &mut db::Tx<'_>, account: &AccountId, n: &Row) -> Result
         .bind(n.vni)
         .bind(&n.created_at)
         .bind(account.as_str())
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
-    db::event::record(tx, db::event::Kind::Network, &n.id, db::event::Change::Created).await
+    db::event::record(tx.conn().await?, db::event::Kind::Network, &n.id, db::event::Change::Created).await
 }
 
 /// One page of an account's networks, in creation order after `cursor`.
@@ -102,7 +103,7 @@ pub async fn get_own<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 pub async fn owner(tx: &mut db::Tx<'_>, id: &NetworkId) -> Result<Option<String>, sqlx::Error> {
     let r: Option<(String,)> = sqlx::query_as("SELECT account_id FROM networks WHERE id = $1")
         .bind(id.as_str())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn().await?)
         .await?;
     Ok(r.map(|r| r.0))
 }
@@ -112,15 +113,15 @@ pub async fn users(tx: &mut db::Tx<'_>, id: &NetworkId) -> Result<Vec<String>, s
     let rows: Vec<(String,)> =
         sqlx::query_as("SELECT DISTINCT instance_id FROM vifs WHERE network_id = $1 ORDER BY instance_id")
             .bind(id.as_str())
-            .fetch_all(&mut **tx)
+            .fetch_all(tx.conn().await?)
             .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
 
 /// Deletes network `id`; routers' SNAT addresses on it go with it (ON DELETE CASCADE).
 pub async fn delete(tx: &mut db::Tx<'_>, id: &NetworkId) -> Result<(), sqlx::Error> {
-    db::event::record(tx, db::event::Kind::Network, id.as_str(), db::event::Change::Deleted).await?;
-    sqlx::query("DELETE FROM networks WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+    db::event::record(tx.conn().await?, db::event::Kind::Network, id.as_str(), db::event::Change::Deleted).await?;
+    sqlx::query("DELETE FROM networks WHERE id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
     Ok(())
 }
 

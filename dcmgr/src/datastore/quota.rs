@@ -24,7 +24,7 @@ pub async fn set_for_locked(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<
         return Ok(own.clone());
     }
     tx.flush().await?;
-    let own = set_for(&mut **tx, account).await?;
+    let own = set_for(tx.conn().await?, account).await?;
     tx.quotas.push((account.to_string(), own.clone()));
     Ok(own)
 }
@@ -45,14 +45,14 @@ pub async fn set(
             .bind(account.as_str())
             .bind(key.as_str())
             .bind(v)
-            .execute(&mut **tx)
+            .execute(tx.conn().await?)
             .await?;
         }
         None => {
             sqlx::query("DELETE FROM account_quotas WHERE account_id = $1 AND quota = $2")
                 .bind(account.as_str())
                 .bind(key.as_str())
-                .execute(&mut **tx)
+                .execute(tx.conn().await?)
                 .await?;
         }
     }

@@ -60,9 +60,9 @@ pub async fn insert(
     .bind(name)
     .bind(description)
     .bind(db::now())
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
-    db::event::record(tx, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Created).await
+    db::event::record(tx.conn().await?, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Created).await
 }
 
 /// Adds a rule (already normalized) to a group; returns its new ID.
@@ -77,7 +77,7 @@ pub async fn insert_rule(tx: &mut db::Tx<'_>, group: &SecurityGroupId, r: &RuleS
         .bind(r.port_max.map(i64::from))
         .bind(&r.cidr)
         .bind(r.group.as_ref().map(|g| g.to_string()))
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(id)
 }
@@ -130,7 +130,7 @@ pub async fn list(
 pub async fn owner(tx: &mut db::Tx<'_>, id: &SecurityGroupId) -> Result<Option<String>, sqlx::Error> {
     let r: Option<(String,)> = sqlx::query_as("SELECT account_id FROM security_groups WHERE id = $1")
         .bind(id.as_str())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn().await?)
         .await?;
     Ok(r.map(|r| r.0))
 }
@@ -142,7 +142,7 @@ pub async fn member_instances(tx: &mut db::Tx<'_>, id: &SecurityGroupId) -> Resu
          WHERE s.group_id = $1 ORDER BY v.instance_id",
     )
     .bind(id.as_str())
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn().await?)
     .await?;
     Ok(r.into_iter().map(|r| r.0).collect())
 }
@@ -153,16 +153,20 @@ pub async fn referring_groups(tx: &mut db::Tx<'_>, id: &SecurityGroupId) -> Resu
         "SELECT DISTINCT group_id FROM security_group_rules WHERE remote_group_id = $1 AND group_id <> $1 ORDER BY group_id",
     )
     .bind(id.as_str())
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn().await?)
     .await?;
     Ok(r.into_iter().map(|r| r.0).collect())
 }
 
 /// Deletes a group with its rules.
 pub async fn delete(tx: &mut db::Tx<'_>, id: &SecurityGroupId) -> Result<(), sqlx::Error> {
-    db::event::record(tx, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Deleted).await?;
-    sqlx::query("DELETE FROM security_group_rules WHERE group_id = $1").bind(id.as_str()).execute(&mut **tx).await?;
-    sqlx::query("DELETE FROM security_groups WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+    db::event::record(tx.conn().await?, db::event::Kind::SecurityGroup, id.as_str(), db::event::Change::Deleted)
+        .await?;
+    sqlx::query("DELETE FROM security_group_rules WHERE group_id = $1")
+        .bind(id.as_str())
+        .execute(tx.conn().await?)
+        .await?;
+    sqlx::query("DELETE FROM security_groups WHERE id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
     Ok(())
 }
 
@@ -171,7 +175,7 @@ pub async fn delete_rule(tx: &mut db::Tx<'_>, group: &SecurityGroupId, rule: &Ru
     let r = sqlx::query("DELETE FROM security_group_rules WHERE id = $1 AND group_id = $2")
         .bind(rule.as_str())
         .bind(group.as_str())
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(r.rows_affected() != 0)
 }

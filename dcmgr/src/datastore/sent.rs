@@ -45,12 +45,11 @@ pub async fn mark(pool: &Pool, table: Table, sent: &[(String, i64)]) -> Result<(
         let sep = if i == 0 { "" } else { " OR " };
         write!(sql, "{sep}(id = ${} AND spec_gen = ${})", 2 * i + 2, 2 * i + 3).expect("writes to a String");
     }
-    let _turn = db::write_turn(pool).await;
     // Not kept prepared: each size of batch is a statement of its own.
     let mut q = sqlx::query(&sql).persistent(false).bind(now);
     for (id, gen) in sent {
         q = q.bind(id.as_str()).bind(*gen);
     }
-    q.execute(pool).await?;
+    db::write_alone(pool, q).await?;
     Ok(())
 }

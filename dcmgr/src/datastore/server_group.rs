@@ -39,9 +39,9 @@ pub async fn insert(tx: &mut db::Tx<'_>, account: &AccountId, g: &ServerGroup) -
         .bind(&g.name)
         .bind(g.policy.as_str())
         .bind(db::time(&g.created_at))
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
-    db::event::record(tx, db::event::Kind::ServerGroup, g.id.as_str(), db::event::Change::Created).await
+    db::event::record(tx.conn().await?, db::event::Kind::ServerGroup, g.id.as_str(), db::event::Change::Created).await
 }
 
 /// One page of an account's server groups, in creation order after `cursor`.
@@ -91,7 +91,7 @@ pub async fn named(tx: &mut db::Tx<'_>, account: &AccountId, name: &str) -> Resu
     let r: Option<(String,)> = sqlx::query_as("SELECT id FROM server_groups WHERE account_id = $1 AND name = $2")
         .bind(account.as_str())
         .bind(name)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(tx.conn().await?)
         .await?;
     Ok(r.map(|r| r.0))
 }
@@ -150,7 +150,7 @@ pub async fn member_hosts<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 pub async fn lock(tx: &mut db::Tx<'_>, id: &str) -> Result<bool, sqlx::Error> {
     let r = sqlx::query("UPDATE server_groups SET lock_seq = lock_seq + 1 WHERE id = $1")
         .bind(id)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(r.rows_affected() == 1)
 }
@@ -158,7 +158,7 @@ pub async fn lock(tx: &mut db::Tx<'_>, id: &str) -> Result<bool, sqlx::Error> {
 /// Deletes the group (the caller holds its lock and found no member). Terminated
 /// instances that were in it keep no link (the foreign key sets it null).
 pub async fn delete(tx: &mut db::Tx<'_>, id: &ServerGroupId) -> Result<(), sqlx::Error> {
-    db::event::record(tx, db::event::Kind::ServerGroup, id.as_str(), db::event::Change::Deleted).await?;
-    sqlx::query("DELETE FROM server_groups WHERE id = $1").bind(id.as_str()).execute(&mut **tx).await?;
+    db::event::record(tx.conn().await?, db::event::Kind::ServerGroup, id.as_str(), db::event::Change::Deleted).await?;
+    sqlx::query("DELETE FROM server_groups WHERE id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
     Ok(())
 }

@@ -87,15 +87,15 @@ pub async fn insert(
         .bind(size_mib)
         .bind(node)
         .bind(now)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
-    db::event::record(tx, db::event::Kind::Snapshot, id, db::event::Change::Created).await
+    db::event::record(tx.conn().await?, db::event::Kind::Snapshot, id, db::event::Change::Created).await
 }
 
 /// The state of snapshot `id` (an error if there is none).
 pub async fn state(tx: &mut db::Tx<'_>, id: &str) -> Result<String, sqlx::Error> {
     let (state,): (String,) =
-        sqlx::query_as("SELECT state FROM snapshots WHERE id = $1").bind(id).fetch_one(&mut **tx).await?;
+        sqlx::query_as("SELECT state FROM snapshots WHERE id = $1").bind(id).fetch_one(tx.conn().await?).await?;
     Ok(state)
 }
 
@@ -104,28 +104,27 @@ pub async fn mark_deleting(tx: &mut db::Tx<'_>, id: &str) -> Result<(), sqlx::Er
     sqlx::query("UPDATE snapshots SET state = 'deleting', ensure_sent_at = 0, updated_at = $2 WHERE id = $1")
         .bind(id)
         .bind(db::now())
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
-    db::event::record(tx, db::event::Kind::Snapshot, id, db::event::Change::State).await
+    db::event::record(tx.conn().await?, db::event::Kind::Snapshot, id, db::event::Change::State).await
 }
 
 /// How many snapshots of volume `volume_id` are not deleted.
 pub async fn count_live_of_volume(tx: &mut db::Tx<'_>, volume_id: &str) -> Result<i64, sqlx::Error> {
     let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM snapshots WHERE volume_id = $1 AND state <> 'deleted'")
         .bind(volume_id)
-        .fetch_one(&mut **tx)
+        .fetch_one(tx.conn().await?)
         .await?;
     Ok(n)
 }
 
 /// Records that an ensure of snapshot `id` was sent now.
 pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
-    let _turn = db::write_turn(pool).await;
-    sqlx::query("UPDATE snapshots SET ensure_sent_at = $1 WHERE id = $2")
-        .bind(db::now_ms())
-        .bind(id)
-        .execute(pool)
-        .await?;
+    db::write_alone(
+        pool,
+        sqlx::query("UPDATE snapshots SET ensure_sent_at = $1 WHERE id = $2").bind(db::now_ms()).bind(id),
+    )
+    .await?;
     Ok(())
 }
 
@@ -147,12 +146,12 @@ pub async fn record_report(
     .bind(id)
     .bind(from)
     .bind(db::now())
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
     if updated.rows_affected() != 1 {
         return Ok(false);
     }
-    db::event::changed(tx, db::event::Kind::Snapshot, id, Some(from)).await?;
+    db::event::changed(tx.conn().await?, db::event::Kind::Snapshot, id, Some(from)).await?;
     Ok(true)
 }
 

@@ -69,15 +69,19 @@ pub async fn list_users(
 
 /// Deletes the user, its memberships and its tokens.
 pub async fn delete_user(tx: &mut db::Tx<'_>, id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM api_tokens WHERE user_id = $1").bind(id).execute(&mut **tx).await?;
-    sqlx::query("DELETE FROM memberships WHERE user_id = $1").bind(id).execute(&mut **tx).await?;
-    sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM api_tokens WHERE user_id = $1").bind(id).execute(tx.conn().await?).await?;
+    sqlx::query("DELETE FROM memberships WHERE user_id = $1").bind(id).execute(tx.conn().await?).await?;
+    sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(tx.conn().await?).await?;
     Ok(())
 }
 
 /// Serializes decisions about one user (its deletion against a membership given to it).
 pub async fn lock_user(tx: &mut db::Tx<'_>, id: &str) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query("UPDATE users SET admin = admin WHERE id = $1").bind(id).execute(&mut **tx).await?.rows_affected()
+    Ok(sqlx::query("UPDATE users SET admin = admin WHERE id = $1")
+        .bind(id)
+        .execute(tx.conn().await?)
+        .await?
+        .rows_affected()
         == 1)
 }
 
@@ -89,7 +93,7 @@ pub async fn sole_owner_of(tx: &mut db::Tx<'_>, user: &str) -> Result<Vec<String
          ORDER BY m.account_id",
     )
     .bind(user)
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn().await?)
     .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
@@ -170,7 +174,7 @@ pub async fn first_owner<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
 pub async fn owners(tx: &mut db::Tx<'_>, account: &str) -> Result<i64, sqlx::Error> {
     let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM memberships WHERE account_id = $1 AND role = 'owner'")
         .bind(account)
-        .fetch_one(&mut **tx)
+        .fetch_one(tx.conn().await?)
         .await?;
     Ok(n)
 }
@@ -187,7 +191,7 @@ pub async fn insert_member(
         .bind(user)
         .bind(role)
         .bind(now)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(())
 }
@@ -197,7 +201,7 @@ pub async fn set_role(tx: &mut db::Tx<'_>, account: &str, user: &str, role: &str
         .bind(account)
         .bind(user)
         .bind(role)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(())
 }
@@ -207,13 +211,13 @@ pub async fn remove_member(tx: &mut db::Tx<'_>, account: &str, user: &str, now: 
     sqlx::query("DELETE FROM memberships WHERE account_id = $1 AND user_id = $2")
         .bind(account)
         .bind(user)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     sqlx::query("UPDATE api_tokens SET revoked_at = $3 WHERE account_id = $1 AND user_id = $2 AND revoked_at IS NULL")
         .bind(account)
         .bind(user)
         .bind(now)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?;
     Ok(())
 }
@@ -380,7 +384,7 @@ pub async fn live_token_named(
     .bind(account)
     .bind(user)
     .bind(name)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(tx.conn().await?)
     .await?;
     Ok(r.map(|r| r.0))
 }
@@ -394,7 +398,7 @@ pub async fn working_tokens(tx: &mut db::Tx<'_>, account: &str, user: &str, now:
     .bind(account)
     .bind(user)
     .bind(now)
-    .fetch_one(&mut **tx)
+    .fetch_one(tx.conn().await?)
     .await?;
     Ok(n)
 }
@@ -457,7 +461,7 @@ pub async fn revoke_sessions(
     .bind(user)
     .bind(except.unwrap_or(""))
     .bind(now)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?
     .rows_affected())
 }
@@ -479,7 +483,7 @@ pub async fn trim_sessions(
     .bind(user)
     .bind(keep)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?
     .rows_affected())
 }
@@ -497,7 +501,7 @@ pub async fn revoke_in(tx: &mut db::Tx<'_>, id: &str, now: &str) -> Result<bool,
     Ok(sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
         .bind(id)
         .bind(now)
-        .execute(&mut **tx)
+        .execute(tx.conn().await?)
         .await?
         .rows_affected()
         == 1)

@@ -113,9 +113,9 @@ pub async fn insert(tx: &mut db::Tx<'_>, v: New<'_>) -> Result<(), sqlx::Error> 
     .bind(v.snapshot_id)
     .bind(v.now)
     .bind(v.image_id)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
-    db::event::record(tx, db::event::Kind::Volume, v.id, db::event::Change::Created).await
+    db::event::record(tx.conn().await?, db::event::Kind::Volume, v.id, db::event::Change::Created).await
 }
 
 /// A new state and attachment, to be sent to sta (a new `spec_gen`, due now).
@@ -125,7 +125,7 @@ pub async fn set_state(
     state: VolumeState,
     instance: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    let before = db::event::state_of(tx, db::event::Kind::Volume, id).await?;
+    let before = db::event::state_of(tx.conn().await?, db::event::Kind::Volume, id).await?;
     sqlx::query(
         "UPDATE volumes SET state = $1, instance_id = $2, spec_gen = spec_gen + 1, ensure_sent_at = 0,
              updated_at = $3 WHERE id = $4",
@@ -134,9 +134,9 @@ pub async fn set_state(
     .bind(instance)
     .bind(db::now())
     .bind(id)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
-    db::event::changed(tx, db::event::Kind::Volume, id, before.as_deref()).await
+    db::event::changed(tx.conn().await?, db::event::Kind::Volume, id, before.as_deref()).await
 }
 
 /// A new size, to be sent to sta.
@@ -147,7 +147,7 @@ pub async fn set_size(tx: &mut db::Tx<'_>, id: &str, size_mib: i64) -> Result<()
     .bind(size_mib)
     .bind(db::now())
     .bind(id)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
     Ok(())
 }
@@ -158,7 +158,7 @@ pub async fn count_attached(tx: &mut db::Tx<'_>, instance: &str) -> Result<i64, 
         "SELECT COUNT(*) FROM volumes WHERE instance_id = $1 AND state IN ('attaching', 'attached', 'detaching')",
     )
     .bind(instance)
-    .fetch_one(&mut **tx)
+    .fetch_one(tx.conn().await?)
     .await?;
     Ok(n)
 }
@@ -182,7 +182,7 @@ pub async fn reserve_storage(tx: &mut db::Tx<'_>, node: &str, size: i64) -> Resu
     )
     .bind(size)
     .bind(node)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
     Ok(r.rows_affected() == 1)
 }
@@ -194,7 +194,7 @@ pub async fn release_storage(tx: &mut db::Tx<'_>, node: &str, size: i64) -> Resu
     )
     .bind(size)
     .bind(node)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
     Ok(())
 }
@@ -208,12 +208,11 @@ pub async fn instance_host(pool: &db::Pool, instance: &str) -> Result<Option<Str
 
 /// Records that an ensure of volume `id` was sent now.
 pub async fn mark_sent(pool: &db::Pool, id: &str) -> Result<(), sqlx::Error> {
-    let _turn = db::write_turn(pool).await;
-    sqlx::query("UPDATE volumes SET ensure_sent_at = $1 WHERE id = $2")
-        .bind(db::now_ms())
-        .bind(id)
-        .execute(pool)
-        .await?;
+    db::write_alone(
+        pool,
+        sqlx::query("UPDATE volumes SET ensure_sent_at = $1 WHERE id = $2").bind(db::now_ms()).bind(id),
+    )
+    .await?;
     Ok(())
 }
 
@@ -227,7 +226,7 @@ pub async fn record_report(
     target: Option<&str>,
     reason: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    let before = db::event::state_of(tx, db::event::Kind::Volume, id).await?;
+    let before = db::event::state_of(tx.conn().await?, db::event::Kind::Volume, id).await?;
     sqlx::query(
         "UPDATE volumes SET state = $1, report_gen = $2, target = $3, failure_reason = COALESCE($4, failure_reason),
              updated_at = $5 WHERE id = $6",
@@ -238,9 +237,9 @@ pub async fn record_report(
     .bind(reason)
     .bind(db::now())
     .bind(id)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
-    db::event::changed(tx, db::event::Kind::Volume, id, before.as_deref()).await
+    db::event::changed(tx.conn().await?, db::event::Kind::Volume, id, before.as_deref()).await
 }
 
 /// (id, state) of the volumes attaching to or detaching from `instance`.
@@ -249,7 +248,7 @@ pub async fn in_transit(tx: &mut db::Tx<'_>, instance: &str) -> Result<Vec<(Stri
         "SELECT id, state FROM volumes WHERE instance_id = $1 AND state IN ('attaching', 'detaching') ORDER BY id",
     )
     .bind(instance)
-    .fetch_all(&mut **tx)
+    .fetch_all(tx.conn().await?)
     .await
 }
 
@@ -272,9 +271,9 @@ pub async fn finish_transit(
     .bind(db::now())
     .bind(id)
     .bind(from)
-    .execute(&mut **tx)
+    .execute(tx.conn().await?)
     .await?;
-    db::event::changed(tx, db::event::Kind::Volume, id, Some(from)).await
+    db::event::changed(tx.conn().await?, db::event::Kind::Volume, id, Some(from)).await
 }
 
 /// (id, storage node, instance) of the volumes in a transition whose last ensure was
@@ -304,7 +303,11 @@ pub async fn on_node(pool: &db::Pool, node: &str) -> Result<Vec<(String,)>, sqlx
 /// Asks for volume `id` to be attached to `instance` once it is available (see
 /// migration 0028).
 pub async fn set_attach_to(tx: &mut db::Tx<'_>, id: &str, instance: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE volumes SET attach_to = $1 WHERE id = $2").bind(instance).bind(id).execute(&mut **tx).await?;
+    sqlx::query("UPDATE volumes SET attach_to = $1 WHERE id = $2")
+        .bind(instance)
+        .bind(id)
+        .execute(tx.conn().await?)
+        .await?;
     Ok(())
 }
 
@@ -320,12 +323,11 @@ pub async fn attach_to(pool: &db::Pool, id: &str) -> Result<Option<(String, Stri
 
 /// Clears the attach asked for volume `id` if it still names `instance`.
 pub async fn clear_attach_to(pool: &db::Pool, id: &str, instance: &str) -> Result<(), sqlx::Error> {
-    let _turn = db::write_turn(pool).await;
-    sqlx::query("UPDATE volumes SET attach_to = NULL WHERE id = $1 AND attach_to = $2")
-        .bind(id)
-        .bind(instance)
-        .execute(pool)
-        .await?;
+    db::write_alone(
+        pool,
+        sqlx::query("UPDATE volumes SET attach_to = NULL WHERE id = $1 AND attach_to = $2").bind(id).bind(instance),
+    )
+    .await?;
     Ok(())
 }
 
