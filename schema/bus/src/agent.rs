@@ -346,16 +346,21 @@ async fn report_loop(bus: Arc<dyn Transport>, cfg: Arc<AgentConfig>, sink: Repor
     let mut backoff = Duration::from_millis(50);
     let mut ack_wait = ACK_WAIT;
     loop {
-        let batch = {
-            let mut j = sink.inner.journal.lock().unwrap();
+        let (batch, syncer) = {
+            let j = sink.inner.journal.lock().unwrap();
             let b = j.batch(MAX_BATCH);
-            if !b.is_empty() {
-                if let Err(e) = j.sync() {
-                    warn!("cannot sync journal: {e}");
-                }
-            }
-            b
+            let s = if b.is_empty() { None } else { j.syncer() };
+            (b, s)
         };
+        if let Some(s) = syncer {
+            // fdatasync takes milliseconds here: not on a thread of the runtime, which the
+            // agent's other work (and in the all-in-one dcmgr's) shares.
+            match tokio::task::spawn_blocking(move || s.sync()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("cannot sync journal: {e}"),
+                Err(e) => warn!("cannot sync journal: {e}"),
+            }
+        }
         if batch.is_empty() {
             tokio::select! {
                 _ = cancel.cancelled() => return,

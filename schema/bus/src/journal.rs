@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use vdc_schema::bus::{ObjectReport, Report};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +31,21 @@ enum Line {
 // Rewrite the file once this much has been appended since the last rewrite.
 const COMPACT_BYTES: u64 = 4 << 20;
 
+/// Syncs a journal's file ([`Journal::syncer`]).
+pub struct Syncer {
+    path: PathBuf,
+    file: Arc<File>,
+}
+
+impl Syncer {
+    pub fn sync(&self) -> Result<(), JournalError> {
+        self.file.sync_data().map_err(|source| JournalError::Io { path: self.path.clone(), source })
+    }
+}
+
 pub struct Journal {
-    file: Option<(PathBuf, File)>,
+    // Shared with a [`Syncer`], which syncs it outside the journal's lock.
+    file: Option<(PathBuf, Arc<File>)>,
     pending: BTreeMap<u64, Report>,
     by_object: HashMap<String, u64>,
     next_seq: u64,
@@ -75,7 +89,7 @@ impl Journal {
             }
         }
         let file = OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
-        j.file = Some((path.to_owned(), file));
+        j.file = Some((path.to_owned(), Arc::new(file)));
         j.compact()?;
         Ok(j)
     }
@@ -103,10 +117,10 @@ impl Journal {
     }
 
     fn write(&mut self, line: &Line) -> Result<(), JournalError> {
-        if let Some((path, f)) = &mut self.file {
+        if let Some((path, f)) = &self.file {
             let mut buf = serde_json::to_vec(line).expect("journal lines serialize");
             buf.push(b'\n');
-            f.write_all(&buf).map_err(|source| JournalError::Io { path: path.clone(), source })?;
+            (&**f).write_all(&buf).map_err(|source| JournalError::Io { path: path.clone(), source })?;
             self.written += buf.len() as u64;
         }
         Ok(())
@@ -126,7 +140,7 @@ impl Journal {
     pub fn ack(&mut self, seqs: &[u64]) -> Result<(), JournalError> {
         self.remove(seqs);
         if self.pending.is_empty() {
-            if let Some((path, f)) = &mut self.file {
+            if let Some((path, f)) = &self.file {
                 f.set_len(0).map_err(|source| JournalError::Io { path: path.clone(), source })?;
                 self.written = 0;
             }
@@ -150,10 +164,14 @@ impl Journal {
 
     /// Makes everything appended so far durable.
     pub fn sync(&mut self) -> Result<(), JournalError> {
-        if let Some((path, f)) = &mut self.file {
-            f.sync_data().map_err(|source| JournalError::Io { path: path.clone(), source })?;
-        }
-        Ok(())
+        self.syncer().map_or(Ok(()), |s| s.sync())
+    }
+
+    /// What makes everything appended so far durable, to run without the journal (the
+    /// journal's lock is not held for milliseconds, nor an async runtime's thread).
+    /// `None` for a journal in memory.
+    pub fn syncer(&self) -> Option<Syncer> {
+        self.file.as_ref().map(|(path, f)| Syncer { path: path.clone(), file: f.clone() })
     }
 
     fn compact(&mut self) -> Result<(), JournalError> {
@@ -171,7 +189,7 @@ impl Journal {
         std::fs::rename(&tmp, &path).map_err(io)?;
         let file = OpenOptions::new().append(true).open(&path).map_err(io)?;
         self.written = 0;
-        self.file = Some((path, file));
+        self.file = Some((path, Arc::new(file)));
         Ok(())
     }
 }
