@@ -712,15 +712,17 @@ async fn retention(
 ) -> anyhow::Result<()> {
     let ended = (chrono::Utc::now() - chrono::Duration::days(40)).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
     let t = Instant::now();
-    let mut tx = ctx.db.begin().await?;
+    // At dcmgr's write turn: beside it, on SQLite, dcmgr's reports met a locked file for
+    // the 10 s this takes and failed.
+    let mut tx = vdc_dcmgr::datastore::begin(&ctx.db).await?;
     sqlx::query(
         "UPDATE instances SET state = 'terminated', goal = 'terminated', host_node_id = NULL, updated_at = $1 \
          WHERE id LIKE 'i-0seed%'",
     )
     .bind(&ended)
-    .execute(&mut *tx)
+    .execute(tx.conn().await?)
     .await?;
-    sqlx::query("UPDATE host_nodes SET cpus_used = 0, memory_used_mib = 0").execute(&mut *tx).await?;
+    sqlx::query("UPDATE host_nodes SET cpus_used = 0, memory_used_mib = 0").execute(tx.conn().await?).await?;
     tx.commit().await?;
     println!("terminated the {instances} seeded instances 40 days back in {:.1} s", t.elapsed().as_secs_f64());
     let list = |label: &'static str| async move {
