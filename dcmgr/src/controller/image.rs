@@ -13,11 +13,21 @@ pub async fn fetch_any(db: &db::Pool, id: &str) -> ApiResult<Image> {
 /// `node` is the agent the spec goes to: stored data comes with that node's credential
 /// for dcmgr's blob endpoint.
 pub async fn spec(ctx: &crate::ctx::Ctx, id: &str, node: &str) -> ApiResult<vdc_schema::bus::ImageSpec> {
-    let (image, kernel_id) = plain_spec(ctx, id, node).await?;
+    spec_on(ctx, &mut *ctx.db.acquire().await?, id, node).await
+}
+
+/// [`spec`], read on `conn` (an instance's ensure reads all it needs on one connection).
+pub async fn spec_on(
+    ctx: &crate::ctx::Ctx,
+    conn: &mut db::Conn,
+    id: &str,
+    node: &str,
+) -> ApiResult<vdc_schema::bus::ImageSpec> {
+    let (image, kernel_id) = plain_spec(ctx, conn, id, node).await?;
     // The kernel of a disk image booted by kernel_id: one level only (a kernel image
     // names no kernel), so no recursion.
     let kernel = match kernel_id {
-        Some(k) => Some(Box::new(plain_spec(ctx, k.as_str(), node).await?.0)),
+        Some(k) => Some(Box::new(plain_spec(ctx, conn, k.as_str(), node).await?.0)),
         None => None,
     };
     Ok(vdc_schema::bus::ImageSpec { kernel, ..image })
@@ -25,10 +35,11 @@ pub async fn spec(ctx: &crate::ctx::Ctx, id: &str, node: &str) -> ApiResult<vdc_
 
 async fn plain_spec(
     ctx: &crate::ctx::Ctx,
+    conn: &mut db::Conn,
     id: &str,
     node: &str,
 ) -> ApiResult<(vdc_schema::bus::ImageSpec, Option<vdc_schema::id::ImageId>)> {
-    let row = store::get(&ctx.db, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
+    let row = store::get(&mut *conn, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
     let blob = match (&row.blob, row.size_bytes) {
         (Some(sha), Some(size)) => Some(vdc_schema::bus::BlobRef {
             sha256: sha.clone(),

@@ -18,7 +18,17 @@ use vdc_schema::{DesiredPower, InstanceGoal, InstanceState, ObservedInstance};
 
 /// Builds the spec of one instance from the model and sends it to its host.
 pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
-    let Some(row) = store::get(&ctx.db, id).await? else { return Ok(()) };
+    // What the ensure needs is read on one connection (each taken from the pool and
+    // returned costs a round trip to its thread), let go before anything is sent.
+    let (row, spec) = {
+        let mut conn = ctx.db.acquire().await?;
+        let Some(row) = store::get(&mut *conn, id).await? else { return Ok(()) };
+        let sends_spec = !matches!(row.state()?, InstanceState::Terminated | InstanceState::Capturing)
+            && row.host_node_id.is_some()
+            && row.goal()? != InstanceGoal::Terminated;
+        let spec = if sends_spec { Some(build_spec(ctx, &mut conn, &row, row.goal()?).await?) } else { None };
+        (row, spec)
+    };
     if row.state()? == InstanceState::Terminated {
         // Terminated without a host (it was stopped): its last host may still keep the
         // powered-off guest and its disk.
@@ -33,15 +43,13 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
     }
     let Some(host) = row.host_node_id.clone() else { return Ok(()) };
     let hva = vdc_bus::HvaClient { bus: ctx.bus.clone(), node_id: host.parse().map_err(Error::model)? };
-    let goal = row.goal()?;
-    if goal == InstanceGoal::Terminated {
-        hva.ensure_instance_absent(row.id.parse().map_err(Error::model)?, row.spec_gen as u64).await?;
-    } else {
-        let spec = build_spec(ctx, &row, goal).await?;
+    if let Some(spec) = spec {
         hva.ensure_instance(spec).await?;
         if row.state()? == InstanceState::Running {
             live_capture(ctx, &row, &hva).await?;
         }
+    } else {
+        hva.ensure_instance_absent(row.id.parse().map_err(Error::model)?, row.spec_gen as u64).await?;
     }
     if let Some(obs) = &ctx.ensure_observer {
         obs(id);
@@ -83,14 +91,20 @@ async fn capture_spec(ctx: &SharedCtx, row: &store::Row, host: &str) -> Result<O
     }))
 }
 
-async fn build_spec(ctx: &SharedCtx, row: &store::Row, goal: InstanceGoal) -> Result<InstanceSpec> {
-    let image = image::spec(ctx, &row.image_id, row.host_node_id.as_deref().unwrap_or_default()).await?;
-    let nics = store::nics(&ctx.db, &row.id).await?.into_iter().map(store::Nic::into_spec).collect::<ApiResult<_>>()?;
+async fn build_spec(
+    ctx: &SharedCtx,
+    conn: &mut db::Conn,
+    row: &store::Row,
+    goal: InstanceGoal,
+) -> Result<InstanceSpec> {
+    let image = image::spec_on(ctx, conn, &row.image_id, row.host_node_id.as_deref().unwrap_or_default()).await?;
+    let nics =
+        store::nics(&mut *conn, &row.id).await?.into_iter().map(store::Nic::into_spec).collect::<ApiResult<_>>()?;
     let mut ssh_public_keys = vec![];
     if let Some(k) = &row.ssh_key_id {
-        ssh_public_keys.extend(crate::datastore::keypair::public_key(&ctx.db, k).await?);
+        ssh_public_keys.extend(crate::datastore::keypair::public_key(&mut *conn, k).await?);
     }
-    let vols = store::volume_targets(&ctx.db, &row.id).await?;
+    let vols = store::volume_targets(&mut *conn, &row.id).await?;
     // A volume is exported to the host its instance is on now (none while stopped): let
     // sta catch up with every placement and power change. Idempotent; the loop ends
     // because a report re-dispatches the instance only when the target changes.

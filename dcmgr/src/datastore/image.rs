@@ -141,8 +141,8 @@ pub async fn get_owned(pool: &db::Pool, account: &AccountId, id: &ImageId) -> Re
 }
 
 /// Any image by ID.
-pub async fn get(pool: &db::Pool, id: &str) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1")).bind(id).fetch_optional(pool).await
+pub async fn get<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &str) -> Result<Option<Row>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1")).bind(id).fetch_optional(db).await
 }
 
 /// The account that owns image `id`.

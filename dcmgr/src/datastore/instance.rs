@@ -453,23 +453,26 @@ impl Nic {
     }
 }
 
-pub async fn nics(pool: &db::Pool, id: &str) -> Result<Vec<Nic>, sqlx::Error> {
+pub async fn nics<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &str) -> Result<Vec<Nic>, sqlx::Error> {
     sqlx::query_as(
         "SELECT v.id, v.network_id, v.mac, v.ip, n.cidr, n.gateway, n.vni FROM vifs v JOIN networks n ON n.id = v.network_id
          WHERE v.instance_id = $1 ORDER BY v.position",
     )
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// (volume, export target JSON) of the volumes the instance's guest should have.
-pub async fn volume_targets(pool: &db::Pool, id: &str) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+pub async fn volume_targets<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    id: &str,
+) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, target FROM volumes WHERE instance_id = $1 AND state IN ('attaching', 'attached') ORDER BY id",
     )
     .bind(id)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
