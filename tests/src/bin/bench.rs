@@ -62,6 +62,10 @@ struct Args {
     /// dcmgr is measured on.
     #[arg(long)]
     journals_in_memory: bool,
+    /// The throughput creates come from this many accounts in turn (an account's creates
+    /// lock its row, for its quotas).
+    #[arg(long, default_value_t = 1)]
+    accounts: usize,
     /// The large site's simulated agents run in this many processes over NATS.
     #[arg(long, default_value_t = 4)]
     agent_processes: usize,
@@ -224,7 +228,7 @@ async fn sequential_creates(
 /// Creates `n` instances, 32 in flight: their IDs, and the seconds until every one's
 /// ensure was sent.
 async fn concurrent_creates(
-    c: &vdc_cli::client::Client,
+    clients: &[vdc_cli::client::Client],
     img: &vdc_schema::ImageId,
     sent: &Sent,
     n: usize,
@@ -232,8 +236,8 @@ async fn concurrent_creates(
     let t0 = Instant::now();
     let sem = Arc::new(tokio::sync::Semaphore::new(32));
     let mut tasks = Vec::new();
-    for _ in 0..n {
-        let (c, img, sem) = (c.clone(), img.clone(), sem.clone());
+    for i in 0..n {
+        let (c, img, sem) = (clients[i % clients.len()].clone(), img.clone(), sem.clone());
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await.unwrap();
             c.create_instance(&create_req(&img)).await.map(|a| a.resource.id.to_string())
@@ -400,12 +404,18 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. throughput: creates accepted, placed and ensured per second.
     let t0 = Instant::now();
-    let (ids, secs) = concurrent_creates(&c, &stack.image, &sent, args.throughput_creates).await?;
+    let mut clients = vec![c.clone()];
+    for i in 1..args.accounts.max(1) {
+        clients.push(stack.account(&format!("bench{i}")).await);
+    }
+    let (ids, secs) = concurrent_creates(&clients, &stack.image, &sent, args.throughput_creates).await?;
     println!(
-        "creates accepted+placed+ensured: {} in {:.2} s = {:.0}/s (32 in flight)",
+        "creates accepted+placed+ensured: {} in {:.2} s = {:.0}/s (32 in flight, {} account{})",
         args.throughput_creates,
         secs,
-        args.throughput_creates as f64 / secs
+        args.throughput_creates as f64 / secs,
+        clients.len(),
+        if clients.len() == 1 { "" } else { "s" }
     );
     // The same creates until the agents' reports of them are applied: a rate of ensures
     // sent bought by reports left waiting would show here.
@@ -691,7 +701,7 @@ async fn large_site(stack: &Stack, c: &vdc_cli::client::Client, sent: &Sent, ins
     // Creates placed among them, one at a time, then 32 in flight.
     let lat = sequential_creates(c, &stack.image, sent, 100).await?;
     println!("create → ensure sent (100 sequential): p50 {:.2} ms, p99 {:.2} ms", ms(&lat, 0.5), ms(&lat, 0.99));
-    let (_, secs) = concurrent_creates(c, &stack.image, sent, 1000).await?;
+    let (_, secs) = concurrent_creates(std::slice::from_ref(c), &stack.image, sent, 1000).await?;
     println!("creates accepted+placed+ensured: 1000 = {:.0}/s (32 in flight)", 1000.0 / secs);
 
     // Heartbeats held: every agent still online after all that, and now.
