@@ -1192,3 +1192,38 @@ async fn addresses_run_out_exactly(db: Db) {
     }
     s.stop().await;
 }
+
+/// On PostgreSQL creates lock the image they boot only against its deletion
+/// (`db::lock_referred`, a share lock): two hold it at once, where each waited for the
+/// one before it to commit; a delete's lock waits for both. (On SQLite every write
+/// transaction takes its turn at the one writer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creates_share_their_image_until_it_is_deleted_postgres() {
+    use vdc_dcmgr::datastore::{self as db, Lock};
+    vdc_tests::init_logging();
+    let s = Stack::start(stack(Db::Postgres)).await;
+    let pool = s.dcmgr().ctx.db.clone();
+    let img = s.image.to_string();
+    let mut one = db::begin(&pool).await.unwrap();
+    assert!(db::lock_referred(&mut one, Lock::Image, &img).await.unwrap());
+    let mut two = db::begin(&pool).await.unwrap();
+    let shared = tokio::time::timeout(Duration::from_secs(5), db::lock_referred(&mut two, Lock::Image, &img)).await;
+    assert!(shared.expect("a second create waited for the first").unwrap());
+    let delete = tokio::spawn({
+        let (pool, img) = (pool.clone(), img.clone());
+        async move {
+            let mut tx = db::begin(&pool).await.unwrap();
+            let found = db::lock(&mut tx, Lock::Image, &img).await.unwrap();
+            tx.rollback().await.unwrap();
+            found
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!delete.is_finished(), "a delete's lock did not wait for the creates");
+    one.commit().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!delete.is_finished(), "a delete's lock did not wait for the second create");
+    two.commit().await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(5), delete).await.unwrap().unwrap());
+    s.stop().await;
+}

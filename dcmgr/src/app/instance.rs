@@ -308,11 +308,11 @@ async fn insert(
     let host = scheduler::reserve_later(ctx, tx, p.demand, &candidates).await?;
     // What the instance refers to must still exist at commit: a concurrent delete of any
     // of them locks the same row and then sees this instance (or finds the row gone).
-    if !db::lock(tx, db::Lock::Image, p.image.id.as_str()).await? {
+    if !db::lock_referred(tx, db::Lock::Image, p.image.id.as_str()).await? {
         return Err(ApiError::not_found("image", &p.image.id));
     }
     if let Some(k) = &p.ssh_key {
-        if !db::lock(tx, db::Lock::KeyPair, k.as_str()).await? {
+        if !db::lock_referred(tx, db::Lock::KeyPair, k.as_str()).await? {
             return Err(ApiError::not_found("key pair", k));
         }
     }

@@ -863,6 +863,30 @@ pub async fn lock(tx: &mut Tx<'_>, what: Lock, id: &str) -> Result<bool, sqlx::E
     Ok(found)
 }
 
+/// Locks row `id` of `what` against its deletion until the transaction ends, for a new
+/// row that refers to it. On PostgreSQL a share lock: creates from one image (or with
+/// one key pair) took its row's exclusive lock, so each waited for the one before it to
+/// commit; a delete's lock ([`lock`]) still waits for them, and then sees what they made.
+/// On SQLite [`lock`] (one writer).
+pub async fn lock_referred(tx: &mut Tx<'_>, what: Lock, id: &str) -> Result<bool, sqlx::Error> {
+    let (table, shared, sql) = match what {
+        Lock::Image => ("images", "images, shared", "SELECT 1 FROM images WHERE id = $1 FOR SHARE"),
+        Lock::KeyPair => ("keypairs", "keypairs, shared", "SELECT 1 FROM keypairs WHERE id = $1 FOR SHARE"),
+        _ => return lock(tx, what, id).await,
+    };
+    if tx.sqlite() {
+        return lock(tx, what, id).await;
+    }
+    if tx.holds(table, id) || tx.holds(shared, id) {
+        return Ok(true);
+    }
+    let found = !tx.fetch::<(i64,)>(Write::new(sql).bind(id)).await?.is_empty();
+    if found {
+        tx.held(shared, id);
+    }
+    Ok(found)
+}
+
 /// A time as stored (see [`now`]).
 pub fn time(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
