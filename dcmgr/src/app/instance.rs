@@ -355,7 +355,7 @@ async fn insert(
     for (pos, planned) in p.interfaces.iter().enumerate() {
         interfaces.push(interface::insert(tx, &caller.account_id, &id, pos, planned, true).await?);
     }
-    let job = job::start_first_later(tx, &caller.account_id, "instance.create", id.as_str(), "running").await?;
+    let job = job::start_first(tx, &caller.account_id, "instance.create", id.as_str(), "running").await?;
     let t = db::parse_time(&now);
     let instance = Instance {
         id,

@@ -82,7 +82,6 @@ pub async fn enforce(
     if asks.iter().all(|(k, _)| limits.get(k).is_none_or(Option::is_none)) {
         return Ok(());
     }
-    tx.flush().await?;
     let used = store::usage(tx.conn().await?, account).await?;
     decide(&limits, &used, asks)
 }

@@ -184,8 +184,7 @@ pub async fn lock_group(
         rank_now(ctx, None, &mut ranked);
         return Ok(ranked);
     };
-    // The members placed before this one in `tx` are counted.
-    tx.flush().await?;
+    // The members placed before this one in `tx` are counted (the lock sends them).
     if !crate::datastore::server_group::lock(tx, &g.id).await? {
         return Err(ApiError::not_found("server group", &g.id));
     }

@@ -247,12 +247,6 @@ async fn fold(
         failure: failure.as_deref(),
         release_host: out.release_host,
     };
-    let releases = out.release_host || out.state == InstanceState::Terminated;
-    if releases || volumes_in_transit {
-        // What follows reads and writes on the connection itself, after the writes of
-        // the reports before this one in `tx`.
-        tx.flush().await?;
-    }
     // The networks it leaves the host on (read before a terminate removes its interfaces).
     let leaves =
         if out.release_host { crate::datastore::interface::networks_of_instance(tx, &row.id).await? } else { vec![] };
@@ -264,10 +258,7 @@ async fn fold(
     } else {
         // Running, it has also done the reboots asked up to the one it reports.
         let rebooted = (out.state == InstanceState::Running).then_some(r.reboot_gen);
-        job::finish_reached_later(tx, &row.id, out.state.as_str(), rebooted).await?;
-    }
-    if releases || volumes_in_transit {
-        tx.flush().await?;
+        job::finish_reached(tx, &row.id, out.state.as_str(), rebooted).await?;
     }
     if out.release_host {
         crate::datastore::host::release(tx, node, row.cpus, row.memory_mib).await?;

@@ -203,8 +203,8 @@ pub async fn apply_in(
     gen: u64,
     r: &InterfaceReport,
 ) -> Result<ReportAfter, sqlx::Error> {
-    // Sharing `tx` with instance reports, whose writes may wait (`db::Tx::later`).
-    tx.flush().await?;
+    // Sharing `tx` with instance reports, whose writes may wait (`db::Tx::later`):
+    // `conn` sends them first.
     let w = store::whereabouts(tx.conn().await?, r.id.as_str()).await?;
     match on_report(w.as_ref(), node, r) {
         ReportAfter::Record => {

@@ -49,8 +49,8 @@ pub async fn start(
     .bind(db::now())
     .bind(format!("superseded by {id} ({action})"))
     .bind(resource_id);
-    end_jobs(tx, w, false).await?;
-    insert(tx, id, account, action, resource_id, target, None, false).await
+    end_jobs(tx, w).await?;
+    insert(tx, id, account, action, resource_id, target, None).await
 }
 
 /// The first job of a resource just inserted in `tx`: nothing to supersede, so no
@@ -62,19 +62,7 @@ pub async fn start_first(
     resource_id: &str,
     target: &str,
 ) -> Result<Job, sqlx::Error> {
-    insert(tx, JobId::generate(), account, action, resource_id, target, None, false).await
-}
-
-/// As [`start_first`], the row sent with the transaction's next round trip
-/// ([`db::Tx::later`]).
-pub async fn start_first_later(
-    tx: &mut db::Tx<'_>,
-    account: &AccountId,
-    action: &str,
-    resource_id: &str,
-    target: &str,
-) -> Result<Job, sqlx::Error> {
-    insert(tx, JobId::generate(), account, action, resource_id, target, None, true).await
+    insert(tx, JobId::generate(), account, action, resource_id, target, None).await
 }
 
 /// A job that is already done: the request asked for what already is (or is already
@@ -86,11 +74,11 @@ pub async fn done(
     resource_id: &str,
     msg: &str,
 ) -> Result<Job, sqlx::Error> {
-    insert(tx, JobId::generate(), account, action, resource_id, "", Some(msg), false).await
+    insert(tx, JobId::generate(), account, action, resource_id, "", Some(msg)).await
 }
 
-/// Inserts a job: running, or (with `done_msg`) already succeeded; `later` as
-/// [`db::Tx::later`].
+/// Inserts a job: running, or (with `done_msg`) already succeeded. The row is sent
+/// later ([`db::Tx::later`]): anything run on the connection sends it first.
 #[allow(clippy::too_many_arguments)]
 async fn insert(
     tx: &mut db::Tx<'_>,
@@ -100,7 +88,6 @@ async fn insert(
     resource_id: &str,
     target: &str,
     done_msg: Option<&str>,
-    later: bool,
 ) -> Result<Job, sqlx::Error> {
     let now = db::now();
     let state = if done_msg.is_some() { JobState::Succeeded } else { JobState::Running };
@@ -115,11 +102,7 @@ async fn insert(
         .bind(finished.clone())
         .bind(account.as_str())
         .bind(target);
-    if later {
-        tx.later(w).await?;
-    } else {
-        tx.run(w).await?;
-    }
+    tx.later(w).await?;
     db::event::record_at_commit(tx, db::event::Kind::Job, id.as_str(), db::event::Change::Created).await?;
     Ok(Job {
         id,
@@ -143,12 +126,12 @@ pub async fn finish(db: &mut db::Tx<'_>, resource_id: &str, target: &str) -> Res
 
 /// Ends jobs with `w` (an `UPDATE` of jobs setting their state) and records their events.
 /// On SQLite a trigger notes the jobs it ended for the commit to write their events
-/// (`db::ENDED_JOBS`), so with `later` the update is sent later
-/// ([`db::Tx::later`]); PostgreSQL returns their IDs and records them at once.
-async fn end_jobs(tx: &mut db::Tx<'_>, w: db::Write, later: bool) -> Result<(), sqlx::Error> {
+/// (`db::ENDED_JOBS`), so the update is sent later ([`db::Tx::later`]); PostgreSQL
+/// returns their IDs and records them at once.
+async fn end_jobs(tx: &mut db::Tx<'_>, w: db::Write) -> Result<(), sqlx::Error> {
     if tx.sqlite() {
         tx.jobs_ended = true;
-        return if later { tx.later(w).await } else { tx.run(w).await };
+        return tx.later(w).await;
     }
     let ended: Vec<(String,)> = tx.fetch(w.append(" RETURNING id")).await?;
     for (id,) in ended {
@@ -165,7 +148,7 @@ pub async fn fail_all(db: &mut db::Tx<'_>, resource_id: &str, message: &str) -> 
     .bind(message)
     .bind(db::now())
     .bind(resource_id);
-    end_jobs(db, w, false).await
+    end_jobs(db, w).await
 }
 
 /// Ends the running jobs of `resource_id` that reached `state`, and with `rebooted`
@@ -177,18 +160,7 @@ pub async fn finish_reached(
     state: &str,
     rebooted: Option<u64>,
 ) -> Result<(), sqlx::Error> {
-    end_jobs(db, reached(resource_id, state, rebooted), false).await
-}
-
-/// As [`finish_reached`], sent with the transaction's next round trip on SQLite
-/// ([`db::Tx::later`]).
-pub async fn finish_reached_later(
-    db: &mut db::Tx<'_>,
-    resource_id: &str,
-    state: &str,
-    rebooted: Option<u64>,
-) -> Result<(), sqlx::Error> {
-    end_jobs(db, reached(resource_id, state, rebooted), true).await
+    end_jobs(db, reached(resource_id, state, rebooted)).await
 }
 
 fn reached(resource_id: &str, state: &str, rebooted: Option<u64>) -> db::Write {

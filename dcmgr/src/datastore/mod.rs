@@ -253,8 +253,8 @@ impl Tx<'_> {
     /// A write whose only answer is whether it worked: on SQLite sent with the next
     /// [`Tx::fetch`], savepoint or commit, in the same round trip (each statement is one
     /// to the writer's thread, 45 µs here, and the next transaction waits behind it). At
-    /// once on PostgreSQL, which takes one statement per command. Until then nothing may
-    /// be run on the connection itself: what it runs would not see these writes.
+    /// once on PostgreSQL, which takes one statement per command. [`Tx::conn`] sends them
+    /// before anything runs on the connection itself.
     pub async fn later(&mut self, w: Write) -> Result<(), sqlx::Error> {
         if self.sqlite() {
             self.pending.push(w);
@@ -1114,7 +1114,7 @@ mod tests {
         let two = job::start_first(&mut tx, &account, "instance.create", "i-2", "running").await.unwrap();
         tx.commit().await.unwrap();
         let mut tx = begin(&pool).await.unwrap();
-        job::finish_reached_later(&mut tx, "i-1", "running", None).await.unwrap();
+        job::finish_reached(&mut tx, "i-1", "running", None).await.unwrap();
         let mut sp = tx.savepoint().await.unwrap();
         job::fail_all(&mut tx, "i-2", "undone").await.unwrap();
         tx.rollback_to(&mut sp).await.unwrap();

@@ -23,7 +23,6 @@ pub async fn set_for_locked(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<
     if let Some((_, own)) = tx.quotas.iter().find(|(a, _)| a == account.as_str()) {
         return Ok(own.clone());
     }
-    tx.flush().await?;
     let own = set_for(tx.conn().await?, account).await?;
     tx.quotas.push((account.to_string(), own.clone()));
     Ok(own)
