@@ -34,6 +34,9 @@ pub struct Hub {
     /// reads (another dcmgr's changes among them): what the read model checks its copies
     /// against (`app::views`).
     generation: AtomicU64,
+    /// Moves at every batch of events the pump reads with an image's among them: what
+    /// the read model checks its copies of images against.
+    images: AtomicU64,
     /// Ends every stream when dcmgr stops (the HTTP server waits for open responses).
     shutdown: CancellationToken,
 }
@@ -45,6 +48,7 @@ impl Hub {
             tx: broadcast::channel(256).0,
             head: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            images: AtomicU64::new(0),
             shutdown,
         }
     }
@@ -65,6 +69,18 @@ impl Hub {
     /// The change generation: read it before reading SQL for a copy to keep.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+
+    /// As [`Hub::wake`] after a commit that changed an image as others may see it (its
+    /// shares, its size, the image gone): this process's copies of images go at once.
+    pub fn images_changed(&self) {
+        self.images.fetch_add(1, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// The image generation: read it before reading an image from SQL for a copy to keep.
+    pub fn image_generation(&self) -> u64 {
+        self.images.load(Ordering::SeqCst)
     }
 }
 
@@ -99,6 +115,9 @@ pub async fn pump(ctx: SharedCtx, cancel: CancellationToken) {
             let Some(last) = batch.last() else { break };
             head = last.seq;
             ctx.events.generation.fetch_add(1, Ordering::SeqCst);
+            if batch.iter().any(|e| e.kind == db::event::Kind::Image.as_str()) {
+                ctx.events.images.fetch_add(1, Ordering::SeqCst);
+            }
             let full = batch.len() as i64 == PAGE;
             ctx.events.head.store(head, Ordering::Release);
             // No receiver is not an error: nobody is listening.

@@ -4,6 +4,7 @@ use crate::app::{check_name_free, name_some, page, paging, quota, validate_name}
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, image as store};
 use crate::error::{ApiError, ApiResult};
+use std::sync::Arc;
 use vdc_schema::api::{CreateImage, Image, ImageMembers, ListQuery, Page, QuotaKey};
 use vdc_schema::id::{AccountId, ImageId};
 use vdc_schema::{BootMode, HypervisorKind, ImageFormat, ImageState};
@@ -396,7 +397,7 @@ async fn delete_holding(
             _ => None,
         };
         tx.commit().await?;
-        ctx.events.wake();
+        ctx.events.images_changed();
         Ok(Ok(unused))
     })
     .await
@@ -404,6 +405,10 @@ async fn delete_holding(
 
 /// An image the caller may boot or copy into a volume: visible and `available`.
 pub async fn fetch_usable(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<Image> {
+    let (gen, account) = (ctx.events.image_generation(), caller.account_id.as_str());
+    if let Some(i) = ctx.views.image(gen, account, id.as_str()) {
+        return Ok(Image::clone(&i));
+    }
     let image = fetch_visible(ctx, caller, id).await?;
     if image.state != ImageState::Available {
         return Err(ApiError::conflict(
@@ -419,6 +424,7 @@ pub async fn fetch_usable(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> Api
             ),
         ));
     }
+    ctx.views.put_image(gen, account, id.as_str(), Arc::new(image.clone()));
     Ok(image)
 }
 
@@ -696,7 +702,10 @@ pub async fn read_missing_disk_sizes(ctx: &SharedCtx) -> ApiResult<()> {
                 .ok_or_else(|| std::io::Error::other("not a disk"))
         };
         match read.await {
-            Ok(size) => store::set_disk_size(&ctx.db, &id, size).await?,
+            Ok(size) => {
+                store::set_disk_size(&ctx.db, &id, size).await?;
+                ctx.events.images_changed();
+            }
             Err(e) => tracing::warn!(image = %id, error = %e, "cannot read the disk size of a stored image"),
         }
     }
@@ -769,7 +778,7 @@ pub async fn set_member(
         };
         let members = store::members(&mut tx, id).await?;
         tx.commit().await?;
-        ctx.events.wake();
+        ctx.events.images_changed();
         Ok((into_members(id, members)?, changed))
     })
     .await

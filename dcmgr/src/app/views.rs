@@ -22,12 +22,13 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vdc_schema::api::{Instance, Page};
+use vdc_schema::api::{Image, Instance, Page};
 
 /// The oldest an entry may be when it is served.
 pub const TTL: Duration = Duration::from_secs(1);
 pub const MAX_INSTANCES: usize = 65_536;
 pub const MAX_LISTS: usize = 64;
+pub const MAX_IMAGES: usize = 4096;
 
 /// A list call: its account and every parameter that shapes the page.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,9 +73,26 @@ impl Inner {
     }
 }
 
+/// Images as an account may boot them ([`Views::image`]), with their own generation.
+#[derive(Default)]
+struct Images {
+    gen: u64,
+    /// (account, image ID) → the image
+    held: HashMap<(String, String), Entry<Image>>,
+}
+
 #[derive(Default)]
 pub struct Views {
     inner: Mutex<Inner>,
+    /// Every create reads its image, and images rarely change: these are kept at the
+    /// image generation ([`crate::app::event::Hub::image_generation`]), which moves only
+    /// when the event pump reads an image's event (every change of an image, or of the
+    /// accounts it is shared with, records one), so the creates and reports that move
+    /// the instances' generation leave them current. A change is seen once the pump has
+    /// read it: woken by the commit here, within its poll from another dcmgr. A create
+    /// that used an image deleted meanwhile is still refused: its transaction locks the
+    /// image's row.
+    images: Mutex<Images>,
     /// Lookups answered from memory, and not (for `/metrics`).
     hits: AtomicU64,
     misses: AtomicU64,
@@ -113,6 +131,31 @@ impl Views {
             inner.instances.clear();
         }
         inner.instances.insert(id.to_owned(), (account.to_owned(), Entry { at: Instant::now(), value }));
+    }
+
+    /// Image `id` as `account` may see it, if held and current at image generation `gen`.
+    /// Not counted in [`Views::reads`], which `/metrics` shows as instance reads.
+    pub fn image(&self, gen: u64, account: &str, id: &str) -> Option<Arc<Image>> {
+        let images = self.images.lock().expect("views lock");
+        let key = (account.to_owned(), id.to_owned());
+        images.held.get(&key).filter(|_| images.gen == gen).and_then(|e| e.fresh())
+    }
+
+    /// Keeps what SQL answered for image `id` as `account` sees it; `gen` is the image
+    /// generation read before that SQL read began.
+    pub fn put_image(&self, gen: u64, account: &str, id: &str, value: Arc<Image>) {
+        let mut images = self.images.lock().expect("views lock");
+        if gen > images.gen {
+            images.held.clear();
+            images.gen = gen;
+        }
+        if gen != images.gen {
+            return;
+        }
+        if images.held.len() >= MAX_IMAGES {
+            images.held.clear();
+        }
+        images.held.insert((account.to_owned(), id.to_owned()), Entry { at: Instant::now(), value });
     }
 
     pub fn list(&self, gen: u64, key: &ListKey) -> Option<Arc<Page<Instance>>> {
@@ -171,6 +214,34 @@ mod tests {
         v.put_instance(6, "acc-a", "i-3", instance());
         assert!(v.list(5, &key).is_none() && v.instance(5, "acc-a", "i-2").is_none());
         assert_eq!(v.reads(), (3, 8), "lookups answered from memory, and not");
+    }
+
+    #[test]
+    fn images_are_kept_per_account_at_their_own_generation() {
+        let image: Arc<Image> = Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "id": "img-1m8s7q6ww001y2n", "name": "tiny", "format": "raw", "arch": "x86_64",
+                "hypervisors": ["qemu"], "source": "", "checksum": null, "state": "available",
+                "failure_reason": null, "size_bytes": null, "initrd": null, "kernel_cmdline": null,
+                "kernel_id": null, "min_disk": null, "min_memory": null, "os": null, "public": false,
+                "created_at": "2026-12-01T00:00:00Z"
+            }))
+            .expect("an image"),
+        );
+        let v = Views::default();
+        v.put_image(2, "acc-a", "img-1", image.clone());
+        assert!(v.image(2, "acc-a", "img-1").is_some());
+        assert!(v.image(2, "acc-b", "img-1").is_none(), "kept for the account that read it only");
+        // The instances' generation does not touch images; an image change hides them.
+        v.put_instance(9, "acc-a", "i-1", instance());
+        assert!(v.image(2, "acc-a", "img-1").is_some());
+        assert!(v.image(3, "acc-a", "img-1").is_none());
+        // A read that began before the newest image change is not kept.
+        v.put_image(3, "acc-b", "img-1", image.clone());
+        v.put_image(2, "acc-a", "img-1", image.clone());
+        assert!(v.image(2, "acc-a", "img-1").is_none() && v.image(3, "acc-b", "img-1").is_some());
+        v.images.lock().unwrap().held.values_mut().for_each(|e| e.at -= TTL);
+        assert!(v.image(3, "acc-b", "img-1").is_none(), "an entry older than the TTL is read again");
     }
 
     #[test]

@@ -240,13 +240,19 @@ pub async fn without_disk_size(pool: &db::Pool) -> Result<Vec<(String, String)>,
     .await
 }
 
+/// Every change of an image records an event, its size too: the read model keeps images
+/// until an image event arrives (`app::views`).
 pub async fn set_disk_size(pool: &db::Pool, id: &str, virtual_size: u64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE images SET virtual_size = $2 WHERE id = $1 AND virtual_size IS NULL")
+    let mut tx = db::begin(pool).await?;
+    let r = sqlx::query("UPDATE images SET virtual_size = $2 WHERE id = $1 AND virtual_size IS NULL")
         .bind(id)
         .bind(virtual_size as i64)
-        .execute(pool)
+        .execute(tx.conn().await?)
         .await?;
-    Ok(())
+    if r.rows_affected() > 0 {
+        db::event::record(tx.conn().await?, db::event::Kind::Image, id, db::event::Change::Updated).await?;
+    }
+    tx.commit().await
 }
 
 /// A pending image's data was refused.
@@ -289,7 +295,8 @@ pub async fn add_member(tx: &mut db::Tx<'_>, id: &ImageId, account: &str) -> Res
         .bind(account)
         .execute(tx.conn().await?)
         .await?;
-    Ok(())
+    // Who may boot it changed: the read model's copies go (`app::views`).
+    db::event::record(tx.conn().await?, db::event::Kind::Image, id.as_str(), db::event::Change::Updated).await
 }
 
 /// Whether the share existed.
@@ -299,7 +306,11 @@ pub async fn remove_member(tx: &mut db::Tx<'_>, id: &ImageId, account: &str) -> 
         .bind(account)
         .execute(tx.conn().await?)
         .await?;
-    Ok(r.rows_affected() > 0)
+    if r.rows_affected() == 0 {
+        return Ok(false);
+    }
+    db::event::record(tx.conn().await?, db::event::Kind::Image, id.as_str(), db::event::Change::Updated).await?;
+    Ok(true)
 }
 
 /// [`set_failed`] inside a decision's transaction.
