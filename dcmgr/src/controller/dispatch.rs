@@ -6,6 +6,7 @@ use crate::controller::{instance, interface, snapshot, volume};
 use crate::controller::{Error, Result};
 use crate::ctx::{SharedCtx, Work};
 use crate::datastore::{interface as ifstore, snapshot as snapshots, volume as volumes};
+use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -45,7 +46,8 @@ pub fn spawn(
 /// with the ensure so the agent logs under the same IDs.
 async fn traced(ctx: &SharedCtx, w: &Work) -> Result<()> {
     let resource = match w {
-        Work::Instance(id) => id.to_string(),
+        // Reads its job with the rest of its ensure, on one connection, and traces itself.
+        Work::Instance(id) => return instance::dispatch(ctx, id.as_str()).await,
         Work::Interface(id) | Work::UnplugInterface(id, _, _) => id.to_string(),
         Work::Volume(id) => id.to_string(),
         Work::Snapshot(id) => id.to_string(),
@@ -53,14 +55,20 @@ async fn traced(ctx: &SharedCtx, w: &Work) -> Result<()> {
         Work::NodeSync(_, node) => node.clone(),
     };
     let job = crate::datastore::job::running_of(&ctx.db, &resource).await?;
+    in_trace(resource, job, handle(ctx, w)).await
+}
+
+/// Runs `f` in the span of `resource` and its running `job`, both carried with what it
+/// sends on the bus.
+pub(super) async fn in_trace<T>(resource: String, job: Option<String>, f: impl Future<Output = T>) -> T {
     let span = tracing::info_span!("dispatch", resource = %resource, job = job.as_deref().unwrap_or(""));
     let trace = vdc_schema::bus::Trace { resource, job };
-    tracing::Instrument::instrument(vdc_bus::with_trace(trace, handle(ctx, w)), span).await
+    tracing::Instrument::instrument(vdc_bus::with_trace(trace, f), span).await
 }
 
 async fn handle(ctx: &SharedCtx, w: &Work) -> Result<()> {
     match w {
-        Work::Instance(id) => instance::dispatch(ctx, id.as_str()).await,
+        Work::Instance(_) => unreachable!("an instance's ensure is traced by its dispatch"),
         Work::Interface(id) => Ok(interface::dispatch(ctx, id.as_str()).await?),
         Work::Volume(id) => Ok(volume::dispatch(ctx, id.as_str()).await?),
         Work::Snapshot(id) => Ok(snapshot::dispatch(ctx, id.as_str()).await?),

@@ -20,15 +20,21 @@ use vdc_schema::{DesiredPower, InstanceGoal, InstanceState, ObservedInstance};
 pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
     // What the ensure needs is read on one connection (each taken from the pool and
     // returned costs a round trip to its thread), let go before anything is sent.
-    let (row, spec) = {
+    let (row, spec, job) = {
         let mut conn = ctx.db.acquire().await?;
+        let job = crate::datastore::job::running_of(&mut *conn, id).await?;
         let Some(row) = store::get(&mut *conn, id).await? else { return Ok(()) };
         let sends_spec = !matches!(row.state()?, InstanceState::Terminated | InstanceState::Capturing)
             && row.host_node_id.is_some()
             && row.goal()? != InstanceGoal::Terminated;
         let spec = if sends_spec { Some(build_spec(ctx, &mut conn, &row, row.goal()?).await?) } else { None };
-        (row, spec)
+        (row, spec, job)
     };
+    super::dispatch::in_trace(id.to_owned(), job, send(ctx, id, row, spec)).await
+}
+
+/// Sends what [`dispatch`] read.
+async fn send(ctx: &SharedCtx, id: &str, row: store::Row, spec: Option<InstanceSpec>) -> Result<()> {
     if row.state()? == InstanceState::Terminated {
         // Terminated without a host (it was stopped): its last host may still keep the
         // powered-off guest and its disk.

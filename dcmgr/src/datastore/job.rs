@@ -207,11 +207,14 @@ pub async fn get_own(pool: &db::Pool, account: &AccountId, id: &JobId) -> Result
 }
 
 /// The newest running job of a resource, if any (its ID travels with the ensure).
-pub async fn running_of(pool: &db::Pool, resource_id: &str) -> Result<Option<String>, sqlx::Error> {
+pub async fn running_of<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    resource_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
     let r: Option<(String,)> =
         sqlx::query_as("SELECT id FROM jobs WHERE resource_id = $1 AND state = 'running' ORDER BY id DESC LIMIT 1")
             .bind(resource_id)
-            .fetch_optional(pool)
+            .fetch_optional(db)
             .await?;
     Ok(r.map(|r| r.0))
 }
