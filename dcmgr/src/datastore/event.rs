@@ -293,21 +293,23 @@ impl Row {
 /// had been returned before): see the module comment.
 pub async fn after(pool: &db::Pool, account: Option<&str>, after: u64, limit: i64) -> Result<Vec<Event>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let pg = is_postgres(&conn);
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    if pg {
-        sqlx::query("LOCK TABLE events IN SHARE MODE").execute(&mut *tx).await?;
-    }
-    let rows: Vec<Row> = sqlx::query_as(
+    let read = sqlx::query_as(
         "SELECT id, account_id, kind, resource_id, change, state, detail, created_at FROM events \
          WHERE id > $1 AND ($2 = '' OR account_id = $2) ORDER BY id LIMIT $3",
     )
     .bind(i64::try_from(after).unwrap_or(i64::MAX))
     .bind(account.unwrap_or(""))
-    .bind(limit)
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    .bind(limit);
+    let rows: Vec<Row> = if is_postgres(&conn) {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        sqlx::query("LOCK TABLE events IN SHARE MODE").execute(&mut *tx).await?;
+        let rows = read.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows
+    } else {
+        // One writer, IDs taken in commit order: a statement's own snapshot is enough.
+        read.fetch_all(&mut *conn).await?
+    };
     Ok(rows.into_iter().filter_map(Row::into_api).collect())
 }
 
