@@ -54,14 +54,28 @@ async fn traced(ctx: &SharedCtx, w: &Work) -> Result<()> {
         Work::SecurityGroup(id, _) => id.to_string(),
         Work::NodeSync(_, node) => node.clone(),
     };
-    let job = crate::datastore::job::running_of(&ctx.db, &resource).await?;
-    in_trace(resource, job, handle(ctx, w)).await
+    let span = span(&resource);
+    let job =
+        tracing::Instrument::instrument(crate::datastore::job::running_of(&ctx.db, &resource), span.clone()).await?;
+    in_trace(span, resource, job, handle(ctx, w)).await
 }
 
-/// Runs `f` in the span of `resource` and its running `job`, both carried with what it
-/// sends on the bus.
-pub(super) async fn in_trace<T>(resource: String, job: Option<String>, f: impl Future<Output = T>) -> T {
-    let span = tracing::info_span!("dispatch", resource = %resource, job = job.as_deref().unwrap_or(""));
+/// The span of one dispatch: its object's ID, and its running job's once read.
+pub(super) fn span(resource: &str) -> tracing::Span {
+    tracing::info_span!("dispatch", resource = %resource, job = tracing::field::Empty)
+}
+
+/// Runs `f` in `span`, with `resource` and its running `job` carried with what it sends
+/// on the bus.
+pub(super) async fn in_trace<T>(
+    span: tracing::Span,
+    resource: String,
+    job: Option<String>,
+    f: impl Future<Output = T>,
+) -> T {
+    if let Some(job) = &job {
+        span.record("job", job.as_str());
+    }
     let trace = vdc_schema::bus::Trace { resource, job };
     tracing::Instrument::instrument(vdc_bus::with_trace(trace, f), span).await
 }

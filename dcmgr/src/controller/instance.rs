@@ -18,19 +18,21 @@ use vdc_schema::{DesiredPower, InstanceGoal, InstanceState, ObservedInstance};
 
 /// Builds the spec of one instance from the model and sends it to its host.
 pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
+    let span = super::dispatch::span(id);
     // What the ensure needs is read on one connection (each taken from the pool and
     // returned costs a round trip to its thread), let go before anything is sent.
-    let (row, spec, job) = {
+    let read = async {
         let mut conn = ctx.db.acquire().await?;
         let job = crate::datastore::job::running_of(&mut *conn, id).await?;
-        let Some(row) = store::get(&mut *conn, id).await? else { return Ok(()) };
+        let Some(row) = store::get(&mut *conn, id).await? else { return Ok(None) };
         let sends_spec = !matches!(row.state()?, InstanceState::Terminated | InstanceState::Capturing)
             && row.host_node_id.is_some()
             && row.goal()? != InstanceGoal::Terminated;
         let spec = if sends_spec { Some(build_spec(ctx, &mut conn, &row, row.goal()?).await?) } else { None };
-        (row, spec, job)
+        Result::Ok(Some((row, spec, job)))
     };
-    super::dispatch::in_trace(id.to_owned(), job, send(ctx, id, row, spec)).await
+    let Some((row, spec, job)) = tracing::Instrument::instrument(read, span.clone()).await? else { return Ok(()) };
+    super::dispatch::in_trace(span, id.to_owned(), job, send(ctx, id, row, spec)).await
 }
 
 /// Sends what [`dispatch`] read.
