@@ -77,8 +77,11 @@ impl Inner {
 #[derive(Default)]
 struct Images {
     gen: u64,
-    /// (account, image ID) → the image
-    held: HashMap<(String, String), Entry<Image>>,
+    /// image ID → account → the image as that account sees it (looked up by `&str`,
+    /// without building a key on every create)
+    held: HashMap<String, HashMap<String, Entry<Image>>>,
+    /// Entries in `held`, all accounts counted.
+    count: usize,
 }
 
 #[derive(Default)]
@@ -137,8 +140,10 @@ impl Views {
     /// Not counted in [`Views::reads`], which `/metrics` shows as instance reads.
     pub fn image(&self, gen: u64, account: &str, id: &str) -> Option<Arc<Image>> {
         let images = self.images.lock().expect("views lock");
-        let key = (account.to_owned(), id.to_owned());
-        images.held.get(&key).filter(|_| images.gen == gen).and_then(|e| e.fresh())
+        if images.gen != gen {
+            return None;
+        }
+        images.held.get(id)?.get(account)?.fresh()
     }
 
     /// Keeps what SQL answered for image `id` as `account` sees it; `gen` is the image
@@ -146,16 +151,18 @@ impl Views {
     pub fn put_image(&self, gen: u64, account: &str, id: &str, value: Arc<Image>) {
         let mut images = self.images.lock().expect("views lock");
         if gen > images.gen {
-            images.held.clear();
-            images.gen = gen;
+            *images = Images { gen, ..Images::default() };
         }
         if gen != images.gen {
             return;
         }
-        if images.held.len() >= MAX_IMAGES {
-            images.held.clear();
+        if images.count >= MAX_IMAGES {
+            *images = Images { gen, ..Images::default() };
         }
-        images.held.insert((account.to_owned(), id.to_owned()), Entry { at: Instant::now(), value });
+        let entry = Entry { at: Instant::now(), value };
+        if images.held.entry(id.to_owned()).or_default().insert(account.to_owned(), entry).is_none() {
+            images.count += 1;
+        }
     }
 
     pub fn list(&self, gen: u64, key: &ListKey) -> Option<Arc<Page<Instance>>> {
@@ -240,7 +247,7 @@ mod tests {
         v.put_image(3, "acc-b", "img-1", image.clone());
         v.put_image(2, "acc-a", "img-1", image.clone());
         assert!(v.image(2, "acc-a", "img-1").is_none() && v.image(3, "acc-b", "img-1").is_some());
-        v.images.lock().unwrap().held.values_mut().for_each(|e| e.at -= TTL);
+        v.images.lock().unwrap().held.values_mut().flat_map(|a| a.values_mut()).for_each(|e| e.at -= TTL);
         assert!(v.image(3, "acc-b", "img-1").is_none(), "an entry older than the TTL is read again");
     }
 
