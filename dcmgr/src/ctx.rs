@@ -162,6 +162,8 @@ pub struct Ctx {
     pub signin_limits: crate::app::rate_limit::RateLimits,
     /// Creates waiting for SQLite's writer, recorded together (`app::instance::Creates`).
     pub creates: crate::app::instance::Creates,
+    /// Accounts whose instance creates quotas limit (`app::quota::Limited`).
+    pub limited: crate::app::quota::Limited,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -114,6 +114,7 @@ impl Dcmgr {
             leader: std::sync::atomic::AtomicBool::new(!shared),
             signin_limits,
             creates: Default::default(),
+            limited: Default::default(),
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;

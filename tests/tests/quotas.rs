@@ -1,7 +1,9 @@
 //! Per-account quotas through the API, on SQLite and PostgreSQL: every kind refused at
 //! its limit with `quota_exceeded` naming the quota and the limit, usage shown, only an
 //! admin sets them (unknown keys and negative values named), a deleted object frees its
-//! share, and 50 concurrent creates against a limit of N get exactly N.
+//! share, and 50 concurrent creates against a limit of N get exactly N. Instance creates
+//! of an account without limits run side by side on PostgreSQL (its row locked shared),
+//! and a limit set among them holds for every create decided after it.
 
 use futures::future::join_all;
 use std::collections::BTreeMap;
@@ -15,6 +17,7 @@ use vdc_tests::{image_request, on_both_databases, wait_state, Db, Stack, StackOp
 on_both_databases!(
     limits_usage_and_freeing,
     fifty_concurrent_creates_get_exactly_the_limit,
+    a_limit_set_among_unlimited_creates_holds,
     a_burst_of_creates_is_decided_one_by_one
 );
 
@@ -258,6 +261,56 @@ async fn fifty_concurrent_creates_get_exactly_the_limit(db: Db) {
         [7, 7, 5, 6]
     );
     assert_eq!(c.list_all_networks().await.unwrap().len(), 5, "no refused create left anything behind");
+    s.stop().await;
+}
+
+/// 60 instance creates at once from an account without limits, and, once 15 are
+/// accepted, a limit of 30 set among them. Every refusal is `quota_exceeded` with 30 in
+/// use (so a refusal means at least 30 were accepted), nothing is counted twice or lost,
+/// the next create is refused, and with the limit removed 10 more at once are accepted.
+/// On PostgreSQL the creates hold the account's row shared until the limit is set, then
+/// find it and are decided again under the whole lock.
+async fn a_limit_set_among_unlimited_creates_holds(db: Db) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut o = StackOptions::new(db);
+    o.host_cpus = 256;
+    o.host_memory_mib = 1 << 22;
+    let s = Stack::start(o).await;
+    let c = s.account("burst").await;
+    let id = c.own_quotas().await.unwrap().account_id;
+    let accepted = AtomicUsize::new(0);
+    let (c, image, accepted, admin) = (&c, &s.image, &accepted, &s.admin);
+    let creates = join_all((0..60).map(|i| async move {
+        let r = c.create_instance(&inst(image, &format!("b{i}"), 1)).await;
+        if r.is_ok() {
+            accepted.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }));
+    let limit = async move {
+        while accepted.load(Ordering::SeqCst) < 15 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        admin.set_account_quotas(&id, &quotas(&[("instances", Some(30))])).await.unwrap();
+    };
+    let (results, ()) = futures::join!(creates, limit);
+    let mut ok = 0;
+    for r in results {
+        match r {
+            Ok(_) => ok += 1,
+            Err(e) => exceeded(Err::<(), _>(e), "instances", 30),
+        }
+    }
+    assert!(ok >= 30, "a refusal is made with 30 in use, and 60 were asked: {ok} accepted");
+    let q = c.own_quotas().await.unwrap();
+    assert_eq!(usage(&q, QuotaKey::Instances), (ok as u64, Some(30), true));
+    assert_eq!(c.list_all_instances().await.unwrap().len(), ok, "each accepted create made once");
+    exceeded(c.create_instance(&inst(image, "after", 1)).await, "instances", 30);
+    let id = q.account_id;
+    admin.set_account_quotas(&id, &quotas(&[("instances", None)])).await.unwrap();
+    let r = join_all((0..10).map(|i| async move { c.create_instance(&inst(image, &format!("m{i}"), 1)).await })).await;
+    assert!(r.iter().all(Result::is_ok), "with the limit removed: {:?}", r.iter().find(|r| r.is_err()));
+    assert_eq!(usage(&c.own_quotas().await.unwrap(), QuotaKey::Instances).0, ok as u64 + 10);
     s.stop().await;
 }
 

@@ -292,7 +292,7 @@ async fn insert(
     candidates: &[String],
 ) -> ApiResult<Accepted<Instance>> {
     // The account's row first (quotas), then the host: the order every create keeps.
-    quota::enforce(
+    quota::enforce_side_by_side(
         tx,
         ctx,
         &caller.account_id,

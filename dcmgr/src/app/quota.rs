@@ -3,7 +3,8 @@
 //! [`enforce`] inside its own transaction: it locks the account's row (so concurrent
 //! creates of one account decide one after the other, each counting what the previous
 //! committed), counts, and the pure [`decide`] answers. At the edge, N allowed of 50
-//! concurrent creates means exactly N succeed.
+//! concurrent creates means exactly N succeed. Instance creates of an account that no
+//! quota limits lock the row shared instead ([`enforce_side_by_side`]).
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, account as accounts, quota as store};
@@ -84,6 +85,53 @@ pub async fn enforce(
     }
     let used = store::usage(tx.conn().await?, account).await?;
     decide(&limits, &used, asks)
+}
+
+/// [`enforce`] for creates an account makes many of at once (instances). On PostgreSQL,
+/// while no limit applies to `asks`, the account's row is locked shared: the creates run
+/// side by side instead of one after the other, and a quota set waits for them (and they
+/// for it). Once a limit applies, the create is decided again under the whole lock, as
+/// [`enforce`] decides, and so are the account's next ones in this dcmgr.
+pub async fn enforce_side_by_side(
+    tx: &mut db::Tx<'_>,
+    ctx: &SharedCtx,
+    account: &AccountId,
+    asks: &[(QuotaKey, u64)],
+) -> ApiResult<()> {
+    let by_default = asks.iter().any(|(k, _)| ctx.config.quotas.contains_key(k));
+    if tx.sqlite() || by_default || ctx.limited.holds(account) {
+        return enforce(tx, ctx, account, asks).await;
+    }
+    accounts::lock_shared(tx, account).await?;
+    let own = store::set_for_locked(tx, account).await?;
+    let limits = limits(&ctx.config.quotas, &own);
+    if asks.iter().all(|(k, _)| limits.get(k).is_none_or(Option::is_none)) {
+        return Ok(());
+    }
+    // Counting needs the whole lock, and taking it while holding the row shared could
+    // deadlock with another create doing the same: this transaction is made again.
+    ctx.limited.add(account);
+    Err(ApiError::Busy("the account has quota limits: decided again under its lock".into()))
+}
+
+/// Accounts seen with limits by [`enforce_side_by_side`]: their creates take the whole
+/// lock first. A hint only: the decision is always made under a lock (a set of quotas
+/// forgets the account, and its next create looks again).
+#[derive(Default)]
+pub struct Limited(std::sync::Mutex<std::collections::HashSet<AccountId>>);
+
+impl Limited {
+    fn holds(&self, account: &AccountId) -> bool {
+        self.0.lock().expect("limited accounts").contains(account)
+    }
+
+    fn add(&self, account: &AccountId) {
+        self.0.lock().expect("limited accounts").insert(account.clone());
+    }
+
+    fn forget(&self, account: &AccountId) {
+        self.0.lock().expect("limited accounts").remove(account);
+    }
 }
 
 /// What [`enforce`] would answer now, read without locking (for a plan: the creating
@@ -177,6 +225,7 @@ pub async fn set(
         let own = store::set_for(tx.conn().await?, &account.id).await?;
         let used = store::usage(tx.conn().await?, &account.id).await?;
         tx.commit().await?;
+        ctx.limited.forget(&account.id);
         Ok(report(&account.id, &ctx.config.quotas, &own, &used))
     })
     .await

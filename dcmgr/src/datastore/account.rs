@@ -31,6 +31,8 @@ pub async fn lock(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(), sqlx::
     if tx.holds("accounts", account.as_str()) {
         return Ok(());
     }
+    // Two transactions that hold it shared and both ask for it whole would deadlock.
+    debug_assert!(!tx.holds(SHARED, account.as_str()), "account {account} locked shared, then whole");
     // With the writes waiting ([`db::Tx::later`]) in the same round trip.
     tx.fetch::<(i64,)>(
         db::Write::new("UPDATE accounts SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1").bind(account.as_str()),
@@ -39,6 +41,26 @@ pub async fn lock(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(), sqlx::
     tx.held("accounts", account.as_str());
     Ok(())
 }
+
+/// Locks the account's row shared (PostgreSQL): creates that need no decision over the
+/// account's other resources (no quota limits them) run side by side, and a change that
+/// locks the row ([`lock`]: quotas set, a user added, a bundle imported) waits for them
+/// all, and they for it. True when the transaction holds the row either way. SQLite has
+/// one writer: there it is [`lock`].
+pub async fn lock_shared(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(), sqlx::Error> {
+    if tx.sqlite() {
+        return lock(tx, account).await;
+    }
+    if tx.holds("accounts", account.as_str()) || tx.holds(SHARED, account.as_str()) {
+        return Ok(());
+    }
+    tx.fetch::<(i64,)>(db::Write::new("SELECT 1 FROM accounts WHERE id = $1 FOR SHARE").bind(account.as_str())).await?;
+    tx.held(SHARED, account.as_str());
+    Ok(())
+}
+
+/// What [`lock_shared`] records as held.
+const SHARED: &str = "accounts, shared";
 
 /// Inserts an account; a name taken already is a unique violation.
 pub async fn insert(tx: &mut db::Tx<'_>, a: &Account) -> Result<(), sqlx::Error> {
