@@ -304,7 +304,8 @@ async fn insert(
     )
     .await?;
     // Then the server group: placements into it decide one after the other.
-    let candidates = scheduler::lock_group(ctx, tx, &p.constraints, candidates).await?;
+    let candidates = scheduler::candidates_now(ctx, p.demand, &p.constraints, candidates);
+    let candidates = scheduler::lock_group(ctx, tx, &p.constraints, &candidates).await?;
     let host = scheduler::reserve_later(ctx, tx, p.demand, &candidates).await?;
     // What the instance refers to must still exist at commit: a concurrent delete of any
     // of them locks the same row and then sees this instance (or finds the row gone).

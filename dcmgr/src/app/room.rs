@@ -174,6 +174,22 @@ impl Room {
         Ok(Some(self.pick(hypervisor, cpus, memory_mib, uefi, filter)))
     }
 
+    /// As [`Room::candidates`] from the model as it is, without reading SQL (empty for a
+    /// server group's placement): what a create reserves from, just before it does.
+    pub fn candidates_now(
+        &self,
+        hypervisor: HypervisorKind,
+        cpus: u32,
+        memory_mib: u32,
+        uefi: bool,
+        filter: &Filter,
+    ) -> Vec<String> {
+        if filter.group.is_some() {
+            return vec![];
+        }
+        self.pick(hypervisor, cpus, memory_mib, uefi, filter)
+    }
+
     fn pick(&self, hypervisor: HypervisorKind, cpus: u32, memory_mib: u32, uefi: bool, f: &Filter) -> Vec<String> {
         let m = self.model.read().unwrap();
         let Some(order) = m.order.get(&hypervisor) else { return vec![] };

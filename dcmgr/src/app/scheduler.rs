@@ -168,6 +168,19 @@ pub fn allowed_by_policy(policy: ServerGroupPolicy, member_hosts: &[String], can
     }
 }
 
+/// A new instance's candidates picked again from the model just before it reserves (those
+/// read before when the model has none, as for a server group): a burst of creates read
+/// theirs at once and all proposed the same few hosts, and on PostgreSQL 32 in flight
+/// queued four to a host's row.
+pub fn candidates_now(ctx: &Ctx, d: Demand, c: &Constraints, read: &[String]) -> Vec<String> {
+    let now = ctx.room.candidates_now(d.hypervisor, d.cpus, d.memory_mib, d.uefi, &c.filter());
+    if now.is_empty() {
+        read.to_vec()
+    } else {
+        now
+    }
+}
+
 /// Locks the instance's server group (if any) and narrows `candidates` to what its
 /// policy allows now, in the order of the room their hosts have now (a soft policy's
 /// preference kept). Called in the placing transaction after the account's or the
@@ -219,9 +232,17 @@ pub async fn reserve(
     last_host: Option<&str>,
 ) -> ApiResult<HostNodeId> {
     for id in candidates {
-        if store::try_reserve(tx, id, d.cpus, d.memory_mib, last_host == Some(id.as_str())).await? {
-            ctx.room.took(id, d.cpus, d.memory_mib);
-            return id.parse().map_err(ApiError::internal);
+        // Taken in the model before the round trip, so that placements beside this one
+        // rank the host by what it leaves: taken after, a burst of creates on PostgreSQL
+        // queued on one host's row (2 ms a reservation, measured with `vdc-bench`).
+        ctx.room.took(id, d.cpus, d.memory_mib);
+        match store::try_reserve(tx, id, d.cpus, d.memory_mib, last_host == Some(id.as_str())).await {
+            Ok(true) => return id.parse().map_err(ApiError::internal),
+            Ok(false) => ctx.room.gave_back(id, i64::from(d.cpus), i64::from(d.memory_mib)),
+            Err(e) => {
+                ctx.room.invalidate();
+                return Err(e.into());
+            }
         }
     }
     // Every candidate filled up meanwhile (or went offline, or was cordoned): let the caller's retry look
