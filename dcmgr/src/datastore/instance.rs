@@ -274,8 +274,8 @@ pub async fn insert(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error>
 /// As [`insert`], the row sent with the transaction's next round trip
 /// ([`db::Tx::later`]).
 pub async fn insert_later(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error> {
-    tx.later(insert_as(n, "'pending', 'running', $10")).await?;
-    created(tx, n).await
+    let w = insert_as(n, "'pending', 'running', $10");
+    db::event::later_with_event(tx, w, db::event::Kind::Instance, n.id.as_str(), db::event::Change::Created, None).await
 }
 
 /// An instance recorded `stopped` (a bundle's stopped instance): no host is reserved; a
@@ -391,23 +391,20 @@ pub struct Observed<'a> {
 /// Applies `o` to instance `id`, locked in `tx` and read there in state `before`.
 /// The row is sent with the transaction's next round trip ([`db::Tx::later`]).
 pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, before: &str, o: &Observed<'_>) -> Result<(), sqlx::Error> {
-    tx.later(
-        db::Write::new(
-            "UPDATE instances SET state = $1, goal = $2, report_gen = $3, failure_reason = $4, updated_at = $5,
+    let w = db::Write::new(
+        "UPDATE instances SET state = $1, goal = $2, report_gen = $3, failure_reason = $4, updated_at = $5,
                  host_node_id = CASE WHEN $6 = 1 THEN NULL ELSE host_node_id END,
                  last_host_id = CASE WHEN $6 = 1 THEN host_node_id ELSE last_host_id END
              WHERE id = $7",
-        )
-        .bind(o.state.as_str())
-        .bind(o.goal.as_str())
-        .bind(o.gen as i64)
-        .bind(o.failure)
-        .bind(db::now())
-        .bind(o.release_host as i64)
-        .bind(id),
     )
-    .await?;
-    db::event::changed_at_commit(tx, db::event::Kind::Instance, id, Some(before)).await
+    .bind(o.state.as_str())
+    .bind(o.goal.as_str())
+    .bind(o.gen as i64)
+    .bind(o.failure)
+    .bind(db::now())
+    .bind(o.release_host as i64)
+    .bind(id);
+    db::event::later_with_event(tx, w, db::event::Kind::Instance, id, db::event::Change::State, Some(before)).await
 }
 
 /// Forgets the host that kept a stopped instance's disk (evacuated: gone for good); a

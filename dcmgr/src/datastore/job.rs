@@ -102,8 +102,7 @@ async fn insert(
         .bind(finished.clone())
         .bind(account.as_str())
         .bind(target);
-    tx.later(w).await?;
-    db::event::record_at_commit(tx, db::event::Kind::Job, id.as_str(), db::event::Change::Created).await?;
+    db::event::later_with_event(tx, w, db::event::Kind::Job, id.as_str(), db::event::Change::Created, None).await?;
     Ok(Job {
         id,
         action: action.to_owned(),
@@ -126,18 +125,14 @@ pub async fn finish(db: &mut db::Tx<'_>, resource_id: &str, target: &str) -> Res
 
 /// Ends jobs with `w` (an `UPDATE` of jobs setting their state) and records their events.
 /// On SQLite a trigger notes the jobs it ended for the commit to write their events
-/// (`db::ENDED_JOBS`), so the update is sent later ([`db::Tx::later`]); PostgreSQL
-/// returns their IDs and records them at once.
+/// (`db::ENDED_JOBS`), so the update is sent later ([`db::Tx::later`]); on PostgreSQL
+/// the update writes their events in the same statement.
 async fn end_jobs(tx: &mut db::Tx<'_>, w: db::Write) -> Result<(), sqlx::Error> {
     if tx.sqlite() {
         tx.jobs_ended = true;
         return tx.later(w).await;
     }
-    let ended: Vec<(String,)> = tx.fetch(w.append(" RETURNING id")).await?;
-    for (id,) in ended {
-        db::event::record_at_commit(tx, db::event::Kind::Job, &id, db::event::Change::State).await?;
-    }
-    Ok(())
+    tx.later(db::event::pg_with_event(w, db::event::Kind::Job, db::event::Change::State, None)).await
 }
 
 /// Fails every running job of `resource_id`.
