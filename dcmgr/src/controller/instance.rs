@@ -23,12 +23,15 @@ pub async fn dispatch(ctx: &SharedCtx, id: &str) -> Result<()> {
     // returned costs a round trip to its thread), let go before anything is sent.
     let read = async {
         let mut conn = ctx.db.acquire().await?;
-        let job = crate::datastore::job::running_of(&mut *conn, id).await?;
-        let Some(row) = store::get(&mut *conn, id).await? else { return Ok(None) };
+        let Some(store::Dispatched { row, running_job: job, volumes }) = store::get_for_dispatch(&mut conn, id).await?
+        else {
+            return Ok(None);
+        };
         let sends_spec = !matches!(row.state()?, InstanceState::Terminated | InstanceState::Capturing)
             && row.host_node_id.is_some()
             && row.goal()? != InstanceGoal::Terminated;
-        let spec = if sends_spec { Some(build_spec(ctx, &mut conn, &row, row.goal()?).await?) } else { None };
+        let spec =
+            if sends_spec { Some(build_spec(ctx, &mut conn, &row, row.goal()?, volumes > 0).await?) } else { None };
         Result::Ok(Some((row, spec, job)))
     };
     let Some((row, spec, job)) = tracing::Instrument::instrument(read, span.clone()).await? else { return Ok(()) };
@@ -104,6 +107,7 @@ async fn build_spec(
     conn: &mut db::Conn,
     row: &store::Row,
     goal: InstanceGoal,
+    has_volumes: bool,
 ) -> Result<InstanceSpec> {
     let image = image::spec_on(ctx, conn, &row.image_id, row.host_node_id.as_deref().unwrap_or_default()).await?;
     let nics =
@@ -112,7 +116,7 @@ async fn build_spec(
     if let Some(k) = &row.ssh_key_id {
         ssh_public_keys.extend(crate::datastore::keypair::public_key(&mut *conn, k).await?);
     }
-    let vols = store::volume_targets(&mut *conn, &row.id).await?;
+    let vols = if has_volumes { store::volume_targets(&mut *conn, &row.id).await? } else { vec![] };
     // A volume is exported to the host its instance is on now (none while stopped): let
     // sta catch up with every placement and power change. Idempotent; the loop ends
     // because a report re-dispatches the instance only when the target changes.
