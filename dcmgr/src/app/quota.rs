@@ -69,6 +69,11 @@ pub fn decide(limits: &Limits, used: &[(QuotaKey, u64)], asks: &[(QuotaKey, u64)
     Ok(())
 }
 
+/// Whether no limit applies to any of `asks`.
+fn unlimited(limits: &Limits, asks: &[(QuotaKey, u64)]) -> bool {
+    asks.iter().all(|(k, _)| limits.get(k).is_none_or(Option::is_none))
+}
+
 /// Checks `asks` against the account's quotas inside the creating transaction. Locks the
 /// account's row first (a no-op when the transaction holds it already), then counts.
 pub async fn enforce(
@@ -80,7 +85,7 @@ pub async fn enforce(
     accounts::lock(tx, account).await?;
     let own = store::set_for_locked(tx, account).await?;
     let limits = limits(&ctx.config.quotas, &own);
-    if asks.iter().all(|(k, _)| limits.get(k).is_none_or(Option::is_none)) {
+    if unlimited(&limits, asks) {
         return Ok(());
     }
     let used = store::usage(tx.conn().await?, account).await?;
@@ -105,7 +110,7 @@ pub async fn enforce_side_by_side(
     accounts::lock_shared(tx, account).await?;
     let own = store::set_for_locked(tx, account).await?;
     let limits = limits(&ctx.config.quotas, &own);
-    if asks.iter().all(|(k, _)| limits.get(k).is_none_or(Option::is_none)) {
+    if unlimited(&limits, asks) {
         return Ok(());
     }
     // Counting needs the whole lock, and taking it while holding the row shared could
@@ -144,7 +149,7 @@ pub async fn check(
 ) -> ApiResult<()> {
     let own = store::set_for(&mut *conn, account).await?;
     let limits = limits(&ctx.config.quotas, &own);
-    if asks.iter().all(|(k, _)| limits.get(k).is_none_or(Option::is_none)) {
+    if unlimited(&limits, asks) {
         return Ok(());
     }
     let used = store::usage(&mut *conn, account).await?;
@@ -222,6 +227,7 @@ pub async fn set(
         for (key, value) in &changes {
             store::set(&mut tx, &account.id, *key, *value).await?;
         }
+        accounts::count_own_quotas(&mut tx, &account.id).await?;
         let own = store::set_for(tx.conn().await?, &account.id).await?;
         let used = store::usage(tx.conn().await?, &account.id).await?;
         tx.commit().await?;

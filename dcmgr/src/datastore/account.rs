@@ -34,12 +34,37 @@ pub async fn lock(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(), sqlx::
     // Two transactions that hold it shared and both ask for it whole would deadlock.
     debug_assert!(!tx.holds(SHARED, account.as_str()), "account {account} locked shared, then whole");
     // With the writes waiting ([`db::Tx::later`]) in the same round trip.
-    tx.fetch::<(i64,)>(
-        db::Write::new("UPDATE accounts SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1").bind(account.as_str()),
-    )
-    .await?;
+    let own = tx
+        .fetch::<(i64,)>(
+            db::Write::new("UPDATE accounts SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING own_quotas")
+                .bind(account.as_str()),
+        )
+        .await?;
     tx.held("accounts", account.as_str());
+    no_own_quotas(tx, account, &own);
     Ok(())
+}
+
+/// An account locked with none of its own limits has none to read in this transaction
+/// (`quota::set_for_locked`): a quota set counts them on the row under the same lock, and
+/// the locking statement reads the row as that set left it.
+fn no_own_quotas(tx: &mut db::Tx<'_>, account: &AccountId, own: &[(i64,)]) {
+    if own.first().is_some_and(|(n,)| *n == 0) && !tx.quotas.iter().any(|(a, _)| a == account.as_str()) {
+        tx.quotas.push((account.to_string(), vec![]));
+    }
+}
+
+/// Counts the account's own limits on its row, after a quota set changed them under
+/// its lock (see [`no_own_quotas`]).
+pub async fn count_own_quotas(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(), sqlx::Error> {
+    tx.run(
+        db::Write::new(
+            "UPDATE accounts SET own_quotas = (SELECT COUNT(*) FROM account_quotas q WHERE q.account_id = $1) \
+             WHERE id = $1",
+        )
+        .bind(account.as_str()),
+    )
+    .await
 }
 
 /// Locks the account's row shared (PostgreSQL): creates that need no decision over the
@@ -54,8 +79,13 @@ pub async fn lock_shared(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(),
     if tx.holds("accounts", account.as_str()) || tx.holds(SHARED, account.as_str()) {
         return Ok(());
     }
-    tx.fetch::<(i64,)>(db::Write::new("SELECT 1 FROM accounts WHERE id = $1 FOR SHARE").bind(account.as_str())).await?;
+    let own = tx
+        .fetch::<(i64,)>(
+            db::Write::new("SELECT own_quotas FROM accounts WHERE id = $1 FOR SHARE").bind(account.as_str()),
+        )
+        .await?;
     tx.held(SHARED, account.as_str());
+    no_own_quotas(tx, account, &own);
     Ok(())
 }
 
