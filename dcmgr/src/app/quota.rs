@@ -120,18 +120,30 @@ pub async fn enforce_side_by_side(
 }
 
 /// Accounts seen with limits by [`enforce_side_by_side`]: their creates take the whole
-/// lock first. A hint only: the decision is always made under a lock (a set of quotas
-/// forgets the account, and its next create looks again).
+/// lock first. A hint only: the decision is always made under a lock. A set of quotas
+/// here forgets the account; one made through another dcmgr is seen once the hint is
+/// older than [`LIMITED_FOR`], when the account's next create looks again.
 #[derive(Default)]
-pub struct Limited(std::sync::Mutex<std::collections::HashSet<AccountId>>);
+pub struct Limited(std::sync::Mutex<std::collections::HashMap<AccountId, std::time::Instant>>);
+
+/// How long an account seen with limits takes the whole lock without looking again.
+const LIMITED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Limited {
     fn holds(&self, account: &AccountId) -> bool {
-        self.0.lock().expect("limited accounts").contains(account)
+        let mut seen = self.0.lock().expect("limited accounts");
+        match seen.get(account) {
+            Some(at) if at.elapsed() < LIMITED_FOR => true,
+            Some(_) => {
+                seen.remove(account);
+                false
+            }
+            None => false,
+        }
     }
 
     fn add(&self, account: &AccountId) {
-        self.0.lock().expect("limited accounts").insert(account.clone());
+        self.0.lock().expect("limited accounts").insert(account.clone(), std::time::Instant::now());
     }
 
     fn forget(&self, account: &AccountId) {
@@ -243,6 +255,19 @@ mod tests {
 
     fn used(v: &[(QuotaKey, u64)]) -> Vec<(QuotaKey, u64)> {
         v.to_vec()
+    }
+
+    #[test]
+    fn an_account_seen_limited_is_held_until_forgotten_or_old() {
+        let (l, a, b) = (Limited::default(), AccountId::generate(), AccountId::generate());
+        assert!(!l.holds(&a));
+        l.add(&a);
+        assert!(l.holds(&a) && !l.holds(&b));
+        l.forget(&a);
+        assert!(!l.holds(&a));
+        l.0.lock().unwrap().insert(b.clone(), std::time::Instant::now() - LIMITED_FOR);
+        assert!(!l.holds(&b), "a hint older than LIMITED_FOR is looked at again");
+        assert!(l.0.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -70,8 +70,8 @@ pub async fn count_own_quotas(tx: &mut db::Tx<'_>, account: &AccountId) -> Resul
 /// Locks the account's row shared (PostgreSQL): creates that need no decision over the
 /// account's other resources (no quota limits them) run side by side, and a change that
 /// locks the row ([`lock`]: quotas set, a user added, a bundle imported) waits for them
-/// all, and they for it. True when the transaction holds the row either way. SQLite has
-/// one writer: there it is [`lock`].
+/// all, and they for it. Nothing more when the transaction holds the row either way.
+/// SQLite has one writer: there it is [`lock`].
 pub async fn lock_shared(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(), sqlx::Error> {
     if tx.sqlite() {
         return lock(tx, account).await;

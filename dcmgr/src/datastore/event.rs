@@ -194,7 +194,7 @@ pub async fn later_with_event(
 
 /// `w` and the event of each row it writes, as one PostgreSQL statement (see
 /// [`later_with_event`]); the same columns and conditions as [`insert`].
-pub fn pg_with_event(w: db::Write, kind: Kind, change: Change, unless_state: Option<&str>) -> db::Write {
+pub(super) fn pg_with_event(w: db::Write, kind: Kind, change: Change, unless_state: Option<&str>) -> db::Write {
     let n = w.args.len();
     let (_, state, detail) = kind.source();
     let sql = format!(
