@@ -74,6 +74,11 @@ fn unlimited(limits: &Limits, asks: &[(QuotaKey, u64)]) -> bool {
     asks.iter().all(|(k, _)| limits.get(k).is_none_or(Option::is_none))
 }
 
+/// The limits in force for an account locked in `tx` (its own read once per transaction).
+async fn limits_locked(tx: &mut db::Tx<'_>, ctx: &SharedCtx, account: &AccountId) -> ApiResult<Limits> {
+    Ok(limits(&ctx.config.quotas, &store::set_for_locked(tx, account).await?))
+}
+
 /// Checks `asks` against the account's quotas inside the creating transaction. Locks the
 /// account's row first (a no-op when the transaction holds it already), then counts.
 pub async fn enforce(
@@ -83,8 +88,7 @@ pub async fn enforce(
     asks: &[(QuotaKey, u64)],
 ) -> ApiResult<()> {
     accounts::lock(tx, account).await?;
-    let own = store::set_for_locked(tx, account).await?;
-    let limits = limits(&ctx.config.quotas, &own);
+    let limits = limits_locked(tx, ctx, account).await?;
     if unlimited(&limits, asks) {
         return Ok(());
     }
@@ -108,9 +112,7 @@ pub async fn enforce_side_by_side(
         return enforce(tx, ctx, account, asks).await;
     }
     accounts::lock_shared(tx, account).await?;
-    let own = store::set_for_locked(tx, account).await?;
-    let limits = limits(&ctx.config.quotas, &own);
-    if unlimited(&limits, asks) {
+    if unlimited(&limits_locked(tx, ctx, account).await?, asks) {
         return Ok(());
     }
     // Counting needs the whole lock, and taking it while holding the row shared could

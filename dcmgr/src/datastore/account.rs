@@ -45,12 +45,12 @@ pub async fn lock(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(), sqlx::
     Ok(())
 }
 
-/// An account locked with none of its own limits has none to read in this transaction
-/// (`quota::set_for_locked`): a quota set counts them on the row under the same lock, and
+/// Notes, for an account whose locking statement returned `own` (its `own_quotas`), that it
+/// sets no limits of its own: a quota set counts them on the row under the same lock, and
 /// the locking statement reads the row as that set left it.
 fn no_own_quotas(tx: &mut db::Tx<'_>, account: &AccountId, own: &[(i64,)]) {
-    if own.first().is_some_and(|(n,)| *n == 0) && !tx.quotas.iter().any(|(a, _)| a == account.as_str()) {
-        tx.quotas.push((account.to_string(), vec![]));
+    if own.first().is_some_and(|(n,)| *n == 0) {
+        super::quota::none_set(tx, account);
     }
 }
 

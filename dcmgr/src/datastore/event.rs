@@ -126,14 +126,8 @@ async fn insert(
 ) -> Result<(), sqlx::Error> {
     let next =
         if is_postgres(conn) { "nextval('events_seq')" } else { "(SELECT COALESCE(MAX(id), 0) + 1 FROM events)" };
-    let (table, state, detail) = kind.source();
-    let sql = format!(
-        "INSERT INTO events (id, account_id, kind, resource_id, change, state, detail, created_at) \
-         SELECT {next}, account_id, '{}', id, \
-                CASE WHEN {state} IN ('deleted', 'terminated') THEN 'deleted' ELSE $2 END, {state}, {detail}, $3 \
-         FROM {table} WHERE id = $1 AND account_id IS NOT NULL AND ($4 = '' OR {state} <> $4)",
-        kind.as_str()
-    );
+    let (table, _, _) = kind.source();
+    let sql = insert_sql(kind, next, table, "id = $1 AND", 2);
     sqlx::query(&sql)
         .bind(id)
         .bind(change.as_str())
@@ -142,6 +136,22 @@ async fn insert(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The `INSERT` of the event of each row of `from` (a table, or a statement's `RETURNING`)
+/// that passes `filter`: the change, the time and the state before a state change (`''`
+/// for any) are parameters `$p`, `$p+1` and `$p+2`. A row without account (a floating IP
+/// in the pool) records nothing; one kept in its final state records `deleted`.
+fn insert_sql(kind: Kind, next: &str, from: &str, filter: &str, p: usize) -> String {
+    let (_, state, detail) = kind.source();
+    let (change, at, unless) = (p, p + 1, p + 2);
+    format!(
+        "INSERT INTO events (id, account_id, kind, resource_id, change, state, detail, created_at) \
+         SELECT {next}, account_id, '{}', id, \
+                CASE WHEN {state} IN ('deleted', 'terminated') THEN 'deleted' ELSE ${change} END, {state}, {detail}, ${at} \
+         FROM {from} WHERE {filter} account_id IS NOT NULL AND (${unless} = '' OR {state} <> ${unless})",
+        kind.as_str()
+    )
 }
 
 /// An event to write as its transaction commits.
@@ -193,23 +203,10 @@ pub async fn later_with_event(
 }
 
 /// `w` and the event of each row it writes, as one PostgreSQL statement (see
-/// [`later_with_event`]); the same columns and conditions as [`insert`].
+/// [`later_with_event`]): [`insert_sql`] reading `w`'s `RETURNING`.
 pub(super) fn pg_with_event(w: db::Write, kind: Kind, change: Change, unless_state: Option<&str>) -> db::Write {
-    let n = w.args.len();
-    let (_, state, detail) = kind.source();
-    let sql = format!(
-        "WITH w AS ({} RETURNING *) \
-         INSERT INTO events (id, account_id, kind, resource_id, change, state, detail, created_at) \
-         SELECT nextval('events_seq'), account_id, '{}', id, \
-                CASE WHEN {state} IN ('deleted', 'terminated') THEN 'deleted' ELSE ${} END, {state}, {detail}, ${} \
-         FROM w WHERE account_id IS NOT NULL AND (${} = '' OR {state} <> ${})",
-        w.sql,
-        kind.as_str(),
-        n + 1,
-        n + 2,
-        n + 3,
-        n + 3,
-    );
+    let events = insert_sql(kind, "nextval('events_seq')", "w", "", w.args.len() + 1);
+    let sql = format!("WITH w AS ({} RETURNING *) {events}", w.sql);
     db::Write { sql: sql.into(), args: w.args }.bind(change.as_str()).bind(db::now()).bind(unless_state.unwrap_or(""))
 }
 

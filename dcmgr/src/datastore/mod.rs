@@ -381,12 +381,6 @@ impl Write {
         Write { sql: sql.into(), args: Vec::new() }
     }
 
-    /// The statement with `sql` after it (a `RETURNING` clause).
-    pub fn append(mut self, sql: &str) -> Write {
-        self.sql.to_mut().push_str(sql);
-        self
-    }
-
     pub fn bind(mut self, v: impl Into<Arg>) -> Write {
         self.args.push(v.into());
         self

@@ -28,6 +28,14 @@ pub async fn set_for_locked(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<
     Ok(own)
 }
 
+/// Records, for [`set_for_locked`], that the account locked in `tx` sets no limits
+/// (`account::lock` read so on its row).
+pub(super) fn none_set(tx: &mut db::Tx<'_>, account: &AccountId) {
+    if !tx.quotas.iter().any(|(a, _)| a == account.as_str()) {
+        tx.quotas.push((account.to_string(), vec![]));
+    }
+}
+
 /// Sets one of the account's limits, or (None) returns it to the configured default.
 pub async fn set(
     tx: &mut db::Tx<'_>,
