@@ -37,6 +37,30 @@ pub struct Writer<W: Write> {
     pending: HashMap<String, u64>,
     written: HashSet<String>,
     bytes: u64,
+    /// For [`Writer::write_listed`]: one zstd context and output buffer for every chunk
+    /// (fresh memory per chunk costs more than the copy on this project's VM).
+    z: Option<(zstd::bulk::Compressor<'static>, Vec<u8>)>,
+}
+
+/// A chunk as it was listed from its blob: its hash and size, and the CRC-32 of its
+/// bytes, so that [`Writer::write_listed`] checks it is the same when read again without
+/// hashing it again (SHA-256 costs twice zstd -1 here; the receiver checks the SHA-256).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub sha256: String,
+    pub size: u64,
+    pub crc32: u32,
+}
+
+impl Listed {
+    /// Lists `data`, whose SHA-256 (hex) is `sha256`.
+    pub fn new(sha256: String, data: &[u8]) -> Listed {
+        Listed { sha256, size: data.len() as u64, crc32: crc32fast::hash(data) }
+    }
+
+    pub fn chunk_ref(&self) -> ChunkRef {
+        ChunkRef { sha256: self.sha256.clone(), size: self.size }
+    }
 }
 
 impl<W: Write> Writer<W> {
@@ -47,7 +71,8 @@ impl<W: Write> Writer<W> {
         frame(&mut w, b'M', &[&json])?;
         frame(&mut w, b'S', &[key.verifying_key().as_bytes(), &sig.to_bytes()])?;
         let pending = manifest.chunks.iter().map(|c| (c.sha256.clone(), c.size)).collect();
-        Ok(Writer { w, pending, written: HashSet::new(), bytes: (MAGIC.len() + 5 + json.len() + 5 + 96) as u64 })
+        let bytes = (MAGIC.len() + 5 + json.len() + 5 + 96) as u64;
+        Ok(Writer { w, pending, written: HashSet::new(), bytes, z: None })
     }
 
     /// Writes one chunk the manifest lists. One written already is skipped (blobs share
@@ -72,6 +97,35 @@ impl<W: Write> Writer<W> {
         frame(&mut self.w, b'C', &[&hex::decode(&hash).expect("hex"), &z])?;
         self.bytes += 5 + 32 + z.len() as u64;
         self.written.insert(hash);
+        Ok(true)
+    }
+
+    /// [`Writer::write_chunk`] of a chunk listed before ([`Listed`]): its bytes are
+    /// checked against the listing's size and CRC-32 (a blob that changed since it was
+    /// listed is refused, `ChunkHashMismatch`) rather than hashed again.
+    pub fn write_listed(&mut self, listed: &Listed, data: &[u8]) -> Result<bool, BundleError> {
+        let hash = &listed.sha256;
+        if self.written.contains(hash) {
+            return Ok(false);
+        }
+        if data.len() as u64 != listed.size || crc32fast::hash(data) != listed.crc32 {
+            return Err(BundleError::ChunkHashMismatch(hash.clone()));
+        }
+        match self.pending.remove(hash) {
+            Some(size) if size == listed.size => {}
+            Some(_) => return Err(BundleError::ChunkHashMismatch(hash.clone())),
+            None => return Err(BundleError::ChunkNotInManifest(hash.clone())),
+        }
+        let raw = hex::decode(hash).map_err(|_| BundleError::ChunkNotInManifest(hash.clone()))?;
+        let (z, out) = match &mut self.z {
+            Some(z) => z,
+            None => self.z.insert((zstd::bulk::Compressor::new(1)?, Vec::with_capacity(MAX_COMPRESSED))),
+        };
+        out.clear();
+        z.compress_to_buffer(data, out)?;
+        frame(&mut self.w, b'C', &[&raw, out])?;
+        self.bytes += 5 + 32 + out.len() as u64;
+        self.written.insert(hash.clone());
         Ok(true)
     }
 
@@ -107,29 +161,30 @@ impl<W: Write> Writer<W> {
 pub fn chunk_blob<R: Read>(r: R) -> std::io::Result<(BlobRef, Vec<ChunkRef>)> {
     let mut whole = sha2::Sha256::new();
     let (size, chunks) = chunk_hashes(r, Some(&mut whole))?;
-    Ok((blob_ref(hex::encode(whole.finalize()), size, &chunks), chunks))
+    let blob = blob_ref(hex::encode(whole.finalize()), size, &chunks);
+    Ok((blob, chunks.iter().map(Listed::chunk_ref).collect()))
 }
 
 /// [`chunk_blob`] of a blob whose SHA-256 is known: its name in a content-addressed
 /// store. The whole is not hashed again; were the stored bytes not the named ones, the
 /// receiver's check of the assembled blob against its name refuses them.
-pub fn chunk_stored_blob<R: Read>(r: R, sha256: &str) -> std::io::Result<(BlobRef, Vec<ChunkRef>)> {
+pub fn chunk_stored_blob<R: Read>(r: R, sha256: &str) -> std::io::Result<(BlobRef, Vec<Listed>)> {
     let (size, chunks) = chunk_hashes(r, None)?;
     Ok((blob_ref(sha256.to_owned(), size, &chunks), chunks))
 }
 
 /// The reference of blob `sha256` made of `chunks`, in order (its size is theirs).
-pub fn blob_of_chunks(sha256: String, chunks: &[ChunkRef]) -> BlobRef {
+pub fn blob_of_chunks(sha256: String, chunks: &[Listed]) -> BlobRef {
     blob_ref(sha256, chunks.iter().map(|c| c.size).sum(), chunks)
 }
 
-fn blob_ref(sha256: String, size: u64, chunks: &[ChunkRef]) -> BlobRef {
+fn blob_ref(sha256: String, size: u64, chunks: &[Listed]) -> BlobRef {
     BlobRef { sha256, size, chunks: chunks.iter().map(|c| c.sha256.clone()).collect() }
 }
 
 /// The chunks of `r` and its length, two chunks hashed at once (SHA-256 is most of the
 /// CPU an export spends before it writes anything).
-fn chunk_hashes<R: Read>(mut r: R, mut whole: Option<&mut sha2::Sha256>) -> std::io::Result<(u64, Vec<ChunkRef>)> {
+fn chunk_hashes<R: Read>(mut r: R, mut whole: Option<&mut sha2::Sha256>) -> std::io::Result<(u64, Vec<Listed>)> {
     let mut chunks = Vec::new();
     let mut size = 0u64;
     let (mut a, mut b) = (vec![0u8; CHUNK_SIZE], vec![0u8; CHUNK_SIZE]);
@@ -141,16 +196,16 @@ fn chunk_hashes<R: Read>(mut r: R, mut whole: Option<&mut sha2::Sha256>) -> std:
         }
         let (a, b) = (&a[..na], &b[..nb]);
         let (ha, hb) = std::thread::scope(|s| {
-            let hb = (!b.is_empty()).then(|| s.spawn(|| sha256_hex(b)));
-            (sha256_hex(a), hb.map(|h| h.join().expect("SHA-256 does not panic")))
+            let hb = (!b.is_empty()).then(|| s.spawn(|| Listed::new(sha256_hex(b), b)));
+            (Listed::new(sha256_hex(a), a), hb.map(|h| h.join().expect("SHA-256 does not panic")))
         });
-        for (data, hash) in [(a, Some(ha)), (b, hb)] {
-            let Some(hash) = hash else { continue };
+        for (data, listed) in [(a, Some(ha)), (b, hb)] {
+            let Some(listed) = listed else { continue };
             if let Some(w) = whole.as_deref_mut() {
                 w.update(data);
             }
             size += data.len() as u64;
-            chunks.push(ChunkRef { sha256: hash, size: data.len() as u64 });
+            chunks.push(listed);
         }
         if nb < CHUNK_SIZE {
             break;

@@ -56,6 +56,35 @@ fn a_chunk_written_again_is_skipped() {
     assert_eq!(w.finish(m.chunks.len() as u64).unwrap(), full);
 }
 
+/// Chunks written as listed (`write_listed`, checked by CRC-32 rather than hashed again)
+/// make the same bundle as chunks hashed as they are written; bytes changed since they
+/// were listed are refused, and nothing of them is written.
+#[test]
+fn chunks_written_as_listed_are_checked_against_their_listing() {
+    let key = generate_key();
+    let (m, full) = bundle(&key);
+    let data = data();
+    let (_, listed) = chunk_stored_blob(&data[..], &sha256_hex(&data)).unwrap();
+    let mut w = Writer::new(Vec::new(), &m, &key).unwrap();
+    for (c, l) in data.chunks(CHUNK_SIZE).zip(&listed) {
+        assert!(w.write_listed(l, c).unwrap());
+        assert!(!w.write_listed(l, c).unwrap(), "written once");
+    }
+    assert_eq!(w.finish(m.chunks.len() as u64).unwrap(), full);
+
+    let mut w = Writer::new(Vec::new(), &m, &key).unwrap();
+    let before = w.bytes();
+    let mut changed = data[..CHUNK_SIZE].to_vec();
+    changed[12345] ^= 1;
+    let e = w.write_listed(&listed[0], &changed).unwrap_err();
+    assert!(matches!(&e, BundleError::ChunkHashMismatch(h) if h == &listed[0].sha256), "{e}");
+    let e = w.write_listed(&listed[3], &data[..1000]).unwrap_err();
+    assert!(matches!(&e, BundleError::ChunkHashMismatch(h) if h == &listed[3].sha256), "a short read: {e}");
+    assert_eq!(w.bytes(), before, "nothing of them written");
+    // Still pending: the bundle cannot be finished without them.
+    assert!(matches!(w.finish(0), Err(BundleError::MissingChunk(_))));
+}
+
 fn relayed(full: &[u8], held: &HashSet<String>) -> (Vec<u8>, Relayed) {
     let mut r = full;
     let head = read_head(&mut r, &Limits::default()).unwrap();

@@ -551,6 +551,9 @@ impl Client {
         }
         let mut n = 0u64;
         let mut stream = resp.bytes_stream();
+        // The network's frames gathered into large writes: a file written frame by frame
+        // (tokio hands each write to a thread) held the export back.
+        let mut out = tokio::io::BufWriter::with_capacity(4 << 20, out);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(ClientError::Transport)?;
             out.write_all(&chunk).await.map_err(UploadError::Read)?;

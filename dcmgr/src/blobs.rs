@@ -307,8 +307,10 @@ mod tests {
         st.write(bytes::Bytes::from_static(b"hello world")).await.unwrap();
         let (sha, len, chunks) = st.finish_with_chunks().await.unwrap();
         assert_eq!((sha.as_str(), len), (hex::encode(Sha256::digest(b"hello world")).as_str(), 11));
-        let want: Chunks =
-            [&b"hell"[..], b"o wo", b"rld"].iter().map(|c| (hex::encode(Sha256::digest(c)), c.len() as u64)).collect();
+        let want: Chunks = [&b"hell"[..], b"o wo", b"rld"]
+            .iter()
+            .map(|c| (hex::encode(Sha256::digest(c)), c.len() as u64, crc32fast::hash(c)))
+            .collect();
         assert_eq!(chunks.as_ref(), Some(&want));
         let mut plain = Staging::create(tmp.path(), 1 << 20).await.unwrap();
         assert_eq!(plain.finish_with_chunks().await.unwrap().2, None);

@@ -63,7 +63,7 @@ pub async fn manifest(
     caller: &Caller,
     model_only: bool,
     stop: bool,
-) -> ApiResult<(Manifest, Vec<PathBuf>, bundle_data::Temporaries)> {
+) -> ApiResult<(Manifest, Vec<BlobFile>, bundle_data::Temporaries)> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (ctx, caller) = (ctx.clone(), caller.clone());
     tokio::spawn(async move {
@@ -86,7 +86,7 @@ async fn capture_manifest(
     caller: &Caller,
     model_only: bool,
     stop: bool,
-) -> ApiResult<(Manifest, Vec<PathBuf>, bundle_data::Temporaries)> {
+) -> ApiResult<(Manifest, Vec<BlobFile>, bundle_data::Temporaries)> {
     let started = std::time::Instant::now();
     let s = store::snapshot(&ctx.db, &caller.account_id).await?;
     let (captured, temp) = if model_only {
@@ -125,9 +125,12 @@ async fn capture_manifest(
 struct Blobs {
     chunks: Vec<vdc_bundle::ChunkRef>,
     seen: HashSet<String>,
-    paths: Vec<PathBuf>,
+    files: Vec<BlobFile>,
     done: HashMap<String, vdc_bundle::BlobRef>,
 }
+
+/// A blob's file and its chunks as listed, which the bundle's data pass reads again.
+pub type BlobFile = (PathBuf, Vec<vdc_bundle::Listed>);
 
 impl Blobs {
     async fn add(&mut self, ctx: &SharedCtx, sha: &str) -> ApiResult<vdc_bundle::BlobRef> {
@@ -135,12 +138,14 @@ impl Blobs {
             return Ok(b.clone());
         }
         let path = ctx.blobs.local_path(sha).ok_or_else(|| ApiError::internal("blob store is not local"))?;
-        let (blob, refs) = match ctx.chunk_lists.get(sha) {
+        let (blob, listed) = match ctx.chunk_lists.get(sha) {
             // Hashed as the capture arrived.
-            Some(listed) => {
-                let refs: Vec<vdc_bundle::ChunkRef> =
-                    listed.into_iter().map(|(sha256, size)| vdc_bundle::ChunkRef { sha256, size }).collect();
-                (vdc_bundle::blob_of_chunks(sha.to_owned(), &refs), refs)
+            Some(chunks) => {
+                let listed: Vec<vdc_bundle::Listed> = chunks
+                    .into_iter()
+                    .map(|(sha256, size, crc32)| vdc_bundle::Listed { sha256, size, crc32 })
+                    .collect();
+                (vdc_bundle::blob_of_chunks(sha.to_owned(), &listed), listed)
             }
             None => {
                 let (p, name) = (path.clone(), sha.to_owned());
@@ -150,12 +155,12 @@ impl Blobs {
                     .map_err(|e| ApiError::internal(format!("reading blob {sha}: {e}")))?
             }
         };
-        for c in refs {
+        for c in &listed {
             if self.seen.insert(c.sha256.clone()) {
-                self.chunks.push(c);
+                self.chunks.push(c.chunk_ref());
             }
         }
-        self.paths.push(path);
+        self.files.push((path, listed));
         self.done.insert(sha.to_owned(), blob.clone());
         Ok(blob)
     }
@@ -167,7 +172,7 @@ async fn build_manifest(
     s: store::Snapshot,
     model_only: bool,
     captured: &bundle_data::Captured,
-) -> ApiResult<(Manifest, Vec<PathBuf>)> {
+) -> ApiResult<(Manifest, Vec<BlobFile>)> {
     let mut m = vdc_bundle::Model::default();
     for n in s.networks {
         m.networks.push(vdc_bundle::Network {
@@ -291,32 +296,26 @@ async fn build_manifest(
     };
     // What this site writes, it must read back.
     manifest.validate(&vdc_bundle::Limits::default())?;
-    Ok((manifest, blobs.paths))
+    Ok((manifest, blobs.files))
 }
 
-/// Writes the bundle of `manifest` to `w`: the blobs in `paths` split as when hashed.
-/// Blobs are read direct, as when listed ([`DirectReader`]: not through the page cache).
+/// Writes the bundle of `manifest` to `w`: the blobs' files split as listed, each chunk
+/// checked against its listing (`Writer::write_listed`: size and CRC-32, not SHA-256
+/// again). Blobs are read direct, as when listed ([`DirectReader`]: not through the page
+/// cache, read ahead on a thread of its own).
 pub fn write_bundle<W: std::io::Write>(
     w: W,
     manifest: &Manifest,
     key: &vdc_bundle::SigningKey,
-    paths: &[PathBuf],
+    files: &[BlobFile],
 ) -> Result<W, BundleError> {
     let mut writer = vdc_bundle::Writer::new(w, manifest, key)?;
     let mut written = 0;
-    let mut buf = vec![0u8; vdc_bundle::CHUNK_SIZE];
-    for p in paths {
-        let mut f = DirectReader::open(p)?;
-        loop {
-            let n = vdc_bundle::read_full(&mut f, &mut buf)?;
-            if n == 0 {
-                break;
-            }
-            if writer.write_chunk(&buf[..n])? {
+    for (path, chunks) in files {
+        let mut f = DirectReader::open(path)?;
+        for c in chunks {
+            if writer.write_listed(c, &f.next_exactly(c.size as usize)?)? {
                 written += 1;
-            }
-            if n < buf.len() {
-                break;
             }
         }
     }

@@ -37,8 +37,9 @@ pub struct HashingFile {
     chunker: Option<(mpsc::Sender<Bytes>, std::thread::JoinHandle<Chunks>)>,
 }
 
-/// Each chunk's SHA-256 (hex) and length, in order.
-pub type Chunks = Vec<(String, u64)>;
+/// Each chunk's SHA-256 (hex), length and CRC-32 (with which a bundle export checks the
+/// bytes it reads again, `vdc_bundle::Listed`), in order.
+pub type Chunks = Vec<(String, u64, u32)>;
 
 impl HashingFile {
     /// Writes to `file` (opened for writing, or appending after data already hashed into
@@ -76,21 +77,23 @@ impl HashingFile {
         let mut f = HashingFile::new(file, Sha256::new())?;
         let (tx, mut rx) = mpsc::channel::<Bytes>(IN_FLIGHT);
         let chunker = std::thread::Builder::new().name("vdc-sha256-chunks".into()).spawn(move || {
-            let (mut done, mut hash, mut len) = (Vec::new(), Sha256::new(), 0usize);
+            let (mut done, mut hash, mut crc, mut len) = (Vec::new(), Sha256::new(), crc32fast::Hasher::new(), 0usize);
             while let Some(b) = rx.blocking_recv() {
                 let mut data = &b[..];
                 while !data.is_empty() {
                     let n = (chunk - len).min(data.len());
                     hash.update(&data[..n]);
+                    crc.update(&data[..n]);
                     (len, data) = (len + n, &data[n..]);
                     if len == chunk {
-                        done.push((hex::encode(std::mem::take(&mut hash).finalize()), chunk as u64));
+                        let sha = hex::encode(std::mem::take(&mut hash).finalize());
+                        done.push((sha, chunk as u64, std::mem::take(&mut crc).finalize()));
                         len = 0;
                     }
                 }
             }
             if len > 0 {
-                done.push((hex::encode(hash.finalize()), len as u64));
+                done.push((hex::encode(hash.finalize()), len as u64, crc.finalize()));
             }
             done
         })?;
@@ -522,6 +525,24 @@ impl DirectReader {
     }
 }
 
+impl DirectReader {
+    /// The next `n` bytes: the block read as it is when it holds them (a bundle's 4 MiB
+    /// chunk of a blob read direct), else gathered; an error before `n`.
+    pub fn next_exactly(&mut self, n: usize) -> io::Result<Bytes> {
+        if self.cur.is_empty() {
+            if let Some(b) = self.next_block()? {
+                self.cur = b;
+            }
+        }
+        if self.cur.len() >= n {
+            return Ok(self.cur.split_to(n));
+        }
+        let mut buf = vec![0u8; n];
+        self.read_exact(&mut buf)?;
+        Ok(buf.into())
+    }
+}
+
 /// Sends `file`'s data in pooled blocks; false when the receiver went away.
 fn read_direct(
     file: &std::fs::File,
@@ -666,8 +687,10 @@ mod tests {
             }
             let (sha, chunks) = w.finish_with_chunks().await.unwrap();
             assert_eq!(sha, hex::encode(Sha256::digest(&data)));
-            let want: Vec<(String, u64)> =
-                data.chunks(1 << 20).map(|c| (hex::encode(Sha256::digest(c)), c.len() as u64)).collect();
+            let want: Chunks = data
+                .chunks(1 << 20)
+                .map(|c| (hex::encode(Sha256::digest(c)), c.len() as u64, crc32fast::hash(c)))
+                .collect();
             assert_eq!(chunks.unwrap(), want);
         }
         let w = HashingFile::with_chunks(std::fs::File::create(tmp.path().join("empty")).unwrap(), 1 << 20).unwrap();

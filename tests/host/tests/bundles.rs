@@ -198,7 +198,7 @@ async fn a_stopped_guest_and_a_volume_arrive_with_their_bytes() {
     ok(&dst, dst.start_instance(&guest.id).await.unwrap()).await;
     wait_console(&dst, &guest.id, &format!("vdc-guest: instance-id={}", guest.id), BOOT).await;
     eprintln!(
-        "bundle of {VOLUME_MIB} MiB volume + disk ({n} bytes): export {export:.1} s ({:.0} MiB/s), import {import:.1} s \
+        "bundle of {VOLUME_MIB} MiB volume + disk ({n} bytes): export {export:.2} s ({:.0} MiB/s), import {import:.2} s \
          ({:.0} MiB/s; volume filled after {to_volume:.1} s), cp {cp:.2} s ({:.0} MiB/s); floors in the same run: \
          tar | zstd -1 {tar_zstd:.2} s ({:.0} MiB/s: export {:.2} x), zstd -d | tar -x {unzstd_tar:.2} s ({:.0} MiB/s: \
          import {:.2} x, volume filled {:.2} x)",
