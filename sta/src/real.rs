@@ -149,6 +149,7 @@ impl Inner {
                 return Err(Failure::Permanent(format!("image {} is a {f} image; a volume needs qcow2 or raw", img.id)))
             }
         };
+        let started = std::time::Instant::now();
         // Data in dcmgr's store is fetched into this node's cache (beside its state file).
         let fetched = match &img.blob {
             Some(blob) => {
@@ -189,6 +190,7 @@ impl Inner {
                 spec.size_mib
             )));
         }
+        let fetched_in = started.elapsed();
         let lun = self.backend.lun_path(&spec.id);
         let mut args = vec!["convert", "-n"];
         // Around the page cache where both file systems take O_DIRECT: through it, a
@@ -204,6 +206,8 @@ impl Inner {
             .run("qemu-img", &args)
             .await
             .map_err(|e| Failure::Transient(format!("copying image {}: {e}", img.id)))?;
+        tracing::info!(volume = %spec.id, image = %img.id, ?fetched_in, copied_in = ?(started.elapsed() - fetched_in),
+            "volume filled from its image");
         Ok(())
     }
 
