@@ -1617,7 +1617,7 @@ async fn a_newer_bundle_updates_the_import_and_prunes_only_when_asked(db: Db) {
     creates.sort();
     assert_eq!(creates, vec![pair("instance", "worker"), pair("network", "extra")]);
     assert_eq!(kinds(&plan.updates), vec![pair("security_group", "web")]);
-    assert!(plan.updates[0].detail.contains("+ ingress tcp Some(443)-Some(443) cidr=0.0.0.0/0"), "{:?}", plan.updates);
+    assert!(plan.updates[0].detail.contains("+ ingress tcp 443 from 0.0.0.0/0"), "{:?}", plan.updates);
     assert_eq!(kinds(&plan.deletes), vec![pair("keypair", "deploy")]);
     assert_eq!(plan.deletes[0].detail, "only with --prune");
     // 2 networks, db group, app-disk image, app and db instances.

@@ -381,12 +381,29 @@ async fn vdc_bundle_exports_plans_and_imports(db: Db) {
         vec![
             format!("updates import {import} (the bundle wins for the fields it carries)").as_str(),
             "  + network \"back\"",
-            format!("  ~ security_group \"web\" {}: + ingress tcp Some(443)-Some(443) cidr=0.0.0.0/0 group=-", web.id)
-                .as_str(),
+            format!("  ~ security_group \"web\" {}: + ingress tcp 443 from 0.0.0.0/0", web.id).as_str(),
             "  = 1 unchanged",
         ],
         "{text}"
     );
+    // The same plan from a pipe: read to its end, its length unknown.
+    let (piped_config, piped_file) = (config.clone(), f2.to_owned());
+    let piped = tokio::task::spawn_blocking(move || {
+        let vdc = vdc_tests::procs::bin("vdc");
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cat '{piped_file}' | '{}' bundle plan /dev/stdin", vdc.display()))
+            .env("VDC_CONFIG", &piped_config)
+            .env_remove("VDC_API")
+            .env_remove("VDC_TOKEN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let piped_text = String::from_utf8_lossy(&piped.stdout);
+    assert!(piped.status.success(), "{piped_text} {}", String::from_utf8_lossy(&piped.stderr));
+    assert_eq!(piped_text, text, "a piped bundle plans as its file");
     ok(&dst, &["bundle", "import", f2]).await;
     assert_eq!(only::<SecurityGroup>(&dst, "/security_groups", "web").await.rules.len(), 2);
     assert_eq!(dst.list_all_networks().await.unwrap().len(), 3);

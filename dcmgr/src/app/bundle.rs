@@ -1536,8 +1536,9 @@ fn update_network(
     d.networks.push(p);
 }
 
-/// A rule as comparable text; a group reference by its ID here (`new:…` for a group
-/// this update creates) and, for people, by name.
+/// A rule as comparable text, which the plan shows (`ingress tcp 80 from 0.0.0.0/0`); a
+/// group reference by its ID here (`new:…` for a group this update creates) and, for
+/// people, by name.
 fn rule_key(
     dir: &str,
     proto: &str,
@@ -1546,7 +1547,20 @@ fn rule_key(
     cidr: Option<&str>,
     group: Option<&str>,
 ) -> String {
-    format!("{dir} {proto} {min:?}-{max:?} cidr={} group={}", cidr.unwrap_or("-"), group.unwrap_or("-"))
+    let ports = match (min, max) {
+        (Some(a), Some(b)) if a == b => format!(" {a}"),
+        (Some(a), Some(b)) => format!(" {a}-{b}"),
+        (Some(a), None) => format!(" {a}-"),
+        (None, Some(b)) => format!(" -{b}"),
+        (None, None) => String::new(),
+    };
+    let from = match (cidr, group) {
+        (Some(c), Some(g)) => format!("{c} and group {g}"),
+        (Some(c), None) => c.to_owned(),
+        (None, Some(g)) => format!("group {g}"),
+        (None, None) => "anywhere".to_owned(),
+    };
+    format!("{dir} {proto}{ports} from {from}")
 }
 
 fn update_group(d: &mut Decision, m: &Manifest, h: &Have, g: &vdc_bundle::SecurityGroup, t: &store::GroupRow) {
