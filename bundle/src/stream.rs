@@ -44,7 +44,8 @@ pub struct Writer<W: Write> {
 
 /// A chunk as it was listed from its blob: its hash and size, and the CRC-32 of its
 /// bytes, so that [`Writer::write_listed`] checks it is the same when read again without
-/// hashing it again (SHA-256 costs twice zstd -1 here; the receiver checks the SHA-256).
+/// hashing it again (SHA-256 runs at 1.5 GB/s here, zstd -1 on incompressible data at
+/// 6.7 GB/s, CRC-32 at 6.5 GB/s; the receiver checks the SHA-256).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
     pub sha256: String,

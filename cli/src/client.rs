@@ -630,9 +630,14 @@ impl Client {
     /// A local file as a streamed request body.
     pub async fn file_body(path: &std::path::Path) -> std::result::Result<reqwest::Body, UploadError> {
         let file = std::fs::File::open(path).map_err(UploadError::Read)?;
-        let len = file.metadata().map_err(UploadError::Read)?.len();
+        let meta = file.metadata().map_err(UploadError::Read)?;
+        if !meta.is_file() {
+            // A pipe (`/dev/stdin`, `<(…)`): read to its end, its length unknown.
+            let file = tokio::fs::File::from_std(file);
+            return Ok(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)));
+        }
         // Read ahead on a thread of its own, as an image's upload is.
-        Ok(reqwest::Body::wrap_stream(vdc_bus::fileio::read_stream(file, len)))
+        Ok(reqwest::Body::wrap_stream(vdc_bus::fileio::read_stream(file, meta.len())))
     }
 
     pub async fn list_bundle_imports(&self) -> Result<Vec<BundleImport>> {
