@@ -1626,6 +1626,7 @@ async fn a_newer_bundle_updates_the_import_and_prunes_only_when_asked(db: Db) {
     assert_eq!(cb.list_all_networks().await.unwrap().len(), 2);
 
     // Without prune: applied, the key pair stays.
+    let web_before = cb.list_all_security_groups().await.unwrap().into_iter().find(|g| g.name == "web").unwrap();
     let done = cb.import_bundle(a2.clone(), &[]).await.unwrap();
     assert!(done.created);
     assert_eq!(done.import.id, first.id);
@@ -1633,6 +1634,9 @@ async fn a_newer_bundle_updates_the_import_and_prunes_only_when_asked(db: Db) {
     assert!(cb.list_all_keypairs().await.unwrap().iter().any(|k| k.name == "deploy"));
     let web = cb.list_all_security_groups().await.unwrap().into_iter().find(|g| g.name == "web").unwrap();
     assert_eq!(web.rules.len(), 2);
+    // The rule that did not change keeps its ID; only the new one is new.
+    assert_eq!(web_before.rules.len(), 1);
+    assert!(web.rules.iter().any(|r| r.id == web_before.rules[0].id), "{web_before:?} → {web:?}");
     let worker = cb.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "worker").unwrap();
     wait_state(&cb, &worker.id, InstanceState::Running).await;
     assert_eq!(done.import.id_map.len(), first.id_map.len() + 2);

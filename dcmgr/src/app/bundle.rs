@@ -1536,6 +1536,16 @@ fn update_network(
     d.networks.push(p);
 }
 
+/// Whether a group's rule here is the rule `spec` (the group reference by its ID here).
+fn same_rule(r: &db::secgroup::RuleRow, spec: &RuleSpec) -> bool {
+    r.direction == spec.direction.as_str()
+        && r.protocol == spec.protocol.as_str()
+        && r.port_min == spec.port_min.map(i64::from)
+        && r.port_max == spec.port_max.map(i64::from)
+        && r.cidr == spec.cidr
+        && r.remote_group_id.as_deref() == spec.group.as_ref().map(|g| g.as_str())
+}
+
 /// A rule as comparable text, which the plan shows (`ingress tcp 80 from 0.0.0.0/0`); a
 /// group reference by its ID here (`new:…` for a group this update creates) and, for
 /// people, by name.
@@ -2432,8 +2442,12 @@ async fn apply(
         if d.kept.contains_key(&g.id) && !update {
             continue;
         }
+        // An updated group keeps the rules it has that the bundle still carries (and
+        // their IDs); the others go, the new ones are added.
+        let mut left = Vec::new();
         if update {
-            store::clear_group(&mut tx, groups[&g.id].as_str(), &g.description).await?;
+            store::set_group_description(&mut tx, groups[&g.id].as_str(), &g.description).await?;
+            left = db::secgroup::rules(tx.conn().await?, groups[&g.id].as_str()).await?;
         }
         for rule in &g.rules {
             let spec = RuleSpec {
@@ -2444,7 +2458,13 @@ async fn apply(
                 cidr: rule.cidr.clone(),
                 group: rule.group.as_ref().and_then(|b| groups.get(b)).cloned(),
             };
-            db::secgroup::insert_rule(&mut tx, &groups[&g.id], &spec).await?;
+            match left.iter().position(|r| same_rule(r, &spec)) {
+                Some(i) => drop(left.remove(i)),
+                None => drop(db::secgroup::insert_rule(&mut tx, &groups[&g.id], &spec).await?),
+            }
+        }
+        for r in left {
+            db::secgroup::delete_rule(&mut tx, &groups[&g.id], &r.id.parse().map_err(ApiError::internal)?).await?;
         }
         if update {
             db::interface::bump_for_group(&mut tx, groups[&g.id].as_str(), db::interface::GroupChange::Rules).await?;

@@ -482,7 +482,17 @@ pub async fn set_dhcp(tx: &mut db::Tx<'_>, network: &str, start: &str, end: &str
     db::event::record(tx.conn().await?, db::event::Kind::Network, network, db::event::Change::State).await
 }
 
-/// Sets a group's description and removes all its rules (the caller inserts the new ones).
+/// Sets a group's description (an update; its rules are changed one by one).
+pub async fn set_group_description(tx: &mut db::Tx<'_>, group: &str, description: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE security_groups SET description = $1 WHERE id = $2")
+        .bind(description)
+        .bind(group)
+        .execute(tx.conn().await?)
+        .await?;
+    db::event::record(tx.conn().await?, db::event::Kind::SecurityGroup, group, db::event::Change::State).await
+}
+
+/// Sets a group's description and removes all its rules (a pruned group, before it goes).
 pub async fn clear_group(tx: &mut db::Tx<'_>, group: &str, description: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE security_groups SET description = $1 WHERE id = $2")
         .bind(description)
