@@ -494,13 +494,8 @@ pub async fn set_group_description(tx: &mut db::Tx<'_>, group: &str, description
 
 /// Sets a group's description and removes all its rules (a pruned group, before it goes).
 pub async fn clear_group(tx: &mut db::Tx<'_>, group: &str, description: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE security_groups SET description = $1 WHERE id = $2")
-        .bind(description)
-        .bind(group)
-        .execute(tx.conn().await?)
-        .await?;
     sqlx::query("DELETE FROM security_group_rules WHERE group_id = $1").bind(group).execute(tx.conn().await?).await?;
-    db::event::record(tx.conn().await?, db::event::Kind::SecurityGroup, group, db::event::Change::State).await
+    set_group_description(tx, group, description).await
 }
 
 pub async fn set_public_key(tx: &mut db::Tx<'_>, id: &str, key: &str, fingerprint: &str) -> Result<(), sqlx::Error> {
