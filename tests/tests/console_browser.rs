@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use vdc_schema::api::*;
 use vdc_schema::state::Role;
-use vdc_schema::ImageFormat;
+use vdc_schema::{ImageFormat, ImageState, InstanceState};
 use vdc_tests::{Db, Stack, StackOptions};
 
 const PASSWORD: &str = "browser-password-1";
@@ -53,6 +53,11 @@ struct Browser {
 
 impl Browser {
     async fn start() -> (Driver, Browser) {
+        Browser::start_saving_to(None).await
+    }
+
+    /// With `downloads`, files the page downloads are saved there without asking.
+    async fn start_saving_to(downloads: Option<&std::path::Path>) -> (Driver, Browser) {
         let bin = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -103,10 +108,14 @@ impl Browser {
         .map(|a| a.to_string())
         .chain([format!("--user-data-dir={}", driver._profile.path().display())])
         .collect::<Vec<_>>();
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
-        }}});
+        let mut options = json!({"binary": "/usr/bin/chromium", "args": args});
+        if let Some(dir) = downloads {
+            options["prefs"] = json!({
+                "download.default_directory": dir.to_str().unwrap(),
+                "download.prompt_for_download": false,
+            });
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}});
         let resp: Value =
             http.post(format!("{}/session", driver.url)).json(&caps).send().await.unwrap().json().await.unwrap();
         let id = resp["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {resp}"));
@@ -144,6 +153,13 @@ impl Browser {
         let e = self.find(css).await;
         self.cmd(reqwest::Method::POST, &format!("/element/{e}/clear"), Some(json!({}))).await;
         self.cmd(reqwest::Method::POST, &format!("/element/{e}/value"), Some(json!({"text": text}))).await;
+    }
+
+    /// Chooses `path` in the file input `css`.
+    async fn choose_file(&self, css: &str, path: &std::path::Path) {
+        let e = self.find(css).await;
+        self.cmd(reqwest::Method::POST, &format!("/element/{e}/value"), Some(json!({"text": path.to_str().unwrap()})))
+            .await;
     }
 
     async fn click(&self, css: &str) {
@@ -425,6 +441,214 @@ async fn the_console_signs_in_switches_accounts_and_signs_out() {
         .await;
     eprintln!("every account's instances: {rows}");
     eprintln!("the browser part took {:?}", started.elapsed());
+    b.quit().await;
+    s.stop().await;
+}
+
+/// Signs `user` in with the password form; waits for the first account's view.
+async fn sign_in(b: &Browser, url: &str, user: &str) {
+    b.goto(&format!("{url}/console/")).await;
+    b.wait("the sign-in form", "return !document.querySelector('#password-form').hidden").await;
+    b.type_into("#user-input", user).await;
+    b.type_into("#password-input", PASSWORD).await;
+    b.click("#password-form button[type=submit]").await;
+    assert_eq!(b.text_of("#who-user").await, user);
+}
+
+/// Issues 12 and 13 in the console: an image uploaded from a file through the register
+/// form, then the account's whole VDC exported as a bundle (a real download), planned
+/// and imported into another account from that file; the plan, the import and its IDs
+/// shown, and what the import made there, through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_uploads_an_image_and_moves_a_vdc_with_a_bundle() {
+    vdc_tests::init_logging();
+    let mut o = StackOptions::new(Db::Sqlite);
+    o.hosts = 1;
+    let s = Stack::start(o).await;
+    let url = s.url();
+    s.admin
+        .create_user(&CreateUser { name: "ren".into(), admin: false, password: Some(PASSWORD.into()) })
+        .await
+        .unwrap();
+    let alpha = s.account("alpha").await;
+    let beta = s.account("beta").await;
+    for c in [&alpha, &beta] {
+        let id = c.whoami().await.unwrap().account.id;
+        c.add_member(&id, &AddMember { user: "ren".into(), role: Role::Member }).await.unwrap();
+    }
+    alpha.post::<_, Value>("/networks", &json!({"name": "alpha-net", "cidr": "10.81.0.0/24"})).await.unwrap();
+    alpha
+        .post::<_, Value>(
+            "/security_groups",
+            &json!({"name": "web", "description": "ssh", "rules": [{"protocol": "tcp", "port_min": 22, "cidr": "0.0.0.0/0"}]}),
+        )
+        .await
+        .unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let downloads = tempfile::tempdir().unwrap();
+    // A raw disk of 2 MiB and a bit, incompressible (xorshift).
+    let disk = files.path().join("disk.raw");
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let bytes: Vec<u8> = (0..(2 << 20) + 4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&disk, &bytes).unwrap();
+    let sha = {
+        use sha2::Digest;
+        format!("sha256:{:x}", sha2::Sha256::digest(&bytes))
+    };
+
+    let (_driver, b) = Browser::start_saving_to(Some(downloads.path())).await;
+    sign_in(&b, &url, "ren").await;
+    b.wait("alpha", "return document.querySelector('#account-select').selectedOptions[0]?.textContent === 'alpha'")
+        .await;
+
+    // The image, uploaded from the file.
+    view_text(&b, "images").await;
+    b.js(
+        "[...document.querySelectorAll('#view button.primary')].find((x) => x.textContent === 'Register image').click()",
+        json!([]),
+    )
+    .await;
+    b.wait("the image form", "return !!document.querySelector('#image-file')").await;
+    b.type_into("#image-name", "uploaded-disk").await;
+    b.js("const f = document.querySelector('#image-name').form; f.querySelector('select').value = 'raw';", json!([]))
+        .await;
+    b.choose_file("#image-file", &disk).await;
+    b.js("document.querySelector('#image-file').form.querySelector('button[type=submit]').click()", json!([])).await;
+    let notice = b
+        .wait(
+            "the upload's notice",
+            "const n = [...document.querySelectorAll('#notices p')].map((p) => p.textContent).find((t) => t.includes('uploaded-disk'));              return n || (document.querySelector('.form-error:not([hidden])')?.textContent ?? '')",
+        )
+        .await;
+    assert!(notice.as_str().unwrap().contains("uploaded and checked"), "{notice}");
+    let img = alpha.list_all_images().await.unwrap().into_iter().find(|i| i.name == "uploaded-disk").unwrap();
+    assert_eq!(img.state, ImageState::Available);
+    assert_eq!(img.checksum.as_deref(), Some(sha.as_str()), "the file's bytes, as sent");
+    assert_eq!(img.format, ImageFormat::Raw);
+    let row = b
+        .wait(
+            "the image's row",
+            "const r = [...document.querySelectorAll('#view tr')].find((r) => r.innerText.includes('uploaded-disk'));              return r && r.innerText.includes('Available') ? r.innerText : ''",
+        )
+        .await;
+    assert!(row.as_str().unwrap().contains("Uploaded or captured"), "{row}");
+
+    // The whole VDC, exported: a download.
+    view_text(&b, "bundles").await;
+    b.js("document.querySelector('#bundle-export button[type=submit]').click()", json!([])).await;
+    let saved = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let done: Vec<_> = std::fs::read_dir(downloads.path())
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "bundle"))
+                .collect();
+            if let [one] = &done[..] {
+                break one.clone();
+            }
+            assert!(Instant::now() < deadline, "no bundle was downloaded: {done:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let exported = b.wait("the export's notice", "return [...document.querySelectorAll('#notices p')].map((p) => p.textContent).find((t) => t.startsWith('Bundle vdc-')) || ''").await;
+    let name = saved.file_name().unwrap().to_str().unwrap();
+    assert!(exported.as_str().unwrap().contains(name), "{exported} names {name}");
+    assert!(std::fs::metadata(&saved).unwrap().len() > bytes.len() as u64 / 2, "the image's data is in it");
+
+    // Into beta: planned, then imported.
+    let beta_id = beta.whoami().await.unwrap().account.id;
+    b.click(&format!("#account-select option[value='{beta_id}']")).await;
+    b.wait(
+        "beta",
+        "return document.querySelector('#account-select').selectedOptions[0]?.textContent === 'beta' && location.hash === '#bundles'          && document.querySelector('#view').innerText.includes('No bundle was imported')",
+    )
+    .await;
+    b.choose_file("#bundle-file", &saved).await;
+    b.click("#bundle-plan-button").await;
+    let plan = b.text_of("#bundle-plan-result").await;
+    for want in
+        ["+ network “alpha-net”", "+ security_group “web”", "+ image “uploaded-disk”", "Nothing keeps this bundle"]
+    {
+        assert!(plan.contains(want), "the plan shows {want}: {plan}");
+    }
+    assert!(beta.list_all_networks().await.unwrap().is_empty(), "a plan makes nothing");
+    b.click("#bundle-import-button").await;
+    let imported = b.text_of("#bundle-imported").await;
+    assert!(imported.starts_with("Imported as "), "{imported}");
+    let imports = beta.list_bundle_imports().await.unwrap();
+    assert_eq!(imports.len(), 1);
+    assert!(imported.contains(imports[0].id.as_str()), "{imported}");
+    let nets = beta.list_all_networks().await.unwrap();
+    assert_eq!((nets.len(), nets[0].name.as_str(), nets[0].cidr.to_string()), (1, "alpha-net", "10.81.0.0/24".into()));
+    let copy = beta.list_all_images().await.unwrap().into_iter().find(|i| i.name == "uploaded-disk").unwrap();
+    assert_eq!((copy.state, copy.checksum.as_deref()), (ImageState::Available, Some(sha.as_str())));
+    // The imports table, and the IDs the import made.
+    let list = b
+        .wait(
+            "the import in the table",
+            &format!("const v = document.querySelector('#view'); return v.querySelector('[data-fk=\"map:{}\"]') ? v.innerText : ''", imports[0].id),
+        )
+        .await;
+    assert!(list.as_str().unwrap().contains(imports[0].id.as_str()));
+    b.js(&format!("document.querySelector('[data-fk=\"map:{}\"]').click()", imports[0].id), json!([])).await;
+    let ids = b.text_of("dialog table").await;
+    assert!(ids.contains(nets[0].id.as_str()) && ids.contains(copy.id.as_str()), "{ids}");
+    b.js("document.querySelector('dialog button[type=submit]').click()", json!([])).await;
+
+    // The same bundle again: the plan says it was imported already.
+    b.click("#bundle-plan-button").await;
+    b.wait(
+        "the second plan",
+        "return document.querySelector('#bundle-plan-result')?.innerText.includes('imported here already')",
+    )
+    .await;
+
+    // Back in alpha: a stopped instance captured as an image, and the uploaded image
+    // shared with beta, from the console.
+    let vm = alpha.create_instance(&vdc_tests::qemu_guest(&img.id, "alpha-vm")).await.unwrap().resource;
+    vdc_tests::wait_state(&alpha, &vm.id, InstanceState::Running).await;
+    alpha.stop_instance(&vm.id).await.unwrap();
+    vdc_tests::wait_state(&alpha, &vm.id, InstanceState::Stopped).await;
+    let alpha_id = alpha.whoami().await.unwrap().account.id;
+    b.click(&format!("#account-select option[value='{alpha_id}']")).await;
+    b.wait(
+        "alpha again",
+        "return document.querySelector('#account-select').selectedOptions[0]?.textContent === 'alpha'",
+    )
+    .await;
+    view_text(&b, "instances").await;
+    b.wait(
+        "the capture button",
+        &format!("const x = document.querySelector('[data-fk=\"capture:{}\"]'); return x && !x.disabled", vm.id),
+    )
+    .await;
+    b.js(&format!("document.querySelector('[data-fk=\"capture:{}\"]').click()", vm.id), json!([])).await;
+    b.type_into("#capture-name", "golden").await;
+    b.js("document.querySelector('#capture-name').form.querySelector('button[type=submit]').click()", json!([])).await;
+    b.wait(
+        "the capture's notice",
+        "return [...document.querySelectorAll('#notices p')].some((p) => p.textContent.startsWith('Capturing alpha-vm'))",
+    )
+    .await;
+    let golden = alpha.list_all_images().await.unwrap().into_iter().find(|i| i.name == "golden").expect("captured");
+    let golden = alpha.wait_image(&golden.id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(golden.state, ImageState::Available, "{golden:?}");
+    view_text(&b, "images").await;
+    b.js(&format!("document.querySelector('[data-fk=\"share:{}\"]').click()", img.id), json!([])).await;
+    assert_eq!(b.text_of("dialog .empty").await, "Not shared with any account.");
+    b.type_into("#share-account", beta_id.as_str()).await;
+    b.js("document.querySelector('#share-account').form.querySelector('button.primary').click()", json!([])).await;
+    let shared = b.text_of("dialog ul.plain").await;
+    assert!(shared.contains(beta_id.as_str()), "{shared}");
+    assert_eq!(alpha.image_members(&img.id).await.unwrap().members, vec![beta_id.clone()]);
     b.quit().await;
     s.stop().await;
 }

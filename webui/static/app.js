@@ -176,6 +176,12 @@ function fmtMib(n) {
   return t('size_gib', { n: gib.toLocaleString(undefined, { maximumFractionDigits: 1 }) });
 }
 
+function fmtBytes(n) {
+  if (n == null) return DASH;
+  if (n < 1048576) return t('size_kib', { n: (n / 1024).toLocaleString(undefined, { maximumFractionDigits: 1 }) });
+  return fmtMib(Math.round(n / 104857.6) / 10);
+}
+
 function fmtUsage(used, total, fmt) {
   const pct = total > 0 ? Math.round((used / total) * 100) : 0;
   return t('usage', { used: fmt(used), total: fmt(total), pct });
@@ -235,14 +241,65 @@ async function api(method, path, body, token) {
       data = null;
     }
   }
-  if (!res.ok) {
-    const detail = data && data.error ? data.error : {};
-    const err = new ApiError(res.status, detail.code || `http_${res.status}`, detail.message || res.statusText || t('error_unknown'));
-    // A revoked, expired or mistyped token: back to the sign-in form (not while signing in).
-    if (res.status === 401 && token === undefined) sessionRefused(used);
-    throw err;
-  }
+  if (!res.ok) throw refusal(res.status, res.statusText, data, used, token);
   return data;
+}
+
+// The error of an answer with status `status` (not 2xx) and JSON body `data`.
+function refusal(status, statusText, data, used, token) {
+  const detail = data && data.error ? data.error : {};
+  // A revoked, expired or mistyped token: back to the sign-in form (not while signing in).
+  if (status === 401 && token === undefined) sessionRefused(used);
+  return new ApiError(status, detail.code || `http_${status}`, detail.message || statusText || t('error_unknown'));
+}
+
+// Sends a file as the body of a call (streamed by the browser, not read into memory),
+// with XMLHttpRequest, whose upload reports its progress where fetch does not:
+// `progress(sent, total)`. Resolves with the JSON answer.
+function sendFile(method, path, file, progress) {
+  return new Promise((resolve, reject) => {
+    const used = app.token;
+    const xhr = new XMLHttpRequest();
+    xhr.open(method, API_BASE + path);
+    xhr.setRequestHeader('Accept', 'application/json');
+    xhr.setRequestHeader('Content-Type', 'application/octet-stream');
+    xhr.setRequestHeader('Authorization', `Bearer ${used}`);
+    if (app.actIn) xhr.setRequestHeader('X-Vdc-Account', app.actIn);
+    xhr.upload.addEventListener('progress', (ev) => progress(ev.loaded, ev.lengthComputable ? ev.total : file.size));
+    xhr.addEventListener('error', () => reject(new ApiError(0, 'network', t('error_network'))));
+    xhr.addEventListener('load', () => {
+      let data = null;
+      try {
+        data = xhr.responseText ? JSON.parse(xhr.responseText) : null;
+      } catch (_) {
+        data = null;
+      }
+      if (xhr.status >= 200 && xhr.status < 300) resolve(data);
+      else reject(refusal(xhr.status, xhr.statusText, data, used));
+    });
+    xhr.send(file);
+  });
+}
+
+// A progress bar with its figures ("12 MiB of 40 MiB"), hidden until first set.
+function progressBar(label) {
+  const bar = el('progress', { max: '1', value: '0', 'aria-label': label });
+  const figures = el('span', { class: 'hint' });
+  const node = el('div', { class: 'progress', hidden: true }, bar, ' ', figures);
+  return {
+    node,
+    set(done, total) {
+      node.hidden = false;
+      if (total) {
+        bar.max = total;
+        bar.value = done;
+        figures.textContent = t('bytes_of', { done: fmtBytes(done), total: fmtBytes(total) });
+      } else {
+        bar.removeAttribute('value');
+        figures.textContent = fmtBytes(done);
+      }
+    },
+  };
 }
 
 // A call was refused 401 with `used`: signed out, unless the console has moved on. An
@@ -535,6 +592,26 @@ function mountInstances(root) {
     refreshView();
   }
 
+  // A new image from the instance's root disk: stopped, or running (crash-consistent).
+  function capture(inst) {
+    const name = input({ required: true, maxlength: '64', value: `${inst.name || inst.id}-image`, id: 'capture-name' });
+    const os = input({ maxlength: '64', placeholder: 'debian-12' });
+    const { dlg, form } = dialog(t('capture_title', { name: displayName(inst) }), el('div', {},
+      el('p', { class: 'hint' }, t('capture_help')),
+      field(t('field_image_name'), name),
+      field(t('field_os'), os, t('hint_optional'))), [
+      el('button', { type: 'submit', class: 'primary' }, t('action_capture')),
+      el('button', { type: 'button', class: 'ghost', onclick: () => dlg.close() }, t('cancel')),
+    ]);
+    form.method = 'post';
+    asyncForm(form, async () => {
+      const r = await api('POST', `/instances/${enc(inst.id)}/capture`, compact({ image_name: val(name), os: val(os) }));
+      notify('ok', t('capture_requested', { name: displayName(inst), image: displayName(r.resource), job: r.job.id }));
+      dlg.close();
+      refreshView();
+    });
+  }
+
   async function terminate(inst) {
     const ok = await confirmDialog(t('confirm_terminate_title'), t('confirm_terminate', { name: displayName(inst) }), t('action_terminate'));
     if (ok) act(inst, { id: 'terminate', label: t('action_terminate') });
@@ -584,6 +661,7 @@ function mountInstances(root) {
               danger: true,
               disabled: i.state === 'terminated' || i.state === 'shuttingdown',
             }),
+            actionButton(t('action_capture'), `capture:${i.id}`, () => capture(i), { disabled: !['stopped', 'running'].includes(i.state) }),
             actionButton(t('console_log'), `console:${i.id}`, () => openConsole(consoleSlot, i)),
           )),
         },
@@ -968,50 +1046,142 @@ function mountKeyPairs(root) {
 
 // ------------------------------------------------------------------ images
 
+// Formats a tenant brings its own data in (dir and kernel images are an operator's).
+const UPLOAD_FORMATS = ['qcow2', 'raw', 'tar'];
+const MIB = 1048576;
+
+// Register an image: its data uploaded from this browser, or fetched by dcmgr from a URL;
+// its properties (login user, boot mode, minimum disk and memory, OS).
+async function imageForm(close) {
+  const admin = !!(app.who && app.who.admin);
+  const name = input({ required: true, maxlength: '64', id: 'image-name' });
+  const fromUpload = radio('image-from', 'upload', t('image_from_upload'), true);
+  const fromUrl = radio('image-from', 'url', t('image_from_url'));
+  const file = el('input', { type: 'file', id: 'image-file' });
+  const url = input({ type: 'url', id: 'image-url', placeholder: 'https://…/disk.qcow2' });
+  const format = select((admin ? IMAGE_FORMATS : UPLOAD_FORMATS).map((f) => ({ value: f, label: f })), { value: 'qcow2' });
+  const arch = select(ARCHES.map((a) => ({ value: a, label: a })));
+  const hvs = HYPERVISORS.map((h) => ({ h, ...checkbox(h, { checked: h !== 'lxc' }) }));
+  const checksum = input({ placeholder: 'sha256:…', pattern: 'sha256:[0-9a-fA-F]{64}' });
+  const defaultUser = input({ placeholder: 'debian', pattern: '[a-z_][a-z0-9_\\-]{0,31}', maxlength: '32' });
+  const bootMode = select([{ value: 'bios', label: 'BIOS' }, { value: 'uefi', label: 'UEFI' }]);
+  const minDisk = input({ type: 'number', min: '1', step: '1' });
+  const minMemory = input({ type: 'number', min: '1', step: '1' });
+  const os = input({ placeholder: 'debian-12', maxlength: '64' });
+  // An operator's kernel images (their source a file:// path in the directories dcmgr allows).
+  const initrd = input({});
+  const cmdline = input({ placeholder: 'console=ttyS0' });
+  const pub = checkbox(t('field_public'));
+  const progress = progressBar(t('upload_progress'));
+  const fileField = field(t('field_file'), file, t('hint_image_file'));
+  const urlField = field(t('field_url'), url, t('hint_image_url'));
+  const showSource = () => {
+    fileField.hidden = !fromUpload.r.checked;
+    urlField.hidden = fromUpload.r.checked;
+    url.required = !fromUpload.r.checked;
+  };
+  fromUpload.r.addEventListener('change', showSource);
+  fromUrl.r.addEventListener('change', showSource);
+  showSource();
+  // A tar image is a container's root file system.
+  format.addEventListener('change', () => hvs.forEach((x) => { x.box.checked = (format.value === 'tar') === (x.h === 'lxc'); }));
+  const form = el('form', { class: 'form' },
+    el('div', { class: 'grid' },
+      field(t('field_name'), name),
+      field(t('field_format'), format, t('hint_image_format')),
+      field(t('field_arch'), arch)),
+    el('fieldset', { class: 'group' }, el('legend', {}, t('field_image_data')),
+      el('div', { class: 'checks inline' }, fromUpload.node, fromUrl.node), fileField, urlField),
+    el('fieldset', { class: 'group' }, el('legend', {}, t('field_hypervisors')), el('div', { class: 'checks inline' }, hvs.map((x) => x.node))),
+    el('div', { class: 'grid' },
+      field(t('field_default_user'), defaultUser, t('hint_default_user')),
+      field(t('field_boot_mode'), bootMode),
+      field(t('field_os'), os),
+      field(t('field_min_disk_mib'), minDisk, t('hint_optional')),
+      field(t('field_min_memory_mib'), minMemory, t('hint_optional')),
+      field(t('field_checksum'), checksum, t('hint_checksum'))),
+    admin ? el('div', { class: 'grid' },
+      field(t('field_initrd'), initrd, t('hint_kernel_only')),
+      field(t('field_kernel_cmdline'), cmdline, t('hint_kernel_only'))) : null,
+    admin ? el('div', { class: 'field' }, pub.node, el('p', { class: 'hint' }, t('hint_public'))) : null,
+    progress.node,
+    formActions(t('register'), close));
+  const mib = (control) => (num(control) === undefined ? undefined : num(control) * MIB);
+  return asyncForm(form, async () => {
+    const upload = fromUpload.r.checked;
+    const data = file.files && file.files[0];
+    if (upload && !data) throw new Error(t('need_file'));
+    const hypervisors = hvs.filter((x) => x.box.checked).map((x) => x.h);
+    if (!hypervisors.length) throw new Error(t('need_hypervisor'));
+    let img = await api('POST', '/images', compact({
+      name: val(name),
+      format: format.value,
+      arch: arch.value,
+      hypervisors,
+      source: upload ? undefined : val(url),
+      checksum: val(checksum),
+      default_user: val(defaultUser),
+      boot_mode: format.value === 'tar' ? undefined : bootMode.value,
+      min_disk: mib(minDisk),
+      min_memory: mib(minMemory),
+      os: val(os),
+      initrd: val(initrd),
+      kernel_cmdline: val(cmdline),
+      public: admin ? pub.box.checked : undefined,
+    }));
+    if (upload) {
+      try {
+        img = await sendFile('PUT', `/images/${enc(img.id)}/file`, data, (sent, total) => progress.set(sent, total));
+      } catch (e) {
+        // The image stays (failed, or pending when cut off): it is listed, to upload again or delete.
+        refreshView();
+        throw new Error(t('upload_failed', { name: displayName(img), message: errorText(e) }));
+      }
+    }
+    notify('ok', upload ? t('image_uploaded', { name: displayName(img) }) : t('image_importing', { name: displayName(img) }));
+    close();
+    refreshView();
+  });
+}
+
+// Who an image is shared with: they can see and boot it, not change it.
+async function shareDialog(img) {
+  const path = `/images/${enc(img.id)}/members`;
+  const members = el('div');
+  const account = input({ required: true, placeholder: 'a-…', id: 'share-account' });
+  async function show(list) {
+    members.replaceChildren(list.members.length
+      ? el('ul', { class: 'plain' }, list.members.map((m) => el('li', {}, code(m), ' ',
+        actionButton(t('unshare'), `unshare:${m}`, async () => {
+          try {
+            show(await api('DELETE', `${path}/${enc(m)}`));
+          } catch (e) {
+            notify('error', errorText(e));
+          }
+        }, { danger: true }))))
+      : empty(t('shared_with_nobody')));
+  }
+  try {
+    await show(await api('GET', path));
+  } catch (e) {
+    notify('error', errorText(e));
+    return;
+  }
+  const { dlg, form } = dialog(t('share_title', { name: displayName(img) }),
+    el('div', {}, el('h3', {}, t('shared_with')), members, field(t('field_account_id'), account, t('hint_share'))), [
+      el('button', { type: 'submit', class: 'primary' }, t('share')),
+      el('button', { type: 'button', class: 'ghost', onclick: () => dlg.close() }, t('close')),
+    ]);
+  form.method = 'post';
+  asyncForm(form, async () => {
+    await show(await api('PUT', `${path}/${enc(val(account) || '')}`));
+    account.value = '';
+  });
+}
+
 function mountImages(root) {
   const frame = viewFrame(root, t('nav_images'), t('images_intro'));
-  createPanel(frame, t('image_register'), async (close) => {
-    const name = input({ required: true, maxlength: '255' });
-    const format = select(IMAGE_FORMATS.map((f) => ({ value: f, label: f })), { value: 'qcow2' });
-    const arch = select(ARCHES.map((a) => ({ value: a, label: a })));
-    const hvs = HYPERVISORS.map((h) => ({ h, ...checkbox(h, { checked: h === 'kvm' }) }));
-    const source = input({ required: true, placeholder: 'https://… / file:///… / builtin:NAME' });
-    const checksum = input({ placeholder: 'sha256:…', pattern: 'sha256:[0-9a-fA-F]{64}' });
-    const initrd = input({});
-    const cmdline = input({ placeholder: 'console=ttyS0' });
-    const pub = checkbox(t('field_public'));
-    const form = el('form', { class: 'form' },
-      el('div', { class: 'grid' },
-        field(t('field_name'), name),
-        field(t('field_format'), format),
-        field(t('field_arch'), arch)),
-      el('fieldset', { class: 'group' }, el('legend', {}, t('field_hypervisors')), el('div', { class: 'checks inline' }, hvs.map((x) => x.node))),
-      field(t('field_source'), source, t('hint_source')),
-      el('div', { class: 'grid' },
-        field(t('field_checksum'), checksum, t('hint_checksum')),
-        field(t('field_initrd'), initrd, t('hint_kernel_only')),
-        field(t('field_kernel_cmdline'), cmdline, t('hint_kernel_only'))),
-      el('div', { class: 'field' }, pub.node, el('p', { class: 'hint' }, t('hint_public'))),
-      formActions(t('register'), close));
-    return asyncForm(form, async () => {
-      const hypervisors = hvs.filter((x) => x.box.checked).map((x) => x.h);
-      if (!hypervisors.length) throw new Error(t('need_hypervisor'));
-      const img = await api('POST', '/images', compact({
-        name: val(name),
-        format: format.value,
-        arch: arch.value,
-        hypervisors,
-        source: val(source),
-        checksum: val(checksum),
-        initrd: val(initrd),
-        kernel_cmdline: val(cmdline),
-        public: pub.box.checked,
-      }));
-      notify('ok', t('created', { name: displayName(img) }));
-      close();
-      refreshView();
-    });
-  });
+  createPanel(frame, t('image_register'), imageForm);
   const list = el('div');
   frame.body.append(list);
   return {
@@ -1022,23 +1192,31 @@ function mountImages(root) {
       const columns = [
         { label: t('col_id'), cell: (i) => code(i.id) },
         { label: t('col_name'), cell: (i) => i.name },
+        {
+          label: t('col_state'),
+          cell: (i) => [badge(i.state), i.failure_reason ? el('div', { class: 'reason' }, i.failure_reason) : null],
+        },
         { label: t('col_format'), cell: (i) => i.format },
         // The disk a volume or root disk from it gets at least (disk images dcmgr read).
-        { label: t('col_disk_size'), cell: (i) => fmtMib(i.virtual_size == null ? null : Math.ceil(i.virtual_size / 1048576)), class: 'num' },
+        { label: t('col_disk_size'), cell: (i) => fmtMib(i.virtual_size == null ? null : Math.ceil(i.virtual_size / MIB)), class: 'num' },
         { label: t('col_arch'), cell: (i) => i.arch },
+        { label: t('col_os'), cell: (i) => orDash(i.os) },
+        { label: t('col_default_user'), cell: (i) => orDash(i.default_user) },
         { label: t('col_hypervisors'), cell: (i) => i.hypervisors.join(', ') },
-        { label: t('col_source'), cell: (i) => el('span', { class: 'wrap' }, i.source) },
+        { label: t('col_source'), cell: (i) => el('span', { class: 'wrap' }, i.source === 'upload' ? t('source_uploaded') : i.source) },
         { label: t('col_public'), cell: (i) => (i.public ? t('yes') : t('no')) },
         { label: t('col_created'), cell: (i) => fmtTime(i.created_at) },
         {
           label: t('col_actions'),
-          cell: (i) => actionsCell(actionButton(t('delete'), `del:${i.id}`, () => deleteWith(
-            t('confirm_delete_title'), t('confirm_delete', { name: displayName(i) }),
-            `/images/${enc(i.id)}`, t('deleted', { name: displayName(i) })), { danger: true })),
+          cell: (i) => actionsCell(
+            actionButton(t('share'), `share:${i.id}`, () => shareDialog(i), { disabled: i.public }),
+            actionButton(t('delete'), `del:${i.id}`, () => deleteWith(
+              t('confirm_delete_title'), t('confirm_delete', { name: displayName(i) }),
+              `/images/${enc(i.id)}`, t('deleted', { name: displayName(i) })), { danger: true })),
         },
       ];
       swap(list, items.length ? table(columns, items, t('nav_images')) : empty(t('images_empty')));
-      return false;
+      return items.some((i) => TRANSITIONAL.has(i.state));
     },
   };
 }
@@ -1225,6 +1403,190 @@ function mountVolumes(root) {
       swap(volList, shownVolumes.length ? table(volColumns, shownVolumes, t('nav_volumes')) : empty(t('volumes_empty')));
       swap(snapList, shownSnaps.length ? table(snapColumns, shownSnaps, t('nav_snapshots')) : empty(t('snapshots_empty')));
       return shownVolumes.some((v) => TRANSITIONAL.has(v.state)) || shownSnaps.some((s) => TRANSITIONAL.has(s.state));
+    },
+  };
+}
+
+// ------------------------------------------------------------------ bundles
+
+// The maps a plan or an import is given: one KEY=VALUE per line; blank lines and lines
+// starting with # are left out (as in `vdc bundle plan --map-file`).
+function bundleQuery(mapsText, prune) {
+  const q = new URLSearchParams();
+  for (const line of mapsText.split('\n')) {
+    const m = line.trim();
+    if (m && !m.startsWith('#')) q.append('map', m);
+  }
+  if (prune) q.set('prune', 'true');
+  const text = q.toString();
+  return text ? `?${text}` : '';
+}
+
+// The whole VDC of this account as one bundle, read as it streams (its bytes counted on
+// screen), then saved as a download named as the CLI names it.
+async function exportBundle(modelOnly, stop, progress) {
+  const used = app.token;
+  const headers = { Authorization: `Bearer ${used}` };
+  if (app.actIn) headers['X-Vdc-Account'] = app.actIn;
+  const q = new URLSearchParams();
+  if (modelOnly) q.set('model_only', 'true');
+  if (stop) q.set('stop', 'true');
+  let res;
+  try {
+    res = await fetch(`${API_BASE}/bundle${q.toString() ? `?${q}` : ''}`, { headers, cache: 'no-store' });
+  } catch (_) {
+    throw new ApiError(0, 'network', t('error_network'));
+  }
+  if (!res.ok) {
+    let data = null;
+    try {
+      data = await res.json();
+    } catch (_) {
+      data = null;
+    }
+    throw refusal(res.status, res.statusText, data, used);
+  }
+  const parts = [];
+  let got = 0;
+  const reader = res.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    parts.push(value);
+    got += value.length;
+    progress.set(got, 0);
+  }
+  const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
+  const name = `vdc-${stamp}.bundle`;
+  const link = el('a', { href: URL.createObjectURL(new Blob(parts, { type: 'application/octet-stream' })), download: name, hidden: true });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+  return { name, bytes: got };
+}
+
+// A plan as the CLI prints it: what is created, changed and deleted, and what keeps the
+// bundle from being imported, each conflict with the map that resolves it (one click adds
+// it to `maps`).
+function planView(plan, maps) {
+  const line = (sign, text) => el('li', {}, el('code', {}, sign), ' ', text);
+  const part = (title, items) => (items.length ? el('section', { class: 'subsection' }, el('h3', {}, title), el('ul', { class: 'plain plan' }, items)) : null);
+  const creates = plan.creates.map((c) => line('+', `${c.kind} “${c.name}” (${c.bundle_id})${c.note ? ` — ${c.note}` : ''}`));
+  const updates = (plan.updates || []).map((c) => line('~', `${c.kind} “${c.name}” (${c.id}): ${c.detail}`));
+  const deletes = (plan.deletes || []).map((c) => line('-', `${c.kind} “${c.name}” (${c.id}): ${c.detail}`));
+  const conflicts = plan.conflicts.map((c) => el('li', {}, el('code', {}, '!'), ' ', `${c.code}: ${c.message}`,
+    c.resolve ? [' ', actionButton(t('plan_use_map', { map: c.resolve }), `map:${c.resolve}`, () => {
+      maps.value = `${maps.value.trim() ? `${maps.value.trim()}\n` : ''}${c.resolve}\n`;
+    })] : null));
+  const unchanged = (plan.unchanged || []).length;
+  return el('div', { id: 'bundle-plan-result' },
+    el('p', {}, t('plan_verified', { chunks: plan.chunks, size: fmtBytes(plan.bytes), site: plan.source_site, vdc: plan.source_vdc })),
+    plan.already_imported ? el('p', { class: 'note' }, t('plan_already', { id: plan.already_imported })) : null,
+    plan.update_of ? el('p', {}, t('plan_update_of', { id: plan.update_of })) : null,
+    part(t('plan_creates'), creates),
+    part(t('plan_updates'), updates),
+    part(plan.prune ? t('plan_deletes') : t('plan_deletes_not_pruned'), deletes),
+    unchanged ? el('p', { class: 'hint' }, t('plan_unchanged', { n: unchanged })) : null,
+    part(t('plan_conflicts'), conflicts),
+    el('p', { class: plan.conflicts.length ? 'form-error' : 'note' },
+      plan.conflicts.length ? t('plan_unresolved', { n: plan.conflicts.length }) : t('plan_ready')));
+}
+
+// Bundle ID → ID made here.
+function importMapDialog(imp) {
+  const rows = Object.entries(imp.id_map).sort(([a], [b]) => (a < b ? -1 : 1)).map(([from, to]) => ({ from, to }));
+  const { dlg } = dialog(t('import_map_title', { id: imp.id }), table([
+    { label: t('col_bundle_id'), cell: (r) => code(r.from) },
+    { label: t('col_id_here'), cell: (r) => code(r.to) },
+  ], rows, t('import_map_title', { id: imp.id })), [
+    el('button', { type: 'submit', class: 'primary' }, t('close')),
+  ], { wide: true });
+  return dlg;
+}
+
+function mountBundles(root) {
+  const frame = viewFrame(root, t('nav_bundles'), t('bundles_intro'));
+
+  // Export.
+  const modelOnly = checkbox(t('export_model_only'), { id: 'export-model-only' });
+  const stop = checkbox(t('export_stop'), { id: 'export-stop' });
+  const exportProgress = progressBar(t('export_progress'));
+  const exportHead = uid('export');
+  const exportForm = asyncForm(el('form', { class: 'form', id: 'bundle-export' },
+    el('div', { class: 'checks' }, modelOnly.node, stop.node),
+    el('p', { class: 'hint' }, t('export_help')),
+    exportProgress.node,
+    el('div', { class: 'actions' }, el('button', { type: 'submit', class: 'primary' }, t('export_bundle')))), async () => {
+    const done = await exportBundle(modelOnly.box.checked, stop.box.checked, exportProgress);
+    notify('ok', t('exported', { name: done.name, size: fmtBytes(done.bytes) }));
+  });
+
+  // Plan, then import.
+  const file = el('input', { type: 'file', id: 'bundle-file', required: true });
+  const maps = el('textarea', { rows: '3', class: 'mono', spellcheck: 'false', id: 'bundle-maps', placeholder: 'network.front.cidr=10.60.0.0/24\nhypervisor.kvm=qemu' });
+  const prune = checkbox(t('import_prune'), { id: 'bundle-prune' });
+  const sendProgress = progressBar(t('upload_progress'));
+  const result = el('div', { id: 'bundle-result' });
+  const importHead = uid('import');
+  const importForm = el('form', { class: 'form', id: 'bundle-import' },
+    field(t('field_bundle_file'), file, t('hint_bundle_file')),
+    field(t('field_maps'), maps, t('hint_maps')),
+    el('div', { class: 'field' }, prune.node, el('p', { class: 'hint' }, t('hint_prune'))),
+    sendProgress.node,
+    el('div', { class: 'actions' },
+      el('button', { type: 'submit', class: 'primary', value: 'plan', id: 'bundle-plan-button' }, t('plan_bundle')),
+      el('button', { type: 'submit', class: 'ghost', value: 'import', id: 'bundle-import-button' }, t('import_bundle'))));
+  let pressed = 'plan';
+  importForm.addEventListener('click', (ev) => {
+    if (ev.target instanceof HTMLButtonElement && ev.target.type === 'submit') pressed = ev.target.value;
+  });
+  asyncForm(importForm, async () => {
+    const data = file.files && file.files[0];
+    if (!data) throw new Error(t('need_file'));
+    const path = `/bundle/${pressed === 'import' ? 'import' : 'plan'}${bundleQuery(maps.value, prune.box.checked)}`;
+    result.replaceChildren(el('p', { class: 'loading' }, pressed === 'import' ? t('importing') : t('planning')));
+    let answer;
+    try {
+      answer = await sendFile('POST', path, data, (sent, total) => sendProgress.set(sent, total));
+    } catch (e) {
+      result.replaceChildren();
+      throw e;
+    }
+    if (pressed !== 'import') {
+      result.replaceChildren(planView(answer, maps));
+      result.scrollIntoView({ block: 'nearest' });
+      return;
+    }
+    const imp = answer.import;
+    result.replaceChildren(el('p', { class: 'note', id: 'bundle-imported' },
+      answer.created ? t('imported', { id: imp.id, n: Object.keys(imp.id_map).length }) : t('imported_already', { id: imp.id })));
+    notify('ok', answer.created ? t('imported', { id: imp.id, n: Object.keys(imp.id_map).length }) : t('imported_already', { id: imp.id }));
+    refreshView();
+  });
+
+  const imports = el('div');
+  const importsHead = uid('imports');
+  frame.body.append(
+    el('section', { class: 'subsection', 'aria-labelledby': exportHead }, el('h2', { id: exportHead }, t('export_title')), exportForm),
+    el('section', { class: 'subsection', 'aria-labelledby': importHead }, el('h2', { id: importHead }, t('import_title')), importForm, result),
+    el('section', { class: 'subsection', 'aria-labelledby': importsHead }, el('h2', { id: importsHead }, t('imports_title')), imports));
+  return {
+    frame,
+    async refresh(fresh) {
+      const items = await api('GET', '/bundle/imports');
+      if (!fresh()) return false;
+      const columns = [
+        { label: t('col_id'), cell: (i) => code(i.id) },
+        { label: t('col_source_site'), cell: (i) => code(i.source_site) },
+        { label: t('col_source_vdc'), cell: (i) => code(i.source_vdc) },
+        { label: t('col_objects'), cell: (i) => String(Object.keys(i.id_map).length), class: 'num' },
+        { label: t('col_created'), cell: (i) => fmtTime(i.created_at) },
+        { label: t('col_updated'), cell: (i) => (i.updated_at ? fmtTime(i.updated_at) : DASH) },
+        { label: t('col_actions'), cell: (i) => actionsCell(actionButton(t('show_map'), `map:${i.id}`, () => importMapDialog(i))) },
+      ];
+      swap(imports, items.length ? table(columns, items, t('imports_title')) : empty(t('imports_empty')));
+      return false;
     },
   };
 }
@@ -1520,6 +1882,7 @@ const VIEWS = [
   { id: 'keypairs', label: () => t('nav_keypairs'), mount: mountKeyPairs },
   { id: 'images', label: () => t('nav_images'), mount: mountImages },
   { id: 'volumes', label: () => t('nav_volumes'), mount: mountVolumes },
+  { id: 'bundles', label: () => t('nav_bundles'), mount: mountBundles },
   { id: 'jobs', label: () => t('nav_jobs'), mount: mountJobs },
   { id: 'hosts', label: () => t('nav_hosts'), mount: mountHosts },
   { id: 'account', label: () => t('nav_account'), mount: mountAccount },
