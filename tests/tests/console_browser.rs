@@ -458,7 +458,9 @@ async fn sign_in(b: &Browser, url: &str, user: &str) {
 /// Issues 12 and 13 in the console: an image uploaded from a file through the register
 /// form, then the account's whole VDC exported as a bundle (a real download), planned
 /// and imported into another account from that file; the plan, the import and its IDs
-/// shown, and what the import made there, through the API.
+/// shown, and what the import made there, through the API. Then a stopped instance
+/// captured, the image shared with the other account, and an image made from a volume's
+/// snapshot, each from its view.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_console_uploads_an_image_and_moves_a_vdc_with_a_bundle() {
     vdc_tests::init_logging();
@@ -649,6 +651,36 @@ async fn the_console_uploads_an_image_and_moves_a_vdc_with_a_bundle() {
     let shared = b.text_of("dialog ul.plain").await;
     assert!(shared.contains(beta_id.as_str()), "{shared}");
     assert_eq!(alpha.image_members(&img.id).await.unwrap().members, vec![beta_id.clone()]);
+    b.js("document.querySelector('dialog button.ghost').click()", json!([])).await;
+
+    // An image from a volume's snapshot.
+    let req = CreateVolume { name: "data".into(), size_mib: Some(16), snapshot_id: None, image_id: None };
+    let vol = alpha.create_volume(&req).await.unwrap().resource;
+    let snap = loop {
+        if alpha.get_volume(&vol.id).await.unwrap().state == vdc_schema::VolumeState::Available {
+            let req = CreateSnapshot { volume_id: vol.id.clone(), name: "data-snap".into() };
+            break alpha.create_snapshot(&req).await.unwrap().resource;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    view_text(&b, "volumes").await;
+    b.wait(
+        "the snapshot's image button",
+        &format!("const x = document.querySelector('[data-fk=\"image:{}\"]'); return x && !x.disabled", snap.id),
+    )
+    .await;
+    b.js(&format!("document.querySelector('[data-fk=\"image:{}\"]').click()", snap.id), json!([])).await;
+    b.type_into("#snapshot-image-name", "from-snap").await;
+    b.js("document.querySelector('#snapshot-image-name').form.querySelector('button[type=submit]').click()", json!([]))
+        .await;
+    b.wait(
+        "the snapshot image's notice",
+        "return [...document.querySelectorAll('#notices p')].some((p) => p.textContent.startsWith('Making image from-snap'))",
+    )
+    .await;
+    let from_snap = alpha.list_all_images().await.unwrap().into_iter().find(|i| i.name == "from-snap").expect("made");
+    let from_snap = alpha.wait_image(&from_snap.id, Duration::from_secs(30)).await.unwrap();
+    assert_eq!((from_snap.state, from_snap.format), (ImageState::Available, ImageFormat::Raw), "{from_snap:?}");
     b.quit().await;
     s.stop().await;
 }

@@ -1275,6 +1275,27 @@ function snapshotDialog(vol) {
   });
 }
 
+// A new image holding a snapshot's blocks (raw, or qcow2 converted by the storage node).
+function snapshotImageDialog(snap) {
+  const name = input({ required: true, maxlength: '64', value: `${snap.name}-image`, id: 'snapshot-image-name' });
+  const format = select([{ value: 'raw', label: 'raw' }, { value: 'qcow2', label: 'qcow2' }]);
+  const os = input({ maxlength: '64', placeholder: 'debian-12' });
+  const { dlg, form } = dialog(t('snapshot_image_title', { name: displayName(snap) }), el('div', {},
+    field(t('field_image_name'), name),
+    field(t('field_format'), format),
+    field(t('field_os'), os, t('hint_optional'))), [
+    el('button', { type: 'submit', class: 'primary' }, t('create')),
+    el('button', { type: 'button', class: 'ghost', onclick: () => dlg.close() }, t('cancel')),
+  ]);
+  form.method = 'post';
+  asyncForm(form, async () => {
+    const r = await api('POST', `/snapshots/${enc(snap.id)}/image`, compact({ image_name: val(name), format: format.value, os: val(os) }));
+    notify('ok', t('snapshot_image_requested', { name: displayName(snap), image: displayName(r.resource), job: r.job.id }));
+    dlg.close();
+    refreshView();
+  });
+}
+
 function mountVolumes(root) {
   const frame = viewFrame(root, t('nav_volumes_snapshots'), t('volumes_intro'));
   createPanel(frame, t('volume_create'), async (close) => {
@@ -1394,10 +1415,12 @@ function mountVolumes(root) {
         { label: t('col_created'), cell: (s) => fmtTime(s.created_at) },
         {
           label: t('col_actions'),
-          cell: (s) => actionsCell(actionButton(t('delete'), `del:${s.id}`, async () => {
-            const ok = await confirmDialog(t('confirm_delete_title'), t('confirm_delete', { name: displayName(s) }), t('delete'));
-            if (ok) volumeRequest('DELETE', `/snapshots/${enc(s.id)}`, (job) => t('delete_requested', { name: displayName(s), job }));
-          }, { danger: true, disabled: !['available', 'failed'].includes(s.state) })),
+          cell: (s) => actionsCell(
+            actionButton(t('action_make_image'), `image:${s.id}`, () => snapshotImageDialog(s), { disabled: s.state !== 'available' }),
+            actionButton(t('delete'), `del:${s.id}`, async () => {
+              const ok = await confirmDialog(t('confirm_delete_title'), t('confirm_delete', { name: displayName(s) }), t('delete'));
+              if (ok) volumeRequest('DELETE', `/snapshots/${enc(s.id)}`, (job) => t('delete_requested', { name: displayName(s), job }));
+            }, { danger: true, disabled: !['available', 'failed'].includes(s.state) })),
         },
       ];
       swap(volList, shownVolumes.length ? table(volColumns, shownVolumes, t('nav_volumes')) : empty(t('volumes_empty')));

@@ -373,6 +373,9 @@ const I18N = {
     capture_help: "A new image of the instance's root disk. A stopped instance is captured as it is; a running one as at one instant, like a power cut (stop it first for a clean file system).",
     field_image_name: "Image name",
     capture_requested: "Capturing {name} into image {image} (job {job}).",
+    action_make_image: "Make image",
+    snapshot_image_title: "An image from snapshot {name}",
+    snapshot_image_requested: "Making image {image} from snapshot {name} (job {job}).",
     // Bundles
     nav_bundles: "Bundles",
     bundles_intro: "Move this whole virtual datacenter to another site, or bring one here: networks, security groups, key pairs, images, instances with their disks, and volumes with their data, as one signed bundle.",
@@ -779,6 +782,9 @@ const I18N = {
     capture_help: "インスタンスのルートディスクから新しいイメージを作ります。停止中のインスタンスはそのまま、実行中のインスタンスは電源断と同じくある瞬間の状態でキャプチャします（整合したファイルシステムが必要なら先に停止してください）。",
     field_image_name: "イメージ名",
     capture_requested: "{name} をイメージ {image} にキャプチャしています（ジョブ {job}）。",
+    action_make_image: "イメージを作成",
+    snapshot_image_title: "スナップショット {name} からイメージを作成",
+    snapshot_image_requested: "スナップショット {name} からイメージ {image} を作成しています（ジョブ {job}）。",
     // Bundles
     nav_bundles: "バンドル",
     bundles_intro: "この仮想データセンター全体を別のサイトへ移す、または別のサイトから持ち込みます。ネットワーク、セキュリティグループ、キーペア、イメージ、ディスクを含むインスタンス、データを含むボリュームを、署名付きの 1 つのバンドルにまとめます。",
