@@ -542,8 +542,11 @@ async fn the_console_uploads_an_image_and_moves_a_vdc_with_a_bundle() {
         .await;
     assert!(row.as_str().unwrap().contains("Uploaded or captured"), "{row}");
 
-    // The whole VDC, exported: a download.
+    // The whole VDC, exported: a download. The key it is signed with is shown, for the
+    // operator of a site that is to trust it.
     view_text(&b, "bundles").await;
+    let key = alpha.get::<Value>("/bundle/key").await.unwrap();
+    assert_eq!(b.text_of("#site-key").await, key["public_key"].as_str().unwrap());
     b.js("document.querySelector('#bundle-export button[type=submit]').click()", json!([])).await;
     let saved = {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -1536,9 +1536,11 @@ function mountBundles(root) {
   const stop = checkbox(t('export_stop'), { id: 'export-stop' });
   const exportProgress = progressBar(t('export_progress'));
   const exportHead = uid('export');
+  const siteKey = el('code', { id: 'site-key' }, DASH);
   const exportForm = asyncForm(el('form', { class: 'form', id: 'bundle-export' },
     el('div', { class: 'checks' }, modelOnly.node, stop.node),
     el('p', { class: 'hint' }, t('export_help')),
+    el('p', { class: 'hint' }, t('site_key'), ' ', siteKey),
     exportProgress.node,
     el('div', { class: 'actions' }, el('button', { type: 'submit', class: 'primary' }, t('export_bundle')))), async () => {
     const done = await exportBundle(modelOnly.box.checked, stop.box.checked, exportProgress);
@@ -1597,8 +1599,9 @@ function mountBundles(root) {
   return {
     frame,
     async refresh(fresh) {
-      const items = await api('GET', '/bundle/imports');
+      const [items, key] = await Promise.all([api('GET', '/bundle/imports'), api('GET', '/bundle/key')]);
       if (!fresh()) return false;
+      siteKey.textContent = key.public_key;
       const columns = [
         { label: t('col_id'), cell: (i) => code(i.id) },
         { label: t('col_source_site'), cell: (i) => code(i.source_site) },
