@@ -150,15 +150,31 @@ impl Inner {
             }
         };
         let started = std::time::Instant::now();
+        let cache = self.file.parent().unwrap_or(std::path::Path::new(".")).join("images");
+        // A raw image not in the cache goes straight into the new volume: a copy through
+        // the cache cost as much again (a bundle's 256 MiB volume: fetched in 0.23-0.38 s,
+        // then copied in 0.22-0.30 s). The cache keeps what instances' disks reuse.
+        // (Holes are left where the image has zeros: only a new volume holds zeros.)
+        let fresh = spec.source_snapshot.is_none();
+        if let Some(blob) = img.blob.as_ref().filter(|b| fresh && format == "raw" && !cache.join(&b.sha256).exists()) {
+            if blob.size > spec.size_mib << 20 {
+                return Err(Failure::Permanent(format!(
+                    "image {} is {} MiB, larger than the volume ({} MiB)",
+                    img.id,
+                    blob.size.div_ceil(1 << 20),
+                    spec.size_mib
+                )));
+            }
+            let lun = self.backend.lun_path(&spec.id);
+            vdc_bus::blob::fetch_into(blob, &lun).await.map_err(|e| blob_failure(&img.id, e))?;
+            tracing::info!(volume = %spec.id, image = %img.id, streamed_in = ?started.elapsed(),
+                "volume filled from its image, streamed into it");
+            return Ok(());
+        }
         // Data in dcmgr's store is fetched into this node's cache (beside its state file).
         let fetched = match &img.blob {
             Some(blob) => {
-                let dir = self.file.parent().unwrap_or(std::path::Path::new(".")).join("images");
-                let (p, _) = vdc_bus::blob::fetch(blob, &dir).await.map_err(|e| match e {
-                    // The store's data itself is wrong: fetching again cannot help.
-                    vdc_bus::blob::BlobError::Corrupt { .. } => Failure::Permanent(format!("image {}: {e}", img.id)),
-                    e => Failure::Transient(format!("image {}: {e}", img.id)),
-                })?;
+                let (p, _) = vdc_bus::blob::fetch(blob, &cache).await.map_err(|e| blob_failure(&img.id, e))?;
                 Some(p.to_string_lossy().into_owned())
             }
             None => None,
@@ -564,6 +580,15 @@ impl StorageAgent for RealStorage {
             inner.uploading.lock().unwrap().remove(&spec.upload.image_id);
         });
         Ok(())
+    }
+}
+
+/// A failed fetch of an image's blob: the store's data itself wrong is for good (fetching
+/// again cannot help), anything else is tried again.
+fn blob_failure(image: &vdc_schema::id::ImageId, e: vdc_bus::blob::BlobError) -> Failure {
+    match e {
+        vdc_bus::blob::BlobError::Corrupt { .. } => Failure::Permanent(format!("image {image}: {e}")),
+        e => Failure::Transient(format!("image {image}: {e}")),
     }
 }
 

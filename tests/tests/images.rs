@@ -469,7 +469,7 @@ async fn nodes_fetch_blobs_with_their_credential_and_resume(db: Db) {
     let img = c.create_image(&req("raw", ImageFormat::Raw, None, None)).await.unwrap();
     c.upload_image(&img.id, data.clone()).await.unwrap();
     // What hva and sta are sent: the digest, the size, dcmgr's URL and their credential.
-    let host = &s.hosts[0].node_id;
+    let host = &s.hosts[0].node_id.clone();
     let spec = vdc_dcmgr::controller::image::spec(&s.dcmgr().ctx, img.id.as_str(), host).await.unwrap();
     let blob = spec.blob.expect("stored data is fetched from dcmgr");
     assert_eq!((blob.sha256.as_str(), blob.size), (sha256(&data).as_str(), data.len() as u64));
@@ -514,7 +514,92 @@ async fn nodes_fetch_blobs_with_their_credential_and_resume(db: Db) {
     s.restart_dcmgr().await;
     let (p, fetched) = fetch(&blob, &tmp.path().join("after-restart")).await.unwrap();
     assert!(fetched && std::fs::read(p).unwrap() == data);
+    fetch_into_a_new_volume(&s, &c, host, tmp.path()).await;
     s.stop().await;
+}
+
+/// What sta does with a raw image for a new volume (`vdc_bus::blob::fetch_into`): the
+/// blob straight into the volume's file, its zero blocks left as holes; resumed when the
+/// transfer is cut; refused when the bytes do not hash to the digest.
+async fn fetch_into_a_new_volume(s: &Stack, c: &Client, host: &str, tmp: &Path) {
+    use vdc_bus::blob::{fetch_into, BlobError};
+    const MIB: usize = 1 << 20;
+    // 4 MiB of data, 4 MiB of zeros, 3 MiB and a bit of data, in a 16 MiB volume.
+    let mut data: Vec<u8> =
+        (0..11 * MIB + 5000).map(|i| (i as u32).wrapping_mul(2654435761).to_be_bytes()[0]).collect();
+    data[4 * MIB..8 * MIB].fill(0);
+    let img = c.create_image(&req("holes", ImageFormat::Raw, None, None)).await.unwrap();
+    c.upload_image(&img.id, data.clone()).await.unwrap();
+    let spec = vdc_dcmgr::controller::image::spec(&s.dcmgr().ctx, img.id.as_str(), host).await.unwrap();
+    let blob = spec.blob.unwrap();
+    let volume = |name: &str| {
+        let p = tmp.join(name);
+        std::fs::File::create(&p).unwrap().set_len(16 * MIB as u64).unwrap();
+        p
+    };
+    let want = [&data[..], &vec![0u8; 16 * MIB - data.len()]].concat();
+    let lun = volume("lun-1");
+    fetch_into(&blob, &lun).await.unwrap();
+    assert!(std::fs::read(&lun).unwrap() == want, "the blob's bytes, then the volume's zeros");
+    let allocated = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&lun).unwrap()) * 512;
+    assert!(allocated <= 8 * MIB as u64, "the zero block and the tail stay holes: {allocated} bytes allocated");
+
+    // Cut after 2 MiB the first time (a proxy in front of dcmgr), then resumed.
+    let (port, cuts) = cutting_proxy(s.url(), 2 * MIB).await;
+    let cut = vdc_schema::bus::BlobRef {
+        url: blob.url.replace(&s.url(), &format!("http://127.0.0.1:{port}")),
+        ..blob.clone()
+    };
+    let lun = volume("lun-2");
+    fetch_into(&cut, &lun).await.unwrap();
+    assert!(std::fs::read(&lun).unwrap() == want, "resumed where it was cut");
+    assert_eq!(cuts.load(std::sync::atomic::Ordering::SeqCst), 2, "cut once, then asked for the rest");
+
+    // Bytes that are not the digest's: refused.
+    let other = vdc_schema::bus::BlobRef { sha256: sha256(b"something else"), ..blob };
+    let e = fetch_into(&other, &volume("lun-3")).await.unwrap_err();
+    assert!(matches!(e, BlobError::Corrupt { .. }), "{e}");
+}
+
+/// A proxy to `upstream` whose first connection is cut after `after` bytes of the answer;
+/// counts the connections.
+async fn cutting_proxy(upstream: String, after: usize) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(AtomicUsize::new(0));
+    let n = count.clone();
+    let addr = upstream.trim_start_matches("http://").to_owned();
+    tokio::spawn(async move {
+        while let Ok((mut down, _)) = listener.accept().await {
+            let first = n.fetch_add(1, Ordering::SeqCst) == 0;
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                let mut up = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                let (mut dr, mut dw) = down.split();
+                let (mut ur, mut uw) = up.split();
+                let answer = async {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut sent = 0;
+                    loop {
+                        let k = ur.read(&mut buf).await.unwrap_or(0);
+                        if k == 0 || dw.write_all(&buf[..k]).await.is_err() {
+                            return;
+                        }
+                        sent += k;
+                        if first && sent >= after {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::io::copy(&mut dr, &mut uw) => {}
+                    _ = answer => {}
+                }
+            });
+        }
+    });
+    (port, count)
 }
 
 /// `vdc image import` as a user runs it: a file is streamed and checked; refused data and

@@ -3,6 +3,7 @@
 //! renamed to its digest only once the digest matches. A second fetch of a cached blob
 //! makes no request.
 
+use crate::fileio::HashingFile;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;
@@ -38,14 +39,7 @@ fn blob_lock(sha: &str) -> Arc<tokio::sync::Mutex<()>> {
 /// `DIR/<sha256>` holding the blob, fetched if it is not there yet. Returns the path and
 /// whether it was fetched (false: it was cached).
 pub async fn fetch(blob: &BlobRef, dir: &Path) -> Result<(PathBuf, bool), BlobError> {
-    let valid = blob.sha256.len() == 64 && blob.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    if !valid {
-        return Err(BlobError::Fetch {
-            sha256: blob.sha256.clone(),
-            url: blob.url.clone(),
-            why: "not a SHA-256".into(),
-        });
-    }
+    let client = client(blob)?;
     let dest = dir.join(&blob.sha256);
     let lock = blob_lock(&blob.sha256);
     let _one = lock.lock().await;
@@ -54,26 +48,21 @@ pub async fn fetch(blob: &BlobRef, dir: &Path) -> Result<(PathBuf, bool), BlobEr
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let partial = dir.join(format!(".partial-{}", blob.sha256));
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .build()
-        .map_err(|e| fail(blob, e.to_string()))?;
     let mut last = String::new();
     for n in 0..ATTEMPTS {
         if n > 0 {
             tokio::time::sleep(FIRST_WAIT * 2u32.pow(n - 1)).await;
         }
         match attempt(&client, blob, &partial).await {
-            Ok(Attempt::Done(got)) if got == blob.sha256 => {
+            Ok(Streamed::Done(got)) if got == blob.sha256 => {
                 std::fs::rename(&partial, &dest).map_err(io(&dest))?;
                 return Ok((dest, true));
             }
-            Ok(Attempt::Done(got)) => {
+            Ok(Streamed::Done(got)) => {
                 let _ = std::fs::remove_file(&partial);
                 return Err(BlobError::Corrupt { sha256: blob.sha256.clone(), got });
             }
-            Ok(Attempt::Cut(why)) => last = why,
+            Ok(Streamed::Cut { why, .. }) => last = why,
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);
                 return Err(e);
@@ -84,18 +73,61 @@ pub async fn fetch(blob: &BlobRef, dir: &Path) -> Result<(PathBuf, bool), BlobEr
     Err(fail(blob, format!("the transfer broke off {ATTEMPTS} times, last: {last}")))
 }
 
+/// Fetches `blob` straight into `dest` from its start: an existing file that holds zeros
+/// there (a new volume), whose length is kept. A volume filled from a raw image so gets
+/// its bytes without a copy in the cache first. Hashed as it streams; a cut is resumed
+/// with a range request (what was written, and its hash, kept); whole blocks of zeros
+/// are left as holes. With a wrong digest (`Corrupt`) the file holds wrong bytes: the
+/// caller removes it.
+pub async fn fetch_into(blob: &BlobRef, dest: &Path) -> Result<(), BlobError> {
+    let client = client(blob)?;
+    let (mut have, mut hash) = (0u64, Sha256::new());
+    let mut last = String::new();
+    for n in 0..ATTEMPTS {
+        if n > 0 {
+            tokio::time::sleep(FIRST_WAIT * 2u32.pow(n - 1)).await;
+        }
+        let open = |from: u64| {
+            use std::io::Seek;
+            let mut f = std::fs::OpenOptions::new().write(true).open(dest)?;
+            f.seek(std::io::SeekFrom::Start(from))?;
+            Ok(f)
+        };
+        match stream(&client, blob, have, hash.clone(), dest, true, open).await? {
+            Streamed::Done(got) if got == blob.sha256 => return Ok(()),
+            Streamed::Done(got) => return Err(BlobError::Corrupt { sha256: blob.sha256.clone(), got }),
+            Streamed::Cut { why, have: h, hash: s } => (last, have, hash) = (why, h, s),
+        }
+    }
+    Err(fail(blob, format!("the transfer broke off {ATTEMPTS} times, last: {last}")))
+}
+
+/// A client for dcmgr's blob store, once `blob` names a SHA-256 (a path component).
+fn client(blob: &BlobRef) -> Result<reqwest::Client, BlobError> {
+    let valid = blob.sha256.len() == 64 && blob.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !valid {
+        return Err(fail(blob, "not a SHA-256".into()));
+    }
+    reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| fail(blob, e.to_string()))
+}
+
 fn fail(blob: &BlobRef, why: String) -> BlobError {
     BlobError::Fetch { sha256: blob.sha256.clone(), url: blob.url.clone(), why }
 }
 
-enum Attempt {
-    /// All bytes are in the partial file, which hashes to this.
+enum Streamed {
+    /// All bytes are written; they hash to this.
     Done(String),
-    /// The connection broke; what arrived is kept for a resume.
-    Cut(String),
+    /// The connection broke; what arrived is written: `have` bytes hashing into `hash`.
+    Cut { why: String, have: u64, hash: Sha256 },
 }
 
-async fn attempt(client: &reqwest::Client, blob: &BlobRef, partial: &Path) -> Result<Attempt, BlobError> {
+/// One attempt into the cache's partial file, resumed from what it holds.
+async fn attempt(client: &reqwest::Client, blob: &BlobRef, partial: &Path) -> Result<Streamed, BlobError> {
     // What is already there is hashed again, so the digest covers every byte.
     let mut hash = Sha256::new();
     let mut have = 0u64;
@@ -112,35 +144,55 @@ async fn attempt(client: &reqwest::Client, blob: &BlobRef, partial: &Path) -> Re
     }
     if have > blob.size {
         std::fs::remove_file(partial).map_err(io(partial))?;
-        return Ok(Attempt::Cut("a partial file longer than the blob".into()));
+        return Ok(Streamed::Cut { why: "a partial file longer than the blob".into(), have: 0, hash: Sha256::new() });
     }
+    let open = |from: u64| {
+        if from == 0 {
+            std::fs::File::create(partial)
+        } else {
+            std::fs::OpenOptions::new().append(true).open(partial)
+        }
+    };
+    stream(client, blob, have, hash, partial, false, open).await
+}
+
+/// Streams the blob from byte `have` (`hash` covering those before) into the file `open`
+/// gives at an offset (from the start again when dcmgr answers with all of it).
+async fn stream(
+    client: &reqwest::Client,
+    blob: &BlobRef,
+    mut have: u64,
+    mut hash: Sha256,
+    path: &Path,
+    holes: bool,
+    open: impl FnOnce(u64) -> std::io::Result<std::fs::File>,
+) -> Result<Streamed, BlobError> {
     if have == blob.size {
-        return Ok(Attempt::Done(hex::encode(hash.finalize())));
+        return Ok(Streamed::Done(hex::encode(hash.finalize())));
     }
     let mut req = client.get(&blob.url).bearer_auth(&blob.token);
     if have > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
     }
+    let cut = |why: String, have: u64, hash: Sha256| Ok(Streamed::Cut { why, have, hash });
     let mut resp = match req.send().await {
         Ok(r) => r,
-        Err(e) => return Ok(Attempt::Cut(e.to_string())),
+        Err(e) => return cut(e.to_string(), have, hash),
     };
     let status = resp.status();
-    let file = match status.as_u16() {
-        206 if have > 0 => std::fs::OpenOptions::new().append(true).open(partial).map_err(io(partial))?,
-        200 => {
-            hash = Sha256::new();
-            have = 0;
-            std::fs::File::create(partial).map_err(io(partial))?
-        }
+    match status.as_u16() {
+        206 if have > 0 => {}
+        200 => (have, hash) = (0, Sha256::new()),
         // dcmgr starting or busy: asked again.
-        _ if status.is_server_error() => return Ok(Attempt::Cut(format!("dcmgr answered {status}"))),
+        _ if status.is_server_error() => return cut(format!("dcmgr answered {status}"), have, hash),
         _ => {
             let body = resp.text().await.unwrap_or_default();
             return Err(fail(blob, format!("dcmgr answered {status}: {}", body.chars().take(300).collect::<String>())));
         }
     };
-    let mut file = crate::fileio::HashingFile::new(file, hash).map_err(io(partial))?;
+    let file = open(have).map_err(io(path))?;
+    let mut file =
+        if holes { HashingFile::over_zeros(file, hash) } else { HashingFile::new(file, hash) }.map_err(io(path))?;
     loop {
         match resp.chunk().await {
             Ok(Some(c)) => {
@@ -148,20 +200,16 @@ async fn attempt(client: &reqwest::Client, blob: &BlobRef, partial: &Path) -> Re
                     return Err(fail(blob, "more data than the blob's size".into()));
                 }
                 have += c.len() as u64;
-                file.write(c).await.map_err(io(partial))?;
+                file.write(c).await.map_err(io(path))?;
             }
             Ok(None) => break,
-            Err(e) => {
-                file.stop().await.map_err(io(partial))?;
-                return Ok(Attempt::Cut(e.to_string()));
-            }
+            Err(e) => return cut(e.to_string(), have, file.stop().await.map_err(io(path))?),
         }
     }
     if have < blob.size {
-        file.stop().await.map_err(io(partial))?;
-        return Ok(Attempt::Cut(format!("{have} of {} bytes", blob.size)));
+        return cut(format!("{have} of {} bytes", blob.size), have, file.stop().await.map_err(io(path))?);
     }
-    Ok(Attempt::Done(file.finish().await.map_err(io(partial))?))
+    Ok(Streamed::Done(file.finish().await.map_err(io(path))?))
 }
 
 /// What dcmgr said to an image's upload (a capture's, or a snapshot's).

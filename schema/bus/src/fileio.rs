@@ -45,8 +45,20 @@ impl HashingFile {
     /// Writes to `file` (opened for writing, or appending after data already hashed into
     /// `hash`).
     pub fn new(file: std::fs::File, hash: Sha256) -> io::Result<HashingFile> {
-        let (wtx, mut wrx) = mpsc::channel::<Bytes>(IN_FLIGHT);
+        HashingFile::start(DirectWriter::new(file)?, hash)
+    }
+
+    /// Writes over `file` from its offset where it holds only zeros (a new, sparse
+    /// volume): whole blocks of zeros are not written but left as holes, as `qemu-img
+    /// convert` leaves them.
+    pub fn over_zeros(file: std::fs::File, hash: Sha256) -> io::Result<HashingFile> {
         let mut out = DirectWriter::new(file)?;
+        out.holes = true;
+        HashingFile::start(out, hash)
+    }
+
+    fn start(mut out: DirectWriter, hash: Sha256) -> io::Result<HashingFile> {
+        let (wtx, mut wrx) = mpsc::channel::<Bytes>(IN_FLIGHT);
         let writer = std::thread::Builder::new().name("vdc-write".into()).spawn(move || {
             while let Some(b) = wrx.blocking_recv() {
                 out.write(&b)?;
@@ -181,10 +193,17 @@ impl HashingFile {
         Ok(hex::encode(hash.finalize()))
     }
 
-    /// Writes what arrived so far (for a later resume), without syncing or hashing it.
-    pub async fn stop(mut self) -> io::Result<()> {
+    /// Writes what arrived so far (for a later resume), without syncing it; the hash of
+    /// all the data so far, to go on with.
+    pub async fn stop(mut self) -> io::Result<Sha256> {
         self.flush_buf().await?;
-        self.join_writer().await.map(drop)
+        self.join_writer().await?;
+        let (tx, thread) = self.hasher.take().expect("stopped once");
+        drop(tx);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(io::Error::other)?
+            .map_err(|_| io::Error::other("the hashing thread failed"))
     }
 }
 
@@ -276,6 +295,9 @@ struct DirectWriter {
     /// Where the aligned buffer starts in `mem`.
     start: usize,
     len: usize,
+    /// The file holds zeros where it is written ([`HashingFile::over_zeros`]): aligned
+    /// blocks of zeros are skipped.
+    holes: bool,
 }
 
 impl DirectWriter {
@@ -294,6 +316,7 @@ impl DirectWriter {
             mem,
             start,
             len: 0,
+            holes: false,
         };
         if w.head == 0 {
             w.set_direct(true);
@@ -322,7 +345,7 @@ impl DirectWriter {
         // Aligned memory at an aligned offset (a pooled block) goes to the disk as it is.
         if self.len == 0 && data.as_ptr().align_offset(ALIGN) == 0 {
             let whole = data.len() / ALIGN * ALIGN;
-            self.direct = write_direct(&self.file, &data[..whole])?;
+            self.direct = put(&self.file, self.direct, self.holes, &data[..whole])?;
             data = &data[whole..];
         }
         while !data.is_empty() {
@@ -341,11 +364,7 @@ impl DirectWriter {
     /// Writes the first `n` (aligned) bytes of the buffer and keeps the rest.
     fn write_block(&mut self, n: usize) -> io::Result<()> {
         let block = &self.mem[self.start..self.start + n];
-        self.direct = if self.direct {
-            write_direct(&self.file, block)?
-        } else {
-            (&self.file).write_all(block).map(|_| false)?
-        };
+        self.direct = put(&self.file, self.direct, self.holes, block)?;
         self.mem.copy_within(self.start + n..self.start + self.len, self.start);
         self.len -= n;
         Ok(())
@@ -380,6 +399,22 @@ impl DirectFile {
     /// Writes what is left; the file is whole (not synced).
     pub fn finish(self) -> io::Result<()> {
         self.0.finish().map(drop)
+    }
+}
+
+/// Writes aligned `block` (with O_DIRECT when `direct`), or with `holes` moves past it
+/// when it is all zeros; whether O_DIRECT is still on.
+fn put(file: &std::fs::File, direct: bool, holes: bool, block: &[u8]) -> io::Result<bool> {
+    // Or-ing 64 bytes at a time runs in vector registers; a block of data fails at once.
+    if holes && block.chunks(64).all(|c| c.iter().fold(0, |a, b| a | b) == 0) {
+        use std::io::Seek;
+        (&*file).seek(io::SeekFrom::Current(block.len() as i64))?;
+        return Ok(direct);
+    }
+    if direct {
+        write_direct(file, block)
+    } else {
+        (&*file).write_all(block).map(|_| false)
     }
 }
 

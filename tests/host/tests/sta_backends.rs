@@ -143,6 +143,46 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
     sta.ensure_volume_absent(v4.clone(), 2).await.unwrap();
     wait_report(&sink, v4.as_str(), 2, ObservedStorage::Absent).await;
 
+    // A raw image in dcmgr's store goes straight into a new volume (no cached copy):
+    // its bytes, zeros where it has zeros and past its end. Bytes that are not the
+    // digest's fail the volume, and leave nothing.
+    const MIB: usize = 1 << 20;
+    let mut raw = vec![0u8; 9 * MIB];
+    raw[..MIB].fill(0x44);
+    raw[8 * MIB..].fill(0x45);
+    let blob = vdc_schema::bus::BlobRef {
+        sha256: sha256_hex(&raw),
+        size: raw.len() as u64,
+        url: format!("http://127.0.0.1:{}/blob", serve_bytes(raw).await),
+        token: "node-credential".into(),
+    };
+    let stored = |id: &str, blob: vdc_schema::bus::BlobRef| vdc_schema::bus::ImageSpec {
+        blob: Some(blob),
+        ..vdc_schema::bus::ImageSpec::host_file(id.parse().unwrap(), vdc_schema::ImageFormat::Raw, "upload")
+    };
+    let v6 = VolumeId::generate();
+    let streamed =
+        VolumeSpec { source_image: Some(stored("img-raw", blob.clone())), ..spec(&v6, 1, 16, None, Some(&host_a)) };
+    sta.ensure_volume(streamed).await.unwrap();
+    let r6 = volume(wait_report(&sink, v6.as_str(), 1, ObservedStorage::Available).await);
+    assert_eq!((r6.state, r6.size_mib), (ObservedStorage::Available, 16), "{r6:?}");
+    let t6 = r6.target.clone().unwrap();
+    qemu_io(&t6, &host_a, "read -P 0x44 0 1M").expect("the image's first MiB");
+    qemu_io(&t6, &host_a, "read -P 0x00 1M 7M").expect("its zeros");
+    qemu_io(&t6, &host_a, "read -P 0x45 8M 1M").expect("its last MiB");
+    qemu_io(&t6, &host_a, "read -P 0x00 9M 7M").expect("zeros past the image");
+    assert!(!dir.join("images").join(&blob.sha256).exists(), "not kept in the cache");
+    let v7 = VolumeId::generate();
+    let wrong = vdc_schema::bus::BlobRef { sha256: sha256_hex(b"other bytes"), ..blob };
+    sta.ensure_volume(VolumeSpec { source_image: Some(stored("img-bad", wrong)), ..spec(&v7, 1, 16, None, None) })
+        .await
+        .unwrap();
+    let r7 = volume(wait_report(&sink, v7.as_str(), 1, ObservedStorage::Failed).await);
+    assert!(r7.reason.as_deref().unwrap_or("").contains("corrupt"), "{r7:?}");
+    assert!(!sta.backend().exists(&v7).await, "nothing is left of a volume whose image was corrupt");
+    sta.ensure_volume_absent(v6.clone(), 2).await.unwrap();
+    wait_report(&sink, v6.as_str(), 2, ObservedStorage::Absent).await;
+
     // Refusals: an unknown snapshot is a failure with a reason, and leaves nothing.
     let v3 = VolumeId::generate();
     sta.ensure_volume(spec(&v3, 1, 64, Some(&SnapshotId::generate()), None)).await.unwrap();
@@ -200,6 +240,49 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
         assert!(!sta.backend().exists(v).await);
     }
     assert!(tgtd.targets().is_empty(), "no target left: {:?}", tgtd.targets());
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(data))
+}
+
+/// An HTTP server on loopback answering every GET with `body` (or from `Range: bytes=N-`),
+/// as dcmgr's blob store does; its port.
+async fn serve_bytes(body: Vec<u8>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = std::sync::Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let from = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("range: bytes="))
+                    .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok());
+                let (status, at) = match from {
+                    Some(n) => ("206 Partial Content", n),
+                    None => ("200 OK", 0),
+                };
+                let part = &body[at..];
+                let head = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", part.len());
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(part).await;
+            });
+        }
+    });
+    port
 }
 
 fn workdir(name: &str) -> tempfile::TempDir {
