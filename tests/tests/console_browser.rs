@@ -616,12 +616,8 @@ async fn the_console_uploads_an_image_and_moves_a_vdc_with_a_bundle() {
     )
     .await;
 
-    // Back in alpha: a stopped instance captured as an image, and the uploaded image
-    // shared with beta, from the console.
-    let vm = alpha.create_instance(&vdc_tests::qemu_guest(&img.id, "alpha-vm")).await.unwrap().resource;
-    vdc_tests::wait_state(&alpha, &vm.id, InstanceState::Running).await;
-    alpha.stop_instance(&vm.id).await.unwrap();
-    vdc_tests::wait_state(&alpha, &vm.id, InstanceState::Stopped).await;
+    // Back in alpha: an instance launched, stopped and captured as an image, and the
+    // uploaded image shared with beta, from the console.
     let alpha_id = alpha.whoami().await.unwrap().account.id;
     b.click(&format!("#account-select option[value='{alpha_id}']")).await;
     b.wait(
@@ -629,6 +625,30 @@ async fn the_console_uploads_an_image_and_moves_a_vdc_with_a_bundle() {
         "return document.querySelector('#account-select').selectedOptions[0]?.textContent === 'alpha'",
     )
     .await;
+    // Launched from the console on the uploaded disk, grown to 32 MiB.
+    view_text(&b, "instances").await;
+    b.js(
+        "[...document.querySelectorAll('#view button.primary')].find((x) => x.textContent === 'Launch instance').click()",
+        json!([]),
+    )
+    .await;
+    b.wait("the launch form", "return !!document.querySelector('#root-disk')").await;
+    b.js(
+        "const f = document.querySelector('#root-disk').form; f.querySelector('input[name=name]').value = 'alpha-vm'; \
+         f.querySelector('select').value = arguments[0]; document.querySelector('#root-disk').value = '32'; \
+         f.querySelector('button[type=submit]').click();",
+        json!([img.id.as_str()]),
+    )
+    .await;
+    let vm = vdc_tests::eventually(Duration::from_secs(20), || async {
+        alpha.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "alpha-vm")
+    })
+    .await
+    .expect("launched from the console");
+    assert_eq!((&vm.image_id, vm.root_disk_size), (&img.id, Some(32 << 20)));
+    vdc_tests::wait_state(&alpha, &vm.id, InstanceState::Running).await;
+    alpha.stop_instance(&vm.id).await.unwrap();
+    vdc_tests::wait_state(&alpha, &vm.id, InstanceState::Stopped).await;
     view_text(&b, "instances").await;
     b.wait(
         "the capture button",

@@ -35,6 +35,7 @@ const IMAGE_FORMATS = ['raw', 'qcow2', 'tar', 'dir', 'kernel'];
 const ARCHES = ['x86_64', 'aarch64'];
 const PROTOCOLS = ['tcp', 'udp', 'icmp', 'any'];
 const DASH = '—';
+const MIB = 1048576;
 
 const app = {
   lang: 'en',
@@ -684,6 +685,7 @@ async function instanceForm(close) {
   const hypervisor = select([{ value: '', label: t('hypervisor_default') }, ...HYPERVISORS.map((h) => ({ value: h, label: h }))]);
   const cpus = input({ type: 'number', min: '1', max: '256', step: '1', value: '1', required: true });
   const memory = input({ type: 'number', min: '1', step: '1', value: '256', required: true });
+  const rootDisk = input({ type: 'number', min: '1', step: '1', id: 'root-disk' });
   const keypair = select([{ value: '', label: t('none') }, ...keypairs.map((k) => ({ value: k.id, label: displayName(k) }))]);
   const userData = el('textarea', { rows: '6', class: 'mono', spellcheck: 'false', placeholder: '#cloud-config' });
 
@@ -727,6 +729,7 @@ async function instanceForm(close) {
       field(t('field_hypervisor'), hypervisor),
       field(t('field_cpus'), cpus),
       field(t('field_memory_mib'), memory),
+      field(t('field_root_disk_mib'), rootDisk, t('hint_root_disk')),
       field(t('field_keypair'), keypair)),
     el('fieldset', { class: 'group' }, el('legend', {}, t('field_interfaces')),
       networks.length ? null : el('p', { class: 'hint' }, t('no_networks_hint')),
@@ -741,6 +744,7 @@ async function instanceForm(close) {
       hypervisor: hypervisor.value || undefined,
       cpus: num(cpus),
       memory_mib: num(memory),
+      root_disk_size: num(rootDisk) === undefined ? undefined : num(rootDisk) * MIB,
       interfaces: rows.map((r) => ({ network_id: r.net.value, security_groups: r.checks.filter((c) => c.box.checked).map((c) => c.id) })),
       ssh_key_id: keypair.value || undefined,
       user_data: userData.value === '' ? undefined : userData.value,
@@ -1048,7 +1052,6 @@ function mountKeyPairs(root) {
 
 // Formats a tenant brings its own data in (dir and kernel images are an operator's).
 const UPLOAD_FORMATS = ['qcow2', 'raw', 'tar'];
-const MIB = 1048576;
 
 // Register an image: its data uploaded from this browser, or fetched by dcmgr from a URL;
 // its properties (login user, boot mode, minimum disk and memory, OS).
