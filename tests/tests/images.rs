@@ -555,6 +555,16 @@ async fn fetch_into_a_new_volume(s: &Stack, c: &Client, host: &str, tmp: &Path) 
     assert!(std::fs::read(&lun).unwrap() == want, "resumed where it was cut");
     assert_eq!(cuts.load(std::sync::atomic::Ordering::SeqCst), 2, "cut once, then asked for the rest");
 
+    // A blob that ends in a block of zeros, into a file shorter than it: made as long.
+    let tail = [&data[..4 * MIB], &vec![0u8; 4 * MIB]].concat();
+    let img = c.create_image(&req("tail", ImageFormat::Raw, None, None)).await.unwrap();
+    c.upload_image(&img.id, tail.clone()).await.unwrap();
+    let spec = vdc_dcmgr::controller::image::spec(&s.dcmgr().ctx, img.id.as_str(), host).await.unwrap();
+    let short = tmp.join("short");
+    std::fs::write(&short, b"").unwrap();
+    fetch_into(&spec.blob.unwrap(), &short).await.unwrap();
+    assert!(std::fs::read(&short).unwrap() == tail, "the whole blob, its last zeros too");
+
     // Bytes that are not the digest's: refused.
     let other = vdc_schema::bus::BlobRef { sha256: sha256(b"something else"), ..blob };
     let e = fetch_into(&other, &volume("lun-3")).await.unwrap_err();

@@ -81,6 +81,12 @@ pub async fn fetch(blob: &BlobRef, dir: &Path) -> Result<(PathBuf, bool), BlobEr
 /// caller removes it.
 pub async fn fetch_into(blob: &BlobRef, dest: &Path) -> Result<(), BlobError> {
     let client = client(blob)?;
+    // Skipped zeros past a file's end would leave it short: a file shorter than the blob
+    // is first made as long (a block device has no length to check).
+    let meta = std::fs::metadata(dest).map_err(io(dest))?;
+    if meta.is_file() && meta.len() < blob.size {
+        std::fs::OpenOptions::new().write(true).open(dest).and_then(|f| f.set_len(blob.size)).map_err(io(dest))?;
+    }
     let (mut have, mut hash) = (0u64, Sha256::new());
     let mut last = String::new();
     for n in 0..ATTEMPTS {
