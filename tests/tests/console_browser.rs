@@ -704,6 +704,23 @@ async fn the_console_uploads_an_image_and_moves_a_vdc_with_a_bundle() {
     let from_snap = alpha.list_all_images().await.unwrap().into_iter().find(|i| i.name == "from-snap").expect("made");
     let from_snap = alpha.wait_image(&from_snap.id, Duration::from_secs(30)).await.unwrap();
     assert_eq!((from_snap.state, from_snap.format), (ImageState::Available, ImageFormat::Raw), "{from_snap:?}");
+
+    // An image whose upload never came (cut off, or a script that stopped): its data
+    // uploaded from its row.
+    let pending = alpha.create_image(&vdc_tests::image_request("later", ImageFormat::Raw)).await.unwrap();
+    view_text(&b, "images").await;
+    b.wait("the upload button", &format!("return !!document.querySelector('[data-fk=\"upload:{}\"]')", pending.id))
+        .await;
+    b.js(&format!("document.querySelector('[data-fk=\"upload:{}\"]').click()", pending.id), json!([])).await;
+    b.choose_file("#upload-file", &disk).await;
+    b.js("document.querySelector('#upload-file').form.querySelector('button[type=submit]').click()", json!([])).await;
+    b.wait(
+        "the second upload's notice",
+        "return [...document.querySelectorAll('#notices p')].some((p) => p.textContent.startsWith('Image later'))",
+    )
+    .await;
+    let later = alpha.get_image(&pending.id).await.unwrap();
+    assert_eq!((later.state, later.checksum.as_deref()), (ImageState::Available, Some(sha.as_str())));
     b.quit().await;
     s.stop().await;
 }

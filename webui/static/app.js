@@ -1147,6 +1147,24 @@ async function imageForm(close) {
   });
 }
 
+// The data of an image still pending (an upload that was cut off, or never sent).
+function uploadDialog(img) {
+  const file = el('input', { type: 'file', required: true, id: 'upload-file' });
+  const progress = progressBar(t('upload_progress'));
+  const { dlg, form } = dialog(t('upload_title', { name: displayName(img) }),
+    el('div', {}, field(t('field_file'), file, t('hint_image_file')), progress.node), [
+      el('button', { type: 'submit', class: 'primary' }, t('upload')),
+      el('button', { type: 'button', class: 'ghost', onclick: () => dlg.close() }, t('cancel')),
+    ]);
+  form.method = 'post';
+  asyncForm(form, async () => {
+    const done = await sendFile('PUT', `/images/${enc(img.id)}/file`, file.files[0], (sent, total) => progress.set(sent, total));
+    notify('ok', t('image_uploaded', { name: displayName(done) }));
+    dlg.close();
+    refreshView();
+  });
+}
+
 // Who an image is shared with: they can see and boot it, not change it.
 async function shareDialog(img) {
   const path = `/images/${enc(img.id)}/members`;
@@ -1212,6 +1230,7 @@ function mountImages(root) {
         {
           label: t('col_actions'),
           cell: (i) => actionsCell(
+            i.state === 'pending' && i.source === 'upload' ? actionButton(t('upload'), `upload:${i.id}`, () => uploadDialog(i)) : null,
             actionButton(t('share'), `share:${i.id}`, () => shareDialog(i), { disabled: i.public }),
             actionButton(t('delete'), `del:${i.id}`, () => deleteWith(
               t('confirm_delete_title'), t('confirm_delete', { name: displayName(i) }),
