@@ -355,6 +355,7 @@ impl AllInOne {
                 backend: vdc_sta::backend::BackendConfig::File { dir: data_dir.join("sta/volumes") },
                 iscsi: None,
                 local_host: Some(host_id.parse()?),
+                image_cache_max_bytes: Some(8 << 30),
             };
             let why = format!("file volumes in {} (attached locally)", data_dir.join("sta/volumes").display());
             (vdc_sta::start_real(bus.clone(), opts).await?.0, why)

@@ -56,6 +56,9 @@ pub struct RealOptions {
     pub iscsi: Option<(u16, String)>,
     /// The hypervisor host on this machine, whose volumes are attached as local files.
     pub local_host: Option<HostNodeId>,
+    /// The most the cache of images made into volumes keeps (least recently used go
+    /// first); None: no cap.
+    pub image_cache_max_bytes: Option<u64>,
 }
 
 pub async fn start_real(
@@ -76,8 +79,10 @@ pub async fn start_real(
     let journal = o.data_dir.join("journal.jsonl");
     let sink = ReportSink::open(Some(&journal))?;
     let kind = backend.kind();
-    let driver =
-        Arc::new(real::RealStorage::new(backend, tgt, o.local_host, sink.clone(), o.data_dir.join("state.json")));
+    let driver = Arc::new(
+        real::RealStorage::new(backend, tgt, o.local_host, sink.clone(), o.data_dir.join("state.json"))
+            .with_image_cache_max(o.image_cache_max_bytes),
+    );
     let cfg = AgentConfig {
         node_id: o.node_id,
         kind: AgentKind::Sta,

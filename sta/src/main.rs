@@ -46,6 +46,10 @@ struct Cli {
     local_host: Option<String>,
     #[arg(long, default_value_t = 1 << 20)]
     capacity_mib: u64,
+    /// The most the cache of images made into volumes keeps, in MiB (least recently used
+    /// removed first); no cap when not given.
+    #[arg(long)]
+    image_cache_max_mib: Option<u64>,
     #[arg(long, default_value_t = 50)]
     sim_delay_ms: u64,
     #[arg(long, default_value_t = 0.0)]
@@ -123,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         backend,
         iscsi: cli.portal.map(|p| (cli.tgt_control_port, p)),
         local_host: cli.local_host.map(|h| h.parse()).transpose()?,
+        image_cache_max_bytes: cli.image_cache_max_mib.map(|m| m << 20),
     };
     let (agent, _) = vdc_sta::start_real(bus, opts).await?;
     vdc_bus::sim::shutdown_signal().await;

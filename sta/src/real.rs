@@ -54,6 +54,11 @@ struct Inner {
     locks: Mutex<HashMap<VolumeId, Arc<tokio::sync::Mutex<()>>>>,
     /// Images being sent from snapshots now: a re-sent command while one runs is dropped.
     uploading: Mutex<std::collections::HashSet<ImageId>>,
+    /// The most the image cache keeps ([`RealStorage::with_image_cache_max`]).
+    cache_max: Option<u64>,
+    /// Held (shared) from an image's fetch into the cache to the end of its copy into a
+    /// volume, and (exclusively) while the cache is pruned.
+    cache_use: tokio::sync::RwLock<()>,
 }
 
 /// Why an ensure did not converge.
@@ -172,9 +177,13 @@ impl Inner {
             return Ok(());
         }
         // Data in dcmgr's store is fetched into this node's cache (beside its state file).
+        let using = self.cache_use.read().await;
         let fetched = match &img.blob {
             Some(blob) => {
-                let (p, _) = vdc_bus::blob::fetch(blob, &cache).await.map_err(|e| blob_failure(&img.id, e))?;
+                let (p, fetched) = vdc_bus::blob::fetch(blob, &cache).await.map_err(|e| blob_failure(&img.id, e))?;
+                if !fetched {
+                    vdc_bus::blob::touch(&p);
+                }
                 Some(p.to_string_lossy().into_owned())
             }
             None => None,
@@ -224,6 +233,13 @@ impl Inner {
             .map_err(|e| Failure::Transient(format!("copying image {}: {e}", img.id)))?;
         tracing::info!(volume = %spec.id, image = %img.id, ?fetched_in, copied_in = ?(started.elapsed() - fetched_in),
             "volume filled from its image");
+        drop(using);
+        if let Some(max) = self.cache_max {
+            let _pruning = self.cache_use.write().await;
+            for p in vdc_bus::blob::prune_cache(&cache, max, &Default::default()) {
+                tracing::info!(image = %p.display(), "pruned from the image cache");
+            }
+        }
         Ok(())
     }
 
@@ -469,8 +485,18 @@ impl RealStorage {
                 state: Mutex::new(state),
                 locks: Default::default(),
                 uploading: Default::default(),
+                cache_max: None,
+                cache_use: Default::default(),
             }),
         }
+    }
+
+    /// Keeps the cache of images made into volumes (`DATA_DIR/images`) to `max` bytes,
+    /// least recently used removed first: without a cap every qcow2 image ever made into
+    /// a volume stayed there.
+    pub fn with_image_cache_max(mut self, max: Option<u64>) -> Self {
+        Arc::get_mut(&mut self.inner).expect("set before the storage is shared").cache_max = max;
+        self
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {

@@ -490,6 +490,7 @@ impl Stack {
                     backend: rs.backend.clone(),
                     iscsi: rs.iscsi.clone(),
                     local_host,
+                    image_cache_max_bytes: None,
                 },
             )
             .await?;

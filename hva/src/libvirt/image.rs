@@ -6,6 +6,7 @@ use super::host;
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use vdc_bus::blob::touch;
 use vdc_schema::bus::ImageSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -54,13 +55,6 @@ pub fn sha256_file(p: &Path) -> Result<String, ImageError> {
         h.update(&buf[..n]);
     }
     Ok(hex(&h.finalize()))
-}
-
-/// Marks a cached file as used now (the cache prunes the least recently used).
-fn touch(p: &Path) {
-    if let Ok(f) = std::fs::File::options().write(true).open(p) {
-        let _ = f.set_modified(std::time::SystemTime::now());
-    }
 }
 
 /// The backing file a qcow2 names in its header, read directly (no qemu-img per disk).
@@ -140,31 +134,7 @@ impl ImageCache {
     /// `max_bytes`, except those `in_use` (the bases of instances' disks). Returns what
     /// it removed.
     pub fn prune(&self, max_bytes: u64, in_use: &std::collections::HashSet<PathBuf>) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return vec![] };
-        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter_map(|e| {
-                let m = e.metadata().ok().filter(|m| m.is_file())?;
-                Some((m.modified().ok()?, m.len(), e.path()))
-            })
-            .collect();
-        let mut total: u64 = files.iter().map(|f| f.1).sum();
-        files.sort();
-        let mut removed = vec![];
-        for (_, len, path) in files {
-            if total <= max_bytes {
-                break;
-            }
-            if in_use.contains(&path) {
-                continue;
-            }
-            if std::fs::remove_file(&path).is_ok() {
-                total -= len;
-                removed.push(path);
-            }
-        }
-        removed
+        vdc_bus::blob::prune_cache(&self.dir, max_bytes, in_use)
     }
 
     /// The cached data of an image: fetched from dcmgr's store when it keeps the data

@@ -108,6 +108,44 @@ pub async fn fetch_into(blob: &BlobRef, dest: &Path) -> Result<(), BlobError> {
     Err(fail(blob, format!("the transfer broke off {ATTEMPTS} times, last: {last}")))
 }
 
+/// Marks a cached file as used now: [`prune_cache`] removes the least recently used.
+pub fn touch(p: &Path) {
+    if let Ok(f) = std::fs::File::options().write(true).open(p) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes the least recently used files of the cache `dir` (by modification time, which
+/// a fetch or a [`touch`] sets) until it holds at most `max_bytes`, except those `in_use`
+/// and transfers under way (`.partial-…`). Returns what it removed.
+pub fn prune_cache(dir: &Path, max_bytes: u64, in_use: &std::collections::HashSet<PathBuf>) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| {
+            let m = e.metadata().ok().filter(|m| m.is_file())?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    files.sort();
+    let mut removed = vec![];
+    for (_, len, path) in files {
+        if total <= max_bytes {
+            break;
+        }
+        if in_use.contains(&path) {
+            continue;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// A client for dcmgr's blob store, once `blob` names a SHA-256 (a path component).
 fn client(blob: &BlobRef) -> Result<reqwest::Client, BlobError> {
     let valid = blob.sha256.len() == 64 && blob.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));

@@ -82,7 +82,8 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
         let state = dir.join("state.json");
         async move {
             let b = backend::open(&cfg).await.expect("backend opens");
-            RealStorage::new(b, Some(Tgt::new(port, portal)), None, sink, state)
+            // The image cache is capped at one small qcow2 (see below).
+            RealStorage::new(b, Some(Tgt::new(port, portal)), None, sink, state).with_image_cache_max(Some(CACHE_CAP))
         }
     };
     let sink = ReportSink::open(None).unwrap();
@@ -183,6 +184,46 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
     sta.ensure_volume_absent(v6.clone(), 2).await.unwrap();
     wait_report(&sink, v6.as_str(), 2, ObservedStorage::Absent).await;
 
+    // qcow2 images go through the cache, which keeps to its cap: after a second image,
+    // only that one is left (the least recently used goes first).
+    let mut cached = vec![];
+    for (n, pattern) in [(8u64, "0x46"), (9, "0x47")] {
+        let q = dir.join(format!("cached-{n}.qcow2"));
+        let q_s = q.to_string_lossy().into_owned();
+        run("qemu-img", &["create", "-q", "-f", "qcow2", &q_s, "16M"]);
+        run("qemu-io", &["-f", "qcow2", "-c", &format!("write -P {pattern} 0 2M"), &q_s]);
+        let bytes = std::fs::read(&q).unwrap();
+        assert!(bytes.len() as u64 <= CACHE_CAP, "{} bytes", bytes.len());
+        let blob = vdc_schema::bus::BlobRef {
+            sha256: sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            url: format!("http://127.0.0.1:{}/blob", serve_bytes(bytes).await),
+            token: "node-credential".into(),
+        };
+        let image = vdc_schema::bus::ImageSpec {
+            blob: Some(blob.clone()),
+            ..vdc_schema::bus::ImageSpec::host_file(
+                format!("img-q{n}").parse().unwrap(),
+                vdc_schema::ImageFormat::Qcow2,
+                "upload",
+            )
+        };
+        let v = VolumeId::generate();
+        sta.ensure_volume(VolumeSpec { source_image: Some(image), ..spec(&v, 1, 16, None, Some(&host_a)) })
+            .await
+            .unwrap();
+        let r = volume(wait_report(&sink, v.as_str(), 1, ObservedStorage::Available).await);
+        qemu_io(r.target.as_ref().unwrap(), &host_a, &format!("read -P {pattern} 0 2M")).expect("the image's bytes");
+        cached.push(blob.sha256);
+        sta.ensure_volume_absent(v.clone(), 2).await.unwrap();
+        wait_report(&sink, v.as_str(), 2, ObservedStorage::Absent).await;
+    }
+    let left: Vec<String> = std::fs::read_dir(dir.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec![cached[1].clone()], "the first image was pruned, the second kept");
+
     // Refusals: an unknown snapshot is a failure with a reason, and leaves nothing.
     let v3 = VolumeId::generate();
     sta.ensure_volume(spec(&v3, 1, 64, Some(&SnapshotId::generate()), None)).await.unwrap();
@@ -241,6 +282,9 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
     }
     assert!(tgtd.targets().is_empty(), "no target left: {:?}", tgtd.targets());
 }
+
+/// The cap of the scenario's image cache: one of its small qcow2 images, not two.
+const CACHE_CAP: u64 = 3 << 20;
 
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
