@@ -1080,6 +1080,21 @@ pub fn test_external(pool_end: &str) -> vdc_dcmgr::config::ExternalConfig {
     }
 }
 
+/// `len` bytes that do not compress (xorshift), so zstd does not flatter a figure and a
+/// bundle carries them whole.
+pub fn incompressible(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 pub fn image_request(name: &str, format: ImageFormat) -> CreateImage {
     CreateImage {
         name: name.into(),

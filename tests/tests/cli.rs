@@ -425,15 +425,7 @@ async fn vdc_bundle_push_sends_what_the_target_lacks(db: Db) {
     ok(&src, &["network", "create", "front", "--cidr", "10.70.0.0/24"]).await;
     ok(&dst, &["network", "create", "mine", "--cidr", "10.70.0.0/16"]).await;
     // 8 MiB that do not compress: two chunks.
-    let mut x = 7u64;
-    let data: Vec<u8> = (0..8 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = vdc_tests::incompressible(8 << 20);
     let img = src.create_image(&vdc_tests::image_request("blob", vdc_schema::ImageFormat::Raw)).await.unwrap();
     src.upload_image(&img.id, data).await.unwrap();
     src.wait_image(&img.id, std::time::Duration::from_secs(30)).await.unwrap();

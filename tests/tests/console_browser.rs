@@ -213,24 +213,12 @@ async fn view_text(b: &Browser, view: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_console_signs_in_switches_accounts_and_signs_out() {
-    vdc_tests::init_logging();
-    let mut o = StackOptions::new(Db::Sqlite);
-    o.hosts = 1;
-    let s = Stack::start(o).await;
-    let url = s.url();
-
     // A user with a password, a member of two accounts that hold a network and an instance each.
-    s.admin
-        .create_user(&CreateUser { name: "hana".into(), admin: false, password: Some(PASSWORD.into()) })
-        .await
-        .unwrap();
-    let alpha = s.account("alpha").await;
-    let beta = s.account("beta").await;
+    let (s, alpha, beta) = stack_with_member("hana").await;
+    let url = s.url();
     for (c, net, cidr, inst) in
         [(&alpha, "alpha-net", "10.71.0.0/24", "alpha-web"), (&beta, "beta-net", "10.72.0.0/24", "beta-db")]
     {
-        let id = c.whoami().await.unwrap().account.id;
-        c.add_member(&id, &AddMember { user: "hana".into(), role: Role::Member }).await.unwrap();
         c.post::<_, Value>("/networks", &json!({"name": net, "cidr": cidr})).await.unwrap();
         s.running_instance(c, inst).await;
     }
@@ -445,6 +433,25 @@ async fn the_console_signs_in_switches_accounts_and_signs_out() {
     s.stop().await;
 }
 
+/// The suites' stack with one host and `user` (with [`PASSWORD`]) a member of two
+/// accounts, alpha and beta, whose owners' clients it returns.
+async fn stack_with_member(user: &str) -> (Stack, vdc_cli::client::Client, vdc_cli::client::Client) {
+    vdc_tests::init_logging();
+    let mut o = StackOptions::new(Db::Sqlite);
+    o.hosts = 1;
+    let s = Stack::start(o).await;
+    s.admin
+        .create_user(&CreateUser { name: user.into(), admin: false, password: Some(PASSWORD.into()) })
+        .await
+        .unwrap();
+    let (alpha, beta) = (s.account("alpha").await, s.account("beta").await);
+    for c in [&alpha, &beta] {
+        let id = c.whoami().await.unwrap().account.id;
+        c.add_member(&id, &AddMember { user: user.into(), role: Role::Member }).await.unwrap();
+    }
+    (s, alpha, beta)
+}
+
 /// Signs `user` in with the password form; waits for the first account's view.
 async fn sign_in(b: &Browser, url: &str, user: &str) {
     b.goto(&format!("{url}/console/")).await;
@@ -463,21 +470,8 @@ async fn sign_in(b: &Browser, url: &str, user: &str) {
 /// snapshot, each from its view.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_console_uploads_an_image_and_moves_a_vdc_with_a_bundle() {
-    vdc_tests::init_logging();
-    let mut o = StackOptions::new(Db::Sqlite);
-    o.hosts = 1;
-    let s = Stack::start(o).await;
+    let (s, alpha, beta) = stack_with_member("ren").await;
     let url = s.url();
-    s.admin
-        .create_user(&CreateUser { name: "ren".into(), admin: false, password: Some(PASSWORD.into()) })
-        .await
-        .unwrap();
-    let alpha = s.account("alpha").await;
-    let beta = s.account("beta").await;
-    for c in [&alpha, &beta] {
-        let id = c.whoami().await.unwrap().account.id;
-        c.add_member(&id, &AddMember { user: "ren".into(), role: Role::Member }).await.unwrap();
-    }
     alpha.post::<_, Value>("/networks", &json!({"name": "alpha-net", "cidr": "10.81.0.0/24"})).await.unwrap();
     alpha
         .post::<_, Value>(
@@ -488,17 +482,9 @@ async fn the_console_uploads_an_image_and_moves_a_vdc_with_a_bundle() {
         .unwrap();
     let files = tempfile::tempdir().unwrap();
     let downloads = tempfile::tempdir().unwrap();
-    // A raw disk of 2 MiB and a bit, incompressible (xorshift).
+    // A raw disk of 2 MiB and a bit, incompressible.
     let disk = files.path().join("disk.raw");
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let bytes: Vec<u8> = (0..(2 << 20) + 4096)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = vdc_tests::incompressible((2 << 20) + 4096);
     std::fs::write(&disk, &bytes).unwrap();
     let sha = {
         use sha2::Digest;

@@ -30,20 +30,6 @@ fn sha256(path: &Path) -> String {
     run("sha256sum", &[path.to_str().unwrap()]).split_whitespace().next().unwrap().to_owned()
 }
 
-/// Incompressible bytes (xorshift), so zstd does not flatter the figures.
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Volume `name` once it is filled (available).
 async fn filled(c: &Client, name: &str) -> Volume {
     let v = c.list_all_volumes().await.unwrap().into_iter().find(|v| v.name == name).unwrap();
@@ -113,13 +99,13 @@ async fn a_stopped_guest_and_a_volume_arrive_with_their_bytes() {
     let vol = ok(&src, src.create_volume(&vol).await.unwrap()).await;
     let luns = dir.path().join("volumes/volumes");
     let lun = luns.join(format!("{}.img", vol.id));
-    std::fs::write(&lun, pattern((VOLUME_MIB << 20) as usize)).unwrap();
+    std::fs::write(&lun, vdc_tests::incompressible((VOLUME_MIB << 20) as usize)).unwrap();
     let want_volume = sha256(&lun);
     // A small one beginning with a whole qcow2 image, as a guest may write one to its
     // disk: its bytes travel as they are, not as the disk qemu-img would find in them.
     let nested = CreateVolume { name: "nested".into(), size_mib: Some(4), snapshot_id: None, image_id: None };
     let nested = ok(&src, src.create_volume(&nested).await.unwrap()).await;
-    let mut bytes = pattern(4 << 20);
+    let mut bytes = vdc_tests::incompressible(4 << 20);
     let inner = dir.path().join("inner.qcow2");
     run("qemu-img", &["create", "-q", "-f", "qcow2", inner.to_str().unwrap(), "1M"]);
     let inner = std::fs::read(&inner).unwrap();
