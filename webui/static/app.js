@@ -351,6 +351,22 @@ function dialog(title, content, buttons, opts) {
   return { dlg, form };
 }
 
+// A dialog holding a form: its submit button runs `action` (an error shows in the form),
+// then the dialog closes and the view refreshes.
+function formDialog(title, content, submitLabel, action) {
+  const { dlg, form } = dialog(title, content, [
+    el('button', { type: 'submit', class: 'primary' }, submitLabel),
+    el('button', { type: 'button', class: 'ghost', onclick: () => dlg.close() }, t('cancel')),
+  ]);
+  form.method = 'post'; // submit is handled here, not by the dialog
+  asyncForm(form, async () => {
+    await action();
+    dlg.close();
+    refreshView();
+  });
+  return dlg;
+}
+
 // Resolves true when the user confirms; Escape or Cancel resolve false.
 function confirmDialog(title, message, okLabel) {
   return new Promise((resolve) => {
@@ -597,19 +613,12 @@ function mountInstances(root) {
   function capture(inst) {
     const name = input({ required: true, maxlength: '64', value: `${inst.name || inst.id}-image`, id: 'capture-name' });
     const os = input({ maxlength: '64', placeholder: 'debian-12' });
-    const { dlg, form } = dialog(t('capture_title', { name: displayName(inst) }), el('div', {},
+    formDialog(t('capture_title', { name: displayName(inst) }), el('div', {},
       el('p', { class: 'hint' }, t('capture_help')),
       field(t('field_image_name'), name),
-      field(t('field_os'), os, t('hint_optional'))), [
-      el('button', { type: 'submit', class: 'primary' }, t('action_capture')),
-      el('button', { type: 'button', class: 'ghost', onclick: () => dlg.close() }, t('cancel')),
-    ]);
-    form.method = 'post';
-    asyncForm(form, async () => {
+      field(t('field_os'), os, t('hint_optional'))), t('action_capture'), async () => {
       const r = await api('POST', `/instances/${enc(inst.id)}/capture`, compact({ image_name: val(name), os: val(os) }));
       notify('ok', t('capture_requested', { name: displayName(inst), image: displayName(r.resource), job: r.job.id }));
-      dlg.close();
-      refreshView();
     });
   }
 
@@ -1151,18 +1160,11 @@ async function imageForm(close) {
 function uploadDialog(img) {
   const file = el('input', { type: 'file', required: true, id: 'upload-file' });
   const progress = progressBar(t('upload_progress'));
-  const { dlg, form } = dialog(t('upload_title', { name: displayName(img) }),
-    el('div', {}, field(t('field_file'), file, t('hint_image_file')), progress.node), [
-      el('button', { type: 'submit', class: 'primary' }, t('upload')),
-      el('button', { type: 'button', class: 'ghost', onclick: () => dlg.close() }, t('cancel')),
-    ]);
-  form.method = 'post';
-  asyncForm(form, async () => {
-    const done = await sendFile('PUT', `/images/${enc(img.id)}/file`, file.files[0], (sent, total) => progress.set(sent, total));
-    notify('ok', t('image_uploaded', { name: displayName(done) }));
-    dlg.close();
-    refreshView();
-  });
+  formDialog(t('upload_title', { name: displayName(img) }),
+    el('div', {}, field(t('field_file'), file, t('hint_image_file')), progress.node), t('upload'), async () => {
+      const done = await sendFile('PUT', `/images/${enc(img.id)}/file`, file.files[0], (sent, total) => progress.set(sent, total));
+      notify('ok', t('image_uploaded', { name: displayName(done) }));
+    });
 }
 
 // Who an image is shared with: they can see and boot it, not change it.
@@ -1269,31 +1271,17 @@ async function attachDialog(vol) {
     return;
   }
   const target = select(instances.map((i) => ({ value: i.id, label: `${displayName(i)} — ${stateLabel(i.state)}` })), { required: true });
-  const { dlg, form } = dialog(t('attach_title', { name: displayName(vol) }), field(t('field_instance'), target), [
-    el('button', { type: 'submit', class: 'primary' }, t('action_attach')),
-    el('button', { type: 'button', class: 'ghost', onclick: () => dlg.close() }, t('cancel')),
-  ]);
-  form.method = 'post'; // submit is handled here, not by the dialog
-  asyncForm(form, async () => {
+  formDialog(t('attach_title', { name: displayName(vol) }), field(t('field_instance'), target), t('action_attach'), async () => {
     const r = await api('POST', `/volumes/${enc(vol.id)}/attach`, { instance_id: target.value });
     notify('ok', t('attach_requested', { name: displayName(vol), job: r.job.id }));
-    dlg.close();
-    refreshView();
   });
 }
 
 function snapshotDialog(vol) {
   const name = input({ required: true, maxlength: '255', value: `${vol.name}-snap` });
-  const { dlg, form } = dialog(t('snapshot_from_title', { name: displayName(vol) }), field(t('field_name'), name), [
-    el('button', { type: 'submit', class: 'primary' }, t('create')),
-    el('button', { type: 'button', class: 'ghost', onclick: () => dlg.close() }, t('cancel')),
-  ]);
-  form.method = 'post';
-  asyncForm(form, async () => {
+  formDialog(t('snapshot_from_title', { name: displayName(vol) }), field(t('field_name'), name), t('create'), async () => {
     const r = await api('POST', '/snapshots', { volume_id: vol.id, name: val(name) });
     notify('ok', t('snapshot_requested', { name: displayName(r.resource), job: r.job.id }));
-    dlg.close();
-    refreshView();
   });
 }
 
@@ -1302,19 +1290,12 @@ function snapshotImageDialog(snap) {
   const name = input({ required: true, maxlength: '64', value: `${snap.name}-image`, id: 'snapshot-image-name' });
   const format = select([{ value: 'raw', label: 'raw' }, { value: 'qcow2', label: 'qcow2' }]);
   const os = input({ maxlength: '64', placeholder: 'debian-12' });
-  const { dlg, form } = dialog(t('snapshot_image_title', { name: displayName(snap) }), el('div', {},
+  formDialog(t('snapshot_image_title', { name: displayName(snap) }), el('div', {},
     field(t('field_image_name'), name),
     field(t('field_format'), format),
-    field(t('field_os'), os, t('hint_optional'))), [
-    el('button', { type: 'submit', class: 'primary' }, t('create')),
-    el('button', { type: 'button', class: 'ghost', onclick: () => dlg.close() }, t('cancel')),
-  ]);
-  form.method = 'post';
-  asyncForm(form, async () => {
+    field(t('field_os'), os, t('hint_optional'))), t('create'), async () => {
     const r = await api('POST', `/snapshots/${enc(snap.id)}/image`, compact({ image_name: val(name), format: format.value, os: val(os) }));
     notify('ok', t('snapshot_image_requested', { name: displayName(snap), image: displayName(r.resource), job: r.job.id }));
-    dlg.close();
-    refreshView();
   });
 }
 
