@@ -224,6 +224,59 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
         .collect();
     assert_eq!(left, vec![cached[1].clone()], "the first image was pruned, the second kept");
 
+    // Many volumes at once from three images the cache cannot hold together: fetches,
+    // copies and prunes interleave, and every volume still gets its image's bytes (a
+    // prune never removes a file a copy is reading); the cache ends within its cap.
+    let mut images = vec![];
+    for (n, pattern) in [(10u64, "0x50"), (11, "0x51"), (12, "0x52")] {
+        let q = dir.join(format!("cached-{n}.qcow2"));
+        let q_s = q.to_string_lossy().into_owned();
+        run("qemu-img", &["create", "-q", "-f", "qcow2", &q_s, "16M"]);
+        run("qemu-io", &["-f", "qcow2", "-c", &format!("write -P {pattern} 0 2M"), &q_s]);
+        let bytes = std::fs::read(&q).unwrap();
+        let blob = vdc_schema::bus::BlobRef {
+            sha256: sha256_hex(&bytes),
+            size: bytes.len() as u64,
+            url: format!("http://127.0.0.1:{}/blob", serve_bytes(bytes).await),
+            token: "node-credential".into(),
+        };
+        let image = vdc_schema::bus::ImageSpec {
+            blob: Some(blob),
+            ..vdc_schema::bus::ImageSpec::host_file(
+                format!("img-q{n}").parse().unwrap(),
+                vdc_schema::ImageFormat::Qcow2,
+                "upload",
+            )
+        };
+        images.push((image, pattern));
+    }
+    let mut made = vec![];
+    for round in 0..3 {
+        for (image, pattern) in &images {
+            let v = VolumeId::generate();
+            let s = VolumeSpec { source_image: Some(image.clone()), ..spec(&v, 1, 16, None, Some(&host_a)) };
+            sta.ensure_volume(s).await.unwrap();
+            made.push((v, *pattern, round));
+        }
+    }
+    for (v, pattern, round) in &made {
+        let r = volume(wait_report(&sink, v.as_str(), 1, ObservedStorage::Available).await);
+        assert_eq!(r.state, ObservedStorage::Available, "volume {round} of {pattern}: {r:?}");
+        qemu_io(r.target.as_ref().unwrap(), &host_a, &format!("read -P {pattern} 0 2M"))
+            .unwrap_or_else(|e| panic!("volume {round} of {pattern} holds its image's bytes: {e}"));
+    }
+    let left: Vec<(String, u64)> = std::fs::read_dir(dir.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .collect();
+    assert!(left.iter().map(|f| f.1).sum::<u64>() <= CACHE_CAP, "the cache keeps to its cap: {left:?}");
+    assert!(left.iter().all(|f| !f.0.starts_with('.')), "no transfer is left half-done: {left:?}");
+    for (v, _, _) in &made {
+        sta.ensure_volume_absent(v.clone(), 2).await.unwrap();
+        wait_report(&sink, v.as_str(), 2, ObservedStorage::Absent).await;
+    }
+
     // Refusals: an unknown snapshot is a failure with a reason, and leaves nothing.
     let v3 = VolumeId::generate();
     sta.ensure_volume(spec(&v3, 1, 64, Some(&SnapshotId::generate()), None)).await.unwrap();
