@@ -998,6 +998,35 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
     assert!(full.list_all_volumes().await.unwrap().is_empty());
     assert!(full.list_all_floating_ips().await.unwrap().is_empty());
     assert!(full.list_all_images().await.unwrap().iter().all(|i| i.public));
+    // Volumes, their size and floating IPs count against the account's quotas as their
+    // creates do: the plan shows it, the import refuses it, and nothing is made.
+    let capped = b.account("capped").await;
+    let capped_id = capped.own_quotas().await.unwrap().account_id;
+    for (key, used) in [
+        ("volumes", "0 of it is in use; this needs 1 more"),
+        ("volume_gib", "this needs 16 MiB more"),
+        ("floating_ips", "this needs 1 more"),
+    ] {
+        let set = |v: Option<i64>| SetQuotas { quotas: [(key.to_string(), v)].into_iter().collect() };
+        b.admin.set_account_quotas(&capped_id, &set(Some(0))).await.unwrap();
+        let plan = capped.plan_bundle(bytes.clone(), &[]).await.unwrap();
+        let refused: Vec<&str> = plan.conflicts.iter().map(|c| c.message.as_str()).collect();
+        assert!(
+            refused.len() == 1 && refused[0].starts_with(&format!("quota {key} is 0")) && refused[0].contains(used),
+            "{key}: {refused:?}"
+        );
+        assert_eq!(api_err(capped.import_bundle(bytes.clone(), &[]).await), (422, "quota_exceeded".into()), "{key}");
+        assert!(capped.list_all_networks().await.unwrap().is_empty(), "{key}");
+        assert!(capped.list_all_volumes().await.unwrap().is_empty(), "{key}");
+        assert!(capped.list_all_floating_ips().await.unwrap().is_empty(), "{key}");
+        b.admin.set_account_quotas(&capped_id, &set(None)).await.unwrap();
+    }
+    // Skipped, they ask for nothing.
+    let none =
+        SetQuotas { quotas: ["volumes", "floating_ips"].into_iter().map(|k| (k.to_string(), Some(0))).collect() };
+    b.admin.set_account_quotas(&capped_id, &none).await.unwrap();
+    let plan = capped.plan_bundle(bytes.clone(), &maps(&["volumes=skip", "floating_ips=skip"])).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
 
     let done = cb.import_bundle(bytes.clone(), &[]).await.unwrap();
     assert!(done.created);

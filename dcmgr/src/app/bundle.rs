@@ -1967,7 +1967,7 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
         let e = existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?;
         decide(&r.manifest, &e, maps)
     };
-    let asks = if same { vec![] } else { quota_asks(&r.manifest, &d) };
+    let asks = if same { vec![] } else { quota_asks(&r.manifest, &d, maps) };
     // The disks the import would store, checked from their first bytes as far as they
     // allow: a plan does not keep the whole data (the import checks it all). Tar images'
     // entries were checked whole as they arrived.
@@ -2330,14 +2330,17 @@ fn unresolved(all: &[BundleConflict], first: &BundleConflict) -> ApiError {
     )
 }
 
-/// What an import would add to the account, per quota (only new images count).
-/// Objects an update keeps count already.
-fn quota_asks(m: &Manifest, d: &Decision) -> Vec<(QuotaKey, u64)> {
+/// What an import would add to the account, per quota (only new images count; volumes
+/// and floating IPs unless the map skips them). Objects an update keeps count already.
+fn quota_asks(m: &Manifest, d: &Decision, maps: &Maps) -> Vec<(QuotaKey, u64)> {
     let new_images: Vec<&vdc_bundle::Image> =
         m.model.images.iter().filter(|i| matches!(d.images.get(&i.id), Some(ImageChoice::New))).collect();
     let instances: Vec<&vdc_bundle::Instance> =
         m.model.instances.iter().filter(|i| !d.kept.contains_key(&i.id)).collect();
     let new = |id: &String| !d.kept.contains_key(id);
+    let volumes: Vec<&vdc_bundle::Volume> =
+        m.model.volumes.iter().filter(|v| !maps.skip_volumes && new(&v.id)).collect();
+    let floating_ips = m.model.floating_ips.iter().filter(|f| !maps.skip_floating_ips && new(&f.id)).count();
     vec![
         (QuotaKey::Instances, instances.len() as u64),
         (QuotaKey::Vcpus, instances.iter().map(|i| u64::from(i.cpus)).sum()),
@@ -2348,6 +2351,9 @@ fn quota_asks(m: &Manifest, d: &Decision) -> Vec<(QuotaKey, u64)> {
         (QuotaKey::ServerGroups, m.model.server_groups.iter().filter(|g| new(&g.id)).count() as u64),
         (QuotaKey::Images, new_images.len() as u64),
         (QuotaKey::ImageGib, new_images.iter().filter_map(|i| i.blob.as_ref()).map(|b| b.size).sum()),
+        (QuotaKey::Volumes, volumes.len() as u64),
+        (QuotaKey::VolumeGib, volumes.iter().map(|v| v.size_mib).sum()),
+        (QuotaKey::FloatingIps, floating_ips as u64),
     ]
 }
 
@@ -2391,7 +2397,7 @@ async fn apply(
     if let Some(c) = d.conflicts.first() {
         return Err(unresolved(&d.conflicts, c));
     }
-    quota::enforce(&mut tx, ctx, account, &quota_asks(m, &d)).await?;
+    quota::enforce(&mut tx, ctx, account, &quota_asks(m, &d, maps)).await?;
     let name = |kind: &str, id: &str| d.names.get(&(kind.to_owned(), id.to_owned())).cloned().unwrap_or_default();
     let mut ids: BTreeMap<String, String> = BTreeMap::new();
     let mut work = Vec::new();
