@@ -14,6 +14,11 @@ pub struct ZfsBackend {
     /// is mounted.
     mountpoint: Option<PathBuf>,
     tools: Runner,
+    /// Held while a command changes the pool: one at a time. zfs-fuse hung for good
+    /// (its FUSE requests and six `zfs create` waiting on each other) when nine volumes
+    /// were created at once beside their image copies (sta_backends, once in 18 runs);
+    /// the ZFS kernel module serialises these in the pool's sync task anyway.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl ZfsBackend {
@@ -47,11 +52,17 @@ impl ZfsBackend {
             }
             Some(PathBuf::from(mp))
         };
-        Ok(ZfsBackend { dataset: dataset.to_owned(), mountpoint, tools })
+        Ok(ZfsBackend { dataset: dataset.to_owned(), mountpoint, tools, changing: Default::default() })
     }
 
     fn ds(&self, id: &VolumeId) -> String {
         format!("{}/{id}", self.dataset)
+    }
+
+    /// Runs `zfs ARGS`, which changes the pool, alone ([`ZfsBackend::changing`]).
+    async fn change(&self, args: &[&str]) -> std::result::Result<String, CmdError> {
+        let _alone = self.changing.lock().await;
+        self.tools.run("zfs", args).await
     }
 
     async fn has(&self, name: &str, kind: &str) -> bool {
@@ -86,13 +97,13 @@ impl Backend for ZfsBackend {
         let ds = self.ds(id);
         if self.has(&ds, "all").await {
             // Left by a create that crashed before its disk existed.
-            self.tools.run("zfs", &["destroy", "-r", &ds]).await?;
+            self.change(&["destroy", "-r", &ds]).await?;
         }
         if self.mountpoint.is_none() {
-            self.tools.run("zfs", &["create", "-V", &format!("{size_mib}M"), &ds]).await?;
+            self.change(&["create", "-V", &format!("{size_mib}M"), &ds]).await?;
             return Ok(());
         }
-        self.tools.run("zfs", &["create", &ds]).await?;
+        self.change(&["create", &ds]).await?;
         create_file(&self.lun_path(id), size_mib).await
     }
 
@@ -103,11 +114,14 @@ impl Backend for ZfsBackend {
         }
         let ds = self.ds(id);
         if self.has(&ds, "all").await {
-            self.tools.run("zfs", &["destroy", "-r", &ds]).await?;
+            self.change(&["destroy", "-r", &ds]).await?;
         }
-        self.tools.pipeline(&format!("zfs send {} | zfs receive {}", quote(&origin), quote(&ds))).await?;
+        {
+            let _alone = self.changing.lock().await;
+            self.tools.pipeline(&format!("zfs send {} | zfs receive {}", quote(&origin), quote(&ds))).await?;
+        }
         // The copy arrives with the snapshot it was sent from; it is not one of ours.
-        self.tools.run("zfs", &["destroy", &format!("{ds}@{snap}")]).await?;
+        self.change(&["destroy", &format!("{ds}@{snap}")]).await?;
         Ok(())
     }
 
@@ -116,7 +130,7 @@ impl Backend for ZfsBackend {
             return grow_file(&self.lun_path(id), size_mib).await;
         }
         if self.size_mib(id).await? < size_mib {
-            self.tools.run("zfs", &["set", &format!("volsize={size_mib}M"), &self.ds(id)]).await?;
+            self.change(&["set", &format!("volsize={size_mib}M"), &self.ds(id)]).await?;
         }
         Ok(())
     }
@@ -128,7 +142,7 @@ impl Backend for ZfsBackend {
         // than 5 s later (seen in CI). Give it up to 30 s before the next ensure must.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while self.has(&ds, "all").await {
-            match self.tools.run("zfs", &["destroy", "-r", &ds]).await {
+            match self.change(&["destroy", "-r", &ds]).await {
                 Ok(_) => break,
                 Err(CmdError::Failed { stderr, .. })
                     if stderr.contains("busy") && std::time::Instant::now() < deadline =>
@@ -144,7 +158,7 @@ impl Backend for ZfsBackend {
     async fn snapshot(&self, volume: &VolumeId, snap: &SnapshotId) -> Result<()> {
         let name = format!("{}@{snap}", self.ds(volume));
         if !self.has(&name, "snapshot").await {
-            self.tools.run("zfs", &["snapshot", &name]).await?;
+            self.change(&["snapshot", &name]).await?;
         }
         Ok(())
     }
@@ -165,7 +179,7 @@ impl Backend for ZfsBackend {
             }
             None => {
                 // Snapshot devices exist only with `snapdev=visible` (udev makes them).
-                self.tools.run("zfs", &["set", "snapdev=visible", &self.ds(volume)]).await?;
+                self.change(&["set", "snapdev=visible", &self.ds(volume)]).await?;
                 let dev = PathBuf::from(format!("/dev/zvol/{}@{snap}", self.ds(volume)));
                 for _ in 0..50 {
                     if tokio::fs::metadata(&dev).await.is_ok() {
@@ -181,7 +195,7 @@ impl Backend for ZfsBackend {
     async fn delete_snapshot(&self, volume: &VolumeId, snap: &SnapshotId) -> Result<()> {
         let name = format!("{}@{snap}", self.ds(volume));
         if self.has(&name, "snapshot").await {
-            self.tools.run("zfs", &["destroy", &name]).await?;
+            self.change(&["destroy", &name]).await?;
         }
         Ok(())
     }
