@@ -696,8 +696,12 @@ async fn images_are_shared_with_named_accounts(db: Db) {
     assert!(!stranger.list_all_images().await.unwrap().iter().any(|i| i.id == img.id));
     assert_eq!(err(owner.share_image(&img.id, &owner_id).await), (400, "invalid_member".into()));
 
-    // In use by the member's instance: the owner cannot delete it.
+    // In use by the member's instance: the owner cannot delete it, and is told so
+    // without the other account's instance ID.
     assert_eq!(err(owner.delete_image(&img.id).await), (409, "image_in_use".into()));
+    let in_use = owner.delete_image(&img.id).await.unwrap_err().to_string();
+    assert!(in_use.contains("1 instance of an account it is or was shared with"), "{in_use}");
+    assert!(!in_use.contains(booted.as_str()), "{in_use}");
     // Unshared: gone for the member (its instance keeps running), a second unshare is 404.
     assert!(owner.unshare_image(&img.id, &friend_id).await.unwrap().members.is_empty());
     assert_eq!(err(friend.get_image(&img.id).await).0, 404);

@@ -144,8 +144,11 @@ fn validate_boot(req: &CreateImage) -> ApiResult<()> {
         return Err(ApiError::bad("invalid_min_disk", format!("min_disk is for qcow2 and raw disk images, not {f}")));
     }
     let size_ok = |v: Option<u64>| v.is_none_or(|b| (1..=MAX_BYTES).contains(&b));
-    if !size_ok(req.min_disk) || !size_ok(req.min_memory) {
-        return Err(ApiError::bad("invalid_image", "min_disk and min_memory are sizes in bytes, from 1 to 2^50"));
+    if !size_ok(req.min_disk) {
+        return Err(ApiError::bad("invalid_min_disk", "min_disk is a size in bytes, from 1 to 2^50"));
+    }
+    if !size_ok(req.min_memory) {
+        return Err(ApiError::bad("invalid_image", "min_memory is a size in bytes, from 1 to 2^50"));
     }
     if let Some(os) = &req.os {
         if os.trim().is_empty() || os.len() > 64 || os.chars().any(char::is_control) {
@@ -365,10 +368,8 @@ async fn delete_holding(
         }
         let users = store::users(&mut tx, id).await?;
         if !users.is_empty() {
-            return Err(ApiError::conflict(
-                "image_in_use",
-                format!("image {id} is used by {}", name_some("instance", users.iter().map(String::as_str))),
-            ));
+            let by = own_named(caller, "instance", &users);
+            return Err(ApiError::conflict("image_in_use", format!("image {id} is used by {by}")));
         }
         let filling = store::volumes_filling(&mut tx, id).await?;
         if !filling.is_empty() {
@@ -384,7 +385,7 @@ async fn delete_holding(
         if !disks.is_empty() {
             return Err(ApiError::conflict(
                 "image_in_use",
-                format!("image {id} is the kernel_id of {}", name_some("image", disks.iter().map(String::as_str))),
+                format!("image {id} is the kernel_id of {}", own_named(caller, "image", &disks)),
             ));
         }
         let blob = store::get_tx(&mut tx, id).await?.and_then(|r| r.blob);
@@ -401,6 +402,22 @@ async fn delete_holding(
         Ok(Ok(unused))
     })
     .await
+}
+
+/// `(ID, account)` pairs as words: the caller's own named, those of accounts an image is
+/// or was shared with counted only (another account's IDs are never shown).
+fn own_named(caller: &Caller, kind: &str, users: &[(String, String)]) -> String {
+    let (own, others): (Vec<_>, Vec<_>) = users.iter().partition(|u| u.1 == caller.account_id.as_str());
+    let mut by = vec![];
+    if !own.is_empty() {
+        by.push(name_some(kind, own.iter().map(|u| u.0.as_str())));
+    }
+    match others.len() {
+        0 => {}
+        1 => by.push(format!("1 {kind} of an account it is or was shared with")),
+        n => by.push(format!("{n} {kind}s of accounts it is or was shared with")),
+    }
+    by.join(" and ")
 }
 
 /// An image the caller may boot or copy into a volume: visible and `available`.

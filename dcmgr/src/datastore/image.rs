@@ -155,13 +155,11 @@ pub async fn owner(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Option<String>, 
 }
 
 /// The instances (not terminated) booted from image `id`, by ID.
-pub async fn users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT id FROM instances WHERE image_id = $1 AND state <> 'terminated' ORDER BY id")
-            .bind(id.as_str())
-            .fetch_all(tx.conn().await?)
-            .await?;
-    Ok(rows.into_iter().map(|r| r.0).collect())
+pub async fn users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, account_id FROM instances WHERE image_id = $1 AND state <> 'terminated' ORDER BY id")
+        .bind(id.as_str())
+        .fetch_all(tx.conn().await?)
+        .await
 }
 
 /// The volumes being made from image `id` (sta still copies it into them), by ID.
@@ -182,12 +180,11 @@ pub async fn delete(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx::Error
 }
 
 /// The disk images that boot with kernel image `id`, by ID.
-pub async fn kernel_users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT id FROM images WHERE kernel_id = $1 ORDER BY id")
+pub async fn kernel_users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, account_id FROM images WHERE kernel_id = $1 ORDER BY id")
         .bind(id.as_str())
         .fetch_all(tx.conn().await?)
-        .await?;
-    Ok(rows.into_iter().map(|r| r.0).collect())
+        .await
 }
 
 /// Whether a public image of this name exists.
