@@ -202,6 +202,15 @@ pub fn check_boot(
     Ok(hypervisor != HypervisorKind::Lxc && disk && image.kernel_id.is_none() && image.boot_mode == BootMode::Uefi)
 }
 
+/// The root disk size of an instance created without one: the image's own size, or its
+/// min_disk where that is larger (a disk below the image's declared minimum is refused
+/// when asked for, so it is not made when nothing was asked).
+fn grown_to_minimum(image: &vdc_schema::api::Image) -> Option<u64> {
+    use vdc_schema::ImageFormat;
+    let disk = matches!(image.format, ImageFormat::Qcow2 | ImageFormat::Raw);
+    image.min_disk.filter(|m| disk && image.virtual_size.is_none_or(|v| v < *m))
+}
+
 /// The vCPUs and memory an instance may have (a create, and an instance in a bundle).
 pub fn check_shape(cpus: u32, memory_mib: u32) -> ApiResult<()> {
     if !(1..=128).contains(&cpus) {
@@ -274,8 +283,8 @@ async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiRe
         constraints,
         name: req.name.unwrap_or_default(),
         demand: Demand { hypervisor, cpus: req.cpus, memory_mib: req.memory_mib, uefi },
+        root_disk_size: req.root_disk_size.or_else(|| grown_to_minimum(&image)),
         image,
-        root_disk_size: req.root_disk_size,
         ssh_key: req.ssh_key_id,
         user_data: req.user_data,
         interfaces,
