@@ -192,7 +192,8 @@ fn parse_ns_prefix(s: &str) -> Result<String, String> {
     }
 }
 
-/// Paging of list commands: by default every page is fetched.
+// Paging of list commands: by default every page is fetched. (A plain comment: clap
+// would show a doc comment as the help of a command that has none of its own.)
 #[derive(Debug, Clone, Default, Args)]
 pub struct ListArgs {
     /// Fetch only one page of at most N items
@@ -242,6 +243,7 @@ pub enum AccountCmd {
         #[arg(long)]
         admin: bool,
     },
+    /// List accounts
     #[command(visible_alias = "ls")]
     List {
         /// Only accounts with this exact name
@@ -326,6 +328,7 @@ pub enum UserCmd {
         #[arg(long, conflicts_with = "password_stdin")]
         remove: bool,
     },
+    /// List users
     #[command(visible_alias = "ls")]
     List {
         /// Only the user with this exact name
@@ -418,6 +421,7 @@ pub enum KeypairCmd {
         #[arg(long, value_name = "FILE", conflicts_with_all = ["public_key", "public_key_file"])]
         private_key_out: Option<PathBuf>,
     },
+    /// List key pairs
     #[command(visible_alias = "ls")]
     List {
         /// Only key pairs with this exact name
@@ -449,6 +453,7 @@ pub enum ServerGroupCmd {
         #[arg(long, value_parser = wire!(ServerGroupPolicy))]
         policy: ServerGroupPolicy,
     },
+    /// List server groups
     #[command(visible_alias = "ls")]
     List {
         /// Only server groups with this exact name
@@ -479,6 +484,7 @@ pub enum FloatingIpCmd {
         #[arg(long)]
         ip: Option<Ipv4Addr>,
     },
+    /// List floating IPs
     #[command(visible_alias = "ls")]
     List {
         #[command(flatten)]
@@ -515,6 +521,7 @@ pub enum ImageCmd {
     /// Upload a local file or have dcmgr import an http(s) URL; prints the image once it is
     /// available
     Import(ImageImportArgs),
+    /// List images (your own, those shared with you, and public ones)
     #[command(visible_alias = "ls")]
     List {
         /// Only images with this exact name
@@ -661,6 +668,7 @@ pub enum NetworkCmd {
         #[arg(long, value_name = "IP")]
         dhcp_end: Option<Ipv4Addr>,
     },
+    /// List networks
     #[command(visible_alias = "ls")]
     List {
         /// Only networks with this exact name
@@ -700,6 +708,7 @@ pub enum SecgroupCmd {
         #[arg(long = "rule", value_name = "SPEC", value_parser = parse_rule_arg)]
         rules: Vec<RuleArg>,
     },
+    /// List security groups
     #[command(visible_alias = "ls")]
     List {
         /// Only groups with this exact name

@@ -467,6 +467,7 @@ async fn vdc_bundle_push_sends_what_the_target_lacks(db: Db) {
     assert_eq!(code, Some(0), "{out} {err}");
     assert!(out.contains("+ network \"front\"") && out.contains("+ image \"blob\""), "{out}");
     assert!(dst.list_all_images().await.unwrap().iter().all(|i| i.public), "a dry run creates nothing");
+    assert!(err.contains(&format!("planned at {}: ", s.url())) && !err.contains("pushed"), "{err}");
 
     let (code, out, err) = run(&["--map-file", maps.to_str().unwrap()]).await.unwrap();
     assert_eq!(code, Some(0), "{out} {err}");

@@ -1399,8 +1399,9 @@ async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
                 e => CliError::Failed(e.to_string()),
             })?;
             let saved = r.bytes_full.saturating_sub(r.bytes_sent);
+            let done = if dry_run { "planned at" } else { "pushed to" };
             let summary = format!(
-                "pushed to {to}: {} bytes sent ({} bytes without dedup, {saved} saved); {} of {} chunks sent, {} held \
+                "{done} {to}: {} bytes sent ({} bytes without dedup, {saved} saved); {} of {} chunks sent, {} held \
                  by the target{}",
                 r.bytes_sent,
                 r.bytes_full,
