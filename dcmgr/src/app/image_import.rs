@@ -35,7 +35,8 @@ pub fn parse_url(s: &str) -> Result<url::Url, Refusal> {
     Ok(url)
 }
 
-/// Why an address is not public (so not reachable by an import unless allowed), if it is not.
+/// What an address is when it is not public (so not reachable by an import unless
+/// allowed), as a phrase: "a loopback address".
 pub fn not_public(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(a) => not_public_v4(a),
@@ -45,15 +46,15 @@ pub fn not_public(ip: IpAddr) -> Option<&'static str> {
             }
             let s = a.segments();
             if a.is_loopback() {
-                Some("loopback")
+                Some("a loopback address")
             } else if a.is_unspecified() {
-                Some("unspecified")
+                Some("the unspecified address")
             } else if s[0] & 0xfe00 == 0xfc00 {
-                Some("private (unique local)")
+                Some("a private (unique local) address")
             } else if s[0] & 0xffc0 == 0xfe80 {
-                Some("link-local")
+                Some("a link-local address")
             } else if s[0] & 0xff00 == 0xff00 {
-                Some("multicast")
+                Some("a multicast address")
             } else if s[0] == 0x64 && s[1] == 0xff9b || s[0] == 0x2002 || (s[0] == 0 && s[1] == 0 && s[2] == 0) {
                 // NAT64, 6to4 and IPv4-compatible forms carry an IPv4 address that could be any.
                 Some("an IPv4 address in an IPv6 form")
@@ -67,21 +68,21 @@ pub fn not_public(ip: IpAddr) -> Option<&'static str> {
 fn not_public_v4(a: Ipv4Addr) -> Option<&'static str> {
     let o = a.octets();
     if a.is_loopback() {
-        Some("loopback")
+        Some("a loopback address")
     } else if o[0] == 169 && o[1] == 254 {
-        Some("link-local (the metadata address 169.254.169.254 is one)")
+        Some("a link-local address (the metadata address 169.254.169.254 is one)")
     } else if a.is_private() {
-        Some("private")
+        Some("a private address")
     } else if o[0] == 0 {
-        Some("this network (0.0.0.0/8)")
+        Some("an address of this network (0.0.0.0/8)")
     } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
-        Some("shared address space (100.64.0.0/10)")
+        Some("a shared address (100.64.0.0/10)")
     } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
-        Some("IETF protocol assignments (192.0.0.0/24)")
+        Some("an IETF protocol assignment (192.0.0.0/24)")
     } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
-        Some("benchmarking (198.18.0.0/15)")
+        Some("a benchmarking address (198.18.0.0/15)")
     } else if o[0] >= 224 {
-        Some("multicast, reserved or broadcast")
+        Some("a multicast, reserved or broadcast address")
     } else {
         None
     }
@@ -107,7 +108,7 @@ async fn checked_address(url: &url::Url, allow: &[ipnet::IpNet]) -> Result<Socke
                 return Err(refuse(
                     "forbidden_address",
                     format!(
-                        "{} resolves to {}, a {why} address: imports reach public addresses only \
+                        "{} resolves to {}, {why}: imports reach public addresses only \
                          (an operator may allow others with images.import_allow)",
                         url.host_str().unwrap_or(""),
                         a.ip()

@@ -149,7 +149,7 @@ pub async fn members(
         disclosed).",
     params(
         ("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images (`img-…`)"),
-        ("account_id" = vdc_schema::id::AccountId, Path, description = "The account to share with (`acc-…`)")),
+        ("account_id" = vdc_schema::id::AccountId, Path, description = "The account to share with (`a-…`)")),
     responses(
         (status = 201, description = "Shared; the members", body = ImageMembers),
         (status = 200, description = "Shared already; the members", body = ImageMembers),
@@ -172,7 +172,7 @@ pub async fn share(
     description = "Instances the member already runs keep running; it cannot start new ones.",
     params(
         ("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images (`img-…`)"),
-        ("account_id" = vdc_schema::id::AccountId, Path, description = "A member (`acc-…`)")),
+        ("account_id" = vdc_schema::id::AccountId, Path, description = "A member (`a-…`)")),
     responses(
         (status = 200, description = "The members left", body = ImageMembers),
         (status = 400, description = "`invalid_member` (the owner itself)", body = ErrorBody),
