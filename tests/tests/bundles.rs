@@ -920,6 +920,17 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
         left
     };
 
+    // The account is at its image and snapshot quotas: the export's temporaries are not
+    // counted, so it exports all the same.
+    let ca_id = ca.own_quotas().await.unwrap().account_id;
+    let own_images = ca.list_all_images().await.unwrap().iter().filter(|i| !i.public).count();
+    let full = |v: Option<i64>| SetQuotas {
+        quotas: [("images", v.map(|_| own_images as i64)), ("snapshots", v), ("image_gib", v.map(|_| 1))]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    };
+    a.admin.set_account_quotas(&ca_id, &full(Some(0))).await.unwrap();
     // web runs: its disk is captured as it runs (crash-consistently), and it is never
     // stopped; the export's temporaries go.
     let mut live = Vec::new();
@@ -961,6 +972,10 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(left.is_empty(), "temporary images or snapshots left on the source: {left:?}");
+    let use_of = |q: &AccountQuotas, k: QuotaKey| q.quotas.iter().find(|u| u.key == k).unwrap().used;
+    let q = ca.own_quotas().await.unwrap();
+    assert_eq!((use_of(&q, QuotaKey::Images), use_of(&q, QuotaKey::Snapshots)), (own_images as u64, 0));
+    a.admin.set_account_quotas(&ca_id, &full(None)).await.unwrap();
     let (m, _) = open(&bytes, &site_key(&a));
     assert_eq!(m.format_version, 2);
     let inst = |id: &InstanceId| m.model.instances.iter().find(|i| i.id == id.as_str()).unwrap().clone();

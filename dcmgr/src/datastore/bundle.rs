@@ -612,6 +612,28 @@ pub async fn add_export_temporary(pool: &db::Pool, run: &str, kind: &str, name: 
     .await
 }
 
+/// Whether `name` is a temporary `kind` (`image`, `snapshot`) of an export of `account`
+/// under way: those are not counted against the account's quotas ([`super::quota::usage`]
+/// leaves them out the same way). Names are recorded before the objects are made, and
+/// only by the export.
+pub async fn is_export_temporary(
+    conn: &mut db::Conn,
+    account: &str,
+    kind: &str,
+    name: &str,
+) -> Result<bool, sqlx::Error> {
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT 1 FROM export_temporaries t JOIN export_runs r ON r.id = t.export_id
+         WHERE r.account_id = $1 AND t.kind = $2 AND t.name = $3",
+    )
+    .bind(account)
+    .bind(kind)
+    .bind(name)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.is_some())
+}
+
 pub async fn remove_export_temporary(pool: &db::Pool, run: &str, kind: &str, name: &str) -> Result<(), sqlx::Error> {
     let sql = "DELETE FROM export_temporaries WHERE export_id = $1 AND kind = $2 AND name = $3";
     on_export_temporary(pool, sql, run, kind, name).await

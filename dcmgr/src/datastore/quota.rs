@@ -78,8 +78,12 @@ pub async fn usage<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     account: &AccountId,
 ) -> Result<Vec<(QuotaKey, u64)>, sqlx::Error> {
     // CAST: PostgreSQL's SUM of a BIGINT is NUMERIC, which the Any driver does not decode.
+    // A bundle export's temporary snapshots and images (`exported`) are not counted: an
+    // account at its quota can still export its VDC.
     let row: Counts = sqlx::query_as(
-        "SELECT
+        "WITH exported AS (SELECT t.kind, t.name FROM export_temporaries t
+                           JOIN export_runs r ON r.id = t.export_id WHERE r.account_id = $1)
+         SELECT
            (SELECT COUNT(*) FROM instances WHERE account_id = $1 AND state <> 'terminated'),
            (SELECT CAST(COALESCE(SUM(cpus), 0) AS BIGINT) FROM instances
              WHERE account_id = $1 AND state <> 'terminated'),
@@ -88,12 +92,15 @@ pub async fn usage<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
            (SELECT COUNT(*) FROM volumes WHERE account_id = $1 AND state <> 'deleted'),
            (SELECT CAST(COALESCE(SUM(size_mib), 0) AS BIGINT) FROM volumes
              WHERE account_id = $1 AND state <> 'deleted'),
-           (SELECT COUNT(*) FROM snapshots WHERE account_id = $1 AND state <> 'deleted'),
+           (SELECT COUNT(*) FROM snapshots WHERE account_id = $1 AND state <> 'deleted'
+             AND name NOT IN (SELECT name FROM exported WHERE kind = 'snapshot')),
            (SELECT COUNT(*) FROM networks WHERE account_id = $1),
            (SELECT COUNT(*) FROM security_groups WHERE account_id = $1),
            (SELECT COUNT(*) FROM floating_ips WHERE account_id = $1),
-           (SELECT COUNT(*) FROM images WHERE account_id = $1),
-           (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM images WHERE account_id = $1),
+           (SELECT COUNT(*) FROM images WHERE account_id = $1
+             AND name NOT IN (SELECT name FROM exported WHERE kind = 'image')),
+           (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM images WHERE account_id = $1
+             AND name NOT IN (SELECT name FROM exported WHERE kind = 'image')),
            (SELECT COUNT(*) FROM keypairs WHERE account_id = $1),
            (SELECT COUNT(*) FROM server_groups WHERE account_id = $1)",
     )
