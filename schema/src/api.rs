@@ -886,7 +886,8 @@ pub struct Instance {
     #[serde(default)]
     #[schema(required = true)]
     pub server_group_id: Option<ServerGroupId>,
-    /// Bytes, as asked at create; null: the image's own size.
+    /// Bytes, as asked at create (or the image's min_disk where that is larger than the
+    /// image and none was asked); null: the image's own size.
     #[schema(required = true)]
     pub root_disk_size: Option<u64>,
     pub interfaces: Vec<Interface>,
@@ -937,7 +938,8 @@ pub struct CreateInstance {
     /// Passed to the guest as cloud-init user-data (at most 64 KiB).
     pub user_data: Option<String>,
     /// Bytes: the root disk grown to this size (disk images only; at least the image's
-    /// `min_disk` and its own size). The image's size when left out.
+    /// `min_disk` and its own size). Left out: the image's size, or its `min_disk` where
+    /// that is larger.
     #[schema(minimum = 1, maximum = 1125899906842624.0)]
     pub root_disk_size: Option<u64>,
     /// A server group of the account (its ID or name) the instance joins; its policy
