@@ -252,10 +252,12 @@ pub enum AccountCmd {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Show an account
     Show {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Account>,
     },
+    /// Delete an account that holds no instances or volumes
     #[command(visible_alias = "rm")]
     Delete {
         #[arg(value_name = "NAME|ID")]
@@ -337,6 +339,7 @@ pub enum UserCmd {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Show a user
     Show {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::User>,
@@ -430,10 +433,12 @@ pub enum KeypairCmd {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Show a key pair
     Show {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::KeyPair>,
     },
+    /// Delete a key pair
     #[command(visible_alias = "rm")]
     Delete {
         #[arg(value_name = "NAME|ID")]
@@ -462,6 +467,7 @@ pub enum ServerGroupCmd {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Show a server group
     Show {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::ServerGroup>,
@@ -490,9 +496,8 @@ pub enum FloatingIpCmd {
         #[command(flatten)]
         list: ListArgs,
     },
-    Show {
-        id: FloatingIpId,
-    },
+    /// Show a floating IP
+    Show { id: FloatingIpId },
     /// Map the address to an instance (its first interface unless --interface)
     Associate {
         id: FloatingIpId,
@@ -502,14 +507,10 @@ pub enum FloatingIpCmd {
         interface: Option<VifId>,
     },
     /// Unmap it
-    Disassociate {
-        id: FloatingIpId,
-    },
+    Disassociate { id: FloatingIpId },
     /// Release the address (disassociate it first)
     #[command(visible_alias = "rm")]
-    Delete {
-        id: FloatingIpId,
-    },
+    Delete { id: FloatingIpId },
 }
 
 // ------------------------------------------------------------------ images
@@ -530,10 +531,12 @@ pub enum ImageCmd {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Show an image
     Show {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Image>,
     },
+    /// Delete an image
     #[command(visible_alias = "rm")]
     Delete {
         #[arg(value_name = "NAME|ID")]
@@ -677,10 +680,12 @@ pub enum NetworkCmd {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Show a network
     Show {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Network>,
     },
+    /// Delete a network
     #[command(visible_alias = "rm")]
     Delete {
         #[arg(value_name = "NAME|ID")]
@@ -717,10 +722,12 @@ pub enum SecgroupCmd {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Show a security group
     Show {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::SecurityGroup>,
     },
+    /// Delete a security group
     #[command(visible_alias = "rm")]
     Delete {
         #[arg(value_name = "NAME|ID")]
@@ -772,6 +779,7 @@ pub enum InstanceCmd {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Show an instance
     Show {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Instance>,
@@ -784,6 +792,7 @@ pub enum InstanceCmd {
     Halt(InstanceActionArgs),
     /// Power a halted instance back on
     Poweron(InstanceActionArgs),
+    /// Reboot an instance: a hard reset (a container is started afresh)
     Reboot(InstanceActionArgs),
     /// Destroy the instance
     #[command(visible_alias = "delete")]
@@ -987,10 +996,12 @@ pub enum VolumeCmd {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Show a volume
     Show {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Volume>,
     },
+    /// Delete a volume
     #[command(visible_alias = "rm")]
     Delete {
         #[arg(value_name = "NAME|ID")]
@@ -998,12 +1009,14 @@ pub enum VolumeCmd {
         #[command(flatten)]
         wait: WaitArg,
     },
+    /// Attach a volume to an instance
     Attach {
         volume: Ref<api::Volume>,
         instance: Ref<api::Instance>,
         #[command(flatten)]
         wait: WaitArg,
     },
+    /// Detach a volume from its instance
     Detach {
         volume: Ref<api::Volume>,
         #[command(flatten)]
@@ -1040,10 +1053,12 @@ pub enum SnapshotCmd {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Show a snapshot
     Show {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Snapshot>,
     },
+    /// Delete a snapshot
     #[command(visible_alias = "rm")]
     Delete {
         #[arg(value_name = "NAME|ID")]
@@ -1068,9 +1083,8 @@ pub enum HostCmd {
         #[command(flatten)]
         list: ListArgs,
     },
-    Show {
-        id: HostNodeId,
-    },
+    /// Show a host node
+    Show { id: HostNodeId },
     /// The instances a host holds, of every account: placed there, or stopped with their
     /// disk there (PLACED no: they start there again)
     Instances {
@@ -1097,9 +1111,7 @@ pub enum HostCmd {
         reason: Option<String>,
     },
     /// Let new instances be placed on a cordoned host again
-    Uncordon {
-        id: HostNodeId,
-    },
+    Uncordon { id: HostNodeId },
     /// Set or remove a host's labels (matched by `instance create --host-label`)
     Label {
         id: HostNodeId,
@@ -1123,9 +1135,8 @@ pub enum HostCmd {
         #[command(flatten)]
         list: ListArgs,
     },
-    StorageShow {
-        id: StorageNodeId,
-    },
+    /// Show a storage node
+    StorageShow { id: StorageNodeId },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1138,13 +1149,10 @@ pub enum JobCmd {
         #[command(flatten)]
         list: ListArgs,
     },
-    Show {
-        id: JobId,
-    },
+    /// Show a job
+    Show { id: JobId },
     /// Wait for a job to finish; exits 1 if it did not succeed
-    Wait {
-        id: JobId,
-    },
+    Wait { id: JobId },
 }
 
 #[derive(Debug, Subcommand)]
