@@ -366,7 +366,7 @@ pub enum TokenCmd {
         /// At most this role, below yours (e.g. reader for a dashboard)
         #[arg(long, value_parser = wire!(Role))]
         role: Option<Role>,
-        /// For this member of the account (name), not for you (an owner's)
+        /// For this member of the account (name), not for you (an admin's only)
         #[arg(long, value_name = "USER")]
         user: Option<String>,
     },

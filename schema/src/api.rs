@@ -281,8 +281,8 @@ pub struct CreateToken {
     /// Cap the token's role below the user's (e.g. a `reader` token for a dashboard).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
-    /// A token for another member of the caller's account (an owner's, or an admin's
-    /// call): how a new user gets a first token. Default: the caller's user.
+    /// A token for another user, a member of the account (a cloud admin's call only): how
+    /// a new user gets a first token. Default: the caller's user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<UserId>,
 }

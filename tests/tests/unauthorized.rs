@@ -341,12 +341,12 @@ async fn role_token(s: &Stack, owner: &Client, account: &AccountId, name: &str, 
     owner.add_member(account, &AddMember { user: name.into(), role }).await.unwrap();
     let t = CreateToken {
         name: "t".into(),
-        account_id: None,
+        account_id: Some(account.clone()),
         expires_at: None,
         role: None,
         user_id: Some(user.id.clone()),
     };
-    (user.id, owner.create_token(&t).await.unwrap().secret)
+    (user.id, s.admin.create_token(&t).await.unwrap().secret)
 }
 
 async fn every_operation_refuses_who_it_should(db: Db) {

@@ -149,14 +149,26 @@ async fn roles_decide_what_a_token_may_do(db: Db) {
     assert_eq!(err(alice.list_users(&ListQuery::default()).await).0, 403);
     assert_eq!(s.admin.get_user(&max.id).await.unwrap().name, "max");
 
-    // The owner gives roles and mints each member a first token.
+    // The owner gives roles; an admin mints each member a first token.
     let m = alice.add_member(&acct, &AddMember { user: "rita".into(), role: Role::Reader }).await.unwrap();
     assert_eq!((m.user_id.clone(), m.role), (rita.id.clone(), Role::Reader));
     alice.add_member(&acct, &AddMember { user: "max".into(), role: Role::Member }).await.unwrap();
     assert_eq!(err(alice.add_member(&acct, &AddMember { user: "nobody".into(), role: Role::Member }).await).0, 404);
-    let first = |u: &vdc_schema::id::UserId, name: &str| CreateToken { user_id: Some(u.clone()), ..token(name) };
-    let rita_c = Client::new(s.url(), alice.create_token(&first(&rita.id, "laptop")).await.unwrap().secret);
-    let max_t = alice.create_token(&first(&max.id, "laptop")).await.unwrap();
+    let first = |u: &vdc_schema::id::UserId, name: &str| CreateToken {
+        user_id: Some(u.clone()),
+        account_id: Some(acct.clone()),
+        ..token(name)
+    };
+    // An owner makes no other user's credential: it could add any user (the cloud's
+    // admin, another tenant's owner) to its account and act as them.
+    assert_eq!(err(alice.create_token(&first(&rita.id, "laptop")).await), (403, "forbidden".into()));
+    let admin_user = s.admin.list_users(&ListQuery::default()).await.unwrap().items;
+    let admin_user = admin_user.iter().find(|u| u.admin).unwrap();
+    alice.add_member(&acct, &AddMember { user: admin_user.name.clone(), role: Role::Reader }).await.unwrap();
+    assert_eq!(err(alice.create_token(&first(&admin_user.id, "stolen")).await), (403, "forbidden".into()));
+    alice.remove_member(&acct, &admin_user.id).await.unwrap();
+    let rita_c = Client::new(s.url(), s.admin.create_token(&first(&rita.id, "laptop")).await.unwrap().secret);
+    let max_t = s.admin.create_token(&first(&max.id, "laptop")).await.unwrap();
     let max_c = Client::new(s.url(), max_t.secret);
     let roles: Vec<(String, Role)> =
         alice.list_members(&acct).await.unwrap().into_iter().map(|m| (m.user_name, m.role)).collect();
@@ -194,7 +206,7 @@ async fn roles_decide_what_a_token_may_do(db: Db) {
     let alice_initial = alice.list_all_tokens().await.unwrap().into_iter().find(|t| t.user_id == alice_user).unwrap();
     assert_eq!(err(max_c.revoke_token(&alice_initial.id).await), (403, "owner_only".into()));
     assert_eq!(err(max_c.get_token(&alice_initial.id).await).0, 404, "a member sees its own tokens only");
-    assert_eq!(err(max_c.create_token(&first(&rita.id, "x")).await), (403, "owner_only".into()));
+    assert_eq!(err(max_c.create_token(&first(&rita.id, "x")).await), (403, "forbidden".into()));
     assert_eq!(
         err(max_c.add_member(&acct, &AddMember { user: "max".into(), role: Role::Owner }).await),
         (403, "owner_only".into())
@@ -322,7 +334,8 @@ async fn the_cli_manages_users_members_and_tokens(db: Db) {
     let members = alice.list_members(&acct).await.unwrap();
     assert!(members.iter().any(|m| m.user_name == "rita" && m.role == Role::Reader), "{members:?}");
 
-    ok(&alice, &["token", "create", "laptop", "--user", "rita"]).await;
+    assert!(vdc(&alice, &["token", "create", "laptop", "--user", "rita"]).await.is_err(), "an admin's");
+    ok(&s.admin, &["--account", acct.as_str(), "token", "create", "laptop", "--user", "rita"]).await;
     ok(&alice, &["token", "create", "ci", "--expires", "30d", "--role", "reader"]).await;
     let tokens = alice.list_all_tokens().await.unwrap();
     let rita = members.iter().find(|m| m.user_name == "rita").unwrap();

@@ -16,6 +16,8 @@ use vdc_schema::api::{CreateToken, ErrorBody, Page, Token, TokenCreated};
         (status = 201, description = "The token and its secret (shown only here)", body = TokenCreated),
         (status = 400, description = "`invalid_name`, `invalid_expiry`, or a malformed body (`invalid_body`)",
             body = ErrorBody),
+        (status = 403, description = "`forbidden`: a token for another user (`user_id`) is a cloud admin's to make; \
+            `read_only`: a reader's token", body = ErrorBody),
         (status = 404, description = "`not_found`: an account the user is not a member of", body = ErrorBody),
         (status = 409, description = "`name_taken`: the user has a live token of this name in the account",
             body = ErrorBody),
