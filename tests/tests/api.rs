@@ -130,6 +130,13 @@ async fn auth_and_api_info(db: Db) {
     let r = http.get(format!("{}/api/v1/nothing-here", s.url())).bearer_auth(&s.admin_token).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<ErrorBody>().await.unwrap().error.code, "not_found");
+    // A method a path does not take: 405, with Allow and the same error shape (it had
+    // an empty body).
+    let r = http.put(format!("{}/api/v1/instances", s.url())).bearer_auth(&s.admin_token).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    let allow = r.headers().get("allow").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow:?}");
+    assert_eq!(r.json::<ErrorBody>().await.unwrap().error.code, "method_not_allowed");
     s.stop().await;
 }
 
@@ -472,6 +479,18 @@ async fn instance_bad_input(db: Db) {
     r.interfaces =
         vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: Some("10.2.0.99".into()) }];
     assert_eq!(err(c.create_instance(&r).await), (400, "invalid_ip".into()));
+    r.interfaces[0].ip = Some("10.2.0.1".into());
+    let gw = c.create_instance(&r).await.unwrap_err().to_string();
+    assert!(gw.contains("ip 10.2.0.1 is the gateway of network"), "{gw}");
+    // One group twice on an interface: refused, naming it (it was a 503 `busy`).
+    let sg = c
+        .create_security_group(&CreateSecurityGroup { name: "twice".into(), description: String::new(), rules: vec![] })
+        .await
+        .unwrap();
+    r.interfaces[0].ip = None;
+    r.interfaces[0].security_groups = vec![sg.id.clone(), sg.id.clone()];
+    assert_eq!(err(c.create_instance(&r).await), (400, "duplicate_security_group".into()));
+    r.interfaces[0].security_groups = vec![];
     r.interfaces[0].ip = Some("10.2.0.3".into());
     let fixed = c.create_instance(&r).await.unwrap();
     assert_eq!(fixed.resource.interfaces[0].ip.to_string(), "10.2.0.3");

@@ -258,7 +258,13 @@ async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiRe
         if req.interfaces[..i].iter().any(|o| o.network_id == iface.network_id) {
             return Err(ApiError::bad("duplicate_network", format!("network {} is given twice", net.id)));
         }
-        for g in &iface.security_groups {
+        for (j, g) in iface.security_groups.iter().enumerate() {
+            if iface.security_groups[..j].contains(g) {
+                return Err(ApiError::bad(
+                    "duplicate_security_group",
+                    format!("security group {g} is given twice for the interface on network {}", net.id),
+                ));
+            }
             secgroup::fetch(ctx, caller, g).await?;
         }
         let fixed_ip = iface.ip.as_deref().map(|ip| interface::check_fixed_ip(&net, ip)).transpose()?;

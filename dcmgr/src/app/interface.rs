@@ -29,7 +29,10 @@ pub struct Planned {
 pub fn check_fixed_ip(net: &Network, ip: &str) -> ApiResult<Ipv4Addr> {
     let a: Ipv4Addr =
         ip.parse().map_err(|_| ApiError::bad("invalid_ip", format!("ip {ip:?} is not an IPv4 address")))?;
-    if a < net.dhcp_start || a > net.dhcp_end || a == net.gateway {
+    if a == net.gateway {
+        return Err(ApiError::bad("invalid_ip", format!("ip {a} is the gateway of network {}", net.id)));
+    }
+    if a < net.dhcp_start || a > net.dhcp_end {
         return Err(ApiError::bad(
             "invalid_ip",
             format!("ip {a} is outside the DHCP range {}–{} of network {}", net.dhcp_start, net.dhcp_end, net.id),

@@ -17,7 +17,7 @@ use vdc_schema::InstanceAction;
             body = Accepted<Instance>),
         (status = 400,
             description = "`invalid_name`, `invalid_cpus`, `invalid_memory`, `user_data_too_large`, \
-                `too_many_interfaces`, `unsupported_hypervisor`, `duplicate_network`, `invalid_ip`, \
+                `too_many_interfaces`, `unsupported_hypervisor`, `duplicate_network`, `duplicate_security_group`, `invalid_ip`, \
                 `unsupported_format` (the hypervisor cannot boot the image), `memory_below_image_minimum`, \
                 `root_disk_too_small`, `root_disk_not_applicable`, `invalid_size`, `invalid_zone`, `invalid_label`, \
                 or a malformed body (`invalid_body`)",

@@ -197,6 +197,17 @@ async fn fallback() -> ApiError {
     ApiError::NotFound { kind: "route", id: "(see GET /api/v1/openapi.json)".into() }
 }
 
+/// A known path with a method it does not take: 405 with the error body every error has
+/// (axum adds `Allow`).
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let error = vdc_schema::api::ErrorDetail {
+        code: "method_not_allowed".into(),
+        message: format!("{} does not take {method}; the Allow header lists what it takes", uri.path()),
+    };
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, Json(vdc_schema::api::ErrorBody { error })).into_response()
+}
+
 /// The one call without a token: clients and tools read the contract before they hold one.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta", operation_id = "openapi_document",
     summary = "This OpenAPI document", security(()),
@@ -280,6 +291,7 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/audit", get(audit::list))
         .route("/whoami", get(users::whoami))
         .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), audit::layer));
     Router::new()
         .nest("/api/v1", api)
