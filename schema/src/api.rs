@@ -278,7 +278,8 @@ pub struct CreateToken {
     /// When it stops working (RFC 3339, in the future).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
-    /// Cap the token's role below the user's (e.g. a `reader` token for a dashboard).
+    /// Cap the token's role below the user's (e.g. a `reader` token for a dashboard); a role
+    /// above the user's (or the calling token's) is refused, `invalid_role`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
     /// A token for another user, a member of the account (a cloud admin's call only): how

@@ -65,6 +65,10 @@ async fn tokens_are_named_expire_and_are_revoked(db: Db) {
     assert_eq!(err(alice.create_token(&token("bad name")).await), (400, "invalid_name".into()));
     let past = CreateToken { expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(5)), ..token("old") };
     assert_eq!(err(alice.create_token(&past).await), (400, "invalid_expiry".into()));
+    // Year 10000 was stored as 1970: a token dead when made.
+    let far = "+10000-01-01T00:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    let far = CreateToken { expires_at: Some(far), ..token("far") };
+    assert_eq!(err(alice.create_token(&far).await), (400, "invalid_expiry".into()));
 
     // An expiring token works until it expires, then answers 401 token_expired (it was
     // cached by then: the cache checks the expiry too).
@@ -200,6 +204,8 @@ async fn roles_decide_what_a_token_may_do(db: Db) {
     // A member works in the account but manages neither members nor others' tokens.
     max_c.delete_keypair(&kp.keypair.id).await.unwrap();
     let mine = max_c.create_token(&token("ci")).await.unwrap();
+    let owner_t = CreateToken { role: Some(Role::Owner), ..token("boss") };
+    assert_eq!(err(max_c.create_token(&owner_t).await), (400, "invalid_role".into()));
     let seen: Vec<String> = max_c.list_all_tokens().await.unwrap().into_iter().map(|t| t.name).collect();
     assert_eq!(seen, ["laptop", "ci"], "a member lists its own tokens only");
     assert_eq!(alice.list_all_tokens().await.unwrap().len(), 4, "an owner lists everyone's");
@@ -213,9 +219,10 @@ async fn roles_decide_what_a_token_may_do(db: Db) {
     );
     assert_eq!(err(max_c.remove_member(&acct, &rita.id).await), (403, "owner_only".into()));
     max_c.revoke_token(&mine.token.id).await.unwrap();
-    // A member's token is never stronger than the member.
-    let capped = max_c.create_token(&CreateToken { role: Some(Role::Owner), ..token("up") }).await.unwrap();
-    assert_eq!(capped.token.role, Some(Role::Member));
+    // A member's token is never stronger than the member: asked for more, it is refused
+    // (it was quietly made weaker).
+    let up = max_c.create_token(&CreateToken { role: Some(Role::Owner), ..token("up") }).await.unwrap_err();
+    assert!(up.to_string().contains("role owner cannot be made here: the most it can be is member"), "{up}");
 
     // The owner changes roles; a role change applies to tokens already in use.
     alice.add_member(&acct, &AddMember { user: "rita".into(), role: Role::Member }).await.unwrap();

@@ -49,6 +49,11 @@ pub(crate) async fn insert(
     if req.expires_at.is_some_and(|t| t <= now) {
         return Err(ApiError::bad("invalid_expiry", "expires_at must be in the future"));
     }
+    // Beyond year 9999 the stored time does not read back (it read as 1970: a token
+    // expired when made); a century is the longest asked for.
+    if req.expires_at.is_some_and(|t| t > now + chrono::Duration::days(36_525)) {
+        return Err(ApiError::bad("invalid_expiry", "expires_at must be within 100 years; leave it out for no expiry"));
+    }
     let acct = req.account_id.clone().unwrap_or_else(|| caller.account_id.clone());
     let limit = ctx.config.auth.max_tokens_per_user;
     let secret = account::new_token();
@@ -70,6 +75,12 @@ pub(crate) async fn insert(
         };
         // The caller's own cap bounds what it mints, for itself or for others.
         let cap = [req.role, caller.token_role].into_iter().flatten().fold(role, |r, c| authz::cap(r, Some(c)));
+        if let Some(asked) = req.role.filter(|r| *r != cap) {
+            return Err(ApiError::bad(
+                "invalid_role",
+                format!("a token with role {asked} cannot be made here: the most it can be is {cap}"),
+            ));
+        }
         let stored_role = (cap != role || req.role.is_some()).then_some(cap);
         if let Some(id) = store::live_token_named(&mut tx, acct.as_str(), user.as_str(), &req.name).await? {
             return Err(ApiError::conflict(

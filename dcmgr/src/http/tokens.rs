@@ -14,7 +14,8 @@ use vdc_schema::api::{CreateToken, ErrorBody, Page, Token, TokenCreated};
     request_body = CreateToken,
     responses(
         (status = 201, description = "The token and its secret (shown only here)", body = TokenCreated),
-        (status = 400, description = "`invalid_name`, `invalid_expiry`, or a malformed body (`invalid_body`)",
+        (status = 400, description = "`invalid_name`, `invalid_expiry`, `invalid_role` (a role above what the \
+            token could be), or a malformed body (`invalid_body`)",
             body = ErrorBody),
         (status = 403, description = "`forbidden`: a token for another user (`user_id`) is a cloud admin's to make; \
             `read_only`: a reader's token", body = ErrorBody),
