@@ -96,6 +96,11 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSecurityGroup) 
         return Err(ApiError::bad("too_many_rules", "a security group holds at most 200 rules"));
     }
     let rules = req.rules.into_iter().map(normalize).collect::<ApiResult<Vec<_>>>()?;
+    // As a rule added twice is refused (`add_rule`), so is a rule given twice here.
+    if let Some(j) = (1..rules.len()).find(|&j| rules[..j].contains(&rules[j])) {
+        let i = rules.iter().position(|r| *r == rules[j]).expect("found above");
+        return Err(ApiError::conflict("duplicate_rule", format!("rules[{j}] is the same rule as rules[{i}]")));
+    }
     let id = db::retry(|| async {
         let id = SecurityGroupId::generate();
         let mut tx = db::begin(&ctx.db).await?;

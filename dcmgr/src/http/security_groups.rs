@@ -18,7 +18,8 @@ use vdc_schema::id::{RuleId, SecurityGroupId};
             description = "`invalid_name`, `invalid_description`, `too_many_rules`, `invalid_rule`, or a malformed \
                 body (`invalid_body`)", body = ErrorBody),
         (status = 404, description = "`not_found`: a rule names a group that is not the account's", body = ErrorBody),
-        (status = 409, description = "`name_taken`: the account has a security group of that name", body = ErrorBody),
+        (status = 409, description = "`name_taken`: the account has a security group of that name; `duplicate_rule`: \
+            a rule is given twice", body = ErrorBody),
         (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
