@@ -15,6 +15,7 @@ on_both_databases!(
     keypairs,
     images,
     networks,
+    networks_keep_clear_of_the_external_network,
     security_groups,
     instance_lifecycle,
     instance_bad_input,
@@ -300,6 +301,27 @@ async fn networks(db: Db) {
     s.stop().await;
 }
 
+/// A tenant network inside the site's external network (a private range here) would
+/// keep its guests' traffic to floating IPs and routers on the tenant network.
+async fn networks_keep_clear_of_the_external_network(db: Db) {
+    let mut o = StackOptions::new(db);
+    o.external = Some(vdc_dcmgr::config::ExternalConfig {
+        cidr: "192.168.213.0/24".into(),
+        gateway: "192.168.213.1".into(),
+        pool_start: "192.168.213.10".into(),
+        pool_end: "192.168.213.20".into(),
+    });
+    let s = Stack::start(o).await;
+    let c = s.account("ext").await;
+    for cidr in ["192.168.213.0/24", "192.168.213.64/26", "192.168.0.0/16"] {
+        let e = c.create_network(&net_req("inside", cidr)).await.unwrap_err().to_string();
+        assert!(e.contains("overlaps this site's external network 192.168.213.0/24"), "{cidr}: {e}");
+    }
+    assert_eq!(err(c.create_network(&net_req("inside", "192.168.213.0/24")).await), (409, "cidr_overlap".into()));
+    c.create_network(&net_req("beside", "192.168.214.0/24")).await.unwrap();
+    s.stop().await;
+}
+
 async fn security_groups(db: Db) {
     let s = Stack::start(StackOptions::new(db)).await;
     let c = s.account("sg").await;
@@ -312,6 +334,13 @@ async fn security_groups(db: Db) {
         .await
         .unwrap();
     assert_eq!(web.rules.len(), 1);
+    // A rule given twice at create is refused, as one added twice is (it was kept twice).
+    let twice = CreateSecurityGroup {
+        name: "twice".into(),
+        description: String::new(),
+        rules: vec![rule(Protocol::Tcp, Some(22), Some("0.0.0.0/0"), None); 2],
+    };
+    assert_eq!(err(c.create_security_group(&twice).await), (409, "duplicate_rule".into()));
     // A rule that refers to a group, including itself.
     let web = c.add_security_group_rule(&web.id, &rule(Protocol::Icmp, None, None, Some(&web.id))).await.unwrap();
     assert_eq!(web.rules.len(), 2);

@@ -755,7 +755,14 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             p.start = p.translate(start);
             p.end = p.translate(end);
         }
-        if let Some(o) = existing.iter().chain(d.networks.iter().map(|x| &x.cidr)).find(|o| overlaps(o, &p.cidr)) {
+        if let Some(x) = e.external_cidr.filter(|x| overlaps(x, &p.cidr)) {
+            d.conflicts.push(conflict(
+                "cidr_overlap",
+                format!("network {} ({}) overlaps this site's external network {x} (floating IPs)", n.name, p.cidr),
+                Some(format!("network.{}.cidr=OTHER/{}", n.name, p.cidr.prefix_len())),
+            ));
+        } else if let Some(o) = existing.iter().chain(d.networks.iter().map(|x| &x.cidr)).find(|o| overlaps(o, &p.cidr))
+        {
             d.conflicts.push(conflict(
                 "cidr_overlap",
                 format!("network {} ({}) overlaps {o}, already in this account (or the bundle)", n.name, p.cidr),
@@ -1910,6 +1917,7 @@ async fn existing(
 ) -> ApiResult<store::Existing> {
     let mut e = store::existing(conn, account).await?;
     e.external = ctx.config.external.is_some();
+    e.external_cidr = crate::app::network::external_cidr(ctx);
     e.prior = store::prior(conn, account, &m.source.site_key, &m.source.vdc_id).await?;
     Ok(e)
 }
@@ -2970,6 +2978,7 @@ mod tests {
             usable_images: vec![("img-pub".into(), "tiny".into(), ",qemu,kvm,".into())],
             hosts: vec![host(&["lxc", "qemu"])],
             external: false,
+            external_cidr: None,
             prior: None,
         }
     }
@@ -3003,6 +3012,11 @@ mod tests {
         );
         // The image without data resolves to the site's public one of that name.
         assert_eq!(d.images["img-1"], ImageChoice::Existing("img-pub".into()));
+        // Nor may a network overlap the site's external network.
+        let e = store::Existing { cidrs: vec![], external_cidr: Some("10.0.0.0/16".parse().unwrap()), ..existing() };
+        let d = decide(&manifest(), &e, &Maps::default());
+        let c = d.conflicts.iter().find(|c| c.code == "cidr_overlap").expect("the external network");
+        assert!(c.message.contains("overlaps this site's external network 10.0.0.0/16"), "{}", c.message);
     }
 
     #[test]

@@ -95,8 +95,20 @@ fn check_disjoint(net: &Ipv4Net, existing: &[(String, String)]) -> ApiResult<()>
     Ok(())
 }
 
+/// The site's external network (floating IPs, routers' outbound addresses), if any.
+pub fn external_cidr(ctx: &SharedCtx) -> Option<Ipv4Net> {
+    ctx.config.external.as_ref().and_then(|x| x.cidr.parse().ok())
+}
+
 pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateNetwork) -> ApiResult<Network> {
     let (net, gateway, start, end) = plan(&req)?;
+    // Inside it, a guest's traffic to those addresses would stay on the tenant network.
+    if let Some(x) = external_cidr(ctx).filter(|x| overlaps(&net, x)) {
+        return Err(ApiError::conflict(
+            "cidr_overlap",
+            format!("cidr {net} overlaps this site's external network {x} (floating IPs); choose a disjoint range"),
+        ));
+    }
     db::retry(|| try_insert(ctx, caller, &req.name, net, gateway, start, end)).await
 }
 

@@ -198,6 +198,8 @@ pub struct Existing {
     /// The site has an external network (floating IPs can be allocated); set by the caller
     /// from the configuration.
     pub external: bool,
+    /// The external network's CIDR, which no tenant network may overlap; set by the caller.
+    pub external_cidr: Option<ipnet::Ipv4Net>,
     /// The earlier import of the same VDC, when this bundle updates it; set by the caller.
     pub prior: Option<Prior>,
 }
@@ -274,7 +276,7 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
             memory_free_mib,
         })
         .collect();
-    Ok(Existing { names, cidrs, usable_images, hosts, external: false, prior: None })
+    Ok(Existing { names, cidrs, usable_images, hosts, external: false, external_cidr: None, prior: None })
 }
 
 type ImportRow = (String, String, String, String, String, String, Option<String>);

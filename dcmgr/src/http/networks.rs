@@ -17,7 +17,7 @@ use vdc_schema::api::{CreateNetwork, ErrorBody, Network, Page};
             description = "`invalid_name`, `invalid_cidr`, `invalid_network`, or a malformed body (`invalid_body`)",
             body = ErrorBody),
         (status = 409,
-            description = "`cidr_overlap`: it overlaps another network of the account; `name_taken`: the account has a \
+            description = "`cidr_overlap`: it overlaps another network of the account, or the site's external network; `name_taken`: the account has a \
                 network of that name",
             body = ErrorBody),
         (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
