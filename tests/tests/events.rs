@@ -179,6 +179,17 @@ async fn events_follow_resume_and_stay_in_their_account(db: Db) {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("invalid_last_event_id"));
+    // So is one beyond every event here (another site's): the stream would have waited
+    // for it in silence.
+    for (header, query) in [(Some("99999999"), ""), (None, "?after=99999999")] {
+        let mut req = reqwest::Client::new().get(a.url(&format!("/events{query}"))).bearer_auth(a.token());
+        if let Some(h) = header {
+            req = req.header("Last-Event-ID", h);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 400, "{header:?} {query}");
+        assert!(r.text().await.unwrap().contains("is ahead of this site's newest event"), "{header:?} {query}");
+    }
     s.stop().await;
 }
 

@@ -2019,6 +2019,8 @@ async function readEvents(token, signal) {
     sessionRefused(token);
     return;
   }
+  // An ID this site never sent (its database was replaced): follow from now on instead.
+  if (res.status === 400 && live.lastId) live.lastId = '';
   if (!res.ok || !res.body) throw new Error(`events: HTTP ${res.status}`);
   live.connected = true;
   // What changed while the stream was away (or before it opened) is read once now.

@@ -154,13 +154,24 @@ pub async fn subscribe(
     caller: &Caller,
     after: Option<u64>,
     follow: bool,
-) -> Result<mpsc::Receiver<Item>, sqlx::Error> {
+) -> crate::error::ApiResult<mpsc::Receiver<Item>> {
     // Subscribed before the first read, so nothing falls between the read and the follow.
     let mut live = ctx.events.tx.subscribe();
     let account = (!caller.admin).then(|| caller.account_id.to_string());
     let (out, rx) = mpsc::channel(PAGE as usize);
     let mut last = match after {
         Some(a) => {
+            // An ID no event here has had (another site's or database's): the stream would
+            // wait for it in silence.
+            let head = db::event::head(&ctx.db).await?;
+            if a > head {
+                return Err(crate::error::ApiError::bad(
+                    "invalid_last_event_id",
+                    format!(
+                        "event {a} is ahead of this site's newest event ({head}): resume from an ID this stream sent"
+                    ),
+                ));
+            }
             let oldest = db::event::oldest(&ctx.db).await?;
             if oldest > a + 1 && a > 0 {
                 let _ = out.try_send(Item::Lost { resumed_after: a, oldest_kept: oldest });

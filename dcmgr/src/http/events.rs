@@ -48,7 +48,7 @@ pub struct EventMessage {
     responses(
         (status = 200, description = "The event stream; each message's `data` is an `Event` as JSON",
             content_type = "text/event-stream", body = EventMessage),
-        (status = 400, description = "`invalid_query`, `invalid_last_event_id`", body = vdc_schema::api::ErrorBody)))]
+        (status = 400, description = "`invalid_query`, `invalid_last_event_id` (malformed, or ahead of the newest event here)", body = vdc_schema::api::ErrorBody)))]
 pub async fn stream(
     State(ctx): State<SharedCtx>,
     caller: Caller,
