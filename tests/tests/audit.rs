@@ -72,7 +72,9 @@ async fn team(s: &Stack, name: &str) -> Team {
             .await
             .unwrap();
         owner.add_member(&acct, &AddMember { user: user.name.clone(), role }).await.unwrap();
-        let t = owner.create_token(&token(who, Some(user.id))).await.unwrap();
+        // A member's first token is an admin's to make.
+        let t = CreateToken { account_id: Some(acct.clone()), ..token(who, Some(user.id)) };
+        let t = s.admin.create_token(&t).await.unwrap();
         clients.push(Client::new(s.url(), t.secret));
     }
     let member = clients.pop().unwrap();
