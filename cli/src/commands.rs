@@ -181,6 +181,10 @@ pub struct UpArgs {
     /// jobs leave the database (0 keeps them for ever)
     #[arg(long, value_name = "DAYS", default_value_t = 30)]
     pub retention_days: u64,
+    /// Import VDC bundles signed by this site's key too (64 hex digits, as `vdc bundle key`
+    /// shows it there; repeatable). This cloud's own key is always trusted
+    #[arg(long = "trust-key", value_name = "KEY")]
+    pub trust_keys: Vec<String>,
 }
 
 fn parse_ns_prefix(s: &str) -> Result<String, String> {

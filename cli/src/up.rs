@@ -183,6 +183,7 @@ impl AllInOne {
         ext: External,
         namespace_prefix: &str,
         retention_days: u64,
+        trusted_keys: &[String],
     ) -> anyhow::Result<AllInOne> {
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let token = admin_token(data_dir)?;
@@ -295,6 +296,7 @@ impl AllInOne {
             },
             quotas: all_in_one_quotas(),
             retention: vdc_dcmgr::config::RetentionConfig { ended_days: retention_days },
+            bundles: vdc_dcmgr::config::BundlesConfig { trusted_keys: trusted_keys.to_vec() },
             ..Config::default()
         };
         let dcmgr = Dcmgr::start(config, server::Options { bus: Some(bus.clone()), ..Default::default() }).await?;
@@ -506,6 +508,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
     let tiny = tiny_image_dir(&data_dir, args.tiny_image.as_deref());
     let ext = External::from_args(args.no_external, args.external_cidr.as_deref())?;
+    for k in &args.trust_keys {
+        vdc_bundle::parse_key(k).map_err(|e| anyhow::anyhow!("--trust-key {k:?}: {e}"))?;
+    }
     let aio = AllInOne::start(
         &data_dir,
         &args.listen,
@@ -514,6 +519,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ext,
         &args.namespace_prefix,
         args.retention_days,
+        &args.trust_keys,
     )
     .await?;
     let url = aio.dcmgr.url();

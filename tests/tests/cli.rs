@@ -585,3 +585,59 @@ async fn images_are_shared_by_name_or_id(db: Db) {
     assert_eq!(s.admin.image_members(&adm.id).await.unwrap().members, vec![friend_id]);
     s.stop().await;
 }
+
+/// Two all-in-ones (`vdc up --sim`, each a process with a data directory of its own), as
+/// two laptops: B refuses A's bundle until B runs with `--trust-key` A's key, then imports
+/// it (after a SIGKILL and a start again on the same data). A malformed key stops
+/// `vdc up` before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vdc_up_imports_bundles_of_the_keys_it_is_told_to_trust() {
+    use std::process::Command;
+    use vdc_tests::procs::{bin, free_port, wait_port, Proc};
+    let dir = tempfile::tempdir().unwrap();
+    let up = |name: &str, port: u16, extra: &[&str]| {
+        let mut cmd = Command::new(bin("vdc"));
+        cmd.env("VDC_CONFIG", dir.path().join(format!("{name}.toml")))
+            .env("RUST_LOG", "warn")
+            .args(["up", "--sim", "--no-external", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir.path().join(name))
+            .args(extra);
+        cmd
+    };
+    let bad = up("bad", free_port(), &["--trust-key", "not-a-key"]).output().unwrap();
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && said.contains("--trust-key \"not-a-key\""), "{said}");
+    assert!(!dir.path().join("bad/vdc.db").exists(), "nothing started");
+
+    let admin = |name: &str, port: u16| {
+        let token = std::fs::read_to_string(dir.path().join(name).join("admin-token")).unwrap();
+        Client::new(format!("http://127.0.0.1:{port}"), token.trim())
+    };
+    let (pa, pb) = (free_port(), free_port());
+    let _a = Proc::spawn("a", &mut up("a", pa, &[]), dir.path());
+    assert!(wait_port(pa, std::time::Duration::from_secs(60)), "A answers");
+    let a = admin("a", pa);
+    let net = CreateNetwork {
+        name: "laptop".into(),
+        cidr: "10.42.0.0/24".into(),
+        gateway: None,
+        dhcp_start: None,
+        dhcp_end: None,
+    };
+    a.create_network(&net).await.unwrap();
+    let mut bundle = Vec::new();
+    a.export_bundle(true, false, &mut bundle, |_| {}).await.unwrap();
+    let key = a.bundle_key().await.unwrap().public_key;
+
+    let mut b = Proc::spawn("b", &mut up("b", pb, &[]), dir.path());
+    assert!(wait_port(pb, std::time::Duration::from_secs(60)), "B answers");
+    let refused = admin("b", pb).import_bundle(bundle.clone(), &[]).await.unwrap_err();
+    assert_eq!(refused.code(), "bundle_untrusted_key", "{refused}");
+    b.kill();
+    let _b = Proc::spawn("b2", &mut up("b", pb, &["--trust-key", &key]), dir.path());
+    assert!(wait_port(pb, std::time::Duration::from_secs(60)), "B answers again");
+    let done = admin("b", pb).import_bundle(bundle, &[]).await.unwrap();
+    assert!(done.created);
+    let nets = admin("b", pb).list_all_networks().await.unwrap();
+    assert!(nets.iter().any(|n| n.name == "laptop" && n.cidr.to_string() == "10.42.0.0/24"), "{nets:?}");
+}
