@@ -174,17 +174,17 @@ fn libvirtd_netns_if_not_ours() -> Option<String> {
 }
 
 impl AllInOne {
-    /// Starts the cloud; hva uses libvirt when it answers (unless `sim`), else the sim.
+    /// Starts the cloud in `data_dir` as `args` ask (its listen address, `--sim`, its
+    /// namespace prefix, retention and trusted keys); hva uses libvirt when it answers
+    /// (unless `--sim`), else the sim.
     pub async fn start(
         data_dir: &Path,
-        listen: &str,
-        sim: bool,
         tiny: Option<PathBuf>,
         ext: External,
-        namespace_prefix: &str,
-        retention_days: u64,
-        trusted_keys: &[String],
+        args: &UpArgs,
     ) -> anyhow::Result<AllInOne> {
+        let (listen, sim, namespace_prefix) = (args.listen.as_str(), args.sim, args.namespace_prefix.as_str());
+        let (retention_days, trusted_keys) = (args.retention_days, &args.trust_keys);
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
         let token = admin_token(data_dir)?;
         let bus: Arc<dyn Transport> = vdc_bus::InProc::new();
@@ -505,23 +505,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let tiny = tiny_image_dir(&data_dir, args.tiny_image.as_deref());
     let ext = External::from_args(args.no_external, args.external_cidr.as_deref())?;
     for k in &args.trust_keys {
         vdc_bundle::parse_key(k).map_err(|e| anyhow::anyhow!("--trust-key {k:?}: {e}"))?;
     }
-    let aio = AllInOne::start(
-        &data_dir,
-        &args.listen,
-        args.sim,
-        tiny.clone(),
-        ext,
-        &args.namespace_prefix,
-        args.retention_days,
-        &args.trust_keys,
-    )
-    .await?;
+    let aio = AllInOne::start(&data_dir, tiny.clone(), ext, &args).await?;
     let url = aio.dcmgr.url();
     let cfg_path = config::config_path();
     config::save(&cfg_path, &CliConfig::new(url.clone(), aio.token.clone()))?;
