@@ -188,26 +188,9 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
     // only that one is left (the least recently used goes first).
     let mut cached = vec![];
     for (n, pattern) in [(8u64, "0x46"), (9, "0x47")] {
-        let q = dir.join(format!("cached-{n}.qcow2"));
-        let q_s = q.to_string_lossy().into_owned();
-        run("qemu-img", &["create", "-q", "-f", "qcow2", &q_s, "16M"]);
-        run("qemu-io", &["-f", "qcow2", "-c", &format!("write -P {pattern} 0 2M"), &q_s]);
-        let bytes = std::fs::read(&q).unwrap();
-        assert!(bytes.len() as u64 <= CACHE_CAP, "{} bytes", bytes.len());
-        let blob = vdc_schema::bus::BlobRef {
-            sha256: sha256_hex(&bytes),
-            size: bytes.len() as u64,
-            url: format!("http://127.0.0.1:{}/blob", serve_bytes(bytes).await),
-            token: "node-credential".into(),
-        };
-        let image = vdc_schema::bus::ImageSpec {
-            blob: Some(blob.clone()),
-            ..vdc_schema::bus::ImageSpec::host_file(
-                format!("img-q{n}").parse().unwrap(),
-                vdc_schema::ImageFormat::Qcow2,
-                "upload",
-            )
-        };
+        let image = served_qcow2(dir, n, pattern).await;
+        let blob = image.blob.clone().unwrap();
+        assert!(blob.size <= CACHE_CAP, "{} bytes", blob.size);
         let v = VolumeId::generate();
         sta.ensure_volume(VolumeSpec { source_image: Some(image), ..spec(&v, 1, 16, None, Some(&host_a)) })
             .await
@@ -229,26 +212,7 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
     // prune never removes a file a copy is reading); the cache ends within its cap.
     let mut images = vec![];
     for (n, pattern) in [(10u64, "0x50"), (11, "0x51"), (12, "0x52")] {
-        let q = dir.join(format!("cached-{n}.qcow2"));
-        let q_s = q.to_string_lossy().into_owned();
-        run("qemu-img", &["create", "-q", "-f", "qcow2", &q_s, "16M"]);
-        run("qemu-io", &["-f", "qcow2", "-c", &format!("write -P {pattern} 0 2M"), &q_s]);
-        let bytes = std::fs::read(&q).unwrap();
-        let blob = vdc_schema::bus::BlobRef {
-            sha256: sha256_hex(&bytes),
-            size: bytes.len() as u64,
-            url: format!("http://127.0.0.1:{}/blob", serve_bytes(bytes).await),
-            token: "node-credential".into(),
-        };
-        let image = vdc_schema::bus::ImageSpec {
-            blob: Some(blob),
-            ..vdc_schema::bus::ImageSpec::host_file(
-                format!("img-q{n}").parse().unwrap(),
-                vdc_schema::ImageFormat::Qcow2,
-                "upload",
-            )
-        };
-        images.push((image, pattern));
+        images.push((served_qcow2(dir, n, pattern).await, pattern));
     }
     let mut made = vec![];
     for round in 0..3 {
@@ -334,6 +298,35 @@ async fn scenario(cfg: BackendConfig, dir: &Path) {
         assert!(!sta.backend().exists(v).await);
     }
     assert!(tgtd.targets().is_empty(), "no target left: {:?}", tgtd.targets());
+}
+
+/// Image `img-qN`: a 16 MiB qcow2 whose first 2 MiB hold `pattern`, served over HTTP as
+/// dcmgr's store serves a blob.
+async fn served_qcow2(dir: &Path, n: u64, pattern: &str) -> vdc_schema::bus::ImageSpec {
+    let q = dir.join(format!("cached-{n}.qcow2"));
+    let q_s = q.to_string_lossy().into_owned();
+    let write = format!("write -P {pattern} 0 2M");
+    for (prog, args) in [
+        ("qemu-img", vec!["create", "-q", "-f", "qcow2", &q_s, "16M"]),
+        ("qemu-io", vec!["-f", "qcow2", "-c", &write, &q_s]),
+    ] {
+        assert!(std::process::Command::new(prog).args(&args).status().unwrap().success(), "{prog} {args:?}");
+    }
+    let bytes = std::fs::read(&q).unwrap();
+    let blob = vdc_schema::bus::BlobRef {
+        sha256: sha256_hex(&bytes),
+        size: bytes.len() as u64,
+        url: format!("http://127.0.0.1:{}/blob", serve_bytes(bytes).await),
+        token: "node-credential".into(),
+    };
+    vdc_schema::bus::ImageSpec {
+        blob: Some(blob),
+        ..vdc_schema::bus::ImageSpec::host_file(
+            format!("img-q{n}").parse().unwrap(),
+            vdc_schema::ImageFormat::Qcow2,
+            "upload",
+        )
+    }
 }
 
 /// The cap of the scenario's image cache: one of its small qcow2 images, not two.
