@@ -189,7 +189,17 @@ impl ZfsPool {
 
 impl Drop for ZfsPool {
     fn drop(&mut self) {
-        let _ = sh("zpool", &["destroy", "-f", &self.name]);
+        // Right after the last close the pool can still be busy (FUSE hands closes to
+        // zfs-fuse later): destroyed at once it failed every time, and each run left its
+        // pool behind (FAULTED once its file went; 23 had piled up on one machine).
+        let start = Instant::now();
+        while let Err(e) = sh("zpool", &["destroy", "-f", &self.name]) {
+            if start.elapsed() > Duration::from_secs(10) {
+                eprintln!("pool {} is left behind: {e}", self.name);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         let _ = std::fs::remove_file(&self.file);
         if let Some(pid) = self.started_daemon {
             let _ = sh("kill", &[&pid.to_string()]);
