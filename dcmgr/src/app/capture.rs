@@ -142,10 +142,8 @@ async fn insert_pending(
     image: &Image,
     kind: &str,
 ) -> ApiResult<Job> {
-    // A bundle export's temporary image is not counted (`datastore::quota::usage`).
-    if !db::bundle::is_export_temporary(tx.conn().await?, caller.account_id.as_str(), "image", &image.name).await? {
-        crate::app::quota::enforce(tx, ctx, &caller.account_id, &[(vdc_schema::api::QuotaKey::Images, 1)]).await?;
-    }
+    let asks = [(vdc_schema::api::QuotaKey::Images, 1)];
+    crate::app::quota::enforce_unless_exported(tx, ctx, &caller.account_id, ("image", &image.name), &asks).await?;
     crate::app::check_name_free(tx, db::Named::Image, &caller.account_id, &image.name).await?;
     image_store::insert(tx.conn().await?, &caller.account_id, image).await?;
     Ok(job::start_first(tx, &caller.account_id, kind, image.id.as_str(), "available").await?)

@@ -660,12 +660,9 @@ where
         // Its size is known only now: the owner's image_gib is checked here, the
         // image's own row not yet counted (no size while pending).
         let owner = store::owner(&mut tx, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
-        let name = row.as_ref().map(|r| r.name.clone()).unwrap_or_default();
-        // A bundle export's temporary image is not counted (`datastore::quota::usage`).
-        if !db::bundle::is_export_temporary(tx.conn().await?, &owner, "image", &name).await? {
-            let owner: AccountId = owner.parse().map_err(ApiError::internal)?;
-            quota::enforce(&mut tx, ctx, &owner, &[(QuotaKey::ImageGib, size)]).await?;
-        }
+        let owner: AccountId = owner.parse().map_err(ApiError::internal)?;
+        let name = row.as_ref().map(|r| r.name.as_str()).unwrap_or_default();
+        quota::enforce_unless_exported(&mut tx, ctx, &owner, ("image", name), &[(QuotaKey::ImageGib, size)]).await?;
         store::set_available(&mut tx, id, &sha, size, inspected.format, inspected.virtual_size).await?;
         if let Some(origin) = capture {
             origin.end_in_tx(&mut tx, id.as_str(), None).await?;

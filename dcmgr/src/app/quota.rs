@@ -87,10 +87,38 @@ pub async fn enforce(
     account: &AccountId,
     asks: &[(QuotaKey, u64)],
 ) -> ApiResult<()> {
+    enforce_except(tx, ctx, account, None, asks).await
+}
+
+/// [`enforce`] for the `kind` (`image`, `snapshot`) named `name`: a bundle export's
+/// temporary one asks for nothing, as [`store::usage`] does not count it.
+pub async fn enforce_unless_exported(
+    tx: &mut db::Tx<'_>,
+    ctx: &SharedCtx,
+    account: &AccountId,
+    named: (&str, &str),
+    asks: &[(QuotaKey, u64)],
+) -> ApiResult<()> {
+    enforce_except(tx, ctx, account, Some(named), asks).await
+}
+
+/// Whether `exported` is an export's temporary is looked up only where a limit applies.
+async fn enforce_except(
+    tx: &mut db::Tx<'_>,
+    ctx: &SharedCtx,
+    account: &AccountId,
+    exported: Option<(&str, &str)>,
+    asks: &[(QuotaKey, u64)],
+) -> ApiResult<()> {
     accounts::lock(tx, account).await?;
     let limits = limits_locked(tx, ctx, account).await?;
     if unlimited(&limits, asks) {
         return Ok(());
+    }
+    if let Some((kind, name)) = exported {
+        if db::bundle::is_export_temporary(tx.conn().await?, account.as_str(), kind, name).await? {
+            return Ok(());
+        }
     }
     let used = store::usage(tx.conn().await?, account).await?;
     decide(&limits, &used, asks)

@@ -53,10 +53,8 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSnapshot) -> Ap
             }
             _ => return Err(ApiError::not_found("volume", &req.volume_id)),
         };
-        let account = caller.account_id.as_str();
-        if !db::bundle::is_export_temporary(tx.conn().await?, account, "snapshot", &req.name).await? {
-            quota::enforce(&mut tx, ctx, &caller.account_id, &[(QuotaKey::Snapshots, 1)]).await?;
-        }
+        let named = ("snapshot", req.name.as_str());
+        quota::enforce_unless_exported(&mut tx, ctx, &caller.account_id, named, &[(QuotaKey::Snapshots, 1)]).await?;
         store::insert(&mut tx, id.as_str(), &caller.account_id, &req.name, req.volume_id.as_str(), size, &node, &now)
             .await?;
         let job = job::start_first(&mut tx, &caller.account_id, "snapshot.create", id.as_str(), "available").await?;
