@@ -38,6 +38,7 @@ on_both_databases!(
     a_push_sends_only_the_chunks_the_target_lacks,
     a_push_never_resolves_what_the_account_does_not_hold,
     the_site_keys_are_the_databases,
+    a_deleted_image_travels_only_with_the_instance_that_uses_it,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -1897,6 +1898,33 @@ async fn running(c: &Client, name: &str, image: &ImageId, network: &NetworkId, g
         .await
         .unwrap();
     wait_state(c, &i.resource.id, InstanceState::Running).await;
+}
+
+/// An image deleted while an instance uses it is still that instance's: an export
+/// carries it (under its name, which stays held), the instance runs on the other site;
+/// a deleted image nothing uses does not travel.
+async fn a_deleted_image_travels_only_with_the_instance_that_uses_it(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    let net = network(&ca, "n", "10.60.0.0/24").await;
+    let used = raw_image(&ca, "used", vec![1u8; 1 << 20]).await;
+    let unused = raw_image(&ca, "unused", vec![2u8; 1 << 20]).await;
+    running(&ca, "vm", &used, &net.id, vec![]).await;
+    ca.delete_image(&used).await.unwrap();
+    ca.delete_image(&unused).await.unwrap();
+    let bytes = export(&ca).await;
+    let cb = b.account("tenant").await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let images: Vec<_> = plan.creates.iter().filter(|c| c.kind == "image").map(|c| c.name.as_str()).collect();
+    assert_eq!(images, ["used", "vm-root"], "the image and the instance's root disk: {plan:?}");
+    cb.import_bundle(bytes, &[]).await.unwrap();
+    let mut names: Vec<_> =
+        cb.list_all_images().await.unwrap().into_iter().filter(|i| !i.public).map(|i| i.name).collect();
+    names.sort();
+    assert_eq!(names, ["used", "vm-root"]);
+    wait_state(&cb, &live_instance(&cb, "vm").await.id, InstanceState::Running).await;
+    a.stop().await;
+    b.stop().await;
 }
 
 /// The instance of that name that is not terminated.

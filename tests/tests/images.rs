@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vdc_cli::client::{Client, ClientError};
 use vdc_schema::api::*;
 use vdc_schema::*;
-use vdc_tests::{eventually, on_both_databases, Db, Stack, StackOptions};
+use vdc_tests::{eventually, on_both_databases, wait_state, Db, Stack, StackOptions};
 
 on_both_databases!(
     uploads_are_checked_before_they_are_available,
@@ -208,7 +208,7 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
     s.restart_dcmgr().await;
     assert_eq!(c.get_image(&img.id).await.unwrap().virtual_size, Some(32 << 20), "read again at start");
     inst.name = Some("booted".into());
-    c.create_instance(&inst).await.expect("an available image boots");
+    let booted = c.create_instance(&inst).await.expect("an available image boots").resource.id;
 
     // Hostile and wrong data: refused with a clear code, the image failed, nothing stored.
     let cases: Vec<(ImageFormat, Vec<u8>, Option<String>, &str)> = vec![
@@ -254,8 +254,30 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
     assert_eq!(files_in(&blobs).len(), 2, "the disk and the tarball");
     c.delete_image(&twin.id).await.unwrap();
     assert!(blobs.join(sha256(&good)).exists(), "still used by {}", img.id);
-    // Kept while an instance uses it.
-    assert_eq!(err(c.delete_image(&img.id).await), (409, "image_in_use".into()));
+    // Deleted while an instance uses it: gone for the account at once, its data kept for
+    // the instance (stopped, it may start again on another host), its name held; removed
+    // once the instance is terminated.
+    wait_state(&c, &booted, InstanceState::Running).await;
+    c.delete_image(&img.id).await.unwrap();
+    assert_eq!(err(c.get_image(&img.id).await).0, 404);
+    assert!(!c.list_all_images().await.unwrap().iter().any(|i| i.id == img.id));
+    assert_eq!(err(c.delete_image(&img.id).await).0, 404, "deleted once");
+    inst.image_id = img.id.clone();
+    assert_eq!(err(c.create_instance(&inst).await).0, 404, "nothing new boots it");
+    assert_eq!(err(c.create_image(&req("mine", ImageFormat::Raw, None, None)).await), (409, "name_taken".into()));
+    let held = c.create_image(&req("mine", ImageFormat::Raw, None, None)).await.unwrap_err().to_string();
+    assert!(held.contains(&format!("held by deleted image {}", img.id)), "{held}");
+    assert!(blobs.join(sha256(&good)).exists(), "kept for {booted}");
+    for action in [InstanceAction::Stop, InstanceAction::Start] {
+        let a = c.instance_action(&booted, action).await.unwrap();
+        assert_eq!(c.wait_job(&a.job.id, Duration::from_secs(15)).await.unwrap().state, JobState::Succeeded);
+    }
+    let t = c.terminate_instance(&booted).await.unwrap();
+    c.wait_job(&t.job.id, Duration::from_secs(15)).await.unwrap();
+    eventually(Duration::from_secs(20), || async { (!blobs.join(sha256(&good)).exists()).then_some(()) })
+        .await
+        .expect("the data goes once no instance uses it");
+    assert_eq!(c.create_image(&req("mine", ImageFormat::Raw, None, None)).await.unwrap().name, "mine", "name free");
 
     // Deleted while its data arrives: the upload ends in 404 and keeps nothing.
     let gone = c.create_image(&req("gone", ImageFormat::Raw, None, None)).await.unwrap();
@@ -696,18 +718,35 @@ async fn images_are_shared_with_named_accounts(db: Db) {
     assert!(!stranger.list_all_images().await.unwrap().iter().any(|i| i.id == img.id));
     assert_eq!(err(owner.share_image(&img.id, &owner_id).await), (400, "invalid_member".into()));
 
-    // In use by the member's instance: the owner cannot delete it, and is told so
-    // without the other account's instance ID.
-    assert_eq!(err(owner.delete_image(&img.id).await), (409, "image_in_use".into()));
-    let in_use = owner.delete_image(&img.id).await.unwrap_err().to_string();
-    assert!(in_use.contains("1 instance of an account it is or was shared with"), "{in_use}");
-    assert!(!in_use.contains(booted.as_str()), "{in_use}");
     // Unshared: gone for the member (its instance keeps running), a second unshare is 404.
     assert!(owner.unshare_image(&img.id, &friend_id).await.unwrap().members.is_empty());
     assert_eq!(err(friend.get_image(&img.id).await).0, 404);
     assert_eq!(err(friend.create_instance(&inst).await).0, 404);
     assert_eq!(err(owner.unshare_image(&img.id, &friend_id).await).0, 404);
     assert!(friend.get_instance(&booted).await.is_ok());
+
+    // Shared again and deleted while the member's instance uses it: gone for both at
+    // once; the member's instance starts again from the data kept for it, and once it
+    // is terminated the image goes (its name is the owner's again).
+    owner.share_image(&img.id, &friend_id).await.unwrap();
+    owner.delete_image(&img.id).await.unwrap();
+    assert_eq!(err(owner.get_image(&img.id).await).0, 404);
+    assert_eq!(err(friend.get_image(&img.id).await).0, 404);
+    assert_eq!(err(friend.create_instance(&inst).await).0, 404);
+    assert_eq!(err(owner.share_image(&img.id, &friend_id).await).0, 404);
+    wait_state(&friend, &booted, InstanceState::Running).await;
+    for action in [InstanceAction::Stop, InstanceAction::Start] {
+        let a = friend.instance_action(&booted, action).await.unwrap();
+        assert_eq!(friend.wait_job(&a.job.id, Duration::from_secs(15)).await.unwrap().state, JobState::Succeeded);
+    }
+    assert_eq!(err(owner.create_image(&req("golden", ImageFormat::Qcow2, None, None)).await).0, 409);
+    let t = friend.terminate_instance(&booted).await.unwrap();
+    friend.wait_job(&t.job.id, Duration::from_secs(15)).await.unwrap();
+    eventually(Duration::from_secs(20), || async {
+        owner.create_image(&req("golden", ImageFormat::Qcow2, None, None)).await.ok()
+    })
+    .await
+    .expect("the name is free once the deleted image is removed");
     s.stop().await;
 }
 

@@ -1,6 +1,6 @@
 //! Machine images: what an instance boots. An image is the caller's own or public.
 
-use crate::app::{check_name_free, name_some, page, paging, quota, validate_name};
+use crate::app::{check_name_free, page, paging, quota, validate_name};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, image as store};
 use crate::error::{ApiError, ApiResult};
@@ -307,8 +307,10 @@ pub async fn fetch_visible(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> Ap
         .into_api()
 }
 
-/// Deletes one of the caller's images that no instance uses; its blob goes with it when
-/// no other image has the same data.
+/// Deletes one of the caller's images. One that instances, volumes being filled or disk
+/// images (as their kernel) use is hidden at once and its row and blob kept for them
+/// until [`collect_deleted`] finds it unused; a blob goes when no other image has the
+/// same data.
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<()> {
     // The blob's lock is taken before the decision, so its blob is read first; a pending
     // image's data arriving in between (a blob now) is seen, and the lock taken again.
@@ -342,9 +344,9 @@ async fn delete_holding(
     db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
         // Instance creates lock the image too, so none can start using it before commit.
-        db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
+        let found = db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
         let owner = store::owner(&mut tx, id).await?;
-        if owner.is_none_or(|a| a != caller.account_id.as_str()) {
+        if !found || owner.is_none_or(|a| a != caller.account_id.as_str()) {
             // A public image of another account is visible, but not the caller's to delete.
             return Err(ApiError::not_found("image", id));
         }
@@ -366,27 +368,15 @@ async fn delete_holding(
             }
             None => {}
         }
-        let users = store::users(&mut tx, id).await?;
-        if !users.is_empty() {
-            let by = own_named(caller, "instance", &users);
-            return Err(ApiError::conflict("image_in_use", format!("image {id} is used by {by}")));
-        }
-        let filling = store::volumes_filling(&mut tx, id).await?;
-        if !filling.is_empty() {
-            return Err(ApiError::conflict(
-                "image_in_use",
-                format!(
-                    "image {id} is being copied into {}; delete the image once they are available",
-                    name_some("volume", filling.iter().map(String::as_str))
-                ),
-            ));
-        }
-        let disks = store::kernel_users(&mut tx, id).await?;
-        if !disks.is_empty() {
-            return Err(ApiError::conflict(
-                "image_in_use",
-                format!("image {id} is the kernel_id of {}", own_named(caller, "image", &disks)),
-            ));
+        // Used still: hidden now, collected once nothing uses it (`collect_deleted`).
+        if !store::users(&mut tx, id).await?.is_empty()
+            || !store::volumes_filling(&mut tx, id).await?.is_empty()
+            || !store::kernel_users(&mut tx, id).await?.is_empty()
+        {
+            store::mark_deleted(&mut tx, id).await?;
+            tx.commit().await?;
+            ctx.events.images_changed();
+            return Ok(Ok(None));
         }
         let blob = store::get_tx(&mut tx, id).await?.and_then(|r| r.blob);
         if let Some(b) = blob.as_ref().filter(|b| Some(b.as_str()) != locked) {
@@ -404,20 +394,34 @@ async fn delete_holding(
     .await
 }
 
-/// `(ID, account)` pairs as words: the caller's own named, those of accounts an image is
-/// or was shared with counted only (another account's IDs are never shown).
-fn own_named(caller: &Caller, kind: &str, users: &[(String, String)]) -> String {
-    let (own, others): (Vec<_>, Vec<_>) = users.iter().partition(|u| u.1 == caller.account_id.as_str());
-    let mut by = vec![];
-    if !own.is_empty() {
-        by.push(name_some(kind, own.iter().map(|u| u.0.as_str())));
+/// Removes the deleted images nothing uses any more (see [`delete`]), and their blobs
+/// when no other image has the same data; how many it removed. The leader runs it.
+pub async fn collect_deleted(ctx: &SharedCtx) -> ApiResult<usize> {
+    let mut removed = 0;
+    for (id, blob) in store::unused_deleted(&ctx.db).await? {
+        let _refs = crate::app::blob_refs::hold(ctx, blob.as_deref()).await?;
+        let gone = db::retry(|| async {
+            let mut tx = db::begin(&ctx.db).await?;
+            if !store::remove_unused_deleted(&mut tx, &id).await? {
+                return Ok(None);
+            }
+            let unused = match &blob {
+                Some(b) if store::blob_users(&mut tx, b).await? == 0 => Some(b.clone()),
+                _ => None,
+            };
+            tx.commit().await?;
+            Ok(Some(unused))
+        })
+        .await?;
+        let Some(unused) = gone else { continue };
+        removed += 1;
+        if let Some(b) = unused {
+            if let Err(e) = ctx.blobs.delete(&b).await {
+                tracing::warn!(image = %id, blob = %b, "cannot remove a deleted image's blob: {e}");
+            }
+        }
     }
-    match others.len() {
-        0 => {}
-        1 => by.push(format!("1 {kind} of an account it is or was shared with")),
-        n => by.push(format!("{n} {kind}s of accounts it is or was shared with")),
-    }
-    by.join(" and ")
+    Ok(removed)
 }
 
 /// An image the caller may boot or copy into a volume: visible and `available`.

@@ -128,6 +128,13 @@ pub async fn check_name_free(
         db::Named::Image => "an image",
     };
     match db::named(tx, what, account.as_str(), name).await? {
+        Some(id) if what == db::Named::Image && db::image::is_deleted(tx, &id).await? => Err(ApiError::conflict(
+            "name_taken",
+            format!(
+                "the name {name:?} is still held by deleted image {id}, which instances or volumes being made \
+                 use; it is freed once they are terminated (or made), or choose another name"
+            ),
+        )),
         Some(id) => Err(ApiError::conflict(
             "name_taken",
             format!("{a_kind} named {name:?} already exists ({id}); choose another name or delete that one"),

@@ -8,7 +8,8 @@ use crate::db;
 use tokio_util::sync::CancellationToken;
 use vdc_schema::bus::AgentKind;
 
-/// How often the leader looks for work a dcmgr left (URL imports, bundle exports).
+/// How often the leader looks for work a dcmgr left (URL imports, bundle exports) and
+/// for deleted images nothing uses any more.
 const LEFTOVERS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often it looks for routers no instance uses (sooner when they go back sooner).
 const ROUTERS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
@@ -43,6 +44,9 @@ pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
             }
             if let Err(e) = crate::app::bundle_data::sweep(&ctx).await {
                 tracing::warn!("sweeping cut-off bundle exports failed: {e}");
+            }
+            if let Err(e) = crate::app::image::collect_deleted(&ctx).await {
+                tracing::warn!("collecting deleted images failed: {e}");
             }
         }
         if routers_looked.elapsed() >= ROUTERS_EVERY.min(release_after / 2) {

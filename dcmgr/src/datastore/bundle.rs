@@ -112,7 +112,7 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
         .fetch_all(&mut *tx)
         .await?;
     let images = sqlx::query_as(&format!(
-        "SELECT {IMAGE_COLS} FROM images WHERE (account_id = $1 AND state = 'available') \
+        "SELECT {IMAGE_COLS} FROM images WHERE (account_id = $1 AND state = 'available' AND deleted_at IS NULL) \
          OR id IN (SELECT image_id FROM instances WHERE id IN ({live})) \
          OR id IN (SELECT kernel_id FROM images WHERE account_id = $1) ORDER BY id"
     ))
@@ -253,7 +253,7 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
         sqlx::query_as("SELECT id, cidr FROM networks WHERE account_id = $1").bind(a).fetch_all(&mut *db).await?;
     let usable_images = sqlx::query_as(
         "SELECT id, name, hypervisors FROM images \
-         WHERE state = 'available' AND (account_id = $1 OR public = 1 \
+         WHERE state = 'available' AND deleted_at IS NULL AND (account_id = $1 OR public = 1 \
          OR id IN (SELECT image_id FROM image_members WHERE account_id = $1)) ORDER BY id",
     )
     .bind(a)

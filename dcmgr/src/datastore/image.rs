@@ -108,7 +108,7 @@ pub async fn list_visible(
     limit: i64,
 ) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLS} FROM images WHERE (account_id = $1 OR public = 1 OR {SHARED}) \
+        "SELECT {COLS} FROM images WHERE (account_id = $1 OR public = 1 OR {SHARED}) AND deleted_at IS NULL \
          AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4"
     ))
     .bind(account.as_str())
@@ -122,7 +122,7 @@ pub async fn list_visible(
 /// Image `id` if the account may use it (its own or public).
 pub async fn get_visible(pool: &db::Pool, account: &AccountId, id: &ImageId) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLS} FROM images WHERE id = $1 AND (account_id = $2 OR public = 1 OR \
+        "SELECT {COLS} FROM images WHERE id = $1 AND deleted_at IS NULL AND (account_id = $2 OR public = 1 OR \
          id IN (SELECT image_id FROM image_members WHERE account_id = $2))"
     ))
     .bind(id.as_str())
@@ -133,21 +133,21 @@ pub async fn get_visible(pool: &db::Pool, account: &AccountId, id: &ImageId) -> 
 
 /// Image `id` if the account owns it.
 pub async fn get_owned(pool: &db::Pool, account: &AccountId, id: &ImageId) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1 AND account_id = $2"))
+    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL"))
         .bind(id.as_str())
         .bind(account.as_str())
         .fetch_optional(pool)
         .await
 }
 
-/// Any image by ID.
+/// Any image by ID, a deleted one still used too (see [`mark_deleted`]).
 pub async fn get<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &str) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1")).bind(id).fetch_optional(db).await
 }
 
-/// The account that owns image `id`.
+/// The account that owns image `id` (none once it is deleted).
 pub async fn owner(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Option<String>, sqlx::Error> {
-    let r: Option<(String,)> = sqlx::query_as("SELECT account_id FROM images WHERE id = $1")
+    let r: Option<(String,)> = sqlx::query_as("SELECT account_id FROM images WHERE id = $1 AND deleted_at IS NULL")
         .bind(id.as_str())
         .fetch_optional(tx.conn().await?)
         .await?;
@@ -179,6 +179,54 @@ pub async fn delete(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx::Error
     Ok(())
 }
 
+/// Image `id` is deleted while something uses it: no account sees it (nor shares it)
+/// any more, nothing new may use it ([`db::lock`] finds it no longer), and its row and
+/// blob stay for what uses it until [`remove_unused_deleted`] removes them. Its name
+/// stays held meanwhile: a bundle names an instance's image by its name.
+pub async fn mark_deleted(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx::Error> {
+    db::event::record(tx.conn().await?, db::event::Kind::Image, id.as_str(), db::event::Change::Deleted).await?;
+    sqlx::query("DELETE FROM image_members WHERE image_id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
+    sqlx::query("UPDATE images SET deleted_at = $2 WHERE id = $1")
+        .bind(id.as_str())
+        .bind(db::now())
+        .execute(tx.conn().await?)
+        .await?;
+    Ok(())
+}
+
+/// Nothing uses image `images.id`: no instance that is not terminated, no volume being
+/// filled from it, no disk image naming it as its kernel.
+const UNUSED: &str = "NOT EXISTS (SELECT 1 FROM instances i WHERE i.image_id = images.id AND i.state <> 'terminated') \
+    AND NOT EXISTS (SELECT 1 FROM volumes v WHERE v.image_id = images.id AND v.state = 'creating') \
+    AND NOT EXISTS (SELECT 1 FROM images d WHERE d.kernel_id = images.id)";
+
+/// Deleted images nothing uses any more: (id, blob).
+pub async fn unused_deleted(pool: &db::Pool) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT id, blob FROM images WHERE deleted_at IS NOT NULL AND {UNUSED} ORDER BY id LIMIT 100"
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+/// Removes deleted image `id` if nothing uses it (nothing new can start to); whether it did.
+pub async fn remove_unused_deleted(tx: &mut db::Tx<'_>, id: &str) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(&format!("DELETE FROM images WHERE id = $1 AND deleted_at IS NOT NULL AND {UNUSED}"))
+        .bind(id)
+        .execute(tx.conn().await?)
+        .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Whether image `id` is deleted (still used, its name still held).
+pub async fn is_deleted(tx: &mut db::Tx<'_>, id: &str) -> Result<bool, sqlx::Error> {
+    let r: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM images WHERE id = $1 AND deleted_at IS NOT NULL")
+        .bind(id)
+        .fetch_optional(tx.conn().await?)
+        .await?;
+    Ok(r.is_some())
+}
+
 /// The disk images that boot with kernel image `id`, by ID.
 pub async fn kernel_users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<(String, String)>, sqlx::Error> {
     sqlx::query_as("SELECT id, account_id FROM images WHERE kernel_id = $1 ORDER BY id")
@@ -190,7 +238,10 @@ pub async fn kernel_users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<(Stri
 /// Whether a public image of this name exists.
 pub async fn exists_public(pool: &db::Pool, name: &str) -> Result<bool, sqlx::Error> {
     let row: Option<(String,)> =
-        sqlx::query_as("SELECT id FROM images WHERE name = $1 AND public = 1").bind(name).fetch_optional(pool).await?;
+        sqlx::query_as("SELECT id FROM images WHERE name = $1 AND public = 1 AND deleted_at IS NULL")
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
     Ok(row.is_some())
 }
 

@@ -838,7 +838,10 @@ pub async fn lock(tx: &mut Tx<'_>, what: Lock, id: &str) -> Result<bool, sqlx::E
         Lock::SecurityGroup => {
             ("security_groups", "UPDATE security_groups SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1")
         }
-        Lock::Image => ("images", "UPDATE images SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1"),
+        // A deleted image (its row kept while used) is not there for a decision.
+        Lock::Image => {
+            ("images", "UPDATE images SET lock_seq = lock_seq + 1 WHERE id = $1 AND deleted_at IS NULL RETURNING 1")
+        }
         Lock::KeyPair => ("keypairs", "UPDATE keypairs SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1"),
         Lock::FloatingIp => {
             ("floating_ips", "UPDATE floating_ips SET lock_seq = lock_seq + 1 WHERE id = $1 RETURNING 1")
@@ -864,7 +867,9 @@ pub async fn lock(tx: &mut Tx<'_>, what: Lock, id: &str) -> Result<bool, sqlx::E
 /// On SQLite [`lock`] (one writer).
 pub async fn lock_referred(tx: &mut Tx<'_>, what: Lock, id: &str) -> Result<bool, sqlx::Error> {
     let (table, shared, sql) = match what {
-        Lock::Image => ("images", "images, shared", "SELECT 1 FROM images WHERE id = $1 FOR SHARE"),
+        Lock::Image => {
+            ("images", "images, shared", "SELECT 1 FROM images WHERE id = $1 AND deleted_at IS NULL FOR SHARE")
+        }
         Lock::KeyPair => ("keypairs", "keypairs, shared", "SELECT 1 FROM keypairs WHERE id = $1 FOR SHARE"),
         _ => return lock(tx, what, id).await,
     };

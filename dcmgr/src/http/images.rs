@@ -65,13 +65,18 @@ pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<S
 
 #[utoipa::path(delete, path = "/api/v1/images/{id}", tag = "images", operation_id = "image_delete",
     summary = "Delete one of the account's images",
+    description = "The image is gone for every account at once: it is no longer listed, shown, shared or \
+        usable for a new instance or volume. Instances that were booted from it (of any account it was \
+        shared with) keep running, stop and start again, on another host too: its data is kept for them, \
+        and removed once none of them is left (terminated) and no volume is still being made from it. \
+        Until then its name stays held (`name_taken` names the deleted image).",
     params(
         ("id" = vdc_schema::id::ImageId, Path,
             description = "An image ID (`img-…`); an unknown, malformed or foreign one answers 404")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "`not_found` (a public image of another account, too)", body = ErrorBody),
-        (status = 409, description = "`image_in_use`: instances that are not terminated use it, or disk images name it as their kernel_id; `image_capturing`: its capture from an instance has not ended (a pending image of a snapshot is deleted, which cancels it)", body = ErrorBody)))]
+        (status = 409, description = "`image_capturing`: its capture from an instance has not ended (a pending image of a snapshot is deleted, which cancels it)", body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     app::delete(&ctx, &caller, &path_id("image", &id)?).await?;
     Ok(StatusCode::NO_CONTENT)
