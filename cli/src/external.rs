@@ -188,6 +188,7 @@ fn dcmgr_config(cidr: &Ipv4Net) -> vdc_dcmgr::config::ExternalConfig {
         gateway: gateway(cidr).to_string(),
         pool_start: start.to_string(),
         pool_end: end.to_string(),
+        router_reserve: None,
     }
 }
 

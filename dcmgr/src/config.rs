@@ -353,6 +353,11 @@ pub struct ExternalConfig {
     /// The first and last address handed out.
     pub pool_start: String,
     pub pool_end: String,
+    /// Addresses of the pool that floating IPs may not take: kept for the routers'
+    /// outbound SNAT addresses (one per network per host with its instances), which are
+    /// taken when an instance comes up. Default: a sixteenth of the pool.
+    #[serde(default)]
+    pub router_reserve: Option<u32>,
 }
 
 impl ExternalConfig {
@@ -372,6 +377,12 @@ impl ExternalConfig {
             return Err(format!("external.pool_start {a} is after external.pool_end {b}"));
         }
         Ok((a, b, net))
+    }
+
+    /// How many addresses of the pool `start..=end` floating IPs leave to routers.
+    pub fn router_reserve(&self, start: std::net::Ipv4Addr, end: std::net::Ipv4Addr) -> usize {
+        let len = u32::from(end).saturating_sub(u32::from(start)) as usize + 1;
+        self.router_reserve.map_or(len / 16, |r| r as usize)
     }
 
     /// The network and its gateway, checked as [`Self::pool`] checks them.

@@ -1077,6 +1077,7 @@ pub fn test_external(pool_end: &str) -> vdc_dcmgr::config::ExternalConfig {
         gateway: "203.0.113.1".into(),
         pool_start: "203.0.113.10".into(),
         pool_end: pool_end.into(),
+        router_reserve: None,
     }
 }
 

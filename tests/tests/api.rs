@@ -34,6 +34,7 @@ on_both_databases!(
     tunnel_peers_follow_placement,
     floating_ips,
     routers_give_their_address_back,
+    floating_ips_leave_the_routers_reserve,
     gone_resources_leave_their_lists_after_an_hour,
     ended_rows_leave_the_database_after_the_retention,
 );
@@ -310,6 +311,7 @@ async fn networks_keep_clear_of_the_external_network(db: Db) {
         gateway: "192.168.213.1".into(),
         pool_start: "192.168.213.10".into(),
         pool_end: "192.168.213.20".into(),
+        router_reserve: None,
     });
     let s = Stack::start(o).await;
     let c = s.account("ext").await;
@@ -1510,6 +1512,46 @@ async fn ended_rows_leave_the_database_after_the_retention(db: Db) {
     // The names are free, the account goes on as before.
     let again = c.create_instance(&inst_req(&s.image, "old")).await.unwrap().resource;
     wait_state(&c, &again.id, InstanceState::Running).await;
+    s.stop().await;
+}
+
+/// Tenants holding every floating IP left new routers without an address, so guests
+/// had no outbound NAT and only dcmgr's log said so: floating IPs leave
+/// `external.router_reserve` addresses to the routers, and the refusal says why.
+async fn floating_ips_leave_the_routers_reserve(db: Db) {
+    let mut o = StackOptions::new(db);
+    o.hosts = 1;
+    let mut ext = vdc_tests::test_external("203.0.113.20"); // 11 addresses
+    ext.router_reserve = Some(3);
+    o.external = Some(ext);
+    let s = Stack::start(o).await;
+    let (c, d) = (s.account("hoarder").await, s.account("builder").await);
+    let mut held = vec![];
+    let refusal = loop {
+        match c.create_floating_ip(&CreateFloatingIp::default()).await {
+            Ok(f) => held.push(f),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(held.len(), 8, "11 addresses, 3 kept for routers");
+    assert!(refusal.to_string().contains("kept for the routers' outbound NAT"), "{refusal}");
+    let asked = CreateFloatingIp { ip: Some("203.0.113.20".into()) };
+    assert_eq!(err(d.create_floating_ip(&asked).await).1, "no_capacity", "a named address too");
+    // Another account's instances still get their routers' addresses.
+    let port = |vif: &VifId| s.hosts.iter().find_map(|h| h.nw_driver.as_ref()?.port(vif));
+    for (i, cidr) in ["10.41.0.0/24", "10.42.0.0/24", "10.43.0.0/24"].into_iter().enumerate() {
+        let net = d.create_network(&net_req(&format!("n{i}"), cidr)).await.unwrap();
+        let mut r = inst_req(&s.image, &format!("i{i}"));
+        r.interfaces = vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }];
+        let vif = d.create_instance(&r).await.unwrap().resource.interfaces[0].id.clone();
+        eventually(Duration::from_secs(5), || async { Some(port(&vif)?.network.external?.snat_ip) })
+            .await
+            .expect("the router of a new network has an address");
+    }
+    // The pool is full now; a freed address goes to a floating IP again.
+    assert_eq!(err(d.create_floating_ip(&CreateFloatingIp::default()).await).1, "no_capacity");
+    c.delete_floating_ip(&held[0].id).await.unwrap();
+    d.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
     s.stop().await;
 }
 

@@ -840,6 +840,7 @@ fn external(n: u8) -> vdc_dcmgr::config::ExternalConfig {
         gateway: format!("203.0.{n}.1"),
         pool_start: format!("203.0.{n}.10"),
         pool_end: format!("203.0.{n}.20"),
+        router_reserve: None,
     }
 }
 

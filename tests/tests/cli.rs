@@ -202,6 +202,7 @@ async fn ssh_runs_the_remote_command_with_the_saved_key() {
         gateway: "127.77.0.1".into(),
         pool_start: "127.77.0.10".into(),
         pool_end: "127.77.0.20".into(),
+        router_reserve: None,
     });
     let s = Stack::start(o).await;
     let c = s.account("sshuser").await;

@@ -2804,10 +2804,12 @@ async fn apply(
     if !maps.skip_floating_ips && !m.model.floating_ips.is_empty() {
         let ext = ctx.config.external.as_ref().ok_or_else(|| ApiError::internal("decided without external"))?;
         let (start, end, _) = ext.pool().map_err(ApiError::internal)?;
-        let mut used: HashSet<String> = store::used_ips(&mut tx).await?.into_iter().collect();
+        let (mut used, mut held) = crate::datastore::floating_ip::used_ips(tx.conn().await?).await?;
         for f in m.model.floating_ips.iter().filter(|f| !d.kept.contains_key(&f.id)) {
-            let ip = crate::app::floating_ip::pick(start, end, &used, None)?;
+            let room = crate::app::floating_ip::room(ext, start, end, held);
+            let ip = crate::app::floating_ip::pick(start, end, &used, None, Some(room))?;
             used.insert(ip.to_string());
+            held += 1;
             let id = FloatingIpId::generate();
             let kept = |i: &String| Some((d.kept.get(i)?.as_str(), d.first_vifs.get(i)?.as_str()));
             let on = f.instance.as_ref().and_then(|i| match created.get(i) {

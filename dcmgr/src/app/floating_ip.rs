@@ -35,13 +35,37 @@ pub fn check_ip(s: &str, start: Ipv4Addr, end: Ipv4Addr) -> ApiResult<Ipv4Addr> 
     Ok(a)
 }
 
+/// How many more floating IPs the pool `start..=end` has room for when accounts hold
+/// `held`: all but `external.router_reserve` addresses, which are the routers'
+/// (their outbound NAT would otherwise fail, unseen, once tenants held the pool).
+pub fn room(ext: &crate::config::ExternalConfig, start: Ipv4Addr, end: Ipv4Addr, held: usize) -> usize {
+    let len = u32::from(end).saturating_sub(u32::from(start)) as usize + 1;
+    len.saturating_sub(ext.router_reserve(start, end)).saturating_sub(held)
+}
+
 /// The address a new row takes: `want` unless it is used, else the first free one of the
-/// pool `start..=end`.
-pub fn pick(start: Ipv4Addr, end: Ipv4Addr, used: &HashSet<String>, want: Option<Ipv4Addr>) -> ApiResult<Ipv4Addr> {
+/// pool `start..=end`. A floating IP passes its [`room`], a router none.
+pub fn pick(
+    start: Ipv4Addr,
+    end: Ipv4Addr,
+    used: &HashSet<String>,
+    want: Option<Ipv4Addr>,
+    room: Option<usize>,
+) -> ApiResult<Ipv4Addr> {
+    if let Some(w) = want.filter(|w| used.contains(&w.to_string())) {
+        return Err(ApiError::conflict("ip_in_use", format!("{w} is already allocated")));
+    }
+    if room == Some(0) {
+        return Err(ApiError::Unprocessable {
+            code: "no_capacity",
+            message: format!(
+                "floating IPs hold all of the external pool {start}–{end} but the addresses kept for \
+                 the routers' outbound NAT (external.router_reserve): free a floating IP or ask the \
+                 operator to widen the pool"
+            ),
+        });
+    }
     match want {
-        Some(w) if used.contains(&w.to_string()) => {
-            Err(ApiError::conflict("ip_in_use", format!("{w} is already allocated")))
-        }
         Some(w) => Ok(w),
         None => (u32::from(start)..=u32::from(end))
             .map(Ipv4Addr::from)
@@ -79,8 +103,9 @@ async fn allocate(
             let a: AccountId = a.parse().map_err(ApiError::internal)?;
             quota::enforce(&mut tx, ctx, &a, &[(QuotaKey::FloatingIps, 1)]).await?;
         }
-        let used: HashSet<String> = store::used_ips(tx.conn().await?).await?.into_iter().collect();
-        let ip = pick(start, end, &used, want)?;
+        let (used, held) = store::used_ips(tx.conn().await?).await?;
+        let room = account.map(|_| room(ext, start, end, held));
+        let ip = pick(start, end, &used, want, room)?;
         let id = FloatingIpId::generate().to_string();
         store::insert(tx.conn().await?, &id, account, &ip.to_string(), router).await?;
         tx.commit().await?;
@@ -290,14 +315,37 @@ mod tests {
     fn addresses_are_picked_from_the_pool() {
         let (start, end) = (a("203.0.113.10"), a("203.0.113.12"));
         let mut used = HashSet::new();
-        assert_eq!(pick(start, end, &used, None).unwrap(), start);
+        assert_eq!(pick(start, end, &used, None, None).unwrap(), start);
         used.insert("203.0.113.10".to_owned());
-        assert_eq!(pick(start, end, &used, None).unwrap(), a("203.0.113.11"));
-        assert_eq!(pick(start, end, &used, Some(a("203.0.113.12"))).unwrap(), a("203.0.113.12"));
-        assert_eq!(pick(start, end, &used, Some(start)).unwrap_err().code(), "ip_in_use");
+        assert_eq!(pick(start, end, &used, None, Some(1)).unwrap(), a("203.0.113.11"));
+        assert_eq!(pick(start, end, &used, Some(a("203.0.113.12")), None).unwrap(), a("203.0.113.12"));
+        assert_eq!(pick(start, end, &used, Some(start), None).unwrap_err().code(), "ip_in_use");
+        // No room left for floating IPs: a router still takes a free address.
+        let e = pick(start, end, &used, None, Some(0)).unwrap_err();
+        assert_eq!(e.code(), "no_capacity");
+        assert!(e.to_string().contains("kept for the routers' outbound NAT"), "{e}");
+        assert_eq!(pick(start, end, &used, Some(a("203.0.113.12")), Some(0)).unwrap_err().code(), "no_capacity");
         used.insert("203.0.113.11".to_owned());
+        assert_eq!(pick(start, end, &used, None, None).unwrap(), a("203.0.113.12"));
         used.insert("203.0.113.12".to_owned());
-        assert_eq!(pick(start, end, &used, None).unwrap_err().code(), "no_capacity");
+        assert_eq!(pick(start, end, &used, None, Some(5)).unwrap_err().code(), "no_capacity");
+    }
+
+    #[test]
+    fn floating_ips_leave_the_reserve_to_routers() {
+        let (start, end) = (a("203.0.113.10"), a("203.0.113.20"));
+        let mut ext = crate::config::ExternalConfig {
+            cidr: "203.0.113.0/24".into(),
+            gateway: "203.0.113.1".into(),
+            pool_start: start.to_string(),
+            pool_end: end.to_string(),
+            router_reserve: Some(3),
+        };
+        assert_eq!((room(&ext, start, end, 0), room(&ext, start, end, 8), room(&ext, start, end, 9)), (8, 0, 0));
+        ext.router_reserve = None;
+        assert_eq!(room(&ext, start, end, 0), 11, "a sixteenth of 11 is none");
+        ext.pool_end = "203.0.113.250".into();
+        assert_eq!(room(&ext, start, a("203.0.113.250"), 0), 241 - 15);
     }
 
     #[test]

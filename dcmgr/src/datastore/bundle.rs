@@ -442,12 +442,6 @@ pub async fn mac_taken(tx: &mut db::Tx<'_>, mac: &str) -> Result<bool, sqlx::Err
     Ok(n.0 > 0)
 }
 
-/// Every floating IP address of the site (in the import's transaction).
-pub async fn used_ips(tx: &mut db::Tx<'_>) -> Result<Vec<String>, sqlx::Error> {
-    let r: Vec<(String,)> = sqlx::query_as("SELECT ip FROM floating_ips").fetch_all(tx.conn().await?).await?;
-    Ok(r.into_iter().map(|r| r.0).collect())
-}
-
 /// A floating IP of `account`, on `vif` of `instance` when given. The unique key on `ip`
 /// fails the import if the address was taken meanwhile (and the retry picks another).
 pub async fn insert_floating_ip(

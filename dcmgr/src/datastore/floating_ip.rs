@@ -3,6 +3,7 @@
 
 use crate::db;
 use crate::error::{ApiError, ApiResult};
+use std::collections::HashSet;
 use vdc_schema::api::FloatingIp;
 use vdc_schema::id::{AccountId, FloatingIpId};
 
@@ -32,10 +33,17 @@ impl Row {
     }
 }
 
-/// Every address of the pool in use (by accounts and by routers).
-pub async fn used_ips<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E) -> Result<Vec<String>, sqlx::Error> {
-    let r: Vec<(String,)> = sqlx::query_as("SELECT ip FROM floating_ips").fetch_all(db).await?;
-    Ok(r.into_iter().map(|r| r.0).collect())
+/// Every address of the pool in use (by accounts and by routers), and how many of them
+/// accounts hold.
+pub async fn used_ips<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+) -> Result<(HashSet<String>, usize), sqlx::Error> {
+    let r: Vec<(String, i64)> =
+        sqlx::query_as("SELECT ip, CASE WHEN account_id IS NULL THEN 0 ELSE 1 END FROM floating_ips")
+            .fetch_all(db)
+            .await?;
+    let held = r.iter().filter(|r| r.1 == 1).count();
+    Ok((r.into_iter().map(|r| r.0).collect(), held))
 }
 
 /// Inserts a new, unassociated address held by `account` or by the router `(network, host)`.

@@ -16,7 +16,7 @@ use vdc_schema::api::{AssociateFloatingIp, CreateFloatingIp, ErrorBody, Floating
         (status = 400, description = "`invalid_ip`: not an address of the pool; or a malformed body (`invalid_body`)",
             body = ErrorBody),
         (status = 409, description = "`ip_in_use`: the address asked for is allocated", body = ErrorBody),
-        (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use); `no_external_network`: the site has none; `no_capacity`: the pool is exhausted",
+        (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use); `no_external_network`: the site has none; `no_capacity`: the pool is exhausted, or floating IPs hold all of it but the addresses kept for routers (`external.router_reserve`)",
             body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<SharedCtx>,
