@@ -36,6 +36,9 @@ pub trait Hypervisor: Send + Sync {
     /// Starts a capture of a powered-off instance's root disk; the outcome goes to dcmgr
     /// over HTTP (the upload, or a failure), not as a report.
     async fn capture_instance(&self, spec: CaptureSpec) -> Result<(), AgentError>;
+    /// Waits for the work its commands started to end (at shutdown, once no more
+    /// commands come): a removal cut short by the process's exit is left half done.
+    async fn drain(&self) {}
 }
 
 /// nwagent: plugs interfaces into virtual networks.
@@ -47,6 +50,9 @@ pub trait NetworkAgent: Send + Sync {
     /// `spec_gen` 0 removes whatever is held.
     async fn ensure_interface_absent(&self, id: VifId, spec_gen: u64) -> Result<(), AgentError>;
     async fn report_all(&self) -> Result<(), AgentError>;
+    /// Waits for the work its commands started to end (at shutdown, once no more
+    /// commands come): a removal cut short by the process's exit is left half done.
+    async fn drain(&self) {}
 }
 
 /// sta: keeps volumes and snapshots, and exports volumes to hosts.
@@ -60,4 +66,7 @@ pub trait StorageAgent: Send + Sync {
     /// Starts sending a snapshot's data as an image's; the outcome goes to dcmgr over
     /// HTTP (the upload, or a failure), not as a report.
     async fn image_from_snapshot(&self, spec: SnapshotImageSpec) -> Result<(), AgentError>;
+    /// Waits for the work its commands started to end (at shutdown, once no more
+    /// commands come): a removal cut short by the process's exit is left half done.
+    async fn drain(&self) {}
 }

@@ -59,6 +59,8 @@ struct Inner {
     /// Held (shared) from an image's fetch into the cache to the end of its copy into a
     /// volume, and (exclusively) while the cache is pruned.
     cache_use: tokio::sync::RwLock<()>,
+    /// Volume work and uploads under way, for [`StorageAgent::drain`].
+    work: tokio_util::task::TaskTracker,
 }
 
 /// Why an ensure did not converge.
@@ -487,6 +489,7 @@ impl RealStorage {
                 uploading: Default::default(),
                 cache_max: None,
                 cache_use: Default::default(),
+                work: Default::default(),
             }),
         }
     }
@@ -511,7 +514,7 @@ impl RealStorage {
         Fut: std::future::Future<Output = Result<(), Failure>> + Send,
     {
         let inner = self.inner.clone();
-        tokio::spawn(async move {
+        self.inner.work.spawn(async move {
             let lock = inner.lock(&vol);
             let _g = lock.lock().await;
             match work(inner.clone()).await {
@@ -587,7 +590,7 @@ impl StorageAgent for RealStorage {
             return Ok(());
         }
         let inner = self.inner.clone();
-        tokio::spawn(async move {
+        self.inner.work.spawn(async move {
             let outcome = match inner.image_from_snapshot(&spec).await {
                 Ok(()) => Ok(()),
                 // dcmgr has its answer (a refusal fails the image; a cut upload leaves it
@@ -606,6 +609,11 @@ impl StorageAgent for RealStorage {
             inner.uploading.lock().unwrap().remove(&spec.upload.image_id);
         });
         Ok(())
+    }
+
+    async fn drain(&self) {
+        self.inner.work.close();
+        self.inner.work.wait().await;
     }
 }
 

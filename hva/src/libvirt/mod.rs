@@ -148,6 +148,8 @@ pub struct LibvirtHypervisor {
     /// ensure until the instance reports converged, and a converge reads the newest saved
     /// spec, so further copies would only redo the same work behind the instance's lock.
     converging: Coalescer<InstanceId, Converge>,
+    /// Removals and captures under way, for [`Hypervisor::drain`].
+    work: tokio_util::task::TaskTracker,
 }
 
 /// A converge asked for by an ensure of this spec generation.
@@ -990,7 +992,7 @@ impl LibvirtHypervisor {
                 let _ = tokio::task::spawn_blocking(move || p.poll(false, &busy)).await;
             }
         });
-        LibvirtHypervisor { inner, converging: Coalescer::default() }
+        LibvirtHypervisor { inner, converging: Coalescer::default(), work: Default::default() }
     }
 
     fn known_gen(&self, id: &InstanceId) -> u64 {
@@ -1075,7 +1077,7 @@ impl Hypervisor for LibvirtHypervisor {
     async fn ensure_instance_absent(&self, id: InstanceId, spec_gen: u64) -> std::result::Result<(), AgentError> {
         let kind = self.inner.known.lock().unwrap().get(&id).map(|k| k.saved.spec.hypervisor);
         let (inner, lock) = (self.inner.clone(), self.lock(&id));
-        tokio::spawn(async move {
+        self.work.spawn(async move {
             let _guard = lock.lock().await;
             let i = inner.clone();
             let id2 = id.clone();
@@ -1101,7 +1103,7 @@ impl Hypervisor for LibvirtHypervisor {
             return Ok(());
         }
         let (inner, lock) = (self.inner.clone(), self.lock(&spec.instance_id));
-        tokio::spawn(async move {
+        self.work.spawn(async move {
             {
                 // Held through the upload: no start or removal touches the disk meanwhile.
                 let _guard = lock.lock().await;
@@ -1141,6 +1143,12 @@ impl Hypervisor for LibvirtHypervisor {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
             Err(e) => Err(AgentError::Driver(format!("{}: {e}", path.display()))),
         }
+    }
+
+    async fn drain(&self) {
+        self.converging.drain().await;
+        self.work.close();
+        self.work.wait().await;
     }
 }
 

@@ -674,6 +674,10 @@ impl NetworkAgent for OvsNetwork {
         }
         Ok(())
     }
+
+    async fn drain(&self) {
+        self.inner.work.drain().await
+    }
 }
 
 #[cfg(test)]

@@ -111,6 +111,8 @@ pub trait CommandHandler: Send + Sync + 'static {
     async fn query(&self, _q: Query) -> QueryReply {
         QueryReply::Error { code: "unsupported".into(), message: "this agent answers no queries".into() }
     }
+    /// See [`Hypervisor::drain`].
+    async fn drain(&self) {}
 }
 
 use crate::metrics::time_command as time;
@@ -134,6 +136,10 @@ impl CommandHandler for HypervisorHandler {
             Command::ReportAll => time("hva", "report_all", self.0.report_all()).await,
             other => Err(wrong(&other, "hva")),
         }
+    }
+
+    async fn drain(&self) {
+        self.0.drain().await
     }
 
     async fn query(&self, q: Query) -> QueryReply {
@@ -162,6 +168,10 @@ impl CommandHandler for NetworkHandler {
             other => Err(wrong(&other, "nwagent")),
         }
     }
+
+    async fn drain(&self) {
+        self.0.drain().await
+    }
 }
 
 /// Serves sta commands with any [`StorageAgent`].
@@ -186,19 +196,32 @@ impl CommandHandler for StorageHandler {
             other => Err(wrong(&other, "sta")),
         }
     }
+
+    async fn drain(&self) {
+        self.0.drain().await
+    }
 }
 
 /// A running agent; dropping it does not stop it, [`AgentHandle::stop`] does.
 pub struct AgentHandle {
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    handler: Arc<dyn CommandHandler>,
 }
 
+/// How long a stop waits for the work commands started (a removal, a capture); what is
+/// still running then is cut, and done again after the next start.
+const DRAIN_WAIT: Duration = Duration::from_secs(15);
+
 impl AgentHandle {
+    /// Stops taking commands, then waits (up to [`DRAIN_WAIT`]) for the work they started.
     pub async fn stop(self) {
         self.cancel.cancel();
         for t in self.tasks {
             let _ = t.await;
+        }
+        if tokio::time::timeout(DRAIN_WAIT, self.handler.drain()).await.is_err() {
+            warn!("work still running {} s after the stop is cut short", DRAIN_WAIT.as_secs());
         }
     }
 
@@ -232,7 +255,7 @@ pub async fn start(
         ),
         tokio::spawn(report_loop(bus, cfg, sink, cancel.clone()).instrument(span)),
     ];
-    Ok(AgentHandle { cancel, tasks })
+    Ok(AgentHandle { cancel, tasks, handler })
 }
 
 async fn command_loop(mut sub: Subscription, handler: Arc<dyn CommandHandler>, cancel: CancellationToken) {
@@ -492,5 +515,31 @@ mod tests {
         let (again, _) = gaps(&mut reports, 2).await;
         assert!(within(again[0], 2), "after an ack, a lost batch waited {:?}", again[0]);
         agent.stop().await;
+    }
+
+    /// A handler whose commands leave work running for 200 ms.
+    struct Slow(Arc<std::sync::atomic::AtomicBool>);
+
+    #[async_trait]
+    impl CommandHandler for Slow {
+        async fn command(&self, _cmd: Command) -> Result<(), AgentError> {
+            Ok(())
+        }
+        async fn drain(&self) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A stop waits for the work commands started: `vdc up` stopped right after a
+    /// terminate cut nwagent's removal of the interface, its switch gone under it.
+    #[tokio::test]
+    async fn a_stop_waits_for_the_work_commands_started() {
+        let bus = InProc::new();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handler = Arc::new(Slow(done.clone()));
+        let agent = start(bus.clone(), config(), ReportSink::open(None).unwrap(), handler).await.unwrap();
+        agent.stop().await;
+        assert!(done.load(Ordering::SeqCst), "stop returned before the work ended");
     }
 }

@@ -23,17 +23,19 @@ pub trait Ranked {
 pub struct Coalescer<K, T> {
     /// key → the request waiting for the running worker to end (none: just running).
     slots: Arc<Mutex<HashMap<K, Option<T>>>>,
+    /// The workers, for [`Coalescer::drain`].
+    workers: tokio_util::task::TaskTracker,
 }
 
 impl<K, T> Clone for Coalescer<K, T> {
     fn clone(&self) -> Self {
-        Coalescer { slots: self.slots.clone() }
+        Coalescer { slots: self.slots.clone(), workers: self.workers.clone() }
     }
 }
 
 impl<K, T> Default for Coalescer<K, T> {
     fn default() -> Self {
-        Coalescer { slots: Default::default() }
+        Coalescer { slots: Default::default(), workers: Default::default() }
     }
 }
 
@@ -61,7 +63,7 @@ where
             slots.insert(key.clone(), None);
         }
         let slots = self.slots.clone();
-        tokio::spawn(async move {
+        self.workers.spawn(async move {
             let mut request = request;
             loop {
                 run(request).await;
@@ -81,6 +83,13 @@ where
     /// out of date and may give up a long wait.
     pub fn superseded(&self, key: &K, rank: &T::Rank) -> bool {
         self.slots.lock().unwrap().get(key).and_then(Option::as_ref).is_some_and(|w| w.rank() > *rank)
+    }
+
+    /// Waits until no worker runs, the ones a waiting request would start again too (at
+    /// shutdown, once no more requests come).
+    pub async fn drain(&self) {
+        self.workers.close();
+        self.workers.wait().await;
     }
 
     /// How many objects have a worker running (tests, metrics).
@@ -170,5 +179,24 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(n.load(Ordering::SeqCst), 11);
+    }
+
+    #[tokio::test]
+    async fn a_drain_waits_for_the_running_worker_and_the_one_waiting() {
+        let c: Coalescer<&'static str, Req> = Coalescer::default();
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        for n in [1, 2] {
+            let runs = runs.clone();
+            c.submit("a", Req(n), move |r| {
+                let runs = runs.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    runs.lock().unwrap().push(r.0);
+                }
+            });
+        }
+        c.drain().await;
+        assert_eq!(*runs.lock().unwrap(), [1, 2], "both ran to their end");
+        assert_eq!(c.running(), 0);
     }
 }
