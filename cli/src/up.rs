@@ -491,7 +491,13 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
     for req in images {
         let exists = vdc_dcmgr::app::image::exists_public(ctx, &req.name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         if !exists {
-            vdc_dcmgr::app::image::insert(ctx, &caller, req).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            match vdc_dcmgr::app::image::insert(ctx, &caller, req).await {
+                Ok(_) => {}
+                // The admin's image of that name is private, or deleted and still used:
+                // the cloud starts without the built-in one.
+                Err(e) if e.code() == "name_taken" => tracing::info!("built-in image not registered: {e}"),
+                Err(e) => anyhow::bail!("{e}"),
+            }
         }
     }
     Ok(())

@@ -156,6 +156,17 @@ async fn accounts_are_admin_only(db: Db) {
     let t2 = s.admin.create_account_token(&a.id).await.unwrap();
     let alice2 = Client::new(s.url(), t2.token);
     alice2.list_instances(&ListQuery::default()).await.unwrap();
+    // Not while it holds something: its network, key pair and image would be left
+    // behind for good (the image's data too, and a shared one usable by others).
+    let net = alice.create_network(&net_req("kept", "10.77.0.0/24")).await.unwrap();
+    let key = alice.create_keypair(&CreateKeyPair { name: "k".into(), public_key: None }).await.unwrap();
+    let img = alice.create_image(&vdc_tests::image_request("i", ImageFormat::Raw)).await.unwrap();
+    let held = s.admin.delete_account(&a.id).await.unwrap_err();
+    assert_eq!(held.code(), "account_in_use");
+    assert!(held.to_string().contains("still holds 1 image, 1 network, 1 key pair:"), "{held}");
+    alice.delete_network(&net.id).await.unwrap();
+    alice.delete_keypair(&key.keypair.id).await.unwrap();
+    alice.delete_image(&img.id).await.unwrap();
     s.admin.delete_account(&a.id).await.unwrap();
     assert_eq!(err(alice2.list_instances(&ListQuery::default()).await).0, 401);
     assert_eq!(err(alice.list_instances(&ListQuery::default()).await).0, 401);

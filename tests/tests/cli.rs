@@ -8,6 +8,7 @@ use vdc_cli::commands::{self, Cli, GlobalArgs};
 use vdc_cli::error::CliError;
 use vdc_cli::output::{OutputArg, OutputFormat};
 use vdc_schema::api::*;
+use vdc_schema::{ImageFormat, InstanceState};
 use vdc_tests::{on_both_databases, Db, Stack, StackOptions};
 
 on_both_databases!(
@@ -641,4 +642,68 @@ async fn vdc_up_imports_bundles_of_the_keys_it_is_told_to_trust() {
     assert!(done.created);
     let nets = admin("b", pb).list_all_networks().await.unwrap();
     assert!(nets.iter().any(|n| n.name == "laptop" && n.cidr.to_string() == "10.42.0.0/24"), "{nets:?}");
+}
+
+/// `vdc up` registers its built-in images at every start unless they are there. Its admin
+/// deleted `tiny` while an instance still booted from it, so the name stayed held: the
+/// next start failed on that name and the cloud could not be started at all. It starts
+/// without the image then, and registers it again once the deleted one is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vdc_up_starts_again_when_its_deleted_built_in_image_is_still_used() {
+    use std::process::Command;
+    use vdc_tests::procs::{bin, free_port, wait_port, Proc};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let up = || {
+        let mut cmd = Command::new(bin("vdc"));
+        cmd.env("VDC_CONFIG", dir.path().join("cli.toml"))
+            .env("RUST_LOG", "warn")
+            .args(["up", "--sim", "--no-external", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir.path().join("data"));
+        cmd
+    };
+    let start = |n: usize| {
+        let p = Proc::spawn(&format!("up{n}"), &mut up(), dir.path());
+        assert!(wait_port(port, std::time::Duration::from_secs(60)), "start {n} answers");
+        p
+    };
+    let admin = || {
+        let token = std::fs::read_to_string(dir.path().join("data/admin-token")).unwrap();
+        Client::new(format!("http://127.0.0.1:{port}"), token.trim())
+    };
+    let tiny = |c: Client| async move { c.list_all_images().await.unwrap().into_iter().find(|i| i.name == "tiny") };
+    let mut first = start(1);
+    let image = tiny(admin()).await.expect("registered at the first start");
+    let req = CreateInstance {
+        name: Some("keeps-it".into()),
+        image_id: image.id.clone(),
+        cpus: 1,
+        memory_mib: 64,
+        hypervisor: None,
+        ssh_key_id: None,
+        user_data: None,
+        root_disk_size: None,
+        interfaces: vec![],
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
+    };
+    let inst = admin().create_instance(&req).await.unwrap().resource.id;
+    vdc_tests::wait_state(&admin(), &inst, InstanceState::Running).await;
+    admin().delete_image(&image.id).await.unwrap();
+    first.kill();
+
+    let mut second = start(2);
+    assert!(tiny(admin()).await.is_none(), "not registered while the deleted one holds its name");
+    let t = admin().terminate_instance(&inst).await.unwrap();
+    admin().wait_job(&t.job.id, std::time::Duration::from_secs(15)).await.unwrap();
+    let probe = vdc_tests::image_request("tiny", ImageFormat::Raw);
+    let free =
+        vdc_tests::eventually(std::time::Duration::from_secs(20), || async { admin().create_image(&probe).await.ok() })
+            .await
+            .expect("the deleted image is collected once no instance uses it");
+    admin().delete_image(&free.id).await.unwrap();
+    second.kill();
+    let _third = start(3);
+    assert!(tiny(admin()).await.is_some_and(|i| i.public), "registered again");
 }

@@ -17,6 +17,7 @@ on_both_databases!(
     vdc_image_import_uploads_a_file_and_says_why_data_is_refused,
     images_are_shared_with_named_accounts,
     stopped_instances_are_captured_as_images,
+    an_instance_on_a_deleted_kernel_is_captured_and_exported,
     containers_are_captured_as_tar_images,
     snapshots_become_images,
     a_snapshot_is_not_deleted_while_an_image_is_made_of_it,
@@ -258,6 +259,11 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
     // the instance (stopped, it may start again on another host), its name held; removed
     // once the instance is terminated.
     wait_state(&c, &booted, InstanceState::Running).await;
+    let images_used = |c: &Client| {
+        let c = c.clone();
+        async move { c.own_quotas().await.unwrap().quotas.iter().find(|u| u.key == QuotaKey::Images).unwrap().used }
+    };
+    let counted = images_used(&c).await;
     c.delete_image(&img.id).await.unwrap();
     assert_eq!(err(c.get_image(&img.id).await).0, 404);
     assert!(!c.list_all_images().await.unwrap().iter().any(|i| i.id == img.id));
@@ -268,6 +274,8 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
     let held = c.create_image(&req("mine", ImageFormat::Raw, None, None)).await.unwrap_err().to_string();
     assert!(held.contains(&format!("held by deleted image {}", img.id)), "{held}");
     assert!(blobs.join(sha256(&good)).exists(), "kept for {booted}");
+    // Its data is still the account's: it counts in the image quotas until it goes.
+    assert_eq!(images_used(&c).await, counted, "a deleted image still used counts");
     for action in [InstanceAction::Stop, InstanceAction::Start] {
         let a = c.instance_action(&booted, action).await.unwrap();
         assert_eq!(c.wait_job(&a.job.id, Duration::from_secs(15)).await.unwrap().state, JobState::Succeeded);
@@ -277,6 +285,7 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
     eventually(Duration::from_secs(20), || async { (!blobs.join(sha256(&good)).exists()).then_some(()) })
         .await
         .expect("the data goes once no instance uses it");
+    assert_eq!(images_used(&c).await, counted - 1);
     assert_eq!(c.create_image(&req("mine", ImageFormat::Raw, None, None)).await.unwrap().name, "mine", "name free");
 
     // Deleted while its data arrives: the upload ends in 404 and keeps nothing.
@@ -747,6 +756,35 @@ async fn images_are_shared_with_named_accounts(db: Db) {
     })
     .await
     .expect("the name is free once the deleted image is removed");
+    s.stop().await;
+}
+
+/// A disk image booted with a kernel image the operator has deleted since: the kernel is
+/// kept for it, so its instance still stops, starts, is captured (the capture names the
+/// kernel too) and exported. Both said "the kernel image is gone" and refused.
+async fn an_instance_on_a_deleted_kernel_is_captured_and_exported(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("kern").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (good, _) = disks(tmp.path());
+    let mut disk = req("on-kernel", ImageFormat::Qcow2, None, None);
+    disk.kernel_id = Some(s.image.clone()); // the stack's public kernel image
+    let disk = c.create_image(&disk).await.unwrap();
+    c.upload_image(&disk.id, good).await.unwrap();
+    let inst = c.create_instance(&boot(&disk.id, "vm")).await.unwrap().resource;
+    wait_state(&c, &inst.id, InstanceState::Running).await;
+    s.admin.delete_image(&s.image).await.unwrap();
+    assert_eq!(err(c.get_image(&s.image).await).0, 404);
+    for action in [InstanceAction::Stop, InstanceAction::Start, InstanceAction::Stop] {
+        let a = c.instance_action(&inst.id, action).await.unwrap();
+        c.wait_job_ok(&a.job.id, Duration::from_secs(15)).await.unwrap();
+    }
+    let cap = c.capture_instance(&inst.id, &capture_req("captured")).await.unwrap();
+    c.wait_job_ok(&cap.job.id, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(c.get_image(&cap.resource.id).await.unwrap().kernel_id.as_ref(), Some(&s.image));
+    let mut bundle = Vec::new();
+    c.export_bundle(false, true, &mut bundle, |_| {}).await.expect("exported with the instance's data");
+    assert!(!bundle.is_empty());
     s.stop().await;
 }
 

@@ -124,6 +124,11 @@ async fn tokens_are_named_expire_and_are_revoked(db: Db) {
         (401, "unauthorized".into())
     );
 
+    // Not while it holds something (its key pair): nothing of it is left behind.
+    let held = s.admin.delete_account(&acct.id).await.unwrap_err().to_string();
+    assert!(held.contains("still holds 1 key pair:"), "{held}");
+    let k1 = alice.list_all_keypairs().await.unwrap().into_iter().find(|k| k.name == "k1").unwrap();
+    alice.delete_keypair(&k1.id).await.unwrap();
     // Deleting the account takes its tokens and its owner (a role nowhere else) with it:
     // the name is free for a new account and owner.
     s.admin.delete_account(&acct.id).await.unwrap();

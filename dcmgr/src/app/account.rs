@@ -226,7 +226,8 @@ pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &AccountId) -> ApiResul
     store::get(&ctx.db, id).await?.map(store::Row::into_api).ok_or_else(|| ApiError::not_found("account", id))
 }
 
-/// Deletes an account that has no instances or volumes left, and forgets its tokens.
+/// Deletes an account that holds nothing any more (see [`store::holdings`]: before, its
+/// images, networks and floating IPs were left behind for good), and forgets its tokens.
 /// `id` is the path's ID as parsed, or why it is none: a tenant is refused (403) before
 /// that is looked at, whatever the ID.
 pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: ApiResult<AccountId>) -> ApiResult<()> {
@@ -239,11 +240,19 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: ApiResult<AccountId>) 
         let mut tx = db::begin(&ctx.db).await?;
         // Network creates lock the account row too; the count is read under the lock.
         store::lock(&mut tx, &acct.id).await?;
-        let live = store::live_resources(tx.conn().await?, &acct.id).await?;
-        if live > 0 {
+        let held = store::holdings(tx.conn().await?, &acct.id).await?;
+        if !held.is_empty() {
+            let what: Vec<String> =
+                held.iter().map(|(kind, n)| format!("{n} {kind}{}", if *n == 1 { "" } else { "s" })).collect();
             return Err(ApiError::conflict(
                 "account_in_use",
-                format!("account {} still has {live} instances or volumes; terminate or delete them first", acct.id),
+                format!(
+                    "account {} still holds {}: terminate or delete them first (`vdc --account {} …`), \
+                     so that nothing of it is left behind",
+                    acct.id,
+                    what.join(", "),
+                    acct.name
+                ),
             ));
         }
         store::delete(&mut tx, &acct.id).await?;

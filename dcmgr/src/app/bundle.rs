@@ -861,7 +861,8 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                     "replace_needed",
                     format!(
                         "image {}: its data changed since the import, and images do not change in place; \
-                         delete image {} here (nothing may boot it) and import again, or give it a new name at the source",
+                         delete image {} here and terminate what boots it (its name is held until then) and \
+                         import again, or give it a new name at the source",
                         i.name, t.0
                     ),
                     None,
@@ -869,7 +870,13 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             }
             d.kept.insert(i.id.clone(), t.0.clone());
             d.images.insert(i.id.clone(), ImageChoice::Kept(t.0.clone()));
-            d.unchanged.push(change("image", &i.id, &t.0, &i.name)(String::new()));
+            if t.13 == 1 {
+                // Deleted here since, and kept for what still boots it: made an image again.
+                let note = "restored: deleted here since the import, its data kept for instances".to_owned();
+                d.updates.push(change("image", &i.id, &t.0, &i.name)(note));
+            } else {
+                d.unchanged.push(change("image", &i.id, &t.0, &i.name)(String::new()));
+            }
             continue;
         }
         if i.blob.is_some() {
@@ -1846,9 +1853,11 @@ fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
         } else if let Some(r) = h.instances.get(t) {
             ("instance", r.1.clone(), None)
         } else if let Some(r) = h.images.get(t) {
-            let u: Vec<(&str, String)> =
-                h.instances.values().filter(|i| i.2 == t).map(|i| (i.0.as_str(), i.1.clone())).collect();
-            ("image", r.1.clone(), held(&u, &pruned, ending, "booted by"))
+            if r.13 == 1 {
+                continue; // deleted here already (kept for what boots it)
+            }
+            // A delete hides it at once; what boots it keeps its data until it is gone.
+            ("image", r.1.clone(), None)
         } else if let Some(r) = h.volumes.get(t) {
             let u: Vec<(&str, String)> = r.3.iter().map(|i| (i.as_str(), name_of(i))).collect();
             ("volume", r.1.clone(), held(&u, &pruned, ending, "attached to"))
@@ -2542,7 +2551,11 @@ async fn apply(
             }
             Some(ImageChoice::Kept(id)) => {
                 let id: ImageId = id.parse().map_err(ApiError::internal)?;
-                if !db::lock(&mut tx, db::Lock::Image, id.as_str()).await? {
+                // Deleted here since the import, and still used: restored.
+                let found = db::lock(&mut tx, db::Lock::Image, id.as_str()).await?
+                    || (db::image::restore(&mut tx, id.as_str()).await?
+                        && db::lock(&mut tx, db::Lock::Image, id.as_str()).await?);
+                if !found {
                     return Err(ApiError::Busy(format!("image {id} changed concurrently")));
                 }
                 images.insert(i.id.clone(), (id, i.boot_mode));

@@ -244,9 +244,13 @@ async fn capture_once(
             message: format!("host {host}, which holds the disk of instance {id}, is offline; retry when it is back"),
         });
     }
-    // The inherited kernel must still exist at commit (its delete locks it too).
+    // The inherited kernel must still exist at commit (its delete locks it too). A
+    // deleted one is kept for the instance's image, which names it and cannot go before
+    // the instance: the capture holds it as well.
     if let Some(k) = &new.kernel_id {
-        if !db::lock(&mut tx, db::Lock::Image, k.as_str()).await? {
+        if !db::lock(&mut tx, db::Lock::Image, k.as_str()).await?
+            && !crate::datastore::image::is_deleted(&mut tx, k.as_str()).await?
+        {
             return Err(ApiError::conflict("capture_unsupported", format!("the kernel image {k} is gone")));
         }
     }

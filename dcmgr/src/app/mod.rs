@@ -131,8 +131,8 @@ pub async fn check_name_free(
         Some(id) if what == db::Named::Image && db::image::is_deleted(tx, &id).await? => Err(ApiError::conflict(
             "name_taken",
             format!(
-                "the name {name:?} is still held by deleted image {id}, which instances or volumes being made \
-                 use; it is freed once they are terminated (or made), or choose another name"
+                "the name {name:?} is still held by deleted image {id}, which instances, volumes being made \
+                 or disk images (as their kernel) use; it is freed once none does, or choose another name"
             ),
         )),
         Some(id) => Err(ApiError::conflict(

@@ -142,19 +142,39 @@ pub async fn get_in(tx: &mut db::Tx<'_>, id: &AccountId) -> Result<Option<Row>, 
         .await
 }
 
-/// How many instances (not terminated) and volumes (not deleted) the account has.
-pub async fn live_resources<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+/// What the account still holds, by kind, of the kinds it has any: an account
+/// is deleted only once it holds nothing (a deleted image still used elsewhere does not
+/// count: the leader collects it).
+pub async fn holdings<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     db: E,
     id: &AccountId,
-) -> Result<i64, sqlx::Error> {
-    let (live,): (i64,) = sqlx::query_as(
-        "SELECT (SELECT COUNT(*) FROM instances WHERE account_id = $1 AND state <> 'terminated')
-              + (SELECT COUNT(*) FROM volumes WHERE account_id = $1 AND state <> 'deleted')",
+) -> Result<Vec<(&'static str, i64)>, sqlx::Error> {
+    let r: (i64, i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM instances WHERE account_id = $1 AND state <> 'terminated'),
+                (SELECT COUNT(*) FROM volumes WHERE account_id = $1 AND state <> 'deleted'),
+                (SELECT COUNT(*) FROM snapshots WHERE account_id = $1 AND state <> 'deleted'),
+                (SELECT COUNT(*) FROM images WHERE account_id = $1 AND deleted_at IS NULL),
+                (SELECT COUNT(*) FROM networks WHERE account_id = $1),
+                (SELECT COUNT(*) FROM security_groups WHERE account_id = $1),
+                (SELECT COUNT(*) FROM keypairs WHERE account_id = $1),
+                (SELECT COUNT(*) FROM floating_ips WHERE account_id = $1),
+                (SELECT COUNT(*) FROM server_groups WHERE account_id = $1)",
     )
     .bind(id.as_str())
     .fetch_one(db)
     .await?;
-    Ok(live)
+    let all = [
+        ("instance", r.0),
+        ("volume", r.1),
+        ("snapshot", r.2),
+        ("image", r.3),
+        ("network", r.4),
+        ("security group", r.5),
+        ("key pair", r.6),
+        ("floating IP", r.7),
+        ("server group", r.8),
+    ];
+    Ok(all.into_iter().filter(|k| k.1 > 0).collect())
 }
 
 /// Deletes the account, its tokens and roles, and the users left with no role.
@@ -169,6 +189,10 @@ pub async fn delete(tx: &mut db::Tx<'_>, id: &AccountId) -> Result<(), sqlx::Err
     .execute(tx.conn().await?)
     .await?;
     sqlx::query("DELETE FROM memberships WHERE account_id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
+    // Images shared with it, and the chunks its bundle pushes could refer to.
+    for sql in ["DELETE FROM image_members WHERE account_id = $1", "DELETE FROM bundle_chunks WHERE account_id = $1"] {
+        sqlx::query(sql).bind(id.as_str()).execute(tx.conn().await?).await?;
+    }
     sqlx::query("DELETE FROM accounts WHERE id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
     Ok(())
 }

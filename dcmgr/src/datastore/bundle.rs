@@ -13,7 +13,7 @@ pub type GroupRow = (String, String, String);
 pub type RuleRow = (String, String, String, Option<i64>, Option<i64>, Option<String>, Option<String>);
 pub type KeyRow = (String, String, String);
 /// (id, name, format, arch, hypervisors, boot_mode, kernel_id, min_disk, min_memory, os,
-/// default_user, blob, account_id)
+/// default_user, blob, account_id, deleted: 1 for an image deleted but still used)
 pub type ImageRow = (
     String,
     String,
@@ -28,6 +28,7 @@ pub type ImageRow = (
     Option<String>,
     Option<String>,
     String,
+    i64,
 );
 /// (id, name, image, hypervisor, cpus, memory, key pair, user-data, root disk size, goal,
 /// zone, labels, server group)
@@ -75,7 +76,7 @@ pub struct Snapshot {
 }
 
 const IMAGE_COLS: &str = "id, name, format, arch, hypervisors, boot_mode, kernel_id, min_disk, min_memory, os, \
-                          default_user, blob, account_id";
+                          default_user, blob, account_id, CASE WHEN deleted_at IS NULL THEN 0 ELSE 1 END";
 
 /// Reads everything of `account` in one transaction, so the snapshot is consistent.
 pub async fn snapshot(pool: &db::Pool, account: &AccountId) -> Result<Snapshot, sqlx::Error> {

@@ -218,6 +218,19 @@ pub async fn remove_unused_deleted(tx: &mut db::Tx<'_>, id: &str) -> Result<bool
     Ok(r.rows_affected() > 0)
 }
 
+/// A deleted image (still used) is made an image of its account again: a bundle update
+/// brings back what the earlier import made and was deleted here since.
+pub async fn restore(tx: &mut db::Tx<'_>, id: &str) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query("UPDATE images SET deleted_at = NULL WHERE id = $1 AND deleted_at IS NOT NULL")
+        .bind(id)
+        .execute(tx.conn().await?)
+        .await?;
+    if r.rows_affected() > 0 {
+        db::event::record(tx.conn().await?, db::event::Kind::Image, id, db::event::Change::Created).await?;
+    }
+    Ok(r.rows_affected() > 0)
+}
+
 /// Whether image `id` is deleted (still used, its name still held).
 pub async fn is_deleted(tx: &mut db::Tx<'_>, id: &str) -> Result<bool, sqlx::Error> {
     let r: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM images WHERE id = $1 AND deleted_at IS NOT NULL")

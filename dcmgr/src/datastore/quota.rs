@@ -72,7 +72,8 @@ type Counts = (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64);
 /// What the account holds, per key, in base units: counts, vCPUs, MiB of memory, MiB of
 /// volumes, bytes of images. Live objects only: instances not terminated, volumes and
 /// snapshots not deleted; floating IPs the account allocated (routers' SNAT addresses
-/// belong to no account).
+/// belong to no account); images, also a deleted one that instances still use (its data
+/// is still kept for the account: else boot, delete, import again went past the quota).
 pub async fn usage<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     db: E,
     account: &AccountId,
@@ -97,9 +98,9 @@ pub async fn usage<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
            (SELECT COUNT(*) FROM networks WHERE account_id = $1),
            (SELECT COUNT(*) FROM security_groups WHERE account_id = $1),
            (SELECT COUNT(*) FROM floating_ips WHERE account_id = $1),
-           (SELECT COUNT(*) FROM images WHERE account_id = $1 AND deleted_at IS NULL
+           (SELECT COUNT(*) FROM images WHERE account_id = $1
              AND name NOT IN (SELECT name FROM exported WHERE kind = 'image')),
-           (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM images WHERE account_id = $1 AND deleted_at IS NULL
+           (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM images WHERE account_id = $1
              AND name NOT IN (SELECT name FROM exported WHERE kind = 'image')),
            (SELECT COUNT(*) FROM keypairs WHERE account_id = $1),
            (SELECT COUNT(*) FROM server_groups WHERE account_id = $1)",

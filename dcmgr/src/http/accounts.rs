@@ -64,7 +64,7 @@ pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<S
         (status = 204, description = "Deleted"),
         (status = 403, description = "`forbidden`: only an admin manages accounts", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
-        (status = 409, description = "`cannot_delete_self`, or `account_in_use`: it still has instances or volumes",
+        (status = 409, description = "`cannot_delete_self`, or `account_in_use`: it still holds something (instances, volumes, snapshots, images, networks, security groups, key pairs, floating IPs or server groups; the message counts them)",
             body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     app::delete(&ctx, &caller, path_id("account", &id)).await?;
