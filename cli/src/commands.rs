@@ -1172,8 +1172,9 @@ pub enum BundleCmd {
         /// Only the model: no data (no images' data, instances' disks or volumes' data)
         #[arg(long, conflicts_with = "stop")]
         model_only: bool,
-        /// Stop running instances to capture their disks, and start them again afterwards
-        /// (without it, a running instance's disk is copied as it runs: crash-consistent)
+        /// Stop running instances to capture their disks, and start them again afterwards;
+        /// halted ones are left stopped (without it, a running instance's disk is copied
+        /// as it runs: crash-consistent, and a halted one is refused)
         #[arg(long)]
         stop: bool,
     },

@@ -40,6 +40,8 @@ on_both_databases!(
     the_site_keys_are_the_databases,
     a_deleted_image_travels_only_with_the_instance_that_uses_it,
     an_update_restores_an_image_deleted_here_and_still_used_and_prunes_past_it,
+    the_images_of_disks_and_volume_data_take_free_names,
+    a_halted_instance_arrives_stopped,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -1957,6 +1959,74 @@ async fn an_update_restores_an_image_deleted_here_and_still_used_and_prunes_past
     assert!(cb.import_bundle_pruning(third, &[]).await.unwrap().created);
     assert_eq!(api_err(cb.get_image(&here.id).await).0, 404);
     wait_state(&cb, &live_instance(&cb, "qi").await.id, InstanceState::Running).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The images an import makes of root disks and volume data are named after their
+/// instance or volume: an image named `v-data` beside volume `v`, or two instances named
+/// `web`, planned well and then failed with 503 busy on every import (the unique name).
+/// They take the next free name; two objects of one kind and name in a crafted bundle
+/// are a conflict of the plan.
+async fn the_images_of_disks_and_volume_data_take_free_names(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let (ca, cb) = (a.account("source").await, b.account("target").await);
+    let img = raw_image(&ca, "v-data", vec![4u8; 1 << 20]).await;
+    let net = network(&ca, "n", "10.62.0.0/24").await;
+    running(&ca, "web", &img, &net.id, vec![]).await;
+    running(&ca, "web", &img, &net.id, vec![]).await;
+    let v = ca
+        .create_volume(&CreateVolume { name: "v".into(), size_mib: Some(16), snapshot_id: None, image_id: None })
+        .await
+        .unwrap();
+    wait_volume(&ca, &v.resource.id).await;
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    let mut images: Vec<&str> = plan.creates.iter().filter(|c| c.kind == "image").map(|c| c.name.as_str()).collect();
+    images.sort();
+    assert_eq!(images, ["v-data", "v-data-2", "web-root", "web-root-2"]);
+    assert!(cb.import_bundle(bytes.clone(), &[]).await.unwrap().created);
+    let mut here: Vec<String> =
+        cb.list_all_images().await.unwrap().into_iter().filter(|i| !i.public).map(|i| i.name).collect();
+    here.sort();
+    assert_eq!(here, images);
+
+    let (mut m, chunks) = open(&bytes, &site_key(&a));
+    let mut twin = m.model.networks[0].clone();
+    twin.id = "nw-twin".into();
+    twin.cidr = "10.63.0.0/24".into();
+    (twin.gateway, twin.dhcp_start, twin.dhcp_end) = ("10.63.0.1".into(), "10.63.0.10".into(), "10.63.0.200".into());
+    m.model.networks.push(twin);
+    let crafted = write(&m, &chunks, &site_key(&a));
+    let other = b.account("other").await;
+    let plan = other.plan_bundle(crafted.clone(), &[]).await.unwrap();
+    let said: Vec<&str> = plan.conflicts.iter().map(|c| c.message.as_str()).collect();
+    assert!(said.contains(&"two networks of the bundle would be named \"n\""), "{said:?}");
+    assert_eq!(api_err(other.import_bundle(crafted, &[]).await).0, 409);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A halted instance (powered off, its host kept) was exported as not stopped and ran at
+/// the target, and an export with `stop` started it again at the source; it arrives
+/// stopped, as a stopped one does, and is left stopped.
+async fn a_halted_instance_arrives_stopped(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let (ca, cb) = (a.account("source").await, b.account("target").await);
+    let img = raw_image(&ca, "disk", vec![5u8; 1 << 20]).await;
+    let net = network(&ca, "n", "10.64.0.0/24").await;
+    running(&ca, "off", &img, &net.id, vec![]).await;
+    let off = live_instance(&ca, "off").await;
+    let h = ca.instance_action(&off.id, InstanceAction::Halt).await.unwrap();
+    ca.wait_job_ok(&h.job.id, Duration::from_secs(15)).await.unwrap();
+    let bytes = export(&ca).await;
+    let (m, _) = open(&bytes, &site_key(&a));
+    assert!(m.model.instances[0].stopped, "{:?}", m.model.instances[0]);
+    // Stopped for the capture, and not started again (it ran after the export).
+    assert_eq!(ca.get_instance(&off.id).await.unwrap().state, InstanceState::Stopped, "powered off still");
+    assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
+    wait_state(&cb, &live_instance(&cb, "off").await.id, InstanceState::Stopped).await;
     a.stop().await;
     b.stop().await;
 }

@@ -265,8 +265,11 @@ async fn build_manifest(
             root_disk_size: i.8.map(|v| v as u64),
             root_disk,
             root_disk_format,
-            // Its goal as the tenant left it (an export with `stop` starts it again).
-            stopped: i.9 == vdc_schema::InstanceGoal::Stopped.as_str(),
+            // Its goal as the tenant left it (an export with `stop` starts it again); a
+            // halted one (powered off, its host kept) arrives stopped: it ran at the target.
+            stopped: [vdc_schema::InstanceGoal::Stopped, vdc_schema::InstanceGoal::Halted]
+                .iter()
+                .any(|g| i.9 == g.as_str()),
             zone: Some(i.10).filter(|z| !z.is_empty()),
             host_labels: crate::datastore::host::split_labels(&i.11),
             server_group: i.12.filter(|g| m.server_groups.iter().any(|x| &x.id == g)),
@@ -690,6 +693,12 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         let h = have.as_ref()?;
         (h.map.contains_key(id) && h.live(id).is_none()).then(|| "created again: deleted here since the import".into())
     };
+    // Names are unique per kind in an account (instances aside): also among what this
+    // plan creates (a crafted bundle's two networks of one name failed the import with
+    // 503 busy on the unique index).
+    let planned = |d: &Decision, kind: &str, here: &str| {
+        kind != "instance" && d.names.iter().any(|((k, _), n)| k == kind && n == here)
+    };
     let name = |d: &mut Decision, kind: &str, id: &str, n: &str, note: Option<String>| {
         let note = note.or_else(|| again(id));
         let here = maps.rename.get(&(kind.to_owned(), n.to_owned())).cloned().unwrap_or_else(|| n.to_owned());
@@ -697,6 +706,12 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             d.conflicts.push(conflict(
                 "name_taken",
                 format!("{kind} {here:?} exists in this account already"),
+                Some(format!("{kind}.{n}.name=NEW-NAME")),
+            ));
+        } else if planned(d, kind, &here) {
+            d.conflicts.push(conflict(
+                "name_taken",
+                format!("two {kind}s of the bundle would be named {here:?}"),
                 Some(format!("{kind}.{n}.name=NEW-NAME")),
             ));
         }
@@ -707,6 +722,20 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             note: note.or_else(|| (here != n).then(|| format!("renamed from {n:?}"))),
         });
         d.names.insert((kind.to_owned(), id.to_owned()), here);
+    };
+    // The images an import makes of root disks and volume data are named after their
+    // instance or volume, which need not be free (instance names repeat, an image may
+    // have the name, an earlier import's image of the same volume may be left): the
+    // first free of NAME, NAME-2, NAME-3, …
+    let helper_name = |d: &Decision, base: String| -> String {
+        let free = |n: &str| {
+            let here = maps.rename.get(&("image".to_owned(), n.to_owned())).map_or(n, String::as_str);
+            !taken.contains(&("image", here)) && !planned(d, "image", here)
+        };
+        if free(&base) {
+            return base;
+        }
+        (2..).map(|k| derived_name(&base, &format!("-{k}"))).find(|n| free(n)).expect("some number is free")
     };
 
     let existing: Vec<Ipv4Net> = e.cidrs.iter().filter_map(|(_, c)| c.parse().ok()).collect();
@@ -981,7 +1010,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
     // Root disks become private images of the account, booted by their instance.
     for i in &m.model.instances {
         if i.root_disk.is_some() && !d.kept.contains_key(&i.id) {
-            let n = derived_name(&i.name, "-root");
+            let n = helper_name(&d, derived_name(&i.name, "-root"));
             name(&mut d, "image", &root_key(&i.id), &n, Some(format!("the root disk of instance {}", i.name)));
         }
     }
@@ -1017,7 +1046,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             }
             // Its data arrives as a private raw image the volume is filled from.
             if v.data.is_some() {
-                let n = derived_name(&v.name, "-data");
+                let n = helper_name(&d, derived_name(&v.name, "-data"));
                 name(&mut d, "image", &data_key(&v.id), &n, Some(format!("the data of volume {}", v.name)));
             }
             if v.size_mib == 0 || v.size_mib > volume::MAX_SIZE_MIB {

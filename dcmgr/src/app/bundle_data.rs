@@ -215,6 +215,9 @@ enum Disk {
     Live,
     /// `--stop`: stopped for the capture, started again right after.
     StopFirst,
+    /// `--stop` of a halted one (powered off, its host kept): stopped for the capture
+    /// and left so (powered off still, its host released). Started again, it ran.
+    StopOnly,
 }
 
 /// Whether an instance has a root the capture path can read (`capture::captured_format`).
@@ -275,6 +278,7 @@ async fn capture_inner(
             // Never ran: no host holds a disk of it; it travels as its image.
             InstanceState::Stopped if row.last_host_id.is_none() => {}
             InstanceState::Stopped => disks.push((id, Disk::AsIs)),
+            InstanceState::Halted if stop => disks.push((id, Disk::StopOnly)),
             _ if stop => disks.push((id, Disk::StopFirst)),
             InstanceState::Running => disks.push((id, Disk::Live)),
             _ => {
@@ -282,8 +286,8 @@ async fn capture_inner(
                     "instance_running",
                     format!(
                         "instance {} ({}) is {state}: wait until it is running (captured as it runs) or \
-                         stopped, export with --stop (it is stopped for the capture and started again), or \
-                         export --model-only",
+                         stopped, export with --stop (it is stopped for the capture and started again; a \
+                         halted one is left stopped), or export --model-only",
                         i.name, i.id
                     ),
                 ))
@@ -296,6 +300,8 @@ async fn capture_inner(
             run.record("restart", id.as_str()).await?;
             instances::act(ctx, caller, id, InstanceAction::Stop).await?;
             restart.push(id.clone());
+        } else if *how == Disk::StopOnly {
+            instances::act(ctx, caller, id, InstanceAction::Stop).await?;
         }
     }
     // Disks (hva) and volumes (sta) are read by different agents: both at once.

@@ -18,9 +18,10 @@ pub struct ExportQuery {
     #[serde(default)]
     pub model_only: bool,
     /// Stop running instances for the capture of their disks (application-consistent), and
-    /// start them again afterwards. Without it a running virtual machine's disk is copied
-    /// as it runs (crash-consistent); an instance starting, stopping or rebooting is
-    /// refused (`instance_running`).
+    /// start them again afterwards (a halted one, powered off already, is left stopped: its
+    /// host is released). Without it a running virtual machine's disk is copied as it runs
+    /// (crash-consistent); an instance starting, stopping, rebooting or halted is refused
+    /// (`instance_running`).
     #[serde(default)]
     pub stop: bool,
 }
