@@ -508,10 +508,16 @@ impl Client {
     ) -> std::result::Result<Image, UploadError> {
         use futures::StreamExt;
         let file = std::fs::File::open(path).map_err(UploadError::Read)?;
-        let len = file.metadata().map_err(UploadError::Read)?.len();
+        let meta = file.metadata().map_err(UploadError::Read)?;
         let mut sent = 0u64;
-        // Read ahead on a thread of its own, in 1 MiB blocks handed to the body uncopied.
-        let stream = vdc_bus::fileio::read_stream(file, len).map(move |chunk| {
+        // Read ahead on a thread of its own, in 1 MiB blocks handed to the body uncopied;
+        // a pipe (`/dev/stdin`, `<(…)`), whose length is unknown (0), to its end.
+        let stream = if meta.is_file() {
+            vdc_bus::fileio::read_stream(file, meta.len()).boxed()
+        } else {
+            tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20).boxed()
+        };
+        let stream = stream.map(move |chunk| {
             if let Ok(c) = &chunk {
                 sent += c.len() as u64;
                 progress(sent);

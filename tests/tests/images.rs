@@ -215,6 +215,8 @@ async fn uploads_are_checked_before_they_are_available(db: Db) {
     let cases: Vec<(ImageFormat, Vec<u8>, Option<String>, &str)> = vec![
         (ImageFormat::Qcow2, bad.clone(), None, "backing_file"),
         (ImageFormat::Qcow2, good.clone(), Some(format!("sha256:{}", "0".repeat(64))), "checksum_mismatch"),
+        // Nothing: a disk of no bytes (an upload from a pipe sent none) boots nothing.
+        (ImageFormat::Raw, vec![], None, "empty_image"),
         (ImageFormat::Tar, targz("../../etc/cron.d/evil"), None, "unsafe_tar"),
         (ImageFormat::Tar, targz("/etc/shadow"), None, "unsafe_tar"),
         (ImageFormat::Tar, good.clone(), None, "format_mismatch"),
@@ -674,6 +676,21 @@ async fn vdc_image_import_uploads_a_file_and_says_why_data_is_refused(db: Db) {
     assert!(e.contains("checksum"), "{e}");
     let e = vdc(&["loop", "http://127.0.0.1:9/x.qcow2"]).await.unwrap_err().to_string();
     assert!(e.contains("forbidden_address") && e.contains("127.0.0.1"), "{e}");
+    // From a pipe (`cat disk | vdc image import NAME /dev/stdin`): its data whole. It
+    // sent nothing, and an image of 0 bytes was made available.
+    let fifo = tmp.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let (f, data) = (fifo.clone(), good.clone());
+    let writer = std::thread::spawn(move || std::fs::write(f, data).unwrap());
+    vdc(&["piped", &fifo.display().to_string()]).await.unwrap();
+    writer.join().unwrap();
+    let piped = c.list_all_images().await.unwrap().into_iter().find(|i| i.name == "piped").unwrap();
+    assert_eq!((piped.state, piped.size_bytes), (ImageState::Available, Some(good.len() as u64)));
+    assert_eq!(piped.checksum, img.checksum);
+    let empty = tmp.path().join("empty.raw");
+    std::fs::write(&empty, b"").unwrap();
+    let e = vdc(&["empty", &empty.display().to_string()]).await.unwrap_err().to_string();
+    assert!(e.contains("the disk is empty"), "{e}");
     s.stop().await;
 }
 

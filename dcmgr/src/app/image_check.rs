@@ -256,6 +256,10 @@ pub fn decide_disk(info: &serde_json::Value, max_virtual: u64) -> Result<Inspect
     let Some(vsize) = info["virtual-size"].as_u64() else {
         return Err(refuse("inspection_failed", "qemu-img info gave no virtual size"));
     };
+    if vsize == 0 {
+        // An empty file (a pipe whose data never came) made an "available" image of nothing.
+        return Err(refuse("empty_image", "the disk is empty (0 bytes as a guest sees it): upload the disk's data"));
+    }
     if vsize > max_virtual {
         return Err(refuse(
             "virtual_size_too_large",

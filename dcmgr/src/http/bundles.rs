@@ -134,13 +134,13 @@ const BUNDLE_PLAN_ERRORS: &str = concat!(
     bundle_errors!(),
     "; or a disk the import would store whose header is refused as an upload's would be (the import \
     checks all of its data): `format_mismatch`, `backing_file`, `external_data_file`, `unsupported_format`, \
-    `invalid_image_data`, `virtual_size_too_large`"
+    `invalid_image_data`, `virtual_size_too_large`, `empty_image`"
 );
 const BUNDLE_IMPORT_ERRORS: &str = concat!(
     bundle_errors!(),
     "; or image data the import would store, checked as an upload's (against the format the manifest \
     gives it): `format_mismatch`, `backing_file`, `external_data_file`, `unsupported_format`, \
-    `invalid_image_data`, `virtual_size_too_large`, `unsafe_tar`"
+    `invalid_image_data`, `virtual_size_too_large`, `empty_image`, `unsafe_tar`"
 );
 
 #[utoipa::path(post, path = "/api/v1/bundle/plan", tag = "bundles", operation_id = "bundle_plan",

@@ -100,7 +100,7 @@ pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path
         (status = 400,
             description = "The data is refused and the image is `failed`: `checksum_mismatch`, `image_too_large`, \
                 `unsupported_format`, `format_mismatch` (a tar image that is not a .tar.gz), `invalid_image_data`, \
-                `backing_file`, `external_data_file`, `virtual_size_too_large`, `unsafe_tar`; or \
+                `backing_file`, `external_data_file`, `virtual_size_too_large`, `empty_image`, `unsafe_tar`; or \
                 `upload_incomplete`: the body ended early (the image stays `pending`)",
             body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
