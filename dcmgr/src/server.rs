@@ -11,6 +11,9 @@ use tokio_util::sync::CancellationToken;
 use vdc_bus::Transport;
 use vdc_schema::bus::subject;
 
+/// How long a stop waits for the HTTP requests under way (see `Dcmgr::start`).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Drops the rate-limit buckets that are full again, so the limiter's memory follows the
 /// callers active in the last few seconds.
 async fn evict_rate_limits(ctx: SharedCtx, cancel: CancellationToken) {
@@ -165,9 +168,22 @@ impl Dcmgr {
             // The peer's address keys the rate limit of calls without a valid token, and is
             // the audit log's source address.
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            let cut = stop.clone();
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!("HTTP server failed: {e}");
+            // A stop lets requests under way end, for a while: a client that sends an
+            // upload slowly (or stalls) held a Ctrl-C of `vdc up` as long as it liked.
+            let grace = async move {
+                cut.cancelled().await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            };
+            tokio::select! {
+                r = std::future::IntoFuture::into_future(serve) => if let Err(e) = r {
+                    tracing::error!("HTTP server failed: {e}");
+                },
+                _ = grace => tracing::warn!(
+                    "requests still under way {} s after the stop were cut (an upload cut so stays pending)",
+                    SHUTDOWN_GRACE.as_secs()
+                ),
             }
         }));
         tracing::info!(%addr, db = ?kind, "dcmgr serving");

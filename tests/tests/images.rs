@@ -12,6 +12,7 @@ use vdc_tests::{eventually, on_both_databases, wait_state, Db, Stack, StackOptio
 
 on_both_databases!(
     uploads_are_checked_before_they_are_available,
+    a_stalled_upload_does_not_hold_a_stop,
     url_imports_reach_public_addresses_only,
     nodes_fetch_blobs_with_their_credential_and_resume,
     vdc_image_import_uploads_a_file_and_says_why_data_is_refused,
@@ -134,6 +135,20 @@ async fn partial_upload(s: &Stack, c: &Client, id: &ImageId, announced: usize, s
     conn.write_all(&vec![0u8; sent]).await.unwrap();
     conn.flush().await.unwrap();
     conn
+}
+
+/// A client that stalls half-way through an upload held a stop of dcmgr (a Ctrl-C of
+/// `vdc up`, twice) for as long as it stayed connected: requests under way get a grace
+/// period, then are cut; the image stays pending, to be uploaded again.
+async fn a_stalled_upload_does_not_hold_a_stop(db: Db) {
+    let mut s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("stall").await;
+    let img = c.create_image(&req("slow", ImageFormat::Raw, None, None)).await.unwrap();
+    let conn = partial_upload(&s, &c, &img.id, 1 << 20, 1000).await;
+    tokio::time::timeout(Duration::from_secs(60), s.restart_dcmgr()).await.expect("the stop ended");
+    assert_eq!(c.get_image(&img.id).await.unwrap().state, ImageState::Pending);
+    drop(conn);
+    s.stop().await;
 }
 
 async fn uploads_are_checked_before_they_are_available(db: Db) {
