@@ -261,7 +261,8 @@ pub enum AccountCmd {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Account>,
     },
-    /// Delete an account that holds no instances or volumes
+    /// Delete an account that holds nothing any more (delete its instances, volumes,
+    /// images, networks, … first: `vdc --account NAME …`)
     #[command(visible_alias = "rm")]
     Delete {
         #[arg(value_name = "NAME|ID")]

@@ -15,7 +15,8 @@ on_both_databases!(
     names_or_ids_everywhere,
     vdc_bundle_exports_plans_and_imports,
     vdc_bundle_push_sends_what_the_target_lacks,
-    images_are_shared_by_name_or_id
+    images_are_shared_by_name_or_id,
+    an_admin_manages_the_tokens_of_the_account_it_names
 );
 
 /// Runs `vdc ARGS…` in-process as the holder of `c`'s token.
@@ -31,6 +32,20 @@ async fn vdc(c: &Client, args: &[&str]) -> Result<(), CliError> {
         api: Some(c.base_url().to_string()),
         token: Some(c.token().to_string()),
         account: None,
+        wait_timeout: 30,
+        verbose: 0,
+    };
+    commands::run(&global, cli.command).await
+}
+
+/// [`vdc`] with `--account ACCOUNT`.
+async fn vdc_in(c: &Client, account: &str, args: &[&str]) -> Result<(), CliError> {
+    let cli = Cli::try_parse_from(std::iter::once("vdc").chain(args.iter().copied())).unwrap();
+    let global = GlobalArgs {
+        output: OutputArg::Format(OutputFormat::Json),
+        api: Some(c.base_url().to_string()),
+        token: Some(c.token().to_string()),
+        account: Some(account.to_string()),
         wait_timeout: 30,
         verbose: 0,
     };
@@ -706,4 +721,27 @@ async fn vdc_up_starts_again_when_its_deleted_built_in_image_is_still_used() {
     second.kill();
     let _third = start(3);
     assert!(tiny(admin()).await.is_some_and(|i| i.public), "registered again");
+}
+
+/// An admin's `vdc --account ACCOUNT token …`: the list and the revoke act in that
+/// account (they acted in the admin's own, and revoked the admin's token of the same
+/// name), and a create for a user who is no member says what to do.
+async fn an_admin_manages_the_tokens_of_the_account_it_names(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let alice = s.account("alice").await;
+    let theirs = alice.create_token(&token_req("deploy")).await.unwrap();
+    let mine = s.admin.create_token(&token_req("deploy")).await.unwrap();
+    vdc_in(&s.admin, "alice", &["token", "list"]).await.unwrap();
+    vdc_in(&s.admin, "alice", &["token", "revoke", "deploy"]).await.unwrap();
+    let live =
+        |c: Client| async move { c.list_all_tokens().await.unwrap().into_iter().map(|t| t.id).collect::<Vec<_>>() };
+    assert!(!live(alice.clone()).await.contains(&theirs.token.id), "alice's deploy is revoked");
+    assert!(live(s.admin.clone()).await.contains(&mine.token.id), "the admin's own deploy is not");
+    let e = vdc_in(&s.admin, "alice", &["token", "create", "ci"]).await.unwrap_err().report();
+    assert!(e.contains("--user NAME"), "{e}");
+    s.stop().await;
+}
+
+fn token_req(name: &str) -> CreateToken {
+    CreateToken { name: name.into(), account_id: None, expires_at: None, role: None, user_id: None }
 }

@@ -62,13 +62,15 @@ pub(super) async fn run(global: &GlobalArgs, mut command: Command) -> Result<(),
     }
     let ep = config::load(global.api.as_deref(), global.token.as_deref(), global.account.as_deref())?;
     // An account named on the command line whose session is not kept: the token must act
-    // in it, or the command would silently act in another account. (Account, user and
-    // token commands take the account as what they manage; audit as a filter.)
+    // in it, or the command would silently act in another account. (Account and user
+    // commands, and a token's create, take the account as what they manage; audit as a
+    // filter. A token's list and revoke act in it: they listed and revoked the admin's
+    // own tokens, one of the same name too.)
     let manages = matches!(
         command,
         Command::Account(_)
             | Command::User(_)
-            | Command::Token(_)
+            | Command::Token(TokenCmd::Create { .. })
             | Command::Audit(_)
             | Command::Whoami
             | Command::Logout { .. }
@@ -542,7 +544,18 @@ async fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<(), CliError> {
                 }
                 None => None,
             };
-            let t = c.create_token(&CreateToken { name, account_id, expires_at: expires, role, user_id }).await?;
+            let named = account_id.clone().filter(|_| user_id.is_none());
+            let t = match c.create_token(&CreateToken { name, account_id, expires_at: expires, role, user_id }).await {
+                // Not a member of the account named: a cloud admin makes a member's token.
+                Err(ClientError::Api { status: 404, .. }) if named.is_some() => {
+                    let a = ctx.account.clone().unwrap_or_default();
+                    return Err(CliError::Failed(format!(
+                        "--account {a}: you are not a member of it, and a token acts as a member; an admin names \
+                         one with --user NAME, or makes its owner's with `vdc account token {a}`"
+                    )));
+                }
+                r => r?,
+            };
             match ctx.format {
                 OutputFormat::Table => {
                     let mut fields = t.token.fields();
