@@ -476,6 +476,12 @@ async fn the_cli_logs_in_to_each_account() {
     assert!(!ok && err.contains("bad_credentials"), "{err}");
     let (ok, _, err) = run(vec!["login", "kai", "--password-stdin", "--account", "kai-a"], &format!("{PASSWORD}\n"));
     assert!(ok && err.contains("in account kai-a (member)") && err.contains("kai-b"), "{err}");
+    // Signing in to the same account again signs the session it replaces out (it stayed
+    // valid, kept nowhere).
+    let first = vdc_cli::config::read(&config).unwrap().unwrap().tokens["kai-a"].clone();
+    let (ok, _, err) = run(vec!["login", "kai", "--password-stdin", "--account", "kai-a"], &format!("{PASSWORD}\n"));
+    assert!(ok, "{err}");
+    assert_eq!(Client::new(&url, &first).whoami().await.unwrap_err().code(), "token_revoked");
     let (ok, out, err) = run(vec!["network", "list", "-o", "json"], "");
     assert!(ok, "{err}");
     assert_eq!(networks(&out), ["net-a"]);

@@ -469,10 +469,18 @@ async fn login(global: &GlobalArgs, user: &str, password_stdin: bool) -> Result<
     let s = Client::new(api.clone(), String::new()).sign_in(&req).await?;
     let path = config::config_path();
     let mut file = config::read(&path)?.unwrap_or_default();
-    file.api = Some(api);
+    let same_api = file.api.as_deref() == Some(api.as_str());
+    file.api = Some(api.clone());
     file.account = Some(s.account.name.clone());
-    file.tokens.insert(s.account.name.clone(), s.token.clone());
+    let replaced = file.tokens.insert(s.account.name.clone(), s.token.clone());
     config::save(&path, &file)?;
+    // The session this one replaces is signed out: kept nowhere any more, it stayed
+    // valid for its 12 hours, out of reach of `vdc logout`.
+    if let Some(old) = replaced.filter(|old| *old != s.token && same_api) {
+        if let Err(e) = Client::new(api, old).sign_out().await {
+            tracing::debug!("signing out the session this login replaces: {e}");
+        }
+    }
     let others: Vec<_> =
         s.accounts.iter().filter(|a| a.account_id != s.account.id).map(|a| a.account_name.clone()).collect();
     eprintln!(
