@@ -1923,6 +1923,18 @@ async fn a_deleted_image_travels_only_with_the_instance_that_uses_it(db: Db) {
     names.sort();
     assert_eq!(names, ["used", "vm-root"]);
     wait_state(&cb, &live_instance(&cb, "vm").await.id, InstanceState::Running).await;
+    // Deleted at B while vm boots it, vm-root's name is held: another VDC's image of that
+    // name says so in the plan.
+    let here = cb.list_all_images().await.unwrap().into_iter().find(|i| i.name == "vm-root").unwrap();
+    cb.delete_image(&here.id).await.unwrap();
+    let other = a.account("other").await;
+    raw_image(&other, "vm-root", vec![6u8; 1 << 20]).await;
+    let plan = cb.plan_bundle(export(&other).await, &[]).await.unwrap();
+    let said: Vec<&str> = plan.conflicts.iter().map(|c| c.message.as_str()).collect();
+    assert_eq!(
+        said,
+        ["image \"vm-root\" was deleted here, and instances still use it: its name is held until they go"]
+    );
     a.stop().await;
     b.stop().await;
 }

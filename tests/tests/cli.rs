@@ -677,9 +677,17 @@ async fn vdc_up_starts_again_when_its_deleted_built_in_image_is_still_used() {
             .arg(dir.path().join("data"));
         cmd
     };
+    // Started once the CLI config is written, after the built-in images are registered.
     let start = |n: usize| {
+        let cfg = dir.path().join("cli.toml");
+        let _ = std::fs::remove_file(&cfg);
         let p = Proc::spawn(&format!("up{n}"), &mut up(), dir.path());
         assert!(wait_port(port, std::time::Duration::from_secs(60)), "start {n} answers");
+        let t = std::time::Instant::now();
+        while !cfg.exists() && t.elapsed() < std::time::Duration::from_secs(60) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(cfg.exists(), "start {n} ends");
         p
     };
     let admin = || {

@@ -708,6 +708,12 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                 format!("{kind} {here:?} exists in this account already"),
                 Some(format!("{kind}.{n}.name=NEW-NAME")),
             ));
+        } else if kind == "image" && taken.contains(&("image:deleted", here.as_str())) {
+            d.conflicts.push(conflict(
+                "name_taken",
+                format!("image {here:?} was deleted here, and instances still use it: its name is held until they go"),
+                Some(format!("image.{n}.name=NEW-NAME")),
+            ));
         } else if planned(d, kind, &here) {
             d.conflicts.push(conflict(
                 "name_taken",
@@ -730,7 +736,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
     let helper_name = |d: &Decision, base: String| -> String {
         let free = |n: &str| {
             let here = maps.rename.get(&("image".to_owned(), n.to_owned())).map_or(n, String::as_str);
-            !taken.contains(&("image", here)) && !planned(d, "image", here)
+            !taken.contains(&("image", here)) && !taken.contains(&("image:deleted", here)) && !planned(d, "image", here)
         };
         if free(&base) {
             return base;

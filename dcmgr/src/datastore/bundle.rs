@@ -185,7 +185,7 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
 /// What a plan is checked against: the account's names and CIDRs, the site's public
 /// images and hypervisors, and whether it has an external pool.
 pub struct Existing {
-    /// (kind, name)
+    /// (kind, name); `image:deleted` for the name an image deleted but still used holds.
     pub names: Vec<(String, String)>,
     /// (id, cidr)
     pub cidrs: Vec<(String, String)>,
@@ -242,7 +242,8 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
         "SELECT 'network', name FROM networks WHERE account_id = $1 \
          UNION ALL SELECT 'security_group', name FROM security_groups WHERE account_id = $1 \
          UNION ALL SELECT 'keypair', name FROM keypairs WHERE account_id = $1 \
-         UNION ALL SELECT 'image', name FROM images WHERE account_id = $1 \
+         UNION ALL SELECT CASE WHEN deleted_at IS NULL THEN 'image' ELSE 'image:deleted' END, name \
+           FROM images WHERE account_id = $1 \
          UNION ALL SELECT 'instance', name FROM instances WHERE account_id = $1 AND state <> 'terminated' \
          UNION ALL SELECT 'volume', name FROM volumes WHERE account_id = $1 AND state <> 'deleted' \
          UNION ALL SELECT 'server_group', name FROM server_groups WHERE account_id = $1",
