@@ -697,20 +697,7 @@ async fn vdc_up_starts_again_when_its_deleted_built_in_image_is_still_used() {
     let tiny = |c: Client| async move { c.list_all_images().await.unwrap().into_iter().find(|i| i.name == "tiny") };
     let mut first = start(1);
     let image = tiny(admin()).await.expect("registered at the first start");
-    let req = CreateInstance {
-        name: Some("keeps-it".into()),
-        image_id: image.id.clone(),
-        cpus: 1,
-        memory_mib: 64,
-        hypervisor: None,
-        ssh_key_id: None,
-        user_data: None,
-        root_disk_size: None,
-        interfaces: vec![],
-        server_group: None,
-        zone: None,
-        host_labels: Default::default(),
-    };
+    let req = vdc_tests::qemu_guest(&image.id, "keeps-it");
     let inst = admin().create_instance(&req).await.unwrap().resource.id;
     vdc_tests::wait_state(&admin(), &inst, InstanceState::Running).await;
     admin().delete_image(&image.id).await.unwrap();
