@@ -369,10 +369,7 @@ async fn delete_holding(
             None => {}
         }
         // Used still: hidden now, collected once nothing uses it (`collect_deleted`).
-        if !store::users(&mut tx, id).await?.is_empty()
-            || !store::volumes_filling(&mut tx, id).await?.is_empty()
-            || !store::kernel_users(&mut tx, id).await?.is_empty()
-        {
+        if store::used(&mut tx, id).await? {
             store::mark_deleted(&mut tx, id).await?;
             tx.commit().await?;
             ctx.events.images_changed();

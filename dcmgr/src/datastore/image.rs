@@ -154,24 +154,6 @@ pub async fn owner(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Option<String>, 
     Ok(r.map(|r| r.0))
 }
 
-/// The instances (not terminated) booted from image `id`, by ID.
-pub async fn users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as("SELECT id, account_id FROM instances WHERE image_id = $1 AND state <> 'terminated' ORDER BY id")
-        .bind(id.as_str())
-        .fetch_all(tx.conn().await?)
-        .await
-}
-
-/// The volumes being made from image `id` (sta still copies it into them), by ID.
-pub async fn volumes_filling(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT id FROM volumes WHERE image_id = $1 AND state = 'creating' ORDER BY id")
-            .bind(id.as_str())
-            .fetch_all(tx.conn().await?)
-            .await?;
-    Ok(rows.into_iter().map(|r| r.0).collect())
-}
-
 pub async fn delete(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx::Error> {
     db::event::record(tx.conn().await?, db::event::Kind::Image, id.as_str(), db::event::Change::Deleted).await?;
     sqlx::query("DELETE FROM image_members WHERE image_id = $1").bind(id.as_str()).execute(tx.conn().await?).await?;
@@ -199,6 +181,15 @@ pub async fn mark_deleted(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<(), sqlx:
 const UNUSED: &str = "NOT EXISTS (SELECT 1 FROM instances i WHERE i.image_id = images.id AND i.state <> 'terminated') \
     AND NOT EXISTS (SELECT 1 FROM volumes v WHERE v.image_id = images.id AND v.state = 'creating') \
     AND NOT EXISTS (SELECT 1 FROM images d WHERE d.kernel_id = images.id)";
+
+/// Whether something uses image `id` (see [`UNUSED`]).
+pub async fn used(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<bool, sqlx::Error> {
+    let r: Option<(i64,)> = sqlx::query_as(&format!("SELECT 1 FROM images WHERE id = $1 AND NOT ({UNUSED})"))
+        .bind(id.as_str())
+        .fetch_optional(tx.conn().await?)
+        .await?;
+    Ok(r.is_some())
+}
 
 /// Deleted images nothing uses any more: (id, blob).
 pub async fn unused_deleted(pool: &db::Pool) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
@@ -238,14 +229,6 @@ pub async fn is_deleted(tx: &mut db::Tx<'_>, id: &str) -> Result<bool, sqlx::Err
         .fetch_optional(tx.conn().await?)
         .await?;
     Ok(r.is_some())
-}
-
-/// The disk images that boot with kernel image `id`, by ID.
-pub async fn kernel_users(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as("SELECT id, account_id FROM images WHERE kernel_id = $1 ORDER BY id")
-        .bind(id.as_str())
-        .fetch_all(tx.conn().await?)
-        .await
 }
 
 /// Whether a public image of this name exists.
