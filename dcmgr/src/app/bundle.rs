@@ -266,7 +266,8 @@ async fn build_manifest(
             root_disk,
             root_disk_format,
             // Its goal as the tenant left it (an export with `stop` starts it again); a
-            // halted one (powered off, its host kept) arrives stopped: it ran at the target.
+            // halted one (powered off, its host kept) travels stopped, as it is: marked
+            // not stopped, it ran at the target.
             stopped: [vdc_schema::InstanceGoal::Stopped, vdc_schema::InstanceGoal::Halted]
                 .iter()
                 .any(|g| i.9 == g.as_str()),
