@@ -15,6 +15,8 @@ packages=(
   # busybox-static and a Debian kernel; genisoimage makes cloud-init seeds.
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-daemon-driver-lxc libvirt-clients
   libvirt-dev dnsmasq-base busybox-static cpio genisoimage xz-utils
+  # nwagent: dhcp_release frees a removed interface's lease in its network's dnsmasq.
+  dnsmasq-utils
   # UEFI guests: OVMF firmware (hva offers the `uefi` boot mode only where it is installed);
   # the UEFI test disk is a GRUB standalone EFI binary on a FAT ESP in a GPT (mtools,
   # dosfstools, sfdisk from fdisk).

@@ -265,8 +265,9 @@ impl Services {
         let vni = n.vni;
         std::fs::create_dir_all(&self.dir).map_err(err)?;
         let hosts = self.dir.join(format!("dhcp-{vni}.hosts"));
-        let text: String = n.leases.iter().map(|(mac, ip, name)| format!("{mac},{ip},{name}\n")).collect();
-        write_if_changed(&hosts, &text)?;
+        let pairs: String = n.leases.iter().map(|(mac, ip, name)| format!("{mac},{ip},{name}\n")).collect();
+        let gone = gone_leases(&std::fs::read_to_string(&hosts).unwrap_or_default(), &pairs);
+        write_if_changed(&hosts, &pairs)?;
         let names = self.dir.join(format!("dns-{vni}.hosts"));
         write_if_changed(&names, &dns_hosts(&n.leases))?;
         let resolv = self.dir.join(format!("dns-{vni}.resolv"));
@@ -318,6 +319,13 @@ impl Services {
                     // only when the files change: a run that sent it only on change once saw a
                     // new guest get no lease (cause not found; see dhcp-VNI.log next time).
                     self.tools.run("kill", &["-HUP", &pid.to_string()]).await?;
+                    // dnsmasq keeps a removed interface's lease for its 12 h: the next
+                    // interface given the address got none ("leased to" the old MAC).
+                    for (mac, ip) in gone {
+                        if let Err(e) = self.in_ns(vni, &["dhcp_release", "eth0", &ip, &mac]).await {
+                            tracing::warn!(vni, %ip, %mac, "releasing a removed interface's DHCP lease: {e}");
+                        }
+                    }
                     return Ok(());
                 }
                 tracing::info!(vni, pid, "dnsmasq runs with other arguments: replaced");
@@ -345,6 +353,11 @@ impl Services {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Leases of interfaces gone while no dnsmasq ran (or before leases were
+        // released) would hold their addresses from the next interface for 12 h.
+        if let Ok(held) = std::fs::read_to_string(&lease) {
+            write_if_changed(&lease, &current_leases(&held, &pairs))?;
         }
         let mut argv = vec!["dnsmasq"];
         argv.extend(args.iter().map(String::as_str));
@@ -430,6 +443,35 @@ pub fn upstreams(resolv_conf: &str, systemd: Option<&str>) -> Vec<std::net::IpAd
 }
 
 /// The network's names for DNS (`/etc/hosts` format): each guest's hostname.
+/// The lines of dnsmasq's lease file `held` (`EXPIRY MAC IP NAME CLIENT-ID`) whose MAC
+/// and address the hosts file `hosts` still pairs.
+fn current_leases(held: &str, hosts: &str) -> String {
+    let pairs: std::collections::HashSet<(&str, &str)> = hosts
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split(',');
+            Some((p.next()?, p.next()?))
+        })
+        .collect();
+    held.lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 3 && pairs.contains(&(f[1], f[2]))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The (MAC, IP) pairs of the hosts file `before` that `after` no longer has.
+fn gone_leases(before: &str, after: &str) -> Vec<(String, String)> {
+    let pair = |l: &str| {
+        let mut p = l.split(',');
+        Some((p.next()?.to_owned(), p.next()?.to_owned()))
+    };
+    let kept: std::collections::HashSet<(String, String)> = after.lines().filter_map(pair).collect();
+    before.lines().filter_map(pair).filter(|p| !kept.contains(p)).collect()
+}
+
 fn dns_hosts(leases: &[(MacAddr, Ipv4Addr, String)]) -> String {
     leases.iter().filter(|(_, _, name)| !name.is_empty()).map(|(_, ip, name)| format!("{ip} {name}\n")).collect()
 }
@@ -818,6 +860,15 @@ mod tests {
         assert!(rules.contains("policy drop;\n    ct state established,related accept\n"), "{rules}");
     }
 
+    #[test]
+    fn a_removed_interfaces_lease_goes() {
+        let before = "52:54:00:00:00:05,10.10.0.5,web\n52:54:00:00:00:06,10.10.0.6,db\n";
+        let after = "52:54:00:00:00:06,10.10.0.6,db\n52:54:00:00:00:07,10.10.0.5,new\n";
+        assert_eq!(gone_leases(before, after), [("52:54:00:00:00:05".to_owned(), "10.10.0.5".to_owned())]);
+        let held = "1700000000 52:54:00:00:00:05 10.10.0.5 web *\n1700000000 52:54:00:00:00:06 10.10.0.6 db 01:aa\n";
+        assert_eq!(current_leases(held, after), "1700000000 52:54:00:00:00:06 10.10.0.6 db 01:aa\n");
+    }
+
     #[tokio::test]
     async fn dnsmasq_starts_with_static_leases_and_dns_then_reloads_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -863,7 +914,11 @@ mod tests {
         std::fs::write(dir.path().join("dhcp-42.pid"), format!("{pid}\n")).unwrap();
         n.leases.clear();
         s.ensure_dhcp(&n).await.unwrap();
-        assert_eq!(f.lines(), [format!("kill -HUP {pid}")]);
+        // The removed interface's lease is released: its address goes to the next one.
+        assert_eq!(
+            f.lines(),
+            [format!("kill -HUP {pid}"), "ip netns exec vt-n2a dhcp_release eth0 10.10.0.5 52:54:00:00:00:05".into()]
+        );
         assert_eq!(read("dhcp-42.hosts"), "");
         assert_eq!(read("dns-42.hosts"), "");
         // One started with other arguments (here: by an nwagent that served no DNS) is

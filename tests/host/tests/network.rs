@@ -31,13 +31,13 @@ async fn a_real_guest_gets_its_address_by_dhcp_and_its_identity_from_metadata() 
         })
         .await
         .unwrap();
-    let a = c
-        .create_instance(&CreateInstance {
-            interfaces: vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip: None }],
-            ..vdc_tests::qemu_guest(&kernel, "dhcp-guest")
-        })
-        .await
-        .unwrap();
+    let on_net = |name: &str, ip: Option<String>| CreateInstance {
+        interfaces: vec![CreateInterface { network_id: net.id.clone(), security_groups: vec![], ip }],
+        ..vdc_tests::qemu_guest(&kernel, name)
+    };
+    // Keeps the network's DHCP server up through the second guest's end.
+    let keeper = c.create_instance(&on_net("keeper", None)).await.unwrap().resource.id;
+    let a = c.create_instance(&on_net("dhcp-guest", None)).await.unwrap();
     let id = a.resource.id.clone();
     let inst = wait_state(&c, &id, InstanceState::Running).await;
     let ip = inst.interfaces[0].ip;
@@ -46,6 +46,14 @@ async fn a_real_guest_gets_its_address_by_dhcp_and_its_identity_from_metadata() 
     wait_console(&c, &id, &format!("vdc-guest: metadata instance-id={id}"), boot).await;
     let job = c.terminate_instance(&id).await.unwrap().job;
     assert_eq!(c.wait_job(&job.id, boot).await.unwrap().state, JobState::Succeeded);
+    // Its address again, for a new guest: dnsmasq kept the old lease (12 h), so the new
+    // guest got no address ("leased to" the old MAC); it is released with the interface.
+    let again = c.create_instance(&on_net("same-address", Some(ip.to_string()))).await.unwrap().resource.id;
+    wait_console(&c, &again, &format!("vdc-guest: eth0 {ip}/24"), boot).await;
+    for i in [again, keeper] {
+        let job = c.terminate_instance(&i).await.unwrap().job;
+        assert_eq!(c.wait_job(&job.id, boot).await.unwrap().state, JobState::Succeeded);
+    }
     for h in &s.hosts {
         if let Some((ovs, _)) = &h.ovs {
             ovs.remove_services().await;
