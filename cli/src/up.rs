@@ -465,7 +465,9 @@ async fn ensure_default_images(dcmgr: &Dcmgr, tiny: Option<&Path>) -> anyhow::Re
             boot_mode: Default::default(),
             kernel_id: None,
             min_disk: None,
-            min_memory: None,
+            // Its initrd unpacks into memory: with 64 MiB the guest never booted, and
+            // showed `running` all the same (QEMU TCG, measured 2026-12-06).
+            min_memory: Some(128 << 20),
             os: None,
             public: true,
             default_user: Some("root".into()),
