@@ -379,12 +379,6 @@ impl ExternalConfig {
         Ok((a, b, net))
     }
 
-    /// How many addresses of the pool `start..=end` floating IPs leave to routers.
-    pub fn router_reserve(&self, start: std::net::Ipv4Addr, end: std::net::Ipv4Addr) -> usize {
-        let len = u32::from(end).saturating_sub(u32::from(start)) as usize + 1;
-        self.router_reserve.map_or(len / 16, |r| r as usize)
-    }
-
     /// The network and its gateway, checked as [`Self::pool`] checks them.
     pub fn network(&self) -> Result<(ipnet::Ipv4Net, std::net::Ipv4Addr), String> {
         let (_, _, net) = self.pool()?;

@@ -40,7 +40,8 @@ pub fn check_ip(s: &str, start: Ipv4Addr, end: Ipv4Addr) -> ApiResult<Ipv4Addr> 
 /// (their outbound NAT would otherwise fail, unseen, once tenants held the pool).
 pub fn room(ext: &crate::config::ExternalConfig, start: Ipv4Addr, end: Ipv4Addr, held: usize) -> usize {
     let len = u32::from(end).saturating_sub(u32::from(start)) as usize + 1;
-    len.saturating_sub(ext.router_reserve(start, end)).saturating_sub(held)
+    let reserve = ext.router_reserve.map_or(len / 16, |r| r as usize);
+    len.saturating_sub(reserve).saturating_sub(held)
 }
 
 /// The address a new row takes: `want` unless it is used, else the first free one of the
