@@ -443,16 +443,21 @@ pub fn upstreams(resolv_conf: &str, systemd: Option<&str>) -> Vec<std::net::IpAd
 }
 
 /// The network's names for DNS (`/etc/hosts` format): each guest's hostname.
-/// The lines of dnsmasq's lease file `held` (`EXPIRY MAC IP NAME CLIENT-ID`) whose MAC
-/// and address the hosts file `hosts` still pairs.
-fn current_leases(held: &str, hosts: &str) -> String {
-    let pairs: std::collections::HashSet<(&str, &str)> = hosts
+/// The (MAC, IP) pairs of a dnsmasq hosts file (`MAC,IP,NAME` lines).
+fn host_pairs(hosts: &str) -> std::collections::HashSet<(&str, &str)> {
+    hosts
         .lines()
         .filter_map(|l| {
             let mut p = l.split(',');
             Some((p.next()?, p.next()?))
         })
-        .collect();
+        .collect()
+}
+
+/// The lines of dnsmasq's lease file `held` (`EXPIRY MAC IP NAME CLIENT-ID`) whose MAC
+/// and address the hosts file `hosts` still pairs.
+fn current_leases(held: &str, hosts: &str) -> String {
+    let pairs = host_pairs(hosts);
     held.lines()
         .filter(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -464,12 +469,11 @@ fn current_leases(held: &str, hosts: &str) -> String {
 
 /// The (MAC, IP) pairs of the hosts file `before` that `after` no longer has.
 fn gone_leases(before: &str, after: &str) -> Vec<(String, String)> {
-    let pair = |l: &str| {
-        let mut p = l.split(',');
-        Some((p.next()?.to_owned(), p.next()?.to_owned()))
-    };
-    let kept: std::collections::HashSet<(String, String)> = after.lines().filter_map(pair).collect();
-    before.lines().filter_map(pair).filter(|p| !kept.contains(p)).collect()
+    let kept = host_pairs(after);
+    let mut gone: Vec<(String, String)> =
+        host_pairs(before).difference(&kept).map(|(m, i)| (m.to_string(), i.to_string())).collect();
+    gone.sort();
+    gone
 }
 
 fn dns_hosts(leases: &[(MacAddr, Ipv4Addr, String)]) -> String {
