@@ -630,6 +630,9 @@ pub struct Decision {
     pub networks: Vec<PlannedNetwork>,
     /// (kind, bundle ID) → name here.
     pub names: HashMap<(String, String), String>,
+    /// (kind, name here) of what this plan creates, for the kinds whose names are unique
+    /// in an account (all but instances): looked up for each create.
+    pub unique_names: HashSet<(String, String)>,
     pub images: HashMap<String, ImageChoice>,
     /// image bundle ID → its hypervisors here.
     pub image_hypervisors: HashMap<String, Vec<HypervisorKind>>,
@@ -697,9 +700,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
     // Names are unique per kind in an account (instances aside): also among what this
     // plan creates (a crafted bundle's two networks of one name failed the import with
     // 503 busy on the unique index).
-    let planned = |d: &Decision, kind: &str, here: &str| {
-        kind != "instance" && d.names.iter().any(|((k, _), n)| k == kind && n == here)
-    };
+    let planned = |d: &Decision, kind: &str, here: &str| d.unique_names.contains(&(kind.to_owned(), here.to_owned()));
     let name = |d: &mut Decision, kind: &str, id: &str, n: &str, note: Option<String>| {
         let note = note.or_else(|| again(id));
         let here = maps.rename.get(&(kind.to_owned(), n.to_owned())).cloned().unwrap_or_else(|| n.to_owned());
@@ -728,6 +729,9 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             name: here.clone(),
             note: note.or_else(|| (here != n).then(|| format!("renamed from {n:?}"))),
         });
+        if kind != "instance" {
+            d.unique_names.insert((kind.to_owned(), here.clone()));
+        }
         d.names.insert((kind.to_owned(), id.to_owned()), here);
     };
     // The images an import makes of root disks and volume data are named after their
