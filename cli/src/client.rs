@@ -507,17 +507,8 @@ impl Client {
         progress: impl Fn(u64) + Send + Sync + 'static,
     ) -> std::result::Result<Image, UploadError> {
         use futures::StreamExt;
-        let file = std::fs::File::open(path).map_err(UploadError::Read)?;
-        let meta = file.metadata().map_err(UploadError::Read)?;
         let mut sent = 0u64;
-        // Read ahead on a thread of its own, in 1 MiB blocks handed to the body uncopied;
-        // a pipe (`/dev/stdin`, `<(…)`), whose length is unknown (0), to its end.
-        let stream = if meta.is_file() {
-            vdc_bus::fileio::read_stream(file, meta.len()).boxed()
-        } else {
-            tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20).boxed()
-        };
-        let stream = stream.map(move |chunk| {
+        let stream = Self::file_stream(path)?.map(move |chunk| {
             if let Ok(c) = &chunk {
                 sent += c.len() as u64;
                 progress(sent);
@@ -635,15 +626,23 @@ impl Client {
 
     /// A local file as a streamed request body.
     pub async fn file_body(path: &std::path::Path) -> std::result::Result<reqwest::Body, UploadError> {
+        Ok(reqwest::Body::wrap_stream(Self::file_stream(path)?))
+    }
+
+    /// A local file's data: a regular file read ahead on a thread of its own, in 1 MiB
+    /// blocks handed on uncopied; a pipe (`/dev/stdin`, `<(…)`), whose length reads as 0,
+    /// to its end.
+    fn file_stream(
+        path: &std::path::Path,
+    ) -> std::result::Result<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>, UploadError> {
+        use futures::StreamExt;
         let file = std::fs::File::open(path).map_err(UploadError::Read)?;
         let meta = file.metadata().map_err(UploadError::Read)?;
-        if !meta.is_file() {
-            // A pipe (`/dev/stdin`, `<(…)`): read to its end, its length unknown.
-            let file = tokio::fs::File::from_std(file);
-            return Ok(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)));
-        }
-        // Read ahead on a thread of its own, as an image's upload is.
-        Ok(reqwest::Body::wrap_stream(vdc_bus::fileio::read_stream(file, meta.len())))
+        Ok(if meta.is_file() {
+            vdc_bus::fileio::read_stream(file, meta.len()).boxed()
+        } else {
+            tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 1 << 20).boxed()
+        })
     }
 
     pub async fn list_bundle_imports(&self) -> Result<Vec<BundleImport>> {
