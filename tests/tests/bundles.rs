@@ -1918,10 +1918,7 @@ async fn a_deleted_image_travels_only_with_the_instance_that_uses_it(db: Db) {
     let images: Vec<_> = plan.creates.iter().filter(|c| c.kind == "image").map(|c| c.name.as_str()).collect();
     assert_eq!(images, ["used", "vm-root"], "the image and the instance's root disk: {plan:?}");
     cb.import_bundle(bytes, &[]).await.unwrap();
-    let mut names: Vec<_> =
-        cb.list_all_images().await.unwrap().into_iter().filter(|i| !i.public).map(|i| i.name).collect();
-    names.sort();
-    assert_eq!(names, ["used", "vm-root"]);
+    assert_eq!(own_image_names(&cb).await, ["used", "vm-root"]);
     wait_state(&cb, &live_instance(&cb, "vm").await.id, InstanceState::Running).await;
     // Deleted at B while vm boots it, vm-root's name is held: another VDC's image of that
     // name says so in the plan.
@@ -1999,10 +1996,7 @@ async fn the_images_of_disks_and_volume_data_take_free_names(db: Db) {
     images.sort();
     assert_eq!(images, ["v-data", "v-data-2", "web-root", "web-root-2"]);
     assert!(cb.import_bundle(bytes.clone(), &[]).await.unwrap().created);
-    let mut here: Vec<String> =
-        cb.list_all_images().await.unwrap().into_iter().filter(|i| !i.public).map(|i| i.name).collect();
-    here.sort();
-    assert_eq!(here, images);
+    assert_eq!(own_image_names(&cb).await, images);
 
     let (mut m, chunks) = open(&bytes, &site_key(&a));
     let mut twin = m.model.networks[0].clone();
@@ -2041,6 +2035,14 @@ async fn a_halted_instance_arrives_stopped(db: Db) {
     wait_state(&cb, &live_instance(&cb, "off").await.id, InstanceState::Stopped).await;
     a.stop().await;
     b.stop().await;
+}
+
+/// The names of the account's own (not public) images, sorted.
+async fn own_image_names(c: &Client) -> Vec<String> {
+    let mut names: Vec<String> =
+        c.list_all_images().await.unwrap().into_iter().filter(|i| !i.public).map(|i| i.name).collect();
+    names.sort();
+    names
 }
 
 /// The instance of that name that is not terminated.

@@ -549,21 +549,11 @@ async fn image_delete_instance_create(db: Db) {
     let c = s.account("id").await;
     for round in 0..ROUNDS {
         let req = CreateImage {
-            name: format!("img{round}"),
-            format: ImageFormat::Qcow2,
-            arch: Arch::X86_64,
             hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu],
             source: Some("/var/lib/vdc/images/debian.qcow2".into()),
             checksum: Some(format!("sha256:{}", "ab".repeat(32))),
-            initrd: None,
-            kernel_cmdline: None,
-            boot_mode: Default::default(),
-            kernel_id: None,
-            min_disk: None,
-            min_memory: None,
-            os: None,
             public: true,
-            default_user: None,
+            ..vdc_tests::image_request(&format!("img{round}"), ImageFormat::Qcow2)
         };
         let img = s.admin.create_image(&req).await.unwrap();
         let reqs = (0..24).map(|i| {
