@@ -7,12 +7,16 @@
 //!           tun_id = the network's VNI and reg0 = 1 (local); from a tunnel: as tagged
 //!  table 10 egress conntrack (zone per network): est/rel → on; inv → drop; new → commit
 //!           when the port's groups allow it (open when none of them has egress
-//!           rules; else their egress rules + the network's services), else drop
+//!           rules; else their egress rules + the network's services), else drop; a
+//!           port with egress rules sends est packets of its own connections only while
+//!           a rule still allows them
 //!  table 20 L2 per network (tun_id): a local MAC → ARP straight out, IP to table 40;
 //!           broadcast → the network's local ports (+ tunnels if local);
 //!           unknown unicast from a local port → the network's tunnels
-//!  table 40 ingress conntrack per port (reg1 = port): est/rel → out; new and allowed by
-//!           a group rule → commit, out; else drop
+//!  table 40 ingress conntrack per port (reg1 = port): answers (est+rpl) and rel → out;
+//!           new and allowed by a group rule → commit, out; est (not an answer) → out
+//!           while a rule still allows it; else drop. So removing a rule cuts the
+//!           sessions it admitted at once, without flushing conntrack
 //! ```
 //! Each flow carries a cookie naming what it belongs to (the base, a network, a port or a
 //! tunnel), so the flows of one thing are replaced as a unit.
@@ -206,7 +210,10 @@ pub fn port_flows(
         format!("table=0,priority=50,in_port={p},actions=drop"),
         format!("table=20,priority=100,tun_id={vni},dl_dst={mac},arp,actions=output:{p}"),
         format!("table=20,priority=100,tun_id={vni},dl_dst={mac},ip,actions=load:{p}->NXM_NX_REG1[],ct(table=40,zone={z})"),
-        format!("table=40,priority=100,reg1={p},ct_state=+trk+est,actions=output:{p}"),
+        // Answers to what the guest started. The other direction of a connection it
+        // admitted must still be admitted below: removing a rule cuts the sessions it let
+        // in, with no conntrack entries to flush.
+        format!("table=40,priority=100,reg1={p},ct_state=+trk+est+rpl,actions=output:{p}"),
         // DHCP answers come only from the network's service port (guests' ports drop
         // anything sent from another address than their own).
         format!("table=40,priority=90,reg1={p},reg0=2,udp,tp_src=67,tp_dst=68,actions=output:{p}"),
@@ -214,6 +221,7 @@ pub fn port_flows(
     ];
     for m in matches(groups, Direction::Ingress) {
         f.push(format!("table=40,priority=50,reg1={p},ct_state=+trk+new,{m},actions=ct(commit,zone={z}),output:{p}"));
+        f.push(format!("table=40,priority=50,reg1={p},ct_state=+trk+est-rpl,{m},actions=output:{p}"));
     }
     let has_egress = groups.iter().flat_map(|g| &g.rules).any(|r| r.direction == Direction::Egress);
     if has_egress {
@@ -221,12 +229,16 @@ pub fn port_flows(
         // match other states, so they never meet these).
         let mut allowed = service_matches(gateway);
         allowed.extend(matches(groups, Direction::Egress));
+        // A connection's further packets from the port must still be allowed, as in
+        // table 40: the base flow (80) passes them only for ports without egress rules.
         for m in allowed {
             f.push(format!(
                 "table=10,priority=95,in_port={p},ct_state=+trk+new,{m},actions=ct(commit,zone={z}),resubmit(,20)"
             ));
+            f.push(format!("table=10,priority=95,in_port={p},ct_state=+trk+est-rpl,{m},actions=resubmit(,20)"));
         }
         f.push(format!("table=10,priority=91,in_port={p},ct_state=+trk+new,ip,actions=drop"));
+        f.push(format!("table=10,priority=91,in_port={p},ct_state=+trk+est-rpl,ip,actions=drop"));
     }
     f
 }
@@ -280,10 +292,20 @@ mod tests {
         let (mac, ip, gw) =
             ("02:00:00:00:00:01".parse().unwrap(), "10.0.0.2".parse().unwrap(), "10.0.0.1".parse().unwrap());
         let f = port_flows(100, 7, mac, ip, gw, &[g]);
-        let allow: Vec<&String> = f.iter().filter(|l| l.starts_with("table=40") && l.contains("ct(commit")).collect();
-        assert_eq!(allow.len(), 2, "{allow:#?}");
-        assert!(allow.iter().any(|l| l.contains("tcp,tp_dst=22,actions")));
-        assert!(allow.iter().any(|l| l.contains("icmp,nw_src=10.0.0.5/32,actions")));
+        let allow: Vec<&String> = f.iter().filter(|l| l.starts_with("table=40,priority=50")).collect();
+        // Each rule admits new connections (committed) and their further packets
+        // (not answers) while it stands.
+        let rule = |m: &str| {
+            [
+                format!("table=40,priority=50,reg1=7,ct_state=+trk+new,{m},actions=ct(commit,zone=101),output:7"),
+                format!("table=40,priority=50,reg1=7,ct_state=+trk+est-rpl,{m},actions=output:7"),
+            ]
+        };
+        let want: Vec<String> = [rule("icmp,nw_src=10.0.0.5/32"), rule("tcp,tp_dst=22")].concat();
+        assert_eq!(allow, want.iter().collect::<Vec<_>>());
+        // Answers pass whatever the rules.
+        assert!(f.contains(&"table=40,priority=100,reg1=7,ct_state=+trk+est+rpl,actions=output:7".to_owned()));
+        assert!(!f.iter().any(|l| l.contains("ct_state=+trk+est,")), "no est flow without the direction");
         assert!(f.iter().any(|l| l.contains("in_port=7,dl_src=02:00:00:00:00:01,ip,nw_src=10.0.0.2")));
         let egress: Vec<&String> = f.iter().filter(|l| l.starts_with("table=10")).collect();
         assert_eq!(
@@ -324,21 +346,28 @@ mod tests {
         let f = port_flows(100, 7, mac, ip, gw, &[web, ssh.clone()]);
         let t10: Vec<&str> = f.iter().filter(|l| l.starts_with("table=10")).map(String::as_str).collect();
         let allow = |m: &str| {
-            format!("table=10,priority=95,in_port=7,ct_state=+trk+new,{m},actions=ct(commit,zone=101),resubmit(,20)")
-        };
-        assert_eq!(
-            t10,
             [
-                allow("udp,nw_dst=10.0.0.1,tp_src=68,tp_dst=67"),
-                allow("udp,nw_dst=255.255.255.255,tp_src=68,tp_dst=67"),
-                allow("udp,nw_dst=10.0.0.1,tp_dst=53"),
-                allow("tcp,nw_dst=10.0.0.1,tp_dst=53"),
-                allow("tcp,nw_dst=169.254.169.254,tp_dst=80"),
-                allow("icmp,nw_dst=10.0.0.0/24,icmp_type=8"),
-                allow("tcp,nw_dst=192.0.2.0/24,tp_dst=80"),
-                "table=10,priority=91,in_port=7,ct_state=+trk+new,ip,actions=drop".to_owned(),
+                format!(
+                    "table=10,priority=95,in_port=7,ct_state=+trk+new,{m},actions=ct(commit,zone=101),resubmit(,20)"
+                ),
+                format!("table=10,priority=95,in_port=7,ct_state=+trk+est-rpl,{m},actions=resubmit(,20)"),
             ]
-        );
+        };
+        let want = [
+            allow("udp,nw_dst=10.0.0.1,tp_src=68,tp_dst=67"),
+            allow("udp,nw_dst=255.255.255.255,tp_src=68,tp_dst=67"),
+            allow("udp,nw_dst=10.0.0.1,tp_dst=53"),
+            allow("tcp,nw_dst=10.0.0.1,tp_dst=53"),
+            allow("tcp,nw_dst=169.254.169.254,tp_dst=80"),
+            allow("icmp,nw_dst=10.0.0.0/24,icmp_type=8"),
+            allow("tcp,nw_dst=192.0.2.0/24,tp_dst=80"),
+            [
+                "table=10,priority=91,in_port=7,ct_state=+trk+new,ip,actions=drop".to_owned(),
+                "table=10,priority=91,in_port=7,ct_state=+trk+est-rpl,ip,actions=drop".to_owned(),
+            ],
+        ]
+        .concat();
+        assert_eq!(t10, want);
         // Above the network's open commit, which a port without egress rules keeps.
         let open = network_flows(100, &[7], &[], None);
         assert!(open[0].starts_with("table=10,priority=90,tun_id=100,ct_state=+trk+new,ip,"), "{open:?}");
@@ -349,8 +378,9 @@ mod tests {
         // closes egress: the group has egress rules.
         let empty = group(vec![ResolvedRule { cidrs: vec![], ..egress(Protocol::Any, None, "0.0.0.0/0") }]);
         let f = port_flows(100, 7, mac, ip, gw, &[empty]);
-        assert_eq!(f.iter().filter(|l| l.starts_with("table=10,priority=95")).count(), 5);
+        assert_eq!(f.iter().filter(|l| l.starts_with("table=10,priority=95")).count(), 10);
         assert!(f.iter().any(|l| l.ends_with("ct_state=+trk+new,ip,actions=drop")));
+        assert!(f.iter().any(|l| l.ends_with("ct_state=+trk+est-rpl,ip,actions=drop")));
     }
 
     #[test]

@@ -255,6 +255,92 @@ async fn egress_rules_are_enforced_and_guests_resolve_each_other() {
     );
     assert!(lookup(&g1.netns, "web-2", "10.20.0.1").is_empty(), "the old one no longer");
 
+    // Removing a rule cuts the sessions it admitted, not only new ones (their conntrack
+    // entries stay established; every packet that is not an answer asks the rules
+    // again). Ingress: a TCP stream into g2's tcp/81 stops when the rule goes.
+    let into_g2 = Running::start(
+        &g1.netns,
+        "while :; do echo x; sleep 0.2; done | nc 10.20.0.12 81",
+        dir.path().join("received-81"),
+        Some((&g2.netns, "nc -l -p 81")),
+    );
+    assert!(eventually(Duration::from_secs(5), || into_g2.grows()), "the stream into tcp/81 flows");
+    s2.spec_gen = 3;
+    s2.security_groups[0].rules.retain(|r| r.port_min != Some(81));
+    active(&net, &sink, &s2).await;
+    assert!(into_g2.stopped(), "the established stream ends with the rule that admitted it");
+    assert!(g1.connects("10.20.0.12", 80), "tcp/80's rule still stands");
+    // Egress: g1 may ping out while a rule says so; a running ping stops when it goes.
+    s1.spec_gen = 3;
+    s1.security_groups[0].rules.push(rule(Egress, Protocol::Tcp, Some(80), "10.20.0.0/24"));
+    s1.security_groups[0].rules.push(rule(Egress, Protocol::Icmp, None, "10.20.0.0/24"));
+    active(&net, &sink, &s1).await;
+    let ping = Running::start(&g1.netns, "ping -i 0.2 10.20.0.12", dir.path().join("ping"), None);
+    assert!(eventually(Duration::from_secs(5), || ping.grows()), "g1's ping runs under its egress rule");
+    s1.spec_gen = 4;
+    s1.security_groups[0].rules.retain(|r| r.protocol != Protocol::Icmp);
+    active(&net, &sink, &s1).await;
+    assert!(ping.stopped(), "the running ping stops with its egress rule");
+    g1.listen(&[22], 10);
+    assert!(g2.connects("10.20.0.11", 22), "answers to admitted inbound traffic still pass g1's egress");
+
     net.remove_services().await;
-    drop((g1, g2, host));
+    drop((into_g2, ping, g1, g2, host));
+}
+
+/// A command left running in a guest whose output grows while its traffic passes: a
+/// ping's answers, or what a listener in another guest receives. Killed when dropped.
+struct Running {
+    children: Vec<Child>,
+    out: std::path::PathBuf,
+}
+
+impl Running {
+    /// Runs `cmd` in `netns`, its output to `out`; with `listener` (its namespace and
+    /// command), that first, and `out` is what it receives.
+    fn start(netns: &str, cmd: &str, out: std::path::PathBuf, listener: Option<(&str, &str)>) -> Running {
+        let spawn = |netns: &str, cmd: &str, out: Stdio| {
+            Command::new("ip")
+                .args(["netns", "exec", netns, "timeout", "60", "sh", "-c", cmd])
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let file = || Stdio::from(std::fs::File::create(&out).unwrap());
+        let children = match listener {
+            Some((ns, listen)) => {
+                let l = spawn(ns, listen, file());
+                std::thread::sleep(Duration::from_millis(300));
+                vec![l, spawn(netns, cmd, Stdio::null())]
+            }
+            None => vec![spawn(netns, cmd, file())],
+        };
+        Running { children, out }
+    }
+
+    /// Does the output grow within a second and a half?
+    fn grows(&self) -> bool {
+        let len = || std::fs::metadata(&self.out).map(|m| m.len()).unwrap_or(0);
+        let before = len();
+        std::thread::sleep(Duration::from_millis(1500));
+        len() > before
+    }
+
+    /// Has it stopped (what was in flight when asked aside)?
+    fn stopped(&self) -> bool {
+        std::thread::sleep(Duration::from_millis(300));
+        !self.grows()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            // `timeout` passes TERM on to its command (a KILL it could not).
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
 }
