@@ -148,6 +148,11 @@ pub struct Image {
     /// The image's data. `None`: an image the VDC uses but does not own (a public image of
     /// the source site); the target resolves it by name among its own public images.
     pub blob: Option<BlobRef>,
+    /// Deleted at the source, and kept there only for the instances that boot it: the
+    /// target keeps it hidden too (its name held until they go). Left out when false, so
+    /// bundles of images that are not deleted read as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// A blob carried as chunks: the blob is their concatenation.

@@ -40,6 +40,7 @@ on_both_databases!(
     the_site_keys_are_the_databases,
     a_deleted_image_travels_only_with_the_instance_that_uses_it,
     an_update_restores_an_image_deleted_here_and_still_used_and_prunes_past_it,
+    an_image_deleted_at_the_source_is_deleted_here_by_the_update,
     the_images_of_disks_and_volume_data_take_free_names,
     a_halted_instance_arrives_stopped,
 );
@@ -1900,9 +1901,14 @@ async fn running(c: &Client, name: &str, image: &ImageId, network: &NetworkId, g
     wait_state(c, &i.resource.id, InstanceState::Running).await;
 }
 
+/// What a plan says of an image deleted at the source and kept there for an instance.
+const DELETED_AT_SOURCE: &str =
+    "deleted at the source (kept there for its instances): deleted here too, kept hidden while instances here boot it";
+
 /// An image deleted while an instance uses it is still that instance's: an export
-/// carries it (under its name, which stays held), the instance runs on the other site;
-/// a deleted image nothing uses does not travel.
+/// carries it (under its name, which stays held), the instance runs on the other site,
+/// where the image is deleted too (it arrived as an image the tenant had deleted; the
+/// instance boots its own root disk there); a deleted image nothing uses does not travel.
 async fn a_deleted_image_travels_only_with_the_instance_that_uses_it(db: Db) {
     let (a, b) = sites(db, None).await;
     let ca = a.account("tenant").await;
@@ -1915,11 +1921,16 @@ async fn a_deleted_image_travels_only_with_the_instance_that_uses_it(db: Db) {
     let bytes = export(&ca).await;
     let cb = b.account("tenant").await;
     let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
-    let images: Vec<_> = plan.creates.iter().filter(|c| c.kind == "image").map(|c| c.name.as_str()).collect();
-    assert_eq!(images, ["used", "vm-root"], "the image and the instance's root disk: {plan:?}");
-    cb.import_bundle(bytes, &[]).await.unwrap();
-    assert_eq!(own_image_names(&cb).await, ["used", "vm-root"]);
+    let images: Vec<_> =
+        plan.creates.iter().filter(|c| c.kind == "image").map(|c| (c.name.as_str(), c.note.as_deref())).collect();
+    let root = Some("the root disk of instance vm");
+    assert_eq!(images, [("used", Some(DELETED_AT_SOURCE)), ("vm-root", root)], "the image and the root disk");
+    cb.import_bundle(bytes.clone(), &[]).await.unwrap();
+    assert_eq!(own_image_names(&cb).await, ["vm-root"], "used is deleted here too");
     wait_state(&cb, &live_instance(&cb, "vm").await.id, InstanceState::Running).await;
+    // The second time: the same bundle changes nothing, and the image stays deleted.
+    assert!(!cb.import_bundle(bytes, &[]).await.unwrap().created);
+    assert_eq!(own_image_names(&cb).await, ["vm-root"]);
     // Deleted at B while vm boots it, vm-root's name is held: another VDC's image of that
     // name says so in the plan.
     let here = cb.list_all_images().await.unwrap().into_iter().find(|i| i.name == "vm-root").unwrap();
@@ -1968,6 +1979,48 @@ async fn an_update_restores_an_image_deleted_here_and_still_used_and_prunes_past
     assert!(cb.import_bundle_pruning(third, &[]).await.unwrap().created);
     assert_eq!(api_err(cb.get_image(&here.id).await).0, 404);
     wait_state(&cb, &live_instance(&cb, "qi").await.id, InstanceState::Running).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// An image both sites have, deleted at the source while an instance there still boots
+/// it: the update deletes it here too (it stayed an image here, which the tenant had
+/// deleted), and the next update leaves it so. Its instance here runs on.
+async fn an_image_deleted_at_the_source_is_deleted_here_by_the_update(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let (ca, cb) = (a.account("source").await, b.account("target").await);
+    let img = raw_image(&ca, "pimg", vec![3u8; 1 << 20]).await;
+    let net = network(&ca, "n", "10.63.0.0/24").await;
+    running(&ca, "qi", &img, &net.id, vec![]).await;
+    cb.import_bundle(export(&ca).await, &[]).await.unwrap();
+    assert_eq!(own_image_names(&cb).await, ["pimg", "qi-root"]);
+    let here = cb.list_all_images().await.unwrap().into_iter().find(|i| i.name == "pimg").unwrap();
+
+    ca.delete_image(&img).await.unwrap();
+    let second = export(&ca).await;
+    let plan = cb.plan_bundle(second.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    let said: Vec<_> = plan.updates.iter().filter(|u| u.kind == "image").map(|u| u.detail.as_str()).collect();
+    assert_eq!(said, [DELETED_AT_SOURCE]);
+    assert!(cb.import_bundle(second, &[]).await.unwrap().created);
+    assert_eq!(own_image_names(&cb).await, ["qi-root"]);
+    assert_eq!(api_err(cb.get_image(&here.id).await).0, 404);
+    wait_state(&cb, &live_instance(&cb, "qi").await.id, InstanceState::Running).await;
+    // Nothing here boots it (qi boots its own root disk): collected, its name free again.
+    let probe = vdc_tests::image_request("pimg", ImageFormat::Raw);
+    let free = eventually(Duration::from_secs(20), || async { cb.create_image(&probe).await.ok() })
+        .await
+        .expect("the deleted image is collected");
+    cb.delete_image(&free.id).await.unwrap();
+    // The next update, of another change, neither makes it again (only to be collected
+    // again) nor says anything of it.
+    ca.create_keypair(&CreateKeyPair { name: "pk".into(), public_key: None }).await.unwrap();
+    let third = export(&ca).await;
+    let plan = cb.plan_bundle(third.clone(), &[]).await.unwrap();
+    assert!(!plan.updates.iter().any(|u| u.kind == "image"), "{:?}", plan.updates);
+    assert!(!plan.creates.iter().any(|c| c.kind == "image"), "{:?}", plan.creates);
+    assert!(cb.import_bundle(third, &[]).await.unwrap().created);
+    assert_eq!(own_image_names(&cb).await, ["qi-root"]);
     a.stop().await;
     b.stop().await;
 }

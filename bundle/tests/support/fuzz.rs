@@ -259,6 +259,7 @@ fn model(key: &SigningKey, with_data: bool) -> (Manifest, BTreeMap<String, Vec<u
         os: Some("debian-12".into()),
         default_user: Some("debian".into()),
         blob,
+        deleted: false,
     };
     let net = |id: &str, name: &str, n: u8| Network {
         id: id.into(),

@@ -17,5 +17,6 @@ pub fn raw_image(id: &str, name: &str, blob: BlobRef) -> Image {
         os: None,
         default_user: None,
         blob: Some(blob),
+        deleted: false,
     }
 }

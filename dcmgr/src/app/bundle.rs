@@ -228,6 +228,9 @@ async fn build_manifest(
             min_memory: i.8.map(|v| v as u64),
             os: i.9,
             default_user: i.10,
+            // Only an own image that travels with its data: one resolved by name at the
+            // target is that site's to keep or not.
+            deleted: i.13 == 1 && blob.is_some(),
             blob,
         });
     }
@@ -611,6 +614,10 @@ impl PlannedNetwork {
     }
 }
 
+/// The plan's note on an image deleted at the source ([`vdc_bundle::Image::deleted`]).
+const DELETED_AT_SOURCE: &str =
+    "deleted at the source (kept there for its instances): deleted here too, kept hidden while instances here boot it";
+
 /// Where an instance's image comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ImageChoice {
@@ -620,6 +627,25 @@ pub enum ImageChoice {
     Existing(String),
     /// The image the earlier import of this VDC made (an update).
     Kept(String),
+    /// Deleted at the source, and here made by the earlier import and gone since: not
+    /// made again, as nothing this import makes boots it ([`dropped`]).
+    Dropped,
+}
+
+/// Whether image `id` of the bundle, deleted at the source, need not be made again: the
+/// earlier import made it and it is gone here (deleted, and nothing here used it), every
+/// instance of the bundle that boots it is here already on a root disk of its own, and no
+/// image of the bundle names it as its kernel. Made again, it would only be collected
+/// again, on every update.
+fn dropped(m: &Manifest, h: &Have, id: &str) -> bool {
+    h.map.contains_key(id)
+        && h.image(id).is_none()
+        && m.model.images.iter().all(|x| x.kernel_id.as_deref() != Some(id))
+        && m.model
+            .instances
+            .iter()
+            .filter(|x| x.image == id)
+            .all(|x| h.instance(&x.id).is_some() && h.map.contains_key(&root_key(&x.id)))
 }
 
 /// What an import does: decided by [`decide`], applied by [`import`] in one transaction.
@@ -910,18 +936,24 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             }
             d.kept.insert(i.id.clone(), t.0.clone());
             d.images.insert(i.id.clone(), ImageChoice::Kept(t.0.clone()));
-            if t.13 == 1 {
+            if t.13 == 1 && !i.deleted {
                 // Deleted here since, and kept for what still boots it: made an image again.
                 let note = "restored: deleted here since the import, its data kept for instances".to_owned();
                 d.updates.push(change("image", &i.id, &t.0, &i.name)(note));
+            } else if t.13 == 0 && i.deleted {
+                d.updates.push(change("image", &i.id, &t.0, &i.name)(DELETED_AT_SOURCE.to_owned()));
             } else {
                 d.unchanged.push(change("image", &i.id, &t.0, &i.name)(String::new()));
             }
             continue;
         }
+        if i.blob.is_some() && i.deleted && have.as_ref().is_some_and(|h| dropped(m, h, &i.id)) {
+            d.images.insert(i.id.clone(), ImageChoice::Dropped);
+            continue;
+        }
         if i.blob.is_some() {
             d.images.insert(i.id.clone(), ImageChoice::New);
-            name(&mut d, "image", &i.id, &i.name, None);
+            name(&mut d, "image", &i.id, &i.name, i.deleted.then(|| DELETED_AT_SOURCE.to_owned()));
             continue;
         }
         // Never guessed, as the CLI resolves names: its own image and a public one of the
@@ -966,7 +998,8 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                 .as_ref()
                 .and_then(|h| h.images.get(id.as_str()))
                 .is_some_and(|f| db::split_list::<HypervisorKind>(&f.4).contains(&hv)),
-            None => true, // already a conflict of its image
+            // Dropped: only instances here already boot it, on their own root disks.
+            Some(ImageChoice::Dropped) | None => true, // None: already a conflict of its image
         };
         if !image_ok {
             d.conflicts.push(conflict(
@@ -1129,7 +1162,12 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             // the bundle: then it stays in the map until a prune deletes it.
             let keep = match b.split_once(':') {
                 Some((owner, _)) if in_bundle(owner) => d.kept.contains_key(owner),
-                _ => d.kept.contains_key(b) || (!in_bundle(b) && h.live(b).is_some() && !removed.contains(t.as_str())),
+                _ => {
+                    d.kept.contains_key(b)
+                        || (!in_bundle(b) && h.live(b).is_some() && !removed.contains(t.as_str()))
+                        // So that the next update finds it made before, and gone.
+                        || d.images.get(b) == Some(&ImageChoice::Dropped)
+                }
             };
             if keep {
                 carry.insert(b.clone(), t.clone());
@@ -2591,10 +2629,15 @@ async fn apply(
             }
             Some(ImageChoice::Kept(id)) => {
                 let id: ImageId = id.parse().map_err(ApiError::internal)?;
-                // Deleted here since the import, and still used: restored.
+                // Deleted here since the import, and still used: restored, unless it is
+                // deleted at the source too.
                 let found = db::lock(&mut tx, db::Lock::Image, id.as_str()).await?
-                    || (db::image::restore(&mut tx, id.as_str()).await?
-                        && db::lock(&mut tx, db::Lock::Image, id.as_str()).await?);
+                    || if i.deleted {
+                        db::image::is_deleted(&mut tx, id.as_str()).await?
+                    } else {
+                        db::image::restore(&mut tx, id.as_str()).await?
+                            && db::lock(&mut tx, db::Lock::Image, id.as_str()).await?
+                    };
                 if !found {
                     return Err(ApiError::Busy(format!("image {id} changed concurrently")));
                 }
@@ -2629,6 +2672,7 @@ async fn apply(
                 ids.insert(i.id.clone(), image.id.to_string());
                 images.insert(i.id.clone(), (image.id, i.boot_mode));
             }
+            Some(ImageChoice::Dropped) => {}
             None => return Err(ApiError::internal(format!("image {} undecided", i.id))),
         }
     }
@@ -2873,6 +2917,16 @@ async fn apply(
             ids.insert(f.id.clone(), id.to_string());
         }
     }
+    // Images deleted at the source (kept there for their instances): hidden here too, once
+    // what boots them is made; the collector removes one nothing here uses.
+    for i in m.model.images.iter().filter(|i| i.deleted) {
+        let ours = matches!(d.images.get(&i.id), Some(ImageChoice::New | ImageChoice::Kept(_)));
+        if let (true, Some((id, _))) = (ours, images.get(&i.id)) {
+            if !db::image::is_deleted(&mut tx, id.as_str()).await? {
+                db::image::mark_deleted(&mut tx, id).await?;
+            }
+        }
+    }
     // An update: the import keeps its ID and creation, with the new hash and map.
     if let Some(p) = &e.prior {
         let mut all = d.carry.clone();
@@ -2995,6 +3049,7 @@ mod tests {
                     os: None,
                     default_user: None,
                     blob: None,
+                    deleted: false,
                 }],
                 instances: vec![vdc_bundle::Instance {
                     id: "i-1".into(),

@@ -318,7 +318,21 @@ pub async fn prior(
     .await?;
     let Some(r) = row else { return Ok(None) };
     let import = import_api((r.0, r.1, r.2, r.3, r.4, r.5, r.6))?;
-    let target = snapshot_on(db, account).await?;
+    let mut target = snapshot_on(db, account).await?;
+    // The account's deleted images too, used or not yet collected: an update finds the
+    // ones its import made (and keeps them, or restores them) rather than making them again
+    // under a name they still hold.
+    let deleted: Vec<ImageRow> = sqlx::query_as(&format!(
+        "SELECT {IMAGE_COLS} FROM images WHERE account_id = $1 AND deleted_at IS NOT NULL ORDER BY id"
+    ))
+    .bind(account.as_str())
+    .fetch_all(&mut *db)
+    .await?;
+    for r in deleted {
+        if !target.images.iter().any(|t| t.0 == r.0) {
+            target.images.push(r);
+        }
+    }
     Ok(Some(Prior { import, exported_at: r.7, target }))
 }
 
