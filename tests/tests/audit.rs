@@ -16,7 +16,41 @@ on_both_databases!(
     retention_prunes_old_entries,
     concurrent_creates_are_each_recorded,
     whoami_says_who_the_token_is,
+    an_export_is_a_members_and_is_recorded,
 );
+
+/// A bundle export captures disks (with `stop`, stops and starts instances) and carries
+/// every disk's bytes and the instances' user data: a reader's token exported, stopping
+/// instances, and nothing was recorded (a GET). Now `read_only`, and recorded.
+async fn an_export_is_a_members_and_is_recorded(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let t = team(&s, "erin").await;
+    t.owner.create_keypair(&keypair("k")).await.unwrap();
+    for stop in [false, true] {
+        for model_only in [false, true] {
+            let mut out = Vec::new();
+            match t.reader.export_bundle(model_only, stop, &mut out, |_| {}).await {
+                Err(vdc_cli::client::UploadError::Api(e)) => assert_eq!(err::<()>(Err(e)), (403, "read_only".into())),
+                other => panic!("a reader's export: {other:?}"),
+            }
+            assert!(out.is_empty());
+        }
+    }
+    let mut out = Vec::new();
+    let n = t.member.export_bundle(true, false, &mut out, |_| {}).await.unwrap();
+    assert!(n > 0 && out.len() as u64 == n);
+    let seen: Vec<(Option<String>, u16, Option<String>)> = all(&t.owner, only("bundle.export"))
+        .await
+        .into_iter()
+        .map(|e| (e.user_id.map(|u| u.to_string()), e.status, e.error_code))
+        .collect();
+    let reader = t.reader_me.user.id.to_string();
+    let member = t.member.whoami().await.unwrap().user.id.to_string();
+    let mut want = vec![(Some(member), 200, None)];
+    want.extend((0..4).map(|_| (Some(reader.clone()), 403, Some("read_only".to_owned()))));
+    assert_eq!(seen, want, "newest first");
+    s.stop().await;
+}
 
 fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
     match r {

@@ -73,6 +73,9 @@ pub fn check(caller: &Caller, op: Op) -> ApiResult<()> {
     })
 }
 
+/// The one read that is a write ([`route_op`]), and is audited as one.
+pub const EXPORT: &str = "/bundle";
+
 /// The operation a route is, by method and route template (as under `/api/v1`).
 pub fn route_op(method: &str, route: &str) -> Op {
     let route = route.strip_prefix("/api/v1").unwrap_or(route);
@@ -89,6 +92,12 @@ pub fn route_op(method: &str, route: &str) -> Op {
     if reading {
         if under("/audit") {
             return Op::ReadAudit;
+        }
+        // An export captures disks (temporary snapshots and images, and with `stop` stops
+        // and starts instances) and carries what reads never show (user data, every
+        // disk's bytes): a member's, as a capture is.
+        if route == EXPORT {
+            return Op::Write;
         }
         return Op::Read;
     }

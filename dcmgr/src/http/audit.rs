@@ -108,8 +108,14 @@ fn actions() -> &'static HashMap<(String, String), String> {
         let mut map = HashMap::new();
         for (path, item) in doc.paths.paths {
             let route = path.strip_prefix("/api/v1").unwrap_or(&path).to_owned();
-            for (method, op) in [("POST", item.post), ("PUT", item.put), ("PATCH", item.patch), ("DELETE", item.delete)]
-            {
+            let export = (route == crate::app::authz::EXPORT).then_some(item.get).flatten();
+            for (method, op) in [
+                ("POST", item.post),
+                ("PUT", item.put),
+                ("PATCH", item.patch),
+                ("DELETE", item.delete),
+                ("GET", export),
+            ] {
                 if let Some(id) = op.and_then(|o| o.operation_id) {
                     map.insert((method.to_owned(), route.clone()), action_of(&id));
                 }
@@ -143,7 +149,10 @@ fn created_id(body: &[u8]) -> Option<String> {
 pub async fn layer(State(ctx): State<SharedCtx>, mut req: Request, next: Next) -> Response {
     let request_id = RequestId::generate();
     let method = req.method().clone();
-    if !matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+    // An export is a GET that captures disks and stops instances (`authz::EXPORT`).
+    let path = req.uri().path();
+    let export = method == Method::GET && path.strip_prefix("/api/v1").unwrap_or(path) == crate::app::authz::EXPORT;
+    if !export && !matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
         let mut resp = next.run(req).await;
         set_request_id(&mut resp, &request_id);
         return resp;
