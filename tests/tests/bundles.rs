@@ -1925,7 +1925,18 @@ async fn a_deleted_image_travels_only_with_the_instance_that_uses_it(db: Db) {
         plan.creates.iter().filter(|c| c.kind == "image").map(|c| (c.name.as_str(), c.note.as_deref())).collect();
     let root = Some("the root disk of instance vm");
     assert_eq!(images, [("used", Some(DELETED_AT_SOURCE)), ("vm-root", root)], "the image and the root disk");
+    // Both count in the account's images quota (the root disk's did not: a bundle of
+    // instances made images past it).
+    let id = cb.own_quotas().await.unwrap().account_id;
+    let limit = |n: Option<i64>| SetQuotas { quotas: [("images".to_string(), n)].into_iter().collect() };
+    b.admin.set_account_quotas(&id, &limit(Some(1))).await.unwrap();
+    let said = cb.plan_bundle(bytes.clone(), &[]).await.unwrap().conflicts;
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].message.starts_with("quota images is 1 and 0 of it is in use"), "{}", said[0].message);
+    assert_eq!(api_err(cb.import_bundle(bytes.clone(), &[]).await), (422, "quota_exceeded".into()));
+    b.admin.set_account_quotas(&id, &limit(Some(2))).await.unwrap();
     cb.import_bundle(bytes.clone(), &[]).await.unwrap();
+    b.admin.set_account_quotas(&id, &limit(None)).await.unwrap();
     assert_eq!(own_image_names(&cb).await, ["vm-root"], "used is deleted here too");
     wait_state(&cb, &live_instance(&cb, "vm").await.id, InstanceState::Running).await;
     // The second time: the same bundle changes nothing, and the image stays deleted.

@@ -712,6 +712,34 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
     for i in &maps.invalid {
         d.conflicts.push(conflict("invalid_map", i.clone(), None));
     }
+    // A map of something the bundle does not have is a typo, not a no-op.
+    let names = |kind: &str| -> Vec<&str> {
+        let mm = &m.model;
+        match kind {
+            "network" => mm.networks.iter().map(|x| x.name.as_str()).collect(),
+            "security_group" => mm.security_groups.iter().map(|x| x.name.as_str()).collect(),
+            "keypair" => mm.keypairs.iter().map(|x| x.name.as_str()).collect(),
+            "image" => mm.images.iter().map(|x| x.name.as_str()).collect(),
+            "instance" => mm.instances.iter().map(|x| x.name.as_str()).collect(),
+            "volume" => mm.volumes.iter().map(|x| x.name.as_str()).collect(),
+            "server_group" => mm.server_groups.iter().map(|x| x.name.as_str()).collect(),
+            _ => vec![],
+        }
+    };
+    let mut unknown: Vec<String> = maps
+        .cidr
+        .keys()
+        .filter(|n| !names("network").contains(&n.as_str()))
+        .map(|n| format!("network.{n}.cidr"))
+        .chain(
+            maps.rename.keys().filter(|(k, n)| !names(k).contains(&n.as_str())).map(|(k, n)| format!("{k}.{n}.name")),
+        )
+        .collect();
+    unknown.sort();
+    for u in unknown {
+        let what = u.split('.').next().unwrap_or_default().replace('_', " ");
+        d.conflicts.push(conflict("invalid_map", format!("--map {u}: the bundle has no {what} of that name"), None));
+    }
     let taken: HashSet<(&str, &str)> = e.names.iter().map(|(k, n)| (k.as_str(), n.as_str())).collect();
     let have = e.prior.as_ref().map(Have::new);
     if let Some(p) = &e.prior {
@@ -813,6 +841,16 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                     format!("network {}: remap {cidr} to a /{} network, not {to}", n.name, cidr.prefix_len()),
                     None,
                 ));
+                continue;
+            }
+            // What a network made by the API may not have, a map may not give it either.
+            let why = if to.trunc() != *to {
+                Some(format!("cidr {to} has host bits set; did you mean {}?", to.trunc()))
+            } else {
+                crate::app::network::reserved(to)
+            };
+            if let Some(why) = why {
+                d.conflicts.push(conflict("invalid_map", format!("network {}: {why}", n.name), None));
                 continue;
             }
             p.from = Some(cidr);
@@ -2436,6 +2474,17 @@ fn quota_asks(m: &Manifest, d: &Decision, maps: &Maps) -> Vec<(QuotaKey, u64)> {
     let volumes: Vec<&vdc_bundle::Volume> =
         m.model.volumes.iter().filter(|v| !maps.skip_volumes && new(&v.id)).collect();
     let floating_ips = m.model.floating_ips.iter().filter(|f| !maps.skip_floating_ips && new(&f.id)).count();
+    // Images are also made of the new instances' root disks and the new volumes' data:
+    // images of the account as any, counted as any.
+    let image_bytes: Vec<u64> = new_images
+        .iter()
+        .filter_map(|i| i.blob.as_ref())
+        .chain(instances.iter().filter_map(|i| i.root_disk.as_ref()))
+        .chain(volumes.iter().filter_map(|v| v.data.as_ref()))
+        .map(|b| b.size)
+        .collect();
+    // (A new image always has its data.)
+    let images = image_bytes.len();
     vec![
         (QuotaKey::Instances, instances.len() as u64),
         (QuotaKey::Vcpus, instances.iter().map(|i| u64::from(i.cpus)).sum()),
@@ -2444,8 +2493,8 @@ fn quota_asks(m: &Manifest, d: &Decision, maps: &Maps) -> Vec<(QuotaKey, u64)> {
         (QuotaKey::SecurityGroups, m.model.security_groups.iter().filter(|g| new(&g.id)).count() as u64),
         (QuotaKey::Keypairs, m.model.keypairs.iter().filter(|k| new(&k.id)).count() as u64),
         (QuotaKey::ServerGroups, m.model.server_groups.iter().filter(|g| new(&g.id)).count() as u64),
-        (QuotaKey::Images, new_images.len() as u64),
-        (QuotaKey::ImageGib, new_images.iter().filter_map(|i| i.blob.as_ref()).map(|b| b.size).sum()),
+        (QuotaKey::Images, images as u64),
+        (QuotaKey::ImageGib, image_bytes.iter().sum()),
         (QuotaKey::Volumes, volumes.len() as u64),
         (QuotaKey::VolumeGib, volumes.iter().map(|v| v.size_mib).sum()),
         (QuotaKey::FloatingIps, floating_ips as u64),
@@ -3127,6 +3176,35 @@ mod tests {
         let d = decide(&manifest(), &e, &Maps::default());
         let c = d.conflicts.iter().find(|c| c.code == "cidr_overlap").expect("the external network");
         assert!(c.message.contains("overlaps this site's external network 10.0.0.0/16"), "{}", c.message);
+    }
+
+    /// A map may not give a network what the API refuses it (127.0.0.0/24 was made with
+    /// `--map network.X.cidr=`), nor name what the bundle does not have.
+    #[test]
+    fn a_map_gives_nothing_the_api_refuses_and_names_what_the_bundle_has() {
+        let messages = |pairs: &[&str]| -> Vec<String> {
+            let maps = parse_maps(&pairs.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+            let d = decide(&manifest(), &store::Existing { cidrs: vec![], ..existing() }, &maps);
+            d.conflicts.into_iter().filter(|c| c.code == "invalid_map").map(|c| c.message).collect()
+        };
+        for (to, range) in [
+            ("127.0.0.0/24", "127.0.0.0/8, the loopback range"),
+            ("169.254.0.0/24", "169.254.0.0/16, the link-local range of the metadata service"),
+            ("224.0.0.0/24", "224.0.0.0/4, the multicast range"),
+            ("0.0.0.0/24", "0.0.0.0/8"),
+        ] {
+            let said = messages(&[&format!("network.front.cidr={to}")]);
+            assert_eq!(said.len(), 1, "{to}: {said:?}");
+            assert!(said[0].starts_with(&format!("network front: cidr {to} overlaps {range}")), "{said:?}");
+        }
+        assert!(messages(&["network.front.cidr=10.9.0.0/24"]).is_empty());
+        assert_eq!(
+            messages(&["network.nope.cidr=10.9.0.0/24", "instance.nobody.name=x", "instance.web.name=web2"]),
+            [
+                "--map instance.nobody.name: the bundle has no instance of that name",
+                "--map network.nope.cidr: the bundle has no network of that name",
+            ]
+        );
     }
 
     #[test]

@@ -33,6 +33,12 @@ const RESERVED: [(&str, &str); 5] = [
     ("240.0.0.0/4", "the reserved range"),
 ];
 
+/// Why `net` is no tenant network's range ([`RESERVED`]), if it overlaps one.
+pub fn reserved(net: &Ipv4Net) -> Option<String> {
+    let (r, what) = RESERVED.iter().find(|(r, _)| overlaps(net, &r.parse().unwrap()))?;
+    Some(format!("cidr {net} overlaps {r}, {what}; choose a private range"))
+}
+
 /// Checks the request and fills in defaults: (cidr, gateway, dhcp_start, dhcp_end).
 pub fn plan(req: &CreateNetwork) -> ApiResult<(Ipv4Net, Ipv4Addr, Ipv4Addr, Ipv4Addr)> {
     validate_name("network", &req.name)?;
@@ -53,8 +59,8 @@ pub fn plan(req: &CreateNetwork) -> ApiResult<(Ipv4Net, Ipv4Addr, Ipv4Addr, Ipv4
     if net.prefix_len() > 29 || net.prefix_len() < 8 {
         return Err(ApiError::bad("invalid_cidr", format!("cidr {net}: the prefix length must be between /8 and /29")));
     }
-    if let Some((r, what)) = RESERVED.iter().find(|(r, _)| overlaps(&net, &r.parse().unwrap())) {
-        return Err(ApiError::bad("invalid_cidr", format!("cidr {net} overlaps {r}, {what}; choose a private range")));
+    if let Some(why) = reserved(&net) {
+        return Err(ApiError::bad("invalid_cidr", why));
     }
     let first = u32::from(net.network()) + 1;
     let last = u32::from(net.broadcast()) - 1;
