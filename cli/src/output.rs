@@ -63,12 +63,25 @@ fn new_table() -> Table {
     t
 }
 
+/// A cell as the terminal is to show it: control characters (escape sequences that
+/// would retitle, clear or recolour the terminal of whoever lists another tenant's
+/// descriptions or key comments) and bidirectional overrides written out as `\u{..}`.
+/// Line breaks stay.
+fn printable(s: String) -> String {
+    let unsafe_char =
+        |c: char| (c.is_control() && c != '\n') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(unsafe_char) {
+        return s;
+    }
+    s.chars().map(|c| if unsafe_char(c) { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+}
+
 /// A list table: one row per item.
 pub fn list_table<T: Tabular>(items: &[T]) -> String {
     let mut t = new_table();
     t.set_header(T::headers().iter().copied());
     for item in items {
-        t.add_row(item.row());
+        t.add_row(item.row().into_iter().map(printable));
     }
     format!("{t}\n")
 }
@@ -78,7 +91,7 @@ pub fn fields_table(fields: Vec<(&'static str, String)>) -> String {
     let mut t = new_table();
     t.set_header(["FIELD", "VALUE"]);
     for (k, v) in fields {
-        t.add_row([k.to_string(), v]);
+        t.add_row([k.to_string(), printable(v)]);
     }
     format!("{t}\n")
 }
@@ -817,6 +830,21 @@ impl Tabular for Job {
 mod tests {
     use super::*;
     use vdc_schema::*;
+
+    /// A tenant's description or key comment with escape sequences reached the terminal
+    /// of whoever listed it (retitled, cleared, recoloured it).
+    #[test]
+    fn tables_show_control_characters_written_out() {
+        let evil = "desc \u{1b}]0;PWNED\u{7} \u{1b}[2J\u{1b}[31mred \u{202e}txt.exe\r\0".to_owned();
+        let shown = fields_table(vec![("DESCRIPTION", evil.clone()), ("USER DATA", "a\nb".into())]);
+        assert!(!shown.chars().any(|c| c.is_control() && c != '\n') && !shown.contains('\u{202e}'), "{shown:?}");
+        assert!(shown.contains("desc \\u{1b}]0;PWNED\\u{7} \\u{1b}[2J\\u{1b}[31mred \\u{202e}txt.exe\\u{d}\\u{0}"));
+        assert!(shown.contains("┆ a ") && shown.contains("┆ b "), "line breaks stay: {shown}");
+        let mut v = volume();
+        v.name = evil;
+        let listed = list_table(&[v]);
+        assert!(!listed.contains('\u{1b}') && listed.contains("\\u{1b}"), "{listed:?}");
+    }
 
     fn job() -> Job {
         Job {
