@@ -734,6 +734,16 @@ async fn an_admin_manages_the_tokens_of_the_account_it_names(db: Db) {
     assert!(live(s.admin.clone()).await.contains(&mine.token.id), "the admin's own deploy is not");
     let e = vdc_in(&s.admin, "alice", &["token", "create", "ci"]).await.unwrap_err().report();
     assert!(e.contains("--user NAME"), "{e}");
+    // An owner who is no admin names the account as `vdc login` keeps it, by its name:
+    // members and tokens were refused ("only an admin can look accounts up by name").
+    let bob = s.admin.create_user(&CreateUser { name: "bob".into(), admin: false, password: None }).await.unwrap();
+    vdc_in(&alice, "alice", &["account", "member", "add", "bob", "--role", "reader"]).await.unwrap();
+    vdc_in(&alice, "alice", &["account", "member", "list"]).await.unwrap();
+    vdc_in(&alice, "alice", &["token", "create", "ci"]).await.unwrap();
+    let members = alice.list_members(&alice.whoami().await.unwrap().account.id).await.unwrap();
+    assert!(members.iter().any(|m| m.user_id == bob.id && m.role == vdc_schema::Role::Reader), "{members:?}");
+    let e = vdc_in(&alice, "bobs", &["account", "member", "list"]).await.unwrap_err().report();
+    assert!(e.contains("bobs"), "{e}");
     s.stop().await;
 }
 

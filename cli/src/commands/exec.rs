@@ -340,17 +340,14 @@ async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<(), CliError> {
 impl Ctx {
     /// The account `--account` names, else the calling token's own: the account of the
     /// first token it lists (a token always sees itself).
+    /// The account `--account` names (by name among the caller's own, as `vdc login`
+    /// keeps it, or by ID; an admin's by any name), else the token's own.
     async fn account_id(&self) -> Result<AccountId, CliError> {
-        if let Some(a) = &self.account {
-            let account: Ref<Account> = a.parse().map_err(CliError::usage)?;
-            return member(&self.client, &account).await;
+        let me = self.client.whoami().await?;
+        match &self.account {
+            None => Ok(me.account.id),
+            Some(a) => account_of(&self.client, &me, a).await,
         }
-        let page = self.client.list_tokens(&ListQuery { limit: Some(1), ..Default::default() }).await?;
-        page.items
-            .into_iter()
-            .next()
-            .map(|t| t.account_id)
-            .ok_or_else(|| CliError::Failed("the token sees no account".into()))
     }
 
     /// A member of the account by user name or ID.
@@ -361,6 +358,14 @@ impl Ctx {
             .find(|m| m.user_name == user || m.user_id.as_str() == user)
             .map(|m| m.user_id)
             .ok_or_else(|| CliError::Failed(format!("{user:?} is not a member of account {account}")))
+    }
+}
+
+/// Account `a` (a name or an ID) among the caller's own, else as [`member`] finds it.
+async fn account_of(c: &Client, me: &Whoami, a: &str) -> Result<AccountId, CliError> {
+    match me.accounts.iter().find(|m| m.account_name == a || m.account_id.as_str() == a) {
+        Some(m) => Ok(m.account_id.clone()),
+        None => member(c, &a.parse().map_err(CliError::usage)?).await,
     }
 }
 
@@ -378,10 +383,7 @@ async fn audit(
     let me = c.whoami().await?;
     let account = match &ctx.account {
         None => None,
-        Some(a) => match me.accounts.iter().find(|m| m.account_name == *a || m.account_id.as_str() == a) {
-            Some(m) => Some(m.account_id.clone()),
-            None => Some(member(c, &a.parse().map_err(CliError::usage)?).await?),
-        },
+        Some(a) => Some(account_of(c, &me, a).await?),
     };
     let user = match user {
         None => None,
