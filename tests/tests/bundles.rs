@@ -1012,6 +1012,27 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
         m2.model.volumes[0].size_mib = 16 << 20; // the largest volume there is; no node has room
         write(&m2, &chunks, &site_key(&a))
     };
+    // A trusted signer's bundle whose interfaces have a broadcast, multicast or zero MAC:
+    // it was kept (no guest's to have); they get this site's MACs instead.
+    let odd = {
+        let (mut m2, chunks) = open(&bytes, &site_key(&a));
+        let bad = ["ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01", "00:00:00:00:00:00"];
+        for (n, nic) in m2.model.instances.iter_mut().flat_map(|i| i.interfaces.iter_mut()).enumerate() {
+            nic.mac = bad[n % bad.len()].into();
+        }
+        write(&m2, &chunks, &site_key(&a))
+    };
+    let macs = b.account("macs").await;
+    assert!(macs.import_bundle(odd, &[]).await.unwrap().created);
+    let got: Vec<[u8; 6]> = macs
+        .list_all_instances()
+        .await
+        .unwrap()
+        .iter()
+        .flat_map(|i| i.interfaces.iter().map(|v| v.mac.octets()))
+        .collect();
+    assert_eq!(got.len(), 4, "every interface of the three instances");
+    assert!(got.iter().all(|m| m[0] & 1 == 0 && *m != [0; 6]), "{got:?}");
     let full = b.account("full").await;
     assert_eq!(api_err(full.import_bundle(huge, &[]).await).1, "no_capacity");
     assert!(full.list_all_networks().await.unwrap().is_empty());

@@ -2809,9 +2809,12 @@ async fn apply(
         for (pos, nic) in i.interfaces.iter().enumerate() {
             let (net, p) = &networks[&nic.network];
             let ip = nic.ip.parse::<Ipv4Addr>().map_err(ApiError::internal)?;
-            // MACs are unique site-wide: the bundle's is kept unless this site uses it.
+            // MACs are unique site-wide: the bundle's is kept unless this site uses it, or
+            // it is no guest's to have (a crafted bundle's broadcast, multicast or zero
+            // MAC): then the interface gets one of this site's, as a create does.
+            let unicast = |m: &vdc_schema::net::MacAddr| m.octets()[0] & 1 == 0 && m.octets() != [0; 6];
             let mac = match nic.mac.parse::<vdc_schema::net::MacAddr>() {
-                Ok(mac) if !store::mac_taken(&mut tx, &mac.to_string()).await? => Some(mac),
+                Ok(mac) if unicast(&mac) && !store::mac_taken(&mut tx, &mac.to_string()).await? => Some(mac),
                 _ => None,
             };
             let planned = interface::Planned {
