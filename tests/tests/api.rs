@@ -97,6 +97,16 @@ async fn auth_and_api_info(db: Db) {
     assert_eq!(body.error.code, "unauthorized");
     let bad = Client::new(s.url(), "vdc_not_a_token");
     assert_eq!(err(bad.list_instances(&ListQuery::default()).await), (401, "unauthorized".into()));
+    // The scheme in any case (RFC 7235): `bearer …` was refused.
+    for (scheme, status) in [("bearer", 200), ("BEARER", 200), ("Basic", 401), ("Bearer_", 401)] {
+        let r = http
+            .get(format!("{}/api/v1/whoami", s.url()))
+            .header("authorization", format!("{scheme} {}", s.admin_token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{scheme}");
+    }
     // A malformed body gets our error shape, not a plain-text rejection.
     let r = http
         .post(format!("{}/api/v1/networks", s.url()))

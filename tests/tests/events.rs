@@ -13,8 +13,59 @@ use vdc_tests::{on_both_databases, wait_state, Db, Stack, StackOptions};
 on_both_databases!(
     events_follow_resume_and_stay_in_their_account,
     events_survive_a_dcmgr_restart,
-    rules_and_associations_are_updates
+    rules_and_associations_are_updates,
+    a_stream_ends_when_its_token_no_longer_admits_the_caller
 );
+
+/// An open stream is asked again before each event: one kept sending the account's
+/// events after its member was removed, or its token revoked (or signed out).
+async fn a_stream_ends_when_its_token_no_longer_admits_the_caller(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let owner = s.account("own").await;
+    let acct = owner.whoami().await.unwrap().account.id;
+    let net = |name: &str, n: u8| CreateNetwork {
+        name: name.into(),
+        cidr: format!("10.{n}.0.0/24"),
+        gateway: None,
+        dhcp_start: None,
+        dhcp_end: None,
+    };
+    let mut streams = vec![];
+    for who in ["removed", "revoked"] {
+        let user = s.admin.create_user(&CreateUser { name: who.into(), admin: false, password: None }).await.unwrap();
+        owner.add_member(&acct, &AddMember { user: who.into(), role: vdc_schema::Role::Member }).await.unwrap();
+        let req = CreateToken {
+            name: who.into(),
+            account_id: Some(acct.clone()),
+            expires_at: None,
+            role: None,
+            user_id: Some(user.id.clone()),
+        };
+        let t = s.admin.create_token(&req).await.unwrap();
+        let stream = Client::new(s.url(), t.secret).events(None, true).await.unwrap();
+        streams.push((who, user.id, t.token.id, stream));
+    }
+    let first = owner.create_network(&net("first", 31)).await.unwrap();
+    for (_, _, _, st) in &mut streams {
+        until(st, |e| e.resource_id == first.id.as_str()).await;
+    }
+    owner.remove_member(&acct, &streams[0].1).await.unwrap();
+    owner.revoke_token(&streams[1].2).await.unwrap();
+    let second = owner.create_network(&net("second", 32)).await.unwrap();
+    for (who, _, _, st) in &mut streams {
+        let rest = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut seen = vec![];
+            while let Ok(Some(StreamItem::Event(e))) = st.next().await {
+                seen.push(e);
+            }
+            seen
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{who}: the stream did not end"));
+        assert!(!rest.iter().any(|e| e.resource_id == second.id.as_str()), "{who}: {rest:#?}");
+    }
+    s.stop().await;
+}
 
 /// Reads events until `stop` holds for one (returned last), failing after 20 s.
 async fn until(s: &mut EventStream, mut stop: impl FnMut(&Event) -> bool) -> Vec<Event> {

@@ -118,20 +118,25 @@ impl FromRequestParts<SharedCtx> for Anonymous {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case: RFC
+/// 7235 makes it case-insensitive, and `bearer …` was refused).
+pub(crate) fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    Some(token.trim()).filter(|t| scheme.eq_ignore_ascii_case("bearer") && !t.is_empty())
+}
+
 impl FromRequestParts<SharedCtx> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, ctx: &SharedCtx) -> Result<Self, ApiError> {
-        let token =
-            parts
-                .headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|h| h.to_str().ok())
-                .ok_or_else(|| ApiError::Unauthorized("send an API token as 'Authorization: Bearer <token>'".into()))
-                .and_then(|header| {
-                    header.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()).ok_or_else(|| {
-                        ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into())
-                    })
-                });
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(|| ApiError::Unauthorized("send an API token as 'Authorization: Bearer <token>'".into()))
+            .and_then(|header| {
+                bearer(header)
+                    .ok_or_else(|| ApiError::Unauthorized("the Authorization header must be 'Bearer <token>'".into()))
+            });
         // A refused token draws from its address's bucket (guessing tokens is limited
         // too), a valid one from its own.
         let (authenticated, raw) = match token {
