@@ -194,7 +194,7 @@ pub struct CreateSession {
     pub user: String,
     pub password: String,
     /// The account to act in (its ID or name; the user must be a member). Default: the
-    /// user's first account by name.
+    /// account the user was first made a member of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
 }

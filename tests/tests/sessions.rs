@@ -121,11 +121,14 @@ async fn sign_in_switch_and_sign_out(db: Db) {
     eprintln!("a wrong password takes {:?}, an unknown user {:?} (medians of 3)", known[1], unknown[1]);
     assert!(unknown[1] * 3 > known[1] && known[1] * 3 > unknown[1], "{known:?} {unknown:?}");
 
-    // The right one: a session in the first account by name, as a member.
+    // The right one: a session in the account she was first made a member of. Not the
+    // first by name: another owner who adds her to "aaa" does not draw her sessions there.
+    let aaa = s.account("aaa").await;
+    aaa.add_member(&account_id(&aaa).await, &AddMember { user: "carol".into(), role: Role::Member }).await.unwrap();
     let first = session(&sign_in(&url, "carol", PASSWORD, None).await);
     assert_eq!(first.user.name, "carol");
     assert_eq!((first.account.id.clone(), first.role), (a_id.clone(), Role::Member));
-    assert_eq!(first.accounts.len(), 2);
+    assert_eq!(first.accounts.len(), 3);
     let ttl = first.expires_at - chrono::Utc::now();
     assert!(ttl > chrono::Duration::hours(11) && ttl <= chrono::Duration::hours(12), "{ttl}");
     let carol_a = Client::new(&url, &first.token);
@@ -247,8 +250,8 @@ async fn sign_in_switch_and_sign_out(db: Db) {
         && e["account_id"] == a_id.as_str()
         && e["resource_id"] == first.id.as_str()));
     let failed = of("session.create", 401);
-    // A known user's failed attempt names the account it was for: her first by name, or
-    // the one she named.
+    // A known user's failed attempt names the account it was for: her first, or the one
+    // she named.
     for account in [&a_id, &b_id] {
         assert!(failed.iter().any(|e| e["user_id"] == carol.id.as_str()
             && e["error_code"] == "bad_credentials"

@@ -174,12 +174,18 @@ pub async fn sign_in(
     Ok(session)
 }
 
-/// The account named (by ID or name) among the user's, or its first by name.
+/// The account named (by ID or name) among the user's, or the first the user was made a
+/// member of. Not the first by name: any owner may add a user to their account, and the
+/// user's next sign-in then worked there without noticing.
 async fn pick_account(ctx: &SharedCtx, user: &UserId, wanted: Option<&str>) -> ApiResult<AccountId> {
     let mine = store::accounts_of(&ctx.db, user.as_str()).await?;
+    let first = match wanted {
+        Some(_) => None,
+        None => store::first_account_of(&ctx.db, user.as_str()).await?,
+    };
     let found = match wanted {
         Some(w) => mine.iter().find(|(id, name, _)| id == w || name == w),
-        None => mine.first(),
+        None => mine.iter().find(|(id, _, _)| Some(id) == first.as_ref()),
     };
     match (found, wanted) {
         (Some((id, _, _)), _) => id.parse().map_err(ApiError::internal),

@@ -157,6 +157,19 @@ pub async fn accounts_of(pool: &db::Pool, user: &str) -> Result<Vec<(String, Str
     .await
 }
 
+/// The account the user was first made a member of (the oldest membership; by name
+/// among those made at once).
+pub async fn first_account_of(pool: &db::Pool, user: &str) -> Result<Option<String>, sqlx::Error> {
+    let r: Option<(String,)> = sqlx::query_as(
+        "SELECT a.id FROM memberships m JOIN accounts a ON a.id = m.account_id \
+         WHERE m.user_id = $1 ORDER BY m.created_at, a.name LIMIT 1",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await?;
+    Ok(r.map(|r| r.0))
+}
+
 /// The first owner of an account (the oldest), if any.
 pub async fn first_owner<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     db: E,
