@@ -566,6 +566,20 @@ async fn images_are_shared_by_name_or_id(db: Db) {
     assert!(invisible(&friend).await, "unshared");
     let err = fails(&owner, &["image", "unshare", "golden", friend_id.as_str()]).await;
     assert!(err.ends_with("(not_found)"), "a second unshare: {err}");
+    // A member declines an image shared with it unasked (it could not: 404), and learns
+    // nothing of the other members.
+    let other = s.account("other").await;
+    let other_id = accounts_named(&s, "other").await;
+    ok(&owner, &["image", "share", "golden", friend_id.as_str()]).await;
+    ok(&owner, &["image", "share", "golden", other_id.as_str()]).await;
+    let left = friend.unshare_image(&img.id, &friend_id).await.unwrap();
+    assert!(left.members.is_empty(), "{left:?}");
+    assert!(invisible(&friend).await, "declined");
+    assert_eq!(owner.image_members(&img.id).await.unwrap().members, vec![other_id.clone()]);
+    assert!(friend.unshare_image(&img.id, &friend_id).await.is_err_and(|e| e.is_not_found()), "again");
+    // Nor may a member remove another member.
+    assert!(other.unshare_image(&img.id, &friend_id).await.is_err_and(|e| e.is_not_found()));
+    ok(&owner, &["image", "unshare", "golden", other_id.as_str()]).await;
 
     // `vdc instance capture` by name, waiting for the new image: the simulated host sends
     // back the disk it booted, so the capture is the same blob as `golden`.
@@ -745,6 +759,10 @@ async fn an_admin_manages_the_tokens_of_the_account_it_names(db: Db) {
     let e = vdc_in(&alice, "bobs", &["account", "member", "list"]).await.unwrap_err().report();
     assert!(e.contains("bobs"), "{e}");
     s.stop().await;
+}
+
+async fn accounts_named(s: &Stack, name: &str) -> vdc_schema::id::AccountId {
+    s.admin.list_all_accounts().await.unwrap().into_iter().find(|a| a.name == name).unwrap().id
 }
 
 fn token_req(name: &str) -> CreateToken {

@@ -758,7 +758,8 @@ fn into_members(id: &ImageId, members: Vec<String>) -> ApiResult<ImageMembers> {
 /// The most accounts one image is shared with.
 const MAX_MEMBERS: usize = 1000;
 
-/// Shares (`add`) or stops sharing one of the caller's images with `account`. Any
+/// Shares (`add`) or stops sharing one of the caller's images with `account`, or (not
+/// `add`, `account` the caller's own) declines an image shared with the caller. Any
 /// well-formed account ID is accepted, existing or not, so sharing tells nothing about
 /// which accounts exist. Returns the members and whether anything changed.
 pub async fn set_member(
@@ -772,13 +773,22 @@ pub async fn set_member(
         let mut tx = db::begin(&ctx.db).await?;
         db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
         let owner = store::owner(&mut tx, id).await?;
+        let members = store::members(&mut tx, id).await?;
+        // A member removes itself: an image shared with it unasked (any owner may share
+        // with any account) is declined. It learns nothing of the other members.
+        let declines = !add && account == &caller.account_id && members.iter().any(|m| m == account.as_str());
+        if declines && owner.as_deref() != Some(caller.account_id.as_str()) {
+            store::remove_member(&mut tx, id, account.as_str()).await?;
+            tx.commit().await?;
+            ctx.events.images_changed();
+            return Ok((into_members(id, vec![])?, true));
+        }
         if owner.as_deref() != Some(caller.account_id.as_str()) {
             return Err(ApiError::not_found("image", id));
         }
         if account == &caller.account_id {
             return Err(ApiError::bad("invalid_member", "an image is its owner's already: name another account"));
         }
-        let members = store::members(&mut tx, id).await?;
         let present = members.iter().any(|m| m == account.as_str());
         let changed = match (add, present) {
             (true, false) => {

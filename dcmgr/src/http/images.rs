@@ -173,8 +173,10 @@ pub async fn share(
 
 #[utoipa::path(delete, path = "/api/v1/images/{id}/members/{account_id}", tag = "images",
     operation_id = "image_unshare",
-    summary = "Stop sharing one of the account's images with an account",
-    description = "Instances the member already runs keep running; it cannot start new ones.",
+    summary = "Stop sharing one of the account's images with an account, or decline one shared with it",
+    description = "Instances the member already runs keep running; it cannot start new ones. A member \
+        that names itself declines the image (shared with it by another account): the answer then \
+        lists no members.",
     params(
         ("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images (`img-…`)"),
         ("account_id" = vdc_schema::id::AccountId, Path, description = "A member (`a-…`)")),
