@@ -139,6 +139,22 @@ async fn auth_and_api_info(db: Db) {
             assert_eq!(r.json::<ErrorBody>().await.unwrap().error.code, "invalid_body", "{ctype} {body:?}");
         }
     }
+    // Too large: says the limit (it said "Failed to buffer the request body").
+    let big = format!("{{\"name\": \"x\", \"description\": \"{}\"}}", "a".repeat(3 << 20));
+    let r = http
+        .post(format!("{}/api/v1/security_groups", s.url()))
+        .bearer_auth(&s.admin_token)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let e = r.json::<ErrorBody>().await.unwrap().error;
+    assert_eq!(
+        (e.code.as_str(), e.message.as_str()),
+        ("invalid_body", "the request body is over 2 MiB, the most a JSON body may be")
+    );
     let r = http.get(format!("{}/api/v1/nothing-here", s.url())).bearer_auth(&s.admin_token).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<ErrorBody>().await.unwrap().error.code, "not_found");
@@ -783,6 +799,15 @@ async fn pagination(db: Db) {
     assert_eq!(err(c.list_keypairs(&bad).await).1, "invalid_cursor");
     let bad = ListQuery { state: Some("sleeping".into()), ..Default::default() };
     assert_eq!(err(c.list_instances(&bad).await).1, "invalid_state_filter");
+    // Lists without states refuse the filter (images?state=failed listed available ones).
+    let failed = ListQuery { state: Some("failed".into()), ..Default::default() };
+    assert_eq!(err(c.list_images(&failed).await).1, "invalid_query");
+    assert_eq!(err(c.list_keypairs(&failed).await).1, "invalid_query");
+    let running = ListQuery { state: Some("running".into()), ..Default::default() };
+    assert!(c.list_instances(&running).await.is_ok());
+    assert!(c.list_volumes(&ListQuery { state: Some("available".into()), ..Default::default() }).await.is_ok());
+    assert!(c.list_jobs(&failed).await.is_ok());
+    assert!(c.list_snapshots(&failed).await.is_ok());
 
     // Jobs come newest first, so a console or a script reads the latest on one page
     // however many the account has run; the cursor leads to older ones.

@@ -87,6 +87,17 @@ async fn sign_in_switch_and_sign_out(db: Db) {
     assert_eq!(short.code(), "password_too_short", "{short}");
     let users = s.admin.get::<Value>("/users?name=shorty").await.unwrap();
     assert_eq!(users["items"], json!([]), "{users}");
+    // Ten spaces, or NULs, were accepted.
+    for weak in [" ".repeat(10), "\0".repeat(10), "password\n12".into()] {
+        let e = s
+            .admin
+            .create_user(&CreateUser { name: "weak".into(), admin: false, password: Some(weak.clone()) })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "invalid_password", "{weak:?}: {e}");
+    }
+    let fine = CreateUser { name: "spaced".into(), admin: false, password: Some("correct horse battery".into()) };
+    s.admin.create_user(&fine).await.unwrap();
 
     let carol = user_with_password(&s, "carol").await;
     let shown = s.admin.get::<Value>(&format!("/users/{}", carol.id)).await.unwrap();

@@ -85,7 +85,7 @@ pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &InstanceId) -> ApiResu
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Arc<Page<Instance>>> {
-    let (limit, cursor) = paging(&ListQuery { all_accounts: None, address: None, ..q.clone() })?;
+    let (limit, cursor) = paging(&ListQuery { all_accounts: None, address: None, state: None, ..q.clone() })?;
     let state = state_filter::<InstanceState>(q)?;
     let all = q.all_accounts == Some(true);
     if all {

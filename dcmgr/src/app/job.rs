@@ -13,7 +13,7 @@ use vdc_schema::id::JobId;
 use vdc_schema::JobState;
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Job>> {
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging(&ListQuery { state: None, ..q.clone() })?;
     let state = state_filter::<JobState>(q)?;
     let rows = store::list(&ctx.db, &caller.account_id, &cursor, &state, limit).await?;
     let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;

@@ -73,6 +73,14 @@ pub fn paging(q: &ListQuery) -> ApiResult<(i64, String)> {
     if q.all_accounts.is_some() || q.address.is_some() {
         return Err(ApiError::bad("invalid_query", "all_accounts and address filter instance lists only"));
     }
+    // Lists that filter by state take `state` off first ([`state_filter`]): on the others
+    // it was ignored, so `images?state=failed` listed available images too.
+    if q.state.is_some() {
+        return Err(ApiError::bad(
+            "invalid_query",
+            "state filters the lists of instances, volumes, snapshots, jobs and hosts only",
+        ));
+    }
     let cursor = q.cursor.clone().unwrap_or_default();
     if cursor.len() > 64 || !cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
         return Err(ApiError::bad("invalid_cursor", "cursor must be the next_cursor of a previous page"));

@@ -43,7 +43,7 @@ fn require_admin(caller: &Caller) -> ApiResult<()> {
 
 pub async fn list_hosts(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<HostNode>> {
     require_admin(caller)?;
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging(&ListQuery { state: None, ..q.clone() })?;
     let state = state_filter::<vdc_schema::NodeState>(q)?;
     let rows = store::list_hosts(&ctx.db, &cursor, &state, limit).await?;
     let items = rows.into_iter().map(|r| host(ctx, r)).collect::<ApiResult<Vec<_>>>()?;

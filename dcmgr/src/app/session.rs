@@ -31,13 +31,26 @@ pub const MAX_PASSWORD_BYTES: usize = 1024;
 /// The name prefix of session tokens (reserved: `vdc token create` refuses it).
 pub const SESSION_PREFIX: &str = "session-";
 
-/// Refuses a password too short or too long, with what to do.
+/// Refuses a password too short or too long, only white space, or holding control
+/// characters (NUL, line breaks: what no one types at a sign-in form), with what to do.
 pub fn check_password(p: &str) -> ApiResult<()> {
     let chars = p.chars().count();
     if chars < MIN_PASSWORD_CHARS {
         return Err(ApiError::bad(
             "password_too_short",
             format!("the password has {chars} characters: use at least {MIN_PASSWORD_CHARS}"),
+        ));
+    }
+    if p.chars().all(char::is_whitespace) {
+        return Err(ApiError::bad(
+            "invalid_password",
+            format!("the password is only white space: use at least {MIN_PASSWORD_CHARS} characters, not all spaces"),
+        ));
+    }
+    if p.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "invalid_password",
+            "the password holds a control character (NUL, tab, line break…): use printable characters",
         ));
     }
     if p.len() > MAX_PASSWORD_BYTES {
@@ -277,11 +290,11 @@ pub async fn accounts_of(ctx: &SharedCtx, user: &UserId) -> ApiResult<Vec<Whoami
 
 /// The caller's token if it is a session; otherwise 409 `not_a_session` (an API token is
 /// revoked with `DELETE /api/v1/tokens/{id}`, not by signing out).
-async fn current_session(ctx: &SharedCtx, caller: &Caller) -> ApiResult<(TokenId, String)> {
+async fn current_session(ctx: &SharedCtx, caller: &Caller, doing: &str) -> ApiResult<(TokenId, String)> {
     let not = || {
         ApiError::conflict(
             "not_a_session",
-            "this call's token is an API token, not a console session: revoke it with `vdc token revoke`",
+            format!("this call's token is an API token, not a console session: {doing}"),
         )
     };
     let id = caller.token_id.clone().ok_or_else(not)?;
@@ -294,7 +307,7 @@ async fn current_session(ctx: &SharedCtx, caller: &Caller) -> ApiResult<(TokenId
 
 /// `DELETE /api/v1/sessions/current`: signs out (revokes the session of this call).
 pub async fn sign_out(ctx: &SharedCtx, caller: &Caller) -> ApiResult<()> {
-    let (id, hash) = current_session(ctx, caller).await?;
+    let (id, hash) = current_session(ctx, caller, "revoke it with `vdc token revoke` rather than signing out").await?;
     let revoked = store::revoke(&ctx.db, id.as_str(), &db::now()).await?;
     ctx.tokens.write().unwrap().remove(&hash);
     if !revoked {
@@ -309,7 +322,12 @@ pub async fn sign_out(ctx: &SharedCtx, caller: &Caller) -> ApiResult<()> {
 /// `POST /api/v1/sessions/switch`: a new session in another account of the user; the
 /// session of this call is revoked with it.
 pub async fn switch(ctx: &SharedCtx, caller: &Caller, req: SwitchSession, who: &dyn Witness) -> ApiResult<Session> {
-    let (old, hash) = current_session(ctx, caller).await?;
+    let (old, hash) = current_session(
+        ctx,
+        caller,
+        "an API token acts in its own account: use `--account` or make a token in the other account",
+    )
+    .await?;
     let account = pick_account(ctx, &caller.user_id, Some(&req.account)).await?;
     let session = issue(ctx, &caller.user_id, &account, Some(&old)).await;
     ctx.tokens.write().unwrap().remove(&hash);

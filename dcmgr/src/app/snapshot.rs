@@ -77,7 +77,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSnapshot) -> Ap
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Snapshot>> {
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging(&ListQuery { state: None, ..q.clone() })?;
     let state = state_filter::<SnapshotState>(q)?;
     let name = q.name.as_deref().unwrap_or_default();
     let since = crate::app::gone_listed_since();

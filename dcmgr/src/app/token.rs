@@ -42,7 +42,10 @@ pub(crate) async fn insert(
     if req.name.starts_with(crate::app::session::SESSION_PREFIX) {
         return Err(ApiError::bad(
             "invalid_name",
-            format!("token names starting with {:?} are the console's sessions: pick another", req.name),
+            format!(
+                "token names starting with {:?} are the console's sessions: pick another",
+                crate::app::session::SESSION_PREFIX
+            ),
         ));
     }
     let now = chrono::Utc::now();

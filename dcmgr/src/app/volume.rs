@@ -172,7 +172,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Volume>> {
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging(&ListQuery { state: None, ..q.clone() })?;
     let state = state_filter::<VolumeState>(q)?;
     let name = q.name.as_deref().unwrap_or_default();
     let since = crate::app::gone_listed_since();

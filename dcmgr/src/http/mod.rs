@@ -56,9 +56,14 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
         }
         // The object test looks at the first byte, so the body is parsed once (into `T`,
         // not through a `Value`): this extractor is on every create's path.
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::bad("invalid_body", format!("the request body is not valid: {}", e.body_text())))?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                // axum's default limit of a buffered body.
+                ApiError::bad("invalid_body", "the request body is over 2 MiB, the most a JSON body may be")
+            } else {
+                ApiError::bad("invalid_body", format!("the request body is not valid: {}", e.body_text()))
+            }
+        })?;
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(ApiError::bad("invalid_body", "the request body is not valid: it must be a JSON object"));
         }

@@ -14,8 +14,8 @@ use vdc_schema::id::{AccountId, UserId};
     summary = "Create a user (admin); give it roles with the accounts' members calls", request_body = CreateUser,
     responses(
         (status = 201, description = "The user", body = User),
-        (status = 400, description = "`invalid_name`, `password_too_short`, `password_too_long`, or a malformed \
-            body (`invalid_body`)", body = ErrorBody),
+        (status = 400, description = "`invalid_name`, `password_too_short`, `password_too_long`, `invalid_password` \
+            (only white space, or a control character), or a malformed body (`invalid_body`)", body = ErrorBody),
         (status = 403, description = "`forbidden`: only an admin manages users", body = ErrorBody),
         (status = 409, description = "`name_taken`: a user of this name exists", body = ErrorBody)))]
 pub async fn create(
@@ -133,7 +133,8 @@ pub async fn remove_member(
         (status = 204, description = "Set (stored as an Argon2id hash). The user's console sessions are \
             revoked, but for the one this call was made with; API tokens keep working"),
         (status = 400, description = "`password_too_short` (under 10 characters), `password_too_long` (over 1024 \
-            bytes), or a malformed body (`invalid_body`)", body = ErrorBody),
+            bytes), `invalid_password` (only white space, or a control character), or a malformed body \
+            (`invalid_body`)", body = ErrorBody),
         (status = 403, description = "`forbidden`: another user's password (only an admin sets it), or a token \
             capped to a role", body = ErrorBody),
         (status = 404, description = "`not_found`: no such user (an admin's call)", body = ErrorBody)))]
