@@ -41,6 +41,7 @@ on_both_databases!(
     a_deleted_image_travels_only_with_the_instance_that_uses_it,
     an_update_restores_an_image_deleted_here_and_still_used_and_prunes_past_it,
     an_image_deleted_at_the_source_is_deleted_here_by_the_update,
+    an_address_the_source_gave_again_is_a_conflict_of_the_plan,
     the_images_of_disks_and_volume_data_take_free_names,
     a_halted_instance_arrives_stopped,
 );
@@ -2053,6 +2054,62 @@ async fn an_image_deleted_at_the_source_is_deleted_here_by_the_update(db: Db) {
     assert!(!plan.creates.iter().any(|c| c.kind == "image"), "{:?}", plan.creates);
     assert!(cb.import_bundle(third, &[]).await.unwrap().created);
     assert_eq!(own_image_names(&cb).await, ["qi-root"]);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The source terminated an instance and gave its address to a new one: the update's
+/// plan said nothing, and the import failed with ip_in_use, `--prune` too (it terminates
+/// after the import commits). The plan names the instance here that holds the address;
+/// once it is terminated here, the update passes.
+async fn an_address_the_source_gave_again_is_a_conflict_of_the_plan(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let (ca, cb) = (a.account("source").await, b.account("target").await);
+    let img = raw_image(&ca, "img", vec![7u8; 1 << 20]).await;
+    let net = network(&ca, "n", "10.64.0.0/24").await;
+    let at = |name: &str| CreateInstance {
+        name: Some(name.into()),
+        image_id: img.clone(),
+        hypervisor: Some(HypervisorKind::Qemu),
+        cpus: 1,
+        memory_mib: 64,
+        interfaces: vec![CreateInterface {
+            network_id: net.id.clone(),
+            security_groups: vec![],
+            ip: Some("10.64.0.50".into()),
+        }],
+        ssh_key_id: None,
+        user_data: None,
+        root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
+    };
+    let old = ca.create_instance(&at("old")).await.unwrap().resource.id;
+    wait_state(&ca, &old, InstanceState::Running).await;
+    cb.import_bundle(export(&ca).await, &[]).await.unwrap();
+    ca.terminate_instance(&old).await.unwrap();
+    wait_state(&ca, &old, InstanceState::Terminated).await;
+    let new = ca.create_instance(&at("new")).await.unwrap().resource.id;
+    wait_state(&ca, &new, InstanceState::Running).await;
+    let bytes = export(&ca).await;
+    let here = live_instance(&cb, "old").await;
+    for plan in [cb.plan_bundle(bytes.clone(), &[]).await, cb.plan_bundle_pruning(bytes.clone(), &[]).await] {
+        let plan = plan.unwrap();
+        assert_eq!(plan.conflicts.len(), 1, "{:?}", plan.conflicts);
+        let c = &plan.conflicts[0];
+        assert_eq!(c.code, "ip_in_use");
+        assert!(c.message.contains(&format!("is held here by instance old ({})", here.id)), "{}", c.message);
+    }
+    assert_eq!(api_err(cb.import_bundle_pruning(bytes.clone(), &[]).await), (409, "bundle_unresolved".into()));
+    cb.terminate_instance(&here.id).await.unwrap();
+    wait_state(&cb, &here.id, InstanceState::Terminated).await;
+    let plan = cb.plan_bundle_pruning(bytes.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    assert!(cb.import_bundle_pruning(bytes, &[]).await.unwrap().created);
+    let arrived = live_instance(&cb, "new").await;
+    wait_state(&cb, &arrived.id, InstanceState::Running).await;
+    assert_eq!(arrived.interfaces[0].ip.to_string(), "10.64.0.50");
     a.stop().await;
     b.stop().await;
 }

@@ -151,7 +151,7 @@ const CLASSES: &[(&str, Class)] = &[
     ("job_show", ObjectRead),
     ("event_stream", OwnRead),
     ("bundle_key", OwnRead),
-    ("bundle_export", OwnRead),
+    ("bundle_export", OwnWrite),
     // Verifies a bundle and says what an import would do; changes nothing.
     ("bundle_plan", OwnRead),
     ("bundle_import", OwnWrite),

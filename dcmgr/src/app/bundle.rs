@@ -1073,6 +1073,32 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                     format!("instance {}: address {:?} {why} network {}", i.name, nic.ip, net.name),
                     None,
                 ));
+                continue;
+            }
+            // A new instance's address on a network here that another instance here holds
+            // (the source terminated one and gave its address to another): the plan said
+            // nothing and the import failed with ip_in_use, `--prune` too (it terminates
+            // after the import commits).
+            let (Some(h), Some(here), Ok(a)) = (have.as_ref(), net.existing.as_deref(), nic.ip.parse::<Ipv4Addr>())
+            else {
+                continue;
+            };
+            if h.instance(&i.id).is_some() {
+                continue;
+            }
+            let ip = net.translate(a).to_string();
+            let holder = h.vifs.values().flatten().find(|v| v.2 == here && v.3 == ip);
+            if let Some(v) = holder {
+                let who = h.instances.get(v.1.as_str()).map(|r| r.1.as_str()).unwrap_or(v.1.as_str());
+                d.conflicts.push(conflict(
+                    "ip_in_use",
+                    format!(
+                        "instance {}: address {ip} on network {} is held here by instance {who} ({}); terminate \
+                         that one here first (an import with --prune terminates it only after it commits)",
+                        i.name, net.name, v.1
+                    ),
+                    None,
+                ));
             }
         }
         d.hypervisors.insert(i.id.clone(), hv);
