@@ -573,9 +573,14 @@ pub fn parse_maps(pairs: &[String]) -> Maps {
                     Ok(n) if n.trunc() == n => m.cidr.insert(name.to_owned(), n).is_none(),
                     _ => false,
                 },
-                Some((name, "name")) if KINDS.contains(kind) && crate::app::validate_name(kind, v).is_ok() => {
-                    m.rename.insert((kind.to_string(), name.to_owned()), v.to_owned()).is_none()
-                }
+                Some((name, "name")) if KINDS.contains(kind) => match crate::app::validate_name(kind, v) {
+                    Ok(()) => m.rename.insert((kind.to_string(), name.to_owned()), v.to_owned()).is_none(),
+                    // A new name the API would refuse (`instance.vm1.name=../..`).
+                    Err(e) => {
+                        m.invalid.push(format!("--map {p:?}: {e}"));
+                        continue;
+                    }
+                },
                 _ if *kind == "image" && v.parse::<ImageId>().is_ok() => {
                     m.image.insert(rest.to_string(), v.to_owned()).is_none()
                 }
@@ -3227,6 +3232,10 @@ mod tests {
             assert!(said[0].starts_with(&format!("network front: cidr {to} overlaps {range}")), "{said:?}");
         }
         assert!(messages(&["network.front.cidr=10.9.0.0/24"]).is_empty());
+        let renamed = messages(&["instance.web.name=../..", "network.front.name=a/b"]);
+        assert_eq!(renamed.len(), 2, "{renamed:?}");
+        assert!(renamed[0].starts_with("--map \"instance.web.name=../..\": instance name \"../..\" is invalid"));
+        assert!(renamed[1].starts_with("--map \"network.front.name=a/b\": network name \"a/b\" is invalid"));
         assert_eq!(
             messages(&["network.nope.cidr=10.9.0.0/24", "instance.nobody.name=x", "instance.web.name=web2"]),
             [

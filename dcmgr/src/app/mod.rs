@@ -96,29 +96,12 @@ pub fn page<T>(items: Vec<T>, limit: i64, id_of: impl Fn(&T) -> String) -> Page<
 
 /// Names: 1–64 printable characters, no leading or trailing space, no white space but
 /// the plain space, and no invisible formatting characters: a name is how people (and
-/// the CLI) tell resources apart, so two names must not look alike while differing.
+/// the CLI) tell resources apart, so two names must not look alike while differing. And
+/// nothing path-like ('/', '\\', ".."): the rule is the bundle's ([`vdc_bundle::check_name`]),
+/// so every VDC can be exported (a network named "web/front" made the account's export
+/// fail, and there is no rename).
 pub fn validate_name(kind: &str, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.chars().count() <= 64
-        && name.trim() == name
-        && !name.chars().any(|c| c.is_control() || (c.is_whitespace() && c != ' ') || invisible(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad(
-            "invalid_name",
-            format!(
-                "{kind} name {:?} is invalid: use 1 to 64 printable characters, without leading or trailing \
-                 spaces, other white space, or invisible (zero-width, bidirectional) characters",
-                name.chars().take(80).collect::<String>()
-            ),
-        ))
-    }
-}
-
-/// See [`vdc_schema::invisible_char`] (the bundle reader refuses the same names).
-fn invisible(c: char) -> bool {
-    vdc_schema::invisible_char(c)
+    vdc_bundle::check_name(kind, name).map_err(|e| ApiError::bad("invalid_name", e.to_string()))
 }
 
 /// Refuses a name the account already uses for a resource of this kind (see
