@@ -940,8 +940,11 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
     }
     let map_hv = |h: HypervisorKind| maps.hypervisor.get(&h).copied().unwrap_or(h);
     for i in &m.model.images {
+        // Only those that boot its format: `hypervisor.qemu=lxc` made lxc instances of
+        // qcow2 disks, which then failed to start.
         let hvs: Vec<HypervisorKind> = {
-            let mut v: Vec<HypervisorKind> = i.hypervisors.iter().map(|h| map_hv(*h)).collect();
+            let mut v: Vec<HypervisorKind> =
+                i.hypervisors.iter().map(|h| map_hv(*h)).filter(|h| image::boots(*h, i.format)).collect();
             v.dedup();
             v
         };
@@ -3210,6 +3213,23 @@ mod tests {
         let d = decide(&manifest(), &e, &Maps::default());
         let c = d.conflicts.iter().find(|c| c.code == "cidr_overlap").expect("the external network");
         assert!(c.message.contains("overlaps this site's external network 10.0.0.0/16"), "{}", c.message);
+    }
+
+    /// `hypervisor.kvm=lxc` made lxc instances of disk images (which then failed to start)
+    /// and gave the images lxc: a mapped hypervisor that does not boot the format is not
+    /// the image's, and the instance's plan says its image does not run there.
+    #[test]
+    fn a_hypervisor_map_keeps_what_boots_the_image() {
+        let mut m = manifest();
+        m.model.images[0].format = vdc_schema::ImageFormat::Qcow2;
+        m.model.images[0].blob = Some(vdc_bundle::BlobRef { sha256: "ab".repeat(32), size: 1 << 20, chunks: vec![] });
+        let d = decide(&m, &existing(), &parse_maps(&["hypervisor.kvm=lxc".into()]));
+        assert_eq!(d.image_hypervisors["img-1"], [HypervisorKind::Qemu]);
+        let said: Vec<&str> =
+            d.conflicts.iter().filter(|c| c.code == "hypervisor_missing").map(|c| c.message.as_str()).collect();
+        assert_eq!(said, ["instance web: its image does not run on lxc here"]);
+        let d = decide(&m, &existing(), &parse_maps(&["hypervisor.kvm=qemu".into()]));
+        assert!(!d.conflicts.iter().any(|c| c.code == "hypervisor_missing"), "{:?}", d.conflicts);
     }
 
     /// A map may not give a network what the API refuses it (127.0.0.0/24 was made with
