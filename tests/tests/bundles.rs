@@ -42,6 +42,7 @@ on_both_databases!(
     an_update_restores_an_image_deleted_here_and_still_used_and_prunes_past_it,
     an_image_deleted_at_the_source_is_deleted_here_by_the_update,
     an_address_the_source_gave_again_is_a_conflict_of_the_plan,
+    an_image_shared_by_another_account_is_never_chosen_by_name,
     the_images_of_disks_and_volume_data_take_free_names,
     a_halted_instance_arrives_stopped,
 );
@@ -2110,6 +2111,50 @@ async fn an_address_the_source_gave_again_is_a_conflict_of_the_plan(db: Db) {
     let arrived = live_instance(&cb, "new").await;
     wait_state(&cb, &arrived.id, InstanceState::Running).await;
     assert_eq!(arrived.interfaces[0].ip.to_string(), "10.64.0.50");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// An instance booted from an image another account shared with its own: the image
+/// travels without data. Its root disk travels, so the target needs no image of the name
+/// (it refused: image_missing); and an image another account shared at the target is
+/// never chosen by name (whoever shared one of the name chose what the import booted),
+/// only by a map.
+async fn an_image_shared_by_another_account_is_never_chosen_by_name(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let (ca, sharer) = (a.account("source").await, a.account("sharer").await);
+    let ca_id = ca.whoami().await.unwrap().account.id;
+    let img = raw_image(&sharer, "golden", vec![8u8; 1 << 20]).await;
+    sharer.share_image(&img, &ca_id).await.unwrap();
+    let net = network(&ca, "n", "10.65.0.0/24").await;
+    running(&ca, "vm", &img, &net.id, vec![]).await;
+    let with_disks = export(&ca).await;
+    let mut model = Vec::new();
+    ca.export_bundle(true, false, &mut model, |_| {}).await.unwrap();
+
+    // At the target another account shares an image of the same name.
+    let (cb, lure) = (b.account("target").await, b.account("lure").await);
+    let cb_id = cb.whoami().await.unwrap().account.id;
+    let bait = raw_image(&lure, "golden", vec![9u8; 1 << 20]).await;
+    lure.share_image(&bait, &cb_id).await.unwrap();
+    let plan = cb.plan_bundle(with_disks.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "the root disk travels: {:?}", plan.conflicts);
+    assert!(cb.import_bundle(with_disks, &[]).await.unwrap().created);
+    let vm = live_instance(&cb, "vm").await;
+    wait_state(&cb, &vm.id, InstanceState::Running).await;
+    assert_ne!(vm.image_id, bait, "booted its own root disk");
+    assert_eq!(cb.get_image(&vm.image_id).await.unwrap().name, "vm-root");
+    // Without disks the image is needed: the shared one is not taken by its name.
+    let other = b.account("model").await;
+    let other_id = other.whoami().await.unwrap().account.id;
+    lure.share_image(&bait, &other_id).await.unwrap();
+    let plan = other.plan_bundle(model.clone(), &[]).await.unwrap();
+    let said: Vec<(&str, Option<&str>)> =
+        plan.conflicts.iter().map(|c| (c.code.as_str(), c.resolve.as_deref())).collect();
+    assert_eq!(said, [("image_missing", Some("image.golden=img-…"))], "{:?}", plan.conflicts);
+    let map = [format!("image.golden={bait}")];
+    let plan = other.plan_bundle(model, &map).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "mapped: {:?}", plan.conflicts);
     a.stop().await;
     b.stop().await;
 }

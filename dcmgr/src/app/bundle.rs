@@ -632,9 +632,20 @@ pub enum ImageChoice {
     Existing(String),
     /// The image the earlier import of this VDC made (an update).
     Kept(String),
-    /// Deleted at the source, and here made by the earlier import and gone since: not
-    /// made again, as nothing this import makes boots it ([`dropped`]).
+    /// Not made and not looked for here: deleted at the source, and made by the earlier
+    /// import and gone since ([`dropped`]); or travelling without data, with no image of
+    /// its name here, while only instances that bring their own root disks boot it
+    /// ([`only_root_disks`]).
     Dropped,
+}
+
+/// Whether the bundle's disk image `i` is only what instances that bring their own root
+/// disks were made from: none of its images names it as its kernel, and every instance
+/// that boots it has a root disk in the bundle.
+fn only_root_disks(m: &Manifest, i: &vdc_bundle::Image) -> bool {
+    matches!(i.format, vdc_schema::ImageFormat::Qcow2 | vdc_schema::ImageFormat::Raw)
+        && m.model.images.iter().all(|x| x.kernel_id.as_deref() != Some(i.id.as_str()))
+        && m.model.instances.iter().filter(|x| x.image == i.id).all(|x| x.root_disk.is_some())
 }
 
 /// Whether image `id` of the bundle, deleted at the source, need not be made again: the
@@ -1003,16 +1014,23 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             continue;
         }
         // Never guessed, as the CLI resolves names: its own image and a public one of the
-        // same name are two candidates, and `--map` chooses.
-        let found: Vec<&(String, String, String)> = e.usable_images.iter().filter(|f| f.1 == i.name).collect();
+        // same name are two candidates, and `--map` chooses. One another account shared
+        // with this one is not a candidate (whoever shares an image of the name would
+        // choose what the import boots); a map may name it.
+        let found: Vec<_> = e.usable_images.iter().filter(|f| f.1 == i.name && f.3 == 0).collect();
         match found.as_slice() {
             [one] => {
                 d.images.insert(i.id.clone(), ImageChoice::Existing(one.0.clone()));
             }
+            // Not needed: the disks that were made of it travel.
+            [] if only_root_disks(m, i) => {
+                d.images.insert(i.id.clone(), ImageChoice::Dropped);
+            }
             _ => d.conflicts.push(conflict(
                 "image_missing",
                 format!(
-                    "image {:?} travels without its data, and this site has {} images of that name the account may use",
+                    "image {:?} travels without its data, and this site has {} images of that name the account \
+                     owns or that are public",
                     i.name,
                     if found.is_empty() { "no" } else { "several" }
                 ),
@@ -2785,8 +2803,17 @@ async fn apply(
         let hv = d.hypervisors[&i.id];
         let class = d.host_classes.get(&i.id).cloned().unwrap_or_default();
         let class_labels = crate::datastore::host::join_labels(&class.1);
-        let (image, boot) = images[&i.image].clone();
-        let image = roots.get(&i.id).cloned().unwrap_or(image);
+        // Its root disk's image, else the image it boots (one only its disks were made of
+        // may not be here: `ImageChoice::Dropped`).
+        let (image, boot) = match (roots.get(&i.id), images.get(&i.image)) {
+            (Some(root), _) => {
+                let src =
+                    m.model.images.iter().find(|x| x.id == i.image).ok_or_else(|| ApiError::internal("validated"))?;
+                (root.clone(), src.boot_mode)
+            }
+            (None, Some(found)) => found.clone(),
+            (None, None) => return Err(ApiError::internal(format!("instance {}: image {} undecided", i.id, i.image))),
+        };
         let demand = scheduler::Demand {
             hypervisor: hv,
             cpus: i.cpus,
@@ -3171,7 +3198,7 @@ mod tests {
         store::Existing {
             names: vec![("instance".into(), "web".into())],
             cidrs: vec![("nw-x".into(), "10.0.0.0/16".into())],
-            usable_images: vec![("img-pub".into(), "tiny".into(), ",qemu,kvm,".into())],
+            usable_images: vec![("img-pub".into(), "tiny".into(), ",qemu,kvm,".into(), 0)],
             hosts: vec![host(&["lxc", "qemu"])],
             external: false,
             external_cidr: None,

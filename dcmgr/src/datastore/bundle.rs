@@ -189,10 +189,11 @@ pub struct Existing {
     pub names: Vec<(String, String)>,
     /// (id, cidr)
     pub cidrs: Vec<(String, String)>,
-    /// (id, name, hypervisors) of the available images the account may use: its own,
-    /// public ones and those shared with it. A bundle's image that travels
-    /// without data resolves to one of these.
-    pub usable_images: Vec<(String, String, String)>,
+    /// (id, name, hypervisors, shared: 1 for one another account shared with it) of the
+    /// available images the account may use: its own, public ones and those shared with
+    /// it. A bundle's image that travels without data resolves by name to one of its own
+    /// or a public one, or is mapped to any of these.
+    pub usable_images: Vec<(String, String, String, i64)>,
     /// Each host: what it runs and has free (a hard group policy and the instances an
     /// import places need room on hosts that run them).
     pub hosts: Vec<HostHere>,
@@ -254,7 +255,7 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
     let cidrs =
         sqlx::query_as("SELECT id, cidr FROM networks WHERE account_id = $1").bind(a).fetch_all(&mut *db).await?;
     let usable_images = sqlx::query_as(
-        "SELECT id, name, hypervisors FROM images \
+        "SELECT id, name, hypervisors, CASE WHEN account_id = $1 OR public = 1 THEN 0 ELSE 1 END FROM images \
          WHERE state = 'available' AND deleted_at IS NULL AND (account_id = $1 OR public = 1 \
          OR id IN (SELECT image_id FROM image_members WHERE account_id = $1)) ORDER BY id",
     )
