@@ -44,7 +44,7 @@ on_both_databases!(
     an_address_the_source_gave_again_is_a_conflict_of_the_plan,
     an_image_shared_by_another_account_is_never_chosen_by_name,
     the_images_of_disks_and_volume_data_take_free_names,
-    a_halted_instance_arrives_stopped,
+    a_halted_instance_arrives_stopped_and_later_changes_of_power_follow,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -2204,7 +2204,7 @@ async fn the_images_of_disks_and_volume_data_take_free_names(db: Db) {
 /// A halted instance (powered off, its host kept) was exported as not stopped and ran at
 /// the target, and an export with `stop` started it again at the source; it arrives
 /// stopped, as a stopped one does, and is left stopped.
-async fn a_halted_instance_arrives_stopped(db: Db) {
+async fn a_halted_instance_arrives_stopped_and_later_changes_of_power_follow(db: Db) {
     let (a, b) = sites(db, None).await;
     let (ca, cb) = (a.account("source").await, b.account("target").await);
     let img = raw_image(&ca, "disk", vec![5u8; 1 << 20]).await;
@@ -2219,7 +2219,23 @@ async fn a_halted_instance_arrives_stopped(db: Db) {
     // Stopped for the capture, and not started again (it ran after the export).
     assert_eq!(ca.get_instance(&off.id).await.unwrap().state, InstanceState::Stopped, "powered off still");
     assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
-    wait_state(&cb, &live_instance(&cb, "off").await.id, InstanceState::Stopped).await;
+    let here = live_instance(&cb, "off").await.id;
+    wait_state(&cb, &here, InstanceState::Stopped).await;
+    // Started at the source, then stopped again: each update does the same here (it
+    // stayed as it was, and the plan said "unchanged").
+    for (action, state, said) in [
+        (InstanceAction::Start, InstanceState::Running, "start: running at the source"),
+        (InstanceAction::Stop, InstanceState::Stopped, "stop: stopped at the source"),
+    ] {
+        let j = ca.instance_action(&off.id, action).await.unwrap();
+        ca.wait_job_ok(&j.job.id, Duration::from_secs(15)).await.unwrap();
+        let bytes = export(&ca).await;
+        let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+        let updates: Vec<_> = plan.updates.iter().filter(|u| u.kind == "instance").map(|u| u.detail.as_str()).collect();
+        assert_eq!(updates, [said]);
+        assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
+        wait_state(&cb, &here, state).await;
+    }
     a.stop().await;
     b.stop().await;
 }

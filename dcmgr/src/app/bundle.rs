@@ -701,6 +701,8 @@ pub struct Decision {
     pub nic_updates: Vec<(String, Vec<String>)>,
     /// Deletes applied (`--prune`): (kind, ID here).
     pub removes: Vec<(String, String)>,
+    /// Kept instances stopped or started as the bundle has them: (ID here, stop).
+    pub power: Vec<(String, bool)>,
     /// Kept instance bundle ID → its first interface here (for a new floating IP).
     pub first_vifs: HashMap<String, String>,
     /// The entries of the earlier map the updated import keeps.
@@ -1899,6 +1901,19 @@ fn update_instance(
     if let Some(v) = nics.first() {
         d.first_vifs.insert(i.id.clone(), v.0.clone());
     }
+    // Stopped or started at the source since: as the bundle has it (the bundle wins for
+    // what it carries). It stayed as it was, and the plan said "unchanged".
+    match (i.stopped, row.9.as_str()) {
+        (true, "running") => {
+            groups.push("stop: stopped at the source".into());
+            d.power.push((t.clone(), true));
+        }
+        (false, "stopped") => {
+            groups.push("start: running at the source".into());
+            d.power.push((t.clone(), false));
+        }
+        _ => {}
+    }
     let change = change("instance", &i.id, &t, &i.name);
     if !replace.is_empty() {
         d.conflicts.push(conflict(
@@ -2445,17 +2460,26 @@ pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps)
 }
 
 /// Carries out the prunes that are API actions of their own, after the import committed:
-/// instances terminated first (what they held is deleted by a later prune), then floating
-/// IPs released, volumes and images deleted. A failure is logged and left for the next
-/// import with `--prune` (the object stays in the import's map while it exists).
+/// instances terminated first (what they held is deleted by a later prune), kept ones
+/// stopped or started as the bundle has them, then floating IPs released, volumes and
+/// images deleted. A failure is logged and left for the next import (with `--prune` for
+/// a delete: the object stays in the import's map while it exists).
 async fn prune(ctx: &SharedCtx, caller: &Caller, prunes: &[(String, String)]) {
-    for kind in ["instance", "floating_ip", "volume", "image"] {
+    use vdc_schema::InstanceAction::{Start, Stop, Terminate};
+    for kind in ["instance", STOP, START, "floating_ip", "volume", "image"] {
         for (_, id) in prunes.iter().filter(|p| p.0 == kind) {
             let r = match kind {
-                "instance" => match id.parse() {
-                    Ok(i) => instance::act(ctx, caller, &i, vdc_schema::InstanceAction::Terminate).await.map(drop),
-                    Err(e) => Err(ApiError::internal(e)),
-                },
+                "instance" | STOP | START => {
+                    let action = match kind {
+                        STOP => Stop,
+                        START => Start,
+                        _ => Terminate,
+                    };
+                    match id.parse() {
+                        Ok(i) => instance::act(ctx, caller, &i, action).await.map(drop),
+                        Err(e) => Err(ApiError::internal(e)),
+                    }
+                }
                 "floating_ip" => match id.parse() {
                     Ok(f) => match floating_ip::disassociate(ctx, caller, &f).await {
                         Ok(_) => floating_ip::delete(ctx, caller, &f).await,
@@ -2473,9 +2497,9 @@ async fn prune(ctx: &SharedCtx, caller: &Caller, prunes: &[(String, String)]) {
                 },
             };
             match r {
-                Ok(()) => tracing::info!(kind, id = %id, "bundle import: pruned"),
+                Ok(()) => tracing::info!(kind, id = %id, "bundle import: done after the commit"),
                 Err(e) => {
-                    tracing::warn!(kind, id = %id, error = %e, "bundle import: prune failed; the next import with --prune tries again")
+                    tracing::warn!(kind, id = %id, error = %e, "bundle import: failed after the commit; the next import tries again")
                 }
             }
         }
@@ -3083,12 +3107,18 @@ fn attaches(d: &Decision) -> Vec<String> {
 
 /// The prunes that are API actions of their own: terminate, release, delete.
 fn after_commit(d: &Decision) -> Vec<(String, String)> {
+    let power = d.power.iter().map(|(id, stop)| (if *stop { STOP } else { START }.to_owned(), id.clone()));
     d.removes
         .iter()
         .filter(|(k, _)| matches!(k.as_str(), "instance" | "floating_ip" | "volume" | "image"))
         .cloned()
+        .chain(power)
         .collect()
 }
+
+/// What [`after_commit`] asks of a kept instance that the bundle has stopped or running.
+const STOP: &str = "instance:stop";
+const START: &str = "instance:start";
 
 /// A private image of the import holding `blob`: a volume's raw data unless changed.
 fn data_image(name: &str, blob: &vdc_bundle::BlobRef, hash: &str, now: &str, sizes: &VirtualSizes) -> Image {
