@@ -765,9 +765,19 @@ async fn the_plan_names_collisions_and_maps_resolve_them(db: Db) {
     assert_eq!(api_err(cb.import_bundle(good.clone(), &fix).await), (422, "quota_exceeded".into()));
     assert_eq!(cb.list_all_networks().await.unwrap().len(), 1, "the refused import created nothing");
     assert_eq!(held(), before, "no blob of the refused import stays in the store");
+
     let unlimited = SetQuotas { quotas: [("instances".to_string(), None)].into_iter().collect() };
     b.admin.set_account_quotas(&id, &unlimited).await.unwrap();
     assert!(cb.import_bundle(good.clone(), &fix).await.unwrap().created);
+    // Another account's refused import of the same data, which the store holds now (so
+    // its chunks are staged as files): none of them stays (they did, across restarts).
+    let other = b.account("refused").await;
+    let other_id = other.own_quotas().await.unwrap().account_id;
+    b.admin.set_account_quotas(&other_id, &one).await.unwrap();
+    assert_eq!(api_err(other.import_bundle(good.clone(), &fix).await), (422, "quota_exceeded".into()));
+    let staged = b.opts.images.dir.as_ref().unwrap().join("bundle-chunks");
+    let left: Vec<_> = std::fs::read_dir(&staged).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
     // Planned again once imported: nothing to add, so no quota stands in the way.
     b.admin.set_account_quotas(&id, &one).await.unwrap();
     let plan = cb.plan_bundle(good, &fix).await.unwrap();

@@ -2399,6 +2399,38 @@ struct Moves {
 
 /// Imports a verified bundle: everything in one transaction, or nothing.
 pub async fn import(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> ApiResult<BundleImported> {
+    let done = import_received(ctx, caller, r, maps).await;
+    if done.is_err() {
+        // Refused (a conflict, bad data, a quota): its staged chunks stayed, across
+        // restarts too. The command again sends them again.
+        unstage(ctx, &r.manifest);
+    }
+    done
+}
+
+/// Chunks staged this long ago are an import's that never ended (dcmgr stopped during
+/// it): [`sweep_staged`] removes them.
+const STAGED_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes chunks staged more than [`STAGED_FOR`] ago (the reconciler's leftovers pass).
+pub fn sweep_staged(ctx: &SharedCtx) -> std::io::Result<usize> {
+    let mut removed = 0;
+    let entries = match std::fs::read_dir(chunk_dir(ctx)) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let old = entry.metadata()?.modified()?.elapsed().is_ok_and(|age| age > STAGED_FOR);
+        if old && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+async fn import_received(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> ApiResult<BundleImported> {
     let src = &r.manifest.source;
     {
         let mut conn = ctx.db.acquire().await?;

@@ -48,6 +48,9 @@ pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
             if let Err(e) = crate::app::image::collect_deleted(&ctx).await {
                 tracing::warn!("collecting deleted images failed: {e}");
             }
+            if let Err(e) = crate::app::bundle::sweep_staged(&ctx) {
+                tracing::warn!("sweeping bundle chunks staged by imports that never ended failed: {e}");
+            }
         }
         if routers_looked.elapsed() >= ROUTERS_EVERY.min(release_after / 2) {
             routers_looked = std::time::Instant::now();
