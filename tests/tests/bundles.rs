@@ -43,6 +43,7 @@ on_both_databases!(
     an_image_deleted_at_the_source_is_deleted_here_by_the_update,
     an_address_the_source_gave_again_is_a_conflict_of_the_plan,
     an_image_shared_by_another_account_is_never_chosen_by_name,
+    a_volume_made_again_fills_from_the_image_made_before,
     the_images_of_disks_and_volume_data_take_free_names,
     a_halted_instance_arrives_stopped_and_later_changes_of_power_follow,
 );
@@ -868,7 +869,7 @@ async fn wait_volume(c: &Client, id: &VolumeId) -> Volume {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("volume {id} never became available");
+    panic!("volume {id} never became available: {:?}", c.get_volume(id).await);
 }
 
 /// Format 2: a stopped VM's disk (captured), a running one's (refused, or stopped for the
@@ -2165,6 +2166,39 @@ async fn an_image_shared_by_another_account_is_never_chosen_by_name(db: Db) {
     let map = [format!("image.golden={bait}")];
     let plan = other.plan_bundle(model, &map).await.unwrap();
     assert!(plan.conflicts.is_empty(), "mapped: {:?}", plan.conflicts);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A volume the import made, deleted here: the next update makes it again, filled from
+/// the image of its data the first import made (it made a second, and the first stayed,
+/// in no import's map and in the images quota).
+async fn a_volume_made_again_fills_from_the_image_made_before(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let (ca, cb) = (a.account("source").await, b.account("target").await);
+    let req = CreateVolume { name: "vol".into(), size_mib: Some(16), snapshot_id: None, image_id: None };
+    let vol = ca.create_volume(&req).await.unwrap().resource;
+    wait_volume(&ca, &vol.id).await;
+    cb.import_bundle(export(&ca).await, &[]).await.unwrap();
+    assert_eq!(own_image_names(&cb).await, ["vol-data"]);
+    let here = cb.list_all_volumes().await.unwrap().into_iter().find(|v| v.name == "vol").unwrap();
+    let data = here.image_id.clone().expect("filled from the image of its data");
+    wait_volume(&cb, &here.id).await;
+    cb.delete_volume(&here.id).await.unwrap();
+    let gone = eventually(Duration::from_secs(10), || async {
+        cb.get_volume(&here.id).await.is_ok_and(|v| v.state == VolumeState::Deleted).then_some(())
+    });
+    gone.await.expect("the volume is deleted here");
+    ca.create_keypair(&CreateKeyPair { name: "k".into(), public_key: None }).await.unwrap();
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let made: Vec<(&str, &str)> = plan.creates.iter().map(|c| (c.kind.as_str(), c.name.as_str())).collect();
+    assert_eq!(made, [("keypair", "k"), ("volume", "vol")], "{plan:?}");
+    assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
+    assert_eq!(own_image_names(&cb).await, ["vol-data"]);
+    let again = cb.list_all_volumes().await.unwrap().into_iter().find(|v| v.name == "vol" && v.id != here.id).unwrap();
+    assert_eq!(again.image_id, Some(data));
+    wait_volume(&cb, &again.id).await;
     a.stop().await;
     b.stop().await;
 }

@@ -1180,8 +1180,21 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                 }
                 continue;
             }
-            // Its data arrives as a private raw image the volume is filled from.
-            if v.data.is_some() {
+            // Its data arrives as a private raw image the volume is filled from: the one
+            // the earlier import made, when it is here with the same data (a volume
+            // deleted here is made again), else a new one (the first stayed, made by no
+            // import's map, in the images quota).
+            let made = have.as_ref().and_then(|h| h.image(&data_key(&v.id)));
+            if let (Some(blob), Some(t)) = (&v.data, made) {
+                if t.13 == 0 && t.11.as_deref() == Some(blob.sha256.as_str()) {
+                    d.kept.insert(data_key(&v.id), t.0.clone());
+                    d.unchanged.push(change("image", &data_key(&v.id), &t.0, &t.1)(format!(
+                        "the data of volume {}, made by the earlier import",
+                        v.name
+                    )));
+                }
+            }
+            if v.data.is_some() && !d.kept.contains_key(&data_key(&v.id)) {
                 let n = helper_name(&d, derived_name(&v.name, "-data"));
                 name(&mut d, "image", &data_key(&v.id), &n, Some(format!("the data of volume {}", v.name)));
             }
@@ -2588,7 +2601,7 @@ fn quota_asks(m: &Manifest, d: &Decision, maps: &Maps) -> Vec<(QuotaKey, u64)> {
         .iter()
         .filter_map(|i| i.blob.as_ref())
         .chain(instances.iter().filter_map(|i| i.root_disk.as_ref()))
-        .chain(volumes.iter().filter_map(|v| v.data.as_ref()))
+        .chain(volumes.iter().filter(|v| !d.kept.contains_key(&data_key(&v.id))).filter_map(|v| v.data.as_ref()))
         .map(|b| b.size)
         .collect();
     // (A new image always has its data.)
@@ -3031,6 +3044,14 @@ async fn apply(
         }
         for v in m.model.volumes.iter().filter(|v| !d.kept.contains_key(&v.id)) {
             let image = match &v.data {
+                Some(_) if d.kept.contains_key(&data_key(&v.id)) => {
+                    let kept = d.kept[&data_key(&v.id)].clone();
+                    if !db::lock(&mut tx, db::Lock::Image, &kept).await? {
+                        return Err(ApiError::Busy(format!("image {kept} changed concurrently")));
+                    }
+                    ids.insert(data_key(&v.id), kept.clone());
+                    Some(kept)
+                }
                 Some(blob) => {
                     let key = data_key(&v.id);
                     let mut image = data_image(&name("image", &key), blob, &r.hash, &now, sizes);
