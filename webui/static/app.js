@@ -689,11 +689,14 @@ async function instanceForm(close) {
   const [images, networks, groups, keypairs] = await Promise.all([
     listAll('/images'), listAll('/networks'), listAll('/security_groups'), listAll('/keypairs'),
   ]);
-  const name = input({ name: 'name', maxlength: '255' });
-  const image = select(images.map((i) => ({ value: i.id, label: `${displayName(i)} — ${i.hypervisors.join(', ')}` })), { required: true });
+  // The API's own limits (names of 64 characters, 1–128 vCPUs, 32 MiB–4 TiB), and only
+  // images that can boot.
+  const name = input({ name: 'name', maxlength: '64' });
+  const bootable = images.filter((i) => i.state === 'available');
+  const image = select(bootable.map((i) => ({ value: i.id, label: `${displayName(i)} — ${i.hypervisors.join(', ')}` })), { required: true });
   const hypervisor = select([{ value: '', label: t('hypervisor_default') }, ...HYPERVISORS.map((h) => ({ value: h, label: h }))]);
-  const cpus = input({ type: 'number', min: '1', max: '256', step: '1', value: '1', required: true });
-  const memory = input({ type: 'number', min: '1', step: '1', value: '256', required: true });
+  const cpus = input({ type: 'number', min: '1', max: '128', step: '1', value: '1', required: true });
+  const memory = input({ type: 'number', min: '32', max: '4194304', step: '1', value: '256', required: true });
   const rootDisk = input({ type: 'number', min: '1', step: '1', id: 'root-disk' });
   const keypair = select([{ value: '', label: t('none') }, ...keypairs.map((k) => ({ value: k.id, label: displayName(k) }))]);
   const userData = el('textarea', { rows: '6', class: 'mono', spellcheck: 'false', placeholder: '#cloud-config' });
@@ -797,7 +800,7 @@ function openConsole(slot, inst) {
 function mountNetworks(root) {
   const frame = viewFrame(root, t('nav_networks'), t('networks_intro'));
   createPanel(frame, t('network_create'), async (close) => {
-    const name = input({ required: true, maxlength: '255' });
+    const name = input({ required: true, maxlength: '64' });
     const cidr = input({ required: true, placeholder: '10.0.0.0/24' });
     const gateway = input({ placeholder: '10.0.0.1' });
     const dhcpStart = input({});
@@ -858,7 +861,7 @@ function portsText(r) {
 function mountSecurityGroups(root) {
   const frame = viewFrame(root, t('nav_security_groups'), t('security_groups_intro'));
   createPanel(frame, t('security_group_create'), async (close) => {
-    const name = input({ required: true, maxlength: '255' });
+    const name = input({ required: true, maxlength: '64' });
     const description = input({ maxlength: '1000' });
     const form = el('form', { class: 'form' },
       el('div', { class: 'grid' }, field(t('field_name'), name), field(t('field_description'), description, t('hint_optional'))),
@@ -1005,7 +1008,7 @@ function showPrivateKey(keypair, privateKey) {
 function mountKeyPairs(root) {
   const frame = viewFrame(root, t('nav_keypairs'), t('keypairs_intro'));
   createPanel(frame, t('keypair_create'), async (close) => {
-    const name = input({ required: true, maxlength: '255' });
+    const name = input({ required: true, maxlength: '64' });
     const mode = uid('mode');
     const gen = radio(mode, 'generate', t('keypair_generate'), true);
     const imp = radio(mode, 'import', t('keypair_import'), false);
@@ -1278,7 +1281,7 @@ async function attachDialog(vol) {
 }
 
 function snapshotDialog(vol) {
-  const name = input({ required: true, maxlength: '255', value: `${vol.name}-snap` });
+  const name = input({ required: true, maxlength: '64', value: `${vol.name}-snap` });
   formDialog(t('snapshot_from_title', { name: displayName(vol) }), field(t('field_name'), name), t('create'), async () => {
     const r = await api('POST', '/snapshots', { volume_id: vol.id, name: val(name) });
     notify('ok', t('snapshot_requested', { name: displayName(r.resource), job: r.job.id }));
@@ -1307,7 +1310,7 @@ function mountVolumes(root) {
       // Only disks fill a volume: qcow2 and raw images.
       listAll('/images').then((l) => l.filter((i) => i.state === 'available' && ['qcow2', 'raw'].includes(i.format))),
     ]);
-    const name = input({ required: true, maxlength: '255' });
+    const name = input({ required: true, maxlength: '64' });
     const src = uid('src');
     const blank = radio(src, 'blank', t('volume_blank'), true);
     const fromSnap = radio(src, 'snapshot', t('volume_from_snapshot'), false);
