@@ -137,7 +137,8 @@ pub fn load_with(flags: &CliConfig, env: &CliConfig, path: &Path) -> Result<Endp
         key: "api",
         path: path.to_owned(),
     })?;
-    if let (None, Some(a), true) = (&token, &account, account_explicit) {
+    // An account named, or the file's after `vdc logout`: signing in again is the fix.
+    if let (None, Some(a)) = (&token, &account) {
         return Err(ConfigError::NoSession { account: a.clone(), path: path.to_owned() });
     }
     let token = token.ok_or_else(|| ConfigError::Missing {
@@ -302,6 +303,14 @@ mod tests {
         let ep = load_with(&lab, &env, &path).unwrap();
         assert_eq!(ep.token, "env-token");
         assert!(!ep.token_for_account);
+        // After `vdc logout`: the file's account and no token says to sign in again (it
+        // said to pass --token or put one in the file).
+        let mut out =
+            CliConfig { api: Some("http://file:1".into()), account: Some("team".into()), ..Default::default() };
+        out.tokens.clear();
+        save(&path, &out).unwrap();
+        let e = load_with(&none, &none, &path).unwrap_err().to_string();
+        assert!(e.contains("sign in to it with `vdc login USER --account team`"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
