@@ -1915,24 +1915,36 @@ async fn raw_image(c: &Client, name: &str, data: Vec<u8>) -> ImageId {
 }
 
 async fn running(c: &Client, name: &str, image: &ImageId, network: &NetworkId, groups: Vec<SecurityGroupId>) {
-    let i = c
-        .create_instance(&CreateInstance {
-            name: Some(name.into()),
-            image_id: image.clone(),
-            hypervisor: Some(HypervisorKind::Qemu),
-            cpus: 1,
-            memory_mib: 64,
-            interfaces: vec![CreateInterface { network_id: network.clone(), security_groups: groups, ip: None }],
-            ssh_key_id: None,
-            user_data: None,
-            root_disk_size: None,
-            server_group: None,
-            zone: None,
-            host_labels: Default::default(),
-        })
-        .await
-        .unwrap();
+    let i = c.create_instance(&qemu_instance(name, image, network, groups, None)).await.unwrap();
     wait_state(c, &i.resource.id, InstanceState::Running).await;
+}
+
+/// A small QEMU instance on one network (at address `ip`, else the next free).
+fn qemu_instance(
+    name: &str,
+    image: &ImageId,
+    network: &NetworkId,
+    groups: Vec<SecurityGroupId>,
+    ip: Option<&str>,
+) -> CreateInstance {
+    CreateInstance {
+        name: Some(name.into()),
+        image_id: image.clone(),
+        hypervisor: Some(HypervisorKind::Qemu),
+        cpus: 1,
+        memory_mib: 64,
+        interfaces: vec![CreateInterface {
+            network_id: network.clone(),
+            security_groups: groups,
+            ip: ip.map(str::to_owned),
+        }],
+        ssh_key_id: None,
+        user_data: None,
+        root_disk_size: None,
+        server_group: None,
+        zone: None,
+        host_labels: Default::default(),
+    }
 }
 
 /// What a plan says of an image deleted at the source and kept there for an instance.
@@ -2079,24 +2091,7 @@ async fn an_address_the_source_gave_again_is_a_conflict_of_the_plan(db: Db) {
     let (ca, cb) = (a.account("source").await, b.account("target").await);
     let img = raw_image(&ca, "img", vec![7u8; 1 << 20]).await;
     let net = network(&ca, "n", "10.64.0.0/24").await;
-    let at = |name: &str| CreateInstance {
-        name: Some(name.into()),
-        image_id: img.clone(),
-        hypervisor: Some(HypervisorKind::Qemu),
-        cpus: 1,
-        memory_mib: 64,
-        interfaces: vec![CreateInterface {
-            network_id: net.id.clone(),
-            security_groups: vec![],
-            ip: Some("10.64.0.50".into()),
-        }],
-        ssh_key_id: None,
-        user_data: None,
-        root_disk_size: None,
-        server_group: None,
-        zone: None,
-        host_labels: Default::default(),
-    };
+    let at = |name: &str| qemu_instance(name, &img, &net.id, vec![], Some("10.64.0.50"));
     let old = ca.create_instance(&at("old")).await.unwrap().resource.id;
     wait_state(&ca, &old, InstanceState::Running).await;
     cb.import_bundle(export(&ca).await, &[]).await.unwrap();
