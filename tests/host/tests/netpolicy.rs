@@ -257,18 +257,24 @@ async fn egress_rules_are_enforced_and_guests_resolve_each_other() {
 
     // Removing a rule cuts the sessions it admitted, not only new ones (their conntrack
     // entries stay established; every packet that is not an answer asks the rules
-    // again). Ingress: a TCP stream into g2's tcp/81 stops when the rule goes.
+    // again). Ingress: a TCP stream into g2's tcp/82 stops when the rule goes. (A port
+    // of its own: the listeners above may still hold 80 and 81, and nc binds beside
+    // them, so a connection could reach one of theirs.)
+    s2.spec_gen = 3;
+    s2.security_groups[0].rules.push(rule(Ingress, Protocol::Tcp, Some(82), "0.0.0.0/0"));
+    active(&net, &sink, &s2).await;
     let into_g2 = Running::start(
         &g1.netns,
-        "while :; do echo x; sleep 0.2; done | nc 10.20.0.12 81",
-        dir.path().join("received-81"),
-        Some((&g2.netns, "nc -l -p 81")),
+        "while :; do echo x; sleep 0.2; done | nc 10.20.0.12 82",
+        dir.path().join("received-82"),
+        Some((&g2.netns, "nc -l -p 82")),
     );
-    assert!(eventually(Duration::from_secs(5), || into_g2.grows()), "the stream into tcp/81 flows");
-    s2.spec_gen = 3;
-    s2.security_groups[0].rules.retain(|r| r.port_min != Some(81));
+    assert!(eventually(Duration::from_secs(5), || into_g2.grows()), "the stream into tcp/82 flows");
+    s2.spec_gen = 4;
+    s2.security_groups[0].rules.retain(|r| r.port_min != Some(82));
     active(&net, &sink, &s2).await;
     assert!(into_g2.stopped(), "the established stream ends with the rule that admitted it");
+    g2.listen(&[80], 10);
     assert!(g1.connects("10.20.0.12", 80), "tcp/80's rule still stands");
     // Egress: g1 may ping out while a rule says so; a running ping stops when it goes.
     s1.spec_gen = 3;
