@@ -1919,7 +1919,8 @@ async fn running(c: &Client, name: &str, image: &ImageId, network: &NetworkId, g
     wait_state(c, &i.resource.id, InstanceState::Running).await;
 }
 
-/// A small QEMU instance on one network (at address `ip`, else the next free).
+/// A small QEMU instance on one network (at address `ip`, else the next free):
+/// [`vdc_tests::qemu_guest`] with 64 MiB and that interface.
 fn qemu_instance(
     name: &str,
     image: &ImageId,
@@ -1927,24 +1928,8 @@ fn qemu_instance(
     groups: Vec<SecurityGroupId>,
     ip: Option<&str>,
 ) -> CreateInstance {
-    CreateInstance {
-        name: Some(name.into()),
-        image_id: image.clone(),
-        hypervisor: Some(HypervisorKind::Qemu),
-        cpus: 1,
-        memory_mib: 64,
-        interfaces: vec![CreateInterface {
-            network_id: network.clone(),
-            security_groups: groups,
-            ip: ip.map(str::to_owned),
-        }],
-        ssh_key_id: None,
-        user_data: None,
-        root_disk_size: None,
-        server_group: None,
-        zone: None,
-        host_labels: Default::default(),
-    }
+    let iface = CreateInterface { network_id: network.clone(), security_groups: groups, ip: ip.map(str::to_owned) };
+    CreateInstance { memory_mib: 64, interfaces: vec![iface], ..vdc_tests::qemu_guest(image, name) }
 }
 
 /// What a plan says of an image deleted at the source and kept there for an instance.
