@@ -149,9 +149,10 @@ fn created_id(body: &[u8]) -> Option<String> {
 pub async fn layer(State(ctx): State<SharedCtx>, mut req: Request, next: Next) -> Response {
     let request_id = RequestId::generate();
     let method = req.method().clone();
+    let strip = |p: &str| p.strip_prefix("/api/v1").unwrap_or(p).to_owned();
+    let route = req.extensions().get::<MatchedPath>().map(|m| strip(m.as_str()));
     // An export is a GET that captures disks and stops instances (`authz::EXPORT`).
-    let path = req.uri().path();
-    let export = method == Method::GET && path.strip_prefix("/api/v1").unwrap_or(path) == crate::app::authz::EXPORT;
+    let export = method == Method::GET && route.as_deref() == Some(crate::app::authz::EXPORT);
     if !export && !matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
         let mut resp = next.run(req).await;
         set_request_id(&mut resp, &request_id);
@@ -161,8 +162,6 @@ pub async fn layer(State(ctx): State<SharedCtx>, mut req: Request, next: Next) -
     let time = chrono::Utc::now();
     let who = Who::default();
     req.extensions_mut().insert(who.clone());
-    let strip = |p: &str| p.strip_prefix("/api/v1").unwrap_or(p).to_owned();
-    let route = req.extensions().get::<MatchedPath>().map(|m| strip(m.as_str()));
     let path = strip(req.uri().path());
     let source = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string()).unwrap_or_default();
 

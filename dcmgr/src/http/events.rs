@@ -75,14 +75,16 @@ pub async fn stream(
     let rx = app::subscribe(&ctx, &caller, header.or(after), q.follow.unwrap_or(true)).await?;
     // Asked again before each event: the stream ends when its token no longer lets the
     // caller in (signed out, revoked, expired, removed from the account).
-    let text = |name| headers.get(name).and_then(|h| h.to_str().ok()).map(str::to_owned);
-    let token = text(axum::http::header::AUTHORIZATION.as_str()).and_then(|h| super::bearer(&h).map(str::to_owned));
-    let act = text(crate::app::account::ACT_IN_HEADER).map(|a| a.trim().to_owned());
-    let state = (rx, ctx, caller, token, act);
-    let events = futures::stream::unfold(state, |(mut rx, ctx, caller, token, act)| async move {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(super::bearer)
+        .map(str::to_owned);
+    let state = (rx, ctx, caller, token);
+    let events = futures::stream::unfold(state, |(mut rx, ctx, caller, token)| async move {
         let item = rx.recv().await?;
         let admitted = match &token {
-            Some(t) => crate::app::account::still_admits(&ctx, t, act.as_deref(), &caller).await,
+            Some(t) => crate::app::account::still_admits(&ctx, t, &caller).await,
             None => false,
         };
         if !admitted {
@@ -99,7 +101,7 @@ pub async fn stream(
                 .event("lost")
                 .data(serde_json::json!({ "resumed_after": resumed_after, "oldest_kept": oldest_kept }).to_string()),
         };
-        Some((Ok(sse), (rx, ctx, caller, token, act)))
+        Some((Ok(sse), (rx, ctx, caller, token)))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
