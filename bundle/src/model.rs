@@ -268,15 +268,40 @@ pub fn check_name(kind: &str, name: &str) -> Result<(), BundleError> {
         && name != "."
         && name != ".."
         && !name.contains("..");
-    if ok {
-        Ok(())
-    } else {
-        Err(BundleError::InvalidName(format!(
+    if !ok {
+        return Err(BundleError::InvalidName(format!(
             "{kind} name {:?} is invalid: use 1 to 64 printable characters, no '/', '\\' or '..', \
              no leading or trailing spaces, other white space, or invisible (zero-width, bidirectional) characters",
             name.chars().take(80).collect::<String>()
-        )))
+        )));
     }
+    if shaped_like_id(kind, name) {
+        // An ID no longer found (deleted) is looked up as a name by the CLI and the
+        // console: another account's image shared under that name would be taken for it.
+        return Err(BundleError::InvalidName(format!(
+            "{kind} name {name:?} has the shape of a {kind} ID: a name may not, so that an ID always means \
+             the resource it was made for; choose another name"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `name` has the shape of a generated ID of the kind of resource it names
+/// (`img-` and 15 characters of IDs' alphabet for an image; `img-root` is a name).
+fn shaped_like_id(kind: &str, name: &str) -> bool {
+    use vdc_schema::id::*;
+    let prefix = match kind {
+        "image" => ImageId::PREFIX,
+        "instance" => InstanceId::PREFIX,
+        "key pair" => KeyPairId::PREFIX,
+        "network" => NetworkId::PREFIX,
+        "security group" => SecurityGroupId::PREFIX,
+        "server group" => ServerGroupId::PREFIX,
+        "snapshot" => SnapshotId::PREFIX,
+        "volume" => VolumeId::PREFIX,
+        _ => return false,
+    };
+    name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')).is_some_and(generated_suffix)
 }
 
 fn check_hash(what: &str, h: &str) -> Result<(), BundleError> {

@@ -190,9 +190,14 @@ pub fn pick<T: Named>(arg: &str, matches: &[T]) -> Result<T::Id, ResolveError> {
 pub async fn resolve<T: Named>(client: &Client, r: &Ref<T>) -> Result<T::Id, ResolveError> {
     let arg = r.as_str();
     if let Ok(id) = arg.parse::<T::Id>() {
-        // A name may look like an ID (`nw-1`); only an existing ID wins outright.
+        // A name may look like an ID (`nw-1`); only an existing ID wins outright. A
+        // generated one not found (deleted) is not looked up as a name: names of that
+        // shape are refused, and one made before would be another resource's.
         match client.get::<serde_json::Value>(&format!("{}/{id}", T::PATH)).await {
             Ok(_) => return Ok(id),
+            Err(e) if e.is_not_found() && generated(arg) => {
+                return Err(ResolveError::NotFound { kind: T::KIND, noun: T::NOUN, arg: arg.to_string() })
+            }
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(e.into()),
         }
@@ -200,6 +205,11 @@ pub async fn resolve<T: Named>(client: &Client, r: &Ref<T>) -> Result<T::Id, Res
     let query = ListQuery { name: Some(arg.to_string()), ..Default::default() };
     let matches: Vec<T> = client.list_all(T::PATH, &query).await?;
     pick(arg, &matches)
+}
+
+/// Whether `arg` (an ID of some kind) has a generated suffix.
+fn generated(arg: &str) -> bool {
+    arg.split_once('-').is_some_and(|(_, suffix)| vdc_schema::id::generated_suffix(suffix))
 }
 
 /// [`resolve`] for each of `refs`, in order.
@@ -231,6 +241,13 @@ mod tests {
             "public": public, "created_at": "2024-01-01T00:00:00Z", "state": "available",
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn only_generated_ids_are_never_names() {
+        assert!(generated("img-1m95xw75001qhyg"));
+        assert!(!generated("nw-1"));
+        assert!(!generated("img-root"));
     }
 
     #[test]

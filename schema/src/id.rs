@@ -49,6 +49,11 @@ fn generate_suffix() -> String {
     out
 }
 
+/// Whether `suffix` (what follows an ID's prefix) has the shape of a generated one.
+pub fn generated_suffix(suffix: &str) -> bool {
+    suffix.len() == 15 && suffix.bytes().all(|b| ALPHABET.contains(&b))
+}
+
 fn valid_suffix(s: &str) -> bool {
     !s.is_empty() && s.len() <= 40 && s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
 }
