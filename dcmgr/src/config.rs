@@ -234,6 +234,8 @@ pub struct ImagesConfig {
     pub import_allow: Vec<String>,
     /// A URL import that has not finished after this long fails.
     pub import_timeout_s: u64,
+    /// A URL import whose server sends nothing (no answer, no data) for this long fails.
+    pub import_stall_timeout_s: u64,
     /// Directories whose files operators may register as images (`file://` or a path).
     pub file_dirs: Vec<std::path::PathBuf>,
     /// The base URL hosts fetch image data from (dcmgr's Web API as they reach it, e.g.
@@ -311,6 +313,7 @@ impl Default for ImagesConfig {
             max_virtual_bytes: 2 << 40,
             import_allow: vec![],
             import_timeout_s: 3600,
+            import_stall_timeout_s: 60,
             file_dirs: vec![],
             agent_url: None,
             store: StoreKind::Fs,

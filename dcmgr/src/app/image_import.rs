@@ -55,9 +55,18 @@ pub fn not_public(ip: IpAddr) -> Option<&'static str> {
                 Some("a link-local address")
             } else if s[0] & 0xff00 == 0xff00 {
                 Some("a multicast address")
-            } else if s[0] == 0x64 && s[1] == 0xff9b || s[0] == 0x2002 || (s[0] == 0 && s[1] == 0 && s[2] == 0) {
-                // NAT64, 6to4 and IPv4-compatible forms carry an IPv4 address that could be any.
+            } else if s[0] == 0x64 && s[1] == 0xff9b
+                || s[0] == 0x2002
+                || (s[0] == 0x2001 && s[1] == 0)
+                || (s[0] == 0 && s[1] == 0 && s[2] == 0)
+            {
+                // NAT64, 6to4, Teredo and IPv4-compatible forms carry an IPv4 address that
+                // could be any.
                 Some("an IPv4 address in an IPv6 form")
+            } else if s[0] == 0x2001 && s[1] == 0x0db8 {
+                Some("a documentation address (2001:db8::/32)")
+            } else if s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0 {
+                Some("a discard address (100::/64)")
             } else {
                 None
             }
@@ -81,11 +90,22 @@ fn not_public_v4(a: Ipv4Addr) -> Option<&'static str> {
         Some("an IETF protocol assignment (192.0.0.0/24)")
     } else if o[0] == 198 && (o[1] & 0xfe) == 18 {
         Some("a benchmarking address (198.18.0.0/15)")
+    } else if matches!((o[0], o[1], o[2]), (192, 0, 2) | (198, 51, 100) | (203, 0, 113)) {
+        Some("a documentation address (TEST-NET)")
+    } else if (o[0], o[1], o[2]) == (192, 88, 99) {
+        Some("a 6to4 relay address (192.88.99.0/24)")
     } else if o[0] >= 224 {
         Some("a multicast, reserved or broadcast address")
     } else {
         None
     }
+}
+
+/// Whether `ip` is one of this host's own addresses (a public one too: a service
+/// listening on it, meant for the host, would answer an import): only a local address
+/// can be bound.
+fn own_address(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
 /// The address to connect to for `url`: every address its host resolves to must be
@@ -103,7 +123,7 @@ async fn checked_address(url: &url::Url, allow: &[ipnet::IpNet]) -> Result<Socke
     };
     let first = *addrs.first().ok_or_else(|| refuse("import_failed", "the host name resolves to no address"))?;
     for a in &addrs {
-        if let Some(why) = not_public(a.ip()) {
+        if let Some(why) = not_public(a.ip()).or_else(|| own_address(a.ip()).then_some("an address of dcmgr's host")) {
             if !allow.iter().any(|n| n.contains(&a.ip())) {
                 return Err(refuse(
                     "forbidden_address",
@@ -121,7 +141,13 @@ async fn checked_address(url: &url::Url, allow: &[ipnet::IpNet]) -> Result<Socke
 }
 
 /// Sends the GET, following redirects by hand so that each target is checked.
-pub async fn open(url: &str, allow: &[ipnet::IpNet], timeout: Duration) -> Result<reqwest::Response, Refusal> {
+/// `timeout` bounds the whole transfer, `stall` each wait for the answer or for data.
+pub async fn open(
+    url: &str,
+    allow: &[ipnet::IpNet],
+    timeout: Duration,
+    stall: Duration,
+) -> Result<reqwest::Response, Refusal> {
     let mut url = parse_url(url)?;
     for _ in 0..=MAX_REDIRECTS {
         let addr = checked_address(&url, allow).await?;
@@ -130,6 +156,7 @@ pub async fn open(url: &str, allow: &[ipnet::IpNet], timeout: Duration) -> Resul
             // A proxy would choose the address itself.
             .no_proxy()
             .connect_timeout(Duration::from_secs(15))
+            .read_timeout(stall)
             .timeout(timeout);
         if let Some(url::Host::Domain(d)) = url.host() {
             client = client.resolve(d, addr);
@@ -160,11 +187,11 @@ pub async fn open(url: &str, allow: &[ipnet::IpNet], timeout: Duration) -> Resul
 /// reqwest's error without the chain of causes (which can carry local details).
 fn short(e: &reqwest::Error) -> &'static str {
     if e.is_timeout() {
-        "timed out"
+        "timed out: the server sent nothing for too long, or the transfer took longer than allowed"
     } else if e.is_connect() {
-        "connection failed"
+        "could not connect: refused, unreachable, or (https) the TLS handshake failed"
     } else if e.is_body() || e.is_decode() {
-        "the transfer broke off"
+        "the connection closed before the end"
     } else {
         "the request failed"
     }
@@ -211,26 +238,36 @@ async fn import(ctx: &SharedCtx, image: &Image) -> ApiResult<()> {
     if store::get(&ctx.db, image.id.as_str()).await?.is_none_or(|r| r.state != ImageState::Pending.as_str()) {
         return Ok(());
     }
+    let mut tx = crate::datastore::begin(&ctx.db).await?;
+    let owner = store::owner(&mut tx, &image.id).await?;
+    tx.rollback().await?;
+    let Some(owner) =
+        owner.map(|o| o.parse::<vdc_schema::id::AccountId>()).transpose().map_err(crate::error::ApiError::internal)?
+    else {
+        return Ok(());
+    };
     let allow = ctx.config.import_allow().map_err(crate::error::ApiError::internal)?;
     let timeout = Duration::from_secs(ctx.config.images.import_timeout_s);
-    let outcome = match open(&image.source, &allow, timeout).await {
+    let stall = Duration::from_secs(ctx.config.images.import_stall_timeout_s);
+    // Deleted while the server has not answered yet: the import ends now, as it does
+    // once data flows ([`ingest`] watches the same claim).
+    let deleted = ctx.ingesting.lock().unwrap().get(&image.id).cloned().unwrap_or_default();
+    let opened = tokio::select! {
+        r = open(&image.source, &allow, timeout, stall) => r,
+        _ = deleted.cancelled() => return Err(crate::error::ApiError::not_found("image", &image.id)),
+    };
+    let outcome = match opened {
         Err(r) => Ingested::Refused(r),
         Ok(resp) => {
-            if let Some(len) = resp.content_length().filter(|&l| l > ctx.config.images.max_bytes) {
-                Ingested::Refused(refuse(
-                    "image_too_large",
-                    format!("the URL announces {len} bytes, more than the limit of {}", ctx.config.images.max_bytes),
-                ))
-            } else {
-                let body = Box::pin(futures::stream::unfold(resp, |mut r| async move {
-                    match r.chunk().await {
-                        Ok(Some(c)) => Some((Ok(c), r)),
-                        Ok(None) => None,
-                        Err(e) => Some((Err(short(&e)), r)),
-                    }
-                }));
-                ingest(ctx, image, body, None).await?
-            }
+            let announced = resp.content_length();
+            let body = Box::pin(futures::stream::unfold(resp, |mut r| async move {
+                match r.chunk().await {
+                    Ok(Some(c)) => Some((Ok(c), r)),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(short(&e)), r)),
+                }
+            }));
+            ingest(ctx, image, body, Some((&owner, announced)), None).await?
         }
     };
     match outcome {
@@ -283,9 +320,20 @@ mod tests {
         ] {
             assert!(not_public(a.parse().unwrap()).is_some(), "{a}");
         }
+        for a in ["192.0.2.2", "198.51.100.7", "203.0.113.9", "192.88.99.1", "2001:db8::1", "2001:0:4136::1", "100::1"]
+        {
+            assert!(not_public(a.parse().unwrap()).is_some(), "{a}");
+        }
         for a in ["1.1.1.1", "151.101.2.132", "2a04:4e42::644"] {
             assert_eq!(not_public(a.parse().unwrap()), None, "{a}");
         }
+    }
+
+    #[test]
+    fn the_hosts_own_addresses_are_its_own() {
+        assert!(own_address("127.0.0.1".parse().unwrap()));
+        // A documentation address no host here has.
+        assert!(!own_address("198.51.100.77".parse().unwrap()));
     }
 
     #[test]
