@@ -576,7 +576,10 @@ pub struct ImageImportArgs {
     pub source: String,
     /// qcow2 or raw (a disk; dcmgr probes which it really is) or tar (a .tar.gz root file
     /// system for lxc). Default: tar for *.tar.gz, else qcow2
-    #[arg(long, value_parser = wire!(ImageFormat))]
+    #[arg(long, value_parser = clap::builder::TypedValueParser::try_map(
+        clap::builder::PossibleValuesParser::new(["qcow2", "raw", "tar"]),
+        |s| s.parse::<ImageFormat>(),
+    ))]
     pub format: Option<ImageFormat>,
     /// The SHA-256 the data must have (HEX or sha256:HEX)
     #[arg(long, value_name = "HEX", value_parser = parse_sha256)]

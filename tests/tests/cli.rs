@@ -550,7 +550,7 @@ async fn images_are_shared_by_name_or_id(db: Db) {
     // The member finds it by name and boots it, but cannot share it on.
     ok(&friend, &["image", "show", "golden"]).await;
     let err = fails(&friend, &["image", "share", "golden", friend_id.as_str()]).await;
-    assert!(err.ends_with("(not_found)"), "{err}");
+    assert!(err.ends_with("(not_image_owner)"), "{err}");
     // Again: still one member (repeat paths are success).
     ok(&owner, &["image", "share", img.id.as_str(), friend_id.as_str()]).await;
     ok(&owner, &["image", "members", "golden"]).await;
@@ -578,7 +578,7 @@ async fn images_are_shared_by_name_or_id(db: Db) {
     assert_eq!(owner.image_members(&img.id).await.unwrap().members, vec![other_id.clone()]);
     assert!(friend.unshare_image(&img.id, &friend_id).await.is_err_and(|e| e.is_not_found()), "again");
     // Nor may a member remove another member.
-    assert!(other.unshare_image(&img.id, &friend_id).await.is_err_and(|e| e.is_not_found()));
+    assert!(other.unshare_image(&img.id, &friend_id).await.is_err_and(|e| e.code() == "not_image_owner"));
     ok(&owner, &["image", "unshare", "golden", other_id.as_str()]).await;
 
     // `vdc instance capture` by name, waiting for the new image: the simulated host sends

@@ -378,9 +378,10 @@ async fn http_server(body: Vec<u8>) -> (u16, std::sync::Arc<std::sync::atomic::A
     (port, hits)
 }
 
-/// A server on loopback that announces 1,000,000 bytes and sends 1 KiB every 100 ms;
-/// the flag says the client closed the connection before the end.
-async fn trickle_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+/// A server on loopback that announces 1,000,000 bytes (or, `announce` false, no length)
+/// and sends 1 KiB every 100 ms; or (`silent`) that never answers. The flag says the
+/// client closed the connection before the end.
+async fn trickle_server_with(announce: bool, silent: bool) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -389,7 +390,14 @@ async fn trickle_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>
         let Ok((mut conn, _)) = l.accept().await else { return };
         let mut buf = vec![0u8; 4096];
         let _ = conn.read(&mut buf).await;
-        let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\nConnection: close\r\n\r\n";
+        if silent {
+            // Holds the request unanswered until the client gives up.
+            let _ = conn.read(&mut buf).await;
+            e.store(true, std::sync::atomic::Ordering::SeqCst);
+            return;
+        }
+        let length = if announce { "Content-Length: 1000000\r\n" } else { "" };
+        let head = format!("HTTP/1.1 200 OK\r\n{length}Connection: close\r\n\r\n");
         if conn.write_all(head.as_bytes()).await.is_err() {
             return;
         }
@@ -402,6 +410,18 @@ async fn trickle_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>
         }
     });
     (port, ended)
+}
+
+async fn trickle_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    trickle_server_with(true, false).await
+}
+
+/// This host's address on its default route (no packet is sent: a UDP socket only picks
+/// its source address when connected).
+fn own_routed_address() -> std::net::IpAddr {
+    let u = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    u.connect("198.51.100.1:9").expect("this machine has a default route (apt-get needs one)");
+    u.local_addr().unwrap().ip()
 }
 
 async fn failure_of(c: &Client, id: &ImageId) -> String {
@@ -425,6 +445,9 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
         "http://169.254.169.254/latest/meta-data/".to_owned(),
         "http://[::1]/x".to_owned(),
         "http://10.1.2.3/x".to_owned(),
+        "http://192.0.2.1/x".to_owned(),
+        // The host's own address, which a service meant for the host may listen on.
+        format!("http://{}:{port}/disk", own_routed_address()),
     ]
     .into_iter()
     .enumerate()
@@ -445,6 +468,7 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
     let mut opts = StackOptions::new(db);
     opts.images.import_allow = vec!["127.0.0.1/32".into()];
     opts.images.max_bytes = 1 << 20;
+    opts.images.import_stall_timeout_s = 1;
     let mut s = Stack::start(opts).await;
     let c = s.account("imp").await;
     // An import cut short by a dcmgr restart starts again and completes.
@@ -481,6 +505,58 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
         .await
         .expect("nothing of it stays in staging");
 
+    // So does a delete before the server has answered; and a server that never
+    // answers fails the import once it has been silent for the stall timeout.
+    let (sport, hung_up) = trickle_server_with(true, true).await;
+    let silent = c
+        .create_image(&req("silent", ImageFormat::Raw, Some(format!("http://127.0.0.1:{sport}/")), None))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.delete_image(&silent.id).await.unwrap();
+    eventually(Duration::from_secs(3), || async { hung_up.load(std::sync::atomic::Ordering::SeqCst).then_some(()) })
+        .await
+        .expect("the request waiting for its answer is dropped when its image is deleted");
+    let (sport, _) = trickle_server_with(true, true).await;
+    let silent = c
+        .create_image(&req("silent", ImageFormat::Raw, Some(format!("http://127.0.0.1:{sport}/")), None))
+        .await
+        .unwrap();
+    let why = failure_of(&c, &silent.id).await;
+    assert!(why.starts_with("import_failed") && why.contains("sent nothing"), "{why}");
+    // Data past what is left of the account's image_gib is refused as it arrives (and a
+    // length announced past it at once), not after all of it filled dcmgr's disk.
+    let account = c.own_quotas().await.unwrap().account_id;
+    let none = SetQuotas { quotas: [("image_gib".to_string(), Some(0))].into_iter().collect() };
+    s.admin.set_account_quotas(&account, &none).await.unwrap();
+    let (qport, ended) = trickle_server_with(false, false).await;
+    let over =
+        c.create_image(&req("over", ImageFormat::Raw, Some(format!("http://127.0.0.1:{qport}/")), None)).await.unwrap();
+    let why = failure_of(&c, &over.id).await;
+    assert!(why.starts_with("quota_exceeded") && why.contains("image_gib"), "{why}");
+    eventually(Duration::from_secs(5), || async { ended.load(std::sync::atomic::Ordering::SeqCst).then_some(()) })
+        .await
+        .expect("the download stops at the quota");
+    let up = c.create_image(&req("up-over", ImageFormat::Raw, None, None)).await.unwrap();
+    let mut conn = partial_upload(&s, &c, &up.id, 1 << 40, 0).await;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut answer))
+        .await
+        .expect("answered before any data is sent")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 400") && text.contains("image_too_large"), "{text}");
+    let up = c.create_image(&req("up-quota", ImageFormat::Raw, None, None)).await.unwrap();
+    let mut conn = partial_upload(&s, &c, &up.id, 1000, 0).await;
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut answer))
+        .await
+        .expect("answered before any data is sent")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 422") && answer.contains("quota_exceeded"), "{answer}");
+    let unlimited = SetQuotas { quotas: [("image_gib".to_string(), None)].into_iter().collect() };
+    s.admin.set_account_quotas(&account, &unlimited).await.unwrap();
+
     let r = c
         .create_image(&req("redir", ImageFormat::Qcow2, Some(format!("http://127.0.0.1:{port}/to-metadata")), None))
         .await
@@ -504,6 +580,12 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
     assert!(failure_of(&c, &wrong.id).await.starts_with("checksum_mismatch"));
     let big = c.create_image(&req("big", ImageFormat::Raw, None, None)).await.unwrap();
     assert_eq!(err(c.upload_image(&big.id, vec![0u8; 2 << 20]).await), (400, "image_too_large".into()));
+    // So is a root file system that unpacks past it, however small its tarball (2 MiB
+    // of zeros gzip to 2 KiB): a host unpacks it.
+    let mut zeros = tar_entry("zeros", b'0', &vec![0u8; 2 << 20]);
+    zeros.extend([0u8; 1024]);
+    let bomb = c.create_image(&req("bomb", ImageFormat::Tar, None, None)).await.unwrap();
+    assert_eq!(err(c.upload_image(&bomb.id, gzip(&zeros)).await), (400, "virtual_size_too_large".into()));
     assert!(files_in(&images_dir(&s).join("staging")).is_empty());
     s.stop().await;
 }
@@ -750,10 +832,13 @@ async fn images_are_shared_with_named_accounts(db: Db) {
         host_labels: Default::default(),
     };
     let booted = friend.create_instance(&inst).await.unwrap().resource.id;
-    assert_eq!(err(friend.delete_image(&img.id).await).0, 404);
-    assert_eq!(err(friend.upload_image(&img.id, vec![0u8; 10]).await).0, 404);
-    assert_eq!(err(friend.share_image(&img.id, &friend_id).await).0, 404);
-    assert_eq!(err(friend.image_members(&img.id).await).0, 404);
+    // The member lists and boots it, so it is told whose it is (before: "not found").
+    let not_owner = (403, "not_image_owner".to_string());
+    assert_eq!(err(friend.delete_image(&img.id).await), not_owner);
+    assert_eq!(err(friend.upload_image(&img.id, vec![0u8; 10]).await), not_owner);
+    assert_eq!(err(friend.share_image(&img.id, &friend_id).await), not_owner);
+    assert_eq!(err(friend.image_members(&img.id).await), not_owner);
+    assert_eq!(err(stranger.delete_image(&img.id).await).0, 404, "one that does not see it is not told");
     // Others still do not see it.
     assert_eq!(err(stranger.get_image(&img.id).await).0, 404);
     assert!(!stranger.list_all_images().await.unwrap().iter().any(|i| i.id == img.id));
@@ -871,6 +956,9 @@ async fn containers_are_captured_as_tar_images(db: Db) {
     assert_eq!(err(c.capture_instance(&ct.id, &sized).await), (400, "invalid_min_disk".into()));
     let stopped = c.capture_instance(&ct.id, &capture_req("ct-stopped")).await.unwrap();
     assert_eq!(c.get_instance(&ct.id).await.unwrap().state, InstanceState::Capturing);
+    // A second capture is told the first is under way (it was told the instance was not
+    // stopped, as it is `capturing`).
+    assert_eq!(err(c.capture_instance(&ct.id, &capture_req("ct-again")).await), (409, "instance_capturing".into()));
     c.wait_job_ok(&stopped.job.id, Duration::from_secs(20)).await.unwrap();
     assert_eq!(c.get_instance(&ct.id).await.unwrap().state, InstanceState::Stopped);
     assert_eq!(c.get_image(&stopped.resource.id).await.unwrap().format, ImageFormat::Tar);
@@ -946,7 +1034,7 @@ async fn stopped_instances_are_captured_as_images(db: Db) {
     for r in results {
         match r {
             Ok(a) => won.push(a),
-            Err(ClientError::Api { status: 409, code, .. }) => assert_eq!(code, "instance_not_stopped"),
+            Err(ClientError::Api { status: 409, code, .. }) => assert_eq!(code, "instance_capturing"),
             Err(e) => panic!("{e}"),
         }
     }

@@ -763,6 +763,9 @@ async fn import_image(ctx: &Ctx, a: ImageImportArgs) -> Result<Image, CliError> 
     let c = &ctx.client;
     let lower = a.source.to_ascii_lowercase();
     let is_url = lower.starts_with("http://") || lower.starts_with("https://");
+    if !is_url && lower.contains("://") {
+        return Err(CliError::usage(format!("{}: vdc image import takes a local file or an http(s):// URL", a.source)));
+    }
     let format = a.format.unwrap_or(if lower.ends_with(".tar.gz") || lower.ends_with(".tgz") {
         ImageFormat::Tar
     } else {

@@ -219,16 +219,23 @@ async fn capture_once(
     // its disk while it runs, or freezes a container while it reads its files) and keeps
     // running; a stopped one is captured as it is.
     let live = state == InstanceState::Running;
-    if state != InstanceState::Stopped && !live {
-        return Err(ApiError::conflict(
-            "instance_not_stopped",
-            format!("instance {id} is {state}: only a stopped or a running instance can be captured; wait until it is"),
-        ));
-    }
+    // A capture under way first: it is why a stopped instance is `capturing`.
     if let Some(image) = image_store::pending_capture(tx.conn().await?, id.as_str()).await? {
         return Err(ApiError::conflict(
             "instance_capturing",
             format!("instance {id} is being captured into image {image}; wait until that job ends"),
+        ));
+    }
+    if matches!(state, InstanceState::Terminated | InstanceState::ShuttingDown) {
+        return Err(ApiError::conflict(
+            "instance_not_stopped",
+            format!("instance {id} is {state}: its disk is gone or going, so it can no longer be captured"),
+        ));
+    }
+    if state != InstanceState::Stopped && !live {
+        return Err(ApiError::conflict(
+            "instance_not_stopped",
+            format!("instance {id} is {state}: only a stopped or a running instance can be captured; wait until it is"),
         ));
     }
     let host = if live { row.host_node_id.clone() } else { row.last_host_id.clone() };
@@ -381,7 +388,7 @@ where
 {
     let (image, origin) = waiting(ctx, node, id).await?;
     let _guard = Ingesting::claim(ctx, id).await?;
-    match image::ingest(ctx, &image, body, Some(&origin)).await? {
+    match image::ingest(ctx, &image, body, None, Some(&origin)).await? {
         Ingested::Stored(image) => {
             tracing::info!(image = %id, ?origin, "capture stored");
             Ok(*image)

@@ -307,6 +307,22 @@ pub async fn fetch_visible(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> Ap
         .into_api()
 }
 
+/// What a caller who does not own image `id` is told when it asks to change it: 404 if
+/// it cannot see it either, else that it is another account's (it lists and boots it).
+async fn not_owned(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiError {
+    match fetch_visible(ctx, caller, id).await {
+        Ok(_) => ApiError::Denied {
+            code: "not_image_owner",
+            message: format!(
+                "image {id} is another account's, public or shared with yours: only its owner can change, share \
+                 or delete it. To stop seeing an image shared with you: vdc image unshare {id} {}",
+                caller.account_id
+            ),
+        },
+        Err(e) => e,
+    }
+}
+
 /// Deletes one of the caller's images. One that instances, volumes being filled or disk
 /// images (as their kernel) use is hidden at once and its row and blob kept for them
 /// until [`collect_deleted`] finds it unused; a blob goes when no other image has the
@@ -347,8 +363,9 @@ async fn delete_holding(
         let found = db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
         let owner = store::owner(&mut tx, id).await?;
         if !found || owner.is_none_or(|a| a != caller.account_id.as_str()) {
-            // A public image of another account is visible, but not the caller's to delete.
-            return Err(ApiError::not_found("image", id));
+            // A public or shared image of another account is visible, but not the
+            // caller's to delete.
+            return Err(not_owned(ctx, caller, id).await);
         }
         let row = store::get_tx(&mut tx, id).await?;
         use crate::app::capture::Origin;
@@ -448,15 +465,22 @@ pub async fn fetch_usable(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> Api
 
 /// Receives the data of one of the caller's pending images (an upload). A refused upload
 /// fails the image; an interrupted one leaves it pending, to be uploaded again.
-pub async fn upload<S, E>(ctx: &SharedCtx, caller: &Caller, id: &ImageId, body: S) -> ApiResult<Image>
+pub async fn upload<S, E>(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    id: &ImageId,
+    announced: Option<u64>,
+    body: S,
+) -> ApiResult<Image>
 where
     S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     // Only the owner gives an image its data (a public image of another account is not
     // the caller's to change).
-    let image =
-        store::get_owned(&ctx.db, &caller.account_id, id).await?.ok_or_else(|| ApiError::not_found("image", id))?;
+    let Some(image) = store::get_owned(&ctx.db, &caller.account_id, id).await? else {
+        return Err(not_owned(ctx, caller, id).await);
+    };
     let image = image.into_api()?;
     if image.source != UPLOAD {
         return Err(ApiError::conflict(
@@ -465,13 +489,19 @@ where
         ));
     }
     if image.state != ImageState::Pending {
+        let again = if image.state == ImageState::Failed {
+            format!(" (it failed: {}); delete it and create it again", image.failure_reason.as_deref().unwrap_or("?"))
+        } else {
+            String::new()
+        };
         return Err(ApiError::conflict(
             "invalid_state",
-            format!("image {id} is {}: only a pending image takes data", image.state),
+            format!("image {id} is {}: only a pending image takes data{again}", image.state),
         ));
     }
     let _guard = Ingesting::claim(ctx, id).await?;
-    match ingest(ctx, &image, body, None).await? {
+    let owner = Some((&caller.account_id, announced));
+    match ingest(ctx, &image, body, owner, None).await? {
         Ingested::Stored(image) => Ok(*image),
         Ingested::Refused(r) => {
             store::set_failed(&ctx.db, id, &format!("{}: {}", r.code, r.message)).await?;
@@ -575,10 +605,14 @@ pub(crate) enum Ingested {
 /// stores the blob and makes the image available, in that order: nothing is `available`
 /// before its checks pass, and nothing stays behind when they do not. The data of a
 /// capture (of an instance or a snapshot) ends that capture in the same transaction.
+/// A tenant's upload or import (`owner`: its account, and the length it announced) is
+/// refused as soon as its data passes the image limit or what is left of the account's
+/// `image_gib`, and at once when the length announced does.
 pub(crate) async fn ingest<S, E>(
     ctx: &SharedCtx,
     image: &Image,
     mut body: S,
+    owner: Option<(&AccountId, Option<u64>)>,
     capture: Option<&crate::app::capture::Origin>,
 ) -> ApiResult<Ingested>
 where
@@ -589,12 +623,28 @@ where
     use crate::blobs::{StageError, Staging};
     use futures::StreamExt;
     let limits = &ctx.config.images;
+    let too_large = |limit: u64| Refusal {
+        code: "image_too_large",
+        message: format!("the image data is larger than {limit} bytes, the limit of this cloud"),
+    };
+    let quota = match owner {
+        Some((account, _)) => quota::image_bytes_left(ctx, account).await?,
+        None => None,
+    };
+    let over_quota = || Refusal { code: "quota_exceeded", message: quota.clone().unwrap_or_default().1 };
+    let left = quota.as_ref().map(|q| q.0);
+    match owner.and_then(|o| o.1) {
+        Some(n) if n > limits.max_bytes => return Ok(Ingested::Refused(too_large(limits.max_bytes))),
+        Some(n) if left.is_some_and(|l| n > l) => return Ok(Ingested::Refused(over_quota())),
+        _ => {}
+    }
+    let cap = left.map_or(limits.max_bytes, |l| l.min(limits.max_bytes));
     let staging_dir = ctx.config.images_dir().join("staging");
     // A capture's chunks are hashed as its data arrives: a bundle export is what
     // captures most, and lists each blob's chunks (`ctx.chunk_lists`).
     let mut staging = match capture {
-        Some(_) => Staging::create_chunked(&staging_dir, limits.max_bytes, vdc_bundle::CHUNK_SIZE).await,
-        None => Staging::create(&staging_dir, limits.max_bytes).await,
+        Some(_) => Staging::create_chunked(&staging_dir, cap, vdc_bundle::CHUNK_SIZE).await,
+        None => Staging::create(&staging_dir, cap).await,
     }
     .map_err(ApiError::internal)?;
     // Claimed by the caller ([`Ingesting`]): cancelled when the image is deleted.
@@ -613,12 +663,10 @@ where
         };
         match staging.write(chunk).await {
             Ok(()) => {}
-            Err(StageError::TooLarge { limit }) => {
-                return Ok(Ingested::Refused(Refusal {
-                    code: "image_too_large",
-                    message: format!("the image data is larger than {limit} bytes, the limit of this cloud"),
-                }))
+            Err(StageError::TooLarge { limit }) if limit < limits.max_bytes => {
+                return Ok(Ingested::Refused(over_quota()))
             }
+            Err(StageError::TooLarge { limit }) => return Ok(Ingested::Refused(too_large(limit))),
             Err(e) => return Err(ApiError::internal(e)),
         }
     }
@@ -631,7 +679,13 @@ where
             }));
         }
     }
-    let (path, format, max_virtual) = (staging.path().to_owned(), image.format, limits.max_virtual_bytes);
+    // A root file system unpacks on a host to no more than an image's data may be
+    // (else a small tarball of zeros would fill the host's disk).
+    let max_virtual = match image.format {
+        ImageFormat::Tar => limits.max_virtual_bytes.min(limits.max_bytes),
+        _ => limits.max_virtual_bytes,
+    };
+    let (path, format) = (staging.path().to_owned(), image.format);
     let inspected = tokio::task::spawn_blocking(move || crate::app::image_check::inspect(&path, format, max_virtual))
         .await
         .map_err(ApiError::internal)?;
@@ -741,7 +795,7 @@ pub async fn members(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResul
     let mut tx = db::begin(&ctx.db).await?;
     let owner = store::owner(&mut tx, id).await?;
     if owner.as_deref() != Some(caller.account_id.as_str()) {
-        return Err(ApiError::not_found("image", id));
+        return Err(not_owned(ctx, caller, id).await);
     }
     let members = store::members(&mut tx, id).await?;
     tx.rollback().await?;
@@ -784,7 +838,7 @@ pub async fn set_member(
             return Ok((into_members(id, vec![])?, true));
         }
         if owner.as_deref() != Some(caller.account_id.as_str()) {
-            return Err(ApiError::not_found("image", id));
+            return Err(not_owned(ctx, caller, id).await);
         }
         if account == &caller.account_id {
             return Err(ApiError::bad("invalid_member", "an image is its owner's already: name another account"));

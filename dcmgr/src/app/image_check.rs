@@ -87,7 +87,8 @@ fn inspect_disk(path: &Path, max_virtual: u64) -> Result<Inspected, Refusal> {
     // decide_disk checks its answer for both again.
     let out = limited_qemu_img(&["info", "--output=json", "-f", format], path)?;
     if !out.status.success() {
-        let why = String::from_utf8_lossy(&out.stderr);
+        // qemu-img names the file: dcmgr's staging path is none of the tenant's business.
+        let why = String::from_utf8_lossy(&out.stderr).replace(&*path.to_string_lossy(), "the data");
         let why = match out.status.code() {
             Some(124 | 137) | None => "it took too long or too much memory".to_owned(),
             _ => why.trim().lines().last().unwrap_or("").to_owned(),
@@ -163,7 +164,7 @@ fn sniff(path: &Path) -> Result<Sniffed, Refusal> {
 fn sniff_head(head: &[u8], len: u64, name_at: impl FnOnce(u64, usize) -> Option<String>) -> Result<Sniffed, Refusal> {
     // Formats other than qcow2 are refused by name rather than taken for raw.
     match vdc_schema::disk::format_of(head) {
-        None => return Ok(Sniffed::Raw(len)),
+        None => return raw_disk(head, len),
         Some("qcow2") => {}
         Some(name) => return Err(other_format(name)),
     }
@@ -191,6 +192,38 @@ fn sniff_head(head: &[u8], len: u64, name_at: impl FnOnce(u64, usize) -> Option<
     }
     let virtual_size = be64(24).ok_or_else(damaged)?;
     Ok(Sniffed::Qcow2 { virtual_size })
+}
+
+/// Bytes without a known image header are a raw disk, unless they are plainly something
+/// else: a web page (a URL that answered with one), a multipart form (`curl -F`), a
+/// compressed file or an archive. (A size that is no whole number of 512-byte sectors
+/// is not refused: QEMU reads such a file.)
+fn raw_disk(head: &[u8], len: u64) -> Result<Sniffed, Refusal> {
+    let not =
+        |what: &str, fix: &str| refuse("invalid_image_data", format!("the data is {what}, not a disk image: {fix}"));
+    let text = String::from_utf8_lossy(&head[..head.len().min(1024)]).to_ascii_lowercase();
+    let start = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
+    if start.starts_with("<!doctype html") || start.starts_with("<html") {
+        return Err(not("an HTML page", "the URL answered with a web page; give the address of the file itself"));
+    }
+    if start.starts_with("--") && text.contains("content-disposition:") {
+        return Err(not("a multipart form", "send the file itself as the body (curl -T FILE or --data-binary @FILE)"));
+    }
+    const PACKED: [(&[u8], &str); 5] = [
+        (b"\x1f\x8b\x08", "gzip-compressed"),
+        (b"\xfd7zXZ\x00", "xz-compressed"),
+        (b"\x28\xb5\x2f\xfd", "zstd-compressed"),
+        (b"BZh", "bzip2-compressed"),
+        (b"PK\x03\x04", "a zip archive"),
+    ];
+    if let Some((_, what)) = PACKED.iter().find(|(magic, _)| head.starts_with(magic)) {
+        let what = if what.starts_with('a') { what.to_string() } else { format!("a {what} file") };
+        return Err(not(
+            &what,
+            "decompress it first (qcow2 or raw); a root file system for containers is format tar (.tar.gz)",
+        ));
+    }
+    Ok(Sniffed::Raw(len))
 }
 
 /// What [`inspect`] refuses in a disk's header, from its first bytes only (a bundle's
@@ -276,6 +309,26 @@ mod tests {
     fn qemu_img(args: &[&str]) {
         let st = std::process::Command::new("qemu-img").args(args).status().expect("qemu-img runs");
         assert!(st.success(), "qemu-img {args:?}");
+    }
+
+    #[test]
+    fn data_that_is_plainly_no_disk_is_refused_as_such() {
+        let sector = |b: &[u8]| {
+            let mut v = b.to_vec();
+            v.resize(4096, 0);
+            v
+        };
+        let why = |b: &[u8], len: u64| inspect_head(b, len, 1 << 40).unwrap_err().message;
+        assert!(why(&sector(b"\n<!DOCTYPE html><html>"), 4096).contains("an HTML page"));
+        assert!(why(&sector(b"<HTML><body>"), 4096).contains("an HTML page"));
+        let form = b"------x\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n";
+        assert!(why(&sector(form), 4096).contains("a multipart form"));
+        assert!(why(&sector(b"\x1f\x8b\x08\x00"), 4096).contains("a gzip-compressed file"));
+        assert!(why(&sector(b"\xfd7zXZ\x00"), 4096).contains("xz"));
+        assert!(why(&sector(b"PK\x03\x04"), 4096).contains("a zip archive"));
+        // A raw disk is whatever else it holds, in whole sectors.
+        assert_eq!(inspect_head(&sector(b"\xeb\x63\x90"), 4096, 1 << 40).unwrap().format, ImageFormat::Raw);
+        assert_eq!(inspect_head(&sector(b""), 1 << 20, 1 << 40).unwrap().format, ImageFormat::Raw);
     }
 
     #[test]

@@ -22,6 +22,17 @@ fn scale(key: QuotaKey) -> u64 {
     }
 }
 
+/// `amount` base units in the quota's units, for messages: whole, or to two decimals
+/// where a part is in use (1.96 of an image_gib of 2 is not "2").
+fn in_units(key: QuotaKey, amount: u64) -> String {
+    let scale = scale(key);
+    if amount.is_multiple_of(scale) {
+        (amount / scale).to_string()
+    } else {
+        format!("{:.2}", amount as f64 / scale as f64)
+    }
+}
+
 /// The unit a request's amount is given in, for messages.
 fn unit(key: QuotaKey) -> &'static str {
     match key {
@@ -60,7 +71,7 @@ pub fn decide(limits: &Limits, used: &[(QuotaKey, u64)], asks: &[(QuotaKey, u64)
                 message: format!(
                     "quota {key} is {limit} and {} of it is in use; this needs {add}{} more: delete something or \
                      ask an admin to raise the quota",
-                    now.div_ceil(scale(key)),
+                    in_units(key, now),
                     unit(key),
                 ),
             });
@@ -198,6 +209,29 @@ pub async fn check(
     decide(&limits, &used, asks)
 }
 
+/// The bytes of image data `account` may still store under its `image_gib` quota (None
+/// when no limit applies), read without a lock: an upload or import stops taking data
+/// past it, so that a stream can fill neither the quota nor dcmgr's disk (the commit
+/// decides again, under the account's lock).
+/// With the bytes left, the refusal of data past them, as [`decide`] words it.
+pub async fn image_bytes_left(ctx: &SharedCtx, account: &AccountId) -> ApiResult<Option<(u64, String)>> {
+    let key = QuotaKey::ImageGib;
+    let mut conn = ctx.db.acquire().await?;
+    let own = store::set_for(&mut *conn, account).await?;
+    let Some(Some(limit)) = limits(&ctx.config.quotas, &own).get(&key).copied() else {
+        return Ok(None);
+    };
+    let used = store::usage(&mut *conn, account).await?;
+    let now = used.iter().find(|(k, _)| *k == key).map_or(0, |u| u.1);
+    let left = limit.saturating_mul(scale(key)).saturating_sub(now);
+    let message = format!(
+        "quota {key} is {limit} and {} of it is in use; the image data is larger than the {left} bytes left: \
+         delete something or ask an admin to raise the quota",
+        in_units(key, now)
+    );
+    Ok(Some((left, message)))
+}
+
 /// An account's quotas and usage: the caller's own, or any for an admin (else 404).
 pub async fn show(ctx: &SharedCtx, caller: &Caller, id: &AccountId) -> ApiResult<AccountQuotas> {
     let account = crate::app::account::fetch(ctx, caller, id).await?;
@@ -329,7 +363,9 @@ mod tests {
         let l = limits(&BTreeMap::from([(QuotaKey::VolumeGib, 1), (QuotaKey::ImageGib, 1)]), &[]);
         decide(&l, &used(&[(QuotaKey::VolumeGib, 512)]), &[(QuotaKey::VolumeGib, 512)]).unwrap();
         let e = decide(&l, &used(&[(QuotaKey::VolumeGib, 512)]), &[(QuotaKey::VolumeGib, 513)]).unwrap_err();
-        assert!(e.to_string().contains("volume_gib is 1 and 1 of it is in use; this needs 513 MiB more"), "{e}");
+        assert!(e.to_string().contains("volume_gib is 1 and 0.50 of it is in use; this needs 513 MiB more"), "{e}");
+        let e = decide(&l, &used(&[(QuotaKey::ImageGib, 1 << 29)]), &[(QuotaKey::ImageGib, 1 << 30)]).unwrap_err();
+        assert!(e.to_string().contains("image_gib is 1 and 0.50 of it is in use; this needs 1073741824 bytes"), "{e}");
         assert!(decide(&l, &[], &[(QuotaKey::ImageGib, (1 << 30) + 1)]).is_err());
         let id: AccountId = AccountId::generate();
         let r = report(&id, &BTreeMap::new(), &[("volume_gib".into(), 5)], &used(&[(QuotaKey::VolumeGib, 1025)]));

@@ -55,7 +55,7 @@ pub async fn list(
     summary = "Show an image (the account's own or a public one)",
     params(
         ("id" = vdc_schema::id::ImageId, Path,
-            description = "An image ID (`img-…`); an unknown, malformed or foreign one answers 404")),
+            description = "An image ID (`img-…`); an unknown or malformed one, or another account's the caller does not see, answers 404")),
     responses(
         (status = 200, description = "The image", body = Image),
         (status = 404, description = "`not_found`", body = ErrorBody)))]
@@ -75,7 +75,8 @@ pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<S
             description = "An image ID (`img-…`); an unknown, malformed or foreign one answers 404")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "`not_found` (a public image of another account, too)", body = ErrorBody),
+        (status = 403, description = "`not_image_owner`: the caller sees the image (public, or shared with its account) but does not own it", body = ErrorBody),
+        (status = 404, description = "`not_found`: no image the caller sees", body = ErrorBody),
         (status = 409, description = "`image_capturing`: its capture from an instance has not ended (a pending image of a snapshot is deleted, which cancels it)", body = ErrorBody)))]
 pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
     app::delete(&ctx, &caller, &path_id("image", &id)?).await?;
@@ -103,6 +104,7 @@ pub async fn delete(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path
                 `backing_file`, `external_data_file`, `virtual_size_too_large`, `empty_image`, `unsafe_tar`; or \
                 `upload_incomplete`: the body ended early (the image stays `pending`)",
             body = ErrorBody),
+        (status = 403, description = "`not_image_owner`: the caller sees the image (public, or shared with its account) but does not own it", body = ErrorBody),
         (status = 404, description = "`not_found`", body = ErrorBody),
         (status = 409,
             description = "`invalid_state`: the image is not pending, gets its data from a URL, or is being uploaded",
@@ -115,9 +117,14 @@ pub async fn upload(
     req: Request,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let body = req.into_body().into_data_stream();
     let res = match path_id("image", &id) {
-        Ok(id) => app::upload(&ctx, &caller, &id, body).await,
+        Ok(id) => app::upload(&ctx, &caller, &id, announced, body).await,
         Err(e) => Err(e),
     };
     match res {
@@ -137,7 +144,8 @@ pub async fn upload(
     params(("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images (`img-…`)")),
     responses(
         (status = 200, description = "The members", body = ImageMembers),
-        (status = 404, description = "`not_found` (also an image the caller only sees)", body = ErrorBody)))]
+        (status = 403, description = "`not_image_owner`: the caller sees the image (public, or shared with its account) but does not own it", body = ErrorBody),
+        (status = 404, description = "`not_found`: no image the caller sees", body = ErrorBody)))]
 pub async fn members(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -159,6 +167,7 @@ pub async fn members(
         (status = 201, description = "Shared; the members", body = ImageMembers),
         (status = 200, description = "Shared already; the members", body = ImageMembers),
         (status = 400, description = "`invalid_member` (the owner itself), `too_many_members`", body = ErrorBody),
+        (status = 403, description = "`not_image_owner`: the caller sees the image (public, or shared with its account) but does not own it", body = ErrorBody),
         (status = 404, description = "`not_found`: the image, or a malformed account ID", body = ErrorBody)))]
 pub async fn share(
     State(ctx): State<SharedCtx>,
@@ -183,6 +192,7 @@ pub async fn share(
     responses(
         (status = 200, description = "The members left", body = ImageMembers),
         (status = 400, description = "`invalid_member` (the owner itself)", body = ErrorBody),
+        (status = 403, description = "`not_image_owner`: the caller sees the image (public, or shared with its account) but does not own it", body = ErrorBody),
         (status = 404, description = "`not_found`: the image, or an account that is not a member", body = ErrorBody)))]
 pub async fn unshare(
     State(ctx): State<SharedCtx>,
