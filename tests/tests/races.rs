@@ -30,6 +30,7 @@ on_both_databases!(
     same_name_creates,
     reads_follow_writes,
     addresses_run_out_exactly,
+    account_delete_creates_in_it,
 );
 
 const ROUNDS: usize = 3;
@@ -1281,5 +1282,48 @@ async fn postgres_reports_as_seen_yield_to_a_lock_taken_since() {
     assert!(events.iter().any(|e| e.resource_id == id && e.state == "halting"), "its event was written: {events:?}");
     // And a second time from the same read it does not (the report moved the row).
     assert!(!rows::apply_report_as_seen(&ctx.db, &now, &halted(gen + 1), None).await.unwrap(), "a report since");
+    s.stop().await;
+}
+
+/// An account deleted while creates in it are decided: either the delete is refused
+/// (`account_in_use`, it holds what they made) or they are (the account is gone); never
+/// an instance or a server group left in no account, which nobody could terminate.
+async fn account_delete_creates_in_it(db: Db) {
+    let s = Stack::start(stack(db)).await;
+    let mut deleted = 0;
+    for round in 0..6 {
+        let name = format!("gone{round}");
+        let c = s.account(&name).await;
+        let id = c.whoami().await.unwrap().account.id;
+        let creates = (0..6).map(|i| {
+            let (c, image) = (c.clone(), s.image.clone());
+            async move {
+                if i % 2 == 0 {
+                    c.create_instance(&inst_req(&image, &format!("i{i}"), None, &[])).await.map(drop)
+                } else {
+                    let req = CreateServerGroup { name: format!("g{i}"), policy: ServerGroupPolicy::Affinity };
+                    c.create_server_group(&req).await.map(drop)
+                }
+            }
+        });
+        let (del, made) = tokio::join!(s.admin.delete_account(&id), join_all(creates));
+        match del {
+            Ok(()) => deleted += 1,
+            Err(e) => assert_eq!(e.code(), "account_in_use", "round {round}: {e}"),
+        }
+        for m in made {
+            if let Err(e) = m {
+                assert!(matches!(e.code(), "not_found" | "token_revoked" | "unauthorized"), "round {round}: {e}");
+            }
+        }
+    }
+    let orphans: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM instances i WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = i.account_id)),
+                (SELECT COUNT(*) FROM server_groups g WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = g.account_id))",
+    )
+    .fetch_one(&s.dcmgr().ctx.db)
+    .await
+    .unwrap();
+    assert_eq!(orphans, (0, 0), "nothing is left in a deleted account ({deleted} of 6 deletes won)");
     s.stop().await;
 }

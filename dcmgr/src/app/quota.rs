@@ -121,7 +121,9 @@ async fn enforce_except(
     exported: Option<(&str, &str)>,
     asks: &[(QuotaKey, u64)],
 ) -> ApiResult<()> {
-    accounts::lock(tx, account).await?;
+    if !accounts::lock(tx, account).await? {
+        return Err(gone(account));
+    }
     let limits = limits_locked(tx, ctx, account).await?;
     if unlimited(&limits, asks) {
         return Ok(());
@@ -133,6 +135,12 @@ async fn enforce_except(
     }
     let used = store::usage(tx.conn().await?, account).await?;
     decide(&limits, &used, asks)
+}
+
+/// An account deleted while a create in it was decided: nothing is made (an instance
+/// made so ran on in no account, and no one could terminate it).
+fn gone(account: &AccountId) -> ApiError {
+    ApiError::not_found("account", account)
 }
 
 /// [`enforce`] for creates an account makes many of at once (instances). On PostgreSQL,
@@ -150,7 +158,9 @@ pub async fn enforce_side_by_side(
     if tx.sqlite() || by_default || ctx.limited.holds(account) {
         return enforce(tx, ctx, account, asks).await;
     }
-    accounts::lock_shared(tx, account).await?;
+    if !accounts::lock_shared(tx, account).await? {
+        return Err(gone(account));
+    }
     if unlimited(&limits_locked(tx, ctx, account).await?, asks) {
         return Ok(());
     }

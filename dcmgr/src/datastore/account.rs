@@ -27,9 +27,10 @@ const COLS: &str = "id, name, admin, created_at";
 
 /// Locks the account's row as the first write of a transaction: decisions over all of
 /// an account's resources of a kind (no two networks overlap) run one after the other.
-pub async fn lock(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(), sqlx::Error> {
+/// False when the account is gone (deleted meanwhile: nothing may be made in it).
+pub async fn lock(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<bool, sqlx::Error> {
     if tx.holds("accounts", account.as_str()) {
-        return Ok(());
+        return Ok(true);
     }
     // Two transactions that hold it shared and both ask for it whole would deadlock.
     debug_assert!(!tx.holds(SHARED, account.as_str()), "account {account} locked shared, then whole");
@@ -40,9 +41,12 @@ pub async fn lock(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(), sqlx::
                 .bind(account.as_str()),
         )
         .await?;
+    if own.is_empty() {
+        return Ok(false);
+    }
     tx.held("accounts", account.as_str());
     no_own_quotas(tx, account, &own);
-    Ok(())
+    Ok(true)
 }
 
 /// Notes, for an account whose locking statement returned `own` (its `own_quotas`), that it
@@ -71,22 +75,25 @@ pub async fn count_own_quotas(tx: &mut db::Tx<'_>, account: &AccountId) -> Resul
 /// account's other resources (no quota limits them) run side by side, and a change that
 /// locks the row ([`lock`]: quotas set, a user added, a bundle imported) waits for them
 /// all, and they for it. Nothing more when the transaction holds the row either way.
-/// SQLite has one writer: there it is [`lock`].
-pub async fn lock_shared(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<(), sqlx::Error> {
+/// SQLite has one writer: there it is [`lock`]. False when the account is gone.
+pub async fn lock_shared(tx: &mut db::Tx<'_>, account: &AccountId) -> Result<bool, sqlx::Error> {
     if tx.sqlite() {
         return lock(tx, account).await;
     }
     if tx.holds("accounts", account.as_str()) || tx.holds(SHARED, account.as_str()) {
-        return Ok(());
+        return Ok(true);
     }
     let own = tx
         .fetch::<(i64,)>(
             db::Write::new("SELECT own_quotas FROM accounts WHERE id = $1 FOR SHARE").bind(account.as_str()),
         )
         .await?;
+    if own.is_empty() {
+        return Ok(false);
+    }
     tx.held(SHARED, account.as_str());
     no_own_quotas(tx, account, &own);
-    Ok(())
+    Ok(true)
 }
 
 /// What [`lock_shared`] records as held.
