@@ -25,6 +25,9 @@ pub struct Caller {
     pub token_role: Option<vdc_schema::state::Role>,
     /// When the token stops working (checked on every call, cached or not).
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// An admin acting in another account (`X-Vdc-Account`): its views are that
+    /// account's, its event stream too.
+    pub acting_in: bool,
 }
 
 impl Caller {
@@ -39,6 +42,7 @@ impl Caller {
             role: vdc_schema::state::Role::Owner,
             token_role: None,
             expires_at: None,
+            acting_in: false,
         }
     }
 }

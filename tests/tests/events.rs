@@ -219,6 +219,12 @@ async fn events_follow_resume_and_stay_in_their_account(db: Db) {
     let everything = recorded(&s.admin, 0).await;
     assert!(everything.iter().any(|e| e.resource_id == bnet.id.as_str()));
     assert!(everything.iter().any(|e| e.resource_id == id));
+    // Acting in one account (X-Vdc-Account, as the console's account picker), that
+    // account's only (it was every account's).
+    let in_b = s.admin.clone().acting_in(bgot[0].account_id.as_str());
+    let b_only = recorded(&in_b, 0).await;
+    assert!(b_only.iter().any(|e| e.resource_id == bnet.id.as_str()));
+    assert!(b_only.iter().all(|e| e.account_id == bgot[0].account_id), "{b_only:#?}");
 
     // A malformed Last-Event-ID is refused with what to send.
     let r = reqwest::Client::new()

@@ -39,6 +39,7 @@ pub async fn act_in(ctx: &SharedCtx, mut caller: Caller, account: &str) -> ApiRe
     let row = found.ok_or_else(|| ApiError::not_found("account", account))?;
     caller.account_id = row.id.parse().map_err(ApiError::internal)?;
     caller.role = Role::Owner;
+    caller.acting_in = true;
     Ok(caller)
 }
 
@@ -198,6 +199,7 @@ pub async fn authenticate(ctx: &SharedCtx, token: &str) -> ApiResult<Caller> {
                 role: authz::cap(role, token_role),
                 token_role,
                 expires_at: row.expires_at.as_deref().map(db::parse_time),
+                acting_in: false,
             };
             ctx.tokens.write().unwrap().insert_since(epoch, hash, caller.clone());
             caller

@@ -148,7 +148,8 @@ pub enum Item {
 }
 
 /// The caller's events after `after` (None: from now on), as a channel fed by a task;
-/// with `follow` false, only those already recorded. An admin sees every account's.
+/// with `follow` false, only those already recorded. An admin sees every account's,
+/// unless it acts in one (`X-Vdc-Account`).
 pub async fn subscribe(
     ctx: &SharedCtx,
     caller: &Caller,
@@ -157,7 +158,7 @@ pub async fn subscribe(
 ) -> crate::error::ApiResult<mpsc::Receiver<Item>> {
     // Subscribed before the first read, so nothing falls between the read and the follow.
     let mut live = ctx.events.tx.subscribe();
-    let account = (!caller.admin).then(|| caller.account_id.to_string());
+    let account = (!caller.admin || caller.acting_in).then(|| caller.account_id.to_string());
     let (out, rx) = mpsc::channel(PAGE as usize);
     let mut last = match after {
         Some(a) => {
