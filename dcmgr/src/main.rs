@@ -61,7 +61,9 @@ async fn main() -> anyhow::Result<()> {
     let dcmgr = Dcmgr::start(config, server::Options::default()).await?;
     println!("dcmgr listening on {}", dcmgr.url());
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        // SIGTERM too: systemd's stop and a container's stop send it, and the drain
+        // (requests under way answered, no new ones) is the same as for Ctrl-C.
+        _ = vdc_bus::sim::shutdown_signal() => {}
         _ = dcmgr.wait() => {}
     }
     dcmgr.stop().await;
