@@ -30,6 +30,7 @@ on_both_databases!(
     dcmgr_restart_keeps_everything,
     untrusted_bus_messages_are_dropped,
     stale_reports_are_dropped,
+    a_guest_this_database_never_heard_of_is_left_alone,
     security_group_changes_reach_running_guests,
     tunnel_peers_follow_placement,
     floating_ips,
@@ -1671,5 +1672,41 @@ async fn routers_give_their_address_back(db: Db) {
     wait_state(&c, &i2.id, InstanceState::Running).await;
     assert_eq!(snat(&i2).await, s2);
     assert_eq!(free().await, 1);
+    s.stop().await;
+}
+
+/// A host that reports a guest this database has no record of (a dcmgr started on
+/// another database beside the site's NATS) is not told to remove it: such a dcmgr
+/// removed a whole site's guests. One whose record says it belongs elsewhere still is.
+async fn a_guest_this_database_never_heard_of_is_left_alone(db: Db) {
+    use vdc_schema::agent::Hypervisor;
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 1;
+    let s = Stack::start(opts).await;
+    let c = s.account("gh").await;
+    let sim = s.hosts[0].hva_driver.clone().unwrap();
+    let image = vdc_schema::bus::ImageSpec::host_file("img-x".parse().unwrap(), ImageFormat::Raw, "/x");
+    let stranger = vdc_schema::bus::InstanceSpec {
+        id: InstanceId::generate(),
+        spec_gen: 1,
+        power: DesiredPower::Running,
+        hypervisor: HypervisorKind::Kvm,
+        cpus: 1,
+        memory_mib: 64,
+        hostname: "stranger".into(),
+        image,
+        nics: vec![],
+        ssh_public_keys: vec![],
+        user_data: None,
+        volumes: vec![],
+        reboot_gen: 0,
+        root_disk_size: None,
+    };
+    sim.ensure_instance(stranger).await.unwrap();
+    // The report of it went in (an instance of this database's, made after it, runs).
+    let mine = c.create_instance(&inst_req(&s.image, "mine")).await.unwrap().resource;
+    wait_state(&c, &mine.id, InstanceState::Running).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sim.len(), 2, "the stranger still runs beside this database's instance");
     s.stop().await;
 }

@@ -253,7 +253,18 @@ pub async fn apply_in(
         None => store::lock_for_report(tx, r.id.as_str()).await?,
     };
     let Some(store::Reported { row, volumes_in_transit }) = locked else {
-        return Ok(if leaving { ReportAfter::Nothing } else { ReportAfter::Garbage(r) });
+        // Never heard of: a dcmgr on another database (a wrong database_url beside the
+        // site's NATS removed a whole site's guests so), or a record removed long after
+        // its terminate. A guest is removed only when its record says it belongs
+        // elsewhere or is terminated.
+        if !leaving {
+            tracing::warn!(
+                instance = %r.id, node,
+                "host holds an instance this database has no record of; left alone (is this dcmgr on the \
+                 site's database? if the guest is stale, remove it on the host)"
+            );
+        }
+        return Ok(ReportAfter::Nothing);
     };
     if row.state == InstanceState::Terminated.as_str() || row.host_node_id.as_deref() != Some(node) {
         // Only clean up copies the model has moved away from; a stopped instance's last
