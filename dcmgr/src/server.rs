@@ -60,7 +60,15 @@ impl Dcmgr {
         let bus: Arc<dyn Transport> = match (opts.bus, &config.nats_url) {
             (Some(b), _) => b,
             (None, Some(url)) => vdc_bus::Nats::connect(url, "dcmgr").await?,
-            (None, None) => vdc_bus::InProc::new(),
+            (None, None) => {
+                if kind == db::DbKind::Postgres {
+                    tracing::warn!(
+                        "no nats_url: this dcmgr's bus is in its own process, so only agents it runs itself reach \
+                         it; on a site's PostgreSQL (agents on other hosts, other dcmgrs) set nats_url"
+                    );
+                }
+                vdc_bus::InProc::new()
+            }
         };
         let images_dir = config.images_dir();
         let secret = |name: &'static str| crate::app::site_secret::load(&pool, &images_dir, name);

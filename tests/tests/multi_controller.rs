@@ -730,3 +730,29 @@ async fn an_images_data_is_taken_in_by_one_controller_at_a_time() {
     let stored = first.await.unwrap().unwrap();
     assert_eq!((stored.state, stored.size_bytes), (ImageState::Available, Some(128 << 10)));
 }
+
+/// A dcmgr whose NATS is unreachable hears no agent: it must not lead, or it records
+/// every agent offline (one with a wrong nats_url did, for a whole site). It takes the
+/// lead once its NATS answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dcmgr_without_its_nats_does_not_lead() {
+    use vdc_dcmgr::{server::Options, Config, Dcmgr};
+    let tmp = tempfile::tempdir().unwrap();
+    let (db_url, _, _) = vdc_tests::create_pg_database().await.unwrap();
+    let port = procs::free_port();
+    let config = Config {
+        listen: "127.0.0.1:0".into(),
+        database_url: db_url,
+        nats_url: Some(format!("nats://127.0.0.1:{port}")),
+        images: vdc_dcmgr::config::ImagesConfig { dir: Some(tmp.path().join("images")), ..Default::default() },
+        ..Default::default()
+    };
+    let d = Dcmgr::start(config, Options::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!d.ctx.is_leader(), "no NATS, no lead");
+    let _nats = procs::nats_server_on(tmp.path(), port, "nats-server");
+    vdc_tests::eventually(Duration::from_secs(15), || async { d.ctx.is_leader().then_some(()) })
+        .await
+        .expect("it leads once its NATS answers");
+    d.stop().await;
+}

@@ -22,6 +22,9 @@ const LOCK_KEY: i64 = 0x7664_634c;
 const PERIOD: Duration = Duration::from_secs(1);
 /// A check slower than this counts as a lost connection.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Checks in a row the leader may find its bus cut before it lets the lead go (a NATS
+/// server's restart takes a second or two).
+const BUS_CUT_CHECKS: u32 = 5;
 
 fn set(ctx: &SharedCtx, leader: bool) {
     if ctx.leader.swap(leader, Ordering::AcqRel) != leader {
@@ -54,8 +57,35 @@ pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
 /// Tries the lock (or, holding it, checks the connection) every [`PERIOD`] until the
 /// connection fails or dcmgr stops.
 async fn hold(ctx: &SharedCtx, mut conn: sqlx::PgConnection, cancel: &CancellationToken) {
+    let mut cut = 0;
     loop {
         let leading = ctx.is_leader();
+        // No bus, no agents heard: a leader without one would record them all offline
+        // (a dcmgr with a wrong nats_url did, for the whole site). It leads only while
+        // connected, and lets the lead go when cut for a while.
+        if !ctx.bus.connected() {
+            cut += 1;
+            if cut == 1 || cut == BUS_CUT_CHECKS {
+                tracing::warn!(
+                    "{} is not connected: this dcmgr hears no agent, so it {}",
+                    ctx.bus.describe(),
+                    if leading { "lets the lead go if it stays so" } else { "does not take the lead" }
+                );
+            }
+            if leading && cut >= BUS_CUT_CHECKS {
+                set(ctx, false);
+                let _ = conn.close().await;
+                return;
+            }
+            if !leading {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(PERIOD) => continue,
+                }
+            }
+        } else {
+            cut = 0;
+        }
         let check = async {
             if leading {
                 sqlx::query("SELECT 1").execute(&mut conn).await.map(|_| true)

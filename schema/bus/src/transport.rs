@@ -53,6 +53,15 @@ pub trait Transport: Send + Sync + 'static {
     async fn subscribe_queue(&self, subject: &str, _group: &str) -> Result<Subscription, BusError> {
         self.subscribe(subject).await
     }
+    /// Whether messages flow now (NATS: connected to a server). A dcmgr that hears no
+    /// agent must not lead: it would record them all offline.
+    fn connected(&self) -> bool {
+        true
+    }
+    /// Where the bus is, for messages (NATS: the server's URL).
+    fn describe(&self) -> String {
+        "the in-process bus".into()
+    }
 }
 
 // Deep enough that a burst of ensures to one host does not block dcmgr's dispatcher.
@@ -168,6 +177,7 @@ impl Transport for InProc {
 /// restarted nats-server costs only the messages in flight, which reconciliation repairs.
 pub struct Nats {
     client: async_nats::Client,
+    url: String,
 }
 
 impl Nats {
@@ -179,12 +189,20 @@ impl Nats {
             .connect(url)
             .await
             .map_err(|e| BusError::Connection(format!("{url}: {e}")))?;
-        Ok(Arc::new(Self { client }))
+        Ok(Arc::new(Self { client, url: url.to_owned() }))
     }
 }
 
 #[async_trait]
 impl Transport for Nats {
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn describe(&self) -> String {
+        format!("NATS at {}", self.url)
+    }
+
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
         crate::metrics::bus_sent(subject);
         self.client.publish(subject.to_owned(), payload).await.map_err(|e| BusError::Connection(e.to_string()))
