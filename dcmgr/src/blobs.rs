@@ -220,11 +220,20 @@ impl Staging {
     }
 }
 
+/// How long an entry in staging that no process of this host owns must have been left
+/// unchanged before it is taken for a stopped dcmgr's: another host's dcmgr sharing the
+/// directory (README: several controllers) writes its transfers under pids this host
+/// does not have.
+pub const STALE_STAGING: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Removes what a dcmgr stopped mid-way left in the staging directory: uploads and
 /// imports cut short (`incoming-<pid>-…`), a bundle's blobs (`bundle-<pid>-…`) and plans
 /// (`plan-<pid>-…`) of processes that are gone, and files named before names carried a
-/// pid. Another live dcmgr's files sharing the directory are kept.
-pub fn remove_stale_staging(dir: &Path) {
+/// pid, once unchanged for `unchanged_for` (at start, a shared directory: [`STALE_STAGING`];
+/// every reconcile pass too). Another live dcmgr's files are kept: this host's by their
+/// pid, another host's by their writes (a dcmgr starting on another host deleted the
+/// uploads under way through the others).
+pub fn remove_stale_staging(dir: &Path, unchanged_for: std::time::Duration) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     let me = std::process::id();
     for e in entries.flatten() {
@@ -233,11 +242,17 @@ pub fn remove_stale_staging(dir: &Path) {
         let Some(rest) = ["plan-", "incoming-", "bundle-"].iter().find_map(|p| name.strip_prefix(p)) else {
             continue;
         };
-        let gone = match rest.split_once('-').map(|(pid, _)| pid.parse::<u32>()) {
+        let not_here = match rest.split_once('-').map(|(pid, _)| pid.parse::<u32>()) {
             Some(Ok(pid)) => pid == me || !Path::new(&format!("/proc/{pid}")).exists(),
             _ => true,
         };
-        if gone {
+        let unchanged = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age >= unchanged_for);
+        if not_here && unchanged {
             tracing::info!(path = %e.path().display(), "removing what a stopped dcmgr left in staging");
             let _ = std::fs::remove_dir_all(e.path()).or_else(|_| std::fs::remove_file(e.path()));
         }
@@ -255,6 +270,24 @@ impl Drop for Staging {
 mod tests {
     use super::*;
     use futures::TryStreamExt;
+
+    /// Another host's dcmgr sharing the directory writes under a pid this host does not
+    /// have: its transfer under way is kept; one left unchanged long enough is not.
+    #[test]
+    fn staging_keeps_what_another_host_is_writing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (live, left) = (tmp.path().join("incoming-4194999-aa"), tmp.path().join("incoming-4194998-bb"));
+        std::fs::write(&live, b"under way").unwrap();
+        std::fs::write(&left, b"left").unwrap();
+        let old = std::time::SystemTime::now() - 2 * STALE_STAGING;
+        std::fs::File::options().write(true).open(&left).unwrap().set_modified(old).unwrap();
+        remove_stale_staging(tmp.path(), STALE_STAGING);
+        assert!(live.exists(), "written just now: another host's");
+        assert!(!left.exists(), "unchanged for longer than STALE_STAGING");
+        // One dcmgr alone on its directory (SQLite) takes all that is not its host's.
+        remove_stale_staging(tmp.path(), std::time::Duration::ZERO);
+        assert!(!live.exists());
+    }
 
     #[tokio::test]
     async fn a_blob_is_stored_once_under_its_digest_and_read_from_an_offset() {

@@ -138,7 +138,9 @@ impl Dcmgr {
         // What a stopped dcmgr left in staging goes first: the imports resumed next stage
         // into new files, which must not be taken for stale (a fast source had its file
         // removed under it: "inspection_failed: cannot read the data").
-        crate::blobs::remove_stale_staging(&config.images_dir().join("staging"));
+        // With several dcmgrs the directory may be shared: another host's are kept.
+        let unchanged_for = if shared { crate::blobs::STALE_STAGING } else { std::time::Duration::ZERO };
+        crate::blobs::remove_stale_staging(&config.images_dir().join("staging"), unchanged_for);
         // URL imports cut short by a stop start again.
         crate::app::image_import::resume(&ctx).await?;
         crate::app::image::read_missing_disk_sizes(&ctx).await?;

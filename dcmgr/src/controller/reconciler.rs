@@ -51,6 +51,12 @@ pub async fn run(ctx: SharedCtx, cancel: CancellationToken) {
             if let Err(e) = crate::app::bundle::sweep_staged(&ctx) {
                 tracing::warn!("sweeping bundle chunks staged by imports that never ended failed: {e}");
             }
+            // What a dcmgr that died left in a shared staging directory (at its start each
+            // dcmgr keeps what may be another host's).
+            let staging = ctx.config.images_dir().join("staging");
+            tokio::task::spawn_blocking(move || {
+                crate::blobs::remove_stale_staging(&staging, crate::blobs::STALE_STAGING)
+            });
         }
         if routers_looked.elapsed() >= ROUTERS_EVERY.min(release_after / 2) {
             routers_looked = std::time::Instant::now();
