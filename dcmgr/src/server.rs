@@ -138,6 +138,16 @@ impl Dcmgr {
         // What a stopped dcmgr left in staging goes first: the imports resumed next stage
         // into new files, which must not be taken for stale (a fast source had its file
         // removed under it: "inspection_failed: cannot read the data").
+        if shared {
+            let differ = crate::app::site_settings::record(&ctx.db, &config).await?;
+            if !differ.is_empty() {
+                tracing::warn!(
+                    "this dcmgr's configuration differs from the one the site's dcmgr started last with: {}; give \
+                     every dcmgr of the site the same, or what a tenant gets depends on which one answers",
+                    differ.join("; ")
+                );
+            }
+        }
         // With several dcmgrs the directory may be shared: another host's are kept.
         let unchanged_for = if shared { crate::blobs::STALE_STAGING } else { std::time::Duration::ZERO };
         crate::blobs::remove_stale_staging(&config.images_dir().join("staging"), unchanged_for);

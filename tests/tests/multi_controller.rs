@@ -756,3 +756,30 @@ async fn a_dcmgr_without_its_nats_does_not_lead() {
         .expect("it leads once its NATS answers");
     d.stop().await;
 }
+
+/// dcmgrs of one site configured differently are told so: the second names the settings
+/// that differ from the first's (a tenant's quota depended on the dcmgr that answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dcmgr_configured_unlike_the_site_says_what_differs() {
+    use vdc_dcmgr::app::site_settings::record;
+    use vdc_dcmgr::{server::Options, Config, Dcmgr};
+    let tmp = tempfile::tempdir().unwrap();
+    let (db_url, _, _) = vdc_tests::create_pg_database().await.unwrap();
+    let config = Config {
+        listen: "127.0.0.1:0".into(),
+        database_url: db_url,
+        images: vdc_dcmgr::config::ImagesConfig { dir: Some(tmp.path().join("images")), ..Default::default() },
+        quotas: [(QuotaKey::Instances, 20)].into_iter().collect(),
+        ..Default::default()
+    };
+    let d = Dcmgr::start(config.clone(), Options::default()).await.unwrap();
+    assert!(record(&d.ctx.db, &config).await.unwrap().is_empty(), "the same again");
+    let mut other = config.clone();
+    other.quotas.insert(QuotaKey::Instances, 3);
+    other.placement = vdc_dcmgr::config::Placement::Pack;
+    let differ = record(&d.ctx.db, &other).await.unwrap();
+    assert_eq!(differ.len(), 2, "{differ:?}");
+    assert!(differ[0].starts_with("placement: Pack here, Spread before"), "{differ:?}");
+    assert!(differ[1].starts_with("quotas: "), "{differ:?}");
+    d.stop().await;
+}

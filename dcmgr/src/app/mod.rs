@@ -32,6 +32,7 @@ pub mod secgroup;
 pub mod server_group;
 pub mod session;
 pub mod site_secret;
+pub mod site_settings;
 pub mod snapshot;
 pub mod token;
 pub mod user;

@@ -20,3 +20,17 @@ pub async fn offer_secret(pool: &Pool, name: &str, value: &str, now: &str) -> Re
         .await?;
     Ok(())
 }
+
+/// Sets the row `name` to `value`, whatever it held.
+pub async fn set_secret(pool: &Pool, name: &str, value: &str, now: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO site_secrets (name, value, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value, created_at = excluded.created_at",
+    )
+    .bind(name)
+    .bind(value)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
