@@ -296,7 +296,8 @@ async fn no_host(ctx: &Ctx, d: Demand, c: &Constraints) -> ApiError {
     }
     if n == 0 && asked {
         return unsatisfiable(format!(
-            "no online {} host is{}; ask for another zone or other labels (an admin sets them: vdc host zone|label)",
+            "no online {} host is found{}; ask for another zone or other labels (an admin sets them: vdc host \
+             zone|label)",
             d.hypervisor,
             c.describe()
         ));
@@ -343,8 +344,8 @@ pub fn group_unsatisfiable(g: &Group, d: Demand) -> ApiError {
         ),
         _ => format!(
             "server group {} ({}) is affinity: its members share one host, and that host cannot take {} vCPUs and \
-             {} MiB now (or is offline, or outside the zone and labels asked); ask for less, or use a \
-             soft-affinity group",
+             {} MiB now (or is offline, taken out of placement by an admin, or outside the zone and labels asked); \
+             ask for less, or use a soft-affinity group",
             g.name, g.id, d.cpus, d.memory_mib
         ),
     })
