@@ -667,6 +667,12 @@ async fn a_cut_import_is_completed_after_a_restart_with_nothing_doubled(db: Db) 
     ] {
         std::fs::write(assembling.join(f), b"x").unwrap();
     }
+    // Left long enough (on PostgreSQL a dcmgr keeps what changed in the last
+    // STALE_STAGING: another host's dcmgr may be writing it).
+    let long_ago = std::time::SystemTime::now() - 2 * vdc_dcmgr::blobs::STALE_STAGING;
+    for e in std::fs::read_dir(&assembling).unwrap() {
+        std::fs::File::open(e.unwrap().path()).unwrap().set_modified(long_ago).unwrap();
+    }
     // dcmgr dies; the same command afterwards completes the import.
     b.restart_dcmgr().await;
     let mut left: Vec<String> =

@@ -29,11 +29,14 @@ pub fn shared(c: &Config) -> BTreeMap<&'static str, String> {
         ("images.store", format!("{:?}", c.images.store)),
         // A store of the directory kind is one only if every dcmgr names the same (a
         // shared mount): with two, a blob stored through one was 404 through the other.
-        ("images.dir", match c.images.store {
-            crate::config::StoreKind::Fs => c.images_dir().display().to_string(),
-            // Staging only, each dcmgr's own.
-            crate::config::StoreKind::S3 => "(blobs in S3)".into(),
-        }),
+        (
+            "images.dir",
+            match c.images.store {
+                crate::config::StoreKind::Fs => c.images_dir().display().to_string(),
+                // Staging only, each dcmgr's own.
+                crate::config::StoreKind::S3 => "(blobs in S3)".into(),
+            },
+        ),
         // Its Debug leaves the secret out.
         ("images.s3", format!("{:?}", c.images.s3)),
         ("bundles.trusted_keys", format!("{:?}", c.bundles.trusted_keys)),
