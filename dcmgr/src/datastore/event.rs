@@ -238,12 +238,8 @@ pub fn pg_gated(first: Evented<'_>, rest: Vec<Evented<'_>>) -> db::Write {
             sql.push_str(" AND EXISTS (SELECT 1 FROM w0)");
         }
         out.args.extend(part.w.args);
-        // Each part's events after the one's before (its IDs taken first): a stream sees
-        // an instance running before the job that waited for it succeeded, as when they
-        // were statements one after another. The subquery runs before any row is made.
-        let after = if n > 0 { format!("(SELECT COUNT(*) FROM e{}) >= 0 AND", n - 1) } else { String::new() };
-        let events = insert_sql(part.kind, "nextval('events_seq')", &format!("w{n}"), &after, out.args.len() + 1);
-        sql.push_str(&format!(" RETURNING *), e{n} AS ({events} RETURNING 1)"));
+        let events = insert_sql(part.kind, "nextval('events_seq')", &format!("w{n}"), "", out.args.len() + 1);
+        sql.push_str(&format!(" RETURNING *), e{n} AS ({events})"));
         out = out.bind(part.change.as_str()).bind(db::now()).bind(part.unless_state.unwrap_or(""));
     }
     sql.push_str(" SELECT COUNT(*) FROM w0");
