@@ -168,8 +168,6 @@ pub struct Ctx {
     pub creates: crate::app::instance::Creates,
     /// Accounts whose instance creates quotas limit (`app::quota::Limited`).
     pub limited: crate::app::quota::Limited,
-    /// Instance reports folded in one statement (`controller::instance::apply_as_seen`).
-    pub reports_as_seen: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -126,7 +126,6 @@ impl Dcmgr {
             signin_limits,
             creates: Default::default(),
             limited: Default::default(),
-            reports_as_seen: Default::default(),
         });
         if let Some(t) = &config.admin_token {
             crate::app::account::bootstrap_admin(&ctx, t).await?;

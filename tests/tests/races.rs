@@ -1241,50 +1241,6 @@ async fn creates_share_their_image_until_it_is_deleted_postgres() {
     s.stop().await;
 }
 
-/// PostgreSQL folds an instance's common report in one statement from the row as read
-/// (no transaction): it applies only while nothing has locked the row since, and a
-/// report that finds the row changed is folded in a transaction instead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_reports_as_seen_yield_to_a_lock_taken_since() {
-    use vdc_dcmgr::datastore::{self as store, instance as rows};
-    vdc_tests::init_logging();
-    let s = Stack::start(stack(Db::Postgres)).await;
-    let c = s.account("ras").await;
-    let inst = s.running_instance(&c, "seen").await;
-    let ctx = &s.dcmgr().ctx;
-    let folded = ctx.reports_as_seen.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(folded >= 1, "the create's reports were folded in one statement ({folded})");
-
-    let id = inst.id.as_str();
-    let seen = rows::get_for_report(&ctx.db, id).await.unwrap().expect("the row");
-    let halted = |gen| rows::Observed {
-        state: InstanceState::Halting,
-        goal: InstanceGoal::Running,
-        gen,
-        failure: None,
-        release_host: false,
-    };
-    // Something decided on the instance since it was read: it holds the row's lock.
-    let mut tx = store::begin(&ctx.db).await.unwrap();
-    assert!(store::lock(&mut tx, store::Lock::Instance, id).await.unwrap());
-    tx.commit().await.unwrap();
-    let gen = seen.row.report_gen as u64 + 1;
-    assert!(!rows::apply_report_as_seen(&ctx.db, &seen, &halted(gen), None).await.unwrap(), "a lock since");
-    let now = rows::get_for_report(&ctx.db, id).await.unwrap().expect("the row");
-    assert_eq!((now.row.state.as_str(), now.row.report_gen), ("running", seen.row.report_gen), "nothing applied");
-
-    // Read again, with nothing since, it applies: the state and its event.
-    let head = store::event::head(&ctx.db).await.unwrap();
-    assert!(rows::apply_report_as_seen(&ctx.db, &now, &halted(gen), None).await.unwrap(), "nothing since");
-    let after = rows::get_for_report(&ctx.db, id).await.unwrap().expect("the row");
-    assert_eq!((after.row.state.as_str(), after.row.report_gen), ("halting", gen as i64));
-    let events = store::event::after(&ctx.db, Some(inst.account_id.as_str()), head, 10).await.unwrap();
-    assert!(events.iter().any(|e| e.resource_id == id && e.state == "halting"), "its event was written: {events:?}");
-    // And a second time from the same read it does not (the report moved the row).
-    assert!(!rows::apply_report_as_seen(&ctx.db, &now, &halted(gen + 1), None).await.unwrap(), "a report since");
-    s.stop().await;
-}
-
 /// An account deleted while creates in it are decided: either the delete is refused
 /// (`account_in_use`, it holds what they made) or they are (the account is gone); never
 /// an instance or a server group left in no account, which nobody could terminate.

@@ -155,56 +155,12 @@ async fn build_spec(
 /// its interfaces and its volumes change in one transaction that holds the instance's
 /// lock; a failure applies none of it and leaves the report unacked, to come again.
 pub async fn apply_report(ctx: &SharedCtx, node: &str, gen: u64, r: InstanceReport) -> Result<()> {
-    if !db::one_writer(&ctx.db) {
-        if let Some(after) = apply_as_seen(ctx, node, gen, &r).await? {
-            ctx.events.wake();
-            after.run(ctx, node).await;
-            return Ok(());
-        }
-    }
     let mut tx = db::begin(&ctx.db).await?;
     let after = apply_in(&mut tx, node, gen, r, None).await?;
     tx.commit().await?;
     ctx.events.wake();
     after.run(ctx, node).await;
     Ok(())
-}
-
-/// PostgreSQL: a report that only moves its instance along (no host given back, no
-/// failure, no volume coming or going, the common case) folded from the row as read,
-/// in one statement that applies only if the row is still so ([`store::apply_report_as_seen`]):
-/// two round trips where a transaction takes five. None: the report takes a transaction.
-async fn apply_as_seen(ctx: &SharedCtx, node: &str, gen: u64, r: &InstanceReport) -> Result<Option<ReportAfter>> {
-    let Some(seen) = store::get_for_report(&ctx.db, r.id.as_str()).await? else { return Ok(None) };
-    let row = &seen.row;
-    if row.state == InstanceState::Terminated.as_str()
-        || row.host_node_id.as_deref() != Some(node)
-        || seen.volumes_in_transit > 0
-    {
-        return Ok(None);
-    }
-    // The generations only grow: a report older than the row as read is older still.
-    if (r.spec_gen as i64) < row.spec_gen || (gen as i64) <= row.report_gen {
-        return Ok(Some(ReportAfter::Nothing));
-    }
-    let out = lifecycle::on_report(row.goal()?, r.state);
-    if out.release_host || matches!(out.state, InstanceState::Failed | InstanceState::Terminated) {
-        return Ok(None);
-    }
-    let observed = store::Observed { state: out.state, goal: out.goal, gen, failure: None, release_host: false };
-    let rebooted = (out.state == InstanceState::Running).then_some(r.reboot_gen);
-    if !store::apply_report_as_seen(&ctx.db, &seen, &observed, rebooted).await? {
-        return Ok(None);
-    }
-    ctx.reports_as_seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let folded = Folded {
-        state: out.state,
-        removed: instance::Removed::default(),
-        peers: vec![],
-        detached: vec![],
-        released: None,
-    };
-    Ok(Some(ReportAfter::Folded { id: r.id.clone(), from: row.state.clone(), folded }))
 }
 
 /// What is left to do for a report once its transaction is committed.

@@ -210,43 +210,6 @@ pub(super) fn pg_with_event(w: db::Write, kind: Kind, change: Change, unless_sta
     db::Write { sql: sql.into(), args: w.args }.bind(change.as_str()).bind(db::now()).bind(unless_state.unwrap_or(""))
 }
 
-/// A write and the events of the rows it changes, as [`later_with_event`] takes them.
-pub struct Evented<'a> {
-    pub w: db::Write,
-    pub kind: Kind,
-    pub change: Change,
-    /// For a state change, the state before it: no event for a row still in it.
-    pub unless_state: Option<&'a str>,
-}
-
-/// PostgreSQL: `first` and then `rest`, with their events, as one statement, which is
-/// atomic with no transaction around it: what took a transaction of five round trips
-/// (`BEGIN`, a lock, two writes, `COMMIT`) takes one. The writes of `rest` change rows
-/// only where `first` changed one: each one's text must end with its `WHERE`, which
-/// gains `AND EXISTS (SELECT 1 FROM w0)`. The statement answers how many rows `first`
-/// changed. (All its parts read one snapshot: `rest` must not depend on `first`'s rows.)
-pub fn pg_gated(first: Evented<'_>, rest: Vec<Evented<'_>>) -> db::Write {
-    let mut out = db::Write::new(String::new());
-    let mut sql = String::from("WITH ");
-    for (n, part) in std::iter::once(first).chain(rest).enumerate() {
-        if n > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("w{n} AS ("));
-        super::renumber(&part.w.sql, out.args.len(), &mut sql);
-        if n > 0 {
-            sql.push_str(" AND EXISTS (SELECT 1 FROM w0)");
-        }
-        out.args.extend(part.w.args);
-        let events = insert_sql(part.kind, "nextval('events_seq')", &format!("w{n}"), "", out.args.len() + 1);
-        sql.push_str(&format!(" RETURNING *), e{n} AS ({events})"));
-        out = out.bind(part.change.as_str()).bind(db::now()).bind(part.unless_state.unwrap_or(""));
-    }
-    sql.push_str(" SELECT COUNT(*) FROM w0");
-    out.sql = sql.into();
-    out
-}
-
 /// As [`changed`], on SQLite written as `tx` commits: see [`record_at_commit`].
 pub async fn changed_at_commit(
     tx: &mut db::Tx<'_>,

@@ -433,67 +433,6 @@ pub async fn apply_report(tx: &mut db::Tx<'_>, id: &str, before: &str, o: &Obser
     db::event::later_with_event(tx, w, db::event::Kind::Instance, id, db::event::Change::State, Some(before)).await
 }
 
-/// An instance as read for its host's report, not locked: see [`apply_report_as_seen`].
-#[derive(sqlx::FromRow)]
-pub struct Seen {
-    #[sqlx(flatten)]
-    pub row: Row,
-    /// Bumped by every lock of the row ([`lock_get`], [`db::lock`]).
-    pub lock_seq: i64,
-    pub volumes_in_transit: i64,
-}
-
-/// Reads instance `id` for a report, without its lock.
-pub async fn get_for_report(pool: &db::Pool, id: &str) -> Result<Option<Seen>, sqlx::Error> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "SELECT {COLS}, lock_seq,
-                 (SELECT COUNT(*) FROM volumes v WHERE v.instance_id = instances.id
-                    AND v.state IN ('attaching', 'detaching')) AS volumes_in_transit
-             FROM instances WHERE id = $1"
-        )
-    });
-    sqlx::query_as(SQL.as_str()).bind(id).fetch_optional(pool).await
-}
-
-/// PostgreSQL: applies `o` to the instance `seen` and ends the jobs it reached
-/// ([`crate::datastore::job::reached`]), in one statement and only if the row is still
-/// as read: nothing locked it since (every decision on an instance locks it first), no
-/// report moved it and it is where it was. Whether it was; if not, nothing changed.
-pub async fn apply_report_as_seen(
-    pool: &db::Pool,
-    seen: &Seen,
-    o: &Observed<'_>,
-    rebooted: Option<u64>,
-) -> Result<bool, sqlx::Error> {
-    use db::event::{Change, Evented, Kind};
-    let row = &seen.row;
-    let instance = db::Write::new(
-        "UPDATE instances SET state = $1, goal = $2, report_gen = $3, failure_reason = $4, updated_at = $5
-             WHERE id = $6 AND lock_seq = $7 AND report_gen = $8 AND spec_gen = $9 AND state = $10
-               AND goal = $11 AND host_node_id = $12",
-    )
-    .bind(o.state.as_str())
-    .bind(o.goal.as_str())
-    .bind(o.gen as i64)
-    .bind(o.failure)
-    .bind(db::now())
-    .bind(row.id.as_str())
-    .bind(seen.lock_seq)
-    .bind(row.report_gen)
-    .bind(row.spec_gen)
-    .bind(row.state.as_str())
-    .bind(row.goal.as_str())
-    .bind(row.host_node_id.as_deref());
-    let jobs = crate::datastore::job::reached(&row.id, o.state.as_str(), rebooted);
-    let w = db::event::pg_gated(
-        Evented { w: instance, kind: Kind::Instance, change: Change::State, unless_state: Some(&row.state) },
-        vec![Evented { w: jobs, kind: Kind::Job, change: Change::State, unless_state: None }],
-    );
-    let (changed,): (i64,) = w.query_as().fetch_one(pool).await?;
-    Ok(changed == 1)
-}
-
 /// Forgets the host that kept a stopped instance's disk (evacuated: gone for good); a
 /// capture from that disk ends with it.
 pub async fn forget_host(tx: &mut db::Tx<'_>, id: &str) -> Result<(), sqlx::Error> {

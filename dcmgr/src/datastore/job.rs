@@ -158,8 +158,7 @@ pub async fn finish_reached(
     end_jobs(db, reached(resource_id, state, rebooted)).await
 }
 
-/// The write of [`finish_reached`].
-pub(crate) fn reached(resource_id: &str, state: &str, rebooted: Option<u64>) -> db::Write {
+fn reached(resource_id: &str, state: &str, rebooted: Option<u64>) -> db::Write {
     // CASE keeps the cast to the `reboot:` targets (PostgreSQL refuses 'running' as a number).
     db::Write::new(
         "UPDATE jobs SET state = 'succeeded', finished_at = $1 WHERE resource_id = $2 AND state = 'running' \

@@ -131,12 +131,5 @@ async fn scrape(ctx: &SharedCtx) -> Result<Vec<MetricFamily>, ApiError> {
         "transaction",
         [("shared", shared), ("own", own)],
     );
-    let c = prometheus::IntCounter::new(
-        "vdc_instance_reports_as_seen_total",
-        "Instance reports folded in one statement from the row as read, without a transaction (PostgreSQL)",
-    )
-    .expect("a valid counter definition");
-    r.register(Box::new(c.clone())).expect("registered once per scrape");
-    c.inc_by(ctx.reports_as_seen.load(std::sync::atomic::Ordering::Relaxed));
     Ok(r.gather())
 }
