@@ -6,8 +6,7 @@
 
 pub mod libvirt;
 pub mod sim;
-#[cfg(test)]
-mod testing;
+pub mod testing;
 
 use std::path::PathBuf;
 use std::sync::Arc;

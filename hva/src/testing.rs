@@ -1,4 +1,5 @@
-//! The specs hva's unit tests build their instances from.
+//! The specs hva's tests (and the suite's, for a simulated host's own guests) build their
+//! instances from.
 
 use vdc_schema::bus::{ImageSpec, InstanceSpec};
 use vdc_schema::{DesiredPower, HypervisorKind, ImageFormat};

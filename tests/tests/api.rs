@@ -1685,23 +1685,8 @@ async fn a_guest_this_database_never_heard_of_is_left_alone(db: Db) {
     let s = Stack::start(opts).await;
     let c = s.account("gh").await;
     let sim = s.hosts[0].hva_driver.clone().unwrap();
-    let image = vdc_schema::bus::ImageSpec::host_file("img-x".parse().unwrap(), ImageFormat::Raw, "/x");
-    let stranger = vdc_schema::bus::InstanceSpec {
-        id: InstanceId::generate(),
-        spec_gen: 1,
-        power: DesiredPower::Running,
-        hypervisor: HypervisorKind::Kvm,
-        cpus: 1,
-        memory_mib: 64,
-        hostname: "stranger".into(),
-        image,
-        nics: vec![],
-        ssh_public_keys: vec![],
-        user_data: None,
-        volumes: vec![],
-        reboot_gen: 0,
-        root_disk_size: None,
-    };
+    let image = vdc_hva::testing::image(ImageFormat::Raw, "/x");
+    let stranger = vdc_hva::testing::spec(InstanceId::generate().as_str(), HypervisorKind::Kvm, image);
     sim.ensure_instance(stranger).await.unwrap();
     // The report of it went in (an instance of this database's, made after it, runs).
     let mine = c.create_instance(&inst_req(&s.image, "mine")).await.unwrap().resource;
