@@ -234,7 +234,8 @@ pub struct ImagesConfig {
     pub import_allow: Vec<String>,
     /// A URL import that has not finished after this long fails.
     pub import_timeout_s: u64,
-    /// A URL import whose server sends nothing (no answer, no data) for this long fails.
+    /// A URL import whose server sends nothing (no answer, no data) for this long fails;
+    /// an upload whose client sends nothing for this long is cut (its image stays pending).
     pub import_stall_timeout_s: u64,
     /// Directories whose files operators may register as images (`file://` or a path).
     pub file_dirs: Vec<std::path::PathBuf>,

@@ -556,6 +556,19 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
     assert!(answer.starts_with("HTTP/1.1 422") && answer.contains("quota_exceeded"), "{answer}");
     let unlimited = SetQuotas { quotas: [("image_gib".to_string(), None)].into_iter().collect() };
     s.admin.set_account_quotas(&account, &unlimited).await.unwrap();
+    // An upload whose client stops sending is cut after the same stall (it held a
+    // connection and a staging file for as long as the client liked); the image stays
+    // pending, to be uploaded again.
+    let stalled = c.create_image(&req("stalled", ImageFormat::Raw, None, None)).await.unwrap();
+    let mut conn = partial_upload(&s, &c, &stalled.id, 1 << 20, 1000).await;
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut answer))
+        .await
+        .expect("answered once the client was silent for the stall timeout")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 400") && text.contains("upload_incomplete"), "{text}");
+    assert_eq!(c.get_image(&stalled.id).await.unwrap().state, ImageState::Pending);
 
     let r = c
         .create_image(&req("redir", ImageFormat::Qcow2, Some(format!("http://127.0.0.1:{port}/to-metadata")), None))

@@ -649,6 +649,7 @@ where
     .map_err(ApiError::internal)?;
     // Claimed by the caller ([`Ingesting`]): cancelled when the image is deleted.
     let cancel = ctx.ingesting.lock().unwrap().get(&image.id).cloned().unwrap_or_default();
+    let stall = std::time::Duration::from_secs(limits.import_stall_timeout_s);
     loop {
         let chunk = tokio::select! {
             c = body.next() => match c {
@@ -656,6 +657,11 @@ where
                 None => break,
             },
             _ = cancel.cancelled() => return Err(ApiError::not_found("image", &image.id)),
+            // A sender that stops sending holds a connection and a staging file: it is
+            // cut (an upload's image stays pending, to be sent again).
+            _ = tokio::time::sleep(stall) => {
+                return Ok(Ingested::Interrupted(format!("no data for {} s", stall.as_secs())))
+            }
         };
         let chunk = match chunk {
             Ok(c) => c,

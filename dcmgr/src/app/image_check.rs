@@ -204,7 +204,10 @@ fn raw_disk(head: &[u8], len: u64) -> Result<Sniffed, Refusal> {
     let text = String::from_utf8_lossy(&head[..head.len().min(1024)]).to_ascii_lowercase();
     let start = text.trim_start_matches(['\u{feff}', ' ', '\t', '\r', '\n']);
     if start.starts_with("<!doctype html") || start.starts_with("<html") {
-        return Err(not("an HTML page", "the URL answered with a web page; give the address of the file itself"));
+        return Err(not(
+            "an HTML page",
+            "give the disk image file itself (a URL that answers with a web page, or a download that saved one)",
+        ));
     }
     if start.starts_with("--") && text.contains("content-disposition:") {
         return Err(not("a multipart form", "send the file itself as the body (curl -T FILE or --data-binary @FILE)"));
