@@ -333,7 +333,14 @@ pub async fn delete(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult
     let mut locked = store::get(&ctx.db, id.as_str()).await?.and_then(|r| r.blob);
     loop {
         let _refs = crate::app::blob_refs::hold(ctx, locked.as_deref()).await?;
-        match delete_holding(ctx, caller, id, locked.as_deref()).await? {
+        // Told after the transaction: looking up what the caller sees inside it took a
+        // second connection while holding the first, and concurrent deletes emptied the
+        // pool and waited on each other for its 30 s timeout.
+        let decided = match delete_holding(ctx, caller, id, locked.as_deref()).await {
+            Err(ApiError::NotFound { .. }) => return Err(not_owned(ctx, caller, id).await),
+            decided => decided?,
+        };
+        match decided {
             Ok(unused) => {
                 cancel_ingest(ctx, id);
                 // Still holding its lock: no upload of the same data stores it meanwhile.
@@ -364,8 +371,8 @@ async fn delete_holding(
         let owner = store::owner(&mut tx, id).await?;
         if !found || owner.is_none_or(|a| a != caller.account_id.as_str()) {
             // A public or shared image of another account is visible, but not the
-            // caller's to delete.
-            return Err(not_owned(ctx, caller, id).await);
+            // caller's to delete ([`delete`] says so, once this transaction has ended).
+            return Err(ApiError::not_found("image", id));
         }
         let row = store::get_tx(&mut tx, id).await?;
         use crate::app::capture::Origin;
@@ -801,6 +808,7 @@ pub async fn members(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResul
     let mut tx = db::begin(&ctx.db).await?;
     let owner = store::owner(&mut tx, id).await?;
     if owner.as_deref() != Some(caller.account_id.as_str()) {
+        tx.rollback().await?;
         return Err(not_owned(ctx, caller, id).await);
     }
     let members = store::members(&mut tx, id).await?;
@@ -829,7 +837,7 @@ pub async fn set_member(
     account: &AccountId,
     add: bool,
 ) -> ApiResult<(ImageMembers, bool)> {
-    db::retry(|| async {
+    let done = db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
         db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
         let owner = store::owner(&mut tx, id).await?;
@@ -844,7 +852,8 @@ pub async fn set_member(
             return Ok((into_members(id, vec![])?, true));
         }
         if owner.as_deref() != Some(caller.account_id.as_str()) {
-            return Err(not_owned(ctx, caller, id).await);
+            // Said by the caller after this transaction (see [`delete`]).
+            return Err(ApiError::not_found("image", id));
         }
         if account == &caller.account_id {
             return Err(ApiError::bad("invalid_member", "an image is its owner's already: name another account"));
@@ -870,7 +879,11 @@ pub async fn set_member(
         ctx.events.images_changed();
         Ok((into_members(id, members)?, changed))
     })
-    .await
+    .await;
+    match done {
+        Err(ApiError::NotFound { kind: "image", .. }) => Err(not_owned(ctx, caller, id).await),
+        done => done,
+    }
 }
 
 #[cfg(test)]
