@@ -137,6 +137,13 @@ async fn partial_upload(s: &Stack, c: &Client, id: &ImageId, announced: usize, s
     conn
 }
 
+/// The head of dcmgr's answer on an upload's connection, waited for `within`.
+async fn upload_answer(conn: &mut tokio::net::TcpStream, within: Duration, what: &str) -> String {
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(within, conn.read(&mut answer)).await.expect(what).unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 /// A client that stalls half-way through an upload held a stop of dcmgr (a Ctrl-C of
 /// `vdc up`, twice) for as long as it stayed connected: requests under way get a grace
 /// period, then are cut; the image stays pending, to be uploaded again.
@@ -539,20 +546,11 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
         .expect("the download stops at the quota");
     let up = c.create_image(&req("up-over", ImageFormat::Raw, None, None)).await.unwrap();
     let mut conn = partial_upload(&s, &c, &up.id, 1 << 40, 0).await;
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut answer))
-        .await
-        .expect("answered before any data is sent")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer[..n]).into_owned();
+    let text = upload_answer(&mut conn, Duration::from_secs(5), "answered before any data is sent").await;
     assert!(text.starts_with("HTTP/1.1 400") && text.contains("image_too_large"), "{text}");
     let up = c.create_image(&req("up-quota", ImageFormat::Raw, None, None)).await.unwrap();
     let mut conn = partial_upload(&s, &c, &up.id, 1000, 0).await;
-    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut answer))
-        .await
-        .expect("answered before any data is sent")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]);
+    let answer = upload_answer(&mut conn, Duration::from_secs(5), "answered before any data is sent").await;
     assert!(answer.starts_with("HTTP/1.1 422") && answer.contains("quota_exceeded"), "{answer}");
     let unlimited = SetQuotas { quotas: [("image_gib".to_string(), None)].into_iter().collect() };
     s.admin.set_account_quotas(&account, &unlimited).await.unwrap();
@@ -561,12 +559,8 @@ async fn url_imports_reach_public_addresses_only(db: Db) {
     // pending, to be uploaded again.
     let stalled = c.create_image(&req("stalled", ImageFormat::Raw, None, None)).await.unwrap();
     let mut conn = partial_upload(&s, &c, &stalled.id, 1 << 20, 1000).await;
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut answer))
-        .await
-        .expect("answered once the client was silent for the stall timeout")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer[..n]).into_owned();
+    let what = "answered once the client was silent for the stall timeout";
+    let text = upload_answer(&mut conn, Duration::from_secs(10), what).await;
     assert!(text.starts_with("HTTP/1.1 400") && text.contains("upload_incomplete"), "{text}");
     assert_eq!(c.get_image(&stalled.id).await.unwrap().state, ImageState::Pending);
 
