@@ -527,12 +527,21 @@ pub enum ImageCmd {
     /// Upload a local file or have dcmgr import an http(s) URL; prints the image once it is
     /// available
     Import(ImageImportArgs),
-    /// List images (your own, those shared with you, and public ones)
+    /// List images (your own, public ones, and those shared with you that you accepted)
     #[command(visible_alias = "ls")]
     List {
         /// Only images with this exact name
         #[arg(long)]
         name: Option<String>,
+        /// Only images offered to you that you have not answered (accept or decline them)
+        #[arg(long, conflicts_with_all = ["declined", "all"])]
+        offered: bool,
+        /// Only images shared with you that you declined
+        #[arg(long, conflicts_with = "all")]
+        declined: bool,
+        /// Every image you see: offered and declined ones too
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         list: ListArgs,
     },
@@ -547,7 +556,8 @@ pub enum ImageCmd {
         #[arg(value_name = "NAME|ID")]
         id: Ref<api::Image>,
     },
-    /// Let another account see and boot one of your images
+    /// Offer one of your images to another account: it sees and boots it by its ID, and
+    /// once it accepts, finds it in its list and by its name
     Share {
         #[arg(value_name = "IMAGE")]
         image: Ref<api::Image>,
@@ -562,10 +572,21 @@ pub enum ImageCmd {
         #[arg(value_name = "ACCOUNT")]
         account: Ref<api::Account>,
     },
-    /// The accounts one of your images is shared with
+    /// The accounts one of your images is shared with, and their answers
     Members {
         #[arg(value_name = "IMAGE")]
         image: Ref<api::Image>,
+    },
+    /// Accept an image another account offered yours (`vdc image list --offered`): it is
+    /// listed, and found by its name, from now on
+    Accept {
+        #[arg(value_name = "IMAGE_ID")]
+        image: ImageId,
+    },
+    /// Decline an image shared with your account: no longer listed, and not offered again
+    Decline {
+        #[arg(value_name = "IMAGE_ID")]
+        image: ImageId,
     },
 }
 

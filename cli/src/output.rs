@@ -371,19 +371,23 @@ impl Tabular for ImageMembers {
         &["IMAGE", "MEMBERS"]
     }
     fn row(&self) -> Vec<String> {
-        vec![self.image_id.to_string(), members(&self.members)]
+        vec![self.image_id.to_string(), members(self)]
     }
     fn fields(&self) -> Vec<(&'static str, String)> {
-        vec![("IMAGE", self.image_id.to_string()), ("MEMBERS", members(&self.members))]
+        vec![("IMAGE", self.image_id.to_string()), ("MEMBERS", members(self))]
     }
 }
 
-fn members(m: &[vdc_schema::id::AccountId]) -> String {
-    if m.is_empty() {
-        "-".into()
-    } else {
-        join(m, ", ")
+/// "a-1 (accepted), a-2 (pending)".
+fn members(m: &ImageMembers) -> String {
+    if m.members.is_empty() {
+        return "-".into();
     }
+    let each = m.members.iter().map(|a| match m.member_status.get(a.as_str()) {
+        Some(s) => format!("{a} ({s})"),
+        None => a.to_string(),
+    });
+    each.collect::<Vec<_>>().join(", ")
 }
 
 impl Tabular for Image {
@@ -424,6 +428,8 @@ impl Tabular for Image {
             ("MIN MEMORY", self.min_memory.map_or_else(|| "-".into(), |b| mib(b.div_ceil(1 << 20)))),
             ("OS", opt(&self.os)),
             ("PUBLIC", self.public.to_string()),
+            ("OWNER", self.owner.as_ref().map_or_else(|| "-".into(), |o| o.to_string())),
+            ("SHARED WITH YOU", self.member_status.map_or_else(|| "-".into(), |s| s.to_string())),
             ("DEFAULT USER", opt(&self.default_user)),
             ("CREATED", time(&self.created_at)),
         ]

@@ -95,6 +95,9 @@ pub struct ListQuery {
     /// Instances only: the instance with this address (an interface's or a floating IP).
     #[param(ignore)]
     pub address: Option<String>,
+    /// Images only: which images shared with the account are listed.
+    #[param(ignore)]
+    pub member_status: Option<String>,
 }
 
 /// The answer to a call that starts long work: 202 with the job that tracks it.
@@ -593,6 +596,17 @@ pub struct Image {
     pub os: Option<String>,
     /// Visible to every account (only an admin can publish).
     pub public: bool,
+    /// The account that owns it (and alone can change, share or delete it). Null only
+    /// from an older dcmgr.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub owner: Option<AccountId>,
+    /// For an image another account shares with the caller's: `pending` until the
+    /// caller accepts it (`PUT /images/{id}/members/{its own account}`), then `accepted`.
+    /// Null for the caller's own images and public ones.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub member_status: Option<MemberStatus>,
     pub created_at: DateTime<Utc>,
     /// The user `vdc instance ssh` logs in as (e.g. `debian`, `root`), if the image says.
     #[serde(default)]
@@ -712,7 +726,13 @@ pub struct CreateImage {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ImageMembers {
     pub image_id: ImageId,
+    /// Every account it is offered to, whatever it answered.
     pub members: Vec<AccountId>,
+    /// Each member's answer: `pending` (offered), `accepted` (listed in its images) or
+    /// `rejected` (declined; sharing again does not offer it anew).
+    #[serde(default)]
+    #[schema(example = json!({"a-1m95xw75001qhyg": "pending"}))]
+    pub member_status: std::collections::BTreeMap<String, MemberStatus>,
 }
 
 fn default_arch() -> Arch {

@@ -86,6 +86,15 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// Where an account stands with an image shared with it: `pending` (offered, not
+    /// listed; it can be shown and booted by its ID), `accepted` (listed, found by its
+    /// name) or `rejected` (declined: hidden, and not offered again).
+    MemberStatus, "member status", {
+        Pending => "pending", Accepted => "accepted", Rejected => "rejected",
+    }
+);
+
+wire_enum!(
     /// How an instance is run. The image lists the kinds it can boot on.
     HypervisorKind, "hypervisor kind", {
         Kvm => "kvm", Qemu => "qemu", Lxc => "lxc",

@@ -8,7 +8,7 @@ use vdc_cli::commands::{self, Cli, GlobalArgs};
 use vdc_cli::error::CliError;
 use vdc_cli::output::{OutputArg, OutputFormat};
 use vdc_schema::api::*;
-use vdc_schema::{ImageFormat, InstanceState};
+use vdc_schema::{ImageFormat, InstanceState, MemberStatus};
 use vdc_tests::{on_both_databases, Db, Stack, StackOptions};
 
 on_both_databases!(
@@ -50,6 +50,26 @@ async fn vdc_in(c: &Client, account: &str, args: &[&str]) -> Result<(), CliError
         verbose: 0,
     };
     commands::run(&global, cli.command).await
+}
+
+/// `vdc ARGS…` run as a process (table output) as the holder of `c`'s token: its stdout.
+async fn table_of(c: &Client, args: &[&str]) -> String {
+    let (api, token) = (c.base_url().to_string(), c.token().to_string());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(vdc_tests::procs::bin("vdc"))
+            .env("VDC_CONFIG", "/nonexistent/vdc-cli.toml")
+            .env("VDC_API", api)
+            .env("VDC_TOKEN", token)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "vdc {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    })
+    .await
+    .unwrap()
 }
 
 async fn ok(c: &Client, args: &[&str]) {
@@ -547,9 +567,21 @@ async fn images_are_shared_by_name_or_id(db: Db) {
     ok(&owner, &["image", "share", "golden", friend_id.as_str()]).await;
     assert_eq!(owner.image_members(&img.id).await.unwrap().members, vec![friend_id.clone()]);
     assert!(!invisible(&friend).await, "the member sees it");
+    // Offered: listed with --offered only, and found by its name once accepted.
+    let offered = table_of(&friend, &["image", "list", "--offered"]).await;
+    assert!(offered.contains(img.id.as_str()), "{offered}");
+    assert!(!table_of(&friend, &["image", "list"]).await.contains(img.id.as_str()));
+    let err = fails(&friend, &["image", "show", "golden"]).await;
+    assert!(err.ends_with("(not_found)"), "{err}");
+    let accepted = table_of(&friend, &["image", "accept", img.id.as_str()]).await;
+    assert!(accepted.contains(&format!("{friend_id} (accepted)")), "{accepted}");
+    let members = table_of(&owner, &["image", "members", "golden"]).await;
+    assert!(members.contains(&format!("{friend_id} (accepted)")), "{members}");
     // The member finds it by name and boots it, but cannot share it on.
-    ok(&friend, &["image", "show", "golden"]).await;
-    let err = fails(&friend, &["image", "share", "golden", friend_id.as_str()]).await;
+    let owner_id = accounts_named(&s, "owner").await;
+    let shown = table_of(&friend, &["image", "show", "golden"]).await;
+    assert!(shown.contains("accepted") && shown.contains(owner_id.as_str()), "{shown}");
+    let err = fails(&friend, &["image", "share", "golden", owner_id.as_str()]).await;
     assert!(err.ends_with("(not_image_owner)"), "{err}");
     // Again: still one member (repeat paths are success).
     ok(&owner, &["image", "share", img.id.as_str(), friend_id.as_str()]).await;
@@ -572,14 +604,18 @@ async fn images_are_shared_by_name_or_id(db: Db) {
     let other_id = accounts_named(&s, "other").await;
     ok(&owner, &["image", "share", "golden", friend_id.as_str()]).await;
     ok(&owner, &["image", "share", "golden", other_id.as_str()]).await;
-    let left = friend.unshare_image(&img.id, &friend_id).await.unwrap();
-    assert!(left.members.is_empty(), "{left:?}");
-    assert!(invisible(&friend).await, "declined");
-    assert_eq!(owner.image_members(&img.id).await.unwrap().members, vec![other_id.clone()]);
-    assert!(friend.unshare_image(&img.id, &friend_id).await.is_err_and(|e| e.is_not_found()), "again");
-    // Nor may a member remove another member.
+    let left = table_of(&friend, &["image", "decline", img.id.as_str()]).await;
+    assert!(left.contains(&format!("{friend_id} (rejected)")) && !left.contains(other_id.as_str()), "{left}");
+    assert!(!table_of(&friend, &["image", "list"]).await.contains(img.id.as_str()), "declined");
+    assert!(table_of(&friend, &["image", "list", "--declined"]).await.contains(img.id.as_str()));
+    let members = owner.image_members(&img.id).await.unwrap();
+    assert!(members.members.contains(&friend_id) && members.members.contains(&other_id), "{members:?}");
+    assert_eq!(members.member_status.get(friend_id.as_str()), Some(&MemberStatus::Rejected));
+    ok(&friend, &["image", "decline", img.id.as_str()]).await; // again: as it was
+                                                               // Nor may a member remove another member.
     assert!(other.unshare_image(&img.id, &friend_id).await.is_err_and(|e| e.code() == "not_image_owner"));
     ok(&owner, &["image", "unshare", "golden", other_id.as_str()]).await;
+    ok(&owner, &["image", "unshare", "golden", friend_id.as_str()]).await;
 
     // `vdc instance capture` by name, waiting for the new image: the simulated host sends
     // back the disk it booted, so the capture is the same blob as `golden`.

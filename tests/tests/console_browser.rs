@@ -660,7 +660,31 @@ async fn the_console_uploads_an_image_and_moves_a_vdc_with_a_bundle() {
     let shared = b.text_of("dialog ul.plain").await;
     assert!(shared.contains(beta_id.as_str()), "{shared}");
     assert_eq!(alpha.image_members(&img.id).await.unwrap().members, vec![beta_id.clone()]);
+    assert!(shared.contains("Offered"), "{shared}");
     b.js("document.querySelector('dialog button.ghost').click()", json!([])).await;
+
+    // In beta the image is offered apart, with its owner, until accepted there.
+    b.click(&format!("#account-select option[value='{beta_id}']")).await;
+    b.wait("beta", "return document.querySelector('#account-select').selectedOptions[0]?.textContent === 'beta'").await;
+    view_text(&b, "images").await;
+    let accept = format!("[data-fk=\"accept:{}\"]", img.id);
+    b.wait("the offer", &format!("return !!document.querySelector('#image-offers {accept}')")).await;
+    let offers = b.text_of("#image-offers").await;
+    assert!(offers.contains(alpha_id.as_str()), "its owner: {offers}");
+    b.js(&format!("document.querySelector('{accept}').click()"), json!([])).await;
+    b.wait(
+        "accepted",
+        &format!(
+            "return !document.querySelector('#image-offers') && !!document.querySelector('[data-fk=\"decline:{}\"]')",
+            img.id
+        ),
+    )
+    .await;
+    let seen = beta.get_image(&img.id).await.unwrap();
+    assert_eq!(seen.member_status, Some(vdc_schema::MemberStatus::Accepted));
+    b.click(&format!("#account-select option[value='{alpha_id}']")).await;
+    b.wait("alpha", "return document.querySelector('#account-select').selectedOptions[0]?.textContent === 'alpha'")
+        .await;
 
     // An image from a volume's snapshot.
     let req = CreateVolume { name: "data".into(), size_mib: Some(16), snapshot_id: None, image_id: None };

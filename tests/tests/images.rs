@@ -820,10 +820,70 @@ async fn images_are_shared_with_named_accounts(db: Db) {
     for h in shares {
         assert_eq!(h.await.unwrap().unwrap().members, vec![friend_id.clone()]);
     }
-    assert_eq!(owner.image_members(&img.id).await.unwrap().members, vec![friend_id.clone()]);
+    let members = owner.image_members(&img.id).await.unwrap();
+    assert_eq!(members.members, vec![friend_id.clone()]);
+    assert_eq!(members.member_status.get(friend_id.as_str()), Some(&MemberStatus::Pending));
+
+    // Offered, not yet listed to the member (nor found by its name: an account cannot put
+    // images into another's list, or make its names ambiguous, unasked); it shows it by
+    // its ID, whose it is, and lists its offers.
+    let listed = |c: &Client, status: Option<&str>| {
+        let (c, q) = (c.clone(), ListQuery { member_status: status.map(str::to_owned), ..Default::default() });
+        async move { c.list_all::<Image>("/images", &q).await.unwrap().into_iter().map(|i| i.id).collect::<Vec<_>>() }
+    };
+    assert!(!listed(&friend, None).await.contains(&img.id), "listed before it is accepted");
+    let named = ListQuery { name: Some("golden".into()), ..Default::default() };
+    assert!(friend.list_all::<Image>("/images", &named).await.unwrap().is_empty(), "found by its name");
+    assert_eq!(listed(&friend, Some("pending")).await, vec![img.id.clone()]);
+    assert!(listed(&friend, Some("all")).await.contains(&img.id));
+    let seen = friend.get_image(&img.id).await.unwrap();
+    assert_eq!((seen.owner.as_ref(), seen.member_status), (Some(&owner_id), Some(MemberStatus::Pending)));
+    let mine = owner.get_image(&img.id).await.unwrap();
+    assert_eq!((mine.owner.as_ref(), mine.member_status), (Some(&owner_id), None));
+    assert_eq!(
+        err(friend
+            .list_all::<Image>("/images", &ListQuery { member_status: Some("maybe".into()), ..Default::default() })
+            .await)
+        .1,
+        "invalid_query"
+    );
+    assert_eq!(
+        err(friend
+            .list_all::<Network>("/networks", &ListQuery { member_status: Some("all".into()), ..Default::default() })
+            .await)
+        .1,
+        "invalid_query"
+    );
+
+    // A name of the member's own stays its own: another account offering an image of the
+    // same name does not make it ambiguous (the CLI refused `--image base` then).
+    let base = friend.create_image(&req("base", ImageFormat::Qcow2, None, None)).await.unwrap();
+    let lure = stranger.create_image(&req("base", ImageFormat::Qcow2, None, None)).await.unwrap();
+    stranger.share_image(&lure.id, &friend_id).await.unwrap();
+    let by_name = ListQuery { name: Some("base".into()), ..Default::default() };
+    let found: Vec<ImageId> =
+        friend.list_all::<Image>("/images", &by_name).await.unwrap().into_iter().map(|i| i.id).collect();
+    assert_eq!(found, vec![base.id.clone()]);
+
+    // Accepted, by many requests at once: listed and found by its name from then on.
+    let accepts: Vec<_> = (0..8)
+        .map(|_| {
+            let (f, id, me) = (friend.clone(), img.id.clone(), friend_id.clone());
+            tokio::spawn(async move { f.share_image(&id, &me).await })
+        })
+        .collect();
+    for h in accepts {
+        let answer = h.await.unwrap().unwrap();
+        assert_eq!(answer.members, vec![friend_id.clone()], "the member learns of no other member");
+        assert_eq!(answer.member_status.get(friend_id.as_str()), Some(&MemberStatus::Accepted));
+    }
+    assert!(listed(&friend, None).await.contains(&img.id));
+    assert_eq!(friend.list_all::<Image>("/images", &named).await.unwrap().len(), 1);
+    assert_eq!(listed(&friend, Some("pending")).await, vec![lure.id.clone()], "the other offer still waits");
+    let members = owner.image_members(&img.id).await.unwrap();
+    assert_eq!(members.member_status.get(friend_id.as_str()), Some(&MemberStatus::Accepted));
 
     // The member sees and boots it; it cannot change, share or delete it.
-    assert!(friend.list_all_images().await.unwrap().iter().any(|i| i.id == img.id));
     let inst = CreateInstance {
         name: Some("from-shared".into()),
         image_id: img.id.clone(),
@@ -843,8 +903,22 @@ async fn images_are_shared_with_named_accounts(db: Db) {
     let not_owner = (403, "not_image_owner".to_string());
     assert_eq!(err(friend.delete_image(&img.id).await), not_owner);
     assert_eq!(err(friend.upload_image(&img.id, vec![0u8; 10]).await), not_owner);
-    assert_eq!(err(friend.share_image(&img.id, &friend_id).await), not_owner);
+    let stranger_id = id_of("stranger");
+    assert_eq!(err(friend.share_image(&img.id, &stranger_id).await), not_owner);
     assert_eq!(err(friend.image_members(&img.id).await), not_owner);
+
+    // Declined: no longer listed, and the owner's offer again does not undo it; the member
+    // can still change its mind.
+    let declined = friend.unshare_image(&img.id, &friend_id).await.unwrap();
+    assert_eq!(declined.member_status.get(friend_id.as_str()), Some(&MemberStatus::Rejected));
+    assert!(!listed(&friend, None).await.contains(&img.id));
+    assert_eq!(listed(&friend, Some("rejected")).await, vec![img.id.clone()]);
+    owner.share_image(&img.id, &friend_id).await.unwrap();
+    let members = owner.image_members(&img.id).await.unwrap();
+    assert_eq!(members.member_status.get(friend_id.as_str()), Some(&MemberStatus::Rejected), "offered anew");
+    assert!(!listed(&friend, None).await.contains(&img.id));
+    friend.share_image(&img.id, &friend_id).await.unwrap();
+    assert!(listed(&friend, None).await.contains(&img.id), "accepted after all");
     assert_eq!(err(stranger.delete_image(&img.id).await).0, 404, "one that does not see it is not told");
     // Others still do not see it.
     assert_eq!(err(stranger.get_image(&img.id).await).0, 404);

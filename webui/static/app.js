@@ -1170,6 +1170,13 @@ function uploadDialog(img) {
     });
 }
 
+// A member's answer to a share, as the owner sees it.
+function memberLabel(status) {
+  if (status === 'accepted') return t('member_accepted');
+  if (status === 'rejected') return t('member_rejected');
+  return t('member_pending');
+}
+
 // Who an image is shared with: they can see and boot it, not change it.
 async function shareDialog(img) {
   const path = `/images/${enc(img.id)}/members`;
@@ -1178,6 +1185,7 @@ async function shareDialog(img) {
   async function show(list) {
     members.replaceChildren(list.members.length
       ? el('ul', { class: 'plain' }, list.members.map((m) => el('li', {}, code(m), ' ',
+        el('span', { class: 'badge badge-off' }, memberLabel((list.member_status || {})[m])), ' ',
         actionButton(t('unshare'), `unshare:${m}`, async () => {
           try {
             show(await api('DELETE', `${path}/${enc(m)}`));
@@ -1213,8 +1221,37 @@ function mountImages(root) {
   return {
     frame,
     async refresh(fresh) {
-      const items = await listAll('/images');
+      const [items, offered] = await Promise.all([listAll('/images'), listAll('/images?member_status=pending')]);
       if (!fresh()) return false;
+      const here = app.who ? app.who.account.id : '';
+      // Offered by another account: listed apart until accepted (nothing lands in the
+      // account's images, or makes its names ambiguous, unasked).
+      const answer = (i, accept) => async () => {
+        try {
+          await api(accept ? 'PUT' : 'DELETE', `/images/${enc(i.id)}/members/${enc(here)}`);
+          const params = { name: displayName(i) };
+          notify('ok', accept ? t('offer_accepted', params) : t('offer_declined', params));
+        } catch (e) {
+          notify('error', errorText(e));
+        }
+        refreshView();
+      };
+      const offers = offered.length ? el('section', { id: 'image-offers' },
+        el('h3', {}, t('images_offered')),
+        table([
+          { label: t('col_id'), cell: (i) => code(i.id) },
+          { label: t('col_name'), cell: (i) => i.name },
+          { label: t('col_owner'), cell: (i) => code(i.owner || '-') },
+          { label: t('col_format'), cell: (i) => i.format },
+          { label: t('col_os'), cell: (i) => orDash(i.os) },
+          { label: t('col_created'), cell: (i) => fmtTime(i.created_at) },
+          {
+            label: t('col_actions'),
+            cell: (i) => actionsCell(
+              actionButton(t('accept'), `accept:${i.id}`, answer(i, true)),
+              actionButton(t('decline'), `decline:${i.id}`, answer(i, false), { danger: true })),
+          },
+        ], offered, t('images_offered'))) : null;
       const columns = [
         { label: t('col_id'), cell: (i) => code(i.id) },
         { label: t('col_name'), cell: (i) => i.name },
@@ -1231,18 +1268,21 @@ function mountImages(root) {
         { label: t('col_hypervisors'), cell: (i) => i.hypervisors.join(', ') },
         { label: t('col_source'), cell: (i) => el('span', { class: 'wrap' }, i.source === 'upload' ? t('source_uploaded') : i.source) },
         { label: t('col_public'), cell: (i) => (i.public ? t('yes') : t('no')) },
+        { label: t('col_owner'), cell: (i) => (i.owner === here ? t('owner_this_account') : code(i.owner || '-')) },
         { label: t('col_created'), cell: (i) => fmtTime(i.created_at) },
         {
           label: t('col_actions'),
           cell: (i) => actionsCell(
             i.state === 'pending' && i.source === 'upload' ? actionButton(t('upload'), `upload:${i.id}`, () => uploadDialog(i)) : null,
-            actionButton(t('share'), `share:${i.id}`, () => shareDialog(i), { disabled: i.public }),
-            actionButton(t('delete'), `del:${i.id}`, () => deleteWith(
+            // Only the owner shares or deletes; a member declines what it accepted.
+            i.member_status ? actionButton(t('decline'), `decline:${i.id}`, answer(i, false), { danger: true }) : null,
+            i.member_status ? null : actionButton(t('share'), `share:${i.id}`, () => shareDialog(i), { disabled: i.public || i.owner !== here }),
+            i.member_status ? null : actionButton(t('delete'), `del:${i.id}`, () => deleteWith(
               t('confirm_delete_title'), t('confirm_delete', { name: displayName(i) }),
-              `/images/${enc(i.id)}`, t('deleted', { name: displayName(i) })), { danger: true })),
+              `/images/${enc(i.id)}`, t('deleted', { name: displayName(i) })), { danger: true, disabled: i.owner !== here })),
         },
       ];
-      swap(list, items.length ? table(columns, items, t('nav_images')) : empty(t('images_empty')));
+      swap(list, offers, items.length ? table(columns, items, t('nav_images')) : empty(t('images_empty')));
       return items.some((i) => TRANSITIONAL.has(i.state));
     },
   };

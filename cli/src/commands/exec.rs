@@ -721,7 +721,16 @@ async fn image(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
             let image = import_image(ctx, a).await?;
             ctx.show(&image)
         }
-        ImageCmd::List { name, list } => ctx.list::<Image>("/images", list, name, None).await,
+        ImageCmd::List { name, offered, declined, all, list } => {
+            let member_status = match (offered, declined, all) {
+                (true, _, _) => Some("pending".to_owned()),
+                (_, true, _) => Some("rejected".to_owned()),
+                (_, _, true) => Some("all".to_owned()),
+                _ => None,
+            };
+            ctx.list_query::<Image>("/images", list, ListQuery { name, member_status, ..Default::default() }, |_| {})
+                .await
+        }
         ImageCmd::Show { id } => ctx.show(&c.get_image(&resolve(c, &id).await?).await?),
         ImageCmd::Delete { id } => {
             let id = resolve(c, &id).await?;
@@ -737,6 +746,9 @@ async fn image(ctx: &Ctx, cmd: ImageCmd) -> Result<(), CliError> {
             ctx.show(&c.unshare_image(&image, &account).await?)
         }
         ImageCmd::Members { image } => ctx.show(&c.image_members(&resolve(c, &image).await?).await?),
+        // By ID: an offered image is not found by its name until it is accepted.
+        ImageCmd::Accept { image } => ctx.show(&c.share_image(&image, &c.whoami().await?.account.id).await?),
+        ImageCmd::Decline { image } => ctx.show(&c.unshare_image(&image, &c.whoami().await?.account.id).await?),
     }
 }
 

@@ -2827,6 +2827,8 @@ async fn apply(
                     failure_reason: None,
                     size_bytes: Some(blob.size),
                     virtual_size: sizes.get(&blob.sha256).copied(),
+                    owner: None,
+                    member_status: None,
                     initrd: None,
                     kernel_cmdline: None,
                     boot_mode: i.boot_mode,
@@ -3187,6 +3189,9 @@ fn data_image(name: &str, blob: &vdc_bundle::BlobRef, hash: &str, now: &str, siz
         failure_reason: None,
         size_bytes: Some(blob.size),
         virtual_size: sizes.get(&blob.sha256).copied(),
+        // Written with the importing account (`db::image::insert`); read back to be shown.
+        owner: None,
+        member_status: None,
         initrd: None,
         kernel_cmdline: None,
         boot_mode: Default::default(),

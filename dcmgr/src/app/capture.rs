@@ -39,7 +39,7 @@ use crate::datastore::{self as db, image as image_store, instance as store, job}
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::{Accepted, CaptureInstance, CreateImage, CreateSnapshotImage, Image, Job};
 use vdc_schema::bus::{AgentKind, ImageUpload};
-use vdc_schema::id::{ImageId, InstanceId, SnapshotId};
+use vdc_schema::id::{AccountId, ImageId, InstanceId, SnapshotId};
 use vdc_schema::{Arch, BootMode, HypervisorKind, ImageFormat, ImageState, InstanceGoal, InstanceState, SnapshotState};
 
 /// `source` of a captured image: `capture:<instance id>`.
@@ -107,7 +107,7 @@ pub(crate) fn upload_to(ctx: &SharedCtx, image: &ImageId, node: &str) -> ImageUp
 }
 
 /// The pending image a capture records: the caller's, private, no data yet.
-fn pending_image(new: &CreateImage, source: String) -> Image {
+fn pending_image(new: &CreateImage, source: String, owner: &AccountId) -> Image {
     Image {
         id: ImageId::generate(),
         name: new.name.clone(),
@@ -130,6 +130,8 @@ fn pending_image(new: &CreateImage, source: String) -> Image {
         failure_reason: None,
         size_bytes: None,
         virtual_size: None,
+        owner: Some(owner.clone()),
+        member_status: None,
     }
 }
 
@@ -261,7 +263,7 @@ async fn capture_once(
             return Err(ApiError::conflict("capture_unsupported", format!("the kernel image {k} is gone")));
         }
     }
-    let image = pending_image(new, format!("{SOURCE_PREFIX}{id}"));
+    let image = pending_image(new, format!("{SOURCE_PREFIX}{id}"), &caller.account_id);
     let job = insert_pending(&mut tx, ctx, caller, &image, "instance.capture").await?;
     if !live {
         store::set_intent(&mut tx, id.as_str(), InstanceState::Capturing, InstanceGoal::Stopped, false).await?;
@@ -338,7 +340,7 @@ async fn from_snapshot_once(
             ),
         });
     }
-    let image = pending_image(new, format!("{SNAPSHOT_PREFIX}{id}"));
+    let image = pending_image(new, format!("{SNAPSHOT_PREFIX}{id}"), &caller.account_id);
     let job = insert_pending(&mut tx, ctx, caller, &image, "snapshot.image").await?;
     tx.commit().await?;
     ctx.events.wake();

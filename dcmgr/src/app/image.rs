@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use std::sync::Arc;
 use vdc_schema::api::{CreateImage, Image, ImageMembers, ListQuery, Page, QuotaKey};
 use vdc_schema::id::{AccountId, ImageId};
-use vdc_schema::{BootMode, HypervisorKind, ImageFormat, ImageState};
+use vdc_schema::{BootMode, HypervisorKind, ImageFormat, ImageState, MemberStatus};
 
 /// What an image's `source` asks for.
 enum Source {
@@ -230,6 +230,8 @@ pub async fn insert(ctx: &SharedCtx, caller: &Caller, req: CreateImage) -> ApiRe
         failure_reason: None,
         size_bytes: None,
         virtual_size: None,
+        owner: Some(caller.account_id.clone()),
+        member_status: None,
     };
     db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
@@ -293,13 +295,30 @@ fn check_initrd(ctx: &SharedCtx, req: &CreateImage) -> ApiResult<()> {
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Image>> {
-    let (limit, cursor) = paging(q)?;
-    let rows = store::list_visible(&ctx.db, &caller.account_id, &cursor, q.name.as_deref(), limit).await?;
+    let listed = match q.member_status.as_deref() {
+        None | Some("accepted") => store::Listed::Usual,
+        Some("all") => store::Listed::All,
+        Some(s) => match s.parse::<MemberStatus>() {
+            Ok(status) => store::Listed::Shares(status),
+            Err(_) => {
+                return Err(ApiError::bad(
+                    "invalid_query",
+                    format!(
+                        "member_status must be accepted (the default: your images, public ones and the shares \
+                         you accepted), pending, rejected or all; got {s:?}"
+                    ),
+                ))
+            }
+        },
+    };
+    let q = ListQuery { member_status: None, ..q.clone() };
+    let (limit, cursor) = paging(&q)?;
+    let rows = store::list_visible(&ctx.db, &caller.account_id, listed, &cursor, q.name.as_deref(), limit).await?;
     let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |i| i.id.to_string()))
 }
 
-/// An image the caller may use (its own or public), or 404.
+/// An image the caller may use (its own, public or shared with it), or 404.
 pub async fn fetch_visible(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResult<Image> {
     store::get_visible(&ctx.db, &caller.account_id, id)
         .await?
@@ -315,8 +334,7 @@ async fn not_owned(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiError {
             code: "not_image_owner",
             message: format!(
                 "image {id} is another account's, public or shared with yours: only its owner can change, share \
-                 or delete it. To stop seeing an image shared with you: vdc image unshare {id} {}",
-                caller.account_id
+                 or delete it. To stop listing an image shared with you: vdc image decline {id}"
             ),
         },
         Err(e) => e,
@@ -816,50 +834,75 @@ pub async fn members(ctx: &SharedCtx, caller: &Caller, id: &ImageId) -> ApiResul
     into_members(id, members)
 }
 
-fn into_members(id: &ImageId, members: Vec<String>) -> ApiResult<ImageMembers> {
-    Ok(ImageMembers {
-        image_id: id.clone(),
-        members: members.iter().map(|m| m.parse().map_err(ApiError::internal)).collect::<ApiResult<_>>()?,
-    })
+fn into_members(id: &ImageId, members: Vec<(String, String)>) -> ApiResult<ImageMembers> {
+    let mut out = ImageMembers { image_id: id.clone(), members: vec![], member_status: Default::default() };
+    for (account, status) in members {
+        out.members.push(account.parse().map_err(ApiError::internal)?);
+        out.member_status.insert(account, status.parse().map_err(ApiError::internal)?);
+    }
+    Ok(out)
 }
 
 /// The most accounts one image is shared with.
 const MAX_MEMBERS: usize = 1000;
 
-/// Shares (`add`) or stops sharing one of the caller's images with `account`, or (not
-/// `add`, `account` the caller's own) declines an image shared with the caller. Any
+/// What [`set_member`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// The owner offered the image to an account that had no share of it.
+    Offered,
+    /// The share, or the answer, was already as asked.
+    Unchanged,
+    /// The owner withdrew a share.
+    Withdrawn,
+    /// The member accepted or declined it.
+    Answered,
+}
+
+/// The owner offers (`add`) one of its images to `account` or withdraws the offer; or a
+/// member (`account` its own) accepts (`add`) or declines an image offered to it. Any
 /// well-formed account ID is accepted, existing or not, so sharing tells nothing about
-/// which accounts exist. Returns the members and whether anything changed.
+/// which accounts exist; and a share is listed to its member only once accepted, so
+/// that no account puts images into another's lists unasked.
 pub async fn set_member(
     ctx: &SharedCtx,
     caller: &Caller,
     id: &ImageId,
     account: &AccountId,
     add: bool,
-) -> ApiResult<(ImageMembers, bool)> {
+) -> ApiResult<(ImageMembers, Shared)> {
     let done = db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
         db::lock(&mut tx, db::Lock::Image, id.as_str()).await?;
         let owner = store::owner(&mut tx, id).await?;
         let members = store::members(&mut tx, id).await?;
-        // A member removes itself: an image shared with it unasked (any owner may share
-        // with any account) is declined. It learns nothing of the other members.
-        let declines = !add && account == &caller.account_id && members.iter().any(|m| m == account.as_str());
-        if declines && owner.as_deref() != Some(caller.account_id.as_str()) {
-            store::remove_member(&mut tx, id, account.as_str()).await?;
+        let mine = owner.as_deref() == Some(caller.account_id.as_str());
+        let membership = members.iter().find(|(m, _)| m == account.as_str()).map(|(_, s)| s.clone());
+        if !mine && account == &caller.account_id {
+            // The member answers. It learns nothing of the other members.
+            let Some(was) = membership else {
+                return Err(ApiError::not_found("image", id));
+            };
+            let status = if add { MemberStatus::Accepted } else { MemberStatus::Rejected };
+            let changed = was != status.as_str();
+            if changed {
+                store::set_member_status(&mut tx, id, account.as_str(), status).await?;
+            }
             tx.commit().await?;
-            ctx.events.images_changed();
-            return Ok((into_members(id, vec![])?, true));
+            if changed {
+                ctx.events.images_changed();
+            }
+            let answer = vec![(account.to_string(), status.as_str().to_owned())];
+            return Ok((into_members(id, answer)?, if changed { Shared::Answered } else { Shared::Unchanged }));
         }
-        if owner.as_deref() != Some(caller.account_id.as_str()) {
+        if !mine {
             // Said by the caller after this transaction (see [`delete`]).
             return Err(ApiError::not_found("image", id));
         }
         if account == &caller.account_id {
             return Err(ApiError::bad("invalid_member", "an image is its owner's already: name another account"));
         }
-        let present = members.iter().any(|m| m == account.as_str());
-        let changed = match (add, present) {
+        let done = match (add, membership.is_some()) {
             (true, false) => {
                 if members.len() >= MAX_MEMBERS {
                     return Err(ApiError::bad(
@@ -868,16 +911,22 @@ pub async fn set_member(
                     ));
                 }
                 store::add_member(&mut tx, id, account.as_str()).await?;
-                true
+                Shared::Offered
             }
-            (false, true) => store::remove_member(&mut tx, id, account.as_str()).await?,
+            (false, true) => {
+                store::remove_member(&mut tx, id, account.as_str()).await?;
+                Shared::Withdrawn
+            }
             (false, false) => return Err(ApiError::not_found("image member", account)),
-            (true, true) => false,
+            // Offered already, or declined: a declined share is not offered anew.
+            (true, true) => Shared::Unchanged,
         };
         let members = store::members(&mut tx, id).await?;
         tx.commit().await?;
-        ctx.events.images_changed();
-        Ok((into_members(id, members)?, changed))
+        if done != Shared::Unchanged {
+            ctx.events.images_changed();
+        }
+        Ok((into_members(id, members)?, done))
     })
     .await;
     match done {

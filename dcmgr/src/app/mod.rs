@@ -74,6 +74,9 @@ pub fn paging(q: &ListQuery) -> ApiResult<(i64, String)> {
     if q.all_accounts.is_some() || q.address.is_some() {
         return Err(ApiError::bad("invalid_query", "all_accounts and address filter instance lists only"));
     }
+    if q.member_status.is_some() {
+        return Err(ApiError::bad("invalid_query", "member_status filters the list of images only"));
+    }
     // Lists that filter by state take `state` off first ([`state_filter`]): on the others
     // it was ignored, so `images?state=failed` listed available images too.
     if q.state.is_some() {

@@ -4,6 +4,7 @@ use crate::db;
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::Image;
 use vdc_schema::id::{AccountId, ImageId};
+use vdc_schema::MemberStatus;
 
 #[derive(sqlx::FromRow)]
 pub struct Row {
@@ -30,10 +31,29 @@ pub struct Row {
     pub blob: Option<String>,
     pub size_bytes: Option<i64>,
     pub virtual_size: Option<i64>,
+    pub owner: String,
+    /// The reading account's membership, where the image is shared with it.
+    pub member_status: Option<String>,
 }
 
+/// The columns written at insert.
 const COLS: &str = "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, \
                     default_user, state, failure_reason, blob, size_bytes, boot_mode, kernel_id, min_disk, min_memory, os, virtual_size";
+
+/// The columns read, with no reading account (no membership).
+const READ: &str = "id, name, format, arch, hypervisors, source, checksum, initrd, kernel_cmdline, public, created_at, \
+                    default_user, state, failure_reason, blob, size_bytes, boot_mode, kernel_id, min_disk, min_memory, os, virtual_size, \
+                    account_id AS owner, NULL AS member_status";
+
+/// The columns read by the account of parameter `$N`, with its membership.
+fn read_by(n: u8) -> String {
+    READ.replace(
+        "NULL AS member_status",
+        &format!(
+            "(SELECT m.status FROM image_members m WHERE m.image_id = images.id AND m.account_id = ${n}) AS member_status"
+        ),
+    )
+}
 
 impl Row {
     pub fn into_api(self) -> ApiResult<Image> {
@@ -59,6 +79,8 @@ impl Row {
             failure_reason: self.failure_reason,
             size_bytes: self.size_bytes.map(|s| s as u64),
             virtual_size: self.virtual_size.map(|s| s as u64),
+            owner: Some(self.owner.parse().map_err(ApiError::internal)?),
+            member_status: self.member_status.map(|s| s.parse()).transpose().map_err(ApiError::internal)?,
         })
     }
 }
@@ -96,20 +118,43 @@ pub async fn insert(db: &mut sqlx::AnyConnection, account: &AccountId, i: &Image
     db::event::record(db, db::event::Kind::Image, i.id.as_str(), db::event::Change::Created).await
 }
 
-/// The image is shared with the account `$1`.
-const SHARED: &str = "id IN (SELECT image_id FROM image_members WHERE account_id = $1)";
+/// Which images shared with an account its list shows (`?member_status=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listed {
+    /// Its own, the public ones and the shares it accepted (the default).
+    Usual,
+    /// Only the shares of this status.
+    Shares(MemberStatus),
+    /// Its own, the public ones and every share, whatever its status.
+    All,
+}
 
 /// One page of the images an account may use (its own, shared with it and public ones).
 pub async fn list_visible(
     pool: &db::Pool,
     account: &AccountId,
+    listed: Listed,
     cursor: &str,
     name: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Row>, sqlx::Error> {
+    let which = match listed {
+        Listed::Usual => "account_id = $1 OR public = 1 OR id IN \
+             (SELECT image_id FROM image_members WHERE account_id = $1 AND status = 'accepted')"
+            .to_owned(),
+        Listed::Shares(status) => format!(
+            "id IN (SELECT image_id FROM image_members WHERE account_id = $1 AND status = '{}')",
+            status.as_str()
+        ),
+        Listed::All => {
+            "account_id = $1 OR public = 1 OR id IN (SELECT image_id FROM image_members WHERE account_id = $1)"
+                .to_owned()
+        }
+    };
     sqlx::query_as(&format!(
-        "SELECT {COLS} FROM images WHERE (account_id = $1 OR public = 1 OR {SHARED}) AND deleted_at IS NULL \
-         AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4"
+        "SELECT {} FROM images WHERE ({which}) AND deleted_at IS NULL \
+         AND id > $2 AND ($3 = '' OR name = $3) ORDER BY id LIMIT $4",
+        read_by(1)
     ))
     .bind(account.as_str())
     .bind(cursor)
@@ -119,11 +164,13 @@ pub async fn list_visible(
     .await
 }
 
-/// Image `id` if the account may use it (its own or public).
+/// Image `id` if the account may use it: its own, a public one, or one shared with it
+/// (offered, accepted or declined: a share only decides what its lists show).
 pub async fn get_visible(pool: &db::Pool, account: &AccountId, id: &ImageId) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLS} FROM images WHERE id = $1 AND deleted_at IS NULL AND (account_id = $2 OR public = 1 OR \
-         id IN (SELECT image_id FROM image_members WHERE account_id = $2))"
+        "SELECT {} FROM images WHERE id = $1 AND deleted_at IS NULL AND (account_id = $2 OR public = 1 OR \
+         id IN (SELECT image_id FROM image_members WHERE account_id = $2))",
+        read_by(2)
     ))
     .bind(id.as_str())
     .bind(account.as_str())
@@ -133,7 +180,7 @@ pub async fn get_visible(pool: &db::Pool, account: &AccountId, id: &ImageId) -> 
 
 /// Image `id` if the account owns it.
 pub async fn get_owned(pool: &db::Pool, account: &AccountId, id: &ImageId) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL"))
+    sqlx::query_as(&format!("SELECT {READ} FROM images WHERE id = $1 AND account_id = $2 AND deleted_at IS NULL"))
         .bind(id.as_str())
         .bind(account.as_str())
         .fetch_optional(pool)
@@ -142,7 +189,7 @@ pub async fn get_owned(pool: &db::Pool, account: &AccountId, id: &ImageId) -> Re
 
 /// Any image by ID, a deleted one still used too (see [`mark_deleted`]).
 pub async fn get<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(db: E, id: &str) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1")).bind(id).fetch_optional(db).await
+    sqlx::query_as(&format!("SELECT {READ} FROM images WHERE id = $1")).bind(id).fetch_optional(db).await
 }
 
 /// The account that owns image `id` (none once it is deleted).
@@ -243,7 +290,7 @@ pub async fn exists_public(pool: &db::Pool, name: &str) -> Result<bool, sqlx::Er
 
 /// Image `id` inside a transaction (after locking it).
 pub async fn get_tx(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as(&format!("SELECT {COLS} FROM images WHERE id = $1"))
+    sqlx::query_as(&format!("SELECT {READ} FROM images WHERE id = $1"))
         .bind(id.as_str())
         .fetch_optional(tx.conn().await?)
         .await
@@ -316,30 +363,45 @@ pub async fn blob_users(tx: &mut db::Tx<'_>, sha256: &str) -> Result<i64, sqlx::
 /// Pending images dcmgr imports from a URL (to resume after a restart).
 pub async fn pending_imports(pool: &db::Pool) -> Result<Vec<Row>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLS} FROM images WHERE state = 'pending' AND (source LIKE 'http://%' OR source LIKE 'https://%') \
+        "SELECT {READ} FROM images WHERE state = 'pending' AND (source LIKE 'http://%' OR source LIKE 'https://%') \
          ORDER BY id"
     ))
     .fetch_all(pool)
     .await
 }
 
-/// The accounts image `id` is shared with.
-pub async fn members(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT account_id FROM image_members WHERE image_id = $1 ORDER BY account_id")
-            .bind(id.as_str())
-            .fetch_all(tx.conn().await?)
-            .await?;
-    Ok(rows.into_iter().map(|r| r.0).collect())
+/// The accounts image `id` is shared with, and their answers.
+pub async fn members(tx: &mut db::Tx<'_>, id: &ImageId) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT account_id, status FROM image_members WHERE image_id = $1 ORDER BY account_id")
+        .bind(id.as_str())
+        .fetch_all(tx.conn().await?)
+        .await
 }
 
+/// Offers image `id` to `account` (a share starts `pending`).
 pub async fn add_member(tx: &mut db::Tx<'_>, id: &ImageId, account: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO image_members (image_id, account_id) VALUES ($1, $2)")
+    sqlx::query("INSERT INTO image_members (image_id, account_id, status) VALUES ($1, $2, 'pending')")
         .bind(id.as_str())
         .bind(account)
         .execute(tx.conn().await?)
         .await?;
     // Who may boot it changed: the read model's copies go (`app::views`).
+    db::event::record(tx.conn().await?, db::event::Kind::Image, id.as_str(), db::event::Change::Updated).await
+}
+
+/// A member's answer to a share.
+pub async fn set_member_status(
+    tx: &mut db::Tx<'_>,
+    id: &ImageId,
+    account: &str,
+    status: MemberStatus,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE image_members SET status = $3 WHERE image_id = $1 AND account_id = $2")
+        .bind(id.as_str())
+        .bind(account)
+        .bind(status.as_str())
+        .execute(tx.conn().await?)
+        .await?;
     db::event::record(tx.conn().await?, db::event::Kind::Image, id.as_str(), db::event::Change::Updated).await
 }
 

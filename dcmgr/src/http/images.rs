@@ -38,11 +38,17 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/api/v1/images", tag = "images", operation_id = "image_list",
-    summary = "List the account's images and the public ones",
+    summary = "List the account's images, the public ones and those shared with it that it accepted",
     params(
         vdc_schema::api::ListQuery,
-        ("name" = Option<String>, Query, description = "Only items with this exact name")),
-    responses((status = 200, description = "One page of images", body = Page<Image>)))]
+        ("name" = Option<String>, Query, description = "Only items with this exact name"),
+        ("member_status" = Option<String>, Query,
+            description = "`accepted` (the default): the account's images, the public ones and those shared \
+                with it that it accepted; `pending`, `rejected`: only the images shared with it that it has not \
+                answered, or declined; `all`: every one it sees")),
+    responses(
+        (status = 200, description = "One page of images", body = Page<Image>),
+        (status = 400, description = "`invalid_query`: an unknown `member_status`", body = ErrorBody)))]
 pub async fn list(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -156,16 +162,19 @@ pub async fn members(
 
 #[utoipa::path(put, path = "/api/v1/images/{id}/members/{account_id}", tag = "images",
     operation_id = "image_share",
-    summary = "Share one of the account's images with another account",
-    description = "The member sees the image in its list and can boot it or fill volumes from it; it cannot \
-        change, share or delete it. Any well-formed account ID is accepted (whether the account exists is not \
-        disclosed).",
+    summary = "Offer one of the account's images to another account, or accept one offered to it",
+    description = "The owner offers the image: the member can then show it and boot it (or fill volumes \
+        from it) by its ID, and it is listed to the member, and found by its name, once the member accepts \
+        it (`member_status` `pending`, then `accepted`). The member cannot change, share or delete it. Any \
+        well-formed account ID is accepted (whether the account exists is not disclosed). An account offered \
+        the image accepts it by naming itself (the answer then lists only itself); a member that declined can \
+        accept later, but the owner's offer again does not undo a decline.",
     params(
-        ("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images (`img-…`)"),
-        ("account_id" = vdc_schema::id::AccountId, Path, description = "The account to share with (`a-…`)")),
+        ("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images, or one offered to it (`img-…`)"),
+        ("account_id" = vdc_schema::id::AccountId, Path, description = "The account to offer it to, or the caller's own to accept it (`a-…`)")),
     responses(
-        (status = 201, description = "Shared; the members", body = ImageMembers),
-        (status = 200, description = "Shared already; the members", body = ImageMembers),
+        (status = 201, description = "Offered; the members", body = ImageMembers),
+        (status = 200, description = "Offered already (or declined by the member), or accepted; the members", body = ImageMembers),
         (status = 400, description = "`invalid_member` (the owner itself), `too_many_members`", body = ErrorBody),
         (status = 403, description = "`not_image_owner`: the caller sees the image (public, or shared with its account) but does not own it", body = ErrorBody),
         (status = 404, description = "`not_found`: the image, or a malformed account ID", body = ErrorBody)))]
@@ -176,19 +185,19 @@ pub async fn share(
 ) -> ApiResult<(StatusCode, Json<ImageMembers>)> {
     let id = path_id("image", &id)?;
     let account = path_id("account", &account)?;
-    let (m, changed) = app::set_member(&ctx, &caller, &id, &account, true).await?;
-    Ok((if changed { StatusCode::CREATED } else { StatusCode::OK }, Json(m)))
+    let (m, done) = app::set_member(&ctx, &caller, &id, &account, true).await?;
+    Ok((if done == app::Shared::Offered { StatusCode::CREATED } else { StatusCode::OK }, Json(m)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/images/{id}/members/{account_id}", tag = "images",
     operation_id = "image_unshare",
     summary = "Stop sharing one of the account's images with an account, or decline one shared with it",
-    description = "Instances the member already runs keep running; it cannot start new ones. A member \
-        that names itself declines the image (shared with it by another account): the answer then \
-        lists no members.",
+    description = "Withdrawn by the owner: instances the member already runs keep running; it cannot start \
+        new ones. A member that names itself declines the image: it is no longer listed to it (`?member_status=\
+        rejected` lists it) and the owner cannot offer it again; the answer then lists only the member.",
     params(
-        ("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images (`img-…`)"),
-        ("account_id" = vdc_schema::id::AccountId, Path, description = "A member (`a-…`)")),
+        ("id" = vdc_schema::id::ImageId, Path, description = "One of the account's images, or one shared with it (`img-…`)"),
+        ("account_id" = vdc_schema::id::AccountId, Path, description = "A member (`a-…`), or the caller's own account to decline")),
     responses(
         (status = 200, description = "The members left", body = ImageMembers),
         (status = 400, description = "`invalid_member` (the owner itself)", body = ErrorBody),
