@@ -433,12 +433,70 @@ async fn the_console_signs_in_switches_accounts_and_signs_out() {
     s.stop().await;
 }
 
+/// The Floating IPs view: an address allocated, associated with an instance's interface,
+/// disassociated and released, each from the console (it had no view of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_allocates_associates_and_releases_a_floating_ip() {
+    let (s, alpha, _beta) = stack_with_member("mio").await;
+    let vm = s.running_instance(&alpha, "web").await;
+    let (_driver, b) = Browser::start().await;
+    sign_in(&b, &s.url(), "mio").await;
+    view_text(&b, "floating-ips").await;
+    b.js(
+        "[...document.querySelectorAll('#view button.primary')].find((x) => x.textContent === 'Allocate address').click()",
+        json!([]),
+    )
+    .await;
+    b.wait("the allocate form", "return !!document.querySelector('#fip-ip')").await;
+    b.js("document.querySelector('#fip-ip').form.querySelector('button[type=submit]').click()", json!([])).await;
+    let fip = vdc_tests::eventually(Duration::from_secs(20), || async {
+        alpha.list_all_floating_ips().await.unwrap().into_iter().next()
+    })
+    .await
+    .expect("allocated from the console");
+    let button = |action: &str| format!("document.querySelector('[data-fk=\"{action}:{}\"]')", fip.id);
+    b.wait("its row", &format!("const x = {}; return !!x && !x.disabled", button("associate"))).await;
+    b.js(&format!("{}.click()", button("associate")), json!([])).await;
+    b.wait("the associate form", "return !!document.querySelector('#fip-target')").await;
+    let offered = b.text_of("#fip-target").await;
+    assert!(offered.contains(vm.id.as_str()) && offered.contains(&vm.interfaces[0].ip.to_string()), "{offered}");
+    b.js("document.querySelector('#fip-target').form.querySelector('button[type=submit]').click()", json!([])).await;
+    let on = vdc_tests::eventually(Duration::from_secs(20), || async {
+        let f = alpha.get_floating_ip(&fip.id).await.unwrap();
+        f.instance_id.is_some().then_some(f)
+    })
+    .await
+    .expect("associated from the console");
+    assert_eq!((on.instance_id.as_ref(), on.interface_id.as_ref()), (Some(&vm.id), Some(&vm.interfaces[0].id)));
+    b.wait("the disassociate button", &format!("return !!{}", button("disassociate"))).await;
+    let row = b.text_of("#view table").await;
+    assert!(row.contains(&fip.ip.to_string()) && row.contains(&vm.interfaces[0].ip.to_string()), "{row}");
+    b.js(&format!("{}.click()", button("disassociate")), json!([])).await;
+    vdc_tests::eventually(Duration::from_secs(20), || async {
+        alpha.get_floating_ip(&fip.id).await.unwrap().instance_id.is_none().then_some(())
+    })
+    .await
+    .expect("disassociated from the console");
+    b.wait("release enabled", &format!("const x = {}; return !!x && !x.disabled", button("del"))).await;
+    b.js(&format!("{}.click()", button("del")), json!([])).await;
+    b.wait("the confirmation", "return !!document.querySelector('dialog[open] button.danger')").await;
+    b.js("document.querySelector('dialog[open] button.danger').click()", json!([])).await;
+    vdc_tests::eventually(Duration::from_secs(20), || async {
+        alpha.list_all_floating_ips().await.unwrap().is_empty().then_some(())
+    })
+    .await
+    .expect("released from the console");
+    b.quit().await;
+    s.stop().await;
+}
+
 /// The suites' stack with one host and `user` (with [`PASSWORD`]) a member of two
 /// accounts, alpha and beta, whose owners' clients it returns.
 async fn stack_with_member(user: &str) -> (Stack, vdc_cli::client::Client, vdc_cli::client::Client) {
     vdc_tests::init_logging();
     let mut o = StackOptions::new(Db::Sqlite);
     o.hosts = 1;
+    o.external = Some(vdc_tests::test_external("203.0.113.20"));
     let s = Stack::start(o).await;
     s.admin
         .create_user(&CreateUser { name: user.into(), admin: false, password: Some(PASSWORD.into()) })

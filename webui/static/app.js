@@ -850,6 +850,100 @@ function mountNetworks(root) {
   };
 }
 
+// ------------------------------------------------------------------ floating IPs
+
+// The interfaces of the account's live instances that have no floating IP (one each),
+// for an association: "name — 10.0.0.5".
+async function interfaceChoices() {
+  const live = (await listAll('/instances')).filter((i) => !['terminated', 'shuttingdown'].includes(i.state));
+  return live.flatMap((i) => i.interfaces.filter((v) => !v.floating_ip).map((v) => ({
+    value: `${i.id}|${v.id}`,
+    label: `${displayName(i)} — ${v.ip}`,
+  })));
+}
+
+async function associateDialog(fip) {
+  let choices;
+  try {
+    choices = await interfaceChoices();
+  } catch (e) {
+    notify('error', errorText(e));
+    return;
+  }
+  if (!choices.length) {
+    notify('error', t('no_interfaces_to_associate'));
+    return;
+  }
+  const target = select(choices, { required: true, id: 'fip-target' });
+  formDialog(t('fip_associate_title', { ip: fip.ip }), field(t('field_interface'), target, t('hint_fip_interface')),
+    t('action_associate'), async () => {
+      const [instance, iface] = target.value.split('|');
+      const f = await api('POST', `/floating-ips/${enc(fip.id)}/associate`, { instance_id: instance, interface_id: iface });
+      notify('ok', t('fip_associated', { ip: f.ip }));
+    });
+}
+
+async function fipRequest(path, doneText) {
+  try {
+    await api('POST', path);
+    notify('ok', doneText);
+  } catch (e) {
+    notify('error', errorText(e));
+  }
+  refreshView();
+}
+
+function mountFloatingIps(root) {
+  const frame = viewFrame(root, t('nav_floating_ips'), t('floating_ips_intro'));
+  createPanel(frame, t('fip_allocate'), async (close) => {
+    const ip = input({ placeholder: '192.168.213.3', id: 'fip-ip' });
+    const form = el('form', { class: 'form' },
+      el('div', { class: 'grid' }, field(t('field_address'), ip, t('hint_fip_address'))),
+      formActions(t('fip_allocate'), close));
+    return asyncForm(form, async () => {
+      const f = await api('POST', '/floating-ips', compact({ ip: val(ip) }));
+      notify('ok', t('fip_allocated', { ip: f.ip }));
+      close();
+      refreshView();
+    });
+  });
+  const list = el('div');
+  frame.body.append(list);
+  return {
+    frame,
+    async refresh(fresh) {
+      const [items, instances] = await Promise.all([listAll('/floating-ips'), listAll('/instances')]);
+      if (!fresh()) return false;
+      const byId = new Map(instances.map((i) => [i.id, i]));
+      const ipOf = (f) => {
+        const i = byId.get(f.instance_id);
+        const v = i && i.interfaces.find((x) => x.id === f.interface_id);
+        return v ? v.ip : null;
+      };
+      const columns = [
+        { label: t('col_id'), cell: (f) => code(f.id) },
+        { label: t('col_address'), cell: (f) => code(f.ip) },
+        { label: t('col_instance'), cell: (f) => (f.instance_id ? (byId.has(f.instance_id) ? displayName(byId.get(f.instance_id)) : code(f.instance_id)) : DASH) },
+        { label: t('col_interface_address'), cell: (f) => orDash(ipOf(f)) },
+        { label: t('col_created'), cell: (f) => fmtTime(f.created_at) },
+        {
+          label: t('col_actions'),
+          cell: (f) => actionsCell(
+            f.instance_id
+              ? actionButton(t('action_disassociate'), `disassociate:${f.id}`,
+                () => fipRequest(`/floating-ips/${enc(f.id)}/disassociate`, t('fip_disassociated', { ip: f.ip })))
+              : actionButton(t('action_associate'), `associate:${f.id}`, () => associateDialog(f)),
+            actionButton(t('fip_release'), `del:${f.id}`, () => deleteWith(
+              t('confirm_release_title'), t('confirm_release', { ip: f.ip }),
+              `/floating-ips/${enc(f.id)}`, t('fip_released', { ip: f.ip })), { danger: true, disabled: !!f.instance_id })),
+        },
+      ];
+      swap(list, items.length ? table(columns, items, t('nav_floating_ips')) : empty(t('floating_ips_empty')));
+      return false;
+    },
+  };
+}
+
 // ------------------------------------------------------------------ security groups
 
 function portsText(r) {
@@ -1954,6 +2048,7 @@ const VIEWS = [
   { id: 'keypairs', label: () => t('nav_keypairs'), mount: mountKeyPairs },
   { id: 'images', label: () => t('nav_images'), mount: mountImages },
   { id: 'volumes', label: () => t('nav_volumes'), mount: mountVolumes },
+  { id: 'floating-ips', label: () => t('nav_floating_ips'), mount: mountFloatingIps },
   { id: 'bundles', label: () => t('nav_bundles'), mount: mountBundles },
   { id: 'jobs', label: () => t('nav_jobs'), mount: mountJobs },
   { id: 'hosts', label: () => t('nav_hosts'), mount: mountHosts },
