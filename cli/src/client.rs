@@ -364,10 +364,11 @@ impl Client {
     }
 
     /// Sets (or with `None` removes) a user's console password: one's own, or (admin) anyone's.
-    pub async fn set_password(&self, id: &UserId, password: Option<&str>) -> Result<()> {
+    /// Sets (None: removes) user `id`'s password; users changing their own give `current`.
+    pub async fn set_password(&self, id: &UserId, password: Option<&str>, current: Option<&str>) -> Result<()> {
         let req = self
             .request(Method::PUT, &format!("/users/{id}/password"))
-            .json(&SetPassword { password: password.map(str::to_owned) });
+            .json(&SetPassword { password: password.map(str::to_owned), current_password: current.map(str::to_owned) });
         self.send_raw(req).await.map(|_| ())
     }
 

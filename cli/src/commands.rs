@@ -327,12 +327,13 @@ pub enum UserCmd {
         /// The user (default: you)
         #[arg(value_name = "NAME|ID")]
         id: Option<Ref<api::User>>,
-        /// Read the password from standard input (its first line); required, so that a
-        /// password never appears in a command line
-        #[arg(long, required = true)]
+        /// Read the passwords from standard input, one per line, so that none appears in a
+        /// command line: for your own password that you have, the current one, then the new
+        /// one; else the new one. With --remove: your current one
+        #[arg(long, required_unless_present = "remove")]
         password_stdin: bool,
         /// Remove the password instead (the user signs in with tokens only)
-        #[arg(long, conflicts_with = "password_stdin")]
+        #[arg(long)]
         remove: bool,
     },
     /// List users

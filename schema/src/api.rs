@@ -181,11 +181,19 @@ impl std::fmt::Debug for CreateUser {
 pub struct SetPassword {
     /// At least 10 characters, at most 1024 bytes; `null` removes the password (tokens only).
     pub password: Option<String>,
+    /// The user's password now: required when users change (or remove) their own
+    /// password and have one, so that a session or token someone else got hold of cannot
+    /// lock them out. An admin setting another user's password leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_password: Option<String>,
 }
 
 impl std::fmt::Debug for SetPassword {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SetPassword").field("password", &self.password.as_ref().map(|_| "…")).finish()
+        f.debug_struct("SetPassword")
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .field("current_password", &self.current_password.as_ref().map(|_| "…"))
+            .finish()
     }
 }
 

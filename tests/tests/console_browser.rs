@@ -490,6 +490,44 @@ async fn the_console_allocates_associates_and_releases_a_floating_ip() {
     s.stop().await;
 }
 
+/// The Account view changes the user's own password: the current one is asked (a wrong
+/// one is refused there and changes nothing), and the new one then signs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_changes_the_users_own_password() {
+    let (s, _alpha, _beta) = stack_with_member("sora").await;
+    let url = s.url();
+    let (_driver, b) = Browser::start().await;
+    sign_in(&b, &url, "sora").await;
+    view_text(&b, "account").await;
+    let fill = |current: &str| {
+        format!(
+            "document.querySelector('#password-current').value = {current:?}; \
+             document.querySelector('#password-new').value = 'sora-new-password'; \
+             document.querySelector('#password-again').value = 'sora-new-password'; \
+             document.querySelector('#password-change button[type=submit]').click();"
+        )
+    };
+    b.js(&fill("not-her-password"), json!([])).await;
+    let said = b.text_of("#password-change .form-error").await;
+    assert!(said.contains("wrong_password"), "{said}");
+    let with = |password: &str| {
+        let req = CreateSession { user: "sora".into(), password: password.into(), account: None };
+        let c = vdc_cli::client::Client::new(url.clone(), "");
+        async move { c.sign_in(&req).await.is_ok() }
+    };
+    assert!(with(PASSWORD).await, "unchanged after the wrong one");
+    b.js(&fill(PASSWORD), json!([])).await;
+    b.wait(
+        "the notice",
+        "return [...document.querySelectorAll('#notices p')].some((p) => p.textContent.startsWith('Password changed'))",
+    )
+    .await;
+    assert!(with("sora-new-password").await, "the new password signs in");
+    assert!(!with(PASSWORD).await, "the old one no longer does");
+    b.quit().await;
+    s.stop().await;
+}
+
 /// The suites' stack with one host and `user` (with [`PASSWORD`]) a member of two
 /// accounts, alpha and beta, whose owners' clients it returns.
 async fn stack_with_member(user: &str) -> (Stack, vdc_cli::client::Client, vdc_cli::client::Client) {

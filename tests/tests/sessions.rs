@@ -224,26 +224,59 @@ async fn sign_in_switch_and_sign_out(db: Db) {
     let elsewhere = session(&sign_in(&url, "carol", PASSWORD, None).await);
     let carol_c = Client::new(&url, &mine.token);
     assert_eq!(Client::new(&url, &elsewhere.token).whoami().await.unwrap().user.name, "carol");
-    carol_c.set_password(&carol.id, Some("a-new-long-password")).await.unwrap();
+    // She gives the password she has: a session or token someone else holds cannot
+    // lock her out.
+    let code = |r: Result<(), vdc_cli::client::ClientError>| r.unwrap_err().code().to_owned();
+    assert_eq!(
+        code(carol_c.set_password(&carol.id, Some("a-new-long-password"), None).await),
+        "current_password_required"
+    );
+    assert_eq!(code(carol_c.set_password(&carol.id, None, None).await), "current_password_required");
+    assert_eq!(
+        code(carol_c.set_password(&carol.id, Some("a-new-long-password"), Some("not-her-password")).await),
+        "wrong_password"
+    );
+    assert_eq!(Client::new(&url, &elsewhere.token).whoami().await.unwrap().user.name, "carol", "nothing changed");
+    // Of changes at once with the right password, one wins; the others are told.
+    let changes: Vec<_> = (0..6)
+        .map(|n| {
+            let (c, id) = (carol_c.clone(), carol.id.clone());
+            tokio::spawn(
+                async move { c.set_password(&id, Some(&format!("a-new-long-password{n}")), Some(PASSWORD)).await },
+            )
+        })
+        .collect();
+    let mut won = vec![];
+    for (n, h) in changes.into_iter().enumerate() {
+        match h.await.unwrap() {
+            Ok(()) => won.push(n),
+            Err(e) => assert!(["password_changed", "wrong_password"].contains(&e.code()), "{e}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "{won:?}");
+    carol_c
+        .set_password(&carol.id, Some("a-new-long-password"), Some(&format!("a-new-long-password{}", won[0])))
+        .await
+        .unwrap();
     let out = call(&url, reqwest::Method::GET, "/whoami", Some(&elsewhere.token), None).await;
     assert_eq!((out.status, out.code.as_str()), (401, "token_revoked"));
     assert_eq!(carol_c.whoami().await.unwrap().user.name, "carol");
     assert_eq!(sign_in(&url, "carol", PASSWORD, None).await.code, "bad_credentials");
     session(&sign_in(&url, "carol", "a-new-long-password", None).await);
     let dave = user_with_password(&s, "dave").await;
-    let not_hers = carol_c.set_password(&dave.id, Some("taken-over-password")).await.unwrap_err();
+    let not_hers = carol_c.set_password(&dave.id, Some("taken-over-password"), None).await.unwrap_err();
     assert_eq!(not_hers.code(), "forbidden", "{not_hers}");
     // Dave is a member of no account.
     let homeless = sign_in(&url, "dave", PASSWORD, None).await;
     assert_eq!((homeless.status, homeless.code.as_str()), (422, "no_account"), "{}", homeless.body);
     // An admin's change signs all of them out.
-    s.admin.set_password(&carol.id, Some(PASSWORD)).await.unwrap();
+    s.admin.set_password(&carol.id, Some(PASSWORD), None).await.unwrap();
     assert_eq!(carol_c.whoami().await.unwrap_err().code(), "token_revoked");
     let carol_c = Client::new(&url, &session(&sign_in(&url, "carol", PASSWORD, None).await).token);
-    let too_short = carol_c.set_password(&carol.id, Some("short")).await.unwrap_err();
+    let too_short = carol_c.set_password(&carol.id, Some("short"), None).await.unwrap_err();
     assert_eq!(too_short.code(), "password_too_short", "{too_short}");
     // Removed: the same answer as a wrong password.
-    s.admin.set_password(&carol.id, None).await.unwrap();
+    s.admin.set_password(&carol.id, None, None).await.unwrap();
     assert_eq!(sign_in(&url, "carol", PASSWORD, None).await.code, "bad_credentials");
 
     // The audit log: sign-ins (answered and refused, never the password), sign-outs,
@@ -427,6 +460,16 @@ async fn the_cli_sets_passwords() {
     // Her own, as a reader with her session.
     let out =
         run(first.token.clone(), vec!["user", "passwd", "--password-stdin"], "ivy-second-password\r\n").await.unwrap();
+    assert!(!out.status.success(), "without the current password");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("current password") && said.contains("first line"), "{said}");
+    let out = run(
+        first.token.clone(),
+        vec!["user", "passwd", "--password-stdin"],
+        "ivy-first-password\nivy-second-password\r\n",
+    )
+    .await
+    .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(sign_in(&url, "ivy", "ivy-first-password", None).await.code, "bad_credentials");
     session(&sign_in(&url, "ivy", "ivy-second-password", None).await);

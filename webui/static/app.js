@@ -1888,13 +1888,37 @@ function heldInstances(h) {
 
 // ------------------------------------------------------------------ account
 
+// The signed-in user's own password: the current one first (the API asks for it, so
+// that whoever got hold of a session cannot lock the user out), the new one twice.
+function passwordForm() {
+  const current = el('input', { type: 'password', id: 'password-current', autocomplete: 'current-password' });
+  const fresh = el('input', { type: 'password', id: 'password-new', autocomplete: 'new-password', required: true, minlength: '10' });
+  const again = el('input', { type: 'password', id: 'password-again', autocomplete: 'new-password', required: true });
+  const form = el('form', { class: 'form', id: 'password-change' },
+    el('div', { class: 'grid' },
+      field(t('field_current_password'), current, t('hint_current_password')),
+      field(t('field_new_password'), fresh, t('hint_new_password')),
+      field(t('field_new_password_again'), again)),
+    formActions(t('password_change')));
+  return asyncForm(form, async () => {
+    if (fresh.value !== again.value) throw new Error(t('passwords_differ'));
+    await api('PUT', `/users/${enc(app.who.user.id)}/password`,
+      compact({ password: fresh.value, current_password: current.value || undefined }));
+    form.reset();
+    notify('ok', t('password_changed'));
+  });
+}
+
 function mountAccount(root) {
   const frame = viewFrame(root, t('nav_account'), t('account_intro'));
   const about = el('div');
   const quotas = el('div');
   const quotaHead = uid('quotas');
+  const passwordHead = uid('password');
   frame.body.append(about,
-    el('section', { class: 'subsection', 'aria-labelledby': quotaHead }, el('h2', { id: quotaHead }, t('quotas')), quotas));
+    el('section', { class: 'subsection', 'aria-labelledby': quotaHead }, el('h2', { id: quotaHead }, t('quotas')), quotas),
+    el('section', { class: 'subsection', 'aria-labelledby': passwordHead },
+      el('h2', { id: passwordHead }, t('password_title')), passwordForm()));
   return {
     frame,
     async refresh(fresh) {

@@ -106,6 +106,15 @@ const I18N = {
     nav_jobs: "Jobs",
     nav_hosts: "Hosts",
     nav_floating_ips: "Floating IPs",
+    password_title: "Your password",
+    field_current_password: "Current password",
+    hint_current_password: "The password you sign in with now (leave empty if you have none yet).",
+    field_new_password: "New password",
+    hint_new_password: "At least 10 characters. Your other console sessions are signed out; API tokens keep working.",
+    field_new_password_again: "New password again",
+    password_change: "Change password",
+    passwords_differ: "The two new passwords differ.",
+    password_changed: "Password changed. Your other console sessions are signed out.",
 
     // Floating IPs
     floating_ips_intro: "Addresses of the site's external network, each mapped to one interface of an instance so that it is reached from outside (its security groups still decide what gets in).",
@@ -553,6 +562,15 @@ const I18N = {
     nav_jobs: "ジョブ",
     nav_hosts: "ホスト",
     nav_floating_ips: "Floating IP",
+    password_title: "パスワード",
+    field_current_password: "現在のパスワード",
+    hint_current_password: "今サインインに使っているパスワード (まだ無ければ空欄)。",
+    field_new_password: "新しいパスワード",
+    hint_new_password: "10 文字以上。ほかのコンソールのセッションはサインアウトされます。API トークンはそのまま使えます。",
+    field_new_password_again: "新しいパスワード (確認)",
+    password_change: "パスワードを変更",
+    passwords_differ: "2 つの新しいパスワードが一致しません。",
+    password_changed: "パスワードを変更しました。ほかのコンソールのセッションはサインアウトされました。",
 
     // Floating IPs
     floating_ips_intro: "サイトの外部ネットワークのアドレスです。インスタンスのインターフェースに 1 つずつ割り当て、外部から到達できるようにします (受け入れる通信は引き続きセキュリティグループが決めます)。",

@@ -436,12 +436,29 @@ async fn user(ctx: &Ctx, cmd: UserCmd) -> Result<(), CliError> {
             ctx.show(&c.create_user(&CreateUser { name, admin, password }).await?)
         }
         UserCmd::Passwd { id, password_stdin, remove } => {
+            let me = c.whoami().await?.user.id;
             let id = match &id {
                 Some(r) => resolve(c, r).await?,
-                None => c.whoami().await?.user.id,
+                None => me.clone(),
             };
-            let password = if password_stdin && !remove { Some(read_password()?) } else { None };
-            c.set_password(&id, password.as_deref()).await?;
+            // Lines of standard input: [current,] new; or, removing, [current].
+            let mut lines = if password_stdin { read_passwords()? } else { vec![] };
+            let password = if remove { None } else { lines.pop() };
+            let current = if id == me { lines.pop() } else { None };
+            if !remove && password.is_none() {
+                return Err(CliError::usage("--password-stdin read nothing: send the password on standard input"));
+            }
+            match c.set_password(&id, password.as_deref(), current.as_deref()).await {
+                Err(e) if e.code() == "current_password_required" => {
+                    return Err(CliError::Failed(format!(
+                        "your current password is needed: send it on the first line of standard input{} \
+                         (vdc user passwd --password-stdin{}) (current_password_required)",
+                        if remove { "" } else { " and the new one on the second" },
+                        if remove { " --remove" } else { "" },
+                    )))
+                }
+                done => done?,
+            }
             match ctx.format {
                 OutputFormat::Table => emit(&format!("password {} for {id}\n", if remove { "removed" } else { "set" })),
                 f => emit(&encode(f, &serde_json::json!({ "user_id": id, "password": !remove }))?),
@@ -526,6 +543,23 @@ async fn logout(ctx: &Ctx, all: bool) -> Result<(), CliError> {
 }
 
 /// The first line of standard input, without its line ending.
+/// Up to two lines of standard input (`--password-stdin` of `vdc user passwd`), none empty.
+fn read_passwords() -> Result<Vec<String>, CliError> {
+    let mut lines = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        let n = std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| CliError::usage(format!("cannot read the password: {e}")))?;
+        let p = line.trim_end_matches(['\n', '\r']).to_owned();
+        if n == 0 || p.is_empty() {
+            break;
+        }
+        lines.push(p);
+    }
+    Ok(lines)
+}
+
 fn read_password() -> Result<String, CliError> {
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).map_err(|e| CliError::usage(format!("cannot read the password: {e}")))?;

@@ -113,11 +113,14 @@ pub async fn set_password(ctx: &SharedCtx, caller: &Caller, id: &UserId, req: Se
             ));
         }
     }
+    // Users changing their own password give the one they have: whoever got hold of one
+    // of their sessions or tokens must not lock them out (the others are revoked below).
+    if let Some(p) = &req.password {
+        check_password(p.as_str())?;
+    }
+    let was = if *id == caller.user_id { current_password(ctx, id, req.current_password).await? } else { None };
     let phc = match req.password {
-        Some(p) => {
-            check_password(p.as_str())?;
-            Some(hash_password(p).await?)
-        }
+        Some(p) => Some(hash_password(p).await?),
         None => None,
     };
     // A new password ends the user's other sessions (someone who knew the old one may
@@ -126,8 +129,21 @@ pub async fn set_password(ctx: &SharedCtx, caller: &Caller, id: &UserId, req: Se
     let keep = (caller.user_id == *id).then_some(caller.token_id.as_ref()).flatten();
     db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
-        if !store::set_password(tx.conn().await?, id.as_str(), phc.as_deref()).await? {
-            return Err(ApiError::not_found("user", id));
+        match &was {
+            // Of concurrent changes that gave the same current password, one wins.
+            Some(was) => {
+                if !store::replace_password(tx.conn().await?, id.as_str(), was, phc.as_deref()).await? {
+                    return Err(ApiError::conflict(
+                        "password_changed",
+                        "the password was changed meanwhile: give the new current password",
+                    ));
+                }
+            }
+            None => {
+                if !store::set_password(tx.conn().await?, id.as_str(), phc.as_deref()).await? {
+                    return Err(ApiError::not_found("user", id));
+                }
+            }
         }
         store::revoke_sessions(&mut tx, id.as_str(), keep.map(|t| t.as_str()), &db::now()).await?;
         tx.commit().await?;
@@ -137,6 +153,31 @@ pub async fn set_password(ctx: &SharedCtx, caller: &Caller, id: &UserId, req: Se
     let mut cache = ctx.tokens.write().unwrap();
     cache.retain(|_, c| !(c.user_id == *id && c.expires_at.is_some() && c.token_id.as_ref() != keep));
     Ok(())
+}
+
+/// The PHC string of user `id`'s password once `given` is checked against it (None: the
+/// user has none, so there is nothing to check). Checks are limited per user as sign-ins
+/// are, in a bucket of their own (so that changing a password does not use up sign-ins).
+async fn current_password(ctx: &SharedCtx, id: &UserId, given: Option<String>) -> ApiResult<Option<String>> {
+    let Some((name, Some(phc))) = store::password_of(&ctx.db, id.as_str()).await? else {
+        return Ok(None);
+    };
+    let Some(given) = given else {
+        return Err(ApiError::bad(
+            "current_password_required",
+            "give your current password (current_password) to change or remove it",
+        ));
+    };
+    // No user name holds a NUL: this bucket is no sign-in's.
+    ctx.signin_limits.check(&Key::User(format!("{name}\0password")))?;
+    let stored = phc.clone();
+    let matches = tokio::task::spawn_blocking(move || given.len() <= MAX_PASSWORD_BYTES && verify(&given, &stored))
+        .await
+        .map_err(ApiError::internal)?;
+    if !matches {
+        return Err(ApiError::Denied { code: "wrong_password", message: "the current password is wrong".into() });
+    }
+    Ok(Some(phc))
 }
 
 /// Who a sign-in turned out to be, for its audit entry (set as soon as it is known).

@@ -444,6 +444,28 @@ pub async fn credentials(pool: &db::Pool, name: &str) -> Result<Option<(UserRow,
     Ok(r.map(|r| (r.u, r.password_hash)))
 }
 
+/// User `id`'s name and its password's PHC string (None: no password set).
+pub async fn password_of(pool: &db::Pool, id: &str) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    sqlx::query_as("SELECT name, password_hash FROM users WHERE id = $1").bind(id).fetch_optional(pool).await
+}
+
+/// Sets (or clears) a user's password if it is still `was`: false when it changed since.
+pub async fn replace_password<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    db: E,
+    id: &str,
+    was: &str,
+    phc: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1 AND password_hash = $3")
+        .bind(id)
+        .bind(phc)
+        .bind(was)
+        .execute(db)
+        .await?
+        .rows_affected()
+        == 1)
+}
+
 /// Sets (or, with None, clears) a user's password; false when the user is unknown.
 pub async fn set_password<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
     db: E,

@@ -133,11 +133,15 @@ pub async fn remove_member(
         (status = 204, description = "Set (stored as an Argon2id hash). The user's console sessions are \
             revoked, but for the one this call was made with; API tokens keep working"),
         (status = 400, description = "`password_too_short` (under 10 characters), `password_too_long` (over 1024 \
-            bytes), `invalid_password` (only white space, or a control character), or a malformed body \
-            (`invalid_body`)", body = ErrorBody),
+            bytes), `invalid_password` (only white space, or a control character), `current_password_required` \
+            (users changing their own password give the one they have), or a malformed body (`invalid_body`)",
+            body = ErrorBody),
         (status = 403, description = "`forbidden`: another user's password (only an admin sets it), or a token \
-            capped to a role", body = ErrorBody),
-        (status = 404, description = "`not_found`: no such user (an admin's call)", body = ErrorBody)))]
+            capped to a role; `wrong_password`: `current_password` is not the user's password", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such user (an admin's call)", body = ErrorBody),
+        (status = 409, description = "`password_changed`: another change came first", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many changes of this user's own password (limited \
+            as its sign-ins are, apart from them)", body = ErrorBody)))]
 pub async fn set_password(
     State(ctx): State<SharedCtx>,
     caller: Caller,
