@@ -271,7 +271,12 @@ impl Tabular for Token {
             self.name.clone(),
             self.user_id.to_string(),
             self.role.map(|r| r.to_string()).unwrap_or_else(|| "(the user's)".into()),
-            self.expires_at.as_ref().map(time).unwrap_or_else(|| "never".into()),
+            match &self.expires_at {
+                None => "never".into(),
+                // Listed until removed, but refused: say so where it is read.
+                Some(e) if *e <= chrono::Utc::now() => format!("{} (expired)", time(e)),
+                Some(e) => time(e),
+            },
             time(&self.created_at),
         ]
     }
@@ -850,6 +855,26 @@ mod tests {
         v.name = evil;
         let listed = list_table(&[v]);
         assert!(!listed.contains('\u{1b}') && listed.contains("\\u{1b}"), "{listed:?}");
+    }
+
+    /// An expired token is still listed (until removed) but refused: the list said
+    /// nothing of it.
+    #[test]
+    fn expired_tokens_are_marked() {
+        let token = |expires_at| Token {
+            id: "tok-1".parse().unwrap(),
+            name: "ci".into(),
+            account_id: "a-1".parse().unwrap(),
+            user_id: "u-1".parse().unwrap(),
+            role: None,
+            expires_at,
+            created_at: Utc::now(),
+        };
+        let past = token(Some(Utc::now() - chrono::Duration::hours(1))).row();
+        assert!(past[4].ends_with(" (expired)"), "{past:?}");
+        let future = token(Some(Utc::now() + chrono::Duration::hours(1))).row();
+        assert!(!future[4].contains("expired"), "{future:?}");
+        assert_eq!(token(None).row()[4], "never");
     }
 
     fn job() -> Job {

@@ -490,15 +490,45 @@ async fn the_console_allocates_associates_and_releases_a_floating_ip() {
     s.stop().await;
 }
 
-/// The Account view changes the user's own password: the current one is asked (a wrong
-/// one is refused there and changes nothing), and the new one then signs in.
+/// The Account view makes an API token (its secret shown once, and it works), revokes it,
+/// and changes the user's own password: the current one is asked (a wrong one is refused
+/// there and changes nothing), and the new one then signs in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_console_changes_the_users_own_password() {
+async fn the_console_manages_tokens_and_the_users_own_password() {
     let (s, _alpha, _beta) = stack_with_member("sora").await;
     let url = s.url();
     let (_driver, b) = Browser::start().await;
     sign_in(&b, &url, "sora").await;
     view_text(&b, "account").await;
+    // The session it signed in with is listed, marked.
+    b.wait("the tokens", "return document.querySelector('#view').innerText.includes('This session') ? 'yes' : ''")
+        .await;
+
+    b.js(
+        "document.querySelector('#token-name').value = 'laptop'; \
+         document.querySelector('#token-expires').value = '30'; \
+         document.querySelector('#token-role').value = 'reader'; \
+         document.querySelector('#token-create button[type=submit]').click();",
+        json!([]),
+    )
+    .await;
+    let secret =
+        b.wait("the secret", "const x = document.querySelector('#token-secret'); return x ? x.value : ''").await;
+    let token = vdc_cli::client::Client::new(url.clone(), secret.as_str().unwrap());
+    let who = token.whoami().await.unwrap();
+    assert_eq!((who.user.name.as_str(), who.role, who.token.name.as_str()), ("sora", Role::Reader, "laptop"));
+    assert!(who.token.expires_at.is_some());
+    b.js("document.querySelector('dialog[open] button[type=submit]').click()", json!([])).await;
+    b.wait("the token's row", &format!("return !!document.querySelector('[data-fk=\"revoke:{}\"]')", who.token.id))
+        .await;
+    b.js(&format!("document.querySelector('[data-fk=\"revoke:{}\"]').click()", who.token.id), json!([])).await;
+    b.wait("the confirmation", "return !!document.querySelector('dialog[open] button.danger')").await;
+    b.js("document.querySelector('dialog[open] button.danger').click()", json!([])).await;
+    vdc_tests::eventually(Duration::from_secs(20), || async {
+        (token.whoami().await.err()?.code() == "token_revoked").then_some(())
+    })
+    .await
+    .expect("revoked from the console");
     let fill = |current: &str| {
         format!(
             "document.querySelector('#password-current').value = {current:?}; \

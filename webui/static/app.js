@@ -1909,22 +1909,105 @@ function passwordForm() {
   });
 }
 
+// A new token's secret, shown once: it is not kept anywhere the console can read again.
+function showTokenSecret(token, secret) {
+  const text = el('input', { type: 'text', class: 'mono', readonly: true, id: 'token-secret', 'aria-label': t('token_secret') });
+  text.value = secret;
+  const copy = el('button', { type: 'button', class: 'primary', onclick: async () => {
+    try {
+      await navigator.clipboard.writeText(secret);
+      notify('ok', t('copied'));
+    } catch (_) {
+      text.select(); // no clipboard access (e.g. plain http): let the user copy it
+    }
+  } }, t('copy'));
+  const { dlg } = dialog(t('token_secret_title', { name: token.name }), [
+    el('p', { class: 'warning', role: 'note' }, t('token_secret_warning')),
+    el('p', { class: 'hint' }, t('token_secret_usage')),
+    text,
+    el('div', { class: 'actions' }, copy),
+  ], [el('button', { type: 'submit', value: 'done', class: 'ghost' }, t('token_secret_saved'))], { wide: true });
+  dlg.addEventListener('cancel', (e) => e.preventDefault());
+  dlg.addEventListener('close', () => { text.value = ''; });
+}
+
+const EXPIRIES = [
+  { value: '', days: null },
+  { value: '1', days: 1 },
+  { value: '30', days: 30 },
+  { value: '365', days: 365 },
+];
+
+function tokenForm(done) {
+  const name = input({ required: true, maxlength: '64', id: 'token-name' });
+  const expires = select(EXPIRIES.map((e) => ({ value: e.value, label: e.days == null ? t('token_never') : t('token_days', { days: e.days }) })), { id: 'token-expires' });
+  const role = select([{ value: '', label: t('token_role_user') }, { value: 'reader', label: t('role_reader') },
+    { value: 'member', label: t('role_member') }, { value: 'owner', label: t('role_owner') }], { id: 'token-role' });
+  const form = el('form', { class: 'form', id: 'token-create' },
+    el('div', { class: 'grid' },
+      field(t('field_name'), name, t('hint_token_name')),
+      field(t('field_token_expires'), expires),
+      field(t('field_token_role'), role, t('hint_token_role'))),
+    formActions(t('token_create')));
+  return asyncForm(form, async () => {
+    const days = EXPIRIES.find((e) => e.value === expires.value).days;
+    const expiresAt = days == null ? undefined : new Date(Date.now() + days * 86400000).toISOString();
+    const made = await api('POST', '/tokens', compact({ name: val(name), expires_at: expiresAt, role: role.value || undefined }));
+    form.reset();
+    showTokenSecret(made.token, made.secret);
+    done();
+  });
+}
+
 function mountAccount(root) {
   const frame = viewFrame(root, t('nav_account'), t('account_intro'));
   const about = el('div');
   const quotas = el('div');
   const quotaHead = uid('quotas');
   const passwordHead = uid('password');
+  const tokens = el('div');
+  const tokenHead = uid('tokens');
   frame.body.append(about,
     el('section', { class: 'subsection', 'aria-labelledby': quotaHead }, el('h2', { id: quotaHead }, t('quotas')), quotas),
+    el('section', { class: 'subsection', 'aria-labelledby': tokenHead },
+      el('h2', { id: tokenHead }, t('tokens_title')), el('p', { class: 'hint' }, t('tokens_intro')), tokens,
+      tokenForm(() => refreshView())),
     el('section', { class: 'subsection', 'aria-labelledby': passwordHead },
       el('h2', { id: passwordHead }, t('password_title')), passwordForm()));
   return {
     frame,
     async refresh(fresh) {
-      const [who, q] = await Promise.all([api('GET', '/whoami'), api('GET', '/quotas')]);
+      const [who, q, toks] = await Promise.all([api('GET', '/whoami'), api('GET', '/quotas'), listAll('/tokens')]);
       if (!fresh()) return false;
       setWho(who);
+      const now = Date.now();
+      const tokenColumns = [
+        { label: t('col_name'), cell: (k) => [k.name, k.id === who.token.id ? el('span', { class: 'badge badge-ok' }, t('token_this')) : null] },
+        { label: t('col_id'), cell: (k) => code(k.id) },
+        ...(who.role === 'owner' ? [{ label: t('col_user'), cell: (k) => code(k.user_id) }] : []),
+        { label: t('col_role'), cell: (k) => (k.role ? roleName(k.role) : t('token_role_user')) },
+        {
+          label: t('col_expires'),
+          cell: (k) => (k.expires_at == null ? t('token_never')
+            : [fmtTime(k.expires_at), Date.parse(k.expires_at) <= now ? el('span', { class: 'badge badge-bad' }, t('token_expired')) : null]),
+        },
+        { label: t('col_created'), cell: (k) => fmtTime(k.created_at) },
+        {
+          label: t('col_actions'),
+          cell: (k) => actionsCell(actionButton(t('token_revoke'), `revoke:${k.id}`, async () => {
+            const message = k.id === who.token.id ? t('token_revoke_this', { name: k.name }) : t('token_revoke_confirm', { name: k.name });
+            if (!(await confirmDialog(t('token_revoke_title'), message, t('token_revoke')))) return;
+            try {
+              await api('DELETE', `/tokens/${enc(k.id)}`);
+              notify('ok', t('token_revoked', { name: k.name }));
+            } catch (e) {
+              notify('error', errorText(e));
+            }
+            refreshView();
+          }, { danger: true })),
+        },
+      ];
+      swap(tokens, toks.length ? table(tokenColumns, toks, t('tokens_title')) : empty(t('tokens_empty')));
       swap(about, el('dl', { class: 'facts' },
         el('dt', {}, t('col_user')), el('dd', {}, who.user.name),
         el('dt', {}, t('col_account')), el('dd', {}, who.account.name, ' ', code(who.account.id)),
