@@ -494,15 +494,46 @@ async fn the_console_allocates_associates_and_releases_a_floating_ip() {
 /// and changes the user's own password: the current one is asked (a wrong one is refused
 /// there and changes nothing), and the new one then signs in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_console_manages_tokens_and_the_users_own_password() {
-    let (s, _alpha, _beta) = stack_with_member("sora").await;
+async fn the_console_manages_tokens_members_and_the_users_own_password() {
+    let (s, alpha, _beta) = stack_with_member("sora").await;
     let url = s.url();
+    // Sora owns alpha, where the console adds kai and takes kai out again.
+    let alpha_id = alpha.whoami().await.unwrap().account.id;
+    alpha.add_member(&alpha_id, &AddMember { user: "sora".into(), role: Role::Owner }).await.unwrap();
+    s.admin.create_user(&CreateUser { name: "kai".into(), admin: false, password: None }).await.unwrap();
     let (_driver, b) = Browser::start().await;
     sign_in(&b, &url, "sora").await;
     view_text(&b, "account").await;
     // The session it signed in with is listed, marked.
     b.wait("the tokens", "return document.querySelector('#view').innerText.includes('This session') ? 'yes' : ''")
         .await;
+
+    let kai = |c: &vdc_cli::client::Client| {
+        let (c, id) = (c.clone(), alpha_id.clone());
+        async move { c.list_members(&id).await.unwrap().into_iter().find(|m| m.user_name == "kai").map(|m| m.role) }
+    };
+    b.wait("the member form", "return !!document.querySelector('#member-user')").await;
+    b.js(
+        "document.querySelector('#member-user').value = 'kai'; document.querySelector('#member-role').value = 'reader'; \
+         document.querySelector('#member-add button[type=submit]').click();",
+        json!([]),
+    )
+    .await;
+    vdc_tests::eventually(Duration::from_secs(20), || async {
+        (kai(&alpha).await == Some(Role::Reader)).then_some(())
+    })
+    .await
+    .expect("kai added from the console");
+    let users = s.admin.list_users(&ListQuery::default()).await.unwrap().items;
+    let kai_id = users.into_iter().find(|u| u.name == "kai").unwrap().id;
+    let remove = format!("document.querySelector('[data-fk=\"unmember:{kai_id}\"]')");
+    b.wait("kai's row", &format!("return !!{remove}")).await;
+    b.js(&format!("{remove}.click()"), json!([])).await;
+    b.wait("the confirmation", "return !!document.querySelector('dialog[open] button.danger')").await;
+    b.js("document.querySelector('dialog[open] button.danger').click()", json!([])).await;
+    vdc_tests::eventually(Duration::from_secs(20), || async { kai(&alpha).await.is_none().then_some(()) })
+        .await
+        .expect("kai removed from the console");
 
     b.js(
         "document.querySelector('#token-name').value = 'laptop'; \

@@ -1959,6 +1959,22 @@ function tokenForm(done) {
   });
 }
 
+// An owner gives a user a role in the account (or changes the role it has).
+function memberForm(done) {
+  const user = input({ required: true, maxlength: '64', id: 'member-user' });
+  const role = select([{ value: 'member', label: t('role_member') }, { value: 'reader', label: t('role_reader') },
+    { value: 'owner', label: t('role_owner') }], { id: 'member-role' });
+  const form = el('form', { class: 'form', id: 'member-add' },
+    el('div', { class: 'grid' }, field(t('field_user_name'), user, t('hint_member_user')), field(t('field_role'), role)),
+    formActions(t('member_add')));
+  return asyncForm(form, async () => {
+    const m = await api('POST', `/accounts/${enc(app.who.account.id)}/members`, { user: val(user), role: role.value });
+    form.reset();
+    notify('ok', t('member_added', { name: m.user_name, role: roleName(m.role) }));
+    done();
+  });
+}
+
 function mountAccount(root) {
   const frame = viewFrame(root, t('nav_account'), t('account_intro'));
   const about = el('div');
@@ -1967,8 +1983,13 @@ function mountAccount(root) {
   const passwordHead = uid('password');
   const tokens = el('div');
   const tokenHead = uid('tokens');
+  const members = el('div');
+  const memberAdd = el('div');
+  const memberHead = uid('members');
   frame.body.append(about,
     el('section', { class: 'subsection', 'aria-labelledby': quotaHead }, el('h2', { id: quotaHead }, t('quotas')), quotas),
+    el('section', { class: 'subsection', 'aria-labelledby': memberHead },
+      el('h2', { id: memberHead }, t('members_title')), members, memberAdd),
     el('section', { class: 'subsection', 'aria-labelledby': tokenHead },
       el('h2', { id: tokenHead }, t('tokens_title')), el('p', { class: 'hint' }, t('tokens_intro')), tokens,
       tokenForm(() => refreshView())),
@@ -2008,6 +2029,36 @@ function mountAccount(root) {
         },
       ];
       swap(tokens, toks.length ? table(tokenColumns, toks, t('tokens_title')) : empty(t('tokens_empty')));
+      // The account's members: every member sees them; an owner adds, changes and removes.
+      const owner = who.role === 'owner';
+      let people = [];
+      try {
+        people = await listAll(`/accounts/${enc(who.account.id)}/members`);
+      } catch (e) {
+        swap(members, empty(errorText(e)));
+      }
+      if (!fresh()) return false;
+      const memberColumns = [
+        { label: t('col_user'), cell: (m) => [m.user_name, ' ', code(m.user_id)] },
+        { label: t('col_role'), cell: (m) => roleName(m.role) },
+        { label: t('col_created'), cell: (m) => fmtTime(m.created_at) },
+        ...(owner ? [{
+          label: t('col_actions'),
+          cell: (m) => actionsCell(actionButton(t('member_remove'), `unmember:${m.user_id}`, async () => {
+            if (!(await confirmDialog(t('member_remove_title'), t('member_remove_confirm', { name: m.user_name }), t('member_remove')))) return;
+            try {
+              await api('DELETE', `/accounts/${enc(who.account.id)}/members/${enc(m.user_id)}`);
+              notify('ok', t('member_removed', { name: m.user_name }));
+            } catch (e) {
+              notify('error', errorText(e));
+            }
+            refreshView();
+          }, { danger: true })),
+        }] : []),
+      ];
+      if (people.length) swap(members, table(memberColumns, people, t('members_title')));
+      if (owner && !memberAdd.firstChild) memberAdd.append(memberForm(() => refreshView()));
+      if (!owner) memberAdd.replaceChildren();
       swap(about, el('dl', { class: 'facts' },
         el('dt', {}, t('col_user')), el('dd', {}, who.user.name),
         el('dt', {}, t('col_account')), el('dd', {}, who.account.name, ' ', code(who.account.id)),
