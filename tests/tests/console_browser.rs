@@ -490,6 +490,67 @@ async fn the_console_allocates_associates_and_releases_a_floating_ip() {
     s.stop().await;
 }
 
+/// The Server groups view makes a group, and the launch form puts an instance in it; a
+/// group with members cannot be deleted there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_makes_a_server_group_and_launches_into_it() {
+    let (s, alpha, _beta) = stack_with_member("ren").await;
+    let (_driver, b) = Browser::start().await;
+    sign_in(&b, &s.url(), "ren").await;
+    view_text(&b, "server-groups").await;
+    b.js(
+        "[...document.querySelectorAll('#view button.primary')].find((x) => x.textContent === 'Create server group').click()",
+        json!([]),
+    )
+    .await;
+    b.wait("the form", "return !!document.querySelector('#server-group-name')").await;
+    b.js(
+        "document.querySelector('#server-group-name').value = 'web'; \
+         document.querySelector('#server-group-policy').value = 'soft-anti-affinity'; \
+         document.querySelector('#server-group-name').form.querySelector('button[type=submit]').click();",
+        json!([]),
+    )
+    .await;
+    let group = vdc_tests::eventually(Duration::from_secs(20), || async {
+        alpha.get::<Page<ServerGroup>>("/server_groups").await.unwrap().items.into_iter().find(|g| g.name == "web")
+    })
+    .await
+    .expect("made from the console");
+    assert_eq!(group.policy, vdc_schema::ServerGroupPolicy::SoftAntiAffinity);
+
+    view_text(&b, "instances").await;
+    b.js(
+        "[...document.querySelectorAll('#view button.primary')].find((x) => x.textContent === 'Launch instance').click()",
+        json!([]),
+    )
+    .await;
+    b.wait("the launch form", "return !!document.querySelector('#launch-server-group')").await;
+    b.js(
+        "const g = document.querySelector('#launch-server-group'); g.value = arguments[0]; \
+         const f = g.form; f.querySelector('input[name=name]').value = 'in-group'; \
+         f.querySelector('button[type=submit]').click();",
+        json!([group.id.as_str()]),
+    )
+    .await;
+    let vm = vdc_tests::eventually(Duration::from_secs(20), || async {
+        alpha.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "in-group")
+    })
+    .await
+    .expect("launched from the console");
+    assert_eq!(vm.server_group_id.as_ref(), Some(&group.id));
+    view_text(&b, "server-groups").await;
+    let del = format!("document.querySelector('[data-fk=\"del:{}\"]')", group.id);
+    b.wait(
+        "the member listed, delete disabled",
+        &format!(
+            "return document.querySelector('#view').innerText.includes('in-group') && {del}.disabled ? 'yes' : ''"
+        ),
+    )
+    .await;
+    b.quit().await;
+    s.stop().await;
+}
+
 /// The Account view makes an API token (its secret shown once, and it works), revokes it,
 /// and changes the user's own password: the current one is asked (a wrong one is refused
 /// there and changes nothing), and the new one then signs in.

@@ -686,8 +686,8 @@ function mountInstances(root) {
 }
 
 async function instanceForm(close) {
-  const [images, networks, groups, keypairs] = await Promise.all([
-    listAll('/images'), listAll('/networks'), listAll('/security_groups'), listAll('/keypairs'),
+  const [images, networks, groups, keypairs, serverGroups] = await Promise.all([
+    listAll('/images'), listAll('/networks'), listAll('/security_groups'), listAll('/keypairs'), listAll('/server_groups'),
   ]);
   // The API's own limits (names of 64 characters, 1–128 vCPUs, 32 MiB–4 TiB), and only
   // images that can boot.
@@ -699,6 +699,8 @@ async function instanceForm(close) {
   const memory = input({ type: 'number', min: '32', max: '4194304', step: '1', value: '256', required: true });
   const rootDisk = input({ type: 'number', min: '1', step: '1', id: 'root-disk' });
   const keypair = select([{ value: '', label: t('none') }, ...keypairs.map((k) => ({ value: k.id, label: displayName(k) }))]);
+  const serverGroup = select([{ value: '', label: t('none') },
+    ...serverGroups.map((g) => ({ value: g.id, label: `${displayName(g)} — ${policyLabel(g.policy)}` }))], { id: 'launch-server-group' });
   const userData = el('textarea', { rows: '6', class: 'mono', spellcheck: 'false', placeholder: '#cloud-config' });
 
   // One row per interface: a network and the security groups of that interface.
@@ -742,7 +744,8 @@ async function instanceForm(close) {
       field(t('field_cpus'), cpus),
       field(t('field_memory_mib'), memory),
       field(t('field_root_disk_mib'), rootDisk, t('hint_root_disk')),
-      field(t('field_keypair'), keypair)),
+      field(t('field_keypair'), keypair),
+      field(t('col_server_group'), serverGroup, t('hint_launch_server_group'))),
     el('fieldset', { class: 'group' }, el('legend', {}, t('field_interfaces')),
       networks.length ? null : el('p', { class: 'hint' }, t('no_networks_hint')),
       ifList, addIf),
@@ -760,6 +763,7 @@ async function instanceForm(close) {
       interfaces: rows.map((r) => ({ network_id: r.net.value, security_groups: r.checks.filter((c) => c.box.checked).map((c) => c.id) })),
       ssh_key_id: keypair.value || undefined,
       user_data: userData.value === '' ? undefined : userData.value,
+      server_group: serverGroup.value || undefined,
     });
     const r = await api('POST', '/instances', body);
     notify('ok', t('instance_created', { name: displayName(r.resource), job: r.job.id }));
@@ -845,6 +849,63 @@ function mountNetworks(root) {
         },
       ];
       swap(list, items.length ? table(columns, items, t('nav_networks')) : empty(t('networks_empty')));
+      return false;
+    },
+  };
+}
+
+// ------------------------------------------------------------------ server groups
+
+function policyLabel(policy) {
+  if (policy === 'affinity') return t('policy_affinity');
+  if (policy === 'anti-affinity') return t('policy_anti_affinity');
+  if (policy === 'soft-affinity') return t('policy_soft_affinity');
+  return t('policy_soft_anti_affinity');
+}
+
+const POLICIES = ['anti-affinity', 'affinity', 'soft-anti-affinity', 'soft-affinity'];
+
+function mountServerGroups(root) {
+  const frame = viewFrame(root, t('nav_server_groups'), t('server_groups_intro'));
+  createPanel(frame, t('server_group_create'), async (close) => {
+    const name = input({ required: true, maxlength: '64', id: 'server-group-name' });
+    const policy = select(POLICIES.map((p) => ({ value: p, label: policyLabel(p) })), { id: 'server-group-policy' });
+    const form = el('form', { class: 'form' },
+      el('div', { class: 'grid' }, field(t('field_name'), name), field(t('field_policy'), policy, t('hint_policy'))),
+      formActions(t('create'), close));
+    return asyncForm(form, async () => {
+      const g = await api('POST', '/server_groups', { name: val(name), policy: policy.value });
+      notify('ok', t('created', { name: displayName(g) }));
+      close();
+      refreshView();
+    });
+  });
+  const list = el('div');
+  frame.body.append(list);
+  return {
+    frame,
+    async refresh(fresh) {
+      const [items, instances] = await Promise.all([listAll('/server_groups'), listAll('/instances')]);
+      if (!fresh()) return false;
+      const byId = new Map(instances.map((i) => [i.id, i]));
+      const columns = [
+        { label: t('col_id'), cell: (g) => code(g.id) },
+        { label: t('col_name'), cell: (g) => g.name },
+        { label: t('col_policy'), cell: (g) => policyLabel(g.policy) },
+        {
+          label: t('col_members'),
+          cell: (g) => (g.members.length ? el('ul', { class: 'plain' }, g.members.map((m) => el('li', {},
+            byId.has(m) ? displayName(byId.get(m)) : code(m)))) : DASH),
+        },
+        { label: t('col_created'), cell: (g) => fmtTime(g.created_at) },
+        {
+          label: t('col_actions'),
+          cell: (g) => actionsCell(actionButton(t('delete'), `del:${g.id}`, () => deleteWith(
+            t('confirm_delete_title'), t('confirm_delete', { name: displayName(g) }),
+            `/server_groups/${enc(g.id)}`, t('deleted', { name: displayName(g) })), { danger: true, disabled: g.members.length > 0 })),
+        },
+      ];
+      swap(list, items.length ? table(columns, items, t('nav_server_groups')) : empty(t('server_groups_empty')));
       return false;
     },
   };
@@ -1998,7 +2059,10 @@ function mountAccount(root) {
   return {
     frame,
     async refresh(fresh) {
-      const [who, q, toks] = await Promise.all([api('GET', '/whoami'), api('GET', '/quotas'), listAll('/tokens')]);
+      const here = app.who ? app.who.account.id : '';
+      const [who, q, toks, people] = await Promise.all([api('GET', '/whoami'), api('GET', '/quotas'), listAll('/tokens'),
+        // Every member sees the members; shown as an error note if refused.
+        here ? listAll(`/accounts/${enc(here)}/members`).catch((e) => e) : Promise.resolve([])]);
       if (!fresh()) return false;
       setWho(who);
       const now = Date.now();
@@ -2031,13 +2095,6 @@ function mountAccount(root) {
       swap(tokens, toks.length ? table(tokenColumns, toks, t('tokens_title')) : empty(t('tokens_empty')));
       // The account's members: every member sees them; an owner adds, changes and removes.
       const owner = who.role === 'owner';
-      let people = [];
-      try {
-        people = await listAll(`/accounts/${enc(who.account.id)}/members`);
-      } catch (e) {
-        swap(members, empty(errorText(e)));
-      }
-      if (!fresh()) return false;
       const memberColumns = [
         { label: t('col_user'), cell: (m) => [m.user_name, ' ', code(m.user_id)] },
         { label: t('col_role'), cell: (m) => roleName(m.role) },
@@ -2056,7 +2113,9 @@ function mountAccount(root) {
           }, { danger: true })),
         }] : []),
       ];
-      if (people.length) swap(members, table(memberColumns, people, t('members_title')));
+      if (people instanceof Error) swap(members, empty(errorText(people)));
+      else if (who.account.id !== here) refreshView(); // switched meanwhile: read the members of this one
+      else swap(members, table(memberColumns, people, t('members_title')));
       if (owner && !memberAdd.firstChild) memberAdd.append(memberForm(() => refreshView()));
       if (!owner) memberAdd.replaceChildren();
       swap(about, el('dl', { class: 'facts' },
@@ -2207,6 +2266,7 @@ const VIEWS = [
   { id: 'images', label: () => t('nav_images'), mount: mountImages },
   { id: 'volumes', label: () => t('nav_volumes'), mount: mountVolumes },
   { id: 'floating-ips', label: () => t('nav_floating_ips'), mount: mountFloatingIps },
+  { id: 'server-groups', label: () => t('nav_server_groups'), mount: mountServerGroups },
   { id: 'bundles', label: () => t('nav_bundles'), mount: mountBundles },
   { id: 'jobs', label: () => t('nav_jobs'), mount: mountJobs },
   { id: 'hosts', label: () => t('nav_hosts'), mount: mountHosts },
