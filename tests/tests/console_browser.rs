@@ -632,6 +632,28 @@ async fn the_console_manages_tokens_members_and_the_users_own_password() {
     b.js(&fill("not-her-password"), json!([])).await;
     let said = b.text_of("#password-change .form-error").await;
     assert!(said.contains("wrong_password"), "{said}");
+    // In Japanese the code is explained first (the API's messages are English).
+    b.js(
+        "const l = document.querySelector('#lang-select'); l.value = 'ja'; l.dispatchEvent(new Event('change'));",
+        json!([]),
+    )
+    .await;
+    b.wait("Japanese", "return document.documentElement.lang === 'ja' ? 'yes' : ''").await;
+    b.js(&fill("still-not-her-password"), json!([])).await;
+    let said = b
+        .wait(
+            "the error in Japanese",
+            "const e = document.querySelector('#password-change .form-error'); \
+             return e && !e.hidden && e.textContent.startsWith('現在のパスワードが違います') ? e.textContent : ''",
+        )
+        .await;
+    assert!(said.as_str().unwrap().contains("wrong_password"), "{said}");
+    b.js(
+        "const l = document.querySelector('#lang-select'); l.value = 'en'; l.dispatchEvent(new Event('change'));",
+        json!([]),
+    )
+    .await;
+    b.wait("English", "return document.documentElement.lang === 'en' ? 'yes' : ''").await;
     let with = |password: &str| {
         let req = CreateSession { user: "sora".into(), password: password.into(), account: None };
         let c = vdc_cli::client::Client::new(url.clone(), "");

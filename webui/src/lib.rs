@@ -299,6 +299,29 @@ mod tests {
         }
     }
 
+    /// Each code the console explains (`API_ERRORS` in i18n.js) is one the API document
+    /// names, so that the explanations do not outlive the codes.
+    #[test]
+    fn explained_error_codes_are_the_apis() {
+        const DOC: &str = include_str!("../../dcmgr/openapi.json");
+        let start = I18N_JS.find("const API_ERRORS = {").expect("API_ERRORS in i18n.js");
+        let mut codes = 0;
+        for line in I18N_JS[start..].lines().skip(1) {
+            let line = line.trim();
+            if line == "};" {
+                break;
+            }
+            let Some((code, text)) = line.split_once(": ") else { continue };
+            if code.ends_with('{') || line.ends_with(": {") {
+                continue;
+            }
+            assert!(text.starts_with('"') && text.ends_with("\","), "{line}");
+            assert!(DOC.contains(&format!("`{code}`")), "the API document names no error {code}");
+            codes += 1;
+        }
+        assert!(codes >= 30, "{codes} codes explained");
+    }
+
     #[test]
     fn every_key_used_exists_and_every_key_is_used() {
         let langs = dictionaries();

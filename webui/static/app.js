@@ -202,7 +202,12 @@ function badge(state, busy) {
 }
 
 function errorText(err) {
-  if (err instanceof ApiError) return t('error_with_code', { message: err.message, code: err.code });
+  if (err instanceof ApiError) {
+    // The API speaks English: other languages say what its code means first.
+    const meaning = (API_ERRORS[app.lang] || {})[err.code];
+    const text = t('error_with_code', { message: err.message, code: err.code });
+    return meaning ? `${meaning} ${text}` : text;
+  }
   return String((err && err.message) || err);
 }
 

@@ -1020,3 +1020,48 @@ const I18N = {
     col_id_here: "このサイト",
   },
 };
+
+// What an API error code means, for languages other than the API's own (its messages are
+// English): shown before the message. Every code here is one the API document names
+// (tested in webui/src/lib.rs).
+const API_ERRORS = {
+  ja: {
+    not_found: "見つかりません (削除されたか、このアカウントからは見えません)。",
+    invalid_body: "要求の内容が正しくありません。",
+    forbidden: "この操作は許可されていません。",
+    unauthorized: "認証されていません。サインインし直してください。",
+    token_revoked: "このトークンまたはセッションは失効しています。サインインし直してください。",
+    token_expired: "このトークンまたはセッションは期限切れです。サインインし直してください。",
+    read_only: "閲覧専用のロールでは変更できません。",
+    owner_only: "アカウントのオーナーだけができる操作です。",
+    quota_exceeded: "アカウントのクォータを超えます。",
+    invalid_name: "名前が使えません。",
+    name_taken: "その名前はすでに使われています。",
+    invalid_state: "今の状態ではこの操作はできません。",
+    busy: "ほかの変更と重なりました。もう一度試してください。",
+    agent_unavailable: "担当するホストやストレージノードに今つながりません。しばらくして試してください。",
+    no_capacity: "空きのあるホストがありません。",
+    placement_unsatisfiable: "ゾーン、ラベル、サーバーグループの条件を満たすホストがありません。",
+    rate_limited: "要求が多すぎます。少し待ってから試してください。",
+    not_image_owner: "このイメージは別のアカウントのものです。変更できるのは所有者だけです。",
+    last_owner: "アカウントにオーナーがいなくなってしまいます。",
+    network_full: "ネットワークに空きアドレスがありません。",
+    ip_in_use: "そのアドレスは使われています。",
+    interface_has_floating_ip: "このインターフェースにはすでに Floating IP があります。",
+    floating_ip_associated: "Floating IP は割り当て中です。先に割り当てを解除してください。",
+    no_external_network: "このサイトには外部ネットワークがありません。",
+    volume_attached: "ボリュームは接続中です。先に切り離してください。",
+    instance_not_stopped: "インスタンスを先に停止してください。",
+    network_in_use: "ネットワークは使用中です。",
+    security_group_in_use: "セキュリティグループは使用中です。",
+    too_many_rules: "ルールが多すぎます。",
+    invalid_cidr: "CIDR が正しくありません。",
+    unsupported_format: "このハイパーバイザーではこの形式のイメージを起動できません。",
+    checksum_mismatch: "チェックサムが一致しません。",
+    image_too_large: "イメージが大きすぎます。",
+    wrong_password: "現在のパスワードが違います。",
+    current_password_required: "現在のパスワードを入力してください。",
+    password_too_short: "パスワードが短すぎます (10 文字以上)。",
+    bad_credentials: "ユーザー名またはパスワードが違います。",
+  },
+};
