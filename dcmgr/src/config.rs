@@ -232,6 +232,10 @@ pub struct ImagesConfig {
     /// Addresses URL imports may reach although they are loopback, link-local, private or
     /// otherwise not public, as CIDRs (e.g. `["127.0.0.1/32"]` for a mirror on this host).
     pub import_allow: Vec<String>,
+    /// The ports URL imports may reach on public addresses (as Glance's
+    /// `allowed_ports`): 80 and 443 by default, so that an import cannot probe other
+    /// services; empty allows any. Addresses in `import_allow` may use any port.
+    pub import_ports: Vec<u16>,
     /// A URL import that has not finished after this long fails.
     pub import_timeout_s: u64,
     /// A URL import whose server sends nothing (no answer, no data) for this long fails;
@@ -313,6 +317,7 @@ impl Default for ImagesConfig {
             max_bytes: 64 << 30,
             max_virtual_bytes: 2 << 40,
             import_allow: vec![],
+            import_ports: vec![80, 443],
             import_timeout_s: 3600,
             import_stall_timeout_s: 60,
             file_dirs: vec![],

@@ -108,9 +108,19 @@ fn own_address(ip: IpAddr) -> bool {
     std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
 }
 
+/// Where URL imports may go (`[images]` `import_allow` and `import_ports`).
+#[derive(Debug, Clone, Default)]
+pub struct Reach {
+    /// Addresses allowed although they are not public; any port.
+    pub allow: Vec<ipnet::IpNet>,
+    /// The ports of public addresses (empty: any).
+    pub ports: Vec<u16>,
+}
+
 /// The address to connect to for `url`: every address its host resolves to must be
-/// public or allowed.
-async fn checked_address(url: &url::Url, allow: &[ipnet::IpNet]) -> Result<SocketAddr, Refusal> {
+/// public or allowed, and a public one reached on an allowed port.
+async fn checked_address(url: &url::Url, reach: &Reach) -> Result<SocketAddr, Refusal> {
+    let allow = &reach.allow;
     let port = url.port_or_known_default().unwrap_or(80);
     let addrs: Vec<SocketAddr> = match url.host() {
         Some(url::Host::Ipv4(a)) => vec![SocketAddr::new(a.into(), port)],
@@ -137,20 +147,28 @@ async fn checked_address(url: &url::Url, allow: &[ipnet::IpNet]) -> Result<Socke
             }
         }
     }
+    // Checked before any connection: whether a port answers must tell nothing.
+    let allowed = addrs.iter().all(|a| allow.iter().any(|n| n.contains(&a.ip())));
+    if !allowed && !reach.ports.is_empty() && !reach.ports.contains(&port) {
+        let ports: Vec<String> = reach.ports.iter().map(u16::to_string).collect();
+        return Err(refuse(
+            "forbidden_port",
+            format!(
+                "port {port}: imports reach port {} of public addresses (an operator may allow others with \
+                 images.import_ports)",
+                ports.join(" or ")
+            ),
+        ));
+    }
     Ok(first)
 }
 
 /// Sends the GET, following redirects by hand so that each target is checked.
 /// `timeout` bounds the whole transfer, `stall` each wait for the answer or for data.
-pub async fn open(
-    url: &str,
-    allow: &[ipnet::IpNet],
-    timeout: Duration,
-    stall: Duration,
-) -> Result<reqwest::Response, Refusal> {
+pub async fn open(url: &str, reach: &Reach, timeout: Duration, stall: Duration) -> Result<reqwest::Response, Refusal> {
     let mut url = parse_url(url)?;
     for _ in 0..=MAX_REDIRECTS {
-        let addr = checked_address(&url, allow).await?;
+        let addr = checked_address(&url, reach).await?;
         let mut client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             // A proxy would choose the address itself.
@@ -247,13 +265,14 @@ async fn import(ctx: &SharedCtx, image: &Image) -> ApiResult<()> {
         return Ok(());
     };
     let allow = ctx.config.import_allow().map_err(crate::error::ApiError::internal)?;
+    let reach = Reach { allow, ports: ctx.config.images.import_ports.clone() };
     let timeout = Duration::from_secs(ctx.config.images.import_timeout_s);
     let stall = Duration::from_secs(ctx.config.images.import_stall_timeout_s);
     // Deleted while the server has not answered yet: the import ends now, as it does
     // once data flows ([`ingest`] watches the same claim).
     let deleted = ctx.ingesting.lock().unwrap().get(&image.id).cloned().unwrap_or_default();
     let opened = tokio::select! {
-        r = open(&image.source, &allow, timeout, stall) => r,
+        r = open(&image.source, &reach, timeout, stall) => r,
         _ = deleted.cancelled() => return Err(crate::error::ApiError::not_found("image", &image.id)),
     };
     let outcome = match opened {
@@ -334,6 +353,29 @@ mod tests {
         assert!(own_address("127.0.0.1".parse().unwrap()));
         // A documentation address no host here has.
         assert!(!own_address("198.51.100.77".parse().unwrap()));
+    }
+
+    /// A URL import could reach any port of a public address, and whether the import
+    /// failed at once or after the stall timeout told a tenant which ports answered.
+    #[tokio::test]
+    async fn public_addresses_are_reached_on_the_allowed_ports_only() {
+        let reach = Reach { allow: vec!["127.0.0.1/32".parse().unwrap()], ports: vec![80, 443] };
+        let check = |u: &str| {
+            let (u, reach) = (parse_url(u).unwrap(), reach.clone());
+            async move { checked_address(&u, &reach).await.map_err(|r| r.code) }
+        };
+        for refused in ["http://1.1.1.1:22/x", "https://1.1.1.1:8443/x", "http://1.1.1.1:6379/", "http://1.1.1.1:0/"] {
+            assert_eq!(check(refused).await, Err("forbidden_port"), "{refused}");
+        }
+        for fine in ["http://1.1.1.1/x.qcow2", "https://1.1.1.1/x", "http://1.1.1.1:443/x", "https://1.1.1.1:80/x"] {
+            assert!(check(fine).await.is_ok(), "{fine}");
+        }
+        // An allowed (operator's) address: any port.
+        assert!(check("http://127.0.0.1:9999/x").await.is_ok());
+        assert_eq!(check("http://127.0.0.2:80/x").await, Err("forbidden_address"), "not allowed at all");
+        // Every port when the operator empties the list.
+        let any = Reach { allow: vec![], ports: vec![] };
+        assert!(checked_address(&parse_url("http://1.1.1.1:22/x").unwrap(), &any).await.is_ok());
     }
 
     #[test]
