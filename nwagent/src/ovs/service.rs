@@ -60,6 +60,104 @@ pub struct Meta {
 
 type Table = Arc<RwLock<HashMap<Ipv4Addr, Meta>>>;
 
+/// The metadata service is a guest's to call, and so a hostile guest's: one held 19,990
+/// idle connections open, every descriptor of the all-in-one's process, and the API,
+/// metadata and reconcilers of every tenant stopped. So connections are counted per
+/// source address and in all (refused beyond: closed at once) and each lives at most
+/// [`METADATA_CONN_SECS`] (cloud-init's requests take milliseconds).
+pub const METADATA_CONNS_PER_SOURCE: usize = 8;
+/// Connections of all the metadata servers of this process at once.
+pub const METADATA_CONNS: usize = 512;
+/// The longest a metadata connection stays open, answering or not.
+pub const METADATA_CONN_SECS: u64 = 10;
+
+/// Connections open, per source and in all.
+#[derive(Default)]
+pub struct ConnLimits {
+    open: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// One admitted connection: released when dropped.
+pub struct ConnPermit {
+    limits: Arc<ConnLimits>,
+    source: std::net::IpAddr,
+}
+
+impl ConnLimits {
+    /// A permit for a new connection from `source`, if it is under both limits.
+    pub fn admit(self: &Arc<Self>, source: std::net::IpAddr) -> Option<ConnPermit> {
+        let mut open = self.open.lock().unwrap();
+        let (total, per) = &mut *open;
+        let mine = per.entry(source).or_default();
+        if *total >= METADATA_CONNS || *mine >= METADATA_CONNS_PER_SOURCE {
+            if *mine == 0 {
+                per.remove(&source);
+            }
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(ConnPermit { limits: self.clone(), source })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap().0
+    }
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        let mut open = self.limits.open.lock().unwrap();
+        let (total, per) = &mut *open;
+        *total -= 1;
+        if let Some(n) = per.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Serves `app` on `listener` under `limits` (see [`METADATA_CONNS_PER_SOURCE`]). Its
+/// connections are tasks of this one: aborting it closes them all.
+async fn serve_metadata(listener: tokio::net::TcpListener, app: Router, limits: Arc<ConnLimits>) {
+    use tower::ServiceExt;
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::warn!(error = %e, "metadata: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(permit) = limits.admit(peer.ip()) else {
+            tracing::debug!(%peer, "metadata: too many connections, closed");
+            continue;
+        };
+        let app = app.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(ConnectInfo(peer));
+                app.clone().oneshot(req)
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(METADATA_CONN_SECS), conn).await;
+        });
+    }
+}
+
 struct Running {
     table: Table,
     server: tokio::task::JoinHandle<()>,
@@ -94,6 +192,8 @@ pub struct Services {
     /// for good, and the next nwagent in the process could not bind (host test, a second
     /// in-process restart).
     stopped: std::sync::atomic::AtomicBool,
+    /// Of every metadata server of this process.
+    metadata_limits: Arc<ConnLimits>,
     tools: Runner,
 }
 
@@ -134,6 +234,7 @@ impl Services {
             dir,
             running: Default::default(),
             stopped: Default::default(),
+            metadata_limits: Default::default(),
             tools: cmd::system(),
         }
     }
@@ -390,9 +491,7 @@ impl Services {
         if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(()); // the listener closes here
         }
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
-        });
+        let server = tokio::spawn(serve_metadata(listener, app, self.metadata_limits.clone()));
         running.insert(vni, Running { table, server });
         Ok(())
     }
@@ -1000,6 +1099,80 @@ mod tests {
         let status = res.status().as_u16();
         let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_guest_cannot_hold_the_metadata_servers_connections() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let guest = Meta {
+            instance_id: "i-a".into(),
+            ip: [127, 0, 0, 2].into(),
+            meta: vdc_schema::bus::InstanceMetadata { hostname: "a".into(), public_keys: vec![], user_data: None },
+        };
+        let table: Table = Arc::new(RwLock::new([(guest.ip, guest)].into_iter().collect()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Arc::new(ConnLimits::default());
+        let server = tokio::spawn(serve_metadata(listener, metadata_router(table), limits.clone()));
+        let from = |ip: [u8; 4]| {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(SocketAddr::from((ip, 0))).unwrap();
+            s.connect(addr)
+        };
+        // A hostile guest (127.0.0.3) opens many idle connections: beyond its share they
+        // are closed at once.
+        let mut held = vec![];
+        for _ in 0..METADATA_CONNS_PER_SOURCE {
+            held.push(from([127, 0, 0, 3]).await.unwrap());
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while limits.open() < METADATA_CONNS_PER_SOURCE {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("its connections admitted");
+        let mut extra = from([127, 0, 0, 3]).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "closed at once: {n:?}");
+        assert_eq!(limits.open(), METADATA_CONNS_PER_SOURCE);
+        // Another guest is still answered meanwhile.
+        let mut other = from([127, 0, 0, 2]).await.unwrap();
+        other
+            .write_all(b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        other.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("i-a"), "{answer}");
+        // Closed by the guest: its share is free again.
+        drop(held);
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while limits.open() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("released");
+        server.abort();
+    }
+
+    /// An idle connection is closed after [`METADATA_CONN_SECS`] whatever it does.
+    #[tokio::test]
+    async fn an_idle_metadata_connection_is_closed() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Arc::new(ConnLimits::default());
+        let server = tokio::spawn(serve_metadata(listener, metadata_router(Table::default()), limits.clone()));
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(METADATA_CONN_SECS + 5), idle.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{n:?}");
+        assert!(started.elapsed() >= std::time::Duration::from_secs(METADATA_CONN_SECS - 1));
+        server.abort();
     }
 
     #[tokio::test]
