@@ -3,7 +3,8 @@
 //! after a restart) replaces flows with identical ones.
 //!
 //! ```text
-//!  table 0  classify: from a VIF only its own MAC+IP (IP) or MAC+IP (ARP) pass, and get
+//!  table 0  classify: from a VIF only its own MAC+IP (IP) or MAC+IP (ARP) pass (never
+//!           DHCP server replies nor VLAN-tagged frames), and get
 //!           tun_id = the network's VNI and reg0 = 1 (local); from a tunnel: as tagged
 //!  table 10 egress conntrack (zone per network): est/rel → on; inv → drop; new → commit
 //!           when the port's groups allow it (open when none of them has egress
@@ -11,7 +12,8 @@
 //!           port with egress rules sends est packets of its own connections only while
 //!           a rule still allows them
 //!  table 20 L2 per network (tun_id): a local MAC → ARP straight out, IP to table 40;
-//!           broadcast → the network's local ports (+ tunnels if local);
+//!           broadcast → the network's local ports (+ tunnels if local), IP broadcast
+//!           and multicast through each local port's table 40;
 //!           unknown unicast from a local port → the network's tunnels
 //!  table 40 ingress conntrack per port (reg1 = port): answers (est+rpl) and rel → out;
 //!           new and allowed by a group rule → commit, out; est (not an answer) → out
@@ -79,13 +81,33 @@ pub fn network_flows(vni: u32, ports: &[u32], tunnels: &[u32], service: Option<u
     let mut f = vec![format!(
         "table=10,priority=90,tun_id={vni},ct_state=+trk+new,ip,actions=ct(commit,zone={z}),resubmit(,20)"
     )];
+    // Broadcast and multicast IP reach each local guest through its port's ingress
+    // rules (table 40, as unicast does): sent straight out, a frame to ff:ff:ff:ff:ff:ff
+    // carrying any IP packet passed every group (red team, 2026-12-06). ARP floods as
+    // it is (anti-spoofed where it enters); the service port and the tunnels are not
+    // guests (the other hosts apply their guests' rules).
+    // (`ct(table=…)` ends its action list: a clone per port.)
+    let through_ingress = |ports: &[u32]| {
+        ports.iter().map(|p| format!("clone(load:{p}->NXM_NX_REG1[],ct(table=40,zone={z}))")).collect::<Vec<_>>()
+    };
+    let mut from_guest: Vec<String> = through_ingress(ports);
+    from_guest.extend(service.iter().chain(tunnels).map(|p| format!("output:{p}")));
     let all: Vec<u32> = ports.iter().chain(service.iter()).chain(tunnels).copied().collect();
     if !all.is_empty() {
         f.push(format!("table=20,priority=50,tun_id={vni},reg0=1,{bcast},actions={}", outputs(&all)));
+        f.push(format!("table=20,priority=55,tun_id={vni},reg0=1,ip,{bcast},actions={}", from_guest.join(",")));
     }
     if !ports.is_empty() {
         f.push(format!("table=20,priority=50,tun_id={vni},reg0=0,{bcast},actions={}", outputs(ports)));
+        f.push(format!(
+            "table=20,priority=55,tun_id={vni},reg0=0,ip,{bcast},actions={}",
+            through_ingress(ports).join(",")
+        ));
         f.push(format!("table=20,priority=50,tun_id={vni},reg0=2,{bcast},actions={}", outputs(ports)));
+        f.push(format!(
+            "table=20,priority=55,tun_id={vni},reg0=2,ip,{bcast},actions={}",
+            through_ingress(ports).join(",")
+        ));
     }
     if !tunnels.is_empty() {
         f.push(format!("table=20,priority=10,tun_id={vni},reg0=1,actions={}", outputs(tunnels)));
@@ -208,6 +230,10 @@ pub fn port_flows(
         format!("table=0,priority=100,in_port={p},dl_src={mac},udp,nw_src=0.0.0.0,tp_src=68,tp_dst=67,actions=set_field:{vni}->tun_id,load:1->NXM_NX_REG0[],resubmit(,20)"),
         // Anything else from the port (another MAC or IP, other ethertypes) is dropped.
         format!("table=0,priority=50,in_port={p},actions=drop"),
+        // A guest is no DHCP server (a rogue one handed new guests its own address,
+        // gateway and DNS), and sends no VLAN-tagged frames: dropped before the rest.
+        format!("table=0,priority=110,in_port={p},udp,tp_src=67,actions=drop"),
+        format!("table=0,priority=110,in_port={p},vlan_tci=0x1000/0x1000,actions=drop"),
         format!("table=20,priority=100,tun_id={vni},dl_dst={mac},arp,actions=output:{p}"),
         format!("table=20,priority=100,tun_id={vni},dl_dst={mac},ip,actions=load:{p}->NXM_NX_REG1[],ct(table=40,zone={z})"),
         // Answers to what the guest started. The other direction of a connection it

@@ -229,6 +229,14 @@ async fn egress_rules_are_enforced_and_guests_resolve_each_other() {
     assert!(eventually(Duration::from_secs(5), || g2.ping("203.0.113.100")), "g2 reaches outside");
     assert!(g2.connects("10.20.0.11", 22), "answers to admitted inbound traffic pass g1's egress");
     assert!(!g2.ping("10.20.0.11"), "g1's ingress still admits no icmp");
+    // Nor sent to g1's address in a broadcast or multicast frame: those were flooded to
+    // every port past the groups, and g1 answered (red team, 2026-12-06).
+    for lladdr in ["ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:fb"] {
+        ns(&g2.netns, &["ip", "neigh", "replace", "10.20.0.11", "lladdr", lladdr, "nud", "permanent", "dev", "eth0"])
+            .unwrap();
+        assert!(!g2.ping("10.20.0.11"), "icmp to g1 in a frame to {lladdr} passed its ingress rules");
+    }
+    ns(&g2.netns, &["ip", "neigh", "del", "10.20.0.11", "dev", "eth0"]).unwrap();
 
     // nwagent restarts: the same flows come back, dnsmasq keeps answering.
     let before = host.flows("br-int");
@@ -290,6 +298,45 @@ async fn egress_rules_are_enforced_and_guests_resolve_each_other() {
     g1.listen(&[22], 10);
     assert!(g2.connects("10.20.0.11", 22), "answers to admitted inbound traffic still pass g1's egress");
 
+    // A guest is no DHCP server: what it sends from udp/67 is dropped where it enters,
+    // even to a guest that admits udp/68 (a rogue server handed new guests its own
+    // address, gateway and DNS); from another port it arrives.
+    s1.spec_gen = 5;
+    s1.security_groups[0].rules.push(rule(Ingress, Protocol::Udp, Some(68), "0.0.0.0/0"));
+    active(&net, &sink, &s1).await;
+    let send = |from_port: u16| {
+        format!("while :; do echo offer; sleep 0.2; done | socat -u - UDP:10.20.0.11:68,bind=:{from_port}")
+    };
+    let plain = Running::start(
+        &g2.netns,
+        &send(6767),
+        dir.path().join("plain-68"),
+        Some((&g1.netns, "socat -u UDP-RECV:68,reuseaddr -")),
+    );
+    assert!(eventually(Duration::from_secs(5), || plain.grows()), "udp/68 from another port arrives");
+    drop(plain);
+    // What g1's rules admit arrives in a broadcast frame too, through them (TCP would
+    // not: Linux takes it only in frames to its own MAC).
+    let bcast = ["neigh", "replace", "10.20.0.11", "lladdr", "ff:ff:ff:ff:ff:ff", "nud", "permanent", "dev", "eth0"];
+    ns(&g2.netns, &[&["ip"][..], &bcast[..]].concat()).unwrap();
+    let in_bcast = Running::start(
+        &g2.netns,
+        &send(6768),
+        dir.path().join("bcast-68"),
+        Some((&g1.netns, "socat -u UDP-RECV:68,reuseaddr -")),
+    );
+    assert!(eventually(Duration::from_secs(5), || in_bcast.grows()), "admitted udp/68 in a broadcast frame");
+    drop(in_bcast);
+    ns(&g2.netns, &["ip", "neigh", "del", "10.20.0.11", "dev", "eth0"]).unwrap();
+    let rogue = Running::start(
+        &g2.netns,
+        &send(67),
+        dir.path().join("rogue-67"),
+        Some((&g1.netns, "socat -u UDP-RECV:68,reuseaddr -")),
+    );
+    assert!(!rogue.grows() && !rogue.grows(), "a guest's udp/67 reached another guest");
+    drop(rogue);
+
     net.remove_services().await;
     drop((into_g2, ping, g1, g2, host));
 }
@@ -306,8 +353,11 @@ impl Running {
     /// command), that first, and `out` is what it receives.
     fn start(netns: &str, cmd: &str, out: std::path::PathBuf, listener: Option<(&str, &str)>) -> Running {
         let spawn = |netns: &str, cmd: &str, out: Stdio| {
+            use std::os::unix::process::CommandExt;
             Command::new("ip")
                 .args(["netns", "exec", netns, "timeout", "60", "sh", "-c", cmd])
+                // A group of its own: a pipeline's commands end with it (below).
+                .process_group(0)
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(Stdio::null())
@@ -344,8 +394,9 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         for c in &mut self.children {
-            // `timeout` passes TERM on to its command (a KILL it could not).
-            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            // The whole group: `timeout` passes TERM on to its shell only, and a
+            // pipeline's commands went on sending after it.
+            let _ = Command::new("kill").args(["--", &format!("-{}", c.id())]).status();
             let _ = c.wait();
         }
     }
