@@ -65,6 +65,41 @@ pub struct AllInOne {
     external: Option<ExternalNet>,
     /// What the external network is, and why.
     pub ext_driver: String,
+    /// Held while it runs: its data directory's lock and, with a real network, its
+    /// network namespace's ([`claim`]).
+    _locks: Vec<std::fs::File>,
+}
+
+/// Takes the exclusive `flock` of `path` for as long as the file is open, writing `who`
+/// in it; or says what holds it. Taken before anything is started or changed: a second
+/// `vdc up` on a running one's data directory, refused only once its dcmgr found the
+/// database locked, had already stopped the first one's Open vSwitch (red team,
+/// 2026-12-06).
+fn claim(path: &Path, who: &str) -> Result<Option<std::fs::File>, String> {
+    use std::io::{Read, Seek, Write};
+    let mut file = match std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path) {
+        Ok(f) => f,
+        Err(e) => return Err(format!("cannot open {}: {e}", path.display())),
+    };
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            let _ = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(who.as_bytes()));
+            Ok(Some(file))
+        }
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Err(holder.trim().to_owned())
+        }
+        Err(e) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+/// This process's network namespace, as `/proc/self/ns/net` names it (`net:[4026531840]`).
+fn netns_id() -> Option<String> {
+    let link = std::fs::read_link("/proc/self/ns/net").ok()?;
+    let s = link.to_string_lossy();
+    Some(s.trim_start_matches("net:[").trim_end_matches(']').to_owned())
 }
 
 /// Whether the all-in-one has an external network, and which range.
@@ -186,6 +221,16 @@ impl AllInOne {
         let (listen, sim, namespace_prefix) = (args.listen.as_str(), args.sim, args.namespace_prefix.as_str());
         let (retention_days, trusted_keys) = (args.retention_days, &args.trust_keys);
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let who = format!("pid {} listening on {listen}, data directory {}", std::process::id(), data_dir.display());
+        let mut locks = vec![];
+        match claim(&data_dir.join("up.lock"), &who) {
+            Ok(lock) => locks.extend(lock),
+            Err(holder) => anyhow::bail!(
+                "another vdc up runs on the data directory {} ({holder}): stop it first, or give this one \
+                 another --data-dir; nothing was started or changed",
+                data_dir.display()
+            ),
+        }
         let token = admin_token(data_dir)?;
         let bus: Arc<dyn Transport> = vdc_bus::InProc::new();
 
@@ -244,6 +289,22 @@ impl AllInOne {
             nw_why = "simulated (Open vSwitch or dnsmasq is not installed: run packaging/setup.sh)".into();
             None
         } else {
+            // Its bridges and nftables table have fixed names: one real all-in-one per
+            // network namespace (a second one took the first's masquerade table and
+            // broke both).
+            if let Some(id) = netns_id() {
+                let dir = Path::new("/run/vdc-up");
+                let _ = std::fs::create_dir_all(dir);
+                match claim(&dir.join(format!("netns-{id}.lock")), &who) {
+                    Ok(lock) => locks.extend(lock),
+                    Err(holder) if holder.starts_with("cannot ") => tracing::warn!("{holder}"),
+                    Err(holder) => anyhow::bail!(
+                        "another vdc up with real guests runs in this network namespace ({holder}): its bridges \
+                         (vdc-ex, vdc-int) and nftables table are this one's too. Run this one in a namespace of \
+                         its own (ip netns exec NAME vdc up …), or with --sim; nothing was started or changed"
+                    ),
+                }
+            }
             match vdc_nwagent::ovs::daemon::Switch::start_persistent(&data_dir.join("ovs")) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -381,6 +442,7 @@ impl AllInOne {
             switch,
             external,
             ext_driver,
+            _locks: locks,
         })
     }
 

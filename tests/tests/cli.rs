@@ -746,6 +746,24 @@ async fn vdc_up_starts_again_when_its_deleted_built_in_image_is_still_used() {
     };
     let tiny = |c: Client| async move { c.list_all_images().await.unwrap().into_iter().find(|i| i.name == "tiny") };
     let mut first = start(1);
+    // A second one on the same data directory is refused before it starts or changes
+    // anything (it stopped the first one's Open vSwitch before its dcmgr found the
+    // database locked), and the first keeps answering.
+    let other = format!("127.0.0.1:{}", free_port());
+    let mut again = Command::new(bin("vdc"));
+    again
+        .env("VDC_CONFIG", dir.path().join("cli-again.toml"))
+        .args(["up", "--sim", "--no-external", "--listen", &other, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdin(std::process::Stdio::null());
+    let refused = tokio::task::spawn_blocking(move || again.output().unwrap()).await.unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a second vdc up on the same data directory ran");
+    assert!(
+        said.contains("another vdc up runs on the data directory") && said.contains("nothing was started"),
+        "{said}"
+    );
+    assert!(admin().whoami().await.is_ok(), "the first still answers");
     let image = tiny(admin()).await.expect("registered at the first start");
     let req = vdc_tests::qemu_guest(&image.id, "keeps-it");
     let inst = admin().create_instance(&req).await.unwrap().resource.id;
