@@ -482,6 +482,26 @@ impl Inner {
     }
 }
 
+/// Connections conntrack keeps per zone, so per network ([`flows::zone`]). The table is
+/// the switch's, shared by every tenant: one guest opening 100,000 UDP flows a second
+/// filled all 3,000,000 entries in 30 s, and every other network's new connections
+/// failed (red team, 2026-12-06). A network's guests now fill only their own share.
+pub const CT_ZONE_LIMIT: u32 = 100_000;
+
+/// Sets [`CT_ZONE_LIMIT`] as the switch's default zone limit (`dpctl/ct-set-limits`);
+/// a switch that cannot is logged, not refused.
+async fn limit_conntrack(rundir: &std::path::Path, tools: &crate::cmd::Runner) {
+    let Ok(pid) = std::fs::read_to_string(rundir.join("ovs-vswitchd.pid")) else {
+        tracing::warn!(rundir = %rundir.display(), "no ovs-vswitchd.pid: conntrack zones are not limited");
+        return;
+    };
+    let ctl = rundir.join(format!("ovs-vswitchd.{}.ctl", pid.trim()));
+    let limit = format!("default={CT_ZONE_LIMIT}");
+    if let Err(e) = tools.run("ovs-appctl", &["-t", &ctl.to_string_lossy(), "dpctl/ct-set-limits", &limit]).await {
+        tracing::warn!(error = %e, "conntrack zones are not limited");
+    }
+}
+
 /// Whether a removal decided at `asked` comes after the port was ensured again at `held`
 /// (0 asks for the removal of whatever is held).
 pub fn superseded(held: u64, asked: u64) -> bool {
@@ -534,6 +554,7 @@ impl OvsNetwork {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        limit_conntrack(&inner.cfg.rundir, &inner.tools).await;
         {
             let mut st = inner.state.lock().await;
             // Port numbers as the switch has them now (a port it lost waits for the next

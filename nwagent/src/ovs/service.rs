@@ -965,7 +965,10 @@ mod tests {
         );
         // Packets conntrack finds invalid (a RST opening nothing) would leave un-NATed,
         // with the tenant's private source address.
-        assert!(rules.contains("policy drop;\n    ct state invalid drop\n    ct state established,related accept\n"), "{rules}");
+        assert!(
+            rules.contains("policy drop;\n    ct state invalid drop\n    ct state established,related accept\n"),
+            "{rules}"
+        );
     }
 
     #[test]

@@ -37,6 +37,12 @@ async fn node(netns: &str, dir: &std::path::Path, ip: &str, external_bridge: Opt
     };
     let sink = ReportSink::open(None).unwrap();
     let net = OvsNetwork::open(cfg.clone(), sink.clone()).await.expect("switch opens");
+    // Each network's conntrack zone holds its own share of the switch's table.
+    let pid = std::fs::read_to_string(host.dir.join("ovs-vswitchd.pid")).unwrap();
+    let ctl = host.dir.join(format!("ovs-vswitchd.{}.ctl", pid.trim()));
+    let limits = ns(netns, &["ovs-appctl", "-t", &ctl.to_string_lossy(), "dpctl/ct-get-limits"]).unwrap();
+    let want = format!("default limit={}", vdc_nwagent::ovs::CT_ZONE_LIMIT);
+    assert!(limits.contains(&want), "{limits}");
     Node { host, sink, net, cfg }
 }
 
