@@ -488,7 +488,14 @@ impl Inner {
             }
             DesiredPower::Off if active => {
                 self.report(id, ObservedInstance::Stopping);
-                let _ = lv("shutdown", || dom.shutdown());
+                // A container is stopped by a signal to its init: libvirt's default for
+                // LXC tries /dev/initctl first, and every container stop waited the whole
+                // stop timeout and ended destroyed (red team, 2026-12-06); by signal it
+                // stops in a third of a second.
+                let _ = match kind {
+                    HypervisorKind::Lxc => lv("shutdown", || dom.shutdown_flags(virt::sys::VIR_DOMAIN_SHUTDOWN_SIGNAL)),
+                    _ => lv("shutdown", || dom.shutdown()),
+                };
                 if !self.wait_until(&dom, self.cfg.stop_timeout, |a| !a) {
                     tracing::info!(instance = %id, "no ACPI shutdown within {:?}; destroying", self.cfg.stop_timeout);
                     let _ = lv("destroy", || dom.destroy());

@@ -54,8 +54,15 @@ async fn lifecycle(s: &Stack, c: &Client, image: &ImageId, kind: HypervisorKind,
     let dir = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances").join(id.as_str());
     assert!(dir.exists());
 
+    let stopping = std::time::Instant::now();
     job_ok(c, &c.stop_instance(&id).await.unwrap()).await;
     assert_eq!(c.get_instance(&id).await.unwrap().state, InstanceState::Stopped);
+    if kind == HypervisorKind::Lxc {
+        // By a signal to its init, not after the whole stop timeout (3 s here) and a
+        // destroy: every container stop waited 30 s in `vdc up`.
+        let took = stopping.elapsed();
+        assert!(took < Duration::from_secs(3), "a container's stop took {took:?}");
+    }
     job_ok(c, &c.start_instance(&id).await.unwrap()).await;
     wait_state(c, &id, InstanceState::Running).await;
     // `running` is the domain's state; wait for the guest itself before rebooting it.
