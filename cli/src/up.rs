@@ -581,7 +581,26 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for k in &args.trust_keys {
         vdc_bundle::parse_key(k).map_err(|e| anyhow::anyhow!("--trust-key {k:?}: {e}"))?;
     }
-    let aio = AllInOne::start(&data_dir, tiny.clone(), ext, &args).await?;
+    // Listened for from the start: a Ctrl-C while the cloud started was taken by a
+    // handler installed meanwhile and lost, and the cloud came up and ran on (red team,
+    // 2026-12-06). The start is not cut short (a half-made switch or external network
+    // would be left behind): the cloud stops as soon as it is up.
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        vdc_bus::sim::shutdown_signal().await;
+        let _ = stop_tx.send(());
+    });
+    let starting = AllInOne::start(&data_dir, tiny.clone(), ext, &args);
+    tokio::pin!(starting);
+    let aio = tokio::select! {
+        aio = &mut starting => aio?,
+        _ = &mut stop_rx => {
+            eprintln!("stopping once the cloud is up (it is starting)…");
+            let aio = starting.await?;
+            aio.stop().await;
+            return Ok(());
+        }
+    };
     let url = aio.dcmgr.url();
     let cfg_path = config::config_path();
     config::save(&cfg_path, &CliConfig::new(url.clone(), aio.token.clone()))?;
@@ -627,7 +646,7 @@ its state stays in the data directory.",
         aio.sta_driver,
         aio.ext_driver,
     );
-    vdc_bus::sim::shutdown_signal().await;
+    let _ = stop_rx.await;
     eprintln!("stopping…");
     aio.stop().await;
     Ok(())
