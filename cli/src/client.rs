@@ -1014,7 +1014,11 @@ impl Client {
                 };
                 match next {
                     Ok(Some(StreamItem::Event(e))) if e.kind == kind && e.resource_id == id => {
-                        let obj = read().await?;
+                        let obj = match read().await {
+                            Ok(obj) => obj,
+                            Err(ClientError::Transport(_)) => break,
+                            Err(e) => return Err(e),
+                        };
                         on_read(&obj);
                         if done(&obj) {
                             return Ok(obj);
@@ -1027,7 +1031,16 @@ impl Client {
             }
         }
         loop {
-            let obj = read().await?;
+            let obj = match read().await {
+                Ok(obj) => obj,
+                // The server is restarting (refused, reset): the job goes on there, and
+                // is waited for as before (a `--wait` gave up; the event stream did not).
+                Err(ClientError::Transport(_)) if timeout.is_none_or(|t| start.elapsed() < t) => {
+                    tokio::time::sleep(interval).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             on_read(&obj);
             if done(&obj) {
                 return Ok(obj);
@@ -1196,6 +1209,38 @@ mod tests {
             "id": "job-1", "action": "instance.reboot", "resource_id": "i-1", "state": state,
             "message": null, "created_at": "2024-01-01T00:00:00Z", "finished_at": null,
         })
+    }
+
+    /// `vdc … --wait` across a restart of the server: it waits for it to answer again
+    /// (it gave up at the first refused connection), then for the job.
+    #[tokio::test]
+    async fn waiting_for_a_job_outlives_a_server_restart() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // No event stream (404): polled; the first server says running.
+        let running = |s: &crate::testutil::Seen| match s.target.starts_with("/api/v1/events") {
+            true => (404, String::new()),
+            false => (200, job_json("running").to_string()),
+        };
+        let (first, _) = crate::testutil::mock_on(listener, running);
+        let c = Client::new(format!("http://{addr}"), "t");
+        let waiting = tokio::spawn(async move {
+            c.poll_job(&"job-1".parse().unwrap(), Duration::from_millis(50), Some(Duration::from_secs(20)), |_| {})
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        first.abort();
+        let _ = first.await;
+        // Down for a second, then back with the job done.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let done = |s: &crate::testutil::Seen| match s.target.starts_with("/api/v1/events") {
+            true => (404, String::new()),
+            false => (200, job_json("succeeded").to_string()),
+        };
+        let (_second, _) = crate::testutil::mock_on(listener, done);
+        let job = waiting.await.unwrap().expect("waited through the restart");
+        assert_eq!(job.state, JobState::Succeeded);
     }
 
     #[tokio::test]

@@ -16,13 +16,22 @@ type Handler = dyn Fn(&Seen) -> (u16, String) + Send + Sync;
 pub async fn mock(
     handler: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static,
 ) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Seen>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    let (_, log) = mock_on(listener, handler);
+    (base, log)
+}
+
+/// [`mock`] on `listener`; aborting the returned task closes it (a server going away).
+pub fn mock_on(
+    listener: tokio::net::TcpListener,
+    handler: impl Fn(&Seen) -> (u16, String) + Send + Sync + 'static,
+) -> (tokio::task::JoinHandle<()>, std::sync::Arc<std::sync::Mutex<Vec<Seen>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let handler: std::sync::Arc<Handler> = std::sync::Arc::new(handler);
     let log2 = log.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let (mut sock, _) = listener.accept().await.unwrap();
             let (handler, log) = (handler.clone(), log2.clone());
@@ -72,5 +81,5 @@ pub async fn mock(
             });
         }
     });
-    (base, log)
+    (task, log)
 }
