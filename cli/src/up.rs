@@ -631,8 +631,9 @@ Try:
   vdc instance ssh NAME -- hostname  # through its floating IP, with mykey.pem
   vdc instance list
 
-Ctrl-C stops the cloud (guests keep running; they are found again at the next start);
-its state stays in the data directory.",
+Ctrl-C stops the cloud (guests keep running, though their networking stops with this
+Open vSwitch until the next start; they are found again then); its state stays in the
+data directory.",
         data_dir.display(),
         aio.token,
         cfg_path.display(),

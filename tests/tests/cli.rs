@@ -176,8 +176,15 @@ async fn names_or_ids_everywhere(db: Db) {
     assert!(err.contains(own.id.as_str()) && err.contains(s.image.as_str()), "{err}");
     let q = ListQuery { name: Some("web2".into()), ..Default::default() };
     assert!(alice.list_all::<Instance>("/instances", &q).await.unwrap().is_empty(), "nothing half-created");
-    // The same by ID is fine.
-    ok(&alice, &["instance", "create", "web2", "--image", s.image.as_str(), "--network", "net1", "--wait"]).await;
+    // The same by ID is fine; `--wait` answers once its interface is programmed too.
+    let made = table_of(
+        &alice,
+        &["--output", "json", "instance", "create", "web2", "--image", s.image.as_str(), "--network", "net1", "--wait"],
+    )
+    .await;
+    let made: Instance = serde_json::from_str(&made).unwrap_or_else(|e| panic!("{e}: {made}"));
+    assert_eq!(made.state, InstanceState::Running);
+    assert_eq!(made.interfaces[0].state, vdc_schema::InterfaceState::Active, "{made:?}");
 
     // Unknown names and other accounts' names are not found.
     let err = fails(&alice, &["instance", "create", "w3", "--image", "nosuch"]).await;

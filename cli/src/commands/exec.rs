@@ -265,8 +265,20 @@ trait Resource: Tabular + Serialize + Sized {
 }
 
 impl Resource for Instance {
+    /// Once running, its interfaces too: `--wait` means ready to use, and a script that
+    /// pinged a guest right after `create --wait` found its interface not yet programmed
+    /// (red team, 2026-12-06). At most a minute more.
     async fn refetch(&self, client: &Client) -> Result<Self, ClientError> {
-        client.get_instance(&self.id).await
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let i = client.get_instance(&self.id).await?;
+            let plugging = i.state == vdc_schema::InstanceState::Running
+                && i.interfaces.iter().any(|v| v.state == vdc_schema::InterfaceState::Pending);
+            if !plugging || std::time::Instant::now() >= deadline {
+                return Ok(i);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
