@@ -109,6 +109,13 @@ pub struct AuthConfig {
     pub signin_per_minute: u32,
     /// Sign-in attempts let through at once above that rate (default 10).
     pub signin_burst: u32,
+    /// Sign-in attempts per minute for one user name from all addresses together
+    /// (default ten times `signin_per_minute`): the per-name limit counts each address
+    /// apart (`signin_per_minute`), so that guesses from one address do not lock the user
+    /// out from the others, and this bounds guesses spread over many addresses.
+    pub signin_user_per_minute: Option<u32>,
+    /// Attempts at once above that rate (default ten times `signin_burst`).
+    pub signin_user_burst: Option<u32>,
 }
 
 impl Default for AuthConfig {
@@ -122,6 +129,8 @@ impl Default for AuthConfig {
             max_sessions_per_user: 20,
             signin_per_minute: 5,
             signin_burst: 10,
+            signin_user_per_minute: None,
+            signin_user_burst: None,
         }
     }
 }
@@ -143,6 +152,21 @@ impl AuthConfig {
             None => rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap()),
         };
         Ok(Some((rate, burst)))
+    }
+
+    /// The limit of one user name's sign-ins from all addresses: (per minute, burst).
+    pub fn signin_user_limit(&self) -> Result<(std::num::NonZeroU32, std::num::NonZeroU32), String> {
+        let (rate, burst) = self.signin_limit()?;
+        let ten = std::num::NonZeroU32::new(10).unwrap();
+        let rate = match self.signin_user_per_minute {
+            Some(r) => std::num::NonZeroU32::new(r).ok_or("[auth] signin_user_per_minute must be at least 1")?,
+            None => rate.saturating_mul(ten),
+        };
+        let burst = match self.signin_user_burst {
+            Some(b) => std::num::NonZeroU32::new(b).ok_or("[auth] signin_user_burst must be at least 1")?,
+            None => burst.saturating_mul(ten),
+        };
+        Ok((rate, burst))
     }
 
     /// The sign-in limit as (per minute, burst); always on, zero refused.

@@ -162,8 +162,11 @@ pub struct Ctx {
     pub locks: Option<crate::datastore::locks::SharedLocks>,
     /// This dcmgr holds the leader lock (`controller::leader`); always true when not shared.
     pub leader: std::sync::atomic::AtomicBool,
-    /// Sign-in attempts, per user name and per source address (`[auth] signin_*`): always on.
+    /// Sign-in attempts, per source address and per user name from each address
+    /// (`[auth] signin_per_minute`, `signin_burst`): always on.
     pub signin_limits: crate::app::rate_limit::RateLimits,
+    /// Sign-in attempts per user name from all addresses (`[auth] signin_user_*`).
+    pub signin_user_limits: crate::app::rate_limit::RateLimits,
     /// Creates waiting for SQLite's writer, recorded together (`app::instance::Creates`).
     pub creates: crate::app::instance::Creates,
     /// Accounts whose instance creates quotas limit (`app::quota::Limited`).

@@ -27,6 +27,7 @@ async fn evict_rate_limits(ctx: SharedCtx, cancel: CancellationToken) {
             l.evict();
         }
         ctx.signin_limits.evict();
+        ctx.signin_user_limits.evict();
     }
 }
 
@@ -89,6 +90,9 @@ impl Dcmgr {
         let (signin_rate, signin_burst) =
             config.auth.signin_limit().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
         let signin_limits = crate::app::rate_limit::RateLimits::per_minute(signin_rate, signin_burst);
+        let (user_rate, user_burst) =
+            config.auth.signin_user_limit().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
+        let signin_user_limits = crate::app::rate_limit::RateLimits::per_minute(user_rate, user_burst);
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let audit = crate::app::audit::Writer::start(pool.clone());
@@ -124,6 +128,7 @@ impl Dcmgr {
             locks: shared.then(|| db::locks::SharedLocks::new(config.database_url.clone())),
             leader: std::sync::atomic::AtomicBool::new(!shared),
             signin_limits,
+            signin_user_limits,
             creates: Default::default(),
             limited: Default::default(),
         });

@@ -327,6 +327,8 @@ async fn sign_ins_are_rate_limited(db: Db) {
     // One a minute: nothing refills during the test, so exactly the burst passes.
     o.auth.signin_per_minute = 1;
     o.auth.signin_burst = 10;
+    o.auth.signin_user_per_minute = Some(1);
+    o.auth.signin_user_burst = Some(15);
     let s = Stack::start(o).await;
     let url = s.url();
     user_with_password(&s, "erin").await;
@@ -353,17 +355,26 @@ async fn sign_ins_are_rate_limited(db: Db) {
     assert_eq!((checked, limited.len()), (10, 20), "{:?}", answers.iter().map(|a| a.status).collect::<Vec<_>>());
     assert!(limited.iter().all(|a| a.retry_after.is_some_and(|r| (1..=60).contains(&r))));
 
-    // From another address: erin's name is still limited (even with the right password),
-    // frank is not; from 127.0.0.1 nobody is (that address's bucket is empty).
-    let elsewhere =
-        reqwest::Client::builder().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap()).build().unwrap();
-    let body = |u: &str| Some(json!({"user": u, "password": PASSWORD}));
-    let post =
-        |c: &reqwest::Client, u: &str| call_from(c.clone(), &url, reqwest::Method::POST, "/sessions", None, body(u));
-    let erin = post(&elsewhere, "erin").await;
-    assert_eq!((erin.status, erin.code.as_str()), (429, "rate_limited"));
-    assert_eq!(post(&elsewhere, "frank").await.status, 201);
-    assert_eq!(post(&reqwest::Client::new(), "frank").await.status, 429);
+    // From another address erin signs in: guesses from one address no longer lock her
+    // out from every other (they did, at 5 a minute). Frank does too; from 127.0.0.1
+    // nobody does (that address's bucket is empty).
+    let from =
+        |last: u8| reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, last])).build().unwrap();
+    let body = |u: &str, p: &str| Some(json!({"user": u, "password": p}));
+    let post = |c: &reqwest::Client, u: &str, p: &str| {
+        call_from(c.clone(), &url, reqwest::Method::POST, "/sessions", None, body(u, p))
+    };
+    assert_eq!(post(&from(2), "erin", PASSWORD).await.status, 201, "erin from elsewhere");
+    assert_eq!(post(&from(2), "frank", PASSWORD).await.status, 201);
+    assert_eq!(post(&reqwest::Client::new(), "frank", PASSWORD).await.status, 429);
+    // Guesses spread over many addresses: her name's limit over all of them (15 here)
+    // holds, for the right password too.
+    for last in 3..7 {
+        let a = post(&from(last), "erin", "guessing-password").await;
+        assert_eq!((a.status, a.code.as_str()), (401, "bad_credentials"), "guess {last}");
+    }
+    let erin = post(&from(9), "erin", PASSWORD).await;
+    assert_eq!((erin.status, erin.code.as_str()), (429, "rate_limited"), "past her name's limit");
     // The general API is not affected ([auth] rate_limit_per_second is off).
     assert!(owner.whoami().await.is_ok());
     s.stop().await;

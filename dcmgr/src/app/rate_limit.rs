@@ -18,6 +18,8 @@ pub enum Key {
     Addr(IpAddr),
     /// A sign-in's user name (`POST /api/v1/sessions`), known or not.
     User(String),
+    /// A sign-in's user name from one source address.
+    UserFrom(String, IpAddr),
 }
 
 pub struct RateLimits {

@@ -196,7 +196,15 @@ pub async fn sign_in(
         ctx.signin_limits.check(&Key::Addr(a))?;
     }
     // Names longer than any user's are cut: a bucket per guessed name stays small.
-    ctx.signin_limits.check(&Key::User(req.user.chars().take(64).collect()))?;
+    let name: String = req.user.chars().take(64).collect();
+    // A name's guesses count per address: from one address they locked the user out
+    // from every other (5 a minute were enough). Over all addresses a looser limit holds.
+    let from = match addr {
+        Some(a) => Key::UserFrom(name.clone(), a),
+        None => Key::User(name.clone()),
+    };
+    ctx.signin_limits.check(&from)?;
+    ctx.signin_user_limits.check(&Key::User(name))?;
     let found = if req.user.len() <= 64 { store::credentials(&ctx.db, &req.user).await? } else { None };
     // The account a known user signs in to is named before the password is checked, so a
     // failed attempt shows in that account's audit log; which one (or why none) is told
