@@ -20,6 +20,8 @@ pub enum Key {
     User(String),
     /// A sign-in's user name from one source address.
     UserFrom(String, IpAddr),
+    /// A user changing its own password (the current one is checked).
+    PasswordOf(String),
 }
 
 pub struct RateLimits {

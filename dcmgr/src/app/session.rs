@@ -168,8 +168,7 @@ async fn current_password(ctx: &SharedCtx, id: &UserId, given: Option<String>) -
             "give your current password (current_password) to change or remove it",
         ));
     };
-    // No user name holds a NUL: this bucket is no sign-in's.
-    ctx.signin_limits.check(&Key::User(format!("{name}\0password")))?;
+    ctx.signin_limits.check(&Key::PasswordOf(name))?;
     let stored = phc.clone();
     let matches = tokio::task::spawn_blocking(move || given.len() <= MAX_PASSWORD_BYTES && verify(&given, &stored))
         .await
