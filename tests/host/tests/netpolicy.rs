@@ -304,36 +304,26 @@ async fn egress_rules_are_enforced_and_guests_resolve_each_other() {
     s1.spec_gen = 5;
     s1.security_groups[0].rules.push(rule(Ingress, Protocol::Udp, Some(68), "0.0.0.0/0"));
     active(&net, &sink, &s1).await;
-    let send = |from_port: u16| {
-        format!("while :; do echo offer; sleep 0.2; done | socat -u - UDP:10.20.0.11:68,bind=:{from_port}")
+    // What g2 sends to g1's udp/68 from `from_port`, as g1's listener receives it.
+    let to_g1 = |from_port: u16, out: &str| {
+        let send = format!("while :; do echo offer; sleep 0.2; done | socat -u - UDP:10.20.0.11:68,bind=:{from_port}");
+        Running::start(&g2.netns, &send, dir.path().join(out), Some((&g1.netns, "socat -u UDP-RECV:68,reuseaddr -")))
     };
-    let plain = Running::start(
-        &g2.netns,
-        &send(6767),
-        dir.path().join("plain-68"),
-        Some((&g1.netns, "socat -u UDP-RECV:68,reuseaddr -")),
-    );
+    let plain = to_g1(6767, "plain-68");
     assert!(eventually(Duration::from_secs(5), || plain.grows()), "udp/68 from another port arrives");
     drop(plain);
     // What g1's rules admit arrives in a broadcast frame too, through them (TCP would
     // not: Linux takes it only in frames to its own MAC).
-    let bcast = ["neigh", "replace", "10.20.0.11", "lladdr", "ff:ff:ff:ff:ff:ff", "nud", "permanent", "dev", "eth0"];
-    ns(&g2.netns, &[&["ip"][..], &bcast[..]].concat()).unwrap();
-    let in_bcast = Running::start(
+    ns(
         &g2.netns,
-        &send(6768),
-        dir.path().join("bcast-68"),
-        Some((&g1.netns, "socat -u UDP-RECV:68,reuseaddr -")),
-    );
+        &["ip", "neigh", "replace", "10.20.0.11", "lladdr", "ff:ff:ff:ff:ff:ff", "nud", "permanent", "dev", "eth0"],
+    )
+    .unwrap();
+    let in_bcast = to_g1(6768, "bcast-68");
     assert!(eventually(Duration::from_secs(5), || in_bcast.grows()), "admitted udp/68 in a broadcast frame");
     drop(in_bcast);
     ns(&g2.netns, &["ip", "neigh", "del", "10.20.0.11", "dev", "eth0"]).unwrap();
-    let rogue = Running::start(
-        &g2.netns,
-        &send(67),
-        dir.path().join("rogue-67"),
-        Some((&g1.netns, "socat -u UDP-RECV:68,reuseaddr -")),
-    );
+    let rogue = to_g1(67, "rogue-67");
     assert!(!rogue.grows() && !rogue.grows(), "a guest's udp/67 reached another guest");
     drop(rogue);
 
