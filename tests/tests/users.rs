@@ -418,6 +418,10 @@ async fn an_admin_acts_in_another_account(db: Db) {
     assert_eq!(alice.list_all_keypairs().await.unwrap().len(), 1);
     let e = vdc(&bob, &["--account", "alice", "keypair", "list"]).await.unwrap_err().report();
     assert!(e.contains("the token acts in account bob"), "{e}");
+    // `whoami` answers for the account named, not silently for the token's own.
+    ok(&s.admin, &["--account", "alice", "whoami"]).await;
+    let e = vdc(&bob, &["--account", "alice", "whoami"]).await.unwrap_err().report();
+    assert!(e.contains("the token acts in account bob"), "{e}");
     s.stop().await;
 }
 

@@ -72,7 +72,6 @@ pub(super) async fn run(global: &GlobalArgs, mut command: Command) -> Result<(),
             | Command::User(_)
             | Command::Token(TokenCmd::Create { .. })
             | Command::Audit(_)
-            | Command::Whoami
             | Command::Logout { .. }
     );
     // An admin's token acts in the named account (the server checks it is an admin's).
