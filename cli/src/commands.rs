@@ -504,7 +504,8 @@ pub enum FloatingIpCmd {
     },
     /// Show a floating IP
     Show { id: FloatingIpId },
-    /// Map the address to an instance (its first interface unless --interface)
+    /// Map the address to an instance (its first interface unless --interface); one mapped
+    /// elsewhere moves
     Associate {
         id: FloatingIpId,
         #[arg(value_name = "INSTANCE")]

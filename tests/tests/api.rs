@@ -1387,6 +1387,27 @@ async fn floating_ips(db: Db) {
         .expect("the mapping is withdrawn");
     assert_eq!(c.get_instance(&inst.id).await.unwrap().interfaces[0].floating_ip, None);
     c.associate_floating_ip(&a.id, &assoc).await.unwrap();
+    // Associated again with another instance, the address moves (as Neutron's does): the
+    // first interface's host withdraws it, the second's maps it.
+    let web2 = s.running_instance(&c, "web2").await;
+    let vif2 = web2.interfaces[0].id.clone();
+    let moved = c
+        .associate_floating_ip(&a.id, &AssociateFloatingIp { instance_id: web2.id.clone(), interface_id: None })
+        .await
+        .unwrap();
+    assert_eq!((moved.instance_id.as_ref(), moved.interface_id.as_ref()), (Some(&web2.id), Some(&vif2)));
+    eventually(Duration::from_secs(5), || async {
+        (port(&vif)?.floating_ip.is_none() && port(&vif2)?.floating_ip? == a.ip).then_some(())
+    })
+    .await
+    .expect("the address moved on the data plane");
+    assert_eq!(c.get_instance(&inst.id).await.unwrap().interfaces[0].floating_ip, None);
+    c.associate_floating_ip(&a.id, &assoc).await.unwrap();
+    eventually(Duration::from_secs(5), || async {
+        (port(&vif2)?.floating_ip.is_none() && port(&vif)?.floating_ip? == a.ip).then_some(())
+    })
+    .await
+    .expect("and back");
     // A stopped instance's port stays on its host for the next start, and follows its
     // floating IP: moved away meanwhile, the host no longer maps it.
     wait_job(&c, &c.stop_instance(&inst.id).await.unwrap().job).await;

@@ -433,7 +433,8 @@ async fn floating_ip_associations(db: Db) {
     let a = s.running_instance(&c, "a").await;
     let b = s.running_instance(&c, "b").await;
     for round in 0..ROUNDS {
-        // One address, two instances.
+        // One address, two instances: it ends on one, and only that one's port maps it
+        // (checked below, when the other carries another address).
         let fip = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
         let reqs = (0..20).map(|i| {
             let (c, fip, inst) = (c.clone(), fip.id.clone(), if i % 2 == 0 { a.id.clone() } else { b.id.clone() });
@@ -445,12 +446,9 @@ async fn floating_ip_associations(db: Db) {
         let results = join_all(reqs).await;
         let got = c.get_floating_ip(&fip.id).await.unwrap();
         let winner = got.instance_id.clone().expect("associated");
-        for (inst, o) in &results {
-            if inst == &winner {
-                assert_eq!(o.status, 202, "round {round}: associating again with the same instance is success");
-            } else {
-                assert_eq!((o.status, o.code.as_str()), (409, "floating_ip_associated"), "round {round}");
-            }
+        // Each request moves it (as Neutron's port update does); one of them is last.
+        for (_, o) in &results {
+            assert_eq!(o.status, 202, "round {round}: {}", o.code);
         }
         // Two addresses, one interface: exactly one of them maps to it.
         let f1 = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();

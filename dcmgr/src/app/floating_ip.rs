@@ -210,14 +210,15 @@ pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<
     Ok(page(items, limit, |f| f.id.to_string()))
 }
 
-/// Maps the address onto an interface of the caller's instance; the interface is re-sent.
+/// Maps the address onto an interface of the caller's instance, moving it from another
+/// interface if it is on one; the interfaces are re-sent.
 pub async fn associate(
     ctx: &SharedCtx,
     caller: &Caller,
     id: &FloatingIpId,
     req: &AssociateFloatingIp,
 ) -> ApiResult<FloatingIp> {
-    let vif = db::retry(|| async {
+    let vifs = db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
         // The instance, then the address: terminate locks the instance and then frees its
         // addresses.
@@ -232,26 +233,26 @@ pub async fn associate(
         let vifs = ifstore::ids_of_instance(&mut tx, inst.id.as_str()).await?;
         let vif = choose_interface(&inst.id, &vifs, req.interface_id.as_ref())?;
         if row.vif_id.as_deref() == Some(vif.as_str()) {
-            return Ok(None);
-        }
-        if let Some(other) = &row.instance_id {
-            return Err(ApiError::conflict(
-                "floating_ip_associated",
-                format!("{} is associated with {other}; disassociate it first", row.ip),
-            ));
+            return Ok(vec![]);
         }
         // The unique index on vif_id is the last guard against two addresses racing for one interface.
         if let Some(ip) = store::of_interface(tx.conn().await?, &vif).await? {
             return Err(ApiError::conflict("interface_has_floating_ip", format!("interface {vif} already has {ip}")));
         }
+        // Associated elsewhere, it moves (as Neutron's port update does): the interface it
+        // leaves is re-sent too, so its host withdraws the mapping.
         store::associate(&mut tx, id, inst.id.as_str(), &vif).await?;
-        ifstore::bump(tx.conn().await?, &vif).await?;
+        let mut resend = vec![vif];
+        resend.extend(row.vif_id);
+        for v in &resend {
+            ifstore::bump(tx.conn().await?, v).await?;
+        }
         tx.commit().await?;
         ctx.events.wake();
-        Ok(Some(vif))
+        Ok(resend)
     })
     .await?;
-    if let Some(v) = vif.and_then(|v| v.parse().ok()) {
+    for v in vifs.iter().filter_map(|v| v.parse().ok()) {
         ctx.enqueue(Work::Interface(v));
     }
     fetch(ctx, caller, id).await

@@ -57,12 +57,12 @@ pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<S
         ("id" = vdc_schema::id::FloatingIpId, Path,
             description = "A floating IP ID (`fip-…`); an unknown, malformed or foreign one answers 404")),
     responses(
-        (status = 200, description = "The floating IP, associated (or already so)", body = FloatingIp),
+        (status = 200, description = "The floating IP, associated (or already so); one associated with another interface moved from it", body = FloatingIp),
         (status = 404, description = "`not_found`: the floating IP, the instance, or the interface on it",
             body = ErrorBody),
         (status = 409,
-            description = "`no_interface`, `floating_ip_associated` (with another interface), or \
-                `interface_has_floating_ip`", body = ErrorBody)))]
+            description = "`no_interface`, or `interface_has_floating_ip` (another floating IP is on \
+                the interface)", body = ErrorBody)))]
 pub async fn associate(
     State(ctx): State<SharedCtx>,
     caller: Caller,
