@@ -59,8 +59,9 @@ pub struct AllInOne {
     pub nw_driver: String,
     pub sta_driver: String,
     agents: Vec<vdc_bus::AgentHandle>,
-    /// The Open vSwitch daemons of this all-in-one, when it runs its own.
-    switch: Option<vdc_nwagent::ovs::daemon::Switch>,
+    /// The Open vSwitch daemons of this all-in-one, when it runs its own, and the task
+    /// that starts them again when one dies ([`watch_switch`]).
+    switch: Option<(std::sync::Arc<vdc_nwagent::ovs::daemon::Switch>, tokio::task::JoinHandle<()>)>,
     /// The external network on the host (floating IPs), when the network is real.
     external: Option<ExternalNet>,
     /// What the external network is, and why.
@@ -306,7 +307,7 @@ impl AllInOne {
                 }
             }
             match vdc_nwagent::ovs::daemon::Switch::start_persistent(&data_dir.join("ovs")) {
-                Ok(s) => Some(s),
+                Ok(s) => Some(std::sync::Arc::new(s)),
                 Err(e) => {
                     nw_why = format!("simulated (Open vSwitch did not start: {e})");
                     None
@@ -439,7 +440,7 @@ impl AllInOne {
             nw_driver: nw_why,
             sta_driver,
             agents: vec![hva, nw, sta],
-            switch,
+            switch: switch.map(|sw| (sw.clone(), tokio::spawn(watch_switch(sw)))),
             external,
             ext_driver,
             _locks: locks,
@@ -454,13 +455,46 @@ impl AllInOne {
         // Our OVS daemons stop; their database (bridge, ports) stays for the next start,
         // and so do the guests, each network's DHCP server and router, and the external
         // bridge. The NAT to the host's network goes.
-        if let Some(sw) = self.switch {
+        if let Some((sw, watch)) = self.switch {
+            watch.abort();
+            let _ = watch.await;
+            // A revival under way holds the switch until it is done.
+            for _ in 0..150 {
+                if std::sync::Arc::strong_count(&sw) == 1 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
             let vswitchd = std::fs::read_to_string(sw.dir.join("ovs-vswitchd.pid")).ok();
             drop(sw);
             remove_datapath_taps(vswitchd.as_deref().and_then(|p| p.trim().parse().ok())).await;
         }
         if let Some(e) = self.external {
             e.stop().await;
+        }
+    }
+}
+
+/// Plays a service manager's part for the all-in-one's own Open vSwitch: a killed
+/// ovs-vswitchd left every guest without a network while the host showed online (red
+/// team, 2026-12-06). Started again, it comes back with its bridges and ports, and
+/// nwagent sees the new process and puts the flows back.
+async fn watch_switch(sw: std::sync::Arc<vdc_nwagent::ovs::daemon::Switch>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let s = sw.clone();
+        match tokio::task::spawn_blocking(move || s.revive()).await {
+            Ok(Ok(dead)) if !dead.is_empty() => tracing::error!(
+                dead = dead.join(", "),
+                dir = %sw.dir.display(),
+                "Open vSwitch daemons of this cloud had died: started them again; nwagent restores the flows \
+                 (see the daemons' logs there)"
+            ),
+            Ok(Err(e)) => tracing::error!(
+                dir = %sw.dir.display(),
+                "Open vSwitch daemons of this cloud died and did not start again, so guests have no network: {e}"
+            ),
+            _ => {}
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct Switch {
     /// Tests remove their bridges on drop; `vdc up` keeps them (and their ports' numbers)
     /// for the next start.
     pub remove_bridges: bool,
+    /// The namespace the daemons run in; None: the caller's.
+    netns: Option<String>,
 }
 
 impl Switch {
@@ -41,18 +43,25 @@ impl Switch {
 
     fn start_with(netns: Option<&str>, dir: &Path, remove_bridges: bool) -> std::io::Result<Switch> {
         std::fs::create_dir_all(dir)?;
-        let d = dir.to_string_lossy().into_owned();
         if !dir.join("conf.db").exists() {
-            sh("ovsdb-tool", &["create", &format!("{d}/conf.db"), "/usr/share/openvswitch/vswitch.ovsschema"])?;
+            let db = format!("{}/conf.db", dir.display());
+            sh("ovsdb-tool", &["create", &db, "/usr/share/openvswitch/vswitch.ovsschema"])?;
         }
-        // Left over from a run that was killed: stop those daemons first.
-        stop_daemons(dir);
-        let sw = Switch { dir: dir.to_owned(), remove_bridges };
+        let sw = Switch { dir: dir.to_owned(), remove_bridges, netns: netns.map(str::to_owned) };
+        sw.launch()?;
+        Ok(sw)
+    }
+
+    /// Starts both daemons, first stopping any left over (a run that was killed, or the
+    /// survivor of a pair one of which died).
+    fn launch(&self) -> std::io::Result<()> {
+        stop_daemons(&self.dir);
+        let d = self.dir.to_string_lossy().into_owned();
         let rundir = format!("OVS_RUNDIR={d}");
         let run = |args: &[&str]| -> std::io::Result<String> {
             let mut all = vec![];
-            if let Some(n) = netns {
-                all.extend(["ip", "netns", "exec", n]);
+            if let Some(n) = &self.netns {
+                all.extend(["ip", "netns", "exec", n.as_str()]);
             }
             all.extend(["env", rundir.as_str()]);
             all.extend_from_slice(args);
@@ -74,7 +83,24 @@ impl Switch {
             &format!("--log-file={d}/ovs-vswitchd.log"),
             "--detach",
         ])?;
-        Ok(sw)
+        Ok(())
+    }
+
+    /// What a service manager does for the system's switch: when either daemon has died,
+    /// both are started again (the database keeps bridges and ports; nwagent sees the new
+    /// ovs-vswitchd and puts its flows back). Returns the daemons that were found dead.
+    pub fn revive(&self) -> std::io::Result<Vec<&'static str>> {
+        let dead: Vec<&'static str> = DAEMONS
+            .into_iter()
+            .filter(|p| {
+                let pid = std::fs::read_to_string(self.dir.join(format!("{p}.pid"))).unwrap_or_default();
+                !running(pid.trim())
+            })
+            .collect();
+        if !dead.is_empty() {
+            self.launch()?;
+        }
+        Ok(dead)
     }
 
     pub fn db_socket(&self) -> PathBuf {
@@ -115,20 +141,24 @@ impl Drop for Switch {
 /// file locked ("already running as pid …, aborting"; a host test's switch restart in CI).
 fn stop_daemons(dir: &Path) {
     let mut pids = vec![];
-    for p in ["ovs-vswitchd", "ovsdb-server"] {
+    for p in DAEMONS {
         if let Ok(pid) = std::fs::read_to_string(dir.join(format!("{p}.pid"))) {
             if sh("kill", &[pid.trim()]).is_ok() {
                 pids.push(pid.trim().to_owned());
             }
         }
     }
-    // Gone, or a zombie (its files and locks are released).
-    let running = |pid: &String| {
-        std::fs::read_to_string(Path::new("/proc").join(pid).join("stat"))
-            .is_ok_and(|st| st.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
-    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while pids.iter().any(running) && std::time::Instant::now() < deadline {
+    while pids.iter().any(|p| running(p)) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+const DAEMONS: [&str; 2] = ["ovs-vswitchd", "ovsdb-server"];
+
+/// Whether process `pid` runs: not gone, nor a zombie (whose files and locks are released).
+fn running(pid: &str) -> bool {
+    !pid.is_empty()
+        && std::fs::read_to_string(Path::new("/proc").join(pid).join("stat"))
+            .is_ok_and(|st| st.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
 }

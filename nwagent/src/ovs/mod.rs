@@ -100,6 +100,8 @@ struct Inner {
     /// One worker per interface: re-sent ensures wait there instead of piling up.
     work: Coalescer<VifId, Want>,
     tools: crate::cmd::Runner,
+    /// The pid of the ovs-vswitchd the flows were last restored into.
+    vswitchd: std::sync::Mutex<Option<String>>,
 }
 
 /// What dcmgr last asked of one interface.
@@ -320,6 +322,78 @@ impl Inner {
         Ok((row.ofport as u32, row.ifindex))
     }
 
+    /// Puts the base flows and every known network's and port's flows in place, with the
+    /// port numbers the switch has now: at open, and when ovs-vswitchd was started again
+    /// under us (it comes back from its database with bridges and ports but no flows).
+    async fn restore(&self) -> Result<(), OvsError> {
+        let pid = vswitchd_pid(&self.cfg.rundir);
+        // Wait for ovs-vswitchd to create the bridge's management socket.
+        let mgmt = self.cfg.rundir.join(format!("{}.mgmt", self.cfg.bridge));
+        for _ in 0..100 {
+            if mgmt.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Its ports back from the database, with their numbers.
+        self.db.wait_applied(Duration::from_secs(10)).await?;
+        limit_conntrack(&self.cfg.rundir, &self.tools).await;
+        let mut st = self.state.lock().await;
+        // Port numbers as the switch has them now (a port it lost waits for the next
+        // ensure, which re-adds it).
+        let ids: Vec<VifId> = st.ports.keys().cloned().collect();
+        for id in ids {
+            let row = self.db.interface(&vif_device_name(&id)).await?;
+            let ofport = row.filter(|r| r.ofport > 0).map(|r| r.ofport as u32);
+            if let Some(p) = st.ports.get_mut(&id) {
+                p.ofport = ofport;
+            }
+        }
+        let tunnels: Vec<Ipv4Addr> = st.tunnels.keys().copied().collect();
+        for ip in tunnels {
+            let row = self.db.interface(&tunnel_name(ip)).await?;
+            match row.filter(|r| r.ofport > 0) {
+                Some(r) => st.tunnels.insert(ip, r.ofport as u32),
+                None => st.tunnels.remove(&ip),
+            };
+        }
+        let vnis: Vec<u32> = st.services.keys().copied().collect();
+        for v in vnis {
+            let row = self.db.interface(&service::service_dev(v)).await?;
+            match row.filter(|r| r.ofport > 0) {
+                Some(r) => st.services.insert(v, r.ofport as u32),
+                None => st.services.remove(&v),
+            };
+        }
+        let mut sets = vec![(flows::BASE, flows::base_flows())];
+        for (ip, ofport) in &st.tunnels {
+            sets.push((flows::cookie(flows::TUNNEL, &ip.to_string()), flows::tunnel_flows(*ofport)));
+        }
+        let mut vnis: Vec<u32> = st.ports.values().map(|p| p.spec.network.vni).collect();
+        vnis.sort();
+        vnis.dedup();
+        for p in st.ports.values() {
+            sets.push(self.port_set(p));
+        }
+        // DHCP keeps running across a restart; metadata is served by this process.
+        for &v in &vnis {
+            sets.extend(self.ensure_service(&mut st, v).await?);
+        }
+        for v in vnis {
+            sets.push(self.network_set(&st, v));
+        }
+        self.of.replace(&sets).await?;
+        *self.vswitchd.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+        Ok(())
+    }
+
+    /// Whether the switch's ovs-vswitchd is another process than the one flows were last
+    /// restored into (its pid file changed; a missing one is a switch still starting).
+    fn switch_restarted(&self) -> bool {
+        let now = vswitchd_pid(&self.cfg.rundir);
+        now.is_some() && now != *self.vswitchd.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// One pass of the device watch: every port whose device was made again is plugged
     /// anew, and its flows follow if its port number changed.
     async fn watch_once(&self) -> Result<(), OvsError> {
@@ -488,6 +562,12 @@ impl Inner {
 /// failed (red team, 2026-12-06). A network's guests now fill only their own share.
 pub const CT_ZONE_LIMIT: u32 = 100_000;
 
+/// The pid in the switch's `ovs-vswitchd.pid`, when there is one.
+fn vswitchd_pid(rundir: &std::path::Path) -> Option<String> {
+    let pid = std::fs::read_to_string(rundir.join("ovs-vswitchd.pid")).ok()?;
+    Some(pid.trim().to_owned()).filter(|p| !p.is_empty())
+}
+
 /// Sets [`CT_ZONE_LIMIT`] as the switch's default zone limit (`dpctl/ct-set-limits`);
 /// a switch that cannot is logged, not refused.
 async fn limit_conntrack(rundir: &std::path::Path, tools: &crate::cmd::Runner) {
@@ -545,63 +625,9 @@ impl OvsNetwork {
             stopped: Default::default(),
             work: Coalescer::default(),
             tools,
+            vswitchd: Default::default(),
         };
-        // Wait for ovs-vswitchd to create the bridge's management socket.
-        let mgmt = inner.cfg.rundir.join(format!("{}.mgmt", inner.cfg.bridge));
-        for _ in 0..100 {
-            if mgmt.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        limit_conntrack(&inner.cfg.rundir, &inner.tools).await;
-        {
-            let mut st = inner.state.lock().await;
-            // Port numbers as the switch has them now (a port it lost waits for the next
-            // ensure, which re-adds it).
-            let ids: Vec<VifId> = st.ports.keys().cloned().collect();
-            for id in ids {
-                let row = inner.db.interface(&vif_device_name(&id)).await?;
-                let ofport = row.filter(|r| r.ofport > 0).map(|r| r.ofport as u32);
-                if let Some(p) = st.ports.get_mut(&id) {
-                    p.ofport = ofport;
-                }
-            }
-            let tunnels: Vec<Ipv4Addr> = st.tunnels.keys().copied().collect();
-            for ip in tunnels {
-                let row = inner.db.interface(&tunnel_name(ip)).await?;
-                match row.filter(|r| r.ofport > 0) {
-                    Some(r) => st.tunnels.insert(ip, r.ofport as u32),
-                    None => st.tunnels.remove(&ip),
-                };
-            }
-            let vnis: Vec<u32> = st.services.keys().copied().collect();
-            for v in vnis {
-                let row = inner.db.interface(&service::service_dev(v)).await?;
-                match row.filter(|r| r.ofport > 0) {
-                    Some(r) => st.services.insert(v, r.ofport as u32),
-                    None => st.services.remove(&v),
-                };
-            }
-            let mut sets = vec![(flows::BASE, flows::base_flows())];
-            for (ip, ofport) in &st.tunnels {
-                sets.push((flows::cookie(flows::TUNNEL, &ip.to_string()), flows::tunnel_flows(*ofport)));
-            }
-            let mut vnis: Vec<u32> = st.ports.values().map(|p| p.spec.network.vni).collect();
-            vnis.sort();
-            vnis.dedup();
-            for p in st.ports.values() {
-                sets.push(inner.port_set(p));
-            }
-            // DHCP keeps running across a restart; metadata is served by this process.
-            for &v in &vnis {
-                sets.extend(inner.ensure_service(&mut st, v).await?);
-            }
-            for v in vnis {
-                sets.push(inner.network_set(&st, v));
-            }
-            inner.of.replace(&sets).await?;
-        }
+        inner.restore().await?;
         tracing::info!(bridge = %inner.cfg.bridge, datapath, "switch ready");
         let inner = Arc::new(inner);
         // Polled rather than monitored: one query every half second is cheap, and a
@@ -613,6 +639,13 @@ impl OvsNetwork {
                 let Some(inner) = weak.upgrade() else { return };
                 if inner.stopped.load(std::sync::atomic::Ordering::Relaxed) {
                     return;
+                }
+                if inner.switch_restarted() {
+                    tracing::warn!(bridge = %inner.cfg.bridge, "ovs-vswitchd was started again: restoring every flow");
+                    match inner.restore().await {
+                        Ok(()) => tracing::info!(bridge = %inner.cfg.bridge, "flows restored"),
+                        Err(e) => tracing::warn!("flows not restored, retried: {e}"),
+                    }
                 }
                 if let Err(e) = inner.watch_once().await {
                     tracing::warn!("device watch: {e}");

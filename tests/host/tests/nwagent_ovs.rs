@@ -453,6 +453,19 @@ async fn a_device_made_again_is_plugged_again() {
         switch_state(&n, &dev)
     );
 
+    // ovs-vswitchd killed and started again (by `vdc up`'s watch, or a service manager)
+    // while nwagent runs: the switch comes back without flows, and nwagent restores them.
+    let pid = std::fs::read_to_string(dir.path().join("ovs-vswitchd.pid")).unwrap();
+    sh("kill", &["-9", pid.trim()]).unwrap();
+    let revived = n.host.switch.as_ref().unwrap().revive().unwrap();
+    assert!(revived.contains(&"ovs-vswitchd"), "{revived:?}");
+    assert!(n.host.switch.as_ref().unwrap().revive().unwrap().is_empty(), "alive again");
+    assert!(
+        reaches_metadata(&g),
+        "flows restored after ovs-vswitchd was started again; the switch and nwagent's state:\n{}",
+        switch_state(&n, &dev)
+    );
+
     // An unplug decided before the port's last ensure (an evacuation racing the
     // instance's start on this host) keeps the port; one decided at its generation or
     // after removes it.
