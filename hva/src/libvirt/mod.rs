@@ -94,6 +94,12 @@ struct Saved {
     /// saved before this was recorded is taken to have run.
     #[serde(default = "ran_before")]
     ran: bool,
+    /// The spec_gen hva last started the guest for. Found off with this same intent, it
+    /// powered itself off or was killed since: it is reported off, not started again (an
+    /// ensure re-sent to a returning host booted it, and dcmgr, told it was off, halted it
+    /// again). None in a state saved before this was recorded.
+    #[serde(default)]
+    started_gen: Option<u64>,
 }
 
 fn ran_before() -> bool {
@@ -400,11 +406,11 @@ impl Inner {
     /// Makes the host match the saved spec of `id` (blocking).
     fn converge(&self, id: &InstanceId) -> Result<()> {
         let saved = self.known.lock().unwrap().get_mut(id).map(|k| {
-            k.resuming = false; // dcmgr's ensure decides now
+            let resuming = std::mem::take(&mut k.resuming); // dcmgr's ensure decides now
             let failed = k.last == Some(ObservedInstance::Failed) && k.acted_gen >= k.saved.spec.spec_gen;
-            (k.saved.clone(), failed)
+            (k.saved.clone(), failed, resuming)
         });
-        let Some((saved, failed)) = saved else { return Ok(()) };
+        let Some((saved, failed, resuming)) = saved else { return Ok(()) };
         // This very spec failed already (a converge queued behind the one that failed):
         // say so again rather than try once more; a new spec tries again.
         if failed {
@@ -476,6 +482,12 @@ impl Inner {
                 }
                 self.mark_rebooted(id, spec.reboot_gen);
                 self.report(id, observe(Some(&dom)));
+            }
+            // Started for this very intent and off now, the host not rebooted meanwhile.
+            DesiredPower::Running if !resuming && saved.started_gen.is_some_and(|g| g >= spec.spec_gen) => {
+                tracing::info!(instance = %id, "found off after it was started: it powered itself off or was \
+                    killed; reported off, not started again");
+                self.report(id, ObservedInstance::Off);
             }
             DesiredPower::Running => {
                 self.report(id, ObservedInstance::Starting);
@@ -593,10 +605,11 @@ impl Inner {
             k.container = None;
         }
         lv("start", || dom.create()).map_err(|e| e.to_string())?;
-        let first = self.known.lock().unwrap().get_mut(id).is_some_and(|k| !std::mem::replace(&mut k.saved.ran, true));
-        if first {
-            self.save(id);
+        if let Some(k) = self.known.lock().unwrap().get_mut(id) {
+            k.saved.ran = true;
+            k.saved.started_gen = Some(k.saved.spec.spec_gen);
         }
+        self.save(id);
         self.after_start(id, kind, dom);
         Ok(())
     }
@@ -1050,7 +1063,7 @@ impl Hypervisor for LibvirtHypervisor {
                 None => {
                     let reboot_done = spec.reboot_gen;
                     let k = Known {
-                        saved: Saved { spec, reboot_done, boot_id: None, ran: false },
+                        saved: Saved { spec, reboot_done, boot_id: None, ran: false, started_gen: None },
                         last: None,
                         reason: None,
                         acted_gen: 0,
@@ -1296,7 +1309,7 @@ mod tests {
     #[test]
     fn a_guest_saved_before_it_was_recorded_whether_it_ran_is_taken_to_have_run() {
         let s = spec("i-a", HypervisorKind::Qemu, ImageFormat::Qcow2, "/x", 0);
-        let saved = Saved { spec: s, reboot_done: 0, boot_id: None, ran: false };
+        let saved = Saved { spec: s, reboot_done: 0, boot_id: None, ran: false, started_gen: None };
         let mut v = serde_json::to_value(&saved).unwrap();
         assert!(!serde_json::from_value::<Saved>(v.clone()).unwrap().ran);
         // An older hva's state.json: a failure must not take that guest's disk.

@@ -117,6 +117,44 @@ async fn hva_restart_leaves_guests_running() {
     s.stop().await;
 }
 
+/// A guest found off when hva comes back (killed, or powered off meanwhile) stays off,
+/// halted as one that powered itself off is; a start boots it. Before, the ensure dcmgr
+/// re-sends to a returning host booted it, and the off report halted it again a little
+/// later (red team, 2026-12-06: shut down 36 s after it came up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_found_off_when_hva_returns_stays_off() {
+    vdc_tests::init_logging();
+    let mut s = Stack::start(stack_opts()).await;
+    let (_, rootfs) = register_images(&s).await;
+    let c = s.account("foundoff").await;
+    let req = CreateInstance { hypervisor: Some(HypervisorKind::Lxc), ..vdc_tests::qemu_guest(&rootfs, "ct") };
+    let a = c.create_instance(&req).await.unwrap();
+    let id = a.resource.id.clone();
+    job_ok(&c, &a).await;
+    let line = format!("vdc-guest: instance-id={id}");
+    wait_boots(&c, &id, &line, 1).await;
+    s.crash_hva(0);
+    let name = format!("vdc-{id}");
+    let virsh = |args: &[&str]| {
+        let o = std::process::Command::new("virsh").args(["-c", "lxc:///system"]).args(args).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    virsh(&["destroy", &name]);
+    assert_eq!(virsh(&["domstate", &name]), "shut off");
+    s.restart_hva(0).await;
+    s.wait_nodes_online().await.unwrap();
+    let i = wait_state(&c, &id, InstanceState::Halted).await;
+    assert_eq!((i.state, i.goal), (InstanceState::Halted, InstanceGoal::Halted), "{i:?}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(virsh(&["domstate", &name]), "shut off", "not started behind the user's back");
+    let out = c.console_log(&id).await.unwrap().output;
+    assert_eq!(out.matches(&line).count(), 1, "booted once only:\n{out}");
+    job_ok(&c, &c.start_instance(&id).await.unwrap()).await;
+    wait_boots(&c, &id, &line, 2).await;
+    job_ok(&c, &c.terminate_instance(&id).await.unwrap()).await;
+    s.stop().await;
+}
+
 /// A container that reboots itself (libvirt restarts it: `on_reboot=restart`) runs on,
 /// and its console goes on being copied: the restart makes a new console, which hva
 /// must open again.
