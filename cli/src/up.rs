@@ -219,19 +219,44 @@ impl AllInOne {
         ext: External,
         args: &UpArgs,
     ) -> anyhow::Result<AllInOne> {
-        let (listen, sim, namespace_prefix) = (args.listen.as_str(), args.sim, args.namespace_prefix.as_str());
-        let (retention_days, trusted_keys) = (args.retention_days, &args.trust_keys);
+        let fresh = std::fs::read_dir(data_dir).map_or(true, |mut d| d.next().is_none());
         std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-        let who = format!("pid {} listening on {listen}, data directory {}", std::process::id(), data_dir.display());
-        let mut locks = vec![];
-        match claim(&data_dir.join("up.lock"), &who) {
-            Ok(lock) => locks.extend(lock),
+        let who =
+            format!("pid {} listening on {}, data directory {}", std::process::id(), args.listen, data_dir.display());
+        let lock = match claim(&data_dir.join("up.lock"), &who) {
+            Ok(lock) => lock,
             Err(holder) => anyhow::bail!(
                 "another vdc up runs on the data directory {} ({holder}): stop it first, or give this one \
                  another --data-dir; nothing was started or changed",
                 data_dir.display()
             ),
+        };
+        match Self::start_claimed(data_dir, tiny, ext, args, &who).await {
+            Ok(mut aio) => {
+                aio._locks.extend(lock);
+                Ok(aio)
+            }
+            Err(e) => {
+                // A start refused or failed on a new data directory leaves none behind
+                // (removed while its lock is still held).
+                if fresh {
+                    let _ = std::fs::remove_dir_all(data_dir);
+                }
+                Err(e)
+            }
         }
+    }
+
+    async fn start_claimed(
+        data_dir: &Path,
+        tiny: Option<PathBuf>,
+        ext: External,
+        args: &UpArgs,
+        who: &str,
+    ) -> anyhow::Result<AllInOne> {
+        let (listen, sim, namespace_prefix) = (args.listen.as_str(), args.sim, args.namespace_prefix.as_str());
+        let (retention_days, trusted_keys) = (args.retention_days, &args.trust_keys);
+        let mut locks = vec![];
         let token = admin_token(data_dir)?;
         let bus: Arc<dyn Transport> = vdc_bus::InProc::new();
 
@@ -296,7 +321,7 @@ impl AllInOne {
             if let Some(id) = netns_id() {
                 let dir = Path::new("/run/vdc-up");
                 let _ = std::fs::create_dir_all(dir);
-                match claim(&dir.join(format!("netns-{id}.lock")), &who) {
+                match claim(&dir.join(format!("netns-{id}.lock")), who) {
                     Ok(lock) => locks.extend(lock),
                     Err(holder) if holder.starts_with("cannot ") => tracing::warn!("{holder}"),
                     Err(holder) => anyhow::bail!(

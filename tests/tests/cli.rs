@@ -771,6 +771,18 @@ async fn vdc_up_starts_again_when_its_deleted_built_in_image_is_still_used() {
         "{said}"
     );
     assert!(admin().whoami().await.is_ok(), "the first still answers");
+    // One that fails to start (the first's port is taken) on a new data directory
+    // leaves no data directory behind.
+    let fresh = dir.path().join("fresh");
+    let mut busy = Command::new(bin("vdc"));
+    busy.env("VDC_CONFIG", dir.path().join("cli-busy.toml"))
+        .args(["up", "--sim", "--no-external", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(&fresh)
+        .stdin(std::process::Stdio::null());
+    let failed = tokio::task::spawn_blocking(move || busy.output().unwrap()).await.unwrap();
+    assert!(!failed.status.success(), "a vdc up on a taken port ran");
+    assert!(!fresh.exists(), "{} left behind: {}", fresh.display(), String::from_utf8_lossy(&failed.stderr));
+    assert!(admin().whoami().await.is_ok(), "the first still answers");
     let image = tiny(admin()).await.expect("registered at the first start");
     let req = vdc_tests::qemu_guest(&image.id, "keeps-it");
     let inst = admin().create_instance(&req).await.unwrap().resource.id;
