@@ -63,6 +63,48 @@ pub struct Config {
     /// How long what ended (terminated instances, deleted volumes and snapshots,
     /// finished jobs) stays in the database.
     pub retention: RetentionConfig,
+    /// The Web API's connections.
+    pub http: HttpConfig,
+}
+
+/// How many connections the Web API holds, and for how long an idle one: a client
+/// holding 19,990 idle connections took every descriptor of dcmgr, and the API and
+/// console stopped for every tenant (red team, 2026-12-06).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Connections open at once (default: the process's open-files limit less 1,024 kept
+    /// for the database, the bus and files, at most 16,384). Those beyond are answered
+    /// 503 and closed.
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one address (default 1,024).
+    pub max_connections_per_source: usize,
+    /// A connection that has not sent a whole request head this long after it opened or
+    /// after its last answer is closed (default 30 s; slow or idle clients).
+    pub header_timeout_secs: u64,
+    /// Event streams (`GET /api/v1/events`) open at once per account (default 64); more
+    /// are answered 429 `too_many_streams` (the CLI then polls).
+    pub event_streams_per_account: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: None,
+            max_connections_per_source: 1024,
+            header_timeout_secs: 30,
+            event_streams_per_account: 64,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let files = vdc_bus::conn_limits::open_files_limit().unwrap_or(1024 + 16_384);
+            (files.saturating_sub(1024) as usize).clamp(64, 16_384)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -446,6 +488,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             audit: AuditConfig::default(),
             retention: RetentionConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

@@ -171,6 +171,8 @@ pub struct Ctx {
     pub creates: crate::app::instance::Creates,
     /// Accounts whose instance creates quotas limit (`app::quota::Limited`).
     pub limited: crate::app::quota::Limited,
+    /// Event streams open per account (`[http] event_streams_per_account`).
+    pub streams: std::sync::Arc<vdc_bus::conn_limits::ConnLimits<String>>,
 }
 
 #[derive(Debug, Clone, Copy)]

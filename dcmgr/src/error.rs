@@ -26,6 +26,9 @@ pub enum ApiError {
     /// Over the caller's request rate (`app::rate_limit`): 429 with `Retry-After`.
     #[error("too many requests: retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// 429 with a code of its own: too many of something held open (`too_many_streams`).
+    #[error("{message}")]
+    TooMany { code: &'static str, message: String },
     /// Lost a race for a lock or a generated unique value; the whole transaction is
     /// retried by [`crate::db::retry`], and only reaches the client (503) if that fails.
     #[error("the database is busy: {0}")]
@@ -39,6 +42,9 @@ pub type ApiResult<T> = Result<T, ApiError>;
 impl ApiError {
     pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::BadRequest { code, message: message.into() }
+    }
+    pub fn too_many(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::TooMany { code, message: message.into() }
     }
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::Conflict { code, message: message.into() }
@@ -57,7 +63,8 @@ impl ApiError {
             | ApiError::Unprocessable { code, .. }
             | ApiError::Unavailable { code, .. }
             | ApiError::TokenRefused { code, .. }
-            | ApiError::Denied { code, .. } => code,
+            | ApiError::Denied { code, .. }
+            | ApiError::TooMany { code, .. } => code,
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound { .. } => "not_found",

@@ -129,6 +129,7 @@ impl Dcmgr {
             leader: std::sync::atomic::AtomicBool::new(!shared),
             signin_limits,
             signin_user_limits,
+            streams: vdc_bus::conn_limits::ConnLimits::new(config.http.event_streams_per_account, usize::MAX),
             creates: Default::default(),
             limited: Default::default(),
         });
@@ -189,12 +190,12 @@ impl Dcmgr {
         let _ = ctx.http_addr.set(addr);
         let app = http::router(ctx.clone());
         let stop = cancel.clone();
+        let http_cfg = config.http.clone();
         tasks.push(tokio::spawn(async move {
-            // The peer's address keys the rate limit of calls without a valid token, and is
-            // the audit log's source address.
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            // The peer's address (given to handlers as ConnectInfo) keys the rate limit of
+            // calls without a valid token, and is the audit log's source address.
             let cut = stop.clone();
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+            let serve = http::serve::serve(listener, app, &http_cfg, stop);
             // A stop lets requests under way end, for a while: a client that sends an
             // upload slowly (or stalls) held a Ctrl-C of `vdc up` as long as it liked.
             let grace = async move {
@@ -202,9 +203,7 @@ impl Dcmgr {
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             };
             tokio::select! {
-                r = std::future::IntoFuture::into_future(serve) => if let Err(e) = r {
-                    tracing::error!("HTTP server failed: {e}");
-                },
+                () = serve => {},
                 _ = grace => tracing::warn!(
                     "requests still under way {} s after the stop were cut (an upload cut so stays pending)",
                     SHUTDOWN_GRACE.as_secs()

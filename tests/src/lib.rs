@@ -71,6 +71,8 @@ pub struct StackOptions {
     pub bundles: vdc_dcmgr::config::BundlesConfig,
     /// dcmgr's token settings (the cap per user).
     pub auth: vdc_dcmgr::config::AuthConfig,
+    /// dcmgr's `[http]` (connection and stream limits).
+    pub http: vdc_dcmgr::config::HttpConfig,
     /// dcmgr's default quotas (`[quotas]`); none: unlimited.
     pub quotas: std::collections::BTreeMap<vdc_schema::api::QuotaKey, u64>,
     /// dcmgr's `[metrics]` (a token on /metrics).
@@ -203,6 +205,7 @@ impl StackOptions {
             },
             bundles: Default::default(),
             auth: Default::default(),
+            http: Default::default(),
             quotas: Default::default(),
             metrics: Default::default(),
             transport: None,
@@ -846,6 +849,7 @@ fn test_config(database_url: &str, opts: &StackOptions, admin_token: &str, liste
         },
         bundles: opts.bundles.clone(),
         auth: opts.auth.clone(),
+        http: opts.http.clone(),
         quotas: opts.quotas.clone(),
         metrics: opts.metrics.clone(),
         ..defaults

@@ -96,3 +96,61 @@ async fn a_token_over_its_rate_waits_and_others_do_not() {
     eprintln!("50 concurrent calls: {ok} passed in {:?}", t.elapsed());
     s.stop().await;
 }
+
+/// Connections are limited per address (beyond: 503 `too_many_connections`, closed), one
+/// that sends no whole request head within `[http] header_timeout_secs` is closed (idle
+/// or a byte at a time), and an account holds at most `event_streams_per_account` event
+/// streams (beyond: 429 `too_many_streams`) while another's are unaffected. One client
+/// had held 19,990 idle connections or event streams, every descriptor of dcmgr, and the
+/// API stopped for every tenant (red team, 2026-12-06).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_and_event_streams_are_limited() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    vdc_tests::init_logging();
+    let mut o = StackOptions::new(Db::Sqlite);
+    o.hosts = 1;
+    o.http.max_connections_per_source = 8;
+    o.http.header_timeout_secs = 2;
+    o.http.event_streams_per_account = 3;
+    let s = Stack::start(o).await;
+    let addr = s.url().trim_start_matches("http://").to_owned();
+    let alice = s.account("alice").await;
+    let bob = s.account("bob").await;
+    // Let the accounts' clients' pooled connections go (they count too).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let mut idle = vec![];
+    for _ in 0..8 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut ninth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut said = String::new();
+    tokio::time::timeout(Duration::from_secs(5), ninth.read_to_string(&mut said)).await.unwrap().unwrap();
+    assert!(said.starts_with("HTTP/1.1 503") && said.contains("too_many_connections"), "{said:?}");
+
+    // The idle ones, and one sending its head too slowly, are closed after the timeout.
+    let t = Instant::now();
+    for c in &mut idle {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await.expect("closed").unwrap_or(0);
+        assert_eq!(n, 0, "closed without an answer");
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "closed after about 2 s: {:?}", t.elapsed());
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /api/v1 HTTP/1.1\r\n").await.unwrap();
+    let mut rest = vec![];
+    let r = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "a request head never finished is cut");
+    assert!(alice.whoami().await.is_ok(), "room again");
+
+    // Event streams: three of alice's, not a fourth; bob's are his own.
+    let mut streams = vec![];
+    for _ in 0..3 {
+        streams.push(alice.events(None, true).await.expect("a stream"));
+    }
+    let over = alice.events(None, true).await.err().expect("a fourth stream is refused");
+    assert_eq!((over.status(), over.code()), (Some(429), "too_many_streams"), "{over}");
+    bob.events(None, true).await.expect("another account's stream");
+    drop(streams);
+    s.stop().await;
+}

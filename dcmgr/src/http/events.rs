@@ -48,7 +48,9 @@ pub struct EventMessage {
     responses(
         (status = 200, description = "The event stream; each message's `data` is an `Event` as JSON",
             content_type = "text/event-stream", body = EventMessage),
-        (status = 400, description = "`invalid_query`, `invalid_last_event_id` (malformed, or ahead of the newest event here)", body = vdc_schema::api::ErrorBody)))]
+        (status = 400, description = "`invalid_query`, `invalid_last_event_id` (malformed, or ahead of the newest event here)", body = vdc_schema::api::ErrorBody),
+        (status = 429, description = "`too_many_streams`: the account has as many event streams open as `[http] \
+            event_streams_per_account` allows; or `rate_limited`", body = vdc_schema::api::ErrorBody)))]
 pub async fn stream(
     State(ctx): State<SharedCtx>,
     caller: Caller,
@@ -72,6 +74,16 @@ pub async fn stream(
                 .map_err(|_| ApiError::bad("invalid_query", "after must be an event ID (a whole number, 0 or more)"))?,
         ),
     };
+    // An admin's stream counts as its own account's.
+    let permit = ctx.streams.admit(caller.account_id.to_string()).ok_or_else(|| {
+        ApiError::too_many(
+            "too_many_streams",
+            format!(
+                "the account has {} event streams open, the most allowed; close one (or poll)",
+                ctx.config.http.event_streams_per_account
+            ),
+        )
+    })?;
     let rx = app::subscribe(&ctx, &caller, header.or(after), q.follow.unwrap_or(true)).await?;
     // Asked again before each event: the stream ends when its token no longer lets the
     // caller in (signed out, revoked, expired, removed from the account).
@@ -80,8 +92,8 @@ pub async fn stream(
         .and_then(|h| h.to_str().ok())
         .and_then(super::bearer)
         .map(str::to_owned);
-    let state = (rx, ctx, caller, token);
-    let events = futures::stream::unfold(state, |(mut rx, ctx, caller, token)| async move {
+    let state = (rx, ctx, caller, token, permit);
+    let events = futures::stream::unfold(state, |(mut rx, ctx, caller, token, permit)| async move {
         let item = rx.recv().await?;
         let admitted = match &token {
             Some(t) => crate::app::account::still_admits(&ctx, t, &caller).await,
@@ -101,7 +113,7 @@ pub async fn stream(
                 .event("lost")
                 .data(serde_json::json!({ "resumed_after": resumed_after, "oldest_kept": oldest_kept }).to_string()),
         };
-        Some((Ok(sse), (rx, ctx, caller, token)))
+        Some((Ok(sse), (rx, ctx, caller, token, permit)))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod networks;
 pub mod nodes;
 pub mod security_groups;
+pub mod serve;
 pub mod server_groups;
 pub mod sessions;
 pub mod snapshots;
@@ -404,9 +405,15 @@ impl utoipa::Modify for CommonErrors {
                 .build(),
         );
         components.responses.insert(Self::TOO_MANY_REQUESTS.into(), too_many.into());
-        components
-            .responses
-            .insert(Self::BUSY.into(), Self::error_response("`busy`: the database is busy; retry the request").into());
+        components.responses.insert(
+            Self::BUSY.into(),
+            Self::error_response(
+                "`busy`: the database is busy; retry the request. (`too_many_connections`: dcmgr holds as many \
+                 connections as its `[http]` limits allow, in all or from this address; written before the \
+                 connection is closed, on any request)",
+            )
+            .into(),
+        );
         components.responses.insert(
             Self::BAD_REQUEST.into(),
             Self::error_response(

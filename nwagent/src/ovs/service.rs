@@ -71,53 +71,11 @@ pub const METADATA_CONNS: usize = 512;
 /// The longest a metadata connection stays open, answering or not.
 pub const METADATA_CONN_SECS: u64 = 10;
 
-/// Connections open, per source and in all.
-#[derive(Default)]
-pub struct ConnLimits {
-    open: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
-}
+pub use vdc_bus::conn_limits::ConnLimits;
 
-/// One admitted connection: released when dropped.
-pub struct ConnPermit {
-    limits: Arc<ConnLimits>,
-    source: std::net::IpAddr,
-}
-
-impl ConnLimits {
-    /// A permit for a new connection from `source`, if it is under both limits.
-    pub fn admit(self: &Arc<Self>, source: std::net::IpAddr) -> Option<ConnPermit> {
-        let mut open = self.open.lock().unwrap();
-        let (total, per) = &mut *open;
-        let mine = per.entry(source).or_default();
-        if *total >= METADATA_CONNS || *mine >= METADATA_CONNS_PER_SOURCE {
-            if *mine == 0 {
-                per.remove(&source);
-            }
-            return None;
-        }
-        *mine += 1;
-        *total += 1;
-        Some(ConnPermit { limits: self.clone(), source })
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.open.lock().unwrap().0
-    }
-}
-
-impl Drop for ConnPermit {
-    fn drop(&mut self) {
-        let mut open = self.limits.open.lock().unwrap();
-        let (total, per) = &mut *open;
-        *total -= 1;
-        if let Some(n) = per.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                per.remove(&self.source);
-            }
-        }
-    }
+/// The limits of this process's metadata servers (one set for all of them).
+pub fn metadata_limits() -> Arc<ConnLimits> {
+    ConnLimits::new(METADATA_CONNS_PER_SOURCE, METADATA_CONNS)
 }
 
 /// Serves `app` on `listener` under `limits` (see [`METADATA_CONNS_PER_SOURCE`]). Its
@@ -234,7 +192,7 @@ impl Services {
             dir,
             running: Default::default(),
             stopped: Default::default(),
-            metadata_limits: Default::default(),
+            metadata_limits: metadata_limits(),
             tools: cmd::system(),
         }
     }
@@ -1121,7 +1079,7 @@ mod tests {
         let table: Table = Arc::new(RwLock::new([(guest.ip, guest)].into_iter().collect()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let limits = Arc::new(ConnLimits::default());
+        let limits = metadata_limits();
         let server = tokio::spawn(serve_metadata(listener, metadata_router(table), limits.clone()));
         let from = |ip: [u8; 4]| {
             let s = tokio::net::TcpSocket::new_v4().unwrap();
@@ -1173,7 +1131,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let limits = Arc::new(ConnLimits::default());
+        let limits = metadata_limits();
         let server = tokio::spawn(serve_metadata(listener, metadata_router(Table::default()), limits.clone()));
         let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
         let started = std::time::Instant::now();

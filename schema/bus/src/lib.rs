@@ -20,6 +20,7 @@ pub mod agent;
 pub mod blob;
 pub mod cmd;
 pub mod coalesce;
+pub mod conn_limits;
 pub mod fileio;
 pub mod journal;
 pub mod metrics;
