@@ -25,7 +25,7 @@ packages=(
   # (zfs-fuse: no ZFS kernel module on these machines; btrfs on a loop device).
   tgt libiscsi-bin btrfs-progs zfs-fuse
   # nwagent: Open vSwitch (userspace datapath), nftables, and the tools its tests use.
-  openvswitch-switch nftables iproute2 ethtool iputils-ping netcat-openbsd iperf3
+  openvswitch-switch nftables iproute2 ethtool iputils-ping iputils-arping netcat-openbsd iperf3
   # tests/two-hosts.sh: a loopback relay into site A's namespace, so one `vdc bundle push`
   # reaches both sites' APIs.
   socat

@@ -303,6 +303,18 @@ impl Services {
             .collect();
         for a in want.iter().filter(|a| !have.contains(a)) {
             self.in_ns(vni, &["ip", "addr", "add", a, "dev", "ext0"]).await?;
+            // The neighbours (the host, the upstream router) still map an address that was
+            // on another router (a floating IP moved between networks or hosts) to that
+            // one's MAC until their entry ages out: about 30 s without an answer (red
+            // team, 2026-12-06). A gratuitous ARP updates them now, as Neutron's L3 agent
+            // does; sent aside, for arping waits a second.
+            let (tools, ns, ip) = (self.tools.clone(), self.netns(vni), a.split('/').next().unwrap_or(a).to_owned());
+            tokio::spawn(async move {
+                let args = ["netns", "exec", &ns, "arping", "-U", "-c", "1", "-I", "ext0", &ip];
+                if let Err(e) = tools.run("ip", &args).await {
+                    tracing::warn!(address = ip, "no gratuitous ARP (is arping installed?): {e}");
+                }
+            });
         }
         for a in have.iter().filter(|a| !want.contains(a)) {
             self.in_ns(vni, &["ip", "addr", "del", a, "dev", "ext0"]).await?;
@@ -891,8 +903,18 @@ mod tests {
         let n = net(&[("203.0.113.10", "10.10.0.5")]);
         s.ensure_router(&n, n.external.as_ref().unwrap(), "br-ex").await.unwrap();
         let file = dir.path().join("nat-42.nft");
+        // Each address added is announced (aside, so in no fixed place among the others).
+        let garp = "ip netns exec vt-n2a arping -U -c 1 -I ext0 203.0.113.10";
+        for _ in 0..100 {
+            if f.lines().iter().any(|l| l == garp) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let (garps, lines): (Vec<String>, Vec<String>) = f.lines().into_iter().partition(|l| l.contains(" arping "));
+        assert_eq!(garps, [garp]);
         assert_eq!(
-            f.lines(),
+            lines,
             [
                 "ip -n h1 link show xr2a".to_owned(),
                 "ip -n h1 link set xr2a master br-ex up".into(),
