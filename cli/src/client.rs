@@ -404,6 +404,11 @@ impl Client {
         self.delete_no_content(&format!("/accounts/{account}/members/{user}")).await
     }
 
+    /// Leaves the account (the token's own role in it, and its tokens there).
+    pub async fn leave_account(&self, account: &AccountId) -> Result<()> {
+        self.delete_no_content(&format!("/accounts/{account}/membership")).await
+    }
+
     // ------------------------------------------------------------ tokens
 
     /// A new token; its secret is shown only in this answer.

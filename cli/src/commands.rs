@@ -277,6 +277,9 @@ pub enum AccountCmd {
     /// else; reader: reads only)
     #[command(subcommand)]
     Member(MemberCmd),
+    /// Leave the account (--account, else the token's): your role in it and your tokens
+    /// there go (not the last owner's)
+    Leave,
     /// Set an account's quotas (admin)
     #[command(subcommand)]
     Quota(QuotaCmd),

@@ -341,6 +341,10 @@ async fn the_cli_manages_users_members_and_tokens(db: Db) {
 
     ok(&alice, &["account", "member", "add", "rita", "--role", "reader"]).await;
     ok(&alice, &["account", "member", "list"]).await;
+    // Its own usage, by name or ID, as with none named; another's is an admin's.
+    ok(&alice, &["account", "usage", "alice"]).await;
+    ok(&alice, &["account", "usage", acct.as_str()]).await;
+    assert!(vdc(&alice, &["account", "usage", "admin"]).await.is_err());
     ok(&s.admin, &["--account", acct.as_str(), "account", "member", "list"]).await;
     assert!(vdc(&alice, &["--account", "a-0000000000000", "account", "member", "list"]).await.is_err());
     let members = alice.list_members(&acct).await.unwrap();
@@ -368,6 +372,17 @@ async fn the_cli_manages_users_members_and_tokens(db: Db) {
 
     ok(&alice, &["account", "member", "remove", "rita"]).await;
     assert_eq!(alice.list_members(&acct).await.unwrap().len(), 1);
+    // A user added to an account (an owner need not ask) can leave it, with its tokens
+    // there; the last owner cannot.
+    ok(&alice, &["account", "member", "add", "rita", "--role", "reader"]).await;
+    let req = CreateToken { user_id: Some(rita.user_id.clone()), account_id: Some(acct.clone()), ..token("mine") };
+    let secret = s.admin.create_token(&req).await.unwrap().secret;
+    let as_rita = Client::new(s.url(), secret);
+    ok(&as_rita, &["account", "leave"]).await;
+    assert_eq!(err(as_rita.whoami().await).0, 401, "its token there is revoked");
+    assert_eq!(alice.list_members(&acct).await.unwrap().len(), 1);
+    let e = vdc(&alice, &["account", "leave"]).await.unwrap_err().report();
+    assert!(e.contains("only owner"), "{e}");
     ok(&s.admin, &["user", "delete", "rita"]).await;
     let q = ListQuery { name: Some("rita".into()), ..Default::default() };
     assert!(s.admin.list_users(&q).await.unwrap().items.is_empty());

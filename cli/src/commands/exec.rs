@@ -325,6 +325,14 @@ async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<(), CliError> {
             ctx.deleted(id.as_str())
         }
         AccountCmd::Member(m) => members(ctx, m).await,
+        AccountCmd::Leave => {
+            let account = ctx.account_id().await?;
+            c.leave_account(&account).await?;
+            match ctx.format {
+                OutputFormat::Table => emit(&format!("left account {account}; your tokens there are revoked\n")),
+                f => emit(&encode(f, &serde_json::json!({ "left": account }))?),
+            }
+        }
         AccountCmd::Token { id } => {
             let t = c.create_account_token(&resolve(c, &id).await?).await?;
             match ctx.format {
@@ -339,9 +347,17 @@ async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<(), CliError> {
             ctx.quotas(&q)
         }
         AccountCmd::Usage { id } => {
-            let q = match id {
-                Some(id) => c.account_quotas(&resolve(c, &id).await?).await?,
-                None => c.own_quotas().await?,
+            // The token's own account, named, is read as its own (another's is an admin's).
+            let me = match &id {
+                Some(_) => Some(c.whoami().await?),
+                None => None,
+            };
+            let q = match (id, me) {
+                (Some(id), Some(me)) if me.account.name == id.as_str() || me.account.id.as_str() == id.as_str() => {
+                    c.own_quotas().await?
+                }
+                (Some(id), _) => c.account_quotas(&resolve(c, &id).await?).await?,
+                (None, _) => c.own_quotas().await?,
             };
             ctx.quotas(&q)
         }
@@ -430,7 +446,11 @@ async fn members(ctx: &Ctx, cmd: MemberCmd) -> Result<(), CliError> {
         MemberCmd::Remove { user } => {
             let id = ctx.member_id(&account, &user).await?;
             c.remove_member(&account, &id).await?;
-            ctx.deleted(id.as_str())
+            // Not "deleted": the user stays, only its role here goes.
+            match ctx.format {
+                OutputFormat::Table => emit(&format!("removed {user} ({id}) from account {account}\n")),
+                f => emit(&encode(f, &serde_json::json!({ "removed": id, "account": account }))?),
+            }
         }
         MemberCmd::List => {
             let items = c.list_members(&account).await?;

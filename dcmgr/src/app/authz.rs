@@ -109,7 +109,9 @@ pub fn route_op(method: &str, route: &str) -> Op {
         // Setting an account's quotas is an operator's (a reader asking is told `forbidden`,
         // not `read_only`: no role in the account would let it).
         "/accounts" | "/accounts/{id}" | "/accounts/{id}/quotas" => Op::Admin,
-        r if r.starts_with("/accounts/{id}/members") => Op::ManageMembers,
+        // The caller's own role: any role may leave.
+        "/accounts/{id}/membership" => Op::Read,
+        r if r.starts_with("/accounts/{id}/members/") || r == "/accounts/{id}/members" => Op::ManageMembers,
         _ => Op::Write,
     }
 }
@@ -168,6 +170,7 @@ mod tests {
         assert_eq!(route_op("GET", "/api/v1/accounts/{id}/members"), Op::Read);
         assert_eq!(route_op("POST", "/api/v1/accounts/{id}/members"), Op::ManageMembers);
         assert_eq!(route_op("DELETE", "/api/v1/accounts/{id}/members/{user_id}"), Op::ManageMembers);
+        assert_eq!(route_op("DELETE", "/api/v1/accounts/{id}/membership"), Op::Read, "leaving is anyone's own");
         assert_eq!(route_op("POST", "/api/v1/accounts/{id}/tokens"), Op::Write);
         assert_eq!(route_op("GET", "/api/v1/accounts/{id}/quotas"), Op::Read);
         assert_eq!(route_op("PUT", "/api/v1/accounts/{id}/quotas"), Op::Admin);

@@ -161,6 +161,30 @@ pub async fn remove_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, use
     Ok(())
 }
 
+/// The caller's own role in the account goes (any role may leave; the last owner may
+/// not), and its tokens there with it: a user an owner added without asking is not
+/// held there.
+pub async fn leave(ctx: &SharedCtx, caller: &Caller, id: &AccountId) -> ApiResult<()> {
+    own_account(caller, id)?;
+    let user = caller.user_id.clone();
+    db::retry(|| async {
+        let mut tx = db::begin(&ctx.db).await?;
+        accounts::lock(&mut tx, id).await?;
+        let m = store::member(tx.conn().await?, id.as_str(), user.as_str())
+            .await?
+            .ok_or_else(|| ApiError::not_found("membership in account", id))?;
+        if m.role == Role::Owner.as_str() && store::owners(&mut tx, id.as_str()).await? == 1 {
+            return Err(last_owner(id, &m.user_name));
+        }
+        store::remove_member(&mut tx, id.as_str(), user.as_str(), &db::now()).await?;
+        tx.commit().await?;
+        Ok(())
+    })
+    .await?;
+    ctx.tokens.write().unwrap().retain(|_, c| !(c.user_id == user && c.account_id == *id));
+    Ok(())
+}
+
 fn last_owner(id: &AccountId, name: &str) -> ApiError {
     ApiError::conflict(
         "last_owner",

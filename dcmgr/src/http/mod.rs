@@ -236,6 +236,7 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/accounts/{id}/tokens", post(accounts::create_token))
         .route("/accounts/{id}/members", post(users::add_member).get(users::members))
         .route("/accounts/{id}/members/{user_id}", delete(users::remove_member))
+        .route("/accounts/{id}/membership", delete(users::leave))
         .route("/users", post(users::create).get(users::list))
         .route("/users/{id}", get(users::show).delete(users::delete))
         .route("/users/{id}/password", axum::routing::put(users::set_password))
@@ -475,6 +476,7 @@ impl utoipa::Modify for CommonErrors {
         info, openapi_json,
         accounts::create, accounts::list, accounts::show, accounts::delete, accounts::create_token,
         users::create, users::list, users::show, users::delete, users::members, users::add_member, users::remove_member,
+        users::leave,
         tokens::create, tokens::list, tokens::show, tokens::revoke,
         accounts::quotas, accounts::set_quotas, accounts::own_quotas,
         keypairs::create, keypairs::list, keypairs::show, keypairs::delete,

@@ -125,6 +125,22 @@ pub async fn remove_member(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(delete, path = "/api/v1/accounts/{id}/membership", tag = "accounts",
+    operation_id = "account_leave",
+    summary = "Leave the account: the caller's own role in it goes, and its tokens there (any role; not the \
+        last owner)",
+    params(
+        ("id" = AccountId, Path,
+            description = "The account the token acts in (`a-…`); another, an unknown or a malformed one answers 404")),
+    responses(
+        (status = 204, description = "Left; the token this call was made with no longer works"),
+        (status = 404, description = "`not_found`: not a member of it", body = ErrorBody),
+        (status = 409, description = "`last_owner`: the account would have no owner left", body = ErrorBody)))]
+pub async fn leave(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    app::leave(&ctx, &caller, &path_id("account", &id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(put, path = "/api/v1/users/{id}/password", tag = "users", operation_id = "user_set_password",
     summary = "Set a user's console password, or remove it with null: the user itself (with a token not capped \
         to a role), or an admin for anyone", request_body = SetPassword,
