@@ -1215,7 +1215,8 @@ pub enum BundleCmd {
         file: std::path::PathBuf,
         /// KEY=VALUE: network.NAME.cidr=CIDR, KIND.NAME.name=NEW, hypervisor.kvm=qemu,
         /// image.NAME=img-…, zone.ZONE=ZONE|any, label.KEY=VALUE|any,
-        /// server_group.NAME.policy=POLICY, volumes=skip, floating_ips=skip
+        /// server_group.NAME.policy=POLICY, volumes=skip, floating_ips=skip,
+        /// downgrade=allow (a bundle exported before the one imported last, applied anyway)
         #[arg(long = "map", value_name = "KEY=VALUE")]
         maps: Vec<String>,
         /// Plan as `import --prune` would apply it

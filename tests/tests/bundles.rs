@@ -1755,6 +1755,10 @@ async fn a_newer_bundle_updates_the_import_and_prunes_only_when_asked(db: Db) {
     // The older bundle after the newer: refused as a downgrade, nothing changed.
     let plan = cb.plan_bundle(a1.clone(), &[]).await.unwrap();
     assert_eq!(plan.conflicts.iter().map(|c| c.code.as_str()).collect::<Vec<_>>(), vec!["bundle_downgrade"]);
+    assert!(plan.conflicts[0].message.contains("--map downgrade=allow"), "{}", plan.conflicts[0].message);
+    // Unless asked for (the newer one's time was ahead): then it would apply.
+    let plan = cb.plan_bundle(a1.clone(), &["downgrade=allow".to_owned()]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
     let before = model(&cb).await;
     assert_eq!(api_err(cb.import_bundle(a1, &[]).await), (409, "bundle_unresolved".into()));
     assert_eq!(model(&cb).await, before);

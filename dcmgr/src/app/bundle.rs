@@ -527,6 +527,9 @@ pub struct Maps {
     policy: HashMap<String, ServerGroupPolicy>,
     skip_volumes: bool,
     skip_floating_ips: bool,
+    /// `downgrade=allow`: a bundle exported before the one imported is applied anyway
+    /// (a source whose clock ran ahead once would otherwise lock its updates out).
+    allow_downgrade: bool,
     invalid: Vec<String>,
     /// An update deletes the objects of the earlier import gone from the bundle.
     pub prune: bool,
@@ -549,6 +552,10 @@ pub fn parse_maps(pairs: &[String]) -> Maps {
             }
             (["floating_ips"], "skip") => {
                 m.skip_floating_ips = true;
+                true
+            }
+            (["downgrade"], "allow") => {
+                m.allow_downgrade = true;
                 true
             }
             (["zone", from], "any") => m.zone.insert(from.to_string(), None).is_none(),
@@ -762,7 +769,9 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
     let have = e.prior.as_ref().map(Have::new);
     if let Some(p) = &e.prior {
         d.update_of = Some(p.import.id.clone());
-        downgrade(m, p, &mut d);
+        if !maps.allow_downgrade {
+            downgrade(m, p, &mut d);
+        }
     }
     // Created again: the earlier import made it, and it was deleted here since.
     let again = |id: &str| -> Option<String> {
@@ -1669,7 +1678,8 @@ fn downgrade(m: &Manifest, p: &store::Prior, d: &mut Decision) {
                 "bundle_downgrade",
                 format!(
                     "this bundle was exported at {}, before the one import {} holds ({}): importing it would undo \
-                     the changes since; export the source again",
+                     the changes since; export the source again, or, if that bundle's time was wrong (a clock \
+                     ahead), pass --map downgrade=allow to import this one anyway",
                     m.source.exported_at,
                     p.import.id,
                     p.exported_at.as_deref().unwrap_or_default()
@@ -3897,6 +3907,9 @@ mod tests {
         let mut m = manifest();
         m.source.exported_at = "2026-11-30T19:59:59.999Z".into();
         assert_eq!(decide(&m, &e, &maps).conflicts[0].code, "bundle_downgrade");
+        // Asked for (the earlier bundle's time was ahead): applied.
+        let allowed = parse_maps(&["hypervisor.kvm=qemu".into(), "downgrade=allow".into()]);
+        assert!(decide(&m, &e, &allowed).conflicts.is_empty(), "{:?}", decide(&m, &e, &allowed).conflicts);
         m.source.exported_at = "2026-11-30T20:00:00.001Z".into();
         assert!(decide(&m, &e, &maps).conflicts.is_empty());
     }

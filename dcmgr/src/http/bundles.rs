@@ -156,7 +156,8 @@ const BUNDLE_IMPORT_ERRORS: &str = concat!(
         before the one imported). Nothing is created.",
     params(("map" = Option<Vec<String>>, Query, description = "KEY=VALUE, repeated: `network.NAME.cidr=CIDR`, \
         `KIND.NAME.name=NEW`, `hypervisor.kvm=qemu`, `image.NAME=img-…`, `zone.ZONE=ZONE|any`, `label.KEY=VALUE|any`, \
-        `volumes=skip`, `floating_ips=skip`"),
+        `volumes=skip`, `floating_ips=skip`, `downgrade=allow` (a bundle exported before the one imported last is \
+        applied anyway)"),
         ("prune" = Option<bool>, Query, description = "An update removes what the earlier import made and the \
         bundle no longer has: instances terminated, floating IPs released, networks, security groups, key pairs, \
         volumes and images deleted; what only instances being terminated use waits for them (`waits: …`), \
