@@ -654,6 +654,14 @@ impl Manifest {
             check_name("volume", &v.name)?;
             if let Some(b) = &v.data {
                 blob(format!("volume {}", v.id), b)?;
+                // Raw data is the disk as it is: more of it than the volume holds fails
+                // at the import's end otherwise (a qcow2's own size is checked there).
+                if v.data_format == Some(ImageFormat::Raw) && b.size > v.size_mib.saturating_mul(1 << 20) {
+                    return Err(BundleError::InvalidManifest(format!(
+                        "volume {}: its raw data is {} bytes, more than the volume's {} MiB",
+                        v.id, b.size, v.size_mib
+                    )));
+                }
             }
             disk_format(&format!("volume {}", v.id), "data", v.data.is_some(), v.data_format, DISKS)?;
             if let Some(i) = &v.attached_to {

@@ -108,6 +108,14 @@ fn names_with_bidi_or_invisible_characters_are_refused_as_the_api_refuses_them()
     assert_eq!(resigned_code(|m| m.model.instances[0].name = "café ☕".into()), "ok");
 }
 
+/// Raw volume data larger than its volume: refused at the plan, not failed at the end of
+/// the import (red team, 2026-12-06).
+#[test]
+fn raw_volume_data_fits_its_volume() {
+    assert_eq!(resigned_code(|m| m.model.volumes[0].size_mib = 0), "bundle_invalid_manifest");
+    assert_eq!(resigned_code(|m| m.model.volumes[0].size_mib = 1), "ok");
+}
+
 #[test]
 fn kernel_references_cannot_chain_or_cycle() {
     assert_eq!(resigned_code(|m| m.model.images[0].kernel_id = Some("img-disk".into())), "bundle_invalid_manifest");

@@ -1019,6 +1019,21 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             d.images.insert(i.id.clone(), ImageChoice::Dropped);
             continue;
         }
+        // Kernels boot from a host's files, never from an image's data here: one carried
+        // would be made and then fail every boot (red team, 2026-12-06). A tenant cannot
+        // make one, so the site's own is named.
+        if i.blob.is_some() && i.format == vdc_schema::ImageFormat::Kernel {
+            d.conflicts.push(conflict(
+                "image_missing",
+                format!(
+                    "image {:?} is a kernel image: kernels boot from this site's own files, not from a bundle's \
+                     data; name this site's kernel",
+                    i.name
+                ),
+                Some(format!("image.{}=img-…", i.name)),
+            ));
+            continue;
+        }
         if i.blob.is_some() {
             d.images.insert(i.id.clone(), ImageChoice::New);
             name(&mut d, "image", &i.id, &i.name, i.deleted.then(|| DELETED_AT_SOURCE.to_owned()));
@@ -3355,6 +3370,18 @@ mod tests {
         assert_eq!(said, ["instance web: its image does not run on lxc here"]);
         let d = decide(&m, &existing(), &parse_maps(&["hypervisor.kvm=qemu".into()]));
         assert!(!d.conflicts.iter().any(|c| c.code == "hypervisor_missing"), "{:?}", d.conflicts);
+    }
+
+    /// A kernel image carried with its data is never made (it would fail every boot): the
+    /// plan asks for this site's kernel instead.
+    #[test]
+    fn a_kernel_with_data_is_not_made_here() {
+        let mut m = manifest();
+        m.model.images[0].blob = Some(vdc_bundle::BlobRef { sha256: "ab".repeat(32), size: 1 << 20, chunks: vec![] });
+        let d = decide(&m, &existing(), &parse_maps(&["hypervisor.kvm=qemu".into()]));
+        let c = d.conflicts.iter().find(|c| c.code == "image_missing").expect("a conflict");
+        assert!(c.message.contains("is a kernel image"), "{}", c.message);
+        assert!(!matches!(d.images.get("img-1"), Some(ImageChoice::New)));
     }
 
     /// A map may not give a network what the API refuses it (127.0.0.0/24 was made with
