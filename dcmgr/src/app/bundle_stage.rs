@@ -183,6 +183,10 @@ pub struct Stager {
     tar_checks: usize,
     /// The tar checks ended, by blob.
     tars_checked: HashMap<String, Result<(), Refused>>,
+    /// The chunk files this receive made: removed when it does not end (a client that
+    /// went away mid-stream left up to a bundle's worth for 24 h; red team, 2026-12-06).
+    made: Vec<PathBuf>,
+    received: bool,
 }
 
 impl Stager {
@@ -272,6 +276,8 @@ impl Stager {
             tar_max: tar_max.unwrap_or(0),
             tar_checks: 0,
             tars_checked: HashMap::new(),
+            made: Vec::new(),
+            received: false,
         })
     }
 
@@ -323,6 +329,7 @@ impl Stager {
             }
         }
         written??;
+        self.received = true;
         Ok(done)
     }
 
@@ -348,6 +355,7 @@ impl Stager {
             let tmp = self.chunk_dir.join(format!(".{sha}.{}.tmp", rand::random::<u32>()));
             self.writer.write(&tmp, data)?;
             std::fs::rename(&tmp, &path)?;
+            self.made.push(path);
         }
         self.staged.insert(sha.to_owned());
         Ok(())
@@ -438,6 +446,11 @@ impl Drop for Stager {
                 let _ = std::fs::remove_file(path);
             }
         }
+        if !self.received {
+            for p in &self.made {
+                let _ = std::fs::remove_file(p);
+            }
+        }
     }
 }
 
@@ -526,6 +539,26 @@ mod tests {
         assert_eq!(files(&staging).len(), 3);
         drop(done);
         assert_eq!(files(&staging), Vec::<String>::new(), "what the store did not take is removed");
+    }
+
+    /// A receive that does not end (the client went away mid-stream) leaves none of the
+    /// chunk files it made, nor blob files; those there before stay.
+    #[test]
+    fn a_receive_cut_short_leaves_no_chunks() {
+        let d = tempfile::tempdir().unwrap();
+        let (chunks, staging) = (d.path().join("chunks"), d.path().join("staging"));
+        let (a, b, z, x) = (chunk(1, 8192 + 5), chunk(2, 4096), chunk(0, 4096), chunk(3, 100));
+        let m = manifest(&[&[&a, &b], &[&z, &z, &a], &[&b, &x, &z]]);
+        std::fs::create_dir_all(&chunks).unwrap();
+        std::fs::write(chunks.join("before"), b"another import's").unwrap();
+        let mut st = Stager::new(&m, &chunks, &staging, |_| false).unwrap();
+        for c in [&z, &a, &x] {
+            st.chunk(again(c)).unwrap();
+        }
+        assert!(files(&chunks).len() > 1, "some were kept: {:?}", files(&chunks));
+        drop(st);
+        assert_eq!(files(&chunks), ["before"]);
+        assert_eq!(files(&staging), Vec::<String>::new());
     }
 
     /// A plan's check: each blob's hash is checked as its chunks arrive, nothing is
