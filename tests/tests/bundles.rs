@@ -46,6 +46,7 @@ on_both_databases!(
     a_volume_made_again_fills_from_the_image_made_before,
     the_images_of_disks_and_volume_data_take_free_names,
     a_halted_instance_arrives_stopped_and_later_changes_of_power_follow,
+    a_volume_grown_at_the_source_says_how_to_grow_it_here,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -2492,4 +2493,36 @@ async fn a_push_never_resolves_what_the_account_does_not_hold(db: Db) {
     assert_eq!(model(&cb).await, before);
     a.stop().await;
     b.stop().await;
+}
+
+/// A volume grown at the source blocks the update (its data here is its own), and the
+/// plan says the extend that resolves it; done, the update goes through (red team,
+/// 2026-12-06: the message pointed only at replacing it, which loses the data).
+async fn a_volume_grown_at_the_source_says_how_to_grow_it_here(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let (ca, cb) = (s.account("grow-a").await, s.account("grow-b").await);
+    let req = CreateVolume { name: "data".into(), size_mib: Some(8), snapshot_id: None, image_id: None };
+    let v = ca.create_volume(&req).await.unwrap().resource;
+    wait_volume(&ca, &v.id).await;
+    assert!(cb.import_bundle(export(&ca).await, &[]).await.unwrap().created);
+    ca.extend_volume(&v.id, &ExtendVolume { size_mib: 16 }).await.unwrap();
+    eventually(Duration::from_secs(15), || async { (ca.get_volume(&v.id).await.ok()?.size_mib == 16).then_some(()) })
+        .await
+        .expect("extended at the source");
+    wait_volume(&ca, &v.id).await;
+    let grown = export(&ca).await;
+    let plan = cb.plan_bundle(grown.clone(), &[]).await.unwrap();
+    let said: Vec<&str> = plan.conflicts.iter().map(|c| c.message.as_str()).collect();
+    assert!(said.len() == 1 && said[0].contains("`vdc volume extend data --size 16M`"), "{said:?}");
+    let here = cb.list_all_volumes().await.unwrap().into_iter().find(|x| x.name == "data").unwrap();
+    cb.extend_volume(&here.id, &ExtendVolume { size_mib: 16 }).await.unwrap();
+    eventually(Duration::from_secs(15), || async {
+        (cb.get_volume(&here.id).await.ok()?.size_mib == 16).then_some(())
+    })
+    .await
+    .expect("extended here");
+    wait_volume(&cb, &here.id).await;
+    let plan = cb.plan_bundle(grown, &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    s.stop().await;
 }

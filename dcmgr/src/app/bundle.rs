@@ -1182,11 +1182,20 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             if let Some((t, here)) = kept {
                 let c = change("volume", &v.id, &t, &v.name);
                 if here as u64 != v.size_mib {
+                    // Grown at the source: the same grow here (detached) resolves it.
+                    let fix = match (here as u64) < v.size_mib {
+                        true => format!(
+                            "; extend it here as it was at the source (detached: `vdc volume extend {} --size {}M`) \
+                             and import again",
+                            v.name, v.size_mib
+                        ),
+                        false => "; volumes never shrink".to_owned(),
+                    };
                     d.conflicts.push(conflict(
                         "replace_needed",
                         format!(
                             "volume {}: {} MiB here, {} MiB in the bundle; a volume's size does not change by an \
-                             update (its data here is its own)",
+                             update (its data here is its own){fix}",
                             v.name, here, v.size_mib
                         ),
                         None,
