@@ -109,7 +109,9 @@ impl Switch {
 
     pub fn vsctl(&self, args: &[&str]) -> std::io::Result<String> {
         let db = format!("--db=unix:{}/db.sock", self.dir.display());
-        let mut all = vec![db.as_str()];
+        // A change waits for ovs-vswitchd to apply it: bounded, so that a dead one (a test
+        // that failed around a restart) does not hang the caller for good.
+        let mut all = vec![db.as_str(), "--timeout=20"];
         all.extend_from_slice(args);
         sh("ovs-vsctl", &all)
     }
