@@ -143,12 +143,23 @@ pub async fn add_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, req: A
 /// Takes a user's role in the account away and revokes its tokens there.
 pub async fn remove_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, user: &UserId) -> ApiResult<()> {
     own_account(caller, id)?;
+    take_role(ctx, id, user, || ApiError::not_found("member", user)).await
+}
+
+/// The caller's own role in the account goes (any role may leave; the last owner may
+/// not), and its tokens there with it: a user an owner added without asking is not
+/// held there.
+pub async fn leave(ctx: &SharedCtx, caller: &Caller, id: &AccountId) -> ApiResult<()> {
+    own_account(caller, id)?;
+    take_role(ctx, id, &caller.user_id, || ApiError::not_found("membership in account", id)).await
+}
+
+/// Takes `user`'s role in account `id` away, and its tokens there; never the last owner's.
+async fn take_role(ctx: &SharedCtx, id: &AccountId, user: &UserId, missing: impl Fn() -> ApiError) -> ApiResult<()> {
     db::retry(|| async {
         let mut tx = db::begin(&ctx.db).await?;
         accounts::lock(&mut tx, id).await?;
-        let m = store::member(tx.conn().await?, id.as_str(), user.as_str())
-            .await?
-            .ok_or_else(|| ApiError::not_found("member", user))?;
+        let m = store::member(tx.conn().await?, id.as_str(), user.as_str()).await?.ok_or_else(&missing)?;
         if m.role == Role::Owner.as_str() && store::owners(&mut tx, id.as_str()).await? == 1 {
             return Err(last_owner(id, &m.user_name));
         }
@@ -158,30 +169,6 @@ pub async fn remove_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, use
     })
     .await?;
     ctx.tokens.write().unwrap().retain(|_, c| !(c.user_id == *user && c.account_id == *id));
-    Ok(())
-}
-
-/// The caller's own role in the account goes (any role may leave; the last owner may
-/// not), and its tokens there with it: a user an owner added without asking is not
-/// held there.
-pub async fn leave(ctx: &SharedCtx, caller: &Caller, id: &AccountId) -> ApiResult<()> {
-    own_account(caller, id)?;
-    let user = caller.user_id.clone();
-    db::retry(|| async {
-        let mut tx = db::begin(&ctx.db).await?;
-        accounts::lock(&mut tx, id).await?;
-        let m = store::member(tx.conn().await?, id.as_str(), user.as_str())
-            .await?
-            .ok_or_else(|| ApiError::not_found("membership in account", id))?;
-        if m.role == Role::Owner.as_str() && store::owners(&mut tx, id.as_str()).await? == 1 {
-            return Err(last_owner(id, &m.user_name));
-        }
-        store::remove_member(&mut tx, id.as_str(), user.as_str(), &db::now()).await?;
-        tx.commit().await?;
-        Ok(())
-    })
-    .await?;
-    ctx.tokens.write().unwrap().retain(|_, c| !(c.user_id == user && c.account_id == *id));
     Ok(())
 }
 

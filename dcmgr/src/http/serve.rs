@@ -31,7 +31,7 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, cfg: &HttpCon
     let limits = ConnLimits::new(cfg.max_connections_per_source, cfg.max_connections());
     let header_timeout = Duration::from_secs(cfg.header_timeout_secs.max(1));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut refused_logged = std::time::Instant::now() - Duration::from_secs(60);
+    let mut refused_logged: Option<std::time::Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
@@ -47,8 +47,8 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, cfg: &HttpCon
         };
         let Some(permit) = limits.admit(peer.ip()) else {
             let _ = stream.try_write(&TOO_MANY);
-            if refused_logged.elapsed() > Duration::from_secs(10) {
-                refused_logged = std::time::Instant::now();
+            if refused_logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                refused_logged = Some(std::time::Instant::now());
                 tracing::warn!(%peer, open = limits.open(), "API: too many connections; refusing more (logged once per 10 s)");
             }
             continue;

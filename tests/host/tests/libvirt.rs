@@ -117,6 +117,17 @@ async fn hva_restart_leaves_guests_running() {
     s.stop().await;
 }
 
+/// A container of the tiny image, booted once: its ID and its console's boot line.
+async fn booted_container(c: &Client, rootfs: &ImageId) -> (InstanceId, String) {
+    let req = CreateInstance { hypervisor: Some(HypervisorKind::Lxc), ..vdc_tests::qemu_guest(rootfs, "ct") };
+    let a = c.create_instance(&req).await.unwrap();
+    let id = a.resource.id.clone();
+    job_ok(c, &a).await;
+    let line = format!("vdc-guest: instance-id={id}");
+    wait_boots(c, &id, &line, 1).await;
+    (id, line)
+}
+
 /// A guest found off when hva comes back (killed, or powered off meanwhile) stays off,
 /// halted as one that powered itself off is; a start boots it. Before, the ensure dcmgr
 /// re-sends to a returning host booted it, and the off report halted it again a little
@@ -127,12 +138,7 @@ async fn a_guest_found_off_when_hva_returns_stays_off() {
     let mut s = Stack::start(stack_opts()).await;
     let (_, rootfs) = register_images(&s).await;
     let c = s.account("foundoff").await;
-    let req = CreateInstance { hypervisor: Some(HypervisorKind::Lxc), ..vdc_tests::qemu_guest(&rootfs, "ct") };
-    let a = c.create_instance(&req).await.unwrap();
-    let id = a.resource.id.clone();
-    job_ok(&c, &a).await;
-    let line = format!("vdc-guest: instance-id={id}");
-    wait_boots(&c, &id, &line, 1).await;
+    let (id, line) = booted_container(&c, &rootfs).await;
     s.crash_hva(0);
     let name = format!("vdc-{id}");
     let virsh = |args: &[&str]| {
@@ -164,12 +170,7 @@ async fn a_container_that_reboots_itself_runs_on_with_its_console() {
     let s = Stack::start(stack_opts()).await;
     let (_, rootfs) = register_images(&s).await;
     let c = s.account("reboots").await;
-    let req = CreateInstance { hypervisor: Some(HypervisorKind::Lxc), ..vdc_tests::qemu_guest(&rootfs, "ct") };
-    let a = c.create_instance(&req).await.unwrap();
-    let id = a.resource.id.clone();
-    job_ok(&c, &a).await;
-    let line = format!("vdc-guest: instance-id={id}");
-    wait_boots(&c, &id, &line, 1).await;
+    let (id, line) = booted_container(&c, &rootfs).await;
     vdc_tests::reboot_container_from_inside(&id);
     wait_boots(&c, &id, &line, 2).await;
     // Still meant to run and running a while later (not taken for a guest that halted).
