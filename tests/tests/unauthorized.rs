@@ -57,6 +57,10 @@ enum Class {
     OwnSession,
     /// A user's own (its password): a non-admin naming another user gets 403 `forbidden`.
     SelfOrAdmin,
+    /// The caller's own role in the account named in the path (leaving it): any role of
+    /// the account may (not probed: the reader would leave), another account's token
+    /// gets 404.
+    OwnMembership,
 }
 
 use Class::*;
@@ -72,6 +76,7 @@ const CLASSES: &[(&str, Class)] = &[
     ("account_members", ObjectRead),
     ("account_member_add", OwnerOnly),
     ("account_member_remove", OwnerOnly),
+    ("account_leave", OwnMembership),
     ("account_quotas", ObjectRead),
     ("account_set_quotas", AdminOnly),
     ("account_create_token", ObjectWrite),
@@ -511,6 +516,9 @@ async fn every_operation_refuses_who_it_should(db: Db) {
         // The victim's own non-admins.
         let writes = !matches!(class, OwnRead | ObjectRead | UserObjectRead | OwnerRead | OwnSession | SelfOrAdmin);
         let mut roles = vec![("the reader", &reader)];
+        if class == OwnMembership {
+            roles.clear();
+        }
         if matches!(class, AdminOnly | OwnerOnly | OwnerRead) {
             roles.push(("a member", &member));
         }
