@@ -255,6 +255,24 @@ fn check_id(kind: &str, id: &str) -> Result<(), BundleError> {
     }
 }
 
+/// The longest description a security group has.
+pub const MAX_DESCRIPTION: usize = 255;
+
+/// A security group's description, as the API and a bundle accept it: at most
+/// [`MAX_DESCRIPTION`] characters on one line, nothing invisible. The API took 1,024
+/// bytes of anything, and a bundle of such a group was then refused at every import.
+pub fn check_description(text: &str) -> Result<(), String> {
+    if text.chars().count() > MAX_DESCRIPTION {
+        return Err(format!("a description is at most {MAX_DESCRIPTION} characters, got {}", text.chars().count()));
+    }
+    if text.chars().any(|c| c.is_control() || vdc_schema::invisible_char(c)) {
+        return Err("a description is one line of visible characters: no control, zero-width or \
+                    bidirectional characters"
+            .into());
+    }
+    Ok(())
+}
+
 /// Names: what the API accepts (1–64 printable characters, no surrounding space, no white
 /// space but the plain space, no invisible or bidirectional formatting characters), and
 /// nothing path-like: no '/', '\\', NUL, and not "." or "..".
@@ -565,8 +583,8 @@ impl Manifest {
         }
         for g in &m.security_groups {
             check_name("security group", &g.name)?;
-            if g.description.chars().count() > 255 || g.description.chars().any(char::is_control) {
-                return Err(BundleError::InvalidManifest(format!("security group {}: description invalid", g.id)));
+            if let Err(e) = check_description(&g.description) {
+                return Err(BundleError::InvalidManifest(format!("security group {}: {e}", g.id)));
             }
             count("rules in a group", g.rules.len(), limits.max_rules)?;
             for r in &g.rules {

@@ -102,10 +102,25 @@ fn resigned_code(f: impl FnOnce(&mut vdc_bundle::Manifest)) -> &'static str {
 /// Regressions: what the reader accepted before the fuzzer and now refuses.
 #[test]
 fn names_with_bidi_or_invisible_characters_are_refused_as_the_api_refuses_them() {
-    for bad in ["\u{202E}gnp.exe", "zero\u{200B}width", "nb\u{A0}sp", "bom\u{FEFF}", "iso\u{2066}late"] {
+    for bad in [
+        "\u{202E}gnp.exe",
+        "zero\u{200B}width",
+        "nb\u{A0}sp",
+        "bom\u{FEFF}",
+        "iso\u{2066}late",
+        "a\u{034F}b",
+        "private\u{E000}",
+        "filler\u{3164}",
+    ] {
         assert_eq!(resigned_code(|m| m.model.networks[0].name = bad.into()), "bundle_invalid_name", "{bad:?}");
     }
     assert_eq!(resigned_code(|m| m.model.instances[0].name = "café ☕".into()), "ok");
+    // A description, as the API takes it.
+    assert_eq!(
+        resigned_code(|m| m.model.security_groups[0].description = "a\u{202E}b".into()),
+        "bundle_invalid_manifest"
+    );
+    assert_eq!(resigned_code(|m| m.model.security_groups[0].description = "❤️ ok".into()), "ok");
 }
 
 /// Raw volume data larger than its volume: refused at the plan, not failed at the end of

@@ -883,8 +883,10 @@ pub struct CreateSecurityGroup {
     /// 1 to 64 printable characters, no leading or trailing space.
     #[schema(min_length = 1, max_length = 64)]
     pub name: String,
-    /// At most 1024 bytes.
+    /// At most 255 characters on one line; no control, zero-width or bidirectional
+    /// characters.
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub description: String,
     #[serde(default)]
     #[schema(max_items = 200)]

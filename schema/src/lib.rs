@@ -24,10 +24,14 @@ pub use state::*;
 /// Unicode's format characters (general category Cf) that occur in practice: soft hyphen,
 /// zero-width spaces and joiners, bidirectional marks, embeddings, overrides and isolates,
 /// word joiners and invisible operators, the byte-order mark, interlinear annotations and
-/// tag characters. Names refuse them (dcmgr's API and the bundle reader alike): two names
-/// must not look alike while differing.
+/// tag characters; also the combining grapheme joiner, the Hangul and Khmer fillers that
+/// render as nothing, and the private-use areas (no font shows them alike). Names refuse
+/// them (dcmgr's API and the bundle reader alike): two names must not look alike while
+/// differing.
 pub fn invisible_char(c: char) -> bool {
     matches!(c,
-        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}' | '\u{180E}'
+        | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{3164}'
+        | '\u{E000}'..='\u{F8FF}' | '\u{FEFF}' | '\u{FFA0}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}' | '\u{F0000}'..='\u{FFFFD}' | '\u{100000}'..='\u{10FFFD}')
 }

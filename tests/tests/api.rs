@@ -394,6 +394,14 @@ async fn security_groups(db: Db) {
         rules: vec![rule(Protocol::Tcp, Some(22), Some("0.0.0.0/0"), None); 2],
     };
     assert_eq!(err(c.create_security_group(&twice).await), (409, "duplicate_rule".into()));
+    // A description is what a bundle carries: one line of at most 255 visible characters
+    // (1,024 bytes of anything were taken, and the group's bundle refused at import).
+    for bad in ["x".repeat(256), "two\nlines".into(), "\u{202E}txt.exe".into()] {
+        let req = CreateSecurityGroup { name: "described".into(), description: bad, rules: vec![] };
+        assert_eq!(err(c.create_security_group(&req).await), (400, "invalid_description".into()));
+    }
+    let req = CreateSecurityGroup { name: "described".into(), description: "é".repeat(255), rules: vec![] };
+    c.create_security_group(&req).await.unwrap();
     // A rule that refers to a group, including itself.
     let web = c.add_security_group_rule(&web.id, &rule(Protocol::Icmp, None, None, Some(&web.id))).await.unwrap();
     assert_eq!(web.rules.len(), 2);

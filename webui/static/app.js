@@ -1022,7 +1022,7 @@ function mountSecurityGroups(root) {
   const frame = viewFrame(root, t('nav_security_groups'), t('security_groups_intro'));
   createPanel(frame, t('security_group_create'), async (close) => {
     const name = input({ required: true, maxlength: '64' });
-    const description = input({ maxlength: '1000' });
+    const description = input({ maxlength: '255' });
     const form = el('form', { class: 'form' },
       el('div', { class: 'grid' }, field(t('field_name'), name), field(t('field_description'), description, t('hint_optional'))),
       el('p', { class: 'hint' }, t('hint_rules_after')),

@@ -89,12 +89,7 @@ pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &SecurityGroupId) -> Ap
 
 pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSecurityGroup) -> ApiResult<SecurityGroup> {
     validate_name("security group", &req.name)?;
-    if req.description.len() > 1024 {
-        return Err(ApiError::bad(
-            "invalid_description",
-            format!("description must be at most 1024 bytes of UTF-8, got {}", req.description.len()),
-        ));
-    }
+    vdc_bundle::check_description(&req.description).map_err(|e| ApiError::bad("invalid_description", e))?;
     if req.rules.len() > 200 {
         return Err(ApiError::bad("too_many_rules", "a security group holds at most 200 rules"));
     }
