@@ -332,8 +332,9 @@ pub enum UserCmd {
         id: Option<Ref<api::User>>,
         /// Read the passwords from standard input, one per line, so that none appears in a
         /// command line: for your own password that you have, the current one, then the new
-        /// one; else the new one. With --remove: your current one
-        #[arg(long, required_unless_present = "remove")]
+        /// one; else the new one. With --remove: your current one. Without it, on a
+        /// terminal, they are asked for
+        #[arg(long)]
         password_stdin: bool,
         /// Remove the password instead (the user signs in with tokens only)
         #[arg(long)]
@@ -506,21 +507,51 @@ pub enum FloatingIpCmd {
         list: ListArgs,
     },
     /// Show a floating IP
-    Show { id: FloatingIpId },
+    Show {
+        #[arg(value_name = "ID|ADDRESS")]
+        id: FipRef,
+    },
     /// Map the address to an instance (its first interface unless --interface); one mapped
     /// elsewhere moves
     Associate {
-        id: FloatingIpId,
+        #[arg(value_name = "ID|ADDRESS")]
+        id: FipRef,
         #[arg(value_name = "INSTANCE")]
         instance: Ref<api::Instance>,
         #[arg(long, value_name = "VIF_ID")]
         interface: Option<VifId>,
     },
     /// Unmap it
-    Disassociate { id: FloatingIpId },
+    Disassociate {
+        #[arg(value_name = "ID|ADDRESS")]
+        id: FipRef,
+    },
     /// Release the address (disassociate it first)
     #[command(visible_alias = "rm")]
-    Delete { id: FloatingIpId },
+    Delete {
+        #[arg(value_name = "ID|ADDRESS")]
+        id: FipRef,
+    },
+}
+
+/// A floating IP named by its ID (`fip-…`) or by its address, as OpenStack's CLI takes
+/// either.
+#[derive(Debug, Clone)]
+pub enum FipRef {
+    Id(FloatingIpId),
+    Address(Ipv4Addr),
+}
+
+impl std::str::FromStr for FipRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(ip) = s.parse::<Ipv4Addr>() {
+            return Ok(FipRef::Address(ip));
+        }
+        s.parse::<FloatingIpId>()
+            .map(FipRef::Id)
+            .map_err(|e| format!("{s:?} is neither a floating IP's ID (fip-…) nor its address: {e}"))
+    }
 }
 
 // ------------------------------------------------------------------ images

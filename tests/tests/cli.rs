@@ -291,8 +291,12 @@ async fn ssh_runs_the_remote_command_with_the_saved_key() {
     );
 
     let fip = c.create_floating_ip(&CreateFloatingIp::default()).await.unwrap();
-    let out = vdc(argv(&["floating-ip", "associate", fip.id.as_str(), "web1"])).await;
+    // Named by its address, as OpenStack's CLI takes it.
+    let addr = fip.ip.to_string();
+    let out = vdc(argv(&["floating-ip", "associate", addr.as_str(), "web1"])).await;
     assert!(out.status.success(), "{out:?}");
+    let out = vdc(argv(&["floating-ip", "show", "198.51.100.254"])).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no floating IP 198.51.100.254"), "{out:?}");
 
     // The "guest": dropbear as root, whose home (from a passwd bound over /etc/passwd in
     // dropbear's own mount namespace) holds the key pair's public key.

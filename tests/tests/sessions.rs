@@ -464,6 +464,11 @@ async fn the_cli_sets_passwords() {
     let acct = account_id(&owner).await;
     owner.add_member(&acct, &AddMember { user: "ivy".into(), role: Role::Reader }).await.unwrap();
     let first = session(&sign_in(&url, "ivy", "ivy-first-password", None).await);
+    // Without --password-stdin the passwords are asked on a terminal; a pipe is told so.
+    let out = run(first.token.clone(), vec!["user", "passwd"], "ivy-second-password\n").await.unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("not a terminal") && said.contains("--password-stdin"), "{said}");
     // Too short: refused with its code, the password unchanged.
     let out = run(first.token.clone(), vec!["user", "passwd", "--password-stdin"], "short\n").await.unwrap();
     assert!(!out.status.success());

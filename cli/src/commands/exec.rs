@@ -473,7 +473,15 @@ async fn user(ctx: &Ctx, cmd: UserCmd) -> Result<(), CliError> {
                 None => me.clone(),
             };
             // Lines of standard input: [current,] new; or, removing, [current].
-            let mut lines = if password_stdin { read_passwords()? } else { vec![] };
+            let mut lines = match (password_stdin, std::io::stdin().is_terminal()) {
+                (true, _) => read_passwords()?,
+                (false, true) => prompt_passwords(id == me, remove)?,
+                (false, false) => {
+                    return Err(CliError::usage(
+                        "standard input is not a terminal to ask on: send the passwords with --password-stdin",
+                    ))
+                }
+            };
             let password = if remove { None } else { lines.pop() };
             let current = if id == me { lines.pop() } else { None };
             if !remove && password.is_none() {
@@ -575,6 +583,28 @@ async fn logout(ctx: &Ctx, all: bool) -> Result<(), CliError> {
 
 /// The first line of standard input, without its line ending.
 /// Up to two lines of standard input (`--password-stdin` of `vdc user passwd`), none empty.
+/// Asks on the terminal, as `read_passwords` reads them: [current,] new (the new twice).
+/// An empty current password is none (a user who had none).
+fn prompt_passwords(own: bool, remove: bool) -> Result<Vec<String>, CliError> {
+    let ask =
+        |p: &str| rpassword::prompt_password(p).map_err(|e| CliError::usage(format!("cannot read the password: {e}")));
+    let mut lines = vec![];
+    if own {
+        let current = ask("Current password (empty if you have none): ")?;
+        if !current.is_empty() {
+            lines.push(current);
+        }
+    }
+    if !remove {
+        let new = ask("New password: ")?;
+        if ask("New password again: ")? != new {
+            return Err(CliError::usage("the two new passwords differ; nothing was changed"));
+        }
+        lines.push(new);
+    }
+    Ok(lines)
+}
+
 fn read_passwords() -> Result<Vec<String>, CliError> {
     let mut lines = Vec::new();
     for _ in 0..2 {
@@ -661,15 +691,30 @@ async fn floating_ip(ctx: &Ctx, cmd: FloatingIpCmd) -> Result<(), CliError> {
             ctx.show(&c.create_floating_ip(&CreateFloatingIp { ip: ip.map(|i| i.to_string()) }).await?)
         }
         FloatingIpCmd::List { list } => ctx.list::<FloatingIp>("/floating-ips", list, None, None).await,
-        FloatingIpCmd::Show { id } => ctx.show(&c.get_floating_ip(&id).await?),
+        FloatingIpCmd::Show { id } => ctx.show(&c.get_floating_ip(&fip_id(c, id).await?).await?),
         FloatingIpCmd::Associate { id, instance, interface } => {
+            let id = fip_id(c, id).await?;
             let req = AssociateFloatingIp { instance_id: resolve(c, &instance).await?, interface_id: interface };
             ctx.show(&c.associate_floating_ip(&id, &req).await?)
         }
-        FloatingIpCmd::Disassociate { id } => ctx.show(&c.disassociate_floating_ip(&id).await?),
+        FloatingIpCmd::Disassociate { id } => ctx.show(&c.disassociate_floating_ip(&fip_id(c, id).await?).await?),
         FloatingIpCmd::Delete { id } => {
+            let id = fip_id(c, id).await?;
             c.delete_floating_ip(&id).await?;
             ctx.deleted(id.as_str())
+        }
+    }
+}
+
+/// The ID of the account's floating IP named by ID or by address.
+async fn fip_id(c: &Client, r: FipRef) -> Result<FloatingIpId, CliError> {
+    match r {
+        FipRef::Id(id) => Ok(id),
+        FipRef::Address(ip) => {
+            let all = c.list_all_floating_ips().await?;
+            all.into_iter().find(|f| f.ip == ip).map(|f| f.id).ok_or_else(|| {
+                CliError::Failed(format!("the account has no floating IP {ip} (see `vdc floating-ip list`)"))
+            })
         }
     }
 }
