@@ -761,6 +761,19 @@ async fn the_plan_names_collisions_and_maps_resolve_them(db: Db) {
         "{:?}",
         plan.conflicts
     );
+    // Two quotas over: the plan names both (it named the first only).
+    let two = SetQuotas {
+        quotas: [("instances".to_string(), Some(1)), ("networks".to_string(), Some(1))].into_iter().collect(),
+    };
+    b.admin.set_account_quotas(&id, &two).await.unwrap();
+    let plan = cb.plan_bundle(good.clone(), &fix).await.unwrap();
+    let mut said: Vec<&str> = plan.conflicts.iter().map(|c| c.message.split(' ').nth(1).unwrap_or_default()).collect();
+    said.sort();
+    assert_eq!(said, ["instances", "networks"], "{:?}", plan.conflicts);
+    let back = SetQuotas {
+        quotas: [("instances".to_string(), Some(1)), ("networks".to_string(), None)].into_iter().collect(),
+    };
+    b.admin.set_account_quotas(&id, &back).await.unwrap();
     let blobs = b.opts.images.dir.as_ref().unwrap().join("blobs/sha256");
     let held = || {
         let mut v: Vec<String> = std::fs::read_dir(&blobs)

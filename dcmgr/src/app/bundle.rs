@@ -2232,11 +2232,14 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
         judge_blob(&what, format.expect("matched above"), found)?;
     }
     let mut conflicts = d.conflicts;
-    // The quota the import would exceed is shown with the rest: the import would refuse it.
-    match quota::check(&mut conn, ctx, &caller.account_id, &asks).await {
-        Ok(()) => {}
-        Err(ApiError::Unprocessable { code, message }) => conflicts.push(conflict(code, message, None)),
-        Err(e) => return Err(e),
+    // Each quota the import would exceed is shown with the rest (the import would refuse
+    // it): all of them, not the first only, so that one plan says what to raise.
+    for ask in &asks {
+        match quota::check(&mut conn, ctx, &caller.account_id, std::slice::from_ref(ask)).await {
+            Ok(()) => {}
+            Err(ApiError::Unprocessable { code, message }) => conflicts.push(conflict(code, message, None)),
+            Err(e) => return Err(e),
+        }
     }
     Ok(BundlePlan {
         source_site: src.site_key.clone(),
