@@ -159,7 +159,7 @@ fn stop_daemons(dir: &Path) {
 const DAEMONS: [&str; 2] = ["ovs-vswitchd", "ovsdb-server"];
 
 /// Whether process `pid` runs: not gone, nor a zombie (whose files and locks are released).
-fn running(pid: &str) -> bool {
+pub fn running(pid: &str) -> bool {
     !pid.is_empty()
         && std::fs::read_to_string(Path::new("/proc").join(pid).join("stat"))
             .is_ok_and(|st| st.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))

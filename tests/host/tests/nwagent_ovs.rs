@@ -458,10 +458,7 @@ async fn a_device_made_again_is_plugged_again() {
     let pid = std::fs::read_to_string(dir.path().join("ovs-vswitchd.pid")).unwrap();
     sh("kill", &["-9", pid.trim()]).unwrap();
     // Dead once the kill is delivered (a zombie, or gone): a moment after `kill` returns.
-    let stat = format!("/proc/{}/stat", pid.trim());
-    let dead = || {
-        std::fs::read_to_string(&stat).map_or(true, |st| st.rsplit_once(") ").is_some_and(|(_, r)| r.starts_with('Z')))
-    };
+    let dead = || !vdc_nwagent::ovs::daemon::running(pid.trim());
     assert!(eventually(Duration::from_secs(5), dead), "ovs-vswitchd survived kill -9");
     let revived = n.host.switch.as_ref().unwrap().revive().unwrap();
     assert!(revived.contains(&"ovs-vswitchd"), "{revived:?}");
