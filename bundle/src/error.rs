@@ -33,6 +33,11 @@ pub enum BundleError {
          for the account: push again (the target answers which chunks it lacks), or import a full bundle"
     )]
     ChunkNotHeld(String),
+    #[error(
+        "chunk {0} was left out by the sender (a push leaves out what this site said its import would not \
+         store), but the import needs it now (something changed here since): push again"
+    )]
+    ChunkLeftOut(String),
     #[error("chunk {hash} decompresses beyond its listed size of {size} bytes")]
     ChunkTooLarge { hash: String, size: u64 },
     #[error("too many {what}: {count} (at most {max})")]
@@ -65,6 +70,7 @@ impl BundleError {
             BundleError::MissingChunk(_) => "bundle_chunk_missing",
             BundleError::ChunkTooLarge { .. } => "bundle_chunk_too_large",
             BundleError::ChunkNotHeld(_) => "bundle_chunk_not_held",
+            BundleError::ChunkLeftOut(_) => "bundle_chunk_left_out",
             BundleError::TooMany { .. } => "bundle_too_many",
             BundleError::InvalidName(_) => "bundle_invalid_name",
             BundleError::DanglingReference(_) => "bundle_dangling_reference",

@@ -2,9 +2,11 @@
 //! `M` the manifest (JSON), `S` its signature (32-byte key, 64-byte signature), any
 //! number of `C` chunks (32-byte SHA-256 of the uncompressed bytes, then zstd) and `R`
 //! references (32-byte SHA-256 of a listed chunk the receiver holds already: a push sends
-//! only what the target lacks), and `E` (u64 BE: the number of `C` and `R` frames). A frame of our own rather than tar: no file names at
-//! all (so nothing to traverse), every length bounded before it is read, and the
-//! manifest first, so a reader verifies it before it reads any data.
+//! only what the target lacks), `N` (32-byte SHA-256 of a listed chunk left out: a push
+//! leaves out what the target's import would not store), and `E` (u64 BE: the number of
+//! `C`, `R` and `N` frames). A frame of our own rather than tar: no file names at all (so
+//! nothing to traverse), every length bounded before it is read, and the manifest first,
+//! so a reader verifies it before it reads any data.
 
 use crate::{sha256_hex, BlobRef, BundleError, ChunkRef, Limits, Manifest, SigningKey, VerifyingKey, CHUNK_SIZE};
 use ed25519_dalek::{Signature, Signer, Verifier};
@@ -263,7 +265,15 @@ pub struct Chunk {
 #[derive(Debug)]
 pub enum Item {
     Chunk(Chunk),
-    Held { sha256: String, size: u64 },
+    Held {
+        sha256: String,
+        size: u64,
+    },
+    /// Left out by the sender (`N`): the receiver said it does not need it.
+    LeftOut {
+        sha256: String,
+        size: u64,
+    },
 }
 
 /// Reads and verifies a bundle. [`Reader::open`] verifies the manifest (signature, trust,
@@ -362,6 +372,7 @@ impl<R: Read> Reader<R> {
             None => Ok(None),
             Some(Item::Chunk(c)) => Ok(Some(c)),
             Some(Item::Held { sha256, .. }) => Err(BundleError::ChunkNotHeld(sha256)),
+            Some(Item::LeftOut { sha256, .. }) => Err(BundleError::ChunkLeftOut(sha256)),
         }
     }
 
@@ -375,7 +386,7 @@ impl<R: Read> Reader<R> {
             return Err(BundleError::Truncated("the stream ends before the end frame".into()));
         };
         match tag {
-            b'R' => {
+            b'R' | b'N' => {
                 if len != 32 {
                     return Err(BundleError::BadFrame(format!("a reference frame of {len} bytes (32)")));
                 }
@@ -390,7 +401,10 @@ impl<R: Read> Reader<R> {
                 }
                 *seen = true;
                 self.seen += 1;
-                Ok(Some(Item::Held { sha256: hash, size: *size }))
+                Ok(Some(match tag {
+                    b'R' => Item::Held { sha256: hash, size: *size },
+                    _ => Item::LeftOut { sha256: hash, size: *size },
+                }))
             }
             b'C' => {
                 if !(32..=32 + MAX_COMPRESSED).contains(&len) {
@@ -512,18 +526,43 @@ pub struct Relayed {
     pub bytes_in: u64,
     /// Bytes written after the head.
     pub bytes_out: u64,
-    /// Chunks carried (sent) and chunks referenced (held by the receiver).
+    /// Chunks carried (sent), referenced (held by the receiver) and left out (not needed
+    /// by the receiver).
     pub carried: u64,
     pub referenced: u64,
+    pub left_out: u64,
+}
+
+/// How [`relay_with`] passes a chunk on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Its data (`C`).
+    Carry,
+    /// A reference (`R`): the receiver holds it.
+    Reference,
+    /// Left out (`N`): the receiver does not need it.
+    LeaveOut,
 }
 
 /// Relays the frames after a bundle's head from `r` to `w`, writing a reference frame
 /// instead of each chunk whose hash is in `held` (the receiver said it holds them), up to
-/// and including the end frame. The end frame's count (carried + referenced) is unchanged.
+/// and including the end frame. The end frame's count is unchanged.
 pub fn relay<R: Read, W: Write>(
     r: &mut R,
     w: &mut W,
     held: &std::collections::HashSet<String>,
+) -> Result<Relayed, BundleError> {
+    relay_with(r, w, |h| if held.contains(h) { Pass::Reference } else { Pass::Carry })
+}
+
+/// Relays the frames after a bundle's head from `r` to `w`, each chunk as `pass` says
+/// (by its hash), up to and including the end frame. A chunk the source referenced or
+/// left out already stays so (there is no data to carry). The end frame's count (every
+/// chunk, however passed) is unchanged.
+pub fn relay_with<R: Read, W: Write>(
+    r: &mut R,
+    w: &mut W,
+    pass: impl Fn(&str) -> Pass,
 ) -> Result<Relayed, BundleError> {
     let mut out = Relayed::default();
     let mut buf = Vec::new();
@@ -538,23 +577,38 @@ pub fn relay<R: Read, W: Write>(
                 buf.resize(len, 0);
                 read_exact(r, &mut buf, "a chunk")?;
                 out.bytes_in += 5 + len as u64;
-                if held.contains(&hex::encode(&buf[..32])) {
-                    frame(w, b'R', &[&buf[..32]])?;
-                    out.bytes_out += 5 + 32;
-                    out.referenced += 1;
-                } else {
-                    frame(w, b'C', &[&buf])?;
-                    out.bytes_out += 5 + len as u64;
-                    out.carried += 1;
+                match pass(&hex::encode(&buf[..32])) {
+                    Pass::Carry => {
+                        frame(w, b'C', &[&buf])?;
+                        out.bytes_out += 5 + len as u64;
+                        out.carried += 1;
+                    }
+                    Pass::Reference => {
+                        frame(w, b'R', &[&buf[..32]])?;
+                        out.bytes_out += 5 + 32;
+                        out.referenced += 1;
+                    }
+                    Pass::LeaveOut => {
+                        frame(w, b'N', &[&buf[..32]])?;
+                        out.bytes_out += 5 + 32;
+                        out.left_out += 1;
+                    }
                 }
             }
-            b'R' if len == 32 => {
+            b'R' | b'N' if len == 32 => {
                 let mut h = [0u8; 32];
                 read_exact(r, &mut h, "a reference")?;
-                frame(w, b'R', &[&h])?;
+                let tag = match (tag, pass(&hex::encode(h))) {
+                    (_, Pass::LeaveOut) | (b'N', _) => b'N',
+                    _ => b'R',
+                };
+                frame(w, tag, &[&h])?;
                 out.bytes_in += 37;
                 out.bytes_out += 37;
-                out.referenced += 1;
+                match tag {
+                    b'R' => out.referenced += 1,
+                    _ => out.left_out += 1,
+                }
             }
             b'E' if len == 8 => {
                 let mut n = [0u8; 8];

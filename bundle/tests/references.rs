@@ -113,6 +113,7 @@ fn a_relayed_bundle_references_the_held_chunks_and_reads_back() {
                 assert_eq!(size, CHUNK_SIZE as u64);
                 ("R", sha256)
             }
+            Item::LeftOut { .. } => unreachable!("nothing left out"),
         });
     }
     let want: Vec<(&str, String)> = m
@@ -200,4 +201,49 @@ fn references_are_listed_chunks_each_once() {
     let hd = read_head(&mut r, &Limits::default()).unwrap();
     let mut out = hd.bytes;
     assert_eq!(relay(&mut r, &mut out, &HashSet::new()).unwrap_err().code(), "bundle_truncated");
+}
+
+#[test]
+fn a_relay_leaves_out_what_the_receiver_does_not_need() {
+    let key = generate_key();
+    let (m, full) = bundle(&key);
+    let (held, out_of) = (m.chunks[1].sha256.clone(), m.chunks[2].sha256.clone());
+    let pass = |h: &str| match h {
+        h if h == held => Pass::Reference,
+        h if h == out_of => Pass::LeaveOut,
+        _ => Pass::Carry,
+    };
+    let mut r = &full[..];
+    let mut out = read_head(&mut r, &Limits::default()).unwrap().bytes;
+    let stats = relay_with(&mut r, &mut out, pass).unwrap();
+    assert_eq!((stats.carried, stats.referenced, stats.left_out), (2, 1, 1));
+    assert_eq!(stats.bytes_out + (full.len() as u64 - stats.bytes_in), out.len() as u64);
+
+    let mut r = Reader::open(&out[..], &[key.verifying_key()], &Limits::default()).unwrap();
+    let mut items = vec![];
+    while let Some(i) = r.next_item().unwrap() {
+        items.push(match i {
+            Item::Chunk(c) => ("C", c.sha256),
+            Item::Held { sha256, .. } => ("R", sha256),
+            Item::LeftOut { sha256, size } => {
+                assert_eq!(size, CHUNK_SIZE as u64);
+                ("N", sha256)
+            }
+        });
+    }
+    let tags: Vec<&str> = items.iter().map(|i| i.0).collect();
+    assert_eq!(tags, ["C", "R", "N", "C"]);
+
+    // Relayed again (a second pusher): what was referenced or left out stays so, and a
+    // reference may be left out too.
+    let mut r = &out[..];
+    let mut again = read_head(&mut r, &Limits::default()).unwrap().bytes;
+    let s2 = relay_with(&mut r, &mut again, |h| if h == held { Pass::LeaveOut } else { Pass::Carry }).unwrap();
+    assert_eq!((s2.carried, s2.referenced, s2.left_out), (2, 0, 2));
+
+    // A reader that can use only chunks refuses the chunk left out.
+    let mut r = Reader::open(&out[..], &[key.verifying_key()], &Limits::default()).unwrap();
+    r.next_chunk().unwrap().unwrap();
+    assert_eq!(r.next_chunk().unwrap_err().code(), "bundle_chunk_not_held");
+    assert_eq!(r.next_chunk().unwrap_err().code(), "bundle_chunk_left_out");
 }

@@ -88,6 +88,7 @@ fn receive(bytes: &[u8], key: &SigningKey, holds: &Chunks) -> Result<(Manifest, 
                 }
                 got.insert(sha256, data.clone());
             }
+            Item::LeftOut { sha256, .. } => return Err(BundleError::ChunkLeftOut(sha256)),
         }
     }
     Ok((r.manifest().clone(), got))

@@ -587,6 +587,12 @@ impl Client {
         self.post("/bundle/chunks/missing", q).await
     }
 
+    /// Which chunks of the bundle whose head this is an import with `maps` would use here:
+    /// those to send and those the account holds (a push asks before it sends).
+    pub async fn wanted_chunks(&self, head: Vec<u8>, maps: &[String], prune: bool) -> Result<BundleChunksWanted> {
+        self.send_bundle("chunks/wanted", head, maps, prune).await
+    }
+
     async fn send_bundle<T: DeserializeOwned>(
         &self,
         what: &str,

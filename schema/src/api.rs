@@ -1397,6 +1397,10 @@ pub struct BundlePlan {
     /// site's store for the account and verified again, not received.
     #[serde(default)]
     pub held: u64,
+    /// Of `chunks`, those the sender left out (a push): this site's import does not store
+    /// their data (the objects holding it are kept as they are here).
+    #[serde(default)]
+    pub left_out: u64,
 }
 
 /// The most chunk hashes one `bundle/chunks/missing` request may ask about.
@@ -1416,6 +1420,17 @@ pub struct BundleChunkQuery {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BundleChunksMissing {
     pub missing: Vec<String>,
+}
+
+/// What a push of a bundle should send the target: the chunks of the data an import with
+/// these maps would store here, those to carry and those the account holds here already
+/// (sent as references). Every other chunk of the manifest may be left out.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BundleChunksWanted {
+    /// Chunks (SHA-256, hex) to carry.
+    pub send: Vec<String>,
+    /// Chunks the account holds here: sent as references.
+    pub held: Vec<String>,
 }
 
 /// A bundle import: the old → new ID map.

@@ -47,6 +47,7 @@ on_both_databases!(
     the_images_of_disks_and_volume_data_take_free_names,
     a_halted_instance_arrives_stopped_and_later_changes_of_power_follow,
     a_volume_grown_at_the_source_says_how_to_grow_it_here,
+    a_push_leaves_out_the_data_of_what_the_target_keeps,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -2347,9 +2348,10 @@ async fn a_push_sends_only_the_chunks_the_target_lacks(db: Db) {
     let plan = push(&ca, &cb, &push_opts(true)).await.unwrap();
     let p = plan.plan.as_ref().unwrap();
     assert!(p.creates.is_empty() && p.updates.is_empty() && p.conflicts.is_empty(), "{p:?}");
-    assert_eq!(p.held, first.chunks);
+    // B keeps everything as it is: it uses no chunk of this bundle, and none travels.
+    assert_eq!((p.held, p.left_out), (0, first.chunks));
     let again = push(&ca, &cb, &push_opts(false)).await.unwrap();
-    assert_eq!((again.chunks_sent, again.chunks_held), (0, first.chunks), "{again:?}");
+    assert_eq!((again.chunks_sent, again.chunks_held, again.chunks_left_out), (0, 0, first.chunks), "{again:?}");
     assert!(again.bytes_sent < 16 << 10, "{again:?}");
     assert_eq!(model(&cb).await, before);
     assert_eq!(cb.list_bundle_imports().await.unwrap().len(), 1);
@@ -2402,6 +2404,107 @@ async fn a_push_sends_only_the_chunks_the_target_lacks(db: Db) {
     assert_eq!(b_img.checksum, Some(format!("sha256:{}", vdc_bundle::sha256_hex(&changed))));
     let app2 = cb.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "app2").unwrap();
     wait_state(&cb, &app2.id, InstanceState::Running).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A bundle whose instance `name` has a root disk of its own: `data` (a running guest's
+/// disk differs from its image by what the guest wrote), signed by `key` again.
+fn with_root_disk(bytes: &[u8], key: &SigningKey, name: &str, data: &[u8]) -> Vec<u8> {
+    let (mut m, mut chunks) = open(bytes, key);
+    let (blob, refs) = vdc_bundle::chunk_blob(data).unwrap();
+    let listed: std::collections::HashSet<String> = m.chunks.iter().map(|c| c.sha256.clone()).collect();
+    for (r, c) in refs.into_iter().zip(data.chunks(vdc_bundle::CHUNK_SIZE)) {
+        if !listed.contains(&r.sha256) && !m.chunks.contains(&r) {
+            m.chunks.push(r);
+            chunks.push(c.to_vec());
+        }
+    }
+    m.model.instances.iter_mut().find(|i| i.name == name).unwrap().root_disk = Some(blob);
+    write(&m, &chunks, key)
+}
+
+/// `bundle` as a push relays it after asking B what its import uses.
+async fn relayed_as_wanted(c: &Client, bundle: &[u8]) -> (Vec<u8>, vdc_bundle::Relayed) {
+    let mut r = bundle;
+    let head = vdc_bundle::read_head(&mut r, &Default::default()).unwrap();
+    let w = c.wanted_chunks(head.bytes.clone(), &[], false).await.unwrap();
+    let (send, held): (std::collections::HashSet<String>, std::collections::HashSet<String>) =
+        (w.send.into_iter().collect(), w.held.into_iter().collect());
+    let mut out = head.bytes;
+    let pass = |h: &str| match h {
+        h if held.contains(h) => vdc_bundle::Pass::Reference,
+        h if send.contains(h) => vdc_bundle::Pass::Carry,
+        _ => vdc_bundle::Pass::LeaveOut,
+    };
+    let stats = vdc_bundle::relay_with(&mut r, &mut out, pass).unwrap();
+    (out, stats)
+}
+
+/// A guest running at A writes to its disk, so each export carries a root disk B has not
+/// seen; B keeps its own instance as it is and never uses that disk. Before, every push
+/// sent its changed chunks (13.8 MB per kept instance in the two-host test). Now B answers
+/// which chunks its import uses and the push leaves the rest out: nothing of the disk
+/// travels, and the update imports. When B changes between the answer and the import so
+/// that it needs the disk after all (the instance terminated here, to be made again), the
+/// plan shows and the import refuses `bundle_chunk_left_out`, nothing made; asked again,
+/// B wants the disk and the push makes the instance from it.
+async fn a_push_leaves_out_the_data_of_what_the_target_keeps(db: Db) {
+    use vdc_cli::push::push;
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    let net = network(&ca, "front", "10.61.0.0/24").await;
+    let img = raw_image(&ca, "app-disk", noise(4 * vdc_bundle::CHUNK_SIZE, 3)).await;
+    running(&ca, "app", &img, &net.id, vec![]).await;
+    let cb = b.account("tenant").await;
+    let first = push(&ca, &cb, &push_opts(false)).await.unwrap();
+    assert!(first.import.as_ref().unwrap().created);
+    let app_b = live_instance(&cb, "app").await;
+    let before = model(&cb).await;
+
+    // The guest wrote one chunk's worth: its disk is a blob of its own.
+    let mut written = noise(4 * vdc_bundle::CHUNK_SIZE, 3);
+    written[vdc_bundle::CHUNK_SIZE..2 * vdc_bundle::CHUNK_SIZE].copy_from_slice(&noise(vdc_bundle::CHUNK_SIZE, 9));
+    let disk_chunk = vdc_bundle::sha256_hex(&written[vdc_bundle::CHUNK_SIZE..2 * vdc_bundle::CHUNK_SIZE]);
+    let key = site_key(&a);
+    let changed = with_root_disk(&export(&ca).await, &key, "app", &written);
+    let (relayed, stats) = relayed_as_wanted(&cb, &changed).await;
+    assert_eq!((stats.carried, stats.referenced), (0, 0), "{stats:?}");
+    assert!(relayed.len() < 64 << 10, "{} bytes relayed of {}", relayed.len(), changed.len());
+    let plan = cb.plan_bundle(relayed.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty() && plan.creates.is_empty(), "{plan:?}");
+    assert_eq!(plan.left_out, plan.chunks);
+    let done = cb.import_bundle(relayed.clone(), &[]).await.unwrap();
+    assert!(done.created);
+    assert_eq!(model(&cb).await, before);
+    assert_eq!(live_instance(&cb, "app").await.id, app_b.id, "B's instance is kept");
+    assert_eq!(cb.list_bundle_imports().await.unwrap().len(), 1);
+
+    // B asked, then changes: its instance goes, and the import would make it again.
+    let newer = with_root_disk(&export(&ca).await, &key, "app", &written);
+    let (relayed, _) = relayed_as_wanted(&cb, &newer).await;
+    cb.terminate_instance(&app_b.id).await.unwrap();
+    wait_state(&cb, &app_b.id, InstanceState::Terminated).await;
+    let plan = cb.plan_bundle(relayed.clone(), &[]).await.unwrap();
+    let codes: Vec<&str> = plan.conflicts.iter().map(|c| c.code.as_str()).collect();
+    assert_eq!(codes, ["bundle_chunk_left_out"], "{plan:?}");
+    assert!(plan.conflicts[0].message.contains("instance app"), "{plan:?}");
+    let images = cb.list_all_images().await.unwrap().len();
+    assert_eq!(api_err(cb.import_bundle(relayed, &[]).await), (409, "bundle_chunk_left_out".into()));
+    assert!(cb.list_all_instances().await.unwrap().iter().all(|i| i.state == InstanceState::Terminated));
+    assert_eq!(cb.list_all_images().await.unwrap().len(), images);
+
+    // Asked again: B wants the written chunk (the rest it holds) and makes the instance.
+    let (relayed, stats) = relayed_as_wanted(&cb, &newer).await;
+    // (The image's chunk the guest overwrote is left out: B keeps the image as it is.)
+    assert_eq!((stats.carried, stats.referenced, stats.left_out), (1, 3, 1), "{stats:?}");
+    let mut r = &relayed[..];
+    let head = vdc_bundle::read_head(&mut r, &Default::default()).unwrap();
+    assert!(cb.wanted_chunks(head.bytes, &[], false).await.unwrap().send == [disk_chunk]);
+    assert!(cb.import_bundle(relayed, &[]).await.unwrap().created);
+    let again = live_instance(&cb, "app").await;
+    assert_ne!(again.id, app_b.id);
+    wait_state(&cb, &again.id, InstanceState::Running).await;
     a.stop().await;
     b.stop().await;
 }
@@ -2476,7 +2579,8 @@ async fn a_push_never_resolves_what_the_account_does_not_hold(db: Db) {
     assert_eq!(cb.list_bundle_imports().await.unwrap().len(), 1);
 
     // The lie: B holds app-disk's blob, then it is damaged; B still says it holds its
-    // chunks, the push references them, and B refuses on reading them: nothing changes.
+    // chunks, a push that needs them (a new image of the same bytes) references them, and
+    // B refuses on reading them: nothing changes.
     let blob = m2.model.images.iter().find(|i| i.name == "app-disk").unwrap().blob.clone().unwrap();
     let path = b.opts.images.dir.as_ref().unwrap().join("blobs/sha256").join(&blob.sha256);
     let mut perms = std::fs::metadata(&path).unwrap().permissions();
@@ -2496,6 +2600,7 @@ async fn a_push_never_resolves_what_the_account_does_not_hold(db: Db) {
     };
     let web = ca.list_all_security_groups().await.unwrap().into_iter().find(|g| g.name == "web").unwrap();
     ca.add_security_group_rule(&web.id, &rule).await.unwrap();
+    raw_image(&ca, "app-disk-again", disk()).await;
     let before = model(&cb).await;
     match push(&ca, &cb, &push_opts(false)).await {
         Err(PushError::Target(ClientError::Api { status: 400, code, message })) => {

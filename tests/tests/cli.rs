@@ -521,15 +521,16 @@ async fn vdc_bundle_push_sends_what_the_target_lacks(db: Db) {
     assert_eq!(code, Some(0), "{out} {err}");
     let first = sent(&err);
     assert!(first > 8 << 20, "{err}");
-    assert!(err.contains("2 of 2 chunks sent, 0 held by the target"), "{err}");
+    assert!(err.contains("2 of 2 chunks sent, 0 held by the target, 0 left out"), "{err}");
     let nets = dst.list_all_networks().await.unwrap();
     assert!(nets.iter().any(|n| n.name == "front" && n.cidr.to_string() == "10.71.0.0/24"));
     assert!(dst.list_all_images().await.unwrap().iter().any(|i| i.name == "blob"));
 
-    // Again: the remap holds (an update of the earlier import), no chunk goes.
+    // Again: the remap holds (an update of the earlier import), no chunk goes: the
+    // target keeps its image and uses none of them.
     let (code, out, err) = run(&[]).await.unwrap();
     assert_eq!(code, Some(0), "{out} {err}");
-    assert!(err.contains("0 of 2 chunks sent, 2 held by the target"), "{err}");
+    assert!(err.contains("0 of 2 chunks sent, 0 held by the target, 2 left out"), "{err}");
     assert!(sent(&err) < 8 << 10, "{err}");
     assert_eq!(dst.list_bundle_imports().await.unwrap().len(), 1);
     // A wrong token at the target: the target's refusal, exit 1.

@@ -162,6 +162,8 @@ const CLASSES: &[(&str, Class)] = &[
     ("bundle_import", OwnWrite),
     // Which chunks the caller's account lacks here (a push asks); changes nothing.
     ("bundle_chunks_missing", OwnRead),
+    // Which chunks of a bundle an import would use (a push asks); changes nothing.
+    ("bundle_chunks_wanted", OwnRead),
     ("bundle_import_list", OwnRead),
     ("bundle_import_show", ObjectRead),
     ("audit_list", OwnerRead),

@@ -1550,12 +1550,13 @@ async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
             let done = if dry_run { "planned at" } else { "pushed to" };
             let summary = format!(
                 "{done} {to}: {} bytes sent ({} bytes without dedup, {saved} saved); {} of {} chunks sent, {} held \
-                 by the target{}",
+                 by the target, {} left out (the target keeps what holds them){}",
                 r.bytes_sent,
                 r.bytes_full,
                 r.chunks_sent,
                 r.chunks,
                 r.chunks_held,
+                r.chunks_left_out,
                 if r.dedup { "" } else { " (the target cannot say which chunks it lacks: all sent)" }
             );
             match ctx.format {

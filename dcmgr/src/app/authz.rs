@@ -106,6 +106,8 @@ pub fn route_op(method: &str, route: &str) -> Op {
         "/bundle/plan" => Op::Read,
         // Which chunks the account lacks here (a push's dry run asks it too); changes nothing.
         "/bundle/chunks/missing" => Op::Read,
+        // Which chunks of a bundle an import would use here; changes nothing.
+        "/bundle/chunks/wanted" => Op::Read,
         // Setting an account's quotas is an operator's (a reader asking is told `forbidden`,
         // not `read_only`: no role in the account would let it).
         "/accounts" | "/accounts/{id}" | "/accounts/{id}/quotas" => Op::Admin,

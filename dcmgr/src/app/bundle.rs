@@ -339,6 +339,9 @@ pub struct Received {
     pub bytes: u64,
     /// Of `chunks`, those referenced by the sender and read from what this site holds.
     pub held: u64,
+    /// Of `chunks`, those the sender left out (a push: this site said it does not need
+    /// them). A blob holding one cannot be stored from this bundle.
+    pub left_out: HashSet<String>,
     /// The blobs assembled while the chunks arrived (an import's; none for a plan).
     pub assembled: Assembled,
 }
@@ -394,15 +397,18 @@ pub fn receive<R: Read>(
         Some(make) => Some(make(reader.manifest())?),
         None => None,
     };
-    let (mut chunks, mut referenced) = (0u64, 0u64);
+    let (mut chunks, mut referenced, mut left_out) = (0u64, 0u64, HashSet::new());
     let mut holdings: Option<HeldChunks> = None;
     let assembled = std::thread::scope(|s| -> Result<Assembled, BundleError> {
         // Verified chunks go to the stager on a thread of their own while the next one is
-        // read, decompressed and hashed.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<vdc_bundle::Chunk>(2);
+        // read, decompressed and hashed. `Err`: a chunk left out.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<vdc_bundle::Chunk, String>>(2);
         let writer = stager.map(|mut st| {
             s.spawn(move || {
-                rx.into_iter().try_for_each(|c| st.chunk(c))?;
+                rx.into_iter().try_for_each(|c| match c {
+                    Ok(c) => st.chunk(c),
+                    Err(sha) => st.leave_out(&sha),
+                })?;
                 st.finish()
             })
         });
@@ -410,7 +416,7 @@ pub fn receive<R: Read>(
             while let Some(item) = reader.next_item()? {
                 chunks += 1;
                 let c = match item {
-                    vdc_bundle::Item::Chunk(c) => c,
+                    vdc_bundle::Item::Chunk(c) => Ok(c),
                     vdc_bundle::Item::Held { sha256, size } => {
                         if holdings.is_none() {
                             let all: Vec<String> = reader.manifest().chunks.iter().map(|c| c.sha256.clone()).collect();
@@ -418,7 +424,11 @@ pub fn receive<R: Read>(
                         }
                         referenced += 1;
                         let data = read_held(&sha256, size, holdings.as_ref().and_then(|h| h.get(&sha256)))?;
-                        vdc_bundle::Chunk { sha256, data }
+                        Ok(vdc_bundle::Chunk { sha256, data })
+                    }
+                    vdc_bundle::Item::LeftOut { sha256, .. } => {
+                        left_out.insert(sha256.clone());
+                        Err(sha256)
                     }
                 };
                 if writer.is_some() && tx.send(c).is_err() {
@@ -439,6 +449,7 @@ pub fn receive<R: Read>(
         chunks,
         bytes,
         held: referenced,
+        left_out,
         assembled,
     })
 }
@@ -2218,7 +2229,12 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
     // The disks the import would store, checked from their first bytes as far as they
     // allow: a plan does not keep the whole data (the import checks it all). Tar images'
     // entries were checked whole as they arrived.
-    for (what, blob, format) in blobs_to_store(&r.manifest, &d, maps) {
+    let mut left_out = Vec::new();
+    for (what, blob, format) in blobs_to_store(&r.manifest, &d, maps).into_iter().filter(|_| !same) {
+        if let Some(c) = left_out_of(r, &what, blob) {
+            left_out.push(c);
+            continue;
+        }
         let found = match (format, r.assembled.head(&blob.sha256)) {
             (Some(ImageFormat::Raw | ImageFormat::Qcow2), Some(head)) => {
                 crate::app::image_check::inspect_head(head, blob.size, ctx.config.images.max_virtual_bytes)
@@ -2232,6 +2248,7 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
         judge_blob(&what, format.expect("matched above"), found)?;
     }
     let mut conflicts = d.conflicts;
+    conflicts.extend(left_out);
     // Each quota the import would exceed is shown with the rest (the import would refuse
     // it): all of them, not the first only, so that one plan says what to raise.
     for ask in &asks {
@@ -2256,7 +2273,63 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
         chunks: r.chunks,
         bytes: r.bytes,
         held: r.held,
+        left_out: r.left_out.len() as u64,
     })
+}
+
+/// When the sender left out a chunk of `blob` (a push: this site said its import would
+/// not store it, and something changed here since), the conflict that says so.
+fn left_out_of(r: &Received, what: &str, blob: &vdc_bundle::BlobRef) -> Option<BundleConflict> {
+    blob.chunks.iter().any(|c| r.left_out.contains(c)).then(|| {
+        conflict(
+            vdc_bundle::BundleError::ChunkLeftOut(String::new()).code(),
+            format!(
+                "the push left out the data of {what}, which this site said its import would not store; \
+                 something changed here since (an object deleted or changed by hand): push again"
+            ),
+            None,
+        )
+    })
+}
+
+/// What a push should send of the bundle whose head (manifest and signature) is read
+/// from `body` (issue 13, point 6): the chunks of the blobs an import with `maps` would
+/// store in the caller's account now, split into those to carry and those the account
+/// holds here. The rest (a kept instance's disk, a kept volume's data, images this
+/// import made before) need not travel at all.
+pub async fn wanted(
+    ctx: &SharedCtx,
+    caller: &Caller,
+    body: axum::body::Body,
+    maps: &Maps,
+) -> ApiResult<vdc_schema::api::BundleChunksWanted> {
+    use futures::TryStreamExt;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let trusted = ctx.trusted_keys.clone();
+    let (m, hash) = tokio::task::spawn_blocking(move || {
+        let r = vdc_bundle::Reader::open(reader, &trusted, &vdc_bundle::Limits::default())?;
+        Ok::<_, BundleError>((r.manifest().clone(), r.manifest_hash().to_owned()))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let mut conn = ctx.db.acquire().await?;
+    let src = &m.source;
+    let found = store::find_import(&mut conn, &caller.account_id, &src.site_key, &src.vdc_id, &hash).await?;
+    let d = decide(&m, &existing(ctx, &mut conn, &caller.account_id, &m).await?, maps);
+    drop(conn);
+    let mut needed = Vec::new();
+    // The same bundle again stores nothing, but for what `prune` applies with it (as
+    // import_received decides).
+    if found.is_none() || !d.removes.is_empty() {
+        let mut seen = HashSet::new();
+        for (_, blob, _) in blobs_to_store(&m, &d, maps) {
+            needed.extend(blob.chunks.iter().filter(|c| seen.insert(c.as_str())).cloned());
+        }
+    }
+    let held = held_by(ctx, &caller.account_id, &needed).await?;
+    let (held, send) = needed.into_iter().partition(|c| held.contains_key(c));
+    Ok(vdc_schema::api::BundleChunksWanted { send, held })
 }
 
 // ---------------------------------------------------------------- import
@@ -2503,6 +2576,9 @@ async fn import_received(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &
         let mut conn = ctx.db.acquire().await?;
         decide(&r.manifest, &existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?, maps)
     };
+    if let Some(c) = blobs_to_store(&r.manifest, &d0, maps).iter().find_map(|(what, b, _)| left_out_of(r, what, b)) {
+        return Err(ApiError::conflict(BundleError::ChunkLeftOut(String::new()).code(), c.message));
+    }
     let t = std::time::Instant::now();
     let stored: Vec<&vdc_bundle::BlobRef> = blobs_to_store(&r.manifest, &d0, maps).into_iter().map(|b| b.1).collect();
     let applied = match store_blobs(ctx, r, &d0, maps).await {

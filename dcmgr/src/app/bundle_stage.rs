@@ -160,6 +160,8 @@ enum Write {
     Open(usize, PathBuf),
     Data(usize, Bytes),
     Close(usize),
+    /// Given up: the file is removed.
+    Abandon(usize, PathBuf),
 }
 
 /// Takes the verified chunks of one bundle, in stream order.
@@ -209,6 +211,10 @@ impl Stager {
                     }
                     Write::Data(b, data) => open.get_mut(&b).expect("opened first").write(&data)?,
                     Write::Close(b) => open.remove(&b).expect("opened first").finish()?,
+                    Write::Abandon(b, path) => {
+                        drop(open.remove(&b));
+                        std::fs::remove_file(path)?;
+                    }
                 }
             }
             Ok(())
@@ -298,6 +304,35 @@ impl Stager {
         // A blob that took this chunk may go on with chunks that came before it.
         for b in took {
             self.advance(b)?;
+        }
+        Ok(())
+    }
+
+    /// A chunk the sender left out (a push leaves out what this site's import would not
+    /// store): the blobs that need it are given up here, and their other chunks are no
+    /// longer kept for them. An import that would store one of them refuses
+    /// (`bundle_chunk_left_out`).
+    pub fn leave_out(&mut self, sha: &str) -> Result<(), BundleError> {
+        for b in 0..self.blobs.len() {
+            let blob = &mut self.blobs[b];
+            if !matches!(blob.state, State::Waiting | State::Open { .. })
+                || !blob.chunks[blob.next..].iter().any(|c| c == sha)
+            {
+                continue;
+            }
+            for c in &blob.chunks[blob.next..] {
+                if let Some(n) = self.wanted.get_mut(c) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            if let State::Open { path, .. } = std::mem::replace(&mut blob.state, State::Off) {
+                self.open -= 1;
+                if let Some(t) = blob.tar.take() {
+                    let _ = t.end();
+                    self.tar_checks -= 1;
+                }
+                self.send(Write::Abandon(b, path))?;
+            }
         }
         Ok(())
     }
@@ -559,6 +594,29 @@ mod tests {
         drop(st);
         assert_eq!(files(&chunks), ["before"]);
         assert_eq!(files(&staging), Vec::<String>::new());
+    }
+
+    /// A chunk left out (a push: the target does not use the blobs holding it): the
+    /// blobs that need it are given up, the one under way too (its file removed), and
+    /// the others come out whole; the receive ends.
+    #[test]
+    fn blobs_with_a_chunk_left_out_are_given_up() {
+        let d = tempfile::tempdir().unwrap();
+        let (chunks, staging) = (d.path().join("chunks"), d.path().join("staging"));
+        let (a, b, z, x) = (chunk(1, 8192 + 5), chunk(2, 4096), chunk(0, 4096), chunk(3, 100));
+        // v0: a b; v1: z x; v2: b. a arrives (v0 under way), then b is left out.
+        let m = manifest(&[&[&a, &b], &[&z, &x], &[&b]]);
+        let mut st = Stager::new(&m, &chunks, &staging, |_| false).unwrap();
+        st.chunk(again(&a)).unwrap();
+        st.leave_out(&b.sha256).unwrap();
+        st.chunk(again(&z)).unwrap();
+        st.chunk(again(&x)).unwrap();
+        let done = st.finish().unwrap();
+        let blob = |i: usize| m.model.volumes[i].data.as_ref().unwrap().sha256.clone();
+        assert!(done.get(&blob(0)).is_none() && done.get(&blob(2)).is_none());
+        assert!(done.get(&blob(1)).is_some());
+        assert_eq!(files(&staging).len(), 1, "only v1's file: {:?}", files(&staging));
+        assert_eq!(files(&chunks), Vec::<String>::new(), "nothing kept for the blobs given up");
     }
 
     /// A plan's check: each blob's hash is checked as its chunks arrive, nothing is

@@ -192,7 +192,8 @@ pub async fn plan(
         (status = 200, description = "Imported before: nothing changed", body = BundleImported),
         (status = 400, description = BUNDLE_IMPORT_ERRORS, body = ErrorBody),
         (status = 409, description = "`bundle_unresolved`: the plan has conflicts (see plan), or \
-            `no_host`-style capacity answers for its instances", body = ErrorBody),
+            `no_host`-style capacity answers for its instances, or `bundle_chunk_left_out`: a push left out \
+            data that the import needs now (something changed here since it asked): push again", body = ErrorBody),
         (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
 pub async fn import(
     State(ctx): State<SharedCtx>,
@@ -226,6 +227,36 @@ pub async fn missing(
     crate::http::Body(q): crate::http::Body<vdc_schema::api::BundleChunkQuery>,
 ) -> ApiResult<Json<vdc_schema::api::BundleChunksMissing>> {
     Ok(Json(app::missing(&ctx, &caller, q).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/bundle/chunks/wanted", tag = "bundles", operation_id = "bundle_chunks_wanted",
+    summary = "Which chunks of this bundle an import here would use",
+    description = "A push (`vdc bundle push`) sends this the bundle's head (the magic, the manifest and its \
+        signature frames; anything after them is not read) with the maps it will import with. The head is \
+        verified as plan verifies it (signature, trust, schema). The answer lists the chunks of the data an import \
+        into the caller's account would store now (new images, the disks of instances created or replaced, the \
+        data of volumes created): `send`, those to carry, and `held`, those the account holds here (sent as \
+        `R` frames). The pusher leaves every other chunk out (frame `N`, docs/bundle-format.md): the disks of \
+        instances and the data of volumes this site keeps as they are do not travel. When something changes \
+        here between this answer and the import so that it needs a chunk left out, plan shows and import \
+        refuses `bundle_chunk_left_out` with nothing created: push again.",
+    params(("map" = Option<Vec<String>>, Query, description = "As for plan"),
+        ("prune" = Option<bool>, Query, description = "As for plan")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The bundle's head"),
+    responses(
+        (status = 200, description = "The chunks to carry and to reference", body = vdc_schema::api::BundleChunksWanted),
+        (status = 400, description = "`invalid_query`, or the head refused: `bundle_bad_magic`, `bundle_truncated`, \
+            `bundle_bad_frame`, `bundle_invalid_manifest`, `bundle_unsupported_version`, `bundle_bad_signature`, \
+            `bundle_untrusted_key`, `bundle_too_many`, `bundle_invalid_name`, `bundle_dangling_reference`, \
+            `bundle_duplicate_id`, `bundle_io`", body = ErrorBody)))]
+pub async fn wanted(
+    State(ctx): State<SharedCtx>,
+    caller: Caller,
+    RawQuery(q): RawQuery,
+    req: Request,
+) -> ApiResult<Json<vdc_schema::api::BundleChunksWanted>> {
+    let maps = maps(q)?;
+    Ok(Json(app::wanted(&ctx, &caller, req.into_body(), &maps).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/bundle/imports", tag = "bundles", operation_id = "bundle_import_list",

@@ -295,6 +295,7 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/bundle/plan", post(bundles::plan))
         .route("/bundle/import", post(bundles::import))
         .route("/bundle/chunks/missing", post(bundles::missing))
+        .route("/bundle/chunks/wanted", post(bundles::wanted))
         .route("/bundle/imports", get(bundles::list))
         .route("/bundle/imports/{id}", get(bundles::show))
         .route("/jobs", get(jobs::list))
@@ -498,7 +499,7 @@ impl utoipa::Modify for CommonErrors {
         events::stream,
         audit::list, users::whoami, users::set_password,
         sessions::create, sessions::delete, sessions::switch,
-        bundles::key, bundles::export, bundles::plan, bundles::import, bundles::missing, bundles::list, bundles::show,
+        bundles::key, bundles::export, bundles::plan, bundles::import, bundles::missing, bundles::wanted, bundles::list, bundles::show,
     )
 )]
 pub struct ApiDoc;
