@@ -50,7 +50,7 @@ impl ApiError {
         ApiError::Conflict { code, message: message.into() }
     }
     pub fn not_found(kind: &'static str, id: impl std::fmt::Display) -> Self {
-        ApiError::NotFound { kind, id: id.to_string() }
+        ApiError::NotFound { kind, id: vdc_schema::echoed(&id.to_string()) }
     }
     pub fn internal(e: impl std::fmt::Display) -> Self {
         ApiError::Internal(e.to_string())

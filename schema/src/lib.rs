@@ -21,6 +21,24 @@ pub mod state;
 pub use id::*;
 pub use state::*;
 
+/// Text a client sent, fit to be echoed in a message: control and [`invisible_char`]s
+/// written as `\u{…}` (a bidirectional override in an ID turned the rest of an error
+/// message around in the console and the terminal), and at most 100 characters.
+pub fn echoed(text: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == 100 {
+            out.push('…');
+            break;
+        }
+        match c.is_control() || invisible_char(c) {
+            true => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            false => out.push(c),
+        }
+    }
+    out
+}
+
 /// Unicode's format characters (general category Cf) that occur in practice: soft hyphen,
 /// zero-width spaces and joiners, bidirectional marks, embeddings, overrides and isolates,
 /// word joiners and invisible operators, the byte-order mark, interlinear annotations and

@@ -645,6 +645,19 @@ async fn cross_account_access_is_404(db: Db) {
     assert!(b.list_all_jobs().await.unwrap().is_empty());
     // And A's instance is untouched.
     assert_eq!(a.get_instance(&inst.id).await.unwrap().state, InstanceState::Running);
+    // An ID with a bidirectional override and an escape sequence is echoed escaped (it
+    // turned the rest of the message around), and cut.
+    let r = reqwest::Client::new()
+        .get(format!("{}/api/v1/instances/i-abc%E2%80%AEfed%1B%5B31m{}", s.url(), "x".repeat(300)))
+        .bearer_auth(b.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let m = body["error"]["message"].as_str().unwrap();
+    assert!(m.starts_with("instance i-abc\\u{202e}fed\\u{1b}[31mxx"), "{m}");
+    assert!(!m.contains('\u{202e}') && !m.contains('\u{1b}') && m.len() < 160, "{m}");
     s.stop().await;
 }
 
