@@ -72,6 +72,27 @@ async fn table_of(c: &Client, args: &[&str]) -> String {
     .unwrap()
 }
 
+/// `vdc ARGS…` run as a process as the holder of `c`'s token: its stderr (it succeeded).
+async fn stderr_of(c: &Client, args: &[&str]) -> String {
+    let (api, token) = (c.base_url().to_string(), c.token().to_string());
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(vdc_tests::procs::bin("vdc"))
+            .env("VDC_CONFIG", "/nonexistent/vdc-cli.toml")
+            .env("VDC_API", api)
+            .env("VDC_TOKEN", token)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "vdc {}: {err}", args.join(" "));
+        err
+    })
+    .await
+    .unwrap()
+}
+
 async fn ok(c: &Client, args: &[&str]) {
     if let Err(e) = vdc(c, args).await {
         panic!("vdc {}: {}", args.join(" "), e.report());
@@ -459,6 +480,14 @@ async fn vdc_bundle_exports_plans_and_imports(db: Db) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("bundle_downgrade"), "{err}");
+
+    // Snapshots stay behind, and the export says so.
+    let err = stderr_of(&src, &["bundle", "export", "-O", f2]).await;
+    assert!(!err.contains("snapshot"), "{err}");
+    ok(&src, &["volume", "create", "data", "--size", "16M", "--wait"]).await;
+    ok(&src, &["snapshot", "create", "data", "nightly", "--wait"]).await;
+    let err = stderr_of(&src, &["bundle", "export", "-O", f2]).await;
+    assert!(err.contains("note: 1 snapshot(s) stay on this site (nightly)"), "{err}");
     s.stop().await;
 }
 

@@ -1421,6 +1421,23 @@ impl Tabular for BundleImport {
     }
 }
 
+/// Says so when the account has snapshots: a bundle carries volumes' data, not their
+/// snapshots, and the export's output did not tell (red team, 2026-12-06). Best effort.
+async fn snapshots_stay(c: &Client) {
+    use vdc_schema::SnapshotState::{Available, Creating};
+    let Ok(all) = c.list_all_snapshots().await else { return };
+    let kept: Vec<String> =
+        all.iter().filter(|s| matches!(s.state, Available | Creating)).map(|s| s.name.clone()).collect();
+    if !kept.is_empty() {
+        eprintln!(
+            "note: {} snapshot(s) stay on this site ({}): a bundle carries volumes' data, not their snapshots; \
+             to carry one, make a volume of it first (vdc volume create NAME --snapshot SNAPSHOT)",
+            kept.len(),
+            kept.join(", ")
+        );
+    }
+}
+
 fn plan_text(p: &BundlePlan) -> String {
     let mut s = format!("bundle of {} ({} chunks, {} bytes) verified\n", p.source_vdc, p.chunks, p.bytes);
     // Deletes `--prune` applies, waits for or refuses; not those it was not asked for.
@@ -1500,6 +1517,7 @@ async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
             };
             std::fs::rename(&tmp, &path).map_err(|e| CliError::io(format!("renaming to {}", path.display()), e))?;
             eprintln!("wrote {} ({n} bytes)", path.display());
+            snapshots_stay(c).await;
             Ok(())
         }
         BundleCmd::Plan { file, maps, prune } => {
@@ -1574,6 +1592,7 @@ async fn bundle(ctx: &Ctx, cmd: BundleCmd) -> Result<(), CliError> {
                 }
                 f => emit(&encode(f, &r)?)?,
             }
+            snapshots_stay(c).await;
             match &r.plan {
                 Some(p) if !p.conflicts.is_empty() => {
                     Err(CliError::Failed(format!("{} conflict(s) unresolved", p.conflicts.len())))
