@@ -48,6 +48,7 @@ on_both_databases!(
     a_halted_instance_arrives_stopped_and_later_changes_of_power_follow,
     a_volume_grown_at_the_source_says_how_to_grow_it_here,
     a_push_leaves_out_the_data_of_what_the_target_keeps,
+    a_name_made_again_at_the_source_follows_with_prune,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -2643,4 +2644,106 @@ async fn a_volume_grown_at_the_source_says_how_to_grow_it_here(db: Db) {
     let plan = cb.plan_bundle(grown, &[]).await.unwrap();
     assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
     s.stop().await;
+}
+
+/// The source deletes a network, a group, a key pair and a volume and makes others of the
+/// same names (a new CIDR, a rule). Before, every update was refused at the target with
+/// `name_taken` against the objects the earlier import made, and only a rename map got
+/// past it, the names then differing for ever. Without `--prune` the conflicts now say
+/// that `--prune` frees the names; with it the old objects are set aside and removed and
+/// the new ones take their names, in one import.
+async fn a_name_made_again_at_the_source_follows_with_prune(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    let net = network(&ca, "front", "10.62.0.0/24").await;
+    let group = |rules: Vec<RuleSpec>| CreateSecurityGroup { name: "web".into(), description: String::new(), rules };
+    let web = ca.create_security_group(&group(vec![])).await.unwrap();
+    let key = ca.create_keypair(&CreateKeyPair { name: "deploy".into(), public_key: None }).await.unwrap();
+    let vol = CreateVolume { name: "data".into(), size_mib: Some(16), snapshot_id: None, image_id: None };
+    let old_vol = ca.create_volume(&vol).await.unwrap().resource;
+    wait_volume(&ca, &old_vol.id).await;
+    let cb = b.account("tenant").await;
+    assert!(cb.import_bundle(export(&ca).await, &[]).await.unwrap().created);
+    let b_ids = |c: Client| async move {
+        let n = c.list_all_networks().await.unwrap().into_iter().map(|n| (n.name, n.id.to_string()));
+        let g = c.list_all_security_groups().await.unwrap().into_iter().map(|g| (g.name, g.id.to_string()));
+        let k = c.list_all_keypairs().await.unwrap().into_iter().map(|k| (k.name, k.id.to_string()));
+        let v = c.list_all_volumes().await.unwrap().into_iter().filter(|v| v.state != VolumeState::Deleted);
+        let mut all: Vec<(String, String)> = n.chain(g).chain(k).chain(v.map(|v| (v.name, v.id.to_string()))).collect();
+        all.sort();
+        all
+    };
+    let before = b_ids(cb.clone()).await;
+
+    // Made again at the source under the same names.
+    ca.delete_network(&net.id).await.unwrap();
+    network(&ca, "front", "10.63.0.0/24").await;
+    ca.delete_security_group(&web.id).await.unwrap();
+    let rule = RuleSpec {
+        direction: Direction::Ingress,
+        protocol: Protocol::Tcp,
+        port_min: Some(22),
+        port_max: Some(22),
+        cidr: Some("0.0.0.0/0".into()),
+        group: None,
+    };
+    ca.create_security_group(&group(vec![rule])).await.unwrap();
+    ca.delete_keypair(&key.keypair.id).await.unwrap();
+    ca.create_keypair(&CreateKeyPair { name: "deploy".into(), public_key: None }).await.unwrap();
+    ca.delete_volume(&old_vol.id).await.unwrap();
+    eventually(Duration::from_secs(30), || async {
+        let v = ca.get_volume(&old_vol.id).await.ok()?;
+        (v.state == VolumeState::Deleted).then_some(())
+    })
+    .await
+    .expect("deleted at the source");
+    let new_vol = ca.create_volume(&vol).await.unwrap().resource;
+    wait_volume(&ca, &new_vol.id).await;
+    let bytes = export(&ca).await;
+
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let taken: Vec<&BundleConflict> = plan.conflicts.iter().filter(|c| c.code == "name_taken").collect();
+    assert_eq!(taken.len(), 4, "{:?}", plan.conflicts);
+    assert!(taken.iter().all(|c| c.message.contains("--prune removes it and frees the name")), "{taken:?}");
+    assert_eq!(api_err(cb.import_bundle(bytes.clone(), &[]).await).0, 409);
+    assert_eq!(b_ids(cb.clone()).await, before);
+
+    let plan = cb.plan_bundle_pruning(bytes.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    // (And the image the new volume's data is made of.)
+    let mut creates: Vec<(String, String)> =
+        plan.creates.iter().filter(|c| c.kind != "image").map(|c| (c.kind.clone(), c.name.clone())).collect();
+    creates.sort();
+    assert_eq!(
+        creates,
+        vec![
+            pair("keypair", "deploy"),
+            pair("network", "front"),
+            pair("security_group", "web"),
+            pair("volume", "data")
+        ]
+    );
+    let mut deletes: Vec<(String, String)> =
+        plan.deletes.iter().filter(|c| c.kind != "image").map(|c| (c.kind.clone(), c.name.clone())).collect();
+    deletes.sort();
+    assert_eq!(deletes, creates, "{:?}", plan.deletes);
+    assert!(cb.import_bundle_pruning(bytes.clone(), &[]).await.unwrap().created);
+    // The names are the new objects', and the old objects are gone.
+    let after = eventually(Duration::from_secs(30), || async {
+        let now = b_ids(cb.clone()).await;
+        (now.len() == 4).then_some(now)
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the old objects stay: {:?}", futures::executor::block_on(b_ids(cb.clone()))));
+    let names: Vec<&str> = after.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["data", "deploy", "front", "web"]);
+    assert!(after.iter().all(|x| !before.contains(x)), "{after:?} against {before:?}");
+    let front = cb.list_all_networks().await.unwrap().remove(0);
+    assert_eq!(front.cidr.to_string(), "10.63.0.0/24");
+    assert_eq!(cb.list_all_security_groups().await.unwrap()[0].rules.len(), 1);
+    // And the next update finds everything as it is.
+    let plan = cb.plan_bundle_pruning(export(&ca).await, &[]).await.unwrap();
+    assert!(plan.creates.is_empty() && plan.deletes.is_empty() && plan.conflicts.is_empty(), "{plan:?}");
+    a.stop().await;
+    b.stop().await;
 }

@@ -719,6 +719,11 @@ pub struct Decision {
     pub nic_updates: Vec<(String, Vec<String>)>,
     /// Deletes applied (`--prune`): (kind, ID here).
     pub removes: Vec<(String, String)>,
+    /// Of `removes`, those whose name an object of the bundle takes: renamed out of its way
+    /// (`pruned-ID`) before anything is made. (kind, ID here)
+    pub set_aside: Vec<(String, String)>,
+    /// The `name_taken` conflicts: (index in `conflicts`, kind, name here).
+    taken: Vec<(usize, String, String)>,
     /// Kept instances stopped or started as the bundle has them: (ID here, stop).
     pub power: Vec<(String, bool)>,
     /// Kept instance bundle ID → its first interface here (for a new floating IP).
@@ -797,6 +802,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         let note = note.or_else(|| again(id));
         let here = maps.rename.get(&(kind.to_owned(), n.to_owned())).cloned().unwrap_or_else(|| n.to_owned());
         if taken.contains(&(kind, here.as_str())) {
+            d.taken.push((d.conflicts.len(), kind.to_owned(), here.clone()));
             d.conflicts.push(conflict(
                 "name_taken",
                 format!("{kind} {here:?} exists in this account already"),
@@ -1293,6 +1299,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
     }
     if let Some(h) = &have {
         plan_deletes(&mut d, m, h, maps.prune);
+        free_pruned_names(&mut d, h);
         // The map keeps what stays: kept objects (with their root disk and data images),
         // and objects gone from the bundle that are still here. Objects created again
         // get new entries.
@@ -2141,6 +2148,42 @@ fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
     }
 }
 
+/// A name taken here by an object of the earlier import that this update removes
+/// (`--prune`) is no conflict: the source deleted that object and made another of the same
+/// name, and the old one is set aside (renamed) before the new one is made, then removed.
+/// Without `--prune` the conflict says that `--prune` frees the name.
+fn free_pruned_names(d: &mut Decision, h: &Have) {
+    let holder = |kind: &str, name: &str| -> Option<&str> {
+        let found = match kind {
+            "network" => h.networks.iter().find(|(_, r)| r.1 == name).map(|(t, _)| *t),
+            "security_group" => h.groups.iter().find(|(_, r)| r.1 == name).map(|(t, _)| *t),
+            "keypair" => h.keypairs.iter().find(|(_, r)| r.1 == name).map(|(t, _)| *t),
+            "server_group" => h.server_groups.iter().find(|(_, r)| r.1 == name).map(|(t, _)| *t),
+            "volume" => h.volumes.iter().find(|(_, r)| r.1 == name).map(|(t, _)| *t),
+            _ => None,
+        };
+        // Of the import's objects gone from the bundle only.
+        found.filter(|t| h.map.iter().any(|(b, here)| here == t && !d.kept.contains_key(b)))
+    };
+    let mut freed = Vec::new();
+    for (at, kind, name) in std::mem::take(&mut d.taken) {
+        let Some(t) = holder(&kind, &name) else { continue };
+        if d.removes.iter().any(|(k, id)| *k == kind && id == t) {
+            freed.push(at);
+            d.set_aside.push((kind, t.to_owned()));
+        } else if let Some(c) = d.conflicts.get_mut(at) {
+            c.message += &format!(
+                " (the earlier import made it, as {t}, and the bundle no longer has it: --prune removes it and \
+                 frees the name)"
+            );
+        }
+    }
+    freed.sort_unstable();
+    for at in freed.into_iter().rev() {
+        d.conflicts.remove(at);
+    }
+}
+
 /// The ID-map key of an instance's root disk image.
 fn root_key(instance: &str) -> String {
     format!("{instance}:root")
@@ -2776,6 +2819,9 @@ async fn apply(
         return Err(unresolved(&d.conflicts, c));
     }
     quota::enforce(&mut tx, ctx, account, &quota_asks(m, &d, maps)).await?;
+    for (kind, id) in &d.set_aside {
+        store::set_aside(&mut tx, kind, id).await?;
+    }
     let name = |kind: &str, id: &str| d.names.get(&(kind.to_owned(), id.to_owned())).cloned().unwrap_or_default();
     let mut ids: BTreeMap<String, String> = BTreeMap::new();
     let mut work = Vec::new();

@@ -495,6 +495,26 @@ pub async fn set_dhcp(tx: &mut db::Tx<'_>, network: &str, start: &str, end: &str
     db::event::record(tx.conn().await?, db::event::Kind::Network, network, db::event::Change::State).await
 }
 
+/// Renames an object an update removes (`--prune`) out of the way of the object of the
+/// bundle that takes its name (the source deleted it and made another of the same
+/// name): `pruned-ID`, unique as its ID, until it is gone.
+pub async fn set_aside(tx: &mut db::Tx<'_>, kind: &str, id: &str) -> Result<(), sqlx::Error> {
+    let (table, event) = match kind {
+        "network" => ("networks", db::event::Kind::Network),
+        "security_group" => ("security_groups", db::event::Kind::SecurityGroup),
+        "keypair" => ("keypairs", db::event::Kind::KeyPair),
+        "server_group" => ("server_groups", db::event::Kind::ServerGroup),
+        "volume" => ("volumes", db::event::Kind::Volume),
+        _ => return Ok(()),
+    };
+    sqlx::query(&format!("UPDATE {table} SET name = $1 WHERE id = $2"))
+        .bind(format!("pruned-{id}"))
+        .bind(id)
+        .execute(tx.conn().await?)
+        .await?;
+    db::event::record(tx.conn().await?, event, id, db::event::Change::State).await
+}
+
 /// Sets a group's description (an update; its rules are changed one by one).
 pub async fn set_group_description(tx: &mut db::Tx<'_>, group: &str, description: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE security_groups SET description = $1 WHERE id = $2")
