@@ -54,6 +54,11 @@ impl Dcmgr {
         if let Some(e) = &config.external {
             e.pool().map_err(|why| anyhow::anyhow!("invalid configuration: {why}"))?;
         }
+        // The port first: a dcmgr started twice by mistake (or a busy port) stops before it
+        // opens (and migrates) the database, joins the bus and starts its controllers.
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
         let sqlite_lock = db::lock_sqlite(&config.database_url)?;
         let (pool, kind) = db::connect(&config.database_url)
             .await
@@ -183,9 +188,6 @@ impl Dcmgr {
         tasks.push(tokio::spawn(evict_rate_limits(ctx.clone(), cancel.clone())));
         crate::app::session::warm_up();
 
-        let listener = tokio::net::TcpListener::bind(&config.listen)
-            .await
-            .with_context(|| format!("listening on {}", config.listen))?;
         let addr = listener.local_addr()?;
         let _ = ctx.http_addr.set(addr);
         let app = http::router(ctx.clone());

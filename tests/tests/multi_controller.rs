@@ -473,6 +473,20 @@ async fn a_second_dcmgr_on_one_sqlite_file_is_refused() {
     assert!(err.contains("another dcmgr serves the SQLite database") && err.contains("PostgreSQL"), "{err}");
     first.stop().await;
     let again = Dcmgr::start(config, Options::default()).await.expect("starts once the first has stopped");
+
+    // A busy port stops a dcmgr before it opens (and migrates) its database.
+    let busy = Config {
+        listen: again.ctx.http_addr.get().unwrap().to_string(),
+        database_url: format!("sqlite://{}", tmp.path().join("other.db").display()),
+        images: vdc_dcmgr::config::ImagesConfig { dir: Some(tmp.path().join("other")), ..Default::default() },
+        ..Default::default()
+    };
+    let err = match Dcmgr::start(busy, Options::default()).await {
+        Ok(_) => panic!("a dcmgr started on a busy port"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("listening on"), "{err}");
+    assert!(!tmp.path().join("other.db").exists(), "the database was opened first");
     again.stop().await;
 }
 
