@@ -288,6 +288,7 @@ impl AllInOne {
             taps_from_netns: libvirtd_netns_if_not_ours(),
             // The all-in-one's images: a few GiB of cache at most.
             image_cache_max_bytes: Some(8 << 30),
+            idmap: Some(vdc_bus::idmap::IdMap::DEFAULT),
         };
         let detected = if sim {
             None

@@ -138,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
                 tap_netns: cli.tap_netns,
                 taps_from_netns: None,
                 image_cache_max_bytes: cli.image_cache_max_mib.map(|m| m << 20),
+                idmap: Some(vdc_bus::idmap::IdMap::DEFAULT),
             };
             let probe = Duration::from_secs(cli.kvm_probe_timeout_s);
             let c2 = cfg.clone();

@@ -172,6 +172,7 @@ impl LibvirtSetup {
             tap_netns: None,
             taps_from_netns: None,
             image_cache_max_bytes: None,
+            idmap: Some(vdc_bus::idmap::IdMap::DEFAULT),
         }
     }
 }

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use vdc_bus::blob::touch;
+use vdc_bus::idmap::IdMap;
 use vdc_schema::bus::ImageSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -196,8 +197,8 @@ impl ImageCache {
 
     /// Unpacks a root filesystem tarball for a container, each entry checked by the rules
     /// and the parser dcmgr checked it with (`vdc_bus::rootfs`), not by another tar.
-    pub fn unpack(&self, tarball: &Path, dest: &Path) -> Result<(), ImageError> {
-        self.make_rootfs(dest, |partial| {
+    pub fn unpack(&self, tarball: &Path, dest: &Path, map: Option<&IdMap>) -> Result<(), ImageError> {
+        self.make_rootfs(dest, map, |partial| {
             std::fs::create_dir_all(partial).map_err(io(partial))?;
             vdc_bus::rootfs::unpack(tarball, partial)
                 .map_err(|refused| ImageError::Tarball { path: tarball.display().to_string(), refused })
@@ -205,8 +206,8 @@ impl ImageCache {
     }
 
     /// A container's own copy of a host directory (an admin's `dir` image), made once.
-    pub fn copy_rootfs(&self, src: &Path, dest: &Path) -> Result<(), ImageError> {
-        self.make_rootfs(dest, |partial| {
+    pub fn copy_rootfs(&self, src: &Path, dest: &Path, map: Option<&IdMap>) -> Result<(), ImageError> {
+        self.make_rootfs(dest, map, |partial| {
             self.tools.run("cp", &["-a", &host::path(src), &host::path(partial)])?;
             Ok(())
         })
@@ -216,7 +217,14 @@ impl ImageCache {
     /// when complete. A rootfs that exists is the container's own from then on: a later
     /// ensure (a start, a reboot, a restarted hva) must never write the image over the
     /// files the guest changed, and a copy cut short is made again rather than used.
-    fn make_rootfs(&self, dest: &Path, make: impl FnOnce(&Path) -> Result<(), ImageError>) -> Result<(), ImageError> {
+    /// With `map`, its owners are shifted to the container's user namespace before the
+    /// rename (`vdc_bus::idmap`).
+    fn make_rootfs(
+        &self,
+        dest: &Path,
+        map: Option<&IdMap>,
+        make: impl FnOnce(&Path) -> Result<(), ImageError>,
+    ) -> Result<(), ImageError> {
         if dest.exists() {
             return Ok(());
         }
@@ -225,6 +233,9 @@ impl ImageCache {
             std::fs::remove_dir_all(&partial).map_err(io(&partial))?;
         }
         make(&partial)?;
+        if let Some(m) = map {
+            vdc_bus::idmap::shift_to_host(&partial, m).map_err(io(&partial))?;
+        }
         std::fs::rename(&partial, dest).map_err(io(dest))
     }
 }
@@ -360,7 +371,7 @@ mod tests {
         b.append_data(&mut h, "init.sh", &b"#!\n"[..]).unwrap();
         std::fs::create_dir_all(tarball.parent().unwrap()).unwrap();
         std::fs::write(&tarball, b.into_inner().unwrap().finish().unwrap()).unwrap();
-        c.unpack(&tarball, &rootfs).unwrap();
+        c.unpack(&tarball, &rootfs, None).unwrap();
         let t = tmp.path().display();
         // The tarball is unpacked in-process (vdc_bus::rootfs), not by a command.
         assert_eq!(f.lines(), [format!("qemu-img create -q -f qcow2 -b {t}/images/abc -F raw {t}/i-a/root.partial")]);
@@ -371,7 +382,7 @@ mod tests {
         f.clear();
         std::fs::write(rootfs.join("etc-hostname"), b"changed in the guest").unwrap();
         c.overlay(&base, "raw", &root).unwrap();
-        c.unpack(&tarball, &rootfs).unwrap();
+        c.unpack(&tarball, &rootfs, None).unwrap();
         assert!(f.calls().is_empty(), "{:?}", f.lines());
         assert_eq!(std::fs::read(rootfs.join("etc-hostname")).unwrap(), b"changed in the guest");
     }
@@ -397,7 +408,7 @@ mod tests {
         // An hva killed while unpacking left half a tree.
         let rootfs = tmp.path().join("i-a/rootfs");
         std::fs::create_dir_all(tmp.path().join("i-a/rootfs.partial/usr")).unwrap();
-        c.unpack(&tarball, &rootfs).unwrap();
+        c.unpack(&tarball, &rootfs, None).unwrap();
         assert_eq!(std::fs::read(rootfs.join("etc/os-release")).unwrap(), b"ID=test\n");
         assert!(!rootfs.join("usr").exists(), "the partial tree was thrown away");
         assert!(!tmp.path().join("i-a/rootfs.partial").exists());
@@ -405,7 +416,7 @@ mod tests {
         let other = tmp.path().join("i-b/rootfs");
         std::fs::create_dir_all(other.parent().unwrap()).unwrap();
         std::fs::write(tmp.path().join("bad.tar.gz"), b"not a tarball").unwrap();
-        assert!(c.unpack(&tmp.path().join("bad.tar.gz"), &other).is_err());
+        assert!(c.unpack(&tmp.path().join("bad.tar.gz"), &other, None).is_err());
         assert!(!other.exists());
     }
 
@@ -435,7 +446,7 @@ mod tests {
         std::fs::write(&tarball, b.into_inner().unwrap().finish().unwrap()).unwrap();
         let rootfs = tmp.path().join("i-a/rootfs");
         std::fs::create_dir_all(rootfs.parent().unwrap()).unwrap();
-        let e = c.unpack(&tarball, &rootfs).unwrap_err();
+        let e = c.unpack(&tarball, &rootfs, None).unwrap_err();
         assert!(matches!(&e, ImageError::Tarball { refused, .. } if refused.code == "unsafe_tar"), "{e}");
         assert!(e.to_string().contains("dev/mem"), "{e}");
         assert!(!rootfs.exists());

@@ -62,6 +62,10 @@ pub struct LibvirtConfig {
     pub taps_from_netns: Option<String>,
     /// Prune the image cache (least recently used first) to this many bytes; no limit if None.
     pub image_cache_max_bytes: Option<u64>,
+    /// Containers run in a user namespace with this map: the container's root is an
+    /// unprivileged user of the host (`vdc_bus::idmap`). None: as the host's root (a
+    /// container's root then owns the host; only for tests of the driver itself).
+    pub idmap: Option<vdc_bus::idmap::IdMap>,
 }
 
 /// One libvirt call, timed for `vdc_driver_op_duration_seconds{driver="libvirt"}`.
@@ -287,6 +291,27 @@ impl Inner {
         self.report(id, ObservedInstance::Failed);
     }
 
+    /// The map a container's files are shifted by: the configured one, when this process
+    /// can give files to other users (root).
+    fn shifting(&self) -> Option<&vdc_bus::idmap::IdMap> {
+        self.cfg.idmap.as_ref().filter(|_| vdc_bus::idmap::can_shift())
+    }
+
+    /// A container's root filesystem made by an hva before containers ran in a user
+    /// namespace is the host root's: shifted before its first start in one (the guest is
+    /// off, so nothing writes to it meanwhile).
+    fn shift_rootfs(&self, id: &InstanceId) -> Result<()> {
+        let rootfs = self.dir(id).join("rootfs");
+        let Some(map) = self.shifting().filter(|_| rootfs.is_dir()) else { return Ok(()) };
+        let shifted = vdc_bus::idmap::is_shifted(&rootfs, map).map_err(|e| format!("{}: {e}", rootfs.display()))?;
+        if !shifted {
+            let n = vdc_bus::idmap::shift_to_host(&rootfs, map)
+                .map_err(|e| format!("giving the root filesystem to the container's user namespace: {e}"))?;
+            tracing::info!(instance = %id, entries = n, "root filesystem shifted to the container's user namespace");
+        }
+        Ok(())
+    }
+
     /// Everything the domain needs on disk; returns its XML.
     fn prepare(&self, spec: &InstanceSpec) -> Result<String> {
         let xml = self.prepare_files(spec)?;
@@ -313,6 +338,7 @@ impl Inner {
             taps: self.cfg.taps,
             initiator: &self.cfg.initiator,
             firmware: None,
+            idmap: self.cfg.idmap.as_ref(),
         };
         let e = |e: image::ImageError| e.to_string();
         let (kernel, initrd, disk, rootfs, ovmf);
@@ -323,12 +349,13 @@ impl Inner {
                 rootfs = dir.join("rootfs");
                 // Made once: later ensures need the image no more.
                 if !rootfs.exists() {
+                    let map = self.shifting();
                     if spec.image.format == ImageFormat::Tar {
                         let src = self.cache.fetch_image(&spec.image).map_err(e)?;
-                        self.cache.unpack(&src, &rootfs).map_err(e)?;
+                        self.cache.unpack(&src, &rootfs, map).map_err(e)?;
                     } else {
                         let src = self.cache.resolve(&spec.image.source).map_err(e)?;
-                        self.cache.copy_rootfs(&src, &rootfs).map_err(e)?;
+                        self.cache.copy_rootfs(&src, &rootfs, map).map_err(e)?;
                     }
                 }
                 layout.rootfs = Some(&rootfs);
@@ -604,6 +631,9 @@ impl Inner {
         if let Some(k) = self.known.lock().unwrap().get_mut(id) {
             k.container = None;
         }
+        if kind == HypervisorKind::Lxc {
+            self.shift_rootfs(id)?;
+        }
         lv("start", || dom.create()).map_err(|e| e.to_string())?;
         if let Some(k) = self.known.lock().unwrap().get_mut(id) {
             k.saved.ran = true;
@@ -738,7 +768,10 @@ impl Inner {
         if let Some(dom) = &running {
             lv("suspend", || dom.suspend()).map_err(|e| format!("freezing the container for its capture: {e}"))?;
         }
-        let packed = vdc_bus::rootfs::pack(&rootfs, &out);
+        // In the container's terms when it runs in a user namespace (a root filesystem not
+        // shifted yet is the host root's: as it is).
+        let map = self.shifting().filter(|m| vdc_bus::idmap::is_shifted(&rootfs, m).unwrap_or(false));
+        let packed = vdc_bus::rootfs::pack(&rootfs, &out, map);
         if let Some(dom) = &running {
             if let Err(e) = lv("resume", || dom.resume()) {
                 tracing::error!(instance = %id, "thawing the container after its capture: {e}");
@@ -1221,6 +1254,7 @@ mod tests {
             tap_netns: tap_netns.map(str::to_owned),
             taps_from_netns: None,
             image_cache_max_bytes: None,
+            idmap: Some(vdc_bus::idmap::IdMap::DEFAULT),
         };
         Inner {
             cache: image::ImageCache {

@@ -52,6 +52,8 @@ pub struct Layout<'a> {
     pub initiator: &'a str,
     /// UEFI firmware, for disk images whose boot mode is `uefi`.
     pub firmware: Option<Firmware<'a>>,
+    /// A container's user namespace.
+    pub idmap: Option<&'a vdc_bus::idmap::IdMap>,
 }
 
 /// OVMF as a pflash pair: the shared read-only code and this guest's own variable store,
@@ -262,7 +264,7 @@ pub fn lxc_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
 <memory unit='MiB'>{mem}</memory><vcpu>{cpus}</vcpu>\
 <os><type>exe</type><init>/init.sh</init>\
 <initenv name='VDC_INSTANCE_ID'>{id}</initenv><initenv name='VDC_HOSTNAME'>{host}</initenv></os>\
-<features><privnet/></features>\
+{idmap}<features><privnet/></features>\
 <on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>destroy</on_crash>\
 <devices><emulator>/usr/lib/libvirt/libvirt_lxc</emulator>\
 <filesystem type='mount'><source dir='{rootfs}'/><target dir='/'/></filesystem>\
@@ -275,6 +277,7 @@ pub fn lxc_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
         cpus = spec.cpus,
         rootfs = esc(&rootfs),
         nics = if l.taps { container_veths(spec) } else { interfaces(spec, l.bridge, false) },
+        idmap = l.idmap.map(|m| m.libvirt_xml()).unwrap_or_default(),
     )
 }
 
@@ -310,9 +313,15 @@ mod tests {
             taps: false,
             initiator: "iqn.x:hn-1",
             firmware: None,
+            idmap: Some(&vdc_bus::idmap::IdMap::DEFAULT),
         };
         let xml = lxc_domain(&spec, &l);
         assert!(xml.contains("<features><privnet/></features>"), "{xml}");
+        // In a user namespace: the container's root is host uid 100000.
+        assert!(
+            xml.contains("<idmap><uid start='0' target='100000' count='65536'/><gid start='0' target='100000' count='65536'/></idmap>"),
+            "{xml}"
+        );
         assert!(!xml.contains("<interface"));
         // With taps, each NIC is a veth whose host end nwagent plugs by its name.
         let mut spec = spec;
@@ -382,6 +391,7 @@ mod tests {
             taps: false,
             initiator: "iqn.x:hn-1",
             firmware,
+            idmap: None,
         }
     }
 

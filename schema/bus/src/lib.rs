@@ -22,6 +22,7 @@ pub mod cmd;
 pub mod coalesce;
 pub mod conn_limits;
 pub mod fileio;
+pub mod idmap;
 pub mod journal;
 pub mod metrics;
 pub mod rootfs;

@@ -460,9 +460,20 @@ fn xattrs_of(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
-/// Appends the PAX records of `path`'s extended attributes, to go before its entry.
-fn append_xattrs<W: std::io::Write>(tar: &mut tar::Builder<W>, path: &Path) -> std::io::Result<()> {
-    let attrs = xattrs_of(path)?;
+/// Appends the PAX records of `path`'s extended attributes, to go before its entry; with
+/// `map`, in the container's terms ([`crate::idmap::xattr_to_container`]).
+fn append_xattrs<W: std::io::Write>(
+    tar: &mut tar::Builder<W>,
+    path: &Path,
+    map: Option<&crate::idmap::IdMap>,
+) -> std::io::Result<()> {
+    let mut attrs = xattrs_of(path)?;
+    if let Some(m) = map {
+        attrs = attrs
+            .into_iter()
+            .filter_map(|(n, v)| crate::idmap::xattr_to_container(m, &n, &v).map(|v| (n, v)))
+            .collect();
+    }
     let keys: Vec<String> = attrs.iter().map(|(n, _)| format!("{XATTR_RECORD}{n}")).collect();
     tar.append_pax_extensions(keys.iter().map(String::as_str).zip(attrs.iter().map(|(_, v)| v.as_slice())))
 }
@@ -481,8 +492,10 @@ pub struct Packed {
 /// and the extended attributes the unpack sets kept, a file's further names stored as
 /// hard links to its first, symbolic links stored as links, never followed, nothing taken from
 /// another file system mounted below the root. Entries go in name order with no time in
-/// the gzip header, so the same tree gives the same bytes (stored once). Blocking.
-pub fn pack(root: &Path, out: &Path) -> std::io::Result<Packed> {
+/// the gzip header, so the same tree gives the same bytes (stored once). With `map` (a
+/// container of a user namespace), owners, file capabilities and ACLs are written in the
+/// container's terms, as the image had them. Blocking.
+pub fn pack(root: &Path, out: &Path, map: Option<&crate::idmap::IdMap>) -> std::io::Result<Packed> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let dev = std::fs::symlink_metadata(root)?.dev();
     let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
@@ -509,12 +522,16 @@ pub fn pack(root: &Path, out: &Path) -> std::io::Result<Packed> {
             let mut h = tar::Header::new_gnu();
             h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
             h.set_mode(meta.mode() & 0o7777);
+            if let Some(m) = map {
+                h.set_uid(m.to_container(meta.uid()).into());
+                h.set_gid(m.to_container(meta.gid()).into());
+            }
             if t.is_symlink() {
                 h.set_size(0);
                 tar.append_link(&mut h, &path, std::fs::read_link(&full)?)?;
             } else if t.is_dir() {
                 h.set_size(0);
-                append_xattrs(&mut tar, &full)?;
+                append_xattrs(&mut tar, &full, map)?;
                 tar.append_data(&mut h, &path, std::io::empty())?;
                 // A mount point is kept; what is mounted on it is not the root's.
                 if meta.dev() == dev {
@@ -539,7 +556,7 @@ pub fn pack(root: &Path, out: &Path) -> std::io::Result<Packed> {
                 tar.append_link(&mut h, &path, first)?;
             } else {
                 let f = std::fs::File::open(&full)?;
-                append_xattrs(&mut tar, &full)?;
+                append_xattrs(&mut tar, &full, map)?;
                 tar.append_data(&mut h, &path, Exactly { inner: f, left: meta.len() })?;
             }
             packed.entries += 1;
@@ -866,8 +883,8 @@ mod tests {
     /// Packs `root` twice (the same bytes), checks it and unpacks it into `tmp/back`.
     fn round_trip(tmp: &Path, root: &Path) -> (Packed, PathBuf) {
         let (a, b) = (tmp.join("a.tar.gz"), tmp.join("b.tar.gz"));
-        let packed = pack(root, &a).unwrap();
-        pack(root, &b).unwrap();
+        let packed = pack(root, &a, None).unwrap();
+        pack(root, &b, None).unwrap();
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "the same tree, the same bytes");
         check(&a, u64::MAX).unwrap();
         let back = tmp.join("back");

@@ -97,7 +97,8 @@ async fn a_container_is_captured_with_what_was_written_in_it() {
     // device node no image may hold.
     std::fs::write(root.join("etc/written-in-first"), b"hello from first\n").unwrap();
     std::fs::set_permissions(root.join("etc/written-in-first"), std::fs::Permissions::from_mode(0o640)).unwrap();
-    std::os::unix::fs::chown(root.join("etc/written-in-first"), Some(1234), Some(4321)).unwrap();
+    // The container runs in a user namespace: its uid 1234 is the host's 101234.
+    std::os::unix::fs::chown(root.join("etc/written-in-first"), Some(101_234), Some(104_321)).unwrap();
     run("mknod", &[root.join("etc/a-device").to_str().unwrap(), "c", "1", "3"]);
     // A second name of the file, a file capability (as `setcap cap_net_raw+ep` sets it:
     // Debian's `ping` has this one) and an attribute of the host's own, which no image
@@ -111,8 +112,9 @@ async fn a_container_is_captured_with_what_was_written_in_it() {
     let set = |p: &std::path::Path, n: &str, v: &[u8]| {
         rustix::fs::lsetxattr(p, n, v, rustix::fs::XattrFlags::empty()).unwrap()
     };
-    // VFS_CAP_REVISION_2 | effective; permitted: CAP_NET_RAW (13); nothing inheritable.
-    let file_cap: Vec<u8> = [0x0200_0001u32, 1 << 13, 0, 0, 0].iter().flat_map(|w| w.to_le_bytes()).collect();
+    // VFS_CAP_REVISION_3 | effective; permitted: CAP_NET_RAW (13); nothing inheritable;
+    // the namespace's root (host uid 100000): what `setcap` in the container writes.
+    let file_cap: Vec<u8> = [0x0300_0001u32, 1 << 13, 0, 0, 0, 100_000].iter().flat_map(|w| w.to_le_bytes()).collect();
     set(&root.join("bin-pinger"), "security.capability", &file_cap);
     let file_cap = xattr(&root.join("bin-pinger"), "security.capability").expect("the capability was set");
     set(&root.join("bin-pinger"), "trusted.vdc-host-only", b"no");
@@ -166,7 +168,10 @@ async fn a_container_is_captured_with_what_was_written_in_it() {
     assert_eq!(std::fs::read(root2.join("etc/written-in-first")).unwrap(), b"hello from first\n");
     let meta = std::fs::metadata(root2.join("etc/written-in-first")).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1234, 4321, 0o640));
+    // The image holds the container's owners (1234), so the second container's root
+    // has them shifted the same way.
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (101_234, 104_321, 0o640));
+    assert_eq!(std::fs::symlink_metadata(&root2).unwrap().uid(), 100_000, "the container's root is unprivileged");
     assert!(!root2.join("etc/a-device").exists(), "the device node was left out");
     assert_eq!(std::fs::metadata(root2.join("etc/written-twice")).unwrap().ino(), meta.ino(), "a hard link");
     assert_eq!(meta.nlink(), 2);

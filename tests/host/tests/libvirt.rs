@@ -53,10 +53,22 @@ async fn lifecycle(s: &Stack, c: &Client, image: &ImageId, kind: HypervisorKind,
     assert!(virsh_has(uri, &id), "no domain for a running instance: {:?}", c.get_instance(&id).await);
     let dir = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances").join(id.as_str());
     assert!(dir.exists());
+    if kind == HypervisorKind::Lxc {
+        // Its root is an unprivileged user of the host (red team, 2026-12-07: a
+        // container's root was the host's and escaped through a cgroup release agent).
+        assert_eq!(container_uid_map(&id).split_whitespace().collect::<Vec<_>>(), ["0", "100000", "65536"]);
+        assert_eq!(owner(&dir.join("rootfs")), 100_000);
+    }
 
     let stopping = std::time::Instant::now();
     job_ok(c, &c.stop_instance(&id).await.unwrap()).await;
     assert_eq!(c.get_instance(&id).await.unwrap().state, InstanceState::Stopped);
+    if kind == HypervisorKind::Lxc {
+        // A root filesystem an older hva made is the host root's: shifted at the start.
+        let all = dir.join("rootfs");
+        assert!(std::process::Command::new("chown").args(["-hR", "0:0"]).arg(&all).status().unwrap().success());
+        assert_eq!(owner(&all.join("init.sh")), 0);
+    }
     if kind == HypervisorKind::Lxc {
         // By a signal to its init, not after the whole stop timeout (3 s here) and a
         // destroy: every container stop waited 30 s in `vdc up`.
@@ -67,12 +79,32 @@ async fn lifecycle(s: &Stack, c: &Client, image: &ImageId, kind: HypervisorKind,
     wait_state(c, &id, InstanceState::Running).await;
     // `running` is the domain's state; wait for the guest itself before rebooting it.
     wait_boots(c, &id, &line, 2).await;
+    if kind == HypervisorKind::Lxc {
+        assert_eq!((owner(&dir.join("rootfs")), owner(&dir.join("rootfs/init.sh"))), (100_000, 100_000));
+        assert!(container_uid_map(&id).contains("100000"));
+    }
     job_ok(c, &c.reboot_instance(&id).await.unwrap()).await;
     wait_boots(c, &id, &line, 3).await;
     job_ok(c, &c.terminate_instance(&id).await.unwrap()).await;
     assert!(!virsh_has(uri, &id), "the domain is undefined");
     assert!(!dir.exists(), "the instance directory is removed");
     req.name = None;
+}
+
+fn owner(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).unwrap().uid()
+}
+
+/// The user namespace map of the init of container `id`, as the host sees it: the
+/// child of its libvirt_lxc controller (the domain's ID).
+fn container_uid_map(id: &InstanceId) -> String {
+    let name = format!("vdc-{id}");
+    let out = std::process::Command::new("virsh").args(["-c", "lxc:///system", "domid", &name]).output().unwrap();
+    let controller = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let children = std::fs::read_to_string(format!("/proc/{controller}/task/{controller}/children")).unwrap();
+    let init = children.split_whitespace().next().unwrap_or_else(|| panic!("no init under {controller}"));
+    std::fs::read_to_string(format!("/proc/{init}/uid_map")).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
