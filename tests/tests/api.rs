@@ -27,6 +27,8 @@ on_both_databases!(
     placement_spreads_or_packs,
     reconciler_survives_message_loss,
     agent_crash_goes_offline_and_converges,
+    a_failed_instance_is_not_started_again_when_its_host_returns,
+    a_stopped_instance_terminated_leaves_no_port,
     dcmgr_restart_keeps_everything,
     untrusted_bus_messages_are_dropped,
     stale_reports_are_dropped,
@@ -999,6 +1001,74 @@ async fn reconciler_survives_message_loss(db: Db) {
     }
     for id in &ids {
         wait_state(&c, id, InstanceState::Running).await;
+    }
+    s.stop().await;
+}
+
+/// A failed instance stays failed when its host's agent registers again (a restart of
+/// `vdc up`, of hva): the agent is not sent it, as the reconciler never re-sends one;
+/// its tenant's start tries again. Before, each registration booted it again, and it
+/// failed again (red team, 2026-12-07).
+async fn a_failed_instance_is_not_started_again_when_its_host_returns(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 1;
+    let mut s = Stack::start(opts).await;
+    let c = s.account("failing").await;
+    let ok = s.running_instance(&c, "fine").await;
+    let failing = c.create_instance(&inst_req(&s.image, "simfail-1")).await.unwrap().resource.id;
+    wait_state(&c, &failing, InstanceState::Failed).await;
+    // How often it was seen starting (its events, replayed from the first).
+    let starts = |c: Client, id: InstanceId| async move {
+        let mut stream = c.events(Some(0), false).await.unwrap();
+        let mut n = 0;
+        while let Some(item) = stream.next().await.unwrap() {
+            if let vdc_cli::client::StreamItem::Event(e) = item {
+                n += (e.resource_id == id.as_str() && e.state == "starting") as usize;
+            }
+        }
+        n
+    };
+    let before = starts(c.clone(), failing.clone()).await;
+    s.crash_hva(0);
+    s.restart_hva(0).await;
+    s.wait_nodes_online().await.unwrap();
+    wait_state(&c, &ok.id, InstanceState::Running).await;
+    // Sent again, it would start (starting), and fail again (its hostname asks for it).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(c.get_instance(&failing).await.unwrap().state, InstanceState::Failed);
+    assert_eq!(starts(c.clone(), failing.clone()).await, before, "not started again");
+    // A start tries again.
+    let st = c.start_instance(&failing).await.unwrap();
+    assert_eq!(st.resource.state, InstanceState::Starting);
+    wait_job(&c, &st.job).await;
+    wait_state(&c, &failing, InstanceState::Failed).await;
+    let after = starts(c.clone(), failing.clone()).await;
+    assert!(after > before, "a start sends it: {before} then {after}");
+    s.stop().await;
+}
+
+/// A stopped instance keeps its port on its last host (for its next start); terminated,
+/// the port goes there too. Before, it stayed with its DHCP reservation and floating IP
+/// NAT: the next guest given the address got no lease, and a floating IP allocated again
+/// answered from two routers (red team, 2026-12-07).
+async fn a_stopped_instance_terminated_leaves_no_port(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 1;
+    let s = Stack::start(opts).await;
+    let c = s.account("stopped").await;
+    let port = |vif: &VifId| s.hosts[0].nw_driver.as_ref().unwrap().port(vif);
+    for round in 0..2 {
+        let i = s.running_instance(&c, &format!("gone-{round}")).await;
+        let vif = i.interfaces[0].id.clone();
+        eventually(Duration::from_secs(5), || async { port(&vif).map(|_| ()) }).await.expect("plugged");
+        let st = c.stop_instance(&i.id).await.unwrap();
+        assert_eq!(wait_job(&c, &st.job).await.state, JobState::Succeeded);
+        assert_eq!(c.get_instance(&i.id).await.unwrap().host_node_id, None, "a stopped instance holds no host");
+        let t = c.terminate_instance(&i.id).await.unwrap();
+        assert_eq!(wait_job(&c, &t.job).await.state, JobState::Succeeded);
+        eventually(Duration::from_secs(5), || async { port(&vif).is_none().then_some(()) })
+            .await
+            .expect("the port of a stopped instance goes with its terminate");
     }
     s.stop().await;
 }

@@ -574,8 +574,11 @@ async fn act_once(
 /// What an instance's end released, for the dispatcher to tell the agents.
 #[derive(Default)]
 pub(crate) struct Removed {
-    /// Interfaces to unplug.
+    /// Interfaces to unplug, and the host whose nwagent holds their ports: the one the
+    /// instance is on, or, stopped, the one it was last on (a stopped guest's ports stay
+    /// there for its next start).
     pub vifs: Vec<String>,
+    pub node: Option<String>,
     /// Groups whose members' address lists changed.
     pub groups: Vec<String>,
     /// Volumes detached by the end, whose exports sta withdraws.
@@ -584,6 +587,17 @@ pub(crate) struct Removed {
 
 impl Removed {
     pub(crate) fn enqueue(&self, ctx: &SharedCtx) {
+        // Unplugged wherever they are: a stopped instance terminated left its port, its
+        // DHCP reservation and its floating IP's NAT on its last host, and the next guest
+        // given its address got none, and its floating IP answered from two routers
+        // (red team, 2026-12-07).
+        if let Some(node) = &self.node {
+            for v in &self.vifs {
+                if let Ok(v) = v.parse() {
+                    ctx.enqueue(Work::UnplugInterface(v, node.clone(), 0));
+                }
+            }
+        }
         interface::enqueue_groups(ctx, &self.groups);
         for v in &self.volumes {
             if let Ok(v) = v.parse() {
@@ -602,7 +616,8 @@ pub(crate) async fn finalize_terminated(tx: &mut db::Tx<'_>, row: &store::Row) -
         job::finish(tx, v, "available").await?;
         job::fail_all(tx, v, &format!("instance {} was terminated", row.id)).await?;
     }
-    Ok(Removed { vifs, groups, volumes })
+    let node = row.host_node_id.clone().or_else(|| row.last_host_id.clone());
+    Ok(Removed { vifs, node, groups, volumes })
 }
 
 /// The console output the instance's (last) host kept.

@@ -307,11 +307,6 @@ impl Folded {
         if let Some((cpus, memory_mib)) = self.released {
             ctx.room.gave_back(node, cpus, memory_mib);
         }
-        for v in &self.removed.vifs {
-            if let Ok(v) = v.parse() {
-                ctx.enqueue(Work::UnplugInterface(v, node.to_owned(), 0));
-            }
-        }
         self.removed.enqueue(ctx);
         for v in self.peers {
             if let Ok(v) = v.parse() {

@@ -537,12 +537,17 @@ pub async fn rebooting(pool: &db::Pool, before: i64) -> Result<Vec<(String, Opti
     .await
 }
 
-/// The instances a host holds (for an agent that just registered).
+/// The instances a host holds, to be sent again to its agent when it registers. A
+/// failed one is not: it stays failed until its tenant starts (or stops, or terminates)
+/// it, as in Nova, rather than being booted again at every restart of the host's agent
+/// (red team, 2026-12-07: a container that could not start failed again at each start
+/// of `vdc up`).
 pub async fn on_host(pool: &db::Pool, host: &str) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as("SELECT id FROM instances WHERE host_node_id = $1 AND state <> 'terminated' ORDER BY id")
-            .bind(host)
-            .fetch_all(pool)
-            .await?;
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM instances WHERE host_node_id = $1 AND state NOT IN ('terminated', 'failed') ORDER BY id",
+    )
+    .bind(host)
+    .fetch_all(pool)
+    .await?;
     Ok(rows.into_iter().map(|r| r.0).collect())
 }
