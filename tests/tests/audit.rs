@@ -15,6 +15,7 @@ on_both_databases!(
     filters_and_pages,
     retention_prunes_old_entries,
     concurrent_creates_are_each_recorded,
+    a_request_whose_client_hangs_up_is_done_and_recorded,
     whoami_says_who_the_token_is,
     an_export_is_a_members_and_is_recorded,
 );
@@ -330,6 +331,49 @@ async fn concurrent_creates_are_each_recorded(db: Db) {
     assert!(entries.iter().all(|e| e.status == 201));
     let ids: HashSet<_> = entries.iter().map(|e| e.request_id.clone()).collect();
     assert_eq!(ids.len(), 30, "one request ID each");
+    s.stop().await;
+}
+
+/// Clients that send a create and hang up at once: a create that began is done and
+/// recorded. Before, the client's hang-up dropped the request where it was, often after
+/// its change committed and before its audit entry was written: a tenant could hide its
+/// changes from the log (red team, 2026-12-07: 10 key pairs made, 7 recorded).
+async fn a_request_whose_client_hangs_up_is_done_and_recorded(db: Db) {
+    use tokio::io::AsyncWriteExt;
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("hangup").await;
+    let addr = s.url().trim_start_matches("http://").to_owned();
+    for i in 0..20 {
+        let body = format!(r#"{{"name":"gone-{i}"}}"#);
+        let req = format!(
+            "POST /api/v1/keypairs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: \
+             application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            c.token(),
+            body.len()
+        );
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(req.as_bytes()).await.unwrap();
+        conn.shutdown().await.unwrap();
+        drop(conn);
+    }
+    // Each request either never began (the server saw the hang-up first) or is done and
+    // recorded: what was made is what the log says, once it settles.
+    let (made, entries) = vdc_tests::eventually(std::time::Duration::from_secs(10), || async {
+        let keys = c.list_all_keypairs().await.ok()?;
+        let made: HashSet<String> =
+            keys.iter().filter(|k| k.name.starts_with("gone-")).map(|k| k.id.to_string()).collect();
+        let entries = all(&c, only("keypair.create")).await;
+        let recorded: HashSet<String> = entries.iter().filter_map(|e| e.resource_id.clone()).collect();
+        (!made.is_empty() && made == recorded).then_some((made, entries))
+    })
+    .await
+    .unwrap_or_else(|_| {
+        let keys = futures::executor::block_on(c.list_all_keypairs()).unwrap();
+        let entries = futures::executor::block_on(all(&c, only("keypair.create")));
+        panic!("{} keys made, {} recorded", keys.len(), entries.len())
+    });
+    assert_eq!(entries.len(), made.len());
+    assert!(entries.iter().all(|e| e.status == 201));
     s.stop().await;
 }
 
