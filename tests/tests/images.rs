@@ -774,8 +774,10 @@ async fn vdc_image_import_uploads_a_file_and_says_why_data_is_refused(db: Db) {
     assert_eq!(img.hypervisors, vec![HypervisorKind::Qemu, HypervisorKind::Kvm], "a disk's default");
 
     let bad_path = tmp.path().join("bad.qcow2").display().to_string();
-    let e = vdc(&["evil", &bad_path]).await.unwrap_err().to_string();
-    assert!(e.contains("backing file") && e.contains("/etc/shadow"), "{e}");
+    let e = vdc(&["evil", &bad_path]).await.unwrap_err();
+    assert_eq!(e.exit_code(), 1, "a refusal, not a usage error");
+    let e = e.to_string();
+    assert!(e.contains("backing file") && e.contains("/etc/shadow") && e.ends_with("(backing_file)"), "{e}");
     let e = vdc(&["wrong", &good_path, "--sha256", &"0".repeat(64)]).await.unwrap_err().to_string();
     assert!(e.contains("checksum"), "{e}");
     let e = vdc(&["loop", "http://127.0.0.1:9/x.qcow2"]).await.unwrap_err().to_string();
@@ -1183,6 +1185,12 @@ async fn stopped_instances_are_captured_as_images(db: Db) {
     let url = format!("{}/agent/v1/images/{}/file", s.url(), gold.id);
     let r = http.put(&url).bearer_auth("hn-x.00").body(vec![0u8; 10]).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    // Its failure report too, whatever the body: the credential is checked first.
+    let url = format!("{}/agent/v1/images/{}/capture-failure", s.url(), gold.id);
+    for body in [&b"not json"[..], &br#"{"reason": "x"}"#[..]] {
+        let r = http.post(&url).bearer_auth("hn-x.00").body(body.to_vec()).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+    }
     s.stop().await;
 }
 

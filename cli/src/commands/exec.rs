@@ -950,12 +950,17 @@ async fn import_image(ctx: &Ctx, a: ImageImportArgs) -> Result<Image, CliError> 
     let image = match result {
         Ok(img) => img,
         Err(e) => {
-            // Say which image the failure left behind, so it can be deleted or retried.
-            return Err(CliError::Usage(format!("image {} ({}): {e}", image.id, image.name)));
+            // Say which image the failure left behind, so it can be deleted or retried;
+            // the API's code as every other refusal shows it. A refusal, not a usage error.
+            let why = match &e {
+                CliError::Client(ce) => format!("{ce} ({})", ce.code()),
+                e => e.to_string(),
+            };
+            return Err(CliError::Failed(format!("image {} ({}): {why}", image.id, image.name)));
         }
     };
     if image.state == ImageState::Failed {
-        return Err(CliError::Usage(format!(
+        return Err(CliError::Failed(format!(
             "image {} failed: {}",
             image.id,
             image.failure_reason.as_deref().unwrap_or("no reason given")

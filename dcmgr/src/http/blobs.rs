@@ -81,14 +81,23 @@ pub struct CaptureFailure {
 }
 
 /// `POST /agent/v1/images/{id}/capture-failure`: the host could not produce the disk.
+/// The body is read as bytes and parsed after the node's token is checked: a caller
+/// without one learns nothing of what the route takes (it was answered 415 first).
 pub async fn capture_failure(
     State(ctx): State<SharedCtx>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    axum::Json(body): axum::Json<CaptureFailure>,
+    body: axum::body::Bytes,
 ) -> Response {
+    let parsed = |b: &[u8]| {
+        serde_json::from_slice::<CaptureFailure>(b)
+            .map_err(|e| crate::error::ApiError::bad("invalid_body", format!("the capture failure: {e}")))
+    };
     let res = match (node(&ctx, &headers), crate::http::path_id("image", &id)) {
-        (Ok(node), Ok(id)) => crate::app::capture::failed(&ctx, &node, &id, &body.reason).await,
+        (Ok(node), Ok(id)) => match parsed(&body) {
+            Ok(body) => crate::app::capture::failed(&ctx, &node, &id, &body.reason).await,
+            Err(e) => Err(e),
+        },
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
     match res {
