@@ -976,7 +976,7 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
     // stopped; the export's temporaries go.
     let mut live = Vec::new();
     ca.export_bundle(false, false, &mut live, |_| {}).await.unwrap();
-    let mut stream = ca.events(None, false).await.unwrap();
+    let mut stream = ca.events(Some(0), false).await.unwrap();
     while let Some(item) = stream.next().await.unwrap() {
         if let vdc_cli::client::StreamItem::Event(e) = item {
             assert!(
