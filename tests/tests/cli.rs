@@ -52,8 +52,8 @@ async fn vdc_in(c: &Client, account: &str, args: &[&str]) -> Result<(), CliError
     commands::run(&global, cli.command).await
 }
 
-/// `vdc ARGS…` run as a process (table output) as the holder of `c`'s token: its stdout.
-async fn table_of(c: &Client, args: &[&str]) -> String {
+/// `vdc ARGS…` run as a process as the holder of `c`'s token; it succeeded.
+async fn process(c: &Client, args: &[&str]) -> std::process::Output {
     let (api, token) = (c.base_url().to_string(), c.token().to_string());
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
@@ -66,31 +66,20 @@ async fn table_of(c: &Client, args: &[&str]) -> String {
             .output()
             .unwrap();
         assert!(out.status.success(), "vdc {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        out
     })
     .await
     .unwrap()
 }
 
-/// `vdc ARGS…` run as a process as the holder of `c`'s token: its stderr (it succeeded).
+/// Its stdout (table output).
+async fn table_of(c: &Client, args: &[&str]) -> String {
+    String::from_utf8_lossy(&process(c, args).await.stdout).into_owned()
+}
+
+/// Its stderr.
 async fn stderr_of(c: &Client, args: &[&str]) -> String {
-    let (api, token) = (c.base_url().to_string(), c.token().to_string());
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(vdc_tests::procs::bin("vdc"))
-            .env("VDC_CONFIG", "/nonexistent/vdc-cli.toml")
-            .env("VDC_API", api)
-            .env("VDC_TOKEN", token)
-            .args(&args)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "vdc {}: {err}", args.join(" "));
-        err
-    })
-    .await
-    .unwrap()
+    String::from_utf8_lossy(&process(c, args).await.stderr).into_owned()
 }
 
 async fn ok(c: &Client, args: &[&str]) {
