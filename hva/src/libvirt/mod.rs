@@ -300,14 +300,22 @@ impl Inner {
     /// A container's root filesystem made by an hva before containers ran in a user
     /// namespace is the host root's: shifted before its first start in one (the guest is
     /// off, so nothing writes to it meanwhile).
+    /// Then its definition is made again, now with the user namespace.
     fn shift_rootfs(&self, id: &InstanceId) -> Result<()> {
         let rootfs = self.dir(id).join("rootfs");
         let Some(map) = self.shifting().filter(|_| rootfs.is_dir()) else { return Ok(()) };
         let shifted = vdc_bus::idmap::is_shifted(&rootfs, map).map_err(|e| format!("{}: {e}", rootfs.display()))?;
-        if !shifted {
-            let n = vdc_bus::idmap::shift_to_host(&rootfs, map)
-                .map_err(|e| format!("giving the root filesystem to the container's user namespace: {e}"))?;
-            tracing::info!(instance = %id, entries = n, "root filesystem shifted to the container's user namespace");
+        if shifted {
+            return Ok(());
+        }
+        let n = vdc_bus::idmap::shift_to_host(&rootfs, map)
+            .map_err(|e| format!("giving the root filesystem to the container's user namespace: {e}"))?;
+        tracing::info!(instance = %id, entries = n, "root filesystem shifted to the container's user namespace");
+        let spec = self.known.lock().unwrap().get(id).map(|k| k.saved.spec.clone());
+        if let Some(spec) = spec {
+            let xml = self.prepare(&spec)?;
+            let conn = self.conn(HypervisorKind::Lxc)?;
+            lv("define", || conn.define_domain_xml(&xml)).map_err(|e| format!("defining it again: {e}"))?;
         }
         Ok(())
     }
@@ -359,6 +367,15 @@ impl Inner {
                     }
                 }
                 layout.rootfs = Some(&rootfs);
+                // A root filesystem an older hva made is the host root's until its next
+                // start shifts it ([`Self::shift_rootfs`]): until then its definition keeps
+                // no user namespace, or a container running from before that restarts
+                // itself (libvirt's `on_reboot`) would find its files not its own.
+                if let Some(map) = self.shifting() {
+                    if !vdc_bus::idmap::is_shifted(&rootfs, map).unwrap_or(true) {
+                        layout.idmap = None;
+                    }
+                }
                 return Ok(xml::lxc_domain(spec, &layout));
             }
             (HypervisorKind::Lxc, f) => return Err(format!("an lxc instance needs a tar or dir image, not {f}")),
