@@ -29,6 +29,8 @@ on_both_databases!(
     agent_crash_goes_offline_and_converges,
     a_failed_instance_is_not_started_again_when_its_host_returns,
     a_stopped_instance_terminated_leaves_no_port,
+    an_idempotency_key_makes_a_retry_safe,
+    idempotency_claims_expire_and_are_taken_over,
     dcmgr_restart_keeps_everything,
     untrusted_bus_messages_are_dropped,
     stale_reports_are_dropped,
@@ -1070,6 +1072,125 @@ async fn a_stopped_instance_terminated_leaves_no_port(db: Db) {
             .await
             .expect("the port of a stopped instance goes with its terminate");
     }
+    s.stop().await;
+}
+
+/// A POST with an `Idempotency-Key`: ten at once with one key make one instance, and each
+/// answer names it (the first, or its replay); the key with another body is refused;
+/// another credential's key of the same name is its own; a refused request lets its key
+/// go; malformed keys and keys on other methods are refused. Before, a script retrying a
+/// create made a second instance (red team, 2026-12-07).
+async fn an_idempotency_key_makes_a_retry_safe(db: Db) {
+    let mut o = StackOptions::new(db);
+    o.external = Some(vdc_tests::test_external("203.0.113.99"));
+    let s = Stack::start(o).await;
+    let c = s.account("retrier").await;
+    let other = s.account("other").await;
+    let http = reqwest::Client::new();
+    let post = |token: String, path: &str, key: &str, body: serde_json::Value| {
+        let req = http
+            .post(format!("{}/api/v1{path}", s.url()))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            let replayed = r.headers().get("idempotent-replayed").is_some();
+            let status = r.status().as_u16();
+            (status, replayed, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let create = serde_json::to_value(inst_req(&s.image, "once")).unwrap();
+    let tries = (0..10).map(|_| post(c.token().to_owned(), "/instances", "create-once-1", create.clone()));
+    let answers = futures::future::join_all(tries).await;
+    let ok: Vec<&(u16, bool, serde_json::Value)> = answers.iter().filter(|a| a.0 == 202).collect();
+    assert!(!ok.is_empty(), "{answers:?}");
+    assert_eq!(ok.iter().filter(|a| !a.1).count(), 1, "one ran: {answers:?}");
+    let id = ok[0].2["resource"]["id"].clone();
+    assert!(ok.iter().all(|a| a.2["resource"]["id"] == id), "{answers:?}");
+    for a in answers.iter().filter(|a| a.0 != 202) {
+        assert_eq!((a.0, a.2["error"]["code"].as_str()), (409, Some("idempotency_key_in_use")), "{a:?}");
+    }
+    // A retry after it ended: the same answer, replayed.
+    let again = post(c.token().to_owned(), "/instances", "create-once-1", create.clone()).await;
+    assert_eq!((again.0, again.1, &again.2["resource"]["id"]), (202, true, &id));
+    assert_eq!(c.list_all_instances().await.unwrap().len(), 1);
+    // The key for another request: refused.
+    let mut changed = create.clone();
+    changed["name"] = "twice".into();
+    let reused = post(c.token().to_owned(), "/instances", "create-once-1", changed).await;
+    assert_eq!((reused.0, reused.2["error"]["code"].as_str()), (422, Some("idempotency_key_reused")));
+    // Another account's key of the same name is its own.
+    let theirs = post(other.token().to_owned(), "/instances", "create-once-1", create.clone()).await;
+    assert_eq!((theirs.0, theirs.1), (202, false), "{theirs:?}");
+    assert_ne!(theirs.2["resource"]["id"], id);
+    // A floating IP allocated twice with one key: one address.
+    let fip1 = post(c.token().to_owned(), "/floating-ips", "fip-1", serde_json::json!({})).await;
+    let fip2 = post(c.token().to_owned(), "/floating-ips", "fip-1", serde_json::json!({})).await;
+    assert_eq!((fip1.0, fip2.1), (201, true), "{fip1:?} {fip2:?}");
+    assert_eq!(fip1.2["ip"], fip2.2["ip"]);
+    assert_eq!(c.list_all_floating_ips().await.unwrap().len(), 1);
+    // A refused request lets its key go: the retry runs again.
+    let key = serde_json::json!({"name": "deploy"});
+    c.create_keypair(&CreateKeyPair { name: "deploy".into(), public_key: None }).await.unwrap();
+    let taken = post(c.token().to_owned(), "/keypairs", "kp-1", key.clone()).await;
+    assert_eq!((taken.0, taken.2["error"]["code"].as_str()), (409, Some("name_taken")));
+    let kp = c.list_all_keypairs().await.unwrap().remove(0);
+    c.delete_keypair(&kp.id).await.unwrap();
+    let made = post(c.token().to_owned(), "/keypairs", "kp-1", key).await;
+    assert_eq!((made.0, made.1), (201, false), "{made:?}");
+    // Malformed keys, and keys where they mean nothing.
+    for bad in ["", "caf\u{e9}", &"k".repeat(256), "two words"] {
+        let r = http
+            .post(format!("{}/api/v1/keypairs", s.url()))
+            .bearer_auth(c.token())
+            .header("Idempotency-Key", bad)
+            .json(&serde_json::json!({"name": "x"}))
+            .send()
+            .await;
+        // (A header value reqwest itself refuses to send is as good as refused.)
+        if let Ok(r) = r {
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_idempotency_key")), "{bad:?}");
+        }
+    }
+    let r = http
+        .delete(format!("{}/api/v1/keypairs/{}", s.url(), made.2["keypair"]["id"].as_str().unwrap()))
+        .bearer_auth(c.token())
+        .header("Idempotency-Key", "del-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(c.list_all_keypairs().await.unwrap().iter().any(|k| k.name == "deploy"), "nothing done");
+    s.stop().await;
+}
+
+/// The claims behind `Idempotency-Key`: one claim per key; a claim still running long
+/// after it was made (its dcmgr stopped mid-request) is taken over, a done one is kept
+/// for its day and then forgotten.
+async fn idempotency_claims_expire_and_are_taken_over(db: Db) {
+    use vdc_dcmgr::datastore::idempotency::{claim, finish, prune, Claim};
+    let s = Stack::start(StackOptions::new(db)).await;
+    let pool = &s.dcmgr().ctx.db;
+    let (t0, t1, t2) = ("2026-12-07T00:00:00.000Z", "2026-12-07T00:01:00.000Z", "2026-12-07T00:10:00.000Z");
+    let never = "2000-01-01T00:00:00.000Z";
+    assert_eq!(claim(pool, "k", "fp", t0, never, never).await.unwrap(), Claim::New);
+    assert_eq!(claim(pool, "k", "fp", t1, never, never).await.unwrap(), Claim::Running);
+    assert_eq!(claim(pool, "k", "other", t1, never, never).await.unwrap(), Claim::Other);
+    // Still running 10 minutes on: abandoned (claims made before t1 are), taken over.
+    assert_eq!(claim(pool, "k", "fp", t2, never, t1).await.unwrap(), Claim::New);
+    finish(pool, "k", 201, "{\"id\":\"x\"}").await.unwrap();
+    let done = Claim::Done { status: 201, body: "{\"id\":\"x\"}".into() };
+    assert_eq!(claim(pool, "k", "fp", t2, never, t2).await.unwrap(), done, "a done claim is never abandoned");
+    // A day on: expired, claimed anew; pruned.
+    assert_eq!(
+        claim(pool, "k", "fp2", "2026-12-08T00:20:00.000Z", "2026-12-07T00:20:00.000Z", never).await.unwrap(),
+        Claim::New
+    );
+    assert_eq!(prune(pool, "2026-12-09T00:00:00.000Z").await.unwrap(), 1);
+    assert_eq!(claim(pool, "k", "fp", t0, never, never).await.unwrap(), Claim::New);
     s.stop().await;
 }
 

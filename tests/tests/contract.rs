@@ -103,6 +103,13 @@ fn openapi_document_follows_the_api_conventions() {
                         query = true;
                         assert_ne!(p["required"], Value::Bool(true), "{what}: query parameter {name} is required");
                     }
+                    // The one header: an optional `Idempotency-Key` on POSTs (`http::idempotency`).
+                    "header" if name == "Idempotency-Key" && method == "post" => {
+                        assert_ne!(p["required"], Value::Bool(true), "{what}: {name} is required");
+                        for status in ["409", "422"] {
+                            assert!(op["responses"].get(status).is_some(), "{what} does not document {status}");
+                        }
+                    }
                     other => panic!("{what}: parameter {name} in {other}"),
                 }
             }

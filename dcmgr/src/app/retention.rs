@@ -68,6 +68,12 @@ pub async fn pruner(ctx: SharedCtx, cancel: CancellationToken) {
             Ok(_) => {}
             Err(e) => tracing::warn!("pruning the audit log: {e}"),
         }
+        let keys_before = db::time(&(chrono::Utc::now() - chrono::Duration::hours(24)));
+        match crate::datastore::idempotency::prune(&ctx.db, &keys_before).await {
+            Ok(n) if n > 0 => tracing::debug!(removed = n, "pruned idempotency keys older than a day"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("pruning idempotency keys: {e}"),
+        }
         match prune_ended(&ctx).await {
             Ok(r) if r.total() > 0 => tracing::info!(
                 instances = r.instances,

@@ -9,6 +9,7 @@ pub mod bundle;
 pub mod event;
 pub mod floating_ip;
 pub mod host;
+pub mod idempotency;
 pub mod image;
 pub mod instance;
 pub mod interface;

@@ -9,6 +9,7 @@ pub mod bundles;
 pub mod error;
 pub mod events;
 pub mod floating_ips;
+pub mod idempotency;
 pub mod images;
 pub mod instances;
 pub mod jobs;
@@ -134,6 +135,10 @@ pub(crate) fn bearer(header: &str) -> Option<&str> {
 impl FromRequestParts<SharedCtx> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, ctx: &SharedCtx) -> Result<Self, ApiError> {
+        // Taken already for this request (`idempotency`): not checked, nor counted, twice.
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(c.clone());
+        }
         let token = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -305,6 +310,8 @@ pub fn router(ctx: SharedCtx) -> Router {
         .route("/whoami", get(users::whoami))
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside the audit's: a request whose client hung up still ends there too.
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), idempotency::layer))
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), audit::layer));
     Router::new()
         .nest("/api/v1", api)
@@ -359,6 +366,8 @@ impl CommonErrors {
     const BAD_REQUEST: &'static str = "BadRequest";
     const FORBIDDEN: &'static str = "Forbidden";
     const TOO_MANY_REQUESTS: &'static str = "TooManyRequests";
+    const IDEMPOTENCY_IN_USE: &'static str = "IdempotencyKeyInUse";
+    const IDEMPOTENCY_REUSED: &'static str = "IdempotencyKeyReused";
 
     fn error_response(description: &str) -> utoipa::openapi::Response {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
@@ -420,10 +429,47 @@ impl utoipa::Modify for CommonErrors {
             Self::BAD_REQUEST.into(),
             Self::error_response(
                 "The request is not valid: a malformed body (`invalid_body`: not JSON, a missing or unknown field, \
-                 a wrong type) or query (`invalid_query`, `invalid_limit`, `invalid_cursor`, `invalid_state_filter`)",
+                 a wrong type) or query (`invalid_query`, `invalid_limit`, `invalid_cursor`, `invalid_state_filter`), \
+                 or a malformed `Idempotency-Key` (`invalid_idempotency_key`)",
             )
             .into(),
         );
+        components.responses.insert(
+            Self::IDEMPOTENCY_IN_USE.into(),
+            Self::error_response(
+                "`idempotency_key_in_use`: a request with this `Idempotency-Key` is under way; retry when it has ended",
+            )
+            .into(),
+        );
+        components.responses.insert(
+            Self::IDEMPOTENCY_REUSED.into(),
+            Self::error_response(
+                "`idempotency_key_reused`: this `Idempotency-Key` was used for another request (method, path or \
+                 body) in the last 24 hours",
+            )
+            .into(),
+        );
+        let idempotency_key = {
+            use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+            ParameterBuilder::new()
+                .name(idempotency::HEADER)
+                .parameter_in(ParameterIn::Header)
+                .required(utoipa::openapi::Required::False)
+                .description(Some(
+                    "1 to 255 visible ASCII characters naming this request: a retry with the same key (by the same \
+                     user in the same account, within 24 hours) is answered with the first success again, marked \
+                     `Idempotent-Replayed: true`, instead of running again. Only a success is kept: a refused or failed \
+                     request lets its key go (`invalid_idempotency_key` for a malformed key)",
+                ))
+                .schema(Some(
+                    utoipa::openapi::ObjectBuilder::new()
+                        .schema_type(utoipa::openapi::schema::Type::String)
+                        .min_length(Some(1))
+                        .max_length(Some(idempotency::MAX_KEY))
+                        .pattern(Some("^[!-~]+$")),
+                ))
+                .build()
+        };
         for (path, item) in doc.paths.paths.iter_mut() {
             let operations = [
                 ("GET", &mut item.get),
@@ -453,6 +499,21 @@ impl utoipa::Modify for CommonErrors {
                             .or_insert_with(|| Ref::from_response_name(Self::FORBIDDEN).into());
                     }
                 }
+                // A POST with a JSON body, or none, takes an `Idempotency-Key`.
+                let json_body =
+                    op.request_body.as_ref().is_none_or(|b| b.content.keys().all(|t| t == "application/json"));
+                if method == "POST" && !public && json_body {
+                    op.parameters.get_or_insert_with(Vec::new).push(idempotency_key.clone());
+                    let responses = &mut op.responses.responses;
+                    responses
+                        .entry("409".into())
+                        .or_insert_with(|| Ref::from_response_name(Self::IDEMPOTENCY_IN_USE).into());
+                    responses
+                        .entry("422".into())
+                        .or_insert_with(|| Ref::from_response_name(Self::IDEMPOTENCY_REUSED).into());
+                    responses.entry("400".into()).or_insert_with(|| Ref::from_response_name(Self::BAD_REQUEST).into());
+                }
+                let responses = &mut op.responses.responses;
                 let has_query = op.parameters.iter().flatten().any(|p| matches!(p.parameter_in, ParameterIn::Query));
                 if op.request_body.is_some() || has_query {
                     responses.entry("400".into()).or_insert_with(|| Ref::from_response_name(Self::BAD_REQUEST).into());

@@ -1,0 +1,146 @@
+//! `Idempotency-Key` on POST requests: a script that retries a create after a timeout
+//! (the answer lost, the create done) sends the same key, and gets the first answer again
+//! instead of a second instance it pays quota for (red team, 2026-12-07). As Stripe's
+//! and EC2's `ClientToken`: the key is the caller's (its user's in the account it acts
+//! in, whatever token it uses), names one
+//! request (the same method, path and body; another request with it is refused,
+//! `idempotency_key_reused`), and is kept 24 hours. Only a success is kept: a refused or
+//! failed request lets its key go, and the retry runs again. A retry while the first is
+//! under way is answered `409 idempotency_key_in_use`. Requests without the header are
+//! untouched.
+
+use crate::ctx::{Caller, SharedCtx};
+use crate::datastore::{self as db, idempotency as store};
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+pub const HEADER: &str = "Idempotency-Key";
+/// Set on an answer given again.
+pub const REPLAYED: &str = "Idempotent-Replayed";
+/// The longest key taken.
+pub const MAX_KEY: usize = 255;
+/// The largest body or answer kept (a JSON body's own limit is 2 MiB; answers are small).
+const MAX_BODY: usize = 2 << 20;
+const KEEP_HOURS: i64 = 24;
+/// A claim still running after this long was left by a dcmgr that stopped mid-request.
+const ABANDONED_MINUTES: i64 = 5;
+
+fn refused(message: &str) -> Response {
+    ApiError::bad("invalid_idempotency_key", message.to_owned()).into_response()
+}
+
+/// A JSON body, or none.
+fn json_or_empty(req: &Request) -> bool {
+    match req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(v) => {
+            let m = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        }
+    }
+}
+
+pub async fn layer(State(ctx): State<SharedCtx>, req: Request, next: Next) -> Response {
+    let Some(key) = req.headers().get(HEADER) else { return next.run(req).await };
+    let Some(key) = key
+        .to_str()
+        .ok()
+        .filter(|k| (1..=MAX_KEY).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+    else {
+        return refused("an Idempotency-Key is 1 to 255 visible ASCII characters");
+    };
+    if req.method() != Method::POST {
+        return refused("only POST requests take an Idempotency-Key (the others are idempotent already)");
+    }
+    if !json_or_empty(&req) {
+        return refused("an Idempotency-Key is taken with a JSON body only (a bundle's import is idempotent already)");
+    }
+    // Without a credential the request is refused anyway (401), or is a sign-in.
+    if !req.headers().contains_key(header::AUTHORIZATION) {
+        return next.run(req).await;
+    }
+    // The caller first (its token checked, its rate and role): a replay is answered only
+    // to whom the request would be, and the key is the user's in the account it acts in.
+    // The handler takes this caller from the request (not checked, nor counted, twice).
+    // One refused (or a sign-in's, which takes no token) goes on as it came: the handler
+    // answers it as it would without a key.
+    let (mut parts, body) = req.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &ctx).await {
+        Ok(c) => c,
+        Err(_) => return next.run(Request::from_parts(parts, body)).await,
+    };
+    parts.extensions.insert(caller.clone());
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return ApiError::bad("invalid_body", "the request body is over 2 MiB, the most a JSON body may be")
+            .into_response();
+    };
+    let hash = |parts: &[&[u8]]| {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p);
+        }
+        hex::encode(h.finalize())
+    };
+    let id = hash(&[caller.account_id.as_str().as_bytes(), caller.user_id.as_str().as_bytes(), key.as_bytes()]);
+    let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    let fingerprint = hash(&[parts.method.as_str().as_bytes(), target.as_bytes(), &bytes]);
+    let now = chrono::Utc::now();
+    let expired = db::time(&(now - chrono::Duration::hours(KEEP_HOURS)));
+    let abandoned = db::time(&(now - chrono::Duration::minutes(ABANDONED_MINUTES)));
+    match store::claim(&ctx.db, &id, &fingerprint, &db::time(&now), &expired, &abandoned).await {
+        Err(e) => return ApiError::from(e).into_response(),
+        Ok(store::Claim::Other) => {
+            return ApiError::Unprocessable {
+                code: "idempotency_key_reused",
+                message: "this Idempotency-Key was used for another request (method, path or body) in the last 24 \
+                          hours; send a new key"
+                    .into(),
+            }
+            .into_response()
+        }
+        Ok(store::Claim::Running) => {
+            return ApiError::conflict(
+                "idempotency_key_in_use",
+                "a request with this Idempotency-Key is under way; retry when it has ended",
+            )
+            .into_response()
+        }
+        Ok(store::Claim::Done { status, body }) => {
+            return Response::builder()
+                .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(REPLAYED, "true")
+                .body(Body::from(body))
+                .unwrap_or_else(|e| ApiError::internal(e).into_response());
+        }
+        Ok(store::Claim::New) => {}
+    }
+    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let status = resp.status();
+    if status.is_success() {
+        let (parts, body) = resp.into_parts();
+        if let Ok(answer) = axum::body::to_bytes(body, MAX_BODY).await {
+            if let Ok(text) = std::str::from_utf8(&answer) {
+                match store::finish(&ctx.db, &id, status.as_u16(), text).await {
+                    Ok(()) => return Response::from_parts(parts, Body::from(answer)),
+                    Err(e) => tracing::warn!("keeping an idempotent answer: {e}"),
+                }
+            }
+            let _ = store::forget(&ctx.db, &id).await;
+            return Response::from_parts(parts, Body::from(answer));
+        }
+        let _ = store::forget(&ctx.db, &id).await;
+        return ApiError::internal("the answer could not be read").into_response();
+    }
+    if let Err(e) = store::forget(&ctx.db, &id).await {
+        tracing::warn!("letting an idempotency key go: {e}");
+    }
+    resp
+}
