@@ -1077,8 +1077,8 @@ async fn a_stopped_instance_terminated_leaves_no_port(db: Db) {
 
 /// A POST with an `Idempotency-Key`: ten at once with one key make one instance, and each
 /// answer names it (the first, or its replay); the key with another body is refused;
-/// another credential's key of the same name is its own; a refused request lets its key
-/// go; malformed keys and keys on other methods are refused. Before, a script retrying a
+/// another account's key of the same name is its own; a refused request lets its key
+/// go; malformed keys are refused, and other methods ignore keys. Before, a script retrying a
 /// create made a second instance (red team, 2026-12-07).
 async fn an_idempotency_key_makes_a_retry_safe(db: Db) {
     let mut o = StackOptions::new(db);
@@ -1155,6 +1155,8 @@ async fn an_idempotency_key_makes_a_retry_safe(db: Db) {
             assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_idempotency_key")), "{bad:?}");
         }
     }
+    // Other methods are idempotent already: the key changes nothing, and a method no
+    // route takes is still 405.
     let r = http
         .delete(format!("{}/api/v1/keypairs/{}", s.url(), made.2["keypair"]["id"].as_str().unwrap()))
         .bearer_auth(c.token())
@@ -1162,8 +1164,16 @@ async fn an_idempotency_key_makes_a_retry_safe(db: Db) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
-    assert!(c.list_all_keypairs().await.unwrap().iter().any(|k| k.name == "deploy"), "nothing done");
+    assert_eq!(r.status().as_u16(), 204);
+    assert!(!c.list_all_keypairs().await.unwrap().iter().any(|k| k.name == "deploy"));
+    let r = http
+        .request(reqwest::Method::TRACE, format!("{}/api/v1/keypairs", s.url()))
+        .bearer_auth(c.token())
+        .header("Idempotency-Key", "trace-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
     s.stop().await;
 }
 

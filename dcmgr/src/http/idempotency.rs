@@ -1,4 +1,4 @@
-//! `Idempotency-Key` on POST requests: a script that retries a create after a timeout
+//! `Idempotency-Key` on POST requests (other methods, idempotent already, ignore it): a script that retries a create after a timeout
 //! (the answer lost, the create done) sends the same key, and gets the first answer again
 //! instead of a second instance it pays quota for (red team, 2026-12-07). As Stripe's
 //! and EC2's `ClientToken`: the key is the caller's (its user's in the account it acts
@@ -55,8 +55,10 @@ pub async fn layer(State(ctx): State<SharedCtx>, req: Request, next: Next) -> Re
     else {
         return refused("an Idempotency-Key is 1 to 255 visible ASCII characters");
     };
+    // Other methods are idempotent already (or not routed at all: 405): the key changes
+    // nothing for them.
     if req.method() != Method::POST {
-        return refused("only POST requests take an Idempotency-Key (the others are idempotent already)");
+        return next.run(req).await;
     }
     if !json_or_empty(&req) {
         return refused("an Idempotency-Key is taken with a JSON body only (a bundle's import is idempotent already)");
