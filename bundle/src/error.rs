@@ -52,6 +52,10 @@ pub enum BundleError {
     Io(#[from] std::io::Error),
 }
 
+/// The code of [`BundleError::ChunkLeftOut`], also given when an import finds it needs
+/// a chunk the push left out before it reads one.
+pub const CHUNK_LEFT_OUT: &str = "bundle_chunk_left_out";
+
 impl BundleError {
     /// The stable code of this refusal (`bundle_…`).
     pub fn code(&self) -> &'static str {
@@ -70,7 +74,7 @@ impl BundleError {
             BundleError::MissingChunk(_) => "bundle_chunk_missing",
             BundleError::ChunkTooLarge { .. } => "bundle_chunk_too_large",
             BundleError::ChunkNotHeld(_) => "bundle_chunk_not_held",
-            BundleError::ChunkLeftOut(_) => "bundle_chunk_left_out",
+            BundleError::ChunkLeftOut(_) => CHUNK_LEFT_OUT,
             BundleError::TooMany { .. } => "bundle_too_many",
             BundleError::InvalidName(_) => "bundle_invalid_name",
             BundleError::DanglingReference(_) => "bundle_dangling_reference",

@@ -12,7 +12,7 @@ mod error;
 mod model;
 mod stream;
 
-pub use error::BundleError;
+pub use error::{BundleError, CHUNK_LEFT_OUT};
 pub use model::*;
 pub use stream::*;
 

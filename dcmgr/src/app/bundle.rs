@@ -2325,7 +2325,7 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
 fn left_out_of(r: &Received, what: &str, blob: &vdc_bundle::BlobRef) -> Option<BundleConflict> {
     blob.chunks.iter().any(|c| r.left_out.contains(c)).then(|| {
         conflict(
-            vdc_bundle::BundleError::ChunkLeftOut(String::new()).code(),
+            vdc_bundle::CHUNK_LEFT_OUT,
             format!(
                 "the push left out the data of {what}, which this site said its import would not store; \
                  something changed here since (an object deleted or changed by hand): push again"
@@ -2620,7 +2620,7 @@ async fn import_received(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &
         decide(&r.manifest, &existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?, maps)
     };
     if let Some(c) = blobs_to_store(&r.manifest, &d0, maps).iter().find_map(|(what, b, _)| left_out_of(r, what, b)) {
-        return Err(ApiError::conflict(BundleError::ChunkLeftOut(String::new()).code(), c.message));
+        return Err(ApiError::conflict(vdc_bundle::CHUNK_LEFT_OUT, c.message));
     }
     let t = std::time::Instant::now();
     let stored: Vec<&vdc_bundle::BlobRef> = blobs_to_store(&r.manifest, &d0, maps).into_iter().map(|b| b.1).collect();

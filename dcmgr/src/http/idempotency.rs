@@ -34,17 +34,6 @@ fn refused(message: &str) -> Response {
     ApiError::bad("invalid_idempotency_key", message.to_owned()).into_response()
 }
 
-/// A JSON body, or none.
-fn json_or_empty(req: &Request) -> bool {
-    match req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        None => true,
-        Some(v) => {
-            let m = v.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
-        }
-    }
-}
-
 pub async fn layer(State(ctx): State<SharedCtx>, req: Request, next: Next) -> Response {
     let Some(key) = req.headers().get(HEADER) else { return next.run(req).await };
     let Some(key) = key
@@ -60,7 +49,8 @@ pub async fn layer(State(ctx): State<SharedCtx>, req: Request, next: Next) -> Re
     if req.method() != Method::POST {
         return next.run(req).await;
     }
-    if !json_or_empty(&req) {
+    // A JSON body, or none.
+    if super::json_content_type(req.headers()) == Some(false) {
         return refused("an Idempotency-Key is taken with a JSON body only (a bundle's import is idempotent already)");
     }
     // Without a credential the request is refused anyway (401), or is a sign-in.

@@ -36,6 +36,14 @@ use axum::{Json, Router};
 use utoipa::OpenApi;
 use vdc_schema::api::{ApiInfo, ListQuery, API_VERSION, EXTENSIONS};
 
+/// Whether the request says its body is JSON (`application/json` or `application/*+json`);
+/// `None` when it names no type.
+pub(crate) fn json_content_type(headers: &axum::http::HeaderMap) -> Option<bool> {
+    let v = headers.get(axum::http::header::CONTENT_TYPE)?;
+    let m = v.to_str().ok().map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    Some(m.is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))))
+}
+
 /// A JSON object body; a malformed one answers 400 with what is wrong. Only an object:
 /// serde would also read a struct from an array (`[]` as "all fields absent").
 pub struct Body<T>(pub T);
@@ -44,13 +52,7 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let json_type = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-            .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
-        if !json_type {
+        if json_content_type(req.headers()) != Some(true) {
             return Err(ApiError::bad(
                 "invalid_body",
                 "the request body is not valid: send it with `Content-Type: application/json`",
