@@ -741,6 +741,7 @@ impl Tabular for HostNode {
             "CORES",
             "VCPUS USED/ALLOCATABLE",
             "MEMORY USED/ALLOCATABLE",
+            "DISK USED/ALLOCATABLE",
             "LAST SEEN",
         ]
     }
@@ -755,6 +756,7 @@ impl Tabular for HostNode {
             self.cpus.to_string(),
             format!("{}/{}", self.cpus_used, self.cpus_allocatable),
             format!("{}/{}", mib(self.memory_used_mib), mib(self.memory_allocatable_mib)),
+            format!("{}/{}", mib(self.disk_used_mib), self.disk_allocatable_mib.map(mib).unwrap_or_else(|| "-".into())),
             time(&self.last_seen),
         ]
     }
@@ -778,6 +780,10 @@ impl Tabular for HostNode {
             ("MEMORY", mib(self.memory_mib)),
             ("MEMORY USED", mib(self.memory_used_mib)),
             ("MEMORY ALLOCATABLE", mib(self.memory_allocatable_mib)),
+            // "-": an older hva that does not report its disk, so none is booked there.
+            ("DISK", self.disk_mib.map(mib).unwrap_or_else(|| "-".into())),
+            ("DISK USED", mib(self.disk_used_mib)),
+            ("DISK ALLOCATABLE", self.disk_allocatable_mib.map(mib).unwrap_or_else(|| "-".into())),
             ("CAPABILITIES", caps),
             ("LAST SEEN", time(&self.last_seen)),
         ]

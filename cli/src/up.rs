@@ -271,6 +271,7 @@ impl AllInOne {
             hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu, HypervisorKind::Lxc],
             data_dir: Some(data_dir.join("hva")),
             sim: knobs,
+            disk_mib: vdc_hva::disk_capacity_mib(&data_dir.join("hva")),
         };
         let lv = vdc_hva::libvirt::LibvirtConfig {
             data_dir: data_dir.join("hva"),

@@ -38,6 +38,9 @@ pub struct Config {
     /// MiB placed per MiB of host memory. 1.0, because memory overcommit ends in the OOM
     /// killer rather than in slowness.
     pub memory_allocation_ratio: f64,
+    /// MiB of root disks booked per MiB a host reports for them. 1.0: a disk image's thin
+    /// disk may grow to its full size, and a full host file system stops every guest.
+    pub disk_allocation_ratio: f64,
     /// Per-host ratios, keyed by host node ID (`[hosts.hn-…]`), for hosts that differ.
     pub hosts: BTreeMap<String, HostOverride>,
     /// Where the scheduler puts a new instance among the hosts with room: `spread` (the
@@ -278,11 +281,21 @@ pub struct BundlesConfig {
     pub trusted_keys: Vec<String>,
 }
 
+/// What the scheduler may place on a host: its capacity times the allocation ratios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocatable {
+    pub cpus: u64,
+    pub memory_mib: u64,
+    /// None: the host did not report its disk, and none is booked against it.
+    pub disk_mib: Option<u64>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostOverride {
     pub cpu_allocation_ratio: Option<f64>,
     pub memory_allocation_ratio: Option<f64>,
+    pub disk_allocation_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -478,6 +491,7 @@ impl Default for Config {
             external: None,
             cpu_allocation_ratio: 4.0,
             memory_allocation_ratio: 1.0,
+            disk_allocation_ratio: 1.0,
             hosts: BTreeMap::new(),
             placement: Placement::Spread,
             images: ImagesConfig::default(),
@@ -502,13 +516,18 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// What the scheduler may place on host `id` with `cpus` cores and `memory_mib` of
-    /// memory: (vCPUs, MiB), rounded down.
-    pub fn allocatable(&self, id: &str, cpus: u64, memory_mib: u64) -> (u64, u64) {
+    /// What the scheduler may place on host `id` with `cpus` cores, `memory_mib` of
+    /// memory and `disk_mib` for root disks (if it said), rounded down.
+    pub fn allocatable(&self, id: &str, cpus: u64, memory_mib: u64, disk_mib: Option<u64>) -> Allocatable {
         let o = self.hosts.get(id);
         let cpu = o.and_then(|o| o.cpu_allocation_ratio).unwrap_or(self.cpu_allocation_ratio);
         let mem = o.and_then(|o| o.memory_allocation_ratio).unwrap_or(self.memory_allocation_ratio);
-        ((cpus as f64 * cpu).floor() as u64, (memory_mib as f64 * mem).floor() as u64)
+        let disk = o.and_then(|o| o.disk_allocation_ratio).unwrap_or(self.disk_allocation_ratio);
+        Allocatable {
+            cpus: (cpus as f64 * cpu).floor() as u64,
+            memory_mib: (memory_mib as f64 * mem).floor() as u64,
+            disk_mib: disk_mib.map(|d| (d as f64 * disk).floor() as u64),
+        }
     }
 
     /// Refuses ratios that would make placement meaningless.
@@ -522,7 +541,11 @@ impl Config {
         };
         ok("cpu_allocation_ratio", self.cpu_allocation_ratio)?;
         ok("memory_allocation_ratio", self.memory_allocation_ratio)?;
+        ok("disk_allocation_ratio", self.disk_allocation_ratio)?;
         for (id, o) in &self.hosts {
+            if let Some(r) = o.disk_allocation_ratio {
+                ok(&format!("hosts.{id}.disk_allocation_ratio"), r)?;
+            }
             if let Some(r) = o.cpu_allocation_ratio {
                 ok(&format!("hosts.{id}.cpu_allocation_ratio"), r)?;
             }
@@ -580,13 +603,19 @@ mod tests {
     #[test]
     fn ratios_default_to_cpu_4_memory_1_and_hosts_can_differ() {
         let c: Config = toml::from_str(
-            "[hosts.hn-big]\ncpu_allocation_ratio = 1.5\n[hosts.hn-mem]\nmemory_allocation_ratio = 1.5\n",
+            "[hosts.hn-big]\ncpu_allocation_ratio = 1.5\n[hosts.hn-mem]\nmemory_allocation_ratio = 1.5\n\
+             [hosts.hn-disk]\ndisk_allocation_ratio = 1.5\n",
         )
         .unwrap();
         c.check_ratios().unwrap();
-        assert_eq!(c.allocatable("hn-any", 2, 2048), (8, 2048));
-        assert_eq!(c.allocatable("hn-big", 3, 1000), (4, 1000));
-        assert_eq!(c.allocatable("hn-mem", 2, 1000), (8, 1500));
+        let a = |id, cpus, memory_mib, disk_mib| {
+            let a: Allocatable = c.allocatable(id, cpus, memory_mib, disk_mib);
+            (a.cpus, a.memory_mib, a.disk_mib)
+        };
+        assert_eq!(a("hn-any", 2, 2048, Some(1000)), (8, 2048, Some(1000)));
+        assert_eq!(a("hn-big", 3, 1000, None), (4, 1000, None));
+        assert_eq!(a("hn-mem", 2, 1000, Some(10)), (8, 1500, Some(10)));
+        assert_eq!(a("hn-disk", 2, 1000, Some(1000)), (8, 1000, Some(1500)));
         let bad: Config = toml::from_str("cpu_allocation_ratio = 0.0").unwrap();
         assert!(bad.check_ratios().unwrap_err().contains("cpu_allocation_ratio"));
         let bad: Config = toml::from_str("[hosts.hn-x]\nmemory_allocation_ratio = -1.0").unwrap();

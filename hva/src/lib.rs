@@ -25,6 +25,9 @@ pub struct HvaOptions {
     /// Journal and driver state live here; `None` keeps everything in memory.
     pub data_dir: Option<PathBuf>,
     pub sim: vdc_bus::sim::SimKnobs,
+    /// MiB of root disks this host can hold ([`disk_capacity_mib`]); None reports none,
+    /// and dcmgr then books no disk here.
+    pub disk_mib: Option<u64>,
 }
 
 /// Starts an hva with the simulated driver on `bus`.
@@ -45,6 +48,7 @@ pub async fn start_sim(
             hypervisors: o.hypervisors.clone(),
             capabilities: serde_json::json!({"driver": "sim", "kvm_usable": false}),
             boot_modes: vdc_schema::bus::bios_only(),
+            disk_mib: o.disk_mib,
         }),
         storage: None,
         journal,
@@ -119,6 +123,7 @@ pub async fn start_libvirt(
             hypervisors: detected.hypervisors,
             capabilities: detected.capabilities,
             boot_modes: detected.boot_modes,
+            disk_mib: o.disk_mib,
         }),
         storage: None,
         journal,
@@ -129,6 +134,38 @@ pub async fn start_libvirt(
 }
 
 /// This machine's CPUs and memory (MiB).
+/// MiB of root disks the file system holding `dir` (hva's data directory) can take: its
+/// free space plus what the instances' disks under `dir/instances` take now, so that
+/// a restarted hva reports what it reported before its guests wrote. dcmgr books each
+/// disk image's full size against it (thin disks may still grow to it). None when the
+/// file system cannot be read.
+pub fn disk_capacity_mib(dir: &std::path::Path) -> Option<u64> {
+    let _ = std::fs::create_dir_all(dir);
+    let s = rustix::fs::statvfs(dir).ok()?;
+    let free = s.f_bavail.saturating_mul(s.f_frsize);
+    Some((free + allocated_bytes(&dir.join("instances"))) >> 20)
+}
+
+/// Bytes allocated to the files under `dir` (each inode once; links not followed).
+fn allocated_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else { continue };
+            if m.is_dir() {
+                todo.push(e.path());
+            } else if seen.insert((m.dev(), m.ino())) {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
 pub fn host_capacity() -> (u32, u64) {
     let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let mem_kib = std::fs::read_to_string("/proc/meminfo")
@@ -140,4 +177,26 @@ pub fn host_capacity() -> (u32, u64) {
         })
         .unwrap_or(4 << 20);
     (cpus, mem_kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_disk_offered_counts_what_the_guests_disks_take_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = tmp.path().join("instances/i-a/disk.qcow2");
+        std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
+        std::fs::write(&disk, vec![1u8; 3 << 20]).unwrap();
+        // A hard link (a container's rootfs has them) is the same blocks.
+        std::fs::hard_link(&disk, tmp.path().join("instances/i-a/again")).unwrap();
+        std::os::unix::fs::symlink("/usr", tmp.path().join("instances/i-a/usr")).unwrap();
+        let taken = allocated_bytes(&tmp.path().join("instances"));
+        assert!((3 << 20..(3 << 20) + (64 << 10)).contains(&taken), "{taken}");
+        let mib = disk_capacity_mib(tmp.path()).unwrap();
+        let free = rustix::fs::statvfs(tmp.path()).map(|s| s.f_bavail * s.f_frsize).unwrap() >> 20;
+        // Other writers on the machine move the free space a little between the two reads.
+        assert!(mib + 256 >= free + 3 && mib <= free + 3 + 256, "{mib} MiB offered, {free} MiB free");
+    }
 }

@@ -33,6 +33,10 @@ struct Cli {
     /// Memory offered to guests in MiB (default: this machine's).
     #[arg(long)]
     memory_mib: Option<u64>,
+    /// MiB of root disks offered to guests (default: the free space of the data
+    /// directory's file system plus what the guests' disks there take now).
+    #[arg(long)]
+    disk_mib: Option<u64>,
     /// Sim: hypervisor kinds to pretend to offer (libvirt detects them).
     #[arg(long, value_delimiter = ',', default_value = "kvm,qemu,lxc")]
     hypervisors: Vec<String>,
@@ -121,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
             fail_rate: cli.sim_fail_rate,
             drop_rate: cli.sim_drop_rate,
         },
+        disk_mib: cli.disk_mib.or_else(|| vdc_hva::disk_capacity_mib(&cli.data_dir)),
     };
     let agent = match cli.driver {
         Driver::Sim => vdc_hva::start_sim(bus, opts).await?.0,

@@ -1144,6 +1144,20 @@ pub struct HostNode {
     pub cpus_allocatable: u32,
     /// MiB the scheduler may place here: `memory_mib` × the memory allocation ratio.
     pub memory_allocatable_mib: u64,
+    /// MiB of the file system that holds the host's root disks, less hva's reserve, as
+    /// hva reported it; null when it did not (an older agent: its disk is not checked).
+    #[serde(default)]
+    #[schema(required = true)]
+    pub disk_mib: Option<u64>,
+    /// MiB of root disks booked here: the sizes of the disk images of the instances it
+    /// keeps, running or stopped (containers are not counted yet).
+    #[serde(default)]
+    pub disk_used_mib: u64,
+    /// MiB of root disks the scheduler may book here: `disk_mib` × the disk allocation
+    /// ratio; null when the host did not report its disk.
+    #[serde(default)]
+    #[schema(required = true)]
+    pub disk_allocatable_mib: Option<u64>,
     /// What the agent found it can do, e.g. `{"kvm_usable": false}`, as the agent
     /// reported it (null if it reported nothing readable).
     #[schema(value_type = Option<Object>, required = true)]

@@ -146,6 +146,10 @@ pub struct HostInfo {
     /// agent that does not say boots BIOS only.
     #[serde(default = "bios_only")]
     pub boot_modes: Vec<BootMode>,
+    /// MiB of the file system that holds root disks, less the agent's reserve; the
+    /// scheduler books disk images' sizes against it. None from an older agent.
+    #[serde(default)]
+    pub disk_mib: Option<u64>,
 }
 
 pub fn bios_only() -> Vec<BootMode> {

@@ -35,6 +35,8 @@ pub struct StackOptions {
     pub hosts: usize,
     pub host_cpus: u32,
     pub host_memory_mib: u64,
+    /// MiB of root disks each host reports (None: reports none, as an older hva).
+    pub host_disk_mib: Option<u64>,
     pub hypervisors: Vec<HypervisorKind>,
     pub storage_nodes: usize,
     pub sim: SimKnobs,
@@ -184,6 +186,7 @@ impl StackOptions {
             hosts: 2,
             host_cpus: 8,
             host_memory_mib: 16384,
+            host_disk_mib: Some(1 << 20),
             hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu, HypervisorKind::Lxc],
             storage_nodes: 1,
             sim: SimKnobs { delay: Duration::from_millis(20), fail_rate: 0.0, drop_rate: 0.0 },
@@ -394,6 +397,7 @@ impl Stack {
             hypervisors: self.opts.hypervisors.clone(),
             data_dir: self.agent_dir("hva", node_id),
             sim: self.opts.sim,
+            disk_mib: self.opts.host_disk_mib,
         };
         match &self.opts.libvirt {
             None => {

@@ -935,7 +935,11 @@ async fn overcommit_follows_the_ratios(db: Db) {
     let host_id = host.id.to_string();
     s.opts.host_overrides.insert(
         host_id.clone(),
-        vdc_dcmgr::config::HostOverride { cpu_allocation_ratio: Some(5.0), memory_allocation_ratio: None },
+        vdc_dcmgr::config::HostOverride {
+            cpu_allocation_ratio: Some(5.0),
+            memory_allocation_ratio: None,
+            disk_allocation_ratio: None,
+        },
     );
     s.restart_dcmgr().await;
     let host = s.admin.get_host_node(&host.id).await.unwrap();
@@ -1273,6 +1277,7 @@ async fn untrusted_bus_messages_are_dropped(db: Db) {
             hypervisors: vec![HypervisorKind::Qemu],
             capabilities: Default::default(),
             boot_modes: vdc_schema::bus::bios_only(),
+            disk_mib: None,
         }),
         storage: None,
         tunnel_ip: None,

@@ -220,6 +220,7 @@ async fn uefi_goes_only_to_hosts_with_firmware(db: Db) {
             hypervisors: vec![HypervisorKind::Qemu, HypervisorKind::Kvm],
             capabilities: serde_json::json!({"uefi": true}),
             boot_modes: vec![BootMode::Bios, BootMode::Uefi],
+            disk_mib: None,
         }),
         storage: None,
         tunnel_ip: None,

@@ -22,6 +22,7 @@ on_both_databases!(
     a_host_gone_for_good_is_evacuated,
     a_cordoned_host_takes_no_new_instances,
     a_burst_of_creates_is_spread,
+    root_disks_are_booked_on_the_host_that_keeps_them,
 );
 
 /// The status, code and message of an API error; panics if the call succeeded.
@@ -648,7 +649,15 @@ async fn a_host_gone_for_good_is_evacuated(db: Db) {
     opts.external = Some(vdc_tests::test_external("203.0.113.13"));
     let mut s = Stack::start(opts).await;
     let c = s.account("evac").await;
-    let image = s.image.clone();
+    // Disk images of 1 GiB root disks: the dead host books them no more.
+    let mut disk = vdc_tests::image_request("disk", ImageFormat::Qcow2);
+    disk.source = Some("/var/lib/vdc/images/debian.qcow2".into());
+    disk.public = true;
+    let image = s.admin.create_image(&disk).await.unwrap().id;
+    let in_group = |image: &ImageId, name: &str, group: &str| CreateInstance {
+        root_disk_size: Some(1 << 30),
+        ..in_group(image, name, group)
+    };
     // An affinity group puts them all on one host (and allows any host once none runs).
     let g = group(&c, "together", ServerGroupPolicy::Affinity).await;
     let net = c
@@ -756,10 +765,10 @@ async fn a_host_gone_for_good_is_evacuated(db: Db) {
     assert_eq!(now.interfaces[0].ip, run.interfaces[0].ip);
     assert_eq!(now.volumes, std::slice::from_ref(&vol.resource.id));
     assert_eq!(c.get_volume(&vol.resource.id).await.unwrap().state, VolumeState::Attached);
-    let booked = |h: &HostNode| (h.cpus_used, h.memory_used_mib);
-    assert_eq!(booked(&s.admin.get_host_node(&home).await.unwrap()), (0, 0));
+    let booked = |h: &HostNode| (h.cpus_used, h.memory_used_mib, h.disk_used_mib);
+    assert_eq!(booked(&s.admin.get_host_node(&home).await.unwrap()), (0, 0, 0));
     let there = now.host_node_id.clone().unwrap();
-    assert_eq!(booked(&s.admin.get_host_node(&there).await.unwrap()), (2, 512));
+    assert_eq!(booked(&s.admin.get_host_node(&there).await.unwrap()), (2, 512, 2048));
     // The floating IP follows it: the new host maps it (with a router address of its
     // own for the network), the dead host's switch, still up, lets it go.
     let moved = eventually(Duration::from_secs(10), || async {
@@ -943,4 +952,104 @@ async fn a_burst_of_creates_is_spread(db: Db) {
     assert_eq!(counts.len(), 4, "every host took some: {counts:?}");
     assert!(counts[0] >= 5, "no host far behind: {counts:?}");
     s.stop().await;
+}
+
+/// A disk image's root disk is booked on its host (as Nova's DISK_GB) while the host
+/// keeps it, running or stopped, and given back when it is terminated: a QEMU disk of
+/// 2 TiB virtual size was placed on a host with 45 GB free (red team, 2026-12-07).
+async fn root_disks_are_booked_on_the_host_that_keeps_them(db: Db) {
+    let mut opts = StackOptions::new(db);
+    opts.hosts = 1;
+    opts.host_cpus = 64;
+    opts.host_memory_mib = 1 << 20;
+    opts.host_disk_mib = Some(40 << 10);
+    let s = Stack::start(opts).await;
+    let c = s.account("disks").await;
+    let host = host_ids(&s).await.remove(0);
+    let booked = |s: &Stack| {
+        let (admin, host) = (s.admin.clone(), host.clone());
+        async move {
+            let h = admin.get_host_node(&host).await.unwrap();
+            assert_eq!((h.disk_mib, h.disk_allocatable_mib), (Some(40 << 10), Some(40 << 10)));
+            h.disk_used_mib
+        }
+    };
+    // A tenant's qcow2 of 64 GiB virtual size (a few hundred KiB of data): no host holds it.
+    let tmp = tempfile::tempdir().unwrap();
+    let big = tmp.path().join("big.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&big)
+        .arg("64G")
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    let img = c.create_image(&vdc_tests::image_request("big", ImageFormat::Qcow2)).await.unwrap();
+    let img = c.upload_image(&img.id, std::fs::read(&big).unwrap()).await.unwrap();
+    assert_eq!(img.virtual_size, Some(64 << 30));
+    let (status, code, message) = err(c.create_instance(&inst(&img.id, "huge")).await);
+    assert_eq!((status, code.as_str()), (422, "no_capacity"), "{message}");
+    assert!(message.contains("root disk of 64 GiB"), "{message}");
+    assert!(c.list_all_instances().await.unwrap().is_empty(), "nothing made");
+    assert_eq!(booked(&s).await, 0);
+
+    // An operator's disk image (its size unknown to dcmgr) sized at create.
+    let mut disk = vdc_tests::image_request("disk", ImageFormat::Qcow2);
+    disk.source = Some("/var/lib/vdc/images/debian.qcow2".into());
+    disk.public = true;
+    let disk = s.admin.create_image(&disk).await.unwrap();
+    let sized = |name: &str, gib: u64| CreateInstance { root_disk_size: Some(gib << 30), ..inst(&disk.id, name) };
+    let keep = c.create_instance(&sized("keep", 16)).await.unwrap().resource;
+    wait_state(&c, &keep.id, InstanceState::Running).await;
+    assert_eq!(booked(&s).await, 16 << 10);
+    // Stopped, it keeps its disk there, booked.
+    c.stop_instance(&keep.id).await.unwrap();
+    wait_state(&c, &keep.id, InstanceState::Stopped).await;
+    assert_eq!(booked(&s).await, 16 << 10);
+
+    // 30 creates of 2 GiB at once where 24 GiB are left: 12 are placed, no more.
+    let creates: Vec<_> = (0..30)
+        .map(|n| {
+            let (c, req) = (c.clone(), sized(&format!("d{n}"), 2));
+            tokio::spawn(async move { c.create_instance(&req).await })
+        })
+        .collect();
+    let mut placed = vec![];
+    for t in creates {
+        match t.await.unwrap() {
+            Ok(a) => placed.push(a.resource.id),
+            Err(e) => {
+                let (status, code, message) = err::<()>(Err(e));
+                assert_eq!((status, code.as_str()), (422, "no_capacity"), "{message}");
+            }
+        }
+    }
+    assert_eq!(placed.len(), 12, "the host's 24 GiB left hold twelve");
+    assert_eq!(booked(&s).await, 40 << 10);
+    // Started again on its host, its disk is not booked twice.
+    c.start_instance(&keep.id).await.unwrap();
+    wait_state(&c, &keep.id, InstanceState::Running).await;
+    assert_eq!(booked(&s).await, 40 << 10);
+    // A container books no disk (its root has no size yet).
+    let mut ct = vdc_tests::image_request("ct", ImageFormat::Tar);
+    ct.hypervisors = vec![HypervisorKind::Lxc];
+    ct.source = Some("builtin:tiny-rootfs".into());
+    ct.public = true;
+    let ct = s.admin.create_image(&ct).await.unwrap();
+    let box1 = c.create_instance(&inst(&ct.id, "box")).await.unwrap().resource;
+    assert_eq!(booked(&s).await, 40 << 10);
+
+    // Terminated, the disk is given back, and a create that did not fit now does.
+    c.terminate_instance(&keep.id).await.unwrap();
+    wait_state(&c, &keep.id, InstanceState::Terminated).await;
+    assert_eq!(booked(&s).await, 24 << 10);
+    let late = c.create_instance(&sized("late", 16)).await.unwrap().resource;
+    assert_eq!(booked(&s).await, 40 << 10);
+    for id in placed.iter().chain([&late.id, &box1.id]) {
+        c.terminate_instance(id).await.unwrap();
+    }
+    for id in placed.iter().chain([&late.id, &box1.id]) {
+        wait_state(&c, id, InstanceState::Terminated).await;
+    }
+    assert_eq!(booked(&s).await, 0);
 }

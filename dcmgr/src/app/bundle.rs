@@ -2797,7 +2797,10 @@ async fn apply(
     // A stopped instance holds no host until it is started.
     for i in m.model.instances.iter().filter(|i| !i.stopped && !pre.kept.contains_key(&i.id)) {
         let hv = pre.hypervisor_of(i);
-        let demand = scheduler::Demand { hypervisor: hv, cpus: i.cpus, memory_mib: i.memory_mib, uefi: false };
+        // The disk as the bundle sized it (its image's size is known in the transaction).
+        let disk_mib = scheduler::disk_mib(hv, i.root_disk_size);
+        let demand =
+            scheduler::Demand { hypervisor: hv, cpus: i.cpus, memory_mib: i.memory_mib, disk_mib, uefi: false };
         let (zone, labels) = pre.host_classes.get(&i.id).cloned().unwrap_or_default();
         // A group this import creates has no members yet: its policy narrows the
         // candidates in the transaction, as members are placed.
@@ -3044,10 +3047,15 @@ async fn apply(
             (None, Some(found)) => found.clone(),
             (None, None) => return Err(ApiError::internal(format!("instance {}: image {} undecided", i.id, i.image))),
         };
+        let image_size = match i.root_disk_size {
+            Some(_) => None,
+            None => db::image::get_tx(&mut tx, &image).await?.and_then(|r| r.virtual_size).map(|v| v as u64),
+        };
         let demand = scheduler::Demand {
             hypervisor: hv,
             cpus: i.cpus,
             memory_mib: i.memory_mib,
+            disk_mib: scheduler::disk_mib(hv, i.root_disk_size.or(image_size)),
             uefi: boot == vdc_schema::state::BootMode::Uefi,
         };
         let group = i.server_group.as_ref().map(|g| &server_groups[g]);
@@ -3091,6 +3099,7 @@ async fn apply(
             server_group: group.map(|g| g.id.as_str()),
             zone: &class.0,
             labels: &class_labels,
+            disk_mib: demand.disk_mib,
         };
         if i.stopped {
             istore::insert_stopped(&mut tx, &new).await?;

@@ -285,11 +285,18 @@ async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiRe
         None => None,
     };
     let constraints = Constraints { zone, labels: req.host_labels.into_iter().collect(), group };
+    let root_disk_size = req.root_disk_size.or_else(|| grown_to_minimum(&image));
     Ok(Prepared {
         constraints,
         name: req.name.unwrap_or_default(),
-        demand: Demand { hypervisor, cpus: req.cpus, memory_mib: req.memory_mib, uefi },
-        root_disk_size: req.root_disk_size.or_else(|| grown_to_minimum(&image)),
+        demand: Demand {
+            hypervisor,
+            cpus: req.cpus,
+            memory_mib: req.memory_mib,
+            disk_mib: scheduler::disk_mib(hypervisor, root_disk_size.or(image.virtual_size)),
+            uefi,
+        },
+        root_disk_size,
         image,
         ssh_key: req.ssh_key_id,
         user_data: req.user_data,
@@ -364,6 +371,7 @@ async fn insert(
             server_group: p.constraints.group.as_ref().map(|g| g.id.as_str()),
             zone: &p.constraints.zone,
             labels: &crate::datastore::host::join_labels(&p.constraints.labels.iter().cloned().collect()),
+            disk_mib: p.demand.disk_mib,
         },
     )
     .await?;
@@ -470,6 +478,7 @@ async fn act_once(
                 hypervisor,
                 cpus: before.cpus as u32,
                 memory_mib: before.memory_mib as u32,
+                disk_mib: before.disk_mib as u32,
                 uefi: check_boot(&image, hypervisor, before.memory_mib as u32, None)?,
             };
             // What it asked at create holds for every placement.
@@ -617,6 +626,10 @@ pub(crate) async fn finalize_terminated(tx: &mut db::Tx<'_>, row: &store::Row) -
         job::fail_all(tx, v, &format!("instance {} was terminated", row.id)).await?;
     }
     let node = row.host_node_id.clone().or_else(|| row.last_host_id.clone());
+    // Its root disk goes with it from the host that kept it.
+    if let Some(n) = &node {
+        crate::datastore::host::release_disk(tx, n, row.disk_mib).await?;
+    }
     Ok(Removed { vifs, node, groups, volumes })
 }
 

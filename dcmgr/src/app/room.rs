@@ -12,7 +12,10 @@
 //! which reads where the group's members are.
 
 use crate::config::Placement;
-use crate::datastore::{self as db, host::Filter};
+use crate::datastore::{
+    self as db,
+    host::{Booking, Filter},
+};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
@@ -41,11 +44,18 @@ struct Host {
     cpus_used: i64,
     memory_allocatable_mib: i64,
     memory_used_mib: i64,
+    /// None: the host reported no disk, and none is booked against it.
+    disk_allocatable_mib: Option<i64>,
+    disk_used_mib: i64,
 }
 
 impl Host {
     fn free(&self) -> (i64, i64) {
         (self.memory_allocatable_mib - self.memory_used_mib, self.cpus_allocatable - self.cpus_used)
+    }
+
+    fn disk_fits(&self, disk_mib: u32) -> bool {
+        disk_mib == 0 || self.disk_allocatable_mib.is_none_or(|a| a - self.disk_used_mib >= i64::from(disk_mib))
     }
 }
 
@@ -141,6 +151,8 @@ impl Room {
                 cpus_used: r.cpus_used,
                 memory_allocatable_mib: r.memory_allocatable_mib,
                 memory_used_mib: r.memory_used_mib,
+                disk_allocatable_mib: r.disk_allocatable_mib,
+                disk_used_mib: r.disk_used_mib,
             };
             m.insert(self, r.id, h);
         }
@@ -150,14 +162,13 @@ impl Room {
     }
 
     /// Up to [`CANDIDATES`] online, uncordoned hosts offering `hypervisor` (and `uefi` firmware if
-    /// asked) with room for `cpus` and `memory_mib` that pass `filter`, best first; `None`
-    /// when the filter names a server group (the SQL query reads its members).
+    /// asked) with room for `b` that pass `filter`, best first; `None` when the filter
+    /// names a server group (the SQL query reads its members).
     pub async fn candidates(
         &self,
         pool: &db::Pool,
         hypervisor: HypervisorKind,
-        cpus: u32,
-        memory_mib: u32,
+        b: Booking,
         uefi: bool,
         filter: &Filter,
     ) -> Result<Option<Vec<String>>, sqlx::Error> {
@@ -165,40 +176,34 @@ impl Room {
             return Ok(None);
         }
         self.refresh(pool, REFRESH).await?;
-        let found = self.pick(hypervisor, cpus, memory_mib, uefi, filter);
+        let found = self.pick(hypervisor, b, uefi, filter);
         if !found.is_empty() {
             return Ok(Some(found));
         }
         // Nothing fits in what this process saw: confirm with the database.
         self.refresh(pool, RECHECK_EMPTY).await?;
-        Ok(Some(self.pick(hypervisor, cpus, memory_mib, uefi, filter)))
+        Ok(Some(self.pick(hypervisor, b, uefi, filter)))
     }
 
     /// As [`Room::candidates`] from the model as it is, without reading SQL (empty for a
     /// server group's placement): what a create reserves from, just before it does.
-    pub fn candidates_now(
-        &self,
-        hypervisor: HypervisorKind,
-        cpus: u32,
-        memory_mib: u32,
-        uefi: bool,
-        filter: &Filter,
-    ) -> Vec<String> {
+    pub fn candidates_now(&self, hypervisor: HypervisorKind, b: Booking, uefi: bool, filter: &Filter) -> Vec<String> {
         if filter.group.is_some() {
             return vec![];
         }
-        self.pick(hypervisor, cpus, memory_mib, uefi, filter)
+        self.pick(hypervisor, b, uefi, filter)
     }
 
-    fn pick(&self, hypervisor: HypervisorKind, cpus: u32, memory_mib: u32, uefi: bool, f: &Filter) -> Vec<String> {
+    fn pick(&self, hypervisor: HypervisorKind, b: Booking, uefi: bool, f: &Filter) -> Vec<String> {
         let m = self.model.read().unwrap();
         let Some(order) = m.order.get(&hypervisor) else { return vec![] };
-        let (cpus, memory) = (i64::from(cpus), i64::from(memory_mib));
+        let (cpus, memory) = (i64::from(b.cpus), i64::from(b.memory_mib));
         let labels: Vec<String> = f.labels.iter().map(|(k, v)| format!(",{k}={v},")).collect();
         let fits = |h: &Host| {
             let (free_mem, free_cpus) = h.free();
             free_mem >= memory
                 && free_cpus >= cpus
+                && h.disk_fits(b.disk_mib)
                 && (!uefi || h.boot_modes.contains(",uefi,"))
                 && (f.zone.is_empty() || h.zone == f.zone)
                 && labels.iter().all(|l| h.labels.contains(l.as_str()))
@@ -226,18 +231,20 @@ impl Room {
 
     /// This process reserved room on `host` (the transaction may still roll back: the
     /// next reload corrects that).
-    pub fn took(&self, host: &str, cpus: u32, memory_mib: u32) {
+    pub fn took(&self, host: &str, b: Booking) {
         self.adjust(host, |h| {
-            h.cpus_used += i64::from(cpus);
-            h.memory_used_mib += i64::from(memory_mib);
+            h.cpus_used += i64::from(b.cpus);
+            h.memory_used_mib += i64::from(b.memory_mib);
+            h.disk_used_mib += i64::from(b.disk_mib);
         });
     }
 
     /// This process gave room on `host` back (as the SQL does, never below zero).
-    pub fn gave_back(&self, host: &str, cpus: i64, memory_mib: i64) {
+    pub fn gave_back(&self, host: &str, b: Booking) {
         self.adjust(host, |h| {
-            h.cpus_used = (h.cpus_used - cpus).max(0);
-            h.memory_used_mib = (h.memory_used_mib - memory_mib).max(0);
+            h.cpus_used = (h.cpus_used - i64::from(b.cpus)).max(0);
+            h.memory_used_mib = (h.memory_used_mib - i64::from(b.memory_mib)).max(0);
+            h.disk_used_mib = (h.disk_used_mib - i64::from(b.disk_mib)).max(0);
         });
     }
 
@@ -289,6 +296,8 @@ mod tests {
             cpus_used: 1,
             memory_allocatable_mib: free.0 + 100,
             memory_used_mib: 100,
+            disk_allocatable_mib: None,
+            disk_used_mib: 0,
         }
     }
 
@@ -315,7 +324,7 @@ mod tests {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             group: None,
         };
-        r.pick(HypervisorKind::Qemu, cpus, mem, uefi, &f)
+        r.pick(HypervisorKind::Qemu, Booking { cpus, memory_mib: mem, disk_mib: 0 }, uefi, &f)
     }
 
     #[test]
@@ -337,18 +346,39 @@ mod tests {
     #[test]
     fn reservations_and_releases_move_a_host_in_the_order() {
         let r = room(Placement::Spread);
-        r.took("h-b", 1, 6000); // 2192 MiB left
+        r.took("h-b", Booking { cpus: 1, memory_mib: 6000, disk_mib: 0 }); // 2192 MiB left
         assert_eq!(pick(&r, 1, 64, false, "", &[]), ["h-a", "h-e", "h-b", "h-c"]);
-        r.took("h-c", 2, 0); // no vCPU left
+        r.took("h-c", Booking { cpus: 2, memory_mib: 0, disk_mib: 0 }); // no vCPU left
         assert_eq!(pick(&r, 1, 64, false, "", &[]), ["h-a", "h-e", "h-b"]);
-        r.gave_back("h-b", 1, 6000);
+        r.gave_back("h-b", Booking { cpus: 1, memory_mib: 6000, disk_mib: 0 });
         assert_eq!(pick(&r, 1, 64, false, "", &[])[0], "h-b");
         // Never below zero, as the SQL.
-        r.gave_back("h-b", 100, 1 << 20);
+        r.gave_back("h-b", Booking { cpus: 100, memory_mib: 1 << 20, disk_mib: 0 });
         let m = r.model.read().unwrap();
         assert_eq!((m.hosts["h-b"].cpus_used, m.hosts["h-b"].memory_used_mib), (0, 0));
         drop(m);
-        r.took("h-unknown", 1, 1); // a host this model has not read yet: nothing happens
+        r.took("h-unknown", Booking { cpus: 1, memory_mib: 1, disk_mib: 0 }); // a host this model has not read yet: nothing happens
+    }
+
+    #[test]
+    fn a_host_without_room_for_the_disk_is_not_proposed() {
+        let r = room(Placement::Spread);
+        {
+            let mut m = r.model.write().unwrap();
+            let mut h = m.remove(&r, "h-b").unwrap();
+            h.disk_allocatable_mib = Some(10_240);
+            m.insert(&r, "h-b".into(), h);
+        }
+        let disk = |disk_mib| Booking { cpus: 1, memory_mib: 64, disk_mib };
+        let f = Filter::default();
+        assert_eq!(r.pick(HypervisorKind::Qemu, disk(10_240), false, &f)[0], "h-b");
+        // The others reported no disk: nothing is booked against them.
+        assert_eq!(r.pick(HypervisorKind::Qemu, disk(10_241), false, &f), ["h-a", "h-e", "h-c"]);
+        r.took("h-b", disk(8192));
+        assert_eq!(r.pick(HypervisorKind::Qemu, disk(4096), false, &f), ["h-a", "h-e", "h-c"]);
+        assert_eq!(r.pick(HypervisorKind::Qemu, disk(0), false, &f)[0], "h-b", "a container books no disk");
+        r.gave_back("h-b", disk(8192));
+        assert_eq!(r.pick(HypervisorKind::Qemu, disk(4096), false, &f)[0], "h-b");
     }
 
     #[test]
@@ -356,7 +386,7 @@ mod tests {
         let r = room(Placement::Spread);
         let read = pick(&r, 1, 64, false, "", &[]);
         assert_eq!(read, ["h-b", "h-a", "h-e", "h-c"]);
-        r.took("h-b", 1, 6000); // another create took most of h-b meanwhile
+        r.took("h-b", Booking { cpus: 1, memory_mib: 6000, disk_mib: 0 }); // another create took most of h-b meanwhile
         let mut ids = read.clone();
         ids.push("h-gone".into());
         r.rerank(&mut ids);

@@ -20,8 +20,26 @@ pub struct Demand {
     pub hypervisor: HypervisorKind,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// MiB of root disk booked on the host that keeps it: a disk image's full size (0 for
+    /// a container, whose root has no size yet).
+    pub disk_mib: u32,
     /// Needs a host with UEFI firmware (OVMF).
     pub uefi: bool,
+}
+
+impl Demand {
+    pub fn booking(&self) -> store::Booking {
+        store::Booking { cpus: self.cpus, memory_mib: self.memory_mib, disk_mib: self.disk_mib }
+    }
+}
+
+/// The MiB of root disk an instance books: its disk image's size in bytes, rounded up
+/// (none for a container).
+pub fn disk_mib(hypervisor: HypervisorKind, root_disk_bytes: Option<u64>) -> u32 {
+    match hypervisor {
+        HypervisorKind::Lxc => 0,
+        _ => u32::try_from(root_disk_bytes.unwrap_or(0).div_ceil(1 << 20)).unwrap_or(u32::MAX),
+    }
 }
 
 /// A server group as placement sees it.
@@ -70,10 +88,12 @@ impl Constraints {
 pub async fn candidates(ctx: &Ctx, d: Demand, c: &Constraints) -> ApiResult<Vec<String>> {
     let boot = d.uefi.then_some(BootMode::Uefi);
     let filter = c.filter();
-    let ids = match ctx.room.candidates(&ctx.db, d.hypervisor, d.cpus, d.memory_mib, d.uefi, &filter).await? {
+    let ids = match ctx.room.candidates(&ctx.db, d.hypervisor, d.booking(), d.uefi, &filter).await? {
         Some(found) => found,
         None => {
-            store::candidates(&ctx.db, d.hypervisor, d.cpus, d.memory_mib, boot, ctx.config.placement, &filter).await?
+            let b = d.booking();
+            let asked = (b.cpus, b.memory_mib, b.disk_mib);
+            store::candidates(&ctx.db, d.hypervisor, asked, boot, ctx.config.placement, &filter).await?
         }
     };
     if ids.is_empty() {
@@ -173,7 +193,7 @@ pub fn allowed_by_policy(policy: ServerGroupPolicy, member_hosts: &[String], can
 /// theirs at once and all proposed the same few hosts, and on PostgreSQL 32 in flight
 /// queued four to a host's row.
 pub fn candidates_now(ctx: &Ctx, d: Demand, c: &Constraints, read: &[String]) -> Vec<String> {
-    let now = ctx.room.candidates_now(d.hypervisor, d.cpus, d.memory_mib, d.uefi, &c.filter());
+    let now = ctx.room.candidates_now(d.hypervisor, d.booking(), d.uefi, &c.filter());
     if now.is_empty() {
         read.to_vec()
     } else {
@@ -235,10 +255,13 @@ pub async fn reserve(
         // Taken in the model before the round trip, so that placements beside this one
         // rank the host by what it leaves: taken after, a burst of creates on PostgreSQL
         // queued on one host's row (2 ms a reservation, measured with `vdc-bench`).
-        ctx.room.took(id, d.cpus, d.memory_mib);
-        match store::try_reserve(tx, id, d.cpus, d.memory_mib, last_host == Some(id.as_str())).await {
+        let returning = last_host == Some(id.as_str());
+        // Returning, its disk is booked there still.
+        let b = store::Booking { disk_mib: if returning { 0 } else { d.disk_mib }, ..d.booking() };
+        ctx.room.took(id, b);
+        match store::try_reserve(tx, id, b, returning).await {
             Ok(true) => return id.parse().map_err(ApiError::internal),
-            Ok(false) => ctx.room.gave_back(id, i64::from(d.cpus), i64::from(d.memory_mib)),
+            Ok(false) => ctx.room.gave_back(id, b),
             Err(e) => {
                 ctx.room.invalidate();
                 return Err(e.into());
@@ -260,8 +283,8 @@ pub async fn reserve_later(ctx: &Ctx, tx: &mut db::Tx<'_>, d: Demand, candidates
     let Some(id) = candidates.first().filter(|_| db::one_writer(&ctx.db)) else {
         return reserve(ctx, tx, d, candidates, None).await;
     };
-    store::reserve_later(tx, id, d.cpus, d.memory_mib).await?;
-    ctx.room.took(id, d.cpus, d.memory_mib);
+    store::reserve_later(tx, id, d.booking()).await?;
+    ctx.room.took(id, d.booking());
     id.parse().map_err(ApiError::internal)
 }
 
@@ -307,23 +330,25 @@ async fn no_host(ctx: &Ctx, d: Demand, c: &Constraints) -> ApiError {
     {
         // Would it fit without the group's policy? Then the policy is what cannot be met.
         let boot = d.uefi.then_some(BootMode::Uefi);
-        match store::candidates(pool, d.hypervisor, d.cpus, d.memory_mib, boot, ctx.config.placement, &hosts).await {
+        let b = d.booking();
+        let asked = (b.cpus, b.memory_mib, b.disk_mib);
+        match store::candidates(pool, d.hypervisor, asked, boot, ctx.config.placement, &hosts).await {
             Ok(found) if !found.is_empty() => return group_unsatisfiable(g, d),
             Ok(_) => {}
             Err(e) => return e.into(),
         }
     }
     if asked {
-        tracing::warn!(cpus = d.cpus, memory_mib = d.memory_mib, hypervisor = %d.hypervisor, hosts = n,
-            max_free_mib = mem, max_free_cpus = cpus, constraints = %c.describe(), "no host can fit an instance");
+        tracing::warn!(cpus = d.cpus, memory_mib = d.memory_mib, disk_mib = d.disk_mib, hypervisor = %d.hypervisor,
+            hosts = n, max_free_mib = mem, max_free_cpus = cpus, max_free_disk_mib = free.max_free_disk_mib,
+            constraints = %c.describe(), "no host can fit an instance");
         return ApiError::Unprocessable {
             code: "no_capacity",
             message: format!(
-                "no {} host{} has room for {} vCPUs and {} MiB now; ask for less, or try again later",
+                "no {} host{} has room for {} now; ask for less, or try again later",
                 d.hypervisor,
                 c.describe(),
-                d.cpus,
-                d.memory_mib
+                room_asked(d)
             ),
         };
     }
@@ -379,13 +404,27 @@ pub fn no_capacity(d: Demand, hosts: i64, max_free_mib: Option<i64>, max_free_cp
                 max_free_cpus,
                 "no host can fit an instance"
             );
-            format!(
-                "no {} host has room for {} vCPUs and {} MiB now; ask for less, or try again later",
-                d.hypervisor, d.cpus, d.memory_mib
-            )
+            format!("no {} host has room for {} now; ask for less, or try again later", d.hypervisor, room_asked(d))
         }
     };
     ApiError::Unprocessable { code: "no_capacity", message }
+}
+
+/// "2 vCPUs, 512 MiB and a 20 GiB root disk", or without the disk when none is booked.
+fn room_asked(d: Demand) -> String {
+    match d.disk_mib {
+        0 => format!("{} vCPUs and {} MiB", d.cpus, d.memory_mib),
+        m => format!("{} vCPUs, {} MiB and a root disk of {}", d.cpus, d.memory_mib, mib_text(m)),
+    }
+}
+
+/// "20 GiB" for whole GiB, else "1500 MiB".
+fn mib_text(m: u32) -> String {
+    if m.is_multiple_of(1024) {
+        format!("{} GiB", m / 1024)
+    } else {
+        format!("{m} MiB")
+    }
 }
 
 #[cfg(test)]
@@ -413,13 +452,16 @@ mod tests {
             labels: labels.into(),
             schedulable: 1,
             cordon_reason: String::new(),
+            disk_mib: None,
+            disk_allocatable_mib: None,
+            disk_used_mib: 0,
         }
     }
 
     #[test]
     fn a_stopped_instance_starts_on_its_last_host_or_says_why_not() {
         use ServerGroupPolicy::*;
-        let d = Demand { hypervisor: HypervisorKind::Qemu, cpus: 4, memory_mib: 1024, uefi: false };
+        let d = Demand { hypervisor: HypervisorKind::Qemu, cpus: 4, memory_mib: 1024, disk_mib: 0, uefi: false };
         let none = Constraints::default();
         let code = |r: ApiResult<()>| r.map_err(|e| (e.code(), e.to_string()));
         assert!(start_on("hn-a", Some(&host_row("online", 4, "", ",")), &[], d, &none, "i-x").is_ok());
@@ -477,7 +519,7 @@ mod tests {
 
     #[test]
     fn group_refusals_name_the_policy_not_the_capacity() {
-        let d = Demand { hypervisor: HypervisorKind::Kvm, cpus: 2, memory_mib: 512, uefi: false };
+        let d = Demand { hypervisor: HypervisorKind::Kvm, cpus: 2, memory_mib: 512, disk_mib: 0, uefi: false };
         let g = Group { id: "srvg-x".into(), name: "web".into(), policy: ServerGroupPolicy::AntiAffinity };
         let e = group_unsatisfiable(&g, d);
         assert_eq!(e.code(), "placement_unsatisfiable");
@@ -488,7 +530,7 @@ mod tests {
 
     #[test]
     fn no_capacity_says_what_is_missing() {
-        let d = Demand { hypervisor: HypervisorKind::Kvm, cpus: 4, memory_mib: 8192, uefi: false };
+        let d = Demand { hypervisor: HypervisorKind::Kvm, cpus: 4, memory_mib: 8192, disk_mib: 0, uefi: false };
         let e = no_capacity(d, 0, None, None);
         assert_eq!(e.code(), "no_capacity");
         assert_eq!(e.to_string(), "no online host offers hypervisor kvm");

@@ -21,6 +21,7 @@ pub fn shared(c: &Config) -> BTreeMap<&'static str, String> {
         ("placement", format!("{:?}", c.placement)),
         ("cpu_allocation_ratio", c.cpu_allocation_ratio.to_string()),
         ("memory_allocation_ratio", c.memory_allocation_ratio.to_string()),
+        ("disk_allocation_ratio", c.disk_allocation_ratio.to_string()),
         ("hosts", format!("{:?}", c.hosts)),
         ("external", format!("{:?}", c.external)),
         ("images.max_bytes", c.images.max_bytes.to_string()),

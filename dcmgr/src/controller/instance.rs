@@ -305,7 +305,8 @@ async fn fold(
 impl Folded {
     async fn after(self, ctx: &SharedCtx, node: &str) {
         if let Some((cpus, memory_mib)) = self.released {
-            ctx.room.gave_back(node, cpus, memory_mib);
+            let b = crate::datastore::host::Booking { cpus: cpus as u32, memory_mib: memory_mib as u32, disk_mib: 0 };
+            ctx.room.gave_back(node, b);
         }
         self.removed.enqueue(ctx);
         for v in self.peers {
@@ -365,6 +366,10 @@ pub async fn evacuate(ctx: &SharedCtx, node: &str, id: &str) -> ApiResult<bool> 
                 .await
                 .map_err(crate::error::ApiError::internal)?,
         );
+    }
+    // Its root disk is lost with the host (a terminate's fold gave it back already).
+    if folded.as_ref().is_none_or(|f| f.state != InstanceState::Terminated) {
+        crate::datastore::host::release_disk(&mut tx, node, row.disk_mib).await?;
     }
     store::forget_host(&mut tx, id).await?;
     tx.commit().await?;

@@ -40,6 +40,9 @@ fn validate(r: &Register) -> Result<(), String> {
         if h.cpus == 0 || h.cpus > 65536 || h.memory_mib == 0 || h.memory_mib > (1 << 40) || h.hypervisors.is_empty() {
             return Err(format!("implausible host capacity: {} cpus, {} MiB", h.cpus, h.memory_mib));
         }
+        if h.disk_mib.is_some_and(|d| d > (1 << 40)) {
+            return Err(format!("implausible host disk: {:?} MiB", h.disk_mib));
+        }
     }
     if r.kind == AgentKind::Sta {
         let s = r.storage.as_ref().ok_or("sta must send its storage capacity")?;
@@ -55,7 +58,7 @@ async fn register(ctx: &SharedCtx, r: &Register) -> Result<(), sqlx::Error> {
     match r.kind {
         AgentKind::Hva => {
             let h = r.host.as_ref().expect("validated");
-            let allocatable = ctx.config.allocatable(&r.node_id, h.cpus as u64, h.memory_mib);
+            let allocatable = ctx.config.allocatable(&r.node_id, h.cpus as u64, h.memory_mib, h.disk_mib);
             hosts::upsert_host(&ctx.db, &r.node_id, h, allocatable, &now).await?;
             ctx.room.invalidate();
         }
@@ -203,8 +206,8 @@ pub async fn watch_liveness(ctx: SharedCtx, cancel: CancellationToken) {
 
 /// Recomputes every known host's allocatable capacity from the configured ratios.
 pub async fn apply_allocation_ratios(ctx: &SharedCtx) -> Result<(), sqlx::Error> {
-    for (id, cpus, memory_mib) in hosts::capacities(&ctx.db).await? {
-        let allocatable = ctx.config.allocatable(&id, cpus as u64, memory_mib as u64);
+    for (id, cpus, memory_mib, disk_mib) in hosts::capacities(&ctx.db).await? {
+        let allocatable = ctx.config.allocatable(&id, cpus as u64, memory_mib as u64, disk_mib.map(|d| d as u64));
         hosts::set_allocatable(&ctx.db, &id, allocatable).await?;
     }
     ctx.room.invalidate();

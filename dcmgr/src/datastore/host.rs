@@ -2,7 +2,7 @@
 //! registrations (see [`crate::controller::membership`]), read by the admin listings,
 //! and the hosts' capacity reservations the scheduler ([`crate::app::scheduler`]) makes.
 
-use crate::config::Placement;
+use crate::config::{Allocatable, Placement};
 use crate::db;
 use crate::error::{ApiError, ApiResult};
 use vdc_schema::api::{HostNode, StorageNode};
@@ -29,10 +29,15 @@ pub struct HostRow {
     pub schedulable: i64,
     /// Why it was cordoned ('' for no reason given, or not cordoned).
     pub cordon_reason: String,
+    /// NULL when its hva did not report its disk.
+    pub disk_mib: Option<i64>,
+    pub disk_allocatable_mib: Option<i64>,
+    pub disk_used_mib: i64,
 }
 
 const HOST_COLS: &str = "id, state, hypervisors, cpus, memory_mib, cpus_used, memory_used_mib, cpus_allocatable, \
-                         memory_allocatable_mib, capabilities, last_seen, zone, labels, schedulable, cordon_reason";
+                         memory_allocatable_mib, capabilities, last_seen, zone, labels, schedulable, cordon_reason, \
+                         disk_mib, disk_allocatable_mib, disk_used_mib";
 
 /// Labels as stored: `,k=v,k2=v2,`, sorted by key, so that `LIKE '%,k=v,%'` finds a host
 /// carrying one (keys and values hold no `,` and keys no `=`: the API checks them).
@@ -83,6 +88,9 @@ impl HostRow {
             labels: split_labels(&self.labels),
             schedulable: self.schedulable != 0,
             cordon_reason: Some(self.cordon_reason).filter(|r| !r.is_empty()),
+            disk_mib: self.disk_mib.map(|d| d as u64),
+            disk_used_mib: self.disk_used_mib.max(0) as u64,
+            disk_allocatable_mib: self.disk_allocatable_mib.map(|d| d as u64),
         })
     }
 }
@@ -285,8 +293,7 @@ fn filter_sql(f: &Filter, mut next: usize) -> (String, String, Vec<String>) {
 pub async fn candidates(
     pool: &db::Pool,
     hypervisor: HypervisorKind,
-    cpus: u32,
-    memory_mib: u32,
+    (cpus, memory_mib, disk_mib): (u32, u32, u32),
     boot_mode: Option<BootMode>,
     placement: Placement,
     filter: &Filter,
@@ -295,11 +302,12 @@ pub async fn candidates(
         Placement::Spread => "DESC",
         Placement::Pack => "ASC",
     };
-    let (conds, prefer, binds) = filter_sql(filter, 5);
+    let (conds, prefer, binds) = filter_sql(filter, 6);
     let sql = format!(
         "SELECT id FROM host_nodes
          WHERE state = 'online' AND schedulable = 1 AND hypervisors LIKE $1 AND boot_modes LIKE $4
-           AND memory_allocatable_mib - memory_used_mib >= $2 AND cpus_allocatable - cpus_used >= $3{conds}
+           AND memory_allocatable_mib - memory_used_mib >= $2 AND cpus_allocatable - cpus_used >= $3
+           AND ($5 = 0 OR disk_allocatable_mib IS NULL OR disk_allocatable_mib - disk_used_mib >= $5){conds}
          ORDER BY {prefer}memory_allocatable_mib - memory_used_mib {order}, cpus_allocatable - cpus_used {order}, id
          LIMIT 8"
     );
@@ -307,7 +315,8 @@ pub async fn candidates(
         .bind(format!("%,{hypervisor},%"))
         .bind(memory_mib as i64)
         .bind(cpus as i64)
-        .bind(boot_mode_pattern(boot_mode));
+        .bind(boot_mode_pattern(boot_mode))
+        .bind(disk_mib as i64);
     for b in binds {
         q = q.bind(b);
     }
@@ -329,49 +338,58 @@ pub struct RoomRow {
     pub memory_allocatable_mib: i64,
     pub memory_used_mib: i64,
     pub schedulable: i64,
+    pub disk_allocatable_mib: Option<i64>,
+    pub disk_used_mib: i64,
 }
 
 /// Every host, for placement's read model.
 pub async fn room_rows(pool: &db::Pool) -> Result<Vec<RoomRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, state, hypervisors, boot_modes, zone, labels, cpus_allocatable, cpus_used, \
-         memory_allocatable_mib, memory_used_mib, schedulable FROM host_nodes",
+         memory_allocatable_mib, memory_used_mib, schedulable, disk_allocatable_mib, disk_used_mib FROM host_nodes",
     )
     .fetch_all(pool)
     .await
 }
 
-/// Reserves `cpus` and `memory_mib` on host `id` if it is online, still has room and
-/// takes new instances (or `returning`: the instance was stopped there and keeps its disk
-/// there, so a cordon does not keep it out): one conditional UPDATE, so concurrent
-/// reservations can never overcommit a host, nor place on one cordoned meanwhile.
-pub async fn try_reserve(
-    tx: &mut db::Tx<'_>,
-    id: &str,
-    cpus: u32,
-    memory_mib: u32,
-    returning: bool,
-) -> Result<bool, sqlx::Error> {
-    tx.run_counted(reservation(id, cpus, memory_mib, returning)).await.map(|n| n == 1)
+/// What an instance books on its host: vCPUs, MiB of memory and MiB of root disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Booking {
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub disk_mib: u32,
+}
+
+/// Reserves `b` on host `id` if it is online, still has room and takes new instances (or
+/// `returning`: the instance was stopped there and keeps its disk there, booked still, so
+/// neither its disk is booked again nor a cordon keeps it out): one conditional UPDATE,
+/// so concurrent reservations can never overcommit a host, nor place on one cordoned
+/// meanwhile. A host that reported no disk books none.
+pub async fn try_reserve(tx: &mut db::Tx<'_>, id: &str, b: Booking, returning: bool) -> Result<bool, sqlx::Error> {
+    tx.run_counted(reservation(id, b, returning)).await.map(|n| n == 1)
 }
 
 /// As [`try_reserve`], sent with the transaction's next round trip
 /// ([`db::Tx::later_checked`]: on SQLite, whose one writer keeps the placement model
 /// exact, that round trip fails as a lost race should the host have filled up or gone).
-pub async fn reserve_later(tx: &mut db::Tx<'_>, id: &str, cpus: u32, memory_mib: u32) -> Result<bool, sqlx::Error> {
-    tx.later_checked(reservation(id, cpus, memory_mib, false)).await
+pub async fn reserve_later(tx: &mut db::Tx<'_>, id: &str, b: Booking) -> Result<bool, sqlx::Error> {
+    tx.later_checked(reservation(id, b, false)).await
 }
 
-fn reservation(id: &str, cpus: u32, memory_mib: u32, returning: bool) -> db::Write {
+fn reservation(id: &str, b: Booking, returning: bool) -> db::Write {
+    let disk = if returning { 0 } else { i64::from(b.disk_mib) };
     db::Write::new(
-        "UPDATE host_nodes SET cpus_used = cpus_used + $1, memory_used_mib = memory_used_mib + $2
+        "UPDATE host_nodes SET cpus_used = cpus_used + $1, memory_used_mib = memory_used_mib + $2,
+                disk_used_mib = disk_used_mib + $5
          WHERE id = $3 AND state = 'online' AND (schedulable = 1 OR $4 = 1)
-           AND cpus_used + $1 <= cpus_allocatable AND memory_used_mib + $2 <= memory_allocatable_mib",
+           AND cpus_used + $1 <= cpus_allocatable AND memory_used_mib + $2 <= memory_allocatable_mib
+           AND ($5 = 0 OR disk_allocatable_mib IS NULL OR disk_used_mib + $5 <= disk_allocatable_mib)",
     )
-    .bind(cpus as i64)
-    .bind(memory_mib as i64)
+    .bind(i64::from(b.cpus))
+    .bind(i64::from(b.memory_mib))
     .bind(id)
     .bind(i64::from(returning))
+    .bind(disk)
 }
 
 /// Gives a reservation back.
@@ -390,6 +408,23 @@ pub async fn release(tx: &mut db::Tx<'_>, host: &str, cpus: i64, memory_mib: i64
     Ok(())
 }
 
+/// Gives back the root disk an instance booked on `host` (terminated, or its host
+/// evacuated).
+pub async fn release_disk(tx: &mut db::Tx<'_>, host: &str, disk_mib: i64) -> Result<(), sqlx::Error> {
+    if disk_mib <= 0 {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE host_nodes SET disk_used_mib = CASE WHEN disk_used_mib > $1 THEN disk_used_mib - $1 ELSE 0 END
+         WHERE id = $2",
+    )
+    .bind(disk_mib)
+    .bind(host)
+    .execute(tx.conn().await?)
+    .await?;
+    Ok(())
+}
+
 /// The online hosts offering `hypervisor` that pass `filter`, as placement's refusals
 /// describe them.
 #[derive(Debug, sqlx::FromRow)]
@@ -401,6 +436,8 @@ pub struct Free {
     /// The most free MiB and vCPUs among those that take new instances.
     pub max_free_mib: Option<i64>,
     pub max_free_cpus: Option<i64>,
+    /// The most free MiB of disk among those that take new instances and report it.
+    pub max_free_disk_mib: Option<i64>,
 }
 
 pub async fn free_capacity(pool: &db::Pool, hypervisor: HypervisorKind, filter: &Filter) -> Result<Free, sqlx::Error> {
@@ -408,7 +445,8 @@ pub async fn free_capacity(pool: &db::Pool, hypervisor: HypervisorKind, filter: 
     let sql = format!(
         "SELECT COUNT(CASE WHEN schedulable = 1 THEN 1 END) AS hosts, COUNT(CASE WHEN schedulable = 0 THEN 1 END) AS cordoned,
                 MAX(CASE WHEN schedulable = 1 THEN memory_allocatable_mib - memory_used_mib END) AS max_free_mib,
-                MAX(CASE WHEN schedulable = 1 THEN cpus_allocatable - cpus_used END) AS max_free_cpus
+                MAX(CASE WHEN schedulable = 1 THEN cpus_allocatable - cpus_used END) AS max_free_cpus,
+                MAX(CASE WHEN schedulable = 1 THEN disk_allocatable_mib - disk_used_mib END) AS max_free_disk_mib
          FROM host_nodes WHERE state = 'online' AND hypervisors LIKE $1{conds}"
     );
     let mut q = sqlx::query_as(&sql).bind(format!("%,{hypervisor},%"));
@@ -469,44 +507,51 @@ pub async fn upsert_host(
     pool: &db::Pool,
     id: &str,
     h: &HostInfo,
-    allocatable: (u64, u64),
+    allocatable: Allocatable,
     now: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO host_nodes (id, state, hypervisors, cpus, memory_mib, cpus_allocatable, memory_allocatable_mib,
-             capabilities, last_seen, boot_modes)
-         VALUES ($1, 'online', $2, $3, $4, $5, $6, $7, $8, $9)
+             capabilities, last_seen, boot_modes, disk_mib, disk_allocatable_mib)
+         VALUES ($1, 'online', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (id) DO UPDATE SET state = 'online', hypervisors = $2, cpus = $3, memory_mib = $4,
-             cpus_allocatable = $5, memory_allocatable_mib = $6, capabilities = $7, last_seen = $8, boot_modes = $9",
+             cpus_allocatable = $5, memory_allocatable_mib = $6, capabilities = $7, last_seen = $8, boot_modes = $9,
+             disk_mib = $10, disk_allocatable_mib = $11",
     )
     .bind(id)
     .bind(db::join_list(&h.hypervisors))
     .bind(h.cpus as i64)
     .bind(h.memory_mib as i64)
-    .bind(allocatable.0 as i64)
-    .bind(allocatable.1 as i64)
+    .bind(allocatable.cpus as i64)
+    .bind(allocatable.memory_mib as i64)
     .bind(h.capabilities.to_string())
     .bind(now)
     .bind(db::join_list(&h.boot_modes))
+    .bind(h.disk_mib.map(|d| d as i64))
+    .bind(allocatable.disk_mib.map(|d| d as i64))
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// Every host's (ID, cores, MiB).
-pub async fn capacities(pool: &db::Pool) -> Result<Vec<(String, i64, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT id, cpus, memory_mib FROM host_nodes").fetch_all(pool).await
+/// Every host's (ID, cores, MiB, MiB of disk if reported).
+pub async fn capacities(pool: &db::Pool) -> Result<Vec<(String, i64, i64, Option<i64>)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, cpus, memory_mib, disk_mib FROM host_nodes").fetch_all(pool).await
 }
 
-/// Sets what may be placed on host `id` (vCPUs, MiB). Usage above it (after a ratio was
-/// lowered) stays: running guests keep their place, new ones go elsewhere.
-pub async fn set_allocatable(pool: &db::Pool, id: &str, allocatable: (u64, u64)) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE host_nodes SET cpus_allocatable = $1, memory_allocatable_mib = $2 WHERE id = $3")
-        .bind(allocatable.0 as i64)
-        .bind(allocatable.1 as i64)
-        .bind(id)
-        .execute(pool)
-        .await?;
+/// Sets what may be placed on host `id`. Usage above it (after a ratio was lowered)
+/// stays: running guests keep their place, new ones go elsewhere.
+pub async fn set_allocatable(pool: &db::Pool, id: &str, a: Allocatable) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE host_nodes SET cpus_allocatable = $1, memory_allocatable_mib = $2, disk_allocatable_mib = $3
+         WHERE id = $4",
+    )
+    .bind(a.cpus as i64)
+    .bind(a.memory_mib as i64)
+    .bind(a.disk_mib.map(|d| d as i64))
+    .bind(id)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

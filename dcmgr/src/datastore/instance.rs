@@ -35,11 +35,13 @@ pub struct Row {
     /// What it asked of its host at create: a zone ('' for any), labels (`,k=v,`).
     pub placement_zone: String,
     pub placement_labels: String,
+    /// MiB of root disk it books on the host that keeps its disk (0 for a container).
+    pub disk_mib: i64,
 }
 
 const COLS: &str = "id, account_id, name, image_id, hypervisor, cpus, memory_mib, ssh_key_id, user_data, state, goal, \
      host_node_id, last_host_id, spec_gen, report_gen, reboot_gen, failure_reason, created_at, updated_at, root_disk_size, \
-     server_group_id, placement_zone, placement_labels";
+     server_group_id, placement_zone, placement_labels, disk_mib";
 
 impl Row {
     pub fn state(&self) -> ApiResult<InstanceState> {
@@ -290,6 +292,8 @@ pub struct New<'a> {
     pub zone: &'a str,
     /// As `host::join_labels` writes them (`,` for none).
     pub labels: &'a str,
+    /// MiB of root disk it books (`scheduler::disk_mib`).
+    pub disk_mib: u32,
 }
 
 pub async fn insert(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error> {
@@ -313,7 +317,7 @@ pub async fn insert_stopped(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx
 
 fn insert_as(n: &New<'_>, state_goal_host: &str) -> db::Write {
     db::Write::new(format!(
-        "INSERT INTO instances ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {state_goal_host}, NULL, 1, 0, 0, NULL, $11, $11, $12, $13, $14, $15)"
+        "INSERT INTO instances ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {state_goal_host}, NULL, 1, 0, 0, NULL, $11, $11, $12, $13, $14, $15, $16)"
     ))
     .bind(n.id.as_str())
     .bind(n.account.as_str())
@@ -330,6 +334,7 @@ fn insert_as(n: &New<'_>, state_goal_host: &str) -> db::Write {
     .bind(n.server_group)
     .bind(n.zone)
     .bind(n.labels)
+    .bind(i64::from(n.disk_mib))
 }
 
 async fn created(tx: &mut db::Tx<'_>, n: &New<'_>) -> Result<(), sqlx::Error> {

@@ -77,6 +77,8 @@ struct Args {
     first_host: usize,
 }
 
+/// 1 TiB of root disks per simulated host: the scheduler books disks as on real ones.
+const HOST_DISK_MIB: u64 = 1 << 20;
 const HOST_CPUS: u32 = 4096;
 const HOST_MEMORY_MIB: u64 = 1 << 30;
 const SIM_DELAY: Duration = Duration::from_millis(5);
@@ -99,6 +101,7 @@ async fn sim_hosts_child(url: &str, first: usize, hosts: usize) -> anyhow::Resul
                 hypervisors: vec![K::Kvm, K::Qemu, K::Lxc],
                 data_dir: None,
                 sim,
+                disk_mib: Some(HOST_DISK_MIB),
             },
         )
         .await?;
@@ -671,6 +674,7 @@ async fn large_site(stack: &Stack, c: &vdc_cli::client::Client, sent: &Sent, ins
         hypervisor: vdc_schema::HypervisorKind::Qemu,
         cpus: 1,
         memory_mib: 64,
+        disk_mib: 1024,
         uefi: false,
     };
     let none = &vdc_dcmgr::app::scheduler::Constraints::default();
@@ -685,8 +689,7 @@ async fn large_site(stack: &Stack, c: &vdc_cli::client::Client, sent: &Sent, ins
         let found = vdc_dcmgr::db::host::candidates(
             &ctx.db,
             demand.hypervisor,
-            demand.cpus,
-            demand.memory_mib,
+            (demand.cpus, demand.memory_mib, demand.disk_mib),
             None,
             ctx.config.placement,
             &none.filter(),
