@@ -127,6 +127,9 @@ impl External {
 
 /// The file recording whether a data directory's guests are real or simulated.
 const GUESTS_FILE: &str = "guests";
+/// The all-in-one's image cache: a few GiB at most (its room is kept out of the disk
+/// offered to root disks).
+const IMAGE_CACHE_MAX: u64 = 8 << 30;
 
 /// Refuses to run a data directory's cloud with guests of the other kind: its instances,
 /// volumes and agents' state belong to real guests (libvirt) or to simulated ones. A
@@ -271,7 +274,7 @@ impl AllInOne {
             hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu, HypervisorKind::Lxc],
             data_dir: Some(data_dir.join("hva")),
             sim: knobs,
-            disk_mib: vdc_hva::disk_capacity_mib(&data_dir.join("hva")),
+            disk_mib: vdc_hva::disk_capacity_mib(&data_dir.join("hva"), Some(IMAGE_CACHE_MAX)),
         };
         let lv = vdc_hva::libvirt::LibvirtConfig {
             data_dir: data_dir.join("hva"),
@@ -287,8 +290,7 @@ impl AllInOne {
             // libvirtd makes taps where it runs; an all-in-one started inside another
             // network namespace (its Open vSwitch there too) takes them in.
             taps_from_netns: libvirtd_netns_if_not_ours(),
-            // The all-in-one's images: a few GiB of cache at most.
-            image_cache_max_bytes: Some(8 << 30),
+            image_cache_max_bytes: Some(IMAGE_CACHE_MAX),
             idmap: Some(vdc_bus::idmap::IdMap::DEFAULT),
         };
         let detected = if sim {
@@ -446,7 +448,7 @@ impl AllInOne {
                 backend: vdc_sta::backend::BackendConfig::File { dir: data_dir.join("sta/volumes") },
                 iscsi: None,
                 local_host: Some(host_id.parse()?),
-                image_cache_max_bytes: Some(8 << 30),
+                image_cache_max_bytes: Some(IMAGE_CACHE_MAX),
             };
             let why = format!("file volumes in {} (attached locally)", data_dir.join("sta/volumes").display());
             (vdc_sta::start_real(bus.clone(), opts).await?.0, why)

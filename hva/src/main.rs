@@ -125,7 +125,10 @@ async fn main() -> anyhow::Result<()> {
             fail_rate: cli.sim_fail_rate,
             drop_rate: cli.sim_drop_rate,
         },
-        disk_mib: cli.disk_mib.or_else(|| vdc_hva::disk_capacity_mib(&cli.data_dir)),
+        disk_mib: cli.disk_mib.or_else(|| {
+            let cache = cli.image_cache_max_mib.map(|m| m << 20);
+            vdc_hva::disk_capacity_mib(&cli.data_dir, cache)
+        }),
     };
     let agent = match cli.driver {
         Driver::Sim => vdc_hva::start_sim(bus, opts).await?.0,

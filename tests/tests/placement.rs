@@ -23,6 +23,7 @@ on_both_databases!(
     a_cordoned_host_takes_no_new_instances,
     a_burst_of_creates_is_spread,
     root_disks_are_booked_on_the_host_that_keeps_them,
+    an_import_whose_disks_do_not_fit_is_refused_whole,
 );
 
 /// The status, code and message of an API error; panics if the call succeeded.
@@ -1052,4 +1053,41 @@ async fn root_disks_are_booked_on_the_host_that_keeps_them(db: Db) {
         wait_state(&c, id, InstanceState::Terminated).await;
     }
     assert_eq!(booked(&s).await, 0);
+}
+
+/// A bundle's instance whose disk image no host here has room for: the import says so
+/// (not a race to retry), and makes nothing.
+async fn an_import_whose_disks_do_not_fit_is_refused_whole(db: Db) {
+    let a = Stack::start(StackOptions::new(db)).await;
+    let key = a.admin.bundle_key().await.unwrap().public_key;
+    let mut opts = StackOptions::new(db);
+    opts.bundles.trusted_keys = vec![key];
+    opts.host_disk_mib = Some(16 << 10);
+    let b = Stack::start(opts).await;
+    let ca = a.account("mover").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("d.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("24G")
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    let img = ca.create_image(&vdc_tests::image_request("d24", ImageFormat::Qcow2)).await.unwrap();
+    ca.upload_image(&img.id, std::fs::read(&disk).unwrap()).await.unwrap();
+    let i = ca.create_instance(&inst(&img.id, "web1")).await.unwrap().resource;
+    wait_state(&ca, &i.id, InstanceState::Running).await;
+    let mut bytes = Vec::new();
+    ca.export_bundle(false, false, &mut bytes, |_| {}).await.unwrap();
+    let cb = b.account("mover").await;
+    let (status, code, message) = err(cb.import_bundle(bytes.clone(), &[]).await);
+    assert_eq!((status, code.as_str()), (422, "no_capacity"), "{message}");
+    assert!(message.contains("root disk of 24 GiB"), "{message}");
+    assert!(cb.list_all_instances().await.unwrap().is_empty(), "nothing made");
+    assert!(cb.list_all_images().await.unwrap().iter().all(|i| i.name != "d24"), "nothing made");
+    let host = b.admin.list_all_host_nodes().await.unwrap().remove(0);
+    assert_eq!((host.cpus_used, host.disk_used_mib), (0, 0));
+    a.stop().await;
+    b.stop().await;
 }

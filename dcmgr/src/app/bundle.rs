@@ -3077,7 +3077,17 @@ async fn apply(
                 }
                 // By the room the hosts have now, this import's earlier placements taken.
                 scheduler::rank_now(ctx, group.map(|g| g.policy), &mut cands);
-                scheduler::reserve(ctx, &mut tx, demand, &cands, None).await?
+                match scheduler::reserve(ctx, &mut tx, demand, &cands, None).await {
+                    // Its disk's size is known here only (the image is this import's): when
+                    // no host has room for it, that is the answer, not a race to retry.
+                    Err(ApiError::Busy(_)) if demand.disk_mib > 0 => {
+                        let (zone, labels) = class.clone();
+                        let c = scheduler::Constraints { zone, labels: labels.into_iter().collect(), group: None };
+                        scheduler::candidates(ctx, demand, &c).await?;
+                        return Err(ApiError::Busy("candidate hosts filled up concurrently".into()));
+                    }
+                    r => r?,
+                }
             }
         };
         let id = InstanceId::generate();

@@ -412,9 +412,10 @@ pub fn no_capacity(d: Demand, hosts: i64, max_free_mib: Option<i64>, max_free_cp
 
 /// "2 vCPUs, 512 MiB and a 20 GiB root disk", or without the disk when none is booked.
 fn room_asked(d: Demand) -> String {
+    let cpus = if d.cpus == 1 { "1 vCPU".to_owned() } else { format!("{} vCPUs", d.cpus) };
     match d.disk_mib {
-        0 => format!("{} vCPUs and {} MiB", d.cpus, d.memory_mib),
-        m => format!("{} vCPUs, {} MiB and a root disk of {}", d.cpus, d.memory_mib, mib_text(m)),
+        0 => format!("{cpus} and {} MiB", d.memory_mib),
+        m => format!("{cpus}, {} MiB and a root disk of {}", d.memory_mib, mib_text(m)),
     }
 }
 
