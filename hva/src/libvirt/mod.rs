@@ -334,6 +334,11 @@ impl Inner {
     fn prepare_files(&self, spec: &InstanceSpec) -> Result<String> {
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        // No other host user lists a guest's files. Traversed still: QEMU (its own user)
+        // opens its disks by their paths, and a container's root, mapped to another uid,
+        // pivots into its rootfs (0700 failed there with "Permission denied").
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         let console = dir.join("console.log");
         let mut layout = xml::Layout {
             kernel: None,
@@ -1403,6 +1408,11 @@ mod tests {
         assert!(e.starts_with(r#"genisoimage ["-quiet", "-output", "#), "{e}");
         assert!(e.ends_with("failed: exit status: 1: genisoimage: No space left on device"), "{e}");
         assert!(f.lines()[0].contains(" -F raw "), "the overlay names the base's format: {:?}", f.lines());
+        // QEMU, its own user, opens its files by path; no other user lists them.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(tmp.path().join("instances/i-a")).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o711);
     }
 
     #[test]
@@ -1422,6 +1432,12 @@ mod tests {
         let tar = spec("i-c", HypervisorKind::Lxc, ImageFormat::Raw, "/srv/disk.img", 0);
         assert!(lv.prepare(&tar).unwrap_err().contains("needs a tar or dir image"));
         assert!(f.calls().is_empty());
+        // No other host user lists a container's files.
+        let mode = |id: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(tmp.path().join("instances").join(id)).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!(mode("i-b"), 0o711);
     }
 
     #[test]
