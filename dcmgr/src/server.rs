@@ -164,6 +164,7 @@ impl Dcmgr {
         // URL imports cut short by a stop start again.
         crate::app::image_import::resume(&ctx).await?;
         crate::app::image::read_missing_disk_sizes(&ctx).await?;
+        crate::app::image::book_unbooked_disks(&ctx).await?;
 
         let mut tasks = Vec::new();
         // Registrations and reports go to one dcmgr of the queue group; heartbeats to every

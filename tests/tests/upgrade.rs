@@ -120,6 +120,18 @@ async fn an_older_vdcs_database_is_served_after_the_upgrade(db: Db) {
     let app = vdc_tests::wait_converged(&c, &app.id).await;
     assert!(app.interfaces.iter().any(|v| v.ip.to_string() == "10.50.0.20"), "{:?}", app.interfaces);
     assert_eq!(c.get_instance(&dbi.id).await.unwrap().state, InstanceState::Stopped);
+    // Their disk images' sizes, read after the migrations, are booked on their hosts.
+    let mut want = 0;
+    for (client, i) in [(&c, &app), (&cb, &by_name(&cb.list_all_instances().await.unwrap(), "app"))] {
+        let size = client.get_image(&i.image_id).await.unwrap().virtual_size.expect("read at start");
+        want += size.div_ceil(1 << 20);
+    }
+    let disk_booked = |s: &Stack| {
+        let admin = s.admin.clone();
+        async move { admin.list_all_host_nodes().await.unwrap().iter().map(|h| h.disk_used_mib).sum::<u64>() }
+    };
+    assert!(want > 0);
+    assert_eq!(disk_booked(&s).await, want);
 
     // Stopped and started again (the second time), and the stopped one started.
     c.stop_instance(&app.id).await.unwrap();
@@ -129,8 +141,10 @@ async fn an_older_vdcs_database_is_served_after_the_upgrade(db: Db) {
     c.start_instance(&dbi.id).await.unwrap();
     wait_state(&c, &dbi.id, InstanceState::Running).await;
 
-    // The upgraded dcmgr started again (the second start: nothing left to migrate).
+    // The upgraded dcmgr started again (the second start: nothing left to migrate, and
+    // no disk booked twice).
     s.restart_dcmgr().await;
+    assert_eq!(disk_booked(&s).await, want);
     assert_eq!(c.get_instance(&app.id).await.unwrap().state, InstanceState::Running);
 
     // A new instance on the old network: an address of its own.

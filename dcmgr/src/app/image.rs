@@ -783,6 +783,29 @@ where
     }
 }
 
+/// Books the disk of the instances made before dcmgr knew their image's size (each
+/// locked, so that a terminate gives back what was booked): their hosts keep it. Run at
+/// start, after [`read_missing_disk_sizes`].
+pub async fn book_unbooked_disks(ctx: &SharedCtx) -> ApiResult<()> {
+    use crate::datastore::instance as instances;
+    for (id, size) in instances::without_disk_booked(&ctx.db).await? {
+        let mut tx = db::begin(&ctx.db).await?;
+        let Some(row) = instances::lock_get(&mut tx, &id).await? else { continue };
+        let Ok(hv) = row.hypervisor.parse() else { continue };
+        let mib = crate::app::scheduler::disk_mib(hv, Some(size as u64));
+        if row.disk_mib != 0 || row.root_disk_size.is_some() || row.state == "terminated" || mib == 0 {
+            continue;
+        }
+        instances::set_disk_mib(&mut tx, &id, mib).await?;
+        if let Some(host) = row.host_node_id.as_deref().or(row.last_host_id.as_deref()) {
+            crate::datastore::host::book_disk(&mut tx, host, i64::from(mib)).await?;
+        }
+        tx.commit().await?;
+    }
+    ctx.room.invalidate();
+    Ok(())
+}
+
 /// Images stored by a dcmgr before disk sizes were recorded get theirs at start, from
 /// their blob's header (checked in full when it was stored), so that volumes from them
 /// default to it. An image whose header cannot be read keeps none (sta then checks).

@@ -425,6 +425,17 @@ pub async fn release_disk(tx: &mut db::Tx<'_>, host: &str, disk_mib: i64) -> Res
     Ok(())
 }
 
+/// Books `disk_mib` on `host` for an instance that kept its disk there unbooked (its
+/// image's size read late): whatever the room, as the disk is there already.
+pub async fn book_disk(tx: &mut db::Tx<'_>, host: &str, disk_mib: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE host_nodes SET disk_used_mib = disk_used_mib + $1 WHERE id = $2")
+        .bind(disk_mib)
+        .bind(host)
+        .execute(tx.conn().await?)
+        .await?;
+    Ok(())
+}
+
 /// The online hosts offering `hypervisor` that pass `filter`, as placement's refusals
 /// describe them.
 #[derive(Debug, sqlx::FromRow)]

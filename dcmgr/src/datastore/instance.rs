@@ -167,6 +167,28 @@ pub async fn lock_get(tx: &mut db::Tx<'_>, id: &str) -> Result<Option<Row>, sqlx
         .await
 }
 
+/// Live disk-image instances that book no disk though their image's size is known now:
+/// it was not when they were counted (migration 0043 ran before dcmgr read it), and they
+/// asked no size. (ID, the image's size in bytes.)
+pub async fn without_disk_booked(pool: &db::Pool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT i.id, m.virtual_size FROM instances i JOIN images m ON m.id = i.image_id \
+         WHERE i.root_disk_size IS NULL AND i.disk_mib = 0 AND i.hypervisor <> 'lxc' AND i.state <> 'terminated' \
+           AND m.virtual_size > 0 ORDER BY i.id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn set_disk_mib(tx: &mut db::Tx<'_>, id: &str, disk_mib: u32) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE instances SET disk_mib = $1 WHERE id = $2")
+        .bind(i64::from(disk_mib))
+        .bind(id)
+        .execute(tx.conn().await?)
+        .await?;
+    Ok(())
+}
+
 /// An instance locked for its host's report, and whether any of its volumes is being
 /// attached or detached (almost never: the report then skips looking for them).
 #[derive(sqlx::FromRow)]
