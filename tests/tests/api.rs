@@ -836,6 +836,14 @@ async fn pagination(db: Db) {
     assert_eq!(err(c.list_keypairs(&ListQuery { limit: Some(5000), ..Default::default() }).await).1, "invalid_limit");
     let bad = ListQuery { cursor: Some("'; drop table".into()), ..Default::default() };
     assert_eq!(err(c.list_keypairs(&bad).await).1, "invalid_cursor");
+    // A cursor is an ID of the list's kind: another string answered an empty page, as if
+    // the list had ended.
+    for cursor in ["xyz", "i-1m97bva1k00e4n7", "ssh-"] {
+        let bad = ListQuery { cursor: Some(cursor.into()), ..Default::default() };
+        assert_eq!(err(c.list_keypairs(&bad).await).1, "invalid_cursor", "{cursor}");
+    }
+    let bad = ListQuery { cursor: Some("ssh-1m97bva1k00e4n7".into()), ..Default::default() };
+    assert_eq!(err(c.list_instances(&bad).await).1, "invalid_cursor");
     let bad = ListQuery { state: Some("sleeping".into()), ..Default::default() };
     assert_eq!(err(c.list_instances(&bad).await).1, "invalid_state_filter");
     // Lists without states refuse the filter (images?state=failed listed available ones).

@@ -3,7 +3,7 @@
 //! [`Caller`] through [`authenticate`] (the `Caller` extractor of [`crate::http`]), with
 //! a cache in `ctx.tokens` that this module keeps in step with the database.
 
-use crate::app::{authz, page, paging};
+use crate::app::{authz, page, paging_of};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, account as store, user as users};
 use crate::error::{ApiError, ApiResult};
@@ -225,7 +225,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateAccount) -> Api
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Account>> {
     require_admin(caller)?;
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::AccountId>(q)?;
     let rows = store::list(&ctx.db, &cursor, q.name.as_deref(), limit).await?;
     Ok(page(rows.into_iter().map(store::Row::into_api).collect(), limit, |a| a.id.to_string()))
 }

@@ -3,7 +3,7 @@
 //! this module reads the log for owners and admins and prunes it after
 //! `[audit] retain_days`.
 
-use crate::app::{authz, page, paging};
+use crate::app::{authz, page, paging_of};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, audit as store};
 use crate::error::{ApiError, ApiResult};
@@ -63,7 +63,11 @@ pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &AuditQuery) -> ApiResult
         None if caller.admin => String::new(),
         None => caller.account_id.to_string(),
     };
-    let (limit, cursor) = paging(&ListQuery { limit: q.limit, cursor: q.cursor.clone(), ..Default::default() })?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::AuditId>(&ListQuery {
+        limit: q.limit,
+        cursor: q.cursor.clone(),
+        ..Default::default()
+    })?;
     let action = q.action.clone().unwrap_or_default();
     if action.len() > 64 {
         return Err(ApiError::bad("invalid_query", "action is at most 64 characters (such as instance.create)"));

@@ -8,7 +8,7 @@
 //! An association takes effect when nwagent re-programmes the interface; terminating the
 //! instance disassociates.
 
-use crate::app::{page, paging, quota};
+use crate::app::{page, paging_of, quota};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::{self as db, floating_ip as store, interface as ifstore};
 use crate::error::{ApiError, ApiResult};
@@ -204,7 +204,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateFloatingIp) -> 
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<FloatingIp>> {
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::FloatingIpId>(q)?;
     let rows = store::list(&ctx.db, &caller.account_id, &cursor, limit).await?;
     let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |f| f.id.to_string()))

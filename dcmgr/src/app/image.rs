@@ -1,6 +1,6 @@
 //! Machine images: what an instance boots. An image is the caller's own or public.
 
-use crate::app::{check_name_free, page, paging, quota, validate_name};
+use crate::app::{check_name_free, page, paging_of, quota, validate_name};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, image as store};
 use crate::error::{ApiError, ApiResult};
@@ -312,7 +312,7 @@ pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<
         },
     };
     let q = ListQuery { member_status: None, ..q.clone() };
-    let (limit, cursor) = paging(&q)?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::ImageId>(&q)?;
     let rows = store::list_visible(&ctx.db, &caller.account_id, listed, &cursor, q.name.as_deref(), limit).await?;
     let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |i| i.id.to_string()))

@@ -11,7 +11,7 @@ use crate::app::quota;
 use crate::app::scheduler::{self, Constraints, Demand};
 use crate::app::secgroup;
 use crate::app::{image, network};
-use crate::app::{page, paging, state_filter, validate_name, Outcome};
+use crate::app::{page, paging_of, state_filter, validate_name, Outcome};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::interface::GroupChange;
 use crate::datastore::job;
@@ -85,7 +85,12 @@ pub async fn fetch(ctx: &SharedCtx, caller: &Caller, id: &InstanceId) -> ApiResu
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Arc<Page<Instance>>> {
-    let (limit, cursor) = paging(&ListQuery { all_accounts: None, address: None, state: None, ..q.clone() })?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::InstanceId>(&ListQuery {
+        all_accounts: None,
+        address: None,
+        state: None,
+        ..q.clone()
+    })?;
     let state = state_filter::<InstanceState>(q)?;
     let all = q.all_accounts == Some(true);
     if all {

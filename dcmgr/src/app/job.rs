@@ -4,7 +4,7 @@
 //! Jobs are written by the decisions and reports they belong to, in their transactions
 //! (see [`crate::datastore::job`]); here they are only read.
 
-use crate::app::{page, paging, state_filter};
+use crate::app::{page, paging_of, state_filter};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::job as store;
 use crate::error::{ApiError, ApiResult};
@@ -13,7 +13,7 @@ use vdc_schema::id::JobId;
 use vdc_schema::JobState;
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Job>> {
-    let (limit, cursor) = paging(&ListQuery { state: None, ..q.clone() })?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::JobId>(&ListQuery { state: None, ..q.clone() })?;
     let state = state_filter::<JobState>(q)?;
     let rows = store::list(&ctx.db, &caller.account_id, &cursor, &state, limit).await?;
     let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;

@@ -2,7 +2,7 @@
 //! get the private key back once. Keys are parsed with the `ssh-key` crate (RustCrypto),
 //! which knows every OpenSSH key format, rather than by hand.
 
-use crate::app::{page, paging, quota, validate_name};
+use crate::app::{page, paging_of, quota, validate_name};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, keypair as store};
 use crate::error::{ApiError, ApiResult};
@@ -59,7 +59,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateKeyPair) -> Api
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<KeyPair>> {
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::KeyPairId>(q)?;
     let rows = store::list(&ctx.db, &caller.account_id, &cursor, q.name.as_deref(), limit).await?;
     let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |k| k.id.to_string()))

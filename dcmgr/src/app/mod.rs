@@ -92,6 +92,20 @@ pub fn paging(q: &ListQuery) -> ApiResult<(i64, String)> {
     Ok((limit as i64, cursor))
 }
 
+/// As [`paging`], with a cursor that is an ID of the listed kind `T` (the last one of
+/// the previous page): another string was taken as a place in the order, and a cursor
+/// of another list answered an empty page as if the list had ended.
+pub fn paging_of<T: std::str::FromStr>(q: &ListQuery) -> ApiResult<(i64, String)> {
+    let (limit, cursor) = paging(q)?;
+    if !cursor.is_empty() && cursor.parse::<T>().is_err() {
+        return Err(ApiError::bad(
+            "invalid_cursor",
+            "cursor must be the next_cursor of a previous page of the same list",
+        ));
+    }
+    Ok((limit, cursor))
+}
+
 /// Builds a page: `rows` were fetched with `LIMIT limit`, so a full page may have more.
 pub fn page<T>(items: Vec<T>, limit: i64, id_of: impl Fn(&T) -> String) -> Page<T> {
     let next_cursor = if items.len() as i64 == limit { items.last().map(&id_of) } else { None };

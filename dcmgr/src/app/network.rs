@@ -3,7 +3,7 @@
 //! that first bumps the account's `lock_seq` (`quota::enforce`), so concurrent creates
 //! serialize on it.
 
-use crate::app::{check_name_free, name_some, page, paging, quota, validate_name};
+use crate::app::{check_name_free, name_some, page, paging_of, quota, validate_name};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, network as store};
 use crate::error::{ApiError, ApiResult};
@@ -150,7 +150,7 @@ async fn try_insert(
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Network>> {
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::NetworkId>(q)?;
     let rows = store::list(&ctx.db, &caller.account_id, &cursor, q.name.as_deref(), limit).await?;
     let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |n| n.id.to_string()))

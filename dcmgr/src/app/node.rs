@@ -1,7 +1,7 @@
 //! Host nodes and storage nodes, built from agent registrations; an admin sets a host's
 //! zone and labels. Admin only: tenants see no infrastructure.
 
-use crate::app::{page, paging, state_filter};
+use crate::app::{page, paging_of, state_filter};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::host as store;
 use crate::error::{ApiError, ApiResult};
@@ -43,7 +43,7 @@ fn require_admin(caller: &Caller) -> ApiResult<()> {
 
 pub async fn list_hosts(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<HostNode>> {
     require_admin(caller)?;
-    let (limit, cursor) = paging(&ListQuery { state: None, ..q.clone() })?;
+    let (limit, cursor) = paging_of::<HostNodeId>(&ListQuery { state: None, ..q.clone() })?;
     let state = state_filter::<vdc_schema::NodeState>(q)?;
     let rows = store::list_hosts(&ctx.db, &cursor, &state, limit).await?;
     let items = rows.into_iter().map(|r| host(ctx, r)).collect::<ApiResult<Vec<_>>>()?;
@@ -67,7 +67,7 @@ pub async fn host_instances(
     q: &ListQuery,
 ) -> ApiResult<Page<HostInstance>> {
     let host = fetch_host(ctx, caller, id).await?;
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::InstanceId>(q)?;
     let rows = store::instances_held(&ctx.db, host.id.as_str(), &cursor, limit).await?;
     let items = rows.into_iter().map(store::HostInstanceRow::into_api).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |i| i.id.to_string()))
@@ -115,7 +115,7 @@ pub async fn evacuate(ctx: &SharedCtx, caller: &Caller, id: ApiResult<HostNodeId
 
 pub async fn list_storage(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<StorageNode>> {
     require_admin(caller)?;
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::StorageNodeId>(q)?;
     let rows = store::list_storage(&ctx.db, &cursor, limit).await?;
     let items = rows.into_iter().map(|r| storage(ctx, r)).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |h| h.id.to_string()))

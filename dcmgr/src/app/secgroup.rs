@@ -2,7 +2,7 @@
 //! a CIDR or from the members of another group. A change re-sends the ensures of every
 //! interface it touches, so it takes effect on running guests.
 
-use crate::app::{check_name_free, name_some, page, paging, quota, validate_name};
+use crate::app::{check_name_free, name_some, page, paging_of, quota, validate_name};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::interface::GroupChange;
 use crate::datastore::{self as db, interface as ifstore, secgroup as store};
@@ -120,7 +120,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSecurityGroup) 
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<SecurityGroup>> {
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::SecurityGroupId>(q)?;
     let rows = store::list(&ctx.db, &caller.account_id, &cursor, q.name.as_deref(), limit).await?;
     let items = to_api(ctx, rows).await?;
     Ok(page(items, limit, |g| g.id.to_string()))

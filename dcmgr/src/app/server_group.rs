@@ -4,7 +4,7 @@
 //! ([`crate::app::scheduler::lock_group`]) under the group's row lock.
 
 use crate::app::scheduler::Group;
-use crate::app::{name_some, page, paging, quota, validate_name};
+use crate::app::{name_some, page, paging_of, quota, validate_name};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, server_group as store};
 use crate::error::{ApiError, ApiResult};
@@ -47,7 +47,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateServerGroup) ->
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<ServerGroup>> {
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::ServerGroupId>(q)?;
     let rows = store::list(&ctx.db, &caller.account_id, &cursor, q.name.as_deref(), limit).await?;
     let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
         return Ok(page(vec![], limit, |_| String::new()));

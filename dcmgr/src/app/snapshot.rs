@@ -9,7 +9,7 @@
 //! be deleted until that image is available or failed.
 
 use crate::app::quota;
-use crate::app::{page, paging, state_filter, validate_name, Outcome};
+use crate::app::{page, paging_of, state_filter, validate_name, Outcome};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::job;
 use crate::datastore::{self as db, snapshot as store, volume as volumes};
@@ -77,7 +77,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateSnapshot) -> Ap
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Snapshot>> {
-    let (limit, cursor) = paging(&ListQuery { state: None, ..q.clone() })?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::SnapshotId>(&ListQuery { state: None, ..q.clone() })?;
     let state = state_filter::<SnapshotState>(q)?;
     let name = q.name.as_deref().unwrap_or_default();
     let since = crate::app::gone_listed_since();

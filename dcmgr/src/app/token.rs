@@ -2,7 +2,7 @@
 //! role, listed without their secret (shown once, at creation), revoked one by one.
 //! Revoking drops the token from the cache of [`crate::app::account::authenticate`].
 
-use crate::app::{account, authz, page, paging};
+use crate::app::{account, authz, page, paging_of};
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, account as accounts, user as store};
 use crate::error::{ApiError, ApiResult};
@@ -135,7 +135,7 @@ pub(crate) async fn insert(
 /// The live tokens of the caller's account: the caller's own, or every user's for an
 /// owner (or an admin).
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Token>> {
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::TokenId>(q)?;
     let all = authz::allowed(caller.admin, caller.role, authz::Op::ManageOthersTokens);
     let user = (!all).then_some(caller.user_id.as_str());
     let rows = store::list_tokens(&ctx.db, caller.account_id.as_str(), user, &cursor, q.name.as_deref(), limit).await?;

@@ -2,7 +2,7 @@
 //! Users are apart from accounts, as in Wakame-VDC: one user holds a role in many
 //! accounts. An account always keeps an owner.
 
-use crate::app::{account, page, paging};
+use crate::app::{account, page, paging_of};
 
 use crate::ctx::{Caller, SharedCtx};
 use crate::datastore::{self as db, account as accounts, user as store};
@@ -44,7 +44,7 @@ pub async fn create(ctx: &SharedCtx, req: CreateUser) -> ApiResult<User> {
 }
 
 pub async fn list(ctx: &SharedCtx, q: &ListQuery) -> ApiResult<Page<User>> {
-    let (limit, cursor) = paging(q)?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::UserId>(q)?;
     let rows = store::list_users(&ctx.db, &cursor, q.name.as_deref(), limit).await?;
     let items = rows.into_iter().map(|r| r.into_api().map_err(ApiError::Internal)).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |u| u.id.to_string()))

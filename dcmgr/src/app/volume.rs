@@ -14,7 +14,7 @@
 //! locks, and `commit_decision` applies what they decided.
 
 use crate::app::quota;
-use crate::app::{check_name_free, page, paging, state_filter, validate_name, Outcome};
+use crate::app::{check_name_free, page, paging_of, state_filter, validate_name, Outcome};
 use crate::ctx::{Caller, SharedCtx, Work};
 use crate::datastore::job;
 use crate::datastore::{self as db, snapshot as snapshots, volume as store};
@@ -172,7 +172,7 @@ pub async fn create(ctx: &SharedCtx, caller: &Caller, req: CreateVolume) -> ApiR
 }
 
 pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<Page<Volume>> {
-    let (limit, cursor) = paging(&ListQuery { state: None, ..q.clone() })?;
+    let (limit, cursor) = paging_of::<vdc_schema::id::VolumeId>(&ListQuery { state: None, ..q.clone() })?;
     let state = state_filter::<VolumeState>(q)?;
     let name = q.name.as_deref().unwrap_or_default();
     let since = crate::app::gone_listed_since();
