@@ -1151,6 +1151,28 @@ async fn an_idempotency_key_makes_a_retry_safe(db: Db) {
     c.delete_keypair(&kp.id).await.unwrap();
     let made = post(c.token().to_owned(), "/keypairs", "kp-1", key).await;
     assert_eq!((made.0, made.1), (201, false), "{made:?}");
+    // An answer that holds a secret is shown once: its replay names what was made,
+    // without the secret, which is not kept. The key is the credential's: another token
+    // of the same user runs its own request.
+    let tok = post(c.token().to_owned(), "/tokens", "tok-1", serde_json::json!({"name": "ci"})).await;
+    assert_eq!(tok.0, 201, "{tok:?}");
+    let secret = tok.2["secret"].as_str().unwrap().to_owned();
+    let again = post(c.token().to_owned(), "/tokens", "tok-1", serde_json::json!({"name": "ci"})).await;
+    assert_eq!((again.0, again.1, again.2["error"]["code"].as_str()), (409, true, Some("idempotency_secret_not_kept")));
+    let tok_id = tok.2["token"]["id"].as_str().unwrap();
+    assert!(again.2["error"]["message"].as_str().unwrap().contains(tok_id), "{again:?}");
+    assert!(!again.2.to_string().contains(&secret));
+    let kept: Vec<(String,)> =
+        sqlx::query_as("SELECT body FROM idempotency_keys").fetch_all(&s.dcmgr().ctx.db).await.unwrap();
+    assert!(kept.iter().all(|b| !b.0.contains(&secret)), "a token's secret kept: {kept:?}");
+    let pair = post(c.token().to_owned(), "/keypairs", "kp-gen", serde_json::json!({"name": "gen"})).await;
+    let private = pair.2["private_key"].as_str().unwrap().to_owned();
+    let again = post(c.token().to_owned(), "/keypairs", "kp-gen", serde_json::json!({"name": "gen"})).await;
+    assert_eq!((again.0, again.2["error"]["code"].as_str()), (409, Some("idempotency_secret_not_kept")));
+    assert!(!again.2.to_string().contains(&private));
+    let ci = post(secret.clone(), "/tokens", "tok-1", serde_json::json!({"name": "ci2"})).await;
+    assert_eq!((ci.0, ci.1), (201, false), "another credential's key: {ci:?}");
+    assert_ne!(ci.2["token"]["id"], tok.2["token"]["id"]);
     // Malformed keys, and keys where they mean nothing.
     for bad in ["", "caf\u{e9}", &"k".repeat(256), "two words"] {
         let r = http

@@ -1,11 +1,14 @@
 //! `Idempotency-Key` on POST requests (other methods, idempotent already, ignore it): a script that retries a create after a timeout
 //! (the answer lost, the create done) sends the same key, and gets the first answer again
 //! instead of a second instance it pays quota for (red team, 2026-12-07). As Stripe's
-//! and EC2's `ClientToken`: the key is the caller's (its user's in the account it acts
-//! in, whatever token it uses), names one
+//! and EC2's `ClientToken`: the key is the caller's credential's (the token it sends, in
+//! the account it acts in: another credential of the same user got the first answer
+//! again, a new token's secret among them, red team 2026-12-07), names one
 //! request (the same method, path and body; another request with it is refused,
 //! `idempotency_key_reused`), and is kept 24 hours. Only a success is kept: a refused or
-//! failed request lets its key go, and the retry runs again. A retry while the first is
+//! failed request lets its key go, and the retry runs again. An answer that holds a
+//! secret (a token's, a generated private key) is shown once and not kept: its replay
+//! is `409 idempotency_secret_not_kept`, naming what was made. A retry while the first is
 //! under way is answered `409 idempotency_key_in_use`. Requests without the header are
 //! untouched.
 
@@ -34,6 +37,29 @@ fn refused(message: &str) -> Response {
     ApiError::bad("invalid_idempotency_key", message.to_owned()).into_response()
 }
 
+/// The JSON fields of answers that hold a secret shown once.
+const SECRETS: [&str; 2] = ["secret", "private_key"];
+
+/// For an answer that holds a secret, the refusal its replays get instead (the secret is
+/// neither stored nor shown again); None for any other answer.
+async fn secret_not_kept(answer: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(answer).ok()?;
+    let obj = v.as_object()?;
+    SECRETS.iter().any(|k| obj.get(*k).is_some_and(|s| !s.is_null())).then_some(())?;
+    // What was made: the ID of the object the answer describes.
+    let made = obj.values().find_map(|o| o.get("id")?.as_str()).unwrap_or("the object");
+    let refusal = ApiError::conflict(
+        "idempotency_secret_not_kept",
+        format!(
+            "the request with this Idempotency-Key was done ({made} made), and its answer held a secret, which is \
+             shown once and not kept: use {made} (revoke a token whose secret is lost) or send a new key"
+        ),
+    )
+    .into_response();
+    let body = axum::body::to_bytes(refusal.into_body(), MAX_BODY).await.ok()?;
+    String::from_utf8(body.to_vec()).ok()
+}
+
 pub async fn layer(State(ctx): State<SharedCtx>, req: Request, next: Next) -> Response {
     let Some(key) = req.headers().get(HEADER) else { return next.run(req).await };
     let Some(key) = key
@@ -58,7 +84,7 @@ pub async fn layer(State(ctx): State<SharedCtx>, req: Request, next: Next) -> Re
         return next.run(req).await;
     }
     // The caller first (its token checked, its rate and role): a replay is answered only
-    // to whom the request would be, and the key is the user's in the account it acts in.
+    // to whom the request would be, and the key is the credential's in the account it acts in.
     // The handler takes this caller from the request (not checked, nor counted, twice).
     // One refused (or a sign-in's, which takes no token) goes on as it came: the handler
     // answers it as it would without a key.
@@ -80,7 +106,13 @@ pub async fn layer(State(ctx): State<SharedCtx>, req: Request, next: Next) -> Re
         }
         hex::encode(h.finalize())
     };
-    let id = hash(&[caller.account_id.as_str().as_bytes(), caller.user_id.as_str().as_bytes(), key.as_bytes()]);
+    let credential = caller.token_id.as_ref().map(|t| t.to_string()).unwrap_or_default();
+    let id = hash(&[
+        caller.account_id.as_str().as_bytes(),
+        caller.user_id.as_str().as_bytes(),
+        credential.as_bytes(),
+        key.as_bytes(),
+    ]);
     let target = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
     let fingerprint = hash(&[parts.method.as_str().as_bytes(), target.as_bytes(), &bytes]);
     let now = chrono::Utc::now();
@@ -120,7 +152,11 @@ pub async fn layer(State(ctx): State<SharedCtx>, req: Request, next: Next) -> Re
         let (parts, body) = resp.into_parts();
         if let Ok(answer) = axum::body::to_bytes(body, MAX_BODY).await {
             if let Ok(text) = std::str::from_utf8(&answer) {
-                match store::finish(&ctx.db, &id, status.as_u16(), text).await {
+                let (kept_status, kept) = match secret_not_kept(text).await {
+                    Some(refusal) => (StatusCode::CONFLICT.as_u16(), refusal),
+                    None => (status.as_u16(), text.to_owned()),
+                };
+                match store::finish(&ctx.db, &id, kept_status, &kept).await {
                     Ok(()) => return Response::from_parts(parts, Body::from(answer)),
                     Err(e) => tracing::warn!("keeping an idempotent answer: {e}"),
                 }

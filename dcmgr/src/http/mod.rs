@@ -439,7 +439,9 @@ impl utoipa::Modify for CommonErrors {
         components.responses.insert(
             Self::IDEMPOTENCY_IN_USE.into(),
             Self::error_response(
-                "`idempotency_key_in_use`: a request with this `Idempotency-Key` is under way; retry when it has ended",
+                "`idempotency_key_in_use`: a request with this `Idempotency-Key` is under way; retry when it has \
+                 ended. `idempotency_secret_not_kept`: the request with this key was done, and its answer held a \
+                 secret, shown once and not kept (the message names what was made)",
             )
             .into(),
         );
