@@ -170,6 +170,9 @@ async fn sign_in_switch_and_sign_out(db: Db) {
     )
     .unwrap();
     assert_eq!((switched.account.id.clone(), switched.role), (b_id.clone(), Role::Reader));
+    // It ends when the session switched from would have: switching again and again
+    // made one stolen session live for ever.
+    assert!(switched.expires_at <= first.expires_at, "{} after {}", switched.expires_at, first.expires_at);
     let old = call(&url, reqwest::Method::GET, "/networks", Some(&first.token), None).await;
     assert_eq!((old.status, old.code.as_str()), (401, "token_revoked"));
     let nets = call(&url, reqwest::Method::GET, "/networks", Some(&switched.token), None).await;

@@ -19,6 +19,7 @@ on_both_databases!(
     the_cli_manages_users_members_and_tokens,
     an_admin_acts_in_another_account,
     an_admin_finds_instances_in_every_account,
+    a_token_changes_nothing_beyond_its_limits,
 );
 
 fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -541,5 +542,55 @@ async fn an_admin_finds_instances_in_every_account(db: Db) {
     let out = cli(&alice, &["instance", "list", "--all-accounts"]);
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && msg.contains("only an admin"), "{msg}");
+    s.stop().await;
+}
+
+/// A token's limits hold for what it makes and for its user's standing: a token capped
+/// to reader does not take its user out of the account, a token made to expire makes none
+/// that outlives it, and a user's role in another account decides what it makes there;
+/// every user revokes its own tokens (red team, 2026-12-07).
+async fn a_token_changes_nothing_beyond_its_limits(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let alice = s.account("alice").await; // owner of account alice
+    let bob = s.account("bob").await;
+    let acct = alice.list_all_tokens().await.unwrap()[0].account_id.clone();
+    let bacct = bob.list_all_tokens().await.unwrap()[0].account_id.clone();
+    let alice_user = alice.list_all_tokens().await.unwrap()[0].user_id.clone();
+
+    // An owner's dashboard token, capped to reader: it neither leaves nor revokes.
+    let dash = alice.create_token(&CreateToken { role: Some(Role::Reader), ..token("dash") }).await.unwrap();
+    let dash_c = Client::new(s.url(), dash.secret);
+    assert_eq!(err(dash_c.leave_account(&acct).await), (403, "read_only".into()));
+    let first = alice.list_all_tokens().await.unwrap().into_iter().find(|t| t.name == "initial").unwrap();
+    assert_eq!(err(dash_c.revoke_token(&first.id).await), (403, "read_only".into()));
+    let members = alice.list_members(&acct).await.unwrap();
+    assert!(members.iter().any(|m| m.user_id == alice_user && m.role == Role::Owner), "{members:?}");
+
+    // A reader user revokes its own tokens, and may leave.
+    let rita = s.admin.create_user(&CreateUser { name: "rita".into(), admin: false, password: None }).await.unwrap();
+    alice.add_member(&acct, &AddMember { user: "rita".into(), role: Role::Reader }).await.unwrap();
+    bob.add_member(&bacct, &AddMember { user: "rita".into(), role: Role::Reader }).await.unwrap();
+    let mint = |name: &str, account: &vdc_schema::id::AccountId| CreateToken {
+        user_id: Some(rita.id.clone()),
+        account_id: Some(account.clone()),
+        ..token(name)
+    };
+    let rita_c = Client::new(s.url(), s.admin.create_token(&mint("laptop", &acct)).await.unwrap().secret);
+    let spare = s.admin.create_token(&mint("spare", &acct)).await.unwrap();
+    rita_c.revoke_token(&spare.token.id).await.unwrap();
+    // A reader in bob's account makes no token there, from her account either.
+    let there = CreateToken { account_id: Some(bacct.clone()), ..token("there") };
+    assert_eq!(err(rita_c.create_token(&there).await), (403, "read_only".into()));
+    rita_c.leave_account(&acct).await.unwrap();
+
+    // A token made to expire makes only tokens that expire no later.
+    let end = chrono::Utc::now() + chrono::Duration::hours(1);
+    let short = alice.create_token(&CreateToken { expires_at: Some(end), ..token("short") }).await.unwrap();
+    let short_c = Client::new(s.url(), short.secret);
+    assert_eq!(err(short_c.create_token(&token("forever")).await), (400, "invalid_expiry".into()));
+    let later = CreateToken { expires_at: Some(end + chrono::Duration::hours(1)), ..token("later") };
+    assert_eq!(err(short_c.create_token(&later).await), (400, "invalid_expiry".into()));
+    let sooner = CreateToken { expires_at: Some(end - chrono::Duration::minutes(1)), ..token("sooner") };
+    short_c.create_token(&sooner).await.unwrap();
     s.stop().await;
 }

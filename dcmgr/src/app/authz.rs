@@ -11,7 +11,11 @@
 //! | ManageMembers         |        |        |  yes  |  yes  |
 //! | ManageOthersTokens    |        |        |  yes  |  yes  |
 //! | ReadAudit             |        |        |  yes  |  yes  |
+//! | Own                   |   yes  |   yes  |  yes  |  yes  |
 //! | Admin                 |        |        |       |  yes  |
+//!
+//! `Own` is the caller's own standing (leaving an account, revoking its user's own
+//! tokens): any role's, but not a token's capped to reader, which changes nothing.
 //!
 //! Which account a call may touch at all is not decided here: a foreign resource is an
 //! unknown one (404) in each resource's module.
@@ -32,6 +36,8 @@ pub enum Op {
     ManageOthersTokens,
     /// Read the account's audit log (an admin reads every account's).
     ReadAudit,
+    /// The caller's own standing: leave the account, revoke its user's own tokens.
+    Own,
     /// Cloud operation: accounts, users, nodes, public images, host files.
     Admin,
 }
@@ -42,7 +48,7 @@ pub fn allowed(admin: bool, role: Role, op: Op) -> bool {
         return true;
     }
     match op {
-        Op::Read => true,
+        Op::Read | Op::Own => true,
         Op::Write => matches!(role, Role::Member | Role::Owner),
         Op::ManageMembers | Op::ManageOthersTokens | Op::ReadAudit => role == Role::Owner,
         Op::Admin => false,
@@ -53,7 +59,10 @@ pub fn allowed(admin: bool, role: Role, op: Op) -> bool {
 /// changing something), `owner_only` (members and other users' tokens), `forbidden`
 /// (admin operations).
 pub fn check(caller: &Caller, op: Op) -> ApiResult<()> {
-    if allowed(caller.admin, caller.role, op) {
+    // A reader user leaves or revokes its own; a token capped to reader does neither (an
+    // owner's dashboard token took its owner out of the account, red team 2026-12-07).
+    let capped_reader = op == Op::Own && !caller.admin && caller.token_role == Some(Role::Reader);
+    if allowed(caller.admin, caller.role, op) && !capped_reader {
         return Ok(());
     }
     Err(match (op, caller.role) {
@@ -112,7 +121,9 @@ pub fn route_op(method: &str, route: &str) -> Op {
         // not `read_only`: no role in the account would let it).
         "/accounts" | "/accounts/{id}" | "/accounts/{id}/quotas" => Op::Admin,
         // The caller's own role: any role may leave.
-        "/accounts/{id}/membership" => Op::Read,
+        "/accounts/{id}/membership" => Op::Own,
+        // Its own tokens: any role revokes them (`app::token::revoke` decides on others').
+        "/tokens/{id}" if method == "DELETE" => Op::Own,
         r if r.starts_with("/accounts/{id}/members/") || r == "/accounts/{id}/members" => Op::ManageMembers,
         _ => Op::Write,
     }
@@ -141,13 +152,13 @@ mod tests {
     #[test]
     fn the_table() {
         use Op::*;
-        let ops = [Read, Write, ManageMembers, ManageOthersTokens, ReadAudit, Admin];
+        let ops = [Read, Write, ManageMembers, ManageOthersTokens, ReadAudit, Own, Admin];
         let expect = |admin: bool, role: Role| -> Vec<bool> {
             match (admin, role) {
-                (true, _) => vec![true; 6],
-                (false, Role::Reader) => vec![true, false, false, false, false, false],
-                (false, Role::Member) => vec![true, true, false, false, false, false],
-                (false, Role::Owner) => vec![true, true, true, true, true, false],
+                (true, _) => vec![true; 7],
+                (false, Role::Reader) => vec![true, false, false, false, false, true, false],
+                (false, Role::Member) => vec![true, true, false, false, false, true, false],
+                (false, Role::Owner) => vec![true, true, true, true, true, true, false],
             }
         };
         for admin in [false, true] {
@@ -162,7 +173,6 @@ mod tests {
     fn routes() {
         assert_eq!(route_op("GET", "/api/v1/instances"), Op::Read);
         assert_eq!(route_op("POST", "/api/v1/instances"), Op::Write);
-        assert_eq!(route_op("DELETE", "/api/v1/tokens/{id}"), Op::Write);
         assert_eq!(route_op("POST", "/api/v1/bundle/plan"), Op::Read);
         assert_eq!(route_op("GET", "/api/v1/users"), Op::Admin);
         assert_eq!(route_op("DELETE", "/api/v1/users/{id}"), Op::Admin);
@@ -172,7 +182,8 @@ mod tests {
         assert_eq!(route_op("GET", "/api/v1/accounts/{id}/members"), Op::Read);
         assert_eq!(route_op("POST", "/api/v1/accounts/{id}/members"), Op::ManageMembers);
         assert_eq!(route_op("DELETE", "/api/v1/accounts/{id}/members/{user_id}"), Op::ManageMembers);
-        assert_eq!(route_op("DELETE", "/api/v1/accounts/{id}/membership"), Op::Read, "leaving is anyone's own");
+        assert_eq!(route_op("DELETE", "/api/v1/accounts/{id}/membership"), Op::Own, "leaving is anyone's own");
+        assert_eq!(route_op("DELETE", "/api/v1/tokens/{id}"), Op::Own);
         assert_eq!(route_op("POST", "/api/v1/accounts/{id}/tokens"), Op::Write);
         assert_eq!(route_op("GET", "/api/v1/accounts/{id}/quotas"), Op::Read);
         assert_eq!(route_op("PUT", "/api/v1/accounts/{id}/quotas"), Op::Admin);

@@ -259,8 +259,15 @@ async fn pick_account(ctx: &SharedCtx, user: &UserId, wanted: Option<&str>) -> A
 }
 
 /// Makes a session of `user` in `account`, and revokes `replaces` (the session switched
-/// from) in the same transaction: of concurrent switches of one session exactly one wins.
-async fn issue(ctx: &SharedCtx, user: &UserId, account: &AccountId, replaces: Option<&TokenId>) -> ApiResult<Session> {
+/// from, whose end, `until`, the new one keeps: switching again and again made one
+/// stolen session live for ever) in the same transaction: of concurrent switches of one
+/// session exactly one wins.
+async fn issue(
+    ctx: &SharedCtx,
+    user: &UserId,
+    account: &AccountId,
+    replaces: Option<(&TokenId, Option<chrono::DateTime<chrono::Utc>>)>,
+) -> ApiResult<Session> {
     let secret = new_token();
     let hash = hash_token(&secret);
     let ttl = chrono::Duration::seconds(i64::try_from(ctx.config.auth.session_ttl_secs).unwrap_or(i64::MAX / 1000));
@@ -270,10 +277,11 @@ async fn issue(ctx: &SharedCtx, user: &UserId, account: &AccountId, replaces: Op
     let (role, expires_s) = db::retry(|| async {
         let now = chrono::Utc::now();
         let now_s = db::time(&now);
-        let expires_s = db::time(&(now + ttl));
+        let until = replaces.and_then(|r| r.1).map_or(now + ttl, |u| u.min(now + ttl));
+        let expires_s = db::time(&until);
         let mut tx = db::begin(&ctx.db).await?;
         accounts::lock(&mut tx, account).await?;
-        if let Some(old) = replaces {
+        if let Some((old, _)) = replaces {
             if !store::revoke_in(&mut tx, old.as_str(), &now_s).await? {
                 return Err(ApiError::TokenRefused {
                     code: "token_revoked",
@@ -377,7 +385,7 @@ pub async fn switch(ctx: &SharedCtx, caller: &Caller, req: SwitchSession, who: &
     )
     .await?;
     let account = pick_account(ctx, &caller.user_id, Some(&req.account)).await?;
-    let session = issue(ctx, &caller.user_id, &account, Some(&old)).await;
+    let session = issue(ctx, &caller.user_id, &account, Some((&old, caller.expires_at))).await;
     ctx.tokens.write().unwrap().remove(&hash);
     let session = session?;
     who.saw(Some(&caller.user_id), Some(&session.id), Some(&session.account.id));

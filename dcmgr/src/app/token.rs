@@ -57,6 +57,23 @@ pub(crate) async fn insert(
     if req.expires_at.is_some_and(|t| t > now + chrono::Duration::days(36_525)) {
         return Err(ApiError::bad("invalid_expiry", "expires_at must be within 100 years; leave it out for no expiry"));
     }
+    // A token made to expire makes none that outlives it (a 60 s token minted permanent
+    // ones, red team 2026-12-07). A console session may: it was signed in with the password.
+    if let (Some(end), Some(id)) = (caller.expires_at, &caller.token_id) {
+        let session = store::token(&ctx.db, id.as_str())
+            .await?
+            .is_some_and(|(row, _, _)| row.name.starts_with(crate::app::session::SESSION_PREFIX));
+        if !session && req.expires_at.is_none_or(|t| t > end) {
+            return Err(ApiError::bad(
+                "invalid_expiry",
+                format!(
+                    "this token expires at {}: the tokens it makes expire no later (set expires_at), or make them \
+                     with a session or a token that does not expire",
+                    db::time(&end)
+                ),
+            ));
+        }
+    }
     let acct = req.account_id.clone().unwrap_or_else(|| caller.account_id.clone());
     let limit = ctx.config.auth.max_tokens_per_user;
     let secret = account::new_token();
@@ -76,6 +93,14 @@ pub(crate) async fn insert(
             // Not a member: the account is unknown to this user.
             None => return Err(ApiError::not_found("account", &acct)),
         };
+        // Made in another of the user's accounts: its role there decides, as a call in that
+        // account would (a reader there made tokens there from another account).
+        if acct != caller.account_id && !caller.admin && !authz::allowed(false, role, authz::Op::Write) {
+            return Err(ApiError::Denied {
+                code: "read_only",
+                message: format!("your role in account {acct} is {role}: it can only read, and makes no tokens there"),
+            });
+        }
         // The caller's own cap bounds what it mints, for itself or for others.
         let cap = [req.role, caller.token_role].into_iter().flatten().fold(role, |r, c| authz::cap(r, Some(c)));
         if let Some(asked) = req.role.filter(|r| *r != cap) {
