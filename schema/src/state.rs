@@ -19,11 +19,17 @@ use std::str::FromStr;
 
 /// An unknown spelling of one of the enums below.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?} is not a valid {kind}; expected one of: {expected}")]
+#[error("{input:?} is not a valid {kind}; expected one of: {}", listed(.expected))]
 pub struct ParseEnumError {
     pub kind: &'static str,
     pub input: String,
+    /// The spellings, each followed by a space.
     pub expected: &'static str,
+}
+
+/// "a, b, c" of "a b c ".
+fn listed(spellings: &str) -> String {
+    spellings.split_whitespace().collect::<Vec<_>>().join(", ")
 }
 
 // The spellings are `tt`, not `literal`: a `literal` fragment reaches derive macros
@@ -255,7 +261,7 @@ mod tests {
             assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{}\"", s.as_str()));
         }
         let err = "kvmm".parse::<HypervisorKind>().unwrap_err();
-        assert!(err.to_string().contains("kvm qemu lxc"), "{err}");
+        assert!(err.to_string().ends_with("expected one of: kvm, qemu, lxc"), "{err}");
     }
 
     /// The OpenAPI schema of every enum lists exactly the spellings serde sends.

@@ -174,9 +174,18 @@ async fn roles_decide_what_a_token_may_do(db: Db) {
     assert_eq!(err(alice.create_token(&first(&rita.id, "laptop")).await), (403, "forbidden".into()));
     let admin_user = s.admin.list_users(&ListQuery::default()).await.unwrap().items;
     let admin_user = admin_user.iter().find(|u| u.admin).unwrap();
-    alice.add_member(&acct, &AddMember { user: admin_user.name.clone(), role: Role::Reader }).await.unwrap();
+    // Nor does it add a cloud operator (its sessions carry the cloud's power); an admin may.
+    let operator = AddMember { user: admin_user.name.clone(), role: Role::Reader };
+    assert_eq!(err(alice.add_member(&acct, &operator).await), (403, "forbidden".into()));
+    s.admin.add_member(&acct, &operator).await.unwrap();
     assert_eq!(err(alice.create_token(&first(&admin_user.id, "stolen")).await), (403, "forbidden".into()));
     alice.remove_member(&acct, &admin_user.id).await.unwrap();
+    // Names that look like an account's or a user's ID are no one's.
+    for name in ["a-1m97bzjkf01nztv", "u-1m97bz27y013s6g"] {
+        let req = CreateUser { name: name.into(), admin: false, password: None };
+        assert_eq!(err(s.admin.create_user(&req).await), (400, "invalid_name".into()), "{name}");
+    }
+    s.admin.create_user(&CreateUser { name: "u-boot".into(), admin: false, password: None }).await.unwrap();
     let rita_c = Client::new(s.url(), s.admin.create_token(&first(&rita.id, "laptop")).await.unwrap().secret);
     let max_t = s.admin.create_token(&first(&max.id, "laptop")).await.unwrap();
     let max_c = Client::new(s.url(), max_t.secret);

@@ -62,11 +62,21 @@ fn require_admin(caller: &Caller) -> ApiResult<()> {
 pub(crate) fn validate_account_name(name: &str) -> ApiResult<()> {
     let ok =
         !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad("invalid_name", format!("name {name:?} is invalid: use 1 to 64 of [A-Za-z0-9._-]")))
+    if !ok {
+        return Err(ApiError::bad("invalid_name", format!("name {name:?} is invalid: use 1 to 64 of [A-Za-z0-9._-]")));
     }
+    // An account or user named like an ID could never be found by its name (the ID wins),
+    // and would pass for the one whose ID it copies.
+    let shaped = |prefix: &str| {
+        name.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')).is_some_and(vdc_schema::id::generated_suffix)
+    };
+    if shaped(AccountId::PREFIX) || shaped(UserId::PREFIX) {
+        return Err(ApiError::bad(
+            "invalid_name",
+            format!("name {name:?} has the shape of an account or user ID: a name may not; choose another"),
+        ));
+    }
+    Ok(())
 }
 
 /// Creates an account, its owner (a user of the same name, admin if the account is) and

@@ -116,6 +116,15 @@ pub async fn add_member(ctx: &SharedCtx, caller: &Caller, id: &AccountId, req: A
             .await?
             .ok_or_else(|| ApiError::not_found("user", req.user.chars().take(64).collect::<String>()))?;
         let before = store::member(tx.conn().await?, id.as_str(), &user.id).await?;
+        // An operator's sessions carry the cloud's power: a tenant who added one saw and
+        // revoked them, read its sign-ins, and became its console's account (red team,
+        // 2026-12-07). An admin adds operators.
+        if before.is_none() && user.admin != 0 && !caller.admin {
+            return Err(ApiError::Forbidden(format!(
+                "user {} is a cloud operator (an admin user): only an admin adds it to an account",
+                user.name
+            )));
+        }
         match &before {
             None => store::insert_member(&mut tx, id.as_str(), &user.id, req.role.as_str(), &now).await?,
             Some(m) => {
