@@ -251,17 +251,25 @@ fn container_veths(spec: &InstanceSpec) -> String {
         .collect()
 }
 
+/// The CFS period of a container's CPU quota (libvirt's default, 100 ms).
+const CFS_PERIOD_US: u64 = 100_000;
+
 /// A libvirt LXC container on a directory root filesystem. Its console is a pty that hva
 /// copies into the console log.
 ///
 /// `<privnet/>` always: without it, a container with no `<interface>` shares the host's
 /// network namespace, and a guest that configures "its" eth0 reconfigures the host's.
+///
+/// `<cputune>` caps its CPU time at its vCPUs (a CFS quota of `cpus` periods a period):
+/// libvirt LXC does not enforce `<vcpu>`, and a 1-vCPU container used every core of its
+/// host (red team, 2026-12-07).
 pub fn lxc_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
     let rootfs = l.rootfs.map(|p| p.display().to_string()).unwrap_or_default();
     format!(
         "<domain type='lxc'>\
 <name>{name}</name><uuid>{uuid}</uuid>\
 <memory unit='MiB'>{mem}</memory><vcpu>{cpus}</vcpu>\
+<cputune><period>{CFS_PERIOD_US}</period><quota>{quota}</quota></cputune>\
 <os><type>exe</type><init>/init.sh</init>\
 <initenv name='VDC_INSTANCE_ID'>{id}</initenv><initenv name='VDC_HOSTNAME'>{host}</initenv></os>\
 {idmap}<features><privnet/></features>\
@@ -275,6 +283,7 @@ pub fn lxc_domain(spec: &InstanceSpec, l: &Layout<'_>) -> String {
         host = esc(&spec.hostname),
         mem = spec.memory_mib,
         cpus = spec.cpus,
+        quota = u64::from(spec.cpus.max(1)) * CFS_PERIOD_US,
         rootfs = esc(&rootfs),
         nics = if l.taps { container_veths(spec) } else { interfaces(spec, l.bridge, false) },
         idmap = l.idmap.map(|m| m.libvirt_xml()).unwrap_or_default(),
@@ -317,6 +326,8 @@ mod tests {
         };
         let xml = lxc_domain(&spec, &l);
         assert!(xml.contains("<features><privnet/></features>"), "{xml}");
+        // Its vCPUs are a quota of CPU time, as libvirt does not enforce <vcpu> for LXC.
+        assert!(xml.contains("<cputune><period>100000</period><quota>100000</quota></cputune>"), "{xml}");
         // In a user namespace: the container's root is host uid 100000.
         assert!(
             xml.contains("<idmap><uid start='0' target='100000' count='65536'/><gid start='0' target='100000' count='65536'/></idmap>"),

@@ -58,6 +58,13 @@ async fn lifecycle(s: &Stack, c: &Client, image: &ImageId, kind: HypervisorKind,
         // container's root was the host's and escaped through a cgroup release agent).
         assert_eq!(container_uid_map(&id).split_whitespace().collect::<Vec<_>>(), ["0", "100000", "65536"]);
         assert_eq!(owner(&dir.join("rootfs")), 100_000);
+        // Its one vCPU is a quota of CPU time: libvirt LXC does not enforce <vcpu>, and a
+        // 1-vCPU container used every core (red team, 2026-12-07).
+        let name = format!("vdc-{id}");
+        let out = std::process::Command::new("virsh").args(["-c", uri, "schedinfo", &name]).output().unwrap();
+        let sched = String::from_utf8_lossy(&out.stdout).to_string();
+        let quota = sched.lines().find(|l| l.starts_with("vcpu_quota")).and_then(|l| l.split(':').nth(1));
+        assert_eq!(quota.map(str::trim), Some("100000"), "{sched}");
     }
 
     let stopping = std::time::Instant::now();
