@@ -734,6 +734,7 @@ pub fn all_in_one_quotas() -> std::collections::BTreeMap<vdc_schema::api::QuotaK
         (ImageGib, 1024),
         (Keypairs, 200),
         (ServerGroups, 100),
+        (RootDiskGib, 1024),
     ])
 }
 

@@ -408,10 +408,13 @@ pub enum QuotaKey {
     ImageGib,
     Keypairs,
     ServerGroups,
+    /// GiB of root disks instances book on their hosts (disk images' sizes; containers
+    /// book none yet).
+    RootDiskGib,
 }
 
 impl QuotaKey {
-    pub const ALL: [QuotaKey; 13] = [
+    pub const ALL: [QuotaKey; 14] = [
         QuotaKey::Instances,
         QuotaKey::Vcpus,
         QuotaKey::MemoryMib,
@@ -425,6 +428,7 @@ impl QuotaKey {
         QuotaKey::ImageGib,
         QuotaKey::Keypairs,
         QuotaKey::ServerGroups,
+        QuotaKey::RootDiskGib,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -442,6 +446,7 @@ impl QuotaKey {
             QuotaKey::ImageGib => "image_gib",
             QuotaKey::Keypairs => "keypairs",
             QuotaKey::ServerGroups => "server_groups",
+            QuotaKey::RootDiskGib => "root_disk_gib",
         }
     }
 }

@@ -18,7 +18,8 @@ on_both_databases!(
     limits_usage_and_freeing,
     fifty_concurrent_creates_get_exactly_the_limit,
     a_limit_set_among_unlimited_creates_holds,
-    a_burst_of_creates_is_decided_one_by_one
+    a_burst_of_creates_is_decided_one_by_one,
+    root_disks_count_against_their_quota,
 );
 
 /// (status, code, message) of an API error.
@@ -385,5 +386,40 @@ async fn a_burst_of_creates_is_decided_one_by_one(db: Db) {
     } else {
         assert_eq!(recorded("shared"), 0, "PostgreSQL commits each create alone");
     }
+    s.stop().await;
+}
+
+/// `root_disk_gib` limits the root disks an account's instances book, stopped ones too:
+/// a tenant capped in vCPUs and memory booked a host's whole disk with one stopped
+/// instance of a 38 GiB root disk (red team, 2026-12-07).
+async fn root_disks_count_against_their_quota(db: Db) {
+    let mut o = StackOptions::new(db);
+    o.host_cpus = 64;
+    o.host_memory_mib = 1 << 20;
+    let s = Stack::start(o).await;
+    let c = s.account("disks").await;
+    let id = c.own_quotas().await.unwrap().account_id;
+    s.admin.set_account_quotas(&id, &quotas(&[("root_disk_gib", Some(10))])).await.unwrap();
+    let mut disk = image_request("disk", ImageFormat::Qcow2);
+    disk.source = Some("/var/lib/vdc/images/debian.qcow2".into());
+    disk.public = true;
+    let disk = s.admin.create_image(&disk).await.unwrap();
+    let sized = |name: &str, gib: u64| CreateInstance { root_disk_size: Some(gib << 30), ..inst(&disk.id, name, 1) };
+    let big = c.create_instance(&sized("big", 6)).await.unwrap().resource;
+    wait_state(&c, &big.id, InstanceState::Running).await;
+    c.stop_instance(&big.id).await.unwrap();
+    wait_state(&c, &big.id, InstanceState::Stopped).await;
+    let (status, code, message) = err(c.create_instance(&sized("more", 6)).await);
+    assert_eq!((status, code.as_str()), (422, "quota_exceeded"), "{message}");
+    assert!(message.contains("quota root_disk_gib is 10 and 6 of it is in use; this needs 6144 MiB more"), "{message}");
+    assert_eq!(usage(&c.own_quotas().await.unwrap(), QuotaKey::RootDiskGib), (6, Some(10), true));
+    // At once: exactly what the 4 GiB left hold.
+    let c = &c;
+    let r = join_all((0..10).map(|i| async move { c.create_instance(&sized(&format!("d{i}"), 1)).await })).await;
+    assert_eq!(r.iter().filter(|r| r.is_ok()).count(), 4, "{r:?}");
+    // Terminated, its disk is free again.
+    c.terminate_instance(&big.id).await.unwrap();
+    wait_state(c, &big.id, InstanceState::Terminated).await;
+    c.create_instance(&sized("again", 6)).await.unwrap();
     s.stop().await;
 }

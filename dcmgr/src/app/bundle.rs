@@ -2766,6 +2766,11 @@ fn quota_asks(m: &Manifest, d: &Decision, maps: &Maps) -> Vec<(QuotaKey, u64)> {
         (QuotaKey::Instances, instances.len() as u64),
         (QuotaKey::Vcpus, instances.iter().map(|i| u64::from(i.cpus)).sum()),
         (QuotaKey::MemoryMib, instances.iter().map(|i| u64::from(i.memory_mib)).sum()),
+        // The sizes the bundle gives (an image's own size is known in the import).
+        (
+            QuotaKey::RootDiskGib,
+            instances.iter().map(|i| u64::from(crate::app::scheduler::disk_mib(i.hypervisor, i.root_disk_size))).sum(),
+        ),
         (QuotaKey::Networks, d.networks.iter().filter(|n| n.existing.is_none()).count() as u64),
         (QuotaKey::SecurityGroups, m.model.security_groups.iter().filter(|g| new(&g.id)).count() as u64),
         (QuotaKey::Keypairs, m.model.keypairs.iter().filter(|k| new(&k.id)).count() as u64),

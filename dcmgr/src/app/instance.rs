@@ -327,6 +327,7 @@ async fn insert(
             (QuotaKey::Instances, 1),
             (QuotaKey::Vcpus, u64::from(p.demand.cpus)),
             (QuotaKey::MemoryMib, u64::from(p.demand.memory_mib)),
+            (QuotaKey::RootDiskGib, u64::from(p.demand.disk_mib)),
         ],
     )
     .await?;

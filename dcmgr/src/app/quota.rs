@@ -13,10 +13,11 @@ use std::collections::BTreeMap;
 use vdc_schema::api::{AccountQuotas, QuotaKey, QuotaUsage, SetQuotas};
 use vdc_schema::id::AccountId;
 
-/// Base units per quota unit: volume sizes are counted in MiB, image sizes in bytes.
+/// Base units per quota unit: volume and root disk sizes are counted in MiB, image sizes
+/// in bytes.
 fn scale(key: QuotaKey) -> u64 {
     match key {
-        QuotaKey::VolumeGib => 1024,
+        QuotaKey::VolumeGib | QuotaKey::RootDiskGib => 1024,
         QuotaKey::ImageGib => 1 << 30,
         _ => 1,
     }
@@ -36,7 +37,7 @@ fn in_units(key: QuotaKey, amount: u64) -> String {
 /// The unit a request's amount is given in, for messages.
 fn unit(key: QuotaKey) -> &'static str {
     match key {
-        QuotaKey::VolumeGib => " MiB",
+        QuotaKey::VolumeGib | QuotaKey::RootDiskGib => " MiB",
         QuotaKey::ImageGib => " bytes",
         QuotaKey::MemoryMib => " MiB",
         _ => "",

@@ -67,7 +67,7 @@ pub async fn set(
 }
 
 /// One count per quota key, in [`QuotaKey::ALL`]'s order.
-type Counts = (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64);
+type Counts = (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64, i64);
 
 /// What the account holds, per key, in base units: counts, vCPUs, MiB of memory, MiB of
 /// volumes, bytes of images. Live objects only: instances not terminated, volumes and
@@ -103,11 +103,13 @@ pub async fn usage<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
            (SELECT CAST(COALESCE(SUM(size_bytes), 0) AS BIGINT) FROM images WHERE account_id = $1
              AND name NOT IN (SELECT name FROM exported WHERE kind = 'image')),
            (SELECT COUNT(*) FROM keypairs WHERE account_id = $1),
-           (SELECT COUNT(*) FROM server_groups WHERE account_id = $1)",
+           (SELECT COUNT(*) FROM server_groups WHERE account_id = $1),
+           (SELECT CAST(COALESCE(SUM(disk_mib), 0) AS BIGINT) FROM instances
+             WHERE account_id = $1 AND state <> 'terminated')",
     )
     .bind(account.as_str())
     .fetch_one(db)
     .await?;
-    let v = [row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11, row.12];
+    let v = [row.0, row.1, row.2, row.3, row.4, row.5, row.6, row.7, row.8, row.9, row.10, row.11, row.12, row.13];
     Ok(QuotaKey::ALL.into_iter().zip(v.map(|n| n.max(0) as u64)).collect())
 }
