@@ -267,6 +267,16 @@ impl AllInOne {
         let store_id = load_or_create_id(&data_dir.join("sta/node-id"), || StorageNodeId::generate().to_string())?;
         let (cpus, memory_mib) = vdc_hva::host_capacity();
         let knobs = SimKnobs::default();
+        // Root disks and volumes share the data directory's file system: each is offered
+        // half of its room, so that the two are not both promised the same free space
+        // (250 GiB of volumes and 38 GiB of root disks on 38 GiB, red team 2026-12-07).
+        let shared_room = {
+            let _ = std::fs::create_dir_all(data_dir);
+            let own = [data_dir.join("hva/instances"), data_dir.join("sta/volumes")];
+            let caches =
+                [(data_dir.join("hva/images"), IMAGE_CACHE_MAX), (data_dir.join("sta/images"), IMAGE_CACHE_MAX)];
+            vdc_bus::room::room_mib(data_dir, &own, &caches)
+        };
         let hva_opts = vdc_hva::HvaOptions {
             node_id: host_id.clone(),
             cpus,
@@ -274,7 +284,7 @@ impl AllInOne {
             hypervisors: vec![HypervisorKind::Kvm, HypervisorKind::Qemu, HypervisorKind::Lxc],
             data_dir: Some(data_dir.join("hva")),
             sim: knobs,
-            disk_mib: vdc_hva::disk_capacity_mib(&data_dir.join("hva"), Some(IMAGE_CACHE_MAX)),
+            disk_mib: shared_room.map(|r| r / 2),
         };
         let lv = vdc_hva::libvirt::LibvirtConfig {
             data_dir: data_dir.join("hva"),
@@ -449,6 +459,7 @@ impl AllInOne {
                 iscsi: None,
                 local_host: Some(host_id.parse()?),
                 image_cache_max_bytes: Some(IMAGE_CACHE_MAX),
+                capacity_mib: shared_room.map(|r| r / 2),
             };
             let why = format!("file volumes in {} (attached locally)", data_dir.join("sta/volumes").display());
             (vdc_sta::start_real(bus.clone(), opts).await?.0, why)

@@ -134,38 +134,15 @@ pub async fn start_libvirt(
 }
 
 /// This machine's CPUs and memory (MiB).
-/// MiB of root disks the file system holding `dir` (hva's data directory) can take: its
-/// free space plus what the instances' disks under `dir/instances` take now, so that
-/// a restarted hva reports what it reported before its guests wrote, less the room its
-/// image cache (`dir/images`) may still grow by up to `cache_max_bytes`. dcmgr books each
-/// disk image's full size against it (thin disks may still grow to it). None when the
-/// file system cannot be read.
+/// MiB of root disks the file system holding `dir` (hva's data directory) can take
+/// ([`vdc_bus::room`]): its free space plus what the instances' disks under
+/// `dir/instances` take now, less the room its image cache (`dir/images`) may still grow
+/// by up to `cache_max_bytes`. dcmgr books each disk image's full size against it (thin
+/// disks may still grow to it). None when the file system cannot be read.
 pub fn disk_capacity_mib(dir: &std::path::Path, cache_max_bytes: Option<u64>) -> Option<u64> {
     let _ = std::fs::create_dir_all(dir);
-    let s = rustix::fs::statvfs(dir).ok()?;
-    let free = s.f_bavail.saturating_mul(s.f_frsize);
-    let cache_room = cache_max_bytes.map_or(0, |m| m.saturating_sub(allocated_bytes(&dir.join("images"))));
-    Some((free + allocated_bytes(&dir.join("instances"))).saturating_sub(cache_room) >> 20)
-}
-
-/// Bytes allocated to the files under `dir` (each inode once; links not followed).
-fn allocated_bytes(dir: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::HashSet::new();
-    let mut total = 0u64;
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let Ok(m) = std::fs::symlink_metadata(e.path()) else { continue };
-            if m.is_dir() {
-                todo.push(e.path());
-            } else if seen.insert((m.dev(), m.ino())) {
-                total += m.blocks() * 512;
-            }
-        }
-    }
-    total
+    let caches: Vec<_> = cache_max_bytes.map(|m| (dir.join("images"), m)).into_iter().collect();
+    vdc_bus::room::room_mib(dir, &[dir.join("instances")], &caches)
 }
 
 pub fn host_capacity() -> (u32, u64) {
@@ -179,31 +156,4 @@ pub fn host_capacity() -> (u32, u64) {
         })
         .unwrap_or(4 << 20);
     (cpus, mem_kib / 1024)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_disk_offered_counts_what_the_guests_disks_take_once() {
-        let tmp = tempfile::tempdir().unwrap();
-        let disk = tmp.path().join("instances/i-a/disk.qcow2");
-        std::fs::create_dir_all(disk.parent().unwrap()).unwrap();
-        std::fs::write(&disk, vec![1u8; 3 << 20]).unwrap();
-        // A hard link (a container's rootfs has them) is the same blocks.
-        std::fs::hard_link(&disk, tmp.path().join("instances/i-a/again")).unwrap();
-        std::os::unix::fs::symlink("/usr", tmp.path().join("instances/i-a/usr")).unwrap();
-        let taken = allocated_bytes(&tmp.path().join("instances"));
-        assert!((3 << 20..(3 << 20) + (64 << 10)).contains(&taken), "{taken}");
-        let mib = disk_capacity_mib(tmp.path(), None).unwrap();
-        let free = rustix::fs::statvfs(tmp.path()).map(|s| s.f_bavail * s.f_frsize).unwrap() >> 20;
-        // Other writers on the machine move the free space a little between the two reads.
-        assert!(mib + 256 >= free + 3 && mib <= free + 3 + 256, "{mib} MiB offered, {free} MiB free");
-        // Room is kept for the image cache to grow to its budget (1 MiB of it used).
-        std::fs::create_dir_all(tmp.path().join("images")).unwrap();
-        std::fs::write(tmp.path().join("images/abc"), vec![1u8; 1 << 20]).unwrap();
-        let kept = disk_capacity_mib(tmp.path(), Some(100 << 20)).unwrap();
-        assert!(kept + 256 >= mib - 99 && kept <= mib - 99 + 256, "{kept} MiB with the cache's room kept");
-    }
 }

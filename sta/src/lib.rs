@@ -59,6 +59,9 @@ pub struct RealOptions {
     /// The most the cache of images made into volumes keeps (least recently used go
     /// first); None: no cap.
     pub image_cache_max_bytes: Option<u64>,
+    /// MiB offered for volumes; None: what the backend measures (the all-in-one shares
+    /// one file system between root disks and volumes, and splits it).
+    pub capacity_mib: Option<u64>,
 }
 
 pub async fn start_real(
@@ -75,7 +78,8 @@ pub async fn start_real(
         }
         None => None,
     };
-    let (capacity_mib, used_mib) = backend.capacity().await?;
+    let (measured, used_mib) = backend.capacity().await?;
+    let capacity_mib = o.capacity_mib.unwrap_or(measured);
     let journal = o.data_dir.join("journal.jsonl");
     let sink = ReportSink::open(Some(&journal))?;
     let kind = backend.kind();

@@ -128,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
         iscsi: cli.portal.map(|p| (cli.tgt_control_port, p)),
         local_host: cli.local_host.map(|h| h.parse()).transpose()?,
         image_cache_max_bytes: cli.image_cache_max_mib.map(|m| m << 20),
+        capacity_mib: None,
     };
     let (agent, _) = vdc_sta::start_real(bus, opts).await?;
     vdc_bus::sim::shutdown_signal().await;

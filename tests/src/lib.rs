@@ -499,6 +499,7 @@ impl Stack {
                     iscsi: rs.iscsi.clone(),
                     local_host,
                     image_cache_max_bytes: None,
+                    capacity_mib: None,
                 },
             )
             .await?;

@@ -25,6 +25,7 @@ pub mod fileio;
 pub mod idmap;
 pub mod journal;
 pub mod metrics;
+pub mod room;
 pub mod rootfs;
 pub mod sim;
 pub mod transport;
