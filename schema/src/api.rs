@@ -562,7 +562,9 @@ pub struct Image {
     pub arch: Arch,
     pub hypervisors: Vec<HypervisorKind>,
     /// Where the data came from: `upload`, the `http(s)://` URL dcmgr imported, or (for an
-    /// operator's image) a host file or `builtin:NAME`.
+    /// operator's image) a host file or `builtin:NAME`. Another account's image shows the
+    /// kind only: `upload`, `builtin:NAME`, `https://HOST/…`, `snapshot`, `capture`,
+    /// `bundle` or `host file`.
     pub source: String,
     /// `sha256:<hex>` of the image data: for stored images (upload, URL import) the digest
     /// dcmgr computed; hosts verify it as they fetch.

@@ -23,6 +23,7 @@ on_both_databases!(
     snapshots_become_images,
     a_snapshot_is_not_deleted_while_an_image_is_made_of_it,
     storing_a_blob_holds_up_only_uploads_of_the_same_data,
+    other_accounts_see_the_kind_of_an_images_source_only,
 );
 
 fn err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -1374,5 +1375,24 @@ async fn storing_a_blob_holds_up_only_uploads_of_the_same_data(db: Db) {
     drop(held);
     let up = tokio::time::timeout(Duration::from_secs(20), upload).await.expect("stored once the lock is free");
     assert_eq!(up.unwrap().unwrap().state, ImageState::Available);
+    s.stop().await;
+}
+
+/// Where another account's image came from is its owner's: tenants saw the operator's
+/// host paths and the snapshot IDs behind images shared with them (and an import URL may
+/// carry a signature). They see the kind of source; the owner and admins see it all.
+async fn other_accounts_see_the_kind_of_an_images_source_only(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let c = s.account("tenant").await;
+    let mut r = vdc_tests::image_request("golden", ImageFormat::Qcow2);
+    r.source = Some("/var/lib/vdc/images/debian.qcow2".into());
+    r.public = true;
+    let img = s.admin.create_image(&r).await.unwrap();
+    assert_eq!(s.admin.get_image(&img.id).await.unwrap().source, "/var/lib/vdc/images/debian.qcow2");
+    assert_eq!(c.get_image(&img.id).await.unwrap().source, "host file");
+    let listed = c.list_all_images().await.unwrap();
+    assert_eq!(listed.iter().find(|i| i.id == img.id).unwrap().source, "host file");
+    // The builtin tiny image says what it is.
+    assert_eq!(c.get_image(&s.image).await.unwrap().source, "builtin:tiny-kernel");
     s.stop().await;
 }

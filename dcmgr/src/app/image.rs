@@ -314,8 +314,36 @@ pub async fn list(ctx: &SharedCtx, caller: &Caller, q: &ListQuery) -> ApiResult<
     let q = ListQuery { member_status: None, ..q.clone() };
     let (limit, cursor) = paging_of::<vdc_schema::id::ImageId>(&q)?;
     let rows = store::list_visible(&ctx.db, &caller.account_id, listed, &cursor, q.name.as_deref(), limit).await?;
-    let items = rows.into_iter().map(store::Row::into_api).collect::<ApiResult<Vec<_>>>()?;
+    let items = rows.into_iter().map(|r| Ok(as_seen_by(caller, r.into_api()?))).collect::<ApiResult<Vec<_>>>()?;
     Ok(page(items, limit, |i| i.id.to_string()))
+}
+
+/// Image `i` as `caller` is shown it: where another account's image came from is that
+/// account's (an import URL may carry a signature, a snapshot's or instance's ID is
+/// theirs) or the operator's (host paths): other accounts see the kind of source only
+/// (red team, 2026-12-07).
+pub fn as_seen_by(caller: &Caller, mut i: Image) -> Image {
+    if caller.admin || i.owner.as_ref() == Some(&caller.account_id) {
+        return i;
+    }
+    i.source = origin_shown(&i.source);
+    i.initrd = i.initrd.map(|p| origin_shown(&p));
+    i
+}
+
+/// `upload`, `builtin:NAME` and `bundle` as they are; a URL's scheme and host; the kind
+/// of anything else (`snapshot`, `capture`, `host file`).
+fn origin_shown(source: &str) -> String {
+    if source == "upload" || source.starts_with("builtin:") {
+        return source.to_owned();
+    }
+    if let Some(u) = url::Url::parse(source).ok().filter(|u| matches!(u.scheme(), "http" | "https")) {
+        return format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or(""));
+    }
+    match source.split_once(':') {
+        Some((kind @ ("snapshot" | "capture" | "bundle"), _)) => kind.to_owned(),
+        _ => "host file".to_owned(),
+    }
 }
 
 /// An image the caller may use (its own, public or shared with it), or 404.

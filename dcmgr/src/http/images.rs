@@ -66,7 +66,7 @@ pub async fn list(
         (status = 200, description = "The image", body = Image),
         (status = 404, description = "`not_found`", body = ErrorBody)))]
 pub async fn show(State(ctx): State<SharedCtx>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Image>> {
-    Ok(Json(app::fetch_visible(&ctx, &caller, &path_id("image", &id)?).await?))
+    Ok(Json(app::as_seen_by(&caller, app::fetch_visible(&ctx, &caller, &path_id("image", &id)?).await?)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/images/{id}", tag = "images", operation_id = "image_delete",
