@@ -1189,6 +1189,17 @@ async fn an_idempotency_key_makes_a_retry_safe(db: Db) {
             assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_idempotency_key")), "{bad:?}");
         }
     }
+    // Two keys: which one was meant is not guessed.
+    let r = http
+        .post(format!("{}/api/v1/keypairs", s.url()))
+        .bearer_auth(c.token())
+        .header("Idempotency-Key", "one")
+        .header("Idempotency-Key", "two")
+        .json(&serde_json::json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
     // Other methods are idempotent already: the key changes nothing, and a method no
     // route takes is still 405.
     let r = http

@@ -62,6 +62,9 @@ async fn secret_not_kept(answer: &str) -> Option<String> {
 
 pub async fn layer(State(ctx): State<SharedCtx>, req: Request, next: Next) -> Response {
     let Some(key) = req.headers().get(HEADER) else { return next.run(req).await };
+    if req.headers().get_all(HEADER).iter().nth(1).is_some() {
+        return refused("send one Idempotency-Key: this request has several");
+    }
     let Some(key) = key
         .to_str()
         .ok()
