@@ -976,17 +976,7 @@ async fn root_disks_are_booked_on_the_host_that_keeps_them(db: Db) {
         }
     };
     // A tenant's qcow2 of 64 GiB virtual size (a few hundred KiB of data): no host holds it.
-    let tmp = tempfile::tempdir().unwrap();
-    let big = tmp.path().join("big.qcow2");
-    let made = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&big)
-        .arg("64G")
-        .status()
-        .expect("qemu-img");
-    assert!(made.success());
-    let img = c.create_image(&vdc_tests::image_request("big", ImageFormat::Qcow2)).await.unwrap();
-    let img = c.upload_image(&img.id, std::fs::read(&big).unwrap()).await.unwrap();
+    let img = empty_disk_image(&c, "big", "64G").await;
     assert_eq!(img.virtual_size, Some(64 << 30));
     let (status, code, message) = err(c.create_instance(&inst(&img.id, "huge")).await);
     assert_eq!((status, code.as_str()), (422, "no_capacity"), "{message}");
@@ -1065,17 +1055,7 @@ async fn an_import_whose_disks_do_not_fit_is_refused_whole(db: Db) {
     opts.host_disk_mib = Some(16 << 10);
     let b = Stack::start(opts).await;
     let ca = a.account("mover").await;
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = tmp.path().join("d.qcow2");
-    let made = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&disk)
-        .arg("24G")
-        .status()
-        .expect("qemu-img");
-    assert!(made.success());
-    let img = ca.create_image(&vdc_tests::image_request("d24", ImageFormat::Qcow2)).await.unwrap();
-    ca.upload_image(&img.id, std::fs::read(&disk).unwrap()).await.unwrap();
+    let img = empty_disk_image(&ca, "d24", "24G").await;
     let i = ca.create_instance(&inst(&img.id, "web1")).await.unwrap().resource;
     wait_state(&ca, &i.id, InstanceState::Running).await;
     let mut bytes = Vec::new();
@@ -1090,4 +1070,16 @@ async fn an_import_whose_disks_do_not_fit_is_refused_whole(db: Db) {
     assert_eq!((host.cpus_used, host.disk_used_mib), (0, 0));
     a.stop().await;
     b.stop().await;
+}
+
+/// A tenant's image `name`: an empty qcow2 of virtual size `size` (`64G`; a few hundred
+/// KiB of data), uploaded.
+async fn empty_disk_image(c: &Client, name: &str, size: &str) -> Image {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = tmp.path().join("d.qcow2");
+    let made =
+        std::process::Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&disk).arg(size).status();
+    assert!(made.expect("qemu-img").success());
+    let img = c.create_image(&vdc_tests::image_request(name, ImageFormat::Qcow2)).await.unwrap();
+    c.upload_image(&img.id, std::fs::read(&disk).unwrap()).await.unwrap()
 }
