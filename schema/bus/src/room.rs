@@ -8,13 +8,14 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// MiB of room on the file system holding `dir`: free, plus the files under `own`, less
-/// what each cache `(dir, budget)` may still grow by. None when it cannot be read.
+/// what each cache `(dir, budget)` may still grow by (at most half of it: a small disk
+/// keeps room for guests, and its caches evict sooner). None when it cannot be read.
 pub fn room_mib(dir: &Path, own: &[PathBuf], caches: &[(PathBuf, u64)]) -> Option<u64> {
     let s = rustix::fs::statvfs(dir).ok()?;
     let free = s.f_bavail.saturating_mul(s.f_frsize);
-    let taken: u64 = own.iter().map(|d| allocated_bytes(d)).sum();
+    let room = free + own.iter().map(|d| allocated_bytes(d)).sum::<u64>();
     let growth: u64 = caches.iter().map(|(d, budget)| budget.saturating_sub(allocated_bytes(d))).sum();
-    Some((free + taken).saturating_sub(growth) >> 20)
+    Some((room - growth.min(room / 2)) >> 20)
 }
 
 /// Bytes allocated to the files under `dir` (each inode once; links not followed).
@@ -61,5 +62,8 @@ mod tests {
         std::fs::write(tmp.path().join("images/abc"), vec![1u8; 1 << 20]).unwrap();
         let kept = room_mib(tmp.path(), &own, &[(tmp.path().join("images"), 100 << 20)]).unwrap();
         assert!(kept + 256 >= mib - 99 && kept <= mib - 99 + 256, "{kept} MiB with the cache's room kept");
+        // A cache never takes more than half of the room.
+        let small = room_mib(tmp.path(), &own, &[(tmp.path().join("images"), u64::MAX / 4)]).unwrap();
+        assert!(small + 256 >= mib / 2 && small <= mib / 2 + 256, "{small} MiB of {mib}");
     }
 }
