@@ -598,6 +598,9 @@ pub(crate) struct Removed {
     pub groups: Vec<String>,
     /// Volumes detached by the end, whose exports sta withdraws.
     pub volumes: Vec<String>,
+    /// MiB of root disk given back on `node`, for placement's model once committed (a
+    /// create just after a terminate was refused `no_capacity` while the model lagged).
+    pub disk_mib: u32,
 }
 
 impl Removed {
@@ -607,6 +610,8 @@ impl Removed {
         // given its address got none, and its floating IP answered from two routers
         // (red team, 2026-12-07).
         if let Some(node) = &self.node {
+            ctx.room
+                .gave_back(node, crate::datastore::host::Booking { cpus: 0, memory_mib: 0, disk_mib: self.disk_mib });
             for v in &self.vifs {
                 if let Ok(v) = v.parse() {
                     ctx.enqueue(Work::UnplugInterface(v, node.clone(), 0));
@@ -636,7 +641,7 @@ pub(crate) async fn finalize_terminated(tx: &mut db::Tx<'_>, row: &store::Row) -
     if let Some(n) = &node {
         crate::datastore::host::release_disk(tx, n, row.disk_mib).await?;
     }
-    Ok(Removed { vifs, node, groups, volumes })
+    Ok(Removed { vifs, node, groups, volumes, disk_mib: u32::try_from(row.disk_mib).unwrap_or(0) })
 }
 
 /// The console output the instance's (last) host kept.

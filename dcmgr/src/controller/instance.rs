@@ -373,6 +373,7 @@ pub async fn evacuate(ctx: &SharedCtx, node: &str, id: &str) -> ApiResult<bool> 
     }
     store::forget_host(&mut tx, id).await?;
     tx.commit().await?;
+    ctx.room.invalidate();
     ctx.events.wake();
     tracing::warn!(instance = id, host = node, "instance evacuated from its host");
     if let Some(f) = folded {
