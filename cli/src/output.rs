@@ -676,9 +676,18 @@ impl Tabular for Snapshot {
     }
 }
 
+/// " (over: the host offers less now)" when more disk is booked on a host than it offers
+/// since its last start (something else took room on its file system).
+fn over(h: &HostNode) -> &'static str {
+    match h.disk_allocatable_mib {
+        Some(a) if h.disk_used_mib > a => " (over: the host offers less now)",
+        _ => "",
+    }
+}
+
 impl Tabular for HostInstance {
     fn headers() -> &'static [&'static str] {
-        &["ID", "NAME", "ACCOUNT", "STATE", "HYPERVISOR", "CPUS", "MEMORY", "PLACED"]
+        &["ID", "NAME", "ACCOUNT", "STATE", "HYPERVISOR", "CPUS", "MEMORY", "DISK", "PLACED"]
     }
     fn row(&self) -> Vec<String> {
         vec![
@@ -689,6 +698,7 @@ impl Tabular for HostInstance {
             self.hypervisor.to_string(),
             self.cpus.to_string(),
             mib(u64::from(self.memory_mib)),
+            mib(self.disk_mib),
             if self.placed { "yes" } else { "no: stopped, disk kept" }.into(),
         ]
     }
@@ -756,7 +766,12 @@ impl Tabular for HostNode {
             self.cpus.to_string(),
             format!("{}/{}", self.cpus_used, self.cpus_allocatable),
             format!("{}/{}", mib(self.memory_used_mib), mib(self.memory_allocatable_mib)),
-            format!("{}/{}", mib(self.disk_used_mib), self.disk_allocatable_mib.map(mib).unwrap_or_else(|| "-".into())),
+            format!(
+                "{}/{}{}",
+                mib(self.disk_used_mib),
+                self.disk_allocatable_mib.map(mib).unwrap_or_else(|| "-".into()),
+                over(self)
+            ),
             time(&self.last_seen),
         ]
     }
@@ -782,7 +797,7 @@ impl Tabular for HostNode {
             ("MEMORY ALLOCATABLE", mib(self.memory_allocatable_mib)),
             // "-": an older hva that does not report its disk, so none is booked there.
             ("DISK", self.disk_mib.map(mib).unwrap_or_else(|| "-".into())),
-            ("DISK USED", mib(self.disk_used_mib)),
+            ("DISK USED", format!("{}{}", mib(self.disk_used_mib), over(self))),
             ("DISK ALLOCATABLE", self.disk_allocatable_mib.map(mib).unwrap_or_else(|| "-".into())),
             ("CAPABILITIES", caps),
             ("LAST SEEN", time(&self.last_seen)),

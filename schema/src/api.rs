@@ -1208,6 +1208,10 @@ pub struct HostInstance {
     pub cpus: u32,
     pub memory_mib: u32,
     pub placed: bool,
+    /// MiB of root disk it books on the host (its disk image's size; 0 for a container):
+    /// the sum over the host's instances is its `disk_used_mib`.
+    #[serde(default)]
+    pub disk_mib: u64,
 }
 
 /// What `POST /host_nodes/{id}/evacuate` did: the instances the host held (placed there,

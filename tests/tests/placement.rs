@@ -1017,6 +1017,11 @@ async fn root_disks_are_booked_on_the_host_that_keeps_them(db: Db) {
     }
     assert_eq!(placed.len(), 12, "the host's 24 GiB left hold twelve");
     assert_eq!(booked(&s).await, 40 << 10);
+    // The host's instances say what each books; they add up to its disk used.
+    let path = format!("/host_nodes/{host}/instances");
+    let held: Vec<HostInstance> = s.admin.list_all(&path, &ListQuery::default()).await.unwrap();
+    assert_eq!(held.iter().map(|i| i.disk_mib).sum::<u64>(), 40 << 10);
+    assert_eq!(held.iter().find(|i| i.id == keep.id).map(|i| (i.disk_mib, i.placed)), Some((16 << 10, false)));
     // Started again on its host, its disk is not booked twice.
     c.start_instance(&keep.id).await.unwrap();
     wait_state(&c, &keep.id, InstanceState::Running).await;

@@ -144,7 +144,7 @@ pub async fn instances_held(
 ) -> Result<Vec<HostInstanceRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT i.id, i.name, i.account_id, a.name AS account_name, i.state, i.hypervisor, i.cpus, i.memory_mib,
-                i.host_node_id
+                i.host_node_id, i.disk_mib
          FROM instances i JOIN accounts a ON a.id = i.account_id
          WHERE (i.host_node_id = $1 OR (i.host_node_id IS NULL AND i.last_host_id = $1 AND i.state <> 'terminated'))
            AND i.id > $2
@@ -168,6 +168,7 @@ pub struct HostInstanceRow {
     pub cpus: i64,
     pub memory_mib: i64,
     pub host_node_id: Option<String>,
+    pub disk_mib: i64,
 }
 
 impl HostInstanceRow {
@@ -182,6 +183,7 @@ impl HostInstanceRow {
             cpus: self.cpus as u32,
             memory_mib: self.memory_mib as u32,
             placed: self.host_node_id.is_some(),
+            disk_mib: self.disk_mib.max(0) as u64,
         })
     }
 }
