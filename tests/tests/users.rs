@@ -592,6 +592,13 @@ async fn a_token_changes_nothing_beyond_its_limits(db: Db) {
     assert_eq!(err(rita_c.create_token(&there).await), (403, "read_only".into()));
     rita_c.leave_account(&acct).await.unwrap();
 
+    // A token made in another account of its user is audited there, where its owners
+    // look.
+    bob.add_member(&bacct, &AddMember { user: "alice".into(), role: Role::Member }).await.unwrap();
+    let in_b = alice.create_token(&CreateToken { account_id: Some(bacct.clone()), ..token("in-b") }).await.unwrap();
+    let q = AuditQuery { action: Some("token.create".into()), ..Default::default() };
+    let seen = bob.list_audit(&q).await.unwrap().items;
+    assert!(seen.iter().any(|e| e.resource_id.as_deref() == Some(in_b.token.id.as_str())), "{seen:?}");
     // A token made to expire makes only tokens that expire no later.
     let end = chrono::Utc::now() + chrono::Duration::hours(1);
     let short = alice.create_token(&CreateToken { expires_at: Some(end), ..token("short") }).await.unwrap();

@@ -27,7 +27,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Origin {
 }
 
 impl Origin {
-    fn witness(&self) -> &dyn app::Witness {
+    pub(crate) fn witness(&self) -> &dyn app::Witness {
         match &self.who {
             Some(w) => w,
             None => &Nobody,

@@ -27,9 +27,14 @@ use vdc_schema::api::{CreateToken, ErrorBody, Page, Token, TokenCreated};
 pub async fn create(
     State(ctx): State<SharedCtx>,
     caller: Caller,
+    origin: crate::http::sessions::Origin,
     Body(req): Body<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
-    Ok((StatusCode::CREATED, Json(app::create(&ctx, &caller, req).await?)))
+    let made = app::create(&ctx, &caller, req).await?;
+    // A credential made in another of the user's accounts is that account's to audit:
+    // its owners did not see it (red team, 2026-12-07).
+    origin.witness().saw(None, None, Some(&made.token.account_id));
+    Ok((StatusCode::CREATED, Json(made)))
 }
 
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", operation_id = "token_list",
