@@ -676,6 +676,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     let url = aio.dcmgr.url();
+    // The token of an earlier start may have been revoked since: say so, rather than
+    // print a token every command then refuses (red team, 2026-12-07).
+    let token_note = match crate::client::Client::new(url.clone(), aio.token.clone()).whoami().await {
+        Ok(_) => String::new(),
+        Err(e) => format!(
+            "\n              REFUSED ({e}): write a working admin token to {}",
+            data_dir.join("admin-token").display()
+        ),
+    };
     let cfg_path = config::config_path();
     config::save(&cfg_path, &CliConfig::new(url.clone(), aio.token.clone()))?;
     println!(
@@ -683,7 +692,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
   API:        {url}/api/v1   (console: {url}/)
   data:       {}
-  admin token {}
+  admin token {}{}
   CLI config  {} (written; `vdc` now talks to this cloud)
 
   hva:        {}{}
@@ -710,6 +719,7 @@ Open vSwitch until the next start; they are found again then); its state stays i
 data directory.",
         data_dir.display(),
         aio.token,
+        token_note,
         cfg_path.display(),
         aio.hva_driver,
         if tiny.is_none() {
