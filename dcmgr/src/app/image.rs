@@ -334,16 +334,16 @@ pub fn as_seen_by(caller: &Caller, mut i: Image) -> Image {
 /// `upload`, `builtin:NAME` and `bundle` as they are; a URL's scheme and host; the kind
 /// of anything else (`snapshot`, `capture`, `host file`).
 fn origin_shown(source: &str) -> String {
-    if source == "upload" || source.starts_with("builtin:") {
+    use crate::app::capture::{SNAPSHOT_PREFIX, SOURCE_PREFIX};
+    if source == UPLOAD || source.starts_with("builtin:") {
         return source.to_owned();
     }
     if let Some(u) = url::Url::parse(source).ok().filter(|u| matches!(u.scheme(), "http" | "https")) {
         return format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or(""));
     }
-    match source.split_once(':') {
-        Some((kind @ ("snapshot" | "capture" | "bundle"), _)) => kind.to_owned(),
-        _ => "host file".to_owned(),
-    }
+    // The prefixes name the kind, without their ':'.
+    let kind = [SNAPSHOT_PREFIX, SOURCE_PREFIX, "bundle:"].into_iter().find(|p| source.starts_with(p));
+    kind.map_or_else(|| "host file".to_owned(), |p| p.trim_end_matches(':').to_owned())
 }
 
 /// An image the caller may use (its own, public or shared with it), or 404.

@@ -99,8 +99,9 @@ impl Backend for FileBackend {
     async fn capacity(&self) -> Result<(u64, u64)> {
         let dir = self.dir.clone();
         let room = tokio::task::spawn_blocking(move || {
+            // The volumes walked once: the room is the free space plus them.
             let taken = vdc_bus::room::allocated_bytes(&dir) >> 20;
-            vdc_bus::room::room_mib(&dir, std::slice::from_ref(&dir), &[]).map(|r| (r, taken))
+            vdc_bus::room::room_mib(&dir, &[], &[]).map(|free| (free + taken, taken))
         })
         .await
         .map_err(|e| BackendError::Invalid(e.to_string()))?;
