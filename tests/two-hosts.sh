@@ -361,6 +361,8 @@ SA floating-ip associate "$(SA floating-ip create -o json | js 'd["id"]')" web >
 CT_A=$(SA instance show ct -o json | js 'd["id"]')
 CT_ROOT_A=$(find "$W/sa" -maxdepth 5 -type d -path "*/instances/$CT_A/rootfs" | head -1)
 [ -n "$CT_ROOT_A" ] || fail "ct's root file system is not on A's host"
+# Its own file system, mounted where libvirt sees it.
+CT_ROOT_A=/proc/$(cat /run/libvirtd.pid)/root$CT_ROOT_A
 echo "made on A" >"$CT_ROOT_A/etc/vdc-made-on-a"
 SA bundle export --out "$W/a1.bundle" >/dev/null
 row "site A (vdc up, SQLite): 2 networks, a group admitting by group, QEMU guests, a container, a volume, a FIP; exported"
@@ -381,6 +383,7 @@ for i in web probe ct; do until_ok 120 state_is "$i" running || fail "$i is not 
 [ "$($VDCC instance show ct -o json | js 'd["interfaces"][0]["ip"]')" = 10.66.0.12 ] || fail "ct's address changed"
 CT_B=$($VDCC instance show ct -o json | js 'd["id"]')
 CT_ROOT_B=$(find "$W/hva1" "$W/hva2" -maxdepth 3 -type d -path "*/instances/$CT_B/rootfs" | head -1)
+CT_ROOT_B=/proc/$(cat /run/libvirtd.pid)/root$CT_ROOT_B
 [ "$(cat "$CT_ROOT_B/etc/vdc-made-on-a" 2>/dev/null)" = "made on A" ] || fail "ct's root file system did not travel from A"
 wait_console web "hostname=web up"
 wait_console web "vdc-user-data: ping ct ok"

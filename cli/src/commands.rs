@@ -998,7 +998,7 @@ pub struct InstanceCreateArgs {
     /// [default: the image's first hypervisor kind]
     #[arg(long, value_name = "KIND", value_parser = wire!(HypervisorKind))]
     pub hypervisor: Option<HypervisorKind>,
-    /// Grow the root disk to this size (10G, …; disk images only) [default: the image's size, or its min_disk if larger]
+    /// Grow the root disk to this size (10G, …) [default: the image's size, or its min_disk if larger]; a container's root filesystem size [default: 2G]
     #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
     pub root_disk_size: Option<u64>,
     /// Join this server group (name or ID): its policy picks the host

@@ -925,7 +925,9 @@ pub struct Instance {
     #[schema(required = true)]
     pub server_group_id: Option<ServerGroupId>,
     /// Bytes, as asked at create (or the image's min_disk where that is larger than the
-    /// image and none was asked); null: the image's own size.
+    /// image and none was asked); null: the image's own size. A container's is the size
+    /// of its root filesystem (2 GiB when none was asked, or the image's min_disk if
+    /// larger); null for one made before containers had sizes: no limit of its own.
     #[schema(required = true)]
     pub root_disk_size: Option<u64>,
     pub interfaces: Vec<Interface>,
@@ -975,9 +977,10 @@ pub struct CreateInstance {
     pub ssh_key_id: Option<KeyPairId>,
     /// Passed to the guest as cloud-init user-data (at most 64 KiB).
     pub user_data: Option<String>,
-    /// Bytes: the root disk grown to this size (disk images only; at least the image's
-    /// `min_disk` and its own size). Left out: the image's size, or its `min_disk` where
-    /// that is larger.
+    /// Bytes: the root disk grown to this size (at least the image's `min_disk` and its
+    /// own size). Left out: the image's size, or its `min_disk` where that is larger. For
+    /// a container (lxc), the size of its own root filesystem (at least 64 MiB; left out:
+    /// 2 GiB, or the image's `min_disk` if larger).
     #[schema(minimum = 1, maximum = 1125899906842624.0)]
     pub root_disk_size: Option<u64>,
     /// A server group of the account (its ID or name) the instance joins; its policy

@@ -1038,15 +1038,30 @@ pub fn virsh_has(uri: &str, id: &vdc_schema::id::InstanceId) -> bool {
 /// Runs `reboot -f` inside container `id` (what its own `reboot` does): the kernel ends
 /// its init as a reboot, and libvirt starts it again (`on_reboot=restart`).
 pub fn reboot_container_from_inside(id: &vdc_schema::id::InstanceId) {
-    let run = |cmd: &str, args: &[&str]| {
-        let out = std::process::Command::new(cmd).args(args).output().unwrap();
-        assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    let controller = run("virsh", &["-c", "lxc:///system", "domid", &format!("vdc-{id}")]);
+    let out = in_container(id, false, &["/bin/busybox", "reboot", "-f"]);
+    assert!(out.status.success(), "reboot: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs `args` in container `id` (its PID and mount namespaces; in its user namespace
+/// too with `as_its_root`: as the container's root, an unprivileged user of the host).
+pub fn in_container(id: &vdc_schema::id::InstanceId, as_its_root: bool, args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new("virsh").args(["-c", "lxc:///system", "domid", &format!("vdc-{id}")]).output();
+    let controller = String::from_utf8_lossy(&out.unwrap().stdout).trim().to_owned();
     let children = std::fs::read_to_string(format!("/proc/{controller}/task/{controller}/children")).unwrap();
     let init = children.split_whitespace().next().expect("the container's init").to_owned();
-    run("nsenter", &["-t", &init, "-p", "-m", "--", "/bin/busybox", "reboot", "-f"]);
+    let mut cmd = std::process::Command::new("nsenter");
+    cmd.args(["-t", &init, "-p", "-m"]);
+    if as_its_root {
+        cmd.arg("-U");
+    }
+    cmd.arg("--").args(args).output().unwrap()
+}
+
+/// `path` as the libvirt daemon sees it (in its own mount namespace, where hva mounts
+/// containers' root filesystems).
+pub fn seen_by_libvirtd(path: &std::path::Path) -> std::path::PathBuf {
+    let pid = std::fs::read_to_string("/run/libvirtd.pid").expect("libvirtd's PID file");
+    std::path::PathBuf::from(format!("/proc/{}/root", pid.trim())).join(path.strip_prefix("/").unwrap_or(path))
 }
 
 /// A stack with `hosts` libvirt hosts of `cpus` CPUs (real TCG guests of the tiny image).

@@ -1026,20 +1026,25 @@ async fn root_disks_are_booked_on_the_host_that_keeps_them(db: Db) {
     c.start_instance(&keep.id).await.unwrap();
     wait_state(&c, &keep.id, InstanceState::Running).await;
     assert_eq!(booked(&s).await, 40 << 10);
-    // A container books no disk (its root has no size yet).
+    // A container has a root filesystem of its own: where the host is full, none fits.
     let mut ct = vdc_tests::image_request("ct", ImageFormat::Tar);
     ct.hypervisors = vec![HypervisorKind::Lxc];
     ct.source = Some("builtin:tiny-rootfs".into());
     ct.public = true;
     let ct = s.admin.create_image(&ct).await.unwrap();
-    let box1 = c.create_instance(&inst(&ct.id, "box")).await.unwrap().resource;
-    assert_eq!(booked(&s).await, 40 << 10);
+    let (status, code, message) = err(c.create_instance(&inst(&ct.id, "box")).await);
+    assert_eq!((status, code.as_str()), (422, "no_capacity"), "{message}");
 
     // Terminated, the disk is given back, and a create that did not fit now does.
     c.terminate_instance(&keep.id).await.unwrap();
     wait_state(&c, &keep.id, InstanceState::Terminated).await;
     assert_eq!(booked(&s).await, 24 << 10);
-    let late = c.create_instance(&sized("late", 16)).await.unwrap().resource;
+    // The container, given no size, books 2 GiB (red team, 2026-12-07: a container's
+    // root had no limit and booked nothing).
+    let box1 = c.create_instance(&inst(&ct.id, "box")).await.unwrap().resource;
+    assert_eq!(box1.root_disk_size, Some(2 << 30));
+    assert_eq!(booked(&s).await, 26 << 10);
+    let late = c.create_instance(&sized("late", 14)).await.unwrap().resource;
     assert_eq!(booked(&s).await, 40 << 10);
     for id in placed.iter().chain([&late.id, &box1.id]) {
         c.terminate_instance(id).await.unwrap();

@@ -175,11 +175,21 @@ pub fn check_boot(
         }
     }
     let disk = matches!(image.format, ImageFormat::Qcow2 | ImageFormat::Raw);
+    let container = hypervisor == HypervisorKind::Lxc;
     if let Some(size) = root_disk_size {
         if !(1..=image::MAX_BYTES).contains(&size) {
             return Err(ApiError::bad("invalid_size", "root_disk_size is a size in bytes, from 1 to 2^50"));
         }
-        if !disk {
+        if container && size < CONTAINER_ROOT_MIN {
+            return Err(ApiError::bad(
+                "root_disk_too_small",
+                format!(
+                    "root_disk_size {size} bytes is below a container's smallest root filesystem of {} MiB",
+                    CONTAINER_ROOT_MIN / MIB
+                ),
+            ));
+        }
+        if !disk && !container {
             return Err(ApiError::bad(
                 "root_disk_not_applicable",
                 format!(
@@ -204,14 +214,21 @@ pub fn check_boot(
             ));
         }
     }
-    Ok(hypervisor != HypervisorKind::Lxc && disk && image.kernel_id.is_none() && image.boot_mode == BootMode::Uefi)
+    Ok(!container && disk && image.kernel_id.is_none() && image.boot_mode == BootMode::Uefi)
 }
+
+/// The smallest root filesystem a container may be given.
+pub const CONTAINER_ROOT_MIN: u64 = 64 * MIB;
 
 /// The root disk size of an instance created without one: the image's own size, or its
 /// min_disk where that is larger (a disk below the image's declared minimum is refused
-/// when asked for, so it is not made when nothing was asked).
-fn grown_to_minimum(image: &vdc_schema::api::Image) -> Option<u64> {
+/// when asked for, so it is not made when nothing was asked). A container's root
+/// filesystem is [`scheduler::CONTAINER_ROOT_DEFAULT`], or its image's min_disk if larger.
+fn grown_to_minimum(image: &vdc_schema::api::Image, hypervisor: vdc_schema::HypervisorKind) -> Option<u64> {
     use vdc_schema::ImageFormat;
+    if hypervisor == vdc_schema::HypervisorKind::Lxc {
+        return Some(image.min_disk.unwrap_or(0).max(scheduler::CONTAINER_ROOT_DEFAULT));
+    }
     let disk = matches!(image.format, ImageFormat::Qcow2 | ImageFormat::Raw);
     image.min_disk.filter(|m| disk && image.virtual_size.is_none_or(|v| v < *m))
 }
@@ -290,7 +307,7 @@ async fn prepare(ctx: &SharedCtx, caller: &Caller, req: CreateInstance) -> ApiRe
         None => None,
     };
     let constraints = Constraints { zone, labels: req.host_labels.into_iter().collect(), group };
-    let root_disk_size = req.root_disk_size.or_else(|| grown_to_minimum(&image));
+    let root_disk_size = req.root_disk_size.or_else(|| grown_to_minimum(&image, hypervisor));
     Ok(Prepared {
         constraints,
         name: req.name.unwrap_or_default(),

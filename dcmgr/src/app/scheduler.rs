@@ -33,14 +33,19 @@ impl Demand {
     }
 }
 
-/// The MiB of root disk an instance books: its disk image's size in bytes, rounded up
-/// (none for a container).
+/// The MiB of root disk an instance books: its disk image's size in bytes, rounded up;
+/// for a container, its root filesystem's.
 pub fn disk_mib(hypervisor: HypervisorKind, root_disk_bytes: Option<u64>) -> u32 {
-    match hypervisor {
-        HypervisorKind::Lxc => 0,
-        _ => u32::try_from(root_disk_bytes.unwrap_or(0).div_ceil(1 << 20)).unwrap_or(u32::MAX),
-    }
+    let bytes = match hypervisor {
+        HypervisorKind::Lxc => root_disk_bytes.unwrap_or(CONTAINER_ROOT_DEFAULT),
+        _ => root_disk_bytes.unwrap_or(0),
+    };
+    u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX)
 }
+
+/// The root filesystem of a container given no size (one in a bundle, say): a file
+/// system of its own of this size on its host.
+pub const CONTAINER_ROOT_DEFAULT: u64 = 2 << 30;
 
 /// A server group as placement sees it.
 #[derive(Debug, Clone)]

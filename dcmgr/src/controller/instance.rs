@@ -125,11 +125,12 @@ async fn build_spec(
             ctx.enqueue(Work::Volume(v));
         }
     }
+    let hypervisor = row.hypervisor.parse().map_err(Error::model)?;
     Ok(InstanceSpec {
         id: row.id.parse().map_err(Error::model)?,
         spec_gen: row.spec_gen as u64,
         power: if goal == InstanceGoal::Running { DesiredPower::Running } else { DesiredPower::Off },
-        hypervisor: row.hypervisor.parse().map_err(Error::model)?,
+        hypervisor,
         cpus: row.cpus as u32,
         memory_mib: row.memory_mib as u32,
         hostname: crate::app::instance::hostname(&row.name, &row.id),
@@ -137,7 +138,12 @@ async fn build_spec(
         nics,
         ssh_public_keys,
         user_data: row.user_data.clone(),
-        root_disk_size: row.root_disk_size.map(|v| v as u64),
+        root_disk_size: match (row.root_disk_size, hypervisor) {
+            (Some(v), _) => Some(v as u64),
+            // One given no size (from a bundle): its own file system of the default size.
+            (None, vdc_schema::HypervisorKind::Lxc) => Some(crate::app::scheduler::CONTAINER_ROOT_DEFAULT),
+            (None, _) => None,
+        },
         volumes: vols
             .into_iter()
             .filter_map(|(id, target)| {

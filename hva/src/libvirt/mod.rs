@@ -14,6 +14,7 @@
 pub mod host;
 pub mod image;
 pub mod probe;
+pub mod rootdisk;
 pub mod seed;
 pub mod xml;
 
@@ -141,6 +142,8 @@ struct Inner {
     /// Runs cp, ip and genisoimage (the image cache holds the same runner).
     tools: host::Runner,
     cache: image::ImageCache,
+    /// Sized root filesystems of containers, mounted where libvirt sees them.
+    mounts: rootdisk::Mounts,
     conns: Mutex<HashMap<&'static str, Arc<Connect>>>,
     known: Mutex<HashMap<InstanceId, Known>>,
     locks: Mutex<HashMap<InstanceId, Arc<tokio::sync::Mutex<()>>>>,
@@ -282,7 +285,9 @@ impl Inner {
                 let _ = lv("destroy", || d.destroy());
                 let _ = undefine(&d, kind);
             }
-            let _ = std::fs::remove_dir_all(self.dir(id));
+            if self.unmount_root(id).is_ok() {
+                let _ = std::fs::remove_dir_all(self.dir(id));
+            }
         }
         if let Some(k) = self.known.lock().unwrap().get_mut(id) {
             k.reason = Some(why);
@@ -295,6 +300,28 @@ impl Inner {
     /// can give files to other users (root).
     fn shifting(&self) -> Option<&vdc_bus::idmap::IdMap> {
         self.cfg.idmap.as_ref().filter(|_| vdc_bus::idmap::can_shift())
+    }
+
+    /// Makes a container's root filesystem ready for its start: a sized one mounted (not
+    /// after a host or libvirt restart), an unsized one shifted ([`Self::shift_rootfs`]).
+    fn ready_rootfs(&self, id: &InstanceId) -> Result<()> {
+        let dir = self.dir(id);
+        let image = dir.join(rootdisk::IMAGE);
+        if image.exists() {
+            // Never started on the empty mount point: it would not boot, or worse, boot
+            // a root filesystem that is not the tenant's.
+            return self.mounts.ensure_mounted(&image, &dir.join("rootfs"));
+        }
+        self.shift_rootfs(id)
+    }
+
+    /// Unmounts a container's sized root filesystem, if it has one, before its files go.
+    fn unmount_root(&self, id: &InstanceId) -> Result<()> {
+        let dir = self.dir(id);
+        if !dir.join(rootdisk::IMAGE).exists() {
+            return Ok(());
+        }
+        self.mounts.unmount(&dir.join("rootfs"))
     }
 
     /// A container's root filesystem made by an hva before containers ran in a user
@@ -360,27 +387,37 @@ impl Inner {
         match (spec.hypervisor, spec.image.format) {
             (HypervisorKind::Lxc, ImageFormat::Tar | ImageFormat::Dir) => {
                 rootfs = dir.join("rootfs");
-                // Made once: later ensures need the image no more.
-                if !rootfs.exists() {
-                    let map = self.shifting();
-                    if spec.image.format == ImageFormat::Tar {
-                        let src = self.cache.fetch_image(&spec.image).map_err(e)?;
-                        self.cache.unpack(&src, &rootfs, map).map_err(e)?;
-                    } else {
-                        let src = self.cache.resolve(&spec.image.source).map_err(e)?;
-                        self.cache.copy_rootfs(&src, &rootfs, map).map_err(e)?;
+                let fs_image = dir.join(rootdisk::IMAGE);
+                // Made once: later ensures need the image no more. A container with a
+                // size has its own file system of that size; one made without (by an
+                // older hva) keeps its directory on the host's file system.
+                let tree = dir.join("rootfs.tree");
+                if let Some(size) = spec.root_disk_size.filter(|_| !fs_image.exists() && !rootfs.exists()) {
+                    self.make_rootfs_tree(spec, &tree)?;
+                    let owner = self.shifting().and_then(|m| m.to_host(0)).unwrap_or(0);
+                    self.mounts.make(&tree, &fs_image, size, owner)?;
+                }
+                if fs_image.exists() {
+                    if tree.exists() {
+                        std::fs::remove_dir_all(&tree).map_err(|e| format!("{}: {e}", tree.display()))?;
+                    }
+                    std::fs::create_dir_all(&rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
+                    self.mounts.ensure_mounted(&fs_image, &rootfs)?;
+                } else {
+                    if !rootfs.exists() {
+                        self.make_rootfs_tree(spec, &rootfs)?;
+                    }
+                    // A root filesystem an older hva made is the host root's until its next
+                    // start shifts it ([`Self::shift_rootfs`]): until then its definition
+                    // keeps no user namespace, or a container running from before that
+                    // restarts itself (libvirt's `on_reboot`) would find its files not its own.
+                    if let Some(map) = self.shifting() {
+                        if !vdc_bus::idmap::is_shifted(&rootfs, map).unwrap_or(true) {
+                            layout.idmap = None;
+                        }
                     }
                 }
                 layout.rootfs = Some(&rootfs);
-                // A root filesystem an older hva made is the host root's until its next
-                // start shifts it ([`Self::shift_rootfs`]): until then its definition keeps
-                // no user namespace, or a container running from before that restarts
-                // itself (libvirt's `on_reboot`) would find its files not its own.
-                if let Some(map) = self.shifting() {
-                    if !vdc_bus::idmap::is_shifted(&rootfs, map).unwrap_or(true) {
-                        layout.idmap = None;
-                    }
-                }
                 return Ok(xml::lxc_domain(spec, &layout));
             }
             (HypervisorKind::Lxc, f) => return Err(format!("an lxc instance needs a tar or dir image, not {f}")),
@@ -422,6 +459,17 @@ impl Inner {
         seed::build(&*self.tools, spec, &dir, &seed).map_err(e)?;
         layout.seed_iso = Some(&seed);
         Ok(xml::qemu_domain(spec, &layout))
+    }
+
+    /// A container's files from its image at `dest`, owned as its user namespace needs.
+    fn make_rootfs_tree(&self, spec: &InstanceSpec, dest: &Path) -> Result<()> {
+        let map = self.shifting();
+        let made = if spec.image.format == ImageFormat::Tar {
+            self.cache.fetch_image(&spec.image).and_then(|src| self.cache.unpack(&src, dest, map))
+        } else {
+            self.cache.resolve(&spec.image.source).and_then(|src| self.cache.copy_rootfs(&src, dest, map))
+        };
+        made.map_err(|e| e.to_string())
     }
 
     fn wait_until(&self, dom: &Domain, timeout: Duration, done: impl Fn(bool) -> bool) -> bool {
@@ -654,7 +702,7 @@ impl Inner {
             k.container = None;
         }
         if kind == HypervisorKind::Lxc {
-            self.shift_rootfs(id)?;
+            self.ready_rootfs(id)?;
         }
         lv("start", || dom.create()).map_err(|e| e.to_string())?;
         if let Some(k) = self.known.lock().unwrap().get_mut(id) {
@@ -780,9 +828,14 @@ impl Inner {
     /// cache already, so nothing is left unflushed.
     fn pack_rootfs(&self, id: &InstanceId, spec: &CaptureSpec) -> Result<PathBuf> {
         let dir = self.dir(id);
-        let rootfs = dir.join("rootfs");
+        let mut rootfs = dir.join("rootfs");
         if !rootfs.is_dir() {
             return Err(format!("container {id} has no root filesystem on this host"));
+        }
+        let image = dir.join(rootdisk::IMAGE);
+        if image.exists() {
+            self.mounts.ensure_mounted(&image, &rootfs)?;
+            rootfs = self.mounts.seen(&rootfs)?;
         }
         let out = dir.join(format!("capture-{}.tar.gz", spec.upload.image_id));
         let _ = std::fs::remove_file(&out);
@@ -876,6 +929,7 @@ impl Inner {
             }
         }
         let dir = self.dir(id);
+        self.unmount_root(id)?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
@@ -993,6 +1047,7 @@ impl LibvirtHypervisor {
             tools: tools.clone(),
             using: Default::default(),
         };
+        let mounts = rootdisk::Mounts::new(tools.clone(), None);
         let mut known = HashMap::new();
         let boot = boot_id();
         // Guests this host had before a restart: known again, never touched.
@@ -1024,6 +1079,7 @@ impl LibvirtHypervisor {
             sink,
             tools,
             cache,
+            mounts,
             conns: Default::default(),
             known: Mutex::new(known),
             locks: Default::default(),
@@ -1285,6 +1341,7 @@ mod tests {
                 tools: tools.clone(),
                 using: Default::default(),
             },
+            mounts: rootdisk::Mounts::new(tools.clone(), Some(4242)),
             tools: tools.clone(),
             cfg,
             sink: ReportSink::open(None).unwrap(),

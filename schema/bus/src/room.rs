@@ -22,13 +22,17 @@ pub fn room_mib(dir: &Path, own: &[PathBuf], caches: &[(PathBuf, u64)]) -> Optio
 pub fn allocated_bytes(dir: &Path) -> u64 {
     let mut seen = HashSet::new();
     let mut total = 0u64;
+    // A container's root filesystem mounted in its directory is counted as its file.
+    let dev = std::fs::metadata(dir).map(|m| m.dev()).ok();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else { continue };
         for e in entries.flatten() {
             let Ok(m) = std::fs::symlink_metadata(e.path()) else { continue };
             if m.is_dir() {
-                todo.push(e.path());
+                if Some(m.dev()) == dev {
+                    todo.push(e.path());
+                }
             } else if seen.insert((m.dev(), m.ino())) {
                 total += m.blocks() * 512;
             }

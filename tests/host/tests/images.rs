@@ -92,7 +92,7 @@ async fn a_container_is_captured_with_what_was_written_in_it() {
     };
     let first = boot("first", img.id.clone()).await;
     let instances = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances");
-    let root = instances.join(first.as_str()).join("rootfs");
+    let root = vdc_tests::seen_by_libvirtd(&instances.join(first.as_str()).join("rootfs"));
     // What the tenant wrote in the container (the host's view of its root), and a
     // device node no image may hold.
     std::fs::write(root.join("etc/written-in-first"), b"hello from first\n").unwrap();
@@ -164,7 +164,7 @@ async fn a_container_is_captured_with_what_was_written_in_it() {
     assert_eq!(c.wait_job(&start.job.id, Duration::from_secs(90)).await.unwrap().state, JobState::Succeeded);
 
     let second = boot("second", acc.resource.id.clone()).await;
-    let root2 = instances.join(second.as_str()).join("rootfs");
+    let root2 = vdc_tests::seen_by_libvirtd(&instances.join(second.as_str()).join("rootfs"));
     assert_eq!(std::fs::read(root2.join("etc/written-in-first")).unwrap(), b"hello from first\n");
     let meta = std::fs::metadata(root2.join("etc/written-in-first")).unwrap();
     use std::os::unix::fs::MetadataExt;

@@ -9,7 +9,10 @@ use vdc_cli::client::Client;
 use vdc_schema::api::*;
 use vdc_schema::id::*;
 use vdc_schema::*;
-use vdc_tests::{register_images, virsh_has, wait_console, wait_state, LibvirtSetup, Stack, StackOptions};
+use vdc_tests::{
+    in_container, register_images, seen_by_libvirtd, virsh_has, wait_console, wait_state, LibvirtSetup, Stack,
+    StackOptions,
+};
 
 fn qemu_pid(id: &InstanceId) -> Option<u32> {
     std::fs::read_to_string(format!("/run/libvirt/qemu/vdc-{id}.pid")).ok()?.trim().parse().ok()
@@ -57,7 +60,11 @@ async fn lifecycle(s: &Stack, c: &Client, image: &ImageId, kind: HypervisorKind,
         // Its root is an unprivileged user of the host (red team, 2026-12-07: a
         // container's root was the host's and escaped through a cgroup release agent).
         assert_eq!(container_uid_map(&id).split_whitespace().collect::<Vec<_>>(), ["0", "100000", "65536"]);
-        assert_eq!(owner(&dir.join("rootfs")), 100_000);
+        // Its root filesystem is its own file system, mounted where libvirt sees it.
+        assert_eq!(owner(&seen_by_libvirtd(&dir.join("rootfs"))), 100_000);
+        assert!(dir.join("root.ext4").exists());
+        let wrote = in_container(&id, true, &["/bin/busybox", "sh", "-c", "echo kept > /root/marker"]);
+        assert!(wrote.status.success(), "{}", String::from_utf8_lossy(&wrote.stderr));
         // Its one vCPU is a quota of CPU time: libvirt LXC does not enforce <vcpu>, and a
         // 1-vCPU container used every core (red team, 2026-12-07).
         let name = format!("vdc-{id}");
@@ -71,12 +78,6 @@ async fn lifecycle(s: &Stack, c: &Client, image: &ImageId, kind: HypervisorKind,
     job_ok(c, &c.stop_instance(&id).await.unwrap()).await;
     assert_eq!(c.get_instance(&id).await.unwrap().state, InstanceState::Stopped);
     if kind == HypervisorKind::Lxc {
-        // A root filesystem an older hva made is the host root's: shifted at the start.
-        let all = dir.join("rootfs");
-        assert!(std::process::Command::new("chown").args(["-hR", "0:0"]).arg(&all).status().unwrap().success());
-        assert_eq!(owner(&all.join("init.sh")), 0);
-    }
-    if kind == HypervisorKind::Lxc {
         // By a signal to its init, not after the whole stop timeout (3 s here) and a
         // destroy: every container stop waited 30 s in `vdc up`.
         let took = stopping.elapsed();
@@ -87,8 +88,12 @@ async fn lifecycle(s: &Stack, c: &Client, image: &ImageId, kind: HypervisorKind,
     // `running` is the domain's state; wait for the guest itself before rebooting it.
     wait_boots(c, &id, &line, 2).await;
     if kind == HypervisorKind::Lxc {
-        assert_eq!((owner(&dir.join("rootfs")), owner(&dir.join("rootfs/init.sh"))), (100_000, 100_000));
+        let root = seen_by_libvirtd(&dir.join("rootfs"));
+        assert_eq!((owner(&root), owner(&root.join("init.sh"))), (100_000, 100_000));
         assert!(container_uid_map(&id).contains("100000"));
+        // Its files are the ones it had: the same file system, mounted again.
+        let marker = in_container(&id, true, &["/bin/busybox", "cat", "/root/marker"]);
+        assert_eq!(String::from_utf8_lossy(&marker.stdout), "kept\n");
     }
     job_ok(c, &c.reboot_instance(&id).await.unwrap()).await;
     wait_boots(c, &id, &line, 3).await;
@@ -197,6 +202,58 @@ async fn a_guest_found_off_when_hva_returns_stays_off() {
     job_ok(&c, &c.start_instance(&id).await.unwrap()).await;
     wait_boots(&c, &id, &line, 2).await;
     job_ok(&c, &c.terminate_instance(&id).await.unwrap()).await;
+    s.stop().await;
+}
+
+/// A container's root filesystem is a file system of its own of the size asked, so a
+/// tenant fills that, not the host's disk (red team, 2026-12-07: a container's root was a
+/// directory on the host's file system, with no limit). Its terminate leaves no mount
+/// and no loop device behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containers_root_filesystem_is_as_large_as_asked() {
+    vdc_tests::init_logging();
+    let s = Stack::start(stack_opts()).await;
+    let (_, rootfs) = register_images(&s).await;
+    let c = s.account("rootsize").await;
+    let req = CreateInstance {
+        hypervisor: Some(HypervisorKind::Lxc),
+        root_disk_size: Some(64 << 20),
+        ..vdc_tests::qemu_guest(&rootfs, "small")
+    };
+    let a = c.create_instance(&req).await.unwrap();
+    let id = a.resource.id.clone();
+    assert_eq!(a.resource.root_disk_size, Some(64 << 20));
+    job_ok(&c, &a).await;
+    wait_boots(&c, &id, &format!("vdc-guest: instance-id={id}"), 1).await;
+    let host = &s.admin.list_all_host_nodes().await.unwrap()[0];
+    assert_eq!(host.disk_used_mib, 64, "{host:?}");
+    // As the container's root, from inside: its disk is full at 64 MiB.
+    let df = in_container(&id, true, &["/bin/busybox", "df", "-k", "/"]);
+    let df = String::from_utf8_lossy(&df.stdout).to_string();
+    let kib: u64 = df.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap();
+    assert!((40 * 1024..=64 * 1024).contains(&kib), "{df}");
+    let fill = in_container(&id, true, &["/bin/busybox", "dd", "if=/dev/zero", "of=/fill", "bs=1M", "count=200"]);
+    let err = String::from_utf8_lossy(&fill.stderr);
+    assert!(!fill.status.success() && err.contains("No space left on device"), "{err}");
+    // Below the smallest a container may have: refused, nothing made.
+    let small = CreateInstance { root_disk_size: Some(1 << 20), name: Some("tiny".into()), ..req.clone() };
+    match c.create_instance(&small).await {
+        Err(vdc_cli::client::ClientError::Api { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (400, "root_disk_too_small"))
+        }
+        other => panic!("expected root_disk_too_small, got {other:?}"),
+    }
+    assert_eq!(c.list_all_instances().await.unwrap().len(), 1, "nothing refused was made");
+    let dir = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances").join(id.as_str());
+    let image = dir.join("root.ext4");
+    job_ok(&c, &c.terminate_instance(&id).await.unwrap()).await;
+    let libvirtd = std::fs::read_to_string("/run/libvirtd.pid").unwrap();
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", libvirtd.trim())).unwrap();
+    assert!(!mounts.contains(id.as_str()), "{mounts}");
+    let loops = std::process::Command::new("losetup").args(["-a"]).output().unwrap();
+    let loops = String::from_utf8_lossy(&loops.stdout);
+    assert!(!loops.contains(&image.display().to_string()), "{loops}");
+    assert!(!dir.exists());
     s.stop().await;
 }
 
