@@ -1480,14 +1480,44 @@ fn runs(h: &store::HostHere, hv: HypervisorKind) -> bool {
     h.hypervisors.iter().any(|x| x == hv.as_str())
 }
 
-/// Whether host `h` is online with `cpus` and `memory_mib` free.
-fn has_room(h: &store::HostHere, cpus: u32, memory_mib: u32) -> bool {
-    h.online && h.cpus_free >= i64::from(cpus) && h.memory_free_mib >= i64::from(memory_mib)
+/// What an instance books on its host: vCPUs, MiB of memory and MiB of root disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct Shape(i64, i64, i64);
+
+impl Shape {
+    /// Instance `i` as placement books it, its disk as the bundle sizes it (an image's
+    /// own size is known in the import only, so this never asks more than placement).
+    fn of(d: &Decision, i: &vdc_bundle::Instance) -> Shape {
+        let disk = scheduler::disk_mib(d.hypervisor_of(i), i.root_disk_size);
+        Shape(i64::from(i.cpus), i64::from(i.memory_mib), i64::from(disk))
+    }
+
+    fn add(self, o: Shape) -> Shape {
+        Shape(self.0 + o.0, self.1 + o.1, self.2 + o.2)
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.2 {
+            0 => write!(f, "{} vCPUs and {} MiB", self.0, self.1),
+            disk => write!(f, "{} vCPUs, {} MiB and {disk} MiB of root disk", self.0, self.1),
+        }
+    }
+}
+
+/// Whether host `h` is online with `want` free (a host that reports no disk books none,
+/// as the reservation does).
+fn has_room(h: &store::HostHere, want: Shape) -> bool {
+    h.online
+        && h.cpus_free >= want.0
+        && h.memory_free_mib >= want.1
+        && (want.2 == 0 || h.disk_free_mib.is_none_or(|f| f >= want.2))
 }
 
 /// Whether host `h` is online, runs instance `i` (as mapped) and has room for it.
 fn takes(h: &store::HostHere, d: &Decision, i: &vdc_bundle::Instance) -> bool {
-    runs(h, d.hypervisor_of(i)) && has_room(h, i.cpus, i.memory_mib)
+    runs(h, d.hypervisor_of(i)) && has_room(h, Shape::of(d, i))
 }
 
 /// Whether a host of zone `z` and labels `l` is of the class (zone, labels) asked.
@@ -1522,19 +1552,16 @@ fn group_unplaceable(
             )
         }
         ServerGroupPolicy::Affinity => {
-            let cpus: u32 = members.iter().map(|i| i.cpus).sum();
-            let memory: u32 = members.iter().map(|i| i.memory_mib).sum();
+            let all = members.iter().fold(Shape::default(), |a, i| a.add(Shape::of(d, i)));
             if members.is_empty()
-                || e.hosts
-                    .iter()
-                    .any(|h| members.iter().all(|i| runs(h, d.hypervisor_of(i))) && has_room(h, cpus, memory))
+                || e.hosts.iter().any(|h| members.iter().all(|i| runs(h, d.hypervisor_of(i))) && has_room(h, all))
             {
                 return None;
             }
             (
                 format!(
                     "its running members share one host, and no online host here runs all of them with room for \
-                     {cpus} vCPUs and {memory} MiB"
+                     {all}"
                 ),
                 ServerGroupPolicy::SoftAffinity,
             )
@@ -1555,7 +1582,7 @@ fn group_unplaceable(
 /// whose kind or classes no host has is the hypervisor's or host class's conflict.
 fn room_missing(m: &Manifest, d: &Decision, e: &store::Existing) -> Vec<BundleConflict> {
     let mut out = Vec::new();
-    let mut need: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    let mut need: BTreeMap<&str, Shape> = BTreeMap::new();
     let labels: Vec<BTreeMap<String, String>> =
         e.hosts.iter().map(|h| crate::datastore::host::split_labels(&h.labels)).collect();
     let any = Default::default();
@@ -1572,37 +1599,49 @@ fn room_missing(m: &Manifest, d: &Decision, e: &store::Existing) -> Vec<BundleCo
         if of_class.is_empty() {
             continue;
         }
-        let (cpus, memory) = (i64::from(i.cpus), i64::from(i.memory_mib));
+        let want = Shape::of(d, i);
         let n = need.entry(hv.as_str()).or_default();
-        (n.0, n.1) = (n.0 + cpus, n.1 + memory);
+        *n = n.add(want);
         if of_class.iter().any(|h| takes(h, d, i)) {
             continue;
         }
         let online: Vec<_> = of_class.iter().filter(|h| h.online).collect();
-        let why = match online.iter().map(|h| (h.memory_free_mib, h.cpus_free)).max() {
+        let why = match online.iter().map(|h| (h.memory_free_mib, h.cpus_free, h.disk_free_mib)).max() {
             None => "none of them is online and takes new instances (not cordoned)".to_owned(),
-            Some((mem, cpu)) => format!("none has that free (the most: {cpu} vCPUs, {mem} MiB)"),
+            Some((mem, cpu, Some(disk))) if want.2 > 0 => {
+                format!("none has that free (the most: {cpu} vCPUs, {mem} MiB, {} MiB of disk)", disk.max(0))
+            }
+            Some((mem, cpu, _)) => format!("none has that free (the most: {cpu} vCPUs, {mem} MiB)"),
         };
         let class = if class.0.is_empty() && class.1.is_empty() { "" } else { " of its zone and labels" };
         out.push(conflict(
             "no_capacity",
             format!(
-                "instance {} needs {cpus} vCPUs and {memory} MiB on a {hv} host{class}, and {} such host(s) are here: {why}",
+                "instance {} needs {want} on a {hv} host{class}, and {} such host(s) are here: {why}",
                 i.name,
                 of_class.len()
             ),
             None,
         ));
     }
-    for (hv, (cpus, memory)) in need {
-        let runs = e.hosts.iter().filter(|h| h.online && h.hypervisors.iter().any(|x| x == hv));
-        let (fc, fm) = runs.fold((0, 0), |(c, m), h| (c + h.cpus_free.max(0), m + h.memory_free_mib.max(0)));
-        if cpus > fc || memory > fm {
+    for (hv, want) in need {
+        let runs: Vec<_> = e.hosts.iter().filter(|h| h.online && h.hypervisors.iter().any(|x| x == hv)).collect();
+        let free = runs.iter().fold(Shape::default(), |a, h| {
+            a.add(Shape(h.cpus_free.max(0), h.memory_free_mib.max(0), h.disk_free_mib.unwrap_or(0).max(0)))
+        });
+        // Hosts that report no disk book none: then disk is not what is missing.
+        let disk_known = runs.iter().all(|h| h.disk_free_mib.is_some());
+        let disk_short = disk_known && want.2 > free.2;
+        if want.0 > free.0 || want.1 > free.1 || disk_short {
+            let free = match disk_known && want.2 > 0 {
+                true => format!("{} vCPUs, {} MiB and {} MiB of disk", free.0, free.1, free.2),
+                false => format!("{} vCPUs and {} MiB", free.0, free.1),
+            };
             out.push(conflict(
                 "no_capacity",
                 format!(
-                    "the running instances the import places on {hv} hosts need {cpus} vCPUs and {memory} MiB in \
-                     all; the online, uncordoned {hv} hosts here have {fc} vCPUs and {fm} MiB free"
+                    "the running instances the import places on {hv} hosts need {want} in all; the online, \
+                     uncordoned {hv} hosts here have {free} free"
                 ),
                 None,
             ));
@@ -3486,6 +3525,7 @@ mod tests {
             online: true,
             cpus_free: 64,
             memory_free_mib: 1 << 20,
+            disk_free_mib: None,
         }
     }
 
@@ -3790,6 +3830,22 @@ mod tests {
         let mut lxc_only = existing();
         lxc_only.hosts = vec![host(&["lxc"])];
         assert!(room(&m, &lxc_only).is_empty());
+        // Its root disk: a host that reports 1 GiB free has no room for 4 GiB (before,
+        // the plan said nothing and the import failed; red team, 2026-12-07); one that
+        // reports no disk books none.
+        let mut disk = m.clone();
+        disk.model.instances[0].root_disk_size = Some(4 << 30);
+        let mut full = existing();
+        full.hosts[0].disk_free_mib = Some(1024);
+        let found = room(&disk, &full);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[0].contains("needs 1 vCPUs, 64 MiB and 4096 MiB of root disk on a qemu host"), "{found:?}");
+        assert!(found[0].contains("1024 MiB of disk)"), "{found:?}");
+        assert!(found[1].contains("have 64 vCPUs, 1048576 MiB and 1024 MiB of disk free"), "{found:?}");
+        full.hosts[0].disk_free_mib = Some(4096);
+        assert!(room(&disk, &full).is_empty());
+        full.hosts[0].disk_free_mib = None;
+        assert!(room(&disk, &full).is_empty());
     }
 
     #[test]

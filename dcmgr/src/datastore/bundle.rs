@@ -227,6 +227,8 @@ pub struct HostHere {
     pub online: bool,
     pub cpus_free: i64,
     pub memory_free_mib: i64,
+    /// None: the host reports no disk, and books none.
+    pub disk_free_mib: Option<i64>,
 }
 
 /// The earlier import of a VDC and the account's model now: what an update is planned against.
@@ -236,6 +238,9 @@ pub struct Prior {
     pub exported_at: Option<String>,
     pub target: Snapshot,
 }
+
+/// A host as `existing` reads it: hypervisors, zone, labels, state, schedulable and what is free.
+type HostRow = (String, String, String, String, i64, i64, i64, Option<i64>);
 
 pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Result<Existing, sqlx::Error> {
     let a = account.as_str();
@@ -262,21 +267,22 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
     .bind(a)
     .fetch_all(&mut *db)
     .await?;
-    let rows: Vec<(String, String, String, String, i64, i64, i64)> = sqlx::query_as(
+    let rows: Vec<HostRow> = sqlx::query_as(
         "SELECT hypervisors, zone, labels, state, schedulable, cpus_allocatable - cpus_used, \
-         memory_allocatable_mib - memory_used_mib FROM host_nodes ORDER BY id",
+         memory_allocatable_mib - memory_used_mib, disk_allocatable_mib - disk_used_mib FROM host_nodes ORDER BY id",
     )
     .fetch_all(&mut *db)
     .await?;
     let hosts: Vec<HostHere> = rows
         .into_iter()
-        .map(|(hv, zone, labels, state, schedulable, cpus_free, memory_free_mib)| HostHere {
+        .map(|(hv, zone, labels, state, schedulable, cpus_free, memory_free_mib, disk_free_mib)| HostHere {
             hypervisors: db::split_list::<String>(&hv),
             zone,
             labels,
             online: state == "online" && schedulable == 1,
             cpus_free,
             memory_free_mib,
+            disk_free_mib,
         })
         .collect();
     Ok(Existing { names, cidrs, usable_images, hosts, external: false, external_cidr: None, prior: None })
