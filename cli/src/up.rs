@@ -265,7 +265,7 @@ impl AllInOne {
 
         let host_id = load_or_create_id(&data_dir.join("hva/node-id"), || HostNodeId::generate().to_string())?;
         let store_id = load_or_create_id(&data_dir.join("sta/node-id"), || StorageNodeId::generate().to_string())?;
-        let (cpus, memory_mib) = vdc_hva::host_capacity();
+        let (cpus, memory_mib) = vdc_hva::host_capacity(vdc_hva::RESERVED_MEMORY_MIB);
         let knobs = SimKnobs::default();
         // Root disks and volumes share the data directory's file system: each is offered
         // half of its room, so that the two are not both promised the same free space

@@ -145,7 +145,13 @@ pub fn disk_capacity_mib(dir: &std::path::Path, cache_max_bytes: Option<u64>) ->
     vdc_bus::room::room_mib(dir, &[dir.join("instances")], &caches)
 }
 
-pub fn host_capacity() -> (u32, u64) {
+/// MiB of the host's memory kept for itself (the kernel, libvirt, the agents), as Nova's
+/// `reserved_host_memory_mb`: guests booked up to the whole of it left the host nothing.
+pub const RESERVED_MEMORY_MIB: u64 = 512;
+
+/// This machine's CPUs and the MiB of memory it offers guests: all but `reserved_mib`
+/// (at least a quarter of it stays offered on a small machine).
+pub fn host_capacity(reserved_mib: u64) -> (u32, u64) {
     let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let mem_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -155,5 +161,17 @@ pub fn host_capacity() -> (u32, u64) {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
         })
         .unwrap_or(4 << 20);
-    (cpus, mem_kib / 1024)
+    let total = mem_kib / 1024;
+    (cpus, total.saturating_sub(reserved_mib).max(total / 4))
+}
+
+#[cfg(test)]
+mod capacity_tests {
+    #[test]
+    fn the_host_keeps_its_reserve() {
+        let (_, all) = super::host_capacity(0);
+        let (_, offered) = super::host_capacity(super::RESERVED_MEMORY_MIB);
+        assert_eq!(offered, all - super::RESERVED_MEMORY_MIB);
+        assert_eq!(super::host_capacity(all).1, all / 4, "a reserve above the memory leaves a quarter");
+    }
 }

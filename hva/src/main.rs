@@ -30,9 +30,12 @@ struct Cli {
     /// CPUs offered to guests (default: this machine's).
     #[arg(long)]
     cpus: Option<u32>,
-    /// Memory offered to guests in MiB (default: this machine's).
+    /// Memory offered to guests in MiB (default: this machine's, less --reserved-memory-mib).
     #[arg(long)]
     memory_mib: Option<u64>,
+    /// MiB of this machine's memory never offered to guests: the host's own.
+    #[arg(long, default_value_t = vdc_hva::RESERVED_MEMORY_MIB)]
+    reserved_memory_mib: u64,
     /// MiB of root disks offered to guests (default: the free space of the data
     /// directory's file system plus what the guests' disks there take now).
     #[arg(long)]
@@ -113,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(%bound, "serving metrics at /metrics");
     }
     let bus = vdc_bus::Nats::connect(&cli.nats, &format!("hva {node_id}")).await?;
-    let (cpus, memory_mib) = vdc_hva::host_capacity();
+    let (cpus, memory_mib) = vdc_hva::host_capacity(cli.reserved_memory_mib);
     let opts = vdc_hva::HvaOptions {
         node_id: node_id.clone(),
         cpus: cli.cpus.unwrap_or(cpus),
