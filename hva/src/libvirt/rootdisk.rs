@@ -84,8 +84,10 @@ impl Mounts {
             return Ok(());
         }
         let ns = format!("--mount=/proc/{pid}/ns/mnt");
+        // Set-user-ID programs work (sudo in the guest): its files belong to the
+        // container's users, never to the host's root, so none gives the host's root.
         self.tools
-            .run("nsenter", &[&ns, "--", "mount", "-o", "loop,nodev,nosuid", &host::path(image), &host::path(at)])
+            .run("nsenter", &[&ns, "--", "mount", "-o", "loop,nodev", &host::path(image), &host::path(at)])
             .map_err(|e| format!("mounting the container's root filesystem: {e}"))?;
         Ok(())
     }
@@ -125,7 +127,7 @@ mod tests {
         m.ensure_mounted(img, at).unwrap();
         m.ensure_mounted(img, at).unwrap();
         let mounts: Vec<_> = fake.lines().into_iter().filter(|l| l.starts_with("nsenter")).collect();
-        assert_eq!(mounts, ["nsenter --mount=/proc/42/ns/mnt -- mount -o loop,nodev,nosuid /d/root.ext4 /d/rootfs"]);
+        assert_eq!(mounts, ["nsenter --mount=/proc/42/ns/mnt -- mount -o loop,nodev /d/root.ext4 /d/rootfs"]);
         assert_eq!(m.seen(at).unwrap(), Path::new("/proc/42/root/d/rootfs"));
         m.unmount(at).unwrap();
         assert_eq!(fake.lines().last().unwrap(), "nsenter --mount=/proc/42/ns/mnt -- umount /d/rootfs");

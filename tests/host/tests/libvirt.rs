@@ -232,6 +232,11 @@ async fn a_containers_root_filesystem_is_as_large_as_asked() {
     let df = String::from_utf8_lossy(&df.stdout).to_string();
     let kib: u64 = df.lines().nth(1).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap();
     assert!((40 * 1024..=64 * 1024).contains(&kib), "{df}");
+    // Mounted without devices but with set-user-ID programs (a guest's sudo works).
+    let libvirtd = std::fs::read_to_string("/run/libvirtd.pid").unwrap();
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", libvirtd.trim())).unwrap();
+    let root = mounts.lines().find(|l| l.contains(&format!("{id}/rootfs "))).unwrap_or_else(|| panic!("{mounts}"));
+    assert!(root.contains("nodev") && !root.contains("nosuid"), "{root}");
     let fill = in_container(&id, true, &["/bin/busybox", "dd", "if=/dev/zero", "of=/fill", "bs=1M", "count=200"]);
     let err = String::from_utf8_lossy(&fill.stderr);
     assert!(!fill.status.success() && err.contains("No space left on device"), "{err}");
@@ -247,7 +252,6 @@ async fn a_containers_root_filesystem_is_as_large_as_asked() {
     let dir = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances").join(id.as_str());
     let image = dir.join("root.ext4");
     job_ok(&c, &c.terminate_instance(&id).await.unwrap()).await;
-    let libvirtd = std::fs::read_to_string("/run/libvirtd.pid").unwrap();
     let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", libvirtd.trim())).unwrap();
     assert!(!mounts.contains(id.as_str()), "{mounts}");
     let loops = std::process::Command::new("losetup").args(["-a"]).output().unwrap();
