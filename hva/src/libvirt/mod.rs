@@ -1498,6 +1498,37 @@ mod tests {
     }
 
     #[test]
+    fn a_sized_container_gets_a_file_system_once_and_an_older_one_keeps_its_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let f = host::FakeRunner::new();
+        f.answer(&["cp", "-a"], |argv| std::fs::create_dir(&argv[3]).map(|_| String::new()).map_err(|e| e.to_string()));
+        f.fail(&["findmnt"], "exit status: 1").ok(&["findmnt"], "mounted\n");
+        let lv = inner(tmp.path(), &f, None);
+        let mut s = spec("i-b", HypervisorKind::Lxc, ImageFormat::Dir, "/srv/rootfs", 0);
+        s.root_disk_size = Some(64 << 20);
+        let dir = tmp.path().join("instances/i-b");
+        lv.prepare(&s).unwrap();
+        let lines = f.lines();
+        assert_eq!(lines[0], format!("cp -a /srv/rootfs {}/rootfs.partial", dir.display()));
+        // Its root owned by the container's root (host uid 100000), in the daemon's namespace.
+        let mkfs = format!("mkfs.ext4 -q -F -m 0 -E root_owner=100000:100000 -d {}/rootfs.tree", dir.display());
+        assert!(lines[1].starts_with(&mkfs), "{lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("nsenter --mount=/proc/4242/ns/mnt -- mount")), "{lines:?}");
+        assert!(dir.join("root.ext4").exists() && dir.join("rootfs").is_dir() && !dir.join("rootfs.tree").exists());
+        f.clear();
+        lv.prepare(&s).unwrap();
+        assert!(f.lines().iter().all(|l| l.starts_with("findmnt")), "made once: {:?}", f.lines());
+        // A container an older hva made (a directory, no file system) keeps its directory.
+        let mut old = spec("i-c", HypervisorKind::Lxc, ImageFormat::Dir, "/srv/rootfs", 0);
+        lv.prepare(&old).unwrap();
+        f.clear();
+        old.root_disk_size = Some(64 << 20);
+        lv.prepare(&old).unwrap();
+        assert!(f.calls().is_empty(), "{:?}", f.lines());
+        assert!(!tmp.path().join("instances/i-c/root.ext4").exists());
+    }
+
+    #[test]
     fn taps_that_exist_move_into_the_host_namespace() {
         let tmp = tempfile::tempdir().unwrap();
         let f = host::FakeRunner::new();
