@@ -371,6 +371,23 @@ async fn a_vdc_moves_to_another_site_and_a_second_import_changes_nothing(db: Db)
     let imports = cb.list_bundle_imports().await.unwrap();
     assert_eq!(imports.len(), 1);
     assert_eq!(cb.get_bundle_import(done.import.id.as_str()).await.unwrap().id_map, done.import.id_map);
+    // An instance terminated on B since: the same bundle imported again makes it again,
+    // as its plan says (before, the import answered that it had been done).
+    let gone = cb.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "app").unwrap();
+    cb.terminate_instance(&gone.id).await.unwrap();
+    wait_state(&cb, &gone.id, InstanceState::Terminated).await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert_eq!(plan.already_imported, Some(done.import.id.clone()));
+    let made: Vec<_> = plan.creates.iter().map(|c| (c.kind.as_str(), c.name.as_str())).collect();
+    // It boots the root disk image the first import made again (before, a second one).
+    assert_eq!(made, [("instance", "app")], "{plan:?}");
+    let again = cb.import_bundle(bytes.clone(), &[]).await.unwrap();
+    assert!(again.created);
+    assert_eq!(again.import.id, done.import.id, "the same import, updated");
+    assert_eq!(model(&ca).await, model(&cb).await);
+    assert!(!cb.import_bundle(bytes.clone(), &[]).await.unwrap().created, "then nothing to do");
+    let app = cb.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "app" && i.id != gone.id);
+    assert_eq!(app.map(|i| i.image_id), Some(gone.image_id.clone()));
     // Another account of B sees none of it, and A's own site trusts itself.
     let other = b.account("other").await;
     assert!(other.list_bundle_imports().await.unwrap().is_empty());
@@ -1135,7 +1152,8 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
     cb.start_instance(&b_app.id).await.unwrap();
     wait_state(&cb, &b_app.id, InstanceState::Running).await;
 
-    // Again: nothing changes.
+    // Again: the bundle has app stopped, so the plan stops it again and the import does;
+    // nothing else changes.
     let count = |c: Client| async move {
         (
             c.list_all_instances().await.unwrap().len(),
@@ -1146,8 +1164,13 @@ async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
     };
     let before = count(cb.clone()).await;
     assert_eq!(before, (3, 1, 1, 5), "instances, volumes, floating IPs, images (with the public one)");
-    let again = cb.import_bundle(bytes.clone(), &[]).await.unwrap();
-    assert!(!again.created);
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let changed: Vec<_> = plan.updates.iter().map(|u| (u.name.as_str(), u.detail.as_str())).collect();
+    assert_eq!(changed, [("app", "stop: stopped at the source")], "{plan:?}");
+    assert!(plan.creates.is_empty(), "{plan:?}");
+    assert!(cb.import_bundle(bytes.clone(), &[]).await.unwrap().created);
+    wait_state(&cb, &b_app.id, InstanceState::Stopped).await;
+    assert!(!cb.import_bundle(bytes.clone(), &[]).await.unwrap().created);
     assert_eq!(count(cb.clone()).await, before);
 
     // A later state of A without web, the volume and the floating IP, pruned into B: web

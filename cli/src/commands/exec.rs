@@ -1448,13 +1448,13 @@ fn plan_text(p: &BundlePlan) -> String {
     // Deletes `--prune` applies, waits for or refuses; not those it was not asked for.
     let prunes = p.deletes.iter().any(|d| !d.detail.starts_with("only with --prune"));
     if let Some(i) = &p.already_imported {
-        if !prunes {
+        if p.creates.is_empty() && p.updates.is_empty() && !prunes {
             s += &format!("imported already as {i}: nothing to do\n");
             return s;
         }
-        s += &format!("imported already as {i}; --prune deletes what it no longer has\n");
-    }
-    if let Some(i) = &p.update_of {
+        s += &format!("imported already as {i}; importing it again makes what changed here since as it has it");
+        s += if prunes { ", and --prune deletes what it no longer has\n" } else { "\n" };
+    } else if let Some(i) = &p.update_of {
         s += &format!("updates import {i} (the bundle wins for the fields it carries)\n");
     }
     for c in &p.creates {
@@ -1685,6 +1685,14 @@ mod tests {
         assert!(text.contains("- network \"net1\" nw-2: deleted (--prune)"), "{text}");
         let text = plan_text(&plan(&["only with --prune"]));
         assert!(text.contains("nothing to do") && !text.contains("net1"), "{text}");
+        // Deleted here since: imported again, it is made again.
+        let mut again = plan(&[]);
+        again.creates.push(serde_json::from_value(serde_json::json!({
+            "kind": "instance", "bundle_id": "i-1", "name": "web", "note": "created again: deleted here since the import"
+        })).unwrap());
+        let text = plan_text(&again);
+        assert!(text.contains("importing it again makes what changed here since as it has it"), "{text}");
+        assert!(text.contains("+ instance \"web\" (created again"), "{text}");
     }
 
     fn create_args(args: &[&str]) -> InstanceCreateArgs {

@@ -726,6 +726,9 @@ pub struct Decision {
     taken: Vec<(usize, String, String)>,
     /// Kept instances stopped or started as the bundle has them: (ID here, stop).
     pub power: Vec<(String, bool)>,
+    /// Instance created again (deleted here since) → the root disk image the earlier
+    /// import made for it, still here with the same bytes: it boots that again.
+    pub roots_kept: HashMap<String, String>,
     /// Kept instance bundle ID → its first interface here (for a new floating IP).
     pub first_vifs: HashMap<String, String>,
     /// The entries of the earlier map the updated import keeps.
@@ -736,6 +739,11 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Whether applying it would make, change, start, stop or delete nothing.
+    fn changes_nothing(&self) -> bool {
+        self.creates.is_empty() && self.updates.is_empty() && self.removes.is_empty() && self.power.is_empty()
+    }
+
     /// The hypervisor instance `i` runs on here (the bundle's, or mapped).
     fn hypervisor_of(&self, i: &vdc_bundle::Instance) -> HypervisorKind {
         self.hypervisors.get(&i.id).copied().unwrap_or(i.hypervisor)
@@ -1186,7 +1194,15 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
     d.conflicts.extend(room);
     // Root disks become private images of the account, booted by their instance.
     for i in &m.model.instances {
-        if i.root_disk.is_some() && !d.kept.contains_key(&i.id) {
+        if let (Some(blob), false) = (&i.root_disk, d.kept.contains_key(&i.id)) {
+            let same = |h: &Have| {
+                let t = h.live(&root_key(&i.id))?;
+                (h.images.get(t.as_str())?.11.as_deref() == Some(blob.sha256.as_str())).then_some(t)
+            };
+            if let Some(t) = have.as_ref().and_then(same) {
+                d.roots_kept.insert(i.id.clone(), t);
+                continue;
+            }
             let n = helper_name(&d, derived_name(&i.name, "-root"));
             name(&mut d, "image", &root_key(&i.id), &n, Some(format!("the root disk of instance {}", i.name)));
         }
@@ -1317,7 +1333,9 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             // A root disk or data image goes with its owner, unless the owner is gone from
             // the bundle: then it stays in the map until a prune deletes it.
             let keep = match b.split_once(':') {
-                Some((owner, _)) if in_bundle(owner) => d.kept.contains_key(owner),
+                Some((owner, _)) if in_bundle(owner) => {
+                    d.kept.contains_key(owner) || d.roots_kept.get(owner).is_some_and(|r| r == t)
+                }
                 _ => {
                     d.kept.contains_key(b)
                         || (!in_bundle(b) && h.live(b).is_some() && !removed.contains(t.as_str()))
@@ -2299,20 +2317,16 @@ pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -
     let mut conn = ctx.db.acquire().await?;
     let src = &r.manifest.source;
     let already = store::find_import(&mut conn, &caller.account_id, &src.site_key, &src.vdc_id, &r.hash).await?;
-    // The same bundle again: nothing to do, unless `prune` deletes what it no longer has.
-    let same = already.is_some() && !maps.prune;
-    let d = if same {
-        Decision::default()
-    } else {
-        let e = existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?;
-        decide(&r.manifest, &e, maps)
-    };
-    let asks = if same { vec![] } else { quota_asks(&r.manifest, &d, maps) };
+    // The same bundle again is planned as any update: what was deleted or changed here
+    // since is made as the bundle has it again.
+    let e = existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?;
+    let d = decide(&r.manifest, &e, maps);
+    let asks = quota_asks(&r.manifest, &d, maps);
     // The disks the import would store, checked from their first bytes as far as they
     // allow: a plan does not keep the whole data (the import checks it all). Tar images'
     // entries were checked whole as they arrived.
     let mut left_out = Vec::new();
-    for (what, blob, format) in blobs_to_store(&r.manifest, &d, maps).into_iter().filter(|_| !same) {
+    for (what, blob, format) in blobs_to_store(&r.manifest, &d, maps) {
         if let Some(c) = left_out_of(r, &what, blob) {
             left_out.push(c);
             continue;
@@ -2401,9 +2415,9 @@ pub async fn wanted(
     let d = decide(&m, &existing(ctx, &mut conn, &caller.account_id, &m).await?, maps);
     drop(conn);
     let mut needed = Vec::new();
-    // The same bundle again stores nothing, but for what `prune` applies with it (as
-    // import_received decides).
-    if found.is_none() || !d.removes.is_empty() {
+    // The same bundle again stores nothing, but for what changed here since and what
+    // `prune` applies with it (as import_received decides).
+    if found.is_none() || !d.changes_nothing() {
         let mut seen = HashSet::new();
         for (_, blob, _) in blobs_to_store(&m, &d, maps) {
             needed.extend(blob.chunks.iter().filter(|c| seen.insert(c.as_str())).cloned());
@@ -2429,7 +2443,7 @@ fn blobs_to_store<'a>(
             out.push((format!("image {}", i.name), blob, Some(i.format)));
         }
     }
-    for i in m.model.instances.iter().filter(|i| !d.kept.contains_key(&i.id)) {
+    for i in m.model.instances.iter().filter(|i| !d.kept.contains_key(&i.id) && !d.roots_kept.contains_key(&i.id)) {
         if let Some(blob) = &i.root_disk {
             out.push((format!("the root disk of instance {}", i.name), blob, i.root_disk_format));
         }
@@ -2642,8 +2656,9 @@ async fn import_received(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &
         let found = store::find_import(&mut conn, &caller.account_id, &src.site_key, &src.vdc_id, &r.hash).await?;
         let e = existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?;
         let d = decide(&r.manifest, &e, maps);
-        // The same bundle again changes nothing, but for the deletes `--prune` asks for.
-        if let Some(found) = found.filter(|_| d.removes.is_empty()) {
+        // The same bundle again changes nothing, but for what changed here since (made as
+        // the bundle has it again) and the deletes `--prune` asks for.
+        if let Some(found) = found.filter(|_| d.changes_nothing()) {
             unstage(ctx, &r.manifest);
             return Ok(BundleImported { import: found, created: false });
         }
@@ -2859,7 +2874,7 @@ async fn apply(
     let found = store::find_import(tx.conn().await?, account, &m.source.site_key, &m.source.vdc_id, &r.hash).await?;
     let e = existing(ctx, tx.conn().await?, account, m).await?;
     let d = decide(m, &e, maps);
-    if let Some(found) = found.filter(|_| d.removes.is_empty()) {
+    if let Some(found) = found.filter(|_| d.changes_nothing()) {
         return Ok(Applied::Found(found));
     }
     if let Some(c) = d.conflicts.first() {
@@ -3059,6 +3074,14 @@ async fn apply(
     let mut roots: HashMap<String, ImageId> = HashMap::new();
     for i in m.model.instances.iter().filter(|i| !d.kept.contains_key(&i.id)) {
         let Some(blob) = &i.root_disk else { continue };
+        if let Some(id) = d.roots_kept.get(&i.id) {
+            let id: ImageId = id.parse().map_err(ApiError::internal)?;
+            if !db::lock(&mut tx, db::Lock::Image, id.as_str()).await? {
+                return Err(ApiError::Busy(format!("image {id} changed concurrently")));
+            }
+            roots.insert(i.id.clone(), id);
+            continue;
+        }
         let src = m.model.images.iter().find(|x| x.id == i.image).ok_or_else(|| ApiError::internal("validated"))?;
         let key = root_key(&i.id);
         let mut image = data_image(&name("image", &key), blob, &r.hash, &now, sizes);
