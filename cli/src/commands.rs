@@ -702,7 +702,7 @@ pub struct ImageCreateArgs {
     /// command line; the disk is vda), like an AMI naming its AKI/ARI
     #[arg(long = "kernel", value_name = "IMAGE_ID")]
     pub kernel_id: Option<ImageId>,
-    /// Smallest root disk instances may have (512M, 10G, …; disk images only)
+    /// Smallest root disk (or container root file system) instances may have (512M, 10G, …)
     #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
     pub min_disk: Option<u64>,
     /// Smallest memory instances may have (256M, 1G, …)

@@ -581,8 +581,9 @@ pub struct Image {
     pub size_bytes: Option<u64>,
     /// Bytes of the disk a qcow2 or raw image holds, read from its data when it was
     /// stored: a volume from the image is at least this large (and this large when its
-    /// size is left out), as is an instance's root disk. Null where dcmgr has not read it
-    /// (an operator's host file).
+    /// size is left out), as is an instance's root disk. For a tar image, the bytes it
+    /// unpacks to: a container's root filesystem is at least this large. Null where dcmgr
+    /// has not read it (an operator's host file, an image stored before it was recorded).
     #[serde(default)]
     #[schema(required = true)]
     pub virtual_size: Option<u64>,

@@ -1035,18 +1035,41 @@ async fn containers_are_captured_as_tar_images(db: Db) {
 
     let st = c.stop_instance(&ct.id).await.unwrap();
     c.wait_job_ok(&st.job.id, Duration::from_secs(20)).await.unwrap();
-    // A tarball has no disk size: a minimum disk is refused before anything changes.
-    let sized = CaptureInstance { min_disk: Some(1 << 30), ..capture_req("sized") };
-    assert_eq!(err(c.capture_instance(&ct.id, &sized).await), (400, "invalid_min_disk".into()));
+    // A container's root filesystem has a size: its capture may say the smallest.
+    let sized = CaptureInstance { min_disk: Some(3 << 30), ..capture_req("sized") };
+    let sized = c.capture_instance(&ct.id, &sized).await.unwrap();
+    c.wait_job_ok(&sized.job.id, Duration::from_secs(20)).await.unwrap();
     let stopped = c.capture_instance(&ct.id, &capture_req("ct-stopped")).await.unwrap();
     assert_eq!(c.get_instance(&ct.id).await.unwrap().state, InstanceState::Capturing);
     c.wait_job_ok(&stopped.job.id, Duration::from_secs(20)).await.unwrap();
     assert_eq!(c.get_instance(&ct.id).await.unwrap().state, InstanceState::Stopped);
     assert_eq!(c.get_image(&stopped.resource.id).await.unwrap().format, ImageFormat::Tar);
 
-    // The capture boots a container.
+    // The capture boots a container, with a root filesystem of the default size; the
+    // sized one's is its min_disk.
     let child = c.create_instance(&container("child", &stopped.resource.id)).await.unwrap().resource;
+    assert_eq!(child.root_disk_size, Some(2 << 30));
     vdc_tests::wait_state(&c, &child.id, InstanceState::Running).await;
+    let big = c.create_instance(&container("big", &sized.resource.id)).await.unwrap().resource;
+    assert_eq!(big.root_disk_size, Some(3 << 30));
+
+    // A tar image's virtual size is what it unpacks to: a container's root filesystem
+    // below it is refused at create (before, its host failed it later), and one given no
+    // size gets half as much again.
+    let mut tar = tar_entry("var/big", b'0', &vec![0u8; 96 << 20]);
+    tar.extend([0u8; 1024]);
+    let fat = c.create_image(&req("fat", ImageFormat::Tar, None, None)).await.unwrap();
+    let fat = c.upload_image(&fat.id, gzip(&tar)).await.unwrap();
+    let unpacked = fat.virtual_size.unwrap();
+    assert!(((96 << 20)..=tar.len() as u64).contains(&unpacked), "{unpacked}");
+    let small = CreateInstance { root_disk_size: Some(80 << 20), ..container("small", &fat.id) };
+    let Err(ClientError::Api { status, code, message }) = c.create_instance(&small).await else {
+        panic!("a root filesystem below the image was accepted")
+    };
+    assert_eq!((status, code.as_str()), (400, "root_disk_too_small"), "{message}");
+    assert!(message.contains(&format!("below the {unpacked} bytes image {} unpacks to", fat.id)), "{message}");
+    let fits = c.create_instance(&container("fits", &fat.id)).await.unwrap().resource;
+    assert_eq!(fits.root_disk_size, Some(2 << 30), "96 MiB unpacked and half again is below the default");
     s.stop().await;
 }
 

@@ -3114,8 +3114,10 @@ async fn apply(
             (None, Some(found)) => found.clone(),
             (None, None) => return Err(ApiError::internal(format!("instance {}: image {} undecided", i.id, i.image))),
         };
+        // (A container given no size has the default: what its image unpacks to is not it.)
         let image_size = match i.root_disk_size {
             Some(_) => None,
+            None if hv == HypervisorKind::Lxc => None,
             None => db::image::get_tx(&mut tx, &image).await?.and_then(|r| r.virtual_size).map(|v| v as u64),
         };
         let demand = scheduler::Demand {

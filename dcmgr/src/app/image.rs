@@ -140,8 +140,12 @@ fn validate_boot(req: &CreateImage) -> ApiResult<()> {
             format!("boot_mode uefi starts the bootloader of a qcow2 or raw disk; this image cannot use it: {why}"),
         ));
     }
-    if req.min_disk.is_some() && !disk {
-        return Err(ApiError::bad("invalid_min_disk", format!("min_disk is for qcow2 and raw disk images, not {f}")));
+    // A container's root filesystem has a size too.
+    if req.min_disk.is_some() && !disk && !matches!(f, ImageFormat::Tar | ImageFormat::Dir) {
+        return Err(ApiError::bad(
+            "invalid_min_disk",
+            format!("min_disk is for qcow2, raw and tar (or dir) images, not {f}"),
+        ));
     }
     let size_ok = |v: Option<u64>| v.is_none_or(|b| (1..=MAX_BYTES).contains(&b));
     if !size_ok(req.min_disk) {

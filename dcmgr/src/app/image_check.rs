@@ -38,9 +38,10 @@ impl From<vdc_bus::rootfs::Refused> for Refusal {
 
 /// What a tar image's check found: a gzip-compressed tarball whose entries all keep
 /// inside the root it is unpacked into (`vdc_bus::rootfs`: the rules hva unpacks with),
-/// within the limit of a disk's virtual size unpacked.
-pub fn tar_checked(checked: Result<(), vdc_bus::rootfs::Refused>) -> Result<Inspected, Refusal> {
-    checked.map(|()| Inspected { format: ImageFormat::Tar, virtual_size: None }).map_err(Refusal::from)
+/// within the limit of a disk's virtual size unpacked. Its virtual size is the bytes it
+/// unpacks to (its tar stream's): a container's root filesystem holds at least that.
+pub fn tar_checked(checked: Result<u64, vdc_bus::rootfs::Refused>) -> Result<Inspected, Refusal> {
+    checked.map(|n| Inspected { format: ImageFormat::Tar, virtual_size: Some(n) }).map_err(Refusal::from)
 }
 
 fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {

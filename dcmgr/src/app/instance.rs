@@ -205,13 +205,14 @@ pub fn check_boot(
             ));
         }
         if let Some(disk) = image.virtual_size.filter(|v| size < *v) {
-            return Err(ApiError::bad(
-                "root_disk_too_small",
-                format!(
+            let why = match container {
+                true => format!("root_disk_size {size} bytes is below the {disk} bytes image {} unpacks to", image.id),
+                false => format!(
                     "root_disk_size {size} bytes is below the disk image {} holds ({disk} bytes): a disk only grows",
                     image.id
                 ),
-            ));
+            };
+            return Err(ApiError::bad("root_disk_too_small", why));
         }
     }
     Ok(!container && disk && image.kernel_id.is_none() && image.boot_mode == BootMode::Uefi)
@@ -223,11 +224,15 @@ pub const CONTAINER_ROOT_MIN: u64 = 64 * MIB;
 /// The root disk size of an instance created without one: the image's own size, or its
 /// min_disk where that is larger (a disk below the image's declared minimum is refused
 /// when asked for, so it is not made when nothing was asked). A container's root
-/// filesystem is [`scheduler::CONTAINER_ROOT_DEFAULT`], or its image's min_disk if larger.
+/// filesystem is [`scheduler::CONTAINER_ROOT_DEFAULT`], or its image's min_disk if larger,
+/// or half as much again as its image unpacks to (room for the file system's own blocks
+/// and the guest's first writes).
 fn grown_to_minimum(image: &vdc_schema::api::Image, hypervisor: vdc_schema::HypervisorKind) -> Option<u64> {
     use vdc_schema::ImageFormat;
     if hypervisor == vdc_schema::HypervisorKind::Lxc {
-        return Some(image.min_disk.unwrap_or(0).max(scheduler::CONTAINER_ROOT_DEFAULT));
+        let unpacked = image.virtual_size.unwrap_or(0).saturating_mul(3) / 2;
+        let size = image.min_disk.unwrap_or(0).max(unpacked.div_ceil(MIB) * MIB);
+        return Some(size.max(scheduler::CONTAINER_ROOT_DEFAULT));
     }
     let disk = matches!(image.format, ImageFormat::Qcow2 | ImageFormat::Raw);
     image.min_disk.filter(|m| disk && image.virtual_size.is_none_or(|v| v < *m))

@@ -249,20 +249,22 @@ fn damaged(e: std::io::Error) -> Refused {
 }
 
 /// Checks every entry of the gzip-compressed tarball at `path`, which must unpack to at
-/// most `max_unpacked` bytes. Blocking.
-pub fn check(path: &Path, max_unpacked: u64) -> Result<(), Refused> {
+/// most `max_unpacked` bytes; the bytes of the tar stream (what its files hold, and
+/// more: headers and padding). Blocking.
+pub fn check(path: &Path, max_unpacked: u64) -> Result<u64, Refused> {
     check_tar(open(path)?, max_unpacked)
 }
 
 /// [`check`] on a gzip-compressed tarball read from `r` (a bundle's blob as it arrives).
-pub fn check_gz(r: impl Read, max_unpacked: u64) -> Result<(), Refused> {
+pub fn check_gz(r: impl Read, max_unpacked: u64) -> Result<u64, Refused> {
     check_tar(gunzip(r)?, max_unpacked)
 }
 
 /// [`check`] on an uncompressed tar stream.
-pub fn check_tar(r: impl Read, max_unpacked: u64) -> Result<(), Refused> {
+pub fn check_tar(r: impl Read, max_unpacked: u64) -> Result<u64, Refused> {
     let (mut archive, b) = archive(r, max_unpacked);
-    each_entry(&mut archive, &b, |_, _| Ok(()))
+    each_entry(&mut archive, &b, |_, _| Ok(()))?;
+    Ok(b.pos.get())
 }
 
 /// Entries a root file system may have (a Debian or Ubuntu root has 20,000 to 150,000):
