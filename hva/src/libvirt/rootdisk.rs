@@ -33,10 +33,15 @@ impl Mounts {
         if let Some(pid) = self.daemon {
             return Ok(pid);
         }
+        // The daemon itself, not a process that took the PID of one that has ended.
+        let daemon = |pid: &u32| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            ["libvirtd", "virtlxcd"].contains(&comm.trim())
+        };
         PID_FILES
             .iter()
             .filter_map(|f| std::fs::read_to_string(f).ok()?.trim().parse::<u32>().ok())
-            .find(|pid| Path::new(&format!("/proc/{pid}/ns/mnt")).exists())
+            .find(daemon)
             .ok_or_else(|| {
                 format!(
                     "no running libvirt daemon found (read {}) to mount a container's root in",
