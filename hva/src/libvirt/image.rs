@@ -197,10 +197,11 @@ impl ImageCache {
 
     /// Unpacks a root filesystem tarball for a container, each entry checked by the rules
     /// and the parser dcmgr checked it with (`vdc_bus::rootfs`), not by another tar.
-    pub fn unpack(&self, tarball: &Path, dest: &Path, map: Option<&IdMap>) -> Result<(), ImageError> {
+    /// At most `max` bytes of tar stream are read: a root filesystem's size.
+    pub fn unpack(&self, tarball: &Path, dest: &Path, map: Option<&IdMap>, max: u64) -> Result<(), ImageError> {
         self.make_rootfs(dest, map, |partial| {
             std::fs::create_dir_all(partial).map_err(io(partial))?;
-            vdc_bus::rootfs::unpack(tarball, partial)
+            vdc_bus::rootfs::unpack(tarball, partial, max)
                 .map_err(|refused| ImageError::Tarball { path: tarball.display().to_string(), refused })
         })
     }
@@ -371,7 +372,7 @@ mod tests {
         b.append_data(&mut h, "init.sh", &b"#!\n"[..]).unwrap();
         std::fs::create_dir_all(tarball.parent().unwrap()).unwrap();
         std::fs::write(&tarball, b.into_inner().unwrap().finish().unwrap()).unwrap();
-        c.unpack(&tarball, &rootfs, None).unwrap();
+        c.unpack(&tarball, &rootfs, None, u64::MAX).unwrap();
         let t = tmp.path().display();
         // The tarball is unpacked in-process (vdc_bus::rootfs), not by a command.
         assert_eq!(f.lines(), [format!("qemu-img create -q -f qcow2 -b {t}/images/abc -F raw {t}/i-a/root.partial")]);
@@ -382,7 +383,7 @@ mod tests {
         f.clear();
         std::fs::write(rootfs.join("etc-hostname"), b"changed in the guest").unwrap();
         c.overlay(&base, "raw", &root).unwrap();
-        c.unpack(&tarball, &rootfs, None).unwrap();
+        c.unpack(&tarball, &rootfs, None, u64::MAX).unwrap();
         assert!(f.calls().is_empty(), "{:?}", f.lines());
         assert_eq!(std::fs::read(rootfs.join("etc-hostname")).unwrap(), b"changed in the guest");
     }
@@ -408,7 +409,7 @@ mod tests {
         // An hva killed while unpacking left half a tree.
         let rootfs = tmp.path().join("i-a/rootfs");
         std::fs::create_dir_all(tmp.path().join("i-a/rootfs.partial/usr")).unwrap();
-        c.unpack(&tarball, &rootfs, None).unwrap();
+        c.unpack(&tarball, &rootfs, None, u64::MAX).unwrap();
         assert_eq!(std::fs::read(rootfs.join("etc/os-release")).unwrap(), b"ID=test\n");
         assert!(!rootfs.join("usr").exists(), "the partial tree was thrown away");
         assert!(!tmp.path().join("i-a/rootfs.partial").exists());
@@ -416,7 +417,7 @@ mod tests {
         let other = tmp.path().join("i-b/rootfs");
         std::fs::create_dir_all(other.parent().unwrap()).unwrap();
         std::fs::write(tmp.path().join("bad.tar.gz"), b"not a tarball").unwrap();
-        assert!(c.unpack(&tmp.path().join("bad.tar.gz"), &other, None).is_err());
+        assert!(c.unpack(&tmp.path().join("bad.tar.gz"), &other, None, u64::MAX).is_err());
         assert!(!other.exists());
     }
 
@@ -446,7 +447,7 @@ mod tests {
         std::fs::write(&tarball, b.into_inner().unwrap().finish().unwrap()).unwrap();
         let rootfs = tmp.path().join("i-a/rootfs");
         std::fs::create_dir_all(rootfs.parent().unwrap()).unwrap();
-        let e = c.unpack(&tarball, &rootfs, None).unwrap_err();
+        let e = c.unpack(&tarball, &rootfs, None, u64::MAX).unwrap_err();
         assert!(matches!(&e, ImageError::Tarball { refused, .. } if refused.code == "unsafe_tar"), "{e}");
         assert!(e.to_string().contains("dev/mem"), "{e}");
         assert!(!rootfs.exists());

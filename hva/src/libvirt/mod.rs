@@ -180,6 +180,41 @@ type Result<T> = std::result::Result<T, String>;
 /// In an instance's directory: the cached files its definition boots (kernel, initrd).
 const USES: &str = "uses";
 
+/// Bytes of a container's console kept in `console.log` before it is rotated to
+/// `console.log.0`, as virtlogd keeps a QEMU guest's (2 MiB): a guest writing to its
+/// console without end filled the host's disk (red team, 2026-12-07).
+const CONSOLE_LOG_MAX: u64 = 2 << 20;
+
+/// A container's console copied to its log, rotated at `max` bytes; readable by root only.
+struct ConsoleLog {
+    path: PathBuf,
+    file: std::fs::File,
+    len: u64,
+    max: u64,
+}
+
+impl ConsoleLog {
+    fn open(path: PathBuf, max: u64) -> std::io::Result<ConsoleLog> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+        // (One an older hva made is 0644.)
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        let len = file.metadata()?.len();
+        Ok(ConsoleLog { path, file, len, max })
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.len > 0 && self.len + data.len() as u64 > self.max {
+            std::fs::rename(&self.path, self.path.with_extension("log.0"))?;
+            *self = ConsoleLog::open(std::mem::take(&mut self.path), self.max)?;
+        }
+        self.file.write_all(data)?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+}
+
 fn uri_kind(kind: HypervisorKind) -> &'static str {
     match kind {
         HypervisorKind::Lxc => "lxc",
@@ -364,8 +399,11 @@ impl Inner {
         // No other host user lists a guest's files. Traversed still: QEMU (its own user)
         // opens its disks by their paths, and a container's root, mapped to another uid,
         // pivots into its rootfs (0700 failed there with "Permission denied").
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Nor lists the guests (their IDs name the files to try).
+        for d in [dir.as_path(), dir.parent().unwrap_or(&dir)] {
+            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+                .map_err(|e| format!("{}: {e}", d.display()))?;
+        }
         let console = dir.join("console.log");
         let mut layout = xml::Layout {
             kernel: None,
@@ -393,7 +431,14 @@ impl Inner {
                 // older hva) keeps its directory on the host's file system.
                 let tree = dir.join("rootfs.tree");
                 if let Some(size) = spec.root_disk_size.filter(|_| !fs_image.exists() && !rootfs.exists()) {
-                    self.make_rootfs_tree(spec, &tree)?;
+                    self.make_rootfs_tree(spec, &tree, size)?;
+                    // The file system's own: an entry of the image by that name that is no
+                    // directory cannot be kept (mkfs refused the whole tree for it).
+                    let lost = tree.join("lost+found");
+                    if lost.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+                        tracing::warn!(instance = %spec.id, "the image's /lost+found is not a directory: left out");
+                        std::fs::remove_file(&lost).map_err(|e| format!("{}: {e}", lost.display()))?;
+                    }
                     let owner = self.shifting().and_then(|m| m.to_host(0)).unwrap_or(0);
                     self.mounts.make(&tree, &fs_image, size, owner)?;
                 }
@@ -405,7 +450,7 @@ impl Inner {
                     self.mounts.ensure_mounted(&fs_image, &rootfs)?;
                 } else {
                     if !rootfs.exists() {
-                        self.make_rootfs_tree(spec, &rootfs)?;
+                        self.make_rootfs_tree(spec, &rootfs, u64::MAX)?;
                     }
                     // A root filesystem an older hva made is the host root's until its next
                     // start shifts it ([`Self::shift_rootfs`]): until then its definition
@@ -461,11 +506,14 @@ impl Inner {
         Ok(xml::qemu_domain(spec, &layout))
     }
 
-    /// A container's files from its image at `dest`, owned as its user namespace needs.
-    fn make_rootfs_tree(&self, spec: &InstanceSpec, dest: &Path) -> Result<()> {
+    /// A container's files from its image at `dest`, owned as its user namespace needs;
+    /// no more than `max` bytes of a tarball (a root filesystem's size: a tarball of
+    /// gigabytes of zeros, a few MB compressed, filled the host's disk before its
+    /// container failed, red team 2026-12-07).
+    fn make_rootfs_tree(&self, spec: &InstanceSpec, dest: &Path, max: u64) -> Result<()> {
         let map = self.shifting();
         let made = if spec.image.format == ImageFormat::Tar {
-            self.cache.fetch_image(&spec.image).and_then(|src| self.cache.unpack(&src, dest, map))
+            self.cache.fetch_image(&spec.image).and_then(|src| self.cache.unpack(&src, dest, map, max))
         } else {
             self.cache.resolve(&spec.image.source).and_then(|src| self.cache.copy_rootfs(&src, dest, map))
         };
@@ -767,11 +815,10 @@ impl Inner {
         dom.open_console(None, &stream, 0).map_err(|e| e.to_string())?;
         let path = self.dir(id).join("console.log");
         std::thread::spawn(move || {
-            use std::io::Write;
-            let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) else { return };
+            let Ok(mut log) = ConsoleLog::open(path, CONSOLE_LOG_MAX) else { return };
             let mut buf = vec![0u8; 16 << 10];
             while let Ok(n) = stream.recv(&mut buf) {
-                if n <= 0 || f.write_all(&buf[..n as usize]).is_err() {
+                if n <= 0 || log.write(&buf[..n as usize]).is_err() {
                     break;
                 }
             }
@@ -1495,13 +1542,42 @@ mod tests {
             std::fs::metadata(tmp.path().join("instances").join(id)).unwrap().permissions().mode() & 0o777
         };
         assert_eq!(mode("i-b"), 0o711);
+        assert_eq!(mode(""), 0o711, "nor lists the instances");
+    }
+
+    #[test]
+    fn a_containers_console_log_is_rotated_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("console.log");
+        let mut log = ConsoleLog::open(path.clone(), 1000).unwrap();
+        for _ in 0..25 {
+            log.write(&[b'A'; 100]).unwrap();
+        }
+        let kept = |p: &Path| std::fs::metadata(p).unwrap().len();
+        assert_eq!((kept(&path), kept(&tmp.path().join("console.log.0"))), (500, 1000));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        // Opened again (a restarted container), it goes on counting what is there.
+        let mut log = ConsoleLog::open(path.clone(), 1000).unwrap();
+        log.write(&[b'B'; 600]).unwrap();
+        assert_eq!(kept(&path), 600);
     }
 
     #[test]
     fn a_sized_container_gets_a_file_system_once_and_an_older_one_keeps_its_directory() {
         let tmp = tempfile::tempdir().unwrap();
         let f = host::FakeRunner::new();
-        f.answer(&["cp", "-a"], |argv| std::fs::create_dir(&argv[3]).map(|_| String::new()).map_err(|e| e.to_string()));
+        // An image whose /lost+found is a file: mkfs refuses such a tree.
+        f.answer(&["cp", "-a"], |argv| {
+            std::fs::create_dir(&argv[3])
+                .and_then(|_| std::fs::write(Path::new(&argv[3]).join("lost+found"), b"x"))
+                .map(|_| String::new())
+                .map_err(|e| e.to_string())
+        });
+        f.answer(&["mkfs.ext4"], |argv| match Path::new(&argv[argv.len() - 2]).join("lost+found").exists() {
+            true => Err("__populate_fs: Ext2 file already exists while writing file \"lost+found\"".into()),
+            false => Ok(String::new()),
+        });
         f.fail(&["findmnt"], "exit status: 1").ok(&["findmnt"], "mounted\n");
         let lv = inner(tmp.path(), &f, None);
         let mut s = spec("i-b", HypervisorKind::Lxc, ImageFormat::Dir, "/srv/rootfs", 0);
@@ -1515,6 +1591,9 @@ mod tests {
         assert!(lines[1].starts_with(&mkfs), "{lines:?}");
         assert!(lines.iter().any(|l| l.starts_with("nsenter --mount=/proc/4242/ns/mnt -- mount")), "{lines:?}");
         assert!(dir.join("root.ext4").exists() && dir.join("rootfs").is_dir() && !dir.join("rootfs.tree").exists());
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.join("root.ext4")).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600, "the tenant's files are the host root's to read only");
         f.clear();
         lv.prepare(&s).unwrap();
         assert!(f.lines().iter().all(|l| l.starts_with("findmnt")), "made once: {:?}", f.lines());

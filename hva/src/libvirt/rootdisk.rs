@@ -56,7 +56,16 @@ impl Mounts {
     /// never mounted.
     pub fn make(&self, tree: &Path, image: &Path, size: u64, owner: u32) -> Result<(), String> {
         let partial = image.with_extension("ext4.partial");
-        let file = std::fs::File::create(&partial).map_err(|e| format!("{}: {e}", partial.display()))?;
+        // Readable by the host's root only: it holds the tenant's files, whatever their
+        // own modes (red team, 2026-12-07: any host user read a 0600 file with debugfs).
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&partial)
+            .map_err(|e| format!("{}: {e}", partial.display()))?;
         file.set_len(size).map_err(|e| format!("{}: {e}", partial.display()))?;
         drop(file);
         // No blocks reserved for the host's root: the container's root is not the host's.
@@ -68,7 +77,8 @@ impl Mounts {
         if let Err(e) = made {
             let _ = std::fs::remove_file(&partial);
             return Err(format!(
-                "the image's files do not fit a root filesystem of {} MiB (root_disk_size), or it could not be made: {e}",
+                "the container's root filesystem of {} MiB (root_disk_size) could not be made of its image's files \
+                 (too small for them, or too few inodes, if mkfs says it could not allocate): {e}",
                 size >> 20
             ));
         }
@@ -146,7 +156,7 @@ mod tests {
         let m = Mounts::new(fake.clone(), Some(42));
         let img = tmp.path().join(IMAGE);
         let e = m.make(tmp.path(), &img, 64 << 20, 100000).unwrap_err();
-        assert!(e.contains("do not fit a root filesystem of 64 MiB"), "{e}");
+        assert!(e.contains("root filesystem of 64 MiB (root_disk_size) could not be made"), "{e}");
         assert!(!img.exists() && !tmp.path().join("root.ext4.partial").exists());
         assert!(
             fake.lines()[0].starts_with("mkfs.ext4 -q -F -m 0 -E root_owner=100000:100000 -d "),

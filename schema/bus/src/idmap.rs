@@ -300,7 +300,7 @@ mod tests {
         crate::rootfs::pack(&root, &tgz, Some(&m)).unwrap();
         let back = tmp.path().join("back");
         std::fs::create_dir(&back).unwrap();
-        crate::rootfs::unpack(&tgz, &back).unwrap();
+        crate::rootfs::unpack(&tgz, &back, u64::MAX).unwrap();
         for p in ["bin/su", "bin/ping", "bin/sudo"] {
             assert_eq!(uid(&back.join(p)), 0, "{p}");
         }

@@ -305,9 +305,10 @@ fn each_entry<R: Read>(
 /// exist), each entry checked before it is written, keeping modes, times and (as root)
 /// owners: a container's root. A refusal can come after earlier entries were written: the caller
 /// unpacks into a directory of its own and throws it away on error. Blocking.
-pub fn unpack(path: &Path, dest: &Path) -> Result<(), Refused> {
-    // The total was checked by dcmgr, through this parser, on these bytes.
-    let (mut archive, b) = archive(open(path)?, u64::MAX);
+pub fn unpack(path: &Path, dest: &Path, max_unpacked: u64) -> Result<(), Refused> {
+    // The total was checked by dcmgr, through this parser, on these bytes; `max_unpacked`
+    // holds a host to the root filesystem the files are for.
+    let (mut archive, b) = archive(open(path)?, max_unpacked);
     archive.set_preserve_permissions(true);
     // Owners as GNU tar keeps them: when unpacking as root (hva) only.
     let root = rustix::process::geteuid().is_root();
@@ -797,7 +798,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let tgz = tmp.path().join("long.tar.gz");
         std::fs::write(&tgz, gzip(&tar)).unwrap();
-        unpack(&tgz, tmp.path()).unwrap();
+        unpack(&tgz, tmp.path(), u64::MAX).unwrap();
         assert_eq!(std::fs::read(tmp.path().join(&long)).unwrap(), b"data");
     }
 
@@ -806,10 +807,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let tgz = tmp.path().join("root.tar.gz");
         std::fs::write(&tgz, gzip(&tar_of(SAFE))).unwrap();
-        check(&tgz, u64::MAX).unwrap();
+        let size = check(&tgz, u64::MAX).unwrap();
         let root = tmp.path().join("root");
         std::fs::create_dir(&root).unwrap();
-        unpack(&tgz, &root).unwrap();
+        // Held to a root filesystem's size: refused past it (what was written is thrown away).
+        let cut = tmp.path().join("cut");
+        std::fs::create_dir(&cut).unwrap();
+        assert_eq!(unpack(&tgz, &cut, size - 512).unwrap_err().code, "virtual_size_too_large");
+        unpack(&tgz, &root, size).unwrap();
         assert_eq!(std::fs::read(root.join("bin/busybox")).unwrap(), b"data");
         assert_eq!(std::fs::read_link(root.join("bin/sh")).unwrap(), Path::new("busybox"));
         assert_eq!(std::fs::read_link(root.join("sbin")).unwrap(), Path::new("/bin"), "the container's own /bin");
@@ -832,7 +837,7 @@ mod tests {
             b.append_data(&mut h, name, std::io::empty()).unwrap();
         }
         std::fs::write(&tgz, b.into_inner().unwrap().finish().unwrap()).unwrap();
-        unpack(&tgz, &root).unwrap();
+        unpack(&tgz, &root, u64::MAX).unwrap();
         for name in ["home/owned", "home/fifo"] {
             let m = std::fs::symlink_metadata(root.join(name)).unwrap();
             let owner = if rustix::process::geteuid().is_root() { (4242, 4243) } else { (m.uid(), m.gid()) };
@@ -858,7 +863,7 @@ mod tests {
         assert!(e.message.contains("dev/mem"), "{e}");
         let root = tmp.path().join("root");
         std::fs::create_dir(&root).unwrap();
-        assert_eq!(unpack(&tgz, &root).unwrap_err().code, "unsafe_tar");
+        assert_eq!(unpack(&tgz, &root, u64::MAX).unwrap_err().code, "unsafe_tar");
         assert!(!root.join("dev/mem").exists());
         // A benign second member is part of the root.
         let mut data = gzip(&entries_of(&[("init.sh", b'0', "")]));
@@ -867,7 +872,7 @@ mod tests {
         check(&tgz, u64::MAX).unwrap();
         let root = tmp.path().join("root2");
         std::fs::create_dir(&root).unwrap();
-        unpack(&tgz, &root).unwrap();
+        unpack(&tgz, &root, u64::MAX).unwrap();
         assert!(root.join("init.sh").exists() && root.join("etc/hostname").exists());
     }
 
@@ -891,7 +896,7 @@ mod tests {
         check(&a, u64::MAX).unwrap();
         let back = tmp.join("back");
         std::fs::create_dir(&back).unwrap();
-        unpack(&a, &back).unwrap();
+        unpack(&a, &back, u64::MAX).unwrap();
         (packed, back)
     }
 
@@ -986,7 +991,7 @@ mod tests {
         check(&tgz, u64::MAX).unwrap();
         let back = tmp.path().join("back");
         std::fs::create_dir(&back).unwrap();
-        unpack(&tgz, &back).unwrap();
+        unpack(&tgz, &back, u64::MAX).unwrap();
         let f = back.join("f");
         assert_eq!(xattr(&f, "user.ok").as_deref(), Some(&b"yes"[..]));
         assert_eq!(xattr(&f, "trusted.overlay.opaque"), None);
@@ -1021,12 +1026,12 @@ mod tests {
         let entries: &[(&str, u8, &str)] =
             &[("ok", b'0', ""), ("link", b'2', "/"), ("link/x", b'0', ""), ("../outside/x", b'0', "")];
         std::fs::write(&tgz, gzip(&tar_of(entries))).unwrap();
-        let e = unpack(&tgz, &root).unwrap_err();
+        let e = unpack(&tgz, &root, u64::MAX).unwrap_err();
         assert!(e.message.contains("link/x"), "{e}");
         assert!(root.join("ok").exists());
         assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
         let plain = tmp.path().join("plain.tar");
         std::fs::write(&plain, tar_of(SAFE)).unwrap();
-        assert_eq!(unpack(&plain, &root).unwrap_err().code, "format_mismatch");
+        assert_eq!(unpack(&plain, &root, u64::MAX).unwrap_err().code, "format_mismatch");
     }
 }

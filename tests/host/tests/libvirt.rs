@@ -251,6 +251,36 @@ async fn a_containers_root_filesystem_is_as_large_as_asked() {
     assert_eq!(c.list_all_instances().await.unwrap().len(), 1, "nothing refused was made");
     let dir = s.hosts[0].libvirt.as_ref().unwrap().data_dir().join("instances").join(id.as_str());
     let image = dir.join("root.ext4");
+    // Its files and console are the host root's to read only (red team, 2026-12-07: any
+    // host user read a tenant's 0600 file out of root.ext4 with debugfs).
+    let mode =
+        |p: &std::path::Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
+    assert_eq!((mode(&image) & 0o777, mode(&dir.join("console.log")) & 0o777), (0o600, 0o600));
+    assert_eq!(mode(dir.parent().unwrap()) & 0o777, 0o711, "nor are the instances listed");
+    // A console written without end is rotated, not kept whole on the host's disk.
+    let flood = in_container(
+        &id,
+        true,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox head -c 6000000 /dev/zero | /bin/busybox tr '\\0' A > /dev/console",
+        ],
+    );
+    assert!(flood.status.success(), "{}", String::from_utf8_lossy(&flood.stderr));
+    vdc_tests::eventually(Duration::from_secs(20), || async {
+        std::fs::metadata(dir.join("console.log.0")).is_ok().then_some(())
+    })
+    .await
+    .expect("the console log is rotated");
+    let len = |n: &str| std::fs::metadata(dir.join(n)).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        len("console.log") <= 2 << 20 && len("console.log.0") <= 2 << 20,
+        "{} {}",
+        len("console.log"),
+        len("console.log.0")
+    );
     job_ok(&c, &c.terminate_instance(&id).await.unwrap()).await;
     let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", libvirtd.trim())).unwrap();
     assert!(!mounts.contains(id.as_str()), "{mounts}");
