@@ -1452,7 +1452,7 @@ fn plan_text(p: &BundlePlan) -> String {
             s += &format!("imported already as {i}: nothing to do\n");
             return s;
         }
-        s += &format!("imported already as {i}; importing it again makes what changed here since as it has it");
+        s += &format!("imported already as {i}; importing it again makes what was deleted here since");
         s += if prunes { ", and --prune deletes what it no longer has\n" } else { "\n" };
     } else if let Some(i) = &p.update_of {
         s += &format!("updates import {i} (the bundle wins for the fields it carries)\n");
@@ -1691,7 +1691,7 @@ mod tests {
             "kind": "instance", "bundle_id": "i-1", "name": "web", "note": "created again: deleted here since the import"
         })).unwrap());
         let text = plan_text(&again);
-        assert!(text.contains("importing it again makes what changed here since as it has it"), "{text}");
+        assert!(text.contains("importing it again makes what was deleted here since"), "{text}");
         assert!(text.contains("+ instance \"web\" (created again"), "{text}");
     }
 
