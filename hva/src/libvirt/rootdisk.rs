@@ -76,6 +76,9 @@ impl Mounts {
         );
         if let Err(e) = made {
             let _ = std::fs::remove_file(&partial);
+            // What mkfs said, not its command line: the reason reaches the tenant, and the
+            // host's paths are not theirs to see.
+            let e = e.detail.replace(&host::path(tree), "/").replace(&host::path(&partial), "the file system");
             return Err(format!(
                 "the container's root filesystem of {} MiB (root_disk_size) could not be made of its image's files \
                  (too small for them, or too few inodes, if mkfs says it could not allocate): {e}",
@@ -157,6 +160,7 @@ mod tests {
         let img = tmp.path().join(IMAGE);
         let e = m.make(tmp.path(), &img, 64 << 20, 100000).unwrap_err();
         assert!(e.contains("root filesystem of 64 MiB (root_disk_size) could not be made"), "{e}");
+        assert!(e.contains("Could not allocate block") && !e.contains(tmp.path().to_str().unwrap()), "{e}");
         assert!(!img.exists() && !tmp.path().join("root.ext4.partial").exists());
         assert!(
             fake.lines()[0].starts_with("mkfs.ext4 -q -F -m 0 -E root_owner=100000:100000 -d "),
