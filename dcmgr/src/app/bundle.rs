@@ -1503,7 +1503,7 @@ fn runs(h: &store::HostHere, hv: HypervisorKind) -> bool {
 }
 
 /// What an instance books on its host: vCPUs, MiB of memory and MiB of root disk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Shape(i64, i64, i64);
 
 impl Shape {
@@ -2413,8 +2413,8 @@ pub async fn wanted(
     let d = decide(&m, &existing(ctx, &mut conn, &caller.account_id, &m).await?, maps);
     drop(conn);
     let mut needed = Vec::new();
-    // The same bundle again stores nothing, but for what changed here since and what
-    // `prune` applies with it (as import_received decides).
+    // The same bundle again stores nothing, but for what it makes again and what `prune`
+    // applies with it (as import_received decides).
     if found.is_none() || !d.nothing_again() {
         let mut seen = HashSet::new();
         for (_, blob, _) in blobs_to_store(&m, &d, maps) {
@@ -2654,8 +2654,8 @@ async fn import_received(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &
         let found = store::find_import(&mut conn, &caller.account_id, &src.site_key, &src.vdc_id, &r.hash).await?;
         let e = existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?;
         let d = decide(&r.manifest, &e, maps);
-        // The same bundle again changes nothing, but for what changed here since (made as
-        // the bundle has it again) and the deletes `--prune` asks for.
+        // The same bundle again changes nothing, but for what was deleted here since (made
+        // again) and the deletes `--prune` asks for.
         if let Some(found) = found.filter(|_| d.nothing_again()) {
             unstage(ctx, &r.manifest);
             return Ok(BundleImported { import: found, created: false });
