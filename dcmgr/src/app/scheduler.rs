@@ -36,11 +36,18 @@ impl Demand {
 /// The MiB of root disk an instance books: its disk image's size in bytes, rounded up;
 /// for a container, its root filesystem's.
 pub fn disk_mib(hypervisor: HypervisorKind, root_disk_bytes: Option<u64>) -> u32 {
-    let bytes = match hypervisor {
-        HypervisorKind::Lxc => root_disk_bytes.unwrap_or(CONTAINER_ROOT_DEFAULT),
-        _ => root_disk_bytes.unwrap_or(0),
-    };
+    let bytes = root_size(hypervisor, root_disk_bytes).unwrap_or(0);
     u32::try_from(bytes.div_ceil(1 << 20)).unwrap_or(u32::MAX)
+}
+
+/// The root disk an instance of `hypervisor` has for the size it was given: that size,
+/// or for a container given none [`CONTAINER_ROOT_DEFAULT`] (a disk image without one
+/// keeps its image's size: None).
+pub fn root_size(hypervisor: HypervisorKind, root_disk_bytes: Option<u64>) -> Option<u64> {
+    match hypervisor {
+        HypervisorKind::Lxc => Some(root_disk_bytes.unwrap_or(CONTAINER_ROOT_DEFAULT)),
+        _ => root_disk_bytes,
+    }
 }
 
 /// The root filesystem of a container given no size (one in a bundle, say): a file

@@ -138,12 +138,8 @@ async fn build_spec(
         nics,
         ssh_public_keys,
         user_data: row.user_data.clone(),
-        root_disk_size: match (row.root_disk_size, hypervisor) {
-            (Some(v), _) => Some(v as u64),
-            // One given no size (from a bundle): its own file system of the default size.
-            (None, vdc_schema::HypervisorKind::Lxc) => Some(crate::app::scheduler::CONTAINER_ROOT_DEFAULT),
-            (None, _) => None,
-        },
+        // A container given no size (from a bundle) gets the size it is booked for.
+        root_disk_size: crate::app::scheduler::root_size(hypervisor, row.root_disk_size.map(|v| v as u64)),
         volumes: vols
             .into_iter()
             .filter_map(|(id, target)| {
