@@ -925,7 +925,7 @@ pub struct CaptureProps {
     /// The operating system, as free text (e.g. debian-12)
     #[arg(long, value_name = "TEXT")]
     pub os: Option<String>,
-    /// The smallest root disk an instance of it may have (e.g. 2G)
+    /// The smallest root disk an instance of it may have (e.g. 2G) [default for an instance's capture: the root disk it had, or its image's min_disk if larger]
     #[arg(long, value_name = "SIZE", value_parser = parse_size_bytes)]
     pub min_disk: Option<u64>,
     /// The least memory an instance of it may have (e.g. 512M)

@@ -643,7 +643,8 @@ pub struct CaptureInstance {
     /// Free text such as `debian-12`, at most 64 characters.
     #[schema(max_length = 64)]
     pub os: Option<String>,
-    /// Bytes.
+    /// Bytes. Left out: the root disk the instance had (a container's root filesystem),
+    /// or its image's `min_disk` if larger.
     #[schema(minimum = 1, maximum = 1125899906842624.0)]
     pub min_disk: Option<u64>,
     /// Bytes.

@@ -1023,7 +1023,8 @@ async fn containers_are_captured_as_tar_images(db: Db) {
         memory_mib: 64,
         ..boot(image, name)
     };
-    let ct = c.create_instance(&container("ct", &root.id)).await.unwrap().resource;
+    let ct = CreateInstance { root_disk_size: Some(3 << 30), ..container("ct", &root.id) };
+    let ct = c.create_instance(&ct).await.unwrap().resource;
     vdc_tests::wait_state(&c, &ct.id, InstanceState::Running).await;
     let live = c.capture_instance(&ct.id, &capture_req("ct-live")).await.unwrap();
     assert_eq!(c.get_instance(&ct.id).await.unwrap().state, InstanceState::Running, "it runs on");
@@ -1032,11 +1033,12 @@ async fn containers_are_captured_as_tar_images(db: Db) {
     assert_eq!((img.state, img.format), (ImageState::Available, ImageFormat::Tar));
     assert_eq!(img.hypervisors, [HypervisorKind::Lxc]);
     assert_eq!(img.checksum, root.checksum, "the sim's root is its image");
+    assert_eq!(img.min_disk, Some(3 << 30), "its files had that room to run in");
 
     let st = c.stop_instance(&ct.id).await.unwrap();
     c.wait_job_ok(&st.job.id, Duration::from_secs(20)).await.unwrap();
     // A container's root filesystem has a size: its capture may say the smallest.
-    let sized = CaptureInstance { min_disk: Some(3 << 30), ..capture_req("sized") };
+    let sized = CaptureInstance { min_disk: Some(4 << 30), ..capture_req("sized") };
     let sized = c.capture_instance(&ct.id, &sized).await.unwrap();
     c.wait_job_ok(&sized.job.id, Duration::from_secs(20)).await.unwrap();
     let stopped = c.capture_instance(&ct.id, &capture_req("ct-stopped")).await.unwrap();
@@ -1045,13 +1047,16 @@ async fn containers_are_captured_as_tar_images(db: Db) {
     assert_eq!(c.get_instance(&ct.id).await.unwrap().state, InstanceState::Stopped);
     assert_eq!(c.get_image(&stopped.resource.id).await.unwrap().format, ImageFormat::Tar);
 
-    // The capture boots a container, with a root filesystem of the default size; the
-    // sized one's is its min_disk.
+    // The capture boots a container with the root filesystem its source had (before, the
+    // default 2 GiB); the sized one's is the min_disk asked. Below that is refused.
     let child = c.create_instance(&container("child", &stopped.resource.id)).await.unwrap().resource;
-    assert_eq!(child.root_disk_size, Some(2 << 30));
+    assert_eq!(child.root_disk_size, Some(3 << 30));
     vdc_tests::wait_state(&c, &child.id, InstanceState::Running).await;
     let big = c.create_instance(&container("big", &sized.resource.id)).await.unwrap().resource;
-    assert_eq!(big.root_disk_size, Some(3 << 30));
+    assert_eq!(big.root_disk_size, Some(4 << 30));
+    let less = CreateInstance { root_disk_size: Some(2 << 30), ..container("less", &stopped.resource.id) };
+    let Err(ClientError::Api { code, .. }) = c.create_instance(&less).await else { panic!("below min_disk") };
+    assert_eq!(code, "root_disk_too_small");
 
     // A tar image's virtual size is what it unpacks to: a container's root filesystem
     // below it is refused at create (before, its host failed it later), and one given no

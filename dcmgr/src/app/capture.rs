@@ -162,6 +162,14 @@ pub fn captured_format(container: bool, boots: ImageFormat) -> Option<ImageForma
     }
 }
 
+/// The min_disk of a capture asked for none: the larger of its source image's and the
+/// root the instance had (a container given none has the default root filesystem).
+fn captured_min_disk(source: &Image, container: bool, root_disk_size: Option<i64>) -> Option<u64> {
+    let kind = if container { HypervisorKind::Lxc } else { HypervisorKind::Qemu };
+    let root = crate::app::scheduler::root_size(kind, root_disk_size.map(|v| v as u64));
+    source.min_disk.max(root)
+}
+
 pub async fn capture(
     ctx: &SharedCtx,
     caller: &Caller,
@@ -192,7 +200,9 @@ pub async fn capture(
         kernel_cmdline: None,
         boot_mode: source.boot_mode,
         kernel_id: source.kernel_id.clone(),
-        min_disk: req.min_disk.or(source.min_disk),
+        // As Nova's snapshots do: what boots from the capture is given at least the root
+        // the source had (a container's files may need the room it had to run).
+        min_disk: req.min_disk.or(captured_min_disk(&source, container, before.root_disk_size)),
         min_memory: req.min_memory.or(source.min_memory),
         os: req.os.or(source.os.clone()),
         public: false,
