@@ -49,6 +49,7 @@ on_both_databases!(
     a_volume_grown_at_the_source_says_how_to_grow_it_here,
     a_push_leaves_out_the_data_of_what_the_target_keeps,
     a_name_made_again_at_the_source_follows_with_prune,
+    a_floating_ip_moved_at_the_source_moves_here,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -2763,6 +2764,109 @@ async fn a_name_made_again_at_the_source_follows_with_prune(db: Db) {
     // And the next update finds everything as it is.
     let plan = cb.plan_bundle_pruning(export(&ca).await, &[]).await.unwrap();
     assert!(plan.creates.is_empty() && plan.deletes.is_empty() && plan.conflicts.is_empty(), "{plan:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A floating IP moved at the source (to another instance, to a new one, off any) is
+/// moved here by the next import, as the plan says; one an interface here has by hand is
+/// a conflict of the plan. Before, a kept floating IP stayed where the first import put
+/// it and the plan said "unchanged": B kept exposing a guest A had withdrawn.
+async fn a_floating_ip_moved_at_the_source_moves_here(db: Db) {
+    let mut oa = StackOptions::new(db);
+    oa.external = Some(external(115));
+    let a = Stack::start(oa).await;
+    let mut ob = StackOptions::new(db);
+    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
+    ob.external = Some(external(116));
+    let b = Stack::start(ob).await;
+    let ca = a.account("tenant").await;
+    build_vdc(&a, &ca, false).await;
+    let a_inst = |n: &'static str| {
+        let c = ca.clone();
+        async move { c.list_all_instances().await.unwrap().into_iter().find(|i| i.name == n).unwrap() }
+    };
+    let fip = ca.create_floating_ip(&CreateFloatingIp { ip: None }).await.unwrap();
+    let to = |i: &Instance| AssociateFloatingIp { instance_id: i.id.clone(), interface_id: None };
+    ca.associate_floating_ip(&fip.id, &to(&a_inst("db").await)).await.unwrap();
+    let cb = b.account("tenant").await;
+    assert!(cb.import_bundle(export(&ca).await, &[]).await.unwrap().created);
+    let b_fip = cb.list_all_floating_ips().await.unwrap().remove(0);
+    let on_b = || async {
+        let f = cb.get_floating_ip(&b_fip.id).await.unwrap();
+        let all = cb.list_all_instances().await.unwrap();
+        f.instance_id.map(|i| all.into_iter().find(|x| x.id == i).unwrap().name)
+    };
+    assert_eq!(on_b().await.as_deref(), Some("db"));
+    let updates = |p: &BundlePlan| -> Vec<(String, String)> {
+        p.updates.iter().filter(|c| c.kind == "floating_ip").map(|c| (c.name.clone(), c.detail.clone())).collect()
+    };
+    let ip = b_fip.ip.to_string();
+
+    // Moved to another instance at the source.
+    ca.associate_floating_ip(&fip.id, &to(&a_inst("app").await)).await.unwrap();
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert_eq!(updates(&plan), [(ip.clone(), "moved from db to app".to_owned())], "{plan:?}");
+    assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
+    assert_eq!(on_b().await.as_deref(), Some("app"));
+
+    // Off any instance at the source.
+    ca.disassociate_floating_ip(&fip.id).await.unwrap();
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert_eq!(updates(&plan), [(ip.clone(), "disassociated from app".to_owned())]);
+    assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
+    assert_eq!(on_b().await, None);
+
+    // Onto an instance the same import makes.
+    let app = a_inst("app").await;
+    let web = ca
+        .create_instance(&CreateInstance {
+            name: Some("web".into()),
+            image_id: a.image.clone(),
+            hypervisor: Some(HypervisorKind::Qemu),
+            cpus: 1,
+            memory_mib: 64,
+            interfaces: vec![CreateInterface {
+                network_id: app.interfaces[0].network_id.clone(),
+                security_groups: vec![],
+                ip: None,
+            }],
+            ssh_key_id: None,
+            user_data: None,
+            root_disk_size: None,
+            server_group: None,
+            zone: None,
+            host_labels: Default::default(),
+        })
+        .await
+        .unwrap()
+        .resource;
+    wait_state(&ca, &web.id, InstanceState::Running).await;
+    ca.associate_floating_ip(&fip.id, &to(&web)).await.unwrap();
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert_eq!(updates(&plan), [(ip.clone(), "associated with web".to_owned())]);
+    assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
+    assert_eq!(on_b().await.as_deref(), Some("web"));
+
+    // Onto an interface that has an address of B's own: said, nothing changed; freed
+    // here, it goes through.
+    let own = cb.create_floating_ip(&CreateFloatingIp { ip: None }).await.unwrap();
+    let b_db = cb.list_all_instances().await.unwrap().into_iter().find(|i| i.name == "db").unwrap();
+    cb.associate_floating_ip(&own.id, &to(&b_db)).await.unwrap();
+    ca.associate_floating_ip(&fip.id, &to(&a_inst("db").await)).await.unwrap();
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let codes: Vec<&str> = plan.conflicts.iter().map(|c| c.code.as_str()).collect();
+    assert_eq!(codes, ["interface_has_floating_ip"], "{:?}", plan.conflicts);
+    assert!(plan.conflicts[0].message.contains(&own.ip.to_string()), "{:?}", plan.conflicts);
+    assert_eq!(api_err(cb.import_bundle(bytes.clone(), &[]).await).0, 409);
+    assert_eq!(on_b().await.as_deref(), Some("web"));
+    cb.disassociate_floating_ip(&own.id).await.unwrap();
+    assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
+    assert_eq!(on_b().await.as_deref(), Some("db"));
     a.stop().await;
     b.stop().await;
 }

@@ -736,6 +736,9 @@ pub struct Decision {
     /// Kept volumes attached elsewhere than the bundle says: (volume here, detached from
     /// the import's instance it is on here, the instance (bundle ID) to attach it to).
     pub volume_moves: Vec<(String, bool, Option<String>)>,
+    /// Kept floating IPs associated elsewhere than the bundle says: (floating IP here, the
+    /// instance (bundle ID) to associate it with, none to disassociate it).
+    pub fip_moves: Vec<(String, Option<String>)>,
 }
 
 impl Decision {
@@ -1285,19 +1288,17 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         }
     }
     if !m.model.floating_ips.is_empty() && !maps.skip_floating_ips {
-        let fips: Vec<&vdc_bundle::FloatingIp> = m
-            .model
-            .floating_ips
-            .iter()
-            .filter(|f| match have.as_ref().and_then(|h| h.fip(&f.id)) {
-                Some(t) => {
-                    d.kept.insert(f.id.clone(), t.clone());
-                    d.unchanged.push(change("floating_ip", &f.id, &t, "")(String::new()));
-                    false
+        let mut fips: Vec<&vdc_bundle::FloatingIp> = vec![];
+        for f in &m.model.floating_ips {
+            match have.as_ref().and_then(|h| Some((h, h.fip(&f.id)?))) {
+                Some((h, row)) => {
+                    d.kept.insert(f.id.clone(), row.0.clone());
+                    fip_moved(&mut d, m, h, f, row);
                 }
-                None => true,
-            })
-            .collect();
+                None => fips.push(f),
+            }
+        }
+        fip_taken(&mut d, have.as_ref());
         if fips.is_empty() {
         } else if e.external {
             for f in fips {
@@ -1356,6 +1357,64 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
     d
 }
 
+/// A kept floating IP: unchanged where it is on the instance the bundle says (or on none
+/// as the bundle has it), else moved there (before, it stayed where the first import or
+/// a hand here had put it, and the plan said "unchanged").
+fn fip_moved(d: &mut Decision, m: &Manifest, h: &Have, f: &vdc_bundle::FloatingIp, row: &store::FipRow) {
+    let c = change("floating_ip", &f.id, &row.0, &row.2);
+    let want = f.instance.as_deref().map(|i| Have::here(d, i));
+    if row.1 == want {
+        d.unchanged.push(c(String::new()));
+        return;
+    }
+    let from = row.1.as_deref().map(|x| h.instances.get(x).map_or(x.to_owned(), |r| r.1.clone()));
+    let to = f.instance.as_ref().map(|i| {
+        let b = m.model.instances.iter().find(|x| &x.id == i).map_or(i.as_str(), |x| x.name.as_str());
+        d.names.get(&("instance".to_owned(), i.clone())).cloned().unwrap_or_else(|| b.to_owned())
+    });
+    let detail = match (from, to) {
+        (None, Some(to)) => format!("associated with {to}"),
+        (Some(from), Some(to)) => format!("moved from {from} to {to}"),
+        (Some(from), None) => format!("disassociated from {from}"),
+        (None, None) => return,
+    };
+    d.updates.push(c(detail));
+    d.fip_moves.push((row.0.clone(), f.instance.clone()));
+}
+
+/// A floating IP moving onto a kept instance whose interface has an address that stays
+/// (one associated here by hand) cannot take it: said before anything is changed.
+fn fip_taken(d: &mut Decision, have: Option<&Have>) {
+    let Some(h) = have else { return };
+    let moving: HashSet<&str> = d.fip_moves.iter().map(|m| m.0.as_str()).collect();
+    let mut found = vec![];
+    for (fip, to) in &d.fip_moves {
+        let Some(i) = to.as_ref().filter(|i| d.kept.contains_key(*i)) else { continue };
+        let Some(vif) = d.first_vifs.get(i) else {
+            found.push(conflict(
+                "no_interface",
+                format!("instance {i} has no interface here for floating IP {fip}"),
+                None,
+            ));
+            continue;
+        };
+        let held = h.fips.values().find(|r| r.3.as_deref() == Some(vif.as_str()) && !moving.contains(r.0.as_str()));
+        if let Some(r) = held {
+            let name = h.instances.get(d.kept[i].as_str()).map_or(i.as_str(), |r| r.1.as_str());
+            found.push(conflict(
+                "interface_has_floating_ip",
+                format!(
+                    "floating IP {}: instance {name}'s interface here has {} already, which is not the bundle's",
+                    h.fips[fip.as_str()].2,
+                    r.2
+                ),
+                Some(format!("`vdc floating-ip disassociate {}` here, then import again", r.0)),
+            ));
+        }
+    }
+    d.conflicts.extend(found);
+}
+
 /// What is wrong with a bundle's rule, checked as the API checks one: bundles carry
 /// rules as exported, in their normal form, so one that is not is refused rather than
 /// silently changed (an update compares rules as they are written).
@@ -1402,7 +1461,7 @@ struct Have<'a> {
     vifs: HashMap<&'a str, Vec<&'a store::VifRow>>,
     vif_groups: HashMap<&'a str, Vec<&'a str>>,
     volumes: HashMap<&'a str, &'a store::VolumeRow>,
-    fips: HashSet<&'a str>,
+    fips: HashMap<&'a str, &'a store::FipRow>,
     server_groups: HashMap<&'a str, &'a store::ServerGroupRow>,
     /// Object here → instances being terminated that still use it.
     ending: HashMap<&'a str, Vec<&'a str>>,
@@ -1434,7 +1493,7 @@ impl<'a> Have<'a> {
             vifs,
             vif_groups,
             volumes: t.volumes.iter().map(|r| (r.0.as_str(), r)).collect(),
-            fips: t.floating_ips.iter().map(|r| r.0.as_str()).collect(),
+            fips: t.floating_ips.iter().map(|r| (r.0.as_str(), r)).collect(),
             server_groups: t.server_groups.iter().map(|r| (r.0.as_str(), r)).collect(),
             ending: t.ending.iter().fold(HashMap::new(), |mut m, (o, i)| {
                 m.entry(o.as_str()).or_insert_with(Vec::new).push(i.as_str());
@@ -1452,7 +1511,7 @@ impl<'a> Have<'a> {
             || self.images.contains_key(t)
             || self.instances.contains_key(t)
             || self.volumes.contains_key(t)
-            || self.fips.contains(t)
+            || self.fips.contains_key(t)
             || self.server_groups.contains_key(t);
         found.then(|| t.to_owned())
     }
@@ -1476,8 +1535,8 @@ impl<'a> Have<'a> {
     fn server_group(&self, id: &str) -> Option<&'a store::ServerGroupRow> {
         self.server_groups.get(self.map.get(id)?.as_str()).copied()
     }
-    fn fip(&self, id: &str) -> Option<String> {
-        self.map.get(id).filter(|t| self.fips.contains(t.as_str())).cloned()
+    fn fip(&self, id: &str) -> Option<&'a store::FipRow> {
+        self.map.get(id).and_then(|t| self.fips.get(t.as_str())).copied()
     }
     /// A bundle object's ID here: kept ones, else `new:ID` (created by this update).
     fn here(d: &Decision, id: &str) -> String {
@@ -2160,8 +2219,8 @@ fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
         } else if let Some(r) = h.volumes.get(t) {
             let u: Vec<(&str, String)> = r.3.iter().map(|i| (i.as_str(), name_of(i))).collect();
             ("volume", r.1.clone(), held(&u, &pruned, ending, "attached to"))
-        } else if h.fips.contains(t) {
-            ("floating_ip", String::new(), None)
+        } else if let Some(r) = h.fips.get(t) {
+            ("floating_ip", r.2.clone(), None)
         } else if let Some(r) = h.server_groups.get(t) {
             let u: Vec<(&str, String)> = h
                 .instances
@@ -3353,6 +3412,7 @@ async fn apply(
             store::insert_floating_ip(&mut tx, id.as_str(), account, &ip.to_string(), on).await?;
             ids.insert(f.id.clone(), id.to_string());
         }
+        work.extend(move_fips(&mut tx, &d, &created).await?);
     }
     // Images deleted at the source (kept there for their instances): hidden here too, once
     // what boots them is made; the collector removes one nothing here uses.
@@ -3393,6 +3453,46 @@ async fn apply(
     tx.commit().await?;
     ctx.events.wake();
     Ok(Applied::Created(import, work, after_commit(&d), Moves { detaching, attach: attaches(&d) }))
+}
+
+/// Moves the kept floating IPs the bundle has elsewhere ([`Decision::fip_moves`]): all
+/// off their interfaces first (two may swap), then onto theirs; the interfaces they leave
+/// and join are re-sent, so their hosts change the mappings.
+async fn move_fips(
+    tx: &mut db::Tx<'_>,
+    d: &Decision,
+    created: &HashMap<String, (InstanceId, Option<String>)>,
+) -> ApiResult<Vec<Work>> {
+    use crate::datastore::{floating_ip as fstore, interface as ifstore};
+    let mut resend = vec![];
+    for (fip, _) in &d.fip_moves {
+        let id: FloatingIpId = fip.parse().map_err(ApiError::internal)?;
+        db::lock(tx, db::Lock::FloatingIp, fip).await?;
+        let Some(row) = fstore::get(tx.conn().await?, &id).await? else {
+            return Err(ApiError::Busy(format!("floating IP {fip} changed concurrently")));
+        };
+        fstore::disassociate(tx, &id).await?;
+        resend.extend(row.vif_id);
+    }
+    for (fip, to) in &d.fip_moves {
+        let Some(i) = to else { continue };
+        let on = match created.get(i) {
+            Some((inst, vif)) => vif.as_ref().map(|v| (inst.to_string(), v.clone())),
+            None => d.kept.get(i).zip(d.first_vifs.get(i)).map(|(a, b)| (a.clone(), b.clone())),
+        };
+        let Some((inst, vif)) = on else { continue };
+        if fstore::of_interface(tx.conn().await?, &vif).await?.is_some() {
+            return Err(ApiError::Busy(format!("interface {vif} took a floating IP concurrently")));
+        }
+        fstore::associate(tx, &fip.parse().map_err(ApiError::internal)?, &inst, &vif).await?;
+        resend.push(vif);
+    }
+    let mut work = vec![];
+    for v in resend {
+        ifstore::bump(tx.conn().await?, &v).await?;
+        work.extend(v.parse().ok().map(Work::Interface));
+    }
+    Ok(work)
 }
 
 /// The ID here of instance `id` of the bundle: made by this import, or kept.

@@ -53,7 +53,8 @@ pub type ServerGroupRow = (String, String, String);
 pub type VifRow = (String, String, String, String, String);
 /// (id, name, size, the instance it is attached to)
 pub type VolumeRow = (String, String, i64, Option<String>);
-pub type FipRow = (String, Option<String>);
+/// (id, the instance it is on, its address, the interface it is on)
+pub type FipRow = (String, Option<String>, String, Option<String>);
 
 /// The account's model as one consistent snapshot.
 pub struct Snapshot {
@@ -146,10 +147,11 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
     .bind(a)
     .fetch_all(&mut *tx)
     .await?;
-    let floating_ips = sqlx::query_as("SELECT id, instance_id FROM floating_ips WHERE account_id = $1 ORDER BY id")
-        .bind(a)
-        .fetch_all(&mut *tx)
-        .await?;
+    let floating_ips =
+        sqlx::query_as("SELECT id, instance_id, ip, vif_id FROM floating_ips WHERE account_id = $1 ORDER BY id")
+            .bind(a)
+            .fetch_all(&mut *tx)
+            .await?;
     let server_groups = sqlx::query_as("SELECT id, name, policy FROM server_groups WHERE account_id = $1 ORDER BY id")
         .bind(a)
         .fetch_all(&mut *tx)
