@@ -1051,16 +1051,17 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             d.images.insert(i.id.clone(), ImageChoice::Dropped);
             continue;
         }
-        // Kernels boot from a host's files, never from an image's data here: one carried
-        // would be made and then fail every boot (red team, 2026-12-06). A tenant cannot
-        // make one, so the site's own is named.
-        if i.blob.is_some() && i.format == vdc_schema::ImageFormat::Kernel {
+        // Kernels and directory roots are a host's files, never an image's data here: one
+        // carried would be made and then fail every boot (red team, 2026-12-06 and -07),
+        // unchecked. A tenant cannot make one, so the site's own is named.
+        if let (Some(_), ImageFormat::Kernel | ImageFormat::Dir) = (&i.blob, i.format) {
+            let what = if i.format == ImageFormat::Kernel { "kernels boot" } else { "directory roots are" };
             d.conflicts.push(conflict(
                 "image_missing",
                 format!(
-                    "image {:?} is a kernel image: kernels boot from this site's own files, not from a bundle's \
-                     data; name this site's kernel",
-                    i.name
+                    "image {:?} is a {} image: {what} this site's own files, not a bundle's data; name this \
+                     site's image",
+                    i.name, i.format
                 ),
                 Some(format!("image.{}=img-…", i.name)),
             ));
@@ -3693,16 +3694,20 @@ mod tests {
         assert!(!d.conflicts.iter().any(|c| c.code == "hypervisor_missing"), "{:?}", d.conflicts);
     }
 
-    /// A kernel image carried with its data is never made (it would fail every boot): the
-    /// plan asks for this site's kernel instead.
+    /// A kernel or directory image carried with its data is never made (it would fail
+    /// every boot, and a tenant cannot make one): the plan asks for this site's instead.
     #[test]
-    fn a_kernel_with_data_is_not_made_here() {
-        let mut m = manifest();
-        m.model.images[0].blob = Some(vdc_bundle::BlobRef { sha256: "ab".repeat(32), size: 1 << 20, chunks: vec![] });
-        let d = decide(&m, &existing(), &parse_maps(&["hypervisor.kvm=qemu".into()]));
-        let c = d.conflicts.iter().find(|c| c.code == "image_missing").expect("a conflict");
-        assert!(c.message.contains("is a kernel image"), "{}", c.message);
-        assert!(!matches!(d.images.get("img-1"), Some(ImageChoice::New)));
+    fn a_kernel_or_a_directory_with_data_is_not_made_here() {
+        for (format, said) in [(ImageFormat::Kernel, "is a kernel image"), (ImageFormat::Dir, "is a dir image")] {
+            let mut m = manifest();
+            m.model.images[0].format = format;
+            m.model.images[0].blob =
+                Some(vdc_bundle::BlobRef { sha256: "ab".repeat(32), size: 1 << 20, chunks: vec![] });
+            let d = decide(&m, &existing(), &parse_maps(&["hypervisor.kvm=qemu".into()]));
+            let c = d.conflicts.iter().find(|c| c.code == "image_missing").expect("a conflict");
+            assert!(c.message.contains(said), "{}", c.message);
+            assert!(!matches!(d.images.get("img-1"), Some(ImageChoice::New)));
+        }
     }
 
     /// A map may not give a network what the API refuses it (127.0.0.0/24 was made with
