@@ -477,6 +477,21 @@ async fn hostile_bundles_are_refused_and_create_nothing(db: Db) {
     assert!(["bundle_chunk_mismatch", "bundle_chunk_too_large"].contains(&flipped_code), "{flipped_code}");
     let mut flipped = good.clone();
     flipped[8 + 5 + 10] ^= 1;
+    // Refused at its head while the client still streams 64 MiB (as the CLI sends a
+    // file): the rest is read and dropped, so the client gets the answer. Before, the
+    // connection closed under it and it saw a broken pipe ("the server may be down").
+    let streamed = |head: &[u8]| {
+        let parts: Vec<Result<Vec<u8>, std::io::Error>> =
+            std::iter::once(Ok(head.to_vec())).chain((0..64).map(|_| Ok(vec![0u8; 1 << 20]))).collect();
+        reqwest::Body::wrap_stream(futures::stream::iter(parts))
+    };
+    for import in [false, true] {
+        let r = match import {
+            true => cb.import_bundle(streamed(&flipped), &[]).await.map(|_| ()),
+            false => cb.plan_bundle(streamed(&flipped), &[]).await.map(|_| ()),
+        };
+        assert_eq!(api_err(r), (400, "bundle_bad_signature".into()), "import={import}");
+    }
     cases.push(("bundle_bad_signature", flipped));
     cases.push(("bundle_untrusted_key", write(&m, &chunks, &vdc_bundle::generate_key())));
     cases.push((flipped_code, flipped_chunk));

@@ -2355,7 +2355,11 @@ pub async fn receive_body(
             .map_err(|e| BundleError::Io(std::io::Error::other(e.to_string())))
     };
     let r = tokio::task::spawn_blocking(move || {
-        let r = receive(reader, &trusted, stage, held);
+        let mut reader = reader;
+        let r = receive(&mut reader, &trusted, stage, held);
+        if r.is_err() {
+            drain(&mut reader);
+        }
         // Here, not after the await: a client gone mid-plan drops the awaiting future,
         // and this thread still ends.
         if let Some(d) = plan_dir {
@@ -2365,6 +2369,21 @@ pub async fn receive_body(
     })
     .await;
     Ok(r.map_err(ApiError::internal)??)
+}
+
+/// The rest of a refused bundle, read and dropped (up to a bound): its client is still
+/// sending, and a connection closed under it shows it a broken pipe ("the server may be
+/// down") instead of the refusal's code (red team, 2026-12-07).
+fn drain(r: &mut impl Read) {
+    const MAX_BYTES: u64 = 64 << 30;
+    const MAX_TIME: std::time::Duration = std::time::Duration::from_secs(600);
+    let (start, mut buf, mut n) = (std::time::Instant::now(), vec![0u8; 1 << 16], 0u64);
+    while n < MAX_BYTES && start.elapsed() < MAX_TIME {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k as u64,
+        }
+    }
 }
 
 pub async fn plan(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> ApiResult<BundlePlan> {
