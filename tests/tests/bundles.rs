@@ -50,6 +50,7 @@ on_both_databases!(
     a_push_leaves_out_the_data_of_what_the_target_keeps,
     a_name_made_again_at_the_source_follows_with_prune,
     a_floating_ip_moved_at_the_source_moves_here,
+    an_instance_made_again_at_the_source_replaces_its_namesake_with_prune,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -2129,9 +2130,9 @@ async fn an_image_deleted_at_the_source_is_deleted_here_by_the_update(db: Db) {
 }
 
 /// The source terminated an instance and gave its address to a new one: the update's
-/// plan said nothing, and the import failed with ip_in_use, `--prune` too (it terminates
-/// after the import commits). The plan names the instance here that holds the address;
-/// once it is terminated here, the update passes.
+/// plan said nothing, and the import failed with ip_in_use. The plan names the instance
+/// here that holds the address; `--prune` terminates it first (before, `--prune` failed
+/// too), and without it, once it is terminated here, the update passes.
 async fn an_address_the_source_gave_again_is_a_conflict_of_the_plan(db: Db) {
     let (a, b) = sites(db, None).await;
     let (ca, cb) = (a.account("source").await, b.account("target").await);
@@ -2147,14 +2148,40 @@ async fn an_address_the_source_gave_again_is_a_conflict_of_the_plan(db: Db) {
     wait_state(&ca, &new, InstanceState::Running).await;
     let bytes = export(&ca).await;
     let here = live_instance(&cb, "old").await;
-    for plan in [cb.plan_bundle(bytes.clone(), &[]).await, cb.plan_bundle_pruning(bytes.clone(), &[]).await] {
-        let plan = plan.unwrap();
-        assert_eq!(plan.conflicts.len(), 1, "{:?}", plan.conflicts);
-        let c = &plan.conflicts[0];
-        assert_eq!(c.code, "ip_in_use");
-        assert!(c.message.contains(&format!("is held here by instance old ({})", here.id)), "{}", c.message);
-    }
-    assert_eq!(api_err(cb.import_bundle_pruning(bytes.clone(), &[]).await), (409, "bundle_unresolved".into()));
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    assert_eq!(plan.conflicts.len(), 1, "{:?}", plan.conflicts);
+    let c = &plan.conflicts[0];
+    assert_eq!(c.code, "ip_in_use");
+    assert!(c.message.contains(&format!("is held here by instance old ({})", here.id)), "{}", c.message);
+    assert!(c.message.contains("import with --prune (which terminates it first)"), "{}", c.message);
+    assert_eq!(api_err(cb.import_bundle(bytes.clone(), &[]).await), (409, "bundle_unresolved".into()));
+    let pruning = cb.plan_bundle_pruning(bytes.clone(), &[]).await.unwrap();
+    assert!(pruning.conflicts.is_empty(), "{:?}", pruning.conflicts);
+    // Held by an instance made here by hand, the address stays a conflict, `--prune` or not.
+    let (cc, cd) = (a.account("source2").await, b.account("target2").await);
+    let img2 = raw_image(&cc, "img", vec![7u8; 1 << 20]).await;
+    let net2 = network(&cc, "n", "10.64.0.0/24").await;
+    let at2 = |name: &str| qemu_instance(name, &img2, &net2.id, vec![], Some("10.64.0.50"));
+    let first = cc.create_instance(&at2("first")).await.unwrap().resource.id;
+    wait_state(&cc, &first, InstanceState::Running).await;
+    cd.import_bundle(export(&cc).await, &[]).await.unwrap();
+    let mine = live_instance(&cd, "first").await;
+    let nw_here = mine.interfaces[0].network_id.clone();
+    cd.terminate_instance(&mine.id).await.unwrap();
+    wait_state(&cd, &mine.id, InstanceState::Terminated).await;
+    let by_hand =
+        cd.create_instance(&qemu_instance("hand", &cd_image(&cd).await, &nw_here, vec![], Some("10.64.0.50"))).await;
+    let by_hand = by_hand.unwrap().resource.id;
+    wait_state(&cd, &by_hand, InstanceState::Running).await;
+    cc.terminate_instance(&first).await.unwrap();
+    wait_state(&cc, &first, InstanceState::Terminated).await;
+    let second = cc.create_instance(&at2("second")).await.unwrap().resource.id;
+    wait_state(&cc, &second, InstanceState::Running).await;
+    let plan = cd.plan_bundle_pruning(export(&cc).await, &[]).await.unwrap();
+    let codes: Vec<&str> = plan.conflicts.iter().map(|c| c.code.as_str()).collect();
+    assert_eq!(codes, ["ip_in_use"], "{:?}", plan.conflicts);
+    assert_eq!(cd.get_instance(&by_hand).await.unwrap().state, InstanceState::Running);
+
     cb.terminate_instance(&here.id).await.unwrap();
     wait_state(&cb, &here.id, InstanceState::Terminated).await;
     let plan = cb.plan_bundle_pruning(bytes.clone(), &[]).await.unwrap();
@@ -2165,6 +2192,11 @@ async fn an_address_the_source_gave_again_is_a_conflict_of_the_plan(db: Db) {
     assert_eq!(arrived.interfaces[0].ip.to_string(), "10.64.0.50");
     a.stop().await;
     b.stop().await;
+}
+
+/// An image of `c`'s own to boot by hand: the private one the import made of a root disk.
+async fn cd_image(c: &Client) -> ImageId {
+    c.list_all_images().await.unwrap().into_iter().find(|i| !i.public).unwrap().id
 }
 
 /// An instance booted from an image another account shared with its own: the image
@@ -2882,6 +2914,76 @@ async fn a_floating_ip_moved_at_the_source_moves_here(db: Db) {
     cb.disassociate_floating_ip(&own.id).await.unwrap();
     assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
     assert_eq!(on_b().await.as_deref(), Some("db"));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// An instance terminated at the source and made again with the same name and address
+/// (the way to change its user data, size or image): the update with `--prune` terminates
+/// the old one here first, then makes the new one with that name and address, and the
+/// floating IP follows it. Without `--prune` the plan says `--prune` frees both. Before,
+/// the plan refused it even with `--prune` (name_taken, ip_in_use) and only a terminate
+/// by hand here let it through.
+async fn an_instance_made_again_at_the_source_replaces_its_namesake_with_prune(db: Db) {
+    let mut oa = StackOptions::new(db);
+    oa.external = Some(external(117));
+    let a = Stack::start(oa).await;
+    let mut ob = StackOptions::new(db);
+    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
+    ob.external = Some(external(118));
+    let b = Stack::start(ob).await;
+    let ca = a.account("tenant").await;
+    let net = network(&ca, "front", "10.64.0.0/24").await;
+    let web = |user_data: &str| CreateInstance {
+        user_data: Some(user_data.into()),
+        ..qemu_instance("web", &a.image, &net.id, vec![], Some("10.64.0.50"))
+    };
+    let old = ca.create_instance(&web("#!/bin/sh\necho one\n")).await.unwrap().resource;
+    wait_state(&ca, &old.id, InstanceState::Running).await;
+    let fip = ca.create_floating_ip(&CreateFloatingIp { ip: None }).await.unwrap();
+    let on = |i: &InstanceId| AssociateFloatingIp { instance_id: i.clone(), interface_id: None };
+    ca.associate_floating_ip(&fip.id, &on(&old.id)).await.unwrap();
+    let cb = b.account("tenant").await;
+    assert!(cb.import_bundle(export(&ca).await, &[]).await.unwrap().created);
+    let b_old = live_instance(&cb, "web").await;
+
+    ca.terminate_instance(&old.id).await.unwrap();
+    wait_state(&ca, &old.id, InstanceState::Terminated).await;
+    let new = ca.create_instance(&web("#!/bin/sh\necho two\n")).await.unwrap().resource;
+    wait_state(&ca, &new.id, InstanceState::Running).await;
+    ca.associate_floating_ip(&fip.id, &on(&new.id)).await.unwrap();
+    let bytes = export(&ca).await;
+
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let mut codes: Vec<&str> = plan.conflicts.iter().map(|c| c.code.as_str()).collect();
+    codes.sort();
+    assert_eq!(codes, ["ip_in_use", "name_taken"], "{:?}", plan.conflicts);
+    assert_eq!(api_err(cb.import_bundle(bytes.clone(), &[]).await).0, 409);
+
+    let plan = cb.plan_bundle_pruning(bytes.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    let old_here: Vec<(&str, &str)> =
+        plan.deletes.iter().filter(|c| c.kind == "instance").map(|c| (c.id.as_str(), c.detail.as_str())).collect();
+    assert_eq!(
+        old_here,
+        [(b_old.id.as_str(), "terminated first (--prune): an instance of the bundle takes its name or address")]
+    );
+    assert!(plan.creates.iter().any(|c| c.kind == "instance" && c.name == "web"), "{:?}", plan.creates);
+    // Ten at once: each terminates the old one (once) and waits; one makes the new one.
+    let done = ten_imports(&cb, &bytes, true).await;
+    assert_eq!(done.iter().filter(|d| d.created).count(), 1);
+    assert!(done.iter().all(|d| d.import.id == done[0].import.id));
+    assert_eq!(cb.get_instance(&b_old.id).await.unwrap().state, InstanceState::Terminated);
+    let live: Vec<Instance> =
+        cb.list_all_instances().await.unwrap().into_iter().filter(|i| i.state != InstanceState::Terminated).collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    let b_new = live_instance(&cb, "web").await;
+    assert_ne!(b_new.id, b_old.id);
+    assert_eq!(b_new.interfaces[0].ip.to_string(), "10.64.0.50");
+    let fips = cb.list_all_floating_ips().await.unwrap();
+    assert_eq!(fips.iter().map(|f| f.instance_id.clone()).collect::<Vec<_>>(), [Some(b_new.id.clone())]);
+    wait_state(&cb, &b_new.id, InstanceState::Running).await;
+    assert!(!cb.import_bundle_pruning(bytes, &[]).await.unwrap().created, "applied already");
     a.stop().await;
     b.stop().await;
 }

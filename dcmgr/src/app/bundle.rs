@@ -724,6 +724,11 @@ pub struct Decision {
     pub set_aside: Vec<(String, String)>,
     /// The `name_taken` conflicts: (index in `conflicts`, kind, name here).
     taken: Vec<(usize, String, String)>,
+    /// The `ip_in_use` conflicts: (index in `conflicts`, the instance here holding it).
+    held_ips: Vec<(usize, String)>,
+    /// Instances here that `--prune` terminates before anything is made, since instances
+    /// of the bundle take their names or addresses (the source replaced them).
+    pub replaced: Vec<String>,
     /// Kept instances stopped or started as the bundle has them: (ID here, stop).
     pub power: Vec<(String, bool)>,
     /// Instance created again (deleted here since) → the root disk image the earlier
@@ -1172,15 +1177,24 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                 continue;
             }
             let ip = net.translate(a).to_string();
-            let holder = h.vifs.values().flatten().find(|v| v.2 == here && v.3 == ip);
-            if let Some(v) = holder {
-                let who = h.instances.get(v.1.as_str()).map(|r| r.1.as_str()).unwrap_or(v.1.as_str());
+            let holder = h
+                .vifs
+                .values()
+                .flatten()
+                .find(|v| v.2 == here && v.3 == ip)
+                .map(|v| v.1.as_str())
+                .or_else(|| h.ending_vifs.iter().find(|v| v.1 == here && v.2 == ip).map(|v| v.0.as_str()));
+            if let Some(id) = holder {
+                let who = h.instances.get(id).map(|r| r.1.as_str()).or_else(|| h.ending_instances.get(id).copied());
+                let who = who.unwrap_or(id);
+                d.held_ips.push((d.conflicts.len(), id.to_owned()));
                 d.conflicts.push(conflict(
                     "ip_in_use",
                     format!(
                         "instance {}: address {ip} on network {} is held here by instance {who} ({}); terminate \
-                         that one here first (an import with --prune terminates it only after it commits)",
-                        i.name, net.name, v.1
+                         that one here first, or, if the earlier import made it and the bundle no longer has it, \
+                         import with --prune (which terminates it first)",
+                        i.name, net.name, id
                     ),
                     None,
                 ));
@@ -1463,6 +1477,10 @@ struct Have<'a> {
     vif_groups: HashMap<&'a str, Vec<&'a str>>,
     volumes: HashMap<&'a str, &'a store::VolumeRow>,
     fips: HashMap<&'a str, &'a store::FipRow>,
+    /// Instances being terminated, by ID: their names.
+    ending_instances: HashMap<&'a str, &'a str>,
+    /// Their interfaces: (instance, network, address).
+    ending_vifs: &'a [(String, String, String)],
     server_groups: HashMap<&'a str, &'a store::ServerGroupRow>,
     /// Object here → instances being terminated that still use it.
     ending: HashMap<&'a str, Vec<&'a str>>,
@@ -1495,6 +1513,8 @@ impl<'a> Have<'a> {
             vif_groups,
             volumes: t.volumes.iter().map(|r| (r.0.as_str(), r)).collect(),
             fips: t.floating_ips.iter().map(|r| (r.0.as_str(), r)).collect(),
+            ending_instances: t.ending_instances.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect(),
+            ending_vifs: &t.ending_vifs,
             server_groups: t.server_groups.iter().map(|r| (r.0.as_str(), r)).collect(),
             ending: t.ending.iter().fold(HashMap::new(), |mut m, (o, i)| {
                 m.entry(o.as_str()).or_insert_with(Vec::new).push(i.as_str());
@@ -2271,17 +2291,39 @@ fn free_pruned_names(d: &mut Decision, h: &Have) {
             "keypair" => h.keypairs.iter().find(|(_, r)| r.1 == name).map(|(t, _)| *t),
             "server_group" => h.server_groups.iter().find(|(_, r)| r.1 == name).map(|(t, _)| *t),
             "volume" => h.volumes.iter().find(|(_, r)| r.1 == name).map(|(t, _)| *t),
+            "instance" => h.instances.iter().find(|(_, r)| r.1 == name).map(|(t, _)| *t),
             _ => None,
         };
         // Of the import's objects gone from the bundle only.
         found.filter(|t| h.map.iter().any(|(b, here)| here == t && !d.kept.contains_key(b)))
     };
-    let mut freed = Vec::new();
+    // An instance being terminated holds its name and address until it is gone: the
+    // import waits for it (a concurrent identical import's replace had just begun, and
+    // this one failed with name_taken).
+    let ending = |kind: &str, name: &str| -> Option<&str> {
+        (kind == "instance").then(|| h.ending_instances.iter().find(|(_, n)| **n == name).map(|(t, _)| *t))?
+    };
+    let (mut freed, mut replaced) = (Vec::new(), Vec::new());
     for (at, kind, name) in std::mem::take(&mut d.taken) {
+        if let Some(t) = ending(&kind, &name) {
+            freed.push(at);
+            replaced.push(t.to_owned());
+            continue;
+        }
+        // Read after the names, the instances show none of that name live or ending: it
+        // was terminated in between (on PostgreSQL each statement reads what is committed
+        // when it starts), and the name is free.
+        if kind == "instance" && !h.instances.values().any(|r| r.1 == name) {
+            freed.push(at);
+            continue;
+        }
         let Some(t) = holder(&kind, &name) else { continue };
         if d.removes.iter().any(|(k, id)| *k == kind && id == t) {
             freed.push(at);
-            d.set_aside.push((kind, t.to_owned()));
+            match kind.as_str() {
+                "instance" => replaced.push(t.to_owned()),
+                _ => d.set_aside.push((kind, t.to_owned())),
+            }
         } else if let Some(c) = d.conflicts.get_mut(at) {
             c.message += &format!(
                 " (the earlier import made it, as {t}, and the bundle no longer has it: --prune removes it and \
@@ -2289,9 +2331,36 @@ fn free_pruned_names(d: &mut Decision, h: &Have) {
             );
         }
     }
+    // An address held by an instance the prune terminates: terminated first, likewise.
+    for (at, holder) in std::mem::take(&mut d.held_ips) {
+        if h.ending_instances.contains_key(holder.as_str())
+            || d.removes.iter().any(|(k, id)| k == "instance" && *id == holder)
+        {
+            freed.push(at);
+            replaced.push(holder);
+        }
+    }
+    for t in replaced {
+        replace(d, &t);
+    }
     freed.sort_unstable();
+    freed.dedup();
     for at in freed.into_iter().rev() {
         d.conflicts.remove(at);
+    }
+}
+
+/// Instance `t` here, pruned, is terminated before the import makes the instance of the
+/// bundle that takes its name or address (the source terminated it and made another of
+/// the same name or address). Before, the plan called that a conflict even with
+/// `--prune` (red team, 2026-12-07), and only a terminate by hand here let it through.
+fn replace(d: &mut Decision, t: &str) {
+    if d.replaced.iter().any(|r| r == t) {
+        return;
+    }
+    d.replaced.push(t.to_owned());
+    if let Some(c) = d.deletes.iter_mut().find(|c| c.kind == "instance" && c.id == t) {
+        c.detail = "terminated first (--prune): an instance of the bundle takes its name or address".into();
     }
 }
 
@@ -2729,9 +2798,15 @@ pub fn sweep_staged(ctx: &SharedCtx) -> std::io::Result<usize> {
 async fn import_received(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &Maps) -> ApiResult<BundleImported> {
     let src = &r.manifest.source;
     {
-        let mut conn = ctx.db.acquire().await?;
-        let found = store::find_import(&mut conn, &caller.account_id, &src.site_key, &src.vdc_id, &r.hash).await?;
-        let e = existing(ctx, &mut conn, &caller.account_id, &r.manifest).await?;
+        // Read as the import's own transaction reads them (under the account's lock): an
+        // identical import that commits between two separate reads looked like a name
+        // taken by another.
+        let mut tx = db::begin(&ctx.db).await?;
+        accounts::lock(&mut tx, &caller.account_id).await?;
+        let found =
+            store::find_import(tx.conn().await?, &caller.account_id, &src.site_key, &src.vdc_id, &r.hash).await?;
+        let e = existing(ctx, tx.conn().await?, &caller.account_id, &r.manifest).await?;
+        drop(tx);
         let d = decide(&r.manifest, &e, maps);
         // The same bundle again changes nothing, but for what was deleted here since (made
         // again) and the deletes `--prune` asks for.
@@ -2742,6 +2817,7 @@ async fn import_received(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &
         if let Some(c) = d.conflicts.first() {
             return Err(unresolved(&d.conflicts, c));
         }
+        terminate_first(ctx, caller, &d.replaced).await?;
     }
     // The blobs are kept from removal (an image delete's cleanup) until their images
     // commit: all the manifest names, a superset of those the decision below stores.
@@ -2789,6 +2865,41 @@ async fn import_received(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &
             Ok(BundleImported { import: i, created: true })
         }
     }
+}
+
+/// How long an import waits for the instances it replaces ([`Decision::replaced`]) to be
+/// terminated: a guest's host destroys it in seconds.
+const REPLACED_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Terminates the instances the import replaces and waits until they are gone, so that
+/// their names and addresses are free for the decision made again after. A failure here
+/// leaves them terminating: the same command again goes on.
+async fn terminate_first(ctx: &SharedCtx, caller: &Caller, ids: &[String]) -> ApiResult<()> {
+    for id in ids {
+        let i: InstanceId = id.parse().map_err(ApiError::internal)?;
+        instance::act(ctx, caller, &i, vdc_schema::InstanceAction::Terminate).await?;
+        tracing::info!(instance = %id, "bundle import: terminated first (--prune), replaced by the bundle's");
+    }
+    let start = std::time::Instant::now();
+    for id in ids {
+        loop {
+            let state = istore::get(&ctx.db, id).await?.map(|r| r.state);
+            if state.is_none_or(|s| s == vdc_schema::InstanceState::Terminated.as_str()) {
+                break;
+            }
+            if start.elapsed() > REPLACED_WITHIN {
+                return Err(ApiError::conflict(
+                    "instance_terminating",
+                    format!(
+                        "instance {id}, which an instance of the bundle replaces, is still being terminated; \
+                         import again once it is terminated"
+                    ),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Carries out the prunes that are API actions of their own, after the import committed:
@@ -4090,6 +4201,8 @@ mod tests {
                 floating_ips: vec![],
                 server_groups: vec![],
                 ending: vec![],
+                ending_instances: vec![],
+                ending_vifs: vec![],
             },
         }
     }

@@ -74,6 +74,11 @@ pub struct Snapshot {
     /// (network, group, volume or image here, the name of an instance being terminated
     /// that still uses it): what a prune defers until that instance is gone.
     pub ending: Vec<(String, String)>,
+    /// (id, name) of the instances being terminated: their names and addresses are held
+    /// until they are gone.
+    pub ending_instances: Vec<(String, String)>,
+    /// (instance, network, address) of their interfaces.
+    pub ending_vifs: Vec<(String, String, String)>,
 }
 
 const IMAGE_COLS: &str = "id, name, format, arch, hypervisors, boot_mode, kernel_id, min_disk, min_memory, os, \
@@ -168,6 +173,13 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
     .bind(a)
     .fetch_all(&mut *tx)
     .await?;
+    let ending_vifs = sqlx::query_as(&format!(
+        "SELECT v.instance_id, v.network_id, v.ip FROM vifs v JOIN ({ending_instances}) e ON e.id = v.instance_id"
+    ))
+    .bind(a)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ending_instances = sqlx::query_as(ending_instances).bind(a).fetch_all(&mut *tx).await?;
     Ok(Snapshot {
         networks,
         groups,
@@ -181,6 +193,8 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
         floating_ips,
         server_groups,
         ending,
+        ending_instances,
+        ending_vifs,
     })
 }
 
