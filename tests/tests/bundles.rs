@@ -51,6 +51,7 @@ on_both_databases!(
     a_name_made_again_at_the_source_follows_with_prune,
     a_floating_ip_moved_at_the_source_moves_here,
     an_instance_made_again_at_the_source_replaces_its_namesake_with_prune,
+    a_volume_the_import_attached_follows_a_grow_and_a_delete_at_the_source,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -2986,4 +2987,88 @@ async fn an_instance_made_again_at_the_source_replaces_its_namesake_with_prune(d
     assert!(!cb.import_bundle_pruning(bytes, &[]).await.unwrap().created, "applied already");
     a.stop().await;
     b.stop().await;
+}
+
+/// A volume the import attached here, grown at the source: the plan says to detach it
+/// here before the extend (before, it named only the extend, which was then refused as
+/// the volume is attached). Deleted at the source: `--prune` detaches and deletes it
+/// (before, it was refused as in use by the import's own attachment, and that refusal
+/// blocked the rest of the update).
+async fn a_volume_the_import_attached_follows_a_grow_and_a_delete_at_the_source(db: Db) {
+    let s = Stack::start(StackOptions::new(db)).await;
+    let (ca, cb) = (s.account("att-a").await, s.account("att-b").await);
+    let net = network(&ca, "front", "10.66.0.0/24").await;
+    let vm = ca.create_instance(&qemu_instance("vm", &s.image, &net.id, vec![], None)).await.unwrap().resource;
+    wait_state(&ca, &vm.id, InstanceState::Running).await;
+    let req = CreateVolume { name: "data".into(), size_mib: Some(8), snapshot_id: None, image_id: None };
+    let v = ca.create_volume(&req).await.unwrap().resource;
+    wait_volume(&ca, &v.id).await;
+    ca.attach_volume(&v.id, &vm.id).await.unwrap();
+    wait_attached(&ca, &v.id, &vm.id).await;
+    assert!(cb.import_bundle(export(&ca).await, &[]).await.unwrap().created);
+    let b_vm = live_instance(&cb, "vm").await;
+    let here = cb.list_all_volumes().await.unwrap().into_iter().find(|x| x.name == "data").unwrap();
+    wait_attached(&cb, &here.id, &b_vm.id).await;
+
+    // Grown at the source (detached there to grow, attached again).
+    ca.detach_volume(&v.id).await.unwrap();
+    wait_volume(&ca, &v.id).await;
+    ca.extend_volume(&v.id, &ExtendVolume { size_mib: 16 }).await.unwrap();
+    eventually(Duration::from_secs(15), || async { (ca.get_volume(&v.id).await.ok()?.size_mib == 16).then_some(()) })
+        .await
+        .expect("extended at the source");
+    wait_volume(&ca, &v.id).await;
+    ca.attach_volume(&v.id, &vm.id).await.unwrap();
+    wait_attached(&ca, &v.id, &vm.id).await;
+    let grown = export(&ca).await;
+    let plan = cb.plan_bundle(grown.clone(), &[]).await.unwrap();
+    let said: Vec<&str> = plan.conflicts.iter().map(|c| c.message.as_str()).collect();
+    assert!(
+        said.len() == 1 && said[0].contains("(`vdc volume detach data`, then `vdc volume extend data --size 16M`)"),
+        "{said:?}"
+    );
+    // As it says: detach, extend, import; the import attaches it again, as A has it.
+    cb.detach_volume(&here.id).await.unwrap();
+    wait_volume(&cb, &here.id).await;
+    cb.extend_volume(&here.id, &ExtendVolume { size_mib: 16 }).await.unwrap();
+    eventually(Duration::from_secs(15), || async {
+        (cb.get_volume(&here.id).await.ok()?.size_mib == 16).then_some(())
+    })
+    .await
+    .expect("extended here");
+    wait_volume(&cb, &here.id).await;
+    assert!(cb.import_bundle(grown, &[]).await.unwrap().created);
+    wait_attached(&cb, &here.id, &b_vm.id).await;
+
+    // Deleted at the source: with --prune, detached here and deleted; a new volume of the
+    // same update is made all the same.
+    ca.detach_volume(&v.id).await.unwrap();
+    wait_volume(&ca, &v.id).await;
+    ca.delete_volume(&v.id).await.unwrap();
+    let other = CreateVolume { name: "v2".into(), ..req };
+    let v2 = ca.create_volume(&other).await.unwrap().resource;
+    wait_volume(&ca, &v2.id).await;
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle_pruning(bytes.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    let deletes: Vec<(&str, &str)> = plan.deletes.iter().map(|c| (c.name.as_str(), c.detail.as_str())).collect();
+    // (And the image its data was filled from.)
+    assert_eq!(deletes, [("data", "detached from vm and deleted (--prune)"), ("data-data", "deleted (--prune)")]);
+    assert!(cb.import_bundle_pruning(bytes, &[]).await.unwrap().created);
+    eventually(Duration::from_secs(30), || async {
+        let v = cb.get_volume(&here.id).await.ok()?;
+        matches!(v.state, VolumeState::Deleting | VolumeState::Deleted).then_some(())
+    })
+    .await
+    .expect("deleted here");
+    let names: Vec<String> = cb
+        .list_all_volumes()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|v| !matches!(v.state, VolumeState::Deleting | VolumeState::Deleted))
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(names, ["v2"]);
+    s.stop().await;
 }

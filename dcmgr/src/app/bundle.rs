@@ -1231,16 +1231,19 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
     }
     if !maps.skip_volumes {
         for v in &m.model.volumes {
-            let kept = have
-                .as_ref()
-                .and_then(|h| h.map.get(&v.id).and_then(|t| h.volumes.get(t.as_str())).map(|r| (r.0.clone(), r.2)));
-            if let Some((t, here)) = kept {
+            let kept = have.as_ref().and_then(|h| {
+                h.map.get(&v.id).and_then(|t| h.volumes.get(t.as_str())).map(|r| (r.0.clone(), r.2, r.3.is_some()))
+            });
+            if let Some((t, here, attached)) = kept {
                 let c = change("volume", &v.id, &t, &v.name);
                 if here as u64 != v.size_mib {
-                    // Grown at the source: the same grow here (detached) resolves it.
+                    // Grown at the source: the same grow here (detached) resolves it; the
+                    // import after attaches it again as the bundle has it.
+                    let detach =
+                        if attached { format!("`vdc volume detach {}`, then ", v.name) } else { String::new() };
                     let fix = match (here as u64) < v.size_mib {
                         true => format!(
-                            "; extend it here as it was at the source (detached: `vdc volume extend {} --size {}M`) \
+                            "; extend it here as it was at the source ({detach}`vdc volume extend {} --size {}M`) \
                              and import again",
                             v.name, v.size_mib
                         ),
@@ -2238,6 +2241,20 @@ fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
             // A delete hides it at once; what boots it keeps its data until it is gone.
             ("image", r.1.clone(), None)
         } else if let Some(r) = h.volumes.get(t) {
+            // Attached by the import to an instance of its own that stays: the attachment
+            // follows the bundle, so the prune detaches it (in the transaction) and then
+            // deletes it. Before, it was refused as in use and blocked the whole update.
+            if let Some(i) = r.3.as_deref().filter(|i| !pruned.contains(i) && h.map.values().any(|x| x == i)) {
+                let c = change("volume", b, t, &r.1);
+                if prune {
+                    d.removes.push(("volume".to_owned(), t.to_owned()));
+                    d.volume_moves.push((t.to_owned(), true, None));
+                    d.deletes.push(c(format!("detached from {} and deleted (--prune)", name_of(i))));
+                } else {
+                    d.deletes.push(c("only with --prune".into()));
+                }
+                continue;
+            }
             let u: Vec<(&str, String)> = r.3.iter().map(|i| (i.as_str(), name_of(i))).collect();
             ("volume", r.1.clone(), held(&u, &pruned, ending, "attached to"))
         } else if let Some(r) = h.fips.get(t) {
@@ -2859,6 +2876,10 @@ async fn import_received(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &
             for w in work {
                 ctx.enqueue(w);
             }
+            // Detaches first: a volume the prune deletes may wait for its own.
+            for d in &moves.detaching {
+                d.enqueue(ctx);
+            }
             prune(ctx, caller, &prunes).await;
             move_volumes(ctx, &moves).await;
             tracing::info!(import = %i.id, objects = i.id_map.len(), ?stored_and_applied_in, "bundle imported");
@@ -2931,7 +2952,7 @@ async fn prune(ctx: &SharedCtx, caller: &Caller, prunes: &[(String, String)]) {
                     Err(e) => Err(ApiError::internal(e)),
                 },
                 "volume" => match id.parse() {
-                    Ok(v) => volume::delete(ctx, caller, &v).await.map(drop),
+                    Ok(v) => delete_detached(ctx, caller, &v).await,
                     Err(e) => Err(ApiError::internal(e)),
                 },
                 _ => match id.parse() {
@@ -2949,13 +2970,25 @@ async fn prune(ctx: &SharedCtx, caller: &Caller, prunes: &[(String, String)]) {
     }
 }
 
-/// Sends the detaches the import committed, and attaches the moved volumes that are
-/// available already (`app::volume::attach_asked`; the others are attached when their
-/// detach is reported). A failure is logged; the reconciler carries both on.
-async fn move_volumes(ctx: &SharedCtx, moves: &Moves) {
-    for d in &moves.detaching {
-        d.enqueue(ctx);
+/// Deletes a pruned volume once the detach the import committed is done (its host lets
+/// go of it in seconds); a volume still attached after [`REPLACED_WITHIN`] is left for
+/// the next prune.
+async fn delete_detached(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResult<()> {
+    let start = std::time::Instant::now();
+    loop {
+        match volume::delete(ctx, caller, id).await {
+            Err(ApiError::Conflict { code: "volume_attached", .. }) if start.elapsed() < REPLACED_WITHIN => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            r => return r.map(drop),
+        }
     }
+}
+
+/// Attaches the moved volumes that are available already (`app::volume::attach_asked`;
+/// the others are attached when their detach is reported). A failure is logged; the
+/// reconciler carries it on.
+async fn move_volumes(ctx: &SharedCtx, moves: &Moves) {
     for id in &moves.attach {
         let Ok(v) = id.parse::<VolumeId>() else { continue };
         if let Err(e) = volume::attach_asked(ctx, &v).await {
