@@ -918,6 +918,17 @@ fn external(n: u8) -> vdc_dcmgr::config::ExternalConfig {
     }
 }
 
+/// [`sites`] with external networks: A's 203.0.`n`.0/24, B's the next.
+async fn external_sites(db: Db, n: u8) -> (Stack, Stack) {
+    let mut oa = StackOptions::new(db);
+    oa.external = Some(external(n));
+    let a = Stack::start(oa).await;
+    let mut ob = StackOptions::new(db);
+    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
+    ob.external = Some(external(n + 1));
+    (a, Stack::start(ob).await)
+}
+
 async fn wait_volume(c: &Client, id: &VolumeId) -> Volume {
     for _ in 0..300 {
         let v = c.get_volume(id).await.unwrap();
@@ -935,13 +946,7 @@ async fn wait_volume(c: &Client, id: &VolumeId) -> Volume {
 /// private images the instances boot, the volume is filled from its data; the same import
 /// again changes nothing; an import that fails half-way leaves nothing.
 async fn disks_volumes_stopped_instances_and_floating_ips_travel(db: Db) {
-    let mut oa = StackOptions::new(db);
-    oa.external = Some(external(113));
-    let a = Stack::start(oa).await;
-    let mut ob = StackOptions::new(db);
-    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
-    ob.external = Some(external(114));
-    let b = Stack::start(ob).await;
+    let (a, b) = external_sites(db, 113).await;
     let ca = a.account("tenant").await;
     build_vdc(&a, &ca, false).await;
     let all = ca.list_all_instances().await.unwrap();
@@ -2821,13 +2826,7 @@ async fn a_name_made_again_at_the_source_follows_with_prune(db: Db) {
 /// a conflict of the plan. Before, a kept floating IP stayed where the first import put
 /// it and the plan said "unchanged": B kept exposing a guest A had withdrawn.
 async fn a_floating_ip_moved_at_the_source_moves_here(db: Db) {
-    let mut oa = StackOptions::new(db);
-    oa.external = Some(external(115));
-    let a = Stack::start(oa).await;
-    let mut ob = StackOptions::new(db);
-    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
-    ob.external = Some(external(116));
-    let b = Stack::start(ob).await;
+    let (a, b) = external_sites(db, 115).await;
     let ca = a.account("tenant").await;
     build_vdc(&a, &ca, false).await;
     let a_inst = |n: &'static str| {
@@ -2869,29 +2868,8 @@ async fn a_floating_ip_moved_at_the_source_moves_here(db: Db) {
 
     // Onto an instance the same import makes.
     let app = a_inst("app").await;
-    let web = ca
-        .create_instance(&CreateInstance {
-            name: Some("web".into()),
-            image_id: a.image.clone(),
-            hypervisor: Some(HypervisorKind::Qemu),
-            cpus: 1,
-            memory_mib: 64,
-            interfaces: vec![CreateInterface {
-                network_id: app.interfaces[0].network_id.clone(),
-                security_groups: vec![],
-                ip: None,
-            }],
-            ssh_key_id: None,
-            user_data: None,
-            root_disk_size: None,
-            server_group: None,
-            zone: None,
-            host_labels: Default::default(),
-        })
-        .await
-        .unwrap()
-        .resource;
-    wait_state(&ca, &web.id, InstanceState::Running).await;
+    running(&ca, "web", &a.image, &app.interfaces[0].network_id, vec![]).await;
+    let web = a_inst("web").await;
     ca.associate_floating_ip(&fip.id, &to(&web)).await.unwrap();
     let bytes = export(&ca).await;
     let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
@@ -2926,13 +2904,7 @@ async fn a_floating_ip_moved_at_the_source_moves_here(db: Db) {
 /// the plan refused it even with `--prune` (name_taken, ip_in_use) and only a terminate
 /// by hand here let it through.
 async fn an_instance_made_again_at_the_source_replaces_its_namesake_with_prune(db: Db) {
-    let mut oa = StackOptions::new(db);
-    oa.external = Some(external(117));
-    let a = Stack::start(oa).await;
-    let mut ob = StackOptions::new(db);
-    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
-    ob.external = Some(external(118));
-    let b = Stack::start(ob).await;
+    let (a, b) = external_sites(db, 117).await;
     let ca = a.account("tenant").await;
     let net = network(&ca, "front", "10.64.0.0/24").await;
     let web = |user_data: &str| CreateInstance {
