@@ -2367,10 +2367,11 @@ fn free_pruned_names(d: &mut Decision, h: &Have) {
     }
 }
 
-/// Instance `t` here, pruned, is terminated before the import makes the instance of the
-/// bundle that takes its name or address (the source terminated it and made another of
-/// the same name or address). Before, the plan called that a conflict even with
-/// `--prune` (red team, 2026-12-07), and only a terminate by hand here let it through.
+/// Instance `t` here, pruned (or being terminated already), is terminated before the
+/// import makes the instance of the bundle that takes its name or address (the source
+/// terminated it and made another of the same name or address), and waited for. Before,
+/// the plan called that a conflict even with `--prune` (red team, 2026-12-07), and only a
+/// terminate by hand here let it through.
 fn replace(d: &mut Decision, t: &str) {
     if d.replaced.iter().any(|r| r == t) {
         return;
@@ -2899,7 +2900,7 @@ async fn terminate_first(ctx: &SharedCtx, caller: &Caller, ids: &[String]) -> Ap
     for id in ids {
         let i: InstanceId = id.parse().map_err(ApiError::internal)?;
         instance::act(ctx, caller, &i, vdc_schema::InstanceAction::Terminate).await?;
-        tracing::info!(instance = %id, "bundle import: terminated first (--prune), replaced by the bundle's");
+        tracing::info!(instance = %id, "bundle import: terminated first, replaced by the bundle's");
     }
     let start = std::time::Instant::now();
     for id in ids {
