@@ -52,6 +52,7 @@ on_both_databases!(
     a_floating_ip_moved_at_the_source_moves_here,
     an_instance_made_again_at_the_source_replaces_its_namesake_with_prune,
     a_volume_the_import_attached_follows_a_grow_and_a_delete_at_the_source,
+    a_root_image_an_instance_made_again_no_longer_boots_goes_with_prune,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -3043,4 +3044,57 @@ async fn a_volume_the_import_attached_follows_a_grow_and_a_delete_at_the_source(
         .collect();
     assert_eq!(names, ["v2"]);
     s.stop().await;
+}
+
+/// An instance deleted here and made again by an update with a root disk of other bytes
+/// boots a new root image; the one the earlier import made is listed for `--prune` and
+/// deleted by it. Before, it left the import's map and stayed in the account (and its
+/// images quota) for ever (red team, 2026-12-07).
+async fn a_root_image_an_instance_made_again_no_longer_boots_goes_with_prune(db: Db) {
+    let (a, b) = sites(db, None).await;
+    let ca = a.account("tenant").await;
+    let net = network(&ca, "front", "10.67.0.0/24").await;
+    let img = raw_image(&ca, "app-disk", noise(2 * vdc_bundle::CHUNK_SIZE, 5)).await;
+    running(&ca, "app", &img, &net.id, vec![]).await;
+    let cb = b.account("tenant").await;
+    assert!(cb.import_bundle(export(&ca).await, &[]).await.unwrap().created);
+    let own = |c: Client| async move {
+        let mut n: Vec<String> = c
+            .list_all_images()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|i| !i.public && i.name.starts_with("app-root"))
+            .map(|i| i.name)
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(own(cb.clone()).await, ["app-root"]);
+    let app_b = live_instance(&cb, "app").await;
+    cb.terminate_instance(&app_b.id).await.unwrap();
+    wait_state(&cb, &app_b.id, InstanceState::Terminated).await;
+
+    // The guest at A wrote to its disk since.
+    let written = noise(2 * vdc_bundle::CHUNK_SIZE, 6);
+    let newer = with_root_disk(&export(&ca).await, &site_key(&a), "app", &written);
+    let plan = cb.plan_bundle(newer.clone(), &[]).await.unwrap();
+    let old: Vec<(&str, &str)> =
+        plan.deletes.iter().filter(|c| c.kind == "image").map(|c| (c.name.as_str(), c.detail.as_str())).collect();
+    assert_eq!(old, [("app-root", "only with --prune")], "{:?}", plan.deletes);
+    assert!(cb.import_bundle(newer.clone(), &[]).await.unwrap().created);
+    assert_eq!(own(cb.clone()).await, ["app-root", "app-root-2"]);
+    wait_state(&cb, &live_instance(&cb, "app").await.id, InstanceState::Running).await;
+
+    let plan = cb.plan_bundle_pruning(newer.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    let old: Vec<(&str, &str)> =
+        plan.deletes.iter().filter(|c| c.kind == "image").map(|c| (c.name.as_str(), c.detail.as_str())).collect();
+    assert_eq!(old, [("app-root", "deleted (--prune)")]);
+    assert!(cb.import_bundle_pruning(newer.clone(), &[]).await.unwrap().created);
+    assert_eq!(own(cb.clone()).await, ["app-root-2"]);
+    let plan = cb.plan_bundle_pruning(newer, &[]).await.unwrap();
+    assert!(plan.deletes.is_empty(), "{:?}", plan.deletes);
+    a.stop().await;
+    b.stop().await;
 }

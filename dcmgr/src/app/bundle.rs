@@ -1356,8 +1356,16 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             // A root disk or data image goes with its owner, unless the owner is gone from
             // the bundle: then it stays in the map until a prune deletes it.
             let keep = match b.split_once(':') {
-                Some((owner, _)) if in_bundle(owner) => {
-                    d.kept.contains_key(owner) || d.roots_kept.get(owner).is_some_and(|r| r == t)
+                Some((owner, kind)) if in_bundle(owner) => {
+                    let kept = d.kept.contains_key(owner) || d.roots_kept.get(owner).is_some_and(|r| r == t);
+                    // An instance made again with a root of other bytes: the root image
+                    // the earlier import made stays listed (as `ID:root@IMAGE`) until a
+                    // prune deletes it. Before, it left the map and stayed for ever.
+                    let live = h.images.get(t.as_str()).is_some_and(|r| r.13 == 0);
+                    if !kept && live && (kind == "root" || kind.starts_with("root@")) {
+                        carry.insert(format!("{owner}:root@{t}"), t.clone());
+                    }
+                    kept
                 }
                 _ => {
                     d.kept.contains_key(b)
@@ -2186,7 +2194,13 @@ fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
         .map
         .iter()
         .filter(|(b, _)| match b.split_once(':') {
+            // The root image of an instance made again that boots another (or its image)
+            // no longer boots anything; so with one listed as `ID:root@IMAGE` (`carry`).
+            Some((owner, "root")) if in_bundle.contains(owner) => {
+                !d.kept.contains_key(owner) && !d.roots_kept.contains_key(owner)
+            }
             Some((owner, "root" | "data")) => !in_bundle.contains(owner),
+            Some((_, k)) if k.starts_with("root@") => true,
             Some(_) => false,
             None => !in_bundle.contains(b.as_str()),
         })
