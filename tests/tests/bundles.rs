@@ -852,6 +852,12 @@ async fn the_plan_names_collisions_and_maps_resolve_them(db: Db) {
     assert_eq!(nic.ip.to_string(), "10.60.0.20");
     wait_state(&cb, &app.id, InstanceState::Running).await;
     assert!(cb.list_all_keypairs().await.unwrap().iter().any(|k| k.name == "deploy-a"));
+    // A newer bundle's plan names the kept objects as they are here (it named the key
+    // pair as the bundle does, "deploy").
+    let plan = cb.plan_bundle(export(&ca).await, &fix).await.unwrap();
+    let kept: Vec<(&str, &str)> =
+        plan.unchanged.iter().chain(&plan.updates).map(|c| (c.kind.as_str(), c.name.as_str())).collect();
+    assert!(kept.contains(&("keypair", "deploy-a")), "{kept:?}");
     a.stop().await;
     b.stop().await;
 }

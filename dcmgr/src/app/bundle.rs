@@ -962,7 +962,8 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
         }
         match have.as_ref().and_then(|h| h.keypair(&k.id)) {
             Some(t) => {
-                let change = change("keypair", &k.id, &t.0, &k.name);
+                // Named as here (a map may have renamed it), as the deletes are.
+                let change = change("keypair", &k.id, &t.0, &t.1);
                 d.kept.insert(k.id.clone(), t.0.clone());
                 if t.2.trim() == k.public_key.trim() {
                     d.unchanged.push(change(String::new()));
@@ -992,7 +993,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
                         Some(format!("server_group.{}.policy={}", g.name, t.2)),
                     ));
                 }
-                d.unchanged.push(change("server_group", &g.id, &t.0, &g.name)(mapped.unwrap_or_default()));
+                d.unchanged.push(change("server_group", &g.id, &t.0, &t.1)(mapped.unwrap_or_default()));
             }
             None => name(&mut d, "server_group", &g.id, &g.name, Some(mapped.unwrap_or_else(|| policy.to_string()))),
         }
@@ -1881,7 +1882,7 @@ fn update_network(
     t: String,
     row: &store::NetworkRow,
 ) {
-    let change = change("network", &n.id, &t, &n.name);
+    let change = change("network", &n.id, &t, &row.1);
     // The import may have remapped its CIDR: addresses are translated into the one here.
     match row.2.parse::<Ipv4Net>() {
         Ok(here) if here.prefix_len() == p.cidr.prefix_len() => {
@@ -2024,7 +2025,7 @@ fn update_group(d: &mut Decision, m: &Manifest, h: &Have, g: &vdc_bundle::Securi
     if g.description != t.2 {
         detail.push(format!("description {:?} → {:?}", t.2, g.description));
     }
-    let change = change("security_group", &g.id, &t.0, &g.name);
+    let change = change("security_group", &g.id, &t.0, &t.1);
     if detail.is_empty() {
         d.unchanged.push(change(String::new()));
     } else {
@@ -2121,7 +2122,7 @@ fn update_instance(
         }
         _ => {}
     }
-    let change = change("instance", &i.id, &t, &i.name);
+    let change = change("instance", &i.id, &t, &row.1);
     if !replace.is_empty() {
         d.conflicts.push(conflict(
             "replace_needed",
