@@ -69,6 +69,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error("cannot write config file {}: {source}", .path.display())]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("config file {} is not a regular file, so vdc does not write its sessions there: point VDC_CONFIG or --config at a file", .path.display())]
+    NotAFile { path: PathBuf },
     #[error("cannot encode config: {0}")]
     Encode(#[from] toml::ser::Error),
 }
@@ -76,7 +78,13 @@ pub enum ConfigError {
 impl ConfigError {
     /// Whether the user must change how vdc is invoked or configured (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, ConfigError::Missing { .. } | ConfigError::NoSession { .. } | ConfigError::Parse { .. })
+        matches!(
+            self,
+            ConfigError::Missing { .. }
+                | ConfigError::NoSession { .. }
+                | ConfigError::Parse { .. }
+                | ConfigError::NotAFile { .. }
+        )
     }
 }
 
@@ -179,6 +187,7 @@ pub fn read(path: &Path) -> Result<Option<CliConfig>, ConfigError> {
 pub fn save(path: &Path, config: &CliConfig) -> Result<(), ConfigError> {
     let text = toml::to_string(config)?;
     let werr = |source| ConfigError::Write { path: path.to_owned(), source };
+    let path = &writable(path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(werr)?;
     }
@@ -204,9 +213,52 @@ pub fn save(path: &Path, config: &CliConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The file a save replaces: a link's target (a dotfiles manager's link stays a link),
+/// never something that is not a regular file. Before, `VDC_CONFIG=/dev/null` had a
+/// login run as root replace `/dev/null` with the config (red team, 2026-12-07).
+fn writable(path: &Path) -> Result<PathBuf, ConfigError> {
+    let target = match std::fs::canonicalize(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(path.to_owned()),
+        Err(source) => return Err(ConfigError::Write { path: path.to_owned(), source }),
+    };
+    match std::fs::metadata(&target) {
+        Ok(m) if !m.is_file() => Err(ConfigError::NotAFile { path: path.to_owned() }),
+        _ => Ok(target),
+    }
+}
+
+/// Whether `path` can hold vdc's config (and so its directory vdc's key records): it is a
+/// regular file, a link to one, or nothing yet.
+pub fn usable(path: &Path) -> bool {
+    writable(path).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A path that is not a regular file is refused and left as it was; a link is written
+    /// through, and stays a link.
+    #[test]
+    fn a_save_never_replaces_what_is_not_a_regular_file() {
+        let dir = temp_dir("not-a-file");
+        std::fs::create_dir_all(dir.join("a-dir")).unwrap();
+        let c = CliConfig::new("http://x:1", "t");
+        let err = save(&dir.join("a-dir"), &c).unwrap_err();
+        assert!(matches!(err, ConfigError::NotAFile { .. }) && err.is_usage(), "{err}");
+        assert!(dir.join("a-dir").is_dir());
+        assert!(!usable(Path::new("/dev/null")));
+        assert!(matches!(save(Path::new("/dev/null"), &c), Err(ConfigError::NotAFile { .. })));
+        let real = dir.join("real.toml");
+        save(&real, &c).unwrap();
+        std::os::unix::fs::symlink(&real, dir.join("link.toml")).unwrap();
+        save(&dir.join("link.toml"), &CliConfig::new("http://y:2", "u")).unwrap();
+        assert!(std::fs::symlink_metadata(dir.join("link.toml")).unwrap().file_type().is_symlink());
+        assert!(std::fs::read_to_string(&real).unwrap().contains("http://y:2"));
+        assert!(usable(&dir.join("link.toml")) && usable(&dir.join("none.toml")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn layer(api: Option<&str>, token: Option<&str>) -> CliConfig {
         CliConfig { api: api.map(Into::into), token: token.map(Into::into), ..Default::default() }

@@ -760,8 +760,14 @@ async fn keypair(ctx: &Ctx, cmd: KeypairCmd) -> Result<(), CliError> {
                     Some(out) => match write_private(out, &key) {
                         Ok(()) => {
                             eprintln!("private key written to {}", out.display());
-                            let dir = crate::ssh::config_dir(&config::config_path());
-                            if let Err(e) = crate::ssh::remember_key(&dir, created.keypair.id.as_str(), out) {
+                            let cfg = config::config_path();
+                            let dir = crate::ssh::config_dir(&cfg);
+                            // Beside the config file only (never in /dev for /dev/null).
+                            let remembered = match config::usable(&cfg) {
+                                true => crate::ssh::remember_key(&dir, created.keypair.id.as_str(), out),
+                                false => Err(std::io::Error::other(format!("{} is not a file", cfg.display()))),
+                            };
+                            if let Err(e) = remembered {
                                 eprintln!("warning: `vdc instance ssh` will not find this key (pass -i): {e}");
                             }
                             created.private_key = None;
