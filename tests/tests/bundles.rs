@@ -53,6 +53,7 @@ on_both_databases!(
     an_instance_made_again_at_the_source_replaces_its_namesake_with_prune,
     a_volume_the_import_attached_follows_a_grow_and_a_delete_at_the_source,
     a_root_image_an_instance_made_again_no_longer_boots_goes_with_prune,
+    a_replace_on_a_full_host_counts_the_room_the_old_instance_gives_back,
 );
 
 fn api_err<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, String) {
@@ -3101,6 +3102,42 @@ async fn a_root_image_an_instance_made_again_no_longer_boots_goes_with_prune(db:
     assert_eq!(own(cb.clone()).await, ["app-root-2"]);
     let plan = cb.plan_bundle_pruning(newer, &[]).await.unwrap();
     assert!(plan.deletes.is_empty(), "{:?}", plan.deletes);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A replace (`--prune`) on a host with room for one such instance only: the room the old
+/// instance gives back counts, since it is terminated first. Before, the plan refused it
+/// `no_capacity` (red team, 2026-12-07); a second new instance still finds no room.
+async fn a_replace_on_a_full_host_counts_the_room_the_old_instance_gives_back(db: Db) {
+    let a = Stack::start(StackOptions::new(db)).await;
+    let mut ob = StackOptions::new(db);
+    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
+    (ob.hosts, ob.host_memory_mib) = (1, 100);
+    let b = Stack::start(ob).await;
+    let ca = a.account("tenant").await;
+    let net = network(&ca, "front", "10.68.0.0/24").await;
+    let web = |n: &str, ip: &str| qemu_instance(n, &a.image, &net.id, vec![], Some(ip));
+    let old = ca.create_instance(&web("web", "10.68.0.50")).await.unwrap().resource;
+    wait_state(&ca, &old.id, InstanceState::Running).await;
+    let cb = b.account("tenant").await;
+    assert!(cb.import_bundle(export(&ca).await, &[]).await.unwrap().created);
+    ca.terminate_instance(&old.id).await.unwrap();
+    wait_state(&ca, &old.id, InstanceState::Terminated).await;
+    let new = ca.create_instance(&web("web", "10.68.0.50")).await.unwrap().resource;
+    wait_state(&ca, &new.id, InstanceState::Running).await;
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle_pruning(bytes.clone(), &[]).await.unwrap();
+    assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
+    assert!(cb.import_bundle_pruning(bytes, &[]).await.unwrap().created);
+    wait_state(&cb, &live_instance(&cb, "web").await.id, InstanceState::Running).await;
+
+    // A second instance besides: no room, replace or not.
+    let more = ca.create_instance(&web("more", "10.68.0.51")).await.unwrap().resource;
+    wait_state(&ca, &more.id, InstanceState::Running).await;
+    let plan = cb.plan_bundle_pruning(export(&ca).await, &[]).await.unwrap();
+    let codes: Vec<&str> = plan.conflicts.iter().map(|c| c.code.as_str()).collect();
+    assert!(codes.contains(&"no_capacity"), "{:?}", plan.conflicts);
     a.stop().await;
     b.stop().await;
 }

@@ -1213,7 +1213,7 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
             d.conflicts.push(c);
         }
     }
-    let room = room_missing(m, &d, e);
+    let room = room_missing(m, &d, e, &HashMap::new());
     d.conflicts.extend(room);
     // Root disks become private images of the account, booted by their instance.
     for i in &m.model.instances {
@@ -1340,6 +1340,20 @@ pub fn decide(m: &Manifest, e: &store::Existing, maps: &Maps) -> Decision {
     if let Some(h) = &have {
         plan_deletes(&mut d, m, h, maps.prune);
         free_pruned_names(&mut d, h);
+        // The instances terminated first give their room back before anything is placed
+        // (red team: a replace on a nearly full host was refused `no_capacity`).
+        if !d.replaced.is_empty() {
+            let mut freed: HashMap<&str, Shape> = HashMap::new();
+            for (_, host, cpus, mem, disk) in h.bookings.iter().filter(|b| d.replaced.contains(&b.0)) {
+                if let Some(host) = host {
+                    let f = freed.entry(host.as_str()).or_default();
+                    *f = f.add(Shape(*cpus, *mem, *disk));
+                }
+            }
+            d.conflicts.retain(|c| c.code != "no_capacity");
+            let room = room_missing(m, &d, e, &freed);
+            d.conflicts.extend(room);
+        }
         // The map keeps what stays: kept objects (with their root disk and data images),
         // and objects gone from the bundle that are still here. Objects created again
         // get new entries.
@@ -1493,6 +1507,8 @@ struct Have<'a> {
     ending_instances: HashMap<&'a str, &'a str>,
     /// Their interfaces: (instance, network, address).
     ending_vifs: &'a [(String, String, String)],
+    /// What hosts book for the account's instances: (instance, host, vCPUs, MiB, MiB).
+    bookings: &'a [(String, Option<String>, i64, i64, i64)],
     server_groups: HashMap<&'a str, &'a store::ServerGroupRow>,
     /// Object here → instances being terminated that still use it.
     ending: HashMap<&'a str, Vec<&'a str>>,
@@ -1527,6 +1543,7 @@ impl<'a> Have<'a> {
             fips: t.floating_ips.iter().map(|r| (r.0.as_str(), r)).collect(),
             ending_instances: t.ending_instances.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect(),
             ending_vifs: &t.ending_vifs,
+            bookings: &t.bookings,
             server_groups: t.server_groups.iter().map(|r| (r.0.as_str(), r)).collect(),
             ending: t.ending.iter().fold(HashMap::new(), |mut m, (o, i)| {
                 m.entry(o.as_str()).or_insert_with(Vec::new).push(i.as_str());
@@ -1694,17 +1711,30 @@ fn group_unplaceable(
 /// hypervisor whose hosts have less room free in all than its instances need. Only what
 /// placement must have, so it never refuses what the import could place. An instance
 /// whose kind or classes no host has is the hypervisor's or host class's conflict.
-fn room_missing(m: &Manifest, d: &Decision, e: &store::Existing) -> Vec<BundleConflict> {
+fn room_missing(m: &Manifest, d: &Decision, e: &store::Existing, freed: &HashMap<&str, Shape>) -> Vec<BundleConflict> {
     let mut out = Vec::new();
+    // With the room the instances terminated first give back on their hosts.
+    let hosts: Vec<store::HostHere> = e
+        .hosts
+        .iter()
+        .map(|h| {
+            let f = freed.get(h.id.as_str()).copied().unwrap_or_default();
+            store::HostHere {
+                cpus_free: h.cpus_free + f.0,
+                memory_free_mib: h.memory_free_mib + f.1,
+                disk_free_mib: h.disk_free_mib.map(|d| d + f.2),
+                ..h.clone()
+            }
+        })
+        .collect();
     let mut need: BTreeMap<&str, Shape> = BTreeMap::new();
     let labels: Vec<BTreeMap<String, String>> =
-        e.hosts.iter().map(|h| crate::datastore::host::split_labels(&h.labels)).collect();
+        hosts.iter().map(|h| crate::datastore::host::split_labels(&h.labels)).collect();
     let any = Default::default();
     for i in placed(m, d) {
         let hv = d.hypervisor_of(i);
         let class = d.host_classes.get(&i.id).unwrap_or(&any);
-        let of_class: Vec<&store::HostHere> = e
-            .hosts
+        let of_class: Vec<&store::HostHere> = hosts
             .iter()
             .zip(&labels)
             .filter(|(h, l)| runs(h, hv) && in_class(class, &h.zone, l))
@@ -1733,7 +1763,7 @@ fn room_missing(m: &Manifest, d: &Decision, e: &store::Existing) -> Vec<BundleCo
         ));
     }
     for (hv, want) in need {
-        let runs: Vec<_> = e.hosts.iter().filter(|h| h.online && h.hypervisors.iter().any(|x| x == hv)).collect();
+        let runs: Vec<_> = hosts.iter().filter(|h| h.online && h.hypervisors.iter().any(|x| x == hv)).collect();
         let free = runs.iter().fold(Shape::default(), |a, h| {
             a.add(Shape(h.cpus_free.max(0), h.memory_free_mib.max(0), h.disk_free_mib.unwrap_or(0).max(0)))
         });
@@ -3822,6 +3852,7 @@ mod tests {
     /// An online host with room to spare, running `hypervisors`.
     fn host(hypervisors: &[&str]) -> store::HostHere {
         store::HostHere {
+            id: "hn-1".into(),
             hypervisors: hypervisors.iter().map(|h| h.to_string()).collect(),
             zone: String::new(),
             labels: ",".into(),
@@ -4252,6 +4283,7 @@ mod tests {
                 ending: vec![],
                 ending_instances: vec![],
                 ending_vifs: vec![],
+                bookings: vec![],
             },
         }
     }

@@ -79,6 +79,9 @@ pub struct Snapshot {
     pub ending_instances: Vec<(String, String)>,
     /// (instance, network, address) of their interfaces.
     pub ending_vifs: Vec<(String, String, String)>,
+    /// (instance, host, vCPUs, MiB of memory, MiB of disk) its host books for it (a
+    /// stopped one only its disk, on the host it was last on).
+    pub bookings: Vec<(String, Option<String>, i64, i64, i64)>,
 }
 
 const IMAGE_COLS: &str = "id, name, format, arch, hypervisors, boot_mode, kernel_id, min_disk, min_memory, os, \
@@ -180,6 +183,14 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
     .fetch_all(&mut *tx)
     .await?;
     let ending_instances = sqlx::query_as(ending_instances).bind(a).fetch_all(&mut *tx).await?;
+    let bookings = sqlx::query_as(
+        "SELECT id, COALESCE(host_node_id, last_host_id), CASE WHEN host_node_id IS NULL THEN 0 ELSE cpus END, \
+         CASE WHEN host_node_id IS NULL THEN 0 ELSE memory_mib END, disk_mib FROM instances \
+         WHERE account_id = $1 AND state <> 'terminated'",
+    )
+    .bind(a)
+    .fetch_all(&mut *tx)
+    .await?;
     Ok(Snapshot {
         networks,
         groups,
@@ -195,6 +206,7 @@ pub async fn snapshot_on(tx: &mut sqlx::AnyConnection, account: &AccountId) -> R
         ending,
         ending_instances,
         ending_vifs,
+        bookings,
     })
 }
 
@@ -235,6 +247,7 @@ impl Existing {
 /// A host of the site as a plan sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostHere {
+    pub id: String,
     pub hypervisors: Vec<String>,
     pub zone: String,
     /// As `host::join_labels`.
@@ -256,7 +269,7 @@ pub struct Prior {
 }
 
 /// A host as `existing` reads it: hypervisors, zone, labels, state, schedulable and what is free.
-type HostRow = (String, String, String, String, i64, i64, i64, Option<i64>);
+type HostRow = (String, String, String, String, String, i64, i64, i64, Option<i64>);
 
 pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Result<Existing, sqlx::Error> {
     let a = account.as_str();
@@ -284,14 +297,15 @@ pub async fn existing(db: &mut sqlx::AnyConnection, account: &AccountId) -> Resu
     .fetch_all(&mut *db)
     .await?;
     let rows: Vec<HostRow> = sqlx::query_as(
-        "SELECT hypervisors, zone, labels, state, schedulable, cpus_allocatable - cpus_used, \
+        "SELECT id, hypervisors, zone, labels, state, schedulable, cpus_allocatable - cpus_used, \
          memory_allocatable_mib - memory_used_mib, disk_allocatable_mib - disk_used_mib FROM host_nodes ORDER BY id",
     )
     .fetch_all(&mut *db)
     .await?;
     let hosts: Vec<HostHere> = rows
         .into_iter()
-        .map(|(hv, zone, labels, state, schedulable, cpus_free, memory_free_mib, disk_free_mib)| HostHere {
+        .map(|(id, hv, zone, labels, state, schedulable, cpus_free, memory_free_mib, disk_free_mib)| HostHere {
+            id,
             hypervisors: db::split_list::<String>(&hv),
             zone,
             labels,
