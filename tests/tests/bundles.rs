@@ -2901,6 +2901,19 @@ async fn a_floating_ip_moved_at_the_source_moves_here(db: Db) {
     cb.disassociate_floating_ip(&own.id).await.unwrap();
     assert!(cb.import_bundle(bytes, &[]).await.unwrap().created);
     assert_eq!(on_b().await.as_deref(), Some("db"));
+
+    // Released at the source: off its guest here at once, released with --prune only.
+    // Before, B kept exposing the guest until a prune.
+    ca.disassociate_floating_ip(&fip.id).await.unwrap();
+    ca.delete_floating_ip(&fip.id).await.unwrap();
+    let bytes = export(&ca).await;
+    let plan = cb.plan_bundle(bytes.clone(), &[]).await.unwrap();
+    let gone = "disassociated from db: gone from the bundle (released with --prune)".to_owned();
+    assert_eq!(updates(&plan), [(ip.clone(), gone)]);
+    assert!(cb.import_bundle(bytes.clone(), &[]).await.unwrap().created);
+    assert_eq!(on_b().await, None);
+    assert!(cb.import_bundle_pruning(bytes, &[]).await.unwrap().created);
+    assert!(cb.get_floating_ip(&b_fip.id).await.is_err(), "released");
     a.stop().await;
     b.stop().await;
 }

@@ -2303,6 +2303,13 @@ fn plan_deletes(d: &mut Decision, m: &Manifest, h: &Have, prune: bool) {
             let u: Vec<(&str, String)> = r.3.iter().map(|i| (i.as_str(), name_of(i))).collect();
             ("volume", r.1.clone(), held(&u, &pruned, ending, "attached to"))
         } else if let Some(r) = h.fips.get(t) {
+            // Gone at the source, it stops exposing its guest here at once; only a prune
+            // releases the address. Before, B kept exposing the guest until a prune.
+            if let (false, Some(i)) = (prune, r.1.as_deref()) {
+                let detail = format!("disassociated from {}: gone from the bundle (released with --prune)", name_of(i));
+                d.updates.push(change("floating_ip", b, t, &r.2)(detail));
+                d.fip_moves.push((t.to_owned(), None));
+            }
             ("floating_ip", r.2.clone(), None)
         } else if let Some(r) = h.server_groups.get(t) {
             let u: Vec<(&str, String)> = h
@@ -3622,6 +3629,8 @@ async fn apply(
             store::insert_floating_ip(&mut tx, id.as_str(), account, &ip.to_string(), on).await?;
             ids.insert(f.id.clone(), id.to_string());
         }
+    }
+    if !maps.skip_floating_ips {
         work.extend(move_fips(&mut tx, &d, &created).await?);
     }
     // Images deleted at the source (kept there for their instances): hidden here too, once
