@@ -193,7 +193,9 @@ pub async fn plan(
         (status = 400, description = BUNDLE_IMPORT_ERRORS, body = ErrorBody),
         (status = 409, description = "`bundle_unresolved`: the plan has conflicts (see plan), or \
             `no_host`-style capacity answers for its instances, or `bundle_chunk_left_out`: a push left out \
-            data that the import needs now (something changed here since it asked): push again", body = ErrorBody),
+            data that the import needs now (something changed here since it asked): push again, or \
+            `instance_terminating`: an instance the import replaces (terminated first) was not gone within 2 \
+            minutes: import again once it is", body = ErrorBody),
         (status = 422, description = "`quota_exceeded`: the account would go beyond a quota (named, with its limit and use)", body = ErrorBody)))]
 pub async fn import(
     State(ctx): State<SharedCtx>,
