@@ -72,15 +72,21 @@ fn api_err_message<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, Strin
 
 /// Two sites: A, and B trusting A's key.
 async fn sites(db: Db, b_hypervisors: Option<Vec<HypervisorKind>>) -> (Stack, Stack) {
+    sites_with(db, |o| {
+        if let Some(h) = b_hypervisors {
+            o.hypervisors = h;
+        }
+    })
+    .await
+}
+
+/// [`sites`] with B's options set by `b`.
+async fn sites_with(db: Db, b: impl FnOnce(&mut StackOptions)) -> (Stack, Stack) {
     let a = Stack::start(StackOptions::new(db)).await;
-    let key = a.admin.bundle_key().await.unwrap().public_key;
     let mut opts = StackOptions::new(db);
-    opts.bundles.trusted_keys = vec![key];
-    if let Some(h) = b_hypervisors {
-        opts.hypervisors = h;
-    }
-    let b = Stack::start(opts).await;
-    (a, b)
+    opts.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
+    b(&mut opts);
+    (a, Stack::start(opts).await)
 }
 
 /// 5 MiB + a bit of a pattern: two full chunks and a short one.
@@ -1481,11 +1487,7 @@ async fn volume_attachments_travel_and_follow_updates(db: Db) {
 /// has them and which maps resolve it (`zone.Z=…`, `label.K=…`, or `any`), and the
 /// import places the instance on a host of the mapped classes.
 async fn host_classes_travel_and_are_mapped(db: Db) {
-    let a = Stack::start(StackOptions::new(db)).await;
-    let mut ob = StackOptions::new(db);
-    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
-    ob.hosts = 2;
-    let b = Stack::start(ob).await;
+    let (a, b) = sites_with(db, |ob| ob.hosts = 2).await;
     let set = |s: &Stack, host: HostNodeId, zone: &str, label: (&str, &str)| {
         let req = UpdateHostNode {
             zone: Some(zone.into()),
@@ -1572,11 +1574,10 @@ async fn host_classes_travel_and_are_mapped(db: Db) {
 /// The plan refuses what the target's hosts have no room for (`no_capacity`), before
 /// anything is created; an instance that travels stopped needs none.
 async fn a_plan_says_when_the_hosts_have_no_room(db: Db) {
-    let a = Stack::start(StackOptions::new(db)).await;
-    let mut ob = StackOptions::new(db);
-    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
-    (ob.hosts, ob.host_cpus, ob.cpu_allocation_ratio) = (1, 1, 1.0);
-    let b = Stack::start(ob).await;
+    let (a, b) = sites_with(db, |ob| {
+        (ob.hosts, ob.host_cpus, ob.cpu_allocation_ratio) = (1, 1, 1.0);
+    })
+    .await;
     let ca = a.account("tenant").await;
     let net = network(&ca, "net", "10.94.0.0/24").await;
     let img = raw_image(&ca, "disk", noise(50_000, 6)).await;
@@ -2150,9 +2151,7 @@ async fn an_image_deleted_at_the_source_is_deleted_here_by_the_update(db: Db) {
 async fn an_address_the_source_gave_again_is_a_conflict_of_the_plan(db: Db) {
     let (a, b) = sites(db, None).await;
     let (ca, cb) = (a.account("source").await, b.account("target").await);
-    let img = raw_image(&ca, "img", vec![7u8; 1 << 20]).await;
-    let net = network(&ca, "n", "10.64.0.0/24").await;
-    let at = |name: &str| qemu_instance(name, &img, &net.id, vec![], Some("10.64.0.50"));
+    let at = at_fifty(&ca).await;
     let old = ca.create_instance(&at("old")).await.unwrap().resource.id;
     wait_state(&ca, &old, InstanceState::Running).await;
     cb.import_bundle(export(&ca).await, &[]).await.unwrap();
@@ -2173,9 +2172,7 @@ async fn an_address_the_source_gave_again_is_a_conflict_of_the_plan(db: Db) {
     assert!(pruning.conflicts.is_empty(), "{:?}", pruning.conflicts);
     // Held by an instance made here by hand, the address stays a conflict, `--prune` or not.
     let (cc, cd) = (a.account("source2").await, b.account("target2").await);
-    let img2 = raw_image(&cc, "img", vec![7u8; 1 << 20]).await;
-    let net2 = network(&cc, "n", "10.64.0.0/24").await;
-    let at2 = |name: &str| qemu_instance(name, &img2, &net2.id, vec![], Some("10.64.0.50"));
+    let at2 = at_fifty(&cc).await;
     let first = cc.create_instance(&at2("first")).await.unwrap().resource.id;
     wait_state(&cc, &first, InstanceState::Running).await;
     cd.import_bundle(export(&cc).await, &[]).await.unwrap();
@@ -2206,6 +2203,13 @@ async fn an_address_the_source_gave_again_is_a_conflict_of_the_plan(db: Db) {
     assert_eq!(arrived.interfaces[0].ip.to_string(), "10.64.0.50");
     a.stop().await;
     b.stop().await;
+}
+
+/// An image and a network of `c`'s, and instances named as asked on it at 10.64.0.50.
+async fn at_fifty(c: &Client) -> impl Fn(&str) -> CreateInstance {
+    let img = raw_image(c, "img", vec![7u8; 1 << 20]).await;
+    let net = network(c, "n", "10.64.0.0/24").await.id;
+    move |name: &str| qemu_instance(name, &img, &net, vec![], Some("10.64.0.50"))
 }
 
 /// An image of `c`'s own to boot by hand: the private one the import made of a root disk.
@@ -2695,6 +2699,15 @@ async fn a_push_never_resolves_what_the_account_does_not_hold(db: Db) {
     b.stop().await;
 }
 
+/// Extends volume `id` of `c` to `mib` and waits until it is available at that size.
+async fn extended(c: &Client, id: &VolumeId, mib: u64) {
+    c.extend_volume(id, &ExtendVolume { size_mib: mib }).await.unwrap();
+    eventually(Duration::from_secs(15), || async { (c.get_volume(id).await.ok()?.size_mib == mib).then_some(()) })
+        .await
+        .expect("extended");
+    wait_volume(c, id).await;
+}
+
 /// A volume grown at the source blocks the update (its data here is its own), and the
 /// plan says the extend that resolves it; done, the update goes through (red team,
 /// 2026-12-06: the message pointed only at replacing it, which loses the data).
@@ -2705,23 +2718,13 @@ async fn a_volume_grown_at_the_source_says_how_to_grow_it_here(db: Db) {
     let v = ca.create_volume(&req).await.unwrap().resource;
     wait_volume(&ca, &v.id).await;
     assert!(cb.import_bundle(export(&ca).await, &[]).await.unwrap().created);
-    ca.extend_volume(&v.id, &ExtendVolume { size_mib: 16 }).await.unwrap();
-    eventually(Duration::from_secs(15), || async { (ca.get_volume(&v.id).await.ok()?.size_mib == 16).then_some(()) })
-        .await
-        .expect("extended at the source");
-    wait_volume(&ca, &v.id).await;
+    extended(&ca, &v.id, 16).await;
     let grown = export(&ca).await;
     let plan = cb.plan_bundle(grown.clone(), &[]).await.unwrap();
     let said: Vec<&str> = plan.conflicts.iter().map(|c| c.message.as_str()).collect();
     assert!(said.len() == 1 && said[0].contains("`vdc volume extend data --size 16M`"), "{said:?}");
     let here = cb.list_all_volumes().await.unwrap().into_iter().find(|x| x.name == "data").unwrap();
-    cb.extend_volume(&here.id, &ExtendVolume { size_mib: 16 }).await.unwrap();
-    eventually(Duration::from_secs(15), || async {
-        (cb.get_volume(&here.id).await.ok()?.size_mib == 16).then_some(())
-    })
-    .await
-    .expect("extended here");
-    wait_volume(&cb, &here.id).await;
+    extended(&cb, &here.id, 16).await;
     let plan = cb.plan_bundle(grown, &[]).await.unwrap();
     assert!(plan.conflicts.is_empty(), "{:?}", plan.conflicts);
     s.stop().await;
@@ -3006,11 +3009,7 @@ async fn a_volume_the_import_attached_follows_a_grow_and_a_delete_at_the_source(
     // Grown at the source (detached there to grow, attached again).
     ca.detach_volume(&v.id).await.unwrap();
     wait_volume(&ca, &v.id).await;
-    ca.extend_volume(&v.id, &ExtendVolume { size_mib: 16 }).await.unwrap();
-    eventually(Duration::from_secs(15), || async { (ca.get_volume(&v.id).await.ok()?.size_mib == 16).then_some(()) })
-        .await
-        .expect("extended at the source");
-    wait_volume(&ca, &v.id).await;
+    extended(&ca, &v.id, 16).await;
     ca.attach_volume(&v.id, &vm.id).await.unwrap();
     wait_attached(&ca, &v.id, &vm.id).await;
     let grown = export(&ca).await;
@@ -3023,13 +3022,7 @@ async fn a_volume_the_import_attached_follows_a_grow_and_a_delete_at_the_source(
     // As it says: detach, extend, import; the import attaches it again, as A has it.
     cb.detach_volume(&here.id).await.unwrap();
     wait_volume(&cb, &here.id).await;
-    cb.extend_volume(&here.id, &ExtendVolume { size_mib: 16 }).await.unwrap();
-    eventually(Duration::from_secs(15), || async {
-        (cb.get_volume(&here.id).await.ok()?.size_mib == 16).then_some(())
-    })
-    .await
-    .expect("extended here");
-    wait_volume(&cb, &here.id).await;
+    extended(&cb, &here.id, 16).await;
     assert!(cb.import_bundle(grown, &[]).await.unwrap().created);
     wait_attached(&cb, &here.id, &b_vm.id).await;
 
@@ -3123,11 +3116,10 @@ async fn a_root_image_an_instance_made_again_no_longer_boots_goes_with_prune(db:
 /// instance gives back counts, since it is terminated first. Before, the plan refused it
 /// `no_capacity` (red team, 2026-12-07); a second new instance still finds no room.
 async fn a_replace_on_a_full_host_counts_the_room_the_old_instance_gives_back(db: Db) {
-    let a = Stack::start(StackOptions::new(db)).await;
-    let mut ob = StackOptions::new(db);
-    ob.bundles.trusted_keys = vec![a.admin.bundle_key().await.unwrap().public_key];
-    (ob.hosts, ob.host_memory_mib) = (1, 100);
-    let b = Stack::start(ob).await;
+    let (a, b) = sites_with(db, |ob| {
+        (ob.hosts, ob.host_memory_mib) = (1, 100);
+    })
+    .await;
     let ca = a.account("tenant").await;
     let net = network(&ca, "front", "10.68.0.0/24").await;
     let web = |n: &str, ip: &str| qemu_instance(n, &a.image, &net.id, vec![], Some(ip));

@@ -2941,9 +2941,9 @@ async fn import_received(ctx: &SharedCtx, caller: &Caller, r: &Received, maps: &
     }
 }
 
-/// How long an import waits for the instances it replaces ([`Decision::replaced`]) to be
-/// terminated: a guest's host destroys it in seconds.
-const REPLACED_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long an import waits for a host to let go: of an instance it replaces
+/// ([`Decision::replaced`]), or of a volume it detaches to delete. Either takes seconds.
+const HOST_LETS_GO_WITHIN: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Terminates the instances the import replaces and waits until they are gone, so that
 /// their names and addresses are free for the decision made again after. A failure here
@@ -2961,7 +2961,7 @@ async fn terminate_first(ctx: &SharedCtx, caller: &Caller, ids: &[String]) -> Ap
             if state.is_none_or(|s| s == vdc_schema::InstanceState::Terminated.as_str()) {
                 break;
             }
-            if start.elapsed() > REPLACED_WITHIN {
+            if start.elapsed() > HOST_LETS_GO_WITHIN {
                 return Err(ApiError::conflict(
                     "instance_terminating",
                     format!(
@@ -3024,13 +3024,13 @@ async fn prune(ctx: &SharedCtx, caller: &Caller, prunes: &[(String, String)]) {
 }
 
 /// Deletes a pruned volume once the detach the import committed is done (its host lets
-/// go of it in seconds); a volume still attached after [`REPLACED_WITHIN`] is left for
+/// go of it in seconds); a volume still attached after [`HOST_LETS_GO_WITHIN`] is left for
 /// the next prune.
 async fn delete_detached(ctx: &SharedCtx, caller: &Caller, id: &VolumeId) -> ApiResult<()> {
     let start = std::time::Instant::now();
     loop {
         match volume::delete(ctx, caller, id).await {
-            Err(ApiError::Conflict { code: "volume_attached", .. }) if start.elapsed() < REPLACED_WITHIN => {
+            Err(ApiError::Conflict { code: "volume_attached", .. }) if start.elapsed() < HOST_LETS_GO_WITHIN => {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             r => return r.map(drop),
